@@ -1,0 +1,3 @@
+"""spendgate: an LLM API gateway for AI cost governance."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""The admin API (JSON under /admin, OpenAPI at /openapi.json)."""

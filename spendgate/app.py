@@ -1,0 +1,205 @@
+"""Composition: ``create_app(settings, clock=…, engine=…, transports=…)`` builds the gateway.
+
+    Gateway (ASGI, owns the lifespan)
+    ├── /v1/…      ProxyApp   raw ASGI, the hot path
+    └── everything else       FastAPI: /admin/…, /openapi.json, /healthz, /readyz
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, ORJSONResponse
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spendgate import __version__
+from spendgate.admin.routes import router as admin_router
+from spendgate.clock import Clock, SystemClock
+from spendgate.errors import PayloadTooLarge, SpendgateError
+from spendgate.pricing import PriceTable
+from spendgate.proxy.app import Call, ProxyApp
+from spendgate.proxy.auth import KeyCache
+from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
+from spendgate.proxy.wire import Receive, Scope, Send, send_error
+from spendgate.services import Services
+from spendgate.settings import Settings, load_settings
+from spendgate.store.database import create_engine, migrate
+from spendgate.store.directory import Directory
+from spendgate.store.ledger import LedgerWriter
+from spendgate.usage import TokenUsage
+
+log = logging.getLogger("spendgate")
+
+ADMIN_BODY_LIMIT = 1024 * 1024
+
+
+def _error_response(err: SpendgateError) -> JSONResponse:
+    return JSONResponse({"error": {"message": err.message, "code": err.code, "param": err.param}},
+                        status_code=err.status, headers=err.headers())
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+    field = ".".join(loc) or None
+    message = first.get("msg", "invalid input")
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    return (f"{field}: {message}" if field else message), field
+
+
+def build_admin(services: Services) -> FastAPI:
+    api = FastAPI(title="spendgate", version=__version__, default_response_class=ORJSONResponse,
+                  docs_url="/docs", redoc_url=None)
+    api.state.services = services
+
+    @api.exception_handler(SpendgateError)
+    async def spendgate_error(_: Request, exc: SpendgateError) -> JSONResponse:
+        return _error_response(exc)
+
+    @api.exception_handler(RequestValidationError)
+    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        message, field = _validation_message(exc)
+        return JSONResponse({"error": {"message": message, "code": "validation_error",
+                                       "param": field}}, status_code=422)
+
+    @api.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"message": str(exc.detail), "code": code, "param": None}},
+                            status_code=exc.status_code)
+
+    @api.get("/healthz", tags=["health"])
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    @api.get("/readyz", tags=["health"])
+    async def readyz() -> JSONResponse:
+        try:
+            async with services.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # readiness reports any failure as not ready
+            return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
+        return JSONResponse({"status": "ok", "ledger_pending": services.ledger.pending})
+
+    api.include_router(admin_router)
+    return api
+
+
+class Gateway:
+    """The ASGI application: routes by path prefix and runs startup/shutdown."""
+
+    def __init__(self, services: Services, *, auto_migrate: bool = True) -> None:
+        self.services = services
+        self.auto_migrate = auto_migrate
+        self.proxy = ProxyApp(services.settings, services.clock, services.keys, services.prices,
+                              services.ledger, services.transports, self._unpriced)
+        self.admin = build_admin(services)
+
+    def _unpriced(self, call: Call, usage: TokenUsage) -> None:
+        day = call.started_at.date().isoformat()
+        self.services.emit_once(
+            "price.unknown", f"price.unknown:{call.route.name}:{day}",
+            {"model": call.route.name, "provider": call.route.provider.name,
+             "price_model": call.route.price.model, "request_id": call.request_id,
+             "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
+            call.started_at, call.key.org_id)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            if scope["path"].startswith("/v1/"):
+                await self.proxy(scope, receive, send)
+                return
+            declared = dict(scope["headers"]).get(b"content-length")
+            if declared is not None and declared.isdigit() and int(declared) > ADMIN_BODY_LIMIT:
+                err = PayloadTooLarge(f"request body exceeds the {ADMIN_BODY_LIMIT}-byte limit")
+                await send_error(send, err, "openai", "")
+                return
+            await self.admin(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+        else:
+            await self.admin(scope, receive, send)
+
+    async def startup(self) -> None:
+        if self.auto_migrate:
+            await migrate(self.services.engine)
+        self.services.ledger.start()
+        if self.services.settings.demo:
+            await self._demo_bootstrap()
+
+    async def _demo_bootstrap(self) -> None:
+        """First demo start: an org and a key to try right away (printed once)."""
+        directory, now = self.services.directory, self.services.clock.now()
+        if await directory.list_orgs():
+            return
+        org = await directory.create_org("demo", now)
+        key = await directory.create_key({"name": "demo", "org_id": org["id"],
+                                          "allow_request_tags": True}, now)
+        log.warning("demo org %s created; its virtual key (shown once): %s", org["id"], key["key"])
+
+    async def shutdown(self) -> None:
+        """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
+        await self.services.drain()
+        await self.services.ledger.close()
+        for transport in self.services.transports.values():
+            await transport.aclose()
+        await self.services.engine.dispose()
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.startup()
+                except Exception as exc:  # outermost: report startup failure to the server
+                    log.exception("startup failed")
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                try:
+                    await self.shutdown()
+                finally:
+                    await send({"type": "lifespan.shutdown.complete"})
+                return
+
+
+def create_app(
+    settings: Settings,
+    *,
+    clock: Clock | None = None,
+    engine: AsyncEngine | None = None,
+    transports: Mapping[str, Transport] | None = None,
+    auto_migrate: bool = True,
+) -> Gateway:
+    clock = clock or SystemClock()
+    engine = engine or create_engine(settings.database_url)
+    directory = Directory(engine)
+    services = Services(
+        settings=settings,
+        clock=clock,
+        engine=engine,
+        directory=directory,
+        ledger=LedgerWriter(engine, flush_seconds=settings.ledger_flush_seconds,
+                            batch_size=settings.ledger_batch_size),
+        keys=KeyCache(directory.key_by_hash, ttl=settings.key_cache_seconds),
+        prices=PriceTable(),
+        transports=transports or {"http": AiohttpTransport(), "simulated": SimulatedTransport()},
+    )
+    return Gateway(services, auto_migrate=auto_migrate)
+
+
+
+
+def app_from_env() -> Gateway:
+    """Factory for ``uvicorn --factory`` and ``spendgate serve --workers N``."""
+    return create_app(load_settings(demo=os.environ.get("SPENDGATE_DEMO") == "1"))

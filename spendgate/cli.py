@@ -1,0 +1,252 @@
+"""The ``spendgate`` command: serve the gateway, migrate, and drive the admin API."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+from typing import Annotated, Any
+
+import httpx
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="spendgate: an LLM API gateway for AI cost governance.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+console = Console()
+err_console = Console(stderr=True)
+
+UrlOpt = Annotated[str, typer.Option("--url", envvar="SPENDGATE_URL", help="Gateway base URL")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+DEFAULT_URL = "http://127.0.0.1:4100"
+
+
+@app.command()
+def serve(
+    demo: Annotated[bool, typer.Option(help="Add the simulated provider (demo-small, demo-large)")] = False,
+    config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
+    host: Annotated[str, typer.Option()] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 4100,
+    workers: Annotated[int, typer.Option(min=1)] = 1,
+) -> None:
+    """Run the gateway (SQLite and in-process state unless configured otherwise)."""
+    import uvicorn
+
+    from spendgate.errors import ConfigError
+    from spendgate.settings import load_settings
+
+    if config:
+        os.environ["SPENDGATE_CONFIG"] = config
+    os.environ["SPENDGATE_DEMO"] = "1" if demo else "0"
+    if not os.environ.get("SPENDGATE_MASTER_KEY"):
+        os.environ["SPENDGATE_MASTER_KEY"] = "sg-master-" + secrets.token_urlsafe(24)
+        err_console.print("[yellow]SPENDGATE_MASTER_KEY is not set; generated one for this run:[/]")
+        err_console.print(f"  export SPENDGATE_MASTER_KEY={os.environ['SPENDGATE_MASTER_KEY']}")
+    try:
+        settings = load_settings(demo=demo, host=host, port=port)
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if demo:
+        err_console.print("[cyan]demo mode:[/] models demo-small and demo-large come from the "
+                          "SIMULATED provider (deterministic fake replies, real prices).")
+    err_console.print(f"spendgate listening on http://{settings.host}:{settings.port} "
+                      f"(database {settings.database_url})")
+    uvicorn.run("spendgate.app:app_from_env", factory=True, host=settings.host, port=settings.port,
+                workers=workers, loop="auto", http="auto", lifespan="on", access_log=False,
+                log_level="info", timeout_graceful_shutdown=30, server_header=False)
+
+
+@db_app.command("migrate")
+def db_migrate(
+    revision: Annotated[str, typer.Argument()] = "head",
+    database_url: Annotated[str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")]
+    = "sqlite:///spendgate.db",
+) -> None:
+    """Apply the Alembic migrations to the database."""
+    from spendgate.store.database import migrate_url
+
+    migrate_url(database_url, revision)
+    console.print(f"database at {revision}: {database_url}")
+
+
+# -- admin API client ------------------------------------------------------------------------
+def _client(url: str) -> httpx.Client:
+    token = os.environ.get("SPENDGATE_ADMIN_TOKEN") or os.environ.get("SPENDGATE_MASTER_KEY")
+    if not token:
+        err_console.print("[red]set SPENDGATE_MASTER_KEY (or SPENDGATE_ADMIN_TOKEN)[/]")
+        raise typer.Exit(2)
+    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=60)
+
+
+def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
+    try:
+        with _client(url) as client:
+            response = client.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        err_console.print(f"[red]cannot reach spendgate at {url}:[/] {exc}")
+        raise typer.Exit(1) from exc
+    if response.status_code >= 400:
+        try:
+            message = response.json()["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = response.text
+        err_console.print(f"[red]error {response.status_code}:[/] {message}")
+        raise typer.Exit(1)
+    if "json" in response.headers.get("content-type", ""):
+        return response.json()
+    return response.text
+
+
+def _show(data: Any, as_json: bool, columns: list[str]) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    rows = data if isinstance(data, list) else [data]
+    table = Table(*columns)
+    for row in rows:
+        table.add_row(*("" if row.get(c) is None else
+                        ",".join(map(str, row[c])) if isinstance(row.get(c), list) else str(row[c])
+                        for c in columns))
+    console.print(table)
+
+
+def _crud(name: str, path: str, columns: list[str]) -> typer.Typer:
+    group = typer.Typer(help=f"Manage {name}.", no_args_is_help=True)
+
+    @group.command("list")
+    def list_(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+        """List them."""
+        _show(_call(url, "GET", path), as_json, columns)
+
+    @group.command("get")
+    def get(object_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+        """Show one by id."""
+        _show(_call(url, "GET", f"{path}/{object_id}"), as_json, columns)
+
+    app.add_typer(group, name=name)
+    return group
+
+
+def _opt_list(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+orgs = _crud("orgs", "/admin/orgs", ["id", "name", "created_at"])
+teams = _crud("teams", "/admin/teams", ["id", "org_id", "name"])
+users = _crud("users", "/admin/users", ["id", "org_id", "email", "role", "team_ids"])
+agents = _crud("agents", "/admin/agents", ["id", "org_id", "team_id", "name"])
+KEY_COLUMNS = ["id", "name", "key_prefix", "org_id", "team_id", "tags", "status", "expires_at"]
+keys = _crud("keys", "/admin/keys", KEY_COLUMNS)
+
+
+@orgs.command("create")
+def orgs_create(name: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Create an org."""
+    _show(_call(url, "POST", "/admin/orgs", json={"name": name}), as_json, ["id", "name"])
+
+
+@teams.command("create")
+def teams_create(name: str, org: Annotated[str, typer.Option("--org")], url: UrlOpt = DEFAULT_URL,
+                 as_json: JsonOpt = False) -> None:
+    """Create a team in an org."""
+    _show(_call(url, "POST", "/admin/teams", json={"name": name, "org_id": org}), as_json,
+          ["id", "org_id", "name"])
+
+
+@users.command("create")
+def users_create(
+    email: str,
+    role: Annotated[str, typer.Option()] = "member",
+    teams_: Annotated[str | None, typer.Option("--teams", help="comma separated team ids")] = None,
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a user."""
+    body = {"email": email, "role": role, "team_ids": _opt_list(teams_), "org_id": org}
+    _show(_call(url, "POST", "/admin/users", json=body), as_json, ["id", "email", "role", "team_ids"])
+
+
+@agents.command("create")
+def agents_create(
+    name: str,
+    team: Annotated[str | None, typer.Option("--team")] = None,
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an agent (a workflow or bot that calls models)."""
+    body = {"name": name, "team_id": team, "org_id": org}
+    _show(_call(url, "POST", "/admin/agents", json=body), as_json, ["id", "org_id", "team_id", "name"])
+
+
+@keys.command("create")
+def keys_create(
+    name: str,
+    org: Annotated[str, typer.Option("--org")],
+    team: Annotated[str | None, typer.Option("--team")] = None,
+    user: Annotated[str | None, typer.Option("--user")] = None,
+    agent: Annotated[str | None, typer.Option("--agent")] = None,
+    tags: Annotated[str | None, typer.Option(help="comma separated")] = None,
+    models: Annotated[str | None, typer.Option(help="comma separated; empty = all")] = None,
+    allow_request_tags: Annotated[bool, typer.Option()] = False,
+    expires_at: Annotated[str | None, typer.Option(help="ISO 8601")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a virtual key; its secret is printed once."""
+    body = {"name": name, "org_id": org, "team_id": team, "user_id": user, "agent_id": agent,
+            "tags": _opt_list(tags), "models": _opt_list(models),
+            "allow_request_tags": allow_request_tags, "expires_at": expires_at}
+    created = _call(url, "POST", "/admin/keys", json=body)
+    _show(created, as_json, ["id", "name", "key"])
+    if not as_json:
+        err_console.print("[yellow]The key is shown once; store it now.[/]")
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Revoke a key: its next call gets 401."""
+    _show(_call(url, "POST", f"/admin/keys/{key_id}/revoke"), as_json, KEY_COLUMNS)
+
+
+@keys.command("rotate")
+def keys_rotate(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Give a key a new secret (printed once); the old secret stops working."""
+    _show(_call(url, "POST", f"/admin/keys/{key_id}/rotate"), as_json, ["id", "name", "key"])
+
+
+@app.command()
+def usage(
+    by: Annotated[str, typer.Option("--by", help="e.g. team,model")] = "",
+    start: Annotated[str | None, typer.Option()] = None,
+    end: Annotated[str | None, typer.Option()] = None,
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    csv_: Annotated[bool, typer.Option("--csv", help="CSV output")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Spend rolled up by team, model, key, day…"""
+    params = {k: v for k, v in {"group_by": by, "start": start, "end": end, "org_id": org,
+                                "format": "csv" if csv_ else "json"}.items() if v}
+    data = _call(url, "GET", "/admin/usage", params=params)
+    if csv_:
+        sys.stdout.write(data)
+        return
+    if as_json:
+        _show(data, True, [])
+        return
+    dims = data["group_by"]
+    _show(data["rows"], False, [*dims, "requests", "errors", "input_tokens", "output_tokens",
+                                "cost_usd", "unpriced_requests"])
+    console.print(f"total: ${data['total_cost_usd']}"
+                  + (f"  ({data['unpriced_requests']} calls with unknown price)"
+                     if data["unpriced_requests"] else ""))
+
+
+if __name__ == "__main__":
+    app()

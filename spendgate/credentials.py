@@ -1,0 +1,38 @@
+"""Virtual keys and ids: generation, hashing, constant-time comparison (pure)."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+
+KEY_PREFIX = "sk-sg-"
+PREFIX_SHOWN = 12
+
+
+def new_id(prefix: str) -> str:
+    """``org_3f9c…``: a prefixed random id (96 bits)."""
+    return f"{prefix}_{os.urandom(12).hex()}"
+
+
+def new_request_id() -> str:
+    return f"req_{os.urandom(12).hex()}"
+
+
+def new_virtual_key() -> str:
+    """``sk-sg-`` followed by 256 random bits, URL-safe base64 without padding."""
+    return KEY_PREFIX + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 hex digest; secrets carry 256 bits of entropy, so no salt is needed."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def shown_prefix(secret: str) -> str:
+    return secret[:PREFIX_SHOWN]
+
+
+def secrets_equal(a: str, b: str) -> bool:
+    return hmac.compare_digest(a.encode(), b.encode())

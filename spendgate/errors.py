@@ -1,0 +1,111 @@
+"""One exception tree for everything spendgate refuses or fails at.
+
+    SpendgateError                 status  code
+    ├── InvalidRequest             400     invalid_request_error
+    ├── AuthenticationFailed       401     invalid_api_key
+    ├── PermissionDenied           403     permission_denied
+    ├── NotFound                   404     not_found
+    │   └── UnknownModel           404     model_not_found
+    ├── Conflict                   409     conflict
+    ├── PayloadTooLarge            413     request_too_large
+    ├── ValidationFailed           422     validation_error
+    ├── UpstreamUnavailable        502     upstream_unavailable
+    └── UpstreamTimeout            504     upstream_timeout
+
+Each carries its HTTP status and a stable machine code; the route that catches it
+renders it in its own wire format (OpenAI, Anthropic or admin JSON). Driver and
+upstream errors are translated into this tree at the boundary with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+
+class SpendgateError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+    #: OpenAI-style ``error.type``
+    kind: str = "api_error"
+    #: Anthropic-style ``error.type``
+    anthropic_kind: str = "api_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+    def headers(self) -> dict[str, str]:
+        """Extra response headers this error asks for (e.g. ``Retry-After``)."""
+        return {}
+
+
+class InvalidRequest(SpendgateError):
+    status = 400
+    code = "invalid_request_error"
+    kind = "invalid_request_error"
+    anthropic_kind = "invalid_request_error"
+
+
+class AuthenticationFailed(SpendgateError):
+    status = 401
+    code = "invalid_api_key"
+    kind = "invalid_request_error"
+    anthropic_kind = "authentication_error"
+
+
+class PermissionDenied(SpendgateError):
+    status = 403
+    code = "permission_denied"
+    kind = "invalid_request_error"
+    anthropic_kind = "permission_error"
+
+
+class NotFound(SpendgateError):
+    status = 404
+    code = "not_found"
+    kind = "invalid_request_error"
+    anthropic_kind = "not_found_error"
+
+
+class UnknownModel(NotFound):
+    code = "model_not_found"
+
+
+class Conflict(SpendgateError):
+    status = 409
+    code = "conflict"
+    kind = "invalid_request_error"
+    anthropic_kind = "invalid_request_error"
+
+
+class PayloadTooLarge(SpendgateError):
+    status = 413
+    code = "request_too_large"
+    kind = "invalid_request_error"
+    anthropic_kind = "request_too_large"
+
+
+class ValidationFailed(SpendgateError):
+    status = 422
+    code = "validation_error"
+    kind = "invalid_request_error"
+    anthropic_kind = "invalid_request_error"
+
+
+class UpstreamUnavailable(SpendgateError):
+    status = 502
+    code = "upstream_unavailable"
+    kind = "api_error"
+    anthropic_kind = "api_error"
+
+
+class UpstreamTimeout(SpendgateError):
+    status = 504
+    code = "upstream_timeout"
+    kind = "api_error"
+    anthropic_kind = "api_error"
+
+
+class ConfigError(Exception):
+    """The configuration file or environment is wrong; raised before serving."""

@@ -1,0 +1,1 @@
+"""The hot path: OpenAI- and Anthropic-compatible endpoints forwarding to providers."""

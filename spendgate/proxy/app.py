@@ -1,0 +1,306 @@
+"""The proxy hot path as a raw ASGI app: authenticate, route, forward, meter, record.
+
+No framework sits between uvicorn and this class: every microsecond here is paid
+on every call. Decisions (routing, usage, price) are pure functions elsewhere; this
+module does the I/O in order and writes one ledger entry per forwarded call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from spendgate import simulated
+from spendgate.clock import Clock
+from spendgate.errors import (
+    InvalidRequest,
+    NotFound,
+    PermissionDenied,
+    SpendgateError,
+    UnknownModel,
+    UpstreamTimeout,
+)
+from spendgate.money import format_usd
+from spendgate.pricing import PriceTable
+from spendgate.proxy.auth import KeyCache, presented_secret
+from spendgate.proxy.metering import StreamMeter, usage_from_body
+from spendgate.proxy.routing import ENDPOINTS, Endpoint, upstream_headers, upstream_url
+from spendgate.proxy.transport import Transport, UpstreamRequest, UpstreamResponse
+from spendgate.proxy.wire import (
+    Receive,
+    Scope,
+    Send,
+    header_dict,
+    read_body,
+    send_bytes,
+    send_error,
+    start_stream,
+)
+from spendgate.credentials import new_request_id
+from spendgate.settings import ModelRoute, Settings
+from spendgate.store.directory import KeyRecord
+from spendgate.store.ledger import LedgerEntry, LedgerWriter
+from spendgate.usage import TokenUsage
+
+log = logging.getLogger("spendgate.proxy")
+
+_TAG = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
+MAX_TAGS = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """One authenticated, routed call about to be forwarded."""
+
+    request_id: str
+    key: KeyRecord
+    route: ModelRoute
+    endpoint: Endpoint
+    tags: list[str]
+    stream: bool
+    started_at: datetime
+    started_mono: float
+    request_bytes: int
+
+
+def request_tags(key: KeyRecord, headers: Mapping[str, str]) -> list[str]:
+    """The key's tags plus ``x-spendgate-tags`` (comma separated) when the key allows it."""
+    raw = headers.get("x-spendgate-tags")
+    if not raw:
+        return list(key.tags)
+    if not key.allow_request_tags:
+        raise PermissionDenied("this key may not set x-spendgate-tags", param="x-spendgate-tags")
+    extra = [t.strip() for t in raw.split(",") if t.strip()]
+    bad = [t for t in extra if not _TAG.match(t)]
+    if bad:
+        raise InvalidRequest(f"invalid tag {bad[0]!r}: use 1-64 of A-Z a-z 0-9 _ . : / = + -",
+                             param="x-spendgate-tags")
+    tags = list(dict.fromkeys([*key.tags, *extra]))
+    if len(tags) > MAX_TAGS:
+        raise InvalidRequest(f"at most {MAX_TAGS} tags per call", param="x-spendgate-tags")
+    return tags
+
+
+def parse_request(body: bytes) -> dict[str, Any]:
+    if not body:
+        raise InvalidRequest("request body is empty; send a JSON object")
+    try:
+        payload = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"request body is not valid JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    model = payload.get("model")
+    if not isinstance(model, str) or not model:
+        raise InvalidRequest("you must provide a model parameter", param="model")
+    stream = payload.get("stream", False)
+    if not isinstance(stream, bool):
+        raise InvalidRequest("stream must be a boolean", param="stream")
+    return payload
+
+
+class ProxyApp:
+    def __init__(
+        self,
+        settings: Settings,
+        clock: Clock,
+        keys: KeyCache,
+        prices: PriceTable,
+        ledger: LedgerWriter,
+        transports: Mapping[str, Transport],
+        on_unpriced: Callable[[Call, TokenUsage], None],
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._keys = keys
+        self._prices = prices
+        self._ledger = ledger
+        self._transports = transports
+        self._on_unpriced = on_unpriced
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request_id = new_request_id()
+        path = scope["path"]
+        wire = "anthropic" if path.startswith("/v1/messages") else "openai"
+        try:
+            headers = header_dict(scope)
+            now, mono = self._clock.now(), self._clock.monotonic()
+            if scope["method"] == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+                key = await self._keys.authenticate(presented_secret(headers, wire), now, mono)
+                await self._models(send, key, path, request_id)
+                return
+            endpoint = ENDPOINTS.get(path)
+            if endpoint is None:
+                raise NotFound(f"unknown endpoint {scope['method']} {path}")
+            if scope["method"] != "POST":
+                raise InvalidRequest(f"{path} accepts POST only")
+            key = await self._keys.authenticate(presented_secret(headers, wire), now, mono)
+            body = await read_body(receive, headers, self._settings.max_body_bytes)
+            payload = parse_request(body)
+            call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
+            await self._forward(call, payload, body, headers, receive, send)
+        except SpendgateError as err:
+            await send_error(send, err, wire, request_id)
+
+    def _admit(self, request_id: str, key: KeyRecord, endpoint: Endpoint, payload: dict[str, Any],
+               headers: Mapping[str, str], now: datetime, mono: float, size: int) -> Call:
+        model = payload["model"]
+        route = self._settings.models.get(model)
+        if route is None:
+            raise UnknownModel(f"the model {model!r} does not exist or is not served here",
+                               param="model")
+        if key.models and model not in key.models:
+            raise PermissionDenied(f"this key may not use model {model!r}", param="model")
+        stream = bool(payload.get("stream")) and endpoint.streams
+        return Call(request_id, key, route, endpoint, request_tags(key, headers), stream, now, mono,
+                    size)
+
+    def _upstream_request(self, call: Call, payload: dict[str, Any], body: bytes,
+                          headers: Mapping[str, str]) -> tuple[UpstreamRequest, bool]:
+        """The request to send, and whether the client itself asked for stream usage."""
+        route, endpoint = call.route, call.endpoint
+        changed = False
+        if route.upstream_model != payload["model"]:
+            payload["model"] = route.upstream_model
+            changed = True
+        client_wants_usage = True
+        if call.stream and endpoint.kind in ("chat", "completion"):
+            options = payload.get("stream_options")
+            client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
+            if not client_wants_usage:
+                payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
+                                             "include_usage": True}
+                changed = True
+        request = UpstreamRequest(
+            method="POST",
+            url=upstream_url(route, endpoint),
+            headers=upstream_headers(route, endpoint, headers),
+            body=orjson.dumps(payload) if changed else body,
+            stream=call.stream,
+            timeout=route.provider.timeout_seconds,
+        )
+        return request, client_wants_usage
+
+    async def _forward(self, call: Call, payload: dict[str, Any], body: bytes,
+                       headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+        request, client_wants_usage = self._upstream_request(call, payload, body, headers)
+        transport = self._transports["simulated" if call.route.provider.kind == "simulated" else "http"]
+        try:
+            response = await transport.send(request)
+        except SpendgateError as err:
+            self._record(call, err.status, "timeout" if isinstance(err, UpstreamTimeout)
+                         else "upstream_error", None)
+            raise
+        if response.status >= 300:
+            await self._relay_error(call, response, send)
+        elif call.stream:
+            await self._relay_stream(call, response, client_wants_usage, receive, send)
+        else:
+            await self._relay_whole(call, response, send)
+
+    def _base_headers(self, call: Call, upstream: Mapping[str, str]) -> dict[str, str]:
+        headers = {"x-request-id": call.request_id}
+        if "x-request-id" in upstream:
+            headers["x-upstream-request-id"] = upstream["x-request-id"]
+        if "x-spendgate-simulated" in upstream:
+            headers["x-spendgate-simulated"] = "true"
+        return headers
+
+    async def _relay_error(self, call: Call, response: UpstreamResponse, send: Send) -> None:
+        """Provider errors pass through unchanged and are not billed."""
+        headers = self._base_headers(call, response.headers)
+        headers["content-type"] = response.headers.get("content-type", "application/json")
+        headers["x-spendgate-cost-usd"] = "0.00"
+        self._record(call, response.status, "upstream_error", None)
+        await send_bytes(send, response.status, response.body, headers)
+
+    async def _relay_whole(self, call: Call, response: UpstreamResponse, send: Send) -> None:
+        usage = usage_from_body(call.endpoint.kind, response.body)
+        estimated = usage is None
+        if usage is None:
+            usage = TokenUsage(input_tokens=call.request_bytes // 4,
+                               output_tokens=len(response.body) // 4)
+        cost = self._record(call, response.status, "ok", usage, estimated)
+        headers = self._base_headers(call, response.headers)
+        headers["content-type"] = response.headers.get("content-type", "application/json")
+        headers["x-spendgate-cost-usd"] = "unknown" if cost is None else format_usd(cost)
+        await send_bytes(send, response.status, response.body, headers)
+
+    async def _relay_stream(self, call: Call, response: UpstreamResponse, client_wants_usage: bool,
+                            receive: Receive, send: Send) -> None:
+        """Forward events as they come; if the client leaves, keep reading so the bill is
+        the provider's own usage figure, not a guess."""
+        meter = StreamMeter(call.endpoint.kind, strip_usage_chunk=not client_wants_usage)
+        headers = self._base_headers(call, response.headers)
+        headers["content-type"] = response.headers.get("content-type", "text/event-stream")
+        headers["cache-control"] = "no-cache"
+        disconnect = asyncio.ensure_future(receive())
+        status = "ok"
+        try:
+            await start_stream(send, headers)
+            async for chunk in response.chunks:
+                out = meter.feed(chunk)
+                if out and not disconnect.done():
+                    await send({"type": "http.response.body", "body": out, "more_body": True})
+            tail = meter.finish()
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            if not meter.done and meter.usage is None:
+                status = "incomplete"
+        except SpendgateError:
+            status = "incomplete"
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.close()
+            if disconnect.done():
+                status = "client_cancelled"
+            else:
+                disconnect.cancel()
+            usage = meter.usage
+            estimated = usage is None
+            if usage is None:
+                usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
+            self._record(call, 200, status, usage, estimated)
+
+    def _record(self, call: Call, http_status: int, status: str, usage: TokenUsage | None,
+                estimated: bool = False) -> int | None:
+        """Price the call and queue its ledger entry; returns the cost in nanos."""
+        finished = self._clock.now()
+        if usage is None:
+            usage, cost, unknown = TokenUsage(), 0, False
+        else:
+            priced = self._prices.price(call.route.price, usage, call.started_at)
+            cost, unknown = priced.cost_nanos, priced.cost_nanos is None
+            if unknown:
+                self._on_unpriced(call, usage)
+        key = call.key
+        self._ledger.add(LedgerEntry(
+            request_id=call.request_id, org_id=key.org_id, team_id=key.team_id,
+            user_id=key.user_id, agent_id=key.agent_id, key_id=key.id, tags=call.tags,
+            provider=call.route.provider.name, model=call.route.name,
+            upstream_model=call.route.upstream_model, kind=call.endpoint.kind, stream=call.stream,
+            status=status, http_status=http_status, input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
+            cost_nanos=cost, price_unknown=unknown, usage_estimated=estimated,
+            latency_ms=int((self._clock.monotonic() - call.started_mono) * 1000),
+            started_at=call.started_at, finished_at=finished,
+        ))
+        return cost
+
+    async def _models(self, send: Send, key: KeyRecord, path: str, request_id: str) -> None:
+        names = [m for m in self._settings.models if not key.models or m in key.models]
+        headers = {"content-type": "application/json", "x-request-id": request_id}
+        if path == "/v1/models":
+            await send_bytes(send, 200, orjson.dumps(simulated.models_list(names)), headers)
+            return
+        wanted = path.removeprefix("/v1/models/")
+        if wanted not in names:
+            raise UnknownModel(f"the model {wanted!r} does not exist", param="model")
+        await send_bytes(send, 200, orjson.dumps(simulated.models_list([wanted])["data"][0]), headers)

@@ -1,0 +1,68 @@
+"""Virtual-key authentication for proxy calls, with a small in-process cache.
+
+Keys are looked up by the SHA-256 of the presented secret. A hit in the cache costs
+one hash and one dict lookup; a miss costs one indexed query. Entries live
+``ttl`` seconds, so a revocation made on another replica takes effect within
+``ttl``; on this replica ``forget`` makes it immediate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+
+from spendgate.errors import AuthenticationFailed
+from spendgate.credentials import KEY_PREFIX, hash_secret
+from spendgate.store.directory import KeyRecord
+
+Lookup = Callable[[str], Awaitable[KeyRecord | None]]
+MAX_ENTRIES = 100_000
+
+
+def presented_secret(headers: Mapping[str, str], wire: str) -> str | None:
+    auth = headers.get("authorization")
+    if auth is not None and auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    if wire == "anthropic" or "x-api-key" in headers:
+        return headers.get("x-api-key")
+    return None
+
+
+class KeyCache:
+    def __init__(self, lookup: Lookup, *, ttl: float) -> None:
+        self._lookup = lookup
+        self._ttl = ttl
+        self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
+
+    async def authenticate(self, secret: str | None, now: datetime, mono: float) -> KeyRecord:
+        if not secret or not secret.startswith(KEY_PREFIX):
+            raise AuthenticationFailed("missing or malformed API key: use the virtual key "
+                                       "spendgate issued (sk-sg-…)")
+        digest = hash_secret(secret)
+        cached = self._entries.get(digest)
+        if cached is not None and mono - cached[1] < self._ttl:
+            record = cached[0]
+        else:
+            record = await self._lookup(digest)
+            if len(self._entries) >= MAX_ENTRIES:
+                self._entries.clear()
+            self._entries[digest] = (record, mono)
+        if record is None:
+            raise AuthenticationFailed("invalid API key")
+        if record.revoked_at is not None:
+            raise AuthenticationFailed("this API key has been revoked")
+        if not record.usable_at(now):
+            raise AuthenticationFailed("this API key has expired")
+        return record
+
+    def forget(self, key_hash: str | None = None) -> None:
+        """Drop one cached key (or all), e.g. right after a revoke or rotate."""
+        if key_hash is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(key_hash, None)
+
+    def forget_key_id(self, key_id: str) -> None:
+        for digest, (record, _) in list(self._entries.items()):
+            if record is not None and record.id == key_id:
+                del self._entries[digest]

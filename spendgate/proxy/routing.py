@@ -1,0 +1,75 @@
+"""Where a call goes: the upstream URL and auth headers for each provider kind (pure)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+from spendgate.errors import InvalidRequest
+from spendgate.settings import ModelRoute
+
+Wire = Literal["openai", "anthropic"]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """A proxied endpoint: its path under the provider and the ledger's request kind."""
+
+    kind: str
+    wire: Wire
+    path: str
+    streams: bool
+
+
+ENDPOINTS: dict[str, Endpoint] = {
+    "/v1/chat/completions": Endpoint("chat", "openai", "/chat/completions", True),
+    "/v1/completions": Endpoint("completion", "openai", "/completions", True),
+    "/v1/embeddings": Endpoint("embedding", "openai", "/embeddings", False),
+    "/v1/responses": Endpoint("response", "openai", "/responses", True),
+    "/v1/messages": Endpoint("message", "anthropic", "/v1/messages", True),
+}
+
+#: client headers worth passing on to Anthropic
+_ANTHROPIC_PASS = ("anthropic-version", "anthropic-beta")
+
+
+def upstream_url(route: ModelRoute, endpoint: Endpoint) -> str:
+    provider = route.provider
+    kind = provider.kind
+    if endpoint.wire == "anthropic":
+        if kind not in ("anthropic", "simulated"):
+            raise InvalidRequest(
+                f"model {route.name!r} is served by an OpenAI-style provider; "
+                "call it on /v1/chat/completions", param="model")
+        return provider.base_url + endpoint.path if kind == "anthropic" else "simulated:///v1/messages"
+    if kind == "anthropic":
+        raise InvalidRequest(
+            f"model {route.name!r} is an Anthropic model; call it on /v1/messages", param="model")
+    if kind == "simulated":
+        return "simulated:///v1" + endpoint.path
+    if kind == "azure":
+        if endpoint.kind == "response":
+            return f"{provider.base_url}/openai/responses?api-version={provider.api_version}"
+        return (f"{provider.base_url}/openai/deployments/{route.upstream_model}{endpoint.path}"
+                f"?api-version={provider.api_version}")
+    return provider.base_url + endpoint.path
+
+
+def upstream_headers(route: ModelRoute, endpoint: Endpoint, client: Mapping[str, str]) -> dict[str, str]:
+    """Provider credentials replace the client's virtual key; it never leaves spendgate."""
+    headers = {"content-type": "application/json", "accept-encoding": "gzip, deflate"}
+    provider = route.provider
+    key = provider.api_key
+    if provider.kind == "anthropic" or endpoint.wire == "anthropic":
+        headers["anthropic-version"] = client.get("anthropic-version", "2023-06-01")
+        if "anthropic-beta" in client:
+            headers["anthropic-beta"] = client["anthropic-beta"]
+        if key:
+            headers["x-api-key"] = key
+    elif provider.kind == "azure":
+        if key:
+            headers["api-key"] = key
+    elif key:
+        headers["authorization"] = f"Bearer {key}"
+    return headers

@@ -1,0 +1,148 @@
+"""Upstream transports, passed in: real HTTP (aiohttp) or the in-process simulator.
+
+    Transport.send(UpstreamRequest) -> UpstreamResponse
+      AiohttpTransport    real providers; driver errors become UpstreamUnavailable /
+                          UpstreamTimeout here, at the boundary
+      SimulatedTransport  ``--demo``: deterministic replies, no network
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+from urllib.parse import urlsplit
+
+import aiohttp
+import orjson
+
+from spendgate import simulated
+from spendgate.errors import UpstreamTimeout, UpstreamUnavailable
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamRequest:
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None
+    stream: bool
+    timeout: float
+
+
+async def _no_chunks() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover
+
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(slots=True)
+class UpstreamResponse:
+    status: int
+    headers: dict[str, str]
+    #: the whole body (non-streaming, or an error status on a streaming call)
+    body: bytes = b""
+    #: the body in pieces, when streaming a 2xx
+    chunks: AsyncIterator[bytes] = field(default_factory=_no_chunks)
+    close: Callable[[], Awaitable[None]] = _nothing
+
+
+class Transport(Protocol):
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpTransport:
+    """Pooled keep-alive connections to every provider."""
+
+    def __init__(self, *, limit: int = 1000) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300,
+                                             enable_cleanup_closed=True)
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))
+        return self._session
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        timeout = (aiohttp.ClientTimeout(total=None, connect=10, sock_read=request.timeout)
+                   if request.stream else aiohttp.ClientTimeout(total=request.timeout, connect=10))
+        try:
+            resp = await self._client().request(
+                request.method, request.url, data=request.body, headers=request.headers,
+                timeout=timeout)
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise UpstreamUnavailable(f"the upstream provider could not be reached: {exc}") from exc
+        headers = {k.lower(): v for k, v in resp.headers.items()}
+        if not request.stream or resp.status >= 300:
+            try:
+                body = await resp.read()
+            except TimeoutError as exc:
+                raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable(f"the upstream connection failed: {exc}") from exc
+            finally:
+                resp.release()
+            return UpstreamResponse(resp.status, headers, body)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+            except TimeoutError as exc:
+                raise UpstreamTimeout("the upstream stream stalled") from exc
+            except aiohttp.ClientError as exc:
+                raise UpstreamUnavailable(f"the upstream stream broke: {exc}") from exc
+
+        async def close() -> None:
+            resp.release()
+
+        return UpstreamResponse(resp.status, headers, chunks=chunks(), close=close)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+class SimulatedTransport:
+    """The built-in simulated provider (``--demo``): answers in-process, deterministically."""
+
+    SIMULATED_HEADER = {"x-spendgate-simulated": "true"}
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        path = urlsplit(request.url).path
+        body = orjson.loads(request.body or b"{}")
+        headers = {"content-type": "application/json", **self.SIMULATED_HEADER}
+        if path == "/v1/messages":
+            if request.stream:
+                return self._stream(simulated.anthropic_stream(body))
+            status, payload = simulated.anthropic_response(body)
+        else:
+            sub = path.removeprefix("/v1")
+            if request.stream and sub in ("/chat/completions", "/completions", "/responses"):
+                return self._stream(simulated.openai_stream(sub, body))
+            status, payload = simulated.openai_response(sub, body)
+        return UpstreamResponse(status, headers, orjson.dumps(payload))
+
+    def _stream(self, events: list[bytes]) -> UpstreamResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for event in events:
+                await asyncio.sleep(0)
+                yield event
+
+        headers = {"content-type": "text/event-stream", **self.SIMULATED_HEADER}
+        return UpstreamResponse(200, headers, chunks=chunks())
+
+    async def aclose(self) -> None:
+        return None

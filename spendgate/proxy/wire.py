@@ -1,0 +1,68 @@
+"""Raw ASGI plumbing for the hot path: bodies in, JSON and errors out, per wire format."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+import orjson
+
+from spendgate.errors import PayloadTooLarge, SpendgateError
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+
+def header_dict(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
+async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    """The whole request body, refusing anything over ``limit`` bytes (413)."""
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def error_body(err: SpendgateError, wire: str) -> bytes:
+    if wire == "anthropic":
+        return orjson.dumps({"type": "error",
+                             "error": {"type": err.anthropic_kind, "message": err.message}})
+    return orjson.dumps({"error": {"message": err.message, "type": err.kind, "code": err.code,
+                                   "param": err.param}})
+
+
+def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
+    return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+
+
+async def send_bytes(send: Send, status: int, body: bytes, headers: dict[str, str]) -> None:
+    raw = _raw_headers(headers)
+    raw.append((b"content-length", str(len(body)).encode()))
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def send_error(send: Send, err: SpendgateError, wire: str, request_id: str) -> None:
+    headers = {"content-type": "application/json", "x-request-id": request_id, **err.headers()}
+    await send_bytes(send, err.status, error_body(err, wire), headers)
+
+
+async def start_stream(send: Send, headers: dict[str, str]) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": _raw_headers(headers)})

@@ -1,0 +1,224 @@
+"""Configuration: one frozen, typed object, read from the file and environment once.
+
+The config file is TOML (``--config FILE`` or ``SPENDGATE_CONFIG``)::
+
+    [gateway]
+    max_body_bytes = 10485760
+    upstream_timeout_seconds = 600
+
+    [providers.openai]
+    kind = "openai"                    # openai | anthropic | azure | openai_compatible
+    api_key_env = "OPENAI_API_KEY"     # or api_key = "..." (discouraged)
+
+    [models."gpt-4o-mini"]
+    provider = "openai"
+    upstream_model = "gpt-4o-mini"     # Azure: the deployment name
+    price = { model = "gpt-4o-mini", provider = "openai" }
+
+Environment: ``SPENDGATE_MASTER_KEY``, ``SPENDGATE_DATABASE_URL``,
+``SPENDGATE_REDIS_URL``, ``SPENDGATE_CONFIG``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Literal
+
+from spendgate.errors import ConfigError
+from spendgate.pricing import PriceOverride, PriceRef
+
+ProviderKind = Literal["openai", "anthropic", "azure", "openai_compatible", "simulated"]
+PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "azure", "openai_compatible", "simulated")
+
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "openai": "https://api.openai.com/v1",
+    "anthropic": "https://api.anthropic.com",
+}
+#: genai-prices provider id used when a model names no price provider
+DEFAULT_PRICE_PROVIDER: dict[str, str | None] = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "azure": "openai",
+    "openai_compatible": None,
+    "simulated": "openai",
+}
+DEMO_MODELS: dict[str, str] = {"demo-small": "gpt-4o-mini", "demo-large": "gpt-4o"}
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    name: str
+    kind: ProviderKind
+    base_url: str
+    api_key: str | None = field(default=None, repr=False)
+    api_version: str | None = None
+    timeout_seconds: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class ModelRoute:
+    name: str
+    provider: ProviderConfig
+    upstream_model: str
+    price: PriceRef
+    #: worst-case output tokens assumed when a request sets no max_tokens
+    default_max_tokens: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 4100
+    database_url: str = "sqlite:///spendgate.db"
+    redis_url: str | None = None
+    master_key: str | None = field(default=None, repr=False)
+    demo: bool = False
+    max_body_bytes: int = 10 * 1024 * 1024
+    upstream_timeout_seconds: float = 600.0
+    ledger_flush_seconds: float = 0.2
+    ledger_batch_size: int = 500
+    key_cache_seconds: float = 10.0
+    models: Mapping[str, ModelRoute] = field(default_factory=dict)
+
+
+def _decimal(value: Any, where: str) -> Decimal:
+    try:
+        result = Decimal(str(value))
+    except (InvalidOperation, ValueError) as exc:
+        raise ConfigError(f"{where}: not a decimal: {value!r}") from exc
+    if not result.is_finite() or result < 0:
+        raise ConfigError(f"{where}: must be a non-negative number")
+    return result
+
+
+def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str], timeout: float) -> ProviderConfig:
+    kind = raw.get("kind", name)
+    if kind not in PROVIDER_KINDS:
+        raise ConfigError(f"providers.{name}.kind must be one of {', '.join(PROVIDER_KINDS)}")
+    base_url = raw.get("base_url") or DEFAULT_BASE_URLS.get(kind)
+    if not base_url:
+        raise ConfigError(f"providers.{name}.base_url is required for kind {kind!r}")
+    api_key = raw.get("api_key")
+    if api_key is None and "api_key_env" in raw:
+        api_key = env.get(str(raw["api_key_env"]))
+        if not api_key:
+            raise ConfigError(f"providers.{name}: environment variable {raw['api_key_env']} is not set")
+    if kind == "azure" and not raw.get("api_version"):
+        raise ConfigError(f"providers.{name}.api_version is required for Azure OpenAI")
+    return ProviderConfig(
+        name=name,
+        kind=kind,
+        base_url=str(base_url).rstrip("/"),
+        api_key=api_key,
+        api_version=raw.get("api_version"),
+        timeout_seconds=float(raw.get("timeout_seconds", timeout)),
+    )
+
+
+def _price_ref(name: str, raw: Any, upstream_model: str, provider: ProviderConfig) -> PriceRef:
+    raw = raw or {}
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"models.{name}.price must be a table")
+    override = None
+    if "input_per_mtok" in raw or "output_per_mtok" in raw:
+        where = f"models.{name}.price"
+        override = PriceOverride(
+            input_per_mtok=_decimal(raw.get("input_per_mtok", 0), where),
+            output_per_mtok=_decimal(raw.get("output_per_mtok", 0), where),
+            cache_read_per_mtok=(
+                _decimal(raw["cache_read_per_mtok"], where) if "cache_read_per_mtok" in raw else None
+            ),
+            cache_write_per_mtok=(
+                _decimal(raw["cache_write_per_mtok"], where) if "cache_write_per_mtok" in raw else None
+            ),
+        )
+    return PriceRef(
+        model=str(raw.get("model", upstream_model)),
+        provider=raw.get("provider", DEFAULT_PRICE_PROVIDER[provider.kind]),
+        override=override,
+    )
+
+
+def _routes(raw: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> dict[str, ModelRoute]:
+    routes: dict[str, ModelRoute] = {}
+    for name, spec in raw.items():
+        if not isinstance(spec, Mapping):
+            raise ConfigError(f"models.{name} must be a table")
+        provider_name = spec.get("provider")
+        if provider_name not in providers:
+            raise ConfigError(f"models.{name}.provider {provider_name!r} is not a configured provider")
+        provider = providers[provider_name]
+        upstream_model = str(spec.get("upstream_model", name))
+        routes[name] = ModelRoute(
+            name=name,
+            provider=provider,
+            upstream_model=upstream_model,
+            price=_price_ref(name, spec.get("price"), upstream_model, provider),
+            default_max_tokens=int(spec.get("default_max_tokens", 4096)),
+        )
+    return routes
+
+
+def demo_routes() -> dict[str, ModelRoute]:
+    """The simulated provider's models, priced like real small and large models."""
+    provider = ProviderConfig(name="simulated", kind="simulated", base_url="simulated://local")
+    return {
+        name: ModelRoute(name=name, provider=provider, upstream_model=name,
+                         price=PriceRef(model=priced_as, provider="openai"))
+        for name, priced_as in DEMO_MODELS.items()
+    }
+
+
+def normalise_database_url(url: str) -> str:
+    """Accept plain ``sqlite:///…`` / ``postgresql://…`` and pick the async driver."""
+    if url.startswith("sqlite:"):
+        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+asyncpg://" + url[len(prefix):]
+    return url
+
+
+def load_settings(
+    *,
+    config_path: str | None = None,
+    env: Mapping[str, str] | None = None,
+    demo: bool = False,
+    host: str | None = None,
+    port: int | None = None,
+) -> Settings:
+    """Read the TOML file and environment once; everything after uses the result."""
+    env = os.environ if env is None else env
+    path = config_path or env.get("SPENDGATE_CONFIG")
+    raw: dict[str, Any] = {}
+    if path:
+        try:
+            raw = tomllib.loads(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    gateway = raw.get("gateway", {})
+    timeout = float(gateway.get("upstream_timeout_seconds", 600.0))
+    providers = {n: _provider(n, p, env, timeout) for n, p in raw.get("providers", {}).items()}
+    models = demo_routes() if demo else {}
+    models.update(_routes(raw.get("models", {}), providers))
+    return Settings(
+        host=host or gateway.get("host", "127.0.0.1"),
+        port=port or int(gateway.get("port", 4100)),
+        database_url=env.get("SPENDGATE_DATABASE_URL") or gateway.get("database_url", "sqlite:///spendgate.db"),
+        redis_url=env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url"),
+        master_key=env.get("SPENDGATE_MASTER_KEY") or None,
+        demo=demo,
+        max_body_bytes=int(gateway.get("max_body_bytes", 10 * 1024 * 1024)),
+        upstream_timeout_seconds=timeout,
+        ledger_flush_seconds=float(gateway.get("ledger_flush_seconds", 0.2)),
+        ledger_batch_size=int(gateway.get("ledger_batch_size", 500)),
+        key_cache_seconds=float(gateway.get("key_cache_seconds", 10.0)),
+        models=models,
+    )

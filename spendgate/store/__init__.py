@@ -1,0 +1,1 @@
+"""Durable state: the directory (orgs, teams, users, agents, keys), the ledger, events."""

@@ -1,0 +1,240 @@
+"""The directory: orgs, teams, users, agents and virtual keys."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from spendgate.errors import Conflict, NotFound, ValidationFailed
+from spendgate.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
+from spendgate.store import schema
+
+ROLES = ("org_admin", "finance", "team_admin", "viewer", "member")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyRecord:
+    """What the hot path needs to know about a virtual key."""
+
+    id: str
+    org_id: str
+    team_id: str | None
+    user_id: str | None
+    agent_id: str | None
+    name: str
+    tags: tuple[str, ...]
+    models: tuple[str, ...]
+    allow_request_tags: bool
+    expires_at: datetime | None
+    revoked_at: datetime | None
+
+    def usable_at(self, now: datetime) -> bool:
+        if self.revoked_at is not None:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+def _row(row: Any) -> dict[str, Any]:
+    return dict(row._mapping)
+
+
+def _key_public(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != "key_hash"}
+    out["status"] = "revoked" if row["revoked_at"] else "active"
+    return out
+
+
+def _key_record(row: dict[str, Any]) -> KeyRecord:
+    return KeyRecord(
+        id=row["id"], org_id=row["org_id"], team_id=row["team_id"], user_id=row["user_id"],
+        agent_id=row["agent_id"], name=row["name"], tags=tuple(row["tags"] or ()),
+        models=tuple(row["models"] or ()), allow_request_tags=bool(row["allow_request_tags"]),
+        expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+    )
+
+
+class Directory:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def _one(self, table: sa.Table, object_id: str, what: str) -> dict[str, Any]:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(table).where(table.c.id == object_id))).first()
+        if row is None:
+            raise NotFound(f"{what} {object_id} not found")
+        return _row(row)
+
+    async def _list(self, table: sa.Table, **filters: str | None) -> list[dict[str, Any]]:
+        query = sa.select(table).order_by(table.c.created_at, table.c.id)
+        for column, value in filters.items():
+            if value is not None:
+                query = query.where(table.c[column] == value)
+        async with self._engine.connect() as conn:
+            return [_row(r) for r in await conn.execute(query)]
+
+    async def _insert(self, table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(table.insert().values(**values))
+        except IntegrityError as exc:
+            raise Conflict(f"{table.name[:-1]} conflicts with an existing one") from exc
+        return values
+
+    # -- orgs, teams ---------------------------------------------------------------
+    async def create_org(self, name: str, now: datetime) -> dict[str, Any]:
+        return await self._insert(schema.orgs, {"id": new_id("org"), "name": name, "created_at": now})
+
+    async def get_org(self, org_id: str) -> dict[str, Any]:
+        return await self._one(schema.orgs, org_id, "org")
+
+    async def list_orgs(self) -> list[dict[str, Any]]:
+        return await self._list(schema.orgs)
+
+    async def create_team(self, org_id: str, name: str, now: datetime) -> dict[str, Any]:
+        await self._require(schema.orgs, org_id, "org_id")
+        values = {"id": new_id("team"), "org_id": org_id, "name": name, "created_at": now}
+        return await self._insert(schema.teams, values)
+
+    async def get_team(self, team_id: str) -> dict[str, Any]:
+        return await self._one(schema.teams, team_id, "team")
+
+    async def list_teams(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        return await self._list(schema.teams, org_id=org_id)
+
+    async def _require(self, table: sa.Table, object_id: str, field: str) -> dict[str, Any]:
+        try:
+            return await self._one(table, object_id, field)
+        except NotFound as exc:
+            raise ValidationFailed(f"{field}: {object_id} does not exist", param=field) from exc
+
+    async def _org_of(self, org_id: str | None, team_id: str | None) -> str:
+        """Check ``team_id`` belongs to ``org_id``; infer the org from the team if omitted."""
+        if team_id is not None:
+            team = await self._require(schema.teams, team_id, "team_id")
+            if org_id is not None and team["org_id"] != org_id:
+                raise ValidationFailed("team_id: team belongs to another org", param="team_id")
+            return str(team["org_id"])
+        if org_id is None:
+            raise ValidationFailed("org_id: required when no team is given", param="org_id")
+        await self._require(schema.orgs, org_id, "org_id")
+        return org_id
+
+    # -- users, agents -------------------------------------------------------------
+    async def create_user(
+        self, email: str, role: str, team_ids: Sequence[str], org_id: str | None, now: datetime
+    ) -> dict[str, Any]:
+        if role not in ROLES:
+            raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", param="role")
+        orgs = {await self._org_of(org_id, t) for t in team_ids} or {await self._org_of(org_id, None)}
+        if len(orgs) != 1:
+            raise ValidationFailed("team_ids: teams belong to different orgs", param="team_ids")
+        values = {"id": new_id("user"), "org_id": orgs.pop(), "email": email, "role": role,
+                  "created_at": now}
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(schema.users.insert().values(**values))
+                if team_ids:
+                    await conn.execute(schema.user_teams.insert(),
+                                       [{"user_id": values["id"], "team_id": t} for t in set(team_ids)])
+        except IntegrityError as exc:
+            raise Conflict(f"a user with email {email} already exists in this org") from exc
+        return {**values, "team_ids": sorted(set(team_ids))}
+
+    async def _with_teams(self, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if not users:
+            return users
+        ids = [u["id"] for u in users]
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(
+                sa.select(schema.user_teams).where(schema.user_teams.c.user_id.in_(ids)))
+            memberships = [(r.user_id, r.team_id) for r in rows]
+        for user in users:
+            user["team_ids"] = sorted(t for u, t in memberships if u == user["id"])
+        return users
+
+    async def get_user(self, user_id: str) -> dict[str, Any]:
+        return (await self._with_teams([await self._one(schema.users, user_id, "user")]))[0]
+
+    async def list_users(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        return await self._with_teams(await self._list(schema.users, org_id=org_id))
+
+    async def create_agent(
+        self, name: str, team_id: str | None, org_id: str | None, now: datetime
+    ) -> dict[str, Any]:
+        resolved = await self._org_of(org_id, team_id)
+        values = {"id": new_id("agent"), "org_id": resolved, "team_id": team_id, "name": name,
+                  "created_at": now}
+        return await self._insert(schema.agents, values)
+
+    async def get_agent(self, agent_id: str) -> dict[str, Any]:
+        return await self._one(schema.agents, agent_id, "agent")
+
+    async def list_agents(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        return await self._list(schema.agents, org_id=org_id)
+
+    # -- virtual keys --------------------------------------------------------------
+    async def create_key(self, spec: dict[str, Any], now: datetime) -> dict[str, Any]:
+        """Create a key; the returned dict carries the secret once, as ``key``."""
+        org_id = await self._org_of(spec["org_id"], spec.get("team_id"))
+        for field, table in (("user_id", schema.users), ("agent_id", schema.agents)):
+            if spec.get(field) is not None:
+                owner = await self._require(table, spec[field], field)
+                if owner["org_id"] != org_id:
+                    raise ValidationFailed(f"{field}: belongs to another org", param=field)
+        expires_at = spec.get("expires_at")
+        if expires_at is not None and expires_at <= now:
+            raise ValidationFailed("expires_at: must be in the future", param="expires_at")
+        secret = new_virtual_key()
+        values = {
+            "id": new_id("key"), "org_id": org_id, "team_id": spec.get("team_id"),
+            "user_id": spec.get("user_id"), "agent_id": spec.get("agent_id"),
+            "name": spec["name"], "key_hash": hash_secret(secret), "key_prefix": shown_prefix(secret),
+            "tags": list(spec.get("tags") or []), "models": list(spec.get("models") or []),
+            "allow_request_tags": bool(spec.get("allow_request_tags", False)),
+            "expires_at": expires_at, "revoked_at": None, "created_at": now,
+        }
+        await self._insert(schema.virtual_keys, values)
+        return {**_key_public(values), "key": secret}
+
+    async def get_key(self, key_id: str) -> dict[str, Any]:
+        return _key_public(await self._one(schema.virtual_keys, key_id, "key"))
+
+    async def list_keys(
+        self, org_id: str | None = None, team_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        rows = await self._list(schema.virtual_keys, org_id=org_id, team_id=team_id)
+        return [_key_public(r) for r in rows]
+
+    async def revoke_key(self, key_id: str, now: datetime) -> dict[str, Any]:
+        table = schema.virtual_keys
+        async with self._engine.begin() as conn:
+            result = await conn.execute(
+                table.update().where(table.c.id == key_id, table.c.revoked_at.is_(None))
+                .values(revoked_at=now))
+        if result.rowcount == 0:
+            await self.get_key(key_id)  # 404 when it does not exist; else already revoked
+        return await self.get_key(key_id)
+
+    async def rotate_key(self, key_id: str) -> tuple[dict[str, Any], str]:
+        """Give the key a new secret; the old one stops working. Returns (key, old hash)."""
+        current = await self._one(schema.virtual_keys, key_id, "key")
+        if current["revoked_at"] is not None:
+            raise Conflict(f"key {key_id} is revoked and cannot be rotated")
+        secret = new_virtual_key()
+        table = schema.virtual_keys
+        async with self._engine.begin() as conn:
+            await conn.execute(table.update().where(table.c.id == key_id).values(
+                key_hash=hash_secret(secret), key_prefix=shown_prefix(secret)))
+        return {**(await self.get_key(key_id)), "key": secret}, current["key_hash"]
+
+    async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
+        table = schema.virtual_keys
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(table).where(table.c.key_hash == key_hash))).first()
+        return None if row is None else _key_record(_row(row))

@@ -1,0 +1,49 @@
+"""Stored events (SPEC §13): facts worth telling someone about, deduplicated by key."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from spendgate.credentials import new_id
+from spendgate.store import schema
+
+
+async def record_event(
+    conn: AsyncConnection,
+    type_: str,
+    data: dict[str, Any],
+    now: datetime,
+    *,
+    org_id: str | None = None,
+    dedup_key: str | None = None,
+) -> dict[str, Any] | None:
+    """Insert an event in the caller's transaction; ``None`` if ``dedup_key`` already fired."""
+    values = {"id": new_id("evt"), "type": type_, "created_at": now, "org_id": org_id,
+              "dedup_key": dedup_key, "data": data}
+    if dedup_key is None:
+        await conn.execute(schema.events.insert().values(**values))
+        return values
+    try:
+        async with conn.begin_nested():
+            await conn.execute(schema.events.insert().values(**values))
+    except IntegrityError:
+        return None
+    return values
+
+
+async def list_events(
+    engine: AsyncEngine, *, type_: str | None = None, org_id: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    table = schema.events
+    query = sa.select(table).order_by(table.c.created_at.desc(), table.c.id).limit(limit)
+    if type_ is not None:
+        query = query.where(table.c.type == type_)
+    if org_id is not None:
+        query = query.where(table.c.org_id == org_id)
+    async with engine.connect() as conn:
+        return [dict(r._mapping) for r in await conn.execute(query)]

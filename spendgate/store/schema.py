@@ -1,0 +1,139 @@
+"""Table definitions (SQLAlchemy Core), shared by the stores and the Alembic migrations."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+
+
+class UTCDateTime(sa.TypeDecorator[datetime]):
+    """Aware UTC datetimes in, aware UTC datetimes out, on SQLite and PostgreSQL alike."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = datetime.fromisoformat(value)
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
+
+metadata = sa.MetaData()
+
+orgs = sa.Table(
+    "orgs", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+teams = sa.Table(
+    "teams", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+users = sa.Table(
+    "users", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("email", sa.String(320), nullable=False),
+    sa.Column("role", sa.String(20), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("org_id", "email", name="uq_users_org_email"),
+)
+
+user_teams = sa.Table(
+    "user_teams", metadata,
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), primary_key=True),
+)
+
+agents = sa.Table(
+    "agents", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+virtual_keys = sa.Table(
+    "virtual_keys", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), nullable=True, index=True),
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), nullable=True),
+    sa.Column("agent_id", sa.String(40), sa.ForeignKey("agents.id"), nullable=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("key_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("key_prefix", sa.String(20), nullable=False),
+    sa.Column("tags", JSONType, nullable=False),
+    sa.Column("models", JSONType, nullable=False),
+    sa.Column("allow_request_tags", sa.Boolean(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+ledger = sa.Table(
+    "ledger", metadata,
+    sa.Column("request_id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), nullable=False),
+    sa.Column("team_id", sa.String(40), nullable=True),
+    sa.Column("user_id", sa.String(40), nullable=True),
+    sa.Column("agent_id", sa.String(40), nullable=True),
+    sa.Column("key_id", sa.String(40), nullable=False),
+    sa.Column("tags", JSONType, nullable=False),
+    sa.Column("provider", sa.String(60), nullable=False),
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("upstream_model", sa.String(200), nullable=False),
+    sa.Column("kind", sa.String(20), nullable=False),
+    sa.Column("stream", sa.Boolean(), nullable=False),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("http_status", sa.Integer(), nullable=False),
+    sa.Column("input_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("output_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cache_read_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("cache_write_tokens", sa.BigInteger(), nullable=False),
+    sa.Column("reasoning_tokens", sa.BigInteger(), nullable=False),
+    #: integer nano-dollars; NULL when the price is unknown (never a silent 0)
+    sa.Column("cost_nanos", sa.BigInteger(), nullable=True),
+    sa.Column("price_unknown", sa.Boolean(), nullable=False),
+    sa.Column("usage_estimated", sa.Boolean(), nullable=False),
+    sa.Column("latency_ms", sa.Integer(), nullable=False),
+    sa.Column("started_at", UTCDateTime(), nullable=False),
+    sa.Column("finished_at", UTCDateTime(), nullable=False),
+    sa.Index("ix_ledger_started_at", "started_at"),
+    sa.Index("ix_ledger_org_started", "org_id", "started_at"),
+    sa.Index("ix_ledger_team_started", "team_id", "started_at"),
+    sa.Index("ix_ledger_key_started", "key_id", "started_at"),
+)
+
+events = sa.Table(
+    "events", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("type", sa.String(60), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
+    sa.Column("org_id", sa.String(40), nullable=True, index=True),
+    #: a fact that must fire once (a threshold in a period) carries a unique key
+    sa.Column("dedup_key", sa.String(300), nullable=True, unique=True),
+    sa.Column("data", JSONType, nullable=False),
+)
