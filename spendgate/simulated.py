@@ -1,0 +1,431 @@
+"""A deterministic simulated LLM provider (pure, no I/O).
+
+Used by ``spendgate serve --demo`` and by the fake upstream in ``spendgate.testing``.
+Every answer is a function of the request body alone: the reply text and its length
+come from a hash of the prompt, ``created`` is derived from that hash, never the clock.
+
+Token counts: each text piece of the prompt costs ``estimate_tokens(piece)``; the reply
+is a list of pieces (``"Simulated"``, ``" reply:"``, ``" word"``…), one token each.
+
+Test knobs, read from the prompt text and ignored otherwise:
+
+* ``[[cached:N]]``       N prompt tokens were read from the cache (capped at the prompt).
+* ``[[reasoning:N]]``    N reasoning tokens, counted inside the completion tokens.
+* ``[[cache_write:N]]``  (Anthropic) N prompt tokens were written to the cache.
+
+Bad input raises :class:`~spendgate.errors.InvalidRequest` inside the stream builders;
+the ``*_response`` functions render it as the provider's error body instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import re
+import struct
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from spendgate.errors import InvalidRequest
+
+SIMULATED_MODELS: tuple[str, ...] = ("demo-small", "demo-large")
+
+_BASE_CREATED = 1_700_000_000
+_WORDS = (
+    "budget", "token", "gateway", "ledger", "forecast", "cache", "model", "spend",
+    "alert", "window", "quota", "price", "stream", "usage", "limit", "audit",
+)  # fmt: skip
+_KNOB = re.compile(r"\[\[(cached|reasoning|cache_write):(\d+)\]\]")
+_CHAT_PATHS = ("/chat/completions", "/completions")
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What the simulated model "says" for one prompt, and what it costs."""
+
+    key: str
+    model: str
+    pieces: tuple[str, ...]
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    truncated: bool
+
+    @property
+    def text(self) -> str:
+        return "".join(self.pieces)
+
+    @property
+    def created(self) -> int:
+        return _BASE_CREATED + int(self.key[:6], 16) % 10_000_000
+
+
+def estimate_tokens(text: str) -> int:
+    """Roughly four characters a token; 0 for the empty string."""
+    return max(1, math.ceil(len(text) / 4)) if text else 0
+
+
+def openai_error(
+    message: str,
+    *,
+    kind: str = "invalid_request_error",
+    param: str | None = None,
+    code: str | None = None,
+) -> dict[str, Any]:
+    """An OpenAI-shaped error body."""
+    return {"error": {"message": message, "type": kind, "param": param, "code": code}}
+
+
+def anthropic_error(message: str, *, kind: str = "invalid_request_error") -> dict[str, Any]:
+    """An Anthropic-shaped error body."""
+    return {"type": "error", "error": {"type": kind, "message": message}}
+
+
+# ----------------------------------------------------------------------------- prompts
+
+
+def _texts(content: Any) -> Iterator[str]:
+    """The text pieces of a message content: a string, or a list of parts/blocks."""
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, str):
+                yield part
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                yield part["text"]
+            elif isinstance(part, dict) and "content" in part:
+                yield from _texts(part["content"])
+
+
+def _require(body: dict[str, Any], field: str, kinds: type | tuple[type, ...]) -> Any:
+    value = body.get(field)
+    if not isinstance(value, kinds) or (isinstance(value, (list, str)) and not value):
+        raise InvalidRequest(f"'{field}' is a required property", param=field)
+    return value
+
+
+def _messages_texts(messages: Any) -> list[str]:
+    if not isinstance(messages, list) or not messages:
+        raise InvalidRequest("'messages' must be a non-empty array", param="messages")
+    if not all(isinstance(m, dict) for m in messages):
+        raise InvalidRequest("each message must be an object", param="messages")
+    return [t for m in messages for t in _texts(m.get("content"))]
+
+
+def _openai_prompt(path: str, body: dict[str, Any]) -> list[str]:
+    _require(body, "model", str)
+    if path == "/chat/completions":
+        return _messages_texts(body.get("messages"))
+    if path == "/completions":
+        prompt = _require(body, "prompt", (str, list))
+        return list(_texts(prompt))
+    if path == "/responses":
+        given = _require(body, "input", (str, list))
+        return [*_texts(body.get("instructions")), *_texts(given)]
+    raise InvalidRequest(f"Unknown simulated endpoint {path!r}", code="unknown_url")
+
+
+def _anthropic_prompt(body: dict[str, Any]) -> list[str]:
+    _require(body, "model", str)
+    max_tokens = body.get("max_tokens")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+        raise InvalidRequest("max_tokens: Field required", param="max_tokens")
+    return [*_texts(body.get("system")), *_messages_texts(body.get("messages"))]
+
+
+def _knob(texts: list[str], name: str) -> int:
+    return sum(int(n) for t in texts for k, n in _KNOB.findall(t) if k == name)
+
+
+def _cap(body: dict[str, Any]) -> int | None:
+    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = body.get(field)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
+
+
+def _reply(model: str, texts: list[str], cap: int | None) -> Reply:
+    key = hashlib.sha256("\x1f".join([model, *texts]).encode()).hexdigest()
+    prompt_tokens = sum(estimate_tokens(t) for t in texts)
+    natural, reasoning = 16 + int(key[:2], 16) % 33, _knob(texts, "reasoning")
+    budget = natural + reasoning if cap is None else cap
+    reasoning = min(reasoning, budget)
+    visible = min(natural, budget - reasoning)
+    words = [_WORDS[int(key[i % 60 : i % 60 + 2], 16) % len(_WORDS)] for i in range(visible)]
+    pieces = ("Simulated", " reply:", *(" " + w for w in words))[:visible]
+    cached = min(_knob(texts, "cached"), prompt_tokens)
+    return Reply(
+        key=key, model=model, pieces=pieces, prompt_tokens=prompt_tokens,
+        completion_tokens=visible + reasoning, cached_tokens=cached,
+        cache_write_tokens=min(_knob(texts, "cache_write"), prompt_tokens - cached),
+        reasoning_tokens=reasoning, truncated=visible + reasoning < natural + _knob(texts, "reasoning"),
+    )  # fmt: skip
+
+
+def openai_reply(path: str, body: dict[str, Any]) -> Reply:
+    """The simulated answer to an OpenAI chat/completions/responses request."""
+    return _reply(body.get("model", ""), _openai_prompt(path, body), _cap(body))
+
+
+def anthropic_reply(body: dict[str, Any]) -> Reply:
+    """The simulated answer to an Anthropic Messages request."""
+    texts = _anthropic_prompt(body)
+    return _reply(body["model"], texts, _cap(body))
+
+
+# ----------------------------------------------------------------------------- OpenAI
+
+
+def _chat_usage(r: Reply) -> dict[str, Any]:
+    return {
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": r.cached_tokens, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": r.reasoning_tokens, "audio_tokens": 0,
+            "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
+        },
+    }  # fmt: skip
+
+
+def _responses_usage(r: Reply) -> dict[str, Any]:
+    return {
+        "input_tokens": r.prompt_tokens,
+        "input_tokens_details": {"cached_tokens": r.cached_tokens, "cache_write_tokens": 0},
+        "output_tokens": r.completion_tokens,
+        "output_tokens_details": {"reasoning_tokens": r.reasoning_tokens},
+        "total_tokens": r.prompt_tokens + r.completion_tokens,
+    }
+
+
+def _finish(r: Reply) -> str:
+    return "length" if r.truncated else "stop"
+
+
+def _chat_object(r: Reply) -> dict[str, Any]:
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": r.text,
+        "refusal": None,
+        "annotations": [],
+    }
+    return {
+        "id": f"chatcmpl-{r.key[:24]}", "object": "chat.completion", "created": r.created,
+        "model": r.model, "system_fingerprint": "fp_simulated",
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(r)}],
+        "usage": _chat_usage(r),
+    }  # fmt: skip
+
+
+def _completion_object(r: Reply) -> dict[str, Any]:
+    return {
+        "id": f"cmpl-{r.key[:24]}", "object": "text_completion", "created": r.created,
+        "model": r.model,
+        "choices": [{"index": 0, "text": r.text, "logprobs": None, "finish_reason": _finish(r)}],
+        "usage": _chat_usage(r),
+    }  # fmt: skip
+
+
+def _output_message(r: Reply, done: bool) -> dict[str, Any]:
+    part = {"type": "output_text", "text": r.text, "annotations": [], "logprobs": []}
+    return {
+        "type": "message", "id": f"msg_{r.key[:24]}", "role": "assistant",
+        "status": "completed" if done else "in_progress", "content": [part] if done else [],
+    }  # fmt: skip
+
+
+def _response_object(r: Reply, body: dict[str, Any], done: bool = True) -> dict[str, Any]:
+    status = ("incomplete" if r.truncated else "completed") if done else "in_progress"
+    incomplete = {"reason": "max_output_tokens"} if done and r.truncated else None
+    return {
+        "id": f"resp_{r.key[:24]}", "object": "response", "created_at": r.created,
+        "status": status, "error": None, "incomplete_details": incomplete,
+        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+        "model": r.model, "output": [_output_message(r, True)] if done else [],
+        "parallel_tool_calls": True, "previous_response_id": None, "reasoning": {"effort": None},
+        "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
+        "tools": [], "top_p": 1.0, "truncation": "disabled", "metadata": {},
+        "usage": _responses_usage(r) if done else None,
+    }  # fmt: skip
+
+
+def _embedding(text: str, index: int, dims: int, as_base64: bool) -> dict[str, Any]:
+    raw = hashlib.shake_256(text.encode()).digest(dims)
+    vector = [round(b / 127.5 - 1.0, 6) for b in raw]
+    value: Any = vector
+    if as_base64:
+        value = base64.b64encode(struct.pack(f"<{dims}f", *vector)).decode()
+    return {"object": "embedding", "index": index, "embedding": value}
+
+
+def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
+    model = _require(body, "model", str)
+    given = _require(body, "input", (str, list))
+    inputs = [given] if isinstance(given, str) else given
+    if not all(isinstance(i, (str, list)) and i for i in inputs):
+        raise InvalidRequest("'input' must be a string or an array of strings", param="input")
+    dims = body.get("dimensions") or 8
+    if not isinstance(dims, int) or isinstance(dims, bool) or not 1 <= dims <= 8192:
+        raise InvalidRequest("'dimensions' must be a positive integer", param="dimensions")
+    texts = [i if isinstance(i, str) else " ".join(map(str, i)) for i in inputs]
+    as_b64 = body.get("encoding_format") == "base64"
+    tokens = sum(
+        estimate_tokens(t) if isinstance(i, str) else len(i) for t, i in zip(texts, inputs)
+    )
+    return {
+        "object": "list", "model": model,
+        "data": [_embedding(t, n, dims, as_b64) for n, t in enumerate(texts)],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }  # fmt: skip
+
+
+def _openai_body(path: str, body: dict[str, Any]) -> dict[str, Any]:
+    if path == "/embeddings":
+        return _embeddings(body)
+    reply = openai_reply(path, body)
+    if path == "/chat/completions":
+        return _chat_object(reply)
+    if path == "/completions":
+        return _completion_object(reply)
+    return _response_object(reply, body)
+
+
+def openai_response(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(status, JSON) for a non-streaming OpenAI request; ``path`` has no ``/v1``."""
+    if path not in (*_CHAT_PATHS, "/embeddings", "/responses"):
+        return 404, openai_error(f"Invalid URL (POST /v1{path})", code="unknown_url")
+    try:
+        return 200, _openai_body(path, body)
+    except InvalidRequest as exc:
+        return 400, openai_error(exc.message, param=exc.param, code=exc.code)
+
+
+def _sse(data: Any, event: str | None = None) -> bytes:
+    head = f"event: {event}\n".encode() if event else b""
+    return head + b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+def _chunk(r: Reply, path: str, delta: str | None, finish: str | None, usage: bool) -> Any:
+    if path == "/completions":
+        choice: dict[str, Any] = {"index": 0, "text": delta or "", "logprobs": None}
+        head = {"id": f"cmpl-{r.key[:24]}", "object": "text_completion"}
+    else:
+        content = {"content": delta} if delta is not None else {}
+        role = {"role": "assistant", "refusal": None} if delta == "" else {}
+        choice = {"index": 0, "delta": {**role, **content}, "logprobs": None}
+        head = {"id": f"chatcmpl-{r.key[:24]}", "object": "chat.completion.chunk"}
+    chunk = {**head, "created": r.created, "model": r.model,
+             "choices": [{**choice, "finish_reason": finish}]}  # fmt: skip
+    if path == "/chat/completions":
+        chunk["system_fingerprint"] = "fp_simulated"
+    return {**chunk, "usage": None} if usage else chunk
+
+
+def _chat_stream(path: str, body: dict[str, Any]) -> list[bytes]:
+    r = openai_reply(path, body)
+    options = body.get("stream_options")
+    usage = isinstance(options, dict) and options.get("include_usage") is True
+    deltas: list[str] = ([""] if path == "/chat/completions" else []) + list(r.pieces)
+    events = [_sse(_chunk(r, path, d, None, usage)) for d in deltas]
+    events.append(_sse(_chunk(r, path, None, _finish(r), usage)))
+    if usage:
+        final = {**_chunk(r, path, None, None, False), "choices": [], "usage": _chat_usage(r)}
+        events.append(_sse(final))
+    return [*events, b"data: [DONE]\n\n"]
+
+
+def _responses_events(r: Reply, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    ids = {"item_id": f"msg_{r.key[:24]}", "output_index": 0, "content_index": 0}
+    item = {"output_index": 0}
+    empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+    full = {**empty, "text": r.text}
+    yield {"type": "response.created", "response": _response_object(r, body, False)}
+    yield {"type": "response.in_progress", "response": _response_object(r, body, False)}
+    yield {"type": "response.output_item.added", **item, "item": _output_message(r, False)}
+    yield {"type": "response.content_part.added", **ids, "part": empty}
+    for piece in r.pieces:
+        yield {"type": "response.output_text.delta", **ids, "delta": piece, "logprobs": []}
+    yield {"type": "response.output_text.done", **ids, "text": r.text, "logprobs": []}
+    yield {"type": "response.content_part.done", **ids, "part": full}
+    yield {"type": "response.output_item.done", **item, "item": _output_message(r, True)}
+    final = "response.incomplete" if r.truncated else "response.completed"
+    yield {"type": final, "response": _response_object(r, body)}
+
+
+def openai_stream(path: str, body: dict[str, Any]) -> list[bytes]:
+    """The SSE events of a streaming OpenAI request; raises ``InvalidRequest`` on bad input."""
+    if path in _CHAT_PATHS:
+        return _chat_stream(path, body)
+    if path != "/responses":
+        raise InvalidRequest(f"Streaming is not supported on {path!r}", param="stream")
+    events = _responses_events(openai_reply(path, body), body)
+    return [_sse({**e, "sequence_number": n}, e["type"]) for n, e in enumerate(events)]
+
+
+# ----------------------------------------------------------------------------- Anthropic
+
+
+def _anthropic_usage(r: Reply, output_tokens: int) -> dict[str, Any]:
+    return {
+        "input_tokens": r.prompt_tokens - r.cached_tokens - r.cache_write_tokens,
+        "cache_creation_input_tokens": r.cache_write_tokens,
+        "cache_read_input_tokens": r.cached_tokens,
+        "output_tokens": output_tokens,
+    }
+
+
+def _stop_reason(r: Reply) -> str:
+    return "max_tokens" if r.truncated else "end_turn"
+
+
+def _message(r: Reply, done: bool) -> dict[str, Any]:
+    return {
+        "id": f"msg_{r.key[:24]}", "type": "message", "role": "assistant", "model": r.model,
+        "content": [{"type": "text", "text": r.text}] if done else [],
+        "stop_reason": _stop_reason(r) if done else None, "stop_sequence": None,
+        "usage": _anthropic_usage(r, r.completion_tokens if done else 1),
+    }  # fmt: skip
+
+
+def anthropic_response(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(status, JSON) for a non-streaming Anthropic Messages request."""
+    try:
+        return 200, _message(anthropic_reply(body), True)
+    except InvalidRequest as exc:
+        return 400, anthropic_error(exc.message)
+
+
+def anthropic_stream(body: dict[str, Any]) -> list[bytes]:
+    """The SSE events of a streaming Messages request; raises ``InvalidRequest`` on bad input."""
+    r = anthropic_reply(body)
+    block = {
+        "type": "content_block_start",
+        "index": 0,
+        "content_block": {"type": "text", "text": ""},
+    }
+    events: list[dict[str, Any]] = [
+        {"type": "message_start", "message": _message(r, False)}, block, {"type": "ping"},
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+          for p in r.pieces),
+        {"type": "content_block_stop", "index": 0},
+        {"type": "message_delta", "delta": {"stop_reason": _stop_reason(r), "stop_sequence": None},
+         "usage": {"output_tokens": r.completion_tokens}},
+        {"type": "message_stop"},
+    ]  # fmt: skip
+    return [_sse(e, e["type"]) for e in events]
+
+
+def models_list(models: Iterable[str]) -> dict[str, Any]:
+    """An OpenAI ``GET /v1/models`` body listing ``models``."""
+    data = [{"id": m, "object": "model", "created": _BASE_CREATED, "owned_by": "spendgate"}
+            for m in models]  # fmt: skip
+    return {"object": "list", "data": data}

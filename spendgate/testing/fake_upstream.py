@@ -1,0 +1,289 @@
+"""A fake OpenAI + Anthropic upstream: a raw ASGI app answering from ``spendgate.simulated``.
+
+Tests serve it with :func:`serve_in_thread`, point a client (or the gateway) at it, then
+assert on ``requests``. The benchmark runs it on its own::
+
+    python -m spendgate.testing.fake_upstream --port 9100
+
+Knobs are plain attributes, set by the test that needs them:
+
+* ``fail_status`` / ``fail_count``  answer the next ``fail_count`` requests (all of them
+  when ``None``) with that status and a provider-shaped error body.
+* ``delay_seconds``                 wait before answering.
+* ``stream_delay_seconds``          wait between stream events.
+* ``drop_stream_after``             close the connection after N events, mid-stream,
+  before any usage or ``[DONE]``.
+* ``required_api_key``              demand ``Authorization: Bearer``, ``x-api-key`` or
+  ``api-key`` carrying it, else 401.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib.util
+import socket
+import threading
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import uvicorn
+
+from spendgate import simulated
+from spendgate.errors import InvalidRequest
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+MAX_RECORDED = 1000
+_JSON_HEADERS = [(b"content-type", b"application/json")]
+_SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
+_OPENAI_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+_ANTHROPIC_KINDS = {
+    400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+    404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
+    529: "overloaded_error",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request the fake upstream received."""
+
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    json: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    """Where a request goes: which provider's wire format, and which simulated endpoint."""
+
+    provider: str  # "openai" | "anthropic"
+    endpoint: str  # "/chat/completions", "/models", "/messages", …
+    deployment: str | None = None
+
+
+def route(method: str, path: str) -> Route | None:
+    """Map a URL path to a :class:`Route`, or ``None`` for 404."""
+    if method == "GET" and path == "/v1/models":
+        return Route("openai", "/models")
+    if method != "POST":
+        return None
+    if path == "/v1/messages":
+        return Route("anthropic", "/messages")
+    if path.startswith("/v1/") and path[3:] in _OPENAI_PATHS:
+        return Route("openai", path[3:])
+    parts = path.split("/", 4)  # "", "openai", "deployments", name, rest
+    if len(parts) == 5 and parts[1:3] == ["openai", "deployments"] and parts[3]:
+        rest = "/" + parts[4]
+        if rest in _OPENAI_PATHS[:3]:
+            return Route("openai", rest, deployment=parts[3])
+    return None
+
+
+def error_body(provider: str, status: int, message: str) -> dict[str, Any]:
+    """A provider-shaped error body for ``status``."""
+    if provider == "anthropic":
+        kind = _ANTHROPIC_KINDS.get(status, "api_error")
+        return simulated.anthropic_error(message, kind=kind)
+    kind = "invalid_request_error" if status < 500 and status != 429 else "server_error"
+    code = {401: "invalid_api_key", 429: "rate_limit_exceeded"}.get(status)
+    return simulated.openai_error(message, kind="requests" if status == 429 else kind, code=code)
+
+
+def _presented_keys(headers: dict[str, str]) -> set[str]:
+    auth = headers.get("authorization", "")
+    bearer = auth[7:] if auth[:7].lower() == "bearer " else None
+    return {k for k in (bearer, headers.get("x-api-key"), headers.get("api-key")) if k}
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+async def _send_json(send: Send, status: int, body: Any) -> None:
+    raw = orjson.dumps(body)
+    headers = [*_JSON_HEADERS, (b"content-length", str(len(raw)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": raw})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+class FakeUpstream:
+    """ASGI app faking OpenAI, Azure OpenAI and Anthropic; see the module docstring."""
+
+    def __init__(self, models: tuple[str, ...] = simulated.SIMULATED_MODELS) -> None:
+        self.models = models
+        self.requests: list[RecordedRequest] = []
+        self.fail_status: int | None = None
+        self.fail_count: int | None = None
+        self.delay_seconds: float = 0.0
+        self.stream_delay_seconds: float = 0.0
+        self.drop_stream_after: int | None = None
+        self.required_api_key: str | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+        elif scope["type"] == "http":
+            await self._http(scope, receive, send)
+
+    def _record(self, scope: Scope, raw: bytes) -> RecordedRequest:
+        try:
+            body = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            body = None
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        query = scope.get("query_string", b"").decode("latin-1")
+        seen = RecordedRequest(scope["method"], scope["path"], query, headers, body)
+        self.requests.append(seen)
+        if len(self.requests) > MAX_RECORDED:
+            del self.requests[: len(self.requests) - MAX_RECORDED]
+        return seen
+
+    def _refusal(self, where: Route, seen: RecordedRequest) -> tuple[int, str] | None:
+        """An injected or authentication failure for this request, if any."""
+        key = self.required_api_key
+        if key is not None and key not in _presented_keys(seen.headers):
+            return 401, "Incorrect API key provided."
+        if self.fail_status is None or self.fail_count == 0:
+            return None
+        if self.fail_count is not None:
+            self.fail_count -= 1
+        return self.fail_status, f"Simulated upstream failure ({self.fail_status})."
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        seen = self._record(scope, await _read_body(receive))
+        where = route(seen.method, seen.path)
+        if self.delay_seconds:
+            await asyncio.sleep(self.delay_seconds)
+        if where is None:
+            await _send_json(send, 404, error_body("openai", 404, f"Unknown URL {seen.path}"))
+            return
+        refusal = self._refusal(where, seen)
+        if refusal is not None:
+            await _send_json(send, refusal[0], error_body(where.provider, *refusal))
+        elif where.endpoint == "/models":
+            await _send_json(send, 200, simulated.models_list(self.models))
+        elif not isinstance(seen.json, dict):
+            message = "We could not parse the JSON body of your request."
+            await _send_json(send, 400, error_body(where.provider, 400, message))
+        else:
+            await self._answer(where, seen.json, send)
+
+    async def _answer(self, where: Route, body: dict[str, Any], send: Send) -> None:
+        if where.deployment is not None:
+            body = {**body, "model": where.deployment}
+        if body.get("stream") is True:
+            try:
+                events = self._stream_events(where, body)
+            except InvalidRequest as exc:
+                await _send_json(send, 400, error_body(where.provider, 400, exc.message))
+                return
+            await self._send_stream(send, events)
+            return
+        if where.provider == "anthropic":
+            status, answer = simulated.anthropic_response(body)
+        else:
+            status, answer = simulated.openai_response(where.endpoint, body)
+        await _send_json(send, status, answer)
+
+    @staticmethod
+    def _stream_events(where: Route, body: dict[str, Any]) -> list[bytes]:
+        if where.provider == "anthropic":
+            return simulated.anthropic_stream(body)
+        return simulated.openai_stream(where.endpoint, body)
+
+    async def _send_stream(self, send: Send, events: list[bytes]) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
+        drop = self.drop_stream_after
+        for n, event in enumerate(events):
+            if drop is not None and n >= drop:
+                return  # no final body message: the server closes the connection mid-stream
+            if n and self.stream_delay_seconds:
+                await asyncio.sleep(self.stream_delay_seconds)
+            await send({"type": "http.response.body", "body": event, "more_body": True})
+        await send({"type": "http.response.body", "body": b""})
+
+
+@dataclass(frozen=True, slots=True)
+class ServerHandle:
+    """A uvicorn server running in a daemon thread; ``stop()`` shuts it down."""
+
+    server: uvicorn.Server
+    thread: threading.Thread
+    sock: socket.socket
+    host: str = "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        port: int = self.sock.getsockname()[1]
+        return port
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout)
+        self.sock.close()
+
+
+def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> ServerHandle:
+    """Serve ``app`` with uvicorn on a socket bound here (no port race); wait until up."""
+    # IPPROTO_TCP (not 0) so asyncio sets TCP_NODELAY on accepted connections; without
+    # it every response waits ~40 ms on Nagle + delayed ACK.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, loop="asyncio", lifespan="on", log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    handle = ServerHandle(server=server, thread=thread, sock=sock, host=host)
+    thread.start()
+    while not server.started:
+        if not thread.is_alive():
+            sock.close()
+            raise RuntimeError("uvicorn exited before it started listening")
+        thread.join(0.005)
+    return handle
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Serve a :class:`FakeUpstream` in the foreground (used by the benchmark)."""
+    parser = argparse.ArgumentParser(description="Fake OpenAI/Anthropic upstream")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=9100)
+    args = parser.parse_args(argv)
+    fast = all(importlib.util.find_spec(m) for m in ("uvloop", "httptools"))
+    uvicorn.run(
+        FakeUpstream(), host=args.host, port=args.port, log_level="warning", access_log=False,
+        loop="uvloop" if fast else "asyncio", http="httptools" if fast else "auto",
+    )  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
