@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, ORJSONResponse
+from fastapi.responses import JSONResponse
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -56,7 +57,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def build_admin(services: Services) -> FastAPI:
-    api = FastAPI(title="spendgate", version=__version__, default_response_class=ORJSONResponse,
+    api = FastAPI(title="spendgate", version=__version__,
                   docs_url="/docs", redoc_url=None)
     api.state.services = services
 
@@ -102,6 +103,8 @@ class Gateway:
         self.proxy = ProxyApp(services.settings, services.clock, services.keys, services.prices,
                               services.ledger, services.transports, self._unpriced)
         self.admin = build_admin(services)
+        #: the event loop serving this app, set at startup (tests run coroutines on it)
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     def _unpriced(self, call: Call, usage: TokenUsage) -> None:
         day = call.started_at.date().isoformat()
@@ -130,6 +133,7 @@ class Gateway:
             await self.admin(scope, receive, send)
 
     async def startup(self) -> None:
+        self.loop = asyncio.get_running_loop()
         if self.auto_migrate:
             await migrate(self.services.engine)
         self.services.ledger.start()

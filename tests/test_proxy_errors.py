@@ -1,0 +1,198 @@
+"""Bad input and failing upstreams: clear 4xx/5xx in the route's format, nothing billed."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from spendgate.testing.fake_upstream import FakeUpstream
+from tests.conftest import RunningGateway
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def post(gw: RunningGateway, path: str, key: str | None, **kwargs: object) -> httpx.Response:
+    headers = {"authorization": f"Bearer {key}"} if key else {}
+    headers.update(kwargs.pop("headers", {}))  # type: ignore[arg-type]
+    return httpx.post(gw.url + path, headers=headers, timeout=30, **kwargs)  # type: ignore[arg-type]
+
+
+def test_unknown_revoked_and_expired_keys_get_401(gateway: RunningGateway) -> None:
+    """401 invalid_api_key in the OpenAI format; the Anthropic route answers in its own."""
+    expires = gateway.clock.now().replace(hour=16).isoformat()
+    key = gateway.create_key(expires_at=expires)
+    with pytest.raises(openai.AuthenticationError) as info:
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-sg-nope", max_retries=0
+                      ).chat.completions.create(**CHAT)
+    assert info.value.code == "invalid_api_key"
+    assert post(gateway, "/v1/chat/completions", key["key"], json=CHAT).status_code == 200
+    gateway.clock.advance(3600)
+    expired = post(gateway, "/v1/chat/completions", key["key"], json=CHAT)
+    assert expired.status_code == 401 and "expired" in expired.json()["error"]["message"]
+    second = gateway.create_key()
+    gateway.post(f"/admin/keys/{second['id']}/revoke", {}, status=200)
+    with pytest.raises(anthropic.AuthenticationError) as ainfo:
+        anthropic.Anthropic(base_url=gateway.url, api_key=second["key"], max_retries=0
+                            ).messages.create(model="claude-sonnet-4-5", max_tokens=5,
+                                              messages=[{"role": "user", "content": "x"}])
+    body = ainfo.value.body
+    assert isinstance(body, dict) and body["type"] == "error"
+    assert body["error"]["type"] == "authentication_error"
+    assert len(gateway.ledger()) == 1
+
+
+def test_rotation_kills_old_secret(gateway: RunningGateway) -> None:
+    """After rotate, the new secret works and the old one is refused at once."""
+    key = gateway.create_key()
+    assert post(gateway, "/v1/chat/completions", key["key"], json=CHAT).status_code == 200
+    rotated = gateway.post(f"/admin/keys/{key['id']}/rotate", {}, status=200)
+    assert rotated["key"] != key["key"] and rotated["id"] == key["id"]
+    assert post(gateway, "/v1/chat/completions", key["key"], json=CHAT).status_code == 401
+    assert post(gateway, "/v1/chat/completions", rotated["key"], json=CHAT).status_code == 200
+
+
+@pytest.mark.parametrize(("body", "status", "param"), [
+    (b"{not json", 400, None),
+    (b"[1, 2]", 400, None),
+    (b'{"messages": []}', 400, "model"),
+    (b'{"model": "gpt-9-imaginary", "messages": []}', 404, "model"),
+    (b'{"model": "gpt-4o-mini", "stream": "yes"}', 400, "stream"),
+    (b"", 400, None),
+])
+def test_bad_request_bodies(gateway: RunningGateway, body: bytes, status: int,
+                            param: str | None) -> None:
+    """Malformed JSON, missing or unknown model: a clear 4xx, never a 500, nothing billed."""
+    key = gateway.create_key()
+    response = post(gateway, "/v1/chat/completions", key["key"], content=body,
+                    headers={"content-type": "application/json"})
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error["message"] and error["param"] == param
+    assert gateway.ledger() == []
+
+
+def test_oversized_body_is_413(gateway: RunningGateway) -> None:
+    """A body over the limit is refused before it is read whole."""
+    key = gateway.create_key()
+    huge = b'{"model": "gpt-4o-mini", "pad": "' + b"x" * (11 * 1024 * 1024) + b'"}'
+    response = post(gateway, "/v1/chat/completions", key["key"], content=huge)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert gateway.ledger() == []
+
+
+def test_anthropic_route_refuses_openai_model(gateway: RunningGateway) -> None:
+    """Asking /v1/messages for an OpenAI-served model is a 400 that says where to go."""
+    key = gateway.create_key()
+    response = post(gateway, "/v1/messages", key["key"],
+                    json={"model": "gpt-4o", "max_tokens": 5, "messages": []})
+    assert response.status_code == 400
+    assert response.json()["error"]["type"] == "invalid_request_error"
+    assert "/v1/chat/completions" in response.json()["error"]["message"]
+
+
+def test_request_tags_need_permission(gateway: RunningGateway) -> None:
+    """x-spendgate-tags adds tags only for keys that allow it; others get 403."""
+    plain = gateway.create_key(tags=["team-a"])
+    denied = post(gateway, "/v1/chat/completions", plain["key"], json=CHAT,
+                  headers={"x-spendgate-tags": "feature:search"})
+    assert denied.status_code == 403
+    allowed = gateway.create_key(tags=["team-a"], allow_request_tags=True)
+    ok = post(gateway, "/v1/chat/completions", allowed["key"], json=CHAT,
+              headers={"x-spendgate-tags": "feature:search, team-a"})
+    assert ok.status_code == 200
+    bad = post(gateway, "/v1/chat/completions", allowed["key"], json=CHAT,
+               headers={"x-spendgate-tags": "has space"})
+    assert bad.status_code == 400
+    [row] = gateway.ledger()
+    assert row["tags"] == ["team-a", "feature:search"]
+
+
+def test_upstream_error_passes_through_unbilled(gateway: RunningGateway, fake: FakeUpstream) -> None:
+    """A provider 500 reaches the client as is; the ledger records it at zero cost."""
+    key = gateway.create_key()
+    fake.fail_status, fake.fail_count = 500, 1
+    response = post(gateway, "/v1/chat/completions", key["key"], json=CHAT)
+    assert response.status_code == 500
+    assert response.headers["x-spendgate-cost-usd"] == "0.00"
+    [row] = gateway.ledger()
+    assert row["status"] == "upstream_error" and row["cost_nanos"] == 0
+    assert row["http_status"] == 500 and row["input_tokens"] == 0
+
+
+def test_upstream_timeout_is_504(gateway: RunningGateway, fake: FakeUpstream) -> None:
+    """An upstream slower than the provider timeout (5 s here) is a 504, not billed."""
+    key = gateway.create_key()
+    fake.delay_seconds = 6.0
+    response = post(gateway, "/v1/chat/completions", key["key"], json=CHAT)
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "upstream_timeout"
+    [row] = gateway.ledger()
+    assert row["status"] == "timeout" and row["cost_nanos"] == 0
+
+
+def test_upstream_down_is_502(gateway: RunningGateway, tmp_path: object) -> None:
+    """A provider that refuses connections gives 502 with a clear message."""
+    from tests.conftest import start_gateway
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead_port = probe.getsockname()[1]
+    other = start_gateway(gateway.settings.database_url.replace("spendgate.db", "down.db"),
+                          f"http://127.0.0.1:{dead_port}", tmp_path, demo=False)  # type: ignore[arg-type]
+    try:
+        key = other.create_key()
+        response = post(other, "/v1/chat/completions", key["key"], json=CHAT)
+        assert response.status_code == 502
+        assert "could not be reached" in response.json()["error"]["message"]
+        [row] = other.ledger()
+        assert row["cost_nanos"] == 0 and row["status"] == "upstream_error"
+    finally:
+        other.admin.close()
+        other.handle.stop()
+
+
+def test_abandoned_stream_is_billed_for_what_upstream_produced(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """The client hangs up after two events; spendgate reads on and bills the real usage."""
+    key = gateway.create_key()
+    fake.stream_delay_seconds = 0.01
+    body = {**CHAT, "stream": True}
+    with httpx.Client(timeout=30) as http, http.stream(
+        "POST", gateway.url + "/v1/chat/completions", json=body,
+        headers={"authorization": f"Bearer {key['key']}"},
+    ) as response:
+        lines = response.iter_lines()
+        got = [next(lines) for _ in range(3)]
+    assert any(line.startswith("data: ") for line in got)
+    deadline = time.monotonic() + 10
+    rows = gateway.ledger()
+    while not rows and time.monotonic() < deadline:
+        threading.Event().wait(0.05)
+        rows = gateway.ledger()
+    [row] = rows
+    assert row["status"] == "client_cancelled"
+    assert not row["usage_estimated"] and row["output_tokens"] > 1 and row["cost_nanos"] > 0
+
+
+def test_stream_cut_by_upstream_is_estimated_and_flagged(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """An upstream that dies mid-stream: billed on an estimate, flagged as such."""
+    key = gateway.create_key()
+    fake.drop_stream_after = 4
+    with httpx.Client(timeout=30) as http, http.stream(
+        "POST", gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True},
+        headers={"authorization": f"Bearer {key['key']}"},
+    ) as response:
+        list(response.iter_lines())
+    [row] = gateway.ledger()
+    assert row["status"] == "incomplete" and row["usage_estimated"] is True
+    assert row["output_tokens"] >= 3 and row["cost_nanos"] > 0
