@@ -1,0 +1,114 @@
+"""`spendgate serve` as a real process, and the CLI driving it over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from spendgate.cli import app as cli
+
+MASTER = "sg-master-cli-test"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]]:
+    """`spendgate serve --demo` with a ledger that only flushes on shutdown."""
+    config = tmp_path / "spendgate.toml"
+    config.write_text("[gateway]\nledger_flush_seconds = 3600\nledger_batch_size = 100000\n")
+    db = tmp_path / "served.db"
+    port = free_port()
+    env = {**os.environ, "SPENDGATE_MASTER_KEY": MASTER, "SPENDGATE_DATABASE_URL": f"sqlite:///{db}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "serve", "--demo", "--config", str(config),
+         "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if httpx.get(url + "/readyz").status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+        assert time.monotonic() < deadline, "spendgate serve did not become ready"
+        time.sleep(0.1)
+    yield url, db, proc
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def run_cli(url: str, *args: str) -> object:
+    result = CliRunner().invoke(cli, [*args, "--url", url, "--json"],
+                                env={"SPENDGATE_MASTER_KEY": MASTER})
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
+
+
+def test_cli_creates_objects_and_sigterm_flushes_the_ledger(
+    served: tuple[str, Path, subprocess.Popen[bytes]],
+) -> None:
+    """Org, team, user, agent and key made with the CLI; calls metered; SIGTERM loses nothing."""
+    url, db, proc = served
+    org = run_cli(url, "orgs", "create", "acme")
+    team = run_cli(url, "teams", "create", "search", "--org", org["id"])  # type: ignore[index]
+    user = run_cli(url, "users", "create", "ana@acme.io", "--teams", team["id"])  # type: ignore[index]
+    agent = run_cli(url, "agents", "create", "crawler", "--team", team["id"])  # type: ignore[index]
+    key = run_cli(url, "keys", "create", "search-prod", "--org", org["id"],  # type: ignore[index]
+                  "--team", team["id"], "--user", user["id"], "--agent", agent["id"],  # type: ignore[index]
+                  "--tags", "prod,search")
+    secret = key["key"]  # type: ignore[index]
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
+    for n in range(5):
+        sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": f"q{n}"}])
+    list(sdk.chat.completions.create(model="demo-large", stream=True,
+                                     messages=[{"role": "user", "content": "s"}]))
+    report = run_cli(url, "usage", "--by", "team,model")
+    rows = {r["model"]: r for r in report["rows"]}  # type: ignore[index]
+    assert rows["demo-small"]["requests"] == 5 and rows["demo-large"]["requests"] == 1
+    assert all(r["team"] == team["id"] for r in rows.values())  # type: ignore[index]
+
+    for n in range(7):
+        sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": f"x{n}"}])
+    proc.send_signal(signal.SIGTERM)
+    # uvicorn shuts down gracefully, then re-raises the signal it caught
+    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    output = proc.stdout.read().decode() if proc.stdout else ""
+    assert "Application shutdown complete" in output
+    with sqlite3.connect(db) as conn:
+        count, agents = conn.execute(
+            "SELECT count(*), count(DISTINCT agent_id) FROM ledger WHERE key_id = ?",
+            (key["id"],)).fetchone()  # type: ignore[index]
+    assert (count, agents) == (13, 1)
+
+
+def test_cli_reports_errors_clearly(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """A bad id is a readable error and a non-zero exit, not a traceback."""
+    url, _, _ = served
+    result = CliRunner().invoke(cli, ["keys", "revoke", "key_missing", "--url", url],
+                                env={"SPENDGATE_MASTER_KEY": MASTER})
+    assert result.exit_code == 1
+    assert "404" in result.output and "not found" in result.output
+    wrong = CliRunner().invoke(cli, ["orgs", "list", "--url", url],
+                               env={"SPENDGATE_MASTER_KEY": "wrong"})
+    assert wrong.exit_code == 1 and "401" in wrong.output
