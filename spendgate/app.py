@@ -21,24 +21,29 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
+from spendgate.admin.policies import router as policies_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.clock import Clock, SystemClock
+from spendgate.counters.factory import counters_from_url
+from spendgate.enforcement import Enforcer
 from spendgate.errors import PayloadTooLarge, SpendgateError
 from spendgate.pricing import PriceTable
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
 from spendgate.proxy.wire import Receive, Scope, Send, send_error
-from spendgate.services import Services
+from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_settings
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.ledger import LedgerWriter
+from spendgate.store.policies import PolicyStore
 from spendgate.usage import TokenUsage
 
 log = logging.getLogger("spendgate")
 
 ADMIN_BODY_LIMIT = 1024 * 1024
+HOUSEKEEPING_SECONDS = 5.0
 
 
 def _error_response(err: SpendgateError) -> JSONResponse:
@@ -91,6 +96,7 @@ def build_admin(services: Services) -> FastAPI:
         return JSONResponse({"status": "ok", "ledger_pending": services.ledger.pending})
 
     api.include_router(admin_router)
+    api.include_router(policies_router)
     return api
 
 
@@ -101,14 +107,16 @@ class Gateway:
         self.services = services
         self.auto_migrate = auto_migrate
         self.proxy = ProxyApp(services.settings, services.clock, services.keys, services.prices,
-                              services.ledger, services.transports, self._unpriced)
+                              services.ledger, services.transports, self._unpriced,
+                              services.enforcer)
         self.admin = build_admin(services)
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._housekeeping: asyncio.Task[None] | None = None
 
     def _unpriced(self, call: Call, usage: TokenUsage) -> None:
         day = call.started_at.date().isoformat()
-        self.services.emit_once(
+        self.services.events.emit_once(
             "price.unknown", f"price.unknown:{call.route.name}:{day}",
             {"model": call.route.name, "provider": call.route.provider.name,
              "price_model": call.route.price.model, "request_id": call.request_id,
@@ -137,6 +145,8 @@ class Gateway:
         if self.auto_migrate:
             await migrate(self.services.engine)
         self.services.ledger.start()
+        await self.services.enforcer.refresh()
+        self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if self.services.settings.demo:
             await self._demo_bootstrap()
 
@@ -150,12 +160,26 @@ class Gateway:
                                           "allow_request_tags": True}, now)
         log.warning("demo org %s created; its virtual key (shown once): %s", org["id"], key["key"])
 
+    async def _housekeep(self) -> None:
+        """Every few seconds: reap stale reservations, note expired exceptions, reload policy."""
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            try:
+                await self.services.enforcer.reap()
+                await self.services.enforcer.refresh()
+                await self.services.enforcer.announce_expired_exceptions()
+            except Exception:  # outermost layer of a background loop: log and keep going
+                log.exception("housekeeping failed")
+
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
+        if self._housekeeping is not None:
+            self._housekeeping.cancel()
         await self.services.drain()
         await self.services.ledger.close()
         for transport in self.services.transports.values():
             await transport.aclose()
+        await self.services.counters.aclose()
         await self.services.engine.dispose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -188,16 +212,26 @@ def create_app(
     clock = clock or SystemClock()
     engine = engine or create_engine(settings.database_url)
     directory = Directory(engine)
+    ledger = LedgerWriter(engine, flush_seconds=settings.ledger_flush_seconds,
+                          batch_size=settings.ledger_batch_size)
+    policies = PolicyStore(engine)
+    counters = counters_from_url(settings.redis_url)
+    events = EventSink(engine)
+    enforcer = Enforcer(policies, counters, ledger, clock, events.emit_once,
+                        reservation_seconds=settings.upstream_timeout_seconds + 60)
     services = Services(
         settings=settings,
         clock=clock,
         engine=engine,
         directory=directory,
-        ledger=LedgerWriter(engine, flush_seconds=settings.ledger_flush_seconds,
-                            batch_size=settings.ledger_batch_size),
+        ledger=ledger,
         keys=KeyCache(directory.key_by_hash, ttl=settings.key_cache_seconds),
         prices=PriceTable(),
         transports=transports or {"http": AiohttpTransport(), "simulated": SimulatedTransport()},
+        events=events,
+        policies=policies,
+        counters=counters,
+        enforcer=enforcer,
     )
     return Gateway(services, auto_migrate=auto_migrate)
 

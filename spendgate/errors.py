@@ -7,7 +7,9 @@
     ├── NotFound                   404     not_found
     │   └── UnknownModel           404     model_not_found
     ├── Conflict                   409     conflict
+    ├── InsufficientFunds          402     insufficient_funds
     ├── PayloadTooLarge            413     request_too_large
+    ├── BudgetExceeded             429     budget_exceeded
     ├── ValidationFailed           422     validation_error
     ├── UpstreamUnavailable        502     upstream_unavailable
     └── UpstreamTimeout            504     upstream_timeout
@@ -77,6 +79,31 @@ class Conflict(SpendgateError):
     code = "conflict"
     kind = "invalid_request_error"
     anthropic_kind = "invalid_request_error"
+
+
+class InsufficientFunds(SpendgateError):
+    status = 402
+    code = "insufficient_funds"
+    kind = "insufficient_quota"
+    anthropic_kind = "billing_error"
+
+
+class BudgetExceeded(SpendgateError):
+    status = 429
+    code = "budget_exceeded"
+    kind = "budget_exceeded"
+    anthropic_kind = "rate_limit_error"
+
+    def __init__(self, message: str, *, budget_id: str, resets_at: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.budget_id = budget_id
+        self.resets_at = resets_at
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, self.retry_after)),
+                "x-spendgate-budget-id": self.budget_id,
+                "x-spendgate-budget-resets-at": self.resets_at}
 
 
 class PayloadTooLarge(SpendgateError):

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.clock import Clock
+from spendgate.counters import Counters
+from spendgate.enforcement import Enforcer
 from spendgate.pricing import PriceTable
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import Transport
@@ -19,8 +21,48 @@ from spendgate.settings import Settings
 from spendgate.store.directory import Directory
 from spendgate.store.events import record_event
 from spendgate.store.ledger import LedgerWriter
+from spendgate.store.policies import PolicyStore
 
 log = logging.getLogger("spendgate")
+
+
+class EventSink:
+    """Stores events off the request path, each ``dedup_key`` at most once.
+
+    The database's unique dedup key makes "once" hold across replicas and restarts;
+    the in-process set saves the round trip for repeats on this replica.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._announced: set[str] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, Any], name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def emit_once(self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime,
+                  org_id: str | None) -> None:
+        if dedup_key in self._announced:
+            return
+        self._announced.add(dedup_key)
+        self.spawn(self._store(type_, dedup_key, data, now, org_id), f"event:{type_}")
+
+    async def _store(self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime,
+                     org_id: str | None) -> None:
+        try:
+            async with self._engine.begin() as conn:
+                await record_event(conn, type_, data, now, org_id=org_id, dedup_key=dedup_key)
+        except Exception:  # outermost layer of a background task: log, never crash serving
+            self._announced.discard(dedup_key)
+            log.exception("could not store %s event", type_)
+
+    async def drain(self) -> None:
+        """Wait for every event still being stored."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
 
 
 @dataclass
@@ -33,32 +75,10 @@ class Services:
     keys: KeyCache
     prices: PriceTable
     transports: Mapping[str, Transport]
-    _background: set[asyncio.Task[Any]] = field(default_factory=set)
-    _announced: set[str] = field(default_factory=set)
-
-    def spawn(self, coro: Any, name: str) -> None:
-        """Run ``coro`` off the request path, keeping a reference until it ends."""
-        task = asyncio.create_task(coro, name=name)
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def emit_once(self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime,
-                  org_id: str | None) -> None:
-        """Store an event at most once per ``dedup_key`` (across replicas, via the DB)."""
-        if dedup_key in self._announced:
-            return
-        self._announced.add(dedup_key)
-        self.spawn(self._store_event(type_, dedup_key, data, now, org_id), f"event:{type_}")
-
-    async def _store_event(self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime,
-                           org_id: str | None) -> None:
-        try:
-            async with self.engine.begin() as conn:
-                await record_event(conn, type_, data, now, org_id=org_id, dedup_key=dedup_key)
-        except Exception:  # outermost layer of a background task: log, never crash serving
-            self._announced.discard(dedup_key)
-            log.exception("could not store %s event", type_)
+    events: EventSink
+    policies: PolicyStore
+    counters: Counters
+    enforcer: Enforcer
 
     async def drain(self) -> None:
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.events.drain()

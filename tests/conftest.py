@@ -25,6 +25,7 @@ from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle, serve_in
 
 PG_ADMIN_DSN = os.environ.get("SPENDGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MASTER_KEY = "sg-master-test-0123456789"
+REDIS_URL = os.environ.get("SPENDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 UPSTREAM_SECRETS = {
     "OPENAI_KEY": "upstream-openai-secret-1a2b",
     "ANTHROPIC_KEY": "upstream-anthropic-secret-3c4d",
@@ -202,6 +203,9 @@ def start_gateway(database_url: str, upstream_url: str, tmp_path: Path, *, extra
     config = gateway_config(upstream_url, tmp_path, extra_config)
     env = {**UPSTREAM_SECRETS, "SPENDGATE_MASTER_KEY": MASTER_KEY,
            "SPENDGATE_DATABASE_URL": database_url}
+    if database_url.startswith("postgresql"):
+        # the scale-out pairing: PostgreSQL for the ledger, Redis for live counters
+        env["SPENDGATE_REDIS_URL"] = REDIS_URL
     settings = load_settings(config_path=str(config), env=env, demo=demo)
     clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
     app = create_app(settings, clock=clock)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from decimal import Decimal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
@@ -142,3 +143,147 @@ class ErrorDetail(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorDetail
+
+
+Percent = Annotated[Decimal, Field(gt=0, le=1000)]
+Money = Annotated[Decimal, Field(gt=0, le=Decimal("1000000000"), max_digits=22, decimal_places=9)]
+Zone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class CategoriesIn(Strict):
+    providers: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=60)]],
+                         Field(max_length=50)] = []
+    models: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]],
+                      Field(max_length=200)] = []
+    kinds: list[Literal["chat", "completion", "embedding", "response", "message"]] = []
+    tags: Annotated[list[Tag], Field(max_length=50)] = []
+
+
+class BudgetIn(Strict):
+    name: Name | None = None
+    org_id: ObjectId | None = Field(None, description="Required for tag scope; else implied")
+    scope_type: Literal["org", "team", "user", "agent", "key", "tag"]
+    scope_id: ObjectId | None = None
+    tag: Tag | None = None
+    period: Literal["daily", "weekly", "monthly"] = "monthly"
+    timezone: Zone = "UTC"
+    week_start: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                        "sunday"] = "monday"
+    amount_usd: Money
+    alert_percentages: Annotated[list[Percent], Field(max_length=20)] = [
+        Decimal(50), Decimal(75), Decimal(90)]
+    soft_limit_percent: Percent = Decimal(75)
+    hard_limit: bool = False
+    hard_limit_percent: Percent = Decimal(100)
+    categories: CategoriesIn = CategoriesIn()
+
+
+class BudgetPatch(Strict):
+    name: Name | None = None
+    period: Literal["daily", "weekly", "monthly"] | None = None
+    timezone: Zone | None = None
+    week_start: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
+                        "sunday"] | None = None
+    amount_usd: Money | None = None
+    alert_percentages: Annotated[list[Percent], Field(max_length=20)] | None = None
+    soft_limit_percent: Percent | None = None
+    hard_limit: bool | None = None
+    hard_limit_percent: Percent | None = None
+    categories: CategoriesIn | None = None
+
+
+class BudgetOut(BaseModel):
+    id: str
+    org_id: str
+    name: str
+    scope_type: str
+    scope_id: str | None
+    tag: str | None
+    period: str
+    timezone: str
+    week_start: str
+    amount_usd: str
+    alert_percentages: list[str]
+    soft_limit_percent: str
+    hard_limit: bool
+    hard_limit_percent: str
+    categories: dict[str, list[str]]
+    created_at: datetime
+    updated_at: datetime
+
+
+class BudgetStatus(BaseModel):
+    budget_id: str
+    period_key: str
+    period_start: datetime
+    period_end: datetime
+    period_start_local: str
+    period_end_local: str
+    next_reset: datetime
+    amount_usd: str
+    effective_amount_usd: str
+    spent_usd: str
+    reserved_usd: str
+    percent_used: str
+    hard_limit: bool
+    hard_limit_usd: str | None
+    remaining_to_soft_usd: str
+    remaining_to_hard_usd: str | None
+    thresholds_fired: list[str]
+    active_exceptions: int
+
+
+class ExceptionIn(Strict):
+    amount_usd: Money | None = None
+    percent: Percent | None = None
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
+    starts_at: datetime | None = None
+    expires_at: datetime
+
+
+class ExceptionOut(BaseModel):
+    id: str
+    budget_id: str
+    amount_usd: str
+    percent: str
+    reason: str
+    granted_by: str
+    starts_at: datetime
+    expires_at: datetime
+    created_at: datetime
+
+
+class WalletIn(Strict):
+    name: Name | None = None
+    scope_type: Literal["org", "team", "key"]
+    scope_id: ObjectId
+    low_balance_usd: Annotated[Decimal, Field(ge=0, le=Decimal("1000000000"))] = Decimal(0)
+    initial_topup_usd: Money | None = None
+
+
+class WalletOut(BaseModel):
+    id: str
+    org_id: str
+    name: str
+    scope_type: str
+    scope_id: str
+    low_balance_usd: str
+    topped_up_usd: str
+    spent_usd: str
+    reserved_usd: str
+    balance_usd: str
+    created_at: datetime
+
+
+class TopupIn(Strict):
+    amount_usd: Money
+    note: Annotated[str, StringConstraints(max_length=500)] = ""
+
+
+class TopupOut(BaseModel):
+    id: str
+    wallet_id: str
+    amount_usd: str
+    note: str
+    created_by: str
+    created_at: datetime

@@ -18,7 +18,9 @@ from typing import Any
 import orjson
 
 from spendgate import simulated
+from spendgate.budget_rules import Subject
 from spendgate.clock import Clock
+from spendgate.enforcement import Admission, Enforcer
 from spendgate.errors import (
     InvalidRequest,
     NotFound,
@@ -68,6 +70,18 @@ class Call:
     started_at: datetime
     started_mono: float
     request_bytes: int
+    max_output_tokens: int
+
+    def subject(self) -> Subject:
+        key = self.key
+        return Subject(key.org_id, key.team_id, key.user_id, key.agent_id, key.id,
+                       tuple(self.tags), self.route.provider.name, self.route.name,
+                       self.endpoint.kind)
+
+    def worst_case_usage(self) -> TokenUsage:
+        """Prompt bytes / 4 (JSON overhead makes it an over-estimate) + the output cap."""
+        return TokenUsage(input_tokens=self.request_bytes // 4,
+                          output_tokens=self.max_output_tokens)
 
 
 def request_tags(key: KeyRecord, headers: Mapping[str, str]) -> list[str]:
@@ -86,6 +100,18 @@ def request_tags(key: KeyRecord, headers: Mapping[str, str]) -> list[str]:
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"at most {MAX_TAGS} tags per call", param="x-spendgate-tags")
     return tags
+
+
+def max_output_tokens(payload: dict[str, Any], kind: str, default: int) -> int:
+    if kind == "embedding":
+        return 0
+    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
+        value = payload.get(field)
+        if isinstance(value, int) and not isinstance(value, bool):
+            if value < 0:
+                raise InvalidRequest(f"{field} must not be negative", param=field)
+            return value
+    return default
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
@@ -116,7 +142,9 @@ class ProxyApp:
         ledger: LedgerWriter,
         transports: Mapping[str, Transport],
         on_unpriced: Callable[[Call, TokenUsage], None],
+        enforcer: Enforcer,
     ) -> None:
+        self._enforcer = enforcer
         self._settings = settings
         self._clock = clock
         self._keys = keys
@@ -145,7 +173,13 @@ class ProxyApp:
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)
             call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
-            await self._forward(call, payload, body, headers, receive, send)
+            worst = self._prices.price(call.route.price, call.worst_case_usage(), now).cost_nanos
+            admission = await self._enforcer.admit(call.subject(), worst or 0)
+            try:
+                await self._forward(call, admission, payload, body, headers, receive, send)
+            finally:
+                # a call that failed or was cancelled before it settled gives its hold back
+                await self._enforcer.release(admission)
         except SpendgateError as err:
             await send_error(send, err, wire, request_id)
 
@@ -160,7 +194,7 @@ class ProxyApp:
             raise PermissionDenied(f"this key may not use model {model!r}", param="model")
         stream = bool(payload.get("stream")) and endpoint.streams
         return Call(request_id, key, route, endpoint, request_tags(key, headers), stream, now, mono,
-                    size)
+                    size, max_output_tokens(payload, endpoint.kind, route.default_max_tokens))
 
     def _upstream_request(self, call: Call, payload: dict[str, Any], body: bytes,
                           headers: Mapping[str, str]) -> tuple[UpstreamRequest, bool]:
@@ -188,7 +222,7 @@ class ProxyApp:
         )
         return request, client_wants_usage
 
-    async def _forward(self, call: Call, payload: dict[str, Any], body: bytes,
+    async def _forward(self, call: Call, admission: Admission, payload: dict[str, Any], body: bytes,
                        headers: Mapping[str, str], receive: Receive, send: Send) -> None:
         request, client_wants_usage = self._upstream_request(call, payload, body, headers)
         transport = self._transports["simulated" if call.route.provider.kind == "simulated" else "http"]
@@ -201,9 +235,9 @@ class ProxyApp:
         if response.status >= 300:
             await self._relay_error(call, response, send)
         elif call.stream:
-            await self._relay_stream(call, response, client_wants_usage, receive, send)
+            await self._relay_stream(call, admission, response, client_wants_usage, receive, send)
         else:
-            await self._relay_whole(call, response, send)
+            await self._relay_whole(call, admission, response, send)
 
     def _base_headers(self, call: Call, upstream: Mapping[str, str]) -> dict[str, str]:
         headers = {"x-request-id": call.request_id}
@@ -221,20 +255,24 @@ class ProxyApp:
         self._record(call, response.status, "upstream_error", None)
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_whole(self, call: Call, response: UpstreamResponse, send: Send) -> None:
+    async def _relay_whole(self, call: Call, admission: Admission, response: UpstreamResponse,
+                           send: Send) -> None:
         usage = usage_from_body(call.endpoint.kind, response.body)
         estimated = usage is None
         if usage is None:
             usage = TokenUsage(input_tokens=call.request_bytes // 4,
                                output_tokens=len(response.body) // 4)
         cost = self._record(call, response.status, "ok", usage, estimated)
+        remaining = await self._enforcer.settle(admission, cost or 0)
         headers = self._base_headers(call, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = "unknown" if cost is None else format_usd(cost)
+        if remaining is not None:
+            headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_stream(self, call: Call, response: UpstreamResponse, client_wants_usage: bool,
-                            receive: Receive, send: Send) -> None:
+    async def _relay_stream(self, call: Call, admission: Admission, response: UpstreamResponse,
+                            client_wants_usage: bool, receive: Receive, send: Send) -> None:
         """Forward events as they come; if the client leaves, keep reading so the bill is
         the provider's own usage figure, not a guess."""
         meter = StreamMeter(call.endpoint.kind, strip_usage_chunk=not client_wants_usage)
@@ -266,7 +304,8 @@ class ProxyApp:
             estimated = usage is None
             if usage is None:
                 usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
-            self._record(call, 200, status, usage, estimated)
+            cost = self._record(call, 200, status, usage, estimated)
+            await self._enforcer.settle(admission, cost or 0)
 
     def _record(self, call: Call, http_status: int, status: str, usage: TokenUsage | None,
                 estimated: bool = False) -> int | None:

@@ -47,3 +47,13 @@ async def list_events(
         query = query.where(table.c.org_id == org_id)
     async with engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(query)]
+
+
+async def fired_keys(engine: AsyncEngine, prefix: str) -> list[str]:
+    """Dedup keys already fired that start with ``prefix`` (e.g. one budget period's)."""
+    table = schema.events
+    query = (sa.select(table.c.dedup_key).where(table.c.dedup_key.like(prefix.replace("%", r"\%")
+                                                                       + "%", escape="\\"))
+             .order_by(table.c.created_at))
+    async with engine.connect() as conn:
+        return [r[0] for r in await conn.execute(query)]

@@ -137,3 +137,60 @@ events = sa.Table(
     sa.Column("dedup_key", sa.String(300), nullable=True, unique=True),
     sa.Column("data", JSONType, nullable=False),
 )
+
+budgets = sa.Table(
+    "budgets", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("scope_type", sa.String(10), nullable=False),
+    sa.Column("scope_id", sa.String(40), nullable=True),
+    sa.Column("tag", sa.String(64), nullable=True),
+    sa.Column("period", sa.String(10), nullable=False),
+    sa.Column("timezone", sa.String(64), nullable=False),
+    sa.Column("week_start", sa.String(10), nullable=False),
+    sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
+    #: percentages as decimal strings, exact
+    sa.Column("alert_percentages", JSONType, nullable=False),
+    sa.Column("soft_limit_percent", sa.String(20), nullable=False),
+    sa.Column("hard_limit", sa.Boolean(), nullable=False),
+    sa.Column("hard_limit_percent", sa.String(20), nullable=False),
+    sa.Column("categories", JSONType, nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+budget_exceptions = sa.Table(
+    "budget_exceptions", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("budget_id", sa.String(40), sa.ForeignKey("budgets.id", ondelete="CASCADE"),
+              nullable=False, index=True),
+    sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
+    sa.Column("percent", sa.String(20), nullable=False),
+    sa.Column("reason", sa.String(500), nullable=False),
+    sa.Column("granted_by", sa.String(100), nullable=False),
+    sa.Column("starts_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+wallets = sa.Table(
+    "wallets", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("scope_type", sa.String(10), nullable=False),
+    sa.Column("scope_id", sa.String(40), nullable=False),
+    sa.Column("low_balance_nanos", sa.BigInteger(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+wallet_topups = sa.Table(
+    "wallet_topups", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("wallet_id", sa.String(40), sa.ForeignKey("wallets.id"), nullable=False, index=True),
+    sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
+    sa.Column("note", sa.String(500), nullable=False),
+    sa.Column("created_by", sa.String(100), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+)

@@ -1,0 +1,280 @@
+"""Admin routes for budgets (with status and exceptions) and wallets (with top-ups)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends
+
+from spendgate import budget_rules as rules
+from spendgate.admin import schemas as s
+from spendgate.admin.routes import Svc, admin
+from spendgate.budget_windows import validate_timezone, window_at
+from spendgate.enforcement import wallet_bucket
+from spendgate.errors import ValidationFailed
+from spendgate.money import format_usd, usd_to_nanos
+from spendgate.services import Services
+from spendgate.store import schema
+from spendgate.store.events import fired_keys, record_event
+from spendgate.store.policies import Wallet, budget_from_row
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)],
+                   responses={401: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
+                              422: {"model": s.ErrorBody}})
+
+SCOPE_TABLES = {"org": schema.orgs, "team": schema.teams, "user": schema.users,
+                "agent": schema.agents, "key": schema.virtual_keys}
+
+
+def _pct(value: Decimal) -> str:
+    return f"{value.normalize():f}"
+
+
+def _aware(value: datetime) -> datetime:
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+async def _scope_org(svc: Services, scope_type: str, scope_id: str | None, tag: str | None,
+                     org_id: str | None) -> str:
+    """The org a scope belongs to; 422 naming the field when it does not exist."""
+    if scope_type == "tag":
+        if not tag:
+            raise ValidationFailed("tag: required when scope_type is tag", param="tag")
+        if not org_id:
+            raise ValidationFailed("org_id: required when scope_type is tag", param="org_id")
+        scope_type, scope_id = "org", org_id
+    elif not scope_id:
+        raise ValidationFailed(f"scope_id: required when scope_type is {scope_type}",
+                               param="scope_id")
+    table = SCOPE_TABLES[scope_type]
+    async with svc.engine.connect() as conn:
+        row = (await conn.execute(sa.select(table).where(table.c.id == scope_id))).first()
+    if row is None:
+        raise ValidationFailed(f"scope_id: {scope_type} {scope_id} does not exist", param="scope_id")
+    found = str(row.id if scope_type == "org" else row.org_id)
+    if org_id is not None and found != org_id:
+        raise ValidationFailed("org_id: the scope belongs to another org", param="org_id")
+    return found
+
+
+def _check_levels(values: dict[str, Any]) -> None:
+    try:
+        validate_timezone(values["timezone"])
+    except ValueError as exc:
+        raise ValidationFailed(f"timezone: {exc}", param="timezone") from exc
+    problem = rules.validate_levels(
+        [Decimal(p) for p in values["alert_percentages"]], Decimal(values["soft_limit_percent"]),
+        values["hard_limit"], Decimal(values["hard_limit_percent"]))
+    if problem is not None:
+        raise ValidationFailed(f"{problem[0]}: {problem[1]}", param=problem[0])
+
+
+def budget_out(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != "amount_nanos"}
+    out["amount_usd"] = format_usd(int(row["amount_nanos"]))
+    return out
+
+
+def _stored(body: s.BudgetIn | s.BudgetPatch, *, only_set: bool = True) -> dict[str, Any]:
+    """The fields given (or all, with defaults) in their stored form."""
+    values: dict[str, Any] = {}
+    data = body.model_dump(exclude_unset=only_set)
+    for key, value in data.items():
+        if key == "amount_usd":
+            values["amount_nanos"] = usd_to_nanos(value)
+        elif key == "alert_percentages":
+            values[key] = [_pct(p) for p in value]
+        elif key in ("soft_limit_percent", "hard_limit_percent"):
+            values[key] = _pct(value)
+        elif key == "categories":
+            values[key] = {k: list(v) for k, v in value.items()}
+        else:
+            values[key] = value
+    return values
+
+
+@router.post("/budgets", response_model=s.BudgetOut, status_code=201, tags=["budgets"])
+async def create_budget(body: s.BudgetIn, svc: Svc) -> dict[str, Any]:
+    org_id = await _scope_org(svc, body.scope_type, body.scope_id, body.tag, body.org_id)
+    values = _stored(body, only_set=False)
+    values.update(org_id=org_id, scope_id=None if body.scope_type == "tag" else body.scope_id,
+                  tag=body.tag if body.scope_type == "tag" else None)
+    values["name"] = body.name or f"{body.scope_type} {body.scope_id or body.tag} {body.period}"
+    _check_levels(values)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        row = await svc.policies.create_budget(conn, {**values, "created_at": now, "updated_at": now})
+    await svc.enforcer.refresh()
+    return budget_out(row)
+
+
+@router.get("/budgets", response_model=list[s.BudgetOut], tags=["budgets"])
+async def list_budgets(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
+    return [budget_out(r) for r in await svc.policies.list_budgets(org_id)]
+
+
+@router.get("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"])
+async def get_budget(budget_id: str, svc: Svc) -> dict[str, Any]:
+    return budget_out(await svc.policies.get_budget(budget_id))
+
+
+@router.patch("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"])
+async def update_budget(budget_id: str, body: s.BudgetPatch, svc: Svc) -> dict[str, Any]:
+    async with svc.engine.begin() as conn:
+        current = await svc.policies.get_budget(budget_id, conn)
+        merged = {**current, **_stored(body)}
+        _check_levels(merged)
+        changes = {k: merged[k] for k in _stored(body)}
+        await svc.policies.update_budget(conn, budget_id, {**changes,
+                                                           "updated_at": svc.clock.now()})
+    await svc.enforcer.refresh()
+    return budget_out(await svc.policies.get_budget(budget_id))
+
+
+@router.delete("/budgets/{budget_id}", status_code=204, tags=["budgets"])
+async def delete_budget(budget_id: str, svc: Svc) -> None:
+    async with svc.engine.begin() as conn:
+        await svc.policies.get_budget(budget_id, conn)
+        await svc.policies.delete_budget(conn, budget_id)
+    await svc.enforcer.refresh()
+
+
+@router.get("/budgets/{budget_id}/status", response_model=s.BudgetStatus, tags=["budgets"])
+async def budget_status(budget_id: str, svc: Svc) -> dict[str, Any]:
+    budget = budget_from_row(await svc.policies.get_budget(budget_id))
+    now = svc.clock.now()
+    raises = [r for r in svc.enforcer.raises_for(budget.id) if r.active_at(now)]
+    window = window_at(now, budget.period, budget.timezone, budget.week_start)
+    amount = rules.effective_amount(budget, raises, now)
+    state = await svc.enforcer.bucket_state(budget, window, amount)
+    cap = rules.hard_cap_nanos(budget, amount)
+    soft = rules.percent_of(amount, budget.soft_limit_percent)
+    used = state.spent + state.reserved
+    fired = await fired_keys(svc.engine, f"budget:{budget.id}:{window.key}:")
+    return {
+        "budget_id": budget.id, "period_key": window.key, "period_start": window.start,
+        "period_end": window.end, "period_start_local": window.local_start.isoformat(),
+        "period_end_local": window.local_end.isoformat(), "next_reset": window.end,
+        "amount_usd": format_usd(budget.amount_nanos), "effective_amount_usd": format_usd(amount),
+        "spent_usd": format_usd(state.spent), "reserved_usd": format_usd(state.reserved),
+        "percent_used": str(rules.percent_used(state.spent, amount)),
+        "hard_limit": budget.hard_limit,
+        "hard_limit_usd": None if cap is None else format_usd(cap),
+        "remaining_to_soft_usd": format_usd(max(0, soft - used)),
+        "remaining_to_hard_usd": None if cap is None else format_usd(max(0, cap - used)),
+        "thresholds_fired": [k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1] for k in fired],
+        "active_exceptions": len(raises),
+    }
+
+
+def exception_out(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != "amount_nanos"}
+    out["amount_usd"] = format_usd(int(row["amount_nanos"]))
+    return out
+
+
+@router.post("/budgets/{budget_id}/exceptions", response_model=s.ExceptionOut, status_code=201,
+             tags=["budgets"])
+async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc,
+                          who: str = Depends(admin)) -> dict[str, Any]:
+    if (body.amount_usd is None) == (body.percent is None):
+        raise ValidationFailed("amount_usd: give exactly one of amount_usd or percent",
+                               param="amount_usd")
+    now = svc.clock.now()
+    starts, expires = _aware(body.starts_at or now), _aware(body.expires_at)
+    if expires <= max(starts, now):
+        raise ValidationFailed("expires_at: must be in the future and after starts_at",
+                               param="expires_at")
+    values = {"budget_id": budget_id,
+              "amount_nanos": usd_to_nanos(body.amount_usd) if body.amount_usd else 0,
+              "percent": _pct(body.percent) if body.percent else "0", "reason": body.reason,
+              "granted_by": who, "starts_at": starts, "expires_at": expires, "created_at": now}
+    async with svc.engine.begin() as conn:
+        budget = await svc.policies.get_budget(budget_id, conn)
+        row = await svc.policies.add_exception(conn, values)
+        await record_event(conn, "budget.exception_granted", {
+            "budget_id": budget_id, "exception_id": row["id"], "reason": body.reason,
+            "amount_usd": format_usd(values["amount_nanos"]), "percent": values["percent"],
+            "granted_by": who, "starts_at": starts.isoformat(), "expires_at": expires.isoformat()},
+            now, org_id=budget["org_id"], dedup_key=f"exception:{row['id']}:granted")
+    await svc.enforcer.refresh()
+    return exception_out(row)
+
+
+@router.get("/budgets/{budget_id}/exceptions", response_model=list[s.ExceptionOut],
+            tags=["budgets"])
+async def list_exceptions(budget_id: str, svc: Svc) -> list[dict[str, Any]]:
+    await svc.policies.get_budget(budget_id)
+    return [exception_out(r) for r in await svc.policies.list_exceptions(budget_id)]
+
+
+# -- wallets -----------------------------------------------------------------------------
+async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
+    wallet = Wallet(row["id"], row["org_id"], row["scope_type"], row["scope_id"],
+                    int(row["low_balance_nanos"]), row["created_at"])
+    await svc.enforcer.seed_wallet(wallet)
+    state = await svc.counters.state(wallet_bucket(wallet))
+    spent, reserved = (state.spent, state.reserved) if state else (0, 0)
+    cap = (state.cap or 0) if state else 0
+    return {**{k: v for k, v in row.items() if k != "low_balance_nanos"},
+            "low_balance_usd": format_usd(wallet.low_balance_nanos),
+            "topped_up_usd": format_usd(cap), "spent_usd": format_usd(spent),
+            "reserved_usd": format_usd(reserved), "balance_usd": format_usd(cap - spent)}
+
+
+@router.post("/wallets", response_model=s.WalletOut, status_code=201, tags=["wallets"])
+async def create_wallet(body: s.WalletIn, svc: Svc, who: str = Depends(admin)) -> dict[str, Any]:
+    org_id = await _scope_org(svc, body.scope_type, body.scope_id, None, None)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        row = await svc.policies.create_wallet(conn, {
+            "org_id": org_id, "name": body.name or f"{body.scope_type} {body.scope_id}",
+            "scope_type": body.scope_type, "scope_id": body.scope_id,
+            "low_balance_nanos": usd_to_nanos(body.low_balance_usd), "created_at": now})
+        if body.initial_topup_usd:
+            await svc.policies.add_topup(conn, {
+                "wallet_id": row["id"], "amount_nanos": usd_to_nanos(body.initial_topup_usd),
+                "note": "initial top-up", "created_by": who, "created_at": now})
+    await svc.enforcer.refresh()
+    return await wallet_out(svc, row)
+
+
+@router.get("/wallets", response_model=list[s.WalletOut], tags=["wallets"])
+async def list_wallets(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
+    return [await wallet_out(svc, r) for r in await svc.policies.list_wallets(org_id)]
+
+
+@router.get("/wallets/{wallet_id}", response_model=s.WalletOut, tags=["wallets"])
+async def get_wallet(wallet_id: str, svc: Svc) -> dict[str, Any]:
+    return await wallet_out(svc, await svc.policies.get_wallet(wallet_id))
+
+
+@router.post("/wallets/{wallet_id}/topups", response_model=s.TopupOut, status_code=201,
+             tags=["wallets"])
+async def top_up(wallet_id: str, body: s.TopupIn, svc: Svc, who: str = Depends(admin)
+                 ) -> dict[str, Any]:
+    row = await svc.policies.get_wallet(wallet_id)
+    wallet = Wallet(row["id"], row["org_id"], row["scope_type"], row["scope_id"],
+                    int(row["low_balance_nanos"]), row["created_at"])
+    await svc.enforcer.seed_wallet(wallet)
+    amount = usd_to_nanos(body.amount_usd)
+    async with svc.engine.begin() as conn:
+        topup = await svc.policies.add_topup(conn, {
+            "wallet_id": wallet_id, "amount_nanos": amount, "note": body.note, "created_by": who,
+            "created_at": svc.clock.now()})
+    await svc.counters.add_cap(wallet_bucket(wallet), amount)
+    return {**{k: v for k, v in topup.items() if k != "amount_nanos"},
+            "amount_usd": format_usd(amount)}
+
+
+@router.get("/wallets/{wallet_id}/topups", response_model=list[s.TopupOut], tags=["wallets"])
+async def list_topups(wallet_id: str, svc: Svc) -> list[dict[str, Any]]:
+    await svc.policies.get_wallet(wallet_id)
+    return [{**{k: v for k, v in t.items() if k != "amount_nanos"},
+             "amount_usd": format_usd(int(t["amount_nanos"]))}
+            for t in await svc.policies.list_topups(wallet_id)]
+
+

@@ -1,0 +1,119 @@
+"""Counters in one process's memory (``memory://``).
+
+asyncio runs one coroutine at a time, and no method here awaits anything, so each
+check-and-increment is atomic with respect to every other caller on the loop. Not
+shared between processes or replicas: use ``redis://`` for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from spendgate.counters import BucketState, Hold, Refusal, Settlement
+
+
+@dataclass(slots=True)
+class _Bucket:
+    spent: int = 0
+    reserved: int = 0
+    cap: int | None = None
+
+    def give_back(self, amount: int) -> None:
+        """Take up to ``amount`` out of ``reserved``, never below zero."""
+        self.reserved -= max(0, min(amount, self.reserved))
+
+
+@dataclass(slots=True)
+class _Reservation:
+    expires_at: float
+    held: dict[str, int] = field(default_factory=dict)
+
+
+class MemoryCounters:
+    """The ``Counters`` protocol over two dicts: buckets and live reservations."""
+
+    def __init__(self) -> None:
+        self._buckets: dict[str, _Bucket] = {}
+        self._reservations: dict[str, _Reservation] = {}
+
+    def _bucket(self, name: str) -> _Bucket:
+        bucket = self._buckets.get(name)
+        if bucket is None:
+            bucket = self._buckets[name] = _Bucket()
+        return bucket
+
+    async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
+        if bucket in self._buckets:
+            return False
+        self._buckets[bucket] = _Bucket(spent=spent, cap=cap)
+        return True
+
+    async def exists(self, bucket: str) -> bool:
+        return bucket in self._buckets
+
+    async def reserve(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> Refusal | None:
+        pending: dict[str, int] = {}
+        for hold in holds:
+            current = self._buckets.get(hold.bucket, _Bucket())
+            cap = (current.cap or 0) if hold.use_stored_cap else hold.cap
+            already = pending.get(hold.bucket, 0)
+            if cap is not None and current.spent + current.reserved + already + hold.amount > cap:
+                return Refusal(hold.bucket, current.spent, current.reserved, cap)
+            pending[hold.bucket] = already + hold.amount
+        reservation = self._reservations.setdefault(reservation_id, _Reservation(expires_at))
+        reservation.expires_at = expires_at
+        for name, amount in pending.items():
+            self._bucket(name).reserved += amount
+            reservation.held[name] = reservation.held.get(name, 0) + amount
+        return None
+
+    async def settle(
+        self, reservation_id: str, settlements: Sequence[Settlement]
+    ) -> list[tuple[int, int]]:
+        reservation = self._reservations.pop(reservation_id, None)
+        held = reservation.held if reservation is not None else {}
+        out: list[tuple[int, int]] = []
+        for settlement in settlements:
+            bucket = self._bucket(settlement.bucket)
+            back = min(settlement.reserved, held.get(settlement.bucket, 0))
+            if back > 0:
+                bucket.give_back(back)
+                held[settlement.bucket] -= back
+            before = bucket.spent
+            bucket.spent += settlement.actual
+            out.append((before, bucket.spent))
+        self._give_back(held)
+        return out
+
+    async def release(self, reservation_id: str) -> None:
+        reservation = self._reservations.pop(reservation_id, None)
+        if reservation is not None:
+            self._give_back(reservation.held)
+
+    async def reap(self, now: float) -> int:
+        expired = [rid for rid, r in self._reservations.items() if r.expires_at < now]
+        for rid in expired:
+            self._give_back(self._reservations.pop(rid).held)
+        return len(expired)
+
+    async def add_cap(self, bucket: str, amount: int) -> None:
+        target = self._bucket(bucket)
+        target.cap = (target.cap or 0) + amount
+
+    async def state(self, bucket: str) -> BucketState | None:
+        current = self._buckets.get(bucket)
+        if current is None:
+            return None
+        return BucketState(current.spent, current.reserved, current.cap)
+
+    async def aclose(self) -> None:
+        return None
+
+    def _give_back(self, held: dict[str, int]) -> None:
+        for name, amount in held.items():
+            bucket = self._buckets.get(name)
+            if bucket is not None:
+                bucket.give_back(amount)

@@ -1,0 +1,144 @@
+"""Counters in Redis (``redis://`` / ``rediss://``), shared by every replica.
+
+Every operation is one round trip: a Lua script from ``lua/`` run with EVALSHA
+(``register_script`` reloads it once if the server has forgotten it), or a single
+read command. Keys, under a prefix (default ``sg:``):
+
+* ``<prefix><bucket>``: a hash with ``spent``, ``reserved`` and, for wallets, ``cap``;
+* ``<prefix>r:<reservation id>``: a hash from bucket key to the amount it holds there;
+* ``<prefix>reservations``: a sorted set of live reservation ids scored by expires_at,
+  which ``reap`` walks.
+
+Buckets get no TTL. Budget buckets are named per period (``b:<budget>:<period key>``),
+so a finished period's hash is simply left behind (a few dozen bytes each); delete or
+expire them out of band if that ever matters. A bucket that vanishes (eviction, a
+FLUSHDB) is re-created at zero by the next ``reserve``/``settle``, so run Redis with
+``maxmemory-policy noeviction`` and ``seed`` buckets before reserving on them.
+
+Figures are integers in nano-dollars. Redis stores them exactly (64-bit), but the
+scripts compare them as Lua numbers (doubles), exact while ``spent + reserved + amount``
+stays within 2**53 nanos, about $9,007,199 per bucket: ample for one budget period or
+wallet, and a documented limit (beyond it a one-nano overshoot could go unnoticed).
+
+Reservation keys are derived inside ``reap.lua``, so one Redis instance is assumed (on
+a cluster, put every key in one slot with a hash-tagged prefix such as ``{sg}:``).
+Driver errors (``redis.exceptions.RedisError``) propagate to the caller, which maps
+them at the boundary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib.resources import files
+from typing import Any
+
+from redis.asyncio import BlockingConnectionPool, Redis
+from redis.commands.core import AsyncScript
+
+from spendgate.counters import BucketState, Hold, Refusal, Settlement
+
+_LUA = files("spendgate.counters") / "lua"
+
+
+def _script(client: Redis, name: str) -> AsyncScript:
+    """Register ``lua/<name>.lua`` with the shared helpers from ``_lib.lua`` in front."""
+    body = (_LUA / f"{name}.lua").read_text(encoding="utf-8")
+    if name in {"settle", "release", "reap"}:
+        body = (_LUA / "_lib.lua").read_text(encoding="utf-8") + "\n" + body
+    return client.register_script(body)
+
+
+def _int(value: Any) -> int:
+    """A figure from a reply (bytes, str, int or nil) as an int; nil reads as 0."""
+    return 0 if value is None else int(value)
+
+
+class RedisCounters:
+    """The ``Counters`` protocol over ``redis.asyncio.Redis``; owns and closes its client."""
+
+    def __init__(self, client: Redis, *, prefix: str = "sg:") -> None:
+        self._redis = client
+        self._prefix = prefix
+        self._zset = f"{prefix}reservations"
+        self._seed = _script(client, "seed")
+        self._reserve = _script(client, "reserve")
+        self._settle = _script(client, "settle")
+        self._release = _script(client, "release")
+        self._reap = _script(client, "reap")
+        self._add_cap = _script(client, "add_cap")
+
+    @classmethod
+    def from_url(
+        cls, url: str, *, prefix: str = "sg:", max_connections: int = 50, pool_timeout: float = 5.0
+    ) -> RedisCounters:
+        """``redis://host:6379/0`` or ``rediss://…``. Calls share a pool of up to
+        ``max_connections``; a burst beyond that waits up to ``pool_timeout`` seconds
+        for a free connection instead of failing at once."""
+        pool = BlockingConnectionPool.from_url(
+            url, max_connections=max_connections, timeout=pool_timeout
+        )
+        return cls(Redis.from_pool(pool), prefix=prefix)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    def _key(self, bucket: str) -> str:
+        return self._prefix + bucket
+
+    def _rkey(self, reservation_id: str) -> str:
+        return f"{self._prefix}r:{reservation_id}"
+
+    async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
+        args = [spent, "" if cap is None else cap]
+        return bool(await self._seed(keys=[self._key(bucket)], args=args))
+
+    async def exists(self, bucket: str) -> bool:
+        return bool(await self._redis.exists(self._key(bucket)))
+
+    async def reserve(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> Refusal | None:
+        keys = [self._zset, self._rkey(reservation_id), *(self._key(h.bucket) for h in holds)]
+        args: list[str | int] = [reservation_id, repr(float(expires_at))]
+        for hold in holds:
+            args += [
+                hold.amount,
+                "" if hold.cap is None else hold.cap,
+                "1" if hold.use_stored_cap else "0",
+            ]
+        refused = await self._reserve(keys=keys, args=args)
+        if refused is None:
+            return None
+        index, spent, reserved, cap = refused
+        return Refusal(holds[int(index) - 1].bucket, _int(spent), _int(reserved), _int(cap))
+
+    async def settle(
+        self, reservation_id: str, settlements: Sequence[Settlement]
+    ) -> list[tuple[int, int]]:
+        keys = [self._zset, self._rkey(reservation_id), *(self._key(s.bucket) for s in settlements)]
+        args: list[str | int] = [reservation_id]
+        for settlement in settlements:
+            args += [settlement.reserved, settlement.actual]
+        flat = await self._settle(keys=keys, args=args)
+        return [(_int(flat[i]), _int(flat[i + 1])) for i in range(0, len(flat), 2)]
+
+    async def release(self, reservation_id: str) -> None:
+        await self._release(keys=[self._zset, self._rkey(reservation_id)], args=[reservation_id])
+
+    async def reap(self, now: float) -> int:
+        return _int(await self._reap(keys=[self._zset], args=[repr(float(now)), self._prefix]))
+
+    async def add_cap(self, bucket: str, amount: int) -> None:
+        await self._add_cap(keys=[self._key(bucket)], args=[amount])
+
+    async def state(self, bucket: str) -> BucketState | None:
+        spent, reserved, cap = await self._redis.hmget(
+            self._key(bucket), ["spent", "reserved", "cap"]
+        )
+        if spent is None and reserved is None and cap is None:
+            return None
+        return BucketState(_int(spent), _int(reserved), None if cap is None else int(cap))
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

@@ -1,0 +1,204 @@
+"""Budgets, exceptions, wallets and top-ups: stored policy, and spend seeds from the ledger."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from spendgate.budget_rules import Budget, Categories, Raise, Subject
+from spendgate.credentials import new_id
+from spendgate.errors import NotFound
+from spendgate.store import schema
+
+
+def budget_from_row(row: dict[str, Any]) -> Budget:
+    cats = row["categories"] or {}
+    return Budget(
+        id=row["id"], org_id=row["org_id"], scope_type=row["scope_type"], scope_id=row["scope_id"],
+        tag=row["tag"], period=row["period"], timezone=row["timezone"],
+        week_start=row["week_start"], amount_nanos=int(row["amount_nanos"]),
+        alert_percentages=tuple(Decimal(p) for p in row["alert_percentages"]),
+        soft_limit_percent=Decimal(row["soft_limit_percent"]), hard_limit=bool(row["hard_limit"]),
+        hard_limit_percent=Decimal(row["hard_limit_percent"]),
+        categories=Categories(**{k: tuple(cats.get(k) or ()) for k in
+                                 ("providers", "models", "kinds", "tags")}),
+    )
+
+
+def raise_from_row(row: dict[str, Any]) -> Raise:
+    return Raise(amount_nanos=int(row["amount_nanos"]), percent=Decimal(row["percent"]),
+                 starts_at=row["starts_at"], expires_at=row["expires_at"])
+
+
+@dataclass(frozen=True, slots=True)
+class Wallet:
+    id: str
+    org_id: str
+    scope_type: str
+    scope_id: str
+    low_balance_nanos: int
+    created_at: datetime
+
+    def covers(self, subject: Subject) -> bool:
+        return {"org": subject.org_id, "team": subject.team_id,
+                "key": subject.key_id}.get(self.scope_type) == self.scope_id
+
+
+@dataclass(frozen=True, slots=True)
+class PolicySnapshot:
+    """Every budget, active exception and wallet, as loaded at one moment."""
+
+    budgets: tuple[Budget, ...] = ()
+    raises: dict[str, tuple[Raise, ...]] = field(default_factory=dict)
+    wallets: tuple[Wallet, ...] = ()
+
+
+def _rows(result: Iterable[Any]) -> list[dict[str, Any]]:
+    return [dict(r._mapping) for r in result]
+
+
+class PolicyStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def snapshot(self, now: datetime) -> PolicySnapshot:
+        async with self._engine.connect() as conn:
+            budgets = _rows(await conn.execute(sa.select(schema.budgets)))
+            raises = _rows(await conn.execute(sa.select(schema.budget_exceptions).where(
+                schema.budget_exceptions.c.expires_at > now)))
+            wallets = _rows(await conn.execute(sa.select(schema.wallets)))
+        by_budget: dict[str, list[Raise]] = {}
+        for r in raises:
+            by_budget.setdefault(r["budget_id"], []).append(raise_from_row(r))
+        return PolicySnapshot(
+            budgets=tuple(budget_from_row(b) for b in budgets),
+            raises={k: tuple(v) for k, v in by_budget.items()},
+            wallets=tuple(Wallet(w["id"], w["org_id"], w["scope_type"], w["scope_id"],
+                                 int(w["low_balance_nanos"]), w["created_at"]) for w in wallets),
+        )
+
+    # -- budgets ---------------------------------------------------------------------
+    async def create_budget(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+        values = {"id": new_id("budget"), **values}
+        await conn.execute(schema.budgets.insert().values(**values))
+        return values
+
+    async def get_budget(self, budget_id: str, conn: AsyncConnection | None = None
+                         ) -> dict[str, Any]:
+        query = sa.select(schema.budgets).where(schema.budgets.c.id == budget_id)
+        if conn is None:
+            async with self._engine.connect() as own:
+                row = (await own.execute(query)).first()
+        else:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise NotFound(f"budget {budget_id} not found")
+        return dict(row._mapping)
+
+    async def list_budgets(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(schema.budgets).order_by(schema.budgets.c.created_at, schema.budgets.c.id)
+        if org_id is not None:
+            query = query.where(schema.budgets.c.org_id == org_id)
+        async with self._engine.connect() as conn:
+            return _rows(await conn.execute(query))
+
+    async def update_budget(self, conn: AsyncConnection, budget_id: str, values: dict[str, Any]
+                            ) -> None:
+        await conn.execute(schema.budgets.update().where(schema.budgets.c.id == budget_id)
+                           .values(**values))
+
+    async def delete_budget(self, conn: AsyncConnection, budget_id: str) -> None:
+        await conn.execute(schema.budget_exceptions.delete().where(
+            schema.budget_exceptions.c.budget_id == budget_id))
+        await conn.execute(schema.budgets.delete().where(schema.budgets.c.id == budget_id))
+
+    async def add_exception(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+        values = {"id": new_id("exc"), **values}
+        await conn.execute(schema.budget_exceptions.insert().values(**values))
+        return values
+
+    async def list_exceptions(self, budget_id: str | None = None) -> list[dict[str, Any]]:
+        table = schema.budget_exceptions
+        query = sa.select(table).order_by(table.c.created_at)
+        if budget_id is not None:
+            query = query.where(table.c.budget_id == budget_id)
+        async with self._engine.connect() as conn:
+            return _rows(await conn.execute(query))
+
+    async def expired_exceptions(self, now: datetime, since: datetime) -> list[dict[str, Any]]:
+        """Exceptions that ran out in ``[since, now]``, with their budget's org."""
+        exc, bud = schema.budget_exceptions, schema.budgets
+        query = (sa.select(exc, bud.c.org_id).join(bud, bud.c.id == exc.c.budget_id)
+                 .where(exc.c.expires_at <= now, exc.c.expires_at >= since))
+        async with self._engine.connect() as conn:
+            return _rows(await conn.execute(query))
+
+    # -- wallets -----------------------------------------------------------------------
+    async def create_wallet(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+        values = {"id": new_id("wallet"), **values}
+        await conn.execute(schema.wallets.insert().values(**values))
+        return values
+
+    async def get_wallet(self, wallet_id: str) -> dict[str, Any]:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(schema.wallets).where(
+                schema.wallets.c.id == wallet_id))).first()
+        if row is None:
+            raise NotFound(f"wallet {wallet_id} not found")
+        return dict(row._mapping)
+
+    async def list_wallets(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        query = sa.select(schema.wallets).order_by(schema.wallets.c.created_at)
+        if org_id is not None:
+            query = query.where(schema.wallets.c.org_id == org_id)
+        async with self._engine.connect() as conn:
+            return _rows(await conn.execute(query))
+
+    async def add_topup(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+        values = {"id": new_id("topup"), **values}
+        await conn.execute(schema.wallet_topups.insert().values(**values))
+        return values
+
+    async def list_topups(self, wallet_id: str) -> list[dict[str, Any]]:
+        table = schema.wallet_topups
+        async with self._engine.connect() as conn:
+            return _rows(await conn.execute(sa.select(table).where(table.c.wallet_id == wallet_id)
+                                            .order_by(table.c.created_at)))
+
+    async def topped_up(self, wallet_id: str) -> int:
+        table = schema.wallet_topups
+        async with self._engine.connect() as conn:
+            total = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
+                table.c.amount_nanos), 0)).where(table.c.wallet_id == wallet_id))).scalar_one()
+        return int(total)
+
+    # -- spend seeds from the ledger -------------------------------------------------------
+    async def spend_matching(self, org_id: str, start: datetime, end: datetime | None,
+                             match: Any) -> int:
+        """Settled spend in ``[start, end)`` of calls for which ``match(subject)`` holds.
+
+        Aggregated in SQL by every attribute a budget or wallet can filter on, then
+        matched here, so the result set stays small however many calls there were.
+        """
+        t = schema.ledger
+        dims = (t.c.team_id, t.c.user_id, t.c.agent_id, t.c.key_id, t.c.tags, t.c.provider,
+                t.c.model, t.c.kind)
+        query = (sa.select(*dims, sa.func.coalesce(sa.func.sum(t.c.cost_nanos), 0))
+                 .where(t.c.org_id == org_id, t.c.started_at >= start).group_by(*dims))
+        if end is not None:
+            query = query.where(t.c.started_at < end)
+        total = 0
+        async with self._engine.connect() as conn:
+            for team, user, agent, key, tags, provider, model, kind, cost in await conn.execute(query):
+                subject = Subject(org_id, team, user, agent, key, tuple(tags or ()), provider,
+                                  model, kind)
+                if match(subject):
+                    total += int(cost)
+        return total
+

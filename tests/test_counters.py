@@ -1,0 +1,277 @@
+"""The live money counters on every backend: memory and the machine's real Redis.
+
+Redis must be running (``SPENDGATE_TEST_REDIS``, default 127.0.0.1:6379/0): the tests
+fail, never skip, without it. Each test gets its own random key prefix and deletes its
+keys afterwards. Time is passed in as plain numbers; nothing sleeps or reads the clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from redis.asyncio import Redis
+
+from spendgate.counters import BucketState, Counters, Hold, Refusal, Settlement
+from spendgate.counters.factory import counters_from_url
+from spendgate.counters.memory import MemoryCounters
+from spendgate.counters.redis import RedisCounters
+
+REDIS_URL = os.environ.get("SPENDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
+EXPIRES = 1_800_000_000.0
+
+
+@asynccontextmanager
+async def redis_keyspace() -> AsyncIterator[str]:
+    """A fresh key prefix on the real Redis; every key under it is deleted afterwards."""
+    prefix = f"sgtest:{uuid.uuid4().hex}:"
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        assert await admin.ping()  # a ConnectionError here fails the test loudly
+        yield prefix
+        keys = [key async for key in admin.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await admin.delete(*keys)
+    finally:
+        await admin.aclose()
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def counters(request: pytest.FixtureRequest) -> AsyncIterator[Counters]:
+    """Empty counters on each backend."""
+    if request.param == "memory":
+        yield MemoryCounters()
+        return
+    async with redis_keyspace() as prefix:
+        store = RedisCounters.from_url(REDIS_URL, prefix=prefix)
+        try:
+            yield store
+        finally:
+            await store.aclose()
+
+
+@pytest.fixture
+async def redis_prefix() -> AsyncIterator[str]:
+    """A fresh key prefix on the real Redis, for tests that build their own clients."""
+    async with redis_keyspace() as prefix:
+        yield prefix
+
+
+async def test_seed_only_if_absent(counters: Counters) -> None:
+    """Seeding sets a new bucket's figures once; a second seed changes nothing."""
+    assert not await counters.exists("b:team:2026-05")
+    assert await counters.state("b:team:2026-05") is None
+    assert await counters.seed("b:team:2026-05", 1_234) is True
+    assert await counters.seed("b:team:2026-05", 9_999, cap=5) is False
+    assert await counters.exists("b:team:2026-05")
+    assert await counters.state("b:team:2026-05") == BucketState(1_234, 0, None)
+    assert await counters.seed("w:wallet", 7, cap=500) is True
+    assert await counters.state("w:wallet") == BucketState(7, 0, 500)
+
+
+async def test_reserve_is_all_or_nothing(counters: Counters) -> None:
+    """When the second of three holds does not fit, none is taken and it is named."""
+    await counters.seed("a", 0)
+    await counters.seed("b", 90)
+    await counters.seed("c", 0)
+    assert await counters.reserve("r0", [Hold("b", 5, cap=100)], EXPIRES) is None
+    holds = [Hold("a", 20, cap=1_000), Hold("b", 20, cap=100), Hold("c", 20, cap=1_000)]
+
+    refusal = await counters.reserve("r1", holds, EXPIRES)
+
+    assert refusal == Refusal("b", spent=90, reserved=5, cap=100)
+    assert await counters.state("a") == BucketState(0, 0, None)
+    assert await counters.state("b") == BucketState(90, 5, None)
+    assert await counters.state("c") == BucketState(0, 0, None)
+    assert await counters.reap(EXPIRES + 1) == 1  # only r0 was ever recorded
+
+
+async def test_reserve_exact_fit_and_no_cap(counters: Counters) -> None:
+    """A hold that lands exactly on the cap fits; one more nano does not; no cap never refuses."""
+    await counters.seed("a", 60)
+    assert await counters.reserve("r1", [Hold("a", 40, cap=100)], EXPIRES) is None
+    assert await counters.reserve("r2", [Hold("a", 1, cap=100)], EXPIRES) == Refusal(
+        "a", 60, 40, 100
+    )
+    assert await counters.reserve("r3", [Hold("a", 10**12)], EXPIRES) is None
+    assert await counters.state("a") == BucketState(60, 40 + 10**12, None)
+
+
+async def test_repeated_bucket_counts_every_hold(counters: Counters) -> None:
+    """Two holds on one bucket in one call are checked together, not each alone."""
+    await counters.seed("a", 0)
+    refusal = await counters.reserve(
+        "r1", [Hold("a", 60, cap=100), Hold("a", 60, cap=100)], EXPIRES
+    )
+    assert refusal is not None and refusal.bucket == "a"
+    assert await counters.state("a") == BucketState(0, 0, None)
+    assert (
+        await counters.reserve("r2", [Hold("a", 50, cap=100), Hold("a", 50, cap=100)], EXPIRES)
+        is None
+    )
+    await counters.release("r2")
+    assert await counters.state("a") == BucketState(0, 0, None)
+
+
+async def test_stored_cap_refuses_without_funds_then_allows_after_top_up(
+    counters: Counters,
+) -> None:
+    """A wallet with no top-ups has no funds; add_cap raises what it can hold."""
+    wallet = [Hold("w:acme", 60, use_stored_cap=True)]
+    assert await counters.reserve("r1", wallet, EXPIRES) == Refusal("w:acme", 0, 0, 0)
+
+    await counters.add_cap("w:acme", 100)
+    assert await counters.reserve("r2", wallet, EXPIRES) is None
+    assert await counters.reserve("r3", wallet, EXPIRES) == Refusal("w:acme", 0, 60, 100)
+
+    await counters.add_cap("w:acme", 50)
+    assert await counters.reserve("r4", wallet, EXPIRES) is None
+    assert await counters.state("w:acme") == BucketState(0, 120, 150)
+
+
+async def test_settle_moves_reserved_to_spent(counters: Counters) -> None:
+    """Settling gives back the hold, adds the actual cost, and reports spent before/after."""
+    await counters.seed("a", 1_000)
+    await counters.seed("w", 0, cap=10_000)
+    holds = [Hold("a", 100, cap=5_000), Hold("w", 100, use_stored_cap=True)]
+    assert await counters.reserve("r1", holds, EXPIRES) is None
+    assert await counters.reserve("r2", [Hold("a", 7)], EXPIRES) is None
+
+    result = await counters.settle("r1", [Settlement("a", 100, 30), Settlement("w", 100, 40)])
+
+    assert result == [(1_000, 1_030), (0, 40)]
+    assert await counters.state("a") == BucketState(1_030, 7, None)
+    assert await counters.state("w") == BucketState(40, 0, 10_000)
+    assert await counters.reap(EXPIRES + 1) == 1  # r1 is forgotten; only r2 remains
+
+
+async def test_settle_releases_holds_it_does_not_mention(counters: Counters) -> None:
+    """A settled reservation is forgotten whole: holds without a settlement are given back."""
+    await counters.seed("a", 0)
+    await counters.seed("b", 0)
+    assert await counters.reserve("r1", [Hold("a", 100), Hold("b", 100)], EXPIRES) is None
+    assert await counters.settle("r1", [Settlement("a", 100, 70)]) == [(0, 70)]
+    assert await counters.state("a") == BucketState(70, 0, None)
+    assert await counters.state("b") == BucketState(0, 0, None)
+
+
+async def test_release_is_idempotent(counters: Counters) -> None:
+    """Releasing twice gives back only what that reservation held, once."""
+    await counters.seed("a", 0)
+    await counters.seed("b", 0)
+    assert await counters.reserve("r1", [Hold("a", 50), Hold("b", 50)], EXPIRES) is None
+    assert await counters.reserve("r2", [Hold("a", 20)], EXPIRES) is None
+
+    await counters.release("r1")
+    await counters.release("r1")
+    await counters.release("never-reserved")
+
+    assert await counters.state("a") == BucketState(0, 20, None)
+    assert await counters.state("b") == BucketState(0, 0, None)
+
+
+async def test_reap_releases_only_expired(counters: Counters) -> None:
+    """Reaping at ``now`` releases reservations expiring strictly before it, once."""
+    await counters.seed("a", 0)
+    for rid, expires in (("r100", 100.0), ("r200", 200.0), ("r300", 300.5)):
+        assert await counters.reserve(rid, [Hold("a", int(expires))], expires) is None
+
+    assert await counters.reap(200.0) == 1
+    assert await counters.state("a") == BucketState(0, 500, None)
+    assert await counters.reap(200.0) == 0
+    assert await counters.reap(300.5) == 1
+    assert await counters.state("a") == BucketState(0, 300, None)
+    assert await counters.reap(301.0) == 1
+    assert await counters.state("a") == BucketState(0, 0, None)
+
+
+async def test_settle_after_reap_or_release_does_not_give_back_twice(counters: Counters) -> None:
+    """A late settlement for a reaped or released reservation adds its cost only; other
+    reservations' holds stay put and reserved never goes below zero."""
+    await counters.seed("a", 0)
+    assert await counters.reserve("late", [Hold("a", 100)], 100.0) is None
+    assert await counters.reserve("gone", [Hold("a", 30)], EXPIRES) is None
+    assert await counters.reserve("live", [Hold("a", 50)], EXPIRES) is None
+    assert await counters.reap(101.0) == 1
+    await counters.release("gone")
+    assert await counters.state("a") == BucketState(0, 50, None)
+
+    assert await counters.settle("late", [Settlement("a", 100, 80)]) == [(0, 80)]
+    assert await counters.settle("gone", [Settlement("a", 30, 5)]) == [(80, 85)]
+
+    assert await counters.state("a") == BucketState(85, 50, None)
+    assert await counters.settle("live", [Settlement("a", 500, 50)]) == [(85, 135)]
+    assert await counters.state("a") == BucketState(135, 0, None)
+
+
+async def test_large_figures_stay_exact(counters: Counters) -> None:
+    """Figures whose sums stay within 2**53 nanos (about $9M) are compared and moved
+    exactly: a single nano over the cap is refused at the very top of that range."""
+    top = 2**53 - 1
+    await counters.seed("a", top - 10, cap=None)
+    assert await counters.reserve("r1", [Hold("a", 10, cap=top)], EXPIRES) is None
+    assert await counters.reserve("r2", [Hold("a", 1, cap=top)], EXPIRES) == Refusal(
+        "a", top - 10, 10, top
+    )
+    assert await counters.settle("r1", [Settlement("a", 10, 9)]) == [(top - 10, top - 1)]
+    await counters.seed("b", 0)
+    assert await counters.reserve("r3", [Hold("b", top - 1)], EXPIRES) is None
+    assert await counters.state("b") == BucketState(0, top - 1, None)
+    await counters.release("r3")
+    assert await counters.state("b") == BucketState(0, 0, None)
+
+
+async def test_concurrent_reserves_never_pass_the_cap(counters: Counters) -> None:
+    """300 simultaneous holds of 10 against a cap of 505: exactly 50 fit, and settling
+    them all at 9 each leaves 450 spent and nothing reserved."""
+    await counters.seed("a", 0)
+    results = await asyncio.gather(
+        *(counters.reserve(f"r{i}", [Hold("a", 10, cap=505)], EXPIRES) for i in range(300))
+    )
+
+    admitted = [f"r{i}" for i, refusal in enumerate(results) if refusal is None]
+    assert len(admitted) == 50
+    assert all(r is None or (r.bucket == "a" and r.cap == 505) for r in results)
+    assert await counters.state("a") == BucketState(0, 500, None)
+
+    await asyncio.gather(*(counters.settle(rid, [Settlement("a", 10, 9)]) for rid in admitted))
+    assert await counters.state("a") == BucketState(450, 0, None)
+
+
+async def test_two_redis_clients_racing_never_pass_the_cap(redis_prefix: str) -> None:
+    """Two independent clients (as two replicas would be) share one bucket's cap."""
+    first = RedisCounters.from_url(REDIS_URL, prefix=redis_prefix)
+    second = RedisCounters.from_url(REDIS_URL, prefix=redis_prefix)
+    try:
+        await first.seed("a", 0)
+        calls = [
+            (first if i % 2 else second).reserve(f"r{i}", [Hold("a", 10, cap=1_005)], EXPIRES)
+            for i in range(400)
+        ]
+        results = await asyncio.gather(*calls)
+        assert sum(r is None for r in results) == 100
+        assert {i % 2 for i, r in enumerate(results) if r is None} == {0, 1}
+        assert await second.state("a") == BucketState(0, 1_000, None)
+        assert await first.reap(EXPIRES + 1) == 100
+        assert await second.state("a") == BucketState(0, 0, None)
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_backend_is_chosen_by_url() -> None:
+    """No URL or memory:// gives memory counters, redis:// gives Redis, anything else fails."""
+    assert isinstance(counters_from_url(None), MemoryCounters)
+    assert isinstance(counters_from_url("memory://"), MemoryCounters)
+    store = counters_from_url(REDIS_URL, prefix="sgtest:factory:")
+    try:
+        assert isinstance(store, RedisCounters) and store.prefix == "sgtest:factory:"
+        assert not await store.exists("nothing")
+    finally:
+        await store.aclose()
+    with pytest.raises(ValueError, match="unsupported counters URL"):
+        counters_from_url("postgresql://localhost/x")
