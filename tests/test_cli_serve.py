@@ -112,3 +112,32 @@ def test_cli_reports_errors_clearly(served: tuple[str, Path, subprocess.Popen[by
     wrong = CliRunner().invoke(cli, ["orgs", "list", "--url", url],
                                env={"SPENDGATE_MASTER_KEY": "wrong"})
     assert wrong.exit_code == 1 and "401" in wrong.output
+
+
+def test_cli_budgets_and_wallets(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """Budgets and wallets made with the CLI are enforced on real calls."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "beta")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
+    made = run_cli(url, "budgets", "create", "--scope", "key", "--scope-id",
+                   key["id"], "--amount", "0.000001", "--hard", "--hard-percent", "110",  # type: ignore[index]
+                   "--timezone", "Europe/Berlin", "--alerts", "50,80")
+    assert made["hard_limit_percent"] == "110" and made["alert_percentages"] == ["50", "80"]  # type: ignore[index]
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)  # type: ignore[index]
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="demo-small", max_tokens=10,
+                                    messages=[{"role": "user", "content": "x"}])
+    run_cli(url, "budgets", "update", made["id"], "--amount", "5")  # type: ignore[index]
+    sdk.chat.completions.create(model="demo-small", max_tokens=10,
+                                messages=[{"role": "user", "content": "x"}])
+    status = run_cli(url, "budgets", "status", made["id"])  # type: ignore[index]
+    assert status["spent_usd"] != "0.00" and status["period_start_local"][-6:] in ("+01:00", "+02:00")  # type: ignore[index]
+    wallet = run_cli(url, "wallets", "create", "--scope", "org", "--scope-id", org["id"],  # type: ignore[index]
+                     "--topup", "0.000002")
+    with pytest.raises(openai.APIStatusError) as info:
+        sdk.chat.completions.create(model="demo-small", max_tokens=1000,
+                                    messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 402
+    run_cli(url, "wallets", "topup", wallet["id"], "--amount", "1")  # type: ignore[index]
+    sdk.chat.completions.create(model="demo-small", max_tokens=1000,
+                                messages=[{"role": "user", "content": "x"}])
