@@ -57,7 +57,8 @@ def serve(
                       f"(database {settings.database_url})")
     uvicorn.run("spendgate.app:app_from_env", factory=True, host=settings.host, port=settings.port,
                 workers=workers, loop="auto", http="auto", lifespan="on", access_log=False,
-                log_level="info", timeout_graceful_shutdown=30, server_header=False)
+                log_level="info", timeout_graceful_shutdown=30, server_header=False,
+                proxy_headers=False)
 
 
 @db_app.command("migrate")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import itertools
 import os
 
 KEY_PREFIX = "sk-sg-"
@@ -16,8 +17,15 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{os.urandom(12).hex()}"
 
 
-def new_request_id() -> str:
-    return f"req_{os.urandom(12).hex()}"
+class RequestIds:
+    """``req_<random per process><counter>``: unique across replicas, no syscall per call."""
+
+    def __init__(self) -> None:
+        self._prefix = f"req_{os.urandom(6).hex()}"
+        self._counter = itertools.count(1)
+
+    def __call__(self) -> str:
+        return f"{self._prefix}{next(self._counter):012x}"
 
 
 def new_virtual_key() -> str:

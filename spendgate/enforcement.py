@@ -98,14 +98,15 @@ class Enforcer:
 
     def applicable(self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
                    ) -> tuple[tuple[Applied, ...], tuple[Wallet, ...]]:
+        budgets, org_wallets = snapshot.by_org.get(subject.org_id, ((), ()))
         applied = []
-        for budget in snapshot.budgets:
-            if budget.org_id != subject.org_id or not rules.applies(budget, subject):
+        for budget in budgets:
+            if not rules.applies(budget, subject):
                 continue
             window = window_at(now, budget.period, budget.timezone, budget.week_start)
             amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
             applied.append(Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount)))
-        wallets = tuple(w for w in snapshot.wallets if w.covers(subject))
+        wallets = tuple(w for w in org_wallets if w.covers(subject))
         return tuple(applied), wallets
 
     def raises_for(self, budget_id: str) -> tuple[rules.Raise, ...]:

@@ -45,7 +45,7 @@ from spendgate.proxy.wire import (
     send_error,
     start_stream,
 )
-from spendgate.credentials import new_request_id
+from spendgate.credentials import RequestIds
 from spendgate.settings import ModelRoute, Settings
 from spendgate.store.directory import KeyRecord
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
@@ -145,6 +145,7 @@ class ProxyApp:
         enforcer: Enforcer,
     ) -> None:
         self._enforcer = enforcer
+        self._request_ids = RequestIds()
         self._settings = settings
         self._clock = clock
         self._keys = keys
@@ -154,7 +155,7 @@ class ProxyApp:
         self._on_unpriced = on_unpriced
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        request_id = new_request_id()
+        request_id = self._request_ids()
         path = scope["path"]
         wire = "anthropic" if path.startswith("/v1/messages") else "openai"
         try:

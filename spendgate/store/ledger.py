@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
@@ -49,6 +49,14 @@ class LedgerEntry:
     finished_at: datetime
 
 
+_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+
+
+def entry_row(entry: LedgerEntry) -> dict[str, Any]:
+    """The insert row for an entry (``dataclasses.asdict`` deep-copies: 10x slower)."""
+    return {name: getattr(entry, name) for name in _FIELDS}
+
+
 class LedgerWriter:
     """Buffers entries and inserts them in batches from a background task.
 
@@ -67,7 +75,7 @@ class LedgerWriter:
         self.written = 0
 
     def add(self, entry: LedgerEntry) -> None:
-        self._buffer.append(asdict(entry))
+        self._buffer.append(entry_row(entry))
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
 

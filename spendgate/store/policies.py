@@ -57,6 +57,16 @@ class PolicySnapshot:
     budgets: tuple[Budget, ...] = ()
     raises: dict[str, tuple[Raise, ...]] = field(default_factory=dict)
     wallets: tuple[Wallet, ...] = ()
+    #: the same budgets and wallets by org, so a call looks only at its own org's
+    by_org: dict[str, tuple[tuple[Budget, ...], tuple[Wallet, ...]]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, budgets: tuple[Budget, ...], raises: dict[str, tuple[Raise, ...]],
+              wallets: tuple[Wallet, ...]) -> PolicySnapshot:
+        orgs = {b.org_id for b in budgets} | {w.org_id for w in wallets}
+        by_org = {org: (tuple(b for b in budgets if b.org_id == org),
+                        tuple(w for w in wallets if w.org_id == org)) for org in orgs}
+        return cls(budgets, raises, wallets, by_org)
 
 
 def _rows(result: Iterable[Any]) -> list[dict[str, Any]]:
@@ -76,7 +86,7 @@ class PolicyStore:
         by_budget: dict[str, list[Raise]] = {}
         for r in raises:
             by_budget.setdefault(r["budget_id"], []).append(raise_from_row(r))
-        return PolicySnapshot(
+        return PolicySnapshot.build(
             budgets=tuple(budget_from_row(b) for b in budgets),
             raises={k: tuple(v) for k, v in by_budget.items()},
             wallets=tuple(Wallet(w["id"], w["org_id"], w["scope_type"], w["scope_id"],
