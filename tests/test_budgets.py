@@ -277,3 +277,33 @@ def test_budget_and_wallet_each_refuse_for_their_own_reason(gateway: RunningGate
     gateway.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": "100"})
     with pytest.raises(openai.RateLimitError):
         one_call_cost(gateway, key["key"])
+
+
+def test_failed_calls_give_their_reservation_back(gateway: RunningGateway, fake: Any) -> None:
+    """Upstream errors and timeouts release the hold; nothing stays reserved or spent."""
+    key = gateway.create_key()
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True)
+    fake.fail_status, fake.fail_count = 503, 1
+    response = httpx.post(gateway.url + "/v1/chat/completions",
+                          headers={"authorization": f"Bearer {key['key']}"},
+                          json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 10})
+    assert response.status_code == 503
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert status["reserved_usd"] == "0.00" and status["spent_usd"] == "0.00"
+
+
+def test_reaper_releases_a_reservation_left_behind(gateway: RunningGateway) -> None:
+    """A hold whose call never settled (a crash) is released once it outlives the timeout."""
+    from spendgate.budget_rules import Subject
+
+    key = gateway.create_key()
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True)
+    enforcer = gateway.app.services.enforcer
+    subject = Subject(key["org_id"], None, None, None, key["id"], (), "simulated", "demo-small",
+                      "chat")
+    gateway.run(enforcer.admit(subject, 250_000_000))  # never settled: the caller "crashed"
+    assert gateway.get(f"/admin/budgets/{made['id']}/status")["reserved_usd"] == "0.25"
+    assert gateway.run(enforcer.reap()) == 0  # not expired yet
+    gateway.clock.advance(gateway.settings.upstream_timeout_seconds + 61)
+    assert gateway.run(enforcer.reap()) == 1
+    assert gateway.get(f"/admin/budgets/{made['id']}/status")["reserved_usd"] == "0.00"
