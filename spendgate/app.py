@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
 from spendgate.admin.policies import router as policies_router
+from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.clock import Clock, SystemClock
 from spendgate.counters.factory import counters_from_url
@@ -97,6 +98,7 @@ def build_admin(services: Services) -> FastAPI:
 
     api.include_router(admin_router)
     api.include_router(policies_router)
+    api.include_router(rate_limits_router)
     return api
 
 

@@ -341,6 +341,56 @@ def wallets_topup(wallet_id: str, amount: Annotated[str, typer.Option()],
           ["id", "wallet_id", "amount_usd", "note", "created_at"])
 
 
+LIMIT_COLUMNS = ["id", "scope_type", "scope_id", "model", "rpm", "tpm", "max_concurrent",
+                 "max_spend_usd", "spend_window_seconds"]
+limits = _crud("limits", "/admin/rate-limits", LIMIT_COLUMNS)
+
+
+@limits.command("create")
+def limits_create(
+    scope: Annotated[str, typer.Option(help="key|team")],
+    scope_id: Annotated[str, typer.Option("--scope-id")],
+    model: Annotated[str, typer.Option(help="model name or pattern, e.g. gpt-5*-mini or *")] = "*",
+    rpm: Annotated[int | None, typer.Option(help="requests per minute")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute")] = None,
+    concurrent: Annotated[int | None, typer.Option(help="calls in flight at once")] = None,
+    spend: Annotated[str | None, typer.Option(help="max USD per spend window")] = None,
+    window: Annotated[int, typer.Option(help="spend window in seconds")] = 600,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Limit a key or team on a model: rpm, tpm, concurrency, spend velocity."""
+    body = {"scope_type": scope, "scope_id": scope_id, "model": model, "rpm": rpm, "tpm": tpm,
+            "max_concurrent": concurrent, "max_spend_usd": spend, "spend_window_seconds": window}
+    _show(_call(url, "POST", "/admin/rate-limits",
+                json={k: v for k, v in body.items() if v is not None}), as_json, LIMIT_COLUMNS)
+
+
+@limits.command("update")
+def limits_update(
+    limit_id: str,
+    rpm: Annotated[int | None, typer.Option()] = None,
+    tpm: Annotated[int | None, typer.Option()] = None,
+    concurrent: Annotated[int | None, typer.Option()] = None,
+    spend: Annotated[str | None, typer.Option()] = None,
+    window: Annotated[int | None, typer.Option()] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a rate limit."""
+    body = {"rpm": rpm, "tpm": tpm, "max_concurrent": concurrent, "max_spend_usd": spend,
+            "spend_window_seconds": window}
+    _show(_call(url, "PATCH", f"/admin/rate-limits/{limit_id}",
+                json={k: v for k, v in body.items() if v is not None}), as_json, LIMIT_COLUMNS)
+
+
+@limits.command("delete")
+def limits_delete(limit_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Remove a rate limit."""
+    _call(url, "DELETE", f"/admin/rate-limits/{limit_id}")
+    console.print(f"deleted {limit_id}")
+
+
 @app.command()
 def usage(
     by: Annotated[str, typer.Option("--by", help="e.g. team,model")] = "",

@@ -37,7 +37,7 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def _scope_org(svc: Services, scope_type: str, scope_id: str | None, tag: str | None,
+async def scope_org(svc: Services, scope_type: str, scope_id: str | None, tag: str | None,
                      org_id: str | None) -> str:
     """The org a scope belongs to; 422 naming the field when it does not exist."""
     if scope_type == "tag":
@@ -98,7 +98,7 @@ def _stored(body: s.BudgetIn | s.BudgetPatch, *, only_set: bool = True) -> dict[
 
 @router.post("/budgets", response_model=s.BudgetOut, status_code=201, tags=["budgets"])
 async def create_budget(body: s.BudgetIn, svc: Svc) -> dict[str, Any]:
-    org_id = await _scope_org(svc, body.scope_type, body.scope_id, body.tag, body.org_id)
+    org_id = await scope_org(svc, body.scope_type, body.scope_id, body.tag, body.org_id)
     values = _stored(body, only_set=False)
     values.update(org_id=org_id, scope_id=None if body.scope_type == "tag" else body.scope_id,
                   tag=body.tag if body.scope_type == "tag" else None)
@@ -227,7 +227,7 @@ async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/wallets", response_model=s.WalletOut, status_code=201, tags=["wallets"])
 async def create_wallet(body: s.WalletIn, svc: Svc, who: str = Depends(admin)) -> dict[str, Any]:
-    org_id = await _scope_org(svc, body.scope_type, body.scope_id, None, None)
+    org_id = await scope_org(svc, body.scope_type, body.scope_id, None, None)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_wallet(conn, {

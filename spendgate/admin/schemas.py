@@ -287,3 +287,37 @@ class TopupOut(BaseModel):
     note: str
     created_by: str
     created_at: datetime
+
+
+class RateLimitIn(Strict):
+    scope_type: Literal["key", "team"]
+    scope_id: ObjectId
+    model: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "*"
+    rpm: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    tpm: Annotated[int, Field(ge=1, le=10_000_000_000)] | None = None
+    max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    max_spend_usd: Money | None = None
+    spend_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
+
+
+class RateLimitPatch(Strict):
+    rpm: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
+    tpm: Annotated[int, Field(ge=1, le=10_000_000_000)] | None = None
+    max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    max_spend_usd: Money | None = None
+    spend_window_seconds: Annotated[int, Field(ge=1, le=86_400)] | None = None
+
+
+class RateLimitOut(BaseModel):
+    id: str
+    org_id: str
+    scope_type: str
+    scope_id: str
+    model: str
+    rpm: int | None
+    tpm: int | None
+    max_concurrent: int | None
+    max_spend_usd: str | None
+    spend_window_seconds: int
+    created_at: datetime
+    updated_at: datetime

@@ -9,11 +9,12 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.budget_rules import Budget, Categories, Raise, Subject
 from spendgate.credentials import new_id
-from spendgate.errors import NotFound
+from spendgate.errors import Conflict, NotFound
 from spendgate.store import schema
 
 
@@ -187,6 +188,46 @@ class PolicyStore:
             total = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
                 table.c.amount_nanos), 0)).where(table.c.wallet_id == wallet_id))).scalar_one()
         return int(total)
+
+    # -- rate limits -------------------------------------------------------------------
+    async def create_rate_limit(self, values: dict[str, Any]) -> dict[str, Any]:
+        values = {"id": new_id("rl"), **values}
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(schema.rate_limits.insert().values(**values))
+        except IntegrityError as exc:
+            raise Conflict(f"a rate limit for {values['scope_type']} {values['scope_id']} and "
+                           f"model {values['model']!r} already exists; update it instead") from exc
+        return values
+
+    async def get_rate_limit(self, limit_id: str) -> dict[str, Any]:
+        table = schema.rate_limits
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(table).where(table.c.id == limit_id))).first()
+        if row is None:
+            raise NotFound(f"rate limit {limit_id} not found")
+        return dict(row._mapping)
+
+    async def list_rate_limits(self, org_id: str | None = None) -> list[dict[str, Any]]:
+        table = schema.rate_limits
+        query = sa.select(table).order_by(table.c.created_at, table.c.id)
+        if org_id is not None:
+            query = query.where(table.c.org_id == org_id)
+        async with self._engine.connect() as conn:
+            return _rows(await conn.execute(query))
+
+    async def update_rate_limit(self, limit_id: str, values: dict[str, Any]) -> dict[str, Any]:
+        await self.get_rate_limit(limit_id)
+        table = schema.rate_limits
+        async with self._engine.begin() as conn:
+            await conn.execute(table.update().where(table.c.id == limit_id).values(**values))
+        return await self.get_rate_limit(limit_id)
+
+    async def delete_rate_limit(self, limit_id: str) -> None:
+        await self.get_rate_limit(limit_id)
+        table = schema.rate_limits
+        async with self._engine.begin() as conn:
+            await conn.execute(table.delete().where(table.c.id == limit_id))
 
     # -- spend seeds from the ledger -------------------------------------------------------
     async def spend_matching(self, org_id: str, start: datetime, end: datetime | None,

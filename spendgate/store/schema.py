@@ -194,3 +194,21 @@ wallet_topups = sa.Table(
     sa.Column("created_by", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
+
+rate_limits = sa.Table(
+    "rate_limits", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("scope_type", sa.String(10), nullable=False),
+    sa.Column("scope_id", sa.String(40), nullable=False),
+    #: a model name or a shell pattern (``gpt-5*-mini``, ``*``)
+    sa.Column("model", sa.String(200), nullable=False),
+    sa.Column("rpm", sa.Integer(), nullable=True),
+    sa.Column("tpm", sa.BigInteger(), nullable=True),
+    sa.Column("max_concurrent", sa.Integer(), nullable=True),
+    sa.Column("max_spend_nanos", sa.BigInteger(), nullable=True),
+    sa.Column("spend_window_seconds", sa.Integer(), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+    sa.UniqueConstraint("scope_type", "scope_id", "model", name="uq_rate_limits_scope_model"),
+)

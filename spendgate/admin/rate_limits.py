@@ -1,0 +1,77 @@
+"""Admin routes for per-key / per-team, per-model rate limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends
+
+from spendgate.admin import schemas as s
+from spendgate.admin.policies import scope_org
+from spendgate.admin.routes import Svc, admin
+from spendgate.errors import ValidationFailed
+from spendgate.money import format_usd, usd_to_nanos
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], tags=["rate limits"],
+                   responses={401: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
+                              422: {"model": s.ErrorBody}})
+
+LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "max_spend_nanos")
+
+
+def limit_out(row: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != "max_spend_nanos"}
+    spend = row["max_spend_nanos"]
+    out["max_spend_usd"] = None if spend is None else format_usd(int(spend))
+    return out
+
+
+def _stored(data: dict[str, Any]) -> dict[str, Any]:
+    values = dict(data)
+    if "max_spend_usd" in values:
+        spend = values.pop("max_spend_usd")
+        values["max_spend_nanos"] = None if spend is None else usd_to_nanos(spend)
+    return values
+
+
+@router.post("/rate-limits", response_model=s.RateLimitOut, status_code=201)
+async def create_rate_limit(body: s.RateLimitIn, svc: Svc) -> dict[str, Any]:
+    values = _stored(body.model_dump())
+    if all(values[f] is None for f in LIMIT_FIELDS):
+        raise ValidationFailed("rpm: set at least one of rpm, tpm, max_concurrent, max_spend_usd",
+                               param="rpm")
+    org_id = await scope_org(svc, body.scope_type, body.scope_id, None, None)
+    now = svc.clock.now()
+    row = await svc.policies.create_rate_limit({**values, "org_id": org_id, "created_at": now,
+                                                "updated_at": now})
+    await svc.enforcer.refresh()
+    return limit_out(row)
+
+
+@router.get("/rate-limits", response_model=list[s.RateLimitOut])
+async def list_rate_limits(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
+    return [limit_out(r) for r in await svc.policies.list_rate_limits(org_id)]
+
+
+@router.get("/rate-limits/{limit_id}", response_model=s.RateLimitOut)
+async def get_rate_limit(limit_id: str, svc: Svc) -> dict[str, Any]:
+    return limit_out(await svc.policies.get_rate_limit(limit_id))
+
+
+@router.patch("/rate-limits/{limit_id}", response_model=s.RateLimitOut)
+async def update_rate_limit(limit_id: str, body: s.RateLimitPatch, svc: Svc) -> dict[str, Any]:
+    changes = _stored(body.model_dump(exclude_unset=True))
+    current = await svc.policies.get_rate_limit(limit_id)
+    merged = {**current, **changes}
+    if all(merged[f] is None for f in LIMIT_FIELDS):
+        raise ValidationFailed("rpm: a rate limit needs at least one limit", param="rpm")
+    row = await svc.policies.update_rate_limit(limit_id, {**changes,
+                                                          "updated_at": svc.clock.now()})
+    await svc.enforcer.refresh()
+    return limit_out(row)
+
+
+@router.delete("/rate-limits/{limit_id}", status_code=204)
+async def delete_rate_limit(limit_id: str, svc: Svc) -> None:
+    await svc.policies.delete_rate_limit(limit_id)
+    await svc.enforcer.refresh()
