@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -72,9 +73,16 @@ class AiohttpTransport:
                 connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))
         return self._session
 
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
+        """Streams time out per read (a long answer is fine, a stalled one is not)."""
+        if stream:
+            return aiohttp.ClientTimeout(total=None, connect=10, sock_read=seconds)
+        return aiohttp.ClientTimeout(total=seconds, connect=10)
+
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
-        timeout = (aiohttp.ClientTimeout(total=None, connect=10, sock_read=request.timeout)
-                   if request.stream else aiohttp.ClientTimeout(total=request.timeout, connect=10))
+        timeout = self._timeout(request.timeout, request.stream)
         try:
             resp = await self._client().request(
                 request.method, request.url, data=request.body, headers=request.headers,

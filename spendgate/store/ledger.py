@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from datetime import datetime
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.store import schema
 
@@ -20,8 +20,9 @@ log = logging.getLogger("spendgate.ledger")
 GROUP_COLUMNS = ("org", "team", "user", "agent", "key", "provider", "model", "kind", "status", "day")
 
 
-@dataclass(frozen=True, slots=True)
-class LedgerEntry:
+class LedgerEntry(NamedTuple):
+    """One proxied call. A named tuple: built on every call, so it must be cheap."""
+
     request_id: str
     org_id: str
     team_id: str | None
@@ -49,12 +50,32 @@ class LedgerEntry:
     finished_at: datetime
 
 
-_FIELDS = tuple(f.name for f in fields(LedgerEntry))
+_SQLITE_INSERT = (f"INSERT INTO ledger ({', '.join(LedgerEntry._fields)}) "
+                  f"VALUES ({', '.join('?' for _ in LedgerEntry._fields)})")
+_TAGS = LedgerEntry._fields.index("tags")
+_TIMES = (LedgerEntry._fields.index("started_at"), LedgerEntry._fields.index("finished_at"))
 
 
-def entry_row(entry: LedgerEntry) -> dict[str, Any]:
-    """The insert row for an entry (``dataclasses.asdict`` deep-copies: 10x slower)."""
-    return {name: getattr(entry, name) for name in _FIELDS}
+def _sqlite_time(value: datetime) -> str:
+    """The text form SQLAlchemy's SQLite DATETIME stores (UTC, naive)."""
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+def sqlite_row(entry: LedgerEntry) -> tuple[Any, ...]:
+    row = list(entry)
+    row[_TAGS] = json.dumps(entry.tags)
+    for index in _TIMES:
+        row[index] = _sqlite_time(row[index])
+    return tuple(row)
+
+
+async def insert_entries(conn: AsyncConnection, entries: list[LedgerEntry]) -> None:
+    """Insert a batch. SQLite takes the driver's executemany directly: the per-row
+    parameter processing of SQLAlchemy Core doubled the cost of a ledger row there."""
+    if conn.dialect.name == "sqlite":
+        await conn.exec_driver_sql(_SQLITE_INSERT, [sqlite_row(e) for e in entries])
+    else:
+        await conn.execute(schema.ledger.insert(), [e._asdict() for e in entries])
 
 
 class LedgerWriter:
@@ -68,14 +89,14 @@ class LedgerWriter:
         self._engine = engine
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
-        self._buffer: list[dict[str, Any]] = []
+        self._buffer: list[LedgerEntry] = []
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.written = 0
 
     def add(self, entry: LedgerEntry) -> None:
-        self._buffer.append(entry_row(entry))
+        self._buffer.append(entry)
         if len(self._buffer) >= self._batch_size:
             self._wake.set()
 
@@ -106,7 +127,7 @@ class LedgerWriter:
             while self._buffer:
                 batch = self._buffer[: self._batch_size]
                 async with self._engine.begin() as conn:
-                    await conn.execute(schema.ledger.insert(), batch)
+                    await insert_entries(conn, batch)
                 del self._buffer[: len(batch)]
                 written += len(batch)
             self.written += written

@@ -1,0 +1,1 @@
+"""spendgate test suite (a package, so a stray top-level `tests` elsewhere cannot shadow it)."""
