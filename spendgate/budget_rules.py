@@ -18,6 +18,8 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
 
+from spendgate.budget_windows import Period
+
 SCOPE_TYPES = ("org", "team", "user", "agent", "key", "tag")
 
 
@@ -39,7 +41,7 @@ class Budget:
     scope_type: str
     scope_id: str | None
     tag: str | None
-    period: str
+    period: Period
     timezone: str
     week_start: str
     amount_nanos: int

@@ -149,7 +149,7 @@ def _routes(raw: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> 
     for name, spec in raw.items():
         if not isinstance(spec, Mapping):
             raise ConfigError(f"models.{name} must be a table")
-        provider_name = spec.get("provider")
+        provider_name = str(spec.get("provider"))
         if provider_name not in providers:
             raise ConfigError(f"models.{name}.provider {provider_name!r} is not a configured provider")
         provider = providers[provider_name]

@@ -188,7 +188,7 @@ async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc,
     if expires <= max(starts, now):
         raise ValidationFailed("expires_at: must be in the future and after starts_at",
                                param="expires_at")
-    values = {"budget_id": budget_id,
+    values: dict[str, Any] = {"budget_id": budget_id,
               "amount_nanos": usd_to_nanos(body.amount_usd) if body.amount_usd else 0,
               "percent": _pct(body.percent) if body.percent else "0", "reason": body.reason,
               "granted_by": who, "starts_at": starts, "expires_at": expires, "created_at": now}

@@ -312,6 +312,7 @@ class ProxyApp:
                 estimated: bool = False) -> int | None:
         """Price the call and queue its ledger entry; returns the cost in nanos."""
         finished = self._clock.now()
+        cost: int | None
         if usage is None:
             usage, cost, unknown = TokenUsage(), 0, False
         else:

@@ -62,7 +62,7 @@ def _sqlite_time(value: datetime) -> str:
 
 
 def sqlite_row(entry: LedgerEntry) -> tuple[Any, ...]:
-    row = list(entry)
+    row: list[Any] = list(entry)
     row[_TAGS] = json.dumps(entry.tags)
     for index in _TIMES:
         row[index] = _sqlite_time(row[index])
