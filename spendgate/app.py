@@ -92,7 +92,7 @@ def build_admin(services: Services) -> FastAPI:
         try:
             async with services.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # readiness reports any failure as not ready
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
             return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
         return JSONResponse({"status": "ok", "ledger_pending": services.ledger.pending})
 

@@ -14,7 +14,7 @@ NANOS_PER_USD = 1_000_000_000
 _NANO = Decimal("1e-9")
 
 
-def usd_to_nanos(amount: Decimal | str | int | float) -> int:
+def usd_to_nanos(amount: Decimal | str | float) -> int:
     """Convert a USD amount to integer nanos (half-even); floats go through ``str``."""
     if isinstance(amount, float):
         amount = str(amount)

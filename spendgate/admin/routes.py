@@ -12,9 +12,9 @@ from fastapi.responses import Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from spendgate.admin import schemas as s
+from spendgate.credentials import secrets_equal
 from spendgate.errors import AuthenticationFailed, ValidationFailed
 from spendgate.money import format_usd
-from spendgate.credentials import secrets_equal
 from spendgate.services import Services
 from spendgate.store.events import list_events
 from spendgate.store.ledger import GROUP_COLUMNS, usage_report

@@ -146,7 +146,7 @@ class ErrorBody(BaseModel):
 
 
 Percent = Annotated[Decimal, Field(gt=0, le=1000)]
-Money = Annotated[Decimal, Field(gt=0, le=Decimal("1000000000"), max_digits=22, decimal_places=9)]
+Money = Annotated[Decimal, Field(gt=0, le=Decimal(1000000000), max_digits=22, decimal_places=9)]
 Zone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
@@ -257,7 +257,7 @@ class WalletIn(Strict):
     name: Name | None = None
     scope_type: Literal["org", "team", "key"]
     scope_id: ObjectId
-    low_balance_usd: Annotated[Decimal, Field(ge=0, le=Decimal("1000000000"))] = Decimal(0)
+    low_balance_usd: Annotated[Decimal, Field(ge=0, le=Decimal(1000000000))] = Decimal(0)
     initial_topup_usd: Money | None = None
 
 

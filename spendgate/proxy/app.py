@@ -20,6 +20,7 @@ import orjson
 from spendgate import simulated
 from spendgate.budget_rules import Subject
 from spendgate.clock import Clock
+from spendgate.credentials import RequestIds
 from spendgate.enforcement import Admission, Enforcer
 from spendgate.errors import (
     InvalidRequest,
@@ -45,7 +46,6 @@ from spendgate.proxy.wire import (
     send_error,
     start_stream,
 )
-from spendgate.credentials import RequestIds
 from spendgate.settings import ModelRoute, Settings
 from spendgate.store.directory import KeyRecord
 from spendgate.store.ledger import LedgerEntry, LedgerWriter

@@ -123,15 +123,16 @@ class AiohttpTransport:
             self._session = None
 
 
+SIMULATED_HEADER = {"x-spendgate-simulated": "true"}
+
+
 class SimulatedTransport:
     """The built-in simulated provider (``--demo``): answers in-process, deterministically."""
-
-    SIMULATED_HEADER = {"x-spendgate-simulated": "true"}
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         path = urlsplit(request.url).path
         body = orjson.loads(request.body or b"{}")
-        headers = {"content-type": "application/json", **self.SIMULATED_HEADER}
+        headers = {"content-type": "application/json", **SIMULATED_HEADER}
         if path == "/v1/messages":
             if request.stream:
                 return self._stream(simulated.anthropic_stream(body))
@@ -149,7 +150,7 @@ class SimulatedTransport:
                 await asyncio.sleep(0)
                 yield event
 
-        headers = {"content-type": "text/event-stream", **self.SIMULATED_HEADER}
+        headers = {"content-type": "text/event-stream", **SIMULATED_HEADER}
         return UpstreamResponse(200, headers, chunks=chunks())
 
     async def aclose(self) -> None:

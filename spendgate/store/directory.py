@@ -11,8 +11,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
+from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.store import schema
 
 ROLES = ("org_admin", "finance", "team_admin", "viewer", "member")
