@@ -24,6 +24,7 @@ from spendgate import __version__
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
+from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.clock import Clock, SystemClock
 from spendgate.counters.factory import counters_from_url
 from spendgate.enforcement import Enforcer
@@ -39,6 +40,7 @@ from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
+from spendgate.webhooks.runtime import WebhookRuntime
 from spendgate.usage import TokenUsage
 
 log = logging.getLogger("spendgate")
@@ -99,6 +101,7 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(admin_router)
     api.include_router(policies_router)
     api.include_router(rate_limits_router)
+    install_webhooks(api, services.webhooks)
     return api
 
 
@@ -147,6 +150,7 @@ class Gateway:
         if self.auto_migrate:
             await migrate(self.services.engine)
         self.services.ledger.start()
+        await self.services.webhooks.start()
         await self.services.enforcer.refresh()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         if self.services.settings.demo:
@@ -182,6 +186,7 @@ class Gateway:
         for transport in self.services.transports.values():
             await transport.aclose()
         await self.services.counters.aclose()
+        await self.services.webhooks.stop()
         await self.services.engine.dispose()
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
@@ -210,7 +215,9 @@ def create_app(
     engine: AsyncEngine | None = None,
     transports: Mapping[str, Transport] | None = None,
     auto_migrate: bool = True,
+    env: Mapping[str, str] | None = None,
 ) -> Gateway:
+    """``env`` is read once, for what is not in ``settings`` yet (webhook options)."""
     clock = clock or SystemClock()
     engine = engine or create_engine(settings.database_url)
     directory = Directory(engine)
@@ -234,6 +241,7 @@ def create_app(
         policies=policies,
         counters=counters,
         enforcer=enforcer,
+        webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
     )
     return Gateway(services, auto_migrate=auto_migrate)
 

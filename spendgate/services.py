@@ -22,6 +22,7 @@ from spendgate.store.directory import Directory
 from spendgate.store.events import record_event
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
+from spendgate.webhooks.runtime import WebhookRuntime
 
 log = logging.getLogger("spendgate")
 
@@ -79,6 +80,7 @@ class Services:
     policies: PolicyStore
     counters: Counters
     enforcer: Enforcer
+    webhooks: WebhookRuntime
 
     async def drain(self) -> None:
         await self.events.drain()

@@ -208,7 +208,7 @@ def start_gateway(database_url: str, upstream_url: str, tmp_path: Path, *, extra
         env["SPENDGATE_REDIS_URL"] = REDIS_URL
     settings = load_settings(config_path=str(config), env=env, demo=demo)
     clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
-    app = create_app(settings, clock=clock)
+    app = create_app(settings, clock=clock, env={**env, "SPENDGATE_WEBHOOK_ALLOW_PRIVATE": "1"})
     handle = serve_in_thread(app)
     admin = httpx.Client(base_url=handle.url, headers={"authorization": f"Bearer {MASTER_KEY}"})
     return RunningGateway(handle.url, app, clock, handle, settings, admin)

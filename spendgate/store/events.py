@@ -11,6 +11,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.credentials import new_id
 from spendgate.store import schema
+from spendgate.webhooks.fanout import fan_out
 
 
 async def record_event(
@@ -22,17 +23,22 @@ async def record_event(
     org_id: str | None = None,
     dedup_key: str | None = None,
 ) -> dict[str, Any] | None:
-    """Insert an event in the caller's transaction; ``None`` if ``dedup_key`` already fired."""
+    """Insert an event in the caller's transaction; ``None`` if ``dedup_key`` already fired.
+
+    The event's webhook deliveries and in-app notifications (the outbox) are written in
+    the same transaction, so a fact, its event and its deliveries stand or fall together.
+    """
     values = {"id": new_id("evt"), "type": type_, "created_at": now, "org_id": org_id,
               "dedup_key": dedup_key, "data": data}
     if dedup_key is None:
         await conn.execute(schema.events.insert().values(**values))
-        return values
-    try:
-        async with conn.begin_nested():
-            await conn.execute(schema.events.insert().values(**values))
-    except IntegrityError:
-        return None
+    else:
+        try:
+            async with conn.begin_nested():
+                await conn.execute(schema.events.insert().values(**values))
+        except IntegrityError:
+            return None
+    await fan_out(conn, values, now=now)
     return values
 
 

@@ -1,0 +1,143 @@
+"""Request bodies for each endpoint kind, built from an event (pure).
+
+- ``webhook``: the event itself, ``{"id", "type", "timestamp", "data"}``.
+- ``slack``: an incoming-webhook message, ``{"text", "blocks"}``.
+- ``pagerduty``: an Events API v2 event (``trigger`` or ``resolve``) with a
+  ``dedup_key`` per budget, period and threshold, so one incident tracks one breach.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+from spendgate.webhooks.catalog import Event, iso_z, title
+
+PAGERDUTY_SEVERITY = {"info": "info", "warning": "warning", "critical": "critical"}
+MAX_SUMMARY = 1024
+MAX_DEDUP_KEY = 255
+
+
+def encode(body: Mapping[str, Any]) -> str:
+    """Compact JSON; the exact text that is signed and sent."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+def generic_body(event: Event) -> dict[str, Any]:
+    return {"id": event.id, "type": event.type, "timestamp": iso_z(event.timestamp),
+            "data": dict(event.data)}
+
+
+def _scope(data: Mapping[str, Any]) -> str | None:
+    kind = data.get("scope_type")
+    if not kind:
+        return None
+    return f"{kind} {data.get('scope_id') or data.get('tag') or ''}".strip()
+
+
+def _money(value: Any) -> str:
+    return f"${value}"
+
+
+def facts(event: Event) -> list[tuple[str, str]]:
+    """Labelled figures worth showing a person, in reading order."""
+    d = event.data
+    out: list[tuple[str, str]] = []
+    if d.get("budget_id"):
+        out.append(("Budget", str(d.get("budget_name") or d["budget_id"])))
+    if d.get("wallet_id"):
+        out.append(("Wallet", str(d["wallet_id"])))
+    scope = _scope(d)
+    if scope:
+        out.append(("Scope", scope))
+    if d.get("percent_used") is not None:
+        out.append(("Used", f"{d['percent_used']}%"))
+    elif d.get("percent") is not None:
+        out.append(("Threshold", f"{d['percent']}%"))
+    if d.get("spent_usd") is not None and d.get("amount_usd") is not None:
+        out.append(("Spent", f"{_money(d['spent_usd'])} of {_money(d['amount_usd'])}"))
+    if d.get("balance_usd") is not None:
+        out.append(("Balance", _money(d["balance_usd"])))
+    if d.get("period_end"):
+        out.append(("Period ends", str(d["period_end"])))
+    for key in ("model", "key_id", "endpoint_id", "host", "reason", "expires_at"):
+        if d.get(key) is not None:
+            out.append((key.replace("_", " ").capitalize(), str(d[key])))
+    return out
+
+
+def summary(event: Event) -> str:
+    """One readable line: what happened and the figures that matter."""
+    parts = [title(event.type)]
+    detail = ", ".join(f"{label.lower()} {value}" for label, value in facts(event))
+    text = f"{parts[0]}: {detail}" if detail else parts[0]
+    return text[:MAX_SUMMARY]
+
+
+def console_link(event: Event, console_url: str) -> str:
+    base = console_url.rstrip("/")
+    budget = event.data.get("budget_id")
+    if budget:
+        return f"{base}/usage/budgets?budget_id={quote(str(budget))}"
+    return f"{base}/notifications"
+
+
+def _slack_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def slack_body(event: Event, console_url: str) -> dict[str, Any]:
+    link = console_link(event, console_url)
+    fields = [{"type": "mrkdwn", "text": f"*{label}*\n{_slack_escape(value)}"}
+              for label, value in facts(event)][:10]  # Slack allows 10 fields per section
+    blocks: list[dict[str, Any]] = [
+        {"type": "header", "text": {"type": "plain_text", "text": title(event.type)[:150]}},
+    ]
+    if fields:
+        blocks.append({"type": "section", "fields": fields})
+    blocks.append({"type": "context", "elements": [{
+        "type": "mrkdwn",
+        "text": f"{event.severity} · {iso_z(event.timestamp)} · <{link}|Open in spendgate>"}]})
+    return {"text": f"[{event.severity}] {_slack_escape(summary(event))} {link}", "blocks": blocks}
+
+
+def pagerduty_dedup_key(event: Event) -> str:
+    """One incident per budget, period and threshold; otherwise per event dedup key or id."""
+    d = event.data
+    if d.get("budget_id") and d.get("period") and d.get("threshold"):
+        key = f"spendgate:budget:{d['budget_id']}:{d['period']}:{d['threshold']}:{d.get('percent')}"
+    else:
+        key = f"spendgate:{event.dedup_key or event.id}"
+    return key[:MAX_DEDUP_KEY]
+
+
+def pagerduty_body(event: Event, routing_key: str, action: str, console_url: str
+                   ) -> dict[str, Any]:
+    dedup_key = pagerduty_dedup_key(event)
+    if action == "resolve":
+        return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key}
+    d = event.data
+    payload: dict[str, Any] = {
+        "summary": summary(event), "source": "spendgate",
+        "severity": PAGERDUTY_SEVERITY[event.severity], "timestamp": iso_z(event.timestamp),
+        "class": event.type, "custom_details": dict(d)}
+    if d.get("budget_id"):
+        payload["component"] = f"budget {d['budget_id']}"
+    scope = _scope(d)
+    if scope:
+        payload["group"] = scope
+    return {"routing_key": routing_key, "event_action": "trigger", "dedup_key": dedup_key,
+            "payload": payload, "client": "spendgate", "client_url": console_url,
+            "links": [{"href": console_link(event, console_url), "text": "Open in spendgate"}]}
+
+
+def render(kind: str, event: Event, *, action: str, config: Mapping[str, Any],
+           console_url: str) -> dict[str, Any]:
+    """The body an endpoint of ``kind`` receives for ``event``."""
+    if kind == "slack":
+        return slack_body(event, console_url)
+    if kind == "pagerduty":
+        return pagerduty_body(event, str(config.get("routing_key", "")), action, console_url)
+    return generic_body(event)

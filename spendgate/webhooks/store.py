@@ -1,0 +1,258 @@
+"""Webhook endpoints (create, change, rotate secrets) and their delivery log.
+
+Secrets are kept as Fernet tokens (``secrets_box``); the plaintext ``whsec_…`` is
+returned only by :meth:`WebhookStore.create` and :meth:`WebhookStore.rotate_secret`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from spendgate.credentials import new_id
+from spendgate.errors import NotFound, ValidationFailed
+from spendgate.store import schema
+from spendgate.webhooks.catalog import valid_pattern
+from spendgate.webhooks.matching import SCOPE_TYPES
+from spendgate.webhooks.secrets_box import SecretBox
+from spendgate.webhooks.signing import new_secret
+from spendgate.webhooks.tables import webhook_attempts, webhook_deliveries, webhook_endpoints
+from spendgate.webhooks.targets import Resolver, check_target, system_resolver
+
+KINDS: tuple[str, ...] = ("webhook", "slack", "pagerduty")
+SCOPE_TABLES = {"org": schema.orgs, "team": schema.teams, "user": schema.users,
+                "agent": schema.agents, "key": schema.virtual_keys}
+DEFAULT_OVERLAP = timedelta(hours=24)
+EP = webhook_endpoints
+DL = webhook_deliveries
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointSpec:
+    url: str
+    kind: str = "webhook"
+    event_types: tuple[str, ...] = ("*",)
+    scope_type: str | None = None
+    scope_id: str | None = None
+    enabled: bool = True
+    description: str = ""
+    #: kind-specific credentials: PagerDuty needs ``routing_key``
+    config: Mapping[str, str] = field(default_factory=dict)
+
+
+def _mask(value: str) -> str:
+    return "…" + value[-4:] if len(value) > 8 else "…"
+
+
+class WebhookStore:
+    def __init__(self, engine: AsyncEngine, box: SecretBox, *, allow_private: bool = False,
+                 resolve: Resolver = system_resolver) -> None:
+        self._engine = engine
+        self._box = box
+        self._allow_private = allow_private
+        self._resolve = resolve
+
+    # -- reading -------------------------------------------------------------------------
+    def config_of(self, row: Mapping[str, Any]) -> dict[str, str]:
+        token = row["config_encrypted"]
+        return {} if token is None else dict(json.loads(self._box.decrypt(token)))
+
+    def secrets_of(self, row: Mapping[str, Any]) -> tuple[str, str | None]:
+        previous = row["previous_secret_encrypted"]
+        return (self._box.decrypt(row["secret_encrypted"]),
+                None if previous is None else self._box.decrypt(previous))
+
+    def public(self, row: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
+        """The endpoint as the API shows it: no secrets, credentials masked."""
+        until = row["previous_secret_until"]
+        rotating = until is not None and (now is None or until > now)
+        return {"id": row["id"], "url": row["url"], "kind": row["kind"],
+                "description": row["description"], "event_types": list(row["event_types"]),
+                "scope_type": row["scope_type"], "scope_id": row["scope_id"],
+                "enabled": row["enabled"], "disabled_reason": row["disabled_reason"],
+                "failing_since": row["failing_since"],
+                "previous_secret_valid_until": until if rotating else None,
+                "config": {k: _mask(v) for k, v in self.config_of(row).items()},
+                "created_at": row["created_at"], "updated_at": row["updated_at"]}
+
+    async def row(self, endpoint_id: str) -> dict[str, Any]:
+        async with self._engine.connect() as conn:
+            found = (await conn.execute(sa.select(EP).where(EP.c.id == endpoint_id))).first()
+        if found is None:
+            raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
+        return dict(found._mapping)
+
+    async def get(self, endpoint_id: str, now: datetime | None = None) -> dict[str, Any]:
+        return self.public(await self.row(endpoint_id), now)
+
+    async def list(self, now: datetime | None = None) -> list[dict[str, Any]]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(sa.select(EP).order_by(EP.c.created_at, EP.c.id))
+            return [self.public(dict(r._mapping), now) for r in rows]
+
+    # -- validation ----------------------------------------------------------------------
+    async def _validate(self, spec: EndpointSpec) -> None:
+        if spec.kind not in KINDS:
+            raise ValidationFailed(f"kind: must be one of {', '.join(KINDS)}", param="kind")
+        if not spec.event_types:
+            raise ValidationFailed("event_types: give at least one type, or \"*\"",
+                                   param="event_types")
+        bad = [t for t in spec.event_types if not valid_pattern(t)]
+        if bad:
+            raise ValidationFailed(f"event_types: unknown event type {bad[0]!r}",
+                                   param="event_types")
+        if spec.kind == "pagerduty" and not spec.config.get("routing_key"):
+            raise ValidationFailed("config.routing_key: required for pagerduty endpoints",
+                                   param="config.routing_key")
+        await self._validate_scope(spec.scope_type, spec.scope_id)
+        await check_target(spec.url, allow_private=self._allow_private, resolve=self._resolve)
+
+    async def _validate_scope(self, scope_type: str | None, scope_id: str | None) -> None:
+        if scope_type is None and scope_id is None:
+            return
+        if scope_type not in SCOPE_TYPES or not scope_id:
+            raise ValidationFailed(
+                f"scope_type: one of {', '.join(SCOPE_TYPES)}, given together with scope_id",
+                param="scope_type")
+        table = SCOPE_TABLES.get(scope_type)
+        if table is None:
+            return
+        async with self._engine.connect() as conn:
+            query = sa.select(table.c.id).where(table.c.id == scope_id)
+            found = (await conn.execute(query)).first()
+        if found is None:
+            raise ValidationFailed(f"scope_id: {scope_type} {scope_id} does not exist",
+                                   param="scope_id")
+
+    # -- writing -------------------------------------------------------------------------
+    async def create(self, spec: EndpointSpec, now: datetime) -> tuple[dict[str, Any], str]:
+        """The new endpoint and its signing secret (``whsec_…``), shown this once."""
+        await self._validate(spec)
+        secret = new_secret()
+        values = {
+            "id": new_id("whe"), "url": spec.url, "kind": spec.kind,
+            "description": spec.description, "event_types": list(spec.event_types),
+            "scope_type": spec.scope_type, "scope_id": spec.scope_id, "enabled": spec.enabled,
+            "secret_encrypted": self._box.encrypt(secret), "previous_secret_encrypted": None,
+            "previous_secret_until": None,
+            "config_encrypted": (self._box.encrypt(json.dumps(dict(spec.config)))
+                                 if spec.config else None),
+            "failing_since": None, "disabled_reason": None, "created_at": now, "updated_at": now}
+        async with self._engine.begin() as conn:
+            await conn.execute(EP.insert().values(**values))
+        return self.public(values, now), secret
+
+    async def update(self, endpoint_id: str, changes: Mapping[str, Any], now: datetime
+                     ) -> dict[str, Any]:
+        """Change any of the spec's fields; re-enabling clears the failure record."""
+        row = await self.row(endpoint_id)
+        current = EndpointSpec(url=row["url"], kind=row["kind"],
+                               event_types=tuple(row["event_types"]),
+                               scope_type=row["scope_type"], scope_id=row["scope_id"],
+                               enabled=row["enabled"], description=row["description"],
+                               config=self.config_of(row))
+        given = dict(changes)
+        if "event_types" in given:
+            given["event_types"] = tuple(given["event_types"])
+        spec = dataclasses.replace(current, **given)
+        await self._validate(spec)
+        values: dict[str, Any] = {
+            "url": spec.url, "kind": spec.kind, "event_types": list(spec.event_types),
+            "scope_type": spec.scope_type, "scope_id": spec.scope_id, "enabled": spec.enabled,
+            "description": spec.description, "updated_at": now,
+            "config_encrypted": (self._box.encrypt(json.dumps(dict(spec.config)))
+                                 if spec.config else None)}
+        if spec.enabled and not row["enabled"]:
+            values.update(failing_since=None, disabled_reason=None)
+        async with self._engine.begin() as conn:
+            await conn.execute(EP.update().where(EP.c.id == endpoint_id).values(**values))
+        return await self.get(endpoint_id, now)
+
+    async def delete(self, endpoint_id: str) -> None:
+        async with self._engine.begin() as conn:
+            await conn.execute(webhook_attempts.delete().where(
+                webhook_attempts.c.endpoint_id == endpoint_id))
+            await conn.execute(DL.delete().where(DL.c.endpoint_id == endpoint_id))
+            result = await conn.execute(EP.delete().where(EP.c.id == endpoint_id))
+        if result.rowcount == 0:
+            raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
+
+    async def rotate_secret(self, endpoint_id: str, now: datetime,
+                            overlap: timedelta = DEFAULT_OVERLAP) -> tuple[dict[str, Any], str]:
+        """A new secret signs from now on; the old one also signs until ``now + overlap``."""
+        if overlap < timedelta(0) or overlap > timedelta(days=30):
+            raise ValidationFailed("overlap_seconds: between 0 and 30 days",
+                                   param="overlap_seconds")
+        row = await self.row(endpoint_id)
+        secret = new_secret()
+        values: dict[str, Any] = {"secret_encrypted": self._box.encrypt(secret),
+                                  "updated_at": now}
+        if overlap > timedelta(0):
+            values.update(previous_secret_encrypted=row["secret_encrypted"],
+                          previous_secret_until=now + overlap)
+        else:
+            values.update(previous_secret_encrypted=None, previous_secret_until=None)
+        async with self._engine.begin() as conn:
+            await conn.execute(EP.update().where(EP.c.id == endpoint_id).values(**values))
+        return await self.get(endpoint_id, now), secret
+
+
+# -- the delivery log --------------------------------------------------------------------
+def delivery_out(row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]] | None = None
+                 ) -> dict[str, Any]:
+    out = {k: row[k] for k in ("id", "endpoint_id", "message_id", "event_id", "event_type",
+                               "action", "status", "attempts", "next_attempt_at",
+                               "last_response_code", "last_error", "redelivery_of",
+                               "created_at", "updated_at", "finished_at")}
+    if attempts is not None:
+        out["attempt_log"] = [{k: a[k] for k in ("id", "attempt", "started_at", "outcome",
+                                                 "response_code", "latency_ms", "error",
+                                                 "response_excerpt")} for a in attempts]
+    return out
+
+
+async def list_deliveries(engine: AsyncEngine, endpoint_id: str, *, status: str | None = None,
+                          limit: int = 100) -> list[dict[str, Any]]:
+    """Newest first, each with its attempts (oldest attempt first)."""
+    query = (sa.select(DL).where(DL.c.endpoint_id == endpoint_id)
+             .order_by(DL.c.created_at.desc(), DL.c.id).limit(limit))
+    if status is not None:
+        query = query.where(DL.c.status == status)
+    async with engine.connect() as conn:
+        rows = [dict(r._mapping) for r in await conn.execute(query)]
+        ids = [r["id"] for r in rows]
+        attempts: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
+        if ids:
+            att = webhook_attempts
+            for a in await conn.execute(sa.select(att).where(att.c.delivery_id.in_(ids))
+                                        .order_by(att.c.started_at, att.c.attempt)):
+                attempts[a.delivery_id].append(dict(a._mapping))
+    return [delivery_out(r, attempts[r["id"]]) for r in rows]
+
+
+async def redeliver(engine: AsyncEngine, endpoint_id: str, delivery_id: str, now: datetime
+                    ) -> dict[str, Any]:
+    """Send a delivery again as a new outbox row (same ``webhook-id``), due now."""
+    async with engine.begin() as conn:
+        found = (await conn.execute(sa.select(DL).where(
+            DL.c.id == delivery_id, DL.c.endpoint_id == endpoint_id))).first()
+        if found is None:
+            raise NotFound(f"delivery {delivery_id} of endpoint {endpoint_id} does not exist")
+        old = found._mapping
+        values = {"id": new_id("whd"), "endpoint_id": endpoint_id,
+                  "message_id": old["message_id"], "event_id": old["event_id"],
+                  "event_type": old["event_type"], "payload": old["payload"],
+                  "action": old["action"], "status": "pending", "attempts": 0,
+                  "next_attempt_at": now, "lease_until": None, "leased_by": None,
+                  "last_response_code": None, "last_error": None,
+                  "redelivery_of": delivery_id, "created_at": now, "updated_at": now,
+                  "finished_at": None}
+        await conn.execute(DL.insert().values(**values))
+    return delivery_out(values, [])

@@ -1,0 +1,146 @@
+"""The delivery worker: lease due deliveries, sign, POST, log the attempt, back off.
+
+State lives in the database, so a restarted (or another) worker picks up where one left
+off; time comes from the clock and HTTP from the client handed in, so tests drive it
+with a ``FrozenClock`` and real local receivers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+from collections.abc import Callable
+from datetime import timedelta
+
+import httpx
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from spendgate import __version__
+from spendgate.clock import Clock
+from spendgate.webhooks.catalog import Event
+from spendgate.webhooks.formats import encode, render
+from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt
+from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
+from spendgate.webhooks.signing import signed_headers, signing_secrets
+from spendgate.webhooks.store import WebhookStore
+from spendgate.webhooks.targets import Resolver, TargetRefused, check_target, system_resolver
+
+log = logging.getLogger("spendgate.webhooks")
+
+EXCERPT_BYTES = 500
+
+
+def default_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+class DeliveryWorker:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        http_client: httpx.AsyncClient,
+        box: SecretBox,
+        *,
+        console_url: str = "http://127.0.0.1:4100",
+        allow_private: bool = False,
+        resolve: Resolver = system_resolver,
+        worker_id: str | None = None,
+        batch_size: int = 20,
+        timeout_seconds: float = 15.0,
+        lease: timedelta | None = None,
+        poll_seconds: float = 1.0,
+        rand: Callable[[], float] = random.random,
+    ) -> None:
+        self._engine = engine
+        self._clock = clock
+        self._http = http_client
+        self._store = WebhookStore(engine, box)
+        self._console_url = console_url
+        self._allow_private = allow_private
+        self._resolve = resolve
+        self.worker_id = worker_id or default_worker_id()
+        self._batch_size = batch_size
+        self._timeout = timeout_seconds
+        #: a lease outlives the longest attempt, so no delivery is ever sent twice at once
+        self._lease = lease or timedelta(seconds=timeout_seconds * 2 + 30)
+        if self._lease.total_seconds() <= timeout_seconds:
+            raise ValueError("the lease must outlast the HTTP timeout")
+        self._poll = poll_seconds
+        self._rand = rand
+
+    async def run_once(self) -> int:
+        """Attempt every delivery due now (up to the batch size); how many were attempted."""
+        claims = await claim_due(self._engine, self._clock.now(), worker_id=self.worker_id,
+                                 lease=self._lease, limit=self._batch_size)
+        if claims:
+            await asyncio.gather(*(self._attempt(c) for c in claims))
+        return len(claims)
+
+    async def run_forever(self) -> None:
+        """Poll until cancelled; a failing round is logged and the loop goes on."""
+        while True:
+            try:
+                done = await self.run_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # outermost layer of a background loop: log and keep going
+                log.exception("webhook delivery round failed")
+                done = 0
+            await asyncio.sleep(0 if done >= self._batch_size else self._poll)
+
+    async def _attempt(self, claim: Claim) -> str:
+        started_at = self._clock.now()
+        try:
+            result = await self._send(claim)
+        except (TargetRefused, SecretUnreadable) as exc:
+            result = AttemptResult(ok=False, response_code=None, latency_ms=0,
+                                   error=str(exc)[:500])
+        outcome = await record_attempt(self._engine, claim, result, started_at,
+                                       self._clock.now(), self._rand())
+        log.info("webhook delivery %s to %s: %s (%s)", claim.delivery["id"],
+                 claim.endpoint["id"], outcome, result.response_code or result.error)
+        return outcome
+
+    def _request(self, claim: Claim) -> tuple[bytes, dict[str, str]]:
+        endpoint, delivery = claim.endpoint, claim.delivery
+        event = Event.from_envelope(delivery["payload"])
+        body = encode(render(endpoint["kind"], event, action=delivery["action"],
+                             config=self._store.config_of(endpoint),
+                             console_url=self._console_url))
+        current, previous = self._store.secrets_of(endpoint)
+        now = self._clock.now()
+        secrets = signing_secrets(current, previous, endpoint["previous_secret_until"], now)
+        headers = {"content-type": "application/json",
+                   "user-agent": f"spendgate-webhooks/{__version__}",
+                   **signed_headers(delivery["message_id"], now, body, secrets)}
+        return body.encode(), headers
+
+    async def _send(self, claim: Claim) -> AttemptResult:
+        url = claim.endpoint["url"]
+        await check_target(url, allow_private=self._allow_private, resolve=self._resolve)
+        content, headers = self._request(claim)
+        start = self._clock.monotonic()
+        try:
+            async with self._http.stream("POST", url, content=content, headers=headers,
+                                         timeout=self._timeout, follow_redirects=False) as resp:
+                excerpt = b""
+                async for chunk in resp.aiter_bytes():
+                    excerpt += chunk
+                    if len(excerpt) >= EXCERPT_BYTES:
+                        break
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            return AttemptResult(ok=False, response_code=None,
+                                 latency_ms=self._elapsed_ms(start),
+                                 error=f"{type(exc).__name__}: {exc}"[:500])
+        ok = 200 <= resp.status_code < 300
+        return AttemptResult(
+            ok=ok, response_code=resp.status_code, latency_ms=self._elapsed_ms(start),
+            error=None if ok else f"HTTP {resp.status_code}",
+            response_excerpt=excerpt[:EXCERPT_BYTES].decode("utf-8", "replace") or None)
+
+    def _elapsed_ms(self, start: float) -> int:
+        return max(0, round((self._clock.monotonic() - start) * 1000))

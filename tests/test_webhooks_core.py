@@ -1,0 +1,233 @@
+"""The pure parts of alerting: payload formats, matching, retries, signing, targets, secrets."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from standardwebhooks.webhooks import Webhook, WebhookVerificationError
+
+from spendgate.webhooks import formats
+from spendgate.webhooks.catalog import EVENT_TYPES, Event, severity, valid_pattern
+from spendgate.webhooks.matching import (
+    Preferences,
+    Recipient,
+    may_see,
+    scope_matches,
+    type_matches,
+    wants,
+)
+from spendgate.webhooks.retries import RETRY_SCHEDULE, retry_delay, should_disable
+from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
+from spendgate.webhooks.signing import new_secret, signed_headers, signing_secrets
+from spendgate.webhooks.targets import TargetRefused, check_target, is_public
+
+NOW = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
+
+
+def budget_event(type_: str = "budget.soft_limit_reached", threshold: str = "soft",
+                 percent: str = "90", **extra: object) -> Event:
+    data = {"budget_id": "bud_1", "scope_type": "team", "scope_id": "team_a", "tag": None,
+            "period": "2026-03", "period_start": "2026-03-01T00:00:00+00:00",
+            "period_end": "2026-04-01T00:00:00+00:00", "threshold": threshold,
+            "percent": percent, "percent_used": "91.5", "spent_usd": "91.50",
+            "amount_usd": "100.00", "hard_limit": True, "refused": False, **extra}
+    return Event("evt_1", type_, NOW, data, org_id="org_1",
+                 dedup_key=f"budget:bud_1:2026-03:{threshold}:{percent}")
+
+
+# -- formats -------------------------------------------------------------------------------
+def test_generic_body_is_the_event() -> None:
+    """A plain webhook carries id, type, timestamp and data, nothing else."""
+    body = formats.generic_body(budget_event())
+    assert set(body) == {"id", "type", "timestamp", "data"}
+    assert body["timestamp"] == "2026-03-10T15:30:00Z"
+    assert body["data"]["spent_usd"] == "91.50"
+
+
+def test_slack_message_reads_well() -> None:
+    """Slack gets text plus blocks: budget, scope, percent, spent of amount, period end, link."""
+    body = formats.slack_body(budget_event(), "https://spend.example.com/")
+    assert set(body) == {"text", "blocks"}
+    text = body["text"]
+    for part in ("Budget soft limit reached", "bud_1", "team team_a", "91.5%",
+                 "$91.50 of $100.00", "2026-04-01",
+                 "https://spend.example.com/usage/budgets?budget_id=bud_1"):
+        assert part in text, part
+    assert body["blocks"][0]["type"] == "header"
+    fields = [f["text"] for f in body["blocks"][1]["fields"]]
+    assert "*Spent*\n$91.50 of $100.00" in fields
+    assert "*Period ends*\n2026-04-01T00:00:00+00:00" in fields
+    assert "<https://spend.example.com/usage/budgets?budget_id=bud_1|Open in spendgate>" in (
+        body["blocks"][-1]["elements"][0]["text"])
+    json.dumps(body)
+
+
+def test_slack_escapes_control_characters() -> None:
+    event = Event("evt_2", "price.unknown", NOW, {"model": "<!channel> & co"}, "org_1")
+    assert "&lt;!channel&gt; &amp; co" in formats.slack_body(event, "http://x")["text"]
+
+
+@pytest.mark.parametrize(("type_", "threshold", "expected"), [
+    ("budget.threshold_crossed", "alert", "info"),
+    ("budget.soft_limit_reached", "soft", "warning"),
+    ("budget.hard_limit_reached", "hard", "critical"),
+])
+def test_pagerduty_trigger_shape_and_severity(type_: str, threshold: str, expected: str) -> None:
+    """Events API v2: routing key, trigger, dedup key per budget+period+threshold, severity."""
+    body = formats.pagerduty_body(budget_event(type_, threshold), "R0UTING", "trigger",
+                                  "http://console")
+    assert body["routing_key"] == "R0UTING"
+    assert body["event_action"] == "trigger"
+    assert body["dedup_key"] == f"spendgate:budget:bud_1:2026-03:{threshold}:90"
+    payload = body["payload"]
+    assert payload["severity"] == expected
+    assert payload["source"] == "spendgate"
+    assert payload["summary"].startswith(formats.summary(budget_event(type_, threshold))[:20])
+    assert len(payload["summary"]) <= 1024
+    assert payload["custom_details"]["amount_usd"] == "100.00"
+
+
+def test_pagerduty_resolve_names_only_the_incident() -> None:
+    body = formats.pagerduty_body(budget_event(), "R", "resolve", "http://c")
+    assert body == {"routing_key": "R", "event_action": "resolve",
+                    "dedup_key": "spendgate:budget:bud_1:2026-03:soft:90"}
+
+
+def test_dedup_key_differs_by_period_and_threshold() -> None:
+    a = formats.pagerduty_dedup_key(budget_event())
+    b = formats.pagerduty_dedup_key(budget_event(threshold="hard", percent="100"))
+    c = formats.pagerduty_dedup_key(budget_event(period="2026-04"))
+    assert len({a, b, c}) == 3
+
+
+def test_every_spec_event_type_has_a_severity() -> None:
+    assert len(EVENT_TYPES) >= 13
+    assert {severity(t, {}) for t in EVENT_TYPES} <= {"info", "warning", "critical"}
+    assert valid_pattern("budget.*") and valid_pattern("*") and not valid_pattern("budget.nope")
+
+
+# -- matching ------------------------------------------------------------------------------
+def test_type_patterns() -> None:
+    assert type_matches(["*"], "key.created")
+    assert type_matches(["budget.*"], "budget.hard_limit_reached")
+    assert not type_matches(["budget.*"], "wallet.depleted")
+    assert type_matches(["wallet.depleted"], "wallet.depleted")
+
+
+@pytest.mark.parametrize(("scope_type", "scope_id", "hit"), [
+    (None, None, True), ("org", "org_1", True), ("org", "org_2", False),
+    ("team", "team_a", True), ("team", "team_b", False), ("user", "u_1", False),
+])
+def test_scope_filter(scope_type: str | None, scope_id: str | None, hit: bool) -> None:
+    assert scope_matches(scope_type, scope_id, budget_event()) is hit
+
+
+def test_visibility_by_role_and_team() -> None:
+    """Org admins see the whole org; members only their own teams."""
+    event = budget_event()
+    assert may_see(Recipient("u1", "org_1", "org_admin"), event)
+    assert may_see(Recipient("u2", "org_1", "member", frozenset({"team_a"})), event)
+    assert not may_see(Recipient("u3", "org_1", "member", frozenset({"team_b"})), event)
+    assert not may_see(Recipient("u4", "org_2", "org_admin"), event)
+
+
+def test_preferences_filter_types_and_scopes() -> None:
+    event = budget_event()
+    assert wants(Preferences(), event)
+    assert not wants(Preferences(event_types=("wallet.*",)), event)
+    assert wants(Preferences(scopes=(("team", "team_a"),)), event)
+    assert not wants(Preferences(scopes=(("team", "team_b"),)), event)
+    prefs = Preferences(event_types=("budget.*",), digest=True, webhook_endpoint_ids=("whe_1",))
+    assert Preferences.from_json(prefs.to_json()) == prefs
+
+
+# -- retries -------------------------------------------------------------------------------
+def test_retry_schedule_with_jitter() -> None:
+    """5 s, 5 min, 30 min, 2 h, 5 h, 10 h, each within ±10 %, then give up."""
+    assert [retry_delay(n, 0.5) for n in range(1, 7)] == list(RETRY_SCHEDULE)
+    assert retry_delay(1, 0.0) == timedelta(seconds=4.5)
+    assert retry_delay(6, 0.999999) < timedelta(hours=11)
+    assert retry_delay(7, 0.5) is None
+
+
+def test_disable_after_five_days_of_failures() -> None:
+    assert not should_disable(None, NOW)
+    assert not should_disable(NOW - timedelta(days=4, hours=23), NOW)
+    assert should_disable(NOW - timedelta(days=5), NOW)
+
+
+# -- signing -------------------------------------------------------------------------------
+def test_signature_verifies_with_the_library() -> None:
+    """A receiver using standardwebhooks verifies; a tampered body or wrong secret fails."""
+    secret, now = new_secret(), datetime.now(UTC)
+    assert secret.startswith("whsec_")
+    body = '{"id":"evt_1"}'
+    headers = signed_headers("msg_1", now, body, [secret])
+    assert headers["webhook-signature"].startswith("v1,")
+    assert Webhook(secret).verify(body, headers) == {"id": "evt_1"}
+    with pytest.raises(WebhookVerificationError):
+        Webhook(secret).verify('{"id":"evt_2"}', headers)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(new_secret()).verify(body, headers)
+    stale = signed_headers("msg_1", now - timedelta(minutes=10), body, [secret])
+    with pytest.raises(WebhookVerificationError, match="too old"):
+        Webhook(secret).verify(body, stale)
+
+
+def test_rotation_overlap_signs_with_both() -> None:
+    old, new, now = new_secret(), new_secret(), datetime.now(UTC)
+    during = signing_secrets(new, old, now + timedelta(hours=1), now)
+    after = signing_secrets(new, old, now - timedelta(seconds=1), now)
+    assert during == [new, old] and after == [new]
+    headers = signed_headers("msg_1", now, "{}", during)
+    assert len(headers["webhook-signature"].split(" ")) == 2
+    Webhook(old).verify("{}", headers)
+    Webhook(new).verify("{}", headers)
+    only_new = signed_headers("msg_1", now, "{}", after)
+    with pytest.raises(WebhookVerificationError):
+        Webhook(old).verify("{}", only_new)
+
+
+# -- targets -------------------------------------------------------------------------------
+@pytest.mark.parametrize("url", [
+    "ftp://example.com/x", "file:///etc/passwd", "http://127.0.0.1/x", "http://10.1.2.3/",
+    "http://169.254.169.254/latest", "http://[::1]:8080/", "http://[::ffff:127.0.0.1]/",
+    "http://100.64.0.1/", "http://0.0.0.0/", "http:///nohost", "http://inward.example/",
+    "http://mixed.example/",
+])
+async def test_private_and_odd_targets_refused(url: str) -> None:
+    dns = {"inward.example": ["192.168.1.5"], "mixed.example": ["93.184.216.34", "10.0.0.1"]}
+
+    async def resolve(host: str, port: int) -> list[str]:
+        return dns[host]
+
+    with pytest.raises(TargetRefused):
+        await check_target(url, allow_private=False, resolve=resolve)
+
+
+async def test_public_targets_allowed_and_private_when_configured() -> None:
+    async def resolve(host: str, port: int) -> list[str]:
+        return {"hooks.example.com": ["93.184.216.34", "2606:2800:220:1::1"]}[host]
+
+    await check_target("https://hooks.example.com/x", allow_private=False, resolve=resolve)
+    await check_target("http://127.0.0.1:9/x", allow_private=True, resolve=resolve)
+    with pytest.raises(TargetRefused):
+        await check_target("gopher://127.0.0.1/", allow_private=True, resolve=resolve)
+    assert is_public("8.8.8.8") and not is_public("fd00::1")
+
+
+# -- secrets at rest -----------------------------------------------------------------------
+def test_secret_box_round_trip_and_key_rotation() -> None:
+    """Encrypted tokens never contain the secret; a second key keeps old tokens readable."""
+    old = SecretBox("passphrase-one")
+    token = old.encrypt("whsec_abc")
+    assert "whsec_abc" not in token and old.decrypt(token) == "whsec_abc"
+    rotated = SecretBox("passphrase-two", "passphrase-one")
+    assert rotated.decrypt(token) == "whsec_abc"
+    with pytest.raises(SecretUnreadable):
+        SecretBox("other").decrypt(token)
+    derived = SecretBox.from_env({}, master_key="sg-master-x")
+    assert derived.decrypt(SecretBox("sg-master-x").encrypt("s")) == "s"
+    assert "passphrase" not in repr(rotated)
