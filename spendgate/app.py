@@ -21,10 +21,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
+from spendgate.admin.audit import router as audit_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.webhooks import install as install_webhooks
+from spendgate.audit import load_audit_settings
 from spendgate.clock import Clock, SystemClock
 from spendgate.counters.factory import counters_from_url
 from spendgate.enforcement import Enforcer
@@ -102,6 +104,8 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(policies_router)
     api.include_router(rate_limits_router)
     install_webhooks(api, services.webhooks)
+    api.include_router(audit_router)
+    api.state.audit_settings = services.audit_settings
     return api
 
 
@@ -242,6 +246,8 @@ def create_app(
         counters=counters,
         enforcer=enforcer,
         webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
+        audit_settings=load_audit_settings(os.environ if env is None else env,
+                                           settings.master_key),
     )
     return Gateway(services, auto_migrate=auto_migrate)
 

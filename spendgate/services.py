@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from spendgate.audit import AuditSettings
 from spendgate.clock import Clock
 from spendgate.counters import Counters
 from spendgate.enforcement import Enforcer
@@ -81,6 +82,7 @@ class Services:
     counters: Counters
     enforcer: Enforcer
     webhooks: WebhookRuntime
+    audit_settings: AuditSettings
 
     async def drain(self) -> None:
         await self.events.drain()

@@ -72,7 +72,7 @@ async def test_directory_keys_lifecycle(engine: AsyncEngine) -> None:
     assert stored == hash_secret(secret) and secret not in stored
     record = await directory.key_by_hash(hash_secret(secret))
     assert record is not None and record.team_id == team["id"] and record.tags == ("a",)
-    revoked = await directory.revoke_key(created["id"], NOW + timedelta(minutes=1))
+    _, revoked = await directory.revoke_key(created["id"], NOW + timedelta(minutes=1))
     assert revoked["status"] == "revoked"
     with pytest.raises(Conflict):
         await directory.rotate_key(created["id"])

@@ -7,11 +7,11 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from spendgate import budget_rules as rules
 from spendgate.admin import schemas as s
-from spendgate.admin.routes import Svc, admin
+from spendgate.admin.routes import Svc, Who, admin, audit
 from spendgate.budget_windows import validate_timezone, window_at
 from spendgate.enforcement import wallet_bucket
 from spendgate.errors import ValidationFailed
@@ -97,7 +97,8 @@ def _stored(body: s.BudgetIn | s.BudgetPatch, *, only_set: bool = True) -> dict[
 
 
 @router.post("/budgets", response_model=s.BudgetOut, status_code=201, tags=["budgets"])
-async def create_budget(body: s.BudgetIn, svc: Svc) -> dict[str, Any]:
+async def create_budget(body: s.BudgetIn, svc: Svc, request: Request, who: Who
+                        ) -> dict[str, Any]:
     org_id = await scope_org(svc, body.scope_type, body.scope_id, body.tag, body.org_id)
     values = _stored(body, only_set=False)
     values.update(org_id=org_id, scope_id=None if body.scope_type == "tag" else body.scope_id,
@@ -107,6 +108,8 @@ async def create_budget(body: s.BudgetIn, svc: Svc) -> dict[str, Any]:
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_budget(conn, {**values, "created_at": now, "updated_at": now})
+        await audit(conn, request, who, "budget.created", "budget", row["id"], now,
+                    after=budget_out(row))
     await svc.enforcer.refresh()
     return budget_out(row)
 
@@ -122,23 +125,30 @@ async def get_budget(budget_id: str, svc: Svc) -> dict[str, Any]:
 
 
 @router.patch("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"])
-async def update_budget(budget_id: str, body: s.BudgetPatch, svc: Svc) -> dict[str, Any]:
+async def update_budget(budget_id: str, body: s.BudgetPatch, svc: Svc, request: Request,
+                        who: Who) -> dict[str, Any]:
+    now = svc.clock.now()
     async with svc.engine.begin() as conn:
         current = await svc.policies.get_budget(budget_id, conn)
         merged = {**current, **_stored(body)}
         _check_levels(merged)
         changes = {k: merged[k] for k in _stored(body)}
-        await svc.policies.update_budget(conn, budget_id, {**changes,
-                                                           "updated_at": svc.clock.now()})
+        await svc.policies.update_budget(conn, budget_id, {**changes, "updated_at": now})
+        await audit(conn, request, who, "budget.updated", "budget", budget_id, now,
+                    before=budget_out(current),
+                    after=budget_out({**merged, "updated_at": now}))
     await svc.enforcer.refresh()
     return budget_out(await svc.policies.get_budget(budget_id))
 
 
 @router.delete("/budgets/{budget_id}", status_code=204, tags=["budgets"])
-async def delete_budget(budget_id: str, svc: Svc) -> None:
+async def delete_budget(budget_id: str, svc: Svc, request: Request, who: Who) -> None:
+    now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        await svc.policies.get_budget(budget_id, conn)
+        current = await svc.policies.get_budget(budget_id, conn)
         await svc.policies.delete_budget(conn, budget_id)
+        await audit(conn, request, who, "budget.deleted", "budget", budget_id, now,
+                    before=budget_out(current))
     await svc.enforcer.refresh()
 
 
@@ -178,8 +188,8 @@ def exception_out(row: dict[str, Any]) -> dict[str, Any]:
 
 @router.post("/budgets/{budget_id}/exceptions", response_model=s.ExceptionOut, status_code=201,
              tags=["budgets"])
-async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc,
-                          who: str = Depends(admin)) -> dict[str, Any]:
+async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc, request: Request,
+                          who: Who) -> dict[str, Any]:
     if (body.amount_usd is None) == (body.percent is None):
         raise ValidationFailed("amount_usd: give exactly one of amount_usd or percent",
                                param="amount_usd")
@@ -200,6 +210,8 @@ async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc,
             "amount_usd": format_usd(values["amount_nanos"]), "percent": values["percent"],
             "granted_by": who, "starts_at": starts.isoformat(), "expires_at": expires.isoformat()},
             now, org_id=budget["org_id"], dedup_key=f"exception:{row['id']}:granted")
+        await audit(conn, request, who, "budget.exception_granted", "budget", budget_id, now,
+                    after=exception_out(row))
     await svc.enforcer.refresh()
     return exception_out(row)
 
@@ -226,7 +238,8 @@ async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/wallets", response_model=s.WalletOut, status_code=201, tags=["wallets"])
-async def create_wallet(body: s.WalletIn, svc: Svc, who: str = Depends(admin)) -> dict[str, Any]:
+async def create_wallet(body: s.WalletIn, svc: Svc, request: Request, who: Who
+                        ) -> dict[str, Any]:
     org_id = await scope_org(svc, body.scope_type, body.scope_id, None, None)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
@@ -238,6 +251,8 @@ async def create_wallet(body: s.WalletIn, svc: Svc, who: str = Depends(admin)) -
             await svc.policies.add_topup(conn, {
                 "wallet_id": row["id"], "amount_nanos": usd_to_nanos(body.initial_topup_usd),
                 "note": "initial top-up", "created_by": who, "created_at": now})
+        await audit(conn, request, who, "wallet.created", "wallet", row["id"], now,
+                    after={**row, "initial_topup_usd": body.initial_topup_usd})
     await svc.enforcer.refresh()
     return await wallet_out(svc, row)
 
@@ -254,7 +269,7 @@ async def get_wallet(wallet_id: str, svc: Svc) -> dict[str, Any]:
 
 @router.post("/wallets/{wallet_id}/topups", response_model=s.TopupOut, status_code=201,
              tags=["wallets"])
-async def top_up(wallet_id: str, body: s.TopupIn, svc: Svc, who: str = Depends(admin)
+async def top_up(wallet_id: str, body: s.TopupIn, svc: Svc, request: Request, who: Who
                  ) -> dict[str, Any]:
     row = await svc.policies.get_wallet(wallet_id)
     wallet = Wallet(row["id"], row["org_id"], row["scope_type"], row["scope_id"],
@@ -265,6 +280,9 @@ async def top_up(wallet_id: str, body: s.TopupIn, svc: Svc, who: str = Depends(a
         topup = await svc.policies.add_topup(conn, {
             "wallet_id": wallet_id, "amount_nanos": amount, "note": body.note, "created_by": who,
             "created_at": svc.clock.now()})
+        await audit(conn, request, who, "wallet.topped_up", "wallet", wallet_id, svc.clock.now(),
+                    after={"topup_id": topup["id"], "amount_usd": format_usd(amount),
+                           "note": body.note})
     await svc.counters.add_cap(wallet_bucket(wallet), amount)
     return {**{k: v for k, v in topup.items() if k != "amount_nanos"},
             "amount_usd": format_usd(amount)}

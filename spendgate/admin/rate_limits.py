@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
 from spendgate.admin.policies import scope_org
-from spendgate.admin.routes import Svc, admin
+from spendgate.admin.routes import Svc, Who, admin, audit
 from spendgate.errors import ValidationFailed
 from spendgate.money import format_usd, usd_to_nanos
 
@@ -35,15 +35,19 @@ def _stored(data: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/rate-limits", response_model=s.RateLimitOut, status_code=201)
-async def create_rate_limit(body: s.RateLimitIn, svc: Svc) -> dict[str, Any]:
+async def create_rate_limit(body: s.RateLimitIn, svc: Svc, request: Request, who: Who
+                            ) -> dict[str, Any]:
     values = _stored(body.model_dump())
     if all(values[f] is None for f in LIMIT_FIELDS):
         raise ValidationFailed("rpm: set at least one of rpm, tpm, max_concurrent, max_spend_usd",
                                param="rpm")
     org_id = await scope_org(svc, body.scope_type, body.scope_id, None, None)
     now = svc.clock.now()
-    row = await svc.policies.create_rate_limit({**values, "org_id": org_id, "created_at": now,
-                                                "updated_at": now})
+    async with svc.engine.begin() as conn:
+        row = await svc.policies.create_rate_limit(conn, {**values, "org_id": org_id,
+                                                          "created_at": now, "updated_at": now})
+        await audit(conn, request, who, "rate_limit.created", "rate_limit", row["id"], now,
+                    after=limit_out(row))
     await svc.enforcer.refresh()
     return limit_out(row)
 
@@ -59,19 +63,29 @@ async def get_rate_limit(limit_id: str, svc: Svc) -> dict[str, Any]:
 
 
 @router.patch("/rate-limits/{limit_id}", response_model=s.RateLimitOut)
-async def update_rate_limit(limit_id: str, body: s.RateLimitPatch, svc: Svc) -> dict[str, Any]:
+async def update_rate_limit(limit_id: str, body: s.RateLimitPatch, svc: Svc, request: Request,
+                            who: Who) -> dict[str, Any]:
     changes = _stored(body.model_dump(exclude_unset=True))
     current = await svc.policies.get_rate_limit(limit_id)
     merged = {**current, **changes}
     if all(merged[f] is None for f in LIMIT_FIELDS):
         raise ValidationFailed("rpm: a rate limit needs at least one limit", param="rpm")
-    row = await svc.policies.update_rate_limit(limit_id, {**changes,
-                                                          "updated_at": svc.clock.now()})
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        await svc.policies.update_rate_limit(conn, limit_id, {**changes, "updated_at": now})
+        row = {**merged, "updated_at": now}
+        await audit(conn, request, who, "rate_limit.updated", "rate_limit", limit_id, now,
+                    before=limit_out(current), after=limit_out(row))
     await svc.enforcer.refresh()
     return limit_out(row)
 
 
 @router.delete("/rate-limits/{limit_id}", status_code=204)
-async def delete_rate_limit(limit_id: str, svc: Svc) -> None:
-    await svc.policies.delete_rate_limit(limit_id)
+async def delete_rate_limit(limit_id: str, svc: Svc, request: Request, who: Who) -> None:
+    current = await svc.policies.get_rate_limit(limit_id)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        await svc.policies.delete_rate_limit(conn, limit_id)
+        await audit(conn, request, who, "rate_limit.deleted", "rate_limit", limit_id, now,
+                    before=limit_out(current))
     await svc.enforcer.refresh()

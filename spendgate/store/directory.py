@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.errors import Conflict, NotFound, ValidationFailed
@@ -78,17 +79,29 @@ class Directory:
         async with self._engine.connect() as conn:
             return [_row(r) for r in await conn.execute(query)]
 
-    async def _insert(self, table: sa.Table, values: dict[str, Any]) -> dict[str, Any]:
+    @asynccontextmanager
+    async def _tx(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
+        """The caller's transaction (so an audit entry can share it), or a new one."""
+        if conn is not None:
+            yield conn
+        else:
+            async with self._engine.begin() as own:
+                yield own
+
+    async def _insert(self, table: sa.Table, values: dict[str, Any],
+                      conn: AsyncConnection | None) -> dict[str, Any]:
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(table.insert().values(**values))
+            async with self._tx(conn) as tx:
+                await tx.execute(table.insert().values(**values))
         except IntegrityError as exc:
             raise Conflict(f"{table.name[:-1]} conflicts with an existing one") from exc
         return values
 
     # -- orgs, teams ---------------------------------------------------------------
-    async def create_org(self, name: str, now: datetime) -> dict[str, Any]:
-        return await self._insert(schema.orgs, {"id": new_id("org"), "name": name, "created_at": now})
+    async def create_org(self, name: str, now: datetime, conn: AsyncConnection | None = None
+                         ) -> dict[str, Any]:
+        return await self._insert(schema.orgs, {"id": new_id("org"), "name": name,
+                                                "created_at": now}, conn)
 
     async def get_org(self, org_id: str) -> dict[str, Any]:
         return await self._one(schema.orgs, org_id, "org")
@@ -96,10 +109,11 @@ class Directory:
     async def list_orgs(self) -> list[dict[str, Any]]:
         return await self._list(schema.orgs)
 
-    async def create_team(self, org_id: str, name: str, now: datetime) -> dict[str, Any]:
+    async def create_team(self, org_id: str, name: str, now: datetime,
+                          conn: AsyncConnection | None = None) -> dict[str, Any]:
         await self._require(schema.orgs, org_id, "org_id")
         values = {"id": new_id("team"), "org_id": org_id, "name": name, "created_at": now}
-        return await self._insert(schema.teams, values)
+        return await self._insert(schema.teams, values, conn)
 
     async def get_team(self, team_id: str) -> dict[str, Any]:
         return await self._one(schema.teams, team_id, "team")
@@ -127,7 +141,8 @@ class Directory:
 
     # -- users, agents -------------------------------------------------------------
     async def create_user(
-        self, email: str, role: str, team_ids: Sequence[str], org_id: str | None, now: datetime
+        self, email: str, role: str, team_ids: Sequence[str], org_id: str | None, now: datetime,
+        conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
         if role not in ROLES:
             raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", param="role")
@@ -137,10 +152,10 @@ class Directory:
         values = {"id": new_id("user"), "org_id": orgs.pop(), "email": email, "role": role,
                   "created_at": now}
         try:
-            async with self._engine.begin() as conn:
-                await conn.execute(schema.users.insert().values(**values))
+            async with self._tx(conn) as tx:
+                await tx.execute(schema.users.insert().values(**values))
                 if team_ids:
-                    await conn.execute(schema.user_teams.insert(),
+                    await tx.execute(schema.user_teams.insert(),
                                        [{"user_id": values["id"], "team_id": t} for t in set(team_ids)])
         except IntegrityError as exc:
             raise Conflict(f"a user with email {email} already exists in this org") from exc
@@ -165,12 +180,13 @@ class Directory:
         return await self._with_teams(await self._list(schema.users, org_id=org_id))
 
     async def create_agent(
-        self, name: str, team_id: str | None, org_id: str | None, now: datetime
+        self, name: str, team_id: str | None, org_id: str | None, now: datetime,
+        conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
         resolved = await self._org_of(org_id, team_id)
         values = {"id": new_id("agent"), "org_id": resolved, "team_id": team_id, "name": name,
                   "created_at": now}
-        return await self._insert(schema.agents, values)
+        return await self._insert(schema.agents, values, conn)
 
     async def get_agent(self, agent_id: str) -> dict[str, Any]:
         return await self._one(schema.agents, agent_id, "agent")
@@ -179,7 +195,8 @@ class Directory:
         return await self._list(schema.agents, org_id=org_id)
 
     # -- virtual keys --------------------------------------------------------------
-    async def create_key(self, spec: dict[str, Any], now: datetime) -> dict[str, Any]:
+    async def create_key(self, spec: dict[str, Any], now: datetime,
+                         conn: AsyncConnection | None = None) -> dict[str, Any]:
         """Create a key; the returned dict carries the secret once, as ``key``."""
         org_id = await self._org_of(spec["org_id"], spec.get("team_id"))
         for field, table in (("user_id", schema.users), ("agent_id", schema.agents)):
@@ -199,7 +216,7 @@ class Directory:
             "allow_request_tags": bool(spec.get("allow_request_tags", False)),
             "expires_at": expires_at, "revoked_at": None, "created_at": now,
         }
-        await self._insert(schema.virtual_keys, values)
+        await self._insert(schema.virtual_keys, values, conn)
         return {**_key_public(values), "key": secret}
 
     async def get_key(self, key_id: str) -> dict[str, Any]:
@@ -211,27 +228,30 @@ class Directory:
         rows = await self._list(schema.virtual_keys, org_id=org_id, team_id=team_id)
         return [_key_public(r) for r in rows]
 
-    async def revoke_key(self, key_id: str, now: datetime) -> dict[str, Any]:
+    async def revoke_key(self, key_id: str, now: datetime, conn: AsyncConnection | None = None
+                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Revoke (idempotent: an already revoked key stays as it was). (before, after)."""
         table = schema.virtual_keys
-        async with self._engine.begin() as conn:
-            result = await conn.execute(
-                table.update().where(table.c.id == key_id, table.c.revoked_at.is_(None))
-                .values(revoked_at=now))
-        if result.rowcount == 0:
-            await self.get_key(key_id)  # 404 when it does not exist; else already revoked
-        return await self.get_key(key_id)
+        before = _key_public(await self._one(table, key_id, "key"))
+        if before["revoked_at"] is not None:
+            return before, before
+        async with self._tx(conn) as tx:
+            await tx.execute(table.update().where(table.c.id == key_id).values(revoked_at=now))
+        return before, {**before, "revoked_at": now, "status": "revoked"}
 
-    async def rotate_key(self, key_id: str) -> tuple[dict[str, Any], str]:
+    async def rotate_key(self, key_id: str, conn: AsyncConnection | None = None
+                         ) -> tuple[dict[str, Any], str]:
         """Give the key a new secret; the old one stops working. Returns (key, old hash)."""
         current = await self._one(schema.virtual_keys, key_id, "key")
         if current["revoked_at"] is not None:
             raise Conflict(f"key {key_id} is revoked and cannot be rotated")
         secret = new_virtual_key()
         table = schema.virtual_keys
-        async with self._engine.begin() as conn:
-            await conn.execute(table.update().where(table.c.id == key_id).values(
+        async with self._tx(conn) as tx:
+            await tx.execute(table.update().where(table.c.id == key_id).values(
                 key_hash=hash_secret(secret), key_prefix=shown_prefix(secret)))
-        return {**(await self.get_key(key_id)), "key": secret}, current["key_hash"]
+        rotated = {**current, "key_prefix": shown_prefix(secret)}
+        return {**_key_public(rotated), "key": secret}, current["key_hash"]
 
     async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
         table = schema.virtual_keys

@@ -10,6 +10,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.credentials import new_id
+from spendgate.audit import enforcement_event
+from spendgate.store import audit as audit_store
 from spendgate.store import schema
 from spendgate.webhooks.fanout import fan_out
 
@@ -39,6 +41,9 @@ async def record_event(
         except IntegrityError:
             return None
     await fan_out(conn, values, now=now)
+    fact = enforcement_event(type_, data, now)
+    if fact is not None:  # threshold, limit, wallet and exception facts are audited too
+        await audit_store.append(conn, fact)
     return values
 
 

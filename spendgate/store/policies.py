@@ -190,10 +190,11 @@ class PolicyStore:
         return int(total)
 
     # -- rate limits -------------------------------------------------------------------
-    async def create_rate_limit(self, values: dict[str, Any]) -> dict[str, Any]:
+    async def create_rate_limit(self, conn: AsyncConnection, values: dict[str, Any]
+                                ) -> dict[str, Any]:
         values = {"id": new_id("rl"), **values}
         try:
-            async with self._engine.begin() as conn:
+            async with conn.begin_nested():
                 await conn.execute(schema.rate_limits.insert().values(**values))
         except IntegrityError as exc:
             raise Conflict(f"a rate limit for {values['scope_type']} {values['scope_id']} and "
@@ -216,18 +217,14 @@ class PolicyStore:
         async with self._engine.connect() as conn:
             return _rows(await conn.execute(query))
 
-    async def update_rate_limit(self, limit_id: str, values: dict[str, Any]) -> dict[str, Any]:
-        await self.get_rate_limit(limit_id)
+    async def update_rate_limit(self, conn: AsyncConnection, limit_id: str,
+                                values: dict[str, Any]) -> None:
         table = schema.rate_limits
-        async with self._engine.begin() as conn:
-            await conn.execute(table.update().where(table.c.id == limit_id).values(**values))
-        return await self.get_rate_limit(limit_id)
+        await conn.execute(table.update().where(table.c.id == limit_id).values(**values))
 
-    async def delete_rate_limit(self, limit_id: str) -> None:
-        await self.get_rate_limit(limit_id)
+    async def delete_rate_limit(self, conn: AsyncConnection, limit_id: str) -> None:
         table = schema.rate_limits
-        async with self._engine.begin() as conn:
-            await conn.execute(table.delete().where(table.c.id == limit_id))
+        await conn.execute(table.delete().where(table.c.id == limit_id))
 
     # -- spend seeds from the ledger -------------------------------------------------------
     async def spend_matching(self, org_id: str, start: datetime, end: datetime | None,

@@ -1,0 +1,209 @@
+"""Admin routes for the audit log: list, export (streamed), verify, purge.
+
+Other admin routes record their changes with ``spendgate.admin.audit_trail.admin_event``
+and ``spendgate.store.audit.append(conn, event)`` inside the transaction that makes the
+change.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Literal
+
+import orjson
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
+
+from spendgate.admin import schemas as s
+from spendgate.admin.audit_trail import admin_event
+from spendgate.admin.routes import Svc, admin
+from spendgate.audit import AuditEntry, AuditSettings, derive_key
+from spendgate.errors import ConfigError
+from spendgate.store import audit as store
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], tags=["audit"],
+                   responses={401: {"model": s.ErrorBody}, 409: {"model": s.ErrorBody},
+                              422: {"model": s.ErrorBody}})
+
+Principal = Annotated[str, Depends(admin)]
+EXPORT_BATCH = 2000
+CSV_COLUMNS = ("seq", "id", "at", "actor_type", "actor_id", "action", "target_type",
+               "target_id", "before", "after", "request_id", "source_ip", "prev_hash", "hash")
+MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
+
+
+def audit_settings(request: Request, svc: Svc) -> AuditSettings:
+    """``app.state.audit_settings`` when the app sets it; else the defaults, keyed by a
+    key derived from the master key."""
+    configured = getattr(request.app.state, "audit_settings", None)
+    if isinstance(configured, AuditSettings):
+        return configured
+    if svc.settings.master_key is None:
+        raise ConfigError("no audit key: set SPENDGATE_AUDIT_KEY or SPENDGATE_MASTER_KEY")
+    return AuditSettings(derive_key(svc.settings.master_key))
+
+
+Audit = Annotated[AuditSettings, Depends(audit_settings)]
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _filters(start: datetime | None, end: datetime | None, actor: str | None,
+             action: str | None, target: str | None) -> store.AuditFilter:
+    return store.AuditFilter(_utc(start), _utc(end), actor or None, action or None,
+                             target or None)
+
+
+class AuditEntryOut(BaseModel):
+    seq: int
+    id: str
+    at: datetime
+    actor_type: str
+    actor_id: str
+    action: str
+    target_type: str
+    target_id: str | None
+    before: Any
+    after: Any
+    request_id: str | None
+    source_ip: str | None
+    prev_hash: str
+    hash: str
+
+
+class AuditPage(BaseModel):
+    entries: list[AuditEntryOut]
+    #: pass as ``before_seq`` for the next (older) page; null on the last page
+    next_before_seq: int | None
+
+
+class VerifyOut(BaseModel):
+    ok: bool
+    checked: int
+    last_seq: int
+    last_hash: str
+    checkpoint_seq: int | None
+    first_bad_id: str | None
+    first_bad_seq: int | None
+    reason: str | None
+
+
+class PurgeIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: purge entries older than this; default: now minus the configured retention
+    before: datetime | None = None
+
+
+class PurgeOut(BaseModel):
+    purged: int
+    checkpoint_id: str | None
+    checkpoint_seq: int | None
+    entry_id: str | None
+
+
+@router.get("/audit", response_model=AuditPage)
+async def list_audit(
+    svc: Svc,
+    start: datetime | None = None,
+    end: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+    before_seq: int | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> dict[str, Any]:
+    """Entries newest first, filtered by time, actor, action (``budget.*``) and target."""
+    entries = await store.list_entries(svc.engine, _filters(start, end, actor, action, target),
+                                       limit=limit, before_seq=before_seq)
+    last = entries[-1].seq if len(entries) == limit else None
+    return {"entries": [e.as_dict() for e in entries], "next_before_seq": last}
+
+
+async def _jsonl(pages: AsyncIterator[list[AuditEntry]]) -> AsyncIterator[bytes]:
+    async for page in pages:
+        yield b"".join(orjson.dumps(e.as_dict(), option=orjson.OPT_SORT_KEYS) + b"\n"
+                       for e in page)
+
+
+def _cell(value: Any) -> Any:
+    if value is None or isinstance(value, str | int):
+        return "" if value is None else value
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+async def _csv(pages: AsyncIterator[list[AuditEntry]]) -> AsyncIterator[bytes]:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    async for page in pages:
+        for entry in page:
+            row = entry.as_dict()
+            writer.writerow([_cell(row[c]) for c in CSV_COLUMNS])
+        yield buffer.getvalue().encode()
+        buffer.seek(0)
+        buffer.truncate()
+    if buffer.tell():
+        yield buffer.getvalue().encode()
+
+
+@router.get("/audit/export", response_class=StreamingResponse,
+            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}})
+async def export_audit(
+    request: Request,
+    svc: Svc,
+    principal: Principal,
+    format: Literal["jsonl", "csv"] = "jsonl",
+    start: datetime | None = None,
+    end: datetime | None = None,
+    actor: str | None = None,
+    action: str | None = None,
+    target: str | None = None,
+) -> StreamingResponse:
+    """Stream every matching entry (oldest first) as JSON lines or CSV; the export is
+    itself recorded (``audit.exported``) before the first byte is sent."""
+    filters = _filters(start, end, actor, action, target)
+    up_to, _ = await store.head(svc.engine)
+    total = await store.count_entries(svc.engine, filters, up_to_seq=up_to)
+    now = svc.clock.now()
+    await store.record(svc.engine, admin_event(
+        request, principal, "audit.exported", "audit_log", None, at=now,
+        after={"format": format, "entries": total, "up_to_seq": up_to,
+               "filters": {"start": filters.start, "end": filters.end, "actor": actor,
+                           "action": action, "target": target}}))
+    pages = store.pages(svc.engine, 0, up_to, filters.conditions(), EXPORT_BATCH)
+    body = _jsonl(pages) if format == "jsonl" else _csv(pages)
+    name = f"spendgate-audit-{now:%Y%m%dT%H%M%SZ}.{format}"
+    return StreamingResponse(body, media_type=MEDIA_TYPES[format], headers={
+        "content-disposition": f'attachment; filename="{name}"', "x-audit-count": str(total)})
+
+
+@router.get("/audit/verify", response_model=VerifyOut)
+async def verify_audit(svc: Svc, audit: Audit) -> dict[str, Any]:
+    """Walk the hash chain from the newest signed checkpoint; name the first bad entry."""
+    return (await store.verify(svc.engine, audit.key)).as_dict()
+
+
+@router.post("/audit/purge", response_model=PurgeOut)
+async def purge_audit(request: Request, body: PurgeIn, svc: Svc, audit: Audit,
+                      principal: Principal) -> dict[str, Any]:
+    """Delete entries older than ``before`` (never younger than the configured
+    retention), leaving a signed checkpoint so the chain still verifies."""
+    now = svc.clock.now()
+    before = _utc(body.before) or now - timedelta(days=audit.retention_days)
+    event = admin_event(request, principal, "audit.purged", "audit_log", None, at=now)
+    result = await store.purge(svc.engine, before, audit.key, now=now,
+                               min_retention_days=audit.retention_days,
+                               actor=(event.actor_type, event.actor_id),
+                               request_id=event.request_id, source_ip=event.source_ip)
+    cp = result.checkpoint
+    return {"purged": result.purged, "checkpoint_id": cp.id if cp else None,
+            "checkpoint_seq": cp.seq if cp else None,
+            "entry_id": result.entry.id if result.entry else None}

@@ -1,0 +1,100 @@
+"""Admin routes for spend forecasts: where each budget's period is expected to land."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from pydantic import BaseModel, Field
+
+from spendgate.admin import schemas as s
+from spendgate.admin.routes import Svc, admin
+from spendgate.budget_windows import window_at
+from spendgate.money import format_usd
+from spendgate.services import Services
+from spendgate.store.forecasts import crossing_dates, refresh_all, stored_forecast
+from spendgate.store.policies import budget_from_row
+
+router = APIRouter(prefix="/admin", dependencies=[Depends(admin)],
+                   responses={401: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
+                              422: {"model": s.ErrorBody}})
+
+#: a stored forecast older than this is recomputed when read
+MAX_AGE = timedelta(hours=1)
+
+
+class ForecastOut(BaseModel):
+    budget_id: str
+    period_key: str
+    generated_at: datetime
+    method: str = Field(description="none | trailing_mean | seasonal_naive | ets_damped")
+    history_days: int = Field(description="complete days of spend the forecast is based on")
+    spent_usd: str = Field(description="spend so far in the period")
+    p10_usd: str
+    p50_usd: str = Field(description="expected period-end spend")
+    p90_usd: str
+    amount_usd: str = Field(description="the budget amount, with active exceptions")
+    percent_of_budget: str = Field(description="P50 as a percentage of amount_usd")
+    limit_usd: str = Field(description="the hard cap, or the amount for observing budgets")
+    crossings: dict[str, date | None] = Field(
+        description="threshold name → local date it is (or was) reached; null: not by P50")
+    overrun_band: int | None = Field(
+        description="highest budget.forecast_overrun band (% of limit) announced this period")
+
+
+class RefreshOut(BaseModel):
+    refreshed: int
+    overruns_announced: int
+    seconds: float
+
+
+def forecast_out(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "budget_id": row["budget_id"], "period_key": row["period_key"],
+        "generated_at": row["generated_at"], "method": row["method"],
+        "history_days": row["history_days"],
+        **{f"{k}_usd": format_usd(int(row[f"{k}_nanos"]))
+           for k in ("spent", "p10", "p50", "p90", "amount", "limit")},
+        "percent_of_budget": row["percent_of_budget"], "crossings": crossing_dates(row),
+        "overrun_band": row["overrun_band"],
+    }
+
+
+async def current_forecast(svc: Services, budget_id: str, *, refresh: bool = False
+                           ) -> dict[str, Any]:
+    """The stored forecast if it is of this period and fresh; else computed now and stored."""
+    budget = budget_from_row(await svc.policies.get_budget(budget_id))
+    now = svc.clock.now()
+    row = await stored_forecast(svc.engine, budget_id)
+    key = window_at(now, budget.period, budget.timezone, budget.week_start).key
+    if refresh or row is None or row["period_key"] != key or row["generated_at"] < now - MAX_AGE:
+        raises = {budget.id: svc.enforcer.raises_for(budget.id)}
+        await refresh_all(svc.engine, [budget], now, raises=raises)
+        row = await stored_forecast(svc.engine, budget_id)
+        assert row is not None
+    return forecast_out(row)
+
+
+async def forecast_for_status(svc: Services, budget_id: str, period_key: str
+                              ) -> dict[str, Any] | None:
+    """The stored forecast of this period for the budget status route (never computes)."""
+    row = await stored_forecast(svc.engine, budget_id)
+    return forecast_out(row) if row is not None and row["period_key"] == period_key else None
+
+
+@router.get("/forecasts/{budget_id}", response_model=ForecastOut, tags=["forecasts"])
+async def get_forecast(budget_id: str, svc: Svc, refresh: bool = False) -> dict[str, Any]:
+    """Where the budget's current period is expected to land (P10/P50/P90)."""
+    return await current_forecast(svc, budget_id, refresh=refresh)
+
+
+@router.post("/forecasts/refresh", response_model=RefreshOut, tags=["forecasts"])
+async def refresh_forecasts(svc: Svc, org_id: str | None = None) -> dict[str, Any]:
+    """Recompute every budget's forecast now (otherwise done on a schedule)."""
+    started, now = svc.clock.monotonic(), svc.clock.now()
+    policy = await svc.policies.snapshot(now)
+    budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]
+    done = await refresh_all(svc.engine, budgets, now, raises=policy.raises)
+    return {"refreshed": len(done.forecasts), "overruns_announced": len(done.announced),
+            "seconds": round(svc.clock.monotonic() - started, 3)}
