@@ -35,6 +35,8 @@ from spendgate.pricing import PriceTable
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
+from spendgate.ratelimit.factory import rate_limiter_from_url
+from spendgate.ratelimit.gate import RateGate
 from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_settings
@@ -117,7 +119,7 @@ class Gateway:
         self.auto_migrate = auto_migrate
         self.proxy = ProxyApp(services.settings, services.clock, services.keys, services.prices,
                               services.ledger, services.transports, self._unpriced,
-                              services.enforcer)
+                              services.enforcer, services.rate_gate)
         self.admin = build_admin(services)
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -176,6 +178,7 @@ class Gateway:
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 await self.services.enforcer.reap()
+                await self.services.rate_gate.reap()
                 await self.services.enforcer.refresh()
                 await self.services.enforcer.announce_expired_exceptions()
             except Exception:  # outermost layer of a background loop: log and keep going
@@ -190,6 +193,7 @@ class Gateway:
         for transport in self.services.transports.values():
             await transport.aclose()
         await self.services.counters.aclose()
+        await self.services.rate_gate.aclose()
         await self.services.webhooks.stop()
         await self.services.engine.dispose()
 
@@ -232,6 +236,9 @@ def create_app(
     events = EventSink(engine)
     enforcer = Enforcer(policies, counters, ledger, clock, events.emit_once,
                         reservation_seconds=settings.upstream_timeout_seconds + 60)
+    rate_gate = RateGate(rate_limiter_from_url(settings.redis_url), clock, events.emit_once,
+                         unlisted=settings.unlisted_models,
+                         reservation_seconds=settings.upstream_timeout_seconds + 60)
     services = Services(
         settings=settings,
         clock=clock,
@@ -245,6 +252,7 @@ def create_app(
         policies=policies,
         counters=counters,
         enforcer=enforcer,
+        rate_gate=rate_gate,
         webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
         audit_settings=load_audit_settings(os.environ if env is None else env,
                                            settings.master_key),

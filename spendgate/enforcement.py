@@ -91,6 +91,10 @@ class Enforcer:
         self._snapshot = await self._store.snapshot(self._clock.now())
         self._loaded_at = self._clock.monotonic()
 
+    async def policies(self) -> PolicySnapshot:
+        """The current snapshot, reloaded when older than the refresh interval."""
+        return await self._policies()
+
     async def _policies(self) -> PolicySnapshot:
         if self._clock.monotonic() - self._loaded_at > self._refresh_seconds:
             await self.refresh()
@@ -149,10 +153,12 @@ class Enforcer:
         self._seeded.add(bucket)
 
     # -- the call path ---------------------------------------------------------------------
-    async def admit(self, subject: rules.Subject, worst_case: int) -> Admission:
+    async def admit(self, subject: rules.Subject, worst_case: int,
+                    snapshot: PolicySnapshot | None = None) -> Admission:
         """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402)."""
         now = self._clock.now()
-        applied, wallets = self.applicable(await self._policies(), subject, now)
+        snapshot = snapshot or await self._policies()
+        applied, wallets = self.applicable(snapshot, subject, now)
         if not applied and not wallets:
             return Admission("", 0, (), ())
         await self._seed(applied, wallets)

@@ -17,6 +17,7 @@ from spendgate.counters import Counters
 from spendgate.enforcement import Enforcer
 from spendgate.pricing import PriceTable
 from spendgate.proxy.auth import KeyCache
+from spendgate.ratelimit.gate import RateGate
 from spendgate.proxy.transport import Transport
 from spendgate.settings import Settings
 from spendgate.store.directory import Directory
@@ -81,6 +82,7 @@ class Services:
     policies: PolicyStore
     counters: Counters
     enforcer: Enforcer
+    rate_gate: RateGate
     webhooks: WebhookRuntime
     audit_settings: AuditSettings
 

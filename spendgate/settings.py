@@ -83,6 +83,8 @@ class Settings:
     ledger_flush_seconds: float = 0.2
     ledger_batch_size: int = 500
     key_cache_seconds: float = 10.0
+    #: a key or team with rate-limit rows: may it use models no row governs?
+    unlisted_models: Literal["allow", "deny"] = "allow"
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -164,6 +166,14 @@ def _routes(raw: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> 
     return routes
 
 
+def _unlisted(value: Any) -> Literal["allow", "deny"]:
+    if value == "allow":
+        return "allow"
+    if value == "deny":
+        return "deny"
+    raise ConfigError("gateway.unlisted_models must be \"allow\" or \"deny\"")
+
+
 def demo_routes() -> dict[str, ModelRoute]:
     """The simulated provider's models, priced like real small and large models."""
     provider = ProviderConfig(name="simulated", kind="simulated", base_url="simulated://local")
@@ -220,5 +230,6 @@ def load_settings(
         ledger_flush_seconds=float(gateway.get("ledger_flush_seconds", 0.2)),
         ledger_batch_size=int(gateway.get("ledger_batch_size", 500)),
         key_cache_seconds=float(gateway.get("key_cache_seconds", 10.0)),
+        unlisted_models=_unlisted(gateway.get("unlisted_models", "allow")),
         models=models,
     )

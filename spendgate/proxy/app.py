@@ -32,6 +32,7 @@ from spendgate.errors import (
 )
 from spendgate.money import format_usd
 from spendgate.pricing import PriceTable
+from spendgate.ratelimit.gate import RateAdmission, RateGate
 from spendgate.proxy.auth import KeyCache, presented_secret
 from spendgate.proxy.metering import StreamMeter, usage_from_body
 from spendgate.proxy.routing import ENDPOINTS, Endpoint, upstream_headers, upstream_url
@@ -143,8 +144,10 @@ class ProxyApp:
         transports: Mapping[str, Transport],
         on_unpriced: Callable[[Call, TokenUsage], None],
         enforcer: Enforcer,
+        rate_gate: RateGate,
     ) -> None:
         self._enforcer = enforcer
+        self._rate_gate = rate_gate
         self._request_ids = RequestIds()
         self._settings = settings
         self._clock = clock
@@ -174,13 +177,7 @@ class ProxyApp:
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)
             call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
-            worst = self._prices.price(call.route.price, call.worst_case_usage(), now).cost_nanos
-            admission = await self._enforcer.admit(call.subject(), worst or 0)
-            try:
-                await self._forward(call, admission, payload, body, headers, receive, send)
-            finally:
-                # a call that failed or was cancelled before it settled gives its hold back
-                await self._enforcer.release(admission)
+            await self._guarded(call, payload, body, headers, receive, send)
         except SpendgateError as err:
             await send_error(send, err, wire, request_id)
 
@@ -196,6 +193,26 @@ class ProxyApp:
         stream = bool(payload.get("stream")) and endpoint.streams
         return Call(request_id, key, route, endpoint, request_tags(key, headers), stream, now, mono,
                     size, max_output_tokens(payload, endpoint.kind, route.default_max_tokens))
+
+    async def _guarded(self, call: Call, payload: dict[str, Any], body: bytes,
+                       headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+        """Rate limits, then budgets and wallets, then the call; holds given back if the
+        call never settles (an error before forwarding, a crash, a cancellation)."""
+        worst_usage = call.worst_case_usage()
+        worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos or 0
+        policies = await self._enforcer.policies()
+        key = call.key
+        rated = await self._rate_gate.admit(
+            policies.rate_limits, call.request_id, key.id, key.team_id, key.org_id,
+            call.route.name, worst_usage.total_tokens, worst)
+        admission: Admission | None = None
+        try:
+            admission = await self._enforcer.admit(call.subject(), worst, policies)
+            await self._forward(call, admission, rated, payload, body, headers, receive, send)
+        finally:
+            await self._rate_gate.release(rated)
+            if admission is not None:
+                await self._enforcer.release(admission)
 
     def _upstream_request(self, call: Call, payload: dict[str, Any], body: bytes,
                           headers: Mapping[str, str]) -> tuple[UpstreamRequest, bool]:
@@ -223,8 +240,9 @@ class ProxyApp:
         )
         return request, client_wants_usage
 
-    async def _forward(self, call: Call, admission: Admission, payload: dict[str, Any], body: bytes,
-                       headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+    async def _forward(self, call: Call, admission: Admission, rated: RateAdmission,
+                       payload: dict[str, Any], body: bytes, headers: Mapping[str, str],
+                       receive: Receive, send: Send) -> None:
         request, client_wants_usage = self._upstream_request(call, payload, body, headers)
         transport = self._transports["simulated" if call.route.provider.kind == "simulated" else "http"]
         try:
@@ -232,32 +250,37 @@ class ProxyApp:
         except SpendgateError as err:
             self._record(call, err.status, "timeout" if isinstance(err, UpstreamTimeout)
                          else "upstream_error", None)
+            await self._rate_gate.settle(rated, 0, 0)
             raise
         if response.status >= 300:
-            await self._relay_error(call, response, send)
+            await self._relay_error(call, rated, response, send)
         elif call.stream:
-            await self._relay_stream(call, admission, response, client_wants_usage, receive, send)
+            await self._relay_stream(call, admission, rated, response, client_wants_usage,
+                                     receive, send)
         else:
-            await self._relay_whole(call, admission, response, send)
+            await self._relay_whole(call, admission, rated, response, send)
 
-    def _base_headers(self, call: Call, upstream: Mapping[str, str]) -> dict[str, str]:
-        headers = {"x-request-id": call.request_id}
+    def _base_headers(self, call: Call, rated: RateAdmission, upstream: Mapping[str, str]
+                      ) -> dict[str, str]:
+        headers = {"x-request-id": call.request_id, **rated.headers}
         if "x-request-id" in upstream:
             headers["x-upstream-request-id"] = upstream["x-request-id"]
         if "x-spendgate-simulated" in upstream:
             headers["x-spendgate-simulated"] = "true"
         return headers
 
-    async def _relay_error(self, call: Call, response: UpstreamResponse, send: Send) -> None:
+    async def _relay_error(self, call: Call, rated: RateAdmission, response: UpstreamResponse,
+                           send: Send) -> None:
         """Provider errors pass through unchanged and are not billed."""
-        headers = self._base_headers(call, response.headers)
+        headers = self._base_headers(call, rated, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = "0.00"
         self._record(call, response.status, "upstream_error", None)
+        await self._rate_gate.settle(rated, 0, 0)
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_whole(self, call: Call, admission: Admission, response: UpstreamResponse,
-                           send: Send) -> None:
+    async def _relay_whole(self, call: Call, admission: Admission, rated: RateAdmission,
+                           response: UpstreamResponse, send: Send) -> None:
         usage = usage_from_body(call.endpoint.kind, response.body)
         estimated = usage is None
         if usage is None:
@@ -265,19 +288,21 @@ class ProxyApp:
                                output_tokens=len(response.body) // 4)
         cost = self._record(call, response.status, "ok", usage, estimated)
         remaining = await self._enforcer.settle(admission, cost or 0)
-        headers = self._base_headers(call, response.headers)
+        await self._rate_gate.settle(rated, usage.total_tokens, cost or 0)
+        headers = self._base_headers(call, rated, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = "unknown" if cost is None else format_usd(cost)
         if remaining is not None:
             headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_stream(self, call: Call, admission: Admission, response: UpstreamResponse,
-                            client_wants_usage: bool, receive: Receive, send: Send) -> None:
+    async def _relay_stream(self, call: Call, admission: Admission, rated: RateAdmission,
+                            response: UpstreamResponse, client_wants_usage: bool,
+                            receive: Receive, send: Send) -> None:
         """Forward events as they come; if the client leaves, keep reading so the bill is
         the provider's own usage figure, not a guess."""
         meter = StreamMeter(call.endpoint.kind, strip_usage_chunk=not client_wants_usage)
-        headers = self._base_headers(call, response.headers)
+        headers = self._base_headers(call, rated, response.headers)
         headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         headers["cache-control"] = "no-cache"
         disconnect = asyncio.ensure_future(receive())
@@ -307,6 +332,7 @@ class ProxyApp:
                 usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
             cost = self._record(call, 200, status, usage, estimated)
             await self._enforcer.settle(admission, cost or 0)
+            await self._rate_gate.settle(rated, usage.total_tokens, cost or 0)
 
     def _record(self, call: Call, http_status: int, status: str, usage: TokenUsage | None,
                 estimated: bool = False) -> int | None:

@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.budget_rules import Budget, Categories, Raise, Subject
 from spendgate.credentials import new_id
 from spendgate.errors import Conflict, NotFound
+from spendgate.ratelimit.rules import RateLimit
 from spendgate.store import schema
 
 
@@ -30,6 +31,16 @@ def budget_from_row(row: dict[str, Any]) -> Budget:
         categories=Categories(**{k: tuple(cats.get(k) or ()) for k in
                                  ("providers", "models", "kinds", "tags")}),
     )
+
+
+def rate_limit_from_row(row: dict[str, Any]) -> RateLimit:
+    spend = row["max_spend_nanos"]
+    return RateLimit(id=row["id"], scope_type=row["scope_type"], scope_id=row["scope_id"],
+                     model=row["model"], rpm=row["rpm"],
+                     tpm=None if row["tpm"] is None else int(row["tpm"]),
+                     max_concurrent=row["max_concurrent"],
+                     max_spend_nanos=None if spend is None else int(spend),
+                     spend_window_seconds=int(row["spend_window_seconds"]))
 
 
 def raise_from_row(row: dict[str, Any]) -> Raise:
@@ -60,14 +71,20 @@ class PolicySnapshot:
     wallets: tuple[Wallet, ...] = ()
     #: the same budgets and wallets by org, so a call looks only at its own org's
     by_org: dict[str, tuple[tuple[Budget, ...], tuple[Wallet, ...]]] = field(default_factory=dict)
+    #: rate-limit rows by the key or team id they govern
+    rate_limits: dict[str, tuple[RateLimit, ...]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, budgets: tuple[Budget, ...], raises: dict[str, tuple[Raise, ...]],
-              wallets: tuple[Wallet, ...]) -> PolicySnapshot:
+              wallets: tuple[Wallet, ...], limits: tuple[RateLimit, ...] = ()
+              ) -> PolicySnapshot:
         orgs = {b.org_id for b in budgets} | {w.org_id for w in wallets}
         by_org = {org: (tuple(b for b in budgets if b.org_id == org),
                         tuple(w for w in wallets if w.org_id == org)) for org in orgs}
-        return cls(budgets, raises, wallets, by_org)
+        by_scope: dict[str, list[RateLimit]] = {}
+        for limit in limits:
+            by_scope.setdefault(limit.scope_id, []).append(limit)
+        return cls(budgets, raises, wallets, by_org, {k: tuple(v) for k, v in by_scope.items()})
 
 
 def _rows(result: Iterable[Any]) -> list[dict[str, Any]]:
@@ -84,6 +101,7 @@ class PolicyStore:
             raises = _rows(await conn.execute(sa.select(schema.budget_exceptions).where(
                 schema.budget_exceptions.c.expires_at > now)))
             wallets = _rows(await conn.execute(sa.select(schema.wallets)))
+            limits = _rows(await conn.execute(sa.select(schema.rate_limits)))
         by_budget: dict[str, list[Raise]] = {}
         for r in raises:
             by_budget.setdefault(r["budget_id"], []).append(raise_from_row(r))
@@ -92,6 +110,7 @@ class PolicyStore:
             raises={k: tuple(v) for k, v in by_budget.items()},
             wallets=tuple(Wallet(w["id"], w["org_id"], w["scope_type"], w["scope_id"],
                                  int(w["low_balance_nanos"]), w["created_at"]) for w in wallets),
+            limits=tuple(rate_limit_from_row(r) for r in limits),
         )
 
     # -- budgets ---------------------------------------------------------------------

@@ -1,0 +1,168 @@
+"""Per-model rate limits through the HTTP stack with the openai SDK, on the in-process
+limiter (SQLite run) and on Redis (PostgreSQL run). The clock is frozen; time moves
+only when a test moves it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from spendgate.testing.fake_upstream import FakeUpstream
+from tests.conftest import RunningGateway
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def limit(gw: RunningGateway, **fields: Any) -> dict[str, Any]:
+    return gw.post("/admin/rate-limits", fields)
+
+
+def test_rpm_per_model_with_headers_and_retry_after(gateway: RunningGateway) -> None:
+    """5 rpm on one model, 100 rpm on another: the 6th call on the first is refused with
+    Retry-After and x-ratelimit-*; the other model is unaffected; a minute later it flows."""
+    key = gateway.create_key()
+    limit(gateway, scope_type="key", scope_id=key["id"], model="demo-small", rpm=5)
+    limit(gateway, scope_type="key", scope_id=key["id"], model="demo-*", rpm=100)
+    client = sdk(gateway, key["key"])
+    remaining = []
+    for _ in range(5):
+        raw = client.chat.completions.with_raw_response.create(model="demo-small", messages=MSG)
+        assert raw.headers["x-ratelimit-limit-requests"] == "5"
+        remaining.append(int(raw.headers["x-ratelimit-remaining-requests"]))
+    assert remaining == [4, 3, 2, 1, 0]
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="demo-small", messages=MSG)
+    body = info.value.body
+    assert isinstance(body, dict) and body["code"] == "rate_limit_exceeded"
+    assert int(info.value.response.headers["retry-after"]) == 60
+    raw = client.chat.completions.with_raw_response.create(model="demo-large", messages=MSG)
+    assert raw.headers["x-ratelimit-limit-requests"] == "100"
+    gateway.clock.advance(59.5)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="demo-small", messages=MSG)
+    gateway.clock.advance(0.5)
+    client.chat.completions.create(model="demo-small", messages=MSG)
+
+
+def test_no_double_burst_at_the_window_edge(gateway: RunningGateway) -> None:
+    """Calls late in one minute still count early in the next: a sliding window."""
+    key = gateway.create_key()
+    limit(gateway, scope_type="key", scope_id=key["id"], model="*", rpm=3)
+    client = sdk(gateway, key["key"])
+    gateway.clock.advance(50)
+    for _ in range(3):
+        client.chat.completions.create(model="demo-small", messages=MSG)
+    gateway.clock.advance(15)  # a fixed window would have reset here
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="demo-small", messages=MSG)
+
+
+def test_tpm_refuses_a_large_prompt(gateway: RunningGateway) -> None:
+    """A prompt whose estimate exceeds the tokens-per-minute limit is refused; small ones pass."""
+    key = gateway.create_key()
+    limit(gateway, scope_type="key", scope_id=key["id"], model="demo-small", tpm=2000)
+    client = sdk(gateway, key["key"])
+    raw = client.chat.completions.with_raw_response.create(model="demo-small", messages=MSG,
+                                                           max_tokens=50)
+    assert raw.headers["x-ratelimit-limit-tokens"] == "2000"
+    assert 0 < int(raw.headers["x-ratelimit-remaining-tokens"]) < 2000
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(
+            model="demo-small", max_tokens=50,
+            messages=[{"role": "user", "content": "word " * 3000}])
+    assert "tokens" in info.value.message
+
+
+async def _concurrent(url: str, key: str, n: int) -> list[int]:
+    async with httpx.AsyncClient(timeout=30) as client:
+        async def one() -> int:
+            response = await client.post(url + "/v1/chat/completions",
+                                         headers={"authorization": f"Bearer {key}"},
+                                         json={"model": "gpt-4o-mini", "messages": MSG})
+            return response.status_code
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_concurrency_cap_with_slow_upstream(gateway: RunningGateway, fake: FakeUpstream) -> None:
+    """Two slow calls in flight at most: of six at once, two are served, four refused."""
+    key = gateway.create_key()
+    limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4o-mini", max_concurrent=2)
+    fake.delay_seconds = 1.0
+    statuses = asyncio.run(_concurrent(gateway.url, key["key"], 6))
+    assert sorted(statuses) == [200, 200, 429, 429, 429, 429]
+    fake.delay_seconds = 0.0
+    assert asyncio.run(_concurrent(gateway.url, key["key"], 2)) == [200, 200]
+
+
+def test_spend_velocity_breaker_trips(gateway: RunningGateway) -> None:
+    """$ per window on an expensive model stops a runaway loop; it recovers as spend ages."""
+    key = gateway.create_key()
+    limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4o", max_spend_usd="0.002",
+          spend_window_seconds=600)
+    client = sdk(gateway, key["key"])
+    served = 0
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(50):
+            client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=40)
+            served += 1
+    assert 3 <= served < 50
+    assert "spend" in info.value.message
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # other models unaffected
+    gateway.clock.advance(601)
+    client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=40)
+
+
+def test_refusal_storm_is_one_event(gateway: RunningGateway) -> None:
+    """Twenty refusals in one minute produce one ratelimit.exceeded event."""
+    key = gateway.create_key()
+    limit(gateway, scope_type="key", scope_id=key["id"], model="demo-small", rpm=1)
+    client = sdk(gateway, key["key"])
+    client.chat.completions.create(model="demo-small", messages=MSG)
+    for _ in range(20):
+        with pytest.raises(openai.RateLimitError):
+            client.chat.completions.create(model="demo-small", messages=MSG)
+    gateway.run(gateway.app.services.drain())
+    [event] = gateway.get("/admin/events", type="ratelimit.exceeded")
+    assert event["data"]["key_id"] == key["id"] and event["data"]["kind"] == "requests"
+
+
+def test_team_limit_is_shared_by_its_keys(gateway: RunningGateway) -> None:
+    """A team row counts every key of the team together."""
+    org = gateway.post("/admin/orgs", {"name": "o"})
+    team = gateway.post("/admin/teams", {"name": "t", "org_id": org["id"]})
+    one = gateway.create_key(org_id=org["id"], team_id=team["id"])
+    two = gateway.create_key(org_id=org["id"], team_id=team["id"])
+    limit(gateway, scope_type="team", scope_id=team["id"], model="*", rpm=2)
+    sdk(gateway, one["key"]).chat.completions.create(model="demo-small", messages=MSG)
+    sdk(gateway, two["key"]).chat.completions.create(model="demo-small", messages=MSG)
+    with pytest.raises(openai.RateLimitError):
+        sdk(gateway, one["key"]).chat.completions.create(model="demo-small", messages=MSG)
+
+
+def test_rate_limit_admin_validation(gateway: RunningGateway) -> None:
+    """No limit at all, a missing scope, a duplicate row: clear 4xx, nothing stored."""
+    key = gateway.create_key()
+    empty = gateway.admin.post("/admin/rate-limits",
+                               json={"scope_type": "key", "scope_id": key["id"]})
+    assert empty.status_code == 422 and empty.json()["error"]["param"] == "rpm"
+    missing = gateway.admin.post("/admin/rate-limits",
+                                 json={"scope_type": "key", "scope_id": "key_x", "rpm": 1})
+    assert missing.status_code == 422 and missing.json()["error"]["param"] == "scope_id"
+    made = limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4o", rpm=10)
+    again = gateway.admin.post("/admin/rate-limits", json={
+        "scope_type": "key", "scope_id": key["id"], "model": "gpt-4o", "rpm": 20})
+    assert again.status_code == 409
+    patched = gateway.admin.patch(f"/admin/rate-limits/{made['id']}", json={"tpm": 5000})
+    assert patched.status_code == 200 and patched.json()["tpm"] == 5000
+    assert len(gateway.get("/admin/rate-limits")) == 1
+    assert gateway.admin.delete(f"/admin/rate-limits/{made['id']}").status_code == 204
+    assert gateway.get("/admin/rate-limits") == []
