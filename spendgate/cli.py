@@ -102,6 +102,8 @@ def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
             message = response.text
         err_console.print(f"[red]error {response.status_code}:[/] {message}")
         raise typer.Exit(1)
+    if response.status_code == 204 or not response.content:
+        return None
     if "json" in response.headers.get("content-type", ""):
         return response.json()
     return response.text

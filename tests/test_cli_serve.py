@@ -141,3 +141,23 @@ def test_cli_budgets_and_wallets(served: tuple[str, Path, subprocess.Popen[bytes
     run_cli(url, "wallets", "topup", wallet["id"], "--amount", "1")  # type: ignore[index]
     sdk.chat.completions.create(model="demo-small", max_tokens=1000,
                                 messages=[{"role": "user", "content": "x"}])
+
+
+def test_cli_rate_limits(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """A limit made with the CLI refuses the call past it; update and delete work."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "gamma")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
+    made = run_cli(url, "limits", "create", "--scope", "key", "--scope-id", key["id"],  # type: ignore[index]
+                   "--model", "demo-*", "--rpm", "1")
+    assert made["rpm"] == 1 and made["model"] == "demo-*"  # type: ignore[index]
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)  # type: ignore[index]
+    sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": "x"}])
+    with pytest.raises(openai.RateLimitError):
+        sdk.chat.completions.create(model="demo-large", messages=[{"role": "user", "content": "x"}])
+    updated = run_cli(url, "limits", "update", made["id"], "--rpm", "100")  # type: ignore[index]
+    assert updated["rpm"] == 100  # type: ignore[index]
+    result = CliRunner().invoke(cli, ["limits", "delete", made["id"], "--url", url],  # type: ignore[index]
+                                env={"SPENDGATE_MASTER_KEY": MASTER})
+    assert result.exit_code == 0
+    assert run_cli(url, "limits", "list") == []
