@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import ProcessPoolExecutor
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
 from spendgate.admin.audit import router as audit_router
+from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
@@ -42,6 +44,7 @@ from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_settings
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
+from spendgate.store.forecasts import refresh_loop
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
 from spendgate.webhooks.runtime import WebhookRuntime
@@ -107,6 +110,7 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(rate_limits_router)
     install_webhooks(api, services.webhooks)
     api.include_router(audit_router)
+    api.include_router(forecasts_router)
     api.state.audit_settings = services.audit_settings
     return api
 
@@ -124,6 +128,9 @@ class Gateway:
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._forecasts: asyncio.Task[None] | None = None
+        workers = services.settings.forecast_workers
+        self._forecast_pool = ProcessPoolExecutor(max_workers=workers) if workers > 0 else None
 
     def _unpriced(self, call: Call, usage: TokenUsage) -> None:
         day = call.started_at.date().isoformat()
@@ -159,6 +166,11 @@ class Gateway:
         await self.services.webhooks.start()
         await self.services.enforcer.refresh()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        services = self.services
+        self._forecasts = asyncio.create_task(refresh_loop(
+            services.engine, services.policies.snapshot, services.clock,
+            services.settings.forecast_refresh_seconds, executor=self._forecast_pool),
+            name="forecasts")
         if self.services.settings.demo:
             await self._demo_bootstrap()
 
@@ -186,8 +198,11 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
-        if self._housekeeping is not None:
-            self._housekeeping.cancel()
+        for task in (self._housekeeping, self._forecasts):
+            if task is not None:
+                task.cancel()
+        if self._forecast_pool is not None:
+            self._forecast_pool.shutdown(wait=False, cancel_futures=True)
         await self.services.drain()
         await self.services.ledger.close()
         for transport in self.services.transports.values():

@@ -399,6 +399,21 @@ def limits_delete(limit_id: str, url: UrlOpt = DEFAULT_URL) -> None:
 
 
 @app.command()
+def forecast(
+    budget_id: str,
+    refresh: Annotated[bool, typer.Option(help="Recompute now")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a budget's current period is expected to land (P10/P50/P90)."""
+    data = _call(url, "GET", f"/admin/forecasts/{budget_id}",
+                 params={"refresh": str(refresh).lower()})
+    _show(data, as_json, ["period_key", "method", "history_days", "spent_usd", "p10_usd",
+                          "p50_usd", "p90_usd", "percent_of_budget", "limit_usd",
+                          "overrun_band"])
+
+
+@app.command()
 def usage(
     by: Annotated[str, typer.Option("--by", help="e.g. team,model")] = "",
     start: Annotated[str | None, typer.Option()] = None,

@@ -85,6 +85,10 @@ class Settings:
     key_cache_seconds: float = 10.0
     #: a key or team with rate-limit rows: may it use models no row governs?
     unlisted_models: Literal["allow", "deny"] = "allow"
+    #: forecasts: how often every budget is re-forecast, and by how many processes
+    #: (0: a thread of the gateway; 2 processes refresh 10,000 budgets in under a minute)
+    forecast_refresh_seconds: float = 900.0
+    forecast_workers: int = 0
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -231,5 +235,7 @@ def load_settings(
         ledger_batch_size=int(gateway.get("ledger_batch_size", 500)),
         key_cache_seconds=float(gateway.get("key_cache_seconds", 10.0)),
         unlisted_models=_unlisted(gateway.get("unlisted_models", "allow")),
+        forecast_refresh_seconds=float(gateway.get("forecast_refresh_seconds", 900.0)),
+        forecast_workers=int(gateway.get("forecast_workers", 0)),
         models=models,
     )

@@ -24,25 +24,6 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(admin)],
 MAX_AGE = timedelta(hours=1)
 
 
-class ForecastOut(BaseModel):
-    budget_id: str
-    period_key: str
-    generated_at: datetime
-    method: str = Field(description="none | trailing_mean | seasonal_naive | ets_damped")
-    history_days: int = Field(description="complete days of spend the forecast is based on")
-    spent_usd: str = Field(description="spend so far in the period")
-    p10_usd: str
-    p50_usd: str = Field(description="expected period-end spend")
-    p90_usd: str
-    amount_usd: str = Field(description="the budget amount, with active exceptions")
-    percent_of_budget: str = Field(description="P50 as a percentage of amount_usd")
-    limit_usd: str = Field(description="the hard cap, or the amount for observing budgets")
-    crossings: dict[str, date | None] = Field(
-        description="threshold name → local date it is (or was) reached; null: not by P50")
-    overrun_band: int | None = Field(
-        description="highest budget.forecast_overrun band (% of limit) announced this period")
-
-
 class RefreshOut(BaseModel):
     refreshed: int
     overruns_announced: int
@@ -83,7 +64,7 @@ async def forecast_for_status(svc: Services, budget_id: str, period_key: str
     return forecast_out(row) if row is not None and row["period_key"] == period_key else None
 
 
-@router.get("/forecasts/{budget_id}", response_model=ForecastOut, tags=["forecasts"])
+@router.get("/forecasts/{budget_id}", response_model=s.ForecastOut, tags=["forecasts"])
 async def get_forecast(budget_id: str, svc: Svc, refresh: bool = False) -> dict[str, Any]:
     """Where the budget's current period is expected to land (P10/P50/P90)."""
     return await current_forecast(svc, budget_id, refresh=refresh)

@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Request
 
 from spendgate import budget_rules as rules
 from spendgate.admin import schemas as s
+from spendgate.admin.forecasts import forecast_for_status
 from spendgate.admin.routes import Svc, Who, admin, audit
 from spendgate.budget_windows import validate_timezone, window_at
 from spendgate.enforcement import wallet_bucket
@@ -177,6 +178,7 @@ async def budget_status(budget_id: str, svc: Svc) -> dict[str, Any]:
         "remaining_to_hard_usd": None if cap is None else format_usd(max(0, cap - used)),
         "thresholds_fired": [k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1] for k in fired],
         "active_exceptions": len(raises),
+        "forecast": await forecast_for_status(svc, budget.id, window.key),
     }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -212,6 +212,25 @@ class BudgetOut(BaseModel):
     updated_at: datetime
 
 
+class ForecastOut(BaseModel):
+    budget_id: str
+    period_key: str
+    generated_at: datetime
+    method: str = Field(description="none | trailing_mean | seasonal_naive | ets_damped")
+    history_days: int = Field(description="complete days of spend the forecast is based on")
+    spent_usd: str = Field(description="spend so far in the period")
+    p10_usd: str
+    p50_usd: str = Field(description="expected period-end spend")
+    p90_usd: str
+    amount_usd: str = Field(description="the budget amount, with active exceptions")
+    percent_of_budget: str = Field(description="P50 as a percentage of amount_usd")
+    limit_usd: str = Field(description="the hard cap, or the amount for observing budgets")
+    crossings: dict[str, date | None] = Field(
+        description="threshold name → local date it is (or was) reached; null: not by P50")
+    overrun_band: int | None = Field(
+        description="highest budget.forecast_overrun band (% of limit) announced this period")
+
+
 class BudgetStatus(BaseModel):
     budget_id: str
     period_key: str
@@ -231,6 +250,8 @@ class BudgetStatus(BaseModel):
     remaining_to_hard_usd: str | None
     thresholds_fired: list[str]
     active_exceptions: int
+    forecast: ForecastOut | None = Field(
+        None, description="the latest forecast of this period (refreshed on a schedule)")
 
 
 class ExceptionIn(Strict):

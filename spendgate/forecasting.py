@@ -1,0 +1,322 @@
+"""Where a budget period will land: damped, weekly-seasonal spend forecasts (pure).
+
+    complete local days ─ cap spikes ─ method by history length ─┬─ mean of each day left
+                                                                 └─ sd of their sum
+    + spend so far in the period (today's partial day counted, never fitted)
+    = P10 / P50 / P90 of period-end spend, % of budget, the day each threshold is crossed
+
+Methods, by the number of complete days since spend began (leading zero days dropped):
+
+    0       none            nothing to go on: what is spent so far, no spread
+    1–6     trailing_mean   every day left at the mean of the days seen
+    7–20    seasonal_naive  the last one or two weeks, averaged, repeated
+    21+     ets_damped      ETS(A,Ad,A): additive errors, damped additive trend, additive
+                            weekly seasonality (statsforecast), fitted on the last 10 weeks
+
+Additive on spend: zero days are normal and need no log. Before fitting, each day is
+capped at ``CAP_MULTIPLE`` × the median of the recent non-zero days (or of the same
+weekday, when that is higher), so one runaway day does not become a level or a trend;
+that day's spend still counts in full as spent. The ETS sum's variance also counts the
+error of the level it starts from, ``(Σw)²σ²/n``.
+
+Today is the first day left, weighted by the part of it still to come
+(``1 - today_elapsed``); what today has already cost is added to the actual.
+
+The interval is of the period *sum*, never a sum of daily quantiles (that would treat the
+days as perfectly correlated). For ETS(A,Ad,A) the h-step error is
+``ε[n+h] + Σ_{j<h} c_j ε[n+h-j]`` with ``c_j = α + β(φ + … + φ^j) + γ·[j mod 7 = 0]``
+(Hyndman et al., *Forecasting with Exponential Smoothing*, 2008, ch. 6), so the weighted
+sum over the days left loads innovation ``k`` with ``w_k + Σ_{h>k} w_h c_{h-k}``; its
+variance is ``σ²`` times the sum of the squared loadings, and the sum is Gaussian. The
+fallbacks use the same idea with their own loadings.
+
+Pure: no I/O, no clock (``generated_at`` is passed in); numpy and statsforecast only.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from statsforecast.ets import ets_f, forecast_ets
+
+from spendgate import budget_rules as rules
+from spendgate.budget_windows import Window, days_in_window, elapsed_fraction, window_at
+
+Floats = NDArray[np.float64]
+
+SEASON = 7
+#: complete days needed before each method is used
+MIN_SEASONAL_DAYS = 7
+MIN_ETS_DAYS = 21
+#: the ETS model sees at most this many recent days (10 weeks)
+FIT_DAYS = 70
+#: a day above this multiple of the recent non-zero median is capped before fitting
+CAP_MULTIPLE = 2.5
+CAP_WINDOW_DAYS = 28
+#: P10 and P90 of a standard normal
+Z_90 = 1.2815515655446004
+#: ``budget.forecast_overrun`` bands: % of the hard cap (or of the amount, without one)
+OVERRUN_BANDS = (100, 110, 125, 150, 200)
+
+METHODS = ("none", "trailing_mean", "seasonal_naive", "ets_damped")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendHistory:
+    """Spend per local day: complete days from ``first_day`` to yesterday, then today so far."""
+
+    first_day: date
+    daily: tuple[int, ...]
+    today_spent: int = 0
+    #: how much of today has passed, 0.0 .. 1.0
+    today_elapsed: float = 0.0
+
+    @property
+    def today(self) -> date:
+        return self.first_day + timedelta(days=len(self.daily))
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodOutlook:
+    """The period being forecast: its first local date and the local dates still to come."""
+
+    key: str
+    start: date
+    #: today first, then every later local date of the period
+    remaining: tuple[date, ...]
+    amount_nanos: int
+    #: (threshold name, level in nanos), e.g. ("alert:50", 50_000_000_000)
+    thresholds: tuple[tuple[str, int], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Forecast:
+    """Where the period is expected to land, with an 80 % interval."""
+
+    period_key: str
+    spent_nanos: int
+    p10_nanos: int
+    p50_nanos: int
+    p90_nanos: int
+    amount_nanos: int
+    #: P50 as a percentage of the amount, two places
+    percent_of_budget: Decimal
+    #: (threshold name, the local date its level is reached, or None if P50 never does)
+    crossings: tuple[tuple[str, date | None], ...]
+    method: str
+    history_days: int
+    generated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Projection:
+    """A method's answer: the mean of each day left and the sd of their weighted sum."""
+
+    method: str
+    daily_mean: Floats
+    sd_sum: float
+
+
+# -- inputs from budgets and windows -------------------------------------------------------
+def outlook_for(budget: rules.Budget, amount_nanos: int, window: Window, today: date,
+                period_days: Sequence[date] | None = None) -> PeriodOutlook:
+    """The rest of ``window`` from local date ``today``, with the budget's threshold levels
+    (``period_days``: the window's local dates, when the caller already has them)."""
+    levels = tuple((t.name, rules.percent_of(amount_nanos, t.percent))
+                   for t in rules.thresholds(budget))
+    if period_days is None:
+        period_days = days_in_window(window, budget.timezone)
+    remaining = tuple(d for d in period_days if d >= today)
+    return PeriodOutlook(window.key, window.local_start.date(), remaining or (today,),
+                         amount_nanos, levels)
+
+
+def local_today(now: datetime, tz: str) -> tuple[date, float]:
+    """The local date at ``now`` in ``tz`` and how much of that day has passed."""
+    day = window_at(now, "daily", tz)
+    return day.local_start.date(), elapsed_fraction(day, now)
+
+
+# -- the forecast --------------------------------------------------------------------------
+def forecast(history: SpendHistory, outlook: PeriodOutlook, generated_at: datetime) -> Forecast:
+    """P10/P50/P90 of the period-end spend, from the days seen and the days left."""
+    if not outlook.remaining or outlook.remaining[0] != history.today:
+        raise ValueError("the period's remaining dates must start with the history's today")
+    y = trim_leading_zeros(np.asarray(history.daily, dtype=np.float64))
+    weights = np.ones(len(outlook.remaining))
+    weights[0] = 1.0 - min(max(history.today_elapsed, 0.0), 1.0)
+    projection = project(cap_spikes(y), weights)
+    expected = np.maximum(projection.daily_mean, 0.0) * weights
+    spent = spent_in_period(history, outlook.start)
+    mean_sum = float(expected.sum())
+    spread = Z_90 * projection.sd_sum
+    p50 = spent + round(mean_sum)
+    return Forecast(
+        period_key=outlook.key, spent_nanos=spent,
+        p10_nanos=spent + round(max(0.0, mean_sum - spread)), p50_nanos=p50,
+        p90_nanos=spent + round(mean_sum + spread), amount_nanos=outlook.amount_nanos,
+        percent_of_budget=rules.percent_used(p50, outlook.amount_nanos),
+        crossings=crossings(history, outlook, expected), method=projection.method,
+        history_days=len(y), generated_at=generated_at,
+    )
+
+
+def forecast_many(jobs: Sequence[tuple[SpendHistory, PeriodOutlook]], generated_at: datetime
+                  ) -> list[Forecast]:
+    """Every forecast of a batch (a top-level function, so a process pool can run it)."""
+    return [forecast(h, o, generated_at) for h, o in jobs]
+
+
+def trim_leading_zeros(y: Floats) -> Floats:
+    nonzero = np.flatnonzero(y)
+    return y[nonzero[0]:] if nonzero.size else y[:0]
+
+
+def cap_spikes(y: Floats) -> Floats:
+    """Each day at most ``CAP_MULTIPLE`` × the larger of the median of the recent non-zero
+    days and, with three weeks or more, the median of the same weekday in them (so a big
+    day every week is not a spike)."""
+    recent = y[-CAP_WINDOW_DAYS:]
+    nonzero = recent[recent > 0]
+    if nonzero.size == 0:
+        return y
+    overall = float(np.median(nonzero))
+    slots = (np.arange(y.size) - y.size) % SEASON
+    recent_slots = slots[-CAP_WINDOW_DAYS:]
+    by_slot = np.array([float(np.median(recent[recent_slots == k]))
+                        if (recent_slots == k).sum() >= 3 else 0.0 for k in range(SEASON)])
+    return np.asarray(np.minimum(y, CAP_MULTIPLE * np.maximum(by_slot[slots], overall)),
+                      dtype=np.float64)
+
+
+def spent_in_period(history: SpendHistory, start: date) -> int:
+    skip = max(0, (start - history.first_day).days)
+    return sum(history.daily[skip:]) + history.today_spent
+
+
+def crossings(history: SpendHistory, outlook: PeriodOutlook, expected: Floats
+              ) -> tuple[tuple[str, date | None], ...]:
+    """The local date each level is reached: actual for the days seen, P50 for the days left."""
+    skip = max(0, (outlook.start - history.first_day).days)
+    seen = [float(v) for v in history.daily[skip:]]
+    days = [history.first_day + timedelta(days=skip + i) for i in range(len(seen))]
+    path = [*seen, history.today_spent + float(expected[0]), *map(float, expected[1:])]
+    cumulative = np.cumsum(path)
+    dates = [*days, *outlook.remaining]
+    out: list[tuple[str, date | None]] = []
+    for name, level in outlook.thresholds:
+        reached = np.flatnonzero(cumulative >= level)
+        out.append((name, dates[reached[0]] if reached.size else None))
+    return tuple(out)
+
+
+# -- methods -------------------------------------------------------------------------------
+def project(y: Floats, weights: Floats) -> Projection:
+    """The method that fits the length of history: ETS, else the fallback chain."""
+    if y.size >= MIN_ETS_DAYS:
+        fitted = ets_damped(y[-FIT_DAYS:], weights)
+        if fitted is not None:
+            return fitted
+    if y.size >= MIN_SEASONAL_DAYS:
+        return seasonal_naive(y, weights)
+    if y.size:
+        return trailing_mean(y, weights)
+    return Projection("none", np.zeros(weights.size), 0.0)
+
+
+def trailing_mean(y: Floats, weights: Floats) -> Projection:
+    """Every day at the mean; the sum's variance adds the mean's own error, (Σw)²σ²/n."""
+    mean = float(y.mean())
+    var = float(y.var(ddof=1)) if y.size > 1 else mean * mean
+    total = float(weights.sum())
+    var_sum = var * float((weights ** 2).sum()) + total * total * var / y.size
+    return Projection("trailing_mean", np.full(weights.size, mean), math.sqrt(var_sum))
+
+
+def seasonal_naive(y: Floats, weights: Floats) -> Projection:
+    """The average of the full weeks seen (one or two), repeated; each day left and the
+    base day it copies both carry noise."""
+    weeks = min(y.size // SEASON, 2)
+    base = y[-SEASON * weeks:].reshape(weeks, SEASON).mean(axis=0)
+    slots = np.arange(weights.size) % SEASON
+    diffs = y[SEASON:] - y[:-SEASON]
+    var = float((diffs ** 2).mean()) / 2 if diffs.size >= 2 else float(y.var(ddof=1))
+    per_base = np.bincount(slots, weights=weights, minlength=SEASON)
+    var_sum = var * (float((weights ** 2).sum()) + float((per_base ** 2).sum()) / weeks)
+    return Projection("seasonal_naive", base[slots], math.sqrt(var_sum))
+
+
+def ets_damped(y: Floats, weights: Floats) -> Projection | None:
+    """ETS(A,Ad,A) fitted by statsforecast; None when the fit fails or is not finite."""
+    scale = float(np.abs(y).mean()) or 1.0
+    model = _fit_ets(y / scale)
+    if model is None:
+        return None
+    path = forecast_ets(model, weights.size)["mean"]  # type: ignore[no-untyped-call]
+    mean = np.asarray(path, dtype=np.float64) * scale
+    sigma = math.sqrt(max(float(model["sigma2"]), 0.0)) * scale
+    loadings = innovation_loadings(weights, _step_weights(model, weights.size))
+    # the model's own variance, plus the error of the level it starts from
+    var_sum = float((loadings ** 2).sum()) + float(weights.sum()) ** 2 / y.size
+    sd = sigma * math.sqrt(var_sum)
+    if not (np.isfinite(mean).all() and math.isfinite(sd)):
+        return None
+    return Projection("ets_damped", mean, sd)
+
+
+def _fit_ets(y: Floats) -> dict[str, Any] | None:
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        try:
+            model: dict[str, Any] = ets_f(  # type: ignore[no-untyped-call]
+                y, SEASON, model="AAA", damped=True, nmse=1)
+        except (ValueError, ArithmeticError, np.linalg.LinAlgError):
+            return None
+    return model
+
+
+def _step_weights(model: dict[str, Any], horizon: int) -> Floats:
+    """``c_j`` for j = 1 .. horizon-1: how innovation t moves the forecast of t + j."""
+    components: str = model["components"]
+    alpha, beta, gamma, phi = (float(p) for p in model["par"][:4])
+    beta = beta if components[1] != "N" else 0.0
+    gamma = gamma if components[2] != "N" else 0.0
+    phi = phi if components[3] == "D" else 1.0
+    j = np.arange(1, max(horizon, 1))
+    damped_sum = np.cumsum(phi ** j)
+    return np.asarray(alpha + beta * damped_sum + gamma * (j % SEASON == 0), dtype=np.float64)
+
+
+def innovation_loadings(weights: Floats, steps: Floats) -> Floats:
+    """How much each future innovation moves the weighted sum: ``w_k + Σ_{h>k} w_h c_{h-k}``."""
+    n = weights.size
+    return np.array([weights[k] + float(np.dot(weights[k + 1:], steps[: n - k - 1]))
+                     for k in range(n)], dtype=np.float64)
+
+
+# -- overrun warnings ----------------------------------------------------------------------
+def overrun_limit(budget: rules.Budget, amount_nanos: int) -> int:
+    """What a P50 above means overrun: the hard cap, or the amount for an observing budget."""
+    cap = rules.hard_cap_nanos(budget, amount_nanos)
+    return amount_nanos if cap is None else cap
+
+
+def overrun_band(p50_nanos: int, limit_nanos: int) -> int | None:
+    """The highest band (% of ``limit_nanos``) that P50 lands strictly above, if any."""
+    above = [b for b in OVERRUN_BANDS if p50_nanos * 100 > limit_nanos * b]
+    return above[-1] if above else None
+
+
+def band_to_announce(band: int | None, fired: Iterable[int]) -> int | None:
+    """``band`` if it is higher than every band already announced this period."""
+    if band is None or band <= max(fired, default=0):
+        return None
+    return band

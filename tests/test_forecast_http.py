@@ -1,0 +1,40 @@
+"""Forecasts through the gateway: on demand, in the budget status, and the overrun event."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import openai
+
+from tests.conftest import RunningGateway
+
+
+def test_forecast_on_demand_and_in_status(gateway: RunningGateway) -> None:
+    """Ten days of steady spend: P50 lands near 31 days' worth; the status shows it, and a
+    projected overrun of an observation-only budget fires budget.forecast_overrun once."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    gateway.clock.set(gateway.clock.now().replace(month=3, day=1, hour=12))
+    cost = Decimal(client.chat.completions.with_raw_response.create(
+        model="demo-small", max_tokens=20,
+        messages=[{"role": "user", "content": "steady"}]).headers["x-spendgate-cost-usd"])
+    made = gateway.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
+                                           "amount_usd": str(cost * 20), "period": "monthly"})
+    for _ in range(9):
+        gateway.clock.advance(86400)
+        client.chat.completions.create(model="demo-small", max_tokens=20,
+                                       messages=[{"role": "user", "content": "steady"}])
+    forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
+    assert forecast["history_days"] >= 9 and forecast["method"] != "none"
+    p10, p50, p90 = (Decimal(forecast[k]) for k in ("p10_usd", "p50_usd", "p90_usd"))
+    assert p10 <= p50 <= p90
+    assert cost * 25 <= p50 <= cost * 37  # ~31 days of one call a day
+    assert Decimal(forecast["percent_of_budget"]) > 100
+    assert forecast["crossings"]["alert:50"] is not None
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert status["forecast"]["p50_usd"] == forecast["p50_usd"]
+    gateway.run(gateway.app.services.drain())
+    overruns = gateway.get("/admin/events", type="budget.forecast_overrun")
+    assert len(overruns) == 1 and overruns[0]["data"]["budget_id"] == made["id"]
+    gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
+    assert len(gateway.get("/admin/events", type="budget.forecast_overrun")) == 1
