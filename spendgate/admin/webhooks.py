@@ -13,7 +13,7 @@ from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
 from spendgate.admin import schemas as s
 from spendgate.admin import webhook_schemas as w
-from spendgate.admin.routes import Svc, admin
+from spendgate.admin.routes import Svc, Who, admin, audit
 from spendgate.errors import SpendgateError
 from spendgate.webhooks import notifications as notes
 from spendgate.webhooks.matching import Preferences
@@ -53,12 +53,17 @@ def install(api: FastAPI, runtime: WebhookRuntime) -> None:
 
 # -- endpoints -------------------------------------------------------------------------
 @router.post("/webhooks", response_model=w.WebhookWithSecret, status_code=201)
-async def create_webhook(body: w.WebhookIn, hooks: Hooks, svc: Svc) -> dict[str, Any]:
+async def create_webhook(body: w.WebhookIn, hooks: Hooks, svc: Svc, request: Request, who: Who
+                         ) -> dict[str, Any]:
     """Create an endpoint; the answer carries its signing ``secret`` (``whsec_…``) once."""
     spec = EndpointSpec(url=body.url, kind=body.kind, event_types=tuple(body.event_types),
                         scope_type=body.scope_type, scope_id=body.scope_id,
                         enabled=body.enabled, description=body.description, config=body.config)
-    endpoint, secret = await hooks.store.create(spec, svc.clock.now())
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        endpoint, secret = await hooks.store.create(spec, now, conn)
+        await audit(conn, request, who, "webhook.created", "webhook", endpoint["id"], now,
+                    after=endpoint)
     return {**endpoint, "secret": secret}
 
 
@@ -73,24 +78,40 @@ async def get_webhook(endpoint_id: str, hooks: Hooks, svc: Svc) -> dict[str, Any
 
 
 @router.patch("/webhooks/{endpoint_id}", response_model=w.Webhook)
-async def update_webhook(endpoint_id: str, body: w.WebhookPatch, hooks: Hooks, svc: Svc
-                         ) -> dict[str, Any]:
+async def update_webhook(endpoint_id: str, body: w.WebhookPatch, hooks: Hooks, svc: Svc,
+                         request: Request, who: Who) -> dict[str, Any]:
     """Change fields; ``enabled: true`` re-arms an endpoint that was disabled for failing."""
     changes = body.model_dump(exclude_unset=True)
-    return await hooks.store.update(endpoint_id, changes, svc.clock.now())
+    now = svc.clock.now()
+    before = await hooks.store.get(endpoint_id, now)
+    async with svc.engine.begin() as conn:
+        after = await hooks.store.update(endpoint_id, changes, now, conn)
+        await audit(conn, request, who, "webhook.updated", "webhook", endpoint_id, now,
+                    before=before, after=after)
+    return after
 
 
 @router.delete("/webhooks/{endpoint_id}", status_code=204)
-async def delete_webhook(endpoint_id: str, hooks: Hooks) -> None:
-    await hooks.store.delete(endpoint_id)
+async def delete_webhook(endpoint_id: str, hooks: Hooks, svc: Svc, request: Request,
+                         who: Who) -> None:
+    now = svc.clock.now()
+    before = await hooks.store.get(endpoint_id, now)
+    async with svc.engine.begin() as conn:
+        await hooks.store.delete(endpoint_id, conn)
+        await audit(conn, request, who, "webhook.deleted", "webhook", endpoint_id, now,
+                    before=before)
 
 
 @router.post("/webhooks/{endpoint_id}/rotate-secret", response_model=w.WebhookWithSecret)
-async def rotate_secret(endpoint_id: str, hooks: Hooks, svc: Svc,
+async def rotate_secret(endpoint_id: str, hooks: Hooks, svc: Svc, request: Request, who: Who,
                         body: w.RotateIn | None = None) -> dict[str, Any]:
     """A new secret, shown once; the old one also signs for ``overlap_seconds``."""
     overlap = timedelta(seconds=(body or w.RotateIn()).overlap_seconds)
-    endpoint, secret = await hooks.store.rotate_secret(endpoint_id, svc.clock.now(), overlap)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        endpoint, secret = await hooks.store.rotate_secret(endpoint_id, now, overlap, conn)
+        await audit(conn, request, who, "webhook.secret_rotated", "webhook", endpoint_id, now,
+                    after={**endpoint, "overlap_seconds": overlap.total_seconds()})
     return {**endpoint, "secret": secret}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -10,12 +12,23 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from spendgate.settings import normalise_database_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+@asynccontextmanager
+async def transaction(engine: AsyncEngine, conn: AsyncConnection | None
+                      ) -> AsyncIterator[AsyncConnection]:
+    """The caller's transaction (so an audit entry can share it), or a new one."""
+    if conn is not None:
+        yield conn
+    else:
+        async with engine.begin() as own:
+            yield own
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.store import schema
+from spendgate.store.database import transaction
 
 ROLES = ("org_admin", "finance", "team_admin", "viewer", "member")
 
@@ -79,14 +80,8 @@ class Directory:
         async with self._engine.connect() as conn:
             return [_row(r) for r in await conn.execute(query)]
 
-    @asynccontextmanager
-    async def _tx(self, conn: AsyncConnection | None) -> AsyncIterator[AsyncConnection]:
-        """The caller's transaction (so an audit entry can share it), or a new one."""
-        if conn is not None:
-            yield conn
-        else:
-            async with self._engine.begin() as own:
-                yield own
+    def _tx(self, conn: AsyncConnection | None) -> AbstractAsyncContextManager[AsyncConnection]:
+        return transaction(self._engine, conn)
 
     async def _insert(self, table: sa.Table, values: dict[str, Any],
                       conn: AsyncConnection | None) -> dict[str, Any]:

@@ -14,11 +14,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.credentials import new_id
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.store import schema
+from spendgate.store.database import transaction
 from spendgate.webhooks.catalog import valid_pattern
 from spendgate.webhooks.matching import SCOPE_TYPES
 from spendgate.webhooks.secrets_box import SecretBox
@@ -132,7 +133,8 @@ class WebhookStore:
                                    param="scope_id")
 
     # -- writing -------------------------------------------------------------------------
-    async def create(self, spec: EndpointSpec, now: datetime) -> tuple[dict[str, Any], str]:
+    async def create(self, spec: EndpointSpec, now: datetime, conn: AsyncConnection | None = None
+                     ) -> tuple[dict[str, Any], str]:
         """The new endpoint and its signing secret (``whsec_…``), shown this once."""
         await self._validate(spec)
         secret = new_secret()
@@ -145,12 +147,12 @@ class WebhookStore:
             "config_encrypted": (self._box.encrypt(json.dumps(dict(spec.config)))
                                  if spec.config else None),
             "failing_since": None, "disabled_reason": None, "created_at": now, "updated_at": now}
-        async with self._engine.begin() as conn:
-            await conn.execute(EP.insert().values(**values))
+        async with transaction(self._engine, conn) as tx:
+            await tx.execute(EP.insert().values(**values))
         return self.public(values, now), secret
 
-    async def update(self, endpoint_id: str, changes: Mapping[str, Any], now: datetime
-                     ) -> dict[str, Any]:
+    async def update(self, endpoint_id: str, changes: Mapping[str, Any], now: datetime,
+                     conn: AsyncConnection | None = None) -> dict[str, Any]:
         """Change any of the spec's fields; re-enabling clears the failure record."""
         row = await self.row(endpoint_id)
         current = EndpointSpec(url=row["url"], kind=row["kind"],
@@ -171,21 +173,22 @@ class WebhookStore:
                                  if spec.config else None)}
         if spec.enabled and not row["enabled"]:
             values.update(failing_since=None, disabled_reason=None)
-        async with self._engine.begin() as conn:
-            await conn.execute(EP.update().where(EP.c.id == endpoint_id).values(**values))
-        return await self.get(endpoint_id, now)
+        async with transaction(self._engine, conn) as tx:
+            await tx.execute(EP.update().where(EP.c.id == endpoint_id).values(**values))
+        return self.public({**row, **values}, now)
 
-    async def delete(self, endpoint_id: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(webhook_attempts.delete().where(
+    async def delete(self, endpoint_id: str, conn: AsyncConnection | None = None) -> None:
+        async with transaction(self._engine, conn) as tx:
+            await tx.execute(webhook_attempts.delete().where(
                 webhook_attempts.c.endpoint_id == endpoint_id))
-            await conn.execute(DL.delete().where(DL.c.endpoint_id == endpoint_id))
-            result = await conn.execute(EP.delete().where(EP.c.id == endpoint_id))
+            await tx.execute(DL.delete().where(DL.c.endpoint_id == endpoint_id))
+            result = await tx.execute(EP.delete().where(EP.c.id == endpoint_id))
         if result.rowcount == 0:
             raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
 
     async def rotate_secret(self, endpoint_id: str, now: datetime,
-                            overlap: timedelta = DEFAULT_OVERLAP) -> tuple[dict[str, Any], str]:
+                            overlap: timedelta = DEFAULT_OVERLAP,
+                            conn: AsyncConnection | None = None) -> tuple[dict[str, Any], str]:
         """A new secret signs from now on; the old one also signs until ``now + overlap``."""
         if overlap < timedelta(0) or overlap > timedelta(days=30):
             raise ValidationFailed("overlap_seconds: between 0 and 30 days",
@@ -199,9 +202,9 @@ class WebhookStore:
                           previous_secret_until=now + overlap)
         else:
             values.update(previous_secret_encrypted=None, previous_secret_until=None)
-        async with self._engine.begin() as conn:
-            await conn.execute(EP.update().where(EP.c.id == endpoint_id).values(**values))
-        return await self.get(endpoint_id, now), secret
+        async with transaction(self._engine, conn) as tx:
+            await tx.execute(EP.update().where(EP.c.id == endpoint_id).values(**values))
+        return self.public({**row, **values}, now), secret
 
 
 # -- the delivery log --------------------------------------------------------------------
