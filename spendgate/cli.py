@@ -55,6 +55,11 @@ def serve(
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from exc
+    if workers > 1 and not settings.redis_url:
+        err_console.print("[red]--workers > 1 needs SPENDGATE_REDIS_URL:[/] budget, wallet and "
+                          "rate-limit counters live in each process otherwise, and caps would "
+                          "not hold across workers.")
+        raise typer.Exit(2)
     if demo:
         err_console.print("[cyan]demo mode:[/] models demo-small and demo-large come from the "
                           "SIMULATED provider (deterministic fake replies, real prices).")

@@ -161,3 +161,14 @@ def test_cli_rate_limits(served: tuple[str, Path, subprocess.Popen[bytes]]) -> N
                                 env={"SPENDGATE_MASTER_KEY": MASTER})
     assert result.exit_code == 0
     assert run_cli(url, "limits", "list") == []
+
+
+def test_serve_refuses_several_workers_without_redis(tmp_path: Path) -> None:
+    """In-process counters cannot hold a cap across worker processes: refuse, clearly."""
+    env = {**os.environ, "SPENDGATE_MASTER_KEY": MASTER,
+           "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    env.pop("SPENDGATE_REDIS_URL", None)
+    done = subprocess.run([sys.executable, "-m", "spendgate", "serve", "--workers", "2",
+                           "--port", str(free_port())], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert b"SPENDGATE_REDIS_URL" in done.stdout + done.stderr
