@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -130,7 +131,10 @@ class Gateway:
         self._housekeeping: asyncio.Task[None] | None = None
         self._forecasts: asyncio.Task[None] | None = None
         workers = services.settings.forecast_workers
-        self._forecast_pool = ProcessPoolExecutor(max_workers=workers) if workers > 0 else None
+        # spawned, not forked: a fork of a process with driver threads can deadlock
+        self._forecast_pool = (ProcessPoolExecutor(max_workers=workers,
+                                                   mp_context=get_context("spawn"))
+                               if workers > 0 else None)
 
     def _unpriced(self, call: Call, usage: TokenUsage) -> None:
         day = call.started_at.date().isoformat()

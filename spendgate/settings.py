@@ -85,10 +85,10 @@ class Settings:
     key_cache_seconds: float = 10.0
     #: a key or team with rate-limit rows: may it use models no row governs?
     unlisted_models: Literal["allow", "deny"] = "allow"
-    #: forecasts: how often every budget is re-forecast, and by how many processes
-    #: (0: a thread of the gateway; 2 processes refresh 10,000 budgets in under a minute)
+    #: forecasts: how often every budget is re-forecast, and by how many worker processes
+    #: (0: a thread of the gateway itself; 2 refresh 10,000 budgets in under a minute)
     forecast_refresh_seconds: float = 900.0
-    forecast_workers: int = 0
+    forecast_workers: int = 1
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -236,6 +236,6 @@ def load_settings(
         key_cache_seconds=float(gateway.get("key_cache_seconds", 10.0)),
         unlisted_models=_unlisted(gateway.get("unlisted_models", "allow")),
         forecast_refresh_seconds=float(gateway.get("forecast_refresh_seconds", 900.0)),
-        forecast_workers=int(gateway.get("forecast_workers", 0)),
+        forecast_workers=int(gateway.get("forecast_workers", 1)),
         models=models,
     )

@@ -184,3 +184,28 @@ def test_core_imports_no_database_or_network_client() -> None:
             "'aiohttp', 'fastapi') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_parameter_term_is_the_regression_forecast_variance() -> None:
+    """Estimating level, trend and weekdays adds more for a longer horizon, less with more
+    history; for one day with no trend it is at least the level's 1/n."""
+    short, long = np.ones(5), np.ones(25)
+    assert fc.parameter_term(70, long, 0.9) > fc.parameter_term(70, short, 0.9)
+    assert fc.parameter_term(70, long, 0.9) < fc.parameter_term(28, long, 0.9)
+    assert fc.parameter_term(70, np.ones(1), 0.0) >= 1 / 70
+
+
+def test_runaway_days_seen_widen_only_the_upper_tail() -> None:
+    """No capped day: the plain Gaussian P90. A runaway day in the history: P90 allows for
+    another at the rate seen, P10 and P50 do not move."""
+    plain = fc.upper_with_runaways(100.0, 10.0, np.zeros(60), 20.0)
+    assert plain == pytest.approx(100.0 + fc.Z_90 * 10.0)
+    excess = np.zeros(60)
+    excess[30] = 300.0  # one runaway in 60 days, 20 days left: P(another) ≈ 28 %
+    assert fc.upper_with_runaways(100.0, 10.0, excess, 20.0) > 300.0
+    calm, spiked = weekly(60, seed=4), weekly(60, seed=4)
+    spiked[20] *= 8
+    base, hit = fc.forecast(*march(calm), NOW), fc.forecast(*march(spiked), NOW)
+    assert hit.p90_nanos - hit.spent_nanos > base.p90_nanos - base.spent_nanos
+    assert hit.p50_nanos - hit.spent_nanos == pytest.approx(base.p50_nanos - base.spent_nanos,
+                                                            rel=0.1)
