@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -33,7 +34,7 @@ from spendgate.audit import load_audit_settings
 from spendgate.clock import Clock, SystemClock
 from spendgate.counters.factory import counters_from_url
 from spendgate.enforcement import Enforcer
-from spendgate.errors import PayloadTooLarge, SpendgateError
+from spendgate.errors import PayloadTooLarge, SpendgateError, StateUnavailable
 from spendgate.pricing import PriceTable
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
@@ -80,6 +81,12 @@ def build_admin(services: Services) -> FastAPI:
     @api.exception_handler(SpendgateError)
     async def spendgate_error(_: Request, exc: SpendgateError) -> JSONResponse:
         return _error_response(exc)
+
+    @api.exception_handler(RedisError)
+    async def counters_down(_: Request, exc: RedisError) -> JSONResponse:
+        log.error("shared counters unreachable: %s", exc)
+        return _error_response(StateUnavailable(
+            "spendgate cannot reach its shared counters (Redis); retry shortly"))
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,6 +12,7 @@
     ├── BudgetExceeded             429     budget_exceeded
     ├── ValidationFailed           422     validation_error
     ├── UpstreamUnavailable        502     upstream_unavailable
+    ├── StateUnavailable           503     state_unavailable
     └── UpstreamTimeout            504     upstream_timeout
 
 Each carries its HTTP status and a stable machine code; the route that catches it
@@ -125,6 +126,18 @@ class UpstreamUnavailable(SpendgateError):
     code = "upstream_unavailable"
     kind = "api_error"
     anthropic_kind = "api_error"
+
+
+class StateUnavailable(SpendgateError):
+    """The shared counters (Redis) cannot be reached: refuse rather than overspend."""
+
+    status = 503
+    code = "state_unavailable"
+    kind = "api_error"
+    anthropic_kind = "overloaded_error"
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": "5"}
 
 
 class UpstreamTimeout(SpendgateError):

@@ -199,13 +199,14 @@ class RunningGateway:
 
 
 def start_gateway(database_url: str, upstream_url: str, tmp_path: Path, *, extra_config: str = "",
-                  demo: bool = False) -> RunningGateway:
+                  demo: bool = False, env_extra: dict[str, str] | None = None) -> RunningGateway:
     config = gateway_config(upstream_url, tmp_path, extra_config)
     env = {**UPSTREAM_SECRETS, "SPENDGATE_MASTER_KEY": MASTER_KEY,
            "SPENDGATE_DATABASE_URL": database_url}
     if database_url.startswith("postgresql"):
         # the scale-out pairing: PostgreSQL for the ledger, Redis for live counters
         env["SPENDGATE_REDIS_URL"] = REDIS_URL
+    env.update(env_extra or {})
     settings = load_settings(config_path=str(config), env=env, demo=demo)
     clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
     app = create_app(settings, clock=clock, env={**env, "SPENDGATE_WEBHOOK_ALLOW_PRIVATE": "1"})

@@ -196,3 +196,27 @@ def test_stream_cut_by_upstream_is_estimated_and_flagged(
     [row] = gateway.ledger()
     assert row["status"] == "incomplete" and row["usage_estimated"] is True
     assert row["output_tokens"] >= 3 and row["cost_nanos"] > 0
+
+
+def test_unreachable_redis_fails_closed_with_503(gateway: RunningGateway, tmp_path: object) -> None:
+    """With budgets to enforce and Redis down, calls get a clear 503, not a 500 or free spend."""
+    from tests.conftest import start_gateway
+
+    db = gateway.settings.database_url
+    if not db.startswith("postgresql"):
+        db = db.replace("spendgate.db", "redisdown.db")
+    other = start_gateway(db, gateway.url, tmp_path, demo=True,  # type: ignore[arg-type]
+                          env_extra={"SPENDGATE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    try:
+        key = other.create_key()
+        other.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
+                                      "amount_usd": "5", "hard_limit": True})
+        response = post(other, "/v1/chat/completions", key["key"],
+                        json={**CHAT, "model": "demo-small"})
+        assert response.status_code == 503
+        assert response.json()["error"]["code"] == "state_unavailable"
+        assert response.headers["retry-after"] == "5"
+        assert other.ledger() == []
+    finally:
+        other.admin.close()
+        other.handle.stop()

@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from redis.exceptions import RedisError
 
 from spendgate import simulated
 from spendgate.budget_rules import Subject
@@ -27,6 +28,7 @@ from spendgate.errors import (
     NotFound,
     PermissionDenied,
     SpendgateError,
+    StateUnavailable,
     UnknownModel,
     UpstreamTimeout,
 )
@@ -177,7 +179,12 @@ class ProxyApp:
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)
             call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
-            await self._guarded(call, payload, body, headers, receive, send)
+            try:
+                await self._guarded(call, payload, body, headers, receive, send)
+            except RedisError as exc:
+                log.error("shared counters unreachable: %s", exc)
+                raise StateUnavailable("spendgate cannot reach its shared counters (Redis), so "
+                                       "it cannot check budgets and limits; retry shortly") from exc
         except SpendgateError as err:
             await send_error(send, err, wire, request_id)
 
