@@ -28,6 +28,8 @@ from spendgate.webhooks.runtime import WebhookRuntime
 
 log = logging.getLogger("spendgate")
 
+MAX_REMEMBERED = 100_000
+
 
 class EventSink:
     """Stores events off the request path, each ``dedup_key`` at most once.
@@ -50,6 +52,8 @@ class EventSink:
                   org_id: str | None) -> None:
         if dedup_key in self._announced:
             return
+        if len(self._announced) >= MAX_REMEMBERED:
+            self._announced.clear()  # only a shortcut: the database's unique key decides
         self._announced.add(dedup_key)
         self.spawn(self._store(type_, dedup_key, data, now, org_id), f"event:{type_}")
 
