@@ -169,7 +169,12 @@ async def get_preferences(user_id: str, hooks: Hooks) -> dict[str, Any]:
 
 @notifications_router.put("/users/{user_id}/notification-preferences",
                           response_model=w.Preferences)
-async def put_preferences(user_id: str, body: w.Preferences, hooks: Hooks, svc: Svc
-                          ) -> dict[str, Any]:
+async def put_preferences(user_id: str, body: w.Preferences, hooks: Hooks, svc: Svc,
+                          request: Request, who: Who) -> dict[str, Any]:
     prefs = Preferences.from_json(body.model_dump())
-    return _prefs_out(await notes.put_preferences(hooks.engine, user_id, prefs, svc.clock.now()))
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        saved = await notes.put_preferences(hooks.engine, user_id, prefs, now, conn)
+        await audit(conn, request, who, "notification_preferences.updated", "user", user_id,
+                    now, after=_prefs_out(saved))
+    return _prefs_out(saved)

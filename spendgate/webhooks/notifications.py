@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.credentials import new_id
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.store import schema
+from spendgate.store.database import transaction
 from spendgate.webhooks.catalog import Event, is_low_severity, title, valid_pattern
 from spendgate.webhooks.formats import console_link, summary
 from spendgate.webhooks.matching import SCOPE_TYPES, Preferences, Recipient
@@ -78,27 +79,27 @@ async def get_preferences(engine: AsyncEngine, user_id: str) -> Preferences:
     return Preferences.from_json(None if row is None else row[0])
 
 
-async def put_preferences(engine: AsyncEngine, user_id: str, prefs: Preferences, now: datetime
-                          ) -> Preferences:
+async def put_preferences(engine: AsyncEngine, user_id: str, prefs: Preferences, now: datetime,
+                          conn: AsyncConnection | None = None) -> Preferences:
     bad = [t for t in prefs.event_types if not valid_pattern(t)]
     if bad:
         raise ValidationFailed(f"event_types: unknown event type {bad[0]!r}", param="event_types")
     wrong = [t for t, _ in prefs.scopes if t not in SCOPE_TYPES]
     if wrong:
         raise ValidationFailed(f"scopes: unknown scope_type {wrong[0]!r}", param="scopes")
-    async with engine.begin() as conn:
-        await _require_user(conn, user_id)
+    async with transaction(engine, conn) as tx:
+        await _require_user(tx, user_id)
         if prefs.webhook_endpoint_ids:
             ep = webhook_endpoints
-            known = {r[0] for r in await conn.execute(
+            known = {r[0] for r in await tx.execute(
                 sa.select(ep.c.id).where(ep.c.id.in_(prefs.webhook_endpoint_ids)))}
             missing = [i for i in prefs.webhook_endpoint_ids if i not in known]
             if missing:
                 raise ValidationFailed(f"channels.webhook_endpoint_ids: {missing[0]} does not "
                                        "exist", param="channels.webhook_endpoint_ids")
-        await conn.execute(PREFS.delete().where(PREFS.c.user_id == user_id))
-        await conn.execute(PREFS.insert().values(user_id=user_id, preferences=prefs.to_json(),
-                                                 updated_at=now))
+        await tx.execute(PREFS.delete().where(PREFS.c.user_id == user_id))
+        await tx.execute(PREFS.insert().values(user_id=user_id, preferences=prefs.to_json(),
+                                               updated_at=now))
     return prefs
 
 
