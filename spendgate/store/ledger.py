@@ -58,7 +58,9 @@ _TIMES = (LedgerEntry._fields.index("started_at"), LedgerEntry._fields.index("fi
 
 def _sqlite_time(value: datetime) -> str:
     """The text form SQLAlchemy's SQLite DATETIME stores (UTC, naive)."""
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+    if value.utcoffset():
+        value = value.astimezone(UTC)
+    return value.isoformat(sep=" ", timespec="microseconds")[:26]
 
 
 def sqlite_row(entry: LedgerEntry) -> tuple[Any, ...]:
