@@ -406,7 +406,19 @@ class Bench:
         )
         if status >= 300:
             raise RuntimeError(f"POST /admin/keys -> {status}: {raw[:500]!r}")
-        return proc, base, json.loads(raw)["key"]
+        key = json.loads(raw)
+        if self.args.with_limits:
+            # enforcement on every call: a hard-capped budget and a rate limit that never bind
+            for path, body in (
+                ("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
+                                    "amount_usd": "1000000", "hard_limit": True}),
+                ("/admin/rate-limits", {"scope_type": "key", "scope_id": key["id"], "model": "*",
+                                        "rpm": 10_000_000, "tpm": 10_000_000_000}),
+            ):
+                status, raw = http("POST", f"{base}{path}", body, MASTER_KEY)
+                if status >= 300:
+                    raise RuntimeError(f"POST {path} -> {status}: {raw[:500]!r}")
+        return proc, base, key["key"]
 
     def start_litellm(self) -> tuple[subprocess.Popen[bytes], str, str]:
         port = free_port()
@@ -887,6 +899,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--stream-conns", type=int, default=16)
     p.add_argument("--skip-litellm", action="store_true")
+    p.add_argument("--with-limits", action="store_true",
+                   help="give the bench key a hard-capped budget and a (never binding) rate limit")
     p.add_argument("--skip-flat", action="store_true")
     p.add_argument("--skip-profile", action="store_true")
     p.add_argument("--profile-seconds", type=int, default=10)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
+from functools import lru_cache
 
 from spendgate.budget_windows import Period
 
@@ -140,11 +141,17 @@ def thresholds(budget: Budget) -> list[Threshold]:
     return levels
 
 
+@lru_cache(maxsize=4096)
+def levels(budget: Budget, amount_nanos: int) -> tuple[tuple[Threshold, int], ...]:
+    """Each threshold with its level in nanos (cached: this runs on every settle)."""
+    return tuple((t, percent_of(amount_nanos, t.percent)) for t in thresholds(budget))
+
+
 def crossed(budget: Budget, amount_nanos: int, before: int, after: int) -> list[Threshold]:
     """Thresholds whose level lies in ``(before, after]`` — each fires once per crossing."""
     if after <= before:
         return []
-    return [t for t in thresholds(budget) if before < percent_of(amount_nanos, t.percent) <= after]
+    return [t for t, level in levels(budget, amount_nanos) if before < level <= after]
 
 
 def reached(budget: Budget, amount_nanos: int, spent: int) -> list[Threshold]:

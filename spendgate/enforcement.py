@@ -16,7 +16,7 @@ from functools import partial
 from typing import Any
 
 from spendgate import budget_rules as rules
-from spendgate.budget_windows import Window, window_at
+from spendgate.budget_windows import Period, Window, window_at
 from spendgate.clock import Clock
 from spendgate.counters import BucketState, Counters, Hold, Refusal, Settlement
 from spendgate.credentials import new_id
@@ -84,6 +84,7 @@ class Enforcer:
         self._loaded_at = float("-inf")
         self._seeded: set[str] = set()
         self._seed_lock = asyncio.Lock()
+        self._windows: dict[tuple[Period, str, str], Window] = {}
 
     # -- policy snapshot -----------------------------------------------------------------
     async def refresh(self) -> None:
@@ -107,11 +108,21 @@ class Enforcer:
         for budget in budgets:
             if not rules.applies(budget, subject):
                 continue
-            window = window_at(now, budget.period, budget.timezone, budget.week_start)
+            window = self._window(budget, now)
             amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
             applied.append(Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount)))
         wallets = tuple(w for w in org_wallets if w.covers(subject))
         return tuple(applied), wallets
+
+    def _window(self, budget: rules.Budget, now: datetime) -> Window:
+        """The budget's current period; computing it takes ~50 µs, so it is reused until
+        ``now`` leaves it."""
+        shape = (budget.period, budget.timezone, budget.week_start)
+        window = self._windows.get(shape)
+        if window is None or not window.contains(now):
+            window = window_at(now, *shape)
+            self._windows[shape] = window
+        return window
 
     def raises_for(self, budget_id: str) -> tuple[rules.Raise, ...]:
         return self._snapshot.raises.get(budget_id, ())
