@@ -8,7 +8,8 @@ import asyncio
 import os
 import textwrap
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 from spendgate.app import Gateway, create_app
 from spendgate.clock import FrozenClock
@@ -155,6 +157,21 @@ def gateway_config(upstream_url: str, tmp_path: Path, extra: str = "") -> Path:
     path = tmp_path / "spendgate.toml"
     path.write_text(text)
     return path
+
+
+@asynccontextmanager
+async def redis_keyspace() -> AsyncIterator[str]:
+    """A fresh key prefix on the real Redis; every key under it is deleted afterwards."""
+    prefix = f"sgtest:{uuid.uuid4().hex}:"
+    admin = Redis.from_url(REDIS_URL)
+    try:
+        assert await admin.ping()  # a ConnectionError here fails the test loudly
+        yield prefix
+        keys = [key async for key in admin.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await admin.delete(*keys)
+    finally:
+        await admin.aclose()
 
 
 @dataclass

@@ -8,36 +8,17 @@ keys afterwards. Time is passed in as plain numbers; nothing sleeps or reads the
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
-from redis.asyncio import Redis
 
 from spendgate.counters import BucketState, Counters, Hold, Refusal, Settlement
 from spendgate.counters.factory import counters_from_url
 from spendgate.counters.memory import MemoryCounters
 from spendgate.counters.redis import RedisCounters
+from tests.conftest import REDIS_URL, redis_keyspace
 
-REDIS_URL = os.environ.get("SPENDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 EXPIRES = 1_800_000_000.0
-
-
-@asynccontextmanager
-async def redis_keyspace() -> AsyncIterator[str]:
-    """A fresh key prefix on the real Redis; every key under it is deleted afterwards."""
-    prefix = f"sgtest:{uuid.uuid4().hex}:"
-    admin = Redis.from_url(REDIS_URL)
-    try:
-        assert await admin.ping()  # a ConnectionError here fails the test loudly
-        yield prefix
-        keys = [key async for key in admin.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await admin.delete(*keys)
-    finally:
-        await admin.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])

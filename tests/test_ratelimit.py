@@ -8,10 +8,7 @@ keys afterwards. Time is passed in as plain numbers; nothing sleeps or reads the
 from __future__ import annotations
 
 import asyncio
-import os
-import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 
 import pytest
 from redis.asyncio import Redis
@@ -20,8 +17,8 @@ from spendgate.ratelimit import Check, CheckResult, Denial, Granted, RateLimiter
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.memory import MemoryRateLimiter
 from spendgate.ratelimit.redis import RedisRateLimiter
+from tests.conftest import REDIS_URL, redis_keyspace
 
-REDIS_URL = os.environ.get("SPENDGATE_TEST_REDIS", "redis://127.0.0.1:6379/0")
 EXPIRES = 1_000.0  # far beyond every `now` below, unless a test says otherwise
 RPM5 = Check("k:requests", "requests", 5, 60.0, 1)
 
@@ -32,21 +29,6 @@ def tokens(amount: int, limit: int = 1_000) -> Check:
 
 def slot(limit: int = 2) -> Check:
     return Check("k:concurrency", "concurrency", limit, 0, 1)
-
-
-@asynccontextmanager
-async def redis_keyspace() -> AsyncIterator[str]:
-    """A fresh key prefix on the real Redis; every key under it is deleted afterwards."""
-    prefix = f"sgtest:{uuid.uuid4().hex}:"
-    admin = Redis.from_url(REDIS_URL)
-    try:
-        assert await admin.ping()  # a ConnectionError here fails the test loudly
-        yield prefix
-        keys = [key async for key in admin.scan_iter(match=f"{prefix}*", count=1000)]
-        if keys:
-            await admin.delete(*keys)
-    finally:
-        await admin.aclose()
 
 
 @pytest.fixture(params=["memory", "redis"])

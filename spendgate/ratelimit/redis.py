@@ -30,10 +30,11 @@ from collections.abc import Mapping, Sequence
 from importlib.resources import files
 from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from spendgate.ratelimit import Check, CheckResult, Denial, Granted, validate
+from spendgate.redis_pool import pooled_client
 
 _LUA = files("spendgate.ratelimit") / "lua"
 #: how long a reservation's record outlives its ``expires_at`` (seconds)
@@ -66,12 +67,9 @@ class RedisRateLimiter:
     def from_url(
         cls, url: str, *, prefix: str = "sg:", max_connections: int = 50, pool_timeout: float = 5.0
     ) -> RedisRateLimiter:
-        """``redis://host:6379/0`` or ``rediss://…``. Calls share a pool of up to
-        ``max_connections``; a burst beyond that waits up to ``pool_timeout`` seconds."""
-        pool = BlockingConnectionPool.from_url(
-            url, max_connections=max_connections, timeout=pool_timeout
-        )
-        return cls(Redis.from_pool(pool), prefix=prefix)
+        """See :func:`spendgate.redis_pool.pooled_client`."""
+        client = pooled_client(url, max_connections=max_connections, pool_timeout=pool_timeout)
+        return cls(client, prefix=prefix)
 
     @property
     def prefix(self) -> str:
