@@ -26,10 +26,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
 from spendgate.admin.audit import router as audit_router
+from spendgate.admin.deps import unguarded_routes
 from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
+from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.audit import load_audit_settings
 from spendgate.clock import Clock, SystemClock
@@ -120,7 +122,11 @@ def build_admin(services: Services) -> FastAPI:
     install_webhooks(api, services.webhooks)
     api.include_router(audit_router)
     api.include_router(forecasts_router)
+    api.include_router(tokens_router)
     api.state.audit_settings = services.audit_settings
+    unguarded = unguarded_routes(api)
+    if unguarded:  # a route without a permission rule is a bug, not a default
+        raise RuntimeError(f"admin routes without a permission: {', '.join(unguarded)}")
     return api
 
 

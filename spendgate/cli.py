@@ -6,6 +6,7 @@ import json
 import os
 import secrets
 import sys
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import httpx
@@ -219,6 +220,76 @@ def keys_create(
     _show(created, as_json, ["id", "name", "key"])
     if not as_json:
         err_console.print("[yellow]The key is shown once; store it now.[/]")
+
+
+@users.command("update")
+def users_update(
+    user_id: str,
+    role: Annotated[str | None, typer.Option(help="org_admin, finance, team_admin, viewer, "
+                                             "member")] = None,
+    teams_: Annotated[str | None, typer.Option("--teams", help="comma separated team ids "
+                                               "(replaces the user's teams)")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a user's role or teams (their admin tokens follow at once; audited)."""
+    body: dict[str, Any] = {"role": role} if role else {}
+    if teams_ is not None:
+        body["team_ids"] = _opt_list(teams_)
+    _show(_call(url, "PATCH", f"/admin/users/{user_id}", json=body), as_json,
+          ["id", "email", "role", "team_ids"])
+
+
+TOKEN_COLUMNS = ["id", "name", "user_id", "token_prefix", "status", "expires_at",
+                 "last_used_at"]
+tokens = _crud("tokens", "/admin/tokens", TOKEN_COLUMNS)
+
+
+def _expiry(days: int | None) -> str | None:
+    if days is None:
+        return None
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+@tokens.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Option("--user", help="the user the token acts as")],
+    name: Annotated[str, typer.Option()] = "cli",
+    expires_in_days: Annotated[int | None, typer.Option(min=1)] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an admin token (printed once; store it as SPENDGATE_ADMIN_TOKEN)."""
+    body = {"user_id": user, "name": name, "expires_at": _expiry(expires_in_days)}
+    _show(_call(url, "POST", "/admin/tokens", json=body), as_json, ["id", "name", "token"])
+
+
+@tokens.command("revoke")
+def tokens_revoke(token_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Revoke an admin token: its next call gets 401."""
+    _show(_call(url, "POST", f"/admin/tokens/{token_id}/revoke"), as_json, TOKEN_COLUMNS)
+
+
+@app.command()
+def bootstrap(
+    org: Annotated[str, typer.Option("--org", help="name of the org to create")],
+    email: Annotated[str, typer.Option("--email", help="the first org admin")],
+    expires_in_days: Annotated[int | None, typer.Option(min=1)] = 90,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """With the master key: create an org, its first org admin and that admin's token.
+
+    The token is printed once; from then on the admin works with it
+    (``SPENDGATE_ADMIN_TOKEN``) and the master key can go back in the safe."""
+    made = _call(url, "POST", "/admin/orgs", json={"name": org})
+    user = _call(url, "POST", "/admin/users",
+                 json={"email": email, "role": "org_admin", "org_id": made["id"]})
+    token = _call(url, "POST", "/admin/tokens", json={
+        "user_id": user["id"], "name": "bootstrap", "expires_at": _expiry(expires_in_days)})
+    _show({"org_id": made["id"], "user_id": user["id"], "token_id": token["id"],
+           "token": token["token"], "expires_at": token["expires_at"]}, as_json,
+          ["org_id", "user_id", "token_id", "token", "expires_at"])
 
 
 @keys.command("revoke")

@@ -9,6 +9,7 @@ import itertools
 import os
 
 KEY_PREFIX = "sk-sg-"
+ADMIN_TOKEN_PREFIX = "sg-admin-"
 PREFIX_SHOWN = 12
 
 
@@ -28,9 +29,18 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):012x}"
 
 
+def _random_secret(prefix: str) -> str:
+    """``prefix`` followed by 256 random bits, URL-safe base64 without padding."""
+    return prefix + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+
+
 def new_virtual_key() -> str:
-    """``sk-sg-`` followed by 256 random bits, URL-safe base64 without padding."""
-    return KEY_PREFIX + base64.urlsafe_b64encode(os.urandom(32)).rstrip(b"=").decode()
+    return _random_secret(KEY_PREFIX)
+
+
+def new_admin_token() -> str:
+    """Admin tokens look unlike virtual keys so neither is ever mistaken for the other."""
+    return _random_secret(ADMIN_TOKEN_PREFIX)
 
 
 def hash_secret(secret: str) -> str:
@@ -39,7 +49,10 @@ def hash_secret(secret: str) -> str:
 
 
 def shown_prefix(secret: str) -> str:
-    return secret[:PREFIX_SHOWN]
+    """The start of a secret, kept for identification: the fixed prefix and a few random
+    characters (``sg-admin-`` is longer than ``sk-sg-``, so it shows as many of them)."""
+    fixed = ADMIN_TOKEN_PREFIX if secret.startswith(ADMIN_TOKEN_PREFIX) else KEY_PREFIX
+    return secret[:len(fixed) + PREFIX_SHOWN - len(KEY_PREFIX)]
 
 
 def secrets_equal(a: str, b: str) -> bool:

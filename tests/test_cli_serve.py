@@ -172,3 +172,30 @@ def test_serve_refuses_several_workers_without_redis(tmp_path: Path) -> None:
                            "--port", str(free_port())], env=env, capture_output=True, timeout=60)
     assert done.returncode == 2
     assert b"SPENDGATE_REDIS_URL" in done.stdout + done.stderr
+
+
+def test_cli_bootstrap_first_admin(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """The master key makes the first org admin and their token; the token then works on
+    its own, sees only its org, and can make and revoke tokens for others of the org."""
+    url, _, _ = served
+    run_cli(url, "orgs", "create", "someone-else")
+    made = run_cli(url, "bootstrap", "--org", "acme", "--email", "admin@acme.example")
+    assert made["token"].startswith("sg-admin-")  # type: ignore[index]
+
+    def as_admin(*args: str) -> object:
+        result = CliRunner().invoke(cli, [*args, "--url", url, "--json"],
+                                    env={"SPENDGATE_ADMIN_TOKEN": made["token"],  # type: ignore[index]
+                                         "SPENDGATE_MASTER_KEY": ""})
+        assert result.exit_code == 0, result.output
+        return json.loads(result.stdout)
+
+    orgs = as_admin("orgs", "list")
+    assert [o["name"] for o in orgs] == ["acme"]  # type: ignore[union-attr, index]
+    viewer = as_admin("users", "create", "v@acme.example", "--role", "viewer")
+    token = as_admin("tokens", "create", "--user", viewer["id"], "--expires-in-days", "7")  # type: ignore[index]
+    promoted = as_admin("users", "update", viewer["id"], "--role", "finance")  # type: ignore[index]
+    assert promoted["role"] == "finance"  # type: ignore[index]
+    revoked = as_admin("tokens", "revoke", token["id"])  # type: ignore[index]
+    assert revoked["status"] == "revoked"  # type: ignore[index]
+    gone = httpx.get(url + "/admin/orgs", headers={"authorization": f"Bearer {token['token']}"})  # type: ignore[index]
+    assert gone.status_code == 401

@@ -18,18 +18,20 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
+from spendgate.access import Can
+from spendgate.access import Principal as Caller
 from spendgate.admin import schemas as s
 from spendgate.admin.audit_trail import admin_event
-from spendgate.admin.routes import Svc, admin
+from spendgate.admin.deps import Svc, guard, principal
 from spendgate.audit import AuditEntry, AuditSettings, derive_key
 from spendgate.errors import ConfigError
 from spendgate.store import audit as store
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], tags=["audit"],
-                   responses={401: {"model": s.ErrorBody}, 409: {"model": s.ErrorBody},
-                              422: {"model": s.ErrorBody}})
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], tags=["audit"],
+                   responses={401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody},
+                              409: {"model": s.ErrorBody}, 422: {"model": s.ErrorBody}})
 
-Principal = Annotated[str, Depends(admin)]
+Principal = Annotated[Caller, Depends(principal)]
 EXPORT_BATCH = 2000
 CSV_COLUMNS = ("seq", "id", "at", "actor_type", "actor_id", "action", "target_type",
                "target_id", "before", "after", "request_id", "source_ip", "prev_hash", "hash")
@@ -56,10 +58,13 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _filters(start: datetime | None, end: datetime | None, actor: str | None,
+def _filters(who: Caller, start: datetime | None, end: datetime | None, actor: str | None,
              action: str | None, target: str | None) -> store.AuditFilter:
+    """The asked filters within the caller's scope: the master key reads every entry, an
+    org's members their org's, team roles their teams'."""
     return store.AuditFilter(_utc(start), _utc(end), actor or None, action or None,
-                             target or None)
+                             target or None, org_id=None if who.is_master else who.org_id,
+                             team_ids=who.team_filter())
 
 
 class AuditEntryOut(BaseModel):
@@ -109,9 +114,10 @@ class PurgeOut(BaseModel):
     entry_id: str | None
 
 
-@router.get("/audit", response_model=AuditPage)
+@router.get("/audit", response_model=AuditPage, dependencies=guard(Can.AUDIT_READ))
 async def list_audit(
     svc: Svc,
+    who: Principal,
     start: datetime | None = None,
     end: datetime | None = None,
     actor: str | None = None,
@@ -121,7 +127,8 @@ async def list_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Entries newest first, filtered by time, actor, action (``budget.*``) and target."""
-    entries = await store.list_entries(svc.engine, _filters(start, end, actor, action, target),
+    entries = await store.list_entries(svc.engine,
+                                       _filters(who, start, end, actor, action, target),
                                        limit=limit, before_seq=before_seq)
     last = entries[-1].seq if len(entries) == limit else None
     return {"entries": [e.as_dict() for e in entries], "next_before_seq": last}
@@ -155,7 +162,8 @@ async def _csv(pages: AsyncIterator[list[AuditEntry]]) -> AsyncIterator[bytes]:
 
 
 @router.get("/audit/export", response_class=StreamingResponse,
-            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}})
+            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+            dependencies=guard(Can.AUDIT_READ))
 async def export_audit(
     request: Request,
     svc: Svc,
@@ -169,15 +177,16 @@ async def export_audit(
 ) -> StreamingResponse:
     """Stream every matching entry (oldest first) as JSON lines or CSV; the export is
     itself recorded (``audit.exported``) before the first byte is sent."""
-    filters = _filters(start, end, actor, action, target)
+    filters = _filters(principal, start, end, actor, action, target)
     up_to, _ = await store.head(svc.engine)
     total = await store.count_entries(svc.engine, filters, up_to_seq=up_to)
     now = svc.clock.now()
     await store.record(svc.engine, admin_event(
-        request, principal, "audit.exported", "audit_log", None, at=now,
+        request, principal.actor, "audit.exported", "audit_log", None, at=now,
         after={"format": format, "entries": total, "up_to_seq": up_to,
                "filters": {"start": filters.start, "end": filters.end, "actor": actor,
-                           "action": action, "target": target}}))
+                           "action": action, "target": target}}),
+        org_id=filters.org_id, team_ids=filters.team_ids or ())
     pages = store.pages(svc.engine, 0, up_to, filters.conditions(), EXPORT_BATCH)
     body = _jsonl(pages) if format == "jsonl" else _csv(pages)
     name = f"spendgate-audit-{now:%Y%m%dT%H%M%SZ}.{format}"
@@ -185,20 +194,20 @@ async def export_audit(
         "content-disposition": f'attachment; filename="{name}"', "x-audit-count": str(total)})
 
 
-@router.get("/audit/verify", response_model=VerifyOut)
+@router.get("/audit/verify", response_model=VerifyOut, dependencies=guard(Can.AUDIT_VERIFY))
 async def verify_audit(svc: Svc, audit: Audit) -> dict[str, Any]:
     """Walk the hash chain from the newest signed checkpoint; name the first bad entry."""
     return (await store.verify(svc.engine, audit.key)).as_dict()
 
 
-@router.post("/audit/purge", response_model=PurgeOut)
+@router.post("/audit/purge", response_model=PurgeOut, dependencies=guard(Can.AUDIT_PURGE))
 async def purge_audit(request: Request, body: PurgeIn, svc: Svc, audit: Audit,
                       principal: Principal) -> dict[str, Any]:
     """Delete entries older than ``before`` (never younger than the configured
     retention), leaving a signed checkpoint so the chain still verifies."""
     now = svc.clock.now()
     before = _utc(body.before) or now - timedelta(days=audit.retention_days)
-    event = admin_event(request, principal, "audit.purged", "audit_log", None, at=now)
+    event = admin_event(request, principal.actor, "audit.purged", "audit_log", None, at=now)
     result = await store.purge(svc.engine, before, audit.key, now=now,
                                min_retention_days=audit.retention_days,
                                actor=(event.actor_type, event.actor_id),

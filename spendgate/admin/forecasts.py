@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
+from pydantic import BaseModel
 
+from spendgate.access import Can
 from spendgate.admin import schemas as s
-from spendgate.admin.routes import Svc, admin
+from spendgate.admin.deps import Scoped, Svc, Who, guard, principal
 from spendgate.budget_windows import window_at
 from spendgate.money import format_usd
 from spendgate.services import Services
 from spendgate.store.forecasts import crossing_dates, refresh_all, stored_forecast
 from spendgate.store.policies import budget_from_row
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin)],
-                   responses={401: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
-                              422: {"model": s.ErrorBody}})
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)],
+                   responses={401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody},
+                              404: {"model": s.ErrorBody}, 422: {"model": s.ErrorBody}})
 
 #: a stored forecast older than this is recomputed when read
 MAX_AGE = timedelta(hours=1)
@@ -64,15 +65,21 @@ async def forecast_for_status(svc: Services, budget_id: str, period_key: str
     return forecast_out(row) if row is not None and row["period_key"] == period_key else None
 
 
-@router.get("/forecasts/{budget_id}", response_model=s.ForecastOut, tags=["forecasts"])
-async def get_forecast(budget_id: str, svc: Svc, refresh: bool = False) -> dict[str, Any]:
+@router.get("/forecasts/{budget_id}", response_model=s.ForecastOut, tags=["forecasts"],
+            dependencies=guard(Can.FORECASTS_READ))
+async def get_forecast(budget_id: str, svc: Svc, scope: Scoped, refresh: bool = False
+                       ) -> dict[str, Any]:
     """Where the budget's current period is expected to land (P10/P50/P90)."""
+    await scope.budget(budget_id)
     return await current_forecast(svc, budget_id, refresh=refresh)
 
 
-@router.post("/forecasts/refresh", response_model=RefreshOut, tags=["forecasts"])
-async def refresh_forecasts(svc: Svc, org_id: str | None = None) -> dict[str, Any]:
-    """Recompute every budget's forecast now (otherwise done on a schedule)."""
+@router.post("/forecasts/refresh", response_model=RefreshOut, tags=["forecasts"],
+             dependencies=guard(Can.FORECASTS_REFRESH))
+async def refresh_forecasts(svc: Svc, who: Who, org_id: str | None = None) -> dict[str, Any]:
+    """Recompute every budget's forecast now (otherwise done on a schedule); an org
+    member's call refreshes their own org's budgets."""
+    org_id = who.org_filter(org_id)
     started, now = svc.clock.monotonic(), svc.clock.now()
     policy = await svc.policies.snapshot(now)
     budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]

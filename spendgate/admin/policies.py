@@ -6,28 +6,23 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Request
 
 from spendgate import budget_rules as rules
+from spendgate.access import Can, Owner
 from spendgate.admin import schemas as s
+from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
 from spendgate.admin.forecasts import forecast_for_status
-from spendgate.admin.routes import Svc, Who, admin, audit
+from spendgate.admin.routes import ERRORS
 from spendgate.budget_windows import validate_timezone, window_at
 from spendgate.enforcement import wallet_bucket
 from spendgate.errors import ValidationFailed
 from spendgate.money import format_usd, usd_to_nanos
 from spendgate.services import Services
-from spendgate.store import schema
 from spendgate.store.events import fired_keys, record_event
 from spendgate.store.policies import Wallet, budget_from_row
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin)],
-                   responses={401: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
-                              422: {"model": s.ErrorBody}})
-
-SCOPE_TABLES = {"org": schema.orgs, "team": schema.teams, "user": schema.users,
-                "agent": schema.agents, "key": schema.virtual_keys}
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=ERRORS)
 
 
 def _pct(value: Decimal) -> str:
@@ -38,27 +33,25 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def scope_org(svc: Services, scope_type: str, scope_id: str | None, tag: str | None,
-                     org_id: str | None) -> str:
-    """The org a scope belongs to; 422 naming the field when it does not exist."""
+async def scope_owner(scope: Scope, scope_type: str, scope_id: str | None, tag: str | None,
+                      org_id: str | None) -> Owner:
+    """The owner of a budget's, wallet's or rate limit's scope; 422 naming the field when
+    it does not exist or is not the caller's; team roles name one of their teams' objects."""
     if scope_type == "tag":
         if not tag:
             raise ValidationFailed("tag: required when scope_type is tag", param="tag")
         if not org_id:
             raise ValidationFailed("org_id: required when scope_type is tag", param="org_id")
-        scope_type, scope_id = "org", org_id
+        owner = await scope.referenced("org", org_id, "org_id")
     elif not scope_id:
         raise ValidationFailed(f"scope_id: required when scope_type is {scope_type}",
                                param="scope_id")
-    table = SCOPE_TABLES[scope_type]
-    async with svc.engine.connect() as conn:
-        row = (await conn.execute(sa.select(table).where(table.c.id == scope_id))).first()
-    if row is None:
-        raise ValidationFailed(f"scope_id: {scope_type} {scope_id} does not exist", param="scope_id")
-    found = str(row.id if scope_type == "org" else row.org_id)
-    if org_id is not None and found != org_id:
+    else:
+        owner = await scope.referenced(scope_type, scope_id, "scope_id")
+    if org_id is not None and owner.org_id != org_id:
         raise ValidationFailed("org_id: the scope belongs to another org", param="org_id")
-    return found
+    scope.require_team_objects(owner, "scope_id")
+    return owner
 
 
 def _check_levels(values: dict[str, Any]) -> None:
@@ -97,10 +90,12 @@ def _stored(body: s.BudgetIn | s.BudgetPatch, *, only_set: bool = True) -> dict[
     return values
 
 
-@router.post("/budgets", response_model=s.BudgetOut, status_code=201, tags=["budgets"])
-async def create_budget(body: s.BudgetIn, svc: Svc, request: Request, who: Who
+@router.post("/budgets", response_model=s.BudgetOut, status_code=201, tags=["budgets"],
+             dependencies=guard(Can.BUDGETS_WRITE))
+async def create_budget(body: s.BudgetIn, svc: Svc, request: Request, who: Who, scope: Scoped
                         ) -> dict[str, Any]:
-    org_id = await scope_org(svc, body.scope_type, body.scope_id, body.tag, body.org_id)
+    owner = await scope_owner(scope, body.scope_type, body.scope_id, body.tag, body.org_id)
+    org_id = owner.org_id
     values = _stored(body, only_set=False)
     values.update(org_id=org_id, scope_id=None if body.scope_type == "tag" else body.scope_id,
                   tag=body.tag if body.scope_type == "tag" else None)
@@ -108,26 +103,33 @@ async def create_budget(body: s.BudgetIn, svc: Svc, request: Request, who: Who
     _check_levels(values)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        row = await svc.policies.create_budget(conn, {**values, "created_at": now, "updated_at": now})
+        row = await svc.policies.create_budget(conn, {**values, "created_at": now,
+                                                      "updated_at": now})
         await audit(conn, request, who, "budget.created", "budget", row["id"], now,
-                    after=budget_out(row))
+                    owner=owner, after=budget_out(row))
     await svc.enforcer.refresh()
     return budget_out(row)
 
 
-@router.get("/budgets", response_model=list[s.BudgetOut], tags=["budgets"])
-async def list_budgets(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
-    return [budget_out(r) for r in await svc.policies.list_budgets(org_id)]
+@router.get("/budgets", response_model=list[s.BudgetOut], tags=["budgets"],
+            dependencies=guard(Can.BUDGETS_READ))
+async def list_budgets(svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
+                       ) -> list[dict[str, Any]]:
+    rows = await svc.policies.list_budgets(who.org_filter(org_id))
+    return [budget_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 
-@router.get("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"])
-async def get_budget(budget_id: str, svc: Svc) -> dict[str, Any]:
-    return budget_out(await svc.policies.get_budget(budget_id))
+@router.get("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"],
+            dependencies=guard(Can.BUDGETS_READ))
+async def get_budget(budget_id: str, scope: Scoped) -> dict[str, Any]:
+    return budget_out((await scope.budget(budget_id))[0])
 
 
-@router.patch("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"])
+@router.patch("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"],
+              dependencies=guard(Can.BUDGETS_WRITE))
 async def update_budget(budget_id: str, body: s.BudgetPatch, svc: Svc, request: Request,
-                        who: Who) -> dict[str, Any]:
+                        who: Who, scope: Scoped) -> dict[str, Any]:
+    _, owner = await scope.budget(budget_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         current = await svc.policies.get_budget(budget_id, conn)
@@ -136,26 +138,30 @@ async def update_budget(budget_id: str, body: s.BudgetPatch, svc: Svc, request: 
         changes = {k: merged[k] for k in _stored(body)}
         await svc.policies.update_budget(conn, budget_id, {**changes, "updated_at": now})
         await audit(conn, request, who, "budget.updated", "budget", budget_id, now,
-                    before=budget_out(current),
+                    owner=owner, before=budget_out(current),
                     after=budget_out({**merged, "updated_at": now}))
     await svc.enforcer.refresh()
     return budget_out(await svc.policies.get_budget(budget_id))
 
 
-@router.delete("/budgets/{budget_id}", status_code=204, tags=["budgets"])
-async def delete_budget(budget_id: str, svc: Svc, request: Request, who: Who) -> None:
+@router.delete("/budgets/{budget_id}", status_code=204, tags=["budgets"],
+               dependencies=guard(Can.BUDGETS_WRITE))
+async def delete_budget(budget_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+                        ) -> None:
+    _, owner = await scope.budget(budget_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         current = await svc.policies.get_budget(budget_id, conn)
         await svc.policies.delete_budget(conn, budget_id)
         await audit(conn, request, who, "budget.deleted", "budget", budget_id, now,
-                    before=budget_out(current))
+                    owner=owner, before=budget_out(current))
     await svc.enforcer.refresh()
 
 
-@router.get("/budgets/{budget_id}/status", response_model=s.BudgetStatus, tags=["budgets"])
-async def budget_status(budget_id: str, svc: Svc) -> dict[str, Any]:
-    budget = budget_from_row(await svc.policies.get_budget(budget_id))
+@router.get("/budgets/{budget_id}/status", response_model=s.BudgetStatus, tags=["budgets"],
+            dependencies=guard(Can.BUDGETS_READ))
+async def budget_status(budget_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
+    budget = budget_from_row((await scope.budget(budget_id))[0])
     now = svc.clock.now()
     raises = [r for r in svc.enforcer.raises_for(budget.id) if r.active_at(now)]
     window = window_at(now, budget.period, budget.timezone, budget.week_start)
@@ -189,9 +195,10 @@ def exception_out(row: dict[str, Any]) -> dict[str, Any]:
 
 
 @router.post("/budgets/{budget_id}/exceptions", response_model=s.ExceptionOut, status_code=201,
-             tags=["budgets"])
+             tags=["budgets"], dependencies=guard(Can.BUDGETS_WRITE))
 async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc, request: Request,
-                          who: Who) -> dict[str, Any]:
+                          who: Who, scope: Scoped) -> dict[str, Any]:
+    _, owner = await scope.budget(budget_id)
     if (body.amount_usd is None) == (body.percent is None):
         raise ValidationFailed("amount_usd: give exactly one of amount_usd or percent",
                                param="amount_usd")
@@ -203,25 +210,27 @@ async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc, request
     values: dict[str, Any] = {"budget_id": budget_id,
               "amount_nanos": usd_to_nanos(body.amount_usd) if body.amount_usd else 0,
               "percent": _pct(body.percent) if body.percent else "0", "reason": body.reason,
-              "granted_by": who, "starts_at": starts, "expires_at": expires, "created_at": now}
+              "granted_by": who.actor, "starts_at": starts, "expires_at": expires,
+              "created_at": now}
     async with svc.engine.begin() as conn:
         budget = await svc.policies.get_budget(budget_id, conn)
         row = await svc.policies.add_exception(conn, values)
         await record_event(conn, "budget.exception_granted", {
             "budget_id": budget_id, "exception_id": row["id"], "reason": body.reason,
             "amount_usd": format_usd(values["amount_nanos"]), "percent": values["percent"],
-            "granted_by": who, "starts_at": starts.isoformat(), "expires_at": expires.isoformat()},
+            "granted_by": who.actor, "starts_at": starts.isoformat(),
+            "expires_at": expires.isoformat()},
             now, org_id=budget["org_id"], dedup_key=f"exception:{row['id']}:granted")
         await audit(conn, request, who, "budget.exception_granted", "budget", budget_id, now,
-                    after=exception_out(row))
+                    owner=owner, after=exception_out(row))
     await svc.enforcer.refresh()
     return exception_out(row)
 
 
 @router.get("/budgets/{budget_id}/exceptions", response_model=list[s.ExceptionOut],
-            tags=["budgets"])
-async def list_exceptions(budget_id: str, svc: Svc) -> list[dict[str, Any]]:
-    await svc.policies.get_budget(budget_id)
+            tags=["budgets"], dependencies=guard(Can.BUDGETS_READ))
+async def list_exceptions(budget_id: str, svc: Svc, scope: Scoped) -> list[dict[str, Any]]:
+    await scope.budget(budget_id)
     return [exception_out(r) for r in await svc.policies.list_exceptions(budget_id)]
 
 
@@ -239,10 +248,17 @@ async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
             "reserved_usd": format_usd(reserved), "balance_usd": format_usd(cap - spent)}
 
 
-@router.post("/wallets", response_model=s.WalletOut, status_code=201, tags=["wallets"])
-async def create_wallet(body: s.WalletIn, svc: Svc, request: Request, who: Who
+async def wallet_in_scope(scope: Scope, wallet_id: str) -> tuple[dict[str, Any], Owner]:
+    row = await scope.svc.policies.get_wallet(wallet_id)
+    return row, scope.require(await scope.of_policy(row), "wallet", wallet_id)
+
+
+@router.post("/wallets", response_model=s.WalletOut, status_code=201, tags=["wallets"],
+             dependencies=guard(Can.WALLETS_WRITE))
+async def create_wallet(body: s.WalletIn, svc: Svc, request: Request, who: Who, scope: Scoped
                         ) -> dict[str, Any]:
-    org_id = await scope_org(svc, body.scope_type, body.scope_id, None, None)
+    owner = await scope_owner(scope, body.scope_type, body.scope_id, None, None)
+    org_id = owner.org_id
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_wallet(conn, {
@@ -252,47 +268,54 @@ async def create_wallet(body: s.WalletIn, svc: Svc, request: Request, who: Who
         if body.initial_topup_usd:
             await svc.policies.add_topup(conn, {
                 "wallet_id": row["id"], "amount_nanos": usd_to_nanos(body.initial_topup_usd),
-                "note": "initial top-up", "created_by": who, "created_at": now})
+                "note": "initial top-up", "created_by": who.actor, "created_at": now})
         await audit(conn, request, who, "wallet.created", "wallet", row["id"], now,
-                    after={**row, "initial_topup_usd": body.initial_topup_usd})
+                    owner=owner, after={**row, "initial_topup_usd": body.initial_topup_usd})
     await svc.enforcer.refresh()
     return await wallet_out(svc, row)
 
 
-@router.get("/wallets", response_model=list[s.WalletOut], tags=["wallets"])
-async def list_wallets(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
-    return [await wallet_out(svc, r) for r in await svc.policies.list_wallets(org_id)]
+@router.get("/wallets", response_model=list[s.WalletOut], tags=["wallets"],
+            dependencies=guard(Can.WALLETS_READ))
+async def list_wallets(svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
+                       ) -> list[dict[str, Any]]:
+    rows = await svc.policies.list_wallets(who.org_filter(org_id))
+    return [await wallet_out(svc, r)
+            for r in await scope.filter(rows, scope.of_policy)]
 
 
-@router.get("/wallets/{wallet_id}", response_model=s.WalletOut, tags=["wallets"])
-async def get_wallet(wallet_id: str, svc: Svc) -> dict[str, Any]:
-    return await wallet_out(svc, await svc.policies.get_wallet(wallet_id))
+@router.get("/wallets/{wallet_id}", response_model=s.WalletOut, tags=["wallets"],
+            dependencies=guard(Can.WALLETS_READ))
+async def get_wallet(wallet_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
+    return await wallet_out(svc, (await wallet_in_scope(scope, wallet_id))[0])
 
 
 @router.post("/wallets/{wallet_id}/topups", response_model=s.TopupOut, status_code=201,
-             tags=["wallets"])
-async def top_up(wallet_id: str, body: s.TopupIn, svc: Svc, request: Request, who: Who
-                 ) -> dict[str, Any]:
-    row = await svc.policies.get_wallet(wallet_id)
+             tags=["wallets"], dependencies=guard(Can.WALLETS_WRITE))
+async def top_up(wallet_id: str, body: s.TopupIn, svc: Svc, request: Request, who: Who,
+                 scope: Scoped) -> dict[str, Any]:
+    row, owner = await wallet_in_scope(scope, wallet_id)
     wallet = Wallet(row["id"], row["org_id"], row["scope_type"], row["scope_id"],
                     int(row["low_balance_nanos"]), row["created_at"])
     await svc.enforcer.seed_wallet(wallet)
     amount = usd_to_nanos(body.amount_usd)
     async with svc.engine.begin() as conn:
         topup = await svc.policies.add_topup(conn, {
-            "wallet_id": wallet_id, "amount_nanos": amount, "note": body.note, "created_by": who,
+            "wallet_id": wallet_id, "amount_nanos": amount, "note": body.note,
+            "created_by": who.actor,
             "created_at": svc.clock.now()})
         await audit(conn, request, who, "wallet.topped_up", "wallet", wallet_id, svc.clock.now(),
-                    after={"topup_id": topup["id"], "amount_usd": format_usd(amount),
+                    owner=owner, after={"topup_id": topup["id"], "amount_usd": format_usd(amount),
                            "note": body.note})
     await svc.counters.add_cap(wallet_bucket(wallet), amount)
     return {**{k: v for k, v in topup.items() if k != "amount_nanos"},
             "amount_usd": format_usd(amount)}
 
 
-@router.get("/wallets/{wallet_id}/topups", response_model=list[s.TopupOut], tags=["wallets"])
-async def list_topups(wallet_id: str, svc: Svc) -> list[dict[str, Any]]:
-    await svc.policies.get_wallet(wallet_id)
+@router.get("/wallets/{wallet_id}/topups", response_model=list[s.TopupOut], tags=["wallets"],
+            dependencies=guard(Can.WALLETS_READ))
+async def list_topups(wallet_id: str, svc: Svc, scope: Scoped) -> list[dict[str, Any]]:
+    await wallet_in_scope(scope, wallet_id)
     return [{**{k: v for k, v in t.items() if k != "amount_nanos"},
              "amount_usd": format_usd(int(t["amount_nanos"]))}
             for t in await svc.policies.list_topups(wallet_id)]

@@ -6,15 +6,16 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
+from spendgate.access import Can, Owner
 from spendgate.admin import schemas as s
-from spendgate.admin.policies import scope_org
-from spendgate.admin.routes import Svc, Who, admin, audit
+from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.policies import scope_owner
+from spendgate.admin.routes import ERRORS
 from spendgate.errors import ValidationFailed
 from spendgate.money import format_usd, usd_to_nanos
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin)], tags=["rate limits"],
-                   responses={401: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
-                              422: {"model": s.ErrorBody}})
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], tags=["rate limits"],
+                   responses=ERRORS)
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "max_spend_nanos")
 
@@ -34,39 +35,51 @@ def _stored(data: dict[str, Any]) -> dict[str, Any]:
     return values
 
 
-@router.post("/rate-limits", response_model=s.RateLimitOut, status_code=201)
-async def create_rate_limit(body: s.RateLimitIn, svc: Svc, request: Request, who: Who
-                            ) -> dict[str, Any]:
+async def limit_in_scope(scope: Scope, limit_id: str) -> tuple[dict[str, Any], Owner]:
+    row = await scope.svc.policies.get_rate_limit(limit_id)
+    return row, scope.require(await scope.of_policy(row), "rate limit", limit_id)
+
+
+@router.post("/rate-limits", response_model=s.RateLimitOut, status_code=201,
+             dependencies=guard(Can.LIMITS_WRITE))
+async def create_rate_limit(body: s.RateLimitIn, svc: Svc, request: Request, who: Who,
+                            scope: Scoped) -> dict[str, Any]:
     values = _stored(body.model_dump())
     if all(values[f] is None for f in LIMIT_FIELDS):
         raise ValidationFailed("rpm: set at least one of rpm, tpm, max_concurrent, max_spend_usd",
                                param="rpm")
-    org_id = await scope_org(svc, body.scope_type, body.scope_id, None, None)
+    owner = await scope_owner(scope, body.scope_type, body.scope_id, None, None)
+    org_id = owner.org_id
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_rate_limit(conn, {**values, "org_id": org_id,
                                                           "created_at": now, "updated_at": now})
         await audit(conn, request, who, "rate_limit.created", "rate_limit", row["id"], now,
-                    after=limit_out(row))
+                    owner=owner, after=limit_out(row))
     await svc.enforcer.refresh()
     return limit_out(row)
 
 
-@router.get("/rate-limits", response_model=list[s.RateLimitOut])
-async def list_rate_limits(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
-    return [limit_out(r) for r in await svc.policies.list_rate_limits(org_id)]
+@router.get("/rate-limits", response_model=list[s.RateLimitOut],
+            dependencies=guard(Can.LIMITS_READ))
+async def list_rate_limits(svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
+                           ) -> list[dict[str, Any]]:
+    rows = await svc.policies.list_rate_limits(who.org_filter(org_id))
+    return [limit_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 
-@router.get("/rate-limits/{limit_id}", response_model=s.RateLimitOut)
-async def get_rate_limit(limit_id: str, svc: Svc) -> dict[str, Any]:
-    return limit_out(await svc.policies.get_rate_limit(limit_id))
+@router.get("/rate-limits/{limit_id}", response_model=s.RateLimitOut,
+            dependencies=guard(Can.LIMITS_READ))
+async def get_rate_limit(limit_id: str, scope: Scoped) -> dict[str, Any]:
+    return limit_out((await limit_in_scope(scope, limit_id))[0])
 
 
-@router.patch("/rate-limits/{limit_id}", response_model=s.RateLimitOut)
+@router.patch("/rate-limits/{limit_id}", response_model=s.RateLimitOut,
+              dependencies=guard(Can.LIMITS_WRITE))
 async def update_rate_limit(limit_id: str, body: s.RateLimitPatch, svc: Svc, request: Request,
-                            who: Who) -> dict[str, Any]:
+                            who: Who, scope: Scoped) -> dict[str, Any]:
     changes = _stored(body.model_dump(exclude_unset=True))
-    current = await svc.policies.get_rate_limit(limit_id)
+    current, owner = await limit_in_scope(scope, limit_id)
     merged = {**current, **changes}
     if all(merged[f] is None for f in LIMIT_FIELDS):
         raise ValidationFailed("rpm: a rate limit needs at least one limit", param="rpm")
@@ -75,17 +88,19 @@ async def update_rate_limit(limit_id: str, body: s.RateLimitPatch, svc: Svc, req
         await svc.policies.update_rate_limit(conn, limit_id, {**changes, "updated_at": now})
         row = {**merged, "updated_at": now}
         await audit(conn, request, who, "rate_limit.updated", "rate_limit", limit_id, now,
-                    before=limit_out(current), after=limit_out(row))
+                    owner=owner, before=limit_out(current), after=limit_out(row))
     await svc.enforcer.refresh()
     return limit_out(row)
 
 
-@router.delete("/rate-limits/{limit_id}", status_code=204)
-async def delete_rate_limit(limit_id: str, svc: Svc, request: Request, who: Who) -> None:
-    current = await svc.policies.get_rate_limit(limit_id)
+@router.delete("/rate-limits/{limit_id}", status_code=204,
+               dependencies=guard(Can.LIMITS_WRITE))
+async def delete_rate_limit(limit_id: str, svc: Svc, request: Request, who: Who,
+                            scope: Scoped) -> None:
+    current, owner = await limit_in_scope(scope, limit_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         await svc.policies.delete_rate_limit(conn, limit_id)
         await audit(conn, request, who, "rate_limit.deleted", "rate_limit", limit_id, now,
-                    before=limit_out(current))
+                    owner=owner, before=limit_out(current))
     await svc.enforcer.refresh()

@@ -1,4 +1,8 @@
-"""Admin routes: directory objects, keys, usage and events."""
+"""Admin routes: directory objects, keys, usage and events.
+
+Each route declares its permission (``dependencies=guard(Can.X)``) and checks every
+object it reads or changes against the caller's scope (``spendgate.admin.deps``).
+"""
 
 from __future__ import annotations
 
@@ -9,154 +13,221 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.ext.asyncio import AsyncConnection
 
+from spendgate.access import TEAM_ASSIGNABLE, Can, Owner, Principal
 from spendgate.admin import schemas as s
-from spendgate.admin.audit_trail import admin_event
-from spendgate.credentials import secrets_equal
-from spendgate.errors import AuthenticationFailed, ValidationFailed
+from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
+from spendgate.errors import PermissionDenied, ValidationFailed
 from spendgate.money import format_usd
-from spendgate.services import Services
-from spendgate.store import audit as audit_store
 from spendgate.store.events import list_events, record_event
 from spendgate.store.ledger import GROUP_COLUMNS, usage_report
-
-bearer = HTTPBearer(auto_error=False, description="The master key or an admin token")
-
-
-def services(request: Request) -> Services:
-    svc: Services = request.app.state.services
-    return svc
-
-
-Svc = Annotated[Services, Depends(services)]
-
-
-async def admin(
-    svc: Svc, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
-) -> str:
-    """Who is calling. For now only the master key (``SPENDGATE_MASTER_KEY``)."""
-    master = svc.settings.master_key
-    if credentials is None:
-        raise AuthenticationFailed("missing Authorization: Bearer <master key or admin token>")
-    if master is None or not secrets_equal(credentials.credentials, master):
-        raise AuthenticationFailed("invalid admin credentials")
-    return "master"
-
-
-Who = Annotated[str, Depends(admin)]
-
-
-async def audit(conn: AsyncConnection, request: Request, who: str, action: str, target_type: str,
-                target_id: str | None, at: datetime, *, before: Any = None, after: Any = None
-                ) -> None:
-    """Append the audit entry for an admin change, in the change's own transaction."""
-    await audit_store.append(conn, admin_event(request, who, action, target_type, target_id,
-                                               at=at, before=before, after=after))
 
 
 def without_secret(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "key"}
 
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(admin)],
-                   responses={401: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
-                              422: {"model": s.ErrorBody}})
+ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
+    422: {"model": s.ErrorBody}, 429: {"model": s.ErrorBody}}
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=ERRORS)
+
+
+def _team_owner(team: dict[str, Any]) -> Owner:
+    return Owner.of(team["org_id"], team["id"])
+
+
+def _user_owner(user: dict[str, Any]) -> Owner:
+    return Owner.of(user["org_id"], *user["team_ids"])
+
+
+def _owned_by_team(row: dict[str, Any]) -> Owner:
+    """Agents and keys: their org and (optional) team."""
+    return Owner.of(row["org_id"], row["team_id"])
+
+
+def _visible(who: Principal, rows: list[dict[str, Any]], owner: Any) -> list[dict[str, Any]]:
+    return rows if who.is_master else [r for r in rows if who.sees(owner(r))]
 
 
 # -- orgs, teams, users, agents ------------------------------------------------------
-@router.post("/orgs", response_model=s.Org, status_code=201, tags=["directory"])
+@router.post("/orgs", response_model=s.Org, status_code=201, tags=["directory"],
+             dependencies=guard(Can.ORGS_CREATE))
 async def create_org(body: s.OrgIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         org = await svc.directory.create_org(body.name, now, conn)
-        await audit(conn, request, who, "org.created", "org", org["id"], now, after=org)
+        await audit(conn, request, who, "org.created", "org", org["id"], now,
+                    owner=Owner.of(org["id"]), after=org)
     return org
 
 
-@router.get("/orgs", response_model=list[s.Org], tags=["directory"])
-async def list_orgs(svc: Svc) -> list[dict[str, Any]]:
-    return await svc.directory.list_orgs()
+@router.get("/orgs", response_model=list[s.Org], tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def list_orgs(svc: Svc, who: Who) -> list[dict[str, Any]]:
+    orgs = await svc.directory.list_orgs()
+    return orgs if who.is_master else [o for o in orgs if o["id"] == who.org_id]
 
 
-@router.get("/orgs/{org_id}", response_model=s.Org, tags=["directory"])
-async def get_org(org_id: str, svc: Svc) -> dict[str, Any]:
+@router.get("/orgs/{org_id}", response_model=s.Org, tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def get_org(org_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
+    # everyone in an org may read the org itself, team roles included
+    if not scope.who.is_master and org_id != scope.who.org_id:
+        scope.require(None, "org", org_id)
     return await svc.directory.get_org(org_id)
 
 
-@router.post("/teams", response_model=s.Team, status_code=201, tags=["directory"])
-async def create_team(body: s.TeamIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
+@router.post("/teams", response_model=s.Team, status_code=201, tags=["directory"],
+             dependencies=guard(Can.TEAMS_WRITE))
+async def create_team(body: s.TeamIn, svc: Svc, request: Request, who: Who, scope: Scoped
+                      ) -> dict[str, Any]:
+    await scope.referenced("org", body.org_id, "org_id")
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         team = await svc.directory.create_team(body.org_id, body.name, now, conn)
-        await audit(conn, request, who, "team.created", "team", team["id"], now, after=team)
+        await audit(conn, request, who, "team.created", "team", team["id"], now,
+                    owner=_team_owner(team), after=team)
     return team
 
 
-@router.get("/teams", response_model=list[s.Team], tags=["directory"])
-async def list_teams(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
-    return await svc.directory.list_teams(org_id)
+@router.get("/teams", response_model=list[s.Team], tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def list_teams(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
+    return _visible(who, await svc.directory.list_teams(org_id), _team_owner)
 
 
-@router.get("/teams/{team_id}", response_model=s.Team, tags=["directory"])
-async def get_team(team_id: str, svc: Svc) -> dict[str, Any]:
-    return await svc.directory.get_team(team_id)
+@router.get("/teams/{team_id}", response_model=s.Team, tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def get_team(team_id: str, scope: Scoped) -> dict[str, Any]:
+    scope.require(await scope.owner("team", team_id), "team", team_id)
+    return await scope.svc.directory.get_team(team_id)
 
 
-@router.post("/users", response_model=s.User, status_code=201, tags=["directory"])
-async def create_user(body: s.UserIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
+def _check_assignable(who: Principal, role: str | None, team_ids: list[str] | None) -> None:
+    """Team admins manage the members of their own teams, and no more than that."""
+    if who.org_wide:
+        return
+    if role is not None and role not in TEAM_ASSIGNABLE:
+        raise PermissionDenied(f"role: a team admin may not give the {role} role")
+    if team_ids is not None and not who.sees_all_of(team_ids):
+        raise PermissionDenied("team_ids: a team admin manages their own teams only")
+
+
+@router.post("/users", response_model=s.User, status_code=201, tags=["directory"],
+             dependencies=guard(Can.USERS_WRITE))
+async def create_user(body: s.UserIn, svc: Svc, request: Request, who: Who, scope: Scoped
+                      ) -> dict[str, Any]:
+    # an org member's new user goes to the caller's org unless teams (or the org) say so
+    org_id = body.org_id or (None if body.team_ids else who.org_id)
+    for team_id in body.team_ids:
+        await scope.referenced("team", team_id, "team_ids")
+    if org_id is not None or not body.team_ids:
+        await scope.referenced("org", org_id, "org_id")
+    _check_assignable(who, body.role, body.team_ids)
+    if not who.org_wide and not body.team_ids:
+        raise PermissionDenied("team_ids: a team admin adds members to their own teams")
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        user = await svc.directory.create_user(body.email, body.role, body.team_ids, body.org_id,
+        user = await svc.directory.create_user(body.email, body.role, body.team_ids, org_id,
                                                now, conn)
-        await audit(conn, request, who, "user.created", "user", user["id"], now, after=user)
+        await audit(conn, request, who, "user.created", "user", user["id"], now,
+                    owner=_user_owner(user), after=user)
     return user
 
 
-@router.get("/users", response_model=list[s.User], tags=["directory"])
-async def list_users(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
-    return await svc.directory.list_users(org_id)
-
-
-@router.get("/users/{user_id}", response_model=s.User, tags=["directory"])
-async def get_user(user_id: str, svc: Svc) -> dict[str, Any]:
-    return await svc.directory.get_user(user_id)
-
-
-@router.post("/agents", response_model=s.Agent, status_code=201, tags=["directory"])
-async def create_agent(body: s.AgentIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
+@router.patch("/users/{user_id}", response_model=s.User, tags=["directory"],
+              dependencies=guard(Can.USERS_WRITE))
+async def update_user(user_id: str, body: s.UserPatch, svc: Svc, request: Request, who: Who,
+                      scope: Scoped) -> dict[str, Any]:
+    """Change a user's role or teams; their admin tokens follow at once."""
+    current = await svc.directory.get_user(user_id)
+    scope.require(_user_owner(current), "user", user_id)
+    if who.user_id == user_id and body.role is not None and body.role != current["role"]:
+        raise PermissionDenied("role: nobody changes their own role")
+    _check_assignable(who, body.role, None)
+    _check_assignable(who, current["role"], None)  # a team admin can't touch an org admin
+    if body.team_ids is not None:
+        for team_id in body.team_ids:
+            await scope.referenced("team", team_id, "team_ids")
+        changed = set(body.team_ids) ^ set(current["team_ids"])
+        _check_assignable(who, None, sorted(changed))
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        agent = await svc.directory.create_agent(body.name, body.team_id, body.org_id, now, conn)
-        await audit(conn, request, who, "agent.created", "agent", agent["id"], now, after=agent)
+        before, after = await svc.directory.update_user(user_id, body.role, body.team_ids, conn)
+        action = "user.role_changed" if after["role"] != before["role"] else "user.updated"
+        await audit(conn, request, who, action, "user", user_id, now,
+                    owner=Owner(before["org_id"], _user_owner(before).team_ids
+                                | _user_owner(after).team_ids),
+                    before=before, after=after)
+    return after
+
+
+@router.get("/users", response_model=list[s.User], tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def list_users(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
+    return _visible(who, await svc.directory.list_users(org_id), _user_owner)
+
+
+@router.get("/users/{user_id}", response_model=s.User, tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def get_user(user_id: str, scope: Scoped) -> dict[str, Any]:
+    scope.require(await scope.owner("user", user_id), "user", user_id)
+    return await scope.svc.directory.get_user(user_id)
+
+
+@router.post("/agents", response_model=s.Agent, status_code=201, tags=["directory"],
+             dependencies=guard(Can.AGENTS_WRITE))
+async def create_agent(body: s.AgentIn, svc: Svc, request: Request, who: Who, scope: Scoped
+                       ) -> dict[str, Any]:
+    org_id = body.org_id or (None if body.team_id else who.org_id)
+    owner = await (scope.referenced("team", body.team_id, "team_id") if body.team_id
+                   else scope.referenced("org", org_id, "org_id"))
+    scope.require_team_objects(owner, "team_id")
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        agent = await svc.directory.create_agent(body.name, body.team_id, org_id, now, conn)
+        await audit(conn, request, who, "agent.created", "agent", agent["id"], now,
+                    owner=_owned_by_team(agent), after=agent)
     return agent
 
 
-@router.get("/agents", response_model=list[s.Agent], tags=["directory"])
-async def list_agents(svc: Svc, org_id: str | None = None) -> list[dict[str, Any]]:
-    return await svc.directory.list_agents(org_id)
+@router.get("/agents", response_model=list[s.Agent], tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def list_agents(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
+    return _visible(who, await svc.directory.list_agents(org_id), _owned_by_team)
 
 
-@router.get("/agents/{agent_id}", response_model=s.Agent, tags=["directory"])
-async def get_agent(agent_id: str, svc: Svc) -> dict[str, Any]:
-    return await svc.directory.get_agent(agent_id)
+@router.get("/agents/{agent_id}", response_model=s.Agent, tags=["directory"],
+            dependencies=guard(Can.DIRECTORY_READ))
+async def get_agent(agent_id: str, scope: Scoped) -> dict[str, Any]:
+    scope.require(await scope.owner("agent", agent_id), "agent", agent_id)
+    return await scope.svc.directory.get_agent(agent_id)
 
 
 # -- virtual keys ----------------------------------------------------------------------
-@router.post("/keys", response_model=s.KeyWithSecret, status_code=201, tags=["keys"])
-async def create_key(body: s.KeyIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
+@router.post("/keys", response_model=s.KeyWithSecret, status_code=201, tags=["keys"],
+             dependencies=guard(Can.KEYS_WRITE))
+async def create_key(body: s.KeyIn, svc: Svc, request: Request, who: Who, scope: Scoped
+                     ) -> dict[str, Any]:
     spec = body.model_dump()
     if body.expires_at is not None and body.expires_at.tzinfo is None:
         spec["expires_at"] = body.expires_at.replace(tzinfo=UTC)
     unknown = [m for m in body.models if m not in svc.settings.models]
     if unknown:
         raise ValidationFailed(f"models: {unknown[0]!r} is not a configured model", param="models")
+    await scope.referenced("org", body.org_id, "org_id")
+    owner = await (scope.referenced("team", body.team_id, "team_id") if body.team_id
+                   else scope.referenced("org", body.org_id, "org_id"))
+    scope.require_team_objects(owner, "team_id")
+    for field, kind in (("user_id", "user"), ("agent_id", "agent")):
+        if spec.get(field) is not None:
+            await scope.referenced(kind, spec[field], field)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         key = await svc.directory.create_key(spec, now, conn)
         await audit(conn, request, who, "key.created", "key", key["id"], now,
-                    after=without_secret(key))
+                    owner=_owned_by_team(key), after=without_secret(key))
         await record_event(conn, "key.created", {"key_id": key["id"], "name": key["name"],
                                                  "team_id": key["team_id"],
                                                  "key_prefix": key["key_prefix"]},
@@ -164,25 +235,35 @@ async def create_key(body: s.KeyIn, svc: Svc, request: Request, who: Who) -> dic
     return key
 
 
-@router.get("/keys", response_model=list[s.Key], tags=["keys"])
-async def list_keys(svc: Svc, org_id: str | None = None, team_id: str | None = None
+@router.get("/keys", response_model=list[s.Key], tags=["keys"],
+            dependencies=guard(Can.KEYS_READ))
+async def list_keys(svc: Svc, who: Who, org_id: str | None = None, team_id: str | None = None
                     ) -> list[dict[str, Any]]:
-    return await svc.directory.list_keys(org_id, team_id)
+    return _visible(who, await svc.directory.list_keys(org_id, team_id), _owned_by_team)
 
 
-@router.get("/keys/{key_id}", response_model=s.Key, tags=["keys"])
-async def get_key(key_id: str, svc: Svc) -> dict[str, Any]:
-    return await svc.directory.get_key(key_id)
+async def _key_in_scope(scope: Scoped, key_id: str) -> Owner:
+    return scope.require(await scope.owner("key", key_id), "key", key_id)
 
 
-@router.post("/keys/{key_id}/revoke", response_model=s.Key, tags=["keys"])
-async def revoke_key(key_id: str, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
+@router.get("/keys/{key_id}", response_model=s.Key, tags=["keys"],
+            dependencies=guard(Can.KEYS_READ))
+async def get_key(key_id: str, scope: Scoped) -> dict[str, Any]:
+    await _key_in_scope(scope, key_id)
+    return await scope.svc.directory.get_key(key_id)
+
+
+@router.post("/keys/{key_id}/revoke", response_model=s.Key, tags=["keys"],
+             dependencies=guard(Can.KEYS_WRITE))
+async def revoke_key(key_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+                     ) -> dict[str, Any]:
+    owner = await _key_in_scope(scope, key_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         before, after = await svc.directory.revoke_key(key_id, now, conn)
         if before is not after:
-            await audit(conn, request, who, "key.revoked", "key", key_id, now, before=before,
-                        after=after)
+            await audit(conn, request, who, "key.revoked", "key", key_id, now, owner=owner,
+                        before=before, after=after)
             await record_event(conn, "key.revoked", {"key_id": key_id, "name": after["name"],
                                                      "team_id": after["team_id"]},
                                now, org_id=after["org_id"])
@@ -190,12 +271,15 @@ async def revoke_key(key_id: str, svc: Svc, request: Request, who: Who) -> dict[
     return after
 
 
-@router.post("/keys/{key_id}/rotate", response_model=s.KeyWithSecret, tags=["keys"])
-async def rotate_key(key_id: str, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
+@router.post("/keys/{key_id}/rotate", response_model=s.KeyWithSecret, tags=["keys"],
+             dependencies=guard(Can.KEYS_WRITE))
+async def rotate_key(key_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+                     ) -> dict[str, Any]:
+    owner = await _key_in_scope(scope, key_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         key, old_hash = await svc.directory.rotate_key(key_id, conn)
-        await audit(conn, request, who, "key.rotated", "key", key_id, now,
+        await audit(conn, request, who, "key.rotated", "key", key_id, now, owner=owner,
                     after=without_secret(key))
     svc.keys.forget(old_hash)
     return key
@@ -236,7 +320,7 @@ def _usage_csv(group_by: list[str], rows: list[dict[str, Any]]) -> str:
 
 
 @router.get("/usage", response_model=s.UsageReport, tags=["usage"],
-            responses={200: {"content": {"text/csv": {}}}})
+            responses={200: {"content": {"text/csv": {}}}}, dependencies=guard(Can.USAGE_READ))
 async def usage(
     svc: Svc,
     request: Request,
@@ -252,13 +336,16 @@ async def usage(
     if start_at and end_at and end_at <= start_at:
         raise ValidationFailed("end: must be after start", param="end")
     await svc.ledger.flush()
-    rows = await usage_report(svc.engine, dims, start_at, end_at, org_id)
+    org_id = who.org_filter(org_id)
+    teams = who.team_filter()
+    rows = await usage_report(svc.engine, dims, start_at, end_at, org_id, team_ids=teams)
     total_nanos = sum(row["cost_nanos"] for row in rows)
     for row in rows:
         row["cost_usd"] = format_usd(row.pop("cost_nanos"))
     if format == "csv":
         async with svc.engine.begin() as conn:
             await audit(conn, request, who, "usage.exported", "usage", None, svc.clock.now(),
+                        owner=Owner(org_id, teams or frozenset()),
                         after={"group_by": dims, "start": start, "end": end, "org_id": org_id,
                                "rows": len(rows)})
         return Response(_usage_csv(dims, rows), media_type="text/csv")
@@ -267,9 +354,10 @@ async def usage(
             "unpriced_requests": sum(r["unpriced_requests"] for r in rows)}
 
 
-@router.get("/events", response_model=list[s.Event], tags=["events"])
-async def events(svc: Svc, type: str | None = None, org_id: str | None = None,
+@router.get("/events", response_model=list[s.Event], tags=["events"],
+            dependencies=guard(Can.EVENTS_READ))
+async def events(svc: Svc, who: Who, type: str | None = None, org_id: str | None = None,
                  limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
-    rows = await list_events(svc.engine, type_=type, org_id=org_id, limit=limit)
+    rows = await list_events(svc.engine, type_=type, org_id=who.org_filter(org_id), limit=limit)
     return [{"id": r["id"], "type": r["type"], "timestamp": r["created_at"], "org_id": r["org_id"],
              "data": r["data"]} for r in rows]

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ObjectId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+-]{1,64}$")]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=320,
                                          pattern=r"^[^@\s]+@[^@\s]+$")]
@@ -43,9 +44,42 @@ class Team(BaseModel):
 
 class UserIn(Strict):
     email: Email
-    role: Annotated[str, Field(pattern="^(org_admin|finance|team_admin|viewer|member)$")] = "member"
+    role: Role = "member"
     team_ids: Annotated[list[ObjectId], Field(max_length=100)] = []
     org_id: ObjectId | None = None
+
+
+class UserPatch(Strict):
+    """Change a user's role or teams (audited as ``user.role_changed`` / ``user.updated``)."""
+
+    role: Role | None = None
+    team_ids: Annotated[list[ObjectId], Field(max_length=100)] | None = None
+
+
+class TokenIn(Strict):
+    """An admin token for a user (yourself unless you are an org admin)."""
+
+    user_id: ObjectId
+    name: Name
+    expires_at: datetime | None = None
+
+
+class Token(BaseModel):
+    id: str
+    org_id: str
+    user_id: str
+    name: str
+    token_prefix: str
+    status: Literal["active", "expired", "revoked"]
+    created_by: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    last_used_at: datetime | None
+
+
+class TokenWithSecret(Token):
+    token: str = Field(description="The token itself: shown once, only in this answer")
 
 
 class User(BaseModel):

@@ -28,7 +28,7 @@ the hash chain and the signed checkpoints are for (``verify`` names the entry).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,10 +71,15 @@ audit_log = sa.Table(
     sa.Column("source_ip", sa.String(64), nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    # who may read the entry (not hashed; see migration 0007): the org, and the teams as
+    # ",team_a,team_b," so one LIKE per team finds them on SQLite and PostgreSQL alike
+    sa.Column("org_id", sa.String(40), nullable=True),
+    sa.Column("team_ids", sa.String(400), nullable=True),
     sa.UniqueConstraint("seq", name="uq_audit_log_seq"),
     sa.Index("ix_audit_log_at", "at"),
     sa.Index("ix_audit_log_action", "action"),
     sa.Index("ix_audit_log_target", "target_id"),
+    sa.Index("ix_audit_log_org", "org_id", "seq"),
 )
 
 audit_chain_head = sa.Table(
@@ -207,24 +212,34 @@ def _checkpoint(row: Any) -> Checkpoint:
 
 
 # -- writing -----------------------------------------------------------------------------------
-async def append(conn: AsyncConnection, event: AuditEvent, *, entry_id: str | None = None
-                 ) -> AuditEntry:
-    """Add ``event`` to the chain inside the caller's transaction (call it last)."""
+def teams_column(team_ids: Iterable[str]) -> str | None:
+    ids = sorted(set(team_ids))
+    return f",{','.join(ids)}," if ids else None
+
+
+async def append(conn: AsyncConnection, event: AuditEvent, *, entry_id: str | None = None,
+                 org_id: str | None = None, team_ids: Iterable[str] = ()) -> AuditEntry:
+    """Add ``event`` to the chain inside the caller's transaction (call it last).
+
+    ``org_id``/``team_ids`` say who may read the entry (org-wide roles of that org, team
+    roles of those teams); entries with neither are for the master key only."""
     head = audit_chain_head.c
     taken = (await conn.execute(
         sa.update(audit_chain_head).where(head.id == HEAD_ID).values(seq=head.seq + 1)
         .returning(head.seq, head.hash))).one()
     entry = seal(int(taken.seq), entry_id or new_id("aud"), event, taken.hash)
-    await conn.execute(audit_log.insert().values(**_row(entry)))
+    await conn.execute(audit_log.insert().values(**_row(entry), org_id=org_id,
+                                                 team_ids=teams_column(team_ids)))
     await conn.execute(sa.update(audit_chain_head).where(head.id == HEAD_ID)
                        .values(hash=entry.hash))
     return entry
 
 
-async def record(engine: AsyncEngine, event: AuditEvent) -> AuditEntry:
+async def record(engine: AsyncEngine, event: AuditEvent, *, org_id: str | None = None,
+                 team_ids: Iterable[str] = ()) -> AuditEntry:
     """``append`` in a transaction of its own, for facts that change nothing else."""
     async with engine.begin() as conn:
-        return await append(conn, event)
+        return await append(conn, event, org_id=org_id, team_ids=team_ids)
 
 
 # -- reading -----------------------------------------------------------------------------------
@@ -238,10 +253,18 @@ class AuditFilter:
     actor: str | None = None
     action: str | None = None
     target: str | None = None
+    #: the reader's scope: entries of this org only, and (for team roles) of these teams
+    org_id: str | None = None
+    team_ids: frozenset[str] | None = None
 
     def conditions(self) -> list[sa.ColumnElement[bool]]:
         c = audit_log.c
         out: list[sa.ColumnElement[bool]] = []
+        if self.org_id is not None:
+            out.append(c.org_id == self.org_id)
+        if self.team_ids is not None:
+            out.append(sa.or_(sa.false(), *(c.team_ids.like(f"%,{_like(t)},%", escape="\\")
+                                            for t in sorted(self.team_ids))))
         if self.start is not None:
             out.append(c.at >= self.start)
         if self.end is not None:
@@ -251,11 +274,15 @@ class AuditFilter:
         if self.target:
             out.append(_typed_id(self.target, c.target_type, c.target_id))
         if self.action and self.action.endswith("*"):
-            prefix = self.action[:-1].replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            out.append(c.action.like(prefix + "%", escape="\\"))
+            out.append(c.action.like(_like(self.action[:-1]) + "%", escape="\\"))
         elif self.action:
             out.append(c.action == self.action)
         return out
+
+
+def _like(text: str) -> str:
+    """``text`` with LIKE's wildcards escaped (escape character ``\\``)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
 def _typed_id(value: str, type_col: sa.Column[Any], id_col: sa.Column[Any]

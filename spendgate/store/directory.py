@@ -12,12 +12,11 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from spendgate.access import ROLES
 from spendgate.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.store import schema
 from spendgate.store.database import transaction
-
-ROLES = ("org_admin", "finance", "team_admin", "viewer", "member")
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +172,26 @@ class Directory:
 
     async def list_users(self, org_id: str | None = None) -> list[dict[str, Any]]:
         return await self._with_teams(await self._list(schema.users, org_id=org_id))
+
+    async def update_user(self, user_id: str, role: str | None, team_ids: Sequence[str] | None,
+                          conn: AsyncConnection) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Change a user's role and/or teams (same org only). Returns (before, after)."""
+        before = await self.get_user(user_id)
+        if role is not None:
+            await conn.execute(schema.users.update().where(schema.users.c.id == user_id)
+                               .values(role=role))
+        teams = before["team_ids"] if team_ids is None else sorted(set(team_ids))
+        if team_ids is not None:
+            for team_id in teams:
+                if await self._org_of(before["org_id"], team_id) != before["org_id"]:
+                    raise ValidationFailed("team_ids: team belongs to another org",
+                                           param="team_ids")
+            links = schema.user_teams
+            await conn.execute(links.delete().where(links.c.user_id == user_id))
+            if teams:
+                await conn.execute(links.insert(), [{"user_id": user_id, "team_id": t}
+                                                    for t in teams])
+        return before, {**before, "role": role or before["role"], "team_ids": teams}
 
     async def create_agent(
         self, name: str, team_id: str | None, org_id: str | None, now: datetime,

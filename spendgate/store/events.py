@@ -9,8 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.credentials import new_id
 from spendgate.audit import enforcement_event
+from spendgate.credentials import new_id
 from spendgate.store import audit as audit_store
 from spendgate.store import schema
 from spendgate.webhooks.fanout import fan_out
@@ -43,8 +43,16 @@ async def record_event(
     await fan_out(conn, values, now=now)
     fact = enforcement_event(type_, data, now)
     if fact is not None:  # threshold, limit, wallet and exception facts are audited too
-        await audit_store.append(conn, fact)
+        await audit_store.append(conn, fact, org_id=org_id, team_ids=teams_of(data))
     return values
+
+
+def teams_of(data: dict[str, Any]) -> tuple[str, ...]:
+    """The team an event concerns, when it names one (for who may read its audit entry)."""
+    if data.get("scope_type") == "team" and data.get("scope_id"):
+        return (str(data["scope_id"]),)
+    team = data.get("team_id")
+    return (str(team),) if team else ()
 
 
 async def list_events(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
@@ -163,8 +163,11 @@ async def usage_report(
     start: datetime | None,
     end: datetime | None,
     org_id: str | None = None,
+    *,
+    team_ids: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Spend rolled up by the given dimensions over ``[start, end)``."""
+    """Spend rolled up by the given dimensions over ``[start, end)``; ``team_ids`` limits it
+    to calls made with those teams' keys (a team role's view)."""
     table = schema.ledger
     dims = [_group_expr(g, engine.dialect.name).label(g) for g in group_by]
     ok = table.c.status == "ok"
@@ -186,6 +189,8 @@ async def usage_report(
         query = query.where(table.c.started_at < end)
     if org_id is not None:
         query = query.where(table.c.org_id == org_id)
+    if team_ids is not None:
+        query = query.where(table.c.team_id.in_(sorted(team_ids)))
     if dims:
         query = query.group_by(*dims).order_by(*dims)
     async with engine.connect() as conn:

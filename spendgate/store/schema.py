@@ -211,3 +211,19 @@ rate_limits = sa.Table(
     sa.Column("updated_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("scope_type", "scope_id", "model", name="uq_rate_limits_scope_model"),
 )
+
+admin_tokens = sa.Table(
+    "admin_tokens", metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False),
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("name", sa.String(200), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False),
+    sa.Column("token_prefix", sa.String(20), nullable=False),
+    sa.Column("created_by", sa.String(80), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("revoked_at", UTCDateTime(), nullable=True),
+    sa.Column("last_used_at", UTCDateTime(), nullable=True),
+    sa.UniqueConstraint("token_hash", name="uq_admin_tokens_hash"),
+)

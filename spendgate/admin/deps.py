@@ -1,0 +1,213 @@
+"""What every admin route depends on: the services, the caller, the caller's rights, the
+owner of the objects it touches, and the audit entry for each change.
+
+Every ``/admin`` route declares its permission with ``Depends(allow(Can.X))``; the app
+refuses to start if one does not (:func:`unguarded_routes`), so a new route cannot ship
+without a rule. Scope is then checked per object with :meth:`Scope.require`, which
+answers like a missing object would, so nothing leaks across teams or orgs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Coroutine, Iterable
+from datetime import datetime
+from typing import Annotated, Any
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, Request
+from fastapi.routing import APIRoute
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from spendgate.access import MASTER_PRINCIPAL, Can, Owner, Principal
+from spendgate.admin.audit_trail import admin_event
+from spendgate.credentials import secrets_equal
+from spendgate.errors import AuthenticationFailed, NotFound, PermissionDenied, ValidationFailed
+from spendgate.services import Services
+from spendgate.store import audit as audit_store
+from spendgate.store import schema
+from spendgate.store.tokens import TokenStore
+
+bearer = HTTPBearer(auto_error=False, description="The master key or an admin token")
+
+
+def services(request: Request) -> Services:
+    svc: Services = request.app.state.services
+    return svc
+
+
+Svc = Annotated[Services, Depends(services)]
+
+
+def _source(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+async def principal(
+    svc: Svc, request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Principal:
+    """Who is calling: the master key (``SPENDGATE_MASTER_KEY``) or an admin token.
+
+    Failed attempts count against the caller's address; past the limit every attempt
+    from it is refused with 429 until the window has passed."""
+    throttle = getattr(svc, "auth_throttle", None)
+    source, mono = _source(request), svc.clock.monotonic()
+    if throttle is not None:
+        throttle.check(source, mono)
+    if credentials is None:
+        raise AuthenticationFailed("missing Authorization: Bearer <master key or admin token>")
+    master = svc.settings.master_key
+    if master is not None and secrets_equal(credentials.credentials, master):
+        return MASTER_PRINCIPAL
+    found = await TokenStore(svc.engine).principal(credentials.credentials, svc.clock.now())
+    if found is None:
+        if throttle is not None:
+            throttle.failed(source, mono)
+        raise AuthenticationFailed("invalid, expired or revoked admin credentials")
+    return found
+
+
+def allow(permission: Can) -> Callable[..., Coroutine[Any, Any, Principal]]:
+    """A dependency that lets the call through only for roles holding ``permission``."""
+
+    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+        if not who.may(permission):
+            raise PermissionDenied(f"the {who.role} role may not do this ({permission.value})")
+        return who
+
+    check.permission = permission  # type: ignore[attr-defined]  # read by unguarded_routes
+    return check
+
+
+def unguarded_routes(app: FastAPI) -> list[str]:
+    """``/admin`` routes that declare no permission (the app refuses to start with any)."""
+
+    def guarded(dependant: Any) -> bool:
+        return any(hasattr(d.call, "permission") or guarded(d) for d in dependant.dependencies)
+
+    return [f"{','.join(sorted(r.methods or ()))} {r.path}" for r in app.routes
+            if isinstance(r, APIRoute) and r.path.startswith("/admin")
+            and not guarded(r.dependant)]
+
+
+def guard(permission: Can) -> list[Any]:
+    """``@router.post(..., dependencies=guard(Can.KEYS_WRITE))``."""
+    return [Depends(allow(permission))]
+
+
+#: the caller (authenticated once per request; the route's guard has checked the role)
+Who = Annotated[Principal, Depends(principal)]
+
+
+async def audit(conn: AsyncConnection, request: Request, who: Principal, action: str,
+                target_type: str, target_id: str | None, at: datetime, *, owner: Owner,
+                before: Any = None, after: Any = None) -> None:
+    """Append the audit entry for an admin change, in the change's own transaction,
+    readable by those who may see ``owner``."""
+    await audit_store.append(
+        conn, admin_event(request, who.actor, action, target_type, target_id, at=at,
+                          before=before, after=after),
+        org_id=owner.org_id, team_ids=owner.team_ids)
+
+
+# -- owners ----------------------------------------------------------------------------------
+_TABLES = {"team": schema.teams, "user": schema.users, "agent": schema.agents,
+           "key": schema.virtual_keys, "org": schema.orgs}
+
+
+class Scope:
+    """Finds the owner of objects for one request (memoised) and checks them against the
+    caller."""
+
+    def __init__(self, svc: Services, who: Principal) -> None:
+        self.svc, self.who = svc, who
+        self._seen: dict[tuple[str, str], Owner | None] = {}
+
+    async def owner(self, scope_type: str, scope_id: str | None, org_id: str | None = None
+                    ) -> Owner | None:
+        """The owner of a scope (``org``, ``tag``, ``team``, ``user``, ``agent``, ``key``);
+        ``None`` if the object does not exist."""
+        if scope_type == "tag" or scope_id is None:
+            return Owner.of(org_id)
+        memo = (scope_type, scope_id)
+        if memo not in self._seen:
+            self._seen[memo] = await self._lookup(scope_type, scope_id)
+        return self._seen[memo]
+
+    async def _lookup(self, scope_type: str, scope_id: str) -> Owner | None:
+        table = _TABLES.get(scope_type)
+        if table is None:
+            return None
+        async with self.svc.engine.connect() as conn:
+            row = (await conn.execute(sa.select(table).where(table.c.id == scope_id))).first()
+            if row is None:
+                return None
+            if scope_type == "org":
+                return Owner.of(row.id)
+            if scope_type == "team":
+                return Owner.of(row.org_id, row.id)
+            if scope_type == "user":
+                teams = await conn.execute(sa.select(schema.user_teams.c.team_id)
+                                           .where(schema.user_teams.c.user_id == scope_id))
+                return Owner.of(row.org_id, *(t[0] for t in teams))
+            return Owner.of(row.org_id, row.team_id)
+
+    async def of_policy(self, row: dict[str, Any]) -> Owner | None:
+        """The owner of a stored budget, wallet or rate limit (by its scope)."""
+        if row["scope_type"] in ("org", "tag"):
+            return Owner.of(row["org_id"])
+        return await self.owner(row["scope_type"], row["scope_id"], row["org_id"])
+
+    async def budget(self, budget_id: str) -> tuple[dict[str, Any], Owner]:
+        """The budget and its owner; the 404 of a missing budget if it isn't the caller's."""
+        row = await self.svc.policies.get_budget(budget_id)
+        return row, self.require(await self.of_policy(row), "budget", budget_id)
+
+    def visible(self, owner: Owner | None) -> bool:
+        return owner is not None and self.who.sees(owner)
+
+    def require(self, owner: Owner | None, what: str, object_id: str) -> Owner:
+        """``owner`` if the caller may see it; else the 404 a missing object gives."""
+        if owner is None or not self.who.sees(owner):
+            raise NotFound(f"{what} {object_id} not found")
+        return owner
+
+    async def referenced(self, scope_type: str, scope_id: str | None, field: str,
+                         org_id: str | None = None) -> Owner:
+        """The owner of an object named in a request body; 422 naming ``field`` — the
+        same answer as a missing one — when it is not the caller's to use."""
+        owner = await self.owner(scope_type, scope_id, org_id)
+        if scope_type in ("org", "tag") or scope_id is None:
+            # an org is named to say where something goes: any member may name their own
+            usable = owner is not None and owner.org_id is not None and (
+                self.who.is_master or owner.org_id == self.who.org_id)
+        else:
+            usable = owner is not None and owner.org_id is not None and self.who.sees(owner)
+        if owner is None or not usable:
+            if scope_type == "tag" or scope_id is None:
+                raise ValidationFailed(f"{field}: org {org_id} does not exist", param=field)
+            raise ValidationFailed(f"{field}: {scope_type} {scope_id} does not exist",
+                                   param=field)
+        return owner
+
+    def require_team_objects(self, owner: Owner, field: str) -> None:
+        """Team roles create only objects of their own teams (not org-wide ones)."""
+        if not self.who.org_wide and not owner.team_ids:
+            raise PermissionDenied(f"{field}: a {self.who.role} creates objects for their own "
+                                   "teams only; name one of them")
+
+    async def filter(self, rows: Iterable[dict[str, Any]],
+                     owner_of: Callable[[dict[str, Any]], Coroutine[Any, Any, Owner | None]]
+                     ) -> list[dict[str, Any]]:
+        """The rows whose owner the caller sees."""
+        if self.who.is_master:
+            return list(rows)
+        return [r for r in rows if self.visible(await owner_of(r))]
+
+
+def scope(svc: Svc, who: Who) -> Scope:
+    return Scope(svc, who)
+
+
+Scoped = Annotated[Scope, Depends(scope)]

@@ -1,0 +1,106 @@
+"""Admin tokens: created for a user, shown once, stored as a SHA-256 hash, expiring,
+revocable. A token acts with its user's role, org and teams as they are at each call."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from spendgate.access import MEMBER, Principal
+from spendgate.credentials import hash_secret, new_admin_token, new_id, shown_prefix
+from spendgate.errors import NotFound, ValidationFailed
+from spendgate.store import schema
+from spendgate.store.database import transaction
+
+#: ``last_used_at`` is written at most this often per token (admin reads stay reads)
+TOUCH_EVERY = timedelta(minutes=1)
+
+_t = schema.admin_tokens.c
+
+
+def token_public(row: dict[str, Any], now: datetime) -> dict[str, Any]:
+    out = {k: v for k, v in row.items() if k != "token_hash"}
+    if row["revoked_at"] is not None:
+        out["status"] = "revoked"
+    elif row["expires_at"] is not None and row["expires_at"] <= now:
+        out["status"] = "expired"
+    else:
+        out["status"] = "active"
+    return out
+
+
+class TokenStore:
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def create(self, user: dict[str, Any], name: str, expires_at: datetime | None,
+                     created_by: str, now: datetime, conn: AsyncConnection | None = None
+                     ) -> tuple[dict[str, Any], str]:
+        """A new token for ``user``; returns (public row, the secret — shown once)."""
+        if user["role"] == MEMBER:
+            raise ValidationFailed("user_id: members have no admin rights; give the user an "
+                                   "admin role first", param="user_id")
+        if expires_at is not None and expires_at <= now:
+            raise ValidationFailed("expires_at: must be in the future", param="expires_at")
+        secret = new_admin_token()
+        values = {"id": new_id("tok"), "org_id": user["org_id"], "user_id": user["id"],
+                  "name": name, "token_hash": hash_secret(secret),
+                  "token_prefix": shown_prefix(secret), "created_by": created_by,
+                  "created_at": now, "expires_at": expires_at, "revoked_at": None,
+                  "last_used_at": None}
+        async with transaction(self._engine, conn) as tx:
+            await tx.execute(schema.admin_tokens.insert().values(**values))
+        return token_public(values, now), secret
+
+    async def get(self, token_id: str) -> dict[str, Any]:
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(sa.select(schema.admin_tokens)
+                                      .where(_t.id == token_id))).first()
+        if row is None:
+            raise NotFound(f"token {token_id} not found")
+        return dict(row._mapping)
+
+    async def list(self, org_id: str | None, user_id: str | None) -> list[dict[str, Any]]:
+        query = sa.select(schema.admin_tokens).order_by(_t.created_at, _t.id)
+        if org_id is not None:
+            query = query.where(_t.org_id == org_id)
+        if user_id is not None:
+            query = query.where(_t.user_id == user_id)
+        async with self._engine.connect() as conn:
+            return [dict(r._mapping) for r in await conn.execute(query)]
+
+    async def revoke(self, token_id: str, now: datetime, conn: AsyncConnection
+                     ) -> dict[str, Any]:
+        await conn.execute(sa.update(schema.admin_tokens)
+                           .where(_t.id == token_id, _t.revoked_at.is_(None))
+                           .values(revoked_at=now))
+        row = (await conn.execute(sa.select(schema.admin_tokens)
+                                  .where(_t.id == token_id))).one()
+        return dict(row._mapping)
+
+    async def principal(self, secret: str, now: datetime) -> Principal | None:
+        """The caller a presented token stands for; ``None`` if unknown, revoked or expired.
+
+        The lookup is by hash (an index probe), so no comparison of secrets leaks timing."""
+        u = schema.users.c
+        query = (sa.select(_t.id, _t.expires_at, _t.revoked_at, _t.last_used_at, u.id.label("uid"),
+                           u.org_id, u.role)
+                 .join(schema.users, u.id == _t.user_id)
+                 .where(_t.token_hash == hash_secret(secret)))
+        async with self._engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+            if row is None or row.revoked_at is not None or row.role == MEMBER:
+                return None
+            if row.expires_at is not None and row.expires_at <= now:
+                return None
+            teams = await conn.execute(sa.select(schema.user_teams.c.team_id)
+                                       .where(schema.user_teams.c.user_id == row.uid))
+            team_ids = frozenset(r[0] for r in teams)
+        if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
+            async with self._engine.begin() as conn:
+                await conn.execute(sa.update(schema.admin_tokens).where(_t.id == row.id)
+                                   .values(last_used_at=now))
+        return Principal(row.role, row.org_id, team_ids, row.uid, row.id)
