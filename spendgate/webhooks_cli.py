@@ -1,19 +1,27 @@
 """``spendgate webhooks …``: manage webhook endpoints through the admin API.
 
 Mounted by ``spendgate.cli`` with ``app.add_typer(webhooks_app, name="webhooks")``.
+Every command but ``reencrypt`` (which works on the database with the encryption keys)
+goes through the admin API.
 """
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import json
 import os
 import sys
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from spendgate.webhooks.secrets_box import SecretBox
+    from spendgate.webhooks.store import ReencryptReport
 
 webhooks_app = typer.Typer(help="Webhook endpoints (signed), Slack and PagerDuty alerts.",
                            no_args_is_help=True)
@@ -159,3 +167,45 @@ def redeliver(endpoint_id: str, delivery_id: str, url: UrlOpt = DEFAULT_URL,
     """Queue a delivery again (same webhook-id)."""
     row = _call(url, "POST", f"/admin/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver")
     _show(row, as_json, ["id", "redelivery_of", "status", "next_attempt_at"])
+
+
+@webhooks_app.command("reencrypt")
+def reencrypt(
+    database_url: Annotated[str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")]
+    = "sqlite:///spendgate.db",
+    as_json: JsonOpt = False,
+) -> None:
+    """Rewrite stored webhook secrets, PagerDuty keys and Slack URLs under the newest key.
+
+    Rotation: put the new key first in SPENDGATE_SECRET_KEY (``new,old``) on every
+    replica, run this, then drop the old key. Exits 1 if some secret decrypts with none
+    of the keys."""
+    from spendgate.errors import ConfigError
+    from spendgate.webhooks.secrets_box import SecretBox
+
+    try:
+        box = SecretBox.from_env(os.environ)
+    except ConfigError as exc:
+        err_console.print(f"[red]{exc}[/]")
+        raise typer.Exit(2) from exc
+    report = asyncio.run(_reencrypt(database_url, box))
+    if as_json:
+        sys.stdout.write(json.dumps(dataclasses.asdict(report)) + "\n")
+    else:
+        console.print(f"{report.endpoints} endpoints: {report.rewritten} re-encrypted under the "
+                      f"newest key, {report.sealed} Slack URLs encrypted")
+    if report.unreadable:
+        err_console.print("[red]no configured key decrypts the secrets of:[/] "
+                          + ", ".join(report.unreadable))
+        raise typer.Exit(1)
+
+
+async def _reencrypt(database_url: str, box: SecretBox) -> ReencryptReport:
+    from spendgate.store.database import create_engine
+    from spendgate.webhooks.store import WebhookStore
+
+    engine = create_engine(database_url)
+    try:
+        return await WebhookStore(engine, box).reencrypt()
+    finally:
+        await engine.dispose()

@@ -155,3 +155,30 @@ def test_webhooks_cli(gateway: RunningGateway, hooks: WebhookRuntime,
     assert run("rotate-secret", created["id"], "--overlap-seconds", "0")["secret"] != (
         created["secret"])
     assert run("update", created["id"], "--disable")["enabled"] is False
+
+
+def test_slack_url_never_returned(gateway: RunningGateway, hooks: WebhookRuntime) -> None:
+    """A Slack endpoint's URL comes back masked from every route (create, get, list, patch,
+    rotate, the audit log); a PATCH carrying the masked URL keeps the real one."""
+    secret_part = "XXXXapiSLACKsecret"
+    url = f"https://hooks.slack.com/services/T0API/B0API/{secret_part}"
+    masked = "https://hooks.slack.com/services/T…/B…/…"
+    org = gateway.post("/admin/orgs", {"name": "acme"})["id"]
+    created = request(gateway, "POST", "/admin/webhooks", 201, json={
+        "url": url, "kind": "slack", "event_types": ["budget.*"], "scope_type": "org",
+        "scope_id": org})
+    assert created["url"] == masked
+    answers = [created,
+               gateway.get(f"/admin/webhooks/{created['id']}"),
+               gateway.get("/admin/webhooks"),
+               request(gateway, "PATCH", f"/admin/webhooks/{created['id']}", 200,
+                       json={"url": masked, "description": "alerts"}),
+               request(gateway, "POST", f"/admin/webhooks/{created['id']}/rotate-secret", 200),
+               gateway.get("/admin/audit")]
+    assert all(secret_part not in json.dumps(a) for a in answers)
+    assert answers[3]["url"] == masked and answers[3]["description"] == "alerts"
+    row = gateway.run(hooks.store.row(created["id"]))
+    assert hooks.store.url_of(row) == url and secret_part not in str(row)
+    error = request(gateway, "PATCH", f"/admin/webhooks/{created['id']}", 422,
+                    json={"kind": "webhook"})["error"]
+    assert error["param"] == "url"

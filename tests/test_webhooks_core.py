@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -19,6 +20,7 @@ from spendgate.webhooks.matching import (
     wants,
 )
 from spendgate.webhooks.retries import RETRY_SCHEDULE, retry_delay, should_disable
+from spendgate.webhooks.secret_urls import UrlRedactor, mask_url
 from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
 from spendgate.webhooks.signing import new_secret, signed_headers, signing_secrets
 from spendgate.webhooks.targets import TargetRefused, check_target, is_public
@@ -231,3 +233,49 @@ def test_secret_box_round_trip_and_key_rotation() -> None:
     derived = SecretBox.from_env({}, master_key="sg-master-x")
     assert derived.decrypt(SecretBox("sg-master-x").encrypt("s")) == "s"
     assert "passphrase" not in repr(rotated)
+
+
+def test_secret_box_rotate_moves_tokens_to_the_newest_key() -> None:
+    """``rotate`` re-encrypts under the first key; ``is_current`` tells which tokens need it."""
+    old = SecretBox("passphrase-one")
+    token = old.encrypt("whsec_abc")
+    both = SecretBox("passphrase-two", "passphrase-one")
+    assert not both.is_current(token)
+    moved = both.rotate(token)
+    assert both.is_current(moved) and SecretBox("passphrase-two").decrypt(moved) == "whsec_abc"
+    with pytest.raises(SecretUnreadable):
+        SecretBox("other").rotate(token)
+
+
+@pytest.mark.parametrize(("url", "shown"), [
+    ("https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+     "https://hooks.slack.com/services/T…/B…/…"),
+    ("https://hooks.slack.com/services/T…/B…/…", "https://hooks.slack.com/services/T…/B…/…"),
+    ("https://user:pw@hooks.example.com:8443/abcdef?token=zz#f", "https://hooks.example.com:8443/…?…"),
+    ("http://127.0.0.1:9/s3cretfirst/x/y", "http://127.0.0.1:9/s…/x…/…"),
+    ("http://[::1]:9/services/T1/B2/S3", "http://[::1]:9/services/T…/B…/…"),
+    ("https://hooks.example.com", "https://hooks.example.com"),
+])
+def test_mask_url_hides_the_credential_path(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+    assert mask_url(shown) == shown
+
+
+def test_url_redactor_masks_urls_only_while_hiding() -> None:
+    """Log records naming a hidden URL show it masked; %d arguments keep working."""
+    redactor = UrlRedactor()
+    url = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+
+    def rendered() -> str:
+        record = logging.LogRecord("httpx", logging.INFO, __file__, 1,
+                                   'HTTP Request: %s %s "%d"', ("POST", url, 200), None)
+        redactor.filter(record)
+        return record.getMessage()
+
+    with redactor.hiding(url), redactor.hiding(url):
+        pass
+    assert "XXXXSECRET" in rendered()
+    with redactor.hiding(url):
+        assert rendered() == ('HTTP Request: POST https://hooks.slack.com/services/T…/B…/… '
+                              '"200"')
+    assert "XXXXSECRET" in rendered()

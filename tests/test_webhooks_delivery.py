@@ -4,6 +4,7 @@ the ``standardwebhooks`` library; the worker runs on a frozen clock, never sleep
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.clock import FrozenClock
+from spendgate.errors import ValidationFailed
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
@@ -288,3 +290,90 @@ async def test_fan_out_is_idempotent_and_filters(world: World, serve: Any) -> No
         assert (await conn.execute(sa.select(sa.func.count()).select_from(
             webhook_endpoints))).scalar_one() == 3
     assert await list_deliveries(world.engine, disabled["id"]) == []
+
+
+# -- Slack: the URL is the credential ------------------------------------------------------
+SLACK_PATH = "services/T0SLACK/B0SLACK/XXXXslackSECRETpart"
+
+
+async def stored_text(engine: AsyncEngine) -> str:
+    async with engine.connect() as conn:
+        return str((await conn.execute(sa.select(webhook_endpoints))).all())
+
+
+async def test_slack_url_encrypted_shown_masked_and_posted_to(
+        world: World, serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The real Slack URL is stored only encrypted and shown masked; the worker posts to
+    it, and neither its logs (httpx logs request URLs) nor the delivery log name it."""
+    caplog.set_level(logging.DEBUG)
+    receiver = Receiver()
+    base = serve(receiver).removesuffix("/hook")
+    url = f"{base}/{SLACK_PATH}"
+    masked = f"{base}/services/T…/B…/…"
+    endpoint, _ = await world.endpoint(url, kind="slack", event_types=("budget.*",))
+    assert endpoint["url"] == masked
+    assert (await world.store.get(endpoint["id"]))["url"] == masked
+    assert [e["url"] for e in await world.store.list()] == [masked]
+    stored = await stored_text(world.engine)
+    assert "XXXXslackSECRETpart" not in stored and masked in stored
+
+    await world.emit()
+    assert await world.worker().run_once() == 1
+    [got] = receiver.received
+    assert got.path == f"/{SLACK_PATH}" and "Budget soft limit reached" in got.json()["text"]
+    [delivery] = await list_deliveries(world.engine, endpoint["id"])
+    assert delivery["status"] == "succeeded"
+    assert f"POST {masked}" in caplog.text  # httpx's request line, redacted
+    assert "XXXXslackSECRETpart" not in caplog.text + str(delivery)
+
+
+@sqlite_only
+async def test_slack_url_kept_out_of_transport_errors(world: World) -> None:
+    """An HTTP error naming the URL is logged in the delivery log with the URL masked."""
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
+
+    url = f"http://127.0.0.1:9/{SLACK_PATH}"
+    endpoint, _ = await world.endpoint(url, kind="slack")
+    await world.emit()
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+        worker = DeliveryWorker(world.engine, world.clock, http, BOX, allow_private=True)
+        assert await worker.run_once() == 1
+    [delivery] = await list_deliveries(world.engine, endpoint["id"])
+    assert delivery["last_error"] == (
+        "ConnectError: cannot reach http://127.0.0.1:9/services/T…/B…/…")
+
+
+@sqlite_only
+async def test_slack_url_patch_and_legacy_rows(world: World, serve: Any) -> None:
+    """Giving the masked URL back keeps the real one; leaving Slack needs a new URL; a row
+    from before revision 0008 (plaintext URL) is delivered, shown masked, then sealed."""
+    receiver = Receiver()
+    base = serve(receiver).removesuffix("/hook")
+    url = f"{base}/{SLACK_PATH}"
+    endpoint, _ = await world.endpoint(url, kind="slack")
+    changed = await world.store.update(endpoint["id"], {"url": endpoint["url"],
+                                                        "description": "ops"},
+                                       world.clock.now())
+    assert changed["description"] == "ops"
+    assert world.store.url_of(await world.store.row(endpoint["id"])) == url
+    with pytest.raises(ValidationFailed) as refused:
+        await world.store.update(endpoint["id"], {"kind": "webhook"}, world.clock.now())
+    assert refused.value.param == "url"
+    plain = await world.store.update(endpoint["id"], {"kind": "webhook", "url": f"{base}/hook"},
+                                     world.clock.now())
+    assert plain["url"] == f"{base}/hook"
+    assert (await world.store.row(endpoint["id"]))["url_encrypted"] is None
+
+    async with world.engine.begin() as conn:  # as revision 0007 stored it
+        await conn.execute(webhook_endpoints.update()
+                           .where(webhook_endpoints.c.id == endpoint["id"])
+                           .values(kind="slack", url=url, url_encrypted=None))
+    assert (await world.store.get(endpoint["id"]))["url"] == f"{base}/services/T…/B…/…"
+    await world.emit()
+    assert await world.worker().run_once() == 1
+    assert receiver.received[-1].path == f"/{SLACK_PATH}"
+    assert await world.store.seal_urls() == 1
+    assert await world.store.seal_urls() == 0
+    row = await world.store.row(endpoint["id"])
+    assert "XXXXslackSECRETpart" not in str(row) and world.store.url_of(row) == url

@@ -43,6 +43,8 @@ class Received:
     headers: dict[str, str]
     verified: bool
     error: str | None
+    #: the request path the delivery was posted to
+    path: str = ""
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -93,7 +95,7 @@ class Receiver:
                 break
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         error = self.check(body, headers) if self.secrets else None
-        self.received.append(Received(body, headers, error is None, error))
+        self.received.append(Received(body, headers, error is None, error, scope["path"]))
         status = self.status or (200 if error is None else 401)
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json")]})

@@ -76,7 +76,9 @@ class WebhookRuntime:
                    WebhookSettings.from_env(env), http_client=http_client)
 
     async def maintain(self) -> None:
-        """Resolve PagerDuty incidents of budgets that reset; build finished days' digests."""
+        """Resolve PagerDuty incidents of budgets that reset; build finished days' digests;
+        encrypt Slack URLs still stored in plaintext (from before revision 0008)."""
+        await self.store.seal_urls()
         now = self.clock.now()
         await resolve_reset_periods(self.engine, now)
         await build_daily_digests(self.engine, now)

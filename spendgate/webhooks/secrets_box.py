@@ -2,7 +2,9 @@
 
 The key comes from ``SPENDGATE_SECRET_KEY``: a Fernet key (``Fernet.generate_key()``)
 or any passphrase (stretched with HKDF-SHA256). Several comma-separated keys rotate
-the encryption key: the first encrypts, every one decrypts.
+the encryption key: the first encrypts, every one decrypts; ``spendgate webhooks
+reencrypt`` (:meth:`WebhookStore.reencrypt`) rewrites stored tokens under the first, after
+which the others can be dropped.
 
 Without ``SPENDGATE_SECRET_KEY`` the key is derived from ``SPENDGATE_MASTER_KEY`` with
 HKDF-SHA256 (salt-free, ``info=b"spendgate secrets v1"``). That keeps a single-secret
@@ -48,7 +50,9 @@ class SecretBox:
         usable = [k.strip() for k in keys if k.strip()]
         if not usable:
             raise ConfigError("a secret key is required to encrypt webhook secrets")
-        self._fernet = MultiFernet([Fernet(_fernet_key(k)) for k in usable])
+        fernets = [Fernet(_fernet_key(k)) for k in usable]
+        self._primary = fernets[0]
+        self._fernet = MultiFernet(fernets)
 
     def __repr__(self) -> str:
         return "SecretBox(<keys hidden>)"
@@ -67,6 +71,22 @@ class SecretBox:
 
     def encrypt(self, plaintext: str) -> str:
         return self._fernet.encrypt(plaintext.encode()).decode()
+
+    def is_current(self, token: str) -> bool:
+        """Whether ``token`` is encrypted under the first (newest) key."""
+        try:
+            self._primary.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
+
+    def rotate(self, token: str) -> str:
+        """``token``'s plaintext encrypted again under the first key."""
+        try:
+            return self._fernet.rotate(token.encode()).decode()
+        except InvalidToken as exc:
+            raise SecretUnreadable("stored secret does not decrypt with the configured keys"
+                                   ) from exc
 
     def decrypt(self, token: str) -> str:
         try:

@@ -2,6 +2,9 @@
 
 Secrets are kept as Fernet tokens (``secrets_box``); the plaintext ``whsec_…`` is
 returned only by :meth:`WebhookStore.create` and :meth:`WebhookStore.rotate_secret`.
+Credentials in ``config`` (PagerDuty's routing key) are encrypted too and shown masked;
+so are URLs that are credentials themselves (Slack incoming webhooks, ``secret_urls``):
+``url`` holds the masked form, ``url_encrypted`` the real one, read by :meth:`url_of`.
 """
 
 from __future__ import annotations
@@ -22,7 +25,8 @@ from spendgate.store import schema
 from spendgate.store.database import transaction
 from spendgate.webhooks.catalog import valid_pattern
 from spendgate.webhooks.matching import SCOPE_TYPES
-from spendgate.webhooks.secrets_box import SecretBox
+from spendgate.webhooks.secret_urls import SECRET_URL_KINDS, mask_url
+from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
 from spendgate.webhooks.signing import new_secret
 from spendgate.webhooks.tables import webhook_attempts, webhook_deliveries, webhook_endpoints
 from spendgate.webhooks.targets import Resolver, check_target, system_resolver
@@ -31,6 +35,9 @@ KINDS: tuple[str, ...] = ("webhook", "slack", "pagerduty")
 SCOPE_TABLES = {"org": schema.orgs, "team": schema.teams, "user": schema.users,
                 "agent": schema.agents, "key": schema.virtual_keys}
 DEFAULT_OVERLAP = timedelta(hours=24)
+#: every column holding a Fernet token
+ENCRYPTED_COLUMNS = ("secret_encrypted", "previous_secret_encrypted", "config_encrypted",
+                     "url_encrypted")
 EP = webhook_endpoints
 DL = webhook_deliveries
 
@@ -52,6 +59,24 @@ def _mask(value: str) -> str:
     return "…" + value[-4:] if len(value) > 8 else "…"
 
 
+def shown_url(kind: str, url: str) -> str:
+    """The URL as the API and the audit log show it: masked when it is a credential."""
+    return mask_url(url) if kind in SECRET_URL_KINDS else url
+
+
+@dataclass(frozen=True, slots=True)
+class ReencryptReport:
+    """What :meth:`WebhookStore.reencrypt` did."""
+
+    endpoints: int
+    #: endpoints with at least one token rewritten under the newest key
+    rewritten: int
+    #: Slack URLs stored in plaintext (before revision 0008) now encrypted
+    sealed: int
+    #: endpoints with a token no configured key decrypts (left as they are)
+    unreadable: list[str]
+
+
 class WebhookStore:
     def __init__(self, engine: AsyncEngine, box: SecretBox, *, allow_private: bool = False,
                  resolve: Resolver = system_resolver) -> None:
@@ -65,6 +90,16 @@ class WebhookStore:
         token = row["config_encrypted"]
         return {} if token is None else dict(json.loads(self._box.decrypt(token)))
 
+    def url_of(self, row: Mapping[str, Any]) -> str:
+        """Where deliveries go: the decrypted URL for Slack, else the ``url`` column."""
+        token = row.get("url_encrypted")
+        return row["url"] if token is None else self._box.decrypt(token)
+
+    def _url_values(self, kind: str, url: str) -> dict[str, Any]:
+        if kind in SECRET_URL_KINDS:
+            return {"url": mask_url(url), "url_encrypted": self._box.encrypt(url)}
+        return {"url": url, "url_encrypted": None}
+
     def secrets_of(self, row: Mapping[str, Any]) -> tuple[str, str | None]:
         previous = row["previous_secret_encrypted"]
         return (self._box.decrypt(row["secret_encrypted"]),
@@ -74,7 +109,7 @@ class WebhookStore:
         """The endpoint as the API shows it: no secrets, credentials masked."""
         until = row["previous_secret_until"]
         rotating = until is not None and (now is None or until > now)
-        return {"id": row["id"], "url": row["url"], "kind": row["kind"],
+        return {"id": row["id"], "url": shown_url(row["kind"], row["url"]), "kind": row["kind"],
                 "description": row["description"], "event_types": list(row["event_types"]),
                 "scope_type": row["scope_type"], "scope_id": row["scope_id"],
                 "enabled": row["enabled"], "disabled_reason": row["disabled_reason"],
@@ -139,7 +174,7 @@ class WebhookStore:
         await self._validate(spec)
         secret = new_secret()
         values = {
-            "id": new_id("whe"), "url": spec.url, "kind": spec.kind,
+            "id": new_id("whe"), **self._url_values(spec.kind, spec.url), "kind": spec.kind,
             "description": spec.description, "event_types": list(spec.event_types),
             "scope_type": spec.scope_type, "scope_id": spec.scope_id, "enabled": spec.enabled,
             "secret_encrypted": self._box.encrypt(secret), "previous_secret_encrypted": None,
@@ -153,20 +188,32 @@ class WebhookStore:
 
     async def update(self, endpoint_id: str, changes: Mapping[str, Any], now: datetime,
                      conn: AsyncConnection | None = None) -> dict[str, Any]:
-        """Change any of the spec's fields; re-enabling clears the failure record."""
+        """Change any of the spec's fields; re-enabling clears the failure record.
+
+        A Slack URL given back in its masked form (as read) keeps the stored one; a Slack
+        endpoint changed to another kind needs its ``url`` again, or the stored credential
+        would be shown from then on."""
         row = await self.row(endpoint_id)
-        current = EndpointSpec(url=row["url"], kind=row["kind"],
+        current = EndpointSpec(url=self.url_of(row), kind=row["kind"],
                                event_types=tuple(row["event_types"]),
                                scope_type=row["scope_type"], scope_id=row["scope_id"],
                                enabled=row["enabled"], description=row["description"],
                                config=self.config_of(row))
         given = dict(changes)
+        if given.get("url") is not None and given["url"] == shown_url(row["kind"], current.url):
+            del given["url"]
+        new_kind = given.get("kind", current.kind)
+        if (current.kind in SECRET_URL_KINDS and new_kind not in SECRET_URL_KINDS
+                and "url" not in given):
+            raise ValidationFailed(f"url: give the url again to change a {current.kind} "
+                                   f"endpoint to {new_kind}", param="url")
         if "event_types" in given:
             given["event_types"] = tuple(given["event_types"])
         spec = dataclasses.replace(current, **given)
         await self._validate(spec)
         values: dict[str, Any] = {
-            "url": spec.url, "kind": spec.kind, "event_types": list(spec.event_types),
+            **self._url_values(spec.kind, spec.url), "kind": spec.kind,
+            "event_types": list(spec.event_types),
             "scope_type": spec.scope_type, "scope_id": spec.scope_id, "enabled": spec.enabled,
             "description": spec.description, "updated_at": now,
             "config_encrypted": (self._box.encrypt(json.dumps(dict(spec.config)))
@@ -205,6 +252,47 @@ class WebhookStore:
         async with transaction(self._engine, conn) as tx:
             await tx.execute(EP.update().where(EP.c.id == endpoint_id).values(**values))
         return self.public({**row, **values}, now), secret
+
+    # -- the encryption key ----------------------------------------------------------------
+    async def seal_urls(self) -> int:
+        """Encrypt Slack URLs stored in plaintext (written before revision 0008)."""
+        async with self._engine.begin() as conn:
+            rows = (await conn.execute(sa.select(EP.c.id, EP.c.kind, EP.c.url).where(
+                EP.c.kind.in_(sorted(SECRET_URL_KINDS)), EP.c.url_encrypted.is_(None)))).all()
+            sealed = 0
+            for row in rows:
+                done = await conn.execute(
+                    EP.update().where(EP.c.id == row.id, EP.c.url == row.url,
+                                      EP.c.url_encrypted.is_(None))
+                    .values(**self._url_values(row.kind, row.url)))
+                sealed += done.rowcount
+        return sealed
+
+    async def reencrypt(self) -> ReencryptReport:
+        """Seal plaintext Slack URLs, then rewrite every token that is not under the newest
+        key (the first of ``SPENDGATE_SECRET_KEY``). Each row is rewritten only if it did
+        not change meanwhile; running it again rewrites nothing."""
+        sealed = await self.seal_urls()
+        async with self._engine.connect() as conn:
+            rows = [dict(r._mapping) for r in await conn.execute(
+                sa.select(EP.c.id, *(EP.c[c] for c in ENCRYPTED_COLUMNS)).order_by(EP.c.id))]
+        rewritten, unreadable = 0, []
+        for row in rows:
+            try:
+                changes = {c: self._box.rotate(row[c]) for c in ENCRYPTED_COLUMNS
+                           if row[c] is not None and not self._box.is_current(row[c])}
+            except SecretUnreadable:
+                unreadable.append(row["id"])
+                continue
+            if not changes:
+                continue
+            async with self._engine.begin() as conn:
+                done = await conn.execute(EP.update().where(
+                    EP.c.id == row["id"], *(EP.c[c] == row[c] for c in changes))
+                    .values(**changes))
+            rewritten += done.rowcount
+        return ReencryptReport(endpoints=len(rows), rewritten=rewritten, sealed=sealed,
+                               unreadable=unreadable)
 
 
 # -- the delivery log --------------------------------------------------------------------

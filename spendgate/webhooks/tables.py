@@ -1,6 +1,7 @@
 """Tables for endpoints, the delivery outbox, attempts, incidents and notifications.
 
-Defined on the shared ``spendgate.store.schema.metadata``; migration 0004 creates them.
+Defined on the shared ``spendgate.store.schema.metadata``; migration 0004 creates them
+(0008 adds ``webhook_endpoints.url_encrypted``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from spendgate.store.schema import JSONType, UTCDateTime, metadata
 webhook_endpoints = sa.Table(
     "webhook_endpoints", metadata,
     sa.Column("id", sa.String(40), primary_key=True),
+    #: the target; for kinds whose URL is a credential (Slack) only its masked form
     sa.Column("url", sa.String(2000), nullable=False),
     sa.Column("kind", sa.String(20), nullable=False),
     sa.Column("description", sa.String(500), nullable=False),
@@ -25,6 +27,8 @@ webhook_endpoints = sa.Table(
     sa.Column("previous_secret_until", UTCDateTime(), nullable=True),
     #: kind-specific credentials (PagerDuty ``routing_key``), JSON then encrypted
     sa.Column("config_encrypted", sa.Text(), nullable=True),
+    #: Fernet token of the real URL when the URL is a credential (Slack), else NULL
+    sa.Column("url_encrypted", sa.Text(), nullable=True),
     #: first failure of the current run of failures; cleared by any success
     sa.Column("failing_since", UTCDateTime(), nullable=True),
     sa.Column("disabled_reason", sa.String(500), nullable=True),

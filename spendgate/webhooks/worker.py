@@ -3,6 +3,10 @@
 State lives in the database, so a restarted (or another) worker picks up where one left
 off; time comes from the clock and HTTP from the client handed in, so tests drive it
 with a ``FrozenClock`` and real local receivers.
+
+URLs that are credentials (Slack) are decrypted just before the request and kept out of
+logs and of the delivery log: ``httpx`` logs each request's URL, so the worker installs
+``secret_urls.REDACTOR`` on that logger and hides the URL while it posts to it.
 """
 
 from __future__ import annotations
@@ -23,12 +27,15 @@ from spendgate.clock import Clock
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import encode, render
 from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt
+from spendgate.webhooks.secret_urls import REDACTOR, SECRET_URL_KINDS, mask_url
 from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
 from spendgate.webhooks.signing import signed_headers, signing_secrets
 from spendgate.webhooks.store import WebhookStore
 from spendgate.webhooks.targets import Resolver, TargetRefused, check_target, system_resolver
 
 log = logging.getLogger("spendgate.webhooks")
+if REDACTOR not in logging.getLogger("httpx").filters:
+    logging.getLogger("httpx").addFilter(REDACTOR)
 
 EXCERPT_BYTES = 500
 
@@ -120,22 +127,28 @@ class DeliveryWorker:
         return body.encode(), headers
 
     async def _send(self, claim: Claim) -> AttemptResult:
-        url = claim.endpoint["url"]
+        url = self._store.url_of(claim.endpoint)
+        secret_url = claim.endpoint["kind"] in SECRET_URL_KINDS
+        hidden = _spellings(url) if secret_url else ()
         await check_target(url, allow_private=self._allow_private, resolve=self._resolve)
         content, headers = self._request(claim)
         start = self._clock.monotonic()
         try:
-            async with self._http.stream("POST", url, content=content, headers=headers,
-                                         timeout=self._timeout, follow_redirects=False) as resp:
-                excerpt = b""
-                async for chunk in resp.aiter_bytes():
-                    excerpt += chunk
-                    if len(excerpt) >= EXCERPT_BYTES:
-                        break
+            with REDACTOR.hiding(*hidden):
+                async with self._http.stream("POST", url, content=content, headers=headers,
+                                             timeout=self._timeout,
+                                             follow_redirects=False) as resp:
+                    excerpt = b""
+                    async for chunk in resp.aiter_bytes():
+                        excerpt += chunk
+                        if len(excerpt) >= EXCERPT_BYTES:
+                            break
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            for spelling in hidden:
+                error = error.replace(spelling, mask_url(spelling))
             return AttemptResult(ok=False, response_code=None,
-                                 latency_ms=self._elapsed_ms(start),
-                                 error=f"{type(exc).__name__}: {exc}"[:500])
+                                 latency_ms=self._elapsed_ms(start), error=error[:500])
         ok = 200 <= resp.status_code < 300
         return AttemptResult(
             ok=ok, response_code=resp.status_code, latency_ms=self._elapsed_ms(start),
@@ -144,3 +157,12 @@ class DeliveryWorker:
 
     def _elapsed_ms(self, start: float) -> int:
         return max(0, round((self._clock.monotonic() - start) * 1000))
+
+
+def _spellings(url: str) -> tuple[str, ...]:
+    """``url`` as given and as httpx prints it (normalised), longest first."""
+    try:
+        normalised = str(httpx.URL(url))
+    except (httpx.InvalidURL, ValueError):
+        return (url,)
+    return tuple(sorted({url, normalised}, key=len, reverse=True))
