@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import sys
+from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
-import os
-from collections.abc import Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
@@ -26,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
 from spendgate.admin.audit import router as audit_router
-from spendgate.admin.deps import unguarded_routes
+from spendgate.admin.deps import no_nul_characters, unguarded_routes
 from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
@@ -34,6 +35,7 @@ from spendgate.admin.routes import router as admin_router
 from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.audit import load_audit_settings
+from spendgate.auth_throttle import AuthThrottle
 from spendgate.clock import Clock, SystemClock
 from spendgate.counters.factory import counters_from_url
 from spendgate.enforcement import Enforcer
@@ -42,9 +44,9 @@ from spendgate.pricing import PriceTable
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
+from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
-from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_settings
 from spendgate.store.database import create_engine, migrate
@@ -52,8 +54,9 @@ from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
-from spendgate.webhooks.runtime import WebhookRuntime
 from spendgate.usage import TokenUsage
+from spendgate.web_security import CsrfGuard, SecurityHeaders
+from spendgate.webhooks.runtime import WebhookRuntime
 
 log = logging.getLogger("spendgate")
 
@@ -78,7 +81,7 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def build_admin(services: Services) -> FastAPI:
     api = FastAPI(title="spendgate", version=__version__,
-                  docs_url="/docs", redoc_url=None)
+                  docs_url="/docs", redoc_url=None, dependencies=[Depends(no_nul_characters)])
     api.state.services = services
 
     @api.exception_handler(SpendgateError)
@@ -138,8 +141,10 @@ class Gateway:
         self.auto_migrate = auto_migrate
         self.proxy = ProxyApp(services.settings, services.clock, services.keys, services.prices,
                               services.ledger, services.transports, self._unpriced,
-                              services.enforcer, services.rate_gate)
+                              services.enforcer, services.rate_gate, services.auth_throttle)
         self.admin = build_admin(services)
+        #: what serves HTTP outside /v1: the admin app behind CSRF checks and security headers
+        self.web = SecurityHeaders(CsrfGuard(self._admin_http, max_body_bytes=ADMIN_BODY_LIMIT))
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -165,16 +170,19 @@ class Gateway:
             if scope["path"].startswith("/v1/"):
                 await self.proxy(scope, receive, send)
                 return
-            declared = dict(scope["headers"]).get(b"content-length")
-            if declared is not None and declared.isdigit() and int(declared) > ADMIN_BODY_LIMIT:
-                err = PayloadTooLarge(f"request body exceeds the {ADMIN_BODY_LIMIT}-byte limit")
-                await send_error(send, err, "openai", "")
-                return
-            await self.admin(scope, receive, send)
+            await self.web(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             await self.admin(scope, receive, send)
+
+    async def _admin_http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > ADMIN_BODY_LIMIT:
+            err = PayloadTooLarge(f"request body exceeds the {ADMIN_BODY_LIMIT}-byte limit")
+            await send_error(send, err, "openai", "")
+            return
+        await self.admin(scope, receive, send)
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -203,7 +211,9 @@ class Gateway:
         org = await directory.create_org("demo", now)
         key = await directory.create_key({"name": "demo", "org_id": org["id"],
                                           "allow_request_tags": True}, now)
-        log.warning("demo org %s created; its virtual key (shown once): %s", org["id"], key["key"])
+        # to the terminal, not the log: logs are shipped and kept, and a key must not be
+        print(f"demo org {org['id']} created; its virtual key (shown once): {key['key']}",
+              file=sys.stderr, flush=True)
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload policy."""
@@ -292,6 +302,7 @@ def create_app(
         webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
         audit_settings=load_audit_settings(os.environ if env is None else env,
                                            settings.master_key),
+        auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
     )
     return Gateway(services, auto_migrate=auto_migrate)
 

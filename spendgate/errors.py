@@ -10,6 +10,7 @@
     ├── InsufficientFunds          402     insufficient_funds
     ├── PayloadTooLarge            413     request_too_large
     ├── BudgetExceeded             429     budget_exceeded
+    ├── TooManyAuthFailures        429     too_many_auth_failures
     ├── ValidationFailed           422     validation_error
     ├── UpstreamUnavailable        502     upstream_unavailable
     ├── StateUnavailable           503     state_unavailable
@@ -105,6 +106,22 @@ class BudgetExceeded(SpendgateError):
         return {"retry-after": str(max(1, self.retry_after)),
                 "x-spendgate-budget-id": self.budget_id,
                 "x-spendgate-budget-resets-at": self.resets_at}
+
+
+class TooManyAuthFailures(SpendgateError):
+    """This source address failed authentication too often; every attempt waits it out."""
+
+    status = 429
+    code = "too_many_auth_failures"
+    kind = "rate_limit_exceeded"
+    anthropic_kind = "rate_limit_error"
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(max(1, self.retry_after))}
 
 
 class PayloadTooLarge(SpendgateError):

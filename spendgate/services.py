@@ -5,20 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Coroutine, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.audit import AuditSettings
+from spendgate.auth_throttle import AuthThrottle
 from spendgate.clock import Clock
 from spendgate.counters import Counters
 from spendgate.enforcement import Enforcer
 from spendgate.pricing import PriceTable
 from spendgate.proxy.auth import KeyCache
-from spendgate.ratelimit.gate import RateGate
 from spendgate.proxy.transport import Transport
+from spendgate.ratelimit.gate import RateGate
 from spendgate.settings import Settings
 from spendgate.store.directory import Directory
 from spendgate.store.events import record_event
@@ -89,6 +90,8 @@ class Services:
     rate_gate: RateGate
     webhooks: WebhookRuntime
     audit_settings: AuditSettings
+    #: failed authentications per source address, shared by the proxy and the admin API
+    auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
 
     async def drain(self) -> None:
         await self.events.drain()

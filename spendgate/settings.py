@@ -89,6 +89,8 @@ class Settings:
     #: (0: a thread of the gateway itself; 2 refresh 10,000 budgets in under a minute)
     forecast_refresh_seconds: float = 900.0
     forecast_workers: int = 1
+    #: failed authentications allowed per source address per minute (0: no limit)
+    auth_failures_per_minute: int = 20
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -178,6 +180,12 @@ def _unlisted(value: Any) -> Literal["allow", "deny"]:
     raise ConfigError("gateway.unlisted_models must be \"allow\" or \"deny\"")
 
 
+def _non_negative_int(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{where} must be a whole number, 0 or more")
+    return value
+
+
 def demo_routes() -> dict[str, ModelRoute]:
     """The simulated provider's models, priced like real small and large models."""
     provider = ProviderConfig(name="simulated", kind="simulated", base_url="simulated://local")
@@ -237,5 +245,7 @@ def load_settings(
         unlisted_models=_unlisted(gateway.get("unlisted_models", "allow")),
         forecast_refresh_seconds=float(gateway.get("forecast_refresh_seconds", 900.0)),
         forecast_workers=int(gateway.get("forecast_workers", 1)),
+        auth_failures_per_minute=_non_negative_int(gateway.get("auth_failures_per_minute", 20),
+                                                   "gateway.auth_failures_per_minute"),
         models=models,
     )

@@ -28,8 +28,7 @@ from spendgate.errors import ConfigError
 from spendgate.store import audit as store
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], tags=["audit"],
-                   responses={401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody},
-                              409: {"model": s.ErrorBody}, 422: {"model": s.ErrorBody}})
+                   responses=s.ERRORS)
 
 Principal = Annotated[Caller, Depends(principal)]
 EXPORT_BATCH = 2000
@@ -104,7 +103,7 @@ class VerifyOut(BaseModel):
 class PurgeIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
     #: purge entries older than this; default: now minus the configured retention
-    before: datetime | None = None
+    before: s.Instant | None = None
 
 
 class PurgeOut(BaseModel):
@@ -118,12 +117,12 @@ class PurgeOut(BaseModel):
 async def list_audit(
     svc: Svc,
     who: Principal,
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: s.Instant | None = None,
+    end: s.Instant | None = None,
     actor: str | None = None,
     action: str | None = None,
     target: str | None = None,
-    before_seq: int | None = None,
+    before_seq: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Entries newest first, filtered by time, actor, action (``budget.*``) and target."""
@@ -169,8 +168,8 @@ async def export_audit(
     svc: Svc,
     principal: Principal,
     format: Literal["jsonl", "csv"] = "jsonl",
-    start: datetime | None = None,
-    end: datetime | None = None,
+    start: s.Instant | None = None,
+    end: s.Instant | None = None,
     actor: str | None = None,
     action: str | None = None,
     target: str | None = None,

@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spendgate.access import MASTER_PRINCIPAL, Can, Owner, Principal
 from spendgate.admin.audit_trail import admin_event
+from spendgate.auth_throttle import client_address
 from spendgate.credentials import secrets_equal
 from spendgate.errors import AuthenticationFailed, NotFound, PermissionDenied, ValidationFailed
 from spendgate.services import Services
@@ -39,33 +40,43 @@ def services(request: Request) -> Services:
 Svc = Annotated[Services, Depends(services)]
 
 
-def _source(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
 async def principal(
     svc: Svc, request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """Who is calling: the master key (``SPENDGATE_MASTER_KEY``) or an admin token.
 
-    Failed attempts count against the caller's address; past the limit every attempt
-    from it is refused with 429 until the window has passed."""
-    throttle = getattr(svc, "auth_throttle", None)
-    source, mono = _source(request), svc.clock.monotonic()
-    if throttle is not None:
-        throttle.check(source, mono)
-    if credentials is None:
-        raise AuthenticationFailed("missing Authorization: Bearer <master key or admin token>")
-    master = svc.settings.master_key
-    if master is not None and secrets_equal(credentials.credentials, master):
-        return MASTER_PRINCIPAL
-    found = await TokenStore(svc.engine).principal(credentials.credentials, svc.clock.now())
-    if found is None:
-        if throttle is not None:
-            throttle.failed(source, mono)
-        raise AuthenticationFailed("invalid, expired or revoked admin credentials")
-    return found
+    Failed attempts (a missing credential included) count against the caller's address,
+    shared with the proxy; past the limit every attempt from it is refused with 429
+    until the window has passed."""
+    with svc.auth_throttle.attempt(client_address(request.scope), svc.clock.monotonic()):
+        if credentials is None:
+            raise AuthenticationFailed(
+                "missing Authorization: Bearer <master key or admin token>")
+        master = svc.settings.master_key
+        if master is not None and secrets_equal(credentials.credentials, master):
+            return MASTER_PRINCIPAL
+        found = await TokenStore(svc.engine).principal(credentials.credentials,
+                                                       svc.clock.now())
+        if found is None:
+            raise AuthenticationFailed("invalid, expired or revoked admin credentials")
+        return found
+
+
+async def no_nul_characters(request: Request) -> None:
+    """NUL can't be stored as text in PostgreSQL and means nothing in any admin field:
+    refuse it up front (422) in the path, the query string and the body alike."""
+    where = None
+    if "\x00" in request.url.path:
+        where = "path"
+    elif b"%00" in request.scope.get("query_string", b""):
+        where = "query"
+    elif request.method in ("POST", "PUT", "PATCH"):
+        body = await request.body()  # cached: the route reads the same bytes
+        if b"\\u0000" in body or b"\x00" in body:
+            where = "body"
+    if where is not None:
+        raise ValidationFailed(f"{where}: NUL characters are not accepted", param=where)
 
 
 def allow(permission: Can) -> Callable[..., Coroutine[Any, Any, Principal]]:

@@ -18,8 +18,7 @@ from spendgate.store.forecasts import crossing_dates, refresh_all, stored_foreca
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)],
-                   responses={401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody},
-                              404: {"model": s.ErrorBody}, 422: {"model": s.ErrorBody}})
+                   responses=s.ERRORS)
 
 #: a stored forecast older than this is recomputed when read
 MAX_AGE = timedelta(hours=1)

@@ -13,7 +13,6 @@ from spendgate.access import Can, Owner
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
 from spendgate.admin.forecasts import forecast_for_status
-from spendgate.admin.routes import ERRORS
 from spendgate.budget_windows import validate_timezone, window_at
 from spendgate.enforcement import wallet_bucket
 from spendgate.errors import ValidationFailed
@@ -22,7 +21,7 @@ from spendgate.services import Services
 from spendgate.store.events import fired_keys, record_event
 from spendgate.store.policies import Wallet, budget_from_row
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=ERRORS)
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
 
 
 def _pct(value: Decimal) -> str:

@@ -10,12 +10,11 @@ from spendgate.access import Can, Owner
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
 from spendgate.admin.policies import scope_owner
-from spendgate.admin.routes import ERRORS
 from spendgate.errors import ValidationFailed
 from spendgate.money import format_usd, usd_to_nanos
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], tags=["rate limits"],
-                   responses=ERRORS)
+                   responses=s.ERRORS)
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "max_spend_nanos")
 

@@ -27,10 +27,7 @@ def without_secret(obj: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in obj.items() if k != "key"}
 
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": s.ErrorBody}, 403: {"model": s.ErrorBody}, 404: {"model": s.ErrorBody},
-    422: {"model": s.ErrorBody}, 429: {"model": s.ErrorBody}}
-router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=ERRORS)
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
 
 
 def _team_owner(team: dict[str, Any]) -> Owner:
@@ -295,7 +292,10 @@ def _instant(value: str | None, field: str) -> datetime | None:
     except ValueError as exc:
         raise ValidationFailed(f"{field}: not an ISO 8601 date or time: {value!r}",
                                param=field) from exc
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    try:
+        return s.in_range(parsed)
+    except ValueError as exc:
+        raise ValidationFailed(f"{field}: {exc}", param=field) from exc
 
 
 def _group_by(value: str) -> list[str]:

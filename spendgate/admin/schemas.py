@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ObjectId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def in_range(value: datetime) -> datetime:
+    """An instant given to the admin API, as aware UTC (naive means UTC), between 1970 and
+    9000 — far enough for any expiry, and nowhere near the calendar's overflow."""
+    aware = value.replace(tzinfo=UTC) if value.tzinfo is None else value
+    try:
+        utc = aware.astimezone(UTC)
+    except OverflowError as exc:
+        raise ValueError("must be between 1970 and 9000") from exc
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError("must be between 1970 and 9000")
+    return utc
+
+
+#: a time given as input (bodies and query strings)
+Instant = Annotated[datetime, AfterValidator(in_range)]
 Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+-]{1,64}$")]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=320,
@@ -18,6 +43,20 @@ Email = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, ma
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+class Patch(Strict):
+    """A partial update: a field left out is unchanged; an explicit ``null`` is accepted
+    only where it means something (``nullable``: e.g. "no rpm limit"), else 422."""
+
+    nullable: ClassVar[frozenset[str]] = frozenset()
+
+    @model_validator(mode="after")
+    def _no_stray_nulls(self) -> Self:
+        for name in sorted(self.model_fields_set - self.nullable):
+            if getattr(self, name) is None:
+                raise ValueError(f"{name} may be left out but not set to null")
+        return self
 
 
 class OrgIn(Strict):
@@ -49,7 +88,7 @@ class UserIn(Strict):
     org_id: ObjectId | None = None
 
 
-class UserPatch(Strict):
+class UserPatch(Patch):
     """Change a user's role or teams (audited as ``user.role_changed`` / ``user.updated``)."""
 
     role: Role | None = None
@@ -61,7 +100,7 @@ class TokenIn(Strict):
 
     user_id: ObjectId
     name: Name
-    expires_at: datetime | None = None
+    expires_at: Instant | None = None
 
 
 class Token(BaseModel):
@@ -115,7 +154,7 @@ class KeyIn(Strict):
     models: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]],
                       Field(max_length=500)] = []
     allow_request_tags: bool = False
-    expires_at: datetime | None = None
+    expires_at: Instant | None = None
 
 
 class Key(BaseModel):
@@ -179,6 +218,11 @@ class ErrorBody(BaseModel):
     error: ErrorDetail
 
 
+#: the error answers every admin route may give, for the OpenAPI document
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 429)}
+
+
 Percent = Annotated[Decimal, Field(gt=0, le=1000)]
 Money = Annotated[Decimal, Field(gt=0, le=Decimal(1000000000), max_digits=22, decimal_places=9)]
 Zone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
@@ -212,7 +256,7 @@ class BudgetIn(Strict):
     categories: CategoriesIn = CategoriesIn()
 
 
-class BudgetPatch(Strict):
+class BudgetPatch(Patch):
     name: Name | None = None
     period: Literal["daily", "weekly", "monthly"] | None = None
     timezone: Zone | None = None
@@ -292,8 +336,8 @@ class ExceptionIn(Strict):
     amount_usd: Money | None = None
     percent: Percent | None = None
     reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=500)]
-    starts_at: datetime | None = None
-    expires_at: datetime
+    starts_at: Instant | None = None
+    expires_at: Instant
 
 
 class ExceptionOut(BaseModel):
@@ -355,7 +399,8 @@ class RateLimitIn(Strict):
     spend_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
 
 
-class RateLimitPatch(Strict):
+class RateLimitPatch(Patch):
+    nullable = frozenset({"rpm", "tpm", "max_concurrent", "max_spend_usd"})
     rpm: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
     tpm: Annotated[int, Field(ge=1, le=10_000_000_000)] | None = None
     max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None

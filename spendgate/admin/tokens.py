@@ -14,12 +14,11 @@ from fastapi import APIRouter, Depends, Request
 from spendgate.access import ORG_ADMIN, Can, Owner, Principal
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
-from spendgate.admin.routes import ERRORS
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.store.tokens import TokenStore, token_public
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal), *guard(Can.TOKENS)],
-                   responses=ERRORS, tags=["admin tokens"])
+                   responses=s.ERRORS, tags=["admin tokens"])
 
 
 def _manages(who: Principal, user_id: str, org_id: str | None) -> bool:

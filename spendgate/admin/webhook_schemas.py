@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from spendgate.admin.schemas import ObjectId, Strict
+from spendgate.admin.schemas import ObjectId, Patch, Strict
 
 Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Kind = Literal["webhook", "slack", "pagerduty"]
@@ -30,7 +30,9 @@ class WebhookIn(Strict):
                                    description="pagerduty: {\"routing_key\": …}")
 
 
-class WebhookPatch(Strict):
+class WebhookPatch(Patch):
+    nullable = frozenset({"scope_type", "scope_id"})
+
     url: Url | None = None
     kind: Kind | None = None
     event_types: list[EventPattern] | None = Field(default=None, min_length=1)

@@ -21,15 +21,11 @@ from spendgate.webhooks.matching import Preferences
 from spendgate.webhooks.runtime import WebhookRuntime
 from spendgate.webhooks.store import EndpointSpec, list_deliveries, redeliver
 
-ERRORS: dict[int | str, dict[str, Any]] = {401: {"model": s.ErrorBody},
-                                           403: {"model": s.ErrorBody},
-                                           404: {"model": s.ErrorBody},
-                                           422: {"model": s.ErrorBody}}
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal), *guard(Can.WEBHOOKS)],
-                   responses=ERRORS, tags=["webhooks"])
+                   responses=s.ERRORS, tags=["webhooks"])
 notifications_router = APIRouter(prefix="/admin",
                                  dependencies=[Depends(principal), *guard(Can.NOTIFICATIONS)],
-                                 responses=ERRORS, tags=["notifications"])
+                                 responses=s.ERRORS, tags=["notifications"])
 
 
 class WebhooksUnavailable(SpendgateError):

@@ -19,11 +19,13 @@ import orjson
 from redis.exceptions import RedisError
 
 from spendgate import simulated
+from spendgate.auth_throttle import AuthThrottle, client_address
 from spendgate.budget_rules import Subject
 from spendgate.clock import Clock
 from spendgate.credentials import RequestIds
 from spendgate.enforcement import Admission, Enforcer
 from spendgate.errors import (
+    AuthenticationFailed,
     InvalidRequest,
     NotFound,
     PermissionDenied,
@@ -147,7 +149,9 @@ class ProxyApp:
         on_unpriced: Callable[[Call, TokenUsage], None],
         enforcer: Enforcer,
         rate_gate: RateGate,
+        auth_throttle: AuthThrottle | None = None,
     ) -> None:
+        self._throttle = AuthThrottle(limit=0) if auth_throttle is None else auth_throttle
         self._enforcer = enforcer
         self._rate_gate = rate_gate
         self._request_ids = RequestIds()
@@ -167,7 +171,7 @@ class ProxyApp:
             headers = header_dict(scope)
             now, mono = self._clock.now(), self._clock.monotonic()
             if scope["method"] == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
-                key = await self._keys.authenticate(presented_secret(headers, wire), now, mono)
+                key = await self._authenticate(scope, headers, wire, now, mono)
                 await self._models(send, key, path, request_id)
                 return
             endpoint = ENDPOINTS.get(path)
@@ -175,7 +179,7 @@ class ProxyApp:
                 raise NotFound(f"unknown endpoint {scope['method']} {path}")
             if scope["method"] != "POST":
                 raise InvalidRequest(f"{path} accepts POST only")
-            key = await self._keys.authenticate(presented_secret(headers, wire), now, mono)
+            key = await self._authenticate(scope, headers, wire, now, mono)
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)
             call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
@@ -187,6 +191,17 @@ class ProxyApp:
                                        "it cannot check budgets and limits; retry shortly") from exc
         except SpendgateError as err:
             await send_error(send, err, wire, request_id)
+
+    async def _authenticate(self, scope: Scope, headers: Mapping[str, str], wire: str,
+                            now: datetime, mono: float) -> KeyRecord:
+        """The caller's key; a source address that keeps failing is refused (429) first."""
+        ip = client_address(scope)
+        self._throttle.check(ip, mono)
+        try:
+            return await self._keys.authenticate(presented_secret(headers, wire), now, mono)
+        except AuthenticationFailed:
+            self._throttle.failed(ip, mono)
+            raise
 
     def _admit(self, request_id: str, key: KeyRecord, endpoint: Endpoint, payload: dict[str, Any],
                headers: Mapping[str, str], now: datetime, mono: float, size: int) -> Call:
