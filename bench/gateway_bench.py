@@ -45,6 +45,8 @@ MASTER_KEY = "sg-master-bench-0123456789abcdef"
 LITELLM_KEY = "sk-bench-litellm-0123456789"
 UPSTREAM_KEY = "bench-upstream-key"
 MODEL = "gpt-4o-mini"
+#: what ``--with-limits`` puts on the bench key (never binding: set far above the load)
+LIMIT_MODES = ("none", "ratelimit", "budget", "both")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -355,7 +357,9 @@ class Bench:
         )
         return proc
 
-    def start_spendgate(self, name: str = "spendgate") -> tuple[subprocess.Popen[bytes], str, str]:
+    def start_spendgate(
+        self, name: str = "spendgate", limits: str = "none"
+    ) -> tuple[subprocess.Popen[bytes], str, str]:
         port = free_port()
         work = self.tmp / name
         if work.exists():
@@ -407,18 +411,22 @@ class Bench:
         if status >= 300:
             raise RuntimeError(f"POST /admin/keys -> {status}: {raw[:500]!r}")
         key = json.loads(raw)
-        if self.args.with_limits:
-            # enforcement on every call: a hard-capped budget and a rate limit that never bind
-            for path, body in (
-                ("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                    "amount_usd": "1000000", "hard_limit": True}),
-                ("/admin/rate-limits", {"scope_type": "key", "scope_id": key["id"], "model": "*",
-                                        "rpm": 10_000_000, "tpm": 10_000_000_000}),
-            ):
-                status, raw = http("POST", f"{base}{path}", body, MASTER_KEY)
-                if status >= 300:
-                    raise RuntimeError(f"POST {path} -> {status}: {raw[:500]!r}")
+        for path, body in limit_rows(limits, key["id"]):
+            status, raw = http("POST", f"{base}{path}", body, MASTER_KEY)
+            if status >= 300:
+                raise RuntimeError(f"POST {path} -> {status}: {raw[:500]!r}")
         return proc, base, key["key"]
+
+    def limit_modes(self) -> list[str]:
+        """``--with-limits`` as a list of modes: absent → none; bare → both (as before)."""
+        modes = self.args.with_limits
+        if modes is None:
+            return ["none"]
+        return list(dict.fromkeys(modes)) or ["both"]
+
+    def label(self, mode: str) -> str:
+        """The report's target name: plain "spendgate" when one mode is measured."""
+        return "spendgate" if len(self.limit_modes()) == 1 else f"spendgate[{mode}]"
 
     def start_litellm(self) -> tuple[subprocess.Popen[bytes], str, str]:
         port = free_port()
@@ -568,8 +576,8 @@ class Bench:
         }
 
     def profile_spendgate(self, pid: int, base: str, token: str) -> None:
-        pyspy = LITELLM_VENV / "bin/py-spy"
-        if not pyspy.exists():
+        pyspy = pyspy_path()
+        if pyspy is None:
             self.profile_note = "py-spy not installed; profile skipped"
             return
         url = f"{base}/v1/chat/completions"
@@ -708,6 +716,7 @@ def report(b: Bench, started: float) -> str:
             "shared core.  "
         ),
         f"spendgate measured: {b.source}.  ",
+        f"Limits on the bench key (never binding): {', '.join(b.limit_modes())}.  ",
         f"Python {sys.version.split()[0]}; {tool_versions()}",
         "",
         (
@@ -785,11 +794,33 @@ def report(b: Bench, started: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def limit_rows(mode: str, key_id: str) -> list[tuple[str, dict[str, Any]]]:
+    """Admin calls that put ``mode``'s enforcement on every call of the bench key: a
+    hard-capped budget (reserve + settle), an rpm/tpm rate limit (acquire + settle), or
+    both; all set far above the load, so they never refuse."""
+    budget = ("/admin/budgets", {"scope_type": "key", "scope_id": key_id,
+                                 "amount_usd": "1000000", "hard_limit": True})
+    rate = ("/admin/rate-limits", {"scope_type": "key", "scope_id": key_id, "model": "*",
+                                   "rpm": 10_000_000, "tpm": 10_000_000_000})
+    return {"none": [], "ratelimit": [rate], "budget": [budget], "both": [budget, rate]}[mode]
+
+
+def pyspy_path() -> Path | None:
+    """py-spy from the bench venv, else the project's venv, else PATH."""
+    for candidate in (LITELLM_VENV / "bin/py-spy", PROJECT_VENV / "bin/py-spy"):
+        if candidate.exists():
+            return candidate
+    found = shutil.which("py-spy")
+    return Path(found) if found else None
+
+
 def targets(b: Bench) -> list[str]:
-    sg = {(r.scenario, r.conns): r for r in b.rows if r.target == "spendgate"}
+    first = b.label(b.limit_modes()[0])
+    sg = {(r.scenario, r.conns): r for r in b.rows if r.target == first}
     if not sg:
         return []
-    out = ["## spendgate targets (one core)", "", "| target | measured | met? |", "|---|---|---|"]
+    out = [f"## spendgate targets (one core; rows of {first})", "",
+           "| target | measured | met? |", "|---|---|---|"]
     best = max((r for r in sg.values() if r.scenario == "plain"), key=lambda r: r.wrk.rps)
     out.append(
         f"| ≥ 2,500 req/s | {fmt(best.wrk.rps, 0)} req/s (best, c={best.conns}) "
@@ -813,7 +844,8 @@ def targets(b: Bench) -> list[str]:
             f"| RSS flat within 10 % ({b.flat['n1']:,} → {b.flat['n2']:,} requests) "
             f"| {g:+.1f} % | {'yes' if abs(g) <= 10 else 'NO'} |"
         )
-    errs = sum(r.wrk.non2xx + r.wrk.socket_errors for r in sg.values())
+    errs = sum(r.wrk.non2xx + r.wrk.socket_errors for r in b.rows
+               if r.target.startswith("spendgate"))
     errs += b.flat.get("non2xx", 0) + b.flat.get("socket_errors", 0) if b.flat else 0
     out.append(
         f"| no errors under load | {errs} non-2xx/socket errors | {'yes' if errs == 0 else 'NO'} |"
@@ -899,8 +931,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--stream-conns", type=int, default=16)
     p.add_argument("--skip-litellm", action="store_true")
-    p.add_argument("--with-limits", action="store_true",
-                   help="give the bench key a hard-capped budget and a (never binding) rate limit")
+    p.add_argument(
+        "--with-limits", nargs="*", choices=LIMIT_MODES, default=None, metavar="MODE",
+        help="enforcement on the bench key, never binding: none, ratelimit (rpm+tpm),\n"
+        "budget (hard cap), both (the bare flag). Several modes: one spendgate run each,\n"
+        "in order, e.g. --with-limits none ratelimit",
+    )
     p.add_argument("--skip-flat", action="store_true")
     p.add_argument("--skip-profile", action="store_true")
     p.add_argument("--profile-seconds", type=int, default=10)
@@ -943,12 +979,14 @@ def main(argv: list[str] | None = None) -> int:
         up = b.start_upstream()
         b.suite("upstream", up.pid, f"http://127.0.0.1:{b.upstream_port}", None)
 
-        sg, base, key = b.start_spendgate()
-        b.suite("spendgate", sg.pid, base, key)
-        if not args.skip_profile:
-            log("profiling spendgate under c=16")
-            b.profile_spendgate(sg.pid, base, key)
-        procs.stop("spendgate")
+        for mode in b.limit_modes():
+            label = b.label(mode)
+            sg, base, key = b.start_spendgate(label, mode)
+            b.suite(label, sg.pid, base, key)
+            if not args.skip_profile and mode == b.limit_modes()[-1]:
+                log(f"profiling {label} under c=16")
+                b.profile_spendgate(sg.pid, base, key)
+            procs.stop(label)
 
         if not args.skip_litellm:
             try:
@@ -962,7 +1000,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.skip_flat:
             log(f"RSS flatness: {args.flat_first:,} vs {args.flat_total:,} requests at c=64")
-            sg, base, key = b.start_spendgate("spendgate-flat")
+            sg, base, key = b.start_spendgate("spendgate-flat", b.limit_modes()[-1])
             b.rss_flatness(sg.pid, base, key)
             procs.stop("spendgate-flat")
     except BaseException as exc:

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import Any
+from typing import Any, NoReturn
 
 from spendgate import budget_rules as rules
 from spendgate.budget_windows import Period, Window, window_at
@@ -67,6 +67,16 @@ class Admission:
     @property
     def empty(self) -> bool:
         return not self.budgets and not self.wallets
+
+
+@dataclass(slots=True)
+class HoldPlan:
+    """The holds one call must get, before they are reserved."""
+
+    admission: Admission
+    holds: list[Hold]
+    expires_at: float
+    now: datetime
 
 
 class Enforcer:
@@ -164,32 +174,51 @@ class Enforcer:
         self._seeded.add(bucket)
 
     # -- the call path ---------------------------------------------------------------------
+    @property
+    def counters(self) -> Counters:
+        return self._counters
+
     async def admit(self, subject: rules.Subject, worst_case: int,
                     snapshot: PolicySnapshot | None = None) -> Admission:
         """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402)."""
+        plan = await self.plan(subject, worst_case, snapshot)
+        if plan is None:
+            return Admission("", 0, (), ())
+        refusal = await self._counters.reserve(plan.admission.reservation_id, plan.holds,
+                                               plan.expires_at)
+        if refusal is not None:
+            self.refuse(plan, refusal)
+        return plan.admission
+
+    async def plan(self, subject: rules.Subject, worst_case: int,
+                   snapshot: PolicySnapshot | None = None) -> HoldPlan | None:
+        """The holds for this call (their buckets seeded), or None when nothing applies.
+        Split from ``admit`` so ``spendgate.guard`` can reserve together with the rate
+        limits."""
         now = self._clock.now()
         snapshot = snapshot or await self._policies()
         applied, wallets = self.applicable(snapshot, subject, now)
         if not applied and not wallets:
-            return Admission("", 0, (), ())
+            return None
         await self._seed(applied, wallets)
         holds = [Hold(a.bucket, worst_case, a.cap_nanos) for a in applied]
         holds += [Hold(wallet_bucket(w), worst_case, use_stored_cap=True) for w in wallets]
         admission = Admission(new_id("rsv"), worst_case, applied, wallets)
-        expires = now.timestamp() + self._reservation_seconds
-        refusal = await self._counters.reserve(admission.reservation_id, holds, expires)
-        if refusal is not None:
-            self._refuse(admission, refusal, now)
-        return admission
+        return HoldPlan(admission, holds, now.timestamp() + self._reservation_seconds, now)
 
-    def _refuse(self, admission: Admission, refusal: Refusal, now: datetime) -> None:
+    def refuse(self, plan: HoldPlan, refusal: Refusal) -> NoReturn:
+        """Fire the refusal's event and raise its error (429 budget, 402 wallet)."""
+        self._refuse(plan.admission, refusal, plan.now)
+
+    def _refuse(self, admission: Admission, refusal: Refusal, now: datetime) -> NoReturn:
         for a in admission.budgets:
             if a.bucket == refusal.bucket:
                 self._fire(a, rules.Threshold("hard", a.budget.hard_limit_percent), refusal.spent,
                            now, refused=True)
                 retry = int((a.window.end - now).total_seconds()) + 1
+                scope = a.budget.scope_id or a.budget.tag
                 raise BudgetExceeded(
-                    f"budget {a.budget.id} ({a.budget.scope_type} {a.budget.scope_id or a.budget.tag}"
+                    f"budget {a.budget.id} ({a.budget.scope_type} {scope}"
                     f", {a.budget.period}) has reached its hard limit of "
                     f"${format_usd(refusal.cap)}: spent ${format_usd(refusal.spent)}, "
                     f"${format_usd(refusal.reserved)} in flight; it resets at "
@@ -209,13 +238,34 @@ class Enforcer:
 
     async def settle(self, admission: Admission, actual: int) -> int | None:
         """Book the real cost; fire thresholds crossed; return the tightest budget remaining."""
+        parts = self.settlements(admission, actual)
+        if parts is None:
+            return None
+        results = await self._counters.settle(admission.reservation_id, parts)
+        return await self.booked(admission, results)
+
+    def settlements(self, admission: Admission, actual: int) -> list[Settlement] | None:
+        """What settling ``admission`` writes, or None if there is nothing (left) to settle;
+        marks it settled."""
         if admission.empty or admission.settled:
             return None
         admission.settled = True
         parts = [Settlement(a.bucket, admission.worst_case, actual) for a in admission.budgets]
         parts += [Settlement(wallet_bucket(w), admission.worst_case, actual)
                   for w in admission.wallets]
-        results = await self._counters.settle(admission.reservation_id, parts)
+        return parts
+
+    def releasing(self, admission: Admission) -> bool:
+        """True (and marks it settled) if ``admission`` still holds something to give back."""
+        if admission.empty or admission.settled:
+            return False
+        admission.settled = True
+        return True
+
+    async def booked(self, admission: Admission, results: Sequence[tuple[int, int]],
+                     caps: Sequence[int | None] | None = None) -> int | None:
+        """After the counters settled: thresholds crossed, wallet levels, budget remaining.
+        ``caps`` (per settlement, as the settle read them) saves reading wallet caps again."""
         now = self._clock.now()
         remaining = None
         for a, (before, after) in zip(admission.budgets, results, strict=False):
@@ -223,19 +273,23 @@ class Enforcer:
                 self._fire(a, threshold, after, now)
             left = (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - after
             remaining = left if remaining is None else min(remaining, left)
-        for w, (before, after) in zip(admission.wallets, results[len(admission.budgets):],
-                                      strict=False):
-            await self._wallet_levels(w, before, after, now)
+        first = len(admission.budgets)
+        for i, (w, (before, after)) in enumerate(zip(admission.wallets, results[first:],
+                                                     strict=False)):
+            if after <= before:
+                continue
+            cap = caps[first + i] if caps is not None else await self._wallet_cap(w)
+            self._wallet_levels(w, before, after, cap or 0, now)
         return remaining
 
     async def release(self, admission: Admission) -> None:
-        if not admission.empty and not admission.settled:
-            admission.settled = True
+        if self.releasing(admission):
             await self._counters.release(admission.reservation_id)
 
     def _fire(self, a: Applied, threshold: rules.Threshold, spent: int, now: datetime,
               refused: bool = False) -> None:
-        self._emit(EVENT_TYPES[threshold.kind], f"budget:{a.budget.id}:{a.window.key}:{threshold.name}",
+        self._emit(EVENT_TYPES[threshold.kind],
+                   f"budget:{a.budget.id}:{a.window.key}:{threshold.name}",
                    {"budget_id": a.budget.id, "scope_type": a.budget.scope_type,
                     "scope_id": a.budget.scope_id, "tag": a.budget.tag, "period": a.window.key,
                     "period_start": a.window.start.isoformat(),
@@ -246,17 +300,19 @@ class Enforcer:
                     "hard_limit": a.budget.hard_limit, "refused": refused},
                    now, a.budget.org_id)
 
-    async def _wallet_levels(self, w: Wallet, before: int, after: int, now: datetime) -> None:
-        """Balance = top-ups - spent: warn when it drops through the low mark, and at zero.
-
-        Keys include the total topped up, so each top-up re-arms both warnings once."""
-        if after <= before:
-            return
+    async def _wallet_cap(self, w: Wallet) -> int | None:
         state = await self._counters.state(wallet_bucket(w))
-        cap = state.cap if state is not None and state.cap is not None else 0
+        return state.cap if state is not None else None
+
+    def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int, now: datetime
+                       ) -> None:
+        """Balance = top-ups (``cap``) - spent: warn when it drops through the low mark,
+        and at zero. Keys include the total topped up, so each top-up re-arms both
+        warnings once."""
         was, now_left = cap - before, cap - after
         data = {"wallet_id": w.id, "scope_type": w.scope_type, "scope_id": w.scope_id,
-                "balance_usd": format_usd(now_left), "low_balance_usd": format_usd(w.low_balance_nanos)}
+                "balance_usd": format_usd(now_left),
+                "low_balance_usd": format_usd(w.low_balance_nanos)}
         if was > w.low_balance_nanos >= now_left:
             self._emit("wallet.low_balance", f"wallet:{w.id}:low:{cap}", data, now, w.org_id)
         if was > 0 >= now_left:

@@ -175,6 +175,20 @@ async def test_settle_keeps_requests_and_release_removes_everything(limiter: Rat
     )
 
 
+async def test_release_of_an_older_entry_leaves_the_rest(limiter: RateLimiter) -> None:
+    """A release finds its entries anywhere in the window (memory pops the newest in O(1)
+    and searches otherwise): what is left, and the oldest entry, are as if it never came."""
+    for i, rid in enumerate(("a", "b", "c")):
+        await granted(limiter, rid, [RPM5, tokens(100)], float(i))
+    await limiter.release("b", 3.0)
+    await limiter.release("a", 3.0)
+    result = await granted(limiter, "d", [RPM5, tokens(100)], 4.0)
+    assert result.results == (CheckResult(5, 3, 58.0), CheckResult(1_000, 800, 58.0))
+    await limiter.release("d", 5.0)
+    result = await granted(limiter, "e", [RPM5, tokens(100)], 5.0)
+    assert result.results == (CheckResult(5, 3, 57.0), CheckResult(1_000, 800, 57.0))
+
+
 async def test_concurrency_cap_freed_by_settle_release_and_reap(limiter: RateLimiter) -> None:
     """Two slots: a third call waits for a settle, a release, or an expired reservation."""
     await granted(limiter, "a", [slot()], 0.0, expires_at=100.0)

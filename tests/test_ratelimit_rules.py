@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from spendgate.ratelimit import Check, CheckResult, Denial, Granted
+from spendgate.ratelimit import Check, CheckResult, Denial, Granted, rules
 from spendgate.ratelimit.rules import (
+    CheckTemplate,
     RateLimit,
     actuals_for,
     checks_for,
@@ -142,6 +143,29 @@ def test_checks_and_actuals_per_row() -> None:
         "r1:spend": 4_000,
         "r2:tokens": 321,
     }
+
+
+def test_check_template_is_checks_for_and_actuals_for_worked_out_once() -> None:
+    """The gate's per-snapshot template gives the same checks and actuals, in order."""
+    rows = [
+        RateLimit("r1", "key", "k1", "*", rpm=5, tpm=1000, max_concurrent=2,
+                  max_spend_nanos=5_000_000_000, spend_window_seconds=600),
+        RateLimit("r2", "team", "t1", "*", tpm=50_000, max_spend_nanos=7),
+        RateLimit("r3", "team", "t2", "gpt-4o"),
+    ]
+    template = CheckTemplate(rows)
+    for tokens, spend in ((700, 9_000), (0, 0), (321, 4_000)):
+        assert template.checks(tokens, spend) == checks_for(rows, tokens, spend)
+        assert template.actuals(tokens, spend) == actuals_for(rows, tokens, spend)
+    assert not template.empty and CheckTemplate(rows[2:]).empty and CheckTemplate([]).empty
+
+
+def test_format_reset_remembers_a_bounded_number_of_texts() -> None:
+    """Resets are looked up by whole milliseconds; the table never outgrows its bound."""
+    for ms in range(rules._RESET_TEXT_MAX + 50):
+        assert format_reset(ms / 1000) == format_reset(ms / 1000)
+    assert len(rules._RESET_TEXT) <= rules._RESET_TEXT_MAX
+    assert format_reset(3723.5) == "1h2m3.5s" and format_reset(0.0001) == "1ms"
 
 
 @pytest.mark.parametrize(

@@ -2,7 +2,9 @@
 
 Every operation is one round trip: a Lua script from ``lua/`` run with EVALSHA
 (``register_script`` reloads it once if the server has forgotten it), or a single
-read command. Keys, under a prefix (default ``sg:``):
+read command. Reserve and settle live in ``_lib.lua`` as functions of (KEYS, ARGV), so
+``spendgate.guard`` can run them in one script with the rate limiter's acquire and
+settle on the proxy's hot path. Keys, under a prefix (default ``sg:``):
 
 * ``<prefix><bucket>``: a hash with ``spent``, ``reserved`` and, for wallets, ``cap``;
 * ``<prefix>r:<reservation id>``: a hash from bucket key to the amount it holds there;
@@ -41,12 +43,20 @@ from spendgate.redis_pool import pooled_client
 _LUA = files("spendgate.counters") / "lua"
 
 
+def lua_library() -> str:
+    """The shared helpers and operations (``_lib.lua``): put in front of every script here,
+    and of the joint scripts in ``spendgate.guard`` (one script can't call another)."""
+    return (_LUA / "_lib.lua").read_text(encoding="utf-8")
+
+
 def _script(client: Redis, name: str) -> AsyncScript:
     """Register ``lua/<name>.lua`` with the shared helpers from ``_lib.lua`` in front."""
-    body = (_LUA / f"{name}.lua").read_text(encoding="utf-8")
-    if name in {"settle", "release", "reap"}:
-        body = (_LUA / "_lib.lua").read_text(encoding="utf-8") + "\n" + body
-    return client.register_script(body)
+    return client.register_script(lua_library() + "\n" + (_LUA / f"{name}.lua").read_text(
+        encoding="utf-8"))
+
+
+def _cap(value: Any) -> int | None:
+    return None if value is None else int(value)
 
 
 def _int(value: Any) -> int:
@@ -93,9 +103,15 @@ class RedisCounters:
     async def exists(self, bucket: str) -> bool:
         return bool(await self._redis.exists(self._key(bucket)))
 
-    async def reserve(
-        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
-    ) -> Refusal | None:
+    @property
+    def client(self) -> Redis:
+        """The connection pool's client (``spendgate.guard`` runs joint scripts on it)."""
+        return self._redis
+
+    # -- script keys and arguments, shared with the joint scripts of spendgate.guard --------
+    def reserve_call(self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+                     ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``reserve.lua`` (``ct_check`` + ``ct_record``)."""
         keys = [self._zset, self._rkey(reservation_id), *(self._key(h.bucket) for h in holds)]
         args: list[str | int] = [reservation_id, repr(float(expires_at))]
         for hold in holds:
@@ -104,24 +120,51 @@ class RedisCounters:
                 "" if hold.cap is None else hold.cap,
                 "1" if hold.use_stored_cap else "0",
             ]
-        refused = await self._reserve(keys=keys, args=args)
+        return keys, args
+
+    @staticmethod
+    def reserve_reply(refused: Any, holds: Sequence[Hold]) -> Refusal | None:
         if refused is None:
             return None
         index, spent, reserved, cap = refused
         return Refusal(holds[int(index) - 1].bucket, _int(spent), _int(reserved), _int(cap))
 
-    async def settle(
-        self, reservation_id: str, settlements: Sequence[Settlement]
-    ) -> list[tuple[int, int]]:
+    def settle_call(self, reservation_id: str, settlements: Sequence[Settlement]
+                    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``settle.lua`` (``ct_settle``)."""
         keys = [self._zset, self._rkey(reservation_id), *(self._key(s.bucket) for s in settlements)]
         args: list[str | int] = [reservation_id]
         for settlement in settlements:
             args += [settlement.reserved, settlement.actual]
+        return keys, args
+
+    @staticmethod
+    def settle_reply(flat: Any) -> list[tuple[int, int, int | None]]:
+        """(spent before, spent after, cap) per settlement."""
+        return [(_int(flat[i]), _int(flat[i + 1]), _cap(flat[i + 2]))
+                for i in range(0, len(flat), 3)]
+
+    def release_call(self, reservation_id: str) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``release.lua``."""
+        return [self._zset, self._rkey(reservation_id)], [reservation_id]
+
+    # -- the Counters protocol ---------------------------------------------------------------
+    async def reserve(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> Refusal | None:
+        keys, args = self.reserve_call(reservation_id, holds, expires_at)
+        return self.reserve_reply(await self._reserve(keys=keys, args=args), holds)
+
+    async def settle(
+        self, reservation_id: str, settlements: Sequence[Settlement]
+    ) -> list[tuple[int, int]]:
+        keys, args = self.settle_call(reservation_id, settlements)
         flat = await self._settle(keys=keys, args=args)
-        return [(_int(flat[i]), _int(flat[i + 1])) for i in range(0, len(flat), 2)]
+        return [(before, after) for before, after, _ in self.settle_reply(flat)]
 
     async def release(self, reservation_id: str) -> None:
-        await self._release(keys=[self._zset, self._rkey(reservation_id)], args=[reservation_id])
+        keys, args = self.release_call(reservation_id)
+        await self._release(keys=keys, args=args)
 
     async def reap(self, now: float) -> int:
         return _int(await self._reap(keys=[self._zset], args=[repr(float(now)), self._prefix]))

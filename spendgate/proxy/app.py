@@ -23,7 +23,7 @@ from spendgate.auth_throttle import AuthThrottle, client_address
 from spendgate.budget_rules import Subject
 from spendgate.clock import Clock
 from spendgate.credentials import RequestIds
-from spendgate.enforcement import Admission, Enforcer
+from spendgate.enforcement import Enforcer
 from spendgate.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -34,9 +34,9 @@ from spendgate.errors import (
     UnknownModel,
     UpstreamTimeout,
 )
+from spendgate.guard import CallGuard, Guarded
 from spendgate.money import format_usd
 from spendgate.pricing import PriceTable
-from spendgate.ratelimit.gate import RateAdmission, RateGate
 from spendgate.proxy.auth import KeyCache, presented_secret
 from spendgate.proxy.metering import StreamMeter, usage_from_body
 from spendgate.proxy.routing import ENDPOINTS, Endpoint, upstream_headers, upstream_url
@@ -51,6 +51,7 @@ from spendgate.proxy.wire import (
     send_error,
     start_stream,
 )
+from spendgate.ratelimit.gate import RateGate
 from spendgate.settings import ModelRoute, Settings
 from spendgate.store.directory import KeyRecord
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
@@ -153,7 +154,7 @@ class ProxyApp:
     ) -> None:
         self._throttle = AuthThrottle(limit=0) if auth_throttle is None else auth_throttle
         self._enforcer = enforcer
-        self._rate_gate = rate_gate
+        self._guard = CallGuard(rate_gate, enforcer)
         self._request_ids = RequestIds()
         self._settings = settings
         self._clock = clock
@@ -219,22 +220,17 @@ class ProxyApp:
     async def _guarded(self, call: Call, payload: dict[str, Any], body: bytes,
                        headers: Mapping[str, str], receive: Receive, send: Send) -> None:
         """Rate limits, then budgets and wallets, then the call; holds given back if the
-        call never settles (an error before forwarding, a crash, a cancellation)."""
+        call never settles (an error before forwarding, a crash, a cancellation). In Redis
+        mode, taking both is one round trip and settling both another (``CallGuard``)."""
         worst_usage = call.worst_case_usage()
         worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos or 0
         policies = await self._enforcer.policies()
-        key = call.key
-        rated = await self._rate_gate.admit(
-            policies.rate_limits, call.request_id, key.id, key.team_id, key.org_id,
-            call.route.name, worst_usage.total_tokens, worst)
-        admission: Admission | None = None
+        guarded = await self._guard.admit(call.request_id, call.subject(),
+                                          worst_usage.total_tokens, worst, policies)
         try:
-            admission = await self._enforcer.admit(call.subject(), worst, policies)
-            await self._forward(call, admission, rated, payload, body, headers, receive, send)
+            await self._forward(call, guarded, payload, body, headers, receive, send)
         finally:
-            await self._rate_gate.release(rated)
-            if admission is not None:
-                await self._enforcer.release(admission)
+            await self._guard.release(guarded)
 
     def _upstream_request(self, call: Call, payload: dict[str, Any], body: bytes,
                           headers: Mapping[str, str]) -> tuple[UpstreamRequest, bool]:
@@ -262,9 +258,8 @@ class ProxyApp:
         )
         return request, client_wants_usage
 
-    async def _forward(self, call: Call, admission: Admission, rated: RateAdmission,
-                       payload: dict[str, Any], body: bytes, headers: Mapping[str, str],
-                       receive: Receive, send: Send) -> None:
+    async def _forward(self, call: Call, guarded: Guarded, payload: dict[str, Any], body: bytes,
+                       headers: Mapping[str, str], receive: Receive, send: Send) -> None:
         request, client_wants_usage = self._upstream_request(call, payload, body, headers)
         transport = self._transports["simulated" if call.route.provider.kind == "simulated" else "http"]
         try:
@@ -272,59 +267,56 @@ class ProxyApp:
         except SpendgateError as err:
             self._record(call, err.status, "timeout" if isinstance(err, UpstreamTimeout)
                          else "upstream_error", None)
-            await self._rate_gate.settle(rated, 0, 0)
+            await self._guard.unbilled(guarded)
             raise
         if response.status >= 300:
-            await self._relay_error(call, rated, response, send)
+            await self._relay_error(call, guarded, response, send)
         elif call.stream:
-            await self._relay_stream(call, admission, rated, response, client_wants_usage,
-                                     receive, send)
+            await self._relay_stream(call, guarded, response, client_wants_usage, receive, send)
         else:
-            await self._relay_whole(call, admission, rated, response, send)
+            await self._relay_whole(call, guarded, response, send)
 
-    def _base_headers(self, call: Call, rated: RateAdmission, upstream: Mapping[str, str]
+    def _base_headers(self, call: Call, guarded: Guarded, upstream: Mapping[str, str]
                       ) -> dict[str, str]:
-        headers = {"x-request-id": call.request_id, **rated.headers}
+        headers = {"x-request-id": call.request_id, **guarded.rated.headers}
         if "x-request-id" in upstream:
             headers["x-upstream-request-id"] = upstream["x-request-id"]
         if "x-spendgate-simulated" in upstream:
             headers["x-spendgate-simulated"] = "true"
         return headers
 
-    async def _relay_error(self, call: Call, rated: RateAdmission, response: UpstreamResponse,
+    async def _relay_error(self, call: Call, guarded: Guarded, response: UpstreamResponse,
                            send: Send) -> None:
         """Provider errors pass through unchanged and are not billed."""
-        headers = self._base_headers(call, rated, response.headers)
+        headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = "0.00"
         self._record(call, response.status, "upstream_error", None)
-        await self._rate_gate.settle(rated, 0, 0)
+        await self._guard.unbilled(guarded)
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_whole(self, call: Call, admission: Admission, rated: RateAdmission,
-                           response: UpstreamResponse, send: Send) -> None:
+    async def _relay_whole(self, call: Call, guarded: Guarded, response: UpstreamResponse,
+                           send: Send) -> None:
         usage = usage_from_body(call.endpoint.kind, response.body)
         estimated = usage is None
         if usage is None:
             usage = TokenUsage(input_tokens=call.request_bytes // 4,
                                output_tokens=len(response.body) // 4)
         cost = self._record(call, response.status, "ok", usage, estimated)
-        remaining = await self._enforcer.settle(admission, cost or 0)
-        await self._rate_gate.settle(rated, usage.total_tokens, cost or 0)
-        headers = self._base_headers(call, rated, response.headers)
+        remaining = await self._guard.settle(guarded, usage.total_tokens, cost or 0)
+        headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = "unknown" if cost is None else format_usd(cost)
         if remaining is not None:
             headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_stream(self, call: Call, admission: Admission, rated: RateAdmission,
-                            response: UpstreamResponse, client_wants_usage: bool,
-                            receive: Receive, send: Send) -> None:
+    async def _relay_stream(self, call: Call, guarded: Guarded, response: UpstreamResponse,
+                            client_wants_usage: bool, receive: Receive, send: Send) -> None:
         """Forward events as they come; if the client leaves, keep reading so the bill is
         the provider's own usage figure, not a guess."""
         meter = StreamMeter(call.endpoint.kind, strip_usage_chunk=not client_wants_usage)
-        headers = self._base_headers(call, rated, response.headers)
+        headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         headers["cache-control"] = "no-cache"
         disconnect = asyncio.ensure_future(receive())
@@ -353,8 +345,7 @@ class ProxyApp:
             if usage is None:
                 usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
             cost = self._record(call, 200, status, usage, estimated)
-            await self._enforcer.settle(admission, cost or 0)
-            await self._rate_gate.settle(rated, usage.total_tokens, cost or 0)
+            await self._guard.settle(guarded, usage.total_tokens, cost or 0)
 
     def _record(self, call: Call, http_status: int, status: str, usage: TokenUsage | None,
                 estimated: bool = False) -> int | None:

@@ -93,7 +93,23 @@ class Denial:
 
 
 def validate(reservation_id: str, checks: Sequence[Check]) -> None:
-    """Refuse what the backends cannot represent; shared so both refuse alike."""
+    """Refuse what the backends cannot represent; shared so both refuse alike. Every
+    acquire runs it, so well-formed checks take a quick pass; anything else gets the
+    thorough one, which names the first problem."""
+    if reservation_id and reservation_id[0] != "#" and _well_formed(checks):
+        return
+    _validate(reservation_id, checks)
+
+
+def _well_formed(checks: Sequence[Check]) -> bool:
+    for _, kind, limit, window_seconds, amount in checks:
+        if limit < 0 or amount < 0 or (
+                amount != 1 if kind == "concurrency" else window_seconds <= 0):
+            return False
+    return len(checks) < 2 or len({check[0] for check in checks}) == len(checks)
+
+
+def _validate(reservation_id: str, checks: Sequence[Check]) -> None:
     if not reservation_id or reservation_id[0] == "#":
         raise ValueError(f"invalid reservation id {reservation_id!r}")
     buckets: set[str] = set()

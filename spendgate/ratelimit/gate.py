@@ -10,16 +10,16 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NoReturn
 
 from spendgate.clock import Clock
 from spendgate.errors import PermissionDenied, SpendgateError
-from spendgate.ratelimit import Check, Denial, RateLimiter
+from spendgate.ratelimit import Check, Denial, Granted, RateLimiter
 from spendgate.ratelimit.rules import (
+    CheckTemplate,
     RateLimit,
     Unlisted,
     actuals_for,
-    checks_for,
     denial_headers,
     describe,
     granted_headers,
@@ -46,11 +46,38 @@ class RateLimited(SpendgateError):
 
 
 @dataclass(slots=True)
+class RatePlan:
+    """The checks one call must pass, and who it is for the ``ratelimit.exceeded`` event."""
+
+    reservation_id: str
+    key_id: str
+    team_id: str | None
+    org_id: str
+    model: str
+    rows: Sequence[RateLimit]
+    template: CheckTemplate
+    checks: list[Check]
+    now: datetime
+    stamp: float
+    expires_at: float
+
+
+@dataclass(slots=True)
 class RateAdmission:
     reservation_id: str
     rows: Sequence[RateLimit]
     headers: dict[str, str] = field(default_factory=dict)
     done: bool = False
+    #: the rows' checks, for ``settle`` (None: worked out from ``rows``)
+    template: CheckTemplate | None = None
+
+
+#: (model allowed, governing rows, their checks) for one key, team and model
+Governing = tuple[bool, list[RateLimit], CheckTemplate]
+
+
+def _not_allowed(model: str) -> PermissionDenied:
+    return PermissionDenied(f"model {model!r} is not approved for this key", param="model")
 
 
 class RateGate:
@@ -62,65 +89,113 @@ class RateGate:
         self._unlisted = unlisted
         self._reservation_seconds = reservation_seconds
         self._source: Mapping[str, tuple[RateLimit, ...]] | None = None
-        self._cache: dict[tuple[str, str | None, str], tuple[bool, list[RateLimit]]] = {}
+        self._cache: dict[tuple[str, str | None, str], Governing] = {}
 
     def _governing(self, limits: Mapping[str, tuple[RateLimit, ...]], key_id: str,
-                   team_id: str | None, model: str) -> tuple[bool, list[RateLimit]]:
-        """(model allowed, governing rows), cached per snapshot of the limits."""
+                   team_id: str | None, model: str) -> Governing:
+        """(model allowed, governing rows, their check template), cached per snapshot of
+        the limits: on the hot path a call only fills in its amounts."""
         if limits is not self._source:
             self._source, self._cache = limits, {}
         cached = self._cache.get((key_id, team_id, model))
         if cached is None:
             rows = scope_rows([*limits.get(key_id, ()), *limits.get(team_id or "", ())],
                               key_id, team_id)
-            cached = (model_allowed(rows, model, self._unlisted),
-                      matching(rows, key_id, team_id, model))
+            governing = matching(rows, key_id, team_id, model)
+            cached = (model_allowed(rows, model, self._unlisted), governing,
+                      CheckTemplate(governing))
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[(key_id, team_id, model)] = cached
         return cached
 
+    @property
+    def limiter(self) -> RateLimiter:
+        return self._limiter
+
     async def admit(self, limits: Mapping[str, tuple[RateLimit, ...]], reservation_id: str,
                     key_id: str, team_id: str | None, org_id: str, model: str, tokens: int,
                     worst_nanos: int) -> RateAdmission:
-        allowed, rows = self._governing(limits, key_id, team_id, model)
+        """Acquire the call's checks, or raise ``RateLimited`` (403 for a model not
+        allowed). The in-process hot path: no plan object, the template's checks."""
+        allowed, rows, template = self._governing(limits, key_id, team_id, model)
         if not allowed:
-            raise PermissionDenied(f"model {model!r} is not approved for this key",
-                                   param="model")
-        if not rows:
+            raise _not_allowed(model)
+        if template.empty:
             return RateAdmission(reservation_id, (), done=True)
-        checks: list[Check] = checks_for(rows, tokens, worst_nanos)
-        if not checks:
-            return RateAdmission(reservation_id, (), done=True)
+        checks = template.checks(tokens, worst_nanos)
         now = self._clock.now()
         stamp = now.timestamp()
         outcome = await self._limiter.acquire(reservation_id, checks, stamp,
                                               stamp + self._reservation_seconds)
         if isinstance(outcome, Denial):
-            window = int(stamp // 60)
-            self._emit("ratelimit.exceeded", f"ratelimit:{key_id}:{model}:{window}",
-                       {"key_id": key_id, "team_id": team_id, "model": model,
-                        "limit_id": outcome.check.bucket.split(":", 1)[0],
-                        "kind": outcome.check.kind, "limit": outcome.check.limit,
-                        "window_start": window * 60}, now, org_id)
-            raise RateLimited(outcome)
-        return RateAdmission(reservation_id, rows, granted_headers(checks, outcome))
+            self._refuse(outcome, key_id, team_id, org_id, model, now, stamp)
+        return RateAdmission(reservation_id, rows, granted_headers(checks, outcome), False,
+                             template)
+
+    def plan(self, limits: Mapping[str, tuple[RateLimit, ...]], reservation_id: str,
+             key_id: str, team_id: str | None, org_id: str, model: str, tokens: int,
+             worst_nanos: int) -> RatePlan | None:
+        """What to acquire for this call, or None when no limit applies. ``admit`` split
+        in two, so ``spendgate.guard`` can acquire together with the budget holds."""
+        allowed, rows, template = self._governing(limits, key_id, team_id, model)
+        if not allowed:
+            raise _not_allowed(model)
+        if template.empty:
+            return None
+        now = self._clock.now()
+        stamp = now.timestamp()
+        return RatePlan(reservation_id, key_id, team_id, org_id, model, rows, template,
+                        template.checks(tokens, worst_nanos), now, stamp,
+                        stamp + self._reservation_seconds)
+
+    def outcome(self, plan: RatePlan, outcome: Denial | Granted) -> RateAdmission:
+        """The admission for a granted plan; for a denial, the event and ``RateLimited``."""
+        if isinstance(outcome, Denial):
+            self._refuse(outcome, plan.key_id, plan.team_id, plan.org_id, plan.model, plan.now,
+                         plan.stamp)
+        return RateAdmission(plan.reservation_id, plan.rows,
+                             granted_headers(plan.checks, outcome), False, plan.template)
+
+    def _refuse(self, denial: Denial, key_id: str, team_id: str | None, org_id: str,
+                model: str, now: datetime, stamp: float) -> NoReturn:
+        """``ratelimit.exceeded`` (once per key, model and minute), then ``RateLimited``."""
+        window = int(stamp // 60)
+        self._emit("ratelimit.exceeded", f"ratelimit:{key_id}:{model}:{window}",
+                   {"key_id": key_id, "team_id": team_id, "model": model,
+                    "limit_id": denial.check.bucket.split(":", 1)[0],
+                    "kind": denial.check.kind, "limit": denial.check.limit,
+                    "window_start": window * 60}, now, org_id)
+        raise RateLimited(denial)
+
+    def actuals(self, admission: RateAdmission, tokens: int, cost_nanos: int
+                ) -> dict[str, int] | None:
+        """What settling ``admission`` writes, or None if it is done already; marks it done."""
+        if admission.done:
+            return None
+        admission.done = True
+        if admission.template is not None:
+            return admission.template.actuals(tokens, cost_nanos)
+        return actuals_for(admission.rows, tokens, cost_nanos)
+
+    def releasing(self, admission: RateAdmission) -> bool:
+        """True (and marks it done) if ``admission`` still holds something to give back."""
+        if admission.done:
+            return False
+        admission.done = True
+        return True
 
     async def settle(self, admission: RateAdmission, tokens: int, cost_nanos: int) -> None:
         """The call was forwarded: it counts as a request; tokens and spend become actual."""
-        if admission.done:
-            return
-        admission.done = True
-        await self._limiter.settle(admission.reservation_id,
-                                   actuals_for(admission.rows, tokens, cost_nanos),
-                                   self._clock.now().timestamp())
+        actual = self.actuals(admission, tokens, cost_nanos)
+        if actual is not None:
+            await self._limiter.settle(admission.reservation_id, actual,
+                                       self._clock.now().timestamp())
 
     async def release(self, admission: RateAdmission) -> None:
         """The call never reached the provider: give everything back."""
-        if admission.done:
-            return
-        admission.done = True
-        await self._limiter.release(admission.reservation_id, self._clock.now().timestamp())
+        if self.releasing(admission):
+            await self._limiter.release(admission.reservation_id, self._clock.now().timestamp())
 
     async def reap(self) -> int:
         return await self._limiter.reap(self._clock.now().timestamp())

@@ -160,7 +160,10 @@ class MemoryRateLimiter:
         for bucket, entry in held.entries.items():
             if entry.live:
                 window = self._windows[bucket]
-                window.entries.remove(entry)  # by identity: _Entry has eq=False
+                if window.entries[-1] is entry:  # the usual case: a budget refused it just now
+                    window.entries.pop()
+                else:
+                    window.entries.remove(entry)  # O(entries), by identity (eq=False)
                 window.total -= entry.amount
                 entry.live = False
                 if not window.entries:

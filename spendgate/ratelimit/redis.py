@@ -1,7 +1,11 @@
 """Rate-limit logs in Redis (``redis://`` / ``rediss://``), shared by every replica.
 
 Every operation is one round trip: a Lua script from ``lua/`` (with ``_lib.lua`` in
-front) run with EVALSHA. Keys, under a prefix (default ``sg:``), for a bucket ``B``:
+front) run with EVALSHA. The scripts are thin: the operations live in ``_lib.lua`` as
+functions of (KEYS, ARGV), so ``spendgate.guard`` can run an acquire together with the
+budget counters' reserve in one script (and a settle with theirs) on the proxy's hot path.
+
+Keys, under a prefix (default ``sg:``), for a bucket ``B``:
 
 * ``<prefix>rl:B:z``: a sorted set of reservation ids, scored by entry time (window
   buckets) or by ``expires_at`` (concurrency slots);
@@ -41,10 +45,16 @@ _LUA = files("spendgate.ratelimit") / "lua"
 RECORD_GRACE = 60
 
 
+def lua_library() -> str:
+    """The shared helpers and operations (``_lib.lua``): put in front of every script here,
+    and of the joint scripts in ``spendgate.guard`` (one script can't call another)."""
+    return (_LUA / "_lib.lua").read_text(encoding="utf-8")
+
+
 def _script(client: Redis, name: str) -> AsyncScript:
     """Register ``lua/<name>.lua`` with the shared helpers from ``_lib.lua`` in front."""
-    lib = (_LUA / "_lib.lua").read_text(encoding="utf-8")
-    return client.register_script(lib + "\n" + (_LUA / f"{name}.lua").read_text(encoding="utf-8"))
+    return client.register_script(lua_library() + "\n" + (_LUA / f"{name}.lua").read_text(
+        encoding="utf-8"))
 
 
 def _text(value: Any) -> str:
@@ -78,28 +88,32 @@ class RedisRateLimiter:
     def _rkey(self, reservation_id: str) -> str:
         return f"{self._prefix}rl:r:{reservation_id}"
 
-    async def acquire(
-        self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
-    ) -> Denial | Granted:
+    @property
+    def client(self) -> Redis:
+        return self._redis
+
+    # -- script keys and arguments, shared with the joint scripts of spendgate.guard --------
+    def acquire_call(self, reservation_id: str, checks: Sequence[Check], now: float,
+                     expires_at: float) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``acquire.lua`` (``rl_check`` + ``rl_record``)."""
         validate(reservation_id, checks)
         live = max(1, math.ceil(expires_at - now))
-        keys = [self._zset, self._rkey(reservation_id)]
-        args: list[str | int] = [
-            reservation_id,
-            repr(float(now)),
-            repr(float(expires_at)),
-            live + RECORD_GRACE,
-        ]
-        for check in checks:
-            base = f"{self._prefix}rl:{check.bucket}"
+        prefix = self._prefix
+        keys = [self._zset, f"{prefix}rl:r:{reservation_id}"]
+        args: list[str | int] = [reservation_id, repr(float(now)), repr(float(expires_at)),
+                                 live + RECORD_GRACE]
+        for bucket, kind, limit, window_seconds, amount in checks:
+            base = f"{prefix}rl:{bucket}"
             keys += [f"{base}:z", f"{base}:a"]
-            if check.kind == "concurrency":
-                args += [check.bucket, "c", check.limit, "", 1, live + 1]
+            if kind == "concurrency":
+                args += [bucket, "c", limit, "", 1, live + 1]
             else:
-                cutoff = repr(float(now) - float(check.window_seconds))
-                ttl = math.ceil(check.window_seconds) + 1
-                args += [check.bucket, "w", check.limit, cutoff, check.amount, ttl]
-        reply = await self._acquire(keys=keys, args=args)
+                args += [bucket, "w", limit, repr(float(now) - float(window_seconds)), amount,
+                         math.ceil(window_seconds) + 1]
+        return keys, args
+
+    @staticmethod
+    def acquire_reply(reply: Any, checks: Sequence[Check], now: float) -> Denial | Granted:
         index = int(reply[0])
         if index:
             check = checks[index - 1]
@@ -108,20 +122,37 @@ class RedisRateLimiter:
             return Denial(index - 1, check, int(reply[1]), retry)
         results: list[CheckResult] = []
         for i, check in enumerate(checks):
-            used_after, oldest = int(reply[1 + 2 * i]), _text(reply[2 + 2 * i])
+            used_after, oldest = int(reply[1 + 2 * i]), reply[2 + 2 * i]
             reset = float(oldest) - (now - check.window_seconds) if oldest else 0.0
             results.append(CheckResult(check.limit, max(0, check.limit - used_after), reset))
         return Granted(tuple(results))
 
-    async def settle(self, reservation_id: str, actual: Mapping[str, int], now: float) -> None:
+    def settle_call(self, reservation_id: str, actual: Mapping[str, int]
+                    ) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``settle.lua`` (``rl_settle``)."""
         args: list[str | int] = [self._prefix, reservation_id]
         for bucket, amount in actual.items():
             args += [bucket, amount]
-        await self._settle(keys=[self._zset, self._rkey(reservation_id)], args=args)
+        return [self._zset, self._rkey(reservation_id)], args
+
+    def release_call(self, reservation_id: str) -> tuple[list[str], list[str | int]]:
+        """KEYS and ARGV of ``release.lua`` (``rl_release``)."""
+        return [self._zset, self._rkey(reservation_id)], [self._prefix, reservation_id]
+
+    # -- the RateLimiter protocol ------------------------------------------------------------
+    async def acquire(
+        self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
+    ) -> Denial | Granted:
+        keys, args = self.acquire_call(reservation_id, checks, now, expires_at)
+        return self.acquire_reply(await self._acquire(keys=keys, args=args), checks, now)
+
+    async def settle(self, reservation_id: str, actual: Mapping[str, int], now: float) -> None:
+        keys, args = self.settle_call(reservation_id, actual)
+        await self._settle(keys=keys, args=args)
 
     async def release(self, reservation_id: str, now: float) -> None:
-        args = [self._prefix, reservation_id]
-        await self._release(keys=[self._zset, self._rkey(reservation_id)], args=args)
+        keys, args = self.release_call(reservation_id)
+        await self._release(keys=keys, args=args)
 
     async def reap(self, now: float) -> int:
         return int(await self._reap(keys=[self._zset], args=[self._prefix, repr(float(now))]))

@@ -23,3 +23,75 @@ local function release(zset, rkey, id)
   redis.call('DEL', rkey)
   return redis.call('ZREM', zset, id)
 end
+
+-- The operations, as functions of (keys, argv) laid out as each script's KEYS/ARGV, so
+-- the joint scripts in spendgate/guard/lua/ can run them next to the rate limiter's.
+
+-- Reserve, first half: every hold checked, nothing written. Returns nil when all fit,
+-- else {1-based index of the first hold that did not fit, spent, reserved, cap}.
+local function ct_check(keys, argv)
+  local pending = {}
+  for i = 3, #keys do
+    local key = keys[i]
+    local a = 3 + (i - 3) * 3
+    local amount = tonumber(argv[a])
+    local figures = redis.call('HMGET', key, 'spent', 'reserved', 'cap')
+    local spent, reserved = figures[1] or '0', figures[2] or '0'
+    local cap = nil
+    if argv[a + 2] == '1' then
+      cap = figures[3] or '0'          -- a wallet with no top-ups has no funds
+    elseif argv[a + 1] ~= '' then
+      cap = argv[a + 1]
+    end
+    local already = pending[key] or 0  -- earlier holds on the same bucket in this call
+    if cap ~= nil and tonumber(spent) + tonumber(reserved) + already + amount > tonumber(cap) then
+      return {i - 2, spent, reserved, cap}
+    end
+    pending[key] = already + amount
+  end
+  return nil
+end
+
+-- Reserve, second half: add every hold ct_check passed and remember the reservation.
+local function ct_record(keys, argv)
+  local rkey = keys[2]
+  for i = 3, #keys do
+    local amount = argv[3 + (i - 3) * 3]
+    redis.call('HINCRBY', keys[i], 'reserved', amount)
+    redis.call('HINCRBY', rkey, keys[i], amount)
+  end
+  redis.call('ZADD', keys[1], argv[2], argv[1])
+end
+
+-- Settle (see settle.lua). Returns {spent before, spent after, cap (nil if none), ...}
+-- per settlement: the cap lets a wallet's balance be judged without another read.
+local function ct_settle(keys, argv)
+  local zset, rkey, id = keys[1], keys[2], argv[1]
+  local held = {}
+  local flat = redis.call('HGETALL', rkey)
+  for i = 1, #flat, 2 do
+    held[flat[i]] = tonumber(flat[i + 1])
+  end
+  local out = {}
+  for i = 3, #keys do
+    local key = keys[i]
+    local a = 2 + (i - 3) * 2
+    local still = held[key] or 0
+    local back = math.min(tonumber(argv[a]), still)
+    if back > 0 then
+      give_back(key, back)
+      held[key] = still - back
+    end
+    out[#out + 1] = redis.call('HGET', key, 'spent') or '0'
+    out[#out + 1] = redis.call('HINCRBY', key, 'spent', argv[a + 1])
+    out[#out + 1] = redis.call('HGET', key, 'cap')  -- false (a nil reply) keeps its place
+  end
+  for i = 1, #flat, 2 do
+    local key = flat[i]
+    give_back(key, held[key])
+    held[key] = 0
+  end
+  redis.call('DEL', rkey)
+  redis.call('ZREM', zset, id)
+  return out
+end

@@ -68,3 +68,118 @@ local function forget(zset, rkey, prefix, id, everything)
   if redis.call('ZREM', zset, id) == 0 and #flat == 0 then return nil end
   return kinds
 end
+
+-- The operations, as functions of (keys, argv) laid out as each script's KEYS/ARGV, so
+-- the joint scripts in spendgate/guard/lua/ can run them next to the budget counters'.
+
+-- The stamp of the entry whose leaving frees `need`, walking oldest first.
+local function fit_stamp(z, a, need)
+  local freed, start = 0, 0
+  while true do
+    local page = redis.call('ZRANGE', z, start, start + 99, 'WITHSCORES')
+    if #page == 0 then return '' end
+    local ids = {}
+    for j = 1, #page, 2 do ids[#ids + 1] = page[j] end
+    local amounts = redis.call('HMGET', a, unpack(ids))
+    for j = 1, #ids do
+      freed = freed + tonumber(amounts[j] or '0')
+      if freed >= need then return page[2 * j] end
+    end
+    start = start + 100
+  end
+end
+
+-- Acquire, first half: every check, nothing recorded (pruning entries that have left
+-- and expired slots changes no usage). Returns the refusal {i, used, fit} for the first
+-- check i (1-based) that does not fit, or nil and the usage per check for rl_record.
+local function rl_check(keys, argv)
+  local now = argv[2]
+  local used = {}
+  for i = 1, (#keys - 2) / 2 do
+    local z, a = keys[1 + 2 * i], keys[2 + 2 * i]
+    local at = 4 + (i - 1) * 6
+    local kind, limit, cutoff, amount = argv[at + 2], tonumber(argv[at + 3]), argv[at + 4],
+      tonumber(argv[at + 5])
+    if kind == 'c' then
+      local count = redis.call('ZCARD', z)
+      if count >= limit then  -- expired slots matter only when they would make the difference
+        redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. now)
+        count = redis.call('ZCARD', z)
+        if count >= limit then return {i, count, ''} end
+      end
+      used[i] = count
+    else
+      prune(z, a, cutoff)
+      local total = tonumber(redis.call('HGET', a, '#total') or '0')
+      if total + amount > limit then
+        local fit = ''
+        if amount <= limit then fit = fit_stamp(z, a, total + amount - limit) end
+        return {i, total, fit}
+      end
+      used[i] = total
+    end
+  end
+  return nil, used
+end
+
+-- Acquire, second half: record every check that rl_check passed and the reservation.
+-- Returns {0, then per check: usage after this request, oldest entry's stamp ('' for 'c')}.
+local function rl_record(keys, argv, used)
+  local zset, rkey = keys[1], keys[2]
+  local id, now, expires_at, record_ttl = argv[1], argv[2], argv[3], argv[4]
+  local n = (#keys - 2) / 2
+  local out, record = {0}, {}
+  for i = 1, n do
+    local z, a = keys[1 + 2 * i], keys[2 + 2 * i]
+    local at = 4 + (i - 1) * 6
+    local bucket, kind, amount, ttl = argv[at + 1], argv[at + 2], argv[at + 5],
+      tonumber(argv[at + 6])
+    if kind == 'c' then
+      redis.call('ZADD', z, expires_at, id)
+      if redis.call('TTL', z) < ttl then redis.call('EXPIRE', z, ttl) end
+      out[#out + 1] = used[i] + 1
+      out[#out + 1] = ''
+    else
+      redis.call('ZADD', z, now, id)
+      redis.call('HSET', a, id, amount)
+      redis.call('HINCRBY', a, '#total', amount)
+      redis.call('EXPIRE', z, ttl)
+      redis.call('EXPIRE', a, ttl)
+      out[#out + 1] = used[i] + tonumber(amount)
+      out[#out + 1] = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')[2]
+    end
+    record[#record + 1] = bucket
+    record[#record + 1] = kind
+  end
+  if n > 0 then
+    redis.call('HSET', rkey, unpack(record))
+    redis.call('EXPIRE', rkey, record_ttl)
+  end
+  redis.call('ZADD', zset, expires_at, id)
+  return out
+end
+
+-- Settle (see settle.lua); returns 1, or 0 for a reservation already gone.
+local function rl_settle(keys, argv)
+  local prefix, id = argv[1], argv[2]
+  local kinds = forget(keys[1], keys[2], prefix, id, false)
+  if kinds == nil then return 0 end
+  for at = 3, #argv, 2 do
+    local bucket, actual = argv[at], tonumber(argv[at + 1])
+    if kinds[bucket] == 'w' then
+      local a = akey(prefix, bucket)
+      local reserved = redis.call('HGET', a, id)
+      if reserved then
+        redis.call('HSET', a, id, argv[at + 1])
+        redis.call('HINCRBY', a, '#total', actual - tonumber(reserved))
+      end
+    end
+  end
+  return 1
+end
+
+-- Release (see release.lua); returns 1, or 0 for a reservation already gone.
+local function rl_release(keys, argv)
+  if forget(keys[1], keys[2], argv[1], argv[2], true) == nil then return 0 end
+  return 1
+end
