@@ -7,10 +7,11 @@ end of day ``d``, for ``d`` = 1 .. last day - 1), each method forecasts the mont
 from the data up to and including ``d``. Scored per case group: the mean absolute percent
 error of the month total (overall and for days 1–7, 8–20, 21+), the signed bias (mean
 percent error; positive = over-forecast), and for spendgate the share of origins whose
-actual total fell inside its P10–P90 interval.
+actual total fell inside its P10–P90 interval. A second table splits the coverage of the
+step and runaway groups by whether the origin comes before the month's event.
 
 Methods:
-    spendgate       spendgate.forecasting.forecast (ETS(A,Ad,A) + fallbacks + spike cap)
+    spendgate       spendgate.forecasting.forecast (ETS(A,Ad,A) + fallbacks + outlier days)
     run-rate        month-to-date spend / days elapsed × days in month
     line-14d        least-squares line over the last 14 days, extended to month end (≥ 0)
     seasonal-naive  every day left = the same weekday of the last week seen
@@ -54,6 +55,8 @@ class Series:
     values: tuple[int, ...]
     #: the months (first dates) to evaluate; all with enough history when empty
     months: tuple[date, ...] = ()
+    #: the day of a synthetic event (the step, the runaway day), if any
+    event: date | None = None
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class Origin:
     forecasts: dict[str, int]
     p10: int
     p90: int
+    #: the month's event is still to come: the history cannot show it
+    before_event: bool = False
 
 
 # -- series ----------------------------------------------------------------------------------
@@ -122,13 +127,13 @@ def synthetic_series(seeds: int) -> list[Series]:
         y = _synthetic(seed, first, 240)
         y[(step - first).days:] *= 1.6
         out.append(Series("synthetic: +60 % step on a Tuesday", f"step {seed}", first,
-                          tuple(int(v) for v in y), (month, _next_month(month))))
+                          tuple(int(v) for v in y), (month, _next_month(month)), step))
         # one day of an 8× runaway loop
         spike = month + timedelta(days=int(rng.integers(0, 28)))
         y = _synthetic(seed + 100, first, 240)
         y[(spike - first).days] *= 8
         out.append(Series("synthetic: one-day 8× runaway", f"runaway {seed}", first,
-                          tuple(int(v) for v in y), (month, _next_month(month))))
+                          tuple(int(v) for v in y), (month, _next_month(month)), spike))
         # weekends at 5 % of weekdays
         deep = np.array([1.0, 1.1, 1.1, 1.05, 0.95, 0.05, 0.04])
         y = _synthetic(seed + 200, first, 240, deep)
@@ -204,7 +209,8 @@ def evaluate(series: Series) -> list[Origin]:
             preds = {"spendgate": fc.p50_nanos}
             for name, method in BASELINES.items():
                 preds[name] = int(method(y[:cut], mtd, d, length))
-            out.append(Origin(series.group, d, actual, preds, fc.p10_nanos, fc.p90_nanos))
+            ahead = series.event is not None and month + timedelta(days=d) <= series.event < end
+            out.append(Origin(series.group, d, actual, preds, fc.p10_nanos, fc.p90_nanos, ahead))
     return out
 
 
@@ -237,6 +243,29 @@ def table(origins: list[Origin], groups: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _covered(part: list[Origin]) -> int:
+    return sum(o.p10 <= o.actual <= o.p90 for o in part)
+
+
+def event_table(origins: list[Origin], groups: list[str]) -> str:
+    """Coverage of the groups with an event, split by whether the origin's history shows it
+    (before it, no interval built from the history can expect it), and the group's coverage
+    if every origin after the event were covered."""
+    lines = ["| case group | origins before the event | coverage before | coverage after |"
+             " at most, all after covered |", "|" + "---|" * 5]
+    for group in groups:
+        rows = [o for o in origins if o.group == group]
+        before = [o for o in rows if o.before_event]
+        after = [o for o in rows if not o.before_event]
+        if not before or not after:
+            continue
+        ceiling = (len(after) + _covered(before)) / len(rows) * 100
+        lines.append(f"| {group} | {len(before)} of {len(rows)} "
+                     f"| {_covered(before) / len(before) * 100:.0f} % "
+                     f"| {_covered(after) / len(after) * 100:.0f} % | {ceiling:.0f} % |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seeds", type=int, default=12, help="synthetic series per case")
@@ -249,6 +278,8 @@ def main() -> None:
         origins = [o for chunk in pool.map(evaluate, series) for o in chunk]
     elapsed = time.perf_counter() - started
     print(table(origins, groups))
+    print()
+    print(event_table(origins, groups))
     print(f"\n{len(origins)} origins over {len(series)} series in {elapsed:.1f} s "
           f"({args.workers} workers); APE and bias in percent of the month's actual total.")
 

@@ -17,6 +17,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.admin.forecasts import router as forecasts_router
+from spendgate.auth_throttle import AuthThrottle
 from spendgate.budget_rules import Budget
 from spendgate.clock import FrozenClock
 from spendgate.errors import SpendgateError
@@ -175,7 +176,8 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
     await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
     svc = SimpleNamespace(settings=SimpleNamespace(master_key=MASTER), clock=FrozenClock(NOW),
                           engine=engine, policies=PolicyStore(engine),
-                          enforcer=SimpleNamespace(raises_for=lambda _id: ()))
+                          enforcer=SimpleNamespace(raises_for=lambda _id: ()),
+                          auth_throttle=AuthThrottle())
     api = FastAPI()
     api.state.services = cast(Services, svc)
 
