@@ -320,7 +320,7 @@ class ProxyApp:
         headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         headers["cache-control"] = "no-cache"
         disconnect = asyncio.ensure_future(receive())
-        status = "ok"
+        billed: tuple[TokenUsage, int | None] | None = None
         try:
             await start_stream(send, headers)
             async for chunk in response.chunks:
@@ -328,24 +328,33 @@ class ProxyApp:
                 if out and not disconnect.done():
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
+            # the ledger row is queued before the stream's last bytes go out, so whoever
+            # has seen the whole stream can find its row
+            status = "incomplete" if not meter.done and meter.usage is None else "ok"
+            billed = self._bill_stream(call, meter, disconnect, status)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-            if not meter.done and meter.usage is None:
-                status = "incomplete"
         except SpendgateError:
-            status = "incomplete"
+            billed = billed or self._bill_stream(call, meter, disconnect, "incomplete")
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.close()
-            if disconnect.done():
-                status = "client_cancelled"
-            else:
+            billed = billed or self._bill_stream(call, meter, disconnect, "incomplete")
+            if not disconnect.done():
                 disconnect.cancel()
-            usage = meter.usage
-            estimated = usage is None
-            if usage is None:
-                usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
-            cost = self._record(call, 200, status, usage, estimated)
+            usage, cost = billed
             await self._guard.settle(guarded, usage.total_tokens, cost or 0)
+
+    def _bill_stream(self, call: Call, meter: StreamMeter, disconnect: asyncio.Future[Any],
+                     status: str) -> tuple[TokenUsage, int | None]:
+        """Queue the stream's ledger row from the provider's usage (or, without it, an
+        estimate); a client that left is recorded as ``client_cancelled``."""
+        if disconnect.done():
+            status = "client_cancelled"
+        usage = meter.usage
+        estimated = usage is None
+        if usage is None:
+            usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
+        return usage, self._record(call, 200, status, usage, estimated)
 
     def _record(self, call: Call, http_status: int, status: str, usage: TokenUsage | None,
                 estimated: bool = False) -> int | None:
