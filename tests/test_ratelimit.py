@@ -306,6 +306,26 @@ async def test_idle_buckets_do_not_accumulate() -> None:
             await backend.aclose()
 
 
+async def test_a_busy_window_stays_compact_and_exact() -> None:
+    """A bucket that sees a call every 1/128 s for eight minutes keeps about one window
+    of entries (the ones that left are cut off the front), and its count stays exact:
+    the limit is reached at exactly 7,680 calls in any 60 s. (Binary fractions of a
+    second, so the times are exact.)"""
+    memory = MemoryRateLimiter()
+    check = Check("busy:requests", "requests", 7_680, 60.0, 1)
+    calls = 60_000
+    for i in range(calls):
+        now = i / 128
+        await granted(memory, f"r{i}", [check], now)
+        await memory.settle(f"r{i}", {"busy:requests": 1}, now)
+    window = memory._windows["busy:requests"]
+    assert len(window) == 7_680
+    assert len(window.times) < 7_680 * 2 + 4096
+    over = await memory.acquire("over", [check], (calls - 1) / 128, EXPIRES)
+    assert isinstance(over, Denial) and over.used == 7_680
+    assert isinstance(await memory.acquire("next", [check], calls / 128, EXPIRES), Granted)
+
+
 @pytest.mark.parametrize(
     ("rid", "checks"),
     [

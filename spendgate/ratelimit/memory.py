@@ -4,10 +4,14 @@ asyncio runs one coroutine at a time, and no method here awaits anything, so eac
 check-and-record is atomic with respect to every other caller on the loop. Not shared
 between processes or replicas: use ``redis://`` for that.
 
-Each window bucket is a deque of entries, oldest first, with a running total; entries
-leave from the left as ``now`` passes them (on every check of the bucket). An entry is
-stamped ``max(now, newest entry)`` so the deque stays sorted even if the clock steps
-back. Concurrency buckets map reservation id to ``expires_at``; slots past it stop
+Each window bucket keeps its entries, oldest first, in two flat arrays (times as C
+doubles, amounts as 64-bit ints) with a running total; entries leave from the front as
+``now`` passes them (on every check of the bucket). Flat arrays because a busy key keeps
+one entry per call per window alive for a minute: as Python objects, hundreds of
+thousands of them made every full garbage collection walk them all (tens of ms of pause,
++40 % CPU per call at 4,000 calls/s); as array items the collector never sees them. An
+entry is stamped ``max(now, newest entry)`` so the arrays stay sorted even if the clock
+steps back. Concurrency buckets map reservation id to ``expires_at``; slots past it stop
 counting, dropped when they would make the difference (a check stays O(1), not
 O(calls in flight)). ``reap`` sweeps every bucket and drops the empty ones, so memory
 is bounded by the requests of the last window plus the calls in flight.
@@ -15,42 +19,77 @@ is bounded by the requests of the last window plus the calls in flight.
 
 from __future__ import annotations
 
-from collections import deque
+from array import array
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spendgate.ratelimit import Check, CheckResult, Denial, Granted, validate
 
+#: entries that have left are cut off the front of the arrays once this many have piled up
+_COMPACT_AT = 4096
+
 
 @dataclass(slots=True, eq=False)
-class _Entry:
-    time: float
-    amount: int
-    live: bool = True
-
-
-@dataclass(slots=True)
 class _Window:
+    """A sliding-window log. Entry ``seq`` (counted from this window's creation) sits at
+    ``seq - first`` in the arrays; those before ``head`` have left the window."""
+
     window: float
-    entries: deque[_Entry] = field(default_factory=deque)
+    times: array[float] = field(default_factory=lambda: array("d"))
+    amounts: array[int] = field(default_factory=lambda: array("q"))
+    head: int = 0
+    first: int = 0
     total: int = 0
+
+    def __len__(self) -> int:
+        return len(self.times) - self.head
+
+    def oldest(self) -> float:
+        return self.times[self.head]
 
     def prune(self, now: float) -> None:
         """Drop the entries that have left the window at ``now``."""
         cutoff = now - self.window
-        entries = self.entries
-        while entries and entries[0].time <= cutoff:
-            gone = entries.popleft()
-            gone.live = False
-            self.total -= gone.amount
+        times, amounts, head, end = self.times, self.amounts, self.head, len(self.times)
+        total = self.total
+        while head < end and times[head] <= cutoff:
+            total -= amounts[head]
+            head += 1
+        self.total, self.head = total, head
+        if head >= _COMPACT_AT and head * 2 >= end:
+            del times[:head]
+            del amounts[:head]
+            self.first += head
+            self.head = 0
+
+    def skip_empty(self) -> None:
+        """Let released (zeroed) entries at the front leave, so the oldest entry, which
+        tells when capacity returns, is one that counts."""
+        amounts, head, end = self.amounts, self.head, len(self.times)
+        while head < end and amounts[head] == 0:
+            head += 1
+        self.head = head
+
+    def add(self, time: float, amount: int) -> int:
+        """Append an entry; its ``seq``."""
+        self.times.append(time)
+        self.amounts.append(amount)
+        self.total += amount
+        return self.first + len(self.times) - 1
+
+    def position(self, seq: int) -> int | None:
+        """Where entry ``seq`` is, or None once it has left the window."""
+        at = seq - self.first
+        return at if self.head <= at < len(self.times) else None
 
     def fit_time(self, need: int, cutoff: float) -> float | None:
         """Seconds after ``cutoff``'s moment at which ``need`` has left the window."""
         freed = 0
-        for entry in self.entries:
-            freed += entry.amount
+        times, amounts = self.times, self.amounts
+        for at in range(self.head, len(times)):
+            freed += amounts[at]
             if freed >= need:
-                return entry.time - cutoff
+                return times[at] - cutoff
         return None
 
 
@@ -64,7 +103,8 @@ def _drop_expired(slots: dict[str, float], now: float) -> int:
 @dataclass(slots=True)
 class _Held:
     expires_at: float
-    entries: dict[str, _Entry] = field(default_factory=dict)
+    #: bucket -> (its window when the entry was made, the entry's seq)
+    entries: dict[str, tuple[_Window, int]] = field(default_factory=dict)
     slots: list[str] = field(default_factory=list)
 
 
@@ -106,22 +146,18 @@ class MemoryRateLimiter:
                 window = self._windows[bucket] = _Window(window_seconds)
             else:
                 window.window = window_seconds
-                if window.entries and window.entries[0].time <= now - window_seconds:
+                if len(window) and window.oldest() <= now - window_seconds:
                     window.prune(now)
             used = window.total
-            entries = window.entries
             if used + amount > limit:
                 retry = None
                 if amount <= limit:
                     retry = window.fit_time(used + amount - limit, now - window_seconds)
                 self._undo(reservation_id, held, bucket)
                 return Denial(index, checks[index], used, retry)
-            newest = entries[-1].time if entries else now
-            entry = _Entry(newest if newest > now else now, amount)
-            entries.append(entry)
-            window.total = used + amount
-            held.entries[bucket] = entry
-            reset = entries[0].time - (now - window_seconds)
+            newest = window.times[-1] if len(window) else now
+            held.entries[bucket] = (window, window.add(newest if newest > now else now, amount))
+            reset = window.oldest() - (now - window_seconds)
             results.append(CheckResult(limit, limit - used - amount, reset))
             index += 1
         self._held[reservation_id] = held
@@ -130,14 +166,13 @@ class MemoryRateLimiter:
     def _undo(self, reservation_id: str, held: _Held, refused: str) -> None:
         """Take back what a refused ``acquire`` recorded (each entry is the last of its
         deque) and drop the buckets it left empty, the ``refused`` one included."""
-        for bucket, entry in held.entries.items():
-            window = self._windows[bucket]
-            window.entries.pop()
-            window.total -= entry.amount
+        for window, _ in held.entries.values():
+            window.times.pop()
+            window.total -= window.amounts.pop()
         self._free_slots(reservation_id, held.slots)
         for bucket in (*held.entries, refused):
             emptied = self._windows.get(bucket)
-            if emptied is not None and not emptied.entries:
+            if emptied is not None and not len(emptied):
                 del self._windows[bucket]
         if not self._slots.get(refused, True):
             del self._slots[refused]
@@ -147,27 +182,40 @@ class MemoryRateLimiter:
         if held is None:
             return
         for bucket, amount in actual.items():
-            entry = held.entries.get(bucket)
-            if entry is not None and entry.live:
-                self._windows[bucket].total += amount - entry.amount
-                entry.amount = amount
+            found = self._live(bucket, held)
+            if found is not None:
+                window, at = found
+                window.total += amount - window.amounts[at]
+                window.amounts[at] = amount
         self._free_slots(reservation_id, held.slots)
+
+    def _live(self, bucket: str, held: _Held) -> tuple[_Window, int] | None:
+        """The window and position of the held entry in ``bucket``, if it still counts
+        (not left the window, and the window not dropped and made anew since)."""
+        made = held.entries.get(bucket)
+        if made is None or self._windows.get(bucket) is not made[0]:
+            return None
+        at = made[0].position(made[1])
+        return None if at is None else (made[0], at)
 
     async def release(self, reservation_id: str, now: float) -> None:
         held = self._held.pop(reservation_id, None)
         if held is None:
             return
-        for bucket, entry in held.entries.items():
-            if entry.live:
-                window = self._windows[bucket]
-                if window.entries[-1] is entry:  # the usual case: a budget refused it just now
-                    window.entries.pop()
-                else:
-                    window.entries.remove(entry)  # O(entries), by identity (eq=False)
-                window.total -= entry.amount
-                entry.live = False
-                if not window.entries:
-                    del self._windows[bucket]
+        for bucket in held.entries:
+            found = self._live(bucket, held)
+            if found is None:
+                continue
+            window, at = found
+            if at == len(window.times) - 1:  # the usual case: a budget refused it just now
+                window.times.pop()
+                window.total -= window.amounts.pop()
+            else:  # an older one stays in place, counting for nothing
+                window.total -= window.amounts[at]
+                window.amounts[at] = 0
+                window.skip_empty()
+            if not len(window):
+                del self._windows[bucket]
         self._free_slots(reservation_id, held.slots)
 
     async def reap(self, now: float) -> int:
@@ -178,7 +226,7 @@ class MemoryRateLimiter:
             self._free_slots(rid, self._held.pop(rid).slots)
         for bucket, window in list(self._windows.items()):
             window.prune(now)
-            if not window.entries:
+            if not len(window):
                 del self._windows[bucket]
         for bucket, slots in list(self._slots.items()):
             if not _drop_expired(slots, now):
