@@ -325,13 +325,17 @@ class ProxyApp:
             await start_stream(send, headers)
             async for chunk in response.chunks:
                 out = meter.feed(chunk)
+                if meter.done and billed is None:
+                    # the ledger row is queued before the terminal event ([DONE],
+                    # message_stop, response.completed) goes out: a client that has seen
+                    # the end of its stream can find its row
+                    billed = self._bill_stream(call, meter, disconnect, "ok")
                 if out and not disconnect.done():
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
-            # the ledger row is queued before the stream's last bytes go out, so whoever
-            # has seen the whole stream can find its row
-            status = "incomplete" if not meter.done and meter.usage is None else "ok"
-            billed = self._bill_stream(call, meter, disconnect, status)
+            if billed is None:
+                status = "incomplete" if not meter.done and meter.usage is None else "ok"
+                billed = self._bill_stream(call, meter, disconnect, status)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except SpendgateError:
             billed = billed or self._bill_stream(call, meter, disconnect, "incomplete")
