@@ -1,8 +1,24 @@
-"""The Redis client both shared-state backends (budget counters, rate limits) use."""
+"""The Redis client both shared-state backends (budget counters, rate limits) use, and
+how their Lua scripts are put together."""
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from redis.asyncio import BlockingConnectionPool, Redis
+
+
+def lua_library(package: str) -> str:
+    """``<package>/lua/_lib.lua``: a backend's helpers and operations, as functions."""
+    return (files(package) / "lua" / "_lib.lua").read_text(encoding="utf-8")
+
+
+def lua_script(package: str, name: str, *libraries: str) -> str:
+    """The text Redis runs for ``<package>/lua/<name>.lua``: the given libraries (default:
+    the package's own), then the script. One script can't call another, so every script
+    carries the functions it uses."""
+    body = (files(package) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
+    return "\n".join((*(libraries or (lua_library(package),)), body))
 
 
 def pooled_client(url: str, *, max_connections: int = 50, pool_timeout: float = 5.0) -> Redis:

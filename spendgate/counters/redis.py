@@ -31,28 +31,18 @@ them at the boundary.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from spendgate.counters import BucketState, Hold, Refusal, Settlement
-from spendgate.redis_pool import pooled_client
-
-_LUA = files("spendgate.counters") / "lua"
-
-
-def lua_library() -> str:
-    """The shared helpers and operations (``_lib.lua``): put in front of every script here,
-    and of the joint scripts in ``spendgate.guard`` (one script can't call another)."""
-    return (_LUA / "_lib.lua").read_text(encoding="utf-8")
+from spendgate.redis_pool import lua_script, pooled_client
 
 
 def _script(client: Redis, name: str) -> AsyncScript:
     """Register ``lua/<name>.lua`` with the shared helpers from ``_lib.lua`` in front."""
-    return client.register_script(lua_library() + "\n" + (_LUA / f"{name}.lua").read_text(
-        encoding="utf-8"))
+    return client.register_script(lua_script("spendgate.counters", name))
 
 
 def _cap(value: Any) -> int | None:

@@ -15,21 +15,18 @@ argument layouts come from the backends themselves (``acquire_call``, ``reserve_
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
 
 from spendgate.counters import Refusal, Settlement
 from spendgate.counters.redis import RedisCounters
-from spendgate.counters.redis import lua_library as counters_library
 from spendgate.enforcement import HoldPlan
 from spendgate.ratelimit import Denial, Granted
 from spendgate.ratelimit.gate import RatePlan
 from spendgate.ratelimit.redis import RedisRateLimiter
-from spendgate.ratelimit.redis import lua_library as ratelimit_library
+from spendgate.redis_pool import lua_library, lua_script
 
-_LUA = files("spendgate.guard") / "lua"
 _NO_RATE_LIMIT = Granted(())
 #: connection settings that decide which server and database a client talks to
 _ADDRESS = ("host", "port", "path", "db", "username")
@@ -48,9 +45,8 @@ def same_database(first: Redis, second: Redis) -> bool:
 def joint_script(name: str) -> str:
     """The full text of ``lua/<name>.lua`` (``acquire`` or ``finish``) as Redis runs it:
     both backends' libraries, the joint helpers, then the script."""
-    own = _LUA / "_lib.lua"
-    return "\n".join((ratelimit_library(), counters_library(), own.read_text(encoding="utf-8"),
-                      (_LUA / f"{name}.lua").read_text(encoding="utf-8")))
+    return lua_script("spendgate.guard", name, *(lua_library(f"spendgate.{package}")
+                      for package in ("ratelimit", "counters", "guard")))
 
 
 def _mode(present: bool, settling: bool) -> str:

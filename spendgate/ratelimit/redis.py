@@ -31,30 +31,21 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from importlib.resources import files
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from spendgate.ratelimit import Check, CheckResult, Denial, Granted, validate
-from spendgate.redis_pool import pooled_client
+from spendgate.redis_pool import lua_script, pooled_client
 
-_LUA = files("spendgate.ratelimit") / "lua"
 #: how long a reservation's record outlives its ``expires_at`` (seconds)
 RECORD_GRACE = 60
 
 
-def lua_library() -> str:
-    """The shared helpers and operations (``_lib.lua``): put in front of every script here,
-    and of the joint scripts in ``spendgate.guard`` (one script can't call another)."""
-    return (_LUA / "_lib.lua").read_text(encoding="utf-8")
-
-
 def _script(client: Redis, name: str) -> AsyncScript:
     """Register ``lua/<name>.lua`` with the shared helpers from ``_lib.lua`` in front."""
-    return client.register_script(lua_library() + "\n" + (_LUA / f"{name}.lua").read_text(
-        encoding="utf-8"))
+    return client.register_script(lua_script("spendgate.ratelimit", name))
 
 
 def _text(value: Any) -> str:
