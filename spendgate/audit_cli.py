@@ -1,28 +1,31 @@
 """``spendgate audit …``: export, verify, list and purge through the admin API.
 
-A small client of its own (not ``spendgate.cli``'s, which imports this module)."""
+Talks to the admin API through ``spendgate.cli_http``."""
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 from contextlib import ExitStack
-from typing import IO, Annotated, Any
+from typing import IO, Annotated
 
 import httpx
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-audit_app = typer.Typer(help="The audit log: export, verify, list, purge.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
+from spendgate.cli_http import (
+    DEFAULT_URL,
+    JsonOpt,
+    UrlOpt,
+    call,
+    client,
+    console,
+    err_console,
+    fail,
+)
 
-DEFAULT_URL = "http://127.0.0.1:4100"
-UrlOpt = Annotated[str, typer.Option("--url", envvar="SPENDGATE_URL", help="Gateway base URL")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+audit_app = typer.Typer(help="The audit log: export, verify, list, purge.", no_args_is_help=True)
 StartOpt = Annotated[str | None, typer.Option(help="from this time (ISO 8601, inclusive)")]
 EndOpt = Annotated[str | None, typer.Option(help="until this time (ISO 8601, exclusive)")]
 ActorOpt = Annotated[str | None, typer.Option(help="actor id, or type:id")]
@@ -30,36 +33,7 @@ ActionOpt = Annotated[str | None, typer.Option(help="action, or a prefix like bu
 TargetOpt = Annotated[str | None, typer.Option(help="target id, or type:id")]
 
 
-def _client(url: str, timeout: float | None = 60) -> httpx.Client:
-    token = os.environ.get("SPENDGATE_ADMIN_TOKEN") or os.environ.get("SPENDGATE_MASTER_KEY")
-    if not token:
-        err_console.print("[red]set SPENDGATE_MASTER_KEY (or SPENDGATE_ADMIN_TOKEN)[/]")
-        raise typer.Exit(2)
-    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"},
-                        timeout=timeout)
 
-
-def _fail(response: httpx.Response) -> None:
-    if response.status_code < 400:
-        return
-    response.read()
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text
-    err_console.print(f"[red]error {response.status_code}:[/] {message}")
-    raise typer.Exit(1)
-
-
-def _request(url: str, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        with _client(url) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        err_console.print(f"[red]cannot reach spendgate at {url}:[/] {exc}")
-        raise typer.Exit(1) from exc
-    _fail(response)
-    return response.json()
 
 
 def _params(**values: str | None) -> dict[str, str]:
@@ -86,10 +60,10 @@ def export(
                      target=target)
     try:
         with ExitStack() as stack:
-            client = stack.enter_context(_client(url, timeout=None))
-            response = stack.enter_context(client.stream("GET", "/admin/audit/export",
+            http = stack.enter_context(client(url, timeout=None))
+            response = stack.enter_context(http.stream("GET", "/admin/audit/export",
                                                          params=params))
-            _fail(response)
+            fail(response)
             sink: IO[bytes] = (stack.enter_context(open(output, "wb")) if output
                                else sys.stdout.buffer)
             total = int(response.headers.get("x-audit-count", "0"))
@@ -118,7 +92,7 @@ def _copy(response: httpx.Response, sink: IO[bytes], total: int, *, header: bool
 @audit_app.command("verify")
 def verify(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Walk the hash chain; exit 1 and name the first bad entry if it does not hold."""
-    result = _request(url, "GET", "/admin/audit/verify", timeout=None)
+    result = call(url, "GET", "/admin/audit/verify", timeout=None)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif result["ok"]:
@@ -146,7 +120,7 @@ def list_(
 ) -> None:
     """The newest entries."""
     params = _params(start=start, end=end, actor=actor, action=action, target=target)
-    page = _request(url, "GET", "/admin/audit", params={**params, "limit": limit})
+    page = call(url, "GET", "/admin/audit", params={**params, "limit": limit})
     if as_json:
         sys.stdout.write(json.dumps(page["entries"], indent=2) + "\n")
         return
@@ -165,7 +139,7 @@ def purge(
     as_json: JsonOpt = False,
 ) -> None:
     """Delete entries older than the retention period, leaving a signed checkpoint."""
-    result = _request(url, "POST", "/admin/audit/purge", json=_params(before=before),
+    result = call(url, "POST", "/admin/audit/purge", json=_params(before=before),
                       timeout=None)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")

@@ -9,12 +9,12 @@ import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from spendgate.audit_cli import audit_app
+from spendgate.cli_http import DEFAULT_URL, JsonOpt, UrlOpt, console, err_console
+from spendgate.cli_http import call as _call
 from spendgate.webhooks_cli import webhooks_app
 
 app = typer.Typer(help="spendgate: an LLM API gateway for AI cost governance.", no_args_is_help=True)
@@ -22,12 +22,7 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
-console = Console()
-err_console = Console(stderr=True)
 
-UrlOpt = Annotated[str, typer.Option("--url", envvar="SPENDGATE_URL", help="Gateway base URL")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
-DEFAULT_URL = "http://127.0.0.1:4100"
 
 
 @app.command()
@@ -86,35 +81,6 @@ def db_migrate(
 
 
 # -- admin API client ------------------------------------------------------------------------
-def _client(url: str) -> httpx.Client:
-    token = os.environ.get("SPENDGATE_ADMIN_TOKEN") or os.environ.get("SPENDGATE_MASTER_KEY")
-    if not token:
-        err_console.print("[red]set SPENDGATE_MASTER_KEY (or SPENDGATE_ADMIN_TOKEN)[/]")
-        raise typer.Exit(2)
-    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=60)
-
-
-def _call(url: str, method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        with _client(url) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        err_console.print(f"[red]cannot reach spendgate at {url}:[/] {exc}")
-        raise typer.Exit(1) from exc
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text
-        err_console.print(f"[red]error {response.status_code}:[/] {message}")
-        raise typer.Exit(1)
-    if response.status_code == 204 or not response.content:
-        return None
-    if "json" in response.headers.get("content-type", ""):
-        return response.json()
-    return response.text
-
-
 def _show(data: Any, as_json: bool, columns: list[str]) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")

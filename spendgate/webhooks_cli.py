@@ -14,10 +14,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
-import httpx
 import typer
-from rich.console import Console
 from rich.table import Table
+
+from spendgate.cli_http import DEFAULT_URL, JsonOpt, UrlOpt, console, err_console
+from spendgate.cli_http import call as _call
 
 if TYPE_CHECKING:
     from spendgate.webhooks.secrets_box import SecretBox
@@ -25,35 +26,7 @@ if TYPE_CHECKING:
 
 webhooks_app = typer.Typer(help="Webhook endpoints (signed), Slack and PagerDuty alerts.",
                            no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
-
-UrlOpt = Annotated[str, typer.Option("--url", envvar="SPENDGATE_URL", help="Gateway base URL")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
-DEFAULT_URL = "http://127.0.0.1:4100"
 COLUMNS = ["id", "kind", "url", "event_types", "scope_type", "scope_id", "enabled"]
-
-
-def _call(base: str, method: str, path: str, **kwargs: Any) -> Any:
-    token = os.environ.get("SPENDGATE_ADMIN_TOKEN") or os.environ.get("SPENDGATE_MASTER_KEY")
-    if not token:
-        err_console.print("[red]set SPENDGATE_MASTER_KEY (or SPENDGATE_ADMIN_TOKEN)[/]")
-        raise typer.Exit(2)
-    try:
-        with httpx.Client(base_url=base, headers={"authorization": f"Bearer {token}"},
-                          timeout=60) as client:
-            response = client.request(method, path, **kwargs)
-    except httpx.HTTPError as exc:
-        err_console.print(f"[red]cannot reach spendgate at {base}:[/] {exc}")
-        raise typer.Exit(1) from exc
-    if response.status_code >= 400:
-        try:
-            message = response.json()["error"]["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text
-        err_console.print(f"[red]error {response.status_code}:[/] {message}")
-        raise typer.Exit(1)
-    return response.json() if response.content else None
 
 
 def _cell(value: Any) -> str:
