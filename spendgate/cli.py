@@ -81,17 +81,27 @@ def db_migrate(
 
 
 # -- admin API client ------------------------------------------------------------------------
+#: columns that hold a secret shown once: printed whole on a line of their own, never in a
+#: table cell a narrow terminal would cut short
+SECRET_COLUMNS = ("key", "token")
+
+
 def _show(data: Any, as_json: bool, columns: list[str]) -> None:
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     rows = data if isinstance(data, list) else [data]
-    table = Table(*columns)
+    shown = [c for c in columns if c not in SECRET_COLUMNS]
+    table = Table(*shown)
     for row in rows:
         table.add_row(*("" if row.get(c) is None else
                         ",".join(map(str, row[c])) if isinstance(row.get(c), list) else str(row[c])
-                        for c in columns))
+                        for c in shown))
     console.print(table)
+    for row in rows:
+        for column in columns:
+            if column in SECRET_COLUMNS and row.get(column):
+                sys.stdout.write(f"{column}: {row[column]}\n")
 
 
 def _crud(name: str, path: str, columns: list[str]) -> typer.Typer:

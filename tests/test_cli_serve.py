@@ -199,3 +199,19 @@ def test_cli_bootstrap_first_admin(served: tuple[str, Path, subprocess.Popen[byt
     assert revoked["status"] == "revoked"  # type: ignore[index]
     gone = httpx.get(url + "/admin/orgs", headers={"authorization": f"Bearer {token['token']}"})  # type: ignore[index]
     assert gone.status_code == 401
+
+
+def test_cli_prints_secrets_whole_in_a_narrow_terminal(
+        served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """A secret shown once must not be cut short by a table column on an 80-column
+    terminal: it is printed whole on its own line."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "narrow")
+    result = CliRunner().invoke(cli, ["keys", "create", "k", "--org", org["id"], "--url", url],  # type: ignore[index]
+                                env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    [line] = [x for x in result.stdout.splitlines() if x.startswith("key: ")]
+    secret = line.removeprefix("key: ")
+    assert secret.startswith("sk-sg-") and len(secret) > 40
+    listed = httpx.get(url + "/v1/models", headers={"authorization": f"Bearer {secret}"})
+    assert listed.status_code == 200
