@@ -12,7 +12,6 @@ from typing import IO, Annotated
 import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from spendgate.cli_http import (
     DEFAULT_URL,
@@ -23,6 +22,7 @@ from spendgate.cli_http import (
     console,
     err_console,
     fail,
+    show,
 )
 
 audit_app = typer.Typer(help="The audit log: export, verify, list, purge.", no_args_is_help=True)
@@ -124,11 +124,10 @@ def list_(
     if as_json:
         sys.stdout.write(json.dumps(page["entries"], indent=2) + "\n")
         return
-    table = Table("seq", "at", "actor", "action", "target", "request_id")
-    for e in page["entries"]:
-        table.add_row(str(e["seq"]), e["at"], f"{e['actor_type']}:{e['actor_id']}", e["action"],
-                      f"{e['target_type']}:{e['target_id'] or ''}", e["request_id"] or "")
-    console.print(table)
+    rows = [{"seq": e["seq"], "at": e["at"], "actor": f"{e['actor_type']}:{e['actor_id']}",
+             "action": e["action"], "target": f"{e['target_type']}:{e['target_id'] or ''}",
+             "request_id": e["request_id"]} for e in page["entries"]]
+    show(rows, False, ["seq", "at", "actor", "action", "target", "request_id"])
 
 
 @audit_app.command("purge")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import sys
@@ -10,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from spendgate.audit_cli import audit_app
 from spendgate.cli_http import DEFAULT_URL, JsonOpt, UrlOpt, console, err_console
 from spendgate.cli_http import call as _call
+from spendgate.cli_http import show as _show
 from spendgate.webhooks_cli import webhooks_app
 
 app = typer.Typer(help="spendgate: an LLM API gateway for AI cost governance.", no_args_is_help=True)
@@ -81,29 +80,6 @@ def db_migrate(
 
 
 # -- admin API client ------------------------------------------------------------------------
-#: columns that hold a secret shown once: printed whole on a line of their own, never in a
-#: table cell a narrow terminal would cut short
-SECRET_COLUMNS = ("key", "token")
-
-
-def _show(data: Any, as_json: bool, columns: list[str]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-        return
-    rows = data if isinstance(data, list) else [data]
-    shown = [c for c in columns if c not in SECRET_COLUMNS]
-    table = Table(*shown)
-    for row in rows:
-        table.add_row(*("" if row.get(c) is None else
-                        ",".join(map(str, row[c])) if isinstance(row.get(c), list) else str(row[c])
-                        for c in shown))
-    console.print(table)
-    for row in rows:
-        for column in columns:
-            if column in SECRET_COLUMNS and row.get(column):
-                sys.stdout.write(f"{column}: {row[column]}\n")
-
-
 def _crud(name: str, path: str, columns: list[str]) -> typer.Typer:
     group = typer.Typer(help=f"Manage {name}.", no_args_is_help=True)
 

@@ -4,12 +4,15 @@ consoles, the authenticated client and the error handling. Kept apart from
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 from typing import Annotated, Any
 
 import httpx
 import typer
 from rich.console import Console
+from rich.table import Table
 
 console = Console()
 err_console = Console(stderr=True)
@@ -56,3 +59,43 @@ def call(url: str, method: str, path: str, **kwargs: Any) -> Any:
     if "json" in response.headers.get("content-type", ""):
         return response.json()
     return response.text
+
+
+#: columns that hold a secret shown once: printed whole on a line of their own, never in a
+#: table cell a narrow terminal would cut short
+SECRET_COLUMNS = ("key", "token", "secret")
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def show(data: Any, as_json: bool, columns: list[str]) -> None:
+    """An answer as JSON, or as a table of ``columns``; when the table would not fit the
+    terminal, as one ``column: value`` block per row instead (like psql's ``\\x auto``),
+    so no id is cut short. Secrets are printed whole below it."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    rows = data if isinstance(data, list) else [data]
+    shown = [c for c in columns if c not in SECRET_COLUMNS]
+    table = Table(*shown)
+    for row in rows:
+        table.add_row(*(cell(row.get(c)) for c in shown))
+    natural = console.measure(table, options=console.options.update_width(10_000))
+    if natural.maximum <= console.width:
+        console.print(table)
+    else:
+        width = max(map(len, shown), default=0)
+        for n, row in enumerate(rows):
+            if n:
+                console.print()
+            for column in shown:
+                console.print(f"[bold]{column:<{width}}[/]  {cell(row.get(column))}",
+                              highlight=False, soft_wrap=True)
+    for row in rows:
+        for column in columns:
+            if column in SECRET_COLUMNS and row.get(column):
+                sys.stdout.write(f"{column}: {row[column]}\n")

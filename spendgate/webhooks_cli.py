@@ -15,10 +15,10 @@ import sys
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from spendgate.cli_http import DEFAULT_URL, JsonOpt, UrlOpt, console, err_console
 from spendgate.cli_http import call as _call
+from spendgate.cli_http import show as _show
 
 if TYPE_CHECKING:
     from spendgate.webhooks.secrets_box import SecretBox
@@ -27,22 +27,6 @@ if TYPE_CHECKING:
 webhooks_app = typer.Typer(help="Webhook endpoints (signed), Slack and PagerDuty alerts.",
                            no_args_is_help=True)
 COLUMNS = ["id", "kind", "url", "event_types", "scope_type", "scope_id", "enabled"]
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
-
-
-def _show(data: Any, as_json: bool, columns: list[str]) -> None:
-    if as_json:
-        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
-        return
-    table = Table(*columns)
-    for row in data if isinstance(data, list) else [data]:
-        table.add_row(*(_cell(row.get(c)) for c in columns))
-    console.print(table)
 
 
 def _types(value: str | None) -> list[str] | None:

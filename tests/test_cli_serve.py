@@ -215,3 +215,23 @@ def test_cli_prints_secrets_whole_in_a_narrow_terminal(
     assert secret.startswith("sk-sg-") and len(secret) > 40
     listed = httpx.get(url + "/v1/models", headers={"authorization": f"Bearer {secret}"})
     assert listed.status_code == 200
+
+
+def test_cli_lists_never_cut_an_id_short(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """A list too wide for the terminal is printed as one block per row, so every id can be
+    copied into the next command; a wide terminal gets the table."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "ids-whole")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
+
+    def listed(columns: str) -> str:
+        result = CliRunner().invoke(cli, ["keys", "get", key["id"], "--url", url],  # type: ignore[index]
+                                    env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": columns})
+        assert result.exit_code == 0, result.output
+        return result.stdout
+
+    narrow = listed("80")
+    assert f"id          {key['id']}" in narrow.splitlines()  # type: ignore[index]
+    assert any(line.split() == ["org_id", org["id"]] for line in narrow.splitlines())  # type: ignore[index]
+    wide = listed("200")
+    assert "┃ id" in wide and key["id"] in wide  # type: ignore[index]
