@@ -327,9 +327,14 @@ def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL) -> None:
 @budgets.command("status")
 def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Spent, reserved, thresholds fired and the next reset of a budget's current period."""
-    _show(_call(url, "GET", f"/admin/budgets/{budget_id}/status"), as_json,
+    data = _call(url, "GET", f"/admin/budgets/{budget_id}/status")
+    if not as_json and data.get("forecast"):
+        data = {**data, "forecast_p50_usd": data["forecast"]["p50_usd"],
+                "forecast_percent": data["forecast"]["percent_of_budget"]}
+    _show(data, as_json,
           ["period_key", "spent_usd", "reserved_usd", "percent_used", "hard_limit_usd",
-           "remaining_to_hard_usd", "thresholds_fired", "next_reset"])
+           "remaining_to_hard_usd", "thresholds_fired", "next_reset", "forecast_p50_usd",
+           "forecast_percent"])
 
 
 @budgets.command("except")
@@ -436,9 +441,12 @@ def forecast(
     """Where a budget's current period is expected to land (P10/P50/P90)."""
     data = _call(url, "GET", f"/admin/forecasts/{budget_id}",
                  params={"refresh": str(refresh).lower()})
+    if not as_json:
+        data = {**data, "crossings": ", ".join(f"{name} {day or 'not this period'}"
+                                              for name, day in data["crossings"].items())}
     _show(data, as_json, ["period_key", "method", "history_days", "spent_usd", "p10_usd",
                           "p50_usd", "p90_usd", "percent_of_budget", "limit_usd",
-                          "overrun_band"])
+                          "overrun_band", "crossings"])
 
 
 @app.command()

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 
 import httpx
@@ -235,3 +236,30 @@ def test_cli_lists_never_cut_an_id_short(served: tuple[str, Path, subprocess.Pop
     assert any(line.split() == ["org_id", org["id"]] for line in narrow.splitlines())  # type: ignore[index]
     wide = listed("200")
     assert "┃ id" in wide and key["id"] in wide  # type: ignore[index]
+
+
+def test_cli_forecast_and_status_show_where_the_period_lands(
+        served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """`spendgate forecast` prints P10/P50/P90 and each threshold's expected date; the budget
+    status carries the forecast's P50 (the numbers themselves are tested in
+    test_forecast_http.py: this server's ledger flushes only at shutdown)."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "forecasting")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
+    made = run_cli(url, "budgets", "create", "--scope", "key", "--scope-id", key["id"],  # type: ignore[index]
+                   "--amount", "3")
+
+    def text(*args: str) -> dict[str, str]:
+        result = CliRunner().invoke(cli, [*args, "--url", url],
+                                    env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "80"})
+        assert result.exit_code == 0, result.output
+        fields = [line.split(None, 1) for line in result.stdout.splitlines() if line.strip()]
+        return {f[0]: f[1] if len(f) > 1 else "" for f in fields}
+
+    shown = text("forecast", made["id"], "--refresh")  # type: ignore[index]
+    fresh = run_cli(url, "forecast", made["id"])  # type: ignore[index]
+    assert shown["p50_usd"] == fresh["p50_usd"] and shown["method"] == fresh["method"]  # type: ignore[index]
+    assert Decimal(shown["p10_usd"]) <= Decimal(shown["p50_usd"]) <= Decimal(shown["p90_usd"])
+    assert "alert:50 not this period" in shown["crossings"]
+    status = text("budgets", "status", made["id"])  # type: ignore[index]
+    assert status["forecast_p50_usd"] == fresh["p50_usd"]  # type: ignore[index]
