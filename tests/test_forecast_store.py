@@ -3,6 +3,7 @@ latest forecast per budget, overrun events once per band, and the admin routes."
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -27,6 +28,7 @@ from spendgate.store.database import create_engine, migrate
 from spendgate.store.events import list_events
 from spendgate.store.forecasts import (
     DailySpend,
+    budget_forecasts,
     bucket_seconds,
     ledger_buckets,
     refresh_all,
@@ -205,3 +207,28 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
         assert refreshed["refreshed"] == 1 and refreshed["overruns_announced"] == 0
         assert (await client.get("/admin/forecasts/b_1", headers={"authorization": ""})
                 ).status_code == 401
+
+
+async def test_replicas_refreshing_at_once_both_succeed(engine: AsyncEngine,
+                                                        database_url: str) -> None:
+    """Two gateway processes (each its own engine) refreshing the same budgets at the same
+    moment, as a scheduled refresh on one and an on-demand one on the other can: both
+    succeed, one row per budget stays, and each overrun band is announced once."""
+    rows = [budget_values(f"b_{i:03d}", 50) for i in range(60)]
+    async with engine.begin() as conn:
+        await conn.execute(schema.budgets.insert(), rows)
+    budgets = [budget_from_row(r) for r in rows]
+    await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
+    other = create_engine(database_url)
+    try:
+        for _ in range(8):
+            await asyncio.gather(refresh_all(engine, budgets, NOW),
+                                 refresh_all(other, budgets, NOW))
+    finally:
+        await other.dispose()
+    async with engine.connect() as conn:
+        stored = (await conn.execute(sa.select(sa.func.count()).select_from(
+            budget_forecasts))).scalar_one()
+    assert stored == 60
+    events = await list_events(engine, type_="budget.forecast_overrun", limit=1000)
+    assert len(events) == 60

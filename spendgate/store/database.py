@@ -8,9 +8,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
@@ -29,6 +31,20 @@ async def transaction(engine: AsyncEngine, conn: AsyncConnection | None
     else:
         async with engine.begin() as own:
             yield own
+
+
+async def upsert(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
+    """Insert ``rows``, each replacing the row with its primary key if there is one, in one
+    statement: unlike a delete then an insert, two writers at once cannot both insert."""
+    if not rows:
+        return
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    insert = dialect.insert(table)
+    keys = [c.name for c in table.primary_key.columns]
+    await conn.execute(insert.on_conflict_do_update(
+        index_elements=keys,
+        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}),
+        rows)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -38,6 +38,7 @@ from spendgate.budget_windows import Window, days_in_window, window_at
 from spendgate.clock import Clock
 from spendgate.money import format_usd
 from spendgate.store import schema
+from spendgate.store.database import upsert
 from spendgate.store.events import record_event
 from spendgate.store.policies import PolicySnapshot
 from spendgate.store.schema import JSONType, UTCDateTime
@@ -299,27 +300,27 @@ async def store(conn: AsyncConnection, jobs: Sequence[Job], forecasts: Sequence[
         key, band = previous.get(job.budget.id, ("", None))
         fired = [band] if band is not None and key == forecast.period_key else []
         new = fc.band_to_announce(fc.overrun_band(forecast.p50_nanos, job.limit_nanos), fired)
-        if new is not None:
-            await announce_overrun(conn, job, forecast, new, now)
+        if new is not None and await announce_overrun(conn, job, forecast, new, now):
             announced[job.budget.id] = new
         rows.append(forecast_row(job, forecast, max([*fired, new or 0]) or None))
-    for batch in _batches(ids):
-        await conn.execute(t.delete().where(t.c.budget_id.in_(batch)))
-    await conn.execute(t.insert(), rows)
+    await upsert(conn, t, rows)
     return announced
 
 
 async def announce_overrun(conn: AsyncConnection, job: Job, forecast: fc.Forecast, band: int,
-                           now: datetime) -> None:
+                           now: datetime) -> bool:
+    """Record the event; False if this band was already announced this period (by another
+    replica's refresh, say)."""
     budget = job.budget
-    await record_event(conn, "budget.forecast_overrun", {
+    return await record_event(conn, "budget.forecast_overrun", {
         "budget_id": budget.id, "period_key": forecast.period_key, "band_percent": band,
         "limit": "hard_limit" if budget.hard_limit else "amount",
         "limit_usd": format_usd(job.limit_nanos), "amount_usd": format_usd(forecast.amount_nanos),
         "spent_usd": format_usd(forecast.spent_nanos), "p10_usd": format_usd(forecast.p10_nanos),
         "p50_usd": format_usd(forecast.p50_nanos), "p90_usd": format_usd(forecast.p90_nanos),
         "percent_of_budget": str(forecast.percent_of_budget), "method": forecast.method,
-    }, now, org_id=budget.org_id, dedup_key=f"forecast:{budget.id}:{forecast.period_key}:{band}")
+    }, now, org_id=budget.org_id,
+        dedup_key=f"forecast:{budget.id}:{forecast.period_key}:{band}") is not None
 
 
 def forecast_row(job: Job, f: fc.Forecast, band: int | None) -> dict[str, Any]:
