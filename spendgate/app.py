@@ -11,6 +11,8 @@ import asyncio
 import gc
 import logging
 import os
+import secrets
+import socket
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
@@ -195,7 +197,8 @@ class Gateway:
         services = self.services
         self._forecasts = asyncio.create_task(refresh_loop(
             services.engine, services.policies.snapshot, services.clock,
-            services.settings.forecast_refresh_seconds, executor=self._forecast_pool),
+            services.settings.forecast_refresh_seconds, executor=self._forecast_pool,
+            holder=f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]),
             name="forecasts")
         if self.services.settings.demo:
             await self._demo_bootstrap()

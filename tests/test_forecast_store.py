@@ -28,12 +28,14 @@ from spendgate.store.database import create_engine, migrate
 from spendgate.store.events import list_events
 from spendgate.store.forecasts import (
     DailySpend,
-    budget_forecasts,
     bucket_seconds,
+    budget_forecasts,
     ledger_buckets,
     refresh_all,
+    refresh_loop,
     stored_forecast,
 )
+from spendgate.store.leases import take_lease
 from spendgate.store.policies import PolicyStore, budget_from_row
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -232,3 +234,58 @@ async def test_replicas_refreshing_at_once_both_succeed(engine: AsyncEngine,
     assert stored == 60
     events = await list_events(engine, type_="budget.forecast_overrun", limit=1000)
     assert len(events) == 60
+
+
+async def test_a_lease_goes_to_one_replica_until_it_runs_out(engine: AsyncEngine,
+                                                             database_url: str) -> None:
+    """Eight replicas asking at once: one gets the lease. Nobody else (nor the holder) gets
+    it again before it runs out; after that, the first to ask does."""
+    ttl = timedelta(minutes=12)
+    replicas = [create_engine(database_url) for _ in range(8)]
+    try:
+        won = await asyncio.gather(*(take_lease(e, "job", f"r{i}", NOW, ttl)
+                                     for i, e in enumerate(replicas)))
+        assert sum(won) == 1
+        later = NOW + ttl - timedelta(seconds=1)
+        assert not any(await asyncio.gather(*(take_lease(e, "job", f"r{i}", later, ttl)
+                                              for i, e in enumerate(replicas))))
+        expired = NOW + ttl
+        won = await asyncio.gather(*(take_lease(e, "job", f"r{i}", expired, ttl)
+                                     for i, e in enumerate(replicas)))
+        assert sum(won) == 1
+        assert await take_lease(engine, "other-job", "r0", NOW, ttl)
+    finally:
+        for e in replicas:
+            await e.dispose()
+
+
+async def test_the_scheduled_refresh_runs_on_one_replica_per_interval(
+        engine: AsyncEngine, database_url: str) -> None:
+    """Two replicas' refresh loops on one database: each interval's refresh happens once,
+    on whichever replica takes the lease."""
+    await add_budget(engine, "b_1", 100)
+    clock = FrozenClock(NOW)
+    policies = PolicyStore(engine)
+    refreshed: list[str] = []
+
+    def counting(replica: str) -> Any:
+        async def snapshot(now: datetime) -> Any:
+            refreshed.append(replica)
+            return await policies.snapshot(now)
+        return snapshot
+
+    other = create_engine(database_url)
+    loops = [asyncio.create_task(refresh_loop(e, counting(name), clock, 0.05, holder=name))
+             for e, name in ((engine, "a"), (other, "b"))]
+    try:
+        await asyncio.sleep(0.5)  # ten intervals of real time, none of the frozen clock
+        assert len(refreshed) == 1
+        clock.advance(0.05)  # one interval later: the lease (0.8 of one) has run out
+        await asyncio.sleep(0.5)
+        assert len(refreshed) == 2
+        assert await stored_forecast(engine, "b_1") is not None
+    finally:
+        for loop in loops:
+            loop.cancel()
+        await asyncio.gather(*loops, return_exceptions=True)
+        await other.dispose()

@@ -40,6 +40,7 @@ from spendgate.money import format_usd
 from spendgate.store import schema
 from spendgate.store.database import upsert
 from spendgate.store.events import record_event
+from spendgate.store.leases import take_lease
 from spendgate.store.policies import PolicySnapshot
 from spendgate.store.schema import JSONType, UTCDateTime
 
@@ -354,14 +355,25 @@ def crossing_dates(row: Mapping[str, Any]) -> dict[str, date | None]:
 Snapshot = Callable[[datetime], Awaitable[PolicySnapshot]]
 
 
+#: the scheduled refresh's lease, taken for this share of the interval (so the replica that
+#: wakes first in each interval refreshes, and no two refresh within 0.8 of an interval)
+LEASE = "forecasts"
+LEASE_SHARE = 0.8
+
+
 async def refresh_loop(engine: AsyncEngine, snapshot: Snapshot, clock: Clock,
-                       every_seconds: float, executor: Executor | None = None) -> None:
+                       every_seconds: float, executor: Executor | None = None, *,
+                       holder: str) -> None:
     """Refresh every budget's forecast every ``every_seconds`` (run as a background task);
-    ``snapshot`` is ``PolicyStore.snapshot``."""
+    ``snapshot`` is ``PolicyStore.snapshot``. With several replicas, only the one holding
+    the lease (``holder`` names this one) refreshes each time."""
+    ttl = timedelta(seconds=every_seconds * LEASE_SHARE)
     while True:
         await asyncio.sleep(every_seconds)
         try:
             now = clock.now()
+            if not await take_lease(engine, LEASE, holder, now, ttl):
+                continue
             policy = await snapshot(now)
             await refresh_all(engine, policy.budgets, now, raises=policy.raises,
                               executor=executor)
