@@ -8,7 +8,9 @@
 
 Methods, by the number of complete days since spend began (leading zero days dropped):
 
-    0       none            nothing to go on: what is spent so far, no spread
+    0       today_rate      today's spend so far / the share of today passed, as a trailing
+                            mean of that one day (once a quarter of today has passed)
+            none            before that, or nothing spent: what is spent so far, no spread
     1–6     trailing_mean   every day left at the mean of the days seen
     7–20    seasonal_naive  the last one or two weeks, averaged, repeated
     21+     ets_damped      ETS(A,Ad,A): additive errors, damped additive trend, additive
@@ -101,6 +103,8 @@ CAP_MULTIPLE = 2.5
 CAP_WINDOW_DAYS = 28
 #: a dip is also this many robust (relative) sds below its usual spend
 OUTLIER_SCALES = 5.0
+#: with no complete day yet, today's rate is used once this share of today has passed
+TODAY_RATE_AFTER = 0.25
 #: draws of the period sum when the history had outlier days
 DRAWS = 2000
 #: at most this many outlier days are drawn into one sum
@@ -110,7 +114,7 @@ Z_90 = 1.2815515655446004
 #: ``budget.forecast_overrun`` bands: % of the hard cap (or of the amount, without one)
 OVERRUN_BANDS = (100, 110, 125, 150, 200)
 
-METHODS = ("none", "trailing_mean", "seasonal_naive", "ets_damped")
+METHODS = ("none", "today_rate", "trailing_mean", "seasonal_naive", "ets_damped")
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,6 +204,8 @@ def forecast(history: SpendHistory, outlook: PeriodOutlook, generated_at: dateti
     weights *= live_days(y, weights.size)
     cleaned = clean_days(y)
     projection = project(cleaned, weights)
+    if projection.method == "none":
+        projection = today_rate(history, weights) or projection
     expected = np.maximum(projection.daily_mean, 0.0) * weights
     spent = spent_in_period(history, outlook.start)
     mean_sum = float(expected.sum())
@@ -385,6 +391,18 @@ def trailing_mean(y: Floats, weights: Floats) -> Projection:
     total = float(weights.sum())
     var_sum = var * float((weights ** 2).sum()) + total * total * var / y.size
     return Projection("trailing_mean", np.full(weights.size, mean), math.sqrt(var_sum))
+
+
+def today_rate(history: SpendHistory, weights: Floats) -> Projection | None:
+    """A new budget's first day: what today has cost so far, scaled to a whole day, as the
+    trailing mean of that one day (so the sd of a day is the rate itself). None before
+    ``TODAY_RATE_AFTER`` of today has passed or with nothing spent: an hour's spend says
+    too little about a day."""
+    elapsed = min(history.today_elapsed, 1.0)
+    if elapsed < TODAY_RATE_AFTER or history.today_spent <= 0:
+        return None
+    mean = trailing_mean(np.array([history.today_spent / elapsed]), weights)
+    return Projection("today_rate", mean.daily_mean, mean.sd_sum)
 
 
 def seasonal_naive(y: Floats, weights: Floats) -> Projection:

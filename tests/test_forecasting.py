@@ -64,6 +64,18 @@ def test_leading_zero_days_are_not_history() -> None:
 def test_no_history_lands_on_what_is_spent() -> None:
     f = fc.forecast(*march([], today_spent=3 * USD), NOW)
     assert f.p10_nanos == f.p50_nanos == f.p90_nanos == f.spent_nanos == 3 * USD
+    early = fc.forecast(*march([], today_spent=3 * USD, elapsed=0.2), NOW)
+    assert (early.method, early.p90_nanos) == ("none", 3 * USD)
+
+
+def test_a_first_day_is_scaled_to_the_whole_day_once_a_quarter_has_passed() -> None:
+    """$3 by noon on the budget's first day: $6 a day for the half day and 21 days left,
+    with an interval as wide as one day's evidence makes it (P10 no lower than spent)."""
+    f = fc.forecast(*march([], today_spent=3 * USD, elapsed=0.5), NOW)
+    assert (f.method, f.history_days) == ("today_rate", 0)
+    assert f.p50_nanos == 3 * USD + 3 * USD + 21 * 6 * USD
+    assert f.spent_nanos <= f.p10_nanos < f.p50_nanos < f.p90_nanos
+    assert f.p90_nanos - f.p50_nanos > 21 * 6 * USD // 2
 
 
 @pytest.mark.parametrize(("days", "most"), [(5, 1.6), (14, 1.15), (60, 1.15)])

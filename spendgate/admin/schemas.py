@@ -294,7 +294,7 @@ class ForecastOut(BaseModel):
     budget_id: str
     period_key: str
     generated_at: datetime
-    method: str = Field(description="none | trailing_mean | seasonal_naive | ets_damped")
+    method: str = Field(description="none | today_rate | trailing_mean | seasonal_naive | ets_damped")
     history_days: int = Field(description="complete days of spend the forecast is based on")
     spent_usd: str = Field(description="spend so far in the period")
     p10_usd: str
