@@ -6,6 +6,8 @@ from decimal import Decimal
 
 import openai
 
+from spendgate.testing.fake_upstream import serve_in_thread
+from spendgate.testing.webhook_receiver import Receiver
 from tests.conftest import RunningGateway
 
 
@@ -38,3 +40,42 @@ def test_forecast_on_demand_and_in_status(gateway: RunningGateway) -> None:
     assert len(overruns) == 1 and overruns[0]["data"]["budget_id"] == made["id"]
     gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
     assert len(gateway.get("/admin/events", type="budget.forecast_overrun")) == 1
+
+
+def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningGateway) -> None:
+    """A budget's first afternoon spends at a rate far past its month: the scheduled-style
+    refresh (here on demand) projects the overrun, and one signed budget.forecast_overrun
+    arrives at a receiver that verifies it with the standardwebhooks library."""
+    receiver = Receiver(now=gateway.clock.now)
+    handle = serve_in_thread(receiver)
+    try:
+        key = gateway.create_key()
+        endpoint = gateway.post("/admin/webhooks", {"url": handle.url + "/hook",
+                                                    "event_types": ["budget.forecast_overrun"]})
+        receiver.secrets.append(endpoint["secret"])
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+        gateway.clock.set(gateway.clock.now().replace(month=3, day=2, hour=13))  # in UTC
+        cost = Decimal(client.chat.completions.with_raw_response.create(
+            model="demo-small", max_tokens=20,
+            messages=[{"role": "user", "content": "busy"}]).headers["x-spendgate-cost-usd"])
+        made = gateway.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
+                                               "amount_usd": str(cost * 10), "hard_limit": True,
+                                               "hard_limit_percent": 120})
+        for _ in range(3):
+            client.chat.completions.create(model="demo-small", max_tokens=20,
+                                           messages=[{"role": "user", "content": "busy"}])
+        gateway.run(gateway.app.services.ledger.flush())
+        forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
+        assert (forecast["method"], forecast["history_days"]) == ("today_rate", 0)
+        assert Decimal(forecast["p50_usd"]) > cost * 12 and forecast["overrun_band"] == 200
+        gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
+        gateway.run(gateway.app.services.drain())
+        for _ in range(3):
+            gateway.run(gateway.app.services.webhooks.worker.run_once())
+        [delivered] = [r.json() for r in receiver.verified]
+        assert len(receiver.received) == 1
+        assert delivered["type"] == "budget.forecast_overrun"
+        assert delivered["data"]["budget_id"] == made["id"]
+        assert delivered["data"]["band_percent"] == 200 and delivered["data"]["limit"] == "hard_limit"
+    finally:
+        handle.stop()
