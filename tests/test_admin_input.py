@@ -64,6 +64,24 @@ def test_dates_at_the_calendar_edges_are_422(gateway: RunningGateway, when: str)
         assert response.status_code == 422, response.text
 
 
+@pytest.mark.parametrize("when", [-2.2179268937939386e-288, 0, 1_780_000_000])
+def test_a_number_is_not_a_time(gateway: RunningGateway, when: float) -> None:
+    """Times are ISO 8601 text: a number (which pydantic would read as Unix seconds, so
+    that a fuzzed -2e-288 purged the audit log "before 1970") is 422, and does nothing."""
+    ids = _made(gateway)
+    entries = len(gateway.get("/admin/audit", limit=1000)["entries"])
+    for response in (
+        gateway.admin.post("/admin/audit/purge", json={"before": when}),
+        gateway.admin.post(f"/admin/budgets/{ids['budget']}/exceptions",
+                           json={"amount_usd": "1", "reason": "r", "expires_at": when}),
+        gateway.admin.post("/admin/keys", json={"name": "k", "org_id": ids["org"],
+                                                "expires_at": when}),
+    ):
+        assert response.status_code == 422, response.text
+        assert "ISO 8601" in response.json()["error"]["message"]
+    assert len(gateway.get("/admin/audit", limit=1000)["entries"]) == entries
+
+
 def test_huge_audit_cursor_is_422(gateway: RunningGateway) -> None:
     response = gateway.admin.get("/admin/audit", params={"before_seq": 2**63})
     assert response.status_code == 422

@@ -9,6 +9,7 @@ from typing import Annotated, Any, ClassVar, Literal, Self
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -33,8 +34,16 @@ def in_range(value: datetime) -> datetime:
     return utc
 
 
+def iso_text(value: object) -> object:
+    """Times are ISO 8601 text, as the schema says: pydantic would otherwise read a number
+    as Unix seconds (so ``-2e-288`` meant 1970-01-01)."""
+    if isinstance(value, int | float):
+        raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-05-01T00:00:00Z")
+    return value
+
+
 #: a time given as input (bodies and query strings)
-Instant = Annotated[datetime, AfterValidator(in_range)]
+Instant = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(in_range)]
 Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+-]{1,64}$")]
 Email = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=320,
@@ -294,7 +303,8 @@ class ForecastOut(BaseModel):
     budget_id: str
     period_key: str
     generated_at: datetime
-    method: str = Field(description="none | today_rate | trailing_mean | seasonal_naive | ets_damped")
+    method: str = Field(
+        description="none | today_rate | trailing_mean | seasonal_naive | ets_damped")
     history_days: int = Field(description="complete days of spend the forecast is based on")
     spent_usd: str = Field(description="spend so far in the period")
     p10_usd: str
