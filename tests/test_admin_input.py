@@ -82,6 +82,32 @@ def test_a_number_is_not_a_time(gateway: RunningGateway, when: float) -> None:
     assert len(gateway.get("/admin/audit", limit=1000)["entries"]) == entries
 
 
+def test_digits_in_a_query_are_not_a_time(gateway: RunningGateway) -> None:
+    for path in ("/admin/audit", "/admin/audit/export"):
+        response = gateway.admin.get(path, params={"start": "10040"})
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["param"] == "start"
+
+
+def test_a_yes_or_no_is_true_or_false_only(gateway: RunningGateway) -> None:
+    """0 and 1 are not booleans (pydantic would read them as such): 422, nothing changed."""
+    ids = _made(gateway)
+    user = gateway.post("/admin/users", {"email": "u@o.example", "org_id": ids["org"]})["id"]
+    for response in (
+        gateway.admin.patch(f"/admin/budgets/{ids['budget']}", json={"hard_limit": 1}),
+        gateway.admin.patch(f"/admin/webhooks/{ids['webhook']}", json={"enabled": 0}),
+        gateway.admin.post("/admin/keys", json={"name": "k", "org_id": ids["org"],
+                                                "allow_request_tags": "yes"}),
+        gateway.admin.put(f"/admin/users/{user}/notification-preferences",
+                          json={"channels": {"in_app": 0, "webhook_endpoint_ids": []}}),
+    ):
+        assert response.status_code == 422, response.text
+    assert gateway.get(f"/admin/budgets/{ids['budget']}")["hard_limit"] is False
+    assert gateway.get(f"/admin/webhooks/{ids['webhook']}")["enabled"] is True
+    assert gateway.admin.patch(f"/admin/budgets/{ids['budget']}",
+                               json={"hard_limit": True}).status_code == 200
+
+
 def test_huge_audit_cursor_is_422(gateway: RunningGateway) -> None:
     response = gateway.admin.get("/admin/audit", params={"before_seq": 2**63})
     assert response.status_code == 422

@@ -15,6 +15,9 @@ from pydantic import (
     StringConstraints,
     model_validator,
 )
+from pydantic import (
+    Strict as PydanticStrict,
+)
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ObjectId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
@@ -35,12 +38,23 @@ def in_range(value: datetime) -> datetime:
 
 
 def iso_text(value: object) -> object:
-    """Times are ISO 8601 text, as the schema says: pydantic would otherwise read a number
-    as Unix seconds (so ``-2e-288`` meant 1970-01-01)."""
-    if isinstance(value, int | float):
+    """Times are ISO 8601 text, as the schema says: pydantic would otherwise read a number,
+    or a query string of digits, as Unix seconds (so ``-2e-288`` meant 1970-01-01)."""
+    if isinstance(value, int | float) or (isinstance(value, str) and _is_number(value)):
         raise ValueError("must be an ISO 8601 date-time string, e.g. 2026-05-01T00:00:00Z")
     return value
 
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+#: a yes/no given as input: JSON true or false only (not 0, 1 or "yes")
+Flag = Annotated[bool, PydanticStrict()]
 
 #: a time given as input (bodies and query strings)
 Instant = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(in_range)]
@@ -162,7 +176,7 @@ class KeyIn(Strict):
     tags: Annotated[list[Tag], Field(max_length=20)] = []
     models: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]],
                       Field(max_length=500)] = []
-    allow_request_tags: bool = False
+    allow_request_tags: Flag = False
     expires_at: Instant | None = None
 
 
@@ -260,7 +274,7 @@ class BudgetIn(Strict):
     alert_percentages: Annotated[list[Percent], Field(max_length=20)] = [
         Decimal(50), Decimal(75), Decimal(90)]
     soft_limit_percent: Percent = Decimal(75)
-    hard_limit: bool = False
+    hard_limit: Flag = False
     hard_limit_percent: Percent = Decimal(100)
     categories: CategoriesIn = CategoriesIn()
 
@@ -274,7 +288,7 @@ class BudgetPatch(Patch):
     amount_usd: Money | None = None
     alert_percentages: Annotated[list[Percent], Field(max_length=20)] | None = None
     soft_limit_percent: Percent | None = None
-    hard_limit: bool | None = None
+    hard_limit: Flag | None = None
     hard_limit_percent: Percent | None = None
     categories: CategoriesIn | None = None
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from spendgate.admin.schemas import ObjectId, Patch, Strict
+from spendgate.admin.schemas import Flag, ObjectId, Patch, Strict
 
 Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Kind = Literal["webhook", "slack", "pagerduty"]
@@ -24,7 +24,7 @@ class WebhookIn(Strict):
                                             description='types, "budget.*" or "*"')
     scope_type: ScopeType | None = None
     scope_id: ScopeId | None = None
-    enabled: bool = True
+    enabled: Flag = True
     description: Description = ""
     config: dict[str, str] = Field(default_factory=dict,
                                    description="pagerduty: {\"routing_key\": …}")
@@ -38,7 +38,7 @@ class WebhookPatch(Patch):
     event_types: list[EventPattern] | None = Field(default=None, min_length=1)
     scope_type: ScopeType | None = None
     scope_id: ScopeId | None = None
-    enabled: bool | None = None
+    enabled: Flag | None = None
     description: Description | None = None
     config: dict[str, str] | None = None
 
@@ -124,7 +124,7 @@ class ScopeRef(Strict):
 
 
 class Channels(Strict):
-    in_app: bool = True
+    in_app: Flag = True
     webhook_endpoint_ids: list[ObjectId] = Field(default_factory=list)
 
 
@@ -133,4 +133,4 @@ class Preferences(Strict):
     scopes: list[ScopeRef] = Field(default_factory=list,
                                    description="empty: everything the user may see")
     channels: Channels = Field(default_factory=Channels)
-    digest: bool = Field(default=False, description="batch low-severity notifications daily")
+    digest: Flag = Field(default=False, description="batch low-severity notifications daily")
