@@ -307,3 +307,25 @@ def test_reaper_releases_a_reservation_left_behind(gateway: RunningGateway) -> N
     gateway.clock.advance(gateway.settings.upstream_timeout_seconds + 61)
     assert gateway.run(enforcer.reap()) == 1
     assert gateway.get(f"/admin/budgets/{made['id']}/status")["reserved_usd"] == "0.00"
+
+
+def test_a_wallets_top_ups_stop_at_a_billion_dollars(gateway: RunningGateway) -> None:
+    """Top-ups add up to at most $1,000,000,000 (the fuzz run overflowed Redis's 64-bit
+    counter with repeated $600M top-ups, a 503): the one past it is 422, nothing recorded,
+    and the wallet still funds calls."""
+    key = gateway.create_key()
+    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"],
+                                             "initial_topup_usd": "600000000"})
+    top_ups = f"/admin/wallets/{wallet['id']}/topups"
+    gateway.post(top_ups, {"amount_usd": "399999999.999999999"})
+    over = gateway.admin.post(top_ups, json={"amount_usd": "0.000000002"})
+    assert over.status_code == 422 and over.json()["error"]["param"] == "amount_usd"
+    assert "1000000000" in over.json()["error"]["message"].replace(",", "")
+    for _ in range(12):
+        assert gateway.admin.post(top_ups, json={"amount_usd": 599075043.4930649}
+                                  ).status_code == 422
+    gateway.post(top_ups, {"amount_usd": "0.000000001"})
+    state = gateway.get(f"/admin/wallets/{wallet['id']}")
+    assert Decimal(state["balance_usd"]) == Decimal("1000000000")
+    one_call_cost(gateway, key["key"])
+    assert Decimal(gateway.get(f"/admin/wallets/{wallet['id']}")["spent_usd"]) > 0

@@ -14,9 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.budget_rules import Budget, Categories, Raise, Subject
 from spendgate.credentials import new_id
-from spendgate.errors import Conflict, NotFound
+from spendgate.errors import Conflict, NotFound, ValidationFailed
+from spendgate.money import format_usd
 from spendgate.ratelimit.rules import RateLimit
 from spendgate.store import schema
+
+#: what a wallet's top-ups may add up to, $1,000,000,000: its balance, reservations and
+#: spend then stay far inside the 64-bit integers Redis and the database count nanos in
+MAX_WALLET_TOPUPS_NANOS = 10**18
 
 
 def budget_from_row(row: dict[str, Any]) -> Budget:
@@ -191,8 +196,22 @@ class PolicyStore:
             return _rows(await conn.execute(query))
 
     async def add_topup(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
+        """Record a top-up in the caller's transaction; 422 if the wallet's top-ups would
+        pass ``MAX_WALLET_TOPUPS_NANOS`` (the wallet's row is locked while they are summed,
+        so two top-ups at once cannot both pass)."""
+        wallets, topups = schema.wallets, schema.wallet_topups
+        await conn.execute(sa.select(wallets.c.id).where(wallets.c.id == values["wallet_id"])
+                           .with_for_update())
+        total = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
+            topups.c.amount_nanos), 0)).where(topups.c.wallet_id == values["wallet_id"])
+        )).scalar_one()
+        if int(total) + int(values["amount_nanos"]) > MAX_WALLET_TOPUPS_NANOS:
+            raise ValidationFailed(
+                f"amount_usd: a wallet's top-ups may add up to at most "
+                f"${format_usd(MAX_WALLET_TOPUPS_NANOS)} (it has ${format_usd(int(total))})",
+                param="amount_usd")
         values = {"id": new_id("topup"), **values}
-        await conn.execute(schema.wallet_topups.insert().values(**values))
+        await conn.execute(topups.insert().values(**values))
         return values
 
     async def list_topups(self, wallet_id: str) -> list[dict[str, Any]]:
