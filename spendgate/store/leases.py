@@ -3,8 +3,9 @@
 Every replica wakes on its own schedule and asks for the job's lease; whoever finds it
 missing or expired takes it for ``ttl`` and does the job, the others skip. The lease is
 never given back: it simply runs out, so however many replicas there are (and whatever
-their phase), the job runs about once per ``ttl``, and a replica that dies holding it
-delays the job by at most ``ttl``. Plain SQL on the database every replica already
+their phase), the job runs at most once per ``ttl``; with a ``ttl`` a little shorter than
+the interval they wake at, that is once per interval, and a replica that dies holding it
+delays the job by at most ``ttl``. Replicas' clocks should agree to well within ``ttl``. Plain SQL on the database every replica already
 shares: no Redis needed, and SQLite (one process) works the same way.
 """
 
