@@ -41,7 +41,7 @@ from spendgate.auth_throttle import AuthThrottle
 from spendgate.clock import Clock, SystemClock
 from spendgate.counters.factory import counters_from_url
 from spendgate.enforcement import Enforcer
-from spendgate.errors import PayloadTooLarge, SpendgateError, StateUnavailable
+from spendgate.errors import PayloadTooLarge, SpendgateError
 from spendgate.pricing import PriceTable
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
@@ -49,6 +49,7 @@ from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Tran
 from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
+from spendgate.redis_pool import counters_failed
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_settings
 from spendgate.store.database import create_engine, migrate
@@ -92,9 +93,7 @@ def build_admin(services: Services) -> FastAPI:
 
     @api.exception_handler(RedisError)
     async def counters_down(_: Request, exc: RedisError) -> JSONResponse:
-        log.error("shared counters unreachable: %s", exc)
-        return _error_response(StateUnavailable(
-            "spendgate cannot reach its shared counters (Redis); retry shortly"))
+        return _error_response(counters_failed(exc, "or change live budget state"))
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

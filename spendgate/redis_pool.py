@@ -3,9 +3,17 @@ how their Lua scripts are put together."""
 
 from __future__ import annotations
 
+import logging
 from importlib.resources import files
 
 from redis.asyncio import BlockingConnectionPool, Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from spendgate.errors import StateUnavailable
+
+log = logging.getLogger("spendgate")
 
 
 def lua_library(package: str) -> str:
@@ -28,3 +36,16 @@ def pooled_client(url: str, *, max_connections: int = 50, pool_timeout: float = 
     pool = BlockingConnectionPool.from_url(url, max_connections=max_connections,
                                            timeout=pool_timeout)
     return Redis.from_pool(pool)
+
+
+def counters_failed(exc: RedisError, checking: str) -> StateUnavailable:
+    """The 503 for a call whose ``checking`` (e.g. "budgets and limits") needed Redis and
+    did not get it: fail closed. Unreachable is logged as such; any other Redis error (a
+    script refusing, say) is a bug, logged with its traceback."""
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+        log.error("shared counters unreachable: %s", exc)
+        return StateUnavailable(f"spendgate cannot reach its shared counters (Redis), so it "
+                                f"cannot check {checking}; retry shortly")
+    log.error("shared counters failed", exc_info=exc)
+    return StateUnavailable(f"spendgate's shared counters (Redis) failed, so it cannot "
+                            f"check {checking}; retry shortly")

@@ -220,3 +220,39 @@ def test_unreachable_redis_fails_closed_with_503(gateway: RunningGateway, tmp_pa
     finally:
         other.admin.close()
         other.handle.stop()
+
+
+def test_a_failing_redis_script_fails_closed_and_says_so(gateway: RunningGateway,
+                                                         tmp_path: object) -> None:
+    """Redis reachable but refusing the budget script (here: a counter that is no longer a
+    number): 503, fail closed, and the message says the counters failed rather than that
+    Redis cannot be reached. Once the counter is sound again, calls flow."""
+    from redis import Redis
+
+    from tests.conftest import REDIS_URL, start_gateway
+
+    db = gateway.settings.database_url
+    if not db.startswith("postgresql"):
+        db = db.replace("spendgate.db", "redis-script.db")
+    other = start_gateway(db, gateway.url, tmp_path, demo=True,  # type: ignore[arg-type]
+                          env_extra={"SPENDGATE_REDIS_URL": REDIS_URL})
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        key = other.create_key()
+        budget = other.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
+                                               "amount_usd": "5", "hard_limit": True})
+        chat = {**CHAT, "model": "demo-small"}
+        assert post(other, "/v1/chat/completions", key["key"], json=chat).status_code == 200
+        [bucket] = list(redis.scan_iter(match=f"sg:b:{budget['id']}:*"))
+        redis.hset(bucket, "reserved", "not-a-number")
+        response = post(other, "/v1/chat/completions", key["key"], json=chat)
+        assert response.status_code == 503
+        error = response.json()["error"]
+        assert error["code"] == "state_unavailable"
+        assert "failed" in error["message"] and "cannot reach" not in error["message"]
+        redis.hset(bucket, "reserved", "0")
+        assert post(other, "/v1/chat/completions", key["key"], json=chat).status_code == 200
+    finally:
+        redis.close()
+        other.admin.close()
+        other.handle.stop()

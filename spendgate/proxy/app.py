@@ -30,7 +30,6 @@ from spendgate.errors import (
     NotFound,
     PermissionDenied,
     SpendgateError,
-    StateUnavailable,
     UnknownModel,
     UpstreamTimeout,
 )
@@ -52,6 +51,7 @@ from spendgate.proxy.wire import (
     start_stream,
 )
 from spendgate.ratelimit.gate import RateGate
+from spendgate.redis_pool import counters_failed
 from spendgate.settings import ModelRoute, Settings
 from spendgate.store.directory import KeyRecord
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
@@ -187,9 +187,7 @@ class ProxyApp:
             try:
                 await self._guarded(call, payload, body, headers, receive, send)
             except RedisError as exc:
-                log.error("shared counters unreachable: %s", exc)
-                raise StateUnavailable("spendgate cannot reach its shared counters (Redis), so "
-                                       "it cannot check budgets and limits; retry shortly") from exc
+                raise counters_failed(exc, "budgets and limits") from exc
         except SpendgateError as err:
             await send_error(send, err, wire, request_id)
 
