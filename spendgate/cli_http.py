@@ -13,6 +13,7 @@ import httpx
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 console = Console()
 err_console = Console(stderr=True)
@@ -82,8 +83,8 @@ def show(data: Any, as_json: bool, columns: list[str]) -> None:
     rows = data if isinstance(data, list) else [data]
     shown = [c for c in columns if c not in SECRET_COLUMNS]
     table = Table(*shown)
-    for row in rows:
-        table.add_row(*(cell(row.get(c)) for c in shown))
+    for row in rows:  # values as plain Text: a name like "[red]x" is not markup
+        table.add_row(*(Text(cell(row.get(c))) for c in shown))
     natural = console.measure(table, options=console.options.update_width(10_000))
     if natural.maximum <= console.width:
         console.print(table)
@@ -93,8 +94,8 @@ def show(data: Any, as_json: bool, columns: list[str]) -> None:
             if n:
                 console.print()
             for column in shown:
-                console.print(f"[bold]{column:<{width}}[/]  {cell(row.get(column))}",
-                              highlight=False, soft_wrap=True)
+                console.print(Text.assemble((f"{column:<{width}}", "bold"), "  ",
+                                            cell(row.get(column))), soft_wrap=True)
     for row in rows:
         for column in columns:
             if column in SECRET_COLUMNS and row.get(column):

@@ -220,10 +220,11 @@ def test_cli_prints_secrets_whole_in_a_narrow_terminal(
 
 def test_cli_lists_never_cut_an_id_short(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
     """A list too wide for the terminal is printed as one block per row, so every id can be
-    copied into the next command; a wide terminal gets the table."""
+    copied into the next command; a wide terminal gets the table. Values are shown as they
+    are, never read as Rich markup."""
     url, _, _ = served
     org = run_cli(url, "orgs", "create", "ids-whole")
-    key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
+    key = run_cli(url, "keys", "create", "[bold]k[/]", "--org", org["id"])  # type: ignore[index]
 
     def listed(columns: str) -> str:
         result = CliRunner().invoke(cli, ["keys", "get", key["id"], "--url", url],  # type: ignore[index]
@@ -234,8 +235,9 @@ def test_cli_lists_never_cut_an_id_short(served: tuple[str, Path, subprocess.Pop
     narrow = listed("80")
     assert f"id          {key['id']}" in narrow.splitlines()  # type: ignore[index]
     assert any(line.split() == ["org_id", org["id"]] for line in narrow.splitlines())  # type: ignore[index]
+    assert any(line.split() == ["name", "[bold]k[/]"] for line in narrow.splitlines())
     wide = listed("200")
-    assert "┃ id" in wide and key["id"] in wide  # type: ignore[index]
+    assert "┃ id" in wide and key["id"] in wide and "[bold]k[/]" in wide  # type: ignore[index]
 
 
 def test_cli_forecast_and_status_show_where_the_period_lands(
