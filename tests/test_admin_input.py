@@ -49,28 +49,20 @@ def test_nul_characters_are_refused_everywhere(gateway: RunningGateway) -> None:
     assert gateway.get(f"/admin/orgs/{ids['org']}")["name"] == "o"
 
 
-@pytest.mark.parametrize("when", ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"])
-def test_dates_at_the_calendar_edges_are_422(gateway: RunningGateway, when: str) -> None:
-    ids = _made(gateway)
-    for response in (
-        gateway.admin.get("/admin/audit", params={"start": when}),
-        gateway.admin.get("/admin/usage", params={"end": when}),
-        gateway.admin.post("/admin/audit/purge", json={"before": when}),
-        gateway.admin.post(f"/admin/budgets/{ids['budget']}/exceptions",
-                           json={"amount_usd": "1", "reason": "r", "expires_at": when}),
-        gateway.admin.post("/admin/keys", json={"name": "k", "org_id": ids["org"],
-                                                "expires_at": when}),
-    ):
-        assert response.status_code == 422, response.text
-
-
-@pytest.mark.parametrize("when", [-2.2179268937939386e-288, 0, 1_780_000_000])
-def test_a_number_is_not_a_time(gateway: RunningGateway, when: float) -> None:
-    """Times are ISO 8601 text: a number (which pydantic would read as Unix seconds, so
-    that a fuzzed -2e-288 purged the audit log "before 1970") is 422, and does nothing."""
+@pytest.mark.parametrize("when", [
+    "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
+    # numbers, which pydantic would read as Unix seconds (a fuzzed -2e-288 purged the
+    # audit log "before 1970")
+    -2.2179268937939386e-288, 0, 1_780_000_000,
+])
+def test_times_at_the_calendar_edges_or_not_text_are_422(gateway: RunningGateway,
+                                                         when: str | float) -> None:
+    """Every time input refuses them, and nothing happens."""
     ids = _made(gateway)
     entries = len(gateway.get("/admin/audit", limit=1000)["entries"])
     for response in (
+        gateway.admin.get("/admin/audit", params={"start": str(when)}),
+        gateway.admin.get("/admin/usage", params={"end": str(when)}),
         gateway.admin.post("/admin/audit/purge", json={"before": when}),
         gateway.admin.post(f"/admin/budgets/{ids['budget']}/exceptions",
                            json={"amount_usd": "1", "reason": "r", "expires_at": when}),
@@ -78,7 +70,8 @@ def test_a_number_is_not_a_time(gateway: RunningGateway, when: float) -> None:
                                                 "expires_at": when}),
     ):
         assert response.status_code == 422, response.text
-        assert "ISO 8601" in response.json()["error"]["message"]
+        if not isinstance(when, str) and response.request.method == "POST":
+            assert "ISO 8601" in response.json()["error"]["message"]
     assert len(gateway.get("/admin/audit", limit=1000)["entries"]) == entries
 
 
