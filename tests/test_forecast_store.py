@@ -254,6 +254,11 @@ async def test_a_lease_goes_to_one_replica_until_it_runs_out(engine: AsyncEngine
                                      for i, e in enumerate(replicas)))
         assert sum(won) == 1
         assert await take_lease(engine, "other-job", "r0", NOW, ttl)
+        # a replica whose clock runs a day ahead takes it until then; the others, on time,
+        # treat a lease longer than any could be as expired
+        ahead = expired + timedelta(days=1)
+        assert await take_lease(engine, "job", "fast", ahead, ttl)
+        assert await take_lease(engine, "job", "on-time", expired + timedelta(minutes=1), ttl)
     finally:
         for e in replicas:
             await e.dispose()

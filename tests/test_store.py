@@ -149,3 +149,22 @@ async def test_events_dedup_key_fires_once(engine: AsyncEngine) -> None:
     results = await asyncio.gather(*(fire() for _ in range(5)), return_exceptions=True)
     assert sum(1 for r in results if isinstance(r, dict)) == 1
     assert len(await list_events(engine, type_="price.unknown")) == 1
+
+
+async def test_an_event_stands_or_falls_with_its_transaction(engine: AsyncEngine) -> None:
+    """A deduplicated event is part of the caller's transaction: when that fails after the
+    event, the event is gone too, so the next attempt records it (and its deliveries). On
+    SQLite a savepoint around the insert used to commit it on its own."""
+    class Later(Exception):
+        pass
+
+    with pytest.raises(Later):
+        async with engine.begin() as conn:
+            await record_event(conn, "price.unknown", {"model": "y"}, NOW, org_id="org_1",
+                               dedup_key="price.unknown:y")
+            raise Later
+    assert await list_events(engine, type_="price.unknown") == []
+    async with engine.begin() as conn:
+        assert await record_event(conn, "price.unknown", {"model": "y"}, NOW, org_id="org_1",
+                                  dedup_key="price.unknown:y") is not None
+    assert len(await list_events(engine, type_="price.unknown")) == 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -45,6 +45,18 @@ async def upsert(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, An
         index_elements=keys,
         set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}),
         rows)
+
+
+async def insert_new(conn: AsyncConnection, table: sa.Table, values: dict[str, Any],
+                     unique: Sequence[str]) -> bool:
+    """Insert ``values`` unless a row with the same ``unique`` columns exists; True if it
+    was inserted. ``ON CONFLICT DO NOTHING``, not a savepoint around the insert: on SQLite
+    a savepoint that opens the transaction commits when released, which would have split
+    the caller's transaction in two."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    done = await conn.execute(dialect.insert(table).values(**values)
+                              .on_conflict_do_nothing(index_elements=list(unique)))
+    return bool(done.rowcount == 1)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -6,13 +6,13 @@ from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.audit import enforcement_event
 from spendgate.credentials import new_id
 from spendgate.store import audit as audit_store
 from spendgate.store import schema
+from spendgate.store.database import insert_new
 from spendgate.webhooks.fanout import fan_out
 
 
@@ -34,12 +34,8 @@ async def record_event(
               "dedup_key": dedup_key, "data": data}
     if dedup_key is None:
         await conn.execute(schema.events.insert().values(**values))
-    else:
-        try:
-            async with conn.begin_nested():
-                await conn.execute(schema.events.insert().values(**values))
-        except IntegrityError:
-            return None
+    elif not await insert_new(conn, schema.events, values, ["dedup_key"]):
+        return None
     await fan_out(conn, values, now=now)
     fact = enforcement_event(type_, data, now)
     if fact is not None:  # threshold, limit, wallet and exception facts are audited too

@@ -5,8 +5,10 @@ missing or expired takes it for ``ttl`` and does the job, the others skip. The l
 never given back: it simply runs out, so however many replicas there are (and whatever
 their phase), the job runs at most once per ``ttl``; with a ``ttl`` a little shorter than
 the interval they wake at, that is once per interval, and a replica that dies holding it
-delays the job by at most ``ttl``. Replicas' clocks should agree to well within ``ttl``. Plain SQL on the database every replica already
-shares: no Redis needed, and SQLite (one process) works the same way.
+delays the job by at most ``ttl``. A lease that runs out later than ``now + ttl`` can only
+come from a clock running ahead, so it counts as expired (one fast clock cannot stop the
+job). Plain SQL on the database every replica already shares: no Redis needed, and
+SQLite (one process) works the same way.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from spendgate.store.database import insert_new
 from spendgate.store.schema import UTCDateTime, metadata
 
 leases = sa.Table(
@@ -32,21 +34,15 @@ async def take_lease(engine: AsyncEngine, name: str, holder: str, now: datetime,
     """True if ``holder`` now holds ``name`` until ``now + ttl``: it was free or expired.
 
     The conditional UPDATE is atomic (on PostgreSQL a second writer waits, then finds the
-    lease taken); the INSERT for a lease never taken before fails on the primary key for
-    all but one."""
+    lease taken); a lease never taken before is inserted by exactly one of those asking."""
     t = leases
     until = now + ttl
     async with engine.begin() as conn:
-        taken = await conn.execute(t.update().where(t.c.name == name, t.c.expires_at <= now)
-                                   .values(holder=holder, expires_at=until))
+        taken = await conn.execute(
+            t.update().where(t.c.name == name,
+                             sa.or_(t.c.expires_at <= now, t.c.expires_at > until))
+            .values(holder=holder, expires_at=until))
         if taken.rowcount == 1:
             return True
-        exists = (await conn.execute(sa.select(t.c.name).where(t.c.name == name))).first()
-        if exists is not None:
-            return False
-        try:
-            async with conn.begin_nested():
-                await conn.execute(t.insert().values(name=name, holder=holder, expires_at=until))
-        except IntegrityError:
-            return False
-    return True
+        return await insert_new(conn, t, {"name": name, "holder": holder,
+                                          "expires_at": until}, ["name"])

@@ -9,7 +9,6 @@ from decimal import Decimal
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.budget_rules import Budget, Categories, Raise, Subject
@@ -18,6 +17,7 @@ from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.money import format_usd
 from spendgate.ratelimit.rules import RateLimit
 from spendgate.store import schema
+from spendgate.store.database import insert_new
 
 #: what a wallet's top-ups may add up to, $1,000,000,000: its balance, reservations and
 #: spend then stay far inside the 64-bit integers Redis and the database count nanos in
@@ -231,12 +231,10 @@ class PolicyStore:
     async def create_rate_limit(self, conn: AsyncConnection, values: dict[str, Any]
                                 ) -> dict[str, Any]:
         values = {"id": new_id("rl"), **values}
-        try:
-            async with conn.begin_nested():
-                await conn.execute(schema.rate_limits.insert().values(**values))
-        except IntegrityError as exc:
+        if not await insert_new(conn, schema.rate_limits, values,
+                                ["scope_type", "scope_id", "model"]):
             raise Conflict(f"a rate limit for {values['scope_type']} {values['scope_id']} and "
-                           f"model {values['model']!r} already exists; update it instead") from exc
+                           f"model {values['model']!r} already exists; update it instead")
         return values
 
     async def get_rate_limit(self, limit_id: str) -> dict[str, Any]:
