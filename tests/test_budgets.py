@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from tests.conftest import RunningGateway
+from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "same prompt every time"}]
 
@@ -329,3 +329,19 @@ def test_a_wallets_top_ups_stop_at_a_billion_dollars(gateway: RunningGateway) ->
     assert Decimal(state["balance_usd"]) == Decimal("1000000000")
     one_call_cost(gateway, key["key"])
     assert Decimal(gateway.get(f"/admin/wallets/{wallet['id']}")["spent_usd"]) > 0
+
+
+def test_top_ups_at_once_cannot_pass_the_limit_together(gateway: RunningGateway) -> None:
+    """Four $600M top-ups sent at the same moment: one is recorded, three are 422."""
+    key = gateway.create_key()
+    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"]})
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60, headers={
+                "authorization": f"Bearer {MASTER_KEY}"}) as client:
+            sent = [client.post(f"/admin/wallets/{wallet['id']}/topups",
+                                json={"amount_usd": "600000000"}) for _ in range(4)]
+            return sorted(r.status_code for r in await asyncio.gather(*sent))
+
+    assert asyncio.run(burst()) == [201, 422, 422, 422]
+    assert gateway.get(f"/admin/wallets/{wallet['id']}")["balance_usd"] == "600000000.00"

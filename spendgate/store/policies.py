@@ -197,11 +197,12 @@ class PolicyStore:
 
     async def add_topup(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
         """Record a top-up in the caller's transaction; 422 if the wallet's top-ups would
-        pass ``MAX_WALLET_TOPUPS_NANOS`` (the wallet's row is locked while they are summed,
-        so two top-ups at once cannot both pass)."""
+        pass ``MAX_WALLET_TOPUPS_NANOS``. The wallet's row is locked while they are summed,
+        so two top-ups at once cannot both pass: by a no-op UPDATE, which also takes
+        SQLite's write lock (``SELECT … FOR UPDATE`` does nothing there)."""
         wallets, topups = schema.wallets, schema.wallet_topups
-        await conn.execute(sa.select(wallets.c.id).where(wallets.c.id == values["wallet_id"])
-                           .with_for_update())
+        await conn.execute(wallets.update().where(wallets.c.id == values["wallet_id"])
+                           .values(id=wallets.c.id))
         total = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
             topups.c.amount_nanos), 0)).where(topups.c.wallet_id == values["wallet_id"])
         )).scalar_one()
