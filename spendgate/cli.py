@@ -169,7 +169,7 @@ def keys_create(
             "tags": _opt_list(tags), "models": _opt_list(models),
             "allow_request_tags": allow_request_tags, "expires_at": expires_at}
     created = _call(url, "POST", "/admin/keys", json=body)
-    _show(created, as_json, ["id", "name", "key"])
+    _show(created, as_json, ["id", "name", "key"], secret="key")
     if not as_json:
         err_console.print("[yellow]The key is shown once; store it now.[/]")
 
@@ -213,7 +213,8 @@ def tokens_create(
 ) -> None:
     """Create an admin token (printed once; store it as SPENDGATE_ADMIN_TOKEN)."""
     body = {"user_id": user, "name": name, "expires_at": _expiry(expires_in_days)}
-    _show(_call(url, "POST", "/admin/tokens", json=body), as_json, ["id", "name", "token"])
+    _show(_call(url, "POST", "/admin/tokens", json=body), as_json, ["id", "name", "token"],
+          secret="token")
 
 
 @tokens.command("revoke")
@@ -241,7 +242,7 @@ def bootstrap(
         "user_id": user["id"], "name": "bootstrap", "expires_at": _expiry(expires_in_days)})
     _show({"org_id": made["id"], "user_id": user["id"], "token_id": token["id"],
            "token": token["token"], "expires_at": token["expires_at"]}, as_json,
-          ["org_id", "user_id", "token_id", "token", "expires_at"])
+          ["org_id", "user_id", "token_id", "token", "expires_at"], secret="token")
 
 
 @keys.command("revoke")
@@ -253,7 +254,8 @@ def keys_revoke(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False
 @keys.command("rotate")
 def keys_rotate(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Give a key a new secret (printed once); the old secret stops working."""
-    _show(_call(url, "POST", f"/admin/keys/{key_id}/rotate"), as_json, ["id", "name", "key"])
+    _show(_call(url, "POST", f"/admin/keys/{key_id}/rotate"), as_json, ["id", "name", "key"],
+          secret="key")
 
 
 BUDGET_COLUMNS = ["id", "name", "scope_type", "scope_id", "tag", "period", "timezone",

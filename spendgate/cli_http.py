@@ -62,9 +62,6 @@ def call(url: str, method: str, path: str, **kwargs: Any) -> Any:
     return response.text
 
 
-#: columns that hold a secret shown once: printed whole on a line of their own, never in a
-#: table cell a narrow terminal would cut short
-SECRET_COLUMNS = ("key", "token", "secret")
 
 
 def cell(value: Any) -> str:
@@ -73,15 +70,16 @@ def cell(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def show(data: Any, as_json: bool, columns: list[str]) -> None:
+def show(data: Any, as_json: bool, columns: list[str], *, secret: str | None = None) -> None:
     """An answer as JSON, or as a table of ``columns``; when the table would not fit the
     terminal, as one ``column: value`` block per row instead (like psql's ``\\x auto``),
-    so no id is cut short. Secrets are printed whole below it."""
+    so no id is cut short. ``secret`` names the column of a secret shown once: printed
+    whole on a line of its own below, never in a cell a narrow terminal could cut short."""
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     rows = data if isinstance(data, list) else [data]
-    shown = [c for c in columns if c not in SECRET_COLUMNS]
+    shown = [c for c in columns if c != secret]
     table = Table(*shown)
     for row in rows:  # values as plain Text: a name like "[red]x" is not markup
         table.add_row(*(Text(cell(row.get(c))) for c in shown))
@@ -97,6 +95,5 @@ def show(data: Any, as_json: bool, columns: list[str]) -> None:
                 console.print(Text.assemble((f"{column:<{width}}", "bold"), "  ",
                                             cell(row.get(column))), soft_wrap=True)
     for row in rows:
-        for column in columns:
-            if column in SECRET_COLUMNS and row.get(column):
-                sys.stdout.write(f"{column}: {row[column]}\n")
+        if secret is not None and row.get(secret):
+            sys.stdout.write(f"{secret}: {row[secret]}\n")

@@ -63,7 +63,7 @@ def create(
     if routing_key:
         body["config"] = {"routing_key": routing_key}
     created = _call(url, "POST", "/admin/webhooks", json=body)
-    _show(created, as_json, [*COLUMNS, "secret"])
+    _show(created, as_json, [*COLUMNS, "secret"], secret="secret")
     if not as_json:
         err_console.print("[yellow]store the secret now: it is not shown again[/]")
 
@@ -99,7 +99,7 @@ def rotate_secret(
     """New signing secret (printed once); both sign during the overlap."""
     rotated = _call(url, "POST", f"/admin/webhooks/{endpoint_id}/rotate-secret",
                     json={"overlap_seconds": overlap_seconds})
-    _show(rotated, as_json, ["id", "secret", "previous_secret_valid_until"])
+    _show(rotated, as_json, ["id", "secret", "previous_secret_valid_until"], secret="secret")
 
 
 @webhooks_app.command("deliveries")

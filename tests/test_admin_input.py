@@ -86,15 +86,20 @@ def test_a_yes_or_no_is_true_or_false_only(gateway: RunningGateway) -> None:
     """0 and 1 are not booleans (pydantic would read them as such): 422, nothing changed."""
     ids = _made(gateway)
     user = gateway.post("/admin/users", {"email": "u@o.example", "org_id": ids["org"]})["id"]
-    for response in (
-        gateway.admin.patch(f"/admin/budgets/{ids['budget']}", json={"hard_limit": 1}),
-        gateway.admin.patch(f"/admin/webhooks/{ids['webhook']}", json={"enabled": 0}),
-        gateway.admin.post("/admin/keys", json={"name": "k", "org_id": ids["org"],
-                                                "allow_request_tags": "yes"}),
-        gateway.admin.put(f"/admin/users/{user}/notification-preferences",
-                          json={"channels": {"in_app": 0, "webhook_endpoint_ids": []}}),
+    for response, field in (
+        (gateway.admin.patch(f"/admin/budgets/{ids['budget']}", json={"hard_limit": 1}),
+         "hard_limit"),
+        (gateway.admin.patch(f"/admin/webhooks/{ids['webhook']}", json={"enabled": 0}),
+         "enabled"),
+        (gateway.admin.post("/admin/keys", json={"name": "k", "org_id": ids["org"],
+                                                 "allow_request_tags": "yes"}),
+         "allow_request_tags"),
+        (gateway.admin.put(f"/admin/users/{user}/notification-preferences",
+                           json={"channels": {"in_app": 0, "webhook_endpoint_ids": []}}),
+         "channels.in_app"),
     ):
         assert response.status_code == 422, response.text
+        assert response.json()["error"]["param"] == field, response.text
     assert gateway.get(f"/admin/budgets/{ids['budget']}")["hard_limit"] is False
     assert gateway.get(f"/admin/webhooks/{ids['webhook']}")["enabled"] is True
     assert gateway.admin.patch(f"/admin/budgets/{ids['budget']}",

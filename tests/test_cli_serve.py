@@ -265,3 +265,20 @@ def test_cli_forecast_and_status_show_where_the_period_lands(
     assert "alert:50 not this period" in shown["crossings"]
     status = text("budgets", "status", made["id"])  # type: ignore[index]
     assert status["forecast_p50_usd"] == fresh["p50_usd"]  # type: ignore[index]
+
+
+def test_cli_usage_by_key_keeps_each_key_in_its_row(
+        served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    """A `key` column of usage is key ids, not a secret to print apart: it stays in the
+    table, on its row."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "usage-by-key")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)  # type: ignore[index]
+    sdk.chat.completions.create(model="demo-small", max_tokens=10,
+                                messages=[{"role": "user", "content": "x"}])
+    result = CliRunner().invoke(cli, ["usage", "--by", "key", "--org", org["id"], "--url", url],  # type: ignore[index]
+                                env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    [row] = [line for line in result.stdout.splitlines() if key["id"] in line]  # type: ignore[index]
+    assert row.startswith("│") and "key:" not in result.stdout

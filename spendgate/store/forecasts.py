@@ -287,8 +287,22 @@ async def refresh_all(engine: AsyncEngine, budgets: Sequence[rules.Budget], now:
 
 async def store(conn: AsyncConnection, jobs: Sequence[Job], forecasts: Sequence[fc.Forecast],
                 now: datetime) -> dict[str, int]:
-    """Replace each budget's row; record an event for each overrun band newly passed."""
+    """Replace each budget's row; record an event for each overrun band newly passed.
+
+    A budget deleted while its forecast was computed is skipped (its row would break the
+    foreign key and fail every other budget's); on PostgreSQL the budgets still there are
+    key-share locked so a delete waits for this transaction. Rows are written in budget id
+    order, so two refreshes at once take their locks in the same order (no deadlock)."""
     t = budget_forecasts
+    live: set[str] = set()
+    for batch in _batches([j.budget.id for j in jobs]):
+        query = sa.select(schema.budgets.c.id).where(schema.budgets.c.id.in_(batch))
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(key_share=True)
+        live.update(row.id for row in await conn.execute(query))
+    pairs = sorted(((j, f) for j, f in zip(jobs, forecasts, strict=True) if j.budget.id in live),
+                   key=lambda pair: pair[0].budget.id)
+    jobs, forecasts = [j for j, _ in pairs], [f for _, f in pairs]
     ids = [j.budget.id for j in jobs]
     previous: dict[str, tuple[str, int | None]] = {}
     for batch in _batches(ids):
