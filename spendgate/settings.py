@@ -186,6 +186,12 @@ def _non_negative_int(value: Any, where: str) -> int:
     return value
 
 
+def _at_least(value: Any, least: float, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= least:
+        raise ConfigError(f"{where} must be a number, {least} or more")
+    return float(value)
+
+
 def demo_routes() -> dict[str, ModelRoute]:
     """The simulated provider's models, priced like real small and large models."""
     provider = ProviderConfig(name="simulated", kind="simulated", base_url="simulated://local")
@@ -243,8 +249,10 @@ def load_settings(
         ledger_batch_size=int(gateway.get("ledger_batch_size", 500)),
         key_cache_seconds=float(gateway.get("key_cache_seconds", 10.0)),
         unlisted_models=_unlisted(gateway.get("unlisted_models", "allow")),
-        forecast_refresh_seconds=float(gateway.get("forecast_refresh_seconds", 900.0)),
-        forecast_workers=int(gateway.get("forecast_workers", 1)),
+        forecast_refresh_seconds=_at_least(gateway.get("forecast_refresh_seconds", 900.0), 1,
+                                           "gateway.forecast_refresh_seconds"),
+        forecast_workers=_non_negative_int(gateway.get("forecast_workers", 1),
+                                           "gateway.forecast_workers"),
         auth_failures_per_minute=_non_negative_int(gateway.get("auth_failures_per_minute", 20),
                                                    "gateway.auth_failures_per_minute"),
         models=models,

@@ -21,8 +21,9 @@ from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.auth_throttle import AuthThrottle
 from spendgate.budget_rules import Budget
 from spendgate.clock import FrozenClock
-from spendgate.errors import SpendgateError
+from spendgate.errors import ConfigError, SpendgateError
 from spendgate.services import Services
+from spendgate.settings import load_settings
 from spendgate.store import schema
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.events import list_events
@@ -318,3 +319,20 @@ async def test_a_budget_deleted_during_a_refresh_does_not_fail_the_others(
     assert await stored_forecast(engine, "b_gone") is None
     events = await list_events(engine, type_="budget.forecast_overrun")
     assert [e["data"]["budget_id"] for e in events] == ["b_kept"]
+
+
+@pytest.mark.parametrize(("line", "accepted"), [
+    ("forecast_refresh_seconds = 60", True), ("forecast_workers = 0", True),
+    ("forecast_refresh_seconds = 0", False), ("forecast_refresh_seconds = -5", False),
+    ('forecast_refresh_seconds = "often"', False), ("forecast_workers = -1", False),
+])
+def test_forecast_settings_are_checked(tmp_path: Any, line: str, accepted: bool) -> None:
+    """A refresh interval under a second (the loop would spin) or a negative worker count
+    is a config error naming the setting, at start."""
+    config = tmp_path / "c.toml"
+    config.write_text(f"[gateway]\n{line}\n")
+    if accepted:
+        load_settings(config_path=str(config), env={})
+        return
+    with pytest.raises(ConfigError, match=line.split()[0]):
+        load_settings(config_path=str(config), env={})
