@@ -27,6 +27,7 @@ def test_forecast_on_demand_and_in_status(gateway: RunningGateway) -> None:
         client.chat.completions.create(model="demo-small", max_tokens=20,
                                        messages=[{"role": "user", "content": "steady"}])
     forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
+    assert Decimal(forecast["spent_usd"]) == cost * 10  # the last call too: flushed first
     assert forecast["history_days"] >= 9 and forecast["method"] != "none"
     p10, p50, p90 = (Decimal(forecast[k]) for k in ("p10_usd", "p50_usd", "p90_usd"))
     assert p10 <= p50 <= p90

@@ -37,6 +37,7 @@ from spendgate.store.forecasts import (
     stored_forecast,
 )
 from spendgate.store.leases import take_lease
+from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore, budget_from_row
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
@@ -180,7 +181,7 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
     budget = await add_budget(engine, "b_1", 200, hard_limit=True)
     await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
     svc = SimpleNamespace(settings=SimpleNamespace(master_key=MASTER), clock=FrozenClock(NOW),
-                          engine=engine, policies=PolicyStore(engine),
+                          engine=engine, policies=PolicyStore(engine), ledger=LedgerWriter(engine),
                           enforcer=SimpleNamespace(raises_for=lambda _id: ()),
                           auth_throttle=AuthThrottle())
     api = FastAPI()

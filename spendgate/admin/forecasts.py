@@ -12,6 +12,7 @@ from spendgate.access import Can
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, guard, principal
 from spendgate.budget_windows import window_at
+from spendgate.errors import NotFound
 from spendgate.money import format_usd
 from spendgate.services import Services
 from spendgate.store.forecasts import crossing_dates, refresh_all, stored_forecast
@@ -44,16 +45,19 @@ def forecast_out(row: dict[str, Any]) -> dict[str, Any]:
 
 async def current_forecast(svc: Services, budget_id: str, *, refresh: bool = False
                            ) -> dict[str, Any]:
-    """The stored forecast if it is of this period and fresh; else computed now and stored."""
+    """The stored forecast if it is of this period and fresh; else computed now (with every
+    call this process has answered: its ledger buffer is flushed first) and stored."""
     budget = budget_from_row(await svc.policies.get_budget(budget_id))
     now = svc.clock.now()
     row = await stored_forecast(svc.engine, budget_id)
     key = window_at(now, budget.period, budget.timezone, budget.week_start).key
     if refresh or row is None or row["period_key"] != key or row["generated_at"] < now - MAX_AGE:
+        await svc.ledger.flush()
         raises = {budget.id: svc.enforcer.raises_for(budget.id)}
         await refresh_all(svc.engine, [budget], now, raises=raises)
         row = await stored_forecast(svc.engine, budget_id)
-        assert row is not None
+        if row is None:  # deleted meanwhile
+            raise NotFound(f"budget {budget_id} not found", param="budget_id")
     return forecast_out(row)
 
 
@@ -82,6 +86,7 @@ async def refresh_forecasts(svc: Svc, who: Who, org_id: str | None = None) -> di
     started, now = svc.clock.monotonic(), svc.clock.now()
     policy = await svc.policies.snapshot(now)
     budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]
+    await svc.ledger.flush()
     done = await refresh_all(svc.engine, budgets, now, raises=policy.raises)
     return {"refreshed": len(done.forecasts), "overruns_announced": len(done.announced),
             "seconds": round(svc.clock.monotonic() - started, 3)}
