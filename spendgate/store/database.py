@@ -38,8 +38,7 @@ async def upsert(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, An
     statement: unlike a delete then an insert, two writers at once cannot both insert."""
     if not rows:
         return
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    insert = dialect.insert(table)
+    insert = _insert(conn, table)
     keys = [c.name for c in table.primary_key.columns]
     await conn.execute(insert.on_conflict_do_update(
         index_elements=keys,
@@ -53,10 +52,15 @@ async def insert_new(conn: AsyncConnection, table: sa.Table, values: dict[str, A
     was inserted. ``ON CONFLICT DO NOTHING``, not a savepoint around the insert: on SQLite
     a savepoint that opens the transaction commits when released, which would have split
     the caller's transaction in two."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    done = await conn.execute(dialect.insert(table).values(**values)
+    done = await conn.execute(_insert(conn, table).values(**values)
                               .on_conflict_do_nothing(index_elements=list(unique)))
     return bool(done.rowcount == 1)
+
+
+def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
+    """The dialect's INSERT, which has ``ON CONFLICT`` (PostgreSQL and SQLite alike)."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(table)
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
