@@ -6,7 +6,7 @@
 Three steps, each in a fresh process so one step's memory does not count in another's:
 
 1. ``build``: migrate a new SQLite file, then bulk-insert N entries whose chain is
-   computed here (``spendgate.audit.seal``), with plain ``sqlite3`` ``executemany``.
+   computed here (``spendgate.core.audit_chain.seal``), with plain ``sqlite3`` ``executemany``.
 2. ``export --via store``: the route's JSONL generator over ``store.pages`` (keyset
    pagination); the bytes are counted and dropped.
 3. ``export --via http``: ``GET /admin/audit/export`` on uvicorn, read with httpx
@@ -33,7 +33,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.audit import GENESIS, AuditEvent, seal
+from spendgate.core.audit_chain import GENESIS, AuditEvent, seal
 
 KEY = "sg-master-bench"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
@@ -109,7 +109,7 @@ def _export_http(engine: Any) -> int:
     from fastapi import FastAPI
 
     from spendgate.admin.audit import router
-    from spendgate.clock import SystemClock
+    from spendgate.core.clock import SystemClock
     from spendgate.settings import Settings
     from spendgate.testing.fake_upstream import serve_in_thread
 
@@ -132,7 +132,7 @@ def _export_http(engine: Any) -> int:
 
 
 def export(db: Path, via: str, verify: bool) -> dict[str, Any]:
-    from spendgate.audit import derive_key
+    from spendgate.core.audit_chain import derive_key
     from spendgate.store import audit as store
     from spendgate.store.database import create_engine
 

@@ -14,7 +14,7 @@ the origin lies: in the months before the event's month, in that month before th
 (whose history cannot show it), in that month after it, or in the months after.
 
 Methods:
-    spendgate       spendgate.forecasting.forecast (ETS(A,Ad,A) + fallbacks + outlier days)
+    spendgate       spendgate.core.forecasting.forecast (ETS(A,Ad,A) + fallbacks + outlier days)
     run-rate        month-to-date spend / days elapsed × days in month
     line-14d        least-squares line over the last 14 days, extended to month end (≥ 0)
     seasonal-naive  every day left = the same weekday of the last week seen
@@ -42,7 +42,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from spendgate.forecasting import PeriodOutlook, SpendHistory, forecast
+from spendgate.core.forecasting import PeriodOutlook, SpendHistory, forecast
 
 LOOKBACK_DAYS = 120
 MIN_HISTORY_DAYS = 28

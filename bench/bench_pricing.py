@@ -15,8 +15,8 @@ from decimal import Decimal
 from genai_prices import Usage, calc_price
 from genai_prices.types import ModelInfo, Provider
 
-from spendgate.pricing import PriceOverride, PriceRef, PriceTable, clamp_usage
-from spendgate.usage import TokenUsage
+from spendgate.core.pricing import PriceOverride, PriceRef, PriceTable, clamp_usage
+from spendgate.core.usage import TokenUsage
 
 AT = datetime(2025, 11, 1, 12, tzinfo=UTC)
 USAGE = TokenUsage(

@@ -36,29 +36,28 @@ from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.webhooks import install as install_webhooks
-from spendgate.audit import load_audit_settings
-from spendgate.auth_throttle import AuthThrottle
-from spendgate.clock import Clock, SystemClock
+from spendgate.core.clock import Clock, SystemClock
+from spendgate.core.pricing import PriceTable
+from spendgate.core.usage import TokenUsage
 from spendgate.counters.factory import counters_from_url
-from spendgate.enforcement import Enforcer
+from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import PayloadTooLarge, SpendgateError
-from spendgate.pricing import PriceTable
+from spendgate.guard.enforcement import Enforcer
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
 from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
-from spendgate.redis_pool import counters_failed
+from spendgate.security.auth_throttle import AuthThrottle
+from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
-from spendgate.settings import Settings, load_settings
+from spendgate.settings import Settings, load_audit_settings, load_settings
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
-from spendgate.usage import TokenUsage
-from spendgate.web_security import CsrfGuard, SecurityHeaders
 from spendgate.webhooks.runtime import WebhookRuntime
 
 log = logging.getLogger("spendgate")

@@ -11,15 +11,15 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from spendgate.audit import AuditSettings
-from spendgate.auth_throttle import AuthThrottle
-from spendgate.clock import Clock
+from spendgate.core.audit_chain import AuditSettings
+from spendgate.core.clock import Clock
+from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
-from spendgate.enforcement import Enforcer
-from spendgate.pricing import PriceTable
+from spendgate.guard.enforcement import Enforcer
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import Transport
 from spendgate.ratelimit.gate import RateGate
+from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.settings import Settings
 from spendgate.store.directory import Directory
 from spendgate.store.events import record_event

@@ -29,8 +29,14 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from spendgate.core.audit_chain import (
+    DEFAULT_RETENTION_DAYS,
+    MIN_RETENTION_DAYS,
+    AuditSettings,
+    derive_key,
+)
+from spendgate.core.pricing import PriceOverride, PriceRef
 from spendgate.errors import ConfigError
-from spendgate.pricing import PriceOverride, PriceRef
 
 ProviderKind = Literal["openai", "anthropic", "azure", "openai_compatible", "simulated"]
 PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "azure", "openai_compatible", "simulated")
@@ -257,3 +263,35 @@ def load_settings(
                                                    "gateway.auth_failures_per_minute"),
         models=models,
     )
+
+
+def load_audit_settings(env: Mapping[str, str], master_key: str | None) -> AuditSettings:
+    """``SPENDGATE_AUDIT_KEY`` (else derived from the master key),
+    ``SPENDGATE_AUDIT_RETENTION_DAYS`` and ``SPENDGATE_AUDIT_MIN_RETENTION_DAYS``; a
+    retention below the minimum, or a minimum below 365 days, is refused."""
+    raw_key = env.get("SPENDGATE_AUDIT_KEY")
+    if raw_key:
+        key = raw_key.encode()
+    elif master_key:
+        key = derive_key(master_key)
+    else:
+        raise ConfigError("set SPENDGATE_AUDIT_KEY or SPENDGATE_MASTER_KEY to sign audit "
+                          "checkpoints")
+    minimum = _days(env, "SPENDGATE_AUDIT_MIN_RETENTION_DAYS", MIN_RETENTION_DAYS)
+    retention = _days(env, "SPENDGATE_AUDIT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
+    if minimum < MIN_RETENTION_DAYS:
+        raise ConfigError(f"SPENDGATE_AUDIT_MIN_RETENTION_DAYS must be at least "
+                          f"{MIN_RETENTION_DAYS}")
+    if retention < minimum:
+        raise ConfigError(f"SPENDGATE_AUDIT_RETENTION_DAYS must be at least {minimum}")
+    return AuditSettings(key, retention, minimum)
+
+
+def _days(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    try:
+        return int(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number of days, not {raw!r}") from exc

@@ -21,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from spendgate.app import Gateway, create_app
-from spendgate.clock import FrozenClock
+from spendgate.core.clock import FrozenClock
 from spendgate.settings import Settings, load_settings
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle, serve_in_thread
 

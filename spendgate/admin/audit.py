@@ -18,12 +18,12 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from spendgate.access import Can
-from spendgate.access import Principal as Caller
 from spendgate.admin import schemas as s
 from spendgate.admin.audit_trail import admin_event
 from spendgate.admin.deps import Svc, guard, principal
-from spendgate.audit import AuditEntry, AuditSettings, derive_key
+from spendgate.core.access import Can
+from spendgate.core.access import Principal as Caller
+from spendgate.core.audit_chain import AuditEntry, AuditSettings, derive_key
 from spendgate.errors import ConfigError
 from spendgate.store import audit as store
 

@@ -17,8 +17,8 @@ from typing import Any
 
 from starlette.requests import Request
 
-from spendgate.audit import AuditEvent
-from spendgate.credentials import new_id
+from spendgate.core.audit_chain import AuditEvent
+from spendgate.security.credentials import new_id
 
 
 def actor_of(principal: str) -> tuple[str, str]:

@@ -19,11 +19,11 @@ from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from spendgate.access import MASTER_PRINCIPAL, Can, Owner, Principal
 from spendgate.admin.audit_trail import admin_event
-from spendgate.auth_throttle import client_address
-from spendgate.credentials import secrets_equal
+from spendgate.core.access import MASTER_PRINCIPAL, Can, Owner, Principal
 from spendgate.errors import AuthenticationFailed, NotFound, PermissionDenied, ValidationFailed
+from spendgate.security.auth_throttle import client_address
+from spendgate.security.credentials import secrets_equal
 from spendgate.services import Services
 from spendgate.store import audit as audit_store
 from spendgate.store import schema

@@ -8,12 +8,12 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
-from spendgate.access import Can
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, guard, principal
-from spendgate.budget_windows import window_at
+from spendgate.core.access import Can
+from spendgate.core.budget_windows import window_at
+from spendgate.core.money import format_usd
 from spendgate.errors import NotFound
-from spendgate.money import format_usd
 from spendgate.services import Services
 from spendgate.store.forecasts import crossing_dates, refresh_all, stored_forecast
 from spendgate.store.policies import budget_from_row

@@ -8,15 +8,15 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from spendgate import budget_rules as rules
-from spendgate.access import Can, Owner
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
 from spendgate.admin.forecasts import forecast_for_status
-from spendgate.budget_windows import validate_timezone, window_at
-from spendgate.enforcement import wallet_bucket
+from spendgate.core import budget_rules as rules
+from spendgate.core.access import Can, Owner
+from spendgate.core.budget_windows import validate_timezone, window_at
+from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import ValidationFailed
-from spendgate.money import format_usd, usd_to_nanos
+from spendgate.guard.enforcement import wallet_bucket
 from spendgate.services import Services
 from spendgate.store.events import fired_keys, record_event
 from spendgate.store.policies import Wallet, budget_from_row

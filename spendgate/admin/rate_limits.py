@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from spendgate.access import Can, Owner
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
 from spendgate.admin.policies import scope_owner
+from spendgate.core.access import Can, Owner
+from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import ValidationFailed
-from spendgate.money import format_usd, usd_to_nanos
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], tags=["rate limits"],
                    responses=s.ERRORS)

@@ -14,11 +14,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 
-from spendgate.access import TEAM_ASSIGNABLE, Can, Owner, Principal
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
+from spendgate.core.access import TEAM_ASSIGNABLE, Can, Owner, Principal
+from spendgate.core.money import format_usd
 from spendgate.errors import PermissionDenied, ValidationFailed
-from spendgate.money import format_usd
 from spendgate.store.events import list_events, record_event
 from spendgate.store.ledger import GROUP_COLUMNS, usage_report
 

@@ -11,9 +11,9 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Request
 
-from spendgate.access import ORG_ADMIN, Can, Owner, Principal
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
+from spendgate.core.access import ORG_ADMIN, Can, Owner, Principal
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.store.tokens import TokenStore, token_public
 

@@ -11,10 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 
-from spendgate.access import Can, Owner, Principal
 from spendgate.admin import schemas as s
 from spendgate.admin import webhook_schemas as w
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
+from spendgate.core.access import Can, Owner, Principal
 from spendgate.errors import NotFound, PermissionDenied, SpendgateError
 from spendgate.webhooks import notifications as notes
 from spendgate.webhooks.matching import Preferences

@@ -37,7 +37,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from spendgate.counters import BucketState, Hold, Refusal, Settlement
-from spendgate.redis_pool import lua_script, pooled_client
+from spendgate.counters.redis_pool import lua_script, pooled_client
 
 
 def _script(client: Redis, name: str) -> AsyncScript:
@@ -72,7 +72,7 @@ class RedisCounters:
     def from_url(
         cls, url: str, *, prefix: str = "sg:", max_connections: int = 50, pool_timeout: float = 5.0
     ) -> RedisCounters:
-        """See :func:`spendgate.redis_pool.pooled_client`."""
+        """See :func:`spendgate.counters.redis_pool.pooled_client`."""
         client = pooled_client(url, max_connections=max_connections, pool_timeout=pool_timeout)
         return cls(client, prefix=prefix)
 

@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from spendgate.budget_rules import Subject
+from spendgate.core.budget_rules import Subject
 from spendgate.counters import Counters, Refusal, Settlement
 from spendgate.counters.redis import RedisCounters
-from spendgate.enforcement import Admission, Enforcer
+from spendgate.guard.enforcement import Admission, Enforcer
 from spendgate.guard.redis import JointRedis, same_database
 from spendgate.ratelimit import RateLimiter
 from spendgate.ratelimit.gate import RateAdmission, RateGate

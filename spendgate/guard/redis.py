@@ -21,11 +21,11 @@ from redis.asyncio import Redis
 
 from spendgate.counters import Refusal, Settlement
 from spendgate.counters.redis import RedisCounters
-from spendgate.enforcement import HoldPlan
+from spendgate.counters.redis_pool import lua_library, lua_script
+from spendgate.guard.enforcement import HoldPlan
 from spendgate.ratelimit import Denial, Granted
 from spendgate.ratelimit.gate import RatePlan
 from spendgate.ratelimit.redis import RedisRateLimiter
-from spendgate.redis_pool import lua_library, lua_script
 
 _NO_RATE_LIMIT = Granted(())
 #: connection settings that decide which server and database a client talks to

@@ -18,12 +18,12 @@ from typing import Any
 import orjson
 from redis.exceptions import RedisError
 
-from spendgate import simulated
-from spendgate.auth_throttle import AuthThrottle, client_address
-from spendgate.budget_rules import Subject
-from spendgate.clock import Clock
-from spendgate.credentials import RequestIds
-from spendgate.enforcement import Enforcer
+from spendgate.core.budget_rules import Subject
+from spendgate.core.clock import Clock
+from spendgate.core.money import format_usd
+from spendgate.core.pricing import PriceTable
+from spendgate.core.usage import TokenUsage
+from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
     AuthenticationFailed,
     InvalidRequest,
@@ -34,8 +34,8 @@ from spendgate.errors import (
     UpstreamTimeout,
 )
 from spendgate.guard import CallGuard, Guarded
-from spendgate.money import format_usd
-from spendgate.pricing import PriceTable
+from spendgate.guard.enforcement import Enforcer
+from spendgate.proxy import simulated
 from spendgate.proxy.auth import KeyCache, presented_secret
 from spendgate.proxy.metering import StreamMeter, usage_from_body
 from spendgate.proxy.routing import ENDPOINTS, Endpoint, upstream_headers, upstream_url
@@ -51,11 +51,11 @@ from spendgate.proxy.wire import (
     start_stream,
 )
 from spendgate.ratelimit.gate import RateGate
-from spendgate.redis_pool import counters_failed
+from spendgate.security.auth_throttle import AuthThrottle, client_address
+from spendgate.security.credentials import RequestIds
 from spendgate.settings import ModelRoute, Settings
 from spendgate.store.directory import KeyRecord
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
-from spendgate.usage import TokenUsage
 
 log = logging.getLogger("spendgate.proxy")
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
-from spendgate.credentials import KEY_PREFIX, hash_secret
 from spendgate.errors import AuthenticationFailed
+from spendgate.security.credentials import KEY_PREFIX, hash_secret
 from spendgate.store.directory import KeyRecord
 
 Lookup = Callable[[str], Awaitable[KeyRecord | None]]

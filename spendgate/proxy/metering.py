@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.usage import TokenUsage, from_anthropic, from_openai
+from spendgate.core.usage import TokenUsage, from_anthropic, from_openai
 
 
 def usage_from_body(kind: str, body: bytes) -> TokenUsage | None:

@@ -18,8 +18,8 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
-from spendgate import simulated
 from spendgate.errors import UpstreamTimeout, UpstreamUnavailable
+from spendgate.proxy import simulated
 
 
 @dataclass(frozen=True, slots=True)

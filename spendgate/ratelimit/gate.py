@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NoReturn
 
-from spendgate.clock import Clock
-from spendgate.errors import PermissionDenied, SpendgateError
-from spendgate.ratelimit import Check, Denial, Granted, RateLimiter
-from spendgate.ratelimit.rules import (
+from spendgate.core.clock import Clock
+from spendgate.core.rate_rules import (
     CheckTemplate,
     RateLimit,
     Unlisted,
@@ -27,6 +25,8 @@ from spendgate.ratelimit.rules import (
     model_allowed,
     scope_rows,
 )
+from spendgate.errors import PermissionDenied, SpendgateError
+from spendgate.ratelimit import Check, Denial, Granted, RateLimiter
 
 EmitEvent = Callable[[str, str, dict[str, Any], datetime, str | None], None]
 

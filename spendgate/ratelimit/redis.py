@@ -36,8 +36,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from spendgate.counters.redis_pool import lua_script, pooled_client
 from spendgate.ratelimit import Check, CheckResult, Denial, Granted, validate
-from spendgate.redis_pool import lua_script, pooled_client
 
 #: how long a reservation's record outlives its ``expires_at`` (seconds)
 RECORD_GRACE = 60
@@ -68,7 +68,7 @@ class RedisRateLimiter:
     def from_url(
         cls, url: str, *, prefix: str = "sg:", max_connections: int = 50, pool_timeout: float = 5.0
     ) -> RedisRateLimiter:
-        """See :func:`spendgate.redis_pool.pooled_client`."""
+        """See :func:`spendgate.counters.redis_pool.pooled_client`."""
         client = pooled_client(url, max_connections=max_connections, pool_timeout=pool_timeout)
         return cls(client, prefix=prefix)
 

@@ -3,7 +3,7 @@
 Tables (created by migration 0003)::
 
     audit_log          one row per entry; ``seq`` 1, 2, 3… with no gaps, each row
-                       carrying its ``prev_hash`` and ``hash`` (see ``spendgate.audit``)
+                       carrying its ``prev_hash`` and ``hash`` (see ``spendgate.core.audit_chain``)
     audit_chain_head   one row (id 1): the last ``seq`` and ``hash`` handed out
     audit_checkpoints  one signed row per purge: where the chain resumes
     audit_purge_lock   empty except inside a purge transaction (see below)
@@ -37,7 +37,7 @@ import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.audit import (
+from spendgate.core.audit_chain import (
     GENESIS,
     AuditEntry,
     AuditEvent,
@@ -51,8 +51,8 @@ from spendgate.audit import (
     sign_checkpoint,
     walk,
 )
-from spendgate.credentials import new_id
 from spendgate.errors import Conflict, ValidationFailed
+from spendgate.security.credentials import new_id
 from spendgate.store.schema import JSONType, UTCDateTime, metadata
 
 audit_log = sa.Table(

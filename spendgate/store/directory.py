@@ -12,9 +12,9 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.access import ROLES
-from spendgate.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
+from spendgate.core.access import ROLES
 from spendgate.errors import Conflict, NotFound, ValidationFailed
+from spendgate.security.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.store import schema
 from spendgate.store.database import transaction
 

@@ -8,8 +8,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.audit import enforcement_event
-from spendgate.credentials import new_id
+from spendgate.core.audit_chain import enforcement_event
+from spendgate.security.credentials import new_id
 from spendgate.store import audit as audit_store
 from spendgate.store import schema
 from spendgate.store.database import insert_new

@@ -1,6 +1,6 @@
 """Forecasts, the I/O side: budgets' daily spend from the ledger, the latest forecast per
 budget, and the ``budget.forecast_overrun`` events. The arithmetic is in
-``spendgate.forecasting``.
+``spendgate.core.forecasting``.
 
     refresh_all(engine, budgets, now)
       1. one pass over the ledger of the lookback window, summed in SQL by every attribute
@@ -32,11 +32,11 @@ import sqlalchemy as sa
 from numpy.typing import NDArray
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate import budget_rules as rules
-from spendgate import forecasting as fc
-from spendgate.budget_windows import Window, days_in_window, window_at
-from spendgate.clock import Clock
-from spendgate.money import format_usd
+from spendgate.core import budget_rules as rules
+from spendgate.core import forecasting as fc
+from spendgate.core.budget_windows import Window, days_in_window, window_at
+from spendgate.core.clock import Clock
+from spendgate.core.money import format_usd
 from spendgate.store import schema
 from spendgate.store.database import upsert
 from spendgate.store.events import record_event

@@ -11,11 +11,11 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.budget_rules import Budget, Categories, Raise, Subject
-from spendgate.credentials import new_id
+from spendgate.core.budget_rules import Budget, Categories, Raise, Subject
+from spendgate.core.money import format_usd
+from spendgate.core.rate_rules import RateLimit
 from spendgate.errors import Conflict, NotFound, ValidationFailed
-from spendgate.money import format_usd
-from spendgate.ratelimit.rules import RateLimit
+from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.database import insert_new
 

@@ -9,9 +9,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.access import MEMBER, Principal
-from spendgate.credentials import hash_secret, new_admin_token, new_id, shown_prefix
+from spendgate.core.access import MEMBER, Principal
 from spendgate.errors import NotFound, ValidationFailed
+from spendgate.security.credentials import hash_secret, new_admin_token, new_id, shown_prefix
 from spendgate.store import schema
 from spendgate.store.database import transaction
 

@@ -1,4 +1,4 @@
-"""A fake OpenAI + Anthropic upstream: a raw ASGI app answering from ``spendgate.simulated``.
+"""A fake OpenAI + Anthropic upstream: a raw ASGI app answering from ``spendgate.proxy.simulated``.
 
 Tests serve it with :func:`serve_in_thread`, point a client (or the gateway) at it, then
 assert on ``requests``. The benchmark runs it on its own::
@@ -31,8 +31,8 @@ from typing import Any
 import orjson
 import uvicorn
 
-from spendgate import simulated
 from spendgate.errors import InvalidRequest
+from spendgate.proxy import simulated
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

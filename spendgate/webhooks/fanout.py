@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from spendgate.credentials import new_id
+from spendgate.security.credentials import new_id
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import pagerduty_dedup_key
 from spendgate.webhooks.matching import endpoint_wants, recipients_for

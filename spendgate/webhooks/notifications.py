@@ -16,8 +16,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.credentials import new_id
 from spendgate.errors import NotFound, ValidationFailed
+from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.database import transaction
 from spendgate.webhooks.catalog import Event, is_low_severity, title, valid_pattern

@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.budget_windows import window_at
-from spendgate.credentials import new_id
+from spendgate.core.budget_windows import window_at
+from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.events import record_event
 from spendgate.webhooks.catalog import Event

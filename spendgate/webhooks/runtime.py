@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from spendgate.clock import Clock
+from spendgate.core.clock import Clock
 from spendgate.webhooks.notifications import build_daily_digests
 from spendgate.webhooks.outbox import resolve_reset_periods
 from spendgate.webhooks.secrets_box import SecretBox

@@ -19,8 +19,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.credentials import new_id
 from spendgate.errors import NotFound, ValidationFailed
+from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.database import transaction
 from spendgate.webhooks.catalog import valid_pattern

@@ -23,7 +23,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate import __version__
-from spendgate.clock import Clock
+from spendgate.core.clock import Clock
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import encode, render
 from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt

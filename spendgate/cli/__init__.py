@@ -1,0 +1,33 @@
+"""The ``spendgate`` command: serve the gateway, migrate, and drive the admin API.
+
+One module per command group; each talks to the admin API through ``spendgate.cli.http``
+(``serve`` and ``db`` run the gateway and its migrations in this process)."""
+
+from __future__ import annotations
+
+import typer
+
+from spendgate.cli import directory, policies
+from spendgate.cli.audit import audit_app
+from spendgate.cli.forecast import forecast
+from spendgate.cli.serve import db_app, serve
+from spendgate.cli.usage import usage
+from spendgate.cli.webhooks import webhooks_app
+
+app = typer.Typer(help="spendgate: an LLM API gateway for AI cost governance.", no_args_is_help=True)
+app.command()(serve)
+app.add_typer(db_app, name="db")
+for name, group in (("orgs", directory.orgs), ("teams", directory.teams),
+                    ("users", directory.users), ("agents", directory.agents),
+                    ("keys", directory.keys), ("tokens", directory.tokens),
+                    ("budgets", policies.budgets), ("wallets", policies.wallets),
+                    ("limits", policies.limits)):
+    app.add_typer(group, name=name)
+app.command()(directory.bootstrap)
+app.command()(forecast)
+app.command()(usage)
+app.add_typer(webhooks_app, name="webhooks")
+app.add_typer(audit_app, name="audit")
+
+if __name__ == "__main__":
+    app()

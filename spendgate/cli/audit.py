@@ -1,0 +1,139 @@
+"""``spendgate audit …``: export, verify, list and purge through the admin API.
+
+Talks to the admin API through ``spendgate.cli.http``."""
+
+from __future__ import annotations
+
+import json
+import sys
+from contextlib import ExitStack
+from typing import IO, Annotated
+
+import httpx
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, client, fail
+from spendgate.cli.output import console, err_console, show
+
+audit_app = typer.Typer(help="The audit log: export, verify, list, purge.", no_args_is_help=True)
+StartOpt = Annotated[str | None, typer.Option(help="from this time (ISO 8601, inclusive)")]
+EndOpt = Annotated[str | None, typer.Option(help="until this time (ISO 8601, exclusive)")]
+ActorOpt = Annotated[str | None, typer.Option(help="actor id, or type:id")]
+ActionOpt = Annotated[str | None, typer.Option(help="action, or a prefix like budget.*")]
+TargetOpt = Annotated[str | None, typer.Option(help="target id, or type:id")]
+
+
+
+
+
+def _params(**values: str | None) -> dict[str, str]:
+    return {k: v for k, v in values.items() if v}
+
+
+@audit_app.command("export")
+def export(
+    format_: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
+    output: Annotated[str | None, typer.Option("--output", "-o", help="file (default stdout)")]
+    = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    actor: ActorOpt = None,
+    action: ActionOpt = None,
+    target: TargetOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Stream the audit log to a file (or stdout), with a progress bar on stderr."""
+    if format_ not in ("jsonl", "csv"):
+        err_console.print("[red]--format must be jsonl or csv[/]")
+        raise typer.Exit(2)
+    params = _params(format=format_, start=start, end=end, actor=actor, action=action,
+                     target=target)
+    try:
+        with ExitStack() as stack:
+            http = stack.enter_context(client(url, timeout=None))
+            response = stack.enter_context(http.stream("GET", "/admin/audit/export",
+                                                         params=params))
+            fail(response)
+            sink: IO[bytes] = (stack.enter_context(open(output, "wb")) if output
+                               else sys.stdout.buffer)
+            total = int(response.headers.get("x-audit-count", "0"))
+            written = _copy(response, sink, total, header=format_ == "csv")
+    except httpx.HTTPError as exc:
+        err_console.print(f"[red]export failed ({url}):[/] {exc}")
+        raise typer.Exit(1) from exc
+    if output:
+        err_console.print(f"{written} entries written to {output}")
+
+
+def _copy(response: httpx.Response, sink: IO[bytes], total: int, *, header: bool) -> int:
+    """Copy the stream to ``sink``, advancing the bar by lines (one per entry)."""
+    lines = 0
+    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console, transient=False) as progress:
+        task = progress.add_task("export", total=total)
+        for chunk in response.iter_bytes():
+            sink.write(chunk)
+            lines += chunk.count(b"\n")
+            progress.update(task, completed=max(0, lines - (1 if header else 0)))
+    sink.flush()
+    return max(0, lines - (1 if header else 0))
+
+
+@audit_app.command("verify")
+def verify(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Walk the hash chain; exit 1 and name the first bad entry if it does not hold."""
+    result = call(url, "GET", "/admin/audit/verify", timeout=None)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    elif result["ok"]:
+        since = f" since checkpoint seq {result['checkpoint_seq']}" \
+            if result["checkpoint_seq"] else ""
+        console.print(f"[green]audit chain intact:[/] {result['checked']} entries{since}, "
+                      f"head seq {result['last_seq']}")
+    else:
+        console.print(f"[red]audit chain broken[/] at entry {result['first_bad_id'] or '-'} "
+                      f"(seq {result['first_bad_seq']}): {result['reason']}")
+    if not result["ok"]:
+        raise typer.Exit(1)
+
+
+@audit_app.command("list")
+def list_(
+    start: StartOpt = None,
+    end: EndOpt = None,
+    actor: ActorOpt = None,
+    action: ActionOpt = None,
+    target: TargetOpt = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """The newest entries."""
+    params = _params(start=start, end=end, actor=actor, action=action, target=target)
+    page = call(url, "GET", "/admin/audit", params={**params, "limit": limit})
+    if as_json:
+        sys.stdout.write(json.dumps(page["entries"], indent=2) + "\n")
+        return
+    rows = [{"seq": e["seq"], "at": e["at"], "actor": f"{e['actor_type']}:{e['actor_id']}",
+             "action": e["action"], "target": f"{e['target_type']}:{e['target_id'] or ''}",
+             "request_id": e["request_id"]} for e in page["entries"]]
+    show(rows, False, ["seq", "at", "actor", "action", "target", "request_id"])
+
+
+@audit_app.command("purge")
+def purge(
+    before: Annotated[str | None, typer.Option(help="ISO 8601; default: now - retention")]
+    = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete entries older than the retention period, leaving a signed checkpoint."""
+    result = call(url, "POST", "/admin/audit/purge", json=_params(before=before),
+                      timeout=None)
+    if as_json:
+        sys.stdout.write(json.dumps(result, indent=2) + "\n")
+    else:
+        console.print(f"purged {result['purged']} entries"
+                      + (f"; checkpoint at seq {result['checkpoint_seq']}"
+                         if result["checkpoint_id"] else ""))

@@ -1,0 +1,169 @@
+"""``spendgate orgs|teams|users|agents|keys|tokens`` and ``bootstrap``: the directory of
+who calls, through the admin API."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+import typer
+
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list
+from spendgate.cli.output import err_console, show
+
+orgs = crud_group("orgs", "/admin/orgs", ["id", "name", "created_at"])
+teams = crud_group("teams", "/admin/teams", ["id", "org_id", "name"])
+users = crud_group("users", "/admin/users", ["id", "org_id", "email", "role", "team_ids"])
+agents = crud_group("agents", "/admin/agents", ["id", "org_id", "team_id", "name"])
+KEY_COLUMNS = ["id", "name", "key_prefix", "org_id", "team_id", "tags", "status", "expires_at"]
+keys = crud_group("keys", "/admin/keys", KEY_COLUMNS)
+
+
+@orgs.command("create")
+def orgs_create(name: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Create an org."""
+    show(call(url, "POST", "/admin/orgs", json={"name": name}), as_json, ["id", "name"])
+
+
+@teams.command("create")
+def teams_create(name: str, org: Annotated[str, typer.Option("--org")], url: UrlOpt = DEFAULT_URL,
+                 as_json: JsonOpt = False) -> None:
+    """Create a team in an org."""
+    show(call(url, "POST", "/admin/teams", json={"name": name, "org_id": org}), as_json,
+          ["id", "org_id", "name"])
+
+
+@users.command("create")
+def users_create(
+    email: str,
+    role: Annotated[str, typer.Option()] = "member",
+    teams_: Annotated[str | None, typer.Option("--teams", help="comma separated team ids")] = None,
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a user."""
+    body = {"email": email, "role": role, "team_ids": opt_list(teams_), "org_id": org}
+    show(call(url, "POST", "/admin/users", json=body), as_json, ["id", "email", "role", "team_ids"])
+
+
+@agents.command("create")
+def agents_create(
+    name: str,
+    team: Annotated[str | None, typer.Option("--team")] = None,
+    org: Annotated[str | None, typer.Option("--org")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an agent (a workflow or bot that calls models)."""
+    body = {"name": name, "team_id": team, "org_id": org}
+    show(call(url, "POST", "/admin/agents", json=body), as_json, ["id", "org_id", "team_id", "name"])
+
+
+@keys.command("create")
+def keys_create(
+    name: str,
+    org: Annotated[str, typer.Option("--org")],
+    team: Annotated[str | None, typer.Option("--team")] = None,
+    user: Annotated[str | None, typer.Option("--user")] = None,
+    agent: Annotated[str | None, typer.Option("--agent")] = None,
+    tags: Annotated[str | None, typer.Option(help="comma separated")] = None,
+    models: Annotated[str | None, typer.Option(help="comma separated; empty = all")] = None,
+    allow_request_tags: Annotated[bool, typer.Option()] = False,
+    expires_at: Annotated[str | None, typer.Option(help="ISO 8601")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a virtual key; its secret is printed once."""
+    body = {"name": name, "org_id": org, "team_id": team, "user_id": user, "agent_id": agent,
+            "tags": opt_list(tags), "models": opt_list(models),
+            "allow_request_tags": allow_request_tags, "expires_at": expires_at}
+    created = call(url, "POST", "/admin/keys", json=body)
+    show(created, as_json, ["id", "name", "key"], secret="key")
+    if not as_json:
+        err_console.print("[yellow]The key is shown once; store it now.[/]")
+
+
+@users.command("update")
+def users_update(
+    user_id: str,
+    role: Annotated[str | None, typer.Option(help="org_admin, finance, team_admin, viewer, "
+                                             "member")] = None,
+    teams_: Annotated[str | None, typer.Option("--teams", help="comma separated team ids "
+                                               "(replaces the user's teams)")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a user's role or teams (their admin tokens follow at once; audited)."""
+    body: dict[str, Any] = {"role": role} if role else {}
+    if teams_ is not None:
+        body["team_ids"] = opt_list(teams_)
+    show(call(url, "PATCH", f"/admin/users/{user_id}", json=body), as_json,
+          ["id", "email", "role", "team_ids"])
+
+
+TOKEN_COLUMNS = ["id", "name", "user_id", "token_prefix", "status", "expires_at",
+                 "last_used_at"]
+tokens = crud_group("tokens", "/admin/tokens", TOKEN_COLUMNS)
+
+
+def _expiry(days: int | None) -> str | None:
+    if days is None:
+        return None
+    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+
+
+@tokens.command("create")
+def tokens_create(
+    user: Annotated[str, typer.Option("--user", help="the user the token acts as")],
+    name: Annotated[str, typer.Option()] = "cli",
+    expires_in_days: Annotated[int | None, typer.Option(min=1)] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create an admin token (printed once; store it as SPENDGATE_ADMIN_TOKEN)."""
+    body = {"user_id": user, "name": name, "expires_at": _expiry(expires_in_days)}
+    show(call(url, "POST", "/admin/tokens", json=body), as_json, ["id", "name", "token"],
+          secret="token")
+
+
+@tokens.command("revoke")
+def tokens_revoke(token_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Revoke an admin token: its next call gets 401."""
+    show(call(url, "POST", f"/admin/tokens/{token_id}/revoke"), as_json, TOKEN_COLUMNS)
+
+
+def bootstrap(
+    org: Annotated[str, typer.Option("--org", help="name of the org to create")],
+    email: Annotated[str, typer.Option("--email", help="the first org admin")],
+    expires_in_days: Annotated[int | None, typer.Option(min=1)] = 90,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """With the master key: create an org, its first org admin and that admin's token.
+
+    The token is printed once; from then on the admin works with it
+    (``SPENDGATE_ADMIN_TOKEN``) and the master key can go back in the safe."""
+    made = call(url, "POST", "/admin/orgs", json={"name": org})
+    user = call(url, "POST", "/admin/users",
+                 json={"email": email, "role": "org_admin", "org_id": made["id"]})
+    token = call(url, "POST", "/admin/tokens", json={
+        "user_id": user["id"], "name": "bootstrap", "expires_at": _expiry(expires_in_days)})
+    show({"org_id": made["id"], "user_id": user["id"], "token_id": token["id"],
+           "token": token["token"], "expires_at": token["expires_at"]}, as_json,
+          ["org_id", "user_id", "token_id", "token", "expires_at"], secret="token")
+
+
+@keys.command("revoke")
+def keys_revoke(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Revoke a key: its next call gets 401."""
+    show(call(url, "POST", f"/admin/keys/{key_id}/revoke"), as_json, KEY_COLUMNS)
+
+
+@keys.command("rotate")
+def keys_rotate(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Give a key a new secret (printed once); the old secret stops working."""
+    show(call(url, "POST", f"/admin/keys/{key_id}/rotate"), as_json, ["id", "name", "key"],
+          secret="key")
+
+

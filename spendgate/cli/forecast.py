@@ -1,0 +1,29 @@
+"""``spendgate forecast``: where a budget's period will land."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call
+from spendgate.cli.output import show
+
+
+def forecast(
+    budget_id: str,
+    refresh: Annotated[bool, typer.Option(help="Recompute now")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Where a budget's current period is expected to land (P10/P50/P90)."""
+    data = call(url, "GET", f"/admin/forecasts/{budget_id}",
+                 params={"refresh": str(refresh).lower()})
+    if not as_json:
+        data = {**data, "crossings": ", ".join(f"{name} {day or 'not this period'}"
+                                              for name, day in data["crossings"].items())}
+    show(data, as_json, ["period_key", "method", "history_days", "spent_usd", "p10_usd",
+                          "p50_usd", "p90_usd", "percent_of_budget", "limit_usd",
+                          "overrun_band", "crossings"])
+
+

@@ -1,0 +1,78 @@
+"""What every ``spendgate`` command that talks to the admin API shares: the options, the
+authenticated client, the error handling and the list/get commands of a resource.
+Output (tables, JSON, secrets shown once) is ``spendgate.cli.output``."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Any
+
+import httpx
+import typer
+
+from spendgate.cli.output import err_console, show
+
+DEFAULT_URL = "http://127.0.0.1:4100"
+UrlOpt = Annotated[str, typer.Option("--url", envvar="SPENDGATE_URL", help="Gateway base URL")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def client(url: str, timeout: float | None = 60) -> httpx.Client:
+    """An admin API client as ``SPENDGATE_ADMIN_TOKEN`` (else ``SPENDGATE_MASTER_KEY``)."""
+    token = os.environ.get("SPENDGATE_ADMIN_TOKEN") or os.environ.get("SPENDGATE_MASTER_KEY")
+    if not token:
+        err_console.print("[red]set SPENDGATE_ADMIN_TOKEN (or SPENDGATE_MASTER_KEY)[/]")
+        raise typer.Exit(2)
+    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"},
+                        timeout=timeout)
+
+
+def fail(response: httpx.Response) -> None:
+    """Exit 1 with the API's own error message if the answer is an error."""
+    if response.status_code < 400:
+        return
+    response.read()
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text
+    err_console.print(f"[red]error {response.status_code}:[/] {message}")
+    raise typer.Exit(1)
+
+
+def call(url: str, method: str, path: str, **kwargs: Any) -> Any:
+    """One admin API call: its JSON (or text; None for an empty answer), or exit."""
+    try:
+        with client(url) as http:
+            response = http.request(method, path, **kwargs)
+    except httpx.HTTPError as exc:
+        err_console.print(f"[red]cannot reach spendgate at {url}:[/] {exc}")
+        raise typer.Exit(1) from exc
+    fail(response)
+    if response.status_code == 204 or not response.content:
+        return None
+    if "json" in response.headers.get("content-type", ""):
+        return response.json()
+    return response.text
+
+
+
+
+def crud_group(name: str, path: str, columns: list[str]) -> typer.Typer:
+    group = typer.Typer(help=f"Manage {name}.", no_args_is_help=True)
+
+    @group.command("list")
+    def list_(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+        """List them."""
+        show(call(url, "GET", path), as_json, columns)
+
+    @group.command("get")
+    def get(object_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+        """Show one by id."""
+        show(call(url, "GET", f"{path}/{object_id}"), as_json, columns)
+
+    return group
+
+
+def opt_list(value: str | None) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else []

@@ -1,0 +1,50 @@
+"""How the command line prints: Rich consoles, tables that turn into blocks when too wide
+for the terminal, ``--json``, and secrets shown once on a line of their own."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def cell(value: Any) -> str:
+    if value is None:
+        return ""
+    return ",".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def show(data: Any, as_json: bool, columns: list[str], *, secret: str | None = None) -> None:
+    """An answer as JSON, or as a table of ``columns``; when the table would not fit the
+    terminal, as one ``column: value`` block per row instead (like psql's ``\\x auto``),
+    so no id is cut short. ``secret`` names the column of a secret shown once: printed
+    whole on a line of its own below, never in a cell a narrow terminal could cut short."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+        return
+    rows = data if isinstance(data, list) else [data]
+    shown = [c for c in columns if c != secret]
+    table = Table(*shown)
+    for row in rows:  # values as plain Text: a name like "[red]x" is not markup
+        table.add_row(*(Text(cell(row.get(c))) for c in shown))
+    natural = console.measure(table, options=console.options.update_width(10_000))
+    if natural.maximum <= console.width:
+        console.print(table)
+    else:
+        width = max(map(len, shown), default=0)
+        for n, row in enumerate(rows):
+            if n:
+                console.print()
+            for column in shown:
+                console.print(Text.assemble((f"{column:<{width}}", "bold"), "  ",
+                                            cell(row.get(column))), soft_wrap=True)
+    for row in rows:
+        if secret is not None and row.get(secret):
+            sys.stdout.write(f"{secret}: {row[secret]}\n")

@@ -1,0 +1,187 @@
+"""``spendgate budgets|wallets|limits``: budgets, wallets and rate limits through the admin
+API."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list
+from spendgate.cli.output import console, show
+
+BUDGET_COLUMNS = ["id", "name", "scope_type", "scope_id", "tag", "period", "timezone",
+                  "amount_usd", "alert_percentages", "soft_limit_percent", "hard_limit",
+                  "hard_limit_percent"]
+budgets = crud_group("budgets", "/admin/budgets", BUDGET_COLUMNS)
+WALLET_COLUMNS = ["id", "name", "scope_type", "scope_id", "balance_usd", "reserved_usd",
+                  "low_balance_usd"]
+wallets = crud_group("wallets", "/admin/wallets", WALLET_COLUMNS)
+
+
+def _percents(value: str | None) -> list[str] | None:
+    return opt_list(value) if value is not None else None
+
+
+@budgets.command("create")
+def budgets_create(
+    scope: Annotated[str, typer.Option(help="org|team|user|agent|key|tag")],
+    amount: Annotated[str, typer.Option(help="USD per period, e.g. 500")],
+    scope_id: Annotated[str | None, typer.Option("--scope-id")] = None,
+    tag: Annotated[str | None, typer.Option()] = None,
+    org: Annotated[str | None, typer.Option("--org", help="required for tag budgets")] = None,
+    period: Annotated[str, typer.Option(help="daily|weekly|monthly")] = "monthly",
+    timezone: Annotated[str, typer.Option(help="IANA zone")] = "UTC",
+    week_start: Annotated[str, typer.Option()] = "monday",
+    alerts: Annotated[str, typer.Option(help="alert percentages")] = "50,75,90",
+    soft: Annotated[str, typer.Option(help="soft limit percent")] = "75",
+    hard: Annotated[bool, typer.Option("--hard/--no-hard", help="block at the hard limit")] = False,
+    hard_percent: Annotated[str, typer.Option(help="hard limit percent (e.g. 110)")] = "100",
+    models: Annotated[str | None, typer.Option(help="count only these models (patterns)")] = None,
+    providers: Annotated[str | None, typer.Option(help="count only these providers")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a budget (observation only unless --hard)."""
+    body = {"name": name, "scope_type": scope, "scope_id": scope_id, "tag": tag, "org_id": org,
+            "period": period, "timezone": timezone, "week_start": week_start,
+            "amount_usd": amount, "alert_percentages": opt_list(alerts),
+            "soft_limit_percent": soft, "hard_limit": hard, "hard_limit_percent": hard_percent,
+            "categories": {"models": opt_list(models), "providers": opt_list(providers)}}
+    show(call(url, "POST", "/admin/budgets", json={k: v for k, v in body.items() if v is not None}),
+          as_json, BUDGET_COLUMNS)
+
+
+@budgets.command("update")
+def budgets_update(
+    budget_id: str,
+    amount: Annotated[str | None, typer.Option()] = None,
+    alerts: Annotated[str | None, typer.Option()] = None,
+    soft: Annotated[str | None, typer.Option()] = None,
+    hard: Annotated[bool | None, typer.Option("--hard/--no-hard")] = None,
+    hard_percent: Annotated[str | None, typer.Option()] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a budget's amount or limits."""
+    body = {"amount_usd": amount, "alert_percentages": _percents(alerts),
+            "soft_limit_percent": soft, "hard_limit": hard, "hard_limit_percent": hard_percent}
+    show(call(url, "PATCH", f"/admin/budgets/{budget_id}",
+                json={k: v for k, v in body.items() if v is not None}), as_json, BUDGET_COLUMNS)
+
+
+@budgets.command("delete")
+def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Delete a budget."""
+    call(url, "DELETE", f"/admin/budgets/{budget_id}")
+    console.print(f"deleted {budget_id}")
+
+
+@budgets.command("status")
+def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Spent, reserved, thresholds fired and the next reset of a budget's current period."""
+    data = call(url, "GET", f"/admin/budgets/{budget_id}/status")
+    if not as_json and data.get("forecast"):
+        data = {**data, "forecast_p50_usd": data["forecast"]["p50_usd"],
+                "forecast_percent": data["forecast"]["percent_of_budget"]}
+    show(data, as_json,
+          ["period_key", "spent_usd", "reserved_usd", "percent_used", "hard_limit_usd",
+           "remaining_to_hard_usd", "thresholds_fired", "next_reset", "forecast_p50_usd",
+           "forecast_percent"])
+
+
+@budgets.command("except")
+def budgets_except(
+    budget_id: str,
+    reason: Annotated[str, typer.Option()],
+    expires_at: Annotated[str, typer.Option(help="ISO 8601")],
+    amount: Annotated[str | None, typer.Option(help="extra USD")] = None,
+    percent: Annotated[str | None, typer.Option(help="extra percent of the amount")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Grant a temporary raise that ends by itself at --expires-at."""
+    body = {"amount_usd": amount, "percent": percent, "reason": reason, "expires_at": expires_at}
+    show(call(url, "POST", f"/admin/budgets/{budget_id}/exceptions",
+                json={k: v for k, v in body.items() if v is not None}), as_json,
+          ["id", "amount_usd", "percent", "reason", "expires_at"])
+
+
+@wallets.command("create")
+def wallets_create(
+    scope: Annotated[str, typer.Option(help="org|team|key")],
+    scope_id: Annotated[str, typer.Option("--scope-id")],
+    topup: Annotated[str | None, typer.Option(help="initial top-up in USD")] = None,
+    low_balance: Annotated[str, typer.Option(help="warn below this balance (USD)")] = "0",
+    name: Annotated[str | None, typer.Option()] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a prepaid wallet; calls it covers are refused with 402 when it runs dry."""
+    body = {"scope_type": scope, "scope_id": scope_id, "initial_topup_usd": topup,
+            "low_balance_usd": low_balance, "name": name}
+    show(call(url, "POST", "/admin/wallets", json={k: v for k, v in body.items() if v is not None}),
+          as_json, WALLET_COLUMNS)
+
+
+@wallets.command("topup")
+def wallets_topup(wallet_id: str, amount: Annotated[str, typer.Option()],
+                  note: Annotated[str, typer.Option()] = "", url: UrlOpt = DEFAULT_URL,
+                  as_json: JsonOpt = False) -> None:
+    """Add funds to a wallet."""
+    show(call(url, "POST", f"/admin/wallets/{wallet_id}/topups",
+                json={"amount_usd": amount, "note": note}), as_json,
+          ["id", "wallet_id", "amount_usd", "note", "created_at"])
+
+
+LIMIT_COLUMNS = ["id", "scope_type", "scope_id", "model", "rpm", "tpm", "max_concurrent",
+                 "max_spend_usd", "spend_window_seconds"]
+limits = crud_group("limits", "/admin/rate-limits", LIMIT_COLUMNS)
+
+
+@limits.command("create")
+def limits_create(
+    scope: Annotated[str, typer.Option(help="key|team")],
+    scope_id: Annotated[str, typer.Option("--scope-id")],
+    model: Annotated[str, typer.Option(help="model name or pattern, e.g. gpt-5*-mini or *")] = "*",
+    rpm: Annotated[int | None, typer.Option(help="requests per minute")] = None,
+    tpm: Annotated[int | None, typer.Option(help="tokens per minute")] = None,
+    concurrent: Annotated[int | None, typer.Option(help="calls in flight at once")] = None,
+    spend: Annotated[str | None, typer.Option(help="max USD per spend window")] = None,
+    window: Annotated[int, typer.Option(help="spend window in seconds")] = 600,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Limit a key or team on a model: rpm, tpm, concurrency, spend velocity."""
+    body = {"scope_type": scope, "scope_id": scope_id, "model": model, "rpm": rpm, "tpm": tpm,
+            "max_concurrent": concurrent, "max_spend_usd": spend, "spend_window_seconds": window}
+    show(call(url, "POST", "/admin/rate-limits",
+                json={k: v for k, v in body.items() if v is not None}), as_json, LIMIT_COLUMNS)
+
+
+@limits.command("update")
+def limits_update(
+    limit_id: str,
+    rpm: Annotated[int | None, typer.Option()] = None,
+    tpm: Annotated[int | None, typer.Option()] = None,
+    concurrent: Annotated[int | None, typer.Option()] = None,
+    spend: Annotated[str | None, typer.Option()] = None,
+    window: Annotated[int | None, typer.Option()] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Change a rate limit."""
+    body = {"rpm": rpm, "tpm": tpm, "max_concurrent": concurrent, "max_spend_usd": spend,
+            "spend_window_seconds": window}
+    show(call(url, "PATCH", f"/admin/rate-limits/{limit_id}",
+                json={k: v for k, v in body.items() if v is not None}), as_json, LIMIT_COLUMNS)
+
+
+@limits.command("delete")
+def limits_delete(limit_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+    """Remove a rate limit."""
+    call(url, "DELETE", f"/admin/rate-limits/{limit_id}")
+    console.print(f"deleted {limit_id}")
+
+

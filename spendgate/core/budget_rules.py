@@ -1,0 +1,184 @@
+"""Budget and wallet rules: the one place that compares spend with a limit (pure).
+
+    which budgets apply to a call      applies(budget, subject)
+    what a call may cost at worst      (priced by the caller) → Hold per bucket
+    where the hard cap is              hard_cap_nanos(budget, raises)
+    which thresholds a settle crossed  crossed(budget, cap_base, before, after)
+
+Percentages are of the budget amount (plus any active exception). The hard cap is
+``hard_limit_percent`` of that; with ``hard_limit`` off a budget never refuses, it
+only warns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import ROUND_FLOOR, Decimal
+from fnmatch import fnmatchcase
+from functools import lru_cache
+
+from spendgate.core.budget_windows import Period
+
+SCOPE_TYPES = ("org", "team", "user", "agent", "key", "tag")
+
+
+@dataclass(frozen=True, slots=True)
+class Categories:
+    """Only spend matching every non-empty list counts (empty = everything)."""
+
+    providers: tuple[str, ...] = ()
+    #: model names or shell patterns (``gpt-4o*``, ``claude-*-opus*``)
+    models: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    tags: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Budget:
+    id: str
+    org_id: str
+    scope_type: str
+    scope_id: str | None
+    tag: str | None
+    period: Period
+    timezone: str
+    week_start: str
+    amount_nanos: int
+    alert_percentages: tuple[Decimal, ...] = (Decimal(50), Decimal(75), Decimal(90))
+    soft_limit_percent: Decimal = Decimal(75)
+    hard_limit: bool = False
+    hard_limit_percent: Decimal = Decimal(100)
+    categories: Categories = field(default_factory=Categories)
+
+
+@dataclass(frozen=True, slots=True)
+class Subject:
+    """Who is calling and what: what budgets are matched against."""
+
+    org_id: str
+    team_id: str | None
+    user_id: str | None
+    agent_id: str | None
+    key_id: str
+    tags: tuple[str, ...]
+    provider: str
+    model: str
+    kind: str
+
+
+@dataclass(frozen=True, slots=True)
+class Raise:
+    """A temporary exception: extra amount, or extra percent of the amount, until expiry."""
+
+    amount_nanos: int
+    percent: Decimal
+    starts_at: datetime
+    expires_at: datetime
+
+    def active_at(self, at: datetime) -> bool:
+        return self.starts_at <= at < self.expires_at
+
+
+@dataclass(frozen=True, slots=True)
+class Threshold:
+    """A level a budget can cross: ``alert`` (each alert %), ``soft`` or ``hard``."""
+
+    kind: str
+    percent: Decimal
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}:{self.percent.normalize():f}"
+
+
+def applies(budget: Budget, subject: Subject) -> bool:
+    scope_ok = {
+        "org": subject.org_id == budget.scope_id,
+        "team": subject.team_id is not None and subject.team_id == budget.scope_id,
+        "user": subject.user_id is not None and subject.user_id == budget.scope_id,
+        "agent": subject.agent_id is not None and subject.agent_id == budget.scope_id,
+        "key": subject.key_id == budget.scope_id,
+        "tag": budget.tag in subject.tags and subject.org_id == budget.org_id,
+    }[budget.scope_type]
+    return scope_ok and counts(budget.categories, subject)
+
+
+def counts(categories: Categories, subject: Subject) -> bool:
+    if categories.providers and subject.provider not in categories.providers:
+        return False
+    if categories.kinds and subject.kind not in categories.kinds:
+        return False
+    if categories.tags and not set(categories.tags) & set(subject.tags):
+        return False
+    return not categories.models or any(fnmatchcase(subject.model, p) for p in categories.models)
+
+
+def effective_amount(budget: Budget, raises: Iterable[Raise], at: datetime) -> int:
+    """The budget amount plus every exception active at ``at``."""
+    extra = 0
+    for r in raises:
+        if r.active_at(at):
+            extra += r.amount_nanos + percent_of(budget.amount_nanos, r.percent)
+    return budget.amount_nanos + extra
+
+
+def percent_of(nanos: int, percent: Decimal) -> int:
+    return int((Decimal(nanos) * percent / 100).to_integral_value(rounding=ROUND_FLOOR))
+
+
+def hard_cap_nanos(budget: Budget, amount_nanos: int) -> int | None:
+    """The most this budget lets be spent in a period, or None when it never blocks."""
+    return percent_of(amount_nanos, budget.hard_limit_percent) if budget.hard_limit else None
+
+
+def thresholds(budget: Budget) -> list[Threshold]:
+    levels = [Threshold("alert", p) for p in budget.alert_percentages]
+    levels.append(Threshold("soft", budget.soft_limit_percent))
+    if budget.hard_limit:
+        levels.append(Threshold("hard", budget.hard_limit_percent))
+    return levels
+
+
+@lru_cache(maxsize=4096)
+def levels(budget: Budget, amount_nanos: int) -> tuple[tuple[Threshold, int], ...]:
+    """Each threshold with its level in nanos (cached: this runs on every settle)."""
+    return tuple((t, percent_of(amount_nanos, t.percent)) for t in thresholds(budget))
+
+
+def crossed(budget: Budget, amount_nanos: int, before: int, after: int) -> list[Threshold]:
+    """Thresholds whose level lies in ``(before, after]`` — each fires once per crossing."""
+    if after <= before:
+        return []
+    return [t for t, level in levels(budget, amount_nanos) if before < level <= after]
+
+
+def reached(budget: Budget, amount_nanos: int, spent: int) -> list[Threshold]:
+    """Every threshold already at or below ``spent``."""
+    return [t for t in thresholds(budget) if spent >= percent_of(amount_nanos, t.percent) > 0]
+
+
+def percent_used(spent: int, amount_nanos: int) -> Decimal:
+    if amount_nanos <= 0:
+        return Decimal(0)
+    return (Decimal(spent) * 100 / amount_nanos).quantize(Decimal("0.01"))
+
+
+def validate_levels(alerts: Sequence[Decimal], soft: Decimal, hard_on: bool, hard: Decimal
+                    ) -> tuple[str, str] | None:
+    """(field, message) for the first inconsistent percentage, or None when all is well."""
+    if list(alerts) != sorted(set(alerts)):
+        return "alert_percentages", "must be strictly increasing"
+    if any(p <= 0 for p in alerts):
+        return "alert_percentages", "must be above 0"
+    if soft <= 0:
+        return "soft_limit_percent", "must be above 0"
+    if hard <= 0 or hard > 1000:
+        return "hard_limit_percent", "must be above 0 and at most 1000"
+    if hard_on:
+        if alerts and alerts[-1] > hard:
+            return "alert_percentages", "must not be above hard_limit_percent"
+        if soft > hard:
+            return "soft_limit_percent", "must not be above hard_limit_percent"
+    return None

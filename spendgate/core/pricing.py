@@ -1,0 +1,337 @@
+"""Price a call exactly as ``genai-prices`` does, in a few microseconds (pure, no I/O).
+
+``genai_prices.calc_price`` costs 50-200 µs a call (it validates the prices and
+decomposes usage into priced units every time); here that is done once per price version:
+
+* A model reference is resolved to its ``ModelInfo`` once (``find_provider_model``).
+* On every call ``ModelInfo.get_prices(at)`` picks the price version in force at ``at``
+  (start-date and time-of-day constraints are honoured that way; it is cheap).
+* Each price version is compiled once into a *plan*: integer coefficients, one set per
+  input-size tier interval, such that ``cost = const + Σ coef·tokens`` exactly. The
+  plan reproduces genai-prices' rules:
+
+  - leaf decomposition: a priced unit is billed for its tokens minus those billed by
+    its more specific priced units. So uncached input = input − cache reads − cache
+    writes *only when* ``cache_read_mtok`` / ``cache_write_mtok`` are priced; an unpriced
+    cache read or write is billed at the input price (part of ``input_tokens``);
+  - reasoning tokens are part of output and billed at the output price, unless the
+    model prices ``output_reasoning_mtok`` (e.g. Perplexity's deep research);
+  - tiers are cliffs: once the *total* prompt exceeds a tier's start, every token of
+    that unit pays the tier price (``TieredPrices``); a per-request price
+    (``requests_kcount``) is a constant term;
+  - the USD amount is converted to nanos with one half-even rounding at the end, which
+    equals ``usd_to_nanos(calc_price(...).total_price)``.
+
+  Versions a plan cannot express (unknown price key, invalid value) use genai's calc.
+
+Not modelled, because ``TokenUsage`` does not carry them: the 1-hour cache-write split
+(``cache_write_1h_mtok``; all cache writes pay ``cache_write_mtok``, as genai-prices
+does when no 1h count is reported), audio/image modalities, web searches, and request
+context price variants (service tiers such as flex/priority).
+
+Weird usage never raises; it is clamped first (and priced as clamped): negative counts
+become 0, ``cache_read <= input``, ``cache_write <= input - cache_read`` and
+``reasoning <= output``. An unknown model is priced ``None`` ("unknown"), never $0.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from math import gcd, lcm
+
+from genai_prices import Usage
+from genai_prices.data_snapshot import DataSnapshot, get_snapshot
+from genai_prices.data_units import unit_data
+from genai_prices.types import ModelInfo, ModelPrice, Provider, TieredPrices
+from genai_prices.units import UnitDef, UnitRegistry
+from genai_prices.validation import validate_priced_units
+
+from spendgate.core.money import NANOS_PER_USD, usd_to_nanos
+from spendgate.core.usage import TokenUsage
+
+__all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced"]
+
+#: genai-prices usage keys we can report, in the order of the ``_Counts`` tuple.
+_REPORTED = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "output_reasoning_tokens",
+)
+_REGISTRY = UnitRegistry(unit_data)
+_REQUESTS = "requests"
+#: Lookup caches are cleared past this size so arbitrary model names cannot grow them.
+_MAX_CACHED = 4096
+
+_Counts = tuple[int, int, int, int, int]
+_Price = Decimal | TieredPrices
+
+
+@dataclass(frozen=True, slots=True)
+class PriceOverride:
+    """Negotiated or self-hosted prices in USD per million tokens.
+
+    A missing cache price bills those tokens at the input price (genai-prices' rule for
+    an unpriced cache unit). Reasoning tokens are billed as output.
+    """
+
+    input_per_mtok: Decimal
+    output_per_mtok: Decimal
+    cache_read_per_mtok: Decimal | None = None
+    cache_write_per_mtok: Decimal | None = None
+
+    def __post_init__(self) -> None:
+        for price in (
+            self.input_per_mtok,
+            self.output_per_mtok,
+            self.cache_read_per_mtok,
+            self.cache_write_per_mtok,
+        ):
+            if price is not None and not (price.is_finite() and price >= 0):
+                raise ValueError(f"price must be a finite non-negative Decimal, got {price!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class PriceRef:
+    """What a route is priced as: a genai-prices model (and provider id), or an override."""
+
+    model: str
+    provider: str | None
+    override: PriceOverride | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Priced:
+    """A call's cost in nanos; ``None`` means the price is unknown (never read it as $0)."""
+
+    cost_nanos: int | None
+    source: str  # "genai-prices" | "override" | "unknown"
+
+
+_UNKNOWN = Priced(None, "unknown")
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    """Exact integer form of one price version.
+
+    For a prompt of ``n`` input tokens, ``i = bisect_left(starts, n)`` (how many tier
+    starts ``n`` exceeds) selects ``consts[i]`` and ``coefs[i]``; then
+    ``nanos = round_half_even((const + Σ coef·count) · mult / div)``.
+    """
+
+    starts: tuple[int, ...]
+    consts: tuple[int, ...]
+    coefs: tuple[_Counts, ...]
+    mult: int
+    div: int
+
+    def nanos(self, counts: _Counts) -> int:
+        i = bisect_left(self.starts, counts[0]) if self.starts else 0
+        c = self.coefs[i]
+        total = (
+            self.consts[i]
+            + c[0] * counts[0]
+            + c[1] * counts[1]
+            + c[2] * counts[2]
+            + c[3] * counts[3]
+            + c[4] * counts[4]
+        ) * self.mult
+        if self.div == 1:
+            return total
+        q, r = divmod(total, self.div)
+        if 2 * r > self.div or (2 * r == self.div and q & 1):
+            q += 1
+        return q
+
+
+def _valid_price(value: object) -> bool:
+    """genai-prices' own check: finite non-negative Decimals, integer tier starts."""
+    if isinstance(value, TieredPrices):
+        return _valid_price(value.base) and all(
+            type(t.start) is int and t.start >= 0 and _valid_price(t.price) for t in value.tiers
+        )
+    return isinstance(value, Decimal) and value.is_finite() and value >= 0
+
+
+def _price_in_force(price: _Price, total_input: int) -> Decimal:
+    """genai-prices' cliff rule: the highest tier whose start the total prompt exceeds."""
+    if isinstance(price, Decimal):
+        return price
+    for tier in reversed(price.tiers):
+        if total_input > tier.start:
+            return tier.price
+    return price.base
+
+
+def _leaf_vectors(units: list[UnitDef]) -> dict[str, list[int]]:
+    """Per priced reported unit, its billed count as a combination of reported counts."""
+    ordered = sorted(units, key=lambda u: (-len(u.dimensions), u.usage_key))
+    leaves: dict[str, list[int]] = {}
+    for unit in ordered:
+        vector = [int(key == unit.usage_key) for key in _REPORTED]
+        for other in ordered:
+            if other is not unit and unit.dimensions.items() <= other.dimensions.items():
+                vector = [a - b for a, b in zip(vector, leaves[other.usage_key], strict=True)]
+        leaves[unit.usage_key] = vector
+    return leaves
+
+
+def _compile_plan(model_price: ModelPrice) -> _Plan | None:
+    """Compile a price version, or ``None`` when only genai-prices' own calc can price it."""
+    priced: list[tuple[UnitDef, _Price]] = []
+    for key, value in vars(model_price).items():
+        if key.startswith("_") or value is None:
+            continue
+        try:
+            unit = _REGISTRY.unit_for_price_key(key)
+        except KeyError:
+            return None
+        if not _valid_price(value):
+            return None
+        priced.append((unit, value))
+    try:
+        validate_priced_units([unit for unit, _ in priced], _REGISTRY)
+    except ValueError:
+        return None
+    used: list[tuple[UnitDef, _Price]] = []
+    for unit, price in priced:
+        if unit.usage_key in _REPORTED or unit.usage_key == _REQUESTS:
+            used.append((unit, price))
+        elif any(
+            unit.dimensions.items() <= _REGISTRY.units[k].dimensions.items() for k in _REPORTED
+        ):
+            return None  # genai would demand this (unreported) ancestor count explicitly
+    leaves = _leaf_vectors([unit for unit, _ in used if unit.usage_key != _REQUESTS])
+    starts = sorted({t.start for _, p in used if isinstance(p, TieredPrices) for t in p.tiers})
+    scale = max([0, *(_decimal_places(p) for _, p in used)])
+    per_lcm = lcm(*[unit.per for unit, _ in used]) if used else 1
+    consts: list[int] = []
+    coefs: list[_Counts] = []
+    for interval in range(len(starts) + 1):
+        total_input = starts[interval - 1] + 1 if interval else 0
+        const, vector = 0, [0] * len(_REPORTED)
+        for unit, price in used:
+            scaled = int(_price_in_force(price, total_input).scaleb(scale)) * (per_lcm // unit.per)
+            if unit.usage_key == _REQUESTS:
+                const += scaled
+            else:
+                vector = [
+                    v + scaled * leaf
+                    for v, leaf in zip(vector, leaves[unit.usage_key], strict=True)
+                ]
+        consts.append(const)
+        coefs.append((vector[0], vector[1], vector[2], vector[3], vector[4]))
+    denominator = 10**scale * per_lcm
+    common = gcd(NANOS_PER_USD, denominator)
+    return _Plan(
+        tuple(starts), tuple(consts), tuple(coefs), NANOS_PER_USD // common, denominator // common
+    )
+
+
+def _decimal_places(p: _Price) -> int:
+    values = [p] if isinstance(p, Decimal) else [p.base, *(tier.price for tier in p.tiers)]
+    return max(0, *(-int(v.as_tuple().exponent) for v in values))  # finite: validated
+
+
+def _override_model_price(override: PriceOverride) -> ModelPrice:
+    """The override as a genai-prices ``ModelPrice`` (so it follows the same rules)."""
+    prices: dict[str, Decimal] = {
+        "input_mtok": override.input_per_mtok,
+        "output_mtok": override.output_per_mtok,
+    }
+    if override.cache_read_per_mtok is not None:
+        prices["cache_read_mtok"] = override.cache_read_per_mtok
+    if override.cache_write_per_mtok is not None:
+        prices["cache_write_mtok"] = override.cache_write_per_mtok
+    return ModelPrice(**prices)
+
+
+def clamp_usage(usage: TokenUsage) -> _Counts:
+    """Counts in ``_REPORTED`` order, clamped so that no priced leaf is negative."""
+    # Conditionals rather than min()/max(): this runs on every request.
+    inp = usage.input_tokens if usage.input_tokens > 0 else 0
+    out = usage.output_tokens if usage.output_tokens > 0 else 0
+    read = usage.cache_read_tokens
+    read = 0 if read < 0 else inp if read > inp else read
+    write = usage.cache_write_tokens
+    write = 0 if write < 0 else inp - read if write > inp - read else write
+    reasoning = usage.reasoning_tokens
+    reasoning = 0 if reasoning < 0 else out if reasoning > out else reasoning
+    return inp, out, read, write, reasoning
+
+
+class PriceTable:
+    """Prices calls against one genai-prices data snapshot (the bundled one by default).
+
+    The snapshot is pinned at construction; build a new table to pick up new prices.
+    """
+
+    def __init__(self, snapshot: DataSnapshot | None = None) -> None:
+        self._snapshot = snapshot if snapshot is not None else get_snapshot()
+        self._models: dict[tuple[str, str | None], tuple[Provider, ModelInfo] | None] = {}
+        self._plans: dict[int, tuple[ModelPrice, _Plan | None]] = {}
+        self._overrides: dict[PriceOverride, _Plan] = {}
+
+    def price(self, ref: PriceRef, usage: TokenUsage, at: datetime) -> Priced:
+        """Cost of ``usage`` for ``ref`` at time ``at`` (naive means UTC)."""
+        counts = clamp_usage(usage)
+        if ref.override is not None:
+            plan = self._overrides.get(ref.override)
+            if plan is None:
+                plan = self._override_plan(ref.override)
+            return Priced(plan.nanos(counts), "override")
+        found = self._lookup(ref)
+        if found is None:
+            return _UNKNOWN
+        model_price = found[1].get_prices(at)
+        cached = self._plans.get(id(model_price))
+        if cached is None or cached[0] is not model_price:
+            cached = (model_price, _compile_plan(model_price))
+            self._plans[id(model_price)] = cached
+        if cached[1] is None:
+            return self._price_with_genai(found, counts, at)
+        return Priced(cached[1].nanos(counts), "genai-prices")
+
+    def is_known(self, ref: PriceRef, at: datetime) -> bool:
+        """Whether ``price`` would return a cost (not ``None``) for ``ref`` at ``at``."""
+        return self.price(ref, TokenUsage(), at).cost_nanos is not None
+
+    def _lookup(self, ref: PriceRef) -> tuple[Provider, ModelInfo] | None:
+        key = (ref.model, ref.provider)
+        if key in self._models:
+            return self._models[key]
+        try:
+            found: tuple[Provider, ModelInfo] | None = self._snapshot.find_provider_model(
+                ref.model, None, ref.provider, None
+            )
+        except LookupError:
+            found = None
+        if len(self._models) >= _MAX_CACHED:
+            self._models.clear()
+        self._models[key] = found
+        return found
+
+    def _override_plan(self, override: PriceOverride) -> _Plan:
+        plan = _compile_plan(_override_model_price(override))
+        assert plan is not None, "validated decimals always compile"
+        if len(self._overrides) >= _MAX_CACHED:
+            self._overrides.clear()
+        self._overrides[override] = plan
+        return plan
+
+    def _price_with_genai(
+        self, found: tuple[Provider, ModelInfo], counts: _Counts, at: datetime
+    ) -> Priced:
+        """The slow path: genai-prices' own calculation; its data errors mean unknown."""
+        provider, model = found
+        usage = Usage(**dict(zip(_REPORTED, counts, strict=True)))
+        try:
+            total = model.calc_price(usage, provider, genai_request_timestamp=at).total_price
+            return Priced(usd_to_nanos(total), "genai-prices")
+        except ValueError:
+            return _UNKNOWN

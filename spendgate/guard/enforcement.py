@@ -1,0 +1,331 @@
+"""Enforcement: reserve a call's worst case against every budget and wallet that
+applies, settle to the real cost, release on failure, and fire thresholds once.
+
+The rules live in ``budget_rules`` (pure); the atomic arithmetic in ``counters``;
+this module wires them to the clock, the policy snapshot and the event store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any, NoReturn
+
+from spendgate.core import budget_rules as rules
+from spendgate.core.budget_windows import Period, Window, window_at
+from spendgate.core.clock import Clock
+from spendgate.core.money import format_usd
+from spendgate.counters import BucketState, Counters, Hold, Refusal, Settlement
+from spendgate.errors import BudgetExceeded, InsufficientFunds
+from spendgate.security.credentials import new_id
+from spendgate.store.ledger import LedgerWriter
+from spendgate.store.policies import PolicySnapshot, PolicyStore, Wallet
+
+log = logging.getLogger("spendgate.guard.enforcement")
+
+EVENT_TYPES = {"alert": "budget.threshold_crossed", "soft": "budget.soft_limit_reached",
+               "hard": "budget.hard_limit_reached"}
+
+#: (type, dedup key, data, org id)
+EmitEvent = Callable[[str, str, dict[str, Any], datetime, str | None], None]
+
+
+def budget_bucket(budget: rules.Budget, window: Window) -> str:
+    return f"b:{budget.id}:{window.key}"
+
+
+def wallet_bucket(wallet: Wallet) -> str:
+    return f"w:{wallet.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    """One budget that a call counts against, in its current period."""
+
+    budget: rules.Budget
+    window: Window
+    amount_nanos: int
+    cap_nanos: int | None
+
+    @property
+    def bucket(self) -> str:
+        return budget_bucket(self.budget, self.window)
+
+
+@dataclass(slots=True)
+class Admission:
+    reservation_id: str
+    worst_case: int
+    budgets: tuple[Applied, ...]
+    wallets: tuple[Wallet, ...]
+    settled: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not self.budgets and not self.wallets
+
+
+@dataclass(slots=True)
+class HoldPlan:
+    """The holds one call must get, before they are reserved."""
+
+    admission: Admission
+    holds: list[Hold]
+    expires_at: float
+    now: datetime
+
+
+class Enforcer:
+    def __init__(self, store: PolicyStore, counters: Counters, ledger: LedgerWriter, clock: Clock,
+                 emit: EmitEvent, *, reservation_seconds: float, refresh_seconds: float = 5.0
+                 ) -> None:
+        self._store = store
+        self._counters = counters
+        self._ledger = ledger
+        self._clock = clock
+        self._emit = emit
+        self._reservation_seconds = reservation_seconds
+        self._refresh_seconds = refresh_seconds
+        self._snapshot = PolicySnapshot()
+        self._loaded_at = float("-inf")
+        self._seeded: set[str] = set()
+        self._seed_lock = asyncio.Lock()
+        self._windows: dict[tuple[Period, str, str], Window] = {}
+
+    # -- policy snapshot -----------------------------------------------------------------
+    async def refresh(self) -> None:
+        """Reload budgets, exceptions and wallets (on a timer, and after admin changes)."""
+        self._snapshot = await self._store.snapshot(self._clock.now())
+        self._loaded_at = self._clock.monotonic()
+
+    async def policies(self) -> PolicySnapshot:
+        """The current snapshot, reloaded when older than the refresh interval."""
+        return await self._policies()
+
+    async def _policies(self) -> PolicySnapshot:
+        if self._clock.monotonic() - self._loaded_at > self._refresh_seconds:
+            await self.refresh()
+        return self._snapshot
+
+    def applicable(self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
+                   ) -> tuple[tuple[Applied, ...], tuple[Wallet, ...]]:
+        budgets, org_wallets = snapshot.by_org.get(subject.org_id, ((), ()))
+        applied = []
+        for budget in budgets:
+            if not rules.applies(budget, subject):
+                continue
+            window = self._window(budget, now)
+            amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
+            applied.append(Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount)))
+        wallets = tuple(w for w in org_wallets if w.covers(subject))
+        return tuple(applied), wallets
+
+    def _window(self, budget: rules.Budget, now: datetime) -> Window:
+        """The budget's current period; computing it takes ~50 µs, so it is reused until
+        ``now`` leaves it."""
+        shape = (budget.period, budget.timezone, budget.week_start)
+        window = self._windows.get(shape)
+        if window is None or not window.contains(now):
+            window = window_at(now, *shape)
+            self._windows[shape] = window
+        return window
+
+    def raises_for(self, budget_id: str) -> tuple[rules.Raise, ...]:
+        return self._snapshot.raises.get(budget_id, ())
+
+    async def bucket_state(self, budget: rules.Budget, window: Window, amount: int) -> BucketState:
+        """Spent and reserved in the budget's current period (seeding it if needed)."""
+        applied = Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount))
+        await self._seed((applied,), ())
+        state = await self._counters.state(applied.bucket)
+        return state if state is not None else BucketState(0, 0, None)
+
+    # -- seeding live counters from the ledger ------------------------------------------------
+    async def _seed(self, applied: tuple[Applied, ...], wallets: tuple[Wallet, ...]) -> None:
+        missing = [a for a in applied if a.bucket not in self._seeded]
+        missing_w = [w for w in wallets if wallet_bucket(w) not in self._seeded]
+        if not missing and not missing_w:
+            return
+        async with self._seed_lock:
+            await self._ledger.flush()
+            for a in missing:
+                if a.bucket in self._seeded or await self._counters.exists(a.bucket):
+                    self._seeded.add(a.bucket)
+                    continue
+                spent = await self._store.spend_matching(
+                    a.budget.org_id, a.window.start, a.window.end, partial(rules.applies, a.budget))
+                await self._counters.seed(a.bucket, spent)
+                self._seeded.add(a.bucket)
+            for w in missing_w:
+                await self.seed_wallet(w)
+
+    async def seed_wallet(self, wallet: Wallet) -> None:
+        bucket = wallet_bucket(wallet)
+        if bucket in self._seeded:
+            return
+        if not await self._counters.exists(bucket):
+            spent = await self._store.spend_matching(wallet.org_id, wallet.created_at, None,
+                                                     wallet.covers)
+            await self._counters.seed(bucket, spent, await self._store.topped_up(wallet.id))
+        self._seeded.add(bucket)
+
+    # -- the call path ---------------------------------------------------------------------
+    @property
+    def counters(self) -> Counters:
+        return self._counters
+
+    async def admit(self, subject: rules.Subject, worst_case: int,
+                    snapshot: PolicySnapshot | None = None) -> Admission:
+        """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402)."""
+        plan = await self.plan(subject, worst_case, snapshot)
+        if plan is None:
+            return Admission("", 0, (), ())
+        refusal = await self._counters.reserve(plan.admission.reservation_id, plan.holds,
+                                               plan.expires_at)
+        if refusal is not None:
+            self.refuse(plan, refusal)
+        return plan.admission
+
+    async def plan(self, subject: rules.Subject, worst_case: int,
+                   snapshot: PolicySnapshot | None = None) -> HoldPlan | None:
+        """The holds for this call (their buckets seeded), or None when nothing applies.
+        Split from ``admit`` so ``spendgate.guard`` can reserve together with the rate
+        limits."""
+        now = self._clock.now()
+        snapshot = snapshot or await self._policies()
+        applied, wallets = self.applicable(snapshot, subject, now)
+        if not applied and not wallets:
+            return None
+        await self._seed(applied, wallets)
+        holds = [Hold(a.bucket, worst_case, a.cap_nanos) for a in applied]
+        holds += [Hold(wallet_bucket(w), worst_case, use_stored_cap=True) for w in wallets]
+        admission = Admission(new_id("rsv"), worst_case, applied, wallets)
+        return HoldPlan(admission, holds, now.timestamp() + self._reservation_seconds, now)
+
+    def refuse(self, plan: HoldPlan, refusal: Refusal) -> NoReturn:
+        """Fire the refusal's event and raise its error (429 budget, 402 wallet)."""
+        self._refuse(plan.admission, refusal, plan.now)
+
+    def _refuse(self, admission: Admission, refusal: Refusal, now: datetime) -> NoReturn:
+        for a in admission.budgets:
+            if a.bucket == refusal.bucket:
+                self._fire(a, rules.Threshold("hard", a.budget.hard_limit_percent), refusal.spent,
+                           now, refused=True)
+                retry = int((a.window.end - now).total_seconds()) + 1
+                scope = a.budget.scope_id or a.budget.tag
+                raise BudgetExceeded(
+                    f"budget {a.budget.id} ({a.budget.scope_type} {scope}"
+                    f", {a.budget.period}) has reached its hard limit of "
+                    f"${format_usd(refusal.cap)}: spent ${format_usd(refusal.spent)}, "
+                    f"${format_usd(refusal.reserved)} in flight; it resets at "
+                    f"{a.window.end.isoformat()}",
+                    budget_id=a.budget.id, resets_at=a.window.end.isoformat(), retry_after=retry)
+        for w in admission.wallets:
+            if wallet_bucket(w) == refusal.bucket:
+                balance = refusal.cap - refusal.spent
+                self._emit("wallet.depleted", f"wallet:{w.id}:depleted:{refusal.cap}",
+                           {"wallet_id": w.id, "scope_type": w.scope_type, "scope_id": w.scope_id,
+                            "balance_usd": format_usd(balance)}, now, w.org_id)
+                raise InsufficientFunds(
+                    f"wallet {w.id} cannot fund this call: balance ${format_usd(balance)}, "
+                    f"${format_usd(refusal.reserved)} in flight, call may cost up to "
+                    f"${format_usd(admission.worst_case)}; top it up to continue")
+        raise AssertionError(f"refusal for unknown bucket {refusal.bucket}")
+
+    async def settle(self, admission: Admission, actual: int) -> int | None:
+        """Book the real cost; fire thresholds crossed; return the tightest budget remaining."""
+        parts = self.settlements(admission, actual)
+        if parts is None:
+            return None
+        results = await self._counters.settle(admission.reservation_id, parts)
+        return await self.booked(admission, results)
+
+    def settlements(self, admission: Admission, actual: int) -> list[Settlement] | None:
+        """What settling ``admission`` writes, or None if there is nothing (left) to settle;
+        marks it settled."""
+        if admission.empty or admission.settled:
+            return None
+        admission.settled = True
+        parts = [Settlement(a.bucket, admission.worst_case, actual) for a in admission.budgets]
+        parts += [Settlement(wallet_bucket(w), admission.worst_case, actual)
+                  for w in admission.wallets]
+        return parts
+
+    def releasing(self, admission: Admission) -> bool:
+        """True (and marks it settled) if ``admission`` still holds something to give back."""
+        if admission.empty or admission.settled:
+            return False
+        admission.settled = True
+        return True
+
+    async def booked(self, admission: Admission, results: Sequence[tuple[int, int]],
+                     caps: Sequence[int | None] | None = None) -> int | None:
+        """After the counters settled: thresholds crossed, wallet levels, budget remaining.
+        ``caps`` (per settlement, as the settle read them) saves reading wallet caps again."""
+        now = self._clock.now()
+        remaining = None
+        for a, (before, after) in zip(admission.budgets, results, strict=False):
+            for threshold in rules.crossed(a.budget, a.amount_nanos, before, after):
+                self._fire(a, threshold, after, now)
+            left = (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - after
+            remaining = left if remaining is None else min(remaining, left)
+        first = len(admission.budgets)
+        for i, (w, (before, after)) in enumerate(zip(admission.wallets, results[first:],
+                                                     strict=False)):
+            if after <= before:
+                continue
+            cap = caps[first + i] if caps is not None else await self._wallet_cap(w)
+            self._wallet_levels(w, before, after, cap or 0, now)
+        return remaining
+
+    async def release(self, admission: Admission) -> None:
+        if self.releasing(admission):
+            await self._counters.release(admission.reservation_id)
+
+    def _fire(self, a: Applied, threshold: rules.Threshold, spent: int, now: datetime,
+              refused: bool = False) -> None:
+        self._emit(EVENT_TYPES[threshold.kind],
+                   f"budget:{a.budget.id}:{a.window.key}:{threshold.name}",
+                   {"budget_id": a.budget.id, "scope_type": a.budget.scope_type,
+                    "scope_id": a.budget.scope_id, "tag": a.budget.tag, "period": a.window.key,
+                    "period_start": a.window.start.isoformat(),
+                    "period_end": a.window.end.isoformat(), "threshold": threshold.kind,
+                    "percent": f"{threshold.percent.normalize():f}",
+                    "percent_used": f"{rules.percent_used(spent, a.amount_nanos)}",
+                    "spent_usd": format_usd(spent), "amount_usd": format_usd(a.amount_nanos),
+                    "hard_limit": a.budget.hard_limit, "refused": refused},
+                   now, a.budget.org_id)
+
+    async def _wallet_cap(self, w: Wallet) -> int | None:
+        state = await self._counters.state(wallet_bucket(w))
+        return state.cap if state is not None else None
+
+    def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int, now: datetime
+                       ) -> None:
+        """Balance = top-ups (``cap``) - spent: warn when it drops through the low mark,
+        and at zero. Keys include the total topped up, so each top-up re-arms both
+        warnings once."""
+        was, now_left = cap - before, cap - after
+        data = {"wallet_id": w.id, "scope_type": w.scope_type, "scope_id": w.scope_id,
+                "balance_usd": format_usd(now_left),
+                "low_balance_usd": format_usd(w.low_balance_nanos)}
+        if was > w.low_balance_nanos >= now_left:
+            self._emit("wallet.low_balance", f"wallet:{w.id}:low:{cap}", data, now, w.org_id)
+        if was > 0 >= now_left:
+            self._emit("wallet.depleted", f"wallet:{w.id}:depleted:{cap}", data, now, w.org_id)
+
+    async def announce_expired_exceptions(self) -> None:
+        """``budget.exception_expired`` once for each exception that has run out."""
+        now = self._clock.now()
+        for row in await self._store.expired_exceptions(now, now - timedelta(days=7)):
+            self._emit("budget.exception_expired", f"exception:{row['id']}:expired",
+                       {"budget_id": row["budget_id"], "exception_id": row["id"],
+                        "reason": row["reason"], "expires_at": row["expires_at"].isoformat()},
+                       now, row["org_id"])
+
+    async def reap(self) -> int:
+        return await self._counters.reap(self._clock.now().timestamp())

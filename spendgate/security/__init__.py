@@ -1,0 +1,1 @@
+"""Credentials, the web guards (security headers, CSRF) and the auth throttle."""

@@ -1,0 +1,347 @@
+"""Budgets end to end with the openai SDK: soft warnings, hard caps that hold under
+concurrency, exceptions, period resets — on SQLite+memory and PostgreSQL+Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import MASTER_KEY, RunningGateway
+
+MSG = [{"role": "user", "content": "same prompt every time"}]
+
+
+def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def one_call_cost(gw: RunningGateway, key: str) -> Decimal:
+    raw = sdk(gw, key).chat.completions.with_raw_response.create(
+        model="demo-small", messages=MSG, max_tokens=30)
+    return Decimal(raw.headers["x-spendgate-cost-usd"])
+
+
+def events(gw: RunningGateway, type_: str) -> list[dict[str, Any]]:
+    gw.run(gw.app.services.drain())
+    return gw.get("/admin/events", type=type_, limit=1000)
+
+
+def budget(gw: RunningGateway, **fields: Any) -> dict[str, Any]:
+    return gw.post("/admin/budgets", {"period": "monthly", "timezone": "UTC", **fields})
+
+
+def test_budget_validation_names_the_field(gateway: RunningGateway) -> None:
+    """Unknown zone, negative amount, bad percentages, missing scope: 422, nothing created."""
+    key = gateway.create_key()
+    base = {"scope_type": "key", "scope_id": key["id"], "amount_usd": "10"}
+    cases = [
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"amount_usd": "-5"}, "amount_usd"),
+        ({"alert_percentages": [75, 50]}, "alert_percentages"),
+        ({"hard_limit": True, "hard_limit_percent": 80, "alert_percentages": [50, 90]},
+         "alert_percentages"),
+        ({"hard_limit": True, "soft_limit_percent": 120}, "soft_limit_percent"),
+        ({"scope_id": "key_missing"}, "scope_id"),
+        ({"scope_type": "tag", "scope_id": None, "tag": "x"}, "org_id"),
+        ({"period": "hourly"}, "period"),
+        ({"surprise": 1}, "surprise"),
+    ]
+    for change, field in cases:
+        response = gateway.admin.post("/admin/budgets", json={**base, **change})
+        assert response.status_code == 422, (change, response.text)
+        error = response.json()["error"]
+        assert error["param"] is not None and field in error["param"], (change, error)
+        assert field in error["message"]
+    assert gateway.get("/admin/budgets") == []
+
+
+def test_budget_crud_and_status(gateway: RunningGateway) -> None:
+    """Create, read, update, delete; status reports the period in the budget's zone."""
+    key = gateway.create_key()
+    created = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=12.5,
+                     timezone="America/New_York", hard_limit=True, hard_limit_percent=110)
+    assert created["amount_usd"] == "12.50" and created["alert_percentages"] == ["50", "75", "90"]
+    patched = gateway.admin.patch(f"/admin/budgets/{created['id']}", json={"amount_usd": "20"})
+    assert patched.status_code == 200 and patched.json()["amount_usd"] == "20.00"
+    bad = gateway.admin.patch(f"/admin/budgets/{created['id']}", json={"hard_limit_percent": 60})
+    assert bad.status_code == 422
+    cost = one_call_cost(gateway, key["key"])
+    status = gateway.get(f"/admin/budgets/{created['id']}/status")
+    assert Decimal(status["spent_usd"]) == cost and status["reserved_usd"] == "0.00"
+    assert status["period_start_local"].startswith("2026-03-01T00:00:00-05:00")
+    assert status["period_end"] == "2026-04-01T04:00:00Z"  # EDT began on March 8
+    assert Decimal(status["hard_limit_usd"]) == Decimal(22)
+    assert status["thresholds_fired"] == []
+    assert gateway.admin.delete(f"/admin/budgets/{created['id']}").status_code == 204
+    assert gateway.admin.get(f"/admin/budgets/{created['id']}").status_code == 404
+
+
+def test_observation_only_budget_warns_but_never_blocks(gateway: RunningGateway) -> None:
+    """Hard limit off: 50/75/90 and the soft limit fire once each; calls keep flowing."""
+    team = gateway.post("/admin/teams", {"name": "research", "org_id": gateway.create_key()["org_id"]})
+    key = gateway.create_key(org_id=team["org_id"], team_id=team["id"])
+    cost = one_call_cost(gateway, key["key"])
+    made = budget(gateway, scope_type="team", scope_id=team["id"], amount_usd=str(cost * 10))
+    for _ in range(14):  # 150 % of the budget
+        one_call_cost(gateway, key["key"])
+    kinds = {e["data"]["threshold"] + e["data"]["percent"]
+             for e in events(gateway, "budget.threshold_crossed")}
+    assert kinds == {"alert50", "alert75", "alert90"}
+    [soft] = events(gateway, "budget.soft_limit_reached")
+    assert soft["data"]["budget_id"] == made["id"] and soft["data"]["percent"] == "75"
+    assert Decimal(soft["data"]["spent_usd"]) == cost * 8
+    assert events(gateway, "budget.hard_limit_reached") == []
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert Decimal(status["percent_used"]) == Decimal("150.00")
+
+
+def test_hard_cap_refuses_with_429_and_resets_next_period(gateway: RunningGateway) -> None:
+    """At the hard limit: 429 budget_exceeded naming the budget, reset time and Retry-After."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 3),
+                  hard_limit=True, period="daily", timezone="Asia/Kolkata")
+    served = 0
+    with pytest.raises(openai.RateLimitError) as info:
+        for _ in range(10):
+            one_call_cost(gateway, key["key"])
+            served += 1
+    # one call was spent before the budget existed; calls reserve their worst case, so
+    # the last call that could only fit on its actual cost is refused, never let past
+    assert served in (1, 2)
+    spent = gateway.get(f"/admin/budgets/{made['id']}/status")["spent_usd"]
+    assert Decimal(spent) == cost * (served + 1) <= cost * 3
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "budget_exceeded"
+    assert made["id"] in error["message"] and "resets at 2026-03-10T18:30:00" in error["message"]
+    response = info.value.response
+    assert int(response.headers["retry-after"]) == 3 * 3600 + 1  # 15:30Z → 18:30Z
+    [hard] = events(gateway, "budget.hard_limit_reached")
+    assert hard["data"]["refused"] is True
+    gateway.clock.set(datetime(2026, 3, 10, 18, 30, tzinfo=UTC))
+    one_call_cost(gateway, key["key"])  # a new Kolkata day: allowed again
+
+
+def test_anthropic_route_refusal_format(gateway: RunningGateway) -> None:
+    """The Anthropic route refuses in its own error format with Retry-After."""
+    key = gateway.create_key()
+    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="0.000000001",
+           hard_limit=True)
+    response = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": key["key"]},
+                          json={"model": "demo-small", "max_tokens": 10, "messages": MSG})
+    assert response.status_code == 429 and "retry-after" in response.headers
+    body = response.json()
+    assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
+    assert gateway.ledger() == []
+
+
+async def _burst(url: str, key: str, n: int) -> list[int]:
+    limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        async def one() -> int:
+            response = await client.post(
+                url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
+                json={"model": "demo-small", "messages": MSG, "max_tokens": 30})
+            if response.status_code == 429:
+                assert response.json()["error"]["code"] == "budget_exceeded"
+            return response.status_code
+
+        return await asyncio.gather(*(one() for _ in range(n)))
+
+
+def test_300_concurrent_calls_never_pass_the_cap(gateway: RunningGateway) -> None:
+    """300 calls at once against a cap worth ~50: spend stays under it, money matches count."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    cap = cost * Decimal("51.5")  # the first call already counts
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cap),
+                  hard_limit=True)
+    statuses = asyncio.run(_burst(gateway.url, key["key"], 300))
+    served = statuses.count(200)
+    assert statuses.count(429) == 300 - served and 0 < served <= 50
+    rows = [r for r in gateway.ledger() if r["status"] == "ok"]
+    assert len(rows) == served + 1
+    spent = sum(r["cost_nanos"] for r in rows)
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert Decimal(status["spent_usd"]) * 10**9 == spent <= cap * 10**9
+    assert status["reserved_usd"] == "0.00"
+
+
+def test_threshold_fires_once_when_100_calls_cross_together(gateway: RunningGateway) -> None:
+    """100 concurrent calls crossing 50 % at once produce exactly one event."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 150),
+           alert_percentages=[50], soft_limit_percent=99)
+    statuses = asyncio.run(_burst(gateway.url, key["key"], 100))
+    assert statuses == [200] * 100
+    [event] = events(gateway, "budget.threshold_crossed")
+    assert event["data"]["percent"] == "50"
+
+
+def test_thresholds_survive_a_restart(gateway: RunningGateway, tmp_path: Any) -> None:
+    """A second gateway on the same database re-seeds spend and does not fire again."""
+    from tests.conftest import start_gateway
+
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 4))
+    one_call_cost(gateway, key["key"])  # 2 of 4 calls: 50 %
+    assert len(events(gateway, "budget.threshold_crossed")) == 1
+    gateway.ledger()
+    second = start_gateway(gateway.settings.database_url, gateway.url, tmp_path, demo=True)
+    try:
+        one_call_cost(second, key["key"])  # 75 %
+        one_call_cost(second, key["key"])  # 100 %: crosses 90
+        fired = {e["data"]["percent"] for e in events(second, "budget.threshold_crossed")}
+        assert fired == {"50", "75", "90"}
+        assert len(events(second, "budget.threshold_crossed")) == 3
+        status = second.get(f"/admin/budgets/{made['id']}/status")
+        assert Decimal(status["spent_usd"]) == cost * 4
+    finally:
+        second.admin.close()
+        second.handle.stop()
+
+
+def test_exception_raises_the_cap_until_it_expires(gateway: RunningGateway) -> None:
+    """A temporary raise lets calls through; at expiry the cap is back; both ends are events."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost),
+                  hard_limit=True)
+    with pytest.raises(openai.RateLimitError):
+        one_call_cost(gateway, key["key"])
+    expires = (gateway.clock.now() + timedelta(hours=2)).isoformat()
+    granted = gateway.post(f"/admin/budgets/{made['id']}/exceptions",
+                           {"percent": 300, "reason": "launch day", "expires_at": expires})
+    assert granted["granted_by"] == "master"
+    one_call_cost(gateway, key["key"])
+    one_call_cost(gateway, key["key"])
+    assert len(events(gateway, "budget.exception_granted")) == 1
+    gateway.clock.advance(2 * 3600)
+    gateway.run(gateway.app.services.enforcer.refresh())
+    with pytest.raises(openai.RateLimitError):
+        one_call_cost(gateway, key["key"])
+    gateway.run(gateway.app.services.enforcer.announce_expired_exceptions())
+    [expired] = events(gateway, "budget.exception_expired")
+    assert expired["data"]["exception_id"] == granted["id"]
+
+
+def test_wallet_funds_calls_and_refuses_with_402(gateway: RunningGateway) -> None:
+    """A wallet pays for calls; empty, it refuses with 402; a top-up lets calls through."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    gateway.clock.advance(1)  # the wallet pays for calls from its creation on
+    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"],
+                                             "initial_topup_usd": str(cost * 3),
+                                             "low_balance_usd": str(cost * 2)})
+    assert Decimal(wallet["balance_usd"]) == cost * 3
+    served = 0
+    with pytest.raises(openai.APIStatusError) as info:
+        for _ in range(5):
+            one_call_cost(gateway, key["key"])
+            served += 1
+    assert info.value.status_code == 402
+    assert isinstance(info.value.body, dict) and info.value.body["code"] == "insufficient_funds"
+    assert served >= 1  # calls reserve their worst case, so the last sliver is not spent
+    state = gateway.get(f"/admin/wallets/{wallet['id']}")
+    assert Decimal(state["spent_usd"]) == cost * served
+    assert Decimal(state["balance_usd"]) == cost * (3 - served) >= 0
+    assert len(events(gateway, "wallet.low_balance")) == 1
+    gateway.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": str(cost * 2)})
+    one_call_cost(gateway, key["key"])
+    state = gateway.get(f"/admin/wallets/{wallet['id']}")
+    assert Decimal(state["balance_usd"]) == cost * (4 - served)
+    assert [t["amount_usd"] for t in gateway.get(f"/admin/wallets/{wallet['id']}/topups")] == [
+        str(cost * 3), str(cost * 2)]
+
+
+def test_budget_and_wallet_each_refuse_for_their_own_reason(gateway: RunningGateway) -> None:
+    """Wallet empty → 402 even with budget room; budget full → 429 even with funds."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 100),
+                  hard_limit=True)
+    gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"]})
+    with pytest.raises(openai.APIStatusError) as info:
+        one_call_cost(gateway, key["key"])
+    assert info.value.status_code == 402
+    gateway.admin.patch(f"/admin/budgets/{made['id']}", json={"amount_usd": str(cost)})
+    wallet = gateway.get("/admin/wallets")[0]
+    gateway.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": "100"})
+    with pytest.raises(openai.RateLimitError):
+        one_call_cost(gateway, key["key"])
+
+
+def test_failed_calls_give_their_reservation_back(gateway: RunningGateway, fake: Any) -> None:
+    """Upstream errors and timeouts release the hold; nothing stays reserved or spent."""
+    key = gateway.create_key()
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True)
+    fake.fail_status, fake.fail_count = 503, 1
+    response = httpx.post(gateway.url + "/v1/chat/completions",
+                          headers={"authorization": f"Bearer {key['key']}"},
+                          json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 10})
+    assert response.status_code == 503
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert status["reserved_usd"] == "0.00" and status["spent_usd"] == "0.00"
+
+
+def test_reaper_releases_a_reservation_left_behind(gateway: RunningGateway) -> None:
+    """A hold whose call never settled (a crash) is released once it outlives the timeout."""
+    from spendgate.core.budget_rules import Subject
+
+    key = gateway.create_key()
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True)
+    enforcer = gateway.app.services.enforcer
+    subject = Subject(key["org_id"], None, None, None, key["id"], (), "simulated", "demo-small",
+                      "chat")
+    gateway.run(enforcer.admit(subject, 250_000_000))  # never settled: the caller "crashed"
+    assert gateway.get(f"/admin/budgets/{made['id']}/status")["reserved_usd"] == "0.25"
+    assert gateway.run(enforcer.reap()) == 0  # not expired yet
+    gateway.clock.advance(gateway.settings.upstream_timeout_seconds + 61)
+    assert gateway.run(enforcer.reap()) == 1
+    assert gateway.get(f"/admin/budgets/{made['id']}/status")["reserved_usd"] == "0.00"
+
+
+def test_a_wallets_top_ups_stop_at_a_billion_dollars(gateway: RunningGateway) -> None:
+    """Top-ups add up to at most $1,000,000,000 (the fuzz run overflowed Redis's 64-bit
+    counter with repeated $600M top-ups, a 503): the one past it is 422, nothing recorded,
+    and the wallet still funds calls."""
+    key = gateway.create_key()
+    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"],
+                                             "initial_topup_usd": "600000000"})
+    top_ups = f"/admin/wallets/{wallet['id']}/topups"
+    gateway.post(top_ups, {"amount_usd": "399999999.999999999"})
+    over = gateway.admin.post(top_ups, json={"amount_usd": "0.000000002"})
+    assert over.status_code == 422 and over.json()["error"]["param"] == "amount_usd"
+    assert "1000000000" in over.json()["error"]["message"].replace(",", "")
+    for _ in range(12):
+        assert gateway.admin.post(top_ups, json={"amount_usd": 599075043.4930649}
+                                  ).status_code == 422
+    gateway.post(top_ups, {"amount_usd": "0.000000001"})
+    state = gateway.get(f"/admin/wallets/{wallet['id']}")
+    assert Decimal(state["balance_usd"]) == Decimal("1000000000")
+    one_call_cost(gateway, key["key"])
+    assert Decimal(gateway.get(f"/admin/wallets/{wallet['id']}")["spent_usd"]) > 0
+
+
+def test_top_ups_at_once_cannot_pass_the_limit_together(gateway: RunningGateway) -> None:
+    """Four $600M top-ups sent at the same moment: one is recorded, three are 422."""
+    key = gateway.create_key()
+    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"]})
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60, headers={
+                "authorization": f"Bearer {MASTER_KEY}"}) as client:
+            sent = [client.post(f"/admin/wallets/{wallet['id']}/topups",
+                                json={"amount_usd": "600000000"}) for _ in range(4)]
+            return sorted(r.status_code for r in await asyncio.gather(*sent))
+
+    assert asyncio.run(burst()) == [201, 422, 422, 422]
+    assert gateway.get(f"/admin/wallets/{wallet['id']}")["balance_usd"] == "600000000.00"

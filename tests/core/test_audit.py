@@ -1,0 +1,251 @@
+"""The audit log's pure core: canonical form, hash chain, checkpoints, settings."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from spendgate.core.audit_chain import (
+    GENESIS,
+    AuditEntry,
+    AuditEvent,
+    ChainState,
+    Checkpoint,
+    canonical,
+    checkpoint_valid,
+    derive_key,
+    enforcement_event,
+    normalise,
+    seal,
+    sign_checkpoint,
+    verify_chain,
+)
+from spendgate.errors import ConfigError
+from spendgate.settings import load_audit_settings
+
+T0 = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+KEY = b"test-audit-key"
+
+
+def event(n: int, **changes: Any) -> AuditEvent:
+    base = AuditEvent(T0 + timedelta(minutes=n), "admin", "master", "budget.updated", "budget",
+                      f"bud_{n}", before={"amount_usd": Decimal("100.00")},
+                      after={"amount_usd": Decimal("150.00")}, request_id=f"req_{n}",
+                      source_ip="10.0.0.1")
+    return dataclasses.replace(base, **changes)
+
+
+def chain(n: int, start: ChainState | None = None) -> list[AuditEntry]:
+    state = start or ChainState()
+    out: list[AuditEntry] = []
+    prev_hash, seq = state.hash, state.seq
+    for i in range(n):
+        entry = seal(seq + 1, f"aud_{seq + 1}", event(i), prev_hash)
+        out.append(entry)
+        prev_hash, seq = entry.hash, entry.seq
+    return out
+
+
+def edit(entry: AuditEntry, **changes: Any) -> AuditEntry:
+    return dataclasses.replace(entry, event=dataclasses.replace(entry.event, **changes))
+
+
+# -- canonical form ------------------------------------------------------------------------
+def test_canonical_form_is_compact_sorted_and_exact() -> None:
+    """Keys sorted, no spaces, Decimals as their exact strings, time in UTC with µs."""
+    body = canonical(7, "aud_7", event(0).normalised())
+    assert json.loads(body) == {
+        "v": 1, "seq": 7, "id": "aud_7", "at": "2026-03-01T09:30:00.000000+00:00",
+        "actor_type": "admin", "actor_id": "master", "action": "budget.updated",
+        "target_type": "budget", "target_id": "bud_0",
+        "before": {"amount_usd": "100.00"}, "after": {"amount_usd": "150.00"},
+        "request_id": "req_0", "source_ip": "10.0.0.1"}
+    assert b" " not in body
+    keys = list(json.loads(body))
+    assert keys == sorted(keys)
+
+
+def test_the_same_instant_in_another_zone_hashes_the_same() -> None:
+    """``at`` is normalised to UTC before hashing."""
+    paris = T0.astimezone(timezone(timedelta(hours=1)))
+    assert seal(1, "a", event(0), GENESIS).hash == seal(1, "a", event(0, at=paris), GENESIS).hash
+
+
+def test_dict_key_order_does_not_change_the_hash() -> None:
+    one = event(0, after={"a": 1, "b": [1, 2]})
+    two = event(0, after={"b": [1, 2], "a": 1})
+    assert seal(1, "a", one, GENESIS).hash == seal(1, "a", two, GENESIS).hash
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    (Decimal("1.50"), "1.50"),
+    (0.1, "0.1"),
+    (2**70, str(2**70)),
+    ((1, "x"), [1, "x"]),
+    ({3, 1, 2}, [1, 2, 3]),
+    (datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+     "2026-01-01T10:00:00.000000+00:00"),
+    ({"nested": {"d": Decimal("0.000001")}}, {"nested": {"d": "0.000001"}}),
+])
+def test_normalise(value: Any, expected: Any) -> None:
+    assert normalise(value) == expected
+
+
+def test_normalise_refuses_naive_datetimes_and_unknown_types() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        normalise(datetime(2026, 1, 1))
+    with pytest.raises(TypeError, match="object"):
+        normalise(object())
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text() | st.decimals(allow_nan=False)
+    | st.floats(allow_nan=False, allow_infinity=False),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
+                                                                  max_size=4),
+    max_leaves=12)
+
+
+@given(json_values)
+def test_normalised_values_survive_a_json_round_trip(value: Any) -> None:
+    """What is stored (JSON) reads back as exactly what was hashed."""
+    stored = normalise(value)
+    assert normalise(json.loads(json.dumps(stored))) == stored
+
+
+# -- the chain -------------------------------------------------------------------------------
+def test_an_intact_chain_verifies() -> None:
+    entries = chain(5)
+    result = verify_chain(entries, head=(5, entries[-1].hash))
+    assert result.ok and result.checked == 5 and result.last_seq == 5
+    assert entries[0].prev_hash == GENESIS
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(entries))
+
+
+def test_an_edited_entry_is_named() -> None:
+    """Changing an amount behind the log's back breaks that entry's own hash."""
+    entries = chain(5)
+    entries[2] = edit(entries[2], after={"amount_usd": "1500.00"})
+    result = verify_chain(entries)
+    assert not result.ok and result.first_bad is not None
+    assert result.first_bad.entry_id == "aud_3"
+    assert "content" in result.first_bad.reason
+    assert result.checked == 2
+
+
+def test_a_deleted_entry_is_named_by_the_one_after_the_gap() -> None:
+    entries = chain(5)
+    del entries[1]
+    result = verify_chain(entries)
+    assert result.first_bad is not None
+    assert (result.first_bad.entry_id, result.first_bad.seq) == ("aud_3", 3)
+    assert "sequence gap" in result.first_bad.reason
+
+
+def test_reordered_entries_are_detected() -> None:
+    entries = chain(4)
+    entries[1], entries[2] = entries[2], entries[1]
+    result = verify_chain(entries)
+    assert result.first_bad is not None and result.first_bad.entry_id == "aud_3"
+
+
+def test_renumbered_entries_are_detected() -> None:
+    """Swapping two entries' seq numbers (to hide a reorder) breaks the links."""
+    entries = chain(4)
+    a, b = entries[1], entries[2]
+    entries[1] = dataclasses.replace(b, seq=2)
+    entries[2] = dataclasses.replace(a, seq=3)
+    result = verify_chain(entries)
+    assert result.first_bad is not None and result.first_bad.entry_id == "aud_3"
+    assert "prev_hash" in result.first_bad.reason
+
+
+def test_a_rehashed_edit_still_breaks_the_next_link() -> None:
+    """Recomputing the edited entry's own hash moves the break to its successor."""
+    entries = chain(4)
+    forged = seal(2, "aud_2", edit(entries[1], actor_id="someone-else").event,
+                  entries[1].prev_hash)
+    entries[1] = forged
+    result = verify_chain(entries)
+    assert result.first_bad is not None and result.first_bad.entry_id == "aud_3"
+
+
+def test_a_deleted_tail_is_caught_by_the_chain_head() -> None:
+    entries = chain(5)
+    result = verify_chain(entries[:3], head=(5, entries[-1].hash))
+    assert not result.ok and result.first_bad is not None
+    assert result.first_bad.entry_id is None and result.first_bad.seq == 4
+    assert "missing at the end" in result.first_bad.reason
+
+
+def test_verification_resumes_from_a_checkpoint_state() -> None:
+    first = chain(3)
+    rest = chain(2, ChainState(3, first[-1].hash))
+    assert verify_chain(rest, ChainState(3, first[-1].hash)).ok
+    assert verify_chain(rest).first_bad is not None  # not from genesis
+
+
+# -- checkpoints and settings -------------------------------------------------------------------
+def checkpoint() -> Checkpoint:
+    return Checkpoint("acp_1", 1000, "ab" * 32, T0, 1000, T0 + timedelta(days=400))
+
+
+def test_a_signed_checkpoint_verifies_only_with_its_key_and_content() -> None:
+    signed = sign_checkpoint(checkpoint(), KEY)
+    assert checkpoint_valid(signed, KEY)
+    assert not checkpoint_valid(signed, b"other-key")
+    assert not checkpoint_valid(dataclasses.replace(signed, seq=2000), KEY)
+    assert not checkpoint_valid(dataclasses.replace(signed, hash="cd" * 32), KEY)
+    assert not checkpoint_valid(checkpoint(), KEY)  # unsigned
+
+
+def test_audit_settings_from_the_environment() -> None:
+    explicit = load_audit_settings({"SPENDGATE_AUDIT_KEY": "k1"}, "master")
+    assert explicit.key == b"k1" and explicit.retention_days == 365
+    derived = load_audit_settings({"SPENDGATE_AUDIT_RETENTION_DAYS": "730"}, "master")
+    assert derived.key == derive_key("master") != derive_key("other")
+    assert derived.retention_days == 730
+
+
+@pytest.mark.parametrize("env", [
+    {"SPENDGATE_AUDIT_RETENTION_DAYS": "30"},
+    {"SPENDGATE_AUDIT_MIN_RETENTION_DAYS": "90"},
+    {"SPENDGATE_AUDIT_MIN_RETENTION_DAYS": "500", "SPENDGATE_AUDIT_RETENTION_DAYS": "400"},
+    {"SPENDGATE_AUDIT_RETENTION_DAYS": "a year"},
+])
+def test_retention_below_the_minimum_is_refused(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError, match="RETENTION"):
+        load_audit_settings(env, "master")
+
+
+def test_no_key_at_all_is_refused() -> None:
+    with pytest.raises(ConfigError, match="AUDIT_KEY"):
+        load_audit_settings({}, None)
+
+
+def test_the_core_imports_no_io_library() -> None:
+    code = ("import sys, spendgate.core.audit_chain; print(sorted(m for m in sys.modules if m.split('.')[0]"
+            " in {'sqlalchemy', 'httpx', 'fastapi', 'asyncpg', 'aiosqlite', 'starlette'}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_enforcement_facts_become_system_entries() -> None:
+    """A hard limit's first refusal is audited by the system; unknown types are not."""
+    data = {"budget_id": "bud_1", "spent_usd": "100.00", "refused": True}
+    made = enforcement_event("budget.hard_limit_reached", data, T0)
+    assert made is not None
+    assert (made.actor_type, made.actor_id, made.target_type, made.target_id) == (
+        "system", "enforcer", "budget", "bud_1")
+    assert made.after == data
+    assert enforcement_event("price.unknown", {"model": "x"}, T0) is None

@@ -1,0 +1,327 @@
+"""PriceTable prices exactly like genai-prices (to the nano), only faster."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from genai_prices import Usage, calc_price, data_snapshot, extract_usage
+from genai_prices.types import ModelPrice
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from spendgate.core.money import usd_to_nanos
+from spendgate.core.pricing import (
+    Priced,
+    PriceOverride,
+    PriceRef,
+    PriceTable,
+    _compile_plan,
+    clamp_usage,
+)
+from spendgate.core.usage import TokenUsage, from_anthropic, from_openai
+
+AT = datetime(2025, 11, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def table() -> PriceTable:
+    return PriceTable()
+
+
+def genai_nanos(usage: TokenUsage, model: str, provider: str, at: datetime = AT) -> int:
+    """The reference: genai-prices' full calculation, converted to nanos once."""
+    counts = dict(
+        zip(
+            (
+                "input_tokens",
+                "output_tokens",
+                "cache_read_tokens",
+                "cache_write_tokens",
+                "output_reasoning_tokens",
+            ),
+            clamp_usage(usage),
+            strict=True,
+        )
+    )
+    result = calc_price(Usage(**counts), model, provider_id=provider, genai_request_timestamp=at)
+    return usd_to_nanos(result.total_price)
+
+
+def openai_chat(prompt: int, cached: int, completion: int, reasoning: int) -> dict[str, Any]:
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "completion_tokens_details": {
+            "reasoning_tokens": reasoning,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        },
+    }
+
+
+def openai_responses(inp: int, cached: int, out: int, reasoning: int) -> dict[str, Any]:
+    return {
+        "input_tokens": inp,
+        "input_tokens_details": {"cached_tokens": cached},
+        "output_tokens": out,
+        "output_tokens_details": {"reasoning_tokens": reasoning},
+        "total_tokens": inp + out,
+    }
+
+
+def anthropic(uncached: int, read: int, write: int, out: int) -> dict[str, Any]:
+    return {
+        "input_tokens": uncached,
+        "cache_creation_input_tokens": write,
+        "cache_read_input_tokens": read,
+        "cache_creation": {"ephemeral_5m_input_tokens": write, "ephemeral_1h_input_tokens": 0},
+        "output_tokens": out,
+        "service_tier": "standard",
+    }
+
+
+# (model, genai provider id, api flavor, raw usage payload as the provider returns it)
+CROSS_CHECK = [
+    ("gpt-4o", "openai", "chat", openai_chat(12_345, 8_192, 777, 0)),
+    ("gpt-4o-mini", "openai", "chat", openai_chat(3_003, 1_024, 151, 0)),
+    ("gpt-4.1", "openai", "responses", openai_responses(45_678, 40_960, 2_345, 0)),
+    ("o4-mini", "openai", "chat", openai_chat(1_999, 0, 5_432, 4_096)),
+    ("o3-mini", "openai", "responses", openai_responses(7_777, 3_333, 9_999, 8_000)),
+    ("gpt-5", "openai", "chat", openai_chat(20_011, 19_968, 3_141, 2_718)),
+    ("gpt-5-mini", "openai", "chat", openai_chat(101, 0, 33, 17)),
+    ("claude-sonnet-4-5", "anthropic", "default", anthropic(1_201, 40_000, 3_017, 811)),
+    ("claude-sonnet-4-5", "anthropic", "default", anthropic(2_000, 190_000, 9_000, 4_000)),
+    ("claude-haiku-4-5", "anthropic", "default", anthropic(17, 12_000, 0, 90)),
+    ("claude-3-5-haiku", "anthropic", "default", anthropic(5_003, 0, 2_048, 333)),
+    ("claude-opus-4-1", "anthropic", "default", anthropic(999, 25_000, 1_111, 1_234)),
+    ("gemini-2.5-flash", "google", "chat", openai_chat(8_123, 4_096, 1_500, 1_100)),
+    ("gemini-2.5-pro", "google", "chat", openai_chat(54_321, 32_768, 6_000, 4_500)),
+    ("gemini-2.5-pro", "google", "chat", openai_chat(250_001, 131_072, 8_001, 7_000)),
+    ("gemini-2.0-flash", "google", "chat", openai_chat(1_234_567, 1_000_000, 8_192, 0)),
+]
+
+
+@pytest.mark.parametrize(("model", "provider", "flavor", "raw"), CROSS_CHECK)
+def test_matches_genai_extract_and_calc(
+    table: PriceTable, model: str, provider: str, flavor: str, raw: dict[str, Any]
+) -> None:
+    """Provider payload → our normaliser → PriceTable equals genai's own extract+calc, to the nano.
+
+    This cross-checks ``spendgate.core.usage`` (total-prompt convention, cache fields) as well
+    as the pricing rules, including tiers above 200k prompt tokens.
+    """
+    expected_usd = (
+        extract_usage({"model": model, "usage": raw}, provider_id=provider, api_flavor=flavor)
+        .calc_price(genai_request_timestamp=AT)
+        .total_price
+    )
+    ours = from_anthropic(raw) if provider == "anthropic" else from_openai(raw)
+    assert ours is not None
+
+    priced = table.price(PriceRef(model, provider), ours, AT)
+
+    assert expected_usd > 0
+    assert priced == Priced(usd_to_nanos(expected_usd), "genai-prices")
+
+
+PROPERTY_MODELS = [
+    ("gpt-4o", "openai"),
+    ("gpt-4o-mini", "openai"),
+    ("gpt-4.1", "openai"),
+    ("o4-mini", "openai"),
+    ("gpt-5", "openai"),
+    ("claude-sonnet-4-5", "anthropic"),  # tiered above 200k
+    ("claude-sonnet-4", "anthropic"),
+    ("claude-haiku-4-5", "anthropic"),
+    ("claude-opus-4-1", "anthropic"),
+    ("gemini-2.5-pro", "google"),  # tiered above 200k
+    ("gemini-1.5-pro", "google"),  # tiered above 128k
+    ("gemini-2.5-flash", "google"),
+    ("gemini-2.0-flash", "google"),
+    ("sonar", "perplexity"),  # per-request price
+    ("sonar-deep-research", "perplexity"),  # reasoning priced separately
+    ("deepseek-chat", "deepseek"),
+]
+
+TIER_EDGES = [0, 1, 128_000, 128_001, 200_000, 200_001, 2_000_000]
+
+
+@st.composite
+def valid_usages(draw: st.DrawFn) -> TokenUsage:
+    inp = draw(st.integers(0, 2_000_000) | st.sampled_from(TIER_EDGES))
+    read = draw(st.integers(0, inp))
+    write = draw(st.integers(0, inp - read))
+    out = draw(st.integers(0, 2_000_000))
+    return TokenUsage(inp, out, read, write, draw(st.integers(0, out)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(model=st.sampled_from(PROPERTY_MODELS), usage=valid_usages())
+def test_property_equals_genai_calc_price(model: tuple[str, str], usage: TokenUsage) -> None:
+    """For any consistent usage, the fast path equals genai's calc_price to the nano."""
+    name, provider = model
+    priced = PriceTable().price(PriceRef(name, provider), usage, AT)
+    assert priced == Priced(genai_nanos(usage, name, provider), "genai-prices")
+
+
+@pytest.mark.parametrize(("model", "provider"), PROPERTY_MODELS)
+def test_popular_models_take_the_fast_path(model: str, provider: str) -> None:
+    """The hot-path models compile to a plan (no per-call genai fallback)."""
+    _, info = data_snapshot.get_snapshot().find_provider_model(model, None, provider, None)
+    assert _compile_plan(info.get_prices(AT)) is not None
+
+
+def test_every_price_version_in_the_data_matches_genai() -> None:
+    """Every price version in the bundled data either falls back or prices like genai."""
+    rng = random.Random(20251101)
+    checked = 0
+    for provider in data_snapshot.get_snapshot().providers:
+        for model in provider.models:
+            versions = (
+                [model.prices]
+                if isinstance(model.prices, ModelPrice)
+                else [conditional.prices for conditional in model.prices]
+            )
+            for version in versions:
+                plan = _compile_plan(version)
+                if plan is None:
+                    continue
+                inp = rng.choice([rng.randint(0, 5_000), rng.randint(0, 2_000_000)])
+                read = rng.randint(0, inp)
+                write = rng.randint(0, inp - read)
+                out = rng.randint(0, 200_000)
+                counts = (inp, out, read, write, rng.randint(0, out))
+                usage = Usage(
+                    input_tokens=inp,
+                    output_tokens=out,
+                    cache_read_tokens=read,
+                    cache_write_tokens=write,
+                    output_reasoning_tokens=counts[4],
+                )
+                assert plan.nanos(counts) == usd_to_nanos(version.calc_price(usage)["total_price"])
+                checked += 1
+    assert checked > 1000
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    model=st.sampled_from(PROPERTY_MODELS),
+    counts=st.tuples(*[st.integers(-1_000, 3_000_000)] * 5),
+)
+def test_weird_usage_never_raises_and_is_priced_clamped(
+    model: tuple[str, str], counts: tuple[int, int, int, int, int]
+) -> None:
+    """Negative counts, cache > input, reasoning > output: clamped, priced, never raised."""
+    usage = TokenUsage(*counts)
+    priced = PriceTable().price(PriceRef(*model), usage, AT)
+    assert priced.cost_nanos == genai_nanos(usage, *model)  # genai would raise unclamped
+    assert priced.cost_nanos >= 0
+
+
+def test_clamp_rules() -> None:
+    """Cache reads are capped by input, writes by what reads left, reasoning by output."""
+    assert clamp_usage(TokenUsage(100, 10, 80, 50, 20)) == (100, 10, 80, 20, 10)
+    assert clamp_usage(TokenUsage(-5, -1, 3, -2, -4)) == (0, 0, 0, 0, 0)
+    assert clamp_usage(TokenUsage(100, 10, 30, 20, 5)) == (100, 10, 30, 20, 5)
+
+
+def test_override_wins_and_bills_cache_at_its_own_rates(table: PriceTable) -> None:
+    """An override replaces the table price; uncached input = input − reads − writes."""
+    override = PriceOverride(Decimal("0.50"), Decimal(2), Decimal("0.05"), Decimal("0.625"))
+    usage = TokenUsage(
+        input_tokens=1_000_000,
+        output_tokens=10_000,
+        cache_read_tokens=200_000,
+        cache_write_tokens=100_000,
+    )
+    priced = table.price(PriceRef("gpt-4o", "openai", override), usage, AT)
+    # 700k × $0.50 + 200k × $0.05 + 100k × $0.625 + 10k × $2, per million
+    assert priced == Priced(442_500_000, "override")
+
+
+def test_override_without_cache_prices_bills_cache_as_input(table: PriceTable) -> None:
+    """A missing cache price means those tokens pay the input price, not zero."""
+    override = PriceOverride(Decimal("0.50"), Decimal(2))
+    usage = TokenUsage(
+        input_tokens=1_000_000,
+        output_tokens=10_000,
+        reasoning_tokens=4_000,
+        cache_read_tokens=200_000,
+        cache_write_tokens=100_000,
+    )
+    priced = table.price(PriceRef("my-llama", None, override), usage, AT)
+    assert priced == Priced(500_000_000 + 20_000_000, "override")
+    assert table.is_known(PriceRef("my-llama", None, override), AT)
+
+
+def test_one_half_even_rounding_at_the_end(table: PriceTable) -> None:
+    """$0.0005/MTok: 1 token is 0.5 nano → 0, 3 tokens 1.5 → 2, 5 tokens 2.5 → 2."""
+    ref = PriceRef("tiny", None, PriceOverride(Decimal("0.0005"), Decimal(0)))
+    assert [table.price(ref, TokenUsage(input_tokens=n), AT).cost_nanos for n in (1, 3, 5)] == [
+        0,
+        2,
+        2,
+    ]
+
+
+def test_override_rejects_negative_prices() -> None:
+    """A negative or non-finite rate is a configuration error, not a discount."""
+    with pytest.raises(ValueError, match="non-negative"):
+        PriceOverride(Decimal(-1), Decimal(1))
+    with pytest.raises(ValueError, match="non-negative"):
+        PriceOverride(Decimal(1), Decimal(1), cache_read_per_mtok=Decimal("NaN"))
+
+
+@pytest.mark.parametrize(
+    "ref",
+    [
+        PriceRef("definitely-not-a-model-7b", "openai"),
+        PriceRef("gpt-4o", "no-such-provider"),
+        PriceRef("definitely-not-a-model-7b", None),
+    ],
+)
+def test_unknown_model_is_unknown_not_free(table: PriceTable, ref: PriceRef) -> None:
+    """An unknown model or provider prices as None ("unknown"), never $0."""
+    assert table.price(ref, TokenUsage(1_000, 1_000), AT) == Priced(None, "unknown")
+    assert not table.is_known(ref, AT)
+
+
+def test_known_model_with_zero_usage_costs_zero(table: PriceTable) -> None:
+    """Zero tokens on a per-token model is a known $0, distinct from unknown."""
+    assert table.price(PriceRef("gpt-4o", "openai"), TokenUsage(), AT) == Priced(0, "genai-prices")
+    assert table.is_known(PriceRef("gpt-4o", "openai"), AT)
+
+
+def test_per_request_price_applies_even_without_tokens(table: PriceTable) -> None:
+    """Perplexity sonar charges $12 per 1,000 requests on top of tokens."""
+    priced = table.price(PriceRef("sonar", "perplexity"), TokenUsage(), AT)
+    assert priced == Priced(12_000_000, "genai-prices")
+
+
+def test_price_follows_start_date_changes(table: PriceTable) -> None:
+    """OpenAI o3's price dropped on 2025-06-10; the same table honours both versions."""
+    ref, usage = PriceRef("o3", "openai"), TokenUsage(input_tokens=1_000_000, output_tokens=100_000)
+    before = datetime(2025, 6, 9, 23, 59, tzinfo=UTC)
+    after = datetime(2025, 6, 10, 0, 0, tzinfo=UTC)
+    assert table.price(ref, usage, before).cost_nanos == 14_000_000_000
+    assert table.price(ref, usage, after).cost_nanos == 2_800_000_000
+    assert table.price(ref, usage, before).cost_nanos == genai_nanos(usage, "o3", "openai", before)
+
+
+def test_price_follows_time_of_day_windows(table: PriceTable) -> None:
+    """deepseek-chat is cheaper off-peak (16:30–00:30 UTC); the cached plan must not leak."""
+    ref, usage = PriceRef("deepseek-chat", "deepseek"), TokenUsage(1_000_000, 1_000_000, 500_000)
+    peak = datetime(2025, 11, 1, 12, 0, tzinfo=UTC)
+    off_peak = datetime(2025, 11, 1, 20, 0, tzinfo=UTC)
+    peak_cost = table.price(ref, usage, peak).cost_nanos
+    off_cost = table.price(ref, usage, off_peak).cost_nanos
+    assert off_cost is not None and peak_cost is not None and off_cost < peak_cost
+    assert peak_cost == genai_nanos(usage, "deepseek-chat", "deepseek", peak)
+    assert off_cost == genai_nanos(usage, "deepseek-chat", "deepseek", off_peak)

@@ -1,0 +1,170 @@
+"""The stores on every backend: migrations, the directory, the ledger and its roll-ups."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from spendgate.errors import Conflict, NotFound, ValidationFailed
+from spendgate.security.credentials import hash_secret
+from spendgate.store import schema
+from spendgate.store.database import create_engine, downgrade, migrate
+from spendgate.store.directory import Directory
+from spendgate.store.events import list_events, record_event
+from spendgate.store.ledger import LedgerEntry, LedgerWriter, usage_report
+
+NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+def entry(n: int, *, team: str | None, model: str, cost: int | None, at: datetime) -> LedgerEntry:
+    return LedgerEntry(
+        request_id=f"req_{n:06d}", org_id="org_1", team_id=team, user_id=None, agent_id=None,
+        key_id="key_1", tags=["t"], provider="openai", model=model, upstream_model=model,
+        kind="chat", stream=False, status="ok" if cost is not None else "upstream_error",
+        http_status=200, input_tokens=10, output_tokens=5, cache_read_tokens=2,
+        cache_write_tokens=0, reasoning_tokens=1, cost_nanos=cost,
+        price_unknown=False, usage_estimated=False, latency_ms=3, started_at=at, finished_at=at)
+
+
+async def test_migrations_go_up_down_and_up(database_url: str) -> None:
+    """Alembic builds every table, removes them all, and builds them again."""
+    engine = create_engine(database_url)
+    try:
+        await migrate(engine)
+
+        async def tables() -> set[str]:
+            async with engine.connect() as conn:
+                return set(await conn.run_sync(lambda c: sa.inspect(c).get_table_names()))
+
+        assert set(schema.metadata.tables) <= await tables()
+        await downgrade(engine, "base")
+        assert not set(schema.metadata.tables) & await tables()
+        await migrate(engine)
+        assert set(schema.metadata.tables) <= await tables()
+    finally:
+        await engine.dispose()
+
+
+async def test_directory_keys_lifecycle(engine: AsyncEngine) -> None:
+    """Keys are stored hashed, found by hash, revoked once, rotated to a new hash."""
+    directory = Directory(engine)
+    org = await directory.create_org("acme", NOW)
+    team = await directory.create_team(org["id"], "search", NOW)
+    created = await directory.create_key({"name": "k", "org_id": org["id"], "team_id": team["id"],
+                                          "tags": ["a"]}, NOW)
+    secret = created["key"]
+    assert secret.startswith("sk-sg-") and "key_hash" not in created
+    async with engine.connect() as conn:
+        stored = (await conn.execute(sa.select(schema.virtual_keys.c.key_hash))).scalar_one()
+    assert stored == hash_secret(secret) and secret not in stored
+    record = await directory.key_by_hash(hash_secret(secret))
+    assert record is not None and record.team_id == team["id"] and record.tags == ("a",)
+    _, revoked = await directory.revoke_key(created["id"], NOW + timedelta(minutes=1))
+    assert revoked["status"] == "revoked"
+    with pytest.raises(Conflict):
+        await directory.rotate_key(created["id"])
+    with pytest.raises(NotFound):
+        await directory.revoke_key("key_missing", NOW)
+
+
+async def test_directory_refuses_inconsistent_scopes(engine: AsyncEngine) -> None:
+    """A team from another org, a missing org, a past expiry: 422-class errors, nothing stored."""
+    directory = Directory(engine)
+    org_a = await directory.create_org("a", NOW)
+    org_b = await directory.create_org("b", NOW)
+    team_b = await directory.create_team(org_b["id"], "t", NOW)
+    with pytest.raises(ValidationFailed, match="team_id"):
+        await directory.create_key({"name": "k", "org_id": org_a["id"], "team_id": team_b["id"]}, NOW)
+    with pytest.raises(ValidationFailed, match="org_id"):
+        await directory.create_team("org_missing", "x", NOW)
+    with pytest.raises(ValidationFailed, match="expires_at"):
+        await directory.create_key({"name": "k", "org_id": org_a["id"],
+                                    "expires_at": NOW - timedelta(days=1)}, NOW)
+    await directory.create_user("a@x.io", "viewer", [], org_a["id"], NOW)
+    with pytest.raises(Conflict):
+        await directory.create_user("a@x.io", "viewer", [], org_a["id"], NOW)
+    assert await directory.list_keys() == []
+
+
+async def test_ledger_batches_and_rolls_up_exactly(engine: AsyncEngine) -> None:
+    """Entries wait in memory until flushed; roll-ups sum nanos exactly per group and day."""
+    writer = LedgerWriter(engine, flush_seconds=60, batch_size=7)
+    day2 = NOW + timedelta(days=1)
+    for n in range(30):
+        writer.add(entry(n, team="team_a" if n % 3 else "team_b", model="m1" if n % 2 else "m2",
+                         cost=333_333_333 + n, at=NOW if n < 20 else day2))
+    writer.add(entry(99, team="team_a", model="m1", cost=None, at=NOW))
+    assert writer.pending == 31
+    assert await usage_report(engine, [], None, None) == []
+    assert await writer.flush() == 31 and writer.pending == 0
+    rows = await usage_report(engine, ["team", "model"], None, None)
+    by = {(r["team"], r["model"]): r for r in rows}
+    expected = sum(333_333_333 + n for n in range(30) if n % 3 and n % 2)
+    assert by[("team_a", "m1")]["cost_nanos"] == expected
+    assert by[("team_a", "m1")]["errors"] == 1
+    assert sum(r["requests"] for r in rows) == 31
+    days = await usage_report(engine, ["day"], None, None)
+    assert [d["day"] for d in days] == ["2026-05-04", "2026-05-05"]
+    assert [d["requests"] for d in days] == [21, 10]
+    window = await usage_report(engine, [], day2, day2 + timedelta(hours=1))
+    assert window[0]["requests"] == 10
+
+
+async def test_writer_task_flushes_in_background_and_on_close(engine: AsyncEngine) -> None:
+    """The background task writes without being asked; close() writes the rest."""
+    writer = LedgerWriter(engine, flush_seconds=0.01, batch_size=1000)
+    writer.start()
+    writer.add(entry(1, team=None, model="m", cost=1, at=NOW))
+    for _ in range(200):
+        if writer.written:
+            break
+        await asyncio.sleep(0.01)
+    assert writer.written == 1
+    writer._flush_seconds = 3600
+    writer.add(entry(2, team=None, model="m", cost=1, at=NOW))
+    await writer.close()
+    assert (await usage_report(engine, [], None, None))[0]["requests"] == 2
+
+
+async def test_events_dedup_key_fires_once(engine: AsyncEngine) -> None:
+    """Two inserts with one dedup key store one event, even racing."""
+    async def fire() -> object:
+        async with engine.begin() as conn:
+            return await record_event(conn, "price.unknown", {"model": "x"}, NOW,
+                                      org_id="org_1", dedup_key="price.unknown:x")
+
+    results = await asyncio.gather(*(fire() for _ in range(5)), return_exceptions=True)
+    assert sum(1 for r in results if isinstance(r, dict)) == 1
+    assert len(await list_events(engine, type_="price.unknown")) == 1
+
+
+async def test_an_event_stands_or_falls_with_its_transaction(engine: AsyncEngine) -> None:
+    """A deduplicated event is part of the caller's transaction: when that fails after the
+    event, the event is gone too, so the next attempt records it (and its deliveries). On
+    SQLite a savepoint around the insert used to commit it on its own."""
+    class Later(Exception):
+        pass
+
+    with pytest.raises(Later):
+        async with engine.begin() as conn:
+            await record_event(conn, "price.unknown", {"model": "y"}, NOW, org_id="org_1",
+                               dedup_key="price.unknown:y")
+            raise Later
+    assert await list_events(engine, type_="price.unknown") == []
+    async with engine.begin() as conn:
+        assert await record_event(conn, "price.unknown", {"model": "y"}, NOW, org_id="org_1",
+                                  dedup_key="price.unknown:y") is not None
+    assert len(await list_events(engine, type_="price.unknown")) == 1
