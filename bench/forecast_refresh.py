@@ -42,13 +42,25 @@ NOW = datetime(2026, 3, 17, 14, 0, tzinfo=UTC)
 
 
 def budget_row(i: int) -> dict[str, Any]:
-    return {"id": f"b_{i:05d}", "org_id": "org_1", "name": f"b {i}", "scope_type": "key",
-            "scope_id": f"key_{i:05d}", "tag": None, "period": "monthly",
-            "timezone": ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")[i % 4],
-            "week_start": "monday", "amount_nanos": 3000 * 10**9,
-            "alert_percentages": ["50", "75", "90"], "soft_limit_percent": "75",
-            "hard_limit": i % 2 == 0, "hard_limit_percent": "100", "categories": {},
-            "created_at": NOW, "updated_at": NOW}
+    return {
+        "id": f"b_{i:05d}",
+        "org_id": "org_1",
+        "name": f"b {i}",
+        "scope_type": "key",
+        "scope_id": f"key_{i:05d}",
+        "tag": None,
+        "period": "monthly",
+        "timezone": ("UTC", "Europe/Berlin", "America/New_York", "Asia/Kolkata")[i % 4],
+        "week_start": "monday",
+        "amount_nanos": 3000 * 10**9,
+        "alert_percentages": ["50", "75", "90"],
+        "soft_limit_percent": "75",
+        "hard_limit": i % 2 == 0,
+        "hard_limit_percent": "100",
+        "categories": {},
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
 
 
 def ledger_rows(i: int, days: int, calls: int, rng: np.random.Generator) -> list[dict[str, Any]]:
@@ -60,15 +72,35 @@ def ledger_rows(i: int, days: int, calls: int, rng: np.random.Generator) -> list
         for c in range(calls):
             at = day + timedelta(minutes=int(rng.integers(0, 1440)))
             cost = int(level * week[at.weekday()] * rng.lognormal(0, 0.3))
-            rows.append({
-                "request_id": f"r_{i}_{d}_{c}", "org_id": "org_1", "team_id": None,
-                "user_id": None, "agent_id": None, "key_id": f"key_{i:05d}", "tags": [],
-                "provider": "openai", "model": "gpt-4o", "upstream_model": "gpt-4o",
-                "kind": "chat", "stream": False, "status": "ok", "http_status": 200,
-                "input_tokens": 1, "output_tokens": 1, "cache_read_tokens": 0,
-                "cache_write_tokens": 0, "reasoning_tokens": 0, "cost_nanos": cost,
-                "price_unknown": False, "usage_estimated": False, "latency_ms": 1,
-                "started_at": at, "finished_at": at})
+            rows.append(
+                {
+                    "request_id": f"r_{i}_{d}_{c}",
+                    "org_id": "org_1",
+                    "team_id": None,
+                    "user_id": None,
+                    "agent_id": None,
+                    "key_id": f"key_{i:05d}",
+                    "tags": [],
+                    "provider": "openai",
+                    "model": "gpt-4o",
+                    "upstream_model": "gpt-4o",
+                    "kind": "chat",
+                    "stream": False,
+                    "status": "ok",
+                    "http_status": 200,
+                    "input_tokens": 1,
+                    "output_tokens": 1,
+                    "cache_read_tokens": 0,
+                    "cache_write_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "cost_nanos": cost,
+                    "price_unknown": False,
+                    "usage_estimated": False,
+                    "latency_ms": 1,
+                    "started_at": at,
+                    "finished_at": at,
+                }
+            )
     return rows
 
 
@@ -92,8 +124,9 @@ async def phases(engine: Any, budgets: list[Any], pool: Executor) -> dict[str, f
     out: dict[str, float] = {}
     t = time.perf_counter()
     start = NOW - timedelta(days=HISTORY_DAYS + 2)
-    ledger = await ledger_buckets(engine, start, NOW, bucket_seconds(
-        {b.timezone for b in budgets}, start, NOW))
+    ledger = await ledger_buckets(
+        engine, start, NOW, bucket_seconds({b.timezone for b in budgets}, start, NOW)
+    )
     out["ledger query"], t = time.perf_counter() - t, time.perf_counter()
     jobs = jobs_for(budgets, DailySpend(ledger, NOW), NOW, {})
     out["daily series"], t = time.perf_counter() - t, time.perf_counter()
@@ -128,8 +161,10 @@ async def main() -> None:
         t = time.perf_counter()
         done = await refresh_all(engine, budgets, NOW, executor=pool)
         total = time.perf_counter() - t
-    print(f"refresh_all: {len(done.forecasts)} budgets in {total:.1f} s "
-          f"({args.workers} worker processes)")
+    print(
+        f"refresh_all: {len(done.forecasts)} budgets in {total:.1f} s "
+        f"({args.workers} worker processes)"
+    )
     await engine.dispose()
 
 

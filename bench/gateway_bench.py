@@ -15,6 +15,7 @@ SIGINT/SIGTERM/SIGHUP), so nothing outlives the run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -93,20 +94,16 @@ class Procs:
 def _kill_group(proc: subprocess.Popen[bytes], timeout: float) -> None:
     pgid = proc.pid  # start_new_session: the child leads its own group
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, sig)
-        except ProcessLookupError:
-            pass
         try:
             proc.wait(wait)
         except subprocess.TimeoutExpired:
             continue
         break
     # stragglers in the group (grandchildren that ignored SIGTERM)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
 
 
 def _on_signal(signum: int, _frame: Any) -> None:
@@ -798,10 +795,20 @@ def limit_rows(mode: str, key_id: str) -> list[tuple[str, dict[str, Any]]]:
     """Admin calls that put ``mode``'s enforcement on every call of the bench key: a
     hard-capped budget (reserve + settle), an rpm/tpm rate limit (acquire + settle), or
     both; all set far above the load, so they never refuse."""
-    budget = ("/admin/budgets", {"scope_type": "key", "scope_id": key_id,
-                                 "amount_usd": "1000000", "hard_limit": True})
-    rate = ("/admin/rate-limits", {"scope_type": "key", "scope_id": key_id, "model": "*",
-                                   "rpm": 10_000_000, "tpm": 10_000_000_000})
+    budget = (
+        "/admin/budgets",
+        {"scope_type": "key", "scope_id": key_id, "amount_usd": "1000000", "hard_limit": True},
+    )
+    rate = (
+        "/admin/rate-limits",
+        {
+            "scope_type": "key",
+            "scope_id": key_id,
+            "model": "*",
+            "rpm": 10_000_000,
+            "tpm": 10_000_000_000,
+        },
+    )
     return {"none": [], "ratelimit": [rate], "budget": [budget], "both": [budget, rate]}[mode]
 
 
@@ -819,8 +826,12 @@ def targets(b: Bench) -> list[str]:
     sg = {(r.scenario, r.conns): r for r in b.rows if r.target == first}
     if not sg:
         return []
-    out = [f"## spendgate targets (one core; rows of {first})", "",
-           "| target | measured | met? |", "|---|---|---|"]
+    out = [
+        f"## spendgate targets (one core; rows of {first})",
+        "",
+        "| target | measured | met? |",
+        "|---|---|---|",
+    ]
     best = max((r for r in sg.values() if r.scenario == "plain"), key=lambda r: r.wrk.rps)
     out.append(
         f"| ≥ 2,500 req/s | {fmt(best.wrk.rps, 0)} req/s (best, c={best.conns}) "
@@ -844,13 +855,14 @@ def targets(b: Bench) -> list[str]:
             f"| RSS flat within 10 % ({b.flat['n1']:,} → {b.flat['n2']:,} requests) "
             f"| {g:+.1f} % | {'yes' if abs(g) <= 10 else 'NO'} |"
         )
-    errs = sum(r.wrk.non2xx + r.wrk.socket_errors for r in b.rows
-               if r.target.startswith("spendgate"))
+    errs = sum(
+        r.wrk.non2xx + r.wrk.socket_errors for r in b.rows if r.target.startswith("spendgate")
+    )
     errs += b.flat.get("non2xx", 0) + b.flat.get("socket_errors", 0) if b.flat else 0
     out.append(
         f"| no errors under load | {errs} non-2xx/socket errors | {'yes' if errs == 0 else 'NO'} |"
     )
-    return out + [""]
+    return [*out, ""]
 
 
 def tool_versions() -> str:
@@ -932,7 +944,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stream-conns", type=int, default=16)
     p.add_argument("--skip-litellm", action="store_true")
     p.add_argument(
-        "--with-limits", nargs="*", choices=LIMIT_MODES, default=None, metavar="MODE",
+        "--with-limits",
+        nargs="*",
+        choices=LIMIT_MODES,
+        default=None,
+        metavar="MODE",
         help="enforcement on the bench key, never binding: none, ratelimit (rpm+tpm),\n"
         "budget (hard cap), both (the bare flag). Several modes: one spendgate run each,\n"
         "in order, e.g. --with-limits none ratelimit",

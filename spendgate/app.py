@@ -1,8 +1,8 @@
 """Composition: ``create_app(settings, clock=…, engine=…, transports=…)`` builds the gateway.
 
-    Gateway (ASGI, owns the lifespan)
-    ├── /v1/…      ProxyApp   raw ASGI, the hot path
-    └── everything else       FastAPI: /admin/…, /openapi.json, /healthz, /readyz
+Gateway (ASGI, owns the lifespan)
+├── /v1/…      ProxyApp   raw ASGI, the hot path
+└── everything else       FastAPI: /admin/…, /openapi.json, /healthz, /readyz
 """
 
 from __future__ import annotations
@@ -67,8 +67,11 @@ HOUSEKEEPING_SECONDS = 5.0
 
 
 def _error_response(err: SpendgateError) -> JSONResponse:
-    return JSONResponse({"error": {"message": err.message, "code": err.code, "param": err.param}},
-                        status_code=err.status, headers=err.headers())
+    return JSONResponse(
+        {"error": {"message": err.message, "code": err.code, "param": err.param}},
+        status_code=err.status,
+        headers=err.headers(),
+    )
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
@@ -82,8 +85,13 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 
 def build_admin(services: Services) -> FastAPI:
-    api = FastAPI(title="spendgate", version=__version__,
-                  docs_url="/docs", redoc_url=None, dependencies=[Depends(no_nul_characters)])
+    api = FastAPI(
+        title="spendgate",
+        version=__version__,
+        docs_url="/docs",
+        redoc_url=None,
+        dependencies=[Depends(no_nul_characters)],
+    )
     api.state.services = services
 
     @api.exception_handler(SpendgateError)
@@ -97,14 +105,18 @@ def build_admin(services: Services) -> FastAPI:
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
-        return JSONResponse({"error": {"message": message, "code": "validation_error",
-                                       "param": field}}, status_code=422)
+        return JSONResponse(
+            {"error": {"message": message, "code": "validation_error", "param": field}},
+            status_code=422,
+        )
 
     @api.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse({"error": {"message": str(exc.detail), "code": code, "param": None}},
-                            status_code=exc.status_code)
+        return JSONResponse(
+            {"error": {"message": str(exc.detail), "code": code, "param": None}},
+            status_code=exc.status_code,
+        )
 
     @api.get("/healthz", tags=["health"])
     async def healthz() -> dict[str, str]:
@@ -139,9 +151,18 @@ class Gateway:
     def __init__(self, services: Services, *, auto_migrate: bool = True) -> None:
         self.services = services
         self.auto_migrate = auto_migrate
-        self.proxy = ProxyApp(services.settings, services.clock, services.keys, services.prices,
-                              services.ledger, services.transports, self._unpriced,
-                              services.enforcer, services.rate_gate, services.auth_throttle)
+        self.proxy = ProxyApp(
+            services.settings,
+            services.clock,
+            services.keys,
+            services.prices,
+            services.ledger,
+            services.transports,
+            self._unpriced,
+            services.enforcer,
+            services.rate_gate,
+            services.auth_throttle,
+        )
         self.admin = build_admin(services)
         #: what serves HTTP outside /v1: the admin app behind CSRF checks and security headers
         self.web = SecurityHeaders(CsrfGuard(self._admin_http, max_body_bytes=ADMIN_BODY_LIMIT))
@@ -151,18 +172,28 @@ class Gateway:
         self._forecasts: asyncio.Task[None] | None = None
         workers = services.settings.forecast_workers
         # spawned, not forked: a fork of a process with driver threads can deadlock
-        self._forecast_pool = (ProcessPoolExecutor(max_workers=workers,
-                                                   mp_context=get_context("spawn"))
-                               if workers > 0 else None)
+        self._forecast_pool = (
+            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+            if workers > 0
+            else None
+        )
 
     def _unpriced(self, call: Call, usage: TokenUsage) -> None:
         day = call.started_at.date().isoformat()
         self.services.events.emit_once(
-            "price.unknown", f"price.unknown:{call.route.name}:{day}",
-            {"model": call.route.name, "provider": call.route.provider.name,
-             "price_model": call.route.price.model, "request_id": call.request_id,
-             "input_tokens": usage.input_tokens, "output_tokens": usage.output_tokens},
-            call.started_at, call.key.org_id)
+            "price.unknown",
+            f"price.unknown:{call.route.name}:{day}",
+            {
+                "model": call.route.name,
+                "provider": call.route.provider.name,
+                "price_model": call.route.price.model,
+                "request_id": call.request_id,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+            },
+            call.started_at,
+            call.key.org_id,
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -193,11 +224,17 @@ class Gateway:
         await self.services.enforcer.refresh()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
         services = self.services
-        self._forecasts = asyncio.create_task(refresh_loop(
-            services.engine, services.policies.snapshot, services.clock,
-            services.settings.forecast_refresh_seconds, executor=self._forecast_pool,
-            holder=f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]),
-            name="forecasts")
+        self._forecasts = asyncio.create_task(
+            refresh_loop(
+                services.engine,
+                services.policies.snapshot,
+                services.clock,
+                services.settings.forecast_refresh_seconds,
+                executor=self._forecast_pool,
+                holder=f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80],
+            ),
+            name="forecasts",
+        )
         if self.services.settings.demo:
             await self._demo_bootstrap()
         # Everything built so far lives as long as the process: keep the cyclic GC from
@@ -210,11 +247,15 @@ class Gateway:
         if await directory.list_orgs():
             return
         org = await directory.create_org("demo", now)
-        key = await directory.create_key({"name": "demo", "org_id": org["id"],
-                                          "allow_request_tags": True}, now)
+        key = await directory.create_key(
+            {"name": "demo", "org_id": org["id"], "allow_request_tags": True}, now
+        )
         # to the terminal, not the log: logs are shipped and kept, and a key must not be
-        print(f"demo org {org['id']} created; its virtual key (shown once): {key['key']}",
-              file=sys.stderr, flush=True)
+        print(
+            f"demo org {org['id']} created; its virtual key (shown once): {key['key']}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload policy."""
@@ -276,16 +317,27 @@ def create_app(
     clock = clock or SystemClock()
     engine = engine or create_engine(settings.database_url)
     directory = Directory(engine)
-    ledger = LedgerWriter(engine, flush_seconds=settings.ledger_flush_seconds,
-                          batch_size=settings.ledger_batch_size)
+    ledger = LedgerWriter(
+        engine, flush_seconds=settings.ledger_flush_seconds, batch_size=settings.ledger_batch_size
+    )
     policies = PolicyStore(engine)
     counters = counters_from_url(settings.redis_url)
     events = EventSink(engine)
-    enforcer = Enforcer(policies, counters, ledger, clock, events.emit_once,
-                        reservation_seconds=settings.upstream_timeout_seconds + 60)
-    rate_gate = RateGate(rate_limiter_from_url(settings.redis_url), clock, events.emit_once,
-                         unlisted=settings.unlisted_models,
-                         reservation_seconds=settings.upstream_timeout_seconds + 60)
+    enforcer = Enforcer(
+        policies,
+        counters,
+        ledger,
+        clock,
+        events.emit_once,
+        reservation_seconds=settings.upstream_timeout_seconds + 60,
+    )
+    rate_gate = RateGate(
+        rate_limiter_from_url(settings.redis_url),
+        clock,
+        events.emit_once,
+        unlisted=settings.unlisted_models,
+        reservation_seconds=settings.upstream_timeout_seconds + 60,
+    )
     services = Services(
         settings=settings,
         clock=clock,
@@ -301,13 +353,10 @@ def create_app(
         enforcer=enforcer,
         rate_gate=rate_gate,
         webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
-        audit_settings=load_audit_settings(os.environ if env is None else env,
-                                           settings.master_key),
+        audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
     )
     return Gateway(services, auto_migrate=auto_migrate)
-
-
 
 
 def app_from_env() -> Gateway:

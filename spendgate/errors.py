@@ -103,9 +103,11 @@ class BudgetExceeded(SpendgateError):
         self.retry_after = retry_after
 
     def headers(self) -> dict[str, str]:
-        return {"retry-after": str(max(1, self.retry_after)),
-                "x-spendgate-budget-id": self.budget_id,
-                "x-spendgate-budget-resets-at": self.resets_at}
+        return {
+            "retry-after": str(max(1, self.retry_after)),
+            "x-spendgate-budget-id": self.budget_id,
+            "x-spendgate-budget-resets-at": self.resets_at,
+        }
 
 
 class TooManyAuthFailures(SpendgateError):

@@ -49,8 +49,9 @@ class EventSink:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def emit_once(self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime,
-                  org_id: str | None) -> None:
+    def emit_once(
+        self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime, org_id: str | None
+    ) -> None:
         if dedup_key in self._announced:
             return
         if len(self._announced) >= MAX_REMEMBERED:
@@ -58,8 +59,9 @@ class EventSink:
         self._announced.add(dedup_key)
         self.spawn(self._store(type_, dedup_key, data, now, org_id), f"event:{type_}")
 
-    async def _store(self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime,
-                     org_id: str | None) -> None:
+    async def _store(
+        self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime, org_id: str | None
+    ) -> None:
         try:
             async with self._engine.begin() as conn:
                 await record_event(conn, type_, data, now, org_id=org_id, dedup_key=dedup_key)

@@ -110,7 +110,9 @@ def _decimal(value: Any, where: str) -> Decimal:
     return result
 
 
-def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str], timeout: float) -> ProviderConfig:
+def _provider(
+    name: str, raw: Mapping[str, Any], env: Mapping[str, str], timeout: float
+) -> ProviderConfig:
     kind = raw.get("kind", name)
     if kind not in PROVIDER_KINDS:
         raise ConfigError(f"providers.{name}.kind must be one of {', '.join(PROVIDER_KINDS)}")
@@ -121,7 +123,9 @@ def _provider(name: str, raw: Mapping[str, Any], env: Mapping[str, str], timeout
     if api_key is None and "api_key_env" in raw:
         api_key = env.get(str(raw["api_key_env"]))
         if not api_key:
-            raise ConfigError(f"providers.{name}: environment variable {raw['api_key_env']} is not set")
+            raise ConfigError(
+                f"providers.{name}: environment variable {raw['api_key_env']} is not set"
+            )
     if kind == "azure" and not raw.get("api_version"):
         raise ConfigError(f"providers.{name}.api_version is required for Azure OpenAI")
     return ProviderConfig(
@@ -145,10 +149,14 @@ def _price_ref(name: str, raw: Any, upstream_model: str, provider: ProviderConfi
             input_per_mtok=_decimal(raw.get("input_per_mtok", 0), where),
             output_per_mtok=_decimal(raw.get("output_per_mtok", 0), where),
             cache_read_per_mtok=(
-                _decimal(raw["cache_read_per_mtok"], where) if "cache_read_per_mtok" in raw else None
+                _decimal(raw["cache_read_per_mtok"], where)
+                if "cache_read_per_mtok" in raw
+                else None
             ),
             cache_write_per_mtok=(
-                _decimal(raw["cache_write_per_mtok"], where) if "cache_write_per_mtok" in raw else None
+                _decimal(raw["cache_write_per_mtok"], where)
+                if "cache_write_per_mtok" in raw
+                else None
             ),
         )
     return PriceRef(
@@ -158,14 +166,18 @@ def _price_ref(name: str, raw: Any, upstream_model: str, provider: ProviderConfi
     )
 
 
-def _routes(raw: Mapping[str, Any], providers: Mapping[str, ProviderConfig]) -> dict[str, ModelRoute]:
+def _routes(
+    raw: Mapping[str, Any], providers: Mapping[str, ProviderConfig]
+) -> dict[str, ModelRoute]:
     routes: dict[str, ModelRoute] = {}
     for name, spec in raw.items():
         if not isinstance(spec, Mapping):
             raise ConfigError(f"models.{name} must be a table")
         provider_name = str(spec.get("provider"))
         if provider_name not in providers:
-            raise ConfigError(f"models.{name}.provider {provider_name!r} is not a configured provider")
+            raise ConfigError(
+                f"models.{name}.provider {provider_name!r} is not a configured provider"
+            )
         provider = providers[provider_name]
         upstream_model = str(spec.get("upstream_model", name))
         routes[name] = ModelRoute(
@@ -183,7 +195,7 @@ def _unlisted(value: Any) -> Literal["allow", "deny"]:
         return "allow"
     if value == "deny":
         return "deny"
-    raise ConfigError("gateway.unlisted_models must be \"allow\" or \"deny\"")
+    raise ConfigError('gateway.unlisted_models must be "allow" or "deny"')
 
 
 def _non_negative_int(value: Any, where: str) -> int:
@@ -202,8 +214,12 @@ def demo_routes() -> dict[str, ModelRoute]:
     """The simulated provider's models, priced like real small and large models."""
     provider = ProviderConfig(name="simulated", kind="simulated", base_url="simulated://local")
     return {
-        name: ModelRoute(name=name, provider=provider, upstream_model=name,
-                         price=PriceRef(model=priced_as, provider="openai"))
+        name: ModelRoute(
+            name=name,
+            provider=provider,
+            upstream_model=name,
+            price=PriceRef(model=priced_as, provider="openai"),
+        )
         for name, priced_as in DEMO_MODELS.items()
     }
 
@@ -211,10 +227,10 @@ def demo_routes() -> dict[str, ModelRoute]:
 def normalise_database_url(url: str) -> str:
     """Accept plain ``sqlite:///…`` / ``postgresql://…`` and pick the async driver."""
     if url.startswith("sqlite:"):
-        return "sqlite+aiosqlite:" + url[len("sqlite:"):]
+        return "sqlite+aiosqlite:" + url[len("sqlite:") :]
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+asyncpg://" + url[len(prefix):]
+            return "postgresql+asyncpg://" + url[len(prefix) :]
     return url
 
 
@@ -245,7 +261,8 @@ def load_settings(
     return Settings(
         host=host or gateway.get("host", "127.0.0.1"),
         port=port or int(gateway.get("port", 4100)),
-        database_url=env.get("SPENDGATE_DATABASE_URL") or gateway.get("database_url", "sqlite:///spendgate.db"),
+        database_url=env.get("SPENDGATE_DATABASE_URL")
+        or gateway.get("database_url", "sqlite:///spendgate.db"),
         redis_url=env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url"),
         master_key=env.get("SPENDGATE_MASTER_KEY") or None,
         demo=demo,
@@ -255,12 +272,15 @@ def load_settings(
         ledger_batch_size=int(gateway.get("ledger_batch_size", 500)),
         key_cache_seconds=float(gateway.get("key_cache_seconds", 10.0)),
         unlisted_models=_unlisted(gateway.get("unlisted_models", "allow")),
-        forecast_refresh_seconds=_at_least(gateway.get("forecast_refresh_seconds", 900.0), 1,
-                                           "gateway.forecast_refresh_seconds"),
-        forecast_workers=_non_negative_int(gateway.get("forecast_workers", 1),
-                                           "gateway.forecast_workers"),
-        auth_failures_per_minute=_non_negative_int(gateway.get("auth_failures_per_minute", 20),
-                                                   "gateway.auth_failures_per_minute"),
+        forecast_refresh_seconds=_at_least(
+            gateway.get("forecast_refresh_seconds", 900.0), 1, "gateway.forecast_refresh_seconds"
+        ),
+        forecast_workers=_non_negative_int(
+            gateway.get("forecast_workers", 1), "gateway.forecast_workers"
+        ),
+        auth_failures_per_minute=_non_negative_int(
+            gateway.get("auth_failures_per_minute", 20), "gateway.auth_failures_per_minute"
+        ),
         models=models,
     )
 
@@ -275,13 +295,15 @@ def load_audit_settings(env: Mapping[str, str], master_key: str | None) -> Audit
     elif master_key:
         key = derive_key(master_key)
     else:
-        raise ConfigError("set SPENDGATE_AUDIT_KEY or SPENDGATE_MASTER_KEY to sign audit "
-                          "checkpoints")
+        raise ConfigError(
+            "set SPENDGATE_AUDIT_KEY or SPENDGATE_MASTER_KEY to sign audit checkpoints"
+        )
     minimum = _days(env, "SPENDGATE_AUDIT_MIN_RETENTION_DAYS", MIN_RETENTION_DAYS)
     retention = _days(env, "SPENDGATE_AUDIT_RETENTION_DAYS", DEFAULT_RETENTION_DAYS)
     if minimum < MIN_RETENTION_DAYS:
-        raise ConfigError(f"SPENDGATE_AUDIT_MIN_RETENTION_DAYS must be at least "
-                          f"{MIN_RETENTION_DAYS}")
+        raise ConfigError(
+            f"SPENDGATE_AUDIT_MIN_RETENTION_DAYS must be at least {MIN_RETENTION_DAYS}"
+        )
     if retention < minimum:
         raise ConfigError(f"SPENDGATE_AUDIT_RETENTION_DAYS must be at least {minimum}")
     return AuditSettings(key, retention, minimum)

@@ -91,7 +91,8 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
 
 def gateway_config(upstream_url: str, tmp_path: Path, extra: str = "") -> Path:
     """A TOML config routing real model names (and a few odd ones) to the fake upstream."""
-    text = textwrap.dedent(f"""
+    text = (
+        textwrap.dedent(f"""
         [gateway]
         ledger_flush_seconds = 0.05
 
@@ -153,7 +154,9 @@ def gateway_config(upstream_url: str, tmp_path: Path, extra: str = "") -> Path:
         [models."mystery-model"]
         provider = "local"
         price = {{ model = "no-such-model-anywhere", provider = "openai" }}
-    """) + extra
+    """)
+        + extra
+    )
     path = tmp_path / "spendgate.toml"
     path.write_text(text)
     return path
@@ -215,11 +218,21 @@ class RunningGateway:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(timeout=30)
 
 
-def start_gateway(database_url: str, upstream_url: str, tmp_path: Path, *, extra_config: str = "",
-                  demo: bool = False, env_extra: dict[str, str] | None = None) -> RunningGateway:
+def start_gateway(
+    database_url: str,
+    upstream_url: str,
+    tmp_path: Path,
+    *,
+    extra_config: str = "",
+    demo: bool = False,
+    env_extra: dict[str, str] | None = None,
+) -> RunningGateway:
     config = gateway_config(upstream_url, tmp_path, extra_config)
-    env = {**UPSTREAM_SECRETS, "SPENDGATE_MASTER_KEY": MASTER_KEY,
-           "SPENDGATE_DATABASE_URL": database_url}
+    env = {
+        **UPSTREAM_SECRETS,
+        "SPENDGATE_MASTER_KEY": MASTER_KEY,
+        "SPENDGATE_DATABASE_URL": database_url,
+    }
     if database_url.startswith("postgresql"):
         # the scale-out pairing: PostgreSQL for the ledger, Redis for live counters
         env["SPENDGATE_REDIS_URL"] = REDIS_URL
@@ -233,8 +246,12 @@ def start_gateway(database_url: str, upstream_url: str, tmp_path: Path, *, extra
 
 
 @pytest.fixture
-def gateway(database_url: str, upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream,
-            tmp_path: Path) -> Iterator[RunningGateway]:
+def gateway(
+    database_url: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+) -> Iterator[RunningGateway]:
     running = start_gateway(database_url, upstream[1].url, tmp_path, demo=True)
     yield running
     running.admin.close()

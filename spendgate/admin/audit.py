@@ -27,13 +27,28 @@ from spendgate.core.audit_chain import AuditEntry, AuditSettings, derive_key
 from spendgate.errors import ConfigError
 from spendgate.store import audit as store
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], tags=["audit"],
-                   responses=s.ERRORS)
+router = APIRouter(
+    prefix="/admin", dependencies=[Depends(principal)], tags=["audit"], responses=s.ERRORS
+)
 
 Principal = Annotated[Caller, Depends(principal)]
 EXPORT_BATCH = 2000
-CSV_COLUMNS = ("seq", "id", "at", "actor_type", "actor_id", "action", "target_type",
-               "target_id", "before", "after", "request_id", "source_ip", "prev_hash", "hash")
+CSV_COLUMNS = (
+    "seq",
+    "id",
+    "at",
+    "actor_type",
+    "actor_id",
+    "action",
+    "target_type",
+    "target_id",
+    "before",
+    "after",
+    "request_id",
+    "source_ip",
+    "prev_hash",
+    "hash",
+)
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
 
@@ -57,13 +72,25 @@ def _utc(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _filters(who: Caller, start: datetime | None, end: datetime | None, actor: str | None,
-             action: str | None, target: str | None) -> store.AuditFilter:
+def _filters(
+    who: Caller,
+    start: datetime | None,
+    end: datetime | None,
+    actor: str | None,
+    action: str | None,
+    target: str | None,
+) -> store.AuditFilter:
     """The asked filters within the caller's scope: the master key reads every entry, an
     org's members their org's, team roles their teams'."""
-    return store.AuditFilter(_utc(start), _utc(end), actor or None, action or None,
-                             target or None, org_id=None if who.is_master else who.org_id,
-                             team_ids=who.team_filter())
+    return store.AuditFilter(
+        _utc(start),
+        _utc(end),
+        actor or None,
+        action or None,
+        target or None,
+        org_id=None if who.is_master else who.org_id,
+        team_ids=who.team_filter(),
+    )
 
 
 class AuditEntryOut(BaseModel):
@@ -126,17 +153,19 @@ async def list_audit(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> dict[str, Any]:
     """Entries newest first, filtered by time, actor, action (``budget.*``) and target."""
-    entries = await store.list_entries(svc.engine,
-                                       _filters(who, start, end, actor, action, target),
-                                       limit=limit, before_seq=before_seq)
+    entries = await store.list_entries(
+        svc.engine,
+        _filters(who, start, end, actor, action, target),
+        limit=limit,
+        before_seq=before_seq,
+    )
     last = entries[-1].seq if len(entries) == limit else None
     return {"entries": [e.as_dict() for e in entries], "next_before_seq": last}
 
 
 async def _jsonl(pages: AsyncIterator[list[AuditEntry]]) -> AsyncIterator[bytes]:
     async for page in pages:
-        yield b"".join(orjson.dumps(e.as_dict(), option=orjson.OPT_SORT_KEYS) + b"\n"
-                       for e in page)
+        yield b"".join(orjson.dumps(e.as_dict(), option=orjson.OPT_SORT_KEYS) + b"\n" for e in page)
 
 
 def _cell(value: Any) -> Any:
@@ -160,9 +189,12 @@ async def _csv(pages: AsyncIterator[list[AuditEntry]]) -> AsyncIterator[bytes]:
         yield buffer.getvalue().encode()
 
 
-@router.get("/audit/export", response_class=StreamingResponse,
-            responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
-            dependencies=guard(Can.AUDIT_READ))
+@router.get(
+    "/audit/export",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-ndjson": {}, "text/csv": {}}}},
+    dependencies=guard(Can.AUDIT_READ),
+)
 async def export_audit(
     request: Request,
     svc: Svc,
@@ -180,17 +212,42 @@ async def export_audit(
     up_to, _ = await store.head(svc.engine)
     total = await store.count_entries(svc.engine, filters, up_to_seq=up_to)
     now = svc.clock.now()
-    await store.record(svc.engine, admin_event(
-        request, principal.actor, "audit.exported", "audit_log", None, at=now,
-        after={"format": format, "entries": total, "up_to_seq": up_to,
-               "filters": {"start": filters.start, "end": filters.end, "actor": actor,
-                           "action": action, "target": target}}),
-        org_id=filters.org_id, team_ids=filters.team_ids or ())
+    await store.record(
+        svc.engine,
+        admin_event(
+            request,
+            principal.actor,
+            "audit.exported",
+            "audit_log",
+            None,
+            at=now,
+            after={
+                "format": format,
+                "entries": total,
+                "up_to_seq": up_to,
+                "filters": {
+                    "start": filters.start,
+                    "end": filters.end,
+                    "actor": actor,
+                    "action": action,
+                    "target": target,
+                },
+            },
+        ),
+        org_id=filters.org_id,
+        team_ids=filters.team_ids or (),
+    )
     pages = store.pages(svc.engine, 0, up_to, filters.conditions(), EXPORT_BATCH)
     body = _jsonl(pages) if format == "jsonl" else _csv(pages)
     name = f"spendgate-audit-{now:%Y%m%dT%H%M%SZ}.{format}"
-    return StreamingResponse(body, media_type=MEDIA_TYPES[format], headers={
-        "content-disposition": f'attachment; filename="{name}"', "x-audit-count": str(total)})
+    return StreamingResponse(
+        body,
+        media_type=MEDIA_TYPES[format],
+        headers={
+            "content-disposition": f'attachment; filename="{name}"',
+            "x-audit-count": str(total),
+        },
+    )
 
 
 @router.get("/audit/verify", response_model=VerifyOut, dependencies=guard(Can.AUDIT_VERIFY))
@@ -200,18 +257,28 @@ async def verify_audit(svc: Svc, audit: Audit) -> dict[str, Any]:
 
 
 @router.post("/audit/purge", response_model=PurgeOut, dependencies=guard(Can.AUDIT_PURGE))
-async def purge_audit(request: Request, body: PurgeIn, svc: Svc, audit: Audit,
-                      principal: Principal) -> dict[str, Any]:
+async def purge_audit(
+    request: Request, body: PurgeIn, svc: Svc, audit: Audit, principal: Principal
+) -> dict[str, Any]:
     """Delete entries older than ``before`` (never younger than the configured
     retention), leaving a signed checkpoint so the chain still verifies."""
     now = svc.clock.now()
     before = _utc(body.before) or now - timedelta(days=audit.retention_days)
     event = admin_event(request, principal.actor, "audit.purged", "audit_log", None, at=now)
-    result = await store.purge(svc.engine, before, audit.key, now=now,
-                               min_retention_days=audit.retention_days,
-                               actor=(event.actor_type, event.actor_id),
-                               request_id=event.request_id, source_ip=event.source_ip)
+    result = await store.purge(
+        svc.engine,
+        before,
+        audit.key,
+        now=now,
+        min_retention_days=audit.retention_days,
+        actor=(event.actor_type, event.actor_id),
+        request_id=event.request_id,
+        source_ip=event.source_ip,
+    )
     cp = result.checkpoint
-    return {"purged": result.purged, "checkpoint_id": cp.id if cp else None,
-            "checkpoint_seq": cp.seq if cp else None,
-            "entry_id": result.entry.id if result.entry else None}
+    return {
+        "purged": result.purged,
+        "checkpoint_id": cp.id if cp else None,
+        "checkpoint_seq": cp.seq if cp else None,
+        "entry_id": result.entry.id if result.entry else None,
+    }

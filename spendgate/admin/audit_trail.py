@@ -27,13 +27,31 @@ def actor_of(principal: str) -> tuple[str, str]:
     return (kind, ident) if sep else ("admin", principal)
 
 
-def admin_event(request: Request, principal: str, action: str, target_type: str,
-                target_id: str | None, *, at: datetime, before: Any = None,
-                after: Any = None) -> AuditEvent:
+def admin_event(
+    request: Request,
+    principal: str,
+    action: str,
+    target_type: str,
+    target_id: str | None,
+    *,
+    at: datetime,
+    before: Any = None,
+    after: Any = None,
+) -> AuditEvent:
     """An audit event for an admin call; the request id is the caller's ``X-Request-Id``
     (or a new one), the source address the peer's (proxy headers are not trusted)."""
     actor_type, actor_id = actor_of(principal)
     request_id = request.headers.get("x-request-id") or new_id("req")
     source_ip = request.client.host if request.client else None
-    return AuditEvent(at, actor_type, actor_id, action, target_type, target_id, before, after,
-                      request_id[:100], source_ip)
+    return AuditEvent(
+        at,
+        actor_type,
+        actor_id,
+        action,
+        target_type,
+        target_id,
+        before,
+        after,
+        request_id[:100],
+        source_ip,
+    )

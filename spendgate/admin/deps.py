@@ -41,7 +41,8 @@ Svc = Annotated[Services, Depends(services)]
 
 
 async def principal(
-    svc: Svc, request: Request,
+    svc: Svc,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Principal:
     """Who is calling: the master key (``SPENDGATE_MASTER_KEY``) or an admin token.
@@ -51,13 +52,11 @@ async def principal(
     until the window has passed."""
     with svc.auth_throttle.attempt(client_address(request.scope), svc.clock.monotonic()):
         if credentials is None:
-            raise AuthenticationFailed(
-                "missing Authorization: Bearer <master key or admin token>")
+            raise AuthenticationFailed("missing Authorization: Bearer <master key or admin token>")
         master = svc.settings.master_key
         if master is not None and secrets_equal(credentials.credentials, master):
             return MASTER_PRINCIPAL
-        found = await TokenStore(svc.engine).principal(credentials.credentials,
-                                                       svc.clock.now())
+        found = await TokenStore(svc.engine).principal(credentials.credentials, svc.clock.now())
         if found is None:
             raise AuthenticationFailed("invalid, expired or revoked admin credentials")
         return found
@@ -97,9 +96,11 @@ def unguarded_routes(app: FastAPI) -> list[str]:
     def guarded(dependant: Any) -> bool:
         return any(hasattr(d.call, "permission") or guarded(d) for d in dependant.dependencies)
 
-    return [f"{','.join(sorted(r.methods or ()))} {r.path}" for r in app.routes
-            if isinstance(r, APIRoute) and r.path.startswith("/admin")
-            and not guarded(r.dependant)]
+    return [
+        f"{','.join(sorted(r.methods or ()))} {r.path}"
+        for r in app.routes
+        if isinstance(r, APIRoute) and r.path.startswith("/admin") and not guarded(r.dependant)
+    ]
 
 
 def guard(permission: Can) -> list[Any]:
@@ -111,20 +112,39 @@ def guard(permission: Can) -> list[Any]:
 Who = Annotated[Principal, Depends(principal)]
 
 
-async def audit(conn: AsyncConnection, request: Request, who: Principal, action: str,
-                target_type: str, target_id: str | None, at: datetime, *, owner: Owner,
-                before: Any = None, after: Any = None) -> None:
+async def audit(
+    conn: AsyncConnection,
+    request: Request,
+    who: Principal,
+    action: str,
+    target_type: str,
+    target_id: str | None,
+    at: datetime,
+    *,
+    owner: Owner,
+    before: Any = None,
+    after: Any = None,
+) -> None:
     """Append the audit entry for an admin change, in the change's own transaction,
     readable by those who may see ``owner``."""
     await audit_store.append(
-        conn, admin_event(request, who.actor, action, target_type, target_id, at=at,
-                          before=before, after=after),
-        org_id=owner.org_id, team_ids=owner.team_ids)
+        conn,
+        admin_event(
+            request, who.actor, action, target_type, target_id, at=at, before=before, after=after
+        ),
+        org_id=owner.org_id,
+        team_ids=owner.team_ids,
+    )
 
 
 # -- owners ----------------------------------------------------------------------------------
-_TABLES = {"team": schema.teams, "user": schema.users, "agent": schema.agents,
-           "key": schema.virtual_keys, "org": schema.orgs}
+_TABLES = {
+    "team": schema.teams,
+    "user": schema.users,
+    "agent": schema.agents,
+    "key": schema.virtual_keys,
+    "org": schema.orgs,
+}
 
 
 class Scope:
@@ -135,8 +155,9 @@ class Scope:
         self.svc, self.who = svc, who
         self._seen: dict[tuple[str, str], Owner | None] = {}
 
-    async def owner(self, scope_type: str, scope_id: str | None, org_id: str | None = None
-                    ) -> Owner | None:
+    async def owner(
+        self, scope_type: str, scope_id: str | None, org_id: str | None = None
+    ) -> Owner | None:
         """The owner of a scope (``org``, ``tag``, ``team``, ``user``, ``agent``, ``key``);
         ``None`` if the object does not exist."""
         if scope_type == "tag" or scope_id is None:
@@ -159,8 +180,11 @@ class Scope:
             if scope_type == "team":
                 return Owner.of(row.org_id, row.id)
             if scope_type == "user":
-                teams = await conn.execute(sa.select(schema.user_teams.c.team_id)
-                                           .where(schema.user_teams.c.user_id == scope_id))
+                teams = await conn.execute(
+                    sa.select(schema.user_teams.c.team_id).where(
+                        schema.user_teams.c.user_id == scope_id
+                    )
+                )
                 return Owner.of(row.org_id, *(t[0] for t in teams))
             return Owner.of(row.org_id, row.team_id)
 
@@ -184,33 +208,40 @@ class Scope:
             raise NotFound(f"{what} {object_id} not found")
         return owner
 
-    async def referenced(self, scope_type: str, scope_id: str | None, field: str,
-                         org_id: str | None = None) -> Owner:
+    async def referenced(
+        self, scope_type: str, scope_id: str | None, field: str, org_id: str | None = None
+    ) -> Owner:
         """The owner of an object named in a request body; 422 naming ``field`` — the
         same answer as a missing one — when it is not the caller's to use."""
         owner = await self.owner(scope_type, scope_id, org_id)
         if scope_type in ("org", "tag") or scope_id is None:
             # an org is named to say where something goes: any member may name their own
-            usable = owner is not None and owner.org_id is not None and (
-                self.who.is_master or owner.org_id == self.who.org_id)
+            usable = (
+                owner is not None
+                and owner.org_id is not None
+                and (self.who.is_master or owner.org_id == self.who.org_id)
+            )
         else:
             usable = owner is not None and owner.org_id is not None and self.who.sees(owner)
         if owner is None or not usable:
             if scope_type == "tag" or scope_id is None:
                 raise ValidationFailed(f"{field}: org {org_id} does not exist", param=field)
-            raise ValidationFailed(f"{field}: {scope_type} {scope_id} does not exist",
-                                   param=field)
+            raise ValidationFailed(f"{field}: {scope_type} {scope_id} does not exist", param=field)
         return owner
 
     def require_team_objects(self, owner: Owner, field: str) -> None:
         """Team roles create only objects of their own teams (not org-wide ones)."""
         if not self.who.org_wide and not owner.team_ids:
-            raise PermissionDenied(f"{field}: a {self.who.role} creates objects for their own "
-                                   "teams only; name one of them")
+            raise PermissionDenied(
+                f"{field}: a {self.who.role} creates objects for their own "
+                "teams only; name one of them"
+            )
 
-    async def filter(self, rows: Iterable[dict[str, Any]],
-                     owner_of: Callable[[dict[str, Any]], Coroutine[Any, Any, Owner | None]]
-                     ) -> list[dict[str, Any]]:
+    async def filter(
+        self,
+        rows: Iterable[dict[str, Any]],
+        owner_of: Callable[[dict[str, Any]], Coroutine[Any, Any, Owner | None]],
+    ) -> list[dict[str, Any]]:
         """The rows whose owner the caller sees."""
         if self.who.is_master:
             return list(rows)

@@ -18,8 +18,7 @@ from spendgate.services import Services
 from spendgate.store.forecasts import crossing_dates, refresh_all, stored_forecast
 from spendgate.store.policies import budget_from_row
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(principal)],
-                   responses=s.ERRORS)
+router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
 
 #: a stored forecast older than this is recomputed when read
 MAX_AGE = timedelta(hours=1)
@@ -33,18 +32,24 @@ class RefreshOut(BaseModel):
 
 def forecast_out(row: dict[str, Any]) -> dict[str, Any]:
     return {
-        "budget_id": row["budget_id"], "period_key": row["period_key"],
-        "generated_at": row["generated_at"], "method": row["method"],
+        "budget_id": row["budget_id"],
+        "period_key": row["period_key"],
+        "generated_at": row["generated_at"],
+        "method": row["method"],
         "history_days": row["history_days"],
-        **{f"{k}_usd": format_usd(int(row[f"{k}_nanos"]))
-           for k in ("spent", "p10", "p50", "p90", "amount", "limit")},
-        "percent_of_budget": row["percent_of_budget"], "crossings": crossing_dates(row),
+        **{
+            f"{k}_usd": format_usd(int(row[f"{k}_nanos"]))
+            for k in ("spent", "p10", "p50", "p90", "amount", "limit")
+        },
+        "percent_of_budget": row["percent_of_budget"],
+        "crossings": crossing_dates(row),
         "overrun_band": row["overrun_band"],
     }
 
 
-async def current_forecast(svc: Services, budget_id: str, *, refresh: bool = False
-                           ) -> dict[str, Any]:
+async def current_forecast(
+    svc: Services, budget_id: str, *, refresh: bool = False
+) -> dict[str, Any]:
     """The stored forecast if it is of this period and fresh; else computed now (with every
     call this process has answered: its ledger buffer is flushed first) and stored."""
     budget = budget_from_row(await svc.policies.get_budget(budget_id))
@@ -61,24 +66,34 @@ async def current_forecast(svc: Services, budget_id: str, *, refresh: bool = Fal
     return forecast_out(row)
 
 
-async def forecast_for_status(svc: Services, budget_id: str, period_key: str
-                              ) -> dict[str, Any] | None:
+async def forecast_for_status(
+    svc: Services, budget_id: str, period_key: str
+) -> dict[str, Any] | None:
     """The stored forecast of this period for the budget status route (never computes)."""
     row = await stored_forecast(svc.engine, budget_id)
     return forecast_out(row) if row is not None and row["period_key"] == period_key else None
 
 
-@router.get("/forecasts/{budget_id}", response_model=s.ForecastOut, tags=["forecasts"],
-            dependencies=guard(Can.FORECASTS_READ))
-async def get_forecast(budget_id: str, svc: Svc, scope: Scoped, refresh: bool = False
-                       ) -> dict[str, Any]:
+@router.get(
+    "/forecasts/{budget_id}",
+    response_model=s.ForecastOut,
+    tags=["forecasts"],
+    dependencies=guard(Can.FORECASTS_READ),
+)
+async def get_forecast(
+    budget_id: str, svc: Svc, scope: Scoped, refresh: bool = False
+) -> dict[str, Any]:
     """Where the budget's current period is expected to land (P10/P50/P90)."""
     await scope.budget(budget_id)
     return await current_forecast(svc, budget_id, refresh=refresh)
 
 
-@router.post("/forecasts/refresh", response_model=RefreshOut, tags=["forecasts"],
-             dependencies=guard(Can.FORECASTS_REFRESH))
+@router.post(
+    "/forecasts/refresh",
+    response_model=RefreshOut,
+    tags=["forecasts"],
+    dependencies=guard(Can.FORECASTS_REFRESH),
+)
 async def refresh_forecasts(svc: Svc, who: Who, org_id: str | None = None) -> dict[str, Any]:
     """Recompute every budget's forecast now (otherwise done on a schedule); an org
     member's call refreshes their own org's budgets."""
@@ -88,5 +103,8 @@ async def refresh_forecasts(svc: Svc, who: Who, org_id: str | None = None) -> di
     budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]
     await svc.ledger.flush()
     done = await refresh_all(svc.engine, budgets, now, raises=policy.raises)
-    return {"refreshed": len(done.forecasts), "overruns_announced": len(done.announced),
-            "seconds": round(svc.clock.monotonic() - started, 3)}
+    return {
+        "refreshed": len(done.forecasts),
+        "overruns_announced": len(done.announced),
+        "seconds": round(svc.clock.monotonic() - started, 3),
+    }

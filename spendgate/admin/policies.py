@@ -32,8 +32,9 @@ def _aware(value: datetime) -> datetime:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-async def scope_owner(scope: Scope, scope_type: str, scope_id: str | None, tag: str | None,
-                      org_id: str | None) -> Owner:
+async def scope_owner(
+    scope: Scope, scope_type: str, scope_id: str | None, tag: str | None, org_id: str | None
+) -> Owner:
     """The owner of a budget's, wallet's or rate limit's scope; 422 naming the field when
     it does not exist or is not the caller's; team roles name one of their teams' objects."""
     if scope_type == "tag":
@@ -43,8 +44,9 @@ async def scope_owner(scope: Scope, scope_type: str, scope_id: str | None, tag: 
             raise ValidationFailed("org_id: required when scope_type is tag", param="org_id")
         owner = await scope.referenced("org", org_id, "org_id")
     elif not scope_id:
-        raise ValidationFailed(f"scope_id: required when scope_type is {scope_type}",
-                               param="scope_id")
+        raise ValidationFailed(
+            f"scope_id: required when scope_type is {scope_type}", param="scope_id"
+        )
     else:
         owner = await scope.referenced(scope_type, scope_id, "scope_id")
     if org_id is not None and owner.org_id != org_id:
@@ -59,8 +61,11 @@ def _check_levels(values: dict[str, Any]) -> None:
     except ValueError as exc:
         raise ValidationFailed(f"timezone: {exc}", param="timezone") from exc
     problem = rules.validate_levels(
-        [Decimal(p) for p in values["alert_percentages"]], Decimal(values["soft_limit_percent"]),
-        values["hard_limit"], Decimal(values["hard_limit_percent"]))
+        [Decimal(p) for p in values["alert_percentages"]],
+        Decimal(values["soft_limit_percent"]),
+        values["hard_limit"],
+        Decimal(values["hard_limit_percent"]),
+    )
     if problem is not None:
         raise ValidationFailed(f"{problem[0]}: {problem[1]}", param=problem[0])
 
@@ -89,45 +94,78 @@ def _stored(body: s.BudgetIn | s.BudgetPatch, *, only_set: bool = True) -> dict[
     return values
 
 
-@router.post("/budgets", response_model=s.BudgetOut, status_code=201, tags=["budgets"],
-             dependencies=guard(Can.BUDGETS_WRITE))
-async def create_budget(body: s.BudgetIn, svc: Svc, request: Request, who: Who, scope: Scoped
-                        ) -> dict[str, Any]:
+@router.post(
+    "/budgets",
+    response_model=s.BudgetOut,
+    status_code=201,
+    tags=["budgets"],
+    dependencies=guard(Can.BUDGETS_WRITE),
+)
+async def create_budget(
+    body: s.BudgetIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     owner = await scope_owner(scope, body.scope_type, body.scope_id, body.tag, body.org_id)
     org_id = owner.org_id
     values = _stored(body, only_set=False)
-    values.update(org_id=org_id, scope_id=None if body.scope_type == "tag" else body.scope_id,
-                  tag=body.tag if body.scope_type == "tag" else None)
+    values.update(
+        org_id=org_id,
+        scope_id=None if body.scope_type == "tag" else body.scope_id,
+        tag=body.tag if body.scope_type == "tag" else None,
+    )
     values["name"] = body.name or f"{body.scope_type} {body.scope_id or body.tag} {body.period}"
     _check_levels(values)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        row = await svc.policies.create_budget(conn, {**values, "created_at": now,
-                                                      "updated_at": now})
-        await audit(conn, request, who, "budget.created", "budget", row["id"], now,
-                    owner=owner, after=budget_out(row))
+        row = await svc.policies.create_budget(
+            conn, {**values, "created_at": now, "updated_at": now}
+        )
+        await audit(
+            conn,
+            request,
+            who,
+            "budget.created",
+            "budget",
+            row["id"],
+            now,
+            owner=owner,
+            after=budget_out(row),
+        )
     await svc.enforcer.refresh()
     return budget_out(row)
 
 
-@router.get("/budgets", response_model=list[s.BudgetOut], tags=["budgets"],
-            dependencies=guard(Can.BUDGETS_READ))
-async def list_budgets(svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
-                       ) -> list[dict[str, Any]]:
+@router.get(
+    "/budgets",
+    response_model=list[s.BudgetOut],
+    tags=["budgets"],
+    dependencies=guard(Can.BUDGETS_READ),
+)
+async def list_budgets(
+    svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
+) -> list[dict[str, Any]]:
     rows = await svc.policies.list_budgets(who.org_filter(org_id))
     return [budget_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 
-@router.get("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"],
-            dependencies=guard(Can.BUDGETS_READ))
+@router.get(
+    "/budgets/{budget_id}",
+    response_model=s.BudgetOut,
+    tags=["budgets"],
+    dependencies=guard(Can.BUDGETS_READ),
+)
 async def get_budget(budget_id: str, scope: Scoped) -> dict[str, Any]:
     return budget_out((await scope.budget(budget_id))[0])
 
 
-@router.patch("/budgets/{budget_id}", response_model=s.BudgetOut, tags=["budgets"],
-              dependencies=guard(Can.BUDGETS_WRITE))
-async def update_budget(budget_id: str, body: s.BudgetPatch, svc: Svc, request: Request,
-                        who: Who, scope: Scoped) -> dict[str, Any]:
+@router.patch(
+    "/budgets/{budget_id}",
+    response_model=s.BudgetOut,
+    tags=["budgets"],
+    dependencies=guard(Can.BUDGETS_WRITE),
+)
+async def update_budget(
+    budget_id: str, body: s.BudgetPatch, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     _, owner = await scope.budget(budget_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
@@ -136,29 +174,53 @@ async def update_budget(budget_id: str, body: s.BudgetPatch, svc: Svc, request: 
         _check_levels(merged)
         changes = {k: merged[k] for k in _stored(body)}
         await svc.policies.update_budget(conn, budget_id, {**changes, "updated_at": now})
-        await audit(conn, request, who, "budget.updated", "budget", budget_id, now,
-                    owner=owner, before=budget_out(current),
-                    after=budget_out({**merged, "updated_at": now}))
+        await audit(
+            conn,
+            request,
+            who,
+            "budget.updated",
+            "budget",
+            budget_id,
+            now,
+            owner=owner,
+            before=budget_out(current),
+            after=budget_out({**merged, "updated_at": now}),
+        )
     await svc.enforcer.refresh()
     return budget_out(await svc.policies.get_budget(budget_id))
 
 
-@router.delete("/budgets/{budget_id}", status_code=204, tags=["budgets"],
-               dependencies=guard(Can.BUDGETS_WRITE))
-async def delete_budget(budget_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
-                        ) -> None:
+@router.delete(
+    "/budgets/{budget_id}", status_code=204, tags=["budgets"], dependencies=guard(Can.BUDGETS_WRITE)
+)
+async def delete_budget(
+    budget_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> None:
     _, owner = await scope.budget(budget_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         current = await svc.policies.get_budget(budget_id, conn)
         await svc.policies.delete_budget(conn, budget_id)
-        await audit(conn, request, who, "budget.deleted", "budget", budget_id, now,
-                    owner=owner, before=budget_out(current))
+        await audit(
+            conn,
+            request,
+            who,
+            "budget.deleted",
+            "budget",
+            budget_id,
+            now,
+            owner=owner,
+            before=budget_out(current),
+        )
     await svc.enforcer.refresh()
 
 
-@router.get("/budgets/{budget_id}/status", response_model=s.BudgetStatus, tags=["budgets"],
-            dependencies=guard(Can.BUDGETS_READ))
+@router.get(
+    "/budgets/{budget_id}/status",
+    response_model=s.BudgetStatus,
+    tags=["budgets"],
+    dependencies=guard(Can.BUDGETS_READ),
+)
 async def budget_status(budget_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
     budget = budget_from_row((await scope.budget(budget_id))[0])
     now = svc.clock.now()
@@ -171,11 +233,17 @@ async def budget_status(budget_id: str, svc: Svc, scope: Scoped) -> dict[str, An
     used = state.spent + state.reserved
     fired = await fired_keys(svc.engine, f"budget:{budget.id}:{window.key}:")
     return {
-        "budget_id": budget.id, "period_key": window.key, "period_start": window.start,
-        "period_end": window.end, "period_start_local": window.local_start.isoformat(),
-        "period_end_local": window.local_end.isoformat(), "next_reset": window.end,
-        "amount_usd": format_usd(budget.amount_nanos), "effective_amount_usd": format_usd(amount),
-        "spent_usd": format_usd(state.spent), "reserved_usd": format_usd(state.reserved),
+        "budget_id": budget.id,
+        "period_key": window.key,
+        "period_start": window.start,
+        "period_end": window.end,
+        "period_start_local": window.local_start.isoformat(),
+        "period_end_local": window.local_end.isoformat(),
+        "next_reset": window.end,
+        "amount_usd": format_usd(budget.amount_nanos),
+        "effective_amount_usd": format_usd(amount),
+        "spent_usd": format_usd(state.spent),
+        "reserved_usd": format_usd(state.reserved),
         "percent_used": str(rules.percent_used(state.spent, amount)),
         "hard_limit": budget.hard_limit,
         "hard_limit_usd": None if cap is None else format_usd(cap),
@@ -193,41 +261,78 @@ def exception_out(row: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-@router.post("/budgets/{budget_id}/exceptions", response_model=s.ExceptionOut, status_code=201,
-             tags=["budgets"], dependencies=guard(Can.BUDGETS_WRITE))
-async def grant_exception(budget_id: str, body: s.ExceptionIn, svc: Svc, request: Request,
-                          who: Who, scope: Scoped) -> dict[str, Any]:
+@router.post(
+    "/budgets/{budget_id}/exceptions",
+    response_model=s.ExceptionOut,
+    status_code=201,
+    tags=["budgets"],
+    dependencies=guard(Can.BUDGETS_WRITE),
+)
+async def grant_exception(
+    budget_id: str, body: s.ExceptionIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     _, owner = await scope.budget(budget_id)
     if (body.amount_usd is None) == (body.percent is None):
-        raise ValidationFailed("amount_usd: give exactly one of amount_usd or percent",
-                               param="amount_usd")
+        raise ValidationFailed(
+            "amount_usd: give exactly one of amount_usd or percent", param="amount_usd"
+        )
     now = svc.clock.now()
     starts, expires = _aware(body.starts_at or now), _aware(body.expires_at)
     if expires <= max(starts, now):
-        raise ValidationFailed("expires_at: must be in the future and after starts_at",
-                               param="expires_at")
-    values: dict[str, Any] = {"budget_id": budget_id,
-              "amount_nanos": usd_to_nanos(body.amount_usd) if body.amount_usd else 0,
-              "percent": _pct(body.percent) if body.percent else "0", "reason": body.reason,
-              "granted_by": who.actor, "starts_at": starts, "expires_at": expires,
-              "created_at": now}
+        raise ValidationFailed(
+            "expires_at: must be in the future and after starts_at", param="expires_at"
+        )
+    values: dict[str, Any] = {
+        "budget_id": budget_id,
+        "amount_nanos": usd_to_nanos(body.amount_usd) if body.amount_usd else 0,
+        "percent": _pct(body.percent) if body.percent else "0",
+        "reason": body.reason,
+        "granted_by": who.actor,
+        "starts_at": starts,
+        "expires_at": expires,
+        "created_at": now,
+    }
     async with svc.engine.begin() as conn:
         budget = await svc.policies.get_budget(budget_id, conn)
         row = await svc.policies.add_exception(conn, values)
-        await record_event(conn, "budget.exception_granted", {
-            "budget_id": budget_id, "exception_id": row["id"], "reason": body.reason,
-            "amount_usd": format_usd(values["amount_nanos"]), "percent": values["percent"],
-            "granted_by": who.actor, "starts_at": starts.isoformat(),
-            "expires_at": expires.isoformat()},
-            now, org_id=budget["org_id"], dedup_key=f"exception:{row['id']}:granted")
-        await audit(conn, request, who, "budget.exception_granted", "budget", budget_id, now,
-                    owner=owner, after=exception_out(row))
+        await record_event(
+            conn,
+            "budget.exception_granted",
+            {
+                "budget_id": budget_id,
+                "exception_id": row["id"],
+                "reason": body.reason,
+                "amount_usd": format_usd(values["amount_nanos"]),
+                "percent": values["percent"],
+                "granted_by": who.actor,
+                "starts_at": starts.isoformat(),
+                "expires_at": expires.isoformat(),
+            },
+            now,
+            org_id=budget["org_id"],
+            dedup_key=f"exception:{row['id']}:granted",
+        )
+        await audit(
+            conn,
+            request,
+            who,
+            "budget.exception_granted",
+            "budget",
+            budget_id,
+            now,
+            owner=owner,
+            after=exception_out(row),
+        )
     await svc.enforcer.refresh()
     return exception_out(row)
 
 
-@router.get("/budgets/{budget_id}/exceptions", response_model=list[s.ExceptionOut],
-            tags=["budgets"], dependencies=guard(Can.BUDGETS_READ))
+@router.get(
+    "/budgets/{budget_id}/exceptions",
+    response_model=list[s.ExceptionOut],
+    tags=["budgets"],
+    dependencies=guard(Can.BUDGETS_READ),
+)
 async def list_exceptions(budget_id: str, svc: Svc, scope: Scoped) -> list[dict[str, Any]]:
     await scope.budget(budget_id)
     return [exception_out(r) for r in await svc.policies.list_exceptions(budget_id)]
@@ -235,16 +340,26 @@ async def list_exceptions(budget_id: str, svc: Svc, scope: Scoped) -> list[dict[
 
 # -- wallets -----------------------------------------------------------------------------
 async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
-    wallet = Wallet(row["id"], row["org_id"], row["scope_type"], row["scope_id"],
-                    int(row["low_balance_nanos"]), row["created_at"])
+    wallet = Wallet(
+        row["id"],
+        row["org_id"],
+        row["scope_type"],
+        row["scope_id"],
+        int(row["low_balance_nanos"]),
+        row["created_at"],
+    )
     await svc.enforcer.seed_wallet(wallet)
     state = await svc.counters.state(wallet_bucket(wallet))
     spent, reserved = (state.spent, state.reserved) if state else (0, 0)
     cap = (state.cap or 0) if state else 0
-    return {**{k: v for k, v in row.items() if k != "low_balance_nanos"},
-            "low_balance_usd": format_usd(wallet.low_balance_nanos),
-            "topped_up_usd": format_usd(cap), "spent_usd": format_usd(spent),
-            "reserved_usd": format_usd(reserved), "balance_usd": format_usd(cap - spent)}
+    return {
+        **{k: v for k, v in row.items() if k != "low_balance_nanos"},
+        "low_balance_usd": format_usd(wallet.low_balance_nanos),
+        "topped_up_usd": format_usd(cap),
+        "spent_usd": format_usd(spent),
+        "reserved_usd": format_usd(reserved),
+        "balance_usd": format_usd(cap - spent),
+    }
 
 
 async def wallet_in_scope(scope: Scope, wallet_id: str) -> tuple[dict[str, Any], Owner]:
@@ -252,71 +367,142 @@ async def wallet_in_scope(scope: Scope, wallet_id: str) -> tuple[dict[str, Any],
     return row, scope.require(await scope.of_policy(row), "wallet", wallet_id)
 
 
-@router.post("/wallets", response_model=s.WalletOut, status_code=201, tags=["wallets"],
-             dependencies=guard(Can.WALLETS_WRITE))
-async def create_wallet(body: s.WalletIn, svc: Svc, request: Request, who: Who, scope: Scoped
-                        ) -> dict[str, Any]:
+@router.post(
+    "/wallets",
+    response_model=s.WalletOut,
+    status_code=201,
+    tags=["wallets"],
+    dependencies=guard(Can.WALLETS_WRITE),
+)
+async def create_wallet(
+    body: s.WalletIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     owner = await scope_owner(scope, body.scope_type, body.scope_id, None, None)
     org_id = owner.org_id
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        row = await svc.policies.create_wallet(conn, {
-            "org_id": org_id, "name": body.name or f"{body.scope_type} {body.scope_id}",
-            "scope_type": body.scope_type, "scope_id": body.scope_id,
-            "low_balance_nanos": usd_to_nanos(body.low_balance_usd), "created_at": now})
+        row = await svc.policies.create_wallet(
+            conn,
+            {
+                "org_id": org_id,
+                "name": body.name or f"{body.scope_type} {body.scope_id}",
+                "scope_type": body.scope_type,
+                "scope_id": body.scope_id,
+                "low_balance_nanos": usd_to_nanos(body.low_balance_usd),
+                "created_at": now,
+            },
+        )
         if body.initial_topup_usd:
-            await svc.policies.add_topup(conn, {
-                "wallet_id": row["id"], "amount_nanos": usd_to_nanos(body.initial_topup_usd),
-                "note": "initial top-up", "created_by": who.actor, "created_at": now})
-        await audit(conn, request, who, "wallet.created", "wallet", row["id"], now,
-                    owner=owner, after={**row, "initial_topup_usd": body.initial_topup_usd})
+            await svc.policies.add_topup(
+                conn,
+                {
+                    "wallet_id": row["id"],
+                    "amount_nanos": usd_to_nanos(body.initial_topup_usd),
+                    "note": "initial top-up",
+                    "created_by": who.actor,
+                    "created_at": now,
+                },
+            )
+        await audit(
+            conn,
+            request,
+            who,
+            "wallet.created",
+            "wallet",
+            row["id"],
+            now,
+            owner=owner,
+            after={**row, "initial_topup_usd": body.initial_topup_usd},
+        )
     await svc.enforcer.refresh()
     return await wallet_out(svc, row)
 
 
-@router.get("/wallets", response_model=list[s.WalletOut], tags=["wallets"],
-            dependencies=guard(Can.WALLETS_READ))
-async def list_wallets(svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
-                       ) -> list[dict[str, Any]]:
+@router.get(
+    "/wallets",
+    response_model=list[s.WalletOut],
+    tags=["wallets"],
+    dependencies=guard(Can.WALLETS_READ),
+)
+async def list_wallets(
+    svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
+) -> list[dict[str, Any]]:
     rows = await svc.policies.list_wallets(who.org_filter(org_id))
-    return [await wallet_out(svc, r)
-            for r in await scope.filter(rows, scope.of_policy)]
+    return [await wallet_out(svc, r) for r in await scope.filter(rows, scope.of_policy)]
 
 
-@router.get("/wallets/{wallet_id}", response_model=s.WalletOut, tags=["wallets"],
-            dependencies=guard(Can.WALLETS_READ))
+@router.get(
+    "/wallets/{wallet_id}",
+    response_model=s.WalletOut,
+    tags=["wallets"],
+    dependencies=guard(Can.WALLETS_READ),
+)
 async def get_wallet(wallet_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
     return await wallet_out(svc, (await wallet_in_scope(scope, wallet_id))[0])
 
 
-@router.post("/wallets/{wallet_id}/topups", response_model=s.TopupOut, status_code=201,
-             tags=["wallets"], dependencies=guard(Can.WALLETS_WRITE))
-async def top_up(wallet_id: str, body: s.TopupIn, svc: Svc, request: Request, who: Who,
-                 scope: Scoped) -> dict[str, Any]:
+@router.post(
+    "/wallets/{wallet_id}/topups",
+    response_model=s.TopupOut,
+    status_code=201,
+    tags=["wallets"],
+    dependencies=guard(Can.WALLETS_WRITE),
+)
+async def top_up(
+    wallet_id: str, body: s.TopupIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     row, owner = await wallet_in_scope(scope, wallet_id)
-    wallet = Wallet(row["id"], row["org_id"], row["scope_type"], row["scope_id"],
-                    int(row["low_balance_nanos"]), row["created_at"])
+    wallet = Wallet(
+        row["id"],
+        row["org_id"],
+        row["scope_type"],
+        row["scope_id"],
+        int(row["low_balance_nanos"]),
+        row["created_at"],
+    )
     await svc.enforcer.seed_wallet(wallet)
     amount = usd_to_nanos(body.amount_usd)
     async with svc.engine.begin() as conn:
-        topup = await svc.policies.add_topup(conn, {
-            "wallet_id": wallet_id, "amount_nanos": amount, "note": body.note,
-            "created_by": who.actor,
-            "created_at": svc.clock.now()})
-        await audit(conn, request, who, "wallet.topped_up", "wallet", wallet_id, svc.clock.now(),
-                    owner=owner, after={"topup_id": topup["id"], "amount_usd": format_usd(amount),
-                           "note": body.note})
+        topup = await svc.policies.add_topup(
+            conn,
+            {
+                "wallet_id": wallet_id,
+                "amount_nanos": amount,
+                "note": body.note,
+                "created_by": who.actor,
+                "created_at": svc.clock.now(),
+            },
+        )
+        await audit(
+            conn,
+            request,
+            who,
+            "wallet.topped_up",
+            "wallet",
+            wallet_id,
+            svc.clock.now(),
+            owner=owner,
+            after={"topup_id": topup["id"], "amount_usd": format_usd(amount), "note": body.note},
+        )
     await svc.counters.add_cap(wallet_bucket(wallet), amount)
-    return {**{k: v for k, v in topup.items() if k != "amount_nanos"},
-            "amount_usd": format_usd(amount)}
+    return {
+        **{k: v for k, v in topup.items() if k != "amount_nanos"},
+        "amount_usd": format_usd(amount),
+    }
 
 
-@router.get("/wallets/{wallet_id}/topups", response_model=list[s.TopupOut], tags=["wallets"],
-            dependencies=guard(Can.WALLETS_READ))
+@router.get(
+    "/wallets/{wallet_id}/topups",
+    response_model=list[s.TopupOut],
+    tags=["wallets"],
+    dependencies=guard(Can.WALLETS_READ),
+)
 async def list_topups(wallet_id: str, svc: Svc, scope: Scoped) -> list[dict[str, Any]]:
     await wallet_in_scope(scope, wallet_id)
-    return [{**{k: v for k, v in t.items() if k != "amount_nanos"},
-             "amount_usd": format_usd(int(t["amount_nanos"]))}
-            for t in await svc.policies.list_topups(wallet_id)]
-
-
+    return [
+        {
+            **{k: v for k, v in t.items() if k != "amount_nanos"},
+            "amount_usd": format_usd(int(t["amount_nanos"])),
+        }
+        for t in await svc.policies.list_topups(wallet_id)
+    ]

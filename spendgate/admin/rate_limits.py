@@ -13,8 +13,9 @@ from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import ValidationFailed
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], tags=["rate limits"],
-                   responses=s.ERRORS)
+router = APIRouter(
+    prefix="/admin", dependencies=[Depends(principal)], tags=["rate limits"], responses=s.ERRORS
+)
 
 LIMIT_FIELDS = ("rpm", "tpm", "max_concurrent", "max_spend_nanos")
 
@@ -39,44 +40,65 @@ async def limit_in_scope(scope: Scope, limit_id: str) -> tuple[dict[str, Any], O
     return row, scope.require(await scope.of_policy(row), "rate limit", limit_id)
 
 
-@router.post("/rate-limits", response_model=s.RateLimitOut, status_code=201,
-             dependencies=guard(Can.LIMITS_WRITE))
-async def create_rate_limit(body: s.RateLimitIn, svc: Svc, request: Request, who: Who,
-                            scope: Scoped) -> dict[str, Any]:
+@router.post(
+    "/rate-limits",
+    response_model=s.RateLimitOut,
+    status_code=201,
+    dependencies=guard(Can.LIMITS_WRITE),
+)
+async def create_rate_limit(
+    body: s.RateLimitIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     values = _stored(body.model_dump())
     if all(values[f] is None for f in LIMIT_FIELDS):
-        raise ValidationFailed("rpm: set at least one of rpm, tpm, max_concurrent, max_spend_usd",
-                               param="rpm")
+        raise ValidationFailed(
+            "rpm: set at least one of rpm, tpm, max_concurrent, max_spend_usd", param="rpm"
+        )
     owner = await scope_owner(scope, body.scope_type, body.scope_id, None, None)
     org_id = owner.org_id
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        row = await svc.policies.create_rate_limit(conn, {**values, "org_id": org_id,
-                                                          "created_at": now, "updated_at": now})
-        await audit(conn, request, who, "rate_limit.created", "rate_limit", row["id"], now,
-                    owner=owner, after=limit_out(row))
+        row = await svc.policies.create_rate_limit(
+            conn, {**values, "org_id": org_id, "created_at": now, "updated_at": now}
+        )
+        await audit(
+            conn,
+            request,
+            who,
+            "rate_limit.created",
+            "rate_limit",
+            row["id"],
+            now,
+            owner=owner,
+            after=limit_out(row),
+        )
     await svc.enforcer.refresh()
     return limit_out(row)
 
 
-@router.get("/rate-limits", response_model=list[s.RateLimitOut],
-            dependencies=guard(Can.LIMITS_READ))
-async def list_rate_limits(svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
-                           ) -> list[dict[str, Any]]:
+@router.get(
+    "/rate-limits", response_model=list[s.RateLimitOut], dependencies=guard(Can.LIMITS_READ)
+)
+async def list_rate_limits(
+    svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
+) -> list[dict[str, Any]]:
     rows = await svc.policies.list_rate_limits(who.org_filter(org_id))
     return [limit_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 
-@router.get("/rate-limits/{limit_id}", response_model=s.RateLimitOut,
-            dependencies=guard(Can.LIMITS_READ))
+@router.get(
+    "/rate-limits/{limit_id}", response_model=s.RateLimitOut, dependencies=guard(Can.LIMITS_READ)
+)
 async def get_rate_limit(limit_id: str, scope: Scoped) -> dict[str, Any]:
     return limit_out((await limit_in_scope(scope, limit_id))[0])
 
 
-@router.patch("/rate-limits/{limit_id}", response_model=s.RateLimitOut,
-              dependencies=guard(Can.LIMITS_WRITE))
-async def update_rate_limit(limit_id: str, body: s.RateLimitPatch, svc: Svc, request: Request,
-                            who: Who, scope: Scoped) -> dict[str, Any]:
+@router.patch(
+    "/rate-limits/{limit_id}", response_model=s.RateLimitOut, dependencies=guard(Can.LIMITS_WRITE)
+)
+async def update_rate_limit(
+    limit_id: str, body: s.RateLimitPatch, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     changes = _stored(body.model_dump(exclude_unset=True))
     current, owner = await limit_in_scope(scope, limit_id)
     merged = {**current, **changes}
@@ -86,20 +108,39 @@ async def update_rate_limit(limit_id: str, body: s.RateLimitPatch, svc: Svc, req
     async with svc.engine.begin() as conn:
         await svc.policies.update_rate_limit(conn, limit_id, {**changes, "updated_at": now})
         row = {**merged, "updated_at": now}
-        await audit(conn, request, who, "rate_limit.updated", "rate_limit", limit_id, now,
-                    owner=owner, before=limit_out(current), after=limit_out(row))
+        await audit(
+            conn,
+            request,
+            who,
+            "rate_limit.updated",
+            "rate_limit",
+            limit_id,
+            now,
+            owner=owner,
+            before=limit_out(current),
+            after=limit_out(row),
+        )
     await svc.enforcer.refresh()
     return limit_out(row)
 
 
-@router.delete("/rate-limits/{limit_id}", status_code=204,
-               dependencies=guard(Can.LIMITS_WRITE))
-async def delete_rate_limit(limit_id: str, svc: Svc, request: Request, who: Who,
-                            scope: Scoped) -> None:
+@router.delete("/rate-limits/{limit_id}", status_code=204, dependencies=guard(Can.LIMITS_WRITE))
+async def delete_rate_limit(
+    limit_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> None:
     current, owner = await limit_in_scope(scope, limit_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         await svc.policies.delete_rate_limit(conn, limit_id)
-        await audit(conn, request, who, "rate_limit.deleted", "rate_limit", limit_id, now,
-                    owner=owner, before=limit_out(current))
+        await audit(
+            conn,
+            request,
+            who,
+            "rate_limit.deleted",
+            "rate_limit",
+            limit_id,
+            now,
+            owner=owner,
+            before=limit_out(current),
+        )
     await svc.enforcer.refresh()

@@ -48,26 +48,45 @@ def _visible(who: Principal, rows: list[dict[str, Any]], owner: Any) -> list[dic
 
 
 # -- orgs, teams, users, agents ------------------------------------------------------
-@router.post("/orgs", response_model=s.Org, status_code=201, tags=["directory"],
-             dependencies=guard(Can.ORGS_CREATE))
+@router.post(
+    "/orgs",
+    response_model=s.Org,
+    status_code=201,
+    tags=["directory"],
+    dependencies=guard(Can.ORGS_CREATE),
+)
 async def create_org(body: s.OrgIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         org = await svc.directory.create_org(body.name, now, conn)
-        await audit(conn, request, who, "org.created", "org", org["id"], now,
-                    owner=Owner.of(org["id"]), after=org)
+        await audit(
+            conn,
+            request,
+            who,
+            "org.created",
+            "org",
+            org["id"],
+            now,
+            owner=Owner.of(org["id"]),
+            after=org,
+        )
     return org
 
 
-@router.get("/orgs", response_model=list[s.Org], tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/orgs", response_model=list[s.Org], tags=["directory"], dependencies=guard(Can.DIRECTORY_READ)
+)
 async def list_orgs(svc: Svc, who: Who) -> list[dict[str, Any]]:
     orgs = await svc.directory.list_orgs()
     return orgs if who.is_master else [o for o in orgs if o["id"] == who.org_id]
 
 
-@router.get("/orgs/{org_id}", response_model=s.Org, tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/orgs/{org_id}",
+    response_model=s.Org,
+    tags=["directory"],
+    dependencies=guard(Can.DIRECTORY_READ),
+)
 async def get_org(org_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
     # everyone in an org may read the org itself, team roles included
     if not scope.who.is_master and org_id != scope.who.org_id:
@@ -75,27 +94,50 @@ async def get_org(org_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
     return await svc.directory.get_org(org_id)
 
 
-@router.post("/teams", response_model=s.Team, status_code=201, tags=["directory"],
-             dependencies=guard(Can.TEAMS_WRITE))
-async def create_team(body: s.TeamIn, svc: Svc, request: Request, who: Who, scope: Scoped
-                      ) -> dict[str, Any]:
+@router.post(
+    "/teams",
+    response_model=s.Team,
+    status_code=201,
+    tags=["directory"],
+    dependencies=guard(Can.TEAMS_WRITE),
+)
+async def create_team(
+    body: s.TeamIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     await scope.referenced("org", body.org_id, "org_id")
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         team = await svc.directory.create_team(body.org_id, body.name, now, conn)
-        await audit(conn, request, who, "team.created", "team", team["id"], now,
-                    owner=_team_owner(team), after=team)
+        await audit(
+            conn,
+            request,
+            who,
+            "team.created",
+            "team",
+            team["id"],
+            now,
+            owner=_team_owner(team),
+            after=team,
+        )
     return team
 
 
-@router.get("/teams", response_model=list[s.Team], tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/teams",
+    response_model=list[s.Team],
+    tags=["directory"],
+    dependencies=guard(Can.DIRECTORY_READ),
+)
 async def list_teams(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
     return _visible(who, await svc.directory.list_teams(org_id), _team_owner)
 
 
-@router.get("/teams/{team_id}", response_model=s.Team, tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/teams/{team_id}",
+    response_model=s.Team,
+    tags=["directory"],
+    dependencies=guard(Can.DIRECTORY_READ),
+)
 async def get_team(team_id: str, scope: Scoped) -> dict[str, Any]:
     scope.require(await scope.owner("team", team_id), "team", team_id)
     return await scope.svc.directory.get_team(team_id)
@@ -111,10 +153,16 @@ def _check_assignable(who: Principal, role: str | None, team_ids: list[str] | No
         raise PermissionDenied("team_ids: a team admin manages their own teams only")
 
 
-@router.post("/users", response_model=s.User, status_code=201, tags=["directory"],
-             dependencies=guard(Can.USERS_WRITE))
-async def create_user(body: s.UserIn, svc: Svc, request: Request, who: Who, scope: Scoped
-                      ) -> dict[str, Any]:
+@router.post(
+    "/users",
+    response_model=s.User,
+    status_code=201,
+    tags=["directory"],
+    dependencies=guard(Can.USERS_WRITE),
+)
+async def create_user(
+    body: s.UserIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     # an org member's new user goes to the caller's org unless teams (or the org) say so
     org_id = body.org_id or (None if body.team_ids else who.org_id)
     for team_id in body.team_ids:
@@ -126,17 +174,32 @@ async def create_user(body: s.UserIn, svc: Svc, request: Request, who: Who, scop
         raise PermissionDenied("team_ids: a team admin adds members to their own teams")
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        user = await svc.directory.create_user(body.email, body.role, body.team_ids, org_id,
-                                               now, conn)
-        await audit(conn, request, who, "user.created", "user", user["id"], now,
-                    owner=_user_owner(user), after=user)
+        user = await svc.directory.create_user(
+            body.email, body.role, body.team_ids, org_id, now, conn
+        )
+        await audit(
+            conn,
+            request,
+            who,
+            "user.created",
+            "user",
+            user["id"],
+            now,
+            owner=_user_owner(user),
+            after=user,
+        )
     return user
 
 
-@router.patch("/users/{user_id}", response_model=s.User, tags=["directory"],
-              dependencies=guard(Can.USERS_WRITE))
-async def update_user(user_id: str, body: s.UserPatch, svc: Svc, request: Request, who: Who,
-                      scope: Scoped) -> dict[str, Any]:
+@router.patch(
+    "/users/{user_id}",
+    response_model=s.User,
+    tags=["directory"],
+    dependencies=guard(Can.USERS_WRITE),
+)
+async def update_user(
+    user_id: str, body: s.UserPatch, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     """Change a user's role or teams; their admin tokens follow at once."""
     current = await svc.directory.get_user(user_id)
     scope.require(_user_owner(current), "user", user_id)
@@ -153,60 +216,110 @@ async def update_user(user_id: str, body: s.UserPatch, svc: Svc, request: Reques
     async with svc.engine.begin() as conn:
         before, after = await svc.directory.update_user(user_id, body.role, body.team_ids, conn)
         action = "user.role_changed" if after["role"] != before["role"] else "user.updated"
-        await audit(conn, request, who, action, "user", user_id, now,
-                    owner=Owner(before["org_id"], _user_owner(before).team_ids
-                                | _user_owner(after).team_ids),
-                    before=before, after=after)
+        await audit(
+            conn,
+            request,
+            who,
+            action,
+            "user",
+            user_id,
+            now,
+            owner=Owner(
+                before["org_id"], _user_owner(before).team_ids | _user_owner(after).team_ids
+            ),
+            before=before,
+            after=after,
+        )
     return after
 
 
-@router.get("/users", response_model=list[s.User], tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/users",
+    response_model=list[s.User],
+    tags=["directory"],
+    dependencies=guard(Can.DIRECTORY_READ),
+)
 async def list_users(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
     return _visible(who, await svc.directory.list_users(org_id), _user_owner)
 
 
-@router.get("/users/{user_id}", response_model=s.User, tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/users/{user_id}",
+    response_model=s.User,
+    tags=["directory"],
+    dependencies=guard(Can.DIRECTORY_READ),
+)
 async def get_user(user_id: str, scope: Scoped) -> dict[str, Any]:
     scope.require(await scope.owner("user", user_id), "user", user_id)
     return await scope.svc.directory.get_user(user_id)
 
 
-@router.post("/agents", response_model=s.Agent, status_code=201, tags=["directory"],
-             dependencies=guard(Can.AGENTS_WRITE))
-async def create_agent(body: s.AgentIn, svc: Svc, request: Request, who: Who, scope: Scoped
-                       ) -> dict[str, Any]:
+@router.post(
+    "/agents",
+    response_model=s.Agent,
+    status_code=201,
+    tags=["directory"],
+    dependencies=guard(Can.AGENTS_WRITE),
+)
+async def create_agent(
+    body: s.AgentIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     org_id = body.org_id or (None if body.team_id else who.org_id)
-    owner = await (scope.referenced("team", body.team_id, "team_id") if body.team_id
-                   else scope.referenced("org", org_id, "org_id"))
+    owner = await (
+        scope.referenced("team", body.team_id, "team_id")
+        if body.team_id
+        else scope.referenced("org", org_id, "org_id")
+    )
     scope.require_team_objects(owner, "team_id")
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         agent = await svc.directory.create_agent(body.name, body.team_id, org_id, now, conn)
-        await audit(conn, request, who, "agent.created", "agent", agent["id"], now,
-                    owner=_owned_by_team(agent), after=agent)
+        await audit(
+            conn,
+            request,
+            who,
+            "agent.created",
+            "agent",
+            agent["id"],
+            now,
+            owner=_owned_by_team(agent),
+            after=agent,
+        )
     return agent
 
 
-@router.get("/agents", response_model=list[s.Agent], tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/agents",
+    response_model=list[s.Agent],
+    tags=["directory"],
+    dependencies=guard(Can.DIRECTORY_READ),
+)
 async def list_agents(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
     return _visible(who, await svc.directory.list_agents(org_id), _owned_by_team)
 
 
-@router.get("/agents/{agent_id}", response_model=s.Agent, tags=["directory"],
-            dependencies=guard(Can.DIRECTORY_READ))
+@router.get(
+    "/agents/{agent_id}",
+    response_model=s.Agent,
+    tags=["directory"],
+    dependencies=guard(Can.DIRECTORY_READ),
+)
 async def get_agent(agent_id: str, scope: Scoped) -> dict[str, Any]:
     scope.require(await scope.owner("agent", agent_id), "agent", agent_id)
     return await scope.svc.directory.get_agent(agent_id)
 
 
 # -- virtual keys ----------------------------------------------------------------------
-@router.post("/keys", response_model=s.KeyWithSecret, status_code=201, tags=["keys"],
-             dependencies=guard(Can.KEYS_WRITE))
-async def create_key(body: s.KeyIn, svc: Svc, request: Request, who: Who, scope: Scoped
-                     ) -> dict[str, Any]:
+@router.post(
+    "/keys",
+    response_model=s.KeyWithSecret,
+    status_code=201,
+    tags=["keys"],
+    dependencies=guard(Can.KEYS_WRITE),
+)
+async def create_key(
+    body: s.KeyIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     spec = body.model_dump()
     if body.expires_at is not None and body.expires_at.tzinfo is None:
         spec["expires_at"] = body.expires_at.replace(tzinfo=UTC)
@@ -214,8 +327,11 @@ async def create_key(body: s.KeyIn, svc: Svc, request: Request, who: Who, scope:
     if unknown:
         raise ValidationFailed(f"models: {unknown[0]!r} is not a configured model", param="models")
     await scope.referenced("org", body.org_id, "org_id")
-    owner = await (scope.referenced("team", body.team_id, "team_id") if body.team_id
-                   else scope.referenced("org", body.org_id, "org_id"))
+    owner = await (
+        scope.referenced("team", body.team_id, "team_id")
+        if body.team_id
+        else scope.referenced("org", body.org_id, "org_id")
+    )
     scope.require_team_objects(owner, "team_id")
     for field, kind in (("user_id", "user"), ("agent_id", "agent")):
         if spec.get(field) is not None:
@@ -223,19 +339,36 @@ async def create_key(body: s.KeyIn, svc: Svc, request: Request, who: Who, scope:
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         key = await svc.directory.create_key(spec, now, conn)
-        await audit(conn, request, who, "key.created", "key", key["id"], now,
-                    owner=_owned_by_team(key), after=without_secret(key))
-        await record_event(conn, "key.created", {"key_id": key["id"], "name": key["name"],
-                                                 "team_id": key["team_id"],
-                                                 "key_prefix": key["key_prefix"]},
-                           now, org_id=key["org_id"])
+        await audit(
+            conn,
+            request,
+            who,
+            "key.created",
+            "key",
+            key["id"],
+            now,
+            owner=_owned_by_team(key),
+            after=without_secret(key),
+        )
+        await record_event(
+            conn,
+            "key.created",
+            {
+                "key_id": key["id"],
+                "name": key["name"],
+                "team_id": key["team_id"],
+                "key_prefix": key["key_prefix"],
+            },
+            now,
+            org_id=key["org_id"],
+        )
     return key
 
 
-@router.get("/keys", response_model=list[s.Key], tags=["keys"],
-            dependencies=guard(Can.KEYS_READ))
-async def list_keys(svc: Svc, who: Who, org_id: str | None = None, team_id: str | None = None
-                    ) -> list[dict[str, Any]]:
+@router.get("/keys", response_model=list[s.Key], tags=["keys"], dependencies=guard(Can.KEYS_READ))
+async def list_keys(
+    svc: Svc, who: Who, org_id: str | None = None, team_id: str | None = None
+) -> list[dict[str, Any]]:
     return _visible(who, await svc.directory.list_keys(org_id, team_id), _owned_by_team)
 
 
@@ -243,41 +376,72 @@ async def _key_in_scope(scope: Scoped, key_id: str) -> Owner:
     return scope.require(await scope.owner("key", key_id), "key", key_id)
 
 
-@router.get("/keys/{key_id}", response_model=s.Key, tags=["keys"],
-            dependencies=guard(Can.KEYS_READ))
+@router.get(
+    "/keys/{key_id}", response_model=s.Key, tags=["keys"], dependencies=guard(Can.KEYS_READ)
+)
 async def get_key(key_id: str, scope: Scoped) -> dict[str, Any]:
     await _key_in_scope(scope, key_id)
     return await scope.svc.directory.get_key(key_id)
 
 
-@router.post("/keys/{key_id}/revoke", response_model=s.Key, tags=["keys"],
-             dependencies=guard(Can.KEYS_WRITE))
-async def revoke_key(key_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
-                     ) -> dict[str, Any]:
+@router.post(
+    "/keys/{key_id}/revoke", response_model=s.Key, tags=["keys"], dependencies=guard(Can.KEYS_WRITE)
+)
+async def revoke_key(
+    key_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     owner = await _key_in_scope(scope, key_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         before, after = await svc.directory.revoke_key(key_id, now, conn)
         if before is not after:
-            await audit(conn, request, who, "key.revoked", "key", key_id, now, owner=owner,
-                        before=before, after=after)
-            await record_event(conn, "key.revoked", {"key_id": key_id, "name": after["name"],
-                                                     "team_id": after["team_id"]},
-                               now, org_id=after["org_id"])
+            await audit(
+                conn,
+                request,
+                who,
+                "key.revoked",
+                "key",
+                key_id,
+                now,
+                owner=owner,
+                before=before,
+                after=after,
+            )
+            await record_event(
+                conn,
+                "key.revoked",
+                {"key_id": key_id, "name": after["name"], "team_id": after["team_id"]},
+                now,
+                org_id=after["org_id"],
+            )
     svc.keys.forget_key_id(key_id)
     return after
 
 
-@router.post("/keys/{key_id}/rotate", response_model=s.KeyWithSecret, tags=["keys"],
-             dependencies=guard(Can.KEYS_WRITE))
-async def rotate_key(key_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
-                     ) -> dict[str, Any]:
+@router.post(
+    "/keys/{key_id}/rotate",
+    response_model=s.KeyWithSecret,
+    tags=["keys"],
+    dependencies=guard(Can.KEYS_WRITE),
+)
+async def rotate_key(
+    key_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     owner = await _key_in_scope(scope, key_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         key, old_hash = await svc.directory.rotate_key(key_id, conn)
-        await audit(conn, request, who, "key.rotated", "key", key_id, now, owner=owner,
-                    after=without_secret(key))
+        await audit(
+            conn,
+            request,
+            who,
+            "key.rotated",
+            "key",
+            key_id,
+            now,
+            owner=owner,
+            after=without_secret(key),
+        )
     svc.keys.forget(old_hash)
     return key
 
@@ -287,11 +451,15 @@ def _instant(value: str | None, field: str) -> datetime | None:
     if value is None or value == "":
         return None
     try:
-        parsed = (datetime.fromisoformat(value) if "T" in value or " " in value
-                  else datetime.combine(date.fromisoformat(value), datetime.min.time()))
+        parsed = (
+            datetime.fromisoformat(value)
+            if "T" in value or " " in value
+            else datetime.combine(date.fromisoformat(value), datetime.min.time())
+        )
     except ValueError as exc:
-        raise ValidationFailed(f"{field}: not an ISO 8601 date or time: {value!r}",
-                               param=field) from exc
+        raise ValidationFailed(
+            f"{field}: not an ISO 8601 date or time: {value!r}", param=field
+        ) from exc
     try:
         return s.in_range(parsed)
     except ValueError as exc:
@@ -304,28 +472,45 @@ def _group_by(value: str) -> list[str]:
     if bad:
         raise ValidationFailed(
             f"group_by: unknown dimension {bad[0]!r}; use {', '.join(GROUP_COLUMNS)}",
-            param="group_by")
+            param="group_by",
+        )
     return list(dict.fromkeys(fields))
 
 
 def _usage_csv(group_by: list[str], rows: list[dict[str, Any]]) -> str:
     out = io.StringIO()
-    columns = [*group_by, "requests", "errors", "input_tokens", "output_tokens",
-               "cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd",
-               "unpriced_requests"]
+    columns = [
+        *group_by,
+        "requests",
+        "errors",
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "reasoning_tokens",
+        "cost_usd",
+        "unpriced_requests",
+    ]
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return out.getvalue()
 
 
-@router.get("/usage", response_model=s.UsageReport, tags=["usage"],
-            responses={200: {"content": {"text/csv": {}}}}, dependencies=guard(Can.USAGE_READ))
+@router.get(
+    "/usage",
+    response_model=s.UsageReport,
+    tags=["usage"],
+    responses={200: {"content": {"text/csv": {}}}},
+    dependencies=guard(Can.USAGE_READ),
+)
 async def usage(
     svc: Svc,
     request: Request,
     who: Who,
-    group_by: Annotated[str, Query(description=f"comma separated: {', '.join(GROUP_COLUMNS)}")] = "",
+    group_by: Annotated[
+        str, Query(description=f"comma separated: {', '.join(GROUP_COLUMNS)}")
+    ] = "",
     start: Annotated[str | None, Query(description="ISO 8601, inclusive")] = None,
     end: Annotated[str | None, Query(description="ISO 8601, exclusive")] = None,
     org_id: str | None = None,
@@ -344,20 +529,52 @@ async def usage(
         row["cost_usd"] = format_usd(row.pop("cost_nanos"))
     if format == "csv":
         async with svc.engine.begin() as conn:
-            await audit(conn, request, who, "usage.exported", "usage", None, svc.clock.now(),
-                        owner=Owner(org_id, teams or frozenset()),
-                        after={"group_by": dims, "start": start, "end": end, "org_id": org_id,
-                               "rows": len(rows)})
+            await audit(
+                conn,
+                request,
+                who,
+                "usage.exported",
+                "usage",
+                None,
+                svc.clock.now(),
+                owner=Owner(org_id, teams or frozenset()),
+                after={
+                    "group_by": dims,
+                    "start": start,
+                    "end": end,
+                    "org_id": org_id,
+                    "rows": len(rows),
+                },
+            )
         return Response(_usage_csv(dims, rows), media_type="text/csv")
-    return {"group_by": dims, "start": start_at, "end": end_at, "rows": rows,
-            "total_cost_usd": format_usd(total_nanos),
-            "unpriced_requests": sum(r["unpriced_requests"] for r in rows)}
+    return {
+        "group_by": dims,
+        "start": start_at,
+        "end": end_at,
+        "rows": rows,
+        "total_cost_usd": format_usd(total_nanos),
+        "unpriced_requests": sum(r["unpriced_requests"] for r in rows),
+    }
 
 
-@router.get("/events", response_model=list[s.Event], tags=["events"],
-            dependencies=guard(Can.EVENTS_READ))
-async def events(svc: Svc, who: Who, type: str | None = None, org_id: str | None = None,
-                 limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+@router.get(
+    "/events", response_model=list[s.Event], tags=["events"], dependencies=guard(Can.EVENTS_READ)
+)
+async def events(
+    svc: Svc,
+    who: Who,
+    type: str | None = None,
+    org_id: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
     rows = await list_events(svc.engine, type_=type, org_id=who.org_filter(org_id), limit=limit)
-    return [{"id": r["id"], "type": r["type"], "timestamp": r["created_at"], "org_id": r["org_id"],
-             "data": r["data"]} for r in rows]
+    return [
+        {
+            "id": r["id"],
+            "type": r["type"],
+            "timestamp": r["created_at"],
+            "org_id": r["org_id"],
+            "data": r["data"],
+        }
+        for r in rows
+    ]

@@ -60,8 +60,12 @@ Flag = Annotated[bool, PydanticStrict()]
 Instant = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(in_range)]
 Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+-]{1,64}$")]
-Email = Annotated[str, StringConstraints(strip_whitespace=True, min_length=3, max_length=320,
-                                         pattern=r"^[^@\s]+@[^@\s]+$")]
+Email = Annotated[
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"
+    ),
+]
 
 
 class Strict(BaseModel):
@@ -174,8 +178,9 @@ class KeyIn(Strict):
     user_id: ObjectId | None = None
     agent_id: ObjectId | None = None
     tags: Annotated[list[Tag], Field(max_length=20)] = []
-    models: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]],
-                      Field(max_length=500)] = []
+    models: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=500)
+    ] = []
     allow_request_tags: Flag = False
     expires_at: Instant | None = None
 
@@ -243,7 +248,8 @@ class ErrorBody(BaseModel):
 
 #: the error answers every admin route may give, for the OpenAPI document
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 429)}
+    code: {"model": ErrorBody} for code in (400, 401, 403, 404, 409, 422, 429)
+}
 
 
 Percent = Annotated[Decimal, Field(gt=0, le=1000)]
@@ -252,10 +258,12 @@ Zone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 
 
 class CategoriesIn(Strict):
-    providers: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=60)]],
-                         Field(max_length=50)] = []
-    models: Annotated[list[Annotated[str, StringConstraints(min_length=1, max_length=200)]],
-                      Field(max_length=200)] = []
+    providers: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=60)]], Field(max_length=50)
+    ] = []
+    models: Annotated[
+        list[Annotated[str, StringConstraints(min_length=1, max_length=200)]], Field(max_length=200)
+    ] = []
     kinds: list[Literal["chat", "completion", "embedding", "response", "message"]] = []
     tags: Annotated[list[Tag], Field(max_length=50)] = []
 
@@ -268,11 +276,15 @@ class BudgetIn(Strict):
     tag: Tag | None = None
     period: Literal["daily", "weekly", "monthly"] = "monthly"
     timezone: Zone = "UTC"
-    week_start: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
-                        "sunday"] = "monday"
+    week_start: Literal[
+        "monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"
+    ] = "monday"
     amount_usd: Money
     alert_percentages: Annotated[list[Percent], Field(max_length=20)] = [
-        Decimal(50), Decimal(75), Decimal(90)]
+        Decimal(50),
+        Decimal(75),
+        Decimal(90),
+    ]
     soft_limit_percent: Percent = Decimal(75)
     hard_limit: Flag = False
     hard_limit_percent: Percent = Decimal(100)
@@ -283,8 +295,9 @@ class BudgetPatch(Patch):
     name: Name | None = None
     period: Literal["daily", "weekly", "monthly"] | None = None
     timezone: Zone | None = None
-    week_start: Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday",
-                        "sunday"] | None = None
+    week_start: (
+        Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] | None
+    ) = None
     amount_usd: Money | None = None
     alert_percentages: Annotated[list[Percent], Field(max_length=20)] | None = None
     soft_limit_percent: Percent | None = None
@@ -318,7 +331,8 @@ class ForecastOut(BaseModel):
     period_key: str
     generated_at: datetime
     method: str = Field(
-        description="none | today_rate | trailing_mean | seasonal_naive | ets_damped")
+        description="none | today_rate | trailing_mean | seasonal_naive | ets_damped"
+    )
     history_days: int = Field(description="complete days of spend the forecast is based on")
     spent_usd: str = Field(description="spend so far in the period")
     p10_usd: str
@@ -328,9 +342,11 @@ class ForecastOut(BaseModel):
     percent_of_budget: str = Field(description="P50 as a percentage of amount_usd")
     limit_usd: str = Field(description="the hard cap, or the amount for observing budgets")
     crossings: dict[str, date | None] = Field(
-        description="threshold name → local date it is (or was) reached; null: not by P50")
+        description="threshold name → local date it is (or was) reached; null: not by P50"
+    )
     overrun_band: int | None = Field(
-        description="highest budget.forecast_overrun band (% of limit) announced this period")
+        description="highest budget.forecast_overrun band (% of limit) announced this period"
+    )
 
 
 class BudgetStatus(BaseModel):
@@ -353,7 +369,8 @@ class BudgetStatus(BaseModel):
     thresholds_fired: list[str]
     active_exceptions: int
     forecast: ForecastOut | None = Field(
-        None, description="the latest forecast of this period (refreshed on a schedule)")
+        None, description="the latest forecast of this period (refreshed on a schedule)"
+    )
 
 
 class ExceptionIn(Strict):

@@ -17,14 +17,19 @@ from spendgate.core.access import ORG_ADMIN, Can, Owner, Principal
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.store.tokens import TokenStore, token_public
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(principal), *guard(Can.TOKENS)],
-                   responses=s.ERRORS, tags=["admin tokens"])
+router = APIRouter(
+    prefix="/admin",
+    dependencies=[Depends(principal), *guard(Can.TOKENS)],
+    responses=s.ERRORS,
+    tags=["admin tokens"],
+)
 
 
 def _manages(who: Principal, user_id: str, org_id: str | None) -> bool:
     """Whose tokens the caller manages: their own; an org admin's whole org; all (master)."""
-    return (who.is_master or user_id == who.user_id
-            or (who.role == ORG_ADMIN and org_id == who.org_id))
+    return (
+        who.is_master or user_id == who.user_id or (who.role == ORG_ADMIN and org_id == who.org_id)
+    )
 
 
 async def _token(svc: Svc, who: Principal, token_id: str) -> dict[str, Any]:
@@ -35,8 +40,9 @@ async def _token(svc: Svc, who: Principal, token_id: str) -> dict[str, Any]:
 
 
 @router.post("/tokens", response_model=s.TokenWithSecret, status_code=201)
-async def create_token(body: s.TokenIn, svc: Svc, request: Request, who: Who, scope: Scoped
-                       ) -> dict[str, Any]:
+async def create_token(
+    body: s.TokenIn, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     """A token for ``user_id``, acting with that user's role; ``token`` is shown once."""
     owner = await scope.owner("user", body.user_id)
     if owner is None or not _manages(who, body.user_id, owner.org_id):
@@ -47,16 +53,27 @@ async def create_token(body: s.TokenIn, svc: Svc, request: Request, who: Who, sc
         expires = expires.replace(tzinfo=UTC)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        row, secret = await TokenStore(svc.engine).create(user, body.name, expires, who.actor,
-                                                          now, conn)
-        await audit(conn, request, who, "admin_token.created", "admin_token", row["id"], now,
-                    owner=owner, after=row)
+        row, secret = await TokenStore(svc.engine).create(
+            user, body.name, expires, who.actor, now, conn
+        )
+        await audit(
+            conn,
+            request,
+            who,
+            "admin_token.created",
+            "admin_token",
+            row["id"],
+            now,
+            owner=owner,
+            after=row,
+        )
     return {**row, "token": secret}
 
 
 @router.get("/tokens", response_model=list[s.Token])
-async def list_tokens(svc: Svc, who: Who, user_id: str | None = None,
-                      org_id: str | None = None) -> list[dict[str, Any]]:
+async def list_tokens(
+    svc: Svc, who: Who, user_id: str | None = None, org_id: str | None = None
+) -> list[dict[str, Any]]:
     """The caller's own tokens; an org admin sees the org's, the master key everyone's."""
     if who.role != ORG_ADMIN and not who.is_master:
         user_id = who.user_id
@@ -71,8 +88,9 @@ async def get_token(token_id: str, svc: Svc, who: Who) -> dict[str, Any]:
 
 
 @router.post("/tokens/{token_id}/revoke", response_model=s.Token)
-async def revoke_token(token_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
-                       ) -> dict[str, Any]:
+async def revoke_token(
+    token_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     """Revoke at once (idempotent); the token's next call gets 401."""
     before = await _token(svc, who, token_id)
     owner = await scope.owner("user", before["user_id"]) or Owner.of(before["org_id"])
@@ -80,7 +98,16 @@ async def revoke_token(token_id: str, svc: Svc, request: Request, who: Who, scop
     async with svc.engine.begin() as conn:
         after = await TokenStore(svc.engine).revoke(token_id, now, conn)
         if before["revoked_at"] is None:
-            await audit(conn, request, who, "admin_token.revoked", "admin_token", token_id, now,
-                        owner=owner, before=token_public(before, now),
-                        after=token_public(after, now))
+            await audit(
+                conn,
+                request,
+                who,
+                "admin_token.revoked",
+                "admin_token",
+                token_id,
+                now,
+                owner=owner,
+                before=token_public(before, now),
+                after=token_public(after, now),
+            )
     return token_public(after, now)

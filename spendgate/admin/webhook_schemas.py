@@ -20,14 +20,16 @@ Description = Annotated[str, StringConstraints(max_length=500)]
 class WebhookIn(Strict):
     url: Url
     kind: Kind = "webhook"
-    event_types: list[EventPattern] = Field(default_factory=lambda: ["*"], min_length=1,
-                                            description='types, "budget.*" or "*"')
+    event_types: list[EventPattern] = Field(
+        default_factory=lambda: ["*"], min_length=1, description='types, "budget.*" or "*"'
+    )
     scope_type: ScopeType | None = None
     scope_id: ScopeId | None = None
     enabled: Flag = True
     description: Description = ""
-    config: dict[str, str] = Field(default_factory=dict,
-                                   description="pagerduty: {\"routing_key\": …}")
+    config: dict[str, str] = Field(
+        default_factory=dict, description='pagerduty: {"routing_key": …}'
+    )
 
 
 class WebhookPatch(Patch):
@@ -65,8 +67,9 @@ class WebhookWithSecret(Webhook):
 
 
 class RotateIn(Strict):
-    overlap_seconds: int = Field(default=86400, ge=0, le=30 * 86400,
-                                 description="how long the previous secret keeps signing")
+    overlap_seconds: int = Field(
+        default=86400, ge=0, le=30 * 86400, description="how long the previous secret keeps signing"
+    )
 
 
 class Attempt(BaseModel):
@@ -130,7 +133,8 @@ class Channels(Strict):
 
 class Preferences(Strict):
     event_types: list[EventPattern] = Field(default_factory=lambda: ["*"])
-    scopes: list[ScopeRef] = Field(default_factory=list,
-                                   description="empty: everything the user may see")
+    scopes: list[ScopeRef] = Field(
+        default_factory=list, description="empty: everything the user may see"
+    )
     channels: Channels = Field(default_factory=Channels)
     digest: Flag = Field(default=False, description="batch low-severity notifications daily")

@@ -21,11 +21,18 @@ from spendgate.webhooks.matching import Preferences
 from spendgate.webhooks.runtime import WebhookRuntime
 from spendgate.webhooks.store import EndpointSpec, list_deliveries, redeliver
 
-router = APIRouter(prefix="/admin", dependencies=[Depends(principal), *guard(Can.WEBHOOKS)],
-                   responses=s.ERRORS, tags=["webhooks"])
-notifications_router = APIRouter(prefix="/admin",
-                                 dependencies=[Depends(principal), *guard(Can.NOTIFICATIONS)],
-                                 responses=s.ERRORS, tags=["notifications"])
+router = APIRouter(
+    prefix="/admin",
+    dependencies=[Depends(principal), *guard(Can.WEBHOOKS)],
+    responses=s.ERRORS,
+    tags=["webhooks"],
+)
+notifications_router = APIRouter(
+    prefix="/admin",
+    dependencies=[Depends(principal), *guard(Can.NOTIFICATIONS)],
+    responses=s.ERRORS,
+    tags=["notifications"],
+)
 
 
 class WebhooksUnavailable(SpendgateError):
@@ -51,15 +58,19 @@ def install(api: FastAPI, runtime: WebhookRuntime) -> None:
 
 
 # -- endpoints -------------------------------------------------------------------------
-async def _scope_for(scope: Scope, scope_type: str | None, scope_id: str | None
-                     ) -> tuple[str | None, str | None, Owner]:
+async def _scope_for(
+    scope: Scope, scope_type: str | None, scope_id: str | None
+) -> tuple[str | None, str | None, Owner]:
     """An endpoint's filter as the caller may set it: an org admin's endpoints always stay
     within their org (no filter means their whole org); unfiltered endpoints, which see
     every org's events, and tag filters, which cross orgs, need the master key."""
     who = scope.who
     if who.is_master:
-        owner = (Owner(None) if scope_type in (None, "tag")
-                 else await scope.referenced(scope_type, scope_id, "scope_id"))
+        owner = (
+            Owner(None)
+            if scope_type in (None, "tag")
+            else await scope.referenced(scope_type, scope_id, "scope_id")
+        )
         return scope_type, scope_id, owner
     if scope_type is None:
         return "org", who.org_id, Owner.of(who.org_id)
@@ -74,26 +85,43 @@ async def _endpoint_owner(scope: Scope, endpoint: dict[str, Any]) -> Owner | Non
     return await scope.owner(endpoint["scope_type"], endpoint["scope_id"])
 
 
-async def _endpoint(scope: Scope, hooks: WebhookRuntime, endpoint_id: str
-                    ) -> tuple[dict[str, Any], Owner]:
+async def _endpoint(
+    scope: Scope, hooks: WebhookRuntime, endpoint_id: str
+) -> tuple[dict[str, Any], Owner]:
     endpoint = await hooks.store.get(endpoint_id, scope.svc.clock.now())
-    return endpoint, scope.require(await _endpoint_owner(scope, endpoint), "webhook",
-                                   endpoint_id)
+    return endpoint, scope.require(await _endpoint_owner(scope, endpoint), "webhook", endpoint_id)
 
 
 @router.post("/webhooks", response_model=w.WebhookWithSecret, status_code=201)
-async def create_webhook(body: w.WebhookIn, hooks: Hooks, svc: Svc, request: Request, who: Who,
-                         scope: Scoped) -> dict[str, Any]:
+async def create_webhook(
+    body: w.WebhookIn, hooks: Hooks, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
     """Create an endpoint; the answer carries its signing ``secret`` (``whsec_…``) once."""
     scope_type, scope_id, owner = await _scope_for(scope, body.scope_type, body.scope_id)
-    spec = EndpointSpec(url=body.url, kind=body.kind, event_types=tuple(body.event_types),
-                        scope_type=scope_type, scope_id=scope_id,
-                        enabled=body.enabled, description=body.description, config=body.config)
+    spec = EndpointSpec(
+        url=body.url,
+        kind=body.kind,
+        event_types=tuple(body.event_types),
+        scope_type=scope_type,
+        scope_id=scope_id,
+        enabled=body.enabled,
+        description=body.description,
+        config=body.config,
+    )
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         endpoint, secret = await hooks.store.create(spec, now, conn)
-        await audit(conn, request, who, "webhook.created", "webhook", endpoint["id"], now,
-                    owner=owner, after=endpoint)
+        await audit(
+            conn,
+            request,
+            who,
+            "webhook.created",
+            "webhook",
+            endpoint["id"],
+            now,
+            owner=owner,
+            after=endpoint,
+        )
     return {**endpoint, "secret": secret}
 
 
@@ -109,62 +137,114 @@ async def get_webhook(endpoint_id: str, hooks: Hooks, scope: Scoped) -> dict[str
 
 
 @router.patch("/webhooks/{endpoint_id}", response_model=w.Webhook)
-async def update_webhook(endpoint_id: str, body: w.WebhookPatch, hooks: Hooks, svc: Svc,
-                         request: Request, who: Who, scope: Scoped) -> dict[str, Any]:
+async def update_webhook(
+    endpoint_id: str,
+    body: w.WebhookPatch,
+    hooks: Hooks,
+    svc: Svc,
+    request: Request,
+    who: Who,
+    scope: Scoped,
+) -> dict[str, Any]:
     """Change fields; ``enabled: true`` re-arms an endpoint that was disabled for failing."""
     changes = body.model_dump(exclude_unset=True)
     now = svc.clock.now()
     before, owner = await _endpoint(scope, hooks, endpoint_id)
     if "scope_type" in changes or "scope_id" in changes:
         changes["scope_type"], changes["scope_id"], owner = await _scope_for(
-            scope, changes.get("scope_type", before["scope_type"]),
-            changes.get("scope_id", before["scope_id"]))
+            scope,
+            changes.get("scope_type", before["scope_type"]),
+            changes.get("scope_id", before["scope_id"]),
+        )
     async with svc.engine.begin() as conn:
         after = await hooks.store.update(endpoint_id, changes, now, conn)
-        await audit(conn, request, who, "webhook.updated", "webhook", endpoint_id, now,
-                    owner=owner, before=before, after=after)
+        await audit(
+            conn,
+            request,
+            who,
+            "webhook.updated",
+            "webhook",
+            endpoint_id,
+            now,
+            owner=owner,
+            before=before,
+            after=after,
+        )
     return after
 
 
 @router.delete("/webhooks/{endpoint_id}", status_code=204)
-async def delete_webhook(endpoint_id: str, hooks: Hooks, svc: Svc, request: Request,
-                         who: Who, scope: Scoped) -> None:
+async def delete_webhook(
+    endpoint_id: str, hooks: Hooks, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> None:
     now = svc.clock.now()
     before, owner = await _endpoint(scope, hooks, endpoint_id)
     async with svc.engine.begin() as conn:
         await hooks.store.delete(endpoint_id, conn)
-        await audit(conn, request, who, "webhook.deleted", "webhook", endpoint_id, now,
-                    owner=owner, before=before)
+        await audit(
+            conn,
+            request,
+            who,
+            "webhook.deleted",
+            "webhook",
+            endpoint_id,
+            now,
+            owner=owner,
+            before=before,
+        )
 
 
 @router.post("/webhooks/{endpoint_id}/rotate-secret", response_model=w.WebhookWithSecret)
-async def rotate_secret(endpoint_id: str, hooks: Hooks, svc: Svc, request: Request, who: Who,
-                        scope: Scoped, body: w.RotateIn | None = None) -> dict[str, Any]:
+async def rotate_secret(
+    endpoint_id: str,
+    hooks: Hooks,
+    svc: Svc,
+    request: Request,
+    who: Who,
+    scope: Scoped,
+    body: w.RotateIn | None = None,
+) -> dict[str, Any]:
     """A new secret, shown once; the old one also signs for ``overlap_seconds``."""
     _, owner = await _endpoint(scope, hooks, endpoint_id)
     overlap = timedelta(seconds=(body or w.RotateIn()).overlap_seconds)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         endpoint, secret = await hooks.store.rotate_secret(endpoint_id, now, overlap, conn)
-        await audit(conn, request, who, "webhook.secret_rotated", "webhook", endpoint_id, now,
-                    owner=owner, after={**endpoint, "overlap_seconds": overlap.total_seconds()})
+        await audit(
+            conn,
+            request,
+            who,
+            "webhook.secret_rotated",
+            "webhook",
+            endpoint_id,
+            now,
+            owner=owner,
+            after={**endpoint, "overlap_seconds": overlap.total_seconds()},
+        )
     return {**endpoint, "secret": secret}
 
 
 @router.get("/webhooks/{endpoint_id}/deliveries", response_model=list[w.Delivery])
-async def deliveries(endpoint_id: str, hooks: Hooks, scope: Scoped,
-                     status: Annotated[str | None,
-                                       Query(pattern="^(pending|succeeded|failed)$")] = None,
-                     limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[dict[str, Any]]:
+async def deliveries(
+    endpoint_id: str,
+    hooks: Hooks,
+    scope: Scoped,
+    status: Annotated[str | None, Query(pattern="^(pending|succeeded|failed)$")] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
     """Newest first, each with its attempt log (status, response code, latency, error)."""
     await _endpoint(scope, hooks, endpoint_id)
     return await list_deliveries(hooks.engine, endpoint_id, status=status, limit=limit)
 
 
-@router.post("/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver",
-             response_model=w.Delivery, status_code=202)
-async def redeliver_one(endpoint_id: str, delivery_id: str, hooks: Hooks, svc: Svc,
-                        scope: Scoped) -> dict[str, Any]:
+@router.post(
+    "/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver",
+    response_model=w.Delivery,
+    status_code=202,
+)
+async def redeliver_one(
+    endpoint_id: str, delivery_id: str, hooks: Hooks, svc: Svc, scope: Scoped
+) -> dict[str, Any]:
     """Queue the same message (same ``webhook-id``) again, due now."""
     await _endpoint(scope, hooks, endpoint_id)
     return await redeliver(hooks.engine, endpoint_id, delivery_id, svc.clock.now())
@@ -186,31 +266,37 @@ async def _reader(scope: Scope, user_id: str | None) -> str:
     raise NotFound(f"user {user_id} not found")
 
 
-UserParam = Annotated[str | None, Query(min_length=1, max_length=40,
-                                        description="default: the caller's own user")]
+UserParam = Annotated[
+    str | None, Query(min_length=1, max_length=40, description="default: the caller's own user")
+]
 
 
 @notifications_router.get("/notifications", response_model=list[w.Notification])
 async def list_notifications(
-    hooks: Hooks, scope: Scoped, user_id: UserParam = None,
-    unread: bool = False, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    hooks: Hooks,
+    scope: Scoped,
+    user_id: UserParam = None,
+    unread: bool = False,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
     """A user's notifications, newest first (``unread=true`` for unread only)."""
-    return await notes.list_notifications(hooks.engine, await _reader(scope, user_id),
-                                          unread_only=unread, limit=limit)
+    return await notes.list_notifications(
+        hooks.engine, await _reader(scope, user_id), unread_only=unread, limit=limit
+    )
 
 
 @notifications_router.post("/notifications/read-all", response_model=w.ReadAll)
-async def read_all(hooks: Hooks, svc: Svc, scope: Scoped, user_id: UserParam = None
-                   ) -> dict[str, int]:
+async def read_all(
+    hooks: Hooks, svc: Svc, scope: Scoped, user_id: UserParam = None
+) -> dict[str, int]:
     reader = await _reader(scope, user_id)
     return {"updated": await notes.mark_all_read(hooks.engine, reader, svc.clock.now())}
 
 
-@notifications_router.post("/notifications/{notification_id}/read",
-                           response_model=w.Notification)
-async def read_one(notification_id: str, hooks: Hooks, svc: Svc, scope: Scoped,
-                   user_id: UserParam = None) -> dict[str, Any]:
+@notifications_router.post("/notifications/{notification_id}/read", response_model=w.Notification)
+async def read_one(
+    notification_id: str, hooks: Hooks, svc: Svc, scope: Scoped, user_id: UserParam = None
+) -> dict[str, Any]:
     reader = None if scope.who.is_master and user_id is None else await _reader(scope, user_id)
     return await notes.mark_read(hooks.engine, notification_id, svc.clock.now(), reader)
 
@@ -219,22 +305,36 @@ def _prefs_out(prefs: Preferences) -> dict[str, Any]:
     return prefs.to_json()
 
 
-@notifications_router.get("/users/{user_id}/notification-preferences",
-                          response_model=w.Preferences)
+@notifications_router.get("/users/{user_id}/notification-preferences", response_model=w.Preferences)
 async def get_preferences(user_id: str, hooks: Hooks, scope: Scoped) -> dict[str, Any]:
     return _prefs_out(await notes.get_preferences(hooks.engine, await _reader(scope, user_id)))
 
 
-@notifications_router.put("/users/{user_id}/notification-preferences",
-                          response_model=w.Preferences)
-async def put_preferences(user_id: str, body: w.Preferences, hooks: Hooks, svc: Svc,
-                          request: Request, who: Who, scope: Scoped) -> dict[str, Any]:
+@notifications_router.put("/users/{user_id}/notification-preferences", response_model=w.Preferences)
+async def put_preferences(
+    user_id: str,
+    body: w.Preferences,
+    hooks: Hooks,
+    svc: Svc,
+    request: Request,
+    who: Who,
+    scope: Scoped,
+) -> dict[str, Any]:
     reader = await _reader(scope, user_id)
     owner = await scope.owner("user", reader)
     prefs = Preferences.from_json(body.model_dump())
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         saved = await notes.put_preferences(hooks.engine, reader, prefs, now, conn)
-        await audit(conn, request, who, "notification_preferences.updated", "user", reader,
-                    now, owner=owner or Owner(None), after=_prefs_out(saved))
+        await audit(
+            conn,
+            request,
+            who,
+            "notification_preferences.updated",
+            "user",
+            reader,
+            now,
+            owner=owner or Owner(None),
+            after=_prefs_out(saved),
+        )
     return _prefs_out(saved)

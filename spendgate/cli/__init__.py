@@ -14,14 +14,22 @@ from spendgate.cli.serve import db_app, serve
 from spendgate.cli.usage import usage
 from spendgate.cli.webhooks import webhooks_app
 
-app = typer.Typer(help="spendgate: an LLM API gateway for AI cost governance.", no_args_is_help=True)
+app = typer.Typer(
+    help="spendgate: an LLM API gateway for AI cost governance.", no_args_is_help=True
+)
 app.command()(serve)
 app.add_typer(db_app, name="db")
-for name, group in (("orgs", directory.orgs), ("teams", directory.teams),
-                    ("users", directory.users), ("agents", directory.agents),
-                    ("keys", directory.keys), ("tokens", directory.tokens),
-                    ("budgets", policies.budgets), ("wallets", policies.wallets),
-                    ("limits", policies.limits)):
+for name, group in (
+    ("orgs", directory.orgs),
+    ("teams", directory.teams),
+    ("users", directory.users),
+    ("agents", directory.agents),
+    ("keys", directory.keys),
+    ("tokens", directory.tokens),
+    ("budgets", policies.budgets),
+    ("wallets", policies.wallets),
+    ("limits", policies.limits),
+):
     app.add_typer(group, name=name)
 app.command()(directory.bootstrap)
 app.command()(forecast)

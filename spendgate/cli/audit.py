@@ -24,9 +24,6 @@ ActionOpt = Annotated[str | None, typer.Option(help="action, or a prefix like bu
 TargetOpt = Annotated[str | None, typer.Option(help="target id, or type:id")]
 
 
-
-
-
 def _params(**values: str | None) -> dict[str, str]:
     return {k: v for k, v in values.items() if v}
 
@@ -34,8 +31,9 @@ def _params(**values: str | None) -> dict[str, str]:
 @audit_app.command("export")
 def export(
     format_: Annotated[str, typer.Option("--format", help="jsonl or csv")] = "jsonl",
-    output: Annotated[str | None, typer.Option("--output", "-o", help="file (default stdout)")]
-    = None,
+    output: Annotated[
+        str | None, typer.Option("--output", "-o", help="file (default stdout)")
+    ] = None,
     start: StartOpt = None,
     end: EndOpt = None,
     actor: ActorOpt = None,
@@ -47,16 +45,17 @@ def export(
     if format_ not in ("jsonl", "csv"):
         err_console.print("[red]--format must be jsonl or csv[/]")
         raise typer.Exit(2)
-    params = _params(format=format_, start=start, end=end, actor=actor, action=action,
-                     target=target)
+    params = _params(
+        format=format_, start=start, end=end, actor=actor, action=action, target=target
+    )
     try:
         with ExitStack() as stack:
             http = stack.enter_context(client(url, timeout=None))
-            response = stack.enter_context(http.stream("GET", "/admin/audit/export",
-                                                         params=params))
+            response = stack.enter_context(http.stream("GET", "/admin/audit/export", params=params))
             fail(response)
-            sink: IO[bytes] = (stack.enter_context(open(output, "wb")) if output
-                               else sys.stdout.buffer)
+            sink: IO[bytes] = (
+                stack.enter_context(open(output, "wb")) if output else sys.stdout.buffer
+            )
             total = int(response.headers.get("x-audit-count", "0"))
             written = _copy(response, sink, total, header=format_ == "csv")
     except httpx.HTTPError as exc:
@@ -87,13 +86,18 @@ def verify(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif result["ok"]:
-        since = f" since checkpoint seq {result['checkpoint_seq']}" \
-            if result["checkpoint_seq"] else ""
-        console.print(f"[green]audit chain intact:[/] {result['checked']} entries{since}, "
-                      f"head seq {result['last_seq']}")
+        since = (
+            f" since checkpoint seq {result['checkpoint_seq']}" if result["checkpoint_seq"] else ""
+        )
+        console.print(
+            f"[green]audit chain intact:[/] {result['checked']} entries{since}, "
+            f"head seq {result['last_seq']}"
+        )
     else:
-        console.print(f"[red]audit chain broken[/] at entry {result['first_bad_id'] or '-'} "
-                      f"(seq {result['first_bad_seq']}): {result['reason']}")
+        console.print(
+            f"[red]audit chain broken[/] at entry {result['first_bad_id'] or '-'} "
+            f"(seq {result['first_bad_seq']}): {result['reason']}"
+        )
     if not result["ok"]:
         raise typer.Exit(1)
 
@@ -115,25 +119,32 @@ def list_(
     if as_json:
         sys.stdout.write(json.dumps(page["entries"], indent=2) + "\n")
         return
-    rows = [{"seq": e["seq"], "at": e["at"], "actor": f"{e['actor_type']}:{e['actor_id']}",
-             "action": e["action"], "target": f"{e['target_type']}:{e['target_id'] or ''}",
-             "request_id": e["request_id"]} for e in page["entries"]]
+    rows = [
+        {
+            "seq": e["seq"],
+            "at": e["at"],
+            "actor": f"{e['actor_type']}:{e['actor_id']}",
+            "action": e["action"],
+            "target": f"{e['target_type']}:{e['target_id'] or ''}",
+            "request_id": e["request_id"],
+        }
+        for e in page["entries"]
+    ]
     show(rows, False, ["seq", "at", "actor", "action", "target", "request_id"])
 
 
 @audit_app.command("purge")
 def purge(
-    before: Annotated[str | None, typer.Option(help="ISO 8601; default: now - retention")]
-    = None,
+    before: Annotated[str | None, typer.Option(help="ISO 8601; default: now - retention")] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Delete entries older than the retention period, leaving a signed checkpoint."""
-    result = call(url, "POST", "/admin/audit/purge", json=_params(before=before),
-                      timeout=None)
+    result = call(url, "POST", "/admin/audit/purge", json=_params(before=before), timeout=None)
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     else:
-        console.print(f"purged {result['purged']} entries"
-                      + (f"; checkpoint at seq {result['checkpoint_seq']}"
-                         if result["checkpoint_id"] else ""))
+        console.print(
+            f"purged {result['purged']} entries"
+            + (f"; checkpoint at seq {result['checkpoint_seq']}" if result["checkpoint_id"] else "")
+        )

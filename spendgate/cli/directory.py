@@ -26,11 +26,18 @@ def orgs_create(name: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) 
 
 
 @teams.command("create")
-def teams_create(name: str, org: Annotated[str, typer.Option("--org")], url: UrlOpt = DEFAULT_URL,
-                 as_json: JsonOpt = False) -> None:
+def teams_create(
+    name: str,
+    org: Annotated[str, typer.Option("--org")],
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
     """Create a team in an org."""
-    show(call(url, "POST", "/admin/teams", json={"name": name, "org_id": org}), as_json,
-          ["id", "org_id", "name"])
+    show(
+        call(url, "POST", "/admin/teams", json={"name": name, "org_id": org}),
+        as_json,
+        ["id", "org_id", "name"],
+    )
 
 
 @users.command("create")
@@ -57,7 +64,9 @@ def agents_create(
 ) -> None:
     """Create an agent (a workflow or bot that calls models)."""
     body = {"name": name, "team_id": team, "org_id": org}
-    show(call(url, "POST", "/admin/agents", json=body), as_json, ["id", "org_id", "team_id", "name"])
+    show(
+        call(url, "POST", "/admin/agents", json=body), as_json, ["id", "org_id", "team_id", "name"]
+    )
 
 
 @keys.command("create")
@@ -75,9 +84,17 @@ def keys_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a virtual key; its secret is printed once."""
-    body = {"name": name, "org_id": org, "team_id": team, "user_id": user, "agent_id": agent,
-            "tags": opt_list(tags), "models": opt_list(models),
-            "allow_request_tags": allow_request_tags, "expires_at": expires_at}
+    body = {
+        "name": name,
+        "org_id": org,
+        "team_id": team,
+        "user_id": user,
+        "agent_id": agent,
+        "tags": opt_list(tags),
+        "models": opt_list(models),
+        "allow_request_tags": allow_request_tags,
+        "expires_at": expires_at,
+    }
     created = call(url, "POST", "/admin/keys", json=body)
     show(created, as_json, ["id", "name", "key"], secret="key")
     if not as_json:
@@ -87,10 +104,13 @@ def keys_create(
 @users.command("update")
 def users_update(
     user_id: str,
-    role: Annotated[str | None, typer.Option(help="org_admin, finance, team_admin, viewer, "
-                                             "member")] = None,
-    teams_: Annotated[str | None, typer.Option("--teams", help="comma separated team ids "
-                                               "(replaces the user's teams)")] = None,
+    role: Annotated[
+        str | None, typer.Option(help="org_admin, finance, team_admin, viewer, member")
+    ] = None,
+    teams_: Annotated[
+        str | None,
+        typer.Option("--teams", help="comma separated team ids (replaces the user's teams)"),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
@@ -98,12 +118,14 @@ def users_update(
     body: dict[str, Any] = {"role": role} if role else {}
     if teams_ is not None:
         body["team_ids"] = opt_list(teams_)
-    show(call(url, "PATCH", f"/admin/users/{user_id}", json=body), as_json,
-          ["id", "email", "role", "team_ids"])
+    show(
+        call(url, "PATCH", f"/admin/users/{user_id}", json=body),
+        as_json,
+        ["id", "email", "role", "team_ids"],
+    )
 
 
-TOKEN_COLUMNS = ["id", "name", "user_id", "token_prefix", "status", "expires_at",
-                 "last_used_at"]
+TOKEN_COLUMNS = ["id", "name", "user_id", "token_prefix", "status", "expires_at", "last_used_at"]
 tokens = crud_group("tokens", "/admin/tokens", TOKEN_COLUMNS)
 
 
@@ -123,8 +145,12 @@ def tokens_create(
 ) -> None:
     """Create an admin token (printed once; store it as SPENDGATE_ADMIN_TOKEN)."""
     body = {"user_id": user, "name": name, "expires_at": _expiry(expires_in_days)}
-    show(call(url, "POST", "/admin/tokens", json=body), as_json, ["id", "name", "token"],
-          secret="token")
+    show(
+        call(url, "POST", "/admin/tokens", json=body),
+        as_json,
+        ["id", "name", "token"],
+        secret="token",
+    )
 
 
 @tokens.command("revoke")
@@ -145,13 +171,30 @@ def bootstrap(
     The token is printed once; from then on the admin works with it
     (``SPENDGATE_ADMIN_TOKEN``) and the master key can go back in the safe."""
     made = call(url, "POST", "/admin/orgs", json={"name": org})
-    user = call(url, "POST", "/admin/users",
-                 json={"email": email, "role": "org_admin", "org_id": made["id"]})
-    token = call(url, "POST", "/admin/tokens", json={
-        "user_id": user["id"], "name": "bootstrap", "expires_at": _expiry(expires_in_days)})
-    show({"org_id": made["id"], "user_id": user["id"], "token_id": token["id"],
-           "token": token["token"], "expires_at": token["expires_at"]}, as_json,
-          ["org_id", "user_id", "token_id", "token", "expires_at"], secret="token")
+    user = call(
+        url,
+        "POST",
+        "/admin/users",
+        json={"email": email, "role": "org_admin", "org_id": made["id"]},
+    )
+    token = call(
+        url,
+        "POST",
+        "/admin/tokens",
+        json={"user_id": user["id"], "name": "bootstrap", "expires_at": _expiry(expires_in_days)},
+    )
+    show(
+        {
+            "org_id": made["id"],
+            "user_id": user["id"],
+            "token_id": token["id"],
+            "token": token["token"],
+            "expires_at": token["expires_at"],
+        },
+        as_json,
+        ["org_id", "user_id", "token_id", "token", "expires_at"],
+        secret="token",
+    )
 
 
 @keys.command("revoke")
@@ -163,7 +206,9 @@ def keys_revoke(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False
 @keys.command("rotate")
 def keys_rotate(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Give a key a new secret (printed once); the old secret stops working."""
-    show(call(url, "POST", f"/admin/keys/{key_id}/rotate"), as_json, ["id", "name", "key"],
-          secret="key")
-
-
+    show(
+        call(url, "POST", f"/admin/keys/{key_id}/rotate"),
+        as_json,
+        ["id", "name", "key"],
+        secret="key",
+    )

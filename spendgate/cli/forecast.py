@@ -17,13 +17,30 @@ def forecast(
     as_json: JsonOpt = False,
 ) -> None:
     """Where a budget's current period is expected to land (P10/P50/P90)."""
-    data = call(url, "GET", f"/admin/forecasts/{budget_id}",
-                 params={"refresh": str(refresh).lower()})
+    data = call(
+        url, "GET", f"/admin/forecasts/{budget_id}", params={"refresh": str(refresh).lower()}
+    )
     if not as_json:
-        data = {**data, "crossings": ", ".join(f"{name} {day or 'not this period'}"
-                                              for name, day in data["crossings"].items())}
-    show(data, as_json, ["period_key", "method", "history_days", "spent_usd", "p10_usd",
-                          "p50_usd", "p90_usd", "percent_of_budget", "limit_usd",
-                          "overrun_band", "crossings"])
-
-
+        data = {
+            **data,
+            "crossings": ", ".join(
+                f"{name} {day or 'not this period'}" for name, day in data["crossings"].items()
+            ),
+        }
+    show(
+        data,
+        as_json,
+        [
+            "period_key",
+            "method",
+            "history_days",
+            "spent_usd",
+            "p10_usd",
+            "p50_usd",
+            "p90_usd",
+            "percent_of_budget",
+            "limit_usd",
+            "overrun_band",
+            "crossings",
+        ],
+    )

@@ -23,8 +23,7 @@ def client(url: str, timeout: float | None = 60) -> httpx.Client:
     if not token:
         err_console.print("[red]set SPENDGATE_ADMIN_TOKEN (or SPENDGATE_MASTER_KEY)[/]")
         raise typer.Exit(2)
-    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"},
-                        timeout=timeout)
+    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=timeout)
 
 
 def fail(response: httpx.Response) -> None:
@@ -54,8 +53,6 @@ def call(url: str, method: str, path: str, **kwargs: Any) -> Any:
     if "json" in response.headers.get("content-type", ""):
         return response.json()
     return response.text
-
-
 
 
 def crud_group(name: str, path: str, columns: list[str]) -> typer.Typer:

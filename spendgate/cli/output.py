@@ -43,8 +43,10 @@ def show(data: Any, as_json: bool, columns: list[str], *, secret: str | None = N
             if n:
                 console.print()
             for column in shown:
-                console.print(Text.assemble((f"{column:<{width}}", "bold"), "  ",
-                                            cell(row.get(column))), soft_wrap=True)
+                console.print(
+                    Text.assemble((f"{column:<{width}}", "bold"), "  ", cell(row.get(column))),
+                    soft_wrap=True,
+                )
     for row in rows:
         if secret is not None and row.get(secret):
             sys.stdout.write(f"{secret}: {row[secret]}\n")

@@ -10,12 +10,30 @@ import typer
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list
 from spendgate.cli.output import console, show
 
-BUDGET_COLUMNS = ["id", "name", "scope_type", "scope_id", "tag", "period", "timezone",
-                  "amount_usd", "alert_percentages", "soft_limit_percent", "hard_limit",
-                  "hard_limit_percent"]
+BUDGET_COLUMNS = [
+    "id",
+    "name",
+    "scope_type",
+    "scope_id",
+    "tag",
+    "period",
+    "timezone",
+    "amount_usd",
+    "alert_percentages",
+    "soft_limit_percent",
+    "hard_limit",
+    "hard_limit_percent",
+]
 budgets = crud_group("budgets", "/admin/budgets", BUDGET_COLUMNS)
-WALLET_COLUMNS = ["id", "name", "scope_type", "scope_id", "balance_usd", "reserved_usd",
-                  "low_balance_usd"]
+WALLET_COLUMNS = [
+    "id",
+    "name",
+    "scope_type",
+    "scope_id",
+    "balance_usd",
+    "reserved_usd",
+    "low_balance_usd",
+]
 wallets = crud_group("wallets", "/admin/wallets", WALLET_COLUMNS)
 
 
@@ -44,13 +62,27 @@ def budgets_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a budget (observation only unless --hard)."""
-    body = {"name": name, "scope_type": scope, "scope_id": scope_id, "tag": tag, "org_id": org,
-            "period": period, "timezone": timezone, "week_start": week_start,
-            "amount_usd": amount, "alert_percentages": opt_list(alerts),
-            "soft_limit_percent": soft, "hard_limit": hard, "hard_limit_percent": hard_percent,
-            "categories": {"models": opt_list(models), "providers": opt_list(providers)}}
-    show(call(url, "POST", "/admin/budgets", json={k: v for k, v in body.items() if v is not None}),
-          as_json, BUDGET_COLUMNS)
+    body = {
+        "name": name,
+        "scope_type": scope,
+        "scope_id": scope_id,
+        "tag": tag,
+        "org_id": org,
+        "period": period,
+        "timezone": timezone,
+        "week_start": week_start,
+        "amount_usd": amount,
+        "alert_percentages": opt_list(alerts),
+        "soft_limit_percent": soft,
+        "hard_limit": hard,
+        "hard_limit_percent": hard_percent,
+        "categories": {"models": opt_list(models), "providers": opt_list(providers)},
+    }
+    show(
+        call(url, "POST", "/admin/budgets", json={k: v for k, v in body.items() if v is not None}),
+        as_json,
+        BUDGET_COLUMNS,
+    )
 
 
 @budgets.command("update")
@@ -65,10 +97,23 @@ def budgets_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a budget's amount or limits."""
-    body = {"amount_usd": amount, "alert_percentages": _percents(alerts),
-            "soft_limit_percent": soft, "hard_limit": hard, "hard_limit_percent": hard_percent}
-    show(call(url, "PATCH", f"/admin/budgets/{budget_id}",
-                json={k: v for k, v in body.items() if v is not None}), as_json, BUDGET_COLUMNS)
+    body = {
+        "amount_usd": amount,
+        "alert_percentages": _percents(alerts),
+        "soft_limit_percent": soft,
+        "hard_limit": hard,
+        "hard_limit_percent": hard_percent,
+    }
+    show(
+        call(
+            url,
+            "PATCH",
+            f"/admin/budgets/{budget_id}",
+            json={k: v for k, v in body.items() if v is not None},
+        ),
+        as_json,
+        BUDGET_COLUMNS,
+    )
 
 
 @budgets.command("delete")
@@ -83,12 +128,27 @@ def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
     """Spent, reserved, thresholds fired and the next reset of a budget's current period."""
     data = call(url, "GET", f"/admin/budgets/{budget_id}/status")
     if not as_json and data.get("forecast"):
-        data = {**data, "forecast_p50_usd": data["forecast"]["p50_usd"],
-                "forecast_percent": data["forecast"]["percent_of_budget"]}
-    show(data, as_json,
-          ["period_key", "spent_usd", "reserved_usd", "percent_used", "hard_limit_usd",
-           "remaining_to_hard_usd", "thresholds_fired", "next_reset", "forecast_p50_usd",
-           "forecast_percent"])
+        data = {
+            **data,
+            "forecast_p50_usd": data["forecast"]["p50_usd"],
+            "forecast_percent": data["forecast"]["percent_of_budget"],
+        }
+    show(
+        data,
+        as_json,
+        [
+            "period_key",
+            "spent_usd",
+            "reserved_usd",
+            "percent_used",
+            "hard_limit_usd",
+            "remaining_to_hard_usd",
+            "thresholds_fired",
+            "next_reset",
+            "forecast_p50_usd",
+            "forecast_percent",
+        ],
+    )
 
 
 @budgets.command("except")
@@ -103,9 +163,16 @@ def budgets_except(
 ) -> None:
     """Grant a temporary raise that ends by itself at --expires-at."""
     body = {"amount_usd": amount, "percent": percent, "reason": reason, "expires_at": expires_at}
-    show(call(url, "POST", f"/admin/budgets/{budget_id}/exceptions",
-                json={k: v for k, v in body.items() if v is not None}), as_json,
-          ["id", "amount_usd", "percent", "reason", "expires_at"])
+    show(
+        call(
+            url,
+            "POST",
+            f"/admin/budgets/{budget_id}/exceptions",
+            json={k: v for k, v in body.items() if v is not None},
+        ),
+        as_json,
+        ["id", "amount_usd", "percent", "reason", "expires_at"],
+    )
 
 
 @wallets.command("create")
@@ -119,24 +186,52 @@ def wallets_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a prepaid wallet; calls it covers are refused with 402 when it runs dry."""
-    body = {"scope_type": scope, "scope_id": scope_id, "initial_topup_usd": topup,
-            "low_balance_usd": low_balance, "name": name}
-    show(call(url, "POST", "/admin/wallets", json={k: v for k, v in body.items() if v is not None}),
-          as_json, WALLET_COLUMNS)
+    body = {
+        "scope_type": scope,
+        "scope_id": scope_id,
+        "initial_topup_usd": topup,
+        "low_balance_usd": low_balance,
+        "name": name,
+    }
+    show(
+        call(url, "POST", "/admin/wallets", json={k: v for k, v in body.items() if v is not None}),
+        as_json,
+        WALLET_COLUMNS,
+    )
 
 
 @wallets.command("topup")
-def wallets_topup(wallet_id: str, amount: Annotated[str, typer.Option()],
-                  note: Annotated[str, typer.Option()] = "", url: UrlOpt = DEFAULT_URL,
-                  as_json: JsonOpt = False) -> None:
+def wallets_topup(
+    wallet_id: str,
+    amount: Annotated[str, typer.Option()],
+    note: Annotated[str, typer.Option()] = "",
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
     """Add funds to a wallet."""
-    show(call(url, "POST", f"/admin/wallets/{wallet_id}/topups",
-                json={"amount_usd": amount, "note": note}), as_json,
-          ["id", "wallet_id", "amount_usd", "note", "created_at"])
+    show(
+        call(
+            url,
+            "POST",
+            f"/admin/wallets/{wallet_id}/topups",
+            json={"amount_usd": amount, "note": note},
+        ),
+        as_json,
+        ["id", "wallet_id", "amount_usd", "note", "created_at"],
+    )
 
 
-LIMIT_COLUMNS = ["id", "scope_type", "scope_id", "model", "rpm", "tpm", "max_concurrent",
-                 "max_spend_usd", "spend_window_seconds"]
+LIMIT_COLUMNS = [
+    "id",
+    "scope_type",
+    "scope_id",
+    "model",
+    "rpm",
+    "tpm",
+    "max_concurrent",
+    "max_spend_usd",
+    "spend_window_seconds",
+]
 limits = crud_group("limits", "/admin/rate-limits", LIMIT_COLUMNS)
 
 
@@ -154,10 +249,23 @@ def limits_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Limit a key or team on a model: rpm, tpm, concurrency, spend velocity."""
-    body = {"scope_type": scope, "scope_id": scope_id, "model": model, "rpm": rpm, "tpm": tpm,
-            "max_concurrent": concurrent, "max_spend_usd": spend, "spend_window_seconds": window}
-    show(call(url, "POST", "/admin/rate-limits",
-                json={k: v for k, v in body.items() if v is not None}), as_json, LIMIT_COLUMNS)
+    body = {
+        "scope_type": scope,
+        "scope_id": scope_id,
+        "model": model,
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_concurrent": concurrent,
+        "max_spend_usd": spend,
+        "spend_window_seconds": window,
+    }
+    show(
+        call(
+            url, "POST", "/admin/rate-limits", json={k: v for k, v in body.items() if v is not None}
+        ),
+        as_json,
+        LIMIT_COLUMNS,
+    )
 
 
 @limits.command("update")
@@ -172,10 +280,23 @@ def limits_update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change a rate limit."""
-    body = {"rpm": rpm, "tpm": tpm, "max_concurrent": concurrent, "max_spend_usd": spend,
-            "spend_window_seconds": window}
-    show(call(url, "PATCH", f"/admin/rate-limits/{limit_id}",
-                json={k: v for k, v in body.items() if v is not None}), as_json, LIMIT_COLUMNS)
+    body = {
+        "rpm": rpm,
+        "tpm": tpm,
+        "max_concurrent": concurrent,
+        "max_spend_usd": spend,
+        "spend_window_seconds": window,
+    }
+    show(
+        call(
+            url,
+            "PATCH",
+            f"/admin/rate-limits/{limit_id}",
+            json={k: v for k, v in body.items() if v is not None},
+        ),
+        as_json,
+        LIMIT_COLUMNS,
+    )
 
 
 @limits.command("delete")
@@ -183,5 +304,3 @@ def limits_delete(limit_id: str, url: UrlOpt = DEFAULT_URL) -> None:
     """Remove a rate limit."""
     call(url, "DELETE", f"/admin/rate-limits/{limit_id}")
     console.print(f"deleted {limit_id}")
-
-

@@ -14,7 +14,9 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 
 
 def serve(
-    demo: Annotated[bool, typer.Option(help="Add the simulated provider (demo-small, demo-large)")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="Add the simulated provider (demo-small, demo-large)")
+    ] = False,
     config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 4100,
@@ -39,26 +41,44 @@ def serve(
         err_console.print(f"[red]configuration error:[/] {exc}")
         raise typer.Exit(2) from exc
     if workers > 1 and not settings.redis_url:
-        err_console.print("[red]--workers > 1 needs SPENDGATE_REDIS_URL:[/] budget, wallet and "
-                          "rate-limit counters live in each process otherwise, and caps would "
-                          "not hold across workers.")
+        err_console.print(
+            "[red]--workers > 1 needs SPENDGATE_REDIS_URL:[/] budget, wallet and "
+            "rate-limit counters live in each process otherwise, and caps would "
+            "not hold across workers."
+        )
         raise typer.Exit(2)
     if demo:
-        err_console.print("[cyan]demo mode:[/] models demo-small and demo-large come from the "
-                          "SIMULATED provider (deterministic fake replies, real prices).")
-    err_console.print(f"spendgate listening on http://{settings.host}:{settings.port} "
-                      f"(database {settings.database_url})")
-    uvicorn.run("spendgate.app:app_from_env", factory=True, host=settings.host, port=settings.port,
-                workers=workers, loop="auto", http="auto", lifespan="on", access_log=False,
-                log_level="info", timeout_graceful_shutdown=30, server_header=False,
-                proxy_headers=False)
+        err_console.print(
+            "[cyan]demo mode:[/] models demo-small and demo-large come from the "
+            "SIMULATED provider (deterministic fake replies, real prices)."
+        )
+    err_console.print(
+        f"spendgate listening on http://{settings.host}:{settings.port} "
+        f"(database {settings.database_url})"
+    )
+    uvicorn.run(
+        "spendgate.app:app_from_env",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=workers,
+        loop="auto",
+        http="auto",
+        lifespan="on",
+        access_log=False,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+        server_header=False,
+        proxy_headers=False,
+    )
 
 
 @db_app.command("migrate")
 def db_migrate(
     revision: Annotated[str, typer.Argument()] = "head",
-    database_url: Annotated[str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")]
-    = "sqlite:///spendgate.db",
+    database_url: Annotated[
+        str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")
+    ] = "sqlite:///spendgate.db",
 ) -> None:
     """Apply the Alembic migrations to the database."""
     from spendgate.store.database import migrate_url

@@ -21,8 +21,17 @@ def usage(
     as_json: JsonOpt = False,
 ) -> None:
     """Spend rolled up by team, model, key, day…"""
-    params = {k: v for k, v in {"group_by": by, "start": start, "end": end, "org_id": org,
-                                "format": "csv" if csv_ else "json"}.items() if v}
+    params = {
+        k: v
+        for k, v in {
+            "group_by": by,
+            "start": start,
+            "end": end,
+            "org_id": org,
+            "format": "csv" if csv_ else "json",
+        }.items()
+        if v
+    }
     data = call(url, "GET", "/admin/usage", params=params)
     if csv_:
         sys.stdout.write(data)
@@ -31,8 +40,24 @@ def usage(
         show(data, True, [])
         return
     dims = data["group_by"]
-    show(data["rows"], False, [*dims, "requests", "errors", "input_tokens", "output_tokens",
-                                "cost_usd", "unpriced_requests"])
-    console.print(f"total: ${data['total_cost_usd']}"
-                  + (f"  ({data['unpriced_requests']} calls with unknown price)"
-                     if data["unpriced_requests"] else ""))
+    show(
+        data["rows"],
+        False,
+        [
+            *dims,
+            "requests",
+            "errors",
+            "input_tokens",
+            "output_tokens",
+            "cost_usd",
+            "unpriced_requests",
+        ],
+    )
+    console.print(
+        f"total: ${data['total_cost_usd']}"
+        + (
+            f"  ({data['unpriced_requests']} calls with unknown price)"
+            if data["unpriced_requests"]
+            else ""
+        )
+    )

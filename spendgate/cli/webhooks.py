@@ -25,8 +25,9 @@ if TYPE_CHECKING:
     from spendgate.webhooks.secrets_box import SecretBox
     from spendgate.webhooks.store import ReencryptReport
 
-webhooks_app = typer.Typer(help="Webhook endpoints (signed), Slack and PagerDuty alerts.",
-                           no_args_is_help=True)
+webhooks_app = typer.Typer(
+    help="Webhook endpoints (signed), Slack and PagerDuty alerts.", no_args_is_help=True
+)
 COLUMNS = ["id", "kind", "url", "event_types", "scope_type", "scope_id", "enabled"]
 
 
@@ -42,8 +43,11 @@ def list_(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 
 @webhooks_app.command("get")
 def get(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    _show(_call(url, "GET", f"/admin/webhooks/{endpoint_id}"), as_json,
-          [*COLUMNS, "disabled_reason", "failing_since"])
+    _show(
+        _call(url, "GET", f"/admin/webhooks/{endpoint_id}"),
+        as_json,
+        [*COLUMNS, "disabled_reason", "failing_since"],
+    )
 
 
 @webhooks_app.command("create")
@@ -55,12 +59,18 @@ def create(
     scope_id: Annotated[str | None, typer.Option()] = None,
     routing_key: Annotated[str | None, typer.Option(help="PagerDuty integration key")] = None,
     description: Annotated[str, typer.Option()] = "",
-    url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
 ) -> None:
     """Create an endpoint; prints its signing secret once."""
-    body: dict[str, Any] = {"url": target, "kind": kind, "event_types": _types(events),
-                            "scope_type": scope_type, "scope_id": scope_id,
-                            "description": description}
+    body: dict[str, Any] = {
+        "url": target,
+        "kind": kind,
+        "event_types": _types(events),
+        "scope_type": scope_type,
+        "scope_id": scope_id,
+        "description": description,
+    }
     if routing_key:
         body["config"] = {"routing_key": routing_key}
     created = _call(url, "POST", "/admin/webhooks", json=body)
@@ -76,11 +86,20 @@ def update(
     events: Annotated[str | None, typer.Option()] = None,
     enabled: Annotated[bool | None, typer.Option("--enable/--disable")] = None,
     description: Annotated[str | None, typer.Option()] = None,
-    url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
 ) -> None:
     """Change an endpoint (``--enable`` re-arms one disabled for failing)."""
-    body = {k: v for k, v in {"url": target, "event_types": _types(events), "enabled": enabled,
-                              "description": description}.items() if v is not None}
+    body = {
+        k: v
+        for k, v in {
+            "url": target,
+            "event_types": _types(events),
+            "enabled": enabled,
+            "description": description,
+        }.items()
+        if v is not None
+    }
     _show(_call(url, "PATCH", f"/admin/webhooks/{endpoint_id}", json=body), as_json, COLUMNS)
 
 
@@ -93,13 +112,19 @@ def delete(endpoint_id: str, url: UrlOpt = DEFAULT_URL) -> None:
 @webhooks_app.command("rotate-secret")
 def rotate_secret(
     endpoint_id: str,
-    overlap_seconds: Annotated[int, typer.Option(help="old secret keeps signing this long")]
-    = 86400,
-    url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False,
+    overlap_seconds: Annotated[
+        int, typer.Option(help="old secret keeps signing this long")
+    ] = 86400,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
 ) -> None:
     """New signing secret (printed once); both sign during the overlap."""
-    rotated = _call(url, "POST", f"/admin/webhooks/{endpoint_id}/rotate-secret",
-                    json={"overlap_seconds": overlap_seconds})
+    rotated = _call(
+        url,
+        "POST",
+        f"/admin/webhooks/{endpoint_id}/rotate-secret",
+        json={"overlap_seconds": overlap_seconds},
+    )
     _show(rotated, as_json, ["id", "secret", "previous_secret_valid_until"], secret="secret")
 
 
@@ -108,20 +133,34 @@ def deliveries(
     endpoint_id: str,
     status: Annotated[str | None, typer.Option(help="pending | succeeded | failed")] = None,
     limit: Annotated[int, typer.Option()] = 50,
-    url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
 ) -> None:
     """The delivery log, newest first."""
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
     rows = _call(url, "GET", f"/admin/webhooks/{endpoint_id}/deliveries", params=params)
-    _show(rows, as_json, ["id", "event_type", "action", "status", "attempts",
-                          "last_response_code", "last_error", "next_attempt_at"])
+    _show(
+        rows,
+        as_json,
+        [
+            "id",
+            "event_type",
+            "action",
+            "status",
+            "attempts",
+            "last_response_code",
+            "last_error",
+            "next_attempt_at",
+        ],
+    )
 
 
 @webhooks_app.command("redeliver")
-def redeliver(endpoint_id: str, delivery_id: str, url: UrlOpt = DEFAULT_URL,
-              as_json: JsonOpt = False) -> None:
+def redeliver(
+    endpoint_id: str, delivery_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False
+) -> None:
     """Queue a delivery again (same webhook-id)."""
     row = _call(url, "POST", f"/admin/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver")
     _show(row, as_json, ["id", "redelivery_of", "status", "next_attempt_at"])
@@ -129,8 +168,9 @@ def redeliver(endpoint_id: str, delivery_id: str, url: UrlOpt = DEFAULT_URL,
 
 @webhooks_app.command("reencrypt")
 def reencrypt(
-    database_url: Annotated[str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")]
-    = "sqlite:///spendgate.db",
+    database_url: Annotated[
+        str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")
+    ] = "sqlite:///spendgate.db",
     as_json: JsonOpt = False,
 ) -> None:
     """Rewrite stored webhook secrets, PagerDuty keys and Slack URLs under the newest key.
@@ -150,11 +190,14 @@ def reencrypt(
     if as_json:
         sys.stdout.write(json.dumps(dataclasses.asdict(report)) + "\n")
     else:
-        console.print(f"{report.endpoints} endpoints: {report.rewritten} re-encrypted under the "
-                      f"newest key, {report.sealed} Slack URLs encrypted")
+        console.print(
+            f"{report.endpoints} endpoints: {report.rewritten} re-encrypted under the "
+            f"newest key, {report.sealed} Slack URLs encrypted"
+        )
     if report.unreadable:
-        err_console.print("[red]no configured key decrypts the secrets of:[/] "
-                          + ", ".join(report.unreadable))
+        err_console.print(
+            "[red]no configured key decrypts the secrets of:[/] " + ", ".join(report.unreadable)
+        )
         raise typer.Exit(1)
 
 

@@ -29,7 +29,12 @@ from enum import StrEnum
 
 MASTER = "master"
 ORG_ADMIN, FINANCE, TEAM_ADMIN, VIEWER, MEMBER = (
-    "org_admin", "finance", "team_admin", "viewer", "member")
+    "org_admin",
+    "finance",
+    "team_admin",
+    "viewer",
+    "member",
+)
 ROLES = (ORG_ADMIN, FINANCE, TEAM_ADMIN, VIEWER, MEMBER)
 #: roles whose admin tokens see the whole org
 ORG_WIDE = frozenset({MASTER, ORG_ADMIN, FINANCE})

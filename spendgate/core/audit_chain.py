@@ -96,9 +96,18 @@ class AuditEvent:
     def normalised(self) -> AuditEvent:
         if self.at.tzinfo is None:
             raise ValueError("naive datetime given to the audit log")
-        return AuditEvent(self.at.astimezone(UTC), self.actor_type, self.actor_id, self.action,
-                          self.target_type, self.target_id, normalise(self.before),
-                          normalise(self.after), self.request_id, self.source_ip)
+        return AuditEvent(
+            self.at.astimezone(UTC),
+            self.actor_type,
+            self.actor_id,
+            self.action,
+            self.target_type,
+            self.target_id,
+            normalise(self.before),
+            normalise(self.after),
+            self.request_id,
+            self.source_ip,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,20 +123,41 @@ class AuditEntry:
     def as_dict(self) -> dict[str, Any]:
         """Flat, JSON-ready (the export and API form)."""
         e = self.event
-        return {"seq": self.seq, "id": self.id, "at": iso_utc(e.at), "actor_type": e.actor_type,
-                "actor_id": e.actor_id, "action": e.action, "target_type": e.target_type,
-                "target_id": e.target_id, "before": e.before, "after": e.after,
-                "request_id": e.request_id, "source_ip": e.source_ip,
-                "prev_hash": self.prev_hash, "hash": self.hash}
+        return {
+            "seq": self.seq,
+            "id": self.id,
+            "at": iso_utc(e.at),
+            "actor_type": e.actor_type,
+            "actor_id": e.actor_id,
+            "action": e.action,
+            "target_type": e.target_type,
+            "target_id": e.target_id,
+            "before": e.before,
+            "after": e.after,
+            "request_id": e.request_id,
+            "source_ip": e.source_ip,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
 
 
 def canonical(seq: int, entry_id: str, event: AuditEvent) -> bytes:
     """The bytes that are hashed: every field but the hashes, compact, keys sorted."""
-    body = {"v": CANONICAL_VERSION, "seq": seq, "id": entry_id, "at": iso_utc(event.at),
-            "actor_type": event.actor_type, "actor_id": event.actor_id, "action": event.action,
-            "target_type": event.target_type, "target_id": event.target_id,
-            "before": event.before, "after": event.after, "request_id": event.request_id,
-            "source_ip": event.source_ip}
+    body = {
+        "v": CANONICAL_VERSION,
+        "seq": seq,
+        "id": entry_id,
+        "at": iso_utc(event.at),
+        "actor_type": event.actor_type,
+        "actor_id": event.actor_id,
+        "action": event.action,
+        "target_type": event.target_type,
+        "target_id": event.target_id,
+        "before": event.before,
+        "after": event.after,
+        "request_id": event.request_id,
+        "source_ip": event.source_ip,
+    }
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
@@ -138,8 +168,9 @@ def chain_hash(prev_hash: str, body: bytes) -> str:
 def seal(seq: int, entry_id: str, event: AuditEvent, prev_hash: str) -> AuditEntry:
     """Give a (normalised) event its place after the entry whose hash is ``prev_hash``."""
     event = event.normalised()
-    return AuditEntry(seq, entry_id, event, prev_hash,
-                      chain_hash(prev_hash, canonical(seq, entry_id, event)))
+    return AuditEntry(
+        seq, entry_id, event, prev_hash, chain_hash(prev_hash, canonical(seq, entry_id, event))
+    )
 
 
 #: enforcement facts (stored events) that also belong in the audit log: type -> target
@@ -161,9 +192,17 @@ def enforcement_event(type_: str, data: Mapping[str, Any], at: datetime) -> Audi
         return None
     target_id = data.get(target[1])
     request_id = data.get("request_id")
-    return AuditEvent(at, "system", "enforcer", type_, target[0],
-                      None if target_id is None else str(target_id), None, dict(data),
-                      None if request_id is None else str(request_id))
+    return AuditEvent(
+        at,
+        "system",
+        "enforcer",
+        type_,
+        target[0],
+        None if target_id is None else str(target_id),
+        None,
+        dict(data),
+        None if request_id is None else str(request_id),
+    )
 
 
 # -- verification -------------------------------------------------------------------------
@@ -197,31 +236,38 @@ class VerifyResult:
 
     def as_dict(self) -> dict[str, Any]:
         bad = self.first_bad
-        return {"ok": self.ok, "checked": self.checked, "last_seq": self.last_seq,
-                "last_hash": self.last_hash, "checkpoint_seq": self.checkpoint_seq,
-                "first_bad_id": bad.entry_id if bad else None,
-                "first_bad_seq": bad.seq if bad else None,
-                "reason": bad.reason if bad else None}
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "last_seq": self.last_seq,
+            "last_hash": self.last_hash,
+            "checkpoint_seq": self.checkpoint_seq,
+            "first_bad_id": bad.entry_id if bad else None,
+            "first_bad_seq": bad.seq if bad else None,
+            "reason": bad.reason if bad else None,
+        }
 
 
 def check_link(state: ChainState, entry: AuditEntry) -> ChainState | ChainBreak:
     """One step of the walk: the next state, or why ``entry`` breaks the chain."""
     if entry.seq != state.seq + 1:
         what = "missing" if entry.seq > state.seq + 1 else "out of order"
-        return ChainBreak(entry.id, entry.seq,
-                          f"sequence gap: expected seq {state.seq + 1}, found {entry.seq} "
-                          f"(entries {what})")
+        return ChainBreak(
+            entry.id,
+            entry.seq,
+            f"sequence gap: expected seq {state.seq + 1}, found {entry.seq} (entries {what})",
+        )
     if entry.prev_hash != state.hash:
-        return ChainBreak(entry.id, entry.seq,
-                          "prev_hash does not match the hash of the entry before it")
+        return ChainBreak(
+            entry.id, entry.seq, "prev_hash does not match the hash of the entry before it"
+        )
     expected = chain_hash(entry.prev_hash, canonical(entry.seq, entry.id, entry.event))
     if not hmac.compare_digest(expected, entry.hash):
         return ChainBreak(entry.id, entry.seq, "hash does not match the entry's content")
     return ChainState(entry.seq, entry.hash, state.checked + 1)
 
 
-def walk(entries: Iterable[AuditEntry], state: ChainState
-         ) -> tuple[ChainState, ChainBreak | None]:
+def walk(entries: Iterable[AuditEntry], state: ChainState) -> tuple[ChainState, ChainBreak | None]:
     """Check a run of entries (in seq order) continuing from ``state``: the last good
     state, and the first break if there is one."""
     for entry in entries:
@@ -232,19 +278,30 @@ def walk(entries: Iterable[AuditEntry], state: ChainState
     return state, None
 
 
-def finish(state: ChainState, broken: ChainBreak | None, head: tuple[int, str] | None,
-           checkpoint_seq: int | None) -> VerifyResult:
+def finish(
+    state: ChainState,
+    broken: ChainBreak | None,
+    head: tuple[int, str] | None,
+    checkpoint_seq: int | None,
+) -> VerifyResult:
     """The result of a walk, compared with the chain head (catches a deleted tail)."""
     if broken is None and head is not None and head != (state.seq, state.hash):
-        broken = ChainBreak(None, state.seq + 1,
-                            f"chain head is at seq {head[0]} but the last entry is seq "
-                            f"{state.seq} (entries missing at the end)")
-    return VerifyResult(broken is None, state.checked, state.seq, state.hash, checkpoint_seq,
-                        broken)
+        broken = ChainBreak(
+            None,
+            state.seq + 1,
+            f"chain head is at seq {head[0]} but the last entry is seq "
+            f"{state.seq} (entries missing at the end)",
+        )
+    return VerifyResult(
+        broken is None, state.checked, state.seq, state.hash, checkpoint_seq, broken
+    )
 
 
-def verify_chain(entries: Iterable[AuditEntry], start: ChainState | None = None,
-                 head: tuple[int, str] | None = None) -> VerifyResult:
+def verify_chain(
+    entries: Iterable[AuditEntry],
+    start: ChainState | None = None,
+    head: tuple[int, str] | None = None,
+) -> VerifyResult:
     """Walk ``entries`` from ``start`` (genesis by default); the first bad entry, if any."""
     begin = start or ChainState()
     state, broken = walk(entries, begin)
@@ -265,17 +322,31 @@ class Checkpoint:
     signature: str = field(default="", compare=False)
 
     def message(self) -> bytes:
-        return orjson.dumps({"v": CANONICAL_VERSION, "id": self.id, "seq": self.seq,
-                             "hash": self.hash, "purged_before": iso_utc(self.purged_before),
-                             "purged_count": self.purged_count,
-                             "created_at": iso_utc(self.created_at)},
-                            option=orjson.OPT_SORT_KEYS)
+        return orjson.dumps(
+            {
+                "v": CANONICAL_VERSION,
+                "id": self.id,
+                "seq": self.seq,
+                "hash": self.hash,
+                "purged_before": iso_utc(self.purged_before),
+                "purged_count": self.purged_count,
+                "created_at": iso_utc(self.created_at),
+            },
+            option=orjson.OPT_SORT_KEYS,
+        )
 
 
 def sign_checkpoint(checkpoint: Checkpoint, key: bytes) -> Checkpoint:
     signature = hmac.new(key, checkpoint.message(), hashlib.sha256).hexdigest()
-    return Checkpoint(checkpoint.id, checkpoint.seq, checkpoint.hash, checkpoint.purged_before,
-                      checkpoint.purged_count, checkpoint.created_at, signature)
+    return Checkpoint(
+        checkpoint.id,
+        checkpoint.seq,
+        checkpoint.hash,
+        checkpoint.purged_before,
+        checkpoint.purged_count,
+        checkpoint.created_at,
+        signature,
+    )
 
 
 def checkpoint_valid(checkpoint: Checkpoint, key: bytes) -> bool:

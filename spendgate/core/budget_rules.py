@@ -165,8 +165,9 @@ def percent_used(spent: int, amount_nanos: int) -> Decimal:
     return (Decimal(spent) * 100 / amount_nanos).quantize(Decimal("0.01"))
 
 
-def validate_levels(alerts: Sequence[Decimal], soft: Decimal, hard_on: bool, hard: Decimal
-                    ) -> tuple[str, str] | None:
+def validate_levels(
+    alerts: Sequence[Decimal], soft: Decimal, hard_on: bool, hard: Decimal
+) -> tuple[str, str] | None:
     """(field, message) for the first inconsistent percentage, or None when all is well."""
     if list(alerts) != sorted(set(alerts)):
         return "alert_percentages", "must be strictly increasing"

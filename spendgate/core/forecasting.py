@@ -174,17 +174,24 @@ class Projection:
 
 
 # -- inputs from budgets and windows -------------------------------------------------------
-def outlook_for(budget: rules.Budget, amount_nanos: int, window: Window, today: date,
-                period_days: Sequence[date] | None = None) -> PeriodOutlook:
+def outlook_for(
+    budget: rules.Budget,
+    amount_nanos: int,
+    window: Window,
+    today: date,
+    period_days: Sequence[date] | None = None,
+) -> PeriodOutlook:
     """The rest of ``window`` from local date ``today``, with the budget's threshold levels
     (``period_days``: the window's local dates, when the caller already has them)."""
-    levels = tuple((t.name, rules.percent_of(amount_nanos, t.percent))
-                   for t in rules.thresholds(budget))
+    levels = tuple(
+        (t.name, rules.percent_of(amount_nanos, t.percent)) for t in rules.thresholds(budget)
+    )
     if period_days is None:
         period_days = days_in_window(window, budget.timezone)
     remaining = tuple(d for d in period_days if d >= today)
-    return PeriodOutlook(window.key, window.local_start.date(), remaining or (today,),
-                         amount_nanos, levels)
+    return PeriodOutlook(
+        window.key, window.local_start.date(), remaining or (today,), amount_nanos, levels
+    )
 
 
 def local_today(now: datetime, tz: str) -> tuple[date, float]:
@@ -212,17 +219,23 @@ def forecast(history: SpendHistory, outlook: PeriodOutlook, generated_at: dateti
     low, high = interval_of_sum(mean_sum, projection.sd_sum, y - cleaned, float(weights.sum()))
     p50 = spent + round(mean_sum)
     return Forecast(
-        period_key=outlook.key, spent_nanos=spent,
-        p10_nanos=spent + round(min(max(0.0, low), mean_sum)), p50_nanos=p50,
-        p90_nanos=spent + round(max(high, mean_sum)), amount_nanos=outlook.amount_nanos,
+        period_key=outlook.key,
+        spent_nanos=spent,
+        p10_nanos=spent + round(min(max(0.0, low), mean_sum)),
+        p50_nanos=p50,
+        p90_nanos=spent + round(max(high, mean_sum)),
+        amount_nanos=outlook.amount_nanos,
         percent_of_budget=rules.percent_used(p50, outlook.amount_nanos),
-        crossings=crossings(history, outlook, expected), method=projection.method,
-        history_days=len(y), generated_at=generated_at,
+        crossings=crossings(history, outlook, expected),
+        method=projection.method,
+        history_days=len(y),
+        generated_at=generated_at,
     )
 
 
-def interval_of_sum(mean_sum: float, sd: float, excess: Floats, days_left: float
-                    ) -> tuple[float, float]:
+def interval_of_sum(
+    mean_sum: float, sd: float, excess: Floats, days_left: float
+) -> tuple[float, float]:
     """P10 and P90 of Normal(mean_sum, sd²) plus K outlier days, K ~ Poisson(the rate of
     cleaned days in the history × ``days_left``), each adding the excess (``excess``: spend
     minus the cleaned value, per day of history) of a cleaned day drawn at random."""
@@ -249,19 +262,23 @@ def _draws() -> tuple[Floats, Floats, Floats]:
     rng = np.random.default_rng(20260101)
     unit = NormalDist()
     normal = np.array([unit.inv_cdf((i + 0.5) / DRAWS) for i in range(DRAWS)])
-    return (np.asarray(rng.permutation(normal), dtype=np.float64), rng.random(DRAWS),
-            rng.random((DRAWS, MAX_JUMPS)))
+    return (
+        np.asarray(rng.permutation(normal), dtype=np.float64),
+        rng.random(DRAWS),
+        rng.random((DRAWS, MAX_JUMPS)),
+    )
 
 
-def forecast_many(jobs: Sequence[tuple[SpendHistory, PeriodOutlook]], generated_at: datetime
-                  ) -> list[Forecast]:
+def forecast_many(
+    jobs: Sequence[tuple[SpendHistory, PeriodOutlook]], generated_at: datetime
+) -> list[Forecast]:
     """Every forecast of a batch (a top-level function, so a process pool can run it)."""
     return [forecast(h, o, generated_at) for h, o in jobs]
 
 
 def trim_leading_zeros(y: Floats) -> Floats:
     nonzero = np.flatnonzero(y)
-    return y[nonzero[0]:] if nonzero.size else y[:0]
+    return y[nonzero[0] :] if nonzero.size else y[:0]
 
 
 def clean_days(y: Floats) -> Floats:
@@ -279,8 +296,7 @@ def clean_days(y: Floats) -> Floats:
     out = np.minimum(y, CAP_MULTIPLE * np.maximum(by_slot[slots], overall))
     usual = weekday_median(y)
     with np.errstate(invalid="ignore"):  # NaN (no usual spend known): neither dip nor back
-        dip = ((y * CAP_MULTIPLE < usual)
-               & (usual - y > OUTLIER_SCALES * relative_spread(y) * usual))
+        dip = (y * CAP_MULTIPLE < usual) & (usual - y > OUTLIER_SCALES * relative_spread(y) * usual)
         back = (y > 0) & (y * CAP_MULTIPLE >= usual)
     dip = _before_last(dip, back)
     out[dip] = usual[dip]
@@ -294,9 +310,10 @@ def weekday_median(y: Floats) -> Floats:
     n = y.size
     pad = 3 * SEASON
     padded = np.full(n + 2 * pad, np.nan)
-    padded[pad:pad + n] = y
-    around = np.stack([padded[pad + k * SEASON:pad + k * SEASON + n]
-                       for k in (-3, -2, -1, 1, 2, 3)])
+    padded[pad : pad + n] = y
+    around = np.stack(
+        [padded[pad + k * SEASON : pad + k * SEASON + n] for k in (-3, -2, -1, 1, 2, 3)]
+    )
     return _column_medians(around, 3)
 
 
@@ -345,7 +362,7 @@ def _recent_weeks(y: Floats) -> Floats:
     weekday first), NaN before ``y`` begins."""
     recent = y[-CAP_WINDOW_DAYS:]
     weeks = np.full(CAP_WINDOW_DAYS, np.nan)
-    weeks[CAP_WINDOW_DAYS - recent.size:] = recent
+    weeks[CAP_WINDOW_DAYS - recent.size :] = recent
     return weeks.reshape(-1, SEASON)
 
 
@@ -354,8 +371,9 @@ def spent_in_period(history: SpendHistory, start: date) -> int:
     return sum(history.daily[skip:]) + history.today_spent
 
 
-def crossings(history: SpendHistory, outlook: PeriodOutlook, expected: Floats
-              ) -> tuple[tuple[str, date | None], ...]:
+def crossings(
+    history: SpendHistory, outlook: PeriodOutlook, expected: Floats
+) -> tuple[tuple[str, date | None], ...]:
     """The local date each level is reached: actual for the days seen, P50 for the days left."""
     skip = max(0, (outlook.start - history.first_day).days)
     seen = [float(v) for v in history.daily[skip:]]
@@ -389,7 +407,7 @@ def trailing_mean(y: Floats, weights: Floats) -> Projection:
     mean = float(y.mean())
     var = float(y.var(ddof=1)) if y.size > 1 else mean * mean
     total = float(weights.sum())
-    var_sum = var * float((weights ** 2).sum()) + total * total * var / y.size
+    var_sum = var * float((weights**2).sum()) + total * total * var / y.size
     return Projection("trailing_mean", np.full(weights.size, mean), math.sqrt(var_sum))
 
 
@@ -409,12 +427,12 @@ def seasonal_naive(y: Floats, weights: Floats) -> Projection:
     """The average of the full weeks seen (one or two), repeated; each day left and the
     base day it copies both carry noise."""
     weeks = min(y.size // SEASON, 2)
-    base = y[-SEASON * weeks:].reshape(weeks, SEASON).mean(axis=0)
+    base = y[-SEASON * weeks :].reshape(weeks, SEASON).mean(axis=0)
     slots = np.arange(weights.size) % SEASON
     diffs = y[SEASON:] - y[:-SEASON]
-    var = float((diffs ** 2).mean()) / 2 if diffs.size >= 2 else float(y.var(ddof=1))
+    var = float((diffs**2).mean()) / 2 if diffs.size >= 2 else float(y.var(ddof=1))
     per_base = np.bincount(slots, weights=weights, minlength=SEASON)
-    var_sum = var * (float((weights ** 2).sum()) + float((per_base ** 2).sum()) / weeks)
+    var_sum = var * (float((weights**2).sum()) + float((per_base**2).sum()) / weeks)
     return Projection("seasonal_naive", base[slots], math.sqrt(var_sum))
 
 
@@ -437,7 +455,7 @@ def ets_damped(y: Floats, weights: Floats) -> Projection | None:
     sigma = math.sqrt(max(float(model["sigma2"]), 0.0)) * scale
     loadings = innovation_loadings(weights, _step_weights(model, weights.size))
     # the model's own variance, plus the error of the level it starts from
-    own = float((loadings ** 2).sum())
+    own = float((loadings**2).sum())
     var_sum = own + parameter_term(y.size, weights, _phi(model))
     sd = sigma * math.sqrt(var_sum)
     if not (np.isfinite(mean).all() and math.isfinite(sd)):
@@ -463,7 +481,7 @@ def parameter_term(n: int, weights: Floats, phi: float) -> float:
     h = np.arange(1, weights.size + 1)
     future = np.zeros((weights.size, design.shape[1]))
     future[:, 0] = 1.0
-    future[:, 1] = t[-1] + np.cumsum(phi ** h)
+    future[:, 1] = t[-1] + np.cumsum(phi**h)
     fslots = (n - 1 + h) % SEASON
     for k in range(1, SEASON):
         future[:, 1 + k] = (fslots == k).astype(float) - (fslots == 0)
@@ -476,7 +494,8 @@ def _fit_ets(y: Floats) -> dict[str, Any] | None:
         warnings.simplefilter("ignore", RuntimeWarning)
         try:
             model: dict[str, Any] = _statsforecast_ets().ets_f(
-                y, SEASON, model="AAA", damped=True, nmse=1)
+                y, SEASON, model="AAA", damped=True, nmse=1
+            )
         except (ValueError, ArithmeticError, np.linalg.LinAlgError):
             return None
     return model
@@ -490,15 +509,17 @@ def _step_weights(model: dict[str, Any], horizon: int) -> Floats:
     gamma = gamma if components[2] != "N" else 0.0
     phi = phi if components[3] == "D" else 1.0
     j = np.arange(1, max(horizon, 1))
-    damped_sum = np.cumsum(phi ** j)
+    damped_sum = np.cumsum(phi**j)
     return np.asarray(alpha + beta * damped_sum + gamma * (j % SEASON == 0), dtype=np.float64)
 
 
 def innovation_loadings(weights: Floats, steps: Floats) -> Floats:
     """How much each future innovation moves the weighted sum: ``w_k + Σ_{h>k} w_h c_{h-k}``."""
     n = weights.size
-    return np.array([weights[k] + float(np.dot(weights[k + 1:], steps[: n - k - 1]))
-                     for k in range(n)], dtype=np.float64)
+    return np.array(
+        [weights[k] + float(np.dot(weights[k + 1 :], steps[: n - k - 1])) for k in range(n)],
+        dtype=np.float64,
+    )
 
 
 # -- overrun warnings ----------------------------------------------------------------------

@@ -77,8 +77,11 @@ def validate(reservation_id: str, checks: Sequence[Check]) -> None:
 
 def _well_formed(checks: Sequence[Check]) -> bool:
     for _, kind, limit, window_seconds, amount in checks:
-        if limit < 0 or amount < 0 or (
-                amount != 1 if kind == "concurrency" else window_seconds <= 0):
+        if (
+            limit < 0
+            or amount < 0
+            or (amount != 1 if kind == "concurrency" else window_seconds <= 0)
+        ):
             return False
     return len(checks) < 2 or len({check[0] for check in checks}) == len(checks)
 

@@ -161,8 +161,9 @@ class CheckTemplate:
 
     def __init__(self, rows: Sequence[RateLimit]) -> None:
         #: (check, what its amount is: 0 its own, 1 the call's tokens, 2 its spend)
-        self._parts = tuple((check, _AMOUNT_SOURCE.get(check.kind, 0))
-                            for check in checks_for(rows, 0, 0))
+        self._parts = tuple(
+            (check, _AMOUNT_SOURCE.get(check.kind, 0)) for check in checks_for(rows, 0, 0)
+        )
         self._actual = tuple((check.bucket, source) for check, source in self._parts if source)
         self.empty = not self._parts
 
@@ -170,8 +171,13 @@ class CheckTemplate:
         out: list[Check] = []
         for check, source in self._parts:
             if source:
-                check = Check(check.bucket, check.kind, check.limit, check.window_seconds,
-                              tokens if source == 1 else spend_nanos)
+                check = Check(
+                    check.bucket,
+                    check.kind,
+                    check.limit,
+                    check.window_seconds,
+                    tokens if source == 1 else spend_nanos,
+                )
             out.append(check)
         return out
 
@@ -260,8 +266,10 @@ def granted_headers(checks: Sequence[Check], granted: Granted) -> dict[str, str]
         elif kind == "tokens" and (tokens is None or _tighter(result, tokens)):
             tokens = result
     headers: dict[str, str] = {}
-    for found, (limit, remaining, reset) in ((requests, _REQUEST_HEADERS),
-                                             (tokens, _TOKEN_HEADERS)):
+    for found, (limit, remaining, reset) in (
+        (requests, _REQUEST_HEADERS),
+        (tokens, _TOKEN_HEADERS),
+    ):
         if found is not None:
             headers[limit] = str(found.limit)
             headers[remaining] = str(found.remaining)

@@ -53,7 +53,9 @@ def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
     )
 
 
-def from_anthropic(usage: dict[str, Any] | None, base: TokenUsage | None = None) -> TokenUsage | None:
+def from_anthropic(
+    usage: dict[str, Any] | None, base: TokenUsage | None = None
+) -> TokenUsage | None:
     """Anthropic ``usage``: input excludes cache reads/writes, so they are added back.
 
     ``base`` is what an earlier stream event (``message_start``) reported; a later
@@ -63,7 +65,8 @@ def from_anthropic(usage: dict[str, Any] | None, base: TokenUsage | None = None)
         return base
     prev = base or TokenUsage()
     has_input = any(
-        k in usage for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
+        k in usage
+        for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
     )
     if has_input:
         read = _int(usage.get("cache_read_input_tokens"))

@@ -63,13 +63,15 @@ class Counters(Protocol):
 
     async def exists(self, bucket: str) -> bool: ...
 
-    async def reserve(self, reservation_id: str, holds: Sequence[Hold], expires_at: float
-                      ) -> Refusal | None:
+    async def reserve(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> Refusal | None:
         """All holds or none, atomically; remembered under ``reservation_id`` until settled,
         released, or reaped after ``expires_at`` (epoch seconds)."""
 
-    async def settle(self, reservation_id: str, settlements: Sequence[Settlement]
-                     ) -> list[tuple[int, int]]:
+    async def settle(
+        self, reservation_id: str, settlements: Sequence[Settlement]
+    ) -> list[tuple[int, int]]:
         """Apply settlements; returns (spent before, spent after) per settlement, in order.
         Forgets the reservation."""
 

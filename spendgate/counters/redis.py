@@ -99,8 +99,9 @@ class RedisCounters:
         return self._redis
 
     # -- script keys and arguments, shared with the joint scripts of spendgate.guard --------
-    def reserve_call(self, reservation_id: str, holds: Sequence[Hold], expires_at: float
-                     ) -> tuple[list[str], list[str | int]]:
+    def reserve_call(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of ``reserve.lua`` (``ct_check`` + ``ct_record``)."""
         keys = [self._zset, self._rkey(reservation_id), *(self._key(h.bucket) for h in holds)]
         args: list[str | int] = [reservation_id, repr(float(expires_at))]
@@ -119,8 +120,9 @@ class RedisCounters:
         index, spent, reserved, cap = refused
         return Refusal(holds[int(index) - 1].bucket, _int(spent), _int(reserved), _int(cap))
 
-    def settle_call(self, reservation_id: str, settlements: Sequence[Settlement]
-                    ) -> tuple[list[str], list[str | int]]:
+    def settle_call(
+        self, reservation_id: str, settlements: Sequence[Settlement]
+    ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of ``settle.lua`` (``ct_settle``)."""
         keys = [self._zset, self._rkey(reservation_id), *(self._key(s.bucket) for s in settlements)]
         args: list[str | int] = [reservation_id]
@@ -131,8 +133,9 @@ class RedisCounters:
     @staticmethod
     def settle_reply(flat: Any) -> list[tuple[int, int, int | None]]:
         """(spent before, spent after, cap) per settlement."""
-        return [(_int(flat[i]), _int(flat[i + 1]), _cap(flat[i + 2]))
-                for i in range(0, len(flat), 3)]
+        return [
+            (_int(flat[i]), _int(flat[i + 1]), _cap(flat[i + 2])) for i in range(0, len(flat), 3)
+        ]
 
     def release_call(self, reservation_id: str) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of ``release.lua``."""

@@ -33,8 +33,9 @@ def pooled_client(url: str, *, max_connections: int = 50, pool_timeout: float = 
     """``redis://host:6379/0`` or ``rediss://…``. Calls share a pool of up to
     ``max_connections``; a burst beyond that waits up to ``pool_timeout`` seconds for a free
     connection instead of failing at once. Closing the client closes the pool."""
-    pool = BlockingConnectionPool.from_url(url, max_connections=max_connections,
-                                           timeout=pool_timeout)
+    pool = BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=pool_timeout
+    )
     return Redis.from_pool(pool)
 
 
@@ -44,8 +45,11 @@ def counters_failed(exc: RedisError, checking: str) -> StateUnavailable:
     script refusing, say) is a bug, logged with its traceback."""
     if isinstance(exc, RedisConnectionError | RedisTimeoutError):
         log.error("shared counters unreachable: %s", exc)
-        return StateUnavailable(f"spendgate cannot reach its shared counters (Redis), so it "
-                                f"cannot check {checking}; retry shortly")
+        return StateUnavailable(
+            f"spendgate cannot reach its shared counters (Redis), so it "
+            f"cannot check {checking}; retry shortly"
+        )
     log.error("shared counters failed", exc_info=exc)
-    return StateUnavailable(f"spendgate's shared counters (Redis) failed, so it cannot "
-                            f"check {checking}; retry shortly")
+    return StateUnavailable(
+        f"spendgate's shared counters (Redis) failed, so it cannot check {checking}; retry shortly"
+    )

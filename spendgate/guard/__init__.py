@@ -40,8 +40,11 @@ class Guarded:
 
 def joint_backend(limiter: RateLimiter, counters: Counters) -> JointRedis | None:
     """The joint scripts when both backends are Redis on one database; else None."""
-    if (isinstance(limiter, RedisRateLimiter) and isinstance(counters, RedisCounters)
-            and same_database(limiter.client, counters.client)):
+    if (
+        isinstance(limiter, RedisRateLimiter)
+        and isinstance(counters, RedisCounters)
+        and same_database(limiter.client, counters.client)
+    ):
         return JointRedis(limiter, counters)
     return None
 
@@ -57,16 +60,29 @@ class CallGuard:
         """True when each call phase is one Redis round trip for both backends."""
         return self._joint is not None
 
-    async def admit(self, request_id: str, subject: Subject, tokens: int, worst_nanos: int,
-                    snapshot: PolicySnapshot) -> Guarded:
+    async def admit(
+        self,
+        request_id: str,
+        subject: Subject,
+        tokens: int,
+        worst_nanos: int,
+        snapshot: PolicySnapshot,
+    ) -> Guarded:
         """Take the rate limits and the holds for ``worst_nanos``, or refuse: 429
         ``rate_limit_exceeded``, 429 ``budget_exceeded``, 402 ``insufficient_funds``, 403
         for a model the rate limits do not allow."""
         if self._joint is None:
             return await self._admit_in_turn(request_id, subject, tokens, worst_nanos, snapshot)
-        rate = self._rate.plan(snapshot.rate_limits, request_id, subject.key_id,
-                               subject.team_id, subject.org_id, subject.model, tokens,
-                               worst_nanos)
+        rate = self._rate.plan(
+            snapshot.rate_limits,
+            request_id,
+            subject.key_id,
+            subject.team_id,
+            subject.org_id,
+            subject.model,
+            tokens,
+            worst_nanos,
+        )
         money = await self._enforcer.plan(subject, worst_nanos, snapshot)
         admission = money.admission if money is not None else _no_holds()
         if rate is None and money is None:
@@ -78,11 +94,24 @@ class CallGuard:
         rated = self._rate.outcome(rate, outcome) if rate is not None else None
         return Guarded(rated or _no_rate_limit(request_id), admission)
 
-    async def _admit_in_turn(self, request_id: str, subject: Subject, tokens: int,
-                             worst_nanos: int, snapshot: PolicySnapshot) -> Guarded:
-        rated = await self._rate.admit(snapshot.rate_limits, request_id, subject.key_id,
-                                       subject.team_id, subject.org_id, subject.model, tokens,
-                                       worst_nanos)
+    async def _admit_in_turn(
+        self,
+        request_id: str,
+        subject: Subject,
+        tokens: int,
+        worst_nanos: int,
+        snapshot: PolicySnapshot,
+    ) -> Guarded:
+        rated = await self._rate.admit(
+            snapshot.rate_limits,
+            request_id,
+            subject.key_id,
+            subject.team_id,
+            subject.org_id,
+            subject.model,
+            tokens,
+            worst_nanos,
+        )
         try:
             admission = await self._enforcer.admit(subject, worst_nanos, snapshot)
         except BaseException:
@@ -100,12 +129,12 @@ class CallGuard:
             return remaining
         parts = self._enforcer.settlements(admission, cost_nanos)
         actual = self._rate.actuals(rated, tokens, cost_nanos)
-        results = await self._finish(guarded, actual, actual is not None, parts,
-                                     parts is not None)
+        results = await self._finish(guarded, actual, actual is not None, parts, parts is not None)
         if parts is None:
             return None
-        return await self._enforcer.booked(admission, [(b, a) for b, a, _ in results],
-                                           [cap for _, _, cap in results])
+        return await self._enforcer.booked(
+            admission, [(b, a) for b, a, _ in results], [cap for _, _, cap in results]
+        )
 
     async def unbilled(self, guarded: Guarded) -> None:
         """The call was forwarded but is not billed (a provider error): it counts as a
@@ -115,8 +144,9 @@ class CallGuard:
             await self._enforcer.release(guarded.admission)
             return
         actual = self._rate.actuals(guarded.rated, 0, 0)
-        await self._finish(guarded, actual, actual is not None, None,
-                           self._enforcer.releasing(guarded.admission))
+        await self._finish(
+            guarded, actual, actual is not None, None, self._enforcer.releasing(guarded.admission)
+        )
 
     async def release(self, guarded: Guarded) -> None:
         """The call never reached the provider (or ended in a way not settled above): give
@@ -125,20 +155,33 @@ class CallGuard:
             await self._rate.release(guarded.rated)
             await self._enforcer.release(guarded.admission)
             return
-        await self._finish(guarded, None, self._rate.releasing(guarded.rated), None,
-                           self._enforcer.releasing(guarded.admission))
+        await self._finish(
+            guarded,
+            None,
+            self._rate.releasing(guarded.rated),
+            None,
+            self._enforcer.releasing(guarded.admission),
+        )
 
-    async def _finish(self, guarded: Guarded, actual: Mapping[str, int] | None, rate: bool,
-                      parts: Sequence[Settlement] | None, money: bool
-                      ) -> list[tuple[int, int, int | None]]:
+    async def _finish(
+        self,
+        guarded: Guarded,
+        actual: Mapping[str, int] | None,
+        rate: bool,
+        parts: Sequence[Settlement] | None,
+        money: bool,
+    ) -> list[tuple[int, int, int | None]]:
         """One joint script for whichever halves are still open (``rate``, ``money``):
         settled with ``actual``/``parts``, released when those are None."""
         if not rate and not money:
             return []
         assert self._joint is not None
         return await self._joint.finish(
-            guarded.rated.reservation_id if rate else None, actual,
-            guarded.admission.reservation_id if money else None, parts)
+            guarded.rated.reservation_id if rate else None,
+            actual,
+            guarded.admission.reservation_id if money else None,
+            parts,
+        )
 
 
 def _no_rate_limit(request_id: str) -> RateAdmission:

@@ -27,8 +27,11 @@ from spendgate.store.policies import PolicySnapshot, PolicyStore, Wallet
 
 log = logging.getLogger("spendgate.guard.enforcement")
 
-EVENT_TYPES = {"alert": "budget.threshold_crossed", "soft": "budget.soft_limit_reached",
-               "hard": "budget.hard_limit_reached"}
+EVENT_TYPES = {
+    "alert": "budget.threshold_crossed",
+    "soft": "budget.soft_limit_reached",
+    "hard": "budget.hard_limit_reached",
+}
 
 #: (type, dedup key, data, org id)
 EmitEvent = Callable[[str, str, dict[str, Any], datetime, str | None], None]
@@ -80,9 +83,17 @@ class HoldPlan:
 
 
 class Enforcer:
-    def __init__(self, store: PolicyStore, counters: Counters, ledger: LedgerWriter, clock: Clock,
-                 emit: EmitEvent, *, reservation_seconds: float, refresh_seconds: float = 5.0
-                 ) -> None:
+    def __init__(
+        self,
+        store: PolicyStore,
+        counters: Counters,
+        ledger: LedgerWriter,
+        clock: Clock,
+        emit: EmitEvent,
+        *,
+        reservation_seconds: float,
+        refresh_seconds: float = 5.0,
+    ) -> None:
         self._store = store
         self._counters = counters
         self._ledger = ledger
@@ -111,8 +122,9 @@ class Enforcer:
             await self.refresh()
         return self._snapshot
 
-    def applicable(self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
-                   ) -> tuple[tuple[Applied, ...], tuple[Wallet, ...]]:
+    def applicable(
+        self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
+    ) -> tuple[tuple[Applied, ...], tuple[Wallet, ...]]:
         budgets, org_wallets = snapshot.by_org.get(subject.org_id, ((), ()))
         applied = []
         for budget in budgets:
@@ -157,7 +169,8 @@ class Enforcer:
                     self._seeded.add(a.bucket)
                     continue
                 spent = await self._store.spend_matching(
-                    a.budget.org_id, a.window.start, a.window.end, partial(rules.applies, a.budget))
+                    a.budget.org_id, a.window.start, a.window.end, partial(rules.applies, a.budget)
+                )
                 await self._counters.seed(a.bucket, spent)
                 self._seeded.add(a.bucket)
             for w in missing_w:
@@ -168,8 +181,9 @@ class Enforcer:
         if bucket in self._seeded:
             return
         if not await self._counters.exists(bucket):
-            spent = await self._store.spend_matching(wallet.org_id, wallet.created_at, None,
-                                                     wallet.covers)
+            spent = await self._store.spend_matching(
+                wallet.org_id, wallet.created_at, None, wallet.covers
+            )
             await self._counters.seed(bucket, spent, await self._store.topped_up(wallet.id))
         self._seeded.add(bucket)
 
@@ -178,20 +192,23 @@ class Enforcer:
     def counters(self) -> Counters:
         return self._counters
 
-    async def admit(self, subject: rules.Subject, worst_case: int,
-                    snapshot: PolicySnapshot | None = None) -> Admission:
+    async def admit(
+        self, subject: rules.Subject, worst_case: int, snapshot: PolicySnapshot | None = None
+    ) -> Admission:
         """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402)."""
         plan = await self.plan(subject, worst_case, snapshot)
         if plan is None:
             return Admission("", 0, (), ())
-        refusal = await self._counters.reserve(plan.admission.reservation_id, plan.holds,
-                                               plan.expires_at)
+        refusal = await self._counters.reserve(
+            plan.admission.reservation_id, plan.holds, plan.expires_at
+        )
         if refusal is not None:
             self.refuse(plan, refusal)
         return plan.admission
 
-    async def plan(self, subject: rules.Subject, worst_case: int,
-                   snapshot: PolicySnapshot | None = None) -> HoldPlan | None:
+    async def plan(
+        self, subject: rules.Subject, worst_case: int, snapshot: PolicySnapshot | None = None
+    ) -> HoldPlan | None:
         """The holds for this call (their buckets seeded), or None when nothing applies.
         Split from ``admit`` so ``spendgate.guard`` can reserve together with the rate
         limits."""
@@ -213,8 +230,13 @@ class Enforcer:
     def _refuse(self, admission: Admission, refusal: Refusal, now: datetime) -> NoReturn:
         for a in admission.budgets:
             if a.bucket == refusal.bucket:
-                self._fire(a, rules.Threshold("hard", a.budget.hard_limit_percent), refusal.spent,
-                           now, refused=True)
+                self._fire(
+                    a,
+                    rules.Threshold("hard", a.budget.hard_limit_percent),
+                    refusal.spent,
+                    now,
+                    refused=True,
+                )
                 retry = int((a.window.end - now).total_seconds()) + 1
                 scope = a.budget.scope_id or a.budget.tag
                 raise BudgetExceeded(
@@ -223,17 +245,30 @@ class Enforcer:
                     f"${format_usd(refusal.cap)}: spent ${format_usd(refusal.spent)}, "
                     f"${format_usd(refusal.reserved)} in flight; it resets at "
                     f"{a.window.end.isoformat()}",
-                    budget_id=a.budget.id, resets_at=a.window.end.isoformat(), retry_after=retry)
+                    budget_id=a.budget.id,
+                    resets_at=a.window.end.isoformat(),
+                    retry_after=retry,
+                )
         for w in admission.wallets:
             if wallet_bucket(w) == refusal.bucket:
                 balance = refusal.cap - refusal.spent
-                self._emit("wallet.depleted", f"wallet:{w.id}:depleted:{refusal.cap}",
-                           {"wallet_id": w.id, "scope_type": w.scope_type, "scope_id": w.scope_id,
-                            "balance_usd": format_usd(balance)}, now, w.org_id)
+                self._emit(
+                    "wallet.depleted",
+                    f"wallet:{w.id}:depleted:{refusal.cap}",
+                    {
+                        "wallet_id": w.id,
+                        "scope_type": w.scope_type,
+                        "scope_id": w.scope_id,
+                        "balance_usd": format_usd(balance),
+                    },
+                    now,
+                    w.org_id,
+                )
                 raise InsufficientFunds(
                     f"wallet {w.id} cannot fund this call: balance ${format_usd(balance)}, "
                     f"${format_usd(refusal.reserved)} in flight, call may cost up to "
-                    f"${format_usd(admission.worst_case)}; top it up to continue")
+                    f"${format_usd(admission.worst_case)}; top it up to continue"
+                )
         raise AssertionError(f"refusal for unknown bucket {refusal.bucket}")
 
     async def settle(self, admission: Admission, actual: int) -> int | None:
@@ -251,8 +286,9 @@ class Enforcer:
             return None
         admission.settled = True
         parts = [Settlement(a.bucket, admission.worst_case, actual) for a in admission.budgets]
-        parts += [Settlement(wallet_bucket(w), admission.worst_case, actual)
-                  for w in admission.wallets]
+        parts += [
+            Settlement(wallet_bucket(w), admission.worst_case, actual) for w in admission.wallets
+        ]
         return parts
 
     def releasing(self, admission: Admission) -> bool:
@@ -262,8 +298,12 @@ class Enforcer:
         admission.settled = True
         return True
 
-    async def booked(self, admission: Admission, results: Sequence[tuple[int, int]],
-                     caps: Sequence[int | None] | None = None) -> int | None:
+    async def booked(
+        self,
+        admission: Admission,
+        results: Sequence[tuple[int, int]],
+        caps: Sequence[int | None] | None = None,
+    ) -> int | None:
         """After the counters settled: thresholds crossed, wallet levels, budget remaining.
         ``caps`` (per settlement, as the settle read them) saves reading wallet caps again."""
         now = self._clock.now()
@@ -274,8 +314,9 @@ class Enforcer:
             left = (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - after
             remaining = left if remaining is None else min(remaining, left)
         first = len(admission.budgets)
-        for i, (w, (before, after)) in enumerate(zip(admission.wallets, results[first:],
-                                                     strict=False)):
+        for i, (w, (before, after)) in enumerate(
+            zip(admission.wallets, results[first:], strict=False)
+        ):
             if after <= before:
                 continue
             cap = caps[first + i] if caps is not None else await self._wallet_cap(w)
@@ -286,33 +327,53 @@ class Enforcer:
         if self.releasing(admission):
             await self._counters.release(admission.reservation_id)
 
-    def _fire(self, a: Applied, threshold: rules.Threshold, spent: int, now: datetime,
-              refused: bool = False) -> None:
-        self._emit(EVENT_TYPES[threshold.kind],
-                   f"budget:{a.budget.id}:{a.window.key}:{threshold.name}",
-                   {"budget_id": a.budget.id, "scope_type": a.budget.scope_type,
-                    "scope_id": a.budget.scope_id, "tag": a.budget.tag, "period": a.window.key,
-                    "period_start": a.window.start.isoformat(),
-                    "period_end": a.window.end.isoformat(), "threshold": threshold.kind,
-                    "percent": f"{threshold.percent.normalize():f}",
-                    "percent_used": f"{rules.percent_used(spent, a.amount_nanos)}",
-                    "spent_usd": format_usd(spent), "amount_usd": format_usd(a.amount_nanos),
-                    "hard_limit": a.budget.hard_limit, "refused": refused},
-                   now, a.budget.org_id)
+    def _fire(
+        self,
+        a: Applied,
+        threshold: rules.Threshold,
+        spent: int,
+        now: datetime,
+        refused: bool = False,
+    ) -> None:
+        self._emit(
+            EVENT_TYPES[threshold.kind],
+            f"budget:{a.budget.id}:{a.window.key}:{threshold.name}",
+            {
+                "budget_id": a.budget.id,
+                "scope_type": a.budget.scope_type,
+                "scope_id": a.budget.scope_id,
+                "tag": a.budget.tag,
+                "period": a.window.key,
+                "period_start": a.window.start.isoformat(),
+                "period_end": a.window.end.isoformat(),
+                "threshold": threshold.kind,
+                "percent": f"{threshold.percent.normalize():f}",
+                "percent_used": f"{rules.percent_used(spent, a.amount_nanos)}",
+                "spent_usd": format_usd(spent),
+                "amount_usd": format_usd(a.amount_nanos),
+                "hard_limit": a.budget.hard_limit,
+                "refused": refused,
+            },
+            now,
+            a.budget.org_id,
+        )
 
     async def _wallet_cap(self, w: Wallet) -> int | None:
         state = await self._counters.state(wallet_bucket(w))
         return state.cap if state is not None else None
 
-    def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int, now: datetime
-                       ) -> None:
+    def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int, now: datetime) -> None:
         """Balance = top-ups (``cap``) - spent: warn when it drops through the low mark,
         and at zero. Keys include the total topped up, so each top-up re-arms both
         warnings once."""
         was, now_left = cap - before, cap - after
-        data = {"wallet_id": w.id, "scope_type": w.scope_type, "scope_id": w.scope_id,
-                "balance_usd": format_usd(now_left),
-                "low_balance_usd": format_usd(w.low_balance_nanos)}
+        data = {
+            "wallet_id": w.id,
+            "scope_type": w.scope_type,
+            "scope_id": w.scope_id,
+            "balance_usd": format_usd(now_left),
+            "low_balance_usd": format_usd(w.low_balance_nanos),
+        }
         if was > w.low_balance_nanos >= now_left:
             self._emit("wallet.low_balance", f"wallet:{w.id}:low:{cap}", data, now, w.org_id)
         if was > 0 >= now_left:
@@ -322,10 +383,18 @@ class Enforcer:
         """``budget.exception_expired`` once for each exception that has run out."""
         now = self._clock.now()
         for row in await self._store.expired_exceptions(now, now - timedelta(days=7)):
-            self._emit("budget.exception_expired", f"exception:{row['id']}:expired",
-                       {"budget_id": row["budget_id"], "exception_id": row["id"],
-                        "reason": row["reason"], "expires_at": row["expires_at"].isoformat()},
-                       now, row["org_id"])
+            self._emit(
+                "budget.exception_expired",
+                f"exception:{row['id']}:expired",
+                {
+                    "budget_id": row["budget_id"],
+                    "exception_id": row["id"],
+                    "reason": row["reason"],
+                    "expires_at": row["expires_at"].isoformat(),
+                },
+                now,
+                row["org_id"],
+            )
 
     async def reap(self) -> int:
         return await self._counters.reap(self._clock.now().timestamp())

@@ -39,14 +39,18 @@ def same_database(first: Redis, second: Redis) -> bool:
     if a is b:
         return True
     return a.connection_class is b.connection_class and all(
-        a.connection_kwargs.get(name) == b.connection_kwargs.get(name) for name in _ADDRESS)
+        a.connection_kwargs.get(name) == b.connection_kwargs.get(name) for name in _ADDRESS
+    )
 
 
 def joint_script(name: str) -> str:
     """The full text of ``lua/<name>.lua`` (``acquire`` or ``finish``) as Redis runs it:
     both backends' libraries, the joint helpers, then the script."""
-    return lua_script("spendgate.guard", name, *(lua_library(f"spendgate.{package}")
-                      for package in ("ratelimit", "counters", "guard")))
+    return lua_script(
+        "spendgate.guard",
+        name,
+        *(lua_library(f"spendgate.{package}") for package in ("ratelimit", "counters", "guard")),
+    )
 
 
 def _mode(present: bool, settling: bool) -> str:
@@ -66,8 +70,9 @@ class JointRedis:
         self._acquire = client.register_script(joint_script("acquire"))
         self._finish = client.register_script(joint_script("finish"))
 
-    async def acquire(self, rate: RatePlan | None, money: HoldPlan | None
-                      ) -> Denial | Refusal | Granted:
+    async def acquire(
+        self, rate: RatePlan | None, money: HoldPlan | None
+    ) -> Denial | Refusal | Granted:
         """Acquire ``rate``'s checks and reserve ``money``'s holds, both or neither. A
         rate-limit denial wins over a budget refusal (the rate limits are checked first);
         ``Granted(())`` when there is no rate half."""
@@ -75,19 +80,22 @@ class JointRedis:
         rate_args: list[str | int] = []
         if rate is not None:
             rate_keys, rate_args = self._limiter.acquire_call(
-                rate.reservation_id, rate.checks, rate.stamp, rate.expires_at)
+                rate.reservation_id, rate.checks, rate.stamp, rate.expires_at
+            )
         money_keys: list[str] = []
         money_args: list[str | int] = []
         if money is not None:
             money_keys, money_args = self._counters.reserve_call(
-                money.admission.reservation_id, money.holds, money.expires_at)
+                money.admission.reservation_id, money.holds, money.expires_at
+            )
         keys = rate_keys + money_keys
         header: list[str | int] = [len(rate_keys), len(rate_args), int(money is not None)]
         kind, body = await self._acquire(keys=keys, args=header + rate_args + money_args)
         return self._acquired(int(kind), body, rate, money)
 
-    def _acquired(self, kind: int, body: Any, rate: RatePlan | None, money: HoldPlan | None
-                  ) -> Denial | Refusal | Granted:
+    def _acquired(
+        self, kind: int, body: Any, rate: RatePlan | None, money: HoldPlan | None
+    ) -> Denial | Refusal | Granted:
         if kind == 2:
             assert money is not None
             refusal = self._counters.reserve_reply(body, money.holds)
@@ -97,9 +105,13 @@ class JointRedis:
             return _NO_RATE_LIMIT
         return self._limiter.acquire_reply(body, rate.checks, rate.stamp)
 
-    async def finish(self, rate_id: str | None, rate_actual: Mapping[str, int] | None,
-                     money_id: str | None, settlements: Sequence[Settlement] | None
-                     ) -> list[tuple[int, int, int | None]]:
+    async def finish(
+        self,
+        rate_id: str | None,
+        rate_actual: Mapping[str, int] | None,
+        money_id: str | None,
+        settlements: Sequence[Settlement] | None,
+    ) -> list[tuple[int, int, int | None]]:
         """Finish a call's rate-limit reservation ``rate_id`` and its budget/wallet
         reservation ``money_id`` (None: that half is not touched): settle with
         ``rate_actual``/``settlements``, or release when they are None. Returns the
@@ -107,18 +119,26 @@ class JointRedis:
         rate_keys: list[str] = []
         rate_args: list[str | int] = []
         if rate_id is not None:
-            rate_keys, rate_args = (self._limiter.release_call(rate_id) if rate_actual is None
-                                    else self._limiter.settle_call(rate_id, rate_actual))
+            rate_keys, rate_args = (
+                self._limiter.release_call(rate_id)
+                if rate_actual is None
+                else self._limiter.settle_call(rate_id, rate_actual)
+            )
         money_keys: list[str] = []
         money_args: list[str | int] = []
         if money_id is not None:
             money_keys, money_args = (
-                self._counters.release_call(money_id) if settlements is None
-                else self._counters.settle_call(money_id, settlements))
+                self._counters.release_call(money_id)
+                if settlements is None
+                else self._counters.settle_call(money_id, settlements)
+            )
         keys = rate_keys + money_keys
-        header: list[str | int] = [_mode(rate_id is not None, rate_actual is not None),
-                                   _mode(money_id is not None, settlements is not None),
-                                   len(rate_keys), len(rate_args)]
+        header: list[str | int] = [
+            _mode(rate_id is not None, rate_actual is not None),
+            _mode(money_id is not None, settlements is not None),
+            len(rate_keys),
+            len(rate_args),
+        ]
         reply = await self._finish(keys=keys, args=header + rate_args + money_args)
         if money_id is None or settlements is None:
             return []

@@ -80,14 +80,23 @@ class Call:
 
     def subject(self) -> Subject:
         key = self.key
-        return Subject(key.org_id, key.team_id, key.user_id, key.agent_id, key.id,
-                       tuple(self.tags), self.route.provider.name, self.route.name,
-                       self.endpoint.kind)
+        return Subject(
+            key.org_id,
+            key.team_id,
+            key.user_id,
+            key.agent_id,
+            key.id,
+            tuple(self.tags),
+            self.route.provider.name,
+            self.route.name,
+            self.endpoint.kind,
+        )
 
     def worst_case_usage(self) -> TokenUsage:
         """Prompt bytes / 4 (JSON overhead makes it an over-estimate) + the output cap."""
-        return TokenUsage(input_tokens=self.request_bytes // 4,
-                          output_tokens=self.max_output_tokens)
+        return TokenUsage(
+            input_tokens=self.request_bytes // 4, output_tokens=self.max_output_tokens
+        )
 
 
 def request_tags(key: KeyRecord, headers: Mapping[str, str]) -> list[str]:
@@ -100,8 +109,10 @@ def request_tags(key: KeyRecord, headers: Mapping[str, str]) -> list[str]:
     extra = [t.strip() for t in raw.split(",") if t.strip()]
     bad = [t for t in extra if not _TAG.match(t)]
     if bad:
-        raise InvalidRequest(f"invalid tag {bad[0]!r}: use 1-64 of A-Z a-z 0-9 _ . : / = + -",
-                             param="x-spendgate-tags")
+        raise InvalidRequest(
+            f"invalid tag {bad[0]!r}: use 1-64 of A-Z a-z 0-9 _ . : / = + -",
+            param="x-spendgate-tags",
+        )
     tags = list(dict.fromkeys([*key.tags, *extra]))
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"at most {MAX_TAGS} tags per call", param="x-spendgate-tags")
@@ -171,7 +182,9 @@ class ProxyApp:
         try:
             headers = header_dict(scope)
             now, mono = self._clock.now(), self._clock.monotonic()
-            if scope["method"] == "GET" and (path == "/v1/models" or path.startswith("/v1/models/")):
+            if scope["method"] == "GET" and (
+                path == "/v1/models" or path.startswith("/v1/models/")
+            ):
                 key = await self._authenticate(scope, headers, wire, now, mono)
                 await self._models(send, key, path, request_id)
                 return
@@ -191,8 +204,9 @@ class ProxyApp:
         except SpendgateError as err:
             await send_error(send, err, wire, request_id)
 
-    async def _authenticate(self, scope: Scope, headers: Mapping[str, str], wire: str,
-                            now: datetime, mono: float) -> KeyRecord:
+    async def _authenticate(
+        self, scope: Scope, headers: Mapping[str, str], wire: str, now: datetime, mono: float
+    ) -> KeyRecord:
         """The caller's key; a source address that keeps failing is refused (429) first."""
         ip = client_address(scope)
         self._throttle.check(ip, mono)
@@ -202,36 +216,65 @@ class ProxyApp:
             self._throttle.failed(ip, mono)
             raise
 
-    def _admit(self, request_id: str, key: KeyRecord, endpoint: Endpoint, payload: dict[str, Any],
-               headers: Mapping[str, str], now: datetime, mono: float, size: int) -> Call:
+    def _admit(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        headers: Mapping[str, str],
+        now: datetime,
+        mono: float,
+        size: int,
+    ) -> Call:
         model = payload["model"]
         route = self._settings.models.get(model)
         if route is None:
-            raise UnknownModel(f"the model {model!r} does not exist or is not served here",
-                               param="model")
+            raise UnknownModel(
+                f"the model {model!r} does not exist or is not served here", param="model"
+            )
         if key.models and model not in key.models:
             raise PermissionDenied(f"this key may not use model {model!r}", param="model")
         stream = bool(payload.get("stream")) and endpoint.streams
-        return Call(request_id, key, route, endpoint, request_tags(key, headers), stream, now, mono,
-                    size, max_output_tokens(payload, endpoint.kind, route.default_max_tokens))
+        return Call(
+            request_id,
+            key,
+            route,
+            endpoint,
+            request_tags(key, headers),
+            stream,
+            now,
+            mono,
+            size,
+            max_output_tokens(payload, endpoint.kind, route.default_max_tokens),
+        )
 
-    async def _guarded(self, call: Call, payload: dict[str, Any], body: bytes,
-                       headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+    async def _guarded(
+        self,
+        call: Call,
+        payload: dict[str, Any],
+        body: bytes,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
         """Rate limits, then budgets and wallets, then the call; holds given back if the
         call never settles (an error before forwarding, a crash, a cancellation). In Redis
         mode, taking both is one round trip and settling both another (``CallGuard``)."""
         worst_usage = call.worst_case_usage()
         worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos or 0
         policies = await self._enforcer.policies()
-        guarded = await self._guard.admit(call.request_id, call.subject(),
-                                          worst_usage.total_tokens, worst, policies)
+        guarded = await self._guard.admit(
+            call.request_id, call.subject(), worst_usage.total_tokens, worst, policies
+        )
         try:
             await self._forward(call, guarded, payload, body, headers, receive, send)
         finally:
             await self._guard.release(guarded)
 
-    def _upstream_request(self, call: Call, payload: dict[str, Any], body: bytes,
-                          headers: Mapping[str, str]) -> tuple[UpstreamRequest, bool]:
+    def _upstream_request(
+        self, call: Call, payload: dict[str, Any], body: bytes, headers: Mapping[str, str]
+    ) -> tuple[UpstreamRequest, bool]:
         """The request to send, and whether the client itself asked for stream usage."""
         route, endpoint = call.route, call.endpoint
         changed = False
@@ -243,8 +286,10 @@ class ProxyApp:
             options = payload.get("stream_options")
             client_wants_usage = isinstance(options, dict) and options.get("include_usage") is True
             if not client_wants_usage:
-                payload["stream_options"] = {**(options if isinstance(options, dict) else {}),
-                                             "include_usage": True}
+                payload["stream_options"] = {
+                    **(options if isinstance(options, dict) else {}),
+                    "include_usage": True,
+                }
                 changed = True
         request = UpstreamRequest(
             method="POST",
@@ -256,15 +301,29 @@ class ProxyApp:
         )
         return request, client_wants_usage
 
-    async def _forward(self, call: Call, guarded: Guarded, payload: dict[str, Any], body: bytes,
-                       headers: Mapping[str, str], receive: Receive, send: Send) -> None:
+    async def _forward(
+        self,
+        call: Call,
+        guarded: Guarded,
+        payload: dict[str, Any],
+        body: bytes,
+        headers: Mapping[str, str],
+        receive: Receive,
+        send: Send,
+    ) -> None:
         request, client_wants_usage = self._upstream_request(call, payload, body, headers)
-        transport = self._transports["simulated" if call.route.provider.kind == "simulated" else "http"]
+        transport = self._transports[
+            "simulated" if call.route.provider.kind == "simulated" else "http"
+        ]
         try:
             response = await transport.send(request)
         except SpendgateError as err:
-            self._record(call, err.status, "timeout" if isinstance(err, UpstreamTimeout)
-                         else "upstream_error", None)
+            self._record(
+                call,
+                err.status,
+                "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error",
+                None,
+            )
             await self._guard.unbilled(guarded)
             raise
         if response.status >= 300:
@@ -274,8 +333,9 @@ class ProxyApp:
         else:
             await self._relay_whole(call, guarded, response, send)
 
-    def _base_headers(self, call: Call, guarded: Guarded, upstream: Mapping[str, str]
-                      ) -> dict[str, str]:
+    def _base_headers(
+        self, call: Call, guarded: Guarded, upstream: Mapping[str, str]
+    ) -> dict[str, str]:
         headers = {"x-request-id": call.request_id, **guarded.rated.headers}
         if "x-request-id" in upstream:
             headers["x-upstream-request-id"] = upstream["x-request-id"]
@@ -283,8 +343,9 @@ class ProxyApp:
             headers["x-spendgate-simulated"] = "true"
         return headers
 
-    async def _relay_error(self, call: Call, guarded: Guarded, response: UpstreamResponse,
-                           send: Send) -> None:
+    async def _relay_error(
+        self, call: Call, guarded: Guarded, response: UpstreamResponse, send: Send
+    ) -> None:
         """Provider errors pass through unchanged and are not billed."""
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
@@ -293,13 +354,15 @@ class ProxyApp:
         await self._guard.unbilled(guarded)
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_whole(self, call: Call, guarded: Guarded, response: UpstreamResponse,
-                           send: Send) -> None:
+    async def _relay_whole(
+        self, call: Call, guarded: Guarded, response: UpstreamResponse, send: Send
+    ) -> None:
         usage = usage_from_body(call.endpoint.kind, response.body)
         estimated = usage is None
         if usage is None:
-            usage = TokenUsage(input_tokens=call.request_bytes // 4,
-                               output_tokens=len(response.body) // 4)
+            usage = TokenUsage(
+                input_tokens=call.request_bytes // 4, output_tokens=len(response.body) // 4
+            )
         cost = self._record(call, response.status, "ok", usage, estimated)
         remaining = await self._guard.settle(guarded, usage.total_tokens, cost or 0)
         headers = self._base_headers(call, guarded, response.headers)
@@ -309,8 +372,15 @@ class ProxyApp:
             headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
         await send_bytes(send, response.status, response.body, headers)
 
-    async def _relay_stream(self, call: Call, guarded: Guarded, response: UpstreamResponse,
-                            client_wants_usage: bool, receive: Receive, send: Send) -> None:
+    async def _relay_stream(
+        self,
+        call: Call,
+        guarded: Guarded,
+        response: UpstreamResponse,
+        client_wants_usage: bool,
+        receive: Receive,
+        send: Send,
+    ) -> None:
         """Forward events as they come; if the client leaves, keep reading so the bill is
         the provider's own usage figure, not a guess."""
         meter = StreamMeter(call.endpoint.kind, strip_usage_chunk=not client_wants_usage)
@@ -346,8 +416,9 @@ class ProxyApp:
             usage, cost = billed
             await self._guard.settle(guarded, usage.total_tokens, cost or 0)
 
-    def _bill_stream(self, call: Call, meter: StreamMeter, disconnect: asyncio.Future[Any],
-                     status: str) -> tuple[TokenUsage, int | None]:
+    def _bill_stream(
+        self, call: Call, meter: StreamMeter, disconnect: asyncio.Future[Any], status: str
+    ) -> tuple[TokenUsage, int | None]:
         """Queue the stream's ledger row from the provider's usage (or, without it, an
         estimate); a client that left is recorded as ``client_cancelled``."""
         if disconnect.done():
@@ -358,8 +429,14 @@ class ProxyApp:
             usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
         return usage, self._record(call, 200, status, usage, estimated)
 
-    def _record(self, call: Call, http_status: int, status: str, usage: TokenUsage | None,
-                estimated: bool = False) -> int | None:
+    def _record(
+        self,
+        call: Call,
+        http_status: int,
+        status: str,
+        usage: TokenUsage | None,
+        estimated: bool = False,
+    ) -> int | None:
         """Price the call and queue its ledger entry; returns the cost in nanos."""
         finished = self._clock.now()
         cost: int | None
@@ -371,18 +448,35 @@ class ProxyApp:
             if unknown:
                 self._on_unpriced(call, usage)
         key = call.key
-        self._ledger.add(LedgerEntry(
-            request_id=call.request_id, org_id=key.org_id, team_id=key.team_id,
-            user_id=key.user_id, agent_id=key.agent_id, key_id=key.id, tags=call.tags,
-            provider=call.route.provider.name, model=call.route.name,
-            upstream_model=call.route.upstream_model, kind=call.endpoint.kind, stream=call.stream,
-            status=status, http_status=http_status, input_tokens=usage.input_tokens,
-            output_tokens=usage.output_tokens, cache_read_tokens=usage.cache_read_tokens,
-            cache_write_tokens=usage.cache_write_tokens, reasoning_tokens=usage.reasoning_tokens,
-            cost_nanos=cost, price_unknown=unknown, usage_estimated=estimated,
-            latency_ms=int((self._clock.monotonic() - call.started_mono) * 1000),
-            started_at=call.started_at, finished_at=finished,
-        ))
+        self._ledger.add(
+            LedgerEntry(
+                request_id=call.request_id,
+                org_id=key.org_id,
+                team_id=key.team_id,
+                user_id=key.user_id,
+                agent_id=key.agent_id,
+                key_id=key.id,
+                tags=call.tags,
+                provider=call.route.provider.name,
+                model=call.route.name,
+                upstream_model=call.route.upstream_model,
+                kind=call.endpoint.kind,
+                stream=call.stream,
+                status=status,
+                http_status=http_status,
+                input_tokens=usage.input_tokens,
+                output_tokens=usage.output_tokens,
+                cache_read_tokens=usage.cache_read_tokens,
+                cache_write_tokens=usage.cache_write_tokens,
+                reasoning_tokens=usage.reasoning_tokens,
+                cost_nanos=cost,
+                price_unknown=unknown,
+                usage_estimated=estimated,
+                latency_ms=int((self._clock.monotonic() - call.started_mono) * 1000),
+                started_at=call.started_at,
+                finished_at=finished,
+            )
+        )
         return cost
 
     async def _models(self, send: Send, key: KeyRecord, path: str, request_id: str) -> None:
@@ -394,4 +488,6 @@ class ProxyApp:
         wanted = path.removeprefix("/v1/models/")
         if wanted not in names:
             raise UnknownModel(f"the model {wanted!r} does not exist", param="model")
-        await send_bytes(send, 200, orjson.dumps(simulated.models_list([wanted])["data"][0]), headers)
+        await send_bytes(
+            send, 200, orjson.dumps(simulated.models_list([wanted])["data"][0]), headers
+        )

@@ -36,8 +36,9 @@ class KeyCache:
 
     async def authenticate(self, secret: str | None, now: datetime, mono: float) -> KeyRecord:
         if not secret or not secret.startswith(KEY_PREFIX):
-            raise AuthenticationFailed("missing or malformed API key: use the virtual key "
-                                       "spendgate issued (sk-sg-…)")
+            raise AuthenticationFailed(
+                "missing or malformed API key: use the virtual key spendgate issued (sk-sg-…)"
+            )
         digest = hash_secret(secret)
         cached = self._entries.get(digest)
         if cached is not None and mono - cached[1] < self._ttl:

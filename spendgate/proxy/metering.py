@@ -66,7 +66,7 @@ class StreamMeter:
         if end < 0:
             self._pending = buffer
             return b""
-        self._pending = buffer[end + 2:]
+        self._pending = buffer[end + 2 :]
         complete = buffer[: end + 2]
         if not self._needs_inspection(complete):
             self.events += complete.count(b"\n\n")
@@ -87,8 +87,11 @@ class StreamMeter:
         if self.kind == "message":
             return b"message_start" in data or b"message_delta" in data or b"message_stop" in data
         if self.kind == "response":
-            return b"response.completed" in data or b"response.incomplete" in data \
+            return (
+                b"response.completed" in data
+                or b"response.incomplete" in data
                 or b"response.failed" in data
+            )
         return b'"usage":{' in data or b'"usage": {' in data or b"[DONE]" in data
 
     def _inspect(self, event: bytes) -> bool:

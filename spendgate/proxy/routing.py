@@ -41,22 +41,31 @@ def upstream_url(route: ModelRoute, endpoint: Endpoint) -> str:
         if kind not in ("anthropic", "simulated"):
             raise InvalidRequest(
                 f"model {route.name!r} is served by an OpenAI-style provider; "
-                "call it on /v1/chat/completions", param="model")
-        return provider.base_url + endpoint.path if kind == "anthropic" else "simulated:///v1/messages"
+                "call it on /v1/chat/completions",
+                param="model",
+            )
+        return (
+            provider.base_url + endpoint.path if kind == "anthropic" else "simulated:///v1/messages"
+        )
     if kind == "anthropic":
         raise InvalidRequest(
-            f"model {route.name!r} is an Anthropic model; call it on /v1/messages", param="model")
+            f"model {route.name!r} is an Anthropic model; call it on /v1/messages", param="model"
+        )
     if kind == "simulated":
         return "simulated:///v1" + endpoint.path
     if kind == "azure":
         if endpoint.kind == "response":
             return f"{provider.base_url}/openai/responses?api-version={provider.api_version}"
-        return (f"{provider.base_url}/openai/deployments/{route.upstream_model}{endpoint.path}"
-                f"?api-version={provider.api_version}")
+        return (
+            f"{provider.base_url}/openai/deployments/{route.upstream_model}{endpoint.path}"
+            f"?api-version={provider.api_version}"
+        )
     return provider.base_url + endpoint.path
 
 
-def upstream_headers(route: ModelRoute, endpoint: Endpoint, client: Mapping[str, str]) -> dict[str, str]:
+def upstream_headers(
+    route: ModelRoute, endpoint: Endpoint, client: Mapping[str, str]
+) -> dict[str, str]:
     """Provider credentials replace the client's virtual key; it never leaves spendgate."""
     headers = {"content-type": "application/json", "accept-encoding": "gzip, deflate"}
     provider = route.provider

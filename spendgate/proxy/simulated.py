@@ -166,7 +166,8 @@ def _reply(model: str, texts: list[str], cap: int | None) -> Reply:
         key=key, model=model, pieces=pieces, prompt_tokens=prompt_tokens,
         completion_tokens=visible + reasoning, cached_tokens=cached,
         cache_write_tokens=min(_knob(texts, "cache_write"), prompt_tokens - cached),
-        reasoning_tokens=reasoning, truncated=visible + reasoning < natural + _knob(texts, "reasoning"),
+        reasoning_tokens=reasoning,
+        truncated=visible + reasoning < natural + _knob(texts, "reasoning"),
     )  # fmt: skip
 
 
@@ -221,7 +222,9 @@ def _chat_object(r: Reply) -> dict[str, Any]:
     return {
         "id": f"chatcmpl-{r.key[:24]}", "object": "chat.completion", "created": r.created,
         "model": r.model, "system_fingerprint": "fp_simulated",
-        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(r)}],
+        "choices": [
+            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(r)}
+        ],
         "usage": _chat_usage(r),
     }  # fmt: skip
 
@@ -249,7 +252,8 @@ def _response_object(r: Reply, body: dict[str, Any], done: bool = True) -> dict[
     return {
         "id": f"resp_{r.key[:24]}", "object": "response", "created_at": r.created,
         "status": status, "error": None, "incomplete_details": incomplete,
-        "instructions": body.get("instructions"), "max_output_tokens": body.get("max_output_tokens"),
+        "instructions": body.get("instructions"),
+        "max_output_tokens": body.get("max_output_tokens"),
         "model": r.model, "output": [_output_message(r, True)] if done else [],
         "parallel_tool_calls": True, "previous_response_id": None, "reasoning": {"effort": None},
         "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
@@ -279,7 +283,8 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
     texts = [i if isinstance(i, str) else " ".join(map(str, i)) for i in inputs]
     as_b64 = body.get("encoding_format") == "base64"
     tokens = sum(
-        estimate_tokens(t) if isinstance(i, str) else len(i) for t, i in zip(texts, inputs)
+        estimate_tokens(t) if isinstance(i, str) else len(i)
+        for t, i in zip(texts, inputs, strict=True)
     )
     return {
         "object": "list", "model": model,

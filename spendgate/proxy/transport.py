@@ -1,9 +1,9 @@
 """Upstream transports, passed in: real HTTP (aiohttp) or the in-process simulator.
 
-    Transport.send(UpstreamRequest) -> UpstreamResponse
-      AiohttpTransport    real providers; driver errors become UpstreamUnavailable /
-                          UpstreamTimeout here, at the boundary
-      SimulatedTransport  ``--demo``: deterministic replies, no network
+Transport.send(UpstreamRequest) -> UpstreamResponse
+  AiohttpTransport    real providers; driver errors become UpstreamUnavailable /
+                      UpstreamTimeout here, at the boundary
+  SimulatedTransport  ``--demo``: deterministic replies, no network
 """
 
 from __future__ import annotations
@@ -67,10 +67,12 @@ class AiohttpTransport:
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self._limit, ttl_dns_cache=300,
-                                             enable_cleanup_closed=True)
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, ttl_dns_cache=300, enable_cleanup_closed=True
+            )
             self._session = aiohttp.ClientSession(
-                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",))
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            )
         return self._session
 
     @staticmethod
@@ -85,8 +87,12 @@ class AiohttpTransport:
         timeout = self._timeout(request.timeout, request.stream)
         try:
             resp = await self._client().request(
-                request.method, request.url, data=request.body, headers=request.headers,
-                timeout=timeout)
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=timeout,
+            )
         except TimeoutError as exc:
             raise UpstreamTimeout("the upstream provider did not answer in time") from exc
         except aiohttp.ClientError as exc:

@@ -42,10 +42,12 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
 
 def error_body(err: SpendgateError, wire: str) -> bytes:
     if wire == "anthropic":
-        return orjson.dumps({"type": "error",
-                             "error": {"type": err.anthropic_kind, "message": err.message}})
-    return orjson.dumps({"error": {"message": err.message, "type": err.kind, "code": err.code,
-                                   "param": err.param}})
+        return orjson.dumps(
+            {"type": "error", "error": {"type": err.anthropic_kind, "message": err.message}}
+        )
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.kind, "code": err.code, "param": err.param}}
+    )
 
 
 def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

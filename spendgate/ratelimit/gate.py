@@ -81,8 +81,15 @@ def _not_allowed(model: str) -> PermissionDenied:
 
 
 class RateGate:
-    def __init__(self, limiter: RateLimiter, clock: Clock, emit: EmitEvent, *,
-                 unlisted: Unlisted, reservation_seconds: float) -> None:
+    def __init__(
+        self,
+        limiter: RateLimiter,
+        clock: Clock,
+        emit: EmitEvent,
+        *,
+        unlisted: Unlisted,
+        reservation_seconds: float,
+    ) -> None:
         self._limiter = limiter
         self._clock = clock
         self._emit = emit
@@ -91,19 +98,28 @@ class RateGate:
         self._source: Mapping[str, tuple[RateLimit, ...]] | None = None
         self._cache: dict[tuple[str, str | None, str], Governing] = {}
 
-    def _governing(self, limits: Mapping[str, tuple[RateLimit, ...]], key_id: str,
-                   team_id: str | None, model: str) -> Governing:
+    def _governing(
+        self,
+        limits: Mapping[str, tuple[RateLimit, ...]],
+        key_id: str,
+        team_id: str | None,
+        model: str,
+    ) -> Governing:
         """(model allowed, governing rows, their check template), cached per snapshot of
         the limits: on the hot path a call only fills in its amounts."""
         if limits is not self._source:
             self._source, self._cache = limits, {}
         cached = self._cache.get((key_id, team_id, model))
         if cached is None:
-            rows = scope_rows([*limits.get(key_id, ()), *limits.get(team_id or "", ())],
-                              key_id, team_id)
+            rows = scope_rows(
+                [*limits.get(key_id, ()), *limits.get(team_id or "", ())], key_id, team_id
+            )
             governing = matching(rows, key_id, team_id, model)
-            cached = (model_allowed(rows, model, self._unlisted), governing,
-                      CheckTemplate(governing))
+            cached = (
+                model_allowed(rows, model, self._unlisted),
+                governing,
+                CheckTemplate(governing),
+            )
             if len(self._cache) > 100_000:
                 self._cache.clear()
             self._cache[(key_id, team_id, model)] = cached
@@ -113,9 +129,17 @@ class RateGate:
     def limiter(self) -> RateLimiter:
         return self._limiter
 
-    async def admit(self, limits: Mapping[str, tuple[RateLimit, ...]], reservation_id: str,
-                    key_id: str, team_id: str | None, org_id: str, model: str, tokens: int,
-                    worst_nanos: int) -> RateAdmission:
+    async def admit(
+        self,
+        limits: Mapping[str, tuple[RateLimit, ...]],
+        reservation_id: str,
+        key_id: str,
+        team_id: str | None,
+        org_id: str,
+        model: str,
+        tokens: int,
+        worst_nanos: int,
+    ) -> RateAdmission:
         """Acquire the call's checks, or raise ``RateLimited`` (403 for a model not
         allowed). The in-process hot path: no plan object, the template's checks."""
         allowed, rows, template = self._governing(limits, key_id, team_id, model)
@@ -126,16 +150,26 @@ class RateGate:
         checks = template.checks(tokens, worst_nanos)
         now = self._clock.now()
         stamp = now.timestamp()
-        outcome = await self._limiter.acquire(reservation_id, checks, stamp,
-                                              stamp + self._reservation_seconds)
+        outcome = await self._limiter.acquire(
+            reservation_id, checks, stamp, stamp + self._reservation_seconds
+        )
         if isinstance(outcome, Denial):
             self._refuse(outcome, key_id, team_id, org_id, model, now, stamp)
-        return RateAdmission(reservation_id, rows, granted_headers(checks, outcome), False,
-                             template)
+        return RateAdmission(
+            reservation_id, rows, granted_headers(checks, outcome), False, template
+        )
 
-    def plan(self, limits: Mapping[str, tuple[RateLimit, ...]], reservation_id: str,
-             key_id: str, team_id: str | None, org_id: str, model: str, tokens: int,
-             worst_nanos: int) -> RatePlan | None:
+    def plan(
+        self,
+        limits: Mapping[str, tuple[RateLimit, ...]],
+        reservation_id: str,
+        key_id: str,
+        team_id: str | None,
+        org_id: str,
+        model: str,
+        tokens: int,
+        worst_nanos: int,
+    ) -> RatePlan | None:
         """What to acquire for this call, or None when no limit applies. ``admit`` split
         in two, so ``spendgate.guard`` can acquire together with the budget holds."""
         allowed, rows, template = self._governing(limits, key_id, team_id, model)
@@ -145,31 +179,66 @@ class RateGate:
             return None
         now = self._clock.now()
         stamp = now.timestamp()
-        return RatePlan(reservation_id, key_id, team_id, org_id, model, rows, template,
-                        template.checks(tokens, worst_nanos), now, stamp,
-                        stamp + self._reservation_seconds)
+        return RatePlan(
+            reservation_id,
+            key_id,
+            team_id,
+            org_id,
+            model,
+            rows,
+            template,
+            template.checks(tokens, worst_nanos),
+            now,
+            stamp,
+            stamp + self._reservation_seconds,
+        )
 
     def outcome(self, plan: RatePlan, outcome: Denial | Granted) -> RateAdmission:
         """The admission for a granted plan; for a denial, the event and ``RateLimited``."""
         if isinstance(outcome, Denial):
-            self._refuse(outcome, plan.key_id, plan.team_id, plan.org_id, plan.model, plan.now,
-                         plan.stamp)
-        return RateAdmission(plan.reservation_id, plan.rows,
-                             granted_headers(plan.checks, outcome), False, plan.template)
+            self._refuse(
+                outcome, plan.key_id, plan.team_id, plan.org_id, plan.model, plan.now, plan.stamp
+            )
+        return RateAdmission(
+            plan.reservation_id,
+            plan.rows,
+            granted_headers(plan.checks, outcome),
+            False,
+            plan.template,
+        )
 
-    def _refuse(self, denial: Denial, key_id: str, team_id: str | None, org_id: str,
-                model: str, now: datetime, stamp: float) -> NoReturn:
+    def _refuse(
+        self,
+        denial: Denial,
+        key_id: str,
+        team_id: str | None,
+        org_id: str,
+        model: str,
+        now: datetime,
+        stamp: float,
+    ) -> NoReturn:
         """``ratelimit.exceeded`` (once per key, model and minute), then ``RateLimited``."""
         window = int(stamp // 60)
-        self._emit("ratelimit.exceeded", f"ratelimit:{key_id}:{model}:{window}",
-                   {"key_id": key_id, "team_id": team_id, "model": model,
-                    "limit_id": denial.check.bucket.split(":", 1)[0],
-                    "kind": denial.check.kind, "limit": denial.check.limit,
-                    "window_start": window * 60}, now, org_id)
+        self._emit(
+            "ratelimit.exceeded",
+            f"ratelimit:{key_id}:{model}:{window}",
+            {
+                "key_id": key_id,
+                "team_id": team_id,
+                "model": model,
+                "limit_id": denial.check.bucket.split(":", 1)[0],
+                "kind": denial.check.kind,
+                "limit": denial.check.limit,
+                "window_start": window * 60,
+            },
+            now,
+            org_id,
+        )
         raise RateLimited(denial)
 
-    def actuals(self, admission: RateAdmission, tokens: int, cost_nanos: int
-                ) -> dict[str, int] | None:
+    def actuals(
+        self, admission: RateAdmission, tokens: int, cost_nanos: int
+    ) -> dict[str, int] | None:
         """What settling ``admission`` writes, or None if it is done already; marks it done."""
         if admission.done:
             return None
@@ -189,8 +258,9 @@ class RateGate:
         """The call was forwarded: it counts as a request; tokens and spend become actual."""
         actual = self.actuals(admission, tokens, cost_nanos)
         if actual is not None:
-            await self._limiter.settle(admission.reservation_id, actual,
-                                       self._clock.now().timestamp())
+            await self._limiter.settle(
+                admission.reservation_id, actual, self._clock.now().timestamp()
+            )
 
     async def release(self, admission: RateAdmission) -> None:
         """The call never reached the provider: give everything back."""

@@ -84,23 +84,34 @@ class RedisRateLimiter:
         return self._redis
 
     # -- script keys and arguments, shared with the joint scripts of spendgate.guard --------
-    def acquire_call(self, reservation_id: str, checks: Sequence[Check], now: float,
-                     expires_at: float) -> tuple[list[str], list[str | int]]:
+    def acquire_call(
+        self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
+    ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of ``acquire.lua`` (``rl_check`` + ``rl_record``)."""
         validate(reservation_id, checks)
         live = max(1, math.ceil(expires_at - now))
         prefix = self._prefix
         keys = [self._zset, f"{prefix}rl:r:{reservation_id}"]
-        args: list[str | int] = [reservation_id, repr(float(now)), repr(float(expires_at)),
-                                 live + RECORD_GRACE]
+        args: list[str | int] = [
+            reservation_id,
+            repr(float(now)),
+            repr(float(expires_at)),
+            live + RECORD_GRACE,
+        ]
         for bucket, kind, limit, window_seconds, amount in checks:
             base = f"{prefix}rl:{bucket}"
             keys += [f"{base}:z", f"{base}:a"]
             if kind == "concurrency":
                 args += [bucket, "c", limit, "", 1, live + 1]
             else:
-                args += [bucket, "w", limit, repr(float(now) - float(window_seconds)), amount,
-                         math.ceil(window_seconds) + 1]
+                args += [
+                    bucket,
+                    "w",
+                    limit,
+                    repr(float(now) - float(window_seconds)),
+                    amount,
+                    math.ceil(window_seconds) + 1,
+                ]
         return keys, args
 
     @staticmethod
@@ -118,8 +129,9 @@ class RedisRateLimiter:
             results.append(CheckResult(check.limit, max(0, check.limit - used_after), reset))
         return Granted(tuple(results))
 
-    def settle_call(self, reservation_id: str, actual: Mapping[str, int]
-                    ) -> tuple[list[str], list[str | int]]:
+    def settle_call(
+        self, reservation_id: str, actual: Mapping[str, int]
+    ) -> tuple[list[str], list[str | int]]:
         """KEYS and ARGV of ``settle.lua`` (``rl_settle``)."""
         args: list[str | int] = [self._prefix, reservation_id]
         for bucket, amount in actual.items():

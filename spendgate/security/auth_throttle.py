@@ -47,8 +47,9 @@ class _Entry:
 class AuthThrottle:
     """Per-address failure counter; ``limit = 0`` disables it."""
 
-    def __init__(self, limit: int = 20, window_seconds: float = 60.0, *,
-                 max_tracked: int = MAX_TRACKED) -> None:
+    def __init__(
+        self, limit: int = 20, window_seconds: float = 60.0, *, max_tracked: int = MAX_TRACKED
+    ) -> None:
         if window_seconds <= 0:
             raise ValueError("window_seconds must be positive")
         if max_tracked < 1:
@@ -80,7 +81,9 @@ class AuthThrottle:
         if entry.blocked:
             raise TooManyAuthFailures(
                 f"too many failed authentication attempts from this address; retry in "
-                f"{math.ceil(entry.expires - mono)} s", retry_after=math.ceil(entry.expires - mono))
+                f"{math.ceil(entry.expires - mono)} s",
+                retry_after=math.ceil(entry.expires - mono),
+            )
 
     def failed(self, ip: str, mono: float) -> None:
         """Record one failed attempt from ``ip``."""

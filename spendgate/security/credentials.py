@@ -52,7 +52,7 @@ def shown_prefix(secret: str) -> str:
     """The start of a secret, kept for identification: the fixed prefix and a few random
     characters (``sg-admin-`` is longer than ``sk-sg-``, so it shows as many of them)."""
     fixed = ADMIN_TOKEN_PREFIX if secret.startswith(ADMIN_TOKEN_PREFIX) else KEY_PREFIX
-    return secret[:len(fixed) + PREFIX_SHOWN - len(KEY_PREFIX)]
+    return secret[: len(fixed) + PREFIX_SHOWN - len(KEY_PREFIX)]
 
 
 def secrets_equal(a: str, b: str) -> bool:

@@ -42,18 +42,22 @@ JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
 #: its favicon from fastapi.tiangolo.com, runs one inline script that starts the UI,
 #: fetches /openapi.json and sends "try it out" calls to this origin; Swagger UI sets
 #: inline styles and uses data: images.
-DOCS_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-            "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
-            "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+DOCS_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
 #: ReDoc (off in ``build_admin``; for when it is turned on): its bundle from
 #: cdn.jsdelivr.net, Google Fonts, a blob: search worker.
-REDOC_CSP = ("default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-             "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; "
-             "font-src https://fonts.gstatic.com; "
-             "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-             "worker-src blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-             "form-action 'none'")
+REDOC_CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
+    "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; "
+    "font-src https://fonts.gstatic.com; "
+    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
+    "worker-src blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
+    "form-action 'none'"
+)
 DEFAULT_CSP_BY_PREFIX: tuple[tuple[str, str], ...] = (("/docs", DOCS_CSP), ("/redoc", REDOC_CSP))
 HSTS = "max-age=31536000"
 
@@ -86,14 +90,25 @@ class SecurityHeaders:
     ``Cache-Control`` under the no-store prefixes, which is always ``no-store``.
     """
 
-    def __init__(self, app: ASGIApp, *, content_security_policy: str = JSON_CSP,
-                 csp_by_prefix: Sequence[tuple[str, str]] = DEFAULT_CSP_BY_PREFIX,
-                 no_store_prefixes: Sequence[str] = ("/admin",), hsts: str = HSTS) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        content_security_policy: str = JSON_CSP,
+        csp_by_prefix: Sequence[tuple[str, str]] = DEFAULT_CSP_BY_PREFIX,
+        no_store_prefixes: Sequence[str] = ("/admin",),
+        hsts: str = HSTS,
+    ) -> None:
         self.app = app
-        common = [("x-content-type-options", "nosniff"), ("x-frame-options", "DENY"),
-                  ("referrer-policy", "no-referrer")]
-        self._csp_by_prefix = [(prefix, _raw([*common, ("content-security-policy", csp)]))
-                               for prefix, csp in csp_by_prefix]
+        common = [
+            ("x-content-type-options", "nosniff"),
+            ("x-frame-options", "DENY"),
+            ("referrer-policy", "no-referrer"),
+        ]
+        self._csp_by_prefix = [
+            (prefix, _raw([*common, ("content-security-policy", csp)]))
+            for prefix, csp in csp_by_prefix
+        ]
         self._default = _raw([*common, ("content-security-policy", content_security_policy)])
         self._no_store_prefixes = tuple(no_store_prefixes)
         self._hsts = _raw([("strict-transport-security", hsts)])
@@ -101,8 +116,9 @@ class SecurityHeaders:
     def headers_for(self, scope: Mapping[str, Any]) -> tuple[RawHeaders, bool]:
         """The defaults for this request's responses, and whether it must not be stored."""
         path: str = scope["path"]
-        defaults = next((h for prefix, h in self._csp_by_prefix if _under(path, prefix)),
-                        self._default)
+        defaults = next(
+            (h for prefix, h in self._csp_by_prefix if _under(path, prefix)), self._default
+        )
         if request_is_https(scope):
             defaults = defaults + self._hsts
         return defaults, any(_under(path, p) for p in self._no_store_prefixes)
@@ -133,8 +149,9 @@ class CsrfFailed(PermissionDenied):
 
 def csrf_error_body(err: CsrfFailed) -> bytes:
     """The admin error format (``{"error": {"message", "type", "code", "param"}}``)."""
-    return orjson.dumps({"error": {"message": err.message, "type": err.kind, "code": err.code,
-                                   "param": err.param}})
+    return orjson.dumps(
+        {"error": {"message": err.message, "type": err.kind, "code": err.code, "param": err.param}}
+    )
 
 
 def _header(headers: RawHeaders, name: bytes) -> str | None:
@@ -165,10 +182,16 @@ def _form_field(content_type: str, media: str, body: bytes, name: str) -> str | 
 class CsrfGuard:
     """Double-submit CSRF check in front of ``app`` (see the module docstring)."""
 
-    def __init__(self, app: ASGIApp, *, cookie_name: str = CSRF_COOKIE,
-                 header_name: str = CSRF_HEADER, field_name: str = CSRF_FIELD,
-                 session_cookies: Sequence[str] = (SESSION_COOKIE,),
-                 max_body_bytes: int = 1024 * 1024) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        cookie_name: str = CSRF_COOKIE,
+        header_name: str = CSRF_HEADER,
+        field_name: str = CSRF_FIELD,
+        session_cookies: Sequence[str] = (SESSION_COOKIE,),
+        max_body_bytes: int = 1024 * 1024,
+    ) -> None:
         self.app = app
         self.cookie_name = cookie_name
         self.header_name = header_name.lower().encode("latin-1")
@@ -202,14 +225,18 @@ class CsrfGuard:
         presented = _header(headers, self.header_name)
         if presented is None:
             presented, receive = await self._token_from_form(headers, receive)
-        if not expected or not presented or not hmac.compare_digest(
-                expected.encode("utf-8"), presented.encode("utf-8")):
+        if (
+            not expected
+            or not presented
+            or not hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
+        ):
             await self._refuse(send)
             return
         await self.app(scope, receive, send)
 
-    async def _token_from_form(self, headers: RawHeaders, receive: Receive
-                               ) -> tuple[str | None, Receive]:
+    async def _token_from_form(
+        self, headers: RawHeaders, receive: Receive
+    ) -> tuple[str | None, Receive]:
         """Read the body for the form field, then hand the app a ``receive`` replaying it."""
         content_type = _header(headers, b"content-type") or ""
         media = content_type.split(";", 1)[0].strip().lower()
@@ -239,25 +266,43 @@ class CsrfGuard:
         return token, replay
 
     async def _refuse(self, send: Send) -> None:
-        err = CsrfFailed(f"CSRF check failed: send the {self.cookie_name} cookie's value in the "
-                         f"{self.header_name.decode()} header or the {self.field_name} form field")
+        err = CsrfFailed(
+            f"CSRF check failed: send the {self.cookie_name} cookie's value in the "
+            f"{self.header_name.decode()} header or the {self.field_name} form field"
+        )
         body = csrf_error_body(err)
-        await send({"type": "http.response.start", "status": err.status,
-                    "headers": [(b"content-type", b"application/json"),
-                                (b"content-length", str(len(body)).encode())]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": err.status,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
-def set_session_cookie(response: Response, name: str, value: str, *, secure: bool,
-                       max_age: int | None, samesite: SameSite = "lax") -> None:
+def set_session_cookie(
+    response: Response,
+    name: str,
+    value: str,
+    *,
+    secure: bool,
+    max_age: int | None,
+    samesite: SameSite = "lax",
+) -> None:
     """A session cookie scripts cannot read: HttpOnly, SameSite, Path=/, Secure on HTTPS
     (pass ``secure=request_is_https(request.scope)``)."""
-    response.set_cookie(name, value, max_age=max_age, path="/", secure=secure, httponly=True,
-                        samesite=samesite)
+    response.set_cookie(
+        name, value, max_age=max_age, path="/", secure=secure, httponly=True, samesite=samesite
+    )
 
 
-def clear_session_cookie(response: Response, name: str, *, secure: bool,
-                         samesite: SameSite = "lax") -> None:
+def clear_session_cookie(
+    response: Response, name: str, *, secure: bool, samesite: SameSite = "lax"
+) -> None:
     response.delete_cookie(name, path="/", secure=secure, httponly=True, samesite=samesite)
 
 
@@ -265,9 +310,17 @@ def new_csrf_token() -> str:
     return secrets.token_urlsafe(32)
 
 
-def set_csrf_cookie(response: Response, token: str, *, secure: bool,
-                    max_age: int | None = None) -> None:
+def set_csrf_cookie(
+    response: Response, token: str, *, secure: bool, max_age: int | None = None
+) -> None:
     """The double-submit cookie: readable by the console's own scripts (not HttpOnly) so
     they can echo it in ``X-CSRF-Token``; SameSite=Strict, Path=/."""
-    response.set_cookie(CSRF_COOKIE, token, max_age=max_age, path="/", secure=secure,
-                        httponly=False, samesite="strict")
+    response.set_cookie(
+        CSRF_COOKIE,
+        token,
+        max_age=max_age,
+        path="/",
+        secure=secure,
+        httponly=False,
+        samesite="strict",
+    )

@@ -56,7 +56,8 @@ from spendgate.security.credentials import new_id
 from spendgate.store.schema import JSONType, UTCDateTime, metadata
 
 audit_log = sa.Table(
-    "audit_log", metadata,
+    "audit_log",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("seq", sa.BigInteger(), nullable=False),
     sa.Column("at", UTCDateTime(), nullable=False),
@@ -83,14 +84,16 @@ audit_log = sa.Table(
 )
 
 audit_chain_head = sa.Table(
-    "audit_chain_head", metadata,
+    "audit_chain_head",
+    metadata,
     sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger(), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
 audit_checkpoints = sa.Table(
-    "audit_checkpoints", metadata,
+    "audit_checkpoints",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("seq", sa.BigInteger(), nullable=False, unique=True),
     sa.Column("hash", sa.String(64), nullable=False),
@@ -101,7 +104,8 @@ audit_checkpoints = sa.Table(
 )
 
 audit_purge_lock = sa.Table(
-    "audit_purge_lock", metadata,
+    "audit_purge_lock",
+    metadata,
     sa.Column("up_to_seq", sa.BigInteger(), primary_key=True, autoincrement=False),
 )
 
@@ -122,8 +126,12 @@ class Guard:
 
 
 def _sqlite_refuse(name: str, table: str, op: str, when: str = "") -> Guard:
-    return Guard(name, table, f"CREATE TRIGGER {name} BEFORE {op} ON {table} {when}"
-                 f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: {op} refused'); END")
+    return Guard(
+        name,
+        table,
+        f"CREATE TRIGGER {name} BEFORE {op} ON {table} {when}"
+        f"BEGIN SELECT RAISE(ABORT, '{table} is append-only: {op} refused'); END",
+    )
 
 
 _PURGING = "EXISTS (SELECT 1 FROM audit_purge_lock WHERE OLD.seq <= up_to_seq)"
@@ -142,8 +150,12 @@ $$"""
 
 
 def _pg_guard(name: str, table: str, ops: str, each: str) -> Guard:
-    return Guard(name, table, f"CREATE TRIGGER {name} BEFORE {ops} ON {table} "
-                 f"FOR EACH {each} EXECUTE FUNCTION spendgate_audit_guard()")
+    return Guard(
+        name,
+        table,
+        f"CREATE TRIGGER {name} BEFORE {ops} ON {table} "
+        f"FOR EACH {each} EXECUTE FUNCTION spendgate_audit_guard()",
+    )
 
 
 GUARDS: dict[str, tuple[Guard, ...]] = {
@@ -170,27 +182,53 @@ def guard_statements(dialect: str) -> list[str]:
 
 def unguard_statements(dialect: str) -> list[str]:
     drops = [g.drop(dialect) for g in GUARDS[dialect]]
-    return [*drops, "DROP FUNCTION IF EXISTS spendgate_audit_guard()"] if dialect == "postgresql" \
+    return (
+        [*drops, "DROP FUNCTION IF EXISTS spendgate_audit_guard()"]
+        if dialect == "postgresql"
         else drops
+    )
 
 
 # -- rows <-> entries ------------------------------------------------------------------------
 def _row(entry: AuditEntry) -> dict[str, Any]:
     e = entry.event
-    return {"id": entry.id, "seq": entry.seq, "at": e.at, "actor_type": e.actor_type,
-            "actor_id": e.actor_id, "action": e.action, "target_type": e.target_type,
-            "target_id": e.target_id, "before": e.before, "after": e.after,
-            "request_id": e.request_id, "source_ip": e.source_ip,
-            "prev_hash": entry.prev_hash, "hash": entry.hash}
+    return {
+        "id": entry.id,
+        "seq": entry.seq,
+        "at": e.at,
+        "actor_type": e.actor_type,
+        "actor_id": e.actor_id,
+        "action": e.action,
+        "target_type": e.target_type,
+        "target_id": e.target_id,
+        "before": e.before,
+        "after": e.after,
+        "request_id": e.request_id,
+        "source_ip": e.source_ip,
+        "prev_hash": entry.prev_hash,
+        "hash": entry.hash,
+    }
 
 
 _c = audit_log.c
 #: read in this order; JSON cast to text and parsed by orjson (4x faster than going through Row
 #: attributes and the stdlib decoder, which matters for a million-entry export)
-_READ = (_c.seq, _c.id, _c.at, _c.actor_type, _c.actor_id, _c.action, _c.target_type,
-         _c.target_id, sa.cast(_c.before, sa.Text).label("before"),
-         sa.cast(_c.after, sa.Text).label("after"), _c.request_id, _c.source_ip,
-         _c.prev_hash, _c.hash)
+_READ = (
+    _c.seq,
+    _c.id,
+    _c.at,
+    _c.actor_type,
+    _c.actor_id,
+    _c.action,
+    _c.target_type,
+    _c.target_id,
+    sa.cast(_c.before, sa.Text).label("before"),
+    sa.cast(_c.after, sa.Text).label("after"),
+    _c.request_id,
+    _c.source_ip,
+    _c.prev_hash,
+    _c.hash,
+)
 
 
 def _json(raw: str | None) -> Any:
@@ -199,16 +237,47 @@ def _json(raw: str | None) -> Any:
 
 def entry_from_row(row: Sequence[Any]) -> AuditEntry:
     """An entry from a row selected with ``_READ``."""
-    (seq, entry_id, at, actor_type, actor_id, action, target_type, target_id, before, after,
-     request_id, source_ip, prev_hash, hash_) = row
-    event = AuditEvent(at, actor_type, actor_id, action, target_type, target_id, _json(before),
-                       _json(after), request_id, source_ip)
+    (
+        seq,
+        entry_id,
+        at,
+        actor_type,
+        actor_id,
+        action,
+        target_type,
+        target_id,
+        before,
+        after,
+        request_id,
+        source_ip,
+        prev_hash,
+        hash_,
+    ) = row
+    event = AuditEvent(
+        at,
+        actor_type,
+        actor_id,
+        action,
+        target_type,
+        target_id,
+        _json(before),
+        _json(after),
+        request_id,
+        source_ip,
+    )
     return AuditEntry(int(seq), entry_id, event, prev_hash, hash_)
 
 
 def _checkpoint(row: Any) -> Checkpoint:
-    return Checkpoint(row.id, int(row.seq), row.hash, row.purged_before, int(row.purged_count),
-                      row.created_at, row.signature)
+    return Checkpoint(
+        row.id,
+        int(row.seq),
+        row.hash,
+        row.purged_before,
+        int(row.purged_count),
+        row.created_at,
+        row.signature,
+    )
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -217,26 +286,44 @@ def teams_column(team_ids: Iterable[str]) -> str | None:
     return f",{','.join(ids)}," if ids else None
 
 
-async def append(conn: AsyncConnection, event: AuditEvent, *, entry_id: str | None = None,
-                 org_id: str | None = None, team_ids: Iterable[str] = ()) -> AuditEntry:
+async def append(
+    conn: AsyncConnection,
+    event: AuditEvent,
+    *,
+    entry_id: str | None = None,
+    org_id: str | None = None,
+    team_ids: Iterable[str] = (),
+) -> AuditEntry:
     """Add ``event`` to the chain inside the caller's transaction (call it last).
 
     ``org_id``/``team_ids`` say who may read the entry (org-wide roles of that org, team
     roles of those teams); entries with neither are for the master key only."""
     head = audit_chain_head.c
-    taken = (await conn.execute(
-        sa.update(audit_chain_head).where(head.id == HEAD_ID).values(seq=head.seq + 1)
-        .returning(head.seq, head.hash))).one()
+    taken = (
+        await conn.execute(
+            sa.update(audit_chain_head)
+            .where(head.id == HEAD_ID)
+            .values(seq=head.seq + 1)
+            .returning(head.seq, head.hash)
+        )
+    ).one()
     entry = seal(int(taken.seq), entry_id or new_id("aud"), event, taken.hash)
-    await conn.execute(audit_log.insert().values(**_row(entry), org_id=org_id,
-                                                 team_ids=teams_column(team_ids)))
-    await conn.execute(sa.update(audit_chain_head).where(head.id == HEAD_ID)
-                       .values(hash=entry.hash))
+    await conn.execute(
+        audit_log.insert().values(**_row(entry), org_id=org_id, team_ids=teams_column(team_ids))
+    )
+    await conn.execute(
+        sa.update(audit_chain_head).where(head.id == HEAD_ID).values(hash=entry.hash)
+    )
     return entry
 
 
-async def record(engine: AsyncEngine, event: AuditEvent, *, org_id: str | None = None,
-                 team_ids: Iterable[str] = ()) -> AuditEntry:
+async def record(
+    engine: AsyncEngine,
+    event: AuditEvent,
+    *,
+    org_id: str | None = None,
+    team_ids: Iterable[str] = (),
+) -> AuditEntry:
     """``append`` in a transaction of its own, for facts that change nothing else."""
     async with engine.begin() as conn:
         return await append(conn, event, org_id=org_id, team_ids=team_ids)
@@ -263,8 +350,15 @@ class AuditFilter:
         if self.org_id is not None:
             out.append(c.org_id == self.org_id)
         if self.team_ids is not None:
-            out.append(sa.or_(sa.false(), *(c.team_ids.like(f"%,{_like(t)},%", escape="\\")
-                                            for t in sorted(self.team_ids))))
+            out.append(
+                sa.or_(
+                    sa.false(),
+                    *(
+                        c.team_ids.like(f"%,{_like(t)},%", escape="\\")
+                        for t in sorted(self.team_ids)
+                    ),
+                )
+            )
         if self.start is not None:
             out.append(c.at >= self.start)
         if self.end is not None:
@@ -285,8 +379,9 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def _typed_id(value: str, type_col: sa.Column[Any], id_col: sa.Column[Any]
-              ) -> sa.ColumnElement[bool]:
+def _typed_id(
+    value: str, type_col: sa.Column[Any], id_col: sa.Column[Any]
+) -> sa.ColumnElement[bool]:
     kind, sep, ident = value.partition(":")
     if sep:
         return sa.and_(type_col == kind, id_col == ident)
@@ -296,21 +391,34 @@ def _typed_id(value: str, type_col: sa.Column[Any], id_col: sa.Column[Any]
 async def head(engine: AsyncEngine) -> tuple[int, str]:
     """The last ``seq`` handed out and its hash."""
     async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash)
-                                  .where(audit_chain_head.c.id == HEAD_ID))).one()
+        row = (
+            await conn.execute(
+                sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
+                    audit_chain_head.c.id == HEAD_ID
+                )
+            )
+        ).one()
     return int(row.seq), str(row.hash)
 
 
-async def pages(source: AsyncEngine | AsyncConnection, after_seq: int, up_to_seq: int,
-                conditions: Sequence[sa.ColumnElement[bool]] = (), batch: int = DEFAULT_BATCH
-                ) -> AsyncIterator[list[AuditEntry]]:
+async def pages(
+    source: AsyncEngine | AsyncConnection,
+    after_seq: int,
+    up_to_seq: int,
+    conditions: Sequence[sa.ColumnElement[bool]] = (),
+    batch: int = DEFAULT_BATCH,
+) -> AsyncIterator[list[AuditEntry]]:
     """Entries with ``after_seq < seq <= up_to_seq`` in seq order, ``batch`` at a time
     (keyset pagination; an engine is connected per page, so nothing is held between)."""
     c = audit_log.c
     last = after_seq
     while last < up_to_seq:
-        query = (sa.select(*_READ).where(c.seq > last, c.seq <= up_to_seq, *conditions)
-                 .order_by(c.seq).limit(batch))
+        query = (
+            sa.select(*_READ)
+            .where(c.seq > last, c.seq <= up_to_seq, *conditions)
+            .order_by(c.seq)
+            .limit(batch)
+        )
         if isinstance(source, AsyncConnection):
             rows = (await source.execute(query)).all()
         else:
@@ -324,8 +432,9 @@ async def pages(source: AsyncEngine | AsyncConnection, after_seq: int, up_to_seq
             return
 
 
-async def iter_entries(engine: AsyncEngine, filters: AuditFilter = AuditFilter(),
-                       batch: int = DEFAULT_BATCH) -> AsyncIterator[AuditEntry]:
+async def iter_entries(
+    engine: AsyncEngine, filters: AuditFilter = AuditFilter(), batch: int = DEFAULT_BATCH
+) -> AsyncIterator[AuditEntry]:
     """Every matching entry in seq order, as of the call (later appends are not included)."""
     up_to, _ = await head(engine)
     async for page in pages(engine, 0, up_to, filters.conditions(), batch):
@@ -333,8 +442,9 @@ async def iter_entries(engine: AsyncEngine, filters: AuditFilter = AuditFilter()
             yield entry
 
 
-async def count_entries(engine: AsyncEngine, filters: AuditFilter = AuditFilter(), *,
-                        up_to_seq: int | None = None) -> int:
+async def count_entries(
+    engine: AsyncEngine, filters: AuditFilter = AuditFilter(), *, up_to_seq: int | None = None
+) -> int:
     query = sa.select(sa.func.count()).select_from(audit_log).where(*filters.conditions())
     if up_to_seq is not None:
         query = query.where(audit_log.c.seq <= up_to_seq)
@@ -342,8 +452,13 @@ async def count_entries(engine: AsyncEngine, filters: AuditFilter = AuditFilter(
         return int((await conn.execute(query)).scalar_one())
 
 
-async def list_entries(engine: AsyncEngine, filters: AuditFilter = AuditFilter(), *,
-                       limit: int = 100, before_seq: int | None = None) -> list[AuditEntry]:
+async def list_entries(
+    engine: AsyncEngine,
+    filters: AuditFilter = AuditFilter(),
+    *,
+    limit: int = 100,
+    before_seq: int | None = None,
+) -> list[AuditEntry]:
     """Newest first; pass the last ``seq`` seen as ``before_seq`` for the next page."""
     c = audit_log.c
     query = sa.select(*_READ).where(*filters.conditions()).order_by(c.seq.desc()).limit(limit)
@@ -368,8 +483,9 @@ async def verify(engine: AsyncEngine, key: bytes, batch: int = DEFAULT_BATCH) ->
     state = ChainState()
     if checkpoint is not None:
         if not checkpoint_valid(checkpoint, key):
-            bad = ChainBreak(None, checkpoint.seq,
-                             f"checkpoint {checkpoint.id} has an invalid signature")
+            bad = ChainBreak(
+                None, checkpoint.seq, f"checkpoint {checkpoint.id} has an invalid signature"
+            )
             return VerifyResult(False, 0, checkpoint.seq, checkpoint.hash, checkpoint.seq, bad)
         state = ChainState(checkpoint.seq, checkpoint.hash)
     start_seq = state.seq
@@ -387,27 +503,38 @@ class PurgeResult:
     entry: AuditEntry | None
 
 
-async def purge(engine: AsyncEngine, before: datetime, key: bytes, *, now: datetime,
-                min_retention_days: int, actor: tuple[str, str] = ("system", "retention"),
-                request_id: str | None = None, source_ip: str | None = None,
-                batch: int = DEFAULT_BATCH) -> PurgeResult:
+async def purge(
+    engine: AsyncEngine,
+    before: datetime,
+    key: bytes,
+    *,
+    now: datetime,
+    min_retention_days: int,
+    actor: tuple[str, str] = ("system", "retention"),
+    request_id: str | None = None,
+    source_ip: str | None = None,
+    batch: int = DEFAULT_BATCH,
+) -> PurgeResult:
     """Delete the oldest entries (the longest prefix of the chain all older than
     ``before``), after checking they are intact; leave a signed checkpoint and an
     ``audit.purged`` entry, all in one transaction."""
     oldest_allowed = now - timedelta(days=min_retention_days)
     if before > oldest_allowed:
-        raise ValidationFailed(f"before: entries younger than {min_retention_days} days are kept "
-                               f"(latest allowed: {oldest_allowed.isoformat()})", param="before")
+        raise ValidationFailed(
+            f"before: entries younger than {min_retention_days} days are kept "
+            f"(latest allowed: {oldest_allowed.isoformat()})",
+            param="before",
+        )
     c = audit_log.c
     async with engine.begin() as conn:
         hc = audit_chain_head.c  # lock the head first: appends wait until the purge is done
-        await conn.execute(sa.update(audit_chain_head).where(hc.id == HEAD_ID)
-                           .values(seq=hc.seq))
+        await conn.execute(sa.update(audit_chain_head).where(hc.id == HEAD_ID).values(seq=hc.seq))
         checkpoint = await latest_checkpoint(conn)
         start = ChainState(checkpoint.seq, checkpoint.hash) if checkpoint else ChainState()
         top = int((await conn.execute(sa.select(hc.seq).where(hc.id == HEAD_ID))).scalar_one())
-        first_young = (await conn.execute(sa.select(sa.func.min(c.seq)).where(c.at >= before))
-                       ).scalar_one()
+        first_young = (
+            await conn.execute(sa.select(sa.func.min(c.seq)).where(c.at >= before))
+        ).scalar_one()
         up_to = top if first_young is None else int(first_young) - 1
         if up_to <= start.seq:
             return PurgeResult(0, None, None)
@@ -415,24 +542,48 @@ async def purge(engine: AsyncEngine, before: datetime, key: bytes, *, now: datet
         async for page in pages(conn, start.seq, up_to, (), batch):
             state, broken = walk(page, state)
             if broken is not None:
-                raise Conflict(f"audit chain broken at entry {broken.entry_id} (seq {broken.seq}):"
-                               f" {broken.reason}; refusing to purge")
+                raise Conflict(
+                    f"audit chain broken at entry {broken.entry_id} (seq {broken.seq}):"
+                    f" {broken.reason}; refusing to purge"
+                )
         if state.seq != up_to:
             raise Conflict(f"audit chain ends at seq {state.seq} before {up_to}; refusing to purge")
         await conn.execute(audit_purge_lock.insert().values(up_to_seq=up_to))
         await conn.execute(sa.delete(audit_log).where(c.seq <= up_to))
         await conn.execute(sa.delete(audit_purge_lock))
-        made = sign_checkpoint(Checkpoint(new_id("acp"), up_to, state.hash, before,
-                                          up_to - start.seq, now), key)
-        await conn.execute(audit_checkpoints.insert().values(
-            id=made.id, seq=made.seq, hash=made.hash, purged_before=made.purged_before,
-            purged_count=made.purged_count, created_at=made.created_at,
-            signature=made.signature))
-        entry = await append(conn, AuditEvent(
-            now, actor[0], actor[1], "audit.purged", "audit_log", None,
-            after={"before": before, "up_to_seq": up_to, "purged": made.purged_count,
-                   "checkpoint_id": made.id},
-            request_id=request_id, source_ip=source_ip))
+        made = sign_checkpoint(
+            Checkpoint(new_id("acp"), up_to, state.hash, before, up_to - start.seq, now), key
+        )
+        await conn.execute(
+            audit_checkpoints.insert().values(
+                id=made.id,
+                seq=made.seq,
+                hash=made.hash,
+                purged_before=made.purged_before,
+                purged_count=made.purged_count,
+                created_at=made.created_at,
+                signature=made.signature,
+            )
+        )
+        entry = await append(
+            conn,
+            AuditEvent(
+                now,
+                actor[0],
+                actor[1],
+                "audit.purged",
+                "audit_log",
+                None,
+                after={
+                    "before": before,
+                    "up_to_seq": up_to,
+                    "purged": made.purged_count,
+                    "checkpoint_id": made.id,
+                },
+                request_id=request_id,
+                source_ip=source_ip,
+            ),
+        )
     return PurgeResult(made.purged_count, made, entry)
 
 

@@ -23,8 +23,9 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 
 @asynccontextmanager
-async def transaction(engine: AsyncEngine, conn: AsyncConnection | None
-                      ) -> AsyncIterator[AsyncConnection]:
+async def transaction(
+    engine: AsyncEngine, conn: AsyncConnection | None
+) -> AsyncIterator[AsyncConnection]:
     """The caller's transaction (so an audit entry can share it), or a new one."""
     if conn is not None:
         yield conn
@@ -40,20 +41,25 @@ async def upsert(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, An
         return
     insert = _insert(conn, table)
     keys = [c.name for c in table.primary_key.columns]
-    await conn.execute(insert.on_conflict_do_update(
-        index_elements=keys,
-        set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys}),
-        rows)
+    await conn.execute(
+        insert.on_conflict_do_update(
+            index_elements=keys,
+            set_={c.name: insert.excluded[c.name] for c in table.columns if c.name not in keys},
+        ),
+        rows,
+    )
 
 
-async def insert_new(conn: AsyncConnection, table: sa.Table, values: dict[str, Any],
-                     unique: Sequence[str]) -> bool:
+async def insert_new(
+    conn: AsyncConnection, table: sa.Table, values: dict[str, Any], unique: Sequence[str]
+) -> bool:
     """Insert ``values`` unless a row with the same ``unique`` columns exists; True if it
     was inserted. ``ON CONFLICT DO NOTHING``, not a savepoint around the insert: on SQLite
     a savepoint that opens the transaction commits when released, which would have split
     the caller's transaction in two."""
-    done = await conn.execute(_insert(conn, table).values(**values)
-                              .on_conflict_do_nothing(index_elements=list(unique)))
+    done = await conn.execute(
+        _insert(conn, table).values(**values).on_conflict_do_nothing(index_elements=list(unique))
+    )
     return bool(done.rowcount == 1)
 
 

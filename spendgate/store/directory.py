@@ -53,10 +53,17 @@ def _key_public(row: dict[str, Any]) -> dict[str, Any]:
 
 def _key_record(row: dict[str, Any]) -> KeyRecord:
     return KeyRecord(
-        id=row["id"], org_id=row["org_id"], team_id=row["team_id"], user_id=row["user_id"],
-        agent_id=row["agent_id"], name=row["name"], tags=tuple(row["tags"] or ()),
-        models=tuple(row["models"] or ()), allow_request_tags=bool(row["allow_request_tags"]),
-        expires_at=row["expires_at"], revoked_at=row["revoked_at"],
+        id=row["id"],
+        org_id=row["org_id"],
+        team_id=row["team_id"],
+        user_id=row["user_id"],
+        agent_id=row["agent_id"],
+        name=row["name"],
+        tags=tuple(row["tags"] or ()),
+        models=tuple(row["models"] or ()),
+        allow_request_tags=bool(row["allow_request_tags"]),
+        expires_at=row["expires_at"],
+        revoked_at=row["revoked_at"],
     )
 
 
@@ -82,8 +89,9 @@ class Directory:
     def _tx(self, conn: AsyncConnection | None) -> AbstractAsyncContextManager[AsyncConnection]:
         return transaction(self._engine, conn)
 
-    async def _insert(self, table: sa.Table, values: dict[str, Any],
-                      conn: AsyncConnection | None) -> dict[str, Any]:
+    async def _insert(
+        self, table: sa.Table, values: dict[str, Any], conn: AsyncConnection | None
+    ) -> dict[str, Any]:
         try:
             async with self._tx(conn) as tx:
                 await tx.execute(table.insert().values(**values))
@@ -92,10 +100,12 @@ class Directory:
         return values
 
     # -- orgs, teams ---------------------------------------------------------------
-    async def create_org(self, name: str, now: datetime, conn: AsyncConnection | None = None
-                         ) -> dict[str, Any]:
-        return await self._insert(schema.orgs, {"id": new_id("org"), "name": name,
-                                                "created_at": now}, conn)
+    async def create_org(
+        self, name: str, now: datetime, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
+        return await self._insert(
+            schema.orgs, {"id": new_id("org"), "name": name, "created_at": now}, conn
+        )
 
     async def get_org(self, org_id: str) -> dict[str, Any]:
         return await self._one(schema.orgs, org_id, "org")
@@ -103,8 +113,9 @@ class Directory:
     async def list_orgs(self) -> list[dict[str, Any]]:
         return await self._list(schema.orgs)
 
-    async def create_team(self, org_id: str, name: str, now: datetime,
-                          conn: AsyncConnection | None = None) -> dict[str, Any]:
+    async def create_team(
+        self, org_id: str, name: str, now: datetime, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
         await self._require(schema.orgs, org_id, "org_id")
         values = {"id": new_id("team"), "org_id": org_id, "name": name, "created_at": now}
         return await self._insert(schema.teams, values, conn)
@@ -135,22 +146,36 @@ class Directory:
 
     # -- users, agents -------------------------------------------------------------
     async def create_user(
-        self, email: str, role: str, team_ids: Sequence[str], org_id: str | None, now: datetime,
+        self,
+        email: str,
+        role: str,
+        team_ids: Sequence[str],
+        org_id: str | None,
+        now: datetime,
         conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
         if role not in ROLES:
             raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", param="role")
-        orgs = {await self._org_of(org_id, t) for t in team_ids} or {await self._org_of(org_id, None)}
+        orgs = {await self._org_of(org_id, t) for t in team_ids} or {
+            await self._org_of(org_id, None)
+        }
         if len(orgs) != 1:
             raise ValidationFailed("team_ids: teams belong to different orgs", param="team_ids")
-        values = {"id": new_id("user"), "org_id": orgs.pop(), "email": email, "role": role,
-                  "created_at": now}
+        values = {
+            "id": new_id("user"),
+            "org_id": orgs.pop(),
+            "email": email,
+            "role": role,
+            "created_at": now,
+        }
         try:
             async with self._tx(conn) as tx:
                 await tx.execute(schema.users.insert().values(**values))
                 if team_ids:
-                    await tx.execute(schema.user_teams.insert(),
-                                       [{"user_id": values["id"], "team_id": t} for t in set(team_ids)])
+                    await tx.execute(
+                        schema.user_teams.insert(),
+                        [{"user_id": values["id"], "team_id": t} for t in set(team_ids)],
+                    )
         except IntegrityError as exc:
             raise Conflict(f"a user with email {email} already exists in this org") from exc
         return {**values, "team_ids": sorted(set(team_ids))}
@@ -161,7 +186,8 @@ class Directory:
         ids = [u["id"] for u in users]
         async with self._engine.connect() as conn:
             rows = await conn.execute(
-                sa.select(schema.user_teams).where(schema.user_teams.c.user_id.in_(ids)))
+                sa.select(schema.user_teams).where(schema.user_teams.c.user_id.in_(ids))
+            )
             memberships = [(r.user_id, r.team_id) for r in rows]
         for user in users:
             user["team_ids"] = sorted(t for u, t in memberships if u == user["id"])
@@ -173,33 +199,46 @@ class Directory:
     async def list_users(self, org_id: str | None = None) -> list[dict[str, Any]]:
         return await self._with_teams(await self._list(schema.users, org_id=org_id))
 
-    async def update_user(self, user_id: str, role: str | None, team_ids: Sequence[str] | None,
-                          conn: AsyncConnection) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def update_user(
+        self, user_id: str, role: str | None, team_ids: Sequence[str] | None, conn: AsyncConnection
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Change a user's role and/or teams (same org only). Returns (before, after)."""
         before = await self.get_user(user_id)
         if role is not None:
-            await conn.execute(schema.users.update().where(schema.users.c.id == user_id)
-                               .values(role=role))
+            await conn.execute(
+                schema.users.update().where(schema.users.c.id == user_id).values(role=role)
+            )
         teams = before["team_ids"] if team_ids is None else sorted(set(team_ids))
         if team_ids is not None:
             for team_id in teams:
                 if await self._org_of(before["org_id"], team_id) != before["org_id"]:
-                    raise ValidationFailed("team_ids: team belongs to another org",
-                                           param="team_ids")
+                    raise ValidationFailed(
+                        "team_ids: team belongs to another org", param="team_ids"
+                    )
             links = schema.user_teams
             await conn.execute(links.delete().where(links.c.user_id == user_id))
             if teams:
-                await conn.execute(links.insert(), [{"user_id": user_id, "team_id": t}
-                                                    for t in teams])
+                await conn.execute(
+                    links.insert(), [{"user_id": user_id, "team_id": t} for t in teams]
+                )
         return before, {**before, "role": role or before["role"], "team_ids": teams}
 
     async def create_agent(
-        self, name: str, team_id: str | None, org_id: str | None, now: datetime,
+        self,
+        name: str,
+        team_id: str | None,
+        org_id: str | None,
+        now: datetime,
         conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
         resolved = await self._org_of(org_id, team_id)
-        values = {"id": new_id("agent"), "org_id": resolved, "team_id": team_id, "name": name,
-                  "created_at": now}
+        values = {
+            "id": new_id("agent"),
+            "org_id": resolved,
+            "team_id": team_id,
+            "name": name,
+            "created_at": now,
+        }
         return await self._insert(schema.agents, values, conn)
 
     async def get_agent(self, agent_id: str) -> dict[str, Any]:
@@ -209,8 +248,9 @@ class Directory:
         return await self._list(schema.agents, org_id=org_id)
 
     # -- virtual keys --------------------------------------------------------------
-    async def create_key(self, spec: dict[str, Any], now: datetime,
-                         conn: AsyncConnection | None = None) -> dict[str, Any]:
+    async def create_key(
+        self, spec: dict[str, Any], now: datetime, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
         """Create a key; the returned dict carries the secret once, as ``key``."""
         org_id = await self._org_of(spec["org_id"], spec.get("team_id"))
         for field, table in (("user_id", schema.users), ("agent_id", schema.agents)):
@@ -223,12 +263,20 @@ class Directory:
             raise ValidationFailed("expires_at: must be in the future", param="expires_at")
         secret = new_virtual_key()
         values = {
-            "id": new_id("key"), "org_id": org_id, "team_id": spec.get("team_id"),
-            "user_id": spec.get("user_id"), "agent_id": spec.get("agent_id"),
-            "name": spec["name"], "key_hash": hash_secret(secret), "key_prefix": shown_prefix(secret),
-            "tags": list(spec.get("tags") or []), "models": list(spec.get("models") or []),
+            "id": new_id("key"),
+            "org_id": org_id,
+            "team_id": spec.get("team_id"),
+            "user_id": spec.get("user_id"),
+            "agent_id": spec.get("agent_id"),
+            "name": spec["name"],
+            "key_hash": hash_secret(secret),
+            "key_prefix": shown_prefix(secret),
+            "tags": list(spec.get("tags") or []),
+            "models": list(spec.get("models") or []),
             "allow_request_tags": bool(spec.get("allow_request_tags", False)),
-            "expires_at": expires_at, "revoked_at": None, "created_at": now,
+            "expires_at": expires_at,
+            "revoked_at": None,
+            "created_at": now,
         }
         await self._insert(schema.virtual_keys, values, conn)
         return {**_key_public(values), "key": secret}
@@ -242,8 +290,9 @@ class Directory:
         rows = await self._list(schema.virtual_keys, org_id=org_id, team_id=team_id)
         return [_key_public(r) for r in rows]
 
-    async def revoke_key(self, key_id: str, now: datetime, conn: AsyncConnection | None = None
-                         ) -> tuple[dict[str, Any], dict[str, Any]]:
+    async def revoke_key(
+        self, key_id: str, now: datetime, conn: AsyncConnection | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Revoke (idempotent: an already revoked key stays as it was). (before, after)."""
         table = schema.virtual_keys
         before = _key_public(await self._one(table, key_id, "key"))
@@ -253,8 +302,9 @@ class Directory:
             await tx.execute(table.update().where(table.c.id == key_id).values(revoked_at=now))
         return before, {**before, "revoked_at": now, "status": "revoked"}
 
-    async def rotate_key(self, key_id: str, conn: AsyncConnection | None = None
-                         ) -> tuple[dict[str, Any], str]:
+    async def rotate_key(
+        self, key_id: str, conn: AsyncConnection | None = None
+    ) -> tuple[dict[str, Any], str]:
         """Give the key a new secret; the old one stops working. Returns (key, old hash)."""
         current = await self._one(schema.virtual_keys, key_id, "key")
         if current["revoked_at"] is not None:
@@ -262,8 +312,11 @@ class Directory:
         secret = new_virtual_key()
         table = schema.virtual_keys
         async with self._tx(conn) as tx:
-            await tx.execute(table.update().where(table.c.id == key_id).values(
-                key_hash=hash_secret(secret), key_prefix=shown_prefix(secret)))
+            await tx.execute(
+                table.update()
+                .where(table.c.id == key_id)
+                .values(key_hash=hash_secret(secret), key_prefix=shown_prefix(secret))
+            )
         rotated = {**current, "key_prefix": shown_prefix(secret)}
         return {**_key_public(rotated), "key": secret}, current["key_hash"]
 

@@ -30,8 +30,14 @@ async def record_event(
     The event's webhook deliveries and in-app notifications (the outbox) are written in
     the same transaction, so a fact, its event and its deliveries stand or fall together.
     """
-    values = {"id": new_id("evt"), "type": type_, "created_at": now, "org_id": org_id,
-              "dedup_key": dedup_key, "data": data}
+    values = {
+        "id": new_id("evt"),
+        "type": type_,
+        "created_at": now,
+        "org_id": org_id,
+        "dedup_key": dedup_key,
+        "data": data,
+    }
     if dedup_key is None:
         await conn.execute(schema.events.insert().values(**values))
     elif not await insert_new(conn, schema.events, values, ["dedup_key"]):
@@ -67,8 +73,10 @@ async def list_events(
 async def fired_keys(engine: AsyncEngine, prefix: str) -> list[str]:
     """Dedup keys already fired that start with ``prefix`` (e.g. one budget period's)."""
     table = schema.events
-    query = (sa.select(table.c.dedup_key).where(table.c.dedup_key.like(prefix.replace("%", r"\%")
-                                                                       + "%", escape="\\"))
-             .order_by(table.c.created_at))
+    query = (
+        sa.select(table.c.dedup_key)
+        .where(table.c.dedup_key.like(prefix.replace("%", r"\%") + "%", escape="\\"))
+        .order_by(table.c.created_at)
+    )
     async with engine.connect() as conn:
         return [r[0] for r in await conn.execute(query)]

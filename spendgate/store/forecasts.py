@@ -55,9 +55,14 @@ ID_BATCH = 500
 Ints = NDArray[np.int64]
 
 budget_forecasts = sa.Table(
-    "budget_forecasts", schema.metadata,
-    sa.Column("budget_id", sa.String(40), sa.ForeignKey("budgets.id", ondelete="CASCADE"),
-              primary_key=True),
+    "budget_forecasts",
+    schema.metadata,
+    sa.Column(
+        "budget_id",
+        sa.String(40),
+        sa.ForeignKey("budgets.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     sa.Column("period_key", sa.String(40), nullable=False),
     sa.Column("generated_at", UTCDateTime(), nullable=False),
     sa.Column("method", sa.String(20), nullable=False),
@@ -112,31 +117,47 @@ def _bucket(dialect: str, column: Any, seconds: int) -> Any:
     return sa.cast(sa.func.floor(sa.extract("epoch", column) / size), sa.BigInteger)
 
 
-async def ledger_buckets(engine: AsyncEngine, start: datetime, end: datetime, seconds: int,
-                         org_ids: Sequence[str] | None = None) -> LedgerBuckets:
+async def ledger_buckets(
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    seconds: int,
+    org_ids: Sequence[str] | None = None,
+) -> LedgerBuckets:
     """One grouped pass over the ledger rows started in ``[start, end)``."""
     t = schema.ledger
-    dims = (t.c.org_id, t.c.team_id, t.c.user_id, t.c.agent_id, t.c.key_id, t.c.tags,
-            t.c.provider, t.c.model, t.c.kind)
+    dims = (
+        t.c.org_id,
+        t.c.team_id,
+        t.c.user_id,
+        t.c.agent_id,
+        t.c.key_id,
+        t.c.tags,
+        t.c.provider,
+        t.c.model,
+        t.c.kind,
+    )
     bucket = _bucket(engine.dialect.name, t.c.started_at, seconds)
-    query = (sa.select(*dims, bucket, sa.func.sum(t.c.cost_nanos))
-             .where(t.c.started_at >= start, t.c.started_at < end, t.c.cost_nanos.is_not(None))
-             .group_by(*dims, bucket))
+    query = (
+        sa.select(*dims, bucket, sa.func.sum(t.c.cost_nanos))
+        .where(t.c.started_at >= start, t.c.started_at < end, t.c.cost_nanos.is_not(None))
+        .group_by(*dims, bucket)
+    )
     if org_ids is not None:
         query = query.where(t.c.org_id.in_(sorted(set(org_ids))))
     grouped: dict[tuple[Any, ...], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
     async with engine.connect() as conn:
         result = await conn.execute(query)
         for org, team, user, agent, key, tags, provider, model, kind, b, cost in result:
-            entry = grouped[(org, team, user, agent, key, tuple(tags or ()), provider, model,
-                             kind)]
+            entry = grouped[(org, team, user, agent, key, tuple(tags or ()), provider, model, kind)]
             entry[0].append(int(b))
             entry[1].append(int(cost))
     out = LedgerBuckets(seconds)
     for dims_key, (buckets, costs) in grouped.items():
         subject = rules.Subject(*dims_key)
         out.by_org.setdefault(subject.org_id, []).append(
-            (subject, np.asarray(buckets, dtype=np.int64), np.asarray(costs, dtype=np.int64)))
+            (subject, np.asarray(buckets, dtype=np.int64), np.asarray(costs, dtype=np.int64))
+        )
     return out
 
 
@@ -158,8 +179,12 @@ class DailySpend:
         daily = np.zeros(HISTORY_DAYS + 1, dtype=np.int64)
         for i in self.matching(budget):
             daily += self._days(budget.org_id, i, budget.timezone)
-        return fc.SpendHistory(today - timedelta(days=HISTORY_DAYS),
-                               tuple(int(v) for v in daily[:-1]), int(daily[-1]), elapsed)
+        return fc.SpendHistory(
+            today - timedelta(days=HISTORY_DAYS),
+            tuple(int(v) for v in daily[:-1]),
+            int(daily[-1]),
+            elapsed,
+        )
 
     def today(self, tz: str) -> tuple[date, float]:
         """The local date in ``tz`` and how much of it has passed."""
@@ -175,8 +200,9 @@ class DailySpend:
         if index is None:
             index = self._index[budget.org_id] = _scope_index(s for s, _, _ in subjects)
         scope = budget.tag if budget.scope_type == "tag" else budget.scope_id
-        candidates = index.get((budget.scope_type, None if budget.scope_type == "org" else scope),
-                               [])
+        candidates = index.get(
+            (budget.scope_type, None if budget.scope_type == "org" else scope), []
+        )
         return [i for i in candidates if rules.applies(budget, subjects[i][0])]
 
     def _days(self, org_id: str, i: int, tz: str) -> Ints:
@@ -200,8 +226,15 @@ class DailySpend:
             known = np.unique(np.concatenate(every)) if every else np.zeros(0, dtype=np.int64)
             zone, size = ZoneInfo(tz), self._ledger.bucket_seconds
             first = self.today(tz)[0] - timedelta(days=HISTORY_DAYS)
-            day_of = np.array([(datetime.fromtimestamp(int(b) * size, UTC).astimezone(zone)
-                                .date() - first).days for b in known], dtype=np.int64)
+            day_of = np.array(
+                [
+                    (
+                        datetime.fromtimestamp(int(b) * size, UTC).astimezone(zone).date() - first
+                    ).days
+                    for b in known
+                ],
+                dtype=np.int64,
+            )
             table = self._zone_days[tz] = (known, day_of)
         return table
 
@@ -229,8 +262,12 @@ class Job:
     limit_nanos: int
 
 
-def jobs_for(budgets: Sequence[rules.Budget], daily: DailySpend, now: datetime,
-             raises: Mapping[str, Sequence[rules.Raise]]) -> list[Job]:
+def jobs_for(
+    budgets: Sequence[rules.Budget],
+    daily: DailySpend,
+    now: datetime,
+    raises: Mapping[str, Sequence[rules.Raise]],
+) -> list[Job]:
     periods: dict[tuple[str, str, str], tuple[Window, list[date]]] = {}
     jobs: list[Job] = []
     for budget in budgets:
@@ -246,38 +283,52 @@ def jobs_for(budgets: Sequence[rules.Budget], daily: DailySpend, now: datetime,
     return jobs
 
 
-async def compute(jobs: Sequence[Job], now: datetime, executor: Executor | None = None
-                  ) -> list[fc.Forecast]:
+async def compute(
+    jobs: Sequence[Job], now: datetime, executor: Executor | None = None
+) -> list[fc.Forecast]:
     """Every job's forecast, in order, in chunks on ``executor`` (default: a thread)."""
     loop = asyncio.get_running_loop()
-    chunks = [[(j.history, j.outlook) for j in jobs[i:i + CHUNK]]
-              for i in range(0, len(jobs), CHUNK)]
-    done = await asyncio.gather(*(loop.run_in_executor(executor, fc.forecast_many, c, now)
-                                  for c in chunks))
+    chunks = [
+        [(j.history, j.outlook) for j in jobs[i : i + CHUNK]] for i in range(0, len(jobs), CHUNK)
+    ]
+    done = await asyncio.gather(
+        *(loop.run_in_executor(executor, fc.forecast_many, c, now) for c in chunks)
+    )
     return [f for chunk in done for f in chunk]
 
 
 # -- 4. stored, with overrun events ----------------------------------------------------------
-async def refresh_all(engine: AsyncEngine, budgets: Sequence[rules.Budget], now: datetime, *,
-                      raises: Mapping[str, Sequence[rules.Raise]] | None = None,
-                      executor: Executor | None = None) -> Refreshed:
+async def refresh_all(
+    engine: AsyncEngine,
+    budgets: Sequence[rules.Budget],
+    now: datetime,
+    *,
+    raises: Mapping[str, Sequence[rules.Raise]] | None = None,
+    executor: Executor | None = None,
+) -> Refreshed:
     """Forecast every budget given from one pass over the ledger; store; announce overruns."""
     if not budgets:
         return Refreshed({}, {})
     zones = {b.timezone for b in budgets}
     start = now - timedelta(days=HISTORY_DAYS + 2)
-    ledger = await ledger_buckets(engine, start, now + timedelta(seconds=1),
-                                  bucket_seconds(zones, start, now),
-                                  org_ids=None if len(budgets) > ID_BATCH
-                                  else [b.org_id for b in budgets])
+    ledger = await ledger_buckets(
+        engine,
+        start,
+        now + timedelta(seconds=1),
+        bucket_seconds(zones, start, now),
+        org_ids=None if len(budgets) > ID_BATCH else [b.org_id for b in budgets],
+    )
     daily, loop = DailySpend(ledger, now), asyncio.get_running_loop()
     jobs: list[Job] = []
     pending = []
     for i in range(0, len(budgets), CHUNK):  # workers start on a chunk as soon as it is built
-        chunk = jobs_for(budgets[i:i + CHUNK], daily, now, raises or {})
+        chunk = jobs_for(budgets[i : i + CHUNK], daily, now, raises or {})
         jobs.extend(chunk)
-        pending.append(loop.run_in_executor(executor, fc.forecast_many,
-                                            [(j.history, j.outlook) for j in chunk], now))
+        pending.append(
+            loop.run_in_executor(
+                executor, fc.forecast_many, [(j.history, j.outlook) for j in chunk], now
+            )
+        )
         await asyncio.sleep(0)
     forecasts = [f for done in await asyncio.gather(*pending) for f in done]
     async with engine.begin() as conn:
@@ -285,8 +336,9 @@ async def refresh_all(engine: AsyncEngine, budgets: Sequence[rules.Budget], now:
     return Refreshed({j.budget.id: f for j, f in zip(jobs, forecasts, strict=True)}, announced)
 
 
-async def store(conn: AsyncConnection, jobs: Sequence[Job], forecasts: Sequence[fc.Forecast],
-                now: datetime) -> dict[str, int]:
+async def store(
+    conn: AsyncConnection, jobs: Sequence[Job], forecasts: Sequence[fc.Forecast], now: datetime
+) -> dict[str, int]:
     """Replace each budget's row; record an event for each overrun band newly passed.
 
     A budget deleted while its forecast was computed is skipped (its row would break the
@@ -300,14 +352,19 @@ async def store(conn: AsyncConnection, jobs: Sequence[Job], forecasts: Sequence[
         if conn.dialect.name == "postgresql":
             query = query.with_for_update(key_share=True)
         live.update(row.id for row in await conn.execute(query))
-    pairs = sorted(((j, f) for j, f in zip(jobs, forecasts, strict=True) if j.budget.id in live),
-                   key=lambda pair: pair[0].budget.id)
+    pairs = sorted(
+        ((j, f) for j, f in zip(jobs, forecasts, strict=True) if j.budget.id in live),
+        key=lambda pair: pair[0].budget.id,
+    )
     jobs, forecasts = [j for j, _ in pairs], [f for _, f in pairs]
     ids = [j.budget.id for j in jobs]
     previous: dict[str, tuple[str, int | None]] = {}
     for batch in _batches(ids):
-        for row in await conn.execute(sa.select(t.c.budget_id, t.c.period_key, t.c.overrun_band)
-                                      .where(t.c.budget_id.in_(batch))):
+        for row in await conn.execute(
+            sa.select(t.c.budget_id, t.c.period_key, t.c.overrun_band).where(
+                t.c.budget_id.in_(batch)
+            )
+        ):
             previous[row.budget_id] = (row.period_key, row.overrun_band)
     announced: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
@@ -322,35 +379,59 @@ async def store(conn: AsyncConnection, jobs: Sequence[Job], forecasts: Sequence[
     return announced
 
 
-async def announce_overrun(conn: AsyncConnection, job: Job, forecast: fc.Forecast, band: int,
-                           now: datetime) -> bool:
+async def announce_overrun(
+    conn: AsyncConnection, job: Job, forecast: fc.Forecast, band: int, now: datetime
+) -> bool:
     """Record the event; False if this band was already announced this period (by another
     replica's refresh, say)."""
     budget = job.budget
-    return await record_event(conn, "budget.forecast_overrun", {
-        "budget_id": budget.id, "period_key": forecast.period_key, "band_percent": band,
-        "limit": "hard_limit" if budget.hard_limit else "amount",
-        "limit_usd": format_usd(job.limit_nanos), "amount_usd": format_usd(forecast.amount_nanos),
-        "spent_usd": format_usd(forecast.spent_nanos), "p10_usd": format_usd(forecast.p10_nanos),
-        "p50_usd": format_usd(forecast.p50_nanos), "p90_usd": format_usd(forecast.p90_nanos),
-        "percent_of_budget": str(forecast.percent_of_budget), "method": forecast.method,
-    }, now, org_id=budget.org_id,
-        dedup_key=f"forecast:{budget.id}:{forecast.period_key}:{band}") is not None
+    return (
+        await record_event(
+            conn,
+            "budget.forecast_overrun",
+            {
+                "budget_id": budget.id,
+                "period_key": forecast.period_key,
+                "band_percent": band,
+                "limit": "hard_limit" if budget.hard_limit else "amount",
+                "limit_usd": format_usd(job.limit_nanos),
+                "amount_usd": format_usd(forecast.amount_nanos),
+                "spent_usd": format_usd(forecast.spent_nanos),
+                "p10_usd": format_usd(forecast.p10_nanos),
+                "p50_usd": format_usd(forecast.p50_nanos),
+                "p90_usd": format_usd(forecast.p90_nanos),
+                "percent_of_budget": str(forecast.percent_of_budget),
+                "method": forecast.method,
+            },
+            now,
+            org_id=budget.org_id,
+            dedup_key=f"forecast:{budget.id}:{forecast.period_key}:{band}",
+        )
+        is not None
+    )
 
 
 def forecast_row(job: Job, f: fc.Forecast, band: int | None) -> dict[str, Any]:
     return {
-        "budget_id": job.budget.id, "period_key": f.period_key, "generated_at": f.generated_at,
-        "method": f.method, "history_days": f.history_days, "spent_nanos": f.spent_nanos,
-        "p10_nanos": f.p10_nanos, "p50_nanos": f.p50_nanos, "p90_nanos": f.p90_nanos,
-        "amount_nanos": f.amount_nanos, "percent_of_budget": str(f.percent_of_budget),
+        "budget_id": job.budget.id,
+        "period_key": f.period_key,
+        "generated_at": f.generated_at,
+        "method": f.method,
+        "history_days": f.history_days,
+        "spent_nanos": f.spent_nanos,
+        "p10_nanos": f.p10_nanos,
+        "p50_nanos": f.p50_nanos,
+        "p90_nanos": f.p90_nanos,
+        "amount_nanos": f.amount_nanos,
+        "percent_of_budget": str(f.percent_of_budget),
         "crossings": {name: None if d is None else d.isoformat() for name, d in f.crossings},
-        "limit_nanos": job.limit_nanos, "overrun_band": band,
+        "limit_nanos": job.limit_nanos,
+        "overrun_band": band,
     }
 
 
 def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
-    return [ids[i:i + ID_BATCH] for i in range(0, len(ids), ID_BATCH)]
+    return [ids[i : i + ID_BATCH] for i in range(0, len(ids), ID_BATCH)]
 
 
 async def stored_forecast(engine: AsyncEngine, budget_id: str) -> dict[str, Any] | None:
@@ -375,9 +456,15 @@ LEASE = "forecasts"
 LEASE_SHARE = 0.8
 
 
-async def refresh_loop(engine: AsyncEngine, snapshot: Snapshot, clock: Clock,
-                       every_seconds: float, executor: Executor | None = None, *,
-                       holder: str) -> None:
+async def refresh_loop(
+    engine: AsyncEngine,
+    snapshot: Snapshot,
+    clock: Clock,
+    every_seconds: float,
+    executor: Executor | None = None,
+    *,
+    holder: str,
+) -> None:
     """Refresh every budget's forecast every ``every_seconds`` (run as a background task);
     ``snapshot`` is ``PolicyStore.snapshot``. With several replicas, only the one holding
     the lease (``holder`` names this one) refreshes each time."""
@@ -389,7 +476,6 @@ async def refresh_loop(engine: AsyncEngine, snapshot: Snapshot, clock: Clock,
             if not await take_lease(engine, LEASE, holder, now, ttl):
                 continue
             policy = await snapshot(now)
-            await refresh_all(engine, policy.budgets, now, raises=policy.raises,
-                              executor=executor)
+            await refresh_all(engine, policy.budgets, now, raises=policy.raises, executor=executor)
         except Exception:  # outermost layer of a background loop: log and keep going
             log.exception("forecast refresh failed")

@@ -22,15 +22,17 @@ from spendgate.store.database import insert_new
 from spendgate.store.schema import UTCDateTime, metadata
 
 leases = sa.Table(
-    "leases", metadata,
+    "leases",
+    metadata,
     sa.Column("name", sa.String(40), primary_key=True),
     sa.Column("holder", sa.String(80), nullable=False),
     sa.Column("expires_at", UTCDateTime(), nullable=False),
 )
 
 
-async def take_lease(engine: AsyncEngine, name: str, holder: str, now: datetime,
-                     ttl: timedelta) -> bool:
+async def take_lease(
+    engine: AsyncEngine, name: str, holder: str, now: datetime, ttl: timedelta
+) -> bool:
     """True if ``holder`` now holds ``name`` until ``now + ttl``: it was free or expired.
 
     The conditional UPDATE is atomic (on PostgreSQL a second writer waits, then finds the
@@ -39,10 +41,12 @@ async def take_lease(engine: AsyncEngine, name: str, holder: str, now: datetime,
     until = now + ttl
     async with engine.begin() as conn:
         taken = await conn.execute(
-            t.update().where(t.c.name == name,
-                             sa.or_(t.c.expires_at <= now, t.c.expires_at > until))
-            .values(holder=holder, expires_at=until))
+            t.update()
+            .where(t.c.name == name, sa.or_(t.c.expires_at <= now, t.c.expires_at > until))
+            .values(holder=holder, expires_at=until)
+        )
         if taken.rowcount == 1:
             return True
-        return await insert_new(conn, t, {"name": name, "holder": holder,
-                                          "expires_at": until}, ["name"])
+        return await insert_new(
+            conn, t, {"name": name, "holder": holder, "expires_at": until}, ["name"]
+        )

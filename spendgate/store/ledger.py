@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Collection, Sequence
@@ -17,7 +18,18 @@ from spendgate.store import schema
 
 log = logging.getLogger("spendgate.ledger")
 
-GROUP_COLUMNS = ("org", "team", "user", "agent", "key", "provider", "model", "kind", "status", "day")
+GROUP_COLUMNS = (
+    "org",
+    "team",
+    "user",
+    "agent",
+    "key",
+    "provider",
+    "model",
+    "kind",
+    "status",
+    "day",
+)
 
 
 class LedgerEntry(NamedTuple):
@@ -50,8 +62,10 @@ class LedgerEntry(NamedTuple):
     finished_at: datetime
 
 
-_SQLITE_INSERT = (f"INSERT INTO ledger ({', '.join(LedgerEntry._fields)}) "
-                  f"VALUES ({', '.join('?' for _ in LedgerEntry._fields)})")
+_SQLITE_INSERT = (
+    f"INSERT INTO ledger ({', '.join(LedgerEntry._fields)}) "
+    f"VALUES ({', '.join('?' for _ in LedgerEntry._fields)})"
+)
 _TAGS = LedgerEntry._fields.index("tags")
 _TIMES = (LedgerEntry._fields.index("started_at"), LedgerEntry._fields.index("finished_at"))
 
@@ -87,7 +101,9 @@ class LedgerWriter:
     that fails to insert stays in the buffer and is retried; ``close`` flushes all.
     """
 
-    def __init__(self, engine: AsyncEngine, *, flush_seconds: float = 0.2, batch_size: int = 500) -> None:
+    def __init__(
+        self, engine: AsyncEngine, *, flush_seconds: float = 0.2, batch_size: int = 500
+    ) -> None:
         self._engine = engine
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
@@ -111,10 +127,8 @@ class LedgerWriter:
 
     async def _run(self) -> None:
         while True:
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._flush_seconds)
-            except TimeoutError:
-                pass
             self._wake.clear()
             try:
                 await self.flush()
@@ -138,10 +152,8 @@ class LedgerWriter:
     async def close(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            try:
+            with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-            except asyncio.CancelledError:
-                pass
             self._task = None
         await self.flush()
 
@@ -152,8 +164,13 @@ def _group_expr(name: str, dialect: str) -> sa.ColumnElement[Any]:
         if dialect == "sqlite":
             return sa.func.substr(sa.cast(table.c.started_at, sa.String), 1, 10)
         return sa.func.to_char(sa.func.timezone("UTC", table.c.started_at), "YYYY-MM-DD")
-    column = {"org": "org_id", "team": "team_id", "user": "user_id", "agent": "agent_id",
-              "key": "key_id"}.get(name, name)
+    column = {
+        "org": "org_id",
+        "team": "team_id",
+        "user": "user_id",
+        "agent": "agent_id",
+        "key": "key_id",
+    }.get(name, name)
     return table.c[column]
 
 
@@ -195,8 +212,14 @@ async def usage_report(
         query = query.group_by(*dims).order_by(*dims)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [{k: (int(v) if isinstance(v, int | float) and k not in group_by else v)
-             for k, v in row._mapping.items()} for row in rows if row.requests]
+    return [
+        {
+            k: (int(v) if isinstance(v, int | float) and k not in group_by else v)
+            for k, v in row._mapping.items()
+        }
+        for row in rows
+        if row.requests
+    ]
 
 
 async def ledger_rows(engine: AsyncEngine, limit: int = 100) -> list[dict[str, Any]]:

@@ -27,30 +27,47 @@ MAX_WALLET_TOPUPS_NANOS = 10**18
 def budget_from_row(row: dict[str, Any]) -> Budget:
     cats = row["categories"] or {}
     return Budget(
-        id=row["id"], org_id=row["org_id"], scope_type=row["scope_type"], scope_id=row["scope_id"],
-        tag=row["tag"], period=row["period"], timezone=row["timezone"],
-        week_start=row["week_start"], amount_nanos=int(row["amount_nanos"]),
+        id=row["id"],
+        org_id=row["org_id"],
+        scope_type=row["scope_type"],
+        scope_id=row["scope_id"],
+        tag=row["tag"],
+        period=row["period"],
+        timezone=row["timezone"],
+        week_start=row["week_start"],
+        amount_nanos=int(row["amount_nanos"]),
         alert_percentages=tuple(Decimal(p) for p in row["alert_percentages"]),
-        soft_limit_percent=Decimal(row["soft_limit_percent"]), hard_limit=bool(row["hard_limit"]),
+        soft_limit_percent=Decimal(row["soft_limit_percent"]),
+        hard_limit=bool(row["hard_limit"]),
         hard_limit_percent=Decimal(row["hard_limit_percent"]),
-        categories=Categories(**{k: tuple(cats.get(k) or ()) for k in
-                                 ("providers", "models", "kinds", "tags")}),
+        categories=Categories(
+            **{k: tuple(cats.get(k) or ()) for k in ("providers", "models", "kinds", "tags")}
+        ),
     )
 
 
 def rate_limit_from_row(row: dict[str, Any]) -> RateLimit:
     spend = row["max_spend_nanos"]
-    return RateLimit(id=row["id"], scope_type=row["scope_type"], scope_id=row["scope_id"],
-                     model=row["model"], rpm=row["rpm"],
-                     tpm=None if row["tpm"] is None else int(row["tpm"]),
-                     max_concurrent=row["max_concurrent"],
-                     max_spend_nanos=None if spend is None else int(spend),
-                     spend_window_seconds=int(row["spend_window_seconds"]))
+    return RateLimit(
+        id=row["id"],
+        scope_type=row["scope_type"],
+        scope_id=row["scope_id"],
+        model=row["model"],
+        rpm=row["rpm"],
+        tpm=None if row["tpm"] is None else int(row["tpm"]),
+        max_concurrent=row["max_concurrent"],
+        max_spend_nanos=None if spend is None else int(spend),
+        spend_window_seconds=int(row["spend_window_seconds"]),
+    )
 
 
 def raise_from_row(row: dict[str, Any]) -> Raise:
-    return Raise(amount_nanos=int(row["amount_nanos"]), percent=Decimal(row["percent"]),
-                 starts_at=row["starts_at"], expires_at=row["expires_at"])
+    return Raise(
+        amount_nanos=int(row["amount_nanos"]),
+        percent=Decimal(row["percent"]),
+        starts_at=row["starts_at"],
+        expires_at=row["expires_at"],
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +80,9 @@ class Wallet:
     created_at: datetime
 
     def covers(self, subject: Subject) -> bool:
-        return {"org": subject.org_id, "team": subject.team_id,
-                "key": subject.key_id}.get(self.scope_type) == self.scope_id
+        return {"org": subject.org_id, "team": subject.team_id, "key": subject.key_id}.get(
+            self.scope_type
+        ) == self.scope_id
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,12 +98,21 @@ class PolicySnapshot:
     rate_limits: dict[str, tuple[RateLimit, ...]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, budgets: tuple[Budget, ...], raises: dict[str, tuple[Raise, ...]],
-              wallets: tuple[Wallet, ...], limits: tuple[RateLimit, ...] = ()
-              ) -> PolicySnapshot:
+    def build(
+        cls,
+        budgets: tuple[Budget, ...],
+        raises: dict[str, tuple[Raise, ...]],
+        wallets: tuple[Wallet, ...],
+        limits: tuple[RateLimit, ...] = (),
+    ) -> PolicySnapshot:
         orgs = {b.org_id for b in budgets} | {w.org_id for w in wallets}
-        by_org = {org: (tuple(b for b in budgets if b.org_id == org),
-                        tuple(w for w in wallets if w.org_id == org)) for org in orgs}
+        by_org = {
+            org: (
+                tuple(b for b in budgets if b.org_id == org),
+                tuple(w for w in wallets if w.org_id == org),
+            )
+            for org in orgs
+        }
         by_scope: dict[str, list[RateLimit]] = {}
         for limit in limits:
             by_scope.setdefault(limit.scope_id, []).append(limit)
@@ -103,8 +130,13 @@ class PolicyStore:
     async def snapshot(self, now: datetime) -> PolicySnapshot:
         async with self._engine.connect() as conn:
             budgets = _rows(await conn.execute(sa.select(schema.budgets)))
-            raises = _rows(await conn.execute(sa.select(schema.budget_exceptions).where(
-                schema.budget_exceptions.c.expires_at > now)))
+            raises = _rows(
+                await conn.execute(
+                    sa.select(schema.budget_exceptions).where(
+                        schema.budget_exceptions.c.expires_at > now
+                    )
+                )
+            )
             wallets = _rows(await conn.execute(sa.select(schema.wallets)))
             limits = _rows(await conn.execute(sa.select(schema.rate_limits)))
         by_budget: dict[str, list[Raise]] = {}
@@ -113,8 +145,17 @@ class PolicyStore:
         return PolicySnapshot.build(
             budgets=tuple(budget_from_row(b) for b in budgets),
             raises={k: tuple(v) for k, v in by_budget.items()},
-            wallets=tuple(Wallet(w["id"], w["org_id"], w["scope_type"], w["scope_id"],
-                                 int(w["low_balance_nanos"]), w["created_at"]) for w in wallets),
+            wallets=tuple(
+                Wallet(
+                    w["id"],
+                    w["org_id"],
+                    w["scope_type"],
+                    w["scope_id"],
+                    int(w["low_balance_nanos"]),
+                    w["created_at"],
+                )
+                for w in wallets
+            ),
             limits=tuple(rate_limit_from_row(r) for r in limits),
         )
 
@@ -124,8 +165,9 @@ class PolicyStore:
         await conn.execute(schema.budgets.insert().values(**values))
         return values
 
-    async def get_budget(self, budget_id: str, conn: AsyncConnection | None = None
-                         ) -> dict[str, Any]:
+    async def get_budget(
+        self, budget_id: str, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
         query = sa.select(schema.budgets).where(schema.budgets.c.id == budget_id)
         if conn is None:
             async with self._engine.connect() as own:
@@ -143,14 +185,19 @@ class PolicyStore:
         async with self._engine.connect() as conn:
             return _rows(await conn.execute(query))
 
-    async def update_budget(self, conn: AsyncConnection, budget_id: str, values: dict[str, Any]
-                            ) -> None:
-        await conn.execute(schema.budgets.update().where(schema.budgets.c.id == budget_id)
-                           .values(**values))
+    async def update_budget(
+        self, conn: AsyncConnection, budget_id: str, values: dict[str, Any]
+    ) -> None:
+        await conn.execute(
+            schema.budgets.update().where(schema.budgets.c.id == budget_id).values(**values)
+        )
 
     async def delete_budget(self, conn: AsyncConnection, budget_id: str) -> None:
-        await conn.execute(schema.budget_exceptions.delete().where(
-            schema.budget_exceptions.c.budget_id == budget_id))
+        await conn.execute(
+            schema.budget_exceptions.delete().where(
+                schema.budget_exceptions.c.budget_id == budget_id
+            )
+        )
         await conn.execute(schema.budgets.delete().where(schema.budgets.c.id == budget_id))
 
     async def add_exception(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
@@ -169,8 +216,11 @@ class PolicyStore:
     async def expired_exceptions(self, now: datetime, since: datetime) -> list[dict[str, Any]]:
         """Exceptions that ran out in ``[since, now]``, with their budget's org."""
         exc, bud = schema.budget_exceptions, schema.budgets
-        query = (sa.select(exc, bud.c.org_id).join(bud, bud.c.id == exc.c.budget_id)
-                 .where(exc.c.expires_at <= now, exc.c.expires_at >= since))
+        query = (
+            sa.select(exc, bud.c.org_id)
+            .join(bud, bud.c.id == exc.c.budget_id)
+            .where(exc.c.expires_at <= now, exc.c.expires_at >= since)
+        )
         async with self._engine.connect() as conn:
             return _rows(await conn.execute(query))
 
@@ -182,8 +232,11 @@ class PolicyStore:
 
     async def get_wallet(self, wallet_id: str) -> dict[str, Any]:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(sa.select(schema.wallets).where(
-                schema.wallets.c.id == wallet_id))).first()
+            row = (
+                await conn.execute(
+                    sa.select(schema.wallets).where(schema.wallets.c.id == wallet_id)
+                )
+            ).first()
         if row is None:
             raise NotFound(f"wallet {wallet_id} not found")
         return dict(row._mapping)
@@ -201,16 +254,22 @@ class PolicyStore:
         so two top-ups at once cannot both pass: by a no-op UPDATE, which also takes
         SQLite's write lock (``SELECT … FOR UPDATE`` does nothing there)."""
         wallets, topups = schema.wallets, schema.wallet_topups
-        await conn.execute(wallets.update().where(wallets.c.id == values["wallet_id"])
-                           .values(id=wallets.c.id))
-        total = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
-            topups.c.amount_nanos), 0)).where(topups.c.wallet_id == values["wallet_id"])
-        )).scalar_one()
+        await conn.execute(
+            wallets.update().where(wallets.c.id == values["wallet_id"]).values(id=wallets.c.id)
+        )
+        total = (
+            await conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(topups.c.amount_nanos), 0)).where(
+                    topups.c.wallet_id == values["wallet_id"]
+                )
+            )
+        ).scalar_one()
         if int(total) + int(values["amount_nanos"]) > MAX_WALLET_TOPUPS_NANOS:
             raise ValidationFailed(
                 f"amount_usd: a wallet's top-ups may add up to at most "
                 f"${format_usd(MAX_WALLET_TOPUPS_NANOS)} (it has ${format_usd(int(total))})",
-                param="amount_usd")
+                param="amount_usd",
+            )
         values = {"id": new_id("topup"), **values}
         await conn.execute(topups.insert().values(**values))
         return values
@@ -218,24 +277,38 @@ class PolicyStore:
     async def list_topups(self, wallet_id: str) -> list[dict[str, Any]]:
         table = schema.wallet_topups
         async with self._engine.connect() as conn:
-            return _rows(await conn.execute(sa.select(table).where(table.c.wallet_id == wallet_id)
-                                            .order_by(table.c.created_at)))
+            return _rows(
+                await conn.execute(
+                    sa.select(table)
+                    .where(table.c.wallet_id == wallet_id)
+                    .order_by(table.c.created_at)
+                )
+            )
 
     async def topped_up(self, wallet_id: str) -> int:
         table = schema.wallet_topups
         async with self._engine.connect() as conn:
-            total = (await conn.execute(sa.select(sa.func.coalesce(sa.func.sum(
-                table.c.amount_nanos), 0)).where(table.c.wallet_id == wallet_id))).scalar_one()
+            total = (
+                await conn.execute(
+                    sa.select(sa.func.coalesce(sa.func.sum(table.c.amount_nanos), 0)).where(
+                        table.c.wallet_id == wallet_id
+                    )
+                )
+            ).scalar_one()
         return int(total)
 
     # -- rate limits -------------------------------------------------------------------
-    async def create_rate_limit(self, conn: AsyncConnection, values: dict[str, Any]
-                                ) -> dict[str, Any]:
+    async def create_rate_limit(
+        self, conn: AsyncConnection, values: dict[str, Any]
+    ) -> dict[str, Any]:
         values = {"id": new_id("rl"), **values}
-        if not await insert_new(conn, schema.rate_limits, values,
-                                ["scope_type", "scope_id", "model"]):
-            raise Conflict(f"a rate limit for {values['scope_type']} {values['scope_id']} and "
-                           f"model {values['model']!r} already exists; update it instead")
+        if not await insert_new(
+            conn, schema.rate_limits, values, ["scope_type", "scope_id", "model"]
+        ):
+            raise Conflict(
+                f"a rate limit for {values['scope_type']} {values['scope_id']} and "
+                f"model {values['model']!r} already exists; update it instead"
+            )
         return values
 
     async def get_rate_limit(self, limit_id: str) -> dict[str, Any]:
@@ -254,8 +327,9 @@ class PolicyStore:
         async with self._engine.connect() as conn:
             return _rows(await conn.execute(query))
 
-    async def update_rate_limit(self, conn: AsyncConnection, limit_id: str,
-                                values: dict[str, Any]) -> None:
+    async def update_rate_limit(
+        self, conn: AsyncConnection, limit_id: str, values: dict[str, Any]
+    ) -> None:
         table = schema.rate_limits
         await conn.execute(table.update().where(table.c.id == limit_id).values(**values))
 
@@ -264,26 +338,40 @@ class PolicyStore:
         await conn.execute(table.delete().where(table.c.id == limit_id))
 
     # -- spend seeds from the ledger -------------------------------------------------------
-    async def spend_matching(self, org_id: str, start: datetime, end: datetime | None,
-                             match: Any) -> int:
+    async def spend_matching(
+        self, org_id: str, start: datetime, end: datetime | None, match: Any
+    ) -> int:
         """Settled spend in ``[start, end)`` of calls for which ``match(subject)`` holds.
 
         Aggregated in SQL by every attribute a budget or wallet can filter on, then
         matched here, so the result set stays small however many calls there were.
         """
         t = schema.ledger
-        dims = (t.c.team_id, t.c.user_id, t.c.agent_id, t.c.key_id, t.c.tags, t.c.provider,
-                t.c.model, t.c.kind)
-        query = (sa.select(*dims, sa.func.coalesce(sa.func.sum(t.c.cost_nanos), 0))
-                 .where(t.c.org_id == org_id, t.c.started_at >= start).group_by(*dims))
+        dims = (
+            t.c.team_id,
+            t.c.user_id,
+            t.c.agent_id,
+            t.c.key_id,
+            t.c.tags,
+            t.c.provider,
+            t.c.model,
+            t.c.kind,
+        )
+        query = (
+            sa.select(*dims, sa.func.coalesce(sa.func.sum(t.c.cost_nanos), 0))
+            .where(t.c.org_id == org_id, t.c.started_at >= start)
+            .group_by(*dims)
+        )
         if end is not None:
             query = query.where(t.c.started_at < end)
         total = 0
         async with self._engine.connect() as conn:
-            for team, user, agent, key, tags, provider, model, kind, cost in await conn.execute(query):
-                subject = Subject(org_id, team, user, agent, key, tuple(tags or ()), provider,
-                                  model, kind)
+            for team, user, agent, key, tags, provider, model, kind, cost in await conn.execute(
+                query
+            ):
+                subject = Subject(
+                    org_id, team, user, agent, key, tuple(tags or ()), provider, model, kind
+                )
                 if match(subject):
                     total += int(cost)
         return total
-

@@ -35,14 +35,16 @@ JSONType = sa.JSON().with_variant(JSONB(), "postgresql")
 metadata = sa.MetaData()
 
 orgs = sa.Table(
-    "orgs", metadata,
+    "orgs",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
 )
 
 teams = sa.Table(
-    "teams", metadata,
+    "teams",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=False),
@@ -50,7 +52,8 @@ teams = sa.Table(
 )
 
 users = sa.Table(
-    "users", metadata,
+    "users",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("email", sa.String(320), nullable=False),
@@ -60,13 +63,15 @@ users = sa.Table(
 )
 
 user_teams = sa.Table(
-    "user_teams", metadata,
+    "user_teams",
+    metadata,
     sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), primary_key=True),
     sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), primary_key=True),
 )
 
 agents = sa.Table(
-    "agents", metadata,
+    "agents",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), nullable=True),
@@ -75,7 +80,8 @@ agents = sa.Table(
 )
 
 virtual_keys = sa.Table(
-    "virtual_keys", metadata,
+    "virtual_keys",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), nullable=True, index=True),
@@ -93,7 +99,8 @@ virtual_keys = sa.Table(
 )
 
 ledger = sa.Table(
-    "ledger", metadata,
+    "ledger",
+    metadata,
     sa.Column("request_id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), nullable=False),
     sa.Column("team_id", sa.String(40), nullable=True),
@@ -127,7 +134,8 @@ ledger = sa.Table(
 )
 
 events = sa.Table(
-    "events", metadata,
+    "events",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("type", sa.String(60), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False, index=True),
@@ -138,7 +146,8 @@ events = sa.Table(
 )
 
 budgets = sa.Table(
-    "budgets", metadata,
+    "budgets",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=False),
@@ -160,10 +169,16 @@ budgets = sa.Table(
 )
 
 budget_exceptions = sa.Table(
-    "budget_exceptions", metadata,
+    "budget_exceptions",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("budget_id", sa.String(40), sa.ForeignKey("budgets.id", ondelete="CASCADE"),
-              nullable=False, index=True),
+    sa.Column(
+        "budget_id",
+        sa.String(40),
+        sa.ForeignKey("budgets.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
     sa.Column("percent", sa.String(20), nullable=False),
     sa.Column("reason", sa.String(500), nullable=False),
@@ -174,7 +189,8 @@ budget_exceptions = sa.Table(
 )
 
 wallets = sa.Table(
-    "wallets", metadata,
+    "wallets",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("name", sa.String(200), nullable=False),
@@ -185,7 +201,8 @@ wallets = sa.Table(
 )
 
 wallet_topups = sa.Table(
-    "wallet_topups", metadata,
+    "wallet_topups",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("wallet_id", sa.String(40), sa.ForeignKey("wallets.id"), nullable=False, index=True),
     sa.Column("amount_nanos", sa.BigInteger(), nullable=False),
@@ -195,7 +212,8 @@ wallet_topups = sa.Table(
 )
 
 rate_limits = sa.Table(
-    "rate_limits", metadata,
+    "rate_limits",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("scope_type", sa.String(10), nullable=False),
@@ -213,7 +231,8 @@ rate_limits = sa.Table(
 )
 
 admin_tokens = sa.Table(
-    "admin_tokens", metadata,
+    "admin_tokens",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False),
     sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), nullable=False, index=True),

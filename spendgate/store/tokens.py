@@ -36,29 +36,46 @@ class TokenStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def create(self, user: dict[str, Any], name: str, expires_at: datetime | None,
-                     created_by: str, now: datetime, conn: AsyncConnection | None = None
-                     ) -> tuple[dict[str, Any], str]:
+    async def create(
+        self,
+        user: dict[str, Any],
+        name: str,
+        expires_at: datetime | None,
+        created_by: str,
+        now: datetime,
+        conn: AsyncConnection | None = None,
+    ) -> tuple[dict[str, Any], str]:
         """A new token for ``user``; returns (public row, the secret — shown once)."""
         if user["role"] == MEMBER:
-            raise ValidationFailed("user_id: members have no admin rights; give the user an "
-                                   "admin role first", param="user_id")
+            raise ValidationFailed(
+                "user_id: members have no admin rights; give the user an admin role first",
+                param="user_id",
+            )
         if expires_at is not None and expires_at <= now:
             raise ValidationFailed("expires_at: must be in the future", param="expires_at")
         secret = new_admin_token()
-        values = {"id": new_id("tok"), "org_id": user["org_id"], "user_id": user["id"],
-                  "name": name, "token_hash": hash_secret(secret),
-                  "token_prefix": shown_prefix(secret), "created_by": created_by,
-                  "created_at": now, "expires_at": expires_at, "revoked_at": None,
-                  "last_used_at": None}
+        values = {
+            "id": new_id("tok"),
+            "org_id": user["org_id"],
+            "user_id": user["id"],
+            "name": name,
+            "token_hash": hash_secret(secret),
+            "token_prefix": shown_prefix(secret),
+            "created_by": created_by,
+            "created_at": now,
+            "expires_at": expires_at,
+            "revoked_at": None,
+            "last_used_at": None,
+        }
         async with transaction(self._engine, conn) as tx:
             await tx.execute(schema.admin_tokens.insert().values(**values))
         return token_public(values, now), secret
 
     async def get(self, token_id: str) -> dict[str, Any]:
         async with self._engine.connect() as conn:
-            row = (await conn.execute(sa.select(schema.admin_tokens)
-                                      .where(_t.id == token_id))).first()
+            row = (
+                await conn.execute(sa.select(schema.admin_tokens).where(_t.id == token_id))
+            ).first()
         if row is None:
             raise NotFound(f"token {token_id} not found")
         return dict(row._mapping)
@@ -72,13 +89,13 @@ class TokenStore:
         async with self._engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
-    async def revoke(self, token_id: str, now: datetime, conn: AsyncConnection
-                     ) -> dict[str, Any]:
-        await conn.execute(sa.update(schema.admin_tokens)
-                           .where(_t.id == token_id, _t.revoked_at.is_(None))
-                           .values(revoked_at=now))
-        row = (await conn.execute(sa.select(schema.admin_tokens)
-                                  .where(_t.id == token_id))).one()
+    async def revoke(self, token_id: str, now: datetime, conn: AsyncConnection) -> dict[str, Any]:
+        await conn.execute(
+            sa.update(schema.admin_tokens)
+            .where(_t.id == token_id, _t.revoked_at.is_(None))
+            .values(revoked_at=now)
+        )
+        row = (await conn.execute(sa.select(schema.admin_tokens).where(_t.id == token_id))).one()
         return dict(row._mapping)
 
     async def principal(self, secret: str, now: datetime) -> Principal | None:
@@ -86,21 +103,32 @@ class TokenStore:
 
         The lookup is by hash (an index probe), so no comparison of secrets leaks timing."""
         u = schema.users.c
-        query = (sa.select(_t.id, _t.expires_at, _t.revoked_at, _t.last_used_at, u.id.label("uid"),
-                           u.org_id, u.role)
-                 .join(schema.users, u.id == _t.user_id)
-                 .where(_t.token_hash == hash_secret(secret)))
+        query = (
+            sa.select(
+                _t.id,
+                _t.expires_at,
+                _t.revoked_at,
+                _t.last_used_at,
+                u.id.label("uid"),
+                u.org_id,
+                u.role,
+            )
+            .join(schema.users, u.id == _t.user_id)
+            .where(_t.token_hash == hash_secret(secret))
+        )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
             if row is None or row.revoked_at is not None or row.role == MEMBER:
                 return None
             if row.expires_at is not None and row.expires_at <= now:
                 return None
-            teams = await conn.execute(sa.select(schema.user_teams.c.team_id)
-                                       .where(schema.user_teams.c.user_id == row.uid))
+            teams = await conn.execute(
+                sa.select(schema.user_teams.c.team_id).where(schema.user_teams.c.user_id == row.uid)
+            )
             team_ids = frozenset(r[0] for r in teams)
         if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
             async with self._engine.begin() as conn:
-                await conn.execute(sa.update(schema.admin_tokens).where(_t.id == row.id)
-                                   .values(last_used_at=now))
+                await conn.execute(
+                    sa.update(schema.admin_tokens).where(_t.id == row.id).values(last_used_at=now)
+                )
         return Principal(row.role, row.org_id, team_ids, row.uid, row.id)

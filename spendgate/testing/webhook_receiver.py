@@ -97,7 +97,16 @@ class Receiver:
         error = self.check(body, headers) if self.secrets else None
         self.received.append(Received(body, headers, error is None, error, scope["path"]))
         status = self.status or (200 if error is None else 401)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json")]})
-        await send({"type": "http.response.body",
-                    "body": json.dumps({"ok": error is None, "error": error}).encode()})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(b"content-type", b"application/json")],
+            }
+        )
+        await send(
+            {
+                "type": "http.response.body",
+                "body": json.dumps({"ok": error is None, "error": error}).encode(),
+            }
+        )

@@ -105,21 +105,36 @@ class Event:
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Event:
         """From an ``events`` row (or ``record_event``'s return value)."""
-        return cls(id=row["id"], type=row["type"], timestamp=row["created_at"],
-                   data=dict(row["data"]), org_id=row.get("org_id"),
-                   dedup_key=row.get("dedup_key"))
+        return cls(
+            id=row["id"],
+            type=row["type"],
+            timestamp=row["created_at"],
+            data=dict(row["data"]),
+            org_id=row.get("org_id"),
+            dedup_key=row.get("dedup_key"),
+        )
 
     @classmethod
     def from_envelope(cls, envelope: Mapping[str, Any]) -> Event:
-        return cls(id=envelope["id"], type=envelope["type"],
-                   timestamp=datetime.fromisoformat(envelope["timestamp"]),
-                   data=dict(envelope["data"]), org_id=envelope.get("org_id"),
-                   dedup_key=envelope.get("dedup_key"))
+        return cls(
+            id=envelope["id"],
+            type=envelope["type"],
+            timestamp=datetime.fromisoformat(envelope["timestamp"]),
+            data=dict(envelope["data"]),
+            org_id=envelope.get("org_id"),
+            dedup_key=envelope.get("dedup_key"),
+        )
 
     def envelope(self) -> dict[str, Any]:
         """The JSON body of a generic webhook (plus the routing fields we keep with it)."""
-        return {"id": self.id, "type": self.type, "timestamp": iso_z(self.timestamp),
-                "data": dict(self.data), "org_id": self.org_id, "dedup_key": self.dedup_key}
+        return {
+            "id": self.id,
+            "type": self.type,
+            "timestamp": iso_z(self.timestamp),
+            "data": dict(self.data),
+            "org_id": self.org_id,
+            "dedup_key": self.dedup_key,
+        }
 
     @property
     def severity(self) -> Severity:

@@ -36,32 +36,50 @@ class FanOut:
 
 
 def delivery_values(endpoint_id: str, event: Event, action: str, now: datetime) -> dict[str, Any]:
-    return {"id": new_id("whd"), "endpoint_id": endpoint_id, "message_id": new_id("msg"),
-            "event_id": event.id, "event_type": event.type, "payload": event.envelope(),
-            "action": action, "status": "pending", "attempts": 0, "next_attempt_at": now,
-            "lease_until": None, "leased_by": None, "last_response_code": None,
-            "last_error": None, "redelivery_of": None, "created_at": now, "updated_at": now,
-            "finished_at": None}
+    return {
+        "id": new_id("whd"),
+        "endpoint_id": endpoint_id,
+        "message_id": new_id("msg"),
+        "event_id": event.id,
+        "event_type": event.type,
+        "payload": event.envelope(),
+        "action": action,
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "leased_by": None,
+        "last_response_code": None,
+        "last_error": None,
+        "redelivery_of": None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": None,
+    }
 
 
 async def _already_fanned_out(conn: AsyncConnection, event_id: str) -> bool:
     for table in (DL, notifications):
-        if (await conn.execute(sa.select(table.c.id).where(table.c.event_id == event_id)
-                               .limit(1))).first() is not None:
+        if (
+            await conn.execute(sa.select(table.c.id).where(table.c.event_id == event_id).limit(1))
+        ).first() is not None:
             return True
     return False
 
 
-async def fan_out(conn: AsyncConnection, event_row: Mapping[str, Any], *,
-                  now: datetime | None = None) -> FanOut:
+async def fan_out(
+    conn: AsyncConnection, event_row: Mapping[str, Any], *, now: datetime | None = None
+) -> FanOut:
     """In the caller's transaction: one delivery per endpoint that wants the event and one
     notification per user who wants it. Calling it twice for one event adds nothing."""
     event = Event.from_row(event_row)
     at = now or event.timestamp
     if await _already_fanned_out(conn, event.id):
         return FanOut()
-    endpoints = {r.id: dict(r._mapping) for r in await conn.execute(
-        sa.select(EP).where(EP.c.enabled.is_(True)))}
+    endpoints = {
+        r.id: dict(r._mapping)
+        for r in await conn.execute(sa.select(EP).where(EP.c.enabled.is_(True)))
+    }
     targets = [i for i, e in endpoints.items() if endpoint_wants(e, event)]
     notes: list[dict[str, Any]] = []
     if event.org_id is not None:
@@ -72,8 +90,9 @@ async def fan_out(conn: AsyncConnection, event_row: Mapping[str, Any], *,
     rows = []
     for endpoint_id in dict.fromkeys(targets):
         kind = endpoints[endpoint_id]["kind"]
-        rows.append(delivery_values(endpoint_id, event, "trigger" if kind == "pagerduty"
-                                    else "send", at))
+        rows.append(
+            delivery_values(endpoint_id, event, "trigger" if kind == "pagerduty" else "send", at)
+        )
         if kind == "pagerduty":
             await _track_incident(conn, endpoint_id, event, at)
     if rows:
@@ -83,17 +102,27 @@ async def fan_out(conn: AsyncConnection, event_row: Mapping[str, Any], *,
     return FanOut(tuple(r["id"] for r in rows), tuple(n["id"] for n in notes))
 
 
-async def _track_incident(conn: AsyncConnection, endpoint_id: str, event: Event,
-                          now: datetime) -> None:
+async def _track_incident(
+    conn: AsyncConnection, endpoint_id: str, event: Event, now: datetime
+) -> None:
     budget_id, period = event.data.get("budget_id"), event.data.get("period")
     if not budget_id or not period:
         return
     key = pagerduty_dedup_key(event)
-    exists = (await conn.execute(sa.select(PD.c.dedup_key).where(
-        PD.c.endpoint_id == endpoint_id, PD.c.dedup_key == key))).first()
+    exists = (
+        await conn.execute(
+            sa.select(PD.c.dedup_key).where(PD.c.endpoint_id == endpoint_id, PD.c.dedup_key == key)
+        )
+    ).first()
     if exists is None:
-        await conn.execute(PD.insert().values(
-            endpoint_id=endpoint_id, dedup_key=key, budget_id=str(budget_id), period=str(period),
-            event_id=event.id, triggered_at=now, resolved_at=None))
-
-
+        await conn.execute(
+            PD.insert().values(
+                endpoint_id=endpoint_id,
+                dedup_key=key,
+                budget_id=str(budget_id),
+                period=str(period),
+                event_id=event.id,
+                triggered_at=now,
+                resolved_at=None,
+            )
+        )

@@ -26,8 +26,12 @@ def encode(body: Mapping[str, Any]) -> str:
 
 
 def generic_body(event: Event) -> dict[str, Any]:
-    return {"id": event.id, "type": event.type, "timestamp": iso_z(event.timestamp),
-            "data": dict(event.data)}
+    return {
+        "id": event.id,
+        "type": event.type,
+        "timestamp": iso_z(event.timestamp),
+        "data": dict(event.data),
+    }
 
 
 def _scope(data: Mapping[str, Any]) -> str | None:
@@ -90,16 +94,27 @@ def _slack_escape(text: str) -> str:
 
 def slack_body(event: Event, console_url: str) -> dict[str, Any]:
     link = console_link(event, console_url)
-    fields = [{"type": "mrkdwn", "text": f"*{label}*\n{_slack_escape(value)}"}
-              for label, value in facts(event)][:10]  # Slack allows 10 fields per section
+    fields = [
+        {"type": "mrkdwn", "text": f"*{label}*\n{_slack_escape(value)}"}
+        for label, value in facts(event)
+    ][:10]  # Slack allows 10 fields per section
     blocks: list[dict[str, Any]] = [
         {"type": "header", "text": {"type": "plain_text", "text": title(event.type)[:150]}},
     ]
     if fields:
         blocks.append({"type": "section", "fields": fields})
-    blocks.append({"type": "context", "elements": [{
-        "type": "mrkdwn",
-        "text": f"{event.severity} · {iso_z(event.timestamp)} · <{link}|Open in spendgate>"}]})
+    blocks.append(
+        {
+            "type": "context",
+            "elements": [
+                {
+                    "type": "mrkdwn",
+                    "text": f"{event.severity} · {iso_z(event.timestamp)} · "
+                    f"<{link}|Open in spendgate>",
+                }
+            ],
+        }
+    )
     return {"text": f"[{event.severity}] {_slack_escape(summary(event))} {link}", "blocks": blocks}
 
 
@@ -113,28 +128,38 @@ def pagerduty_dedup_key(event: Event) -> str:
     return key[:MAX_DEDUP_KEY]
 
 
-def pagerduty_body(event: Event, routing_key: str, action: str, console_url: str
-                   ) -> dict[str, Any]:
+def pagerduty_body(event: Event, routing_key: str, action: str, console_url: str) -> dict[str, Any]:
     dedup_key = pagerduty_dedup_key(event)
     if action == "resolve":
         return {"routing_key": routing_key, "event_action": "resolve", "dedup_key": dedup_key}
     d = event.data
     payload: dict[str, Any] = {
-        "summary": summary(event), "source": "spendgate",
-        "severity": PAGERDUTY_SEVERITY[event.severity], "timestamp": iso_z(event.timestamp),
-        "class": event.type, "custom_details": dict(d)}
+        "summary": summary(event),
+        "source": "spendgate",
+        "severity": PAGERDUTY_SEVERITY[event.severity],
+        "timestamp": iso_z(event.timestamp),
+        "class": event.type,
+        "custom_details": dict(d),
+    }
     if d.get("budget_id"):
         payload["component"] = f"budget {d['budget_id']}"
     scope = _scope(d)
     if scope:
         payload["group"] = scope
-    return {"routing_key": routing_key, "event_action": "trigger", "dedup_key": dedup_key,
-            "payload": payload, "client": "spendgate", "client_url": console_url,
-            "links": [{"href": console_link(event, console_url), "text": "Open in spendgate"}]}
+    return {
+        "routing_key": routing_key,
+        "event_action": "trigger",
+        "dedup_key": dedup_key,
+        "payload": payload,
+        "client": "spendgate",
+        "client_url": console_url,
+        "links": [{"href": console_link(event, console_url), "text": "Open in spendgate"}],
+    }
 
 
-def render(kind: str, event: Event, *, action: str, config: Mapping[str, Any],
-           console_url: str) -> dict[str, Any]:
+def render(
+    kind: str, event: Event, *, action: str, config: Mapping[str, Any], console_url: str
+) -> dict[str, Any]:
     """The body an endpoint of ``kind`` receives for ``event``."""
     if kind == "slack":
         return slack_body(event, console_url)

@@ -44,8 +44,11 @@ def scope_matches(scope_type: str | None, scope_id: str | None, event: Event) ->
 
 
 def endpoint_wants(endpoint: Mapping[str, Any], event: Event) -> bool:
-    return (bool(endpoint["enabled"]) and type_matches(endpoint["event_types"], event.type)
-            and scope_matches(endpoint["scope_type"], endpoint["scope_id"], event))
+    return (
+        bool(endpoint["enabled"])
+        and type_matches(endpoint["event_types"], event.type)
+        and scope_matches(endpoint["scope_type"], endpoint["scope_id"], event)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,18 +71,24 @@ class Preferences:
         if raw is None:
             return cls()
         channels = raw.get("channels", {})
-        return cls(event_types=tuple(raw.get("event_types", ("*",))),
-                   scopes=tuple((s["scope_type"], s["scope_id"]) for s in raw.get("scopes", ())),
-                   in_app=bool(channels.get("in_app", True)),
-                   webhook_endpoint_ids=tuple(channels.get("webhook_endpoint_ids", ())),
-                   digest=bool(raw.get("digest", False)))
+        return cls(
+            event_types=tuple(raw.get("event_types", ("*",))),
+            scopes=tuple((s["scope_type"], s["scope_id"]) for s in raw.get("scopes", ())),
+            in_app=bool(channels.get("in_app", True)),
+            webhook_endpoint_ids=tuple(channels.get("webhook_endpoint_ids", ())),
+            digest=bool(raw.get("digest", False)),
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"event_types": list(self.event_types),
-                "scopes": [{"scope_type": t, "scope_id": i} for t, i in self.scopes],
-                "channels": {"in_app": self.in_app,
-                             "webhook_endpoint_ids": list(self.webhook_endpoint_ids)},
-                "digest": self.digest}
+        return {
+            "event_types": list(self.event_types),
+            "scopes": [{"scope_type": t, "scope_id": i} for t, i in self.scopes],
+            "channels": {
+                "in_app": self.in_app,
+                "webhook_endpoint_ids": list(self.webhook_endpoint_ids),
+            },
+            "digest": self.digest,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,8 +105,9 @@ def may_see(user: Recipient, event: Event) -> bool:
         return False
     if user.role in ORG_WIDE_ROLES:
         return True
-    return (scope_matches("user", user.user_id, event)
-            or any(scope_matches("team", team, event) for team in user.team_ids))
+    return scope_matches("user", user.user_id, event) or any(
+        scope_matches("team", team, event) for team in user.team_ids
+    )
 
 
 def wants(prefs: Preferences, event: Event) -> bool:
@@ -106,7 +116,8 @@ def wants(prefs: Preferences, event: Event) -> bool:
     return not prefs.scopes or any(scope_matches(t, i, event) for t, i in prefs.scopes)
 
 
-def recipients_for(users: Sequence[tuple[Recipient, Preferences]], event: Event
-                   ) -> list[tuple[Recipient, Preferences]]:
+def recipients_for(
+    users: Sequence[tuple[Recipient, Preferences]], event: Event
+) -> list[tuple[Recipient, Preferences]]:
     """The users who may see the event and want it (in any channel)."""
     return [(u, p) for u, p in users if may_see(u, event) and wants(p, event)]

@@ -31,38 +31,71 @@ DIGEST_TYPE = "digest.daily"
 MAX_DIGEST_ITEMS = 200
 
 
-def notification_values(user_id: str, event: Event, prefs: Preferences, now: datetime
-                        ) -> dict[str, Any]:
+def notification_values(
+    user_id: str, event: Event, prefs: Preferences, now: datetime
+) -> dict[str, Any]:
     queued = prefs.digest and is_low_severity(event.type, dict(event.data))
-    return {"id": new_id("ntf"), "user_id": user_id, "event_id": event.id, "type": event.type,
-            "severity": event.severity, "title": title(event.type), "body": summary(event),
-            "link": console_link(event, ""), "data": dict(event.data), "created_at": now,
-            "read_at": None, "digest_state": "queued" if queued else None, "digest_id": None}
+    return {
+        "id": new_id("ntf"),
+        "user_id": user_id,
+        "event_id": event.id,
+        "type": event.type,
+        "severity": event.severity,
+        "title": title(event.type),
+        "body": summary(event),
+        "link": console_link(event, ""),
+        "data": dict(event.data),
+        "created_at": now,
+        "read_at": None,
+        "digest_state": "queued" if queued else None,
+        "digest_id": None,
+    }
 
 
 def notification_out(row: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: row[k] for k in ("id", "user_id", "event_id", "type", "severity", "title",
-                                "body", "link", "data", "created_at", "read_at")} | {
-        "read": row["read_at"] is not None}
+    return {
+        k: row[k]
+        for k in (
+            "id",
+            "user_id",
+            "event_id",
+            "type",
+            "severity",
+            "title",
+            "body",
+            "link",
+            "data",
+            "created_at",
+            "read_at",
+        )
+    } | {"read": row["read_at"] is not None}
 
 
-async def recipients(conn: AsyncConnection, org_id: str
-                     ) -> list[tuple[Recipient, Preferences]]:
+async def recipients(conn: AsyncConnection, org_id: str) -> list[tuple[Recipient, Preferences]]:
     """Every user of the org with their teams and preferences (defaults when unset)."""
     users = schema.users
-    rows = (await conn.execute(
-        sa.select(users.c.id, users.c.role, PREFS.c.preferences)
-        .select_from(users.outerjoin(PREFS, PREFS.c.user_id == users.c.id))
-        .where(users.c.org_id == org_id))).all()
+    rows = (
+        await conn.execute(
+            sa.select(users.c.id, users.c.role, PREFS.c.preferences)
+            .select_from(users.outerjoin(PREFS, PREFS.c.user_id == users.c.id))
+            .where(users.c.org_id == org_id)
+        )
+    ).all()
     if not rows:
         return []
     teams: dict[str, set[str]] = defaultdict(set)
     ut = schema.user_teams
     for user_id, team_id in await conn.execute(
-            sa.select(ut.c.user_id, ut.c.team_id).where(ut.c.user_id.in_([r.id for r in rows]))):
+        sa.select(ut.c.user_id, ut.c.team_id).where(ut.c.user_id.in_([r.id for r in rows]))
+    ):
         teams[user_id].add(team_id)
-    return [(Recipient(r.id, org_id, r.role, frozenset(teams[r.id])),
-             Preferences.from_json(r.preferences)) for r in rows]
+    return [
+        (
+            Recipient(r.id, org_id, r.role, frozenset(teams[r.id])),
+            Preferences.from_json(r.preferences),
+        )
+        for r in rows
+    ]
 
 
 async def _require_user(conn: AsyncConnection, user_id: str) -> None:
@@ -74,13 +107,19 @@ async def _require_user(conn: AsyncConnection, user_id: str) -> None:
 async def get_preferences(engine: AsyncEngine, user_id: str) -> Preferences:
     async with engine.connect() as conn:
         await _require_user(conn, user_id)
-        row = (await conn.execute(sa.select(PREFS.c.preferences)
-                                  .where(PREFS.c.user_id == user_id))).first()
+        row = (
+            await conn.execute(sa.select(PREFS.c.preferences).where(PREFS.c.user_id == user_id))
+        ).first()
     return Preferences.from_json(None if row is None else row[0])
 
 
-async def put_preferences(engine: AsyncEngine, user_id: str, prefs: Preferences, now: datetime,
-                          conn: AsyncConnection | None = None) -> Preferences:
+async def put_preferences(
+    engine: AsyncEngine,
+    user_id: str,
+    prefs: Preferences,
+    now: datetime,
+    conn: AsyncConnection | None = None,
+) -> Preferences:
     bad = [t for t in prefs.event_types if not valid_pattern(t)]
     if bad:
         raise ValidationFailed(f"event_types: unknown event type {bad[0]!r}", param="event_types")
@@ -91,31 +130,44 @@ async def put_preferences(engine: AsyncEngine, user_id: str, prefs: Preferences,
         await _require_user(tx, user_id)
         if prefs.webhook_endpoint_ids:
             ep = webhook_endpoints
-            known = {r[0] for r in await tx.execute(
-                sa.select(ep.c.id).where(ep.c.id.in_(prefs.webhook_endpoint_ids)))}
+            known = {
+                r[0]
+                for r in await tx.execute(
+                    sa.select(ep.c.id).where(ep.c.id.in_(prefs.webhook_endpoint_ids))
+                )
+            }
             missing = [i for i in prefs.webhook_endpoint_ids if i not in known]
             if missing:
-                raise ValidationFailed(f"channels.webhook_endpoint_ids: {missing[0]} does not "
-                                       "exist", param="channels.webhook_endpoint_ids")
+                raise ValidationFailed(
+                    f"channels.webhook_endpoint_ids: {missing[0]} does not exist",
+                    param="channels.webhook_endpoint_ids",
+                )
         await tx.execute(PREFS.delete().where(PREFS.c.user_id == user_id))
-        await tx.execute(PREFS.insert().values(user_id=user_id, preferences=prefs.to_json(),
-                                               updated_at=now))
+        await tx.execute(
+            PREFS.insert().values(user_id=user_id, preferences=prefs.to_json(), updated_at=now)
+        )
     return prefs
 
 
-async def list_notifications(engine: AsyncEngine, user_id: str, *, unread_only: bool = False,
-                             limit: int = 100) -> list[dict[str, Any]]:
+async def list_notifications(
+    engine: AsyncEngine, user_id: str, *, unread_only: bool = False, limit: int = 100
+) -> list[dict[str, Any]]:
     """Newest first; rows still waiting for (or folded into) a digest are not shown."""
-    query = (sa.select(NT).where(NT.c.user_id == user_id, NT.c.digest_state.is_(None))
-             .order_by(NT.c.created_at.desc(), NT.c.id).limit(limit))
+    query = (
+        sa.select(NT)
+        .where(NT.c.user_id == user_id, NT.c.digest_state.is_(None))
+        .order_by(NT.c.created_at.desc(), NT.c.id)
+        .limit(limit)
+    )
     if unread_only:
         query = query.where(NT.c.read_at.is_(None))
     async with engine.connect() as conn:
         return [notification_out(dict(r._mapping)) for r in await conn.execute(query)]
 
 
-async def mark_read(engine: AsyncEngine, notification_id: str, now: datetime,
-                    user_id: str | None = None) -> dict[str, Any]:
+async def mark_read(
+    engine: AsyncEngine, notification_id: str, now: datetime, user_id: str | None = None
+) -> dict[str, Any]:
     where = [NT.c.id == notification_id]
     if user_id is not None:
         where.append(NT.c.user_id == user_id)
@@ -129,9 +181,11 @@ async def mark_read(engine: AsyncEngine, notification_id: str, now: datetime,
 
 async def mark_all_read(engine: AsyncEngine, user_id: str, now: datetime) -> int:
     async with engine.begin() as conn:
-        result = await conn.execute(NT.update().where(
-            NT.c.user_id == user_id, NT.c.read_at.is_(None), NT.c.digest_state.is_(None)
-        ).values(read_at=now))
+        result = await conn.execute(
+            NT.update()
+            .where(NT.c.user_id == user_id, NT.c.read_at.is_(None), NT.c.digest_state.is_(None))
+            .values(read_at=now)
+        )
     return int(result.rowcount)
 
 
@@ -139,9 +193,13 @@ async def build_daily_digests(engine: AsyncEngine, now: datetime) -> int:
     """Fold every finished UTC day's queued notifications into one per user and day."""
     today = datetime.combine(now.astimezone(UTC).date(), time(), tzinfo=UTC)
     async with engine.connect() as conn:
-        groups = (await conn.execute(
-            sa.select(NT.c.user_id, NT.c.created_at)
-            .where(NT.c.digest_state == "queued", NT.c.created_at < today))).all()
+        groups = (
+            await conn.execute(
+                sa.select(NT.c.user_id, NT.c.created_at).where(
+                    NT.c.digest_state == "queued", NT.c.created_at < today
+                )
+            )
+        ).all()
     days = sorted({(u, c.astimezone(UTC).date()) for u, c in groups})
     made = 0
     for user_id, day in days:
@@ -154,25 +212,52 @@ async def _digest_one(engine: AsyncEngine, user_id: str, day: date, now: datetim
     start = datetime.combine(day, time(), tzinfo=UTC)
     digest_id = new_id("ntf")
     async with engine.begin() as conn:
-        claimed = (await conn.execute(
-            NT.update().where(NT.c.user_id == user_id, NT.c.digest_state == "queued",
-                              NT.c.created_at >= start,
-                              NT.c.created_at < start + timedelta(days=1))
-            .values(digest_state="batched", digest_id=digest_id)
-            .returning(NT.c.id, NT.c.type, NT.c.title, NT.c.body, NT.c.created_at))).all()
+        claimed = (
+            await conn.execute(
+                NT.update()
+                .where(
+                    NT.c.user_id == user_id,
+                    NT.c.digest_state == "queued",
+                    NT.c.created_at >= start,
+                    NT.c.created_at < start + timedelta(days=1),
+                )
+                .values(digest_state="batched", digest_id=digest_id)
+                .returning(NT.c.id, NT.c.type, NT.c.title, NT.c.body, NT.c.created_at)
+            )
+        ).all()
         if not claimed:
             return False
         items = sorted(claimed, key=lambda r: (r.created_at, r.id))
         lines = [f"- {r.title}: {r.body}" for r in items[:20]]
         if len(items) > 20:
             lines.append(f"- … and {len(items) - 20} more")
-        await conn.execute(NT.insert().values(
-            id=digest_id, user_id=user_id, event_id=None, type=DIGEST_TYPE, severity="info",
-            title=f"Daily digest for {day.isoformat()}: {len(items)} notifications",
-            body="\n".join(lines)[:4000], link="/notifications",
-            data={"date": day.isoformat(), "count": len(items),
-                  "items": [{"id": r.id, "type": r.type, "title": r.title,
-                             "created_at": r.created_at.isoformat()}
-                            for r in items[:MAX_DIGEST_ITEMS]]},
-            created_at=now, read_at=None, digest_state=None, digest_id=None))
+        await conn.execute(
+            NT.insert().values(
+                id=digest_id,
+                user_id=user_id,
+                event_id=None,
+                type=DIGEST_TYPE,
+                severity="info",
+                title=f"Daily digest for {day.isoformat()}: {len(items)} notifications",
+                body="\n".join(lines)[:4000],
+                link="/notifications",
+                data={
+                    "date": day.isoformat(),
+                    "count": len(items),
+                    "items": [
+                        {
+                            "id": r.id,
+                            "type": r.type,
+                            "title": r.title,
+                            "created_at": r.created_at.isoformat(),
+                        }
+                        for r in items[:MAX_DIGEST_ITEMS]
+                    ],
+                },
+                created_at=now,
+                read_at=None,
+                digest_state=None,
+                digest_id=None,
+            )
+        )
     return True

@@ -49,39 +49,64 @@ __all__ = [
 ]
 
 
-async def emit_event(conn: AsyncConnection, type_: str, data: dict[str, Any], now: datetime, *,
-                     org_id: str | None = None, dedup_key: str | None = None
-                     ) -> dict[str, Any] | None:
+async def emit_event(
+    conn: AsyncConnection,
+    type_: str,
+    data: dict[str, Any],
+    now: datetime,
+    *,
+    org_id: str | None = None,
+    dedup_key: str | None = None,
+) -> dict[str, Any] | None:
     """``record_event`` (which fans out), in the caller's transaction."""
     return await record_event(conn, type_, data, now, org_id=org_id, dedup_key=dedup_key)
 
 
 # -- PagerDuty incidents: resolve when the budget period resets --------------------------
 async def _resolve(conn: AsyncConnection, incident: Mapping[str, Any], now: datetime) -> bool:
-    done = await conn.execute(PD.update().where(
-        PD.c.endpoint_id == incident["endpoint_id"], PD.c.dedup_key == incident["dedup_key"],
-        PD.c.resolved_at.is_(None)).values(resolved_at=now))
+    done = await conn.execute(
+        PD.update()
+        .where(
+            PD.c.endpoint_id == incident["endpoint_id"],
+            PD.c.dedup_key == incident["dedup_key"],
+            PD.c.resolved_at.is_(None),
+        )
+        .values(resolved_at=now)
+    )
     if done.rowcount != 1:
         return False
-    trigger = (await conn.execute(sa.select(DL.c.payload).where(
-        DL.c.endpoint_id == incident["endpoint_id"], DL.c.event_id == incident["event_id"])
-        .limit(1))).first()
+    trigger = (
+        await conn.execute(
+            sa.select(DL.c.payload)
+            .where(
+                DL.c.endpoint_id == incident["endpoint_id"], DL.c.event_id == incident["event_id"]
+            )
+            .limit(1)
+        )
+    ).first()
     if trigger is None:
         return False
     event = Event.from_envelope(trigger[0])
-    await conn.execute(DL.insert().values(
-        **delivery_values(incident["endpoint_id"], event, "resolve", now)))
+    await conn.execute(
+        DL.insert().values(**delivery_values(incident["endpoint_id"], event, "resolve", now))
+    )
     return True
 
 
-async def resolve_incidents(conn: AsyncConnection, current_periods: Mapping[str, str],
-                            now: datetime) -> int:
+async def resolve_incidents(
+    conn: AsyncConnection, current_periods: Mapping[str, str], now: datetime
+) -> int:
     """For budgets whose period changed (budget id → current period key), enqueue a
     PagerDuty ``resolve`` for every incident still open from an earlier period."""
     if not current_periods:
         return 0
-    open_ = (await conn.execute(sa.select(PD).where(
-        PD.c.resolved_at.is_(None), PD.c.budget_id.in_(list(current_periods))))).all()
+    open_ = (
+        await conn.execute(
+            sa.select(PD).where(
+                PD.c.resolved_at.is_(None), PD.c.budget_id.in_(list(current_periods))
+            )
+        )
+    ).all()
     resolved = 0
     for row in open_:
         stale = row.period != current_periods[row.budget_id]
@@ -94,15 +119,25 @@ async def resolve_reset_periods(engine: AsyncEngine, now: datetime) -> int:
     """Housekeeping: resolve incidents whose budget has moved to a new period (or is gone)."""
     budgets = schema.budgets
     async with engine.begin() as conn:
-        rows = (await conn.execute(
-            sa.select(PD, budgets.c.period.label("budget_period"), budgets.c.timezone,
-                      budgets.c.week_start)
-            .select_from(PD.outerjoin(budgets, budgets.c.id == PD.c.budget_id))
-            .where(PD.c.resolved_at.is_(None)))).all()
+        rows = (
+            await conn.execute(
+                sa.select(
+                    PD,
+                    budgets.c.period.label("budget_period"),
+                    budgets.c.timezone,
+                    budgets.c.week_start,
+                )
+                .select_from(PD.outerjoin(budgets, budgets.c.id == PD.c.budget_id))
+                .where(PD.c.resolved_at.is_(None))
+            )
+        ).all()
         resolved = 0
         for row in rows:
-            current = (None if row.budget_period is None else
-                       window_at(now, row.budget_period, row.timezone, row.week_start).key)
+            current = (
+                None
+                if row.budget_period is None
+                else window_at(now, row.budget_period, row.timezone, row.week_start).key
+            )
             if current != row.period and await _resolve(conn, dict(row._mapping), now):
                 resolved += 1
     return resolved
@@ -117,41 +152,63 @@ class Claim:
 
 
 def _due(now: datetime) -> list[sa.ColumnElement[bool]]:
-    return [DL.c.status == "pending", DL.c.next_attempt_at <= now,
-            sa.or_(DL.c.lease_until.is_(None), DL.c.lease_until < now),
-            DL.c.endpoint_id.in_(sa.select(EP.c.id).where(EP.c.enabled.is_(True)))]
+    return [
+        DL.c.status == "pending",
+        DL.c.next_attempt_at <= now,
+        sa.or_(DL.c.lease_until.is_(None), DL.c.lease_until < now),
+        DL.c.endpoint_id.in_(sa.select(EP.c.id).where(EP.c.enabled.is_(True))),
+    ]
 
 
-async def claim_due(engine: AsyncEngine, now: datetime, *, worker_id: str, lease: timedelta,
-                    limit: int) -> list[Claim]:
+async def claim_due(
+    engine: AsyncEngine, now: datetime, *, worker_id: str, lease: timedelta, limit: int
+) -> list[Claim]:
     """Lease up to ``limit`` due deliveries to this worker (see the module docstring)."""
     token = f"{worker_id[:50]}/{new_id('l')[2:18]}"
     values = {"lease_until": now + lease, "leased_by": token}
     pick = sa.select(DL.c.id).where(*_due(now)).order_by(DL.c.next_attempt_at).limit(limit)
     if engine.dialect.name == "postgresql":
         async with engine.begin() as conn:
-            ids = [r[0] for r in await conn.execute(
-                DL.update().where(DL.c.id.in_(pick.with_for_update(skip_locked=True)), *_due(now))
-                .values(**values).returning(DL.c.id))]
+            ids = [
+                r[0]
+                for r in await conn.execute(
+                    DL.update()
+                    .where(DL.c.id.in_(pick.with_for_update(skip_locked=True)), *_due(now))
+                    .values(**values)
+                    .returning(DL.c.id)
+                )
+            ]
     else:
         async with engine.connect() as conn:
             candidates = [r[0] for r in await conn.execute(pick)]
         ids = []
         for delivery_id in candidates:
             async with engine.begin() as conn:
-                done = await conn.execute(DL.update().where(DL.c.id == delivery_id, *_due(now))
-                                          .values(**values))
+                done = await conn.execute(
+                    DL.update().where(DL.c.id == delivery_id, *_due(now)).values(**values)
+                )
             if done.rowcount == 1:
                 ids.append(delivery_id)
     if not ids:
         return []
     async with engine.connect() as conn:
-        deliveries = {r.id: dict(r._mapping) for r in await conn.execute(
-            sa.select(DL).where(DL.c.id.in_(ids), DL.c.leased_by == token))}
-        endpoints = {r.id: dict(r._mapping) for r in await conn.execute(
-            sa.select(EP).where(EP.c.id.in_({d["endpoint_id"] for d in deliveries.values()})))}
-    return [Claim(d, endpoints[d["endpoint_id"]], token) for d in deliveries.values()
-            if d["endpoint_id"] in endpoints]
+        deliveries = {
+            r.id: dict(r._mapping)
+            for r in await conn.execute(
+                sa.select(DL).where(DL.c.id.in_(ids), DL.c.leased_by == token)
+            )
+        }
+        endpoints = {
+            r.id: dict(r._mapping)
+            for r in await conn.execute(
+                sa.select(EP).where(EP.c.id.in_({d["endpoint_id"] for d in deliveries.values()}))
+            )
+        }
+    return [
+        Claim(d, endpoints[d["endpoint_id"]], token)
+        for d in deliveries.values()
+        if d["endpoint_id"] in endpoints
+    ]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,63 +220,109 @@ class AttemptResult:
     response_excerpt: str | None = None
 
 
-async def record_attempt(engine: AsyncEngine, claim: Claim, result: AttemptResult,
-                         started_at: datetime, now: datetime, rand: float) -> str:
+async def record_attempt(
+    engine: AsyncEngine,
+    claim: Claim,
+    result: AttemptResult,
+    started_at: datetime,
+    now: datetime,
+    rand: float,
+) -> str:
     """Log the attempt and move the delivery on: ``succeeded``, ``retrying`` or ``failed``
     (or ``lost`` when the lease was taken over meanwhile)."""
     delivery, endpoint_id = claim.delivery, claim.delivery["endpoint_id"]
     attempt_no = int(delivery["attempts"]) + 1
     common: dict[str, Any] = {
-        "attempts": attempt_no, "lease_until": None, "leased_by": None, "updated_at": now,
-        "last_response_code": result.response_code, "last_error": result.error}
+        "attempts": attempt_no,
+        "lease_until": None,
+        "leased_by": None,
+        "updated_at": now,
+        "last_response_code": result.response_code,
+        "last_error": result.error,
+    }
     delay = None if result.ok else retry_delay(attempt_no, rand)
     values: dict[str, Any]
     if result.ok:
-        outcome, values = "succeeded", {"status": "succeeded", "finished_at": now,
-                                        "next_attempt_at": None}
+        outcome, values = (
+            "succeeded",
+            {"status": "succeeded", "finished_at": now, "next_attempt_at": None},
+        )
     elif delay is not None:
         outcome, values = "retrying", {"next_attempt_at": now + delay}
     else:
-        outcome, values = "failed", {"status": "failed", "finished_at": now,
-                                     "next_attempt_at": None}
+        outcome, values = (
+            "failed",
+            {"status": "failed", "finished_at": now, "next_attempt_at": None},
+        )
     async with engine.begin() as conn:
-        await conn.execute(webhook_attempts.insert().values(
-            id=new_id("wha"), delivery_id=delivery["id"], endpoint_id=endpoint_id,
-            attempt=attempt_no, started_at=started_at,
-            outcome="succeeded" if result.ok else "failed", response_code=result.response_code,
-            latency_ms=result.latency_ms, error=result.error,
-            response_excerpt=result.response_excerpt, worker=claim.token))
-        moved = await conn.execute(DL.update().where(
-            DL.c.id == delivery["id"], DL.c.leased_by == claim.token).values(**common, **values))
+        await conn.execute(
+            webhook_attempts.insert().values(
+                id=new_id("wha"),
+                delivery_id=delivery["id"],
+                endpoint_id=endpoint_id,
+                attempt=attempt_no,
+                started_at=started_at,
+                outcome="succeeded" if result.ok else "failed",
+                response_code=result.response_code,
+                latency_ms=result.latency_ms,
+                error=result.error,
+                response_excerpt=result.response_excerpt,
+                worker=claim.token,
+            )
+        )
+        moved = await conn.execute(
+            DL.update()
+            .where(DL.c.id == delivery["id"], DL.c.leased_by == claim.token)
+            .values(**common, **values)
+        )
         if moved.rowcount != 1:
             return "lost"
         await _endpoint_health(conn, claim.endpoint, result.ok, now)
     return outcome
 
 
-async def _endpoint_health(conn: AsyncConnection, endpoint: Mapping[str, Any], ok: bool,
-                           now: datetime) -> None:
+async def _endpoint_health(
+    conn: AsyncConnection, endpoint: Mapping[str, Any], ok: bool, now: datetime
+) -> None:
     """A success clears the failure run; a failure run of 5 days disables the endpoint."""
     endpoint_id = endpoint["id"]
     if ok:
-        await conn.execute(EP.update().where(EP.c.id == endpoint_id,
-                                             EP.c.failing_since.is_not(None))
-                           .values(failing_since=None))
+        await conn.execute(
+            EP.update()
+            .where(EP.c.id == endpoint_id, EP.c.failing_since.is_not(None))
+            .values(failing_since=None)
+        )
         return
-    await conn.execute(EP.update().where(EP.c.id == endpoint_id, EP.c.failing_since.is_(None))
-                       .values(failing_since=now))
-    since = (await conn.execute(sa.select(EP.c.failing_since)
-                                .where(EP.c.id == endpoint_id))).scalar_one_or_none()
+    await conn.execute(
+        EP.update()
+        .where(EP.c.id == endpoint_id, EP.c.failing_since.is_(None))
+        .values(failing_since=now)
+    )
+    since = (
+        await conn.execute(sa.select(EP.c.failing_since).where(EP.c.id == endpoint_id))
+    ).scalar_one_or_none()
     if not should_disable(since, now):
         return
     assert since is not None
     reason = f"every delivery failed since {since.isoformat()}"
-    disabled = await conn.execute(EP.update().where(EP.c.id == endpoint_id, EP.c.enabled.is_(True))
-                                  .values(enabled=False, disabled_reason=reason, updated_at=now))
+    disabled = await conn.execute(
+        EP.update()
+        .where(EP.c.id == endpoint_id, EP.c.enabled.is_(True))
+        .values(enabled=False, disabled_reason=reason, updated_at=now)
+    )
     if disabled.rowcount == 1:
         org_id = endpoint["scope_id"] if endpoint["scope_type"] == "org" else None
-        await emit_event(conn, "webhook.endpoint_disabled", {
-            "endpoint_id": endpoint_id, "host": urlsplit(endpoint["url"]).hostname,
-            "kind": endpoint["kind"],
-            "failing_since": since.isoformat(), "reason": reason},
-            now, org_id=org_id, dedup_key=f"webhook:{endpoint_id}:disabled:{since.isoformat()}")
+        await emit_event(
+            conn,
+            "webhook.endpoint_disabled",
+            {
+                "endpoint_id": endpoint_id,
+                "host": urlsplit(endpoint["url"]).hostname,
+                "kind": endpoint["kind"],
+                "failing_since": since.isoformat(),
+                "reason": reason,
+            },
+            now,
+            org_id=org_id,
+            dedup_key=f"webhook:{endpoint_id}:disabled:{since.isoformat()}",
+        )

@@ -45,35 +45,63 @@ class WebhookSettings:
     def from_env(cls, env: Mapping[str, str]) -> WebhookSettings:
         return cls(
             allow_private=env.get("SPENDGATE_WEBHOOK_ALLOW_PRIVATE", "").lower() in TRUE,
-            public_url=(env.get("SPENDGATE_PUBLIC_URL") or "http://127.0.0.1:4100").rstrip("/"))
+            public_url=(env.get("SPENDGATE_PUBLIC_URL") or "http://127.0.0.1:4100").rstrip("/"),
+        )
 
 
 class WebhookRuntime:
     """The endpoint store, the delivery worker and the maintenance loop."""
 
-    def __init__(self, engine: AsyncEngine, clock: Clock, box: SecretBox,
-                 settings: WebhookSettings, *, http_client: httpx.AsyncClient | None = None,
-                 resolve: Resolver = system_resolver, worker_id: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        clock: Clock,
+        box: SecretBox,
+        settings: WebhookSettings,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        resolve: Resolver = system_resolver,
+        worker_id: str | None = None,
+    ) -> None:
         self.engine = engine
         self.clock = clock
         self.settings = settings
         self._own_http = http_client is None
         self.http = http_client or httpx.AsyncClient()
-        self.store = WebhookStore(engine, box, allow_private=settings.allow_private,
-                                  resolve=resolve)
-        self.worker = DeliveryWorker(engine, clock, self.http, box,
-                                     console_url=settings.public_url,
-                                     allow_private=settings.allow_private, resolve=resolve,
-                                     worker_id=worker_id, poll_seconds=settings.poll_seconds)
+        self.store = WebhookStore(
+            engine, box, allow_private=settings.allow_private, resolve=resolve
+        )
+        self.worker = DeliveryWorker(
+            engine,
+            clock,
+            self.http,
+            box,
+            console_url=settings.public_url,
+            allow_private=settings.allow_private,
+            resolve=resolve,
+            worker_id=worker_id,
+            poll_seconds=settings.poll_seconds,
+        )
         self._tasks: list[asyncio.Task[None]] = []
 
     @classmethod
-    def from_env(cls, engine: AsyncEngine, clock: Clock, *, master_key: str | None,
-                 env: Mapping[str, str] | None = None,
-                 http_client: httpx.AsyncClient | None = None) -> WebhookRuntime:
+    def from_env(
+        cls,
+        engine: AsyncEngine,
+        clock: Clock,
+        *,
+        master_key: str | None,
+        env: Mapping[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ) -> WebhookRuntime:
         env = os.environ if env is None else env
-        return cls(engine, clock, SecretBox.from_env(env, master_key),
-                   WebhookSettings.from_env(env), http_client=http_client)
+        return cls(
+            engine,
+            clock,
+            SecretBox.from_env(env, master_key),
+            WebhookSettings.from_env(env),
+            http_client=http_client,
+        )
 
     async def maintain(self) -> None:
         """Resolve PagerDuty incidents of budgets that reset; build finished days' digests;
@@ -92,8 +120,10 @@ class WebhookRuntime:
             await asyncio.sleep(self.settings.maintenance_seconds)
 
     async def start(self) -> None:
-        self._tasks = [asyncio.create_task(self.worker.run_forever(), name="webhook-worker"),
-                       asyncio.create_task(self._maintenance_loop(), name="webhook-maintenance")]
+        self._tasks = [
+            asyncio.create_task(self.worker.run_forever(), name="webhook-worker"),
+            asyncio.create_task(self._maintenance_loop(), name="webhook-maintenance"),
+        ]
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -102,4 +132,3 @@ class WebhookRuntime:
         self._tasks = []
         if self._own_http:
             await self.http.aclose()
-

@@ -40,7 +40,7 @@ def mask_url(url: str) -> str:
     netloc = host + ("" if port is None else f":{port}")
     segments = [s for s in parts.path.split("/") if s]
     shown = segments[:1] if len(segments) > 1 and _word(segments[0]) else []
-    shown += [s[0] + HIDDEN for s in segments[len(shown):-1]]
+    shown += [s[0] + HIDDEN for s in segments[len(shown) : -1]]
     if segments:
         shown.append(HIDDEN)
     path = "/" + "/".join(shown) if shown else ""

@@ -39,7 +39,8 @@ def _fernet_key(material: str) -> bytes:
     except (binascii.Error, ValueError):
         pass
     derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=INFO).derive(
-        material.encode())
+        material.encode()
+    )
     return base64.urlsafe_b64encode(derived)
 
 
@@ -65,8 +66,10 @@ class SecretBox:
             return cls(*configured.split(","))
         master = master_key or env.get("SPENDGATE_MASTER_KEY")
         if not master:
-            raise ConfigError("set SPENDGATE_SECRET_KEY (or SPENDGATE_MASTER_KEY) to store "
-                              "webhook secrets encrypted")
+            raise ConfigError(
+                "set SPENDGATE_SECRET_KEY (or SPENDGATE_MASTER_KEY) to store "
+                "webhook secrets encrypted"
+            )
         return cls(master)
 
     def encrypt(self, plaintext: str) -> str:
@@ -85,12 +88,14 @@ class SecretBox:
         try:
             return self._fernet.rotate(token.encode()).decode()
         except InvalidToken as exc:
-            raise SecretUnreadable("stored secret does not decrypt with the configured keys"
-                                   ) from exc
+            raise SecretUnreadable(
+                "stored secret does not decrypt with the configured keys"
+            ) from exc
 
     def decrypt(self, token: str) -> str:
         try:
             return self._fernet.decrypt(token.encode()).decode()
         except InvalidToken as exc:
-            raise SecretUnreadable("stored secret does not decrypt with the configured keys"
-                                   ) from exc
+            raise SecretUnreadable(
+                "stored secret does not decrypt with the configured keys"
+            ) from exc

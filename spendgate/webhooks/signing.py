@@ -29,24 +29,27 @@ def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(os.urandom(SECRET_BYTES)).decode()
 
 
-def signing_secrets(current: str, previous: str | None, previous_until: datetime | None,
-                    now: datetime) -> list[str]:
+def signing_secrets(
+    current: str, previous: str | None, previous_until: datetime | None, now: datetime
+) -> list[str]:
     """The current secret, plus the previous one while its overlap window lasts."""
     if previous is not None and previous_until is not None and now < previous_until:
         return [current, previous]
     return [current]
 
 
-def signature_header(message_id: str, timestamp: datetime, body: str,
-                     secrets: Sequence[str]) -> str:
+def signature_header(
+    message_id: str, timestamp: datetime, body: str, secrets: Sequence[str]
+) -> str:
     if not secrets:
         raise ValueError("at least one secret is needed to sign")
     at = timestamp.astimezone(UTC)
     return " ".join(Webhook(s).sign(message_id, at, body) for s in secrets)
 
 
-def signed_headers(message_id: str, timestamp: datetime, body: str,
-                   secrets: Sequence[str]) -> dict[str, str]:
+def signed_headers(
+    message_id: str, timestamp: datetime, body: str, secrets: Sequence[str]
+) -> dict[str, str]:
     return {
         "webhook-id": message_id,
         "webhook-timestamp": str(int(timestamp.timestamp())),

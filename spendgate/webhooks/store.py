@@ -32,12 +32,21 @@ from spendgate.webhooks.tables import webhook_attempts, webhook_deliveries, webh
 from spendgate.webhooks.targets import Resolver, check_target, system_resolver
 
 KINDS: tuple[str, ...] = ("webhook", "slack", "pagerduty")
-SCOPE_TABLES = {"org": schema.orgs, "team": schema.teams, "user": schema.users,
-                "agent": schema.agents, "key": schema.virtual_keys}
+SCOPE_TABLES = {
+    "org": schema.orgs,
+    "team": schema.teams,
+    "user": schema.users,
+    "agent": schema.agents,
+    "key": schema.virtual_keys,
+}
 DEFAULT_OVERLAP = timedelta(hours=24)
 #: every column holding a Fernet token
-ENCRYPTED_COLUMNS = ("secret_encrypted", "previous_secret_encrypted", "config_encrypted",
-                     "url_encrypted")
+ENCRYPTED_COLUMNS = (
+    "secret_encrypted",
+    "previous_secret_encrypted",
+    "config_encrypted",
+    "url_encrypted",
+)
 EP = webhook_endpoints
 DL = webhook_deliveries
 
@@ -78,8 +87,14 @@ class ReencryptReport:
 
 
 class WebhookStore:
-    def __init__(self, engine: AsyncEngine, box: SecretBox, *, allow_private: bool = False,
-                 resolve: Resolver = system_resolver) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        box: SecretBox,
+        *,
+        allow_private: bool = False,
+        resolve: Resolver = system_resolver,
+    ) -> None:
         self._engine = engine
         self._box = box
         self._allow_private = allow_private
@@ -102,21 +117,31 @@ class WebhookStore:
 
     def secrets_of(self, row: Mapping[str, Any]) -> tuple[str, str | None]:
         previous = row["previous_secret_encrypted"]
-        return (self._box.decrypt(row["secret_encrypted"]),
-                None if previous is None else self._box.decrypt(previous))
+        return (
+            self._box.decrypt(row["secret_encrypted"]),
+            None if previous is None else self._box.decrypt(previous),
+        )
 
     def public(self, row: Mapping[str, Any], now: datetime | None = None) -> dict[str, Any]:
         """The endpoint as the API shows it: no secrets, credentials masked."""
         until = row["previous_secret_until"]
         rotating = until is not None and (now is None or until > now)
-        return {"id": row["id"], "url": shown_url(row["kind"], row["url"]), "kind": row["kind"],
-                "description": row["description"], "event_types": list(row["event_types"]),
-                "scope_type": row["scope_type"], "scope_id": row["scope_id"],
-                "enabled": row["enabled"], "disabled_reason": row["disabled_reason"],
-                "failing_since": row["failing_since"],
-                "previous_secret_valid_until": until if rotating else None,
-                "config": {k: _mask(v) for k, v in self.config_of(row).items()},
-                "created_at": row["created_at"], "updated_at": row["updated_at"]}
+        return {
+            "id": row["id"],
+            "url": shown_url(row["kind"], row["url"]),
+            "kind": row["kind"],
+            "description": row["description"],
+            "event_types": list(row["event_types"]),
+            "scope_type": row["scope_type"],
+            "scope_id": row["scope_id"],
+            "enabled": row["enabled"],
+            "disabled_reason": row["disabled_reason"],
+            "failing_since": row["failing_since"],
+            "previous_secret_valid_until": until if rotating else None,
+            "config": {k: _mask(v) for k, v in self.config_of(row).items()},
+            "created_at": row["created_at"],
+            "updated_at": row["updated_at"],
+        }
 
     async def row(self, endpoint_id: str) -> dict[str, Any]:
         async with self._engine.connect() as conn:
@@ -138,15 +163,18 @@ class WebhookStore:
         if spec.kind not in KINDS:
             raise ValidationFailed(f"kind: must be one of {', '.join(KINDS)}", param="kind")
         if not spec.event_types:
-            raise ValidationFailed("event_types: give at least one type, or \"*\"",
-                                   param="event_types")
+            raise ValidationFailed(
+                'event_types: give at least one type, or "*"', param="event_types"
+            )
         bad = [t for t in spec.event_types if not valid_pattern(t)]
         if bad:
-            raise ValidationFailed(f"event_types: unknown event type {bad[0]!r}",
-                                   param="event_types")
+            raise ValidationFailed(
+                f"event_types: unknown event type {bad[0]!r}", param="event_types"
+            )
         if spec.kind == "pagerduty" and not spec.config.get("routing_key"):
-            raise ValidationFailed("config.routing_key: required for pagerduty endpoints",
-                                   param="config.routing_key")
+            raise ValidationFailed(
+                "config.routing_key: required for pagerduty endpoints", param="config.routing_key"
+            )
         await self._validate_scope(spec.scope_type, spec.scope_id)
         await check_target(spec.url, allow_private=self._allow_private, resolve=self._resolve)
 
@@ -156,7 +184,8 @@ class WebhookStore:
         if scope_type not in SCOPE_TYPES or not scope_id:
             raise ValidationFailed(
                 f"scope_type: one of {', '.join(SCOPE_TYPES)}, given together with scope_id",
-                param="scope_type")
+                param="scope_type",
+            )
         table = SCOPE_TABLES.get(scope_type)
         if table is None:
             return
@@ -164,60 +193,94 @@ class WebhookStore:
             query = sa.select(table.c.id).where(table.c.id == scope_id)
             found = (await conn.execute(query)).first()
         if found is None:
-            raise ValidationFailed(f"scope_id: {scope_type} {scope_id} does not exist",
-                                   param="scope_id")
+            raise ValidationFailed(
+                f"scope_id: {scope_type} {scope_id} does not exist", param="scope_id"
+            )
 
     # -- writing -------------------------------------------------------------------------
-    async def create(self, spec: EndpointSpec, now: datetime, conn: AsyncConnection | None = None
-                     ) -> tuple[dict[str, Any], str]:
+    async def create(
+        self, spec: EndpointSpec, now: datetime, conn: AsyncConnection | None = None
+    ) -> tuple[dict[str, Any], str]:
         """The new endpoint and its signing secret (``whsec_…``), shown this once."""
         await self._validate(spec)
         secret = new_secret()
         values = {
-            "id": new_id("whe"), **self._url_values(spec.kind, spec.url), "kind": spec.kind,
-            "description": spec.description, "event_types": list(spec.event_types),
-            "scope_type": spec.scope_type, "scope_id": spec.scope_id, "enabled": spec.enabled,
-            "secret_encrypted": self._box.encrypt(secret), "previous_secret_encrypted": None,
+            "id": new_id("whe"),
+            **self._url_values(spec.kind, spec.url),
+            "kind": spec.kind,
+            "description": spec.description,
+            "event_types": list(spec.event_types),
+            "scope_type": spec.scope_type,
+            "scope_id": spec.scope_id,
+            "enabled": spec.enabled,
+            "secret_encrypted": self._box.encrypt(secret),
+            "previous_secret_encrypted": None,
             "previous_secret_until": None,
-            "config_encrypted": (self._box.encrypt(json.dumps(dict(spec.config)))
-                                 if spec.config else None),
-            "failing_since": None, "disabled_reason": None, "created_at": now, "updated_at": now}
+            "config_encrypted": (
+                self._box.encrypt(json.dumps(dict(spec.config))) if spec.config else None
+            ),
+            "failing_since": None,
+            "disabled_reason": None,
+            "created_at": now,
+            "updated_at": now,
+        }
         async with transaction(self._engine, conn) as tx:
             await tx.execute(EP.insert().values(**values))
         return self.public(values, now), secret
 
-    async def update(self, endpoint_id: str, changes: Mapping[str, Any], now: datetime,
-                     conn: AsyncConnection | None = None) -> dict[str, Any]:
+    async def update(
+        self,
+        endpoint_id: str,
+        changes: Mapping[str, Any],
+        now: datetime,
+        conn: AsyncConnection | None = None,
+    ) -> dict[str, Any]:
         """Change any of the spec's fields; re-enabling clears the failure record.
 
         A Slack URL given back in its masked form (as read) keeps the stored one; a Slack
         endpoint changed to another kind needs its ``url`` again, or the stored credential
         would be shown from then on."""
         row = await self.row(endpoint_id)
-        current = EndpointSpec(url=self.url_of(row), kind=row["kind"],
-                               event_types=tuple(row["event_types"]),
-                               scope_type=row["scope_type"], scope_id=row["scope_id"],
-                               enabled=row["enabled"], description=row["description"],
-                               config=self.config_of(row))
+        current = EndpointSpec(
+            url=self.url_of(row),
+            kind=row["kind"],
+            event_types=tuple(row["event_types"]),
+            scope_type=row["scope_type"],
+            scope_id=row["scope_id"],
+            enabled=row["enabled"],
+            description=row["description"],
+            config=self.config_of(row),
+        )
         given = dict(changes)
         if given.get("url") is not None and given["url"] == shown_url(row["kind"], current.url):
             del given["url"]
         new_kind = given.get("kind", current.kind)
-        if (current.kind in SECRET_URL_KINDS and new_kind not in SECRET_URL_KINDS
-                and "url" not in given):
-            raise ValidationFailed(f"url: give the url again to change a {current.kind} "
-                                   f"endpoint to {new_kind}", param="url")
+        if (
+            current.kind in SECRET_URL_KINDS
+            and new_kind not in SECRET_URL_KINDS
+            and "url" not in given
+        ):
+            raise ValidationFailed(
+                f"url: give the url again to change a {current.kind} endpoint to {new_kind}",
+                param="url",
+            )
         if "event_types" in given:
             given["event_types"] = tuple(given["event_types"])
         spec = dataclasses.replace(current, **given)
         await self._validate(spec)
         values: dict[str, Any] = {
-            **self._url_values(spec.kind, spec.url), "kind": spec.kind,
+            **self._url_values(spec.kind, spec.url),
+            "kind": spec.kind,
             "event_types": list(spec.event_types),
-            "scope_type": spec.scope_type, "scope_id": spec.scope_id, "enabled": spec.enabled,
-            "description": spec.description, "updated_at": now,
-            "config_encrypted": (self._box.encrypt(json.dumps(dict(spec.config)))
-                                 if spec.config else None)}
+            "scope_type": spec.scope_type,
+            "scope_id": spec.scope_id,
+            "enabled": spec.enabled,
+            "description": spec.description,
+            "updated_at": now,
+            "config_encrypted": (
+                self._box.encrypt(json.dumps(dict(spec.config))) if spec.config else None
+            ),
+        }
         if spec.enabled and not row["enabled"]:
             values.update(failing_since=None, disabled_reason=None)
         async with transaction(self._engine, conn) as tx:
@@ -226,27 +289,34 @@ class WebhookStore:
 
     async def delete(self, endpoint_id: str, conn: AsyncConnection | None = None) -> None:
         async with transaction(self._engine, conn) as tx:
-            await tx.execute(webhook_attempts.delete().where(
-                webhook_attempts.c.endpoint_id == endpoint_id))
+            await tx.execute(
+                webhook_attempts.delete().where(webhook_attempts.c.endpoint_id == endpoint_id)
+            )
             await tx.execute(DL.delete().where(DL.c.endpoint_id == endpoint_id))
             result = await tx.execute(EP.delete().where(EP.c.id == endpoint_id))
         if result.rowcount == 0:
             raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
 
-    async def rotate_secret(self, endpoint_id: str, now: datetime,
-                            overlap: timedelta = DEFAULT_OVERLAP,
-                            conn: AsyncConnection | None = None) -> tuple[dict[str, Any], str]:
+    async def rotate_secret(
+        self,
+        endpoint_id: str,
+        now: datetime,
+        overlap: timedelta = DEFAULT_OVERLAP,
+        conn: AsyncConnection | None = None,
+    ) -> tuple[dict[str, Any], str]:
         """A new secret signs from now on; the old one also signs until ``now + overlap``."""
         if overlap < timedelta(0) or overlap > timedelta(days=30):
-            raise ValidationFailed("overlap_seconds: between 0 and 30 days",
-                                   param="overlap_seconds")
+            raise ValidationFailed(
+                "overlap_seconds: between 0 and 30 days", param="overlap_seconds"
+            )
         row = await self.row(endpoint_id)
         secret = new_secret()
-        values: dict[str, Any] = {"secret_encrypted": self._box.encrypt(secret),
-                                  "updated_at": now}
+        values: dict[str, Any] = {"secret_encrypted": self._box.encrypt(secret), "updated_at": now}
         if overlap > timedelta(0):
-            values.update(previous_secret_encrypted=row["secret_encrypted"],
-                          previous_secret_until=now + overlap)
+            values.update(
+                previous_secret_encrypted=row["secret_encrypted"],
+                previous_secret_until=now + overlap,
+            )
         else:
             values.update(previous_secret_encrypted=None, previous_secret_until=None)
         async with transaction(self._engine, conn) as tx:
@@ -257,14 +327,20 @@ class WebhookStore:
     async def seal_urls(self) -> int:
         """Encrypt Slack URLs stored in plaintext (written before revision 0008)."""
         async with self._engine.begin() as conn:
-            rows = (await conn.execute(sa.select(EP.c.id, EP.c.kind, EP.c.url).where(
-                EP.c.kind.in_(sorted(SECRET_URL_KINDS)), EP.c.url_encrypted.is_(None)))).all()
+            rows = (
+                await conn.execute(
+                    sa.select(EP.c.id, EP.c.kind, EP.c.url).where(
+                        EP.c.kind.in_(sorted(SECRET_URL_KINDS)), EP.c.url_encrypted.is_(None)
+                    )
+                )
+            ).all()
             sealed = 0
             for row in rows:
                 done = await conn.execute(
-                    EP.update().where(EP.c.id == row.id, EP.c.url == row.url,
-                                      EP.c.url_encrypted.is_(None))
-                    .values(**self._url_values(row.kind, row.url)))
+                    EP.update()
+                    .where(EP.c.id == row.id, EP.c.url == row.url, EP.c.url_encrypted.is_(None))
+                    .values(**self._url_values(row.kind, row.url))
+                )
                 sealed += done.rowcount
         return sealed
 
@@ -274,46 +350,91 @@ class WebhookStore:
         not change meanwhile; running it again rewrites nothing."""
         sealed = await self.seal_urls()
         async with self._engine.connect() as conn:
-            rows = [dict(r._mapping) for r in await conn.execute(
-                sa.select(EP.c.id, *(EP.c[c] for c in ENCRYPTED_COLUMNS)).order_by(EP.c.id))]
+            rows = [
+                dict(r._mapping)
+                for r in await conn.execute(
+                    sa.select(EP.c.id, *(EP.c[c] for c in ENCRYPTED_COLUMNS)).order_by(EP.c.id)
+                )
+            ]
         rewritten, unreadable = 0, []
         for row in rows:
             try:
-                changes = {c: self._box.rotate(row[c]) for c in ENCRYPTED_COLUMNS
-                           if row[c] is not None and not self._box.is_current(row[c])}
+                changes = {
+                    c: self._box.rotate(row[c])
+                    for c in ENCRYPTED_COLUMNS
+                    if row[c] is not None and not self._box.is_current(row[c])
+                }
             except SecretUnreadable:
                 unreadable.append(row["id"])
                 continue
             if not changes:
                 continue
             async with self._engine.begin() as conn:
-                done = await conn.execute(EP.update().where(
-                    EP.c.id == row["id"], *(EP.c[c] == row[c] for c in changes))
-                    .values(**changes))
+                done = await conn.execute(
+                    EP.update()
+                    .where(EP.c.id == row["id"], *(EP.c[c] == row[c] for c in changes))
+                    .values(**changes)
+                )
             rewritten += done.rowcount
-        return ReencryptReport(endpoints=len(rows), rewritten=rewritten, sealed=sealed,
-                               unreadable=unreadable)
+        return ReencryptReport(
+            endpoints=len(rows), rewritten=rewritten, sealed=sealed, unreadable=unreadable
+        )
 
 
 # -- the delivery log --------------------------------------------------------------------
-def delivery_out(row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]] | None = None
-                 ) -> dict[str, Any]:
-    out = {k: row[k] for k in ("id", "endpoint_id", "message_id", "event_id", "event_type",
-                               "action", "status", "attempts", "next_attempt_at",
-                               "last_response_code", "last_error", "redelivery_of",
-                               "created_at", "updated_at", "finished_at")}
+def delivery_out(
+    row: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]] | None = None
+) -> dict[str, Any]:
+    out = {
+        k: row[k]
+        for k in (
+            "id",
+            "endpoint_id",
+            "message_id",
+            "event_id",
+            "event_type",
+            "action",
+            "status",
+            "attempts",
+            "next_attempt_at",
+            "last_response_code",
+            "last_error",
+            "redelivery_of",
+            "created_at",
+            "updated_at",
+            "finished_at",
+        )
+    }
     if attempts is not None:
-        out["attempt_log"] = [{k: a[k] for k in ("id", "attempt", "started_at", "outcome",
-                                                 "response_code", "latency_ms", "error",
-                                                 "response_excerpt")} for a in attempts]
+        out["attempt_log"] = [
+            {
+                k: a[k]
+                for k in (
+                    "id",
+                    "attempt",
+                    "started_at",
+                    "outcome",
+                    "response_code",
+                    "latency_ms",
+                    "error",
+                    "response_excerpt",
+                )
+            }
+            for a in attempts
+        ]
     return out
 
 
-async def list_deliveries(engine: AsyncEngine, endpoint_id: str, *, status: str | None = None,
-                          limit: int = 100) -> list[dict[str, Any]]:
+async def list_deliveries(
+    engine: AsyncEngine, endpoint_id: str, *, status: str | None = None, limit: int = 100
+) -> list[dict[str, Any]]:
     """Newest first, each with its attempts (oldest attempt first)."""
-    query = (sa.select(DL).where(DL.c.endpoint_id == endpoint_id)
-             .order_by(DL.c.created_at.desc(), DL.c.id).limit(limit))
+    query = (
+        sa.select(DL)
+        .where(DL.c.endpoint_id == endpoint_id)
+        .order_by(DL.c.created_at.desc(), DL.c.id)
+        .limit(limit)
+    )
     if status is not None:
         query = query.where(DL.c.status == status)
     async with engine.connect() as conn:
@@ -322,28 +443,47 @@ async def list_deliveries(engine: AsyncEngine, endpoint_id: str, *, status: str 
         attempts: dict[str, list[dict[str, Any]]] = {i: [] for i in ids}
         if ids:
             att = webhook_attempts
-            for a in await conn.execute(sa.select(att).where(att.c.delivery_id.in_(ids))
-                                        .order_by(att.c.started_at, att.c.attempt)):
+            for a in await conn.execute(
+                sa.select(att)
+                .where(att.c.delivery_id.in_(ids))
+                .order_by(att.c.started_at, att.c.attempt)
+            ):
                 attempts[a.delivery_id].append(dict(a._mapping))
     return [delivery_out(r, attempts[r["id"]]) for r in rows]
 
 
-async def redeliver(engine: AsyncEngine, endpoint_id: str, delivery_id: str, now: datetime
-                    ) -> dict[str, Any]:
+async def redeliver(
+    engine: AsyncEngine, endpoint_id: str, delivery_id: str, now: datetime
+) -> dict[str, Any]:
     """Send a delivery again as a new outbox row (same ``webhook-id``), due now."""
     async with engine.begin() as conn:
-        found = (await conn.execute(sa.select(DL).where(
-            DL.c.id == delivery_id, DL.c.endpoint_id == endpoint_id))).first()
+        found = (
+            await conn.execute(
+                sa.select(DL).where(DL.c.id == delivery_id, DL.c.endpoint_id == endpoint_id)
+            )
+        ).first()
         if found is None:
             raise NotFound(f"delivery {delivery_id} of endpoint {endpoint_id} does not exist")
         old = found._mapping
-        values = {"id": new_id("whd"), "endpoint_id": endpoint_id,
-                  "message_id": old["message_id"], "event_id": old["event_id"],
-                  "event_type": old["event_type"], "payload": old["payload"],
-                  "action": old["action"], "status": "pending", "attempts": 0,
-                  "next_attempt_at": now, "lease_until": None, "leased_by": None,
-                  "last_response_code": None, "last_error": None,
-                  "redelivery_of": delivery_id, "created_at": now, "updated_at": now,
-                  "finished_at": None}
+        values = {
+            "id": new_id("whd"),
+            "endpoint_id": endpoint_id,
+            "message_id": old["message_id"],
+            "event_id": old["event_id"],
+            "event_type": old["event_type"],
+            "payload": old["payload"],
+            "action": old["action"],
+            "status": "pending",
+            "attempts": 0,
+            "next_attempt_at": now,
+            "lease_until": None,
+            "leased_by": None,
+            "last_response_code": None,
+            "last_error": None,
+            "redelivery_of": delivery_id,
+            "created_at": now,
+            "updated_at": now,
+            "finished_at": None,
+        }
         await conn.execute(DL.insert().values(**values))
     return delivery_out(values, [])

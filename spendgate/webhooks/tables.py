@@ -11,7 +11,8 @@ import sqlalchemy as sa
 from spendgate.store.schema import JSONType, UTCDateTime, metadata
 
 webhook_endpoints = sa.Table(
-    "webhook_endpoints", metadata,
+    "webhook_endpoints",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
     #: the target; for kinds whose URL is a credential (Slack) only its masked form
     sa.Column("url", sa.String(2000), nullable=False),
@@ -37,11 +38,16 @@ webhook_endpoints = sa.Table(
 )
 
 webhook_deliveries = sa.Table(
-    "webhook_deliveries", metadata,
+    "webhook_deliveries",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("endpoint_id", sa.String(40),
-              sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), nullable=False,
-              index=True),
+    sa.Column(
+        "endpoint_id",
+        sa.String(40),
+        sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     #: ``webhook-id``: the same for every attempt and redelivery of one message
     sa.Column("message_id", sa.String(40), nullable=False),
     sa.Column("event_id", sa.String(40), nullable=False, index=True),
@@ -66,11 +72,16 @@ webhook_deliveries = sa.Table(
 )
 
 webhook_attempts = sa.Table(
-    "webhook_attempts", metadata,
+    "webhook_attempts",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("delivery_id", sa.String(40),
-              sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"), nullable=False,
-              index=True),
+    sa.Column(
+        "delivery_id",
+        sa.String(40),
+        sa.ForeignKey("webhook_deliveries.id", ondelete="CASCADE"),
+        nullable=False,
+        index=True,
+    ),
     sa.Column("endpoint_id", sa.String(40), nullable=False, index=True),
     sa.Column("attempt", sa.Integer(), nullable=False),
     sa.Column("started_at", UTCDateTime(), nullable=False),
@@ -84,9 +95,14 @@ webhook_attempts = sa.Table(
 )
 
 pagerduty_incidents = sa.Table(
-    "pagerduty_incidents", metadata,
-    sa.Column("endpoint_id", sa.String(40),
-              sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"), primary_key=True),
+    "pagerduty_incidents",
+    metadata,
+    sa.Column(
+        "endpoint_id",
+        sa.String(40),
+        sa.ForeignKey("webhook_endpoints.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
     sa.Column("dedup_key", sa.String(300), primary_key=True),
     sa.Column("budget_id", sa.String(40), nullable=False, index=True),
     sa.Column("period", sa.String(40), nullable=False),
@@ -96,10 +112,12 @@ pagerduty_incidents = sa.Table(
 )
 
 notifications = sa.Table(
-    "notifications", metadata,
+    "notifications",
+    metadata,
     sa.Column("id", sa.String(40), primary_key=True),
-    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id", ondelete="CASCADE"),
-              nullable=False),
+    sa.Column(
+        "user_id", sa.String(40), sa.ForeignKey("users.id", ondelete="CASCADE"), nullable=False
+    ),
     sa.Column("event_id", sa.String(40), nullable=True, index=True),
     sa.Column("type", sa.String(60), nullable=False),
     sa.Column("severity", sa.String(10), nullable=False),
@@ -116,9 +134,11 @@ notifications = sa.Table(
 )
 
 notification_preferences = sa.Table(
-    "notification_preferences", metadata,
-    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id", ondelete="CASCADE"),
-              primary_key=True),
+    "notification_preferences",
+    metadata,
+    sa.Column(
+        "user_id", sa.String(40), sa.ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    ),
     #: matching.Preferences.to_json()
     sa.Column("preferences", JSONType, nullable=False),
     sa.Column("updated_at", UTCDateTime(), nullable=False),

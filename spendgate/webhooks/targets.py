@@ -54,8 +54,9 @@ def parse_target(url: str) -> tuple[str, int]:
     return parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-async def check_target(url: str, *, allow_private: bool,
-                       resolve: Resolver = system_resolver) -> None:
+async def check_target(
+    url: str, *, allow_private: bool, resolve: Resolver = system_resolver
+) -> None:
     """Raise :class:`TargetRefused` unless ``url`` may receive webhooks."""
     host, port = parse_target(url)
     if allow_private:
@@ -70,4 +71,6 @@ async def check_target(url: str, *, allow_private: bool,
         if not is_public(address):
             raise TargetRefused(
                 f"url: {host} resolves to non-public address {address}; private and loopback "
-                "targets need SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1", param="url")
+                "targets need SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1",
+                param="url",
+            )

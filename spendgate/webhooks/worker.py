@@ -81,8 +81,13 @@ class DeliveryWorker:
 
     async def run_once(self) -> int:
         """Attempt every delivery due now (up to the batch size); how many were attempted."""
-        claims = await claim_due(self._engine, self._clock.now(), worker_id=self.worker_id,
-                                 lease=self._lease, limit=self._batch_size)
+        claims = await claim_due(
+            self._engine,
+            self._clock.now(),
+            worker_id=self.worker_id,
+            lease=self._lease,
+            limit=self._batch_size,
+        )
         if claims:
             await asyncio.gather(*(self._attempt(c) for c in claims))
         return len(claims)
@@ -104,26 +109,39 @@ class DeliveryWorker:
         try:
             result = await self._send(claim)
         except (TargetRefused, SecretUnreadable) as exc:
-            result = AttemptResult(ok=False, response_code=None, latency_ms=0,
-                                   error=str(exc)[:500])
-        outcome = await record_attempt(self._engine, claim, result, started_at,
-                                       self._clock.now(), self._rand())
-        log.info("webhook delivery %s to %s: %s (%s)", claim.delivery["id"],
-                 claim.endpoint["id"], outcome, result.response_code or result.error)
+            result = AttemptResult(ok=False, response_code=None, latency_ms=0, error=str(exc)[:500])
+        outcome = await record_attempt(
+            self._engine, claim, result, started_at, self._clock.now(), self._rand()
+        )
+        log.info(
+            "webhook delivery %s to %s: %s (%s)",
+            claim.delivery["id"],
+            claim.endpoint["id"],
+            outcome,
+            result.response_code or result.error,
+        )
         return outcome
 
     def _request(self, claim: Claim) -> tuple[bytes, dict[str, str]]:
         endpoint, delivery = claim.endpoint, claim.delivery
         event = Event.from_envelope(delivery["payload"])
-        body = encode(render(endpoint["kind"], event, action=delivery["action"],
-                             config=self._store.config_of(endpoint),
-                             console_url=self._console_url))
+        body = encode(
+            render(
+                endpoint["kind"],
+                event,
+                action=delivery["action"],
+                config=self._store.config_of(endpoint),
+                console_url=self._console_url,
+            )
+        )
         current, previous = self._store.secrets_of(endpoint)
         now = self._clock.now()
         secrets = signing_secrets(current, previous, endpoint["previous_secret_until"], now)
-        headers = {"content-type": "application/json",
-                   "user-agent": f"spendgate-webhooks/{__version__}",
-                   **signed_headers(delivery["message_id"], now, body, secrets)}
+        headers = {
+            "content-type": "application/json",
+            "user-agent": f"spendgate-webhooks/{__version__}",
+            **signed_headers(delivery["message_id"], now, body, secrets),
+        }
         return body.encode(), headers
 
     async def _send(self, claim: Claim) -> AttemptResult:
@@ -135,9 +153,14 @@ class DeliveryWorker:
         start = self._clock.monotonic()
         try:
             with REDACTOR.hiding(*hidden):
-                async with self._http.stream("POST", url, content=content, headers=headers,
-                                             timeout=self._timeout,
-                                             follow_redirects=False) as resp:
+                async with self._http.stream(
+                    "POST",
+                    url,
+                    content=content,
+                    headers=headers,
+                    timeout=self._timeout,
+                    follow_redirects=False,
+                ) as resp:
                     excerpt = b""
                     async for chunk in resp.aiter_bytes():
                         excerpt += chunk
@@ -147,13 +170,17 @@ class DeliveryWorker:
             error = f"{type(exc).__name__}: {exc}"
             for spelling in hidden:
                 error = error.replace(spelling, mask_url(spelling))
-            return AttemptResult(ok=False, response_code=None,
-                                 latency_ms=self._elapsed_ms(start), error=error[:500])
+            return AttemptResult(
+                ok=False, response_code=None, latency_ms=self._elapsed_ms(start), error=error[:500]
+            )
         ok = 200 <= resp.status_code < 300
         return AttemptResult(
-            ok=ok, response_code=resp.status_code, latency_ms=self._elapsed_ms(start),
+            ok=ok,
+            response_code=resp.status_code,
+            latency_ms=self._elapsed_ms(start),
             error=None if ok else f"HTTP {resp.status_code}",
-            response_excerpt=excerpt[:EXCERPT_BYTES].decode("utf-8", "replace") or None)
+            response_excerpt=excerpt[:EXCERPT_BYTES].decode("utf-8", "replace") or None,
+        )
 
     def _elapsed_ms(self, start: float) -> int:
         return max(0, round((self._clock.monotonic() - start) * 1000))

@@ -91,7 +91,8 @@ pytestmark = [
     # warning fires at random, about nothing the strategies do.
     pytest.mark.filterwarnings(
         "ignore:Do not use the `random` module inside strategies"
-        ":hypothesis.errors.HypothesisDeprecationWarning"),
+        ":hypothesis.errors.HypothesisDeprecationWarning"
+    ),
 ]
 
 EXAMPLES = int(os.environ.get("SPENDGATE_FUZZ_EXAMPLES", "20"))
@@ -100,8 +101,12 @@ MIN_EXAMPLES = 3
 BUDGET_SECONDS = float(os.environ.get("SPENDGATE_FUZZ_SECONDS", "120"))
 #: a file to append every request and its status to (to compare runs, or to see coverage)
 TRACE = os.environ.get("SPENDGATE_FUZZ_TRACE")
-CHECKS = [not_a_server_error, response_schema_conformance, status_code_conformance,
-          content_type_conformance]
+CHECKS = [
+    not_a_server_error,
+    response_schema_conformance,
+    status_code_conformance,
+    content_type_conformance,
+]
 NEGATIVE_CHECKS = [*CHECKS, negative_data_rejection]
 
 #: Hypothesis settings for each operation's run: no example database (each run is seeded
@@ -116,8 +121,12 @@ FUZZ_SETTINGS = settings(
     phases=[Phase.explicit, Phase.generate],
     verbosity=Verbosity.quiet,
     print_blob=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much,
-                           HealthCheck.data_too_large, HealthCheck.large_base_example],
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.filter_too_much,
+        HealthCheck.data_too_large,
+        HealthCheck.large_base_example,
+    ],
 )
 
 
@@ -130,48 +139,81 @@ class Seeded:
     receiver: ServerHandle
 
     def for_scope(self, scope_type: Any) -> str | None:
-        return {"org": self.ids["org_id"], "team": self.ids["team_id"],
-                "user": self.ids["user_id"], "agent": self.ids["agent_id"],
-                "key": self.ids["key_id"]}.get(scope_type) if isinstance(scope_type, str) else None
+        return (
+            {
+                "org": self.ids["org_id"],
+                "team": self.ids["team_id"],
+                "user": self.ids["user_id"],
+                "agent": self.ids["agent_id"],
+                "key": self.ids["key_id"],
+            }.get(scope_type)
+            if isinstance(scope_type, str)
+            else None
+        )
 
 
 def _seed(gateway: RunningGateway) -> Seeded:
     receiver = serve_in_thread(Receiver(now=gateway.clock.now))
     org = gateway.post("/admin/orgs", {"name": "fuzz org"})["id"]
     team = gateway.post("/admin/teams", {"name": "fuzz team", "org_id": org})["id"]
-    user = gateway.post("/admin/users", {"email": "fuzz@example.com", "role": "org_admin",
-                                         "org_id": org, "team_ids": [team]})["id"]
-    agent = gateway.post("/admin/agents", {"name": "fuzz agent", "org_id": org,
-                                           "team_id": team})["id"]
-    key = gateway.post("/admin/keys", {"name": "fuzz key", "org_id": org, "team_id": team,
-                                       "user_id": user, "agent_id": agent})["id"]
-    budget = gateway.post("/admin/budgets", {"scope_type": "team", "scope_id": team,
-                                             "amount_usd": "100"})["id"]
-    gateway.post(f"/admin/budgets/{budget}/exceptions",
-                 {"reason": "fuzz", "percent": "50", "expires_at": "2026-04-01T00:00:00Z"})
-    wallet = gateway.post("/admin/wallets", {"scope_type": "team", "scope_id": team,
-                                             "initial_topup_usd": "10"})["id"]
+    user = gateway.post(
+        "/admin/users",
+        {"email": "fuzz@example.com", "role": "org_admin", "org_id": org, "team_ids": [team]},
+    )["id"]
+    agent = gateway.post("/admin/agents", {"name": "fuzz agent", "org_id": org, "team_id": team})[
+        "id"
+    ]
+    key = gateway.post(
+        "/admin/keys",
+        {"name": "fuzz key", "org_id": org, "team_id": team, "user_id": user, "agent_id": agent},
+    )["id"]
+    budget = gateway.post(
+        "/admin/budgets", {"scope_type": "team", "scope_id": team, "amount_usd": "100"}
+    )["id"]
+    gateway.post(
+        f"/admin/budgets/{budget}/exceptions",
+        {"reason": "fuzz", "percent": "50", "expires_at": "2026-04-01T00:00:00Z"},
+    )
+    wallet = gateway.post(
+        "/admin/wallets", {"scope_type": "team", "scope_id": team, "initial_topup_usd": "10"}
+    )["id"]
     gateway.post(f"/admin/wallets/{wallet}/topups", {"amount_usd": "5", "note": "fuzz"})
-    limit = gateway.post("/admin/rate-limits", {"scope_type": "team", "scope_id": team,
-                                                "rpm": 60})["id"]
-    endpoint = gateway.post("/admin/webhooks", {"url": f"{receiver.url}/hook",
-                                                "event_types": ["*"], "scope_type": "org",
-                                                "scope_id": org})["id"]
+    limit = gateway.post("/admin/rate-limits", {"scope_type": "team", "scope_id": team, "rpm": 60})[
+        "id"
+    ]
+    endpoint = gateway.post(
+        "/admin/webhooks",
+        {"url": f"{receiver.url}/hook", "event_types": ["*"], "scope_type": "org", "scope_id": org},
+    )["id"]
     token = gateway.post("/admin/tokens", {"user_id": user, "name": "fuzz token"})["id"]
 
     async def fire() -> None:
         async with gateway.app.services.engine.begin() as conn:
-            await emit_event(conn, "wallet.low_balance",
-                             {"wallet_id": wallet, "balance_usd": "0.00"},
-                             gateway.clock.now(), org_id=org)
+            await emit_event(
+                conn,
+                "wallet.low_balance",
+                {"wallet_id": wallet, "balance_usd": "0.00"},
+                gateway.clock.now(),
+                org_id=org,
+            )
 
     gateway.run(fire())
     delivery = _wait_for(lambda: gateway.get(f"/admin/webhooks/{endpoint}/deliveries"))[0]["id"]
     notification = _wait_for(lambda: gateway.get("/admin/notifications", user_id=user))[0]["id"]
-    ids = {"org_id": org, "team_id": team, "user_id": user, "agent_id": agent,
-           "key_id": key, "budget_id": budget, "wallet_id": wallet, "limit_id": limit,
-           "endpoint_id": endpoint, "delivery_id": delivery,
-           "notification_id": notification, "token_id": token}
+    ids = {
+        "org_id": org,
+        "team_id": team,
+        "user_id": user,
+        "agent_id": agent,
+        "key_id": key,
+        "budget_id": budget,
+        "wallet_id": wallet,
+        "limit_id": limit,
+        "endpoint_id": endpoint,
+        "delivery_id": delivery,
+        "notification_id": notification,
+        "token_id": token,
+    }
     return Seeded(ids, receiver)
 
 
@@ -201,8 +243,9 @@ def _with_known_ids(data: st.DataObject, case: schemathesis.Case, seeded: Seeded
             known = seeded.for_scope(body.get("scope_type"))
             if known is not None and data.draw(st.booleans(), label="known body.scope_id"):
                 body["scope_id"] = known
-        if isinstance(body.get("team_ids"), list) and data.draw(st.booleans(),
-                                                                label="known body.team_ids"):
+        if isinstance(body.get("team_ids"), list) and data.draw(
+            st.booleans(), label="known body.team_ids"
+        ):
             body["team_ids"] = [seeded.ids["team_id"]]
         if isinstance(body.get("url"), str) and data.draw(st.booleans(), label="known body.url"):
             body["url"] = f"{seeded.receiver.url}/hook"  # never a stranger's host
@@ -239,8 +282,10 @@ class ServerErrors(logging.Handler):
         """The root cause of the exception logged for the last request and its
         ``spendgate`` frames (empty if none was logged)."""
         self._arrived.wait(timeout)
-        return ("; ".join(_root_cause(exc) for exc in self._records),
-                [line for exc in self._records for line in _spendgate_frames(exc)])
+        return (
+            "; ".join(_root_cause(exc) for exc in self._records),
+            [line for exc in self._records for line in _spendgate_frames(exc)],
+        )
 
 
 #: the frames every admin request passes through (the gateway's routing and middleware)
@@ -250,10 +295,12 @@ _PLUMBING = ("/spendgate/app.py", "/spendgate/web_security.py")
 def _spendgate_frames(exc: BaseException) -> list[str]:
     """The exception's traceback through spendgate's own code below the plumbing, one
     line a frame."""
-    return [f"{f.filename[f.filename.rindex('/spendgate/') + 1:]}:{f.lineno} in {f.name}: "
-            f"{(f.line or '').strip()}"
-            for f in traceback.extract_tb(exc.__traceback__)
-            if "/spendgate/" in f.filename and not f.filename.endswith(_PLUMBING)]
+    return [
+        f"{f.filename[f.filename.rindex('/spendgate/') + 1 :]}:{f.lineno} in {f.name}: "
+        f"{(f.line or '').strip()}"
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "/spendgate/" in f.filename and not f.filename.endswith(_PLUMBING)
+    ]
 
 
 def _root_cause(exc: BaseException) -> str:
@@ -263,7 +310,7 @@ def _root_cause(exc: BaseException) -> str:
     where = ""
     if frames:
         f = frames[-1]
-        where = f"{f.filename[f.filename.rindex('/spendgate/') + 1:]}:{f.lineno} in {f.name}: "
+        where = f"{f.filename[f.filename.rindex('/spendgate/') + 1 :]}:{f.lineno} in {f.name}: "
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{where}{type(exc).__module__}.{type(exc).__qualname__}: {message}"
 
@@ -292,8 +339,7 @@ class Finding:
         """What went wrong, without where or with which ids: findings sharing it are one
         bug showing up in several operations."""
         if self.cause:
-            return _generic(self.cause.split(": ", 1)[-1] if " in " in self.cause
-                            else self.cause)
+            return _generic(self.cause.split(": ", 1)[-1] if " in " in self.cause else self.cause)
         return re.sub(r"\b[a-z]+_[0-9a-f]{16,}\b", "<id>", self.response)
 
 
@@ -305,30 +351,40 @@ class Findings:
 
     def add(self, finding: Finding) -> None:
         """The first example per operation, status and root cause (or failed checks)."""
-        key = (finding.operation, finding.status,
-               _generic(finding.cause) or ",".join(finding.checks))
+        key = (
+            finding.operation,
+            finding.status,
+            _generic(finding.cause) or ",".join(finding.checks),
+        )
         self.items.setdefault(key, finding)
 
     def report(self) -> str:
         groups: dict[tuple[int | None, str, str], list[Finding]] = {}
         for f in self.items.values():
             groups.setdefault((f.status, ", ".join(f.checks), f.problem), []).append(f)
-        lines = [f"the admin API fuzz found {len(groups)} kind(s) of failure in "
-                 f"{len(self.items)} operation(s) (first example of each; the server's "
-                 "innermost spendgate frame for each 5xx):"]
+        lines = [
+            f"the admin API fuzz found {len(groups)} kind(s) of failure in "
+            f"{len(self.items)} operation(s) (first example of each; the server's "
+            "innermost spendgate frame for each 5xx):"
+        ]
         for n, ((status, checks, _), found) in enumerate(groups.items(), 1):
             first = found[0]
-            lines += [f"\n[{n}] {status}: {checks} ({len(found)} operation(s))",
-                      f"    {first.operation} ({first.stage})",
-                      f"    request:   {first.request}", f"    response:  {first.response}"]
+            lines += [
+                f"\n[{n}] {status}: {checks} ({len(found)} operation(s))",
+                f"    {first.operation} ({first.stage})",
+                f"    request:   {first.request}",
+                f"    response:  {first.response}",
+            ]
             if first.cause:
                 lines.append(f"    server:    {first.cause}")
                 lines += [f"        {frame}" for frame in first.frames]
             lines += [f"    {d}" for d in first.details if d]
             lines.append(f"    reproduce: {first.curl}")
             for other in found[1:]:
-                lines.append(f"    also {other.operation} ({other.stage}): {other.request}"
-                             + (f"\n         server: {other.cause}" if other.cause else ""))
+                lines.append(
+                    f"    also {other.operation} ({other.stage}): {other.request}"
+                    + (f"\n         server: {other.cause}" if other.cause else "")
+                )
         return "\n".join(lines)
 
 
@@ -345,22 +401,40 @@ def _describe(case: schemathesis.Case) -> str:
     return request
 
 
-def _record(findings: Findings, stage: str, case: schemathesis.Case, response: Any,
-            failed: FailureGroup | requests.RequestException,
-            server: tuple[str, list[str]] = ("", [])) -> None:
+def _record(
+    findings: Findings,
+    stage: str,
+    case: schemathesis.Case,
+    response: Any,
+    failed: FailureGroup | requests.RequestException,
+    server: tuple[str, list[str]] = ("", []),
+) -> None:
     request = _describe(case)
-    curl = case.as_curl_command().replace("'Authorization: [Filtered]'",
-                                          "\"Authorization: Bearer $SPENDGATE_MASTER_KEY\"")
-    findings.add(Finding(
-        operation=case.operation.label, stage=stage,
-        status=response.status_code if response is not None else None,
-        checks=(sorted({f.title for f in failed.exceptions})
-                if isinstance(failed, FailureGroup) else
-                [f"request failed: {type(failed).__name__}"]),
-        details=([" ".join(f.message.split()) for f in failed.exceptions]
-                 if isinstance(failed, FailureGroup) else [str(failed)]),
-        request=_short(request), response=_short(response.text if response is not None else ""),
-        curl=_short(curl, 2000), cause=server[0], frames=server[1]))
+    curl = case.as_curl_command().replace(
+        "'Authorization: [Filtered]'", '"Authorization: Bearer $SPENDGATE_MASTER_KEY"'
+    )
+    findings.add(
+        Finding(
+            operation=case.operation.label,
+            stage=stage,
+            status=response.status_code if response is not None else None,
+            checks=(
+                sorted({f.title for f in failed.exceptions})
+                if isinstance(failed, FailureGroup)
+                else [f"request failed: {type(failed).__name__}"]
+            ),
+            details=(
+                [" ".join(f.message.split()) for f in failed.exceptions]
+                if isinstance(failed, FailureGroup)
+                else [str(failed)]
+            ),
+            request=_short(request),
+            response=_short(response.text if response is not None else ""),
+            curl=_short(curl, 2000),
+            cause=server[0],
+            frames=server[1],
+        )
+    )
 
 
 # -- the run -----------------------------------------------------------------------------
@@ -376,13 +450,28 @@ class Pass:
 
 
 PASSES = (
-    Pass("schema only", GenerationMode.POSITIVE, known_ids=False, examples=EXAMPLES,
-         checks=tuple(CHECKS)),
+    Pass(
+        "schema only",
+        GenerationMode.POSITIVE,
+        known_ids=False,
+        examples=EXAMPLES,
+        checks=tuple(CHECKS),
+    ),
     # before "known ids", whose deletions and revocations would leave it only 404s
-    Pass("invalid input", GenerationMode.NEGATIVE, known_ids=True,
-         examples=NEGATIVE_EXAMPLES, checks=tuple(NEGATIVE_CHECKS)),
-    Pass("known ids", GenerationMode.POSITIVE, known_ids=True, examples=EXAMPLES,
-         checks=tuple(CHECKS)),
+    Pass(
+        "invalid input",
+        GenerationMode.NEGATIVE,
+        known_ids=True,
+        examples=NEGATIVE_EXAMPLES,
+        checks=tuple(NEGATIVE_CHECKS),
+    ),
+    Pass(
+        "known ids",
+        GenerationMode.POSITIVE,
+        known_ids=True,
+        examples=EXAMPLES,
+        checks=tuple(CHECKS),
+    ),
 )
 
 
@@ -407,15 +496,21 @@ def _can_negate(operation: Any) -> bool:
     return bool(operation.body) or bool(operation.query)
 
 
-def _fuzz(operation: Any, run_pass: Pass, seeded: Seeded, findings: Findings,
-          server_errors: ServerErrors, budget: Budget) -> None:
+def _fuzz(
+    operation: Any,
+    run_pass: Pass,
+    seeded: Seeded,
+    findings: Findings,
+    server_errors: ServerErrors,
+    budget: Budget,
+) -> None:
     """Run ``operation`` for the pass's number of examples, collecting failures."""
     path_parameters = None
     if run_pass.known_ids:  # a parameter no seeded object fits stays generated
-        path_parameters = {p.name: seeded.ids[p.name] for p in operation.path_parameters
-                           if p.name in seeded.ids}
-    strategy = operation.as_strategy(generation_mode=run_pass.mode,
-                                     path_parameters=path_parameters)
+        path_parameters = {
+            p.name: seeded.ids[p.name] for p in operation.path_parameters if p.name in seeded.ids
+        }
+    strategy = operation.as_strategy(generation_mode=run_pass.mode, path_parameters=path_parameters)
     label = f"{operation.label} ({run_pass.name})"
     swap_ids = run_pass.known_ids and run_pass.mode is GenerationMode.POSITIVE
 
@@ -473,9 +568,14 @@ def hypothesis_as_found() -> Iterator[None]:
     from hypothesis.strategies._internal import core as st_core
     from schemathesis.generation import hypothesis as schemathesis_hypothesis
 
-    names = [(core, "RepresentationPrinter"), (core, "BUFFER_SIZE"), (engine, "BUFFER_SIZE"),
-             (st_collections, "BUFFER_SIZE"), (st_core, "is_first_param_referenced_in_function"),
-             (entropy, "register_random")]
+    names = [
+        (core, "RepresentationPrinter"),
+        (core, "BUFFER_SIZE"),
+        (engine, "BUFFER_SIZE"),
+        (st_collections, "BUFFER_SIZE"),
+        (st_core, "is_first_param_referenced_in_function"),
+        (entropy, "register_random"),
+    ]
     saved = [(module, name, getattr(module, name)) for module, name in names]
     setup = schemathesis_hypothesis.setup
     patched = getattr(setup, "_is_patched", False)
@@ -492,16 +592,17 @@ def seeded(gateway: RunningGateway) -> Iterator[Seeded]:
     found.receiver.stop()
 
 
-def test_admin_api_fuzz(gateway: RunningGateway, seeded: Seeded,
-                        hypothesis_as_found: None) -> None:
+def test_admin_api_fuzz(gateway: RunningGateway, seeded: Seeded, hypothesis_as_found: None) -> None:
     # explicit, so no schemathesis.toml found on the way up changes the run; every request
     # is the master key (no generated Authorization values: failed logins would get this
     # address throttled)
-    config = schemathesis.Config.from_dict({
-        "headers": {"Authorization": f"Bearer {MASTER_KEY}"},
-        "request-timeout": 30,
-        "generation": {"with-security-parameters": False},
-    })
+    config = schemathesis.Config.from_dict(
+        {
+            "headers": {"Authorization": f"Bearer {MASTER_KEY}"},
+            "request-timeout": 30,
+            "generation": {"with-security-parameters": False},
+        }
+    )
     schema = schemathesis.openapi.from_url(f"{gateway.url}/openapi.json", config=config)
     schema = schema.include(path_regex=r"^/admin/")
     # .ok() raises on an operation schemathesis cannot read: a broken document fails here
@@ -527,10 +628,16 @@ def test_admin_api_fuzz(gateway: RunningGateway, seeded: Seeded,
     elapsed = time.monotonic() - budget.started
 
     slowest = sorted(findings.seconds.items(), key=lambda kv: -kv[1])[:5]
-    print(f"\nadmin fuzz: {len(operations)} operations, "
-          f"{sum(findings.examples.values())} requests in {elapsed:.1f}s"
-          + (f" ({budget.shortened} runs shortened to {MIN_EXAMPLES} examples)"
-             if budget.shortened else "")
-          + "; slowest: " + ", ".join(f"{k} {v:.1f}s" for k, v in slowest))
+    print(
+        f"\nadmin fuzz: {len(operations)} operations, "
+        f"{sum(findings.examples.values())} requests in {elapsed:.1f}s"
+        + (
+            f" ({budget.shortened} runs shortened to {MIN_EXAMPLES} examples)"
+            if budget.shortened
+            else ""
+        )
+        + "; slowest: "
+        + ", ".join(f"{k} {v:.1f}s" for k, v in slowest)
+    )
     if findings.items:
         pytest.fail(findings.report(), pytrace=False)

@@ -11,22 +11,29 @@ from tests.conftest import RunningGateway
 def _made(gw: RunningGateway) -> dict[str, str]:
     org = gw.post("/admin/orgs", {"name": "o"})["id"]
     team = gw.post("/admin/teams", {"org_id": org, "name": "t"})["id"]
-    budget = gw.post("/admin/budgets", {"scope_type": "team", "scope_id": team,
-                                        "amount_usd": "10"})["id"]
-    limit = gw.post("/admin/rate-limits", {"scope_type": "team", "scope_id": team,
-                                           "rpm": 5})["id"]
+    budget = gw.post(
+        "/admin/budgets", {"scope_type": "team", "scope_id": team, "amount_usd": "10"}
+    )["id"]
+    limit = gw.post("/admin/rate-limits", {"scope_type": "team", "scope_id": team, "rpm": 5})["id"]
     hook = gw.post("/admin/webhooks", {"url": "http://127.0.0.1:9/h"})["id"]
     return {"org": org, "team": team, "budget": budget, "limit": limit, "webhook": hook}
 
 
-@pytest.mark.parametrize(("route", "field"), [
-    ("budgets/{budget}", "name"), ("budgets/{budget}", "amount_usd"),
-    ("budgets/{budget}", "alert_percentages"), ("budgets/{budget}", "categories"),
-    ("rate-limits/{limit}", "spend_window_seconds"), ("webhooks/{webhook}", "enabled"),
-    ("webhooks/{webhook}", "event_types"),
-])
+@pytest.mark.parametrize(
+    ("route", "field"),
+    [
+        ("budgets/{budget}", "name"),
+        ("budgets/{budget}", "amount_usd"),
+        ("budgets/{budget}", "alert_percentages"),
+        ("budgets/{budget}", "categories"),
+        ("rate-limits/{limit}", "spend_window_seconds"),
+        ("webhooks/{webhook}", "enabled"),
+        ("webhooks/{webhook}", "event_types"),
+    ],
+)
 def test_null_in_a_patch_is_422_unless_it_means_something(
-        gateway: RunningGateway, route: str, field: str) -> None:
+    gateway: RunningGateway, route: str, field: str
+) -> None:
     ids = _made(gateway)
     path = "/admin/" + route.format(**ids)
     response = gateway.admin.patch(path, json={field: None})
@@ -40,23 +47,32 @@ def test_null_in_a_patch_is_422_unless_it_means_something(
 
 def test_nul_characters_are_refused_everywhere(gateway: RunningGateway) -> None:
     ids = _made(gateway)
-    for response in (gateway.admin.get("/admin/teams", params={"org_id": "x\x00"}),
-                     gateway.admin.get("/admin/orgs/x%00y"),
-                     gateway.admin.post("/admin/orgs", json={"name": "a\x00b"}),
-                     gateway.admin.get("/admin/audit/export", params={"target": "x\x00"})):
+    for response in (
+        gateway.admin.get("/admin/teams", params={"org_id": "x\x00"}),
+        gateway.admin.get("/admin/orgs/x%00y"),
+        gateway.admin.post("/admin/orgs", json={"name": "a\x00b"}),
+        gateway.admin.get("/admin/audit/export", params={"target": "x\x00"}),
+    ):
         assert response.status_code == 422, response.text
         assert "NUL" in response.json()["error"]["message"]
     assert gateway.get(f"/admin/orgs/{ids['org']}")["name"] == "o"
 
 
-@pytest.mark.parametrize("when", [
-    "0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00",
-    # numbers, which pydantic would read as Unix seconds (a fuzzed -2e-288 purged the
-    # audit log "before 1970")
-    -2.2179268937939386e-288, 0, 1_780_000_000,
-])
-def test_times_at_the_calendar_edges_or_not_text_are_422(gateway: RunningGateway,
-                                                         when: str | float) -> None:
+@pytest.mark.parametrize(
+    "when",
+    [
+        "0001-01-01T00:00:00+01:00",
+        "9999-12-31T23:59:59-01:00",
+        # numbers, which pydantic would read as Unix seconds (a fuzzed -2e-288 purged the
+        # audit log "before 1970")
+        -2.2179268937939386e-288,
+        0,
+        1_780_000_000,
+    ],
+)
+def test_times_at_the_calendar_edges_or_not_text_are_422(
+    gateway: RunningGateway, when: str | float
+) -> None:
     """Every time input refuses them, and nothing happens."""
     ids = _made(gateway)
     entries = len(gateway.get("/admin/audit", limit=1000)["entries"])
@@ -64,10 +80,13 @@ def test_times_at_the_calendar_edges_or_not_text_are_422(gateway: RunningGateway
         gateway.admin.get("/admin/audit", params={"start": str(when)}),
         gateway.admin.get("/admin/usage", params={"end": str(when)}),
         gateway.admin.post("/admin/audit/purge", json={"before": when}),
-        gateway.admin.post(f"/admin/budgets/{ids['budget']}/exceptions",
-                           json={"amount_usd": "1", "reason": "r", "expires_at": when}),
-        gateway.admin.post("/admin/keys", json={"name": "k", "org_id": ids["org"],
-                                                "expires_at": when}),
+        gateway.admin.post(
+            f"/admin/budgets/{ids['budget']}/exceptions",
+            json={"amount_usd": "1", "reason": "r", "expires_at": when},
+        ),
+        gateway.admin.post(
+            "/admin/keys", json={"name": "k", "org_id": ids["org"], "expires_at": when}
+        ),
     ):
         assert response.status_code == 422, response.text
         if not isinstance(when, str) and response.request.method == "POST":
@@ -87,23 +106,35 @@ def test_a_yes_or_no_is_true_or_false_only(gateway: RunningGateway) -> None:
     ids = _made(gateway)
     user = gateway.post("/admin/users", {"email": "u@o.example", "org_id": ids["org"]})["id"]
     for response, field in (
-        (gateway.admin.patch(f"/admin/budgets/{ids['budget']}", json={"hard_limit": 1}),
-         "hard_limit"),
-        (gateway.admin.patch(f"/admin/webhooks/{ids['webhook']}", json={"enabled": 0}),
-         "enabled"),
-        (gateway.admin.post("/admin/keys", json={"name": "k", "org_id": ids["org"],
-                                                 "allow_request_tags": "yes"}),
-         "allow_request_tags"),
-        (gateway.admin.put(f"/admin/users/{user}/notification-preferences",
-                           json={"channels": {"in_app": 0, "webhook_endpoint_ids": []}}),
-         "channels.in_app"),
+        (
+            gateway.admin.patch(f"/admin/budgets/{ids['budget']}", json={"hard_limit": 1}),
+            "hard_limit",
+        ),
+        (gateway.admin.patch(f"/admin/webhooks/{ids['webhook']}", json={"enabled": 0}), "enabled"),
+        (
+            gateway.admin.post(
+                "/admin/keys", json={"name": "k", "org_id": ids["org"], "allow_request_tags": "yes"}
+            ),
+            "allow_request_tags",
+        ),
+        (
+            gateway.admin.put(
+                f"/admin/users/{user}/notification-preferences",
+                json={"channels": {"in_app": 0, "webhook_endpoint_ids": []}},
+            ),
+            "channels.in_app",
+        ),
     ):
         assert response.status_code == 422, response.text
         assert response.json()["error"]["param"] == field, response.text
     assert gateway.get(f"/admin/budgets/{ids['budget']}")["hard_limit"] is False
     assert gateway.get(f"/admin/webhooks/{ids['webhook']}")["enabled"] is True
-    assert gateway.admin.patch(f"/admin/budgets/{ids['budget']}",
-                               json={"hard_limit": True}).status_code == 200
+    assert (
+        gateway.admin.patch(
+            f"/admin/budgets/{ids['budget']}", json={"hard_limit": True}
+        ).status_code
+        == 200
+    )
 
 
 def test_huge_audit_cursor_is_422(gateway: RunningGateway) -> None:

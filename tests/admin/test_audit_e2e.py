@@ -13,27 +13,40 @@ from tests.conftest import RunningGateway
 def test_admin_changes_and_enforcement_facts_are_audited(gateway: RunningGateway) -> None:
     """Keys, budgets, webhooks, wallets, a refusal and an export each leave one entry."""
     key = gateway.create_key()
-    budget = gateway.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                             "amount_usd": "0.000001", "hard_limit": True})
+    budget = gateway.post(
+        "/admin/budgets",
+        {"scope_type": "key", "scope_id": key["id"], "amount_usd": "0.000001", "hard_limit": True},
+    )
     gateway.admin.patch(f"/admin/budgets/{budget['id']}", json={"amount_usd": "0.0000015"})
     hook = gateway.post("/admin/webhooks", {"url": "http://127.0.0.1:9/hook"})
     gateway.post(f"/admin/webhooks/{hook['id']}/rotate-secret", {}, status=200)
     wallet = gateway.post("/admin/wallets", {"scope_type": "org", "scope_id": key["org_id"]})
     gateway.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": "10"})
     with pytest.raises(openai.RateLimitError):
-        openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0
-                      ).chat.completions.create(model="demo-small", max_tokens=50,
-                                                messages=[{"role": "user", "content": "x"}])
+        openai.OpenAI(
+            base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0
+        ).chat.completions.create(
+            model="demo-small", max_tokens=50, messages=[{"role": "user", "content": "x"}]
+        )
     gateway.post(f"/admin/keys/{key['id']}/revoke", {}, status=200)
     assert gateway.admin.get("/admin/usage", params={"format": "csv"}).status_code == 200
     gateway.run(gateway.app.services.drain())
     entries = gateway.get("/admin/audit", limit=100)
     rows = entries["entries"] if isinstance(entries, dict) else entries
     actions = [e["action"] for e in rows]
-    for action in ("org.created", "key.created", "budget.created", "budget.updated",
-                   "webhook.created", "webhook.secret_rotated", "wallet.created",
-                   "wallet.topped_up", "budget.hard_limit_reached", "key.revoked",
-                   "usage.exported"):
+    for action in (
+        "org.created",
+        "key.created",
+        "budget.created",
+        "budget.updated",
+        "webhook.created",
+        "webhook.secret_rotated",
+        "wallet.created",
+        "wallet.topped_up",
+        "budget.hard_limit_reached",
+        "key.revoked",
+        "usage.exported",
+    ):
         assert actions.count(action) == 1, (action, actions)
     updated = next(e for e in rows if e["action"] == "budget.updated")
     assert updated["before"]["amount_usd"] == "0.000001"

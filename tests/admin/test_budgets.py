@@ -23,7 +23,8 @@ def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
 
 def one_call_cost(gw: RunningGateway, key: str) -> Decimal:
     raw = sdk(gw, key).chat.completions.with_raw_response.create(
-        model="demo-small", messages=MSG, max_tokens=30)
+        model="demo-small", messages=MSG, max_tokens=30
+    )
     return Decimal(raw.headers["x-spendgate-cost-usd"])
 
 
@@ -44,8 +45,10 @@ def test_budget_validation_names_the_field(gateway: RunningGateway) -> None:
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"amount_usd": "-5"}, "amount_usd"),
         ({"alert_percentages": [75, 50]}, "alert_percentages"),
-        ({"hard_limit": True, "hard_limit_percent": 80, "alert_percentages": [50, 90]},
-         "alert_percentages"),
+        (
+            {"hard_limit": True, "hard_limit_percent": 80, "alert_percentages": [50, 90]},
+            "alert_percentages",
+        ),
         ({"hard_limit": True, "soft_limit_percent": 120}, "soft_limit_percent"),
         ({"scope_id": "key_missing"}, "scope_id"),
         ({"scope_type": "tag", "scope_id": None, "tag": "x"}, "org_id"),
@@ -64,8 +67,15 @@ def test_budget_validation_names_the_field(gateway: RunningGateway) -> None:
 def test_budget_crud_and_status(gateway: RunningGateway) -> None:
     """Create, read, update, delete; status reports the period in the budget's zone."""
     key = gateway.create_key()
-    created = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=12.5,
-                     timezone="America/New_York", hard_limit=True, hard_limit_percent=110)
+    created = budget(
+        gateway,
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=12.5,
+        timezone="America/New_York",
+        hard_limit=True,
+        hard_limit_percent=110,
+    )
     assert created["amount_usd"] == "12.50" and created["alert_percentages"] == ["50", "75", "90"]
     patched = gateway.admin.patch(f"/admin/budgets/{created['id']}", json={"amount_usd": "20"})
     assert patched.status_code == 200 and patched.json()["amount_usd"] == "20.00"
@@ -84,14 +94,18 @@ def test_budget_crud_and_status(gateway: RunningGateway) -> None:
 
 def test_observation_only_budget_warns_but_never_blocks(gateway: RunningGateway) -> None:
     """Hard limit off: 50/75/90 and the soft limit fire once each; calls keep flowing."""
-    team = gateway.post("/admin/teams", {"name": "research", "org_id": gateway.create_key()["org_id"]})
+    team = gateway.post(
+        "/admin/teams", {"name": "research", "org_id": gateway.create_key()["org_id"]}
+    )
     key = gateway.create_key(org_id=team["org_id"], team_id=team["id"])
     cost = one_call_cost(gateway, key["key"])
     made = budget(gateway, scope_type="team", scope_id=team["id"], amount_usd=str(cost * 10))
     for _ in range(14):  # 150 % of the budget
         one_call_cost(gateway, key["key"])
-    kinds = {e["data"]["threshold"] + e["data"]["percent"]
-             for e in events(gateway, "budget.threshold_crossed")}
+    kinds = {
+        e["data"]["threshold"] + e["data"]["percent"]
+        for e in events(gateway, "budget.threshold_crossed")
+    }
     assert kinds == {"alert50", "alert75", "alert90"}
     [soft] = events(gateway, "budget.soft_limit_reached")
     assert soft["data"]["budget_id"] == made["id"] and soft["data"]["percent"] == "75"
@@ -105,8 +119,15 @@ def test_hard_cap_refuses_with_429_and_resets_next_period(gateway: RunningGatewa
     """At the hard limit: 429 budget_exceeded naming the budget, reset time and Retry-After."""
     key = gateway.create_key()
     cost = one_call_cost(gateway, key["key"])
-    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 3),
-                  hard_limit=True, period="daily", timezone="Asia/Kolkata")
+    made = budget(
+        gateway,
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=str(cost * 3),
+        hard_limit=True,
+        period="daily",
+        timezone="Asia/Kolkata",
+    )
     served = 0
     with pytest.raises(openai.RateLimitError) as info:
         for _ in range(10):
@@ -131,10 +152,12 @@ def test_hard_cap_refuses_with_429_and_resets_next_period(gateway: RunningGatewa
 def test_anthropic_route_refusal_format(gateway: RunningGateway) -> None:
     """The Anthropic route refuses in its own error format with Retry-After."""
     key = gateway.create_key()
-    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="0.000000001",
-           hard_limit=True)
-    response = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": key["key"]},
-                          json={"model": "demo-small", "max_tokens": 10, "messages": MSG})
+    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="0.000000001", hard_limit=True)
+    response = httpx.post(
+        gateway.url + "/v1/messages",
+        headers={"x-api-key": key["key"]},
+        json={"model": "demo-small", "max_tokens": 10, "messages": MSG},
+    )
     assert response.status_code == 429 and "retry-after" in response.headers
     body = response.json()
     assert body["type"] == "error" and body["error"]["type"] == "rate_limit_error"
@@ -144,10 +167,13 @@ def test_anthropic_route_refusal_format(gateway: RunningGateway) -> None:
 async def _burst(url: str, key: str, n: int) -> list[int]:
     limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
     async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
         async def one() -> int:
             response = await client.post(
-                url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                json={"model": "demo-small", "messages": MSG, "max_tokens": 30})
+                url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "demo-small", "messages": MSG, "max_tokens": 30},
+            )
             if response.status_code == 429:
                 assert response.json()["error"]["code"] == "budget_exceeded"
             return response.status_code
@@ -160,8 +186,9 @@ def test_300_concurrent_calls_never_pass_the_cap(gateway: RunningGateway) -> Non
     key = gateway.create_key()
     cost = one_call_cost(gateway, key["key"])
     cap = cost * Decimal("51.5")  # the first call already counts
-    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cap),
-                  hard_limit=True)
+    made = budget(
+        gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cap), hard_limit=True
+    )
     statuses = asyncio.run(_burst(gateway.url, key["key"], 300))
     served = statuses.count(200)
     assert statuses.count(429) == 300 - served and 0 < served <= 50
@@ -177,8 +204,14 @@ def test_threshold_fires_once_when_100_calls_cross_together(gateway: RunningGate
     """100 concurrent calls crossing 50 % at once produce exactly one event."""
     key = gateway.create_key()
     cost = one_call_cost(gateway, key["key"])
-    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 150),
-           alert_percentages=[50], soft_limit_percent=99)
+    budget(
+        gateway,
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=str(cost * 150),
+        alert_percentages=[50],
+        soft_limit_percent=99,
+    )
     statuses = asyncio.run(_burst(gateway.url, key["key"], 100))
     assert statuses == [200] * 100
     [event] = events(gateway, "budget.threshold_crossed")
@@ -213,13 +246,16 @@ def test_exception_raises_the_cap_until_it_expires(gateway: RunningGateway) -> N
     """A temporary raise lets calls through; at expiry the cap is back; both ends are events."""
     key = gateway.create_key()
     cost = one_call_cost(gateway, key["key"])
-    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost),
-                  hard_limit=True)
+    made = budget(
+        gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost), hard_limit=True
+    )
     with pytest.raises(openai.RateLimitError):
         one_call_cost(gateway, key["key"])
     expires = (gateway.clock.now() + timedelta(hours=2)).isoformat()
-    granted = gateway.post(f"/admin/budgets/{made['id']}/exceptions",
-                           {"percent": 300, "reason": "launch day", "expires_at": expires})
+    granted = gateway.post(
+        f"/admin/budgets/{made['id']}/exceptions",
+        {"percent": 300, "reason": "launch day", "expires_at": expires},
+    )
     assert granted["granted_by"] == "master"
     one_call_cost(gateway, key["key"])
     one_call_cost(gateway, key["key"])
@@ -238,9 +274,15 @@ def test_wallet_funds_calls_and_refuses_with_402(gateway: RunningGateway) -> Non
     key = gateway.create_key()
     cost = one_call_cost(gateway, key["key"])
     gateway.clock.advance(1)  # the wallet pays for calls from its creation on
-    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"],
-                                             "initial_topup_usd": str(cost * 3),
-                                             "low_balance_usd": str(cost * 2)})
+    wallet = gateway.post(
+        "/admin/wallets",
+        {
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "initial_topup_usd": str(cost * 3),
+            "low_balance_usd": str(cost * 2),
+        },
+    )
     assert Decimal(wallet["balance_usd"]) == cost * 3
     served = 0
     with pytest.raises(openai.APIStatusError) as info:
@@ -259,15 +301,18 @@ def test_wallet_funds_calls_and_refuses_with_402(gateway: RunningGateway) -> Non
     state = gateway.get(f"/admin/wallets/{wallet['id']}")
     assert Decimal(state["balance_usd"]) == cost * (4 - served)
     assert [t["amount_usd"] for t in gateway.get(f"/admin/wallets/{wallet['id']}/topups")] == [
-        str(cost * 3), str(cost * 2)]
+        str(cost * 3),
+        str(cost * 2),
+    ]
 
 
 def test_budget_and_wallet_each_refuse_for_their_own_reason(gateway: RunningGateway) -> None:
     """Wallet empty → 402 even with budget room; budget full → 429 even with funds."""
     key = gateway.create_key()
     cost = one_call_cost(gateway, key["key"])
-    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 100),
-                  hard_limit=True)
+    made = budget(
+        gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 100), hard_limit=True
+    )
     gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"]})
     with pytest.raises(openai.APIStatusError) as info:
         one_call_cost(gateway, key["key"])
@@ -284,9 +329,11 @@ def test_failed_calls_give_their_reservation_back(gateway: RunningGateway, fake:
     key = gateway.create_key()
     made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True)
     fake.fail_status, fake.fail_count = 503, 1
-    response = httpx.post(gateway.url + "/v1/chat/completions",
-                          headers={"authorization": f"Bearer {key['key']}"},
-                          json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 10})
+    response = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key['key']}"},
+        json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 10},
+    )
     assert response.status_code == 503
     status = gateway.get(f"/admin/budgets/{made['id']}/status")
     assert status["reserved_usd"] == "0.00" and status["spent_usd"] == "0.00"
@@ -299,8 +346,9 @@ def test_reaper_releases_a_reservation_left_behind(gateway: RunningGateway) -> N
     key = gateway.create_key()
     made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True)
     enforcer = gateway.app.services.enforcer
-    subject = Subject(key["org_id"], None, None, None, key["id"], (), "simulated", "demo-small",
-                      "chat")
+    subject = Subject(
+        key["org_id"], None, None, None, key["id"], (), "simulated", "demo-small", "chat"
+    )
     gateway.run(enforcer.admit(subject, 250_000_000))  # never settled: the caller "crashed"
     assert gateway.get(f"/admin/budgets/{made['id']}/status")["reserved_usd"] == "0.25"
     assert gateway.run(enforcer.reap()) == 0  # not expired yet
@@ -314,16 +362,19 @@ def test_a_wallets_top_ups_stop_at_a_billion_dollars(gateway: RunningGateway) ->
     counter with repeated $600M top-ups, a 503): the one past it is 422, nothing recorded,
     and the wallet still funds calls."""
     key = gateway.create_key()
-    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"],
-                                             "initial_topup_usd": "600000000"})
+    wallet = gateway.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "600000000"},
+    )
     top_ups = f"/admin/wallets/{wallet['id']}/topups"
     gateway.post(top_ups, {"amount_usd": "399999999.999999999"})
     over = gateway.admin.post(top_ups, json={"amount_usd": "0.000000002"})
     assert over.status_code == 422 and over.json()["error"]["param"] == "amount_usd"
     assert "1000000000" in over.json()["error"]["message"].replace(",", "")
     for _ in range(12):
-        assert gateway.admin.post(top_ups, json={"amount_usd": 599075043.4930649}
-                                  ).status_code == 422
+        assert (
+            gateway.admin.post(top_ups, json={"amount_usd": 599075043.4930649}).status_code == 422
+        )
     gateway.post(top_ups, {"amount_usd": "0.000000001"})
     state = gateway.get(f"/admin/wallets/{wallet['id']}")
     assert Decimal(state["balance_usd"]) == Decimal("1000000000")
@@ -337,10 +388,15 @@ def test_top_ups_at_once_cannot_pass_the_limit_together(gateway: RunningGateway)
     wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"]})
 
     async def burst() -> list[int]:
-        async with httpx.AsyncClient(base_url=gateway.url, timeout=60, headers={
-                "authorization": f"Bearer {MASTER_KEY}"}) as client:
-            sent = [client.post(f"/admin/wallets/{wallet['id']}/topups",
-                                json={"amount_usd": "600000000"}) for _ in range(4)]
+        async with httpx.AsyncClient(
+            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
+        ) as client:
+            sent = [
+                client.post(
+                    f"/admin/wallets/{wallet['id']}/topups", json={"amount_usd": "600000000"}
+                )
+                for _ in range(4)
+            ]
             return sorted(r.status_code for r in await asyncio.gather(*sent))
 
     assert asyncio.run(burst()) == [201, 422, 422, 422]

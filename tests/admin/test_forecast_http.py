@@ -17,15 +17,25 @@ def test_forecast_on_demand_and_in_status(gateway: RunningGateway) -> None:
     key = gateway.create_key()
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
     gateway.clock.set(gateway.clock.now().replace(month=3, day=1, hour=12))
-    cost = Decimal(client.chat.completions.with_raw_response.create(
-        model="demo-small", max_tokens=20,
-        messages=[{"role": "user", "content": "steady"}]).headers["x-spendgate-cost-usd"])
-    made = gateway.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                           "amount_usd": str(cost * 20), "period": "monthly"})
+    cost = Decimal(
+        client.chat.completions.with_raw_response.create(
+            model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "steady"}]
+        ).headers["x-spendgate-cost-usd"]
+    )
+    made = gateway.post(
+        "/admin/budgets",
+        {
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "amount_usd": str(cost * 20),
+            "period": "monthly",
+        },
+    )
     for _ in range(9):
         gateway.clock.advance(86400)
-        client.chat.completions.create(model="demo-small", max_tokens=20,
-                                       messages=[{"role": "user", "content": "steady"}])
+        client.chat.completions.create(
+            model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "steady"}]
+        )
     forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
     assert Decimal(forecast["spent_usd"]) == cost * 10  # the last call too: flushed first
     assert forecast["history_days"] >= 9 and forecast["method"] != "none"
@@ -51,20 +61,32 @@ def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningG
     handle = serve_in_thread(receiver)
     try:
         key = gateway.create_key()
-        endpoint = gateway.post("/admin/webhooks", {"url": handle.url + "/hook",
-                                                    "event_types": ["budget.forecast_overrun"]})
+        endpoint = gateway.post(
+            "/admin/webhooks",
+            {"url": handle.url + "/hook", "event_types": ["budget.forecast_overrun"]},
+        )
         receiver.secrets.append(endpoint["secret"])
         client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
         gateway.clock.set(gateway.clock.now().replace(month=3, day=2, hour=13))  # in UTC
-        cost = Decimal(client.chat.completions.with_raw_response.create(
-            model="demo-small", max_tokens=20,
-            messages=[{"role": "user", "content": "busy"}]).headers["x-spendgate-cost-usd"])
-        made = gateway.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                               "amount_usd": str(cost * 10), "hard_limit": True,
-                                               "hard_limit_percent": 120})
+        cost = Decimal(
+            client.chat.completions.with_raw_response.create(
+                model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "busy"}]
+            ).headers["x-spendgate-cost-usd"]
+        )
+        made = gateway.post(
+            "/admin/budgets",
+            {
+                "scope_type": "key",
+                "scope_id": key["id"],
+                "amount_usd": str(cost * 10),
+                "hard_limit": True,
+                "hard_limit_percent": 120,
+            },
+        )
         for _ in range(3):
-            client.chat.completions.create(model="demo-small", max_tokens=20,
-                                           messages=[{"role": "user", "content": "busy"}])
+            client.chat.completions.create(
+                model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "busy"}]
+            )
         gateway.run(gateway.app.services.ledger.flush())
         forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
         assert (forecast["method"], forecast["history_days"]) == ("today_rate", 0)
@@ -77,6 +99,8 @@ def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningG
         assert len(receiver.received) == 1
         assert delivered["type"] == "budget.forecast_overrun"
         assert delivered["data"]["budget_id"] == made["id"]
-        assert delivered["data"]["band_percent"] == 200 and delivered["data"]["limit"] == "hard_limit"
+        assert (
+            delivered["data"]["band_percent"] == 200 and delivered["data"]["limit"] == "hard_limit"
+        )
     finally:
         handle.stop()

@@ -70,23 +70,29 @@ def test_tpm_refuses_a_large_prompt(gateway: RunningGateway) -> None:
     key = gateway.create_key()
     limit(gateway, scope_type="key", scope_id=key["id"], model="demo-small", tpm=2000)
     client = sdk(gateway, key["key"])
-    raw = client.chat.completions.with_raw_response.create(model="demo-small", messages=MSG,
-                                                           max_tokens=50)
+    raw = client.chat.completions.with_raw_response.create(
+        model="demo-small", messages=MSG, max_tokens=50
+    )
     assert raw.headers["x-ratelimit-limit-tokens"] == "2000"
     assert 0 < int(raw.headers["x-ratelimit-remaining-tokens"]) < 2000
     with pytest.raises(openai.RateLimitError) as info:
         client.chat.completions.create(
-            model="demo-small", max_tokens=50,
-            messages=[{"role": "user", "content": "word " * 3000}])
+            model="demo-small",
+            max_tokens=50,
+            messages=[{"role": "user", "content": "word " * 3000}],
+        )
     assert "tokens" in info.value.message
 
 
 async def _concurrent(url: str, key: str, n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=30) as client:
+
         async def one() -> int:
-            response = await client.post(url + "/v1/chat/completions",
-                                         headers={"authorization": f"Bearer {key}"},
-                                         json={"model": "gpt-4o-mini", "messages": MSG})
+            response = await client.post(
+                url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "gpt-4o-mini", "messages": MSG},
+            )
             return response.status_code
 
         return await asyncio.gather(*(one() for _ in range(n)))
@@ -106,8 +112,14 @@ def test_concurrency_cap_with_slow_upstream(gateway: RunningGateway, fake: FakeU
 def test_spend_velocity_breaker_trips(gateway: RunningGateway) -> None:
     """$ per window on an expensive model stops a runaway loop; it recovers as spend ages."""
     key = gateway.create_key()
-    limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4o", max_spend_usd="0.002",
-          spend_window_seconds=600)
+    limit(
+        gateway,
+        scope_type="key",
+        scope_id=key["id"],
+        model="gpt-4o",
+        max_spend_usd="0.002",
+        spend_window_seconds=600,
+    )
     client = sdk(gateway, key["key"])
     served = 0
     with pytest.raises(openai.RateLimitError) as info:
@@ -151,15 +163,19 @@ def test_team_limit_is_shared_by_its_keys(gateway: RunningGateway) -> None:
 def test_rate_limit_admin_validation(gateway: RunningGateway) -> None:
     """No limit at all, a missing scope, a duplicate row: clear 4xx, nothing stored."""
     key = gateway.create_key()
-    empty = gateway.admin.post("/admin/rate-limits",
-                               json={"scope_type": "key", "scope_id": key["id"]})
+    empty = gateway.admin.post(
+        "/admin/rate-limits", json={"scope_type": "key", "scope_id": key["id"]}
+    )
     assert empty.status_code == 422 and empty.json()["error"]["param"] == "rpm"
-    missing = gateway.admin.post("/admin/rate-limits",
-                                 json={"scope_type": "key", "scope_id": "key_x", "rpm": 1})
+    missing = gateway.admin.post(
+        "/admin/rate-limits", json={"scope_type": "key", "scope_id": "key_x", "rpm": 1}
+    )
     assert missing.status_code == 422 and missing.json()["error"]["param"] == "scope_id"
     made = limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4o", rpm=10)
-    again = gateway.admin.post("/admin/rate-limits", json={
-        "scope_type": "key", "scope_id": key["id"], "model": "gpt-4o", "rpm": 20})
+    again = gateway.admin.post(
+        "/admin/rate-limits",
+        json={"scope_type": "key", "scope_id": key["id"], "model": "gpt-4o", "rpm": 20},
+    )
     assert again.status_code == 409
     patched = gateway.admin.patch(f"/admin/rate-limits/{made['id']}", json={"tpm": 5000})
     assert patched.status_code == 200 and patched.json()["tpm"] == 5000

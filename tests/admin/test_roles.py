@@ -49,32 +49,46 @@ class Ctx:
         return result
 
     def key(self) -> str:
-        return self.post("/admin/keys", {"name": f"k{next(_n)}", "org_id": self.org_id,
-                                         "team_id": self.team_id})["id"]
+        return self.post(
+            "/admin/keys", {"name": f"k{next(_n)}", "org_id": self.org_id, "team_id": self.team_id}
+        )["id"]
 
     def user(self, role: str = "member") -> str:
-        return self.post("/admin/users", {"email": f"u{next(_n)}@example.com", "role": role,
-                                          "team_ids": [self.team_id]})["id"]
+        return self.post(
+            "/admin/users",
+            {"email": f"u{next(_n)}@example.com", "role": role, "team_ids": [self.team_id]},
+        )["id"]
 
     def agent(self) -> str:
         return self.post("/admin/agents", {"name": f"a{next(_n)}", "team_id": self.team_id})["id"]
 
     def budget(self) -> str:
-        return self.post("/admin/budgets", {"scope_type": "team", "scope_id": self.team_id,
-                                            "amount_usd": "100"})["id"]
+        return self.post(
+            "/admin/budgets", {"scope_type": "team", "scope_id": self.team_id, "amount_usd": "100"}
+        )["id"]
 
     def wallet(self) -> str:
-        return self.post("/admin/wallets", {"scope_type": "team", "scope_id": self.team_id,
-                                            "initial_topup_usd": "5"})["id"]
+        return self.post(
+            "/admin/wallets",
+            {"scope_type": "team", "scope_id": self.team_id, "initial_topup_usd": "5"},
+        )["id"]
 
     def limit(self) -> str:
-        return self.post("/admin/rate-limits", {"scope_type": "team", "scope_id": self.team_id,
-                                                "model": f"m{next(_n)}-*", "rpm": 10})["id"]
+        return self.post(
+            "/admin/rate-limits",
+            {"scope_type": "team", "scope_id": self.team_id, "model": f"m{next(_n)}-*", "rpm": 10},
+        )["id"]
 
     def webhook(self) -> str:
-        return self.post("/admin/webhooks", {"url": "http://127.0.0.1:9/hook",
-                                             "event_types": ["key.created"],
-                                             "scope_type": "team", "scope_id": self.team_id})["id"]
+        return self.post(
+            "/admin/webhooks",
+            {
+                "url": "http://127.0.0.1:9/hook",
+                "event_types": ["key.created"],
+                "scope_type": "team",
+                "scope_id": self.team_id,
+            },
+        )["id"]
 
     def delivery(self) -> tuple[str, str]:
         endpoint = self.webhook()
@@ -83,15 +97,27 @@ class Ctx:
         return endpoint, rows[0]["id"]
 
     def token(self, user_id: str | None = None) -> str:
-        return self.post("/admin/tokens", {"user_id": user_id or self.user(VW),
-                                           "name": f"t{next(_n)}"})["id"]
+        return self.post(
+            "/admin/tokens", {"user_id": user_id or self.user(VW), "name": f"t{next(_n)}"}
+        )["id"]
 
     def notification(self, user_id: str) -> str:
         notification_id = new_id("ntf")
-        row = {"id": notification_id, "user_id": user_id, "event_id": None, "type": "key.created",
-               "severity": "info", "title": "t", "body": "b", "link": None, "data": {},
-               "created_at": self.gw.clock.now(), "read_at": None, "digest_state": None,
-               "digest_id": None}
+        row = {
+            "id": notification_id,
+            "user_id": user_id,
+            "event_id": None,
+            "type": "key.created",
+            "severity": "info",
+            "title": "t",
+            "body": "b",
+            "link": None,
+            "data": {},
+            "created_at": self.gw.clock.now(),
+            "read_at": None,
+            "digest_state": None,
+            "digest_id": None,
+        }
 
         async def insert() -> None:
             async with self.gw.app.services.engine.begin() as conn:
@@ -148,149 +174,285 @@ def _future() -> str:
 
 RULES: dict[tuple[str, str], Rule] = {
     # directory
-    ("POST", "/admin/orgs"): Rule(NONE, lambda c, x: Call("POST", "/admin/orgs",
-                                                          {"name": "new"}), 201, None),
-    ("GET", "/admin/orgs"): Rule(ALL, get("/admin/orgs"), other=None,
-                                 marker=lambda c, x: _other_org(c, x)),
+    ("POST", "/admin/orgs"): Rule(
+        NONE, lambda c, x: Call("POST", "/admin/orgs", {"name": "new"}), 201, None
+    ),
+    ("GET", "/admin/orgs"): Rule(
+        ALL, get("/admin/orgs"), other=None, marker=lambda c, x: _other_org(c, x)
+    ),
     ("GET", "/admin/orgs/{org_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/orgs/{x.org_id}"),
+        ALL,
+        lambda c, x: Call("GET", f"/admin/orgs/{x.org_id}"),
         # team roles' "other" is a team of their own org, and everyone reads their own org
-        same_org=200),
-    ("POST", "/admin/teams"): Rule(frozenset({OA}), lambda c, x: Call(
-        "POST", "/admin/teams", {"org_id": x.org_id, "name": "t"}), 201, 422),
-    ("GET", "/admin/teams"): Rule(ALL, get("/admin/teams"), other=None,
-                                  marker=lambda c, x: x.team_id),
+        same_org=200,
+    ),
+    ("POST", "/admin/teams"): Rule(
+        frozenset({OA}),
+        lambda c, x: Call("POST", "/admin/teams", {"org_id": x.org_id, "name": "t"}),
+        201,
+        422,
+    ),
+    ("GET", "/admin/teams"): Rule(
+        ALL, get("/admin/teams"), other=None, marker=lambda c, x: x.team_id
+    ),
     ("GET", "/admin/teams/{team_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/teams/{x.team_id}")),
-    ("POST", "/admin/users"): Rule(frozenset({OA, TA}), lambda c, x: Call(
-        "POST", "/admin/users", {"email": f"n{next(_n)}@example.com", "role": "viewer",
-                                 "team_ids": [x.team_id]}), 201, 422),
-    ("GET", "/admin/users"): Rule(ALL, get("/admin/users"), other=None,
-                                  marker=lambda c, x: x.user_id),
+        ALL, lambda c, x: Call("GET", f"/admin/teams/{x.team_id}")
+    ),
+    ("POST", "/admin/users"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call(
+            "POST",
+            "/admin/users",
+            {"email": f"n{next(_n)}@example.com", "role": "viewer", "team_ids": [x.team_id]},
+        ),
+        201,
+        422,
+    ),
+    ("GET", "/admin/users"): Rule(
+        ALL, get("/admin/users"), other=None, marker=lambda c, x: x.user_id
+    ),
     ("GET", "/admin/users/{user_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/users/{x.user()}")),
-    ("PATCH", "/admin/users/{user_id}"): Rule(frozenset({OA, TA}), lambda c, x: Call(
-        "PATCH", f"/admin/users/{x.user()}", {"role": "viewer"})),
-    ("POST", "/admin/agents"): Rule(frozenset({OA, TA}), lambda c, x: Call(
-        "POST", "/admin/agents", {"name": "a", "team_id": x.team_id}), 201, 422),
-    ("GET", "/admin/agents"): Rule(ALL, get("/admin/agents"), other=None,
-                                   marker=lambda c, x: x.marker_key["agent"]),
+        ALL, lambda c, x: Call("GET", f"/admin/users/{x.user()}")
+    ),
+    ("PATCH", "/admin/users/{user_id}"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call("PATCH", f"/admin/users/{x.user()}", {"role": "viewer"}),
+    ),
+    ("POST", "/admin/agents"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call("POST", "/admin/agents", {"name": "a", "team_id": x.team_id}),
+        201,
+        422,
+    ),
+    ("GET", "/admin/agents"): Rule(
+        ALL, get("/admin/agents"), other=None, marker=lambda c, x: x.marker_key["agent"]
+    ),
     ("GET", "/admin/agents/{agent_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/agents/{x.agent()}")),
+        ALL, lambda c, x: Call("GET", f"/admin/agents/{x.agent()}")
+    ),
     # keys
-    ("POST", "/admin/keys"): Rule(frozenset({OA, TA}), lambda c, x: Call(
-        "POST", "/admin/keys", {"name": "k", "org_id": x.org_id, "team_id": x.team_id}),
-        201, 422),
-    ("GET", "/admin/keys"): Rule(frozenset({OA, TA, VW}), get("/admin/keys"), other=None,
-                                 marker=lambda c, x: x.marker_key["key"]),
+    ("POST", "/admin/keys"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call(
+            "POST", "/admin/keys", {"name": "k", "org_id": x.org_id, "team_id": x.team_id}
+        ),
+        201,
+        422,
+    ),
+    ("GET", "/admin/keys"): Rule(
+        frozenset({OA, TA, VW}),
+        get("/admin/keys"),
+        other=None,
+        marker=lambda c, x: x.marker_key["key"],
+    ),
     ("GET", "/admin/keys/{key_id}"): Rule(
-        frozenset({OA, TA, VW}), lambda c, x: Call("GET", f"/admin/keys/{x.key()}")),
+        frozenset({OA, TA, VW}), lambda c, x: Call("GET", f"/admin/keys/{x.key()}")
+    ),
     ("POST", "/admin/keys/{key_id}/revoke"): Rule(
-        frozenset({OA, TA}), lambda c, x: Call("POST", f"/admin/keys/{x.key()}/revoke")),
+        frozenset({OA, TA}), lambda c, x: Call("POST", f"/admin/keys/{x.key()}/revoke")
+    ),
     ("POST", "/admin/keys/{key_id}/rotate"): Rule(
-        frozenset({OA, TA}), lambda c, x: Call("POST", f"/admin/keys/{x.key()}/rotate")),
+        frozenset({OA, TA}), lambda c, x: Call("POST", f"/admin/keys/{x.key()}/rotate")
+    ),
     # usage and events
-    ("GET", "/admin/usage"): Rule(ALL, get("/admin/usage", group_by="team"), other=None,
-                                  marker=lambda c, x: x.team_id),
-    ("GET", "/admin/events"): Rule(frozenset({OA, FIN}), get("/admin/events", limit=1000),
-                                   other=None, marker=lambda c, x: x.marker_key["key"]),
+    ("GET", "/admin/usage"): Rule(
+        ALL, get("/admin/usage", group_by="team"), other=None, marker=lambda c, x: x.team_id
+    ),
+    ("GET", "/admin/events"): Rule(
+        frozenset({OA, FIN}),
+        get("/admin/events", limit=1000),
+        other=None,
+        marker=lambda c, x: x.marker_key["key"],
+    ),
     # budgets
-    ("POST", "/admin/budgets"): Rule(frozenset({OA, FIN, TA}), lambda c, x: Call(
-        "POST", "/admin/budgets", {"scope_type": "team", "scope_id": x.team_id,
-                                   "amount_usd": "10"}), 201, 422),
-    ("GET", "/admin/budgets"): Rule(ALL, get("/admin/budgets"), other=None,
-                                    marker=lambda c, x: x.marker_key["budget"]),
+    ("POST", "/admin/budgets"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call(
+            "POST",
+            "/admin/budgets",
+            {"scope_type": "team", "scope_id": x.team_id, "amount_usd": "10"},
+        ),
+        201,
+        422,
+    ),
+    ("GET", "/admin/budgets"): Rule(
+        ALL, get("/admin/budgets"), other=None, marker=lambda c, x: x.marker_key["budget"]
+    ),
     ("GET", "/admin/budgets/{budget_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/budgets/{x.budget()}")),
-    ("PATCH", "/admin/budgets/{budget_id}"): Rule(frozenset({OA, FIN, TA}), lambda c, x: Call(
-        "PATCH", f"/admin/budgets/{x.budget()}", {"amount_usd": "20"})),
-    ("DELETE", "/admin/budgets/{budget_id}"): Rule(frozenset({OA, FIN, TA}), lambda c, x: Call(
-        "DELETE", f"/admin/budgets/{x.budget()}"), 204),
+        ALL, lambda c, x: Call("GET", f"/admin/budgets/{x.budget()}")
+    ),
+    ("PATCH", "/admin/budgets/{budget_id}"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call("PATCH", f"/admin/budgets/{x.budget()}", {"amount_usd": "20"}),
+    ),
+    ("DELETE", "/admin/budgets/{budget_id}"): Rule(
+        frozenset({OA, FIN, TA}), lambda c, x: Call("DELETE", f"/admin/budgets/{x.budget()}"), 204
+    ),
     ("GET", "/admin/budgets/{budget_id}/status"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/budgets/{x.budget()}/status")),
+        ALL, lambda c, x: Call("GET", f"/admin/budgets/{x.budget()}/status")
+    ),
     ("POST", "/admin/budgets/{budget_id}/exceptions"): Rule(
-        frozenset({OA, FIN, TA}), lambda c, x: Call(
-            "POST", f"/admin/budgets/{x.budget()}/exceptions",
-            {"amount_usd": "5", "reason": "launch", "expires_at": _future()}), 201),
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call(
+            "POST",
+            f"/admin/budgets/{x.budget()}/exceptions",
+            {"amount_usd": "5", "reason": "launch", "expires_at": _future()},
+        ),
+        201,
+    ),
     ("GET", "/admin/budgets/{budget_id}/exceptions"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/budgets/{x.budget()}/exceptions")),
+        ALL, lambda c, x: Call("GET", f"/admin/budgets/{x.budget()}/exceptions")
+    ),
     ("GET", "/admin/forecasts/{budget_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/forecasts/{x.budget()}")),
-    ("POST", "/admin/forecasts/refresh"): Rule(frozenset({OA, FIN}), lambda c, x: Call(
-        "POST", "/admin/forecasts/refresh"), 200, None),
+        ALL, lambda c, x: Call("GET", f"/admin/forecasts/{x.budget()}")
+    ),
+    ("POST", "/admin/forecasts/refresh"): Rule(
+        frozenset({OA, FIN}), lambda c, x: Call("POST", "/admin/forecasts/refresh"), 200, None
+    ),
     # wallets
-    ("POST", "/admin/wallets"): Rule(frozenset({OA, FIN}), lambda c, x: Call(
-        "POST", "/admin/wallets", {"scope_type": "team", "scope_id": x.team_id}), 201, 422),
-    ("GET", "/admin/wallets"): Rule(ALL, get("/admin/wallets"), other=None,
-                                    marker=lambda c, x: x.marker_key["wallet"]),
+    ("POST", "/admin/wallets"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("POST", "/admin/wallets", {"scope_type": "team", "scope_id": x.team_id}),
+        201,
+        422,
+    ),
+    ("GET", "/admin/wallets"): Rule(
+        ALL, get("/admin/wallets"), other=None, marker=lambda c, x: x.marker_key["wallet"]
+    ),
     ("GET", "/admin/wallets/{wallet_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/wallets/{x.wallet()}")),
-    ("POST", "/admin/wallets/{wallet_id}/topups"): Rule(frozenset({OA, FIN}), lambda c, x: Call(
-        "POST", f"/admin/wallets/{x.wallet()}/topups", {"amount_usd": "1"}), 201),
+        ALL, lambda c, x: Call("GET", f"/admin/wallets/{x.wallet()}")
+    ),
+    ("POST", "/admin/wallets/{wallet_id}/topups"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("POST", f"/admin/wallets/{x.wallet()}/topups", {"amount_usd": "1"}),
+        201,
+    ),
     ("GET", "/admin/wallets/{wallet_id}/topups"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/wallets/{x.wallet()}/topups")),
+        ALL, lambda c, x: Call("GET", f"/admin/wallets/{x.wallet()}/topups")
+    ),
     # rate limits
-    ("POST", "/admin/rate-limits"): Rule(frozenset({OA, TA}), lambda c, x: Call(
-        "POST", "/admin/rate-limits", {"scope_type": "team", "scope_id": x.team_id,
-                                       "model": f"p{next(_n)}-*", "rpm": 5}), 201, 422),
-    ("GET", "/admin/rate-limits"): Rule(ALL, get("/admin/rate-limits"), other=None,
-                                        marker=lambda c, x: x.marker_key["limit"]),
+    ("POST", "/admin/rate-limits"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call(
+            "POST",
+            "/admin/rate-limits",
+            {"scope_type": "team", "scope_id": x.team_id, "model": f"p{next(_n)}-*", "rpm": 5},
+        ),
+        201,
+        422,
+    ),
+    ("GET", "/admin/rate-limits"): Rule(
+        ALL, get("/admin/rate-limits"), other=None, marker=lambda c, x: x.marker_key["limit"]
+    ),
     ("GET", "/admin/rate-limits/{limit_id}"): Rule(
-        ALL, lambda c, x: Call("GET", f"/admin/rate-limits/{x.limit()}")),
-    ("PATCH", "/admin/rate-limits/{limit_id}"): Rule(frozenset({OA, TA}), lambda c, x: Call(
-        "PATCH", f"/admin/rate-limits/{x.limit()}", {"rpm": 7})),
-    ("DELETE", "/admin/rate-limits/{limit_id}"): Rule(frozenset({OA, TA}), lambda c, x: Call(
-        "DELETE", f"/admin/rate-limits/{x.limit()}"), 204),
+        ALL, lambda c, x: Call("GET", f"/admin/rate-limits/{x.limit()}")
+    ),
+    ("PATCH", "/admin/rate-limits/{limit_id}"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call("PATCH", f"/admin/rate-limits/{x.limit()}", {"rpm": 7}),
+    ),
+    ("DELETE", "/admin/rate-limits/{limit_id}"): Rule(
+        frozenset({OA, TA}), lambda c, x: Call("DELETE", f"/admin/rate-limits/{x.limit()}"), 204
+    ),
     # webhooks (org admins only: they hold secrets)
-    ("POST", "/admin/webhooks"): Rule(frozenset({OA}), lambda c, x: Call(
-        "POST", "/admin/webhooks", {"url": "http://127.0.0.1:9/h", "scope_type": "team",
-                                    "scope_id": x.team_id}), 201, 422),
-    ("GET", "/admin/webhooks"): Rule(frozenset({OA}), get("/admin/webhooks"), other=None,
-                                     marker=lambda c, x: x.marker_key["webhook"]),
+    ("POST", "/admin/webhooks"): Rule(
+        frozenset({OA}),
+        lambda c, x: Call(
+            "POST",
+            "/admin/webhooks",
+            {"url": "http://127.0.0.1:9/h", "scope_type": "team", "scope_id": x.team_id},
+        ),
+        201,
+        422,
+    ),
+    ("GET", "/admin/webhooks"): Rule(
+        frozenset({OA}),
+        get("/admin/webhooks"),
+        other=None,
+        marker=lambda c, x: x.marker_key["webhook"],
+    ),
     ("GET", "/admin/webhooks/{endpoint_id}"): Rule(
-        frozenset({OA}), lambda c, x: Call("GET", f"/admin/webhooks/{x.webhook()}")),
-    ("PATCH", "/admin/webhooks/{endpoint_id}"): Rule(frozenset({OA}), lambda c, x: Call(
-        "PATCH", f"/admin/webhooks/{x.webhook()}", {"description": "changed"})),
-    ("DELETE", "/admin/webhooks/{endpoint_id}"): Rule(frozenset({OA}), lambda c, x: Call(
-        "DELETE", f"/admin/webhooks/{x.webhook()}"), 204),
+        frozenset({OA}), lambda c, x: Call("GET", f"/admin/webhooks/{x.webhook()}")
+    ),
+    ("PATCH", "/admin/webhooks/{endpoint_id}"): Rule(
+        frozenset({OA}),
+        lambda c, x: Call("PATCH", f"/admin/webhooks/{x.webhook()}", {"description": "changed"}),
+    ),
+    ("DELETE", "/admin/webhooks/{endpoint_id}"): Rule(
+        frozenset({OA}), lambda c, x: Call("DELETE", f"/admin/webhooks/{x.webhook()}"), 204
+    ),
     ("POST", "/admin/webhooks/{endpoint_id}/rotate-secret"): Rule(
-        frozenset({OA}), lambda c, x: Call("POST", f"/admin/webhooks/{x.webhook()}/rotate-secret")),
+        frozenset({OA}), lambda c, x: Call("POST", f"/admin/webhooks/{x.webhook()}/rotate-secret")
+    ),
     ("GET", "/admin/webhooks/{endpoint_id}/deliveries"): Rule(
-        frozenset({OA}), lambda c, x: Call("GET", f"/admin/webhooks/{x.webhook()}/deliveries")),
+        frozenset({OA}), lambda c, x: Call("GET", f"/admin/webhooks/{x.webhook()}/deliveries")
+    ),
     ("POST", "/admin/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver"): Rule(
-        frozenset({OA}), lambda c, x: Call(
-            "POST", "/admin/webhooks/{}/deliveries/{}/redeliver".format(*x.delivery())), 202),
+        frozenset({OA}),
+        lambda c, x: Call(
+            "POST", "/admin/webhooks/{}/deliveries/{}/redeliver".format(*x.delivery())
+        ),
+        202,
+    ),
     # notifications: one's own; an org admin may name a user of the org
-    ("GET", "/admin/notifications"): Rule(ALL, lambda c, x: Call(
-        "GET", "/admin/notifications", params={"user_id": _reader(c, x)})),
-    ("POST", "/admin/notifications/read-all"): Rule(ALL, lambda c, x: Call(
-        "POST", "/admin/notifications/read-all", params={"user_id": _reader(c, x)})),
-    ("POST", "/admin/notifications/{notification_id}/read"): Rule(ALL, lambda c, x: Call(
-        "POST", f"/admin/notifications/{x.notification(_reader(c, x))}/read")),
-    ("GET", "/admin/users/{user_id}/notification-preferences"): Rule(ALL, lambda c, x: Call(
-        "GET", f"/admin/users/{_reader(c, x)}/notification-preferences")),
-    ("PUT", "/admin/users/{user_id}/notification-preferences"): Rule(ALL, lambda c, x: Call(
-        "PUT", f"/admin/users/{_reader(c, x)}/notification-preferences",
-        {"event_types": ["budget.*"], "digest": False})),
+    ("GET", "/admin/notifications"): Rule(
+        ALL, lambda c, x: Call("GET", "/admin/notifications", params={"user_id": _reader(c, x)})
+    ),
+    ("POST", "/admin/notifications/read-all"): Rule(
+        ALL,
+        lambda c, x: Call(
+            "POST", "/admin/notifications/read-all", params={"user_id": _reader(c, x)}
+        ),
+    ),
+    ("POST", "/admin/notifications/{notification_id}/read"): Rule(
+        ALL, lambda c, x: Call("POST", f"/admin/notifications/{x.notification(_reader(c, x))}/read")
+    ),
+    ("GET", "/admin/users/{user_id}/notification-preferences"): Rule(
+        ALL, lambda c, x: Call("GET", f"/admin/users/{_reader(c, x)}/notification-preferences")
+    ),
+    ("PUT", "/admin/users/{user_id}/notification-preferences"): Rule(
+        ALL,
+        lambda c, x: Call(
+            "PUT",
+            f"/admin/users/{_reader(c, x)}/notification-preferences",
+            {"event_types": ["budget.*"], "digest": False},
+        ),
+    ),
     # audit
-    ("GET", "/admin/audit"): Rule(ALL, get("/admin/audit", limit=1000), other=None,
-                                  marker=lambda c, x: x.marker_key["key"]),
-    ("GET", "/admin/audit/export"): Rule(ALL, get("/admin/audit/export"), other=None,
-                                         marker=lambda c, x: x.marker_key["key"]),
-    ("GET", "/admin/audit/verify"): Rule(frozenset({OA, FIN}), get("/admin/audit/verify"),
-                                         other=None),
-    ("POST", "/admin/audit/purge"): Rule(NONE, lambda c, x: Call(
-        "POST", "/admin/audit/purge", {"before": "2020-01-01T00:00:00Z"}), 200, None),
+    ("GET", "/admin/audit"): Rule(
+        ALL, get("/admin/audit", limit=1000), other=None, marker=lambda c, x: x.marker_key["key"]
+    ),
+    ("GET", "/admin/audit/export"): Rule(
+        ALL, get("/admin/audit/export"), other=None, marker=lambda c, x: x.marker_key["key"]
+    ),
+    ("GET", "/admin/audit/verify"): Rule(
+        frozenset({OA, FIN}), get("/admin/audit/verify"), other=None
+    ),
+    ("POST", "/admin/audit/purge"): Rule(
+        NONE,
+        lambda c, x: Call("POST", "/admin/audit/purge", {"before": "2020-01-01T00:00:00Z"}),
+        200,
+        None,
+    ),
     # admin tokens: one's own; an org admin's whole org
-    ("POST", "/admin/tokens"): Rule(ALL, lambda c, x: Call(
-        "POST", "/admin/tokens", {"user_id": _reader(c, x), "name": "mine"}), 201, 422),
-    ("GET", "/admin/tokens"): Rule(ALL, get("/admin/tokens"), other=None,
-                                   marker=lambda c, x: c.token_id if x is c.own
-                                   else x.marker_key["token"]),
-    ("GET", "/admin/tokens/{token_id}"): Rule(ALL, lambda c, x: Call(
-        "GET", f"/admin/tokens/{_token_of(c, x)}")),
-    ("POST", "/admin/tokens/{token_id}/revoke"): Rule(ALL, lambda c, x: Call(
-        "POST", f"/admin/tokens/{_token_of(c, x)}/revoke")),
+    ("POST", "/admin/tokens"): Rule(
+        ALL,
+        lambda c, x: Call("POST", "/admin/tokens", {"user_id": _reader(c, x), "name": "mine"}),
+        201,
+        422,
+    ),
+    ("GET", "/admin/tokens"): Rule(
+        ALL,
+        get("/admin/tokens"),
+        other=None,
+        marker=lambda c, x: c.token_id if x is c.own else x.marker_key["token"],
+    ),
+    ("GET", "/admin/tokens/{token_id}"): Rule(
+        ALL, lambda c, x: Call("GET", f"/admin/tokens/{_token_of(c, x)}")
+    ),
+    ("POST", "/admin/tokens/{token_id}/revoke"): Rule(
+        ALL, lambda c, x: Call("POST", f"/admin/tokens/{_token_of(c, x)}/revoke")
+    ),
 }
 
 
@@ -312,27 +474,42 @@ def _token_of(caller: Caller, ctx: Ctx) -> str:
 def build_world(gw: RunningGateway) -> dict[str, Caller]:
     org_a = gw.post("/admin/orgs", {"name": "A"})["id"]
     org_b = gw.post("/admin/orgs", {"name": "B"})["id"]
-    teams = {name: gw.post("/admin/teams", {"org_id": org, "name": name})["id"]
-             for name, org in (("T1", org_a), ("T2", org_a), ("TB", org_b))}
-    ctx = {name: Ctx(gw, org_a if name != "TB" else org_b, team_id)
-           for name, team_id in teams.items()}
+    teams = {
+        name: gw.post("/admin/teams", {"org_id": org, "name": name})["id"]
+        for name, org in (("T1", org_a), ("T2", org_a), ("TB", org_b))
+    }
+    ctx = {
+        name: Ctx(gw, org_a if name != "TB" else org_b, team_id) for name, team_id in teams.items()
+    }
     for c in ctx.values():
         c.user_id = c.user(VW)
-        key = gw.post("/admin/keys", {"name": "marker", "org_id": c.org_id,
-                                      "team_id": c.team_id})
-        c.marker_key = {"key": key["id"], "agent": c.agent(), "budget": c.budget(),
-                        "wallet": c.wallet(), "limit": c.limit(), "webhook": c.webhook(),
-                        "token": c.token(c.user_id)}
+        key = gw.post("/admin/keys", {"name": "marker", "org_id": c.org_id, "team_id": c.team_id})
+        c.marker_key = {
+            "key": key["id"],
+            "agent": c.agent(),
+            "budget": c.budget(),
+            "wallet": c.wallet(),
+            "limit": c.limit(),
+            "webhook": c.webhook(),
+            "token": c.token(c.user_id),
+        }
         # a priced call per team, so usage has a row to show (or hide)
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
-        client.chat.completions.create(model="demo-small",
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="demo-small", messages=[{"role": "user", "content": "hi"}]
+        )
     callers = {}
     for role in ROLES:
         other = ctx["TB"] if role in (OA, FIN) else ctx["T2"]
-        user = gw.post("/admin/users", {"email": f"{role}@a.example", "role": role,
-                                        "team_ids": [teams["T1"]] if role in (TA, VW) else [],
-                                        "org_id": org_a})["id"]
+        user = gw.post(
+            "/admin/users",
+            {
+                "email": f"{role}@a.example",
+                "role": role,
+                "team_ids": [teams["T1"]] if role in (TA, VW) else [],
+                "org_id": org_a,
+            },
+        )["id"]
         token = gw.post("/admin/tokens", {"user_id": user, "name": role})
         callers[role] = Caller(role, user, token["token"], token["id"], ctx["T1"], other)
     return callers
@@ -351,19 +528,25 @@ def _expect(rule: Rule, caller: Caller, own: bool) -> int | None:
 def test_role_table(gateway: RunningGateway) -> None:
     gw = gateway
     spec = gw.get("/openapi.json")
-    routes = {(method.upper(), path) for path, ops in spec["paths"].items()
-              for method in ops if path.startswith("/admin")}
+    routes = {
+        (method.upper(), path)
+        for path, ops in spec["paths"].items()
+        for method in ops
+        if path.startswith("/admin")
+    }
     assert routes, "the OpenAPI document lists no admin routes"
     assert routes == set(RULES), (
         f"routes without a rule: {sorted(routes - set(RULES))}; "
-        f"rules without a route: {sorted(set(RULES) - routes)}")
+        f"rules without a route: {sorted(set(RULES) - routes)}"
+    )
     callers = build_world(gw)
     failures: list[str] = []
     checked = 0
     for (method, path), rule in sorted(RULES.items()):
         for role, caller in callers.items():
-            client = httpx.Client(base_url=gw.url,
-                                  headers={"authorization": f"Bearer {caller.token}"})
+            client = httpx.Client(
+                base_url=gw.url, headers={"authorization": f"Bearer {caller.token}"}
+            )
             for own in (True, False):
                 ctx = caller.own if own else caller.other
                 expected = _expect(rule, caller, own)
@@ -372,13 +555,15 @@ def test_role_table(gateway: RunningGateway) -> None:
                 if expected is None:
                     expected = rule.ok
                 call = rule.build(caller, ctx)
-                response = client.request(call.method, call.path, json=call.json,
-                                          params=call.params)
+                response = client.request(
+                    call.method, call.path, json=call.json, params=call.params
+                )
                 checked += 1
                 where = f"{method} {path} as {role} on {'own' if own else 'other'}"
                 if response.status_code != expected:
-                    failures.append(f"{where}: {response.status_code} != {expected}: "
-                                    f"{response.text[:200]}")
+                    failures.append(
+                        f"{where}: {response.status_code} != {expected}: {response.text[:200]}"
+                    )
                     continue
                 marker = rule.marker(caller, ctx) if rule.marker else None
                 if marker is not None and role in rule.allowed:
@@ -396,8 +581,9 @@ def test_role_table_covers_master_and_members(gateway: RunningGateway) -> None:
     gw = gateway
     org = gw.post("/admin/orgs", {"name": "A"})["id"]
     team = gw.post("/admin/teams", {"org_id": org, "name": "T"})["id"]
-    member = gw.post("/admin/users", {"email": "m@a.example", "role": "member",
-                                      "team_ids": [team]})["id"]
+    member = gw.post(
+        "/admin/users", {"email": "m@a.example", "role": "member", "team_ids": [team]}
+    )["id"]
     refused = gw.admin.post("/admin/tokens", json={"user_id": member, "name": "m"})
     assert refused.status_code == 422 and refused.json()["error"]["param"] == "user_id"
     key = gw.create_key(org_id=org, team_id=team)["key"]
@@ -426,8 +612,7 @@ def test_role_change_is_audited_and_takes_effect(gateway: RunningGateway) -> Non
     gw = gateway
     org = gw.post("/admin/orgs", {"name": "A"})["id"]
     team = gw.post("/admin/teams", {"org_id": org, "name": "T"})["id"]
-    user = gw.post("/admin/users", {"email": "v@a.example", "role": VW,
-                                    "team_ids": [team]})["id"]
+    user = gw.post("/admin/users", {"email": "v@a.example", "role": VW, "team_ids": [team]})["id"]
     token = gw.post("/admin/tokens", {"user_id": user, "name": "v"})["token"]
     headers = {"authorization": f"Bearer {token}"}
     body = {"scope_type": "team", "scope_id": team, "amount_usd": "10"}
@@ -438,10 +623,8 @@ def test_role_change_is_audited_and_takes_effect(gateway: RunningGateway) -> Non
     assert changed.status_code == 200 and changed.json()["role"] == TA
     assert httpx.post(f"{gw.url}/admin/budgets", json=body, headers=headers).status_code == 201
     # a team admin may not hand out org-wide roles
-    other = gw.post("/admin/users", {"email": "w@a.example", "role": VW,
-                                     "team_ids": [team]})["id"]
-    escalate = httpx.patch(f"{gw.url}/admin/users/{other}", json={"role": FIN},
-                           headers=headers)
+    other = gw.post("/admin/users", {"email": "w@a.example", "role": VW, "team_ids": [team]})["id"]
+    escalate = httpx.patch(f"{gw.url}/admin/users/{other}", json={"role": FIN}, headers=headers)
     assert escalate.status_code == 403
     entries = gw.get("/admin/audit", action="user.role_changed")["entries"]
     assert len(entries) == 1
@@ -458,21 +641,19 @@ def test_team_scoped_audit_and_usage(gateway: RunningGateway) -> None:
     org = gw.post("/admin/orgs", {"name": "A"})["id"]
     t1, t2 = (gw.post("/admin/teams", {"org_id": org, "name": n})["id"] for n in ("1", "2"))
     keys = {t: gw.create_key(org_id=org, team_id=t) for t in (t1, t2)}
-    viewer = gw.post("/admin/users", {"email": "v@a.example", "role": VW,
-                                      "team_ids": [t1]})["id"]
+    viewer = gw.post("/admin/users", {"email": "v@a.example", "role": VW, "team_ids": [t1]})["id"]
     token = gw.post("/admin/tokens", {"user_id": viewer, "name": "v"})["token"]
     for key in keys.values():
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
-        client.chat.completions.create(model="demo-small",
-                                       messages=[{"role": "user", "content": "hi"}])
+        client.chat.completions.create(
+            model="demo-small", messages=[{"role": "user", "content": "hi"}]
+        )
     headers = {"authorization": f"Bearer {token}"}
     entries = httpx.get(f"{gw.url}/admin/audit", headers=headers).json()["entries"]
     targets = {e["target_id"] for e in entries}
     assert keys[t1]["id"] in targets and keys[t2]["id"] not in targets
-    usage = httpx.get(f"{gw.url}/admin/usage", params={"group_by": "team"},
-                      headers=headers).json()
+    usage = httpx.get(f"{gw.url}/admin/usage", params={"group_by": "team"}, headers=headers).json()
     assert [r["team"] for r in usage["rows"]] == [t1]
     everything = gw.get("/admin/usage", group_by="team")
     assert {r["team"] for r in everything["rows"]} == {t1, t2}
     assert MASTER_KEY not in str(entries)
-

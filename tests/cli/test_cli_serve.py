@@ -38,10 +38,27 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]
     config.write_text("[gateway]\nledger_flush_seconds = 3600\nledger_batch_size = 100000\n")
     db = tmp_path / "served.db"
     port = free_port()
-    env = {**os.environ, "SPENDGATE_MASTER_KEY": MASTER, "SPENDGATE_DATABASE_URL": f"sqlite:///{db}"}
+    env = {
+        **os.environ,
+        "SPENDGATE_MASTER_KEY": MASTER,
+        "SPENDGATE_DATABASE_URL": f"sqlite:///{db}",
+    }
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spendgate", "serve", "--demo", "--config", str(config),
-         "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "spendgate",
+            "serve",
+            "--demo",
+            "--config",
+            str(config),
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -60,8 +77,9 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]
 
 
 def run_cli(url: str, *args: str) -> object:
-    result = CliRunner().invoke(cli, [*args, "--url", url, "--json"],
-                                env={"SPENDGATE_MASTER_KEY": MASTER})
+    result = CliRunner().invoke(
+        cli, [*args, "--url", url, "--json"], env={"SPENDGATE_MASTER_KEY": MASTER}
+    )
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
 
@@ -75,22 +93,42 @@ def test_cli_creates_objects_and_sigterm_flushes_the_ledger(
     team = run_cli(url, "teams", "create", "search", "--org", org["id"])  # type: ignore[index]
     user = run_cli(url, "users", "create", "ana@acme.io", "--teams", team["id"])  # type: ignore[index]
     agent = run_cli(url, "agents", "create", "crawler", "--team", team["id"])  # type: ignore[index]
-    key = run_cli(url, "keys", "create", "search-prod", "--org", org["id"],  # type: ignore[index]
-                  "--team", team["id"], "--user", user["id"], "--agent", agent["id"],  # type: ignore[index]
-                  "--tags", "prod,search")
+    key = run_cli(
+        url,
+        "keys",
+        "create",
+        "search-prod",
+        "--org",
+        org["id"],  # type: ignore[index]
+        "--team",
+        team["id"],
+        "--user",
+        user["id"],
+        "--agent",
+        agent["id"],  # type: ignore[index]
+        "--tags",
+        "prod,search",
+    )
     secret = key["key"]  # type: ignore[index]
     sdk = openai.OpenAI(base_url=url + "/v1", api_key=secret, max_retries=0)
     for n in range(5):
-        sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": f"q{n}"}])
-    list(sdk.chat.completions.create(model="demo-large", stream=True,
-                                     messages=[{"role": "user", "content": "s"}]))
+        sdk.chat.completions.create(
+            model="demo-small", messages=[{"role": "user", "content": f"q{n}"}]
+        )
+    list(
+        sdk.chat.completions.create(
+            model="demo-large", stream=True, messages=[{"role": "user", "content": "s"}]
+        )
+    )
     report = run_cli(url, "usage", "--by", "team,model")
     rows = {r["model"]: r for r in report["rows"]}  # type: ignore[index]
     assert rows["demo-small"]["requests"] == 5 and rows["demo-large"]["requests"] == 1
     assert all(r["team"] == team["id"] for r in rows.values())  # type: ignore[index]
 
     for n in range(7):
-        sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": f"x{n}"}])
+        sdk.chat.completions.create(
+            model="demo-small", messages=[{"role": "user", "content": f"x{n}"}]
+        )
     proc.send_signal(signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal it caught
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
@@ -98,20 +136,22 @@ def test_cli_creates_objects_and_sigterm_flushes_the_ledger(
     assert "Application shutdown complete" in output
     with sqlite3.connect(db) as conn:
         count, agents = conn.execute(
-            "SELECT count(*), count(DISTINCT agent_id) FROM ledger WHERE key_id = ?",
-            (key["id"],)).fetchone()  # type: ignore[index]
+            "SELECT count(*), count(DISTINCT agent_id) FROM ledger WHERE key_id = ?", (key["id"],)
+        ).fetchone()  # type: ignore[index]
     assert (count, agents) == (13, 1)
 
 
 def test_cli_reports_errors_clearly(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
     """A bad id is a readable error and a non-zero exit, not a traceback."""
     url, _, _ = served
-    result = CliRunner().invoke(cli, ["keys", "revoke", "key_missing", "--url", url],
-                                env={"SPENDGATE_MASTER_KEY": MASTER})
+    result = CliRunner().invoke(
+        cli, ["keys", "revoke", "key_missing", "--url", url], env={"SPENDGATE_MASTER_KEY": MASTER}
+    )
     assert result.exit_code == 1
     assert "404" in result.output and "not found" in result.output
-    wrong = CliRunner().invoke(cli, ["orgs", "list", "--url", url],
-                               env={"SPENDGATE_MASTER_KEY": "wrong"})
+    wrong = CliRunner().invoke(
+        cli, ["orgs", "list", "--url", url], env={"SPENDGATE_MASTER_KEY": "wrong"}
+    )
     assert wrong.exit_code == 1 and "401" in wrong.output
 
 
@@ -120,28 +160,59 @@ def test_cli_budgets_and_wallets(served: tuple[str, Path, subprocess.Popen[bytes
     url, _, _ = served
     org = run_cli(url, "orgs", "create", "beta")
     key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
-    made = run_cli(url, "budgets", "create", "--scope", "key", "--scope-id",
-                   key["id"], "--amount", "0.000001", "--hard", "--hard-percent", "110",  # type: ignore[index]
-                   "--timezone", "Europe/Berlin", "--alerts", "50,80")
+    made = run_cli(
+        url,
+        "budgets",
+        "create",
+        "--scope",
+        "key",
+        "--scope-id",
+        key["id"],
+        "--amount",
+        "0.000001",
+        "--hard",
+        "--hard-percent",
+        "110",  # type: ignore[index]
+        "--timezone",
+        "Europe/Berlin",
+        "--alerts",
+        "50,80",
+    )
     assert made["hard_limit_percent"] == "110" and made["alert_percentages"] == ["50", "80"]  # type: ignore[index]
     sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)  # type: ignore[index]
     with pytest.raises(openai.RateLimitError):
-        sdk.chat.completions.create(model="demo-small", max_tokens=10,
-                                    messages=[{"role": "user", "content": "x"}])
+        sdk.chat.completions.create(
+            model="demo-small", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+        )
     run_cli(url, "budgets", "update", made["id"], "--amount", "5")  # type: ignore[index]
-    sdk.chat.completions.create(model="demo-small", max_tokens=10,
-                                messages=[{"role": "user", "content": "x"}])
+    sdk.chat.completions.create(
+        model="demo-small", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    )
     status = run_cli(url, "budgets", "status", made["id"])  # type: ignore[index]
-    assert status["spent_usd"] != "0.00" and status["period_start_local"][-6:] in ("+01:00", "+02:00")  # type: ignore[index]
-    wallet = run_cli(url, "wallets", "create", "--scope", "org", "--scope-id", org["id"],  # type: ignore[index]
-                     "--topup", "0.000002")
+    assert status["spent_usd"] != "0.00" and status["period_start_local"][-6:] in (
+        "+01:00",
+        "+02:00",
+    )  # type: ignore[index]
+    wallet = run_cli(
+        url,
+        "wallets",
+        "create",
+        "--scope",
+        "org",
+        "--scope-id",
+        org["id"],  # type: ignore[index]
+        "--topup",
+        "0.000002",
+    )
     with pytest.raises(openai.APIStatusError) as info:
-        sdk.chat.completions.create(model="demo-small", max_tokens=1000,
-                                    messages=[{"role": "user", "content": "x"}])
+        sdk.chat.completions.create(
+            model="demo-small", max_tokens=1000, messages=[{"role": "user", "content": "x"}]
+        )
     assert info.value.status_code == 402
     run_cli(url, "wallets", "topup", wallet["id"], "--amount", "1")  # type: ignore[index]
-    sdk.chat.completions.create(model="demo-small", max_tokens=1000,
-                                messages=[{"role": "user", "content": "x"}])
+    sdk.chat.completions.create(
+        model="demo-small", max_tokens=1000, messages=[{"role": "user", "content": "x"}]
+    )
 
 
 def test_cli_rate_limits(served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
@@ -149,8 +220,19 @@ def test_cli_rate_limits(served: tuple[str, Path, subprocess.Popen[bytes]]) -> N
     url, _, _ = served
     org = run_cli(url, "orgs", "create", "gamma")
     key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
-    made = run_cli(url, "limits", "create", "--scope", "key", "--scope-id", key["id"],  # type: ignore[index]
-                   "--model", "demo-*", "--rpm", "1")
+    made = run_cli(
+        url,
+        "limits",
+        "create",
+        "--scope",
+        "key",
+        "--scope-id",
+        key["id"],  # type: ignore[index]
+        "--model",
+        "demo-*",
+        "--rpm",
+        "1",
+    )
     assert made["rpm"] == 1 and made["model"] == "demo-*"  # type: ignore[index]
     sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)  # type: ignore[index]
     sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": "x"}])
@@ -158,19 +240,29 @@ def test_cli_rate_limits(served: tuple[str, Path, subprocess.Popen[bytes]]) -> N
         sdk.chat.completions.create(model="demo-large", messages=[{"role": "user", "content": "x"}])
     updated = run_cli(url, "limits", "update", made["id"], "--rpm", "100")  # type: ignore[index]
     assert updated["rpm"] == 100  # type: ignore[index]
-    result = CliRunner().invoke(cli, ["limits", "delete", made["id"], "--url", url],  # type: ignore[index]
-                                env={"SPENDGATE_MASTER_KEY": MASTER})
+    result = CliRunner().invoke(
+        cli,
+        ["limits", "delete", made["id"], "--url", url],  # type: ignore[index]
+        env={"SPENDGATE_MASTER_KEY": MASTER},
+    )
     assert result.exit_code == 0
     assert run_cli(url, "limits", "list") == []
 
 
 def test_serve_refuses_several_workers_without_redis(tmp_path: Path) -> None:
     """In-process counters cannot hold a cap across worker processes: refuse, clearly."""
-    env = {**os.environ, "SPENDGATE_MASTER_KEY": MASTER,
-           "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}"}
+    env = {
+        **os.environ,
+        "SPENDGATE_MASTER_KEY": MASTER,
+        "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'w.db'}",
+    }
     env.pop("SPENDGATE_REDIS_URL", None)
-    done = subprocess.run([sys.executable, "-m", "spendgate", "serve", "--workers", "2",
-                           "--port", str(free_port())], env=env, capture_output=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "spendgate", "serve", "--workers", "2", "--port", str(free_port())],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )
     assert done.returncode == 2
     assert b"SPENDGATE_REDIS_URL" in done.stdout + done.stderr
 
@@ -184,9 +276,14 @@ def test_cli_bootstrap_first_admin(served: tuple[str, Path, subprocess.Popen[byt
     assert made["token"].startswith("sg-admin-")  # type: ignore[index]
 
     def as_admin(*args: str) -> object:
-        result = CliRunner().invoke(cli, [*args, "--url", url, "--json"],
-                                    env={"SPENDGATE_ADMIN_TOKEN": made["token"],  # type: ignore[index]
-                                         "SPENDGATE_MASTER_KEY": ""})
+        result = CliRunner().invoke(
+            cli,
+            [*args, "--url", url, "--json"],
+            env={
+                "SPENDGATE_ADMIN_TOKEN": made["token"],  # type: ignore[index]
+                "SPENDGATE_MASTER_KEY": "",
+            },
+        )
         assert result.exit_code == 0, result.output
         return json.loads(result.stdout)
 
@@ -203,13 +300,17 @@ def test_cli_bootstrap_first_admin(served: tuple[str, Path, subprocess.Popen[byt
 
 
 def test_cli_prints_secrets_whole_in_a_narrow_terminal(
-        served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    served: tuple[str, Path, subprocess.Popen[bytes]],
+) -> None:
     """A secret shown once must not be cut short by a table column on an 80-column
     terminal: it is printed whole on its own line."""
     url, _, _ = served
     org = run_cli(url, "orgs", "create", "narrow")
-    result = CliRunner().invoke(cli, ["keys", "create", "k", "--org", org["id"], "--url", url],  # type: ignore[index]
-                                env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "80"})
+    result = CliRunner().invoke(
+        cli,
+        ["keys", "create", "k", "--org", org["id"], "--url", url],  # type: ignore[index]
+        env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "80"},
+    )
     assert result.exit_code == 0, result.output
     [line] = [x for x in result.stdout.splitlines() if x.startswith("key: ")]
     secret = line.removeprefix("key: ")
@@ -227,8 +328,11 @@ def test_cli_lists_never_cut_an_id_short(served: tuple[str, Path, subprocess.Pop
     key = run_cli(url, "keys", "create", "[bold]k[/]", "--org", org["id"])  # type: ignore[index]
 
     def listed(columns: str) -> str:
-        result = CliRunner().invoke(cli, ["keys", "get", key["id"], "--url", url],  # type: ignore[index]
-                                    env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": columns})
+        result = CliRunner().invoke(
+            cli,
+            ["keys", "get", key["id"], "--url", url],  # type: ignore[index]
+            env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": columns},
+        )
         assert result.exit_code == 0, result.output
         return result.stdout
 
@@ -241,19 +345,30 @@ def test_cli_lists_never_cut_an_id_short(served: tuple[str, Path, subprocess.Pop
 
 
 def test_cli_forecast_and_status_show_where_the_period_lands(
-        served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    served: tuple[str, Path, subprocess.Popen[bytes]],
+) -> None:
     """`spendgate forecast` prints P10/P50/P90 and each threshold's expected date; the budget
     status carries the forecast's P50 (the numbers themselves are tested in
     test_forecast_http.py: this server's ledger flushes only at shutdown)."""
     url, _, _ = served
     org = run_cli(url, "orgs", "create", "forecasting")
     key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
-    made = run_cli(url, "budgets", "create", "--scope", "key", "--scope-id", key["id"],  # type: ignore[index]
-                   "--amount", "3")
+    made = run_cli(
+        url,
+        "budgets",
+        "create",
+        "--scope",
+        "key",
+        "--scope-id",
+        key["id"],  # type: ignore[index]
+        "--amount",
+        "3",
+    )
 
     def text(*args: str) -> dict[str, str]:
-        result = CliRunner().invoke(cli, [*args, "--url", url],
-                                    env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "80"})
+        result = CliRunner().invoke(
+            cli, [*args, "--url", url], env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "80"}
+        )
         assert result.exit_code == 0, result.output
         fields = [line.split(None, 1) for line in result.stdout.splitlines() if line.strip()]
         return {f[0]: f[1] if len(f) > 1 else "" for f in fields}
@@ -268,17 +383,22 @@ def test_cli_forecast_and_status_show_where_the_period_lands(
 
 
 def test_cli_usage_by_key_keeps_each_key_in_its_row(
-        served: tuple[str, Path, subprocess.Popen[bytes]]) -> None:
+    served: tuple[str, Path, subprocess.Popen[bytes]],
+) -> None:
     """A `key` column of usage is key ids, not a secret to print apart: it stays in the
     table, on its row."""
     url, _, _ = served
     org = run_cli(url, "orgs", "create", "usage-by-key")
     key = run_cli(url, "keys", "create", "k", "--org", org["id"])  # type: ignore[index]
     sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)  # type: ignore[index]
-    sdk.chat.completions.create(model="demo-small", max_tokens=10,
-                                messages=[{"role": "user", "content": "x"}])
-    result = CliRunner().invoke(cli, ["usage", "--by", "key", "--org", org["id"], "--url", url],  # type: ignore[index]
-                                env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"})
+    sdk.chat.completions.create(
+        model="demo-small", max_tokens=10, messages=[{"role": "user", "content": "x"}]
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["usage", "--by", "key", "--org", org["id"], "--url", url],  # type: ignore[index]
+        env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"},
+    )
     assert result.exit_code == 0, result.output
     [row] = [line for line in result.stdout.splitlines() if key["id"] in line]  # type: ignore[index]
     assert row.startswith("│") and "key:" not in result.stdout

@@ -38,10 +38,18 @@ KEY = b"test-audit-key"
 
 
 def event(n: int, **changes: Any) -> AuditEvent:
-    base = AuditEvent(T0 + timedelta(minutes=n), "admin", "master", "budget.updated", "budget",
-                      f"bud_{n}", before={"amount_usd": Decimal("100.00")},
-                      after={"amount_usd": Decimal("150.00")}, request_id=f"req_{n}",
-                      source_ip="10.0.0.1")
+    base = AuditEvent(
+        T0 + timedelta(minutes=n),
+        "admin",
+        "master",
+        "budget.updated",
+        "budget",
+        f"bud_{n}",
+        before={"amount_usd": Decimal("100.00")},
+        after={"amount_usd": Decimal("150.00")},
+        request_id=f"req_{n}",
+        source_ip="10.0.0.1",
+    )
     return dataclasses.replace(base, **changes)
 
 
@@ -65,11 +73,20 @@ def test_canonical_form_is_compact_sorted_and_exact() -> None:
     """Keys sorted, no spaces, Decimals as their exact strings, time in UTC with µs."""
     body = canonical(7, "aud_7", event(0).normalised())
     assert json.loads(body) == {
-        "v": 1, "seq": 7, "id": "aud_7", "at": "2026-03-01T09:30:00.000000+00:00",
-        "actor_type": "admin", "actor_id": "master", "action": "budget.updated",
-        "target_type": "budget", "target_id": "bud_0",
-        "before": {"amount_usd": "100.00"}, "after": {"amount_usd": "150.00"},
-        "request_id": "req_0", "source_ip": "10.0.0.1"}
+        "v": 1,
+        "seq": 7,
+        "id": "aud_7",
+        "at": "2026-03-01T09:30:00.000000+00:00",
+        "actor_type": "admin",
+        "actor_id": "master",
+        "action": "budget.updated",
+        "target_type": "budget",
+        "target_id": "bud_0",
+        "before": {"amount_usd": "100.00"},
+        "after": {"amount_usd": "150.00"},
+        "request_id": "req_0",
+        "source_ip": "10.0.0.1",
+    }
     assert b" " not in body
     keys = list(json.loads(body))
     assert keys == sorted(keys)
@@ -87,16 +104,21 @@ def test_dict_key_order_does_not_change_the_hash() -> None:
     assert seal(1, "a", one, GENESIS).hash == seal(1, "a", two, GENESIS).hash
 
 
-@pytest.mark.parametrize(("value", "expected"), [
-    (Decimal("1.50"), "1.50"),
-    (0.1, "0.1"),
-    (2**70, str(2**70)),
-    ((1, "x"), [1, "x"]),
-    ({3, 1, 2}, [1, 2, 3]),
-    (datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
-     "2026-01-01T10:00:00.000000+00:00"),
-    ({"nested": {"d": Decimal("0.000001")}}, {"nested": {"d": "0.000001"}}),
-])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (Decimal("1.50"), "1.50"),
+        (0.1, "0.1"),
+        (2**70, str(2**70)),
+        ((1, "x"), [1, "x"]),
+        ({3, 1, 2}, [1, 2, 3]),
+        (
+            datetime(2026, 1, 1, 12, tzinfo=timezone(timedelta(hours=2))),
+            "2026-01-01T10:00:00.000000+00:00",
+        ),
+        ({"nested": {"d": Decimal("0.000001")}}, {"nested": {"d": "0.000001"}}),
+    ],
+)
 def test_normalise(value: Any, expected: Any) -> None:
     assert normalise(value) == expected
 
@@ -109,11 +131,17 @@ def test_normalise_refuses_naive_datetimes_and_unknown_types() -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text() | st.decimals(allow_nan=False)
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.text()
+    | st.decimals(allow_nan=False)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner,
-                                                                  max_size=4),
-    max_leaves=12)
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
 
 
 @given(json_values)
@@ -173,8 +201,7 @@ def test_renumbered_entries_are_detected() -> None:
 def test_a_rehashed_edit_still_breaks_the_next_link() -> None:
     """Recomputing the edited entry's own hash moves the break to its successor."""
     entries = chain(4)
-    forged = seal(2, "aud_2", edit(entries[1], actor_id="someone-else").event,
-                  entries[1].prev_hash)
+    forged = seal(2, "aud_2", edit(entries[1], actor_id="someone-else").event, entries[1].prev_hash)
     entries[1] = forged
     result = verify_chain(entries)
     assert result.first_bad is not None and result.first_bad.entry_id == "aud_3"
@@ -217,12 +244,15 @@ def test_audit_settings_from_the_environment() -> None:
     assert derived.retention_days == 730
 
 
-@pytest.mark.parametrize("env", [
-    {"SPENDGATE_AUDIT_RETENTION_DAYS": "30"},
-    {"SPENDGATE_AUDIT_MIN_RETENTION_DAYS": "90"},
-    {"SPENDGATE_AUDIT_MIN_RETENTION_DAYS": "500", "SPENDGATE_AUDIT_RETENTION_DAYS": "400"},
-    {"SPENDGATE_AUDIT_RETENTION_DAYS": "a year"},
-])
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"SPENDGATE_AUDIT_RETENTION_DAYS": "30"},
+        {"SPENDGATE_AUDIT_MIN_RETENTION_DAYS": "90"},
+        {"SPENDGATE_AUDIT_MIN_RETENTION_DAYS": "500", "SPENDGATE_AUDIT_RETENTION_DAYS": "400"},
+        {"SPENDGATE_AUDIT_RETENTION_DAYS": "a year"},
+    ],
+)
 def test_retention_below_the_minimum_is_refused(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError, match="RETENTION"):
         load_audit_settings(env, "master")
@@ -234,8 +264,11 @@ def test_no_key_at_all_is_refused() -> None:
 
 
 def test_the_core_imports_no_io_library() -> None:
-    code = ("import sys, spendgate.core.audit_chain; print(sorted(m for m in sys.modules if m.split('.')[0]"
-            " in {'sqlalchemy', 'httpx', 'fastapi', 'asyncpg', 'aiosqlite', 'starlette'}))")
+    code = (
+        "import sys, spendgate.core.audit_chain; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0]"
+        " in {'sqlalchemy', 'httpx', 'fastapi', 'asyncpg', 'aiosqlite', 'starlette'}))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -246,6 +279,10 @@ def test_enforcement_facts_become_system_entries() -> None:
     made = enforcement_event("budget.hard_limit_reached", data, T0)
     assert made is not None
     assert (made.actor_type, made.actor_id, made.target_type, made.target_id) == (
-        "system", "enforcer", "budget", "bud_1")
+        "system",
+        "enforcer",
+        "budget",
+        "bud_1",
+    )
     assert made.after == data
     assert enforcement_event("price.unknown", {"model": "x"}, T0) is None

@@ -23,31 +23,52 @@ USD = 1_000_000_000
 WEEK = (1.1, 1.2, 1.2, 1.1, 1.0, 0.3, 0.2)
 
 
-def weekly(days: int, seed: int = 0, level: float = 40.0, end: date = TODAY,
-           noise: float = 0.1, week: tuple[float, ...] = WEEK) -> list[int]:
+def weekly(
+    days: int,
+    seed: int = 0,
+    level: float = 40.0,
+    end: date = TODAY,
+    noise: float = 0.1,
+    week: tuple[float, ...] = WEEK,
+) -> list[int]:
     """Spend for the ``days`` complete days before ``end``: weekly pattern and lognormal
     noise (sd ``noise`` of the log)."""
     rng = np.random.default_rng(seed)
     first = end - timedelta(days=days)
-    return [int(level * USD * week[(first + timedelta(days=i)).weekday()]
-                * rng.lognormal(0, noise)) for i in range(days)]
+    return [
+        int(level * USD * week[(first + timedelta(days=i)).weekday()] * rng.lognormal(0, noise))
+        for i in range(days)
+    ]
 
 
-def march(daily: list[int], *, today_spent: int = 0, elapsed: float = 0.0,
-          thresholds: tuple[tuple[str, int], ...] = ()) -> tuple[fc.SpendHistory,
-                                                                 fc.PeriodOutlook]:
+def march(
+    daily: list[int],
+    *,
+    today_spent: int = 0,
+    elapsed: float = 0.0,
+    thresholds: tuple[tuple[str, int], ...] = (),
+) -> tuple[fc.SpendHistory, fc.PeriodOutlook]:
     """History ending yesterday (9 March) and the rest of March 2026 from today."""
-    history = fc.SpendHistory(TODAY - timedelta(days=len(daily)), tuple(daily), today_spent,
-                              elapsed)
+    history = fc.SpendHistory(
+        TODAY - timedelta(days=len(daily)), tuple(daily), today_spent, elapsed
+    )
     remaining = tuple(TODAY + timedelta(days=i) for i in range(22))
-    return history, fc.PeriodOutlook("2026-03", date(2026, 3, 1), remaining, 1000 * USD,
-                                     thresholds)
+    return history, fc.PeriodOutlook("2026-03", date(2026, 3, 1), remaining, 1000 * USD, thresholds)
 
 
-@pytest.mark.parametrize(("days", "method"), [
-    (0, "none"), (1, "trailing_mean"), (6, "trailing_mean"), (7, "seasonal_naive"),
-    (20, "seasonal_naive"), (21, "ets_damped"), (84, "ets_damped"), (200, "ets_damped"),
-])
+@pytest.mark.parametrize(
+    ("days", "method"),
+    [
+        (0, "none"),
+        (1, "trailing_mean"),
+        (6, "trailing_mean"),
+        (7, "seasonal_naive"),
+        (20, "seasonal_naive"),
+        (21, "ets_damped"),
+        (84, "ets_damped"),
+        (200, "ets_damped"),
+    ],
+)
 def test_method_follows_history_length(days: int, method: str) -> None:
     """Trailing mean under a week, seasonal naive up to three weeks, then ETS(A,Ad,A)."""
     f = fc.forecast(*march(weekly(days)), NOW)
@@ -115,8 +136,9 @@ def test_crossing_dates_actual_then_expected() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.integers(0, 500 * USD), max_size=80),
-       st.floats(0.0, 1.0), st.integers(0, 50 * USD))
+@given(
+    st.lists(st.integers(0, 500 * USD), max_size=80), st.floats(0.0, 1.0), st.integers(0, 50 * USD)
+)
 def test_interval_is_ordered(daily: list[int], elapsed: float, today: int) -> None:
     f = fc.forecast(*march(daily, today_spent=today, elapsed=elapsed), NOW)
     assert f.spent_nanos <= f.p10_nanos <= f.p50_nanos <= f.p90_nanos
@@ -134,7 +156,7 @@ def test_variance_of_the_sum_matches_simulated_ets_paths() -> None:
     weights[0] = 0.4
     model = {"components": "AAAD", "par": np.array([alpha, beta, gamma, phi])}
     loadings = fc.innovation_loadings(weights, fc._step_weights(model, horizon))
-    predicted = sigma * np.sqrt((loadings ** 2).sum())
+    predicted = sigma * np.sqrt((loadings**2).sum())
     rng = np.random.default_rng(1)
     paths = 20_000
     level, trend = np.zeros(paths), np.zeros(paths)
@@ -147,55 +169,101 @@ def test_variance_of_the_sum_matches_simulated_ets_paths() -> None:
         season[:, h % 7] += gamma * eps
     assert float(total.std()) == pytest.approx(predicted, rel=0.03)
     steps = fc._step_weights(model, horizon)
-    daily_sd = sigma * np.sqrt(1 + np.concatenate([[0.0], np.cumsum(steps ** 2)]))
+    daily_sd = sigma * np.sqrt(1 + np.concatenate([[0.0], np.cumsum(steps**2)]))
     # adding each day's spread (as summing daily quantiles does) overstates the sum's
     assert predicted < float((weights * daily_sd).sum())
 
 
-@pytest.mark.parametrize(("p50", "limit", "band"), [
-    (100, 100, None), (101, 100, 100), (110, 100, 100), (111, 100, 110), (150, 100, 125),
-    (151, 100, 150), (201, 100, 200), (10_000, 100, 200), (1, 0, 200), (0, 0, None),
-])
+@pytest.mark.parametrize(
+    ("p50", "limit", "band"),
+    [
+        (100, 100, None),
+        (101, 100, 100),
+        (110, 100, 100),
+        (111, 100, 110),
+        (150, 100, 125),
+        (151, 100, 150),
+        (201, 100, 200),
+        (10_000, 100, 200),
+        (1, 0, 200),
+        (0, 0, None),
+    ],
+)
 def test_overrun_band(p50: int, limit: int, band: int | None) -> None:
     """Strictly above the limit: the highest of 100/110/125/150/200 % passed."""
     assert fc.overrun_band(p50, limit) == band
 
 
-@pytest.mark.parametrize(("band", "fired", "announce"), [
-    (None, [], None), (100, [], 100), (100, [100], None), (110, [100], 110),
-    (100, [110], None), (200, [100, 110], 200),
-])
-def test_band_announced_once_and_again_only_higher(band: int | None, fired: list[int],
-                                                   announce: int | None) -> None:
+@pytest.mark.parametrize(
+    ("band", "fired", "announce"),
+    [
+        (None, [], None),
+        (100, [], 100),
+        (100, [100], None),
+        (110, [100], 110),
+        (100, [110], None),
+        (200, [100, 110], 200),
+    ],
+)
+def test_band_announced_once_and_again_only_higher(
+    band: int | None, fired: list[int], announce: int | None
+) -> None:
     assert fc.band_to_announce(band, fired) == announce
 
 
 def test_overrun_limit_is_hard_cap_or_amount() -> None:
     observing = Budget("b", "o", "org", "o", None, "monthly", "UTC", "monday", 100 * USD)
-    capped = Budget("b", "o", "org", "o", None, "monthly", "UTC", "monday", 100 * USD,
-                    hard_limit=True, hard_limit_percent=Decimal(120))
+    capped = Budget(
+        "b",
+        "o",
+        "org",
+        "o",
+        None,
+        "monthly",
+        "UTC",
+        "monday",
+        100 * USD,
+        hard_limit=True,
+        hard_limit_percent=Decimal(120),
+    )
     assert fc.overrun_limit(observing, 100 * USD) == 100 * USD
     assert fc.overrun_limit(capped, 100 * USD) == 120 * USD
 
 
 def test_outlook_for_a_budget_in_its_zone() -> None:
     """Remaining local dates from today; threshold levels of the effective amount."""
-    budget = Budget("b", "o", "org", "o", None, "monthly", "Pacific/Auckland", "monday",
-                    100 * USD, hard_limit=True)
+    budget = Budget(
+        "b",
+        "o",
+        "org",
+        "o",
+        None,
+        "monthly",
+        "Pacific/Auckland",
+        "monday",
+        100 * USD,
+        hard_limit=True,
+    )
     at = datetime(2026, 3, 31, 12, 0, tzinfo=UTC)  # already 1 April in Auckland
     today, elapsed = fc.local_today(at, budget.timezone)
     outlook = fc.outlook_for(budget, 200 * USD, window_at(at, "monthly", budget.timezone), today)
     assert (today, outlook.key, outlook.start) == (date(2026, 4, 1), "2026-04", date(2026, 4, 1))
     assert len(outlook.remaining) == 30 and 0 < elapsed < 1
-    assert dict(outlook.thresholds) == {"alert:50": 100 * USD, "alert:75": 150 * USD,
-                                        "alert:90": 180 * USD, "soft:75": 150 * USD,
-                                        "hard:100": 200 * USD}
+    assert dict(outlook.thresholds) == {
+        "alert:50": 100 * USD,
+        "alert:75": 150 * USD,
+        "alert:90": 180 * USD,
+        "soft:75": 150 * USD,
+        "hard:100": 200 * USD,
+    }
 
 
 def test_core_imports_no_database_or_network_client() -> None:
-    code = ("import sys, spendgate.core.forecasting; "
-            "print(sorted(m for m in ('sqlalchemy', 'asyncpg', 'aiosqlite', 'redis', 'httpx', "
-            "'aiohttp', 'fastapi') if m in sys.modules))")
+    code = (
+        "import sys, spendgate.core.forecasting; "
+        "print(sorted(m for m in ('sqlalchemy', 'asyncpg', 'aiosqlite', 'redis', 'httpx', "
+        "'aiohttp', 'fastapi') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
 
@@ -298,14 +366,17 @@ def test_a_weekday_that_never_spends_is_forecast_at_zero() -> None:
     friday_end = date(2026, 3, 14)  # history up to Friday 13 March, today Saturday
     daily = weekly(70, seed=6, end=friday_end, week=week)
     history = fc.SpendHistory(friday_end - timedelta(days=70), tuple(daily))
-    weekend = fc.PeriodOutlook("w", date(2026, 3, 9), (friday_end, friday_end + timedelta(1)),
-                               1000 * USD)
+    weekend = fc.PeriodOutlook(
+        "w", date(2026, 3, 9), (friday_end, friday_end + timedelta(1)), 1000 * USD
+    )
     f = fc.forecast(history, weekend, NOW)
     assert f.p10_nanos == f.p50_nanos == f.p90_nanos == f.spent_nanos
     nine = tuple(friday_end + timedelta(days=i) for i in range(9))
     cent = fc.SpendHistory(history.first_day, tuple(v or USD // 100 for v in daily))
-    dead, alive = (ahead(fc.forecast(h, fc.PeriodOutlook("m", date(2026, 3, 1), nine, USD), NOW))
-                   for h in (history, cent))
+    dead, alive = (
+        ahead(fc.forecast(h, fc.PeriodOutlook("m", date(2026, 3, 1), nine, USD), NOW))
+        for h in (history, cent)
+    )
     assert dead[2] - dead[0] < 0.9 * (alive[2] - alive[0])
 
 

@@ -149,8 +149,17 @@ def test_checks_and_actuals_per_row() -> None:
 def test_check_template_is_checks_for_and_actuals_for_worked_out_once() -> None:
     """The gate's per-snapshot template gives the same checks and actuals, in order."""
     rows = [
-        RateLimit("r1", "key", "k1", "*", rpm=5, tpm=1000, max_concurrent=2,
-                  max_spend_nanos=5_000_000_000, spend_window_seconds=600),
+        RateLimit(
+            "r1",
+            "key",
+            "k1",
+            "*",
+            rpm=5,
+            tpm=1000,
+            max_concurrent=2,
+            max_spend_nanos=5_000_000_000,
+            spend_window_seconds=600,
+        ),
         RateLimit("r2", "team", "t1", "*", tpm=50_000, max_spend_nanos=7),
         RateLimit("r3", "team", "t2", "gpt-4o"),
     ]

@@ -37,12 +37,15 @@ from tests.conftest import REDIS_URL, RunningGateway, redis_keyspace, start_gate
 
 T0 = 1_773_000_000.0
 MSG = [{"role": "user", "content": "hello"}]
-SCRIPTS = {hashlib.sha1(joint_script(name).encode()).hexdigest(): f"joint {name}"
-           for name in ("acquire", "finish")}
+SCRIPTS = {
+    hashlib.sha1(joint_script(name).encode()).hexdigest(): f"joint {name}"
+    for name in ("acquire", "finish")
+}
 ONE_CALL = ["joint acquire", "joint finish"]
 
 
 # -- the HTTP hot path, counted ---------------------------------------------------------------
+
 
 def count_commands(client: Redis, seen: list[str]) -> None:
     """Note every command ``client`` sends (scripts by name), except housekeeping's."""
@@ -59,11 +62,17 @@ def count_commands(client: Redis, seen: list[str]) -> None:
 
 
 @pytest.fixture
-def redis_gateway(upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream,
-                  tmp_path: Path) -> Iterator[RunningGateway]:
+def redis_gateway(
+    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+) -> Iterator[RunningGateway]:
     """The gateway on SQLite with its budgets, wallets and rate limits in the real Redis."""
-    running = start_gateway(f"sqlite:///{tmp_path / 'guard.db'}", upstream[1].url, tmp_path,
-                            demo=True, env_extra={"SPENDGATE_REDIS_URL": REDIS_URL})
+    running = start_gateway(
+        f"sqlite:///{tmp_path / 'guard.db'}",
+        upstream[1].url,
+        tmp_path,
+        demo=True,
+        env_extra={"SPENDGATE_REDIS_URL": REDIS_URL},
+    )
     yield running
     running.admin.close()
     running.handle.stop()
@@ -80,23 +89,39 @@ def counted(gw: RunningGateway) -> list[str]:
 
 
 def chat(gw: RunningGateway, key: str, **extra: Any) -> httpx.Response:
-    return httpx.post(gw.url + "/v1/chat/completions", headers={"authorization": f"Bearer {key}"},
-                      json={"model": "demo-small", "messages": MSG, "max_tokens": 20, **extra})
+    return httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={"model": "demo-small", "messages": MSG, "max_tokens": 20, **extra},
+    )
 
 
-def guarded_key(gw: RunningGateway, *, rpm: int = 100, wallet_usd: str | None = "5",
-                budget_usd: str = "5") -> tuple[dict[str, Any], dict[str, Any]]:
+def guarded_key(
+    gw: RunningGateway, *, rpm: int = 100, wallet_usd: str | None = "5", budget_usd: str = "5"
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """A key under a rate limit (rpm and tpm), a hard-capped budget and (unless None) a
     wallet; returns the key and the budget."""
     key = gw.create_key()
-    gw.post("/admin/rate-limits", {"scope_type": "key", "scope_id": key["id"], "model": "*",
-                                   "rpm": rpm, "tpm": 100_000})
-    made = gw.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                      "amount_usd": budget_usd, "hard_limit": True,
-                                      "period": "monthly", "timezone": "UTC"})
+    gw.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": key["id"], "model": "*", "rpm": rpm, "tpm": 100_000},
+    )
+    made = gw.post(
+        "/admin/budgets",
+        {
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "amount_usd": budget_usd,
+            "hard_limit": True,
+            "period": "monthly",
+            "timezone": "UTC",
+        },
+    )
     if wallet_usd is not None:
-        gw.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"],
-                                   "initial_topup_usd": wallet_usd})
+        gw.post(
+            "/admin/wallets",
+            {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": wallet_usd},
+        )
     return key, made
 
 
@@ -115,9 +140,12 @@ def test_one_round_trip_before_and_one_after_the_call(redis_gateway: RunningGate
         assert "x-spendgate-budget-remaining-usd" in response.headers
         assert seen == ONE_CALL, seen
         seen.clear()
-    with httpx.stream("POST", gw.url + "/v1/chat/completions",
-                      headers={"authorization": f"Bearer {key['key']}"},
-                      json={"model": "demo-small", "messages": MSG, "stream": True}) as streamed:
+    with httpx.stream(
+        "POST",
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key['key']}"},
+        json={"model": "demo-small", "messages": MSG, "stream": True},
+    ) as streamed:
         assert streamed.status_code == 200
         list(streamed.iter_lines())
     assert seen == ONE_CALL
@@ -176,8 +204,9 @@ def test_a_budget_refusal_keeps_its_error(redis_gateway: RunningGateway) -> None
     assert seen == ["joint acquire"]
 
 
-def test_an_upstream_error_is_one_round_trip_after(redis_gateway: RunningGateway,
-                                                   fake: FakeUpstream) -> None:
+def test_an_upstream_error_is_one_round_trip_after(
+    redis_gateway: RunningGateway, fake: FakeUpstream
+) -> None:
     """A provider error: the request counts against the rpm limit, the holds are given
     back, and both happen in the one finishing round trip."""
     gw = redis_gateway
@@ -194,15 +223,23 @@ def test_an_upstream_error_is_one_round_trip_after(redis_gateway: RunningGateway
 
 
 def test_unreachable_redis_is_503_on_the_joint_path(
-        upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path) -> None:
+    upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path
+) -> None:
     """Only a rate limit, so no budget bucket to seed: the joint acquire itself meets the
     dead server, and the call gets 503 state_unavailable."""
-    other = start_gateway(f"sqlite:///{tmp_path / 'down.db'}", upstream[1].url, tmp_path,
-                          demo=True, env_extra={"SPENDGATE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    other = start_gateway(
+        f"sqlite:///{tmp_path / 'down.db'}",
+        upstream[1].url,
+        tmp_path,
+        demo=True,
+        env_extra={"SPENDGATE_REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     try:
         key = other.create_key()
-        other.post("/admin/rate-limits", {"scope_type": "key", "scope_id": key["id"],
-                                          "model": "*", "rpm": 5})
+        other.post(
+            "/admin/rate-limits",
+            {"scope_type": "key", "scope_id": key["id"], "model": "*", "rpm": 5},
+        )
         response = chat(other, key["key"])
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "state_unavailable"
@@ -212,6 +249,7 @@ def test_unreachable_redis_is_503_on_the_joint_path(
 
 
 # -- the joint scripts, directly ---------------------------------------------------------------
+
 
 @pytest.fixture
 async def backends() -> AsyncIterator[tuple[RedisRateLimiter, RedisCounters, JointRedis]]:
@@ -224,13 +262,25 @@ async def backends() -> AsyncIterator[tuple[RedisRateLimiter, RedisCounters, Joi
 
 
 def rate(rid: str, *checks: Check, now: float = T0) -> RatePlan:
-    return RatePlan(rid, "key_1", None, "org_1", "m", (), CheckTemplate(()), list(checks),
-                    datetime.fromtimestamp(now, UTC), now, now + 600)
+    return RatePlan(
+        rid,
+        "key_1",
+        None,
+        "org_1",
+        "m",
+        (),
+        CheckTemplate(()),
+        list(checks),
+        datetime.fromtimestamp(now, UTC),
+        now,
+        now + 600,
+    )
 
 
 def money(rid: str, *holds: Hold) -> HoldPlan:
-    return HoldPlan(Admission(rid, 0, (), ()), list(holds), T0 + 600,
-                    datetime.fromtimestamp(T0, UTC))
+    return HoldPlan(
+        Admission(rid, 0, (), ()), list(holds), T0 + 600, datetime.fromtimestamp(T0, UTC)
+    )
 
 
 RPM_2 = Check("lim:requests", "requests", 2, 60.0, 1)
@@ -242,7 +292,8 @@ async def keys_under(limiter: RedisRateLimiter, pattern: str) -> list[bytes]:
 
 
 async def test_a_counters_refusal_writes_no_rate_limit_entry(
-        backends: tuple[RedisRateLimiter, RedisCounters, JointRedis]) -> None:
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
     limiter, counters, joint = backends
     await counters.seed("b", 0)
     refused = await joint.acquire(rate("r1", RPM_2, SLOT), money("m1", Hold("b", 50, cap=40)))
@@ -255,7 +306,8 @@ async def test_a_counters_refusal_writes_no_rate_limit_entry(
 
 
 async def test_a_rate_limit_denial_reserves_nothing(
-        backends: tuple[RedisRateLimiter, RedisCounters, JointRedis]) -> None:
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
     limiter, counters, joint = backends
     await counters.seed("b", 0)
     assert isinstance(await limiter.acquire("busy", [SLOT], T0, T0 + 600), Granted)
@@ -269,19 +321,22 @@ async def test_a_rate_limit_denial_reserves_nothing(
 
 
 async def test_both_granted_then_settled_together(
-        backends: tuple[RedisRateLimiter, RedisCounters, JointRedis]) -> None:
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
     limiter, counters, joint = backends
     await counters.seed("b", 100)
     await counters.add_cap("w", 1_000)
     tokens = Check("lim:tokens", "tokens", 500, 60.0, 300)
-    granted = await joint.acquire(rate("r1", RPM_2, tokens, SLOT),
-                                  money("m1", Hold("b", 200, cap=1_000),
-                                        Hold("w", 200, use_stored_cap=True)))
+    granted = await joint.acquire(
+        rate("r1", RPM_2, tokens, SLOT),
+        money("m1", Hold("b", 200, cap=1_000), Hold("w", 200, use_stored_cap=True)),
+    )
     assert isinstance(granted, Granted)
     assert [r.remaining for r in granted.results] == [1, 200, 0]
     assert (await counters.state("b")).reserved == 200  # type: ignore[union-attr]
-    results = await joint.finish("r1", {"lim:tokens": 120}, "m1",
-                                 [Settlement("b", 200, 70), Settlement("w", 200, 70)])
+    results = await joint.finish(
+        "r1", {"lim:tokens": 120}, "m1", [Settlement("b", 200, 70), Settlement("w", 200, 70)]
+    )
     assert results == [(100, 170, None), (0, 70, 1_000)]
     for bucket in ("b", "w"):
         assert (await counters.state(bucket)).reserved == 0  # type: ignore[union-attr]
@@ -291,15 +346,17 @@ async def test_both_granted_then_settled_together(
 
 
 async def test_finish_releases_either_half(
-        backends: tuple[RedisRateLimiter, RedisCounters, JointRedis]) -> None:
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
     """Never forwarded: both released. A provider error: the request stays counted, the
     money is released. A second finish changes nothing."""
     limiter, counters, joint = backends
     await counters.seed("b", 0)
     for rid in ("gone", "failed"):
-        assert isinstance(await joint.acquire(rate(rid, RPM_2), money(f"m-{rid}",
-                                                                      Hold("b", 10, cap=100))),
-                          Granted)
+        assert isinstance(
+            await joint.acquire(rate(rid, RPM_2), money(f"m-{rid}", Hold("b", 10, cap=100))),
+            Granted,
+        )
     assert await joint.finish("gone", None, "m-gone", None) == []
     assert await joint.finish("failed", {}, "m-failed", None) == []
     assert await joint.finish("failed", {}, "m-failed", None) == []
@@ -309,7 +366,8 @@ async def test_finish_releases_either_half(
 
 
 async def test_a_lone_half_works(
-        backends: tuple[RedisRateLimiter, RedisCounters, JointRedis]) -> None:
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
     """Rate limits without budgets, budgets without rate limits: still one script each."""
     _, counters, joint = backends
     await counters.seed("b", 0)
@@ -328,8 +386,9 @@ async def test_joint_only_for_redis_backends_on_one_database() -> None:
         assert joint_backend(MemoryRateLimiter(), MemoryCounters()) is None
         split = joint_backend(RedisRateLimiter(same[0]), RedisCounters(other_db))
         assert split is None
-        assert isinstance(joint_backend(RedisRateLimiter(same[0]), RedisCounters(same[1])),
-                          JointRedis)
+        assert isinstance(
+            joint_backend(RedisRateLimiter(same[0]), RedisCounters(same[1])), JointRedis
+        )
     finally:
         for client in (*same, other_db):
             await client.aclose()

@@ -22,9 +22,12 @@ def test_message_with_cache_tokens_is_priced_like_genai_prices(
     """Cache reads and writes are priced at their own rates, exactly as genai-prices does."""
     key = gateway.create_key()
     raw = client(gateway, key["key"]).messages.with_raw_response.create(
-        model="claude-sonnet-4-5", max_tokens=64,
-        messages=[{"role": "user",
-                   "content": "long prompt " * 60 + "[[cached:40]] [[cache_write:30]]"}])
+        model="claude-sonnet-4-5",
+        max_tokens=64,
+        messages=[
+            {"role": "user", "content": "long prompt " * 60 + "[[cached:40]] [[cache_write:30]]"}
+        ],
+    )
     message = raw.parse()
     assert message.usage.cache_read_input_tokens == 40
     expected = extract_usage(message.model_dump(), provider_id="anthropic").calc_price().total_price
@@ -42,7 +45,8 @@ def test_streamed_message_takes_usage_from_start_and_delta(gateway: RunningGatew
     """Input from message_start, output from message_delta: the stream is not billed $0."""
     key = gateway.create_key()
     with client(gateway, key["key"]).messages.stream(
-        model="claude-opus-4-1", max_tokens=100,
+        model="claude-opus-4-1",
+        max_tokens=100,
         messages=[{"role": "user", "content": "stream me [[cached:2]]"}],
     ) as stream:
         final = stream.get_final_message()
@@ -57,9 +61,14 @@ def test_streamed_message_takes_usage_from_start_and_delta(gateway: RunningGatew
 def test_x_api_key_header_and_raw_stream(gateway: RunningGateway) -> None:
     """The SDK's x-api-key auth works, and create(stream=True) yields the full event set."""
     key = gateway.create_key()
-    events = list(client(gateway, key["key"]).messages.create(
-        model="claude-3-5-haiku-latest", max_tokens=20, stream=True,
-        messages=[{"role": "user", "content": "hi"}]))
+    events = list(
+        client(gateway, key["key"]).messages.create(
+            model="claude-3-5-haiku-latest",
+            max_tokens=20,
+            stream=True,
+            messages=[{"role": "user", "content": "hi"}],
+        )
+    )
     kinds = [e.type for e in events]
     assert kinds[0] == "message_start" and kinds[-1] == "message_stop"
     assert "message_delta" in kinds
@@ -71,6 +80,7 @@ def test_demo_model_on_anthropic_route(gateway: RunningGateway) -> None:
     """The simulated provider answers the Messages API too, labelled as simulated."""
     key = gateway.create_key()
     raw = client(gateway, key["key"]).messages.with_raw_response.create(
-        model="demo-large", max_tokens=10, messages=[{"role": "user", "content": "hi"}])
+        model="demo-large", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-spendgate-simulated"] == "true"
     assert raw.parse().usage.output_tokens <= 10

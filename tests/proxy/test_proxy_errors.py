@@ -28,8 +28,9 @@ def test_unknown_revoked_and_expired_keys_get_401(gateway: RunningGateway) -> No
     expires = gateway.clock.now().replace(hour=16).isoformat()
     key = gateway.create_key(expires_at=expires)
     with pytest.raises(openai.AuthenticationError) as info:
-        openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-sg-nope", max_retries=0
-                      ).chat.completions.create(**CHAT)
+        openai.OpenAI(
+            base_url=gateway.url + "/v1", api_key="sk-sg-nope", max_retries=0
+        ).chat.completions.create(**CHAT)
     assert info.value.code == "invalid_api_key"
     assert post(gateway, "/v1/chat/completions", key["key"], json=CHAT).status_code == 200
     gateway.clock.advance(3600)
@@ -38,9 +39,11 @@ def test_unknown_revoked_and_expired_keys_get_401(gateway: RunningGateway) -> No
     second = gateway.create_key()
     gateway.post(f"/admin/keys/{second['id']}/revoke", {}, status=200)
     with pytest.raises(anthropic.AuthenticationError) as ainfo:
-        anthropic.Anthropic(base_url=gateway.url, api_key=second["key"], max_retries=0
-                            ).messages.create(model="claude-sonnet-4-5", max_tokens=5,
-                                              messages=[{"role": "user", "content": "x"}])
+        anthropic.Anthropic(
+            base_url=gateway.url, api_key=second["key"], max_retries=0
+        ).messages.create(
+            model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
     body = ainfo.value.body
     assert isinstance(body, dict) and body["type"] == "error"
     assert body["error"]["type"] == "authentication_error"
@@ -57,20 +60,29 @@ def test_rotation_kills_old_secret(gateway: RunningGateway) -> None:
     assert post(gateway, "/v1/chat/completions", rotated["key"], json=CHAT).status_code == 200
 
 
-@pytest.mark.parametrize(("body", "status", "param"), [
-    (b"{not json", 400, None),
-    (b"[1, 2]", 400, None),
-    (b'{"messages": []}', 400, "model"),
-    (b'{"model": "gpt-9-imaginary", "messages": []}', 404, "model"),
-    (b'{"model": "gpt-4o-mini", "stream": "yes"}', 400, "stream"),
-    (b"", 400, None),
-])
-def test_bad_request_bodies(gateway: RunningGateway, body: bytes, status: int,
-                            param: str | None) -> None:
+@pytest.mark.parametrize(
+    ("body", "status", "param"),
+    [
+        (b"{not json", 400, None),
+        (b"[1, 2]", 400, None),
+        (b'{"messages": []}', 400, "model"),
+        (b'{"model": "gpt-9-imaginary", "messages": []}', 404, "model"),
+        (b'{"model": "gpt-4o-mini", "stream": "yes"}', 400, "stream"),
+        (b"", 400, None),
+    ],
+)
+def test_bad_request_bodies(
+    gateway: RunningGateway, body: bytes, status: int, param: str | None
+) -> None:
     """Malformed JSON, missing or unknown model: a clear 4xx, never a 500, nothing billed."""
     key = gateway.create_key()
-    response = post(gateway, "/v1/chat/completions", key["key"], content=body,
-                    headers={"content-type": "application/json"})
+    response = post(
+        gateway,
+        "/v1/chat/completions",
+        key["key"],
+        content=body,
+        headers={"content-type": "application/json"},
+    )
     assert response.status_code == status
     error = response.json()["error"]
     assert error["message"] and error["param"] == param
@@ -90,8 +102,12 @@ def test_oversized_body_is_413(gateway: RunningGateway) -> None:
 def test_anthropic_route_refuses_openai_model(gateway: RunningGateway) -> None:
     """Asking /v1/messages for an OpenAI-served model is a 400 that says where to go."""
     key = gateway.create_key()
-    response = post(gateway, "/v1/messages", key["key"],
-                    json={"model": "gpt-4o", "max_tokens": 5, "messages": []})
+    response = post(
+        gateway,
+        "/v1/messages",
+        key["key"],
+        json={"model": "gpt-4o", "max_tokens": 5, "messages": []},
+    )
     assert response.status_code == 400
     assert response.json()["error"]["type"] == "invalid_request_error"
     assert "/v1/chat/completions" in response.json()["error"]["message"]
@@ -100,21 +116,38 @@ def test_anthropic_route_refuses_openai_model(gateway: RunningGateway) -> None:
 def test_request_tags_need_permission(gateway: RunningGateway) -> None:
     """x-spendgate-tags adds tags only for keys that allow it; others get 403."""
     plain = gateway.create_key(tags=["team-a"])
-    denied = post(gateway, "/v1/chat/completions", plain["key"], json=CHAT,
-                  headers={"x-spendgate-tags": "feature:search"})
+    denied = post(
+        gateway,
+        "/v1/chat/completions",
+        plain["key"],
+        json=CHAT,
+        headers={"x-spendgate-tags": "feature:search"},
+    )
     assert denied.status_code == 403
     allowed = gateway.create_key(tags=["team-a"], allow_request_tags=True)
-    ok = post(gateway, "/v1/chat/completions", allowed["key"], json=CHAT,
-              headers={"x-spendgate-tags": "feature:search, team-a"})
+    ok = post(
+        gateway,
+        "/v1/chat/completions",
+        allowed["key"],
+        json=CHAT,
+        headers={"x-spendgate-tags": "feature:search, team-a"},
+    )
     assert ok.status_code == 200
-    bad = post(gateway, "/v1/chat/completions", allowed["key"], json=CHAT,
-               headers={"x-spendgate-tags": "has space"})
+    bad = post(
+        gateway,
+        "/v1/chat/completions",
+        allowed["key"],
+        json=CHAT,
+        headers={"x-spendgate-tags": "has space"},
+    )
     assert bad.status_code == 400
     [row] = gateway.ledger()
     assert row["tags"] == ["team-a", "feature:search"]
 
 
-def test_upstream_error_passes_through_unbilled(gateway: RunningGateway, fake: FakeUpstream) -> None:
+def test_upstream_error_passes_through_unbilled(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
     """A provider 500 reaches the client as is; the ledger records it at zero cost."""
     key = gateway.create_key()
     fake.fail_status, fake.fail_count = 500, 1
@@ -144,8 +177,12 @@ def test_upstream_down_is_502(gateway: RunningGateway, tmp_path: object) -> None
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    other = start_gateway(gateway.settings.database_url.replace("spendgate.db", "down.db"),
-                          f"http://127.0.0.1:{dead_port}", tmp_path, demo=False)  # type: ignore[arg-type]
+    other = start_gateway(
+        gateway.settings.database_url.replace("spendgate.db", "down.db"),
+        f"http://127.0.0.1:{dead_port}",
+        tmp_path,
+        demo=False,
+    )  # type: ignore[arg-type]
     try:
         key = other.create_key()
         response = post(other, "/v1/chat/completions", key["key"], json=CHAT)
@@ -165,10 +202,15 @@ def test_abandoned_stream_is_billed_for_what_upstream_produced(
     key = gateway.create_key()
     fake.stream_delay_seconds = 0.01
     body = {**CHAT, "stream": True}
-    with httpx.Client(timeout=30) as http, http.stream(
-        "POST", gateway.url + "/v1/chat/completions", json=body,
-        headers={"authorization": f"Bearer {key['key']}"},
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream(
+            "POST",
+            gateway.url + "/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {key['key']}"},
+        ) as response,
+    ):
         lines = response.iter_lines()
         got = [next(lines) for _ in range(3)]
     assert any(line.startswith("data: ") for line in got)
@@ -188,10 +230,15 @@ def test_stream_cut_by_upstream_is_estimated_and_flagged(
     """An upstream that dies mid-stream: billed on an estimate, flagged as such."""
     key = gateway.create_key()
     fake.drop_stream_after = 4
-    with httpx.Client(timeout=30) as http, http.stream(
-        "POST", gateway.url + "/v1/chat/completions", json={**CHAT, "stream": True},
-        headers={"authorization": f"Bearer {key['key']}"},
-    ) as response:
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream(
+            "POST",
+            gateway.url + "/v1/chat/completions",
+            json={**CHAT, "stream": True},
+            headers={"authorization": f"Bearer {key['key']}"},
+        ) as response,
+    ):
         list(response.iter_lines())
     [row] = gateway.ledger()
     assert row["status"] == "incomplete" and row["usage_estimated"] is True
@@ -205,14 +252,22 @@ def test_unreachable_redis_fails_closed_with_503(gateway: RunningGateway, tmp_pa
     db = gateway.settings.database_url
     if not db.startswith("postgresql"):
         db = db.replace("spendgate.db", "redisdown.db")
-    other = start_gateway(db, gateway.url, tmp_path, demo=True,  # type: ignore[arg-type]
-                          env_extra={"SPENDGATE_REDIS_URL": "redis://127.0.0.1:1/0"})
+    other = start_gateway(
+        db,
+        gateway.url,
+        tmp_path,
+        demo=True,  # type: ignore[arg-type]
+        env_extra={"SPENDGATE_REDIS_URL": "redis://127.0.0.1:1/0"},
+    )
     try:
         key = other.create_key()
-        other.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                      "amount_usd": "5", "hard_limit": True})
-        response = post(other, "/v1/chat/completions", key["key"],
-                        json={**CHAT, "model": "demo-small"})
+        other.post(
+            "/admin/budgets",
+            {"scope_type": "key", "scope_id": key["id"], "amount_usd": "5", "hard_limit": True},
+        )
+        response = post(
+            other, "/v1/chat/completions", key["key"], json={**CHAT, "model": "demo-small"}
+        )
         assert response.status_code == 503
         assert response.json()["error"]["code"] == "state_unavailable"
         assert response.headers["retry-after"] == "5"
@@ -222,8 +277,9 @@ def test_unreachable_redis_fails_closed_with_503(gateway: RunningGateway, tmp_pa
         other.handle.stop()
 
 
-def test_a_failing_redis_script_fails_closed_and_says_so(gateway: RunningGateway,
-                                                         tmp_path: object) -> None:
+def test_a_failing_redis_script_fails_closed_and_says_so(
+    gateway: RunningGateway, tmp_path: object
+) -> None:
     """Redis reachable but refusing the budget script (here: a counter that is no longer a
     number): 503, fail closed, and the message says the counters failed rather than that
     Redis cannot be reached. Once the counter is sound again, calls flow."""
@@ -234,13 +290,20 @@ def test_a_failing_redis_script_fails_closed_and_says_so(gateway: RunningGateway
     db = gateway.settings.database_url
     if not db.startswith("postgresql"):
         db = db.replace("spendgate.db", "redis-script.db")
-    other = start_gateway(db, gateway.url, tmp_path, demo=True,  # type: ignore[arg-type]
-                          env_extra={"SPENDGATE_REDIS_URL": REDIS_URL})
+    other = start_gateway(
+        db,
+        gateway.url,
+        tmp_path,
+        demo=True,  # type: ignore[arg-type]
+        env_extra={"SPENDGATE_REDIS_URL": REDIS_URL},
+    )
     redis = Redis.from_url(REDIS_URL)
     try:
         key = other.create_key()
-        budget = other.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                               "amount_usd": "5", "hard_limit": True})
+        budget = other.post(
+            "/admin/budgets",
+            {"scope_type": "key", "scope_id": key["id"], "amount_usd": "5", "hard_limit": True},
+        )
         chat = {**CHAT, "model": "demo-small"}
         assert post(other, "/v1/chat/completions", key["key"], json=chat).status_code == 200
         [bucket] = list(redis.scan_iter(match=f"sg:b:{budget['id']}:*"))

@@ -17,22 +17,31 @@ def client(gw: RunningGateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
 
 
-def test_chat_completion_is_priced_and_recorded(gateway: RunningGateway, fake: FakeUpstream) -> None:
+def test_chat_completion_is_priced_and_recorded(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
     """A non-streamed chat call carries its exact cost in a header and lands in the ledger."""
     key = gateway.create_key(tags=["checkout"])
     raw = client(gateway, key["key"]).chat.completions.with_raw_response.create(
-        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there [[cached:0]]"}])
+        model="gpt-4o-mini", messages=[{"role": "user", "content": "hello there [[cached:0]]"}]
+    )
     completion = raw.parse()
     usage = completion.usage
     assert usage is not None and usage.prompt_tokens > 0
-    expected = calc_price(Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
-                          "gpt-4o-mini", provider_id="openai").total_price
+    expected = calc_price(
+        Usage(input_tokens=usage.prompt_tokens, output_tokens=usage.completion_tokens),
+        "gpt-4o-mini",
+        provider_id="openai",
+    ).total_price
     assert Decimal(raw.headers["x-spendgate-cost-usd"]) == expected
     assert raw.headers["x-request-id"].startswith("req_")
     [row] = gateway.ledger()
     assert row["request_id"] == raw.headers["x-request-id"]
     assert row["cost_nanos"] == usd_to_nanos(expected)
-    assert (row["input_tokens"], row["output_tokens"]) == (usage.prompt_tokens, usage.completion_tokens)
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        usage.prompt_tokens,
+        usage.completion_tokens,
+    )
     assert row["tags"] == ["checkout"] and row["org_id"] == key["org_id"]
     assert row["status"] == "ok" and row["kind"] == "chat" and row["stream"] is False
 
@@ -42,17 +51,25 @@ def test_provider_key_replaces_virtual_key(gateway: RunningGateway, fake: FakeUp
     key = gateway.create_key()
     fake.required_api_key = UPSTREAM_SECRETS["OPENAI_KEY"]
     client(gateway, key["key"]).chat.completions.create(
-        model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+        model="gpt-4o", messages=[{"role": "user", "content": "hi"}]
+    )
     seen = fake.requests[-1]
     assert seen.headers["authorization"] == f"Bearer {UPSTREAM_SECRETS['OPENAI_KEY']}"
     assert key["key"] not in str(seen.headers)
 
 
-def test_stream_usage_is_requested_and_stripped(gateway: RunningGateway, fake: FakeUpstream) -> None:
+def test_stream_usage_is_requested_and_stripped(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
     """Streams are billed from the usage chunk spendgate asks for, which the client never sees."""
     key = gateway.create_key()
-    chunks = list(client(gateway, key["key"]).chat.completions.create(
-        model="gpt-4o-mini", stream=True, messages=[{"role": "user", "content": "stream please"}]))
+    chunks = list(
+        client(gateway, key["key"]).chat.completions.create(
+            model="gpt-4o-mini",
+            stream=True,
+            messages=[{"role": "user", "content": "stream please"}],
+        )
+    )
     assert chunks and all(c.usage is None for c in chunks)
     assert all(c.choices for c in chunks)
     assert fake.requests[-1].json["stream_options"] == {"include_usage": True}
@@ -65,9 +82,14 @@ def test_stream_usage_is_requested_and_stripped(gateway: RunningGateway, fake: F
 def test_stream_usage_kept_when_client_asks(gateway: RunningGateway, fake: FakeUpstream) -> None:
     """With include_usage the client gets the usage chunk, and it matches the ledger."""
     key = gateway.create_key()
-    chunks = list(client(gateway, key["key"]).chat.completions.create(
-        model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
-        messages=[{"role": "user", "content": "stream with usage [[cached:1]]"}]))
+    chunks = list(
+        client(gateway, key["key"]).chat.completions.create(
+            model="gpt-4o-mini",
+            stream=True,
+            stream_options={"include_usage": True},
+            messages=[{"role": "user", "content": "stream with usage [[cached:1]]"}],
+        )
+    )
     final = chunks[-1].usage
     assert final is not None
     [row] = gateway.ledger()
@@ -109,7 +131,8 @@ def test_azure_deployment_routing(gateway: RunningGateway, fake: FakeUpstream) -
     """Azure models go to /openai/deployments/<deployment> with api-key and api-version."""
     key = gateway.create_key()
     client(gateway, key["key"]).chat.completions.create(
-        model="azure-gpt-4o", messages=[{"role": "user", "content": "hi azure"}])
+        model="azure-gpt-4o", messages=[{"role": "user", "content": "hi azure"}]
+    )
     seen = fake.requests[-1]
     assert seen.path == "/openai/deployments/gpt4o-deployment/chat/completions"
     assert "api-version=2024-10-21" in seen.query
@@ -122,12 +145,15 @@ def test_override_price_and_upstream_model(gateway: RunningGateway, fake: FakeUp
     """A self-hosted model priced from config; the upstream gets its own model name."""
     key = gateway.create_key()
     reply = client(gateway, key["key"]).chat.completions.create(
-        model="llama-local", messages=[{"role": "user", "content": "hi"}])
+        model="llama-local", messages=[{"role": "user", "content": "hi"}]
+    )
     assert fake.requests[-1].json["model"] == "llama3.1:8b"
     usage = reply.usage
     assert usage is not None
-    expected = (Decimal(usage.prompt_tokens) * Decimal("0.10")
-                + Decimal(usage.completion_tokens) * Decimal("0.20")) / 1_000_000
+    expected = (
+        Decimal(usage.prompt_tokens) * Decimal("0.10")
+        + Decimal(usage.completion_tokens) * Decimal("0.20")
+    ) / 1_000_000
     [row] = gateway.ledger()
     assert row["cost_nanos"] == usd_to_nanos(expected)
 
@@ -136,7 +162,8 @@ def test_unknown_price_is_flagged_not_zero(gateway: RunningGateway) -> None:
     """No price known: tokens recorded, cost NULL, flagged, and a price.unknown event."""
     key = gateway.create_key()
     raw = client(gateway, key["key"]).chat.completions.with_raw_response.create(
-        model="mystery-model", messages=[{"role": "user", "content": "hi"}])
+        model="mystery-model", messages=[{"role": "user", "content": "hi"}]
+    )
     assert raw.headers["x-spendgate-cost-usd"] == "unknown"
     [row] = gateway.ledger()
     assert row["cost_nanos"] is None and row["price_unknown"] is True and row["output_tokens"] > 0
@@ -150,5 +177,6 @@ def test_unknown_price_is_flagged_not_zero(gateway: RunningGateway) -> None:
     [event] = events()
     assert event["data"]["model"] == "mystery-model"
     client(gateway, key["key"]).chat.completions.create(
-        model="mystery-model", messages=[{"role": "user", "content": "again"}])
+        model="mystery-model", messages=[{"role": "user", "content": "again"}]
+    )
     assert len(events()) == 1

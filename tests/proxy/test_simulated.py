@@ -57,7 +57,10 @@ def test_prompt_tokens_count_every_text_part() -> None:
     """String and list-of-parts contents are all counted, system message included."""
     body = {"model": "m", "messages": [
         {"role": "system", "content": "abcdefgh"},
-        {"role": "user", "content": [{"type": "text", "text": "abcd"}, {"type": "text", "text": "ab"}]},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "abcd"}, {"type": "text", "text": "ab"}],
+        },
     ]}  # fmt: skip
     status, answer = simulated.openai_response("/chat/completions", body)
     assert status == 200

@@ -43,8 +43,14 @@ SLACK_SECRET = "XXXXslackSECRETpath9f3k"
 SLACK_PATH = f"services/T0SAR000/B0SAR000/{SLACK_SECRET}"
 PAGERDUTY_ROUTING_KEY = "R0UT1NGpdSECRET7c1e2f"
 #: what a secret of each kind looks like, to catch ones this test did not know of
-SHAPES = [re.compile(p) for p in (r"sk-sg-[A-Za-z0-9_-]{30,}", r"sg-admin-[A-Za-z0-9_-]{30,}",
-                                  r"whsec_[A-Za-z0-9+/=]{20,}")]
+SHAPES = [
+    re.compile(p)
+    for p in (
+        r"sk-sg-[A-Za-z0-9_-]{30,}",
+        r"sg-admin-[A-Za-z0-9_-]{30,}",
+        r"whsec_[A-Za-z0-9+/=]{20,}",
+    )
+]
 
 
 # -- capturing ------------------------------------------------------------------------------
@@ -54,8 +60,11 @@ def every_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
     the root (uvicorn's); restored afterwards. Start servers (uvicorn reconfigures its
     loggers) before entering."""
     caplog.set_level(logging.DEBUG)
-    loggers = [lg for lg in list(logging.root.manager.loggerDict.values())
-               if isinstance(lg, logging.Logger)]
+    loggers = [
+        lg
+        for lg in list(logging.root.manager.loggerDict.values())
+        if isinstance(lg, logging.Logger)
+    ]
     saved = [(lg, lg.level) for lg in loggers]
     fed = [lg for lg in loggers if not lg.propagate]
     for lg in loggers:
@@ -99,15 +108,20 @@ async def postgres_text(database_url: str) -> str:
     """Every row of every table of the public schema, cast to text."""
     conn = await asyncpg.connect(database_url)
     try:
-        tables = [r["table_name"] for r in await conn.fetch(
-            "SELECT table_name FROM information_schema.tables "
-            "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'")]
+        tables = [
+            r["table_name"]
+            for r in await conn.fetch(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+            )
+        ]
         assert "webhook_endpoints" in tables and "virtual_keys" in tables
         rows = []
         for table in tables:
             quoted = '"' + table.replace('"', '""') + '"'
-            rows += [f"{table}: {r[0]}" for r in await conn.fetch(
-                f"SELECT t::text FROM {quoted} t")]  # table names from the catalog
+            rows += [
+                f"{table}: {r[0]}" for r in await conn.fetch(f"SELECT t::text FROM {quoted} t")
+            ]  # table names from the catalog
         return "\n".join(rows)
     finally:
         await conn.close()
@@ -140,7 +154,7 @@ class Secrets:
         for value in self.values.values():
             at = text.find(value)
             if at >= 0:
-                snippet = text[max(0, at - around):at + len(value) + around]
+                snippet = text[max(0, at - around) : at + len(value) + around]
                 for name, other in sorted(self.values.items(), key=lambda i: -len(i[1])):
                     snippet = snippet.replace(other, f"<{name}>")
                 out.append("".join(c if c.isprintable() else "." for c in snippet))
@@ -148,8 +162,11 @@ class Secrets:
 
     def found_in(self, text: str) -> list[str]:
         named = [name for name, value in self.values.items() if value in text]
-        shaped = [f"something shaped like {m.group(0)[:10]}…" for shape in SHAPES
-                  for m in shape.finditer(text)]
+        shaped = [
+            f"something shaped like {m.group(0)[:10]}…"
+            for shape in SHAPES
+            for m in shape.finditer(text)
+        ]
         return named + shaped
 
 
@@ -161,8 +178,13 @@ def wait_for(condition: Any, seconds: float = 15.0) -> None:
         time.sleep(0.05)
 
 
-def run_scenario(gateway: RunningGateway, fake: FakeUpstream, receiver: Receiver,
-                 receiver_url: str, found: Secrets) -> dict[str, Any]:
+def run_scenario(
+    gateway: RunningGateway,
+    fake: FakeUpstream,
+    receiver: Receiver,
+    receiver_url: str,
+    found: Secrets,
+) -> dict[str, Any]:
     """Everything that handles a secret, through HTTP; returns ids and shown values."""
     admin = gateway.admin
     found.add("master key", MASTER_KEY)
@@ -171,8 +193,9 @@ def run_scenario(gateway: RunningGateway, fake: FakeUpstream, receiver: Receiver
 
     org = gateway.post("/admin/orgs", {"name": ORG_NAME})["id"]
     team = gateway.post("/admin/teams", {"name": "search", "org_id": org})["id"]
-    user = gateway.post("/admin/users", {"email": "ana@acme.io", "role": "org_admin",
-                                         "org_id": org})["id"]
+    user = gateway.post(
+        "/admin/users", {"email": "ana@acme.io", "role": "org_admin", "org_id": org}
+    )["id"]
 
     slack_url = found.add("Slack URL", f"{receiver_url}/{SLACK_PATH}")
     found.add("Slack URL secret path", SLACK_PATH)
@@ -180,17 +203,25 @@ def run_scenario(gateway: RunningGateway, fake: FakeUpstream, receiver: Receiver
     scope = {"scope_type": "org", "scope_id": org, "event_types": ["key.*"]}
     hook = gateway.post("/admin/webhooks", {"url": f"{receiver_url}/hook", **scope})
     slack = gateway.post("/admin/webhooks", {"url": slack_url, "kind": "slack", **scope})
-    pagerduty = gateway.post("/admin/webhooks", {
-        "url": f"{receiver_url}/v2/enqueue", "kind": "pagerduty", **scope,
-        "config": {"routing_key": found.add("PagerDuty routing key", PAGERDUTY_ROUTING_KEY)}})
+    pagerduty = gateway.post(
+        "/admin/webhooks",
+        {
+            "url": f"{receiver_url}/v2/enqueue",
+            "kind": "pagerduty",
+            **scope,
+            "config": {"routing_key": found.add("PagerDuty routing key", PAGERDUTY_ROUTING_KEY)},
+        },
+    )
     for n, created in enumerate((hook, slack, pagerduty)):
         found.add(f"webhook secret {n}", created["secret"])
-    rotated = admin.post(f"/admin/webhooks/{hook['id']}/rotate-secret",
-                         json={"overlap_seconds": 3600})
+    rotated = admin.post(
+        f"/admin/webhooks/{hook['id']}/rotate-secret", json={"overlap_seconds": 3600}
+    )
     assert rotated.status_code == 200, rotated.text
     found.add("rotated webhook secret", rotated.json()["secret"])
-    receiver.secrets = [v for k, v in found.values.items() if k.startswith(("webhook secret",
-                                                                            "rotated webhook"))]
+    receiver.secrets = [
+        v for k, v in found.values.items() if k.startswith(("webhook secret", "rotated webhook"))
+    ]
 
     first = gateway.post("/admin/keys", {"name": "search-prod", "org_id": org, "team_id": team})
     second = gateway.post("/admin/keys", {"name": "crawler", "org_id": org, "team_id": team})
@@ -205,16 +236,23 @@ def run_scenario(gateway: RunningGateway, fake: FakeUpstream, receiver: Receiver
     as_admin = {"authorization": f"Bearer {token['token']}"}
     listed = httpx.get(f"{gateway.url}/admin/keys", headers=as_admin)
     assert listed.status_code == 200 and {k["id"] for k in listed.json()} == {
-        first["id"], second["id"]}
-    third = httpx.post(f"{gateway.url}/admin/keys", headers=as_admin,
-                       json={"name": "by-token", "org_id": org, "team_id": team})
+        first["id"],
+        second["id"],
+    }
+    third = httpx.post(
+        f"{gateway.url}/admin/keys",
+        headers=as_admin,
+        json={"name": "by-token", "org_id": org, "team_id": team},
+    )
     assert third.status_code == 201, third.text
     found.add("virtual key 3 (made with the admin token)", third.json()["key"])
 
     # wrong credentials a caller might have mistyped are secrets too
-    for path, bogus in (("/admin/keys", found.add("unknown admin token", new_admin_token())),
-                        ("/admin/orgs", found.add("unknown master key", "sg-master-wrong-9")),
-                        ("/v1/models", found.add("unknown virtual key", new_virtual_key()))):
+    for path, bogus in (
+        ("/admin/keys", found.add("unknown admin token", new_admin_token())),
+        ("/admin/orgs", found.add("unknown master key", "sg-master-wrong-9")),
+        ("/v1/models", found.add("unknown virtual key", new_virtual_key())),
+    ):
         answer = httpx.get(f"{gateway.url}{path}", headers={"authorization": f"Bearer {bogus}"})
         assert answer.status_code == 401, answer.text
 
@@ -222,18 +260,22 @@ def run_scenario(gateway: RunningGateway, fake: FakeUpstream, receiver: Receiver
     for key in (rotation.json()["key"], second["key"], third.json()["key"]):
         client = openai.OpenAI(base_url=base, api_key=key, max_retries=0)
         reply = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}])
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hello"}]
+        )
         assert reply.choices[0].message.content
         stream = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True)
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
         assert list(stream)
     claude = anthropic.Anthropic(base_url=gateway.url, api_key=second["key"], max_retries=0)
-    assert claude.messages.create(model="claude-sonnet-4-5", max_tokens=20,
-                                  messages=[{"role": "user", "content": "hello"}]).content
+    assert claude.messages.create(
+        model="claude-sonnet-4-5", max_tokens=20, messages=[{"role": "user", "content": "hello"}]
+    ).content
     with pytest.raises(openai.AuthenticationError):
         openai.OpenAI(base_url=base, api_key=first["key"], max_retries=0).models.list()
-    presented = {h.get("authorization") or h.get("x-api-key") for h in
-                 (r.headers for r in fake.requests)}
+    presented = {
+        h.get("authorization") or h.get("x-api-key") for h in (r.headers for r in fake.requests)
+    }
     assert f"Bearer {UPSTREAM_SECRETS['OPENAI_KEY']}" in presented  # the gateway used them
     assert UPSTREAM_SECRETS["ANTHROPIC_KEY"] in presented
 
@@ -245,23 +287,34 @@ def run_scenario(gateway: RunningGateway, fake: FakeUpstream, receiver: Receiver
     assert {r.path for r in receiver.received} == {"/hook", f"/{SLACK_PATH}", "/v2/enqueue"}
     assert any(r.json().get("routing_key") == PAGERDUTY_ROUTING_KEY for r in receiver.received)
     gateway.ledger()  # flushed
-    return {"org": org, "key_prefix": second["key_prefix"], "slack_id": slack["id"],
-            "slack_shown": slack["url"], "endpoint_ids": [hook["id"], slack["id"],
-                                                          pagerduty["id"]],
-            "key_ids": [first["id"], second["id"], third.json()["id"]],
-            "token_id": token["id"]}
+    return {
+        "org": org,
+        "key_prefix": second["key_prefix"],
+        "slack_id": slack["id"],
+        "slack_shown": slack["url"],
+        "endpoint_ids": [hook["id"], slack["id"], pagerduty["id"]],
+        "key_ids": [first["id"], second["id"], third.json()["id"]],
+        "token_id": token["id"],
+    }
 
 
 def admin_answers(gateway: RunningGateway, shown: dict[str, Any]) -> dict[str, str]:
     """The body of every parameterless GET route of the admin API, and of each object's."""
-    paths = [p for p, ops in gateway.get("/openapi.json")["paths"].items()
-             if p.startswith("/admin") and "get" in ops and "{" not in p]
+    paths = [
+        p
+        for p, ops in gateway.get("/openapi.json")["paths"].items()
+        if p.startswith("/admin") and "get" in ops and "{" not in p
+    ]
     assert {"/admin/keys", "/admin/webhooks", "/admin/tokens", "/admin/audit"} <= set(paths)
     paths += [f"/admin/keys/{k}" for k in shown["key_ids"]]
     paths += [f"/admin/webhooks/{e}" for e in shown["endpoint_ids"]]
     paths += [f"/admin/webhooks/{e}/deliveries" for e in shown["endpoint_ids"]]
-    paths += [f"/admin/tokens/{shown['token_id']}", "/admin/audit/export?format=jsonl",
-              "/admin/audit/export?format=csv", "/admin/usage?group_by=key,model"]
+    paths += [
+        f"/admin/tokens/{shown['token_id']}",
+        "/admin/audit/export?format=jsonl",
+        "/admin/audit/export?format=csv",
+        "/admin/usage?group_by=key,model",
+    ]
     answers = {}
     for path in paths:
         response = gateway.admin.get(path)
@@ -270,9 +323,9 @@ def admin_answers(gateway: RunningGateway, shown: dict[str, Any]) -> dict[str, s
     return answers
 
 
-def test_no_secret_at_rest_in_logs_or_in_answers(gateway: RunningGateway, fake: FakeUpstream,
-                                                 database_url: str,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_no_secret_at_rest_in_logs_or_in_answers(
+    gateway: RunningGateway, fake: FakeUpstream, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
     """The scenario's secrets appear nowhere: database, logs (setup and run), admin routes.
     Known non-secret values stored alongside are found, so the search itself works."""
     receiver = Receiver(now=gateway.clock.now)
@@ -286,8 +339,9 @@ def test_no_secret_at_rest_in_logs_or_in_answers(gateway: RunningGateway, fake: 
         handle.stop()
 
     stored = database_text(database_url)
-    logs = log_text(caplog.get_records("setup") + caplog.get_records("call"),
-                    not_from=handle.thread.ident)
+    logs = log_text(
+        caplog.get_records("setup") + caplog.get_records("call"), not_from=handle.thread.ident
+    )
     assert found.found_in(stored) == [], found.context(stored)
     assert found.found_in(logs) == [], found.context(logs)
     leaked = {path: found.found_in(text) for path, text in answers.items()}
@@ -307,15 +361,17 @@ def test_no_secret_at_rest_in_logs_or_in_answers(gateway: RunningGateway, fake: 
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_demo_virtual_key_is_not_logged(gateway: RunningGateway,
-                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_demo_virtual_key_is_not_logged(
+    gateway: RunningGateway, caplog: pytest.LogCaptureFixture
+) -> None:
     text = "\n".join(r.getMessage() for r in caplog.get_records("setup"))
     assert not SHAPES[0].search(text)
 
 
 # -- rotating the encryption key ------------------------------------------------------------
 def test_reencrypt_moves_every_stored_secret_to_the_newest_key(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``spendgate webhooks reencrypt`` with ``SPENDGATE_SECRET_KEY=new,old`` rewrites
     signing secrets (current and previous), PagerDuty keys and Slack URLs (sealing a
     plaintext one from before revision 0008) so the new key alone reads them; a token no
@@ -334,16 +390,28 @@ def test_reencrypt_moves_every_stored_secret_to_the_newest_key(
             slack, _ = await old.create(EndpointSpec(url=slack_url, kind="slack"), now)
             legacy, _ = await old.create(EndpointSpec(url=slack_url, kind="slack"), now)
             async with engine.begin() as conn:  # as revision 0007 stored Slack URLs
-                await conn.execute(webhook_endpoints.update()
-                                   .where(webhook_endpoints.c.id == legacy["id"])
-                                   .values(url=slack_url, url_encrypted=None))
-            pagerduty, _ = await old.create(EndpointSpec(
-                url="http://127.0.0.1:9/pd", kind="pagerduty",
-                config={"routing_key": PAGERDUTY_ROUTING_KEY}), now)
+                await conn.execute(
+                    webhook_endpoints.update()
+                    .where(webhook_endpoints.c.id == legacy["id"])
+                    .values(url=slack_url, url_encrypted=None)
+                )
+            pagerduty, _ = await old.create(
+                EndpointSpec(
+                    url="http://127.0.0.1:9/pd",
+                    kind="pagerduty",
+                    config={"routing_key": PAGERDUTY_ROUTING_KEY},
+                ),
+                now,
+            )
             lost = WebhookStore(engine, SecretBox("lost-key"), allow_private=True)
             stranger, _ = await lost.create(EndpointSpec(url="http://127.0.0.1:9/x"), now)
-            return {"hook": hook["id"], "slack": slack["id"], "legacy": legacy["id"],
-                    "pagerduty": pagerduty["id"], "stranger": stranger["id"]}
+            return {
+                "hook": hook["id"],
+                "slack": slack["id"],
+                "legacy": legacy["id"],
+                "pagerduty": pagerduty["id"],
+                "stranger": stranger["id"],
+            }
         finally:
             await engine.dispose()
 
@@ -351,8 +419,12 @@ def test_reencrypt_moves_every_stored_secret_to_the_newest_key(
         engine = create_engine(database_url)
         try:
             async with engine.connect() as conn:
-                return [dict(r._mapping) for r in await conn.execute(
-                    sa.select(webhook_endpoints).order_by(webhook_endpoints.c.id))]
+                return [
+                    dict(r._mapping)
+                    for r in await conn.execute(
+                        sa.select(webhook_endpoints).order_by(webhook_endpoints.c.id)
+                    )
+                ]
         finally:
             await engine.dispose()
 
@@ -368,14 +440,14 @@ def test_reencrypt_moves_every_stored_secret_to_the_newest_key(
     runner = CliRunner()
 
     def reencrypt(code: int) -> dict[str, Any]:
-        result = runner.invoke(webhooks_app, ["reencrypt", "--database-url", database_url,
-                                              "--json"])
+        result = runner.invoke(
+            webhooks_app, ["reencrypt", "--database-url", database_url, "--json"]
+        )
         assert result.exit_code == code, result.output
         return dict(json.loads(result.stdout))
 
     first = reencrypt(1)
-    assert first == {"endpoints": 5, "rewritten": 4, "sealed": 1,
-                     "unreadable": [ids["stranger"]]}
+    assert first == {"endpoints": 5, "rewritten": 4, "sealed": 1, "unreadable": [ids["stranger"]]}
     asyncio.run(forget(ids["stranger"]))
     assert reencrypt(0) == {"endpoints": 4, "rewritten": 0, "sealed": 0, "unreadable": []}
 
@@ -399,7 +471,8 @@ def test_reencrypt_moves_every_stored_secret_to_the_newest_key(
 
 
 async def test_migration_0008_down_and_up_keeps_slack_urls(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Downgrading writes the real Slack URL back (with the key from the environment);
     upgrading again leaves it for the gateway to seal."""
     monkeypatch.setenv("SPENDGATE_SECRET_KEY", "downgrade-key")
@@ -408,14 +481,18 @@ async def test_migration_0008_down_and_up_keeps_slack_urls(
     try:
         await migrate(engine)
         store = WebhookStore(engine, SecretBox("downgrade-key"), allow_private=True)
-        endpoint, _ = await store.create(EndpointSpec(url=url, kind="slack"),
-                                         datetime(2026, 3, 10, tzinfo=UTC))
+        endpoint, _ = await store.create(
+            EndpointSpec(url=url, kind="slack"), datetime(2026, 3, 10, tzinfo=UTC)
+        )
         await downgrade(engine, "0007")
         async with engine.connect() as conn:
-            assert (await conn.execute(sa.text("SELECT url FROM webhook_endpoints"))
-                    ).scalar_one() == url
+            assert (
+                await conn.execute(sa.text("SELECT url FROM webhook_endpoints"))
+            ).scalar_one() == url
         await migrate(engine)
-        assert (await store.get(endpoint["id"]))["url"] == "https://hooks.slack.com/services/T…/B…/…"
+        assert (await store.get(endpoint["id"]))[
+            "url"
+        ] == "https://hooks.slack.com/services/T…/B…/…"
         assert await store.seal_urls() == 1
         assert store.url_of(await store.row(endpoint["id"])) == url
     finally:
@@ -424,7 +501,10 @@ async def test_migration_0008_down_and_up_keeps_slack_urls(
 
 def test_secret_shapes_match_real_secrets() -> None:
     """The shape checks above recognise every kind of secret spendgate makes."""
-    for secret in (new_virtual_key(), new_admin_token(), "whsec_" + secrets.token_urlsafe(24)
-                   .replace("-", "+").replace("_", "/")):
+    for secret in (
+        new_virtual_key(),
+        new_admin_token(),
+        "whsec_" + secrets.token_urlsafe(24).replace("-", "+").replace("_", "/"),
+    ):
         assert any(shape.fullmatch(secret) for shape in SHAPES), secret
     assert not any(shape.search(shown_prefix(new_virtual_key())) for shape in SHAPES)

@@ -26,16 +26,26 @@ from spendgate.settings import load_settings
 from tests.conftest import MASTER_KEY, RunningGateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-BROWSER_HEADERS = {"x-content-type-options": "nosniff", "x-frame-options": "DENY",
-                   "referrer-policy": "no-referrer"}
+BROWSER_HEADERS = {
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "no-referrer",
+}
 
 
 def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
 
 
-async def in_process(gw: RunningGateway, method: str, path: str, *, client: tuple[str, int],
-                     scheme: str = "http", **kwargs: Any) -> httpx.Response:
+async def in_process(
+    gw: RunningGateway,
+    method: str,
+    path: str,
+    *,
+    client: tuple[str, int],
+    scheme: str = "http",
+    **kwargs: Any,
+) -> httpx.Response:
     """A request handed straight to the gateway's ASGI app (on its own loop), as if from
     ``client`` over ``scheme``: what a TCP test cannot fake."""
     transport = httpx.ASGITransport(app=gw.app, client=client)
@@ -55,8 +65,11 @@ def test_throttle_locks_an_address_out_for_a_window() -> None:
     with pytest.raises(TooManyAuthFailures) as info:
         throttle.check("198.51.100.1", 100.5)
     err = info.value
-    assert (err.status, err.code, err.headers()) == (429, "too_many_auth_failures",
-                                                     {"retry-after": "60"})
+    assert (err.status, err.code, err.headers()) == (
+        429,
+        "too_many_auth_failures",
+        {"retry-after": "60"},
+    )
     with pytest.raises(TooManyAuthFailures) as later:
         throttle.check("198.51.100.1", 160.2)
     assert later.value.headers() == {"retry-after": "1"}
@@ -142,17 +155,31 @@ def test_proxy_locks_out_an_address_after_20_failed_keys(gateway: RunningGateway
     assert info.value.status_code == 429
     assert info.value.response.headers["retry-after"] == "60"
     assert info.value.response.json()["error"]["code"] == "too_many_auth_failures"
-    anthropic_style = httpx.post(gateway.url + "/v1/messages", headers={"x-api-key": key["key"]},
-                                 json={"model": "claude-sonnet-4-5", "max_tokens": 5,
-                                       "messages": [{"role": "user", "content": "x"}]})
+    anthropic_style = httpx.post(
+        gateway.url + "/v1/messages",
+        headers={"x-api-key": key["key"]},
+        json={
+            "model": "claude-sonnet-4-5",
+            "max_tokens": 5,
+            "messages": [{"role": "user", "content": "x"}],
+        },
+    )
     assert anthropic_style.status_code == 429 and "retry-after" in anthropic_style.headers
     assert anthropic_style.json()["error"]["type"] == "rate_limit_error"
-    models = httpx.get(gateway.url + "/v1/models",
-                       headers={"authorization": f"Bearer {key['key']}"})
+    models = httpx.get(
+        gateway.url + "/v1/models", headers={"authorization": f"Bearer {key['key']}"}
+    )
     assert models.status_code == 429
 
-    elsewhere = gateway.run(in_process(gateway, "GET", "/v1/models", client=("203.0.113.7", 5000),
-                                       headers={"authorization": f"Bearer {key['key']}"}))
+    elsewhere = gateway.run(
+        in_process(
+            gateway,
+            "GET",
+            "/v1/models",
+            client=("203.0.113.7", 5000),
+            headers={"authorization": f"Bearer {key['key']}"},
+        )
+    )
     assert elsewhere.status_code == 200, elsewhere.text
 
     gateway.clock.advance(59)
@@ -169,8 +196,9 @@ def test_admin_api_locks_out_an_address_after_20_failed_tokens(gateway: RunningG
     """The admin API shares the throttle: 20 wrong bearer tokens, then even the master key
     gets 429 with Retry-After until the window has passed."""
     for n in range(20):
-        wrong = httpx.get(gateway.url + "/admin/orgs",
-                          headers={"authorization": f"Bearer sg-wrong-{n}"})
+        wrong = httpx.get(
+            gateway.url + "/admin/orgs", headers={"authorization": f"Bearer sg-wrong-{n}"}
+        )
         assert wrong.status_code == 401, wrong.text
     locked = gateway.admin.get("/admin/orgs")
     assert locked.status_code == 429 and locked.headers["retry-after"] == "60"
@@ -184,8 +212,11 @@ def test_security_headers_on_admin_and_health_not_on_proxy(gateway: RunningGatew
     key = gateway.create_key()
     admin = gateway.admin.get("/admin/orgs")
     assert admin.status_code == 200
-    for name, value in {**BROWSER_HEADERS, "content-security-policy": JSON_CSP,
-                        "cache-control": "no-store"}.items():
+    for name, value in {
+        **BROWSER_HEADERS,
+        "content-security-policy": JSON_CSP,
+        "cache-control": "no-store",
+    }.items():
         assert admin.headers.get(name) == value, name
     assert "strict-transport-security" not in admin.headers  # plain HTTP
 
@@ -205,8 +236,9 @@ def test_security_headers_on_admin_and_health_not_on_proxy(gateway: RunningGatew
     assert "cdn.jsdelivr.net" in DOCS_CSP and docs.headers["x-frame-options"] == "DENY"
 
     raw = sdk(gateway, key["key"]).chat.completions.with_raw_response.create(**CHAT)
-    listed = httpx.get(gateway.url + "/v1/models",
-                       headers={"authorization": f"Bearer {key['key']}"})
+    listed = httpx.get(
+        gateway.url + "/v1/models", headers={"authorization": f"Bearer {key['key']}"}
+    )
     for response_headers in (raw.headers, listed.headers):
         for name in (*BROWSER_HEADERS, "content-security-policy", "strict-transport-security"):
             assert name not in response_headers, name
@@ -215,16 +247,24 @@ def test_security_headers_on_admin_and_health_not_on_proxy(gateway: RunningGatew
 
 def test_hsts_only_over_https(gateway: RunningGateway) -> None:
     """Strict-Transport-Security is sent when the request came over HTTPS (never on /v1)."""
-    secure = gateway.run(in_process(gateway, "GET", "/healthz", client=("127.0.0.1", 1),
-                                    scheme="https"))
+    secure = gateway.run(
+        in_process(gateway, "GET", "/healthz", client=("127.0.0.1", 1), scheme="https")
+    )
     assert secure.status_code == 200
     assert secure.headers["strict-transport-security"].startswith("max-age=")
     plain = gateway.run(in_process(gateway, "GET", "/healthz", client=("127.0.0.1", 1)))
     assert "strict-transport-security" not in plain.headers
     key = gateway.create_key()
-    proxied = gateway.run(in_process(gateway, "GET", "/v1/models", client=("127.0.0.1", 1),
-                                     scheme="https",
-                                     headers={"authorization": f"Bearer {key['key']}"}))
+    proxied = gateway.run(
+        in_process(
+            gateway,
+            "GET",
+            "/v1/models",
+            client=("127.0.0.1", 1),
+            scheme="https",
+            headers={"authorization": f"Bearer {key['key']}"},
+        )
+    )
     assert proxied.status_code == 200 and "strict-transport-security" not in proxied.headers
 
 
@@ -248,28 +288,40 @@ def test_csrf_form_posts_need_a_matching_token(gateway: RunningGateway) -> None:
     with httpx.Client(base_url=gateway.url) as browser:
         # a form post without the token: refused before any route runs
         assert_csrf_refused(browser.post("/admin/orgs", data={"name": "evil"}, headers=bearer))
-        assert_csrf_refused(browser.post("/admin/orgs", content=b'{"name": "evil"}',
-                                         headers={**bearer, "content-type": "text/plain"}))
+        assert_csrf_refused(
+            browser.post(
+                "/admin/orgs",
+                content=b'{"name": "evil"}',
+                headers={**bearer, "content-type": "text/plain"},
+            )
+        )
         # cookie and header disagree
         browser.cookies.set(CSRF_COOKIE, token)
-        assert_csrf_refused(browser.post("/admin/orgs", data={"name": "evil"},
-                                         headers={**bearer, "x-csrf-token": token[:-1] + "x"}))
+        assert_csrf_refused(
+            browser.post(
+                "/admin/orgs",
+                data={"name": "evil"},
+                headers={**bearer, "x-csrf-token": token[:-1] + "x"},
+            )
+        )
         # a session cookie makes even a JSON post without Bearer need the token
         browser.cookies.set(SESSION_COOKIE, "session-id")
         assert_csrf_refused(browser.post("/admin/orgs", json={"name": "evil"}))
         # matching cookie and header (or form field): past CSRF, the route decides
-        ok = browser.post("/admin/orgs", data={"name": "x"},
-                          headers={**bearer, "x-csrf-token": token})
+        ok = browser.post(
+            "/admin/orgs", data={"name": "x"}, headers={**bearer, "x-csrf-token": token}
+        )
         assert_past_csrf(ok)
         assert ok.status_code in (400, 415, 422), ok.text
-        field = browser.post("/admin/orgs", data={"name": "x", "csrf_token": token},
-                             headers=bearer)
+        field = browser.post("/admin/orgs", data={"name": "x", "csrf_token": token}, headers=bearer)
         assert_past_csrf(field)
-        multipart = browser.post("/admin/orgs", data={"csrf_token": token},
-                                 files={"f": ("a.txt", b"x")}, headers=bearer)
+        multipart = browser.post(
+            "/admin/orgs", data={"csrf_token": token}, files={"f": ("a.txt", b"x")}, headers=bearer
+        )
         assert_past_csrf(multipart)
-        unauthenticated = browser.post("/admin/orgs", json={"name": "x"},
-                                       headers={"x-csrf-token": token})
+        unauthenticated = browser.post(
+            "/admin/orgs", json={"name": "x"}, headers={"x-csrf-token": token}
+        )
         assert unauthenticated.status_code == 401  # past CSRF; no session login exists yet
         # safe methods are never checked
         assert browser.get("/admin/orgs", headers=bearer).status_code == 200
@@ -280,9 +332,14 @@ def test_csrf_bearer_json_is_untouched(gateway: RunningGateway) -> None:
     """API clients (Bearer + JSON) never need a CSRF token, cookies or not."""
     made = gateway.post("/admin/orgs", {"name": "api-made"})
     assert made["id"]
-    with_cookie = httpx.post(gateway.url + "/admin/orgs", json={"name": "cookie-jar"},
-                             headers={"authorization": f"Bearer {MASTER_KEY}",
-                                      "cookie": f"{SESSION_COOKIE}=s; {CSRF_COOKIE}=t"})
+    with_cookie = httpx.post(
+        gateway.url + "/admin/orgs",
+        json={"name": "cookie-jar"},
+        headers={
+            "authorization": f"Bearer {MASTER_KEY}",
+            "cookie": f"{SESSION_COOKIE}=s; {CSRF_COOKIE}=t",
+        },
+    )
     assert with_cookie.status_code == 201, with_cookie.text
 
 
@@ -296,8 +353,7 @@ def test_session_cookie_attributes() -> None:
         assert part in cookie, part
 
     plain = Response()
-    set_session_cookie(plain, SESSION_COOKIE, "abc", secure=False, max_age=None,
-                       samesite="strict")
+    set_session_cookie(plain, SESSION_COOKIE, "abc", secure=False, max_age=None, samesite="strict")
     cookie = plain.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Secure" not in cookie
 

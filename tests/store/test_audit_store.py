@@ -34,12 +34,26 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def event(n: int, *, at: datetime | None = None, action: str = "budget.updated",
-          actor: str = "master", target: str | None = None) -> AuditEvent:
-    return AuditEvent(at or T0 + timedelta(hours=n), "admin", actor, action, "budget",
-                      target or f"bud_{n}", before={"amount_usd": "100.00", "n": n},
-                      after={"amount_usd": "150.00", "n": n}, request_id=f"req_{n}",
-                      source_ip="127.0.0.1")
+def event(
+    n: int,
+    *,
+    at: datetime | None = None,
+    action: str = "budget.updated",
+    actor: str = "master",
+    target: str | None = None,
+) -> AuditEvent:
+    return AuditEvent(
+        at or T0 + timedelta(hours=n),
+        "admin",
+        actor,
+        action,
+        "budget",
+        target or f"bud_{n}",
+        before={"amount_usd": "100.00", "n": n},
+        after={"amount_usd": "150.00", "n": n},
+        request_id=f"req_{n}",
+        source_ip="127.0.0.1",
+    )
 
 
 async def fill(engine: AsyncEngine, n: int, **kwargs: Any) -> list[str]:
@@ -76,12 +90,15 @@ async def test_append_rolls_back_with_the_change(engine: AsyncEngine) -> None:
     assert (await store.verify(engine, KEY)).ok
 
 
-@pytest.mark.parametrize("sql", [
-    "UPDATE audit_log SET action = 'nothing.happened'",
-    "UPDATE audit_log SET actor_id = 'someone-else' WHERE seq = 2",
-    "DELETE FROM audit_log WHERE seq = 2",
-    "DELETE FROM audit_log",
-])
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit_log SET action = 'nothing.happened'",
+        "UPDATE audit_log SET actor_id = 'someone-else' WHERE seq = 2",
+        "DELETE FROM audit_log WHERE seq = 2",
+        "DELETE FROM audit_log",
+    ],
+)
 async def test_the_database_refuses_update_and_delete(engine: AsyncEngine, sql: str) -> None:
     await fill(engine, 3)
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
@@ -100,8 +117,9 @@ async def test_truncate_is_refused_on_postgresql(engine: AsyncEngine) -> None:
 
 async def test_checkpoints_are_append_only_too(engine: AsyncEngine) -> None:
     await fill(engine, 3, at=T0)
-    await store.purge(engine, T0 + timedelta(seconds=1), KEY, now=T0 + timedelta(days=400),
-                      min_retention_days=365)
+    await store.purge(
+        engine, T0 + timedelta(seconds=1), KEY, now=T0 + timedelta(days=400), min_retention_days=365
+    )
     for sql in ("UPDATE audit_checkpoints SET seq = 1", "DELETE FROM audit_checkpoints"):
         with pytest.raises(sa.exc.DBAPIError, match="append-only"):
             await raw(engine, sql)
@@ -123,8 +141,9 @@ async def test_an_amount_changed_behind_the_triggers_back_is_named(engine: Async
     ids = await fill(engine, 6)
     doctored = json.dumps({"amount_usd": "1500.00", "n": 3})
     cast = "CAST(:after AS JSONB)" if engine.dialect.name == "postgresql" else ":after"
-    await tamper(engine, f"UPDATE audit_log SET after = {cast} WHERE id = :id",
-                 after=doctored, id=ids[3])
+    await tamper(
+        engine, f"UPDATE audit_log SET after = {cast} WHERE id = :id", after=doctored, id=ids[3]
+    )
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
         await raw(engine, "UPDATE audit_log SET action = 'x'")  # guards are back
     result = await store.verify(engine, KEY)
@@ -150,6 +169,7 @@ async def test_a_deleted_tail_is_caught(engine: AsyncEngine) -> None:
 
 async def test_concurrent_appends_keep_one_linear_chain(engine: AsyncEngine) -> None:
     """50 appends at once, each in its own transaction (like 50 replicas): seq 1..50."""
+
     async def one(n: int) -> int:
         async with engine.begin() as conn:
             return (await store.append(conn, event(n))).seq
@@ -160,11 +180,13 @@ async def test_concurrent_appends_keep_one_linear_chain(engine: AsyncEngine) -> 
     assert result.ok and result.checked == 50 and result.last_seq == 50
 
 
-async def test_concurrent_appends_from_separate_engines(database_url: str,
-                                                        engine: AsyncEngine) -> None:
+async def test_concurrent_appends_from_separate_engines(
+    database_url: str, engine: AsyncEngine
+) -> None:
     """Two engines (two replicas' pools) appending at once still make one chain."""
     other = create_engine(database_url)
     try:
+
         async def one(eng: AsyncEngine, n: int) -> None:
             await store.record(eng, event(n))
 
@@ -176,13 +198,14 @@ async def test_concurrent_appends_from_separate_engines(database_url: str,
 
 
 async def test_purge_keeps_the_chain_verifiable_from_a_signed_checkpoint(
-        engine: AsyncEngine) -> None:
+    engine: AsyncEngine,
+) -> None:
     old = [(await store.record(engine, event(i, at=T0 + timedelta(days=i)))) for i in range(5)]
-    young = [(await store.record(engine, event(i, at=T0 + timedelta(days=400 + i))))
-             for i in range(3)]
+    young = [
+        (await store.record(engine, event(i, at=T0 + timedelta(days=400 + i)))) for i in range(3)
+    ]
     now = T0 + timedelta(days=800)
-    result = await store.purge(engine, T0 + timedelta(days=3), KEY, now=now,
-                               min_retention_days=365)
+    result = await store.purge(engine, T0 + timedelta(days=3), KEY, now=now, min_retention_days=365)
     assert result.purged == 3 and result.checkpoint is not None
     assert (result.checkpoint.seq, result.checkpoint.hash) == (3, old[2].hash)
     remaining = [e.seq async for e in store.iter_entries(engine)]
@@ -190,8 +213,9 @@ async def test_purge_keeps_the_chain_verifiable_from_a_signed_checkpoint(
     verified = await store.verify(engine, KEY)
     assert verified.ok and verified.checkpoint_seq == 3 and verified.checked == 6
     assert (await store.verify(engine, b"wrong-key")).first_bad is not None
-    again = await store.purge(engine, T0 + timedelta(days=100), KEY, now=now,
-                              min_retention_days=365)
+    again = await store.purge(
+        engine, T0 + timedelta(days=100), KEY, now=now, min_retention_days=365
+    )
     assert again.purged == 2 and (await store.verify(engine, KEY)).ok
     assert young[0].seq == 6
 
@@ -200,8 +224,7 @@ async def test_purge_refuses_entries_younger_than_the_retention(engine: AsyncEng
     await fill(engine, 3)
     now = T0 + timedelta(days=100)
     with pytest.raises(ValidationFailed, match="365 days"):
-        await store.purge(engine, now - timedelta(days=30), KEY, now=now,
-                          min_retention_days=365)
+        await store.purge(engine, now - timedelta(days=30), KEY, now=now, min_retention_days=365)
     assert (await store.verify(engine, KEY)).checked == 3
 
 
@@ -210,15 +233,21 @@ async def test_purge_refuses_a_broken_chain(engine: AsyncEngine) -> None:
     ids = await fill(engine, 4, at=T0)
     await tamper(engine, "UPDATE audit_log SET actor_id = 'x' WHERE id = :id", id=ids[1])
     with pytest.raises(Conflict, match=ids[1]):
-        await store.purge(engine, T0 + timedelta(days=1), KEY, now=T0 + timedelta(days=400),
-                          min_retention_days=365)
+        await store.purge(
+            engine,
+            T0 + timedelta(days=1),
+            KEY,
+            now=T0 + timedelta(days=400),
+            min_retention_days=365,
+        )
     assert [e.seq async for e in store.iter_entries(engine)] == [1, 2, 3, 4]
 
 
 async def test_a_forged_checkpoint_is_reported(engine: AsyncEngine) -> None:
     await fill(engine, 4, at=T0)
-    await store.purge(engine, T0 + timedelta(days=1), KEY, now=T0 + timedelta(days=400),
-                      min_retention_days=365)
+    await store.purge(
+        engine, T0 + timedelta(days=1), KEY, now=T0 + timedelta(days=400), min_retention_days=365
+    )
     await tamper(engine, "UPDATE audit_checkpoints SET seq = 2")
     bad = (await store.verify(engine, KEY)).first_bad
     assert bad is not None and "signature" in bad.reason
@@ -226,17 +255,30 @@ async def test_a_forged_checkpoint_is_reported(engine: AsyncEngine) -> None:
 
 async def test_filters_and_streaming(engine: AsyncEngine) -> None:
     for i in range(30):
-        await store.record(engine, event(i, action="key.revoked" if i % 3 else "budget.deleted",
-                                         actor="alice" if i < 10 else "bob",
-                                         target=f"key_{i % 2}"))
-    by_action = [e.seq async for e in store.iter_entries(
-        engine, store.AuditFilter(action="budget.*"), batch=4)]
+        await store.record(
+            engine,
+            event(
+                i,
+                action="key.revoked" if i % 3 else "budget.deleted",
+                actor="alice" if i < 10 else "bob",
+                target=f"key_{i % 2}",
+            ),
+        )
+    by_action = [
+        e.seq
+        async for e in store.iter_entries(engine, store.AuditFilter(action="budget.*"), batch=4)
+    ]
     assert by_action == [1, 4, 7, 10, 13, 16, 19, 22, 25, 28]
-    window = store.AuditFilter(start=T0 + timedelta(hours=5), end=T0 + timedelta(hours=8),
-                               actor="admin:bob")
+    window = store.AuditFilter(
+        start=T0 + timedelta(hours=5), end=T0 + timedelta(hours=8), actor="admin:bob"
+    )
     assert [e.seq async for e in store.iter_entries(engine, window)] == []
-    window = store.AuditFilter(start=T0 + timedelta(hours=9), end=T0 + timedelta(hours=12),
-                               actor="admin:bob", target="budget:key_1")
+    window = store.AuditFilter(
+        start=T0 + timedelta(hours=9),
+        end=T0 + timedelta(hours=12),
+        actor="admin:bob",
+        target="budget:key_1",
+    )
     assert [e.seq async for e in store.iter_entries(engine, window)] == [12]
     assert await store.count_entries(engine, store.AuditFilter(actor="alice")) == 10
     page = await store.list_entries(engine, store.AuditFilter(actor="bob"), limit=5)
@@ -257,6 +299,7 @@ def record_on(gateway: RunningGateway, n: int, **kwargs: Any) -> None:
     async def go() -> None:
         for i in range(n):
             await store.record(gateway.app.services.engine, event(i, **kwargs))
+
     gateway.run(go())
 
 
@@ -273,8 +316,7 @@ def test_http_list_verify_export_and_purge(audited: RunningGateway, tmp_path: Pa
     assert [e["seq"] for e in lines] == list(range(1, 13))
     assert lines[0]["before"] == {"amount_usd": "100.00", "n": 0}
 
-    response = audited.admin.get("/admin/audit/export",
-                                 params={"format": "csv", "target": "bud_3"})
+    response = audited.admin.get("/admin/audit/export", params={"format": "csv", "target": "bud_3"})
     rows = response.text.splitlines()
     assert rows[0].startswith("seq,id,at,actor_type") and len(rows) == 2
     exported = audited.get("/admin/audit", action="audit.exported")["entries"]
@@ -302,8 +344,9 @@ def test_http_requires_the_master_key(audited: RunningGateway) -> None:
     assert response.status_code == 401
 
 
-def test_cli_export_and_verify(audited: RunningGateway, tmp_path: Path,
-                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_export_and_verify(
+    audited: RunningGateway, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from typer.testing import CliRunner
 
     from spendgate.cli.audit import audit_app
@@ -312,21 +355,29 @@ def test_cli_export_and_verify(audited: RunningGateway, tmp_path: Path,
     monkeypatch.setenv("SPENDGATE_MASTER_KEY", MASTER_KEY)
     out = tmp_path / "audit.jsonl"
     runner = CliRunner()
-    result = runner.invoke(audit_app, ["export", "--url", audited.url, "-o", str(out),
-                                       "--actor", "master"])
+    result = runner.invoke(
+        audit_app, ["export", "--url", audited.url, "-o", str(out), "--actor", "master"]
+    )
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == list(range(1, 8))
     result = runner.invoke(audit_app, ["verify", "--url", audited.url, "--json"])
     assert result.exit_code == 0 and json.loads(result.stdout)["checked"] == 8
-    audited.run(tamper(audited.app.services.engine,
-                       "UPDATE audit_log SET source_ip = '6.6.6.6' WHERE seq = 5"))
+    audited.run(
+        tamper(
+            audited.app.services.engine, "UPDATE audit_log SET source_ip = '6.6.6.6' WHERE seq = 5"
+        )
+    )
     result = runner.invoke(audit_app, ["verify", "--url", audited.url])
     assert result.exit_code == 1 and "seq 5" in result.stdout
 
 
-@pytest.mark.parametrize(("principal", "actor"), [
-    ("master", ("admin", "master")), ("token:tok_1", ("token", "tok_1")),
-    ("key:key_9", ("key", "key_9")),
-])
+@pytest.mark.parametrize(
+    ("principal", "actor"),
+    [
+        ("master", ("admin", "master")),
+        ("token:tok_1", ("token", "tok_1")),
+        ("key:key_9", ("key", "key_9")),
+    ],
+)
 def test_admin_principals_become_actors(principal: str, actor: tuple[str, str]) -> None:
     assert actor_of(principal) == actor

@@ -55,16 +55,34 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
-def budget_values(budget_id: str, amount_usd: int, *,
-                  scope: tuple[str, str | None] = ("org", "org_1"), tz: str = "UTC",
-                  hard_limit: bool = False, models: list[str] | None = None) -> dict[str, Any]:
+def budget_values(
+    budget_id: str,
+    amount_usd: int,
+    *,
+    scope: tuple[str, str | None] = ("org", "org_1"),
+    tz: str = "UTC",
+    hard_limit: bool = False,
+    models: list[str] | None = None,
+) -> dict[str, Any]:
     return {
-        "id": budget_id, "org_id": "org_1", "name": budget_id, "scope_type": scope[0],
-        "scope_id": scope[1], "tag": None, "period": "monthly", "timezone": tz,
-        "week_start": "monday", "amount_nanos": amount_usd * USD,
-        "alert_percentages": ["50", "75", "90"], "soft_limit_percent": "75",
-        "hard_limit": hard_limit, "hard_limit_percent": "100",
-        "categories": {"models": models or []}, "created_at": NOW, "updated_at": NOW}
+        "id": budget_id,
+        "org_id": "org_1",
+        "name": budget_id,
+        "scope_type": scope[0],
+        "scope_id": scope[1],
+        "tag": None,
+        "period": "monthly",
+        "timezone": tz,
+        "week_start": "monday",
+        "amount_nanos": amount_usd * USD,
+        "alert_percentages": ["50", "75", "90"],
+        "soft_limit_percent": "75",
+        "hard_limit": hard_limit,
+        "hard_limit_percent": "100",
+        "categories": {"models": models or []},
+        "created_at": NOW,
+        "updated_at": NOW,
+    }
 
 
 async def add_budget(engine: AsyncEngine, budget_id: str, amount_usd: int, **kw: Any) -> Budget:
@@ -84,38 +102,70 @@ class Spend:
 
 async def add_spend(engine: AsyncEngine, *rows: Spend) -> None:
     async with engine.begin() as conn:
-        count = (await conn.execute(sa.select(sa.func.count()).select_from(schema.ledger))
-                 ).scalar_one()
-        await conn.execute(schema.ledger.insert(), [{
-            "request_id": f"req_{count + i:06d}", "org_id": "org_1", "team_id": r.team,
-            "user_id": None, "agent_id": None, "key_id": "key_1", "tags": [],
-            "provider": "openai", "model": r.model, "upstream_model": r.model, "kind": "chat",
-            "stream": False, "status": "ok", "http_status": 200, "input_tokens": 1,
-            "output_tokens": 1, "cache_read_tokens": 0, "cache_write_tokens": 0,
-            "reasoning_tokens": 0, "cost_nanos": None if r.usd is None else int(r.usd * USD),
-            "price_unknown": r.usd is None, "usage_estimated": False, "latency_ms": 1,
-            "started_at": r.at, "finished_at": r.at} for i, r in enumerate(rows)])
+        count = (
+            await conn.execute(sa.select(sa.func.count()).select_from(schema.ledger))
+        ).scalar_one()
+        await conn.execute(
+            schema.ledger.insert(),
+            [
+                {
+                    "request_id": f"req_{count + i:06d}",
+                    "org_id": "org_1",
+                    "team_id": r.team,
+                    "user_id": None,
+                    "agent_id": None,
+                    "key_id": "key_1",
+                    "tags": [],
+                    "provider": "openai",
+                    "model": r.model,
+                    "upstream_model": r.model,
+                    "kind": "chat",
+                    "stream": False,
+                    "status": "ok",
+                    "http_status": 200,
+                    "input_tokens": 1,
+                    "output_tokens": 1,
+                    "cache_read_tokens": 0,
+                    "cache_write_tokens": 0,
+                    "reasoning_tokens": 0,
+                    "cost_nanos": None if r.usd is None else int(r.usd * USD),
+                    "price_unknown": r.usd is None,
+                    "usage_estimated": False,
+                    "latency_ms": 1,
+                    "started_at": r.at,
+                    "finished_at": r.at,
+                }
+                for i, r in enumerate(rows)
+            ],
+        )
 
 
 async def history_of(engine: AsyncEngine, budget: Budget) -> Any:
     start = NOW - timedelta(days=90)
-    ledger = await ledger_buckets(engine, start, NOW + timedelta(seconds=1),
-                                  bucket_seconds([budget.timezone], start, NOW))
+    ledger = await ledger_buckets(
+        engine, start, NOW + timedelta(seconds=1), bucket_seconds([budget.timezone], start, NOW)
+    )
     return DailySpend(ledger, NOW).history(budget)
 
 
 async def test_days_are_local_days_in_the_budget_zone(engine: AsyncEngine) -> None:
     """Kolkata is UTC+5:30: 18:15Z is still 9 March there, 18:45Z is already 10 March."""
-    await add_spend(engine, Spend(datetime(2026, 3, 9, 18, 15, tzinfo=UTC), 1),
-                    Spend(datetime(2026, 3, 9, 18, 45, tzinfo=UTC), 2),
-                    Spend(datetime(2026, 3, 10, 6, 0, tzinfo=UTC), 4))
+    await add_spend(
+        engine,
+        Spend(datetime(2026, 3, 9, 18, 15, tzinfo=UTC), 1),
+        Spend(datetime(2026, 3, 9, 18, 45, tzinfo=UTC), 2),
+        Spend(datetime(2026, 3, 10, 6, 0, tzinfo=UTC), 4),
+    )
     kolkata = await add_budget(engine, "b_in", 100, tz="Asia/Kolkata")
     utc = await add_budget(engine, "b_utc", 100)
     assert bucket_seconds(["Asia/Kolkata"], NOW - timedelta(days=3), NOW) == 900
     assert bucket_seconds(["UTC", "Europe/Paris"], NOW - timedelta(days=3), NOW) == 3600
     local = await history_of(engine, kolkata)
-    assert (local.today, local.daily[-1], local.today_spent) == (date(2026, 3, 10), 1 * USD,
-                                                                  6 * USD)
+    assert (local.today, local.daily[-1], local.today_spent) == (
+        date(2026, 3, 10),
+        1 * USD,
+        6 * USD,
+    )
     assert local.today_elapsed == pytest.approx(17.5 / 24)
     plain = await history_of(engine, utc)
     assert (plain.daily[-1], plain.today_spent, plain.today_elapsed) == (3 * USD, 4 * USD, 0.5)
@@ -124,12 +174,21 @@ async def test_days_are_local_days_in_the_budget_zone(engine: AsyncEngine) -> No
 async def test_a_budget_counts_only_the_spend_it_applies_to(engine: AsyncEngine) -> None:
     """Team scope and model categories as in enforcement; unpriced calls never count."""
     day = datetime(2026, 3, 9, 10, 0, tzinfo=UTC)
-    await add_spend(engine, Spend(day, 1, team="team_a"), Spend(day, 2, team="team_b"),
-                    Spend(day, 4, team="team_a", model="gpt-4o-mini"), Spend(day, None, "team_a"))
+    await add_spend(
+        engine,
+        Spend(day, 1, team="team_a"),
+        Spend(day, 2, team="team_b"),
+        Spend(day, 4, team="team_a", model="gpt-4o-mini"),
+        Spend(day, None, "team_a"),
+    )
     async with engine.begin() as conn:
-        await conn.execute(schema.teams.insert(), [
-            {"id": t, "org_id": "org_1", "name": t, "created_at": NOW}
-            for t in ("team_a", "team_b")])
+        await conn.execute(
+            schema.teams.insert(),
+            [
+                {"id": t, "org_id": "org_1", "name": t, "created_at": NOW}
+                for t in ("team_a", "team_b")
+            ],
+        )
     team = await add_budget(engine, "b_team", 100, scope=("team", "team_a"))
     minis = await add_budget(engine, "b_mini", 100, models=["gpt-4o-mini*"])
     whole = await add_budget(engine, "b_org", 100)
@@ -145,22 +204,28 @@ async def test_overrun_fires_once_per_band_per_period(engine: AsyncEngine) -> No
     first = await refresh_all(engine, [budget], NOW)
     forecast = first.forecasts["b_1"]
     assert (forecast.method, forecast.history_days, forecast.p50_nanos) == (
-        "seasonal_naive", 9, 305 * USD)
+        "seasonal_naive",
+        9,
+        305 * USD,
+    )
     assert first.announced == {"b_1": 100}
     assert (await refresh_all(engine, [budget], NOW)).announced == {}
     await add_spend(engine, Spend(NOW - timedelta(hours=1), 60))
     assert (await refresh_all(engine, [budget], NOW)).announced == {"b_1": 125}
     assert (await refresh_all(engine, [budget], NOW)).announced == {}
     events = await list_events(engine, type_="budget.forecast_overrun")
-    assert sorted(e["dedup_key"] for e in events) == ["forecast:b_1:2026-03:100",
-                                                      "forecast:b_1:2026-03:125"]
+    assert sorted(e["dedup_key"] for e in events) == [
+        "forecast:b_1:2026-03:100",
+        "forecast:b_1:2026-03:125",
+    ]
     assert {e["data"]["p50_usd"] for e in events} == {"305.00", "365.00"}
     row = await stored_forecast(engine, "b_1")
     assert row is not None and (row["overrun_band"], row["period_key"]) == (125, "2026-03")
 
 
 async def test_many_budgets_refresh_in_batches_and_rows_go_with_their_budget(
-        engine: AsyncEngine) -> None:
+    engine: AsyncEngine,
+) -> None:
     """More budgets than one IN list holds; deleting a budget deletes its forecast."""
     rows = [budget_values(f"b_{i:04d}", 100) for i in range(520)]
     async with engine.begin() as conn:
@@ -180,21 +245,30 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
     """The router on the admin app: stored or computed on demand, money as strings."""
     budget = await add_budget(engine, "b_1", 200, hard_limit=True)
     await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
-    svc = SimpleNamespace(settings=SimpleNamespace(master_key=MASTER), clock=FrozenClock(NOW),
-                          engine=engine, policies=PolicyStore(engine), ledger=LedgerWriter(engine),
-                          enforcer=SimpleNamespace(raises_for=lambda _id: ()),
-                          auth_throttle=AuthThrottle())
+    svc = SimpleNamespace(
+        settings=SimpleNamespace(master_key=MASTER),
+        clock=FrozenClock(NOW),
+        engine=engine,
+        policies=PolicyStore(engine),
+        ledger=LedgerWriter(engine),
+        enforcer=SimpleNamespace(raises_for=lambda _id: ()),
+        auth_throttle=AuthThrottle(),
+    )
     api = FastAPI()
     api.state.services = cast(Services, svc)
 
     @api.exception_handler(SpendgateError)
     async def spendgate_error(_: Request, exc: SpendgateError) -> JSONResponse:
-        return JSONResponse({"error": {"message": exc.message, "code": exc.code}},
-                            status_code=exc.status)
+        return JSONResponse(
+            {"error": {"message": exc.message, "code": exc.code}}, status_code=exc.status
+        )
 
     api.include_router(forecasts_router)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t",
-                                 headers={"authorization": f"Bearer {MASTER}"}) as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=api),
+        base_url="http://t",
+        headers={"authorization": f"Bearer {MASTER}"},
+    ) as client:
         body = (await client.get(f"/admin/forecasts/{budget.id}")).json()
         assert body["p50_usd"] == "305.00" and body["spent_usd"] == "90.00"
         assert body["limit_usd"] == "200.00" and body["overrun_band"] == 150
@@ -204,17 +278,19 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
         svc.clock.advance(60)
         again = (await client.get(f"/admin/forecasts/{budget.id}")).json()
         assert again["generated_at"] == body["generated_at"]
-        fresh = (await client.get(f"/admin/forecasts/{budget.id}", params={"refresh": "true"}))
+        fresh = await client.get(f"/admin/forecasts/{budget.id}", params={"refresh": "true"})
         assert fresh.json()["generated_at"] != body["generated_at"]
         assert (await client.get("/admin/forecasts/nope")).status_code == 404
         refreshed = (await client.post("/admin/forecasts/refresh")).json()
         assert refreshed["refreshed"] == 1 and refreshed["overruns_announced"] == 0
-        assert (await client.get("/admin/forecasts/b_1", headers={"authorization": ""})
-                ).status_code == 401
+        assert (
+            await client.get("/admin/forecasts/b_1", headers={"authorization": ""})
+        ).status_code == 401
 
 
-async def test_replicas_refreshing_at_once_both_succeed(engine: AsyncEngine,
-                                                        database_url: str) -> None:
+async def test_replicas_refreshing_at_once_both_succeed(
+    engine: AsyncEngine, database_url: str
+) -> None:
     """Two gateway processes (each its own engine) refreshing the same budgets at the same
     moment, as a scheduled refresh on one and an on-demand one on the other can: both
     succeed, one row per budget stays, and each overrun band is announced once."""
@@ -226,34 +302,42 @@ async def test_replicas_refreshing_at_once_both_succeed(engine: AsyncEngine,
     other = create_engine(database_url)
     try:
         for _ in range(8):
-            await asyncio.gather(refresh_all(engine, budgets, NOW),
-                                 refresh_all(other, budgets, NOW))
+            await asyncio.gather(
+                refresh_all(engine, budgets, NOW), refresh_all(other, budgets, NOW)
+            )
     finally:
         await other.dispose()
     async with engine.connect() as conn:
-        stored = (await conn.execute(sa.select(sa.func.count()).select_from(
-            budget_forecasts))).scalar_one()
+        stored = (
+            await conn.execute(sa.select(sa.func.count()).select_from(budget_forecasts))
+        ).scalar_one()
     assert stored == 60
     events = await list_events(engine, type_="budget.forecast_overrun", limit=1000)
     assert len(events) == 60
 
 
-async def test_a_lease_goes_to_one_replica_until_it_runs_out(engine: AsyncEngine,
-                                                             database_url: str) -> None:
+async def test_a_lease_goes_to_one_replica_until_it_runs_out(
+    engine: AsyncEngine, database_url: str
+) -> None:
     """Eight replicas asking at once: one gets the lease. Nobody else (nor the holder) gets
     it again before it runs out; after that, the first to ask does."""
     ttl = timedelta(minutes=12)
     replicas = [create_engine(database_url) for _ in range(8)]
     try:
-        won = await asyncio.gather(*(take_lease(e, "job", f"r{i}", NOW, ttl)
-                                     for i, e in enumerate(replicas)))
+        won = await asyncio.gather(
+            *(take_lease(e, "job", f"r{i}", NOW, ttl) for i, e in enumerate(replicas))
+        )
         assert sum(won) == 1
         later = NOW + ttl - timedelta(seconds=1)
-        assert not any(await asyncio.gather(*(take_lease(e, "job", f"r{i}", later, ttl)
-                                              for i, e in enumerate(replicas))))
+        assert not any(
+            await asyncio.gather(
+                *(take_lease(e, "job", f"r{i}", later, ttl) for i, e in enumerate(replicas))
+            )
+        )
         expired = NOW + ttl
-        won = await asyncio.gather(*(take_lease(e, "job", f"r{i}", expired, ttl)
-                                     for i, e in enumerate(replicas)))
+        won = await asyncio.gather(
+            *(take_lease(e, "job", f"r{i}", expired, ttl) for i, e in enumerate(replicas))
+        )
         assert sum(won) == 1
         assert await take_lease(engine, "other-job", "r0", NOW, ttl)
         # a replica whose clock runs a day ahead takes it until then; the others, on time,
@@ -267,7 +351,8 @@ async def test_a_lease_goes_to_one_replica_until_it_runs_out(engine: AsyncEngine
 
 
 async def test_the_scheduled_refresh_runs_on_one_replica_per_interval(
-        engine: AsyncEngine, database_url: str) -> None:
+    engine: AsyncEngine, database_url: str
+) -> None:
     """Two replicas' refresh loops on one database: each interval's refresh happens once,
     on whichever replica takes the lease."""
     await add_budget(engine, "b_1", 100)
@@ -279,11 +364,15 @@ async def test_the_scheduled_refresh_runs_on_one_replica_per_interval(
         async def snapshot(now: datetime) -> Any:
             refreshed.append(replica)
             return await policies.snapshot(now)
+
         return snapshot
 
     other = create_engine(database_url)
-    loops = [asyncio.create_task(refresh_loop(e, counting(name), clock, 0.05, holder=name))
-             for e, name in ((engine, "a"), (other, "b"))]
+    loops = [
+        asyncio.create_task(refresh_loop(e, counting(name), clock, 0.05, holder=name))
+        for e, name in ((engine, "a"), (other, "b"))
+    ]
+
     async def settled(count: int) -> None:
         """Wait for ``count`` refreshes (10 s at most), then ten more intervals for any
         refresh too many to show."""
@@ -308,7 +397,8 @@ async def test_the_scheduled_refresh_runs_on_one_replica_per_interval(
 
 
 async def test_a_budget_deleted_during_a_refresh_does_not_fail_the_others(
-        engine: AsyncEngine) -> None:
+    engine: AsyncEngine,
+) -> None:
     """A budget in the refresh's snapshot but deleted before its forecast is stored (here:
     never stored at all) is skipped, with no overrun event; every other budget is stored."""
     kept = await add_budget(engine, "b_kept", 50)
@@ -322,11 +412,17 @@ async def test_a_budget_deleted_during_a_refresh_does_not_fail_the_others(
     assert [e["data"]["budget_id"] for e in events] == ["b_kept"]
 
 
-@pytest.mark.parametrize(("line", "accepted"), [
-    ("forecast_refresh_seconds = 60", True), ("forecast_workers = 0", True),
-    ("forecast_refresh_seconds = 0", False), ("forecast_refresh_seconds = -5", False),
-    ('forecast_refresh_seconds = "often"', False), ("forecast_workers = -1", False),
-])
+@pytest.mark.parametrize(
+    ("line", "accepted"),
+    [
+        ("forecast_refresh_seconds = 60", True),
+        ("forecast_workers = 0", True),
+        ("forecast_refresh_seconds = 0", False),
+        ("forecast_refresh_seconds = -5", False),
+        ('forecast_refresh_seconds = "often"', False),
+        ("forecast_workers = -1", False),
+    ],
+)
 def test_forecast_settings_are_checked(tmp_path: Any, line: str, accepted: bool) -> None:
     """A refresh interval under a second (the loop would spin) or a negative worker count
     is a config error naming the setting, at start."""

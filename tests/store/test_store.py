@@ -31,12 +31,32 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 def entry(n: int, *, team: str | None, model: str, cost: int | None, at: datetime) -> LedgerEntry:
     return LedgerEntry(
-        request_id=f"req_{n:06d}", org_id="org_1", team_id=team, user_id=None, agent_id=None,
-        key_id="key_1", tags=["t"], provider="openai", model=model, upstream_model=model,
-        kind="chat", stream=False, status="ok" if cost is not None else "upstream_error",
-        http_status=200, input_tokens=10, output_tokens=5, cache_read_tokens=2,
-        cache_write_tokens=0, reasoning_tokens=1, cost_nanos=cost,
-        price_unknown=False, usage_estimated=False, latency_ms=3, started_at=at, finished_at=at)
+        request_id=f"req_{n:06d}",
+        org_id="org_1",
+        team_id=team,
+        user_id=None,
+        agent_id=None,
+        key_id="key_1",
+        tags=["t"],
+        provider="openai",
+        model=model,
+        upstream_model=model,
+        kind="chat",
+        stream=False,
+        status="ok" if cost is not None else "upstream_error",
+        http_status=200,
+        input_tokens=10,
+        output_tokens=5,
+        cache_read_tokens=2,
+        cache_write_tokens=0,
+        reasoning_tokens=1,
+        cost_nanos=cost,
+        price_unknown=False,
+        usage_estimated=False,
+        latency_ms=3,
+        started_at=at,
+        finished_at=at,
+    )
 
 
 async def test_migrations_go_up_down_and_up(database_url: str) -> None:
@@ -63,8 +83,9 @@ async def test_directory_keys_lifecycle(engine: AsyncEngine) -> None:
     directory = Directory(engine)
     org = await directory.create_org("acme", NOW)
     team = await directory.create_team(org["id"], "search", NOW)
-    created = await directory.create_key({"name": "k", "org_id": org["id"], "team_id": team["id"],
-                                          "tags": ["a"]}, NOW)
+    created = await directory.create_key(
+        {"name": "k", "org_id": org["id"], "team_id": team["id"], "tags": ["a"]}, NOW
+    )
     secret = created["key"]
     assert secret.startswith("sk-sg-") and "key_hash" not in created
     async with engine.connect() as conn:
@@ -87,12 +108,15 @@ async def test_directory_refuses_inconsistent_scopes(engine: AsyncEngine) -> Non
     org_b = await directory.create_org("b", NOW)
     team_b = await directory.create_team(org_b["id"], "t", NOW)
     with pytest.raises(ValidationFailed, match="team_id"):
-        await directory.create_key({"name": "k", "org_id": org_a["id"], "team_id": team_b["id"]}, NOW)
+        await directory.create_key(
+            {"name": "k", "org_id": org_a["id"], "team_id": team_b["id"]}, NOW
+        )
     with pytest.raises(ValidationFailed, match="org_id"):
         await directory.create_team("org_missing", "x", NOW)
     with pytest.raises(ValidationFailed, match="expires_at"):
-        await directory.create_key({"name": "k", "org_id": org_a["id"],
-                                    "expires_at": NOW - timedelta(days=1)}, NOW)
+        await directory.create_key(
+            {"name": "k", "org_id": org_a["id"], "expires_at": NOW - timedelta(days=1)}, NOW
+        )
     await directory.create_user("a@x.io", "viewer", [], org_a["id"], NOW)
     with pytest.raises(Conflict):
         await directory.create_user("a@x.io", "viewer", [], org_a["id"], NOW)
@@ -104,8 +128,15 @@ async def test_ledger_batches_and_rolls_up_exactly(engine: AsyncEngine) -> None:
     writer = LedgerWriter(engine, flush_seconds=60, batch_size=7)
     day2 = NOW + timedelta(days=1)
     for n in range(30):
-        writer.add(entry(n, team="team_a" if n % 3 else "team_b", model="m1" if n % 2 else "m2",
-                         cost=333_333_333 + n, at=NOW if n < 20 else day2))
+        writer.add(
+            entry(
+                n,
+                team="team_a" if n % 3 else "team_b",
+                model="m1" if n % 2 else "m2",
+                cost=333_333_333 + n,
+                at=NOW if n < 20 else day2,
+            )
+        )
     writer.add(entry(99, team="team_a", model="m1", cost=None, at=NOW))
     assert writer.pending == 31
     assert await usage_report(engine, [], None, None) == []
@@ -141,10 +172,17 @@ async def test_writer_task_flushes_in_background_and_on_close(engine: AsyncEngin
 
 async def test_events_dedup_key_fires_once(engine: AsyncEngine) -> None:
     """Two inserts with one dedup key store one event, even racing."""
+
     async def fire() -> object:
         async with engine.begin() as conn:
-            return await record_event(conn, "price.unknown", {"model": "x"}, NOW,
-                                      org_id="org_1", dedup_key="price.unknown:x")
+            return await record_event(
+                conn,
+                "price.unknown",
+                {"model": "x"},
+                NOW,
+                org_id="org_1",
+                dedup_key="price.unknown:x",
+            )
 
     results = await asyncio.gather(*(fire() for _ in range(5)), return_exceptions=True)
     assert sum(1 for r in results if isinstance(r, dict)) == 1
@@ -155,16 +193,32 @@ async def test_an_event_stands_or_falls_with_its_transaction(engine: AsyncEngine
     """A deduplicated event is part of the caller's transaction: when that fails after the
     event, the event is gone too, so the next attempt records it (and its deliveries). On
     SQLite a savepoint around the insert used to commit it on its own."""
+
     class Later(Exception):
         pass
 
     with pytest.raises(Later):
         async with engine.begin() as conn:
-            await record_event(conn, "price.unknown", {"model": "y"}, NOW, org_id="org_1",
-                               dedup_key="price.unknown:y")
+            await record_event(
+                conn,
+                "price.unknown",
+                {"model": "y"},
+                NOW,
+                org_id="org_1",
+                dedup_key="price.unknown:y",
+            )
             raise Later
     assert await list_events(engine, type_="price.unknown") == []
     async with engine.begin() as conn:
-        assert await record_event(conn, "price.unknown", {"model": "y"}, NOW, org_id="org_1",
-                                  dedup_key="price.unknown:y") is not None
+        assert (
+            await record_event(
+                conn,
+                "price.unknown",
+                {"model": "y"},
+                NOW,
+                org_id="org_1",
+                dedup_key="price.unknown:y",
+            )
+            is not None
+        )
     assert len(await list_events(engine, type_="price.unknown")) == 1

@@ -99,7 +99,7 @@ def test_embeddings(oai: openai.OpenAI) -> None:
     got = oai.embeddings.create(model="demo-small", input=["alpha", "beta"], dimensions=12)
     want = expected("/embeddings", model="demo-small", input=["alpha", "beta"], dimensions=12)
     assert len(got.data) == 2
-    for mine, theirs in zip(got.data, want["data"]):
+    for mine, theirs in zip(got.data, want["data"], strict=True):
         assert mine.embedding == pytest.approx(theirs["embedding"], abs=1e-6)
     assert got.usage.prompt_tokens == want["usage"]["prompt_tokens"]
 
@@ -141,8 +141,9 @@ def test_models_list(oai: openai.OpenAI) -> None:
 
 
 def anthropic_body() -> dict[str, Any]:
+    prompt = "Why cache? [[cached:3]] [[cache_write:2]]"
     return {"model": "demo-large", "max_tokens": 30, "system": "Be terse",
-            "messages": [{"role": "user", "content": "Why cache? [[cached:3]] [[cache_write:2]]"}]}  # fmt: skip
+            "messages": [{"role": "user", "content": prompt}]}  # fmt: skip
 
 
 def test_anthropic_non_streaming(claude: anthropic.Anthropic) -> None:
@@ -207,8 +208,9 @@ def test_fail_status_anthropic_shape(claude: anthropic.Anthropic, fake: FakeUpst
         with pytest.raises(anthropic.APIStatusError) as caught:
             claude.messages.create(**anthropic_body())
         assert caught.value.status_code == 529
-        assert caught.value.body == {"type": "error", "error": {
-            "type": "overloaded_error", "message": "Simulated upstream failure (529)."}}  # fmt: skip
+        message = "Simulated upstream failure (529)."
+        assert caught.value.body == {
+            "type": "error", "error": {"type": "overloaded_error", "message": message}}  # fmt: skip
 
 
 @pytest.mark.parametrize("header", ["authorization", "x-api-key", "api-key"])
@@ -246,7 +248,7 @@ def test_drop_stream_after(oai: openai.OpenAI, fake: FakeUpstream) -> None:
             stream_options={"include_usage": True},
         )
         for chunk in stream:
-            seen.append(chunk)  # noqa: PERF402 (keep what arrived before the cut)
+            seen.append(chunk)  # keep what arrived before the cut
     assert len(seen) == 3 and all(chunk.usage is None for chunk in seen)
 
 

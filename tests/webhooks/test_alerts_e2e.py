@@ -29,11 +29,13 @@ def receiver(gateway: RunningGateway) -> Iterator[tuple[Receiver, ServerHandle]]
 
 async def _burst(url: str, key: str, n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=60) as client:
+
         async def one() -> int:
-            response = await client.post(url + "/v1/chat/completions",
-                                         headers={"authorization": f"Bearer {key}"},
-                                         json={"model": "demo-small", "messages": MSG,
-                                               "max_tokens": 30})
+            response = await client.post(
+                url + "/v1/chat/completions",
+                headers={"authorization": f"Bearer {key}"},
+                json={"model": "demo-small", "messages": MSG, "max_tokens": 30},
+            )
             return response.status_code
 
         return await asyncio.gather(*(one() for _ in range(n)))
@@ -45,17 +47,24 @@ def test_thresholds_reach_a_verifying_receiver_once(
     """100 concurrent calls cross 50/75/90 and the soft limit: four signed deliveries."""
     app, handle = receiver
     key = gateway.create_key()
-    endpoint = gateway.post("/admin/webhooks", {"url": handle.url + "/hook",
-                                                "event_types": ["budget.*"]})
+    endpoint = gateway.post(
+        "/admin/webhooks", {"url": handle.url + "/hook", "event_types": ["budget.*"]}
+    )
     app.secrets.append(endpoint["secret"])
-    raw = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0
-                        ).chat.completions.with_raw_response.create(
-        model="demo-small", messages=MSG, max_tokens=30)
+    raw = openai.OpenAI(
+        base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0
+    ).chat.completions.with_raw_response.create(model="demo-small", messages=MSG, max_tokens=30)
     cost = Decimal(raw.headers["x-spendgate-cost-usd"])
-    gateway.post("/admin/budgets", {"scope_type": "key", "scope_id": key["id"],
-                                    "amount_usd": str(cost * 100),
-                                    "alert_percentages": [50, 75, 90],
-                                    "soft_limit_percent": 75})
+    gateway.post(
+        "/admin/budgets",
+        {
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "amount_usd": str(cost * 100),
+            "alert_percentages": [50, 75, 90],
+            "soft_limit_percent": 75,
+        },
+    )
     assert asyncio.run(_burst(gateway.url, key["key"], 100)) == [200] * 100
     gateway.run(gateway.app.services.drain())
     for _ in range(3):
@@ -63,8 +72,12 @@ def test_thresholds_reach_a_verifying_receiver_once(
     delivered = [r.json() for r in app.verified]
     assert len(app.received) == len(delivered) == 4
     kinds = sorted((d["type"], d["data"]["percent"]) for d in delivered)
-    assert kinds == [("budget.soft_limit_reached", "75"), ("budget.threshold_crossed", "50"),
-                     ("budget.threshold_crossed", "75"), ("budget.threshold_crossed", "90")]
+    assert kinds == [
+        ("budget.soft_limit_reached", "75"),
+        ("budget.threshold_crossed", "50"),
+        ("budget.threshold_crossed", "75"),
+        ("budget.threshold_crossed", "90"),
+    ]
     assert all(Decimal(d["data"]["amount_usd"]) == cost * 100 for d in delivered)
     log = gateway.get(f"/admin/webhooks/{endpoint['id']}/deliveries")
     assert len(log) == 4

@@ -27,8 +27,13 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 @pytest.fixture
 def hooks(gateway: RunningGateway) -> Iterator[WebhookRuntime]:
     services = gateway.app.services
-    runtime = WebhookRuntime(services.engine, gateway.clock, SecretBox("api-test-key"),
-                             WebhookSettings(allow_private=True), worker_id="api-test")
+    runtime = WebhookRuntime(
+        services.engine,
+        gateway.clock,
+        SecretBox("api-test-key"),
+        WebhookSettings(allow_private=True),
+        worker_id="api-test",
+    )
     install(gateway.app.admin, runtime)
     yield runtime
     gateway.run(runtime.stop())
@@ -46,9 +51,19 @@ def test_webhook_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> No
     handle = serve_in_thread(receiver)
     try:
         org = gateway.post("/admin/orgs", {"name": "acme"})["id"]
-        created = request(gateway, "POST", "/admin/webhooks", 201, json={
-            "url": f"{handle.url}/hook", "event_types": ["budget.*"],
-            "scope_type": "org", "scope_id": org, "description": "ops"})
+        created = request(
+            gateway,
+            "POST",
+            "/admin/webhooks",
+            201,
+            json={
+                "url": f"{handle.url}/hook",
+                "event_types": ["budget.*"],
+                "scope_type": "org",
+                "scope_id": org,
+                "description": "ops",
+            },
+        )
         assert created["secret"].startswith("whsec_")
         receiver.secrets = [created["secret"]]
         shown = gateway.get(f"/admin/webhooks/{created['id']}")
@@ -61,17 +76,23 @@ def test_webhook_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> No
 
         assert created["secret"][6:] not in gateway.run(stored())
 
-        for body, param in [({"url": "ftp://x.example/"}, "url"),
-                            ({"url": handle.url, "event_types": ["budget.nope"]}, "event_types"),
-                            ({"url": handle.url, "kind": "pagerduty"}, "config.routing_key")]:
+        for body, param in [
+            ({"url": "ftp://x.example/"}, "url"),
+            ({"url": handle.url, "event_types": ["budget.nope"]}, "event_types"),
+            ({"url": handle.url, "kind": "pagerduty"}, "config.routing_key"),
+        ]:
             error = request(gateway, "POST", "/admin/webhooks", 422, json=body)["error"]
             assert error["param"] == param
 
         async def fire() -> None:
             async with hooks.engine.begin() as conn:
-                await emit_event(conn, "budget.threshold_crossed",
-                                 {"budget_id": "bud_1", "threshold": "alert", "percent": "50"},
-                                 gateway.clock.now(), org_id=org)
+                await emit_event(
+                    conn,
+                    "budget.threshold_crossed",
+                    {"budget_id": "bud_1", "threshold": "alert", "percent": "50"},
+                    gateway.clock.now(),
+                    org_id=org,
+                )
 
         gateway.run(fire())
         assert gateway.run(hooks.worker.run_once()) == 1
@@ -79,20 +100,31 @@ def test_webhook_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> No
         assert delivery["status"] == "succeeded"
         assert delivery["attempt_log"][0]["response_code"] == 200
 
-        again = request(gateway, "POST", f"/admin/webhooks/{created['id']}/deliveries/"
-                        f"{delivery['id']}/redeliver", 202)
+        again = request(
+            gateway,
+            "POST",
+            f"/admin/webhooks/{created['id']}/deliveries/{delivery['id']}/redeliver",
+            202,
+        )
         assert again["redelivery_of"] == delivery["id"]
         gateway.run(hooks.worker.run_once())
         assert [r.verified for r in receiver.received] == [True, True]
-        assert len(gateway.get(f"/admin/webhooks/{created['id']}/deliveries",
-                               status="succeeded")) == 2
+        assert (
+            len(gateway.get(f"/admin/webhooks/{created['id']}/deliveries", status="succeeded")) == 2
+        )
 
-        rotated = request(gateway, "POST", f"/admin/webhooks/{created['id']}/rotate-secret",
-                          200, json={"overlap_seconds": 600})
+        rotated = request(
+            gateway,
+            "POST",
+            f"/admin/webhooks/{created['id']}/rotate-secret",
+            200,
+            json={"overlap_seconds": 600},
+        )
         assert rotated["secret"] != created["secret"]
         assert rotated["previous_secret_valid_until"] is not None
-        off = request(gateway, "PATCH", f"/admin/webhooks/{created['id']}", 200,
-                      json={"enabled": False})
+        off = request(
+            gateway, "PATCH", f"/admin/webhooks/{created['id']}", 200, json={"enabled": False}
+        )
         assert off["enabled"] is False
         request(gateway, "DELETE", f"/admin/webhooks/{created['id']}", 204)
         request(gateway, "GET", f"/admin/webhooks/{created['id']}", 404)
@@ -103,16 +135,26 @@ def test_webhook_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> No
 def test_notification_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> None:
     """List (by user), read one, read all; preferences round trip and are validated."""
     org = gateway.post("/admin/orgs", {"name": "acme"})["id"]
-    user = gateway.post("/admin/users", {"email": "a@x.io", "role": "org_admin",
-                                         "org_id": org})["id"]
+    user = gateway.post("/admin/users", {"email": "a@x.io", "role": "org_admin", "org_id": org})[
+        "id"
+    ]
     defaults = gateway.get(f"/admin/users/{user}/notification-preferences")
-    assert defaults == {"event_types": ["*"], "scopes": [], "digest": False,
-                        "channels": {"in_app": True, "webhook_endpoint_ids": []}}
+    assert defaults == {
+        "event_types": ["*"],
+        "scopes": [],
+        "digest": False,
+        "channels": {"in_app": True, "webhook_endpoint_ids": []},
+    }
 
     async def fire(type_: str) -> None:
         async with hooks.engine.begin() as conn:
-            await emit_event(conn, type_, {"wallet_id": "w_1", "balance_usd": "0.00"},
-                             gateway.clock.now(), org_id=org)
+            await emit_event(
+                conn,
+                type_,
+                {"wallet_id": "w_1", "balance_usd": "0.00"},
+                gateway.clock.now(),
+                org_id=org,
+            )
 
     gateway.run(fire("wallet.depleted"))
     gateway.run(fire("wallet.low_balance"))
@@ -121,23 +163,36 @@ def test_notification_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) 
     read = request(gateway, "POST", f"/admin/notifications/{listed[0]['id']}/read", 200)
     assert read["read"] is True
     assert len(gateway.get("/admin/notifications", user_id=user, unread="true")) == 1
-    assert request(gateway, "POST", "/admin/notifications/read-all", 200,
-                   params={"user_id": user}) == {"updated": 1}
+    assert request(
+        gateway, "POST", "/admin/notifications/read-all", 200, params={"user_id": user}
+    ) == {"updated": 1}
 
-    prefs = {"event_types": ["budget.*"], "scopes": [{"scope_type": "org", "scope_id": org}],
-             "channels": {"in_app": True, "webhook_endpoint_ids": []}, "digest": True}
-    assert request(gateway, "PUT", f"/admin/users/{user}/notification-preferences", 200,
-                   json=prefs) == prefs
+    prefs = {
+        "event_types": ["budget.*"],
+        "scopes": [{"scope_type": "org", "scope_id": org}],
+        "channels": {"in_app": True, "webhook_endpoint_ids": []},
+        "digest": True,
+    }
+    assert (
+        request(gateway, "PUT", f"/admin/users/{user}/notification-preferences", 200, json=prefs)
+        == prefs
+    )
     assert gateway.get(f"/admin/users/{user}/notification-preferences") == prefs
-    bad = request(gateway, "PUT", f"/admin/users/{user}/notification-preferences", 422,
-                  json={**prefs, "channels": {"webhook_endpoint_ids": ["whe_missing"]}})
+    bad = request(
+        gateway,
+        "PUT",
+        f"/admin/users/{user}/notification-preferences",
+        422,
+        json={**prefs, "channels": {"webhook_endpoint_ids": ["whe_missing"]}},
+    )
     assert bad["error"]["param"] == "channels.webhook_endpoint_ids"
     request(gateway, "GET", "/admin/users/user_missing/notification-preferences", 404)
     request(gateway, "POST", "/admin/notifications/ntf_missing/read", 404)
 
 
-def test_webhooks_cli(gateway: RunningGateway, hooks: WebhookRuntime,
-                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_webhooks_cli(
+    gateway: RunningGateway, hooks: WebhookRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``spendgate webhooks …`` drives the same API: create (secret once), list, log, rotate."""
     monkeypatch.setenv("SPENDGATE_MASTER_KEY", MASTER_KEY)
     runner = CliRunner()
@@ -152,8 +207,10 @@ def test_webhooks_cli(gateway: RunningGateway, hooks: WebhookRuntime,
     assert created["event_types"] == ["budget.*", "wallet.depleted"]
     assert [w["id"] for w in run("list")] == [created["id"]]
     assert run("deliveries", created["id"]) == []
-    assert run("rotate-secret", created["id"], "--overlap-seconds", "0")["secret"] != (
-        created["secret"])
+    assert (
+        run("rotate-secret", created["id"], "--overlap-seconds", "0")["secret"]
+        != (created["secret"])
+    )
     assert run("update", created["id"], "--disable")["enabled"] is False
 
 
@@ -164,21 +221,39 @@ def test_slack_url_never_returned(gateway: RunningGateway, hooks: WebhookRuntime
     url = f"https://hooks.slack.com/services/T0API/B0API/{secret_part}"
     masked = "https://hooks.slack.com/services/T…/B…/…"
     org = gateway.post("/admin/orgs", {"name": "acme"})["id"]
-    created = request(gateway, "POST", "/admin/webhooks", 201, json={
-        "url": url, "kind": "slack", "event_types": ["budget.*"], "scope_type": "org",
-        "scope_id": org})
+    created = request(
+        gateway,
+        "POST",
+        "/admin/webhooks",
+        201,
+        json={
+            "url": url,
+            "kind": "slack",
+            "event_types": ["budget.*"],
+            "scope_type": "org",
+            "scope_id": org,
+        },
+    )
     assert created["url"] == masked
-    answers = [created,
-               gateway.get(f"/admin/webhooks/{created['id']}"),
-               gateway.get("/admin/webhooks"),
-               request(gateway, "PATCH", f"/admin/webhooks/{created['id']}", 200,
-                       json={"url": masked, "description": "alerts"}),
-               request(gateway, "POST", f"/admin/webhooks/{created['id']}/rotate-secret", 200),
-               gateway.get("/admin/audit")]
+    answers = [
+        created,
+        gateway.get(f"/admin/webhooks/{created['id']}"),
+        gateway.get("/admin/webhooks"),
+        request(
+            gateway,
+            "PATCH",
+            f"/admin/webhooks/{created['id']}",
+            200,
+            json={"url": masked, "description": "alerts"},
+        ),
+        request(gateway, "POST", f"/admin/webhooks/{created['id']}/rotate-secret", 200),
+        gateway.get("/admin/audit"),
+    ]
     assert all(secret_part not in json.dumps(a) for a in answers)
     assert answers[3]["url"] == masked and answers[3]["description"] == "alerts"
     row = gateway.run(hooks.store.row(created["id"]))
     assert hooks.store.url_of(row) == url and secret_part not in str(row)
-    error = request(gateway, "PATCH", f"/admin/webhooks/{created['id']}", 422,
-                    json={"kind": "webhook"})["error"]
+    error = request(
+        gateway, "PATCH", f"/admin/webhooks/{created['id']}", 422, json={"kind": "webhook"}
+    )["error"]
     assert error["param"] == "url"

@@ -28,15 +28,37 @@ from spendgate.webhooks.targets import TargetRefused, check_target, is_public
 NOW = datetime(2026, 3, 10, 15, 30, tzinfo=UTC)
 
 
-def budget_event(type_: str = "budget.soft_limit_reached", threshold: str = "soft",
-                 percent: str = "90", **extra: object) -> Event:
-    data = {"budget_id": "bud_1", "scope_type": "team", "scope_id": "team_a", "tag": None,
-            "period": "2026-03", "period_start": "2026-03-01T00:00:00+00:00",
-            "period_end": "2026-04-01T00:00:00+00:00", "threshold": threshold,
-            "percent": percent, "percent_used": "91.5", "spent_usd": "91.50",
-            "amount_usd": "100.00", "hard_limit": True, "refused": False, **extra}
-    return Event("evt_1", type_, NOW, data, org_id="org_1",
-                 dedup_key=f"budget:bud_1:2026-03:{threshold}:{percent}")
+def budget_event(
+    type_: str = "budget.soft_limit_reached",
+    threshold: str = "soft",
+    percent: str = "90",
+    **extra: object,
+) -> Event:
+    data = {
+        "budget_id": "bud_1",
+        "scope_type": "team",
+        "scope_id": "team_a",
+        "tag": None,
+        "period": "2026-03",
+        "period_start": "2026-03-01T00:00:00+00:00",
+        "period_end": "2026-04-01T00:00:00+00:00",
+        "threshold": threshold,
+        "percent": percent,
+        "percent_used": "91.5",
+        "spent_usd": "91.50",
+        "amount_usd": "100.00",
+        "hard_limit": True,
+        "refused": False,
+        **extra,
+    }
+    return Event(
+        "evt_1",
+        type_,
+        NOW,
+        data,
+        org_id="org_1",
+        dedup_key=f"budget:bud_1:2026-03:{threshold}:{percent}",
+    )
 
 
 # -- formats -------------------------------------------------------------------------------
@@ -53,16 +75,24 @@ def test_slack_message_reads_well() -> None:
     body = formats.slack_body(budget_event(), "https://spend.example.com/")
     assert set(body) == {"text", "blocks"}
     text = body["text"]
-    for part in ("Budget soft limit reached", "bud_1", "team team_a", "91.5%",
-                 "$91.50 of $100.00", "2026-04-01",
-                 "https://spend.example.com/usage/budgets?budget_id=bud_1"):
+    for part in (
+        "Budget soft limit reached",
+        "bud_1",
+        "team team_a",
+        "91.5%",
+        "$91.50 of $100.00",
+        "2026-04-01",
+        "https://spend.example.com/usage/budgets?budget_id=bud_1",
+    ):
         assert part in text, part
     assert body["blocks"][0]["type"] == "header"
     fields = [f["text"] for f in body["blocks"][1]["fields"]]
     assert "*Spent*\n$91.50 of $100.00" in fields
     assert "*Period ends*\n2026-04-01T00:00:00+00:00" in fields
-    assert "<https://spend.example.com/usage/budgets?budget_id=bud_1|Open in spendgate>" in (
-        body["blocks"][-1]["elements"][0]["text"])
+    assert (
+        "<https://spend.example.com/usage/budgets?budget_id=bud_1|Open in spendgate>"
+        in (body["blocks"][-1]["elements"][0]["text"])
+    )
     json.dumps(body)
 
 
@@ -71,15 +101,19 @@ def test_slack_escapes_control_characters() -> None:
     assert "&lt;!channel&gt; &amp; co" in formats.slack_body(event, "http://x")["text"]
 
 
-@pytest.mark.parametrize(("type_", "threshold", "expected"), [
-    ("budget.threshold_crossed", "alert", "info"),
-    ("budget.soft_limit_reached", "soft", "warning"),
-    ("budget.hard_limit_reached", "hard", "critical"),
-])
+@pytest.mark.parametrize(
+    ("type_", "threshold", "expected"),
+    [
+        ("budget.threshold_crossed", "alert", "info"),
+        ("budget.soft_limit_reached", "soft", "warning"),
+        ("budget.hard_limit_reached", "hard", "critical"),
+    ],
+)
 def test_pagerduty_trigger_shape_and_severity(type_: str, threshold: str, expected: str) -> None:
     """Events API v2: routing key, trigger, dedup key per budget+period+threshold, severity."""
-    body = formats.pagerduty_body(budget_event(type_, threshold), "R0UTING", "trigger",
-                                  "http://console")
+    body = formats.pagerduty_body(
+        budget_event(type_, threshold), "R0UTING", "trigger", "http://console"
+    )
     assert body["routing_key"] == "R0UTING"
     assert body["event_action"] == "trigger"
     assert body["dedup_key"] == f"spendgate:budget:bud_1:2026-03:{threshold}:90"
@@ -93,8 +127,11 @@ def test_pagerduty_trigger_shape_and_severity(type_: str, threshold: str, expect
 
 def test_pagerduty_resolve_names_only_the_incident() -> None:
     body = formats.pagerduty_body(budget_event(), "R", "resolve", "http://c")
-    assert body == {"routing_key": "R", "event_action": "resolve",
-                    "dedup_key": "spendgate:budget:bud_1:2026-03:soft:90"}
+    assert body == {
+        "routing_key": "R",
+        "event_action": "resolve",
+        "dedup_key": "spendgate:budget:bud_1:2026-03:soft:90",
+    }
 
 
 def test_dedup_key_differs_by_period_and_threshold() -> None:
@@ -118,10 +155,17 @@ def test_type_patterns() -> None:
     assert type_matches(["wallet.depleted"], "wallet.depleted")
 
 
-@pytest.mark.parametrize(("scope_type", "scope_id", "hit"), [
-    (None, None, True), ("org", "org_1", True), ("org", "org_2", False),
-    ("team", "team_a", True), ("team", "team_b", False), ("user", "u_1", False),
-])
+@pytest.mark.parametrize(
+    ("scope_type", "scope_id", "hit"),
+    [
+        (None, None, True),
+        ("org", "org_1", True),
+        ("org", "org_2", False),
+        ("team", "team_a", True),
+        ("team", "team_b", False),
+        ("user", "u_1", False),
+    ],
+)
 def test_scope_filter(scope_type: str | None, scope_id: str | None, hit: bool) -> None:
     assert scope_matches(scope_type, scope_id, budget_event()) is hit
 
@@ -193,12 +237,23 @@ def test_rotation_overlap_signs_with_both() -> None:
 
 
 # -- targets -------------------------------------------------------------------------------
-@pytest.mark.parametrize("url", [
-    "ftp://example.com/x", "file:///etc/passwd", "http://127.0.0.1/x", "http://10.1.2.3/",
-    "http://169.254.169.254/latest", "http://[::1]:8080/", "http://[::ffff:127.0.0.1]/",
-    "http://100.64.0.1/", "http://0.0.0.0/", "http:///nohost", "http://inward.example/",
-    "http://mixed.example/",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ftp://example.com/x",
+        "file:///etc/passwd",
+        "http://127.0.0.1/x",
+        "http://10.1.2.3/",
+        "http://169.254.169.254/latest",
+        "http://[::1]:8080/",
+        "http://[::ffff:127.0.0.1]/",
+        "http://100.64.0.1/",
+        "http://0.0.0.0/",
+        "http:///nohost",
+        "http://inward.example/",
+        "http://mixed.example/",
+    ],
+)
 async def test_private_and_odd_targets_refused(url: str) -> None:
     dns = {"inward.example": ["192.168.1.5"], "mixed.example": ["93.184.216.34", "10.0.0.1"]}
 
@@ -247,15 +302,23 @@ def test_secret_box_rotate_moves_tokens_to_the_newest_key() -> None:
         SecretBox("other").rotate(token)
 
 
-@pytest.mark.parametrize(("url", "shown"), [
-    ("https://hooks.slack.com/services/T000/B000/XXXXSECRET",
-     "https://hooks.slack.com/services/T…/B…/…"),
-    ("https://hooks.slack.com/services/T…/B…/…", "https://hooks.slack.com/services/T…/B…/…"),
-    ("https://user:pw@hooks.example.com:8443/abcdef?token=zz#f", "https://hooks.example.com:8443/…?…"),
-    ("http://127.0.0.1:9/s3cretfirst/x/y", "http://127.0.0.1:9/s…/x…/…"),
-    ("http://[::1]:9/services/T1/B2/S3", "http://[::1]:9/services/T…/B…/…"),
-    ("https://hooks.example.com", "https://hooks.example.com"),
-])
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+            "https://hooks.slack.com/services/T…/B…/…",
+        ),
+        ("https://hooks.slack.com/services/T…/B…/…", "https://hooks.slack.com/services/T…/B…/…"),
+        (
+            "https://user:pw@hooks.example.com:8443/abcdef?token=zz#f",
+            "https://hooks.example.com:8443/…?…",
+        ),
+        ("http://127.0.0.1:9/s3cretfirst/x/y", "http://127.0.0.1:9/s…/x…/…"),
+        ("http://[::1]:9/services/T1/B2/S3", "http://[::1]:9/services/T…/B…/…"),
+        ("https://hooks.example.com", "https://hooks.example.com"),
+    ],
+)
 def test_mask_url_hides_the_credential_path(url: str, shown: str) -> None:
     assert mask_url(url) == shown
     assert mask_url(shown) == shown
@@ -267,8 +330,9 @@ def test_url_redactor_masks_urls_only_while_hiding() -> None:
     url = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
 
     def rendered() -> str:
-        record = logging.LogRecord("httpx", logging.INFO, __file__, 1,
-                                   'HTTP Request: %s %s "%d"', ("POST", url, 200), None)
+        record = logging.LogRecord(
+            "httpx", logging.INFO, __file__, 1, 'HTTP Request: %s %s "%d"', ("POST", url, 200), None
+        )
         redactor.filter(record)
         return record.getMessage()
 
@@ -276,6 +340,5 @@ def test_url_redactor_masks_urls_only_while_hiding() -> None:
         pass
     assert "XXXXSECRET" in rendered()
     with redactor.hiding(url):
-        assert rendered() == ('HTTP Request: POST https://hooks.slack.com/services/T…/B…/… '
-                              '"200"')
+        assert rendered() == ('HTTP Request: POST https://hooks.slack.com/services/T…/B…/… "200"')
     assert "XXXXSECRET" in rendered()

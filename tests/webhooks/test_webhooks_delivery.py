@@ -30,9 +30,18 @@ from spendgate.webhooks.tables import webhook_endpoints
 from spendgate.webhooks.worker import DeliveryWorker
 
 BOX = SecretBox("test-secret-key")
-SOFT = {"budget_id": "bud_1", "scope_type": "org", "scope_id": None, "period": "2026-03",
-        "period_end": "2026-04-01T00:00:00+00:00", "threshold": "soft", "percent": "90",
-        "percent_used": "90", "spent_usd": "90.00", "amount_usd": "100.00"}
+SOFT = {
+    "budget_id": "bud_1",
+    "scope_type": "org",
+    "scope_id": None,
+    "period": "2026-03",
+    "period_end": "2026-04-01T00:00:00+00:00",
+    "threshold": "soft",
+    "percent": "90",
+    "percent_used": "90",
+    "spent_usd": "90.00",
+    "amount_usd": "100.00",
+}
 
 
 @dataclass
@@ -43,19 +52,38 @@ class World:
     http: httpx.AsyncClient
     org_id: str
 
-    def worker(self, name: str = "w1", engine: AsyncEngine | None = None,
-               **kwargs: Any) -> DeliveryWorker:
-        return DeliveryWorker(engine or self.engine, self.clock, self.http, BOX,
-                              allow_private=True, worker_id=name, rand=lambda: 0.5, **kwargs)
+    def worker(
+        self, name: str = "w1", engine: AsyncEngine | None = None, **kwargs: Any
+    ) -> DeliveryWorker:
+        return DeliveryWorker(
+            engine or self.engine,
+            self.clock,
+            self.http,
+            BOX,
+            allow_private=True,
+            worker_id=name,
+            rand=lambda: 0.5,
+            **kwargs,
+        )
 
     async def endpoint(self, url: str, **spec: Any) -> tuple[dict[str, Any], str]:
         return await self.store.create(EndpointSpec(url=url, **spec), self.clock.now())
 
-    async def emit(self, type_: str = "budget.soft_limit_reached",
-                   data: dict[str, Any] | None = None, dedup: str | None = None) -> str:
+    async def emit(
+        self,
+        type_: str = "budget.soft_limit_reached",
+        data: dict[str, Any] | None = None,
+        dedup: str | None = None,
+    ) -> str:
         async with self.engine.begin() as conn:
-            row = await emit_event(conn, type_, dict(data or SOFT), self.clock.now(),
-                                   org_id=self.org_id, dedup_key=dedup)
+            row = await emit_event(
+                conn,
+                type_,
+                dict(data or SOFT),
+                self.clock.now(),
+                org_id=self.org_id,
+                dedup_key=dedup,
+            )
         assert row is not None
         return str(row["id"])
 
@@ -107,8 +135,12 @@ async def test_signed_delivery_verifies_and_tampering_does_not(world: World, ser
     assert await world.worker().run_once() == 1
     [got] = receiver.received
     assert got.verified, got.error
-    assert got.json() == {"id": event_id, "type": "budget.soft_limit_reached",
-                          "timestamp": got.json()["timestamp"], "data": SOFT}
+    assert got.json() == {
+        "id": event_id,
+        "type": "budget.soft_limit_reached",
+        "timestamp": got.json()["timestamp"],
+        "data": SOFT,
+    }
     assert got.headers["webhook-id"].startswith("msg_")
     async with httpx.AsyncClient() as client:
         tampered = got.body.replace(b"90.00", b"00.00")
@@ -139,8 +171,7 @@ async def test_rotation_overlap_then_only_the_new_secret(world: World, serve: An
     receiver = Receiver()
     url = serve(receiver)
     endpoint, old = await world.endpoint(url)
-    _, new = await world.store.rotate_secret(endpoint["id"], world.clock.now(),
-                                             timedelta(hours=1))
+    _, new = await world.store.rotate_secret(endpoint["id"], world.clock.now(), timedelta(hours=1))
     await world.emit(dedup="during")
     await world.worker().run_once()
     during = receiver.received[-1]
@@ -158,8 +189,9 @@ async def test_rotation_overlap_then_only_the_new_secret(world: World, serve: An
     assert old not in str(row) and new not in str(row)  # stored encrypted only
 
 
-async def test_receiver_down_then_up_retries_survive_a_restart(world: World, serve: Any,
-                                                               database_url: str) -> None:
+async def test_receiver_down_then_up_retries_survive_a_restart(
+    world: World, serve: Any, database_url: str
+) -> None:
     """Connection refused twice (with backoff), a new worker on a fresh engine takes over,
     and the delivery lands once the receiver is up: nothing lost, one success."""
     port = free_port()
@@ -192,8 +224,9 @@ async def test_receiver_down_then_up_retries_survive_a_restart(world: World, ser
     assert done["status"] == "succeeded" and done["attempts"] == 3
 
 
-async def test_two_workers_never_send_one_delivery_twice(world: World, serve: Any,
-                                                         database_url: str) -> None:
+async def test_two_workers_never_send_one_delivery_twice(
+    world: World, serve: Any, database_url: str
+) -> None:
     """Two replicas (separate engines) race over 24 deliveries: each sent exactly once."""
     receiver = Receiver()
     await world.endpoint(serve(receiver))
@@ -221,8 +254,9 @@ async def test_a_lease_blocks_others_until_it_expires(world: World, serve: Any) 
     receiver = Receiver()
     await world.endpoint(serve(receiver))
     await world.emit()
-    [claim] = await claim_due(world.engine, world.clock.now(), worker_id="dead",
-                              lease=timedelta(seconds=60), limit=10)
+    [claim] = await claim_due(
+        world.engine, world.clock.now(), worker_id="dead", lease=timedelta(seconds=60), limit=10
+    )
     assert await world.worker().run_once() == 0
     world.clock.advance(61)
     assert await world.worker().run_once() == 1
@@ -247,8 +281,9 @@ async def test_redelivery_keeps_the_message_id(world: World, serve: Any) -> None
 async def test_endpoint_disabled_after_five_days_of_failure(world: World, serve: Any) -> None:
     """Daily events all fail for five days: the endpoint is switched off and an event
     about it reaches another endpoint."""
-    dead, _ = await world.endpoint(f"http://127.0.0.1:{free_port()}/hook",
-                                   event_types=("budget.*",))
+    dead, _ = await world.endpoint(
+        f"http://127.0.0.1:{free_port()}/hook", event_types=("budget.*",)
+    )
     watcher = Receiver()
     await world.endpoint(serve(watcher), event_types=("webhook.*",))
     for day in range(5):
@@ -273,22 +308,25 @@ async def test_fan_out_is_idempotent_and_filters(world: World, serve: Any) -> No
     """Type and scope filters pick endpoints; record_event fans out, and fanning the same
     event out again adds nothing."""
     team = await Directory(world.engine).create_team(world.org_id, "ml", world.clock.now())
-    wanted, _ = await world.endpoint(serve(Receiver()), event_types=("budget.*",),
-                                     scope_type="team", scope_id=team["id"])
+    wanted, _ = await world.endpoint(
+        serve(Receiver()), event_types=("budget.*",), scope_type="team", scope_id=team["id"]
+    )
     await world.endpoint(serve(Receiver()), event_types=("wallet.*",))
     disabled, _ = await world.endpoint(serve(Receiver()), enabled=False)
     data = {**SOFT, "scope_type": "team", "scope_id": team["id"]}
     async with world.engine.begin() as conn:
-        row = await record_event(conn, "budget.soft_limit_reached", data, world.clock.now(),
-                                 org_id=world.org_id)
+        row = await record_event(
+            conn, "budget.soft_limit_reached", data, world.clock.now(), org_id=world.org_id
+        )
         assert row is not None
         first = await fan_out(conn, row)
         second = await fan_out(conn, row)
     assert first.delivery_ids == () and second.delivery_ids == ()
     assert len(await list_deliveries(world.engine, wanted["id"])) == 1
     async with world.engine.connect() as conn:
-        assert (await conn.execute(sa.select(sa.func.count()).select_from(
-            webhook_endpoints))).scalar_one() == 3
+        assert (
+            await conn.execute(sa.select(sa.func.count()).select_from(webhook_endpoints))
+        ).scalar_one() == 3
     assert await list_deliveries(world.engine, disabled["id"]) == []
 
 
@@ -302,7 +340,8 @@ async def stored_text(engine: AsyncEngine) -> str:
 
 
 async def test_slack_url_encrypted_shown_masked_and_posted_to(
-        world: World, serve: Any, caplog: pytest.LogCaptureFixture) -> None:
+    world: World, serve: Any, caplog: pytest.LogCaptureFixture
+) -> None:
     """The real Slack URL is stored only encrypted and shown masked; the worker posts to
     it, and neither its logs (httpx logs request URLs) nor the delivery log name it."""
     caplog.set_level(logging.DEBUG)
@@ -330,6 +369,7 @@ async def test_slack_url_encrypted_shown_masked_and_posted_to(
 @sqlite_only
 async def test_slack_url_kept_out_of_transport_errors(world: World) -> None:
     """An HTTP error naming the URL is logged in the delivery log with the URL masked."""
+
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError(f"cannot reach {request.url}", request=request)
 
@@ -341,7 +381,8 @@ async def test_slack_url_kept_out_of_transport_errors(world: World) -> None:
         assert await worker.run_once() == 1
     [delivery] = await list_deliveries(world.engine, endpoint["id"])
     assert delivery["last_error"] == (
-        "ConnectError: cannot reach http://127.0.0.1:9/services/T…/B…/…")
+        "ConnectError: cannot reach http://127.0.0.1:9/services/T…/B…/…"
+    )
 
 
 @sqlite_only
@@ -352,23 +393,26 @@ async def test_slack_url_patch_and_legacy_rows(world: World, serve: Any) -> None
     base = serve(receiver).removesuffix("/hook")
     url = f"{base}/{SLACK_PATH}"
     endpoint, _ = await world.endpoint(url, kind="slack")
-    changed = await world.store.update(endpoint["id"], {"url": endpoint["url"],
-                                                        "description": "ops"},
-                                       world.clock.now())
+    changed = await world.store.update(
+        endpoint["id"], {"url": endpoint["url"], "description": "ops"}, world.clock.now()
+    )
     assert changed["description"] == "ops"
     assert world.store.url_of(await world.store.row(endpoint["id"])) == url
     with pytest.raises(ValidationFailed) as refused:
         await world.store.update(endpoint["id"], {"kind": "webhook"}, world.clock.now())
     assert refused.value.param == "url"
-    plain = await world.store.update(endpoint["id"], {"kind": "webhook", "url": f"{base}/hook"},
-                                     world.clock.now())
+    plain = await world.store.update(
+        endpoint["id"], {"kind": "webhook", "url": f"{base}/hook"}, world.clock.now()
+    )
     assert plain["url"] == f"{base}/hook"
     assert (await world.store.row(endpoint["id"]))["url_encrypted"] is None
 
     async with world.engine.begin() as conn:  # as revision 0007 stored it
-        await conn.execute(webhook_endpoints.update()
-                           .where(webhook_endpoints.c.id == endpoint["id"])
-                           .values(kind="slack", url=url, url_encrypted=None))
+        await conn.execute(
+            webhook_endpoints.update()
+            .where(webhook_endpoints.c.id == endpoint["id"])
+            .values(kind="slack", url=url, url_encrypted=None)
+        )
     assert (await world.store.get(endpoint["id"]))["url"] == f"{base}/services/T…/B…/…"
     await world.emit()
     assert await world.worker().run_once() == 1

@@ -28,13 +28,25 @@ pytestmark = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 BOX = SecretBox("test-secret-key")
 
 
-def budget_data(team_id: str, threshold: str, percent: str, budget_id: str = "bud_1"
-                ) -> dict[str, Any]:
-    return {"budget_id": budget_id, "scope_type": "team", "scope_id": team_id, "tag": None,
-            "period": "2026-03", "period_start": "2026-03-01T00:00:00+00:00",
-            "period_end": "2026-04-01T00:00:00+00:00", "threshold": threshold,
-            "percent": percent, "percent_used": percent, "spent_usd": f"{percent}.00",
-            "amount_usd": "100.00", "hard_limit": True, "refused": False}
+def budget_data(
+    team_id: str, threshold: str, percent: str, budget_id: str = "bud_1"
+) -> dict[str, Any]:
+    return {
+        "budget_id": budget_id,
+        "scope_type": "team",
+        "scope_id": team_id,
+        "tag": None,
+        "period": "2026-03",
+        "period_start": "2026-03-01T00:00:00+00:00",
+        "period_end": "2026-04-01T00:00:00+00:00",
+        "threshold": threshold,
+        "percent": percent,
+        "percent_used": percent,
+        "spent_usd": f"{percent}.00",
+        "amount_usd": "100.00",
+        "hard_limit": True,
+        "refused": False,
+    }
 
 
 @pytest.fixture
@@ -53,8 +65,9 @@ def receivers() -> Iterator[list[ServerHandle]]:
         handle.stop()
 
 
-async def emit(engine: AsyncEngine, type_: str, data: dict[str, Any], now: datetime,
-               org_id: str) -> None:
+async def emit(
+    engine: AsyncEngine, type_: str, data: dict[str, Any], now: datetime, org_id: str
+) -> None:
     async with engine.begin() as conn:
         await emit_event(conn, type_, data, now, org_id=org_id)
 
@@ -67,17 +80,27 @@ async def test_notifications_follow_roles_preferences_and_digest(engine: AsyncEn
     org = (await d.create_org("acme", now))["id"]
     team_a = (await d.create_team(org, "a", now))["id"]
     team_b = (await d.create_team(org, "b", now))["id"]
-    users = {name: (await d.create_user(f"{name}@x.io", role, teams, org, now))["id"]
-             for name, role, teams in [("admin", "org_admin", []), ("alice", "member", [team_a]),
-                                       ("bob", "member", [team_b]), ("carol", "member", [team_a]),
-                                       ("dave", "org_admin", [])]}
-    await notes.put_preferences(engine, users["carol"], Preferences(event_types=("wallet.*",)),
-                                now)
+    users = {
+        name: (await d.create_user(f"{name}@x.io", role, teams, org, now))["id"]
+        for name, role, teams in [
+            ("admin", "org_admin", []),
+            ("alice", "member", [team_a]),
+            ("bob", "member", [team_b]),
+            ("carol", "member", [team_a]),
+            ("dave", "org_admin", []),
+        ]
+    }
+    await notes.put_preferences(engine, users["carol"], Preferences(event_types=("wallet.*",)), now)
     await notes.put_preferences(engine, users["dave"], Preferences(digest=True), now)
 
     await emit(engine, "budget.threshold_crossed", budget_data(team_a, "alert", "50"), now, org)
-    await emit(engine, "budget.hard_limit_reached", budget_data(team_a, "hard", "100"),
-               now + timedelta(minutes=1), org)
+    await emit(
+        engine,
+        "budget.hard_limit_reached",
+        budget_data(team_a, "hard", "100"),
+        now + timedelta(minutes=1),
+        org,
+    )
 
     async def types(name: str) -> list[str]:
         return [n["type"] for n in await notes.list_notifications(engine, users[name])]
@@ -101,14 +124,16 @@ async def test_notifications_follow_roles_preferences_and_digest(engine: AsyncEn
 
     read = await notes.mark_read(engine, hard["id"], tomorrow, users["dave"])
     assert read["read"] is True
-    assert [n["id"] for n in await notes.list_notifications(engine, users["dave"],
-                                                            unread_only=True)] == [digest["id"]]
+    assert [
+        n["id"] for n in await notes.list_notifications(engine, users["dave"], unread_only=True)
+    ] == [digest["id"]]
     assert await notes.mark_all_read(engine, users["dave"], tomorrow) == 1
     assert await notes.list_notifications(engine, users["dave"], unread_only=True) == []
 
 
 async def test_user_preference_routes_events_to_an_endpoint(
-        engine: AsyncEngine, receivers: list[ServerHandle]) -> None:
+    engine: AsyncEngine, receivers: list[ServerHandle]
+) -> None:
     """A user's chosen webhook channel gets what they want, once, even beyond the
     endpoint's own subscription."""
     now = datetime.now(UTC)
@@ -119,44 +144,76 @@ async def test_user_preference_routes_events_to_an_endpoint(
     receiver = Receiver()
     receivers.append(serve_in_thread(receiver))
     store = WebhookStore(engine, BOX, allow_private=True)
-    endpoint, _ = await store.create(EndpointSpec(url=receivers[0].url, event_types=("key.*",)),
-                                     now)
-    await notes.put_preferences(engine, user, Preferences(
-        event_types=("budget.*",), in_app=False, webhook_endpoint_ids=(endpoint["id"],)), now)
+    endpoint, _ = await store.create(
+        EndpointSpec(url=receivers[0].url, event_types=("key.*",)), now
+    )
+    await notes.put_preferences(
+        engine,
+        user,
+        Preferences(
+            event_types=("budget.*",), in_app=False, webhook_endpoint_ids=(endpoint["id"],)
+        ),
+        now,
+    )
     await emit(engine, "budget.soft_limit_reached", budget_data(team, "soft", "80"), now, org)
     await emit(engine, "wallet.depleted", {"wallet_id": "w"}, now, org)
     assert [x["event_type"] for x in await list_deliveries(engine, endpoint["id"])] == [
-        "budget.soft_limit_reached"]
+        "budget.soft_limit_reached"
+    ]
     assert await notes.list_notifications(engine, user) == []
 
 
 async def test_slack_and_pagerduty_trigger_then_resolve_on_reset(
-        engine: AsyncEngine, receivers: list[ServerHandle]) -> None:
+    engine: AsyncEngine, receivers: list[ServerHandle]
+) -> None:
     """Slack gets a readable message; PagerDuty a trigger with a dedup key and, once the
     budget's period has moved on, a resolve for the same key."""
     clock = FrozenClock(datetime(2026, 3, 20, 9, 0, tzinfo=UTC))
     now = clock.now()
     org = (await Directory(engine).create_org("acme", now))["id"]
     async with engine.begin() as conn:
-        await conn.execute(schema.budgets.insert().values(
-            id="bud_1", org_id=org, name="ml monthly", scope_type="org", scope_id=org, tag=None,
-            period="monthly", timezone="UTC", week_start="monday", amount_nanos=100 * 10**9,
-            alert_percentages=["50"], soft_limit_percent="80", hard_limit=True,
-            hard_limit_percent="100", categories={}, created_at=now, updated_at=now))
+        await conn.execute(
+            schema.budgets.insert().values(
+                id="bud_1",
+                org_id=org,
+                name="ml monthly",
+                scope_type="org",
+                scope_id=org,
+                tag=None,
+                period="monthly",
+                timezone="UTC",
+                week_start="monday",
+                amount_nanos=100 * 10**9,
+                alert_percentages=["50"],
+                soft_limit_percent="80",
+                hard_limit=True,
+                hard_limit_percent="100",
+                categories={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
     slack, pager = Receiver(), Receiver()
     for app in (slack, pager):
         receivers.append(serve_in_thread(app))
     store = WebhookStore(engine, BOX, allow_private=True)
     await store.create(EndpointSpec(url=receivers[0].url, kind="slack"), now)
-    pd, _ = await store.create(EndpointSpec(url=receivers[1].url, kind="pagerduty",
-                                            event_types=("budget.*",),
-                                            config={"routing_key": "R0UT1NGKEY"}), now)
+    pd, _ = await store.create(
+        EndpointSpec(
+            url=receivers[1].url,
+            kind="pagerduty",
+            event_types=("budget.*",),
+            config={"routing_key": "R0UT1NGKEY"},
+        ),
+        now,
+    )
     assert pd["config"] == {"routing_key": "…GKEY"}
     data = {**budget_data(org, "hard", "100"), "scope_type": "org"}
     await emit(engine, "budget.hard_limit_reached", data, now, org)
     async with httpx.AsyncClient() as http:
-        worker = DeliveryWorker(engine, clock, http, BOX, allow_private=True,
-                                console_url="https://spend.example.com")
+        worker = DeliveryWorker(
+            engine, clock, http, BOX, allow_private=True, console_url="https://spend.example.com"
+        )
         assert await worker.run_once() == 2
         [message] = [r.json() for r in slack.received]
         assert "Budget hard limit reached" in message["text"]
@@ -174,5 +231,8 @@ async def test_slack_and_pagerduty_trigger_then_resolve_on_reset(
         assert await resolve_reset_periods(engine, clock.now()) == 0
         assert await worker.run_once() == 1
     resolve = pager.received[-1].json()
-    assert resolve == {"routing_key": "R0UT1NGKEY", "event_action": "resolve",
-                       "dedup_key": trigger["dedup_key"]}
+    assert resolve == {
+        "routing_key": "R0UT1NGKEY",
+        "event_action": "resolve",
+        "dedup_key": trigger["dedup_key"],
+    }

@@ -61,12 +61,21 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["endpoint_id"], ["webhook_endpoints.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index("ix_webhook_deliveries_due", "webhook_deliveries",
-                    ["status", "next_attempt_at"], unique=False)
-    op.create_index(op.f("ix_webhook_deliveries_endpoint_id"), "webhook_deliveries",
-                    ["endpoint_id"], unique=False)
-    op.create_index(op.f("ix_webhook_deliveries_event_id"), "webhook_deliveries",
-                    ["event_id"], unique=False)
+    op.create_index(
+        "ix_webhook_deliveries_due",
+        "webhook_deliveries",
+        ["status", "next_attempt_at"],
+        unique=False,
+    )
+    op.create_index(
+        op.f("ix_webhook_deliveries_endpoint_id"),
+        "webhook_deliveries",
+        ["endpoint_id"],
+        unique=False,
+    )
+    op.create_index(
+        op.f("ix_webhook_deliveries_event_id"), "webhook_deliveries", ["event_id"], unique=False
+    )
     op.create_table(
         "webhook_attempts",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -83,10 +92,12 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["delivery_id"], ["webhook_deliveries.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index(op.f("ix_webhook_attempts_delivery_id"), "webhook_attempts",
-                    ["delivery_id"], unique=False)
-    op.create_index(op.f("ix_webhook_attempts_endpoint_id"), "webhook_attempts",
-                    ["endpoint_id"], unique=False)
+    op.create_index(
+        op.f("ix_webhook_attempts_delivery_id"), "webhook_attempts", ["delivery_id"], unique=False
+    )
+    op.create_index(
+        op.f("ix_webhook_attempts_endpoint_id"), "webhook_attempts", ["endpoint_id"], unique=False
+    )
     op.create_table(
         "pagerduty_incidents",
         sa.Column("endpoint_id", sa.String(length=40), nullable=False),
@@ -99,8 +110,9 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["endpoint_id"], ["webhook_endpoints.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("endpoint_id", "dedup_key"),
     )
-    op.create_index(op.f("ix_pagerduty_incidents_budget_id"), "pagerduty_incidents",
-                    ["budget_id"], unique=False)
+    op.create_index(
+        op.f("ix_pagerduty_incidents_budget_id"), "pagerduty_incidents", ["budget_id"], unique=False
+    )
     op.create_table(
         "notifications",
         sa.Column("id", sa.String(length=40), nullable=False),
@@ -119,10 +131,10 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["user_id"], ["users.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("id"),
     )
-    op.create_index(op.f("ix_notifications_event_id"), "notifications", ["event_id"],
-                    unique=False)
-    op.create_index("ix_notifications_user_created", "notifications",
-                    ["user_id", "created_at"], unique=False)
+    op.create_index(op.f("ix_notifications_event_id"), "notifications", ["event_id"], unique=False)
+    op.create_index(
+        "ix_notifications_user_created", "notifications", ["user_id", "created_at"], unique=False
+    )
     op.create_table(
         "notification_preferences",
         sa.Column("user_id", sa.String(length=40), nullable=False),

@@ -31,16 +31,26 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    endpoints = sa.table("webhook_endpoints", sa.column("id", sa.String()),
-                         sa.column("url", sa.String()), sa.column("url_encrypted", sa.Text()))
+    endpoints = sa.table(
+        "webhook_endpoints",
+        sa.column("id", sa.String()),
+        sa.column("url", sa.String()),
+        sa.column("url_encrypted", sa.Text()),
+    )
     conn = op.get_bind()
-    sealed = conn.execute(sa.select(endpoints.c.id, endpoints.c.url_encrypted)
-                          .where(endpoints.c.url_encrypted.is_not(None))).all()
+    sealed = conn.execute(
+        sa.select(endpoints.c.id, endpoints.c.url_encrypted).where(
+            endpoints.c.url_encrypted.is_not(None)
+        )
+    ).all()
     if sealed:
         from spendgate.webhooks.secrets_box import SecretBox
 
         box = SecretBox.from_env(os.environ)
         for endpoint_id, token in sealed:
-            conn.execute(endpoints.update().where(endpoints.c.id == endpoint_id)
-                         .values(url=box.decrypt(token)))
+            conn.execute(
+                endpoints.update()
+                .where(endpoints.c.id == endpoint_id)
+                .values(url=box.decrypt(token))
+            )
     op.drop_column("webhook_endpoints", "url_encrypted")
