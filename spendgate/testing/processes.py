@@ -1,0 +1,329 @@
+"""Real processes for fault tests: a private PostgreSQL and Redis the test may stop, kill
+and restart, and gateway replicas run as ``spendgate serve`` subprocesses.
+
+The machine's own PostgreSQL and Redis are never touched: each server here gets its own
+data directory and a free port on 127.0.0.1, and is gone when the test ends::
+
+    with PrivatePostgres() as pg, PrivateRedis() as redis:
+        upstream = UpstreamProcess.start()
+        replicas = [Replica.start(pg.url, redis.url, config, master_key=MASTER) for _ in range(3)]
+        ...
+        redis.kill(); redis.start()          # Redis restarted empty
+        pg.stop(); ...; pg.start()           # a database outage
+        replicas[0].kill()                   # kill -9
+
+Everything binds to 127.0.0.1. PostgreSQL refuses to run as root, so when the tests run
+as root the cluster is created and served as the ``postgres`` user (``runuser``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Self
+
+import httpx
+
+PG_BIN = next((str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"))), "")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Until something accepts connections on 127.0.0.1:``port``; fails if ``proc`` exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+def _as_postgres(cmd: list[str]) -> list[str]:
+    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+class PrivatePostgres:
+    """A PostgreSQL cluster of its own (trust auth, database ``spendgate``)."""
+
+    def __init__(self) -> None:
+        if not PG_BIN:
+            raise RuntimeError("PostgreSQL server binaries not found under /usr/lib/postgresql")
+        self.dir = Path(tempfile.mkdtemp(prefix="sg-pg-"))
+        self.data = self.dir / "data"
+        self.port = free_port()
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres", "postgres")
+        subprocess.run(
+            _as_postgres(
+                [
+                    f"{PG_BIN}/initdb",
+                    "-D",
+                    str(self.data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        self.start()
+        subprocess.run(
+            _as_postgres(
+                [
+                    f"{PG_BIN}/createdb",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "spendgate",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/spendgate"
+
+    def _ctl(self, *args: str) -> None:
+        subprocess.run(
+            _as_postgres([f"{PG_BIN}/pg_ctl", "-D", str(self.data), "-w", *args]),
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        options = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.dir} "
+            "-c fsync=off -c max_connections=200"
+        )
+        self._ctl("-o", options, "-l", str(self.dir / "log"), "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """Stop the server (``fast``: sessions are cut off; ``immediate``: like a crash)."""
+        self._ctl("-m", mode, "stop")
+
+    def running(self) -> bool:
+        return (self.data / "postmaster.pid").exists()
+
+    def close(self) -> None:
+        if self.running():
+            with contextlib.suppress(subprocess.CalledProcessError):
+                self.stop("immediate")
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class PrivateRedis:
+    """A Redis of its own that keeps nothing on disk: ``kill`` then ``start`` is a Redis
+    that came back empty."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                "redis-server",
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--daemonize",
+                "no",
+                "--loglevel",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        wait_for_port(self.port, 10, self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL: every key is gone."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def close(self) -> None:
+        self.kill()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+@dataclass
+class ManagedProcess:
+    """A child process with its output in a file (read it when a test fails)."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+    log: IO[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """``kill -9``: no shutdown code runs."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        """SIGTERM and wait for the process to exit; returns the exit code (uvicorn
+        re-raises the signal after its graceful shutdown, so a clean exit is -15: read
+        ``output()`` for "Application shutdown complete")."""
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(10)
+            raise
+
+    def output(self) -> str:
+        self.log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def close(self) -> None:
+        if self.alive():
+            self.kill()
+        self.log.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def _spawn(
+    cmd: list[str],
+    port: int,
+    env: Mapping[str, str],
+    log_dir: Path,
+    name: str,
+    cwd: Path | None = None,
+) -> ManagedProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}-{port}.log"
+    log = log_path.open("ab")
+    proc = subprocess.Popen(
+        cmd,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    return ManagedProcess(proc, port, log_path, log)
+
+
+class UpstreamProcess:
+    """The fake OpenAI/Anthropic upstream (``spendgate.testing.fake_upstream``) in its own
+    process, so a gateway under test never shares a loop or a GIL with it."""
+
+    @staticmethod
+    def start(log_dir: Path, port: int | None = None) -> ManagedProcess:
+        port = port or free_port()
+        managed = _spawn(
+            [sys.executable, "-m", "spendgate.testing.fake_upstream", "--port", str(port)],
+            port,
+            {},
+            log_dir,
+            "upstream",
+        )
+        wait_for_port(port, 30, managed.proc)
+        return managed
+
+
+class Replica:
+    """One gateway process: ``spendgate serve`` with the given database, Redis and config."""
+
+    @staticmethod
+    def start(
+        log_dir: Path,
+        env: Mapping[str, str],
+        *,
+        config: Path | None = None,
+        port: int | None = None,
+        workdir: Path | None = None,
+        timeout: float = 60,
+    ) -> ManagedProcess:
+        """Start and wait until ``/healthz`` answers. ``env`` holds ``SPENDGATE_*`` (the
+        master key, database and Redis URLs); ``workdir`` is where relative paths (a
+        SQLite file, the ledger spool) land."""
+        port = port or free_port()
+        cmd = [sys.executable, "-m", "spendgate", "serve", "--port", str(port)]
+        if config is not None:
+            cmd += ["--config", str(config)]
+        managed = _spawn(cmd, port, env, log_dir, "replica", cwd=workdir)
+        deadline = time.monotonic() + timeout
+        while True:
+            if not managed.alive():
+                raise RuntimeError(f"replica exited early:\n{managed.output()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{managed.url}/healthz", timeout=1).status_code == 200:
+                    return managed
+            if time.monotonic() > deadline:
+                managed.close()
+                raise TimeoutError(f"replica not healthy in {timeout} s:\n{managed.output()}")
+            time.sleep(0.1)
