@@ -16,6 +16,7 @@ import socket
 import sys
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
+from datetime import datetime, timedelta
 from multiprocessing import get_context
 from typing import Any
 
@@ -24,6 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -38,11 +40,12 @@ from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
-from spendgate.core.usage import TokenUsage
+from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 from spendgate.counters.factory import counters_from_url
 from spendgate.counters.redis_pool import counters_failed
-from spendgate.errors import PayloadTooLarge, SpendgateError
+from spendgate.errors import DatabaseUnavailable, PayloadTooLarge, SpendgateError
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.sweeper import ThresholdSweeper
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
@@ -52,18 +55,22 @@ from spendgate.ratelimit.gate import RateGate
 from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
-from spendgate.settings import Settings, load_audit_settings, load_settings
-from spendgate.store.database import create_engine, migrate
+from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
+from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
-from spendgate.store.ledger import LedgerWriter
+from spendgate.store.leases import take_lease
+from spendgate.store.ledger import LedgerEntry, LedgerWriter
 from spendgate.store.policies import PolicyStore
+from spendgate.store.spool import Spool
 from spendgate.webhooks.runtime import WebhookRuntime
 
 log = logging.getLogger("spendgate")
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 HOUSEKEEPING_SECONDS = 5.0
+#: how often one replica compares every budget's ledger spend with the thresholds fired
+SWEEP_SECONDS = 60.0
 
 
 def _error_response(err: SpendgateError) -> JSONResponse:
@@ -102,6 +109,12 @@ def build_admin(services: Services) -> FastAPI:
     async def counters_down(_: Request, exc: RedisError) -> JSONResponse:
         return _error_response(counters_failed(exc, "or change live budget state"))
 
+    @api.exception_handler(SQLAlchemyError)
+    @api.exception_handler(OSError)
+    async def database_down(_: Request, exc: Exception) -> JSONResponse:
+        log.warning("admin request failed, database unavailable: %s", exc)
+        return _error_response(DatabaseUnavailable("the database is unavailable; retry shortly"))
+
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         message, field = _validation_message(exc)
@@ -124,12 +137,18 @@ def build_admin(services: Services) -> FastAPI:
 
     @api.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
+        """200 ``ok``; 200 ``degraded`` while the database is down and calls that need
+        nothing from it are served and spooled; 503 once the spool is full."""
+        ledger = services.ledger
+        body: dict[str, Any] = {"status": "ok", "database": "ok", **ledger_backlog(ledger)}
         try:
             async with services.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
-        except Exception as exc:  # noqa: BLE001 - readiness reports any failure as not ready
-            return JSONResponse({"status": "unavailable", "database": str(exc)}, status_code=503)
-        return JSONResponse({"status": "ok", "ledger_pending": services.ledger.pending})
+        except Exception as exc:  # noqa: BLE001 - readiness reports any failure
+            body.update(status="degraded", database=f"unavailable: {exc}"[:300])
+        if ledger.full:
+            body["status"] = "unavailable"
+        return JSONResponse(body, status_code=503 if ledger.full else 200)
 
     api.include_router(admin_router)
     api.include_router(policies_router)
@@ -143,6 +162,19 @@ def build_admin(services: Services) -> FastAPI:
     if unguarded:  # a route without a permission rule is a bug, not a default
         raise RuntimeError(f"admin routes without a permission: {', '.join(unguarded)}")
     return api
+
+
+def ledger_backlog(ledger: LedgerWriter) -> dict[str, Any]:
+    """What waits for the database: rows, and bytes of spool (this process's and files
+    other processes left in the directory)."""
+    spool = ledger.spool
+    return {
+        "ledger_pending": ledger.pending,
+        "spool_bytes": spool.backlog_bytes if spool is not None else 0,
+        "spool_max_bytes": spool.max_bytes if spool is not None else 0,
+        "spool_orphan_bytes": spool.orphan_bytes() if spool is not None else 0,
+        "spool_error": str(spool.error) if spool is not None and spool.error else None,
+    }
 
 
 class Gateway:
@@ -162,6 +194,7 @@ class Gateway:
             services.enforcer,
             services.rate_gate,
             services.auth_throttle,
+            self._implausible,
         )
         self.admin = build_admin(services)
         #: what serves HTTP outside /v1: the admin app behind CSRF checks and security headers
@@ -195,6 +228,25 @@ class Gateway:
             call.key.org_id,
         )
 
+    def _implausible(self, call: Call, usage: TokenUsage) -> None:
+        day = call.started_at.date().isoformat()
+        self.services.events.emit_once(
+            "usage.implausible",
+            f"usage.implausible:{call.route.name}:{day}",
+            {
+                "model": call.route.name,
+                "provider": call.route.provider.name,
+                "request_id": call.request_id,
+                "key_id": call.key.id,
+                "max_tokens_per_call": MAX_TOKENS_PER_CALL,
+                "input_tokens": usage.input_tokens,
+                "output_tokens": usage.output_tokens,
+                "reasoning_tokens": usage.reasoning_tokens,
+            },
+            call.started_at,
+            call.key.org_id,
+        )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind == "http":
@@ -219,6 +271,10 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         if self.auto_migrate:
             await migrate(self.services.engine)
+        try:  # what a previous run (or a dead replica) left: before counters seed from it
+            await self.services.ledger.replay_orphans()
+        except DatabaseUnavailable:
+            log.warning("spool replay postponed: the database is unavailable")
         self.services.ledger.start()
         await self.services.webhooks.start()
         await self.services.enforcer.refresh()
@@ -258,16 +314,35 @@ class Gateway:
         )
 
     async def _housekeep(self) -> None:
-        """Every few seconds: reap stale reservations, note expired exceptions, reload policy."""
+        """Every few seconds: reap stale reservations, note expired exceptions, reload
+        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds."""
+        holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time()
         while True:
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
             try:
                 await self.services.enforcer.reap()
                 await self.services.rate_gate.reap()
                 await self.services.enforcer.refresh()
                 await self.services.enforcer.announce_expired_exceptions()
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + SWEEP_SECONDS
+                    await self._sweep(holder)
+            except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
+                log.warning("housekeeping postponed, database unavailable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("housekeeping failed")
+            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
+    async def _sweep(self, holder: str) -> None:
+        sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)
+        if sweeper is not None and await take_lease(
+            self.services.engine, "threshold-sweep", holder, self._now(), ttl
+        ):
+            await sweeper.sweep()
+
+    def _now(self) -> datetime:
+        return self.services.clock.now()
 
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
@@ -276,7 +351,7 @@ class Gateway:
                 task.cancel()
         if self._forecast_pool is not None:
             self._forecast_pool.shutdown(wait=False, cancel_futures=True)
-        await self.services.drain()
+        await self.services.events.drain()
         await self.services.ledger.close()
         for transport in self.services.transports.values():
             await transport.aclose()
@@ -317,8 +392,22 @@ def create_app(
     clock = clock or SystemClock()
     engine = engine or create_engine(settings.database_url)
     directory = Directory(engine)
+    spool = Spool(
+        spool_directory(settings),
+        header={
+            "db": database_fingerprint(engine),
+            "fields": list(LedgerEntry._fields),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        },
+        max_bytes=settings.spool_max_bytes,
+    )
     ledger = LedgerWriter(
-        engine, flush_seconds=settings.ledger_flush_seconds, batch_size=settings.ledger_batch_size
+        engine,
+        flush_seconds=settings.ledger_flush_seconds,
+        batch_size=settings.ledger_batch_size,
+        spool=spool,
+        now=clock.now,
     )
     policies = PolicyStore(engine)
     counters = counters_from_url(settings.redis_url)
@@ -355,6 +444,7 @@ def create_app(
         webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
         audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
+        sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
     )
     return Gateway(services, auto_migrate=auto_migrate)
 

@@ -14,6 +14,8 @@
     ├── ValidationFailed           422     validation_error
     ├── UpstreamUnavailable        502     upstream_unavailable
     ├── StateUnavailable           503     state_unavailable
+    │   ├── DatabaseUnavailable    503     database_unavailable
+    │   └── LedgerBacklogFull      503     ledger_backlog_full
     └── UpstreamTimeout            504     upstream_timeout
 
 Each carries its HTTP status and a stable machine code; the route that catches it
@@ -157,6 +159,20 @@ class StateUnavailable(SpendgateError):
 
     def headers(self) -> dict[str, str]:
         return {"retry-after": "5"}
+
+
+class DatabaseUnavailable(StateUnavailable):
+    """The database cannot be reached and this call needs it (a key or budget this
+    process has not cached): refuse it rather than serve it unchecked."""
+
+    code = "database_unavailable"
+
+
+class LedgerBacklogFull(StateUnavailable):
+    """The ledger spool holds as much unwritten spend as it is allowed to: a call now
+    could not be recorded durably, so it is refused before it costs anything."""
+
+    code = "ledger_backlog_full"
 
 
 class UpstreamTimeout(SpendgateError):

@@ -16,13 +16,14 @@ from spendgate.core.clock import Clock
 from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.sweeper import ThresholdSweeper
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import Transport
 from spendgate.ratelimit.gate import RateGate
 from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.settings import Settings
 from spendgate.store.directory import Directory
-from spendgate.store.events import record_event
+from spendgate.store.events import PendingEvent, capturing, record_event
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
 from spendgate.webhooks.runtime import WebhookRuntime
@@ -57,6 +58,10 @@ class EventSink:
         if len(self._announced) >= MAX_REMEMBERED:
             self._announced.clear()  # only a shortcut: the database's unique key decides
         self._announced.add(dedup_key)
+        captured = capturing()
+        if captured is not None:  # a call's settle: stored with its ledger row
+            captured.append(PendingEvent(type_, dedup_key, data, now, org_id))
+            return
         self.spawn(self._store(type_, dedup_key, data, now, org_id), f"event:{type_}")
 
     async def _store(
@@ -94,6 +99,11 @@ class Services:
     audit_settings: AuditSettings
     #: failed authentications per source address, shared by the proxy and the admin API
     auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
+    #: thresholds reached in the ledger but never fired (on start, periodically, on change)
+    sweeper: ThresholdSweeper | None = None
 
     async def drain(self) -> None:
+        """Store every event decided so far: those stored on their own, and those that
+        travel with a call's ledger row."""
         await self.events.drain()
+        await self.ledger.flush()

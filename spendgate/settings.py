@@ -97,6 +97,10 @@ class Settings:
     forecast_workers: int = 1
     #: failed authentications allowed per source address per minute (0: no limit)
     auth_failures_per_minute: int = 20
+    #: where ledger rows wait, on disk, for the database (None: ``spool_directory``)
+    spool_dir: str | None = None
+    #: past this much unwritten spool, new calls are refused with 503
+    spool_max_bytes: int = 1024 * 1024 * 1024
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -224,6 +228,17 @@ def demo_routes() -> dict[str, ModelRoute]:
     }
 
 
+def spool_directory(settings: Settings) -> Path:
+    """``spool_dir`` if set; else ``spendgate-spool`` next to the SQLite file, or in the
+    working directory for other databases."""
+    if settings.spool_dir:
+        return Path(settings.spool_dir)
+    url = settings.database_url
+    if url.startswith("sqlite:///") and ":memory:" not in url:
+        return Path(url[len("sqlite:///") :]).parent / "spendgate-spool"
+    return Path.cwd() / "spendgate-spool"
+
+
 def normalise_database_url(url: str) -> str:
     """Accept plain ``sqlite:///…`` / ``postgresql://…`` and pick the async driver."""
     if url.startswith("sqlite:"):
@@ -280,6 +295,10 @@ def load_settings(
         ),
         auth_failures_per_minute=_non_negative_int(
             gateway.get("auth_failures_per_minute", 20), "gateway.auth_failures_per_minute"
+        ),
+        spool_dir=env.get("SPENDGATE_SPOOL_DIR") or gateway.get("spool_dir"),
+        spool_max_bytes=_non_negative_int(
+            gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
         ),
         models=models,
     )

@@ -232,6 +232,8 @@ def start_gateway(
         **UPSTREAM_SECRETS,
         "SPENDGATE_MASTER_KEY": MASTER_KEY,
         "SPENDGATE_DATABASE_URL": database_url,
+        # each test's ledger spool of its own (never the working directory's)
+        "SPENDGATE_SPOOL_DIR": str(tmp_path / "spool"),
     }
     if database_url.startswith("postgresql"):
         # the scale-out pairing: PostgreSQL for the ledger, Redis for live counters

@@ -94,6 +94,13 @@ def _stored(body: s.BudgetIn | s.BudgetPatch, *, only_set: bool = True) -> dict[
     return values
 
 
+async def _sweep_new_levels(svc: Services, budget_id: str) -> None:
+    """Every threshold the period's spend is already past fires now, once, marked
+    ``already_past`` (a new budget, or a changed amount or level)."""
+    if svc.sweeper is not None:
+        await svc.sweeper.sweep({budget_id}, already_past=True)
+
+
 @router.post(
     "/budgets",
     response_model=s.BudgetOut,
@@ -131,6 +138,7 @@ async def create_budget(
             after=budget_out(row),
         )
     await svc.enforcer.refresh()
+    await _sweep_new_levels(svc, row["id"])
     return budget_out(row)
 
 
@@ -187,6 +195,7 @@ async def update_budget(
             after=budget_out({**merged, "updated_at": now}),
         )
     await svc.enforcer.refresh()
+    await _sweep_new_levels(svc, budget_id)
     return budget_out(await svc.policies.get_budget(budget_id))
 
 

@@ -567,6 +567,7 @@ async def events(
     org_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
+    await svc.ledger.flush()  # events caused by calls travel with their ledger rows
     rows = await list_events(svc.engine, type_=type, org_id=who.org_filter(org_id), limit=limit)
     return [
         {

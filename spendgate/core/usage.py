@@ -8,8 +8,13 @@ the part of ``output_tokens`` the model spent thinking (billed as output).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+#: More tokens than any model reads or writes in one call (the largest context windows
+#: are a few million). A provider figure above it is a provider bug, not usage: it is
+#: clamped to this and the call is marked ``implausible`` (see ``plausible``).
+MAX_TOKENS_PER_CALL = 1_000_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -19,10 +24,37 @@ class TokenUsage:
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    #: a reported figure was above ``MAX_TOKENS_PER_CALL`` and was clamped to it
+    implausible: bool = False
 
     @property
     def total_tokens(self) -> int:
         return self.input_tokens + self.output_tokens
+
+
+def plausible(usage: TokenUsage) -> TokenUsage:
+    """``usage`` with every figure clamped to ``MAX_TOKENS_PER_CALL`` (and marked
+    ``implausible`` when one was above it), so that whatever a provider reports, the
+    cost stays exact and every sum of it fits the ledger's 64-bit columns."""
+    figures = (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )
+    if max(figures) <= MAX_TOKENS_PER_CALL:
+        return usage
+    cap = MAX_TOKENS_PER_CALL
+    return replace(
+        usage,
+        input_tokens=min(usage.input_tokens, cap),
+        output_tokens=min(usage.output_tokens, cap),
+        cache_read_tokens=min(usage.cache_read_tokens, cap),
+        cache_write_tokens=min(usage.cache_write_tokens, cap),
+        reasoning_tokens=min(usage.reasoning_tokens, cap),
+        implausible=True,
+    )
 
 
 def _int(value: Any) -> int:
@@ -45,11 +77,13 @@ def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
         out_details = usage.get("output_tokens_details") or {}
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    return TokenUsage(
-        input_tokens=prompt,
-        output_tokens=output,
-        cache_read_tokens=min(cached, prompt),
-        reasoning_tokens=min(reasoning, output),
+    return plausible(
+        TokenUsage(
+            input_tokens=prompt,
+            output_tokens=output,
+            cache_read_tokens=min(cached, prompt),
+            reasoning_tokens=min(reasoning, output),
+        )
     )
 
 
@@ -75,9 +109,12 @@ def from_anthropic(
     else:
         read, write, total_in = prev.cache_read_tokens, prev.cache_write_tokens, prev.input_tokens
     output = _int(usage.get("output_tokens")) if "output_tokens" in usage else prev.output_tokens
-    return TokenUsage(
-        input_tokens=total_in,
-        output_tokens=output,
-        cache_read_tokens=read,
-        cache_write_tokens=write,
+    return plausible(
+        TokenUsage(
+            input_tokens=total_in,
+            output_tokens=output,
+            cache_read_tokens=read,
+            cache_write_tokens=write,
+            implausible=prev.implausible,
+        )
     )

@@ -15,6 +15,8 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from spendgate.core import budget_rules as rules
 from spendgate.core.budget_windows import Period, Window, window_at
 from spendgate.core.clock import Clock
@@ -57,6 +59,31 @@ class Applied:
     @property
     def bucket(self) -> str:
         return budget_bucket(self.budget, self.window)
+
+
+def threshold_event(
+    a: Applied, threshold: rules.Threshold, spent: int, refused: bool = False
+) -> tuple[str, str, dict[str, Any]]:
+    """(type, dedup key, data) of ``threshold`` reached at ``spent`` in ``a``'s period:
+    the dedup key makes it fire once per budget per period, whoever stores it first."""
+    data = {
+        "budget_id": a.budget.id,
+        "scope_type": a.budget.scope_type,
+        "scope_id": a.budget.scope_id,
+        "tag": a.budget.tag,
+        "period": a.window.key,
+        "period_start": a.window.start.isoformat(),
+        "period_end": a.window.end.isoformat(),
+        "threshold": threshold.kind,
+        "percent": f"{threshold.percent.normalize():f}",
+        "percent_used": f"{rules.percent_used(spent, a.amount_nanos)}",
+        "spent_usd": format_usd(spent),
+        "amount_usd": format_usd(a.amount_nanos),
+        "hard_limit": a.budget.hard_limit,
+        "refused": refused,
+    }
+    key = f"budget:{a.budget.id}:{a.window.key}:{threshold.name}"
+    return EVENT_TYPES[threshold.kind], key, data
 
 
 @dataclass(slots=True)
@@ -119,7 +146,15 @@ class Enforcer:
 
     async def _policies(self) -> PolicySnapshot:
         if self._clock.monotonic() - self._loaded_at > self._refresh_seconds:
-            await self.refresh()
+            try:
+                await self.refresh()
+            except (SQLAlchemyError, OSError) as exc:
+                if self._loaded_at == float("-inf"):
+                    raise
+                # the database is down: keep enforcing the policies last loaded (nobody
+                # can change them meanwhile) and try again after the refresh interval
+                log.warning("policy refresh failed, serving the last snapshot: %s", exc)
+                self._loaded_at = self._clock.monotonic()
         return self._snapshot
 
     def applicable(
@@ -335,28 +370,7 @@ class Enforcer:
         now: datetime,
         refused: bool = False,
     ) -> None:
-        self._emit(
-            EVENT_TYPES[threshold.kind],
-            f"budget:{a.budget.id}:{a.window.key}:{threshold.name}",
-            {
-                "budget_id": a.budget.id,
-                "scope_type": a.budget.scope_type,
-                "scope_id": a.budget.scope_id,
-                "tag": a.budget.tag,
-                "period": a.window.key,
-                "period_start": a.window.start.isoformat(),
-                "period_end": a.window.end.isoformat(),
-                "threshold": threshold.kind,
-                "percent": f"{threshold.percent.normalize():f}",
-                "percent_used": f"{rules.percent_used(spent, a.amount_nanos)}",
-                "spent_usd": format_usd(spent),
-                "amount_usd": format_usd(a.amount_nanos),
-                "hard_limit": a.budget.hard_limit,
-                "refused": refused,
-            },
-            now,
-            a.budget.org_id,
-        )
+        self._emit(*threshold_event(a, threshold, spent, refused), now, a.budget.org_id)
 
     async def _wallet_cap(self, w: Wallet) -> int | None:
         state = await self._counters.state(wallet_bucket(w))

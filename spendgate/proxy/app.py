@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
+from sqlalchemy.exc import SQLAlchemyError
 
 from spendgate.core.budget_rules import Subject
 from spendgate.core.clock import Clock
@@ -26,7 +27,9 @@ from spendgate.core.usage import TokenUsage
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
     AuthenticationFailed,
+    DatabaseUnavailable,
     InvalidRequest,
+    LedgerBacklogFull,
     NotFound,
     PermissionDenied,
     SpendgateError,
@@ -55,6 +58,7 @@ from spendgate.security.auth_throttle import AuthThrottle, client_address
 from spendgate.security.credentials import RequestIds
 from spendgate.settings import ModelRoute, Settings
 from spendgate.store.directory import KeyRecord
+from spendgate.store.events import PendingEvent, capture_events
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
 
 log = logging.getLogger("spendgate.proxy")
@@ -162,7 +166,9 @@ class ProxyApp:
         enforcer: Enforcer,
         rate_gate: RateGate,
         auth_throttle: AuthThrottle | None = None,
+        on_implausible: Callable[[Call, TokenUsage], None] | None = None,
     ) -> None:
+        self._on_implausible = on_implausible
         self._throttle = AuthThrottle(limit=0) if auth_throttle is None else auth_throttle
         self._enforcer = enforcer
         self._guard = CallGuard(rate_gate, enforcer)
@@ -203,6 +209,14 @@ class ProxyApp:
                 raise counters_failed(exc, "budgets and limits") from exc
         except SpendgateError as err:
             await send_error(send, err, wire, request_id)
+        except (SQLAlchemyError, OSError) as exc:
+            # only a lookup this process had not cached gets here: cached keys and
+            # policies keep serving through an outage, and the ledger waits in the spool
+            log.warning("database unavailable for %s: %s", request_id, exc)
+            unavailable = DatabaseUnavailable(
+                "the gateway's database is unavailable and this call needs it; retry shortly"
+            )
+            await send_error(send, unavailable, wire, request_id)
 
     async def _authenticate(
         self, scope: Scope, headers: Mapping[str, str], wire: str, now: datetime, mono: float
@@ -235,6 +249,11 @@ class ProxyApp:
             )
         if key.models and model not in key.models:
             raise PermissionDenied(f"this key may not use model {model!r}", param="model")
+        if self._ledger.full:
+            raise LedgerBacklogFull(
+                "the gateway's ledger backlog is full (the database has been unavailable "
+                "too long); this call could not be recorded, so it is not forwarded"
+            )
         stream = bool(payload.get("stream")) and endpoint.streams
         return Call(
             request_id,
@@ -318,13 +337,8 @@ class ProxyApp:
         try:
             response = await transport.send(request)
         except SpendgateError as err:
-            self._record(
-                call,
-                err.status,
-                "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error",
-                None,
-            )
-            await self._guard.unbilled(guarded)
+            status = "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
+            await self._book(call, guarded, err.status, status, None)
             raise
         if response.status >= 300:
             await self._relay_error(call, guarded, response, send)
@@ -350,8 +364,7 @@ class ProxyApp:
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = "0.00"
-        self._record(call, response.status, "upstream_error", None)
-        await self._guard.unbilled(guarded)
+        await self._book(call, guarded, response.status, "upstream_error", None)
         await send_bytes(send, response.status, response.body, headers)
 
     async def _relay_whole(
@@ -363,8 +376,7 @@ class ProxyApp:
             usage = TokenUsage(
                 input_tokens=call.request_bytes // 4, output_tokens=len(response.body) // 4
             )
-        cost = self._record(call, response.status, "ok", usage, estimated)
-        remaining = await self._guard.settle(guarded, usage.total_tokens, cost or 0)
+        cost, remaining = await self._book(call, guarded, response.status, "ok", usage, estimated)
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = "unknown" if cost is None else format_usd(cost)
@@ -388,46 +400,80 @@ class ProxyApp:
         headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         headers["cache-control"] = "no-cache"
         disconnect = asyncio.ensure_future(receive())
-        billed: tuple[TokenUsage, int | None] | None = None
+        booked = False
         try:
             await start_stream(send, headers)
             async for chunk in response.chunks:
                 out = meter.feed(chunk)
-                if meter.done and billed is None:
-                    # the ledger row is queued before the terminal event ([DONE],
-                    # message_stop, response.completed) goes out: a client that has seen
-                    # the end of its stream can find its row
-                    billed = self._bill_stream(call, meter, disconnect, "ok")
+                if meter.done and not booked:
+                    # settled and on disk before the terminal event ([DONE], message_stop,
+                    # response.completed) goes out: a client that saw the end of its
+                    # stream has its spend recorded, whatever happens to this process
+                    booked = await self._book_stream(call, guarded, meter, disconnect, "ok")
                 if out and not disconnect.done():
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
-            if billed is None:
+            if not booked:
                 status = "incomplete" if not meter.done and meter.usage is None else "ok"
-                billed = self._bill_stream(call, meter, disconnect, status)
+                booked = await self._book_stream(call, guarded, meter, disconnect, status)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except SpendgateError:
-            billed = billed or self._bill_stream(call, meter, disconnect, "incomplete")
+            if not booked:
+                booked = await self._book_stream(call, guarded, meter, disconnect, "incomplete")
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
             await response.close()
-            billed = billed or self._bill_stream(call, meter, disconnect, "incomplete")
+            if not booked:
+                await self._book_stream(call, guarded, meter, disconnect, "incomplete")
             if not disconnect.done():
                 disconnect.cancel()
-            usage, cost = billed
-            await self._guard.settle(guarded, usage.total_tokens, cost or 0)
 
-    def _bill_stream(
-        self, call: Call, meter: StreamMeter, disconnect: asyncio.Future[Any], status: str
-    ) -> tuple[TokenUsage, int | None]:
-        """Queue the stream's ledger row from the provider's usage (or, without it, an
-        estimate); a client that left is recorded as ``client_cancelled``."""
+    async def _book_stream(
+        self,
+        call: Call,
+        guarded: Guarded,
+        meter: StreamMeter,
+        disconnect: asyncio.Future[Any],
+        status: str,
+    ) -> bool:
+        """Book the stream from the provider's usage (or, without it, an estimate); a
+        client that left is recorded as ``client_cancelled``."""
         if disconnect.done():
             status = "client_cancelled"
         usage = meter.usage
         estimated = usage is None
         if usage is None:
             usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
-        return usage, self._record(call, 200, status, usage, estimated)
+        await self._book(call, guarded, 200, status, usage, estimated)
+        return True
+
+    async def _book(
+        self,
+        call: Call,
+        guarded: Guarded,
+        http_status: int,
+        status: str,
+        usage: TokenUsage | None,
+        estimated: bool = False,
+    ) -> tuple[int | None, int | None]:
+        """Price the call, settle its holds (``usage`` None: not billed, holds given
+        back) and put its ledger row on disk together with the events this produced (a
+        threshold the settle crossed, an unknown price): returns (cost, the tightest
+        budget's remaining nanos). Called before the call's final bytes go out."""
+        events: list[PendingEvent] = []
+        remaining = None
+        with capture_events(events):
+            entry = self._record(call, http_status, status, usage, estimated)
+            try:
+                if usage is None:
+                    await self._guard.unbilled(guarded)
+                else:
+                    remaining = await self._guard.settle(
+                        guarded, usage.total_tokens, entry.cost_nanos or 0
+                    )
+            finally:
+                await self._ledger.commit(entry, events)
+        return entry.cost_nanos, remaining
 
     def _record(
         self,
@@ -436,8 +482,8 @@ class ProxyApp:
         status: str,
         usage: TokenUsage | None,
         estimated: bool = False,
-    ) -> int | None:
-        """Price the call and queue its ledger entry; returns the cost in nanos."""
+    ) -> LedgerEntry:
+        """Price the call and build its ledger row."""
         finished = self._clock.now()
         cost: int | None
         if usage is None:
@@ -447,37 +493,37 @@ class ProxyApp:
             cost, unknown = priced.cost_nanos, priced.cost_nanos is None
             if unknown:
                 self._on_unpriced(call, usage)
+            if usage.implausible and self._on_implausible is not None:
+                self._on_implausible(call, usage)
         key = call.key
-        self._ledger.add(
-            LedgerEntry(
-                request_id=call.request_id,
-                org_id=key.org_id,
-                team_id=key.team_id,
-                user_id=key.user_id,
-                agent_id=key.agent_id,
-                key_id=key.id,
-                tags=call.tags,
-                provider=call.route.provider.name,
-                model=call.route.name,
-                upstream_model=call.route.upstream_model,
-                kind=call.endpoint.kind,
-                stream=call.stream,
-                status=status,
-                http_status=http_status,
-                input_tokens=usage.input_tokens,
-                output_tokens=usage.output_tokens,
-                cache_read_tokens=usage.cache_read_tokens,
-                cache_write_tokens=usage.cache_write_tokens,
-                reasoning_tokens=usage.reasoning_tokens,
-                cost_nanos=cost,
-                price_unknown=unknown,
-                usage_estimated=estimated,
-                latency_ms=int((self._clock.monotonic() - call.started_mono) * 1000),
-                started_at=call.started_at,
-                finished_at=finished,
-            )
+        return LedgerEntry(
+            request_id=call.request_id,
+            org_id=key.org_id,
+            team_id=key.team_id,
+            user_id=key.user_id,
+            agent_id=key.agent_id,
+            key_id=key.id,
+            tags=call.tags,
+            provider=call.route.provider.name,
+            model=call.route.name,
+            upstream_model=call.route.upstream_model,
+            kind=call.endpoint.kind,
+            stream=call.stream,
+            status=status,
+            http_status=http_status,
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            cache_read_tokens=usage.cache_read_tokens,
+            cache_write_tokens=usage.cache_write_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost_nanos=cost,
+            price_unknown=unknown,
+            usage_estimated=estimated,
+            latency_ms=int((self._clock.monotonic() - call.started_mono) * 1000),
+            started_at=call.started_at,
+            finished_at=finished,
+            usage_implausible=usage.implausible,
         )
-        return cost
 
     async def _models(self, send: Send, key: KeyRecord, path: str, request_id: str) -> None:
         names = [m for m in self._settings.models if not key.models or m in key.models]

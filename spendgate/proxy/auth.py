@@ -11,6 +11,8 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from spendgate.errors import AuthenticationFailed
 from spendgate.security.credentials import KEY_PREFIX, hash_secret
 from spendgate.store.directory import KeyRecord
@@ -44,7 +46,14 @@ class KeyCache:
         if cached is not None and mono - cached[1] < self._ttl:
             record = cached[0]
         else:
-            record = await self._lookup(digest)
+            try:
+                record = await self._lookup(digest)
+            except (SQLAlchemyError, OSError):
+                if cached is None:
+                    raise
+                # the database is down: nobody can revoke a key meanwhile, so the key
+                # this process last saw stays good until it answers again
+                record = cached[0]
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
             self._entries[digest] = (record, mono)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -67,6 +69,16 @@ def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
     """The dialect's INSERT, which has ``ON CONFLICT`` (PostgreSQL and SQLite alike)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+def database_fingerprint(engine: AsyncEngine) -> str:
+    """Names the database (not its password) in spool files, so a spool directory shared
+    by mistake never replays one database's rows into another."""
+    url = engine.url
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        url = url.set(database=os.path.abspath(url.database))
+    rendered = url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)
+    return hashlib.sha256(rendered.encode()).hexdigest()[:16]
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -14,6 +18,38 @@ from spendgate.store import audit as audit_store
 from spendgate.store import schema
 from spendgate.store.database import insert_new
 from spendgate.webhooks.fanout import fan_out
+
+
+@dataclass(frozen=True, slots=True)
+class PendingEvent:
+    """An event decided but not stored yet: it travels with the ledger row of the call
+    that caused it (in the spool, then in the same transaction as the row)."""
+
+    type: str
+    dedup_key: str | None
+    data: dict[str, Any]
+    created_at: datetime
+    org_id: str | None
+
+
+_CAPTURED: ContextVar[list[PendingEvent] | None] = ContextVar("spendgate_events", default=None)
+
+
+@contextmanager
+def capture_events(into: list[PendingEvent]) -> Iterator[None]:
+    """Events emitted inside this block (by this task) are appended to ``into`` instead of
+    being stored on their own: the proxy wraps a call's settle in it, so a threshold the
+    settle crossed is stored with the spend that crossed it, exactly once."""
+    token = _CAPTURED.set(into)
+    try:
+        yield
+    finally:
+        _CAPTURED.reset(token)
+
+
+def capturing() -> list[PendingEvent] | None:
+    """Where events emitted now should go, when inside ``capture_events``."""
+    return _CAPTURED.get()
 
 
 async def record_event(

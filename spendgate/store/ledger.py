@@ -1,4 +1,5 @@
-"""The ledger: one row per proxied call, written in batches off the hot path."""
+"""The ledger: one row per proxied call, made durable in the spool on the hot path and
+written to the database in batches off it."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Collection, Sequence
+from collections import deque
+from collections.abc import Callable, Collection, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any, NamedTuple
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from spendgate.errors import DatabaseUnavailable
 from spendgate.store import schema
+from spendgate.store.database import insert_new
+from spendgate.store.events import PendingEvent, record_event
+from spendgate.store.spool import START, Position, Spool, frame
 
 log = logging.getLogger("spendgate.ledger")
 
@@ -60,11 +68,14 @@ class LedgerEntry(NamedTuple):
     latency_ms: int
     started_at: datetime
     finished_at: datetime
+    #: the provider reported more than ``core.usage.MAX_TOKENS_PER_CALL``: clamped
+    usage_implausible: bool = False
 
 
 _SQLITE_INSERT = (
     f"INSERT INTO ledger ({', '.join(LedgerEntry._fields)}) "
-    f"VALUES ({', '.join('?' for _ in LedgerEntry._fields)})"
+    f"VALUES ({', '.join('?' for _ in LedgerEntry._fields)}) "
+    "ON CONFLICT (request_id) DO NOTHING"
 )
 _TAGS = LedgerEntry._fields.index("tags")
 _TIMES = (LedgerEntry._fields.index("started_at"), LedgerEntry._fields.index("finished_at"))
@@ -85,77 +96,386 @@ def sqlite_row(entry: LedgerEntry) -> tuple[Any, ...]:
     return tuple(row)
 
 
-async def insert_entries(conn: AsyncConnection, entries: list[LedgerEntry]) -> None:
-    """Insert a batch. SQLite takes the driver's executemany directly: the per-row
+async def insert_entries(conn: AsyncConnection, entries: list[LedgerEntry]) -> list[LedgerEntry]:
+    """Insert the rows of a batch that the ledger does not have yet, and return them.
+
+    This is the one function that writes ledger rows. A request id is stored once: a
+    replayed spool file or a batch retried after a lost commit acknowledgement repeats
+    rows, which are left out here (and by ``ON CONFLICT DO NOTHING`` should two
+    writers race). SQLite takes the driver's executemany directly: the per-row
     parameter processing of SQLAlchemy Core doubled the cost of a ledger row there."""
+    table = schema.ledger
+    fresh = {e.request_id: e for e in entries}
+    known = await conn.execute(
+        sa.select(table.c.request_id).where(table.c.request_id.in_(list(fresh)))
+    )
+    for (request_id,) in known:
+        fresh.pop(request_id, None)
+    new = list(fresh.values())
+    if not new:
+        return []
     if conn.dialect.name == "sqlite":
-        await conn.exec_driver_sql(_SQLITE_INSERT, [sqlite_row(e) for e in entries])
+        await conn.exec_driver_sql(_SQLITE_INSERT, [sqlite_row(e) for e in new])
     else:
-        await conn.execute(schema.ledger.insert(), [e._asdict() for e in entries])
+        insert = postgresql.insert(table).on_conflict_do_nothing(index_elements=["request_id"])
+        await conn.execute(insert, [e._asdict() for e in new])
+    return new
+
+
+class Pending(NamedTuple):
+    """A ledger row on its way to the database, with the events its call caused."""
+
+    entry: LedgerEntry
+    events: tuple[PendingEvent, ...] = ()
+    #: where it is in this process's spool (None: held in memory only)
+    position: Position | None = None
+
+
+async def store_batch(conn: AsyncConnection, batch: Sequence[Pending]) -> int:
+    """The batch's new rows and, in the same transaction, their events (with their
+    outbox rows, by ``record_event``; a dedup key already fired is skipped). A row that
+    was already stored had its events stored with it, so they are not repeated."""
+    new = {e.request_id for e in await insert_entries(conn, [p.entry for p in batch])}
+    for pending in batch:
+        if pending.entry.request_id not in new:
+            continue
+        for ev in pending.events:
+            await record_event(
+                conn, ev.type, ev.data, ev.created_at, org_id=ev.org_id, dedup_key=ev.dedup_key
+            )
+    return len(new)
+
+
+# -- spool records ------------------------------------------------------------------------------
+def _default(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serialisable")
+
+
+def encode_record(entry: LedgerEntry, events: Sequence[PendingEvent]) -> bytes:
+    """A spool line: the row's fields in ``LedgerEntry._fields`` order, then its events."""
+    evs = [[e.type, e.dedup_key, e.data, e.created_at, e.org_id] for e in events]
+    return frame(orjson.dumps([list(entry), evs], default=_default))
+
+
+def decode_record(
+    payload: bytes, fields: Sequence[str], position: Position | None = None
+) -> Pending:
+    """A spool line back into a row and its events (``fields``: the file header's)."""
+    values, evs = orjson.loads(payload)
+    row = dict(zip(fields, values, strict=True))
+    for name in ("started_at", "finished_at"):
+        row[name] = datetime.fromisoformat(row[name])
+    entry = LedgerEntry(**{f: row[f] for f in LedgerEntry._fields if f in row})
+    events = tuple(
+        PendingEvent(t, key, data, datetime.fromisoformat(at), org) for t, key, data, at, org in evs
+    )
+    return Pending(entry, events, position)
 
 
 class LedgerWriter:
-    """Buffers entries and inserts them in batches from a background task.
+    """Takes each call's row (and the events it caused) from the hot path and writes
+    them to the database in batches, from a background task.
 
-    ``add`` is synchronous and O(1) so the proxy never waits on the database. A batch
-    that fails to insert stays in the buffer and is retried; ``close`` flushes all.
+    ``commit`` puts the row in the spool and returns once it is on disk: from then on a
+    crash cannot lose it. Rows are kept in memory for the writer (up to ``max_cached``;
+    past that, during a long database outage, they are read back from the spool). A
+    batch the database cannot take now is retried; a batch it refuses is split until
+    the refused row is found, which is set aside (``ledger_rejected``, an event) so the
+    rest lands. ``close`` writes what it can and leaves the rest in the spool.
     """
 
     def __init__(
-        self, engine: AsyncEngine, *, flush_seconds: float = 0.2, batch_size: int = 500
+        self,
+        engine: AsyncEngine,
+        *,
+        flush_seconds: float = 0.2,
+        batch_size: int = 500,
+        spool: Spool | None = None,
+        max_cached: int = 100_000,
+        replay_seconds: float = 30.0,
+        now: Callable[[], datetime] | None = None,
     ) -> None:
         self._engine = engine
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
-        self._buffer: list[LedgerEntry] = []
+        self._spool = spool
+        self._max_cached = max_cached
+        self._replay_seconds = replay_seconds
+        self._now = now or (lambda: datetime.now(UTC))
+        self._memory: list[Pending] = []
+        self._cache: deque[Pending] = deque()
+        self._cache_whole = True
+        self._head: list[Pending] = []
+        self._cursor: Position = START
+        self._committed = 0
+        self._stored = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.written = 0
+        #: False while the database cannot be reached (the rows wait in the spool)
+        self.database_ok = True
+        if spool is not None:
+            spool.on_durable = self._durable
+
+    @property
+    def spool(self) -> Spool | None:
+        return self._spool
+
+    @property
+    def full(self) -> bool:
+        """True when the spool holds as much unwritten spend as it may: refuse new calls."""
+        return self._spool is not None and self._spool.full
 
     def add(self, entry: LedgerEntry) -> None:
-        self._buffer.append(entry)
-        if len(self._buffer) >= self._batch_size:
+        """Queue ``entry`` in memory only (not crash-safe; the proxy uses ``commit``)."""
+        self._memory.append(Pending(entry))
+        if len(self._memory) >= self._batch_size:
+            self._wake.set()
+
+    async def commit(self, entry: LedgerEntry, events: Sequence[PendingEvent] = ()) -> bool:
+        """Make ``entry`` and ``events`` durable, then queue them; True once on disk.
+        Without a spool, or when the disk refuses the write (logged by the spool), they
+        are queued in memory and False is returned: the call is still recorded unless
+        the process dies before the database has it."""
+        if self._spool is not None:
+            try:
+                await self._spool.append(encode_record(entry, events), (entry, tuple(events)))
+                return True
+            except (OSError, TypeError) as exc:
+                log.error("ledger row %s kept in memory only: %s", entry.request_id, exc)
+        self._memory.append(Pending(entry, tuple(events)))
+        if len(self._memory) >= self._batch_size:
+            self._wake.set()
+        return False
+
+    def _durable(self, item: tuple[LedgerEntry, tuple[PendingEvent, ...]], at: Position) -> None:
+        self._committed += 1
+        if self._cache_whole and len(self._cache) < self._max_cached:
+            self._cache.append(Pending(item[0], item[1], at))
+        else:
+            self._cache_whole = False  # from here on the writer reads the spool file
+        if len(self._cache) >= self._batch_size:
             self._wake.set()
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Rows accepted and not yet in the database."""
+        return len(self._memory) + self._committed - self._stored
 
     def start(self) -> None:
+        """Open the spool and start the background task (on the serving loop)."""
+        if self._spool is not None:
+            self._spool.open()
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_replay = loop.time() + self._replay_seconds
+        pause = self._flush_seconds
         while True:
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._flush_seconds)
+                await asyncio.wait_for(self._wake.wait(), timeout=pause)
             self._wake.clear()
             try:
                 await self.flush()
-            except SQLAlchemyError:
-                log.exception("ledger flush failed; %d entries kept for retry", self.pending)
-                await asyncio.sleep(min(5.0, self._flush_seconds * 10))
+                if loop.time() >= next_replay:
+                    await self.replay_orphans()
+                    next_replay = loop.time() + self._replay_seconds
+            except DatabaseUnavailable as exc:
+                if self.database_ok:
+                    log.warning("database unavailable (%s): ledger rows wait in the spool", exc)
+                self.database_ok = False
+                pause = min(1.0, max(pause * 2, 0.05))
+                continue
+            if not self.database_ok:
+                log.warning("database back: ledger backlog written")
+            self.database_ok = True
+            pause = self._flush_seconds
 
     async def flush(self) -> int:
-        """Write everything buffered now; returns the number of rows written."""
+        """Write everything accepted so far; returns the number of rows handed over.
+        Raises ``DatabaseUnavailable`` (and keeps every row) if the database is down."""
         async with self._lock:
-            written = 0
-            while self._buffer:
-                batch = self._buffer[: self._batch_size]
-                async with self._engine.begin() as conn:
-                    await insert_entries(conn, batch)
-                del self._buffer[: len(batch)]
-                written += len(batch)
-            self.written += written
-            return written
+            handed = 0
+            while batch := self._next_batch():
+                await self._store(batch)
+                self._head = []
+                handed += len(batch)
+                if batch[-1].position is not None:
+                    self._cursor = batch[-1].position
+                    self._stored += len(batch)
+                if self._spool is not None:
+                    self._spool.release(self._cursor)
+            self.written += handed
+            return handed
 
-    async def close(self) -> None:
+    def _next_batch(self) -> list[Pending]:
+        if self._head:
+            return self._head
+        size = self._batch_size
+        if self._memory:
+            self._head, self._memory = self._memory[:size], self._memory[size:]
+        elif self._cache:
+            self._head = [self._cache.popleft() for _ in range(min(size, len(self._cache)))]
+        elif self._spool is not None and not self._cache_whole:
+            rows = self._spool.read(self._cursor, size)
+            fields = LedgerEntry._fields
+            self._head = [decode_record(payload, fields, at) for payload, at in rows]
+            if not rows or rows[-1][1] == self._spool.durable:
+                self._cache_whole = True  # caught up: newer rows are cached again
+        return self._head
+
+    async def _store(self, batch: list[Pending], retried: bool = False) -> None:
+        """Store ``batch``; if the database refuses it, store all but the refused row."""
+        try:
+            async with self._engine.begin() as conn:
+                await store_batch(conn, batch)
+        except Exception as exc:
+            if not await self._database_answers():
+                raise DatabaseUnavailable(f"the database cannot be reached: {exc}") from exc
+            if len(batch) > 1:
+                mid = len(batch) // 2
+                await self._store(batch[:mid])
+                await self._store(batch[mid:])
+            elif not retried:  # a deadlock or a serialisation failure passes on retry
+                await self._store(batch, retried=True)
+            else:
+                await self._reject(batch[0], exc)
+
+    async def _database_answers(self) -> bool:
+        try:
+            async with self._engine.connect() as conn:
+                await conn.execute(sa.text("SELECT 1"))
+        except Exception:  # noqa: BLE001 - any failure means "not reachable"
+            return False
+        return True
+
+    async def _reject(self, pending: Pending, exc: Exception) -> None:
+        """Set a row the database refuses aside (table ``ledger_rejected`` and a
+        ``ledger.row_rejected`` event), so the rows after it are not held up."""
+        entry = pending.entry
+        reason = f"{type(exc).__name__}: {exc}"[:2000]
+        record = orjson.dumps([list(entry), []], default=_default).decode()
+        now = self._now()
+        data = {
+            "request_id": entry.request_id,
+            "key_id": entry.key_id,
+            "model": entry.model,
+            "reason": reason[:500],
+        }
+        log.error("ledger row %s refused by the database, set aside: %s", entry.request_id, reason)
+        for events in (pending.events, ()):
+            try:
+                async with self._engine.begin() as conn:
+                    await insert_new(
+                        conn,
+                        schema.ledger_rejected,
+                        {
+                            "request_id": entry.request_id,
+                            "rejected_at": now,
+                            "reason": reason,
+                            "record": record,
+                        },
+                        ["request_id"],
+                    )
+                    await record_event(
+                        conn,
+                        "ledger.row_rejected",
+                        data,
+                        now,
+                        org_id=entry.org_id,
+                        dedup_key=f"ledger.row_rejected:{entry.request_id}",
+                    )
+                    for ev in events:
+                        await record_event(
+                            conn, ev.type, ev.data, ev.created_at, org_id=ev.org_id,
+                            dedup_key=ev.dedup_key,
+                        )  # fmt: skip
+                return
+            except Exception:
+                log.exception("could not set ledger row %s aside in the database", entry.request_id)
+        if self._spool is not None:  # never block the ledger: the row goes to a file
+            with (self._spool.directory / "rejected.jsonl").open("a") as out:
+                out.write(orjson.dumps({"reason": reason, "record": record}).decode() + "\n")
+
+    async def replay_orphans(self) -> int:
+        """Write the spool files that dead processes left in the directory (each claimed
+        with a lock, so no two processes replay one); returns the rows replayed."""
+        if self._spool is None:
+            return 0
+        orphans = self._spool.claim_orphans()
+        replayed = 0
+        try:
+            while orphans:
+                orphan = orphans[0]
+                fields = orphan.header.get("fields") or LedgerEntry._fields
+                batch: list[Pending] = []
+                count = 0
+                for payload in orphan.records():
+                    try:
+                        batch.append(decode_record(payload, fields))
+                    except (ValueError, TypeError, KeyError) as exc:
+                        log.error("spool %s: unreadable record skipped: %s", orphan.path, exc)
+                        continue
+                    if len(batch) >= self._batch_size:
+                        await self._store(batch)
+                        count += len(batch)
+                        batch = []
+                if batch:
+                    await self._store(batch)
+                    count += len(batch)
+                orphans.pop(0).finish()
+                replayed += count
+                log.warning("replayed %d ledger rows left by %s", count, orphan.path.name)
+        finally:
+            for orphan in orphans:
+                orphan.release()
+        return replayed
+
+    async def close(self, wait_seconds: float = 10.0) -> None:
+        """Stop the task and write what is left; rows the database cannot take now stay
+        in the spool for the next start (rows held in memory only are reported lost)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
-        await self.flush()
+        try:
+            await asyncio.wait_for(self.flush(), wait_seconds)
+        except (DatabaseUnavailable, TimeoutError) as exc:
+            durable = self._committed - self._stored
+            log.warning(
+                "shutdown with the database unavailable (%s): %d ledger rows stay in the "
+                "spool for the next start",
+                exc,
+                durable,
+            )
+            lost = len(self._memory) + sum(1 for p in self._head if p.position is None)
+            if lost:
+                log.error("%d ledger rows held in memory only are lost", lost)
+        if self._spool is not None:
+            await self._spool.close()
+
+
+COST_WHOLE, COST_REST = "cost_whole_usd", "cost_rest_nanos"
+_NANOS = 1_000_000_000
+
+
+def exact_cost_sum(column: sa.ColumnElement[Any]) -> tuple[sa.ColumnElement[Any], ...]:
+    """``SUM`` of a nano-dollar column that cannot overflow 64 bits on any backend
+    (SQLite's integer SUM raises past 2^63): whole dollars and the nanos below them are
+    summed apart; ``cost_from_sums`` puts them together exactly."""
+    return (
+        sa.func.coalesce(sa.func.sum(column // _NANOS), 0).label(COST_WHOLE),
+        sa.func.coalesce(sa.func.sum(column % _NANOS), 0).label(COST_REST),
+    )
+
+
+def cost_from_sums(whole: Any, rest: Any) -> int:
+    return int(whole) * _NANOS + int(rest)
 
 
 def _group_expr(name: str, dialect: str) -> sa.ColumnElement[Any]:
@@ -197,7 +517,7 @@ async def usage_report(
         sa.func.sum(table.c.cache_read_tokens).label("cache_read_tokens"),
         sa.func.sum(table.c.cache_write_tokens).label("cache_write_tokens"),
         sa.func.sum(table.c.reasoning_tokens).label("reasoning_tokens"),
-        sa.func.coalesce(sa.func.sum(table.c.cost_nanos), 0).label("cost_nanos"),
+        *exact_cost_sum(table.c.cost_nanos),
         sa.func.sum(sa.case((table.c.price_unknown, 1), else_=0)).label("unpriced_requests"),
     )
     if start is not None:
@@ -212,14 +532,20 @@ async def usage_report(
         query = query.group_by(*dims).order_by(*dims)
     async with engine.connect() as conn:
         rows = (await conn.execute(query)).all()
-    return [
-        {
-            k: (int(v) if isinstance(v, int | float) and k not in group_by else v)
-            for k, v in row._mapping.items()
-        }
-        for row in rows
-        if row.requests
-    ]
+    out = []
+    for row in rows:
+        if not row.requests:
+            continue
+        values = dict(row._mapping)
+        whole, rest = values.pop(COST_WHOLE), values.pop(COST_REST)
+        values["cost_nanos"] = cost_from_sums(whole, rest)
+        out.append(
+            {
+                k: (int(v) if isinstance(v, int | float) and k not in group_by else v)
+                for k, v in values.items()
+            }
+        )
+    return out
 
 
 async def ledger_rows(engine: AsyncEngine, limit: int = 100) -> list[dict[str, Any]]:

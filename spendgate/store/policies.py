@@ -18,6 +18,7 @@ from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.database import insert_new
+from spendgate.store.ledger import cost_from_sums, exact_cost_sum
 
 #: what a wallet's top-ups may add up to, $1,000,000,000: its balance, reservations and
 #: spend then stay far inside the 64-bit integers Redis and the database count nanos in
@@ -358,7 +359,7 @@ class PolicyStore:
             t.c.kind,
         )
         query = (
-            sa.select(*dims, sa.func.coalesce(sa.func.sum(t.c.cost_nanos), 0))
+            sa.select(*dims, *exact_cost_sum(t.c.cost_nanos))
             .where(t.c.org_id == org_id, t.c.started_at >= start)
             .group_by(*dims)
         )
@@ -366,12 +367,21 @@ class PolicyStore:
             query = query.where(t.c.started_at < end)
         total = 0
         async with self._engine.connect() as conn:
-            for team, user, agent, key, tags, provider, model, kind, cost in await conn.execute(
-                query
-            ):
+            for (
+                team,
+                user,
+                agent,
+                key,
+                tags,
+                provider,
+                model,
+                kind,
+                whole,
+                rest,
+            ) in await conn.execute(query):
                 subject = Subject(
                     org_id, team, user, agent, key, tuple(tags or ()), provider, model, kind
                 )
                 if match(subject):
-                    total += int(cost)
+                    total += cost_from_sums(whole, rest)
         return total

@@ -127,10 +127,23 @@ ledger = sa.Table(
     sa.Column("latency_ms", sa.Integer(), nullable=False),
     sa.Column("started_at", UTCDateTime(), nullable=False),
     sa.Column("finished_at", UTCDateTime(), nullable=False),
+    #: the provider reported more tokens than a call can use; the figures were clamped
+    sa.Column("usage_implausible", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Index("ix_ledger_started_at", "started_at"),
     sa.Index("ix_ledger_org_started", "org_id", "started_at"),
     sa.Index("ix_ledger_team_started", "team_id", "started_at"),
     sa.Index("ix_ledger_key_started", "key_id", "started_at"),
+)
+
+#: rows the database refused, set aside so the rest of their batch landed
+ledger_rejected = sa.Table(
+    "ledger_rejected",
+    metadata,
+    sa.Column("request_id", sa.String(100), primary_key=True),
+    sa.Column("rejected_at", UTCDateTime(), nullable=False),
+    sa.Column("reason", sa.Text(), nullable=False),
+    #: the row as its spool record (JSON)
+    sa.Column("record", sa.Text(), nullable=False),
 )
 
 events = sa.Table(

@@ -25,6 +25,10 @@ EVENT_TYPES: tuple[str, ...] = (
     "price.unknown",
     #: an endpoint that kept failing was switched off (not in SPEC §13's list; ours)
     "webhook.endpoint_disabled",
+    #: a provider reported more tokens than a call can use; recorded clamped (ours)
+    "usage.implausible",
+    #: the database refused a ledger row; it was set aside in ``ledger_rejected`` (ours)
+    "ledger.row_rejected",
 )
 
 #: a budget event's ``threshold`` field → severity (alerts inform, soft warns, hard pages)
@@ -45,6 +49,8 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "key.expiring": "warning",
     "price.unknown": "warning",
     "webhook.endpoint_disabled": "warning",
+    "usage.implausible": "warning",
+    "ledger.row_rejected": "critical",
 }
 
 TITLES: dict[str, str] = {
@@ -62,6 +68,8 @@ TITLES: dict[str, str] = {
     "key.expiring": "Virtual key expiring",
     "price.unknown": "Model price unknown",
     "webhook.endpoint_disabled": "Webhook endpoint disabled",
+    "usage.implausible": "Implausible usage reported by a provider",
+    "ledger.row_rejected": "Ledger row refused by the database",
 }
 
 

@@ -1,0 +1,423 @@
+"""The ledger spool: the durable hand-off between the hot path and the database.
+
+    proxy ── append(line) ──▶ Spool: this process's segment files, written and
+                               fdatasync'd in groups by one thread
+                                  │ on_durable(item, position), in file order
+                                  ▼
+                              LedgerWriter ── batches ──▶ database ── release(position)
+
+A call's record is on disk before the call's final bytes go out, so a crash (``kill
+-9``, a power cut) after a client saw its answer cannot lose the call's spend: the next
+process to start in the same directory replays the file.
+
+Files. Each process appends to segment files of its own,
+``ledger-<host>-<pid>-<token>-<seq>.spool``, and holds an exclusive ``flock`` on each
+while it lives. A segment is sealed when it grows past ``rotate_bytes`` (or when the
+writer has caught up with it) and deleted once every record in it is in the database.
+A file nobody holds a lock on belongs to a dead process: ``claim_orphans`` locks it, so
+two live processes never replay the same file.
+
+Format. A header line (JSON: format version, the database it belongs to, the record
+fields), then one record per line: ``<crc32, 8 hex digits> <payload>\\n``. A line whose
+checksum does not match is skipped (and logged); a last line without its newline was
+torn by a crash before it was durable, so its call never completed, and it is ignored.
+
+Group commit. Appends made while a write is in flight wait for the next one; each
+write is one ``os.write`` and one ``os.fdatasync`` for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import secrets
+import socket
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+log = logging.getLogger("spendgate.spool")
+
+FORMAT_VERSION = 1
+SUFFIX = ".spool"
+#: (segment sequence number, byte offset just past a record)
+Position = tuple[int, int]
+START: Position = (0, 0)
+
+
+def frame(payload: bytes) -> bytes:
+    """One record line: checksum, a space, the payload, a newline."""
+    return b"%08x %b\n" % (zlib.crc32(payload), payload)
+
+
+def unframe(line: bytes) -> bytes | None:
+    """The payload of a complete line (without its newline), or None if it is damaged."""
+    if len(line) < 10 or line[8:9] != b" ":
+        return None
+    payload = line[9:]
+    try:
+        expected = int(line[:8], 16)
+    except ValueError:
+        return None
+    return payload if zlib.crc32(payload) == expected else None
+
+
+def parse_lines(data: bytes, start: int, where: str) -> Iterator[tuple[bytes, int]]:
+    """(payload, end offset) of each complete, intact line of ``data`` (which begins at
+    file offset ``start``); a torn last line is left out, a damaged one logged."""
+    pos = 0
+    while True:
+        end = data.find(b"\n", pos)
+        if end < 0:
+            return
+        payload = unframe(data[pos:end])
+        if payload is None:
+            log.error("spool %s: damaged record at byte %d skipped", where, start + pos)
+        else:
+            yield payload, start + end + 1
+        pos = end + 1
+
+
+@dataclass(eq=False)
+class Segment:
+    seq: int
+    path: Path
+    fd: int
+    #: bytes known to be on disk (header included)
+    size: int
+    data_start: int
+    sealed: bool = False
+    opened_mono: float = 0.0
+
+
+@dataclass(eq=False)
+class Orphan:
+    """A dead process's spool file, locked by this process until ``finish`` or ``release``."""
+
+    path: Path
+    fd: int
+    header: dict[str, Any]
+    size: int = field(default=0)
+
+    def records(self) -> Iterator[bytes]:
+        """Every intact record payload, in file order."""
+        with os.fdopen(os.dup(self.fd), "rb") as handle:
+            handle.seek(0)
+            handle.readline()  # the header
+            offset = handle.tell()
+            for line in handle:
+                if not line.endswith(b"\n"):
+                    return  # torn by the crash: never durable, its call never completed
+                payload = unframe(line[:-1])
+                if payload is None:
+                    log.error("spool %s: damaged record at byte %d skipped", self.path, offset)
+                else:
+                    yield payload
+                offset += len(line)
+
+    def finish(self) -> None:
+        """Everything in it is in the database: delete it and let go of the lock."""
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        os.close(self.fd)
+
+    def release(self) -> None:
+        """Not replayed after all (the database went away): keep the file, drop the lock."""
+        os.close(self.fd)
+
+
+class Spool:
+    """One process's append-only, checksummed, fdatasync'd record files."""
+
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        header: dict[str, Any],
+        max_bytes: int,
+        rotate_bytes: int = 64 * 1024 * 1024,
+        idle_rotate_seconds: float = 5.0,
+        monotonic: Callable[[], float] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.rotate_bytes = rotate_bytes
+        self.idle_rotate_seconds = idle_rotate_seconds
+        self._header = {"spendgate_spool": FORMAT_VERSION, **header}
+        self._mono = monotonic or time.monotonic
+        self._prefix = f"ledger-{socket.gethostname()[:40]}-{os.getpid()}-{secrets.token_hex(3)}"
+        self._segments: dict[int, Segment] = {}
+        self._active: Segment | None = None
+        self._next_seq = 1
+        self._queue: list[tuple[bytes, Any]] = []
+        self._wake = asyncio.Event()
+        self._writing = False
+        self._new_segment = True
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._dir_fd = -1
+        #: called on the event loop for each record once it is durable, in file order
+        self.on_durable: Callable[[Any, Position], None] = lambda _item, _pos: None
+        #: the position just past the last durable record
+        self.durable: Position = START
+        #: bytes of this process's segments not yet deleted
+        self.backlog_bytes = 0
+        #: the last write's error, until a write succeeds again
+        self.error: OSError | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------
+    def open(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._dir_fd = os.open(self.directory, os.O_RDONLY)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        self._task = asyncio.create_task(self._commit_loop(), name="spool-commit")
+
+    async def close(self) -> None:
+        """Write what was appended, then let go of every file (they stay on disk, for the
+        next process to replay what the database does not have yet)."""
+        while self._queue or self._writing:
+            self._wake.set()
+            await asyncio.sleep(0.001)
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        for segment in self._segments.values():
+            os.close(segment.fd)
+        self._segments.clear()
+        self._active = None
+        if self._dir_fd >= 0:
+            os.close(self._dir_fd)
+            self._dir_fd = -1
+
+    @property
+    def full(self) -> bool:
+        return self.backlog_bytes >= self.max_bytes
+
+    # -- appending (the hot path) ----------------------------------------------------------
+    async def append(self, line: bytes, item: Any) -> Position:
+        """Write ``line`` (a ``frame``) durably; ``on_durable(item, position)`` runs before
+        this returns. Raises ``OSError`` if the disk refused it."""
+        future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
+        self._queue.append((line, (item, future)))
+        self._wake.set()
+        return await future
+
+    async def _commit_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._queue:
+                batch, self._queue = self._queue, []
+                self._writing = True
+                new = self._new_segment or (
+                    self._active is not None and self._active.size >= self.rotate_bytes
+                )
+                try:
+                    segment, ends = await loop.run_in_executor(
+                        self._executor, self._write, [line for line, _ in batch], new
+                    )
+                except OSError as exc:
+                    self._writing = False
+                    self._failed(exc, [waiter for _, waiter in batch])
+                    continue
+                self._writing = False
+                self._wrote(segment, ends, [waiter for _, waiter in batch])
+
+    def _failed(self, exc: OSError, waiters: list[tuple[Any, asyncio.Future[Position]]]) -> None:
+        log.error("ledger spool write failed (%s): %d records not durable", exc, len(waiters))
+        self.error = exc
+        self._new_segment = True  # what the failed write left behind is never appended to
+        for _, future in waiters:
+            if not future.done():
+                future.set_exception(exc)
+
+    def _wrote(
+        self,
+        segment: Segment,
+        ends: list[int],
+        waiters: list[tuple[Any, asyncio.Future[Position]]],
+    ) -> None:
+        if segment is not self._active:
+            if self._active is not None:
+                self._active.sealed = True
+            self._segments[segment.seq] = segment
+            self._active = segment
+            self._new_segment = False
+            self.backlog_bytes += segment.data_start
+        self.backlog_bytes += ends[-1] - segment.size
+        segment.size = ends[-1]
+        self.error = None
+        self.durable = (segment.seq, ends[-1])
+        for (item, future), end in zip(waiters, ends, strict=True):
+            self.on_durable(item, (segment.seq, end))
+            if not future.done():
+                future.set_result((segment.seq, end))
+
+    def _write(self, lines: list[bytes], new: bool) -> tuple[Segment, list[int]]:
+        """In the spool thread: (a new segment if asked), one write, one fdatasync."""
+        segment = self._create() if new or self._active is None else self._active
+        data = b"".join(lines)
+        view = memoryview(data)
+        while view:
+            written = os.write(segment.fd, view)
+            view = view[written:]
+        os.fdatasync(segment.fd)
+        ends, offset = [], segment.size
+        for line in lines:
+            offset += len(line)
+            ends.append(offset)
+        return segment, ends
+
+    def _create(self) -> Segment:
+        seq = self._next_seq
+        self._next_seq += 1
+        path = self.directory / f"{self._prefix}-{seq:08d}{SUFFIX}"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            header = orjson.dumps(self._header) + b"\n"
+            os.write(fd, header)
+            os.fdatasync(fd)
+            os.fsync(self._dir_fd)  # the file's name is durable too, not only its bytes
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                path.unlink()
+            raise
+        return Segment(seq, path, fd, len(header), len(header), opened_mono=self._mono())
+
+    # -- the writer's side -------------------------------------------------------------------
+    def read(self, after: Position, limit: int) -> list[tuple[bytes, Position]]:
+        """Up to ``limit`` durable records of this process after ``after``, in order (used
+        when the writer has fallen too far behind to keep them all in memory)."""
+        out: list[tuple[bytes, Position]] = []
+        for seq in sorted(s for s in self._segments if s >= after[0]):
+            segment = self._segments[seq]
+            start = after[1] if seq == after[0] else segment.data_start
+            start = max(start, segment.data_start)
+            chunk = min(segment.size - start, 8 * 1024 * 1024)
+            if chunk <= 0:
+                continue
+            data = os.pread(segment.fd, chunk, start)
+            for payload, end in parse_lines(data, start, str(segment.path)):
+                out.append((payload, (seq, end)))
+                if len(out) >= limit:
+                    return out
+            if start + chunk < segment.size:
+                return out  # the rest of this segment next time
+        return out
+
+    def release(self, upto: Position) -> None:
+        """Every record up to ``upto`` is in the database: delete the sealed segments it
+        covers; seal and delete the active one too when the writer has caught up with it
+        and it is big or old enough (so a restart has little to replay)."""
+        active = self._active
+        if (
+            active is not None
+            and not self._writing
+            and not self._queue
+            and upto == self.durable == (active.seq, active.size)
+            and active.size > active.data_start
+            and (
+                active.size >= self.rotate_bytes // 64
+                or self._mono() - active.opened_mono >= self.idle_rotate_seconds
+            )
+        ):
+            active.sealed = True
+            self._active = None
+            self._new_segment = True
+        for seq in sorted(self._segments):
+            segment = self._segments[seq]
+            done = seq < upto[0] or (seq == upto[0] and upto[1] >= segment.size)
+            if not (segment.sealed and done):
+                break
+            with contextlib.suppress(FileNotFoundError):
+                segment.path.unlink()
+            os.close(segment.fd)
+            del self._segments[seq]
+            self.backlog_bytes -= segment.size
+
+    # -- dead processes' files -----------------------------------------------------------------
+    def claim_orphans(self) -> list[Orphan]:
+        """Lock every spool file in the directory that no live process holds and whose
+        header names this spool's database; oldest first."""
+        own = {segment.path.name for segment in self._segments.values()}
+        claimed: list[Orphan] = []
+        try:
+            paths = sorted(
+                (p for p in self.directory.glob(f"*{SUFFIX}") if p.name not in own),
+                key=lambda p: (p.stat().st_mtime, p.name),
+            )
+        except FileNotFoundError:
+            return []
+        for path in paths:
+            orphan = _claim(path)
+            if orphan is None:
+                continue
+            if orphan.header.get("db") != self._header.get("db"):
+                log.warning("spool file %s belongs to another database; left alone", path)
+                orphan.release()
+                continue
+            claimed.append(orphan)
+        return claimed
+
+    def orphan_bytes(self) -> int:
+        """Bytes in spool files of other processes (live or dead) in the directory."""
+        own = {segment.path.name for segment in self._segments.values()}
+        total = 0
+        for path in self.directory.glob(f"*{SUFFIX}"):
+            if path.name not in own:
+                with contextlib.suppress(FileNotFoundError):
+                    total += path.stat().st_size
+        return total
+
+
+def _claim(path: Path) -> Orphan | None:
+    """Lock ``path`` if nobody holds it and it is still the file at that name."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None  # a live process holds it
+    try:
+        same = os.fstat(fd).st_ino == os.stat(path).st_ino
+    except FileNotFoundError:
+        same = False
+    if not same:  # replayed and deleted by another process while we opened it
+        os.close(fd)
+        return None
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        first = handle.readline()
+        size = os.fstat(fd).st_size
+    try:
+        header = orjson.loads(first) if first.endswith(b"\n") else None
+    except orjson.JSONDecodeError:
+        header = None
+    if not isinstance(header, dict) or header.get("spendgate_spool") != FORMAT_VERSION:
+        if size <= len(first):  # created, then the process died before its header was durable
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        else:
+            log.error("spool file %s has no readable header; left alone", path)
+        os.close(fd)
+        return None
+    return Orphan(path, fd, header, size)
