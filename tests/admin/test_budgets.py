@@ -401,3 +401,53 @@ def test_top_ups_at_once_cannot_pass_the_limit_together(gateway: RunningGateway)
 
     assert asyncio.run(burst()) == [201, 422, 422, 422]
     assert gateway.get(f"/admin/wallets/{wallet['id']}")["balance_usd"] == "600000000.00"
+
+
+def test_thresholds_already_passed_at_creation_fire_once(gateway: RunningGateway) -> None:
+    """Spend of 3 calls, then a budget of 4 calls' cost (alerts 50/75, soft 90): 50 and 75
+    fire at creation, marked ``already_past``; the 4th call crosses 90 as usual, and
+    nothing fires twice (issue 14.1)."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    one_call_cost(gateway, key["key"])
+    one_call_cost(gateway, key["key"])
+    made = budget(
+        gateway,
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=str(cost * 4),
+        alert_percentages=[50, 75],
+        soft_limit_percent=90,
+    )
+    crossed = events(gateway, "budget.threshold_crossed")
+    assert sorted(e["data"]["percent"] for e in crossed) == ["50", "75"]
+    assert all(e["data"]["already_past"] is True for e in crossed)
+    assert all(e["data"]["budget_id"] == made["id"] for e in crossed)
+    assert events(gateway, "budget.soft_limit_reached") == []
+    one_call_cost(gateway, key["key"])  # 100 %
+    [soft] = events(gateway, "budget.soft_limit_reached")
+    assert "already_past" not in soft["data"]
+    assert len(events(gateway, "budget.threshold_crossed")) == 2
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert sorted(status["thresholds_fired"]) == ["alert:50", "alert:75", "soft:90"]
+
+
+def test_a_lowered_amount_fires_the_levels_it_now_passes_once(gateway: RunningGateway) -> None:
+    """At 50 % of a budget, a PATCH that halves the amount puts spend at 100 %: 75, 90 and
+    the soft limit fire once, marked ``already_past``; a second PATCH fires nothing new."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 2))
+    assert [e["data"]["percent"] for e in events(gateway, "budget.threshold_crossed")] == ["50"]
+    for _ in range(2):
+        response = gateway.admin.patch(
+            f"/admin/budgets/{made['id']}", json={"amount_usd": str(cost)}
+        )
+        assert response.status_code == 200, response.text
+    crossed = events(gateway, "budget.threshold_crossed")
+    assert sorted(e["data"]["percent"] for e in crossed) == ["50", "75", "90"]
+    assert [e["data"].get("already_past") for e in crossed if e["data"]["percent"] != "50"] == [
+        True,
+        True,
+    ]
+    assert len(events(gateway, "budget.soft_limit_reached")) == 1

@@ -1,0 +1,210 @@
+"""The ledger spool and the writer that drains it, on every backend: rows committed to
+the spool survive a crash and are replayed exactly once; damaged lines, other databases'
+files and live processes' files are left alone; a row the database refuses is set aside
+and the rest lands; a database that is down keeps every row waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from spendgate.errors import DatabaseUnavailable
+from spendgate.store import schema
+from spendgate.store.database import create_engine, database_fingerprint, migrate
+from spendgate.store.events import PendingEvent, list_events
+from spendgate.store.ledger import LedgerEntry, LedgerWriter
+from spendgate.store.spool import SUFFIX, Spool, frame, unframe
+from tests.store.test_store import entry
+
+NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+def make_spool(engine: AsyncEngine, directory: Path, **options: float) -> Spool:
+    header = {"db": database_fingerprint(engine), "fields": list(LedgerEntry._fields)}
+    return Spool(directory, header=header, max_bytes=int(options.pop("max_bytes", 1 << 30)),
+                 **options)  # type: ignore[arg-type]  # fmt: skip
+
+
+def crash(spool: Spool) -> None:
+    """What ``kill -9`` leaves: the files, unlocked (the kernel drops a dead process's
+    locks), and nothing written to the database."""
+    for segment in spool._segments.values():
+        os.close(segment.fd)
+    spool._segments.clear()
+    if spool._task is not None:
+        spool._task.cancel()
+
+
+async def ledger_ids(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(sa.select(schema.ledger.c.request_id))
+        return sorted(r[0] for r in rows)
+
+
+def crossing(n: int) -> PendingEvent:
+    return PendingEvent(
+        "budget.threshold_crossed", f"budget:b1:2026-05:alert:{n}", {"n": n}, NOW, "org_1"
+    )
+
+
+def spool_files(directory: Path) -> list[Path]:
+    return sorted(directory.glob(f"*{SUFFIX}"))
+
+
+async def test_committed_rows_survive_a_crash_and_are_replayed_exactly_once(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Rows (with their events) on disk but not in the database when the process died
+    are written by the next process, once; replaying the same file again adds nothing."""
+    first = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    first.start()
+    await asyncio.gather(
+        *(
+            first.commit(entry(n, team=None, model="m", cost=n, at=NOW), [crossing(n)])
+            for n in range(40)
+        )
+    )
+    assert first.pending == 40
+    crash(first.spool)  # type: ignore[arg-type]
+    assert await ledger_ids(engine) == []
+    [leftover] = spool_files(tmp_path)
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(leftover, copy / leftover.name)
+
+    second = LedgerWriter(engine, spool=make_spool(engine, tmp_path))
+    assert await second.replay_orphans() == 40
+    assert await ledger_ids(engine) == [f"req_{n:06d}" for n in range(40)]
+    assert spool_files(tmp_path) == []
+    assert len(await list_events(engine, type_="budget.threshold_crossed")) == 40
+
+    again = LedgerWriter(engine, spool=make_spool(engine, copy))
+    assert await again.replay_orphans() == 40  # read again, stored never twice
+    assert len(await ledger_ids(engine)) == 40
+    assert len(await list_events(engine, type_="budget.threshold_crossed")) == 40
+
+
+async def test_a_live_processes_spool_is_never_claimed(engine: AsyncEngine, tmp_path: Path) -> None:
+    """Another writer in the same directory does not replay files a live writer holds."""
+    live = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    live.start()
+    await live.commit(entry(1, team=None, model="m", cost=1, at=NOW))
+    other = LedgerWriter(engine, spool=make_spool(engine, tmp_path))
+    assert await other.replay_orphans() == 0
+    assert await ledger_ids(engine) == []
+    await live.close()
+    assert await ledger_ids(engine) == ["req_000001"]
+
+
+async def test_torn_and_damaged_lines_and_other_databases_files(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """A line whose checksum fails is skipped, a torn last line ignored, and a file that
+    names another database is left where it is."""
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    writer.start()
+    for n in range(3):
+        await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW))
+    crash(writer.spool)  # type: ignore[arg-type]
+    [path] = spool_files(tmp_path)
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"req_000001", b"req_999999")  # checksum no longer matches
+    path.write_bytes(b"\n".join(lines) + b'0000abcd [["torn')
+    assert unframe(frame(b"x")[:-1]) == b"x" and unframe(lines[2]) is None
+
+    foreign = tmp_path / f"ledger-elsewhere{SUFFIX}"
+    foreign.write_bytes(b'{"spendgate_spool": 1, "db": "another"}\n' + frame(b"[]"))
+    replayer = LedgerWriter(engine, spool=make_spool(engine, tmp_path))
+    assert await replayer.replay_orphans() == 2
+    assert await ledger_ids(engine) == ["req_000000", "req_000002"]
+    assert spool_files(tmp_path) == [foreign]
+
+
+async def test_segments_are_deleted_once_written_and_a_backlog_is_read_back(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """More rows than the writer keeps in memory are read back from the spool, in order;
+    once all are in the database, the spool is empty again."""
+    spool = make_spool(engine, tmp_path, idle_rotate_seconds=0)
+    writer = LedgerWriter(engine, flush_seconds=3600, batch_size=7, spool=spool, max_cached=10)
+    spool.open()  # no writer task: only the flushes below write
+    for n in range(50):
+        await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW))
+    assert spool.backlog_bytes > 0 and writer.pending == 50
+    assert await writer.flush() == 50
+    assert await ledger_ids(engine) == [f"req_{n:06d}" for n in range(50)]
+    assert writer.pending == 0
+    assert spool_files(tmp_path) == [] and spool.backlog_bytes == 0
+    await writer.commit(entry(50, team=None, model="m", cost=1, at=NOW))  # a new segment
+    await writer.close()
+    assert len(await ledger_ids(engine)) == 51
+
+
+async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_lands(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """One row no 64-bit column can hold among twenty: nineteen are stored, the refused
+    one is kept in ``ledger_rejected`` with a ``ledger.row_rejected`` event, and the
+    writer goes on with the next batch."""
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    writer.start()
+    for n in range(20):
+        row = entry(n, team=None, model="m", cost=1, at=NOW)
+        await writer.commit(replace_cost(row, 2**63) if n == 13 else row)
+    assert await writer.flush() == 20
+    assert await ledger_ids(engine) == [f"req_{n:06d}" for n in range(20) if n != 13]
+    async with engine.connect() as conn:
+        rejected = (await conn.execute(sa.select(schema.ledger_rejected))).all()
+    assert [r.request_id for r in rejected] == ["req_000013"]
+    assert str(2**63) in rejected[0].record
+    [event] = await list_events(engine, type_="ledger.row_rejected")
+    assert event["data"]["request_id"] == "req_000013"
+    await writer.commit(entry(20, team=None, model="m", cost=1, at=NOW))
+    assert await writer.flush() == 1
+    await writer.close()
+
+
+def replace_cost(row: LedgerEntry, cost: int) -> LedgerEntry:
+    return row._replace(cost_nanos=cost)
+
+
+async def test_while_the_database_is_down_every_row_waits(tmp_path: Path) -> None:
+    """A database nobody answers for: ``flush`` says so and keeps every row; ``close``
+    leaves them in the spool for the next start."""
+    down = create_engine("postgresql://postgres@127.0.0.1:1/nowhere")
+    spool = make_spool(down, tmp_path)
+    writer = LedgerWriter(down, flush_seconds=3600, spool=spool)
+    writer.start()
+    for n in range(5):
+        await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW))
+    with pytest.raises(DatabaseUnavailable):
+        await writer.flush()
+    assert writer.pending == 5
+    await writer.close(wait_seconds=2)
+    [path] = spool_files(tmp_path)
+    assert path.read_bytes().count(b"\n") == 6  # the header and five rows
+    await down.dispose()
+
+
+def test_frames_round_trip() -> None:
+    """A frame is its payload behind a checksum; any changed byte is detected."""
+    line = frame(b'{"a": 1}')
+    assert unframe(line[:-1]) == b'{"a": 1}'
+    assert unframe(line[:-2] + b"2") is None
+    assert unframe(b"zz") is None
