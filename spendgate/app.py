@@ -171,6 +171,7 @@ def ledger_backlog(ledger: LedgerWriter) -> dict[str, Any]:
     return {
         "ledger_pending": ledger.pending,
         "spool_bytes": spool.backlog_bytes if spool is not None else 0,
+        "spool_unwritten_bytes": spool.unwritten_bytes if spool is not None else 0,
         "spool_max_bytes": spool.max_bytes if spool is not None else 0,
         "spool_orphan_bytes": spool.orphan_bytes() if spool is not None else 0,
         "spool_error": str(spool.error) if spool is not None and spool.error else None,

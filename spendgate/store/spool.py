@@ -171,6 +171,8 @@ class Spool:
         self.durable: Position = START
         #: bytes of this process's segments not yet deleted
         self.backlog_bytes = 0
+        #: bytes of records not yet in the database (what ``max_bytes`` limits)
+        self.unwritten_bytes = 0
         #: the last write's error, until a write succeeds again
         self.error: OSError | None = None
 
@@ -205,7 +207,7 @@ class Spool:
 
     @property
     def full(self) -> bool:
-        return self.backlog_bytes >= self.max_bytes
+        return self.unwritten_bytes >= self.max_bytes
 
     # -- appending (the hot path) ----------------------------------------------------------
     async def append(self, line: bytes, item: Any) -> Position:
@@ -260,6 +262,7 @@ class Spool:
             self._new_segment = False
             self.backlog_bytes += segment.data_start
         self.backlog_bytes += ends[-1] - segment.size
+        self.unwritten_bytes += ends[-1] - segment.size
         segment.size = ends[-1]
         self.error = None
         self.durable = (segment.seq, ends[-1])
@@ -351,6 +354,11 @@ class Spool:
             os.close(segment.fd)
             del self._segments[seq]
             self.backlog_bytes -= segment.size
+        self.unwritten_bytes = sum(
+            segment.size - max(segment.data_start, upto[1] if seq == upto[0] else 0)
+            for seq, segment in self._segments.items()
+            if seq >= upto[0]
+        )
 
     # -- dead processes' files -----------------------------------------------------------------
     def claim_orphans(self) -> list[Orphan]:
