@@ -186,7 +186,9 @@ class Spool:
     async def close(self) -> None:
         """Write what was appended, then let go of every file (they stay on disk, for the
         next process to replay what the database does not have yet)."""
-        while self._queue or self._writing:
+        for _ in range(5000):  # at most ~5 s: a disk that hangs must not hang shutdown
+            if not (self._queue or self._writing):
+                break
             self._wake.set()
             await asyncio.sleep(0.001)
         if self._task is not None:
@@ -233,9 +235,10 @@ class Spool:
                     segment, ends = await loop.run_in_executor(
                         self._executor, self._write, [line for line, _ in batch], new
                     )
-                except OSError as exc:
+                except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
                     self._writing = False
-                    self._failed(exc, [waiter for _, waiter in batch])
+                    failure = exc if isinstance(exc, OSError) else OSError(str(exc))
+                    self._failed(failure, [waiter for _, waiter in batch])
                     continue
                 self._writing = False
                 self._wrote(segment, ends, [waiter for _, waiter in batch])
@@ -290,17 +293,21 @@ class Spool:
         seq = self._next_seq
         self._next_seq += 1
         path = self.directory / f"{self._prefix}-{seq:08d}{SUFFIX}"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
+        # made under a name nobody replays, locked, its header written, then renamed: a
+        # process scanning for dead files never sees it unlocked or without its header
+        building = path.with_name(path.name + ".new")
+        fd = os.open(building, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             header = orjson.dumps(self._header) + b"\n"
             os.write(fd, header)
             os.fdatasync(fd)
+            os.rename(building, path)
             os.fsync(self._dir_fd)  # the file's name is durable too, not only its bytes
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
-                path.unlink()
+                building.unlink()
             raise
         return Segment(seq, path, fd, len(header), len(header), opened_mono=self._mono())
 
