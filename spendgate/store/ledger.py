@@ -445,6 +445,8 @@ class LedgerWriter:
             self._task = None
         try:
             await asyncio.wait_for(self.flush(), wait_seconds)
+            if self._spool is not None and self.pending == 0:
+                self._spool.release(self._cursor, final=True)  # nothing left to replay
         except (DatabaseUnavailable, TimeoutError) as exc:
             durable = self._committed - self._stored
             log.warning(

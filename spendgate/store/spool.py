@@ -332,10 +332,10 @@ class Spool:
                 return out  # the rest of this segment next time
         return out
 
-    def release(self, upto: Position) -> None:
+    def release(self, upto: Position, *, final: bool = False) -> None:
         """Every record up to ``upto`` is in the database: delete the sealed segments it
         covers; seal and delete the active one too when the writer has caught up with it
-        and it is big or old enough (so a restart has little to replay)."""
+        and it is big or old enough (so a restart has little to replay), or ``final``."""
         active = self._active
         if (
             active is not None
@@ -344,7 +344,8 @@ class Spool:
             and upto == self.durable == (active.seq, active.size)
             and active.size > active.data_start
             and (
-                active.size >= self.rotate_bytes // 64
+                final
+                or active.size >= self.rotate_bytes // 64
                 or self._mono() - active.opened_mono >= self.idle_rotate_seconds
             )
         ):
