@@ -37,6 +37,7 @@ from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.tokens import router as tokens_router
+from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
@@ -71,6 +72,10 @@ ADMIN_BODY_LIMIT = 1024 * 1024
 HOUSEKEEPING_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
+
+
+class StartupRefused(Exception):
+    """A state the gateway must not serve in; the message says how to fix it."""
 
 
 def _error_response(err: SpendgateError) -> JSONResponse:
@@ -152,6 +157,7 @@ def build_admin(services: Services) -> FastAPI:
 
     api.include_router(admin_router)
     api.include_router(policies_router)
+    api.include_router(wallets_router)
     api.include_router(rate_limits_router)
     install_webhooks(api, services.webhooks)
     api.include_router(audit_router)
@@ -272,6 +278,7 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         if self.auto_migrate:
             await migrate(self.services.engine)
+        await self._check_secrets()
         try:  # what a previous run (or a dead replica) left: before counters seed from it
             await self.services.ledger.replay_orphans()
         except DatabaseUnavailable:
@@ -297,6 +304,26 @@ class Gateway:
         # Everything built so far lives as long as the process: keep the cyclic GC from
         # re-scanning it on every full collection (a measurable cost per request).
         gc.freeze()
+
+    async def _check_secrets(self) -> None:
+        """Refuse to start when stored webhook secrets do not decrypt with the configured
+        keys (every delivery to those endpoints would fail), unless told to go on; logged
+        loudly either way."""
+        unreadable = list(await self.services.webhooks.store.unreadable())
+        if not unreadable:
+            return
+        shown = ", ".join(unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
+        message = (
+            f"{len(unreadable)} webhook endpoint(s) ({shown}) have stored secrets that the "
+            "configured keys cannot decrypt: SPENDGATE_SECRET_KEY (or the master key it is "
+            "derived from) differs from the one they were stored with. Start with that key "
+            "(e.g. SPENDGATE_SECRET_KEY=<new>,<old>), or start with "
+            "--allow-unreadable-secrets (SPENDGATE_ALLOW_UNREADABLE_SECRETS=1) and rotate "
+            "or re-create those endpoints"
+        )
+        if not self.services.settings.allow_unreadable_secrets:
+            raise StartupRefused(message)
+        log.critical("%s; starting anyway: their deliveries fail until then", message)
 
     async def _demo_bootstrap(self) -> None:
         """First demo start: an org and a key to try right away (printed once)."""
@@ -367,6 +394,10 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                except StartupRefused as exc:
+                    log.critical("refusing to start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
                 except Exception as exc:  # outermost: report startup failure to the server
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})

@@ -101,6 +101,8 @@ class Settings:
     spool_dir: str | None = None
     #: past this much unwritten spool, new calls are refused with 503
     spool_max_bytes: int = 1024 * 1024 * 1024
+    #: start even when stored webhook secrets do not decrypt with the configured keys
+    allow_unreadable_secrets: bool = False
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -228,15 +230,19 @@ def demo_routes() -> dict[str, ModelRoute]:
     }
 
 
+def data_directory(database_url: str) -> Path:
+    """Where a gateway keeps its local files by default: the SQLite file's directory, or
+    the working directory for other databases."""
+    if database_url.startswith("sqlite:///") and ":memory:" not in database_url:
+        return Path(database_url[len("sqlite:///") :]).parent
+    return Path.cwd()
+
+
 def spool_directory(settings: Settings) -> Path:
-    """``spool_dir`` if set; else ``spendgate-spool`` next to the SQLite file, or in the
-    working directory for other databases."""
+    """``spool_dir`` if set; else ``spendgate-spool`` in the ``data_directory``."""
     if settings.spool_dir:
         return Path(settings.spool_dir)
-    url = settings.database_url
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(url[len("sqlite:///") :]).parent / "spendgate-spool"
-    return Path.cwd() / "spendgate-spool"
+    return data_directory(settings.database_url) / "spendgate-spool"
 
 
 def normalise_database_url(url: str) -> str:
@@ -300,6 +306,7 @@ def load_settings(
         spool_max_bytes=_non_negative_int(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
         ),
+        allow_unreadable_secrets=env.get("SPENDGATE_ALLOW_UNREADABLE_SECRETS", "") == "1",
         models=models,
     )
 

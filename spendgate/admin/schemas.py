@@ -401,6 +401,11 @@ class WalletIn(Strict):
     initial_topup_usd: Money | None = None
 
 
+class WalletPatch(Patch):
+    name: Name | None = None
+    low_balance_usd: Annotated[Decimal, Field(ge=0, le=Decimal(1000000000))] | None = None
+
+
 class WalletOut(BaseModel):
     id: str
     org_id: str
@@ -412,7 +417,15 @@ class WalletOut(BaseModel):
     spent_usd: str
     reserved_usd: str
     balance_usd: str
+    status: Literal["open", "closed"] = Field(
+        description="open: funds (and refuses) its scope's calls; closed: history only"
+    )
+    notice: str | None = Field(
+        None, description="what this wallet does to its scope's calls now, when it refuses them"
+    )
     created_at: datetime
+    updated_at: datetime | None
+    closed_at: datetime | None
 
 
 class TopupIn(Strict):

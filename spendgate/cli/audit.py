@@ -40,10 +40,16 @@ def export(
     action: ActionOpt = None,
     target: TargetOpt = None,
     url: UrlOpt = DEFAULT_URL,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="with --output: print a JSON summary on stdout")
+    ] = False,
 ) -> None:
     """Stream the audit log to a file (or stdout), with a progress bar on stderr."""
     if format_ not in ("jsonl", "csv"):
         err_console.print("[red]--format must be jsonl or csv[/]")
+        raise typer.Exit(2)
+    if as_json and not output:
+        err_console.print("[red]--json needs --output: without it the export is stdout[/]")
         raise typer.Exit(2)
     params = _params(
         format=format_, start=start, end=end, actor=actor, action=action, target=target
@@ -61,7 +67,10 @@ def export(
     except httpx.HTTPError as exc:
         err_console.print(f"[red]export failed ({url}):[/] {exc}")
         raise typer.Exit(1) from exc
-    if output:
+    if as_json:
+        summary = {"output": output, "format": format_, "entries": written}
+        sys.stdout.write(json.dumps(summary) + "\n")
+    elif output:
         err_console.print(f"{written} entries written to {output}")
 
 

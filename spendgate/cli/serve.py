@@ -2,15 +2,54 @@
 
 from __future__ import annotations
 
+import json
 import os
-import secrets
+import socket
+import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
+from spendgate.cli.http import JsonOpt
 from spendgate.cli.output import console, err_console
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+
+
+def port_in_use(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be listened on (bound the way uvicorn binds), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def _master_key(database_url: str) -> None:
+    """Without ``SPENDGATE_MASTER_KEY``: the key kept in the data directory (made and
+    printed on the first start), so secrets encrypted with it still open after a restart."""
+    from spendgate.security.master_key import kept_master_key, key_file
+
+    path = key_file(database_url, os.environ)
+    kept = kept_master_key(path)
+    os.environ["SPENDGATE_MASTER_KEY"] = kept.key
+    if kept.created:
+        err_console.print(
+            f"[yellow]SPENDGATE_MASTER_KEY is not set: generated a master key and kept it in "
+            f"{escape(str(path))} (mode 0600); the next start uses it again:[/]"
+        )
+        err_console.print(f"  export SPENDGATE_MASTER_KEY={kept.key}", soft_wrap=True)
+    else:
+        err_console.print(
+            f"[yellow]SPENDGATE_MASTER_KEY is not set: using the master key kept in "
+            f"{escape(str(path))}[/]  (export SPENDGATE_MASTER_KEY=$(cat {escape(str(path))}))",
+            soft_wrap=True,
+        )
 
 
 def serve(
@@ -21,6 +60,13 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 4100,
     workers: Annotated[int, typer.Option(min=1)] = 1,
+    allow_unreadable_secrets: Annotated[
+        bool,
+        typer.Option(
+            help="Start even if stored webhook secrets do not decrypt with the configured "
+            "keys (their deliveries fail until fixed)"
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway (SQLite and in-process state unless configured otherwise)."""
     import uvicorn
@@ -31,14 +77,21 @@ def serve(
     if config:
         os.environ["SPENDGATE_CONFIG"] = config
     os.environ["SPENDGATE_DEMO"] = "1" if demo else "0"
-    if not os.environ.get("SPENDGATE_MASTER_KEY"):
-        os.environ["SPENDGATE_MASTER_KEY"] = "sg-master-" + secrets.token_urlsafe(24)
-        err_console.print("[yellow]SPENDGATE_MASTER_KEY is not set; generated one for this run:[/]")
-        err_console.print(f"  export SPENDGATE_MASTER_KEY={os.environ['SPENDGATE_MASTER_KEY']}")
+    if allow_unreadable_secrets:
+        os.environ["SPENDGATE_ALLOW_UNREADABLE_SECRETS"] = "1"
     try:
         settings = load_settings(demo=demo, host=host, port=port)
+        busy = port_in_use(settings.host, settings.port)
+        if busy is not None:
+            err_console.print(
+                f"[red]cannot listen on {settings.host}:{settings.port}:[/] {escape(str(busy))}"
+            )
+            raise typer.Exit(1)
+        if not settings.master_key:
+            _master_key(settings.database_url)
+            settings = load_settings(demo=demo, host=host, port=port)
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/] {exc}")
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from exc
     if workers > 1 and not settings.redis_url:
         err_console.print(
@@ -54,7 +107,7 @@ def serve(
         )
     err_console.print(
         f"spendgate listening on http://{settings.host}:{settings.port} "
-        f"(database {settings.database_url})"
+        f"(database {escape(settings.database_url)})"
     )
     uvicorn.run(
         "spendgate.app:app_from_env",
@@ -79,12 +132,19 @@ def db_migrate(
     database_url: Annotated[
         str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")
     ] = "sqlite:///spendgate.db",
+    as_json: JsonOpt = False,
 ) -> None:
     """Apply the Alembic migrations to the database."""
+    from sqlalchemy.engine import make_url
+
     from spendgate.store.database import migrate_url
 
     migrate_url(database_url, revision)
-    console.print(f"database at {revision}: {database_url}")
+    shown = make_url(database_url).render_as_string(hide_password=True)
+    if as_json:
+        sys.stdout.write(json.dumps({"revision": revision, "database_url": shown}) + "\n")
+    else:
+        console.print(Text(f"database at {revision}: {shown}"))
 
 
 # -- admin API client ------------------------------------------------------------------------

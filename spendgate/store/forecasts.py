@@ -80,6 +80,10 @@ budget_forecasts = sa.Table(
     sa.Column("limit_nanos", sa.BigInteger(), nullable=False),
     #: the highest overrun band announced in this period, if any
     sa.Column("overrun_band", sa.Integer(), nullable=True),
+    #: the hard cap recorded spend stops at (None: observation only); P10–P90 are bounded
+    #: by it, and ``uncapped_p50_nanos`` is what the period would cost without it
+    sa.Column("hard_cap_nanos", sa.BigInteger(), nullable=True),
+    sa.Column("uncapped_p50_nanos", sa.BigInteger(), nullable=True),
 )
 
 

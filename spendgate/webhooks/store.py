@@ -344,6 +344,24 @@ class WebhookStore:
                 sealed += done.rowcount
         return sealed
 
+    async def unreadable(self) -> Sequence[str]:
+        """The endpoints with a stored token that no configured key decrypts (their
+        deliveries could only fail), in id order."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(EP.c.id, *(EP.c[c] for c in ENCRYPTED_COLUMNS)).order_by(EP.c.id)
+                )
+            ).all()
+        return [
+            row.id
+            for row in rows
+            if any(
+                token is not None and not self._box.readable(token)
+                for token in (row._mapping[c] for c in ENCRYPTED_COLUMNS)
+            )
+        ]
+
     async def reencrypt(self) -> ReencryptReport:
         """Seal plaintext Slack URLs, then rewrite every token that is not under the newest
         key (the first of ``SPENDGATE_SECRET_KEY``). Each row is rewritten only if it did
