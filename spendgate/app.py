@@ -315,11 +315,12 @@ class Gateway:
         shown = ", ".join(unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
         message = (
             f"{len(unreadable)} webhook endpoint(s) ({shown}) have stored secrets that the "
-            "configured keys cannot decrypt: SPENDGATE_SECRET_KEY (or the master key it is "
-            "derived from) differs from the one they were stored with. Start with that key "
-            "(e.g. SPENDGATE_SECRET_KEY=<new>,<old>), or start with "
-            "--allow-unreadable-secrets (SPENDGATE_ALLOW_UNREADABLE_SECRETS=1) and rotate "
-            "or re-create those endpoints"
+            "configured keys cannot decrypt: SPENDGATE_SECRET_KEY, or the master key it is "
+            "derived from when unset, differs from the one they were stored with. Start "
+            "with that key (the SPENDGATE_MASTER_KEY of then, or the spendgate-master.key "
+            "file serve kept it in; or SPENDGATE_SECRET_KEY=<new>,<old> to rotate), or "
+            "start with --allow-unreadable-secrets (SPENDGATE_ALLOW_UNREADABLE_SECRETS=1) "
+            "and rotate or re-create those endpoints"
         )
         if not self.services.settings.allow_unreadable_secrets:
             raise StartupRefused(message)
@@ -396,7 +397,7 @@ class Gateway:
                     await self.startup()
                 except StartupRefused as exc:
                     log.critical("refusing to start: %s", exc)
-                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    await send({"type": "lifespan.startup.failed", "message": ""})
                     return
                 except Exception as exc:  # outermost: report startup failure to the server
                     log.exception("startup failed")

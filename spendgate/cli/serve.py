@@ -41,7 +41,8 @@ def _master_key(database_url: str) -> None:
     if kept.created:
         err_console.print(
             f"[yellow]SPENDGATE_MASTER_KEY is not set: generated a master key and kept it in "
-            f"{escape(str(path))} (mode 0600); the next start uses it again:[/]"
+            f"{escape(str(path))} (mode 0600); the next start uses it again:[/]",
+            soft_wrap=True,
         )
         err_console.print(f"  export SPENDGATE_MASTER_KEY={kept.key}", soft_wrap=True)
     else:
@@ -84,14 +85,15 @@ def serve(
         busy = port_in_use(settings.host, settings.port)
         if busy is not None:
             err_console.print(
-                f"[red]cannot listen on {settings.host}:{settings.port}:[/] {escape(str(busy))}"
+                f"[red]cannot listen on {settings.host}:{settings.port}:[/] {escape(str(busy))}",
+                soft_wrap=True,
             )
             raise typer.Exit(1)
         if not settings.master_key:
             _master_key(settings.database_url)
             settings = load_settings(demo=demo, host=host, port=port)
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}")
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     if workers > 1 and not settings.redis_url:
         err_console.print(
@@ -107,7 +109,8 @@ def serve(
         )
     err_console.print(
         f"spendgate listening on http://{settings.host}:{settings.port} "
-        f"(database {escape(settings.database_url)})"
+        f"(database {escape(settings.database_url)})",
+        soft_wrap=True,
     )
     uvicorn.run(
         "spendgate.app:app_from_env",
