@@ -334,13 +334,26 @@ class ForecastOut(BaseModel):
         description="none | today_rate | trailing_mean | seasonal_naive | ets_damped"
     )
     history_days: int = Field(description="complete days of spend the forecast is based on")
+    confidence: Literal["low", "normal"] = Field(
+        description="low with under a week of complete days: a rough guess, a wide interval"
+    )
     spent_usd: str = Field(description="spend so far in the period")
     p10_usd: str
-    p50_usd: str = Field(description="expected period-end spend")
+    p50_usd: str = Field(
+        description="expected period-end spend (recorded: never above the hard cap)"
+    )
     p90_usd: str
     amount_usd: str = Field(description="the budget amount, with active exceptions")
     percent_of_budget: str = Field(description="P50 as a percentage of amount_usd")
     limit_usd: str = Field(description="the hard cap, or the amount for observing budgets")
+    hard_cap_usd: str | None = Field(
+        description="the hard cap recorded spend stops at; null: observation only"
+    )
+    hits_hard_cap_on: date | None = Field(
+        description="local date P50 reaches the hard cap, after which calls are refused"
+    )
+    uncapped_p50_usd: str = Field(description="P50 of what the period would cost without a cap")
+    outlook: str = Field(description="where the period is heading, in one sentence")
     crossings: dict[str, date | None] = Field(
         description="threshold name → local date it is (or was) reached; null: not by P50"
     )

@@ -44,6 +44,7 @@ def budget_from_row(row: dict[str, Any]) -> Budget:
         categories=Categories(
             **{k: tuple(cats.get(k) or ()) for k in ("providers", "models", "kinds", "tags")}
         ),
+        name=row.get("name") or "",
     )
 
 

@@ -1,13 +1,17 @@
-"""The CLI against a real `spendgate serve --demo`: org names are unique and `bootstrap`
-reuses an org by name; `wallets create` says plainly what an empty wallet does; wallets
-are changed and closed; delete commands answer `--json`."""
+"""The CLI against a real `spendgate serve --demo`, where a new user trips: org names are
+unique and `bootstrap` reuses an org by name; `wallets create` says plainly what an empty
+wallet does; wallets are changed and closed; a forecast says when the hard cap stops
+calls; delete commands answer `--json`."""
 
 from __future__ import annotations
 
 import json
 import subprocess
+from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import openai
 import pytest
@@ -126,3 +130,36 @@ def test_delete_commands_answer_json(served: Served) -> None:
     )
     assert migrated.exit_code == 0, migrated.output
     assert json.loads(migrated.stdout) == {"revision": "head", "database_url": f"sqlite:///{db}"}
+
+
+def test_forecast_says_when_the_hard_cap_stops_calls(served: Served) -> None:
+    """A daily budget capped at ten calls' cost, six calls by local noon (a zone picked so
+    that it is noon there now): the forecast of recorded spend stops at the cap, names today
+    as the day it is reached, and the CLI prints that sentence."""
+    url, _, _ = served
+    utc_hour = datetime.now(UTC).hour
+    offset = 12 - utc_hour  # Etc/GMT-N is N hours east of UTC
+    zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+    org = run_cli(url, "orgs", "create", "capped-forecast")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="demo-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    )
+    cost = Decimal(raw.headers["x-spendgate-cost-usd"])
+    made = run_cli(
+        url, "budgets", "create", "--scope", "key", "--scope-id", key["id"], "--period", "daily",
+        "--timezone", zone, "--amount", str(cost * 10), "--hard",
+    )  # fmt: skip
+    for _ in range(5):
+        sdk.chat.completions.create(
+            model="demo-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    forecast = run_cli(url, "forecast", made["id"], "--refresh")
+    assert forecast["method"] == "today_rate" and forecast["confidence"] == "low"
+    assert Decimal(forecast["p90_usd"]) == Decimal(forecast["hard_cap_usd"]) == cost * 10
+    local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date().isoformat()
+    assert forecast["hits_hard_cap_on"] == local_today
+    code, out, _ = invoke(url, "forecast", made["id"], columns="300")
+    assert code == 0
+    assert f"will hit the hard cap (${forecast['hard_cap_usd']}) on {local_today}" in out
