@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from spendgate import __version__
 from spendgate.admin.audit import router as audit_router
 from spendgate.admin.deps import no_nul_characters, unguarded_routes
+from spendgate.admin.docs import install_docs
 from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
@@ -100,7 +101,7 @@ def build_admin(services: Services) -> FastAPI:
     api = FastAPI(
         title="spendgate",
         version=__version__,
-        docs_url="/docs",
+        docs_url=None,  # served from the package: spendgate.admin.docs
         redoc_url=None,
         dependencies=[Depends(no_nul_characters)],
     )
@@ -155,6 +156,7 @@ def build_admin(services: Services) -> FastAPI:
             body["status"] = "unavailable"
         return JSONResponse(body, status_code=503 if ledger.full else 200)
 
+    install_docs(api)
     api.include_router(admin_router)
     api.include_router(policies_router)
     api.include_router(wallets_router)
@@ -474,7 +476,9 @@ def create_app(
         counters=counters,
         enforcer=enforcer,
         rate_gate=rate_gate,
-        webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
+        webhooks=WebhookRuntime.from_env(
+            engine, clock, master_key=settings.master_key, env=env, public_url=settings.public_url
+        ),
         audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),

@@ -103,6 +103,9 @@ class Settings:
     spool_max_bytes: int = 1024 * 1024 * 1024
     #: start even when stored webhook secrets do not decrypt with the configured keys
     allow_unreadable_secrets: bool = False
+    #: where people reach the console: the base of links in Slack, PagerDuty and e-mail
+    #: (``SPENDGATE_PUBLIC_URL`` or ``[gateway] public_url``; default this server's address)
+    public_url: str = "http://127.0.0.1:4100"
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -210,6 +213,13 @@ def _non_negative_int(value: Any, where: str) -> int:
     return value
 
 
+def _public_url(value: Any, default: str) -> str:
+    url = str(value or default).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"public_url (SPENDGATE_PUBLIC_URL) must be an http(s) URL: {url!r}")
+    return url
+
+
 def _at_least(value: Any, least: float, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= least:
         raise ConfigError(f"{where} must be a number, {least} or more")
@@ -279,9 +289,11 @@ def load_settings(
     providers = {n: _provider(n, p, env, timeout) for n, p in raw.get("providers", {}).items()}
     models = demo_routes() if demo else {}
     models.update(_routes(raw.get("models", {}), providers))
+    host = host or gateway.get("host", "127.0.0.1")
+    port = port or int(gateway.get("port", 4100))
     return Settings(
-        host=host or gateway.get("host", "127.0.0.1"),
-        port=port or int(gateway.get("port", 4100)),
+        host=host,
+        port=port,
         database_url=env.get("SPENDGATE_DATABASE_URL")
         or gateway.get("database_url", "sqlite:///spendgate.db"),
         redis_url=env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url"),
@@ -307,6 +319,9 @@ def load_settings(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
         ),
         allow_unreadable_secrets=env.get("SPENDGATE_ALLOW_UNREADABLE_SECRETS", "") == "1",
+        public_url=_public_url(
+            env.get("SPENDGATE_PUBLIC_URL") or gateway.get("public_url"), f"http://{host}:{port}"
+        ),
         models=models,
     )
 

@@ -27,7 +27,7 @@ from spendgate.core.clock import Clock
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import encode, render
 from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt
-from spendgate.webhooks.secret_urls import REDACTOR, SECRET_URL_KINDS, mask_url
+from spendgate.webhooks.secret_urls import REDACTOR, is_secret_url, mask_url
 from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
 from spendgate.webhooks.signing import signed_headers, signing_secrets
 from spendgate.webhooks.store import WebhookStore
@@ -146,7 +146,7 @@ class DeliveryWorker:
 
     async def _send(self, claim: Claim) -> AttemptResult:
         url = self._store.url_of(claim.endpoint)
-        secret_url = claim.endpoint["kind"] in SECRET_URL_KINDS
+        secret_url = is_secret_url(claim.endpoint["kind"], url)
         hidden = _spellings(url) if secret_url else ()
         await check_target(url, allow_private=self._allow_private, resolve=self._resolve)
         content, headers = self._request(claim)
