@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list, when
 from spendgate.cli.output import err_console, show
 
 orgs = crud_group("orgs", "/admin/orgs", ["id", "name", "created_at"])
@@ -80,7 +80,9 @@ def keys_create(
     tags: Annotated[str | None, typer.Option(help="comma separated")] = None,
     models: Annotated[str | None, typer.Option(help="comma separated; empty = all")] = None,
     allow_request_tags: Annotated[bool, typer.Option()] = False,
-    expires_at: Annotated[str | None, typer.Option(help="ISO 8601")] = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601, or from now: +30m, +12h, +7d, +2w")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
@@ -94,7 +96,7 @@ def keys_create(
         "tags": opt_list(tags),
         "models": opt_list(models),
         "allow_request_tags": allow_request_tags,
-        "expires_at": expires_at,
+        "expires_at": when(expires_at),
     }
     created = call(url, "POST", "/admin/keys", json=body)
     show(created, as_json, ["id", "name", "key"], secret="key")

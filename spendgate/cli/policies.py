@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list, when
 from spendgate.cli.output import deleted, err_console, show
 
 BUDGET_COLUMNS = [
@@ -157,14 +157,19 @@ def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
 def budgets_except(
     budget_id: str,
     reason: Annotated[str, typer.Option()],
-    expires_at: Annotated[str, typer.Option(help="ISO 8601")],
+    expires_at: Annotated[str, typer.Option(help="ISO 8601, or from now: +12h, +1d, +2w")],
     amount: Annotated[str | None, typer.Option(help="extra USD")] = None,
     percent: Annotated[str | None, typer.Option(help="extra percent of the amount")] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Grant a temporary raise that ends by itself at --expires-at."""
-    body = {"amount_usd": amount, "percent": percent, "reason": reason, "expires_at": expires_at}
+    body = {
+        "amount_usd": amount,
+        "percent": percent,
+        "reason": reason,
+        "expires_at": when(expires_at),
+    }
     show(
         call(
             url,
