@@ -109,6 +109,12 @@ class DeliveryWorker:
         try:
             result = await self._send(claim)
         except (TargetRefused, SecretUnreadable) as exc:
+            if isinstance(exc, SecretUnreadable):  # every delivery there fails: say so loudly
+                log.error(
+                    "webhook endpoint %s: %s (SPENDGATE_SECRET_KEY or the master key changed)",
+                    claim.endpoint["id"],
+                    exc,
+                )
             result = AttemptResult(ok=False, response_code=None, latency_ms=0, error=str(exc)[:500])
         outcome = await record_attempt(
             self._engine, claim, result, started_at, self._clock.now(), self._rand()

@@ -141,9 +141,19 @@ def test_a_key_that_cannot_open_the_stored_secrets_stops_the_start(tmp_path: Pat
     assert "refusing to start: 1 webhook endpoint(s)" in said and made.json()["id"] in said
     assert "cannot decrypt" in said and "--allow-unreadable-secrets" in said
     assert "Application startup complete" not in said
-    with serving(other, "--allow-unreadable-secrets") as (_, proc):
-        pass
-    assert "starting anyway" in (proc.stdout.read() if proc.stdout else "")
+    with serving(other, "--allow-unreadable-secrets") as (url, proc):
+        admin = {"authorization": "Bearer sg-master-another-one"}
+        org = httpx.post(url + "/admin/orgs", json={"name": "o"}, headers=admin).json()
+        httpx.post(url + "/admin/keys", json={"name": "k", "org_id": org["id"]}, headers=admin)
+        log = f"/admin/webhooks/{made.json()['id']}/deliveries"
+        deadline = time.monotonic() + 30
+        while not any(d["attempts"] for d in httpx.get(url + log, headers=admin).json()):
+            assert time.monotonic() < deadline, "no delivery attempt"
+            time.sleep(0.2)
+    output = " ".join((proc.stdout.read() if proc.stdout else "").split())
+    assert "starting anyway" in output
+    # each failing delivery is in the server's log too, not only in the delivery log
+    assert f"webhook endpoint {made.json()['id']}: stored secret does not decrypt" in output
 
 
 def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
