@@ -77,8 +77,10 @@ class Case:
 
 # -- synthetic series --------------------------------------------------------------------------
 DIURNAL = np.array(
-    [0.25, 0.2, 0.2, 0.2, 0.25, 0.35, 0.55, 0.8, 1.1, 1.4, 1.55, 1.6]
-    + [1.5, 1.55, 1.6, 1.55, 1.45, 1.3, 1.05, 0.85, 0.7, 0.55, 0.4, 0.3]
+    [
+        *(0.25, 0.2, 0.2, 0.2, 0.25, 0.35, 0.55, 0.8, 1.1, 1.4, 1.55, 1.6),
+        *(1.5, 1.55, 1.6, 1.55, 1.45, 1.3, 1.05, 0.85, 0.7, 0.55, 0.4, 0.3),
+    ]
 )
 
 
@@ -156,26 +158,55 @@ def synthetic_cases(seeds: int) -> list[Case]:
         out.append(Case("calm", f"calm {s}", calm, WARMUP_HOURS))
         out.append(Case("weekdays only", f"wd {s}", synthetic(200 + s, weeks, weekend=0.0), 672))
         out.append(Case("weekend dips", f"we {s}", synthetic(300 + s, weeks, weekend=0.2), 672))
-        out.append(Case("small key ($0.40/h)", f"small {s}", synthetic(400 + s, weeks, level=0.4),
-                        WARMUP_HOURS))
-        out.append(Case("sparse key (5 calls/day)", f"sparse {s}", sparse(500 + s, weeks),
-                        WARMUP_HOURS))
+        out.append(
+            Case(
+                "small key ($0.40/h)",
+                f"small {s}",
+                synthetic(400 + s, weeks, level=0.4),
+                WARMUP_HOURS,
+            )
+        )
+        out.append(
+            Case("sparse key (5 calls/day)", f"sparse {s}", sparse(500 + s, weeks), WARMUP_HOURS)
+        )
         first = WARMUP_HOURS - 5 * 24  # a team that began five days before checks start
-        out.append(Case("new team (5 days)", f"new {s}",
-                        synthetic(600 + s, 9, first_hour=first)[: (first + 4 * WEEK) * BINS],
-                        first + 72))
+        out.append(
+            Case(
+                "new team (5 days)",
+                f"new {s}",
+                synthetic(600 + s, 9, first_hour=first)[: (first + 4 * WEEK) * BINS],
+                first + 72,
+            )
+        )
         base = synthetic(700 + s, weeks)
         at = int(rng.integers(WARMUP_HOURS + WEEK, (weeks - 3) * WEEK)) * BINS
         at += int(rng.integers(0, BINS))
-        out.append(Case("8× runaway", f"runaway {s}", with_event(base, "runaway", at),
-                        WARMUP_HOURS, "runaway", at))
+        out.append(
+            Case(
+                "8× runaway",
+                f"runaway {s}",
+                with_event(base, "runaway", at),
+                WARMUP_HOURS,
+                "runaway",
+                at,
+            )
+        )
         base = synthetic(800 + s, weeks)
-        out.append(Case("+60 % step", f"step {s}", with_event(base, "step", at), WARMUP_HOURS,
-                        "step", at))
+        out.append(
+            Case("+60 % step", f"step {s}", with_event(base, "step", at), WARMUP_HOURS, "step", at)
+        )
         base = synthetic(900 + s, weeks)
         creep_at = (WARMUP_HOURS + WEEK) * BINS + int(rng.integers(0, 7 * 24 * BINS))
-        out.append(Case("3× creep over 14 days", f"creep {s}",
-                        with_event(base, "creep", creep_at), WARMUP_HOURS, "creep", creep_at))
+        out.append(
+            Case(
+                "3× creep over 14 days",
+                f"creep {s}",
+                with_event(base, "creep", creep_at),
+                WARMUP_HOURS,
+                "creep",
+                creep_at,
+            )
+        )
     return out
 
 
@@ -223,9 +254,17 @@ def real_cases(injections: int) -> list[Case]:
         spending = np.flatnonzero(bins[(WARMUP_HOURS + 24) * BINS : (hours - 12) * BINS] > 0)
         for i in range(injections):  # a runaway multiplies spend: start where there is some
             at = (WARMUP_HOURS + 24) * BINS + int(spending[rng.integers(0, spending.size)])
-            out.append(Case(f"real: {name}", f"{name} runaway {i}",
-                            with_event(bins, "runaway", at), at // BINS - 24, "runaway", at,
-                            count_alarms=False))
+            out.append(
+                Case(
+                    f"real: {name}",
+                    f"{name} runaway {i}",
+                    with_event(bins, "runaway", at),
+                    at // BINS - 24,
+                    "runaway",
+                    at,
+                    count_alarms=False,
+                )
+            )
     return out
 
 
@@ -244,7 +283,9 @@ def ets_method(params: an.Params) -> BaselineFn:
     """The forecasting module's daily ETS, shared out by hour of the day (cached per day)."""
     cache: dict[int, tuple[float, float, np.ndarray, np.ndarray] | None] = {}
 
-    def day_model(hourly: np.ndarray, day: int) -> tuple[float, float, np.ndarray, np.ndarray] | None:
+    def day_model(
+        hourly: np.ndarray, day: int
+    ) -> tuple[float, float, np.ndarray, np.ndarray] | None:
         if day in cache:
             return cache[day]
         days = hourly[: day * 24].reshape(-1, 24)
@@ -349,9 +390,11 @@ def _fmt_minutes(values: list[float]) -> str:
 
 
 def table(results: dict[tuple[str, str], list[Outcome]], methods: list[str]) -> str:
-    head = "| case | " + " | ".join(
-        f"{m}: false alarms / key-month | {m}: detected" for m in methods
-    ) + " |"
+    head = (
+        "| case | "
+        + " | ".join(f"{m}: false alarms / key-month | {m}: detected" for m in methods)
+        + " |"
+    )
     lines = [head, "|" + "---|" * (1 + 2 * len(methods))]
     groups = list(dict.fromkeys(g for g, _ in results))
     for group in groups:
@@ -378,8 +421,7 @@ def _detected(rows: list[Outcome]) -> str:
     if events[0].detect_extra is not None or any(r.detect_extra for r in found):
         multiples = [r.detect_extra for r in found if r.detect_extra is not None]
         days = [m / 1440 for m in minutes]
-        return (f"{share}, after {np.median(days):.1f} d (median), at "
-                f"{np.median(multiples):.2f}×")
+        return f"{share}, after {np.median(days):.1f} d (median), at {np.median(multiples):.2f}×"
     if max(minutes) > 24 * 60:
         return f"{share}, after {np.median(minutes) / 1440:.1f} d (median)"
     return f"{share}, {_fmt_minutes(minutes)} min (median / worst)"
@@ -396,8 +438,9 @@ def main() -> None:
     parser.add_argument("--floor-usd", type=float, default=an.Params().min_excess_nanos / USD)
     parser.add_argument("--no-real", action="store_true")
     args = parser.parse_args()
-    params = replace(an.Params(), k=args.k, rel=args.rel,
-                     min_excess_nanos=int(args.floor_usd * USD))
+    params = replace(
+        an.Params(), k=args.k, rel=args.rel, min_excess_nanos=int(args.floor_usd * USD)
+    )
     methods = args.methods.split(",")
     started = time.perf_counter()
     cases = synthetic_cases(args.seeds)
@@ -408,8 +451,10 @@ def main() -> None:
     with ProcessPoolExecutor(max_workers=args.workers) as pool:
         for group, method, outcome in pool.map(_job, jobs, chunksize=4):
             results[(group, method)].append(outcome)
-    print(f"k={params.k} rel={params.rel} floor=${params.min_excess_nanos / USD:g} "
-          f"weeks={params.weeks}; {len(cases)} series, {time.perf_counter() - started:.0f} s")
+    print(
+        f"k={params.k} rel={params.rel} floor=${params.min_excess_nanos / USD:g} "
+        f"weeks={params.weeks}; {len(cases)} series, {time.perf_counter() - started:.0f} s"
+    )
     print(table(results, methods))
 
 

@@ -313,6 +313,8 @@ class Finding:
     verdict: Verdict
     team_id: str | None
     contributors: tuple[Contributor, ...] = ()
+    #: the verdict is of the last complete hour (else of the running hour)
+    last_hour: bool = False
 
 
 def check_all(
@@ -347,5 +349,6 @@ def check_all(
             offset = 0 if verdict is running else 1
             at = elapsed if verdict is running else 1.0
             kids = tuple(contributors(spend.children[scope], at, params, hour_offset=offset))
-        out.append(Finding(scope, what, verdict, spend.teams.get(scope), kids))
+        is_last = verdict is last and verdict is not running
+        out.append(Finding(scope, what, verdict, spend.teams.get(scope), kids, is_last))
     return out
