@@ -5,7 +5,7 @@
 
     AnomalyWatch.check(now)            (one replica per interval, from housekeeping)
       1. hourly_spend: settled spend per org/team/key/model/tags and UTC hour, from the
-         ledger (complete hours cached; the last two and the running one read each time)
+         ledger (older hours read once an hour; the last two and the running one each time)
       2. core.anomalies.check_all: every key, team and (org, model) against its band
       3. per finding, in one transaction: open (row + event + the scope's action, if one
          is set), continue (peak figures), or resolve (row + event + PagerDuty resolve)
@@ -120,7 +120,9 @@ async def hourly_spend(engine: AsyncEngine, start: datetime, end: datetime) -> l
 
 @dataclass(slots=True)
 class _History:
-    """Complete hours read before (``until``: the first hour not in ``cells``)."""
+    """Complete hours read at the start of this hour (``until``: the first hour not in
+    ``cells``); rows that land later for them (a spool replayed after an outage) count
+    from the next hour on."""
 
     first: int = 0
     until: int = 0
@@ -160,12 +162,8 @@ class AnomalyWatch:
         first = current - self.params.history_hours - 1
         reread = current - REREAD_HOURS
         h = self._history
-        if h.first != first or h.until != reread:
-            if not (h.first <= first and h.until == reread - 1):
-                h.cells = await hourly_spend(self._engine, hour_at(first), hour_at(reread))
-            else:  # one hour later: add the hour that just left the re-read window
-                h.cells = [c for c in h.cells if c.hour >= first]
-                h.cells += await hourly_spend(self._engine, hour_at(h.until), hour_at(reread))
+        if (h.first, h.until) != (first, reread):  # a new hour: read the complete hours again
+            h.cells = await hourly_spend(self._engine, hour_at(first), hour_at(reread))
             h.first, h.until = first, reread
         recent = await hourly_spend(self._engine, hour_at(reread), now + timedelta(microseconds=1))
         return an.grid([*h.cells, *recent], first, current - first)

@@ -106,9 +106,7 @@ def _verdict(out: bool) -> an.Verdict:
         (99, False, False, "resolve"),
     ],
 )
-def test_episode_steps(
-    episode: int | None, running: bool, last: bool, expected: str
-) -> None:
+def test_episode_steps(episode: int | None, running: bool, last: bool, expected: str) -> None:
     """One episode per run of out-of-band spend; it ends only when the hour it opened in
     has completed and both the last hour and the running one are back in band."""
     assert an.step(episode, _verdict(running), _verdict(last), last_hour=99) == expected
@@ -128,8 +126,12 @@ def test_grid_builds_key_team_and_model_scopes() -> None:
     adds to no team."""
     cells = _cells(range(10, 12), 2.0) + _cells(range(11, 12), 3.0, team_id=None, key_id="k2")
     g = an.grid(cells, first_hour=10, hours=2)
-    assert set(g.scopes) == {("o", "key", "k"), ("o", "team", "t"), ("o", "key", "k2"),
-                             ("o", "model", "m")}
+    assert set(g.scopes) == {
+        ("o", "key", "k"),
+        ("o", "team", "t"),
+        ("o", "key", "k2"),
+        ("o", "model", "m"),
+    }
     assert g.scopes[("o", "model", "m")][1] == 5 * USD
     assert g.teams[("o", "key", "k")] == "t" and g.teams[("o", "key", "k2")] is None
     assert set(g.children[("o", "team", "t")]) == {("key", "k"), ("model", "m")}
