@@ -5,6 +5,7 @@ frozen clock."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -13,11 +14,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from spendgate.cli import app as cli
 from spendgate.core.money import format_usd
 from spendgate.store import schema
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
-from tests.conftest import RunningGateway, start_gateway
+from tests.conftest import MASTER_KEY, RunningGateway, start_gateway
 
 USD = 1_000_000_000
 #: 200,000 output tokens on gpt-4o ($10 per million): $2.00 a call
@@ -300,3 +303,37 @@ def test_team_roles_see_only_their_teams_anomalies(gw: RunningGateway) -> None:
             assert ack.status_code == 403
     assert {a["scope_type"] for a in seen[key["team_id"]]} == {"key", "team"}
     assert seen[other_team] == []
+
+
+def test_cli_lists_acknowledges_and_unpauses(gw: RunningGateway) -> None:
+    """``spendgate anomalies list|ack|unpause`` and ``actions create|list`` over the admin
+    API, tables and ``--json``: a paused key's pause is lifted from the command line."""
+    key = setup_key(gw)
+    env = {"SPENDGATE_MASTER_KEY": MASTER_KEY}
+
+    def cli_json(*args: str) -> Any:
+        result = CliRunner().invoke(cli, [*args, "--url", gw.url, "--json"], env=env)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    made = cli_json(
+        "anomalies", "actions", "create", "--scope", "key", "--scope-id", key["id"], "--pause"
+    )
+    assert made["action"] == "pause"
+    assert [a["id"] for a in cli_json("anomalies", "actions", "list")] == [made["id"]]
+    add_history(gw, key)
+    spend(gw, key, 8)
+    check(gw)
+    table = CliRunner().invoke(
+        cli, ["anomalies", "list", "--status", "open", "--url", gw.url], env=env
+    )
+    assert table.exit_code == 0 and "pause (active)" in table.output
+    mine = cli_json("anomalies", "list", "--scope-type", "key", "--unacknowledged")
+    assert len(mine) == 1
+    lifted = cli_json("anomalies", "unpause", mine[0]["id"], "--note", "hotfix deployed")
+    assert lifted["action_state"] == "lifted"
+    spend(gw, key, 1)  # the key works again
+    acked = cli_json("anomalies", "ack", mine[0]["id"], "--note", "loop in the crawler")
+    assert acked["acknowledged_by"] == "master"
+    missing = CliRunner().invoke(cli, ["anomalies", "ack", "anom_x", "--url", gw.url], env=env)
+    assert missing.exit_code == 1 and "404" in missing.output
