@@ -30,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
+from spendgate.admin.anomalies import router as anomalies_router
 from spendgate.admin.audit import router as audit_router
 from spendgate.admin.deps import no_nul_characters, unguarded_routes
 from spendgate.admin.forecasts import router as forecasts_router
@@ -56,6 +57,7 @@ from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
+from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
@@ -157,6 +159,7 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(audit_router)
     api.include_router(forecasts_router)
     api.include_router(tokens_router)
+    api.include_router(anomalies_router)
     api.state.audit_settings = services.audit_settings
     unguarded = unguarded_routes(api)
     if unguarded:  # a route without a permission rule is a bug, not a default
@@ -319,7 +322,7 @@ class Gateway:
         policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
+        next_sweep = next_anomaly_check = loop.time()
         while True:
             try:
                 await self.services.enforcer.reap()
@@ -329,6 +332,10 @@ class Gateway:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
+                every = self.services.settings.anomaly_check_seconds
+                if every > 0 and loop.time() >= next_anomaly_check:
+                    next_anomaly_check = loop.time() + every
+                    await self.check_anomalies(holder)
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
                 log.warning("housekeeping postponed, database unavailable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
@@ -341,6 +348,18 @@ class Gateway:
             self.services.engine, "threshold-sweep", holder, self._now(), ttl
         ):
             await sweeper.sweep()
+
+    async def check_anomalies(self, holder: str) -> bool:
+        """One replica per ``anomaly_check_seconds`` checks every scope's spend (a lease
+        taken for 0.8 of the interval); False if another replica has the lease."""
+        watch, every = self.services.anomalies, self.services.settings.anomaly_check_seconds
+        now = self._now()
+        if watch is None or not await take_lease(
+            self.services.engine, "anomaly-check", holder, now, timedelta(seconds=every * 0.8)
+        ):
+            return False
+        await watch.check(now)
+        return True
 
     def _now(self) -> datetime:
         return self.services.clock.now()
@@ -446,6 +465,9 @@ def create_app(
         audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
+        anomalies=AnomalyWatch(
+            engine, settings.anomaly_params, policy_changed=enforcer.refresh, flush=ledger.flush
+        ),
     )
     return Gateway(services, auto_migrate=auto_migrate)
 

@@ -29,6 +29,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from spendgate.core.anomalies import Params as AnomalyParams
 from spendgate.core.audit_chain import (
     DEFAULT_RETENTION_DAYS,
     MIN_RETENTION_DAYS,
@@ -102,6 +103,9 @@ class Settings:
     #: past this much unwritten spool, new calls are refused with 503
     spool_max_bytes: int = 1024 * 1024 * 1024
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
+    #: spend anomalies: how often one replica checks every key, team and model (0: never)
+    anomaly_check_seconds: float = 300.0
+    anomaly_params: AnomalyParams = field(default_factory=AnomalyParams)
 
 
 def _decimal(value: Any, where: str) -> Decimal:
@@ -301,7 +305,36 @@ def load_settings(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
         ),
         models=models,
+        **_anomaly_settings(raw.get("anomalies", {})),
     )
+
+
+def _anomaly_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``[anomalies]``: ``check_seconds`` (0 turns checks off), ``min_excess_usd`` (the
+    dollar floor), ``band_sds``, ``band_min_ratio``, ``history_weeks``, ``min_history_hours``."""
+    defaults = AnomalyParams()
+    every = raw.get("check_seconds", 300.0)
+    if every != 0:
+        every = _at_least(every, 10, "anomalies.check_seconds")
+    floor = _decimal(raw.get("min_excess_usd", "10"), "anomalies.min_excess_usd")
+    params = AnomalyParams(
+        weeks=_at_least_int(raw.get("history_weeks", defaults.weeks), 1, "anomalies.history_weeks"),
+        min_history_hours=_at_least_int(
+            raw.get("min_history_hours", defaults.min_history_hours),
+            24,
+            "anomalies.min_history_hours",
+        ),
+        k=_at_least(raw.get("band_sds", defaults.k), 1, "anomalies.band_sds"),
+        rel=_at_least(raw.get("band_min_ratio", defaults.rel), 0, "anomalies.band_min_ratio"),
+        min_excess_nanos=int(floor * 1_000_000_000),
+    )
+    return {"anomaly_check_seconds": float(every), "anomaly_params": params}
+
+
+def _at_least_int(value: Any, least: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{where} must be a whole number, {least} or more")
+    return value
 
 
 def load_audit_settings(env: Mapping[str, str], master_key: str | None) -> AuditSettings:

@@ -93,6 +93,29 @@ async def _resolve(conn: AsyncConnection, incident: Mapping[str, Any], now: date
     return True
 
 
+async def resolve_event_incidents(conn: AsyncConnection, event_id: str, now: datetime) -> int:
+    """Enqueue a PagerDuty ``resolve`` for each PagerDuty endpoint that was sent the
+    trigger of ``event_id`` (an episode that has ended, e.g. a spend anomaly)."""
+    sent = (
+        await conn.execute(
+            sa.select(DL.c.endpoint_id, DL.c.payload)
+            .select_from(DL.join(EP, EP.c.id == DL.c.endpoint_id))
+            .where(
+                DL.c.event_id == event_id,
+                DL.c.action == "trigger",
+                DL.c.redelivery_of.is_(None),
+                EP.c.kind == "pagerduty",
+            )
+        )
+    ).all()
+    for endpoint_id, payload in sent:
+        event = Event.from_envelope(payload)
+        await conn.execute(
+            DL.insert().values(**delivery_values(endpoint_id, event, "resolve", now))
+        )
+    return len(sent)
+
+
 async def resolve_incidents(
     conn: AsyncConnection, current_periods: Mapping[str, str], now: datetime
 ) -> int:
