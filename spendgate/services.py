@@ -17,6 +17,7 @@ from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
 from spendgate.guard.enforcement import Enforcer
 from spendgate.guard.sweeper import ThresholdSweeper
+from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import Transport
 from spendgate.ratelimit.gate import RateGate
@@ -101,6 +102,8 @@ class Services:
     auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
     #: thresholds reached in the ledger but never fired (on start, periodically, on change)
     sweeper: ThresholdSweeper | None = None
+    #: counters and histograms for /metrics (one per process)
+    metrics: GatewayMetrics | None = None
 
     async def drain(self) -> None:
         """Store every event decided so far: those stored on their own, and those that
