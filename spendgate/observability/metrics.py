@@ -132,7 +132,17 @@ class GatewayMetrics:
             ["backend"],
             registry=r,
         )
-        self._children: dict[tuple[Any, ...], Any] = {}
+        #: labelled children by label values, per metric (``labels()`` takes a lock)
+        self._children: dict[int, dict[Any, Any]] = {
+            id(m): {}
+            for m in (
+                self._requests,
+                self._latency,
+                self._upstream,
+                self._webhooks,
+                self._backend_errors,
+            )
+        }
         self._spend_values = (
             FirstSeen(SPEND_LABEL_VALUES),
             FirstSeen(SPEND_LABEL_VALUES),
@@ -141,11 +151,13 @@ class GatewayMetrics:
         self._spend_series: dict[tuple[str, str, str], Any] = {}
         self._spend_by_raw: dict[tuple[str, str, str], Any] = {}
 
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        child = self._children.get(key)
+    def _child(self, metric: Any, labels: Any) -> Any:
+        """``metric.labels(*labels)``, cached (``labels`` a tuple, or one label's value)."""
+        cache = self._children[id(metric)]
+        child = cache.get(labels)
         if child is None:
-            child = self._children[key] = metric.labels(*labels)
+            values = labels if isinstance(labels, tuple) else (labels,)
+            child = cache[labels] = metric.labels(*values)
         return child
 
     # -- the proxy -------------------------------------------------------------------------
@@ -179,7 +191,7 @@ class GatewayMetrics:
 
     def finished(self, kind: str, record: CallRecord, seconds: float) -> None:
         status_class = _STATUS_CLASSES[min(record.status // 100, 5)]
-        self._child(self._requests, kind, status_class, record.outcome).inc()
+        self._child(self._requests, (kind, status_class, record.outcome)).inc()
         self._child(self._latency, kind).observe(seconds)
 
     def _spend_child(self, org: str, team: str, model: str) -> Any:
@@ -200,7 +212,7 @@ class GatewayMetrics:
 
     # -- elsewhere -------------------------------------------------------------------------
     def webhook_attempt(self, kind: str, outcome: str) -> None:
-        self._child(self._webhooks, kind, outcome).inc()
+        self._child(self._webhooks, (kind, outcome)).inc()
 
     def backend_error(self, backend: str) -> None:
         self._child(self._backend_errors, backend).inc()
