@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -36,9 +37,9 @@ def requests_total(url: str) -> float:
 
 
 def test_every_worker_answers_for_all_of_them(tmp_path: Path) -> None:
-    """Twelve calls over new connections to two workers: every scrape, whichever worker
-    answers it, counts all twelve. The metrics directory is emptied of an earlier run's
-    files at start, and both workers write to it."""
+    """Calls over new connections, eight at a time, until both workers have served some:
+    then every scrape, whichever worker answers it, counts all of them. The metrics
+    directory is emptied of an earlier run's files at start."""
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"an earlier run's file")
@@ -63,22 +64,34 @@ def test_every_worker_answers_for_all_of_them(tmp_path: Path) -> None:
         try:
             key = _demo_key(proc)
             _wait_ready(url, proc)
-            for _ in range(12):
-                with httpx.Client() as fresh:
-                    answer = fresh.post(
-                        f"{url}/v1/chat/completions",
-                        json={"model": "demo-small", "messages": MSG},
-                        headers={"authorization": f"Bearer {key}"},
-                    )
-                assert answer.status_code == 200, answer.text
-            assert [requests_total(url) for _ in range(8)] == [12.0] * 8
-            files = [p.name for p in metrics_dir.iterdir()]
-            pids = {re.sub(r"^\w+?_(\d+)\.db$", r"\1", name) for name in files}
-            assert "1" not in pids and len(pids) == 2, files
+            calls = 0
+            while len(_pids(metrics_dir)) < 2:  # until both workers have served a call
+                assert calls < 400, f"one worker took every call: {_pids(metrics_dir)}"
+                with ThreadPoolExecutor(8) as pool:
+                    statuses = list(pool.map(lambda _: _call(url, key), range(8)))
+                assert statuses == [200] * 8
+                calls += 8
+            assert [requests_total(url) for _ in range(8)] == [float(calls)] * 8
+            assert "1" not in _pids(metrics_dir)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.communicate(timeout=60)
     assert metrics_dir.exists()  # a directory the operator gave is left in place
+
+
+def _call(url: str, key: str) -> int:
+    """One chat call on a connection of its own."""
+    with httpx.Client() as fresh:
+        return fresh.post(
+            f"{url}/v1/chat/completions",
+            json={"model": "demo-small", "messages": MSG},
+            headers={"authorization": f"Bearer {key}"},
+        ).status_code
+
+
+def _pids(directory: Path) -> set[str]:
+    """The processes that have written metric files (``counter_<pid>.db``…)."""
+    return {m.group(1) for p in directory.iterdir() if (m := re.search(r"_(\d+)\.db$", p.name))}
 
 
 def _demo_key(proc: subprocess.Popen[bytes]) -> str:
