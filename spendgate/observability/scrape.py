@@ -115,7 +115,7 @@ class MetricsEndpoint:
         return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), self._token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["method"] not in ("GET", "HEAD"):
+        if scope["method"] != "GET":
             await _refuse(send, 405, "method_not_allowed", "GET only", {"allow": "GET"})
             return
         if not self._authorized(scope):
