@@ -17,6 +17,7 @@ from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
 from spendgate.guard.enforcement import Enforcer
 from spendgate.guard.sweeper import ThresholdSweeper
+from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import Transport
 from spendgate.ratelimit.gate import RateGate
@@ -104,6 +105,8 @@ class Services:
     sweeper: ThresholdSweeper | None = None
     #: checks every key's, team's and model's hourly spend against its usual band
     anomalies: AnomalyWatch | None = None
+    #: counters and histograms for /metrics (one per process)
+    metrics: GatewayMetrics | None = None
 
     async def drain(self) -> None:
         """Store every event decided so far: those stored on their own, and those that

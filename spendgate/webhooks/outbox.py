@@ -43,6 +43,7 @@ __all__ = [
     "claim_due",
     "emit_event",
     "fan_out",
+    "pending_deliveries",
     "record_attempt",
     "resolve_incidents",
     "resolve_reset_periods",
@@ -349,3 +350,10 @@ async def _endpoint_health(
             org_id=org_id,
             dedup_key=f"webhook:{endpoint_id}:disabled:{since.isoformat()}",
         )
+
+
+async def pending_deliveries(engine: AsyncEngine) -> int:
+    """Deliveries not yet succeeded or given up (due now or waiting for a retry)."""
+    async with engine.connect() as conn:
+        count = await conn.scalar(sa.select(sa.func.count()).where(DL.c.status == "pending"))
+    return int(count or 0)
