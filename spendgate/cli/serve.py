@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import sys
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
@@ -16,6 +18,7 @@ from spendgate.cli.http import JsonOpt
 from spendgate.cli.output import console, err_console
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+Say = Callable[[str, str], None]
 
 
 def port_in_use(host: str, port: int) -> OSError | None:
@@ -30,7 +33,7 @@ def port_in_use(host: str, port: int) -> OSError | None:
     return None
 
 
-def _master_key(database_url: str) -> None:
+def _master_key(database_url: str, say: Say) -> None:
     """Without ``SPENDGATE_MASTER_KEY``: the key kept in the data directory (made and
     printed on the first start), so secrets encrypted with it still open after a restart."""
     from spendgate.security.master_key import kept_master_key, key_file
@@ -39,17 +42,17 @@ def _master_key(database_url: str) -> None:
     kept = kept_master_key(path)
     os.environ["SPENDGATE_MASTER_KEY"] = kept.key
     if kept.created:
-        err_console.print(
-            f"[yellow]SPENDGATE_MASTER_KEY is not set: generated a master key and kept it in "
-            f"{escape(str(path))} (mode 0600); the next start uses it again:[/]",
-            soft_wrap=True,
+        say(
+            "warning",
+            f"SPENDGATE_MASTER_KEY is not set: generated a master key and kept it in {path} "
+            "(mode 0600); the next start uses it again:",
         )
-        err_console.print(f"  export SPENDGATE_MASTER_KEY={kept.key}", soft_wrap=True)
+        say("shown", f"  export SPENDGATE_MASTER_KEY={kept.key}")
     else:
-        err_console.print(
-            f"[yellow]SPENDGATE_MASTER_KEY is not set: using the master key kept in "
-            f"{escape(str(path))}[/]  (export SPENDGATE_MASTER_KEY=$(cat {escape(str(path))}))",
-            soft_wrap=True,
+        say(
+            "warning",
+            f"SPENDGATE_MASTER_KEY is not set: using the master key kept in {path}  "
+            f"(export SPENDGATE_MASTER_KEY=$(cat {path}))",
         )
 
 
@@ -73,6 +76,8 @@ def serve(
     import uvicorn
 
     from spendgate.errors import ConfigError
+    from spendgate.observability.logs import configure
+    from spendgate.observability.workers import multiprocess_directory
     from spendgate.settings import load_settings
 
     if config:
@@ -82,36 +87,76 @@ def serve(
         os.environ["SPENDGATE_ALLOW_UNREADABLE_SECRETS"] = "1"
     try:
         settings = load_settings(demo=demo, host=host, port=port)
-        busy = port_in_use(settings.host, settings.port)
-        if busy is not None:
-            err_console.print(
-                f"[red]cannot listen on {settings.host}:{settings.port}:[/] {escape(str(busy))}",
-                soft_wrap=True,
-            )
-            raise typer.Exit(1)
-        if not settings.master_key:
-            _master_key(settings.database_url)
-            settings = load_settings(demo=demo, host=host, port=port)
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
+    log_config = configure(settings.log_level, settings.log_format)
+    say = _teller(settings.log_format)
+    busy = port_in_use(settings.host, settings.port)
+    if busy is not None:  # before a key is made or printed, or "listening" said
+        say("error", f"cannot listen on {settings.host}:{settings.port}: {busy}")
+        raise typer.Exit(1)
+    if not settings.master_key:
+        try:
+            _master_key(settings.database_url, say)
+            settings = load_settings(demo=demo, host=host, port=port)
+        except ConfigError as exc:
+            say("error", f"configuration error: {exc}")
+            raise typer.Exit(2) from exc
     if workers > 1 and not settings.redis_url:
-        err_console.print(
-            "[red]--workers > 1 needs SPENDGATE_REDIS_URL:[/] budget, wallet and "
-            "rate-limit counters live in each process otherwise, and caps would "
-            "not hold across workers."
+        say(
+            "error",
+            "--workers > 1 needs SPENDGATE_REDIS_URL: budget, wallet and rate-limit counters "
+            "live in each process otherwise, and caps would not hold across workers.",
         )
         raise typer.Exit(2)
     if demo:
-        err_console.print(
-            "[cyan]demo mode:[/] models demo-small and demo-large come from the "
-            "SIMULATED provider (deterministic fake replies, real prices)."
+        say(
+            "info",
+            "demo mode: models demo-small and demo-large come from the SIMULATED provider "
+            "(deterministic fake replies, real prices).",
         )
-    err_console.print(
+    say(
+        "info",
         f"spendgate listening on http://{settings.host}:{settings.port} "
-        f"(database {escape(settings.database_url)})",
-        soft_wrap=True,
+        f"(database {_without_password(settings.database_url)})",
     )
+    with multiprocess_directory(workers):
+        _run(uvicorn, settings, workers, log_config)
+
+
+def _without_password(url: str) -> str:
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "(unparsable URL)"
+
+
+def _teller(fmt: str) -> Callable[[str, str], None]:
+    """Messages for the person starting the gateway: Rich text, or JSON log lines (the
+    generated master key, ``shown``, goes to the terminal without a log handler)."""
+    from spendgate.observability.logs import console_line
+
+    log = logging.getLogger("spendgate.serve")
+    styles = {"warning": "[yellow]", "error": "[red]", "info": ""}
+
+    def say(level: str, message: str) -> None:
+        if fmt == "text":
+            style = styles.get(level, "")
+            text = escape(message)
+            err_console.print(f"{style}{text}[/]" if style else text, soft_wrap=True)
+        elif level == "shown":
+            console_line(message, "json", logger="spendgate.serve")
+        else:
+            log.log(logging.getLevelName(level.upper()), message)
+
+    return say
+
+
+def _run(uvicorn: Any, settings: Any, workers: int, log_config: dict[str, Any]) -> None:
     uvicorn.run(
         "spendgate.app:app_from_env",
         factory=True,
@@ -122,7 +167,8 @@ def serve(
         http="auto",
         lifespan="on",
         access_log=False,
-        log_level="info",
+        log_config=log_config,
+        log_level=settings.log_level,
         timeout_graceful_shutdown=30,
         server_header=False,
         proxy_headers=False,
@@ -138,12 +184,10 @@ def db_migrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply the Alembic migrations to the database."""
-    from sqlalchemy.engine import make_url
-
     from spendgate.store.database import migrate_url
 
     migrate_url(database_url, revision)
-    shown = make_url(database_url).render_as_string(hide_password=True)
+    shown = _without_password(database_url)
     if as_json:
         sys.stdout.write(json.dumps({"revision": revision, "database_url": shown}) + "\n")
     else:

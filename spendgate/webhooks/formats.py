@@ -73,6 +73,9 @@ def facts(event: Event) -> list[tuple[str, str]]:
     threshold = _threshold(d)
     if threshold:
         out.append(("Threshold", threshold))
+    if d.get("actual_usd") is not None and d.get("expected_usd") is not None:
+        spend = f"{_money(d['actual_usd'])}, expected {_money(d['expected_usd'])}"
+        out.append(("Spend this hour", spend))
     if d.get("percent_used") is not None:
         out.append(("Used", f"{d['percent_used']}%"))
     if d.get("outlook"):
