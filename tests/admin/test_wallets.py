@@ -100,10 +100,12 @@ def test_a_wallet_is_changed_and_closed_and_its_history_stays(gateway: RunningGa
     history = gateway.get(path)
     assert (history["status"], history["topped_up_usd"]) == ("closed", "0.000001")
     assert [t["amount_usd"] for t in gateway.get(f"{path}/topups")] == ["0.000001"]
-    assert audit_actions(gateway, made["id"]) == [
+    gateway.run(gateway.app.services.drain())  # enforcement facts are written off the call
+    actions = audit_actions(gateway, made["id"])
+    assert "wallet.depleted" in actions  # the refused call, an enforcement fact
+    assert [a for a in actions if a != "wallet.depleted"] == [
         "wallet.created",
         "wallet.updated",
-        "wallet.depleted",  # the refused call, an enforcement fact
         "wallet.closed",
     ]
     updated = gateway.get("/admin/audit", target=made["id"], action="wallet.updated")
