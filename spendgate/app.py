@@ -69,8 +69,15 @@ log = logging.getLogger("spendgate")
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 HOUSEKEEPING_SECONDS = 5.0
-#: how often one replica compares every budget's ledger spend with the thresholds fired
+#: how often one replica compares every budget's ledger spend with the thresholds fired,
+#: and (another lease) every live counter with the ledger
 SWEEP_SECONDS = 60.0
+#: a budget or wallet hold lapses this long after it was taken or last renewed ...
+HOLD_SECONDS = 60.0
+#: ... and the heartbeat renews the holds of every call still running this often
+HEARTBEAT_SECONDS = 10.0
+#: reconciliation compares only calls started this long ago (see ``Enforcer.reconcile``)
+RECONCILE_GRACE = timedelta(seconds=30)
 
 
 def _error_response(err: SpendgateError) -> JSONResponse:
@@ -203,6 +210,7 @@ class Gateway:
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._forecasts: asyncio.Task[None] | None = None
         workers = services.settings.forecast_workers
         # spawned, not forked: a fork of a process with driver threads can deadlock
@@ -280,6 +288,7 @@ class Gateway:
         await self.services.webhooks.start()
         await self.services.enforcer.refresh()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
         services = self.services
         self._forecasts = asyncio.create_task(
             refresh_loop(
@@ -329,11 +338,26 @@ class Gateway:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
+                    await self._reconcile(holder)
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
                 log.warning("housekeeping postponed, database unavailable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
+    async def _beat(self) -> None:
+        """Renew the holds of every call running here, every ``HEARTBEAT_SECONDS``."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.services.enforcer.renew_holds()
+            except Exception:  # outermost layer of a background loop: log and keep going
+                log.exception("renewing holds failed")
+
+    async def _reconcile(self, holder: str) -> None:
+        ttl = timedelta(seconds=SWEEP_SECONDS * 0.8)
+        if await take_lease(self.services.engine, "counter-reconcile", holder, self._now(), ttl):
+            await self.services.enforcer.reconcile(RECONCILE_GRACE)
 
     async def _sweep(self, holder: str) -> None:
         sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)
@@ -347,7 +371,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
-        for task in (self._housekeeping, self._forecasts):
+        for task in (self._housekeeping, self._heartbeat, self._forecasts):
             if task is not None:
                 task.cancel()
         if self._forecast_pool is not None:
@@ -411,7 +435,7 @@ def create_app(
         now=clock.now,
     )
     policies = PolicyStore(engine)
-    counters = counters_from_url(settings.redis_url)
+    counters = counters_from_url(settings.redis_url, prefix=settings.redis_prefix)
     events = EventSink(engine)
     enforcer = Enforcer(
         policies,
@@ -419,10 +443,10 @@ def create_app(
         ledger,
         clock,
         events.emit_once,
-        reservation_seconds=settings.upstream_timeout_seconds + 60,
+        reservation_seconds=HOLD_SECONDS,
     )
     rate_gate = RateGate(
-        rate_limiter_from_url(settings.redis_url),
+        rate_limiter_from_url(settings.redis_url, prefix=settings.redis_prefix),
         clock,
         events.emit_once,
         unlisted=settings.unlisted_models,
@@ -434,7 +458,11 @@ def create_app(
         engine=engine,
         directory=directory,
         ledger=ledger,
-        keys=KeyCache(directory.key_by_hash, ttl=settings.key_cache_seconds),
+        keys=KeyCache(
+            directory.key_by_hash,
+            ttl=settings.key_cache_seconds,
+            generation=lambda: enforcer.generation,
+        ),
         prices=PriceTable(),
         transports=transports or {"http": AiohttpTransport(), "simulated": SimulatedTransport()},
         events=events,

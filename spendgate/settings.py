@@ -82,6 +82,9 @@ class Settings:
     port: int = 4100
     database_url: str = "sqlite:///spendgate.db"
     redis_url: str | None = None
+    #: every Redis key this gateway writes starts with it (replicas that share counters
+    #: must share it; gateways sharing one Redis for separate fleets must not)
+    redis_prefix: str = "sg:"
     master_key: str | None = field(default=None, repr=False)
     demo: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
@@ -279,6 +282,7 @@ def load_settings(
         database_url=env.get("SPENDGATE_DATABASE_URL")
         or gateway.get("database_url", "sqlite:///spendgate.db"),
         redis_url=env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url"),
+        redis_prefix=env.get("SPENDGATE_REDIS_PREFIX") or gateway.get("redis_prefix", "sg:"),
         master_key=env.get("SPENDGATE_MASTER_KEY") or None,
         demo=demo,
         max_body_bytes=int(gateway.get("max_body_bytes", 10 * 1024 * 1024)),

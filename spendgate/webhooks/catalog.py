@@ -29,6 +29,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "usage.implausible",
     #: the database refused a ledger row; it was set aside in ``ledger_rejected`` (ours)
     "ledger.row_rejected",
+    #: a live counter had less spend than the ledger and was raised to it (ours)
+    "budget.counter_drift",
+    "wallet.counter_drift",
 )
 
 #: a budget event's ``threshold`` field → severity (alerts inform, soft warns, hard pages)
@@ -51,6 +54,8 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "webhook.endpoint_disabled": "warning",
     "usage.implausible": "warning",
     "ledger.row_rejected": "critical",
+    "budget.counter_drift": "warning",
+    "wallet.counter_drift": "warning",
 }
 
 TITLES: dict[str, str] = {
@@ -70,6 +75,8 @@ TITLES: dict[str, str] = {
     "webhook.endpoint_disabled": "Webhook endpoint disabled",
     "usage.implausible": "Implausible usage reported by a provider",
     "ledger.row_rejected": "Ledger row refused by the database",
+    "budget.counter_drift": "Budget counter repaired from the ledger",
+    "wallet.counter_drift": "Wallet counter repaired from the ledger",
 }
 
 

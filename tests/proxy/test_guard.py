@@ -21,7 +21,7 @@ import pytest
 from redis.asyncio import Redis
 
 from spendgate.core.rate_rules import CheckTemplate
-from spendgate.counters import Hold, Refusal, Settlement
+from spendgate.counters import Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
 from spendgate.counters.redis import RedisCounters
 from spendgate.counters.redis_pool import pooled_client
@@ -283,6 +283,13 @@ def money(rid: str, *holds: Hold) -> HoldPlan:
     )
 
 
+async def acquire(
+    joint: JointRedis, rate: RatePlan | None, money: HoldPlan | None
+) -> Denial | Refusal | Granted | Generation:
+    """The joint acquire, planned at the counters' current generation."""
+    return await joint.acquire(await joint.counters.generation(), rate, money)
+
+
 RPM_2 = Check("lim:requests", "requests", 2, 60.0, 1)
 SLOT = Check("lim:concurrency", "concurrency", 1, 0, 1)
 
@@ -296,7 +303,7 @@ async def test_a_counters_refusal_writes_no_rate_limit_entry(
 ) -> None:
     limiter, counters, joint = backends
     await counters.seed("b", 0)
-    refused = await joint.acquire(rate("r1", RPM_2, SLOT), money("m1", Hold("b", 50, cap=40)))
+    refused = await acquire(joint, rate("r1", RPM_2, SLOT), money("m1", Hold("b", 50, cap=40)))
     assert refused == Refusal("b", 0, 0, 40)
     assert await keys_under(limiter, "rl:*") == []
     assert await counters.state("b") is not None
@@ -311,7 +318,7 @@ async def test_a_rate_limit_denial_reserves_nothing(
     limiter, counters, joint = backends
     await counters.seed("b", 0)
     assert isinstance(await limiter.acquire("busy", [SLOT], T0, T0 + 600), Granted)
-    denied = await joint.acquire(rate("r1", RPM_2, SLOT), money("m1", Hold("b", 10, cap=40)))
+    denied = await acquire(joint, rate("r1", RPM_2, SLOT), money("m1", Hold("b", 10, cap=40)))
     assert isinstance(denied, Denial) and denied.check == SLOT and denied.used == 1
     state = await counters.state("b")
     assert state is not None and state.reserved == 0
@@ -325,9 +332,9 @@ async def test_both_granted_then_settled_together(
 ) -> None:
     limiter, counters, joint = backends
     await counters.seed("b", 100)
-    await counters.add_cap("w", 1_000)
+    await counters.seed("w", 0, cap=1_000)
     tokens = Check("lim:tokens", "tokens", 500, 60.0, 300)
-    granted = await joint.acquire(
+    granted = await acquire(joint, 
         rate("r1", RPM_2, tokens, SLOT),
         money("m1", Hold("b", 200, cap=1_000), Hold("w", 200, use_stored_cap=True)),
     )
@@ -354,7 +361,7 @@ async def test_finish_releases_either_half(
     await counters.seed("b", 0)
     for rid in ("gone", "failed"):
         assert isinstance(
-            await joint.acquire(rate(rid, RPM_2), money(f"m-{rid}", Hold("b", 10, cap=100))),
+            await acquire(joint, rate(rid, RPM_2), money(f"m-{rid}", Hold("b", 10, cap=100))),
             Granted,
         )
     assert await joint.finish("gone", None, "m-gone", None) == []
@@ -371,9 +378,9 @@ async def test_a_lone_half_works(
     """Rate limits without budgets, budgets without rate limits: still one script each."""
     _, counters, joint = backends
     await counters.seed("b", 0)
-    only_rate = await joint.acquire(rate("r1", RPM_2), None)
+    only_rate = await acquire(joint, rate("r1", RPM_2), None)
     assert isinstance(only_rate, Granted) and only_rate.results[0].remaining == 1
-    assert await joint.acquire(None, money("m1", Hold("b", 10, cap=100))) == Granted(())
+    assert await acquire(joint, None, money("m1", Hold("b", 10, cap=100))) == Granted(())
     assert await joint.finish("r1", {}, None, None) == []
     assert await joint.finish(None, None, "m1", [Settlement("b", 10, 4)]) == [(0, 4, None)]
 
