@@ -22,6 +22,7 @@ against, so the worst case has to bound what the provider will bill:
     provider generates and bills ``best_of`` answers and returns ``n``); one for
     Responses and Anthropic, which have no such field.
 * **embeddings**: input only.
+* at most ``MAX_TOKENS_PER_CALL`` output tokens, the most any call is recorded with.
 
 Built-in tool fees billed per use (web search, code interpreter sessions) are not
 token usage and are not in the price table; they are not part of the worst case.
@@ -33,7 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from spendgate.core.usage import TokenUsage
+from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 
 #: the most answers one request may ask for (OpenAI's own limit for ``n``)
 MAX_CHOICES = 128
@@ -119,5 +120,7 @@ def worst_case(
         cap = default_max_tokens
         if kind != "message":
             send = (cap_field(kind, provider_kind), cap)
-    output = cap * answers(payload, kind)
+    # no call is ever recorded above MAX_TOKENS_PER_CALL (``usage.plausible``), so no
+    # worst case needs to be: it keeps every hold far inside the counters' exact range
+    output = min(cap * answers(payload, kind), MAX_TOKENS_PER_CALL)
     return WorstCase(TokenUsage(input_tokens=prompt, output_tokens=output), send)
