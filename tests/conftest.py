@@ -86,6 +86,9 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     fake_app.stream_delay_seconds = 0.0
     fake_app.drop_stream_after = None
     fake_app.required_api_key = None
+    if fake_app.stream_gate is not None:
+        fake_app.stream_gate.set()
+        fake_app.stream_gate = None
     fake_app.requests.clear()
 
 

@@ -15,6 +15,8 @@ Knobs are plain attributes, set by the test that needs them:
   before any usage or ``[DONE]``.
 * ``required_api_key``              demand ``Authorization: Bearer``, ``x-api-key`` or
   ``api-key`` carrying it, else 401.
+* ``stream_gate``                   a ``threading.Event``: streams send their first event,
+  then wait for it to be set before the rest (a call held open as long as a test likes).
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class FakeUpstream:
         self.stream_delay_seconds: float = 0.0
         self.drop_stream_after: int | None = None
         self.required_api_key: str | None = None
+        self.stream_gate: threading.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -222,6 +225,8 @@ class FakeUpstream:
         for n, event in enumerate(events):
             if drop is not None and n >= drop:
                 return  # no final body message: the server closes the connection mid-stream
+            if n == 1 and self.stream_gate is not None:
+                await asyncio.to_thread(self.stream_gate.wait)
             if n and self.stream_delay_seconds:
                 await asyncio.sleep(self.stream_delay_seconds)
             await send({"type": "http.response.body", "body": event, "more_body": True})
