@@ -32,6 +32,7 @@ from spendgate.counters import Counters, Generation, Refusal, Settlement
 from spendgate.counters.redis import RedisCounters
 from spendgate.guard.enforcement import Admission, Enforcer
 from spendgate.guard.redis import JointRedis, same_database
+from spendgate.guard.shared_read import SharedRead
 from spendgate.ratelimit import RateLimiter
 from spendgate.ratelimit.gate import RateAdmission, RateGate
 from spendgate.ratelimit.redis import RedisRateLimiter
@@ -74,6 +75,8 @@ class CallGuard:
         self._rate = rate_gate
         self._enforcer = enforcer
         self._joint = joint_backend(rate_gate.limiter, enforcer.counters)
+        #: the generation read of calls with nothing to hold, shared while one is in flight
+        self._generation = SharedRead(enforcer.counters.generation)
 
     @property
     def joint(self) -> bool:
@@ -126,7 +129,7 @@ class CallGuard:
         ``fail_open``: a call with nothing to hold goes on if Redis cannot be reached
         (nothing it could be held against is reachable either; see the README)."""
         try:
-            current = await self._enforcer.counters.generation()
+            current = await self._generation()
         except RedisError as exc:
             if not fail_open:
                 raise
