@@ -49,7 +49,7 @@ class SharedRead(Generic[T]):
     async def _serve(self, batch: list[asyncio.Future[T]]) -> None:
         try:
             result = await self._read()
-        except Exception as exc:  # every waiter gets the error, as a caller of its own would
+        except Exception as exc:  # noqa: BLE001 - each waiter gets it, as its own read would raise
             for future in batch:
                 if not future.done():
                     future.set_exception(exc)

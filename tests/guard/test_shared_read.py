@@ -18,10 +18,12 @@ class Source:
         self.value = 0
         self.reads = 0
         self.release = asyncio.Event()
+        self.began = asyncio.Event()
 
     async def read(self) -> int:
         seen = self.value
         self.reads += 1
+        self.began.set()
         await self.release.wait()
         self.release.clear()
         return seen
@@ -34,14 +36,14 @@ async def test_callers_during_a_read_share_the_next_one() -> None:
     source = Source()
     shared = SharedRead(source.read)
     first = asyncio.ensure_future(shared())
-    await asyncio.sleep(0)
+    await source.began.wait()
     source.value = 7  # a change committed after the first read started
     later = [asyncio.ensure_future(shared()) for _ in range(5)]
     await asyncio.sleep(0)
+    source.began.clear()
     source.release.set()
     assert await first == 0
-    while source.reads < 2:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(source.began.wait(), 5)  # the second read
     source.release.set()
     assert await asyncio.gather(*later) == [7] * 5
     assert source.reads == 2
@@ -49,9 +51,9 @@ async def test_callers_during_a_read_share_the_next_one() -> None:
 
 
 async def _one_more(shared: SharedRead[int], source: Source) -> int:
+    source.began.clear()
     pending = asyncio.ensure_future(shared())
-    while source.reads < 3:
-        await asyncio.sleep(0)
+    await asyncio.wait_for(source.began.wait(), 5)
     source.release.set()
     return await pending
 
