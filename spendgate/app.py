@@ -69,15 +69,12 @@ log = logging.getLogger("spendgate")
 
 ADMIN_BODY_LIMIT = 1024 * 1024
 HOUSEKEEPING_SECONDS = 5.0
-#: how often one replica compares every budget's ledger spend with the thresholds fired,
-#: and (another lease) every live counter with the ledger
+#: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
 #: a budget or wallet hold lapses this long after it was taken or last renewed ...
 HOLD_SECONDS = 60.0
 #: ... and the heartbeat renews the holds of every call still running this often
 HEARTBEAT_SECONDS = 10.0
-#: reconciliation compares only calls started this long ago (see ``Enforcer.reconcile``)
-RECONCILE_GRACE = timedelta(seconds=30)
 
 
 def _error_response(err: SpendgateError) -> JSONResponse:
@@ -325,10 +322,12 @@ class Gateway:
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
-        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds."""
+        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds, and
+        every ``reconcile_seconds`` one replica raises live counters to the ledger."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
+        next_sweep = next_reconcile = loop.time()
+        settings = self.services.settings
         while True:
             try:
                 await self.services.enforcer.reap()
@@ -338,6 +337,8 @@ class Gateway:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
+                if loop.time() >= next_reconcile:
+                    next_reconcile = loop.time() + settings.reconcile_seconds
                     await self._reconcile(holder)
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
                 log.warning("housekeeping postponed, database unavailable: %s", exc)
@@ -355,9 +356,11 @@ class Gateway:
                 log.exception("renewing holds failed")
 
     async def _reconcile(self, holder: str) -> None:
-        ttl = timedelta(seconds=SWEEP_SECONDS * 0.8)
+        settings = self.services.settings
+        ttl = timedelta(seconds=settings.reconcile_seconds * 0.8)
         if await take_lease(self.services.engine, "counter-reconcile", holder, self._now(), ttl):
-            await self.services.enforcer.reconcile(RECONCILE_GRACE)
+            grace = timedelta(seconds=settings.reconcile_grace_seconds)
+            await self.services.enforcer.reconcile(grace)
 
     async def _sweep(self, holder: str) -> None:
         sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)

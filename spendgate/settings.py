@@ -104,6 +104,10 @@ class Settings:
     spool_dir: str | None = None
     #: past this much unwritten spool, new calls are refused with 503
     spool_max_bytes: int = 1024 * 1024 * 1024
+    #: how often one replica (by lease) raises live counters to the ledger's spend, and how
+    #: long ago a call must have started to be compared (see ``Enforcer.reconcile``)
+    reconcile_seconds: float = 60.0
+    reconcile_grace_seconds: float = 30.0
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
 
 
@@ -303,6 +307,12 @@ def load_settings(
         spool_dir=env.get("SPENDGATE_SPOOL_DIR") or gateway.get("spool_dir"),
         spool_max_bytes=_non_negative_int(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
+        ),
+        reconcile_seconds=_at_least(
+            gateway.get("reconcile_seconds", 60.0), 1, "gateway.reconcile_seconds"
+        ),
+        reconcile_grace_seconds=_at_least(
+            gateway.get("reconcile_grace_seconds", 30.0), 0, "gateway.reconcile_grace_seconds"
         ),
         models=models,
     )

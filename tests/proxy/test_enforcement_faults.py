@@ -21,6 +21,7 @@ import asyncpg
 import httpx
 import openai
 import pytest
+from redis.asyncio import Redis
 
 from spendgate.testing.processes import ManagedProcess, PrivateRedis, Replica, UpstreamProcess
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL, _pg_create, _pg_drop
@@ -69,11 +70,12 @@ async def until_drained(client: httpx.AsyncClient, url: str) -> None:
     raise AssertionError(f"{url} kept ledger rows pending")
 
 
-def write_config(tmp_path: Path, upstream: ManagedProcess) -> Path:
+def write_config(tmp_path: Path, upstream: ManagedProcess, extra: str = "") -> Path:
     config = tmp_path / "spendgate.toml"
     config.write_text(f"""
 [gateway]
 ledger_flush_seconds = 0.05
+{extra}
 [providers.openai]
 kind = "openai"
 base_url = "{upstream.url}/v1"
@@ -87,9 +89,14 @@ default_max_tokens = 1000
 
 
 def start_fleet(
-    tmp_path: Path, upstream: ManagedProcess, database: str, redis_url: str, prefix: str
+    tmp_path: Path,
+    upstream: ManagedProcess,
+    database: str,
+    redis_url: str,
+    prefix: str,
+    extra: str = "",
 ) -> list[ManagedProcess]:
-    config = write_config(tmp_path, upstream)
+    config = write_config(tmp_path, upstream, extra)
     env = {
         "SPENDGATE_MASTER_KEY": MASTER,
         "SPENDGATE_DATABASE_URL": database,
@@ -270,3 +277,45 @@ async def test_redis_restarted_empty_mid_period_is_seeded_again_from_the_ledger(
     total = await fleet.spent(key["id"])
     assert total <= cap, f"spent {total} on a {cap} cap (before the restart {recorded})"
     assert any("counters were lost" in r.output() for r in fleet.replicas)
+
+
+async def test_a_counter_that_lost_spend_is_repaired_from_the_ledger(
+    tmp_path: Path, upstream: ManagedProcess, database: str
+) -> None:
+    """Replicas that reconcile every second: spend made, then the budget's live counter
+    loses most of it (as a settle that never reached Redis would). Within a few
+    seconds one replica raises it to the ledger's figure and announces the drift once;
+    a hard cap is then enforced against the true spend: the next storm adds nothing
+    past it."""
+    prefix = f"sgtest:{uuid.uuid4().hex}:"
+    extra = "reconcile_seconds = 1\nreconcile_grace_seconds = 0"
+    fleet = Fleet(start_fleet(tmp_path, upstream, database, REDIS_URL, prefix, extra), database)
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        key = fleet.new_key()
+        cap = Decimal("0.0004")
+        made = fleet.admin(0, "POST", "/admin/budgets", hard_budget(key["id"], cap))
+        while await fleet.spent(key["id"]) < cap * Decimal("0.7"):
+            assert set(await storm(fleet, key["key"], 6, max_tokens=20)) == {200}
+        spent = await fleet.spent(key["id"])
+        period = fleet.admin(0, "GET", f"/admin/budgets/{made['id']}/status")["period_key"]
+        await redis.hset(f"{prefix}b:{made['id']}:{period}", "spent", 0)
+
+        async def repaired() -> bool:
+            status = fleet.admin(1, "GET", f"/admin/budgets/{made['id']}/status")
+            return Decimal(status["spent_usd"]) == spent
+
+        for _ in range(300):
+            if await repaired():
+                break
+            await asyncio.sleep(0.05)
+        assert await repaired(), "the counter was not raised to the ledger's figure"
+        events = fleet.admin(2, "GET", "/admin/events?type=budget.counter_drift")
+        assert [Decimal(e["data"]["repaired_usd"]) for e in events] == [spent]
+        statuses = await storm(fleet, key["key"], 60, max_tokens=20)
+        assert statuses.count(429) >= 30
+        assert await fleet.spent(key["id"]) <= cap
+    finally:
+        await redis.aclose()
+        for replica in fleet.replicas:
+            replica.close()
