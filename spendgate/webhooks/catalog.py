@@ -32,6 +32,9 @@ EVENT_TYPES: tuple[str, ...] = (
     #: a live counter had less spend than the ledger and was raised to it (ours)
     "budget.counter_drift",
     "wallet.counter_drift",
+    #: an hour's spend (or the running hour's) left its usual band; and came back (ours)
+    "spend.anomaly",
+    "spend.anomaly_resolved",
 )
 
 #: a budget event's ``threshold`` field → severity (alerts inform, soft warns, hard pages)
@@ -56,6 +59,8 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "ledger.row_rejected": "critical",
     "budget.counter_drift": "warning",
     "wallet.counter_drift": "warning",
+    "spend.anomaly": "critical",
+    "spend.anomaly_resolved": "info",
 }
 
 TITLES: dict[str, str] = {
@@ -77,6 +82,8 @@ TITLES: dict[str, str] = {
     "ledger.row_rejected": "Ledger row refused by the database",
     "budget.counter_drift": "Budget counter repaired from the ledger",
     "wallet.counter_drift": "Wallet counter repaired from the ledger",
+    "spend.anomaly": "Spend anomaly",
+    "spend.anomaly_resolved": "Spend anomaly resolved",
 }
 
 
