@@ -45,6 +45,7 @@ from spendgate.counters.factory import counters_from_url
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import DatabaseUnavailable, PayloadTooLarge, SpendgateError
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.reconcile import Reconciler
 from spendgate.guard.sweeper import ThresholdSweeper
 from spendgate.observability.logs import AdminRequestIds, console_line
 from spendgate.observability.metrics import GatewayMetrics
@@ -392,11 +393,12 @@ class Gateway:
                 log.exception("renewing holds failed")
 
     async def _reconcile(self, holder: str) -> None:
-        settings = self.services.settings
+        settings, reconciler = self.services.settings, self.services.reconciler
         ttl = timedelta(seconds=settings.reconcile_seconds * 0.8)
-        if await take_lease(self.services.engine, "counter-reconcile", holder, self._now(), ttl):
-            grace = timedelta(seconds=settings.reconcile_grace_seconds)
-            await self.services.enforcer.reconcile(grace)
+        if reconciler is not None and await take_lease(
+            self.services.engine, "counter-reconcile", holder, self._now(), ttl
+        ):
+            await reconciler.reconcile(timedelta(seconds=settings.reconcile_grace_seconds))
 
     async def _sweep(self, holder: str) -> None:
         sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)
@@ -527,6 +529,7 @@ def create_app(
         audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
+        reconciler=Reconciler(policies, enforcer, ledger, clock, events.emit_once),
         anomalies=AnomalyWatch(
             engine,
             settings.anomaly_params,

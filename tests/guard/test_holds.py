@@ -122,11 +122,12 @@ def test_reconciliation_raises_a_counter_to_the_ledger_and_says_so(
     gw.clock.advance(60)
     young = Decimal(chat(gw, key["key"]).headers["x-spendgate-cost-usd"])  # within grace
 
-    enforcer = gw.app.services.enforcer
-    assert gw.run(enforcer.reconcile(timedelta(seconds=30))) == 2
+    reconciler = gw.app.services.reconciler
+    assert reconciler is not None
+    assert gw.run(reconciler.reconcile(timedelta(seconds=30))) == 2
     status = gw.get(f"/admin/budgets/{made['id']}/status")
     assert Decimal(status["spent_usd"]) == sum(costs)  # short of the young call
-    assert gw.run(enforcer.reconcile(timedelta(seconds=30))) == 0
+    assert gw.run(reconciler.reconcile(timedelta(seconds=30))) == 0
     gw.run(gw.app.services.events.drain())
     [drift] = gw.get("/admin/events", type="budget.counter_drift")
     assert drift["data"]["budget_id"] == made["id"]
@@ -136,7 +137,7 @@ def test_reconciliation_raises_a_counter_to_the_ledger_and_says_so(
     [wallet_drift] = gw.get("/admin/events", type="wallet.counter_drift")
     assert wallet_drift["data"]["wallet_id"] == wallet["id"]
     gw.clock.advance(60)
-    assert gw.run(enforcer.reconcile(timedelta(seconds=30))) == 2
+    assert gw.run(reconciler.reconcile(timedelta(seconds=30))) == 2
     status = gw.get(f"/admin/budgets/{made['id']}/status")
     assert Decimal(status["spent_usd"]) == sum(costs) + young
     state = gw.run(gw.app.services.counters.state(wallet_bucket_of(gw, wallet["id"])))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -106,13 +108,18 @@ def start_fleet(
     }
     replicas = [Replica.start(tmp_path, env, config=config, workdir=tmp_path)]
     # the first one migrated the database; the others start side by side
-    replicas += [Replica.start(tmp_path, env, config=config, workdir=tmp_path) for _ in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        starting = [
+            pool.submit(Replica.start, tmp_path, env, config=config, workdir=tmp_path)
+            for _ in range(2)
+        ]
+        replicas += [future.result() for future in starting]
     return replicas
 
 
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL."""
+@contextmanager
+def fresh_database() -> Iterator[str]:
+    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
     name = f"sg_test_{uuid.uuid4().hex[:12]}"
     asyncio.run(_pg_create(name))
     try:
@@ -122,20 +129,30 @@ def database() -> Iterator[str]:
 
 
 @pytest.fixture
+def database() -> Iterator[str]:
+    with fresh_database() as url:
+        yield url
+
+
+@pytest.fixture
 def upstream(tmp_path: Path) -> Iterator[ManagedProcess]:
     with UpstreamProcess.start(tmp_path) as process:
         yield process
 
 
-@pytest.fixture
-def fleet(tmp_path: Path, upstream: ManagedProcess, database: str) -> Iterator[Fleet]:
-    """Three replicas on the machine's PostgreSQL and Redis."""
-    replicas = start_fleet(tmp_path, upstream, database, REDIS_URL, f"sgtest:{uuid.uuid4().hex}:")
-    try:
-        yield Fleet(replicas, database)
-    finally:
-        for replica in replicas:
-            replica.close()
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    """Three replicas on the machine's PostgreSQL and Redis, shared by the tests that
+    only need keys of their own (starting three replicas is most of a test's time)."""
+    tmp_path = tmp_path_factory.mktemp("fleet")
+    with fresh_database() as database, UpstreamProcess.start(tmp_path) as upstream:
+        prefix = f"sgtest:{uuid.uuid4().hex}:"
+        replicas = start_fleet(tmp_path, upstream, database, REDIS_URL, prefix)
+        try:
+            yield Fleet(replicas, database)
+        finally:
+            for replica in replicas:
+                replica.close()
 
 
 def hard_budget(key_id: str, amount: Decimal) -> dict[str, Any]:
