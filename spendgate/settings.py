@@ -108,7 +108,7 @@ class Settings:
     #: past this much unwritten spool, new calls are refused with 503
     spool_max_bytes: int = 1024 * 1024 * 1024
     #: how often one replica (by lease) raises live counters to the ledger's spend, and how
-    #: long ago a call must have started to be compared (see ``Enforcer.reconcile``)
+    #: long ago a call must have started to be compared (see ``guard.reconcile``)
     reconcile_seconds: float = 60.0
     reconcile_grace_seconds: float = 30.0
     #: logging: spendgate's and uvicorn's level, and ``json`` (one object a line) or ``text``

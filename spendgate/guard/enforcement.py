@@ -208,10 +208,11 @@ class Enforcer:
         return await self._policies()
 
     async def _policies(self) -> PolicySnapshot:
-        if self._clock.monotonic() - self._loaded_at > self._refresh_seconds:
+        if self._stale():
             try:
                 async with self._refresh_lock:
-                    await self.refresh()
+                    if self._stale():  # the calls that waited for this lock: reloaded
+                        await self.refresh()
             except (SQLAlchemyError, OSError) as exc:
                 if self._loaded_at == float("-inf"):
                     raise
@@ -220,6 +221,9 @@ class Enforcer:
                 log.warning("policy refresh failed, serving the last snapshot: %s", exc)
                 self._loaded_at = self._clock.monotonic()
         return self._snapshot
+
+    def _stale(self) -> bool:
+        return self._clock.monotonic() - self._loaded_at > self._refresh_seconds
 
     def applicable(
         self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
