@@ -13,6 +13,9 @@ Test knobs, read from the prompt text and ignored otherwise:
 * ``[[reasoning:N]]``    N reasoning tokens, counted inside the completion tokens.
 * ``[[cache_write:N]]``  (Anthropic) N prompt tokens were written to the cache.
 
+``n`` (Chat Completions, Completions) and ``best_of`` (Completions) are honoured the
+way the provider bills them: every answer generated counts in the completion tokens.
+
 Bad input raises :class:`~spendgate.errors.InvalidRequest` inside the stream builders;
 the ``*_response`` functions render it as the provider's error body instead.
 """
@@ -25,7 +28,7 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -56,6 +59,8 @@ class Reply:
     cache_write_tokens: int
     reasoning_tokens: int
     truncated: bool
+    #: answers returned (``n``); completion tokens count every answer generated
+    choices: int = 1
 
     @property
     def text(self) -> str:
@@ -171,9 +176,26 @@ def _reply(model: str, texts: list[str], cap: int | None) -> Reply:
     )  # fmt: skip
 
 
+def _count(body: dict[str, Any], field: str) -> int:
+    value = body.get(field, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        raise InvalidRequest(f"{field} must be an integer from 1 to 128", param=field)
+    return value
+
+
 def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     """The simulated answer to an OpenAI chat/completions/responses request."""
-    return _reply(body.get("model", ""), _openai_prompt(path, body), _cap(body))
+    reply = _reply(body.get("model", ""), _openai_prompt(path, body), _cap(body))
+    if path not in _CHAT_PATHS:
+        return reply
+    n = _count(body, "n")
+    generated = max(n, _count(body, "best_of")) if path == "/completions" else n
+    return replace(
+        reply,
+        choices=n,
+        completion_tokens=reply.completion_tokens * generated,
+        reasoning_tokens=reply.reasoning_tokens * generated,
+    )
 
 
 def anthropic_reply(body: dict[str, Any]) -> Reply:
@@ -223,7 +245,8 @@ def _chat_object(r: Reply) -> dict[str, Any]:
         "id": f"chatcmpl-{r.key[:24]}", "object": "chat.completion", "created": r.created,
         "model": r.model, "system_fingerprint": "fp_simulated",
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(r)}
+            {"index": i, "message": message, "logprobs": None, "finish_reason": _finish(r)}
+            for i in range(r.choices)
         ],
         "usage": _chat_usage(r),
     }  # fmt: skip
