@@ -47,6 +47,7 @@ from spendgate.counters.factory import counters_from_url
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import DatabaseUnavailable, PayloadTooLarge, SpendgateError
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.reconcile import Reconciler
 from spendgate.guard.sweeper import ThresholdSweeper
 from spendgate.observability.logs import AdminRequestIds, console_line
 from spendgate.observability.metrics import GatewayMetrics
@@ -79,6 +80,10 @@ ADMIN_BODY_LIMIT = 1024 * 1024
 HOUSEKEEPING_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
+#: a budget or wallet hold lapses this long after it was taken or last renewed ...
+HOLD_SECONDS = 60.0
+#: ... and the heartbeat renews the holds of every call still running this often
+HEARTBEAT_SECONDS = 10.0
 
 
 class StartupRefused(Exception):
@@ -231,6 +236,7 @@ class Gateway:
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
         self._forecasts: asyncio.Task[None] | None = None
         workers = services.settings.forecast_workers
         # spawned, not forked: a fork of a process with driver threads can deadlock
@@ -322,6 +328,7 @@ class Gateway:
         await self.services.webhooks.start()
         await self.services.enforcer.refresh()
         self._housekeeping = asyncio.create_task(self._housekeep(), name="housekeeping")
+        self._heartbeat = asyncio.create_task(self._beat(), name="heartbeat")
         services = self.services
         self._forecasts = asyncio.create_task(
             refresh_loop(
@@ -378,10 +385,12 @@ class Gateway:
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
-        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds."""
+        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds, and
+        every ``reconcile_seconds`` one replica raises live counters to the ledger."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
-        next_sweep = next_anomaly_check = loop.time()
+        next_sweep = next_reconcile = next_anomaly_check = loop.time()
+        settings = self.services.settings
         while True:
             try:
                 await self.services.enforcer.reap()
@@ -391,6 +400,9 @@ class Gateway:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
+                if loop.time() >= next_reconcile:
+                    next_reconcile = loop.time() + settings.reconcile_seconds
+                    await self._reconcile(holder)
                 every = self.services.settings.anomaly_check_seconds
                 if every > 0 and loop.time() >= next_anomaly_check:
                     next_anomaly_check = loop.time() + every
@@ -400,6 +412,23 @@ class Gateway:
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
+
+    async def _beat(self) -> None:
+        """Renew the holds of every call running here, every ``HEARTBEAT_SECONDS``."""
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.services.enforcer.renew_holds()
+            except Exception:  # outermost layer of a background loop: log and keep going
+                log.exception("renewing holds failed")
+
+    async def _reconcile(self, holder: str) -> None:
+        settings, reconciler = self.services.settings, self.services.reconciler
+        ttl = timedelta(seconds=settings.reconcile_seconds * 0.8)
+        if reconciler is not None and await take_lease(
+            self.services.engine, "counter-reconcile", holder, self._now(), ttl
+        ):
+            await reconciler.reconcile(timedelta(seconds=settings.reconcile_grace_seconds))
 
     async def _sweep(self, holder: str) -> None:
         sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)
@@ -425,7 +454,7 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
-        for task in (self._housekeeping, self._forecasts):
+        for task in (self._housekeeping, self._heartbeat, self._forecasts):
             if task is not None:
                 task.cancel()
         if self._forecast_pool is not None:
@@ -493,7 +522,7 @@ def create_app(
         now=clock.now,
     )
     policies = PolicyStore(engine)
-    counters = counters_from_url(settings.redis_url)
+    counters = counters_from_url(settings.redis_url, prefix=settings.redis_prefix)
     events = EventSink(engine)
     enforcer = Enforcer(
         policies,
@@ -501,12 +530,12 @@ def create_app(
         ledger,
         clock,
         events.emit_once,
-        reservation_seconds=settings.upstream_timeout_seconds + 60,
+        reservation_seconds=HOLD_SECONDS,
     )
     metrics = GatewayMetrics(clock.monotonic)
     metrics.watch(engine)
     rate_gate = RateGate(
-        rate_limiter_from_url(settings.redis_url),
+        rate_limiter_from_url(settings.redis_url, prefix=settings.redis_prefix),
         clock,
         events.emit_once,
         unlisted=settings.unlisted_models,
@@ -518,7 +547,11 @@ def create_app(
         engine=engine,
         directory=directory,
         ledger=ledger,
-        keys=KeyCache(directory.key_by_hash, ttl=settings.key_cache_seconds),
+        keys=KeyCache(
+            directory.key_by_hash,
+            ttl=settings.key_cache_seconds,
+            generation=lambda: enforcer.generation,
+        ),
         prices=PriceTable(),
         transports=transports or {"http": AiohttpTransport(), "simulated": SimulatedTransport()},
         events=events,
@@ -532,8 +565,12 @@ def create_app(
         audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
+        reconciler=Reconciler(policies, enforcer, ledger, clock, events.emit_once),
         anomalies=AnomalyWatch(
-            engine, settings.anomaly_params, policy_changed=enforcer.refresh, flush=ledger.flush
+            engine,
+            settings.anomaly_params,
+            policy_changed=enforcer.policy_changed,
+            flush=ledger.flush,
         ),
         metrics=metrics,
     )

@@ -16,6 +16,7 @@ from spendgate.core.clock import Clock
 from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.reconcile import Reconciler
 from spendgate.guard.sweeper import ThresholdSweeper
 from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy.auth import KeyCache
@@ -103,6 +104,8 @@ class Services:
     auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
     #: thresholds reached in the ledger but never fired (on start, periodically, on change)
     sweeper: ThresholdSweeper | None = None
+    #: live counters raised to the ledger's spend where they missed some (periodically)
+    reconciler: Reconciler | None = None
     #: checks every key's, team's and model's hourly spend against its usual band
     anomalies: AnomalyWatch | None = None
     #: counters and histograms for /metrics (one per process)

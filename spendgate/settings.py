@@ -85,6 +85,9 @@ class Settings:
     port: int = 4100
     database_url: str = "sqlite:///spendgate.db"
     redis_url: str | None = None
+    #: every Redis key this gateway writes starts with it (replicas that share counters
+    #: must share it; gateways sharing one Redis for separate fleets must not)
+    redis_prefix: str = "sg:"
     master_key: str | None = field(default=None, repr=False)
     demo: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
@@ -109,6 +112,10 @@ class Settings:
     #: where people reach the console: the base of links in Slack, PagerDuty and e-mail
     #: (``SPENDGATE_PUBLIC_URL`` or ``[gateway] public_url``; default this server's address)
     public_url: str = "http://127.0.0.1:4100"
+    #: how often one replica (by lease) raises live counters to the ledger's spend, and how
+    #: long ago a call must have started to be compared (see ``guard.reconcile``)
+    reconcile_seconds: float = 60.0
+    reconcile_grace_seconds: float = 30.0
     #: logging: spendgate's and uvicorn's level, and ``json`` (one object a line) or ``text``
     log_level: str = "info"
     log_format: Literal["json", "text"] = "text"
@@ -323,6 +330,7 @@ def load_settings(
         database_url=env.get("SPENDGATE_DATABASE_URL")
         or gateway.get("database_url", "sqlite:///spendgate.db"),
         redis_url=env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url"),
+        redis_prefix=env.get("SPENDGATE_REDIS_PREFIX") or gateway.get("redis_prefix", "sg:"),
         master_key=env.get("SPENDGATE_MASTER_KEY") or None,
         demo=demo,
         max_body_bytes=int(gateway.get("max_body_bytes", 10 * 1024 * 1024)),
@@ -347,6 +355,12 @@ def load_settings(
         allow_unreadable_secrets=env.get("SPENDGATE_ALLOW_UNREADABLE_SECRETS", "") == "1",
         public_url=_public_url(
             env.get("SPENDGATE_PUBLIC_URL") or gateway.get("public_url"), f"http://{host}:{port}"
+        ),
+        reconcile_seconds=_at_least(
+            gateway.get("reconcile_seconds", 60.0), 1, "gateway.reconcile_seconds"
+        ),
+        reconcile_grace_seconds=_at_least(
+            gateway.get("reconcile_grace_seconds", 30.0), 0, "gateway.reconcile_grace_seconds"
         ),
         **_observability(gateway, env),
         models=models,

@@ -86,6 +86,9 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     fake_app.stream_delay_seconds = 0.0
     fake_app.drop_stream_after = None
     fake_app.required_api_key = None
+    if fake_app.stream_gate is not None:
+        fake_app.stream_gate.set()
+        fake_app.stream_gate = None
     fake_app.requests.clear()
 
 
@@ -240,6 +243,8 @@ def start_gateway(
     if database_url.startswith("postgresql"):
         # the scale-out pairing: PostgreSQL for the ledger, Redis for live counters
         env["SPENDGATE_REDIS_URL"] = REDIS_URL
+    # a key prefix of its own: other tests' policy changes never reach this gateway
+    env["SPENDGATE_REDIS_PREFIX"] = f"sgtest:{uuid.uuid4().hex}:"
     env.update(env_extra or {})
     settings = load_settings(config_path=str(config), env=env, demo=demo)
     clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))

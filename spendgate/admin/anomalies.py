@@ -208,7 +208,7 @@ async def acknowledge(
             after=after,
         )
     if lifted is not None:
-        await svc.enforcer.refresh()
+        await svc.enforcer.policy_changed()
     return anomaly_out(await _reread(svc, anomaly_id))
 
 
@@ -239,7 +239,7 @@ async def lift(
             owner=owner,
             after={"note": body.note, "action": lifted},
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     return anomaly_out(await _reread(svc, anomaly_id))
 
 

@@ -136,7 +136,7 @@ async def create_budget(
             owner=owner,
             after=budget_out(row),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     await _sweep_new_levels(svc, row["id"])
     return budget_out(row)
 
@@ -193,7 +193,7 @@ async def update_budget(
             before=budget_out(current),
             after=budget_out({**merged, "updated_at": now}),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     await _sweep_new_levels(svc, budget_id)
     return budget_out(await svc.policies.get_budget(budget_id))
 
@@ -220,7 +220,7 @@ async def delete_budget(
             owner=owner,
             before=budget_out(current),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
 
 
 @router.get(
@@ -331,7 +331,7 @@ async def grant_exception(
             owner=owner,
             after=exception_out(row),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     return exception_out(row)
 
 

@@ -72,7 +72,7 @@ async def create_rate_limit(
             owner=owner,
             after=limit_out(row),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     return limit_out(row)
 
 
@@ -120,7 +120,7 @@ async def update_rate_limit(
             before=limit_out(current),
             after=limit_out(row),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     return limit_out(row)
 
 
@@ -143,4 +143,4 @@ async def delete_rate_limit(
             owner=owner,
             before=limit_out(current),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()

@@ -421,6 +421,7 @@ async def revoke_key(
                 org_id=after["org_id"],
             )
     svc.keys.forget_key_id(key_id)
+    await svc.enforcer.policy_changed()
     return after
 
 
@@ -449,6 +450,7 @@ async def rotate_key(
             after=without_secret(key),
         )
     svc.keys.forget(old_hash)
+    await svc.enforcer.policy_changed()
     return key
 
 

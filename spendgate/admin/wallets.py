@@ -147,7 +147,7 @@ async def create_wallet(
             owner=owner,
             after={**row, "initial_topup_usd": body.initial_topup_usd},
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     return await wallet_out(svc, row)
 
 
@@ -197,7 +197,7 @@ async def update_wallet(
             before=_audited(before),
             after=_audited(after),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     return await wallet_out(svc, after)
 
 
@@ -232,7 +232,7 @@ async def close_wallet(
             before=_audited(before),
             after=_audited(after),
         )
-    await svc.enforcer.refresh()
+    await svc.enforcer.policy_changed()
     return await wallet_out(svc, after)
 
 

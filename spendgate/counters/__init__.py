@@ -9,6 +9,13 @@ wallet, ``cap`` (its total top-ups).
 hold it checks ``spent + reserved + amount <= cap`` and, only if all pass, adds every
 amount to ``reserved``. Backends are chosen by URL: ``memory://`` (one process) or
 ``redis://…`` (one Lua script per call, shared by every replica).
+
+Shared counters also keep a *generation*, ``(epoch, version)``: ``version`` goes up each
+time a policy changes (``bump``), and ``epoch`` is a random token written the first time
+anyone asks for it, so its loss means Redis lost every counter (restarted empty, or
+flushed). Admission compares the generation a process built its policy snapshot and its
+counters from with the stored one in the same round trip as the holds
+(``spendgate.guard``).
 """
 
 from __future__ import annotations
@@ -51,6 +58,15 @@ class Settlement:
 
 
 @dataclass(frozen=True, slots=True)
+class Generation:
+    """What a process's policies and seeded buckets were built from: the counters'
+    ``epoch`` (changes only when the counters were lost) and the policy ``version``."""
+
+    epoch: str
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
 class BucketState:
     spent: int
     reserved: int
@@ -58,6 +74,16 @@ class BucketState:
 
 
 class Counters(Protocol):
+    #: True when other processes share these counters (Redis): admission then checks
+    #: the generation; a process's own memory needs no check
+    shared: bool
+
+    async def generation(self) -> Generation:
+        """The current generation; writes a fresh epoch first if there is none."""
+
+    async def bump(self) -> None:
+        """A policy changed: every process must reload before its next admission."""
+
     async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
         """Set ``spent`` (and ``cap``) if the bucket does not exist yet; True if it did not."""
 
@@ -73,7 +99,9 @@ class Counters(Protocol):
         self, reservation_id: str, settlements: Sequence[Settlement]
     ) -> list[tuple[int, int]]:
         """Apply settlements; returns (spent before, spent after) per settlement, in order.
-        Forgets the reservation."""
+        Forgets the reservation. A bucket that does not exist (lost with Redis, not yet
+        seeded again) is not re-created: its figures read (0, 0), and the spend reaches
+        it from the ledger when it is seeded or reconciled."""
 
     async def release(self, reservation_id: str) -> None:
         """Give back everything still held under ``reservation_id`` (idempotent)."""
@@ -81,8 +109,17 @@ class Counters(Protocol):
     async def reap(self, now: float) -> int:
         """Release every reservation whose ``expires_at`` is before ``now``; returns how many."""
 
+    async def renew(self, reservation_ids: Sequence[str], expires_at: float) -> None:
+        """Move the expiry of these live reservations to ``expires_at`` (a heartbeat);
+        ones already settled, released or reaped stay gone."""
+
     async def add_cap(self, bucket: str, amount: int) -> None:
-        """Raise a stored cap (a wallet top-up); creates the bucket if needed."""
+        """Raise a stored cap (a wallet top-up); a bucket not seeded yet is left alone
+        (seeding reads every top-up from the database)."""
+
+    async def raise_to(self, bucket: str, field: str, floor: int) -> int | None:
+        """Set ``field`` (``spent`` or ``cap``) to ``floor`` if it is lower, atomically;
+        returns the figure before (None: no such bucket, nothing written)."""
 
     async def state(self, bucket: str) -> BucketState | None: ...
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from spendgate.counters import BucketState, Hold, Refusal, Settlement
+from spendgate.counters import BucketState, Generation, Hold, Refusal, Settlement
 
 
 @dataclass(slots=True)
@@ -33,9 +33,19 @@ class _Reservation:
 class MemoryCounters:
     """The ``Counters`` protocol over two dicts: buckets and live reservations."""
 
+    #: one process: its own admin changes reload its own snapshot, nothing to check
+    shared = False
+
     def __init__(self) -> None:
         self._buckets: dict[str, _Bucket] = {}
         self._reservations: dict[str, _Reservation] = {}
+        self._version = 0
+
+    async def generation(self) -> Generation:
+        return Generation("memory", self._version)
+
+    async def bump(self) -> None:
+        self._version += 1
 
     def _bucket(self, name: str) -> _Bucket:
         bucket = self._buckets.get(name)
@@ -77,7 +87,10 @@ class MemoryCounters:
         held = reservation.held if reservation is not None else {}
         out: list[tuple[int, int]] = []
         for settlement in settlements:
-            bucket = self._bucket(settlement.bucket)
+            bucket = self._buckets.get(settlement.bucket)
+            if bucket is None:  # never seeded: the ledger brings the spend when it is
+                out.append((0, 0))
+                continue
             back = min(settlement.reserved, held.get(settlement.bucket, 0))
             if back > 0:
                 bucket.give_back(back)
@@ -99,9 +112,28 @@ class MemoryCounters:
             self._give_back(self._reservations.pop(rid).held)
         return len(expired)
 
+    async def renew(self, reservation_ids: Sequence[str], expires_at: float) -> None:
+        for rid in reservation_ids:
+            reservation = self._reservations.get(rid)
+            if reservation is not None:
+                reservation.expires_at = expires_at
+
     async def add_cap(self, bucket: str, amount: int) -> None:
-        target = self._bucket(bucket)
-        target.cap = (target.cap or 0) + amount
+        target = self._buckets.get(bucket)
+        if target is not None:
+            target.cap = (target.cap or 0) + amount
+
+    async def raise_to(self, bucket: str, field: str, floor: int) -> int | None:
+        target = self._buckets.get(bucket)
+        if target is None:
+            return None
+        before = target.spent if field == "spent" else (target.cap or 0)
+        if before < floor:
+            if field == "spent":
+                target.spent = floor
+            else:
+                target.cap = floor
+        return before
 
     async def state(self, bucket: str) -> BucketState | None:
         current = self._buckets.get(bucket)

@@ -9,13 +9,15 @@ settle on the proxy's hot path. Keys, under a prefix (default ``sg:``):
 * ``<prefix><bucket>``: a hash with ``spent``, ``reserved`` and, for wallets, ``cap``;
 * ``<prefix>r:<reservation id>``: a hash from bucket key to the amount it holds there;
 * ``<prefix>reservations``: a sorted set of live reservation ids scored by expires_at,
-  which ``reap`` walks.
+  which ``reap`` walks (a live call's holder moves its expiry forward: ``renew``);
+* ``<prefix>gen``: the generation hash, ``epoch`` and ``version`` (see ``spendgate.counters``).
 
 Buckets get no TTL. Budget buckets are named per period (``b:<budget>:<period key>``),
 so a finished period's hash is simply left behind (a few dozen bytes each); delete or
-expire them out of band if that ever matters. A bucket that vanishes (eviction, a
-FLUSHDB) is re-created at zero by the next ``reserve``/``settle``, so run Redis with
-``maxmemory-policy noeviction`` and ``seed`` buckets before reserving on them.
+expire them out of band if that ever matters. A bucket that vanishes (a restart without
+persistence, a FLUSHDB) is noticed by its lost epoch and seeded again from the ledger;
+``settle`` and ``add_cap`` never re-create one. Eviction of single keys would not be
+noticed that way, so run Redis with ``maxmemory-policy noeviction``.
 
 Figures are integers in nano-dollars. Redis stores them exactly (64-bit), but the
 scripts compare them as Lua numbers (doubles), exact while ``spent + reserved + amount``
@@ -30,14 +32,15 @@ them at the boundary.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from spendgate.counters import BucketState, Hold, Refusal, Settlement
-from spendgate.counters.redis_pool import lua_script, pooled_client
+from spendgate.counters import BucketState, Generation, Hold, Refusal, Settlement
+from spendgate.counters.redis_pool import lua_script, once_more, pooled_client
 
 
 def _script(client: Redis, name: str) -> AsyncScript:
@@ -49,6 +52,12 @@ def _cap(value: Any) -> int | None:
     return None if value is None else int(value)
 
 
+def generation_reply(epoch: Any, version: Any) -> Generation:
+    """A generation as Redis returns it (bytes or str; a missing epoch reads as '')."""
+    text = epoch.decode() if isinstance(epoch, bytes) else str(epoch or "")
+    return Generation(text, int(version or 0))
+
+
 def _int(value: Any) -> int:
     """A figure from a reply (bytes, str, int or nil) as an int; nil reads as 0."""
     return 0 if value is None else int(value)
@@ -57,10 +66,17 @@ def _int(value: Any) -> int:
 class RedisCounters:
     """The ``Counters`` protocol over ``redis.asyncio.Redis``; owns and closes its client."""
 
+    shared = True
+
     def __init__(self, client: Redis, *, prefix: str = "sg:") -> None:
         self._redis = client
         self._prefix = prefix
         self._zset = f"{prefix}reservations"
+        #: the generation hash (epoch, policy version)
+        self.generation_key = f"{prefix}gen"
+        self._generation = _script(client, "generation")
+        self._renew = _script(client, "renew")
+        self._raise_to = _script(client, "raise_to")
         self._seed = _script(client, "seed")
         self._reserve = _script(client, "reserve")
         self._settle = _script(client, "settle")
@@ -86,12 +102,24 @@ class RedisCounters:
     def _rkey(self, reservation_id: str) -> str:
         return f"{self._prefix}r:{reservation_id}"
 
+    async def generation(self) -> Generation:
+        epoch, version = await once_more(
+            self._redis,
+            lambda: self._generation(keys=[self.generation_key], args=[secrets.token_hex(8)]),
+        )
+        return generation_reply(epoch, version)
+
+    async def bump(self) -> None:
+        await once_more(self._redis, lambda: self._redis.hincrby(self.generation_key, "version"))
+
     async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
         args = [spent, "" if cap is None else cap]
-        return bool(await self._seed(keys=[self._key(bucket)], args=args))
+        return bool(
+            await once_more(self._redis, lambda: self._seed(keys=[self._key(bucket)], args=args))
+        )
 
     async def exists(self, bucket: str) -> bool:
-        return bool(await self._redis.exists(self._key(bucket)))
+        return bool(await once_more(self._redis, lambda: self._redis.exists(self._key(bucket))))
 
     @property
     def client(self) -> Redis:
@@ -157,17 +185,27 @@ class RedisCounters:
 
     async def release(self, reservation_id: str) -> None:
         keys, args = self.release_call(reservation_id)
-        await self._release(keys=keys, args=args)
+        await once_more(self._redis, lambda: self._release(keys=keys, args=args))
 
     async def reap(self, now: float) -> int:
-        return _int(await self._reap(keys=[self._zset], args=[repr(float(now)), self._prefix]))
+        args = [repr(float(now)), self._prefix]
+        return _int(await once_more(self._redis, lambda: self._reap(keys=[self._zset], args=args)))
+
+    async def renew(self, reservation_ids: Sequence[str], expires_at: float) -> None:
+        if reservation_ids:
+            args = [repr(float(expires_at)), *reservation_ids]
+            await once_more(self._redis, lambda: self._renew(keys=[self._zset], args=args))
 
     async def add_cap(self, bucket: str, amount: int) -> None:
         await self._add_cap(keys=[self._key(bucket)], args=[amount])
 
+    async def raise_to(self, bucket: str, field: str, floor: int) -> int | None:
+        before = await self._raise_to(keys=[self._key(bucket)], args=[field, floor])
+        return None if before is None else int(before)
+
     async def state(self, bucket: str) -> BucketState | None:
-        spent, reserved, cap = await self._redis.hmget(
-            self._key(bucket), ["spent", "reserved", "cap"]
+        spent, reserved, cap = await once_more(
+            self._redis, lambda: self._redis.hmget(self._key(bucket), ["spent", "reserved", "cap"])
         )
         if spent is None and reserved is None and cap is None:
             return None

@@ -4,7 +4,9 @@ how their Lua scripts are put together."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
+from typing import TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -14,6 +16,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from spendgate.errors import StateUnavailable
 
 log = logging.getLogger("spendgate")
+
+T = TypeVar("T")
 
 
 def lua_library(package: str) -> str:
@@ -53,3 +57,16 @@ def counters_failed(exc: RedisError, checking: str) -> StateUnavailable:
     return StateUnavailable(
         f"spendgate's shared counters (Redis) failed, so it cannot check {checking}; retry shortly"
     )
+
+
+async def once_more(client: Redis, call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``; if the connection breaks, drop every idle pooled connection and run it
+    once more. After Redis restarts, each pooled connection is dead and would fail one
+    call each: the first failure clears them all. Only for calls that are safe to run
+    twice (reads, seeds, releases, an acquire under one reservation id): a settle is
+    never repeated (it would count twice)."""
+    try:
+        return await call()
+    except RedisConnectionError:
+        await client.connection_pool.disconnect(inuse_connections=False)
+        return await call()

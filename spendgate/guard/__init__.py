@@ -12,22 +12,43 @@ the other.
 * **Joint** (both backends on one Redis database): ``JointRedis`` runs both halves of
   each phase in one Lua script, so the hot path pays one round trip before the call
   and one after, and a budget refusal never writes a rate-limit entry at all.
+
+Shared counters carry a generation (``spendgate.counters``): the joint acquire compares
+it with the one this process's policy snapshot was loaded at, and a call with nothing
+to hold reads it (one command). A difference raises ``PolicyStale`` before anything is
+written: the caller reloads (``Enforcer.resync``) and plans the call again.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from redis.exceptions import RedisError
+
 from spendgate.core.budget_rules import Subject
-from spendgate.counters import Counters, Refusal, Settlement
+from spendgate.counters import Counters, Generation, Refusal, Settlement
 from spendgate.counters.redis import RedisCounters
 from spendgate.guard.enforcement import Admission, Enforcer
 from spendgate.guard.redis import JointRedis, same_database
+from spendgate.guard.shared_read import SharedRead
 from spendgate.ratelimit import RateLimiter
 from spendgate.ratelimit.gate import RateAdmission, RateGate
 from spendgate.ratelimit.redis import RedisRateLimiter
 from spendgate.store.policies import PolicySnapshot
+
+log = logging.getLogger("spendgate.guard")
+#: what a snapshot loaded without a generation (Redis was down) is compared as: never current
+UNKNOWN = Generation("", -1)
+
+
+class PolicyStale(Exception):
+    """The shared counters' generation is not the one this process planned with."""
+
+    def __init__(self, seen: Generation) -> None:
+        super().__init__(f"policies or counters changed: now {seen}")
+        self.seen = seen
 
 
 @dataclass(slots=True)
@@ -54,6 +75,8 @@ class CallGuard:
         self._rate = rate_gate
         self._enforcer = enforcer
         self._joint = joint_backend(rate_gate.limiter, enforcer.counters)
+        #: the generation read of calls with nothing to hold, shared while one is in flight
+        self._generation = SharedRead(enforcer.counters.generation)
 
     @property
     def joint(self) -> bool:
@@ -71,7 +94,10 @@ class CallGuard:
         """Take the rate limits and the holds for ``worst_nanos``, or refuse: 429
         ``rate_limit_exceeded``, 429 ``budget_exceeded``, 402 ``insufficient_funds``, 403
         for a model the rate limits do not allow."""
+        expected = snapshot.generation or UNKNOWN
         if self._joint is None:
+            if self._enforcer.counters.shared:  # counters in Redis, rate limits elsewhere
+                await self._check(expected)
             return await self._admit_in_turn(request_id, subject, tokens, worst_nanos, snapshot)
         rate = self._rate.plan(
             snapshot.rate_limits,
@@ -86,13 +112,31 @@ class CallGuard:
         money = await self._enforcer.plan(subject, worst_nanos, snapshot)
         admission = money.admission if money is not None else _no_holds()
         if rate is None and money is None:
+            await self._check(expected, fail_open=True)
             return Guarded(_no_rate_limit(request_id), admission)
-        outcome = await self._joint.acquire(rate, money)
+        outcome = await self._joint.acquire(expected, rate, money)
+        if isinstance(outcome, Generation):
+            raise PolicyStale(outcome)
         if isinstance(outcome, Refusal):
             assert money is not None
             self._enforcer.refuse(money, outcome)
         rated = self._rate.outcome(rate, outcome) if rate is not None else None
+        self._enforcer.holding(admission)
         return Guarded(rated or _no_rate_limit(request_id), admission)
+
+    async def _check(self, expected: Generation, *, fail_open: bool = False) -> None:
+        """Raise ``PolicyStale`` unless the counters' generation is ``expected``.
+        ``fail_open``: a call with nothing to hold goes on if Redis cannot be reached
+        (nothing it could be held against is reachable either; see the README)."""
+        try:
+            current = await self._generation()
+        except RedisError as exc:
+            if not fail_open:
+                raise
+            log.warning("policy version not checked, Redis unreachable: %s", exc)
+            return
+        if current != expected:
+            raise PolicyStale(current)
 
     async def _admit_in_turn(
         self,
@@ -135,6 +179,12 @@ class CallGuard:
         return await self._enforcer.booked(
             admission, [(b, a) for b, a, _ in results], [cap for _, _, cap in results]
         )
+
+    def abandon(self, guarded: Guarded) -> None:
+        """Settling failed (Redis unreachable): forget both halves here, so nothing tries
+        again and the holds are no longer renewed; Redis's reaper gives them back."""
+        self._rate.releasing(guarded.rated)
+        self._enforcer.releasing(guarded.admission)
 
     async def unbilled(self, guarded: Guarded) -> None:
         """The call was forwarded but is not billed (a provider error): it counts as a

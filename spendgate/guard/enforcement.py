@@ -3,6 +3,19 @@ applies, settle to the real cost, release on failure, and fire thresholds once.
 
 The rules live in ``budget_rules`` (pure); the atomic arithmetic in ``counters``;
 this module wires them to the clock, the policy snapshot and the event store.
+
+Across replicas (Redis counters) three more things keep the counters true:
+
+* **Policy changes bind at once.** Every admin change calls ``policy_changed`` after
+  its transaction commits: it bumps the counters' policy version, and every process's
+  next admission finds its snapshot stale in the same round trip (``spendgate.guard``)
+  and reloads it (``resync``) before planning the call again.
+* **Lost counters are seeded again.** A snapshot remembers the counters' epoch; a new
+  epoch means Redis lost every bucket, so this process forgets which buckets it seeded
+  and seeds each again from the ledger (its own rows flushed first) before using it.
+* **Holds live as long as their call.** A hold expires ``hold_seconds`` after it was
+  taken or last renewed; ``renew_holds`` (a heartbeat, every few seconds) renews every
+  hold of a call still running here, so only a dead process's holds are reaped.
 """
 
 from __future__ import annotations
@@ -10,18 +23,19 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn
 
+from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
 from spendgate.core import budget_rules as rules
 from spendgate.core.budget_windows import Period, Window, window_at
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
-from spendgate.counters import BucketState, Counters, Hold, Refusal, Settlement
+from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 from spendgate.errors import BudgetExceeded, InsufficientFunds
 from spendgate.security.credentials import new_id
 from spendgate.store.ledger import LedgerWriter
@@ -133,22 +147,73 @@ class Enforcer:
         self._loaded_at = float("-inf")
         self._seeded: set[str] = set()
         self._seed_lock = asyncio.Lock()
+        self._refresh_lock = asyncio.Lock()
         self._windows: dict[tuple[Period, str, str], Window] = {}
+        #: reservation ids of calls running in this process: their holds are renewed
+        self._live: set[str] = set()
 
     # -- policy snapshot -----------------------------------------------------------------
     async def refresh(self) -> None:
-        """Reload budgets, exceptions and wallets (on a timer, and after admin changes)."""
-        self._snapshot = await self._store.snapshot(self._clock.now())
+        """Reload budgets, exceptions and wallets (on a timer, and after admin changes).
+
+        The counters' generation is read first, so a change committed before it was
+        bumped is always in the rows read after: a snapshot is never newer than it says.
+        Redis unreachable: the snapshot is loaded anyway, marked with no generation, so
+        the first admission that reaches Redis again reloads it."""
+        generation: Generation | None
+        try:
+            generation = await self._counters.generation()
+        except RedisError as exc:
+            log.warning("policy version unknown, Redis unreachable: %s", exc)
+            generation = None
+        snapshot = await self._store.snapshot(self._clock.now())
+        before = self._snapshot.generation
+        if generation is not None and before is not None and generation.epoch != before.epoch:
+            log.warning(
+                "the shared counters were lost (epoch %s, was %s): every bucket is seeded "
+                "again from the ledger before its next call",
+                generation.epoch,
+                before.epoch,
+            )
+            self._seeded.clear()
+        self._snapshot = replace(snapshot, generation=generation)
         self._loaded_at = self._clock.monotonic()
+
+    @property
+    def generation(self) -> Generation | None:
+        """The counters' generation the current snapshot was loaded at."""
+        return self._snapshot.generation
+
+    async def resync(self, seen: Generation) -> None:
+        """An admission found the counters at ``seen``, not at this snapshot's generation:
+        reload (once, however many calls found it at the same time)."""
+        async with self._refresh_lock:
+            if self._snapshot.generation != seen:
+                await self.refresh()
+
+    async def policy_changed(self) -> None:
+        """THE call every admin change makes after its transaction commits (budgets,
+        exceptions, wallets and top-ups, rate limits, keys): the policy version goes up,
+        so every replica reloads before its next admission, and this one reloads now.
+        Redis unreachable: the change binds on other replicas at their next timed
+        refresh (``refresh_seconds``), and calls that hold anything fail closed anyway."""
+        try:
+            await self._counters.bump()
+        except RedisError as exc:
+            log.error("policy change not announced, Redis unreachable: %s", exc)
+        async with self._refresh_lock:
+            await self.refresh()
 
     async def policies(self) -> PolicySnapshot:
         """The current snapshot, reloaded when older than the refresh interval."""
         return await self._policies()
 
     async def _policies(self) -> PolicySnapshot:
-        if self._clock.monotonic() - self._loaded_at > self._refresh_seconds:
+        if self._stale():
             try:
-                await self.refresh()
+                async with self._refresh_lock:
+                    if self._stale():  # the calls that waited for this lock: reloaded
+                        await self.refresh()
             except (SQLAlchemyError, OSError) as exc:
                 if self._loaded_at == float("-inf"):
                     raise
@@ -157,6 +222,9 @@ class Enforcer:
                 log.warning("policy refresh failed, serving the last snapshot: %s", exc)
                 self._loaded_at = self._clock.monotonic()
         return self._snapshot
+
+    def _stale(self) -> bool:
+        return self._clock.monotonic() - self._loaded_at > self._refresh_seconds
 
     def applicable(
         self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
@@ -240,7 +308,20 @@ class Enforcer:
         )
         if refusal is not None:
             self.refuse(plan, refusal)
+        self.holding(plan.admission)
         return plan.admission
+
+    def holding(self, admission: Admission) -> None:
+        """``admission``'s holds were taken: renew them while its call runs here."""
+        if not admission.empty:
+            self._live.add(admission.reservation_id)
+
+    async def renew_holds(self) -> int:
+        """The heartbeat: every hold of a call still running here expires
+        ``hold_seconds`` from now again. Returns how many reservations it renewed."""
+        live = list(self._live)
+        await self._counters.renew(live, self._clock.now().timestamp() + self._reservation_seconds)
+        return len(live)
 
     async def plan(
         self, subject: rules.Subject, worst_case: int, snapshot: PolicySnapshot | None = None
@@ -321,6 +402,7 @@ class Enforcer:
         if admission.empty or admission.settled:
             return None
         admission.settled = True
+        self._live.discard(admission.reservation_id)
         parts = [Settlement(a.bucket, admission.worst_case, actual) for a in admission.budgets]
         parts += [
             Settlement(wallet_bucket(w), admission.worst_case, actual) for w in admission.wallets
@@ -332,6 +414,7 @@ class Enforcer:
         if admission.empty or admission.settled:
             return False
         admission.settled = True
+        self._live.discard(admission.reservation_id)
         return True
 
     async def booked(

@@ -1,9 +1,11 @@
 """The rate limiter's and the budget counters' Redis scripts run as one, per call phase.
 
-Before the upstream, ``acquire.lua`` checks the rate-limit windows and the budget and
-wallet holds, then records both or neither; after it, ``finish.lua`` settles (or
-releases) both. Each is one EVALSHA: the proxy pays two round trips per call instead of
-four, and a budget refusal never leaves a rate-limit entry behind, even for an instant.
+Before the upstream, ``acquire.lua`` checks that the caller's policies and seeded
+buckets are of the current generation (``spendgate.counters``), then the rate-limit
+windows and the budget and wallet holds, and records both or neither; after it,
+``finish.lua`` settles (or releases) both. Each is one EVALSHA: the proxy pays two
+round trips per call instead of four, and a budget refusal never leaves a rate-limit
+entry behind, even for an instant.
 
 Redis scripts can't call each other, so each joint script is the two backends' Lua
 libraries (``ratelimit/lua/_lib.lua``, ``counters/lua/_lib.lua``) followed by its own
@@ -19,9 +21,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from spendgate.counters import Refusal, Settlement
-from spendgate.counters.redis import RedisCounters
-from spendgate.counters.redis_pool import lua_library, lua_script
+from spendgate.counters import Generation, Refusal, Settlement
+from spendgate.counters.redis import RedisCounters, generation_reply
+from spendgate.counters.redis_pool import lua_library, lua_script, once_more
 from spendgate.guard.enforcement import HoldPlan
 from spendgate.ratelimit import Denial, Granted
 from spendgate.ratelimit.gate import RatePlan
@@ -68,14 +70,19 @@ class JointRedis:
         self._counters = counters
         client = counters.client
         self._acquire = client.register_script(joint_script("acquire"))
+        self.counters = counters
         self._finish = client.register_script(joint_script("finish"))
 
     async def acquire(
-        self, rate: RatePlan | None, money: HoldPlan | None
-    ) -> Denial | Refusal | Granted:
-        """Acquire ``rate``'s checks and reserve ``money``'s holds, both or neither. A
-        rate-limit denial wins over a budget refusal (the rate limits are checked first);
-        ``Granted(())`` when there is no rate half."""
+        self, generation: Generation, rate: RatePlan | None, money: HoldPlan | None
+    ) -> Denial | Refusal | Granted | Generation:
+        """Acquire ``rate``'s checks and reserve ``money``'s holds, both or neither, if
+        the stored generation is still ``generation``; else nothing is written and the
+        stored generation comes back (the caller reloads and plans again). A rate-limit
+        denial wins over a budget refusal (the rate limits are checked first);
+        ``Granted(())`` when there is no rate half. A broken connection is retried once
+        under the same reservation ids: a repeated reserve of one id is given back whole
+        by its settle or release."""
         rate_keys: list[str] = []
         rate_args: list[str | int] = []
         if rate is not None:
@@ -88,9 +95,20 @@ class JointRedis:
             money_keys, money_args = self._counters.reserve_call(
                 money.admission.reservation_id, money.holds, money.expires_at
             )
-        keys = rate_keys + money_keys
-        header: list[str | int] = [len(rate_keys), len(rate_args), int(money is not None)]
-        kind, body = await self._acquire(keys=keys, args=header + rate_args + money_args)
+        keys = [self._counters.generation_key, *rate_keys, *money_keys]
+        header: list[str | int] = [
+            len(rate_keys),
+            len(rate_args),
+            int(money is not None),
+            generation.epoch,
+            generation.version,
+        ]
+        args = header + rate_args + money_args
+        kind, body = await once_more(
+            self._counters.client, lambda: self._acquire(keys=keys, args=args)
+        )
+        if int(kind) == 3:
+            return generation_reply(*body)
         return self._acquired(int(kind), body, rate, money)
 
     def _acquired(

@@ -24,6 +24,7 @@ from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
 from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
+from spendgate.core.worst_case import BadField, WorstCase, worst_case
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
     AuthenticationFailed,
@@ -33,10 +34,11 @@ from spendgate.errors import (
     NotFound,
     PermissionDenied,
     SpendgateError,
+    StateUnavailable,
     UnknownModel,
     UpstreamTimeout,
 )
-from spendgate.guard import CallGuard, Guarded
+from spendgate.guard import CallGuard, Guarded, PolicyStale
 from spendgate.guard.enforcement import Enforcer
 from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy import simulated
@@ -66,6 +68,8 @@ log = logging.getLogger("spendgate.proxy")
 
 _TAG = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 MAX_TAGS = 20
+#: how many times a call is planned again after finding its process's policies stale
+REPLANS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +85,8 @@ class Call:
     started_at: datetime
     started_mono: float
     request_bytes: int
-    max_output_tokens: int
+    #: the most it can cost (``core.worst_case``), and the output cap to send upstream
+    worst: WorstCase
 
     def subject(self) -> Subject:
         key = self.key
@@ -95,12 +100,6 @@ class Call:
             self.route.provider.name,
             self.route.name,
             self.endpoint.kind,
-        )
-
-    def worst_case_usage(self) -> TokenUsage:
-        """Prompt bytes / 4 (JSON overhead makes it an over-estimate) + the output cap."""
-        return TokenUsage(
-            input_tokens=self.request_bytes // 4, output_tokens=self.max_output_tokens
         )
 
 
@@ -122,18 +121,6 @@ def request_tags(key: KeyRecord, headers: Mapping[str, str]) -> list[str]:
     if len(tags) > MAX_TAGS:
         raise InvalidRequest(f"at most {MAX_TAGS} tags per call", param="x-spendgate-tags")
     return tags
-
-
-def max_output_tokens(payload: dict[str, Any], kind: str, default: int) -> int:
-    if kind == "embedding":
-        return 0
-    for field in ("max_completion_tokens", "max_tokens", "max_output_tokens"):
-        value = payload.get(field)
-        if isinstance(value, int) and not isinstance(value, bool):
-            if value < 0:
-                raise InvalidRequest(f"{field} must not be negative", param=field)
-            return value
-    return default
 
 
 def parse_request(body: bytes) -> dict[str, Any]:
@@ -208,7 +195,24 @@ class ProxyApp:
             payload = parse_request(body)
             call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
             try:
-                await self._guarded(call, payload, body, headers, receive, send)
+                for _ in range(REPLANS):
+                    try:
+                        guarded = await self._hold(call)
+                        break
+                    except PolicyStale as stale:
+                        # a policy changed (or the counters were lost) since this process
+                        # loaded its own: reload, authenticate again, plan again
+                        await self._enforcer.resync(stale.seen)
+                        key = await self._authenticate(scope, headers, wire, now, mono)
+                        call = self._admit(
+                            request_id, key, endpoint, payload, headers, now, mono, len(body)
+                        )
+                else:
+                    raise StateUnavailable(
+                        "policies are changing faster than this call could be admitted; "
+                        "retry shortly"
+                    )
+                await self._guarded(call, guarded, payload, body, headers, receive, send)
             except RedisError as exc:
                 self._metrics.backend_error("redis")
                 raise counters_failed(exc, "budgets and limits") from exc
@@ -262,6 +266,12 @@ class ProxyApp:
                 "too long); this call could not be recorded, so it is not forwarded"
             )
         stream = bool(payload.get("stream")) and endpoint.streams
+        try:
+            worst = worst_case(
+                payload, endpoint.kind, size, route.default_max_tokens, route.provider.kind
+            )
+        except BadField as exc:
+            raise InvalidRequest(str(exc), param=exc.param) from exc
         return Call(
             request_id,
             key,
@@ -272,27 +282,31 @@ class ProxyApp:
             now,
             mono,
             size,
-            max_output_tokens(payload, endpoint.kind, route.default_max_tokens),
+            worst,
+        )
+
+    async def _hold(self, call: Call) -> Guarded:
+        """Rate limits, then budgets and wallets, for the call's worst case: in Redis
+        mode one round trip (``CallGuard``), which also finds a stale policy snapshot."""
+        worst_usage = call.worst.usage
+        worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos or 0
+        policies = await self._enforcer.policies()
+        return await self._guard.admit(
+            call.request_id, call.subject(), worst_usage.total_tokens, worst, policies
         )
 
     async def _guarded(
         self,
         call: Call,
+        guarded: Guarded,
         payload: dict[str, Any],
         body: bytes,
         headers: Mapping[str, str],
         receive: Receive,
         send: Send,
     ) -> None:
-        """Rate limits, then budgets and wallets, then the call; holds given back if the
-        call never settles (an error before forwarding, a crash, a cancellation). In Redis
-        mode, taking both is one round trip and settling both another (``CallGuard``)."""
-        worst_usage = call.worst_case_usage()
-        worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos or 0
-        policies = await self._enforcer.policies()
-        guarded = await self._guard.admit(
-            call.request_id, call.subject(), worst_usage.total_tokens, worst, policies
-        )
+        """The call, with its holds; given back if the call never settles (an error
+        before forwarding, a crash, a cancellation). Settling is one more round trip."""
         try:
             await self._forward(call, guarded, payload, body, headers, receive, send)
         finally:
@@ -306,6 +320,10 @@ class ProxyApp:
         changed = False
         if route.upstream_model != payload["model"]:
             payload["model"] = route.upstream_model
+            changed = True
+        if call.worst.send_cap is not None:  # the output cap the worst case assumed
+            field, cap = call.worst.send_cap
+            payload[field] = cap
             changed = True
         client_wants_usage = True
         if call.stream and endpoint.kind in ("chat", "completion"):
@@ -481,6 +499,13 @@ class ProxyApp:
                     remaining = await self._guard.settle(
                         guarded, usage.total_tokens, entry.cost_nanos or 0
                     )
+            except RedisError as exc:
+                # the provider answered (and may bill): the client gets its answer and
+                # the ledger its row; the holds run out unrenewed, and the counters
+                # take the spend from the ledger (seed, reconciliation)
+                log.error("could not settle %s in the shared counters: %s", call.request_id, exc)
+                self._metrics.backend_error("redis")
+                self._guard.abandon(guarded)
             finally:
                 await self._ledger.commit(entry, events)
         return entry.cost_nanos, remaining

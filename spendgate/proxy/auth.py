@@ -1,15 +1,18 @@
 """Virtual-key authentication for proxy calls, with a small in-process cache.
 
 Keys are looked up by the SHA-256 of the presented secret. A hit in the cache costs
-one hash and one dict lookup; a miss costs one indexed query. Entries live
-``ttl`` seconds, so a revocation made on another replica takes effect within
-``ttl``; on this replica ``forget`` makes it immediate.
+one hash and one dict lookup; a miss costs one indexed query. Entries live ``ttl``
+seconds, and only while the policy generation they were looked up at is current: a
+revocation or rotation on any replica bumps the policy version (``Enforcer.
+policy_changed``), the next admission anywhere finds it and reloads, and every entry
+read before is looked up again. On this replica ``forget`` makes it immediate.
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -30,11 +33,19 @@ def presented_secret(headers: Mapping[str, str], wire: str) -> str | None:
     return None
 
 
+def _constant() -> None:
+    return None
+
+
 class KeyCache:
-    def __init__(self, lookup: Lookup, *, ttl: float) -> None:
+    def __init__(
+        self, lookup: Lookup, *, ttl: float, generation: Callable[[], Any] = _constant
+    ) -> None:
         self._lookup = lookup
         self._ttl = ttl
-        self._entries: dict[str, tuple[KeyRecord | None, float]] = {}
+        #: the policy generation now in force; an entry read at another one is stale
+        self._generation = generation
+        self._entries: dict[str, tuple[KeyRecord | None, float, Any]] = {}
 
     async def authenticate(self, secret: str | None, now: datetime, mono: float) -> KeyRecord:
         if not secret or not secret.startswith(KEY_PREFIX):
@@ -43,7 +54,8 @@ class KeyCache:
             )
         digest = hash_secret(secret)
         cached = self._entries.get(digest)
-        if cached is not None and mono - cached[1] < self._ttl:
+        generation = self._generation()
+        if cached is not None and mono - cached[1] < self._ttl and cached[2] == generation:
             record = cached[0]
         else:
             try:
@@ -56,7 +68,7 @@ class KeyCache:
                 record = cached[0]
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()
-            self._entries[digest] = (record, mono)
+            self._entries[digest] = (record, mono, generation)
         if record is None:
             raise AuthenticationFailed("invalid API key")
         if record.revoked_at is not None:
@@ -73,6 +85,6 @@ class KeyCache:
             self._entries.pop(key_hash, None)
 
     def forget_key_id(self, key_id: str) -> None:
-        for digest, (record, _) in list(self._entries.items()):
+        for digest, (record, _, _) in list(self._entries.items()):
             if record is not None and record.id == key_id:
                 del self._entries[digest]

@@ -19,6 +19,9 @@ Test knobs, read from the prompt text and ignored otherwise:
 * ``[[reasoning:N]]``    N reasoning tokens, counted inside the completion tokens.
 * ``[[cache_write:N]]``  (Anthropic) N prompt tokens were written to the cache.
 
+``n`` (Chat Completions, Completions) and ``best_of`` (Completions) are honoured the
+way the provider bills them: every answer generated counts in the completion tokens.
+
 Bad input raises :class:`~spendgate.errors.InvalidRequest` inside the stream builders;
 the ``*_response`` functions render it as the provider's error body instead.
 """
@@ -31,7 +34,7 @@ import math
 import re
 import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -65,6 +68,8 @@ class Reply:
     truncated: bool
     #: text, a JSON document, or a call of one of the request's tools (its arguments)
     shape: Shape = TEXT
+    #: answers returned (``n``); completion tokens count every answer generated
+    choices: int = 1
 
     @property
     def text(self) -> str:
@@ -197,13 +202,30 @@ def _reply(model: str, texts: list[str], cap: int | None, shape: Shape = TEXT) -
     )  # fmt: skip
 
 
+def _count(body: dict[str, Any], field: str) -> int:
+    value = body.get(field, 1)
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 128:
+        raise InvalidRequest(f"{field} must be an integer from 1 to 128", param=field)
+    return value
+
+
 def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     """The simulated answer to an OpenAI chat/completions/responses request."""
     texts = _openai_prompt(path, body)
     shape = TEXT
     if path in ("/chat/completions", "/responses"):
         shape = shape_of("chat" if path == "/chat/completions" else "responses", body)
-    return _reply(body.get("model", ""), texts, _cap(body), shape)
+    reply = _reply(body.get("model", ""), texts, _cap(body), shape)
+    if path not in _CHAT_PATHS:
+        return reply
+    n = _count(body, "n")
+    generated = max(n, _count(body, "best_of")) if path == "/completions" else n
+    return replace(
+        reply,
+        choices=n,
+        completion_tokens=reply.completion_tokens * generated,
+        reasoning_tokens=reply.reasoning_tokens * generated,
+    )
 
 
 def anthropic_reply(body: dict[str, Any]) -> Reply:
@@ -261,7 +283,8 @@ def _chat_object(r: Reply) -> dict[str, Any]:
         "id": f"chatcmpl-{r.key[:24]}", "object": "chat.completion", "created": r.created,
         "model": r.model, "system_fingerprint": "fp_simulated",
         "choices": [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": _finish(r)}
+            {"index": i, "message": message, "logprobs": None, "finish_reason": _finish(r)}
+            for i in range(r.choices)
         ],
         "usage": _chat_usage(r),
     }  # fmt: skip

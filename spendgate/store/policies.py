@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.core.budget_rules import Budget, Categories, Raise, Subject
 from spendgate.core.money import format_usd
 from spendgate.core.rate_rules import RateLimit
+from spendgate.counters import Generation
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
@@ -98,6 +99,8 @@ class PolicySnapshot:
     by_org: dict[str, tuple[tuple[Budget, ...], tuple[Wallet, ...]]] = field(default_factory=dict)
     #: rate-limit rows by the key or team id they govern
     rate_limits: dict[str, tuple[RateLimit, ...]] = field(default_factory=dict)
+    #: the counters' generation read just before loading (None: not loaded yet)
+    generation: Generation | None = None
 
     @classmethod
     def build(

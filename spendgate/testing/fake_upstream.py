@@ -15,6 +15,10 @@ Knobs are plain attributes, set by the test that needs them:
   before any usage or ``[DONE]``.
 * ``required_api_key``              demand ``Authorization: Bearer``, ``x-api-key`` or
   ``api-key`` carrying it, else 401.
+* ``[[slow:S]]`` in a prompt          wait S seconds before answering that request (a
+  knob a test can use on an upstream running in another process).
+* ``stream_gate``                   a ``threading.Event``: streams send their first event,
+  then wait for it to be set before the rest (a call held open as long as a test likes).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import re
 import socket
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -41,6 +46,7 @@ Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 MAX_RECORDED = 1000
+_SLOW = re.compile(rb"\[\[slow:([0-9]+(?:\.[0-9]+)?)\]\]")
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _OPENAI_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -143,6 +149,7 @@ class FakeUpstream:
         self.stream_delay_seconds: float = 0.0
         self.drop_stream_after: int | None = None
         self.required_api_key: str | None = None
+        self.stream_gate: threading.Event | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -175,10 +182,14 @@ class FakeUpstream:
         return self.fail_status, f"Simulated upstream failure ({self.fail_status})."
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
-        seen = self._record(scope, await _read_body(receive))
+        raw = await _read_body(receive)
+        seen = self._record(scope, raw)
         where = route(seen.method, seen.path)
         if self.delay_seconds:
             await asyncio.sleep(self.delay_seconds)
+        slow = _SLOW.search(raw)
+        if slow:
+            await asyncio.sleep(float(slow.group(1)))
         if where is None:
             await _send_json(send, 404, error_body("openai", 404, f"Unknown URL {seen.path}"))
             return
@@ -222,6 +233,8 @@ class FakeUpstream:
         for n, event in enumerate(events):
             if drop is not None and n >= drop:
                 return  # no final body message: the server closes the connection mid-stream
+            if n == 1 and self.stream_gate is not None:
+                await asyncio.to_thread(self.stream_gate.wait)
             if n and self.stream_delay_seconds:
                 await asyncio.sleep(self.stream_delay_seconds)
             await send({"type": "http.response.body", "body": event, "more_body": True})

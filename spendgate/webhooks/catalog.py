@@ -29,6 +29,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "usage.implausible",
     #: the database refused a ledger row; it was set aside in ``ledger_rejected`` (ours)
     "ledger.row_rejected",
+    #: a live counter had less spend than the ledger and was raised to it (ours)
+    "budget.counter_drift",
+    "wallet.counter_drift",
     #: an hour's spend (or the running hour's) left its usual band; and came back (ours)
     "spend.anomaly",
     "spend.anomaly_resolved",
@@ -54,6 +57,8 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "webhook.endpoint_disabled": "warning",
     "usage.implausible": "warning",
     "ledger.row_rejected": "critical",
+    "budget.counter_drift": "warning",
+    "wallet.counter_drift": "warning",
     "spend.anomaly": "critical",
     "spend.anomaly_resolved": "info",
 }
@@ -75,6 +80,8 @@ TITLES: dict[str, str] = {
     "webhook.endpoint_disabled": "Webhook endpoint disabled",
     "usage.implausible": "Implausible usage reported by a provider",
     "ledger.row_rejected": "Ledger row refused by the database",
+    "budget.counter_drift": "Budget counter repaired from the ledger",
+    "wallet.counter_drift": "Wallet counter repaired from the ledger",
     "spend.anomaly": "Spend anomaly",
     "spend.anomaly_resolved": "Spend anomaly resolved",
 }

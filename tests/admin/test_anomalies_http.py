@@ -102,8 +102,12 @@ def client(gw: RunningGateway, key: dict[str, Any]) -> openai.OpenAI:
 def spend(gw: RunningGateway, key: dict[str, Any], calls: int) -> None:
     sdk = client(gw, key)
     for _ in range(calls):
+        # a cap of its own: without one the gateway sends the model's default_max_tokens
+        # upstream, and the model stops thinking there
         sdk.chat.completions.create(
-            model="gpt-4o", messages=[{"role": "user", "content": EXPENSIVE}]
+            model="gpt-4o",
+            messages=[{"role": "user", "content": EXPENSIVE}],
+            max_completion_tokens=250_000,
         )
 
 

@@ -101,10 +101,14 @@ async def test_repeated_bucket_counts_every_hold(counters: Counters) -> None:
 async def test_stored_cap_refuses_without_funds_then_allows_after_top_up(
     counters: Counters,
 ) -> None:
-    """A wallet with no top-ups has no funds; add_cap raises what it can hold."""
+    """A wallet with no top-ups has no funds; add_cap raises what it can hold, once the
+    wallet is seeded (before that it writes nothing: the seed reads every top-up)."""
     wallet = [Hold("w:acme", 60, use_stored_cap=True)]
     assert await counters.reserve("r1", wallet, EXPIRES) == Refusal("w:acme", 0, 0, 0)
+    await counters.add_cap("w:acme", 100)
+    assert await counters.state("w:acme") is None
 
+    await counters.seed("w:acme", 0)
     await counters.add_cap("w:acme", 100)
     assert await counters.reserve("r2", wallet, EXPIRES) is None
     assert await counters.reserve("r3", wallet, EXPIRES) == Refusal("w:acme", 0, 60, 100)
@@ -221,6 +225,67 @@ async def test_concurrent_reserves_never_pass_the_cap(counters: Counters) -> Non
 
     await asyncio.gather(*(counters.settle(rid, [Settlement("a", 10, 9)]) for rid in admitted))
     assert await counters.state("a") == BucketState(450, 0, None)
+
+
+async def test_settle_never_recreates_a_lost_bucket(counters: Counters) -> None:
+    """A bucket that vanished while its call ran (Redis restarted empty) is not created
+    again at that one call's cost by the settle: it reads (0, 0), and the next seed
+    still finds it missing and sets the ledger's figure."""
+    await counters.seed("kept", 10)
+    settled = await counters.settle("r1", [Settlement("gone", 100, 40), Settlement("kept", 0, 5)])
+    assert settled == [(0, 0), (10, 15)]
+    assert not await counters.exists("gone")
+    assert await counters.seed("gone", 1_234) is True
+    assert await counters.state("gone") == BucketState(1_234, 0, None)
+
+
+async def test_renewed_holds_outlive_their_first_expiry(counters: Counters) -> None:
+    """A heartbeat moves a live reservation's expiry; an unrenewed one is reaped, and
+    renewing one already gone brings nothing back."""
+    await counters.seed("a", 0)
+    assert await counters.reserve("live", [Hold("a", 30)], 100.0) is None
+    assert await counters.reserve("dead", [Hold("a", 20)], 100.0) is None
+    await counters.renew(["live", "never"], 200.0)
+    assert await counters.reap(150.0) == 1
+    assert await counters.state("a") == BucketState(0, 30, None)
+    await counters.renew(["dead"], 300.0)
+    assert await counters.reap(250.0) == 1
+    assert await counters.state("a") == BucketState(0, 0, None)
+
+
+async def test_raise_to_only_raises(counters: Counters) -> None:
+    """A repair from the ledger raises a figure to a floor, never lowers it, and leaves
+    a bucket that does not exist alone."""
+    await counters.seed("a", 100, cap=50)
+    assert await counters.raise_to("a", "spent", 250) == 100
+    assert await counters.raise_to("a", "spent", 200) == 250
+    assert await counters.raise_to("a", "cap", 70) == 50
+    assert await counters.state("a") == BucketState(250, 0, 70)
+    assert await counters.raise_to("missing", "spent", 5) is None
+    assert not await counters.exists("missing")
+
+
+async def test_generation_epoch_is_kept_and_version_bumped(counters: Counters) -> None:
+    """The first read writes an epoch that later reads keep; a bump moves the version
+    only."""
+    first = await counters.generation()
+    await counters.bump()
+    second = await counters.generation()
+    assert second.epoch == first.epoch != ""
+    assert second.version == first.version + 1
+
+
+async def test_a_lost_epoch_is_replaced(redis_prefix: str) -> None:
+    """Redis loses the generation hash (restart without persistence, FLUSHDB): the next
+    read writes a new epoch, so every process sees its counters were lost."""
+    store = RedisCounters.from_url(REDIS_URL, prefix=redis_prefix)
+    try:
+        before = await store.generation()
+        await store.client.delete(store.generation_key)
+        after = await store.generation()
+        assert after.epoch != before.epoch and after.version == 0
+    finally:
+        await store.aclose()
 
 
 async def test_two_redis_clients_racing_never_pass_the_cap(redis_prefix: str) -> None:

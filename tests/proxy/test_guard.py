@@ -21,10 +21,10 @@ import pytest
 from redis.asyncio import Redis
 
 from spendgate.core.rate_rules import CheckTemplate
-from spendgate.counters import Hold, Refusal, Settlement
+from spendgate.counters import BucketState, Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
 from spendgate.counters.redis import RedisCounters
-from spendgate.counters.redis_pool import pooled_client
+from spendgate.counters.redis_pool import lua_script, pooled_client
 from spendgate.guard import joint_backend
 from spendgate.guard.enforcement import Admission, HoldPlan
 from spendgate.guard.redis import JointRedis, joint_script, same_database
@@ -41,6 +41,9 @@ SCRIPTS = {
     hashlib.sha1(joint_script(name).encode()).hexdigest(): f"joint {name}"
     for name in ("acquire", "finish")
 }
+SCRIPTS[hashlib.sha1(lua_script("spendgate.counters", "generation").encode()).hexdigest()] = (
+    "generation"
+)
 ONE_CALL = ["joint acquire", "joint finish"]
 
 
@@ -53,7 +56,7 @@ def count_commands(client: Redis, seen: list[str]) -> None:
 
     async def counting(*args: Any, **options: Any) -> Any:
         task = asyncio.current_task()
-        if task is None or task.get_name() != "housekeeping":
+        if task is None or task.get_name() not in ("housekeeping", "heartbeat"):
             name = str(args[0]).upper()
             seen.append(SCRIPTS.get(str(args[1]), "other script") if name == "EVALSHA" else name)
         return await real(*args, **options)
@@ -151,6 +154,51 @@ def test_one_round_trip_before_and_one_after_the_call(redis_gateway: RunningGate
     assert seen == ONE_CALL
     status = gw.get(f"/admin/budgets/{made['id']}/status")
     assert status["reserved_usd"] == "0.00" and status["spent_usd"] != "0.00"
+
+
+def test_commands_per_call_by_what_governs_it(redis_gateway: RunningGateway) -> None:
+    """Redis commands per call (issue 21.1): a key with no policy reads the generation
+    (one script, nothing after); a budget alone is one joint script before and one
+    after, as with a rate limit, a budget and a wallet together; a streamed call the same.
+    """
+    gw = redis_gateway
+    bare = gw.create_key()
+    budgeted = gw.create_key()
+    gw.post(
+        "/admin/budgets",
+        {"scope_type": "key", "scope_id": budgeted["id"], "amount_usd": "5", "hard_limit": True},
+    )
+    everything, _ = guarded_key(gw)
+    for key in (bare, budgeted, everything):
+        assert chat(gw, key["key"]).status_code == 200  # seeds the buckets: a one-time cost
+    seen = counted(gw)
+    figures = {}
+    for name, key in (("none", bare), ("budget", budgeted), ("all", everything)):
+        assert chat(gw, key["key"]).status_code == 200
+        figures[name] = list(seen)
+        seen.clear()
+    assert figures == {"none": ["generation"], "budget": ONE_CALL, "all": ONE_CALL}
+
+
+def test_a_stale_snapshot_is_reloaded_and_the_call_planned_again(
+    redis_gateway: RunningGateway,
+) -> None:
+    """The policy version bumped behind this process's back (as another replica's admin
+    change does): the next call's acquire answers stale, writing nothing; the process
+    reloads and the same call is admitted by a second acquire. The call after is back
+    to one round trip each way."""
+    gw = redis_gateway
+    key, made = guarded_key(gw)
+    assert chat(gw, key["key"]).status_code == 200
+    gw.run(gw.app.services.counters.bump())
+    seen = counted(gw)
+    assert chat(gw, key["key"]).status_code == 200
+    assert seen == ["joint acquire", "generation", "joint acquire", "joint finish"]
+    seen.clear()
+    assert chat(gw, key["key"]).status_code == 200
+    assert seen == ONE_CALL
+    status = gw.get(f"/admin/budgets/{made['id']}/status")
+    assert status["reserved_usd"] == "0.00"
 
 
 def test_a_budget_refusal_takes_no_rate_limit_entry(redis_gateway: RunningGateway) -> None:
@@ -283,6 +331,13 @@ def money(rid: str, *holds: Hold) -> HoldPlan:
     )
 
 
+async def acquire(
+    joint: JointRedis, rate: RatePlan | None, money: HoldPlan | None
+) -> Denial | Refusal | Granted | Generation:
+    """The joint acquire, planned at the counters' current generation."""
+    return await joint.acquire(await joint.counters.generation(), rate, money)
+
+
 RPM_2 = Check("lim:requests", "requests", 2, 60.0, 1)
 SLOT = Check("lim:concurrency", "concurrency", 1, 0, 1)
 
@@ -296,7 +351,7 @@ async def test_a_counters_refusal_writes_no_rate_limit_entry(
 ) -> None:
     limiter, counters, joint = backends
     await counters.seed("b", 0)
-    refused = await joint.acquire(rate("r1", RPM_2, SLOT), money("m1", Hold("b", 50, cap=40)))
+    refused = await acquire(joint, rate("r1", RPM_2, SLOT), money("m1", Hold("b", 50, cap=40)))
     assert refused == Refusal("b", 0, 0, 40)
     assert await keys_under(limiter, "rl:*") == []
     assert await counters.state("b") is not None
@@ -311,7 +366,7 @@ async def test_a_rate_limit_denial_reserves_nothing(
     limiter, counters, joint = backends
     await counters.seed("b", 0)
     assert isinstance(await limiter.acquire("busy", [SLOT], T0, T0 + 600), Granted)
-    denied = await joint.acquire(rate("r1", RPM_2, SLOT), money("m1", Hold("b", 10, cap=40)))
+    denied = await acquire(joint, rate("r1", RPM_2, SLOT), money("m1", Hold("b", 10, cap=40)))
     assert isinstance(denied, Denial) and denied.check == SLOT and denied.used == 1
     state = await counters.state("b")
     assert state is not None and state.reserved == 0
@@ -325,9 +380,10 @@ async def test_both_granted_then_settled_together(
 ) -> None:
     limiter, counters, joint = backends
     await counters.seed("b", 100)
-    await counters.add_cap("w", 1_000)
+    await counters.seed("w", 0, cap=1_000)
     tokens = Check("lim:tokens", "tokens", 500, 60.0, 300)
-    granted = await joint.acquire(
+    granted = await acquire(
+        joint,
         rate("r1", RPM_2, tokens, SLOT),
         money("m1", Hold("b", 200, cap=1_000), Hold("w", 200, use_stored_cap=True)),
     )
@@ -354,7 +410,7 @@ async def test_finish_releases_either_half(
     await counters.seed("b", 0)
     for rid in ("gone", "failed"):
         assert isinstance(
-            await joint.acquire(rate(rid, RPM_2), money(f"m-{rid}", Hold("b", 10, cap=100))),
+            await acquire(joint, rate(rid, RPM_2), money(f"m-{rid}", Hold("b", 10, cap=100))),
             Granted,
         )
     assert await joint.finish("gone", None, "m-gone", None) == []
@@ -371,11 +427,31 @@ async def test_a_lone_half_works(
     """Rate limits without budgets, budgets without rate limits: still one script each."""
     _, counters, joint = backends
     await counters.seed("b", 0)
-    only_rate = await joint.acquire(rate("r1", RPM_2), None)
+    only_rate = await acquire(joint, rate("r1", RPM_2), None)
     assert isinstance(only_rate, Granted) and only_rate.results[0].remaining == 1
-    assert await joint.acquire(None, money("m1", Hold("b", 10, cap=100))) == Granted(())
+    assert await acquire(joint, None, money("m1", Hold("b", 10, cap=100))) == Granted(())
     assert await joint.finish("r1", {}, None, None) == []
     assert await joint.finish(None, None, "m1", [Settlement("b", 10, 4)]) == [(0, 4, None)]
+
+
+async def test_a_stale_generation_writes_nothing(
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
+    """Planned at an older policy version, or before the counters were lost (another
+    epoch): the acquire answers with the stored generation and records no rate-limit
+    entry and no hold."""
+    limiter, counters, joint = backends
+    await counters.seed("b", 0)
+    planned = await counters.generation()
+    await counters.bump()
+    stored = await joint.acquire(planned, rate("r1", RPM_2), money("m1", Hold("b", 10, cap=100)))
+    assert stored == Generation(planned.epoch, planned.version + 1)
+    lost = Generation("another-epoch", stored.version)
+    assert await joint.acquire(lost, rate("r2", RPM_2), money("m2", Hold("b", 10))) == stored
+    assert await keys_under(limiter, "rl:*") == []
+    assert await counters.state("b") == BucketState(0, 0, None)
+    assert await counters.client.zcard(counters.prefix + "reservations") == 0
+    assert isinstance(await joint.acquire(stored, rate("r3", RPM_2), None), Granted)
 
 
 async def test_joint_only_for_redis_backends_on_one_database() -> None:

@@ -27,12 +27,17 @@ def test_an_absurd_usage_figure_never_stops_the_ledger(gateway: RunningGateway) 
     )
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
     absurd = [{"role": "user", "content": f"think hard [[reasoning:{ABSURD}]]"}]
-    raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=absurd)
+    # a cap of its own, or the gateway would send its default one and the model obey it
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", messages=absurd, max_completion_tokens=ABSURD
+    )
     assert raw.http_response.status_code == 200
     assert raw.parse().usage.completion_tokens_details.reasoning_tokens == ABSURD  # type: ignore[union-attr]
     for _ in range(5):
         client.chat.completions.create(model="gpt-4o-mini", messages=NORMAL)
-    client.chat.completions.create(model="gpt-4o-mini", messages=absurd)
+    client.chat.completions.create(
+        model="gpt-4o-mini", messages=absurd, max_completion_tokens=ABSURD
+    )
 
     rows = gateway.ledger()
     assert len(rows) == 7

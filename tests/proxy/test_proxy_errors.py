@@ -309,7 +309,8 @@ def test_a_failing_redis_script_fails_closed_and_says_so(
         )
         chat = {**CHAT, "model": "demo-small"}
         assert post(other, "/v1/chat/completions", key["key"], json=chat).status_code == 200
-        [bucket] = list(redis.scan_iter(match=f"sg:b:{budget['id']}:*"))
+        prefix = other.settings.redis_prefix
+        [bucket] = list(redis.scan_iter(match=f"{prefix}b:{budget['id']}:*"))
         redis.hset(bucket, "reserved", "not-a-number")
         response = post(other, "/v1/chat/completions", key["key"], json=chat)
         assert response.status_code == 503

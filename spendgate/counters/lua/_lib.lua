@@ -24,6 +24,16 @@ local function release(zset, rkey, id)
   return redis.call('ZREM', zset, id)
 end
 
+-- The generation stored in hash `key` differs from the `epoch` and `version` a process
+-- built its policies and buckets from: returns {stored epoch, stored version}, else nil.
+-- A missing epoch ('' here) means the counters were lost: never equal to a real one.
+local function ct_stale(key, epoch, version)
+  local g = redis.call('HMGET', key, 'epoch', 'version')
+  local e, v = g[1] or '', g[2] or '0'
+  if e ~= epoch or v ~= version then return {e, v} end
+  return nil
+end
+
 -- The operations, as functions of (keys, argv) laid out as each script's KEYS/ARGV, so
 -- the joint scripts in spendgate/guard/lua/ can run them next to the rate limiter's.
 
@@ -82,9 +92,17 @@ local function ct_settle(keys, argv)
       give_back(key, back)
       held[key] = still - back
     end
-    out[#out + 1] = redis.call('HGET', key, 'spent') or '0'
-    out[#out + 1] = redis.call('HINCRBY', key, 'spent', argv[a + 1])
-    out[#out + 1] = redis.call('HGET', key, 'cap')  -- false (a nil reply) keeps its place
+    if redis.call('EXISTS', key) == 1 then
+      out[#out + 1] = redis.call('HGET', key, 'spent') or '0'
+      out[#out + 1] = redis.call('HINCRBY', key, 'spent', argv[a + 1])
+      out[#out + 1] = redis.call('HGET', key, 'cap')  -- false (a nil reply) keeps its place
+    else
+      -- lost (Redis restarted empty) and not seeded again: creating it here at this one
+      -- call's cost would make the seed skip it; the ledger row brings the spend instead
+      out[#out + 1] = '0'
+      out[#out + 1] = '0'
+      out[#out + 1] = false
+    end
   end
   for i = 1, #flat, 2 do
     local key = flat[i]

@@ -1,12 +1,19 @@
--- Rate-limit acquire and budget/wallet reserve, all or nothing: both halves are checked
--- before either is recorded, so a refusal by one leaves the other untouched.
--- ARGV: rate keys (0: no rate half), rate arguments, has-counters ('1'/'0'), then the
--- halves (rate as in ratelimit/lua/acquire.lua, counters as in counters/lua/reserve.lua).
--- Returns {1, rate refusal} (as acquire.lua's), {2, counters refusal} (as reserve.lua's),
+-- Generation check, then rate-limit acquire and budget/wallet reserve, all or nothing:
+-- both halves are checked before either is recorded, so a refusal by one leaves the
+-- other untouched.
+-- KEYS: the generation hash, the rate keys, then the counters' keys.
+-- ARGV: rate keys (0: no rate half), rate arguments, has-counters ('1'/'0'), the epoch
+-- and policy version the caller planned with, then the halves (rate as in
+-- ratelimit/lua/acquire.lua, counters as in counters/lua/reserve.lua).
+-- Returns {3, {epoch, version}} when the stored generation differs (nothing written:
+-- the caller reloads its policies, or re-seeds after lost counters, and plans again),
+-- {1, rate refusal} (as acquire.lua's), {2, counters refusal} (as reserve.lua's),
 -- or {0, rate grant (as acquire.lua's; {} without a rate half)}.
 local nk, na, counters = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
-local rk, ra = slice(KEYS, 1, nk), slice(ARGV, 4, 3 + na)
-local ck, ca = slice(KEYS, nk + 1, #KEYS), slice(ARGV, 4 + na, #ARGV)
+local stale = ct_stale(KEYS[1], ARGV[4], ARGV[5])
+if stale then return {3, stale} end
+local rk, ra = slice(KEYS, 2, 1 + nk), slice(ARGV, 6, 5 + na)
+local ck, ca = slice(KEYS, 2 + nk, #KEYS), slice(ARGV, 6 + na, #ARGV)
 local used
 if nk > 0 then
   local refused

@@ -1,0 +1,101 @@
+"""Live counters reconciled with the ledger: spend a counter missed is put back.
+
+A counter can hold less than the ledger: a settle that could not reach Redis (the call
+was served and recorded), buckets lost with Redis and seeded before another replica's
+rows reached the database, spend made before a replica knew a budget. Every
+``reconcile_seconds`` one replica (by lease) compares each live budget bucket (this
+period) and wallet bucket with the ledger and raises the counter to the ledger's
+figure, logging it and emitting ``budget.counter_drift`` / ``wallet.counter_drift``.
+
+The rule against counting twice: the ledger side counts only calls started more than
+``grace`` ago, and the counter is only ever *raised to* that figure, never added to or
+lowered. A call's spend reaches the counter at its settle, before its ledger row is
+written, so a counter that already has it is at least the ledger's figure and is left
+alone; calls in flight or younger than ``grace`` are in neither figure compared. So a
+repair can only add spend the counter truly missed, and at most that (it may fall short
+by the spend of calls younger than ``grace``, which the next run adds).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+from functools import partial
+from typing import Any
+
+from spendgate.core import budget_rules as rules
+from spendgate.core.budget_windows import window_at
+from spendgate.core.clock import Clock
+from spendgate.core.money import format_usd
+from spendgate.counters import Counters
+from spendgate.guard.enforcement import EmitEvent, Enforcer, budget_bucket, wallet_bucket
+from spendgate.store.ledger import LedgerWriter
+from spendgate.store.policies import PolicyStore
+
+log = logging.getLogger("spendgate.guard.reconcile")
+
+
+class Reconciler:
+    def __init__(
+        self,
+        store: PolicyStore,
+        enforcer: Enforcer,
+        ledger: LedgerWriter,
+        clock: Clock,
+        emit: EmitEvent,
+    ) -> None:
+        self._store = store
+        self._enforcer = enforcer
+        self._ledger = ledger
+        self._clock = clock
+        self._emit = emit
+
+    @property
+    def _counters(self) -> Counters:
+        return self._enforcer.counters
+
+    async def reconcile(self, grace: timedelta) -> int:
+        """Raise every live bucket that counts less than the ledger (calls started before
+        ``now - grace``) to the ledger's figure; returns how many it repaired."""
+        now = self._clock.now()
+        until = now - grace
+        await self._ledger.flush()
+        snapshot = await self._enforcer.policies()
+        repaired = 0
+        for budget in snapshot.budgets:
+            window = window_at(now, budget.period, budget.timezone, budget.week_start)
+            if until <= window.start:
+                continue
+            ledger = await self._store.spend_matching(
+                budget.org_id, window.start, until, partial(rules.applies, budget)
+            )
+            info = {"budget_id": budget.id, "period": window.key}
+            bucket = budget_bucket(budget, window)
+            repaired += await self._repair(bucket, ledger, budget.org_id, now, info)
+        for w in snapshot.wallets:
+            if until <= w.created_at:
+                continue
+            ledger = await self._store.spend_matching(w.org_id, w.created_at, until, w.covers)
+            info = {"wallet_id": w.id}
+            repaired += await self._repair(wallet_bucket(w), ledger, w.org_id, now, info)
+        return repaired
+
+    async def _repair(
+        self, bucket: str, ledger: int, org_id: str, now: datetime, info: dict[str, Any]
+    ) -> int:
+        before = await self._counters.raise_to(bucket, "spent", ledger)
+        if before is None or before >= ledger:
+            return 0
+        kind = "wallet" if bucket.startswith("w:") else "budget"
+        log.warning(
+            "%s counter %s was %s, the ledger says %s: raised",
+            kind, bucket, format_usd(before), format_usd(ledger),
+        )  # fmt: skip
+        data = {
+            **info,
+            "counter_usd": format_usd(before),
+            "ledger_usd": format_usd(ledger),
+            "repaired_usd": format_usd(ledger - before),
+        }
+        self._emit(f"{kind}.counter_drift", f"drift:{bucket}:{ledger}", data, now, org_id)
+        return 1

@@ -1,0 +1,75 @@
+"""The output cap a worst case assumes is the one the provider gets (issue 23.2), and
+the answers a request asks for are counted (23.1): what the fake upstream received,
+through the ``openai`` SDK, on SQLite+memory and PostgreSQL+Redis."""
+
+from __future__ import annotations
+
+import openai
+import pytest
+
+from spendgate.testing.fake_upstream import FakeUpstream
+from tests.conftest import RunningGateway
+
+MSG = [{"role": "user", "content": "hello [[reasoning:20000]]"}]
+
+
+def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def test_a_missing_cap_is_sent_in_the_field_the_route_takes(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """No cap in the request: OpenAI chat gets ``max_completion_tokens`` (the field
+    reasoning models take), an OpenAI-compatible server ``max_tokens``, Responses
+    ``max_output_tokens``, each the route's ``default_max_tokens``; the model stops
+    there, however long it would think. A cap the client set is passed on untouched."""
+    client = sdk(gateway, gateway.create_key()["key"])
+    chat = client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert chat.usage is not None and chat.usage.completion_tokens == 4096
+    assert fake.requests[-1].json["max_completion_tokens"] == 4096
+    assert "max_tokens" not in fake.requests[-1].json
+
+    client.chat.completions.create(model="llama-local", messages=MSG)
+    assert fake.requests[-1].json["max_tokens"] == 4096
+
+    response = client.responses.create(model="gpt-4o-mini", input="think [[reasoning:20000]]")
+    assert response.usage is not None and response.usage.output_tokens == 4096
+    assert fake.requests[-1].json["max_output_tokens"] == 4096
+
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG, max_tokens=64)
+    sent = fake.requests[-1].json
+    assert sent["max_tokens"] == 64 and "max_completion_tokens" not in sent
+
+
+def test_n_is_reserved_for_every_answer(gateway: RunningGateway) -> None:
+    """A hard budget with room for one answer of 1,000 tokens but not eight: n=8 is
+    refused before it is forwarded; n=1 goes through."""
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/budgets",
+        {"scope_type": "key", "scope_id": key["id"], "amount_usd": "0.002", "hard_limit": True},
+    )
+    client = sdk(gateway, key["key"])
+    hi = [{"role": "user", "content": "hi"}]
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.chat.completions.create(model="gpt-4o-mini", messages=hi, n=8, max_tokens=1000)
+    assert refused.value.code == "budget_exceeded"
+    one = client.chat.completions.create(model="gpt-4o-mini", messages=hi, max_tokens=1000)
+    assert len(one.choices) == 1
+
+
+@pytest.mark.parametrize(("field", "value"), [("n", 0), ("n", "8"), ("max_tokens", -5)])
+def test_an_unusable_count_or_cap_is_a_400_naming_it(
+    gateway: RunningGateway, field: str, value: object
+) -> None:
+    """``n`` or a cap that is not a whole number in range: 400 in OpenAI's format with
+    the field as ``param``; nothing is forwarded."""
+    client = sdk(gateway, gateway.create_key()["key"])
+    with pytest.raises(openai.BadRequestError) as bad:
+        client.chat.completions.create(
+            model="gpt-4o-mini",
+            messages=[{"role": "user", "content": "hi"}],
+            extra_body={field: value},
+        )
+    assert bad.value.param == field
