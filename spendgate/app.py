@@ -37,6 +37,7 @@ from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.tokens import router as tokens_router
+from spendgate.admin.users import router as users_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
@@ -56,6 +57,7 @@ from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
+from spendgate.store.audit import bind_audit_key
 from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
@@ -151,6 +153,7 @@ def build_admin(services: Services) -> FastAPI:
         return JSONResponse(body, status_code=503 if ledger.full else 200)
 
     api.include_router(admin_router)
+    api.include_router(users_router)
     api.include_router(policies_router)
     api.include_router(rate_limits_router)
     install_webhooks(api, services.webhooks)
@@ -392,6 +395,8 @@ def create_app(
     """``env`` is read once, for what is not in ``settings`` yet (webhook options)."""
     clock = clock or SystemClock()
     engine = engine or create_engine(settings.database_url)
+    audit_settings = load_audit_settings(os.environ if env is None else env, settings.master_key)
+    bind_audit_key(engine, audit_settings.key)  # every audit entry is MAC'd with it
     directory = Directory(engine)
     spool = Spool(
         spool_directory(settings),
@@ -443,7 +448,7 @@ def create_app(
         enforcer=enforcer,
         rate_gate=rate_gate,
         webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
-        audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
+        audit_settings=audit_settings,
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
     )
