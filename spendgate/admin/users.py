@@ -73,11 +73,9 @@ def standing_for_new(body: s.UserIn) -> Standing:
                 param="role",
             )
         return Standing(body.role, roles)
-    if body.role in _ORG_ROLES:
-        return Standing(body.role, dict.fromkeys(body.team_ids, MEMBER))
-    teams: dict[str, str] = dict.fromkeys(body.team_ids, str(body.role))
-    _needs_teams(body.role, teams, "team_ids")
-    return Standing(MEMBER, teams)
+    standing = Standing.single(body.role, body.team_ids)
+    _needs_teams(body.role, standing.teams, "team_ids")
+    return standing
 
 
 def standing_for_patch(who: Principal, current: Standing, body: s.UserPatch) -> Standing:
@@ -128,7 +126,7 @@ async def create_user(
     _judge(who, "", Standing(MEMBER, {}), standing)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        user = await svc.directory.create_user(body.email, standing, org_id, now, conn)
+        user = await svc.directory.create_user(body.email, standing, (), org_id, now, conn)
         await audit(
             conn,
             request,

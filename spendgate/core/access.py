@@ -257,6 +257,14 @@ class Standing:
     role: str
     teams: Mapping[str, str]
 
+    @classmethod
+    def single(cls, role: str, team_ids: Iterable[str]) -> Standing:
+        """One role, as before memberships had roles: an org role is held as such (the
+        teams then hold ``member``); a team role is held in every team given."""
+        if role in (ORG_ADMIN, FINANCE):
+            return cls(role, dict.fromkeys(team_ids, MEMBER))
+        return cls(MEMBER, dict.fromkeys(team_ids, role))
+
     def changed_teams(self, other: Standing) -> set[str]:
         """Teams whose membership or role differs between the two standings."""
         return {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.core.access import Standing, summary_role
+from spendgate.core.access import ORG_ROLES, ROLES, TEAM_ROLES, Standing, summary_role
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.store import schema
@@ -168,12 +168,17 @@ class Directory:
     async def create_user(
         self,
         email: str,
-        standing: Standing,
+        role: str | Standing,
+        team_ids: Sequence[str],
         org_id: str | None,
         now: datetime,
         conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
-        """A user with an org role and a role in each of their teams (``standing``)."""
+        """A user with an org role and a role in each of their teams: a ``Standing``, or
+        one ``role`` in ``team_ids`` (``Standing.single``)."""
+        standing = role if isinstance(role, Standing) else Standing.single(role, team_ids)
+        if standing.role not in ORG_ROLES or not set(standing.teams.values()) <= set(TEAM_ROLES):
+            raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", param="role")
         orgs = {await self._org_of(org_id, t) for t in standing.teams} or {
             await self._org_of(org_id, None)
         }
