@@ -314,7 +314,7 @@ async def verify_audit(
     expect_seq: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
     expect_hash: Hash | None = None,
     expect_at: s.Instant | None = None,
-    expect_signature: Annotated[str | None, Query(max_length=64)] = None,
+    expect_signature: Hash | None = None,
 ) -> dict[str, Any]:
     """Walk the chain from the newest signed checkpoint, checking every entry's hash and
     MAC and the head row; name the first bad entry. ``expect_*``: an anchor kept from an

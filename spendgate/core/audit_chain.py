@@ -214,6 +214,12 @@ def chain_hash(prev_hash: str, body: bytes) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + body).hexdigest()
 
 
+def same_digest(a: str, b: str) -> bool:
+    """Constant-time equality of two hex digests, one of which may come from a tampered
+    row (any text: never an error)."""
+    return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
+
+
 def _subkey(key: bytes, label: bytes) -> bytes:
     return hmac.new(key, label, hashlib.sha256).digest()
 
@@ -326,7 +332,7 @@ def sign_checkpoint(checkpoint: Checkpoint, key: bytes) -> Checkpoint:
 
 def checkpoint_valid(checkpoint: Checkpoint, key: bytes) -> bool:
     expected = hmac.new(key, checkpoint.message(), hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, checkpoint.signature)
+    return same_digest(expected, checkpoint.signature)
 
 
 def head_mac(key: bytes, seq: int, entry_hash: str) -> str:
@@ -368,7 +374,7 @@ def anchor_valid(anchor: Anchor, key: bytes) -> bool:
     """An unsigned anchor is taken as given; a signed one must carry a valid signature."""
     if not anchor.signature:
         return True
-    return hmac.compare_digest(sign_anchor(anchor, key).signature, anchor.signature)
+    return same_digest(sign_anchor(anchor, key).signature, anchor.signature)
 
 
 def derive_key(master_key: str) -> bytes:

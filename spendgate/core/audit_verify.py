@@ -14,7 +14,6 @@ without naming it.
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -27,6 +26,7 @@ from spendgate.core.audit_chain import (
     chain_hash,
     entry_mac,
     head_mac,
+    same_digest,
     sign_anchor,
 )
 
@@ -107,12 +107,12 @@ def check_link(
         body = entry.canonical()
     except ValueError as exc:
         return broken(str(exc))
-    if not hmac.compare_digest(chain_hash(entry.prev_hash, body), entry.hash):
+    if not same_digest(chain_hash(entry.prev_hash, body), entry.hash):
         return broken("hash does not match the entry's content")
     if sealing_key is not None and entry.version >= 2:
         if entry.mac is None:
             return broken("entry carries no MAC (written without the audit key)")
-        if not hmac.compare_digest(entry_mac(sealing_key, entry.hash), entry.mac):
+        if not same_digest(entry_mac(sealing_key, entry.hash), entry.mac):
             return broken("MAC does not match: the entry was rewritten without the audit key")
     return ChainState(entry.seq, entry.hash, state.checked + 1, entry.version)
 
@@ -151,7 +151,7 @@ class ChainWalk:
                 return False
             anchor = self._anchor
             if anchor is not None and entry.seq == anchor.seq:
-                if not hmac.compare_digest(entry.hash, anchor.hash):
+                if not same_digest(entry.hash, anchor.hash):
                     self.broken = ChainBreak(
                         entry.id, entry.seq, "entry differs from the kept anchor (other hash)"
                     )
@@ -213,7 +213,7 @@ class ChainWalk:
             )
         if key is None or (head_seal is None and state.version < 2):
             return None  # no key to check with, or a chain of version-1 entries only
-        if head_seal is None or not hmac.compare_digest(head_mac(key, *head), head_seal):
+        if head_seal is None or not same_digest(head_mac(key, *head), head_seal):
             return ChainBreak(
                 None,
                 state.seq,

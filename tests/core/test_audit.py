@@ -439,3 +439,15 @@ def test_an_org_walk_reports_that_orgs_figures_only() -> None:
     result = walk.result((7, prev), head_mac(KEY, 7, prev), KEY, now)
     assert not result.ok and result.first_bad is not None
     assert result.first_bad.entry_id is None and "outside this org" in result.first_bad.reason
+
+
+def test_any_text_in_a_tampered_digest_is_a_break_not_an_error() -> None:
+    """Rows are attacker-controlled: non-ASCII in a hash or MAC is reported, not raised."""
+    entries = sealed(3)
+    for field in ("hash", "mac"):
+        forged = [entries[0], dataclasses.replace(entries[1], **{field: "é" * 64}), entries[2]]
+        bad = verify_chain(forged, sealing_key=SEALING).first_bad
+        assert bad is not None and bad.entry_id == "aud_2"
+    assert not anchor_valid(
+        dataclasses.replace(sign_anchor(Anchor(1, "a" * 64), KEY), signature="é"), KEY
+    )
