@@ -13,7 +13,6 @@ import logging
 import os
 import secrets
 import socket
-import sys
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta
@@ -30,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate import __version__
+from spendgate.admin.anomalies import router as anomalies_router
 from spendgate.admin.audit import router as audit_router
 from spendgate.admin.deps import no_nul_characters, unguarded_routes
 from spendgate.admin.forecasts import router as forecasts_router
@@ -47,6 +47,9 @@ from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import DatabaseUnavailable, PayloadTooLarge, SpendgateError
 from spendgate.guard.enforcement import Enforcer
 from spendgate.guard.sweeper import ThresholdSweeper
+from spendgate.observability.logs import AdminRequestIds, console_line
+from spendgate.observability.metrics import GatewayMetrics
+from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gauges
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
@@ -54,9 +57,11 @@ from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
 from spendgate.security.auth_throttle import AuthThrottle
+from spendgate.security.credentials import new_id
 from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
+from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
 from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.directory import Directory
@@ -65,6 +70,7 @@ from spendgate.store.leases import take_lease
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
 from spendgate.store.policies import PolicyStore
 from spendgate.store.spool import Spool
+from spendgate.webhooks.outbox import pending_deliveries
 from spendgate.webhooks.runtime import WebhookRuntime
 
 log = logging.getLogger("spendgate")
@@ -109,6 +115,8 @@ def build_admin(services: Services) -> FastAPI:
 
     @api.exception_handler(RedisError)
     async def counters_down(_: Request, exc: RedisError) -> JSONResponse:
+        if services.metrics is not None:
+            services.metrics.backend_error("redis")
         return _error_response(counters_failed(exc, "or change live budget state"))
 
     @api.exception_handler(SQLAlchemyError)
@@ -160,6 +168,7 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(audit_router)
     api.include_router(forecasts_router)
     api.include_router(tokens_router)
+    api.include_router(anomalies_router)
     api.state.audit_settings = services.audit_settings
     unguarded = unguarded_routes(api)
     if unguarded:  # a route without a permission rule is a bug, not a default
@@ -187,6 +196,7 @@ class Gateway:
     def __init__(self, services: Services, *, auto_migrate: bool = True) -> None:
         self.services = services
         self.auto_migrate = auto_migrate
+        self.metrics = services.metrics or GatewayMetrics(services.clock.monotonic)
         self.proxy = ProxyApp(
             services.settings,
             services.clock,
@@ -199,10 +209,20 @@ class Gateway:
             services.rate_gate,
             services.auth_throttle,
             self._implausible,
+            metrics=self.metrics,
+        )
+        self._metered_proxy = self.metrics.proxied(self.proxy)
+        self.metrics_endpoint = MetricsEndpoint(
+            self.metrics,
+            self._gauges,
+            token=services.settings.metrics_token,
+            multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
         )
         self.admin = build_admin(services)
         #: what serves HTTP outside /v1: the admin app behind CSRF checks and security headers
-        self.web = SecurityHeaders(CsrfGuard(self._admin_http, max_body_bytes=ADMIN_BODY_LIMIT))
+        self.web = AdminRequestIds(
+            SecurityHeaders(CsrfGuard(self._admin_http, max_body_bytes=ADMIN_BODY_LIMIT)), new_id
+        )
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
         self._housekeeping: asyncio.Task[None] | None = None
@@ -255,13 +275,26 @@ class Gateway:
         kind = scope["type"]
         if kind == "http":
             if scope["path"].startswith("/v1/"):
-                await self.proxy(scope, receive, send)
-                return
-            await self.web(scope, receive, send)
+                await self._metered_proxy(scope, receive, send)
+            elif scope["path"] == "/metrics":
+                await self.metrics_endpoint(scope, receive, send)
+            else:
+                await self.web(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             await self.admin(scope, receive, send)
+
+    async def _gauges(self) -> Gauges:
+        """Read when ``/metrics`` is scraped: this process's ledger backlog and the
+        database's webhook outbox (left out while the database does not answer)."""
+        try:
+            pending = await asyncio.wait_for(pending_deliveries(self.services.engine), 2.0)
+        except (SQLAlchemyError, OSError, TimeoutError) as exc:
+            log.debug("outbox depth not scraped: %s", exc)
+            pending = None
+        ledger = self.services.ledger
+        return backlog_gauges(ledger_backlog(ledger), ledger.full, pending)
 
     async def _admin_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
@@ -311,10 +344,9 @@ class Gateway:
             {"name": "demo", "org_id": org["id"], "allow_request_tags": True}, now
         )
         # to the terminal, not the log: logs are shipped and kept, and a key must not be
-        print(
+        console_line(
             f"demo org {org['id']} created; its virtual key (shown once): {key['key']}",
-            file=sys.stderr,
-            flush=True,
+            self.services.settings.log_format,
         )
 
     async def _housekeep(self) -> None:
@@ -322,7 +354,7 @@ class Gateway:
         policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
-        next_sweep = loop.time()
+        next_sweep = next_anomaly_check = loop.time()
         while True:
             try:
                 await self.services.enforcer.reap()
@@ -332,6 +364,10 @@ class Gateway:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
+                every = self.services.settings.anomaly_check_seconds
+                if every > 0 and loop.time() >= next_anomaly_check:
+                    next_anomaly_check = loop.time() + every
+                    await self.check_anomalies(holder)
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
                 log.warning("housekeeping postponed, database unavailable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
@@ -344,6 +380,18 @@ class Gateway:
             self.services.engine, "threshold-sweep", holder, self._now(), ttl
         ):
             await sweeper.sweep()
+
+    async def check_anomalies(self, holder: str) -> bool:
+        """One replica per ``anomaly_check_seconds`` checks every scope's spend (a lease
+        taken for 0.8 of the interval); False if another replica has the lease."""
+        watch, every = self.services.anomalies, self.services.settings.anomaly_check_seconds
+        now = self._now()
+        if watch is None or not await take_lease(
+            self.services.engine, "anomaly-check", holder, now, timedelta(seconds=every * 0.8)
+        ):
+            return False
+        await watch.check(now)
+        return True
 
     def _now(self) -> datetime:
         return self.services.clock.now()
@@ -426,6 +474,8 @@ def create_app(
         events.emit_once,
         reservation_seconds=settings.upstream_timeout_seconds + 60,
     )
+    metrics = GatewayMetrics(clock.monotonic)
+    metrics.watch(engine)
     rate_gate = RateGate(
         rate_limiter_from_url(settings.redis_url),
         clock,
@@ -451,7 +501,12 @@ def create_app(
         audit_settings=audit_settings,
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
+        anomalies=AnomalyWatch(
+            engine, settings.anomaly_params, policy_changed=enforcer.refresh, flush=ledger.flush
+        ),
+        metrics=metrics,
     )
+    services.webhooks.worker.on_attempt = metrics.webhook_attempt
     return Gateway(services, auto_migrate=auto_migrate)
 
 

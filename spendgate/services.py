@@ -17,11 +17,13 @@ from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
 from spendgate.guard.enforcement import Enforcer
 from spendgate.guard.sweeper import ThresholdSweeper
+from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import Transport
 from spendgate.ratelimit.gate import RateGate
 from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.settings import Settings
+from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.directory import Directory
 from spendgate.store.events import PendingEvent, capturing, record_event
 from spendgate.store.ledger import LedgerWriter
@@ -101,6 +103,10 @@ class Services:
     auth_throttle: AuthThrottle = field(default_factory=AuthThrottle)
     #: thresholds reached in the ledger but never fired (on start, periodically, on change)
     sweeper: ThresholdSweeper | None = None
+    #: checks every key's, team's and model's hourly spend against its usual band
+    anomalies: AnomalyWatch | None = None
+    #: counters and histograms for /metrics (one per process)
+    metrics: GatewayMetrics | None = None
 
     async def drain(self) -> None:
         """Store every event decided so far: those stored on their own, and those that

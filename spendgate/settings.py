@@ -16,7 +16,8 @@ The config file is TOML (``--config FILE`` or ``SPENDGATE_CONFIG``)::
     price = { model = "gpt-4o-mini", provider = "openai" }
 
 Environment: ``SPENDGATE_MASTER_KEY``, ``SPENDGATE_DATABASE_URL``,
-``SPENDGATE_REDIS_URL``, ``SPENDGATE_CONFIG``.
+``SPENDGATE_REDIS_URL``, ``SPENDGATE_CONFIG``, ``SPENDGATE_SPOOL_DIR``,
+``SPENDGATE_LOG_LEVEL``, ``SPENDGATE_LOG_FORMAT``, ``SPENDGATE_METRICS_TOKEN``.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Literal
 
+from spendgate.core.anomalies import Params as AnomalyParams
 from spendgate.core.audit_chain import (
     DEFAULT_RETENTION_DAYS,
     MIN_RETENTION_DAYS,
@@ -37,6 +39,7 @@ from spendgate.core.audit_chain import (
 )
 from spendgate.core.pricing import PriceOverride, PriceRef
 from spendgate.errors import ConfigError
+from spendgate.observability.logs import LOG_LEVELS
 
 ProviderKind = Literal["openai", "anthropic", "azure", "openai_compatible", "simulated"]
 PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "azure", "openai_compatible", "simulated")
@@ -101,7 +104,15 @@ class Settings:
     spool_dir: str | None = None
     #: past this much unwritten spool, new calls are refused with 503
     spool_max_bytes: int = 1024 * 1024 * 1024
+    #: logging: spendgate's and uvicorn's level, and ``json`` (one object a line) or ``text``
+    log_level: str = "info"
+    log_format: Literal["json", "text"] = "text"
+    #: ``GET /metrics`` wants ``Authorization: Bearer <this>`` when set
+    metrics_token: str | None = field(default=None, repr=False)
     models: Mapping[str, ModelRoute] = field(default_factory=dict)
+    #: spend anomalies: how often one replica checks every key, team and model (0: never)
+    anomaly_check_seconds: float = 300.0
+    anomaly_params: AnomalyParams = field(default_factory=AnomalyParams)
 
 
 def _decimal(value: Any, where: str) -> Decimal:
@@ -202,6 +213,21 @@ def _unlisted(value: Any) -> Literal["allow", "deny"]:
     raise ConfigError('gateway.unlisted_models must be "allow" or "deny"')
 
 
+def _observability(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``log_level``, ``log_format`` (env ``SPENDGATE_LOG_LEVEL``/``SPENDGATE_LOG_FORMAT``
+    first) and ``metrics_token`` (env ``SPENDGATE_METRICS_TOKEN`` first)."""
+    level = str(env.get("SPENDGATE_LOG_LEVEL") or gateway.get("log_level", "info")).lower()
+    if level not in LOG_LEVELS:
+        raise ConfigError(f"gateway.log_level must be one of {', '.join(LOG_LEVELS)}")
+    fmt = str(env.get("SPENDGATE_LOG_FORMAT") or gateway.get("log_format", "text")).lower()
+    if fmt not in ("json", "text"):
+        raise ConfigError('gateway.log_format must be "json" or "text"')
+    token = env.get("SPENDGATE_METRICS_TOKEN") or gateway.get("metrics_token") or None
+    if token is not None and not isinstance(token, str):
+        raise ConfigError("gateway.metrics_token must be a string")
+    return {"log_level": level, "log_format": fmt, "metrics_token": token}
+
+
 def _non_negative_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where} must be a whole number, 0 or more")
@@ -300,8 +326,38 @@ def load_settings(
         spool_max_bytes=_non_negative_int(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
         ),
+        **_observability(gateway, env),
         models=models,
+        **_anomaly_settings(raw.get("anomalies", {})),
     )
+
+
+def _anomaly_settings(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """``[anomalies]``: ``check_seconds`` (0 turns checks off), ``min_excess_usd`` (the
+    dollar floor), ``band_sds``, ``band_min_ratio``, ``history_weeks``, ``min_history_hours``."""
+    defaults = AnomalyParams()
+    every = raw.get("check_seconds", 300.0)
+    if every != 0:
+        every = _at_least(every, 10, "anomalies.check_seconds")
+    floor = _decimal(raw.get("min_excess_usd", "10"), "anomalies.min_excess_usd")
+    params = AnomalyParams(
+        weeks=_at_least_int(raw.get("history_weeks", defaults.weeks), 1, "anomalies.history_weeks"),
+        min_history_hours=_at_least_int(
+            raw.get("min_history_hours", defaults.min_history_hours),
+            24,
+            "anomalies.min_history_hours",
+        ),
+        k=_at_least(raw.get("band_sds", defaults.k), 1, "anomalies.band_sds"),
+        rel=_at_least(raw.get("band_min_ratio", defaults.rel), 0, "anomalies.band_min_ratio"),
+        min_excess_nanos=int(floor * 1_000_000_000),
+    )
+    return {"anomaly_check_seconds": float(every), "anomaly_params": params}
+
+
+def _at_least_int(value: Any, least: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise ConfigError(f"{where} must be a whole number, {least} or more")
+    return value
 
 
 def load_audit_settings(env: Mapping[str, str], master_key: str | None) -> AuditSettings:

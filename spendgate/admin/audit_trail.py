@@ -18,6 +18,7 @@ from typing import Any
 from starlette.requests import Request
 
 from spendgate.core.audit_chain import AuditEvent
+from spendgate.observability.logs import REQUEST_ID
 from spendgate.security.credentials import new_id
 
 
@@ -38,10 +39,11 @@ def admin_event(
     before: Any = None,
     after: Any = None,
 ) -> AuditEvent:
-    """An audit event for an admin call; the request id is the caller's ``X-Request-Id``
-    (or a new one), the source address the peer's (proxy headers are not trusted)."""
+    """An audit event for an admin call; the request id is the one its log lines carry
+    (the caller's ``X-Request-Id`` if well formed, else a new one), the source address the
+    peer's (proxy headers are not trusted)."""
     actor_type, actor_id = actor_of(principal)
-    request_id = request.headers.get("x-request-id") or new_id("req")
+    request_id = REQUEST_ID.get() or request.headers.get("x-request-id") or new_id("req")
     source_ip = request.client.host if request.client else None
     return AuditEvent(
         at,

@@ -1,6 +1,6 @@
 """Exact decimal input: the one validator behind every money and percentage field.
 
-Every amount and percentage of the admin API is declared with :func:`exact_decimal`, so
+Every amount and percentage of the admin API is declared with :class:`ExactDecimal`, so
 each answers bad input the same way — a 422 naming the field, with the allowed range and
 precision in the message — and none can reach the database or the core unchecked (an
 over-long or over-precise value used to be a 500 or a 503 there):
@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from functools import partial
 from typing import Annotated, Any
 
-from pydantic import PlainValidator, WithJsonSchema
-from pydantic_core import PydanticCustomError
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
 
 #: a decimal in plain notation: optional sign, ASCII digits, optional fraction (no
 #: exponent; ``\d`` would take any script's digits)
@@ -59,46 +60,62 @@ def _as_decimal(value: Any, rule: str) -> Decimal:
     return number
 
 
-def _check(
-    value: Any, *, places: int, low: Decimal, low_inclusive: bool, high: Decimal, rule: str
-) -> Decimal:
-    number = _as_decimal(value, rule)
-    if number.is_zero():
-        number = Decimal(0)  # -0 is 0
-    exponent = number.normalize().as_tuple().exponent
-    if isinstance(exponent, int) and exponent < -places:
-        raise _refuse(f"{rule}; got {-exponent} decimal places")
-    too_low = number < low if low_inclusive else number <= low
-    if too_low or number > high:
-        raise _refuse(f"{rule}; got {number:f}"[:200])
-    return number
+@dataclass(frozen=True, slots=True)
+class ExactDecimal:
+    """``Annotated[Decimal, ExactDecimal(...)]``: an input decimal with ``low < value <=
+    high`` (or ``low <= value`` with ``low_inclusive``) and at most ``places`` decimal
+    places; pydantic validates with :meth:`check` and documents :meth:`json_schema`."""
 
+    what: str
+    places: int
+    high: Decimal
+    low: Decimal = Decimal(0)
+    low_inclusive: bool = False
 
-def exact_decimal(
-    *, what: str, places: int, high: Decimal, low: Decimal = Decimal(0), low_inclusive: bool
-) -> Any:
-    """An ``Annotated[Decimal, ...]`` for an input field: ``low < value <= high`` (or
-    ``low <= value`` with ``low_inclusive``) with at most ``places`` decimal places."""
-    bound = "at least" if low_inclusive else "greater than"
-    rule = (
-        f"must be {what}: a decimal {bound} {low} and at most {high}, "
-        f"with at most {places} decimal places"
-    )
-    check = partial(
-        _check, places=places, low=low, low_inclusive=low_inclusive, high=high, rule=rule
-    )
-    number_schema: dict[str, Any] = {"type": "number", "maximum": float(high)}
-    number_schema["minimum" if low_inclusive else "exclusiveMinimum"] = float(low)
-    digits = len(str(int(high)))
-    schema = {
-        "anyOf": [
-            number_schema,
-            {"type": "string", "pattern": rf"^[0-9]{{1,{digits}}}(\.[0-9]{{1,{places}}})?$"},
-        ],
-        "description": f"{what[0].upper()}{what[1:]}: {bound} {low}, at most {high}, "
-        f"at most {places} decimal places (a JSON number or a decimal string)",
-    }
-    return Annotated[Decimal, PlainValidator(check), WithJsonSchema(schema)]
+    @property
+    def rule(self) -> str:
+        bound = "at least" if self.low_inclusive else "greater than"
+        return (
+            f"must be {self.what}: a decimal {bound} {self.low} and at most {self.high}, "
+            f"with at most {self.places} decimal places"
+        )
+
+    def check(self, value: Any) -> Decimal:
+        number = _as_decimal(value, self.rule)
+        if number.is_zero():
+            number = Decimal(0)  # -0 is 0
+        exponent = number.normalize().as_tuple().exponent
+        if isinstance(exponent, int) and exponent < -self.places:
+            raise _refuse(f"{self.rule}; got {-exponent} decimal places")
+        too_low = number < self.low if self.low_inclusive else number <= self.low
+        if too_low or number > self.high:
+            raise _refuse(f"{self.rule}; got {number:f}"[:200])
+        return number
+
+    def json_schema(self) -> dict[str, Any]:
+        bound = "minimum" if self.low_inclusive else "exclusiveMinimum"
+        digits = len(str(int(self.high)))
+        return {
+            "anyOf": [
+                {"type": "number", bound: float(self.low), "maximum": float(self.high)},
+                {
+                    "type": "string",
+                    "pattern": rf"^[0-9]{{1,{digits}}}(\.[0-9]{{1,{self.places}}})?$",
+                },
+            ],
+            "description": f"{self.what[0].upper()}{self.what[1:]}: {self.rule[len('must be ') :]}"
+            " (a JSON number or a decimal string)",
+        }
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return core_schema.no_info_plain_validator_function(self.check)
+
+    def __get_pydantic_json_schema__(
+        self, schema: CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return self.json_schema()
 
 
 MAX_USD = Decimal(1_000_000_000)
@@ -109,12 +126,10 @@ PERCENT_PLACES = 4
 MAX_PERCENT = Decimal(1000)
 
 #: a positive USD amount (budgets, top-ups, exceptions, spend limits)
-Money = exact_decimal(what="an amount in USD", places=USD_PLACES, high=MAX_USD, low_inclusive=False)
+Money = Annotated[Decimal, ExactDecimal("an amount in USD", USD_PLACES, MAX_USD)]
 #: a USD amount that may be zero (thresholds such as a wallet's low-balance warning)
-MoneyOrZero = exact_decimal(
-    what="an amount in USD", places=USD_PLACES, high=MAX_USD, low_inclusive=True
-)
+MoneyOrZero = Annotated[
+    Decimal, ExactDecimal("an amount in USD", USD_PLACES, MAX_USD, low_inclusive=True)
+]
 #: a positive percentage (alerts, soft and hard limits, exception raises)
-Percent = exact_decimal(
-    what="a percentage", places=PERCENT_PLACES, high=MAX_PERCENT, low_inclusive=False
-)
+Percent = Annotated[Decimal, ExactDecimal("a percentage", PERCENT_PLACES, MAX_PERCENT)]

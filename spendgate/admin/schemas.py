@@ -19,7 +19,9 @@ from pydantic import (
     Strict as PydanticStrict,
 )
 
-from spendgate.admin.decimal_fields import Money, MoneyOrZero, Percent
+from spendgate.admin.decimal_fields import Money as Money  # re-exported: s.Money
+from spendgate.admin.decimal_fields import MoneyOrZero as MoneyOrZero
+from spendgate.admin.decimal_fields import Percent as Percent
 from spendgate.core.budget_windows import validate_timezone
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import typer
 
 from spendgate.cli import directory, policies
+from spendgate.cli.anomalies import anomalies
 from spendgate.cli.audit import audit_app
 from spendgate.cli.forecast import forecast
 from spendgate.cli.serve import db_app, serve
@@ -36,6 +37,7 @@ app.command()(forecast)
 app.command()(usage)
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
+app.add_typer(anomalies, name="anomalies")
 
 if __name__ == "__main__":
     app()

@@ -94,6 +94,9 @@ class Can(StrEnum):
     AUDIT_VERIFY = "audit.verify"
     AUDIT_PURGE = "audit.purge"
     TOKENS = "tokens"
+    ANOMALIES_READ = "anomalies.read"
+    ANOMALIES_ACK = "anomalies.acknowledge"
+    ANOMALY_ACTIONS_WRITE = "anomalies.actions.write"
 
 
 _EVERYONE = frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN, VIEWER})
@@ -123,6 +126,11 @@ GRANTS: dict[Can, frozenset[str]] = {
     Can.AUDIT_VERIFY: _ORG_READERS,
     Can.AUDIT_PURGE: frozenset(),
     Can.TOKENS: _EVERYONE,
+    # anomalies: seen like spend; acknowledged (which lifts a pause or limit it applied)
+    # by those who may change budgets; the pause/limit itself set by those who set limits
+    Can.ANOMALIES_READ: _EVERYONE,
+    Can.ANOMALIES_ACK: frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN}),
+    Can.ANOMALY_ACTIONS_WRITE: frozenset({ORG_ADMIN, TEAM_ADMIN}),
 }
 
 

@@ -38,6 +38,7 @@ from spendgate.errors import (
 )
 from spendgate.guard import CallGuard, Guarded
 from spendgate.guard.enforcement import Enforcer
+from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy import simulated
 from spendgate.proxy.auth import KeyCache, presented_secret
 from spendgate.proxy.metering import StreamMeter, usage_from_body
@@ -167,7 +168,9 @@ class ProxyApp:
         rate_gate: RateGate,
         auth_throttle: AuthThrottle | None = None,
         on_implausible: Callable[[Call, TokenUsage], None] | None = None,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or GatewayMetrics(clock.monotonic)
         self._on_implausible = on_implausible
         self._throttle = AuthThrottle(limit=0) if auth_throttle is None else auth_throttle
         self._enforcer = enforcer
@@ -183,6 +186,7 @@ class ProxyApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = self._request_ids()
+        self._metrics.identified(request_id)
         path = scope["path"]
         wire = "anthropic" if path.startswith("/v1/messages") else "openai"
         try:
@@ -206,8 +210,10 @@ class ProxyApp:
             try:
                 await self._guarded(call, payload, body, headers, receive, send)
             except RedisError as exc:
+                self._metrics.backend_error("redis")
                 raise counters_failed(exc, "budgets and limits") from exc
         except SpendgateError as err:
+            self._metrics.refused(err)
             await send_error(send, err, wire, request_id)
         except (SQLAlchemyError, OSError) as exc:
             # only a lookup this process had not cached gets here: cached keys and
@@ -216,6 +222,7 @@ class ProxyApp:
             unavailable = DatabaseUnavailable(
                 "the gateway's database is unavailable and this call needs it; retry shortly"
             )
+            self._metrics.refused(unavailable)
             await send_error(send, unavailable, wire, request_id)
 
     async def _authenticate(
@@ -334,8 +341,10 @@ class ProxyApp:
         transport = self._transports[
             "simulated" if call.route.provider.kind == "simulated" else "http"
         ]
+        sent = self._clock.monotonic()
         try:
             response = await transport.send(request)
+            self._metrics.upstream(call.route.provider.name, self._clock.monotonic() - sent)
         except SpendgateError as err:
             status = "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
             await self._book(call, guarded, err.status, status, None)
@@ -464,6 +473,7 @@ class ProxyApp:
         remaining = None
         with capture_events(events):
             entry = self._record(call, http_status, status, usage, estimated)
+            self._metrics.booked(entry)
             try:
                 if usage is None:
                     await self._guard.unbilled(guarded)

@@ -65,10 +65,13 @@ async def insert_new(
     return bool(done.rowcount == 1)
 
 
-def _insert(conn: AsyncConnection, table: sa.Table) -> Any:
+def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:
     """The dialect's INSERT, which has ``ON CONFLICT`` (PostgreSQL and SQLite alike)."""
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
     return dialect.insert(table)
+
+
+_insert = insert_for
 
 
 def database_fingerprint(engine: AsyncEngine) -> str:

@@ -29,6 +29,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "usage.implausible",
     #: the database refused a ledger row; it was set aside in ``ledger_rejected`` (ours)
     "ledger.row_rejected",
+    #: an hour's spend (or the running hour's) left its usual band; and came back (ours)
+    "spend.anomaly",
+    "spend.anomaly_resolved",
 )
 
 #: a budget event's ``threshold`` field → severity (alerts inform, soft warns, hard pages)
@@ -51,6 +54,8 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "webhook.endpoint_disabled": "warning",
     "usage.implausible": "warning",
     "ledger.row_rejected": "critical",
+    "spend.anomaly": "critical",
+    "spend.anomaly_resolved": "info",
 }
 
 TITLES: dict[str, str] = {
@@ -70,6 +75,8 @@ TITLES: dict[str, str] = {
     "webhook.endpoint_disabled": "Webhook endpoint disabled",
     "usage.implausible": "Implausible usage reported by a provider",
     "ledger.row_rejected": "Ledger row refused by the database",
+    "spend.anomaly": "Spend anomaly",
+    "spend.anomaly_resolved": "Spend anomaly resolved",
 }
 
 

@@ -56,6 +56,9 @@ def facts(event: Event) -> list[tuple[str, str]]:
     scope = _scope(d)
     if scope:
         out.append(("Scope", scope))
+    if d.get("actual_usd") is not None and d.get("expected_usd") is not None:
+        spend = f"{_money(d['actual_usd'])}, expected {_money(d['expected_usd'])}"
+        out.append(("Spend this hour", spend))
     if d.get("percent_used") is not None:
         out.append(("Used", f"{d['percent_used']}%"))
     elif d.get("percent") is not None:

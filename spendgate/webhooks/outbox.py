@@ -43,6 +43,7 @@ __all__ = [
     "claim_due",
     "emit_event",
     "fan_out",
+    "pending_deliveries",
     "record_attempt",
     "resolve_incidents",
     "resolve_reset_periods",
@@ -91,6 +92,29 @@ async def _resolve(conn: AsyncConnection, incident: Mapping[str, Any], now: date
         DL.insert().values(**delivery_values(incident["endpoint_id"], event, "resolve", now))
     )
     return True
+
+
+async def resolve_event_incidents(conn: AsyncConnection, event_id: str, now: datetime) -> int:
+    """Enqueue a PagerDuty ``resolve`` for each PagerDuty endpoint that was sent the
+    trigger of ``event_id`` (an episode that has ended, e.g. a spend anomaly)."""
+    sent = (
+        await conn.execute(
+            sa.select(DL.c.endpoint_id, DL.c.payload)
+            .select_from(DL.join(EP, EP.c.id == DL.c.endpoint_id))
+            .where(
+                DL.c.event_id == event_id,
+                DL.c.action == "trigger",
+                DL.c.redelivery_of.is_(None),
+                EP.c.kind == "pagerduty",
+            )
+        )
+    ).all()
+    for endpoint_id, payload in sent:
+        event = Event.from_envelope(payload)
+        await conn.execute(
+            DL.insert().values(**delivery_values(endpoint_id, event, "resolve", now))
+        )
+    return len(sent)
 
 
 async def resolve_incidents(
@@ -326,3 +350,10 @@ async def _endpoint_health(
             org_id=org_id,
             dedup_key=f"webhook:{endpoint_id}:disabled:{since.isoformat()}",
         )
+
+
+async def pending_deliveries(engine: AsyncEngine) -> int:
+    """Deliveries not yet succeeded or given up (due now or waiting for a retry)."""
+    async with engine.connect() as conn:
+        count = await conn.scalar(sa.select(sa.func.count()).where(DL.c.status == "pending"))
+    return int(count or 0)

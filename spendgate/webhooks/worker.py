@@ -78,6 +78,8 @@ class DeliveryWorker:
             raise ValueError("the lease must outlast the HTTP timeout")
         self._poll = poll_seconds
         self._rand = rand
+        #: told each attempt's endpoint kind and outcome (the gateway's metrics)
+        self.on_attempt: Callable[[str, str], None] | None = None
 
     async def run_once(self) -> int:
         """Attempt every delivery due now (up to the batch size); how many were attempted."""
@@ -113,6 +115,8 @@ class DeliveryWorker:
         outcome = await record_attempt(
             self._engine, claim, result, started_at, self._clock.now(), self._rand()
         )
+        if self.on_attempt is not None:
+            self.on_attempt(claim.endpoint["kind"], outcome)
         log.info(
             "webhook delivery %s to %s: %s (%s)",
             claim.delivery["id"],

@@ -20,8 +20,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, PlainValidator
+from pydantic import BaseModel
 
+from spendgate.admin.decimal_fields import ExactDecimal
 from spendgate.admin.deps import admin_routes
 from tests.conftest import RunningGateway
 
@@ -57,6 +58,7 @@ TARGETS = [
     Target("POST", "/admin/wallets/{wallet}/topups", "amount_usd", MONEY),
     Target("POST", "/admin/rate-limits", "max_spend_usd", MONEY),
     Target("PATCH", "/admin/rate-limits/{limit}", "max_spend_usd", MONEY),
+    Target("POST", "/admin/anomaly-actions", "max_spend_usd", MONEY),
 ]
 
 EXTREMES: list[Any] = [
@@ -170,25 +172,18 @@ class World:
 
     def body(self, target: Target, value: Any) -> dict[str, Any]:
         n = next(self.serial)
-        base: dict[str, Any] = (
-            {
-                "/admin/budgets": {"scope_type": "team", "scope_id": self.team, "amount_usd": "10"},
-                "/admin/budgets/{budget}/exceptions": {
-                    "reason": "r",
-                    "expires_at": "2026-04-01T00:00:00Z",
-                },
-                "/admin/wallets": {"scope_type": "key", "scope_id": self._key(n)},
-                "/admin/rate-limits": {
-                    "scope_type": "team",
-                    "scope_id": self.team,
-                    "model": f"m{n}-*",
-                },
-            }.get(target.path, {})
-            if target.method == "POST"
-            else {}
-        )
-        if target.path == "/admin/budgets/{budget}/exceptions" and target.field == "amount_usd":
-            base.pop("percent", None)
+        team = {"scope_type": "team", "scope_id": self.team}
+        base: dict[str, Any] = {}
+        if target.method == "POST" and target.path == "/admin/budgets":
+            base = {**team, "amount_usd": "10"}
+        elif target.path.endswith("/exceptions"):
+            base = {"reason": "r", "expires_at": "2026-04-01T00:00:00Z"}
+        elif target.path == "/admin/wallets":  # one wallet per scope: a fresh key each
+            base = {"scope_type": "key", "scope_id": self._key(n)}
+        elif target.method == "POST" and target.path == "/admin/rate-limits":
+            base = {**team, "model": f"m{n}-*"}
+        elif target.path == "/admin/anomaly-actions":
+            base = {**team, "action": "rate_limit"}
         return {**base, target.field: [value] if target.in_list else value}
 
     def _key(self, n: int) -> str:
@@ -205,11 +200,11 @@ def _stored(answer: dict[str, Any], target: Target) -> Any:
 
 def _decimal_leaves(tp: Any, validated: bool = False) -> Iterator[bool]:
     """For each ``Decimal`` inside a type (optionals, lists, ``Annotated``): whether an
-    ``Annotated`` around it carries a ``PlainValidator`` (the one validator)."""
+    ``Annotated`` around it carries a ``ExactDecimal`` (the one validator)."""
     if typing.get_origin(tp) is typing.Annotated:
         base, *meta = typing.get_args(tp)
         yield from _decimal_leaves(
-            base, validated or any(isinstance(m, PlainValidator) for m in meta)
+            base, validated or any(isinstance(m, ExactDecimal) for m in meta)
         )
     elif tp is Decimal:
         yield validated
@@ -234,7 +229,7 @@ def _decimal_fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[
 
 def test_every_decimal_input_field_uses_the_one_validator(gateway: RunningGateway) -> None:
     """Walk every admin route's body model: each Decimal field (also inside lists,
-    optionals and nested models) is an ``exact_decimal`` — and each is one of the targets
+    optionals and nested models) is an ``ExactDecimal`` — and each is one of the targets
     of the HTTP test below, so no field is left out of it."""
     found: set[tuple[str, str, str]] = set()
     for route in admin_routes(gateway.app.admin):
@@ -244,7 +239,7 @@ def test_every_decimal_input_field_uses_the_one_validator(gateway: RunningGatewa
         if not (isinstance(model, type) and issubclass(model, BaseModel)):
             continue
         for name, validated in _decimal_fields(model):
-            assert validated, f"{route.path} {name}: a Decimal not declared with exact_decimal"
+            assert validated, f"{route.path} {name}: a Decimal not declared with ExactDecimal"
             found |= {(m, route.path, name) for m in route.methods or ()}
     renamed = {"{budget}": "{budget_id}", "{wallet}": "{wallet_id}", "{limit}": "{limit_id}"}
     expected = set()

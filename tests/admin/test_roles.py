@@ -24,6 +24,7 @@ import openai
 import sqlalchemy as sa
 
 from spendgate.security.credentials import new_id
+from spendgate.store.anomalies import anomalies
 from spendgate.webhooks.tables import notifications
 from tests.conftest import MASTER_KEY, RunningGateway
 
@@ -99,6 +100,51 @@ class Ctx:
     def token(self, user_id: str | None = None) -> str:
         return self.post(
             "/admin/tokens", {"user_id": user_id or self.user(VW), "name": f"t{next(_n)}"}
+        )["id"]
+
+    def anomaly(self, *, action: bool = False) -> str:
+        """A team anomaly of this team, stored directly (with a pause in force if asked)."""
+        anomaly_id, now = new_id("anom"), self.gw.clock.now()
+        row = {
+            "id": anomaly_id,
+            "org_id": self.org_id,
+            "scope_type": "team",
+            "scope_id": self.team_id,
+            "team_id": self.team_id,
+            "started_at": now,
+            "hour_start": now,
+            "resolved_at": now,  # resolved: any number of them per team
+            "method": "hour_of_week",
+            "elapsed": 0.5,
+            "expected_nanos": 1,
+            "upper_nanos": 2,
+            "actual_nanos": 3,
+            "peak_excess_nanos": 2,
+            "last_checked_at": now,
+            "contributors": [],
+            "action": {
+                "kind": "pause",
+                "applied": True,
+                "applied_at": now.isoformat(),
+                "created": [],
+                "changed": {},
+            }
+            if action
+            else None,
+            "action_state": "active" if action else None,
+        }
+
+        async def insert() -> None:
+            async with self.gw.app.services.engine.begin() as conn:
+                await conn.execute(sa.insert(anomalies).values(**row))
+
+        self.gw.run(insert())
+        return anomaly_id
+
+    def anomaly_action(self) -> str:
+        return self.post(
+            "/admin/anomaly-actions",
+            {"scope_type": "key", "scope_id": self.key(), "action": "pause"},
         )["id"]
 
     def notification(self, user_id: str) -> str:
@@ -463,6 +509,42 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/tokens/{token_id}/revoke"): Rule(
         ALL, lambda c, x: Call("POST", f"/admin/tokens/{_token_of(c, x)}/revoke")
     ),
+    # spend anomalies: seen like spend, acknowledged like budgets, actions set like limits
+    ("GET", "/admin/anomalies"): Rule(
+        ALL, get("/admin/anomalies"), other=None, marker=lambda c, x: x.marker_key["anomaly"]
+    ),
+    ("GET", "/admin/anomalies/{anomaly_id}"): Rule(
+        ALL, lambda c, x: Call("GET", f"/admin/anomalies/{x.anomaly()}")
+    ),
+    ("POST", "/admin/anomalies/{anomaly_id}/acknowledge"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call("POST", f"/admin/anomalies/{x.anomaly()}/acknowledge", {"note": "ok"}),
+    ),
+    ("POST", "/admin/anomalies/{anomaly_id}/lift-action"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call("POST", f"/admin/anomalies/{x.anomaly(action=True)}/lift-action", {}),
+    ),
+    ("POST", "/admin/anomaly-actions"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call(
+            "POST",
+            "/admin/anomaly-actions",
+            {"scope_type": "key", "scope_id": x.key(), "action": "pause"},
+        ),
+        201,
+        422,
+    ),
+    ("GET", "/admin/anomaly-actions"): Rule(
+        ALL,
+        get("/admin/anomaly-actions"),
+        other=None,
+        marker=lambda c, x: x.marker_key["anomaly_action"],
+    ),
+    ("DELETE", "/admin/anomaly-actions/{action_id}"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call("DELETE", f"/admin/anomaly-actions/{x.anomaly_action()}"),
+        204,
+    ),
 }
 
 
@@ -502,6 +584,8 @@ def build_world(gw: RunningGateway) -> dict[str, Caller]:
             "limit": c.limit(),
             "webhook": c.webhook(),
             "token": c.token(c.user_id),
+            "anomaly": c.anomaly(),
+            "anomaly_action": c.anomaly_action(),
         }
         # a priced call per team, so usage has a row to show (or hide)
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from spendgate.cli.webhooks import webhooks_app
+from spendgate.observability.logs import JsonFormatter, TextFormatter
 from spendgate.security.credentials import new_admin_token, new_virtual_key, shown_prefix
 from spendgate.store.database import create_engine, downgrade, migrate
 from spendgate.testing.fake_upstream import FakeUpstream, serve_in_thread
@@ -82,10 +83,12 @@ def every_log(caplog: pytest.LogCaptureFixture) -> Iterator[None]:
 
 
 def log_text(records: list[logging.LogRecord], *, not_from: int | None) -> str:
-    """Each record as rendered (message, exception, stack), but records of the thread
-    ``not_from`` (the receiver standing in for Slack and
-    PagerDuty, whose access log names the paths it was posted to)."""
+    """Each record as rendered (message, exception, stack), and as the JSON line and the
+    text line ``spendgate serve`` writes (every ``extra`` field included), but records of
+    the thread ``not_from`` (the receiver standing in for Slack and PagerDuty, whose
+    access log names the paths it was posted to)."""
     lines = []
+    as_json, as_text = JsonFormatter(), TextFormatter()
     for record in records:
         if record.thread == not_from:
             continue
@@ -94,6 +97,8 @@ def log_text(records: list[logging.LogRecord], *, not_from: int | None) -> str:
             lines.append(logging.Formatter().formatException(record.exc_info))
         if record.stack_info:
             lines.append(record.stack_info)
+        lines.append(as_json.format(record))
+        lines.append(as_text.format(record))
     return "\n".join(lines)
 
 
@@ -351,6 +356,8 @@ def test_no_secret_at_rest_in_logs_or_in_answers(
     assert ORG_NAME in stored and shown["key_prefix"] in stored
     assert shown["slack_shown"] in stored and "T…/B…/…" in shown["slack_shown"]
     assert "/v1/chat/completions" in logs  # uvicorn's access log, from the gateway thread
+    assert '"logger":"spendgate.webhooks"' in logs  # ... and the JSON lines were searched
+    assert '"request_id":"req_' in logs  # with the request ids they carry
     assert "webhook delivery" in logs  # the gateway's worker, at INFO
     assert f"POST {shown['slack_shown']}" in logs  # httpx, with the Slack URL masked
     assert "aiosqlite" in logs or database_url.startswith("postgresql")

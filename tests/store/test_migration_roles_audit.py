@@ -24,7 +24,7 @@ KEY = b"migration-test-key"
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
     store.bind_audit_key(engine, KEY)
-    await migrate(engine, "0010_durability")
+    await migrate(engine, "0016_anomalies")
     yield engine
     await engine.dispose()
 
@@ -83,7 +83,7 @@ async def test_team_roles_move_onto_memberships(engine: AsyncEngine) -> None:
         "u_fin": ("finance", {}, "finance"),
         "u_member": ("member", {"ta": "member"}, "member"),
     }
-    await downgrade(engine, "0010_durability")
+    await downgrade(engine, "0016_anomalies")
     async with engine.connect() as conn:
         roles = dict((await conn.execute(sa.text("SELECT id, role FROM users"))).all())
     assert roles == {

@@ -1,7 +1,7 @@
 """Team roles per membership; audit entries sealed with a MAC and their scope.
 
 Revision ID: 0011_roles_audit
-Revises: 0010_durability
+Revises: 0016_anomalies
 
 **Roles.** ``user_teams.role`` holds the user's role in that team (team_admin, viewer,
 member). A user's current team role moves onto each of their memberships;
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0011_roles_audit"
-down_revision = "0010_durability"
+down_revision = "0016_anomalies"
 branch_labels = None
 depends_on = None
 
