@@ -63,6 +63,7 @@ from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
 from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
+from spendgate.store.audit_anchor import emit_anchor
 from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
@@ -79,6 +80,8 @@ ADMIN_BODY_LIMIT = 1024 * 1024
 HOUSEKEEPING_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
+#: the first audit.anchor event goes out after this much uptime (then once per interval)
+ANCHOR_FIRST_SECONDS = 600.0
 
 
 def _error_response(err: SpendgateError) -> JSONResponse:
@@ -351,10 +354,12 @@ class Gateway:
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
-        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds."""
+        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds,
+        and (after ``ANCHOR_FIRST_SECONDS`` of uptime) sends the audit anchor when due."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
         next_sweep = next_anomaly_check = loop.time()
+        first_anchor = loop.time() + ANCHOR_FIRST_SECONDS
         while True:
             try:
                 await self.services.enforcer.reap()
@@ -364,6 +369,8 @@ class Gateway:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
+                    if loop.time() >= first_anchor:
+                        await self._anchor(holder)
                 every = self.services.settings.anomaly_check_seconds
                 if every > 0 and loop.time() >= next_anomaly_check:
                     next_anomaly_check = loop.time() + every
@@ -392,6 +399,15 @@ class Gateway:
             return False
         await watch.check(now)
         return True
+
+    async def _anchor(self, holder: str) -> None:
+        """One replica per interval sends the signed audit chain head out as an event."""
+        audit = self.services.audit_settings
+        ttl = timedelta(hours=audit.anchor_hours) * 0.95
+        if audit.anchor_hours and await take_lease(
+            self.services.engine, "audit-anchor", holder, self._now(), ttl
+        ):
+            await emit_anchor(self.services.engine, audit.key, self._now())
 
     def _now(self) -> datetime:
         return self.services.clock.now()

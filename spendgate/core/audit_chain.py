@@ -61,6 +61,7 @@ GENESIS = "0" * 64
 CANONICAL_VERSION = 2
 VERSIONS = (1, 2)
 DEFAULT_RETENTION_DAYS = 365
+DEFAULT_ANCHOR_HOURS = 24
 #: nobody may configure a retention shorter than this (SPEC §7: at least 12 months)
 MIN_RETENTION_DAYS = 365
 _KEY_DERIVATION_LABEL = b"spendgate/audit-checkpoint/v1"
@@ -387,3 +388,5 @@ class AuditSettings:
     key: bytes = field(repr=False)
     retention_days: int = DEFAULT_RETENTION_DAYS
     min_retention_days: int = MIN_RETENTION_DAYS
+    #: how often the signed head goes out as an ``audit.anchor`` event (0: never)
+    anchor_hours: int = DEFAULT_ANCHOR_HOURS

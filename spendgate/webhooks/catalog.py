@@ -32,6 +32,8 @@ EVENT_TYPES: tuple[str, ...] = (
     #: an hour's spend (or the running hour's) left its usual band; and came back (ours)
     "spend.anomaly",
     "spend.anomaly_resolved",
+    #: the audit chain's head, signed: receivers keep it outside the database (ours)
+    "audit.anchor",
 )
 
 #: a budget event's ``threshold`` field → severity (alerts inform, soft warns, hard pages)
@@ -56,6 +58,7 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "ledger.row_rejected": "critical",
     "spend.anomaly": "critical",
     "spend.anomaly_resolved": "info",
+    "audit.anchor": "info",
 }
 
 TITLES: dict[str, str] = {
@@ -77,6 +80,7 @@ TITLES: dict[str, str] = {
     "ledger.row_rejected": "Ledger row refused by the database",
     "spend.anomaly": "Spend anomaly",
     "spend.anomaly_resolved": "Spend anomaly resolved",
+    "audit.anchor": "Audit chain anchor",
 }
 
 
