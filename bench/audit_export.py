@@ -33,14 +33,14 @@ from typing import Any
 
 import orjson
 
-from spendgate.core.audit_chain import GENESIS, AuditEvent, seal
+from spendgate.core.audit_chain import GENESIS, AuditEvent, derive_key, entry_key, head_mac, seal
 
 KEY = "sg-master-bench"
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 INSERT = (
     "INSERT INTO audit_log (id, seq, at, actor_type, actor_id, action, target_type,"
-    " target_id, before, after, request_id, source_ip, prev_hash, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " target_id, before, after, request_id, source_ip, prev_hash, hash, org_id, v, mac)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
 ACTIONS = (
     "budget.updated",
@@ -89,8 +89,9 @@ def build(db: Path, entries: int) -> dict[str, Any]:
     conn = sqlite3.connect(db)
     conn.execute("PRAGMA synchronous=OFF")
     prev, batch = GENESIS, []
+    sealing = entry_key(derive_key(KEY))  # version-2 entries, MAC'd like the gateway's
     for n in range(1, entries + 1):
-        e = seal(n, f"aud_{n:024x}", _event(n), prev)
+        e = seal(n, f"aud_{n:024x}", _event(n), prev, org_id="org_bench", sealing_key=sealing)
         ev = e.event
         batch.append(
             (
@@ -108,13 +109,19 @@ def build(db: Path, entries: int) -> dict[str, Any]:
                 ev.source_ip,
                 e.prev_hash,
                 e.hash,
+                e.org_id,
+                e.version,
+                e.mac,
             )
         )
         prev = e.hash
         if len(batch) == 20_000 or n == entries:
             conn.executemany(INSERT, batch)
             batch.clear()
-    conn.execute("UPDATE audit_chain_head SET seq = ?, hash = ? WHERE id = 1", (entries, prev))
+    conn.execute(
+        "UPDATE audit_chain_head SET seq = ?, hash = ?, mac = ? WHERE id = 1",
+        (entries, prev, head_mac(derive_key(KEY), entries, prev)),
+    )
     conn.commit()
     conn.close()
     return {
@@ -190,7 +197,8 @@ def export(db: Path, via: str, verify: bool) -> dict[str, Any]:
     }
     if verify:
         started = time.perf_counter()
-        verdict = asyncio.run(store.verify(engine, derive_key(KEY), batch=5000))
+        now = datetime.now(UTC)
+        verdict = asyncio.run(store.verify(engine, derive_key(KEY), now=now, batch=5000))
         result.update(
             verify_seconds=time.perf_counter() - started,
             verify_ok=verdict.ok,

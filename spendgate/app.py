@@ -38,6 +38,7 @@ from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.tokens import router as tokens_router
+from spendgate.admin.users import router as users_router
 from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.core.clock import Clock, SystemClock
@@ -64,6 +65,8 @@ from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
 from spendgate.store.anomalies import AnomalyWatch
+from spendgate.store.audit import bind_audit_key
+from spendgate.store.audit_anchor import emit_anchor
 from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
@@ -84,6 +87,8 @@ SWEEP_SECONDS = 60.0
 HOLD_SECONDS = 60.0
 #: ... and the heartbeat renews the holds of every call still running this often
 HEARTBEAT_SECONDS = 10.0
+#: the first audit.anchor event goes out after this much uptime (then once per interval)
+ANCHOR_FIRST_SECONDS = 600.0
 
 
 class StartupRefused(Exception):
@@ -171,6 +176,7 @@ def build_admin(services: Services) -> FastAPI:
 
     install_docs(api)
     api.include_router(admin_router)
+    api.include_router(users_router)
     api.include_router(policies_router)
     api.include_router(wallets_router)
     api.include_router(rate_limits_router)
@@ -385,11 +391,13 @@ class Gateway:
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
-        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds, and
-        every ``reconcile_seconds`` one replica raises live counters to the ledger."""
+        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds,
+        every ``reconcile_seconds`` one replica raises live counters to the ledger, and
+        (after ``ANCHOR_FIRST_SECONDS`` of uptime) one sends the audit anchor when due."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
         next_sweep = next_reconcile = next_anomaly_check = loop.time()
+        first_anchor = loop.time() + ANCHOR_FIRST_SECONDS
         settings = self.services.settings
         while True:
             try:
@@ -400,6 +408,8 @@ class Gateway:
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
+                    if loop.time() >= first_anchor:
+                        await self._anchor(holder)
                 if loop.time() >= next_reconcile:
                     next_reconcile = loop.time() + settings.reconcile_seconds
                     await self._reconcile(holder)
@@ -448,6 +458,15 @@ class Gateway:
             return False
         await watch.check(now)
         return True
+
+    async def _anchor(self, holder: str) -> None:
+        """One replica per interval sends the signed audit chain head out as an event."""
+        audit = self.services.audit_settings
+        ttl = timedelta(hours=audit.anchor_hours) * 0.95
+        if audit.anchor_hours and await take_lease(
+            self.services.engine, "audit-anchor", holder, self._now(), ttl
+        ):
+            await emit_anchor(self.services.engine, audit.key, self._now())
 
     def _now(self) -> datetime:
         return self.services.clock.now()
@@ -503,6 +522,8 @@ def create_app(
     """``env`` is read once, for what is not in ``settings`` yet (webhook options)."""
     clock = clock or SystemClock()
     engine = engine or create_engine(settings.database_url)
+    audit_settings = load_audit_settings(os.environ if env is None else env, settings.master_key)
+    bind_audit_key(engine, audit_settings.key)  # every audit entry is MAC'd with it
     directory = Directory(engine)
     spool = Spool(
         spool_directory(settings),
@@ -562,7 +583,7 @@ def create_app(
         webhooks=WebhookRuntime.from_env(
             engine, clock, master_key=settings.master_key, env=env, public_url=settings.public_url
         ),
-        audit_settings=load_audit_settings(os.environ if env is None else env, settings.master_key),
+        audit_settings=audit_settings,
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
         reconciler=Reconciler(policies, enforcer, ledger, clock, events.emit_once),

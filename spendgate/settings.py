@@ -32,6 +32,7 @@ from typing import Any, Literal
 
 from spendgate.core.anomalies import Params as AnomalyParams
 from spendgate.core.audit_chain import (
+    DEFAULT_ANCHOR_HOURS,
     DEFAULT_RETENTION_DAYS,
     MIN_RETENTION_DAYS,
     AuditSettings,
@@ -399,7 +400,9 @@ def _at_least_int(value: Any, least: int, where: str) -> int:
 def load_audit_settings(env: Mapping[str, str], master_key: str | None) -> AuditSettings:
     """``SPENDGATE_AUDIT_KEY`` (else derived from the master key),
     ``SPENDGATE_AUDIT_RETENTION_DAYS`` and ``SPENDGATE_AUDIT_MIN_RETENTION_DAYS``; a
-    retention below the minimum, or a minimum below 365 days, is refused."""
+    retention below the minimum, or a minimum below 365 days, is refused.
+    ``SPENDGATE_AUDIT_ANCHOR_HOURS``: how often the signed chain head goes out as an
+    ``audit.anchor`` event (default 24; 0: never)."""
     raw_key = env.get("SPENDGATE_AUDIT_KEY")
     if raw_key:
         key = raw_key.encode()
@@ -417,14 +420,17 @@ def load_audit_settings(env: Mapping[str, str], master_key: str | None) -> Audit
         )
     if retention < minimum:
         raise ConfigError(f"SPENDGATE_AUDIT_RETENTION_DAYS must be at least {minimum}")
-    return AuditSettings(key, retention, minimum)
+    anchor_hours = _days(env, "SPENDGATE_AUDIT_ANCHOR_HOURS", DEFAULT_ANCHOR_HOURS, "hours")
+    if anchor_hours < 0:
+        raise ConfigError("SPENDGATE_AUDIT_ANCHOR_HOURS must be 0 (never) or more")
+    return AuditSettings(key, retention, minimum, anchor_hours)
 
 
-def _days(env: Mapping[str, str], name: str, default: int) -> int:
+def _days(env: Mapping[str, str], name: str, default: int, unit: str = "days") -> int:
     raw = env.get(name)
     if raw is None:
         return default
     try:
         return int(raw)
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number of days, not {raw!r}") from exc
+        raise ConfigError(f"{name} must be a whole number of {unit}, not {raw!r}") from exc

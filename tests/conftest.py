@@ -248,7 +248,8 @@ def start_gateway(
     env.update(env_extra or {})
     settings = load_settings(config_path=str(config), env=env, demo=demo)
     clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
-    app = create_app(settings, clock=clock, env={**env, "SPENDGATE_WEBHOOK_ALLOW_PRIVATE": "1"})
+    # the fake receivers listen on 127.0.0.1; a test may still say "0" in env_extra
+    app = create_app(settings, clock=clock, env={"SPENDGATE_WEBHOOK_ALLOW_PRIVATE": "1", **env})
     handle = serve_in_thread(app)
     admin = httpx.Client(base_url=handle.url, headers={"authorization": f"Bearer {MASTER_KEY}"})
     return RunningGateway(handle.url, app, clock, handle, settings, admin)

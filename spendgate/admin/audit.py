@@ -16,22 +16,29 @@ from typing import Annotated, Any, Literal
 import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from spendgate.admin import schemas as s
 from spendgate.admin.audit_trail import admin_event
-from spendgate.admin.deps import Svc, guard, principal
+from spendgate.admin.deps import Svc, Who, guard, principal
 from spendgate.core.access import Can
 from spendgate.core.access import Principal as Caller
-from spendgate.core.audit_chain import AuditEntry, AuditSettings, derive_key
-from spendgate.errors import ConfigError
+from spendgate.core.audit_chain import (
+    Anchor,
+    AuditEntry,
+    AuditSettings,
+    anchor_valid,
+    derive_key,
+    sign_anchor,
+)
+from spendgate.errors import ConfigError, ValidationFailed
 from spendgate.store import audit as store
 
 router = APIRouter(
     prefix="/admin", dependencies=[Depends(principal)], tags=["audit"], responses=s.ERRORS
 )
 
-Principal = Annotated[Caller, Depends(principal)]
+Principal = Who
 EXPORT_BATCH = 2000
 CSV_COLUMNS = (
     "seq",
@@ -48,6 +55,10 @@ CSV_COLUMNS = (
     "source_ip",
     "prev_hash",
     "hash",
+    "v",
+    "org_id",
+    "team_ids",
+    "mac",
 )
 MEDIA_TYPES = {"jsonl": "application/x-ndjson", "csv": "text/csv; charset=utf-8"}
 
@@ -108,6 +119,10 @@ class AuditEntryOut(BaseModel):
     source_ip: str | None
     prev_hash: str
     hash: str
+    v: int = Field(description="canonical version: 1 (no scope, no MAC) or 2")
+    org_id: str | None
+    team_ids: list[str]
+    mac: str | None = Field(description="HMAC of the hash under the audit key (version 2)")
 
 
 class AuditPage(BaseModel):
@@ -116,15 +131,31 @@ class AuditPage(BaseModel):
     next_before_seq: int | None
 
 
+class AnchorOut(BaseModel):
+    """A chain position to keep outside the database, signed with the audit key; give
+    it back to a later verify (``expect_seq`` …, or ``spendgate audit verify
+    --since-anchor FILE``) to detect entries deleted since."""
+
+    seq: int
+    hash: str
+    at: str | None
+    signature: str
+
+
 class VerifyOut(BaseModel):
     ok: bool
-    checked: int
+    checked: int = Field(description="entries checked (an org admin: of their org)")
     last_seq: int
     last_hash: str
     checkpoint_seq: int | None
     first_bad_id: str | None
     first_bad_seq: int | None
     reason: str | None
+    anchor: AnchorOut | None
+    anchor_checked: bool | None = Field(
+        description="whether the kept anchor given was compared (false: older than the "
+        "newest purge); null: none given"
+    )
 
 
 class PurgeIn(BaseModel):
@@ -198,6 +229,7 @@ async def _csv(pages: AsyncIterator[list[AuditEntry]]) -> AsyncIterator[bytes]:
 async def export_audit(
     request: Request,
     svc: Svc,
+    audit: Audit,
     principal: Principal,
     format: Literal["jsonl", "csv"] = "jsonl",
     start: s.Instant | None = None,
@@ -240,20 +272,63 @@ async def export_audit(
     pages = store.pages(svc.engine, 0, up_to, filters.conditions(), EXPORT_BATCH)
     body = _jsonl(pages) if format == "jsonl" else _csv(pages)
     name = f"spendgate-audit-{now:%Y%m%dT%H%M%SZ}.{format}"
-    return StreamingResponse(
-        body,
-        media_type=MEDIA_TYPES[format],
-        headers={
-            "content-disposition": f'attachment; filename="{name}"',
-            "x-audit-count": str(total),
-        },
-    )
+    headers = {"content-disposition": f'attachment; filename="{name}"', "x-audit-count": str(total)}
+    newest = await store.list_entries(svc.engine, filters, limit=1, before_seq=up_to + 1)
+    if newest:  # the newest exported entry, signed: keep it to check later verifies with
+        anchor = sign_anchor(Anchor(newest[0].seq, newest[0].hash, now), audit.key)
+        headers["x-audit-anchor"] = orjson.dumps(anchor.as_dict()).decode()
+    return StreamingResponse(body, media_type=MEDIA_TYPES[format], headers=headers)
+
+
+Hash = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
+def _kept_anchor(
+    audit: AuditSettings,
+    seq: int | None,
+    hash_: str | None,
+    at: datetime | None,
+    signature: str | None,
+) -> Anchor | None:
+    if seq is None and hash_ is None:
+        if at is not None or signature:
+            raise ValidationFailed("expect_seq: give the anchor's seq and hash", param="expect_seq")
+        return None
+    if seq is None or hash_ is None:
+        missing = "expect_seq" if seq is None else "expect_hash"
+        raise ValidationFailed(f"{missing}: an anchor needs both seq and hash", param=missing)
+    anchor = Anchor(seq, hash_, _utc(at), signature or "")
+    if not anchor_valid(anchor, audit.key):
+        raise ValidationFailed(
+            "expect_signature: not this deployment's signature for that anchor (or it was altered)",
+            param="expect_signature",
+        )
+    return anchor
 
 
 @router.get("/audit/verify", response_model=VerifyOut, dependencies=guard(Can.AUDIT_VERIFY))
-async def verify_audit(svc: Svc, audit: Audit) -> dict[str, Any]:
-    """Walk the hash chain from the newest signed checkpoint; name the first bad entry."""
-    return (await store.verify(svc.engine, audit.key)).as_dict()
+async def verify_audit(
+    svc: Svc,
+    audit: Audit,
+    who: Principal,
+    expect_seq: Annotated[int | None, Query(ge=1, le=2**63 - 1)] = None,
+    expect_hash: Hash | None = None,
+    expect_at: s.Instant | None = None,
+    expect_signature: Hash | None = None,
+) -> dict[str, Any]:
+    """Walk the chain from the newest signed checkpoint, checking every entry's hash and
+    MAC and the head row; name the first bad entry. ``expect_*``: an anchor kept from an
+    earlier verify or export — its entry must still be there with the same hash (catches
+    entries deleted at the end). An org admin's figures are their org's."""
+    anchor = _kept_anchor(audit, expect_seq, expect_hash, expect_at, expect_signature)
+    result = await store.verify(
+        svc.engine,
+        audit.key,
+        now=svc.clock.now(),
+        anchor=anchor,
+        org_id=None if who.is_master else who.org_id,
+    )
+    return result.as_dict()
 
 
 @router.post("/audit/purge", response_model=PurgeOut, dependencies=guard(Can.AUDIT_PURGE))

@@ -3,8 +3,14 @@ owner of the objects it touches, and the audit entry for each change.
 
 Every ``/admin`` route declares its permission with ``Depends(allow(Can.X))``; the app
 refuses to start if one does not (:func:`unguarded_routes`), so a new route cannot ship
-without a rule. Scope is then checked per object with :meth:`Scope.require`, which
-answers like a missing object would, so nothing leaks across teams or orgs.
+without a rule. The guard also *narrows* the caller to that permission
+(``Principal.acting_for``): the caller a route gets as :data:`Who` (and :data:`Scoped`)
+reaches only the teams where one of their roles holds the route's permission — a team
+admin of A who is a viewer of B writes in A and only reads B. FastAPI solves a route's
+guard dependencies before its parameters; :func:`acting` refuses to answer (a 500, caught
+by every test) if that ever changed. Scope is then checked per object with
+:meth:`Scope.require`, which answers like a missing object would, so nothing leaks
+across teams or orgs.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterable
 from datetime import datetime
 from typing import Annotated, Any
 
+import fastapi.routing
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
@@ -79,15 +86,38 @@ async def no_nul_characters(request: Request) -> None:
 
 
 def allow(permission: Can) -> Callable[..., Coroutine[Any, Any, Principal]]:
-    """A dependency that lets the call through only for roles holding ``permission``."""
+    """A dependency that lets the call through only for callers holding ``permission``
+    in some role, and narrows the caller the route sees to it."""
 
-    async def check(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    async def check(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
         if not who.may(permission):
-            raise PermissionDenied(f"the {who.role} role may not do this ({permission.value})")
-        return who
+            raise PermissionDenied(f"the {who.roles} role may not do this ({permission.value})")
+        narrowed = getattr(request.state, _ACTING, who).acting_for(permission)
+        setattr(request.state, _ACTING, narrowed)
+        return narrowed
 
     check.permission = permission  # type: ignore[attr-defined]  # read by unguarded_routes
     return check
+
+
+_ACTING = "spendgate_acting"
+
+
+async def acting(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
+    """The caller as narrowed by the route's guard(s)."""
+    narrowed = getattr(request.state, _ACTING, None)
+    if not isinstance(narrowed, Principal) or narrowed.user_id != who.user_id:
+        raise RuntimeError(f"{request.url.path}: the caller was asked for before any guard ran")
+    return narrowed
+
+
+def admin_routes(app: FastAPI) -> list[APIRoute]:
+    """Every API route of the app as it is served (with the dependencies of the routers
+    that include it)."""
+    contexts = getattr(fastapi.routing, "iter_route_contexts", None)  # FastAPI >= 0.13x
+    if contexts is None:
+        return [r for r in app.routes if isinstance(r, APIRoute)]
+    return [c.route for c in contexts(app.routes) if isinstance(c.route, APIRoute)]
 
 
 def unguarded_routes(app: FastAPI) -> list[str]:
@@ -98,8 +128,8 @@ def unguarded_routes(app: FastAPI) -> list[str]:
 
     return [
         f"{','.join(sorted(r.methods or ()))} {r.path}"
-        for r in app.routes
-        if isinstance(r, APIRoute) and r.path.startswith("/admin") and not guarded(r.dependant)
+        for r in admin_routes(app)
+        if r.path.startswith("/admin") and not guarded(r.dependant)
     ]
 
 
@@ -108,8 +138,8 @@ def guard(permission: Can) -> list[Any]:
     return [Depends(allow(permission))]
 
 
-#: the caller (authenticated once per request; the route's guard has checked the role)
-Who = Annotated[Principal, Depends(principal)]
+#: the caller (authenticated once per request), narrowed to the route's permission
+Who = Annotated[Principal, Depends(acting)]
 
 
 async def audit(
@@ -233,7 +263,7 @@ class Scope:
         """Team roles create only objects of their own teams (not org-wide ones)."""
         if not self.who.org_wide and not owner.team_ids:
             raise PermissionDenied(
-                f"{field}: a {self.who.role} creates objects for their own "
+                f"{field}: a {self.who.roles} creates objects for their own "
                 "teams only; name one of them"
             )
 

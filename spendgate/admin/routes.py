@@ -1,4 +1,4 @@
-"""Admin routes: directory objects, keys, usage and events.
+"""Admin routes: orgs, teams, agents, keys, usage and events (users: ``admin.users``).
 
 Each route declares its permission (``dependencies=guard(Can.X)``) and checks every
 object it reads or changes against the caller's scope (``spendgate.admin.deps``).
@@ -16,9 +16,9 @@ from fastapi.responses import Response
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
-from spendgate.core.access import TEAM_ASSIGNABLE, Can, Owner, Principal
+from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.money import format_usd
-from spendgate.errors import PermissionDenied, ValidationFailed
+from spendgate.errors import ValidationFailed
 from spendgate.store.events import list_events, record_event
 from spendgate.store.ledger import GROUP_COLUMNS, usage_report
 
@@ -32,10 +32,6 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses
 
 def _team_owner(team: dict[str, Any]) -> Owner:
     return Owner.of(team["org_id"], team["id"])
-
-
-def _user_owner(user: dict[str, Any]) -> Owner:
-    return Owner.of(user["org_id"], *user["team_ids"])
 
 
 def _owned_by_team(row: dict[str, Any]) -> Owner:
@@ -147,117 +143,6 @@ async def list_teams(svc: Svc, who: Who, org_id: str | None = None) -> list[dict
 async def get_team(team_id: str, scope: Scoped) -> dict[str, Any]:
     scope.require(await scope.owner("team", team_id), "team", team_id)
     return await scope.svc.directory.get_team(team_id)
-
-
-def _check_assignable(who: Principal, role: str | None, team_ids: list[str] | None) -> None:
-    """Team admins manage the members of their own teams, and no more than that."""
-    if who.org_wide:
-        return
-    if role is not None and role not in TEAM_ASSIGNABLE:
-        raise PermissionDenied(f"role: a team admin may not give the {role} role")
-    if team_ids is not None and not who.sees_all_of(team_ids):
-        raise PermissionDenied("team_ids: a team admin manages their own teams only")
-
-
-@router.post(
-    "/users",
-    response_model=s.User,
-    status_code=201,
-    tags=["directory"],
-    dependencies=guard(Can.USERS_WRITE),
-)
-async def create_user(
-    body: s.UserIn, svc: Svc, request: Request, who: Who, scope: Scoped
-) -> dict[str, Any]:
-    # an org member's new user goes to the caller's org unless teams (or the org) say so
-    org_id = body.org_id or (None if body.team_ids else who.org_id)
-    for team_id in body.team_ids:
-        await scope.referenced("team", team_id, "team_ids")
-    if org_id is not None or not body.team_ids:
-        await scope.referenced("org", org_id, "org_id")
-    _check_assignable(who, body.role, body.team_ids)
-    if not who.org_wide and not body.team_ids:
-        raise PermissionDenied("team_ids: a team admin adds members to their own teams")
-    now = svc.clock.now()
-    async with svc.engine.begin() as conn:
-        user = await svc.directory.create_user(
-            body.email, body.role, body.team_ids, org_id, now, conn
-        )
-        await audit(
-            conn,
-            request,
-            who,
-            "user.created",
-            "user",
-            user["id"],
-            now,
-            owner=_user_owner(user),
-            after=user,
-        )
-    return user
-
-
-@router.patch(
-    "/users/{user_id}",
-    response_model=s.User,
-    tags=["directory"],
-    dependencies=guard(Can.USERS_WRITE),
-)
-async def update_user(
-    user_id: str, body: s.UserPatch, svc: Svc, request: Request, who: Who, scope: Scoped
-) -> dict[str, Any]:
-    """Change a user's role or teams; their admin tokens follow at once."""
-    current = await svc.directory.get_user(user_id)
-    scope.require(_user_owner(current), "user", user_id)
-    if who.user_id == user_id and body.role is not None and body.role != current["role"]:
-        raise PermissionDenied("role: nobody changes their own role")
-    _check_assignable(who, body.role, None)
-    _check_assignable(who, current["role"], None)  # a team admin can't touch an org admin
-    if body.team_ids is not None:
-        for team_id in body.team_ids:
-            await scope.referenced("team", team_id, "team_ids")
-        changed = set(body.team_ids) ^ set(current["team_ids"])
-        _check_assignable(who, None, sorted(changed))
-    now = svc.clock.now()
-    async with svc.engine.begin() as conn:
-        before, after = await svc.directory.update_user(user_id, body.role, body.team_ids, conn)
-        action = "user.role_changed" if after["role"] != before["role"] else "user.updated"
-        await audit(
-            conn,
-            request,
-            who,
-            action,
-            "user",
-            user_id,
-            now,
-            owner=Owner(
-                before["org_id"], _user_owner(before).team_ids | _user_owner(after).team_ids
-            ),
-            before=before,
-            after=after,
-        )
-    return after
-
-
-@router.get(
-    "/users",
-    response_model=list[s.User],
-    tags=["directory"],
-    dependencies=guard(Can.DIRECTORY_READ),
-)
-async def list_users(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    return _visible(who, await svc.directory.list_users(org_id), _user_owner)
-
-
-@router.get(
-    "/users/{user_id}",
-    response_model=s.User,
-    tags=["directory"],
-    dependencies=guard(Can.DIRECTORY_READ),
-)
-async def get_user(user_id: str, scope: Scoped) -> dict[str, Any]:
-    scope.require(await scope.owner("user", user_id), "user", user_id)
-    return await scope.svc.directory.get_user(user_id)
 
 
 @router.post(

@@ -19,6 +19,11 @@ from pydantic import (
     Strict as PydanticStrict,
 )
 
+from spendgate.admin.decimal_fields import Money as Money  # re-exported: s.Money
+from spendgate.admin.decimal_fields import MoneyOrZero as MoneyOrZero
+from spendgate.admin.decimal_fields import Percent as Percent
+from spendgate.core.budget_windows import validate_timezone
+
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
 ObjectId = Annotated[str, StringConstraints(min_length=1, max_length=40)]
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
@@ -59,6 +64,7 @@ Flag = Annotated[bool, PydanticStrict()]
 #: a time given as input (bodies and query strings)
 Instant = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(in_range)]
 Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
+TeamRole = Literal["team_admin", "viewer", "member"]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+-]{1,64}$")]
 Email = Annotated[
     str,
@@ -108,15 +114,42 @@ class Team(BaseModel):
     created_at: datetime
 
 
+class MembershipIn(Strict):
+    """A user's role in one team."""
+
+    team_id: ObjectId
+    role: TeamRole
+
+
+class MembershipRole(Strict):
+    role: TeamRole
+
+
+class Membership(BaseModel):
+    team_id: str
+    role: str
+
+
 class UserIn(Strict):
+    """``role`` + ``team_ids``: an org role (with ``member`` in the teams), or one team
+    role given in every team; ``memberships``: a role per team (``role`` then only an org
+    role). Not both ``team_ids`` and ``memberships``."""
+
     email: Email
     role: Role = "member"
     team_ids: Annotated[list[ObjectId], Field(max_length=100)] = []
+    memberships: Annotated[list[MembershipIn], Field(max_length=100)] = []
     org_id: ObjectId | None = None
 
 
 class UserPatch(Patch):
-    """Change a user's role or teams (audited as ``user.role_changed`` / ``user.updated``)."""
+    """Change a user's role or teams (audited as ``user.role_changed`` / ``user.updated``).
+
+    An org admin's ``role``: an org role sets it; a team role replaces the org role and
+    becomes the role in every team. A team admin's ``role`` (team roles only) applies to
+    the user's memberships in the caller's own teams. ``team_ids`` replaces the set of
+    teams; a new team gets the team role sent along, else the user's single team role,
+    else ``member``. Per-team roles: ``PUT /admin/users/{id}/memberships/{team_id}``."""
 
     role: Role | None = None
     team_ids: Annotated[list[ObjectId], Field(max_length=100)] | None = None
@@ -152,8 +185,13 @@ class User(BaseModel):
     id: str
     org_id: str
     email: str
-    role: str
+    role: str = Field(
+        description="one word for the user's standing: the org role if any, else the "
+        "highest team role"
+    )
+    org_role: str = Field(description="org_admin | finance | member (no org-wide role)")
     team_ids: list[str]
+    memberships: list[Membership] = Field(description="the user's role in each team")
     created_at: datetime
 
 
@@ -252,9 +290,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-Percent = Annotated[Decimal, Field(gt=0, le=1000)]
-Money = Annotated[Decimal, Field(gt=0, le=Decimal(1000000000), max_digits=22, decimal_places=9)]
-Zone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+def iana_zone(name: str) -> str:
+    """A time zone field: an IANA name (``Europe/Berlin``, ``UTC``), nothing else."""
+    return validate_timezone(name)
+
+
+#: a time zone given as input: an IANA name (``localtime``, ``Factory``, ``+02:00`` refused)
+Zone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(iana_zone)]
 
 
 class CategoriesIn(Strict):
@@ -410,13 +452,13 @@ class WalletIn(Strict):
     name: Name | None = None
     scope_type: Literal["org", "team", "key"]
     scope_id: ObjectId
-    low_balance_usd: Annotated[Decimal, Field(ge=0, le=Decimal(1000000000))] = Decimal(0)
+    low_balance_usd: MoneyOrZero = Decimal(0)
     initial_topup_usd: Money | None = None
 
 
 class WalletPatch(Patch):
     name: Name | None = None
-    low_balance_usd: Annotated[Decimal, Field(ge=0, le=Decimal(1000000000))] | None = None
+    low_balance_usd: MoneyOrZero | None = None
 
 
 class WalletOut(BaseModel):

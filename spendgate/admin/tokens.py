@@ -1,7 +1,12 @@
 """Admin tokens: how people other than the holder of the master key use the admin API.
 
-Everyone may hold tokens for themselves; org admins may create and revoke them for any
-user of their org; the master key for anyone (that is how the first org admin gets one).
+Everyone with an admin role anywhere (a viewer too) may create and revoke tokens for
+themselves — to rotate their own credentials; org admins may do so for any user of
+their org; the master key for anyone (that is how the first org admin gets one). A
+token acts with its user's standing at each call, so it can never do more than they
+can; it never outlives the token that created it (its expiry is capped by the
+creator's, and revoking a token revokes the tokens created with it). The rules are
+``manages_tokens_of`` and ``new_token_expiry`` in ``spendgate.core.access``.
 """
 
 from __future__ import annotations
@@ -13,7 +18,14 @@ from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
-from spendgate.core.access import ORG_ADMIN, Can, Owner, Principal
+from spendgate.core.access import (
+    ORG_ADMIN,
+    Can,
+    Owner,
+    Principal,
+    manages_tokens_of,
+    new_token_expiry,
+)
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.store.tokens import TokenStore, token_public
 
@@ -25,16 +37,9 @@ router = APIRouter(
 )
 
 
-def _manages(who: Principal, user_id: str, org_id: str | None) -> bool:
-    """Whose tokens the caller manages: their own; an org admin's whole org; all (master)."""
-    return (
-        who.is_master or user_id == who.user_id or (who.role == ORG_ADMIN and org_id == who.org_id)
-    )
-
-
 async def _token(svc: Svc, who: Principal, token_id: str) -> dict[str, Any]:
     row = await TokenStore(svc.engine).get(token_id)
-    if not _manages(who, row["user_id"], row["org_id"]):
+    if not manages_tokens_of(who, row["user_id"], row["org_id"]):
         raise NotFound(f"token {token_id} not found")
     return row
 
@@ -43,14 +48,18 @@ async def _token(svc: Svc, who: Principal, token_id: str) -> dict[str, Any]:
 async def create_token(
     body: s.TokenIn, svc: Svc, request: Request, who: Who, scope: Scoped
 ) -> dict[str, Any]:
-    """A token for ``user_id``, acting with that user's role; ``token`` is shown once."""
+    """A token for ``user_id``, acting with that user's roles; ``token`` is shown once.
+    It expires no later than the caller's own token (by default: with it)."""
     owner = await scope.owner("user", body.user_id)
-    if owner is None or not _manages(who, body.user_id, owner.org_id):
+    if owner is None or not manages_tokens_of(who, body.user_id, owner.org_id):
         raise ValidationFailed(f"user_id: user {body.user_id} does not exist", param="user_id")
     user = await svc.directory.get_user(body.user_id)
-    expires = body.expires_at
-    if expires is not None and expires.tzinfo is None:
-        expires = expires.replace(tzinfo=UTC)
+    asked = body.expires_at
+    if asked is not None and asked.tzinfo is None:
+        asked = asked.replace(tzinfo=UTC)
+    expires, refused = new_token_expiry(who, asked)
+    if refused is not None:
+        raise ValidationFailed(refused.message, param=refused.param)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row, secret = await TokenStore(svc.engine).create(
@@ -79,7 +88,7 @@ async def list_tokens(
         user_id = who.user_id
     rows = await TokenStore(svc.engine).list(who.org_filter(org_id), user_id)
     now = svc.clock.now()
-    return [token_public(r, now) for r in rows if _manages(who, r["user_id"], r["org_id"])]
+    return [token_public(r, now) for r in rows if manages_tokens_of(who, r["user_id"], r["org_id"])]
 
 
 @router.get("/tokens/{token_id}", response_model=s.Token)
@@ -91,13 +100,14 @@ async def get_token(token_id: str, svc: Svc, who: Who) -> dict[str, Any]:
 async def revoke_token(
     token_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
 ) -> dict[str, Any]:
-    """Revoke at once (idempotent); the token's next call gets 401."""
+    """Revoke at once (idempotent), with every token created with it; their next call
+    gets 401."""
     before = await _token(svc, who, token_id)
     owner = await scope.owner("user", before["user_id"]) or Owner.of(before["org_id"])
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        after = await TokenStore(svc.engine).revoke(token_id, now, conn)
-        if before["revoked_at"] is None:
+        after, also = await TokenStore(svc.engine).revoke(token_id, now, conn)
+        if before["revoked_at"] is None or also:
             await audit(
                 conn,
                 request,
@@ -108,6 +118,6 @@ async def revoke_token(
                 now,
                 owner=owner,
                 before=token_public(before, now),
-                after=token_public(after, now),
+                after={**token_public(after, now), "also_revoked": also},
             )
     return token_public(after, now)

@@ -1,12 +1,21 @@
 """``spendgate audit …``: export, verify, list and purge through the admin API.
 
-Talks to the admin API through ``spendgate.cli.http``."""
+Talks to the admin API through ``spendgate.cli.http``.
+
+**Anchors.** A database superuser can delete the newest entries and put back an old
+chain head; nothing left in the database shows it. What does is an anchor — a signed
+``{"seq", "hash", "at", "signature"}`` of a chain position — kept *outside* the
+database: ``export -o FILE`` writes one to ``FILE.anchor.json``, ``verify --save-anchor
+FILE`` writes the current one, and ``verify --since-anchor FILE`` (or ``--expect-head
+SEQ:HASH``) fails unless that entry is still in the chain with the same hash.
+"""
 
 from __future__ import annotations
 
 import json
 import sys
 from contextlib import ExitStack
+from pathlib import Path
 from typing import IO, Annotated
 
 import httpx
@@ -63,6 +72,7 @@ def export(
                 stack.enter_context(open(output, "wb")) if output else sys.stdout.buffer
             )
             total = int(response.headers.get("x-audit-count", "0"))
+            anchor = response.headers.get("x-audit-anchor")
             written = _copy(response, sink, total, header=format_ == "csv")
     except httpx.HTTPError as exc:
         err_console.print(f"[red]export failed ({url}):[/] {exc}")
@@ -72,6 +82,9 @@ def export(
         sys.stdout.write(json.dumps(summary) + "\n")
     elif output:
         err_console.print(f"{written} entries written to {output}")
+        if anchor:
+            Path(f"{output}.anchor.json").write_text(anchor + "\n")
+            err_console.print(f"anchor (keep it apart from the database): {output}.anchor.json")
 
 
 def _copy(response: httpx.Response, sink: IO[bytes], total: int, *, header: bool) -> int:
@@ -88,19 +101,63 @@ def _copy(response: httpx.Response, sink: IO[bytes], total: int, *, header: bool
     return max(0, lines - (1 if header else 0))
 
 
+def _anchor_params(expect_head: str | None, since_anchor: str | None) -> dict[str, str]:
+    """The ``expect_*`` query parameters for a kept anchor (exit 2 if unreadable)."""
+    if expect_head and since_anchor:
+        err_console.print("[red]give --expect-head or --since-anchor, not both[/]")
+        raise typer.Exit(2)
+    if expect_head:
+        seq, sep, digest = expect_head.partition(":")
+        if not (sep and seq.isdigit() and len(digest) == 64):
+            err_console.print("[red]--expect-head takes SEQ:HASH (the hash: 64 hex digits)[/]")
+            raise typer.Exit(2)
+        return {"expect_seq": seq, "expect_hash": digest}
+    if not since_anchor:
+        return {}
+    try:
+        kept = json.loads(Path(since_anchor).read_text())
+        params = {"expect_seq": str(int(kept["seq"])), "expect_hash": str(kept["hash"])}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        err_console.print(f"[red]cannot read the anchor in {since_anchor}:[/] {exc}")
+        raise typer.Exit(2) from exc
+    if kept.get("at"):
+        params["expect_at"] = str(kept["at"])
+    if kept.get("signature"):
+        params["expect_signature"] = str(kept["signature"])
+    return params
+
+
 @audit_app.command("verify")
-def verify(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """Walk the hash chain; exit 1 and name the first bad entry if it does not hold."""
-    result = call(url, "GET", "/admin/audit/verify", timeout=None)
+def verify(
+    expect_head: Annotated[
+        str | None, typer.Option(help="SEQ:HASH of an entry that must still be there")
+    ] = None,
+    since_anchor: Annotated[
+        str | None,
+        typer.Option(help="an anchor file from an earlier export or verify (--save-anchor)"),
+    ] = None,
+    save_anchor: Annotated[
+        str | None, typer.Option(help="write this verify's anchor to FILE (keep it elsewhere)")
+    ] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Walk the chain (hashes, MACs, head); exit 1 and name the first bad entry if it
+    does not hold, or if a kept anchor's entry is gone or changed."""
+    params = _anchor_params(expect_head, since_anchor)
+    result = call(url, "GET", "/admin/audit/verify", params=params, timeout=None)
+    if save_anchor and result.get("anchor"):
+        Path(save_anchor).write_text(json.dumps(result["anchor"]) + "\n")
     if as_json:
         sys.stdout.write(json.dumps(result, indent=2) + "\n")
     elif result["ok"]:
         since = (
             f" since checkpoint seq {result['checkpoint_seq']}" if result["checkpoint_seq"] else ""
         )
+        anchored = " (kept anchor found)" if result.get("anchor_checked") else ""
         console.print(
             f"[green]audit chain intact:[/] {result['checked']} entries{since}, "
-            f"head seq {result['last_seq']}"
+            f"head seq {result['last_seq']}{anchored}"
         )
     else:
         console.print(

@@ -1,22 +1,41 @@
-"""The audit log's rules, with no I/O: canonical form, hash chain, signed checkpoints.
+"""The audit log's rules, with no I/O: canonical form, hash chain, MACs, anchors.
 
 An entry is sealed by hashing its canonical form together with the hash of the entry
-before it::
+before it, and (from version 2) by a MAC of that hash under the audit key::
 
     hash(n) = sha256( hash(n-1) || "\\n" || canonical(entry n) )       hash(0) = GENESIS
+    mac(n)  = HMAC-SHA256( K_entry, hash(n) )        K_entry = HMAC(audit key, label)
 
-``canonical`` is compact JSON with sorted keys over every field but the two hashes;
-``at`` is ISO 8601 UTC with microseconds, ``Decimal`` and ``float`` become decimal
-strings, sets sorted lists. ``normalise`` is applied *before* an entry is stored, so
-the stored JSON is exactly what was hashed and reading it back gives the same bytes.
+``canonical`` is compact JSON with sorted keys over every field but the hashes and the
+MAC — from version 2 including who may read the entry (``org_id``, ``team_ids``), so an
+entry cannot be moved into another org's or team's view; ``at`` is ISO 8601 UTC with
+microseconds, ``Decimal`` and ``float`` become decimal strings, sets sorted lists.
+``normalise`` is applied *before* an entry is stored, so the stored JSON is exactly
+what was hashed and reading it back gives the same bytes.
+
+The audit key lives outside the database (``SPENDGATE_AUDIT_KEY``), so somebody who
+can rewrite the tables — a database superuser — can recompute SHA-256 hashes but not
+MACs. Entries written before version 2 (``v`` = 1) keep verifying by their old form;
+once a version-2 entry is in the chain, no later entry may be older.
 
 Verifying walks entries in sequence order from a start (genesis, or a purge
-checkpoint) and names the first entry that breaks one of three rules:
+checkpoint) and names the first entry that breaks one of these rules:
 
     rule                                   what it catches
     seq == previous seq + 1                an entry deleted, or rows reordered
     prev_hash == previous entry's hash     an entry inserted or moved
-    hash == H(prev_hash, canonical form)   an entry's content edited
+    hash == H(prev_hash, canonical form)   an entry's content (or scope) edited
+    mac == HMAC(K_entry, hash)  (v >= 2)   an edit with every later hash recomputed
+    v >= the previous entry's v            an entry passed off as an old one
+
+**Truncation.** Deleting the newest entries and moving the chain head back leaves a
+chain that is whole as far as the database can tell. The head row carries a MAC too
+(:func:`head_mac`), which catches the plain attempt; an attacker who saved an old head
+row can still restore it. What catches that is an **anchor** kept outside the database:
+a signed ``(seq, hash)`` of the head (:class:`Anchor`), given out by every verify and
+export. Verifying against a kept anchor checks that the entry it names is still there
+with the same hash; an operator who keeps the latest anchor (the CLI writes it next to
+each export) detects any truncation below it.
 
 A purge removes a prefix of the chain and leaves a checkpoint: the last purged entry's
 sequence number and hash, HMAC-signed with the audit key. Verifying starts from the
@@ -38,11 +57,17 @@ from typing import Any
 import orjson
 
 GENESIS = "0" * 64
-CANONICAL_VERSION = 1
+#: the version new entries are sealed with (1: no scope, no MAC; 2: scope and MAC)
+CANONICAL_VERSION = 2
+VERSIONS = (1, 2)
 DEFAULT_RETENTION_DAYS = 365
+DEFAULT_ANCHOR_HOURS = 24
 #: nobody may configure a retention shorter than this (SPEC §7: at least 12 months)
 MIN_RETENTION_DAYS = 365
 _KEY_DERIVATION_LABEL = b"spendgate/audit-checkpoint/v1"
+_ENTRY_LABEL = b"spendgate/audit-entry/v2"
+_HEAD_LABEL = b"spendgate/audit-head/v2"
+_ANCHOR_LABEL = b"spendgate/audit-anchor/v2"
 _INT64 = 2**63
 
 JSONValue = None | bool | int | str | list["JSONValue"] | dict[str, "JSONValue"]
@@ -112,13 +137,18 @@ class AuditEvent:
 
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
-    """A sealed entry: an event with its place (``seq``) and hashes."""
+    """A sealed entry: an event with its place (``seq``), who may read it, its hashes and
+    (version 2) its MAC."""
 
     seq: int
     id: str
     event: AuditEvent
     prev_hash: str
     hash: str
+    version: int = CANONICAL_VERSION
+    org_id: str | None = None
+    team_ids: tuple[str, ...] = ()
+    mac: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """Flat, JSON-ready (the export and API form)."""
@@ -138,13 +168,30 @@ class AuditEntry:
             "source_ip": e.source_ip,
             "prev_hash": self.prev_hash,
             "hash": self.hash,
+            "v": self.version,
+            "org_id": self.org_id,
+            "team_ids": list(self.team_ids),
+            "mac": self.mac,
         }
 
+    def canonical(self) -> bytes:
+        return canonical(self.seq, self.id, self.event, self.version, self.org_id, self.team_ids)
 
-def canonical(seq: int, entry_id: str, event: AuditEvent) -> bytes:
-    """The bytes that are hashed: every field but the hashes, compact, keys sorted."""
-    body = {
-        "v": CANONICAL_VERSION,
+
+def canonical(
+    seq: int,
+    entry_id: str,
+    event: AuditEvent,
+    version: int = CANONICAL_VERSION,
+    org_id: str | None = None,
+    team_ids: Iterable[str] = (),
+) -> bytes:
+    """The bytes that are hashed: every field but the hashes and the MAC, compact, keys
+    sorted; from version 2 with the scope (``org_id``, sorted ``team_ids``)."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown audit entry version {version}")
+    body: dict[str, Any] = {
+        "v": version,
         "seq": seq,
         "id": entry_id,
         "at": iso_utc(event.at),
@@ -158,6 +205,9 @@ def canonical(seq: int, entry_id: str, event: AuditEvent) -> bytes:
         "request_id": event.request_id,
         "source_ip": event.source_ip,
     }
+    if version >= 2:
+        body["org_id"] = org_id
+        body["team_ids"] = sorted(set(team_ids))
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
@@ -165,12 +215,47 @@ def chain_hash(prev_hash: str, body: bytes) -> str:
     return hashlib.sha256(prev_hash.encode("ascii") + b"\n" + body).hexdigest()
 
 
-def seal(seq: int, entry_id: str, event: AuditEvent, prev_hash: str) -> AuditEntry:
-    """Give a (normalised) event its place after the entry whose hash is ``prev_hash``."""
+def same_digest(a: str, b: str) -> bool:
+    """Constant-time equality of two hex digests, one of which may come from a tampered
+    row (any text: never an error)."""
+    return hmac.compare_digest(a.encode("utf-8", "replace"), b.encode("utf-8", "replace"))
+
+
+def _subkey(key: bytes, label: bytes) -> bytes:
+    return hmac.new(key, label, hashlib.sha256).digest()
+
+
+def entry_key(key: bytes) -> bytes:
+    """The key entry MACs are made with, derived from the audit key (so a MAC of an
+    entry can never stand for a checkpoint, head or anchor signature)."""
+    return _subkey(key, _ENTRY_LABEL)
+
+
+def entry_mac(sealing_key: bytes, entry_hash: str) -> str:
+    """``sealing_key`` is :func:`entry_key` of the audit key."""
+    return hmac.new(sealing_key, entry_hash.encode("ascii"), hashlib.sha256).hexdigest()
+
+
+def seal(
+    seq: int,
+    entry_id: str,
+    event: AuditEvent,
+    prev_hash: str,
+    *,
+    org_id: str | None = None,
+    team_ids: Iterable[str] = (),
+    sealing_key: bytes | None = None,
+    version: int = CANONICAL_VERSION,
+) -> AuditEntry:
+    """Give a (normalised) event its place after the entry whose hash is ``prev_hash``,
+    readable by ``org_id``/``team_ids``; MAC'd with ``sealing_key`` (:func:`entry_key`)
+    when given — an entry sealed without it fails a keyed verification."""
     event = event.normalised()
-    return AuditEntry(
-        seq, entry_id, event, prev_hash, chain_hash(prev_hash, canonical(seq, entry_id, event))
-    )
+    teams = tuple(sorted(set(team_ids)))
+    body = canonical(seq, entry_id, event, version, org_id, teams)
+    digest = chain_hash(prev_hash, body)
+    mac = entry_mac(sealing_key, digest) if sealing_key is not None and version >= 2 else None
+    return AuditEntry(seq, entry_id, event, prev_hash, digest, version, org_id, teams, mac)
 
 
 #: enforcement facts (stored events) that also belong in the audit log: type -> target
@@ -205,109 +290,6 @@ def enforcement_event(type_: str, data: Mapping[str, Any], at: datetime) -> Audi
     )
 
 
-# -- verification -------------------------------------------------------------------------
-@dataclass(frozen=True, slots=True)
-class ChainState:
-    """Where a walk of the chain stands: the last good entry's seq and hash."""
-
-    seq: int = 0
-    hash: str = GENESIS
-    checked: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ChainBreak:
-    """The first entry that does not hold; ``entry_id`` is None for a missing tail or a
-    bad checkpoint (then ``seq`` says where)."""
-
-    entry_id: str | None
-    seq: int
-    reason: str
-
-
-@dataclass(frozen=True, slots=True)
-class VerifyResult:
-    ok: bool
-    checked: int
-    last_seq: int
-    last_hash: str
-    checkpoint_seq: int | None = None
-    first_bad: ChainBreak | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        bad = self.first_bad
-        return {
-            "ok": self.ok,
-            "checked": self.checked,
-            "last_seq": self.last_seq,
-            "last_hash": self.last_hash,
-            "checkpoint_seq": self.checkpoint_seq,
-            "first_bad_id": bad.entry_id if bad else None,
-            "first_bad_seq": bad.seq if bad else None,
-            "reason": bad.reason if bad else None,
-        }
-
-
-def check_link(state: ChainState, entry: AuditEntry) -> ChainState | ChainBreak:
-    """One step of the walk: the next state, or why ``entry`` breaks the chain."""
-    if entry.seq != state.seq + 1:
-        what = "missing" if entry.seq > state.seq + 1 else "out of order"
-        return ChainBreak(
-            entry.id,
-            entry.seq,
-            f"sequence gap: expected seq {state.seq + 1}, found {entry.seq} (entries {what})",
-        )
-    if entry.prev_hash != state.hash:
-        return ChainBreak(
-            entry.id, entry.seq, "prev_hash does not match the hash of the entry before it"
-        )
-    expected = chain_hash(entry.prev_hash, canonical(entry.seq, entry.id, entry.event))
-    if not hmac.compare_digest(expected, entry.hash):
-        return ChainBreak(entry.id, entry.seq, "hash does not match the entry's content")
-    return ChainState(entry.seq, entry.hash, state.checked + 1)
-
-
-def walk(entries: Iterable[AuditEntry], state: ChainState) -> tuple[ChainState, ChainBreak | None]:
-    """Check a run of entries (in seq order) continuing from ``state``: the last good
-    state, and the first break if there is one."""
-    for entry in entries:
-        step = check_link(state, entry)
-        if isinstance(step, ChainBreak):
-            return state, step
-        state = step
-    return state, None
-
-
-def finish(
-    state: ChainState,
-    broken: ChainBreak | None,
-    head: tuple[int, str] | None,
-    checkpoint_seq: int | None,
-) -> VerifyResult:
-    """The result of a walk, compared with the chain head (catches a deleted tail)."""
-    if broken is None and head is not None and head != (state.seq, state.hash):
-        broken = ChainBreak(
-            None,
-            state.seq + 1,
-            f"chain head is at seq {head[0]} but the last entry is seq "
-            f"{state.seq} (entries missing at the end)",
-        )
-    return VerifyResult(
-        broken is None, state.checked, state.seq, state.hash, checkpoint_seq, broken
-    )
-
-
-def verify_chain(
-    entries: Iterable[AuditEntry],
-    start: ChainState | None = None,
-    head: tuple[int, str] | None = None,
-) -> VerifyResult:
-    """Walk ``entries`` from ``start`` (genesis by default); the first bad entry, if any."""
-    begin = start or ChainState()
-    state, broken = walk(entries, begin)
-    return finish(state, broken, head, begin.seq or None)
-
-
 # -- checkpoints and the audit key ----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
@@ -324,7 +306,7 @@ class Checkpoint:
     def message(self) -> bytes:
         return orjson.dumps(
             {
-                "v": CANONICAL_VERSION,
+                "v": 1,  # the checkpoint message has not changed since version 1
                 "id": self.id,
                 "seq": self.seq,
                 "hash": self.hash,
@@ -351,7 +333,49 @@ def sign_checkpoint(checkpoint: Checkpoint, key: bytes) -> Checkpoint:
 
 def checkpoint_valid(checkpoint: Checkpoint, key: bytes) -> bool:
     expected = hmac.new(key, checkpoint.message(), hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, checkpoint.signature)
+    return same_digest(expected, checkpoint.signature)
+
+
+def head_mac(key: bytes, seq: int, entry_hash: str) -> str:
+    """The MAC the chain-head row carries: of its seq and hash, under the audit key."""
+    message = f"{seq}:{entry_hash}".encode("ascii")
+    return hmac.new(_subkey(key, _HEAD_LABEL), message, hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Anchor:
+    """A chain position kept outside the database: entry ``seq`` had hash ``hash`` when
+    it was taken (``at``); ``signature`` is an HMAC under the audit key ("" unsigned,
+    e.g. typed in by an operator)."""
+
+    seq: int
+    hash: str
+    at: datetime | None = None
+    signature: str = field(default="", compare=False)
+
+    def message(self) -> bytes:
+        at = "" if self.at is None else iso_utc(self.at)
+        return f"{self.seq}:{self.hash}:{at}".encode("ascii")
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "seq": self.seq,
+            "hash": self.hash,
+            "at": None if self.at is None else iso_utc(self.at),
+            "signature": self.signature,
+        }
+
+
+def sign_anchor(anchor: Anchor, key: bytes) -> Anchor:
+    signature = hmac.new(_subkey(key, _ANCHOR_LABEL), anchor.message(), hashlib.sha256)
+    return Anchor(anchor.seq, anchor.hash, anchor.at, signature.hexdigest())
+
+
+def anchor_valid(anchor: Anchor, key: bytes) -> bool:
+    """An unsigned anchor is taken as given; a signed one must carry a valid signature."""
+    if not anchor.signature:
+        return True
+    return same_digest(sign_anchor(anchor, key).signature, anchor.signature)
 
 
 def derive_key(master_key: str) -> bytes:
@@ -364,3 +388,5 @@ class AuditSettings:
     key: bytes = field(repr=False)
     retention_days: int = DEFAULT_RETENTION_DAYS
     min_retention_days: int = MIN_RETENTION_DAYS
+    #: how often the signed head goes out as an ``audit.anchor`` event (0: never)
+    anchor_hours: int = DEFAULT_ANCHOR_HOURS

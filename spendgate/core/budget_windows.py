@@ -17,7 +17,12 @@ local date ``d`` is the first instant whose local wall time is at or after ``d 0
 - the whole date was skipped (Pacific/Apia, 2011-12-30) -> same instant as the next
   date's start, so that date's window is empty and never returned.
 
-Pure: no I/O, no wall clock (``at`` is always passed in), stdlib ``zoneinfo`` only.
+A zone is named by its IANA name and nothing else: the list is the ``tzdata`` package's
+(the IANA database as data), less ``Factory``. Names the system's zone directory holds
+besides (``localtime``, ``posixrules``, ``right/…``, ``posix/…``) are refused: they mean
+a different zone on every machine, or none.
+
+Pure: no I/O beyond reading the zone data, no wall clock (``at`` is always passed in).
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cache
+from importlib import resources
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -57,8 +64,19 @@ class Window:
         return self.start <= t < self.end
 
 
+@cache
+def iana_zones() -> frozenset[str]:
+    """Every IANA time zone name (``tzdata``'s list), less ``Factory`` (no place)."""
+    names = resources.files("tzdata").joinpath("zones").read_text(encoding="utf-8").split()
+    return frozenset(names) - {"Factory"}
+
+
 def validate_timezone(tz: str) -> str:
-    """Return ``tz`` if it names an IANA zone known here; raise ``ValueError`` otherwise."""
+    """Return ``tz`` if it is an IANA zone name; raise ``ValueError`` otherwise."""
+    if not isinstance(tz, str) or tz not in iana_zones():
+        raise ValueError(
+            f"unknown time zone {tz!r}; expected an IANA name such as Europe/Berlin or UTC"
+        )
     _zone(tz)
     return tz
 

@@ -11,6 +11,14 @@ Tables (created by migration 0003)::
 **Append-only.** Triggers refuse UPDATE and DELETE on ``audit_log`` and
 ``audit_checkpoints`` (and TRUNCATE on PostgreSQL), on SQLite and PostgreSQL alike.
 
+**Sealed with the audit key.** Entries are MAC'd (version 2, see
+``spendgate.core.audit_chain``) with the audit key, which lives outside the database and
+is bound to the engine once (:func:`bind_audit_key`), so every ``append`` through that
+engine — admin changes, enforcement facts, exports — is sealed without each caller
+carrying the key. The chain-head row carries a MAC of its seq and hash as well. An
+engine with no key bound still appends, but its entries carry no MAC and fail a keyed
+verification.
+
 **One linear chain.** ``append`` first UPDATEs the chain-head row (``seq = seq + 1 …
 RETURNING``), which takes PostgreSQL's row lock or SQLite's write lock before anything
 is read, so concurrent appends from any number of replicas queue on that row and each
@@ -39,18 +47,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.core.audit_chain import (
     GENESIS,
+    Anchor,
     AuditEntry,
     AuditEvent,
-    ChainBreak,
-    ChainState,
     Checkpoint,
-    VerifyResult,
     checkpoint_valid,
-    finish,
+    entry_key,
+    head_mac,
     seal,
     sign_checkpoint,
-    walk,
 )
+from spendgate.core.audit_verify import ChainBreak, ChainState, ChainWalk, VerifyResult
 from spendgate.errors import Conflict, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store.schema import JSONType, UTCDateTime, metadata
@@ -72,10 +79,13 @@ audit_log = sa.Table(
     sa.Column("source_ip", sa.String(64), nullable=True),
     sa.Column("prev_hash", sa.String(64), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
-    # who may read the entry (not hashed; see migration 0007): the org, and the teams as
-    # ",team_a,team_b," so one LIKE per team finds them on SQLite and PostgreSQL alike
+    # who may read the entry (hashed from version 2; see migration 0007): the org, and the
+    # teams as ",team_a,team_b," so one LIKE per team finds them on SQLite and PostgreSQL
     sa.Column("org_id", sa.String(40), nullable=True),
     sa.Column("team_ids", sa.String(400), nullable=True),
+    # the entry's canonical version (1: before migration 0011) and its MAC (version 2)
+    sa.Column("v", sa.SmallInteger(), nullable=False, server_default="1"),
+    sa.Column("mac", sa.String(64), nullable=True),
     sa.UniqueConstraint("seq", name="uq_audit_log_seq"),
     sa.Index("ix_audit_log_at", "at"),
     sa.Index("ix_audit_log_action", "action"),
@@ -89,6 +99,7 @@ audit_chain_head = sa.Table(
     sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
     sa.Column("seq", sa.BigInteger(), nullable=False),
     sa.Column("hash", sa.String(64), nullable=False),
+    sa.Column("mac", sa.String(64), nullable=True),
 )
 
 audit_checkpoints = sa.Table(
@@ -207,6 +218,10 @@ def _row(entry: AuditEntry) -> dict[str, Any]:
         "source_ip": e.source_ip,
         "prev_hash": entry.prev_hash,
         "hash": entry.hash,
+        "org_id": entry.org_id,
+        "team_ids": teams_column(entry.team_ids),
+        "v": entry.version,
+        "mac": entry.mac,
     }
 
 
@@ -228,6 +243,10 @@ _READ = (
     _c.source_ip,
     _c.prev_hash,
     _c.hash,
+    _c.org_id,
+    _c.team_ids,
+    _c.v,
+    _c.mac,
 )
 
 
@@ -252,6 +271,10 @@ def entry_from_row(row: Sequence[Any]) -> AuditEntry:
         source_ip,
         prev_hash,
         hash_,
+        org_id,
+        team_ids,
+        version,
+        mac,
     ) = row
     event = AuditEvent(
         at,
@@ -265,7 +288,8 @@ def entry_from_row(row: Sequence[Any]) -> AuditEntry:
         request_id,
         source_ip,
     )
-    return AuditEntry(int(seq), entry_id, event, prev_hash, hash_)
+    teams = tuple(t for t in (team_ids or "").split(",") if t)
+    return AuditEntry(int(seq), entry_id, event, prev_hash, hash_, int(version), org_id, teams, mac)
 
 
 def _checkpoint(row: Any) -> Checkpoint:
@@ -281,6 +305,24 @@ def _checkpoint(row: Any) -> Checkpoint:
 
 
 # -- writing -----------------------------------------------------------------------------------
+#: the execution option the audit key travels in, from the engine to every connection
+KEY_OPTION = "spendgate_audit_key"
+
+
+def bind_audit_key(engine: AsyncEngine, key: bytes) -> None:
+    """Seal every entry appended through ``engine`` with ``key`` (call once, at startup)."""
+    engine.sync_engine.update_execution_options(**{KEY_OPTION: key})
+
+
+def _bound_key(conn: AsyncConnection) -> bytes | None:
+    key = (
+        conn.sync_connection.get_execution_options().get(KEY_OPTION)
+        if conn.sync_connection
+        else None
+    )
+    return key if isinstance(key, bytes) else None
+
+
 def teams_column(team_ids: Iterable[str]) -> str | None:
     ids = sorted(set(team_ids))
     return f",{','.join(ids)}," if ids else None
@@ -307,12 +349,21 @@ async def append(
             .returning(head.seq, head.hash)
         )
     ).one()
-    entry = seal(int(taken.seq), entry_id or new_id("aud"), event, taken.hash)
-    await conn.execute(
-        audit_log.insert().values(**_row(entry), org_id=org_id, team_ids=teams_column(team_ids))
+    key = _bound_key(conn)
+    entry = seal(
+        int(taken.seq),
+        entry_id or new_id("aud"),
+        event,
+        taken.hash,
+        org_id=org_id,
+        team_ids=team_ids,
+        sealing_key=None if key is None else entry_key(key),
     )
+    await conn.execute(audit_log.insert().values(**_row(entry)))
     await conn.execute(
-        sa.update(audit_chain_head).where(head.id == HEAD_ID).values(hash=entry.hash)
+        sa.update(audit_chain_head)
+        .where(head.id == HEAD_ID)
+        .values(hash=entry.hash, mac=None if key is None else head_mac(key, entry.seq, entry.hash))
     )
     return entry
 
@@ -390,15 +441,16 @@ def _typed_id(
 
 async def head(engine: AsyncEngine) -> tuple[int, str]:
     """The last ``seq`` handed out and its hash."""
+    seq, hash_, _ = await sealed_head(engine)
+    return seq, hash_
+
+
+async def sealed_head(engine: AsyncEngine) -> tuple[int, str, str | None]:
+    """The last ``seq`` handed out, its hash and the head row's MAC."""
+    h = audit_chain_head.c
     async with engine.connect() as conn:
-        row = (
-            await conn.execute(
-                sa.select(audit_chain_head.c.seq, audit_chain_head.c.hash).where(
-                    audit_chain_head.c.id == HEAD_ID
-                )
-            )
-        ).one()
-    return int(row.seq), str(row.hash)
+        row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).one()
+    return int(row.seq), str(row.hash), row.mac
 
 
 async def pages(
@@ -475,11 +527,21 @@ async def latest_checkpoint(conn: AsyncConnection) -> Checkpoint | None:
 
 
 # -- verifying and purging ---------------------------------------------------------------------
-async def verify(engine: AsyncEngine, key: bytes, batch: int = DEFAULT_BATCH) -> VerifyResult:
-    """Walk the chain from the newest checkpoint (its signature checked) to the head."""
+async def verify(
+    engine: AsyncEngine,
+    key: bytes,
+    *,
+    now: datetime,
+    anchor: Anchor | None = None,
+    org_id: str | None = None,
+    batch: int = DEFAULT_BATCH,
+) -> VerifyResult:
+    """Walk the chain from the newest checkpoint (its signature checked) to the head,
+    checking every entry's hash and MAC, the head row, and ``anchor`` when given; with
+    ``org_id`` the figures are that org's (see ``spendgate.core.audit_verify``)."""
     async with engine.connect() as conn:
         checkpoint = await latest_checkpoint(conn)
-    top = await head(engine)
+    top_seq, top_hash, top_mac = await sealed_head(engine)
     state = ChainState()
     if checkpoint is not None:
         if not checkpoint_valid(checkpoint, key):
@@ -488,12 +550,17 @@ async def verify(engine: AsyncEngine, key: bytes, batch: int = DEFAULT_BATCH) ->
             )
             return VerifyResult(False, 0, checkpoint.seq, checkpoint.hash, checkpoint.seq, bad)
         state = ChainState(checkpoint.seq, checkpoint.hash)
-    start_seq = state.seq
-    async for page in pages(engine, state.seq, top[0], (), batch):
-        state, broken = walk(page, state)
-        if broken is not None:
-            return finish(state, broken, top, start_seq or None)
-    return finish(state, None, top, start_seq or None)
+    walk = ChainWalk(
+        state,
+        sealing_key=entry_key(key),
+        checkpoint_seq=state.seq or None,
+        anchor=anchor,
+        org_id=org_id,
+    )
+    async for page in pages(engine, state.seq, top_seq, (), batch):
+        if not walk.feed(page):
+            break
+    return walk.result((top_seq, top_hash), top_mac, key, now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -538,14 +605,15 @@ async def purge(
         up_to = top if first_young is None else int(first_young) - 1
         if up_to <= start.seq:
             return PurgeResult(0, None, None)
-        state = start
+        walk = ChainWalk(start, sealing_key=entry_key(key))
         async for page in pages(conn, start.seq, up_to, (), batch):
-            state, broken = walk(page, state)
-            if broken is not None:
+            if not walk.feed(page) and walk.broken is not None:
+                broken = walk.broken
                 raise Conflict(
                     f"audit chain broken at entry {broken.entry_id} (seq {broken.seq}):"
                     f" {broken.reason}; refusing to purge"
                 )
+        state = walk.state
         if state.seq != up_to:
             raise Conflict(f"audit chain ends at seq {state.seq} before {up_to}; refusing to purge")
         await conn.execute(audit_purge_lock.insert().values(up_to_seq=up_to))

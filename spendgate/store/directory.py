@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import datetime
@@ -12,7 +12,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.core.access import ROLES
+from spendgate.core.access import ORG_ROLES, ROLES, TEAM_ROLES, Standing, summary_role
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.store import schema
@@ -43,6 +43,26 @@ class KeyRecord:
 
 def _row(row: Any) -> dict[str, Any]:
     return dict(row._mapping)
+
+
+def standing_of(user: Mapping[str, Any]) -> Standing:
+    """A user (as the directory returns it) as a :class:`Standing`."""
+    return Standing(user["org_role"], {m["team_id"]: m["role"] for m in user["memberships"]})
+
+
+def _user_public(row: Mapping[str, Any], teams: Mapping[str, str]) -> dict[str, Any]:
+    """A user with their org role, memberships, teams and one summary ``role``."""
+    org_role = row.get("org_role", row["role"])
+    return {
+        "id": row["id"],
+        "org_id": row["org_id"],
+        "email": row["email"],
+        "role": summary_role(org_role, teams.values()),
+        "org_role": org_role,
+        "team_ids": sorted(teams),
+        "memberships": [{"team_id": t, "role": teams[t]} for t in sorted(teams)],
+        "created_at": row["created_at"],
+    }
 
 
 def _key_public(row: dict[str, Any]) -> dict[str, Any]:
@@ -162,15 +182,18 @@ class Directory:
     async def create_user(
         self,
         email: str,
-        role: str,
+        role: str | Standing,
         team_ids: Sequence[str],
         org_id: str | None,
         now: datetime,
         conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
-        if role not in ROLES:
+        """A user with an org role and a role in each of their teams: a ``Standing``, or
+        one ``role`` in ``team_ids`` (``Standing.single``)."""
+        standing = role if isinstance(role, Standing) else Standing.single(role, team_ids)
+        if standing.role not in ORG_ROLES or not set(standing.teams.values()) <= set(TEAM_ROLES):
             raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", param="role")
-        orgs = {await self._org_of(org_id, t) for t in team_ids} or {
+        orgs = {await self._org_of(org_id, t) for t in standing.teams} or {
             await self._org_of(org_id, None)
         }
         if len(orgs) != 1:
@@ -179,20 +202,28 @@ class Directory:
             "id": new_id("user"),
             "org_id": orgs.pop(),
             "email": email,
-            "role": role,
+            "role": standing.role,
             "created_at": now,
         }
         try:
             async with self._tx(conn) as tx:
                 await tx.execute(schema.users.insert().values(**values))
-                if team_ids:
-                    await tx.execute(
-                        schema.user_teams.insert(),
-                        [{"user_id": values["id"], "team_id": t} for t in set(team_ids)],
-                    )
+                await self._set_memberships(tx, str(values["id"]), standing.teams)
         except IntegrityError as exc:
             raise Conflict(f"a user with email {email} already exists in this org") from exc
-        return {**values, "team_ids": sorted(set(team_ids))}
+        return _user_public(values, dict(standing.teams))
+
+    @staticmethod
+    async def _set_memberships(
+        conn: AsyncConnection, user_id: str, teams: Mapping[str, str]
+    ) -> None:
+        links = schema.user_teams
+        await conn.execute(links.delete().where(links.c.user_id == user_id))
+        if teams:
+            await conn.execute(
+                links.insert(),
+                [{"user_id": user_id, "team_id": t, "role": r} for t, r in sorted(teams.items())],
+            )
 
     async def _with_teams(self, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not users:
@@ -202,10 +233,11 @@ class Directory:
             rows = await conn.execute(
                 sa.select(schema.user_teams).where(schema.user_teams.c.user_id.in_(ids))
             )
-            memberships = [(r.user_id, r.team_id) for r in rows]
-        for user in users:
-            user["team_ids"] = sorted(t for u, t in memberships if u == user["id"])
-        return users
+            memberships = [(r.user_id, r.team_id, r.role) for r in rows]
+        return [
+            _user_public(user, {t: r for u, t, r in memberships if u == user["id"]})
+            for user in users
+        ]
 
     async def get_user(self, user_id: str) -> dict[str, Any]:
         return (await self._with_teams([await self._one(schema.users, user_id, "user")]))[0]
@@ -213,29 +245,20 @@ class Directory:
     async def list_users(self, org_id: str | None = None) -> list[dict[str, Any]]:
         return await self._with_teams(await self._list(schema.users, org_id=org_id))
 
-    async def update_user(
-        self, user_id: str, role: str | None, team_ids: Sequence[str] | None, conn: AsyncConnection
+    async def set_standing(
+        self, user_id: str, standing: Standing, conn: AsyncConnection
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Change a user's role and/or teams (same org only). Returns (before, after)."""
+        """Give a user this org role and these memberships (teams of their org only).
+        Returns (before, after)."""
         before = await self.get_user(user_id)
-        if role is not None:
-            await conn.execute(
-                schema.users.update().where(schema.users.c.id == user_id).values(role=role)
-            )
-        teams = before["team_ids"] if team_ids is None else sorted(set(team_ids))
-        if team_ids is not None:
-            for team_id in teams:
-                if await self._org_of(before["org_id"], team_id) != before["org_id"]:
-                    raise ValidationFailed(
-                        "team_ids: team belongs to another org", param="team_ids"
-                    )
-            links = schema.user_teams
-            await conn.execute(links.delete().where(links.c.user_id == user_id))
-            if teams:
-                await conn.execute(
-                    links.insert(), [{"user_id": user_id, "team_id": t} for t in teams]
-                )
-        return before, {**before, "role": role or before["role"], "team_ids": teams}
+        for team_id in standing.teams:
+            if await self._org_of(before["org_id"], team_id) != before["org_id"]:
+                raise ValidationFailed("team_ids: team belongs to another org", param="team_ids")
+        await conn.execute(
+            schema.users.update().where(schema.users.c.id == user_id).values(role=standing.role)
+        )
+        await self._set_memberships(conn, user_id, standing.teams)
+        return before, _user_public({**before, "org_role": standing.role}, dict(standing.teams))
 
     async def create_agent(
         self,

@@ -59,6 +59,7 @@ users = sa.Table(
     sa.Column("id", sa.String(40), primary_key=True),
     sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
     sa.Column("email", sa.String(320), nullable=False),
+    # the org role: org_admin | finance | member (none; team roles are per membership)
     sa.Column("role", sa.String(20), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
     sa.UniqueConstraint("org_id", "email", name="uq_users_org_email"),
@@ -69,6 +70,8 @@ user_teams = sa.Table(
     metadata,
     sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), primary_key=True),
     sa.Column("team_id", sa.String(40), sa.ForeignKey("teams.id"), primary_key=True),
+    # the user's role in this team: team_admin | viewer | member
+    sa.Column("role", sa.String(20), nullable=False, server_default="member"),
 )
 
 agents = sa.Table(

@@ -1,15 +1,18 @@
 """Admin tokens: created for a user, shown once, stored as a SHA-256 hash, expiring,
-revocable. A token acts with its user's role, org and teams as they are at each call."""
+revocable. A token acts with its user's org role and team roles as they are at each
+call; a token whose user has no admin rights anywhere (``member`` everywhere) is refused
+like an unknown one."""
 
 from __future__ import annotations
 
+import builtins
 from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.core.access import MEMBER, Principal
+from spendgate.core.access import MEMBER, Can, Principal
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret, new_admin_token, new_id, shown_prefix
 from spendgate.store import schema
@@ -46,7 +49,7 @@ class TokenStore:
         conn: AsyncConnection | None = None,
     ) -> tuple[dict[str, Any], str]:
         """A new token for ``user``; returns (public row, the secret — shown once)."""
-        if user["role"] == MEMBER:
+        if user["role"] == MEMBER:  # the summary role: member everywhere
             raise ValidationFailed(
                 "user_id: members have no admin rights; give the user an admin role first",
                 param="user_id",
@@ -89,14 +92,39 @@ class TokenStore:
         async with self._engine.connect() as conn:
             return [dict(r._mapping) for r in await conn.execute(query)]
 
-    async def revoke(self, token_id: str, now: datetime, conn: AsyncConnection) -> dict[str, Any]:
+    async def revoke(
+        self, token_id: str, now: datetime, conn: AsyncConnection
+    ) -> tuple[dict[str, Any], builtins.list[str]]:
+        """Revoke the token and every live token created with it, and with those, and so
+        on (a token never outlives its creator). Returns (the token, the others' ids)."""
         await conn.execute(
             sa.update(schema.admin_tokens)
             .where(_t.id == token_id, _t.revoked_at.is_(None))
             .values(revoked_at=now)
         )
         row = (await conn.execute(sa.select(schema.admin_tokens).where(_t.id == token_id))).one()
-        return dict(row._mapping)
+        also: builtins.list[str] = []
+        frontier = [token_id]
+        while frontier:
+            children = (
+                (
+                    await conn.execute(
+                        sa.select(_t.id).where(
+                            _t.created_by.in_([f"token:{t}" for t in frontier]),
+                            _t.revoked_at.is_(None),
+                        )
+                    )
+                )
+                .scalars()
+                .all()
+            )
+            if children:
+                await conn.execute(
+                    sa.update(schema.admin_tokens).where(_t.id.in_(children)).values(revoked_at=now)
+                )
+            also += children
+            frontier = list(children)
+        return dict(row._mapping), also
 
     async def principal(self, secret: str, now: datetime) -> Principal | None:
         """The caller a presented token stands for; ``None`` if unknown, revoked or expired.
@@ -118,17 +146,20 @@ class TokenStore:
         )
         async with self._engine.connect() as conn:
             row = (await conn.execute(query)).first()
-            if row is None or row.revoked_at is not None or row.role == MEMBER:
+            if row is None or row.revoked_at is not None:
                 return None
             if row.expires_at is not None and row.expires_at <= now:
                 return None
-            teams = await conn.execute(
-                sa.select(schema.user_teams.c.team_id).where(schema.user_teams.c.user_id == row.uid)
+            ut = schema.user_teams.c
+            teams = await conn.execute(sa.select(ut.team_id, ut.role).where(ut.user_id == row.uid))
+            found = Principal.of(
+                row.role, row.org_id, {t: r for t, r in teams}, row.uid, row.id, row.expires_at
             )
-            team_ids = frozenset(r[0] for r in teams)
+        if not found.may(Can.TOKENS):  # no admin rights anywhere
+            return None
         if row.last_used_at is None or now - row.last_used_at >= TOUCH_EVERY:
             async with self._engine.begin() as conn:
                 await conn.execute(
                     sa.update(schema.admin_tokens).where(_t.id == row.id).values(last_used_at=now)
                 )
-        return Principal(row.role, row.org_id, team_ids, row.uid, row.id)
+        return found

@@ -35,6 +35,8 @@ EVENT_TYPES: tuple[str, ...] = (
     #: an hour's spend (or the running hour's) left its usual band; and came back (ours)
     "spend.anomaly",
     "spend.anomaly_resolved",
+    #: the audit chain's head, signed: receivers keep it outside the database (ours)
+    "audit.anchor",
 )
 
 #: a budget event's ``threshold`` field → severity (alerts inform, soft warns, hard pages)
@@ -61,6 +63,7 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "wallet.counter_drift": "warning",
     "spend.anomaly": "critical",
     "spend.anomaly_resolved": "info",
+    "audit.anchor": "info",
 }
 
 TITLES: dict[str, str] = {
@@ -84,6 +87,7 @@ TITLES: dict[str, str] = {
     "wallet.counter_drift": "Wallet counter repaired from the ledger",
     "spend.anomaly": "Spend anomaly",
     "spend.anomaly_resolved": "Spend anomaly resolved",
+    "audit.anchor": "Audit chain anchor",
 }
 
 

@@ -5,6 +5,21 @@ public (``ipaddress``'s ``is_global``, not multicast); loopback, private, link-l
 carrier-grade NAT, reserved and unspecified addresses are refused unless private
 targets are allowed (``SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1``). The worker checks again
 before each attempt, so a name that later resolves inward is caught too.
+
+IPv6 addresses that carry an IPv4 address inside are judged by that address as well,
+since a translator or tunnel on the way may deliver them to it:
+
+    form                          example                       carries
+    IPv4-mapped   ::ffff:0:0/96   [::ffff:127.0.0.1]            the last 32 bits
+    IPv4-compat.  ::/96           [::7f00:1]                    the last 32 bits
+    IPv4-transl.  ::ffff:0:0:0/96 [::ffff:0:7f00:1]             the last 32 bits
+    NAT64         64:ff9b::/96    [64:ff9b::a9fe:a9fe]          the last 32 bits
+    6to4          2002::/16       [2002:a9fe:a9fe::]            bits 16-47
+    Teredo        2001::/32       [2001:0:…]                    server and client
+
+The local-use NAT64 prefix ``64:ff9b:1::/48`` and the deprecated site-local
+``fec0::/10`` are refused whole (neither is global; ``ipaddress`` counts both as
+global).
 """
 
 from __future__ import annotations
@@ -33,10 +48,43 @@ async def system_resolver(host: str, port: int) -> list[str]:
     return [str(info[4][0]) for info in infos]
 
 
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")
+_TRANSLATED = ipaddress.IPv6Network("::ffff:0:0:0/96")
+_LOW32 = 0xFFFFFFFF
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (see the table above)."""
+    value = int(ip)
+    if ip.ipv4_mapped is not None:
+        return [ip.ipv4_mapped]
+    if value >> 32 == 0 and value > 1:  # IPv4-compatible; :: and ::1 are not
+        return [ipaddress.IPv4Address(value & _LOW32)]
+    if ip in _TRANSLATED or ip in _NAT64:
+        return [ipaddress.IPv4Address(value & _LOW32)]
+    if ip.sixtofour is not None:
+        return [ip.sixtofour]
+    if ip.teredo is not None:
+        return list(ip.teredo)
+    return []
+
+
 def is_public(address: str) -> bool:
+    """Whether ``address`` (and every IPv4 address inside it) is public."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local or ip in _NAT64_LOCAL:
+            return False
+        inner = embedded_ipv4(ip)
+        if inner and not all(_global(v4) for v4 in inner):
+            return False
+        if ip.ipv4_mapped is not None:
+            return True  # judged by the IPv4 address alone (::ffff:0:0/96 is not global)
+    return _global(ip)
+
+
+def _global(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return ip.is_global and not ip.is_multicast
 
 

@@ -28,7 +28,7 @@ from spendgate.store.anomalies import anomalies
 from spendgate.webhooks.tables import notifications
 from tests.conftest import MASTER_KEY, RunningGateway
 
-OA, FIN, TA, VW = "org_admin", "finance", "team_admin", "viewer"
+OA, FIN, TA, VW, MEMBER = "org_admin", "finance", "team_admin", "viewer", "member"
 ROLES = (OA, FIN, TA, VW)
 ALL = frozenset(ROLES)
 NONE: frozenset[str] = frozenset()
@@ -264,6 +264,16 @@ RULES: dict[tuple[str, str], Rule] = {
     ("PATCH", "/admin/users/{user_id}"): Rule(
         frozenset({OA, TA}),
         lambda c, x: Call("PATCH", f"/admin/users/{x.user()}", {"role": "viewer"}),
+    ),
+    ("PUT", "/admin/users/{user_id}/memberships/{team_id}"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call(
+            "PUT", f"/admin/users/{x.user()}/memberships/{x.team_id}", {"role": "viewer"}
+        ),
+    ),
+    ("DELETE", "/admin/users/{user_id}/memberships/{team_id}"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call("DELETE", f"/admin/users/{x.user()}/memberships/{x.team_id}"),
     ),
     ("POST", "/admin/agents"): Rule(
         frozenset({OA, TA}),
@@ -749,3 +759,167 @@ def test_team_scoped_audit_and_usage(gateway: RunningGateway) -> None:
     everything = gw.get("/admin/usage", group_by="team")
     assert {r["team"] for r in everything["rows"]} == {t1, t2}
     assert MASTER_KEY not in str(entries)
+
+
+# -- users in several teams with different roles (issue 24, item 1) ---------------------------
+@dataclass(frozen=True)
+class Row:
+    """One step of a scenario: who calls what, and the status it must get."""
+
+    caller: str
+    method: str
+    path: str
+    body: Any = None
+    status: int = 200
+    why: str = ""
+
+
+def run_rows(gw: RunningGateway, tokens: dict[str, str], rows: list[Row]) -> list[str]:
+    """Run the rows in order; the failures (``[]`` when every row got its status)."""
+    failures = []
+    for row in rows:
+        headers = {"authorization": f"Bearer {tokens[row.caller]}"}
+        answer = httpx.request(row.method, f"{gw.url}{row.path}", json=row.body, headers=headers)
+        if answer.status_code != row.status:
+            failures.append(
+                f"{row.caller} {row.method} {row.path} ({row.why}): "
+                f"{answer.status_code} != {row.status}: {answer.text[:200]}"
+            )
+    return failures
+
+
+def _user(gw: RunningGateway, email: str, org: str, memberships: dict[str, str]) -> str:
+    body = {
+        "email": email,
+        "org_id": org,
+        "memberships": [{"team_id": t, "role": r} for t, r in memberships.items()],
+    }
+    user: str = gw.post("/admin/users", body)["id"]
+    return user
+
+
+def test_roles_are_per_team_membership(gateway: RunningGateway) -> None:
+    """The escalation from the issue, and its mirror images, fail: team A's admin changes
+    a shared user's standing in A only; the shared user's token acts in B with their B
+    role; nobody's change in A reaches what anybody may do in B."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "A"})["id"]
+    ta, tb = (gw.post("/admin/teams", {"org_id": org, "name": n})["id"] for n in ("A", "B"))
+    admin_a = _user(gw, "admin-a@x.example", org, {ta: TA})
+    admin_b = _user(gw, "admin-b@x.example", org, {tb: TA, ta: MEMBER})
+    shared = _user(gw, "shared@x.example", org, {ta: VW, tb: VW})
+    viewer_b = _user(gw, "viewer-b@x.example", org, {tb: VW})
+    tokens = {
+        name: gw.post("/admin/tokens", {"user_id": uid, "name": name})["token"]
+        for name, uid in (("admin_a", admin_a), ("admin_b", admin_b), ("shared", shared))
+    }
+    boss = gw.post("/admin/users", {"email": "boss@x.example", "role": OA, "org_id": org})["id"]
+    tokens["org_admin"] = gw.post("/admin/tokens", {"user_id": boss, "name": "oa"})["token"]
+    nobody = _user(gw, "member@x.example", org, {ta: MEMBER, tb: MEMBER})
+    gw.post("/admin/tokens", {"user_id": nobody, "name": "m"}, status=422)  # no rights anywhere
+    key_a, key_b, key_b2 = (
+        gw.post("/admin/keys", {"name": n, "org_id": org, "team_id": t})["id"]
+        for n, t in (("ka", ta), ("kb", tb), ("kb2", tb))
+    )
+    budget_b = gw.post(
+        "/admin/budgets", {"scope_type": "team", "scope_id": tb, "amount_usd": "100"}
+    )["id"]
+    rows = [
+        # the escalation from the issue: 200, but it reaches team A only
+        Row("admin_a", "PATCH", f"/admin/users/{shared}", {"role": TA}, 200, "A's admin promotes"),
+        Row("shared", "POST", f"/admin/keys/{key_a}/revoke", None, 200, "now admin of A"),
+        Row("shared", "POST", f"/admin/keys/{key_b}/revoke", None, 404, "still viewer of B"),
+        Row("shared", "GET", f"/admin/keys/{key_b}", None, 200, "B: reads as a viewer"),
+        Row("shared", "PATCH", f"/admin/budgets/{budget_b}", {"amount_usd": "0.01"}, 404, "B"),
+        Row("shared", "PATCH", f"/admin/users/{viewer_b}", {"role": TA}, 404, "B's viewer"),
+        Row(
+            "shared",
+            "POST",
+            "/admin/budgets",
+            {"scope_type": "team", "scope_id": tb, "amount_usd": "1"},
+            422,
+            "a budget in B",
+        ),
+        # team A's admin cannot demote B's admin, not even through their A membership
+        Row("admin_a", "PATCH", f"/admin/users/{admin_b}", {"role": VW}, 200, "A part only"),
+        Row("admin_b", "POST", f"/admin/keys/{key_b2}/revoke", None, 200, "B admin intact"),
+        Row("admin_a", "PUT", f"/admin/users/{admin_b}/memberships/{tb}", {"role": VW}, 403),
+        Row("admin_a", "DELETE", f"/admin/users/{admin_b}/memberships/{tb}", None, 403),
+        Row("admin_a", "PATCH", f"/admin/users/{admin_b}", {"team_ids": [ta]}, 403, "drop B"),
+        Row("admin_a", "PUT", f"/admin/users/{shared}/memberships/{tb}", {"role": TA}, 403),
+        Row("admin_a", "PATCH", f"/admin/users/{shared}", {"role": FIN}, 403, "org role"),
+        Row("admin_a", "PUT", f"/admin/users/{viewer_b}/memberships/{ta}", {"role": VW}, 404),
+        # a team admin's own roles are not theirs to change; the org admin's are
+        Row("admin_a", "PUT", f"/admin/users/{admin_a}/memberships/{ta}", {"role": VW}, 403),
+        Row("org_admin", "PUT", f"/admin/users/{shared}/memberships/{tb}", {"role": TA}, 200),
+        Row("shared", "PATCH", f"/admin/budgets/{budget_b}", {"amount_usd": "50"}, 200, "now"),
+        Row("org_admin", "DELETE", f"/admin/users/{shared}/memberships/{tb}", None, 200),
+        Row("shared", "GET", f"/admin/budgets/{budget_b}", None, 404, "left B"),
+    ]
+    failures = run_rows(gw, tokens, rows)
+    assert not failures, "\n".join(failures)
+    standing = {m["team_id"]: m["role"] for m in gw.get(f"/admin/users/{admin_b}")["memberships"]}
+    assert standing == {ta: VW, tb: TA}
+    shared_now = gw.get(f"/admin/users/{shared}")
+    assert shared_now["memberships"] == [{"team_id": ta, "role": TA}]
+    assert (shared_now["org_role"], shared_now["role"]) == ("member", TA)
+    changes = gw.get("/admin/audit", action="user.role_changed")["entries"]
+    assert len(changes) == 3  # two by team A's admin, one by the org admin
+
+
+def test_tokens_never_outrank_or_outlive_their_creator(gateway: RunningGateway) -> None:
+    """Issue 22, item 3: a viewer may make tokens for themselves — acting as a viewer,
+    expiring with the token that made them, revoked with it — and for nobody else; a
+    team admin makes none for their members either."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "A"})["id"]
+    team = gw.post("/admin/teams", {"org_id": org, "name": "T"})["id"]
+    viewer = _user(gw, "v@x.example", org, {team: VW})
+    other = _user(gw, "w@x.example", org, {team: VW})
+    admin = _user(gw, "ta@x.example", org, {team: TA})
+    expiry = gw.clock.now() + timedelta(days=7)
+    parent = gw.post(
+        "/admin/tokens", {"user_id": viewer, "name": "p", "expires_at": expiry.isoformat()}
+    )
+    tokens = {
+        "viewer": parent["token"],
+        "admin": gw.post("/admin/tokens", {"user_id": admin, "name": "a"})["token"],
+    }
+    later = (expiry + timedelta(seconds=1)).isoformat()
+    budget = {"scope_type": "team", "scope_id": team, "amount_usd": "1"}
+    rows = [
+        Row("viewer", "POST", "/admin/tokens", {"user_id": viewer, "name": "c"}, 201, "own"),
+        Row("viewer", "POST", "/admin/tokens", {"user_id": other, "name": "c"}, 422, "another"),
+        Row("viewer", "POST", "/admin/tokens", {"user_id": admin, "name": "c"}, 422, "admin's"),
+        Row(
+            "viewer",
+            "POST",
+            "/admin/tokens",
+            {"user_id": viewer, "name": "c", "expires_at": later},
+            422,
+            "outliving",
+        ),
+        Row("admin", "POST", "/admin/tokens", {"user_id": viewer, "name": "c"}, 422, "member's"),
+        Row("viewer", "POST", "/admin/budgets", budget, 403, "a viewer writes nothing"),
+    ]
+    failures = run_rows(gw, tokens, rows)
+    assert not failures, "\n".join(failures)
+    refused = httpx.post(
+        f"{gw.url}/admin/tokens",
+        json={"user_id": viewer, "name": "c", "expires_at": later},
+        headers={"authorization": f"Bearer {tokens['viewer']}"},
+    )
+    assert refused.json()["error"]["param"] == "expires_at"
+    child = httpx.post(
+        f"{gw.url}/admin/tokens",
+        json={"user_id": viewer, "name": "child"},
+        headers={"authorization": f"Bearer {tokens['viewer']}"},
+    ).json()
+    assert child["expires_at"] is not None
+    assert datetime.fromisoformat(child["expires_at"]) == expiry  # with its creator
+    as_child = {"authorization": f"Bearer {child['token']}"}
+    assert httpx.post(f"{gw.url}/admin/budgets", json=budget, headers=as_child).status_code == 403
+    assert httpx.get(f"{gw.url}/admin/keys", headers=as_child).status_code == 200
+    gw.post(f"/admin/tokens/{parent['id']}/revoke", {}, status=200)
+    assert httpx.get(f"{gw.url}/admin/keys", headers=as_child).status_code == 401
+    assert gw.get(f"/admin/tokens/{child['id']}")["status"] == "revoked"

@@ -289,7 +289,17 @@ def test_cli_bootstrap_first_admin(served: tuple[str, Path, subprocess.Popen[byt
 
     orgs = as_admin("orgs", "list")
     assert [o["name"] for o in orgs] == ["acme"]  # type: ignore[union-attr, index]
-    viewer = as_admin("users", "create", "v@acme.example", "--role", "viewer")
+    team = as_admin("teams", "create", "search", "--org", made["org_id"])  # type: ignore[index]
+    # a team role is held in a team (issue 24): the viewer views one
+    viewer = as_admin(
+        "users",
+        "create",
+        "v@acme.example",
+        "--role",
+        "viewer",
+        "--teams",
+        team["id"],  # type: ignore[index]
+    )
     token = as_admin("tokens", "create", "--user", viewer["id"], "--expires-in-days", "7")  # type: ignore[index]
     promoted = as_admin("users", "update", viewer["id"], "--role", "finance")  # type: ignore[index]
     assert promoted["role"] == "finance"  # type: ignore[index]

@@ -1,4 +1,5 @@
-"""The audit log's pure core: canonical form, hash chain, checkpoints, settings."""
+"""The audit log's pure core: canonical form, hash chain, MACs, anchors, checkpoints,
+settings."""
 
 from __future__ import annotations
 
@@ -17,19 +18,24 @@ from hypothesis import strategies as st
 
 from spendgate.core.audit_chain import (
     GENESIS,
+    Anchor,
     AuditEntry,
     AuditEvent,
-    ChainState,
     Checkpoint,
+    anchor_valid,
     canonical,
+    chain_hash,
     checkpoint_valid,
     derive_key,
     enforcement_event,
+    entry_key,
+    head_mac,
     normalise,
     seal,
+    sign_anchor,
     sign_checkpoint,
-    verify_chain,
 )
+from spendgate.core.audit_verify import ChainState, ChainWalk, verify_chain
 from spendgate.errors import ConfigError
 from spendgate.settings import load_audit_settings
 
@@ -71,9 +77,11 @@ def edit(entry: AuditEntry, **changes: Any) -> AuditEntry:
 # -- canonical form ------------------------------------------------------------------------
 def test_canonical_form_is_compact_sorted_and_exact() -> None:
     """Keys sorted, no spaces, Decimals as their exact strings, time in UTC with µs."""
-    body = canonical(7, "aud_7", event(0).normalised())
+    body = canonical(7, "aud_7", event(0).normalised(), 2, "org_1", ["team_b", "team_a"])
     assert json.loads(body) == {
-        "v": 1,
+        "v": 2,
+        "org_id": "org_1",
+        "team_ids": ["team_a", "team_b"],
         "seq": 7,
         "id": "aud_7",
         "at": "2026-03-01T09:30:00.000000+00:00",
@@ -286,3 +294,160 @@ def test_enforcement_facts_become_system_entries() -> None:
     )
     assert made.after == data
     assert enforcement_event("price.unknown", {"model": "x"}, T0) is None
+
+
+# -- version 2: scope in the hash, MACs under the audit key, anchors ----------------------------
+SEALING = entry_key(KEY)
+
+
+def sealed(n: int, *, org: str = "org_a", key: bytes | None = SEALING) -> list[AuditEntry]:
+    out: list[AuditEntry] = []
+    prev = GENESIS
+    for i in range(n):
+        entry = seal(
+            i + 1, f"aud_{i + 1}", event(i), prev, org_id=org, team_ids=["t1"], sealing_key=key
+        )
+        out.append(entry)
+        prev = entry.hash
+    return out
+
+
+def rehashed(entries: list[AuditEntry], start: int) -> list[AuditEntry]:
+    """What an attacker without the key does after an edit: recompute every hash from
+    ``start`` on with plain SHA-256 (the MACs stay as they were)."""
+    out = entries[:start]
+    prev = out[-1].hash if out else GENESIS
+    for entry in entries[start:]:
+        entry = dataclasses.replace(entry, prev_hash=prev)
+        entry = dataclasses.replace(entry, hash=chain_hash(prev, entry.canonical()))
+        out.append(entry)
+        prev = entry.hash
+    return out
+
+
+def test_version_1_entries_hash_exactly_as_before() -> None:
+    """An entry sealed in version 1 hashes to the value the code before version 2 gave
+    (pinned from that code), so old entries keep verifying."""
+    old = seal(1, "aud_1", event(0), GENESIS, version=1)
+    assert old.hash == "2ce888d1a58204f49ca55a0b10935ea597fcce5fed510d63976af521b1139595"
+    assert old.mac is None
+    assert verify_chain([old], sealing_key=SEALING).ok  # no MAC asked of version 1
+
+
+def test_an_edit_with_every_later_hash_recomputed_is_caught_by_the_mac() -> None:
+    """Issue 24 (c): hashes alone (anybody can recompute them) pass; the MAC names the
+    edited entry."""
+    entries = sealed(12)
+    forged = rehashed(
+        [*entries[:8], edit(entries[8], after={"amount_usd": "1.00"}), *entries[9:]], 8
+    )
+    assert verify_chain(forged).ok  # the plain hash chain is whole again
+    result = verify_chain(forged, sealing_key=SEALING)
+    assert not result.ok and result.first_bad is not None
+    assert result.first_bad.entry_id == "aud_9" and "MAC" in result.first_bad.reason
+
+
+def test_an_entry_moved_to_another_org_is_caught() -> None:
+    """Issue 24 (a): the scope is in the hash, and in the MAC with it."""
+    entries = sealed(5)
+    moved = [*entries[:2], dataclasses.replace(entries[2], org_id="org_b"), *entries[3:]]
+    first = verify_chain(moved, sealing_key=SEALING).first_bad
+    assert first is not None and first.entry_id == "aud_3" and "content" in first.reason
+    retargeted = [dataclasses.replace(entries[2], team_ids=("t2",))]
+    result = verify_chain(rehashed(entries[:2] + retargeted + entries[3:], 2), sealing_key=SEALING)
+    assert result.first_bad is not None and result.first_bad.entry_id == "aud_3"
+
+
+def test_entries_without_a_mac_or_older_than_their_predecessor_are_caught() -> None:
+    """An entry sealed without the key fails a keyed check; an entry passed off as
+    version 1 after a version-2 one is refused."""
+    unsigned = sealed(3, key=None)
+    bad = verify_chain(unsigned, sealing_key=SEALING).first_bad
+    assert bad is not None and bad.entry_id == "aud_1" and "no MAC" in bad.reason
+    entries = sealed(4)
+    downgraded = rehashed(
+        [*entries[:2], dataclasses.replace(entries[2], version=1), *entries[3:]], 2
+    )
+    bad = verify_chain(downgraded, sealing_key=SEALING).first_bad
+    assert bad is not None and bad.entry_id == "aud_3" and "version 1" in bad.reason
+
+
+def test_the_head_row_mac_catches_a_head_moved_back() -> None:
+    """Issue 24 (b), the plain attempt: the tail deleted and the head row set to the last
+    remaining entry — the head's MAC no longer matches."""
+    entries = sealed(6)
+    now = T0 + timedelta(days=1)
+    honest = ChainWalk(ChainState(), sealing_key=SEALING)
+    honest.feed(entries)
+    assert honest.result((6, entries[-1].hash), head_mac(KEY, 6, entries[-1].hash), KEY, now).ok
+    walk = ChainWalk(ChainState(), sealing_key=SEALING)
+    walk.feed(entries[:4])
+    moved_back = (4, entries[3].hash)
+    result = walk.result(moved_back, head_mac(KEY, 6, entries[-1].hash), KEY, now)
+    assert not result.ok and result.first_bad is not None
+    assert "head MAC" in result.first_bad.reason
+
+
+def test_a_kept_anchor_catches_truncation_behind_a_restored_head() -> None:
+    """Issue 24 (b), the careful attempt: the head row restored from an old copy (MAC and
+    all) leaves nothing in the database to see; the anchor kept outside does."""
+    entries = sealed(8)
+    now = T0 + timedelta(days=1)
+    kept = sign_anchor(Anchor(8, entries[-1].hash, now), KEY)
+    assert anchor_valid(kept, KEY) and not anchor_valid(dataclasses.replace(kept, seq=5), KEY)
+    walk = ChainWalk(ChainState(), sealing_key=SEALING, anchor=kept)
+    walk.feed(entries[:5])
+    old_head = (5, entries[4].hash)
+    result = walk.result(old_head, head_mac(KEY, *old_head), KEY, now)
+    assert not result.ok and result.first_bad is not None
+    assert result.first_bad.seq == 8 and "deleted at the end" in result.first_bad.reason
+    assert result.anchor_checked is True
+    intact = ChainWalk(ChainState(), sealing_key=SEALING, anchor=kept)
+    intact.feed(entries)
+    fine = intact.result((8, entries[-1].hash), head_mac(KEY, 8, entries[-1].hash), KEY, now)
+    assert fine.ok and fine.anchor_checked is True and fine.anchor is not None
+    assert fine.anchor.seq == 8 and anchor_valid(fine.anchor, KEY)
+
+
+def test_an_anchor_whose_entry_changed_is_named() -> None:
+    entries = sealed(4)
+    other = sign_anchor(Anchor(3, "ab" * 32), KEY)
+    result = verify_chain(entries, sealing_key=SEALING, anchor=other)
+    assert result.first_bad is not None and result.first_bad.entry_id == "aud_3"
+    assert "anchor" in result.first_bad.reason
+
+
+def test_an_org_walk_reports_that_orgs_figures_only() -> None:
+    """Issue 24, item 3: an org's verify counts its own entries and hides where another
+    org's entry broke."""
+    mine, theirs = sealed(3, org="org_a"), []
+    prev, seq = mine[-1].hash, 3
+    for i in range(4):
+        seq += 1
+        entry = seal(seq, f"aud_{seq}", event(i), prev, org_id="org_b", sealing_key=SEALING)
+        theirs.append(entry)
+        prev = entry.hash
+    now = T0 + timedelta(days=1)
+    walk = ChainWalk(ChainState(), sealing_key=SEALING, org_id="org_a")
+    walk.feed(mine + theirs)
+    result = walk.result((7, prev), head_mac(KEY, 7, prev), KEY, now)
+    assert result.ok and (result.checked, result.last_seq) == (3, 3)
+    assert result.anchor is not None and result.anchor.seq == 3
+    broken = [*theirs[:1], edit(theirs[1], actor_id="x"), *theirs[2:]]
+    walk = ChainWalk(ChainState(), sealing_key=SEALING, org_id="org_a")
+    walk.feed(mine + broken)
+    result = walk.result((7, prev), head_mac(KEY, 7, prev), KEY, now)
+    assert not result.ok and result.first_bad is not None
+    assert result.first_bad.entry_id is None and "outside this org" in result.first_bad.reason
+
+
+def test_any_text_in_a_tampered_digest_is_a_break_not_an_error() -> None:
+    """Rows are attacker-controlled: non-ASCII in a hash or MAC is reported, not raised."""
+    entries = sealed(3)
+    for field in ("hash", "mac"):
+        forged = [entries[0], dataclasses.replace(entries[1], **{field: "é" * 64}), entries[2]]
+        bad = verify_chain(forged, sealing_key=SEALING).first_bad
+        assert bad is not None and bad.entry_id == "aud_2"
+    assert not anchor_valid(
+        dataclasses.replace(sign_anchor(Anchor(1, "a" * 64), KEY), signature="é"), KEY
+    )

@@ -23,12 +23,14 @@ from spendgate.store.database import create_engine, migrate
 from tests.conftest import MASTER_KEY, RunningGateway
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
+NOW = T0 + timedelta(days=900)
 KEY = b"audit-test-key"
 
 
 @pytest.fixture
 async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     engine = create_engine(database_url)
+    store.bind_audit_key(engine, KEY)
     await migrate(engine)
     yield engine
     await engine.dispose()
@@ -75,7 +77,7 @@ async def test_append_builds_a_verifiable_chain(engine: AsyncEngine) -> None:
     assert [e.seq for e in entries] == [1, 2, 3, 4, 5]
     assert entries[1].event.before == {"amount_usd": "100.00", "n": 1}
     assert await store.head(engine) == (5, entries[-1].hash)
-    result = await store.verify(engine, KEY)
+    result = await store.verify(engine, KEY, now=NOW)
     assert result.ok and result.checked == 5
 
 
@@ -87,7 +89,7 @@ async def test_append_rolls_back_with_the_change(engine: AsyncEngine) -> None:
             raise RuntimeError("the change failed")
     await fill(engine, 1)
     assert [e.seq async for e in store.iter_entries(engine)] == [1]
-    assert (await store.verify(engine, KEY)).ok
+    assert (await store.verify(engine, KEY, now=NOW)).ok
 
 
 @pytest.mark.parametrize(
@@ -103,7 +105,7 @@ async def test_the_database_refuses_update_and_delete(engine: AsyncEngine, sql: 
     await fill(engine, 3)
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
         await raw(engine, sql)
-    assert (await store.verify(engine, KEY)).checked == 3
+    assert (await store.verify(engine, KEY, now=NOW)).checked == 3
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -146,7 +148,7 @@ async def test_an_amount_changed_behind_the_triggers_back_is_named(engine: Async
     )
     with pytest.raises(sa.exc.DBAPIError, match="append-only"):
         await raw(engine, "UPDATE audit_log SET action = 'x'")  # guards are back
-    result = await store.verify(engine, KEY)
+    result = await store.verify(engine, KEY, now=NOW)
     assert not result.ok and result.first_bad is not None
     assert result.first_bad.entry_id == ids[3]
     assert result.first_bad.seq == 4 and "content" in result.first_bad.reason
@@ -156,14 +158,14 @@ async def test_an_amount_changed_behind_the_triggers_back_is_named(engine: Async
 async def test_a_deleted_entry_behind_the_triggers_back_is_named(engine: AsyncEngine) -> None:
     ids = await fill(engine, 5)
     await tamper(engine, "DELETE FROM audit_log WHERE id = :id", id=ids[2])
-    bad = (await store.verify(engine, KEY)).first_bad
+    bad = (await store.verify(engine, KEY, now=NOW)).first_bad
     assert bad is not None and bad.entry_id == ids[3] and "sequence gap" in bad.reason
 
 
 async def test_a_deleted_tail_is_caught(engine: AsyncEngine) -> None:
     await fill(engine, 5)
     await tamper(engine, "DELETE FROM audit_log WHERE seq >= 4")
-    bad = (await store.verify(engine, KEY)).first_bad
+    bad = (await store.verify(engine, KEY, now=NOW)).first_bad
     assert bad is not None and bad.entry_id is None and bad.seq == 4
 
 
@@ -176,7 +178,7 @@ async def test_concurrent_appends_keep_one_linear_chain(engine: AsyncEngine) -> 
 
     seqs = await asyncio.gather(*(one(n) for n in range(50)))
     assert sorted(seqs) == list(range(1, 51))
-    result = await store.verify(engine, KEY)
+    result = await store.verify(engine, KEY, now=NOW)
     assert result.ok and result.checked == 50 and result.last_seq == 50
 
 
@@ -185,6 +187,7 @@ async def test_concurrent_appends_from_separate_engines(
 ) -> None:
     """Two engines (two replicas' pools) appending at once still make one chain."""
     other = create_engine(database_url)
+    store.bind_audit_key(other, KEY)
     try:
 
         async def one(eng: AsyncEngine, n: int) -> None:
@@ -193,7 +196,7 @@ async def test_concurrent_appends_from_separate_engines(
         await asyncio.gather(*(one(engine if n % 2 else other, n) for n in range(20)))
     finally:
         await other.dispose()
-    result = await store.verify(engine, KEY)
+    result = await store.verify(engine, KEY, now=NOW)
     assert result.ok and result.checked == 20
 
 
@@ -210,13 +213,13 @@ async def test_purge_keeps_the_chain_verifiable_from_a_signed_checkpoint(
     assert (result.checkpoint.seq, result.checkpoint.hash) == (3, old[2].hash)
     remaining = [e.seq async for e in store.iter_entries(engine)]
     assert remaining == [4, 5, 6, 7, 8, 9]  # 9: the audit.purged entry
-    verified = await store.verify(engine, KEY)
+    verified = await store.verify(engine, KEY, now=NOW)
     assert verified.ok and verified.checkpoint_seq == 3 and verified.checked == 6
-    assert (await store.verify(engine, b"wrong-key")).first_bad is not None
+    assert (await store.verify(engine, b"wrong-key", now=NOW)).first_bad is not None
     again = await store.purge(
         engine, T0 + timedelta(days=100), KEY, now=now, min_retention_days=365
     )
-    assert again.purged == 2 and (await store.verify(engine, KEY)).ok
+    assert again.purged == 2 and (await store.verify(engine, KEY, now=NOW)).ok
     assert young[0].seq == 6
 
 
@@ -225,7 +228,7 @@ async def test_purge_refuses_entries_younger_than_the_retention(engine: AsyncEng
     now = T0 + timedelta(days=100)
     with pytest.raises(ValidationFailed, match="365 days"):
         await store.purge(engine, now - timedelta(days=30), KEY, now=now, min_retention_days=365)
-    assert (await store.verify(engine, KEY)).checked == 3
+    assert (await store.verify(engine, KEY, now=NOW)).checked == 3
 
 
 async def test_purge_refuses_a_broken_chain(engine: AsyncEngine) -> None:
@@ -249,7 +252,7 @@ async def test_a_forged_checkpoint_is_reported(engine: AsyncEngine) -> None:
         engine, T0 + timedelta(days=1), KEY, now=T0 + timedelta(days=400), min_retention_days=365
     )
     await tamper(engine, "UPDATE audit_checkpoints SET seq = 2")
-    bad = (await store.verify(engine, KEY)).first_bad
+    bad = (await store.verify(engine, KEY, now=NOW)).first_bad
     assert bad is not None and "signature" in bad.reason
 
 
@@ -290,8 +293,9 @@ async def test_filters_and_streaming(engine: AsyncEngine) -> None:
 # -- the admin routes on a running gateway -----------------------------------------------------
 @pytest.fixture
 def audited(gateway: RunningGateway) -> Iterator[RunningGateway]:
-    """The gateway with the audit router mounted, as app.py will mount it."""
+    """The gateway with its audit key set to ``KEY``."""
     gateway.app.admin.state.audit_settings = AuditSettings(KEY)
+    store.bind_audit_key(gateway.app.services.engine, KEY)
     yield gateway
 
 

@@ -25,7 +25,7 @@ async def test_upgrade_closes_duplicate_wallets_and_renames_duplicate_orgs(
     younger acme is renamed, and a new duplicate is refused by the database."""
     engine = create_engine(database_url)
     try:
-        await migrate(engine, "0016_anomalies")
+        await migrate(engine, "0011_roles_audit")
         dialect = engine.dialect.name
         async with engine.begin() as conn:
             for n, (org, name) in enumerate((("org_a", "acme"), ("org_b", "acme"))):

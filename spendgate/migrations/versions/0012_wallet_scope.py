@@ -2,7 +2,7 @@
 forecasts bounded by the hard cap.
 
 Revision ID: 0012_wallet_scope
-Revises: 0016_anomalies
+Revises: 0011_roles_audit
 
 ``wallets.closed_at`` (a closed wallet is history: it governs no call and takes no
 top-up, its top-ups stay readable) and ``wallets.updated_at``; a unique index on the
@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0012_wallet_scope"
-down_revision = "0016_anomalies"
+down_revision = "0011_roles_audit"
 branch_labels = None
 depends_on = None
 
