@@ -77,14 +77,16 @@ def export(
     except httpx.HTTPError as exc:
         err_console.print(f"[red]export failed ({url}):[/] {exc}")
         raise typer.Exit(1) from exc
+    anchor_path = f"{output}.anchor.json" if output and anchor else None
+    if anchor_path is not None and anchor is not None:
+        Path(anchor_path).write_text(anchor + "\n")
     if as_json:
-        summary = {"output": output, "format": format_, "entries": written}
+        summary = {"output": output, "format": format_, "entries": written, "anchor": anchor_path}
         sys.stdout.write(json.dumps(summary) + "\n")
     elif output:
         err_console.print(f"{written} entries written to {output}")
-        if anchor:
-            Path(f"{output}.anchor.json").write_text(anchor + "\n")
-            err_console.print(f"anchor (keep it apart from the database): {output}.anchor.json")
+        if anchor_path:
+            err_console.print(f"anchor (keep it apart from the database): {anchor_path}")
 
 
 def _copy(response: httpx.Response, sink: IO[bytes], total: int, *, header: bool) -> int:
