@@ -32,12 +32,14 @@ from spendgate import __version__
 from spendgate.admin.anomalies import router as anomalies_router
 from spendgate.admin.audit import router as audit_router
 from spendgate.admin.deps import no_nul_characters, unguarded_routes
+from spendgate.admin.docs import install_docs
 from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.users import router as users_router
+from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
@@ -89,6 +91,10 @@ HEARTBEAT_SECONDS = 10.0
 ANCHOR_FIRST_SECONDS = 600.0
 
 
+class StartupRefused(Exception):
+    """A state the gateway must not serve in; the message says how to fix it."""
+
+
 def _error_response(err: SpendgateError) -> JSONResponse:
     return JSONResponse(
         {"error": {"message": err.message, "code": err.code, "param": err.param}},
@@ -111,7 +117,7 @@ def build_admin(services: Services) -> FastAPI:
     api = FastAPI(
         title="spendgate",
         version=__version__,
-        docs_url="/docs",
+        docs_url=None,  # served from the package: spendgate.admin.docs
         redoc_url=None,
         dependencies=[Depends(no_nul_characters)],
     )
@@ -168,9 +174,11 @@ def build_admin(services: Services) -> FastAPI:
             body["status"] = "unavailable"
         return JSONResponse(body, status_code=503 if ledger.full else 200)
 
+    install_docs(api)
     api.include_router(admin_router)
     api.include_router(users_router)
     api.include_router(policies_router)
+    api.include_router(wallets_router)
     api.include_router(rate_limits_router)
     install_webhooks(api, services.webhooks)
     api.include_router(audit_router)
@@ -317,6 +325,7 @@ class Gateway:
         self.loop = asyncio.get_running_loop()
         if self.auto_migrate:
             await migrate(self.services.engine)
+        await self._check_secrets()
         try:  # what a previous run (or a dead replica) left: before counters seed from it
             await self.services.ledger.replay_orphans()
         except DatabaseUnavailable:
@@ -343,6 +352,27 @@ class Gateway:
         # Everything built so far lives as long as the process: keep the cyclic GC from
         # re-scanning it on every full collection (a measurable cost per request).
         gc.freeze()
+
+    async def _check_secrets(self) -> None:
+        """Refuse to start when stored webhook secrets do not decrypt with the configured
+        keys (every delivery to those endpoints would fail), unless told to go on; logged
+        loudly either way."""
+        unreadable = list(await self.services.webhooks.store.unreadable())
+        if not unreadable:
+            return
+        shown = ", ".join(unreadable[:5]) + (" …" if len(unreadable) > 5 else "")
+        message = (
+            f"{len(unreadable)} webhook endpoint(s) ({shown}) have stored secrets that the "
+            "configured keys cannot decrypt: SPENDGATE_SECRET_KEY, or the master key it is "
+            "derived from when unset, differs from the one they were stored with. Start "
+            "with that key (the SPENDGATE_MASTER_KEY of then, or the spendgate-master.key "
+            "file serve kept it in; or SPENDGATE_SECRET_KEY=<new>,<old> to rotate), or "
+            "start with --allow-unreadable-secrets (SPENDGATE_ALLOW_UNREADABLE_SECRETS=1) "
+            "and rotate or re-create those endpoints"
+        )
+        if not self.services.settings.allow_unreadable_secrets:
+            raise StartupRefused(message)
+        log.critical("%s; starting anyway: their deliveries fail until then", message)
 
     async def _demo_bootstrap(self) -> None:
         """First demo start: an org and a key to try right away (printed once)."""
@@ -463,6 +493,10 @@ class Gateway:
             if message["type"] == "lifespan.startup":
                 try:
                     await self.startup()
+                except StartupRefused as exc:
+                    log.critical("refusing to start: %s", exc)
+                    await send({"type": "lifespan.startup.failed", "message": ""})
+                    return
                 except Exception as exc:  # outermost: report startup failure to the server
                     log.exception("startup failed")
                     await send({"type": "lifespan.startup.failed", "message": str(exc)})
@@ -546,7 +580,9 @@ def create_app(
         counters=counters,
         enforcer=enforcer,
         rate_gate=rate_gate,
-        webhooks=WebhookRuntime.from_env(engine, clock, master_key=settings.master_key, env=env),
+        webhooks=WebhookRuntime.from_env(
+            engine, clock, master_key=settings.master_key, env=env, public_url=settings.public_url
+        ),
         audit_settings=audit_settings,
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),

@@ -108,6 +108,11 @@ class Settings:
     spool_dir: str | None = None
     #: past this much unwritten spool, new calls are refused with 503
     spool_max_bytes: int = 1024 * 1024 * 1024
+    #: start even when stored webhook secrets do not decrypt with the configured keys
+    allow_unreadable_secrets: bool = False
+    #: where people reach the console: the base of links in Slack, PagerDuty and e-mail
+    #: (``SPENDGATE_PUBLIC_URL`` or ``[gateway] public_url``; default this server's address)
+    public_url: str = "http://127.0.0.1:4100"
     #: how often one replica (by lease) raises live counters to the ledger's spend, and how
     #: long ago a call must have started to be compared (see ``guard.reconcile``)
     reconcile_seconds: float = 60.0
@@ -242,6 +247,13 @@ def _non_negative_int(value: Any, where: str) -> int:
     return value
 
 
+def _public_url(value: Any, default: str) -> str:
+    url = str(value or default).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError(f"public_url (SPENDGATE_PUBLIC_URL) must be an http(s) URL: {url!r}")
+    return url
+
+
 def _at_least(value: Any, least: float, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= least:
         raise ConfigError(f"{where} must be a number, {least} or more")
@@ -262,15 +274,19 @@ def demo_routes() -> dict[str, ModelRoute]:
     }
 
 
+def data_directory(database_url: str) -> Path:
+    """Where a gateway keeps its local files by default: the SQLite file's directory, or
+    the working directory for other databases."""
+    if database_url.startswith("sqlite:///") and ":memory:" not in database_url:
+        return Path(database_url[len("sqlite:///") :]).parent
+    return Path.cwd()
+
+
 def spool_directory(settings: Settings) -> Path:
-    """``spool_dir`` if set; else ``spendgate-spool`` next to the SQLite file, or in the
-    working directory for other databases."""
+    """``spool_dir`` if set; else ``spendgate-spool`` in the ``data_directory``."""
     if settings.spool_dir:
         return Path(settings.spool_dir)
-    url = settings.database_url
-    if url.startswith("sqlite:///") and ":memory:" not in url:
-        return Path(url[len("sqlite:///") :]).parent / "spendgate-spool"
-    return Path.cwd() / "spendgate-spool"
+    return data_directory(settings.database_url) / "spendgate-spool"
 
 
 def normalise_database_url(url: str) -> str:
@@ -307,9 +323,11 @@ def load_settings(
     providers = {n: _provider(n, p, env, timeout) for n, p in raw.get("providers", {}).items()}
     models = demo_routes() if demo else {}
     models.update(_routes(raw.get("models", {}), providers))
+    host = host or gateway.get("host", "127.0.0.1")
+    port = port or int(gateway.get("port", 4100))
     return Settings(
-        host=host or gateway.get("host", "127.0.0.1"),
-        port=port or int(gateway.get("port", 4100)),
+        host=host,
+        port=port,
         database_url=env.get("SPENDGATE_DATABASE_URL")
         or gateway.get("database_url", "sqlite:///spendgate.db"),
         redis_url=env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url"),
@@ -334,6 +352,10 @@ def load_settings(
         spool_dir=env.get("SPENDGATE_SPOOL_DIR") or gateway.get("spool_dir"),
         spool_max_bytes=_non_negative_int(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
+        ),
+        allow_unreadable_secrets=env.get("SPENDGATE_ALLOW_UNREADABLE_SECRETS", "") == "1",
+        public_url=_public_url(
+            env.get("SPENDGATE_PUBLIC_URL") or gateway.get("public_url"), f"http://{host}:{port}"
         ),
         reconcile_seconds=_at_least(
             gateway.get("reconcile_seconds", 60.0), 1, "gateway.reconcile_seconds"

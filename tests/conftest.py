@@ -191,8 +191,10 @@ class RunningGateway:
 
     def create_key(self, **fields: Any) -> dict[str, Any]:
         """An org (unless given) and a virtual key; returns the key object with its secret."""
-        if "org_id" not in fields:
-            fields["org_id"] = self.post("/admin/orgs", {"name": "acme"})["id"]
+        if "org_id" not in fields:  # org names are unique: a new org per key
+            fields["org_id"] = self.post("/admin/orgs", {"name": f"acme-{uuid.uuid4().hex[:8]}"})[
+                "id"
+            ]
         return self.post("/admin/keys", {"name": "test-key", **fields})
 
     def post(self, path: str, body: dict[str, Any], status: int = 201) -> Any:

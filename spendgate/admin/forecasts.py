@@ -12,10 +12,11 @@ from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, guard, principal
 from spendgate.core.access import Can
 from spendgate.core.budget_windows import window_at
+from spendgate.core.forecast_overrun import outlook_text
 from spendgate.core.money import format_usd
 from spendgate.errors import NotFound
 from spendgate.services import Services
-from spendgate.store.forecasts import crossing_dates, refresh_all, stored_forecast
+from spendgate.store.forecasts import crossing_dates, forecast_of, refresh_all, stored_forecast
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -31,17 +32,23 @@ class RefreshOut(BaseModel):
 
 
 def forecast_out(row: dict[str, Any]) -> dict[str, Any]:
+    forecast = forecast_of(row)
     return {
         "budget_id": row["budget_id"],
         "period_key": row["period_key"],
         "generated_at": row["generated_at"],
         "method": row["method"],
         "history_days": row["history_days"],
+        "confidence": forecast.confidence,
         **{
             f"{k}_usd": format_usd(int(row[f"{k}_nanos"]))
             for k in ("spent", "p10", "p50", "p90", "amount", "limit")
         },
         "percent_of_budget": row["percent_of_budget"],
+        "hard_cap_usd": None if forecast.cap_nanos is None else format_usd(forecast.cap_nanos),
+        "hits_hard_cap_on": forecast.hits_cap_on,
+        "uncapped_p50_usd": format_usd(forecast.uncapped_p50_nanos),
+        "outlook": outlook_text(forecast),
         "crossings": crossing_dates(row),
         "overrun_band": row["overrun_band"],
     }

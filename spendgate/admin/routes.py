@@ -72,8 +72,14 @@ async def create_org(body: s.OrgIn, svc: Svc, request: Request, who: Who) -> dic
 @router.get(
     "/orgs", response_model=list[s.Org], tags=["directory"], dependencies=guard(Can.DIRECTORY_READ)
 )
-async def list_orgs(svc: Svc, who: Who) -> list[dict[str, Any]]:
-    orgs = await svc.directory.list_orgs()
+async def list_orgs(svc: Svc, who: Who, name: str | None = None) -> list[dict[str, Any]]:
+    """Every org the caller may see (``name``: only the org of that name, names being
+    unique)."""
+    if name is not None:
+        found = await svc.directory.org_named(name)
+        orgs = [] if found is None else [found]
+    else:
+        orgs = await svc.directory.list_orgs()
     return orgs if who.is_master else [o for o in orgs if o["id"] == who.org_id]
 
 

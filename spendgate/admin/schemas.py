@@ -376,13 +376,26 @@ class ForecastOut(BaseModel):
         description="none | today_rate | trailing_mean | seasonal_naive | ets_damped"
     )
     history_days: int = Field(description="complete days of spend the forecast is based on")
+    confidence: Literal["low", "normal"] = Field(
+        description="low with under a week of complete days: a rough guess, a wide interval"
+    )
     spent_usd: str = Field(description="spend so far in the period")
     p10_usd: str
-    p50_usd: str = Field(description="expected period-end spend")
+    p50_usd: str = Field(
+        description="expected period-end spend (recorded: never above the hard cap)"
+    )
     p90_usd: str
     amount_usd: str = Field(description="the budget amount, with active exceptions")
     percent_of_budget: str = Field(description="P50 as a percentage of amount_usd")
     limit_usd: str = Field(description="the hard cap, or the amount for observing budgets")
+    hard_cap_usd: str | None = Field(
+        description="the hard cap recorded spend stops at; null: observation only"
+    )
+    hits_hard_cap_on: date | None = Field(
+        description="local date P50 reaches the hard cap, after which calls are refused"
+    )
+    uncapped_p50_usd: str = Field(description="P50 of what the period would cost without a cap")
+    outlook: str = Field(description="where the period is heading, in one sentence")
     crossings: dict[str, date | None] = Field(
         description="threshold name → local date it is (or was) reached; null: not by P50"
     )
@@ -443,6 +456,11 @@ class WalletIn(Strict):
     initial_topup_usd: Money | None = None
 
 
+class WalletPatch(Patch):
+    name: Name | None = None
+    low_balance_usd: MoneyOrZero | None = None
+
+
 class WalletOut(BaseModel):
     id: str
     org_id: str
@@ -454,7 +472,15 @@ class WalletOut(BaseModel):
     spent_usd: str
     reserved_usd: str
     balance_usd: str
+    status: Literal["open", "closed"] = Field(
+        description="open: funds (and refuses) its scope's calls; closed: history only"
+    )
+    notice: str | None = Field(
+        None, description="what this wallet does to its scope's calls now, when it refuses them"
+    )
     created_at: datetime
+    updated_at: datetime | None
+    closed_at: datetime | None
 
 
 class TopupIn(Strict):

@@ -15,7 +15,7 @@ from spendgate.admin import schemas as s
 from spendgate.admin import webhook_schemas as w
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
 from spendgate.core.access import Can, Owner, Principal
-from spendgate.errors import NotFound, PermissionDenied, SpendgateError
+from spendgate.errors import NotFound, PermissionDenied, SpendgateError, ValidationFailed
 from spendgate.webhooks import notifications as notes
 from spendgate.webhooks.matching import Preferences
 from spendgate.webhooks.runtime import WebhookRuntime
@@ -256,8 +256,11 @@ async def _reader(scope: Scope, user_id: str | None) -> str:
     may name another user of the org. Anyone else's answer like a missing user."""
     who: Principal = scope.who
     if user_id is None or user_id == who.user_id:
-        if who.user_id is None:
-            raise NotFound("user_id: name the user whose notifications to read")
+        if who.user_id is None:  # the master key is nobody's: it must say whose
+            raise ValidationFailed(
+                "user_id: required with the master key (which user's notifications)",
+                param="user_id",
+            )
         return who.user_id
     if who.is_master or who.role == "org_admin":
         owner = await scope.owner("user", user_id)

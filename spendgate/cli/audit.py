@@ -49,10 +49,16 @@ def export(
     action: ActionOpt = None,
     target: TargetOpt = None,
     url: UrlOpt = DEFAULT_URL,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="with --output: print a JSON summary on stdout")
+    ] = False,
 ) -> None:
     """Stream the audit log to a file (or stdout), with a progress bar on stderr."""
     if format_ not in ("jsonl", "csv"):
         err_console.print("[red]--format must be jsonl or csv[/]")
+        raise typer.Exit(2)
+    if as_json and not output:
+        err_console.print("[red]--json needs --output: without it the export is stdout[/]")
         raise typer.Exit(2)
     params = _params(
         format=format_, start=start, end=end, actor=actor, action=action, target=target
@@ -71,11 +77,16 @@ def export(
     except httpx.HTTPError as exc:
         err_console.print(f"[red]export failed ({url}):[/] {exc}")
         raise typer.Exit(1) from exc
-    if output:
+    anchor_path = f"{output}.anchor.json" if output and anchor else None
+    if anchor_path is not None and anchor is not None:
+        Path(anchor_path).write_text(anchor + "\n")
+    if as_json:
+        summary = {"output": output, "format": format_, "entries": written, "anchor": anchor_path}
+        sys.stdout.write(json.dumps(summary) + "\n")
+    elif output:
         err_console.print(f"{written} entries written to {output}")
-        if anchor:
-            Path(f"{output}.anchor.json").write_text(anchor + "\n")
-            err_console.print(f"anchor (keep it apart from the database): {output}.anchor.json")
+        if anchor_path:
+            err_console.print(f"anchor (keep it apart from the database): {anchor_path}")
 
 
 def _copy(response: httpx.Response, sink: IO[bytes], total: int, *, header: bool) -> int:

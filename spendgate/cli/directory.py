@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list, when
 from spendgate.cli.output import err_console, show
 
 orgs = crud_group("orgs", "/admin/orgs", ["id", "name", "created_at"])
@@ -79,7 +80,9 @@ def keys_create(
     tags: Annotated[str | None, typer.Option(help="comma separated")] = None,
     models: Annotated[str | None, typer.Option(help="comma separated; empty = all")] = None,
     allow_request_tags: Annotated[bool, typer.Option()] = False,
-    expires_at: Annotated[str | None, typer.Option(help="ISO 8601")] = None,
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601, or from now: +30m, +12h, +7d, +2w")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
@@ -93,7 +96,7 @@ def keys_create(
         "tags": opt_list(tags),
         "models": opt_list(models),
         "allow_request_tags": allow_request_tags,
-        "expires_at": expires_at,
+        "expires_at": when(expires_at),
     }
     created = call(url, "POST", "/admin/keys", json=body)
     show(created, as_json, ["id", "name", "key"], secret="key")
@@ -160,17 +163,24 @@ def tokens_revoke(token_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = F
 
 
 def bootstrap(
-    org: Annotated[str, typer.Option("--org", help="name of the org to create")],
+    org: Annotated[str, typer.Option("--org", help="name of the org (created if new)")],
     email: Annotated[str, typer.Option("--email", help="the first org admin")],
     expires_in_days: Annotated[int | None, typer.Option(min=1)] = 90,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """With the master key: create an org, its first org admin and that admin's token.
+    """With the master key: the org (created, or the existing org of that name), its
+    first org admin and that admin's token.
 
     The token is printed once; from then on the admin works with it
     (``SPENDGATE_ADMIN_TOKEN``) and the master key can go back in the safe."""
-    made = call(url, "POST", "/admin/orgs", json={"name": org})
+    existing = call(url, "GET", "/admin/orgs", params={"name": org})
+    if existing:
+        made = existing[0]
+        if not as_json:
+            err_console.print(f"using the existing org {escape(org)} ({made['id']})")
+    else:
+        made = call(url, "POST", "/admin/orgs", json={"name": org})
     user = call(
         url,
         "POST",

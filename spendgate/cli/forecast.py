@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.text import Text
 
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call
-from spendgate.cli.output import show
+from spendgate.cli.output import console, show
 
 
 def forecast(
@@ -39,8 +40,12 @@ def forecast(
             "p50_usd",
             "p90_usd",
             "percent_of_budget",
+            "confidence",
             "limit_usd",
+            "hits_hard_cap_on",
             "overrun_band",
             "crossings",
         ],
     )
+    if not as_json:
+        console.print(Text(data["outlook"]))

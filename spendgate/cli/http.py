@@ -5,6 +5,8 @@ Output (tables, JSON, secrets shown once) is ``spendgate.cli.output``."""
 from __future__ import annotations
 
 import os
+import re
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import httpx
@@ -73,3 +75,19 @@ def crud_group(name: str, path: str, columns: list[str]) -> typer.Typer:
 
 def opt_list(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
+
+
+_RELATIVE = re.compile(r"^\+(\d+)([mhdw])$")
+_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def when(value: str | None) -> str | None:
+    """An instant for the API: ISO 8601 as given, or relative to now: ``+30m``, ``+12h``,
+    ``+7d``, ``+2w`` (so a README example never goes stale)."""
+    if value is None:
+        return None
+    found = _RELATIVE.match(value.strip())
+    if found is None:
+        return value
+    delta = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+    return (datetime.now(UTC) + delta).isoformat(timespec="seconds")

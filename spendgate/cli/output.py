@@ -50,3 +50,11 @@ def show(data: Any, as_json: bool, columns: list[str], *, secret: str | None = N
     for row in rows:
         if secret is not None and row.get(secret):
             sys.stdout.write(f"{secret}: {row[secret]}\n")
+
+
+def deleted(object_id: str, as_json: bool) -> None:
+    """What a delete command prints: ``{"id", "deleted": true}`` with ``--json``."""
+    if as_json:
+        sys.stdout.write(json.dumps({"id": object_id, "deleted": True}) + "\n")
+    else:
+        console.print(Text(f"deleted {object_id}"))

@@ -3,12 +3,13 @@ API."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list
-from spendgate.cli.output import console, show
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list, when
+from spendgate.cli.output import deleted, err_console, show
 
 BUDGET_COLUMNS = [
     "id",
@@ -33,6 +34,7 @@ WALLET_COLUMNS = [
     "balance_usd",
     "reserved_usd",
     "low_balance_usd",
+    "status",
 ]
 wallets = crud_group("wallets", "/admin/wallets", WALLET_COLUMNS)
 
@@ -117,10 +119,10 @@ def budgets_update(
 
 
 @budgets.command("delete")
-def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Delete a budget."""
     call(url, "DELETE", f"/admin/budgets/{budget_id}")
-    console.print(f"deleted {budget_id}")
+    deleted(budget_id, as_json)
 
 
 @budgets.command("status")
@@ -155,14 +157,19 @@ def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
 def budgets_except(
     budget_id: str,
     reason: Annotated[str, typer.Option()],
-    expires_at: Annotated[str, typer.Option(help="ISO 8601")],
+    expires_at: Annotated[str, typer.Option(help="ISO 8601, or from now: +12h, +1d, +2w")],
     amount: Annotated[str | None, typer.Option(help="extra USD")] = None,
     percent: Annotated[str | None, typer.Option(help="extra percent of the amount")] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Grant a temporary raise that ends by itself at --expires-at."""
-    body = {"amount_usd": amount, "percent": percent, "reason": reason, "expires_at": expires_at}
+    body = {
+        "amount_usd": amount,
+        "percent": percent,
+        "reason": reason,
+        "expires_at": when(expires_at),
+    }
     show(
         call(
             url,
@@ -175,17 +182,31 @@ def budgets_except(
     )
 
 
+def _show_wallet(wallet: dict[str, Any], as_json: bool) -> None:
+    """The wallet, and (on the terminal) what it does to its scope's calls now."""
+    show(wallet, as_json, WALLET_COLUMNS)
+    if not as_json and wallet.get("notice"):
+        err_console.print(f"[yellow]{escape(wallet['notice'])}[/]")
+        err_console.print(
+            f"[yellow]  spendgate wallets topup {escape(wallet['id'])} --amount <USD>[/]"
+        )
+
+
 @wallets.command("create")
 def wallets_create(
     scope: Annotated[str, typer.Option(help="org|team|key")],
     scope_id: Annotated[str, typer.Option("--scope-id")],
-    topup: Annotated[str | None, typer.Option(help="initial top-up in USD")] = None,
+    topup: Annotated[
+        str | None,
+        typer.Option(help="initial top-up in USD (without one, the scope's calls get 402)"),
+    ] = None,
     low_balance: Annotated[str, typer.Option(help="warn below this balance (USD)")] = "0",
     name: Annotated[str | None, typer.Option()] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """Create a prepaid wallet; calls it covers are refused with 402 when it runs dry."""
+    """Create a prepaid wallet (one per scope); calls it covers are refused with 402 when
+    it runs dry, and from the start if it is created without --topup."""
     body = {
         "scope_type": scope,
         "scope_id": scope_id,
@@ -193,11 +214,38 @@ def wallets_create(
         "low_balance_usd": low_balance,
         "name": name,
     }
-    show(
+    _show_wallet(
         call(url, "POST", "/admin/wallets", json={k: v for k, v in body.items() if v is not None}),
         as_json,
-        WALLET_COLUMNS,
     )
+
+
+@wallets.command("update")
+def wallets_update(
+    wallet_id: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    low_balance: Annotated[str | None, typer.Option(help="warn below this balance (USD)")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rename a wallet or move its low-balance warning."""
+    body = {"name": name, "low_balance_usd": low_balance}
+    _show_wallet(
+        call(
+            url,
+            "PATCH",
+            f"/admin/wallets/{wallet_id}",
+            json={k: v for k, v in body.items() if v is not None},
+        ),
+        as_json,
+    )
+
+
+@wallets.command("close")
+def wallets_close(wallet_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Close a wallet: it stops funding and refusing calls and takes no more top-ups; its
+    history stays readable, and its scope may get a new wallet."""
+    show(call(url, "POST", f"/admin/wallets/{wallet_id}/close"), as_json, WALLET_COLUMNS)
 
 
 @wallets.command("topup")
@@ -300,7 +348,7 @@ def limits_update(
 
 
 @limits.command("delete")
-def limits_delete(limit_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+def limits_delete(limit_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Remove a rate limit."""
     call(url, "DELETE", f"/admin/rate-limits/{limit_id}")
-    console.print(f"deleted {limit_id}")
+    deleted(limit_id, as_json)

@@ -2,17 +2,58 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import secrets
+import socket
+import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
+from rich.text import Text
 
+from spendgate.cli.http import JsonOpt
 from spendgate.cli.output import console, err_console
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+Say = Callable[[str, str], None]
+
+
+def port_in_use(host: str, port: int) -> OSError | None:
+    """Why ``host:port`` cannot be listened on (bound the way uvicorn binds), or None."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc
+    return None
+
+
+def _master_key(database_url: str, say: Say) -> None:
+    """Without ``SPENDGATE_MASTER_KEY``: the key kept in the data directory (made and
+    printed on the first start), so secrets encrypted with it still open after a restart."""
+    from spendgate.security.master_key import kept_master_key, key_file
+
+    path = key_file(database_url, os.environ)
+    kept = kept_master_key(path)
+    os.environ["SPENDGATE_MASTER_KEY"] = kept.key
+    if kept.created:
+        say(
+            "warning",
+            f"SPENDGATE_MASTER_KEY is not set: generated a master key and kept it in {path} "
+            "(mode 0600); the next start uses it again:",
+        )
+        say("shown", f"  export SPENDGATE_MASTER_KEY={kept.key}")
+    else:
+        say(
+            "warning",
+            f"SPENDGATE_MASTER_KEY is not set: using the master key kept in {path}  "
+            f"(export SPENDGATE_MASTER_KEY=$(cat {path}))",
+        )
 
 
 def serve(
@@ -23,6 +64,13 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 4100,
     workers: Annotated[int, typer.Option(min=1)] = 1,
+    allow_unreadable_secrets: Annotated[
+        bool,
+        typer.Option(
+            help="Start even if stored webhook secrets do not decrypt with the configured "
+            "keys (their deliveries fail until fixed)"
+        ),
+    ] = False,
 ) -> None:
     """Run the gateway (SQLite and in-process state unless configured otherwise)."""
     import uvicorn
@@ -35,17 +83,26 @@ def serve(
     if config:
         os.environ["SPENDGATE_CONFIG"] = config
     os.environ["SPENDGATE_DEMO"] = "1" if demo else "0"
+    if allow_unreadable_secrets:
+        os.environ["SPENDGATE_ALLOW_UNREADABLE_SECRETS"] = "1"
     try:
         settings = load_settings(demo=demo, host=host, port=port)
     except ConfigError as exc:
-        err_console.print(f"[red]configuration error:[/] {exc}")
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
     log_config = configure(settings.log_level, settings.log_format)
     say = _teller(settings.log_format)
+    busy = port_in_use(settings.host, settings.port)
+    if busy is not None:  # before a key is made or printed, or "listening" said
+        say("error", f"cannot listen on {settings.host}:{settings.port}: {busy}")
+        raise typer.Exit(1)
     if not settings.master_key:
-        os.environ["SPENDGATE_MASTER_KEY"] = "sg-master-" + secrets.token_urlsafe(24)
-        say("warning", "SPENDGATE_MASTER_KEY is not set; generated one for this run:")
-        say("shown", f"  export SPENDGATE_MASTER_KEY={os.environ['SPENDGATE_MASTER_KEY']}")
+        try:
+            _master_key(settings.database_url, say)
+            settings = load_settings(demo=demo, host=host, port=port)
+        except ConfigError as exc:
+            say("error", f"configuration error: {exc}")
+            raise typer.Exit(2) from exc
     if workers > 1 and not settings.redis_url:
         say(
             "error",
@@ -89,7 +146,8 @@ def _teller(fmt: str) -> Callable[[str, str], None]:
     def say(level: str, message: str) -> None:
         if fmt == "text":
             style = styles.get(level, "")
-            err_console.print(f"{style}{message}[/]" if style else message)
+            text = escape(message)
+            err_console.print(f"{style}{text}[/]" if style else text, soft_wrap=True)
         elif level == "shown":
             console_line(message, "json", logger="spendgate.serve")
         else:
@@ -123,12 +181,17 @@ def db_migrate(
     database_url: Annotated[
         str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")
     ] = "sqlite:///spendgate.db",
+    as_json: JsonOpt = False,
 ) -> None:
     """Apply the Alembic migrations to the database."""
     from spendgate.store.database import migrate_url
 
     migrate_url(database_url, revision)
-    console.print(f"database at {revision}: {database_url}")
+    shown = _without_password(database_url)
+    if as_json:
+        sys.stdout.write(json.dumps({"revision": revision, "database_url": shown}) + "\n")
+    else:
+        console.print(Text(f"database at {revision}: {shown}"))
 
 
 # -- admin API client ------------------------------------------------------------------------

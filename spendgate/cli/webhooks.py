@@ -18,7 +18,7 @@ import typer
 
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt
 from spendgate.cli.http import call as _call
-from spendgate.cli.output import console, err_console
+from spendgate.cli.output import console, deleted, err_console
 from spendgate.cli.output import show as _show
 
 if TYPE_CHECKING:
@@ -104,9 +104,10 @@ def update(
 
 
 @webhooks_app.command("delete")
-def delete(endpoint_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+def delete(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Delete an endpoint and its delivery log."""
     _call(url, "DELETE", f"/admin/webhooks/{endpoint_id}")
-    console.print(f"deleted {endpoint_id}")
+    deleted(endpoint_id, as_json)
 
 
 @webhooks_app.command("rotate-secret")

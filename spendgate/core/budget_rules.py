@@ -51,6 +51,8 @@ class Budget:
     hard_limit: bool = False
     hard_limit_percent: Decimal = Decimal(100)
     categories: Categories = field(default_factory=Categories)
+    #: what people call it (in alerts and messages)
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,7 +76,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -115,6 +115,8 @@ Z_90 = 1.2815515655446004
 OVERRUN_BANDS = (100, 110, 125, 150, 200)
 
 METHODS = ("none", "today_rate", "trailing_mean", "seasonal_naive", "ets_damped")
+#: methods of under a week of history: their interval is wide, their P50 a rough guess
+LOW_CONFIDENCE = ("none", "today_rate", "trailing_mean")
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +145,8 @@ class PeriodOutlook:
     amount_nanos: int
     #: (threshold name, level in nanos), e.g. ("alert:50", 50_000_000_000)
     thresholds: tuple[tuple[str, int], ...] = ()
+    #: the hard cap recorded spend cannot pass (None: the budget only observes)
+    cap_nanos: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,6 +166,18 @@ class Forecast:
     method: str
     history_days: int
     generated_at: datetime
+    #: the hard cap P10–P90 are bounded by (None: observation only)
+    cap_nanos: int | None = None
+    #: P50 of what the period would cost without the cap (= P50 without a cap)
+    uncapped_p50_nanos: int = 0
+    #: the local date P50 reaches the hard cap, after which calls are refused (None: it
+    #: does not this period, or there is no cap)
+    hits_cap_on: date | None = None
+
+    @property
+    def confidence(self) -> str:
+        """``low`` with under a week of complete days (no weekly pattern seen yet)."""
+        return "low" if self.method in LOW_CONFIDENCE else "normal"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +206,12 @@ def outlook_for(
         period_days = days_in_window(window, budget.timezone)
     remaining = tuple(d for d in period_days if d >= today)
     return PeriodOutlook(
-        window.key, window.local_start.date(), remaining or (today,), amount_nanos, levels
+        window.key,
+        window.local_start.date(),
+        remaining or (today,),
+        amount_nanos,
+        levels,
+        rules.hard_cap_nanos(budget, amount_nanos),
     )
 
 
@@ -218,18 +239,33 @@ def forecast(history: SpendHistory, outlook: PeriodOutlook, generated_at: dateti
     mean_sum = float(expected.sum())
     low, high = interval_of_sum(mean_sum, projection.sd_sum, y - cleaned, float(weights.sum()))
     p50 = spent + round(mean_sum)
+    # recorded spend stops at the hard cap (or where it already is, past a lowered cap)
+    bound = None if outlook.cap_nanos is None else max(outlook.cap_nanos, spent)
+
+    def capped(value: int) -> int:
+        return value if bound is None else min(value, bound)
+
+    dates = crossings(history, outlook, expected)
     return Forecast(
         period_key=outlook.key,
         spent_nanos=spent,
-        p10_nanos=spent + round(min(max(0.0, low), mean_sum)),
-        p50_nanos=p50,
-        p90_nanos=spent + round(max(high, mean_sum)),
+        p10_nanos=capped(spent + round(min(max(0.0, low), mean_sum))),
+        p50_nanos=capped(p50),
+        p90_nanos=capped(spent + round(max(high, mean_sum))),
         amount_nanos=outlook.amount_nanos,
-        percent_of_budget=rules.percent_used(p50, outlook.amount_nanos),
-        crossings=crossings(history, outlook, expected),
+        percent_of_budget=rules.percent_used(capped(p50), outlook.amount_nanos),
+        crossings=tuple(
+            (name, day if bound is None or level <= bound else None)
+            for (name, day), (_, level) in zip(dates, outlook.thresholds, strict=True)
+        ),
         method=projection.method,
         history_days=len(y),
         generated_at=generated_at,
+        cap_nanos=outlook.cap_nanos,
+        uncapped_p50_nanos=p50,
+        hits_cap_on=None
+        if outlook.cap_nanos is None
+        else reached_on(history, outlook, expected, outlook.cap_nanos),
     )
 
 
@@ -371,21 +407,36 @@ def spent_in_period(history: SpendHistory, start: date) -> int:
     return sum(history.daily[skip:]) + history.today_spent
 
 
-def crossings(
+def _path(
     history: SpendHistory, outlook: PeriodOutlook, expected: Floats
-) -> tuple[tuple[str, date | None], ...]:
-    """The local date each level is reached: actual for the days seen, P50 for the days left."""
+) -> tuple[Floats, list[date]]:
+    """Cumulative spend by local date: actual for the days seen, P50 for the days left."""
     skip = max(0, (outlook.start - history.first_day).days)
     seen = [float(v) for v in history.daily[skip:]]
     days = [history.first_day + timedelta(days=skip + i) for i in range(len(seen))]
     path = [*seen, history.today_spent + float(expected[0]), *map(float, expected[1:])]
-    cumulative = np.cumsum(path)
-    dates = [*days, *outlook.remaining]
+    return np.cumsum(path), [*days, *outlook.remaining]
+
+
+def crossings(
+    history: SpendHistory, outlook: PeriodOutlook, expected: Floats
+) -> tuple[tuple[str, date | None], ...]:
+    """The local date each level is reached: actual for the days seen, P50 for the days left."""
+    cumulative, dates = _path(history, outlook, expected)
     out: list[tuple[str, date | None]] = []
     for name, level in outlook.thresholds:
         reached = np.flatnonzero(cumulative >= level)
         out.append((name, dates[reached[0]] if reached.size else None))
     return tuple(out)
+
+
+def reached_on(
+    history: SpendHistory, outlook: PeriodOutlook, expected: Floats, level: int
+) -> date | None:
+    """The local date spend (actual, then P50) reaches ``level``, if it does this period."""
+    cumulative, dates = _path(history, outlook, expected)
+    reached = np.flatnonzero(cumulative >= level)
+    return dates[reached[0]] if reached.size else None
 
 
 # -- methods -------------------------------------------------------------------------------
@@ -520,23 +571,3 @@ def innovation_loadings(weights: Floats, steps: Floats) -> Floats:
         [weights[k] + float(np.dot(weights[k + 1 :], steps[: n - k - 1])) for k in range(n)],
         dtype=np.float64,
     )
-
-
-# -- overrun warnings ----------------------------------------------------------------------
-def overrun_limit(budget: rules.Budget, amount_nanos: int) -> int:
-    """What a P50 above means overrun: the hard cap, or the amount for an observing budget."""
-    cap = rules.hard_cap_nanos(budget, amount_nanos)
-    return amount_nanos if cap is None else cap
-
-
-def overrun_band(p50_nanos: int, limit_nanos: int) -> int | None:
-    """The highest band (% of ``limit_nanos``) that P50 lands strictly above, if any."""
-    above = [b for b in OVERRUN_BANDS if p50_nanos * 100 > limit_nanos * b]
-    return above[-1] if above else None
-
-
-def band_to_announce(band: int | None, fired: Iterable[int]) -> int | None:
-    """``band`` if it is higher than every band already announced this period."""
-    if band is None or band <= max(fired, default=0):
-        return None
-    return band

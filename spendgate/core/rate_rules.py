@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from spendgate.core.money import format_usd
 from spendgate.core.rate_checks import Check, CheckResult, Denial, Granted
 
 Scope = Literal["key", "team"]
@@ -301,10 +302,15 @@ def describe(denial: Denial) -> str:
     check = denial.check
     if check.kind == "concurrency":
         return f"Too many concurrent requests: limit {check.limit}, in flight {denial.used}."
-    unit = {"requests": "requests", "tokens": "tokens", "spend": "nano-dollars"}[check.kind]
     window = format_reset(check.window_seconds)
-    head = f"Rate limit reached for {check.kind}: limit {check.limit} {unit} per {window}"
+
+    def amount(value: int) -> str:
+        """Spend is counted in nano-dollars and said in dollars."""
+        return f"${format_usd(value)}" if check.kind == "spend" else str(value)
+
+    unit = "" if check.kind == "spend" else f" {check.kind}"
+    head = f"Rate limit reached for {check.kind}: limit {amount(check.limit)}{unit} per {window}"
     if not denial.can_ever_fit:
-        return f"{head}; this request alone needs {check.amount}."
+        return f"{head}; this request alone needs up to {amount(check.amount)}."
     retry = "" if denial.retry_after is None else f" Retry in {format_reset(denial.retry_after)}."
-    return f"{head}, used {denial.used}, requested {check.amount}.{retry}"
+    return f"{head}, used {amount(denial.used)}, requested up to {amount(check.amount)}.{retry}"

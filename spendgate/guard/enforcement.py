@@ -82,6 +82,7 @@ def threshold_event(
     the dedup key makes it fire once per budget per period, whoever stores it first."""
     data = {
         "budget_id": a.budget.id,
+        "budget_name": a.budget.name,
         "scope_type": a.budget.scope_type,
         "scope_id": a.budget.scope_id,
         "tag": a.budget.tag,

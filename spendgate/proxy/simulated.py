@@ -7,6 +7,12 @@ come from a hash of the prompt, ``created`` is derived from that hash, never the
 Token counts: each text piece of the prompt costs ``estimate_tokens(piece)``; the reply
 is a list of pieces (``"Simulated"``, ``" reply:"``, ``" word"``…), one token each.
 
+Tools and structured output (``simulated_shapes``): a request that offers function tools
+gets a call of one (``tool_calls`` / ``function_call`` / ``tool_use``, finish reason
+``tool_calls`` / ``tool_use``) unless ``tool_choice`` says none; one that asks for a JSON
+``response_format`` (``text.format``, ``output_config.format``) gets a JSON document that
+fits its schema. Their text comes in pieces of four characters, a token each.
+
 Test knobs, read from the prompt text and ignored otherwise:
 
 * ``[[cached:N]]``       N prompt tokens were read from the cache (capped at the prompt).
@@ -34,6 +40,7 @@ from typing import Any
 import orjson
 
 from spendgate.errors import InvalidRequest
+from spendgate.proxy.simulated_shapes import TEXT, Shape, document, shape_of
 
 SIMULATED_MODELS: tuple[str, ...] = ("demo-small", "demo-large")
 
@@ -59,12 +66,22 @@ class Reply:
     cache_write_tokens: int
     reasoning_tokens: int
     truncated: bool
+    #: text, a JSON document, or a call of one of the request's tools (its arguments)
+    shape: Shape = TEXT
     #: answers returned (``n``); completion tokens count every answer generated
     choices: int = 1
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
+
+    @property
+    def calls_tool(self) -> bool:
+        return self.shape.kind == "tool"
+
+    @property
+    def call_id(self) -> str:
+        return f"call_{self.key[24:48]}"
 
     @property
     def created(self) -> int:
@@ -157,22 +174,31 @@ def _cap(body: dict[str, Any]) -> int | None:
     return None
 
 
-def _reply(model: str, texts: list[str], cap: int | None) -> Reply:
+def _words(key: str, count: int) -> list[str]:
+    return [_WORDS[int(key[i % 60 : i % 60 + 2], 16) % len(_WORDS)] for i in range(count)]
+
+
+def _reply(model: str, texts: list[str], cap: int | None, shape: Shape = TEXT) -> Reply:
     key = hashlib.sha256("\x1f".join([model, *texts]).encode()).hexdigest()
     prompt_tokens = sum(estimate_tokens(t) for t in texts)
     natural, reasoning = 16 + int(key[:2], 16) % 33, _knob(texts, "reasoning")
+    whole: tuple[str, ...] = ()
+    if shape.kind != "text":  # a JSON document in pieces of four characters, a token each
+        doc = document(shape, _words(key, 8))
+        whole = tuple(doc[i : i + 4] for i in range(0, len(doc), 4))
+        natural = len(whole)
     budget = natural + reasoning if cap is None else cap
     reasoning = min(reasoning, budget)
     visible = min(natural, budget - reasoning)
-    words = [_WORDS[int(key[i % 60 : i % 60 + 2], 16) % len(_WORDS)] for i in range(visible)]
-    pieces = ("Simulated", " reply:", *(" " + w for w in words))[:visible]
+    if shape.kind == "text":
+        whole = ("Simulated", " reply:", *(" " + w for w in _words(key, visible)))
     cached = min(_knob(texts, "cached"), prompt_tokens)
     return Reply(
-        key=key, model=model, pieces=pieces, prompt_tokens=prompt_tokens,
+        key=key, model=model, pieces=whole[:visible], prompt_tokens=prompt_tokens,
         completion_tokens=visible + reasoning, cached_tokens=cached,
         cache_write_tokens=min(_knob(texts, "cache_write"), prompt_tokens - cached),
         reasoning_tokens=reasoning,
-        truncated=visible + reasoning < natural + _knob(texts, "reasoning"),
+        truncated=visible + reasoning < natural + _knob(texts, "reasoning"), shape=shape,
     )  # fmt: skip
 
 
@@ -185,7 +211,11 @@ def _count(body: dict[str, Any], field: str) -> int:
 
 def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     """The simulated answer to an OpenAI chat/completions/responses request."""
-    reply = _reply(body.get("model", ""), _openai_prompt(path, body), _cap(body))
+    texts = _openai_prompt(path, body)
+    shape = TEXT
+    if path in ("/chat/completions", "/responses"):
+        shape = shape_of("chat" if path == "/chat/completions" else "responses", body)
+    reply = _reply(body.get("model", ""), texts, _cap(body), shape)
     if path not in _CHAT_PATHS:
         return reply
     n = _count(body, "n")
@@ -201,7 +231,7 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
 def anthropic_reply(body: dict[str, Any]) -> Reply:
     """The simulated answer to an Anthropic Messages request."""
     texts = _anthropic_prompt(body)
-    return _reply(body["model"], texts, _cap(body))
+    return _reply(body["model"], texts, _cap(body), shape_of("anthropic", body))
 
 
 # ----------------------------------------------------------------------------- OpenAI
@@ -231,16 +261,24 @@ def _responses_usage(r: Reply) -> dict[str, Any]:
 
 
 def _finish(r: Reply) -> str:
-    return "length" if r.truncated else "stop"
+    return "length" if r.truncated else "tool_calls" if r.calls_tool else "stop"
+
+
+def _tool_call(r: Reply, arguments: str, index: int | None = None) -> dict[str, Any]:
+    call = {"id": r.call_id, "type": "function",
+            "function": {"name": r.shape.name, "arguments": arguments}}  # fmt: skip
+    return call if index is None else {"index": index, **call}
 
 
 def _chat_object(r: Reply) -> dict[str, Any]:
     message: dict[str, Any] = {
         "role": "assistant",
-        "content": r.text,
+        "content": None if r.calls_tool else r.text,
         "refusal": None,
         "annotations": [],
     }
+    if r.calls_tool:
+        message["tool_calls"] = [_tool_call(r, r.text)]
     return {
         "id": f"chatcmpl-{r.key[:24]}", "object": "chat.completion", "created": r.created,
         "model": r.model, "system_fingerprint": "fp_simulated",
@@ -262,10 +300,15 @@ def _completion_object(r: Reply) -> dict[str, Any]:
 
 
 def _output_message(r: Reply, done: bool) -> dict[str, Any]:
+    status = "completed" if done else "in_progress"
+    if r.calls_tool:
+        arguments = r.text if done else ""
+        return {"type": "function_call", "id": f"fc_{r.key[:24]}", "call_id": r.call_id,
+                "name": r.shape.name, "arguments": arguments, "status": status}  # fmt: skip
     part = {"type": "output_text", "text": r.text, "annotations": [], "logprobs": []}
     return {
         "type": "message", "id": f"msg_{r.key[:24]}", "role": "assistant",
-        "status": "completed" if done else "in_progress", "content": [part] if done else [],
+        "status": status, "content": [part] if done else [],
     }  # fmt: skip
 
 
@@ -279,8 +322,9 @@ def _response_object(r: Reply, body: dict[str, Any], done: bool = True) -> dict[
         "max_output_tokens": body.get("max_output_tokens"),
         "model": r.model, "output": [_output_message(r, True)] if done else [],
         "parallel_tool_calls": True, "previous_response_id": None, "reasoning": {"effort": None},
-        "temperature": 1.0, "text": {"format": {"type": "text"}}, "tool_choice": "auto",
-        "tools": [], "top_p": 1.0, "truncation": "disabled", "metadata": {},
+        "temperature": 1.0, "text": body.get("text") or {"format": {"type": "text"}},
+        "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
+        "top_p": 1.0, "truncation": "disabled", "metadata": {},
         "usage": _responses_usage(r) if done else None,
     }  # fmt: skip
 
@@ -358,12 +402,23 @@ def _chunk(r: Reply, path: str, delta: str | None, finish: str | None, usage: bo
     return {**chunk, "usage": None} if usage else chunk
 
 
+def _tool_chunks(r: Reply, usage: bool) -> list[dict[str, Any]]:
+    """A streamed tool call: the call's id and name first, then its arguments in pieces."""
+    head = _chunk(r, "/chat/completions", None, None, usage)
+    deltas = [{"role": "assistant", "content": None, "tool_calls": [_tool_call(r, "", 0)]}]
+    deltas += [{"tool_calls": [{"index": 0, "function": {"arguments": p}}]} for p in r.pieces]
+    return [{**head, "choices": [{**head["choices"][0], "delta": delta}]} for delta in deltas]
+
+
 def _chat_stream(path: str, body: dict[str, Any]) -> list[bytes]:
     r = openai_reply(path, body)
     options = body.get("stream_options")
     usage = isinstance(options, dict) and options.get("include_usage") is True
     deltas: list[str] = ([""] if path == "/chat/completions" else []) + list(r.pieces)
-    events = [_sse(_chunk(r, path, d, None, usage)) for d in deltas]
+    if r.calls_tool:
+        events = [_sse(chunk) for chunk in _tool_chunks(r, usage)]
+    else:
+        events = [_sse(_chunk(r, path, d, None, usage)) for d in deltas]
     events.append(_sse(_chunk(r, path, None, _finish(r), usage)))
     if usage:
         final = {**_chunk(r, path, None, None, False), "choices": [], "usage": _chat_usage(r)}
@@ -379,11 +434,17 @@ def _responses_events(r: Reply, body: dict[str, Any]) -> Iterator[dict[str, Any]
     yield {"type": "response.created", "response": _response_object(r, body, False)}
     yield {"type": "response.in_progress", "response": _response_object(r, body, False)}
     yield {"type": "response.output_item.added", **item, "item": _output_message(r, False)}
-    yield {"type": "response.content_part.added", **ids, "part": empty}
-    for piece in r.pieces:
-        yield {"type": "response.output_text.delta", **ids, "delta": piece, "logprobs": []}
-    yield {"type": "response.output_text.done", **ids, "text": r.text, "logprobs": []}
-    yield {"type": "response.content_part.done", **ids, "part": full}
+    if r.calls_tool:
+        call = {"item_id": f"fc_{r.key[:24]}", "output_index": 0}
+        for piece in r.pieces:
+            yield {"type": "response.function_call_arguments.delta", **call, "delta": piece}
+        yield {"type": "response.function_call_arguments.done", **call, "arguments": r.text}
+    else:
+        yield {"type": "response.content_part.added", **ids, "part": empty}
+        for piece in r.pieces:
+            yield {"type": "response.output_text.delta", **ids, "delta": piece, "logprobs": []}
+        yield {"type": "response.output_text.done", **ids, "text": r.text, "logprobs": []}
+        yield {"type": "response.content_part.done", **ids, "part": full}
     yield {"type": "response.output_item.done", **item, "item": _output_message(r, True)}
     final = "response.incomplete" if r.truncated else "response.completed"
     yield {"type": final, "response": _response_object(r, body)}
@@ -412,13 +473,23 @@ def _anthropic_usage(r: Reply, output_tokens: int) -> dict[str, Any]:
 
 
 def _stop_reason(r: Reply) -> str:
-    return "max_tokens" if r.truncated else "end_turn"
+    return "max_tokens" if r.truncated else "tool_use" if r.calls_tool else "end_turn"
+
+
+def _block(r: Reply, done: bool) -> dict[str, Any]:
+    """The answer's content block: text, or a ``tool_use`` with its input (empty until
+    streamed, or when ``max_tokens`` cut the arguments short)."""
+    if not r.calls_tool:
+        return {"type": "text", "text": r.text if done else ""}
+    whole = done and not r.truncated
+    return {"type": "tool_use", "id": f"toolu_{r.key[:24]}", "name": r.shape.name,
+            "input": orjson.loads(r.text) if whole else {}}  # fmt: skip
 
 
 def _message(r: Reply, done: bool) -> dict[str, Any]:
     return {
         "id": f"msg_{r.key[:24]}", "type": "message", "role": "assistant", "model": r.model,
-        "content": [{"type": "text", "text": r.text}] if done else [],
+        "content": [_block(r, True)] if done else [],
         "stop_reason": _stop_reason(r) if done else None, "stop_sequence": None,
         "usage": _anthropic_usage(r, r.completion_tokens if done else 1),
     }  # fmt: skip
@@ -435,14 +506,12 @@ def anthropic_response(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 def anthropic_stream(body: dict[str, Any]) -> list[bytes]:
     """The SSE events of a streaming Messages request; raises ``InvalidRequest`` on bad input."""
     r = anthropic_reply(body)
-    block = {
-        "type": "content_block_start",
-        "index": 0,
-        "content_block": {"type": "text", "text": ""},
-    }
+    block = {"type": "content_block_start", "index": 0, "content_block": _block(r, False)}
+    delta = "input_json_delta" if r.calls_tool else "text_delta"
+    field = "partial_json" if r.calls_tool else "text"
     events: list[dict[str, Any]] = [
         {"type": "message_start", "message": _message(r, False)}, block, {"type": "ping"},
-        *({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}
+        *({"type": "content_block_delta", "index": 0, "delta": {"type": delta, field: p}}
           for p in r.pieces),
         {"type": "content_block_stop", "index": 0},
         {"type": "message_delta", "delta": {"stop_reason": _stop_reason(r), "stop_sequence": None},

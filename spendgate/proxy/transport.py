@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -20,6 +21,8 @@ import orjson
 
 from spendgate.errors import UpstreamTimeout, UpstreamUnavailable
 from spendgate.proxy import simulated
+
+log = logging.getLogger("spendgate.proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +59,20 @@ class Transport(Protocol):
     async def send(self, request: UpstreamRequest) -> UpstreamResponse: ...
 
     async def aclose(self) -> None: ...
+
+
+def unavailable(what: str, request: UpstreamRequest, exc: Exception) -> UpstreamUnavailable:
+    """The client learns what failed and the kind of error; the provider's address (and
+    the driver's text, which names it) goes to the log only."""
+    log.warning("%s: %s %s: %r", what, request.method, _address(request.url), exc)
+    return UpstreamUnavailable(f"{what} ({type(exc).__name__})")
+
+
+def _address(url: str) -> str:
+    """Scheme, host, port and path of ``url``, never user-info or query (which may hold a key)."""
+    parts = urlsplit(url)
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
 
 
 class AiohttpTransport:
@@ -96,7 +113,7 @@ class AiohttpTransport:
         except TimeoutError as exc:
             raise UpstreamTimeout("the upstream provider did not answer in time") from exc
         except aiohttp.ClientError as exc:
-            raise UpstreamUnavailable(f"the upstream provider could not be reached: {exc}") from exc
+            raise unavailable("the upstream provider could not be reached", request, exc) from exc
         headers = {k.lower(): v for k, v in resp.headers.items()}
         if not request.stream or resp.status >= 300:
             try:
@@ -104,7 +121,7 @@ class AiohttpTransport:
             except TimeoutError as exc:
                 raise UpstreamTimeout("the upstream provider did not answer in time") from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamUnavailable(f"the upstream connection failed: {exc}") from exc
+                raise unavailable("the upstream connection failed", request, exc) from exc
             finally:
                 resp.release()
             return UpstreamResponse(resp.status, headers, body)
@@ -116,7 +133,7 @@ class AiohttpTransport:
             except TimeoutError as exc:
                 raise UpstreamTimeout("the upstream stream stalled") from exc
             except aiohttp.ClientError as exc:
-                raise UpstreamUnavailable(f"the upstream stream broke: {exc}") from exc
+                raise unavailable("the upstream stream broke", request, exc) from exc
 
         async def close() -> None:
             resp.release()

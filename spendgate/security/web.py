@@ -38,27 +38,16 @@ RawHeaders = list[tuple[bytes, bytes]]
 
 #: JSON responses: nothing may be loaded, nobody may frame them
 JSON_CSP = "default-src 'none'; frame-ancestors 'none'"
-#: FastAPI's /docs page loads Swagger UI's script and stylesheet from cdn.jsdelivr.net,
-#: its favicon from fastapi.tiangolo.com, runs one inline script that starts the UI,
-#: fetches /openapi.json and sends "try it out" calls to this origin; Swagger UI sets
-#: inline styles and uses data: images.
+#: /docs (``spendgate.admin.docs``): Swagger UI's script, stylesheet and favicon and the
+#: page's start-up script, all from this origin (nothing inline, no CDN); it fetches
+#: /openapi.json and sends "try it out" calls here; Swagger UI sets inline styles and
+#: uses data: images.
 DOCS_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "img-src 'self' data: https://fastapi.tiangolo.com; connect-src 'self'; "
+    "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; connect-src 'self'; "
     "frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
 )
-#: ReDoc (off in ``build_admin``; for when it is turned on): its bundle from
-#: cdn.jsdelivr.net, Google Fonts, a blob: search worker.
-REDOC_CSP = (
-    "default-src 'none'; script-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net; "
-    "style-src 'self' 'unsafe-inline' https://fonts.googleapis.com; "
-    "font-src https://fonts.gstatic.com; "
-    "img-src 'self' data: https://fastapi.tiangolo.com https://cdn.redoc.ly; "
-    "worker-src blob:; connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; "
-    "form-action 'none'"
-)
-DEFAULT_CSP_BY_PREFIX: tuple[tuple[str, str], ...] = (("/docs", DOCS_CSP), ("/redoc", REDOC_CSP))
+DEFAULT_CSP_BY_PREFIX: tuple[tuple[str, str], ...] = (("/docs", DOCS_CSP),)
 HSTS = "max-age=31536000"
 
 SESSION_COOKIE = "sg_session"

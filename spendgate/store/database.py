@@ -53,14 +53,21 @@ async def upsert(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, An
 
 
 async def insert_new(
-    conn: AsyncConnection, table: sa.Table, values: dict[str, Any], unique: Sequence[str]
+    conn: AsyncConnection,
+    table: sa.Table,
+    values: dict[str, Any],
+    unique: Sequence[str],
+    where: Any = None,
 ) -> bool:
-    """Insert ``values`` unless a row with the same ``unique`` columns exists; True if it
-    was inserted. ``ON CONFLICT DO NOTHING``, not a savepoint around the insert: on SQLite
-    a savepoint that opens the transaction commits when released, which would have split
-    the caller's transaction in two."""
+    """Insert ``values`` unless a row with the same ``unique`` columns exists (among the
+    rows ``where`` holds for, for a partial unique index); True if it was inserted.
+    ``ON CONFLICT DO NOTHING``, not a savepoint around the insert: on SQLite a savepoint
+    that opens the transaction commits when released, which would have split the caller's
+    transaction in two."""
     done = await conn.execute(
-        _insert(conn, table).values(**values).on_conflict_do_nothing(index_elements=list(unique))
+        _insert(conn, table)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=list(unique), index_where=where)
     )
     return bool(done.rowcount == 1)
 

@@ -16,7 +16,7 @@ from spendgate.core.access import ORG_ROLES, ROLES, TEAM_ROLES, Standing, summar
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.store import schema
-from spendgate.store.database import transaction
+from spendgate.store.database import insert_new, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,9 +123,23 @@ class Directory:
     async def create_org(
         self, name: str, now: datetime, conn: AsyncConnection | None = None
     ) -> dict[str, Any]:
-        return await self._insert(
-            schema.orgs, {"id": new_id("org"), "name": name, "created_at": now}, conn
-        )
+        """A new org; 409 naming the org that already has ``name`` (names are unique, so
+        ``bootstrap --org NAME`` and people can find an org by its name)."""
+        values = {"id": new_id("org"), "name": name, "created_at": now}
+        async with self._tx(conn) as tx:
+            if await insert_new(tx, schema.orgs, values, ["name"]):
+                return values
+            existing = (
+                await tx.execute(sa.select(schema.orgs.c.id).where(schema.orgs.c.name == name))
+            ).scalar_one()
+        raise Conflict(f"name: an org named {name!r} already exists ({existing})", param="name")
+
+    async def org_named(self, name: str) -> dict[str, Any] | None:
+        async with self._engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(schema.orgs).where(schema.orgs.c.name == name))
+            ).first()
+        return None if row is None else dict(row._mapping)
 
     async def get_org(self, org_id: str) -> dict[str, Any]:
         return await self._one(schema.orgs, org_id, "org")

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -33,6 +34,7 @@ from numpy.typing import NDArray
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.core import budget_rules as rules
+from spendgate.core import forecast_overrun as fo
 from spendgate.core import forecasting as fc
 from spendgate.core.budget_windows import Window, days_in_window, window_at
 from spendgate.core.clock import Clock
@@ -80,6 +82,10 @@ budget_forecasts = sa.Table(
     sa.Column("limit_nanos", sa.BigInteger(), nullable=False),
     #: the highest overrun band announced in this period, if any
     sa.Column("overrun_band", sa.Integer(), nullable=True),
+    #: the hard cap recorded spend stops at (None: observation only); P10–P90 are bounded
+    #: by it, and ``uncapped_p50_nanos`` is what the period would cost without it
+    sa.Column("hard_cap_nanos", sa.BigInteger(), nullable=True),
+    sa.Column("uncapped_p50_nanos", sa.BigInteger(), nullable=True),
 )
 
 
@@ -279,7 +285,7 @@ def jobs_for(
             periods[shape] = (window, days_in_window(window, budget.timezone))
         window, days = periods[shape]
         outlook = fc.outlook_for(budget, amount, window, history.today, days)
-        jobs.append(Job(budget, history, outlook, fc.overrun_limit(budget, amount)))
+        jobs.append(Job(budget, history, outlook, fo.overrun_limit(budget, amount)))
     return jobs
 
 
@@ -371,7 +377,7 @@ async def store(
     for job, forecast in zip(jobs, forecasts, strict=True):
         key, band = previous.get(job.budget.id, ("", None))
         fired = [band] if band is not None and key == forecast.period_key else []
-        new = fc.band_to_announce(fc.overrun_band(forecast.p50_nanos, job.limit_nanos), fired)
+        new = fo.band_to_announce(fo.band_of(forecast, job.limit_nanos), fired)
         if new is not None and await announce_overrun(conn, job, forecast, new, now):
             announced[job.budget.id] = new
         rows.append(forecast_row(job, forecast, max([*fired, new or 0]) or None))
@@ -391,6 +397,10 @@ async def announce_overrun(
             "budget.forecast_overrun",
             {
                 "budget_id": budget.id,
+                "budget_name": budget.name,
+                "scope_type": budget.scope_type,
+                "scope_id": budget.scope_id,
+                "tag": budget.tag,
                 "period_key": forecast.period_key,
                 "band_percent": band,
                 "limit": "hard_limit" if budget.hard_limit else "amount",
@@ -401,7 +411,12 @@ async def announce_overrun(
                 "p50_usd": format_usd(forecast.p50_nanos),
                 "p90_usd": format_usd(forecast.p90_nanos),
                 "percent_of_budget": str(forecast.percent_of_budget),
+                "hard_cap_usd": _usd_or_none(forecast.cap_nanos),
+                "hits_hard_cap_on": _iso_or_none(forecast.hits_cap_on),
+                "uncapped_p50_usd": format_usd(forecast.uncapped_p50_nanos),
                 "method": forecast.method,
+                "confidence": forecast.confidence,
+                "outlook": fo.outlook_text(forecast),
             },
             now,
             org_id=budget.org_id,
@@ -427,7 +442,17 @@ def forecast_row(job: Job, f: fc.Forecast, band: int | None) -> dict[str, Any]:
         "crossings": {name: None if d is None else d.isoformat() for name, d in f.crossings},
         "limit_nanos": job.limit_nanos,
         "overrun_band": band,
+        "hard_cap_nanos": f.cap_nanos,
+        "uncapped_p50_nanos": f.uncapped_p50_nanos,
     }
+
+
+def _usd_or_none(nanos: int | None) -> str | None:
+    return None if nanos is None else format_usd(nanos)
+
+
+def _iso_or_none(day: date | None) -> str | None:
+    return None if day is None else day.isoformat()
 
 
 def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
@@ -444,6 +469,33 @@ async def stored_forecast(engine: AsyncEngine, budget_id: str) -> dict[str, Any]
 
 def crossing_dates(row: Mapping[str, Any]) -> dict[str, date | None]:
     return {k: None if v is None else date.fromisoformat(v) for k, v in row["crossings"].items()}
+
+
+def forecast_of(row: Mapping[str, Any]) -> fc.Forecast:
+    """A stored row as the forecast it was (rows from before revision 0012 have no cap)."""
+    dates = crossing_dates(row)
+    cap = row.get("hard_cap_nanos")
+    p50 = int(row["p50_nanos"])
+    uncapped = row.get("uncapped_p50_nanos")
+    return fc.Forecast(
+        period_key=row["period_key"],
+        spent_nanos=int(row["spent_nanos"]),
+        p10_nanos=int(row["p10_nanos"]),
+        p50_nanos=p50,
+        p90_nanos=int(row["p90_nanos"]),
+        amount_nanos=int(row["amount_nanos"]),
+        percent_of_budget=Decimal(row["percent_of_budget"]),
+        crossings=tuple(dates.items()),
+        method=row["method"],
+        history_days=int(row["history_days"]),
+        generated_at=row["generated_at"],
+        cap_nanos=None if cap is None else int(cap),
+        uncapped_p50_nanos=p50 if uncapped is None else int(uncapped),
+        # the hard level is the cap: the day P50 reaches it
+        hits_cap_on=None
+        if cap is None
+        else next((d for name, d in dates.items() if name.startswith("hard:")), None),
+    )
 
 
 # -- 5. on a schedule --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from spendgate.counters import Generation
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
-from spendgate.store.database import insert_new
+from spendgate.store.database import insert_new, transaction
 from spendgate.store.ledger import cost_from_sums, exact_cost_sum
 
 #: what a wallet's top-ups may add up to, $1,000,000,000: its balance, reservations and
@@ -45,6 +45,7 @@ def budget_from_row(row: dict[str, Any]) -> Budget:
         categories=Categories(
             **{k: tuple(cats.get(k) or ()) for k in ("providers", "models", "kinds", "tags")}
         ),
+        name=row.get("name") or "",
     )
 
 
@@ -141,7 +142,8 @@ class PolicyStore:
                     )
                 )
             )
-            wallets = _rows(await conn.execute(sa.select(schema.wallets)))
+            w = schema.wallets
+            wallets = _rows(await conn.execute(sa.select(w).where(w.c.closed_at.is_(None))))
             limits = _rows(await conn.execute(sa.select(schema.rate_limits)))
         by_budget: dict[str, list[Raise]] = {}
         for r in raises:
@@ -230,20 +232,47 @@ class PolicyStore:
 
     # -- wallets -----------------------------------------------------------------------
     async def create_wallet(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
-        values = {"id": new_id("wallet"), **values}
-        await conn.execute(schema.wallets.insert().values(**values))
-        return values
-
-    async def get_wallet(self, wallet_id: str) -> dict[str, Any]:
-        async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(schema.wallets).where(schema.wallets.c.id == wallet_id)
+        """A new wallet; 409 naming the open wallet its scope already has (one per scope:
+        two wallets on one scope would both have to fund every call)."""
+        w = schema.wallets
+        values = {"id": new_id("wallet"), "closed_at": None, "updated_at": None, **values}
+        if await insert_new(conn, w, values, ["scope_type", "scope_id"], w.c.closed_at.is_(None)):
+            return values
+        existing = (
+            await conn.execute(
+                sa.select(w.c.id, w.c.name).where(
+                    w.c.scope_type == values["scope_type"],
+                    w.c.scope_id == values["scope_id"],
+                    w.c.closed_at.is_(None),
                 )
-            ).first()
+            )
+        ).one()
+        raise Conflict(
+            f"{values['scope_type']} {values['scope_id']} already has wallet {existing.id} "
+            f"({existing.name!r}); top it up, change it (PATCH /admin/wallets/{existing.id}) "
+            f"or close it first (POST /admin/wallets/{existing.id}/close)"
+        )
+
+    async def get_wallet(
+        self, wallet_id: str, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
+        query = sa.select(schema.wallets).where(schema.wallets.c.id == wallet_id)
+        async with transaction(self._engine, conn) as tx:
+            row = (await tx.execute(query)).first()
         if row is None:
             raise NotFound(f"wallet {wallet_id} not found")
         return dict(row._mapping)
+
+    async def update_wallet(
+        self, conn: AsyncConnection, wallet_id: str, values: dict[str, Any]
+    ) -> None:
+        """Change an open wallet (409 if it was closed meanwhile)."""
+        w = schema.wallets
+        done = await conn.execute(
+            w.update().where(w.c.id == wallet_id, w.c.closed_at.is_(None)).values(**values)
+        )
+        if done.rowcount != 1:
+            raise Conflict(f"wallet {wallet_id} is closed; closed wallets do not change")
 
     async def list_wallets(self, org_id: str | None = None) -> list[dict[str, Any]]:
         query = sa.select(schema.wallets).order_by(schema.wallets.c.created_at)
@@ -258,9 +287,13 @@ class PolicyStore:
         so two top-ups at once cannot both pass: by a no-op UPDATE, which also takes
         SQLite's write lock (``SELECT … FOR UPDATE`` does nothing there)."""
         wallets, topups = schema.wallets, schema.wallet_topups
-        await conn.execute(
-            wallets.update().where(wallets.c.id == values["wallet_id"]).values(id=wallets.c.id)
+        locked = await conn.execute(
+            wallets.update()
+            .where(wallets.c.id == values["wallet_id"], wallets.c.closed_at.is_(None))
+            .values(id=wallets.c.id)
         )
+        if locked.rowcount != 1:
+            raise Conflict(f"wallet {values['wallet_id']} is closed; it takes no top-ups")
         total = (
             await conn.execute(
                 sa.select(sa.func.coalesce(sa.func.sum(topups.c.amount_nanos), 0)).where(

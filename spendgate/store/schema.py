@@ -38,8 +38,10 @@ orgs = sa.Table(
     "orgs",
     metadata,
     sa.Column("id", sa.String(40), primary_key=True),
+    #: unique in the installation: ``bootstrap --org NAME`` and people find an org by name
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Index("uq_orgs_name", "name", unique=True),
 )
 
 teams = sa.Table(
@@ -214,6 +216,18 @@ wallets = sa.Table(
     sa.Column("scope_id", sa.String(40), nullable=False),
     sa.Column("low_balance_nanos", sa.BigInteger(), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    #: a closed wallet is history: it governs no call, takes no top-up, stays readable
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
+    sa.Column("updated_at", UTCDateTime(), nullable=True),
+    #: one open wallet per scope (a closed one frees its scope for a new wallet)
+    sa.Index(
+        "uq_wallets_open_scope",
+        "scope_type",
+        "scope_id",
+        unique=True,
+        sqlite_where=sa.text("closed_at IS NULL"),
+        postgresql_where=sa.text("closed_at IS NULL"),
+    ),
 )
 
 wallet_topups = sa.Table(

@@ -45,24 +45,41 @@ def _money(value: Any) -> str:
     return f"${value}"
 
 
+#: how a budget event's ``threshold`` level reads
+LEVELS = {"alert": "alert", "soft": "soft limit", "hard": "hard limit"}
+
+
+def _threshold(data: Mapping[str, Any]) -> str | None:
+    """``soft limit 75%``: the level a threshold event is about (``percent`` alone for
+    other events that carry one)."""
+    if data.get("percent") is None:
+        return None
+    level = LEVELS.get(str(data.get("threshold")), "")
+    return f"{level} {data['percent']}%".strip()
+
+
 def facts(event: Event) -> list[tuple[str, str]]:
     """Labelled figures worth showing a person, in reading order."""
     d = event.data
     out: list[tuple[str, str]] = []
     if d.get("budget_id"):
-        out.append(("Budget", str(d.get("budget_name") or d["budget_id"])))
+        name = d.get("budget_name")
+        out.append(("Budget", f"{name} ({d['budget_id']})" if name else str(d["budget_id"])))
     if d.get("wallet_id"):
         out.append(("Wallet", str(d["wallet_id"])))
     scope = _scope(d)
     if scope:
         out.append(("Scope", scope))
+    threshold = _threshold(d)
+    if threshold:
+        out.append(("Threshold", threshold))
     if d.get("actual_usd") is not None and d.get("expected_usd") is not None:
         spend = f"{_money(d['actual_usd'])}, expected {_money(d['expected_usd'])}"
         out.append(("Spend this hour", spend))
     if d.get("percent_used") is not None:
         out.append(("Used", f"{d['percent_used']}%"))
-    elif d.get("percent") is not None:
-        out.append(("Threshold", f"{d['percent']}%"))
+    if d.get("outlook"):
+        out.append(("Outlook", str(d["outlook"])))
     if d.get("spent_usd") is not None and d.get("amount_usd") is not None:
         out.append(("Spent", f"{_money(d['spent_usd'])} of {_money(d['amount_usd'])}"))
     if d.get("balance_usd") is not None:
@@ -83,11 +100,18 @@ def summary(event: Event) -> str:
     return text[:MAX_SUMMARY]
 
 
+#: the console page of the object an event is about, by the data field naming it
+CONSOLE_PAGES = (("budget_id", "/usage/budgets/"), ("wallet_id", "/wallets/"), ("key_id", "/keys/"))
+
+
 def console_link(event: Event, console_url: str) -> str:
+    """The console page of what the event is about (its budget, wallet or key), else the
+    notifications page; ``console_url`` is ``SPENDGATE_PUBLIC_URL`` ("" for a path)."""
     base = console_url.rstrip("/")
-    budget = event.data.get("budget_id")
-    if budget:
-        return f"{base}/usage/budgets?budget_id={quote(str(budget))}"
+    for field, page in CONSOLE_PAGES:
+        value = event.data.get(field)
+        if value:
+            return f"{base}{page}{quote(str(value), safe='')}"
     return f"{base}/notifications"
 
 

@@ -5,9 +5,9 @@
     await runtime.stop()    # lifespan shutdown
 
 Environment (read once, in :meth:`WebhookSettings.from_env`):
-``SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1`` allows private/loopback targets,
-``SPENDGATE_PUBLIC_URL`` is the console base URL used in links (default
-``http://127.0.0.1:4100``), ``SPENDGATE_SECRET_KEY`` encrypts secrets (see secrets_box).
+``SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1`` allows private/loopback targets, the console base URL
+used in links is ``Settings.public_url`` (``SPENDGATE_PUBLIC_URL`` or ``[gateway]
+public_url``), ``SPENDGATE_SECRET_KEY`` encrypts secrets (see secrets_box).
 """
 
 from __future__ import annotations
@@ -42,10 +42,14 @@ class WebhookSettings:
     maintenance_seconds: float = 60.0
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> WebhookSettings:
+    def from_env(cls, env: Mapping[str, str], public_url: str | None = None) -> WebhookSettings:
+        """``public_url``: the gateway's setting (``Settings.public_url``), else
+        ``SPENDGATE_PUBLIC_URL``."""
         return cls(
             allow_private=env.get("SPENDGATE_WEBHOOK_ALLOW_PRIVATE", "").lower() in TRUE,
-            public_url=(env.get("SPENDGATE_PUBLIC_URL") or "http://127.0.0.1:4100").rstrip("/"),
+            public_url=(
+                public_url or env.get("SPENDGATE_PUBLIC_URL") or "http://127.0.0.1:4100"
+            ).rstrip("/"),
         )
 
 
@@ -93,13 +97,14 @@ class WebhookRuntime:
         master_key: str | None,
         env: Mapping[str, str] | None = None,
         http_client: httpx.AsyncClient | None = None,
+        public_url: str | None = None,
     ) -> WebhookRuntime:
         env = os.environ if env is None else env
         return cls(
             engine,
             clock,
             SecretBox.from_env(env, master_key),
-            WebhookSettings.from_env(env),
+            WebhookSettings.from_env(env, public_url),
             http_client=http_client,
         )
 

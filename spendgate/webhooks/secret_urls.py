@@ -1,4 +1,5 @@
-"""URLs that are themselves credentials (Slack incoming webhooks).
+"""URLs that are themselves credentials (Slack incoming webhooks) or carry one (user-info,
+``https://user:password@host/…``).
 
 Such a URL is stored encrypted (``webhook_endpoints.url_encrypted``) and shown only
 masked: :func:`mask_url` keeps what identifies the receiver (scheme, host, port, a
@@ -21,6 +22,20 @@ from urllib.parse import urlsplit
 
 #: endpoint kinds whose URL is a credential
 SECRET_URL_KINDS: frozenset[str] = frozenset({"slack"})
+
+
+def is_secret_url(kind: str, url: str) -> bool:
+    """Whether ``url`` is (or holds) a credential: a Slack URL, or any URL with user-info
+    (``https://user:password@host/…``)."""
+    if kind in SECRET_URL_KINDS:
+        return True
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "@" in url
+    return parts.username is not None or parts.password is not None
+
+
 HIDDEN = "…"
 MAX_WORD = 32
 

@@ -83,6 +83,14 @@ class SecretBox:
             return False
         return True
 
+    def readable(self, token: str) -> bool:
+        """Whether some configured key decrypts ``token``."""
+        try:
+            self._fernet.decrypt(token.encode())
+        except InvalidToken:
+            return False
+        return True
+
     def rotate(self, token: str) -> str:
         """``token``'s plaintext encrypted again under the first key."""
         try:

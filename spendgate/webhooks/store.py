@@ -25,7 +25,7 @@ from spendgate.store import schema
 from spendgate.store.database import transaction
 from spendgate.webhooks.catalog import valid_pattern
 from spendgate.webhooks.matching import SCOPE_TYPES
-from spendgate.webhooks.secret_urls import SECRET_URL_KINDS, mask_url
+from spendgate.webhooks.secret_urls import SECRET_URL_KINDS, is_secret_url, mask_url
 from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
 from spendgate.webhooks.signing import new_secret
 from spendgate.webhooks.tables import webhook_attempts, webhook_deliveries, webhook_endpoints
@@ -70,7 +70,7 @@ def _mask(value: str) -> str:
 
 def shown_url(kind: str, url: str) -> str:
     """The URL as the API and the audit log show it: masked when it is a credential."""
-    return mask_url(url) if kind in SECRET_URL_KINDS else url
+    return mask_url(url) if is_secret_url(kind, url) else url
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ class WebhookStore:
         return row["url"] if token is None else self._box.decrypt(token)
 
     def _url_values(self, kind: str, url: str) -> dict[str, Any]:
-        if kind in SECRET_URL_KINDS:
+        if is_secret_url(kind, url):
             return {"url": mask_url(url), "url_encrypted": self._box.encrypt(url)}
         return {"url": url, "url_encrypted": None}
 
@@ -256,8 +256,8 @@ class WebhookStore:
             del given["url"]
         new_kind = given.get("kind", current.kind)
         if (
-            current.kind in SECRET_URL_KINDS
-            and new_kind not in SECRET_URL_KINDS
+            is_secret_url(current.kind, current.url)
+            and not is_secret_url(new_kind, current.url)
             and "url" not in given
         ):
             raise ValidationFailed(
@@ -325,17 +325,21 @@ class WebhookStore:
 
     # -- the encryption key ----------------------------------------------------------------
     async def seal_urls(self) -> int:
-        """Encrypt Slack URLs stored in plaintext (written before revision 0008)."""
+        """Encrypt Slack URLs stored in plaintext (written before revision 0008) and URLs
+        with user-info (stored in plaintext before they were treated as credentials)."""
         async with self._engine.begin() as conn:
             rows = (
                 await conn.execute(
                     sa.select(EP.c.id, EP.c.kind, EP.c.url).where(
-                        EP.c.kind.in_(sorted(SECRET_URL_KINDS)), EP.c.url_encrypted.is_(None)
+                        sa.or_(EP.c.kind.in_(sorted(SECRET_URL_KINDS)), EP.c.url.contains("@")),
+                        EP.c.url_encrypted.is_(None),
                     )
                 )
             ).all()
             sealed = 0
             for row in rows:
+                if not is_secret_url(row.kind, row.url):
+                    continue
                 done = await conn.execute(
                     EP.update()
                     .where(EP.c.id == row.id, EP.c.url == row.url, EP.c.url_encrypted.is_(None))
@@ -343,6 +347,24 @@ class WebhookStore:
                 )
                 sealed += done.rowcount
         return sealed
+
+    async def unreadable(self) -> Sequence[str]:
+        """The endpoints with a stored token that no configured key decrypts (their
+        deliveries could only fail), in id order."""
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(EP.c.id, *(EP.c[c] for c in ENCRYPTED_COLUMNS)).order_by(EP.c.id)
+                )
+            ).all()
+        return [
+            row.id
+            for row in rows
+            if any(
+                token is not None and not self._box.readable(token)
+                for token in (row._mapping[c] for c in ENCRYPTED_COLUMNS)
+            )
+        ]
 
     async def reencrypt(self) -> ReencryptReport:
         """Seal plaintext Slack URLs, then rewrite every token that is not under the newest

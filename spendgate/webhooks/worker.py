@@ -27,7 +27,7 @@ from spendgate.core.clock import Clock
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import encode, render
 from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt
-from spendgate.webhooks.secret_urls import REDACTOR, SECRET_URL_KINDS, mask_url
+from spendgate.webhooks.secret_urls import REDACTOR, is_secret_url, mask_url
 from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
 from spendgate.webhooks.signing import signed_headers, signing_secrets
 from spendgate.webhooks.store import WebhookStore
@@ -111,6 +111,12 @@ class DeliveryWorker:
         try:
             result = await self._send(claim)
         except (TargetRefused, SecretUnreadable) as exc:
+            if isinstance(exc, SecretUnreadable):  # every delivery there fails: say so loudly
+                log.error(
+                    "webhook endpoint %s: %s (SPENDGATE_SECRET_KEY or the master key changed)",
+                    claim.endpoint["id"],
+                    exc,
+                )
             result = AttemptResult(ok=False, response_code=None, latency_ms=0, error=str(exc)[:500])
         outcome = await record_attempt(
             self._engine, claim, result, started_at, self._clock.now(), self._rand()
@@ -150,7 +156,7 @@ class DeliveryWorker:
 
     async def _send(self, claim: Claim) -> AttemptResult:
         url = self._store.url_of(claim.endpoint)
-        secret_url = claim.endpoint["kind"] in SECRET_URL_KINDS
+        secret_url = is_secret_url(claim.endpoint["kind"], url)
         hidden = _spellings(url) if secret_url else ()
         await check_target(url, allow_private=self._allow_private, resolve=self._resolve)
         content, headers = self._request(claim)

@@ -54,9 +54,10 @@ def test_forecast_on_demand_and_in_status(gateway: RunningGateway) -> None:
 
 
 def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningGateway) -> None:
-    """A budget's first afternoon spends at a rate far past its month: the scheduled-style
-    refresh (here on demand) projects the overrun, and one signed budget.forecast_overrun
-    arrives at a receiver that verifies it with the standardwebhooks library."""
+    """A hard-capped budget's first afternoon spends at a rate far past its month: the
+    forecast of recorded spend stops at the cap and names the day it is reached (the issue:
+    P50 7,067 % and a 200 % overrun); one signed budget.forecast_overrun says so (band 100,
+    no further band) at a receiver that verifies it with the standardwebhooks library."""
     receiver = Receiver(now=gateway.clock.now)
     handle = serve_in_thread(receiver)
     try:
@@ -90,7 +91,14 @@ def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningG
         gateway.run(gateway.app.services.ledger.flush())
         forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
         assert (forecast["method"], forecast["history_days"]) == ("today_rate", 0)
-        assert Decimal(forecast["p50_usd"]) > cost * 12 and forecast["overrun_band"] == 200
+        # recorded spend stops at the hard cap (120 % of 10 calls): bounded, and dated
+        assert Decimal(forecast["uncapped_p50_usd"]) > cost * 12
+        assert Decimal(forecast["p50_usd"]) == Decimal(forecast["hard_cap_usd"]) == cost * 12
+        assert forecast["overrun_band"] == 100 and forecast["confidence"] == "low"
+        assert forecast["hits_hard_cap_on"] is not None
+        assert forecast["outlook"].startswith(
+            f"will hit the hard cap (${forecast['hard_cap_usd']}) on {forecast['hits_hard_cap_on']}"
+        )
         gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
         gateway.run(gateway.app.services.drain())
         for _ in range(3):
@@ -99,8 +107,10 @@ def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningG
         assert len(receiver.received) == 1
         assert delivered["type"] == "budget.forecast_overrun"
         assert delivered["data"]["budget_id"] == made["id"]
-        assert (
-            delivered["data"]["band_percent"] == 200 and delivered["data"]["limit"] == "hard_limit"
-        )
+        data = delivered["data"]
+        assert (data["band_percent"], data["limit"]) == (100, "hard_limit")
+        assert data["hits_hard_cap_on"] == forecast["hits_hard_cap_on"]
+        assert data["p50_usd"] == data["hard_cap_usd"] == forecast["hard_cap_usd"]
+        assert data["outlook"] == forecast["outlook"] and data["confidence"] == "low"
     finally:
         handle.stop()

@@ -127,7 +127,9 @@ def test_spend_velocity_breaker_trips(gateway: RunningGateway) -> None:
             client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=40)
             served += 1
     assert 3 <= served < 50
-    assert "spend" in info.value.message
+    # said in dollars, as the limit was set (not in nano-dollars)
+    assert "Rate limit reached for spend: limit $0.002 per 10m0s, used $0.00" in info.value.message
+    assert "nano" not in info.value.message
     client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # other models unaffected
     gateway.clock.advance(601)
     client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=40)

@@ -69,9 +69,10 @@ class Ctx:
         )["id"]
 
     def wallet(self) -> str:
+        """A wallet of a new key of the team (one open wallet per scope)."""
         return self.post(
             "/admin/wallets",
-            {"scope_type": "team", "scope_id": self.team_id, "initial_topup_usd": "5"},
+            {"scope_type": "key", "scope_id": self.key(), "initial_topup_usd": "5"},
         )["id"]
 
     def limit(self) -> str:
@@ -368,9 +369,16 @@ RULES: dict[tuple[str, str], Rule] = {
     # wallets
     ("POST", "/admin/wallets"): Rule(
         frozenset({OA, FIN}),
-        lambda c, x: Call("POST", "/admin/wallets", {"scope_type": "team", "scope_id": x.team_id}),
+        lambda c, x: Call("POST", "/admin/wallets", {"scope_type": "key", "scope_id": x.key()}),
         201,
         422,
+    ),
+    ("PATCH", "/admin/wallets/{wallet_id}"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("PATCH", f"/admin/wallets/{x.wallet()}", {"low_balance_usd": "2"}),
+    ),
+    ("POST", "/admin/wallets/{wallet_id}/close"): Rule(
+        frozenset({OA, FIN}), lambda c, x: Call("POST", f"/admin/wallets/{x.wallet()}/close")
     ),
     ("GET", "/admin/wallets"): Rule(
         ALL, get("/admin/wallets"), other=None, marker=lambda c, x: x.marker_key["wallet"]

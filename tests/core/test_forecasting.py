@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from spendgate.core import forecast_overrun as fo
 from spendgate.core import forecasting as fc
 from spendgate.core.budget_rules import Budget
 from spendgate.core.budget_windows import window_at
@@ -47,13 +48,16 @@ def march(
     today_spent: int = 0,
     elapsed: float = 0.0,
     thresholds: tuple[tuple[str, int], ...] = (),
+    cap: int | None = None,
 ) -> tuple[fc.SpendHistory, fc.PeriodOutlook]:
     """History ending yesterday (9 March) and the rest of March 2026 from today."""
     history = fc.SpendHistory(
         TODAY - timedelta(days=len(daily)), tuple(daily), today_spent, elapsed
     )
     remaining = tuple(TODAY + timedelta(days=i) for i in range(22))
-    return history, fc.PeriodOutlook("2026-03", date(2026, 3, 1), remaining, 1000 * USD, thresholds)
+    return history, fc.PeriodOutlook(
+        "2026-03", date(2026, 3, 1), remaining, 1000 * USD, thresholds, cap
+    )
 
 
 @pytest.mark.parametrize(
@@ -191,7 +195,7 @@ def test_variance_of_the_sum_matches_simulated_ets_paths() -> None:
 )
 def test_overrun_band(p50: int, limit: int, band: int | None) -> None:
     """Strictly above the limit: the highest of 100/110/125/150/200 % passed."""
-    assert fc.overrun_band(p50, limit) == band
+    assert fo.overrun_band(p50, limit) == band
 
 
 @pytest.mark.parametrize(
@@ -208,7 +212,7 @@ def test_overrun_band(p50: int, limit: int, band: int | None) -> None:
 def test_band_announced_once_and_again_only_higher(
     band: int | None, fired: list[int], announce: int | None
 ) -> None:
-    assert fc.band_to_announce(band, fired) == announce
+    assert fo.band_to_announce(band, fired) == announce
 
 
 def test_overrun_limit_is_hard_cap_or_amount() -> None:
@@ -226,8 +230,8 @@ def test_overrun_limit_is_hard_cap_or_amount() -> None:
         hard_limit=True,
         hard_limit_percent=Decimal(120),
     )
-    assert fc.overrun_limit(observing, 100 * USD) == 100 * USD
-    assert fc.overrun_limit(capped, 100 * USD) == 120 * USD
+    assert fo.overrun_limit(observing, 100 * USD) == 100 * USD
+    assert fo.overrun_limit(capped, 100 * USD) == 120 * USD
 
 
 def test_outlook_for_a_budget_in_its_zone() -> None:
@@ -256,6 +260,57 @@ def test_outlook_for_a_budget_in_its_zone() -> None:
         "soft:75": 150 * USD,
         "hard:100": 200 * USD,
     }
+    assert outlook.cap_nanos == 200 * USD
+
+
+def test_a_hard_cap_bounds_the_forecast_of_recorded_spend() -> None:
+    """$40 a day against a $1,000 budget capped at $500 (and an alert at 120 %, past the
+    cap): $360 spent by the 9th; recorded spend stops at the cap, so P10–P90 and the percent
+    are bounded by it, P50 reaches it on the 13th, the alert past the cap is never crossed,
+    and what demand would have been is kept apart."""
+    levels = (("alert:50", 500 * USD), ("alert:120", 1200 * USD), ("hard:50", 500 * USD))
+    f = fc.forecast(*march([40 * USD] * 9, thresholds=levels, cap=500 * USD), NOW)
+    assert f.uncapped_p50_nanos == 360 * USD + 22 * 40 * USD
+    assert f.spent_nanos == 360 * USD <= f.p10_nanos <= f.p50_nanos == f.p90_nanos == 500 * USD
+    assert f.percent_of_budget == Decimal("50.00")
+    assert f.hits_cap_on == date(2026, 3, 13) == dict(f.crossings)["hard:50"]
+    assert dict(f.crossings)["alert:120"] is None
+    spent_past_cap = fc.forecast(*march([60 * USD] * 9, cap=500 * USD), NOW)
+    assert spent_past_cap.p90_nanos == spent_past_cap.spent_nanos == 540 * USD  # a lowered cap
+    assert fo.outlook_text(spent_past_cap).startswith("hit the hard cap ($500.00) on 2026-03-09")
+
+
+def test_the_cap_day_is_the_day_p50_reaches_it() -> None:
+    """$10 a day so far, $400 cap: $90 spent by the 9th, $310 to go at $10 a day → the 10th
+    plus 31 days is past March, so never; a $150 cap is reached on the 15th."""
+    late = fc.forecast(*march([10 * USD] * 9, cap=400 * USD), NOW)
+    assert late.hits_cap_on is None and late.p50_nanos == late.uncapped_p50_nanos
+    soon = fc.forecast(*march([10 * USD] * 9, cap=150 * USD), NOW)
+    assert soon.hits_cap_on == date(2026, 3, 15) and soon.p50_nanos == 150 * USD
+    assert fo.outlook_text(soon).startswith("will hit the hard cap ($150.00) on 2026-03-15")
+
+
+def test_overrun_of_a_capped_or_day_one_forecast_stops_at_the_first_band() -> None:
+    """A capped budget's P50 cannot pass its cap: demand above it is band 100 ("will hit the
+    hard cap"), never 200; a day-one forecast says an overrun may come, not how far."""
+    capped = fc.forecast(*march([100 * USD] * 9, cap=150 * USD), NOW)
+    assert fo.band_of(capped, 150 * USD) == 100
+    observing = fc.forecast(*march([100 * USD] * 9), NOW)
+    assert fo.band_of(observing, 1000 * USD) == 200
+    day_one = fc.forecast(*march([], today_spent=300 * USD, elapsed=0.5), NOW)
+    assert day_one.method == "today_rate" and day_one.percent_of_budget > 1000
+    assert fo.band_of(day_one, 1000 * USD) == 100
+
+
+def test_a_day_one_forecast_says_it_is_a_rough_guess() -> None:
+    """One partial day: confidence low, P10 no higher than what is spent, P90 more than
+    twice P50, and the sentence says the interval is wide."""
+    f = fc.forecast(*march([], today_spent=3 * USD, elapsed=0.5), NOW)
+    assert f.confidence == "low" and f.p10_nanos == f.spent_nanos
+    assert f.p90_nanos - f.spent_nanos > 2 * (f.p50_nanos - f.spent_nanos)
+    assert "low confidence: 0 complete day(s) of history (today_rate)" in fo.outlook_text(f)
+    seasoned = fc.forecast(*march(weekly(60)), NOW)
+    assert seasoned.confidence == "normal" and "low confidence" not in fo.outlook_text(seasoned)
 
 
 def test_core_imports_no_database_or_network_client() -> None:

@@ -279,12 +279,19 @@ def test_describe_denials() -> None:
     """The error message names the kind, the limit and the wait."""
     rpm = Denial(0, Check("r:requests", "requests", 5, 60.0, 1), 5, 56.0)
     assert describe(rpm) == (
-        "Rate limit reached for requests: limit 5 requests per 1m0s, used 5, requested 1. "
+        "Rate limit reached for requests: limit 5 requests per 1m0s, used 5, requested up to 1. "
         "Retry in 56s."
     )
     huge = Denial(0, Check("r:tokens", "tokens", 1000, 60.0, 5000), 0, None)
     assert describe(huge) == (
-        "Rate limit reached for tokens: limit 1000 tokens per 1m0s; this request alone needs 5000."
+        "Rate limit reached for tokens: limit 1000 tokens per 1m0s; "
+        "this request alone needs up to 5000."
     )
+    spend = Denial(0, Check("r:spend", "spend", 5 * 10**9, 600.0, 1_234_500), 4_999_000_000, 30.0)
+    assert describe(spend) == (
+        "Rate limit reached for spend: limit $5.00 per 10m0s, used $4.999, "
+        "requested up to $0.0012345. Retry in 30s."
+    )
+    assert "nano" not in describe(spend)
     busy = Denial(0, Check("r:concurrency", "concurrency", 2, 0, 1), 2, None)
     assert describe(busy) == "Too many concurrent requests: limit 2, in flight 2."

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -82,7 +83,7 @@ def admin_post(replica: ManagedProcess, path: str, body: dict[str, Any]) -> Any:
 
 
 def new_key(replica: ManagedProcess) -> dict[str, Any]:
-    org = admin_post(replica, "/admin/orgs", {"name": "acme"})
+    org = admin_post(replica, "/admin/orgs", {"name": f"acme-{uuid.uuid4().hex[:8]}"})
     return dict(admin_post(replica, "/admin/keys", {"name": "k", "org_id": org["id"]}))
 
 

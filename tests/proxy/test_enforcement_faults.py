@@ -46,7 +46,7 @@ class Fleet:
         return response.json()
 
     def new_key(self) -> dict[str, Any]:
-        org = self.admin(0, "POST", "/admin/orgs", {"name": "acme"})
+        org = self.admin(0, "POST", "/admin/orgs", {"name": f"acme-{uuid.uuid4().hex[:8]}"})
         return dict(self.admin(0, "POST", "/admin/keys", {"name": "k", "org_id": org["id"]}))
 
     async def spent(self, key_id: str) -> Decimal:

@@ -187,7 +187,10 @@ def test_upstream_down_is_502(gateway: RunningGateway, tmp_path: object) -> None
         key = other.create_key()
         response = post(other, "/v1/chat/completions", key["key"], json=CHAT)
         assert response.status_code == 502
-        assert "could not be reached" in response.json()["error"]["message"]
+        message = response.json()["error"]["message"]
+        assert message.startswith("the upstream provider could not be reached (")
+        # the provider's address stays in the gateway's log, not in the client's answer
+        assert str(dead_port) not in response.text and "127.0.0.1" not in response.text
         [row] = other.ledger()
         assert row["cost_nanos"] == 0 and row["status"] == "upstream_error"
     finally:

@@ -233,7 +233,7 @@ def test_security_headers_on_admin_and_health_not_on_proxy(gateway: RunningGatew
     docs = httpx.get(gateway.url + "/docs")
     assert docs.status_code == 200 and "swagger-ui" in docs.text
     assert docs.headers["content-security-policy"] == DOCS_CSP
-    assert "cdn.jsdelivr.net" in DOCS_CSP and docs.headers["x-frame-options"] == "DENY"
+    assert "https:" not in DOCS_CSP and docs.headers["x-frame-options"] == "DENY"
 
     raw = sdk(gateway, key["key"]).chat.completions.with_raw_response.create(**CHAT)
     listed = httpx.get(

@@ -270,11 +270,14 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
         headers={"authorization": f"Bearer {MASTER}"},
     ) as client:
         body = (await client.get(f"/admin/forecasts/{budget.id}")).json()
-        assert body["p50_usd"] == "305.00" and body["spent_usd"] == "90.00"
-        assert body["limit_usd"] == "200.00" and body["overrun_band"] == 150
+        # $10 a day toward $305 by P50, but the hard cap stops recorded spend at $200
+        assert body["uncapped_p50_usd"] == "305.00" and body["spent_usd"] == "90.00"
+        assert body["p50_usd"] == body["p90_usd"] == body["hard_cap_usd"] == "200.00"
+        assert body["limit_usd"] == "200.00" and body["overrun_band"] == 100
         assert body["crossings"]["alert:50"] == "2026-03-11"
-        assert body["crossings"]["hard:100"] == "2026-03-21"
-        assert body["method"] == "seasonal_naive" and body["percent_of_budget"] == "152.50"
+        assert body["crossings"]["hard:100"] == body["hits_hard_cap_on"] == "2026-03-21"
+        assert body["method"] == "seasonal_naive" and body["percent_of_budget"] == "100.00"
+        assert body["outlook"].startswith("will hit the hard cap ($200.00) on 2026-03-21")
         svc.clock.advance(60)
         again = (await client.get(f"/admin/forecasts/{budget.id}")).json()
         assert again["generated_at"] == body["generated_at"]

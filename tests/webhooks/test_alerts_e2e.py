@@ -81,3 +81,46 @@ def test_thresholds_reach_a_verifying_receiver_once(
     assert all(Decimal(d["data"]["amount_usd"]) == cost * 100 for d in delivered)
     log = gateway.get(f"/admin/webhooks/{endpoint['id']}/deliveries")
     assert len(log) == 4
+
+
+def test_slack_names_the_budget_and_the_threshold(
+    gateway: RunningGateway, receiver: tuple[Receiver, ServerHandle]
+) -> None:
+    """A call crosses a named budget's 50 % alert: the Slack message names the budget (not
+    only its id) and the threshold, and links to the budget's console page under the
+    public URL."""
+    app, handle = receiver
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/webhooks",
+        {
+            "url": handle.url + "/services/T0/B0/slack",
+            "kind": "slack",
+            "event_types": ["budget.threshold_crossed"],
+        },
+    )
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    raw = client.chat.completions.with_raw_response.create(
+        model="demo-small", messages=MSG, max_tokens=30
+    )
+    cost = Decimal(raw.headers["x-spendgate-cost-usd"])
+    made = gateway.post(
+        "/admin/budgets",
+        {
+            "name": "search prod",
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "amount_usd": str(cost * 3),
+            "alert_percentages": [50],
+            "soft_limit_percent": 100,
+        },
+    )
+    client.chat.completions.create(model="demo-small", messages=MSG, max_tokens=30)
+    gateway.run(gateway.app.services.drain())
+    for _ in range(3):
+        gateway.run(gateway.app.services.webhooks.worker.run_once())
+    [message] = [r.json() for r in app.received]
+    text = message["text"]
+    assert f"budget search prod ({made['id']})" in text
+    assert "threshold alert 50%" in text
+    assert f"{gateway.settings.public_url}/usage/budgets/{made['id']}" in text

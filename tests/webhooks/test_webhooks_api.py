@@ -3,10 +3,12 @@ secrets shown once, delivery log, redelivery, rotation, notifications, preferenc
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 from typer.testing import CliRunner
@@ -134,7 +136,7 @@ def test_webhook_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> No
 
 def test_notification_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> None:
     """List (by user), read one, read all; preferences round trip and are validated."""
-    org = gateway.post("/admin/orgs", {"name": "acme"})["id"]
+    org = gateway.post("/admin/orgs", {"name": "acme-notes"})["id"]
     user = gateway.post("/admin/users", {"email": "a@x.io", "role": "org_admin", "org_id": org})[
         "id"
     ]
@@ -188,6 +190,20 @@ def test_notification_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) 
     assert bad["error"]["param"] == "channels.webhook_endpoint_ids"
     request(gateway, "GET", "/admin/users/user_missing/notification-preferences", 404)
     request(gateway, "POST", "/admin/notifications/ntf_missing/read", 404)
+
+
+def test_notifications_default_to_the_callers_own(gateway: RunningGateway) -> None:
+    """Without user_id: an admin token reads its own user's notifications; the master key,
+    nobody's, gets 422 naming user_id (not a 404)."""
+    org = gateway.post("/admin/orgs", {"name": "own-notes"})["id"]
+    user = gateway.post("/admin/users", {"email": "o@x.io", "role": "org_admin", "org_id": org})
+    token = gateway.post("/admin/tokens", {"user_id": user["id"], "name": "t"})["token"]
+    mine = httpx.get(
+        gateway.url + "/admin/notifications", headers={"authorization": f"Bearer {token}"}
+    )
+    assert mine.status_code == 200 and mine.json() == []
+    master = request(gateway, "GET", "/admin/notifications", 422)
+    assert master["error"]["param"] == "user_id" and "master key" in master["error"]["message"]
 
 
 def test_webhooks_cli(
@@ -257,3 +273,65 @@ def test_slack_url_never_returned(gateway: RunningGateway, hooks: WebhookRuntime
         gateway, "PATCH", f"/admin/webhooks/{created['id']}", 422, json={"kind": "webhook"}
     )["error"]
     assert error["param"] == "url"
+
+
+def test_a_url_with_user_info_is_never_echoed(
+    gateway: RunningGateway, hooks: WebhookRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook URL with ``user:password@`` is a credential: stored encrypted and shown
+    masked by every route, the CLI and the audit log (a PATCH with the masked form keeps
+    it), while deliveries still go to the real URL with its basic auth."""
+    receiver = Receiver(now=gateway.clock.now)
+    handle = serve_in_thread(receiver)
+    try:
+        password = "pw-5ecret-77"
+        url = handle.url.replace("http://", f"http://hookuser:{password}@") + "/in/hook"
+        org = gateway.post("/admin/orgs", {"name": "userinfo"})["id"]
+        created = request(
+            gateway,
+            "POST",
+            "/admin/webhooks",
+            201,
+            json={"url": url, "event_types": ["*"], "scope_type": "org", "scope_id": org},
+        )
+        receiver.secrets.append(created["secret"])
+        masked = created["url"]
+        assert "hookuser" not in masked and password not in masked
+        assert masked.startswith(handle.url) and masked.endswith("/in/…")
+        patched = request(
+            gateway,
+            "PATCH",
+            f"/admin/webhooks/{created['id']}",
+            200,
+            json={"url": masked, "description": "basic auth"},
+        )
+        monkeypatch.setenv("SPENDGATE_MASTER_KEY", MASTER_KEY)
+        cli = CliRunner().invoke(webhooks_app, ["list", "--url", gateway.url, "--json"])
+        assert cli.exit_code == 0, cli.output
+        answers = [
+            created,
+            patched,
+            gateway.get(f"/admin/webhooks/{created['id']}"),
+            gateway.get("/admin/webhooks"),
+            gateway.get("/admin/audit", limit=1000),
+            cli.stdout,
+        ]
+        for answer in answers:
+            text = json.dumps(answer)
+            assert password not in text and "hookuser" not in text, text[:300]
+        row = gateway.run(hooks.store.row(created["id"]))
+        assert hooks.store.url_of(row) == url and password not in str(row)
+
+        gateway.post("/admin/keys", {"name": "k", "org_id": org})  # key.created: one delivery
+        for _ in range(3):
+            gateway.run(hooks.worker.run_once())
+        [got] = receiver.received
+        assert got.verified and got.path == "/in/hook"
+        assert (
+            got.headers["authorization"]
+            == "Basic " + base64.b64encode(f"hookuser:{password}".encode()).decode()
+        )
+        log = gateway.get(f"/admin/webhooks/{created['id']}/deliveries")
+        assert password not in json.dumps(log)
+    finally:
+        handle.stop()

@@ -71,29 +71,52 @@ def test_generic_body_is_the_event() -> None:
 
 
 def test_slack_message_reads_well() -> None:
-    """Slack gets text plus blocks: budget, scope, percent, spent of amount, period end, link."""
-    body = formats.slack_body(budget_event(), "https://spend.example.com/")
+    """Slack gets text plus blocks: the budget by name, scope, the threshold reached and how
+    much is used, spent of amount, period end, and a link to the console's budget page."""
+    body = formats.slack_body(budget_event(budget_name="search prod"), "https://spend.example.com/")
     assert set(body) == {"text", "blocks"}
     text = body["text"]
     for part in (
         "Budget soft limit reached",
-        "bud_1",
+        "budget search prod (bud_1)",
         "team team_a",
-        "91.5%",
+        "threshold soft limit 90%",
+        "used 91.5%",
         "$91.50 of $100.00",
         "2026-04-01",
-        "https://spend.example.com/usage/budgets?budget_id=bud_1",
+        "https://spend.example.com/usage/budgets/bud_1",
     ):
         assert part in text, part
     assert body["blocks"][0]["type"] == "header"
     fields = [f["text"] for f in body["blocks"][1]["fields"]]
+    assert "*Budget*\nsearch prod (bud_1)" in fields
+    assert "*Threshold*\nsoft limit 90%" in fields and "*Used*\n91.5%" in fields
     assert "*Spent*\n$91.50 of $100.00" in fields
     assert "*Period ends*\n2026-04-01T00:00:00+00:00" in fields
     assert (
-        "<https://spend.example.com/usage/budgets?budget_id=bud_1|Open in spendgate>"
+        "<https://spend.example.com/usage/budgets/bud_1|Open in spendgate>"
         in (body["blocks"][-1]["elements"][0]["text"])
     )
     json.dumps(body)
+
+
+@pytest.mark.parametrize(
+    ("data", "link"),
+    [
+        ({"budget_id": "bud_1", "key_id": "key_1"}, "https://c.example/usage/budgets/bud_1"),
+        ({"wallet_id": "wallet_1"}, "https://c.example/wallets/wallet_1"),
+        ({"key_id": "key_1", "model": "m"}, "https://c.example/keys/key_1"),
+        ({"model": "m"}, "https://c.example/notifications"),
+        ({"budget_id": "b/../x"}, "https://c.example/usage/budgets/b%2F..%2Fx"),
+    ],
+)
+def test_links_point_at_the_console_page_of_what_the_event_is_about(
+    data: dict[str, str], link: str
+) -> None:
+    """A budget's page, a wallet's, a key's, else the notifications page; ids are quoted so
+    none can step out of its page."""
+    event = Event("evt_3", "price.unknown", NOW, data, "org_1")
+    assert formats.console_link(event, "https://c.example/") == link
 
 
 def test_slack_escapes_control_characters() -> None:

@@ -112,7 +112,7 @@ async def test_notifications_follow_roles_preferences_and_digest(engine: AsyncEn
 
     [first, *_] = await notes.list_notifications(engine, users["admin"])
     assert "$100.00 of $100.00" in first["body"] and first["severity"] == "critical"
-    assert first["link"] == "/usage/budgets?budget_id=bud_1"
+    assert first["link"] == "/usage/budgets/bud_1"  # the console's budget page
 
     assert await notes.build_daily_digests(engine, now + timedelta(hours=1)) == 0  # day not over
     tomorrow = now + timedelta(days=1)

@@ -1,0 +1,165 @@
+"""The CLI against a real `spendgate serve --demo`, where a new user trips: org names are
+unique and `bootstrap` reuses an org by name; `wallets create` says plainly what an empty
+wallet does; wallets are changed and closed; a forecast says when the hard cap stops
+calls; delete commands answer `--json`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import openai
+import pytest
+from typer.testing import CliRunner
+
+from spendgate.cli import app as cli
+from tests.cli.test_cli_serve import MASTER, served
+from tests.cli.test_cli_serve import run_cli as _run_cli
+
+__all__ = ["served"]
+
+Served = tuple[str, Path, subprocess.Popen[bytes]]
+
+
+def run_cli(url: str, *args: str) -> Any:
+    return _run_cli(url, *args)
+
+
+def invoke(url: str, *args: str, columns: str = "200") -> tuple[int, str, str]:
+    result = CliRunner().invoke(
+        cli, [*args, "--url", url], env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": columns}
+    )
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_org_names_are_unique_and_bootstrap_reuses_the_org(served: Served) -> None:
+    """`orgs create acme` then `bootstrap --org acme` (the README's order) leaves one org
+    named acme, whose admin the bootstrap made; a second `orgs create acme` is a 409 that
+    names the existing org."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "acme")
+    made = run_cli(url, "bootstrap", "--org", "acme", "--email", "admin@acme.example")
+    assert made["org_id"] == org["id"]
+    named = [o for o in run_cli(url, "orgs", "list") if o["name"] == "acme"]
+    assert [o["id"] for o in named] == [org["id"]]
+    code, _, err = invoke(url, "orgs", "create", "acme")
+    assert code == 1 and "409" in err and org["id"] in err
+    code, _, err = invoke(url, "bootstrap", "--org", "fresh", "--email", "a@fresh.example")
+    assert code == 0 and "using the existing org" not in err
+    assert [o["name"] for o in run_cli(url, "orgs", "list")].count("fresh") == 1
+
+
+def test_wallets_create_says_what_an_empty_wallet_does(served: Served) -> None:
+    """Without --topup the CLI prints that the team's calls get 402 until a top-up (and
+    how to top up); the calls do get 402; `--topup` in the same command avoids it; a second
+    wallet for the team is refused naming the first; update and close work; a closed
+    wallet lets the calls through."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "wallets-cli")
+    team = run_cli(url, "teams", "create", "search", "--org", org["id"])
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"], "--team", team["id"])
+    code, out, err = invoke(url, "wallets", "create", "--scope", "team", "--scope-id", team["id"])
+    assert code == 0, err
+    said = " ".join(err.split())
+    assert f'calls from team "search" ({team["id"]}) get 402 insufficient_funds' in said
+    [wallet_id] = [w for w in out.split() if w.startswith("wallet_")]
+    assert f"spendgate wallets topup {wallet_id} --amount" in said
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": "x"}])
+    assert info.value.status_code == 402
+
+    code, _, err = invoke(url, "wallets", "create", "--scope", "team", "--scope-id", team["id"])
+    assert code == 1 and "409" in err and wallet_id in err
+    renamed = run_cli(url, "wallets", "update", wallet_id, "--name", "search fund")
+    assert renamed["name"] == "search fund"
+    closed = run_cli(url, "wallets", "close", wallet_id)
+    assert closed["status"] == "closed"
+    sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": "x"}])
+
+    funded = run_cli(
+        url,
+        "wallets",
+        "create",
+        "--scope",
+        "team",
+        "--scope-id",
+        team["id"],
+        "--topup",
+        "5",
+    )
+    assert funded["balance_usd"] == "5.00" and funded["notice"] is None
+    sdk.chat.completions.create(model="demo-small", messages=[{"role": "user", "content": "x"}])
+
+
+def test_delete_commands_answer_json(served: Served) -> None:
+    """`budgets delete`, `limits delete` and `webhooks delete` take --json and print
+    {"id", "deleted": true}; `db migrate --json` names the revision."""
+    url, db, _ = served
+    org = run_cli(url, "orgs", "create", "deleting")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])
+    budget = run_cli(
+        url,
+        "budgets",
+        "create",
+        "--scope",
+        "key",
+        "--scope-id",
+        key["id"],
+        "--amount",
+        "3",
+    )
+    limit = run_cli(
+        url, "limits", "create", "--scope", "key", "--scope-id", key["id"], "--rpm", "5"
+    )
+    assert run_cli(url, "budgets", "delete", budget["id"]) == {"id": budget["id"], "deleted": True}
+    assert run_cli(url, "limits", "delete", limit["id"]) == {"id": limit["id"], "deleted": True}
+    missing = CliRunner().invoke(
+        cli,
+        ["webhooks", "delete", "whe_missing", "--url", url, "--json"],
+        env={"SPENDGATE_MASTER_KEY": MASTER},
+    )
+    assert missing.exit_code == 1 and "404" in missing.stderr
+    migrated = CliRunner().invoke(
+        cli, ["db", "migrate", "--database-url", f"sqlite:///{db}", "--json"]
+    )
+    assert migrated.exit_code == 0, migrated.output
+    assert json.loads(migrated.stdout) == {"revision": "head", "database_url": f"sqlite:///{db}"}
+
+
+def test_forecast_says_when_the_hard_cap_stops_calls(served: Served) -> None:
+    """A daily budget capped at ten calls' cost, six calls by local noon (a zone picked so
+    that it is noon there now): the forecast of recorded spend stops at the cap, names today
+    as the day it is reached, and the CLI prints that sentence."""
+    url, _, _ = served
+    utc_hour = datetime.now(UTC).hour
+    offset = 12 - utc_hour  # Etc/GMT-N is N hours east of UTC
+    zone = "Etc/GMT" if offset == 0 else f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"
+    org = run_cli(url, "orgs", "create", "capped-forecast")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])
+    sdk = openai.OpenAI(base_url=url + "/v1", api_key=key["key"], max_retries=0)
+    raw = sdk.chat.completions.with_raw_response.create(
+        model="demo-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+    )
+    cost = Decimal(raw.headers["x-spendgate-cost-usd"])
+    made = run_cli(
+        url, "budgets", "create", "--scope", "key", "--scope-id", key["id"], "--period", "daily",
+        "--timezone", zone, "--amount", str(cost * 10), "--hard",
+    )  # fmt: skip
+    for _ in range(5):
+        sdk.chat.completions.create(
+            model="demo-small", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    forecast = run_cli(url, "forecast", made["id"], "--refresh")
+    assert forecast["method"] == "today_rate" and forecast["confidence"] == "low"
+    assert Decimal(forecast["p90_usd"]) == Decimal(forecast["hard_cap_usd"]) == cost * 10
+    local_today = datetime.now(UTC).astimezone(ZoneInfo(zone)).date().isoformat()
+    assert forecast["hits_hard_cap_on"] == local_today
+    code, out, _ = invoke(url, "forecast", made["id"], columns="300")
+    assert code == 0
+    assert f"will hit the hard cap (${forecast['hard_cap_usd']}) on {local_today}" in out
