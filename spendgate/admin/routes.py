@@ -417,7 +417,14 @@ async def usage(
     org_id = who.org_filter(org_id)
     teams = who.team_filter()
     rows = await usage_report(svc.engine, dims, start_at, end_at, org_id, team_ids=teams)
-    total_nanos = sum(row["cost_nanos"] for row in rows)
+    # by tag a call is in the row of each of its tags: the totals count it once
+    totals = (
+        await usage_report(svc.engine, [], start_at, end_at, org_id, team_ids=teams)
+        if "tag" in dims
+        else rows
+    )
+    total_nanos = sum(row["cost_nanos"] for row in totals)
+    unpriced = sum(row["unpriced_requests"] for row in totals)
     for row in rows:
         row["cost_usd"] = format_usd(row.pop("cost_nanos"))
     if format == "csv":
@@ -446,7 +453,7 @@ async def usage(
         "end": end_at,
         "rows": rows,
         "total_cost_usd": format_usd(total_nanos),
-        "unpriced_requests": sum(r["unpriced_requests"] for r in rows),
+        "unpriced_requests": unpriced,
     }
 
 

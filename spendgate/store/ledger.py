@@ -37,6 +37,7 @@ GROUP_COLUMNS = (
     "kind",
     "status",
     "day",
+    "tag",
 )
 
 
@@ -506,9 +507,21 @@ async def usage_report(
     team_ids: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """Spend rolled up by the given dimensions over ``[start, end)``; ``team_ids`` limits it
-    to calls made with those teams' keys (a team role's view)."""
+    to calls made with those teams' keys (a team role's view). By ``tag`` a call counts
+    once under each of its tags (so tag rows overlap), and under a null tag if it has none."""
     table = schema.ledger
-    dims = [_group_expr(g, engine.dialect.name).label(g) for g in group_by]
+    source: sa.FromClause = table
+    tag = None
+    if "tag" in group_by:  # one row per tag of the call; an untagged call has tag null
+        unnest = "jsonb_array_elements_text" if engine.dialect.name == "postgresql" else "json_each"
+        tag = getattr(sa.func, unnest)(table.c.tags).table_valued("value").alias("call_tag")
+        source = table.outerjoin(tag, sa.true())
+    dims = [
+        (
+            tag.c.value if g == "tag" and tag is not None else _group_expr(g, engine.dialect.name)
+        ).label(g)
+        for g in group_by
+    ]
     ok = table.c.status == "ok"
     query = sa.select(
         *dims,
@@ -521,7 +534,7 @@ async def usage_report(
         sa.func.sum(table.c.reasoning_tokens).label("reasoning_tokens"),
         *exact_cost_sum(table.c.cost_nanos),
         sa.func.sum(sa.case((table.c.price_unknown, 1), else_=0)).label("unpriced_requests"),
-    )
+    ).select_from(source)
     if start is not None:
         query = query.where(table.c.started_at >= start)
     if end is not None:
