@@ -340,6 +340,55 @@ async def test_sigterm_while_the_database_is_down_loses_nothing(servers: Servers
         restarted.terminate()
 
 
+async def test_kill_9_under_load_while_the_database_is_down_loses_nothing(
+    servers: Servers,
+) -> None:
+    """The database down, 8 clients calling (half of them streaming) past a budget's
+    levels, then SIGKILL (issue 21: no completed call lost on kill -9 *with* an outage;
+    23.6: crossings just before a crash still fire): restarted with the database back,
+    every call a client saw complete is in the ledger once, and each level fired once."""
+    replica = servers.replica()
+    key = new_key(replica)
+    first = await asyncio.to_thread(
+        httpx.post,
+        f"{replica.url}/v1/chat/completions",
+        json=CHAT,
+        headers={"authorization": f"Bearer {key['key']}"},
+    )
+    cost = Decimal(first.headers["x-spendgate-cost-usd"])
+    made = admin_post(replica, "/admin/budgets", budget_of(key["id"], cost * 40))
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:
+        assert (await one_call(client, key["key"], False)).complete  # seeds the counter
+        await until(lambda: drained(client), what="rows written before the outage")
+    await asyncio.to_thread(servers.pg.stop)
+    stop, outcomes = asyncio.Event(), []
+    running = asyncio.create_task(load(replica.url, key["key"], stop, outcomes))
+    await until(lambda: _true(len(completed(outcomes)) >= 60), what="60 calls in the outage")
+    await asyncio.to_thread(replica.kill)
+    stop.set()
+    await running
+    replica.close()
+    done = completed(outcomes)
+    await asyncio.to_thread(servers.pg.start)
+    assert len(await ledger_ids(servers.pg)) == 2  # the outage's calls were only spooled
+
+    restarted = await asyncio.to_thread(servers.replica)
+    try:
+        ids = await ledger_ids(servers.pg)
+        assert done - set(ids) == set(), "completed calls missing from the ledger"
+        assert len(ids) == len(set(ids))
+        assert len(ids) - 2 - len(done) <= 8  # besides, only the calls in flight at the kill
+        crossed = await stored_events(servers.pg, "budget.threshold_crossed")
+        assert sorted(e["percent"] for e in crossed if e["budget_id"] == made["id"]) == [
+            "50",
+            "75",
+            "90",
+        ]
+        assert len(await stored_events(servers.pg, "budget.soft_limit_reached")) == 1
+    finally:
+        restarted.terminate()
+
+
 async def test_a_full_spool_refuses_new_calls_until_the_database_is_back(
     servers: Servers,
 ) -> None:
