@@ -505,10 +505,12 @@ async def usage_report(
     org_id: str | None = None,
     *,
     team_ids: Collection[str] | None = None,
+    user_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Spend rolled up by the given dimensions over ``[start, end)``; ``team_ids`` limits it
-    to calls made with those teams' keys (a team role's view). By ``tag`` a call counts
-    once under each of its tags (so tag rows overlap), and under a null tag if it has none."""
+    to calls made with those teams' keys (a team role's view), ``user_id`` to one user's
+    calls (a member's own view in the console). By ``tag`` a call counts once under each
+    of its tags (so tag rows overlap), and under a null tag if it has none."""
     table = schema.ledger
     source: sa.FromClause = table
     tag = None
@@ -543,6 +545,8 @@ async def usage_report(
         query = query.where(table.c.org_id == org_id)
     if team_ids is not None:
         query = query.where(table.c.team_id.in_(sorted(team_ids)))
+    if user_id is not None:
+        query = query.where(table.c.user_id == user_id)
     if dims:
         query = query.group_by(*dims).order_by(*dims)
     async with engine.connect() as conn:
