@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -19,25 +19,12 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.errors import DatabaseUnavailable
-from spendgate.store import schema
+from spendgate.store import rollups, schema
 from spendgate.store.database import insert_new
 from spendgate.store.events import PendingEvent, record_event
 from spendgate.store.spool import START, Position, Spool, frame
 
 log = logging.getLogger("spendgate.ledger")
-
-GROUP_COLUMNS = (
-    "org",
-    "team",
-    "user",
-    "agent",
-    "key",
-    "provider",
-    "model",
-    "kind",
-    "status",
-    "day",
-)
 
 
 class LedgerEntry(NamedTuple):
@@ -122,6 +109,15 @@ async def insert_entries(conn: AsyncConnection, entries: list[LedgerEntry]) -> l
     return new
 
 
+async def add_rollups(conn: AsyncConnection, inserted: Sequence[LedgerEntry]) -> None:
+    """Count rows just inserted into the rollups, in the caller's transaction."""
+    if not inserted:
+        return
+    main, tags = rollups.aggregate((int(e.started_at.timestamp()), e) for e in inserted)
+    for statement, rows in rollups.write_statements(conn.dialect.name, main, tags):
+        await conn.execute(statement, rows)
+
+
 class Pending(NamedTuple):
     """A ledger row on its way to the database, with the events its call caused."""
 
@@ -132,10 +128,13 @@ class Pending(NamedTuple):
 
 
 async def store_batch(conn: AsyncConnection, batch: Sequence[Pending]) -> int:
-    """The batch's new rows and, in the same transaction, their events (with their
+    """The batch's new rows, their rollups (``spendgate.store.rollups``) and, in the same
+    transaction, their events (with their
     outbox rows, by ``record_event``; a dedup key already fired is skipped). A row that
     was already stored had its events stored with it, so they are not repeated."""
-    new = {e.request_id for e in await insert_entries(conn, [p.entry for p in batch])}
+    inserted = await insert_entries(conn, [p.entry for p in batch])
+    await add_rollups(conn, inserted)
+    new = {e.request_id for e in inserted}
     for pending in batch:
         if pending.entry.request_id not in new:
             continue
@@ -478,76 +477,6 @@ def exact_cost_sum(column: sa.ColumnElement[Any]) -> tuple[sa.ColumnElement[Any]
 
 def cost_from_sums(whole: Any, rest: Any) -> int:
     return int(whole) * _NANOS + int(rest)
-
-
-def _group_expr(name: str, dialect: str) -> sa.ColumnElement[Any]:
-    table = schema.ledger
-    if name == "day":
-        if dialect == "sqlite":
-            return sa.func.substr(sa.cast(table.c.started_at, sa.String), 1, 10)
-        return sa.func.to_char(sa.func.timezone("UTC", table.c.started_at), "YYYY-MM-DD")
-    column = {
-        "org": "org_id",
-        "team": "team_id",
-        "user": "user_id",
-        "agent": "agent_id",
-        "key": "key_id",
-    }.get(name, name)
-    return table.c[column]
-
-
-async def usage_report(
-    engine: AsyncEngine,
-    group_by: Sequence[str],
-    start: datetime | None,
-    end: datetime | None,
-    org_id: str | None = None,
-    *,
-    team_ids: Collection[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Spend rolled up by the given dimensions over ``[start, end)``; ``team_ids`` limits it
-    to calls made with those teams' keys (a team role's view)."""
-    table = schema.ledger
-    dims = [_group_expr(g, engine.dialect.name).label(g) for g in group_by]
-    ok = table.c.status == "ok"
-    query = sa.select(
-        *dims,
-        sa.func.count().label("requests"),
-        sa.func.sum(sa.case((ok, 0), else_=1)).label("errors"),
-        sa.func.sum(table.c.input_tokens).label("input_tokens"),
-        sa.func.sum(table.c.output_tokens).label("output_tokens"),
-        sa.func.sum(table.c.cache_read_tokens).label("cache_read_tokens"),
-        sa.func.sum(table.c.cache_write_tokens).label("cache_write_tokens"),
-        sa.func.sum(table.c.reasoning_tokens).label("reasoning_tokens"),
-        *exact_cost_sum(table.c.cost_nanos),
-        sa.func.sum(sa.case((table.c.price_unknown, 1), else_=0)).label("unpriced_requests"),
-    )
-    if start is not None:
-        query = query.where(table.c.started_at >= start)
-    if end is not None:
-        query = query.where(table.c.started_at < end)
-    if org_id is not None:
-        query = query.where(table.c.org_id == org_id)
-    if team_ids is not None:
-        query = query.where(table.c.team_id.in_(sorted(team_ids)))
-    if dims:
-        query = query.group_by(*dims).order_by(*dims)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    out = []
-    for row in rows:
-        if not row.requests:
-            continue
-        values = dict(row._mapping)
-        whole, rest = values.pop(COST_WHOLE), values.pop(COST_REST)
-        values["cost_nanos"] = cost_from_sums(whole, rest)
-        out.append(
-            {
-                k: (int(v) if isinstance(v, int | float) and k not in group_by else v)
-                for k, v in values.items()
-            }
-        )
-    return out
 
 
 async def ledger_rows(engine: AsyncEngine, limit: int = 100) -> list[dict[str, Any]]:

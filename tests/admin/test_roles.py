@@ -233,6 +233,10 @@ RULES: dict[tuple[str, str], Rule] = {
         # team roles' "other" is a team of their own org, and everyone reads their own org
         same_org=200,
     ),
+    ("PATCH", "/admin/orgs/{org_id}"): Rule(
+        frozenset({OA}),
+        lambda c, x: Call("PATCH", f"/admin/orgs/{x.org_id}", {"week_start": "sunday"}),
+    ),
     ("POST", "/admin/teams"): Rule(
         frozenset({OA}),
         lambda c, x: Call("POST", "/admin/teams", {"org_id": x.org_id, "name": "t"}),
