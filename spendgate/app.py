@@ -44,6 +44,7 @@ from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
+from spendgate.core.showback import months_before
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 from spendgate.counters.factory import counters_from_url
 from spendgate.counters.redis_pool import counters_failed
@@ -74,6 +75,7 @@ from spendgate.store.forecasts import refresh_loop
 from spendgate.store.leases import take_lease
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
 from spendgate.store.policies import PolicyStore
+from spendgate.store.rebuild import purge_ledger
 from spendgate.store.spool import Spool
 from spendgate.webhooks.outbox import pending_deliveries
 from spendgate.webhooks.runtime import WebhookRuntime
@@ -412,6 +414,7 @@ class Gateway:
                     await self._sweep(holder)
                     if loop.time() >= first_anchor:
                         await self._anchor(holder)
+                        await self._purge_ledger(holder)
                 if loop.time() >= next_reconcile:
                     next_reconcile = loop.time() + settings.reconcile_seconds
                     await self._reconcile(holder)
@@ -469,6 +472,17 @@ class Gateway:
             self.services.engine, "audit-anchor", holder, self._now(), ttl
         ):
             await emit_anchor(self.services.engine, audit.key, self._now())
+
+    async def _purge_ledger(self, holder: str) -> None:
+        """One replica an hour deletes raw ledger rows past ``ledger_retention_months``
+        (rollups and statements stay)."""
+        months = self.services.settings.ledger_retention_months
+        if months and await take_lease(
+            self.services.engine, "ledger-purge", holder, self._now(), timedelta(hours=1)
+        ):
+            purged = await purge_ledger(self.services.engine, months_before(self._now(), months))
+            if purged:
+                log.info("purged %d ledger rows older than %d months", purged, months)
 
     def _now(self) -> datetime:
         return self.services.clock.now()

@@ -11,12 +11,14 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import Collection
+from dataclasses import asdict
 from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
+from pydantic import BaseModel, Field
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Svc, Who, audit, guard, principal
@@ -26,6 +28,7 @@ from spendgate.core.budget_windows import validate_timezone, validate_week_start
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
+from spendgate.store.rebuild import purge_ledger, rebuild
 from spendgate.store.showback import MEASURES, usage_report
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -248,3 +251,90 @@ async def _audit_export(
             owner=Owner(org_id, teams or frozenset()),
             after={"group_by": dims, "start": start, "end": end, "org_id": org_id, "rows": count},
         )
+
+
+class RebuildIn(s.Strict):
+    start: datetime = Field(description="inclusive; a quarter hour (UTC if no offset)")
+    end: datetime = Field(description="exclusive; a quarter hour")
+    dry_run: bool = Field(False, description="report the differences, change nothing")
+
+
+class RebuildOut(BaseModel):
+    start: datetime
+    end: datetime
+    ledger_rows: int
+    rollup_rows: int
+    difference_count: int
+    differences: list[dict[str, Any]]
+    fixed: bool
+
+
+def _bound(value: datetime, field: str) -> datetime:
+    try:
+        utc = s.in_range(value)
+    except ValueError as exc:
+        raise ValidationFailed(f"{field}: {exc}", param=field) from exc
+    if not sb.on_boundary(utc):
+        raise ValidationFailed(f"{field}: must fall on a quarter hour", param=field)
+    return utc
+
+
+@router.post(
+    "/usage/rebuild",
+    response_model=RebuildOut,
+    tags=["usage"],
+    dependencies=guard(Can.USAGE_REBUILD),
+)
+async def rebuild_usage(body: RebuildIn, svc: Svc, request: Request, who: Who) -> Any:
+    """Recompute the rollups of a range from the ledger; report (and fix) differences."""
+    start, end = _bound(body.start, "start"), _bound(body.end, "end")
+    if end <= start:
+        raise ValidationFailed("end: must be after start", param="end")
+    await svc.ledger.flush()
+    report = await rebuild(svc.engine, start, end, dry_run=body.dry_run)
+    async with svc.engine.begin() as conn:
+        await audit(
+            conn, request, who, "usage.rebuilt", "usage", None, svc.clock.now(),
+            owner=Owner(None, frozenset()),
+            after={
+                "start": start.isoformat(), "end": end.isoformat(), "dry_run": body.dry_run,
+                "differences": report.difference_count, "fixed": report.fixed,
+            },
+        )  # fmt: skip
+    return asdict(report)
+
+
+class PurgeIn(s.Strict):
+    before: datetime | None = Field(
+        None, description="default: now minus the configured retention; never later"
+    )
+
+
+class PurgeOut(BaseModel):
+    purged: int
+    before: datetime
+
+
+@router.post(
+    "/ledger/purge", response_model=PurgeOut, tags=["usage"], dependencies=guard(Can.LEDGER_PURGE)
+)
+async def purge_raw_ledger(body: PurgeIn, svc: Svc, request: Request, who: Who) -> Any:
+    """Delete raw ledger rows past the retention (rollups and statements are kept)."""
+    months = svc.settings.ledger_retention_months
+    if months == 0:
+        raise ValidationFailed("before: ledger retention is 0 (keep for ever)", param="before")
+    limit = sb.months_before(svc.clock.now(), months)
+    before = limit if body.before is None else _bound(body.before, "before")
+    if before > limit:
+        raise ValidationFailed(
+            f"before: rows newer than {limit.isoformat()} are inside the retention "
+            f"({months} months)",
+            param="before",
+        )
+    purged = await purge_ledger(svc.engine, before)
+    async with svc.engine.begin() as conn:
+        await audit(
+            conn, request, who, "ledger.purged", "ledger", None, svc.clock.now(),
+            owner=Owner(None, frozenset()), after={"before": before.isoformat(), "rows": purged},
+        )  # fmt: skip
+    return {"purged": purged, "before": before}

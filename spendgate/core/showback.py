@@ -186,3 +186,13 @@ def tag_set(tags: Iterable[str]) -> str:
     """A call's tags as one rollup dimension: a JSON array, sorted and unique (so two
     calls with the same tags in another order share a rollup row)."""
     return json.dumps(sorted(set(tags)), separators=(",", ":"))
+
+
+def months_before(at: datetime, months: int) -> datetime:
+    """``at`` moved back ``months`` calendar months (the day clamped to the month's end),
+    down to its 15-minute bucket: where a retention of ``months`` begins."""
+    index = at.year * 12 + at.month - 1 - months
+    year, month = divmod(index, 12)
+    last = (date(year + (month + 1) // 12, (month + 1) % 12 + 1, 1) - timedelta(days=1)).day
+    moved = at.replace(year=year, month=month + 1, day=min(at.day, last))
+    return bucket_start(bucket_of(moved))

@@ -319,6 +319,16 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/usage"): Rule(
         ALL, get("/admin/usage", group_by="team"), other=None, marker=lambda c, x: x.team_id
     ),
+    ("POST", "/admin/usage/rebuild"): Rule(
+        NONE,
+        lambda c, x: Call(
+            "POST", "/admin/usage/rebuild", {"start": "2026-03-01", "end": "2026-03-02"}
+        ),
+        other=None,
+    ),
+    ("POST", "/admin/ledger/purge"): Rule(
+        NONE, lambda c, x: Call("POST", "/admin/ledger/purge", {}), other=None
+    ),
     ("GET", "/admin/events"): Rule(
         frozenset({OA, FIN}),
         get("/admin/events", limit=1000),

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 
 import openai
+import sqlalchemy as sa
 
 from tests.conftest import RunningGateway
 
@@ -78,3 +79,50 @@ def test_bad_usage_input_is_a_422_naming_the_field(gateway: RunningGateway) -> N
     bad_zone = gw.admin.patch(f"/admin/orgs/{org['id']}", json={"reporting_timezone": "Nowhere"})
     assert bad_zone.status_code == 422
     assert gw.get(f"/admin/orgs/{org['id']}")["reporting_timezone"] == "UTC"
+
+
+def test_rebuild_finds_a_planted_difference_and_purge_keeps_rollups(
+    gateway: RunningGateway,
+) -> None:
+    """A rollup row changed behind the gateway's back is found by a dry-run rebuild and
+    put right by a real one; purging the raw ledger past retention keeps the rollups,
+    and a rebuild reaching into purged time is refused."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "rebuild"})
+    key = gw.create_key(org_id=org["id"])["key"]
+    _call(gw, key, datetime(2026, 3, 10, 9, 5, tzinfo=UTC))
+    _call(gw, key, datetime(2026, 3, 11, 9, 5, tzinfo=UTC))
+    before = gw.get("/admin/usage", org_id=org["id"])["total_cost_usd"]
+    window = {"start": "2026-03-01T00:00:00Z", "end": "2026-04-01T00:00:00Z"}
+    clean = gw.post("/admin/usage/rebuild", {**window, "dry_run": True}, status=200)
+    assert clean["difference_count"] == 0 and clean["ledger_rows"] >= 2
+
+    async def plant() -> None:
+        async with gw.app.services.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    "UPDATE usage_rollup SET cost_nanos = cost_nanos + 7 WHERE org_id = :o "
+                    "AND bucket = :b"
+                ),
+                {"o": org["id"], "b": int(datetime(2026, 3, 11, 9, tzinfo=UTC).timestamp()) // 900},
+            )
+
+    gw.run(plant())
+    assert gw.get("/admin/usage", org_id=org["id"])["total_cost_usd"] != before
+    found = gw.post("/admin/usage/rebuild", {**window, "dry_run": True}, status=200)
+    assert found["difference_count"] == 1 and not found["fixed"]
+    diff = found["differences"][0]
+    assert diff["table"] == "usage_rollup" and diff["bucket_start"].startswith("2026-03-11T09:00")
+    assert diff["rollup"]["cost_nanos"] == diff["ledger"]["cost_nanos"] + 7
+    fixed = gw.post("/admin/usage/rebuild", window, status=200)
+    assert fixed["difference_count"] == 1 and fixed["fixed"]
+    assert gw.get("/admin/usage", org_id=org["id"])["total_cost_usd"] == before
+    gw.clock.set(datetime(2027, 4, 20, tzinfo=UTC))  # 13 months on: March 2026 is past
+    too_new = gw.admin.post("/admin/ledger/purge", json={"before": "2027-04-01T00:00:00Z"})
+    assert too_new.status_code == 422 and too_new.json()["error"]["param"] == "before"
+    purged = gw.post("/admin/ledger/purge", {}, status=200)
+    assert purged["purged"] >= 2
+    assert not [r for r in gw.ledger() if r["org_id"] == org["id"]]
+    assert gw.get("/admin/usage", org_id=org["id"])["total_cost_usd"] == before
+    refused = gw.admin.post("/admin/usage/rebuild", json=window)
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "start"
