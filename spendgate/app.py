@@ -37,6 +37,7 @@ from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
+from spendgate.admin.statements import router as statements_router
 from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.usage import router as usage_router
 from spendgate.admin.users import router as users_router
@@ -180,6 +181,7 @@ def build_admin(services: Services) -> FastAPI:
     install_docs(api)
     api.include_router(admin_router)
     api.include_router(usage_router)
+    api.include_router(statements_router)
     api.include_router(users_router)
     api.include_router(policies_router)
     api.include_router(wallets_router)
