@@ -114,8 +114,8 @@ async def add_rollups(conn: AsyncConnection, inserted: Sequence[LedgerEntry]) ->
     if not inserted:
         return
     main, tags = rollups.aggregate((int(e.started_at.timestamp()), e) for e in inserted)
-    for statement, rows in rollups.write_statements(conn.dialect.name, main, tags):
-        await conn.execute(statement, rows)
+    for sql, rows in rollups.driver_writes(conn.dialect.name, main, tags):
+        await conn.exec_driver_sql(sql, rows)
 
 
 class Pending(NamedTuple):

@@ -143,3 +143,38 @@ def write_statements(dialect: str, main: Rollup, tags: Rollup) -> list[tuple[Any
         if rollup:
             out.append((upsert_statement(table, dialect), as_rows(table, rollup)))
     return out
+
+
+def _driver_upsert(table: sa.Table, dialect: str) -> str:
+    names = [c.name for c in table.columns]
+    keys = [c.name for c in table.primary_key.columns]
+    marks = (
+        ", ".join(f"${i}" for i in range(1, len(names) + 1))
+        if dialect == "postgresql"
+        else ", ".join("?" for _ in names)
+    )
+    sums = ", ".join(f"{c} = {table.name}.{c} + excluded.{c}" for c in SUM_COLUMNS)
+    return (
+        f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks}) "
+        f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sums}"
+    )
+
+
+_DRIVER_SQL = {
+    (t.name, d): _driver_upsert(t, d)
+    for t in (usage_rollup, usage_tag_rollup)
+    for d in ("sqlite", "postgresql")
+}
+
+
+def driver_writes(
+    dialect: str, main: Rollup, tags: Rollup
+) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    """The same writes as plain driver SQL and tuples, in key order: the ledger writer's
+    path (SQLAlchemy's per-row parameter processing tripled its cost per row)."""
+    out = []
+    for table, rollup in ((usage_rollup, main), (usage_tag_rollup, tags)):
+        if rollup:
+            rows = [(*key, *rollup[key]) for key in sorted(rollup)]
+            out.append((_DRIVER_SQL[(table.name, dialect)], rows))
+    return out
