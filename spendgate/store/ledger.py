@@ -20,11 +20,28 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.errors import DatabaseUnavailable
 from spendgate.store import rollups, schema
+from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
 from spendgate.store.database import insert_new
 from spendgate.store.events import PendingEvent, record_event
+from spendgate.store.showback import usage_report
 from spendgate.store.spool import START, Position, Spool, frame
 
 log = logging.getLogger("spendgate.ledger")
+
+#: re-exported: callers of the ledger's report (``ledger.usage_report``) get the one that
+#: reads the rollups, and the exact sums other stores use stay importable from here
+__all__ = [
+    "COST_REST",
+    "COST_WHOLE",
+    "LedgerEntry",
+    "LedgerWriter",
+    "Pending",
+    "cost_from_sums",
+    "exact_cost_sum",
+    "insert_entries",
+    "store_batch",
+    "usage_report",
+]
 
 
 class LedgerEntry(NamedTuple):
@@ -459,24 +476,6 @@ class LedgerWriter:
                 log.error("%d ledger rows held in memory only are lost", lost)
         if self._spool is not None:
             await self._spool.close()
-
-
-COST_WHOLE, COST_REST = "cost_whole_usd", "cost_rest_nanos"
-_NANOS = 1_000_000_000
-
-
-def exact_cost_sum(column: sa.ColumnElement[Any]) -> tuple[sa.ColumnElement[Any], ...]:
-    """``SUM`` of a nano-dollar column that cannot overflow 64 bits on any backend
-    (SQLite's integer SUM raises past 2^63): whole dollars and the nanos below them are
-    summed apart; ``cost_from_sums`` puts them together exactly."""
-    return (
-        sa.func.coalesce(sa.func.sum(column // _NANOS), 0).label(COST_WHOLE),
-        sa.func.coalesce(sa.func.sum(column % _NANOS), 0).label(COST_REST),
-    )
-
-
-def cost_from_sums(whole: Any, rest: Any) -> int:
-    return int(whole) * _NANOS + int(rest)
 
 
 async def ledger_rows(engine: AsyncEngine, limit: int = 100) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core import showback as sb
-from spendgate.store.ledger import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
+from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
 from spendgate.store.rollups import usage_rollup, usage_tag_rollup
 
 COLUMN_OF = {
@@ -121,7 +121,8 @@ async def usage_report(
     top: int = 0,
     cumulative: bool = False,
 ) -> list[dict[str, Any]]:
-    """Spend over ``[start, end)`` (bucket boundaries; None: unbounded) grouped by
+    """Spend over ``[start, end)`` (None: unbounded; a bound off the quarter hour is
+    taken down to its bucket — the admin API refuses such bounds) grouped by
     ``group_by`` (dimensions of ``core.showback.DIMENSIONS`` and at most one grain of
     ``GRAINS``, local to ``timezone``); ``team_ids`` limits it to those teams (a team
     role's view), ``filters`` to the given values of each dimension (``None``: absent).
