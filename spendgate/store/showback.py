@@ -120,6 +120,7 @@ async def usage_report(
     filters: Mapping[str, Collection[str | None]] | None = None,
     top: int = 0,
     cumulative: bool = False,
+    user_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Spend over ``[start, end)`` (None: unbounded; a bound off the quarter hour is
     taken down to its bucket — the admin API refuses such bounds) grouped by
@@ -127,9 +128,12 @@ async def usage_report(
     ``GRAINS``, local to ``timezone``); ``team_ids`` limits it to those teams (a team
     role's view), ``filters`` to the given values of each dimension (``None``: absent).
     ``top``: keep the N costliest groups and fold the rest into an ``"other"`` row;
-    ``cumulative``: each row also carries its group's running ``cumulative_cost_nanos``.
+    ``cumulative``: each row also carries its group's running ``cumulative_cost_nanos``;
+    ``user_id``: one user's calls only (a member's own view in the console).
     A call with several tags counts once under each of them when grouped by tag."""
-    filters = filters or {}
+    filters = dict(filters or {})
+    if user_id is not None:
+        filters["user"] = [user_id]
     grains = [g for g in group_by if g in sb.GRAINS]
     dims = [g for g in group_by if g in sb.DIMENSIONS]
     if len(grains) > 1 or len(grains) + len(dims) != len(group_by):

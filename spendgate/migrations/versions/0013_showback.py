@@ -1,7 +1,7 @@
 """Showback and chargeback: spend rollups, an org's reporting zone, statements.
 
 Revision ID: 0013_showback
-Revises: 0012_wallet_scope
+Revises: 0014_console
 
 ``usage_rollup`` and ``usage_tag_rollup`` (``spendgate.store.rollups``), filled here
 from the ledger already stored (with the same aggregation the ledger writer uses from
@@ -22,7 +22,7 @@ from spendgate.store import rollups
 from spendgate.store.audit import append_only_statements, drop_append_only_statements
 
 revision = "0013_showback"
-down_revision = "0012_wallet_scope"
+down_revision = "0014_console"
 branch_labels = None
 depends_on = None
 
