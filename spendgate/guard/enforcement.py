@@ -144,6 +144,8 @@ class Enforcer:
         self._reservation_seconds = reservation_seconds
         self._refresh_seconds = refresh_seconds
         self._snapshot = PolicySnapshot()
+        #: the counters' epoch last read (kept through snapshots loaded without Redis)
+        self._epoch: str | None = None
         self._loaded_at = float("-inf")
         self._seeded: set[str] = set()
         self._seed_lock = asyncio.Lock()
@@ -167,15 +169,19 @@ class Enforcer:
             log.warning("policy version unknown, Redis unreachable: %s", exc)
             generation = None
         snapshot = await self._store.snapshot(self._clock.now())
-        before = self._snapshot.generation
-        if generation is not None and before is not None and generation.epoch != before.epoch:
+        # compared with the last epoch seen, not the last snapshot's: a snapshot loaded
+        # while Redis was unreachable has none, and the loss must still be noticed after
+        before = self._epoch
+        if generation is not None and before is not None and generation.epoch != before:
             log.warning(
                 "the shared counters were lost (epoch %s, was %s): every bucket is seeded "
                 "again from the ledger before its next call",
                 generation.epoch,
-                before.epoch,
+                before,
             )
             self._seeded.clear()
+        if generation is not None:
+            self._epoch = generation.epoch
         self._snapshot = replace(snapshot, generation=generation)
         self._loaded_at = self._clock.monotonic()
 
@@ -183,6 +189,11 @@ class Enforcer:
     def generation(self) -> Generation | None:
         """The counters' generation the current snapshot was loaded at."""
         return self._snapshot.generation
+
+    @property
+    def epoch(self) -> str | None:
+        """The counters' epoch last read: what this process's seeded buckets belong to."""
+        return self._epoch
 
     async def resync(self, seen: Generation) -> None:
         """An admission found the counters at ``seen``, not at this snapshot's generation:
