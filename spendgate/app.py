@@ -590,6 +590,7 @@ def create_app(
         unlisted=settings.unlisted_models,
         reservation_seconds=settings.upstream_timeout_seconds + 60,
     )
+    reconciler = Reconciler(policies, enforcer, ledger, clock, events.emit_once)
     guard = None
     if isinstance(counters, RedisCounters):
 
@@ -620,6 +621,7 @@ def create_app(
             counters,
             clock,
             local_guards,
+            lambda buckets: reconciler.reconcile(timedelta(0), only=buckets),
             mode=settings.redis_failure_mode,
             replicas=settings.fail_open_replicas,
         )
@@ -647,7 +649,7 @@ def create_app(
         audit_settings=audit_settings,
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
-        reconciler=Reconciler(policies, enforcer, ledger, clock, events.emit_once),
+        reconciler=reconciler,
         anomalies=AnomalyWatch(
             engine,
             settings.anomaly_params,

@@ -17,40 +17,41 @@ local counters for the outage whose spend goes back to Redis exactly once.
   this replica's share of the headroom the ledger showed, ``fail_open_cap(cap, seed,
   fail_open_replicas)``; rate limits hold per replica.
 
-**Back to Redis, exactly once.** What Redis has not counted is *owed*: an outage's spend
-past each bucket's seed, the cost of a call whose settle could not reach Redis, and
-the cost of a call admitted locally that finished after Redis came back. Owed spend is
-sent in batches by ``replay.lua``, which adds it to each bucket only if (a) the
-counters' epoch is still the one the spend belongs to (a Redis that came back empty is
-seeded again from the ledger, which has this spend: nothing is added) and (b) the
-batch's marker key is new (a batch whose reply was lost is not added twice when sent
-again under the same marker). Thresholds the added spend crosses fire then, with their
-usual dedup keys. Redis reservations of calls whose settle failed are given back.
+**Back to Redis, once.** What Redis has not counted (an outage's spend, the cost of a
+call whose settle could not reach Redis, a call admitted locally that finished after
+Redis came back) is in the ledger. The probe that finds Redis again flushes this
+process's ledger and *raises* each bucket this process counted without Redis to the
+ledger's spend (``Reconciler.reconcile(only=…)``, grace 0), before any call uses Redis
+again. A raise is a maximum, never an addition, so however many replicas do it, and
+whether or not the periodic reconciliation got there first, the outage's spend is
+counted once: after recovery the counters equal the ledger. (A Redis that came back
+empty has no such buckets: they are seeded from the ledger, which has the spend.)
+Thresholds the raise crosses fire then, with their usual dedup keys; Redis
+reservations of calls whose settle failed are given back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
 
 from spendgate.core.budget_rules import Subject
 from spendgate.core.clock import Clock
 from spendgate.counters import Counters
 from spendgate.counters.outage import OutageCounters
 from spendgate.counters.redis import RedisCounters
-from spendgate.counters.redis_pool import lua_script
-from spendgate.errors import StateUnavailable
+from spendgate.errors import DatabaseUnavailable, StateUnavailable
 from spendgate.guard import CallGuard, Guarded
-from spendgate.guard.enforcement import Admission, Applied, Enforcer, wallet_bucket
+from spendgate.guard.enforcement import Admission, Enforcer, wallet_bucket
 from spendgate.ratelimit.gate import RateAdmission, RateGate
-from spendgate.security.credentials import new_id
-from spendgate.store.policies import PolicySnapshot, Wallet
+from spendgate.store.policies import PolicySnapshot
 
 log = logging.getLogger("spendgate.guard.failover")
 
@@ -59,10 +60,10 @@ UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
 Mode = Literal["closed", "open"]
 #: how often a replica that lost Redis tries it again
 PROBE_SECONDS = 1.0
-#: how long a replay's marker is kept (a reply lost for longer than this is unlikely)
-MARKER_TTL_SECONDS = 7 * 24 * 3600
 #: (enforcer, rate gate) like the primary ones, over the given counters and process memory
 LocalGuards = Callable[[Counters], tuple[Enforcer, RateGate]]
+#: raise these buckets' live counters to the ledger's spend; how many it raised
+Reconcile = Callable[[set[str]], Awaitable[int]]
 
 
 class Breaker:
@@ -107,13 +108,11 @@ class Outage:
     counters: OutageCounters
     enforcer: Enforcer
     guard: CallGuard
-    #: the counters' epoch when it began (None: never known): the spend belongs to it
-    epoch: str | None
     #: calls admitted here and not finished yet, and in all
     running: int = 0
     admitted: int = 0
-    #: each bucket counted here, as the budget period or wallet it is (for thresholds)
-    targets: dict[str, Applied | Wallet] = field(default_factory=dict)
+    #: every bucket counted here: Redis is behind on them until caught up
+    buckets: set[str] = field(default_factory=set)
     #: Redis is back and this outage's spend has been handed over
     closed: bool = False
 
@@ -124,36 +123,6 @@ class LocalGuarded(Guarded):
 
     outage: Outage
     finished: bool = False
-
-
-@dataclass
-class Owed:
-    """Spend Redis has not counted, per bucket, under one epoch, and what it belongs to."""
-
-    amounts: dict[str, int] = field(default_factory=dict)
-    budgets: dict[str, Applied] = field(default_factory=dict)
-    wallets: dict[str, Wallet] = field(default_factory=dict)
-    #: Redis reservations (money) to give back
-    releases: list[str] = field(default_factory=list)
-
-    def add(self, admission: Admission, cost: int) -> None:
-        for a in admission.budgets:
-            self.budgets[a.bucket] = a
-            self.amounts[a.bucket] = self.amounts.get(a.bucket, 0) + cost
-        for w in admission.wallets:
-            self.wallets[wallet_bucket(w)] = w
-            self.amounts[wallet_bucket(w)] = self.amounts.get(wallet_bucket(w), 0) + cost
-
-    @property
-    def empty(self) -> bool:
-        return not any(self.amounts.values()) and not self.releases
-
-
-@dataclass
-class Batch:
-    marker: str
-    epoch: str
-    owed: Owed
 
 
 class FailoverGuard:
@@ -168,6 +137,7 @@ class FailoverGuard:
         counters: RedisCounters,
         clock: Clock,
         local: LocalGuards,
+        reconcile: Reconcile,
         *,
         mode: Mode = "closed",
         replicas: int = 1,
@@ -179,14 +149,15 @@ class FailoverGuard:
         self._redis = counters
         self._clock = clock
         self._local = local
+        self._reconcile = reconcile
         self.mode: Mode = mode
         self._replicas = replicas
         self.breaker = Breaker(clock.monotonic, probe_seconds)
         self._outage: Outage | None = None
-        self._owed: dict[str, Owed] = {}
-        self._batch: Batch | None = None
-        self._replay_lock = asyncio.Lock()
-        self._replay = counters.client.register_script(lua_script("spendgate.guard", "replay"))
+        #: buckets Redis may count less than the ledger for, and reservations to give back
+        self._behind: set[str] = set()
+        self._releases: list[str] = []
+        self._catch_up_lock = asyncio.Lock()
         #: calls admitted without Redis since start, and the outages seen
         self.local_admissions = 0
         self.last_outage_seconds: float | None = None
@@ -259,9 +230,7 @@ class FailoverGuard:
         if outage is None:
             counters = OutageCounters(self._replicas)
             enforcer, rate_gate = self._local(counters)
-            outage = Outage(
-                counters, enforcer, CallGuard(rate_gate, enforcer), self._enforcer.epoch
-            )
+            outage = Outage(counters, enforcer, CallGuard(rate_gate, enforcer))
             self._outage = outage
             log.warning(
                 "Redis unreachable: fail-open, admitting calls against this replica's "
@@ -269,10 +238,7 @@ class FailoverGuard:
                 self._replicas,
             )
         guarded = await outage.guard.admit(request_id, subject, tokens, worst_nanos, snapshot)
-        for a in guarded.admission.budgets:
-            outage.targets[a.bucket] = a
-        for w in guarded.admission.wallets:
-            outage.targets[wallet_bucket(w)] = w
+        outage.buckets.update(buckets_of(guarded.admission))
         outage.running += 1
         outage.admitted += 1
         self.local_admissions += 1
@@ -281,43 +247,35 @@ class FailoverGuard:
     # -- after the call ----------------------------------------------------------------------
     async def settle(self, guarded: Guarded, tokens: int, cost_nanos: int) -> int | None:
         if isinstance(guarded, LocalGuarded):
-            outage = guarded.outage
-            remaining = await outage.guard.settle(guarded, tokens, cost_nanos)
-            self._finished_locally(guarded, cost_nanos)
+            remaining = await guarded.outage.guard.settle(guarded, tokens, cost_nanos)
+            self._finished_locally(guarded)
             return remaining
         try:
             return await self._primary.settle(guarded, tokens, cost_nanos)
         except UNREACHABLE as exc:
-            # the provider answered: the spend is owed to Redis, the hold given back
+            # the provider answered: the ledger has the spend, Redis gets it from there
             self.trip(exc)
-            owed = self._owing(self._enforcer.epoch)
-            if owed is not None:
-                owed.add(guarded.admission, cost_nanos)
-                if not guarded.admission.empty:
-                    owed.releases.append(guarded.admission.reservation_id)
+            self._behind_on(guarded)
             raise
 
-    def _finished_locally(self, guarded: LocalGuarded, cost_nanos: int) -> None:
+    def _finished_locally(self, guarded: LocalGuarded) -> None:
         if guarded.finished:
             return
         guarded.finished = True
-        outage = guarded.outage
-        outage.running -= 1
-        if outage.closed and cost_nanos:  # Redis came back while it ran: owed
-            owed = self._owing(outage.epoch)
-            if owed is not None:
-                owed.add(guarded.admission, cost_nanos)
+        guarded.outage.running -= 1
+        if guarded.outage.closed:  # Redis came back while it ran: caught up at the next tick
+            self._behind.update(buckets_of(guarded.admission))
 
     async def unbilled(self, guarded: Guarded) -> None:
         if isinstance(guarded, LocalGuarded):
             await guarded.outage.guard.unbilled(guarded)
-            self._finished_locally(guarded, 0)
+            self._finished_locally(guarded)
             return
         try:
             await self._primary.unbilled(guarded)
         except UNREACHABLE as exc:
             self.trip(exc)
-            self._release_later(guarded)
+            self._behind_on(guarded)
             raise
 
     async def release(self, guarded: Guarded) -> None:
@@ -325,13 +283,13 @@ class FailoverGuard:
         are given back when it returns (or reaped), and the call is not failed for it."""
         if isinstance(guarded, LocalGuarded):
             await guarded.outage.guard.release(guarded)
-            self._finished_locally(guarded, 0)
+            self._finished_locally(guarded)
             return
         try:
             await self._primary.release(guarded)
         except UNREACHABLE as exc:
             self.trip(exc)
-            self._release_later(guarded)
+            self._behind_on(guarded)
 
     def abandon(self, guarded: Guarded) -> None:
         if isinstance(guarded, LocalGuarded):
@@ -339,10 +297,11 @@ class FailoverGuard:
         else:
             self._primary.abandon(guarded)
 
-    def _release_later(self, guarded: Guarded) -> None:
-        owed = self._owing(self._enforcer.epoch)
-        if owed is not None and not guarded.admission.empty:
-            owed.releases.append(guarded.admission.reservation_id)
+    def _behind_on(self, guarded: Guarded) -> None:
+        """A Redis-admitted call's settle or release did not reach Redis."""
+        if not guarded.admission.empty:
+            self._behind.update(buckets_of(guarded.admission))
+            self._releases.append(guarded.admission.reservation_id)
 
     # -- the breaker and the way back ------------------------------------------------------------
     def trip(self, exc: BaseException) -> None:
@@ -354,16 +313,11 @@ class FailoverGuard:
                 self.breaker.probe_seconds,
             )
 
-    def _owing(self, epoch: str | None) -> Owed | None:
-        """Where spend owed under ``epoch`` collects; None when the epoch was never known
-        (nothing can be seeded under it: the ledger brings the spend)."""
-        if epoch is None:
-            return None
-        return self._owed.setdefault(epoch, Owed())
-
     async def recover(self) -> None:
-        """The probe: read the generation; if Redis answers, hand back what it has not
-        counted, then let calls use it again. A failure keeps the breaker open."""
+        """The probe: read the generation; if Redis answers, raise what it counts to the
+        ledger for every bucket counted without it, then let calls use it again. Redis
+        failing again keeps the breaker open; the database failing does not (the buckets
+        stay behind and are caught up at a later tick)."""
         if self.breaker.probing:
             return
         self.breaker.probing = True
@@ -371,9 +325,10 @@ class FailoverGuard:
             await self._redis.generation()
             outage = self._outage
             if outage is not None:
-                self._close(outage)
-                self._outage = None  # lost again before the hand-over: a new outage
-            await self._send_owed()
+                outage.closed = True
+                self._behind.update(outage.buckets)
+                self._outage = None  # lost again before the catch-up: a new outage
+            await self._catch_up()
             down = self.breaker.recovered()
             self.last_outage_seconds = down
             log.warning("shared counters (Redis) reachable again after %.1f s", down)
@@ -382,102 +337,55 @@ class FailoverGuard:
         finally:
             self.breaker.probing = False
 
-    def _close(self, outage: Outage) -> None:
-        """Redis is back: what the outage settled past each seed is owed; calls still
-        running add theirs when they finish."""
-        outage.closed = True
-        owed = self._owing(outage.epoch)
-        if owed is None:
-            log.warning("outage spend not sent to Redis (its epoch was never known)")
-            return
-        for bucket, amount in outage.counters.outage_spend().items():
-            owed.amounts[bucket] = owed.amounts.get(bucket, 0) + amount
-            target = outage.targets.get(bucket)
-            if isinstance(target, Wallet):
-                owed.wallets[bucket] = target
-            elif target is not None:
-                owed.budgets[bucket] = target
-
     async def tick(self) -> None:
-        """Housekeeping: probe when due, and send owed spend that is waiting."""
+        """Housekeeping: probe when due, and catch up buckets still behind."""
         if self.breaker.probe_due():
             await self.recover()
-        elif self.breaker.up and (self._owed or self._batch is not None):
+        elif self.breaker.up and (self._behind or self._releases):
             try:
-                await self._send_owed()
+                await self._catch_up()
             except UNREACHABLE as exc:
                 self.trip(exc)
 
-    async def _send_owed(self) -> None:
-        """Send every owed batch (one marker each, kept until its reply arrives)."""
-        async with self._replay_lock:
-            while True:
-                if self._batch is None:
-                    if not self._owed:
-                        return
-                    epoch, owed = next(iter(self._owed.items()))
-                    del self._owed[epoch]
-                    if owed.empty:
-                        continue
-                    self._batch = Batch(new_id("rpl"), epoch, owed)
-                await self._apply(self._batch)
-                self._batch = None
-
-    async def _apply(self, batch: Batch) -> None:
-        owed = batch.owed
-        buckets = [b for b, amount in owed.amounts.items() if amount > 0]
-        prefix = self._redis.prefix
-        keys = [self._redis.generation_key, f"{prefix}replayed:{batch.marker}"]
-        keys += [prefix + b for b in buckets]
-        args: list[str | int] = [batch.epoch, MARKER_TTL_SECONDS]
-        args += [owed.amounts[b] for b in buckets]
-        reply = await self._replay(keys=keys, args=args)
-        outcome = int(reply[0])
-        if outcome == -1:
-            log.warning(
-                "spend owed to Redis not added: its counters were lost meanwhile and are "
-                "seeded again from the ledger, which has it"
-            )
-        elif outcome == 1:
-            results = [(int(reply[1 + 2 * i]), int(reply[2 + 2 * i])) for i in range(len(buckets))]
-            log.warning(
-                "added spend made without Redis to %d live counters: %s",
-                len(buckets),
-                ", ".join(f"{b} +{owed.amounts[b]}" for b in buckets),
-            )
-            await self._fire(owed, buckets, results)
-        for reservation_id in owed.releases:
-            await self._redis.release(reservation_id)
-
-    async def _fire(self, owed: Owed, buckets: list[str], results: list[tuple[int, int]]) -> None:
-        """Thresholds the added spend crossed (and wallet levels), as a settle fires them."""
-        budgets, wallets = [], []
-        budget_results: list[tuple[int, int]] = []
-        wallet_results: list[tuple[int, int]] = []
-        for bucket, (before, after) in zip(buckets, results, strict=True):
-            if before < 0:
-                continue
-            if bucket in owed.budgets:
-                budgets.append(owed.budgets[bucket])
-                budget_results.append((before, after))
-            elif bucket in owed.wallets:
-                wallets.append(owed.wallets[bucket])
-                wallet_results.append((before, after))
-        admission = Admission("", 0, tuple(budgets), tuple(wallets))
-        await self._enforcer.booked(admission, budget_results + wallet_results)
+    async def _catch_up(self) -> None:
+        """Raise the buckets behind to the ledger (this process's rows flushed first) and
+        give back the reservations left in Redis. A database failure is logged and the
+        buckets stay behind for the next tick; Redis failing raises (the caller trips)."""
+        async with self._catch_up_lock:
+            buckets, self._behind = self._behind, set()
+            releases, self._releases = self._releases, []
+            try:
+                if buckets:
+                    raised = await self._reconcile(buckets)
+                    log.warning(
+                        "%d of %d live counters raised to the ledger after Redis was unreachable",
+                        raised,
+                        len(buckets),
+                    )
+                for reservation_id in releases:
+                    await self._redis.release(reservation_id)
+            except UNREACHABLE:
+                self._behind |= buckets
+                self._releases += releases
+                raise
+            except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
+                self._behind |= buckets
+                self._releases += releases
+                log.warning("live counters not caught up yet, database unavailable: %s", exc)
 
     # -- what /readyz and /metrics show --------------------------------------------------------
-    def status(self, now: float | None = None) -> dict[str, Any]:
+    def status(self) -> dict[str, Any]:
         outage = self._outage
         since = self.breaker.since
-        now = self._clock.monotonic() if now is None else now
-        owed = sum(sum(o.amounts.values()) for o in self._owed.values())
-        if self._batch is not None:
-            owed += sum(self._batch.owed.amounts.values())
+        now = self._clock.monotonic()
         return {
             "redis": "ok" if self.breaker.up else "unreachable",
             "redis_failure_mode": f"fail-{self.mode}",
             "redis_down_seconds": round(now - since, 3) if since is not None else 0.0,
             "redis_local_admissions": outage.admitted if outage is not None else 0,
-            "redis_owed_nanos": owed,
+            "redis_buckets_behind": len(self._behind),
         }
+
+
+def buckets_of(admission: Admission) -> list[str]:
+    return [a.bucket for a in admission.budgets] + [wallet_bucket(w) for w in admission.wallets]

@@ -76,8 +76,9 @@ def redis_gauges(status: Mapping[str, Any]) -> Gauges:
          float(status["redis_down_seconds"])),
         ("spendgate_redis_local_admissions", "Calls admitted on local counters in this outage",
          float(status["redis_local_admissions"])),
-        ("spendgate_redis_owed_usd", "Spend made without Redis not yet added to it",
-         status["redis_owed_nanos"] / 1e9),
+        ("spendgate_redis_buckets_behind",
+         "Live counters not yet raised to the ledger after Redis was unreachable",
+         float(status["redis_buckets_behind"])),
     ]  # fmt: skip
 
 
