@@ -68,9 +68,10 @@ class Reconciler:
 
         ``only``: just these buckets, after Redis was unreachable (``guard.failover``):
         their shortfall is the outage's spend, expected, so no drift is announced;
-        instead the thresholds the raise crosses fire, as the settles would have. One
-        that Redis lost meanwhile is seeded from the ledger here, and the levels its
-        spend has reached fire (those fired already are not stored twice: dedup keys)."""
+        instead every level the ledger's spend has reached fires (those fired already
+        are not stored twice: their dedup keys), so a crossing whose settle never
+        reached Redis, or that only the replicas' spend together made, is not lost. One
+        that Redis lost meanwhile is seeded from the ledger here."""
         now = self._clock.now()
         until = now - grace
         await self._ledger.flush()
@@ -86,13 +87,12 @@ class Reconciler:
             )
             info = {"budget_id": budget.id, "period": window.key}
             before = await self._repair(bucket, ledger, budget.org_id, now, info, only is None)
-            if before is None and only is not None and await self._counters.seed(bucket, ledger):
-                before = 0  # Redis came back empty: seeded, every level reached fires once
-            if before is not None and only is not None:
+            if only is not None:
+                await self._counters.seed(bucket, ledger)  # Redis came back empty
                 amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
                 cap = rules.hard_cap_nanos(budget, amount)
-                crossed = Admission("", 0, (Applied(budget, window, amount, cap),), ())
-                await self._enforcer.booked(crossed, [(before, ledger)])
+                reached = Admission("", 0, (Applied(budget, window, amount, cap),), ())
+                await self._enforcer.booked(reached, [(0, ledger)])
             repaired += before is not None
         for w in snapshot.wallets:
             bucket = wallet_bucket(w)
@@ -101,11 +101,9 @@ class Reconciler:
             ledger = await self._store.spend_matching(w.org_id, w.created_at, until, w.covers)
             info = {"wallet_id": w.id}
             before = await self._repair(bucket, ledger, w.org_id, now, info, only is None)
-            if before is None and only is not None:
-                cap = await self._store.topped_up(w.id)
-                before = 0 if await self._counters.seed(bucket, ledger, cap) else None
-            if before is not None and only is not None:
-                await self._enforcer.booked(Admission("", 0, (), (w,)), [(before, ledger)])
+            if only is not None:
+                await self._counters.seed(bucket, ledger, await self._store.topped_up(w.id))
+                await self._enforcer.booked(Admission("", 0, (), (w,)), [(0, ledger)])
             repaired += before is not None
         return repaired
 
