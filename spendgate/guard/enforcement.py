@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -153,6 +154,9 @@ class Enforcer:
         self._windows: dict[tuple[Period, str, str], Window] = {}
         #: reservation ids of calls running in this process: their holds are renewed
         self._live: set[str] = set()
+        #: False while a circuit breaker knows the counters are unreachable
+        #: (``guard.failover``): reloads and announcements then do not wait on them
+        self.counters_reachable: Callable[[], bool] = lambda: True
 
     # -- policy snapshot -----------------------------------------------------------------
     async def refresh(self) -> None:
@@ -162,12 +166,12 @@ class Enforcer:
         bumped is always in the rows read after: a snapshot is never newer than it says.
         Redis unreachable: the snapshot is loaded anyway, marked with no generation, so
         the first admission that reaches Redis again reloads it."""
-        generation: Generation | None
-        try:
-            generation = await self._counters.generation()
-        except RedisError as exc:
-            log.warning("policy version unknown, Redis unreachable: %s", exc)
-            generation = None
+        generation: Generation | None = None
+        if self.counters_reachable():
+            try:
+                generation = await self._counters.generation()
+            except RedisError as exc:
+                log.warning("policy version unknown, Redis unreachable: %s", exc)
         snapshot = await self._store.snapshot(self._clock.now())
         # compared with the last epoch seen, not the last snapshot's: a snapshot loaded
         # while Redis was unreachable has none, and the loss must still be noticed after
@@ -209,6 +213,8 @@ class Enforcer:
         Redis unreachable: the change binds on other replicas at their next timed
         refresh (``refresh_seconds``), and calls that hold anything fail closed anyway."""
         try:
+            if not self.counters_reachable():
+                raise RedisConnectionError("the circuit breaker is open")
             await self._counters.bump()
         except RedisError as exc:
             log.error("policy change not announced, Redis unreachable: %s", exc)

@@ -1,11 +1,12 @@
 """Redis unreachable: a circuit breaker in front of ``CallGuard``, and, in fail-open mode,
-local counters for the outage whose spend goes back to Redis exactly once.
+local counters for the outage whose spend reaches Redis's counters once it is back.
 
 * **The breaker.** The first call that cannot reach Redis (connection refused, reset or
   timed out) trips it. While it is open no call touches Redis: a dead Redis costs its
   connect timeout once per ``probe_seconds`` (one probe: a read of the generation), not
-  on every call. The probe that reaches Redis again first hands back what was spent
-  meanwhile (below), and only then lets calls use Redis.
+  on every call; calls that arrive while a probe runs wait for its outcome. The probe
+  that reaches Redis again first catches the counters up with what was spent meanwhile
+  (below), and only then lets calls use Redis.
 * **Fail-closed** (the default): while the breaker is open, a call that would hold
   anything (a budget or wallet hold, a rate limit) is refused with 503
   ``state_unavailable`` and Retry-After; a call with nothing to hold goes on, as it
@@ -153,11 +154,14 @@ class FailoverGuard:
         self.mode: Mode = mode
         self._replicas = replicas
         self.breaker = Breaker(clock.monotonic, probe_seconds)
+        enforcer.counters_reachable = lambda: self.breaker.up
         self._outage: Outage | None = None
         #: buckets Redis may count less than the ledger for, and reservations to give back
         self._behind: set[str] = set()
         self._releases: list[str] = []
         self._catch_up_lock = asyncio.Lock()
+        #: set when the probe running now is done (calls arriving meanwhile wait for it)
+        self._probe: asyncio.Event | None = None
         #: calls admitted without Redis since start, and the outages seen
         self.local_admissions = 0
         self.last_outage_seconds: float | None = None
@@ -178,8 +182,8 @@ class FailoverGuard:
         """Through Redis while it answers; else refused (fail-closed) or admitted against
         local counters (fail-open). Raises the call's ``RedisError`` when it is the one
         that found Redis gone in fail-closed mode (the proxy answers 503)."""
-        if self.breaker.probe_due():
-            await self.recover()
+        if self.breaker.probe_due() or self.breaker.probing:
+            await self.recover()  # or wait for the probe running: Redis may be back
         if self.breaker.up:
             try:
                 return await self._primary.admit(request_id, subject, tokens, worst_nanos, snapshot)
@@ -318,8 +322,10 @@ class FailoverGuard:
         ledger for every bucket counted without it, then let calls use it again. Redis
         failing again keeps the breaker open; the database failing does not (the buckets
         stay behind and are caught up at a later tick)."""
-        if self.breaker.probing:
+        if self._probe is not None:
+            await self._probe.wait()
             return
+        self._probe = asyncio.Event()
         self.breaker.probing = True
         try:
             await self._redis.generation()
@@ -336,6 +342,8 @@ class FailoverGuard:
             self.trip(exc)
         finally:
             self.breaker.probing = False
+            probe, self._probe = self._probe, None
+            probe.set()
 
     async def tick(self) -> None:
         """Housekeeping: probe when due, and catch up buckets still behind."""

@@ -287,9 +287,11 @@ async def _scenario(fleet: Fleet, mode: str, receiver: Receiver, hook_url: str) 
     # fail-open: until every replica has used up its share (429); fail-closed: a while
     await until(lambda: _each_refused(fleet, seen, 429 if mode == "open" else 503), 15, "shares")
     await asyncio.sleep(0.5)
+    during = fleet.outcomes[seen:]
     await asyncio.to_thread(fleet.redis.start)
+    restarted_at = time.monotonic()
     await until(lambda: _redis_back(fleet), 15, "Redis in use again")
-    recovered = time.monotonic() - killed_at
+    recovered = time.monotonic() - restarted_at
 
     # 3. the database stopped for a few seconds under load, and started
     await asyncio.to_thread(fleet.pg.stop)
@@ -326,9 +328,10 @@ async def _scenario(fleet: Fleet, mode: str, receiver: Receiver, hook_url: str) 
     await _check_counters(fleet, [watched, hard])
     await _check_alerts(fleet, receiver, endpoint["id"], watched)
     print(  # the figures the README quotes (pytest -s shows them)
-        f"\nchaos {mode}: {len(fleet.outcomes)} calls in {elapsed:.1f} s, "
-        f"{sum(o.complete for o in fleet.outcomes)} completed, Redis back in use "
-        f"{recovered:.1f} s after it was killed"
+        f"\nchaos fail-{mode}: {len(fleet.outcomes)} calls in {elapsed:.1f} s, "
+        f"{sum(o.complete for o in fleet.outcomes)} completed; Redis out "
+        f"{restarted_at - killed_at:.1f} s: {Counter(o.status for o in during)}; every "
+        f"replica back on Redis {recovered:.2f} s after it restarted"
     )
 
 
