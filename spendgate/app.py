@@ -453,10 +453,15 @@ class Gateway:
 
     async def _beat(self) -> None:
         """Renew the holds of every call running here, every ``HEARTBEAT_SECONDS``."""
+        guard = self.services.guard
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
+            if guard is not None and not guard.breaker.up:
+                continue  # Redis unreachable: nothing to renew there
             try:
                 await self.services.enforcer.renew_holds()
+            except RedisError as exc:
+                log.warning("holds not renewed, Redis unreachable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("renewing holds failed")
 
