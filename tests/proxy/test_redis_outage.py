@@ -229,6 +229,13 @@ def test_fail_open_stays_within_each_replicas_share_and_counters_equal_the_ledge
                 assert sum(spend[r] for r in served[n]) <= share
                 assert len(served[n]) >= 5
             assert sum(spend.values()) <= cap_nanos
+            print(  # the figures the README quotes (pytest -s shows them)
+                f"\nfail-open, headroom {cap_nanos - before} nanos, share {share} each: "
+                f"replica A served {len(served[0])} calls "
+                f"({sum(spend[r] for r in served[0])} nanos), B {len(served[1])} "
+                f"({sum(spend[r] for r in served[1])}); ledger {sum(spend.values())} "
+                f"of a {cap_nanos} cap"
+            )
 
             redis.start()
             advance(started, 1.5)
