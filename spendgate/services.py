@@ -16,6 +16,7 @@ from spendgate.core.clock import Clock
 from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.failover import FailoverGuard
 from spendgate.guard.reconcile import Reconciler
 from spendgate.guard.sweeper import ThresholdSweeper
 from spendgate.observability.metrics import GatewayMetrics
@@ -110,6 +111,8 @@ class Services:
     anomalies: AnomalyWatch | None = None
     #: counters and histograms for /metrics (one per process)
     metrics: GatewayMetrics | None = None
+    #: the proxy's holds behind the Redis circuit breaker (None without Redis)
+    guard: FailoverGuard | None = None
 
     async def drain(self) -> None:
         """Store every event decided so far: those stored on their own, and those that

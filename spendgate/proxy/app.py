@@ -40,6 +40,7 @@ from spendgate.errors import (
 )
 from spendgate.guard import CallGuard, Guarded, PolicyStale
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.failover import FailoverGuard
 from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy import simulated
 from spendgate.proxy.auth import KeyCache, presented_secret
@@ -156,12 +157,14 @@ class ProxyApp:
         auth_throttle: AuthThrottle | None = None,
         on_implausible: Callable[[Call, TokenUsage], None] | None = None,
         metrics: GatewayMetrics | None = None,
+        guard: CallGuard | FailoverGuard | None = None,
     ) -> None:
         self._metrics = metrics or GatewayMetrics(clock.monotonic)
         self._on_implausible = on_implausible
         self._throttle = AuthThrottle(limit=0) if auth_throttle is None else auth_throttle
         self._enforcer = enforcer
-        self._guard = CallGuard(rate_gate, enforcer)
+        #: the holds: with Redis, behind its circuit breaker (``guard.failover``)
+        self._guard = guard or CallGuard(rate_gate, enforcer)
         self._request_ids = RequestIds()
         self._settings = settings
         self._clock = clock
