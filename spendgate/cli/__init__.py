@@ -12,6 +12,7 @@ from spendgate.cli.anomalies import anomalies
 from spendgate.cli.audit import audit_app
 from spendgate.cli.forecast import forecast
 from spendgate.cli.serve import db_app, serve
+from spendgate.cli.tickets import tickets
 from spendgate.cli.usage import usage
 from spendgate.cli.webhooks import webhooks_app
 
@@ -38,6 +39,7 @@ app.command()(usage)
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
 app.add_typer(anomalies, name="anomalies")
+app.add_typer(tickets, name="tickets")
 
 if __name__ == "__main__":
     app()

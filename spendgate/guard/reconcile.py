@@ -76,6 +76,8 @@ class Reconciler:
             if until <= w.created_at:
                 continue
             ledger = await self._store.spend_matching(w.org_id, w.created_at, until, w.covers)
+            # calls its tickets' grants paid for are in the ledger but not in the wallet
+            ledger -= await self._store.ticket_funded(w, until)
             info = {"wallet_id": w.id}
             repaired += await self._repair(wallet_bucket(w), ledger, w.org_id, now, info)
         return repaired
