@@ -119,7 +119,8 @@ async def ticket_out(
     granted = ticket["granted_nanos"]
     used = ticket["used_nanos"]
     if used is None and ticket["status"] == "approved":
-        used = await desk.used(ticket, now)
+        await svc.ledger.flush()  # this replica's calls the grant paid for, not yet written
+        used = await desk.used(ticket)
     return {
         **{k: v for k, v in ticket.items() if not k.endswith("_nanos")},
         "wallet": {**state, "tickets": wallet.get("ticket_mode") or "off"},

@@ -242,11 +242,11 @@ class TicketDesk:
         raise err
 
     # -- decisions -----------------------------------------------------------------------
-    async def used(self, ticket: dict[str, Any], until: datetime) -> int:
-        """What a grant has paid for up to ``until``: its key's spend since the approval,
-        at most the grant."""
+    async def used(self, ticket: dict[str, Any], until: datetime | None = None) -> int:
+        """What a grant has paid for (by calls started before ``until``; None: so far):
+        its key's spend since the approval, at most the grant."""
         start = ticket["decided_at"]
-        if until <= start:
+        if until is not None and until <= start:
             return 0
         spent = await self._policies.spend_matching(
             ticket["org_id"], start, until, lambda s: s.key_id == ticket["key_id"]
@@ -272,7 +272,7 @@ class TicketDesk:
         after committing."""
         previous = await store.active_grant(conn, ticket["wallet_id"], ticket["key_id"], now)
         if previous is not None:
-            used = await self.used(previous, now)  # for the event: the ledger decides later
+            used = await self.used(previous)  # for the event: the ledger decides later
             if await store.close_grant(conn, previous["id"], "superseded", now, used):
                 closed = {**previous, "status": "superseded"}
                 await self._closed(conn, closed, wallet, used, now)
