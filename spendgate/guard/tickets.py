@@ -22,6 +22,7 @@ import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.core.audit_chain import AuditEvent
@@ -152,6 +153,18 @@ class TicketDesk:
         approved on the spot (``auto``) and the call should be planned again."""
         if err.wallet_id is None:
             return False
+        try:
+            return await self._refused(err, subject, request_id, auto)
+        except (SQLAlchemyError, OSError) as exc:
+            # the database is down: the call is refused as without tickets (the wallet's
+            # 402 stands), not turned into a 503
+            log.warning("cost ticket not opened, database unavailable: %s", exc)
+            return False
+
+    async def _refused(
+        self, err: InsufficientFunds, subject: Subject, request_id: str, auto: bool
+    ) -> bool:
+        assert err.wallet_id is not None
         wallet = await self._policies.get_wallet(err.wallet_id)
         mode = wallet.get("ticket_mode") or "off"
         if mode == "off":

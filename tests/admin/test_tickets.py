@@ -7,6 +7,7 @@ the wallet's scope see the ticket."""
 from __future__ import annotations
 
 import asyncio
+import json
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -14,9 +15,11 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from typer.testing import CliRunner
 
+from spendgate.cli import app as cli
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
-from tests.conftest import RunningGateway, start_gateway
+from tests.conftest import MASTER_KEY, RunningGateway, start_gateway
 
 MODEL = "gpt-4o-mini"
 MSG = [{"role": "user", "content": "please fund me"}]
@@ -310,3 +313,41 @@ def test_bad_approvals_are_422(gateway: RunningGateway, field: str) -> None:
     answer = gw.admin.post(f"/admin/tickets/{ticket}/approve", json=body)
     assert answer.status_code == 422, answer.text
     assert answer.json()["error"]["param"] == field
+
+
+def test_cli_sets_the_wallet_lists_approves_and_denies(gateway: RunningGateway) -> None:
+    """``spendgate wallets update --tickets``, ``tickets list|get|approve|deny`` over the
+    admin API, as tables and ``--json``."""
+    gw = gateway
+    env = {"SPENDGATE_MASTER_KEY": MASTER_KEY}
+
+    def run(*args: str, as_json: bool = True) -> Any:
+        extra = ["--json"] if as_json else []
+        result = CliRunner().invoke(cli, [*args, "--url", gw.url, *extra], env=env)
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output) if as_json else result.output
+
+    _, _, made = world(gw, "off")
+    wallet = made["wallet"]["id"]
+    assert run("wallets", "update", wallet, "--tickets", "on")["tickets"] == "on"
+    first = refused(gw, made["key"]["key"])["ticket"]["id"]
+    table = run("tickets", "list", as_json=False)
+    assert first[:12] in table and "open" in table
+    assert [t["id"] for t in run("tickets", "list")] == [first]
+    approved = run("tickets", "approve", first, "--reason", "eval run", "--hours", "1")
+    assert approved["status"] == "approved" and approved["granted_usd"] == approved["asked_usd"]
+    assert call(gw, made["key"]["key"]).status_code == 200  # the grant is the worst case
+    gw.clock.advance(2 * 3600)
+    gw.run(gw.app.services.tickets.expire())
+    second = refused(gw, made["key"]["key"])["ticket"]["id"]
+    denied = run("tickets", "deny", second, "--reason", "not this month")
+    assert denied["status"] == "denied"
+    assert run("tickets", "get", second)["reason"] == "not this month"
+    assert {t["status"] for t in run("tickets", "list", "--status", "all")} == {
+        "expired",
+        "denied",
+    }
+    again = CliRunner().invoke(
+        cli, ["tickets", "deny", second, "--reason", "x", "--url", gw.url], env=env
+    )
+    assert again.exit_code == 1 and "409" in again.output
