@@ -1,7 +1,7 @@
 """Cost tickets: a call a wallet could not fund asks for funding instead of only failing.
 
 Revision ID: 0017_tickets
-Revises: 0012_wallet_scope
+Revises: 0014_console
 
 ``wallets.ticket_mode`` (off | on | auto) and ``wallets.ticket_auto_below_nanos``;
 ``wallet_tickets``: one row per request for funding, with at most one open ticket per
@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0017_tickets"
-down_revision = "0012_wallet_scope"
+down_revision = "0014_console"
 branch_labels = None
 depends_on = None
 
