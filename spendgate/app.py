@@ -39,6 +39,7 @@ from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.statements import router as statements_router
+from spendgate.admin.tickets import router as tickets_router
 from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.usage import router as usage_router
 from spendgate.admin.users import router as users_router
@@ -59,6 +60,7 @@ from spendgate.guard.enforcement import Enforcer
 from spendgate.guard.failover import FailoverGuard
 from spendgate.guard.reconcile import Reconciler
 from spendgate.guard.sweeper import ThresholdSweeper
+from spendgate.guard.tickets import TicketDesk
 from spendgate.observability.logs import AdminRequestIds, console_line
 from spendgate.observability.metrics import GatewayMetrics
 from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gauges, redis_gauges
@@ -208,6 +210,7 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(forecasts_router)
     api.include_router(tokens_router)
     api.include_router(anomalies_router)
+    api.include_router(tickets_router)
     api.state.audit_settings = services.audit_settings
     unguarded = unguarded_routes(api)
     if unguarded:  # a route without a permission rule is a bug, not a default
@@ -250,6 +253,7 @@ class Gateway:
             self._implausible,
             metrics=self.metrics,
             guard=services.guard,
+            tickets=services.tickets,
         )
         self._metered_proxy = self.metrics.proxied(self.proxy)
         self.metrics_endpoint = MetricsEndpoint(
@@ -445,6 +449,8 @@ class Gateway:
                 await self._reap()
                 await self.services.enforcer.refresh()
                 await self.services.enforcer.announce_expired_exceptions()
+                if self.services.tickets is not None:
+                    await self.services.tickets.expire()  # unused grants return
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
@@ -701,6 +707,9 @@ def create_app(
         ),
         metrics=metrics,
         guard=guard,
+        tickets=TicketDesk(
+            engine, policies, enforcer, ledger, clock, public_url=settings.public_url
+        ),
     )
     services.webhooks.worker.on_attempt = metrics.webhook_attempt
     return Gateway(services, auto_migrate=auto_migrate)

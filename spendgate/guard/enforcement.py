@@ -254,7 +254,9 @@ class Enforcer:
             window = self._window(budget, now)
             amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
             applied.append(Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount)))
-        wallets = tuple(w for w in org_wallets if w.covers(subject))
+        wallets = tuple(
+            snapshot.funding(w, subject.key_id, now) for w in org_wallets if w.covers(subject)
+        )
         return tuple(applied), wallets
 
     def _window(self, budget: rules.Budget, now: datetime) -> Window:
@@ -305,7 +307,7 @@ class Enforcer:
             spent = await self._store.spend_matching(
                 wallet.org_id, wallet.created_at, None, wallet.covers
             )
-            await self._counters.seed(bucket, spent, await self._store.topped_up(wallet.id))
+            await self._counters.seed(bucket, spent, await self._store.funds(wallet))
         self._seeded.add(bucket)
 
     # -- the call path ---------------------------------------------------------------------
@@ -386,6 +388,17 @@ class Enforcer:
         for w in admission.wallets:
             if wallet_bucket(w) == refusal.bucket:
                 balance = refusal.cap - refusal.spent
+                free = balance - refusal.reserved
+                shortfall = admission.worst_case - max(0, free)
+                if w.grant_of is not None:  # a ticket's grant ran short: the ticket layer says so
+                    raise InsufficientFunds(
+                        f"ticket {w.id} has ${format_usd(max(0, free))} left of its "
+                        f"${format_usd(w.grant_nanos)} grant; call may cost up to "
+                        f"${format_usd(admission.worst_case)}",
+                        wallet_id=w.grant_of,
+                        shortfall_nanos=shortfall,
+                        ticket_id=w.id,
+                    )
                 self._emit(
                     "wallet.depleted",
                     f"wallet:{w.id}:depleted:{refusal.cap}",
@@ -401,7 +414,9 @@ class Enforcer:
                 raise InsufficientFunds(
                     f"wallet {w.id} cannot fund this call: balance ${format_usd(balance)}, "
                     f"${format_usd(refusal.reserved)} in flight, call may cost up to "
-                    f"${format_usd(admission.worst_case)}; top it up to continue"
+                    f"${format_usd(admission.worst_case)}; top it up to continue",
+                    wallet_id=w.id,
+                    shortfall_nanos=shortfall,
                 )
         raise AssertionError(f"refusal for unknown bucket {refusal.bucket}")
 
@@ -480,7 +495,9 @@ class Enforcer:
     def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int, now: datetime) -> None:
         """Balance = top-ups (``cap``) - spent: warn when it drops through the low mark,
         and at zero. Keys include the total topped up, so each top-up re-arms both
-        warnings once."""
+        warnings once. A ticket's grant warns nobody: it is meant to be used up."""
+        if w.grant_of is not None:
+            return
         was, now_left = cap - before, cap - after
         data = {
             "wallet_id": w.id,

@@ -99,6 +99,8 @@ class Reconciler:
             if until <= w.created_at or (only is not None and bucket not in only):
                 continue
             ledger = await self._store.spend_matching(w.org_id, w.created_at, until, w.covers)
+            # calls its tickets' grants paid for are in the ledger but not in the wallet
+            ledger -= await self._store.ticket_funded(w, until)
             info = {"wallet_id": w.id}
             before = await self._repair(bucket, ledger, w.org_id, now, info, only is None)
             if only is not None:
