@@ -17,7 +17,8 @@ The config file is TOML (``--config FILE`` or ``SPENDGATE_CONFIG``)::
 
 Environment: ``SPENDGATE_MASTER_KEY``, ``SPENDGATE_DATABASE_URL``,
 ``SPENDGATE_REDIS_URL``, ``SPENDGATE_CONFIG``, ``SPENDGATE_SPOOL_DIR``,
-``SPENDGATE_LOG_LEVEL``, ``SPENDGATE_LOG_FORMAT``, ``SPENDGATE_METRICS_TOKEN``.
+``SPENDGATE_LOG_LEVEL``, ``SPENDGATE_LOG_FORMAT``, ``SPENDGATE_METRICS_TOKEN``,
+``SPENDGATE_REDIS_FAILURE_MODE``, ``SPENDGATE_FAIL_OPEN_REPLICAS``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,11 @@ class Settings:
     #: long ago a call must have started to be compared (see ``guard.reconcile``)
     reconcile_seconds: float = 60.0
     reconcile_grace_seconds: float = 30.0
+    #: Redis unreachable: ``closed`` refuses calls that hold anything (503), ``open``
+    #: serves them against this replica's own counters, each cap cut to 1/``fail_open_replicas``
+    #: of its headroom, and hands the spend to Redis when it is back (``guard.failover``)
+    redis_failure_mode: Literal["closed", "open"] = "closed"
+    fail_open_replicas: int = 1
     #: logging: spendgate's and uvicorn's level, and ``json`` (one object a line) or ``text``
     log_level: str = "info"
     log_format: Literal["json", "text"] = "text"
@@ -126,6 +132,9 @@ class Settings:
     #: spend anomalies: how often one replica checks every key, team and model (0: never)
     anomaly_check_seconds: float = 300.0
     anomaly_params: AnomalyParams = field(default_factory=AnomalyParams)
+    #: raw ledger rows older than this many months are purged (0: kept for ever);
+    #: rollups and statements are kept regardless
+    ledger_retention_months: int = 13
 
 
 def _decimal(value: Any, where: str) -> Decimal:
@@ -239,6 +248,29 @@ def _observability(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[s
     if token is not None and not isinstance(token, str):
         raise ConfigError("gateway.metrics_token must be a string")
     return {"log_level": level, "log_format": fmt, "metrics_token": token}
+
+
+def _redis_failure(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``redis_failure_mode`` (env ``SPENDGATE_REDIS_FAILURE_MODE`` first; ``serve
+    --redis-failure-mode`` sets it) and ``fail_open_replicas`` (env
+    ``SPENDGATE_FAIL_OPEN_REPLICAS`` first)."""
+    mode = str(
+        env.get("SPENDGATE_REDIS_FAILURE_MODE") or gateway.get("redis_failure_mode", "closed")
+    ).lower()
+    if mode not in ("closed", "open"):
+        raise ConfigError('gateway.redis_failure_mode must be "closed" or "open"')
+    raw: Any = env.get("SPENDGATE_FAIL_OPEN_REPLICAS") or gateway.get("fail_open_replicas", 1)
+    if isinstance(raw, str):
+        try:
+            raw = int(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"SPENDGATE_FAIL_OPEN_REPLICAS must be a whole number, not {raw!r}"
+            ) from exc
+    return {
+        "redis_failure_mode": mode,
+        "fail_open_replicas": _at_least_int(raw, 1, "gateway.fail_open_replicas"),
+    }
 
 
 def _non_negative_int(value: Any, where: str) -> int:
@@ -364,9 +396,23 @@ def load_settings(
             gateway.get("reconcile_grace_seconds", 30.0), 0, "gateway.reconcile_grace_seconds"
         ),
         **_observability(gateway, env),
+        **_redis_failure(gateway, env),
         models=models,
         **_anomaly_settings(raw.get("anomalies", {})),
+        ledger_retention_months=_non_negative_int(
+            _int_env(env, "SPENDGATE_LEDGER_RETENTION_MONTHS")
+            if env.get("SPENDGATE_LEDGER_RETENTION_MONTHS")
+            else gateway.get("ledger_retention_months", 13),
+            "SPENDGATE_LEDGER_RETENTION_MONTHS / gateway.ledger_retention_months",
+        ),
     )
+
+
+def _int_env(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number") from exc
 
 
 def _anomaly_settings(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -100,6 +100,9 @@ class Org(BaseModel):
     id: str
     name: str
     created_at: datetime
+    #: usage reports and statements are drawn in this zone unless one is asked for
+    reporting_timezone: str = "UTC"
+    week_start: str = "monday"
 
 
 class TeamIn(Strict):
@@ -261,6 +264,8 @@ class UsageReport(BaseModel):
     group_by: list[str]
     start: datetime | None
     end: datetime | None
+    #: the zone the time grains are drawn in
+    timezone: str | None = None
     rows: list[UsageRow]
     total_cost_usd: str
     unpriced_requests: int
@@ -297,6 +302,13 @@ def iana_zone(name: str) -> str:
 
 #: a time zone given as input: an IANA name (``localtime``, ``Factory``, ``+02:00`` refused)
 Zone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(iana_zone)]
+
+
+class OrgPatch(Strict):
+    reporting_timezone: Zone | None = None
+    week_start: (
+        Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] | None
+    ) = None
 
 
 class CategoriesIn(Strict):
@@ -448,17 +460,31 @@ class ExceptionOut(BaseModel):
     created_at: datetime
 
 
+TicketMode = Literal["off", "on", "auto"]
+TICKET_MODE_DOC = (
+    "cost tickets: off (a call the wallet cannot fund gets 402), on (the 402 opens a "
+    "ticket an approver can fund), auto (and a ticket asking less than "
+    "tickets_auto_approve_below_usd is approved at once)"
+)
+
+
 class WalletIn(Strict):
     name: Name | None = None
     scope_type: Literal["org", "team", "key"]
     scope_id: ObjectId
     low_balance_usd: MoneyOrZero = Decimal(0)
     initial_topup_usd: Money | None = None
+    tickets: TicketMode = Field("off", description=TICKET_MODE_DOC)
+    tickets_auto_approve_below_usd: Money | None = None
 
 
 class WalletPatch(Patch):
+    nullable = frozenset({"tickets_auto_approve_below_usd"})
+
     name: Name | None = None
     low_balance_usd: MoneyOrZero | None = None
+    tickets: TicketMode | None = Field(None, description=TICKET_MODE_DOC)
+    tickets_auto_approve_below_usd: Money | None = None
 
 
 class WalletOut(BaseModel):
@@ -478,6 +504,8 @@ class WalletOut(BaseModel):
     notice: str | None = Field(
         None, description="what this wallet does to its scope's calls now, when it refuses them"
     )
+    tickets: str = "off"
+    tickets_auto_approve_below_usd: str | None = None
     created_at: datetime
     updated_at: datetime | None
     closed_at: datetime | None

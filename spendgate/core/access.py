@@ -5,11 +5,12 @@ a **team role** belongs to one membership (user, team) and reaches that team onl
 
     org role     sees                      changes
     org_admin    the whole org             everything in the org
-    finance      the whole org             budgets, exceptions, wallets, top-ups
+    finance      the whole org             budgets, exceptions, wallets, top-ups, tickets
     member       (no org role: what the user may do comes from their team roles)
 
     team role    sees                      changes
-    team_admin   that team                 keys, agents, budgets, rate limits, members
+    team_admin   that team                 keys, agents, budgets, rate limits, members,
+                                           cost tickets of the team's wallets
     viewer       that team                 nothing
     member       —                         — (a proxy user: no admin rights there)
 
@@ -72,6 +73,7 @@ class Can(StrEnum):
     """One permission per kind of admin action."""
 
     ORGS_CREATE = "orgs.create"
+    ORGS_WRITE = "orgs.write"
     DIRECTORY_READ = "directory.read"
     TEAMS_WRITE = "teams.write"
     USERS_WRITE = "users.write"
@@ -85,6 +87,11 @@ class Can(StrEnum):
     LIMITS_READ = "limits.read"
     LIMITS_WRITE = "limits.write"
     USAGE_READ = "usage.read"
+    USAGE_REBUILD = "usage.rebuild"
+    LEDGER_PURGE = "ledger.purge"
+    STATEMENTS_READ = "statements.read"
+    STATEMENTS_CLOSE = "statements.close"
+    ALLOCATIONS_WRITE = "allocations.write"
     EVENTS_READ = "events.read"
     FORECASTS_READ = "forecasts.read"
     FORECASTS_REFRESH = "forecasts.refresh"
@@ -97,6 +104,8 @@ class Can(StrEnum):
     ANOMALIES_READ = "anomalies.read"
     ANOMALIES_ACK = "anomalies.acknowledge"
     ANOMALY_ACTIONS_WRITE = "anomalies.actions.write"
+    TICKETS_READ = "tickets.read"
+    TICKETS_DECIDE = "tickets.decide"
 
 
 _EVERYONE = frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN, VIEWER})
@@ -104,6 +113,7 @@ _ORG_READERS = frozenset({ORG_ADMIN, FINANCE})
 #: which roles hold each permission; the master key holds all of them
 GRANTS: dict[Can, frozenset[str]] = {
     Can.ORGS_CREATE: frozenset(),
+    Can.ORGS_WRITE: frozenset({ORG_ADMIN}),
     Can.DIRECTORY_READ: _EVERYONE,
     Can.TEAMS_WRITE: frozenset({ORG_ADMIN}),
     Can.USERS_WRITE: frozenset({ORG_ADMIN, TEAM_ADMIN}),
@@ -117,6 +127,13 @@ GRANTS: dict[Can, frozenset[str]] = {
     Can.LIMITS_READ: _EVERYONE,
     Can.LIMITS_WRITE: frozenset({ORG_ADMIN, TEAM_ADMIN}),
     Can.USAGE_READ: _EVERYONE,
+    # rollups rebuilt and raw rows purged installation-wide: the master key's
+    Can.USAGE_REBUILD: frozenset(),
+    Can.LEDGER_PURGE: frozenset(),
+    # statements: read like spend (a team role its own teams'); closed by finance
+    Can.STATEMENTS_READ: _EVERYONE,
+    Can.STATEMENTS_CLOSE: _ORG_READERS,
+    Can.ALLOCATIONS_WRITE: _ORG_READERS,
     Can.EVENTS_READ: _ORG_READERS,
     Can.FORECASTS_READ: _EVERYONE,
     Can.FORECASTS_REFRESH: _ORG_READERS,
@@ -131,6 +148,10 @@ GRANTS: dict[Can, frozenset[str]] = {
     Can.ANOMALIES_READ: _EVERYONE,
     Can.ANOMALIES_ACK: frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN}),
     Can.ANOMALY_ACTIONS_WRITE: frozenset({ORG_ADMIN, TEAM_ADMIN}),
+    # cost tickets: the approvers see the queue and decide; a team admin only for the
+    # wallets of their teams (a ticket belongs where its wallet does)
+    Can.TICKETS_READ: frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN}),
+    Can.TICKETS_DECIDE: frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN}),
 }
 
 

@@ -191,13 +191,40 @@ def guard_statements(dialect: str) -> list[str]:
     return [PG_GUARD_FUNCTION, *guards] if dialect == "postgresql" else guards
 
 
-def unguard_statements(dialect: str) -> list[str]:
+def unguard_statements(dialect: str, *, drop_function: bool = False) -> list[str]:
+    """DDL removing the audit tables' triggers. The PostgreSQL trigger function stays
+    unless ``drop_function`` (migration 0003's downgrade): frozen statements' triggers
+    use it too (``append_only_statements``)."""
     drops = [g.drop(dialect) for g in GUARDS[dialect]]
-    return (
-        [*drops, "DROP FUNCTION IF EXISTS spendgate_audit_guard()"]
-        if dialect == "postgresql"
-        else drops
-    )
+    if drop_function and dialect == "postgresql":
+        drops.append("DROP FUNCTION IF EXISTS spendgate_audit_guard()")
+    return drops
+
+
+def append_only_statements(table: str, dialect: str) -> list[str]:
+    """DDL refusing UPDATE and DELETE (and TRUNCATE on PostgreSQL) on another table
+    that must never change once written (frozen statements), with the audit log's own
+    trigger function, so there is one home for what "append-only" means. The function
+    must exist (migration 0003 made it)."""
+    if dialect == "postgresql":
+        guards = (
+            _pg_guard(f"{table}_guard", table, "UPDATE OR DELETE", "ROW"),
+            _pg_guard(f"{table}_no_truncate", table, "TRUNCATE", "STATEMENT"),
+        )
+    else:
+        guards = (
+            _sqlite_refuse(f"{table}_no_update", table, "UPDATE"),
+            _sqlite_refuse(f"{table}_no_delete", table, "DELETE"),
+        )
+    return [g.create for g in guards]
+
+
+def drop_append_only_statements(table: str, dialect: str) -> list[str]:
+    if dialect == "postgresql":
+        names = (f"{table}_guard", f"{table}_no_truncate")
+    else:
+        names = (f"{table}_no_update", f"{table}_no_delete")
+    return [Guard(n, table, "").drop(dialect) for n in names]
 
 
 # -- rows <-> entries ------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import openai
 import sqlalchemy as sa
 
 from spendgate.security.credentials import new_id
+from spendgate.store import schema
 from spendgate.store.anomalies import anomalies
 from spendgate.webhooks.tables import notifications
 from tests.conftest import MASTER_KEY, RunningGateway
@@ -142,6 +143,36 @@ class Ctx:
         self.gw.run(insert())
         return anomaly_id
 
+    def allocation_rule(self) -> str:
+        return self.post("/admin/allocation-rules", {"org_id": self.org_id, "method": "even"})["id"]
+
+    def ticket(self) -> str:
+        """An open cost ticket on a new key wallet of the team, stored directly."""
+        key = self.key()
+        wallet = self.post(
+            "/admin/wallets", {"scope_type": "key", "scope_id": key, "tickets": "on"}
+        )["id"]
+        ticket_id, now = new_id("tkt"), self.gw.clock.now()
+        row = {
+            "id": ticket_id,
+            "org_id": self.org_id,
+            "wallet_id": wallet,
+            "key_id": key,
+            "team_id": self.team_id,
+            "status": "open",
+            "asked_nanos": 1_000_000,
+            "refusals": 1,
+            "created_at": now,
+            "last_refused_at": now,
+        }
+
+        async def insert() -> None:
+            async with self.gw.app.services.engine.begin() as conn:
+                await conn.execute(sa.insert(schema.wallet_tickets).values(**row))
+
+        self.gw.run(insert())
+        return ticket_id
+
     def anomaly_action(self) -> str:
         return self.post(
             "/admin/anomaly-actions",
@@ -219,6 +250,11 @@ def _future() -> str:
     return (datetime(2026, 3, 10, 15, 30, tzinfo=UTC) + timedelta(days=3)).isoformat()
 
 
+def _month(c: Caller) -> str:
+    """A past month each role closes on its own (a second close would be a 409)."""
+    return "2025-01" if c.role == OA else "2025-02"
+
+
 RULES: dict[tuple[str, str], Rule] = {
     # directory
     ("POST", "/admin/orgs"): Rule(
@@ -232,6 +268,10 @@ RULES: dict[tuple[str, str], Rule] = {
         lambda c, x: Call("GET", f"/admin/orgs/{x.org_id}"),
         # team roles' "other" is a team of their own org, and everyone reads their own org
         same_org=200,
+    ),
+    ("PATCH", "/admin/orgs/{org_id}"): Rule(
+        frozenset({OA}),
+        lambda c, x: Call("PATCH", f"/admin/orgs/{x.org_id}", {"week_start": "sunday"}),
     ),
     ("POST", "/admin/teams"): Rule(
         frozenset({OA}),
@@ -314,6 +354,48 @@ RULES: dict[tuple[str, str], Rule] = {
     # usage and events
     ("GET", "/admin/usage"): Rule(
         ALL, get("/admin/usage", group_by="team"), other=None, marker=lambda c, x: x.team_id
+    ),
+    ("POST", "/admin/usage/rebuild"): Rule(
+        NONE,
+        lambda c, x: Call(
+            "POST", "/admin/usage/rebuild", {"start": "2026-03-01", "end": "2026-03-02"}
+        ),
+        other=None,
+    ),
+    ("POST", "/admin/ledger/purge"): Rule(
+        NONE, lambda c, x: Call("POST", "/admin/ledger/purge", {}), other=None
+    ),
+    # statements: each org-wide role closes (then reissues) a month of its own
+    ("GET", "/admin/statements"): Rule(ALL, get("/admin/statements"), other=None),
+    ("GET", "/admin/statements/{month}"): Rule(
+        ALL,
+        lambda c, x: Call(
+            "GET", "/admin/statements/2026-02", params={"org_id": x.org_id, "team_id": x.team_id}
+        ),
+    ),
+    ("POST", "/admin/statements/{month}/close"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("POST", f"/admin/statements/{_month(c)}/close", {"org_id": x.org_id}),
+        other=None,
+    ),
+    ("POST", "/admin/statements/{month}/reissue"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("POST", f"/admin/statements/{_month(c)}/reissue", {"org_id": x.org_id}),
+        other=None,
+    ),
+    ("GET", "/admin/allocation-rules"): Rule(ALL, get("/admin/allocation-rules"), other=None),
+    ("POST", "/admin/allocation-rules"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call(
+            "POST", "/admin/allocation-rules", {"org_id": x.org_id, "method": "even"}
+        ),
+        201,
+        other=None,
+    ),
+    ("DELETE", "/admin/allocation-rules/{rule_id}"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("DELETE", f"/admin/allocation-rules/{x.allocation_rule()}"),
+        204,
     ),
     ("GET", "/admin/events"): Rule(
         frozenset({OA, FIN}),
@@ -517,6 +599,24 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/tokens/{token_id}/revoke"): Rule(
         ALL, lambda c, x: Call("POST", f"/admin/tokens/{_token_of(c, x)}/revoke")
     ),
+    # cost tickets: approvers only (org admin, finance; a team admin for their teams' wallets)
+    ("GET", "/admin/tickets"): Rule(
+        frozenset({OA, FIN, TA}),
+        get("/admin/tickets"),
+        other=None,
+        marker=lambda c, x: x.marker_key["ticket"],
+    ),
+    ("GET", "/admin/tickets/{ticket_id}"): Rule(
+        frozenset({OA, FIN, TA}), lambda c, x: Call("GET", f"/admin/tickets/{x.ticket()}")
+    ),
+    ("POST", "/admin/tickets/{ticket_id}/approve"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call("POST", f"/admin/tickets/{x.ticket()}/approve", {"reason": "ok"}),
+    ),
+    ("POST", "/admin/tickets/{ticket_id}/deny"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call("POST", f"/admin/tickets/{x.ticket()}/deny", {"reason": "no"}),
+    ),
     # spend anomalies: seen like spend, acknowledged like budgets, actions set like limits
     ("GET", "/admin/anomalies"): Rule(
         ALL, get("/admin/anomalies"), other=None, marker=lambda c, x: x.marker_key["anomaly"]
@@ -594,6 +694,7 @@ def build_world(gw: RunningGateway) -> dict[str, Caller]:
             "token": c.token(c.user_id),
             "anomaly": c.anomaly(),
             "anomaly_action": c.anomaly_action(),
+            "ticket": c.ticket(),
         }
         # a priced call per team, so usage has a row to show (or hide)
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)

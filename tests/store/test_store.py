@@ -16,8 +16,9 @@ from spendgate.store import schema
 from spendgate.store.database import create_engine, downgrade, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
-from spendgate.store.ledger import LedgerEntry, LedgerWriter, usage_report
+from spendgate.store.ledger import LedgerEntry, LedgerWriter
 from spendgate.store.policies import PolicyStore
+from spendgate.store.showback import usage_report
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
