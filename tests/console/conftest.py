@@ -26,8 +26,11 @@ PASSWORD = "correct horse battery staple"
 AXE = Path(__file__).parent / "assets" / "axe-4.14.1.min.js"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser() -> Iterator[Browser]:
+    """One browser for the console's tests. Package-scoped: Playwright's sync API keeps
+    an event loop running on the main thread while it is open, and every later test
+    that calls ``asyncio.run`` (the PostgreSQL ``database_url`` fixture) would fail."""
     with sync_playwright() as pw:
         launched = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield launched
