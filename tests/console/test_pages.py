@@ -12,7 +12,7 @@ import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.console.conftest import Console, axe_violations, form, session, sign_in
+from tests.console.conftest import Console, axe_violations, session, sign_in
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini")
 
