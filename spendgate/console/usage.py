@@ -19,6 +19,8 @@ from urllib.parse import urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from spendgate.admin import routes as directory_routes
+from spendgate.admin.users import list_users
 from spendgate.console.budget_view import BudgetView, budget_view
 from spendgate.console.charts import budget_chart, stacked_bars
 from spendgate.console.layout import Svc, User, harden, page, scope_for
@@ -144,20 +146,54 @@ def usage_query(user: Any, view: View) -> UsageQuery:
     )
 
 
-def _csv(view: View, buckets: list[date], rows: list[tuple[str, dict[date, int], int]]) -> str:
+def _csv(
+    view: View,
+    buckets: list[date],
+    rows: list[tuple[str, dict[date, int], int]],
+    names: dict[str, str],
+) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([view.group_by, *(b.isoformat() for b in buckets), "total_usd"])
+    writer.writerow([view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd"])
     for label, cells, total in rows:
-        writer.writerow([label, *(format_usd(cells.get(b, 0)) for b in buckets), format_usd(total)])
+        writer.writerow(
+            [
+                label,
+                names.get(label, ""),
+                *(format_usd(cells.get(b, 0)) for b in buckets),
+                format_usd(total),
+            ]
+        )
     writer.writerow(
         [
             "total",
+            "",
             *(format_usd(sum(c.get(b, 0) for _, c, _ in rows)) for b in buckets),
             format_usd(sum(t for _, _, t in rows)),
         ]
     )
     return out.getvalue()
+
+
+async def group_names(svc: Any, user: Any, dim: str) -> dict[str, str]:
+    """Readable names of the groups (team and agent names, emails, key names) the caller
+    may look up, by id; ids stay as they are otherwise."""
+    who = user.principal
+    if dim == "user" and not who.may(Can.DIRECTORY_READ):
+        return {who.user_id: user.email} if who.user_id else {}
+    lookups = {
+        "team": (Can.DIRECTORY_READ, directory_routes.list_teams, "name"),
+        "user": (Can.DIRECTORY_READ, list_users, "email"),
+        "agent": (Can.DIRECTORY_READ, directory_routes.list_agents, "name"),
+    }
+    if dim == "key" and who.may(Can.KEYS_READ):
+        keys = await directory_routes.list_keys(svc, who.acting_for(Can.KEYS_READ), who.org_id)
+        return {k["id"]: k["name"] for k in keys}
+    if dim not in lookups or not who.may(lookups[dim][0]):
+        return {}
+    permission, lister, field = lookups[dim]
+    rows = await lister(svc, who.acting_for(permission), who.org_id)
+    return {r["id"]: r[field] for r in rows}
 
 
 async def _visible_budgets(svc: Any, user: Any) -> list[dict[str, Any]]:
@@ -176,13 +212,14 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     await svc.ledger.flush()  # the calls this process answered are in the ledger
     series = await usage_series(svc.engine, usage_query(user, view))
     rows = top_n(series, view.top)
+    names = await group_names(svc, user, view.group_by)
     if params.get("format") == "csv":
-        body = _csv(view, series.buckets, rows)
+        body = _csv(view, series.buckets, rows, names)
         headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
         return harden(request, Response(body, media_type="text/csv", headers=headers))
     chart = stacked_bars(
         series.buckets,
-        [(label, cells) for label, cells, _ in rows],
+        [(names.get(label, label), cells) for label, cells, _ in rows],
         title=f"Spend per {view.grain} by {view.group_by}",
         zone=series.zone,
     )
@@ -200,6 +237,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "view": view,
             "series": series,
             "rows": rows,
+            "names": names,
             "chart": chart,
             "budgets": budgets,
             "selected": selected,
