@@ -63,10 +63,14 @@ def landing_text(forecast: dict[str, Any]) -> str:
     return f"We'll land at ${format_usd(p50)}, {abs(delta)} % under budget."
 
 
-async def budget_view(scope: Scope, budget_id: str) -> BudgetView:
-    """Status, levels and forecast of a budget the caller may read (else its 404)."""
+async def budget_view(
+    scope: Scope, budget_id: str, row: dict[str, Any] | None = None
+) -> BudgetView:
+    """Status, levels and forecast of a budget the caller may read (else its 404);
+    ``row``: the stored budget when the caller has it already (a list)."""
     status = await budget_status(budget_id, scope.svc, scope)
-    row = await scope.svc.policies.get_budget(budget_id)
+    if row is None:
+        row = await scope.svc.policies.get_budget(budget_id)
     budget = budget_from_row(row)
     amount = usd_to_nanos(status["effective_amount_usd"])
     levels = [Level("budget", amount, "budget")]

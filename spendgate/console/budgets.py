@@ -95,8 +95,9 @@ async def _form_page(
 async def list_page(request: Request, svc: Svc, user: User) -> Response:
     who = require(user, Can.BUDGETS_READ)
     scope = scope_for(svc, who)
-    rows = await policies.list_budgets(svc, who, scope, None)
-    views = [await budget_view(scope, r["id"]) for r in rows]
+    rows = await svc.policies.list_budgets(who.org_id)
+    visible = await scope.filter(rows, scope.of_policy)  # as GET /admin/budgets filters
+    views = [await budget_view(scope, r["id"], r) for r in visible]
     views.sort(key=lambda v: (-v.risk, v.row["name"]))
     return await page(
         request,
