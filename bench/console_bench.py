@@ -50,7 +50,7 @@ SELECT 'req_' || g, $1, ($2::text[])[1 + g % 8], NULL, NULL, ($3::text[])[1 + g 
     $5::timestamptz - make_interval(secs => (g::float8 / $6) * 90 * 86400),
     $5::timestamptz - make_interval(secs => (g::float8 / $6) * 90 * 86400) + interval '1 s',
     false
-FROM generate_series(1, $6) AS g
+FROM generate_series(1::bigint, $6::bigint) AS g
 """
 
 
@@ -112,71 +112,76 @@ def run(args: argparse.Namespace, dsn: str) -> None:
         settings = load_settings(env=env)
         app = create_app(settings, clock=FrozenClock(NOW), env=env)
         handle = serve_in_thread(app)
-        headers = {"authorization": f"Bearer {MASTER}"}
-        with httpx.Client(base_url=handle.url, headers=headers, timeout=120) as admin:
-            org = admin.post("/admin/orgs", json={"name": "bench"}).json()["id"]
-            teams = [
-                admin.post("/admin/teams", json={"name": f"t{i}", "org_id": org}).json()["id"]
-                for i in range(8)
+        try:
+            measure(args, dsn, handle.url)
+        finally:
+            handle.stop()
+
+
+def measure(args: argparse.Namespace, dsn: str, url: str) -> None:
+    """Set up (untimed), then time each page."""
+    headers = {"authorization": f"Bearer {MASTER}"}
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as admin:
+        org = admin.post("/admin/orgs", json={"name": "bench"}).json()["id"]
+        teams = [
+            admin.post("/admin/teams", json={"name": f"t{i}", "org_id": org}).json()["id"]
+            for i in range(8)
+        ]
+        keys = [
+            admin.post("/admin/keys", json={"name": f"k{i}", "org_id": org, "team_id": t}).json()[
+                "id"
             ]
-            keys = [
-                admin.post(
-                    "/admin/keys", json={"name": f"k{i}", "org_id": org, "team_id": t}
-                ).json()["id"]
-                for i, t in enumerate(teams)
-            ]
-            user = admin.post(
-                "/admin/users", json={"email": "a@bench.test", "role": "org_admin", "org_id": org}
-            ).json()
-            admin.put(
-                f"/admin/users/{user['id']}/console-password", json={"password": "bench password"}
-            ).raise_for_status()
-            started = time.perf_counter()
-            asyncio.run(
-                _fill(dsn.replace("postgresql://", "postgres://"), org, teams, keys, args.rows)
-            )
-            print(f"filled {args.rows:,} ledger rows in {time.perf_counter() - started:.1f} s")
-            budget = ""
-            for i in range(args.budgets):
-                budget = admin.post(
-                    "/admin/budgets",
-                    json={
-                        "name": f"b{i}",
-                        "scope_type": "team",
-                        "scope_id": teams[i % 8],
-                        "amount_usd": "50",
-                    },
-                ).json()["id"]
-        pages = {
-            "/usage (30 days by model)": "/usage",
-            "/usage (90 days by team, weekly)": "/usage?preset=90d&group_by=team&grain=week",
-            "/usage with a budget": f"/usage?preset=mtd&budget={budget}",
-            f"/usage/budgets ({args.budgets} budgets)": "/usage/budgets",
-            "/notifications": "/notifications",
-        }
-        with httpx.Client(base_url=handle.url, timeout=120) as browser:
-            browser.get("/login")
-            browser.post(
-                "/login",
-                data={
-                    "email": "a@bench.test",
-                    "password": "bench password",
-                    "csrf_token": browser.cookies["sg_csrf"],
+            for i, t in enumerate(teams)
+        ]
+        user = admin.post(
+            "/admin/users", json={"email": "a@bench.test", "role": "org_admin", "org_id": org}
+        ).json()
+        admin.put(
+            f"/admin/users/{user['id']}/console-password", json={"password": "bench password"}
+        ).raise_for_status()
+        started = time.perf_counter()
+        asyncio.run(_fill(dsn.replace("postgresql://", "postgres://"), org, teams, keys, args.rows))
+        print(f"filled {args.rows:,} ledger rows in {time.perf_counter() - started:.1f} s")
+        budget = ""
+        for i in range(args.budgets):
+            budget = admin.post(
+                "/admin/budgets",
+                json={
+                    "name": f"b{i}",
+                    "scope_type": "team",
+                    "scope_id": teams[i % 8],
+                    "amount_usd": "50",
                 },
+            ).json()["id"]
+    pages = {
+        "/usage (30 days by model)": "/usage",
+        "/usage (90 days by team, weekly)": "/usage?preset=90d&group_by=team&grain=week",
+        "/usage with a budget": f"/usage?preset=mtd&budget={budget}",
+        f"/usage/budgets ({args.budgets} budgets)": "/usage/budgets",
+        "/notifications": "/notifications",
+    }
+    with httpx.Client(base_url=url, timeout=120) as browser:
+        browser.get("/login")
+        browser.post(
+            "/login",
+            data={
+                "email": "a@bench.test",
+                "password": "bench password",
+                "csrf_token": browser.cookies["sg_csrf"],
+            },
+        )
+        print(f"\n{'page':40} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
+        for label, path in pages.items():
+            browser.get(path).raise_for_status()  # warm
+            times = []
+            for _ in range(args.repeat):
+                t0 = time.perf_counter()
+                browser.get(path).raise_for_status()
+                times.append((time.perf_counter() - t0) * 1000)
+            print(
+                f"{label:40} {statistics.median(times):8.1f} "
+                f"{_percentile(times, 0.95):8.1f} {max(times):8.1f}"
             )
-            print(f"\n{'page':40} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}")
-            for label, path in pages.items():
-                browser.get(path).raise_for_status()  # warm
-                times = []
-                for _ in range(args.repeat):
-                    t0 = time.perf_counter()
-                    browser.get(path).raise_for_status()
-                    times.append((time.perf_counter() - t0) * 1000)
-                print(
-                    f"{label:40} {statistics.median(times):8.1f} "
-                    f"{_percentile(times, 0.95):8.1f} {max(times):8.1f}"
-                )
-        handle.stop()
 
 
 if __name__ == "__main__":

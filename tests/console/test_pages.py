@@ -149,7 +149,10 @@ def test_notifications_unread_first_mark_read_and_preferences(console: Console, 
     expect(page.locator("#unread-count")).to_have_text("3")
     expect(rows.filter(has_text="alert 50%")).to_have_count(1)
     expect(rows.filter(has_text="soft limit 75%")).to_have_count(1)
-    rows.first.get_by_role("button").click()
+    with page.expect_request("**/read") as sent:  # htmx (hx-boost) swaps the page in place
+        rows.first.get_by_role("button").click()
+    assert sent.value.headers.get("hx-request") == "true"
+    assert sent.value.headers.get("x-csrf-token")
     expect(page.locator("#unread-count")).to_have_text("2")
     expect(rows.nth(0)).to_contain_text("unread")
     expect(rows.nth(1)).to_contain_text("unread")
@@ -211,3 +214,20 @@ def test_forms_work_with_the_keyboard_alone(console: Console, page: Page) -> Non
     page.keyboard.press("Tab")
     page.keyboard.press("Tab")
     expect(page.get_by_role("link", name="Usage", exact=True)).to_be_focused()
+
+
+def test_selected_budget_shows_forecast_band_and_landing(console: Console) -> None:
+    """With a forecast for the period, /usage draws the P10–P90 band to the period end and
+    says where the period lands — the figures of GET /admin/forecasts/{id}."""
+    gw = console.gw
+    budget = gw.post(
+        "/admin/budgets",
+        {"name": "fc", "scope_type": "team", "scope_id": console.team_id, "amount_usd": "0.001"},
+    )
+    _spend(console)
+    forecast = gw.get(f"/admin/forecasts/{budget['id']}", refresh="true")
+    with session(console.url, "finance@acme.test") as client:
+        page = client.get(f"/usage?budget={budget['id']}").text
+    assert 'class="band"' in page
+    assert f"We&#39;ll land at ${forecast['p50_usd']}" in page
+    assert f"P90 ${forecast['p90_usd']}" in page
