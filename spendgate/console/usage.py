@@ -20,6 +20,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from spendgate.admin import routes as directory_routes
+from spendgate.admin.deps import audit
 from spendgate.admin.users import list_users
 from spendgate.console.budget_view import BudgetView, budget_view
 from spendgate.console.charts import budget_chart, stacked_bars
@@ -31,7 +32,7 @@ from spendgate.console.usage_source import (
     UsageSeries,
     usage_series,
 )
-from spendgate.core.access import Can
+from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 
@@ -175,6 +176,32 @@ def _csv(
     return out.getvalue()
 
 
+async def _audit_export(svc: Any, request: Request, user: Any, view: View, rows: int) -> None:
+    """A CSV download is an audit entry, as ``GET /admin/usage?format=csv`` makes one."""
+    who = user.principal
+    q = usage_query(user, view)
+    async with svc.engine.begin() as conn:
+        await audit(
+            conn,
+            request,
+            who,
+            "usage.exported",
+            "usage",
+            None,
+            svc.clock.now(),
+            owner=Owner(q.org_id, frozenset(q.team_ids or ())),
+            after={
+                "group_by": [view.group_by],
+                "start": view.start.isoformat(),
+                "end": view.end.isoformat(),
+                "org_id": q.org_id,
+                "filters": view.filters,
+                "rows": rows,
+                "via": "console",
+            },
+        )
+
+
 async def group_names(svc: Any, user: Any, dim: str) -> dict[str, str]:
     """Readable names of the groups (team and agent names, emails, key names) the caller
     may look up, by id; ids stay as they are otherwise."""
@@ -215,6 +242,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     names = await group_names(svc, user, view.group_by)
     if params.get("format") == "csv":
         body = _csv(view, series.buckets, rows, names)
+        await _audit_export(svc, request, user, view, len(rows))
         headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
         return harden(request, Response(body, media_type="text/csv", headers=headers))
     chart = stacked_bars(

@@ -49,6 +49,8 @@ def test_usage_totals_and_csv_equal_the_api(console: Console) -> None:
         rows = list(csv.reader(io.StringIO(exported.text)))
         assert [r[0] for r in rows[1:]] == [*[r[0] for r in rows[1:3]], "Other", "total"]
         assert rows[-1][-1] == api["total_cost_usd"]
+        exports = console.gw.get("/admin/audit", action="usage.exported")["entries"]
+        assert [e["actor_type"] for e in exports] == ["console"]
         costs = sorted((Decimal(r["cost_usd"]) for r in api["rows"]), reverse=True)
         assert [Decimal(r[-1]) for r in rows[1:3]] == costs[:2]
         assert Decimal(rows[3][-1]) == sum(costs[2:])
