@@ -2,8 +2,8 @@
 filters, a link to what each is about) and ``/settings/notification-preferences``.
 
 One's own notifications and preferences are one's own: any signed-in user reads and
-marks them (whose they are is decided by ``admin.webhooks._reader``, the API's rule for
-"own"). Routing to webhook, Slack or PagerDuty endpoints is offered to those who may
+marks them (whose they are is decided by ``admin.webhooks.notification_reader``, the
+API's rule for "own"). Routing to webhook, Slack or PagerDuty endpoints is offered to those who may
 manage endpoints (``webhooks.manage``), as in the API.
 """
 
@@ -33,7 +33,7 @@ SHOWN = 500
 
 
 async def _own(svc: Services, user: SignedIn) -> str:
-    return await api._reader(scope_for(svc, user.principal), None)
+    return await api.notification_reader(scope_for(svc, user.principal), None)
 
 
 def _scope_of(note: dict[str, Any]) -> str:
