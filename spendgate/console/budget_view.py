@@ -5,9 +5,10 @@ saying where the period will land."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from spendgate.admin.deps import Scope
 from spendgate.admin.policies import budget_status
@@ -32,8 +33,9 @@ class BudgetView:
     def period_days(self) -> list[date]:
         start: datetime = self.status["period_start"]
         end: datetime = self.status["period_end"]
-        days, day = [], start.astimezone(UTC).date()
-        while datetime.combine(day, datetime.min.time(), tzinfo=UTC) < end:
+        zone = ZoneInfo(self.row["timezone"])
+        days, day = [], start.astimezone(zone).date()
+        while datetime.combine(day, datetime.min.time(), tzinfo=zone) < end:
             days.append(day)
             day += timedelta(days=1)
         return days

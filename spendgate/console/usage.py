@@ -12,9 +12,10 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -124,11 +125,11 @@ def top_n(series: UsageSeries, n: int) -> list[tuple[str, dict[date, int], int]]
     return out
 
 
-def usage_query(user: Any, view: View) -> UsageQuery:
-    """What the caller may see, as the admin API decides it."""
+def usage_query(user: Any, view: View, zone: str = "UTC", week: str = "monday") -> UsageQuery:
+    """What the caller may see, as the admin API decides it, in local days of ``zone``."""
     who = user.principal
-    start = datetime.combine(view.start, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(view.end, datetime.min.time(), tzinfo=UTC)
+    start = datetime.combine(view.start, datetime.min.time(), tzinfo=ZoneInfo(zone))
+    end = datetime.combine(view.end, datetime.min.time(), tzinfo=ZoneInfo(zone))
     if who.may(Can.USAGE_READ):
         narrowed = who.acting_for(Can.USAGE_READ)
         return UsageQuery(
@@ -140,11 +141,14 @@ def usage_query(user: Any, view: View) -> UsageQuery:
             narrowed.team_filter(),
             None,
             view.filters,
+            zone,
+            week,
         )
     # a member: their own calls, nothing else
     return UsageQuery(
-        start, end, view.group_by, view.grain, who.org_id, None, who.user_id, view.filters
-    )
+        start, end, view.group_by, view.grain, who.org_id, None, who.user_id, view.filters,
+        zone, week,
+    )  # fmt: skip
 
 
 def _csv(
@@ -176,10 +180,9 @@ def _csv(
     return out.getvalue()
 
 
-async def _audit_export(svc: Any, request: Request, user: Any, view: View, rows: int) -> None:
+async def _audit_export(svc: Any, request: Request, user: Any, q: UsageQuery, rows: int) -> None:
     """A CSV download is an audit entry, as ``GET /admin/usage?format=csv`` makes one."""
     who = user.principal
-    q = usage_query(user, view)
     async with svc.engine.begin() as conn:
         await audit(
             conn,
@@ -191,11 +194,12 @@ async def _audit_export(svc: Any, request: Request, user: Any, view: View, rows:
             svc.clock.now(),
             owner=Owner(q.org_id, frozenset(q.team_ids or ())),
             after={
-                "group_by": [view.group_by],
-                "start": view.start.isoformat(),
-                "end": view.end.isoformat(),
+                "group_by": ["day", q.group_by],
+                "start": q.start.isoformat(),
+                "end": q.end.isoformat(),
+                "timezone": q.timezone,
                 "org_id": q.org_id,
-                "filters": view.filters,
+                "filters": dict(q.filters),
                 "rows": rows,
                 "via": "console",
             },
@@ -235,14 +239,16 @@ async def _visible_budgets(svc: Any, user: Any) -> list[dict[str, Any]]:
 @router.get("/usage")
 async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     params = dict(request.query_params)
-    view = parse_view(params, svc.clock.now().astimezone(UTC).date())
-    await svc.ledger.flush()  # the calls this process answered are in the ledger
-    series = await usage_series(svc.engine, usage_query(user, view))
+    org = await svc.directory.get_org(str(user.principal.org_id))
+    zone, week = org.get("reporting_timezone") or "UTC", org.get("week_start") or "monday"
+    view = parse_view(params, svc.clock.now().astimezone(ZoneInfo(zone)).date())
+    await svc.ledger.flush()  # the calls this process answered are in the rollups
+    series = await usage_series(svc.engine, usage_query(user, view, zone, week))
     rows = top_n(series, view.top)
     names = await group_names(svc, user, view.group_by)
     if params.get("format") == "csv":
         body = _csv(view, series.buckets, rows, names)
-        await _audit_export(svc, request, user, view, len(rows))
+        await _audit_export(svc, request, user, usage_query(user, view, zone, week), len(rows))
         headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
         return harden(request, Response(body, media_type="text/csv", headers=headers))
     chart = stacked_bars(
@@ -288,23 +294,18 @@ async def _budget_chart(svc: Any, user: Any, selected: BudgetView) -> Any:
     if row["scope_type"] in DIMENSIONS:
         filters[row["scope_type"]] = row["scope_id"]
     status = selected.status
+    zone = row["timezone"]
     q = UsageQuery(
-        status["period_start"],
-        status["period_end"],
-        "model",
-        "day",
-        row["org_id"],
-        None,
-        None,
-        filters,
-    )
+        status["period_start"], status["period_end"], "model", "day", row["org_id"], None, None,
+        filters, zone, row["week_start"],
+    )  # fmt: skip
     series = await usage_series(svc.engine, q)
     per_day = {b: 0 for b in days}
     for (b, _), v in series.cells.items():
         if b in per_day:
             per_day[b] += v
     cumulative, running = [], 0
-    today = now.astimezone(UTC).date()
+    today = now.astimezone(ZoneInfo(zone)).date()
     for day in days:
         if day > today:
             break
@@ -316,5 +317,5 @@ async def _budget_chart(svc: Any, user: Any, selected: BudgetView) -> Any:
         selected.levels,
         selected.band,
         title=f"Budget {row['name']}: spend this period",
-        zone="UTC",
+        zone=zone,
     )

@@ -70,7 +70,8 @@ def test_soft_budget_alerts_once_each_in_the_browser(console: Console, page: Pag
         assert sum(f"alert {percent}%" in r for r in rows) == 1, (percent, rows)
     assert all("calibration" in r for r in rows)
     page.locator("#notifications-table tbody tr a").first.click()
-    assert page.url.endswith(f"/usage/budgets/{budget_id}")
+    page.wait_for_url(f"**/usage/budgets/{budget_id}")
+    expect(page.get_by_role("heading", name="Budget calibration")).to_be_visible()
 
     page.goto(f"{gw.url}/usage?budget={budget_id}")
     levels = page.locator("#levels-table tbody tr")

@@ -233,3 +233,22 @@ def test_selected_budget_shows_forecast_band_and_landing(console: Console) -> No
     assert 'class="band"' in page
     assert f"We&#39;ll land at ${forecast['p50_usd']}" in page
     assert f"P90 ${forecast['p90_usd']}" in page
+
+
+def test_usage_in_the_orgs_reporting_zone_and_by_tag(console: Console) -> None:
+    """The org's reporting zone names the axis and the days; grouping by tag works (the
+    rollups' tag view) and its figures are the API's."""
+    gw = console.gw
+    changed = gw.admin.patch(
+        f"/admin/orgs/{console.org_id}", json={"reporting_timezone": "America/New_York"}
+    )
+    assert changed.status_code == 200, changed.text
+    key = gw.post("/admin/keys", {"name": "k", "org_id": console.org_id, "tags": ["search"]})
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    api = gw.get("/admin/usage", group_by="tag", org_id=console.org_id)
+    with session(console.url, "org_admin@acme.test") as web:
+        page = web.get("/usage?group_by=tag&preset=7d").text
+    assert "days in America/New_York" in page
+    assert ">search<" in page
+    assert f'id="usage-total">${api["total_cost_usd"]}<' in page
