@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from spendgate import __version__
 from spendgate.admin.anomalies import router as anomalies_router
 from spendgate.admin.audit import router as audit_router
+from spendgate.admin.console_access import router as console_access_router
 from spendgate.admin.deps import no_nul_characters, unguarded_routes
 from spendgate.admin.docs import install_docs
 from spendgate.admin.forecasts import router as forecasts_router
@@ -211,6 +212,7 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(tokens_router)
     api.include_router(anomalies_router)
     api.include_router(tickets_router)
+    api.include_router(console_access_router)
     api.state.audit_settings = services.audit_settings
     unguarded = unguarded_routes(api)
     if unguarded:  # a route without a permission rule is a bug, not a default

@@ -85,13 +85,20 @@ async def no_nul_characters(request: Request) -> None:
         raise ValidationFailed(f"{where}: NUL characters are not accepted", param=where)
 
 
+def permitted(who: Principal, permission: Can) -> Principal:
+    """The caller narrowed to ``permission``; 403 when no role of theirs holds it. Every
+    admin route (through :func:`allow`) and every console page asks this."""
+    if not who.may(permission):
+        raise PermissionDenied(f"the {who.roles} role may not do this ({permission.value})")
+    return who.acting_for(permission)
+
+
 def allow(permission: Can) -> Callable[..., Coroutine[Any, Any, Principal]]:
     """A dependency that lets the call through only for callers holding ``permission``
     in some role, and narrows the caller the route sees to it."""
 
     async def check(request: Request, who: Annotated[Principal, Depends(principal)]) -> Principal:
-        if not who.may(permission):
-            raise PermissionDenied(f"the {who.roles} role may not do this ({permission.value})")
+        permitted(who, permission)
         narrowed = getattr(request.state, _ACTING, who).acting_for(permission)
         setattr(request.state, _ACTING, narrowed)
         return narrowed

@@ -251,7 +251,7 @@ async def redeliver_one(
 
 
 # -- notifications ---------------------------------------------------------------------
-async def _reader(scope: Scope, user_id: str | None) -> str:
+async def notification_reader(scope: Scope, user_id: str | None) -> str:
     """Whose notifications the call is about: one's own; an org admin (or the master key)
     may name another user of the org. Anyone else's answer like a missing user."""
     who: Principal = scope.who
@@ -284,7 +284,7 @@ async def list_notifications(
 ) -> list[dict[str, Any]]:
     """A user's notifications, newest first (``unread=true`` for unread only)."""
     return await notes.list_notifications(
-        hooks.engine, await _reader(scope, user_id), unread_only=unread, limit=limit
+        hooks.engine, await notification_reader(scope, user_id), unread_only=unread, limit=limit
     )
 
 
@@ -292,7 +292,7 @@ async def list_notifications(
 async def read_all(
     hooks: Hooks, svc: Svc, scope: Scoped, user_id: UserParam = None
 ) -> dict[str, int]:
-    reader = await _reader(scope, user_id)
+    reader = await notification_reader(scope, user_id)
     return {"updated": await notes.mark_all_read(hooks.engine, reader, svc.clock.now())}
 
 
@@ -300,7 +300,11 @@ async def read_all(
 async def read_one(
     notification_id: str, hooks: Hooks, svc: Svc, scope: Scoped, user_id: UserParam = None
 ) -> dict[str, Any]:
-    reader = None if scope.who.is_master and user_id is None else await _reader(scope, user_id)
+    reader = (
+        None
+        if scope.who.is_master and user_id is None
+        else await notification_reader(scope, user_id)
+    )
     return await notes.mark_read(hooks.engine, notification_id, svc.clock.now(), reader)
 
 
@@ -310,7 +314,9 @@ def _prefs_out(prefs: Preferences) -> dict[str, Any]:
 
 @notifications_router.get("/users/{user_id}/notification-preferences", response_model=w.Preferences)
 async def get_preferences(user_id: str, hooks: Hooks, scope: Scoped) -> dict[str, Any]:
-    return _prefs_out(await notes.get_preferences(hooks.engine, await _reader(scope, user_id)))
+    return _prefs_out(
+        await notes.get_preferences(hooks.engine, await notification_reader(scope, user_id))
+    )
 
 
 @notifications_router.put("/users/{user_id}/notification-preferences", response_model=w.Preferences)
@@ -323,7 +329,7 @@ async def put_preferences(
     who: Who,
     scope: Scoped,
 ) -> dict[str, Any]:
-    reader = await _reader(scope, user_id)
+    reader = await notification_reader(scope, user_id)
     owner = await scope.owner("user", reader)
     prefs = Preferences.from_json(body.model_dump())
     now = svc.clock.now()

@@ -3,6 +3,7 @@ who calls, through the admin API."""
 
 from __future__ import annotations
 
+import sys
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
@@ -69,6 +70,36 @@ def users_create(
     """Create a user."""
     body = {"email": email, "role": role, "team_ids": opt_list(teams_), "org_id": org}
     show(call(url, "POST", "/admin/users", json=body), as_json, ["id", "email", "role", "team_ids"])
+
+
+@users.command("invite")
+def users_invite(user_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """A one-time link (seven days) where the user chooses a console password."""
+    show(
+        call(url, "POST", f"/admin/users/{user_id}/console-invite"),
+        as_json,
+        ["user_id", "expires_at", "url"],
+        secret="url",
+    )
+
+
+@users.command("set-password")
+def users_set_password(
+    user_id: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="read the password from standard input")
+    ] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a user's console password (asked for twice, not echoed; at least 12
+    characters). Their open console sessions end."""
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+    call(url, "PUT", f"/admin/users/{user_id}/console-password", json={"password": password})
+    show({"user_id": user_id, "password_set": True}, as_json, ["user_id", "password_set"])
 
 
 @agents.command("create")
@@ -209,6 +240,12 @@ def bootstrap(
         "/admin/tokens",
         json={"user_id": user["id"], "name": "bootstrap", "expires_at": _expiry(expires_in_days)},
     )
+    invite = call(url, "POST", f"/admin/users/{user['id']}/console-invite")
+    if not as_json:
+        err_console.print(
+            f"console: open {escape(invite['url'])} to choose {escape(email)}'s password "
+            "(one use, seven days)"
+        )
     show(
         {
             "org_id": made["id"],
@@ -216,6 +253,7 @@ def bootstrap(
             "token_id": token["id"],
             "token": token["token"],
             "expires_at": token["expires_at"],
+            "console_invite_url": invite["url"],
         },
         as_json,
         ["org_id", "user_id", "token_id", "token", "expires_at"],

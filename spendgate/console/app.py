@@ -22,14 +22,12 @@ from spendgate.console import auth, budgets, notifications, usage
 from spendgate.console.layout import SignInRequired, harden, login_url, page
 from spendgate.errors import NotFound, SpendgateError
 from spendgate.services import Services
-from spendgate.store.console_auth import ConsoleAuth
+from spendgate.store.console_auth import SESSION_LIFETIME, ConsoleAuth
 
 log = logging.getLogger("spendgate.console")
 
 STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
-#: a console session lasts this long after signing in
-SESSION_LIFETIME = timedelta(hours=12)
 
 
 def build_console(services: Services, *, session_lifetime: timedelta = SESSION_LIFETIME) -> FastAPI:

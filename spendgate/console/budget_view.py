@@ -5,9 +5,10 @@ saying where the period will land."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from spendgate.admin.deps import Scope
 from spendgate.admin.policies import budget_status
@@ -32,8 +33,9 @@ class BudgetView:
     def period_days(self) -> list[date]:
         start: datetime = self.status["period_start"]
         end: datetime = self.status["period_end"]
-        days, day = [], start.astimezone(UTC).date()
-        while datetime.combine(day, datetime.min.time(), tzinfo=UTC) < end:
+        zone = ZoneInfo(self.row["timezone"])
+        days, day = [], start.astimezone(zone).date()
+        while datetime.combine(day, datetime.min.time(), tzinfo=zone) < end:
             days.append(day)
             day += timedelta(days=1)
         return days
@@ -63,10 +65,14 @@ def landing_text(forecast: dict[str, Any]) -> str:
     return f"We'll land at ${format_usd(p50)}, {abs(delta)} % under budget."
 
 
-async def budget_view(scope: Scope, budget_id: str) -> BudgetView:
-    """Status, levels and forecast of a budget the caller may read (else its 404)."""
+async def budget_view(
+    scope: Scope, budget_id: str, row: dict[str, Any] | None = None
+) -> BudgetView:
+    """Status, levels and forecast of a budget the caller may read (else its 404);
+    ``row``: the stored budget when the caller has it already (a list)."""
     status = await budget_status(budget_id, scope.svc, scope)
-    row = await scope.svc.policies.get_budget(budget_id)
+    if row is None:
+        row = await scope.svc.policies.get_budget(budget_id)
     budget = budget_from_row(row)
     amount = usd_to_nanos(status["effective_amount_usd"])
     levels = [Level("budget", amount, "budget")]

@@ -1,7 +1,224 @@
-"""Console pages (filled in next)."""
+"""``/usage/budgets``: the budgets the caller may read, most at risk first; create, edit,
+delete (after a confirmation page) and exceptions, for those who may change budgets.
+
+Every change goes through the admin API's own route function (``admin.policies``) with
+the caller narrowed to ``budgets.write``: the same validation, scope checks (404 for a
+budget outside one's teams), audit entries and enforcement refresh as ``/admin/budgets``.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
+
+from spendgate.admin import policies
+from spendgate.admin import routes as directory_routes
+from spendgate.admin import schemas as s
+from spendgate.admin.users import list_users
+from spendgate.console.budget_view import budget_view
+from spendgate.console.forms import (
+    BUDGET_FIELDS,
+    EDITABLE,
+    budget_body,
+    field_errors,
+    form_values,
+)
+from spendgate.console.layout import Svc, User, harden, page, require, scope_for
+from spendgate.core.access import Can, Principal
+from spendgate.errors import ValidationFailed
+from spendgate.services import Services
 
 router = APIRouter(include_in_schema=False)
+PERIODS = ("daily", "weekly", "monthly")
+WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
+KINDS = ("chat", "completion", "embedding", "response", "message")
+DEFAULTS = {
+    "period": "monthly",
+    "timezone": "UTC",
+    "week_start": "monday",
+    "alert_percentages": "50, 75, 90",
+    "soft_limit_percent": "75",
+    "hard_limit_percent": "100",
+}
+
+
+def _see(request: Request, path: str) -> Response:
+    return harden(request, RedirectResponse(path, status_code=303))
+
+
+async def _targets(svc: Services, who: Principal) -> list[tuple[str, str, str]]:
+    """(scope type, id, label) of every object the caller may put a budget on."""
+    org = who.org_id
+    out: list[tuple[str, str, str]] = []
+    if who.org_wide and org is not None:
+        out.append(("org", org, "the whole org"))
+    teams = await directory_routes.list_teams(svc, who, org)
+    out += [("team", t["id"], t["name"]) for t in teams]
+    out += [("user", u["id"], u["email"]) for u in await list_users(svc, who, org)]
+    out += [
+        ("agent", a["id"], a["name"]) for a in await directory_routes.list_agents(svc, who, org)
+    ]
+    keys = await directory_routes.list_keys(svc, who, org, None)
+    out += [("key", k["id"], f"{k['name']} ({k['key_prefix']}…)") for k in keys]
+    return out
+
+
+async def _form_page(
+    request: Request,
+    svc: Services,
+    who: Principal,
+    values: dict[str, str],
+    errors: dict[str, str],
+    budget: dict[str, Any] | None,
+    status: int = 200,
+) -> Response:
+    return await page(
+        request,
+        "budgets/form.html",
+        {
+            "values": {**DEFAULTS, **values},
+            "errors": errors,
+            "budget": budget,
+            "targets": [] if budget else await _targets(svc, who),
+            "periods": PERIODS,
+            "weekdays": WEEKDAYS,
+            "kinds": KINDS,
+        },
+        status=status,
+    )
+
+
+@router.get("/usage/budgets")
+async def list_page(request: Request, svc: Svc, user: User) -> Response:
+    who = require(user, Can.BUDGETS_READ)
+    scope = scope_for(svc, who)
+    rows = await svc.policies.list_budgets(who.org_id)
+    visible = await scope.filter(rows, scope.of_policy)  # as GET /admin/budgets filters
+    views = [await budget_view(scope, r["id"], r) for r in visible]
+    views.sort(key=lambda v: (-v.risk, v.row["name"]))
+    return await page(
+        request,
+        "budgets/list.html",
+        {"views": views, "can_write": user.principal.may(Can.BUDGETS_WRITE)},
+    )
+
+
+@router.get("/usage/budgets/new")
+async def new_form(request: Request, svc: Svc, user: User) -> Response:
+    who = require(user, Can.BUDGETS_WRITE)
+    return await _form_page(request, svc, who, dict(request.query_params), {}, None)
+
+
+@router.post("/usage/budgets/new")
+async def create(request: Request, svc: Svc, user: User) -> Response:
+    who = require(user, Can.BUDGETS_WRITE)
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    body = budget_body(form, BUDGET_FIELDS)
+    if body.get("scope_type") == "org":
+        body["scope_id"] = who.org_id
+    if body.get("scope_type") == "tag":
+        body["org_id"] = who.org_id
+        body.pop("scope_id", None)
+    try:
+        made = await policies.create_budget(
+            s.BudgetIn.model_validate(body), svc, request, who, scope_for(svc, who)
+        )
+    except (ValidationError, ValidationFailed) as exc:
+        return await _form_page(request, svc, who, form, field_errors(exc), None, 422)
+    return _see(request, f"/usage/budgets/{made['id']}")
+
+
+@router.get("/usage/budgets/{budget_id}")
+async def detail(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who = require(user, Can.BUDGETS_READ)
+    scope = scope_for(svc, who)
+    view = await budget_view(scope, budget_id)
+    exceptions = await policies.list_exceptions(budget_id, svc, scope)
+    owner = scope.require(await scope.of_policy(view.row), "budget", budget_id)
+    now = svc.clock.now()
+    return await page(
+        request,
+        "budgets/detail.html",
+        {
+            "view": view,
+            "exceptions": exceptions,
+            "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
+            "can_write": user.principal.can(Can.BUDGETS_WRITE, owner),
+            "errors": {},
+            "values": {},
+        },
+    )
+
+
+async def _writable(user: Any, svc: Services, budget_id: str) -> tuple[Principal, dict[str, Any]]:
+    """The caller narrowed to budgets.write and the budget (its 404 if not theirs)."""
+    who = require(user, Can.BUDGETS_WRITE)
+    row, _ = await scope_for(svc, who).budget(budget_id)
+    return who, row
+
+
+@router.get("/usage/budgets/{budget_id}/edit")
+async def edit_form(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who, row = await _writable(user, svc, budget_id)
+    return await _form_page(request, svc, who, form_values(policies.budget_out(row)), {}, row)
+
+
+@router.post("/usage/budgets/{budget_id}/edit")
+async def edit(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who, row = await _writable(user, svc, budget_id)
+    form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
+    try:
+        patch = s.BudgetPatch.model_validate(budget_body(form, EDITABLE))
+        await policies.update_budget(budget_id, patch, svc, request, who, scope_for(svc, who))
+    except (ValidationError, ValidationFailed) as exc:
+        return await _form_page(request, svc, who, form, field_errors(exc), row, 422)
+    return _see(request, f"/usage/budgets/{budget_id}")
+
+
+@router.get("/usage/budgets/{budget_id}/delete")
+async def delete_confirm(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
+    _, row = await _writable(user, svc, budget_id)
+    return await page(request, "budgets/delete.html", {"budget": row})
+
+
+@router.post("/usage/budgets/{budget_id}/delete")
+async def delete(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who, _ = await _writable(user, svc, budget_id)
+    await policies.delete_budget(budget_id, svc, request, who, scope_for(svc, who))
+    return _see(request, "/usage/budgets")
+
+
+@router.post("/usage/budgets/{budget_id}/exceptions")
+async def grant(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who, _ = await _writable(user, svc, budget_id)
+    form = {k: v.strip() for k, v in (await request.form()).items() if isinstance(v, str)}
+    body: dict[str, Any] = {"reason": form.get("reason", "")}
+    for name in ("amount_usd", "percent", "starts_at", "expires_at"):
+        if form.get(name):
+            body[name] = form[name] if "T" not in form[name] else form[name] + ":00+00:00"
+    if "expires_at" not in body:
+        body["expires_at"] = None
+    try:
+        exc_in = s.ExceptionIn.model_validate(body)
+        await policies.grant_exception(budget_id, exc_in, svc, request, who, scope_for(svc, who))
+    except (ValidationError, ValidationFailed) as exc:
+        scope = scope_for(svc, require(user, Can.BUDGETS_READ))
+        exceptions = await policies.list_exceptions(budget_id, svc, scope)
+        now = svc.clock.now()
+        return await page(
+            request,
+            "budgets/detail.html",
+            {
+                "view": await budget_view(scope, budget_id),
+                "exceptions": exceptions,
+                "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
+                "can_write": True,
+                "errors": field_errors(exc),
+                "values": form,
+            },
+            status=422,
+        )
+    return _see(request, f"/usage/budgets/{budget_id}#exceptions")

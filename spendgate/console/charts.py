@@ -112,6 +112,18 @@ def stacked_bars(
     return _frame(title, desc, body)
 
 
+def _spread(ys: Sequence[float], gap: float = 13.0) -> list[float]:
+    """Label heights near ``ys`` but at least ``gap`` apart (levels may coincide, e.g. a
+    soft limit at 100 % on the budget line), in the same order as ``ys``."""
+    order = sorted(range(len(ys)), key=lambda i: ys[i])
+    placed: dict[int, float] = {}
+    last = -1e9
+    for i in order:
+        placed[i] = max(ys[i], last + gap)
+        last = placed[i]
+    return [placed[i] for i in range(len(ys))]
+
+
 @dataclass(frozen=True, slots=True)
 class Level:
     """A horizontal line across a budget chart: its label and height in nanos."""
@@ -172,14 +184,14 @@ def budget_chart(
             f'<polyline class="spend" points="{x_of(0):.1f},{y_of(0):.1f} {points}">'
             f"<title>spend so far: {escape(_usd(cumulative[-1]))}</title></polyline>"
         )
-    for level in levels:
-        y = y_of(level.nanos)
+    ys = [y_of(level.nanos) for level in levels]
+    for level, y, label_y in zip(levels, ys, _spread(ys), strict=True):
         body.append(
             f'<line class="level {level.kind}" x1="{LEFT}" x2="{LEFT + PLOT_W}" '
             f'y1="{y:.1f}" y2="{y:.1f}"/>'
         )
         body.append(
-            f'<text class="legend" x="{LEFT + PLOT_W + 6}" y="{y + 4:.1f}">'
+            f'<text class="legend" x="{LEFT + PLOT_W + 6}" y="{label_y + 4:.1f}">'
             f"{escape(level.label)} {escape(_usd(level.nanos))}</text>"
         )
     label_every = max(1, n // 8)

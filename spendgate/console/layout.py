@@ -23,9 +23,8 @@ from fastapi import Depends, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.templating import Jinja2Templates
 
-from spendgate.admin.deps import Scope
+from spendgate.admin.deps import Scope, permitted
 from spendgate.core.access import Can, Principal
-from spendgate.errors import PermissionDenied
 from spendgate.security.web import (
     CSRF_COOKIE,
     SESSION_COOKIE,
@@ -85,11 +84,8 @@ User = Annotated[SignedIn, Depends(signed_in)]
 
 def require(user: SignedIn, permission: Can) -> Principal:
     """The caller narrowed to ``permission``; 403 when no role of theirs holds it (the
-    admin API's ``allow`` rule)."""
-    who = user.principal
-    if not who.may(permission):
-        raise PermissionDenied(f"the {who.roles} role may not do this ({permission.value})")
-    return who.acting_for(permission)
+    admin API's own check, ``admin.deps.permitted``)."""
+    return permitted(user.principal, permission)
 
 
 def scope_for(svc: Services, who: Principal) -> Scope:

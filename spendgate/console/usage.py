@@ -12,13 +12,17 @@ from __future__ import annotations
 import csv
 import io
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
+from zoneinfo import ZoneInfo
 
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
+from spendgate.admin import routes as directory_routes
+from spendgate.admin.deps import audit
+from spendgate.admin.users import list_users
 from spendgate.console.budget_view import BudgetView, budget_view
 from spendgate.console.charts import budget_chart, stacked_bars
 from spendgate.console.layout import Svc, User, harden, page, scope_for
@@ -29,7 +33,7 @@ from spendgate.console.usage_source import (
     UsageSeries,
     usage_series,
 )
-from spendgate.core.access import Can
+from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 
@@ -121,11 +125,11 @@ def top_n(series: UsageSeries, n: int) -> list[tuple[str, dict[date, int], int]]
     return out
 
 
-def usage_query(user: Any, view: View) -> UsageQuery:
-    """What the caller may see, as the admin API decides it."""
+def usage_query(user: Any, view: View, zone: str = "UTC", week: str = "monday") -> UsageQuery:
+    """What the caller may see, as the admin API decides it, in local days of ``zone``."""
     who = user.principal
-    start = datetime.combine(view.start, datetime.min.time(), tzinfo=UTC)
-    end = datetime.combine(view.end, datetime.min.time(), tzinfo=UTC)
+    start = datetime.combine(view.start, datetime.min.time(), tzinfo=ZoneInfo(zone))
+    end = datetime.combine(view.end, datetime.min.time(), tzinfo=ZoneInfo(zone))
     if who.may(Can.USAGE_READ):
         narrowed = who.acting_for(Can.USAGE_READ)
         return UsageQuery(
@@ -137,27 +141,90 @@ def usage_query(user: Any, view: View) -> UsageQuery:
             narrowed.team_filter(),
             None,
             view.filters,
+            zone,
+            week,
         )
     # a member: their own calls, nothing else
     return UsageQuery(
-        start, end, view.group_by, view.grain, who.org_id, None, who.user_id, view.filters
-    )
+        start, end, view.group_by, view.grain, who.org_id, None, who.user_id, view.filters,
+        zone, week,
+    )  # fmt: skip
 
 
-def _csv(view: View, buckets: list[date], rows: list[tuple[str, dict[date, int], int]]) -> str:
+def _csv(
+    view: View,
+    buckets: list[date],
+    rows: list[tuple[str, dict[date, int], int]],
+    names: dict[str, str],
+) -> str:
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow([view.group_by, *(b.isoformat() for b in buckets), "total_usd"])
+    writer.writerow([view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd"])
     for label, cells, total in rows:
-        writer.writerow([label, *(format_usd(cells.get(b, 0)) for b in buckets), format_usd(total)])
+        writer.writerow(
+            [
+                label,
+                names.get(label, ""),
+                *(format_usd(cells.get(b, 0)) for b in buckets),
+                format_usd(total),
+            ]
+        )
     writer.writerow(
         [
             "total",
+            "",
             *(format_usd(sum(c.get(b, 0) for _, c, _ in rows)) for b in buckets),
             format_usd(sum(t for _, _, t in rows)),
         ]
     )
     return out.getvalue()
+
+
+async def _audit_export(svc: Any, request: Request, user: Any, q: UsageQuery, rows: int) -> None:
+    """A CSV download is an audit entry, as ``GET /admin/usage?format=csv`` makes one."""
+    who = user.principal
+    async with svc.engine.begin() as conn:
+        await audit(
+            conn,
+            request,
+            who,
+            "usage.exported",
+            "usage",
+            None,
+            svc.clock.now(),
+            owner=Owner(q.org_id, frozenset(q.team_ids or ())),
+            after={
+                "group_by": ["day", q.group_by],
+                "start": q.start.isoformat(),
+                "end": q.end.isoformat(),
+                "timezone": q.timezone,
+                "org_id": q.org_id,
+                "filters": dict(q.filters),
+                "rows": rows,
+                "via": "console",
+            },
+        )
+
+
+async def group_names(svc: Any, user: Any, dim: str) -> dict[str, str]:
+    """Readable names of the groups (team and agent names, emails, key names) the caller
+    may look up, by id; ids stay as they are otherwise."""
+    who = user.principal
+    if dim == "user" and not who.may(Can.DIRECTORY_READ):
+        return {who.user_id: user.email} if who.user_id else {}
+    lookups = {
+        "team": (Can.DIRECTORY_READ, directory_routes.list_teams, "name"),
+        "user": (Can.DIRECTORY_READ, list_users, "email"),
+        "agent": (Can.DIRECTORY_READ, directory_routes.list_agents, "name"),
+    }
+    if dim == "key" and who.may(Can.KEYS_READ):
+        keys = await directory_routes.list_keys(svc, who.acting_for(Can.KEYS_READ), who.org_id)
+        return {k["id"]: k["name"] for k in keys}
+    if dim not in lookups or not who.may(lookups[dim][0]):
+        return {}
+    permission, lister, field = lookups[dim]
+    rows = await lister(svc, who.acting_for(permission), who.org_id)
+    return {r["id"]: r[field] for r in rows}
 
 
 async def _visible_budgets(svc: Any, user: Any) -> list[dict[str, Any]]:
@@ -172,17 +239,21 @@ async def _visible_budgets(svc: Any, user: Any) -> list[dict[str, Any]]:
 @router.get("/usage")
 async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     params = dict(request.query_params)
-    view = parse_view(params, svc.clock.now().astimezone(UTC).date())
-    await svc.ledger.flush()  # the calls this process answered are in the ledger
-    series = await usage_series(svc.engine, usage_query(user, view))
+    org = await svc.directory.get_org(str(user.principal.org_id))
+    zone, week = org.get("reporting_timezone") or "UTC", org.get("week_start") or "monday"
+    view = parse_view(params, svc.clock.now().astimezone(ZoneInfo(zone)).date())
+    await svc.ledger.flush()  # the calls this process answered are in the rollups
+    series = await usage_series(svc.engine, usage_query(user, view, zone, week))
     rows = top_n(series, view.top)
+    names = await group_names(svc, user, view.group_by)
     if params.get("format") == "csv":
-        body = _csv(view, series.buckets, rows)
+        body = _csv(view, series.buckets, rows, names)
+        await _audit_export(svc, request, user, usage_query(user, view, zone, week), len(rows))
         headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
         return harden(request, Response(body, media_type="text/csv", headers=headers))
     chart = stacked_bars(
         series.buckets,
-        [(label, cells) for label, cells, _ in rows],
+        [(names.get(label, label), cells) for label, cells, _ in rows],
         title=f"Spend per {view.grain} by {view.group_by}",
         zone=series.zone,
     )
@@ -200,6 +271,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "view": view,
             "series": series,
             "rows": rows,
+            "names": names,
             "chart": chart,
             "budgets": budgets,
             "selected": selected,
@@ -222,23 +294,18 @@ async def _budget_chart(svc: Any, user: Any, selected: BudgetView) -> Any:
     if row["scope_type"] in DIMENSIONS:
         filters[row["scope_type"]] = row["scope_id"]
     status = selected.status
+    zone = row["timezone"]
     q = UsageQuery(
-        status["period_start"],
-        status["period_end"],
-        "model",
-        "day",
-        row["org_id"],
-        None,
-        None,
-        filters,
-    )
+        status["period_start"], status["period_end"], "model", "day", row["org_id"], None, None,
+        filters, zone, row["week_start"],
+    )  # fmt: skip
     series = await usage_series(svc.engine, q)
     per_day = {b: 0 for b in days}
     for (b, _), v in series.cells.items():
         if b in per_day:
             per_day[b] += v
     cumulative, running = [], 0
-    today = now.astimezone(UTC).date()
+    today = now.astimezone(ZoneInfo(zone)).date()
     for day in days:
         if day > today:
             break
@@ -250,5 +317,5 @@ async def _budget_chart(svc: Any, user: Any, selected: BudgetView) -> Any:
         selected.levels,
         selected.band,
         title=f"Budget {row['name']}: spend this period",
-        zone="UTC",
+        zone=zone,
     )

@@ -351,9 +351,9 @@ def standing_change_refusal(
 
 # -- admin tokens ----------------------------------------------------------------------------
 def manages_tokens_of(who: Principal, user_id: str, org_id: str | None) -> bool:
-    """Whose tokens the caller creates, lists and revokes: their own; an org admin's, the
-    whole org's; the master key's, everyone's. Nobody below org admin touches another
-    user's tokens."""
+    """Whose tokens the caller creates, lists and revokes — and whose console password
+    and invite links they set: their own; an org admin's, the whole org's; the master
+    key's, everyone's. Nobody below org admin touches another user's credentials."""
     if who.is_master or (who.user_id is not None and user_id == who.user_id):
         return True
     return who.role == ORG_ADMIN and org_id == who.org_id

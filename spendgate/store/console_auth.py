@@ -18,16 +18,19 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.core.access import Principal
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret
 from spendgate.store import schema
+from spendgate.store.database import transaction
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
 INVITE_DAYS = 7
+#: a console session lasts this long after signing in
+SESSION_LIFETIME = timedelta(hours=12)
 
 _hasher = PasswordHasher()
 #: verified against when no user matches, so a wrong email costs as long as a wrong password
@@ -57,16 +60,19 @@ def password_problem(password: str) -> str | None:
 
 
 class ConsoleAuth:
-    def __init__(self, engine: AsyncEngine, session_lifetime: timedelta) -> None:
+    def __init__(self, engine: AsyncEngine, session_lifetime: timedelta = SESSION_LIFETIME) -> None:
         self._engine = engine
         self.session_lifetime = session_lifetime
 
-    async def set_password(self, user_id: str, password: str, now: datetime) -> None:
+    async def set_password(
+        self, user_id: str, password: str, now: datetime, conn: AsyncConnection | None = None
+    ) -> None:
+        """Set (or replace) the password; in ``conn``'s transaction when given."""
         problem = password_problem(password)
         if problem is not None:
             raise ValidationFailed(f"password: {problem}", param="password")
         hashed = _hasher.hash(password)
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine, conn) as conn:
             found = await conn.execute(sa.select(_u.id).where(_u.id == user_id))
             if found.first() is None:
                 raise NotFound(f"user {user_id} not found")
@@ -149,12 +155,12 @@ class ConsoleAuth:
         return SignedIn(principal, row.email, row.expires_at)
 
     async def create_invite(
-        self, user_id: str, created_by: str, now: datetime
+        self, user_id: str, created_by: str, now: datetime, conn: AsyncConnection | None = None
     ) -> tuple[str, datetime]:
         """A one-time link secret letting the user choose a password; (secret, expiry)."""
         secret = secrets.token_urlsafe(32)
         expires = now + timedelta(days=INVITE_DAYS)
-        async with self._engine.begin() as conn:
+        async with transaction(self._engine, conn) as conn:
             await conn.execute(
                 schema.console_invites.insert().values(
                     invite_hash=hash_secret(secret),

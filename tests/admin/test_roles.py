@@ -617,6 +617,19 @@ RULES: dict[tuple[str, str], Rule] = {
         frozenset({OA, FIN, TA}),
         lambda c, x: Call("POST", f"/admin/tickets/{x.ticket()}/deny", {"reason": "no"}),
     ),
+    # console sign-in: whose, as for admin tokens
+    ("POST", "/admin/users/{user_id}/console-invite"): Rule(
+        ALL, lambda c, x: Call("POST", f"/admin/users/{_reader(c, x)}/console-invite"), 201
+    ),
+    ("PUT", "/admin/users/{user_id}/console-password"): Rule(
+        ALL,
+        lambda c, x: Call(
+            "PUT",
+            f"/admin/users/{_reader(c, x)}/console-password",
+            {"password": "a long enough password"},
+        ),
+        204,
+    ),
     # spend anomalies: seen like spend, acknowledged like budgets, actions set like limits
     ("GET", "/admin/anomalies"): Rule(
         ALL, get("/admin/anomalies"), other=None, marker=lambda c, x: x.marker_key["anomaly"]

@@ -10,10 +10,12 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
@@ -115,3 +117,21 @@ def axe_violations(browser: Browser, base: str, email: str, path: str) -> list[d
         return [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
     finally:
         context.close()
+
+
+@contextmanager
+def session(base: str, email: str, password: str = PASSWORD) -> Iterator[httpx.Client]:
+    """An HTTP client signed in to the console as a browser would be (cookies + CSRF)."""
+    with httpx.Client(base_url=base) as client:
+        client.get("/login")
+        response = client.post(
+            "/login",
+            data={"email": email, "password": password, "csrf_token": client.cookies["sg_csrf"]},
+        )
+        assert response.status_code == 303, response.text
+        yield client
+
+
+def form(client: httpx.Client, path: str, data: dict[str, Any]) -> httpx.Response:
+    """POST a console form with the CSRF token, as the page would."""
+    return client.post(path, data={**data, "csrf_token": client.cookies["sg_csrf"]})

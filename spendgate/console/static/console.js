@@ -10,6 +10,8 @@
     return kind === "number" ? parseFloat(raw) || 0 : raw.toLowerCase();
   }
   function setup(table) {
+    if (table.getAttribute("data-sortable-ready")) return;
+    table.setAttribute("data-sortable-ready", "1");
     var heads = table.querySelectorAll("thead th[data-sort]");
     heads.forEach(function (th) {
       var button = document.createElement("button");
@@ -34,5 +36,8 @@
       });
     });
   }
-  document.querySelectorAll("table.sortable").forEach(setup);
+  function setupAll() { document.querySelectorAll("table.sortable").forEach(setup); }
+  setupAll();
+  // htmx swaps a page's content in place (hx-boost): set up the tables it brought
+  document.body.addEventListener("htmx:afterSettle", setupAll);
 })();

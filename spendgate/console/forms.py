@@ -1,0 +1,85 @@
+"""HTML forms in, admin API bodies out; the API's validation errors back beside the field.
+
+A console form is parsed into the admin API's own pydantic model (``BudgetIn``…) and
+handed to the admin route function, so the checks are the API's. :func:`field_errors`
+turns a pydantic ``ValidationError`` or a ``ValidationFailed`` (whose ``param`` names the
+field) into ``{field: message}`` for the template.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from spendgate.errors import ValidationFailed
+
+BUDGET_FIELDS = (
+    "name",
+    "scope_type",
+    "scope_id",
+    "tag",
+    "period",
+    "timezone",
+    "week_start",
+    "amount_usd",
+    "alert_percentages",
+    "soft_limit_percent",
+    "hard_limit",
+    "hard_limit_percent",
+    "categories.providers",
+    "categories.models",
+    "categories.kinds",
+    "categories.tags",
+)
+#: what a patch may change (the scope of a budget is fixed once created)
+EDITABLE = tuple(f for f in BUDGET_FIELDS if f not in ("scope_type", "scope_id", "tag"))
+
+
+def split_list(value: str) -> list[str]:
+    """``"50, 75,90"`` → ``["50", "75", "90"]`` (commas or spaces)."""
+    return [part for part in value.replace(",", " ").split() if part]
+
+
+def budget_body(form: Mapping[str, Any], fields: tuple[str, ...]) -> dict[str, Any]:
+    """The admin API body a budget form stands for (blank optional fields left out)."""
+    body: dict[str, Any] = {}
+    categories: dict[str, list[str]] = {}
+    for name in fields:
+        raw = str(form.get(name, "")).strip()
+        if name.startswith("categories."):
+            categories[name.split(".", 1)[1]] = split_list(raw)
+        elif name == "alert_percentages":
+            body[name] = split_list(raw)
+        elif name == "hard_limit":
+            body[name] = form.get(name) == "on"
+        elif raw or name in ("amount_usd", "scope_type"):
+            body[name] = raw
+    body["categories"] = categories
+    return body
+
+
+def form_values(row: Mapping[str, Any]) -> dict[str, str]:
+    """A stored budget (``budget_out``) as the form shows it."""
+    values = {k: "" if v is None else str(v) for k, v in row.items() if isinstance(v, str | None)}
+    values["alert_percentages"] = ", ".join(row.get("alert_percentages", []))
+    values["hard_limit"] = "on" if row.get("hard_limit") else ""
+    for kind, items in (row.get("categories") or {}).items():
+        values[f"categories.{kind}"] = ", ".join(items)
+    return values
+
+
+def field_errors(exc: ValidationError | ValidationFailed) -> dict[str, str]:
+    """``{field: message}`` for the form; the first error per field."""
+    if isinstance(exc, ValidationFailed):
+        field = exc.param or "form"
+        message = exc.message.removeprefix(f"{field}: ")
+        return {field: message}
+    out: dict[str, str] = {}
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
+        field = ".".join(loc[:2]) if loc[:1] == ["categories"] else (loc[0] if loc else "form")
+        message = str(err["msg"]).removeprefix("Value error, ")
+        out.setdefault(field, message)
+    return out

@@ -1,0 +1,254 @@
+"""The pages' behaviour: usage totals and CSV, budget forms and their errors, deletion,
+exceptions, notifications and preferences; axe-core on every page."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import timedelta
+from decimal import Decimal
+
+import openai
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.console.conftest import Console, axe_violations, session, sign_in
+
+MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini")
+
+
+def _spend(console: Console) -> None:
+    """Calls on four models by two teams' keys, today and a week ago."""
+    gw = console.gw
+    for team in (console.team_id, console.other_team_id):
+        key = gw.post("/admin/keys", {"name": "k", "org_id": console.org_id, "team_id": team})
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+        for n, model in enumerate(MODELS):
+            for _ in range(n + 1):
+                client.chat.completions.create(
+                    model=model, messages=[{"role": "user", "content": "hi"}]
+                )
+        gw.clock.advance(-7 * 86400)
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        gw.clock.advance(7 * 86400)
+
+
+def test_usage_totals_and_csv_equal_the_api(console: Console) -> None:
+    """Grouped by model with top 2: two models and Other; the page's total, the CSV's
+    total row and the admin API's total are the same exact figure."""
+    _spend(console)
+    api = console.gw.get("/admin/usage", group_by="model", start="2026-02-09", end="2026-03-11")
+    with session(console.url, "org_admin@acme.test") as client:
+        view = "preset=30d&grain=week&group_by=model&top=2"
+        page = client.get(f"/usage?{view}")
+        assert page.status_code == 200
+        assert f'id="usage-total">${api["total_cost_usd"]}<' in page.text
+        assert ">Other<" in page.text
+        exported = client.get(f"/usage?{view}&format=csv")
+        assert exported.headers["content-type"].startswith("text/csv")
+        rows = list(csv.reader(io.StringIO(exported.text)))
+        assert [r[0] for r in rows[1:]] == [*[r[0] for r in rows[1:3]], "Other", "total"]
+        assert rows[-1][-1] == api["total_cost_usd"]
+        exports = console.gw.get("/admin/audit", action="usage.exported")["entries"]
+        assert [e["actor_type"] for e in exports] == ["console"]
+        costs = sorted((Decimal(r["cost_usd"]) for r in api["rows"]), reverse=True)
+        assert [Decimal(r[-1]) for r in rows[1:3]] == costs[:2]
+        assert Decimal(rows[3][-1]) == sum(costs[2:])
+        # a filter in the URL narrows both
+        team_view = client.get(f"/usage?{view}&team={console.team_id}&format=csv").text
+        team_api = console.gw.get("/admin/usage", group_by="team", start="2026-02-09")
+        by_team = {r["team"]: r["cost_usd"] for r in team_api["rows"]}
+        assert team_view.strip().splitlines()[-1].endswith("," + by_team[console.team_id])
+        bad = client.get("/usage?grain=hour")
+        assert bad.status_code == 422 and "grain" in bad.text
+
+
+def test_budget_form_shows_the_api_errors_beside_the_field(console: Console, page: Page) -> None:
+    """Alerts out of order and a bad time zone: the API's messages, next to their fields,
+    the typed values kept; nothing is created."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(f"{console.url}/usage/budgets/new")
+    page.get_by_label("Scope", exact=True).select_option("team")
+    page.get_by_label("Target").select_option(console.team_id)
+    page.get_by_label("Amount (USD)").fill("-5")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.locator("#amount_usd-error")).to_contain_text("an amount in USD")
+    expect(page.get_by_label("Amount (USD)")).to_have_attribute("aria-invalid", "true")
+    page.get_by_label("Amount (USD)").fill("100")
+    page.get_by_label("Time zone (IANA)").fill("Mars/Olympus")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.locator("#timezone-error")).to_be_visible()
+    page.get_by_label("Time zone (IANA)").fill("Europe/Paris")
+    page.get_by_label("Soft limit (%)").fill("150")
+    page.get_by_label("Hard limit: refuse calls past it").check()
+    page.get_by_label("Hard limit (%)").fill("120")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.locator(".error").first).to_be_visible()
+    assert console.gw.get("/admin/budgets") == []
+    expect(page.get_by_label("Amount (USD)")).to_have_value("100")
+
+
+def test_delete_asks_first_and_exceptions_are_granted(console: Console, page: Page) -> None:
+    budget = console.gw.post(
+        "/admin/budgets",
+        {"name": "ops", "scope_type": "team", "scope_id": console.team_id, "amount_usd": "10"},
+    )
+    sign_in(page, console.url, "finance@acme.test")
+    page.goto(f"{console.url}/usage/budgets/{budget['id']}")
+    page.get_by_label("Extra amount (USD)").fill("5")
+    page.get_by_label("Reason").fill("launch week")
+    expires = console.gw.clock.now() + timedelta(days=3)
+    page.get_by_label("Expires (UTC)").fill(expires.strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_role("button", name="Grant exception").click()
+    expect(page.locator("#exceptions-table")).to_contain_text("launch week")
+    expect(page.locator("#exceptions-table caption")).to_contain_text("1 active")
+    expect(page.locator("#status-table")).to_contain_text("$15.00")
+    page.get_by_label("Reason").fill("")
+    page.get_by_role("button", name="Grant exception").click()
+    expect(
+        page.locator("#x-amount_usd-error, #x-reason-error, #x-expires_at-error").first
+    ).to_be_visible()
+    page.goto(f"{console.url}/usage/budgets/{budget['id']}")
+    page.get_by_role("link", name="Delete").click()
+    expect(page.get_by_role("heading", name="Delete budget ops?")).to_be_visible()
+    page.get_by_role("link", name="No, keep it").click()
+    assert len(console.gw.get("/admin/budgets")) == 1
+    page.get_by_role("link", name="Delete").click()
+    page.get_by_role("button", name="Yes, delete it").click()
+    assert page.url.endswith("/usage/budgets")
+    assert console.gw.get("/admin/budgets") == []
+
+
+def test_notifications_unread_first_mark_read_and_preferences(console: Console, page: Page) -> None:
+    """Notifications of a key and of budget levels already past; unread first, the header count
+    follows marking read; preferences are saved per user."""
+    gw = console.gw
+    key = gw.post(
+        "/admin/keys", {"name": "k", "org_id": console.org_id, "team_id": console.team_id}
+    )
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    gw.post(
+        "/admin/budgets",
+        {
+            "name": "tiny",
+            "scope_type": "team",
+            "scope_id": console.team_id,
+            "amount_usd": "0.000001",
+            "alert_percentages": ["50"],
+            "soft_limit_percent": "75",
+        },
+    )
+    sign_in(page, console.url, "team_admin@acme.test")
+    rows = page.locator("#notifications-table tbody tr")
+    for _ in range(50):
+        page.goto(f"{console.url}/notifications")
+        if rows.count() >= 3:
+            break
+        page.wait_for_timeout(200)
+    # the key's creation, the alert at 50 % and the soft limit at 75 %
+    expect(rows).to_have_count(3)
+    expect(page.locator("#unread-count")).to_have_text("3")
+    expect(rows.filter(has_text="alert 50%")).to_have_count(1)
+    expect(rows.filter(has_text="soft limit 75%")).to_have_count(1)
+    with page.expect_request("**/read") as sent:  # htmx (hx-boost) swaps the page in place
+        rows.first.get_by_role("button").click()
+    assert sent.value.headers.get("hx-request") == "true"
+    assert sent.value.headers.get("x-csrf-token")
+    expect(page.locator("#unread-count")).to_have_text("2")
+    expect(rows.nth(0)).to_contain_text("unread")
+    expect(rows.nth(1)).to_contain_text("unread")
+    expect(rows.nth(2)).not_to_contain_text("unread")
+    page.get_by_role("button", name="Mark all as read").click()
+    expect(page.locator("#unread-count")).to_have_text("0")
+
+    page.goto(f"{console.url}/settings/notification-preferences")
+    page.get_by_label("Every event type").uncheck()
+    page.get_by_label("budget.soft_limit_reached").check()
+    page.get_by_label("Daily digest").check()
+    page.get_by_label("Only events about these").fill(f"team:{console.team_id}")
+    page.get_by_role("button", name="Save preferences").click()
+    expect(page.get_by_role("status")).to_have_text("Saved.")
+    user_id = console.users["team_admin"]["id"]
+    saved = gw.get(f"/admin/users/{user_id}/notification-preferences")
+    assert saved["event_types"] == ["budget.soft_limit_reached"] and saved["digest"] is True
+    assert saved["scopes"] == [{"scope_type": "team", "scope_id": console.team_id}]
+    page.get_by_label("Only events about these").fill("planet:mars")
+    page.get_by_role("button", name="Save preferences").click()
+    expect(page.locator("#scopes-error")).to_be_visible()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/login",
+        "/usage",
+        "/usage/budgets",
+        "/usage/budgets/new",
+        "/notifications",
+        "/settings/notification-preferences",
+    ],
+)
+def test_pages_have_no_serious_axe_violations(
+    console: Console, browser: Browser, path: str
+) -> None:
+    """axe-core (shipped in tests/console/assets) finds nothing serious or critical."""
+    console.gw.post(
+        "/admin/budgets",
+        {"name": "ops", "scope_type": "team", "scope_id": console.team_id, "amount_usd": "10"},
+    )
+    violations = axe_violations(browser, console.url, "org_admin@acme.test", path)
+    assert violations == [], [(v["id"], v["help"], v["nodes"][0]["html"]) for v in violations]
+
+
+def test_forms_work_with_the_keyboard_alone(console: Console, page: Page) -> None:
+    """Sign in by typing and Enter; the skip link and the nav are reachable with Tab."""
+    page.goto(f"{console.url}/login")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Skip to content")).to_be_focused()
+    page.get_by_label("Email").focus()
+    page.keyboard.type("viewer@acme.test")
+    page.keyboard.press("Tab")
+    page.keyboard.type("correct horse battery staple")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/usage")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    page.keyboard.press("Tab")
+    expect(page.get_by_role("link", name="Usage", exact=True)).to_be_focused()
+
+
+def test_selected_budget_shows_forecast_band_and_landing(console: Console) -> None:
+    """With a forecast for the period, /usage draws the P10–P90 band to the period end and
+    says where the period lands — the figures of GET /admin/forecasts/{id}."""
+    gw = console.gw
+    budget = gw.post(
+        "/admin/budgets",
+        {"name": "fc", "scope_type": "team", "scope_id": console.team_id, "amount_usd": "0.001"},
+    )
+    _spend(console)
+    forecast = gw.get(f"/admin/forecasts/{budget['id']}", refresh="true")
+    with session(console.url, "finance@acme.test") as client:
+        page = client.get(f"/usage?budget={budget['id']}").text
+    assert 'class="band"' in page
+    assert f"We&#39;ll land at ${forecast['p50_usd']}" in page
+    assert f"P90 ${forecast['p90_usd']}" in page
+
+
+def test_usage_in_the_orgs_reporting_zone_and_by_tag(console: Console) -> None:
+    """The org's reporting zone names the axis and the days; grouping by tag works (the
+    rollups' tag view) and its figures are the API's."""
+    gw = console.gw
+    changed = gw.admin.patch(
+        f"/admin/orgs/{console.org_id}", json={"reporting_timezone": "America/New_York"}
+    )
+    assert changed.status_code == 200, changed.text
+    key = gw.post("/admin/keys", {"name": "k", "org_id": console.org_id, "tags": ["search"]})
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    api = gw.get("/admin/usage", group_by="tag", org_id=console.org_id)
+    with session(console.url, "org_admin@acme.test") as web:
+        page = web.get("/usage?group_by=tag&preset=7d").text
+    assert "days in America/New_York" in page
+    assert ">search<" in page
+    assert f'id="usage-total">${api["total_cost_usd"]}<' in page
