@@ -141,6 +141,8 @@ def downgrade() -> None:
     for table in ("statements", "statement_months"):
         for statement in drop_append_only_statements(table, dialect):
             op.execute(statement)
+    if dialect == "postgresql":
+        op.execute("DROP FUNCTION IF EXISTS spendgate_frozen_guard()")
     for table in ("ledger_retention", "allocation_rules", "statement_months", "statements"):
         op.drop_table(table)
     with op.batch_alter_table("orgs") as batch:
