@@ -201,37 +201,22 @@ def unguard_statements(dialect: str, *, drop_function: bool = False) -> list[str
     return drops
 
 
-#: the trigger function of other append-only tables (frozen statements): one of their own,
-#: so dropping the audit log's guards (a purge drill, a tamper test) leaves them standing
-PG_FROZEN_FUNCTION = """
-CREATE OR REPLACE FUNCTION spendgate_frozen_guard() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    RAISE EXCEPTION '% is append-only: % refused', TG_TABLE_NAME, TG_OP
-        USING ERRCODE = 'restrict_violation';
-END
-$$"""
-
-
 def append_only_statements(table: str, dialect: str) -> list[str]:
     """DDL refusing UPDATE and DELETE (and TRUNCATE on PostgreSQL) on another table
-    whose rows never change once written (frozen statements) — the audit log's kind of
-    guard, so "append-only" means one thing."""
-    if dialect != "postgresql":
-        return [
-            _sqlite_refuse(f"{table}_no_update", table, "UPDATE").create,
-            _sqlite_refuse(f"{table}_no_delete", table, "DELETE").create,
-        ]
-    return [
-        PG_FROZEN_FUNCTION,
-        *(
-            f"CREATE TRIGGER {table}_{name} BEFORE {ops} ON {table} "
-            f"FOR EACH {each} EXECUTE FUNCTION spendgate_frozen_guard()"
-            for name, ops, each in (
-                ("guard", "UPDATE OR DELETE", "ROW"),
-                ("no_truncate", "TRUNCATE", "STATEMENT"),
-            )
-        ),
-    ]
+    that must never change once written (frozen statements), with the audit log's own
+    trigger function, so there is one home for what "append-only" means. The function
+    must exist (migration 0003 made it)."""
+    if dialect == "postgresql":
+        guards = (
+            _pg_guard(f"{table}_guard", table, "UPDATE OR DELETE", "ROW"),
+            _pg_guard(f"{table}_no_truncate", table, "TRUNCATE", "STATEMENT"),
+        )
+    else:
+        guards = (
+            _sqlite_refuse(f"{table}_no_update", table, "UPDATE"),
+            _sqlite_refuse(f"{table}_no_delete", table, "DELETE"),
+        )
+    return [g.create for g in guards]
 
 
 def drop_append_only_statements(table: str, dialect: str) -> list[str]:

@@ -141,8 +141,6 @@ def downgrade() -> None:
     for table in ("statements", "statement_months"):
         for statement in drop_append_only_statements(table, dialect):
             op.execute(statement)
-    if dialect == "postgresql":
-        op.execute("DROP FUNCTION IF EXISTS spendgate_frozen_guard()")
     for table in ("ledger_retention", "allocation_rules", "statement_months", "statements"):
         op.drop_table(table)
     # plain ALTER TABLE (SQLite >= 3.35 and PostgreSQL): a batch would recreate ``orgs``,
