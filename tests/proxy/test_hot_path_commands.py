@@ -27,6 +27,7 @@ from redis.asyncio.connection import AbstractConnection
 from sqlalchemy import event
 
 from spendgate.app import Gateway
+from spendgate.counters import redis_wire
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import RunningGateway, start_gateway
 
@@ -82,16 +83,26 @@ class Watched:
 
 @pytest.fixture
 def spied(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Count Redis round trips on every real connection while the test runs."""
+    """Count Redis round trips on every real connection while the test runs: redis-py's
+    pooled ones and the scripts' pipelined one (``counters.redis_wire``)."""
     original = AbstractConnection.send_packed_command
+    pipelined = redis_wire._Protocol.send
 
-    async def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+    def note(command: Any) -> None:
         spent = _current.get()
         if spent is not None:
             spent.redis.append(command_names(command))
+
+    async def counting(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
+        note(command)
         await original(self, command, check_health)
 
+    def counting_pipelined(self: redis_wire._Protocol, packed: bytes) -> Any:
+        note(packed)
+        return pipelined(self, packed)
+
     monkeypatch.setattr(AbstractConnection, "send_packed_command", counting)
+    monkeypatch.setattr(redis_wire._Protocol, "send", counting_pipelined)
     yield
 
 
