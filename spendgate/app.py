@@ -2,7 +2,8 @@
 
 Gateway (ASGI, owns the lifespan)
 ├── /v1/…      ProxyApp   raw ASGI, the hot path
-└── everything else       FastAPI: /admin/…, /openapi.json, /healthz, /readyz
+├── /admin/…, /docs, /openapi.json, /healthz, /readyz   FastAPI: the admin API
+└── everything else       FastAPI: the web console (``spendgate.console``)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.users import router as users_router
 from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
+from spendgate.console.app import build_console
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
@@ -80,6 +82,10 @@ from spendgate.webhooks.runtime import WebhookRuntime
 log = logging.getLogger("spendgate")
 
 ADMIN_BODY_LIMIT = 1024 * 1024
+#: the demo org's first admin (``serve --demo`` prints a password for it, once)
+DEMO_ADMIN_EMAIL = "admin@demo.local"
+#: paths the admin API serves; every other path outside /v1 and /metrics is the console's
+ADMIN_PREFIXES = ("/admin", "/docs", "/openapi.json", "/healthz", "/readyz")
 HOUSEKEEPING_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
@@ -235,7 +241,9 @@ class Gateway:
             multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR"),
         )
         self.admin = build_admin(services)
-        #: what serves HTTP outside /v1: the admin app behind CSRF checks and security headers
+        self.console = build_console(services)
+        #: what serves HTTP outside /v1: the admin API and the console behind CSRF checks and
+        #: security headers
         self.web = AdminRequestIds(
             SecurityHeaders(CsrfGuard(self._admin_http, max_body_bytes=ADMIN_BODY_LIMIT)), new_id
         )
@@ -319,7 +327,11 @@ class Gateway:
             err = PayloadTooLarge(f"request body exceeds the {ADMIN_BODY_LIMIT}-byte limit")
             await send_error(send, err, "openai", "")
             return
-        await self.admin(scope, receive, send)
+        path: str = scope["path"]
+        if any(path == p or path.startswith(p + "/") for p in ADMIN_PREFIXES):
+            await self.admin(scope, receive, send)
+        else:
+            await self.console(scope, receive, send)
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -383,9 +395,17 @@ class Gateway:
         key = await directory.create_key(
             {"name": "demo", "org_id": org["id"], "allow_request_tags": True}, now
         )
+        admin = await directory.create_user(DEMO_ADMIN_EMAIL, "org_admin", [], org["id"], now)
+        password = secrets.token_urlsafe(12)
+        await self.console.state.console_auth.set_password(admin["id"], password, now)
         # to the terminal, not the log: logs are shipped and kept, and a key must not be
         console_line(
             f"demo org {org['id']} created; its virtual key (shown once): {key['key']}",
+            self.services.settings.log_format,
+        )
+        console_line(
+            f"console: {self.services.settings.public_url}/login — sign in as "
+            f"{DEMO_ADMIN_EMAIL} with password (shown once): {password}",
             self.services.settings.log_format,
         )
 

@@ -206,8 +206,11 @@ class Principal:
 
     @property
     def actor(self) -> str:
-        """How the audit log names the caller: ``master`` or ``token:<id>``."""
-        return MASTER if self.token_id is None else f"token:{self.token_id}"
+        """How the audit log names the caller: ``master``, ``token:<id>``, or
+        ``console:<user id>`` for a user signed in to the web console."""
+        if self.token_id is not None:
+            return f"token:{self.token_id}"
+        return MASTER if self.user_id is None else f"console:{self.user_id}"
 
     @property
     def roles(self) -> str:

@@ -524,9 +524,11 @@ async def usage_report(
     org_id: str | None = None,
     *,
     team_ids: Collection[str] | None = None,
+    user_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """Spend rolled up by the given dimensions over ``[start, end)``; ``team_ids`` limits it
-    to calls made with those teams' keys (a team role's view)."""
+    to calls made with those teams' keys (a team role's view), ``user_id`` to one user's
+    calls (a member's own view in the console)."""
     table = schema.ledger
     dims = [_group_expr(g, engine.dialect.name).label(g) for g in group_by]
     ok = table.c.status == "ok"
@@ -550,6 +552,8 @@ async def usage_report(
         query = query.where(table.c.org_id == org_id)
     if team_ids is not None:
         query = query.where(table.c.team_id.in_(sorted(team_ids)))
+    if user_id is not None:
+        query = query.where(table.c.user_id == user_id)
     if dims:
         query = query.group_by(*dims).order_by(*dims)
     async with engine.connect() as conn:

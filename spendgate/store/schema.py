@@ -276,3 +276,33 @@ admin_tokens = sa.Table(
     sa.Column("last_used_at", UTCDateTime(), nullable=True),
     sa.UniqueConstraint("token_hash", name="uq_admin_tokens_hash"),
 )
+
+# -- the web console (``spendgate.store.console_auth``) ----------------------------------
+console_passwords = sa.Table(
+    "console_passwords",
+    metadata,
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), primary_key=True),
+    sa.Column("password_hash", sa.String(255), nullable=False),
+    sa.Column("updated_at", UTCDateTime(), nullable=False),
+)
+
+console_sessions = sa.Table(
+    "console_sessions",
+    metadata,
+    sa.Column("session_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("ended_at", UTCDateTime(), nullable=True),
+)
+
+console_invites = sa.Table(
+    "console_invites",
+    metadata,
+    sa.Column("invite_hash", sa.String(64), primary_key=True),
+    sa.Column("user_id", sa.String(40), sa.ForeignKey("users.id"), nullable=False, index=True),
+    sa.Column("created_by", sa.String(60), nullable=False),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("expires_at", UTCDateTime(), nullable=False),
+    sa.Column("used_at", UTCDateTime(), nullable=True),
+)

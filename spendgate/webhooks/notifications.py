@@ -261,3 +261,14 @@ async def _digest_one(engine: AsyncEngine, user_id: str, day: date, now: datetim
             )
         )
     return True
+
+
+async def unread_count(engine: AsyncEngine, user_id: str) -> int:
+    """How many of the user's notifications are unread (the console's header badge)."""
+    query = (
+        sa.select(sa.func.count())
+        .select_from(NT)
+        .where(NT.c.user_id == user_id, NT.c.read_at.is_(None), NT.c.digest_state.is_(None))
+    )
+    async with engine.connect() as conn:
+        return int((await conn.execute(query)).scalar_one())

@@ -1,0 +1,83 @@
+"""The console as an ASGI app: pages, their error pages and the shipped static files.
+
+The gateway serves it for every path outside the admin API (``spendgate.app``), behind
+the same ``CsrfGuard`` and ``SecurityHeaders`` as the admin API. Errors are pages, not
+JSON: 401 → the sign-in page, 403/404/422 → an error page with the message; a request
+for an object outside the caller's scope answers 404, as a missing one does.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
+from sqlalchemy.exc import SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from spendgate.console import auth, budgets, notifications, usage
+from spendgate.console.layout import SignInRequired, harden, login_url, page
+from spendgate.errors import NotFound, SpendgateError
+from spendgate.services import Services
+from spendgate.store.console_auth import ConsoleAuth
+
+log = logging.getLogger("spendgate.console")
+
+STATIC = Path(__file__).parent / "static"
+STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+#: a console session lasts this long after signing in
+SESSION_LIFETIME = timedelta(hours=12)
+
+
+def build_console(services: Services, *, session_lifetime: timedelta = SESSION_LIFETIME) -> FastAPI:
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.services = services
+    app.state.console_auth = ConsoleAuth(services.engine, session_lifetime)
+
+    @app.exception_handler(SignInRequired)
+    async def sign_in(request: Request, exc: SignInRequired) -> Response:
+        return harden(request, RedirectResponse(login_url(exc.next_path), status_code=303))
+
+    @app.exception_handler(SpendgateError)
+    async def failed(request: Request, exc: SpendgateError) -> Response:
+        return await page(
+            request, "error.html", {"status": exc.status, "message": exc.message}, status=exc.status
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0] if exc.errors() else {}
+        field = ".".join(str(p) for p in first.get("loc", ()) if p not in ("query", "body"))
+        message = f"{field}: {first.get('msg', 'invalid input')}"
+        return await page(request, "error.html", {"status": 422, "message": message}, status=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = "page not found" if exc.status_code == 404 else str(exc.detail)
+        return await page(
+            request,
+            "error.html",
+            {"status": exc.status_code, "message": message},
+            status=exc.status_code,
+        )
+
+    @app.exception_handler(SQLAlchemyError)
+    async def database_down(request: Request, exc: SQLAlchemyError) -> Response:
+        log.warning("console page failed, database unavailable: %s", exc)
+        message = "the database is unavailable; retry shortly"
+        return HTMLResponse(message, status_code=503)
+
+    @app.get("/console/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        path = STATIC / name
+        media = STATIC_TYPES.get(path.suffix)
+        if media is None or not path.is_file() or path.parent != STATIC:
+            raise NotFound(f"{name} not found")
+        return FileResponse(path, media_type=media, headers={"cache-control": "max-age=3600"})
+
+    for module in (auth, usage, budgets, notifications):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,254 @@
+"""``/usage``: spend over time, grouped and filtered, top N + Other, with a CSV of exactly
+what is shown; for a selected budget, its period with levels and the forecast band.
+
+Everything the page shows is in its URL (``preset``/``start``/``end``, ``grain``,
+``group_by``, ``top``, one filter per dimension, ``budget``), so a view can be shared.
+Who sees what is the admin API's rule: ``usage.read`` narrowed to the caller's teams;
+a member (no admin role) sees their own calls only.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from urllib.parse import urlencode
+
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from spendgate.console.budget_view import BudgetView, budget_view
+from spendgate.console.charts import budget_chart, stacked_bars
+from spendgate.console.layout import Svc, User, harden, page, scope_for
+from spendgate.console.usage_source import (
+    DIMENSIONS,
+    GRAINS,
+    UsageQuery,
+    UsageSeries,
+    usage_series,
+)
+from spendgate.core.access import Can
+from spendgate.core.money import format_usd
+from spendgate.errors import ValidationFailed
+
+router = APIRouter(include_in_schema=False)
+PRESETS = {"7d": 7, "30d": 30, "90d": 90}
+OTHER = "Other"
+
+
+@dataclass(frozen=True, slots=True)
+class View:
+    """The page's parameters, validated (bad values: 422 naming the parameter)."""
+
+    preset: str
+    start: date
+    end: date  # exclusive
+    grain: str
+    group_by: str
+    top: int
+    filters: dict[str, str]
+    budget: str
+
+    def url(self, **changes: Any) -> str:
+        params = {
+            "preset": self.preset,
+            "grain": self.grain,
+            "group_by": self.group_by,
+            "top": self.top,
+            **self.filters,
+        }
+        if self.preset == "custom":
+            params.update(start=self.start.isoformat(), end=self.end.isoformat())
+        if self.budget:
+            params["budget"] = self.budget
+        params.update(changes)
+        return "/usage?" + urlencode({k: v for k, v in params.items() if v not in ("", None)})
+
+
+def _day(value: str, name: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError as exc:
+        raise ValidationFailed(f"{name}: not a date (YYYY-MM-DD): {value!r}", param=name) from exc
+
+
+def parse_view(params: dict[str, str], today: date) -> View:
+    preset = params.get("preset") or "30d"
+    if preset in PRESETS:
+        start, end = today - timedelta(days=PRESETS[preset] - 1), today + timedelta(days=1)
+    elif preset == "mtd":
+        start, end = today.replace(day=1), today + timedelta(days=1)
+    elif preset == "custom":
+        start = _day(params.get("start", ""), "start")
+        end = _day(params.get("end", ""), "end")
+        if end <= start:
+            raise ValidationFailed("end: must be after start", param="end")
+        if (end - start).days > 731:
+            raise ValidationFailed("end: show at most two years at once", param="end")
+    else:
+        raise ValidationFailed(f"preset: unknown preset {preset!r}", param="preset")
+    grain = params.get("grain") or "day"
+    if grain not in GRAINS:
+        raise ValidationFailed(f"grain: use one of {', '.join(GRAINS)}", param="grain")
+    group_by = params.get("group_by") or "model"
+    if group_by not in DIMENSIONS:
+        raise ValidationFailed(f"group_by: use one of {', '.join(DIMENSIONS)}", param="group_by")
+    top_raw = params.get("top") or "5"
+    if not top_raw.isdigit() or not 1 <= int(top_raw) <= 20:
+        raise ValidationFailed("top: a whole number from 1 to 20", param="top")
+    filters = {d: params[d] for d in DIMENSIONS if params.get(d)}
+    return View(
+        preset, start, end, grain, group_by, int(top_raw), filters, params.get("budget", "")
+    )
+
+
+def top_n(series: UsageSeries, n: int) -> list[tuple[str, dict[date, int], int]]:
+    """The ``n`` costliest groups, then ``Other`` with the rest (labels, cells, total)."""
+    ranked = sorted(series.totals, key=lambda g: (-series.totals[g], g))
+    keep, rest = ranked[:n], ranked[n:]
+    out = []
+    for group in keep:
+        cells = {b: v for (b, g), v in series.cells.items() if g == group}
+        out.append((group, cells, series.totals[group]))
+    if rest:
+        other: dict[date, int] = {}
+        for (b, g), v in series.cells.items():
+            if g in rest:
+                other[b] = other.get(b, 0) + v
+        out.append((OTHER, other, sum(series.totals[g] for g in rest)))
+    return out
+
+
+def usage_query(user: Any, view: View) -> UsageQuery:
+    """What the caller may see, as the admin API decides it."""
+    who = user.principal
+    start = datetime.combine(view.start, datetime.min.time(), tzinfo=UTC)
+    end = datetime.combine(view.end, datetime.min.time(), tzinfo=UTC)
+    if who.may(Can.USAGE_READ):
+        narrowed = who.acting_for(Can.USAGE_READ)
+        return UsageQuery(
+            start,
+            end,
+            view.group_by,
+            view.grain,
+            narrowed.org_filter(None),
+            narrowed.team_filter(),
+            None,
+            view.filters,
+        )
+    # a member: their own calls, nothing else
+    return UsageQuery(
+        start, end, view.group_by, view.grain, who.org_id, None, who.user_id, view.filters
+    )
+
+
+def _csv(view: View, buckets: list[date], rows: list[tuple[str, dict[date, int], int]]) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([view.group_by, *(b.isoformat() for b in buckets), "total_usd"])
+    for label, cells, total in rows:
+        writer.writerow([label, *(format_usd(cells.get(b, 0)) for b in buckets), format_usd(total)])
+    writer.writerow(
+        [
+            "total",
+            *(format_usd(sum(c.get(b, 0) for _, c, _ in rows)) for b in buckets),
+            format_usd(sum(t for _, _, t in rows)),
+        ]
+    )
+    return out.getvalue()
+
+
+async def _visible_budgets(svc: Any, user: Any) -> list[dict[str, Any]]:
+    who = user.principal
+    if not who.may(Can.BUDGETS_READ):
+        return []
+    scope = scope_for(svc, who.acting_for(Can.BUDGETS_READ))
+    rows = await svc.policies.list_budgets(who.org_id)
+    return await scope.filter(rows, scope.of_policy)
+
+
+@router.get("/usage")
+async def usage_page(request: Request, svc: Svc, user: User) -> Response:
+    params = dict(request.query_params)
+    view = parse_view(params, svc.clock.now().astimezone(UTC).date())
+    await svc.ledger.flush()  # the calls this process answered are in the ledger
+    series = await usage_series(svc.engine, usage_query(user, view))
+    rows = top_n(series, view.top)
+    if params.get("format") == "csv":
+        body = _csv(view, series.buckets, rows)
+        headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
+        return harden(request, Response(body, media_type="text/csv", headers=headers))
+    chart = stacked_bars(
+        series.buckets,
+        [(label, cells) for label, cells, _ in rows],
+        title=f"Spend per {view.grain} by {view.group_by}",
+        zone=series.zone,
+    )
+    budgets = await _visible_budgets(svc, user)
+    selected: BudgetView | None = None
+    budget_svg = None
+    if view.budget:
+        who = user.principal.acting_for(Can.BUDGETS_READ)
+        selected = await budget_view(scope_for(svc, who), view.budget)
+        budget_svg = await _budget_chart(svc, user, selected)
+    return await page(
+        request,
+        "usage.html",
+        {
+            "view": view,
+            "series": series,
+            "rows": rows,
+            "chart": chart,
+            "budgets": budgets,
+            "selected": selected,
+            "budget_chart": budget_svg,
+            "dimensions": DIMENSIONS,
+            "grains": GRAINS,
+            "presets": [*PRESETS, "mtd", "custom"],
+            "usd": format_usd,
+            "member_view": not user.principal.may(Can.USAGE_READ),
+        },
+    )
+
+
+async def _budget_chart(svc: Any, user: Any, selected: BudgetView) -> Any:
+    """Cumulative spend of the budget's scope over its period so far, with its levels."""
+    days = selected.period_days
+    row = selected.row
+    now = svc.clock.now()
+    filters = {}
+    if row["scope_type"] in DIMENSIONS:
+        filters[row["scope_type"]] = row["scope_id"]
+    status = selected.status
+    q = UsageQuery(
+        status["period_start"],
+        status["period_end"],
+        "model",
+        "day",
+        row["org_id"],
+        None,
+        None,
+        filters,
+    )
+    series = await usage_series(svc.engine, q)
+    per_day = {b: 0 for b in days}
+    for (b, _), v in series.cells.items():
+        if b in per_day:
+            per_day[b] += v
+    cumulative, running = [], 0
+    today = now.astimezone(UTC).date()
+    for day in days:
+        if day > today:
+            break
+        running += per_day[day]
+        cumulative.append(running)
+    return budget_chart(
+        days,
+        cumulative,
+        selected.levels,
+        selected.band,
+        title=f"Budget {row['name']}: spend this period",
+        zone="UTC",
+    )

@@ -1,0 +1,114 @@
+"""Browser fixtures: Playwright driving Debian's Chromium (``/usr/bin/chromium``; never a
+browser Playwright downloads) against a gateway served in a thread, and users of each
+role with a console password.
+
+``CONSOLE_BROWSER`` names another Chromium binary if needed.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+
+from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
+from tests.conftest import RunningGateway, start_gateway
+
+CHROMIUM = os.environ.get("CONSOLE_BROWSER", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+PASSWORD = "correct horse battery staple"
+AXE = Path(__file__).parent / "assets" / "axe-4.14.1.min.js"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        launched.close()
+
+
+@dataclass
+class Console:
+    """A gateway with an org, a team and one user per role, each with a password."""
+
+    gw: RunningGateway
+    org_id: str
+    team_id: str
+    other_team_id: str
+    users: dict[str, dict[str, Any]]
+
+    @property
+    def url(self) -> str:
+        return self.gw.url
+
+    def add_user(self, email: str, body: dict[str, Any]) -> dict[str, Any]:
+        user = self.gw.post("/admin/users", {"email": email, "org_id": self.org_id, **body})
+        auth = self.gw.app.console.state.console_auth
+        self.gw.run(auth.set_password(user["id"], PASSWORD, self.gw.clock.now()))
+        return user
+
+
+def make_console(gw: RunningGateway) -> Console:
+    org = gw.post("/admin/orgs", {"name": f"acme-{uuid.uuid4().hex[:8]}"})
+    team = gw.post("/admin/teams", {"name": "research", "org_id": org["id"]})
+    other = gw.post("/admin/teams", {"name": "sales", "org_id": org["id"]})
+    console = Console(gw, org["id"], team["id"], other["id"], {})
+    roles = {
+        "org_admin": {"role": "org_admin"},
+        "finance": {"role": "finance"},
+        "team_admin": {"role": "team_admin", "team_ids": [team["id"]]},
+        "viewer": {"role": "viewer", "team_ids": [team["id"]]},
+        "member": {"role": "member", "team_ids": [team["id"]]},
+    }
+    for role, body in roles.items():
+        console.users[role] = console.add_user(f"{role}@acme.test", body)
+    return console
+
+
+@pytest.fixture
+def console(
+    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+) -> Iterator[Console]:
+    """SQLite: the browser walks pages; the stores are tested on both backends elsewhere."""
+    gw = start_gateway(f"sqlite:///{tmp_path / 'console.db'}", upstream[1].url, tmp_path)
+    yield make_console(gw)
+    gw.admin.close()
+    gw.handle.stop()
+
+
+def sign_in(page: Page, base: str, email: str, password: str = PASSWORD) -> None:
+    page.goto(f"{base}/login")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_load_state()
+
+
+@pytest.fixture
+def page(browser: Browser) -> Iterator[Page]:
+    context = browser.new_context()
+    tab = context.new_page()
+    yield tab
+    context.close()
+
+
+def axe_violations(browser: Browser, base: str, email: str, path: str) -> list[dict[str, Any]]:
+    """Serious and critical axe-core violations of a page (axe is injected inline, so this
+    context bypasses the CSP; the pages themselves never need that)."""
+    context = browser.new_context(bypass_csp=True)
+    tab = context.new_page()
+    try:
+        sign_in(tab, base, email)
+        tab.goto(base + path)
+        tab.add_script_tag(content=AXE.read_text())
+        result = tab.evaluate("async () => await axe.run(document)")
+        return [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
+    finally:
+        context.close()
