@@ -38,13 +38,16 @@ from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
+from spendgate.admin.statements import router as statements_router
 from spendgate.admin.tokens import router as tokens_router
+from spendgate.admin.usage import router as usage_router
 from spendgate.admin.users import router as users_router
 from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.console.app import build_console
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
+from spendgate.core.showback import months_before
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 from spendgate.counters.factory import counters_from_url
 from spendgate.counters.redis_pool import counters_failed
@@ -75,6 +78,7 @@ from spendgate.store.forecasts import refresh_loop
 from spendgate.store.leases import take_lease
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
 from spendgate.store.policies import PolicyStore
+from spendgate.store.rebuild import purge_ledger
 from spendgate.store.spool import Spool
 from spendgate.webhooks.outbox import pending_deliveries
 from spendgate.webhooks.runtime import WebhookRuntime
@@ -182,6 +186,8 @@ def build_admin(services: Services) -> FastAPI:
 
     install_docs(api)
     api.include_router(admin_router)
+    api.include_router(usage_router)
+    api.include_router(statements_router)
     api.include_router(users_router)
     api.include_router(policies_router)
     api.include_router(wallets_router)
@@ -430,6 +436,7 @@ class Gateway:
                     await self._sweep(holder)
                     if loop.time() >= first_anchor:
                         await self._anchor(holder)
+                        await self._purge_ledger(holder)
                 if loop.time() >= next_reconcile:
                     next_reconcile = loop.time() + settings.reconcile_seconds
                     await self._reconcile(holder)
@@ -487,6 +494,17 @@ class Gateway:
             self.services.engine, "audit-anchor", holder, self._now(), ttl
         ):
             await emit_anchor(self.services.engine, audit.key, self._now())
+
+    async def _purge_ledger(self, holder: str) -> None:
+        """One replica an hour deletes raw ledger rows past ``ledger_retention_months``
+        (rollups and statements stay)."""
+        months = self.services.settings.ledger_retention_months
+        if months and await take_lease(
+            self.services.engine, "ledger-purge", holder, self._now(), timedelta(hours=1)
+        ):
+            purged = await purge_ledger(self.services.engine, months_before(self._now(), months))
+            if purged:
+                log.info("purged %d ledger rows older than %d months", purged, months)
 
     def _now(self) -> datetime:
         return self.services.clock.now()

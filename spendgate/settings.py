@@ -126,6 +126,9 @@ class Settings:
     #: spend anomalies: how often one replica checks every key, team and model (0: never)
     anomaly_check_seconds: float = 300.0
     anomaly_params: AnomalyParams = field(default_factory=AnomalyParams)
+    #: raw ledger rows older than this many months are purged (0: kept for ever);
+    #: rollups and statements are kept regardless
+    ledger_retention_months: int = 13
 
 
 def _decimal(value: Any, where: str) -> Decimal:
@@ -366,7 +369,20 @@ def load_settings(
         **_observability(gateway, env),
         models=models,
         **_anomaly_settings(raw.get("anomalies", {})),
+        ledger_retention_months=_non_negative_int(
+            _int_env(env, "SPENDGATE_LEDGER_RETENTION_MONTHS")
+            if env.get("SPENDGATE_LEDGER_RETENTION_MONTHS")
+            else gateway.get("ledger_retention_months", 13),
+            "SPENDGATE_LEDGER_RETENTION_MONTHS / gateway.ledger_retention_months",
+        ),
     )
+
+
+def _int_env(env: Mapping[str, str], name: str) -> int:
+    try:
+        return int(env[name])
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a whole number") from exc
 
 
 def _anomaly_settings(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""Admin routes: orgs, teams, agents, keys, usage and events (users: ``admin.users``).
+"""Admin routes: orgs, teams, agents, keys and events (users: ``admin.users``; usage:
+``admin.usage``).
 
 Each route declares its permission (``dependencies=guard(Can.X)``) and checks every
 object it reads or changes against the caller's scope (``spendgate.admin.deps``).
@@ -6,21 +7,16 @@ object it reads or changes against the caller's scope (``spendgate.admin.deps``)
 
 from __future__ import annotations
 
-import csv
-import io
-from datetime import UTC, date, datetime
+from datetime import UTC
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import Response
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
 from spendgate.core.access import Can, Owner, Principal
-from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 from spendgate.store.events import list_events, record_event
-from spendgate.store.ledger import GROUP_COLUMNS, usage_report
 
 
 def without_secret(obj: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +90,33 @@ async def get_org(org_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
     if not scope.who.is_master and org_id != scope.who.org_id:
         scope.require(None, "org", org_id)
     return await svc.directory.get_org(org_id)
+
+
+@router.patch(
+    "/orgs/{org_id}",
+    response_model=s.Org,
+    tags=["directory"],
+    dependencies=guard(Can.ORGS_WRITE),
+)
+async def update_org(
+    org_id: str, body: s.OrgPatch, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
+    """The org's reporting zone and week start (usage reports and statements)."""
+    owner = Owner.of(org_id)
+    if not scope.who.is_master and org_id != scope.who.org_id:
+        scope.require(None, "org", org_id)
+    changes = body.model_dump(exclude_none=True)
+    if not changes:
+        raise ValidationFailed("body: give reporting_timezone or week_start", param="body")
+    before = await svc.directory.get_org(org_id)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        org = await svc.directory.update_org(org_id, changes, conn)
+        await audit(
+            conn, request, who, "org.updated", "org", org_id, now, owner=owner,
+            before=before, after=org,
+        )  # fmt: skip
+    return org
 
 
 @router.post(
@@ -340,116 +363,6 @@ async def rotate_key(
 
 
 # -- usage and events --------------------------------------------------------------------
-def _instant(value: str | None, field: str) -> datetime | None:
-    if value is None or value == "":
-        return None
-    try:
-        parsed = (
-            datetime.fromisoformat(value)
-            if "T" in value or " " in value
-            else datetime.combine(date.fromisoformat(value), datetime.min.time())
-        )
-    except ValueError as exc:
-        raise ValidationFailed(
-            f"{field}: not an ISO 8601 date or time: {value!r}", param=field
-        ) from exc
-    try:
-        return s.in_range(parsed)
-    except ValueError as exc:
-        raise ValidationFailed(f"{field}: {exc}", param=field) from exc
-
-
-def _group_by(value: str) -> list[str]:
-    fields = [g.strip() for g in value.split(",") if g.strip()]
-    bad = [g for g in fields if g not in GROUP_COLUMNS]
-    if bad:
-        raise ValidationFailed(
-            f"group_by: unknown dimension {bad[0]!r}; use {', '.join(GROUP_COLUMNS)}",
-            param="group_by",
-        )
-    return list(dict.fromkeys(fields))
-
-
-def _usage_csv(group_by: list[str], rows: list[dict[str, Any]]) -> str:
-    out = io.StringIO()
-    columns = [
-        *group_by,
-        "requests",
-        "errors",
-        "input_tokens",
-        "output_tokens",
-        "cache_read_tokens",
-        "cache_write_tokens",
-        "reasoning_tokens",
-        "cost_usd",
-        "unpriced_requests",
-    ]
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return out.getvalue()
-
-
-@router.get(
-    "/usage",
-    response_model=s.UsageReport,
-    tags=["usage"],
-    responses={200: {"content": {"text/csv": {}}}},
-    dependencies=guard(Can.USAGE_READ),
-)
-async def usage(
-    svc: Svc,
-    request: Request,
-    who: Who,
-    group_by: Annotated[
-        str, Query(description=f"comma separated: {', '.join(GROUP_COLUMNS)}")
-    ] = "",
-    start: Annotated[str | None, Query(description="ISO 8601, inclusive")] = None,
-    end: Annotated[str | None, Query(description="ISO 8601, exclusive")] = None,
-    org_id: str | None = None,
-    format: Annotated[str, Query(pattern="^(json|csv)$")] = "json",
-) -> Any:
-    dims = _group_by(group_by)
-    start_at, end_at = _instant(start, "start"), _instant(end, "end")
-    if start_at and end_at and end_at <= start_at:
-        raise ValidationFailed("end: must be after start", param="end")
-    await svc.ledger.flush()
-    org_id = who.org_filter(org_id)
-    teams = who.team_filter()
-    rows = await usage_report(svc.engine, dims, start_at, end_at, org_id, team_ids=teams)
-    total_nanos = sum(row["cost_nanos"] for row in rows)
-    for row in rows:
-        row["cost_usd"] = format_usd(row.pop("cost_nanos"))
-    if format == "csv":
-        async with svc.engine.begin() as conn:
-            await audit(
-                conn,
-                request,
-                who,
-                "usage.exported",
-                "usage",
-                None,
-                svc.clock.now(),
-                owner=Owner(org_id, teams or frozenset()),
-                after={
-                    "group_by": dims,
-                    "start": start,
-                    "end": end,
-                    "org_id": org_id,
-                    "rows": len(rows),
-                },
-            )
-        return Response(_usage_csv(dims, rows), media_type="text/csv")
-    return {
-        "group_by": dims,
-        "start": start_at,
-        "end": end_at,
-        "rows": rows,
-        "total_cost_usd": format_usd(total_nanos),
-        "unpriced_requests": sum(r["unpriced_requests"] for r in rows),
-    }
-
-
 @router.get(
     "/events", response_model=list[s.Event], tags=["events"], dependencies=guard(Can.EVENTS_READ)
 )

@@ -100,6 +100,9 @@ class Org(BaseModel):
     id: str
     name: str
     created_at: datetime
+    #: usage reports and statements are drawn in this zone unless one is asked for
+    reporting_timezone: str = "UTC"
+    week_start: str = "monday"
 
 
 class TeamIn(Strict):
@@ -261,6 +264,8 @@ class UsageReport(BaseModel):
     group_by: list[str]
     start: datetime | None
     end: datetime | None
+    #: the zone the time grains are drawn in
+    timezone: str | None = None
     rows: list[UsageRow]
     total_cost_usd: str
     unpriced_requests: int
@@ -297,6 +302,13 @@ def iana_zone(name: str) -> str:
 
 #: a time zone given as input: an IANA name (``localtime``, ``Factory``, ``+02:00`` refused)
 Zone = Annotated[str, StringConstraints(min_length=1, max_length=64), AfterValidator(iana_zone)]
+
+
+class OrgPatch(Strict):
+    reporting_timezone: Zone | None = None
+    week_start: (
+        Literal["monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"] | None
+    ) = None
 
 
 class CategoriesIn(Strict):

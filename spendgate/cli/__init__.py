@@ -12,7 +12,8 @@ from spendgate.cli.anomalies import anomalies
 from spendgate.cli.audit import audit_app
 from spendgate.cli.forecast import forecast
 from spendgate.cli.serve import db_app, serve
-from spendgate.cli.usage import usage
+from spendgate.cli.statements import statements_app
+from spendgate.cli.usage import usage_app
 from spendgate.cli.webhooks import webhooks_app
 
 app = typer.Typer(
@@ -34,7 +35,8 @@ for name, group in (
     app.add_typer(group, name=name)
 app.command()(directory.bootstrap)
 app.command()(forecast)
-app.command()(usage)
+app.add_typer(usage_app, name="usage")
+app.add_typer(statements_app, name="statements")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
 app.add_typer(anomalies, name="anomalies")

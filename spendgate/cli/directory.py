@@ -26,6 +26,22 @@ def orgs_create(name: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) 
     show(call(url, "POST", "/admin/orgs", json={"name": name}), as_json, ["id", "name"])
 
 
+@orgs.command("update")
+def update_org(
+    org_id: str,
+    timezone: Annotated[str | None, typer.Option(help="reporting zone (IANA)")] = None,
+    week_start: Annotated[str | None, typer.Option(help="monday … sunday")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the org's reporting zone and week start (usage reports, statements)."""
+    body = {
+        k: v for k, v in {"reporting_timezone": timezone, "week_start": week_start}.items() if v
+    }
+    made = call(url, "PATCH", f"/admin/orgs/{org_id}", json=body)
+    show(made, as_json, ["id", "name", "reporting_timezone", "week_start"])
+
+
 @teams.command("create")
 def teams_create(
     name: str,

@@ -72,6 +72,7 @@ class Can(StrEnum):
     """One permission per kind of admin action."""
 
     ORGS_CREATE = "orgs.create"
+    ORGS_WRITE = "orgs.write"
     DIRECTORY_READ = "directory.read"
     TEAMS_WRITE = "teams.write"
     USERS_WRITE = "users.write"
@@ -85,6 +86,11 @@ class Can(StrEnum):
     LIMITS_READ = "limits.read"
     LIMITS_WRITE = "limits.write"
     USAGE_READ = "usage.read"
+    USAGE_REBUILD = "usage.rebuild"
+    LEDGER_PURGE = "ledger.purge"
+    STATEMENTS_READ = "statements.read"
+    STATEMENTS_CLOSE = "statements.close"
+    ALLOCATIONS_WRITE = "allocations.write"
     EVENTS_READ = "events.read"
     FORECASTS_READ = "forecasts.read"
     FORECASTS_REFRESH = "forecasts.refresh"
@@ -104,6 +110,7 @@ _ORG_READERS = frozenset({ORG_ADMIN, FINANCE})
 #: which roles hold each permission; the master key holds all of them
 GRANTS: dict[Can, frozenset[str]] = {
     Can.ORGS_CREATE: frozenset(),
+    Can.ORGS_WRITE: frozenset({ORG_ADMIN}),
     Can.DIRECTORY_READ: _EVERYONE,
     Can.TEAMS_WRITE: frozenset({ORG_ADMIN}),
     Can.USERS_WRITE: frozenset({ORG_ADMIN, TEAM_ADMIN}),
@@ -117,6 +124,13 @@ GRANTS: dict[Can, frozenset[str]] = {
     Can.LIMITS_READ: _EVERYONE,
     Can.LIMITS_WRITE: frozenset({ORG_ADMIN, TEAM_ADMIN}),
     Can.USAGE_READ: _EVERYONE,
+    # rollups rebuilt and raw rows purged installation-wide: the master key's
+    Can.USAGE_REBUILD: frozenset(),
+    Can.LEDGER_PURGE: frozenset(),
+    # statements: read like spend (a team role its own teams'); closed by finance
+    Can.STATEMENTS_READ: _EVERYONE,
+    Can.STATEMENTS_CLOSE: _ORG_READERS,
+    Can.ALLOCATIONS_WRITE: _ORG_READERS,
     Can.EVENTS_READ: _ORG_READERS,
     Can.FORECASTS_READ: _EVERYONE,
     Can.FORECASTS_REFRESH: _ORG_READERS,

@@ -200,6 +200,32 @@ def unguard_statements(dialect: str) -> list[str]:
     )
 
 
+def append_only_statements(table: str, dialect: str) -> list[str]:
+    """DDL refusing UPDATE and DELETE (and TRUNCATE on PostgreSQL) on another table
+    that must never change once written (frozen statements), with the audit log's own
+    trigger function, so there is one home for what "append-only" means. The function
+    must exist (migration 0003 made it)."""
+    if dialect == "postgresql":
+        guards = (
+            _pg_guard(f"{table}_guard", table, "UPDATE OR DELETE", "ROW"),
+            _pg_guard(f"{table}_no_truncate", table, "TRUNCATE", "STATEMENT"),
+        )
+    else:
+        guards = (
+            _sqlite_refuse(f"{table}_no_update", table, "UPDATE"),
+            _sqlite_refuse(f"{table}_no_delete", table, "DELETE"),
+        )
+    return [g.create for g in guards]
+
+
+def drop_append_only_statements(table: str, dialect: str) -> list[str]:
+    if dialect == "postgresql":
+        names = (f"{table}_guard", f"{table}_no_truncate")
+    else:
+        names = (f"{table}_no_update", f"{table}_no_delete")
+    return [Guard(n, table, "").drop(dialect) for n in names]
+
+
 # -- rows <-> entries ------------------------------------------------------------------------
 def _row(entry: AuditEntry) -> dict[str, Any]:
     e = entry.event

@@ -144,6 +144,18 @@ class Directory:
     async def get_org(self, org_id: str) -> dict[str, Any]:
         return await self._one(schema.orgs, org_id, "org")
 
+    async def update_org(
+        self, org_id: str, values: dict[str, Any], conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
+        """Change an org's settings (``reporting_timezone``, ``week_start``)."""
+        async with self._tx(conn) as tx:
+            t = schema.orgs
+            done = await tx.execute(t.update().where(t.c.id == org_id).values(**values))
+            if not done.rowcount:
+                raise NotFound(f"org {org_id} not found")
+            row = (await tx.execute(sa.select(t).where(t.c.id == org_id))).one()
+        return _row(row)
+
     async def list_orgs(self) -> list[dict[str, Any]]:
         return await self._list(schema.orgs)
 

@@ -8,7 +8,7 @@ import contextlib
 import json
 import logging
 from collections import deque
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any, NamedTuple
@@ -19,25 +19,29 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.errors import DatabaseUnavailable
-from spendgate.store import schema
+from spendgate.store import rollups, schema
+from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
 from spendgate.store.database import insert_new
 from spendgate.store.events import PendingEvent, record_event
+from spendgate.store.showback import usage_report
 from spendgate.store.spool import START, Position, Spool, frame
 
 log = logging.getLogger("spendgate.ledger")
 
-GROUP_COLUMNS = (
-    "org",
-    "team",
-    "user",
-    "agent",
-    "key",
-    "provider",
-    "model",
-    "kind",
-    "status",
-    "day",
-)
+#: re-exported: callers of the ledger's report (``ledger.usage_report``) get the one that
+#: reads the rollups, and the exact sums other stores use stay importable from here
+__all__ = [
+    "COST_REST",
+    "COST_WHOLE",
+    "LedgerEntry",
+    "LedgerWriter",
+    "Pending",
+    "cost_from_sums",
+    "exact_cost_sum",
+    "insert_entries",
+    "store_batch",
+    "usage_report",
+]
 
 
 class LedgerEntry(NamedTuple):
@@ -142,6 +146,15 @@ async def insert_entries(conn: AsyncConnection, entries: list[LedgerEntry]) -> l
     return new
 
 
+async def add_rollups(conn: AsyncConnection, inserted: Sequence[LedgerEntry]) -> None:
+    """Count rows just inserted into the rollups, in the caller's transaction."""
+    if not inserted:
+        return
+    main, tags = rollups.aggregate((int(e.started_at.timestamp()), e) for e in inserted)
+    for sql, rows in rollups.driver_writes(conn.dialect.name, main, tags):
+        await conn.exec_driver_sql(sql, rows)
+
+
 class Pending(NamedTuple):
     """A ledger row on its way to the database, with the events its call caused."""
 
@@ -152,10 +165,13 @@ class Pending(NamedTuple):
 
 
 async def store_batch(conn: AsyncConnection, batch: Sequence[Pending]) -> int:
-    """The batch's new rows and, in the same transaction, their events (with their
+    """The batch's new rows, their rollups (``spendgate.store.rollups``) and, in the same
+    transaction, their events (with their
     outbox rows, by ``record_event``; a dedup key already fired is skipped). A row that
     was already stored had its events stored with it, so they are not repeated."""
-    new = {e.request_id for e in await insert_entries(conn, [p.entry for p in batch])}
+    inserted = await insert_entries(conn, [p.entry for p in batch])
+    await add_rollups(conn, inserted)
+    new = {e.request_id for e in inserted}
     for pending in batch:
         if pending.entry.request_id not in new:
             continue
@@ -480,98 +496,6 @@ class LedgerWriter:
                 log.error("%d ledger rows held in memory only are lost", lost)
         if self._spool is not None:
             await self._spool.close()
-
-
-COST_WHOLE, COST_REST = "cost_whole_usd", "cost_rest_nanos"
-_NANOS = 1_000_000_000
-
-
-def exact_cost_sum(column: sa.ColumnElement[Any]) -> tuple[sa.ColumnElement[Any], ...]:
-    """``SUM`` of a nano-dollar column that cannot overflow 64 bits on any backend
-    (SQLite's integer SUM raises past 2^63): whole dollars and the nanos below them are
-    summed apart; ``cost_from_sums`` puts them together exactly."""
-    return (
-        sa.func.coalesce(sa.func.sum(column // _NANOS), 0).label(COST_WHOLE),
-        sa.func.coalesce(sa.func.sum(column % _NANOS), 0).label(COST_REST),
-    )
-
-
-def cost_from_sums(whole: Any, rest: Any) -> int:
-    return int(whole) * _NANOS + int(rest)
-
-
-def _group_expr(name: str, dialect: str) -> sa.ColumnElement[Any]:
-    table = schema.ledger
-    if name == "day":
-        if dialect == "sqlite":
-            return sa.func.substr(sa.cast(table.c.started_at, sa.String), 1, 10)
-        return sa.func.to_char(sa.func.timezone("UTC", table.c.started_at), "YYYY-MM-DD")
-    column = {
-        "org": "org_id",
-        "team": "team_id",
-        "user": "user_id",
-        "agent": "agent_id",
-        "key": "key_id",
-    }.get(name, name)
-    return table.c[column]
-
-
-async def usage_report(
-    engine: AsyncEngine,
-    group_by: Sequence[str],
-    start: datetime | None,
-    end: datetime | None,
-    org_id: str | None = None,
-    *,
-    team_ids: Collection[str] | None = None,
-    user_id: str | None = None,
-) -> list[dict[str, Any]]:
-    """Spend rolled up by the given dimensions over ``[start, end)``; ``team_ids`` limits it
-    to calls made with those teams' keys (a team role's view), ``user_id`` to one user's
-    calls (a member's own view in the console)."""
-    table = schema.ledger
-    dims = [_group_expr(g, engine.dialect.name).label(g) for g in group_by]
-    ok = table.c.status == "ok"
-    query = sa.select(
-        *dims,
-        sa.func.count().label("requests"),
-        sa.func.sum(sa.case((ok, 0), else_=1)).label("errors"),
-        sa.func.sum(table.c.input_tokens).label("input_tokens"),
-        sa.func.sum(table.c.output_tokens).label("output_tokens"),
-        sa.func.sum(table.c.cache_read_tokens).label("cache_read_tokens"),
-        sa.func.sum(table.c.cache_write_tokens).label("cache_write_tokens"),
-        sa.func.sum(table.c.reasoning_tokens).label("reasoning_tokens"),
-        *exact_cost_sum(table.c.cost_nanos),
-        sa.func.sum(sa.case((table.c.price_unknown, 1), else_=0)).label("unpriced_requests"),
-    )
-    if start is not None:
-        query = query.where(table.c.started_at >= start)
-    if end is not None:
-        query = query.where(table.c.started_at < end)
-    if org_id is not None:
-        query = query.where(table.c.org_id == org_id)
-    if team_ids is not None:
-        query = query.where(table.c.team_id.in_(sorted(team_ids)))
-    if user_id is not None:
-        query = query.where(table.c.user_id == user_id)
-    if dims:
-        query = query.group_by(*dims).order_by(*dims)
-    async with engine.connect() as conn:
-        rows = (await conn.execute(query)).all()
-    out = []
-    for row in rows:
-        if not row.requests:
-            continue
-        values = dict(row._mapping)
-        whole, rest = values.pop(COST_WHOLE), values.pop(COST_REST)
-        values["cost_nanos"] = cost_from_sums(whole, rest)
-        out.append(
-            {
-                k: (int(v) if isinstance(v, int | float) and k not in group_by else v)
-                for k, v in values.items()
-            }
-        )
-    return out
 
 
 async def ledger_rows(engine: AsyncEngine, limit: int = 100) -> list[dict[str, Any]]:

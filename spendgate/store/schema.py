@@ -41,6 +41,9 @@ orgs = sa.Table(
     #: unique in the installation: ``bootstrap --org NAME`` and people find an org by name
     sa.Column("name", sa.String(200), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    #: the zone usage reports and statements are drawn in unless one is asked for
+    sa.Column("reporting_timezone", sa.String(64), nullable=False, server_default="UTC"),
+    sa.Column("week_start", sa.String(10), nullable=False, server_default="monday"),
     sa.Index("uq_orgs_name", "name", unique=True),
 )
 

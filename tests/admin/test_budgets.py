@@ -43,6 +43,8 @@ def test_budget_validation_names_the_field(gateway: RunningGateway) -> None:
     base = {"scope_type": "key", "scope_id": key["id"], "amount_usd": "10"}
     cases = [
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "localtime"}, "timezone"),  # the server's zone, not an IANA name
+        ({"timezone": "Factory"}, "timezone"),
         ({"amount_usd": "-5"}, "amount_usd"),
         ({"alert_percentages": [75, 50]}, "alert_percentages"),
         (
@@ -81,6 +83,8 @@ def test_budget_crud_and_status(gateway: RunningGateway) -> None:
     assert patched.status_code == 200 and patched.json()["amount_usd"] == "20.00"
     bad = gateway.admin.patch(f"/admin/budgets/{created['id']}", json={"hard_limit_percent": 60})
     assert bad.status_code == 422
+    zone = gateway.admin.patch(f"/admin/budgets/{created['id']}", json={"timezone": "localtime"})
+    assert zone.status_code == 422 and zone.json()["error"]["param"] == "timezone"
     cost = one_call_cost(gateway, key["key"])
     status = gateway.get(f"/admin/budgets/{created['id']}/status")
     assert Decimal(status["spent_usd"]) == cost and status["reserved_usd"] == "0.00"

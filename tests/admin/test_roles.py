@@ -142,6 +142,9 @@ class Ctx:
         self.gw.run(insert())
         return anomaly_id
 
+    def allocation_rule(self) -> str:
+        return self.post("/admin/allocation-rules", {"org_id": self.org_id, "method": "even"})["id"]
+
     def anomaly_action(self) -> str:
         return self.post(
             "/admin/anomaly-actions",
@@ -219,6 +222,11 @@ def _future() -> str:
     return (datetime(2026, 3, 10, 15, 30, tzinfo=UTC) + timedelta(days=3)).isoformat()
 
 
+def _month(c: Caller) -> str:
+    """A past month each role closes on its own (a second close would be a 409)."""
+    return "2025-01" if c.role == OA else "2025-02"
+
+
 RULES: dict[tuple[str, str], Rule] = {
     # directory
     ("POST", "/admin/orgs"): Rule(
@@ -232,6 +240,10 @@ RULES: dict[tuple[str, str], Rule] = {
         lambda c, x: Call("GET", f"/admin/orgs/{x.org_id}"),
         # team roles' "other" is a team of their own org, and everyone reads their own org
         same_org=200,
+    ),
+    ("PATCH", "/admin/orgs/{org_id}"): Rule(
+        frozenset({OA}),
+        lambda c, x: Call("PATCH", f"/admin/orgs/{x.org_id}", {"week_start": "sunday"}),
     ),
     ("POST", "/admin/teams"): Rule(
         frozenset({OA}),
@@ -314,6 +326,48 @@ RULES: dict[tuple[str, str], Rule] = {
     # usage and events
     ("GET", "/admin/usage"): Rule(
         ALL, get("/admin/usage", group_by="team"), other=None, marker=lambda c, x: x.team_id
+    ),
+    ("POST", "/admin/usage/rebuild"): Rule(
+        NONE,
+        lambda c, x: Call(
+            "POST", "/admin/usage/rebuild", {"start": "2026-03-01", "end": "2026-03-02"}
+        ),
+        other=None,
+    ),
+    ("POST", "/admin/ledger/purge"): Rule(
+        NONE, lambda c, x: Call("POST", "/admin/ledger/purge", {}), other=None
+    ),
+    # statements: each org-wide role closes (then reissues) a month of its own
+    ("GET", "/admin/statements"): Rule(ALL, get("/admin/statements"), other=None),
+    ("GET", "/admin/statements/{month}"): Rule(
+        ALL,
+        lambda c, x: Call(
+            "GET", "/admin/statements/2026-02", params={"org_id": x.org_id, "team_id": x.team_id}
+        ),
+    ),
+    ("POST", "/admin/statements/{month}/close"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("POST", f"/admin/statements/{_month(c)}/close", {"org_id": x.org_id}),
+        other=None,
+    ),
+    ("POST", "/admin/statements/{month}/reissue"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("POST", f"/admin/statements/{_month(c)}/reissue", {"org_id": x.org_id}),
+        other=None,
+    ),
+    ("GET", "/admin/allocation-rules"): Rule(ALL, get("/admin/allocation-rules"), other=None),
+    ("POST", "/admin/allocation-rules"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call(
+            "POST", "/admin/allocation-rules", {"org_id": x.org_id, "method": "even"}
+        ),
+        201,
+        other=None,
+    ),
+    ("DELETE", "/admin/allocation-rules/{rule_id}"): Rule(
+        frozenset({OA, FIN}),
+        lambda c, x: Call("DELETE", f"/admin/allocation-rules/{x.allocation_rule()}"),
+        204,
     ),
     ("GET", "/admin/events"): Rule(
         frozenset({OA, FIN}),

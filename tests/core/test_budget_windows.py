@@ -388,6 +388,16 @@ def test_validate_timezone_refuses_unknown_zones(tz: str) -> None:
         window_at(utc(2026, 1, 1), "daily", tz)
 
 
+@pytest.mark.parametrize(
+    "tz", ["localtime", "posixrules", "Factory", "right/UTC", "posix/Europe/Berlin"]
+)
+def test_validate_timezone_refuses_the_zone_directorys_other_files(tz: str) -> None:
+    """Names the system's zone directory holds besides IANA zones (issue 24, item 3:
+    ``localtime`` is the server's own zone, whatever that is) are refused as input."""
+    with pytest.raises(ValueError, match="unknown time zone"):
+        validate_timezone(tz)
+
+
 def test_validate_timezone_accepts_iana_names() -> None:
     """Known IANA names come back unchanged."""
     assert [validate_timezone(tz) for tz in ZONES] == list(ZONES)

@@ -316,6 +316,65 @@ async def test_database_outage_under_load_is_never_a_500_and_announces_once(
         replica.terminate()
 
 
+async def test_a_database_outage_under_three_replicas_announces_each_level_once(
+    servers: Servers,
+) -> None:
+    """Three replicas on one database and one Redis, clients spread over all of them;
+    the database stopped under load and started again (issue 21, done when: 3 replicas):
+    no call fails, every completed call is in the ledger once, and each level the
+    outage's spend crossed — on whichever replica — fired exactly once."""
+    replicas = [servers.replica() for _ in range(3)]
+    try:
+        key = new_key(replicas[0])
+
+        async def one_each() -> set[int]:
+            """One call through each replica; the statuses seen."""
+            async with httpx.AsyncClient(timeout=30) as client:
+                client.headers["authorization"] = f"Bearer {key['key']}"
+                answers = [
+                    await client.post(f"{r.url}/v1/chat/completions", json=CHAT) for r in replicas
+                ]
+            return {a.status_code for a in answers}
+
+        assert await one_each() == {200}  # every replica has the key
+        first = await asyncio.to_thread(
+            httpx.post,
+            f"{replicas[0].url}/v1/chat/completions",
+            json=CHAT,
+            headers={"authorization": f"Bearer {key['key']}"},
+        )
+        cost = Decimal(first.headers["x-spendgate-cost-usd"])
+        made = admin_post(replicas[1], "/admin/budgets", budget_of(key["id"], cost * 80))
+        assert await one_each() == {200}  # and the budget's counter
+        # 7 calls of 80 before the outage: every level is crossed while it lasts
+        await asyncio.to_thread(servers.pg.stop)
+        stop, outcomes = asyncio.Event(), []
+        running = asyncio.gather(
+            *(load(r.url, key["key"], stop, outcomes, workers=3) for r in replicas)
+        )
+        await until(lambda: _true(len(completed(outcomes)) >= 130), what="outage load")
+        await asyncio.to_thread(servers.pg.start)
+        after = len(outcomes)
+        await until(lambda: _true(len(outcomes) >= after + 20), what="load after")
+        stop.set()
+        await running
+        for replica in replicas:
+            async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:
+                await until(lambda c=client: drained(c), what="backlog written")
+
+        assert [o.status for o in outcomes if o.status != 200] == []
+        ids = await ledger_ids(servers.pg)
+        assert completed(outcomes) - set(ids) == set()
+        assert len(ids) == len(set(ids)) == len(completed(outcomes)) + 7
+        crossed = await stored_events(servers.pg, "budget.threshold_crossed")
+        mine = [e for e in crossed if e["budget_id"] == made["id"]]
+        assert sorted(e["percent"] for e in mine) == ["50", "75", "90"]
+        assert len(await stored_events(servers.pg, "budget.soft_limit_reached")) == 1
+    finally:
+        for replica in replicas:
+            replica.terminate()
+
+
 async def test_sigterm_while_the_database_is_down_loses_nothing(servers: Servers) -> None:
     """SIGTERM to a replica whose database is down: it exits, leaving the rows in its
     spool; the next start, with the database back, writes every one of them once."""
@@ -336,6 +395,55 @@ async def test_sigterm_while_the_database_is_down_loses_nothing(servers: Servers
         ids = await ledger_ids(servers.pg)
         assert completed(outcomes) - set(ids) == set()
         assert len(ids) == len(set(ids)) == 31
+    finally:
+        restarted.terminate()
+
+
+async def test_kill_9_under_load_while_the_database_is_down_loses_nothing(
+    servers: Servers,
+) -> None:
+    """The database down, 8 clients calling (half of them streaming) past a budget's
+    levels, then SIGKILL (issue 21: no completed call lost on kill -9 *with* an outage;
+    23.6: crossings just before a crash still fire): restarted with the database back,
+    every call a client saw complete is in the ledger once, and each level fired once."""
+    replica = servers.replica()
+    key = new_key(replica)
+    first = await asyncio.to_thread(
+        httpx.post,
+        f"{replica.url}/v1/chat/completions",
+        json=CHAT,
+        headers={"authorization": f"Bearer {key['key']}"},
+    )
+    cost = Decimal(first.headers["x-spendgate-cost-usd"])
+    made = admin_post(replica, "/admin/budgets", budget_of(key["id"], cost * 40))
+    async with httpx.AsyncClient(base_url=replica.url, timeout=30) as client:
+        assert (await one_call(client, key["key"], False)).complete  # seeds the counter
+        await until(lambda: drained(client), what="rows written before the outage")
+    await asyncio.to_thread(servers.pg.stop)
+    stop, outcomes = asyncio.Event(), []
+    running = asyncio.create_task(load(replica.url, key["key"], stop, outcomes))
+    await until(lambda: _true(len(completed(outcomes)) >= 60), what="60 calls in the outage")
+    await asyncio.to_thread(replica.kill)
+    stop.set()
+    await running
+    replica.close()
+    done = completed(outcomes)
+    await asyncio.to_thread(servers.pg.start)
+    assert len(await ledger_ids(servers.pg)) == 2  # the outage's calls were only spooled
+
+    restarted = await asyncio.to_thread(servers.replica)
+    try:
+        ids = await ledger_ids(servers.pg)
+        assert done - set(ids) == set(), "completed calls missing from the ledger"
+        assert len(ids) == len(set(ids))
+        assert len(ids) - 2 - len(done) <= 8  # besides, only the calls in flight at the kill
+        crossed = await stored_events(servers.pg, "budget.threshold_crossed")
+        assert sorted(e["percent"] for e in crossed if e["budget_id"] == made["id"]) == [
+            "50",
+            "75",
+            "90",
+        ]
+        assert len(await stored_events(servers.pg, "budget.soft_limit_reached")) == 1
     finally:
         restarted.terminate()
 

@@ -73,7 +73,8 @@ def test_a_new_budget_and_a_lowered_one_bind_on_the_other_replica_at_once(
     replicas: tuple[RunningGateway, RunningGateway],
 ) -> None:
     """A hard budget created on A refuses B's next call; raised on A, B serves again;
-    lowered on A, B refuses again; its hard limit switched off on A, B serves."""
+    lowered on A, B refuses again; its hard limit switched off on A, B serves; switched
+    on again, B refuses."""
     a, b = replicas
     key = a.create_key()
     assert chat(b, key["key"]).status_code == 200  # B has the key and a snapshot
@@ -89,6 +90,9 @@ def test_a_new_budget_and_a_lowered_one_bind_on_the_other_replica_at_once(
     off = a.admin.patch(f"/admin/budgets/{made['id']}", json={"hard_limit": False})
     assert off.status_code == 200
     assert chat(b, key["key"]).status_code == 200
+    on = a.admin.patch(f"/admin/budgets/{made['id']}", json={"hard_limit": True})
+    assert on.status_code == 200
+    assert code(chat(b, key["key"])) == "budget_exceeded"  # switched on: binds at once
     # B's status figures count what B spent: the counters are shared
     status = b.get(f"/admin/budgets/{made['id']}/status")
     assert status["spent_usd"] != "0.00" and status["reserved_usd"] == "0.00"

@@ -364,8 +364,24 @@ def test_cli_export_and_verify(
     )
     assert result.exit_code == 0, result.output
     assert [json.loads(line)["seq"] for line in out.read_text().splitlines()] == list(range(1, 8))
+    # --json (issue 14, item 7): a summary a script reads, the anchor file still written
+    again = tmp_path / "again.jsonl"
+    result = runner.invoke(
+        audit_app, ["export", "--url", audited.url, "-o", str(again), "--json", "--actor", "master"]
+    )
+    assert result.exit_code == 0, result.output
+    lines = again.read_text().splitlines()
+    assert len(lines) == 8  # the first export is audited too
+    assert json.loads(result.stdout) == {
+        "output": str(again),
+        "format": "jsonl",
+        "entries": len(lines),
+        "anchor": f"{again}.anchor.json",
+    }
+    assert json.loads(Path(f"{again}.anchor.json").read_text())["signature"]
+    assert runner.invoke(audit_app, ["export", "--url", audited.url, "--json"]).exit_code == 2
     result = runner.invoke(audit_app, ["verify", "--url", audited.url, "--json"])
-    assert result.exit_code == 0 and json.loads(result.stdout)["checked"] == 8
+    assert result.exit_code == 0 and json.loads(result.stdout)["checked"] == 9  # 7 + 2 exports
     audited.run(
         tamper(
             audited.app.services.engine, "UPDATE audit_log SET source_ip = '6.6.6.6' WHERE seq = 5"

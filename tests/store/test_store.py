@@ -16,7 +16,9 @@ from spendgate.store import schema
 from spendgate.store.database import create_engine, downgrade, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
-from spendgate.store.ledger import LedgerEntry, LedgerWriter, usage_report
+from spendgate.store.ledger import LedgerEntry, LedgerWriter
+from spendgate.store.policies import PolicyStore
+from spendgate.store.showback import usage_report
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
@@ -152,6 +154,28 @@ async def test_ledger_batches_and_rolls_up_exactly(engine: AsyncEngine) -> None:
     assert [d["requests"] for d in days] == [21, 10]
     window = await usage_report(engine, [], day2, day2 + timedelta(hours=1))
     assert window[0]["requests"] == 10
+
+
+async def test_spend_sums_past_64_bits_stay_exact(engine: AsyncEngine) -> None:
+    """Rows whose costs add up past 2^63 nano-dollars (each fits its column): the usage
+    roll-up, by a dimension and by tag, and the spend a budget is seeded with are exact
+    — not an overflow (SQLite's integer SUM raises past 2^63; issue 22, item 1)."""
+    writer = LedgerWriter(engine, flush_seconds=60)
+    costs = [2**62, 2**62, 2**62 + 7, 3]
+    for n, cost in enumerate(costs):
+        writer.add(entry(n, team="team_a", model="m1", cost=cost, at=NOW))
+    assert await writer.flush() == len(costs)
+    assert sum(costs) > 2**63
+    [total] = await usage_report(engine, [], None, None)
+    assert total["cost_nanos"] == sum(costs)
+    [by_model] = await usage_report(engine, ["model"], None, None)
+    assert by_model["cost_nanos"] == sum(costs)
+    [by_tag] = await usage_report(engine, ["tag"], None, None)
+    assert (by_tag["tag"], by_tag["cost_nanos"]) == ("t", sum(costs))
+    seeded = await PolicyStore(engine).spend_matching(
+        "org_1", NOW - timedelta(hours=1), None, lambda subject: True
+    )
+    assert seeded == sum(costs)
 
 
 async def test_writer_task_flushes_in_background_and_on_close(engine: AsyncEngine) -> None:

@@ -1,0 +1,214 @@
+"""Showback at scale: seed a ledger through the real write path, then time the reports.
+
+    .venv/bin/python bench/showback_bench.py [--rows 10000000] [--backend sqlite|postgresql|both]
+        [--pg-admin postgresql://postgres@127.0.0.1:5432/postgres] [--repeat 20]
+
+Seeds ``--rows`` ledger rows over 13 months (500 keys, 40 teams, 30 models, a tag mix:
+most keys tagged by environment, a few ``shared``, 10 % of keys without a team) through
+``ledger.store_batch`` — the writer's own transaction, rollups included — in batches of
+5,000. Then prints one table:
+
+- the writer's CPU per row with and without the rollups (20,000 rows, batches of 500,
+  ``time.process_time``): the cost of keeping rollups, paid off the request path;
+- ``usage_report`` (what ``/admin/usage`` runs) for one month by team x model x day in
+  Asia/Kathmandu, and for a year by month: p50 and p95 of ``--repeat`` runs;
+- the statements of one month (every team's and the org's; the largest team's is one
+  of them);
+- a full rebuild of the rollups from the ledger (dry run: read, aggregate, compare).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncpg
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from spendgate.store import schema
+from spendgate.store.database import create_engine, migrate
+from spendgate.store.ledger import LedgerEntry, Pending, insert_entries, store_batch
+from spendgate.store.rebuild import rebuild
+from spendgate.store.showback import usage_report
+from spendgate.store.statements import draw
+
+START = datetime(2025, 3, 1, tzinfo=UTC)
+END = datetime(2026, 4, 1, tzinfo=UTC)
+TEAMS, KEYS, MODELS = 40, 500, 30
+ORG = {"id": "org_bench", "name": "bench", "reporting_timezone": "Asia/Kathmandu"}
+
+
+def keys_table(rng: np.random.Generator) -> list[tuple[str | None, list[str], list[str]]]:
+    """Per key: its team (None for 10 %), tags, and the 1-4 models it calls."""
+    out = []
+    for k in range(KEYS):
+        team = None if k % 10 == 9 else f"team_{int(rng.integers(0, TEAMS)):02d}"
+        tags = [["prod"], ["prod", "search"], ["staging"], ["shared"], []][k % 5]
+        models = [f"model-{int(m):02d}" for m in rng.choice(MODELS, int(rng.integers(1, 5)))]
+        out.append((team, tags, models))
+    return out
+
+
+def batch(n0: int, size: int, rng: np.random.Generator, keys: list) -> list[Pending]:  # type: ignore[type-arg]
+    span = int((END - START).total_seconds())
+    seconds = rng.integers(0, span, size)
+    which = rng.integers(0, KEYS, size)
+    tokens = rng.integers(50, 4000, size)
+    rows = []
+    for i in range(size):
+        team, tags, models = keys[int(which[i])]
+        at = START + timedelta(seconds=int(seconds[i]))
+        model = models[i % len(models)]
+        cost = None if i % 997 == 0 else int(tokens[i]) * 1_700 + i % 13
+        rows.append(Pending(LedgerEntry(
+            f"r{n0 + i:09d}", ORG["id"], team, f"user_{int(which[i]) % 90}", None,
+            f"key_{int(which[i]):03d}", tags, "openai" if int(model[-2:]) % 3 else "anthropic",
+            model, model, "chat", False, "ok" if i % 50 else "upstream_error", 200,
+            int(tokens[i]), int(tokens[i]) // 4, 0, 0, 0, cost, cost is None, False, 100, at, at,
+        )))  # fmt: skip
+    return rows
+
+
+async def seed(engine, rows: int) -> float:  # type: ignore[no-untyped-def]
+    rng = np.random.default_rng(7)
+    keys = keys_table(rng)
+    async with engine.begin() as conn:
+        await conn.execute(
+            schema.orgs.insert().values(
+                id=ORG["id"],
+                name=ORG["name"],
+                created_at=START,
+                reporting_timezone="Asia/Kathmandu",
+            )
+        )
+        await conn.execute(schema.teams.insert(), [
+            {"id": f"team_{t:02d}", "org_id": ORG["id"], "name": f"team {t}", "created_at": START}
+            for t in range(TEAMS)])  # fmt: skip
+    began = time.perf_counter()
+    done = 0
+    while done < rows:
+        size = min(5000, rows - done)
+        part = batch(done, size, rng, keys)
+        async with engine.begin() as conn:
+            await store_batch(conn, part)
+        done += size
+        if done % 200_000 == 0:
+            print(f"  seeded {done:,} rows ({time.perf_counter() - began:.0f} s)", file=sys.stderr)
+    return time.perf_counter() - began
+
+
+async def writer_cost(url: str) -> tuple[float, float]:
+    """CPU µs per row: ``insert_entries`` alone, then ``store_batch`` (with rollups)."""
+    rng = np.random.default_rng(11)
+    keys = keys_table(rng)
+    out = []
+    for with_rollups in (False, True):
+        engine = create_engine(url)
+        await migrate(engine)
+        cpu = 0.0
+        for b in range(40):
+            part = batch(10**8 * (2 if with_rollups else 1) + b * 500, 500, rng, keys)
+            async with engine.begin() as conn:
+                t0 = time.process_time()
+                if with_rollups:
+                    await store_batch(conn, part)
+                else:
+                    await insert_entries(conn, [p.entry for p in part])
+                cpu += time.process_time() - t0
+        await engine.dispose()
+        out.append(cpu / 20_000 * 1e6)
+    return out[0], out[1]
+
+
+async def timed(repeat: int, make) -> tuple[float, float, int]:  # type: ignore[no-untyped-def]
+    times, size = [], 0
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        result = await make()
+        times.append((time.perf_counter() - t0) * 1000)
+        size = len(result)
+    times.sort()
+    return statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)], size
+
+
+async def run(backend: str, url: str, rows: int, repeat: int) -> dict[str, str]:
+    engine = create_engine(url)
+    await migrate(engine)
+    seconds = await seed(engine, rows)
+    month_start = datetime(2026, 2, 28, 18, 15, tzinfo=UTC)  # Mar 1 in Kathmandu (+5:45)
+    month_end = datetime(2026, 3, 31, 18, 15, tzinfo=UTC)
+    year_start = datetime(2025, 3, 31, 18, 15, tzinfo=UTC)
+    tz = "Asia/Kathmandu"
+    month = await timed(
+        repeat,
+        lambda: usage_report(
+            engine, ["day", "team", "model"], month_start, month_end, ORG["id"], timezone=tz
+        ),
+    )
+    year = await timed(
+        repeat,
+        lambda: usage_report(engine, ["month"], year_start, month_end, ORG["id"], timezone=tz),
+    )
+    statement = await timed(max(3, repeat // 4), lambda: draw(engine, ORG, "2026-03", tz))
+    t0 = time.perf_counter()
+    report = await rebuild(engine, START, END, dry_run=True)
+    rebuild_s = time.perf_counter() - t0
+    assert report.difference_count == 0, report.differences[:3]
+    await engine.dispose()
+    before, after = await writer_cost(url.replace(".db", "-writer.db")
+                                      if backend == "sqlite" else url)  # fmt: skip
+    return {
+        "backend": backend,
+        "rows": f"{rows:,} (rollup rows {report.rollup_rows:,})",
+        "seed": f"{seconds:.0f} s ({rows / seconds:,.0f} rows/s)",
+        "writer CPU/row": f"{before:.0f} µs -> {after:.0f} µs with rollups",
+        "month team x model x day":
+            f"p50 {month[0]:.0f} ms, p95 {month[1]:.0f} ms ({month[2]:,} rows)",
+        "year by month": f"p50 {year[0]:.0f} ms, p95 {year[1]:.0f} ms",
+        "statements of a month": f"p50 {statement[0]:.0f} ms, p95 {statement[1]:.0f} ms",
+        "full rebuild (dry run)": f"{rebuild_s:.1f} s ({report.ledger_rows:,} ledger rows)",
+    }  # fmt: skip
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", type=int, default=10_000_000)
+    parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--repeat", type=int, default=20)
+    args = parser.parse_args()
+    results = []
+    if args.backend in ("sqlite", "both"):
+        path = Path(f"/tmp/sg-showback-bench-{uuid.uuid4().hex[:6]}.db")
+        try:
+            results.append(await run("SQLite", f"sqlite:///{path}", args.rows, args.repeat))
+        finally:
+            for p in path.parent.glob(f"{path.stem}*"):
+                p.unlink()
+    if args.backend in ("postgresql", "both"):
+        name = f"sg_showback_bench_{uuid.uuid4().hex[:6]}"
+        admin = await asyncpg.connect(args.pg_admin)
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            url = f"{args.pg_admin.rsplit('/', 1)[0]}/{name}"
+            results.append(await run("PostgreSQL", url, args.rows, args.repeat))
+        finally:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await admin.close()
+    keys = list(results[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in results:
+        print("| " + " | ".join(r[k] for k in keys) + " |")
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

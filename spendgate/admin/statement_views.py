@@ -1,0 +1,76 @@
+"""A statement as JSON, CSV, JSONL or a printable HTML page (Jinja2, shipped in the
+package: ``admin/templates/statement.html``).
+
+CSV and JSONL carry one record per figure — ``section, id, label, requests, cost_usd`` —
+with the statement's lines first (they add up to its total), then each breakdown.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import orjson
+from fastapi.responses import HTMLResponse, Response
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from spendgate.core.money import format_usd
+
+_templates = Environment(
+    loader=PackageLoader("spendgate.admin", "templates"),
+    autoescape=select_autoescape(["html"]),
+)
+FIELDS = ("section", "id", "label", "requests", "cost_usd")
+
+
+def records(content: dict[str, Any]) -> list[dict[str, Any]]:
+    out = [
+        {"section": "lines", "id": line["id"], "label": line["label"], "requests": None,
+         "cost_usd": format_usd(line["cost_nanos"])}
+        for line in content["lines"]
+    ]  # fmt: skip
+    out.append({"section": "total", "id": "total", "label": "Total", "requests": None,
+                "cost_usd": format_usd(content["total_nanos"])})  # fmt: skip
+    for section, rows in content["breakdown"].items():
+        out += [
+            {"section": section, "id": r["id"], "label": r["id"], "requests": r["requests"],
+             "cost_usd": format_usd(r["cost_nanos"])}
+            for r in rows
+        ]  # fmt: skip
+    return out
+
+
+def render(fmt: str, meta: dict[str, Any], content: dict[str, Any]) -> Response | dict[str, Any]:
+    """``meta``: provisional, version, content_hash, id (None while provisional)."""
+    name = f"statement-{content['month']}-{content.get('team_id') or 'org'}"
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(records(content))
+        return Response(
+            out.getvalue(),
+            media_type="text/csv",
+            headers={"content-disposition": f'attachment; filename="{name}.csv"'},
+        )
+    if fmt == "jsonl":
+        head = {"section": "statement", **meta, "org_id": content["org_id"],
+                "team_id": content.get("team_id"), "month": content["month"]}  # fmt: skip
+        lines = [orjson.dumps(head, default=str)] + [orjson.dumps(r) for r in records(content)]
+        return Response(
+            b"\n".join(lines) + b"\n",
+            media_type="application/x-ndjson",
+            headers={"content-disposition": f'attachment; filename="{name}.jsonl"'},
+        )
+    if fmt == "html":
+        title = (
+            f"Statement {content['month']}: {content['team_name']}"
+            if content["kind"] == "team"
+            else f"Statement {content['month']}: {content['org_name']} (all teams)"
+        )
+        page = _templates.get_template("statement.html").render(
+            title=title, s=content, usd=format_usd, **meta
+        )
+        return HTMLResponse(page)
+    return {**meta, "total_usd": format_usd(content["total_nanos"]), "statement": content}

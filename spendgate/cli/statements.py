@@ -1,0 +1,149 @@
+"""``spendgate statements …``: monthly chargeback statements and allocation rules,
+through the admin API. ``export`` writes every statement of a month (each team's and
+the org's) as CSV, JSONL or HTML files, with a progress bar on stderr."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call
+from spendgate.cli.output import console, err_console, show
+from spendgate.core.money import format_usd
+
+statements_app = typer.Typer(help="Monthly chargeback statements.", no_args_is_help=True)
+OrgOpt = Annotated[str | None, typer.Option("--org", help="org id (the master key needs it)")]
+ISSUED = ["team_id", "version", "total_usd", "content_hash"]
+
+
+def _org(org: str | None) -> dict[str, str]:
+    return {"org_id": org} if org else {}
+
+
+@statements_app.command("list")
+def list_(
+    org: OrgOpt = None,
+    month: Annotated[str | None, typer.Option(help="YYYY-MM")] = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stored statements (closed months and reissues)."""
+    params = {**_org(org), **({"month": month} if month else {})}
+    rows = call(url, "GET", "/admin/statements", params=params)
+    show(rows, as_json, ["month", "team_id", "version", "total_usd", "content_hash", "created_at"])
+
+
+@statements_app.command("show")
+def show_(
+    month: Annotated[str, typer.Argument(help="YYYY-MM")],
+    org: OrgOpt = None,
+    team: Annotated[str | None, typer.Option("--team", help="absent: the org statement")] = None,
+    version: Annotated[int | None, typer.Option()] = None,
+    format_: Annotated[str, typer.Option("--format", help="table, csv, jsonl or html")] = "table",
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """One statement: its lines (which add up to its total) and status."""
+    params: dict[str, str | int] = {**_org(org)}
+    if team:
+        params["team_id"] = team
+    if version:
+        params["version"] = version
+    if format_ in ("csv", "jsonl", "html"):
+        sys.stdout.write(
+            call(url, "GET", f"/admin/statements/{month}", params={**params, "format": format_})
+        )
+        return
+    data = call(url, "GET", f"/admin/statements/{month}", params=params)
+    if as_json:
+        show(data, True, [])
+        return
+    st = data["statement"]
+    status = "PROVISIONAL (month open)" if data["provisional"] else f"version {data['version']}"
+    console.print(
+        f"[bold]{st.get('team_name') or st['org_name']}[/] {month} ({st['timezone']}) — {status}"
+    )
+    show(
+        [{**line, "cost_usd": format_usd(line["cost_nanos"])} for line in st["lines"]],
+        False,
+        ["label", "cost_usd"],
+    )
+    console.print(f"total: ${data['total_usd']}")
+
+
+def _issue(action: str, month: str, org: str | None, url: str, as_json: bool) -> None:
+    data = call(url, "POST", f"/admin/statements/{month}/{action}", json=_org(org))
+    show(data["statements"], as_json, ISSUED)
+    if not as_json and not data["statements"]:
+        console.print("no statement changed")
+
+
+@statements_app.command("close")
+def close(
+    month: Annotated[str, typer.Argument(help="YYYY-MM, ended in the org's zone")],
+    org: OrgOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Close a month: freeze every statement; their hashes go to the audit log."""
+    _issue("close", month, org, url, as_json)
+
+
+@statements_app.command("reissue")
+def reissue(
+    month: Annotated[str, typer.Argument(help="YYYY-MM, closed")],
+    org: OrgOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Reissue a closed month's statements that changed (late spend), with a diff."""
+    _issue("reissue", month, org, url, as_json)
+
+
+@statements_app.command("export")
+def export(
+    month: Annotated[str, typer.Argument(help="YYYY-MM")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="directory")] = Path("."),
+    format_: Annotated[str, typer.Option("--format", help="csv, jsonl or html")] = "csv",
+    org: OrgOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+) -> None:
+    """Every statement of the month (the org's and each team's), one file each."""
+    if format_ not in ("csv", "jsonl", "html"):
+        err_console.print("[red]--format must be csv, jsonl or html[/]")
+        raise typer.Exit(2)
+    teams = call(url, "GET", "/admin/teams", params=_org(org))
+    targets: list[str | None] = [None, *(t["id"] for t in teams)]
+    output.mkdir(parents=True, exist_ok=True)
+    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err_console) as progress:
+        task = progress.add_task("export", total=len(targets))
+        for team in targets:
+            params = {**_org(org), "format": format_, **({"team_id": team} if team else {})}
+            body = call(url, "GET", f"/admin/statements/{month}", params=params)
+            (output / f"statement-{month}-{team or 'org'}.{format_}").write_text(body)
+            progress.advance(task)
+    err_console.print(f"{len(targets)} statements written to {output}")
+
+
+@statements_app.command("rule")
+def rule(
+    method: Annotated[str, typer.Argument(help="proportional, fixed or even")],
+    tag: Annotated[str | None, typer.Option(help="only unowned spend with this tag")] = None,
+    share: Annotated[
+        list[str] | None, typer.Option("--share", help="TEAM_ID[=PERCENT]; repeat")
+    ] = None,
+    position: Annotated[int, typer.Option(help="rules are tried in this order")] = 0,
+    org: OrgOpt = None,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Add an allocation rule for spend no team owns."""
+    shares = {team: percent for team, _, percent in (s.partition("=") for s in share or [])}
+    body = {**_org(org), "method": method, "tag": tag, "shares": shares, "position": position}
+    made = call(url, "POST", "/admin/allocation-rules", json=body)
+    show(made, as_json, ["id", "method", "tag", "shares", "position"])

@@ -1,0 +1,177 @@
+"""Chargeback statements through the real HTTP stack: exact sums with allocation rules,
+frozen once closed (the database refuses UPDATE and DELETE), reissued with a diff."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import openai
+import pytest
+import sqlalchemy as sa
+
+from spendgate.core.showback import split_exact
+from tests.conftest import RunningGateway
+
+
+def _call(gw: RunningGateway, key: str, at: datetime, words: int = 3) -> None:
+    gw.clock.set(at)
+    openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0).chat.completions.create(
+        model="demo-large", messages=[{"role": "user", "content": "spend " * words}]
+    )
+
+
+def _sum(lines: list[dict[str, Any]]) -> int:
+    return sum(int(line["cost_nanos"]) for line in lines)
+
+
+def _world(gw: RunningGateway) -> dict[str, Any]:
+    org = gw.post("/admin/orgs", {"name": "chargeback"})
+    gw.admin.patch(f"/admin/orgs/{org['id']}", json={"reporting_timezone": "Asia/Kolkata"})
+    a = gw.post("/admin/teams", {"org_id": org["id"], "name": "alpha"})
+    b = gw.post("/admin/teams", {"org_id": org["id"], "name": "beta"})
+    keys = {
+        "a": gw.create_key(org_id=org["id"], team_id=a["id"])["key"],
+        "b": gw.create_key(org_id=org["id"], team_id=b["id"])["key"],
+        "shared": gw.create_key(org_id=org["id"], tags=["shared"])["key"],
+        "loose": gw.create_key(org_id=org["id"], tags=["misc"])["key"],
+    }
+    gw.post("/admin/allocation-rules", {"org_id": org["id"], "tag": "shared", "method": "even"})
+    gw.post(
+        "/admin/allocation-rules",
+        {"org_id": org["id"], "method": "fixed", "shares": {a["id"]: "30"}, "position": 1},
+    )
+    # Feb 2026 in Kolkata: Jan 31 18:30 UTC .. Feb 28 18:30 UTC
+    _call(gw, keys["a"], datetime(2026, 1, 31, 18, 45, tzinfo=UTC), 5)  # Feb 1 local
+    _call(gw, keys["a"], datetime(2026, 1, 31, 18, 0, tzinfo=UTC), 50)  # Jan 31 local
+    _call(gw, keys["b"], datetime(2026, 2, 14, 9, 0, tzinfo=UTC), 7)
+    _call(gw, keys["shared"], datetime(2026, 2, 20, 9, 0, tzinfo=UTC), 11)
+    _call(gw, keys["loose"], datetime(2026, 2, 28, 18, 29, tzinfo=UTC), 13)  # Feb 28 local
+    _call(gw, keys["loose"], datetime(2026, 2, 28, 18, 30, tzinfo=UTC), 17)  # Mar 1 local
+    return {"org": org, "a": a, "b": b, "keys": keys}
+
+
+def test_statements_sum_exactly_freeze_and_reissue_with_a_diff(gateway: RunningGateway) -> None:
+    """Lines sum to each statement's total; teams plus Unallocated equal the org's month
+    in its zone, which equals the ledger; closing freezes and audits the hashes; a late
+    call for the closed month goes into version 2 with a diff."""
+    gw = gateway
+    w = _world(gw)
+    org_id, a, b = w["org"]["id"], w["a"]["id"], w["b"]["id"]
+    gw.clock.set(datetime(2026, 2, 27, tzinfo=UTC))
+    early = gw.admin.post("/admin/statements/2026-02/close", json={"org_id": org_id})
+    assert early.status_code == 422 and early.json()["error"]["param"] == "month"
+    live = gw.get("/admin/statements/2026-02", org_id=org_id)
+    assert live["provisional"] is True
+    gw.clock.set(datetime(2026, 3, 5, tzinfo=UTC))
+    feb = [
+        r for r in gw.ledger()
+        if r["org_id"] == org_id
+        and datetime(2026, 1, 31, 18, 30, tzinfo=UTC) <= r["started_at"]
+        < datetime(2026, 2, 28, 18, 30, tzinfo=UTC)
+    ]  # fmt: skip
+    assert len(feb) == 4
+    closed = gw.post("/admin/statements/2026-02/close", {"org_id": org_id}, status=200)
+    assert {s["team_id"] for s in closed["statements"]} == {None, a, b}
+    org_st = gw.get("/admin/statements/2026-02", org_id=org_id)
+    assert org_st["provisional"] is False and org_st["version"] == 1
+    content = org_st["statement"]
+    assert content["total_nanos"] == _sum(content["lines"]) == sum(r["cost_nanos"] for r in feb)
+    team = {t: gw.get("/admin/statements/2026-02", org_id=org_id, team_id=t) for t in (a, b)}
+    for st in team.values():
+        assert _sum(st["statement"]["lines"]) == st["statement"]["total_nanos"]
+    unallocated = next(x for x in content["lines"] if x["id"] == "unallocated")["cost_nanos"]
+    assert (
+        sum(st["statement"]["total_nanos"] for st in team.values()) + unallocated
+        == (content["total_nanos"])
+    )
+    shared = next(r["cost_nanos"] for r in feb if r["tags"] == ["shared"])
+    loose = next(r["cost_nanos"] for r in feb if r["tags"] == ["misc"])
+    to_a, left = split_exact(loose, [30, 70])
+    assert unallocated == left
+    halves = dict(zip(sorted((a, b)), split_exact(shared, [1, 1]), strict=True))
+    allocated = {
+        t: sum(x["cost_nanos"] for x in st["statement"]["lines"] if x["id"] != "own")
+        for t, st in team.items()
+    }
+    assert allocated == {a: halves[a] + to_a, b: halves[b]}
+    audit = gw.get("/admin/audit", limit=1000)
+    entries = audit["entries"] if isinstance(audit, dict) else audit
+    sealed = [e for e in entries if e["action"] == "statement.closed"]
+    assert len(sealed) == 1
+    hashes = {s["team_id"]: s["content_hash"] for s in sealed[0]["after"]["statements"]}
+    assert hashes[None] == org_st["content_hash"]
+    again = gw.admin.post("/admin/statements/2026-02/close", json={"org_id": org_id})
+    assert again.status_code == 409
+    # a late call for February (a replica's spool replayed days later)
+    _call(gw, w["keys"]["a"], datetime(2026, 2, 10, tzinfo=UTC), 3)
+    gw.clock.set(datetime(2026, 3, 6, tzinfo=UTC))
+    late = [r for r in gw.ledger() if r["started_at"] == datetime(2026, 2, 10, tzinfo=UTC)]
+    reissued = gw.post("/admin/statements/2026-02/reissue", {"org_id": org_id}, status=200)
+    changed = {s["team_id"]: s for s in reissued["statements"]}
+    assert set(changed) == {None, a}  # beta's own spend is unchanged (30% fixed goes to a)
+    diff = {d["item"]: d["delta_nanos"] for d in changed[a]["diff"]}
+    assert diff["total"] == diff["lines/own"] == late[0]["cost_nanos"]
+    v2 = gw.get("/admin/statements/2026-02", org_id=org_id, team_id=a)
+    assert v2["version"] == 2 and v2["diff"] == changed[a]["diff"]
+    v1 = gw.get("/admin/statements/2026-02", org_id=org_id, team_id=a, version=1)
+    assert v1["content_hash"] == team[a]["content_hash"]
+    nothing = gw.post("/admin/statements/2026-02/reissue", {"org_id": org_id}, status=200)
+    assert nothing["statements"] == []
+    listed = gw.get("/admin/statements", org_id=org_id, month="2026-02")
+    assert sorted((s["team_id"] or "", s["version"]) for s in listed) == sorted(
+        [("", 1), ("", 2), (a, 1), (a, 2), (b, 1)]
+    )
+
+
+def test_statement_downloads_and_the_frozen_rows(gateway: RunningGateway) -> None:
+    """CSV, JSONL and the printable HTML carry the lines; UPDATE and DELETE of a stored
+    statement or a closed month are refused by the database itself."""
+    gw = gateway
+    w = _world(gw)
+    org_id = w["org"]["id"]
+    gw.clock.set(datetime(2026, 3, 5, tzinfo=UTC))
+    gw.post("/admin/statements/2026-02/close", {"org_id": org_id}, status=200)
+    base = "/admin/statements/2026-02"
+    csv_text = gw.admin.get(base, params={"org_id": org_id, "format": "csv"}).text
+    assert csv_text.splitlines()[0] == "section,id,label,requests,cost_usd"
+    assert "Unallocated" in csv_text
+    jsonl = gw.admin.get(base, params={"org_id": org_id, "format": "jsonl"}).text.splitlines()
+    head = json.loads(jsonl[0])
+    assert head["section"] == "statement" and head["version"] == 1
+    html = gw.admin.get(base, params={"org_id": org_id, "team_id": w["a"]["id"], "format": "html"})
+    assert html.headers["content-type"].startswith("text/html")
+    assert "Statement 2026-02: alpha" in html.text and "Provisional" not in html.text
+
+    async def tamper(sql: str) -> None:
+        async with gw.app.services.engine.begin() as conn:
+            await conn.execute(sa.text(sql))
+
+    for sql in (
+        "UPDATE statements SET total_nanos = 0",
+        "DELETE FROM statements",
+        "UPDATE statement_months SET month = '2026-01'",
+        "DELETE FROM statement_months",
+    ):
+        with pytest.raises(Exception, match="append-only"):
+            gw.run(tamper(sql))
+    assert gw.get(base, org_id=org_id)["version"] == 1
+
+
+def test_bad_statement_input(gateway: RunningGateway) -> None:
+    """A bad month, fixed shares over 100 %, a team of another org: 422 naming the field."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "bad-statements"})
+    other = gw.post("/admin/orgs", {"name": "elsewhere"})
+    stray = gw.post("/admin/teams", {"org_id": other["id"], "name": "x"})
+    team = gw.post("/admin/teams", {"org_id": org["id"], "name": "y"})
+    bad = gw.admin.get("/admin/statements/2026-13", params={"org_id": org["id"]})
+    assert bad.status_code == 422 and bad.json()["error"]["param"] == "month"
+    for body in (
+        {"method": "fixed", "shares": {team["id"]: "101"}},
+        {"method": "fixed", "shares": {}},
+        {"method": "even", "shares": {stray["id"]: ""}},
+    ):
+        response = gw.admin.post("/admin/allocation-rules", json={"org_id": org["id"], **body})
+        assert response.status_code == 422 and response.json()["error"]["param"] == "shares"

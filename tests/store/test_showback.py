@@ -1,0 +1,173 @@
+"""Rollups on every backend: written with the ledger, counted once, and adding up to the
+ledger to the nano-dollar in every zone."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from spendgate.core.budget_windows import iana_zones
+from spendgate.store.database import create_engine, migrate
+from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, store_batch
+from spendgate.store.showback import usage_report
+
+BASE = datetime(2026, 1, 1, tzinfo=UTC)
+ZONES = sorted(iana_zones())
+HARD_ZONES = ["Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe", "America/St_Johns"]
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(database_url)
+    await migrate(engine)
+    yield engine
+    await engine.dispose()
+
+
+def row(
+    org: str,
+    n: int,
+    at: datetime,
+    cost: int | None,
+    *,
+    team: str | None = "t1",
+    model: str = "m1",
+    tags: tuple[str, ...] = (),
+) -> LedgerEntry:
+    return LedgerEntry(
+        request_id=f"{org}-{n}",
+        org_id=org,
+        team_id=team,
+        user_id=None,
+        agent_id=None,
+        key_id=f"k{n % 3}",
+        tags=list(tags),
+        provider="openai",
+        model=model,
+        upstream_model=model,
+        kind="chat",
+        stream=False,
+        status="ok",
+        http_status=200,
+        input_tokens=n,
+        output_tokens=1,
+        cache_read_tokens=0,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        cost_nanos=cost,
+        price_unknown=cost is None,
+        usage_estimated=False,
+        latency_ms=1,
+        started_at=at,
+        finished_at=at,
+    )
+
+
+calls = st.lists(
+    st.tuples(
+        st.integers(0, 75 * 24 * 3600 - 1),  # second of a 75-day span
+        st.one_of(st.none(), st.integers(0, 10**13)),  # nanos: up to $10,000 a call
+        st.sampled_from(["t1", "t2", None]),
+        st.sampled_from(["m1", "m2"]),
+    ),
+    min_size=1,
+    max_size=60,
+)
+
+
+def test_days_add_up_to_the_period_and_the_ledger_in_every_zone(database_url: str) -> None:
+    """Property: for random ledgers and zones, the days (and hours, weeks, months) of a
+    report add up to the period's total, which equals the ledger's sum, to the nanos."""
+    engine = create_engine(database_url)
+    asyncio.run(migrate(engine))
+    asyncio.run(engine.dispose())
+
+    @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(calls, st.one_of(st.sampled_from(HARD_ZONES), st.sampled_from(ZONES)))
+    def check(made: list[tuple[int, int | None, str | None, str]], zone: str) -> None:
+        asyncio.run(_check(database_url, made, zone))
+
+    check()
+
+
+async def _check(url: str, made: list[tuple[int, int | None, str | None, str]], zone: str) -> None:
+    engine = create_engine(url)
+    org = f"o{uuid.uuid4().hex[:10]}"
+    writer = LedgerWriter(engine, flush_seconds=60, batch_size=17)
+    for n, (second, cost, team, model) in enumerate(made):
+        writer.add(row(org, n, BASE + timedelta(seconds=second), cost, team=team, model=model))
+    await writer.flush()
+    ledger_nanos = sum(c or 0 for _, c, _, _ in made)
+    whole = await usage_report(engine, [], None, None, org)
+    assert whole[0]["cost_nanos"] == ledger_nanos
+    assert whole[0]["requests"] == len(made)
+    assert whole[0]["unpriced_requests"] == sum(c is None for _, c, _, _ in made)
+    start, end = BASE - timedelta(days=1), BASE + timedelta(days=77)
+    for grain in ("hour", "day", "week", "month"):
+        for dims in ([grain], [grain, "team", "model"]):
+            rows = await usage_report(engine, dims, start, end, org, timezone=zone)
+            assert sum(r["cost_nanos"] for r in rows) == ledger_nanos, (grain, zone)
+            assert sum(r["requests"] for r in rows) == len(made)
+    days = await usage_report(engine, ["day"], None, None, org, timezone=zone)
+    local = ZoneInfo(zone)
+    expected: dict[str, int] = {}
+    for second, cost, _, _ in made:
+        day = (BASE + timedelta(seconds=second)).astimezone(local).date().isoformat()
+        expected[day] = expected.get(day, 0) + (cost or 0)
+    assert {d["day"]: d["cost_nanos"] for d in days} == expected
+    await engine.dispose()
+
+
+async def test_a_replayed_batch_is_counted_once(engine: AsyncEngine) -> None:
+    """A batch stored again (a spool replayed, a retry after a lost commit answer) adds
+    no ledger row and nothing to the rollups."""
+    batch = [Pending(row("o1", n, BASE + timedelta(minutes=7 * n), 1_000 + n)) for n in range(9)]
+    for _ in range(3):
+        async with engine.begin() as conn:
+            await store_batch(conn, batch)
+    total = await usage_report(engine, [], None, None, "o1")
+    assert total[0]["requests"] == 9
+    assert total[0]["cost_nanos"] == sum(1_000 + n for n in range(9))
+
+
+async def test_top_n_folds_the_rest_into_other_and_keeps_the_sum(engine: AsyncEngine) -> None:
+    """top=2 keeps the two costliest models per day and one "other" row that holds the
+    rest; the cumulative column runs per group across the days."""
+    writer = LedgerWriter(engine, flush_seconds=60)
+    models = {"a": 50, "b": 40, "c": 3, "d": 2}
+    n = 0
+    for day in range(3):
+        for model, cost in models.items():
+            writer.add(row("o2", n, BASE + timedelta(days=day), cost, model=model))
+            n += 1
+    await writer.flush()
+    rows = await usage_report(engine, ["day", "model"], None, None, "o2", top=2, cumulative=True)
+    assert {r["model"] for r in rows} == {"a", "b", "other"}
+    other = [r for r in rows if r["model"] == "other"]
+    assert [r["cost_nanos"] for r in other] == [5, 5, 5]
+    assert [r["cumulative_cost_nanos"] for r in other] == [5, 10, 15]
+    assert sum(r["cost_nanos"] for r in rows) == 3 * sum(models.values())
+
+
+async def test_tags_and_filters(engine: AsyncEngine) -> None:
+    """Grouped by tag, a call counts under each of its tags (untagged under None);
+    filters narrow on any dimension, ``None`` meaning the dimension is absent."""
+    writer = LedgerWriter(engine, flush_seconds=60)
+    writer.add(row("o3", 1, BASE, 100, tags=("prod", "search")))
+    writer.add(row("o3", 2, BASE, 10, tags=("prod",), team=None))
+    writer.add(row("o3", 3, BASE, 1))
+    await writer.flush()
+    by_tag = await usage_report(engine, ["tag"], None, None, "o3")
+    assert {r["tag"]: r["cost_nanos"] for r in by_tag} == {None: 1, "prod": 110, "search": 100}
+    prod = await usage_report(engine, ["team"], None, None, "o3", filters={"tag": ["prod"]})
+    assert {r["team"]: r["cost_nanos"] for r in prod} == {None: 10, "t1": 100}
+    unowned = await usage_report(engine, [], None, None, "o3", filters={"team": [None]})
+    assert unowned[0]["cost_nanos"] == 10
