@@ -14,9 +14,13 @@ running hour so far (and the last complete hour), with episodes opened and resol
 - the 3× creep (1× → 3× linearly over 14 days, then 3×) and the +60 % step: share of series
   detected, and days from the start (creep: the multiple reached at detection).
 
-Methods (``--methods``):
-    baseline  spendgate.core.anomalies: median/MAD of the same hour of the week over four
-              weeks (hour of day before two weeks), band m + max(k·s, rel·m)
+Methods (``--methods``, default ``baseline,hourly``):
+    baseline  spendgate.core.anomalies as the gateway runs it: median/MAD of the same hour
+              of the week over four weeks (hour of day before two weeks), band
+              m + max(k·s, rel·m), for the running hour, the last hour, and the two
+              together (``judge_span``: a runaway is not reset at the hour boundary)
+    hourly    the same without the span (what spendgate did before: the running hour
+              and the last complete hour only)
     ets       spendgate.core.forecasting: today's total from ETS(A,Ad,A) on daily totals
               (with its outlier cleaning and fallbacks), shared out by each hour of the
               day's share of the last 28 days; spread from the day's forecast sd and the
@@ -331,9 +335,10 @@ class Outcome:
     has_event: bool = False
 
 
-def run_case(case: Case, method: str, params: an.Params) -> Outcome:
-    make = robust_method if method == "baseline" else ets_method
+def run_case(case: Case, method: str, params: an.Params, spans: bool = True) -> Outcome:
+    make = ets_method if method == "ets" else robust_method
     fn = make(params)
+    spans = spans and method != "hourly"
     hourly = case.bins[: case.bins.size // BINS * BINS].reshape(-1, BINS)
     totals = hourly.sum(1)
     event_hour = case.event_bin // BINS if case.event else None
@@ -348,8 +353,12 @@ def run_case(case: Case, method: str, params: an.Params) -> Outcome:
         cumulative = np.cumsum(hourly[t])
         last = an.judge(previous, totals[t - 1], 1.0, params) if previous else None
         for j in range(BINS):
-            running = an.judge(base, cumulative[j], (j + 1) / BINS, params) if base else None
-            what = an.step(episode, running, last, t - 1)
+            f = (j + 1) / BINS
+            running = an.judge(base, cumulative[j], f, params) if base else None
+            span = None
+            if spans and base and previous:
+                span = an.judge_span(previous, base, totals[t - 1], cumulative[j], f, params)
+            what = an.step(episode, running, last, t - 1, span)
             at_bin = t * BINS + j + 1  # the check happens at the end of bin j
             if what == "open":
                 episode = t
@@ -432,7 +441,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=12)
     parser.add_argument("--injections", type=int, default=6)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--methods", default="baseline,ets")
+    parser.add_argument("--methods", default="baseline,hourly")
     parser.add_argument("--k", type=float, default=an.Params().k)
     parser.add_argument("--rel", type=float, default=an.Params().rel)
     parser.add_argument("--floor-usd", type=float, default=an.Params().min_excess_nanos / USD)

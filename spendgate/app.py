@@ -39,6 +39,7 @@ from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
 from spendgate.admin.statements import router as statements_router
+from spendgate.admin.tickets import router as tickets_router
 from spendgate.admin.tokens import router as tokens_router
 from spendgate.admin.usage import router as usage_router
 from spendgate.admin.users import router as users_router
@@ -49,21 +50,27 @@ from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
 from spendgate.core.showback import months_before
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
+from spendgate.counters import Counters
 from spendgate.counters.factory import counters_from_url
+from spendgate.counters.redis import RedisCounters
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import DatabaseUnavailable, PayloadTooLarge, SpendgateError
+from spendgate.guard import CallGuard
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.failover import FailoverGuard
 from spendgate.guard.reconcile import Reconciler
 from spendgate.guard.sweeper import ThresholdSweeper
+from spendgate.guard.tickets import TicketDesk
 from spendgate.observability.logs import AdminRequestIds, console_line
 from spendgate.observability.metrics import GatewayMetrics
-from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gauges
+from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gauges, redis_gauges
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
 from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
+from spendgate.ratelimit.memory import MemoryRateLimiter
 from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.security.credentials import new_id
 from spendgate.security.web import CsrfGuard, SecurityHeaders
@@ -172,9 +179,15 @@ def build_admin(services: Services) -> FastAPI:
     @api.get("/readyz", tags=["health"])
     async def readyz() -> JSONResponse:
         """200 ``ok``; 200 ``degraded`` while the database is down and calls that need
-        nothing from it are served and spooled; 503 once the spool is full."""
+        nothing from it are served and spooled, or while Redis is unreachable (fail-closed:
+        calls that hold anything get 503; fail-open: served on local counters); 503 once
+        the spool is full."""
         ledger = services.ledger
         body: dict[str, Any] = {"status": "ok", "database": "ok", **ledger_backlog(ledger)}
+        if services.guard is not None:
+            body.update(services.guard.status())
+            if not services.guard.breaker.up:
+                body["status"] = "degraded"
         try:
             async with services.engine.connect() as conn:
                 await conn.execute(text("SELECT 1"))
@@ -197,6 +210,7 @@ def build_admin(services: Services) -> FastAPI:
     api.include_router(forecasts_router)
     api.include_router(tokens_router)
     api.include_router(anomalies_router)
+    api.include_router(tickets_router)
     api.state.audit_settings = services.audit_settings
     unguarded = unguarded_routes(api)
     if unguarded:  # a route without a permission rule is a bug, not a default
@@ -238,6 +252,8 @@ class Gateway:
             services.auth_throttle,
             self._implausible,
             metrics=self.metrics,
+            guard=services.guard,
+            tickets=services.tickets,
         )
         self._metered_proxy = self.metrics.proxied(self.proxy)
         self.metrics_endpoint = MetricsEndpoint(
@@ -325,7 +341,10 @@ class Gateway:
             log.debug("outbox depth not scraped: %s", exc)
             pending = None
         ledger = self.services.ledger
-        return backlog_gauges(ledger_backlog(ledger), ledger.full, pending)
+        gauges = backlog_gauges(ledger_backlog(ledger), ledger.full, pending)
+        if self.services.guard is not None:
+            gauges += redis_gauges(self.services.guard.status())
+        return gauges
 
     async def _admin_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
@@ -427,10 +446,11 @@ class Gateway:
         settings = self.services.settings
         while True:
             try:
-                await self.services.enforcer.reap()
-                await self.services.rate_gate.reap()
+                await self._reap()
                 await self.services.enforcer.refresh()
                 await self.services.enforcer.announce_expired_exceptions()
+                if self.services.tickets is not None:
+                    await self.services.tickets.expire()  # unused grants return
                 if loop.time() >= next_sweep:
                     next_sweep = loop.time() + SWEEP_SECONDS
                     await self._sweep(holder)
@@ -450,12 +470,31 @@ class Gateway:
                 log.exception("housekeeping failed")
             await asyncio.sleep(HOUSEKEEPING_SECONDS)
 
+    async def _reap(self) -> None:
+        """Probe Redis when it was lost and hand back owed spend (``guard.failover``),
+        then reap stale holds; skipped while Redis is unreachable."""
+        guard = self.services.guard
+        if guard is not None:
+            await guard.tick()
+            if not guard.breaker.up:
+                return
+        try:
+            await self.services.enforcer.reap()
+            await self.services.rate_gate.reap()
+        except RedisError as exc:
+            log.warning("stale holds not reaped, Redis unreachable: %s", exc)
+
     async def _beat(self) -> None:
         """Renew the holds of every call running here, every ``HEARTBEAT_SECONDS``."""
+        guard = self.services.guard
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
+            if guard is not None and not guard.breaker.up:
+                continue  # Redis unreachable: nothing to renew there
             try:
                 await self.services.enforcer.renew_holds()
+            except RedisError as exc:
+                log.warning("holds not renewed, Redis unreachable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("renewing holds failed")
 
@@ -600,6 +639,41 @@ def create_app(
         unlisted=settings.unlisted_models,
         reservation_seconds=settings.upstream_timeout_seconds + 60,
     )
+    reconciler = Reconciler(policies, enforcer, ledger, clock, events.emit_once)
+    guard = None
+    if isinstance(counters, RedisCounters):
+
+        def local_guards(local: Counters) -> tuple[Enforcer, RateGate]:
+            """The enforcer and rate gate a fail-open outage admits calls with."""
+            return (
+                Enforcer(
+                    policies,
+                    local,
+                    ledger,
+                    clock,
+                    events.emit_once,
+                    reservation_seconds=HOLD_SECONDS,
+                ),
+                RateGate(
+                    MemoryRateLimiter(),
+                    clock,
+                    events.emit_once,
+                    unlisted=settings.unlisted_models,
+                    reservation_seconds=settings.upstream_timeout_seconds + 60,
+                ),
+            )
+
+        guard = FailoverGuard(
+            CallGuard(rate_gate, enforcer),
+            enforcer,
+            rate_gate,
+            counters,
+            clock,
+            local_guards,
+            lambda buckets: reconciler.reconcile(timedelta(0), only=buckets),
+            mode=settings.redis_failure_mode,
+            replicas=settings.fail_open_replicas,
+        )
     services = Services(
         settings=settings,
         clock=clock,
@@ -624,7 +698,7 @@ def create_app(
         audit_settings=audit_settings,
         auth_throttle=AuthThrottle(limit=settings.auth_failures_per_minute, window_seconds=60.0),
         sweeper=ThresholdSweeper(engine, policies, enforcer, ledger, clock),
-        reconciler=Reconciler(policies, enforcer, ledger, clock, events.emit_once),
+        reconciler=reconciler,
         anomalies=AnomalyWatch(
             engine,
             settings.anomaly_params,
@@ -632,6 +706,10 @@ def create_app(
             flush=ledger.flush,
         ),
         metrics=metrics,
+        guard=guard,
+        tickets=TicketDesk(
+            engine, policies, enforcer, ledger, clock, public_url=settings.public_url
+        ),
     )
     services.webhooks.worker.on_attempt = metrics.webhook_attempt
     return Gateway(services, auto_migrate=auto_migrate)

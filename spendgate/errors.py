@@ -25,6 +25,8 @@ upstream errors are translated into this tree at the boundary with ``raise ... f
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class SpendgateError(Exception):
     status: int = 500
@@ -43,6 +45,10 @@ class SpendgateError(Exception):
 
     def headers(self) -> dict[str, str]:
         """Extra response headers this error asks for (e.g. ``Retry-After``)."""
+        return {}
+
+    def extra(self) -> dict[str, Any]:
+        """Extra fields of the error object in the body (e.g. a cost ticket)."""
         return {}
 
 
@@ -86,10 +92,42 @@ class Conflict(SpendgateError):
 
 
 class InsufficientFunds(SpendgateError):
+    """A wallet (or a cost ticket's grant) cannot fund the call. With cost tickets on,
+    the ticket layer fills in ``ticket_id``/``ticket_url``/``ticket_status``: they go out
+    in the body (``error.ticket``) and as ``x-spendgate-ticket-*`` headers."""
+
     status = 402
     code = "insufficient_funds"
     kind = "insufficient_quota"
     anthropic_kind = "billing_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        wallet_id: str | None = None,
+        shortfall_nanos: int = 0,
+        ticket_id: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.wallet_id = wallet_id
+        #: how much more the call would have needed (its worst case minus what is free)
+        self.shortfall_nanos = shortfall_nanos
+        self.ticket_id = ticket_id
+        self.ticket: dict[str, str] | None = None
+
+    def extra(self) -> dict[str, Any]:
+        return {} if self.ticket is None else {"ticket": self.ticket}
+
+    def headers(self) -> dict[str, str]:
+        if self.ticket is None:
+            return {}
+        return {
+            "x-spendgate-ticket-id": self.ticket["id"],
+            "x-spendgate-ticket-status": self.ticket["status"],
+            "x-spendgate-ticket-url": self.ticket["url"],
+            "x-spendgate-missing-usd": self.ticket["missing_usd"],
+        }
 
 
 class BudgetExceeded(SpendgateError):

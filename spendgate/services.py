@@ -16,8 +16,10 @@ from spendgate.core.clock import Clock
 from spendgate.core.pricing import PriceTable
 from spendgate.counters import Counters
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.failover import FailoverGuard
 from spendgate.guard.reconcile import Reconciler
 from spendgate.guard.sweeper import ThresholdSweeper
+from spendgate.guard.tickets import TicketDesk
 from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import Transport
@@ -110,6 +112,10 @@ class Services:
     anomalies: AnomalyWatch | None = None
     #: counters and histograms for /metrics (one per process)
     metrics: GatewayMetrics | None = None
+    #: the proxy's holds behind the Redis circuit breaker (None without Redis)
+    guard: FailoverGuard | None = None
+    #: cost tickets: refused calls that ask for funding, and the grants approved
+    tickets: TicketDesk | None = None
 
     async def drain(self) -> None:
         """Store every event decided so far: those stored on their own, and those that

@@ -17,7 +17,8 @@ The config file is TOML (``--config FILE`` or ``SPENDGATE_CONFIG``)::
 
 Environment: ``SPENDGATE_MASTER_KEY``, ``SPENDGATE_DATABASE_URL``,
 ``SPENDGATE_REDIS_URL``, ``SPENDGATE_CONFIG``, ``SPENDGATE_SPOOL_DIR``,
-``SPENDGATE_LOG_LEVEL``, ``SPENDGATE_LOG_FORMAT``, ``SPENDGATE_METRICS_TOKEN``.
+``SPENDGATE_LOG_LEVEL``, ``SPENDGATE_LOG_FORMAT``, ``SPENDGATE_METRICS_TOKEN``,
+``SPENDGATE_REDIS_FAILURE_MODE``, ``SPENDGATE_FAIL_OPEN_REPLICAS``.
 """
 
 from __future__ import annotations
@@ -117,6 +118,11 @@ class Settings:
     #: long ago a call must have started to be compared (see ``guard.reconcile``)
     reconcile_seconds: float = 60.0
     reconcile_grace_seconds: float = 30.0
+    #: Redis unreachable: ``closed`` refuses calls that hold anything (503), ``open``
+    #: serves them against this replica's own counters, each cap cut to 1/``fail_open_replicas``
+    #: of its headroom, and hands the spend to Redis when it is back (``guard.failover``)
+    redis_failure_mode: Literal["closed", "open"] = "closed"
+    fail_open_replicas: int = 1
     #: logging: spendgate's and uvicorn's level, and ``json`` (one object a line) or ``text``
     log_level: str = "info"
     log_format: Literal["json", "text"] = "text"
@@ -244,6 +250,29 @@ def _observability(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[s
     return {"log_level": level, "log_format": fmt, "metrics_token": token}
 
 
+def _redis_failure(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``redis_failure_mode`` (env ``SPENDGATE_REDIS_FAILURE_MODE`` first; ``serve
+    --redis-failure-mode`` sets it) and ``fail_open_replicas`` (env
+    ``SPENDGATE_FAIL_OPEN_REPLICAS`` first)."""
+    mode = str(
+        env.get("SPENDGATE_REDIS_FAILURE_MODE") or gateway.get("redis_failure_mode", "closed")
+    ).lower()
+    if mode not in ("closed", "open"):
+        raise ConfigError('gateway.redis_failure_mode must be "closed" or "open"')
+    raw: Any = env.get("SPENDGATE_FAIL_OPEN_REPLICAS") or gateway.get("fail_open_replicas", 1)
+    if isinstance(raw, str):
+        try:
+            raw = int(raw)
+        except ValueError as exc:
+            raise ConfigError(
+                f"SPENDGATE_FAIL_OPEN_REPLICAS must be a whole number, not {raw!r}"
+            ) from exc
+    return {
+        "redis_failure_mode": mode,
+        "fail_open_replicas": _at_least_int(raw, 1, "gateway.fail_open_replicas"),
+    }
+
+
 def _non_negative_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where} must be a whole number, 0 or more")
@@ -367,6 +396,7 @@ def load_settings(
             gateway.get("reconcile_grace_seconds", 30.0), 0, "gateway.reconcile_grace_seconds"
         ),
         **_observability(gateway, env),
+        **_redis_failure(gateway, env),
         models=models,
         **_anomaly_settings(raw.get("anomalies", {})),
         ledger_retention_months=_non_negative_int(

@@ -460,17 +460,31 @@ class ExceptionOut(BaseModel):
     created_at: datetime
 
 
+TicketMode = Literal["off", "on", "auto"]
+TICKET_MODE_DOC = (
+    "cost tickets: off (a call the wallet cannot fund gets 402), on (the 402 opens a "
+    "ticket an approver can fund), auto (and a ticket asking less than "
+    "tickets_auto_approve_below_usd is approved at once)"
+)
+
+
 class WalletIn(Strict):
     name: Name | None = None
     scope_type: Literal["org", "team", "key"]
     scope_id: ObjectId
     low_balance_usd: MoneyOrZero = Decimal(0)
     initial_topup_usd: Money | None = None
+    tickets: TicketMode = Field("off", description=TICKET_MODE_DOC)
+    tickets_auto_approve_below_usd: Money | None = None
 
 
 class WalletPatch(Patch):
+    nullable = frozenset({"tickets_auto_approve_below_usd"})
+
     name: Name | None = None
     low_balance_usd: MoneyOrZero | None = None
+    tickets: TicketMode | None = Field(None, description=TICKET_MODE_DOC)
+    tickets_auto_approve_below_usd: Money | None = None
 
 
 class WalletOut(BaseModel):
@@ -490,6 +504,8 @@ class WalletOut(BaseModel):
     notice: str | None = Field(
         None, description="what this wallet does to its scope's calls now, when it refuses them"
     )
+    tickets: str = "off"
+    tickets_auto_approve_below_usd: str | None = None
     created_at: datetime
     updated_at: datetime | None
     closed_at: datetime | None

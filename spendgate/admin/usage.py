@@ -210,7 +210,14 @@ async def usage(
         svc.engine, dims, start_at, end_at, org_id, team_ids=teams, timezone=tz,
         week_start=week, filters=filters, top=top, cumulative=cumulative,
     )  # fmt: skip
-    total_nanos = sum(row["cost_nanos"] for row in rows)
+    totals = rows
+    if "tag" in dims:  # a call is in the row of each of its tags: totals count it once
+        totals = await usage_report(
+            svc.engine, [], start_at, end_at, org_id, team_ids=teams, timezone=tz,
+            filters=filters,
+        )  # fmt: skip
+    total_nanos = sum(row["cost_nanos"] for row in totals)
+    unpriced = sum(row["unpriced_requests"] for row in totals)
     _money(rows)
     if format == "csv":
         await _audit_export(svc, request, who, org_id, teams, dims, start, end, len(rows))
@@ -224,7 +231,7 @@ async def usage(
         "timezone": tz,
         "rows": rows,
         "total_cost_usd": format_usd(total_nanos),
-        "unpriced_requests": sum(r["unpriced_requests"] for r in rows),
+        "unpriced_requests": unpriced,
     }
 
 

@@ -12,6 +12,7 @@ A wallet with nothing left refuses its scope's calls with 402: every answer says
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
@@ -21,7 +22,7 @@ from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principa
 from spendgate.admin.policies import scope_owner
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
-from spendgate.errors import Conflict, NotFound
+from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.guard.enforcement import wallet_bucket
 from spendgate.services import Services
 from spendgate.store.policies import Wallet
@@ -75,8 +76,11 @@ async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
     if not closed and cap - spent <= 0:
         label = await scope_label(svc, wallet.scope_type, wallet.scope_id)
         notice = refusal_notice(wallet.id, cap - spent, label)
+    auto_below = row.get("ticket_auto_below_nanos")
     return {
         **{k: v for k, v in row.items() if k != "low_balance_nanos"},
+        "tickets": row.get("ticket_mode") or "off",
+        "tickets_auto_approve_below_usd": None if auto_below is None else format_usd(auto_below),
         "low_balance_usd": format_usd(wallet.low_balance_nanos),
         "topped_up_usd": format_usd(cap),
         "spent_usd": format_usd(spent),
@@ -85,6 +89,25 @@ async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
         "status": "closed" if closed else "open",
         "notice": notice,
     }
+
+
+def ticket_settings(
+    mode: str, auto_below: Decimal | None, given: set[str], before: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The wallet columns for its cost-ticket setting; 422 for ``auto`` without an amount
+    (an amount is kept with ``on``/``off`` and used once the wallet is set to ``auto``)."""
+    values: dict[str, Any] = {}
+    if "tickets" in given:
+        values["ticket_mode"] = mode
+    if "tickets_auto_approve_below_usd" in given:
+        values["ticket_auto_below_nanos"] = None if auto_below is None else usd_to_nanos(auto_below)
+    merged = {**(before or {}), **values}
+    if merged.get("ticket_mode", "off") == "auto" and merged.get("ticket_auto_below_nanos") is None:
+        raise ValidationFailed(
+            "tickets_auto_approve_below_usd: required when tickets is auto",
+            param="tickets_auto_approve_below_usd",
+        )
+    return values
 
 
 def _audited(row: dict[str, Any]) -> dict[str, Any]:
@@ -123,6 +146,11 @@ async def create_wallet(
                 "scope_id": body.scope_id,
                 "low_balance_nanos": usd_to_nanos(body.low_balance_usd),
                 "created_at": now,
+                **ticket_settings(
+                    body.tickets,
+                    body.tickets_auto_approve_below_usd,
+                    {"tickets", "tickets_auto_approve_below_usd"},
+                ),
             },
         )
         if body.initial_topup_usd:
@@ -183,6 +211,14 @@ async def update_wallet(
         changes["low_balance_nanos"] = usd_to_nanos(body.low_balance_usd)
     async with svc.engine.begin() as conn:
         before = await svc.policies.get_wallet(wallet_id, conn)
+        changes.update(
+            ticket_settings(
+                body.tickets or "off",
+                body.tickets_auto_approve_below_usd,
+                set(body.model_fields_set),
+                before,
+            )
+        )
         await svc.policies.update_wallet(conn, wallet_id, changes)
         after = {**before, **changes}
         await audit(

@@ -13,6 +13,7 @@ from spendgate.cli.audit import audit_app
 from spendgate.cli.forecast import forecast
 from spendgate.cli.serve import db_app, serve
 from spendgate.cli.statements import statements_app
+from spendgate.cli.tickets import tickets
 from spendgate.cli.usage import usage_app
 from spendgate.cli.webhooks import webhooks_app
 
@@ -40,6 +41,7 @@ app.add_typer(statements_app, name="statements")
 app.add_typer(webhooks_app, name="webhooks")
 app.add_typer(audit_app, name="audit")
 app.add_typer(anomalies, name="anomalies")
+app.add_typer(tickets, name="tickets")
 
 if __name__ == "__main__":
     app()

@@ -34,6 +34,7 @@ WALLET_COLUMNS = [
     "balance_usd",
     "reserved_usd",
     "low_balance_usd",
+    "tickets",
     "status",
 ]
 wallets = crud_group("wallets", "/admin/wallets", WALLET_COLUMNS)
@@ -192,6 +193,9 @@ def _show_wallet(wallet: dict[str, Any], as_json: bool) -> None:
         )
 
 
+TICKETS_HELP = "cost tickets: off | on (a refused call asks an approver) | auto"
+
+
 @wallets.command("create")
 def wallets_create(
     scope: Annotated[str, typer.Option(help="org|team|key")],
@@ -202,6 +206,10 @@ def wallets_create(
     ] = None,
     low_balance: Annotated[str, typer.Option(help="warn below this balance (USD)")] = "0",
     name: Annotated[str | None, typer.Option()] = None,
+    tickets: Annotated[str | None, typer.Option(help=TICKETS_HELP)] = None,
+    auto_approve_below: Annotated[
+        str | None, typer.Option(help="with --tickets auto: approve asks below this (USD)")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
@@ -213,6 +221,8 @@ def wallets_create(
         "initial_topup_usd": topup,
         "low_balance_usd": low_balance,
         "name": name,
+        "tickets": tickets,
+        "tickets_auto_approve_below_usd": auto_approve_below,
     }
     _show_wallet(
         call(url, "POST", "/admin/wallets", json={k: v for k, v in body.items() if v is not None}),
@@ -225,11 +235,20 @@ def wallets_update(
     wallet_id: str,
     name: Annotated[str | None, typer.Option()] = None,
     low_balance: Annotated[str | None, typer.Option(help="warn below this balance (USD)")] = None,
+    tickets: Annotated[str | None, typer.Option(help=TICKETS_HELP)] = None,
+    auto_approve_below: Annotated[
+        str | None, typer.Option(help="with --tickets auto: approve asks below this (USD)")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """Rename a wallet or move its low-balance warning."""
-    body = {"name": name, "low_balance_usd": low_balance}
+    """Rename a wallet, move its low-balance warning or set its cost tickets."""
+    body = {
+        "name": name,
+        "low_balance_usd": low_balance,
+        "tickets": tickets,
+        "tickets_auto_approve_below_usd": auto_approve_below,
+    }
     _show_wallet(
         call(
             url,

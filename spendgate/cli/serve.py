@@ -64,6 +64,15 @@ def serve(
     host: Annotated[str, typer.Option()] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 4100,
     workers: Annotated[int, typer.Option(min=1)] = 1,
+    redis_failure_mode: Annotated[
+        str | None,
+        typer.Option(
+            "--redis-failure-mode",
+            help="When Redis is unreachable: closed (refuse calls that hold anything, the "
+            "default) or open (serve them on this replica's share of each cap; see README "
+            "'Failure behaviour'). Sets SPENDGATE_REDIS_FAILURE_MODE",
+        ),
+    ] = None,
     allow_unreadable_secrets: Annotated[
         bool,
         typer.Option(
@@ -85,6 +94,8 @@ def serve(
     os.environ["SPENDGATE_DEMO"] = "1" if demo else "0"
     if allow_unreadable_secrets:
         os.environ["SPENDGATE_ALLOW_UNREADABLE_SECRETS"] = "1"
+    if redis_failure_mode is not None:
+        os.environ["SPENDGATE_REDIS_FAILURE_MODE"] = redis_failure_mode
     try:
         settings = load_settings(demo=demo, host=host, port=port)
     except ConfigError as exc:

@@ -5,11 +5,12 @@ a **team role** belongs to one membership (user, team) and reaches that team onl
 
     org role     sees                      changes
     org_admin    the whole org             everything in the org
-    finance      the whole org             budgets, exceptions, wallets, top-ups
+    finance      the whole org             budgets, exceptions, wallets, top-ups, tickets
     member       (no org role: what the user may do comes from their team roles)
 
     team role    sees                      changes
-    team_admin   that team                 keys, agents, budgets, rate limits, members
+    team_admin   that team                 keys, agents, budgets, rate limits, members,
+                                           cost tickets of the team's wallets
     viewer       that team                 nothing
     member       —                         — (a proxy user: no admin rights there)
 
@@ -103,6 +104,8 @@ class Can(StrEnum):
     ANOMALIES_READ = "anomalies.read"
     ANOMALIES_ACK = "anomalies.acknowledge"
     ANOMALY_ACTIONS_WRITE = "anomalies.actions.write"
+    TICKETS_READ = "tickets.read"
+    TICKETS_DECIDE = "tickets.decide"
 
 
 _EVERYONE = frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN, VIEWER})
@@ -145,6 +148,10 @@ GRANTS: dict[Can, frozenset[str]] = {
     Can.ANOMALIES_READ: _EVERYONE,
     Can.ANOMALIES_ACK: frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN}),
     Can.ANOMALY_ACTIONS_WRITE: frozenset({ORG_ADMIN, TEAM_ADMIN}),
+    # cost tickets: the approvers see the queue and decide; a team admin only for the
+    # wallets of their teams (a ticket belongs where its wallet does)
+    Can.TICKETS_READ: frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN}),
+    Can.TICKETS_DECIDE: frozenset({ORG_ADMIN, FINANCE, TEAM_ADMIN}),
 }
 
 

@@ -19,7 +19,10 @@ sees a sparse key's occasional spending hours, where the median and MAD are zero
 **Band** of a whole hour: ``upper = m + max(k·s, rel·m)``. For the running hour, a share
 ``f`` of the hour gone: ``expected = f·m`` and ``upper = f·m + max(k·√f·s, rel·f·m)``: the
 noise of a part of an hour shrinks like √f (arrivals), slower than its mean (f), so an
-early look needs a relatively bigger jump. **Out** of band: above ``upper`` *and* at least
+early look needs a relatively bigger jump. **The span**: the last complete hour and the
+running part together (``judge_span``), so a runaway that began late in an hour is not
+judged from nothing again at the boundary (the backtest's worst time to detect an 8×
+loop fell from 75 to 45 minutes). **Out** of band: above ``upper`` *and* at least
 ``min_excess_nanos`` above expected, the dollar floor that keeps small keys from paging
 anyone. Only the upper side counts: spend below its usual band is no cost risk.
 
@@ -72,7 +75,7 @@ class Params:
     #: full weeks of history before the hour-of-week pool replaces the hour-of-day one
     min_weeks: int = 3
     #: robust sds above expected
-    k: float = 5.0
+    k: float = 6.0
     #: and at least this share of expected above it
     rel: float = 1.0
     #: the dollar floor: an hour (or part) must be this many nanos above expected
@@ -173,14 +176,63 @@ def judge(base: Baseline, actual: float, elapsed: float, params: Params) -> Verd
     )
 
 
+def judge_span(
+    last_base: Baseline,
+    running_base: Baseline,
+    last_actual: float,
+    running_actual: float,
+    elapsed: float,
+    params: Params,
+) -> Verdict:
+    """The last complete hour and the running part of this one *together* (``1 + f``
+    hours, its ``elapsed``): a runaway that began late in the last hour is judged on all
+    of its spend so far instead of starting again from nothing at the hour boundary (that
+    reset cost up to an hour of detection time). Expected is the sum of the two parts',
+    the spread adds their variances (the running part's shrinking like ``f``); the same
+    ``k``, ``rel`` and dollar floor as a single hour."""
+    f = min(max(elapsed, 1e-6), 1.0)
+    expected = last_base.expected + f * running_base.expected
+    spread = math.sqrt(last_base.spread**2 + f * running_base.spread**2)
+    upper = expected + max(params.k * spread, params.rel * expected)
+    actual = last_actual + running_actual
+    out = actual > upper and actual - expected >= params.min_excess_nanos
+    return Verdict(1.0 + f, round(expected), round(upper), round(actual), bool(out), "span")
+
+
+def look(
+    series: Floats, elapsed: float, params: Params
+) -> tuple[Verdict | None, Verdict | None, Verdict | None]:
+    """Every verdict of one check of a scope whose hourly spend is ``series`` (the last
+    element the running hour, ``elapsed`` of it gone): (running hour, last complete hour,
+    the two together); None where there is no band. The gateway and the backtest both
+    look through here."""
+    running_base = baseline(series[:-1], params)
+    last_base = baseline(series[:-2], params)
+    running = last = span = None
+    if running_base is not None:
+        running = judge(running_base, float(series[-1]), elapsed, params)
+    if last_base is not None:
+        last = judge(last_base, float(series[-2]), 1.0, params)
+    if running_base is not None and last_base is not None:
+        span = judge_span(
+            last_base, running_base, float(series[-2]), float(series[-1]), elapsed, params
+        )
+    return running, last, span
+
+
 # -- episodes -------------------------------------------------------------------------------
 def step(
-    episode_hour: int | None, running: Verdict | None, last: Verdict | None, last_hour: int
+    episode_hour: int | None,
+    running: Verdict | None,
+    last: Verdict | None,
+    last_hour: int,
+    span: Verdict | None = None,
 ) -> Step:
     """What happens to a scope's episode now. ``episode_hour``: the hour (number) its open
-    episode started in, or None; ``running``/``last``: the running and the last complete
-    hour's verdicts (None without a band); ``last_hour``: the last complete hour's number."""
-    out = (running is not None and running.out) or (last is not None and last.out)
+    episode started in, or None; ``running``/``last``/``span``: the running, the last
+    complete hour's and the two together's verdicts (None without a band); ``last_hour``:
+    the last complete hour's number."""
+    out = any(v is not None and v.out for v in (running, last, span))
     if episode_hour is None:
         return "open" if out else "quiet"
     if out or last_hour < episode_hour:
@@ -188,9 +240,11 @@ def step(
     return "resolve"
 
 
-def worst(running: Verdict | None, last: Verdict | None) -> Verdict | None:
-    """The verdict an event reports: the out one (the larger excess if both are)."""
-    found = [v for v in (running, last) if v is not None]
+def worst(
+    running: Verdict | None, last: Verdict | None, span: Verdict | None = None
+) -> Verdict | None:
+    """The verdict an event reports: the out one (the larger excess if several are)."""
+    found = [v for v in (running, last, span) if v is not None]
     out = [v for v in found if v.out] or found
     return max(out, key=lambda v: v.excess) if out else None
 
@@ -330,24 +384,19 @@ def check_all(
     out: list[Finding] = []
     for scope in sorted(set(spend.scopes) | set(open_episodes)):
         series = spend.scopes.get(scope)
-        running = last = None
+        running = last = span = None
         if series is not None:
-            running_base = baseline(series[:-1], params)
-            last_base = baseline(series[:-2], params)
-            if running_base is not None:
-                running = judge(running_base, float(series[-1]), elapsed, params)
-            if last_base is not None:
-                last = judge(last_base, float(series[-2]), 1.0, params)
-        what = step(open_episodes.get(scope), running, last, last_hour)
-        verdict = worst(running, last)
+            running, last, span = look(series, elapsed, params)
+        what = step(open_episodes.get(scope), running, last, last_hour, span)
+        verdict = worst(running, last, span)
         if what == "quiet":
             continue
         if verdict is None:  # an open episode whose scope has no band any more
             verdict = Verdict(elapsed, 0, 0, 0, False, "none")
         kids: tuple[Contributor, ...] = ()
-        if what == "open":
-            offset = 0 if verdict is running else 1
-            at = elapsed if verdict is running else 1.0
+        if what == "open":  # a span's contributors: those of its running part
+            offset = 1 if verdict is last else 0
+            at = 1.0 if verdict is last else elapsed
             kids = tuple(contributors(spend.children[scope], at, params, hour_offset=offset))
         is_last = verdict is last and verdict is not running
         out.append(Finding(scope, what, verdict, spend.teams.get(scope), kids, is_last))

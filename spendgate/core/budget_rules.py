@@ -3,6 +3,7 @@
     which budgets apply to a call      applies(budget, subject)
     what a call may cost at worst      (priced by the caller) → Hold per bucket
     where the hard cap is              hard_cap_nanos(budget, raises)
+    a replica's cap while Redis is out fail_open_cap(cap, spent at start, replicas)
     which thresholds a settle crossed  crossed(budget, cap_base, before, after)
 
 Percentages are of the budget amount (plus any active exception). The hard cap is
@@ -133,6 +134,20 @@ def percent_of(nanos: int, percent: Decimal) -> int:
 def hard_cap_nanos(budget: Budget, amount_nanos: int) -> int | None:
     """The most this budget lets be spent in a period, or None when it never blocks."""
     return percent_of(amount_nanos, budget.hard_limit_percent) if budget.hard_limit else None
+
+
+def fail_open_cap(cap: int, spent_at_start: int, replicas: int) -> int:
+    """The cap one replica enforces on its own while Redis is unreachable (fail-open):
+    the spend the ledger showed when it began counting alone, plus ``1/replicas`` of the
+    headroom left then (nothing when none was left). With every one of ``replicas``
+    replicas taking only its share, what they admit between them during the outage is
+    at most the headroom the ledger showed: the cap holds, up to the spend the ledger
+    had not seen yet (see the README, "Failure behaviour")."""
+    if replicas < 1:
+        raise ValueError("replicas must be 1 or more")
+    if spent_at_start >= cap:
+        return spent_at_start
+    return spent_at_start + (cap - spent_at_start) // replicas
 
 
 def thresholds(budget: Budget) -> list[Threshold]:

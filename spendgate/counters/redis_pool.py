@@ -33,12 +33,23 @@ def lua_script(package: str, name: str, *libraries: str) -> str:
     return "\n".join((*(libraries or (lua_library(package),)), body))
 
 
+#: a Redis that does not answer a connect (a dead host drops packets) costs this much, once
+#: per probe of the circuit breaker (``spendgate.guard.failover``), not once per call
+CONNECT_TIMEOUT_SECONDS = 2.0
+#: a command with no reply by then counts as Redis unreachable (a hung server)
+COMMAND_TIMEOUT_SECONDS = 5.0
+
+
 def pooled_client(url: str, *, max_connections: int = 50, pool_timeout: float = 5.0) -> Redis:
     """``redis://host:6379/0`` or ``rediss://…``. Calls share a pool of up to
     ``max_connections``; a burst beyond that waits up to ``pool_timeout`` seconds for a free
     connection instead of failing at once. Closing the client closes the pool."""
     pool = BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=pool_timeout
+        url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        socket_timeout=COMMAND_TIMEOUT_SECONDS,
     )
     return Redis.from_pool(pool)
 

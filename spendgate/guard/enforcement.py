@@ -28,6 +28,7 @@ from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -144,6 +145,8 @@ class Enforcer:
         self._reservation_seconds = reservation_seconds
         self._refresh_seconds = refresh_seconds
         self._snapshot = PolicySnapshot()
+        #: the counters' epoch last read (kept through snapshots loaded without Redis)
+        self._epoch: str | None = None
         self._loaded_at = float("-inf")
         self._seeded: set[str] = set()
         self._seed_lock = asyncio.Lock()
@@ -151,6 +154,9 @@ class Enforcer:
         self._windows: dict[tuple[Period, str, str], Window] = {}
         #: reservation ids of calls running in this process: their holds are renewed
         self._live: set[str] = set()
+        #: False while a circuit breaker knows the counters are unreachable
+        #: (``guard.failover``): reloads and announcements then do not wait on them
+        self.counters_reachable: Callable[[], bool] = lambda: True
 
     # -- policy snapshot -----------------------------------------------------------------
     async def refresh(self) -> None:
@@ -160,22 +166,26 @@ class Enforcer:
         bumped is always in the rows read after: a snapshot is never newer than it says.
         Redis unreachable: the snapshot is loaded anyway, marked with no generation, so
         the first admission that reaches Redis again reloads it."""
-        generation: Generation | None
-        try:
-            generation = await self._counters.generation()
-        except RedisError as exc:
-            log.warning("policy version unknown, Redis unreachable: %s", exc)
-            generation = None
+        generation: Generation | None = None
+        if self.counters_reachable():
+            try:
+                generation = await self._counters.generation()
+            except RedisError as exc:
+                log.warning("policy version unknown, Redis unreachable: %s", exc)
         snapshot = await self._store.snapshot(self._clock.now())
-        before = self._snapshot.generation
-        if generation is not None and before is not None and generation.epoch != before.epoch:
+        # compared with the last epoch seen, not the last snapshot's: a snapshot loaded
+        # while Redis was unreachable has none, and the loss must still be noticed after
+        before = self._epoch
+        if generation is not None and before is not None and generation.epoch != before:
             log.warning(
                 "the shared counters were lost (epoch %s, was %s): every bucket is seeded "
                 "again from the ledger before its next call",
                 generation.epoch,
-                before.epoch,
+                before,
             )
             self._seeded.clear()
+        if generation is not None:
+            self._epoch = generation.epoch
         self._snapshot = replace(snapshot, generation=generation)
         self._loaded_at = self._clock.monotonic()
 
@@ -183,6 +193,11 @@ class Enforcer:
     def generation(self) -> Generation | None:
         """The counters' generation the current snapshot was loaded at."""
         return self._snapshot.generation
+
+    @property
+    def epoch(self) -> str | None:
+        """The counters' epoch last read: what this process's seeded buckets belong to."""
+        return self._epoch
 
     async def resync(self, seen: Generation) -> None:
         """An admission found the counters at ``seen``, not at this snapshot's generation:
@@ -198,6 +213,8 @@ class Enforcer:
         Redis unreachable: the change binds on other replicas at their next timed
         refresh (``refresh_seconds``), and calls that hold anything fail closed anyway."""
         try:
+            if not self.counters_reachable():
+                raise RedisConnectionError("the circuit breaker is open")
             await self._counters.bump()
         except RedisError as exc:
             log.error("policy change not announced, Redis unreachable: %s", exc)
@@ -237,7 +254,9 @@ class Enforcer:
             window = self._window(budget, now)
             amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
             applied.append(Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount)))
-        wallets = tuple(w for w in org_wallets if w.covers(subject))
+        wallets = tuple(
+            snapshot.funding(w, subject.key_id, now) for w in org_wallets if w.covers(subject)
+        )
         return tuple(applied), wallets
 
     def _window(self, budget: rules.Budget, now: datetime) -> Window:
@@ -288,7 +307,7 @@ class Enforcer:
             spent = await self._store.spend_matching(
                 wallet.org_id, wallet.created_at, None, wallet.covers
             )
-            await self._counters.seed(bucket, spent, await self._store.topped_up(wallet.id))
+            await self._counters.seed(bucket, spent, await self._store.funds(wallet))
         self._seeded.add(bucket)
 
     # -- the call path ---------------------------------------------------------------------
@@ -369,6 +388,17 @@ class Enforcer:
         for w in admission.wallets:
             if wallet_bucket(w) == refusal.bucket:
                 balance = refusal.cap - refusal.spent
+                free = balance - refusal.reserved
+                shortfall = admission.worst_case - max(0, free)
+                if w.grant_of is not None:  # a ticket's grant ran short: the ticket layer says so
+                    raise InsufficientFunds(
+                        f"ticket {w.id} has ${format_usd(max(0, free))} left of its "
+                        f"${format_usd(w.grant_nanos)} grant; call may cost up to "
+                        f"${format_usd(admission.worst_case)}",
+                        wallet_id=w.grant_of,
+                        shortfall_nanos=shortfall,
+                        ticket_id=w.id,
+                    )
                 self._emit(
                     "wallet.depleted",
                     f"wallet:{w.id}:depleted:{refusal.cap}",
@@ -384,7 +414,9 @@ class Enforcer:
                 raise InsufficientFunds(
                     f"wallet {w.id} cannot fund this call: balance ${format_usd(balance)}, "
                     f"${format_usd(refusal.reserved)} in flight, call may cost up to "
-                    f"${format_usd(admission.worst_case)}; top it up to continue"
+                    f"${format_usd(admission.worst_case)}; top it up to continue",
+                    wallet_id=w.id,
+                    shortfall_nanos=shortfall,
                 )
         raise AssertionError(f"refusal for unknown bucket {refusal.bucket}")
 
@@ -463,7 +495,9 @@ class Enforcer:
     def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int, now: datetime) -> None:
         """Balance = top-ups (``cap``) - spent: warn when it drops through the low mark,
         and at zero. Keys include the total topped up, so each top-up re-arms both
-        warnings once."""
+        warnings once. A ticket's grant warns nobody: it is meant to be used up."""
+        if w.grant_of is not None:
+            return
         was, now_left = cap - before, cap - after
         data = {
             "wallet_id": w.id,

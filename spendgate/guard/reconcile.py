@@ -19,6 +19,7 @@ by the spend of calls younger than ``grace``, which the next run adds).
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any
@@ -28,7 +29,14 @@ from spendgate.core.budget_windows import window_at
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
 from spendgate.counters import Counters
-from spendgate.guard.enforcement import EmitEvent, Enforcer, budget_bucket, wallet_bucket
+from spendgate.guard.enforcement import (
+    Admission,
+    Applied,
+    EmitEvent,
+    Enforcer,
+    budget_bucket,
+    wallet_bucket,
+)
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
 
@@ -54,9 +62,16 @@ class Reconciler:
     def _counters(self) -> Counters:
         return self._enforcer.counters
 
-    async def reconcile(self, grace: timedelta) -> int:
+    async def reconcile(self, grace: timedelta, only: Collection[str] | None = None) -> int:
         """Raise every live bucket that counts less than the ledger (calls started before
-        ``now - grace``) to the ledger's figure; returns how many it repaired."""
+        ``now - grace``) to the ledger's figure; returns how many it repaired.
+
+        ``only``: just these buckets, after Redis was unreachable (``guard.failover``):
+        their shortfall is the outage's spend, expected, so no drift is announced;
+        instead every level the ledger's spend has reached fires (those fired already
+        are not stored twice: their dedup keys), so a crossing whose settle never
+        reached Redis, or that only the replicas' spend together made, is not lost. One
+        that Redis lost meanwhile is seeded from the ledger here."""
         now = self._clock.now()
         until = now - grace
         await self._ledger.flush()
@@ -64,28 +79,51 @@ class Reconciler:
         repaired = 0
         for budget in snapshot.budgets:
             window = window_at(now, budget.period, budget.timezone, budget.week_start)
-            if until <= window.start:
+            bucket = budget_bucket(budget, window)
+            if until <= window.start or (only is not None and bucket not in only):
                 continue
             ledger = await self._store.spend_matching(
                 budget.org_id, window.start, until, partial(rules.applies, budget)
             )
             info = {"budget_id": budget.id, "period": window.key}
-            bucket = budget_bucket(budget, window)
-            repaired += await self._repair(bucket, ledger, budget.org_id, now, info)
+            before = await self._repair(bucket, ledger, budget.org_id, now, info, only is None)
+            if only is not None:
+                await self._counters.seed(bucket, ledger)  # Redis came back empty
+                amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
+                cap = rules.hard_cap_nanos(budget, amount)
+                reached = Admission("", 0, (Applied(budget, window, amount, cap),), ())
+                await self._enforcer.booked(reached, [(0, ledger)])
+            repaired += before is not None
         for w in snapshot.wallets:
-            if until <= w.created_at:
+            bucket = wallet_bucket(w)
+            if until <= w.created_at or (only is not None and bucket not in only):
                 continue
             ledger = await self._store.spend_matching(w.org_id, w.created_at, until, w.covers)
+            # calls its tickets' grants paid for are in the ledger but not in the wallet
+            ledger -= await self._store.ticket_funded(w, until)
             info = {"wallet_id": w.id}
-            repaired += await self._repair(wallet_bucket(w), ledger, w.org_id, now, info)
+            before = await self._repair(bucket, ledger, w.org_id, now, info, only is None)
+            if only is not None:
+                await self._counters.seed(bucket, ledger, await self._store.topped_up(w.id))
+                await self._enforcer.booked(Admission("", 0, (), (w,)), [(0, ledger)])
+            repaired += before is not None
         return repaired
 
     async def _repair(
-        self, bucket: str, ledger: int, org_id: str, now: datetime, info: dict[str, Any]
-    ) -> int:
+        self,
+        bucket: str,
+        ledger: int,
+        org_id: str,
+        now: datetime,
+        info: dict[str, Any],
+        announce: bool = True,
+    ) -> int | None:
+        """Raise ``bucket`` to ``ledger``; the figure before if it was lower, else None."""
         before = await self._counters.raise_to(bucket, "spent", ledger)
         if before is None or before >= ledger:
-            return 0
+            return None
+        if not announce:
+            return before
         kind = "wallet" if bucket.startswith("w:") else "budget"
         log.warning(
             "%s counter %s was %s, the ledger says %s: raised",
@@ -98,4 +136,4 @@ class Reconciler:
             "repaired_usd": format_usd(ledger - before),
         }
         self._emit(f"{kind}.counter_drift", f"drift:{bucket}:{ledger}", data, now, org_id)
-        return 1
+        return before

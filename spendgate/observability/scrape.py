@@ -6,7 +6,8 @@ What one scrape shows:
   (``PROMETHEUS_MULTIPROC_DIR`` set: ``spendgate serve --workers N`` sets it for its
   workers), every worker's summed by prometheus-client;
 - gauges read at scrape time by ``gauges()`` (ledger backlog of the answering process,
-  webhook outbox depth from the database), never kept up to date per call.
+  webhook outbox depth from the database, the Redis circuit breaker and failure mode),
+  never kept up to date per call.
 
 With a token configured (``metrics_token``), a scrape needs ``Authorization: Bearer
 <token>``; otherwise 401.
@@ -62,6 +63,23 @@ def backlog_gauges(backlog: Mapping[str, Any], full: bool, outbox_pending: int |
             )
         )
     return gauges
+
+
+def redis_gauges(status: Mapping[str, Any]) -> Gauges:
+    """The Redis circuit breaker of this process (``FailoverGuard.status``)."""
+    return [
+        ("spendgate_redis_up", "1 while Redis is in use, 0 while it is unreachable",
+         float(status["redis"] == "ok")),
+        ("spendgate_redis_fail_open", "1 in fail-open mode, 0 in fail-closed mode",
+         float(status["redis_failure_mode"] == "fail-open")),
+        ("spendgate_redis_down_seconds", "How long Redis has been unreachable (0: it is not)",
+         float(status["redis_down_seconds"])),
+        ("spendgate_redis_local_admissions", "Calls admitted on local counters in this outage",
+         float(status["redis_local_admissions"])),
+        ("spendgate_redis_buckets_behind",
+         "Live counters not yet raised to the ledger after Redis was unreachable",
+         float(status["redis_buckets_behind"])),
+    ]  # fmt: skip
 
 
 class _Snapshot(Collector):

@@ -29,6 +29,7 @@ from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
     AuthenticationFailed,
     DatabaseUnavailable,
+    InsufficientFunds,
     InvalidRequest,
     LedgerBacklogFull,
     NotFound,
@@ -40,6 +41,8 @@ from spendgate.errors import (
 )
 from spendgate.guard import CallGuard, Guarded, PolicyStale
 from spendgate.guard.enforcement import Enforcer
+from spendgate.guard.failover import FailoverGuard
+from spendgate.guard.tickets import TicketDesk
 from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy import simulated
 from spendgate.proxy.auth import KeyCache, presented_secret
@@ -156,12 +159,16 @@ class ProxyApp:
         auth_throttle: AuthThrottle | None = None,
         on_implausible: Callable[[Call, TokenUsage], None] | None = None,
         metrics: GatewayMetrics | None = None,
+        guard: CallGuard | FailoverGuard | None = None,
+        tickets: TicketDesk | None = None,
     ) -> None:
+        self._tickets = tickets
         self._metrics = metrics or GatewayMetrics(clock.monotonic)
         self._on_implausible = on_implausible
         self._throttle = AuthThrottle(limit=0) if auth_throttle is None else auth_throttle
         self._enforcer = enforcer
-        self._guard = CallGuard(rate_gate, enforcer)
+        #: the holds: with Redis, behind its circuit breaker (``guard.failover``)
+        self._guard = guard or CallGuard(rate_gate, enforcer)
         self._request_ids = RequestIds()
         self._settings = settings
         self._clock = clock
@@ -194,11 +201,23 @@ class ProxyApp:
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)
             call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
+            named_ticket = headers.get("x-spendgate-ticket")
+            if named_ticket and self._tickets is not None:
+                await self._tickets.check_header(named_ticket, key.id)
             try:
+                auto_funded = False
                 for _ in range(REPLANS):
                     try:
                         guarded = await self._hold(call)
                         break
+                    except InsufficientFunds as short:
+                        # a wallet with cost tickets asks instead of only refusing; one on
+                        # ``auto`` may approve at once: then the call is planned again
+                        if self._tickets is None or not await self._tickets.refused(
+                            short, call.subject(), request_id, auto=not auto_funded
+                        ):
+                            raise
+                        auto_funded = True
                     except PolicyStale as stale:
                         # a policy changed (or the counters were lost) since this process
                         # loaded its own: reload, authenticate again, plan again

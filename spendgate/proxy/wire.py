@@ -41,12 +41,24 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
 
 
 def error_body(err: SpendgateError, wire: str) -> bytes:
+    extra = err.extra()
     if wire == "anthropic":
         return orjson.dumps(
-            {"type": "error", "error": {"type": err.anthropic_kind, "message": err.message}}
+            {
+                "type": "error",
+                "error": {"type": err.anthropic_kind, "message": err.message, **extra},
+            }
         )
     return orjson.dumps(
-        {"error": {"message": err.message, "type": err.kind, "code": err.code, "param": err.param}}
+        {
+            "error": {
+                "message": err.message,
+                "type": err.kind,
+                "code": err.code,
+                "param": err.param,
+                **extra,
+            }
+        }
     )
 
 

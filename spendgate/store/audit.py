@@ -191,13 +191,14 @@ def guard_statements(dialect: str) -> list[str]:
     return [PG_GUARD_FUNCTION, *guards] if dialect == "postgresql" else guards
 
 
-def unguard_statements(dialect: str) -> list[str]:
+def unguard_statements(dialect: str, *, drop_function: bool = False) -> list[str]:
+    """DDL removing the audit tables' triggers. The PostgreSQL trigger function stays
+    unless ``drop_function`` (migration 0003's downgrade): frozen statements' triggers
+    use it too (``append_only_statements``)."""
     drops = [g.drop(dialect) for g in GUARDS[dialect]]
-    return (
-        [*drops, "DROP FUNCTION IF EXISTS spendgate_audit_guard()"]
-        if dialect == "postgresql"
-        else drops
-    )
+    if drop_function and dialect == "postgresql":
+        drops.append("DROP FUNCTION IF EXISTS spendgate_audit_guard()")
+    return drops
 
 
 def append_only_statements(table: str, dialect: str) -> list[str]:

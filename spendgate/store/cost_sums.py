@@ -20,5 +20,16 @@ def exact_cost_sum(column: sa.ColumnElement[Any]) -> tuple[sa.ColumnElement[Any]
     )
 
 
+def split_cost_sum(
+    whole: sa.ColumnElement[Any], rest: sa.ColumnElement[Any]
+) -> tuple[sa.ColumnElement[Any], ...]:
+    """The same two sums over columns that already hold a cost split into whole dollars
+    and the nanos below them (the rollups)."""
+    return (
+        sa.func.coalesce(sa.func.sum(whole), 0).label(COST_WHOLE),
+        sa.func.coalesce(sa.func.sum(rest), 0).label(COST_REST),
+    )
+
+
 def cost_from_sums(whole: Any, rest: Any) -> int:
     return int(whole) * _NANOS + int(rest)

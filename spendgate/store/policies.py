@@ -81,6 +81,12 @@ class Wallet:
     scope_id: str
     low_balance_nanos: int
     created_at: datetime
+    #: a cost ticket's grant stands in for the wallet ``grant_of`` for its requester key
+    #: (``spendgate.store.tickets``): its id is the ticket's, its scope that key, its
+    #: funds ``grant_nanos`` from ``created_at`` (the approval) until ``expires_at``
+    grant_of: str | None = None
+    grant_nanos: int = 0
+    expires_at: datetime | None = None
 
     def covers(self, subject: Subject) -> bool:
         return {"org": subject.org_id, "team": subject.team_id, "key": subject.key_id}.get(
@@ -101,6 +107,18 @@ class PolicySnapshot:
     rate_limits: dict[str, tuple[RateLimit, ...]] = field(default_factory=dict)
     #: the counters' generation read just before loading (None: not loaded yet)
     generation: Generation | None = None
+    #: approved cost-ticket grants by (wallet id, requester key id)
+    grants: dict[tuple[str, str], Wallet] = field(default_factory=dict)
+
+    def funding(self, wallet: Wallet, key_id: str, now: datetime) -> Wallet:
+        """What funds a call of ``key_id`` that ``wallet`` covers: the key's approved
+        ticket grant on that wallet while it lasts, else the wallet itself."""
+        if not self.grants:
+            return wallet
+        grant = self.grants.get((wallet.id, key_id))
+        if grant is None or grant.expires_at is None or grant.expires_at <= now:
+            return wallet
+        return grant
 
     @classmethod
     def build(
@@ -109,6 +127,7 @@ class PolicySnapshot:
         raises: dict[str, tuple[Raise, ...]],
         wallets: tuple[Wallet, ...],
         limits: tuple[RateLimit, ...] = (),
+        grants: tuple[Wallet, ...] = (),
     ) -> PolicySnapshot:
         orgs = {b.org_id for b in budgets} | {w.org_id for w in wallets}
         by_org = {
@@ -121,7 +140,29 @@ class PolicySnapshot:
         by_scope: dict[str, list[RateLimit]] = {}
         for limit in limits:
             by_scope.setdefault(limit.scope_id, []).append(limit)
-        return cls(budgets, raises, wallets, by_org, {k: tuple(v) for k, v in by_scope.items()})
+        return cls(
+            budgets,
+            raises,
+            wallets,
+            by_org,
+            {k: tuple(v) for k, v in by_scope.items()},
+            grants={(g.grant_of or "", g.scope_id): g for g in grants},
+        )
+
+
+def grant_from_row(row: dict[str, Any]) -> Wallet:
+    """An approved ticket as the wallet that funds its requester key's calls."""
+    return Wallet(
+        row["id"],
+        row["org_id"],
+        "key",
+        row["key_id"],
+        0,
+        row["decided_at"],
+        grant_of=row["wallet_id"],
+        grant_nanos=int(row["granted_nanos"] or 0),
+        expires_at=row["expires_at"],
+    )
 
 
 def _rows(result: Iterable[Any]) -> list[dict[str, Any]]:
@@ -145,6 +186,12 @@ class PolicyStore:
             w = schema.wallets
             wallets = _rows(await conn.execute(sa.select(w).where(w.c.closed_at.is_(None))))
             limits = _rows(await conn.execute(sa.select(schema.rate_limits)))
+            t = schema.wallet_tickets
+            grants = _rows(
+                await conn.execute(
+                    sa.select(t).where(t.c.status == "approved", t.c.expires_at > now)
+                )
+            )
         by_budget: dict[str, list[Raise]] = {}
         for r in raises:
             by_budget.setdefault(r["budget_id"], []).append(raise_from_row(r))
@@ -163,6 +210,7 @@ class PolicyStore:
                 for w in wallets
             ),
             limits=tuple(rate_limit_from_row(r) for r in limits),
+            grants=tuple(grant_from_row(g) for g in grants),
         )
 
     # -- budgets ---------------------------------------------------------------------
@@ -333,6 +381,40 @@ class PolicyStore:
                 )
             ).scalar_one()
         return int(total)
+
+    async def funds(self, wallet: Wallet) -> int:
+        """What ``wallet`` has been given to spend: a ticket grant its granted amount; a
+        wallet its top-ups plus what its tickets' grants paid for (those calls are in the
+        ledger's spend of the wallet's scope, but were not paid from its balance)."""
+        if wallet.grant_of is not None:
+            return wallet.grant_nanos
+        return await self.topped_up(wallet.id) + await self.ticket_funded(wallet, None)
+
+    async def ticket_funded(self, wallet: Wallet, until: datetime | None) -> int:
+        """The spend of calls (started before ``until``) that ``wallet``'s ticket grants
+        paid for: each requester key's spend while its grant lasted, at most the grant."""
+        t = schema.wallet_tickets
+        async with self._engine.connect() as conn:
+            rows = _rows(
+                await conn.execute(
+                    sa.select(t)
+                    .where(t.c.wallet_id == wallet.id, t.c.decided_at.is_not(None))
+                    .where(t.c.granted_nanos.is_not(None))
+                )
+            )
+        total = 0
+        for row in rows:
+            start = row["decided_at"]
+            end = row["closed_at"] or row["expires_at"]
+            if until is not None:
+                end = min(end, until)
+            if end <= start:
+                continue
+            spent = await self.spend_matching(
+                wallet.org_id, start, end, lambda s, key=row["key_id"]: s.key_id == key
+            )
+            total += min(spent, int(row["granted_nanos"]))
+        return total
 
     # -- rate limits -------------------------------------------------------------------
     async def create_rate_limit(

@@ -94,12 +94,12 @@ async def _lock(conn: AsyncConnection) -> None:
 
 async def _stored(conn: AsyncConnection, table: sa.Table, lo: int, hi: int) -> rollups.Rollup:
     keys = [c for c in table.columns if c.primary_key]
-    sums = [table.c[c] for c in rollups.SUM_COLUMNS]
+    sums = [table.c[c] for c in rollups.STORED_COLUMNS]
     rows = await conn.execute(
         sa.select(*keys, *sums).where(table.c.bucket >= lo, table.c.bucket < hi)
     )
     width = len(keys)
-    return {tuple(r[:width]): [int(v) for v in r[width:]] for r in rows}
+    return {tuple(r[:width]): rollups.logical([int(v) for v in r[width:]]) for r in rows}
 
 
 def _compare(name: str, want: rollups.Rollup, have: rollups.Rollup, report: RebuildReport) -> bool:

@@ -52,6 +52,22 @@ SUM_COLUMNS = (
     "cost_nanos",
     "unpriced_calls",
 )
+#: what a rollup row stores: the cost as whole dollars and the nanos below them, carried
+#: on every upsert, so a row's money never overflows 64 bits (``SUM_COLUMNS`` is the
+#: exact logical view, with ``cost_nanos`` a Python int of any size)
+STORED_COLUMNS = (*SUM_COLUMNS[:6], "cost_usd", "cost_nanos", "unpriced_calls")
+NANOS = 1_000_000_000
+
+
+def stored(sums: list[int]) -> list[int]:
+    """Logical sums -> stored columns (the cost split into whole dollars and nanos)."""
+    whole, rest = divmod(sums[6], NANOS)
+    return [*sums[:6], whole, rest, sums[7]]
+
+
+def logical(values: list[int]) -> list[int]:
+    """Stored columns -> logical sums."""
+    return [*values[:6], values[6] * NANOS + values[7], values[8]]
 
 
 def _rollup_table(name: str, tag_column: str) -> sa.Table:
@@ -60,7 +76,7 @@ def _rollup_table(name: str, tag_column: str) -> sa.Table:
         *(sa.Column(c, sa.String(200), primary_key=True) for c in KEY_COLUMNS[1:]),
         sa.Column(tag_column, sa.Text(), primary_key=True),
     ]
-    sums: list[SchemaItem] = [sa.Column(c, sa.BigInteger(), nullable=False) for c in SUM_COLUMNS]
+    sums: list[SchemaItem] = [sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS]
     return sa.Table(
         name,
         metadata,
@@ -123,7 +139,7 @@ def aggregate(
 def as_rows(table: sa.Table, rollup: Rollup) -> list[dict[str, Any]]:
     """Rollup rows in key order (the lock order), as column dicts for ``table``."""
     names = [c.name for c in table.columns]
-    return [dict(zip(names, (*key, *rollup[key]), strict=True)) for key in sorted(rollup)]
+    return [dict(zip(names, (*key, *stored(rollup[key])), strict=True)) for key in sorted(rollup)]
 
 
 def upsert_statement(table: sa.Table, dialect: str) -> Any:
@@ -132,7 +148,13 @@ def upsert_statement(table: sa.Table, dialect: str) -> Any:
     keys = [c.name for c in table.primary_key.columns]
     return insert.on_conflict_do_update(
         index_elements=keys,
-        set_={c: table.c[c] + insert.excluded[c] for c in SUM_COLUMNS},
+        set_={
+            **{c: table.c[c] + insert.excluded[c] for c in STORED_COLUMNS},
+            "cost_usd": table.c.cost_usd
+            + insert.excluded.cost_usd
+            + (table.c.cost_nanos + insert.excluded.cost_nanos) // NANOS,
+            "cost_nanos": (table.c.cost_nanos + insert.excluded.cost_nanos) % NANOS,
+        },
     )
 
 
@@ -153,7 +175,11 @@ def _driver_upsert(table: sa.Table, dialect: str) -> str:
         if dialect == "postgresql"
         else ", ".join("?" for _ in names)
     )
-    sums = ", ".join(f"{c} = {table.name}.{c} + excluded.{c}" for c in SUM_COLUMNS)
+    t = table.name
+    added = {c: f"{t}.{c} + excluded.{c}" for c in STORED_COLUMNS}
+    added["cost_usd"] += f" + ({added['cost_nanos']}) / {NANOS}"  # integer division
+    added["cost_nanos"] = f"({added['cost_nanos']}) % {NANOS}"
+    sums = ", ".join(f"{c} = {expr}" for c, expr in added.items())
     return (
         f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks}) "
         f"ON CONFLICT ({', '.join(keys)}) DO UPDATE SET {sums}"
@@ -175,6 +201,6 @@ def driver_writes(
     out = []
     for table, rollup in ((usage_rollup, main), (usage_tag_rollup, tags)):
         if rollup:
-            rows = [(*key, *rollup[key]) for key in sorted(rollup)]
+            rows = [(*key, *stored(rollup[key])) for key in sorted(rollup)]
             out.append((_DRIVER_SQL[(table.name, dialect)], rows))
     return out

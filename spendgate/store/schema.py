@@ -222,6 +222,10 @@ wallets = sa.Table(
     #: a closed wallet is history: it governs no call, takes no top-up, stays readable
     sa.Column("closed_at", UTCDateTime(), nullable=True),
     sa.Column("updated_at", UTCDateTime(), nullable=True),
+    #: cost tickets: off (refuse only) | on (a refusal opens a ticket) | auto (and one
+    #: asking less than ``ticket_auto_below_nanos`` is approved at once)
+    sa.Column("ticket_mode", sa.String(10), nullable=False, server_default="off"),
+    sa.Column("ticket_auto_below_nanos", sa.BigInteger(), nullable=True),
     #: one open wallet per scope (a closed one frees its scope for a new wallet)
     sa.Index(
         "uq_wallets_open_scope",
@@ -242,6 +246,47 @@ wallet_topups = sa.Table(
     sa.Column("note", sa.String(500), nullable=False),
     sa.Column("created_by", sa.String(100), nullable=False),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+)
+
+#: cost tickets (``spendgate.store.tickets``): a call a wallet could not fund asks for
+#: funding; an approval is a one-time grant reserved for the requester until it expires
+wallet_tickets = sa.Table(
+    "wallet_tickets",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("org_id", sa.String(40), sa.ForeignKey("orgs.id"), nullable=False, index=True),
+    sa.Column("wallet_id", sa.String(40), sa.ForeignKey("wallets.id"), nullable=False),
+    sa.Column("key_id", sa.String(40), nullable=False),
+    sa.Column("team_id", sa.String(40), nullable=True),
+    #: open | approved | denied | expired | superseded
+    sa.Column("status", sa.String(12), nullable=False),
+    #: the largest shortfall of the refused calls attached to it
+    sa.Column("asked_nanos", sa.BigInteger(), nullable=False),
+    sa.Column("refusals", sa.Integer(), nullable=False),
+    sa.Column("model", sa.String(200), nullable=True),
+    sa.Column("last_request_id", sa.String(40), nullable=True),
+    sa.Column("created_at", UTCDateTime(), nullable=False),
+    sa.Column("last_refused_at", UTCDateTime(), nullable=False),
+    sa.Column("decided_by", sa.String(100), nullable=True),
+    sa.Column("decided_at", UTCDateTime(), nullable=True),
+    sa.Column("reason", sa.String(500), nullable=True),
+    sa.Column("granted_nanos", sa.BigInteger(), nullable=True),
+    sa.Column("expires_at", UTCDateTime(), nullable=True),
+    sa.Column("closed_at", UTCDateTime(), nullable=True),
+    #: what the grant paid for, written when it closed
+    sa.Column("used_nanos", sa.BigInteger(), nullable=True),
+    #: when the requester was told of the denial (its next refused call)
+    sa.Column("denial_told_at", UTCDateTime(), nullable=True),
+    #: one open ticket per wallet and requester key: repeated refusals attach to it
+    sa.Index(
+        "uq_wallet_tickets_open",
+        "wallet_id",
+        "key_id",
+        unique=True,
+        sqlite_where=sa.text("status = 'open'"),
+        postgresql_where=sa.text("status = 'open'"),
+    ),
+    sa.Index("ix_wallet_tickets_wallet_status", "wallet_id", "status"),
 )
 
 rate_limits = sa.Table(

@@ -18,7 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core import showback as sb
-from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
+from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, split_cost_sum
 from spendgate.store.rollups import usage_rollup, usage_tag_rollup
 
 COLUMN_OF = {
@@ -64,7 +64,7 @@ def _measures(t: sa.Table) -> list[sa.ColumnElement[Any]]:
                 "reasoning_tokens",
             )
         ),
-        *exact_cost_sum(t.c.cost_nanos),
+        *split_cost_sum(t.c.cost_usd, t.c.cost_nanos),
         total(t.c.unpriced_calls, "unpriced_requests"),
     ]
 

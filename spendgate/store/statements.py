@@ -33,6 +33,7 @@ from spendgate.core.showback import bucket_of
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
+from spendgate.store.cost_sums import cost_from_sums, split_cost_sum
 from spendgate.store.rollups import usage_rollup
 from spendgate.store.showback import usage_report
 from spendgate.store.showback_schema import allocation_rules, statement_months, statements
@@ -70,12 +71,12 @@ async def _rules(conn: AsyncConnection, org_id: str) -> list[cb.AllocationRule]:
 async def _unowned_by_tags(conn: AsyncConnection, org_id: str, w: Window) -> dict[str, int]:
     t = usage_rollup
     rows = await conn.execute(
-        sa.select(t.c.tags, sa.func.sum(t.c.cost_nanos))
+        sa.select(t.c.tags, *split_cost_sum(t.c.cost_usd, t.c.cost_nanos))
         .where(t.c.org_id == org_id, t.c.team_id == "")
         .where(t.c.bucket >= bucket_of(w.start), t.c.bucket < bucket_of(w.end))
         .group_by(t.c.tags)
     )
-    return {tags: int(n or 0) for tags, n in rows}
+    return {tags: cost_from_sums(whole, rest) for tags, whole, rest in rows}
 
 
 async def _budgets(conn: AsyncConnection, org_id: str, w: Window) -> dict[str, list[Any]]:

@@ -149,11 +149,14 @@ class PrivatePostgres:
 
 class PrivateRedis:
     """A Redis of its own that keeps nothing on disk: ``kill`` then ``start`` is a Redis
-    that came back empty."""
+    that came back empty. ``persist=True``: every write is fsynced to an append-only file
+    in a temp dir first, so ``kill`` then ``start`` is a Redis that came back with every
+    key (an outage that lost nothing, as a network partition would)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, persist: bool = False) -> None:
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.dir = Path(tempfile.mkdtemp(prefix="sg-redis-")) if persist else None
         self.start()
 
     @property
@@ -170,8 +173,11 @@ class PrivateRedis:
                 "127.0.0.1",
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *(
+                    ["--appendonly", "no"]
+                    if self.dir is None
+                    else ["--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always"]
+                ),
                 "--daemonize",
                 "no",
                 "--loglevel",
@@ -191,6 +197,8 @@ class PrivateRedis:
 
     def close(self) -> None:
         self.kill()
+        if self.dir is not None:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> Self:
         return self

@@ -45,6 +45,8 @@ class Received:
     error: str | None
     #: the request path the delivery was posted to
     path: str = ""
+    #: the status this receiver answered with
+    answered: int = 200
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -95,8 +97,8 @@ class Receiver:
                 break
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         error = self.check(body, headers) if self.secrets else None
-        self.received.append(Received(body, headers, error is None, error, scope["path"]))
         status = self.status or (200 if error is None else 401)
+        self.received.append(Received(body, headers, error is None, error, scope["path"], status))
         await send(
             {
                 "type": "http.response.start",

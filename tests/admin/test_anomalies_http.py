@@ -50,13 +50,16 @@ def setup_key(gw: RunningGateway) -> dict[str, Any]:
     return gw.create_key(org_id=org, team_id=team)
 
 
-def add_history(gw: RunningGateway, key: dict[str, Any], hours: int = 4 * 168 + 3) -> None:
-    """One $1 call of gpt-4o-mini in each of the ``hours`` hours before the current one."""
+def add_history(
+    gw: RunningGateway, key: dict[str, Any], hours: int = 4 * 168 + 3, usd: int = 1
+) -> None:
+    """One $``usd`` call of gpt-4o-mini in each of the ``hours`` hours before the current
+    one."""
     top = gw.clock.now().replace(minute=0, second=0, microsecond=0)
     rows = []
     for h in range(1, hours + 1):
         at = top - timedelta(hours=h) + timedelta(minutes=10)
-        rows.append(_ledger_row(f"hist_{h:05d}", key, at, 1 * USD))
+        rows.append(_ledger_row(f"hist_{h:05d}", key, at, usd * USD))
 
     async def insert() -> None:
         async with gw.app.services.engine.begin() as conn:
@@ -341,3 +344,36 @@ def test_cli_lists_acknowledges_and_unpauses(gw: RunningGateway) -> None:
     assert acked["acknowledged_by"] == "master"
     missing = CliRunner().invoke(cli, ["anomalies", "ack", "anom_x", "--url", gw.url], env=env)
     assert missing.exit_code == 1 and "404" in missing.output
+
+
+def test_a_runaway_starting_late_in_an_hour_is_flagged_within_60_minutes(
+    gw: RunningGateway,
+) -> None:
+    """$2 an hour for four weeks; at 15:40 (frozen clock) a loop starts spending 8× that,
+    $16 an hour, checked every 5 minutes. By the hour's end it is $4.67 above expected,
+    under the $10 floor; the running hour alone would start again at 16:00 and pass the
+    floor only at 16:43. The last hour and the running part judged together pass it at
+    16:23: the episode opens within 45 minutes of the loop's start."""
+    key = setup_key(gw)
+    add_history(gw, key, usd=2)
+    start = gw.clock.now().replace(minute=40)
+    early = start.replace(minute=5)
+    rows = [_ledger_row("calm_now", key, early, 2 * USD * 40 // 60)]
+    gw.clock.set(start)
+    opened_at = None
+    for n in range(18):  # 90 minutes of the loop, one check per 5 minutes
+        rows.append(_ledger_row(f"loop_{n:03d}", key, gw.clock.now(), 16 * USD // 12))
+
+        async def insert(batch: list[dict[str, Any]] = rows) -> None:
+            async with gw.app.services.engine.begin() as conn:
+                await conn.execute(schema.ledger.insert(), batch)
+
+        gw.run(insert())
+        rows = []
+        gw.clock.advance(300)
+        if check(gw).opened and opened_at is None:
+            opened_at = gw.clock.now()
+    assert opened_at is not None
+    assert (opened_at - start) <= timedelta(minutes=60), opened_at
+    (mine,) = [a for a in gw.get("/admin/anomalies") if a["scope_type"] == "key"]
+    assert mine["method"] == "span" and mine["status"] == "open"

@@ -18,12 +18,15 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from spendgate.admin.decimal_fields import ExactDecimal
 from spendgate.admin.deps import admin_routes
+from spendgate.security.credentials import new_id
+from spendgate.store import schema
 from tests.conftest import RunningGateway
 
 MONEY = ("0", "1000000000", 9, False)
@@ -57,6 +60,9 @@ TARGETS = [
     Target("POST", "/admin/wallets", "initial_topup_usd", MONEY),
     Target("POST", "/admin/wallets/{wallet}/topups", "amount_usd", MONEY),
     Target("PATCH", "/admin/wallets/{wallet}", "low_balance_usd", MONEY_OR_ZERO),
+    Target("POST", "/admin/wallets", "tickets_auto_approve_below_usd", MONEY),
+    Target("PATCH", "/admin/wallets/{wallet}", "tickets_auto_approve_below_usd", MONEY),
+    Target("POST", "/admin/tickets/{ticket}/approve", "amount_usd", MONEY),
     Target("POST", "/admin/rate-limits", "max_spend_usd", MONEY),
     Target("PATCH", "/admin/rate-limits/{limit}", "max_spend_usd", MONEY),
     Target("POST", "/admin/anomaly-actions", "max_spend_usd", MONEY),
@@ -170,6 +176,33 @@ class World:
         }
         self.org = org
         self.serial = itertools.count()
+        self.ids["ticket"] = self._ticket()
+
+    def _ticket(self) -> str:
+        """An open cost ticket (stored directly): its approve route takes an amount."""
+        key = self._key(10**6)
+        wallet = self.gw.post(
+            "/admin/wallets", {"scope_type": "key", "scope_id": key, "tickets": "on"}
+        )["id"]
+        ticket_id, now = new_id("tkt"), self.gw.clock.now()
+        row = {
+            "id": ticket_id,
+            "org_id": self.org,
+            "wallet_id": wallet,
+            "key_id": key,
+            "status": "open",
+            "asked_nanos": 10**18,
+            "refusals": 1,
+            "created_at": now,
+            "last_refused_at": now,
+        }
+
+        async def insert() -> None:
+            async with self.gw.app.services.engine.begin() as conn:
+                await conn.execute(sa.insert(schema.wallet_tickets).values(**row))
+
+        self.gw.run(insert())
+        return ticket_id
 
     def body(self, target: Target, value: Any) -> dict[str, Any]:
         n = next(self.serial)
@@ -185,6 +218,8 @@ class World:
             base = {**team, "model": f"m{n}-*"}
         elif target.path == "/admin/anomaly-actions":
             base = {**team, "action": "rate_limit"}
+        elif target.path.endswith("/approve"):
+            base = {"reason": "r"}
         return {**base, target.field: [value] if target.in_list else value}
 
     def _key(self, n: int) -> str:
@@ -242,7 +277,12 @@ def test_every_decimal_input_field_uses_the_one_validator(gateway: RunningGatewa
         for name, validated in _decimal_fields(model):
             assert validated, f"{route.path} {name}: a Decimal not declared with ExactDecimal"
             found |= {(m, route.path, name) for m in route.methods or ()}
-    renamed = {"{budget}": "{budget_id}", "{wallet}": "{wallet_id}", "{limit}": "{limit_id}"}
+    renamed = {
+        "{budget}": "{budget_id}",
+        "{wallet}": "{wallet_id}",
+        "{limit}": "{limit_id}",
+        "{ticket}": "{ticket_id}",
+    }
     expected = set()
     for t in TARGETS:
         path = t.path

@@ -24,6 +24,7 @@ import openai
 import sqlalchemy as sa
 
 from spendgate.security.credentials import new_id
+from spendgate.store import schema
 from spendgate.store.anomalies import anomalies
 from spendgate.webhooks.tables import notifications
 from tests.conftest import MASTER_KEY, RunningGateway
@@ -144,6 +145,33 @@ class Ctx:
 
     def allocation_rule(self) -> str:
         return self.post("/admin/allocation-rules", {"org_id": self.org_id, "method": "even"})["id"]
+
+    def ticket(self) -> str:
+        """An open cost ticket on a new key wallet of the team, stored directly."""
+        key = self.key()
+        wallet = self.post(
+            "/admin/wallets", {"scope_type": "key", "scope_id": key, "tickets": "on"}
+        )["id"]
+        ticket_id, now = new_id("tkt"), self.gw.clock.now()
+        row = {
+            "id": ticket_id,
+            "org_id": self.org_id,
+            "wallet_id": wallet,
+            "key_id": key,
+            "team_id": self.team_id,
+            "status": "open",
+            "asked_nanos": 1_000_000,
+            "refusals": 1,
+            "created_at": now,
+            "last_refused_at": now,
+        }
+
+        async def insert() -> None:
+            async with self.gw.app.services.engine.begin() as conn:
+                await conn.execute(sa.insert(schema.wallet_tickets).values(**row))
+
+        self.gw.run(insert())
+        return ticket_id
 
     def anomaly_action(self) -> str:
         return self.post(
@@ -571,6 +599,24 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/tokens/{token_id}/revoke"): Rule(
         ALL, lambda c, x: Call("POST", f"/admin/tokens/{_token_of(c, x)}/revoke")
     ),
+    # cost tickets: approvers only (org admin, finance; a team admin for their teams' wallets)
+    ("GET", "/admin/tickets"): Rule(
+        frozenset({OA, FIN, TA}),
+        get("/admin/tickets"),
+        other=None,
+        marker=lambda c, x: x.marker_key["ticket"],
+    ),
+    ("GET", "/admin/tickets/{ticket_id}"): Rule(
+        frozenset({OA, FIN, TA}), lambda c, x: Call("GET", f"/admin/tickets/{x.ticket()}")
+    ),
+    ("POST", "/admin/tickets/{ticket_id}/approve"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call("POST", f"/admin/tickets/{x.ticket()}/approve", {"reason": "ok"}),
+    ),
+    ("POST", "/admin/tickets/{ticket_id}/deny"): Rule(
+        frozenset({OA, FIN, TA}),
+        lambda c, x: Call("POST", f"/admin/tickets/{x.ticket()}/deny", {"reason": "no"}),
+    ),
     # spend anomalies: seen like spend, acknowledged like budgets, actions set like limits
     ("GET", "/admin/anomalies"): Rule(
         ALL, get("/admin/anomalies"), other=None, marker=lambda c, x: x.marker_key["anomaly"]
@@ -648,6 +694,7 @@ def build_world(gw: RunningGateway) -> dict[str, Caller]:
             "token": c.token(c.user_id),
             "anomaly": c.anomaly(),
             "anomaly_action": c.anomaly_action(),
+            "ticket": c.ticket(),
         }
         # a priced call per team, so usage has a row to show (or hide)
         client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)

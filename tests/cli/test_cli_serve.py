@@ -412,3 +412,23 @@ def test_cli_usage_by_key_keeps_each_key_in_its_row(
     assert result.exit_code == 0, result.output
     [row] = [line for line in result.stdout.splitlines() if key["id"] in line]  # type: ignore[index]
     assert row.startswith("│") and "key:" not in result.stdout
+
+
+def test_serve_refuses_an_unknown_redis_failure_mode(tmp_path: Path) -> None:
+    """``--redis-failure-mode`` takes closed or open; anything else stops before serving."""
+    env = {
+        **os.environ,
+        "SPENDGATE_MASTER_KEY": MASTER,
+        "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path / 'm.db'}",
+    }
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "spendgate", "serve", "--port", str(free_port()),
+            "--redis-failure-mode", "sideways",
+        ],
+        env=env,
+        capture_output=True,
+        timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert b"redis_failure_mode" in done.stdout + done.stderr

@@ -169,3 +169,46 @@ def test_contributor_shares_split_the_excess() -> None:
     found = an.contributors(kids, 1.0, P)
     assert [(c.id, round(c.share, 2)) for c in found] == [("a", 0.75), ("b", 0.25)]
     assert found[0].excess == 30 * USD
+
+
+def _first_flag(bins: np.ndarray, start_bin: int, *, spans: bool) -> float | None:
+    """Minutes from ``start_bin`` to the first 5-minute check that opens an episode,
+    checking as the gateway does: at each frozen ``now`` (the end of a 5-minute bin) the
+    running hour so far, the last complete hour and (``spans``) the two together."""
+    hourly = bins.reshape(-1, 12)
+    totals = hourly.sum(1)
+    for t in range(start_bin // 12, totals.size):
+        for j in range(12):
+            now_bin = t * 12 + j + 1  # the frozen clock: minute 5·(j+1) of hour t
+            series = np.append(totals[:t], hourly[t, : j + 1].sum())
+            running, last, span = an.look(series, (j + 1) / 12, P)
+            if an.step(None, running, last, t - 1, span if spans else None) == "open":
+                return (now_bin - start_bin) * 5.0
+    return None
+
+
+@pytest.mark.parametrize("minute", [5, 25, 40, 55])
+def test_a_runaway_starting_mid_hour_is_flagged_within_the_hour(minute: int) -> None:
+    """Four calm weeks at $2 an hour, then an 8× loop starting ``minute`` minutes into an
+    hour: checked every 5 minutes, an episode opens within 60 minutes of its start. The
+    running hour alone starts again from nothing at the hour boundary and, for a loop
+    that began late in an hour, took longer than that."""
+    weeks = 4 * 168
+    bins = np.full((weeks + 3) * 12, 2.0 * USD / 12)
+    start = (weeks + 1) * 12 + minute // 5
+    bins[start:] *= 8
+    flagged = _first_flag(bins, start, spans=True)
+    assert flagged is not None and flagged <= 60
+    if minute in (25, 40):  # 35 and 20 minutes of the loop stayed under the floor in its hour
+        hourly_only = _first_flag(bins, start, spans=False)
+        assert hourly_only is not None and hourly_only > 60
+
+
+def test_the_span_keeps_a_calm_hour_boundary_quiet() -> None:
+    """Calm spend across the boundary (a busy last hour within its band, then a normal
+    start): the span adds no alarm of its own."""
+    history = np.tile(np.array([2.0, 2.4, 1.6, 2.0]) * USD, 168)
+    running, last, span = an.look(np.append(history, 0.5 * USD), 0.25, P)
+    assert span is not None and not span.out and span.elapsed == 1.25
+    assert running is not None and last is not None
+    assert span.expected == last.expected + running.expected

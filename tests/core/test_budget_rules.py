@@ -23,6 +23,7 @@ from spendgate.core.budget_rules import (
     counts,
     crossed,
     effective_amount,
+    fail_open_cap,
     hard_cap_nanos,
     percent_used,
     reached,
@@ -556,3 +557,33 @@ def test_percent_used_is_within_half_a_hundredth(spent: int, amount: int) -> Non
     assert result.as_tuple().exponent == -2
     # |result - 100·spent/amount| <= 0.005, in exact integers
     assert abs(int(result.scaleb(2)) * amount - 10_000 * spent) * 2 <= amount
+
+
+@pytest.mark.parametrize(
+    ("cap", "start", "replicas", "expected"),
+    [
+        (1000, 400, 1, 1000),  # alone: the whole cap
+        (1000, 400, 3, 600),  # a third of the 600 left
+        (1000, 999, 3, 999),  # less than one nano each: nothing
+        (1000, 1000, 2, 1000),  # at the cap: nothing
+        (1000, 1500, 2, 1500),  # past it (a lowered cap): nothing, not a negative share
+    ],
+)
+def test_fail_open_cap_is_a_share_of_the_headroom(
+    cap: int, start: int, replicas: int, expected: int
+) -> None:
+    """Each replica may take 1/replicas of what the ledger showed was left."""
+    assert fail_open_cap(cap, start, replicas) == expected
+
+
+@given(
+    cap=st.integers(0, 10**15),
+    seeds=st.lists(st.integers(0, 10**15), min_size=1, max_size=8),
+)
+def test_replicas_taking_their_shares_never_pass_the_cap(cap: int, seeds: list[int]) -> None:
+    """However much spend each replica's ledger read showed (each at least the first
+    read, ``min(seeds)``), what all of them admit on their own adds up to no more than
+    the headroom of that first read: the cap holds."""
+    first = min(seeds)
+    taken = sum(fail_open_cap(cap, s, len(seeds)) - s for s in seeds)
+    assert first + taken <= max(cap, first)

@@ -25,6 +25,7 @@ import openai
 import pytest
 from redis.asyncio import Redis
 
+from spendgate.guard.failover import PROBE_SECONDS
 from spendgate.testing.processes import ManagedProcess, PrivateRedis, Replica, UpstreamProcess
 from tests.conftest import PG_ADMIN_DSN, REDIS_URL, _pg_create, _pg_drop
 
@@ -272,8 +273,8 @@ async def test_redis_restarted_empty_mid_period_is_seeded_again_from_the_ledger(
     """Spend reaches ~60 % of a hard cap; one call is still with the provider when Redis
     is killed: it is served (200), not a 503, and recorded. Redis comes back empty:
     every replica notices the lost epoch in its next admission, seeds the budget again
-    from the ledger, and a storm adds only what the cap has left: 0 overshoot, and no
-    stray 503 from the dead pooled connections."""
+    from the ledger, and a storm a probe interval later adds only what the cap has
+    left: 0 overshoot, and no stray 503 from the dead pooled connections."""
     fleet, redis = restartable
     key = fleet.new_key()
     cap = Decimal("0.0006")
@@ -288,6 +289,9 @@ async def test_redis_restarted_empty_mid_period_is_seeded_again_from_the_ledger(
     assert await in_flight == [200]
     await asyncio.to_thread(redis.start)
     recorded = await fleet.spent(key["id"])
+    # the replica whose settle failed opened its circuit breaker: it tries Redis again
+    # at its next probe, at most PROBE_SECONDS later (until then it refuses, fail-closed)
+    await asyncio.sleep(PROBE_SECONDS + 0.2)
 
     statuses = await storm(fleet, key["key"], 120, max_tokens=20)
     assert set(statuses) <= {200, 429} and statuses.count(429) >= 50

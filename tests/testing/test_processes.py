@@ -50,6 +50,19 @@ def test_private_redis_comes_back_empty() -> None:
         assert Redis.from_url(server.url).get("k") is None
 
 
+def test_a_persistent_private_redis_comes_back_with_its_keys() -> None:
+    """``persist=True``: every write is on disk before it is acknowledged, so a kill -9
+    and a start give back every key (an outage that lost nothing); its directory is gone
+    afterwards."""
+    with PrivateRedis(persist=True) as server:
+        assert server.dir is not None
+        Redis.from_url(server.url).set("k", "v")
+        server.kill()
+        server.start()
+        assert Redis.from_url(server.url).get("k") == b"v"
+    assert not server.dir.exists()
+
+
 def test_a_replica_serves_the_sdk_on_private_servers(tmp_path: Path) -> None:
     """``spendgate serve`` on the private PostgreSQL and Redis, forwarding to the fake
     upstream process, answers the openai SDK and records the call."""

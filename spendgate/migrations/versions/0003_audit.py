@@ -75,7 +75,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for statement in unguard_statements(op.get_bind().dialect.name):
+    for statement in unguard_statements(op.get_bind().dialect.name, drop_function=True):
         op.execute(statement)
     op.drop_table("audit_purge_lock")
     op.drop_table("audit_checkpoints")

@@ -37,7 +37,7 @@ def _rollup(name: str, tag_column: str) -> None:
         sa.Column("bucket", sa.BigInteger(), primary_key=True, autoincrement=False),
         *(sa.Column(c, sa.String(200), primary_key=True) for c in (*DIMS, "status")),
         sa.Column(tag_column, sa.Text(), primary_key=True),
-        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in rollups.SUM_COLUMNS),
+        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in rollups.STORED_COLUMNS),
     )
     op.create_index(f"ix_{name}_org_bucket", name, ["org_id", "bucket"])
     op.create_index(f"ix_{name}_team_bucket", name, ["team_id", "bucket"])
@@ -143,8 +143,9 @@ def downgrade() -> None:
             op.execute(statement)
     for table in ("ledger_retention", "allocation_rules", "statement_months", "statements"):
         op.drop_table(table)
-    with op.batch_alter_table("orgs") as batch:
-        batch.drop_column("week_start")
-        batch.drop_column("reporting_timezone")
+    # plain ALTER TABLE (SQLite >= 3.35 and PostgreSQL): a batch would recreate ``orgs``,
+    # which SQLite refuses while other tables' foreign keys point at it
+    for column in ("week_start", "reporting_timezone"):
+        op.execute(f"ALTER TABLE orgs DROP COLUMN {column}")
     op.drop_table("usage_tag_rollup")
     op.drop_table("usage_rollup")

@@ -1,0 +1,399 @@
+"""Redis unreachable: a circuit breaker in front of ``CallGuard``, and, in fail-open mode,
+local counters for the outage whose spend reaches Redis's counters once it is back.
+
+* **The breaker.** The first call that cannot reach Redis (connection refused, reset or
+  timed out) trips it. While it is open no call touches Redis: a dead Redis costs its
+  connect timeout once per ``probe_seconds`` (one probe: a read of the generation), not
+  on every call; calls that arrive while a probe runs wait for its outcome. The probe
+  that reaches Redis again first catches the counters up with what was spent meanwhile
+  (below), and only then lets calls use Redis.
+* **Fail-closed** (the default): while the breaker is open, a call that would hold
+  anything (a budget or wallet hold, a rate limit) is refused with 503
+  ``state_unavailable`` and Retry-After; a call with nothing to hold goes on, as it
+  does when Redis is up.
+* **Fail-open** (``redis_failure_mode = "open"``): while it is open, calls are admitted
+  against an ``Outage``: a ``CallGuard`` over this process's memory (``OutageCounters``,
+  ``MemoryRateLimiter``), with the same policy snapshot, the same rules
+  (``core.budget_rules``) and buckets seeded from the ledger. Each hard cap is cut to
+  this replica's share of the headroom the ledger showed, ``fail_open_cap(cap, seed,
+  fail_open_replicas)``; rate limits hold per replica.
+
+**Back to Redis, once.** What Redis has not counted (an outage's spend, the cost of a
+call whose settle could not reach Redis, a call admitted locally that finished after
+Redis came back) is in the ledger. The probe that finds Redis again flushes this
+process's ledger and *raises* each bucket this process counted without Redis to the
+ledger's spend (``Reconciler.reconcile(only=…)``, grace 0), before any call uses Redis
+again. A raise is a maximum, never an addition, so however many replicas do it, and
+whether or not the periodic reconciliation got there first, the outage's spend is
+counted once: after recovery the counters equal the ledger. (A Redis that came back
+empty has no such buckets: they are seeded from the ledger, which has the spend.)
+Thresholds the raise crosses fire then, with their usual dedup keys; Redis
+reservations of calls whose settle failed are given back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import SQLAlchemyError
+
+from spendgate.core.budget_rules import Subject
+from spendgate.core.clock import Clock
+from spendgate.counters import Counters
+from spendgate.counters.outage import OutageCounters
+from spendgate.counters.redis import RedisCounters
+from spendgate.errors import DatabaseUnavailable, StateUnavailable
+from spendgate.guard import CallGuard, Guarded
+from spendgate.guard.enforcement import Admission, Enforcer, wallet_bucket
+from spendgate.ratelimit.gate import RateAdmission, RateGate
+from spendgate.store.policies import PolicySnapshot
+
+log = logging.getLogger("spendgate.guard.failover")
+
+#: what counts as "Redis unreachable"; any other Redis error is a bug and propagates
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+Mode = Literal["closed", "open"]
+#: how often a replica that lost Redis tries it again
+PROBE_SECONDS = 1.0
+#: (enforcer, rate gate) like the primary ones, over the given counters and process memory
+LocalGuards = Callable[[Counters], tuple[Enforcer, RateGate]]
+#: raise these buckets' live counters to the ledger's spend; how many it raised
+Reconcile = Callable[[set[str]], Awaitable[int]]
+
+
+class Breaker:
+    """Closed while Redis answers; open from the first failure, with one probe allowed
+    every ``probe_seconds`` (on the clock passed in)."""
+
+    def __init__(self, monotonic: Callable[[], float], probe_seconds: float) -> None:
+        self._monotonic = monotonic
+        self.probe_seconds = probe_seconds
+        self.up = True
+        self.probing = False
+        #: when it opened (monotonic), None while closed
+        self.since: float | None = None
+        self._next_probe = 0.0
+        #: how many times Redis was lost
+        self.trips = 0
+
+    def tripped(self) -> bool:
+        """Record a failure; True if Redis was in use until now."""
+        now = self._monotonic()
+        self._next_probe = now + self.probe_seconds
+        if not self.up:
+            return False
+        self.up, self.since = False, now
+        self.trips += 1
+        return True
+
+    def probe_due(self) -> bool:
+        return not self.up and not self.probing and self._monotonic() >= self._next_probe
+
+    def recovered(self) -> float:
+        """Closed again; returns how long it was open."""
+        down = self._monotonic() - (self.since if self.since is not None else self._monotonic())
+        self.up, self.since = True, None
+        return down
+
+
+@dataclass
+class Outage:
+    """One Redis outage of this process, in fail-open mode."""
+
+    counters: OutageCounters
+    enforcer: Enforcer
+    guard: CallGuard
+    #: calls admitted here and not finished yet, and in all
+    running: int = 0
+    admitted: int = 0
+    #: every bucket counted here: Redis is behind on them until caught up
+    buckets: set[str] = field(default_factory=set)
+    #: Redis is back and this outage's spend has been handed over
+    closed: bool = False
+
+
+@dataclass(slots=True)
+class LocalGuarded(Guarded):
+    """A call admitted against an outage's local counters."""
+
+    outage: Outage
+    finished: bool = False
+
+
+class FailoverGuard:
+    """``CallGuard``'s interface (admit, settle, unbilled, release, abandon) with the
+    breaker and, in fail-open mode, the local outage path in front."""
+
+    def __init__(
+        self,
+        primary: CallGuard,
+        enforcer: Enforcer,
+        rate_gate: RateGate,
+        counters: RedisCounters,
+        clock: Clock,
+        local: LocalGuards,
+        reconcile: Reconcile,
+        *,
+        mode: Mode = "closed",
+        replicas: int = 1,
+        probe_seconds: float = PROBE_SECONDS,
+    ) -> None:
+        self._primary = primary
+        self._enforcer = enforcer
+        self._rate = rate_gate
+        self._redis = counters
+        self._clock = clock
+        self._local = local
+        self._reconcile = reconcile
+        self.mode: Mode = mode
+        self._replicas = replicas
+        self.breaker = Breaker(clock.monotonic, probe_seconds)
+        enforcer.counters_reachable = lambda: self.breaker.up
+        self._outage: Outage | None = None
+        #: buckets Redis may count less than the ledger for, and reservations to give back
+        self._behind: set[str] = set()
+        self._releases: list[str] = []
+        self._catch_up_lock = asyncio.Lock()
+        #: set when the probe running now is done (calls arriving meanwhile wait for it)
+        self._probe: asyncio.Event | None = None
+        #: calls admitted without Redis since start, and the outages seen
+        self.local_admissions = 0
+        self.last_outage_seconds: float | None = None
+
+    @property
+    def joint(self) -> bool:
+        return self._primary.joint
+
+    # -- admission ---------------------------------------------------------------------------
+    async def admit(
+        self,
+        request_id: str,
+        subject: Subject,
+        tokens: int,
+        worst_nanos: int,
+        snapshot: PolicySnapshot,
+    ) -> Guarded:
+        """Through Redis while it answers; else refused (fail-closed) or admitted against
+        local counters (fail-open). Raises the call's ``RedisError`` when it is the one
+        that found Redis gone in fail-closed mode (the proxy answers 503)."""
+        if self.breaker.probe_due() or self.breaker.probing:
+            await self.recover()  # or wait for the probe running: Redis may be back
+        if self.breaker.up:
+            try:
+                return await self._primary.admit(request_id, subject, tokens, worst_nanos, snapshot)
+            except UNREACHABLE as exc:
+                self.trip(exc)
+                if self.mode == "closed":
+                    raise
+        if self.mode == "closed":
+            if self._holds_nothing(request_id, subject, tokens, worst_nanos, snapshot):
+                return Guarded(RateAdmission(request_id, (), done=True), Admission("", 0, (), ()))
+            raise StateUnavailable(
+                "spendgate cannot reach its shared counters (Redis), so it cannot check "
+                "budgets and limits; retry shortly"
+            )
+        return await self._admit_locally(request_id, subject, tokens, worst_nanos, snapshot)
+
+    def _holds_nothing(
+        self,
+        request_id: str,
+        subject: Subject,
+        tokens: int,
+        worst_nanos: int,
+        snapshot: PolicySnapshot,
+    ) -> bool:
+        """No rate limit, budget or wallet applies (a model not allowed still raises 403)."""
+        rate = self._rate.plan(
+            snapshot.rate_limits,
+            request_id,
+            subject.key_id,
+            subject.team_id,
+            subject.org_id,
+            subject.model,
+            tokens,
+            worst_nanos,
+        )
+        applied, wallets = self._enforcer.applicable(snapshot, subject, self._clock.now())
+        return rate is None and not applied and not wallets
+
+    async def _admit_locally(
+        self,
+        request_id: str,
+        subject: Subject,
+        tokens: int,
+        worst_nanos: int,
+        snapshot: PolicySnapshot,
+    ) -> Guarded:
+        outage = self._outage
+        if outage is None:
+            counters = OutageCounters(self._replicas)
+            enforcer, rate_gate = self._local(counters)
+            outage = Outage(counters, enforcer, CallGuard(rate_gate, enforcer))
+            self._outage = outage
+            log.warning(
+                "Redis unreachable: fail-open, admitting calls against this replica's "
+                "share (1/%d) of each cap's headroom until it is back",
+                self._replicas,
+            )
+        guarded = await outage.guard.admit(request_id, subject, tokens, worst_nanos, snapshot)
+        outage.buckets.update(buckets_of(guarded.admission))
+        outage.running += 1
+        outage.admitted += 1
+        self.local_admissions += 1
+        return LocalGuarded(guarded.rated, guarded.admission, outage)
+
+    # -- after the call ----------------------------------------------------------------------
+    async def settle(self, guarded: Guarded, tokens: int, cost_nanos: int) -> int | None:
+        if isinstance(guarded, LocalGuarded):
+            remaining = await guarded.outage.guard.settle(guarded, tokens, cost_nanos)
+            self._finished_locally(guarded)
+            return remaining
+        try:
+            return await self._primary.settle(guarded, tokens, cost_nanos)
+        except UNREACHABLE as exc:
+            # the provider answered: the ledger has the spend, Redis gets it from there
+            self.trip(exc)
+            self._behind_on(guarded)
+            raise
+
+    def _finished_locally(self, guarded: LocalGuarded) -> None:
+        if guarded.finished:
+            return
+        guarded.finished = True
+        guarded.outage.running -= 1
+        if guarded.outage.closed:  # Redis came back while it ran: caught up at the next tick
+            self._behind.update(buckets_of(guarded.admission))
+
+    async def unbilled(self, guarded: Guarded) -> None:
+        if isinstance(guarded, LocalGuarded):
+            await guarded.outage.guard.unbilled(guarded)
+            self._finished_locally(guarded)
+            return
+        try:
+            await self._primary.unbilled(guarded)
+        except UNREACHABLE as exc:
+            self.trip(exc)
+            self._behind_on(guarded)
+            raise
+
+    async def release(self, guarded: Guarded) -> None:
+        """Give back whatever is still held (idempotent). Redis unreachable: the holds
+        are given back when it returns (or reaped), and the call is not failed for it."""
+        if isinstance(guarded, LocalGuarded):
+            await guarded.outage.guard.release(guarded)
+            self._finished_locally(guarded)
+            return
+        try:
+            await self._primary.release(guarded)
+        except UNREACHABLE as exc:
+            self.trip(exc)
+            self._behind_on(guarded)
+
+    def abandon(self, guarded: Guarded) -> None:
+        if isinstance(guarded, LocalGuarded):
+            guarded.outage.guard.abandon(guarded)
+        else:
+            self._primary.abandon(guarded)
+
+    def _behind_on(self, guarded: Guarded) -> None:
+        """A Redis-admitted call's settle or release did not reach Redis."""
+        if not guarded.admission.empty:
+            self._behind.update(buckets_of(guarded.admission))
+            self._releases.append(guarded.admission.reservation_id)
+
+    # -- the breaker and the way back ------------------------------------------------------------
+    def trip(self, exc: BaseException) -> None:
+        if self.breaker.tripped():
+            log.error(
+                "shared counters (Redis) unreachable: %s; %s, probing every %.1f s",
+                exc,
+                "fail-open on local counters" if self.mode == "open" else "fail-closed",
+                self.breaker.probe_seconds,
+            )
+
+    async def recover(self) -> None:
+        """The probe: read the generation; if Redis answers, raise what it counts to the
+        ledger for every bucket counted without it, then let calls use it again. Redis
+        failing again keeps the breaker open; the database failing does not (the buckets
+        stay behind and are caught up at a later tick)."""
+        if self._probe is not None:
+            await self._probe.wait()
+            return
+        self._probe = asyncio.Event()
+        self.breaker.probing = True
+        try:
+            await self._redis.generation()
+            outage = self._outage
+            if outage is not None:
+                outage.closed = True
+                self._behind.update(outage.buckets)
+                self._outage = None  # lost again before the catch-up: a new outage
+            await self._catch_up()
+            down = self.breaker.recovered()
+            self.last_outage_seconds = down
+            log.warning("shared counters (Redis) reachable again after %.1f s", down)
+        except UNREACHABLE as exc:
+            self.trip(exc)
+        finally:
+            self.breaker.probing = False
+            probe, self._probe = self._probe, None
+            probe.set()
+
+    async def tick(self) -> None:
+        """Housekeeping: probe when due, and catch up buckets still behind."""
+        if self.breaker.probe_due():
+            await self.recover()
+        elif self.breaker.up and (self._behind or self._releases):
+            try:
+                await self._catch_up()
+            except UNREACHABLE as exc:
+                self.trip(exc)
+
+    async def _catch_up(self) -> None:
+        """Raise the buckets behind to the ledger (this process's rows flushed first) and
+        give back the reservations left in Redis. A database failure is logged and the
+        buckets stay behind for the next tick; Redis failing raises (the caller trips)."""
+        async with self._catch_up_lock:
+            buckets, self._behind = self._behind, set()
+            releases, self._releases = self._releases, []
+            try:
+                if buckets:
+                    raised = await self._reconcile(buckets)
+                    log.warning(
+                        "%d of %d live counters raised to the ledger after Redis was unreachable",
+                        raised,
+                        len(buckets),
+                    )
+                for reservation_id in releases:
+                    await self._redis.release(reservation_id)
+            except UNREACHABLE:
+                self._behind |= buckets
+                self._releases += releases
+                raise
+            except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
+                self._behind |= buckets
+                self._releases += releases
+                log.warning("live counters not caught up yet, database unavailable: %s", exc)
+
+    # -- what /readyz and /metrics show --------------------------------------------------------
+    def status(self) -> dict[str, Any]:
+        outage = self._outage
+        since = self.breaker.since
+        now = self._clock.monotonic()
+        return {
+            "redis": "ok" if self.breaker.up else "unreachable",
+            "redis_failure_mode": f"fail-{self.mode}",
+            "redis_down_seconds": round(now - since, 3) if since is not None else 0.0,
+            "redis_local_admissions": outage.admitted if outage is not None else 0,
+            "redis_buckets_behind": len(self._behind),
+        }
+
+
+def buckets_of(admission: Admission) -> list[str]:
+    return [a.bucket for a in admission.budgets] + [wallet_bucket(w) for w in admission.wallets]

@@ -1,0 +1,454 @@
+"""The chaos test (issue 18): three ``spendgate serve`` replicas under load on a
+PostgreSQL and a Redis of their own, with, one after another: ``kill -9`` of a replica
+(restarted), Redis killed and restarted, the database stopped and started, the webhook
+receiver down then up. Run once per Redis failure mode; then:
+
+* 0 completed-call spend lost or doubled: every call a client saw complete is in the
+  ledger once, at the cost its answer said;
+* fail-closed: 0 overshoot of a hard cap; fail-open: within the README's bound;
+* the live counters are not behind the ledger (and ahead only by calls cut off by
+  the kill, which the ledger never got);
+* every threshold the ledger's spend reached fired once, and every alert was delivered
+  to the receiver exactly once.
+
+Loopback only, bounded in time; the fake upstream and the replicas are processes of
+their own, the receiver a thread of this one. Fail-closed uses a Redis that comes back
+empty, fail-open one that comes back with its data (both cases are in
+``test_redis_outage.py`` too)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from spendgate.core import budget_rules as rules
+from spendgate.core.pricing import PriceRef, PriceTable
+from spendgate.core.worst_case import worst_case
+from spendgate.testing.fake_upstream import serve_in_thread
+from spendgate.testing.processes import (
+    ManagedProcess,
+    PrivatePostgres,
+    PrivateRedis,
+    Replica,
+    UpstreamProcess,
+)
+from spendgate.testing.webhook_receiver import Receiver
+
+MASTER = "sg-master-chaos-0123456789"
+ADMIN = {"authorization": f"Bearer {MASTER}"}
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20}
+REPLICAS = 3
+#: concurrent clients on the load key (half streaming) and on the hard-capped key
+LOAD_WORKERS, CAPPED_WORKERS = 4, 3
+NANOS = Decimal(10**9)
+
+
+@dataclass
+class Outcome:
+    request_id: str | None
+    status: int
+    complete: bool
+    cost_nanos: int | None
+    replica: int
+    finished: float
+
+
+@dataclass
+class Fleet:
+    replicas: list[ManagedProcess]
+    pg: PrivatePostgres
+    redis: PrivateRedis
+    start: Callable[[int | None], ManagedProcess]
+    outcomes: list[Outcome] = field(default_factory=list)
+
+    def admin(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        for replica in self.replicas:  # the first live one
+            if replica.alive():
+                response = httpx.request(
+                    method, f"{replica.url}{path}", json=body, headers=ADMIN, timeout=30
+                )
+                assert response.status_code in (200, 201), response.text
+                return response.json()
+        raise AssertionError("no replica alive")
+
+
+def worst_nanos() -> int:
+    """The worst case one non-streamed ``CHAT`` call is held for (an upper bound: the
+    request's bytes counted as ``json.dumps`` spaces them, more than the SDK sends)."""
+    size = len(json.dumps(CHAT).encode())
+    usage = worst_case(CHAT, "chat", size, 4096, "openai").usage
+    priced = PriceTable().price(PriceRef("gpt-4o-mini", "openai"), usage, datetime.now(UTC))
+    assert priced.cost_nanos is not None
+    return priced.cost_nanos
+
+
+async def one_call(client: httpx.AsyncClient, n: int, key: str, stream: bool) -> Outcome:
+    headers = {"authorization": f"Bearer {key}"}
+    body = {**CHAT, "stream": True} if stream else CHAT
+    try:
+        async with client.stream(
+            "POST", "/v1/chat/completions", json=body, headers=headers
+        ) as response:
+            data = b"".join([chunk async for chunk in response.aiter_bytes()])
+            ok = response.status_code == 200
+            done = ok and (b"data: [DONE]" in data if stream else b'"choices"' in data)
+            cost = response.headers.get("x-spendgate-cost-usd")
+            return Outcome(
+                response.headers.get("x-request-id"),
+                response.status_code,
+                done,
+                int(Decimal(cost) * NANOS) if cost and done and not stream else None,
+                n,
+                time.monotonic(),
+            )
+    except httpx.HTTPError:
+        return Outcome(None, -1, False, None, n, time.monotonic())
+
+
+async def load(fleet: Fleet, key: str, stop: asyncio.Event, workers: int, streams: bool) -> None:
+    """``workers`` clients, each calling the replicas in turn until ``stop``."""
+
+    async def worker(w: int) -> None:
+        clients = [httpx.AsyncClient(base_url=r.url, timeout=30) for r in fleet.replicas]
+        n = w
+        try:
+            while not stop.is_set():
+                replica = n % REPLICAS
+                if clients[replica].base_url != fleet.replicas[replica].url:  # restarted
+                    clients[replica] = httpx.AsyncClient(
+                        base_url=fleet.replicas[replica].url, timeout=30
+                    )
+                outcome = await one_call(clients[replica], replica, key, streams and w % 2 == 1)
+                fleet.outcomes.append(outcome)
+                if outcome.status in (-1, 503):
+                    await asyncio.sleep(0.05)  # a dead replica or a refusal: no busy loop
+                n += 1
+        finally:
+            for client in clients:
+                await client.aclose()
+
+    await asyncio.gather(*(worker(w) for w in range(workers)))
+
+
+async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {within} s")
+        await asyncio.sleep(0.1)
+
+
+async def query(pg: PrivatePostgres, sql: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(pg.url)
+    try:
+        return list(await conn.fetch(sql, *args))
+    finally:
+        await conn.close()
+
+
+async def counter(redis: PrivateRedis, bucket: str) -> int:
+    client = Redis.from_url(redis.url)
+    try:
+        return int(await client.hget(f"sg:{bucket}", "spent") or 0)
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["closed", "open"])
+def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+    mode = request.param
+    with (
+        PrivatePostgres() as pg,
+        PrivateRedis(persist=mode == "open") as redis,
+        UpstreamProcess.start(tmp_path) as upstream,
+    ):
+        config = tmp_path / "spendgate.toml"
+        config.write_text(f"""
+[gateway]
+ledger_flush_seconds = 0.05
+redis_failure_mode = "{mode}"
+fail_open_replicas = {REPLICAS}
+[providers.openai]
+kind = "openai"
+base_url = "{upstream.url}/v1"
+api_key = "upstream-secret"
+timeout_seconds = 10
+[models."gpt-4o-mini"]
+provider = "openai"
+""")
+        env = {
+            "SPENDGATE_MASTER_KEY": MASTER,
+            "SPENDGATE_DATABASE_URL": pg.url,
+            "SPENDGATE_REDIS_URL": redis.url,
+            "SPENDGATE_SPOOL_DIR": str(tmp_path / "spool"),
+            "SPENDGATE_WEBHOOK_ALLOW_PRIVATE": "1",
+        }
+
+        def start(port: int | None = None) -> ManagedProcess:
+            return Replica.start(tmp_path, env, config=config, workdir=tmp_path, port=port)
+
+        replicas = [start(None)]  # migrates the database; the others start side by side
+        with_others = asyncio.run(_start_more(start, REPLICAS - 1))
+        fleet = Fleet([*replicas, *with_others], pg, redis, start)
+        try:
+            yield fleet
+        finally:
+            for replica in fleet.replicas:
+                replica.close()
+
+
+async def _start_more(start: Callable[[int | None], ManagedProcess], n: int) -> list[Any]:
+    return list(await asyncio.gather(*(asyncio.to_thread(start, None) for _ in range(n))))
+
+
+async def test_chaos_under_load_loses_nothing_and_holds_the_caps(fleet: Fleet) -> None:
+    """See the module docstring: three replicas, four faults, the invariants after."""
+    mode = "open" if fleet.redis.dir is not None else "closed"
+    receiver = Receiver()
+    hook = serve_in_thread(receiver)
+    try:
+        await _scenario(fleet, mode, receiver, f"{hook.url}/hook")
+    finally:
+        hook.stop()
+
+
+async def _scenario(fleet: Fleet, mode: str, receiver: Receiver, hook_url: str) -> None:
+    org = fleet.admin("POST", "/admin/orgs", {"name": f"chaos-{uuid.uuid4().hex[:6]}"})
+    busy = fleet.admin("POST", "/admin/keys", {"name": "busy", "org_id": org["id"]})
+    capped = fleet.admin("POST", "/admin/keys", {"name": "capped", "org_id": org["id"]})
+    endpoint = fleet.admin(
+        "POST", "/admin/webhooks", {"url": hook_url, "event_types": ["budget.*"]}
+    )
+    receiver.secrets.append(endpoint["secret"])
+    async with httpx.AsyncClient(base_url=fleet.replicas[0].url, timeout=30) as client:
+        cost = (await one_call(client, 0, busy["key"], False)).cost_nanos
+    assert cost is not None
+    watched = fleet.admin(
+        "POST",
+        "/admin/budgets",
+        {
+            "scope_type": "key",
+            "scope_id": busy["id"],
+            "amount_usd": str(Decimal(cost * 400) / NANOS),
+            "period": "monthly",
+            "timezone": "UTC",
+            "alert_percentages": [5, 20, 40, 60],
+            "soft_limit_percent": 80,
+        },
+    )
+
+    stop = asyncio.Event()
+    running = [
+        asyncio.create_task(load(fleet, busy["key"], stop, LOAD_WORKERS, True)),
+        asyncio.create_task(load(fleet, capped["key"], stop, CAPPED_WORKERS, False)),
+    ]
+    t0 = time.monotonic()
+    await asyncio.sleep(2)
+
+    # 1. kill -9 of a replica under load, restarted on its port
+    victim = fleet.replicas[1]
+    await asyncio.to_thread(victim.kill)
+    fleet.replicas[1] = await asyncio.to_thread(fleet.start, victim.port)
+    victim.close()
+    await asyncio.sleep(1)
+
+    # 2. a hard cap with room for ~30 calls, then Redis killed and restarted
+    spent = await _spend(fleet, capped["id"])
+    cap = spent + 30 * worst_nanos()
+    hard = fleet.admin(
+        "POST",
+        "/admin/budgets",
+        {
+            "scope_type": "key",
+            "scope_id": capped["id"],
+            "amount_usd": str(Decimal(cap) / NANOS),
+            "hard_limit": True,
+            "period": "monthly",
+            "timezone": "UTC",
+        },
+    )
+    await asyncio.sleep(1)
+    await asyncio.to_thread(fleet.redis.kill)
+    killed_at, seen = time.monotonic(), len(fleet.outcomes)
+    # fail-open: until every replica has used up its share (429); fail-closed: a while
+    await until(lambda: _each_refused(fleet, seen, 429 if mode == "open" else 503), 15, "shares")
+    await asyncio.sleep(0.5)
+    during = fleet.outcomes[seen:]
+    await asyncio.to_thread(fleet.redis.start)
+    restarted_at = time.monotonic()
+    await until(lambda: _redis_back(fleet), 15, "Redis in use again")
+    recovered = time.monotonic() - restarted_at
+
+    # 3. the database stopped for a few seconds under load, and started
+    await asyncio.to_thread(fleet.pg.stop)
+    await asyncio.sleep(3)
+    await asyncio.to_thread(fleet.pg.start)
+
+    # 4. the receiver down while alerts fire (a budget already past its levels), then up
+    receiver.status = 503
+    fleet.admin(
+        "POST",
+        "/admin/budgets",
+        {
+            "scope_type": "org",
+            "scope_id": org["id"],
+            "amount_usd": str(Decimal(cost * 10) / NANOS),
+            "period": "monthly",
+            "timezone": "UTC",
+        },
+    )
+    await until(lambda: _true(len(receiver.received) >= 1), 10, "a delivery failing")
+    await asyncio.sleep(1)
+    receiver.status = None
+    stop.set()
+    await asyncio.gather(*running)
+    elapsed = time.monotonic() - t0
+
+    async with httpx.AsyncClient(timeout=30) as client:
+        for replica in fleet.replicas:
+            await until(
+                lambda r=replica: _settled(client, r), 30, "ledger written, counters caught up"
+            )
+    await _check_ledger(fleet)
+    await _check_caps(fleet, mode, hard, cap, capped["id"], killed_at)
+    await _check_counters(fleet, [watched, hard])
+    await _check_alerts(fleet, receiver, endpoint["id"], watched)
+    print(  # the figures the README quotes (pytest -s shows them)
+        f"\nchaos fail-{mode}: {len(fleet.outcomes)} calls in {elapsed:.1f} s, "
+        f"{sum(o.complete for o in fleet.outcomes)} completed; Redis out "
+        f"{restarted_at - killed_at:.1f} s: {Counter(o.status for o in during)}; every "
+        f"replica back on Redis {recovered:.2f} s after it restarted"
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def _spend(fleet: Fleet, key_id: str) -> int:
+    async with httpx.AsyncClient(timeout=30) as client:
+        for replica in fleet.replicas:
+            await until(lambda r=replica: _settled(client, r), 30, "ledger written")
+    rows = await query(
+        fleet.pg, "SELECT coalesce(sum(cost_nanos), 0) FROM ledger WHERE key_id = $1", key_id
+    )
+    return int(rows[0][0])
+
+
+async def _settled(client: httpx.AsyncClient, replica: ManagedProcess) -> bool:
+    body = (await client.get(f"{replica.url}/readyz")).json()
+    return bool(
+        body["ledger_pending"] == 0
+        and body["database"] == "ok"
+        and body.get("redis") == "ok"
+        and body.get("redis_buckets_behind") == 0
+    )
+
+
+async def _each_refused(fleet: Fleet, since: int, status: int) -> bool:
+    refused = {o.replica for o in fleet.outcomes[since:] if o.status == status}
+    return refused == set(range(REPLICAS))
+
+
+async def _redis_back(fleet: Fleet) -> bool:
+    async with httpx.AsyncClient(timeout=30) as client:
+        for replica in fleet.replicas:
+            if (await client.get(f"{replica.url}/readyz")).json().get("redis") != "ok":
+                return False
+    return True
+
+
+async def _check_ledger(fleet: Fleet) -> None:
+    """0 completed-call spend lost, 0 doubled."""
+    rows = await query(fleet.pg, "SELECT request_id, cost_nanos FROM ledger")
+    ledger = {r[0]: r[1] for r in rows}
+    assert len(ledger) == len(rows)
+    done = [o for o in fleet.outcomes if o.complete and o.request_id]
+    assert len(done) >= 200
+    assert {o.request_id for o in done} - set(ledger) == set(), "completed calls not in the ledger"
+    priced = [o for o in done if o.cost_nanos is not None]
+    assert sum(o.cost_nanos or 0 for o in priced) == sum(ledger[o.request_id] for o in priced)
+    assert all(o.status in (-1, 200, 429, 503) for o in fleet.outcomes)
+
+
+async def _check_caps(
+    fleet: Fleet, mode: str, hard: dict[str, Any], cap: int, key_id: str, killed_at: float
+) -> None:
+    """Fail-closed: 0 overshoot. Fail-open: at most the worst case of the capped calls
+    in flight when Redis went and when each replica found it back (one per client
+    each), of those finished in the second before (their rows may not have been
+    written), and one call's worth of share each replica could have left."""
+    total = await _spend(fleet, key_id)
+    if mode == "closed":
+        assert total <= cap, f"spent {total} on a {cap} cap"
+        return
+    recent = sum(
+        1
+        for o in fleet.outcomes
+        if o.complete and o.cost_nanos is not None and killed_at - 1 <= o.finished <= killed_at
+    )
+    bound = worst_nanos() * (2 * CAPPED_WORKERS + recent + REPLICAS)
+    assert total <= cap + bound, f"spent {total} on a {cap} cap, bound {bound}"
+    print(f"\nchaos open: overshoot {max(0, total - cap)} nanos, bound {bound}")
+
+
+async def _check_counters(fleet: Fleet, budgets: list[dict[str, Any]]) -> None:
+    """The live counters are not behind the ledger; ahead only by what the kill cut off
+    between a settle and its ledger row (at most the calls in flight then)."""
+    for budget in budgets:
+        status = fleet.admin("GET", f"/admin/budgets/{budget['id']}/status")
+        live = await counter(fleet.redis, f"b:{budget['id']}:{status['period_key']}")
+        recorded = await _spend(fleet, budget["scope_id"])
+        assert 0 <= live - recorded <= worst_nanos() * (LOAD_WORKERS + CAPPED_WORKERS) * 4
+
+
+async def _check_alerts(
+    fleet: Fleet, receiver: Receiver, endpoint_id: str, watched: dict[str, Any]
+) -> None:
+    """Every level the ledger's spend reached fired once; every alert (a ``budget.*``
+    event) was delivered, and accepted by the receiver exactly once."""
+    spent = await _spend(fleet, watched["scope_id"])
+    rows = await query(
+        fleet.pg,
+        "SELECT data FROM events WHERE type IN "
+        "('budget.threshold_crossed', 'budget.soft_limit_reached')",
+    )
+    fired = [json.loads(r[0]) for r in rows]
+    fired = [e for e in fired if e["budget_id"] == watched["id"]]
+    amount = int(Decimal(watched["amount_usd"]) * NANOS)
+    levels = [Decimal(p) for p in (5, 20, 40, 60, 80)]
+    reached = [p for p in levels if spent >= rules.percent_of(amount, p)]
+    assert sorted(Decimal(e["percent"]) for e in fired) == reached, f"{spent} of {amount}"
+
+    async def delivered() -> bool:
+        events = await query(fleet.pg, "SELECT count(*) FROM events WHERE type LIKE 'budget.%'")
+        rows = await query(
+            fleet.pg,
+            "SELECT count(*) FILTER (WHERE status <> 'succeeded'), count(*) "
+            "FROM webhook_deliveries WHERE endpoint_id = $1",
+            endpoint_id,
+        )
+        return bool(rows[0][0] == 0 and rows[0][1] == events[0][0])
+
+    await until(delivered, 40, "every alert delivered")
+    messages = {r[0] for r in await query(
+        fleet.pg, "SELECT message_id FROM webhook_deliveries WHERE endpoint_id = $1", endpoint_id
+    )}  # fmt: skip
+    accepted = Counter(r.headers["webhook-id"] for r in receiver.received if r.answered == 200)
+    assert set(accepted) == messages  # 0 lost
+    assert set(accepted.values()) == {1}  # 0 duplicated
+    assert any(r.answered == 503 for r in receiver.received)  # some arrived while it was down

@@ -1,0 +1,255 @@
+"""Redis unreachable (issue 18): fail-closed refuses cleanly and resumes by itself;
+fail-open serves within its documented bound and hands the outage's spend back to
+Redis exactly once, so the live counters equal the ledger after recovery, without a
+restart.
+
+Two gateways run in this process (each with its own key cache, policy snapshot, breaker
+and local counters, as two replicas would have) on a fresh database of the machine's
+PostgreSQL and a Redis each test starts and kills itself (``PrivateRedis``). Clocks are
+frozen: the breaker's next probe is due when a test advances them."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from redis.asyncio import Redis
+
+from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
+from spendgate.testing.processes import PrivateRedis
+from tests.conftest import PG_ADMIN_DSN, RunningGateway, _pg_create, _pg_drop, start_gateway
+
+MSG = [{"role": "user", "content": "hello"}]
+NANOS = Decimal(10**9)
+
+
+@pytest.fixture
+def database() -> Iterator[str]:
+    name = f"sg_test_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_create(name))
+    try:
+        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    finally:
+        asyncio.run(_pg_drop(name))
+
+
+def gateways(
+    database: str,
+    upstream_url: str,
+    tmp_path: Path,
+    redis: PrivateRedis,
+    count: int,
+    mode: str,
+) -> list[RunningGateway]:
+    shared = {
+        "SPENDGATE_REDIS_URL": redis.url,
+        "SPENDGATE_REDIS_PREFIX": "sg:",
+        "SPENDGATE_REDIS_FAILURE_MODE": mode,
+        "SPENDGATE_FAIL_OPEN_REPLICAS": str(count),
+    }
+    started = []
+    for n in range(count):
+        (tmp_path / str(n)).mkdir()
+        started.append(
+            start_gateway(database, upstream_url, tmp_path / str(n), demo=True, env_extra=shared)
+        )
+    return started
+
+
+def stop(started: list[RunningGateway]) -> None:
+    for gw in started:
+        gw.admin.close()
+        gw.handle.stop()
+
+
+def chat(gw: RunningGateway, secret: str) -> httpx.Response:
+    return httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {secret}"},
+        json={"model": "demo-small", "messages": MSG, "max_tokens": 20},
+        timeout=30,
+    )
+
+
+def hard_budget(key_id: str, amount: Decimal) -> dict[str, Any]:
+    return {
+        "scope_type": "key",
+        "scope_id": key_id,
+        "amount_usd": str(amount),
+        "hard_limit": True,
+        "period": "monthly",
+        "timezone": "UTC",
+        "alert_percentages": [50, 75, 90],
+    }
+
+
+def ledger_spend(started: list[RunningGateway], key_id: str) -> dict[str, int]:
+    """Cost in nanos per request id of the key, every gateway's ledger flushed first."""
+    rows: dict[str, int] = {}
+    for gw in started:
+        for row in gw.ledger():
+            if row["key_id"] == key_id:
+                rows[row["request_id"]] = int(row["cost_nanos"] or 0)
+    return rows
+
+
+def counter(redis: PrivateRedis, bucket: str) -> int:
+    async def read() -> int:
+        client = Redis.from_url(redis.url)
+        try:
+            return int(await client.hget(f"sg:{bucket}", "spent") or 0)
+        finally:
+            await client.aclose()
+
+    return asyncio.run(read())
+
+
+def advance(started: list[RunningGateway], seconds: float) -> None:
+    for gw in started:
+        gw.clock.advance(seconds)
+
+
+def redis_errors(gw: RunningGateway) -> float:
+    text = httpx.get(gw.url + "/metrics").text
+    for line in text.splitlines():
+        if line.startswith('spendgate_backend_errors_total{backend="redis"}'):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_fail_closed_refuses_in_the_routes_format_and_resumes_without_a_restart(
+    database: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    """Redis killed: a call under a hard budget gets 503 ``state_unavailable`` with
+    Retry-After, in the OpenAI and in the Anthropic format; a key with nothing to hold
+    is served. The breaker is open: later calls are refused without trying Redis (the
+    Redis error count does not move). ``/readyz`` and ``/metrics`` say so. Redis back
+    (empty): the next probe closes the breaker, the budget is seeded again from the
+    ledger, and nothing refused was spent."""
+    with PrivateRedis() as redis:
+        started = gateways(database, upstream[1].url, tmp_path, redis, 1, "closed")
+        gw = started[0]
+        try:
+            key, free = gw.create_key(), gw.create_key()
+            made = gw.post("/admin/budgets", hard_budget(key["id"], Decimal("1")))
+            assert chat(gw, key["key"]).status_code == 200
+            redis.kill()
+
+            refused = chat(gw, key["key"])
+            assert refused.status_code == 503, refused.text
+            assert refused.json()["error"]["code"] == "state_unavailable"
+            assert refused.headers["retry-after"]
+            errors = redis_errors(gw)
+            anthropic = httpx.post(
+                gw.url + "/v1/messages",
+                headers={"x-api-key": key["key"]},
+                json={"model": "demo-small", "max_tokens": 20, "messages": MSG},
+            )
+            assert anthropic.status_code == 503 and anthropic.headers["retry-after"]
+            assert anthropic.json()["type"] == "error"
+            assert anthropic.json()["error"]["type"] == "overloaded_error"
+            assert [chat(gw, key["key"]).status_code for _ in range(5)] == [503] * 5
+            assert redis_errors(gw) == errors  # the breaker is open: Redis is not tried
+            assert chat(gw, free["key"]).status_code == 200  # nothing to hold
+
+            ready = httpx.get(gw.url + "/readyz").json()
+            assert ready["status"] == "degraded" and ready["redis"] == "unreachable"
+            assert ready["redis_failure_mode"] == "fail-closed"
+            metrics = httpx.get(gw.url + "/metrics").text
+            assert "spendgate_redis_up 0.0" in metrics
+            assert "spendgate_redis_fail_open 0.0" in metrics
+
+            redis.start()
+            assert chat(gw, key["key"]).status_code == 503  # the next probe is not due yet
+            advance(started, 1.5)
+            assert chat(gw, key["key"]).status_code == 200
+            assert httpx.get(gw.url + "/readyz").json()["redis"] == "ok"
+            spend = ledger_spend(started, key["id"])
+            assert len(spend) == 2  # one call before the outage, one after: none refused
+            period = gw.get(f"/admin/budgets/{made['id']}/status")["period_key"]
+            assert counter(redis, f"b:{made['id']}:{period}") == sum(spend.values())
+        finally:
+            stop(started)
+
+
+@pytest.mark.parametrize("persist", [True, False], ids=["redis-kept-its-data", "redis-empty"])
+def test_fail_open_stays_within_each_replicas_share_and_counters_equal_the_ledger_after(
+    database: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+    persist: bool,
+) -> None:
+    """Two fail-open replicas (``fail_open_replicas = 2``) and a hard cap with room for
+    about 40 calls, 10 of them used. Redis killed: both keep serving, each until it has
+    spent its half of the headroom the ledger showed, then 429; between them they stay
+    within the cap (nothing was in flight when Redis went, so the bound is the cap
+    itself). Redis back, with its data or empty: after the next probe the live counter
+    equals the ledger's spend (the outage's spend added once, or seeded again from the
+    ledger), each threshold fired once, and the cap binds through Redis again."""
+    with PrivateRedis(persist=persist) as redis:
+        started = gateways(database, upstream[1].url, tmp_path, redis, 2, "open")
+        a, b = started
+        try:
+            key = a.create_key()
+            cost = Decimal(chat(a, key["key"]).headers["x-spendgate-cost-usd"])
+            cap = cost * 40
+            made = a.post("/admin/budgets", hard_budget(key["id"], cap))
+            for n in range(10):
+                assert chat(started[n % 2], key["key"]).status_code == 200
+            before = sum(ledger_spend(started, key["id"]).values())
+            redis.kill()
+
+            served: dict[int, list[str]] = {0: [], 1: []}
+            statuses = []
+            for n in range(80):
+                response = chat(started[n % 2], key["key"])
+                statuses.append(response.status_code)
+                if response.status_code == 200:
+                    served[n % 2].append(response.headers["x-request-id"])
+            assert set(statuses) == {200, 429}, statuses
+            assert statuses[-4:] == [429] * 4  # both shares used up
+            ready = a.get("/readyz")
+            assert ready["redis"] == "unreachable" and ready["redis_failure_mode"] == "fail-open"
+            assert ready["redis_local_admissions"] == len(served[0])
+
+            spend = ledger_spend(started, key["id"])
+            cap_nanos = int(cap * NANOS)
+            share = (cap_nanos - before) // 2
+            for n in (0, 1):  # each replica within its share of the headroom
+                assert sum(spend[r] for r in served[n]) <= share
+                assert len(served[n]) >= 5
+            assert sum(spend.values()) <= cap_nanos
+            print(  # the figures the README quotes (pytest -s shows them)
+                f"\nfail-open, headroom {cap_nanos - before} nanos, share {share} each: "
+                f"replica A served {len(served[0])} calls "
+                f"({sum(spend[r] for r in served[0])} nanos), B {len(served[1])} "
+                f"({sum(spend[r] for r in served[1])}); ledger {sum(spend.values())} "
+                f"of a {cap_nanos} cap"
+            )
+
+            redis.start()
+            advance(started, 1.5)
+            after = [chat(gw, key["key"]).status_code for gw in started for _ in range(3)]
+            assert set(after) <= {200, 429}
+            period = a.get(f"/admin/budgets/{made['id']}/status")["period_key"]
+            spend = ledger_spend(started, key["id"])
+            assert counter(redis, f"b:{made['id']}:{period}") == sum(spend.values())
+            assert sum(spend.values()) <= cap_nanos
+            assert a.get("/readyz")["redis"] == "ok" and b.get("/readyz")["redis"] == "ok"
+            assert b.get("/readyz")["redis_buckets_behind"] == 0
+
+            crossed = a.get("/admin/events", type="budget.threshold_crossed")
+            mine = [e["data"]["percent"] for e in crossed if e["data"]["budget_id"] == made["id"]]
+            assert sorted(mine) == ["50", "75", "90"]
+        finally:
+            stop(started)
