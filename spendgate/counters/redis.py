@@ -1,8 +1,8 @@
 """Counters in Redis (``redis://`` / ``rediss://``), shared by every replica.
 
-Every operation is one round trip: a Lua script from ``lua/`` run with EVALSHA
-(``register_script`` reloads it once if the server has forgotten it), or a single
-read command. Reserve and settle live in ``_lib.lua`` as functions of (KEYS, ARGV), so
+Every operation is one round trip: a Lua script from ``lua/`` run with EVALSHA (on the
+pipelined connection of ``redis_wire``, reloaded once if the server forgot it), or a
+single read command. Reserve and settle live in ``_lib.lua`` as functions of (KEYS, ARGV), so
 ``spendgate.guard`` can run them in one script with the rate limiter's acquire and
 settle on the proxy's hot path. Keys, under a prefix (default ``sg:``):
 
