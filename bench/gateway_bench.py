@@ -34,6 +34,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway_targets import (
+    SharedBackends,
+    install_portkey,
+    portkey_argv,
+    portkey_env,
+    portkey_headers,
+)
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROJECT_VENV = ROOT / ".venv"
@@ -47,7 +55,9 @@ LITELLM_KEY = "sk-bench-litellm-0123456789"
 UPSTREAM_KEY = "bench-upstream-key"
 MODEL = "gpt-4o-mini"
 #: what ``--with-limits`` puts on the bench key (never binding: set far above the load)
-LIMIT_MODES = ("none", "ratelimit", "budget", "both")
+LIMIT_MODES = ("none", "ratelimit", "budget", "both", "all")
+#: where spendgate keeps its state: SQLite + in-process counters, or PostgreSQL + Redis
+BACKENDS = ("embedded", "shared")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -188,10 +198,15 @@ def free_port() -> int:
 
 
 def http(
-    method: str, url: str, body: Any = None, token: str | None = None, timeout: float = 30.0
+    method: str,
+    url: str,
+    body: Any = None,
+    token: str | None = None,
+    timeout: float = 30.0,
+    headers: dict[str, str] | None = None,
 ) -> tuple[int, bytes]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     if data is not None:
         req.add_header("content-type", "application/json")
     if token:
@@ -230,9 +245,12 @@ wrk.headers["Content-Type"] = "application/json"
 """
 
 
-def write_lua(path: Path, body: dict[str, Any], token: str | None) -> Path:
-    auth = f'wrk.headers["Authorization"] = "Bearer {token}"' if token else ""
-    path.write_text(LUA.format(body=json.dumps(json.dumps(body)), auth=auth))
+def write_lua(
+    path: Path, body: dict[str, Any], token: str | None, headers: dict[str, str] | None = None
+) -> Path:
+    lines = [f'wrk.headers["Authorization"] = "Bearer {token}"'] if token else []
+    lines += [f"wrk.headers[{json.dumps(k)}] = {json.dumps(v)}" for k, v in (headers or {}).items()]
+    path.write_text(LUA.format(body=json.dumps(json.dumps(body)), auth="\n".join(lines)))
     return path
 
 
@@ -329,6 +347,7 @@ class Bench:
     upstream_port: int = 0
     src_env: dict[str, str] = field(default_factory=dict)
     source: str = ""
+    shared: SharedBackends | None = None
     notes: list[str] = field(default_factory=list)
 
     # ---- servers
@@ -355,7 +374,7 @@ class Bench:
         return proc
 
     def start_spendgate(
-        self, name: str = "spendgate", limits: str = "none"
+        self, name: str = "spendgate", limits: str = "none", backend: str = "embedded"
     ) -> tuple[subprocess.Popen[bytes], str, str]:
         port = free_port()
         work = self.tmp / name
@@ -380,6 +399,13 @@ class Bench:
         }
         env.pop("SPENDGATE_REDIS_URL", None)
         env.pop("SPENDGATE_CONFIG", None)
+        if backend == "shared":
+            if self.shared is None:
+                self.shared = SharedBackends(free_port(), LOAD_CORE, self.logdir)
+                self.shared.start()
+            else:
+                self.shared.reset()
+            env.update(self.shared.env())
         proc = self.procs.start(
             name,
             [
@@ -408,7 +434,7 @@ class Bench:
         if status >= 300:
             raise RuntimeError(f"POST /admin/keys -> {status}: {raw[:500]!r}")
         key = json.loads(raw)
-        for path, body in limit_rows(limits, key["id"]):
+        for path, body in limit_rows(limits, key["id"], org_id):
             status, raw = http("POST", f"{base}{path}", body, MASTER_KEY)
             if status >= 300:
                 raise RuntimeError(f"POST {path} -> {status}: {raw[:500]!r}")
@@ -421,9 +447,29 @@ class Bench:
             return ["none"]
         return list(dict.fromkeys(modes)) or ["both"]
 
-    def label(self, mode: str) -> str:
-        """The report's target name: plain "spendgate" when one mode is measured."""
-        return "spendgate" if len(self.limit_modes()) == 1 else f"spendgate[{mode}]"
+    def label(self, mode: str, backend: str = "embedded") -> str:
+        """The report's target name: plain "spendgate" when one mode is measured on the
+        embedded backends; else e.g. ``spendgate[all]``, ``spendgate[all,pg+redis]``."""
+        if backend == "embedded" and self.runs() == [("embedded", mode)]:
+            return "spendgate"
+        return f"spendgate[{mode}{',pg+redis' if backend == 'shared' else ''}]"
+
+    def runs(self) -> list[tuple[str, str]]:
+        """(backend, limits mode) of each spendgate server measured, in order."""
+        return [(b, m) for b in dict.fromkeys(self.args.backends) for m in self.limit_modes()]
+
+    def start_portkey(self) -> tuple[subprocess.Popen[bytes], str]:
+        install_portkey()
+        port = free_port()
+        work = self.tmp / "portkey"
+        work.mkdir(exist_ok=True)
+        proc = self.procs.start(
+            "portkey", portkey_argv(GATEWAY_CORE, port), env=portkey_env(), cwd=work
+        )
+        base = f"http://127.0.0.1:{port}"
+        # no health route without a provider: any answer from the router means it is up
+        wait_ready(f"{base}/v1/models", proc, "portkey", self.logdir)
+        return proc, base
 
     def start_litellm(self) -> tuple[subprocess.Popen[bytes], str, str]:
         port = free_port()
@@ -500,8 +546,15 @@ class Bench:
         )
         return row
 
-    def check_one(self, url: str, body: dict[str, Any], token: str | None, target: str) -> None:
-        status, raw = http("POST", url, body, token)
+    def check_one(
+        self,
+        url: str,
+        body: dict[str, Any],
+        token: str | None,
+        target: str,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        status, raw = http("POST", url, body, token, headers=headers)
         if status != 200:
             raise RuntimeError(f"{target}: probe request -> HTTP {status}: {raw[:800]!r}")
         if body.get("stream"):
@@ -510,21 +563,36 @@ class Bench:
         else:
             json.loads(raw)["choices"]
 
-    def suite(self, target: str, pgid: int, base: str, token: str | None) -> None:
+    def suite(
+        self,
+        target: str,
+        pgid: int,
+        base: str,
+        token: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
         url = f"{base}/v1/chat/completions"
         plain = {"model": MODEL, "messages": [{"role": "user", "content": "hello benchmark"}]}
         stream = {**plain, "stream": True}
-        lua_plain = write_lua(self.tmp / f"{target}-plain.lua", plain, token)
-        lua_stream = write_lua(self.tmp / f"{target}-stream.lua", stream, token)
-        self.check_one(url, plain, token, target)
-        self.check_one(url, stream, token, target)
+        lua_plain = write_lua(self.tmp / f"{target}-plain.lua", plain, token, headers)
+        lua_stream = write_lua(self.tmp / f"{target}-stream.lua", stream, token, headers)
+        self.check_one(url, plain, token, target, headers)
+        try:
+            self.check_one(url, stream, token, target, headers)
+        except RuntimeError as exc:  # a gateway that cannot stream still gets its plain rows
+            streams = False
+            self.notes.append(f"{target}: no stream row, its probe failed: {exc}"[:600])
+            log(f"{target}: stream probe failed, plain rows only: {exc}")
+        else:
+            streams = True
         log(f"{target}: warm-up {self.args.warmup:g}s at c=16")
         run_wrk(url, lua_plain, 16, self.args.warmup, self.logdir, f"{target} warmup")
         for conns in self.args.conns:
             self.measure(target, "plain", pgid, url, lua_plain, conns, self.args.duration)
-        self.measure(
-            target, "stream", pgid, url, lua_stream, self.args.stream_conns, self.args.duration
-        )
+        if streams:
+            self.measure(
+                target, "stream", pgid, url, lua_stream, self.args.stream_conns, self.args.duration
+            )
 
     def rss_flatness(self, pgid: int, base: str, token: str) -> None:
         url = f"{base}/v1/chat/completions"
@@ -775,6 +843,7 @@ def report(b: Bench, started: float) -> str:
             "",
         ]
     lines += targets(b)
+    lines += ratios(b)
     if b.profile or b.profile_note:
         lines += ["## spendgate profile: top functions by own time", "", b.profile_note, ""]
         if b.profile:
@@ -791,10 +860,15 @@ def report(b: Bench, started: float) -> str:
     return "\n".join(lines) + "\n"
 
 
-def limit_rows(mode: str, key_id: str) -> list[tuple[str, dict[str, Any]]]:
+def limit_rows(mode: str, key_id: str, org_id: str) -> list[tuple[str, dict[str, Any]]]:
     """Admin calls that put ``mode``'s enforcement on every call of the bench key: a
-    hard-capped budget (reserve + settle), an rpm/tpm rate limit (acquire + settle), or
-    both; all set far above the load, so they never refuse."""
+    hard-capped budget (reserve + settle), an rpm/tpm rate limit (acquire + settle),
+    both, or all (both and a funded org wallet); all set far above the load, so they
+    never refuse."""
+    wallet = (
+        "/admin/wallets",
+        {"scope_type": "org", "scope_id": org_id, "initial_topup_usd": "1000000"},
+    )
     budget = (
         "/admin/budgets",
         {"scope_type": "key", "scope_id": key_id, "amount_usd": "1000000", "hard_limit": True},
@@ -809,7 +883,13 @@ def limit_rows(mode: str, key_id: str) -> list[tuple[str, dict[str, Any]]]:
             "tpm": 10_000_000_000,
         },
     )
-    return {"none": [], "ratelimit": [rate], "budget": [budget], "both": [budget, rate]}[mode]
+    return {
+        "none": [],
+        "ratelimit": [rate],
+        "budget": [budget],
+        "both": [budget, rate],
+        "all": [budget, rate, wallet],
+    }[mode]
 
 
 def pyspy_path() -> Path | None:
@@ -822,7 +902,7 @@ def pyspy_path() -> Path | None:
 
 
 def targets(b: Bench) -> list[str]:
-    first = b.label(b.limit_modes()[0])
+    first = b.label(b.runs()[0][1], b.runs()[0][0])
     sg = {(r.scenario, r.conns): r for r in b.rows if r.target == first}
     if not sg:
         return []
@@ -862,6 +942,40 @@ def targets(b: Bench) -> list[str]:
     out.append(
         f"| no errors under load | {errs} non-2xx/socket errors | {'yes' if errs == 0 else 'NO'} |"
     )
+    return [*out, ""]
+
+
+def ratios(b: Bench) -> list[str]:
+    """CPU per call of each spendgate row over its references in this same run: the
+    key-only embedded server, the embedded server with the same limits, Portkey, LiteLLM
+    (plain c=16 and stream rows). Absolute figures move with the machine's load; these
+    ratios much less."""
+    cpu = {(r.target, r.scenario, r.conns): r.cpu_ms_per_req for r in b.rows}
+    refs = [("portkey", "Portkey"), ("litellm", "LiteLLM")]
+    if ("embedded", "none") in b.runs():
+        refs.insert(0, (b.label("none"), "key-only"))
+    out = [
+        "## CPU per call, as ratios within this run",
+        "",
+        "| spendgate row | scenario | CPU ms/req | "
+        + " | ".join(f"× {n}" for _, n in refs)
+        + " | × embedded, same limits |",
+        "|---|---|--:|" + "--:|" * (len(refs) + 1),
+    ]
+    for backend, mode in b.runs():
+        label = b.label(mode, backend)
+        same = b.label(mode, "embedded")
+        for scenario, conns in (("plain", 16), ("stream", b.args.stream_conns)):
+            mine = cpu.get((label, scenario, conns))
+            if mine is None:
+                continue
+            cells = [
+                fmt(mine / cpu[(t, scenario, conns)]) if cpu.get((t, scenario, conns)) else "–"
+                for t, _ in refs
+            ]
+            base = cpu.get((same, scenario, conns)) if backend == "shared" else None
+            cells.append(fmt(mine / base) if base else "–")
+            out.append(f"| {label} | {scenario} c={conns} | {fmt(mine, 3)} | {' | '.join(cells)} |")
     return [*out, ""]
 
 
@@ -943,6 +1057,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--conns", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--stream-conns", type=int, default=16)
     p.add_argument("--skip-litellm", action="store_true")
+    p.add_argument("--skip-portkey", action="store_true")
+    p.add_argument(
+        "--backends",
+        nargs="+",
+        choices=BACKENDS,
+        default=["embedded"],
+        help="where spendgate keeps its state: embedded (SQLite, in-process counters) and/or\n"
+        "shared (a fresh PostgreSQL database and a private Redis); each with every\n"
+        "--with-limits mode, in order",
+    )
     p.add_argument(
         "--with-limits",
         nargs="*",
@@ -995,14 +1119,24 @@ def main(argv: list[str] | None = None) -> int:
         up = b.start_upstream()
         b.suite("upstream", up.pid, f"http://127.0.0.1:{b.upstream_port}", None)
 
-        for mode in b.limit_modes():
-            label = b.label(mode)
-            sg, base, key = b.start_spendgate(label, mode)
+        for backend, mode in b.runs():
+            label = b.label(mode, backend)
+            sg, base, key = b.start_spendgate(label, mode, backend)
             b.suite(label, sg.pid, base, key)
-            if not args.skip_profile and mode == b.limit_modes()[-1]:
+            if not args.skip_profile and (backend, mode) == b.runs()[-1]:
                 log(f"profiling {label} under c=16")
                 b.profile_spendgate(sg.pid, base, key)
             procs.stop(label)
+
+        if not args.skip_portkey:
+            try:
+                pk, base = b.start_portkey()
+                b.suite("portkey", pk.pid, base, UPSTREAM_KEY, portkey_headers(b.upstream_port))
+            except Exception as exc:  # noqa: BLE001 (report it, go on)
+                b.notes.append(f"Portkey run failed: {exc}".replace("\n", " ")[:1500])
+                log(f"Portkey run failed: {exc}")
+            finally:
+                procs.stop("portkey")
 
         if not args.skip_litellm:
             try:
@@ -1016,7 +1150,8 @@ def main(argv: list[str] | None = None) -> int:
 
         if not args.skip_flat:
             log(f"RSS flatness: {args.flat_first:,} vs {args.flat_total:,} requests at c=64")
-            sg, base, key = b.start_spendgate("spendgate-flat", b.limit_modes()[-1])
+            backend, mode = b.runs()[-1]
+            sg, base, key = b.start_spendgate("spendgate-flat", mode, backend)
             b.rss_flatness(sg.pid, base, key)
             procs.stop("spendgate-flat")
     except BaseException as exc:
@@ -1027,6 +1162,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
     finally:
         procs.stop_all()
+        if b.shared is not None:
+            b.shared.stop()
         shutil.rmtree(tmp, ignore_errors=True)
         text = report(b, started)
         (RESULTS / "latest.md").write_text(text)

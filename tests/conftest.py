@@ -8,7 +8,7 @@ import asyncio
 import os
 import textwrap
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -231,7 +231,10 @@ def start_gateway(
     extra_config: str = "",
     demo: bool = False,
     env_extra: dict[str, str] | None = None,
+    wrap: Callable[[Gateway], Any] | None = None,
 ) -> RunningGateway:
+    """A gateway served in a thread; ``wrap`` (given the app) returns the ASGI app that
+    uvicorn serves instead, e.g. one that watches every request."""
     config = gateway_config(upstream_url, tmp_path, extra_config)
     env = {
         **UPSTREAM_SECRETS,
@@ -250,7 +253,7 @@ def start_gateway(
     clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
     # the fake receivers listen on 127.0.0.1; a test may still say "0" in env_extra
     app = create_app(settings, clock=clock, env={"SPENDGATE_WEBHOOK_ALLOW_PRIVATE": "1", **env})
-    handle = serve_in_thread(app)
+    handle = serve_in_thread(app if wrap is None else wrap(app))
     admin = httpx.Client(base_url=handle.url, headers={"authorization": f"Bearer {MASTER_KEY}"})
     return RunningGateway(handle.url, app, clock, handle, settings, admin)
 

@@ -1,8 +1,8 @@
 """Counters in Redis (``redis://`` / ``rediss://``), shared by every replica.
 
-Every operation is one round trip: a Lua script from ``lua/`` run with EVALSHA
-(``register_script`` reloads it once if the server has forgotten it), or a single
-read command. Reserve and settle live in ``_lib.lua`` as functions of (KEYS, ARGV), so
+Every operation is one round trip: a Lua script from ``lua/`` run with EVALSHA (on the
+pipelined connection of ``redis_wire``, reloaded once if the server forgot it), or a
+single read command. Reserve and settle live in ``_lib.lua`` as functions of (KEYS, ARGV), so
 ``spendgate.guard`` can run them in one script with the rate limiter's acquire and
 settle on the proxy's hot path. Keys, under a prefix (default ``sg:``):
 
@@ -37,15 +37,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 
 from spendgate.counters import BucketState, Generation, Hold, Refusal, Settlement
 from spendgate.counters.redis_pool import lua_script, once_more, pooled_client
-
-
-def _script(client: Redis, name: str) -> AsyncScript:
-    """Register ``lua/<name>.lua`` with the shared helpers from ``_lib.lua`` in front."""
-    return client.register_script(lua_script("spendgate.counters", name))
+from spendgate.counters.redis_wire import PipelinedRedis, Script
 
 
 def _cap(value: Any) -> int | None:
@@ -70,19 +65,25 @@ class RedisCounters:
 
     def __init__(self, client: Redis, *, prefix: str = "sg:") -> None:
         self._redis = client
+        #: the scripts' connection (one, pipelined; ``spendgate.guard`` runs its own on it)
+        self.wire = PipelinedRedis(client)
         self._prefix = prefix
         self._zset = f"{prefix}reservations"
         #: the generation hash (epoch, policy version)
         self.generation_key = f"{prefix}gen"
-        self._generation = _script(client, "generation")
-        self._renew = _script(client, "renew")
-        self._raise_to = _script(client, "raise_to")
-        self._seed = _script(client, "seed")
-        self._reserve = _script(client, "reserve")
-        self._settle = _script(client, "settle")
-        self._release = _script(client, "release")
-        self._reap = _script(client, "reap")
-        self._add_cap = _script(client, "add_cap")
+        self._generation = self._script("generation")
+        self._renew = self._script("renew")
+        self._raise_to = self._script("raise_to")
+        self._seed = self._script("seed")
+        self._reserve = self._script("reserve")
+        self._settle = self._script("settle")
+        self._release = self._script("release")
+        self._reap = self._script("reap")
+        self._add_cap = self._script("add_cap")
+
+    def _script(self, name: str) -> Script:
+        """``lua/<name>.lua`` with the shared helpers from ``_lib.lua`` in front."""
+        return self.wire.script(lua_script("spendgate.counters", name))
 
     @classmethod
     def from_url(
@@ -212,4 +213,5 @@ class RedisCounters:
         return BucketState(_int(spent), _int(reserved), None if cap is None else int(cap))
 
     async def aclose(self) -> None:
+        await self.wire.aclose()
         await self._redis.aclose()

@@ -61,17 +61,16 @@ def _mode(present: bool, settling: bool) -> str:
 
 class JointRedis:
     """One round trip per call phase for a ``RedisRateLimiter`` and a ``RedisCounters``
-    on the same database; runs on the counters' connection pool."""
+    on the same database; runs on the counters' pipelined connection."""
 
     def __init__(self, limiter: RedisRateLimiter, counters: RedisCounters) -> None:
         if not same_database(limiter.client, counters.client):
             raise ValueError("the rate limiter and the counters use different Redis databases")
         self._limiter = limiter
         self._counters = counters
-        client = counters.client
-        self._acquire = client.register_script(joint_script("acquire"))
+        self._acquire = counters.wire.script(joint_script("acquire"))
         self.counters = counters
-        self._finish = client.register_script(joint_script("finish"))
+        self._finish = counters.wire.script(joint_script("finish"))
 
     async def acquire(
         self, generation: Generation, rate: RatePlan | None, money: HoldPlan | None

@@ -289,11 +289,14 @@ async def test_a_lost_epoch_is_replaced(redis_prefix: str) -> None:
 
 
 async def test_two_redis_clients_racing_never_pass_the_cap(redis_prefix: str) -> None:
-    """Two independent clients (as two replicas would be) share one bucket's cap."""
+    """Two independent clients (as two replicas would be) share one bucket's cap. Each
+    pipelines its calls on one connection; both are connected before the race, so
+    Redis takes their commands interleaved."""
     first = RedisCounters.from_url(REDIS_URL, prefix=redis_prefix)
     second = RedisCounters.from_url(REDIS_URL, prefix=redis_prefix)
     try:
         await first.seed("a", 0)
+        await asyncio.gather(first.generation(), second.generation())
         calls = [
             (first if i % 2 else second).reserve(f"r{i}", [Hold("a", 10, cap=1_005)], EXPIRES)
             for i in range(400)

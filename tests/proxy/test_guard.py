@@ -25,6 +25,7 @@ from spendgate.counters import BucketState, Generation, Hold, Refusal, Settlemen
 from spendgate.counters.memory import MemoryCounters
 from spendgate.counters.redis import RedisCounters
 from spendgate.counters.redis_pool import lua_script, pooled_client
+from spendgate.counters.redis_wire import PipelinedRedis
 from spendgate.guard import joint_backend
 from spendgate.guard.enforcement import Admission, HoldPlan
 from spendgate.guard.redis import JointRedis, joint_script, same_database
@@ -50,9 +51,11 @@ ONE_CALL = ["joint acquire", "joint finish"]
 # -- the HTTP hot path, counted ---------------------------------------------------------------
 
 
-def count_commands(client: Redis, seen: list[str]) -> None:
-    """Note every command ``client`` sends (scripts by name), except housekeeping's."""
-    real = client.execute_command
+def count_commands(client: Redis | PipelinedRedis, seen: list[str]) -> None:
+    """Note every command ``client`` sends (scripts by name), except housekeeping's:
+    a redis-py client, or the scripts' pipelined connection."""
+    pipelined = isinstance(client, PipelinedRedis)
+    real = client.call if pipelined else client.execute_command
 
     async def counting(*args: Any, **options: Any) -> Any:
         task = asyncio.current_task()
@@ -61,7 +64,10 @@ def count_commands(client: Redis, seen: list[str]) -> None:
             seen.append(SCRIPTS.get(str(args[1]), "other script") if name == "EVALSHA" else name)
         return await real(*args, **options)
 
-    client.execute_command = counting  # type: ignore[method-assign]
+    if pipelined:
+        client.call = counting  # type: ignore[method-assign,union-attr]
+    else:
+        client.execute_command = counting  # type: ignore[method-assign,union-attr]
 
 
 @pytest.fixture
@@ -87,6 +93,7 @@ def counted(gw: RunningGateway) -> list[str]:
     limiter = services.rate_gate.limiter
     assert isinstance(services.counters, RedisCounters) and isinstance(limiter, RedisRateLimiter)
     count_commands(services.counters.client, seen)
+    count_commands(services.counters.wire, seen)
     count_commands(limiter.client, seen)
     return seen
 
