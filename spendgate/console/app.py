@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate.console import auth, budgets, notifications, usage
+from spendgate.console import audit_log, keys, rate_limits, wallets
 from spendgate.console.layout import SignInRequired, harden, login_url, page
 from spendgate.errors import NotFound, SpendgateError
 from spendgate.services import Services
@@ -79,5 +80,7 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         return FileResponse(path, media_type=media, headers={"cache-control": "max-age=3600"})
 
     for module in (auth, usage, budgets, notifications):
+        app.include_router(module.router)
+    for module in (keys, wallets, rate_limits, audit_log):  # console part 2: the admin pages
         app.include_router(module.router)
     return app
