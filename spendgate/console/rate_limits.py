@@ -102,7 +102,7 @@ async def _scopes(svc: Services, user: Any) -> dict[str, Any]:
     if who.may(Can.KEYS_READ):
         keys = await list_keys(svc, who.acting_for(Can.KEYS_READ), who.org_id)
         keys = [k for k in keys if who.sees(Owner.of(k["org_id"], k["team_id"]))]
-    return {"teams": teams, "keys": [k for k in keys if k["status"] == "active"]}
+    return {"teams": teams, "key_choices": [k for k in keys if k["status"] == "active"]}
 
 
 async def _labels(svc: Services, org_id: str | None) -> dict[str, str]:

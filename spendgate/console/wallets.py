@@ -71,7 +71,7 @@ async def _scopes(svc: Services, user: Any) -> dict[str, Any]:
     ]
     keys_reader = who.acting_for(Can.KEYS_READ) if who.may(Can.KEYS_READ) else None
     keys = await list_keys(svc, keys_reader, who.org_id) if keys_reader else []
-    return {"org_id": who.org_id, "teams": teams, "keys": keys}
+    return {"org_id": who.org_id, "teams": teams, "key_choices": keys}
 
 
 @router.get("/wallets")
