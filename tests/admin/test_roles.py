@@ -448,6 +448,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/webhooks/{endpoint_id}/rotate-secret"): Rule(
         frozenset({OA}), lambda c, x: Call("POST", f"/admin/webhooks/{x.webhook()}/rotate-secret")
     ),
+    ("POST", "/admin/webhooks/{endpoint_id}/test"): Rule(
+        frozenset({OA}), lambda c, x: Call("POST", f"/admin/webhooks/{x.webhook()}/test"), 202
+    ),
     ("GET", "/admin/webhooks/{endpoint_id}/deliveries"): Rule(
         frozenset({OA}), lambda c, x: Call("GET", f"/admin/webhooks/{x.webhook()}/deliveries")
     ),
