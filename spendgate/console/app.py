@@ -19,7 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate.console import auth, budgets, notifications, usage
-from spendgate.console import audit_log, keys, people, rate_limits, wallets, webhooks
+from spendgate.console import audit_log, keys, org_settings, people, rate_limits, wallets, webhooks
 from spendgate.console.layout import SignInRequired, harden, login_url, page
 from spendgate.errors import NotFound, SpendgateError
 from spendgate.services import Services
@@ -81,6 +81,6 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
 
     for module in (auth, usage, budgets, notifications):
         app.include_router(module.router)
-    for module in (keys, wallets, rate_limits, webhooks, audit_log, people):  # console part 2: the admin pages
+    for module in (keys, wallets, rate_limits, webhooks, audit_log, people, org_settings):  # console part 2: the admin pages
         app.include_router(module.router)
     return app
