@@ -18,8 +18,19 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spendgate.console import auth, budgets, notifications, usage
-from spendgate.console import audit_log, keys, org_settings, people, rate_limits, wallets, webhooks
+from spendgate.console import (
+    audit_log,
+    auth,
+    budgets,
+    keys,
+    notifications,
+    org_settings,
+    people,
+    rate_limits,
+    usage,
+    wallets,
+    webhooks,
+)
 from spendgate.console.layout import SignInRequired, harden, login_url, page
 from spendgate.errors import NotFound, SpendgateError
 from spendgate.services import Services
@@ -81,6 +92,14 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
 
     for module in (auth, usage, budgets, notifications):
         app.include_router(module.router)
-    for module in (keys, wallets, rate_limits, webhooks, audit_log, people, org_settings):  # console part 2: the admin pages
+    for module in (
+        keys,
+        wallets,
+        rate_limits,
+        webhooks,
+        audit_log,
+        people,
+        org_settings,
+    ):  # console part 2: the admin pages
         app.include_router(module.router)
     return app

@@ -32,9 +32,7 @@ def body_of(model: type[M], data: Mapping[str, Any], *, nulls: Iterable[str] = (
     refuses becomes a 422 naming that field."""
     cleared = set(nulls)
     fields = {
-        k: (None if v == "" else v)
-        for k, v in data.items()
-        if v not in ("", None) or k in cleared
+        k: (None if v == "" else v) for k, v in data.items() if v not in ("", None) or k in cleared
     }
     try:
         return model.model_validate(fields)

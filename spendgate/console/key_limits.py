@@ -95,7 +95,9 @@ async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
         found = await svc.counters.state(wallet_bucket(wallet))
         spent, reserved, cap = (found.spent, found.reserved, found.cap or 0) if found else (0, 0, 0)
         out.append(
-            Headroom("wallet", wallet.id, f"{wallet.scope_type} wallet", cap, spent + reserved, True)
+            Headroom(
+                "wallet", wallet.id, f"{wallet.scope_type} wallet", cap, spent + reserved, True
+            )
         )
     return out
 
@@ -107,7 +109,7 @@ class KeyActivity:
 
 
 def period_start(now: datetime) -> datetime:
-    """"This period" on the keys list: the calendar month so far, in UTC."""
+    """ "This period" on the keys list: the calendar month so far, in UTC."""
     return now.astimezone(UTC).replace(day=1, hour=0, minute=0, second=0, microsecond=0)
 
 

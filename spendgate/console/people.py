@@ -112,8 +112,7 @@ async def person_page(user_id: str, request: Request, svc: Svc, user: User) -> H
         "org_roles": ORG_ROLES,
         "team_roles": TEAM_ROLES,
         "may_users": p.may(Can.USERS_WRITE),
-        "may_link": p.may(Can.TOKENS)
-        and issues_sign_in_links_for(p, user_id, person["org_id"]),
+        "may_link": p.may(Can.TOKENS) and issues_sign_in_links_for(p, user_id, person["org_id"]),
         "tokens": None,
     }
     if p.may(Can.USERS_WRITE):

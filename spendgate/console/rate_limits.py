@@ -117,16 +117,18 @@ async def _labels(svc: Services, org_id: str | None) -> dict[str, str]:
 @router.get("/rate-limits")
 async def limits_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
     who = require(user, Can.LIMITS_READ)
-    rows = await api.list_rate_limits(svc, who, scope_for(svc, who), who.org_filter(None))
+    scope = scope_for(svc, who)
+    rows = await api.list_rate_limits(svc, who, scope, who.org_filter(None))
+    may_write = {}
+    for row in rows:
+        owner = await scope.of_policy(row)
+        may_write[row["id"]] = owner is not None and user.principal.can(Can.LIMITS_WRITE, owner)
     ctx: dict[str, Any] = {
         "limits": rows,
         "use": await current_use(svc, rows),
         "labels": await _labels(svc, who.org_id),
         "usd": format_usd,
-        "may_write": {
-            r["id"]: user.principal.can(Can.LIMITS_WRITE, await scope_for(svc, who).of_policy(r))
-            for r in rows
-        },
+        "may_write": may_write,
     }
     if user.principal.may(Can.LIMITS_WRITE):
         ctx["form"] = await _scopes(svc, user)
@@ -195,7 +197,9 @@ async def update_limit(
     }
     if spend_window_seconds.strip():
         values["spend_window_seconds"] = spend_window_seconds.strip()
-    body = body_of(s.RateLimitPatch, values, nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd"))
+    body = body_of(
+        s.RateLimitPatch, values, nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd")
+    )
     await api.update_rate_limit(limit_id, body, svc, request, who, scope_for(svc, who))
     return done(request, "/rate-limits")
 

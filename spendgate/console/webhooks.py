@@ -9,7 +9,7 @@ answering the POST that made it (create or rotate) and nowhere else.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response

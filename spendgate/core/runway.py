@@ -10,7 +10,9 @@ from __future__ import annotations
 from decimal import ROUND_DOWN, Decimal
 
 
-def days_to_empty(balance_nanos: int, spent_in_window_nanos: int, window_days: int) -> Decimal | None:
+def days_to_empty(
+    balance_nanos: int, spent_in_window_nanos: int, window_days: int
+) -> Decimal | None:
     """Days until ``balance_nanos`` is gone at the window's mean daily spend, to a tenth
     of a day (rounded down: never promise more than is there). ``None`` when nothing was
     spent (it never empties at this rate); ``0`` when the balance is already gone."""

@@ -4,6 +4,7 @@ the chain badge (the same verification as ``spendgate audit verify``), and team 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import httpx
 from playwright.sync_api import Browser, Page, expect
@@ -43,11 +44,11 @@ def test_filter_diff_and_export(console: Console, page: Page) -> None:
     page.goto(console.url + "/audit?action=key.revoked")
     with page.expect_download() as got:
         page.get_by_role("link", name="Export JSONL").click()
-    lines = [json.loads(x) for x in open(got.value.path()).read().splitlines()]
+    lines = [json.loads(x) for x in Path(got.value.path()).read_text().splitlines()]
     assert [(e["action"], e["target_id"]) for e in lines] == [("key.revoked", mine["id"])]
     with page.expect_download() as got:
         page.get_by_role("link", name="Export CSV").click()
-    csv_lines = open(got.value.path()).read().splitlines()
+    csv_lines = Path(got.value.path()).read_text().splitlines()
     assert csv_lines[0].startswith("seq,id,at") and len(csv_lines) == 2
     exported = console.gw.get("/admin/audit", action="audit.exported")["entries"]
     assert len(exported) == 2 and exported[0]["actor_type"] == "console"
@@ -99,8 +100,11 @@ def test_bad_filter_is_a_422(console: Console) -> None:
         token = client.cookies["sg_csrf"]
         client.post(
             "/login",
-            data={"email": "org_admin@acme.test", "password": "correct horse battery staple",
-                  "csrf_token": token},
+            data={
+                "email": "org_admin@acme.test",
+                "password": "correct horse battery staple",
+                "csrf_token": token,
+            },
         )
         answer = client.get("/audit", params={"start": "yesterday"})
         assert answer.status_code == 422 and "start" in answer.text

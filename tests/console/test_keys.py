@@ -113,7 +113,9 @@ def test_team_admin_sees_and_touches_only_their_team_keys(console: Console, page
 
 
 @pytest.mark.parametrize("role", ["viewer", "finance", "member"])
-def test_who_may_not_write_keys_gets_no_form_and_403(console: Console, page: Page, role: str) -> None:
+def test_who_may_not_write_keys_gets_no_form_and_403(
+    console: Console, page: Page, role: str
+) -> None:
     """A viewer reads their team's keys without a create form; finance and members may
     not read keys at all (403), as in the admin API; a POST is refused either way."""
     _key(console, console.team_id, "readable")
@@ -127,9 +129,7 @@ def test_who_may_not_write_keys_gets_no_form_and_403(console: Console, page: Pag
     else:
         assert answer.status == 403
     token = next(c["value"] for c in page.context.cookies() if c["name"] == "sg_csrf")
-    posted = page.request.post(
-        console.url + "/keys", form={"csrf_token": token, "name": "x"}
-    )
+    posted = page.request.post(console.url + "/keys", form={"csrf_token": token, "name": "x"})
     assert posted.status == 403
 
 

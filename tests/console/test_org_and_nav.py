@@ -9,7 +9,15 @@ from playwright.sync_api import Browser, Page, expect
 from tests.console.conftest import Console, axe_violations, sign_in
 
 NAV = {
-    "org_admin": {"Keys", "Wallets", "Rate limits", "Webhooks", "Audit log", "People", "Org settings"},
+    "org_admin": {
+        "Keys",
+        "Wallets",
+        "Rate limits",
+        "Webhooks",
+        "Audit log",
+        "People",
+        "Org settings",
+    },
     "finance": {"Wallets", "Rate limits", "Audit log", "People", "Org settings"},
     "team_admin": {"Keys", "Wallets", "Rate limits", "Audit log", "People", "Org settings"},
     "viewer": {"Keys", "Wallets", "Rate limits", "Audit log", "People", "Org settings"},

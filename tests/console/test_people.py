@@ -88,7 +88,9 @@ def test_admin_token_shown_once_works_and_revokes(console: Console, page: Page) 
 def test_team_admin_is_kept_to_their_teams(console: Console, page: Page) -> None:
     """A team admin: no org-role form, no other team's members (404 by URL), cannot
     re-role an org admin, cannot make an invite link for anyone else (404)."""
-    outsider = console.add_user("sales-only@acme.test", {"role": "viewer", "team_ids": [console.other_team_id]})
+    outsider = console.add_user(
+        "sales-only@acme.test", {"role": "viewer", "team_ids": [console.other_team_id]}
+    )
     viewer = console.users["viewer"]
     sign_in(page, console.url, "team_admin@acme.test")
     page.goto(console.url + "/people")

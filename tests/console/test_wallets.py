@@ -31,9 +31,7 @@ def _team_wallet(console: Console, team_id: str, amount: str) -> dict:
     )
 
 
-def test_finance_tops_up_and_sees_history_and_days_to_empty(
-    console: Console, page: Page
-) -> None:
+def test_finance_tops_up_and_sees_history_and_days_to_empty(console: Console, page: Page) -> None:
     """Finance opens a team wallet, tops it up (an audited entry with the note); after
     spend, the history lists the debit and the days to empty follow the rate."""
     key = console.gw.post(

@@ -72,9 +72,7 @@ def test_create_test_send_rotate_redeliver(
 @pytest.mark.parametrize("role", ["finance", "team_admin", "viewer"])
 def test_only_org_admins_manage_webhooks(console: Console, page: Page, role: str) -> None:
     """Everyone else gets 403 on the list and on an endpoint's page and actions."""
-    made = console.gw.post(
-        "/admin/webhooks", {"url": "http://127.0.0.1:9/x", "event_types": ["*"]}
-    )
+    made = console.gw.post("/admin/webhooks", {"url": "http://127.0.0.1:9/x", "event_types": ["*"]})
     sign_in(page, console.url, f"{role}@acme.test")
     for path in ("/webhooks", f"/webhooks/{made['id']}"):
         answer = page.goto(console.url + path)
