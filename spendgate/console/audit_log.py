@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import audit as api
-from spendgate.console.forms import local_instant
+from spendgate.console.admin_forms import local_instant
 from spendgate.console.layout import Svc, User, harden, page, require
 from spendgate.core.access import Can
 from spendgate.errors import NotFound, ValidationFailed

@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import routes as api
 from spendgate.admin import schemas as s
-from spendgate.console.forms import body_of, done, local_instant, names, words
+from spendgate.console.admin_forms import body_of, done, local_instant, names, words
 from spendgate.console.key_limits import binding, key_activity, key_limits
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner

@@ -20,7 +20,7 @@ from spendgate.admin import routes as directory
 from spendgate.admin import schemas as s
 from spendgate.admin import tokens as token_api
 from spendgate.admin import users as api
-from spendgate.console.forms import body_of, done, local_instant
+from spendgate.console.admin_forms import body_of, done, local_instant
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import (
     ORG_ROLES,

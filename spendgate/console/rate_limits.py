@@ -22,7 +22,7 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import rate_limits as api
 from spendgate.admin import schemas as s
 from spendgate.admin.routes import list_keys
-from spendgate.console.forms import body_of, done, names
+from spendgate.console.admin_forms import body_of, done, names
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos

@@ -18,7 +18,7 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import schemas as s
 from spendgate.admin import wallets as api
 from spendgate.admin.routes import list_keys
-from spendgate.console.forms import body_of, done
+from spendgate.console.admin_forms import body_of, done
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.console.usage_source import UsageQuery, usage_series
 from spendgate.core.access import Can, Owner

@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import webhook_schemas as w
 from spendgate.admin import webhooks as api
-from spendgate.console.forms import body_of, done
+from spendgate.console.admin_forms import body_of, done
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
 from spendgate.webhooks.catalog import EVENT_TYPES
