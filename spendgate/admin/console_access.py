@@ -17,7 +17,7 @@ from pydantic import BaseModel, StringConstraints
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
-from spendgate.core.access import Can, Owner, manages_tokens_of
+from spendgate.core.access import Can, Owner, issues_sign_in_links_for
 from spendgate.errors import NotFound
 from spendgate.store.console_auth import ConsoleAuth
 
@@ -31,6 +31,8 @@ router = APIRouter(
 
 class InviteOut(BaseModel):
     user_id: str
+    email: str
+    #: open it to choose a password for the console (shown once; good once)
     url: str
     expires_at: datetime
 
@@ -41,7 +43,7 @@ class PasswordIn(s.Strict):
 
 async def _managed(scope: Scoped, user_id: str) -> Owner:
     owner = await scope.owner("user", user_id)
-    if owner is None or not manages_tokens_of(scope.who, user_id, owner.org_id):
+    if owner is None or not issues_sign_in_links_for(scope.who, user_id, owner.org_id):
         raise NotFound(f"user {user_id} not found")
     return owner
 
@@ -50,7 +52,8 @@ async def _managed(scope: Scoped, user_id: str) -> Owner:
 async def create_invite(
     user_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
 ) -> dict[str, Any]:
-    """A one-time link (seven days) where the user chooses their console password."""
+    """A one-time link (seven days) where the user chooses their console password: an
+    invite, or a password reset (their sessions end when they set it)."""
     owner = await _managed(scope, user_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
@@ -67,7 +70,8 @@ async def create_invite(
             after={"expires_at": expires.isoformat()},
         )
     url = f"{svc.settings.public_url.rstrip('/')}/invite/{secret}"
-    return {"user_id": user_id, "url": url, "expires_at": expires}
+    user = await svc.directory.get_user(user_id)
+    return {"user_id": user_id, "email": user["email"], "url": url, "expires_at": expires}
 
 
 @router.put("/users/{user_id}/console-password", status_code=204)

@@ -4,20 +4,20 @@ Read through the admin API's ``GET /admin/orgs/{id}`` route function. Retention 
 deployment's (``SPENDGATE_AUDIT_RETENTION_DAYS``, never below the minimum), shown here
 and changed in the environment, not per org.
 
-NOTE for the merge with #showback (wip/showback): that branch adds the org columns
-``reporting_timezone`` / ``week_start`` and ``PATCH /admin/orgs/{id}``
-(``admin.routes.update_org``, permission ``Can.ORGS_WRITE``). Until it lands the page
-shows the default (UTC, Monday); afterwards the edit form below is to post to a handler
-calling ``routes.update_org(org_id, s.OrgPatch(...), svc, request, who, scope)`` — the
-template already has the form, hidden while ``editable`` is false.
+The zone and week start are changed through ``PATCH /admin/orgs/{id}``'s route
+function (``admin.routes.update_org``: org admins only, audited, the zone checked as IANA).
 """
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
-from fastapi.responses import HTMLResponse
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import routes as api
+from spendgate.admin import schemas as s
+from spendgate.console.admin_forms import body_of, done
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
 
@@ -36,8 +36,25 @@ async def org_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
         "org": org,
         "zone": org.get("reporting_timezone") or DEFAULT_ZONE,
         "week_start": org.get("week_start") or DEFAULT_WEEK_START,
-        "editable": False,
+        "editable": user.principal.may(Can.ORGS_WRITE),
+        "week_days": ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday"),
         "retention_days": audit.retention_days,
         "min_retention_days": audit.min_retention_days,
     }
     return await page(request, "org/settings.html", ctx)
+
+
+@router.post("/org")
+async def update_org(
+    request: Request,
+    svc: Svc,
+    user: User,
+    reporting_timezone: Annotated[str, Form(max_length=64)] = "",
+    week_start: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    who = require(user, Can.ORGS_WRITE)
+    if who.org_id is None:
+        return await page(request, "error.html", {"status": 404, "message": "no org"}, status=404)
+    body = body_of(s.OrgPatch, {"reporting_timezone": reporting_timezone, "week_start": week_start})
+    await api.update_org(who.org_id, body, svc, request, who, scope_for(svc, who))
+    return done(request, "/org")

@@ -16,6 +16,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
+from spendgate.admin import console_access
 from spendgate.admin import routes as directory
 from spendgate.admin import schemas as s
 from spendgate.admin import tokens as token_api
@@ -166,7 +167,7 @@ async def set_org_role(
 @router.post("/people/{user_id}/invite")
 async def invite(user_id: str, request: Request, svc: Svc, user: User) -> Response:
     who = require(user, Can.TOKENS)
-    made = await api.invite_user(user_id, svc, request, who, scope_for(svc, who))
+    made = await console_access.create_invite(user_id, svc, request, who, scope_for(svc, who))
     ctx = {"invite": made, "secret": made["url"]}
     return await page(request, "people/invite_link.html", ctx, status=201)
 

@@ -44,15 +44,15 @@ def test_invite_link_is_once_and_follows_the_token_rule(gateway: RunningGateway)
     a team admin may make one for themselves but not for their team's viewer (404);
     an unknown user is 404; the link's secret is not in the audit entry."""
     w = _world(gateway)
-    made = _post(gateway, w["oa"], f"/admin/users/{w['member']}/invite")
+    made = _post(gateway, w["oa"], f"/admin/users/{w['member']}/console-invite")
     assert made.status_code == 201, made.text
     url = made.json()["url"]
     secret = url.rsplit("/invite/", 1)[1]
     assert httpx.get(gateway.url + "/invite/" + secret).status_code == 200
-    assert _post(gateway, w["ta"], f"/admin/users/{w['member']}/invite").status_code == 404
-    assert _post(gateway, w["ta"], f"/admin/users/{w['lead']}/invite").status_code == 201
-    assert _post(gateway, w["oa"], "/admin/users/user_nope/invite").status_code == 404
-    entries = gateway.get("/admin/audit", action="user.invited")["entries"]
+    assert _post(gateway, w["ta"], f"/admin/users/{w['member']}/console-invite").status_code == 404
+    assert _post(gateway, w["ta"], f"/admin/users/{w['lead']}/console-invite").status_code == 201
+    assert _post(gateway, w["oa"], "/admin/users/user_nope/console-invite").status_code == 404
+    entries = gateway.get("/admin/audit", action="console.invite_created")["entries"]
     assert len(entries) == 2 and all(secret not in str(e) for e in entries)
 
 

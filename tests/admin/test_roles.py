@@ -590,9 +590,6 @@ RULES: dict[tuple[str, str], Rule] = {
         201,
         422,
     ),
-    ("POST", "/admin/users/{user_id}/invite"): Rule(
-        ALL, lambda c, x: Call("POST", f"/admin/users/{_reader(c, x)}/invite"), 201
-    ),
     ("GET", "/admin/tokens"): Rule(
         ALL,
         get("/admin/tokens"),

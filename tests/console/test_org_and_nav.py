@@ -45,6 +45,42 @@ def test_org_settings_show_zone_week_and_retention(console: Console, page: Page)
     expect(page.locator("#org-retention")).to_contain_text(f"{days} days")
 
 
+def test_an_org_admin_sets_the_reporting_zone_and_a_finance_lead_cannot(
+    console: Console, page: Page
+) -> None:
+    """The org admin saves Asia/Kolkata and Sunday through the form (the API's PATCH
+    route: the org and the usage API then report in that zone); an unknown zone is a 422
+    naming the field; finance sees no form and a forged POST is refused."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/org")
+    page.get_by_label("Reporting time zone").fill("Asia/Kolkata")
+    page.get_by_label("Week starts on").select_option("sunday")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("#org-zone")).to_have_text("Asia/Kolkata")
+    expect(page.locator("#org-week")).to_have_text("Sunday")
+    org_id = console.gw.get("/admin/orgs")[0]["id"]
+    assert console.gw.get(f"/admin/orgs/{org_id}")["reporting_timezone"] == "Asia/Kolkata"
+    assert console.gw.get("/admin/usage", org_id=org_id)["timezone"] == "Asia/Kolkata"
+
+    page.get_by_label("Reporting time zone").fill("Mars/Olympus")
+    page.get_by_role("button", name="Save").click()
+    expect(page.locator("main")).to_contain_text("reporting_timezone")
+    assert console.gw.get(f"/admin/orgs/{org_id}")["reporting_timezone"] == "Asia/Kolkata"
+
+
+def test_org_settings_cannot_be_changed_by_finance(console: Console, page: Page) -> None:
+    sign_in(page, console.url, "finance@acme.test")
+    page.goto(console.url + "/org")
+    expect(page.get_by_role("button", name="Save")).to_have_count(0)
+    csrf = next(c["value"] for c in page.context.cookies() if "csrf" in c["name"])
+    forged = page.request.post(
+        console.url + "/org",
+        form={"csrf_token": csrf, "reporting_timezone": "Asia/Tokyo"},
+        headers={"x-csrf-token": csrf},
+    )
+    assert forged.status == 403
+
+
 def test_org_page_has_no_serious_axe_violations(console: Console, browser: Browser) -> None:
     """axe-core: nothing serious or critical."""
     violations = axe_violations(browser, console.url, "viewer@acme.test", "/org")
