@@ -5,10 +5,10 @@ key prefix of their own), called with the ``openai`` SDK.
 The reaper used to release a call's reservation a fixed time after it was taken, even
 while its stream still ran: a second call then fitted under the cap and both were
 billed. Now the replica running the call renews its holds on a heartbeat. The replicas
-here hold for 2 s and beat every 0.5 s (``hold_seconds``, ``hold_heartbeat_seconds``),
+here hold for 3 s and beat every 0.5 s (``hold_seconds``, ``hold_heartbeat_seconds``),
 and reap every ``HOUSEKEEPING_SECONDS``; a stream held open well past hold + reap
 interval must still count against the cap on the other replica. Without the heartbeat
-the hold lapses at 2 s, a reaper releases it by ~7 s, and a refused call then passes.
+the hold lapses at 3 s, a reaper releases it by ~8 s, and a refused call then passes.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from spendgate.testing.processes import Replica
 from tests.conftest import REDIS_URL
 from tests.proxy.test_enforcement_faults import MASTER, Fleet, fresh_database, hard_budget
 
-HOLD_SECONDS = 2
+HOLD_SECONDS = 3
 #: the stream stays open this long: past the hold, plus a reap on each replica, plus slack
 OPEN_SECONDS = HOLD_SECONDS + 2 * HOUSEKEEPING_SECONDS
 #: one call's worst case is ~$0.0006 (1,000 output tokens at $0.60/M): room for one only
@@ -54,7 +54,7 @@ def gated_upstream() -> Iterator[tuple[ServerHandle, threading.Event]]:
 
 @pytest.fixture
 def pair(tmp_path: Path, gated_upstream: tuple[ServerHandle, threading.Event]) -> Iterator[Fleet]:
-    """Two replicas sharing PostgreSQL and Redis, holding for 2 s, renewing every 0.5 s."""
+    """Two replicas sharing PostgreSQL and Redis, holding for 3 s, renewing every 0.5 s."""
     upstream, _ = gated_upstream
     config = tmp_path / "spendgate.toml"
     config.write_text(f"""
@@ -111,7 +111,7 @@ async def test_a_live_stream_keeps_its_hold_on_every_replica(
     pair: Fleet, gated_upstream: tuple[ServerHandle, threading.Event]
 ) -> None:
     """A hard cap with room for one call's worst case. A stream through replica 0 is held
-    open for ``OPEN_SECONDS`` (hold 2 s, reaped every 5 s): every call through replica 1
+    open for ``OPEN_SECONDS`` (hold 3 s, reaped every 5 s): every call through replica 1
     meanwhile is refused 429 ``budget_exceeded``, and the hold is still counted at the
     end. Then the stream finishes: the ledger's spend is within the cap, and each
     threshold's event (the alert the stream's cost crossed, the hard limit the refusals
