@@ -18,9 +18,11 @@ named. A team admin's ``role`` reaches only the memberships in their own teams.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime, timedelta
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
@@ -33,9 +35,11 @@ from spendgate.core.access import (
     Owner,
     Principal,
     Standing,
+    issues_sign_in_links_for,
     standing_change_refusal,
 )
 from spendgate.errors import NotFound, PermissionDenied, ValidationFailed
+from spendgate.store.console_auth import ConsoleAuth
 from spendgate.store.directory import standing_of
 
 router = APIRouter(
@@ -235,3 +239,46 @@ async def list_users(svc: Svc, who: Who, org_id: str | None = None) -> list[dict
 @router.get("/users/{user_id}", response_model=s.User, dependencies=guard(Can.DIRECTORY_READ))
 async def get_user(user_id: str, scope: Scoped) -> dict[str, Any]:
     return await _visible_user(scope, user_id)
+
+
+class InviteOut(BaseModel):
+    user_id: str
+    email: str
+    #: open it to choose a password for the console (shown once; good once)
+    url: str
+    expires_at: datetime
+
+
+@router.post(
+    "/users/{user_id}/invite",
+    response_model=InviteOut,
+    status_code=201,
+    dependencies=guard(Can.TOKENS),
+)
+async def invite_user(
+    user_id: str, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
+    """A one-time link (7 days) for the user to choose a console password: an invite, or
+    a password reset (their sessions end when they set it). Yourself, or as an org admin
+    anyone of your org (the admin-token rule). The link is in this answer only."""
+    owner = await scope.owner("user", user_id)
+    if owner is None or not issues_sign_in_links_for(who, user_id, owner.org_id):
+        raise NotFound(f"user {user_id} not found")
+    user = await svc.directory.get_user(user_id)
+    now = svc.clock.now()
+    links = ConsoleAuth(svc.engine, timedelta(0))  # invites only: no session is opened
+    secret, expires = await links.create_invite(user_id, who.actor, now)
+    async with svc.engine.begin() as conn:
+        await audit(
+            conn,
+            request,
+            who,
+            "user.invited",
+            "user",
+            user_id,
+            now,
+            owner=owner,
+            after={"email": user["email"], "expires_at": expires},
+        )
+    url = f"{svc.settings.public_url.rstrip('/')}/invite/{secret}"
+    return {"user_id": user_id, "email": user["email"], "url": url, "expires_at": expires}

@@ -20,6 +20,7 @@ from spendgate.webhooks import notifications as notes
 from spendgate.webhooks.matching import Preferences
 from spendgate.webhooks.runtime import WebhookRuntime
 from spendgate.webhooks.store import EndpointSpec, list_deliveries, redeliver
+from spendgate.webhooks.test_send import queue_test
 
 router = APIRouter(
     prefix="/admin",
@@ -248,6 +249,30 @@ async def redeliver_one(
     """Queue the same message (same ``webhook-id``) again, due now."""
     await _endpoint(scope, hooks, endpoint_id)
     return await redeliver(hooks.engine, endpoint_id, delivery_id, svc.clock.now())
+
+
+@router.post("/webhooks/{endpoint_id}/test", response_model=w.Delivery, status_code=202)
+async def send_test(
+    endpoint_id: str, hooks: Hooks, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
+    """Queue a ``webhook.test`` message to this endpoint, due now; follow it in the
+    delivery log (status, attempts, response)."""
+    endpoint, owner = await _endpoint(scope, hooks, endpoint_id)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        delivery = await queue_test(conn, endpoint, owner.org_id or who.org_id, now)
+        await audit(
+            conn,
+            request,
+            who,
+            "webhook.test_sent",
+            "webhook",
+            endpoint_id,
+            now,
+            owner=owner,
+            after={"delivery_id": delivery["id"]},
+        )
+    return delivery
 
 
 # -- notifications ---------------------------------------------------------------------

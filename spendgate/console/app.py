@@ -18,7 +18,19 @@ from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Resp
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from spendgate.console import auth, budgets, notifications, usage
+from spendgate.console import (
+    audit_log,
+    auth,
+    budgets,
+    keys,
+    notifications,
+    org_settings,
+    people,
+    rate_limits,
+    usage,
+    wallets,
+    webhooks,
+)
 from spendgate.console.layout import SignInRequired, harden, login_url, page
 from spendgate.errors import NotFound, SpendgateError
 from spendgate.services import Services
@@ -77,5 +89,15 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         return FileResponse(path, media_type=media, headers={"cache-control": "max-age=3600"})
 
     for module in (auth, usage, budgets, notifications):
+        app.include_router(module.router)
+    for module in (
+        keys,
+        wallets,
+        rate_limits,
+        webhooks,
+        audit_log,
+        people,
+        org_settings,
+    ):  # console part 2: the admin pages
         app.include_router(module.router)
     return app

@@ -359,6 +359,13 @@ def manages_tokens_of(who: Principal, user_id: str, org_id: str | None) -> bool:
     return who.role == ORG_ADMIN and org_id == who.org_id
 
 
+def issues_sign_in_links_for(who: Principal, user_id: str, org_id: str | None) -> bool:
+    """Who may make a console invite (or password-reset) link for a user: the link lets
+    its holder choose the user's password, so it is a credential like an admin token and
+    follows the same rule (:func:`manages_tokens_of`)."""
+    return manages_tokens_of(who, user_id, org_id)
+
+
 def new_token_expiry(
     who: Principal, asked: datetime | None
 ) -> tuple[datetime | None, Refusal | None]:

@@ -530,6 +530,9 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/webhooks/{endpoint_id}/rotate-secret"): Rule(
         frozenset({OA}), lambda c, x: Call("POST", f"/admin/webhooks/{x.webhook()}/rotate-secret")
     ),
+    ("POST", "/admin/webhooks/{endpoint_id}/test"): Rule(
+        frozenset({OA}), lambda c, x: Call("POST", f"/admin/webhooks/{x.webhook()}/test"), 202
+    ),
     ("GET", "/admin/webhooks/{endpoint_id}/deliveries"): Rule(
         frozenset({OA}), lambda c, x: Call("GET", f"/admin/webhooks/{x.webhook()}/deliveries")
     ),
@@ -586,6 +589,9 @@ RULES: dict[tuple[str, str], Rule] = {
         lambda c, x: Call("POST", "/admin/tokens", {"user_id": _reader(c, x), "name": "mine"}),
         201,
         422,
+    ),
+    ("POST", "/admin/users/{user_id}/invite"): Rule(
+        ALL, lambda c, x: Call("POST", f"/admin/users/{_reader(c, x)}/invite"), 201
     ),
     ("GET", "/admin/tokens"): Rule(
         ALL,

@@ -1,0 +1,142 @@
+"""``/webhooks``: endpoints — create (the ``whsec_…`` secret shown once), event-type
+filters, enable/disable, rotate the secret with an overlap, send a test, the delivery log
+(status, attempts, responses) and redelivery; delete.
+
+Every action is the admin API's route function (``spendgate.admin.webhooks``), which
+only org admins (``webhooks.manage``) reach. An endpoint's secret is on the page
+answering the POST that made it (create or rotate) and nowhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+
+from spendgate.admin import webhook_schemas as w
+from spendgate.admin import webhooks as api
+from spendgate.console.admin_forms import body_of, done
+from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.core.access import Can
+from spendgate.webhooks.catalog import EVENT_TYPES
+
+router = APIRouter(include_in_schema=False)
+KINDS = ("webhook", "slack", "pagerduty")
+FAMILIES = ("*", *sorted({t.split(".")[0] + ".*" for t in EVENT_TYPES}))
+
+
+def _event_types(chosen: list[str] | None) -> list[str]:
+    return list(dict.fromkeys(chosen or ["*"]))
+
+
+@router.get("/webhooks")
+async def webhooks_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
+    who = require(user, Can.WEBHOOKS)
+    endpoints = await api.list_webhooks(svc.webhooks, svc, scope_for(svc, who))
+    ctx = {"endpoints": endpoints, "kinds": KINDS, "families": FAMILIES, "types": EVENT_TYPES}
+    return await page(request, "webhooks/list.html", ctx)
+
+
+@router.post("/webhooks")
+async def create_webhook(
+    request: Request,
+    svc: Svc,
+    user: User,
+    url: Annotated[str, Form(max_length=2000)] = "",
+    kind: Annotated[str, Form(max_length=20)] = "webhook",
+    event_types: Annotated[list[str] | None, Form()] = None,
+    description: Annotated[str, Form(max_length=500)] = "",
+    routing_key: Annotated[str, Form(max_length=200)] = "",
+) -> Response:
+    who = require(user, Can.WEBHOOKS)
+    body = body_of(
+        w.WebhookIn,
+        {
+            "url": url,
+            "kind": kind,
+            "event_types": _event_types(event_types),
+            "description": description,
+            "config": {"routing_key": routing_key} if routing_key else {},
+        },
+    )
+    made = await api.create_webhook(body, svc.webhooks, svc, request, who, scope_for(svc, who))
+    ctx = {"endpoint": made, "secret": made["secret"]}
+    return await page(request, "webhooks/secret.html", ctx, status=201)
+
+
+@router.get("/webhooks/{endpoint_id}")
+async def webhook_page(endpoint_id: str, request: Request, svc: Svc, user: User) -> HTMLResponse:
+    who = require(user, Can.WEBHOOKS)
+    scope = scope_for(svc, who)
+    endpoint = await api.get_webhook(endpoint_id, svc.webhooks, scope)
+    deliveries = await api.deliveries(endpoint_id, svc.webhooks, scope, None, 50)
+    ctx = {
+        "endpoint": endpoint,
+        "deliveries": deliveries,
+        "families": FAMILIES,
+        "types": EVENT_TYPES,
+    }
+    return await page(request, "webhooks/detail.html", ctx)
+
+
+@router.post("/webhooks/{endpoint_id}")
+async def update_webhook(
+    endpoint_id: str,
+    request: Request,
+    svc: Svc,
+    user: User,
+    event_types: Annotated[list[str] | None, Form()] = None,
+    description: Annotated[str, Form(max_length=500)] = "",
+    enabled: Annotated[str, Form(max_length=5)] = "",
+) -> Response:
+    who = require(user, Can.WEBHOOKS)
+    body = w.WebhookPatch(
+        event_types=_event_types(event_types), description=description, enabled=enabled == "on"
+    )
+    await api.update_webhook(
+        endpoint_id, body, svc.webhooks, svc, request, who, scope_for(svc, who)
+    )
+    return done(request, f"/webhooks/{endpoint_id}")
+
+
+@router.post("/webhooks/{endpoint_id}/rotate")
+async def rotate_secret(
+    endpoint_id: str,
+    request: Request,
+    svc: Svc,
+    user: User,
+    overlap_hours: Annotated[str, Form(max_length=10)] = "24",
+) -> Response:
+    who = require(user, Can.WEBHOOKS)
+    hours = overlap_hours.strip() or "0"
+    seconds = int(float(hours) * 3600) if hours.replace(".", "", 1).isdigit() else -1
+    body = body_of(w.RotateIn, {"overlap_seconds": seconds})
+    made = await api.rotate_secret(
+        endpoint_id, svc.webhooks, svc, request, who, scope_for(svc, who), body
+    )
+    ctx = {"endpoint": made, "secret": made["secret"], "rotated": True}
+    return await page(request, "webhooks/secret.html", ctx)
+
+
+@router.post("/webhooks/{endpoint_id}/test")
+async def send_test(endpoint_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who = require(user, Can.WEBHOOKS)
+    await api.send_test(endpoint_id, svc.webhooks, svc, request, who, scope_for(svc, who))
+    return done(request, f"/webhooks/{endpoint_id}#deliveries-h")
+
+
+@router.post("/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver")
+async def redeliver(
+    endpoint_id: str, delivery_id: str, request: Request, svc: Svc, user: User
+) -> Response:
+    who = require(user, Can.WEBHOOKS)
+    await api.redeliver_one(endpoint_id, delivery_id, svc.webhooks, svc, scope_for(svc, who))
+    return done(request, f"/webhooks/{endpoint_id}#deliveries-h")
+
+
+@router.post("/webhooks/{endpoint_id}/delete")
+async def delete_webhook(endpoint_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who = require(user, Can.WEBHOOKS)
+    await api.delete_webhook(endpoint_id, svc.webhooks, svc, request, who, scope_for(svc, who))
+    return done(request, "/webhooks")

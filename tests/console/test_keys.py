@@ -1,0 +1,148 @@
+"""/keys in a real browser: the list with limits, create (secret once), rotate, revoke,
+and a team admin kept to their own team's keys."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect
+
+from tests.console.conftest import Console, axe_violations, sign_in
+
+
+def _key(console: Console, team_id: str, name: str) -> dict:
+    return console.gw.post(
+        "/admin/keys", {"name": name, "org_id": console.org_id, "team_id": team_id}
+    )
+
+
+def test_org_admin_creates_a_key_and_sees_its_secret_once(console: Console, page: Page) -> None:
+    """The secret is on the page answering the create, with a copy button, and never on
+    the list or the key's page afterwards; the key works with it at the proxy."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    page.get_by_label("Name", exact=True).fill("batch-jobs")
+    page.get_by_label("Team").select_option(label="research")
+    page.get_by_label("Tags", exact=True).fill("nightly, etl")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.get_by_role("heading", name="Key “batch-jobs” created")).to_be_visible()
+    secret = page.get_by_role("textbox", name="Secret").input_value()
+    assert secret.startswith("sk-")
+    expect(page.get_by_role("button", name="Copy")).to_be_visible()
+    page.goto(console.url + "/keys")
+    expect(page.locator("#keys-table")).to_contain_text("batch-jobs")
+    assert secret not in page.content()
+    page.get_by_role("link", name="batch-jobs").click()
+    expect(page.get_by_role("heading", name="Key “batch-jobs”")).to_be_visible()
+    assert secret not in page.content()
+    keys = console.gw.get("/admin/keys", org_id=console.org_id)
+    assert [k["tags"] for k in keys if k["name"] == "batch-jobs"] == [["nightly", "etl"]]
+
+
+def test_binding_limit_is_the_one_with_least_left(console: Console, page: Page) -> None:
+    """A key under a team budget of $50 (hard) and a key wallet of $5: the wallet binds,
+    shown with its headroom on the list and the key's page."""
+    key = _key(console, console.team_id, "agent-key")
+    console.gw.post(
+        "/admin/budgets",
+        {
+            "name": "research monthly",
+            "scope_type": "team",
+            "scope_id": console.team_id,
+            "period": "monthly",
+            "amount_usd": "50",
+            "hard_limit": True,
+        },
+    )
+    console.gw.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "5"},
+    )
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    expect(page.locator(f"#key-{key['id']} .binding")).to_contain_text("wallet")
+    expect(page.locator(f"#key-{key['id']} .binding")).to_contain_text("$5.00 left of $5.00")
+    page.goto(console.url + f"/keys/{key['id']}")
+    expect(page.locator("#limits-table")).to_contain_text("research monthly")
+    expect(page.locator("tr.binding-row")).to_contain_text("wallet")
+
+
+def test_rotate_shows_a_new_secret_and_revoke_asks_first(console: Console, page: Page) -> None:
+    """Rotate answers with a new secret once (the old one stops at the proxy); revoke
+    asks for confirmation, then the key is revoked and audited."""
+    key = _key(console, console.team_id, "rotating")
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + f"/keys/{key['id']}")
+    page.get_by_role("button", name="Rotate secret").click()
+    new_secret = page.get_by_role("textbox", name="Secret").input_value()
+    assert new_secret.startswith("sk-") and new_secret != key["key"]
+    page.goto(console.url + f"/keys/{key['id']}")
+    page.get_by_role("link", name="Revoke…").click()
+    expect(page.get_by_role("heading", name="Revoke key “rotating”?")).to_be_visible()
+    assert console.gw.get(f"/admin/keys/{key['id']}")["status"] == "active"
+    page.get_by_role("button", name="Revoke key").click()
+    expect(page.locator("#key-status")).to_contain_text("revoked")
+    actions = [e["action"] for e in console.gw.get("/admin/audit", target=key["id"])["entries"]]
+    assert "key.revoked" in actions and "key.rotated" in actions
+    assert any(
+        e["actor_type"] == "console"
+        for e in console.gw.get("/admin/audit", target=key["id"])["entries"]
+    )
+
+
+def test_team_admin_sees_and_touches_only_their_team_keys(console: Console, page: Page) -> None:
+    """Another team's key is not listed, its page is a 404 and so are its actions, even
+    by typing the URL."""
+    mine = _key(console, console.team_id, "mine")
+    theirs = _key(console, console.other_team_id, "theirs")
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + "/keys")
+    expect(page.locator("#keys-table")).to_contain_text("mine")
+    expect(page.locator("#keys-table")).not_to_contain_text("theirs")
+    answer = page.goto(console.url + f"/keys/{theirs['id']}")
+    assert answer is not None and answer.status == 404
+    answer = page.goto(console.url + f"/keys/{theirs['id']}/revoke")
+    assert answer is not None and answer.status == 404
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "sg_csrf")
+    posted = page.request.post(
+        console.url + f"/keys/{theirs['id']}/revoke", form={"csrf_token": token}
+    )
+    assert posted.status == 404
+    assert console.gw.get(f"/admin/keys/{theirs['id']}")["status"] == "active"
+    assert mine["id"]
+
+
+@pytest.mark.parametrize("role", ["viewer", "finance", "member"])
+def test_who_may_not_write_keys_gets_no_form_and_403(
+    console: Console, page: Page, role: str
+) -> None:
+    """A viewer reads their team's keys without a create form; finance and members may
+    not read keys at all (403), as in the admin API; a POST is refused either way."""
+    _key(console, console.team_id, "readable")
+    sign_in(page, console.url, f"{role}@acme.test")
+    answer = page.goto(console.url + "/keys")
+    assert answer is not None
+    if role == "viewer":
+        assert answer.status == 200
+        expect(page.locator("#keys-table")).to_contain_text("readable")
+        expect(page.get_by_role("button", name="Create key")).to_have_count(0)
+    else:
+        assert answer.status == 403
+    token = next(c["value"] for c in page.context.cookies() if c["name"] == "sg_csrf")
+    posted = page.request.post(console.url + "/keys", form={"csrf_token": token, "name": "x"})
+    assert posted.status == 403
+
+
+def test_create_without_csrf_is_refused(console: Console) -> None:
+    """The key form's POST without the CSRF token never reaches the page."""
+    with httpx.Client(base_url=console.url) as client:
+        client.get("/login")
+        assert client.post("/keys", data={"name": "x"}).status_code == 403
+
+
+def test_keys_page_has_no_serious_axe_violations(console: Console, browser: Browser) -> None:
+    """axe-core: nothing serious or critical on the list (with the form)."""
+    key = _key(console, console.team_id, "axe")
+    for path in ("/keys", f"/keys/{key['id']}", f"/keys/{key['id']}/revoke"):
+        violations = axe_violations(browser, console.url, "org_admin@acme.test", path)
+        assert violations == [], (path, [(v["id"], v["help"]) for v in violations])
