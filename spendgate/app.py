@@ -101,10 +101,6 @@ ADMIN_PREFIXES = ("/admin", "/docs", "/openapi.json", "/healthz", "/readyz")
 HOUSEKEEPING_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
-#: a budget or wallet hold lapses this long after it was taken or last renewed ...
-HOLD_SECONDS = 60.0
-#: ... and the heartbeat renews the holds of every call still running this often
-HEARTBEAT_SECONDS = 10.0
 #: the first audit.anchor event goes out after this much uptime (then once per interval)
 ANCHOR_FIRST_SECONDS = 600.0
 
@@ -487,10 +483,10 @@ class Gateway:
             log.warning("stale holds not reaped, Redis unreachable: %s", exc)
 
     async def _beat(self) -> None:
-        """Renew the holds of every call running here, every ``HEARTBEAT_SECONDS``."""
+        """Renew the holds of every call running here, every ``hold_heartbeat_seconds``."""
         guard = self.services.guard
         while True:
-            await asyncio.sleep(HEARTBEAT_SECONDS)
+            await asyncio.sleep(self.services.settings.hold_heartbeat_seconds)
             if guard is not None and not guard.breaker.up:
                 continue  # Redis unreachable: nothing to renew there
             try:
@@ -630,7 +626,7 @@ def create_app(
         ledger,
         clock,
         events.emit_once,
-        reservation_seconds=HOLD_SECONDS,
+        reservation_seconds=settings.hold_seconds,
     )
     metrics = GatewayMetrics(clock.monotonic)
     metrics.watch(engine)
@@ -654,7 +650,7 @@ def create_app(
                     ledger,
                     clock,
                     events.emit_once,
-                    reservation_seconds=HOLD_SECONDS,
+                    reservation_seconds=settings.hold_seconds,
                 ),
                 RateGate(
                     MemoryRateLimiter(),

@@ -118,6 +118,11 @@ class Settings:
     #: long ago a call must have started to be compared (see ``guard.reconcile``)
     reconcile_seconds: float = 60.0
     reconcile_grace_seconds: float = 30.0
+    #: a budget or wallet hold lapses this long after it was taken or last renewed (then a
+    #: reaper releases it), and the heartbeat renews the holds of every call still running
+    #: in this process this often: a live stream keeps its hold, a dead process's lapse
+    hold_seconds: float = 60.0
+    hold_heartbeat_seconds: float = 10.0
     #: Redis unreachable: ``closed`` refuses calls that hold anything (503), ``open``
     #: serves them against this replica's own counters, each cap cut to 1/``fail_open_replicas``
     #: of its headroom, and hands the spend to Redis when it is back (``guard.failover``)
@@ -395,6 +400,7 @@ def load_settings(
         reconcile_grace_seconds=_at_least(
             gateway.get("reconcile_grace_seconds", 30.0), 0, "gateway.reconcile_grace_seconds"
         ),
+        **_holds(gateway),
         **_observability(gateway, env),
         **_redis_failure(gateway, env),
         models=models,
@@ -406,6 +412,21 @@ def load_settings(
             "SPENDGATE_LEDGER_RETENTION_MONTHS / gateway.ledger_retention_months",
         ),
     )
+
+
+def _holds(gateway: Mapping[str, Any]) -> dict[str, Any]:
+    """``hold_seconds`` and ``hold_heartbeat_seconds``: the heartbeat must come well
+    before the hold lapses, or a live call's hold could be reaped between two beats."""
+    hold = _at_least(gateway.get("hold_seconds", 60.0), 1, "gateway.hold_seconds")
+    beat = _at_least(
+        gateway.get("hold_heartbeat_seconds", 10.0), 0.1, "gateway.hold_heartbeat_seconds"
+    )
+    if beat * 2 > hold:
+        raise ConfigError(
+            f"gateway.hold_heartbeat_seconds ({beat:g}) must be at most half of "
+            f"gateway.hold_seconds ({hold:g}), so a live call's hold is renewed before it lapses"
+        )
+    return {"hold_seconds": hold, "hold_heartbeat_seconds": beat}
 
 
 def _int_env(env: Mapping[str, str], name: str) -> int:

@@ -14,11 +14,14 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import pytest
 
 from spendgate.counters import Hold
 from spendgate.counters.memory import MemoryCounters
 from spendgate.counters.redis import RedisCounters
+from spendgate.errors import ConfigError
 from spendgate.guard.enforcement import wallet_bucket
+from spendgate.settings import load_settings
 from spendgate.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningGateway
 
@@ -147,3 +150,25 @@ def test_reconciliation_raises_a_counter_to_the_ledger_and_says_so(
 def wallet_bucket_of(gw: RunningGateway, wallet_id: str) -> str:
     [wallet] = [w for w in gw.run(gw.app.services.enforcer.policies()).wallets if w.id == wallet_id]
     return wallet_bucket(wallet)
+
+
+def test_hold_and_heartbeat_are_settings_and_the_beat_comes_well_before_the_lapse(
+    tmp_path: Any,
+) -> None:
+    """60 s and 10 s unless configured; a heartbeat slower than half the hold (or a hold
+    under a second) is refused at startup, since a live call's hold could lapse and be
+    reaped between two beats."""
+    defaults = load_settings(env={})
+    assert (defaults.hold_seconds, defaults.hold_heartbeat_seconds) == (60.0, 10.0)
+    config = tmp_path / "spendgate.toml"
+    config.write_text("[gateway]\nhold_seconds = 2\nhold_heartbeat_seconds = 0.5\n")
+    settings = load_settings(config_path=str(config), env={})
+    assert (settings.hold_seconds, settings.hold_heartbeat_seconds) == (2.0, 0.5)
+    for bad, match in (
+        ("hold_seconds = 20\nhold_heartbeat_seconds = 11", "at most half"),
+        ("hold_seconds = 0.5", "hold_seconds must be"),
+        ('hold_heartbeat_seconds = "often"', "hold_heartbeat_seconds must be"),
+    ):
+        config.write_text(f"[gateway]\n{bad}\n")
+        with pytest.raises(ConfigError, match=match):
+            load_settings(config_path=str(config), env={})
