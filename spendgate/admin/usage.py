@@ -36,18 +36,6 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses
 #: the longest report range, and the longest one grouped by hour
 MAX_RANGE = timedelta(days=3 * 366)
 MAX_HOURLY_RANGE = timedelta(days=93)
-FILTERS = {
-    "org": "org_id",
-    "team": "team_id",
-    "user": "user_id",
-    "agent": "agent_id",
-    "key": "key_id",
-    "tag": "tag",
-    "provider": "provider",
-    "model": "model",
-    "kind": "kind",
-    "status": "status",
-}
 
 
 def parse_instant(value: str | None, field: str, zone: ZoneInfo) -> datetime | None:
@@ -220,7 +208,9 @@ async def usage(
     unpriced = sum(row["unpriced_requests"] for row in totals)
     _money(rows)
     if format == "csv":
-        await _audit_export(svc, request, who, org_id, teams, dims, start, end, len(rows))
+        after = {"group_by": dims, "start": start, "end": end, "org_id": org_id}
+        owner = Owner(org_id, teams or frozenset())
+        await audit_export(svc, request, who, owner, {**after, "rows": len(rows)})
         extra = ["cumulative_cost_usd"] if cumulative else []
         columns = [*dims, *(m if m != "cost_nanos" else "cost_usd" for m in MEASURES), *extra]
         return Response(usage_csv(columns, rows), media_type="text/csv")
@@ -235,29 +225,16 @@ async def usage(
     }
 
 
-async def _audit_export(
-    svc: Services,
-    request: Request,
-    who: Principal,
-    org_id: str | None,
-    teams: frozenset[str] | None,
-    dims: list[str],
-    start: str | None,
-    end: str | None,
-    count: int,
+async def audit_export(
+    svc: Services, request: Request, who: Principal, owner: Owner, after: dict[str, Any]
 ) -> None:
+    """A usage download is an audit entry (``usage.exported``): this route's CSV and the
+    console's. ``after`` says what was exported."""
     async with svc.engine.begin() as conn:
         await audit(
-            conn,
-            request,
-            who,
-            "usage.exported",
-            "usage",
-            None,
-            svc.clock.now(),
-            owner=Owner(org_id, teams or frozenset()),
-            after={"group_by": dims, "start": start, "end": end, "org_id": org_id, "rows": count},
-        )
+            conn, request, who, "usage.exported", "usage", None, svc.clock.now(),
+            owner=owner, after=after,
+        )  # fmt: skip
 
 
 class RebuildIn(s.Strict):

@@ -21,7 +21,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
 from spendgate.admin import routes as directory_routes
-from spendgate.admin.deps import audit
+from spendgate.admin.usage import audit_export
 from spendgate.admin.users import list_users
 from spendgate.console.budget_view import BudgetView, budget_view
 from spendgate.console.charts import budget_chart, stacked_bars
@@ -182,28 +182,18 @@ def _csv(
 
 async def _audit_export(svc: Any, request: Request, user: Any, q: UsageQuery, rows: int) -> None:
     """A CSV download is an audit entry, as ``GET /admin/usage?format=csv`` makes one."""
-    who = user.principal
-    async with svc.engine.begin() as conn:
-        await audit(
-            conn,
-            request,
-            who,
-            "usage.exported",
-            "usage",
-            None,
-            svc.clock.now(),
-            owner=Owner(q.org_id, frozenset(q.team_ids or ())),
-            after={
-                "group_by": ["day", q.group_by],
-                "start": q.start.isoformat(),
-                "end": q.end.isoformat(),
-                "timezone": q.timezone,
-                "org_id": q.org_id,
-                "filters": dict(q.filters),
-                "rows": rows,
-                "via": "console",
-            },
-        )
+    after = {
+        "group_by": ["day", q.group_by],
+        "start": q.start.isoformat(),
+        "end": q.end.isoformat(),
+        "timezone": q.timezone,
+        "org_id": q.org_id,
+        "filters": dict(q.filters),
+        "rows": rows,
+        "via": "console",
+    }
+    owner = Owner(q.org_id, frozenset(q.team_ids or ()))
+    await audit_export(svc, request, user.principal, owner, after)
 
 
 async def group_names(svc: Any, user: Any, dim: str) -> dict[str, str]:
