@@ -298,6 +298,37 @@ async def get_key(key_id: str, scope: Scoped) -> dict[str, Any]:
     return await scope.svc.directory.get_key(key_id)
 
 
+@router.patch(
+    "/keys/{key_id}", response_model=s.Key, tags=["keys"], dependencies=guard(Can.KEYS_WRITE)
+)
+async def update_key(
+    key_id: str, body: s.KeyPatch, svc: Svc, request: Request, who: Who, scope: Scoped
+) -> dict[str, Any]:
+    """Set or clear the key's expiry (the only field a key may change; rotate for a new
+    secret). An expiry must be in the future: 422 naming ``expires_at``."""
+    owner = await _key_in_scope(scope, key_id)
+    if "expires_at" not in body.model_fields_set:
+        return await svc.directory.get_key(key_id)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        before, after = await svc.directory.set_key_expiry(key_id, body.expires_at, now, conn)
+        await audit(
+            conn,
+            request,
+            who,
+            "key.updated",
+            "key",
+            key_id,
+            now,
+            owner=owner,
+            before=before,
+            after=after,
+        )
+    svc.keys.forget_key_id(key_id)
+    await svc.enforcer.policy_changed()
+    return after
+
+
 @router.post(
     "/keys/{key_id}/revoke", response_model=s.Key, tags=["keys"], dependencies=guard(Can.KEYS_WRITE)
 )

@@ -226,6 +226,15 @@ class KeyIn(Strict):
     expires_at: Instant | None = None
 
 
+class KeyPatch(Patch):
+    """Change when a key stops working: a future instant (naive means UTC), or ``null``
+    for never. Audited as ``key.updated``."""
+
+    nullable = frozenset({"expires_at"})
+
+    expires_at: Instant | None = None
+
+
 class Key(BaseModel):
     id: str
     org_id: str

@@ -83,3 +83,12 @@ def field_errors(exc: ValidationError | ValidationFailed) -> dict[str, str]:
         message = str(err["msg"]).removeprefix("Value error, ")
         out.setdefault(field, message)
     return out
+
+
+#: what a console form catches to show beside its fields (anything else is an error page)
+INVALID = (ValidationError, ValidationFailed)
+
+
+def typed(form: Mapping[str, Any]) -> dict[str, str]:
+    """What was typed into a form (text fields only), to show again beside its errors."""
+    return {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}

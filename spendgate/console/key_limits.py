@@ -1,51 +1,97 @@
-"""What limits a key's spend: every budget and wallet its calls count against, with the
-headroom left in each, and the one that runs out first (the *binding* limit).
+"""What limits a key's calls: every budget, wallet and rate limit they count against,
+with the headroom left in each, and the one that runs out first (the *binding* limit).
 
-The figures are the enforcer's own (``spendgate.guard.enforcement``): the same policy
-snapshot, period windows, exceptions and live counters the proxy admits calls with, so
-the page shows what the next call would meet. A budget limited to some models or
-providers is listed too (it binds the key's calls to those). Rate limits are per minute
-or per spend window, not per period: the rate-limit page shows them against their use.
+The figures are the proxy's own: budgets and wallets from the enforcer
+(``spendgate.guard.enforcement``: the same policy snapshot, period windows, exceptions
+and live counters the proxy admits calls with), rate limits from the rate gate
+(``spendgate.ratelimit.gate.RateGate.usage``: the same buckets ``acquire`` checks, for
+every row of the key and of its team, whatever its model pattern). So the page shows
+what the next call would meet. A budget limited to some models or providers, or a rate
+limit on a model pattern, is listed too (it binds the key's calls to those).
+
+Which runs out first: money limits (budgets, wallets) are drawn down by the same calls,
+so among them the least dollars left binds; rate limits are in other units (requests,
+tokens, calls in flight, dollars per window), so across kinds the smallest share left
+binds, a money limit first on a tie.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import Any
 
 import sqlalchemy as sa
 
 from spendgate.core import budget_rules as rules
 from spendgate.core.budget_windows import window_at
+from spendgate.core.money import format_usd
+from spendgate.core.rate_rules import RateLimit, scope_rows
 from spendgate.guard.enforcement import wallet_bucket
 from spendgate.services import Services
 from spendgate.store import schema
 
+#: how each rate-limit kind is counted and named
+RATE_UNITS = {
+    "requests": ("requests", "per minute"),
+    "tokens": ("tokens", "per minute"),
+    "spend": ("usd", "per {window} s"),
+    "concurrency": ("calls in flight", "at once"),
+}
+
 
 @dataclass(frozen=True, slots=True)
 class Headroom:
-    """One limit on a key's spend: what is left of it, now."""
+    """One limit on a key's calls: what is left of it, now."""
 
-    kind: str  # "budget" or "wallet"
+    kind: str  # "budget", "wallet" or "rate limit"
     id: str
     name: str
-    limit_nanos: int
-    used_nanos: int  # spent + reserved
-    hard: bool  # refuses calls when used up (a wallet always does)
-    only_some_calls: bool = False  # a budget with categories (some models/providers/kinds)
+    limit: int  # nano-dollars when ``unit`` is "usd", else a count
+    used: int  # budgets and wallets: spent + reserved; rate limits: in the window now
+    hard: bool  # refuses calls when used up (a wallet and a rate limit always do)
+    only_some_calls: bool = False  # a budget with categories, a rate limit on some models
+    unit: str = "usd"  # "usd", "requests", "tokens" or "calls in flight"
+    per: str = ""  # a rate limit's window: "per minute", "per 600 s", "at once"
 
     @property
-    def left_nanos(self) -> int:
-        return max(0, self.limit_nanos - self.used_nanos)
+    def left(self) -> int:
+        return max(0, self.limit - self.used)
+
+    @property
+    def share_left(self) -> Fraction:
+        return Fraction(self.left, self.limit) if self.limit > 0 else Fraction(0)
+
+    @property
+    def money(self) -> bool:
+        """A budget or wallet: drawn down by every call it covers, dollar for dollar."""
+        return self.kind != "rate limit"
+
+    def shown(self, amount: int) -> str:
+        """``$1.25`` or ``58 requests``."""
+        return f"${format_usd(amount)}" if self.unit == "usd" else f"{amount:,} {self.unit}"
+
+
+def ranked(limits: Iterable[Headroom]) -> list[Headroom]:
+    """Least headroom first: money limits by dollars left, rate limits by share left,
+    each kind's first by share left (see the module's docstring); a refusing limit
+    before an alerting one with as much left."""
+    limits = list(limits)
+    money = sorted((h for h in limits if h.money), key=lambda h: (h.left, not h.hard, h.name))
+    rates = sorted((h for h in limits if not h.money), key=lambda h: (h.share_left, h.name, h.per))
+    out: list[Headroom] = []
+    while money or rates:
+        take_money = bool(money) and (not rates or money[0].share_left <= rates[0].share_left)
+        out.append((money if take_money else rates).pop(0))
+    return out
 
 
 def binding(limits: Iterable[Headroom]) -> Headroom | None:
-    """The limit that runs out first: least left; a refusing limit before an alerting one
-    with as much left."""
-    ranked = sorted(limits, key=lambda h: (h.left_nanos, not h.hard, h.name))
-    return ranked[0] if ranked else None
+    """The limit that runs out first."""
+    order = ranked(limits)
+    return order[0] if order else None
 
 
 def subject_of(key: dict[str, Any]) -> rules.Subject:
@@ -64,7 +110,7 @@ def subject_of(key: dict[str, Any]) -> rules.Subject:
 
 
 async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
-    """Every budget and open wallet the key's calls count against, as of now."""
+    """Every budget, open wallet and rate limit the key's calls count against, now."""
     now = svc.clock.now()
     snapshot = await svc.enforcer.policies()
     subject = subject_of(key)
@@ -97,6 +143,35 @@ async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
         out.append(
             Headroom(
                 "wallet", wallet.id, f"{wallet.scope_type} wallet", cap, spent + reserved, True
+            )
+        )
+    return out + await rate_headroom(svc, snapshot.rate_limits, key)
+
+
+async def rate_headroom(
+    svc: Services, limits: Mapping[str, tuple[RateLimit, ...]], key: dict[str, Any]
+) -> list[Headroom]:
+    """Each limit of every rate-limit row of the key and of its team, against the
+    bucket the proxy checks (a row counts only the calls of the models it governs)."""
+    rows = scope_rows(
+        [*limits.get(key["id"], ()), *limits.get(key["team_id"] or "", ())],
+        key["id"],
+        key["team_id"],
+    )
+    out: list[Headroom] = []
+    for row, check, used in await svc.rate_gate.usage(rows):
+        unit, per = RATE_UNITS[check.kind]
+        out.append(
+            Headroom(
+                "rate limit",
+                check.bucket,
+                f"{row.scope_type} {check.kind} on {row.model}",
+                check.limit,
+                used,
+                True,
+                row.model != "*",
+                unit,
+                per.format(window=row.spend_window_seconds),
             )
         )
     return out

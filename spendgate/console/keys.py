@@ -8,6 +8,7 @@ rotate), on a ``no-store`` page, and nowhere else: never in a list, never again.
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
@@ -16,10 +17,14 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import routes as api
 from spendgate.admin import schemas as s
 from spendgate.console.admin_forms import body_of, done, local_instant, names, words
-from spendgate.console.key_limits import binding, key_activity, key_limits
+from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.key_limits import binding, key_activity, key_limits, ranked
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd
+from spendgate.errors import ValidationFailed
+from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 
@@ -53,6 +58,17 @@ async def _form_choices(svc: Svc, user: User) -> dict[str, Any]:
 
 @router.get("/keys")
 async def keys_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _keys_page(request, svc, user)
+
+
+async def _keys_page(
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
+    """The list, and the create form (with the API's errors beside its fields)."""
     who = require(user, Can.KEYS_READ)
     rows = await api.list_keys(svc, who, who.org_filter(None))
     shown = await names(svc, who.org_id)
@@ -61,10 +77,16 @@ async def keys_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
     for key in rows:
         limits = await key_limits(svc, key) if key["status"] == "active" else []
         keys.append({"row": key, "activity": activity.get(key["id"]), "binding": binding(limits)})
-    ctx: dict[str, Any] = {"keys": keys, "names": shown, "usd": format_usd}
+    ctx: dict[str, Any] = {
+        "keys": keys,
+        "names": shown,
+        "usd": format_usd,
+        "errors": errors or {},
+        "values": values or {},
+    }
     if user.principal.may(Can.KEYS_WRITE):
         ctx["form"] = await _form_choices(svc, user)
-    return await page(request, "keys/list.html", ctx)
+    return await page(request, "keys/list.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/keys")
@@ -82,21 +104,32 @@ async def create_key(
     expires_at: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     who = require(user, Can.KEYS_WRITE)
-    body = body_of(
-        s.KeyIn,
-        {
+    try:
+        body = body_of(
+            s.KeyIn,
+            {
+                "name": name,
+                "org_id": who.org_id,
+                "team_id": team_id,
+                "user_id": user_id,
+                "agent_id": agent_id,
+                "tags": words(tags),
+                "models": models or [],
+                "allow_request_tags": allow_request_tags == "on",
+                "expires_at": local_instant(expires_at, "expires_at"),
+            },
+        )
+        key = await api.create_key(body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        typed_in = {
             "name": name,
-            "org_id": who.org_id,
             "team_id": team_id,
             "user_id": user_id,
             "agent_id": agent_id,
-            "tags": words(tags),
-            "models": models or [],
-            "allow_request_tags": allow_request_tags == "on",
-            "expires_at": local_instant(expires_at, "expires_at"),
-        },
-    )
-    key = await api.create_key(body, svc, request, who, scope_for(svc, who))
+            "tags": tags,
+            "expires_at": expires_at,
+        }
+        return await _keys_page(request, svc, user, field_errors(exc), typed_in)
     return await page(request, "keys/secret.html", {"key": key, "secret": key["key"]}, status=201)
 
 
@@ -107,19 +140,65 @@ async def _key(svc: Svc, user: User, key_id: str, permission: Can) -> dict[str, 
 
 @router.get("/keys/{key_id}")
 async def key_page(key_id: str, request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _key_page(key_id, request, svc, user)
+
+
+async def _key_page(
+    key_id: str,
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     key = await _key(svc, user, key_id, Can.KEYS_READ)
     limits = await key_limits(svc, key) if key["status"] == "active" else []
     activity = (await key_activity(svc, key["org_id"], [key_id])).get(key_id)
     ctx = {
         "key": key,
-        "limits": sorted(limits, key=lambda h: h.left_nanos),
+        "limits": ranked(limits),
         "binding": binding(limits),
         "activity": activity,
         "names": await names(svc, key["org_id"]),
         "usd": format_usd,
         "may_write": user.principal.can(Can.KEYS_WRITE, Owner.of(key["org_id"], key["team_id"])),
+        "errors": errors or {},
+        "values": values or {"expires_at": _local(key["expires_at"])},
     }
-    return await page(request, "keys/detail.html", ctx)
+    return await page(request, "keys/detail.html", ctx, status=422 if errors else 200)
+
+
+def _local(when: datetime | None) -> str:
+    """An instant as an ``<input type="datetime-local">`` value (UTC, to the minute)."""
+    return "" if when is None else when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M")
+
+
+@router.post("/keys/{key_id}/expiry")
+async def set_expiry(
+    key_id: str,
+    request: Request,
+    svc: Svc,
+    user: User,
+    expires_at: Annotated[str, Form(max_length=40)] = "",
+    clear: Annotated[str, Form(max_length=5)] = "",
+) -> Response:
+    """Set the expiry (``PATCH /admin/keys/{id}``'s checks), or clear it (never expires).
+    A blank date without *Clear* is an error beside the field, not a silent "never"."""
+    who = require(user, Can.KEYS_WRITE)
+    try:
+        if clear:
+            patch = s.KeyPatch(expires_at=None)
+        elif not expires_at.strip():
+            raise ValidationFailed("expires_at: pick a date and time, or Clear", param="expires_at")
+        else:
+            when = local_instant(expires_at.strip(), "expires_at")
+            patch = body_of(s.KeyPatch, {"expires_at": when})
+        await api.update_key(key_id, patch, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        return await _key_page(
+            key_id, request, svc, user, field_errors(exc), {"expires_at": expires_at}
+        )
+    return done(request, f"/keys/{key_id}")
 
 
 @router.post("/keys/{key_id}/rotate")

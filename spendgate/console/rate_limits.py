@@ -2,20 +2,17 @@
 velocity — each against its use; create, edit, delete.
 
 Every action is the admin API's route function (``spendgate.admin.rate_limits``) called
-with the signed-in caller narrowed to ``limits.read`` / ``limits.write``. Use is counted
-from the ledger (finished calls) over each limit's own window, a call counting against
-the row that governs its model (``core.rate_rules.matching``, the proxy's rule): requests
-and tokens in the last minute, spend in the row's spend window. Calls in flight are the
-limiter's and not shown.
+with the signed-in caller narrowed to ``limits.read`` / ``limits.write``. Use is the rate
+gate's own count (``RateGate.usage``, the buckets the proxy admits calls against):
+requests and tokens in the last minute, spend in the row's spend window, calls in flight
+against the concurrency limit; a call counts against
+the row that governs its model (``core.rate_rules.matching``, the proxy's rule).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import timedelta
 from typing import Annotated, Any
 
-import sqlalchemy as sa
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
@@ -23,22 +20,15 @@ from spendgate.admin import rate_limits as api
 from spendgate.admin import schemas as s
 from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done, names
+from spendgate.console.forms import INVALID, field_errors
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
-from spendgate.core.rate_rules import RateLimit, matching
+from spendgate.core.rate_rules import RateLimit
 from spendgate.services import Services
-from spendgate.store import schema
+from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
-MINUTE = 60
-
-
-@dataclass(frozen=True, slots=True)
-class Use:
-    requests: int = 0  # in the last minute
-    tokens: int = 0  # in the last minute
-    spend_nanos: int = 0  # in the row's spend window
 
 
 def _rule(row: dict[str, Any]) -> RateLimit:
@@ -56,38 +46,14 @@ def _rule(row: dict[str, Any]) -> RateLimit:
     )
 
 
-async def current_use(svc: Services, rows: list[dict[str, Any]]) -> dict[str, Use]:
-    """Each row's use now, from the ledger's finished calls."""
-    if not rows:
-        return {}
-    await svc.ledger.flush()
+async def current_use(svc: Services, rows: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Each row's use now, per kind it limits (requests, tokens, spend, concurrency),
+    read from the rate gate: the buckets the proxy checks the next call against."""
     rules = [_rule(r) for r in rows]
-    now = svc.clock.now()
-    since = now - timedelta(seconds=max(MINUTE, *(r.spend_window_seconds for r in rules)))
-    led = schema.ledger.c
-    keys = [r.scope_id for r in rules if r.scope_type == "key"]
-    teams = [r.scope_id for r in rules if r.scope_type == "team"]
-    query = sa.select(
-        led.key_id,
-        led.team_id,
-        led.model,
-        led.started_at,
-        led.input_tokens + led.output_tokens,
-        led.cost_nanos,
-    ).where(led.started_at > since, sa.or_(led.key_id.in_(keys), led.team_id.in_(teams)))
-    async with svc.engine.connect() as conn:
-        calls = (await conn.execute(query)).all()
-    use: dict[str, list[int]] = {r.id: [0, 0, 0] for r in rules}
-    by_id = {r.id: r for r in rules}
-    for key_id, team_id, model, started, tokens, cost in calls:
-        for rule in matching(rules, key_id, team_id, model):
-            counts = use[rule.id]
-            if started > now - timedelta(seconds=MINUTE):
-                counts[0] += 1
-                counts[1] += int(tokens)
-            if started > now - timedelta(seconds=by_id[rule.id].spend_window_seconds):
-                counts[2] += int(cost or 0)
-    return {k: Use(*v) for k, v in use.items()}
+    use: dict[str, dict[str, int]] = {r.id: {} for r in rules}
+    for rule, check, used in await svc.rate_gate.usage(rules):
+        use[rule.id][check.kind] = used
+    return use
 
 
 async def _scopes(svc: Services, user: Any) -> dict[str, Any]:
@@ -116,6 +82,16 @@ async def _labels(svc: Services, org_id: str | None) -> dict[str, str]:
 
 @router.get("/rate-limits")
 async def limits_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _limits_page(request, svc, user)
+
+
+async def _limits_page(
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.LIMITS_READ)
     scope = scope_for(svc, who)
     rows = await api.list_rate_limits(svc, who, scope, who.org_filter(None))
@@ -129,10 +105,12 @@ async def limits_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
         "labels": await _labels(svc, who.org_id),
         "usd": format_usd,
         "may_write": may_write,
+        "errors": errors or {},
+        "values": values or {},
     }
     if user.principal.may(Can.LIMITS_WRITE):
         ctx["form"] = await _scopes(svc, user)
-    return await page(request, "rate_limits/list.html", ctx)
+    return await page(request, "rate_limits/list.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/rate-limits")
@@ -150,29 +128,50 @@ async def create_limit(
 ) -> Response:
     who = require(user, Can.LIMITS_WRITE)
     scope_type, _, scope_id = scope.partition(":")
-    body = body_of(
-        s.RateLimitIn,
-        {
-            "scope_type": scope_type,
-            "scope_id": scope_id,
-            "model": model.strip() or "*",
-            "rpm": rpm.strip(),
-            "tpm": tpm.strip(),
-            "max_concurrent": max_concurrent.strip(),
-            "max_spend_usd": max_spend_usd.strip(),
-            "spend_window_seconds": spend_window_seconds.strip(),
-        },
-    )
-    await api.create_rate_limit(body, svc, request, who, scope_for(svc, who))
+    fields = {
+        "model": model.strip() or "*",
+        "rpm": rpm.strip(),
+        "tpm": tpm.strip(),
+        "max_concurrent": max_concurrent.strip(),
+        "max_spend_usd": max_spend_usd.strip(),
+        "spend_window_seconds": spend_window_seconds.strip(),
+    }
+    try:
+        body = body_of(s.RateLimitIn, {"scope_type": scope_type, "scope_id": scope_id, **fields})
+        await api.create_rate_limit(body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = _on_form(field_errors(exc))
+        return await _limits_page(request, svc, user, errors, {"scope": scope, **fields})
     return done(request, "/rate-limits")
+
+
+def _on_form(errors: dict[str, str]) -> dict[str, str]:
+    """The scope is one field on the form (``team:…`` / ``key:…``)."""
+    return {("scope" if k in ("scope_type", "scope_id") else k): v for k, v in errors.items()}
 
 
 @router.get("/rate-limits/{limit_id}")
 async def edit_page(limit_id: str, request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _edit_page(limit_id, request, svc, user)
+
+
+async def _edit_page(
+    limit_id: str,
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.LIMITS_WRITE)
     row = await api.get_rate_limit(limit_id, scope_for(svc, who))
     labels = await _labels(svc, who.org_id)
-    return await page(request, "rate_limits/edit.html", {"limit": row, "labels": labels})
+    shown = values or {
+        k: "" if row[k] is None else str(row[k])
+        for k in ("rpm", "tpm", "max_concurrent", "max_spend_usd", "spend_window_seconds")
+    }
+    ctx = {"limit": row, "labels": labels, "errors": errors or {}, "values": shown}
+    return await page(request, "rate_limits/edit.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/rate-limits/{limit_id}")
@@ -197,10 +196,15 @@ async def update_limit(
     }
     if spend_window_seconds.strip():
         values["spend_window_seconds"] = spend_window_seconds.strip()
-    body = body_of(
-        s.RateLimitPatch, values, nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd")
-    )
-    await api.update_rate_limit(limit_id, body, svc, request, who, scope_for(svc, who))
+    try:
+        body = body_of(
+            s.RateLimitPatch, values, nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd")
+        )
+        await api.update_rate_limit(limit_id, body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        typed_in = {k: "" if v is None else str(v) for k, v in values.items()}
+        typed_in.setdefault("spend_window_seconds", spend_window_seconds)
+        return await _edit_page(limit_id, request, svc, user, field_errors(exc), typed_in)
     return done(request, "/rate-limits")
 
 

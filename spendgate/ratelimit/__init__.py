@@ -19,6 +19,8 @@ or its ``expires_at`` passes.
   concurrency slots are freed.
 * ``release(id, now)`` for a call that never reached the upstream (refused later by a
   budget, a bad request): every entry it made is removed, as if it never came.
+* ``usage(checks, now)`` reads what each bucket holds, changing nothing (for pages
+  that show use against each limit).
 * ``reap(now)`` frees the concurrency slots of reservations past ``expires_at`` (a
   crashed worker); their window entries age out on their own.
 
@@ -53,6 +55,11 @@ class RateLimiter(Protocol):
 
     async def release(self, reservation_id: str, now: float) -> None:
         """Remove every entry and slot of a call that was never forwarded (idempotent)."""
+
+    async def usage(self, checks: Sequence[Check], now: float) -> list[int]:
+        """What each check's bucket holds at ``now`` (window: the sum of the entries
+        still in it; concurrency: the live slots), as ``acquire`` would count it; reads
+        only (the console's headroom figures). Amounts in the checks are ignored."""
 
     async def reap(self, now: float) -> int:
         """Free the slots of reservations whose ``expires_at`` is before ``now``; how many."""

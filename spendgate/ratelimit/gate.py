@@ -18,6 +18,7 @@ from spendgate.core.rate_rules import (
     RateLimit,
     Unlisted,
     actuals_for,
+    checks_for,
     denial_headers,
     describe,
     granted_headers,
@@ -266,6 +267,15 @@ class RateGate:
         """The call never reached the provider: give everything back."""
         if self.releasing(admission):
             await self._limiter.release(admission.reservation_id, self._clock.now().timestamp())
+
+    async def usage(self, rows: Sequence[RateLimit]) -> list[tuple[RateLimit, Check, int]]:
+        """Each limit of ``rows`` (one check per kind the row sets: requests, tokens,
+        spend, concurrency) with what its bucket holds now: the counts the next call
+        is checked against (the console's "use now" and headroom)."""
+        checks = [(row, check) for row in rows for check in checks_for([row], 0, 0)]
+        now = self._clock.now().timestamp()
+        used = await self._limiter.usage([check for _, check in checks], now)
+        return [(row, check, n) for (row, check), n in zip(checks, used, strict=True)]
 
     async def reap(self) -> int:
         return await self._limiter.reap(self._clock.now().timestamp())

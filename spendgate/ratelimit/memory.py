@@ -163,6 +163,24 @@ class MemoryRateLimiter:
         self._held[reservation_id] = held
         return Granted(tuple(results))
 
+    async def usage(self, checks: Sequence[Check], now: float) -> list[int]:
+        out: list[int] = []
+        for check in checks:
+            if check.kind == "concurrency":
+                slots = self._slots.get(check.bucket, {})
+                out.append(sum(1 for expires_at in slots.values() if expires_at >= now))
+                continue
+            window = self._windows.get(check.bucket)
+            if window is None:
+                out.append(0)
+                continue
+            cutoff = now - check.window_seconds
+            times, amounts = window.times, window.amounts
+            out.append(
+                sum(amounts[at] for at in range(window.head, len(times)) if times[at] > cutoff)
+            )
+        return out
+
     def _undo(self, reservation_id: str, held: _Held, refused: str) -> None:
         """Take back what a refused ``acquire`` recorded (each entry is the last of its
         deque) and drop the buckets it left empty, the ``refused`` one included."""

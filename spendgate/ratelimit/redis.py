@@ -63,6 +63,7 @@ class RedisRateLimiter:
         self._settle = _script(client, "settle")
         self._release = _script(client, "release")
         self._reap = _script(client, "reap")
+        self._usage = _script(client, "usage")
 
     @classmethod
     def from_url(
@@ -156,6 +157,20 @@ class RedisRateLimiter:
     async def release(self, reservation_id: str, now: float) -> None:
         keys, args = self.release_call(reservation_id)
         await self._release(keys=keys, args=args)
+
+    async def usage(self, checks: Sequence[Check], now: float) -> list[int]:
+        if not checks:
+            return []
+        keys: list[str] = []
+        args: list[str] = []
+        for check in checks:
+            base = f"{self._prefix}rl:{check.bucket}"
+            keys += [f"{base}:z", f"{base}:a"]
+            if check.kind == "concurrency":
+                args += ["c", repr(float(now))]
+            else:
+                args += ["w", repr(float(now) - float(check.window_seconds))]
+        return [int(v) for v in await self._usage(keys=keys, args=args)]
 
     async def reap(self, now: float) -> int:
         return int(await self._reap(keys=[self._zset], args=[self._prefix, repr(float(now))]))

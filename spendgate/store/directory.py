@@ -65,6 +65,12 @@ def _user_public(row: Mapping[str, Any], teams: Mapping[str, str]) -> dict[str, 
     }
 
 
+def check_key_expiry(expires_at: datetime | None, now: datetime) -> None:
+    """A key's expiry, on create or change: none, or a moment still to come."""
+    if expires_at is not None and expires_at <= now:
+        raise ValidationFailed("expires_at: must be in the future", param="expires_at")
+
+
 def _key_public(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k != "key_hash"}
     out["status"] = "revoked" if row["revoked_at"] else "active"
@@ -308,8 +314,7 @@ class Directory:
                 if owner["org_id"] != org_id:
                     raise ValidationFailed(f"{field}: belongs to another org", param=field)
         expires_at = spec.get("expires_at")
-        if expires_at is not None and expires_at <= now:
-            raise ValidationFailed("expires_at: must be in the future", param="expires_at")
+        check_key_expiry(expires_at, now)
         secret = new_virtual_key()
         values = {
             "id": new_id("key"),
@@ -368,6 +373,25 @@ class Directory:
             )
         rotated = {**current, "key_prefix": shown_prefix(secret)}
         return {**_key_public(rotated), "key": secret}, current["key_hash"]
+
+    async def set_key_expiry(
+        self,
+        key_id: str,
+        expires_at: datetime | None,
+        now: datetime,
+        conn: AsyncConnection | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Set (or, with None, clear) when the key stops working. (before, after)."""
+        table = schema.virtual_keys
+        before = _key_public(await self._one(table, key_id, "key"))
+        if before["revoked_at"] is not None:
+            raise Conflict(f"key {key_id} is revoked; its expiry cannot change")
+        check_key_expiry(expires_at, now)
+        async with self._tx(conn) as tx:
+            await tx.execute(
+                table.update().where(table.c.id == key_id).values(expires_at=expires_at)
+            )
+        return before, {**before, "expires_at": expires_at}
 
     async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
         table = schema.virtual_keys

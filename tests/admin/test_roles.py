@@ -345,6 +345,10 @@ RULES: dict[tuple[str, str], Rule] = {
     ("GET", "/admin/keys/{key_id}"): Rule(
         frozenset({OA, TA, VW}), lambda c, x: Call("GET", f"/admin/keys/{x.key()}")
     ),
+    ("PATCH", "/admin/keys/{key_id}"): Rule(
+        frozenset({OA, TA}),
+        lambda c, x: Call("PATCH", f"/admin/keys/{x.key()}", {"expires_at": None}),
+    ),
     ("POST", "/admin/keys/{key_id}/revoke"): Rule(
         frozenset({OA, TA}), lambda c, x: Call("POST", f"/admin/keys/{x.key()}/revoke")
     ),

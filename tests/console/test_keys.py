@@ -3,11 +3,15 @@ and a team admin kept to their own team's keys."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
-from tests.console.conftest import Console, axe_violations, sign_in
+from tests.console.conftest import Console, axe_violations, form, session, sign_in
+
+MSG = [{"role": "user", "content": "hello"}]
 
 
 def _key(console: Console, team_id: str, name: str) -> dict:
@@ -146,3 +150,118 @@ def test_keys_page_has_no_serious_axe_violations(console: Console, browser: Brow
     for path in ("/keys", f"/keys/{key['id']}", f"/keys/{key['id']}/revoke"):
         violations = axe_violations(browser, console.url, "org_admin@acme.test", path)
         assert violations == [], (path, [(v["id"], v["help"]) for v in violations])
+
+
+def test_expiry_is_set_checked_beside_the_field_and_cleared(console: Console, page: Page) -> None:
+    """A team admin sets a key's expiry on its page (stored, audited as ``key.updated``);
+    a moment in the past comes back beside the field with the API's message (422) and
+    nothing changes; *Clear expiry* removes it."""
+    key = _key(console, console.team_id, "expiring")
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + f"/keys/{key['id']}")
+    page.get_by_label("Expires (UTC)").fill("2001-01-01T00:00")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Set expiry").click()
+    assert answer.value.status == 422
+    expect(page.locator("#expires_at-error")).to_contain_text("must be in the future")
+    expect(page.get_by_label("Expires (UTC)")).to_have_attribute("aria-invalid", "true")
+    assert console.gw.get(f"/admin/keys/{key['id']}")["expires_at"] is None
+    later = console.gw.clock.now().replace(microsecond=0) + timedelta(days=30)
+    page.get_by_label("Expires (UTC)").fill(later.strftime("%Y-%m-%dT%H:%M"))
+    page.get_by_role("button", name="Set expiry").click()
+    stored = console.gw.get(f"/admin/keys/{key['id']}")["expires_at"]
+    assert stored is not None and stored.startswith(later.strftime("%Y-%m-%dT%H:%M"))
+    expect(page.locator("dl.facts")).to_contain_text(later.strftime("%Y-%m-%d %H:%M UTC"))
+    page.get_by_role("button", name="Clear expiry (never expires)").click()
+    assert console.gw.get(f"/admin/keys/{key['id']}")["expires_at"] is None
+    actions = [e["action"] for e in console.gw.get("/admin/audit", target=key["id"])["entries"]]
+    assert actions.count("key.updated") == 2
+
+
+def test_expiry_of_another_team_key_and_without_csrf_is_refused(console: Console) -> None:
+    """By URL guessing a team admin gets 404 for another team's key; without the CSRF
+    token the form never reaches the page (403). The key is unchanged either way."""
+    theirs = _key(console, console.other_team_id, "theirs")
+    with session(console.url, "team_admin@acme.test") as client:
+        answer = form(client, f"/keys/{theirs['id']}/expiry", {"clear": "on"})
+        assert answer.status_code == 404
+        bare = client.post(f"/keys/{theirs['id']}/expiry", data={"expires_at": "2100-01-01T00:00"})
+        assert bare.status_code == 403
+    with session(console.url, "viewer@acme.test") as client:
+        mine = _key(console, console.team_id, "mine")
+        answer = form(client, f"/keys/{mine['id']}/expiry", {"expires_at": "2100-01-01T00:00"})
+        assert answer.status_code == 403
+    assert console.gw.get(f"/admin/keys/{theirs['id']}")["expires_at"] is None
+
+
+def test_create_error_is_beside_the_field_and_keeps_what_was_typed(
+    console: Console, page: Page
+) -> None:
+    """A key whose expiry is past: the list page again (422) with the message beside
+    *Expires* and the name still typed; no key made."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    page.get_by_label("Name", exact=True).fill("too-late")
+    page.get_by_label("Expires (UTC, optional)").fill("2001-01-01T00:00")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Create key").click()
+    assert answer.value.status == 422
+    expect(page.locator("#expires_at-error")).to_contain_text("must be in the future")
+    expect(page.get_by_label("Name", exact=True)).to_have_value("too-late")
+    assert [k for k in console.gw.get("/admin/keys") if k["name"] == "too-late"] == []
+
+
+def test_a_nearly_used_rate_limit_binds_before_a_roomy_budget(console: Console, page: Page) -> None:
+    """A $50 team budget and a key limit of 3 rpm: after two calls the rate limit has a
+    third of its share left and binds (1 request left of 3 per minute), on the list and
+    the key's page; the figures are the proxy's own buckets."""
+    key = _key(console, console.team_id, "busy")
+    console.gw.post(
+        "/admin/budgets",
+        {
+            "name": "research monthly",
+            "scope_type": "team",
+            "scope_id": console.team_id,
+            "amount_usd": "50",
+            "hard_limit": True,
+        },
+    )
+    console.gw.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": key["id"], "model": "*", "rpm": 3, "max_concurrent": 4},
+    )
+    for _ in range(2):
+        answer = httpx.post(
+            console.url + "/v1/chat/completions",
+            headers={"authorization": f"Bearer {key['key']}"},
+            json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 5},
+        )
+        assert answer.status_code == 200
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + "/keys")
+    binding = page.locator(f"#key-{key['id']} .binding")
+    expect(binding).to_contain_text("rate limit “key requests on *”")
+    expect(binding).to_contain_text("1 requests left of 3 requests per minute")
+    page.goto(console.url + f"/keys/{key['id']}")
+    expect(page.locator("tr.binding-row")).to_contain_text("rate limit")
+    expect(page.locator("#limits-table")).to_contain_text("research monthly")
+    expect(page.locator("#limits-table")).to_contain_text("0 calls in flight")
+
+
+def test_a_secret_is_never_on_the_key_page_after_an_expiry_change(
+    console: Console, page: Page
+) -> None:
+    """The secret made by the console's create is on that answer only: not after
+    changing the expiry, nor on the list."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    page.get_by_label("Name", exact=True).fill("secretive")
+    page.get_by_role("button", name="Create key").click()
+    secret = page.get_by_role("textbox", name="Secret").input_value()
+    assert page.content().count(secret) == 1
+    page.get_by_role("link", name="Go to the key").click()
+    page.get_by_label("Expires (UTC)").fill("2100-01-01T00:00")
+    page.get_by_role("button", name="Set expiry").click()
+    assert secret not in page.content()
+    page.goto(console.url + "/keys")
+    assert secret not in page.content()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import httpx
 from playwright.sync_api import Browser, Page, expect
 
+from spendgate.core.rate_rules import RateLimit, checks_for
 from tests.console.conftest import Console, axe_violations, sign_in
 
 MSG = [{"role": "user", "content": "hello"}]
@@ -47,13 +48,59 @@ def test_create_use_edit_delete(console: Console, page: Page) -> None:
 
 
 def test_no_limit_at_all_is_a_422(console: Console, page: Page) -> None:
-    """The API's rule: a row needs at least one limit; the page says which field."""
+    """The API's rule: a row needs at least one limit; the form comes back (422) with the
+    message beside the field it names and what was typed still there."""
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + "/rate-limits")
+    page.get_by_label("Model or pattern").fill("gpt-4o*")
     with page.expect_response(lambda r: r.request.method == "POST") as answer:
         page.get_by_role("button", name="Add limit").click()
     assert answer.value.status == 422
-    expect(page.get_by_role("alert")).to_contain_text("rpm")
+    expect(page.get_by_role("alert")).to_contain_text("not saved")
+    expect(page.locator("#rpm-error")).to_contain_text("at least one")
+    expect(page.get_by_label("Requests per minute")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Model or pattern")).to_have_value("gpt-4o*")
+    assert console.gw.get("/admin/rate-limits") == []
+
+
+def test_bad_number_on_edit_is_beside_its_field(console: Console, page: Page) -> None:
+    """A negative tpm on the edit form: the edit page again with the API's message
+    beside *Tokens per minute*; the row keeps its values."""
+    limit = console.gw.post(
+        "/admin/rate-limits",
+        {"scope_type": "team", "scope_id": console.team_id, "model": "*", "rpm": 5},
+    )
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + f"/rate-limits/{limit['id']}")
+    page.get_by_label("Tokens per minute").fill("-3")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Save").click()
+    assert answer.value.status == 422
+    expect(page.locator("#tpm-error")).to_be_visible()
+    expect(page.get_by_label("Tokens per minute")).to_have_value("-3")
+    assert console.gw.get(f"/admin/rate-limits/{limit['id']}")["tpm"] is None
+
+
+def test_concurrency_shows_calls_in_flight_against_the_limit(console: Console, page: Page) -> None:
+    """Two calls holding slots in the proxy's limiter (acquired through the same rate
+    gate buckets a call takes) show as 2 in flight of 3; released, 0 of 3."""
+    limit = console.gw.post(
+        "/admin/rate-limits",
+        {"scope_type": "team", "scope_id": console.team_id, "model": "*", "max_concurrent": 3},
+    )
+    services = console.gw.app.services
+    row = RateLimit(limit["id"], "team", console.team_id, "*", max_concurrent=3)
+    limiter = services.rate_gate.limiter
+    now = console.gw.clock.now().timestamp()
+    for rid in ("r1", "r2"):
+        console.gw.run(limiter.acquire(rid, checks_for([row], 0, 0), now, now + 600))
+    sign_in(page, console.url, "viewer@acme.test")
+    page.goto(console.url + "/rate-limits")
+    expect(page.locator(f"#limit-{limit['id']} .concurrency")).to_have_text("2 in flight of 3")
+    for rid in ("r1", "r2"):
+        console.gw.run(limiter.release(rid, now))
+    page.reload()
+    expect(page.locator(f"#limit-{limit['id']} .concurrency")).to_have_text("0 in flight of 3")
 
 
 def test_team_admin_cannot_see_or_change_another_team_limit(console: Console, page: Page) -> None:

@@ -364,3 +364,20 @@ async def test_backend_is_chosen_by_url() -> None:
         await backend.aclose()
     with pytest.raises(ValueError, match="unsupported rate-limit URL"):
         rate_limiter_from_url("postgresql://localhost/x")
+
+
+async def test_usage_reads_what_acquire_counts_and_changes_nothing(
+    limiter: RateLimiter,
+) -> None:
+    """Window buckets: the entries still in the window (settled to actual); concurrency:
+    live slots (an expired one no longer counts); reading twice records nothing."""
+    await granted(limiter, "a", [RPM5, tokens(100), slot()], 10.0, expires_at=50.0)
+    await granted(limiter, "b", [RPM5, tokens(30), slot()], 20.0)
+    await limiter.settle("a", {"k:tokens": 40}, 21.0)
+    assert await limiter.usage([RPM5, tokens(0), slot()], 30.0) == [2, 70, 1]
+    assert await limiter.usage([RPM5, tokens(0), slot()], 30.0) == [2, 70, 1]
+    await granted(limiter, "c", [slot()], 30.0, expires_at=40.0)
+    assert await limiter.usage([slot()], 35.0) == [2]
+    assert await limiter.usage([slot()], 45.0) == [1]  # c's slot expired at 40
+    assert await limiter.usage([RPM5, tokens(0)], 75.0) == [1, 30]  # a left at 70
+    assert await limiter.usage([Check("none:requests", "requests", 5, 60.0, 1)], 75.0) == [0]

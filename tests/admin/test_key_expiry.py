@@ -1,0 +1,79 @@
+"""``PATCH /admin/keys/{id}``: set or clear a key's expiry, with the create's checks,
+audited, enforced at the proxy at once."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import httpx
+import pytest
+
+from tests.conftest import RunningGateway
+
+MSG = [{"role": "user", "content": "hi"}]
+
+
+def _call(gw: RunningGateway, secret: str) -> int:
+    return httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {secret}"},
+        json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 5},
+    ).status_code
+
+
+def test_set_and_clear_expiry_is_audited_and_enforced(gateway: RunningGateway) -> None:
+    """An expiry an hour ahead is stored; once the clock passes it the key is refused;
+    clearing it (``null``) makes the key work again. Each change is ``key.updated`` with
+    before and after."""
+    key = gateway.create_key()
+    soon = (gateway.clock.now() + timedelta(hours=1)).isoformat()
+    answer = gateway.admin.patch(f"/admin/keys/{key['id']}", json={"expires_at": soon})
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["expires_at"].startswith(soon[:16])
+    assert "key" not in answer.json()
+    assert _call(gateway, key["key"]) == 200
+    gateway.clock.advance(3601)
+    assert _call(gateway, key["key"]) == 401
+    cleared = gateway.admin.patch(f"/admin/keys/{key['id']}", json={"expires_at": None})
+    assert cleared.status_code == 200 and cleared.json()["expires_at"] is None
+    assert _call(gateway, key["key"]) == 200
+    entries = gateway.get("/admin/audit", target=key["id"])["entries"]
+    updates = [e for e in entries if e["action"] == "key.updated"]
+    assert len(updates) == 2
+    assert updates[0]["after"]["expires_at"] is None
+    assert updates[0]["before"]["expires_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"expires_at": "2001-01-01T00:00:00Z"}, "future"),
+        ({"expires_at": "not a time"}, "expires_at"),
+        ({"expires_at": 1_780_000_000}, "ISO 8601"),
+        ({"expires_at": "9999-01-01T00:00:00Z"}, "9000"),
+        ({"name": "renamed"}, "name"),
+    ],
+)
+def test_bad_expiry_is_a_422_naming_the_field(
+    gateway: RunningGateway, body: dict[str, object], needle: str
+) -> None:
+    """The past, text that is no time, a number, the far future and unknown fields are
+    refused with the field named, and nothing is changed or audited."""
+    key = gateway.create_key()
+    before = len(gateway.get("/admin/audit", target=key["id"])["entries"])
+    answer = gateway.admin.patch(f"/admin/keys/{key['id']}", json=body)
+    assert answer.status_code == 422, answer.text
+    error = answer.json()["error"]
+    assert needle in error["message"]
+    assert error["param"] == next(iter(body))
+    assert gateway.get(f"/admin/keys/{key['id']}")["expires_at"] is None
+    assert len(gateway.get("/admin/audit", target=key["id"])["entries"]) == before
+
+
+def test_a_revoked_key_keeps_its_expiry(gateway: RunningGateway) -> None:
+    """409: a revoked key is done; its record is not rewritten."""
+    key = gateway.create_key()
+    gateway.post(f"/admin/keys/{key['id']}/revoke", {}, status=200)
+    soon = (gateway.clock.now() + timedelta(hours=1)).isoformat()
+    answer = gateway.admin.patch(f"/admin/keys/{key['id']}", json={"expires_at": soon})
+    assert answer.status_code == 409, answer.text
