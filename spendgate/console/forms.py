@@ -92,3 +92,9 @@ INVALID = (ValidationError, ValidationFailed)
 def typed(form: Mapping[str, Any]) -> dict[str, str]:
     """What was typed into a form (text fields only), to show again beside its errors."""
     return {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
+
+
+def one_scope_field(errors: dict[str, str]) -> dict[str, str]:
+    """Forms that pick a scope in one ``<select name="scope">`` (``team:…``, ``key:…``):
+    the API's ``scope_type`` / ``scope_id`` errors belong beside it."""
+    return {("scope" if k in ("scope_type", "scope_id") else k): v for k, v in errors.items()}

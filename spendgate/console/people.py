@@ -22,6 +22,7 @@ from spendgate.admin import schemas as s
 from spendgate.admin import tokens as token_api
 from spendgate.admin import users as api
 from spendgate.console.admin_forms import body_of, done, local_instant
+from spendgate.console.forms import INVALID, field_errors
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import (
     ORG_ROLES,
@@ -31,12 +32,29 @@ from spendgate.core.access import (
     issues_sign_in_links_for,
     manages_tokens_of,
 )
+from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 
 
 @router.get("/people")
 async def people_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _people_page(request, svc, user)
+
+
+def _in_form(form: str, errors: dict[str, str]) -> dict[str, str]:
+    """Errors of one of a page's forms, keyed ``<form>.<field>`` (several have a name)."""
+    return {f"{form}.{k}": v for k, v in errors.items()}
+
+
+async def _people_page(
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.DIRECTORY_READ)
     p = user.principal
     teams = await directory.list_teams(svc, who, who.org_filter(None))
@@ -50,6 +68,8 @@ async def people_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
         "may_agents": p.may(Can.AGENTS_WRITE),
         "org_roles": ORG_ROLES,
         "team_roles": TEAM_ROLES,
+        "errors": errors or {},
+        "values": values or {},
     }
     if p.may(Can.USERS_WRITE):
         writer = require(user, Can.USERS_WRITE)
@@ -57,7 +77,7 @@ async def people_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
     if p.may(Can.AGENTS_WRITE):
         writer = require(user, Can.AGENTS_WRITE)
         ctx["agent_teams"] = [t for t in teams if writer.sees(Owner.of(t["org_id"], t["id"]))]
-    return await page(request, "people/list.html", ctx)
+    return await page(request, "people/list.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/people")
@@ -73,7 +93,16 @@ async def create_user(
     fields: dict[str, Any] = {"email": email, "role": role}
     if team_id:
         fields["team_ids"] = [team_id]
-    made = await api.create_user(body_of(s.UserIn, fields), svc, request, who, scope_for(svc, who))
+    try:
+        made = await api.create_user(
+            body_of(s.UserIn, fields), svc, request, who, scope_for(svc, who)
+        )
+    except INVALID as exc:
+        errors = {
+            ("team_id" if k.startswith("team_ids") else k): v for k, v in field_errors(exc).items()
+        }
+        typed_in = {"user.email": email, "user.role": role, "user.team_id": team_id}
+        return await _people_page(request, svc, user, _in_form("user", errors), typed_in)
     return done(request, f"/people/{made['id']}")
 
 
@@ -82,8 +111,12 @@ async def create_team(
     request: Request, svc: Svc, user: User, name: Annotated[str, Form(max_length=200)] = ""
 ) -> Response:
     who = require(user, Can.TEAMS_WRITE)
-    body = body_of(s.TeamIn, {"name": name, "org_id": who.org_id})
-    await directory.create_team(body, svc, request, who, scope_for(svc, who))
+    try:
+        body = body_of(s.TeamIn, {"name": name, "org_id": who.org_id})
+        await directory.create_team(body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = _in_form("team", field_errors(exc))
+        return await _people_page(request, svc, user, errors, {"team.name": name})
     return done(request, "/people#teams-h")
 
 
@@ -96,13 +129,29 @@ async def create_agent(
     team_id: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     who = require(user, Can.AGENTS_WRITE)
-    body = body_of(s.AgentIn, {"name": name, "team_id": team_id})
-    await directory.create_agent(body, svc, request, who, scope_for(svc, who))
+    try:
+        body = body_of(s.AgentIn, {"name": name, "team_id": team_id})
+        await directory.create_agent(body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = _in_form("agent", field_errors(exc))
+        typed_in = {"agent.name": name, "agent.team_id": team_id}
+        return await _people_page(request, svc, user, errors, typed_in)
     return done(request, "/people#agents-h")
 
 
 @router.get("/people/{user_id}")
 async def person_page(user_id: str, request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _person_page(user_id, request, svc, user)
+
+
+async def _person_page(
+    user_id: str,
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.DIRECTORY_READ)
     person = await api.get_user(user_id, scope_for(svc, who))
     p = user.principal
@@ -115,6 +164,8 @@ async def person_page(user_id: str, request: Request, svc: Svc, user: User) -> H
         "may_users": p.may(Can.USERS_WRITE),
         "may_link": p.may(Can.TOKENS) and issues_sign_in_links_for(p, user_id, person["org_id"]),
         "tokens": None,
+        "errors": errors or {},
+        "values": values or {},
     }
     if p.may(Can.USERS_WRITE):
         writer = require(user, Can.USERS_WRITE)
@@ -123,7 +174,7 @@ async def person_page(user_id: str, request: Request, svc: Svc, user: User) -> H
     if p.may(Can.TOKENS) and manages_tokens_of(p, user_id, person["org_id"]):
         tokens = await token_api.list_tokens(svc, require(user, Can.TOKENS), user_id, None)
         ctx["tokens"] = [t for t in tokens if t["user_id"] == user_id]
-    return await page(request, "people/detail.html", ctx)
+    return await page(request, "people/detail.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/people/{user_id}/memberships")
@@ -182,11 +233,20 @@ async def create_token(
     expires_at: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     who = require(user, Can.TOKENS)
-    body = body_of(
-        s.TokenIn,
-        {"user_id": user_id, "name": name, "expires_at": local_instant(expires_at, "expires_at")},
-    )
-    made = await token_api.create_token(body, svc, request, who, scope_for(svc, who))
+    try:
+        body = body_of(
+            s.TokenIn,
+            {
+                "user_id": user_id,
+                "name": name,
+                "expires_at": local_instant(expires_at, "expires_at"),
+            },
+        )
+        made = await token_api.create_token(body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = _in_form("token", field_errors(exc))
+        typed_in = {"token.name": name, "token.expires_at": expires_at}
+        return await _person_page(user_id, request, svc, user, errors, typed_in)
     return await page(
         request, "people/token.html", {"token": made, "secret": made["token"]}, status=201
     )

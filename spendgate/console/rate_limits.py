@@ -20,7 +20,7 @@ from spendgate.admin import rate_limits as api
 from spendgate.admin import schemas as s
 from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done, names
-from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.forms import INVALID, field_errors, one_scope_field
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
@@ -140,14 +140,9 @@ async def create_limit(
         body = body_of(s.RateLimitIn, {"scope_type": scope_type, "scope_id": scope_id, **fields})
         await api.create_rate_limit(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = _on_form(field_errors(exc))
+        errors = one_scope_field(field_errors(exc))
         return await _limits_page(request, svc, user, errors, {"scope": scope, **fields})
     return done(request, "/rate-limits")
-
-
-def _on_form(errors: dict[str, str]) -> dict[str, str]:
-    """The scope is one field on the form (``team:…`` / ``key:…``)."""
-    return {("scope" if k in ("scope_type", "scope_id") else k): v for k, v in errors.items()}
 
 
 @router.get("/rate-limits/{limit_id}")

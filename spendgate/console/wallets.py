@@ -19,12 +19,14 @@ from spendgate.admin import schemas as s
 from spendgate.admin import wallets as api
 from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done
+from spendgate.console.forms import INVALID, field_errors, one_scope_field
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.console.usage_source import UsageQuery, usage_series
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.core.runway import days_to_empty
 from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 #: the days the current rate of spend is measured over
@@ -76,14 +78,29 @@ async def _scopes(svc: Services, user: Any) -> dict[str, Any]:
 
 @router.get("/wallets")
 async def wallets_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _wallets_page(request, svc, user)
+
+
+async def _wallets_page(
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.WALLETS_READ)
     rows = await api.list_wallets(svc, who, scope_for(svc, who), who.org_filter(None))
     wallets = [{"row": w, "runway": await _runway(svc, w)} for w in rows]
     labels = {w["id"]: await api.scope_label(svc, w["scope_type"], w["scope_id"]) for w in rows}
-    ctx: dict[str, Any] = {"wallets": wallets, "labels": labels}
+    ctx: dict[str, Any] = {
+        "wallets": wallets,
+        "labels": labels,
+        "errors": errors or {},
+        "values": values or {},
+    }
     if user.principal.may(Can.WALLETS_WRITE):
         ctx["form"] = await _scopes(svc, user)
-    return await page(request, "wallets/list.html", ctx)
+    return await page(request, "wallets/list.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/wallets")
@@ -98,22 +115,33 @@ async def create_wallet(
 ) -> Response:
     who = require(user, Can.WALLETS_WRITE)
     scope_type, _, scope_id = scope.partition(":")
-    body = body_of(
-        s.WalletIn,
-        {
-            "scope_type": scope_type,
-            "scope_id": scope_id,
-            "name": name,
-            "low_balance_usd": low_balance_usd,
-            "initial_topup_usd": initial_topup_usd,
-        },
-    )
-    wallet = await api.create_wallet(body, svc, request, who, scope_for(svc, who))
+    fields = {
+        "name": name,
+        "low_balance_usd": low_balance_usd,
+        "initial_topup_usd": initial_topup_usd,
+    }
+    try:
+        body = body_of(s.WalletIn, {"scope_type": scope_type, "scope_id": scope_id, **fields})
+        wallet = await api.create_wallet(body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = one_scope_field(field_errors(exc))
+        return await _wallets_page(request, svc, user, errors, {"scope": scope, **fields})
     return done(request, f"/wallets/{wallet['id']}")
 
 
 @router.get("/wallets/{wallet_id}")
 async def wallet_page(wallet_id: str, request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _wallet_page(wallet_id, request, svc, user)
+
+
+async def _wallet_page(
+    wallet_id: str,
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.WALLETS_READ)
     scope = scope_for(svc, who)
     wallet = await api.get_wallet(wallet_id, svc, scope)
@@ -138,8 +166,11 @@ async def wallet_page(wallet_id: str, request: Request, svc: Svc, user: User) ->
         "history_days": HISTORY_DAYS,
         "rate_days": RATE_DAYS,
         "may_write": owner is not None and user.principal.can(Can.WALLETS_WRITE, owner),
+        "errors": errors or {},
+        "values": values
+        or {"name": wallet["name"] or "", "low_balance_usd": str(wallet["low_balance_usd"])},
     }
-    return await page(request, "wallets/detail.html", ctx)
+    return await page(request, "wallets/detail.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/wallets/{wallet_id}/topups")
@@ -152,8 +183,12 @@ async def top_up(
     note: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
     who = require(user, Can.WALLETS_WRITE)
-    body = body_of(s.TopupIn, {"amount_usd": amount_usd, "note": note})
-    await api.top_up(wallet_id, body, svc, request, who, scope_for(svc, who))
+    typed_in = {"amount_usd": amount_usd, "note": note}
+    try:
+        body = body_of(s.TopupIn, typed_in)
+        await api.top_up(wallet_id, body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        return await _wallet_page(wallet_id, request, svc, user, field_errors(exc), typed_in)
     return done(request, f"/wallets/{wallet_id}")
 
 
@@ -167,8 +202,12 @@ async def update_wallet(
     low_balance_usd: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     who = require(user, Can.WALLETS_WRITE)
-    body = body_of(s.WalletPatch, {"name": name, "low_balance_usd": low_balance_usd})
-    await api.update_wallet(wallet_id, body, svc, request, who, scope_for(svc, who))
+    typed_in = {"name": name, "low_balance_usd": low_balance_usd}
+    try:
+        body = body_of(s.WalletPatch, typed_in)
+        await api.update_wallet(wallet_id, body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        return await _wallet_page(wallet_id, request, svc, user, field_errors(exc), typed_in)
     return done(request, f"/wallets/{wallet_id}")
 
 

@@ -9,7 +9,7 @@ answering the POST that made it (create or rotate) and nowhere else.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -17,8 +17,11 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import webhook_schemas as w
 from spendgate.admin import webhooks as api
 from spendgate.console.admin_forms import body_of, done
+from spendgate.console.forms import INVALID, field_errors
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
+from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
 from spendgate.webhooks.catalog import EVENT_TYPES
 
 router = APIRouter(include_in_schema=False)
@@ -32,10 +35,27 @@ def _event_types(chosen: list[str] | None) -> list[str]:
 
 @router.get("/webhooks")
 async def webhooks_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _webhooks_page(request, svc, user)
+
+
+async def _webhooks_page(
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.WEBHOOKS)
     endpoints = await api.list_webhooks(svc.webhooks, svc, scope_for(svc, who))
-    ctx = {"endpoints": endpoints, "kinds": KINDS, "families": FAMILIES, "types": EVENT_TYPES}
-    return await page(request, "webhooks/list.html", ctx)
+    ctx = {
+        "endpoints": endpoints,
+        "kinds": KINDS,
+        "families": FAMILIES,
+        "types": EVENT_TYPES,
+        "errors": errors or {},
+        "values": values or {},
+    }
+    return await page(request, "webhooks/list.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/webhooks")
@@ -50,23 +70,48 @@ async def create_webhook(
     routing_key: Annotated[str, Form(max_length=200)] = "",
 ) -> Response:
     who = require(user, Can.WEBHOOKS)
-    body = body_of(
-        w.WebhookIn,
-        {
+    try:
+        body = body_of(
+            w.WebhookIn,
+            {
+                "url": url,
+                "kind": kind,
+                "event_types": _event_types(event_types),
+                "description": description,
+                "config": {"routing_key": routing_key} if routing_key else {},
+            },
+        )
+        made = await api.create_webhook(body, svc.webhooks, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        # the routing key is a secret: never written back into the page
+        errors = {
+            ("routing_key" if k.startswith("config") else k): v
+            for k, v in field_errors(exc).items()
+        }
+        typed_in = {
             "url": url,
             "kind": kind,
-            "event_types": _event_types(event_types),
             "description": description,
-            "config": {"routing_key": routing_key} if routing_key else {},
-        },
-    )
-    made = await api.create_webhook(body, svc.webhooks, svc, request, who, scope_for(svc, who))
+            "event_types": _event_types(event_types),
+        }
+        return await _webhooks_page(request, svc, user, errors, typed_in)
     ctx = {"endpoint": made, "secret": made["secret"]}
     return await page(request, "webhooks/secret.html", ctx, status=201)
 
 
 @router.get("/webhooks/{endpoint_id}")
 async def webhook_page(endpoint_id: str, request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _webhook_page(endpoint_id, request, svc, user)
+
+
+async def _webhook_page(
+    endpoint_id: str,
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, Any] | None = None,
+) -> HTMLResponse:
     who = require(user, Can.WEBHOOKS)
     scope = scope_for(svc, who)
     endpoint = await api.get_webhook(endpoint_id, svc.webhooks, scope)
@@ -76,8 +121,10 @@ async def webhook_page(endpoint_id: str, request: Request, svc: Svc, user: User)
         "deliveries": deliveries,
         "families": FAMILIES,
         "types": EVENT_TYPES,
+        "errors": errors or {},
+        "values": values or {"description": endpoint["description"] or "", "overlap_hours": "24"},
     }
-    return await page(request, "webhooks/detail.html", ctx)
+    return await page(request, "webhooks/detail.html", ctx, status=422 if errors else 200)
 
 
 @router.post("/webhooks/{endpoint_id}")
@@ -91,12 +138,20 @@ async def update_webhook(
     enabled: Annotated[str, Form(max_length=5)] = "",
 ) -> Response:
     who = require(user, Can.WEBHOOKS)
-    body = w.WebhookPatch(
-        event_types=_event_types(event_types), description=description, enabled=enabled == "on"
-    )
-    await api.update_webhook(
-        endpoint_id, body, svc.webhooks, svc, request, who, scope_for(svc, who)
-    )
+    try:
+        body = w.WebhookPatch.model_validate(
+            {
+                "event_types": _event_types(event_types),
+                "description": description,
+                "enabled": enabled == "on",
+            }
+        )
+        await api.update_webhook(
+            endpoint_id, body, svc.webhooks, svc, request, who, scope_for(svc, who)
+        )
+    except INVALID as exc:
+        typed_in = {"description": description, "overlap_hours": "24"}
+        return await _webhook_page(endpoint_id, request, svc, user, field_errors(exc), typed_in)
     return done(request, f"/webhooks/{endpoint_id}")
 
 
@@ -111,10 +166,19 @@ async def rotate_secret(
     who = require(user, Can.WEBHOOKS)
     hours = overlap_hours.strip() or "0"
     seconds = int(float(hours) * 3600) if hours.replace(".", "", 1).isdigit() else -1
-    body = body_of(w.RotateIn, {"overlap_seconds": seconds})
-    made = await api.rotate_secret(
-        endpoint_id, svc.webhooks, svc, request, who, scope_for(svc, who), body
-    )
+    try:
+        body = body_of(w.RotateIn, {"overlap_seconds": seconds})
+        made = await api.rotate_secret(
+            endpoint_id, svc.webhooks, svc, request, who, scope_for(svc, who), body
+        )
+    except INVALID as exc:
+        errors = {
+            ("overlap_hours" if k == "overlap_seconds" else k): v
+            for k, v in field_errors(exc).items()
+        }
+        return await _webhook_page(
+            endpoint_id, request, svc, user, errors, {"overlap_hours": overlap_hours}
+        )
     ctx = {"endpoint": made, "secret": made["secret"], "rotated": True}
     return await page(request, "webhooks/secret.html", ctx)
 

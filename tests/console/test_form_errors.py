@@ -1,0 +1,118 @@
+"""Part-2 forms refused by the admin API's checks come back (422) with the message
+beside the field it names and what was typed kept, as the budget form does: wallets,
+webhooks, people (users, teams, agents, admin tokens). A secret typed into a form (a
+PagerDuty routing key) is never written back into the page."""
+
+from __future__ import annotations
+
+from playwright.sync_api import Browser, Page, expect
+
+from tests.console.conftest import Console, axe_violations, form, session, sign_in
+
+
+def _post_422(page: Page, button: str) -> None:
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name=button).click()
+    assert answer.value.status == 422
+
+
+def test_wallet_forms_show_errors_beside_the_field(console: Console, page: Page) -> None:
+    """A negative low-balance level on *Open a wallet*, then a top-up of "lots": each
+    message beside its field, the typed value kept, nothing stored."""
+    key = console.gw.post(
+        "/admin/keys", {"name": "k", "org_id": console.org_id, "team_id": console.team_id}
+    )
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/wallets")
+    page.get_by_label("Funds the calls of").select_option(label="team research")
+    page.get_by_label("Low-balance alert level (USD)").fill("-5")
+    _post_422(page, "Open wallet")
+    expect(page.locator("#low_balance_usd-error")).to_be_visible()
+    expect(page.get_by_label("Low-balance alert level (USD)")).to_have_value("-5")
+    expect(page.get_by_label("Funds the calls of")).to_have_value(f"team:{console.team_id}")
+    assert console.gw.get("/admin/wallets") == []
+    wallet = console.gw.post(
+        "/admin/wallets", {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "5"}
+    )
+    page.goto(console.url + f"/wallets/{wallet['id']}")
+    page.get_by_label("Amount (USD)").fill("lots")
+    page.get_by_label("Note (for the audit log)").fill("quarter top-up")
+    _post_422(page, "Add funds")
+    expect(page.locator("#amount_usd-error")).to_be_visible()
+    expect(page.get_by_label("Note (for the audit log)")).to_have_value("quarter top-up")
+    assert console.gw.get(f"/admin/wallets/{wallet['id']}")["balance_usd"] == "5.00"
+
+
+def test_webhook_form_error_beside_the_field_never_echoes_the_routing_key(
+    console: Console, page: Page
+) -> None:
+    """PagerDuty without a routing key: the API's message beside the routing-key field.
+    With a routing key but an unknown event type: the error is beside the event types
+    and the routing key (a secret) is nowhere in the page."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/webhooks")
+    page.get_by_label("URL").fill("https://events.pagerduty.example/v2/enqueue")
+    page.get_by_label("Kind").select_option("pagerduty")
+    page.get_by_label("Description").fill("on-call")
+    _post_422(page, "Add endpoint")
+    expect(page.locator("#routing_key-error")).to_contain_text("required for pagerduty")
+    expect(page.get_by_label("URL")).to_have_value("https://events.pagerduty.example/v2/enqueue")
+    expect(page.get_by_label("Description")).to_have_value("on-call")
+    with session(console.url, "org_admin@acme.test") as client:
+        answer = form(
+            client,
+            "/webhooks",
+            {
+                "url": "https://events.pagerduty.example/v2/enqueue",
+                "kind": "pagerduty",
+                "routing_key": "rk-very-secret-7731",
+                "event_types": "nosuch.type",
+            },
+        )
+        assert answer.status_code == 422
+        assert "unknown event type" in answer.text
+        assert "rk-very-secret-7731" not in answer.text
+    assert console.gw.get("/admin/webhooks") == []
+
+
+def test_people_forms_show_errors_beside_the_field(console: Console, page: Page) -> None:
+    """A team name of spaces and a token expiring in the past: each message beside its
+    own form's field (the agent form's *name* is untouched), nothing made."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/people")
+    page.get_by_label("New team").fill("   ")
+    _post_422(page, "Create team")
+    expect(page.locator("#team-name-error")).to_be_visible()
+    expect(page.locator("#agent-name-error")).to_have_count(0)
+    assert len(console.gw.get("/admin/teams", org_id=console.org_id)) == 2
+    viewer = console.users["viewer"]["id"]
+    page.goto(console.url + f"/people/{viewer}")
+    page.get_by_label("Token name").fill("ci")
+    page.get_by_label("Expires (UTC, optional)").fill("2001-01-01T00:00")
+    _post_422(page, "Create token")
+    expect(page.locator("#token-expires_at-error")).to_be_visible()
+    expect(page.get_by_label("Token name")).to_have_value("ci")
+    assert console.gw.get("/admin/tokens") == []
+
+
+def test_forms_with_errors_have_no_serious_axe_violations(
+    console: Console, browser: Browser
+) -> None:
+    """The error state itself is accessible: axe on a page rendered with an error (the
+    rate-limit form without any limit, through the browser)."""
+    context = browser.new_context(bypass_csp=True)
+    tab = context.new_page()
+    try:
+        sign_in(tab, console.url, "org_admin@acme.test")
+        tab.goto(console.url + "/rate-limits")
+        tab.get_by_role("button", name="Add limit").click()
+        expect(tab.locator("#rpm-error")).to_be_visible()
+        from tests.console.conftest import AXE
+
+        tab.add_script_tag(content=AXE.read_text())
+        result = tab.evaluate("async () => await axe.run(document)")
+        bad = [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
+        assert bad == [], [(v["id"], v["help"]) for v in bad]
+    finally:
+        context.close()
+    assert axe_violations(browser, console.url, "org_admin@acme.test", "/people") == []
