@@ -27,6 +27,8 @@ from spendgate.console import (
     org_settings,
     people,
     rate_limits,
+    statements,
+    tickets,
     usage,
     wallets,
     webhooks,
@@ -98,6 +100,8 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         audit_log,
         people,
         org_settings,
+        tickets,
+        statements,
     ):  # console part 2: the admin pages
         app.include_router(module.router)
     return app

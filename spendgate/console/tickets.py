@@ -1,0 +1,121 @@
+"""``/tickets``: cost tickets — the approvers' queue (open first; decided ones by
+status), a ticket's page, approve (amount, reason, expiry) and deny (reason).
+
+Every read and decision is the admin API's route function (``spendgate.admin.tickets``)
+with the signed-in caller narrowed to ``tickets.read`` / ``tickets.decide``: the same
+scope rule (a ticket belongs where its wallet does; another team's ticket is 404), the
+same checks (at most what was asked unless *more than asked* is ticked, an expiry in the
+future), audit entries and events. A refused decision comes back beside its field.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request
+from fastapi.responses import HTMLResponse, Response
+
+from spendgate.admin import tickets as api
+from spendgate.console.admin_forms import body_of, done, local_instant
+from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.core.access import Can
+from spendgate.errors import ValidationFailed
+from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
+
+router = APIRouter(include_in_schema=False)
+STATUSES = ("open", "approved", "denied", "expired", "superseded", "all")
+
+
+@router.get("/tickets")
+async def tickets_page(
+    request: Request, svc: Svc, user: User, status: str = "open"
+) -> HTMLResponse:
+    if status not in STATUSES:
+        raise ValidationFailed(f"status: must be one of {', '.join(STATUSES)}", param="status")
+    who = require(user, Can.TICKETS_READ)
+    rows = await api.list_tickets(svc, who, scope_for(svc, who), status, None, None, 200)  # type: ignore[arg-type]
+    ctx = {"tickets": rows, "status": status, "statuses": STATUSES}
+    return await page(request, "tickets/list.html", ctx)
+
+
+@router.get("/tickets/{ticket_id}")
+async def ticket_page(ticket_id: str, request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _ticket_page(ticket_id, request, svc, user)
+
+
+async def _ticket_page(
+    ticket_id: str,
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
+    who = require(user, Can.TICKETS_READ)
+    scope = scope_for(svc, who)
+    ticket, wallet, owner = await api.ticket_in_scope(scope, ticket_id)
+    ctx: dict[str, Any] = {
+        "ticket": await api.ticket_out(svc, ticket, wallet),
+        "may_decide": user.principal.can(Can.TICKETS_DECIDE, owner),
+        "errors": errors or {},
+        "values": values or {},
+    }
+    return await page(request, "tickets/detail.html", ctx, status=422 if errors else 200)
+
+
+@router.post("/tickets/{ticket_id}/approve")
+async def approve(
+    ticket_id: str,
+    request: Request,
+    svc: Svc,
+    user: User,
+    amount_usd: Annotated[str, Form(max_length=40)] = "",
+    more_than_asked: Annotated[str, Form(max_length=5)] = "",
+    reason: Annotated[str, Form(max_length=500)] = "",
+    expires_at: Annotated[str, Form(max_length=40)] = "",
+    expires_in_hours: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    who = require(user, Can.TICKETS_DECIDE)
+    typed = {
+        "approve.amount_usd": amount_usd,
+        "approve.more_than_asked": more_than_asked,
+        "approve.reason": reason,
+        "approve.expires_at": expires_at,
+        "approve.expires_in_hours": expires_in_hours,
+    }
+    try:
+        body = body_of(
+            api.ApproveIn,
+            {
+                "amount_usd": amount_usd.strip(),
+                "more_than_asked": more_than_asked == "on",
+                "reason": reason,
+                "expires_at": local_instant(expires_at.strip(), "expires_at"),
+                "expires_in_hours": expires_in_hours.strip(),
+            },
+        )
+        await api.approve_ticket(ticket_id, body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = {f"approve.{k}": v for k, v in field_errors(exc).items()}
+        return await _ticket_page(ticket_id, request, svc, user, errors, typed)
+    return done(request, f"/tickets/{ticket_id}")
+
+
+@router.post("/tickets/{ticket_id}/deny")
+async def deny(
+    ticket_id: str,
+    request: Request,
+    svc: Svc,
+    user: User,
+    reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    who = require(user, Can.TICKETS_DECIDE)
+    try:
+        body = body_of(api.DenyIn, {"reason": reason})
+        await api.deny_ticket(ticket_id, body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = {f"deny.{k}": v for k, v in field_errors(exc).items()}
+        return await _ticket_page(ticket_id, request, svc, user, errors, {"deny.reason": reason})
+    return done(request, f"/tickets/{ticket_id}")
