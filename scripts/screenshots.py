@@ -44,6 +44,10 @@ def main() -> None:
             "budget-errors": "/usage/budgets/new",
             "notifications": "/notifications",
             "preferences": "/settings/notification-preferences",
+            "keys": "/keys",
+            "rate-limits": "/rate-limits",
+            "tickets": "/tickets?status=all",
+            "statements": "/statements",
         }
         with sync_playwright() as pw:
             browser = pw.chromium.launch(executable_path=args.browser, args=CHROMIUM_ARGS)

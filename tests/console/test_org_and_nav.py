@@ -8,22 +8,15 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.console.conftest import Console, axe_violations, sign_in
 
+COMMON = {"Wallets", "Rate limits", "Audit log", "People", "Org settings", "Statements"}
 NAV = {
-    "org_admin": {
-        "Keys",
-        "Wallets",
-        "Rate limits",
-        "Webhooks",
-        "Audit log",
-        "People",
-        "Org settings",
-    },
-    "finance": {"Wallets", "Rate limits", "Audit log", "People", "Org settings"},
-    "team_admin": {"Keys", "Wallets", "Rate limits", "Audit log", "People", "Org settings"},
-    "viewer": {"Keys", "Wallets", "Rate limits", "Audit log", "People", "Org settings"},
-    "member": set(),
+    "org_admin": COMMON | {"Keys", "Webhooks", "Cost tickets"},
+    "finance": COMMON | {"Cost tickets"},
+    "team_admin": COMMON | {"Keys", "Cost tickets"},
+    "viewer": COMMON | {"Keys"},
+    "member": {"Statements"},
 }
-ADMIN_LINKS = {"Keys", "Wallets", "Rate limits", "Webhooks", "Audit log", "People", "Org settings"}
+ADMIN_LINKS = COMMON | {"Keys", "Webhooks", "Cost tickets"}
 
 
 @pytest.mark.parametrize("role", sorted(NAV))
