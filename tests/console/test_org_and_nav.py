@@ -14,7 +14,7 @@ NAV = {
     "finance": COMMON | {"Cost tickets"},
     "team_admin": COMMON | {"Keys", "Cost tickets"},
     "viewer": COMMON | {"Keys"},
-    "member": {"Statements"},
+    "member": set(),
 }
 ADMIN_LINKS = COMMON | {"Keys", "Webhooks", "Cost tickets"}
 

@@ -202,7 +202,9 @@ def test_team_admin_reads_only_their_team_statement(console: Console, page: Page
     with session(console.url, "team_admin@acme.test") as client:
         assert form(client, "/statements/close", {"month": "2026-02"}).status_code == 403
     with session(console.url, "org_admin@acme.test") as client:
-        assert client.post("/statements/close", data={"month": "2026-02"}).status_code == 403
+        for action in ("close", "reissue"):
+            bare = client.post(f"/statements/{action}", data={"month": "2026-02"})
+            assert bare.status_code == 403
     assert console.gw.get("/admin/statements", org_id=console.org_id) == []
 
 

@@ -87,7 +87,8 @@ def test_team_admin_sees_only_their_team_wallets(console: Console, page: Page) -
 
 
 def test_bad_top_up_is_a_422_naming_the_field(console: Console, page: Page) -> None:
-    """A negative amount is refused by the API's own model: 422 naming amount_usd."""
+    """A negative amount is refused by the API's own model: 422, the message beside
+    *Amount*."""
     wallet = _team_wallet(console, console.team_id, "1")
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + f"/wallets/{wallet['id']}")
@@ -95,7 +96,9 @@ def test_bad_top_up_is_a_422_naming_the_field(console: Console, page: Page) -> N
     with page.expect_response(lambda r: r.request.method == "POST") as answer:
         page.get_by_role("button", name="Add funds").click()
     assert answer.value.status == 422
-    expect(page.get_by_role("alert")).to_contain_text("amount_usd")
+    expect(page.get_by_role("alert")).to_contain_text("not saved")
+    expect(page.locator("#amount_usd-error")).to_be_visible()
+    expect(page.get_by_label("Amount (USD)")).to_have_attribute("aria-invalid", "true")
 
 
 @pytest.mark.parametrize("path", ["/wallets", "/wallets/{id}"])
