@@ -159,6 +159,8 @@ class FailoverGuard:
         #: buckets Redis may count less than the ledger for, and reservations to give back
         self._behind: set[str] = set()
         self._releases: list[str] = []
+        #: per reservation, buckets of a call Redis missed whose ledger row is not written yet
+        self._unrecorded: dict[str, list[str]] = {}
         self._catch_up_lock = asyncio.Lock()
         #: set when the probe running now is done (calls arriving meanwhile wait for it)
         self._probe: asyncio.Event | None = None
@@ -251,9 +253,7 @@ class FailoverGuard:
     # -- after the call ----------------------------------------------------------------------
     async def settle(self, guarded: Guarded, tokens: int, cost_nanos: int) -> int | None:
         if isinstance(guarded, LocalGuarded):
-            remaining = await guarded.outage.guard.settle(guarded, tokens, cost_nanos)
-            self._finished_locally(guarded)
-            return remaining
+            return await guarded.outage.guard.settle(guarded, tokens, cost_nanos)
         try:
             return await self._primary.settle(guarded, tokens, cost_nanos)
         except UNREACHABLE as exc:
@@ -263,6 +263,9 @@ class FailoverGuard:
             raise
 
     def _finished_locally(self, guarded: LocalGuarded) -> None:
+        """At ``release``, so after the call's ledger row was written: a catch-up that
+        read the ledger before then (the probe's, while the row was still on its way to
+        the spool) missed this spend, so it is caught up again at the next tick."""
         if guarded.finished:
             return
         guarded.finished = True
@@ -273,7 +276,6 @@ class FailoverGuard:
     async def unbilled(self, guarded: Guarded) -> None:
         if isinstance(guarded, LocalGuarded):
             await guarded.outage.guard.unbilled(guarded)
-            self._finished_locally(guarded)
             return
         try:
             await self._primary.unbilled(guarded)
@@ -284,7 +286,11 @@ class FailoverGuard:
 
     async def release(self, guarded: Guarded) -> None:
         """Give back whatever is still held (idempotent). Redis unreachable: the holds
-        are given back when it returns (or reaped), and the call is not failed for it."""
+        are given back when it returns (or reaped), and the call is not failed for it.
+
+        The proxy calls it last, after the call's ledger row is on disk (``_book``): only
+        from here is the call's spend one a catch-up can read, so this is where a call
+        counted without Redis is done ("Back to Redis, once")."""
         if isinstance(guarded, LocalGuarded):
             await guarded.outage.guard.release(guarded)
             self._finished_locally(guarded)
@@ -294,6 +300,9 @@ class FailoverGuard:
         except UNREACHABLE as exc:
             self.trip(exc)
             self._behind_on(guarded)
+        owed = self._unrecorded.pop(guarded.admission.reservation_id, None)
+        if owed is not None:
+            self._behind.update(owed)
 
     def abandon(self, guarded: Guarded) -> None:
         if isinstance(guarded, LocalGuarded):
@@ -302,9 +311,11 @@ class FailoverGuard:
             self._primary.abandon(guarded)
 
     def _behind_on(self, guarded: Guarded) -> None:
-        """A Redis-admitted call's settle or release did not reach Redis."""
+        """A Redis-admitted call's settle or release did not reach Redis: its reservation
+        is given back when Redis answers, its buckets caught up once its ledger row is
+        written (``release``)."""
         if not guarded.admission.empty:
-            self._behind.update(buckets_of(guarded.admission))
+            self._unrecorded[guarded.admission.reservation_id] = buckets_of(guarded.admission)
             self._releases.append(guarded.admission.reservation_id)
 
     # -- the breaker and the way back ------------------------------------------------------------
@@ -391,7 +402,7 @@ class FailoverGuard:
             "redis_failure_mode": f"fail-{self.mode}",
             "redis_down_seconds": round(now - since, 3) if since is not None else 0.0,
             "redis_local_admissions": outage.admitted if outage is not None else 0,
-            "redis_buckets_behind": len(self._behind),
+            "redis_buckets_behind": len(self._behind.union(*self._unrecorded.values())),
         }
 
 
