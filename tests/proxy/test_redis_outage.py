@@ -285,8 +285,7 @@ def test_fail_open_a_call_still_writing_its_row_when_redis_returns_is_caught_up(
             async def held_append(line: bytes, item: Any) -> Any:
                 if not writing.is_set():  # the first row written after this: held
                     writing.set()
-                    while not release.is_set():
-                        await asyncio.sleep(0.01)
+                    assert await asyncio.to_thread(release.wait, 30)
                 return await append(line, item)
 
             spool.append = held_append  # type: ignore[method-assign]
