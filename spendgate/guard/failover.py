@@ -63,8 +63,8 @@ Mode = Literal["closed", "open"]
 PROBE_SECONDS = 1.0
 #: (enforcer, rate gate) like the primary ones, over the given counters and process memory
 LocalGuards = Callable[[Counters], tuple[Enforcer, RateGate]]
-#: raise these buckets' live counters to the ledger's spend; how many it raised
-Reconcile = Callable[[set[str]], Awaitable[int]]
+#: raise these buckets' (None: every bucket's) live counters to the ledger; how many it raised
+Reconcile = Callable[[set[str] | None], Awaitable[int]]
 
 
 class Breaker:
@@ -161,6 +161,9 @@ class FailoverGuard:
         self._releases: list[str] = []
         #: per reservation, buckets of a call Redis missed whose ledger row is not written yet
         self._unrecorded: dict[str, list[str]] = {}
+        #: raise every live counter to the ledger at the next tick: at start, after an
+        #: outage, after a dead process's spool was replayed (``check_all``)
+        self._check_all = True
         self._catch_up_lock = asyncio.Lock()
         #: set when the probe running now is done (calls arriving meanwhile wait for it)
         self._probe: asyncio.Event | None = None
@@ -346,6 +349,7 @@ class FailoverGuard:
                 self._behind.update(outage.buckets)
                 self._outage = None  # lost again before the catch-up: a new outage
             await self._catch_up()
+            self._check_all = True  # and every other counter at the next tick
             down = self.breaker.recovered()
             self.last_outage_seconds = down
             log.warning("shared counters (Redis) reachable again after %.1f s", down)
@@ -356,23 +360,37 @@ class FailoverGuard:
             probe, self._probe = self._probe, None
             probe.set()
 
+    def check_all(self) -> None:
+        """Raise every live counter to the ledger at the next tick. Spend made without
+        Redis by a process that died before it was back is in the ledger (its rows were
+        written, or replayed from its spool) but on no live process's list: this process
+        starts with it set, sets it when it finds Redis back, and when it replays a dead
+        process's spool (``LedgerWriter.on_replayed``)."""
+        self._check_all = True
+
     async def tick(self) -> None:
         """Housekeeping: probe when due, and catch up buckets still behind."""
         if self.breaker.probe_due():
             await self.recover()
-        elif self.breaker.up and (self._behind or self._releases):
+        elif self.breaker.up and (self._behind or self._releases or self._check_all):
             try:
-                await self._catch_up()
+                await self._catch_up(everything=True)
             except UNREACHABLE as exc:
                 self.trip(exc)
 
-    async def _catch_up(self) -> None:
-        """Raise the buckets behind to the ledger (this process's rows flushed first) and
-        give back the reservations left in Redis. A database failure is logged and the
-        buckets stay behind for the next tick; Redis failing raises (the caller trips)."""
+    async def _catch_up(self, *, everything: bool = False) -> None:
+        """Raise the buckets behind (``everything``: and, if ``check_all`` asked for it,
+        every bucket) to the ledger (this process's rows flushed first) and give back the
+        reservations left in Redis. A database failure is logged and the buckets stay
+        behind for the next tick; Redis failing raises (the caller trips). The probe
+        leaves ``everything`` to the tick: calls wait for the probe, not for that."""
         async with self._catch_up_lock:
             buckets, self._behind = self._behind, set()
             releases, self._releases = self._releases, []
+            check_all, self._check_all = (
+                self._check_all and everything,
+                self._check_all and not everything,
+            )
             try:
                 if buckets:
                     raised = await self._reconcile(buckets)
@@ -381,15 +399,19 @@ class FailoverGuard:
                         raised,
                         len(buckets),
                     )
+                if check_all and (raised := await self._reconcile(None)):
+                    log.warning("%d more live counters raised to the ledger", raised)
                 for reservation_id in releases:
                     await self._redis.release(reservation_id)
             except UNREACHABLE:
                 self._behind |= buckets
                 self._releases += releases
+                self._check_all |= check_all
                 raise
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
                 self._behind |= buckets
                 self._releases += releases
+                self._check_all |= check_all
                 log.warning("live counters not caught up yet, database unavailable: %s", exc)
 
     # -- what /readyz and /metrics show --------------------------------------------------------

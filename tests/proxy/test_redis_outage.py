@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -19,13 +20,21 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from redis.asyncio import Redis
 
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
-from spendgate.testing.processes import PrivateRedis
-from tests.conftest import PG_ADMIN_DSN, RunningGateway, _pg_create, _pg_drop, start_gateway
+from spendgate.testing.processes import PrivateRedis, Replica
+from tests.conftest import (
+    MASTER_KEY,
+    PG_ADMIN_DSN,
+    RunningGateway,
+    _pg_create,
+    _pg_drop,
+    start_gateway,
+)
 
 MSG = [{"role": "user", "content": "hello"}]
 NANOS = Decimal(10**9)
@@ -310,3 +319,85 @@ def test_fail_open_a_call_still_writing_its_row_when_redis_returns_is_caught_up(
             assert counter(redis, f"b:{made['id']}:{period}") == sum(spend.values())
         finally:
             stop(started)
+
+
+def test_fail_open_spend_of_a_replica_killed_during_the_outage_reaches_the_counter(
+    database: str, upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path
+) -> None:
+    """A fail-open replica (a real process) serves calls on its local counters while
+    Redis is down and is killed (``kill -9``) before Redis is back: that spend is in the
+    ledger and on no live process's list, so Redis comes back (with its data) one call
+    per call short. Started again, the replica raises every live counter to the ledger
+    at its first tick: the counter equals the ledger at once, not after the periodic
+    reconciliation (an hour here)."""
+    config = tmp_path / "spendgate.toml"
+    config.write_text(f"""
+[gateway]
+ledger_flush_seconds = 0.05
+reconcile_seconds = 3600
+reconcile_grace_seconds = 3600
+redis_failure_mode = "open"
+[providers.openai]
+kind = "openai"
+base_url = "{upstream[1].url}/v1"
+api_key = "upstream-secret"
+[models."gpt-4o-mini"]
+provider = "openai"
+""")
+    with PrivateRedis(persist=True) as redis:
+        env = {
+            "SPENDGATE_MASTER_KEY": MASTER_KEY,
+            "SPENDGATE_DATABASE_URL": database,
+            "SPENDGATE_REDIS_URL": redis.url,
+            "SPENDGATE_SPOOL_DIR": str(tmp_path / "spool"),
+        }
+        replica = Replica.start(tmp_path, env, config=config, workdir=tmp_path)
+        try:
+            admin = httpx.Client(
+                base_url=replica.url, headers={"authorization": f"Bearer {MASTER_KEY}"}
+            )
+            org = admin.post("/admin/orgs", json={"name": f"killed-{uuid.uuid4().hex[:6]}"})
+            key = admin.post("/admin/keys", json={"name": "k", "org_id": org.json()["id"]}).json()
+            made = admin.post("/admin/budgets", json=hard_budget(key["id"], Decimal("10"))).json()
+            period = admin.get(f"/admin/budgets/{made['id']}/status").json()["period_key"]
+            admin.close()
+            bucket = f"b:{made['id']}:{period}"
+
+            def call() -> int:
+                return httpx.post(
+                    replica.url + "/v1/chat/completions",
+                    headers={"authorization": f"Bearer {key['key']}"},
+                    json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 20},
+                    timeout=30,
+                ).status_code
+
+            assert [call() for _ in range(2)] == [200, 200]
+            before = counter(redis, bucket)
+            redis.kill()
+            assert [call() for _ in range(3)] == [200, 200, 200]  # on local counters
+            spent = asyncio.run(_ledger_spend(database, key["id"], rows=5))
+            replica.kill()
+            redis.start()
+            assert counter(redis, bucket) == before < spent  # the killed replica's spend
+            replica.close()
+            replica = Replica.start(tmp_path, env, config=config, workdir=tmp_path)
+            deadline = time.monotonic() + 10
+            while counter(redis, bucket) < spent and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert counter(redis, bucket) == spent
+        finally:
+            replica.close()
+
+
+async def _ledger_spend(database: str, key_id: str, rows: int) -> int:
+    """The key's spend in the ledger once it has ``rows`` rows (within 10 s)."""
+    conn = await asyncpg.connect(database)
+    try:
+        for _ in range(100):
+            found = await conn.fetch("SELECT cost_nanos FROM ledger WHERE key_id = $1", key_id)
+            if len(found) >= rows:
+                return sum(int(r[0]) for r in found)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{rows} ledger rows not written within 10 s")
+    finally:
+        await conn.close()
