@@ -28,7 +28,12 @@ whether or not the periodic reconciliation got there first, the outage's spend i
 counted once: after recovery the counters equal the ledger. (A Redis that came back
 empty has no such buckets: they are seeded from the ledger, which has the spend.)
 Thresholds the raise crosses fire then, with their usual dedup keys; Redis
-reservations of calls whose settle failed are given back.
+reservations of calls whose settle failed are given back. A call counted without
+Redis is done at ``release``, once its ledger row is on disk: one still writing it
+when the probe read the ledger is caught up at the next tick. That tick also raises
+every live counter (``check_all``, as at start and after a dead process's spool was
+replayed): a replica killed before Redis came back leaves its outage's spend in the
+ledger and on no live process's list.
 """
 
 from __future__ import annotations

@@ -38,6 +38,7 @@ from redis.asyncio import Redis
 from spendgate.core import budget_rules as rules
 from spendgate.core.pricing import PriceRef, PriceTable
 from spendgate.core.worst_case import worst_case
+from spendgate.store.database import migrate_url
 from spendgate.testing.fake_upstream import serve_in_thread
 from spendgate.testing.processes import (
     ManagedProcess,
@@ -71,6 +72,8 @@ class Outcome:
 class Fleet:
     replicas: list[ManagedProcess]
     pg: PrivatePostgres
+    #: this mode's database on ``pg``
+    db: str
     redis: PrivateRedis
     start: Callable[[int | None], ManagedProcess]
     outcomes: list[Outcome] = field(default_factory=list)
@@ -152,8 +155,8 @@ async def until(check: Callable[[], Awaitable[bool]], within: float, what: str) 
         await asyncio.sleep(0.1)
 
 
-async def query(pg: PrivatePostgres, sql: str, *args: Any) -> list[Any]:
-    conn = await asyncpg.connect(pg.url)
+async def query(db: str, sql: str, *args: Any) -> list[Any]:
+    conn = await asyncpg.connect(db)
     try:
         return list(await conn.fetch(sql, *args))
     finally:
@@ -168,14 +171,23 @@ async def counter(redis: PrivateRedis, bucket: str) -> int:
         await client.aclose()
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[PrivatePostgres, str]]:
+    """One PostgreSQL and one fake upstream for both modes (each mode has a database of
+    its own): starting a cluster is most of a mode's setup."""
+    with PrivatePostgres() as pg, UpstreamProcess.start(tmp_path_factory.mktemp("up")) as up:
+        yield pg, up.url
+
+
 @pytest.fixture(params=["closed", "open"])
-def fleet(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Fleet]:
+def fleet(
+    request: pytest.FixtureRequest, tmp_path: Path, shared: tuple[PrivatePostgres, str]
+) -> Iterator[Fleet]:
     mode = request.param
-    with (
-        PrivatePostgres() as pg,
-        PrivateRedis(persist=mode == "open") as redis,
-        UpstreamProcess.start(tmp_path) as upstream,
-    ):
+    pg, upstream_url = shared
+    db = asyncio.run(_fresh_database(pg, f"chaos_{mode}"))
+    migrate_url(db)  # here, once, so the replicas start side by side
+    with PrivateRedis(persist=mode == "open") as redis:
         config = tmp_path / "spendgate.toml"
         config.write_text(f"""
 [gateway]
@@ -185,7 +197,7 @@ redis_failure_mode = "{mode}"
 fail_open_replicas = {REPLICAS}
 [providers.openai]
 kind = "openai"
-base_url = "{upstream.url}/v1"
+base_url = "{upstream_url}/v1"
 api_key = "upstream-secret"
 timeout_seconds = 10
 [models."gpt-4o-mini"]
@@ -193,7 +205,7 @@ provider = "openai"
 """)
         env = {
             "SPENDGATE_MASTER_KEY": MASTER,
-            "SPENDGATE_DATABASE_URL": pg.url,
+            "SPENDGATE_DATABASE_URL": db,
             "SPENDGATE_REDIS_URL": redis.url,
             "SPENDGATE_SPOOL_DIR": str(tmp_path / "spool"),
             "SPENDGATE_WEBHOOK_ALLOW_PRIVATE": "1",
@@ -202,14 +214,23 @@ provider = "openai"
         def start(port: int | None = None) -> ManagedProcess:
             return Replica.start(tmp_path, env, config=config, workdir=tmp_path, port=port)
 
-        replicas = [start(None)]  # migrates the database; the others start side by side
-        with_others = asyncio.run(_start_more(start, REPLICAS - 1))
-        fleet = Fleet([*replicas, *with_others], pg, redis, start)
+        fleet = Fleet(asyncio.run(_start_more(start, REPLICAS)), pg, db, redis, start)
         try:
             yield fleet
         finally:
             for replica in fleet.replicas:
                 replica.close()
+
+
+async def _fresh_database(pg: PrivatePostgres, name: str) -> str:
+    """An empty database ``name`` on ``pg`` (dropped first if a run left it); its URL."""
+    conn = await asyncpg.connect(pg.url)
+    try:
+        await conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        await conn.execute(f"CREATE DATABASE {name}")
+    finally:
+        await conn.close()
+    return pg.url.rsplit("/", 1)[0] + f"/{name}"
 
 
 async def _start_more(start: Callable[[int | None], ManagedProcess], n: int) -> list[Any]:
@@ -345,7 +366,7 @@ async def _spend(fleet: Fleet, key_id: str) -> int:
         for replica in fleet.replicas:
             await until(lambda r=replica: _settled(client, r), 30, "ledger written")
     rows = await query(
-        fleet.pg, "SELECT coalesce(sum(cost_nanos), 0) FROM ledger WHERE key_id = $1", key_id
+        fleet.db, "SELECT coalesce(sum(cost_nanos), 0) FROM ledger WHERE key_id = $1", key_id
     )
     return int(rows[0][0])
 
@@ -375,7 +396,7 @@ async def _redis_back(fleet: Fleet) -> bool:
 
 async def _check_ledger(fleet: Fleet) -> None:
     """0 completed-call spend lost, 0 doubled."""
-    rows = await query(fleet.pg, "SELECT request_id, cost_nanos FROM ledger")
+    rows = await query(fleet.db, "SELECT request_id, cost_nanos FROM ledger")
     ledger = {r[0]: r[1] for r in rows}
     assert len(ledger) == len(rows)
     done = [o for o in fleet.outcomes if o.complete and o.request_id]
@@ -429,7 +450,7 @@ async def _check_alerts(
     event) was delivered, and accepted by the receiver exactly once."""
     spent = await _spend(fleet, watched["scope_id"])
     rows = await query(
-        fleet.pg,
+        fleet.db,
         "SELECT data FROM events WHERE type IN "
         "('budget.threshold_crossed', 'budget.soft_limit_reached')",
     )
@@ -441,9 +462,9 @@ async def _check_alerts(
     assert sorted(Decimal(e["percent"]) for e in fired) == reached, f"{spent} of {amount}"
 
     async def delivered() -> bool:
-        events = await query(fleet.pg, "SELECT count(*) FROM events WHERE type LIKE 'budget.%'")
+        events = await query(fleet.db, "SELECT count(*) FROM events WHERE type LIKE 'budget.%'")
         rows = await query(
-            fleet.pg,
+            fleet.db,
             "SELECT count(*) FILTER (WHERE status <> 'succeeded'), count(*) "
             "FROM webhook_deliveries WHERE endpoint_id = $1",
             endpoint_id,
@@ -452,7 +473,7 @@ async def _check_alerts(
 
     await until(delivered, 40, "every alert delivered")
     messages = {r[0] for r in await query(
-        fleet.pg, "SELECT message_id FROM webhook_deliveries WHERE endpoint_id = $1", endpoint_id
+        fleet.db, "SELECT message_id FROM webhook_deliveries WHERE endpoint_id = $1", endpoint_id
     )}  # fmt: skip
     accepted = Counter(r.headers["webhook-id"] for r in receiver.received if r.answered == 200)
     assert set(accepted) == messages  # 0 lost
