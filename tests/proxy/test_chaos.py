@@ -1,13 +1,14 @@
 """The chaos test (issue 18): three ``spendgate serve`` replicas under load on a
-PostgreSQL and a Redis of their own, with, one after another: ``kill -9`` of a replica
+PostgreSQL (one cluster for both modes, a fresh database each) and a Redis of their
+own, with, one after another: ``kill -9`` of a replica
 (restarted), Redis killed and restarted, the database stopped and started, the webhook
 receiver down then up. Run once per Redis failure mode; then:
 
 * 0 completed-call spend lost or doubled: every call a client saw complete is in the
   ledger once, at the cost its answer said;
 * fail-closed: 0 overshoot of a hard cap; fail-open: within the README's bound;
-* the live counters are not behind the ledger (and ahead only by calls cut off by
-  the kill, which the ledger never got);
+* the live counters are not behind the ledger, in either mode (and ahead only by calls
+  cut off by the kill, which the ledger never got);
 * every threshold the ledger's spend reached fired once, and every alert was delivered
   to the receiver exactly once.
 
