@@ -668,10 +668,11 @@ def create_app(
             counters,
             clock,
             local_guards,
-            lambda buckets: reconciler.reconcile(timedelta(0), only=buckets),
+            lambda buckets: reconciler.reconcile(timedelta(0), only=buckets, after_outage=True),
             mode=settings.redis_failure_mode,
             replicas=settings.fail_open_replicas,
         )
+        ledger.on_replayed = guard.check_all  # a dead process may have spent without Redis
     services = Services(
         settings=settings,
         clock=clock,

@@ -28,7 +28,12 @@ whether or not the periodic reconciliation got there first, the outage's spend i
 counted once: after recovery the counters equal the ledger. (A Redis that came back
 empty has no such buckets: they are seeded from the ledger, which has the spend.)
 Thresholds the raise crosses fire then, with their usual dedup keys; Redis
-reservations of calls whose settle failed are given back.
+reservations of calls whose settle failed are given back. A call counted without
+Redis is done at ``release``, once its ledger row is on disk: one still writing it
+when the probe read the ledger is caught up at the next tick. That tick also raises
+every live counter (``check_all``, as at start and after a dead process's spool was
+replayed): a replica killed before Redis came back leaves its outage's spend in the
+ledger and on no live process's list.
 """
 
 from __future__ import annotations
@@ -63,8 +68,8 @@ Mode = Literal["closed", "open"]
 PROBE_SECONDS = 1.0
 #: (enforcer, rate gate) like the primary ones, over the given counters and process memory
 LocalGuards = Callable[[Counters], tuple[Enforcer, RateGate]]
-#: raise these buckets' live counters to the ledger's spend; how many it raised
-Reconcile = Callable[[set[str]], Awaitable[int]]
+#: raise these buckets' (None: every bucket's) live counters to the ledger; how many it raised
+Reconcile = Callable[[set[str] | None], Awaitable[int]]
 
 
 class Breaker:
@@ -159,6 +164,11 @@ class FailoverGuard:
         #: buckets Redis may count less than the ledger for, and reservations to give back
         self._behind: set[str] = set()
         self._releases: list[str] = []
+        #: per reservation, buckets of a call Redis missed whose ledger row is not written yet
+        self._unrecorded: dict[str, list[str]] = {}
+        #: raise every live counter to the ledger at the next tick: at start, after an
+        #: outage, after a dead process's spool was replayed (``check_all``)
+        self._check_all = True
         self._catch_up_lock = asyncio.Lock()
         #: set when the probe running now is done (calls arriving meanwhile wait for it)
         self._probe: asyncio.Event | None = None
@@ -251,9 +261,7 @@ class FailoverGuard:
     # -- after the call ----------------------------------------------------------------------
     async def settle(self, guarded: Guarded, tokens: int, cost_nanos: int) -> int | None:
         if isinstance(guarded, LocalGuarded):
-            remaining = await guarded.outage.guard.settle(guarded, tokens, cost_nanos)
-            self._finished_locally(guarded)
-            return remaining
+            return await guarded.outage.guard.settle(guarded, tokens, cost_nanos)
         try:
             return await self._primary.settle(guarded, tokens, cost_nanos)
         except UNREACHABLE as exc:
@@ -263,6 +271,9 @@ class FailoverGuard:
             raise
 
     def _finished_locally(self, guarded: LocalGuarded) -> None:
+        """At ``release``, so after the call's ledger row was written: a catch-up that
+        read the ledger before then (the probe's, while the row was still on its way to
+        the spool) missed this spend, so it is caught up again at the next tick."""
         if guarded.finished:
             return
         guarded.finished = True
@@ -273,7 +284,6 @@ class FailoverGuard:
     async def unbilled(self, guarded: Guarded) -> None:
         if isinstance(guarded, LocalGuarded):
             await guarded.outage.guard.unbilled(guarded)
-            self._finished_locally(guarded)
             return
         try:
             await self._primary.unbilled(guarded)
@@ -284,7 +294,11 @@ class FailoverGuard:
 
     async def release(self, guarded: Guarded) -> None:
         """Give back whatever is still held (idempotent). Redis unreachable: the holds
-        are given back when it returns (or reaped), and the call is not failed for it."""
+        are given back when it returns (or reaped), and the call is not failed for it.
+
+        The proxy calls it last, after the call's ledger row is on disk (``_book``): only
+        from here is the call's spend one a catch-up can read, so this is where a call
+        counted without Redis is done ("Back to Redis, once")."""
         if isinstance(guarded, LocalGuarded):
             await guarded.outage.guard.release(guarded)
             self._finished_locally(guarded)
@@ -294,6 +308,9 @@ class FailoverGuard:
         except UNREACHABLE as exc:
             self.trip(exc)
             self._behind_on(guarded)
+        owed = self._unrecorded.pop(guarded.admission.reservation_id, None)
+        if owed is not None:
+            self._behind.update(owed)
 
     def abandon(self, guarded: Guarded) -> None:
         if isinstance(guarded, LocalGuarded):
@@ -302,9 +319,11 @@ class FailoverGuard:
             self._primary.abandon(guarded)
 
     def _behind_on(self, guarded: Guarded) -> None:
-        """A Redis-admitted call's settle or release did not reach Redis."""
+        """A Redis-admitted call's settle or release did not reach Redis: its reservation
+        is given back when Redis answers, its buckets caught up once its ledger row is
+        written (``release``)."""
         if not guarded.admission.empty:
-            self._behind.update(buckets_of(guarded.admission))
+            self._unrecorded[guarded.admission.reservation_id] = buckets_of(guarded.admission)
             self._releases.append(guarded.admission.reservation_id)
 
     # -- the breaker and the way back ------------------------------------------------------------
@@ -335,6 +354,7 @@ class FailoverGuard:
                 self._behind.update(outage.buckets)
                 self._outage = None  # lost again before the catch-up: a new outage
             await self._catch_up()
+            self._check_all = True  # and every other counter at the next tick
             down = self.breaker.recovered()
             self.last_outage_seconds = down
             log.warning("shared counters (Redis) reachable again after %.1f s", down)
@@ -345,23 +365,37 @@ class FailoverGuard:
             probe, self._probe = self._probe, None
             probe.set()
 
+    def check_all(self) -> None:
+        """Raise every live counter to the ledger at the next tick. Spend made without
+        Redis by a process that died before it was back is in the ledger (its rows were
+        written, or replayed from its spool) but on no live process's list: this process
+        starts with it set, sets it when it finds Redis back, and when it replays a dead
+        process's spool (``LedgerWriter.on_replayed``)."""
+        self._check_all = True
+
     async def tick(self) -> None:
         """Housekeeping: probe when due, and catch up buckets still behind."""
         if self.breaker.probe_due():
             await self.recover()
-        elif self.breaker.up and (self._behind or self._releases):
+        elif self.breaker.up and (self._behind or self._releases or self._check_all):
             try:
-                await self._catch_up()
+                await self._catch_up(everything=True)
             except UNREACHABLE as exc:
                 self.trip(exc)
 
-    async def _catch_up(self) -> None:
-        """Raise the buckets behind to the ledger (this process's rows flushed first) and
-        give back the reservations left in Redis. A database failure is logged and the
-        buckets stay behind for the next tick; Redis failing raises (the caller trips)."""
+    async def _catch_up(self, *, everything: bool = False) -> None:
+        """Raise the buckets behind (``everything``: and, if ``check_all`` asked for it,
+        every bucket) to the ledger (this process's rows flushed first) and give back the
+        reservations left in Redis. A database failure is logged and the buckets stay
+        behind for the next tick; Redis failing raises (the caller trips). The probe
+        leaves ``everything`` to the tick: calls wait for the probe, not for that."""
         async with self._catch_up_lock:
             buckets, self._behind = self._behind, set()
             releases, self._releases = self._releases, []
+            check_all, self._check_all = (
+                self._check_all and everything,
+                self._check_all and not everything,
+            )
             try:
                 if buckets:
                     raised = await self._reconcile(buckets)
@@ -370,15 +404,19 @@ class FailoverGuard:
                         raised,
                         len(buckets),
                     )
+                if check_all and (raised := await self._reconcile(None)):
+                    log.warning("%d more live counters raised to the ledger", raised)
                 for reservation_id in releases:
                     await self._redis.release(reservation_id)
             except UNREACHABLE:
                 self._behind |= buckets
                 self._releases += releases
+                self._check_all |= check_all
                 raise
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
                 self._behind |= buckets
                 self._releases += releases
+                self._check_all |= check_all
                 log.warning("live counters not caught up yet, database unavailable: %s", exc)
 
     # -- what /readyz and /metrics show --------------------------------------------------------
@@ -391,7 +429,7 @@ class FailoverGuard:
             "redis_failure_mode": f"fail-{self.mode}",
             "redis_down_seconds": round(now - since, 3) if since is not None else 0.0,
             "redis_local_admissions": outage.admitted if outage is not None else 0,
-            "redis_buckets_behind": len(self._behind),
+            "redis_buckets_behind": len(self._behind.union(*self._unrecorded.values())),
         }
 
 

@@ -62,7 +62,9 @@ class Reconciler:
     def _counters(self) -> Counters:
         return self._enforcer.counters
 
-    async def reconcile(self, grace: timedelta, only: Collection[str] | None = None) -> int:
+    async def reconcile(
+        self, grace: timedelta, only: Collection[str] | None = None, *, after_outage: bool = False
+    ) -> int:
         """Raise every live bucket that counts less than the ledger (calls started before
         ``now - grace``) to the ledger's figure; returns how many it repaired.
 
@@ -71,7 +73,13 @@ class Reconciler:
         instead every level the ledger's spend has reached fires (those fired already
         are not stored twice: their dedup keys), so a crossing whose settle never
         reached Redis, or that only the replicas' spend together made, is not lost. One
-        that Redis lost meanwhile is seeded from the ledger here."""
+        that Redis lost meanwhile is seeded from the ledger here.
+
+        ``after_outage`` without ``only``: every live bucket the same way (spend a process
+        made without Redis and then died with is on no live process's list), except that
+        a bucket Redis does not have is left to be seeded when next used, and levels fire
+        only where a counter was raised."""
+        outage = after_outage or only is not None
         now = self._clock.now()
         until = now - grace
         await self._ledger.flush()
@@ -86,9 +94,10 @@ class Reconciler:
                 budget.org_id, window.start, until, partial(rules.applies, budget)
             )
             info = {"budget_id": budget.id, "period": window.key}
-            before = await self._repair(bucket, ledger, budget.org_id, now, info, only is None)
-            if only is not None:
-                await self._counters.seed(bucket, ledger)  # Redis came back empty
+            before = await self._repair(bucket, ledger, budget.org_id, now, info, not outage)
+            if outage and (only is not None or before is not None):
+                if only is not None:
+                    await self._counters.seed(bucket, ledger)  # Redis came back empty
                 amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
                 cap = rules.hard_cap_nanos(budget, amount)
                 reached = Admission("", 0, (Applied(budget, window, amount, cap),), ())
@@ -102,9 +111,10 @@ class Reconciler:
             # calls its tickets' grants paid for are in the ledger but not in the wallet
             ledger -= await self._store.ticket_funded(w, until)
             info = {"wallet_id": w.id}
-            before = await self._repair(bucket, ledger, w.org_id, now, info, only is None)
-            if only is not None:
-                await self._counters.seed(bucket, ledger, await self._store.topped_up(w.id))
+            before = await self._repair(bucket, ledger, w.org_id, now, info, not outage)
+            if outage and (only is not None or before is not None):
+                if only is not None:
+                    await self._counters.seed(bucket, ledger, await self._store.topped_up(w.id))
                 await self._enforcer.booked(Admission("", 0, (), (w,)), [(0, ledger)])
             repaired += before is not None
         return repaired

@@ -253,6 +253,8 @@ class LedgerWriter:
         self.written = 0
         #: False while the database cannot be reached (the rows wait in the spool)
         self.database_ok = True
+        #: called after rows a dead process left in the spool were written
+        self.on_replayed: Callable[[], None] | None = None
         if spool is not None:
             spool.on_durable = self._durable
 
@@ -465,6 +467,8 @@ class LedgerWriter:
                     count += len(batch)
                 orphans.pop(0).finish()
                 replayed += count
+                if count and self.on_replayed is not None:
+                    self.on_replayed()
                 log.warning("replayed %d ledger rows left by %s", count, orphan.path.name)
         finally:
             for orphan in orphans:
