@@ -15,7 +15,7 @@ across teams or orgs.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -205,25 +205,47 @@ class Scope:
         return self._seen[memo]
 
     async def _lookup(self, scope_type: str, scope_id: str) -> Owner | None:
+        return (await self._lookup_many(scope_type, [scope_id])).get(scope_id)
+
+    async def _lookup_many(self, scope_type: str, ids: Sequence[str]) -> dict[str, Owner]:
+        """The owners of objects of one type, by id, in one query (two for users); a
+        missing object is absent."""
         table = _TABLES.get(scope_type)
-        if table is None:
-            return None
+        if table is None or not ids:
+            return {}
+        wanted = sorted(set(ids))
         async with self.svc.engine.connect() as conn:
-            row = (await conn.execute(sa.select(table).where(table.c.id == scope_id))).first()
-            if row is None:
-                return None
+            rows = (await conn.execute(sa.select(table).where(table.c.id.in_(wanted)))).all()
             if scope_type == "org":
-                return Owner.of(row.id)
+                return {row.id: Owner.of(row.id) for row in rows}
             if scope_type == "team":
-                return Owner.of(row.org_id, row.id)
+                return {row.id: Owner.of(row.org_id, row.id) for row in rows}
             if scope_type == "user":
-                teams = await conn.execute(
-                    sa.select(schema.user_teams.c.team_id).where(
-                        schema.user_teams.c.user_id == scope_id
+                teams: dict[str, list[str]] = {row.id: [] for row in rows}
+                links = await conn.execute(
+                    sa.select(schema.user_teams.c.user_id, schema.user_teams.c.team_id).where(
+                        schema.user_teams.c.user_id.in_(wanted)
                     )
                 )
-                return Owner.of(row.org_id, *(t[0] for t in teams))
-            return Owner.of(row.org_id, row.team_id)
+                for user_id, team_id in links:
+                    teams[user_id].append(team_id)
+                return {row.id: Owner.of(row.org_id, *teams[row.id]) for row in rows}
+            return {row.id: Owner.of(row.org_id, row.team_id) for row in rows}
+
+    async def preload_policies(self, rows: Iterable[dict[str, Any]]) -> None:
+        """Look up the owners of these budgets', wallets' or rate limits' scopes at once (a
+        query per scope type), so :meth:`of_policy` answers them from memory."""
+        missing: dict[str, set[str]] = {}
+        for row in rows:
+            scope_type, scope_id = row["scope_type"], row["scope_id"]
+            if scope_type in ("org", "tag") or scope_id is None:
+                continue  # of_policy needs no look-up for these
+            if (scope_type, scope_id) not in self._seen:
+                missing.setdefault(scope_type, set()).add(scope_id)
+        for scope_type, ids in missing.items():
+            found = await self._lookup_many(scope_type, sorted(ids))
+            for scope_id in ids:
+                self._seen[scope_type, scope_id] = found.get(scope_id)
 
     async def of_policy(self, row: dict[str, Any]) -> Owner | None:
         """The owner of a stored budget, wallet or rate limit (by its scope)."""
@@ -279,9 +301,13 @@ class Scope:
         rows: Iterable[dict[str, Any]],
         owner_of: Callable[[dict[str, Any]], Coroutine[Any, Any, Owner | None]],
     ) -> list[dict[str, Any]]:
-        """The rows whose owner the caller sees."""
+        """The rows whose owner the caller sees (the owners of policies are looked up
+        together, a query per scope type, not one per row)."""
         if self.who.is_master:
             return list(rows)
+        rows = list(rows)
+        if owner_of == self.of_policy:
+            await self.preload_policies(rows)
         return [r for r in rows if self.visible(await owner_of(r))]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +17,13 @@ from spendgate.core.forecast_overrun import outlook_text
 from spendgate.core.money import format_usd
 from spendgate.errors import NotFound
 from spendgate.services import Services
-from spendgate.store.forecasts import crossing_dates, forecast_of, refresh_all, stored_forecast
+from spendgate.store.forecasts import (
+    crossing_dates,
+    forecast_of,
+    refresh_all,
+    stored_forecast,
+    stored_forecasts,
+)
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -73,12 +80,19 @@ async def current_forecast(
     return forecast_out(row)
 
 
-async def forecast_for_status(
-    svc: Services, budget_id: str, period_key: str
-) -> dict[str, Any] | None:
-    """The stored forecast of this period for the budget status route (never computes)."""
-    row = await stored_forecast(svc.engine, budget_id)
-    return forecast_out(row) if row is not None and row["period_key"] == period_key else None
+async def forecasts_for_status(
+    svc: Services, period_keys: Mapping[str, str]
+) -> dict[str, dict[str, Any] | None]:
+    """The stored forecast of this period of each budget (budget id: its period key) for
+    the budget status route, in one query (never computes; None: none of this period)."""
+    rows = await stored_forecasts(svc.engine, list(period_keys))
+    out: dict[str, dict[str, Any] | None] = {}
+    for budget_id, period_key in period_keys.items():
+        row = rows.get(budget_id)
+        out[budget_id] = (
+            forecast_out(row) if row is not None and row["period_key"] == period_key else None
+        )
+    return out
 
 
 @router.get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
@@ -10,14 +11,14 @@ from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
-from spendgate.admin.forecasts import forecast_for_status
+from spendgate.admin.forecasts import forecasts_for_status
 from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import validate_timezone, window_at
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
-from spendgate.store.events import fired_keys, record_event
+from spendgate.store.events import fired_keys_many, record_event
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -230,37 +231,56 @@ async def delete_budget(
     dependencies=guard(Can.BUDGETS_READ),
 )
 async def budget_status(budget_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
-    budget = budget_from_row((await scope.budget(budget_id))[0])
+    row, _ = await scope.budget(budget_id)
+    return (await budget_statuses(svc, [row]))[0]
+
+
+async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The status of each stored budget in ``rows`` (the caller may read them: checked
+    before), in order: a page of budgets costs the same few queries as one."""
     now = svc.clock.now()
-    raises = [r for r in svc.enforcer.raises_for(budget.id) if r.active_at(now)]
-    window = window_at(now, budget.period, budget.timezone, budget.week_start)
-    amount = rules.effective_amount(budget, raises, now)
-    state = await svc.enforcer.bucket_state(budget, window, amount)
-    cap = rules.hard_cap_nanos(budget, amount)
-    soft = rules.percent_of(amount, budget.soft_limit_percent)
-    used = state.spent + state.reserved
-    fired = await fired_keys(svc.engine, f"budget:{budget.id}:{window.key}:")
-    return {
-        "budget_id": budget.id,
-        "period_key": window.key,
-        "period_start": window.start,
-        "period_end": window.end,
-        "period_start_local": window.local_start.isoformat(),
-        "period_end_local": window.local_end.isoformat(),
-        "next_reset": window.end,
-        "amount_usd": format_usd(budget.amount_nanos),
-        "effective_amount_usd": format_usd(amount),
-        "spent_usd": format_usd(state.spent),
-        "reserved_usd": format_usd(state.reserved),
-        "percent_used": str(rules.percent_used(state.spent, amount)),
-        "hard_limit": budget.hard_limit,
-        "hard_limit_usd": None if cap is None else format_usd(cap),
-        "remaining_to_soft_usd": format_usd(max(0, soft - used)),
-        "remaining_to_hard_usd": None if cap is None else format_usd(max(0, cap - used)),
-        "thresholds_fired": [k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1] for k in fired],
-        "active_exceptions": len(raises),
-        "forecast": await forecast_for_status(svc, budget.id, window.key),
-    }
+    budgets = [budget_from_row(row) for row in rows]
+    windows = [window_at(now, b.period, b.timezone, b.week_start) for b in budgets]
+    prefixes = [f"budget:{b.id}:{w.key}:" for b, w in zip(budgets, windows, strict=True)]
+    fired_by = await fired_keys_many(svc.engine, prefixes)
+    forecasts = await forecasts_for_status(
+        svc, {b.id: w.key for b, w in zip(budgets, windows, strict=True)}
+    )
+    out = []
+    for budget, window, prefix in zip(budgets, windows, prefixes, strict=True):
+        raises = [r for r in svc.enforcer.raises_for(budget.id) if r.active_at(now)]
+        amount = rules.effective_amount(budget, raises, now)
+        state = await svc.enforcer.bucket_state(budget, window, amount)
+        cap = rules.hard_cap_nanos(budget, amount)
+        soft = rules.percent_of(amount, budget.soft_limit_percent)
+        used = state.spent + state.reserved
+        fired = fired_by[prefix]
+        out.append(
+            {
+                "budget_id": budget.id,
+                "period_key": window.key,
+                "period_start": window.start,
+                "period_end": window.end,
+                "period_start_local": window.local_start.isoformat(),
+                "period_end_local": window.local_end.isoformat(),
+                "next_reset": window.end,
+                "amount_usd": format_usd(budget.amount_nanos),
+                "effective_amount_usd": format_usd(amount),
+                "spent_usd": format_usd(state.spent),
+                "reserved_usd": format_usd(state.reserved),
+                "percent_used": str(rules.percent_used(state.spent, amount)),
+                "hard_limit": budget.hard_limit,
+                "hard_limit_usd": None if cap is None else format_usd(cap),
+                "remaining_to_soft_usd": format_usd(max(0, soft - used)),
+                "remaining_to_hard_usd": None if cap is None else format_usd(max(0, cap - used)),
+                "thresholds_fired": [
+                    k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1] for k in fired
+                ],
+                "active_exceptions": len(raises),
+                "forecast": forecasts[budget.id],
+            }
+        )
+    return out
 
 
 def exception_out(row: dict[str, Any]) -> dict[str, Any]:

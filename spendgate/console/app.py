@@ -34,6 +34,7 @@ from spendgate.console import (
     webhooks,
 )
 from spendgate.console.layout import SignInRequired, harden, login_url, page
+from spendgate.console.usage_source import ClosedDays
 from spendgate.errors import NotFound, SpendgateError
 from spendgate.services import Services
 from spendgate.store.console_auth import SESSION_LIFETIME, ConsoleAuth
@@ -48,6 +49,7 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     app.state.services = services
     app.state.console_auth = ConsoleAuth(services.engine, session_lifetime)
+    app.state.closed_days = ClosedDays()  # /usage's figures of days that are over
 
     @app.exception_handler(SignInRequired)
     async def sign_in(request: Request, exc: SignInRequired) -> Response:

@@ -4,6 +4,7 @@ saying where the period will land."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
@@ -11,10 +12,11 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from spendgate.admin.deps import Scope
-from spendgate.admin.policies import budget_status
+from spendgate.admin.policies import budget_statuses
 from spendgate.console.charts import Band, Level
 from spendgate.core import budget_rules as rules
 from spendgate.core.money import format_usd, usd_to_nanos
+from spendgate.services import Services
 from spendgate.store.policies import budget_from_row
 
 LEVEL_NAMES = {"alert": "alert", "soft": "soft limit", "hard": "hard limit"}
@@ -65,14 +67,20 @@ def landing_text(forecast: dict[str, Any]) -> str:
     return f"We'll land at ${format_usd(p50)}, {abs(delta)} % under budget."
 
 
-async def budget_view(
-    scope: Scope, budget_id: str, row: dict[str, Any] | None = None
-) -> BudgetView:
-    """Status, levels and forecast of a budget the caller may read (else its 404);
-    ``row``: the stored budget when the caller has it already (a list)."""
-    status = await budget_status(budget_id, scope.svc, scope)
-    if row is None:
-        row = await scope.svc.policies.get_budget(budget_id)
+async def budget_view(scope: Scope, budget_id: str) -> BudgetView:
+    """Status, levels and forecast of a budget the caller may read (else its 404)."""
+    row, _ = await scope.budget(budget_id)
+    return (await budget_views(scope.svc, [row]))[0]
+
+
+async def budget_views(svc: Services, rows: Sequence[dict[str, Any]]) -> list[BudgetView]:
+    """:func:`budget_view` of stored budgets the caller may read (checked before: a list
+    filtered by the admin API's rule), all statuses read together."""
+    statuses = await budget_statuses(svc, rows)
+    return [_view(row, status) for row, status in zip(rows, statuses, strict=True)]
+
+
+def _view(row: dict[str, Any], status: dict[str, Any]) -> BudgetView:
     budget = budget_from_row(row)
     amount = usd_to_nanos(status["effective_amount_usd"])
     levels = [Level("budget", amount, "budget")]

@@ -18,7 +18,7 @@ from spendgate.admin import policies
 from spendgate.admin import routes as directory_routes
 from spendgate.admin import schemas as s
 from spendgate.admin.users import list_users
-from spendgate.console.budget_view import budget_view
+from spendgate.console.budget_view import budget_view, budget_views
 from spendgate.console.forms import (
     BUDGET_FIELDS,
     EDITABLE,
@@ -97,7 +97,7 @@ async def list_page(request: Request, svc: Svc, user: User) -> Response:
     scope = scope_for(svc, who)
     rows = await svc.policies.list_budgets(who.org_id)
     visible = await scope.filter(rows, scope.of_policy)  # as GET /admin/budgets filters
-    views = [await budget_view(scope, r["id"], r) for r in visible]
+    views = await budget_views(svc, visible)
     views.sort(key=lambda v: (-v.risk, v.row["name"]))
     return await page(
         request,

@@ -10,7 +10,7 @@ same numbers; the SVG has a title and description, each bar a ``<title>``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -73,10 +73,14 @@ def stacked_bars(
     *,
     title: str,
     zone: str,
+    totals: Mapping[date, int] | None = None,
 ) -> Markup:
-    """One bar per bucket; ``series`` are (label, nanos per bucket), bottom first."""
-    totals = [sum(values.get(b, 0) for _, values in series) for b in buckets]
-    top = _nice_max(max(totals, default=0))
+    """One bar per bucket; ``series`` are (label, nanos per bucket), bottom first.
+    ``totals``: the groups overlap (tags: a call is under each of its tags), so the bars
+    add up to more than the spend; each bucket's true total is drawn as a line across
+    its bar, and said so in the legend and the description."""
+    stacked = [sum(values.get(b, 0) for _, values in series) for b in buckets]
+    top = _nice_max(max([*stacked, *(totals or {}).values()], default=0))
     body = _axis(top, f"bucket start dates, {zone}")
     slot = PLOT_W / max(1, len(buckets))
     width = max(2.0, slot * 0.7)
@@ -95,6 +99,13 @@ def stacked_bars(
                 f'height="{h:.1f}"><title>{escape(bucket.isoformat())} {escape(label)}: '
                 f"{escape(_usd(value))}</title></rect>"
             )
+        if totals is not None:
+            y = TOP + PLOT_H - PLOT_H * totals.get(bucket, 0) / top
+            body.append(
+                f'<line class="total" x1="{x - 2:.1f}" x2="{x + width + 2:.1f}" y1="{y:.1f}" '
+                f'y2="{y:.1f}"><title>{escape(bucket.isoformat())} total, each call once: '
+                f"{escape(_usd(totals.get(bucket, 0)))}</title></line>"
+            )
         if i % label_every == 0:
             body.append(
                 f'<text class="tick" x="{x + width / 2:.1f}" y="{TOP + PLOT_H + 14}" '
@@ -109,6 +120,21 @@ def stacked_bars(
             f'<text class="legend" x="{LEFT + PLOT_W + 24}" y="{y}">{escape(label[:18])}</text>'
         )
     desc = f"Stacked bars of spend per bucket for {len(series)} groups; the table has the values."
+    if totals is not None:
+        y = TOP + 12 + len(series) * 16
+        body.append(
+            f'<line class="total" x1="{LEFT + PLOT_W + 8}" x2="{LEFT + PLOT_W + 22}" '
+            f'y1="{y - 4}" y2="{y - 4}"/>'
+        )
+        body.append(
+            f'<text class="legend" x="{LEFT + PLOT_W + 24}" y="{y}">total, calls once</text>'
+        )
+        desc = (
+            f"Stacked bars of spend per bucket for {len(series)} overlapping groups (a call "
+            "with several tags is in each of them, so a bar adds up to more than the spend); "
+            "a line across each bar marks its total, each call counted once; the table has "
+            "the values."
+        )
     return _frame(title, desc, body)
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
@@ -156,25 +156,29 @@ def _csv(
     buckets: list[date],
     rows: list[tuple[str, dict[date, int], int]],
     names: dict[str, str],
+    per_bucket: dict[date, int],
+    total: int,
 ) -> str:
+    """The table as shown; its total row counts each call once (grouped by tag, a call
+    with several tags is in several columns)."""
     out = io.StringIO()
     writer = csv.writer(out)
     writer.writerow([view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd"])
-    for label, cells, total in rows:
+    for label, cells, group_total in rows:
         writer.writerow(
             [
                 label,
                 names.get(label, ""),
                 *(format_usd(cells.get(b, 0)) for b in buckets),
-                format_usd(total),
+                format_usd(group_total),
             ]
         )
     writer.writerow(
         [
             "total",
             "",
-            *(format_usd(sum(c.get(b, 0) for _, c, _ in rows)) for b in buckets),
-            format_usd(sum(t for _, _, t in rows)),
+            *(format_usd(per_bucket.get(b, 0)) for b in buckets),
+            format_usd(total),
         ]
     )
     return out.getvalue()
@@ -226,6 +230,12 @@ async def _visible_budgets(svc: Any, user: Any) -> list[dict[str, Any]]:
     return await scope.filter(rows, scope.of_policy)
 
 
+async def _series(svc: Any, request: Request, q: UsageQuery) -> UsageSeries:
+    """``usage_series`` with the console's kept figures of closed days."""
+    closed = request.app.state.closed_days
+    return await usage_series(svc.engine, q, closed, svc.clock.now(), svc.clock.monotonic())
+
+
 @router.get("/usage")
 async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     params = dict(request.query_params)
@@ -233,12 +243,20 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     zone, week = org.get("reporting_timezone") or "UTC", org.get("week_start") or "monday"
     view = parse_view(params, svc.clock.now().astimezone(ZoneInfo(zone)).date())
     await svc.ledger.flush()  # the calls this process answered are in the rollups
-    series = await usage_series(svc.engine, usage_query(user, view, zone, week))
+    query = usage_query(user, view, zone, week)
+    series = await _series(svc, request, query)
     rows = top_n(series, view.top)
+    # grouped by tag, a call is under each of its tags: the totals count it once
+    once = (
+        await _series(svc, request, replace(query, group_by=""))
+        if view.group_by == "tag"
+        else series
+    )
+    per_bucket = {b: sum(v for (c, _), v in once.cells.items() if c == b) for b in once.buckets}
     names = await group_names(svc, user, view.group_by)
     if params.get("format") == "csv":
-        body = _csv(view, series.buckets, rows, names)
-        await _audit_export(svc, request, user, usage_query(user, view, zone, week), len(rows))
+        body = _csv(view, series.buckets, rows, names, per_bucket, once.total)
+        await _audit_export(svc, request, user, query, len(rows))
         headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
         return harden(request, Response(body, media_type="text/csv", headers=headers))
     chart = stacked_bars(
@@ -246,6 +264,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
         [(names.get(label, label), cells) for label, cells, _ in rows],
         title=f"Spend per {view.grain} by {view.group_by}",
         zone=series.zone,
+        totals=per_bucket if once is not series else None,
     )
     budgets = await _visible_budgets(svc, user)
     selected: BudgetView | None = None
@@ -253,7 +272,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     if view.budget:
         who = user.principal.acting_for(Can.BUDGETS_READ)
         selected = await budget_view(scope_for(svc, who), view.budget)
-        budget_svg = await _budget_chart(svc, user, selected)
+        budget_svg = await _budget_chart(svc, request, selected)
     return await page(
         request,
         "usage.html",
@@ -261,6 +280,10 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "view": view,
             "series": series,
             "rows": rows,
+            "total": once.total,
+            "unpriced": once.unpriced,
+            "per_bucket": per_bucket,
+            "overlap": once is not series,
             "names": names,
             "chart": chart,
             "budgets": budgets,
@@ -275,7 +298,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     )
 
 
-async def _budget_chart(svc: Any, user: Any, selected: BudgetView) -> Any:
+async def _budget_chart(svc: Any, request: Request, selected: BudgetView) -> Any:
     """Cumulative spend of the budget's scope over its period so far, with its levels."""
     days = selected.period_days
     row = selected.row
@@ -289,7 +312,7 @@ async def _budget_chart(svc: Any, user: Any, selected: BudgetView) -> Any:
         status["period_start"], status["period_end"], "model", "day", row["org_id"], None, None,
         filters, zone, row["week_start"],
     )  # fmt: skip
-    series = await usage_series(svc.engine, q)
+    series = await _series(svc, request, q)
     per_day = {b: 0 for b in days}
     for (b, _), v in series.cells.items():
         if b in per_day:

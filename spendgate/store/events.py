@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -108,11 +108,27 @@ async def list_events(
 
 async def fired_keys(engine: AsyncEngine, prefix: str) -> list[str]:
     """Dedup keys already fired that start with ``prefix`` (e.g. one budget period's)."""
+    return (await fired_keys_many(engine, [prefix]))[prefix]
+
+
+async def fired_keys_many(engine: AsyncEngine, prefixes: Collection[str]) -> dict[str, list[str]]:
+    """:func:`fired_keys` of several prefixes in one query (a page of budgets): each
+    prefix's keys, oldest first (a key under two of the prefixes is under both)."""
+    out: dict[str, list[str]] = {p: [] for p in prefixes}
+    if not out:
+        return out
     table = schema.events
-    query = (
-        sa.select(table.c.dedup_key)
-        .where(table.c.dedup_key.like(prefix.replace("%", r"\%") + "%", escape="\\"))
-        .order_by(table.c.created_at)
-    )
+    matches = [
+        table.c.dedup_key.like(
+            p.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%", escape="\\"
+        )
+        for p in out
+    ]
+    query = sa.select(table.c.dedup_key).where(sa.or_(*matches)).order_by(table.c.created_at)
     async with engine.connect() as conn:
-        return [r[0] for r in await conn.execute(query)]
+        keys = [r[0] for r in await conn.execute(query)]
+    for key in keys:
+        for prefix, found in out.items():
+            if key.startswith(prefix):
+                found.append(key)
+    return out

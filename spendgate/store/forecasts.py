@@ -461,10 +461,21 @@ def _batches(ids: Sequence[str]) -> list[Sequence[str]]:
 
 async def stored_forecast(engine: AsyncEngine, budget_id: str) -> dict[str, Any] | None:
     """The latest stored forecast row of a budget, or None."""
+    return (await stored_forecasts(engine, [budget_id])).get(budget_id)
+
+
+async def stored_forecasts(
+    engine: AsyncEngine, budget_ids: Sequence[str]
+) -> dict[str, dict[str, Any]]:
+    """:func:`stored_forecast` of several budgets (a page of them), by budget id; a budget
+    with no stored forecast is absent."""
     t = budget_forecasts
+    out: dict[str, dict[str, Any]] = {}
     async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(t).where(t.c.budget_id == budget_id))).first()
-    return None if row is None else dict(row._mapping)
+        for batch in _batches(list(dict.fromkeys(budget_ids))):
+            for row in await conn.execute(sa.select(t).where(t.c.budget_id.in_(batch))):
+                out[row.budget_id] = dict(row._mapping)
+    return out
 
 
 def crossing_dates(row: Mapping[str, Any]) -> dict[str, date | None]:

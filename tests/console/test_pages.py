@@ -7,11 +7,13 @@ import csv
 import io
 from datetime import timedelta
 from decimal import Decimal
+from typing import Any
 
 import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect
 
+from spendgate.console.usage_source import CLOSED_DAY_SECONDS
 from tests.console.conftest import Console, axe_violations, session, sign_in
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini")
@@ -252,3 +254,70 @@ def test_usage_in_the_orgs_reporting_zone_and_by_tag(console: Console) -> None:
     assert "days in America/New_York" in page
     assert ">search<" in page
     assert f'id="usage-total">${api["total_cost_usd"]}<' in page
+
+
+def test_tags_overlap_and_the_chart_and_table_say_so(console: Console, page: Page) -> None:
+    """A call with two tags is in both tags' bars and columns, but the page's total, the
+    line across each bar, the table's Total column and the CSV's total row count it once:
+    the API's total."""
+    gw = console.gw
+    both = gw.post(
+        "/admin/keys", {"name": "b", "org_id": console.org_id, "tags": ["beta", "search"]}
+    )
+    one = gw.post("/admin/keys", {"name": "s", "org_id": console.org_id, "tags": ["search"]})
+    for key, model in ((both, "gpt-4o"), (one, "gpt-4o-mini")):
+        client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "x"}])
+    api = gw.get("/admin/usage", group_by="tag", org_id=console.org_id)
+    by_tag = {r["tag"]: Decimal(r["cost_usd"]) for r in api["rows"]}
+    total = Decimal(api["total_cost_usd"])
+    assert by_tag["search"] == total and by_tag["beta"] > 0  # the tags overlap
+    today = gw.clock.now().date().isoformat()
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(f"{console.url}/usage?group_by=tag&preset=7d")
+    expect(page.locator("#usage-total")).to_have_text(f"${api['total_cost_usd']}")
+    expect(page.locator("#table-total")).to_have_text(api["total_cost_usd"])
+    expect(page.locator("#overlap-note")).to_contain_text("Tags overlap")
+    columns = page.locator("#usage-table tfoot td").all_inner_texts()
+    assert sum(Decimal(c) for c in columns[:-1]) == by_tag["search"] + by_tag["beta"] > total
+    today_row = page.locator("#usage-table tbody tr", has=page.get_by_role("rowheader", name=today))
+    assert today_row.locator("td").last.inner_text() == api["total_cost_usd"]
+    line = page.locator("svg.chart line.total title", has_text=today)
+    expect(line).to_have_text(f"{today} total, each call once: ${api['total_cost_usd']}")
+    assert "overlapping groups" in (page.locator("svg.chart desc").text_content() or "")
+    with session(console.url, "org_admin@acme.test") as web:
+        exported = web.get("/usage?group_by=tag&preset=7d&format=csv").text
+    assert list(csv.reader(io.StringIO(exported)))[-1][-1] == api["total_cost_usd"]
+
+
+def test_closed_days_are_reused_for_a_minute_and_today_is_always_read(console: Console) -> None:
+    """/usage keeps the figures of days that are over for CLOSED_DAY_SECONDS: a call
+    written late into one of them shows once that has passed; a call of today shows at
+    once. The total is the API's whenever the kept figures are fresh."""
+    gw = console.gw
+    key = gw.post("/admin/keys", {"name": "k", "org_id": console.org_id})
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+
+    def call_days_ago(days: int) -> None:
+        gw.clock.advance(-days * 86400)
+        client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+        gw.clock.advance(days * 86400)
+
+    def api_total() -> str:
+        return str(gw.get("/admin/usage", org_id=console.org_id)["total_cost_usd"])
+
+    def page_total(web: Any) -> str:
+        text = web.get("/usage?preset=7d").text
+        return text.split('id="usage-total">$', 1)[1].split("<", 1)[0]
+
+    call_days_ago(2)
+    with session(console.url, "org_admin@acme.test") as web:
+        first = page_total(web)
+        assert first == api_total()
+        call_days_ago(0)  # today: read at once
+        assert page_total(web) == api_total() != first
+        before_late = api_total()
+        call_days_ago(2)  # late into a closed day: the kept figure stands for a while
+        assert page_total(web) == before_late != api_total()
+        gw.clock.advance(CLOSED_DAY_SECONDS + 1)
+        assert page_total(web) == api_total()
