@@ -32,7 +32,8 @@ PERCENT = "percent."
 
 
 async def _teams(svc: Services, user: SignedIn) -> list[dict[str, Any]]:
-    return list(await svc.directory.list_teams(str(user.principal.org_id)))
+    teams = await svc.directory.list_teams(str(user.principal.org_id))
+    return sorted(teams, key=lambda t: (str(t["name"]), str(t["id"])))
 
 
 async def _rules_page(

@@ -26,7 +26,7 @@ def _add(page: Page, method: str, tag: str = "", position: str = "0", **teams: s
     team's box only). The answer's status."""
     page.get_by_label(method, exact=True).check()
     page.get_by_label("Tag (blank: any call)").fill(tag)
-    page.get_by_label("Position").fill(position)
+    page.get_by_label("Position", exact=True).fill(position)
     for name, percent in teams.items():
         if percent:
             page.get_by_label(f"Percentage for {name}").fill(percent)
@@ -151,7 +151,7 @@ def test_roles_without_allocations_write_are_refused(console: Console, page: Pag
 def test_closing_a_closed_month_is_a_message_on_the_page(console: Console, page: Page) -> None:
     """February closed already: closing it again answers 409 with the statements page
     and the API's reason on it, the month still closed once."""
-    console.gw.post("/admin/statements/2026-02/close", {"org_id": console.org_id})
+    console.gw.post("/admin/statements/2026-02/close", {"org_id": console.org_id}, 200)
     sign_in(page, console.url, "finance@acme.test")
     page.goto(console.url + "/statements")
     page.get_by_label("Month (YYYY-MM)").fill("2026-02")
