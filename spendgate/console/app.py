@@ -19,6 +19,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate.console import (
+    allocation_rules,
     audit_log,
     auth,
     budgets,
@@ -104,6 +105,7 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         org_settings,
         tickets,
         statements,
+        allocation_rules,
     ):  # console part 2: the admin pages
         app.include_router(module.router)
     return app

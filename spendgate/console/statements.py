@@ -25,7 +25,7 @@ from spendgate.console.forms import INVALID, field_errors
 from spendgate.console.layout import Svc, User, harden, page, require, templates
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.money import format_usd
-from spendgate.errors import ValidationFailed
+from spendgate.errors import Conflict, ValidationFailed
 from spendgate.services import Services
 from spendgate.store import statements as store
 from spendgate.store.console_auth import SignedIn
@@ -65,6 +65,7 @@ async def _statements_page(
     user: SignedIn,
     errors: dict[str, str] | None = None,
     values: dict[str, str] | None = None,
+    refused: Conflict | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.STATEMENTS_READ)
     org = await svc.directory.get_org(str(who.org_id))
@@ -85,8 +86,10 @@ async def _statements_page(
         "timezone": org["reporting_timezone"],
         "errors": errors or {},
         "values": values or {},
+        "refused": refused.message if refused else None,
     }
-    return await page(request, "statements/list.html", ctx, status=422 if errors else 200)
+    status = 422 if errors else refused.status if refused else 200
+    return await page(request, "statements/list.html", ctx, status=status)
 
 
 async def _statement(
@@ -178,6 +181,8 @@ async def _issue(
         await step(month.strip(), api.MonthIn(), svc, request, who)
     except INVALID as exc:
         return await _statements_page(request, svc, user, field_errors(exc), {"month": month})
+    except Conflict as exc:  # already closed / not closed: a message on the page (409)
+        return await _statements_page(request, svc, user, refused=exc)
     return done(request, f"/statements?closed={month.strip()}#month-{month.strip()}")
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
 from spendgate.core.showback import split_exact
@@ -101,9 +101,12 @@ def validate_fixed(shares: Mapping[str, str]) -> None:
     """Fixed percentages: each in (0, 100], together at most 100."""
     total = Decimal(0)
     for team, raw in shares.items():
-        value = Decimal(raw)
-        if not Decimal(0) < value <= 100:
-            raise ValueError(f"shares: {team}: a percentage in (0, 100] is needed, not {raw}")
+        try:
+            value = Decimal(raw)
+        except InvalidOperation:
+            value = Decimal("NaN")
+        if not value.is_finite() or not Decimal(0) < value <= 100:
+            raise ValueError(f"shares: {team}: a percentage in (0, 100] is needed, not {raw!r}")
         total += value
     if total > 100:
         raise ValueError(f"shares: the percentages add up to {total}, more than 100")

@@ -160,7 +160,8 @@ def test_statement_downloads_and_the_frozen_rows(gateway: RunningGateway) -> Non
 
 
 def test_bad_statement_input(gateway: RunningGateway) -> None:
-    """A bad month, fixed shares over 100 %, a team of another org: 422 naming the field."""
+    """A bad month, fixed shares over 100 % or not a number, a team of another org: 422
+    naming the field."""
     gw = gateway
     org = gw.post("/admin/orgs", {"name": "bad-statements"})
     other = gw.post("/admin/orgs", {"name": "elsewhere"})
@@ -175,3 +176,10 @@ def test_bad_statement_input(gateway: RunningGateway) -> None:
     ):
         response = gw.admin.post("/admin/allocation-rules", json={"org_id": org["id"], **body})
         assert response.status_code == 422 and response.json()["error"]["param"] == "shares"
+    for raw in ("lots", "NaN", ""):  # not a number: named, never a 500
+        response = gw.admin.post(
+            "/admin/allocation-rules",
+            json={"org_id": org["id"], "method": "fixed", "shares": {team["id"]: raw}},
+        )
+        assert response.status_code == 422, response.text
+        assert "a percentage in (0, 100] is needed" in response.json()["error"]["message"]
