@@ -87,7 +87,9 @@ async def purged_before(engine: AsyncEngine | AsyncConnection) -> datetime | Non
 
 async def _lock(conn: AsyncConnection) -> None:
     if conn.dialect.name == "postgresql":
-        await conn.execute(sa.text("LOCK TABLE usage_rollup, usage_tag_rollup IN EXCLUSIVE MODE"))
+        await conn.execute(
+            sa.text("LOCK TABLE usage_rollup, usage_tag_rollup, usage_team_rollup IN EXCLUSIVE MODE")
+        )
     else:  # any write takes SQLite's one write lock for the rest of the transaction
         await conn.execute(sa.text("DELETE FROM usage_rollup WHERE bucket < 0"))
 
@@ -102,7 +104,10 @@ async def _stored(conn: AsyncConnection, table: sa.Table, lo: int, hi: int) -> r
     return {tuple(r[:width]): rollups.logical([int(v) for v in r[width:]]) for r in rows}
 
 
-def _compare(name: str, want: rollups.Rollup, have: rollups.Rollup, report: RebuildReport) -> bool:
+def _compare(
+    table: sa.Table, want: rollups.Rollup, have: rollups.Rollup, report: RebuildReport
+) -> bool:
+    at = [c.name for c in table.primary_key.columns].index("bucket")
     same = True
     for key in sorted(want.keys() | have.keys()):
         ledger, stored = want.get(key), have.get(key)
@@ -113,9 +118,9 @@ def _compare(name: str, want: rollups.Rollup, have: rollups.Rollup, report: Rebu
         if len(report.differences) < LISTED:
             report.differences.append(
                 {
-                    "table": name,
-                    "bucket_start": sb.bucket_start(key[0]).isoformat(),
-                    "key": list(key[1:]),
+                    "table": table.name,
+                    "bucket_start": sb.bucket_start(key[at]).isoformat(),
+                    "key": [*key[:at], *key[at + 1 :]],
                     "ledger": dict(zip(rollups.SUM_COLUMNS, ledger or [], strict=False)),
                     "rollup": dict(zip(rollups.SUM_COLUMNS, stored or [], strict=False)),
                 }
@@ -139,15 +144,18 @@ async def _chunk(
         report.ledger_rows += len(part)
     b_lo, b_hi = sb.bucket_of(lo), sb.bucket_of(hi)
     same = True
-    for table, want in ((rollups.usage_rollup, main), (rollups.usage_tag_rollup, tags)):
+    teams = rollups.narrow(main)
+    pairs = ((rollups.usage_rollup, main), (rollups.usage_tag_rollup, tags),
+             (rollups.usage_team_rollup, teams))  # fmt: skip
+    for table, want in pairs:
         have = await _stored(conn, table, b_lo, b_hi)
         report.rollup_rows += len(have) if table is rollups.usage_rollup else 0
-        same = _compare(table.name, want, have, report) and same
+        same = _compare(table, want, have, report) and same
     if same or dry_run:
         return
-    for table in (rollups.usage_rollup, rollups.usage_tag_rollup):
+    for table, _ in pairs:
         await conn.execute(table.delete().where(table.c.bucket >= b_lo, table.c.bucket < b_hi))
-    for statement, values in rollups.write_statements(conn.dialect.name, main, tags):
+    for statement, values in rollups.write_statements(conn.dialect.name, main, tags, teams):
         for at in range(0, len(values), 5000):
             await conn.execute(statement, values[at : at + 5000])
     report.fixed = True

@@ -1,5 +1,9 @@
 """Usage reports, answered from the rollups (``spendgate.store.rollups``), never the ledger.
 
+Which rollup: :func:`rollup_for` — the narrow ``usage_team_rollup`` whenever the report
+neither groups nor filters by user, agent, key or tag (the common case: by team, model,
+provider, day), otherwise the wide or the tag rollup.
+
 ``usage_report`` is the one entry point: ``/admin/usage``, ``spendgate usage``, the
 console and the statements all call it. Time grains are local to ``timezone``: the
 database groups by *local* hour or day (``spendgate.core.showback``: bucket plus the
@@ -19,7 +23,12 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core import showback as sb
 from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, split_cost_sum
-from spendgate.store.rollups import usage_rollup, usage_tag_rollup
+from spendgate.store.rollups import (
+    NARROW_DIMENSIONS,
+    usage_rollup,
+    usage_tag_rollup,
+    usage_team_rollup,
+)
 
 COLUMN_OF = {
     "org": "org_id",
@@ -107,6 +116,15 @@ async def _bucket_range(
     return None if low is None else (int(low), int(high) + 1)
 
 
+def rollup_for(dims: Collection[str], filters: Collection[str]) -> sa.Table:
+    """The rollup a report reads: the narrow one when it names no user, agent, key or
+    tag (a few rows per bucket), the tag rollup when it names a tag, else the wide one."""
+    named = {*dims, *filters}
+    if named <= NARROW_DIMENSIONS:
+        return usage_team_rollup
+    return usage_tag_rollup if "tag" in named else usage_rollup
+
+
 async def usage_report(
     engine: AsyncEngine,
     group_by: Sequence[str],
@@ -139,7 +157,7 @@ async def usage_report(
     if len(grains) > 1 or len(grains) + len(dims) != len(group_by):
         raise ValueError(f"group_by: at most one of {', '.join(sb.GRAINS)} and known dimensions")
     grain = grains[0] if grains else None
-    t = usage_tag_rollup if "tag" in dims or "tag" in filters else usage_rollup
+    t = rollup_for(dims, filters)
     where = _where(t, start, end, org_id, team_ids, filters)
     columns: list[sa.ColumnElement[Any]] = [t.c[COLUMN_OF[d]].label(d) for d in dims]
     if grain is not None:
