@@ -18,9 +18,10 @@ Tables (created by migration 0013)::
 **One writer.** ``add_rollups`` is called by ``ledger.store_batch`` with the rows that
 batch actually inserted, in the batch's transaction: a row is counted when it lands and
 never again (a replayed spool or a retried batch inserts nothing new, so adds nothing).
-The narrow rollup is folded from the wide one's rows (:func:`narrow`),
-so it holds the same calls by construction. The same :func:`aggregate` feeds :func:`spendgate.store.rebuild` and the backfill of
-migration 0013, so the three can never disagree on what a rollup row holds.
+The narrow rollup is folded from the wide one's rows (:func:`narrow`), so it holds the
+same calls by construction. The same :func:`aggregate` feeds
+:func:`spendgate.store.rebuild` and the backfill of migration 0013, so the three can
+never disagree on what a rollup row holds.
 
 Absent dimensions are stored as ``""`` (a primary key column cannot be NULL) and read
 back as ``None``. Rows are upserted in key order, so two writers lock them in one order.
@@ -244,7 +245,8 @@ def driver_writes(
     dialect: str, main: Rollup, tags: Rollup
 ) -> list[tuple[str, list[tuple[Any, ...]]]]:
     """The same writes (all three rollups, the narrow one folded from ``main``) as plain
-    driver SQL and tuples, in key order: the ledger writer's path (SQLAlchemy's per-row parameter processing tripled its cost per row)."""
+    driver SQL and tuples, in key order: the ledger writer's path (SQLAlchemy's per-row
+    parameter processing tripled its cost per row)."""
     out = []
     pairs = ((usage_rollup, main), (usage_tag_rollup, tags), (usage_team_rollup, narrow(main)))
     for table, rollup in pairs:
