@@ -85,8 +85,9 @@ def test_rebuild_finds_a_planted_difference_and_purge_keeps_rollups(
     gateway: RunningGateway,
 ) -> None:
     """A rollup row changed behind the gateway's back (in the narrow rollup, the one a
-    total reads) is found by a dry-run rebuild and put right by a real one; purging the raw ledger past retention keeps the rollups,
-    and a rebuild reaching into purged time is refused."""
+    total reads) is found by a dry-run rebuild and put right by a real one; purging the
+    raw ledger past retention keeps the rollups, and a rebuild reaching into purged time
+    is refused."""
     gw = gateway
     org = gw.post("/admin/orgs", {"name": "rebuild"})
     key = gw.create_key(org_id=org["id"])["key"]
