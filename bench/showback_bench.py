@@ -2,6 +2,11 @@
 
     .venv/bin/python bench/showback_bench.py [--rows 10000000] [--backend sqlite|postgresql|both]
         [--pg-admin postgresql://postgres@127.0.0.1:5432/postgres] [--repeat 20]
+        [--sqlite-path PATH] [--pg-database NAME]
+
+``--sqlite-path`` / ``--pg-database``: keep the seeded database there (created and
+migrated if new) and reuse it on the next run: a database whose ledger already holds
+rows is not seeded again (the seed column then says "reused").
 
 Seeds ``--rows`` ledger rows over 13 months (500 keys, 40 teams, 30 models, a tag mix:
 most keys tagged by environment, a few ``shared``, 10 % of keys without a team) through
@@ -30,6 +35,7 @@ from pathlib import Path
 
 import asyncpg
 import numpy as np
+import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -139,10 +145,19 @@ async def timed(repeat: int, make) -> tuple[float, float, int]:  # type: ignore[
     return statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)], size
 
 
-async def run(backend: str, url: str, rows: int, repeat: int) -> dict[str, str]:
+async def run(backend: str, url: str, writer_url: str, rows: int, repeat: int) -> dict[str, str]:
+    """Seed ``url`` (unless it holds rows), time the reports there; the writer's cost is
+    measured in the fresh, empty database ``writer_url``."""
     engine = create_engine(url)
     await migrate(engine)
-    seconds = await seed(engine, rows)
+    async with engine.connect() as conn:
+        have = (await conn.execute(sa.select(sa.func.count()).select_from(schema.ledger))).scalar()
+    seconds = await seed(engine, rows) if not have else None
+    if backend == "PostgreSQL":  # what autovacuum does after a bulk load, done now
+        async with engine.connect() as conn:
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("VACUUM ANALYZE")
+    rows = rows if not have else int(have)
     month_start = datetime(2026, 2, 28, 18, 15, tzinfo=UTC)  # Mar 1 in Kathmandu (+5:45)
     month_end = datetime(2026, 3, 31, 18, 15, tzinfo=UTC)
     year_start = datetime(2025, 3, 31, 18, 15, tzinfo=UTC)
@@ -163,12 +178,11 @@ async def run(backend: str, url: str, rows: int, repeat: int) -> dict[str, str]:
     rebuild_s = time.perf_counter() - t0
     assert report.difference_count == 0, report.differences[:3]
     await engine.dispose()
-    before, after = await writer_cost(url.replace(".db", "-writer.db")
-                                      if backend == "sqlite" else url)  # fmt: skip
+    before, after = await writer_cost(writer_url)
     return {
         "backend": backend,
         "rows": f"{rows:,} (rollup rows {report.rollup_rows:,})",
-        "seed": f"{seconds:.0f} s ({rows / seconds:,.0f} rows/s)",
+        "seed": f"{seconds:.0f} s ({rows / seconds:,.0f} rows/s)" if seconds else "reused",
         "writer CPU/row": f"{before:.0f} µs -> {after:.0f} µs with rollups",
         "month team x model x day":
             f"p50 {month[0]:.0f} ms, p95 {month[1]:.0f} ms ({month[2]:,} rows)",
@@ -184,24 +198,40 @@ async def main() -> None:
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--pg-admin", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--repeat", type=int, default=20)
+    parser.add_argument("--sqlite-path", type=Path, default=None)
+    parser.add_argument("--pg-database", default=None)
     args = parser.parse_args()
     results = []
+    tag = uuid.uuid4().hex[:6]
+    base = args.pg_admin.rsplit("/", 1)[0]
     if args.backend in ("sqlite", "both"):
-        path = Path(f"/tmp/sg-showback-bench-{uuid.uuid4().hex[:6]}.db")
+        path = args.sqlite_path or Path(f"/tmp/sg-showback-bench-{tag}.db")
+        writer = Path(f"/tmp/sg-showback-writer-{tag}.db")
         try:
-            results.append(await run("SQLite", f"sqlite:///{path}", args.rows, args.repeat))
+            url = f"sqlite:///{path.resolve()}"
+            results.append(await run("SQLite", url, f"sqlite:///{writer}", args.rows, args.repeat))
         finally:
-            for p in path.parent.glob(f"{path.stem}*"):
-                p.unlink()
+            for made in (writer, *(() if args.sqlite_path else (path,))):
+                for p in made.parent.glob(f"{made.stem}*"):
+                    p.unlink()
     if args.backend in ("postgresql", "both"):
-        name = f"sg_showback_bench_{uuid.uuid4().hex[:6]}"
+        name = args.pg_database or f"sg_showback_bench_{tag}"
+        writer_db = f"sg_showback_writer_{tag}"
         admin = await asyncpg.connect(args.pg_admin)
-        await admin.execute(f'CREATE DATABASE "{name}"')
+        known = "SELECT 1 FROM pg_database WHERE datname = $1"
+        if not await admin.fetchval(known, name):
+            await admin.execute(f'CREATE DATABASE "{name}"')
+        await admin.execute(f'CREATE DATABASE "{writer_db}"')
         try:
-            url = f"{args.pg_admin.rsplit('/', 1)[0]}/{name}"
-            results.append(await run("PostgreSQL", url, args.rows, args.repeat))
+            results.append(
+                await run(
+                    "PostgreSQL", f"{base}/{name}", f"{base}/{writer_db}", args.rows, args.repeat
+                )
+            )
         finally:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            drop = [writer_db] if args.pg_database else [writer_db, name]
+            for db in drop:
+                await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             await admin.close()
     keys = list(results[0])
     print("| " + " | ".join(keys) + " |")

@@ -1,9 +1,12 @@
 """Rollups recomputed from the ledger, and the raw ledger purged past its retention.
 
-**Rebuild.** ``rebuild`` reads the ledger rows of ``[start, end)`` a chunk of days at a
-time, sums them with the writer's own ``rollups.aggregate``, compares the result with
-the stored rollup rows of those buckets, reports every difference, and (unless
-``dry_run``) replaces the chunk's rollup rows in the same transaction. Each chunk first
+**Rebuild.** ``rebuild`` goes over ``[start, end)`` a chunk of days at a time, set-based:
+the database sums the chunk's ledger rows into each rollup's rows (one ``GROUP BY``,
+the same sums as the writer's ``rollups.aggregate``), compares them with the stored
+rows of those buckets (an ``EXCEPT`` each way), reports every difference, and (unless
+``dry_run``) replaces the chunk's rollup rows in the same transaction (``INSERT …
+SELECT … GROUP BY``; the narrow rollup folded from the wide one). Python sees only the
+differences. Each chunk first
 takes the rollup tables' write lock (PostgreSQL: ``LOCK … IN EXCLUSIVE MODE``; SQLite:
 its one write lock), so a ledger batch committing meanwhile is either seen whole in the
 ledger or adds its rows to the rollups after the chunk is replaced — never lost, never
@@ -20,7 +23,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -30,28 +32,11 @@ from spendgate.store import rollups, schema
 from spendgate.store.showback_schema import ledger_retention
 
 CHUNK = timedelta(days=7)
+#: what a rebuild recomputes: the wide and tag rollups from the ledger, the narrow one
+#: folded from the wide one
+TABLES = (rollups.usage_rollup, rollups.usage_tag_rollup, rollups.usage_team_rollup)
 #: differences listed in a report (all are counted)
 LISTED = 100
-_LEDGER_COLUMNS = (
-    "org_id",
-    "team_id",
-    "user_id",
-    "agent_id",
-    "key_id",
-    "tags",
-    "provider",
-    "model",
-    "kind",
-    "status",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "price_unknown",
-    "started_at",
-)
 
 
 @dataclass
@@ -65,18 +50,6 @@ class RebuildReport:
     fixed: bool = False
 
 
-class _Row:
-    __slots__ = ("_row", "tags")
-
-    def __init__(self, row: Any) -> None:
-        self._row = row
-        tags = row.tags
-        self.tags = orjson.loads(tags) if isinstance(tags, str | bytes) else list(tags)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._row, name)
-
-
 async def purged_before(engine: AsyncEngine | AsyncConnection) -> datetime | None:
     query = sa.select(ledger_retention.c.purged_before).where(ledger_retention.c.id == 1)
     if isinstance(engine, AsyncConnection):
@@ -87,69 +60,142 @@ async def purged_before(engine: AsyncEngine | AsyncConnection) -> datetime | Non
 
 async def _lock(conn: AsyncConnection) -> None:
     if conn.dialect.name == "postgresql":
-        await conn.execute(sa.text("LOCK TABLE usage_rollup, usage_tag_rollup IN EXCLUSIVE MODE"))
+        await conn.execute(
+            sa.text(
+                "LOCK TABLE usage_rollup, usage_tag_rollup, usage_team_rollup IN EXCLUSIVE MODE"
+            )
+        )
     else:  # any write takes SQLite's one write lock for the rest of the transaction
         await conn.execute(sa.text("DELETE FROM usage_rollup WHERE bucket < 0"))
 
 
-async def _stored(conn: AsyncConnection, table: sa.Table, lo: int, hi: int) -> rollups.Rollup:
-    keys = [c for c in table.columns if c.primary_key]
-    sums = [table.c[c] for c in rollups.STORED_COLUMNS]
-    rows = await conn.execute(
-        sa.select(*keys, *sums).where(table.c.bucket >= lo, table.c.bucket < hi)
+#: per dialect: a ledger row's bucket, its tag set as ``core.showback.tag_set`` writes it
+#: (tags are ASCII of ``[A-Za-z0-9_.:/=+-]``: their JSON text sorts as they do), and the
+#: join giving one row per tag of the call (none: one row, tag NULL)
+_DIALECT = {
+    "postgresql": (
+        "CAST(floor(extract(epoch FROM started_at)) AS BIGINT) / 900",
+        "(SELECT '[' || coalesce(string_agg(q, ',' ORDER BY q COLLATE \"C\"), '') || ']'"
+        " FROM (SELECT DISTINCT to_json(v)::text AS q"
+        " FROM jsonb_array_elements_text(ledger.tags) AS e(v)) AS d)",
+        "LEFT JOIN LATERAL jsonb_array_elements_text(l.raw_tags) AS t(value) ON true",
+    ),
+    "sqlite": (
+        "CAST(strftime('%s', started_at) AS INTEGER) / 900",
+        "(SELECT '[' || coalesce(group_concat(q, ','), '') || ']'"
+        " FROM (SELECT DISTINCT json_quote(value) AS q FROM json_each(ledger.tags) ORDER BY q))",
+        "LEFT JOIN json_each(l.raw_tags) AS t ON true",
+    ),
+}
+_N = rollups.NANOS
+
+
+def _from_ledger(dialect: str, table: sa.Table) -> str:
+    """``SELECT`` of ``table``'s rows (its columns, in order) computed from the ledger rows
+    of ``[:lo, :hi)`` by the database: the same sums as ``rollups.aggregate``, the cost
+    summed as whole dollars and nanos apart and carried (no sum leaves 64 bits)."""
+    bucket, tag_set, per_tag = _DIALECT[dialect]
+    base = (
+        f"SELECT request_id, {bucket} AS bucket, org_id, coalesce(team_id, '') AS team_id, "
+        "coalesce(user_id, '') AS user_id, coalesce(agent_id, '') AS agent_id, key_id, "
+        f"provider, model, kind, status, {tag_set} AS tags, tags AS raw_tags, input_tokens, "
+        "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
+        "coalesce(cost_nanos, 0) AS cost, "
+        "CASE WHEN price_unknown OR cost_nanos IS NULL THEN 1 ELSE 0 END AS unpriced "
+        "FROM ledger WHERE started_at >= :lo AND started_at < :hi"
     )
-    width = len(keys)
-    return {tuple(r[:width]): rollups.logical([int(v) for v in r[width:]]) for r in rows}
+    keys = [c.name for c in table.primary_key.columns]
+    source = f"({base}) AS l"
+    if "tag" in keys:  # one row per distinct tag of a call
+        source = (
+            f"(SELECT DISTINCT l.*, coalesce(t.value, '') AS tag FROM ({base}) AS l {per_tag}) AS l"
+        )
+    big = "BIGINT"
+    rest = f"CAST(sum(l.cost % {_N}) AS {big})"
+    sums = (
+        "count(*)",
+        *(f"CAST(sum(l.{c}) AS {big})" for c in rollups.SUM_COLUMNS[1:6]),
+        f"CAST(sum(l.cost / {_N}) AS {big}) + {rest} / {_N}",
+        f"{rest} % {_N}",
+        f"CAST(sum(l.unpriced) AS {big})",
+    )
+    names = ", ".join(f"l.{k}" for k in keys)
+    return f"SELECT {names}, {', '.join(sums)} FROM {source} GROUP BY {names}"
 
 
-def _compare(name: str, want: rollups.Rollup, have: rollups.Rollup, report: RebuildReport) -> bool:
-    same = True
-    for key in sorted(want.keys() | have.keys()):
-        ledger, stored = want.get(key), have.get(key)
-        if ledger == stored:
-            continue
-        same = False
+def _stored(table: sa.Table) -> str:
+    names = ", ".join(c.name for c in table.columns)
+    return f"SELECT {names} FROM {table.name} WHERE bucket >= :b_lo AND bucket < :b_hi"
+
+
+def _params(lo: datetime, hi: datetime) -> list[sa.BindParameter[Any]]:
+    return [
+        sa.bindparam("lo", lo, type_=schema.UTCDateTime()),
+        sa.bindparam("hi", hi, type_=schema.UTCDateTime()),
+        sa.bindparam("b_lo", sb.bucket_of(lo)),
+        sa.bindparam("b_hi", sb.bucket_of(hi)),
+    ]
+
+
+async def _compare(
+    conn: AsyncConnection, table: sa.Table, lo: datetime, hi: datetime, report: RebuildReport
+) -> bool:
+    """Count and list the rows where ``table`` and the ledger differ (an EXCEPT each way)."""
+    fresh, stored = _from_ledger(conn.dialect.name, table), _stored(table)
+    query = sa.text(
+        f"SELECT 'ledger', d.* FROM ({fresh} EXCEPT {stored}) AS d "
+        f"UNION ALL SELECT 'rollup', r.* FROM ({stored} EXCEPT {fresh}) AS r"
+    ).bindparams(*_params(lo, hi))
+    width = len(table.primary_key.columns)
+    found: dict[tuple[Any, ...], dict[str, list[int]]] = {}
+    for side, *values in await conn.execute(query):
+        sums = rollups.logical([int(v) for v in values[width:]])
+        found.setdefault(tuple(values[:width]), {})[side] = sums
+    at = [c.name for c in table.primary_key.columns].index("bucket")
+    for key in sorted(found):
         report.difference_count += 1
         if len(report.differences) < LISTED:
             report.differences.append(
                 {
-                    "table": name,
-                    "bucket_start": sb.bucket_start(key[0]).isoformat(),
-                    "key": list(key[1:]),
-                    "ledger": dict(zip(rollups.SUM_COLUMNS, ledger or [], strict=False)),
-                    "rollup": dict(zip(rollups.SUM_COLUMNS, stored or [], strict=False)),
+                    "table": table.name,
+                    "bucket_start": sb.bucket_start(key[at]).isoformat(),
+                    "key": [*key[:at], *key[at + 1 :]],
+                    "ledger": dict(
+                        zip(rollups.SUM_COLUMNS, found[key].get("ledger", []), strict=False)
+                    ),
+                    "rollup": dict(
+                        zip(rollups.SUM_COLUMNS, found[key].get("rollup", []), strict=False)
+                    ),
                 }
             )
-    return same
+    return not found
 
 
 async def _chunk(
     conn: AsyncConnection, lo: datetime, hi: datetime, dry_run: bool, report: RebuildReport
 ) -> None:
     ledger = schema.ledger
-    rows = await conn.stream(
-        sa.select(*(ledger.c[c] for c in _LEDGER_COLUMNS)).where(
-            ledger.c.started_at >= lo, ledger.c.started_at < hi
-        )
-    )
-    main: rollups.Rollup = {}
-    tags: rollups.Rollup = {}
-    async for part in rows.partitions(5000):
-        rollups.aggregate(((int(r.started_at.timestamp()), _Row(r)) for r in part), main, tags)
-        report.ledger_rows += len(part)
+    where = (ledger.c.started_at >= lo, ledger.c.started_at < hi)
+    count = sa.select(sa.func.count()).select_from(ledger).where(*where)
+    report.ledger_rows += int((await conn.execute(count)).scalar() or 0)
     b_lo, b_hi = sb.bucket_of(lo), sb.bucket_of(hi)
+    wide = rollups.usage_rollup
+    in_range = (wide.c.bucket >= b_lo, wide.c.bucket < b_hi)
+    count = sa.select(sa.func.count()).select_from(wide).where(*in_range)
+    report.rollup_rows += int((await conn.execute(count)).scalar() or 0)
     same = True
-    for table, want in ((rollups.usage_rollup, main), (rollups.usage_tag_rollup, tags)):
-        have = await _stored(conn, table, b_lo, b_hi)
-        report.rollup_rows += len(have) if table is rollups.usage_rollup else 0
-        same = _compare(table.name, want, have, report) and same
+    for table in TABLES:
+        same = await _compare(conn, table, lo, hi, report) and same
     if same or dry_run:
         return
-    for table in (rollups.usage_rollup, rollups.usage_tag_rollup):
+    for table in TABLES:
         await conn.execute(table.delete().where(table.c.bucket >= b_lo, table.c.bucket < b_hi))
-    for statement, values in rollups.write_statements(conn.dialect.name, main, tags):
-        for at in range(0, len(values), 5000):
-            await conn.execute(statement, values[at : at + 5000])
+    for table in TABLES[:2]:
+        names = ", ".join(c.name for c in table.columns)
+        fresh = _from_ledger(conn.dialect.name, table)
+        insert = f"INSERT INTO {table.name} ({names}) {fresh}"
+        await conn.execute(sa.text(insert).bindparams(*_params(lo, hi)[:2]))
+    await conn.execute(rollups.fold_narrow(sa.and_(*in_range)))
     report.fixed = True
 
 

@@ -7,12 +7,21 @@ Tables (created by migration 0013)::
                       cost (integer nanos) and the count of calls with no known price
     usage_tag_rollup  the same, once per tag of the call instead of the tag set (a call
                       with no tag under the tag ``""``): what ``group_by=tag`` reads
+    usage_team_rollup (migration 0018) the narrow one: per org x 15-minute bucket x team x
+                      provider x model x kind x status, no user, agent, key or tags; a
+                      report that neither groups nor filters by those reads it (a handful
+                      of rows per bucket instead of one per key and user). Its primary key
+                      starts with ``org_id, bucket`` and, on PostgreSQL, INCLUDEs the sums
+                      (an index-only scan); on SQLite the table is ``WITHOUT ROWID``, so
+                      the primary key *is* the table, in that order
 
 **One writer.** ``add_rollups`` is called by ``ledger.store_batch`` with the rows that
 batch actually inserted, in the batch's transaction: a row is counted when it lands and
 never again (a replayed spool or a retried batch inserts nothing new, so adds nothing).
-The same :func:`aggregate` feeds :func:`spendgate.store.rebuild` and the backfill of
-migration 0013, so the three can never disagree on what a rollup row holds.
+The narrow rollup is folded from the wide one's rows (:func:`narrow`), so it holds the
+same calls by construction. The same :func:`aggregate` feeds
+:func:`spendgate.store.rebuild` and the backfill of migration 0013, so the three can
+never disagree on what a rollup row holds.
 
 Absent dimensions are stored as ``""`` (a primary key column cannot be NULL) and read
 back as ``None``. Rows are upserted in key order, so two writers lock them in one order.
@@ -90,6 +99,25 @@ def _rollup_table(name: str, tag_column: str) -> sa.Table:
 usage_rollup = _rollup_table("usage_rollup", "tags")
 usage_tag_rollup = _rollup_table("usage_tag_rollup", "tag")
 
+#: the key of the narrow rollup, in its primary key (and lock) order
+NARROW_KEY = ("org_id", "bucket", "team_id", "provider", "model", "kind", "status")
+#: the report dimensions the narrow rollup can answer (group by or filter on)
+NARROW_DIMENSIONS = frozenset({"org", "team", "provider", "model", "kind", "status"})
+usage_team_rollup = sa.Table(
+    "usage_team_rollup",
+    metadata,
+    sa.Column("org_id", sa.String(200), nullable=False),
+    sa.Column("bucket", sa.BigInteger(), nullable=False, autoincrement=False),
+    *(sa.Column(c, sa.String(200), nullable=False) for c in NARROW_KEY[2:]),
+    *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS),
+    sa.PrimaryKeyConstraint(
+        *NARROW_KEY, name="pk_usage_team_rollup", postgresql_include=list(STORED_COLUMNS)
+    ),
+    sqlite_with_rowid=False,
+)
+#: wide key position of each narrow key column
+_NARROW_FROM_WIDE = tuple(KEY_COLUMNS.index(c) for c in NARROW_KEY)
+
 
 Key = tuple[Any, ...]
 Sums = list[int]
@@ -136,6 +164,20 @@ def aggregate(
     return main, tags
 
 
+def narrow(main: Rollup, into: Rollup | None = None) -> Rollup:
+    """The narrow rollup's rows, folded from the wide rollup's (``aggregate``'s ``main``)."""
+    into = {} if into is None else into
+    for key, sums in main.items():
+        short = tuple(key[i] for i in _NARROW_FROM_WIDE)
+        have = into.get(short)
+        if have is None:
+            into[short] = list(sums)
+        else:
+            for i, value in enumerate(sums):
+                have[i] += value
+    return into
+
+
 def as_rows(table: sa.Table, rollup: Rollup) -> list[dict[str, Any]]:
     """Rollup rows in key order (the lock order), as column dicts for ``table``."""
     names = [c.name for c in table.columns]
@@ -158,10 +200,16 @@ def upsert_statement(table: sa.Table, dialect: str) -> Any:
     )
 
 
-def write_statements(dialect: str, main: Rollup, tags: Rollup) -> list[tuple[Any, list[Any]]]:
-    """What to execute (statement, rows) to add ``main`` and ``tags`` to the rollups."""
+def write_statements(
+    dialect: str, main: Rollup, tags: Rollup, teams: Rollup | None = None
+) -> list[tuple[Any, list[Any]]]:
+    """What to execute (statement, rows) to add ``main`` and ``tags`` (and ``teams``, the
+    narrow rollup's rows, when given: migration 0013 predates its table) to the rollups."""
     out = []
-    for table, rollup in ((usage_rollup, main), (usage_tag_rollup, tags)):
+    pairs = [(usage_rollup, main), (usage_tag_rollup, tags)]
+    if teams is not None:
+        pairs.append((usage_team_rollup, teams))
+    for table, rollup in pairs:
         if rollup:
             out.append((upsert_statement(table, dialect), as_rows(table, rollup)))
     return out
@@ -188,7 +236,7 @@ def _driver_upsert(table: sa.Table, dialect: str) -> str:
 
 _DRIVER_SQL = {
     (t.name, d): _driver_upsert(t, d)
-    for t in (usage_rollup, usage_tag_rollup)
+    for t in (usage_rollup, usage_tag_rollup, usage_team_rollup)
     for d in ("sqlite", "postgresql")
 }
 
@@ -196,11 +244,30 @@ _DRIVER_SQL = {
 def driver_writes(
     dialect: str, main: Rollup, tags: Rollup
 ) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The same writes as plain driver SQL and tuples, in key order: the ledger writer's
-    path (SQLAlchemy's per-row parameter processing tripled its cost per row)."""
+    """The same writes (all three rollups, the narrow one folded from ``main``) as plain
+    driver SQL and tuples, in key order: the ledger writer's path (SQLAlchemy's per-row
+    parameter processing tripled its cost per row)."""
     out = []
-    for table, rollup in ((usage_rollup, main), (usage_tag_rollup, tags)):
+    pairs = ((usage_rollup, main), (usage_tag_rollup, tags), (usage_team_rollup, narrow(main)))
+    for table, rollup in pairs:
         if rollup:
             rows = [(*key, *stored(rollup[key])) for key in sorted(rollup)]
             out.append((_DRIVER_SQL[(table.name, dialect)], rows))
     return out
+
+
+def fold_narrow(where: sa.ColumnElement[bool] | None = None) -> sa.Insert:
+    """``INSERT INTO usage_team_rollup SELECT … FROM usage_rollup GROUP BY …``: the narrow
+    rollup's rows (of the wide rows ``where`` selects) computed by the database, set-based
+    — migration 0018's backfill and the rebuild. The nanos are summed apart from the
+    dollars and carried, so no sum leaves 64 bits."""
+    w, n = usage_rollup, usage_team_rollup
+    nanos = sa.cast(sa.func.sum(w.c.cost_nanos), sa.BigInteger())
+    sums: dict[str, sa.ColumnElement[Any]] = {c: sa.func.sum(w.c[c]) for c in STORED_COLUMNS}
+    sums["cost_usd"] = sa.cast(sa.func.sum(w.c.cost_usd), sa.BigInteger()) + nanos // NANOS
+    sums["cost_nanos"] = nanos % NANOS
+    keys = [w.c[c] for c in NARROW_KEY]
+    query = sa.select(*keys, *sums.values())
+    if where is not None:
+        query = query.where(where)
+    return n.insert().from_select([*NARROW_KEY, *sums], query.group_by(*keys))

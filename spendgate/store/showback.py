@@ -1,5 +1,9 @@
 """Usage reports, answered from the rollups (``spendgate.store.rollups``), never the ledger.
 
+Which rollup: :func:`rollup_for` — the narrow ``usage_team_rollup`` whenever the report
+neither groups nor filters by user, agent, key or tag (the common case: by team, model,
+provider, day), otherwise the wide or the tag rollup.
+
 ``usage_report`` is the one entry point: ``/admin/usage``, ``spendgate usage``, the
 console and the statements all call it. Time grains are local to ``timezone``: the
 database groups by *local* hour or day (``spendgate.core.showback``: bucket plus the
@@ -18,8 +22,13 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core import showback as sb
-from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, split_cost_sum
-from spendgate.store.rollups import usage_rollup, usage_tag_rollup
+from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums
+from spendgate.store.rollups import (
+    NARROW_DIMENSIONS,
+    usage_rollup,
+    usage_tag_rollup,
+    usage_team_rollup,
+)
 
 COLUMN_OF = {
     "org": "org_id",
@@ -33,6 +42,8 @@ COLUMN_OF = {
     "kind": "kind",
     "status": "status",
 }
+#: PostgreSQL ``work_mem`` of a report's transaction
+WORK_MEM = "64MB"
 #: the figures of a report row, in CSV order
 MEASURES = (
     "requests",
@@ -49,7 +60,8 @@ MEASURES = (
 
 def _measures(t: sa.Table) -> list[sa.ColumnElement[Any]]:
     def total(column: sa.ColumnElement[Any], name: str) -> sa.ColumnElement[Any]:
-        return sa.func.coalesce(sa.func.sum(column), 0).label(name)
+        # BIGINT: PostgreSQL's SUM of a bigint is NUMERIC, decoded into slow Decimals
+        return sa.cast(sa.func.coalesce(sa.func.sum(column), 0), sa.BigInteger()).label(name)
 
     return [
         total(t.c.calls, "requests"),
@@ -64,7 +76,8 @@ def _measures(t: sa.Table) -> list[sa.ColumnElement[Any]]:
                 "reasoning_tokens",
             )
         ),
-        *split_cost_sum(t.c.cost_usd, t.c.cost_nanos),
+        total(t.c.cost_usd, COST_WHOLE),
+        total(t.c.cost_nanos, COST_REST),
         total(t.c.unpriced_calls, "unpriced_requests"),
     ]
 
@@ -107,6 +120,15 @@ async def _bucket_range(
     return None if low is None else (int(low), int(high) + 1)
 
 
+def rollup_for(dims: Collection[str], filters: Collection[str]) -> sa.Table:
+    """The rollup a report reads: the narrow one when it names no user, agent, key or
+    tag (a few rows per bucket), the tag rollup when it names a tag, else the wide one."""
+    named = {*dims, *filters}
+    if named <= NARROW_DIMENSIONS:
+        return usage_team_rollup
+    return usage_tag_rollup if "tag" in named else usage_rollup
+
+
 async def usage_report(
     engine: AsyncEngine,
     group_by: Sequence[str],
@@ -139,11 +161,14 @@ async def usage_report(
     if len(grains) > 1 or len(grains) + len(dims) != len(group_by):
         raise ValueError(f"group_by: at most one of {', '.join(sb.GRAINS)} and known dimensions")
     grain = grains[0] if grains else None
-    t = usage_tag_rollup if "tag" in dims or "tag" in filters else usage_rollup
+    t = rollup_for(dims, filters)
     where = _where(t, start, end, org_id, team_ids, filters)
     columns: list[sa.ColumnElement[Any]] = [t.c[COLUMN_OF[d]].label(d) for d in dims]
     if grain is not None:
-        span = await _bucket_range(engine, t, where)
+        if start is not None and end is not None:
+            span: tuple[int, int] | None = (sb.bucket_of(start), sb.bucket_of(end))
+        else:
+            span = await _bucket_range(engine, t, where)
         if span is None:
             return []
         segments = sb.offset_segments(*span, timezone)
@@ -153,24 +178,40 @@ async def usage_report(
     if columns:
         query = query.group_by(*columns)
     async with engine.connect() as conn:
-        result = (await conn.execute(query)).mappings().all()
-    merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        if conn.dialect.name == "postgresql":
+            # a month by team x model x day is tens of thousands of groups: hash them in
+            # memory rather than sort them on disk (this transaction only)
+            await conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        result = (await conn.execute(query)).all()
+    width = len(columns)
+    labels: dict[int, str] = {}
+    merged: dict[tuple[Any, ...], list[int]] = {}
     for row in result:
-        if not row["requests"]:
+        if not row[width]:  # no calls
             continue
-        out = {d: (row[d] or None) for d in dims}
-        if grain is not None:
-            out = {grain: sb.period_label(grain, int(row["_unit"]), week_start), **out}
-        key = tuple(out.values())
-        figures = {m: int(row[m]) for m in MEASURES if m != "cost_nanos"}
-        figures["cost_nanos"] = cost_from_sums(row[COST_WHOLE], row[COST_REST])
+        if grain is None:
+            key = tuple(v or None for v in row[:width])
+        else:
+            unit = int(row[0])
+            label = labels.get(unit)
+            if label is None:
+                label = labels[unit] = sb.period_label(grain, unit, week_start)
+            key = (label, *(v or None for v in row[1:width]))
+        figures = [int(v) for v in row[width:]]
         into = merged.get(key)
         if into is None:
-            merged[key] = {**out, **{m: figures[m] for m in MEASURES}}
+            merged[key] = figures
         else:  # a week or month folded from its days
-            for m in MEASURES:
-                into[m] += figures[m]
-    rows = sorted(merged.values(), key=lambda r: tuple(str(r[k]) for k in (*grains, *dims)))
+            for i, value in enumerate(figures):
+                into[i] += value
+    names = [*grains, *dims]
+    rows: list[dict[str, Any]] = []
+    for key in sorted(merged, key=lambda k: tuple(map(str, k))):
+        f = merged[key]
+        rows.append(
+            {**dict(zip(names, key, strict=True)), **dict(zip(MEASURES[:7], f, strict=False)),
+             "cost_nanos": cost_from_sums(f[7], f[8]), "unpriced_requests": f[9]}
+        )  # fmt: skip
     rows = sb.fold_top(rows, dims, grain, top)
     if cumulative and grain is not None:
         rows = sb.add_cumulative(rows, dims, grain)

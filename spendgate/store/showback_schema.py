@@ -25,7 +25,10 @@ statements = sa.Table(
     sa.Column("team_id", sa.String(40), nullable=False),
     sa.Column("month", sa.String(7), nullable=False),
     sa.Column("version", sa.Integer(), nullable=False),
-    sa.Column("total_nanos", sa.BigInteger(), nullable=False),
+    #: the total as whole dollars and the nanos below them (migration 0018), like the
+    #: rollups: one BIGINT of nanos overflows past $9.2 billion
+    sa.Column("total_whole_usd", sa.BigInteger(), nullable=False),
+    sa.Column("total_rest_nanos", sa.BigInteger(), nullable=False),
     sa.Column("content", sa.Text(), nullable=False),
     sa.Column("content_hash", sa.String(64), nullable=False),
     sa.Column("supersedes", sa.String(40), nullable=True),

@@ -34,7 +34,7 @@ from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.cost_sums import cost_from_sums, split_cost_sum
-from spendgate.store.rollups import usage_rollup
+from spendgate.store.rollups import NANOS, usage_rollup
 from spendgate.store.showback import usage_report
 from spendgate.store.showback_schema import allocation_rules, statement_months, statements
 
@@ -233,7 +233,30 @@ async def latest(conn: AsyncConnection, org_id: str, month: str) -> dict[str, An
     rows = await conn.execute(
         sa.select(t).where(t.c.org_id == org_id, t.c.month == month).order_by(t.c.version)
     )
-    return {r.team_id: dict(r._mapping) for r in rows}
+    return {r.team_id: _read(r._mapping) for r in rows}
+
+
+def stored_total(total_nanos: int) -> dict[str, int]:
+    """A statement's total as stored: whole dollars and the nanos below them."""
+    whole, rest = divmod(total_nanos, NANOS)
+    return {"total_whole_usd": whole, "total_rest_nanos": rest}
+
+
+def _read(row: Any) -> dict[str, Any]:
+    """A stored statement row with its exact ``total_nanos`` put back together."""
+    out = dict(row)
+    out["total_nanos"] = cost_from_sums(out.pop("total_whole_usd"), out.pop("total_rest_nanos"))
+    return out
+
+
+async def _insert(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Store statement rows (``_row``); returns them as read back (``total_nanos``)."""
+    await conn.execute(
+        statements.insert(),
+        [{**{k: v for k, v in r.items() if k != "total_nanos"}, **stored_total(r["total_nanos"])}
+         for r in rows],
+    )  # fmt: skip
+    return rows
 
 
 def _row(
@@ -243,7 +266,7 @@ def _row(
     text, digest = canonical(content)
     return {
         "id": new_id("stm"), "org_id": org_id, "team_id": team_id, "month": month,
-        "version": version, "total_nanos": content["total_nanos"], "content": text,
+        "version": version, "total_nanos": int(content["total_nanos"]), "content": text,
         "content_hash": digest, "supersedes": supersedes,
         "diff": None if diff is None else orjson.dumps(diff).decode(),
         "created_by": actor, "created_at": now,
@@ -262,7 +285,7 @@ async def close(
         raise Conflict(f"month {month} is already closed; reissue to take late spend")
     drawn = await draw(engine, org, month, tz)
     rows = [_row(org["id"], team, month, 1, c, actor, now) for team, c in sorted(drawn.items())]
-    await conn.execute(statements.insert(), rows)
+    await _insert(conn, rows)
     await conn.execute(
         statement_months.insert().values(
             org_id=org["id"], month=month, timezone=tz, closed_by=actor, closed_at=now
@@ -292,7 +315,7 @@ async def reissue(
                  now, before["id"] if before else None, cb.diff(old, content))
         )  # fmt: skip
     if rows:
-        await conn.execute(statements.insert(), rows)
+        await _insert(conn, rows)
     return rows
 
 
@@ -309,7 +332,7 @@ async def list_statements(
         query = query.where(t.c.team_id.in_(sorted(team_ids)))
     query = query.order_by(t.c.month.desc(), t.c.org_id, t.c.team_id, t.c.version)
     async with engine.connect() as conn:
-        return [dict(r._mapping) for r in await conn.execute(query)]
+        return [_read(r._mapping) for r in await conn.execute(query)]
 
 
 async def stored(
@@ -324,4 +347,4 @@ async def stored(
         row = (await conn.execute(query.limit(1))).first()
     if row is None:
         raise NotFound(f"statement {month} {team_id or 'org'} v{version or 'latest'} not found")
-    return dict(row._mapping)
+    return _read(row._mapping)

@@ -149,7 +149,7 @@ def test_statement_downloads_and_the_frozen_rows(gateway: RunningGateway) -> Non
             await conn.execute(sa.text(sql))
 
     for sql in (
-        "UPDATE statements SET total_nanos = 0",
+        "UPDATE statements SET total_whole_usd = 0",
         "DELETE FROM statements",
         "UPDATE statement_months SET month = '2026-01'",
         "DELETE FROM statement_months",

@@ -84,9 +84,10 @@ def test_bad_usage_input_is_a_422_naming_the_field(gateway: RunningGateway) -> N
 def test_rebuild_finds_a_planted_difference_and_purge_keeps_rollups(
     gateway: RunningGateway,
 ) -> None:
-    """A rollup row changed behind the gateway's back is found by a dry-run rebuild and
-    put right by a real one; purging the raw ledger past retention keeps the rollups,
-    and a rebuild reaching into purged time is refused."""
+    """A rollup row changed behind the gateway's back (in the narrow rollup, the one a
+    total reads) is found by a dry-run rebuild and put right by a real one; purging the
+    raw ledger past retention keeps the rollups, and a rebuild reaching into purged time
+    is refused."""
     gw = gateway
     org = gw.post("/admin/orgs", {"name": "rebuild"})
     key = gw.create_key(org_id=org["id"])["key"]
@@ -101,7 +102,7 @@ def test_rebuild_finds_a_planted_difference_and_purge_keeps_rollups(
         async with gw.app.services.engine.begin() as conn:
             await conn.execute(
                 sa.text(
-                    "UPDATE usage_rollup SET cost_nanos = cost_nanos + 7 WHERE org_id = :o "
+                    "UPDATE usage_team_rollup SET cost_nanos = cost_nanos + 7 WHERE org_id = :o "
                     "AND bucket = :b"
                 ),
                 {"o": org["id"], "b": int(datetime(2026, 3, 11, 9, tzinfo=UTC).timestamp()) // 900},
@@ -112,7 +113,9 @@ def test_rebuild_finds_a_planted_difference_and_purge_keeps_rollups(
     found = gw.post("/admin/usage/rebuild", {**window, "dry_run": True}, status=200)
     assert found["difference_count"] == 1 and not found["fixed"]
     diff = found["differences"][0]
-    assert diff["table"] == "usage_rollup" and diff["bucket_start"].startswith("2026-03-11T09:00")
+    assert diff["table"] == "usage_team_rollup" and diff["bucket_start"].startswith(
+        "2026-03-11T09:00"
+    )
     assert diff["rollup"]["cost_nanos"] == diff["ledger"]["cost_nanos"] + 7
     fixed = gw.post("/admin/usage/rebuild", window, status=200)
     assert fixed["difference_count"] == 1 and fixed["fixed"]

@@ -17,7 +17,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from spendgate.core.budget_windows import iana_zones
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, store_batch
-from spendgate.store.showback import usage_report
+from spendgate.store.rebuild import rebuild
+from spendgate.store.rollups import usage_rollup, usage_tag_rollup, usage_team_rollup
+from spendgate.store.showback import rollup_for, usage_report
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 ZONES = sorted(iana_zones())
@@ -77,49 +79,69 @@ calls = st.lists(
         st.one_of(st.none(), st.integers(0, 10**13)),  # nanos: up to $10,000 a call
         st.sampled_from(["t1", "t2", None]),
         st.sampled_from(["m1", "m2"]),
+        st.sampled_from([(), ("prod",), ("search", "prod")]),
     ),
     min_size=1,
     max_size=60,
 )
 
 
+Made = list[tuple[int, int | None, str | None, str, tuple[str, ...]]]
+
+
 def test_days_add_up_to_the_period_and_the_ledger_in_every_zone(database_url: str) -> None:
     """Property: for random ledgers and zones, the days (and hours, weeks, months) of a
-    report add up to the period's total, which equals the ledger's sum, to the nanos."""
+    report add up to the period's total, which equals the ledger's sum, to the nanos —
+    read from each rollup: the narrow one (by team and model), the wide one (by user)
+    and the tag one (by tag); and a dry-run rebuild finds all three equal to the ledger
+    row for row."""
     engine = create_engine(database_url)
     asyncio.run(migrate(engine))
     asyncio.run(engine.dispose())
 
     @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
     @given(calls, st.one_of(st.sampled_from(HARD_ZONES), st.sampled_from(ZONES)))
-    def check(made: list[tuple[int, int | None, str | None, str]], zone: str) -> None:
+    def check(made: Made, zone: str) -> None:
         asyncio.run(_check(database_url, made, zone))
 
     check()
 
 
-async def _check(url: str, made: list[tuple[int, int | None, str | None, str]], zone: str) -> None:
+async def _check(url: str, made: Made, zone: str) -> None:
     engine = create_engine(url)
     org = f"o{uuid.uuid4().hex[:10]}"
     writer = LedgerWriter(engine, flush_seconds=60, batch_size=17)
-    for n, (second, cost, team, model) in enumerate(made):
-        writer.add(row(org, n, BASE + timedelta(seconds=second), cost, team=team, model=model))
+    for n, (second, cost, team, model, tags) in enumerate(made):
+        at = BASE + timedelta(seconds=second)
+        writer.add(row(org, n, at, cost, team=team, model=model, tags=tags))
     await writer.flush()
-    ledger_nanos = sum(c or 0 for _, c, _, _ in made)
+    ledger_nanos = sum(c or 0 for _, c, _, _, _ in made)
+    # grouped by tag, a call counts once under each of its tags (untagged once)
+    tagged_nanos = sum((c or 0) * max(1, len(t)) for _, c, _, _, t in made)
+    tagged_calls = sum(max(1, len(t)) for *_, t in made)
     whole = await usage_report(engine, [], None, None, org)
     assert whole[0]["cost_nanos"] == ledger_nanos
     assert whole[0]["requests"] == len(made)
-    assert whole[0]["unpriced_requests"] == sum(c is None for _, c, _, _ in made)
+    assert whole[0]["unpriced_requests"] == sum(c is None for _, c, _, _, _ in made)
     start, end = BASE - timedelta(days=1), BASE + timedelta(days=77)
     for grain in ("hour", "day", "week", "month"):
-        for dims in ([grain], [grain, "team", "model"]):
+        for dims, table, nanos, calls in (
+            ([grain], usage_team_rollup, ledger_nanos, len(made)),
+            ([grain, "team", "model"], usage_team_rollup, ledger_nanos, len(made)),
+            ([grain, "user", "model"], usage_rollup, ledger_nanos, len(made)),
+            ([grain, "tag"], usage_tag_rollup, tagged_nanos, tagged_calls),
+        ):
+            assert rollup_for(dims[1:], {}) is table
             rows = await usage_report(engine, dims, start, end, org, timezone=zone)
-            assert sum(r["cost_nanos"] for r in rows) == ledger_nanos, (grain, zone)
-            assert sum(r["requests"] for r in rows) == len(made)
+            assert sum(r["cost_nanos"] for r in rows) == nanos, (grain, zone, table.name)
+            assert sum(r["requests"] for r in rows) == calls
+    checked = await rebuild(engine, start, end, dry_run=True)  # every org's rows so far
+    assert checked.ledger_rows >= len(made)
+    assert checked.difference_count == 0, checked.differences
     days = await usage_report(engine, ["day"], None, None, org, timezone=zone)
     local = ZoneInfo(zone)
     expected: dict[str, int] = {}
-    for second, cost, _, _ in made:
+    for second, cost, _, _, _ in made:
         day = (BASE + timedelta(seconds=second)).astimezone(local).date().isoformat()
         expected[day] = expected.get(day, 0) + (cost or 0)
     assert {d["day"]: d["cost_nanos"] for d in days} == expected
