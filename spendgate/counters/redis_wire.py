@@ -13,7 +13,8 @@ What is the same as redis-py, so callers don't change: the reply values (bytes, 
 lists, None), the errors (``redis.exceptions``: ``ConnectionError`` when the connection
 breaks, so ``once_more`` can retry; ``ResponseError`` for a script error), and a server
 that forgot a script (``NOSCRIPT``) gets it again once. A broken connection fails the
-calls waiting on it and the next call connects again. Servers reached over TLS keep
+calls waiting on it and the next call connects again. Commands sent in one turn of the
+event loop (calls that overlap) leave in one socket write. Servers reached over TLS keep
 redis-py's scripts (``script`` returns ``AsyncScript`` then).
 """
 
@@ -48,6 +49,8 @@ class _Protocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._reader = hiredis.Reader(replyError=ResponseError)
         self._waiting: deque[asyncio.Future[Any]] = deque()
+        #: commands sent in this turn of the loop, written together by ``_write``
+        self._outgoing: list[bytes] = []
         self.lost: Exception | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -68,11 +71,22 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(self.lost)
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """Queue one packed command; its reply's future. Commands sent in the same turn
+        of the event loop (calls that overlap) go out in one write, at the end of it."""
         assert self.transport is not None
-        waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(packed)
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
+        if not self._outgoing:
+            loop.call_soon(self._write)
+        self._outgoing.append(packed)
         self._waiting.append(waiter)
         return waiter
+
+    def _write(self) -> None:
+        out, self._outgoing = self._outgoing, []
+        # a closing transport fails the waiters in ``connection_lost``
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     @property
     def open(self) -> bool:
