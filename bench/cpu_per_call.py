@@ -4,21 +4,25 @@ Wall-clock and CPU-time figures on a shared 2-core machine move by ±20 % from r
 an instruction count does not depend on what else runs. Each configuration runs in its
 own ``python`` under ``valgrind --tool=callgrind``: the gateway is started in-process
 (``hot_path_bench.gateway``, the real ASGI app, no socket) against the simulated demo
-provider, warmed up, then ``--calls`` chat calls are driven with ``--conc`` in flight and
-the ledger is flushed. Callgrind is told (``callgrind_control``) to dump its counters
-right before and right after that phase, so the count covers exactly the measured calls,
-every thread of the process included (the ledger's background writes too). PostgreSQL and
-Redis run in their own processes and are not counted: this is the gateway's CPU only.
+provider and warmed up, uncounted (``--instr-atstart=no``); then ``callgrind_control``
+switches counting on, ``--calls`` chat calls are driven with ``--conc`` in flight, the
+ledger is flushed, and the count is dumped. It covers exactly the measured calls, every
+thread of the process included (the ledger's writes too). PostgreSQL and Redis run in
+their own processes and are not counted, nor is kernel time: this is the gateway's own
+user-space work. Under valgrind a call is ~50-300x slower, so the periods of background
+work (ledger flush, policy reload, housekeeping, key cache) are stretched by
+``--stretch``: at full speed they amortise to nearly nothing per call, and unstretched
+they would be counted as if calls were that much rarer.
 
     .venv/bin/python bench/cpu_per_call.py                 # the table, all configurations
-    .venv/bin/python bench/cpu_per_call.py --calls 2000 --conc 1 16
+    .venv/bin/python bench/cpu_per_call.py --calls 2400 --conc 1 16
     .venv/bin/python bench/cpu_per_call.py --configs embedded:all shared:all
 
 Configurations are ``backend:policies``: ``embedded`` is SQLite + in-process counters,
 ``shared`` PostgreSQL (127.0.0.1:5432) + Redis (127.0.0.1:6379); ``none`` is a key and
 nothing else, ``all`` a hard-capped budget, an rpm/tpm rate limit and a funded org wallet
-(never binding). Under valgrind a call runs ~50× slower, so keep ``--calls`` in the
-thousands. ``--keep DIR`` keeps the callgrind files for ``callgrind_annotate``.
+(never binding). Each configuration takes a few minutes (more on a loaded machine).
+``--keep DIR`` keeps the callgrind files for ``callgrind_annotate``.
 
 The ratios printed are the issue #19 goals: everything on vs key only in-process (goal
 ≤ 1.2×) and PostgreSQL + Redis vs embedded with everything on (goal ≤ 1.3×).
@@ -117,7 +121,7 @@ def measure(config: str, calls: int, conc: int, warmup: int, stretch: float, out
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--configs", nargs="+", choices=CONFIGS, default=list(CONFIGS))
-    p.add_argument("--calls", type=int, default=2000, help="measured calls per configuration")
+    p.add_argument("--calls", type=int, default=1200, help="measured calls per configuration")
     p.add_argument("--conc", type=int, nargs="+", default=[16], help="calls in flight")
     p.add_argument("--warmup", type=int, default=320)
     p.add_argument(

@@ -14,8 +14,8 @@ lists, None), the errors (``redis.exceptions``: ``ConnectionError`` when the con
 breaks, so ``once_more`` can retry; ``ResponseError`` for a script error), and a server
 that forgot a script (``NOSCRIPT``) gets it again once. A broken connection fails the
 calls waiting on it and the next call connects again. Commands sent in one turn of the
-event loop (calls that overlap) leave in one socket write. Servers reached over TLS keep
-redis-py's scripts (``script`` returns ``AsyncScript`` then).
+event loop while replies are outstanding (calls that overlap) leave in one socket write.
+Servers reached over TLS keep redis-py's scripts (``script`` returns ``AsyncScript`` then).
 """
 
 from __future__ import annotations
@@ -71,14 +71,18 @@ class _Protocol(asyncio.Protocol):
                 waiter.set_exception(self.lost)
 
     def send(self, packed: bytes) -> asyncio.Future[Any]:
-        """Queue one packed command; its reply's future. Commands sent in the same turn
-        of the event loop (calls that overlap) go out in one write, at the end of it."""
+        """Send one packed command; its reply's future. With no reply outstanding it is
+        written at once (a lone call waits for nothing); otherwise calls overlap, and
+        what they send in this turn of the event loop goes out in one write at its end."""
         assert self.transport is not None
         loop = asyncio.get_running_loop()
         waiter = loop.create_future()
-        if not self._outgoing:
-            loop.call_soon(self._write)
-        self._outgoing.append(packed)
+        if not self._waiting:
+            self.transport.write(packed)
+        else:
+            if not self._outgoing:
+                loop.call_soon(self._write)
+            self._outgoing.append(packed)
         self._waiting.append(waiter)
         return waiter
 
