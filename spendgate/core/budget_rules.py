@@ -97,14 +97,23 @@ class Threshold:
 
 
 def applies(budget: Budget, subject: Subject) -> bool:
-    scope_ok = {
-        "org": subject.org_id == budget.scope_id,
-        "team": subject.team_id is not None and subject.team_id == budget.scope_id,
-        "user": subject.user_id is not None and subject.user_id == budget.scope_id,
-        "agent": subject.agent_id is not None and subject.agent_id == budget.scope_id,
-        "key": subject.key_id == budget.scope_id,
-        "tag": budget.tag in subject.tags and subject.org_id == budget.org_id,
-    }[budget.scope_type]
+    """Whether ``subject``'s call counts against ``budget`` (every budget of the org is
+    asked on every call, so only the budget's own scope is compared)."""
+    scope = budget.scope_type
+    if scope == "org":
+        scope_ok = subject.org_id == budget.scope_id
+    elif scope == "team":
+        scope_ok = subject.team_id is not None and subject.team_id == budget.scope_id
+    elif scope == "user":
+        scope_ok = subject.user_id is not None and subject.user_id == budget.scope_id
+    elif scope == "agent":
+        scope_ok = subject.agent_id is not None and subject.agent_id == budget.scope_id
+    elif scope == "key":
+        scope_ok = subject.key_id == budget.scope_id
+    elif scope == "tag":
+        scope_ok = budget.tag in subject.tags and subject.org_id == budget.org_id
+    else:
+        raise KeyError(scope)
     return scope_ok and counts(budget.categories, subject)
 
 
@@ -127,7 +136,9 @@ def effective_amount(budget: Budget, raises: Iterable[Raise], at: datetime) -> i
     return budget.amount_nanos + extra
 
 
+@lru_cache(maxsize=4096)
 def percent_of(nanos: int, percent: Decimal) -> int:
+    """``percent`` % of ``nanos``, rounded down (cached: a hard cap is asked on every call)."""
     return int((Decimal(nanos) * percent / 100).to_integral_value(rounding=ROUND_FLOOR))
 
 

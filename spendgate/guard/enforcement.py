@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
 from typing import Any, NoReturn
@@ -70,10 +70,11 @@ class Applied:
     window: Window
     amount_nanos: int
     cap_nanos: int | None
+    #: its counter's name (``budget_bucket``), read three times a call: computed once
+    bucket: str = field(init=False, repr=False, compare=False)
 
-    @property
-    def bucket(self) -> str:
-        return budget_bucket(self.budget, self.window)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "bucket", budget_bucket(self.budget, self.window))
 
 
 def threshold_event(
@@ -499,6 +500,10 @@ class Enforcer:
         if w.grant_of is not None:
             return
         was, now_left = cap - before, cap - after
+        low = was > w.low_balance_nanos >= now_left
+        depleted = was > 0 >= now_left
+        if not low and not depleted:  # every settle gets here: build nothing
+            return
         data = {
             "wallet_id": w.id,
             "scope_type": w.scope_type,
@@ -506,9 +511,9 @@ class Enforcer:
             "balance_usd": format_usd(now_left),
             "low_balance_usd": format_usd(w.low_balance_nanos),
         }
-        if was > w.low_balance_nanos >= now_left:
+        if low:
             self._emit("wallet.low_balance", f"wallet:{w.id}:low:{cap}", data, now, w.org_id)
-        if was > 0 >= now_left:
+        if depleted:
             self._emit("wallet.depleted", f"wallet:{w.id}:depleted:{cap}", data, now, w.org_id)
 
     async def announce_expired_exceptions(self) -> None:

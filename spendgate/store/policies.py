@@ -89,9 +89,15 @@ class Wallet:
     expires_at: datetime | None = None
 
     def covers(self, subject: Subject) -> bool:
-        return {"org": subject.org_id, "team": subject.team_id, "key": subject.key_id}.get(
-            self.scope_type
-        ) == self.scope_id
+        """Whether the wallet pays for ``subject``'s calls (asked on every call)."""
+        scope = self.scope_type
+        if scope == "org":
+            return subject.org_id == self.scope_id
+        if scope == "team":
+            return subject.team_id == self.scope_id
+        if scope == "key":
+            return subject.key_id == self.scope_id
+        return False
 
 
 @dataclass(frozen=True, slots=True)
