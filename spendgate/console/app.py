@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate.console import (
     allocation_rules,
+    anomalies,
     audit_log,
     auth,
     budgets,
@@ -106,6 +107,7 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         tickets,
         statements,
         allocation_rules,
+        anomalies,
     ):  # console part 2: the admin pages
         app.include_router(module.router)
     return app

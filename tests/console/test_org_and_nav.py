@@ -8,7 +8,15 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.console.conftest import Console, axe_violations, sign_in
 
-COMMON = {"Wallets", "Rate limits", "Audit log", "People", "Org settings", "Statements"}
+COMMON = {
+    "Wallets",
+    "Rate limits",
+    "Audit log",
+    "People",
+    "Org settings",
+    "Statements",
+    "Anomalies",
+}
 NAV = {
     "org_admin": COMMON | {"Keys", "Webhooks", "Cost tickets"},
     "finance": COMMON | {"Cost tickets"},
