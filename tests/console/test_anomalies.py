@@ -6,6 +6,7 @@ forms; no serious axe violations."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -14,10 +15,37 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from spendgate.store import schema
+from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.admin.test_anomalies_http import USD, _ledger_row, check, spend
-from tests.console.conftest import Console, axe_violations, form, session, sign_in
+from tests.conftest import start_gateway
+from tests.console.conftest import (
+    Console,
+    axe_violations,
+    form,
+    make_console,
+    session,
+    sign_in,
+)
 
 SHOTS = Path("/tmp/spendgate-console2-shots")
+
+
+@pytest.fixture
+def console(
+    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+) -> Iterator[Console]:
+    """The console's gateway without its own periodic anomaly check: the tests check at
+    the frozen clock's time, after writing the history (a check before it would keep
+    the empty history for the hour)."""
+    gw = start_gateway(
+        f"sqlite:///{tmp_path / 'console.db'}",
+        upstream[1].url,
+        tmp_path,
+        extra_config="[anomalies]\ncheck_seconds = 0\n",
+    )
+    yield make_console(gw)
+    gw.admin.close()
+    gw.handle.stop()
 
 
 def _runaway(console: Console, *team_ids: str, pause: bool = False) -> dict[str, dict[str, Any]]:
@@ -77,7 +105,7 @@ def test_org_admin_sees_and_acknowledges_an_anomaly(console: Console, page: Page
     expect(page.locator("#anomaly-action")).to_contain_text("in force")
     expect(page.locator("#contributors-table")).to_contain_text("gpt-4o")
     expect(page.locator("#contributors-table")).to_contain_text("100.0%")
-    page.get_by_label("Note").fill("loop fixed")
+    page.get_by_label("Note", exact=True).fill("loop fixed")
     expect(page.get_by_label("Also lift the pause it applied")).to_be_checked()
     _shot(page, "anomaly-detail")
     page.get_by_role("button", name="Acknowledge").click()
