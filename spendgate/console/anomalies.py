@@ -36,6 +36,11 @@ VIEWS: dict[str, tuple[Literal["open", "resolved", "all"], bool | None]] = {
 }
 
 
+async def key_names(svc: Services, org_id: str | None) -> dict[str, str]:
+    """Keys by name on these pages (an anomaly's scope, a contributor)."""
+    return {k["id"]: k["name"] for k in await svc.directory.list_keys(org_id)}
+
+
 @router.get("/anomalies")
 async def anomalies_page(
     request: Request, svc: Svc, user: User, view: str = "open"
@@ -52,6 +57,7 @@ async def anomalies_page(
         "view": view,
         "views": list(VIEWS),
         "names": await names(svc, user.principal.org_id),
+        "keys": await key_names(svc, user.principal.org_id),
     }
     return await page(request, "anomalies/list.html", ctx)
 
@@ -75,6 +81,7 @@ async def _anomaly_page(
         "a": api.anomaly_out(row),
         "may_ack": user.principal.can(Can.ANOMALIES_ACK, owner),
         "names": await names(svc, row["org_id"]),
+        "keys": await key_names(svc, row["org_id"]),
         "errors": errors or {},
         "values": values or {},
     }

@@ -95,6 +95,7 @@ def test_org_admin_sees_and_acknowledges_an_anomaly(console: Console, page: Page
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + "/anomalies")
     row = page.locator(f"#anomaly-{key_anomaly['id']}")
+    expect(row).to_contain_text("key runaway-0 (team research)")
     expect(row).to_contain_text("$0.50")
     expect(row).to_contain_text(f"${key_anomaly['actual_usd']}")
     expect(row).to_contain_text("pause")
