@@ -24,6 +24,7 @@ from spendgate.console import (
     audit_log,
     auth,
     budgets,
+    events,
     keys,
     notifications,
     org_settings,
@@ -108,6 +109,7 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         statements,
         allocation_rules,
         anomalies,
+        events,
     ):  # console part 2: the admin pages
         app.include_router(module.router)
     return app

@@ -157,6 +157,33 @@ def test_viewer_reads_team_admin_is_kept_to_their_team(console: Console, page: P
     assert console.gw.get("/admin/anomalies", acknowledged="true") == []
 
 
+def test_events_list_the_anomaly_events_for_org_readers(console: Console, page: Page) -> None:
+    """Finance filters /events to ``spend.anomaly``: the key's and the team's events, as
+    the API lists them, each linking to its episode; team roles may not read events
+    (403)."""
+    found = _runaway(console, console.team_id)
+    api = console.gw.get("/admin/events", type="spend.anomaly")
+    assert len(api) == 2
+    sign_in(page, console.url, "finance@acme.test")
+    page.goto(console.url + "/events")
+    page.get_by_label("Event type").fill("spend.anomaly")
+    page.get_by_role("button", name="Show").click()
+    rows = page.locator("#events-table tbody tr")
+    expect(rows).to_have_count(2)
+    for event in api:
+        expect(page.locator(f"#event-{event['id']}")).to_contain_text(event["data"]["anomaly_id"])
+    _shot(page, "events")
+    page.locator(f"#event-{found[console.team_id]['event_id']}").get_by_role(
+        "link", name="the anomaly"
+    ).click()
+    expect(page.get_by_role("heading", name="Spend anomaly")).to_contain_text(
+        found[console.team_id]["id"]
+    )
+    for role in ("team_admin", "viewer", "member"):
+        with session(console.url, f"{role}@acme.test") as client:
+            assert client.get("/events").status_code == 403
+
+
 @pytest.mark.parametrize("role", ["org_admin", "team_admin", "finance", "viewer"])
 def test_anomaly_pages_have_no_serious_axe_violations(
     console: Console, browser: Browser, role: str
@@ -164,6 +191,9 @@ def test_anomaly_pages_have_no_serious_axe_violations(
     """axe-core on the list and an episode's page (with its forms where the role has
     them)."""
     anomaly = _runaway(console, console.team_id, pause=True)[console.team_id]
-    for path in ("/anomalies", f"/anomalies/{anomaly['id']}"):
+    paths = ["/anomalies", f"/anomalies/{anomaly['id']}"]
+    if role in ("org_admin", "finance"):
+        paths.append("/events")
+    for path in paths:
         violations = axe_violations(browser, console.url, f"{role}@acme.test", path)
         assert violations == [], (path, [(v["id"], v["help"]) for v in violations])

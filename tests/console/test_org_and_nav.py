@@ -18,13 +18,13 @@ COMMON = {
     "Anomalies",
 }
 NAV = {
-    "org_admin": COMMON | {"Keys", "Webhooks", "Cost tickets"},
-    "finance": COMMON | {"Cost tickets"},
+    "org_admin": COMMON | {"Keys", "Webhooks", "Cost tickets", "Events"},
+    "finance": COMMON | {"Cost tickets", "Events"},
     "team_admin": COMMON | {"Keys", "Cost tickets"},
     "viewer": COMMON | {"Keys"},
     "member": set(),
 }
-ADMIN_LINKS = COMMON | {"Keys", "Webhooks", "Cost tickets"}
+ADMIN_LINKS = COMMON | {"Keys", "Webhooks", "Cost tickets", "Events"}
 
 
 @pytest.mark.parametrize("role", sorted(NAV))
