@@ -1,13 +1,15 @@
 """``/anomalies``: spend anomalies — the episodes (open, unacknowledged, acknowledged,
-all), an episode's page with its expected band, actual spend, contributors and the pause
-or rate limit it applied, and *Acknowledge* (a note; lift the action or not) and *Lift
-the action* (un-pause without acknowledging).
+all) and which keys and teams an anomaly pauses or rate limits (add, delete); an
+episode's page with its expected band, actual spend, contributors and the pause or rate
+limit it applied, and *Acknowledge* (a note; lift the action or not) and *Lift the
+action* (un-pause without acknowledging).
 
 Every read and change is the admin API's route function (``spendgate.admin.anomalies``)
-with the signed-in caller narrowed to ``anomalies.read`` / ``anomalies.acknowledge``:
-the same scope rule (a key's anomaly belongs to the key's team, a team's to the team, a
-model's to the org; another team's is 404), the same checks (acknowledging twice is
-409), audit entries and the lifted limits.
+with the signed-in caller narrowed to ``anomalies.read`` / ``anomalies.acknowledge`` /
+``anomalies.actions.write``: the same scope rule (a key's anomaly belongs to the key's
+team, a team's to the team, a model's to the org; another team's is 404), the same
+checks (acknowledging twice is 409; a rate limit needs a limit), audit entries and the
+lifted limits.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import anomalies as api
 from spendgate.console.admin_forms import body_of, done, names
-from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.forms import INVALID, field_errors, one_scope_field
 from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.rate_limits import scope_choices, scope_labels
 from spendgate.core.access import Can
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
@@ -45,21 +48,85 @@ async def key_names(svc: Services, org_id: str | None) -> dict[str, str]:
 async def anomalies_page(
     request: Request, svc: Svc, user: User, view: str = "open"
 ) -> HTMLResponse:
+    return await _anomalies_page(request, svc, user, view)
+
+
+async def _anomalies_page(
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    view: str = "open",
+    errors: dict[str, str] | None = None,
+    values: dict[str, str] | None = None,
+) -> HTMLResponse:
     if view not in VIEWS:
         raise ValidationFailed(f"view: must be one of {', '.join(VIEWS)}", param="view")
     who = require(user, Can.ANOMALIES_READ)
+    scope = scope_for(svc, who)
     status, acknowledged = VIEWS[view]
     rows = await api.list_anomalies_route(
         svc, who, status, None, None, acknowledged, None, None, 200
     )
-    ctx = {
+    configs = await api.list_actions(svc, who, scope, None)
+    may_delete = {}
+    for config in configs:
+        owner = await api.action_owner(scope, config)
+        may_delete[config["id"]] = owner is not None and user.principal.can(
+            Can.ANOMALY_ACTIONS_WRITE, owner
+        )
+    ctx: dict[str, Any] = {
         "anomalies": rows,
         "view": view,
         "views": list(VIEWS),
-        "names": await names(svc, user.principal.org_id),
-        "keys": await key_names(svc, user.principal.org_id),
+        "names": await names(svc, who.org_id),
+        "keys": await key_names(svc, who.org_id),
+        "configs": configs,
+        "labels": await scope_labels(svc, who.org_id),
+        "may_delete": may_delete,
+        "errors": errors or {},
+        "values": values or {},
     }
-    return await page(request, "anomalies/list.html", ctx)
+    if user.principal.may(Can.ANOMALY_ACTIONS_WRITE):
+        ctx["form"] = await scope_choices(svc, user, Can.ANOMALY_ACTIONS_WRITE)
+    return await page(request, "anomalies/list.html", ctx, status=422 if errors else 200)
+
+
+@router.post("/anomalies/actions")
+async def create_action(
+    request: Request,
+    svc: Svc,
+    user: User,
+    scope: Annotated[str, Form(max_length=100)] = "",
+    action: Annotated[str, Form(max_length=20)] = "",
+    rpm: Annotated[str, Form(max_length=20)] = "",
+    tpm: Annotated[str, Form(max_length=20)] = "",
+    max_spend_usd: Annotated[str, Form(max_length=40)] = "",
+    spend_window_seconds: Annotated[str, Form(max_length=20)] = "",
+) -> Response:
+    """Pause or rate limit a key or team on its next anomalies: ``POST /admin/anomaly-actions``."""
+    who = require(user, Can.ANOMALY_ACTIONS_WRITE)
+    scope_type, _, scope_id = scope.partition(":")
+    fields = {
+        "action": action,
+        "rpm": rpm.strip(),
+        "tpm": tpm.strip(),
+        "max_spend_usd": max_spend_usd.strip(),
+        "spend_window_seconds": spend_window_seconds.strip(),
+    }
+    try:
+        body = body_of(api.ActionIn, {"scope_type": scope_type, "scope_id": scope_id, **fields})
+        await api.create_action(body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        errors = one_scope_field(field_errors(exc))
+        return await _anomalies_page(request, svc, user, "open", errors, {"scope": scope, **fields})
+    return done(request, "/anomalies")
+
+
+@router.post("/anomalies/actions/{action_id}/delete")
+async def delete_action(action_id: str, request: Request, svc: Svc, user: User) -> Response:
+    who = require(user, Can.ANOMALY_ACTIONS_WRITE)
+    await api.delete_action(action_id, svc, request, who, scope_for(svc, who))
+    return done(request, "/anomalies")
 
 
 @router.get("/anomalies/{anomaly_id}")

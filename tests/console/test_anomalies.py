@@ -157,6 +157,48 @@ def test_viewer_reads_team_admin_is_kept_to_their_team(console: Console, page: P
     assert console.gw.get("/admin/anomalies", acknowledged="true") == []
 
 
+def test_team_admin_sets_and_deletes_what_an_anomaly_does(console: Console, page: Page) -> None:
+    """A rate limit without a limit is refused beside *Requests per minute* (422, what
+    was chosen kept); a 5-rpm rate limit on the team is the API's (listed there,
+    audited); deleting it works. Another team's action is not listed and deleting it by
+    URL is 404; a viewer may not add one (403)."""
+    gw = console.gw
+    theirs = gw.post(
+        "/admin/anomaly-actions",
+        {"scope_type": "team", "scope_id": console.other_team_id, "action": "pause"},
+    )
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + "/anomalies")
+    expect(page.locator(f"#action-{theirs['id']}")).to_have_count(0)
+    page.get_by_label("For").select_option(f"team:{console.team_id}")
+    page.get_by_label("Action").select_option("rate_limit")
+    with page.expect_response(lambda r: r.request.method == "POST") as answer:
+        page.get_by_role("button", name="Add", exact=True).click()
+    assert answer.value.status == 422
+    expect(page.locator("#rpm-error")).to_contain_text("needs rpm, tpm or max_spend_usd")
+    expect(page.get_by_label("Action")).to_have_value("rate_limit")
+    page.get_by_label("Requests per minute").fill("5")
+    page.get_by_role("button", name="Add", exact=True).click()
+    [mine] = [a for a in gw.get("/admin/anomaly-actions") if a["scope_id"] == console.team_id]
+    assert (mine["action"], mine["rpm"]) == ("rate_limit", 5)
+    row = page.locator(f"#action-{mine['id']}")
+    expect(row).to_contain_text("team research")
+    expect(row).to_contain_text("5 requests/min")
+    _shot(page, "anomaly-actions")
+    audit = gw.get("/admin/audit", action="anomaly_action.created")["entries"]
+    assert mine["id"] in {e["target_id"] for e in audit}
+    with session(console.url, "team_admin@acme.test") as client:
+        gone = form(client, f"/anomalies/actions/{theirs['id']}/delete", {})
+        assert gone.status_code == 404
+    row.get_by_role("button", name="Stop acting on anomalies of team research").click()
+    expect(page.locator(f"#action-{mine['id']}")).to_have_count(0)
+    assert [a["id"] for a in gw.get("/admin/anomaly-actions")] == [theirs["id"]]
+    with session(console.url, "viewer@acme.test") as client:
+        body = {"scope": f"team:{console.team_id}", "action": "pause"}
+        assert form(client, "/anomalies/actions", body).status_code == 403
+        assert client.get("/anomalies").status_code == 200
+
+
 def test_events_list_the_anomaly_events_for_org_readers(console: Console, page: Page) -> None:
     """Finance filters /events to ``spend.anomaly``: the key's and the team's events, as
     the API lists them, each linking to its episode; team roles may not read events
