@@ -190,7 +190,7 @@ def test_team_admin_sets_and_deletes_what_an_anomaly_does(console: Console, page
     with session(console.url, "team_admin@acme.test") as client:
         gone = form(client, f"/anomalies/actions/{theirs['id']}/delete", {})
         assert gone.status_code == 404
-    row.get_by_role("button", name="Stop acting on anomalies of team research").click()
+    row.get_by_role("button", name="Delete the anomaly action of team research").click()
     expect(page.locator(f"#action-{mine['id']}")).to_have_count(0)
     assert [a["id"] for a in gw.get("/admin/anomaly-actions")] == [theirs["id"]]
     with session(console.url, "viewer@acme.test") as client:
