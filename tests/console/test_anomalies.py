@@ -129,6 +129,27 @@ def test_org_admin_sees_and_acknowledges_an_anomaly(console: Console, page: Page
         assert again.status_code == 409
 
 
+def test_finance_lifts_the_pause_without_acknowledging(console: Console, page: Page) -> None:
+    """*Lift the action* is the API's lift-action: the key's pause is undone (its rate
+    limits gone), the episode stays unacknowledged, audited with the note; the form is
+    gone afterwards."""
+    gw = console.gw
+    anomaly = _runaway(console, console.team_id, pause=True)[console.team_id]
+    assert gw.get("/admin/rate-limits") != []
+    sign_in(page, console.url, "finance@acme.test")
+    page.goto(console.url + f"/anomalies/{anomaly['id']}")
+    page.get_by_label("Note (why)").fill("let it run")
+    page.get_by_role("button", name="Lift the action").click()
+    expect(page.locator("#anomaly-action")).to_contain_text("lifted by console:")
+    expect(page.get_by_role("button", name="Lift the action")).to_have_count(0)
+    expect(page.locator("#anomaly-ack")).to_have_text("not yet")
+    api = gw.get(f"/admin/anomalies/{anomaly['id']}")
+    assert api["action_state"] == "lifted" and api["acknowledged_at"] is None
+    assert gw.get("/admin/rate-limits") == []
+    audit = gw.get("/admin/audit", action="anomaly.action_lifted")["entries"]
+    assert [e["after"]["note"] for e in audit] == ["let it run"]
+
+
 def test_viewer_reads_team_admin_is_kept_to_their_team(console: Console, page: Page) -> None:
     """A viewer sees their team's episode but no *Acknowledge* (a forged one is 403); a
     team admin lists and opens only their team's (another team's is 404 by URL, and its
