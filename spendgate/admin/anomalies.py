@@ -295,7 +295,7 @@ async def create_action(
     return action_out(row)
 
 
-async def _action_owner(scope: Scope, row: dict[str, Any]) -> Owner | None:
+async def action_owner(scope: Scope, row: dict[str, Any]) -> Owner | None:
     return await scope.owner(row["scope_type"], row["scope_id"], row["org_id"])
 
 
@@ -306,7 +306,7 @@ async def list_actions(
     svc: Svc, who: Who, scope: Scoped, org_id: s.ObjectId | None = None
 ) -> list[dict[str, Any]]:
     rows = await actions.list_configs(svc.engine, who.org_filter(org_id))
-    return [action_out(r) for r in await scope.filter(rows, lambda r: _action_owner(scope, r))]
+    return [action_out(r) for r in await scope.filter(rows, lambda r: action_owner(scope, r))]
 
 
 @router.delete(
@@ -319,7 +319,7 @@ async def delete_action(
 ) -> None:
     """Stop acting on this scope's future anomalies (one in force stays until lifted)."""
     row = await actions.get_config(svc.engine, action_id)
-    owner = scope.require(await _action_owner(scope, row), "anomaly action", action_id)
+    owner = scope.require(await action_owner(scope, row), "anomaly action", action_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         await actions.delete_config(conn, action_id)

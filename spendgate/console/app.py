@@ -20,9 +20,11 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from spendgate.console import (
     allocation_rules,
+    anomalies,
     audit_log,
     auth,
     budgets,
+    events,
     keys,
     notifications,
     org_settings,
@@ -106,6 +108,8 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         tickets,
         statements,
         allocation_rules,
+        anomalies,
+        events,
     ):  # console part 2: the admin pages
         app.include_router(module.router)
     return app

@@ -8,12 +8,13 @@ budget outside one's teams), audit entries and enforcement refresh as ``/admin/b
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 
+from spendgate.admin import forecasts as forecasts_api
 from spendgate.admin import policies
 from spendgate.admin import routes as directory_routes
 from spendgate.admin import schemas as s
@@ -92,7 +93,13 @@ async def _form_page(
 
 
 @router.get("/usage/budgets")
-async def list_page(request: Request, svc: Svc, user: User) -> Response:
+async def list_page(
+    request: Request,
+    svc: Svc,
+    user: User,
+    refreshed: Annotated[int | None, Query(ge=0)] = None,
+    overruns: Annotated[int, Query(ge=0)] = 0,
+) -> Response:
     who = require(user, Can.BUDGETS_READ)
     scope = scope_for(svc, who)
     rows = await svc.policies.list_budgets(who.org_id)
@@ -102,8 +109,23 @@ async def list_page(request: Request, svc: Svc, user: User) -> Response:
     return await page(
         request,
         "budgets/list.html",
-        {"views": views, "can_write": user.principal.may(Can.BUDGETS_WRITE)},
+        {
+            "views": views,
+            "can_write": user.principal.may(Can.BUDGETS_WRITE),
+            "can_refresh": user.principal.may(Can.FORECASTS_REFRESH),
+            "refreshed": refreshed,
+            "overruns": overruns,
+        },
     )
+
+
+@router.post("/usage/budgets/refresh-forecasts")
+async def refresh_forecasts(request: Request, svc: Svc, user: User) -> Response:
+    """Every forecast of the caller's org computed now: ``POST /admin/forecasts/refresh``."""
+    who = require(user, Can.FORECASTS_REFRESH)
+    done = await forecasts_api.refresh_forecasts(svc, who, None)
+    counts = f"refreshed={done['refreshed']}&overruns={done['overruns_announced']}"
+    return _see(request, f"/usage/budgets?{counts}")
 
 
 @router.get("/usage/budgets/new")

@@ -56,9 +56,12 @@ async def current_use(svc: Services, rows: list[dict[str, Any]]) -> dict[str, di
     return use
 
 
-async def _scopes(svc: Services, user: Any) -> dict[str, Any]:
-    """Keys and teams the caller may set limits on."""
-    who = require(user, Can.LIMITS_WRITE)
+async def scope_choices(
+    svc: Services, user: Any, permission: Can = Can.LIMITS_WRITE
+) -> dict[str, Any]:
+    """Keys and teams the caller may set limits on (or what ``permission`` covers: the
+    same keys and teams)."""
+    who = require(user, permission)
     teams = [
         t
         for t in await svc.directory.list_teams(who.org_id)
@@ -71,7 +74,7 @@ async def _scopes(svc: Services, user: Any) -> dict[str, Any]:
     return {"teams": teams, "key_choices": [k for k in keys if k["status"] == "active"]}
 
 
-async def _labels(svc: Services, org_id: str | None) -> dict[str, str]:
+async def scope_labels(svc: Services, org_id: str | None) -> dict[str, str]:
     shown = await names(svc, org_id)
     keys = await svc.directory.list_keys(org_id)
     return {
@@ -102,14 +105,14 @@ async def _limits_page(
     ctx: dict[str, Any] = {
         "limits": rows,
         "use": await current_use(svc, rows),
-        "labels": await _labels(svc, who.org_id),
+        "labels": await scope_labels(svc, who.org_id),
         "usd": format_usd,
         "may_write": may_write,
         "errors": errors or {},
         "values": values or {},
     }
     if user.principal.may(Can.LIMITS_WRITE):
-        ctx["form"] = await _scopes(svc, user)
+        ctx["form"] = await scope_choices(svc, user)
     return await page(request, "rate_limits/list.html", ctx, status=422 if errors else 200)
 
 
@@ -160,7 +163,7 @@ async def _edit_page(
 ) -> HTMLResponse:
     who = require(user, Can.LIMITS_WRITE)
     row = await api.get_rate_limit(limit_id, scope_for(svc, who))
-    labels = await _labels(svc, who.org_id)
+    labels = await scope_labels(svc, who.org_id)
     shown = values or {
         k: "" if row[k] is None else str(row[k])
         for k in ("rpm", "tpm", "max_concurrent", "max_spend_usd", "spend_window_seconds")

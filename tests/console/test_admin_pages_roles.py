@@ -18,6 +18,7 @@ PAGES = {
     "/audit": Can.AUDIT_READ,
     "/people": Can.DIRECTORY_READ,
     "/org": Can.DIRECTORY_READ,
+    "/anomalies": Can.ANOMALIES_READ,
 }
 ROLES = ("org_admin", "finance", "team_admin", "viewer", "member")
 

@@ -8,15 +8,23 @@ from playwright.sync_api import Browser, Page, expect
 
 from tests.console.conftest import Console, axe_violations, sign_in
 
-COMMON = {"Wallets", "Rate limits", "Audit log", "People", "Org settings", "Statements"}
+COMMON = {
+    "Wallets",
+    "Rate limits",
+    "Audit log",
+    "People",
+    "Org settings",
+    "Statements",
+    "Anomalies",
+}
 NAV = {
-    "org_admin": COMMON | {"Keys", "Webhooks", "Cost tickets"},
-    "finance": COMMON | {"Cost tickets"},
+    "org_admin": COMMON | {"Keys", "Webhooks", "Cost tickets", "Events"},
+    "finance": COMMON | {"Cost tickets", "Events"},
     "team_admin": COMMON | {"Keys", "Cost tickets"},
     "viewer": COMMON | {"Keys"},
     "member": set(),
 }
-ADMIN_LINKS = COMMON | {"Keys", "Webhooks", "Cost tickets"}
+ADMIN_LINKS = COMMON | {"Keys", "Webhooks", "Cost tickets", "Events"}
 
 
 @pytest.mark.parametrize("role", sorted(NAV))
