@@ -715,5 +715,13 @@ def create_app(
 
 
 def app_from_env() -> Gateway:
-    """Factory for ``uvicorn --factory`` and ``spendgate serve --workers N``."""
-    return create_app(load_settings(demo=os.environ.get("SPENDGATE_DEMO") == "1"))
+    """Factory for ``uvicorn --factory`` and ``spendgate serve --workers N`` (which says
+    where it listens in ``SPENDGATE_SERVE_ADDRESS``)."""
+    host, _, port = os.environ.get("SPENDGATE_SERVE_ADDRESS", "").rpartition(":")
+    return create_app(
+        load_settings(
+            demo=os.environ.get("SPENDGATE_DEMO") == "1",
+            host=host or None,
+            port=int(port) if port.isdigit() else None,
+        )
+    )

@@ -96,6 +96,9 @@ def serve(
         os.environ["SPENDGATE_ALLOW_UNREADABLE_SECRETS"] = "1"
     if redis_failure_mode is not None:
         os.environ["SPENDGATE_REDIS_FAILURE_MODE"] = redis_failure_mode
+    # the app is built by uvicorn's factory (in each worker): it listens where we do and
+    # its default public URL (printed links, invite links) names this address
+    os.environ["SPENDGATE_SERVE_ADDRESS"] = f"{host}:{port}"
     try:
         settings = load_settings(demo=demo, host=host, port=port)
     except ConfigError as exc:

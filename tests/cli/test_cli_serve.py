@@ -134,6 +134,8 @@ def test_cli_creates_objects_and_sigterm_flushes_the_ledger(
     assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert "Application shutdown complete" in output
+    # the demo admin's sign-in names the console where this server listens (--port)
+    assert f"console: {url}/login" in output, output
     with sqlite3.connect(db) as conn:
         count, agents = conn.execute(
             "SELECT count(*), count(DISTINCT agent_id) FROM ledger WHERE key_id = ?", (key["id"],)
