@@ -84,8 +84,11 @@ class Counters(Protocol):
     async def bump(self) -> None:
         """A policy changed: every process must reload before its next admission."""
 
-    async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
-        """Set ``spent`` (and ``cap``) if the bucket does not exist yet; True if it did not."""
+    async def seed(
+        self, bucket: str, spent: int, cap: int | None = None, uncounted: int = 0
+    ) -> bool:
+        """Set ``spent`` (and ``cap``) if the bucket does not exist yet; True if it did not.
+        ``uncounted``: how much of ``spent`` is the ledger's uncounted spend (``catch_up``)."""
 
     async def exists(self, bucket: str) -> bool: ...
 
@@ -117,9 +120,18 @@ class Counters(Protocol):
         """Raise a stored cap (a wallet top-up); a bucket not seeded yet is left alone
         (seeding reads every top-up from the database)."""
 
-    async def raise_to(self, bucket: str, field: str, floor: int) -> int | None:
+    async def raise_to(
+        self, bucket: str, field: str, floor: int, uncounted: int | None = None
+    ) -> int | None:
         """Set ``field`` (``spent`` or ``cap``) to ``floor`` if it is lower, atomically;
-        returns the figure before (None: no such bucket, nothing written)."""
+        returns the figure before (None: no such bucket, nothing written). A raised
+        ``spent`` now holds the ledger's ``uncounted`` spend too: recorded as caught up."""
+
+    async def catch_up(self, bucket: str, uncounted: int) -> int | None:
+        """Add to ``spent`` what ``uncounted`` (the ledger's spend in this bucket of calls
+        whose settle never reached these counters) holds beyond what was added before,
+        atomically; returns what it added (None: no such bucket, nothing written).
+        Idempotent: the same or an older figure adds nothing."""
 
     async def state(self, bucket: str) -> BucketState | None: ...
 

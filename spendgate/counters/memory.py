@@ -18,6 +18,8 @@ class _Bucket:
     spent: int = 0
     reserved: int = 0
     cap: int | None = None
+    #: the ledger's uncounted spend already in ``spent`` (``catch_up``)
+    uncounted: int = 0
 
     def give_back(self, amount: int) -> None:
         """Take up to ``amount`` out of ``reserved``, never below zero."""
@@ -53,10 +55,12 @@ class MemoryCounters:
             bucket = self._buckets[name] = _Bucket()
         return bucket
 
-    async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
+    async def seed(
+        self, bucket: str, spent: int, cap: int | None = None, uncounted: int = 0
+    ) -> bool:
         if bucket in self._buckets:
             return False
-        self._buckets[bucket] = _Bucket(spent=spent, cap=cap)
+        self._buckets[bucket] = _Bucket(spent=spent, cap=cap, uncounted=uncounted)
         return True
 
     async def exists(self, bucket: str) -> bool:
@@ -123,7 +127,9 @@ class MemoryCounters:
         if target is not None:
             target.cap = (target.cap or 0) + amount
 
-    async def raise_to(self, bucket: str, field: str, floor: int) -> int | None:
+    async def raise_to(
+        self, bucket: str, field: str, floor: int, uncounted: int | None = None
+    ) -> int | None:
         target = self._buckets.get(bucket)
         if target is None:
             return None
@@ -131,9 +137,20 @@ class MemoryCounters:
         if before < floor:
             if field == "spent":
                 target.spent = floor
+                if uncounted is not None:
+                    target.uncounted = max(target.uncounted, uncounted)
             else:
                 target.cap = floor
         return before
+
+    async def catch_up(self, bucket: str, uncounted: int) -> int | None:
+        target = self._buckets.get(bucket)
+        if target is None:
+            return None
+        added = max(0, uncounted - target.uncounted)
+        target.spent += added
+        target.uncounted += added
+        return added
 
     async def state(self, bucket: str) -> BucketState | None:
         current = self._buckets.get(bucket)

@@ -27,8 +27,10 @@ class OutageCounters(MemoryCounters):
         #: each bucket's spend when this process began counting it alone (from the ledger)
         self.started: dict[str, int] = {}
 
-    async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
-        fresh = await super().seed(bucket, spent, cap)
+    async def seed(
+        self, bucket: str, spent: int, cap: int | None = None, uncounted: int = 0
+    ) -> bool:
+        fresh = await super().seed(bucket, spent, cap, uncounted)
         if fresh:
             self.started[bucket] = spent
         return fresh

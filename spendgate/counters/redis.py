@@ -75,6 +75,7 @@ class RedisCounters:
         self._renew = self._script("renew")
         self._raise_to = self._script("raise_to")
         self._seed = self._script("seed")
+        self._catch_up = self._script("catch_up")
         self._reserve = self._script("reserve")
         self._settle = self._script("settle")
         self._release = self._script("release")
@@ -113,8 +114,10 @@ class RedisCounters:
     async def bump(self) -> None:
         await once_more(self._redis, lambda: self._redis.hincrby(self.generation_key, "version"))
 
-    async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
-        args = [spent, "" if cap is None else cap]
+    async def seed(
+        self, bucket: str, spent: int, cap: int | None = None, uncounted: int = 0
+    ) -> bool:
+        args = [spent, "" if cap is None else cap, uncounted]
         return bool(
             await once_more(self._redis, lambda: self._seed(keys=[self._key(bucket)], args=args))
         )
@@ -200,9 +203,16 @@ class RedisCounters:
     async def add_cap(self, bucket: str, amount: int) -> None:
         await self._add_cap(keys=[self._key(bucket)], args=[amount])
 
-    async def raise_to(self, bucket: str, field: str, floor: int) -> int | None:
-        before = await self._raise_to(keys=[self._key(bucket)], args=[field, floor])
+    async def raise_to(
+        self, bucket: str, field: str, floor: int, uncounted: int | None = None
+    ) -> int | None:
+        args = [field, floor, "" if uncounted is None else uncounted]
+        before = await self._raise_to(keys=[self._key(bucket)], args=args)
         return None if before is None else int(before)
+
+    async def catch_up(self, bucket: str, uncounted: int) -> int | None:
+        reply = await self._catch_up(keys=[self._key(bucket)], args=[uncounted])
+        return None if reply is None else int(reply)
 
     async def state(self, bucket: str) -> BucketState | None:
         spent, reserved, cap = await once_more(

@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 from redis.exceptions import RedisError
 
@@ -54,6 +55,10 @@ class PolicyStale(Exception):
 @dataclass(slots=True)
 class Guarded:
     """What a call holds while it runs: its rate-limit reservation and its budget one."""
+
+    #: its settle goes to the shared counters (False: to an outage's local ones, so its
+    #: ledger row is marked ``uncounted`` and the counters take it from there)
+    counted: ClassVar[bool] = True
 
     rated: RateAdmission
     admission: Admission

@@ -292,10 +292,10 @@ class Enforcer:
                 if a.bucket in self._seeded or await self._counters.exists(a.bucket):
                     self._seeded.add(a.bucket)
                     continue
-                spent = await self._store.spend_matching(
+                spent, uncounted = await self._store.spend_split(
                     a.budget.org_id, a.window.start, a.window.end, partial(rules.applies, a.budget)
                 )
-                await self._counters.seed(a.bucket, spent)
+                await self._counters.seed(a.bucket, spent, uncounted=uncounted)
                 self._seeded.add(a.bucket)
             for w in missing_w:
                 await self.seed_wallet(w)
@@ -305,10 +305,11 @@ class Enforcer:
         if bucket in self._seeded:
             return
         if not await self._counters.exists(bucket):
-            spent = await self._store.spend_matching(
+            spent, uncounted = await self._store.spend_split(
                 wallet.org_id, wallet.created_at, None, wallet.covers
             )
-            await self._counters.seed(bucket, spent, await self._store.funds(wallet))
+            funds = await self._store.funds(wallet)
+            await self._counters.seed(bucket, spent, funds, uncounted)
         self._seeded.add(bucket)
 
     # -- the call path ---------------------------------------------------------------------

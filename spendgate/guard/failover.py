@@ -20,20 +20,23 @@ local counters for the outage whose spend reaches Redis's counters once it is ba
 
 **Back to Redis, once.** What Redis has not counted (an outage's spend, the cost of a
 call whose settle could not reach Redis, a call admitted locally that finished after
-Redis came back) is in the ledger. The probe that finds Redis again flushes this
-process's ledger and *raises* each bucket this process counted without Redis to the
-ledger's spend (``Reconciler.reconcile(only=…)``, grace 0), before any call uses Redis
-again. A raise is a maximum, never an addition, so however many replicas do it, and
-whether or not the periodic reconciliation got there first, the outage's spend is
-counted once: after recovery the counters equal the ledger. (A Redis that came back
-empty has no such buckets: they are seeded from the ledger, which has the spend.)
-Thresholds the raise crosses fire then, with their usual dedup keys; Redis
-reservations of calls whose settle failed are given back. A call counted without
-Redis is done at ``release``, once its ledger row is on disk: one still writing it
-when the probe read the ledger is caught up at the next tick. That tick also raises
-every live counter (``check_all``, as at start and after a dead process's spool was
-replayed): a replica killed before Redis came back leaves its outage's spend in the
-ledger and on no live process's list.
+Redis came back) is in the ledger, on rows marked ``uncounted``. The probe that finds
+Redis again flushes this process's ledger and *catches up* each bucket this process
+counted without Redis (``Reconciler.reconcile(only=…)``, grace 0): the bucket stores how
+much of the ledger's uncounted spend it already holds, and takes only the rest
+(``Counters.catch_up``), before any call uses Redis again. However many replicas do it,
+and in whatever order their rows reach the database, the outage's spend is counted
+once; and as spend Redis did count is not part of the figure, calls settled in Redis
+whose rows are still on their way to the database are not lost to it (a raise to the
+ledger's whole total, the first design, lost them). After recovery the counters equal
+the ledger. (A Redis that came back empty has no such buckets: they are seeded from the
+ledger, which has the spend.) Thresholds the catch-up crosses fire then, with their
+usual dedup keys; Redis reservations of calls whose settle failed are given back. A
+call counted without Redis is done at ``release``, once its ledger row is on disk: one
+still writing it when the probe read the ledger is caught up at the next tick. That
+tick also catches up every live counter (``check_all``, as at start and after a dead
+process's spool was replayed): a replica killed before Redis came back leaves its
+outage's spend in the ledger and on no live process's list.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -68,7 +71,8 @@ Mode = Literal["closed", "open"]
 PROBE_SECONDS = 1.0
 #: (enforcer, rate gate) like the primary ones, over the given counters and process memory
 LocalGuards = Callable[[Counters], tuple[Enforcer, RateGate]]
-#: raise these buckets' (None: every bucket's) live counters to the ledger; how many it raised
+#: catch these buckets' (None: every bucket's) live counters up with the ledger's
+#: uncounted spend; how many took some
 Reconcile = Callable[[set[str] | None], Awaitable[int]]
 
 
@@ -127,6 +131,8 @@ class Outage:
 class LocalGuarded(Guarded):
     """A call admitted against an outage's local counters."""
 
+    counted: ClassVar[bool] = False
+
     outage: Outage
     finished: bool = False
 
@@ -166,9 +172,12 @@ class FailoverGuard:
         self._releases: list[str] = []
         #: per reservation, buckets of a call Redis missed whose ledger row is not written yet
         self._unrecorded: dict[str, list[str]] = {}
-        #: raise every live counter to the ledger at the next tick: at start, after an
+        #: catch every live counter up with the ledger at the next tick: at start, after an
         #: outage, after a dead process's spool was replayed (``check_all``)
         self._check_all = True
+        #: what the catch-up running now has taken off the lists above (``status``)
+        self._catching: set[str] = set()
+        self._checking_all = False
         self._catch_up_lock = asyncio.Lock()
         #: set when the probe running now is done (calls arriving meanwhile wait for it)
         self._probe: asyncio.Event | None = None
@@ -337,8 +346,8 @@ class FailoverGuard:
             )
 
     async def recover(self) -> None:
-        """The probe: read the generation; if Redis answers, raise what it counts to the
-        ledger for every bucket counted without it, then let calls use it again. Redis
+        """The probe: read the generation; if Redis answers, catch up every bucket counted
+        without it with the ledger's uncounted spend, then let calls use it again. Redis
         failing again keeps the breaker open; the database failing does not (the buckets
         stay behind and are caught up at a later tick)."""
         if self._probe is not None:
@@ -366,7 +375,7 @@ class FailoverGuard:
             probe.set()
 
     def check_all(self) -> None:
-        """Raise every live counter to the ledger at the next tick. Spend made without
+        """Catch every live counter up with the ledger at the next tick. Spend made without
         Redis by a process that died before it was back is in the ledger (its rows were
         written, or replayed from its spool) but on no live process's list: this process
         starts with it set, sets it when it finds Redis back, and when it replays a dead
@@ -384,8 +393,8 @@ class FailoverGuard:
                 self.trip(exc)
 
     async def _catch_up(self, *, everything: bool = False) -> None:
-        """Raise the buckets behind (``everything``: and, if ``check_all`` asked for it,
-        every bucket) to the ledger (this process's rows flushed first) and give back the
+        """Catch the buckets behind (``everything``: and, if ``check_all`` asked for it,
+        every bucket) up with the ledger (this process's rows flushed first) and give back the
         reservations left in Redis. A database failure is logged and the buckets stay
         behind for the next tick; Redis failing raises (the caller trips). The probe
         leaves ``everything`` to the tick: calls wait for the probe, not for that."""
@@ -396,16 +405,18 @@ class FailoverGuard:
                 self._check_all and everything,
                 self._check_all and not everything,
             )
+            self._catching, self._checking_all = buckets, check_all
             try:
                 if buckets:
-                    raised = await self._reconcile(buckets)
+                    caught = await self._reconcile(buckets)
                     log.warning(
-                        "%d of %d live counters raised to the ledger after Redis was unreachable",
-                        raised,
+                        "%d of %d live counters caught up with the ledger after Redis was "
+                        "unreachable",
+                        caught,
                         len(buckets),
                     )
-                if check_all and (raised := await self._reconcile(None)):
-                    log.warning("%d more live counters raised to the ledger", raised)
+                if check_all and (caught := await self._reconcile(None)):
+                    log.warning("%d more live counters caught up with the ledger", caught)
                 for reservation_id in releases:
                     await self._redis.release(reservation_id)
             except UNREACHABLE:
@@ -418,6 +429,8 @@ class FailoverGuard:
                 self._releases += releases
                 self._check_all |= check_all
                 log.warning("live counters not caught up yet, database unavailable: %s", exc)
+            finally:
+                self._catching, self._checking_all = set(), False
 
     # -- what /readyz and /metrics show --------------------------------------------------------
     def status(self) -> dict[str, Any]:
@@ -429,7 +442,10 @@ class FailoverGuard:
             "redis_failure_mode": f"fail-{self.mode}",
             "redis_down_seconds": round(now - since, 3) if since is not None else 0.0,
             "redis_local_admissions": outage.admitted if outage is not None else 0,
-            "redis_buckets_behind": len(self._behind.union(*self._unrecorded.values())),
+            "redis_buckets_behind": len(
+                self._behind.union(self._catching, *self._unrecorded.values())
+            ),
+            "redis_catch_up_pending": self._check_all or self._checking_all,
         }
 
 

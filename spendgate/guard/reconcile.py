@@ -90,14 +90,15 @@ class Reconciler:
             bucket = budget_bucket(budget, window)
             if until <= window.start or (only is not None and bucket not in only):
                 continue
-            ledger = await self._store.spend_matching(
+            ledger, uncounted = await self._store.spend_split(
                 budget.org_id, window.start, until, partial(rules.applies, budget)
             )
             info = {"budget_id": budget.id, "period": window.key}
-            before = await self._repair(bucket, ledger, budget.org_id, now, info, not outage)
+            if outage:
+                before = await self._catch_up(bucket, ledger, uncounted, seed=only is not None)
+            else:
+                before = await self._repair(bucket, ledger, uncounted, budget.org_id, now, info)
             if outage and (only is not None or before is not None):
-                if only is not None:
-                    await self._counters.seed(bucket, ledger)  # Redis came back empty
                 amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
                 cap = rules.hard_cap_nanos(budget, amount)
                 reached = Admission("", 0, (Applied(budget, window, amount, cap),), ())
@@ -107,33 +108,47 @@ class Reconciler:
             bucket = wallet_bucket(w)
             if until <= w.created_at or (only is not None and bucket not in only):
                 continue
-            ledger = await self._store.spend_matching(w.org_id, w.created_at, until, w.covers)
+            ledger, uncounted = await self._store.spend_split(
+                w.org_id, w.created_at, until, w.covers
+            )
             # calls its tickets' grants paid for are in the ledger but not in the wallet
             ledger -= await self._store.ticket_funded(w, until)
             info = {"wallet_id": w.id}
-            before = await self._repair(bucket, ledger, w.org_id, now, info, not outage)
+            if outage:
+                funds = await self._store.topped_up(w.id) if only is not None else None
+                before = await self._catch_up(bucket, ledger, uncounted, only is not None, funds)
+            else:
+                before = await self._repair(bucket, ledger, uncounted, w.org_id, now, info)
             if outage and (only is not None or before is not None):
-                if only is not None:
-                    await self._counters.seed(bucket, ledger, await self._store.topped_up(w.id))
                 await self._enforcer.booked(Admission("", 0, (), (w,)), [(0, ledger)])
             repaired += before is not None
         return repaired
+
+    async def _catch_up(
+        self, bucket: str, ledger: int, uncounted: int, seed: bool, cap: int | None = None
+    ) -> int | None:
+        """After an outage: add the ledger's ``uncounted`` spend the counter does not have
+        yet (``Counters.catch_up``); what it added, None if nothing. ``seed``: a bucket
+        Redis lost (it came back empty) is seeded from the ledger, which has the spend."""
+        added = await self._counters.catch_up(bucket, uncounted)
+        if added is None and seed:
+            await self._counters.seed(bucket, ledger, cap, uncounted)
+        return added or None
 
     async def _repair(
         self,
         bucket: str,
         ledger: int,
+        uncounted: int,
         org_id: str,
         now: datetime,
         info: dict[str, Any],
-        announce: bool = True,
     ) -> int | None:
-        """Raise ``bucket`` to ``ledger``; the figure before if it was lower, else None."""
-        before = await self._counters.raise_to(bucket, "spent", ledger)
+        """Raise ``bucket`` to ``ledger`` (of which ``uncounted`` is spend the counters
+        never saw: caught up with it); the figure before if it was lower, else None."""
+        before = await self._counters.raise_to(bucket, "spent", ledger, uncounted)
         if before is None or before >= ledger:
             return None
-        if not announce:
-            return before
         kind = "wallet" if bucket.startswith("w:") else "budget"
         log.warning(
             "%s counter %s was %s, the ledger says %s: raised",

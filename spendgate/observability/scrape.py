@@ -77,7 +77,7 @@ def redis_gauges(status: Mapping[str, Any]) -> Gauges:
         ("spendgate_redis_local_admissions", "Calls admitted on local counters in this outage",
          float(status["redis_local_admissions"])),
         ("spendgate_redis_buckets_behind",
-         "Live counters not yet raised to the ledger after Redis was unreachable",
+         "Live counters not yet caught up with the ledger after Redis was unreachable",
          float(status["redis_buckets_behind"])),
     ]  # fmt: skip
 

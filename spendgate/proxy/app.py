@@ -508,6 +508,7 @@ class ProxyApp:
         budget's remaining nanos). Called before the call's final bytes go out."""
         events: list[PendingEvent] = []
         remaining = None
+        uncounted = not guarded.counted
         with capture_events(events):
             entry = self._record(call, http_status, status, usage, estimated)
             self._metrics.booked(entry)
@@ -525,7 +526,10 @@ class ProxyApp:
                 log.error("could not settle %s in the shared counters: %s", call.request_id, exc)
                 self._metrics.backend_error("redis")
                 self._guard.abandon(guarded)
+                uncounted = True
             finally:
+                if uncounted:  # the counters take its spend from the ledger (catch_up)
+                    entry = entry._replace(uncounted=True)
                 await self._ledger.commit(entry, events)
         return entry.cost_nanos, remaining
 

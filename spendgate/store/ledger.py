@@ -74,6 +74,8 @@ class LedgerEntry(NamedTuple):
     finished_at: datetime
     #: the provider reported more than ``core.usage.MAX_TOKENS_PER_CALL``: clamped
     usage_implausible: bool = False
+    #: the shared counters never saw its settle (``schema.ledger.c.uncounted``)
+    uncounted: bool = False
 
 
 _SQLITE_INSERT = (

@@ -466,7 +466,14 @@ class PolicyStore:
     async def spend_matching(
         self, org_id: str, start: datetime, end: datetime | None, match: Any
     ) -> int:
-        """Settled spend in ``[start, end)`` of calls for which ``match(subject)`` holds.
+        """Settled spend in ``[start, end)`` of calls for which ``match(subject)`` holds."""
+        return (await self.spend_split(org_id, start, end, match))[0]
+
+    async def spend_split(
+        self, org_id: str, start: datetime, end: datetime | None, match: Any
+    ) -> tuple[int, int]:
+        """``spend_matching``, and the part of it the shared counters never counted
+        (``ledger.uncounted``): what a counter seeded from this figure already holds.
 
         Aggregated in SQL by every attribute a budget or wallet can filter on, then
         matched here, so the result set stays small however many calls there were.
@@ -482,14 +489,19 @@ class PolicyStore:
             t.c.model,
             t.c.kind,
         )
+        uncounted = sa.case((t.c.uncounted, t.c.cost_nanos), else_=0)
         query = (
-            sa.select(*dims, *exact_cost_sum(t.c.cost_nanos))
+            sa.select(
+                *dims,
+                *exact_cost_sum(t.c.cost_nanos),
+                *(c.label(f"uncounted_{c.name}") for c in exact_cost_sum(uncounted)),
+            )
             .where(t.c.org_id == org_id, t.c.started_at >= start)
             .group_by(*dims)
         )
         if end is not None:
             query = query.where(t.c.started_at < end)
-        total = 0
+        total = missed = 0
         async with self._engine.connect() as conn:
             for (
                 team,
@@ -502,10 +514,13 @@ class PolicyStore:
                 kind,
                 whole,
                 rest,
+                missed_whole,
+                missed_rest,
             ) in await conn.execute(query):
                 subject = Subject(
                     org_id, team, user, agent, key, tuple(tags or ()), provider, model, kind
                 )
                 if match(subject):
                     total += cost_from_sums(whole, rest)
-        return total
+                    missed += cost_from_sums(missed_whole, missed_rest)
+        return total, missed

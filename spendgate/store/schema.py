@@ -137,6 +137,9 @@ ledger = sa.Table(
     sa.Column("finished_at", UTCDateTime(), nullable=False),
     #: the provider reported more tokens than a call can use; the figures were clamped
     sa.Column("usage_implausible", sa.Boolean(), nullable=False, server_default=sa.false()),
+    #: the shared counters (Redis) never saw this call's settle: admitted without Redis
+    #: (fail-open) or a settle that could not reach it; ``Counters.catch_up`` adds it
+    sa.Column("uncounted", sa.Boolean(), nullable=False, server_default=sa.false()),
     sa.Index("ix_ledger_started_at", "started_at"),
     sa.Index("ix_ledger_org_started", "org_id", "started_at"),
     sa.Index("ix_ledger_team_started", "team_id", "started_at"),

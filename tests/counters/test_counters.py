@@ -265,6 +265,32 @@ async def test_raise_to_only_raises(counters: Counters) -> None:
     assert not await counters.exists("missing")
 
 
+async def test_catch_up_adds_the_ledgers_uncounted_spend_once(counters: Counters) -> None:
+    """After an outage a bucket takes the ledger's uncounted spend beyond what it holds
+    already: the same or an older figure adds nothing (several replicas, several ticks);
+    a seed's uncounted part and a raise's are held already; a bucket that does not exist
+    is left alone."""
+    await counters.seed("a", 1_000, uncounted=300)  # the ledger had 300 uncounted then
+    assert await counters.catch_up("a", 300) == 0
+    assert await counters.catch_up("a", 450) == 150
+    assert await counters.catch_up("a", 450) == 0
+    assert await counters.catch_up("a", 400) == 0  # an older read
+    assert await counters.state("a") == BucketState(1_150, 0, None)
+    # a raise to the ledger (the periodic reconciliation) takes its uncounted part along
+    assert await counters.raise_to("a", "spent", 2_000, uncounted=600) == 1_150
+    assert await counters.catch_up("a", 650) == 50
+    assert await counters.state("a") == BucketState(2_050, 0, None)
+    # a raise that changes nothing records nothing
+    assert await counters.raise_to("a", "spent", 100, uncounted=900) == 2_050
+    assert await counters.catch_up("a", 700) == 50
+    big = 2**52 + 1  # 16 digits: added as an integer, not in Lua's "%.14g" form
+    await counters.seed("b", 7)
+    assert await counters.catch_up("b", big) == big
+    assert await counters.state("b") == BucketState(big + 7, 0, None)
+    assert await counters.catch_up("missing", 5) is None
+    assert not await counters.exists("missing")
+
+
 async def test_generation_epoch_is_kept_and_version_bumped(counters: Counters) -> None:
     """The first read writes an epoch that later reads keep; a bump moves the version
     only."""

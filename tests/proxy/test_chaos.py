@@ -379,6 +379,7 @@ async def _settled(client: httpx.AsyncClient, replica: ManagedProcess) -> bool:
         and body["database"] == "ok"
         and body.get("redis") == "ok"
         and body.get("redis_buckets_behind") == 0
+        and body.get("redis_catch_up_pending") is False
     )
 
 

@@ -321,6 +321,72 @@ def test_fail_open_a_call_still_writing_its_row_when_redis_returns_is_caught_up(
             stop(started)
 
 
+def test_catching_up_after_an_outage_keeps_spend_redis_counted_whose_row_is_not_written(
+    database: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    """Replica A settles a call in Redis and is still putting its ledger row on disk
+    (its spool write held here) while replica B, which lost Redis on its own (its
+    breaker tripped), served two calls on local counters and then finds Redis again.
+    B's catch-up must add exactly its own two calls: the ledger it reads lacks A's row,
+    which Redis already has. (The first design raised the counter to the ledger's total,
+    which then had B's two calls and not A's: A's call was lost, and the chaos test saw
+    a counter one call behind the ledger in CI.) Ticks afterwards add nothing more: the
+    counter equals the ledger."""
+
+    with PrivateRedis(persist=True) as redis:
+        started = gateways(database, upstream[1].url, tmp_path, redis, 2, "open")
+        a, b = started
+        try:
+            key = a.create_key()
+            made = a.post("/admin/budgets", hard_budget(key["id"], Decimal("100")))
+            assert chat(a, key["key"]).status_code == 200
+            assert chat(b, key["key"]).status_code == 200
+            spool = a.app.services.ledger.spool
+            guard = b.app.services.guard
+            assert spool is not None and guard is not None
+            writing, release = threading.Event(), threading.Event()
+            append = spool.append
+
+            async def held_append(line: bytes, item: Any) -> Any:
+                if not writing.is_set():  # A's next row: held after its settle
+                    writing.set()
+                    assert await asyncio.to_thread(release.wait, 30)
+                return await append(line, item)
+
+            async def lose_redis() -> None:
+                guard.trip(ConnectionError("B alone cannot reach Redis"))
+
+            spool.append = held_append  # type: ignore[method-assign]
+            with ThreadPoolExecutor(1) as pool:
+                held = pool.submit(chat, a, key["key"])  # settled in Redis, row held
+                assert writing.wait(30)
+                b.run(lose_redis())
+                assert [chat(b, key["key"]).status_code for _ in range(2)] == [200, 200]
+                assert b.get("/readyz")["redis_local_admissions"] == 2
+                advance([b], 1.5)
+                assert chat(b, key["key"]).status_code == 200  # the probe: caught up
+                assert b.get("/readyz")["redis"] == "ok"
+                release.set()
+                assert held.result(30).status_code == 200
+            period = b.get(f"/admin/budgets/{made['id']}/status")["period_key"]
+            bucket = f"b:{made['id']}:{period}"
+            spend = ledger_spend(started, key["id"])
+            assert len(spend) == 6
+            assert counter(redis, bucket) == sum(spend.values())
+            advance(started, 0.5)
+            for gw in started:
+                running = gw.app.services.guard
+                assert running is not None
+                gw.run(running.tick())
+                gw.run(running.tick())
+            assert counter(redis, bucket) == sum(spend.values())
+        finally:
+            stop(started)
+
+
 def test_fail_open_spend_of_a_replica_killed_during_the_outage_reaches_the_counter(
     database: str, upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path
 ) -> None:

@@ -64,16 +64,20 @@ def _seconds(value: Any) -> int:
 def _backfill(conn: sa.Connection) -> None:
     main: rollups.Rollup = {}
     tags: rollups.Rollup = {}
-    result = conn.execute(
-        sa.text(
-            "SELECT org_id, team_id, user_id, agent_id, key_id, tags, provider, model, kind, "
-            "status, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
-            "reasoning_tokens, cost_nanos, price_unknown, started_at FROM ledger"
-        ).execution_options(stream_results=True)
+    # in pages by request id, not a server-side cursor: asyncpg keeps a cursor's portal
+    # open to the end of the transaction, and a later ALTER TABLE ledger then fails
+    query = sa.text(
+        "SELECT request_id, org_id, team_id, user_id, agent_id, key_id, tags, provider, "
+        "model, kind, status, input_tokens, output_tokens, cache_read_tokens, "
+        "cache_write_tokens, reasoning_tokens, cost_nanos, price_unknown, started_at "
+        "FROM ledger WHERE request_id > :after ORDER BY request_id LIMIT 10000"
     )
-    for row in result:
-        parsed = json.loads(row.tags) if isinstance(row.tags, str) else list(row.tags)
-        rollups.aggregate([(_seconds(row.started_at), _Row(row, parsed))], main, tags)
+    after = ""
+    while page := conn.execute(query, {"after": after}).all():
+        for row in page:
+            parsed = json.loads(row.tags) if isinstance(row.tags, str) else list(row.tags)
+            rollups.aggregate([(_seconds(row.started_at), _Row(row, parsed))], main, tags)
+        after = page[-1].request_id
     for statement, rows in rollups.write_statements(conn.dialect.name, main, tags):
         for start in range(0, len(rows), 5000):
             conn.execute(statement, rows[start : start + 5000])
