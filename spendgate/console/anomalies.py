@@ -21,7 +21,15 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import anomalies as api
 from spendgate.console.admin_forms import body_of, done, names
-from spendgate.console.forms import INVALID, ONE_SCOPE, Refill, form_page, refill, scope_fields
+from spendgate.console.forms import (
+    INVALID,
+    ONE_SCOPE,
+    ObjectForm,
+    Refill,
+    form_page,
+    refill,
+    scope_fields,
+)
 from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.console.rate_limits import scope_choices, scope_labels
 from spendgate.core.access import Can
@@ -148,6 +156,12 @@ async def _anomaly_page(
     return await form_page(request, "anomalies/detail.html", ctx, sent_back)
 
 
+ACK = ObjectForm(
+    Can.ANOMALIES_ACK, api.AcknowledgeIn, api.acknowledge, _anomaly_page, "/anomalies/{}", "ack"
+)
+LIFT = ObjectForm(Can.ANOMALIES_ACK, api.LiftIn, api.lift, _anomaly_page, "/anomalies/{}", "lift")
+
+
 @router.post("/anomalies/{anomaly_id}/acknowledge")
 async def acknowledge(
     anomaly_id: str,
@@ -157,14 +171,9 @@ async def acknowledge(
     note: Annotated[str, Form(max_length=2000)] = "",
     lift_action: Annotated[str, Form(max_length=5)] = "",
 ) -> Response:
-    who = require(user, Can.ANOMALIES_ACK)
-    try:
-        body = body_of(api.AcknowledgeIn, {"note": note, "lift_action": lift_action == "on"})
-        await api.acknowledge(anomaly_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        sent_back = refill(exc, {"note": note, "lift_action": lift_action}, form="ack")
-        return await _anomaly_page(anomaly_id, request, svc, user, sent_back)
-    return done(request, f"/anomalies/{anomaly_id}")
+    fields = {"note": note, "lift_action": lift_action == "on"}
+    typed_in = {"note": note, "lift_action": lift_action}
+    return await ACK.submit(anomaly_id, request, svc, user, fields, typed_in)
 
 
 @router.post("/anomalies/{anomaly_id}/lift-action")
@@ -175,11 +184,4 @@ async def lift(
     user: User,
     note: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
-    who = require(user, Can.ANOMALIES_ACK)
-    try:
-        body = body_of(api.LiftIn, {"note": note})
-        await api.lift(anomaly_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        sent_back = refill(exc, {"note": note}, form="lift")
-        return await _anomaly_page(anomaly_id, request, svc, user, sent_back)
-    return done(request, f"/anomalies/{anomaly_id}")
+    return await LIFT.submit(anomaly_id, request, svc, user, {"note": note})

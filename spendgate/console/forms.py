@@ -5,21 +5,29 @@ handed to the admin route function, so the checks are the API's. :func:`field_er
 turns a pydantic ``ValidationError`` or a ``ValidationFailed`` (whose ``param`` names the
 field) into ``{field: message}`` for the template; :func:`refill` and :func:`form_page`
 send a refused form back (422) with each error beside the input it is about and what was
-typed still in the form.
+typed still in the form; an :class:`ObjectForm` is a form on one object's page that sends
+one admin route's body and comes back to the page.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from fastapi import Request
-from fastapi.responses import HTMLResponse
-from pydantic import ValidationError
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ValidationError
 
-from spendgate.console.layout import page
+from spendgate.admin.deps import Scope
+from spendgate.console.admin_forms import body_of, done
+from spendgate.console.layout import page, require, scope_for
+from spendgate.core.access import Can, Principal
 from spendgate.errors import ValidationFailed
+from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
+
+M = TypeVar("M", bound=BaseModel)
 
 BUDGET_FIELDS = (
     "name",
@@ -161,3 +169,45 @@ async def form_page(
     values = (sent_back.values if sent_back else {}) or dict(shown or {})
     ctx = {**context, "errors": errors, "values": values}
     return await page(request, template, ctx, status=422 if errors else status)
+
+
+#: an object's page, again with a refused form: ``(object id, request, svc, user, sent_back)``
+ObjectPage = Callable[[str, Request, Services, SignedIn, Refill | None], Awaitable[HTMLResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectForm(Generic[M]):
+    """A form on an object's page whose fields are the body (``model``) of one admin
+    route that changes the object, ``step(object_id, body, svc, request, who, scope)``,
+    called as a caller narrowed to ``permission``. Refused: ``on_page`` again (422)
+    with the errors beside the fields of the form ``name``. Done: 303 to ``url``
+    (``{}`` is the object's id)."""
+
+    permission: Can
+    model: type[M]
+    step: Callable[[str, M, Services, Request, Principal, Scope], Awaitable[object]]
+    on_page: ObjectPage
+    url: str
+    name: str = ""
+    #: fields a blank sends as ``null`` ("remove"), as :func:`body_of` reads ``nulls``
+    nulls: tuple[str, ...] = ()
+
+    async def submit(
+        self,
+        object_id: str,
+        request: Request,
+        svc: Services,
+        user: SignedIn,
+        fields: Mapping[str, Any],
+        typed_in: Mapping[str, Any] | None = None,
+    ) -> Response:
+        """Send ``fields``; ``typed_in`` is what the form shows again if refused (when
+        it is not ``fields`` as they are: a ticked box is ``"on"`` in the form)."""
+        who = require(user, self.permission)
+        try:
+            body = body_of(self.model, fields, nulls=self.nulls)
+            await self.step(object_id, body, svc, request, who, scope_for(svc, who))
+        except INVALID as exc:
+            sent_back = refill(exc, fields if typed_in is None else typed_in, form=self.name)
+            return await self.on_page(object_id, request, svc, user, sent_back)
+        return done(request, self.url.format(object_id))

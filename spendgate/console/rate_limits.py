@@ -20,7 +20,15 @@ from spendgate.admin import rate_limits as api
 from spendgate.admin import schemas as s
 from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done, names
-from spendgate.console.forms import INVALID, ONE_SCOPE, Refill, form_page, refill, scope_fields
+from spendgate.console.forms import (
+    INVALID,
+    ONE_SCOPE,
+    ObjectForm,
+    Refill,
+    form_page,
+    refill,
+    scope_fields,
+)
 from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
@@ -167,6 +175,16 @@ async def _edit_page(
     return await form_page(request, "rate_limits/edit.html", ctx, sent_back, shown)
 
 
+EDIT = ObjectForm(
+    Can.LIMITS_WRITE,
+    s.RateLimitPatch,
+    api.update_rate_limit,
+    _edit_page,
+    "/rate-limits",
+    nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd"),
+)
+
+
 @router.post("/rate-limits/{limit_id}")
 async def update_limit(
     limit_id: str,
@@ -180,7 +198,6 @@ async def update_limit(
     spend_window_seconds: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     """Every field is sent: a blank one removes that limit (``null`` in the API)."""
-    who = require(user, Can.LIMITS_WRITE)
     values: dict[str, Any] = {
         "rpm": rpm.strip() or None,
         "tpm": tpm.strip() or None,
@@ -189,16 +206,9 @@ async def update_limit(
     }
     if spend_window_seconds.strip():
         values["spend_window_seconds"] = spend_window_seconds.strip()
-    try:
-        body = body_of(
-            s.RateLimitPatch, values, nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd")
-        )
-        await api.update_rate_limit(limit_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        typed_in = {k: "" if v is None else str(v) for k, v in values.items()}
-        typed_in.setdefault("spend_window_seconds", spend_window_seconds)
-        return await _edit_page(limit_id, request, svc, user, refill(exc, typed_in))
-    return done(request, "/rate-limits")
+    typed_in = {k: "" if v is None else str(v) for k, v in values.items()}
+    typed_in.setdefault("spend_window_seconds", spend_window_seconds)
+    return await EDIT.submit(limit_id, request, svc, user, values, typed_in)
 
 
 @router.post("/rate-limits/{limit_id}/delete")

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import tickets as api
 from spendgate.console.admin_forms import body_of, done, local_instant
-from spendgate.console.forms import INVALID, Refill, form_page, refill
+from spendgate.console.forms import INVALID, ObjectForm, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
 from spendgate.errors import ValidationFailed
@@ -100,6 +100,11 @@ async def approve(
     return done(request, f"/tickets/{ticket_id}")
 
 
+DENY = ObjectForm(
+    Can.TICKETS_DECIDE, api.DenyIn, api.deny_ticket, _ticket_page, "/tickets/{}", "deny"
+)
+
+
 @router.post("/tickets/{ticket_id}/deny")
 async def deny(
     ticket_id: str,
@@ -108,11 +113,4 @@ async def deny(
     user: User,
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    who = require(user, Can.TICKETS_DECIDE)
-    try:
-        body = body_of(api.DenyIn, {"reason": reason})
-        await api.deny_ticket(ticket_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        sent_back = refill(exc, {"reason": reason}, form="deny")
-        return await _ticket_page(ticket_id, request, svc, user, sent_back)
-    return done(request, f"/tickets/{ticket_id}")
+    return await DENY.submit(ticket_id, request, svc, user, {"reason": reason})

@@ -8,31 +8,35 @@ the signed-in caller narrowed to ``wallets.read`` / ``wallets.write``.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
-from pydantic import BaseModel
 
 from spendgate.admin import schemas as s
 from spendgate.admin import wallets as api
-from spendgate.admin.deps import Scope
 from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done
-from spendgate.console.forms import INVALID, ONE_SCOPE, Refill, form_page, refill, scope_fields
+from spendgate.console.forms import (
+    INVALID,
+    ONE_SCOPE,
+    ObjectForm,
+    Refill,
+    form_page,
+    refill,
+    scope_fields,
+)
 from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.console.usage_source import UsageQuery, usage_series
-from spendgate.core.access import Can, Owner, Principal
+from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.core.runway import days_to_empty
 from spendgate.services import Services
 from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
-M = TypeVar("M", bound=BaseModel)
 #: the days the current rate of spend is measured over
 RATE_DAYS = 7
 #: the days of debits the wallet page lists
@@ -167,23 +171,8 @@ async def _wallet_page(
     return await form_page(request, "wallets/detail.html", ctx, sent_back, shown)
 
 
-async def _change(
-    wallet_id: str,
-    request: Request,
-    svc: Services,
-    user: SignedIn,
-    step: Callable[[str, M, Services, Request, Principal, Scope], Awaitable[object]],
-    body_model: type[M],
-    typed_in: dict[str, str],
-) -> Response:
-    """A form on the wallet's page: its fields are the body of the API's ``step``."""
-    who = require(user, Can.WALLETS_WRITE)
-    try:
-        body = body_of(body_model, typed_in)
-        await step(wallet_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        return await _wallet_page(wallet_id, request, svc, user, refill(exc, typed_in))
-    return done(request, f"/wallets/{wallet_id}")
+TOP_UP = ObjectForm(Can.WALLETS_WRITE, s.TopupIn, api.top_up, _wallet_page, "/wallets/{}")
+EDIT = ObjectForm(Can.WALLETS_WRITE, s.WalletPatch, api.update_wallet, _wallet_page, "/wallets/{}")
 
 
 @router.post("/wallets/{wallet_id}/topups")
@@ -195,8 +184,8 @@ async def top_up(
     amount_usd: Annotated[str, Form(max_length=40)] = "",
     note: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    typed_in = {"amount_usd": amount_usd, "note": note}
-    return await _change(wallet_id, request, svc, user, api.top_up, s.TopupIn, typed_in)
+    fields = {"amount_usd": amount_usd, "note": note}
+    return await TOP_UP.submit(wallet_id, request, svc, user, fields)
 
 
 @router.post("/wallets/{wallet_id}")
@@ -208,8 +197,8 @@ async def update_wallet(
     name: Annotated[str, Form(max_length=200)] = "",
     low_balance_usd: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
-    typed_in = {"name": name, "low_balance_usd": low_balance_usd}
-    return await _change(wallet_id, request, svc, user, api.update_wallet, s.WalletPatch, typed_in)
+    fields = {"name": name, "low_balance_usd": low_balance_usd}
+    return await EDIT.submit(wallet_id, request, svc, user, fields)
 
 
 @router.post("/wallets/{wallet_id}/close")
