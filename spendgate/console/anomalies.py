@@ -23,12 +23,11 @@ from spendgate.admin import anomalies as api
 from spendgate.console.admin_forms import body_of, done, names
 from spendgate.console.forms import (
     INVALID,
-    ONE_SCOPE,
     ObjectForm,
     Refill,
     form_page,
-    refill,
     scope_fields,
+    scope_refill,
 )
 from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.console.rate_limits import scope_choices, scope_labels
@@ -121,7 +120,7 @@ async def create_action(
         body = body_of(api.ActionIn, scope_fields(scope, fields))
         await api.create_action(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        sent_back = refill(exc, {"scope": scope, **fields}, moved=ONE_SCOPE)
+        sent_back = scope_refill(exc, scope, fields)
         return await _anomalies_page(request, svc, user, "open", sent_back)
     return done(request, "/anomalies")
 

@@ -154,6 +154,14 @@ def refill(
     return Refill(errors, values)
 
 
+def scope_refill(
+    exc: ValidationError | ValidationFailed, scope: str, fields: Mapping[str, Any]
+) -> Refill:
+    """A refused form that picked its scope in one select (:func:`scope_fields`): the
+    scope's errors beside the select, and the choice kept."""
+    return refill(exc, {"scope": scope, **fields}, moved=ONE_SCOPE)
+
+
 async def form_page(
     request: Request,
     template: str,

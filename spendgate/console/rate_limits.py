@@ -22,12 +22,11 @@ from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done, names
 from spendgate.console.forms import (
     INVALID,
-    ONE_SCOPE,
     ObjectForm,
     Refill,
     form_page,
-    refill,
     scope_fields,
+    scope_refill,
 )
 from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.core.access import Can, Owner
@@ -147,7 +146,7 @@ async def create_limit(
         body = body_of(s.RateLimitIn, scope_fields(scope, fields))
         await api.create_rate_limit(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        sent_back = refill(exc, {"scope": scope, **fields}, moved=ONE_SCOPE)
+        sent_back = scope_refill(exc, scope, fields)
         return await _limits_page(request, svc, user, sent_back)
     return done(request, "/rate-limits")
 

@@ -21,12 +21,11 @@ from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done
 from spendgate.console.forms import (
     INVALID,
-    ONE_SCOPE,
     ObjectForm,
     Refill,
     form_page,
-    refill,
     scope_fields,
+    scope_refill,
 )
 from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.console.usage_source import UsageQuery, usage_series
@@ -125,7 +124,7 @@ async def create_wallet(
         body = body_of(s.WalletIn, scope_fields(scope, fields))
         wallet = await api.create_wallet(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        sent_back = refill(exc, {"scope": scope, **fields}, moved=ONE_SCOPE)
+        sent_back = scope_refill(exc, scope, fields)
         return await _wallets_page(request, svc, user, sent_back)
     return done(request, f"/wallets/{wallet['id']}")
 
