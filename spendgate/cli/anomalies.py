@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, given
 from spendgate.cli.output import console, show
 
 anomalies = typer.Typer(help="Spend anomalies: out-of-band hourly spend.", no_args_is_help=True)
@@ -129,8 +129,7 @@ def actions_create(
     }
     if not pause:
         body.update(rpm=rpm, tpm=tpm, max_spend_usd=max_spend, spend_window_seconds=window)
-    clean = {k: v for k, v in body.items() if v is not None}
-    show(call(url, "POST", "/admin/anomaly-actions", json=clean), as_json, ACTION_COLUMNS)
+    show(call(url, "POST", "/admin/anomaly-actions", json=given(body)), as_json, ACTION_COLUMNS)
 
 
 @actions.command("delete")

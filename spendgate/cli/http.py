@@ -73,6 +73,12 @@ def crud_group(name: str, path: str, columns: list[str]) -> typer.Typer:
     return group
 
 
+def given(body: dict[str, Any]) -> dict[str, Any]:
+    """A request body of the options given: one left out (``None``) is not sent, so the
+    API keeps its default (create) or the stored value (update)."""
+    return {k: v for k, v in body.items() if v is not None}
+
+
 def opt_list(value: str | None) -> list[str]:
     return [v.strip() for v in value.split(",") if v.strip()] if value else []
 

@@ -8,7 +8,16 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list, when
+from spendgate.cli.http import (
+    DEFAULT_URL,
+    JsonOpt,
+    UrlOpt,
+    call,
+    crud_group,
+    given,
+    opt_list,
+    when,
+)
 from spendgate.cli.output import deleted, err_console, show
 
 BUDGET_COLUMNS = [
@@ -82,7 +91,7 @@ def budgets_create(
         "categories": {"models": opt_list(models), "providers": opt_list(providers)},
     }
     show(
-        call(url, "POST", "/admin/budgets", json={k: v for k, v in body.items() if v is not None}),
+        call(url, "POST", "/admin/budgets", json=given(body)),
         as_json,
         BUDGET_COLUMNS,
     )
@@ -112,7 +121,7 @@ def budgets_update(
             url,
             "PATCH",
             f"/admin/budgets/{budget_id}",
-            json={k: v for k, v in body.items() if v is not None},
+            json=given(body),
         ),
         as_json,
         BUDGET_COLUMNS,
@@ -176,7 +185,7 @@ def budgets_except(
             url,
             "POST",
             f"/admin/budgets/{budget_id}/exceptions",
-            json={k: v for k, v in body.items() if v is not None},
+            json=given(body),
         ),
         as_json,
         ["id", "amount_usd", "percent", "reason", "expires_at"],
@@ -225,7 +234,7 @@ def wallets_create(
         "tickets_auto_approve_below_usd": auto_approve_below,
     }
     _show_wallet(
-        call(url, "POST", "/admin/wallets", json={k: v for k, v in body.items() if v is not None}),
+        call(url, "POST", "/admin/wallets", json=given(body)),
         as_json,
     )
 
@@ -254,7 +263,7 @@ def wallets_update(
             url,
             "PATCH",
             f"/admin/wallets/{wallet_id}",
-            json={k: v for k, v in body.items() if v is not None},
+            json=given(body),
         ),
         as_json,
     )
@@ -327,9 +336,7 @@ def limits_create(
         "spend_window_seconds": window,
     }
     show(
-        call(
-            url, "POST", "/admin/rate-limits", json={k: v for k, v in body.items() if v is not None}
-        ),
+        call(url, "POST", "/admin/rate-limits", json=given(body)),
         as_json,
         LIMIT_COLUMNS,
     )
@@ -359,7 +366,7 @@ def limits_update(
             url,
             "PATCH",
             f"/admin/rate-limits/{limit_id}",
-            json={k: v for k, v in body.items() if v is not None},
+            json=given(body),
         ),
         as_json,
         LIMIT_COLUMNS,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, given
 from spendgate.cli.http import call as _call
 from spendgate.cli.output import console, deleted, err_console
 from spendgate.cli.output import show as _show
@@ -90,16 +90,14 @@ def update(
     as_json: JsonOpt = False,
 ) -> None:
     """Change an endpoint (``--enable`` re-arms one disabled for failing)."""
-    body = {
-        k: v
-        for k, v in {
+    body = given(
+        {
             "url": target,
             "event_types": _types(events),
             "enabled": enabled,
             "description": description,
-        }.items()
-        if v is not None
-    }
+        }
+    )
     _show(_call(url, "PATCH", f"/admin/webhooks/{endpoint_id}", json=body), as_json, COLUMNS)
 
 

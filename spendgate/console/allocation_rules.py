@@ -18,7 +18,7 @@ from starlette.datastructures import FormData
 
 from spendgate.admin import statements as api
 from spendgate.console.admin_forms import done
-from spendgate.console.forms import INVALID, field_errors, typed
+from spendgate.console.forms import INVALID, Refill, form_page, refill, typed
 from spendgate.console.layout import Svc, User, page, require
 from spendgate.core.access import Can
 from spendgate.core.chargeback import METHODS
@@ -40,8 +40,7 @@ async def _rules_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
     ticked: set[str] | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.STATEMENTS_READ)
@@ -52,11 +51,10 @@ async def _rules_page(
         "team_names": {t["id"]: t["name"] for t in teams},
         "methods": METHODS,
         "may_write": user.principal.may(Can.ALLOCATIONS_WRITE),
-        "errors": errors or {},
-        "values": values or {"method": "proportional", "position": "0"},
         "ticked": ticked or set(),
     }
-    return await page(request, "statements/rules.html", ctx, status=422 if errors else 200)
+    shown = {"method": "proportional", "position": "0"}
+    return await form_page(request, "statements/rules.html", ctx, sent_back, shown)
 
 
 @router.get("/allocation-rules")
@@ -95,7 +93,7 @@ async def create_rule(request: Request, svc: Svc, user: User) -> Response:
     try:
         created = await api.create_rule(api.RuleIn.model_validate(body), svc, request, who)
     except INVALID as exc:
-        return await _rules_page(request, svc, user, field_errors(exc), typed(form), ticked)
+        return await _rules_page(request, svc, user, refill(exc, typed(form)), ticked)
     return done(request, f"/allocation-rules#rule-{created['id']}")
 
 

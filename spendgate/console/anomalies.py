@@ -21,8 +21,15 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import anomalies as api
 from spendgate.console.admin_forms import body_of, done, names
-from spendgate.console.forms import INVALID, field_errors, one_scope_field
-from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.forms import (
+    INVALID,
+    ObjectForm,
+    Refill,
+    form_page,
+    scope_fields,
+    scope_refill,
+)
+from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.console.rate_limits import scope_choices, scope_labels
 from spendgate.core.access import Can
 from spendgate.errors import ValidationFailed
@@ -56,8 +63,7 @@ async def _anomalies_page(
     svc: Services,
     user: SignedIn,
     view: str = "open",
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     if view not in VIEWS:
         raise ValidationFailed(f"view: must be one of {', '.join(VIEWS)}", param="view")
@@ -83,12 +89,10 @@ async def _anomalies_page(
         "configs": configs,
         "labels": await scope_labels(svc, who.org_id),
         "may_delete": may_delete,
-        "errors": errors or {},
-        "values": values or {},
     }
     if user.principal.may(Can.ANOMALY_ACTIONS_WRITE):
         ctx["form"] = await scope_choices(svc, user, Can.ANOMALY_ACTIONS_WRITE)
-    return await page(request, "anomalies/list.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "anomalies/list.html", ctx, sent_back)
 
 
 @router.post("/anomalies/actions")
@@ -105,7 +109,6 @@ async def create_action(
 ) -> Response:
     """Pause or rate limit a key or team on its next anomalies: ``POST /admin/anomaly-actions``."""
     who = require(user, Can.ANOMALY_ACTIONS_WRITE)
-    scope_type, _, scope_id = scope.partition(":")
     fields = {
         "action": action,
         "rpm": rpm.strip(),
@@ -114,11 +117,11 @@ async def create_action(
         "spend_window_seconds": spend_window_seconds.strip(),
     }
     try:
-        body = body_of(api.ActionIn, {"scope_type": scope_type, "scope_id": scope_id, **fields})
+        body = body_of(api.ActionIn, scope_fields(scope, fields))
         await api.create_action(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = one_scope_field(field_errors(exc))
-        return await _anomalies_page(request, svc, user, "open", errors, {"scope": scope, **fields})
+        sent_back = scope_refill(exc, scope, fields)
+        return await _anomalies_page(request, svc, user, "open", sent_back)
     return done(request, "/anomalies")
 
 
@@ -139,8 +142,7 @@ async def _anomaly_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.ANOMALIES_READ)
     row, owner = await api.anomaly_in_scope(scope_for(svc, who), anomaly_id)
@@ -149,10 +151,14 @@ async def _anomaly_page(
         "may_ack": user.principal.can(Can.ANOMALIES_ACK, owner),
         "names": await names(svc, row["org_id"]),
         "keys": await key_names(svc, row["org_id"]),
-        "errors": errors or {},
-        "values": values or {},
     }
-    return await page(request, "anomalies/detail.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "anomalies/detail.html", ctx, sent_back)
+
+
+ACK = ObjectForm(
+    Can.ANOMALIES_ACK, api.AcknowledgeIn, api.acknowledge, _anomaly_page, "/anomalies/{}", "ack"
+)
+LIFT = ObjectForm(Can.ANOMALIES_ACK, api.LiftIn, api.lift, _anomaly_page, "/anomalies/{}", "lift")
 
 
 @router.post("/anomalies/{anomaly_id}/acknowledge")
@@ -164,15 +170,9 @@ async def acknowledge(
     note: Annotated[str, Form(max_length=2000)] = "",
     lift_action: Annotated[str, Form(max_length=5)] = "",
 ) -> Response:
-    who = require(user, Can.ANOMALIES_ACK)
-    try:
-        body = body_of(api.AcknowledgeIn, {"note": note, "lift_action": lift_action == "on"})
-        await api.acknowledge(anomaly_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        errors = {f"ack.{k}": v for k, v in field_errors(exc).items()}
-        typed = {"ack.note": note, "ack.lift_action": lift_action}
-        return await _anomaly_page(anomaly_id, request, svc, user, errors, typed)
-    return done(request, f"/anomalies/{anomaly_id}")
+    fields = {"note": note, "lift_action": lift_action == "on"}
+    typed_in = {"note": note, "lift_action": lift_action}
+    return await ACK.submit(anomaly_id, request, svc, user, fields, typed_in)
 
 
 @router.post("/anomalies/{anomaly_id}/lift-action")
@@ -183,11 +183,4 @@ async def lift(
     user: User,
     note: Annotated[str, Form(max_length=2000)] = "",
 ) -> Response:
-    who = require(user, Can.ANOMALIES_ACK)
-    try:
-        body = body_of(api.LiftIn, {"note": note})
-        await api.lift(anomaly_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        errors = {f"lift.{k}": v for k, v in field_errors(exc).items()}
-        return await _anomaly_page(anomaly_id, request, svc, user, errors, {"lift.note": note})
-    return done(request, f"/anomalies/{anomaly_id}")
+    return await LIFT.submit(anomaly_id, request, svc, user, {"note": note})

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from spendgate.admin import forecasts as forecasts_api
@@ -19,18 +19,23 @@ from spendgate.admin import policies
 from spendgate.admin import routes as directory_routes
 from spendgate.admin import schemas as s
 from spendgate.admin.users import list_users
+from spendgate.console.admin_forms import done
 from spendgate.console.budget_view import budget_view, budget_views
 from spendgate.console.forms import (
     BUDGET_FIELDS,
     EDITABLE,
+    Refill,
     budget_body,
     field_errors,
+    form_page,
     form_values,
+    refill,
 )
-from spendgate.console.layout import Svc, User, harden, page, require, scope_for
+from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Principal
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 PERIODS = ("daily", "weekly", "monthly")
@@ -44,10 +49,6 @@ DEFAULTS = {
     "soft_limit_percent": "75",
     "hard_limit_percent": "100",
 }
-
-
-def _see(request: Request, path: str) -> Response:
-    return harden(request, RedirectResponse(path, status_code=303))
 
 
 async def _targets(svc: Services, who: Principal) -> list[tuple[str, str, str]]:
@@ -123,9 +124,9 @@ async def list_page(
 async def refresh_forecasts(request: Request, svc: Svc, user: User) -> Response:
     """Every forecast of the caller's org computed now: ``POST /admin/forecasts/refresh``."""
     who = require(user, Can.FORECASTS_REFRESH)
-    done = await forecasts_api.refresh_forecasts(svc, who, None)
-    counts = f"refreshed={done['refreshed']}&overruns={done['overruns_announced']}"
-    return _see(request, f"/usage/budgets?{counts}")
+    made = await forecasts_api.refresh_forecasts(svc, who, None)
+    counts = f"refreshed={made['refreshed']}&overruns={made['overruns_announced']}"
+    return done(request, f"/usage/budgets?{counts}")
 
 
 @router.get("/usage/budgets/new")
@@ -150,29 +151,35 @@ async def create(request: Request, svc: Svc, user: User) -> Response:
         )
     except (ValidationError, ValidationFailed) as exc:
         return await _form_page(request, svc, who, form, field_errors(exc), None, 422)
-    return _see(request, f"/usage/budgets/{made['id']}")
+    return done(request, f"/usage/budgets/{made['id']}")
 
 
 @router.get("/usage/budgets/{budget_id}")
 async def detail(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
+    return await _detail_page(budget_id, request, svc, user)
+
+
+async def _detail_page(
+    budget_id: str,
+    request: Request,
+    svc: Services,
+    user: SignedIn,
+    sent_back: Refill | None = None,
+) -> Response:
+    """The budget, its exceptions and the form granting one (sent back beside its fields)."""
     who = require(user, Can.BUDGETS_READ)
     scope = scope_for(svc, who)
     view = await budget_view(scope, budget_id)
     exceptions = await policies.list_exceptions(budget_id, svc, scope)
     owner = scope.require(await scope.of_policy(view.row), "budget", budget_id)
     now = svc.clock.now()
-    return await page(
-        request,
-        "budgets/detail.html",
-        {
-            "view": view,
-            "exceptions": exceptions,
-            "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
-            "can_write": user.principal.can(Can.BUDGETS_WRITE, owner),
-            "errors": {},
-            "values": {},
-        },
-    )
+    ctx = {
+        "view": view,
+        "exceptions": exceptions,
+        "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
+        "can_write": user.principal.can(Can.BUDGETS_WRITE, owner),
+    }
+    return await form_page(request, "budgets/detail.html", ctx, sent_back)
 
 
 async def _writable(user: Any, svc: Services, budget_id: str) -> tuple[Principal, dict[str, Any]]:
@@ -197,7 +204,7 @@ async def edit(budget_id: str, request: Request, svc: Svc, user: User) -> Respon
         await policies.update_budget(budget_id, patch, svc, request, who, scope_for(svc, who))
     except (ValidationError, ValidationFailed) as exc:
         return await _form_page(request, svc, who, form, field_errors(exc), row, 422)
-    return _see(request, f"/usage/budgets/{budget_id}")
+    return done(request, f"/usage/budgets/{budget_id}")
 
 
 @router.get("/usage/budgets/{budget_id}/delete")
@@ -210,7 +217,7 @@ async def delete_confirm(budget_id: str, request: Request, svc: Svc, user: User)
 async def delete(budget_id: str, request: Request, svc: Svc, user: User) -> Response:
     who, _ = await _writable(user, svc, budget_id)
     await policies.delete_budget(budget_id, svc, request, who, scope_for(svc, who))
-    return _see(request, "/usage/budgets")
+    return done(request, "/usage/budgets")
 
 
 @router.post("/usage/budgets/{budget_id}/exceptions")
@@ -227,20 +234,5 @@ async def grant(budget_id: str, request: Request, svc: Svc, user: User) -> Respo
         exc_in = s.ExceptionIn.model_validate(body)
         await policies.grant_exception(budget_id, exc_in, svc, request, who, scope_for(svc, who))
     except (ValidationError, ValidationFailed) as exc:
-        scope = scope_for(svc, require(user, Can.BUDGETS_READ))
-        exceptions = await policies.list_exceptions(budget_id, svc, scope)
-        now = svc.clock.now()
-        return await page(
-            request,
-            "budgets/detail.html",
-            {
-                "view": await budget_view(scope, budget_id),
-                "exceptions": exceptions,
-                "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
-                "can_write": True,
-                "errors": field_errors(exc),
-                "values": form,
-            },
-            status=422,
-        )
-    return _see(request, f"/usage/budgets/{budget_id}#exceptions")
+        return await _detail_page(budget_id, request, svc, user, refill(exc, form))
+    return done(request, f"/usage/budgets/{budget_id}#exceptions")

@@ -3,17 +3,31 @@
 A console form is parsed into the admin API's own pydantic model (``BudgetIn``…) and
 handed to the admin route function, so the checks are the API's. :func:`field_errors`
 turns a pydantic ``ValidationError`` or a ``ValidationFailed`` (whose ``param`` names the
-field) into ``{field: message}`` for the template.
+field) into ``{field: message}`` for the template; :func:`refill` and :func:`form_page`
+send a refused form back (422) with each error beside the input it is about and what was
+typed still in the form; an :class:`ObjectForm` is a form on one object's page that sends
+one admin route's body and comes back to the page.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
-from pydantic import ValidationError
+from fastapi import Request
+from fastapi.responses import HTMLResponse, Response
+from pydantic import BaseModel, ValidationError
 
+from spendgate.admin.deps import Scope
+from spendgate.console.admin_forms import body_of, done
+from spendgate.console.layout import page, require, scope_for
+from spendgate.core.access import Can, Principal
 from spendgate.errors import ValidationFailed
+from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
+
+M = TypeVar("M", bound=BaseModel)
 
 BUDGET_FIELDS = (
     "name",
@@ -94,7 +108,114 @@ def typed(form: Mapping[str, Any]) -> dict[str, str]:
     return {k: v for k, v in form.items() if isinstance(v, str) and k != "csrf_token"}
 
 
-def one_scope_field(errors: dict[str, str]) -> dict[str, str]:
-    """Forms that pick a scope in one ``<select name="scope">`` (``team:…``, ``key:…``):
-    the API's ``scope_type`` / ``scope_id`` errors belong beside it."""
-    return {("scope" if k in ("scope_type", "scope_id") else k): v for k, v in errors.items()}
+#: forms that pick a scope in one ``<select name="scope">`` (``team:…``, ``key:…``): the
+#: API's ``scope_type`` / ``scope_id`` errors belong beside it
+ONE_SCOPE = {"scope_type": "scope", "scope_id": "scope"}
+
+
+def scope_fields(scope: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``<select name="scope">`` value (``team:t1``) as the API's ``scope_type`` and
+    ``scope_id``, with the form's other ``fields``."""
+    scope_type, _, scope_id = scope.partition(":")
+    return {"scope_type": scope_type, "scope_id": scope_id, **fields}
+
+
+@dataclass(frozen=True, slots=True)
+class Refill:
+    """A refused form sent back: the API's errors keyed by the input each belongs beside,
+    and what was typed, keyed the same way."""
+
+    errors: dict[str, str]
+    values: dict[str, Any]
+
+
+def _input(field: str, moved: Mapping[str, str]) -> str:
+    for api_field, name in moved.items():
+        if field == api_field or field.startswith(api_field + "."):
+            return name
+    return field
+
+
+def refill(
+    exc: ValidationError | ValidationFailed,
+    typed_in: Mapping[str, Any],
+    *,
+    form: str = "",
+    moved: Mapping[str, str] | None = None,
+) -> Refill:
+    """``exc`` and ``typed_in`` as the page shows them again. ``moved``: an API field (or
+    one inside it, ``config.routing_key``) whose errors stand beside an input of another
+    name. ``form``: on a page with several forms, the one sent (keys ``<form>.<field>``)."""
+    errors = {_input(k, moved or {}): v for k, v in field_errors(exc).items()}
+    values = dict(typed_in)
+    if form:
+        errors = {f"{form}.{k}": v for k, v in errors.items()}
+        values = {f"{form}.{k}": v for k, v in values.items()}
+    return Refill(errors, values)
+
+
+def scope_refill(
+    exc: ValidationError | ValidationFailed, scope: str, fields: Mapping[str, Any]
+) -> Refill:
+    """A refused form that picked its scope in one select (:func:`scope_fields`): the
+    scope's errors beside the select, and the choice kept."""
+    return refill(exc, {"scope": scope, **fields}, moved=ONE_SCOPE)
+
+
+async def form_page(
+    request: Request,
+    template: str,
+    context: dict[str, Any],
+    sent_back: Refill | None,
+    shown: Mapping[str, Any] | None = None,
+    *,
+    status: int = 200,
+) -> HTMLResponse:
+    """A page with forms: blank (or filled with ``shown``) and ``status``; or a refused
+    form ``sent_back``, 422, its errors beside their inputs and what was typed in them."""
+    errors = sent_back.errors if sent_back else {}
+    values = (sent_back.values if sent_back else {}) or dict(shown or {})
+    ctx = {**context, "errors": errors, "values": values}
+    return await page(request, template, ctx, status=422 if errors else status)
+
+
+#: an object's page, again with a refused form: ``(object id, request, svc, user, sent_back)``
+ObjectPage = Callable[[str, Request, Services, SignedIn, Refill | None], Awaitable[HTMLResponse]]
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectForm(Generic[M]):
+    """A form on an object's page whose fields are the body (``model``) of one admin
+    route that changes the object, ``step(object_id, body, svc, request, who, scope)``,
+    called as a caller narrowed to ``permission``. Refused: ``on_page`` again (422)
+    with the errors beside the fields of the form ``name``. Done: 303 to ``url``
+    (``{}`` is the object's id)."""
+
+    permission: Can
+    model: type[M]
+    step: Callable[[str, M, Services, Request, Principal, Scope], Awaitable[object]]
+    on_page: ObjectPage
+    url: str
+    name: str = ""
+    #: fields a blank sends as ``null`` ("remove"), as :func:`body_of` reads ``nulls``
+    nulls: tuple[str, ...] = ()
+
+    async def submit(
+        self,
+        object_id: str,
+        request: Request,
+        svc: Services,
+        user: SignedIn,
+        fields: Mapping[str, Any],
+        typed_in: Mapping[str, Any] | None = None,
+    ) -> Response:
+        """Send ``fields``; ``typed_in`` is what the form shows again if refused (when
+        it is not ``fields`` as they are: a ticked box is ``"on"`` in the form)."""
+        who = require(user, self.permission)
+        try:
+            body = body_of(self.model, fields, nulls=self.nulls)
+            await self.step(object_id, body, svc, request, who, scope_for(svc, who))
+        except INVALID as exc:
+            sent_back = refill(exc, fields if typed_in is None else typed_in, form=self.name)
+            return await self.on_page(object_id, request, svc, user, sent_back)
+        return done(request, self.url.format(object_id))

@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import routes as api
 from spendgate.admin import schemas as s
 from spendgate.console.admin_forms import body_of, done, local_instant, names, words
-from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.key_limits import binding, key_activity, key_limits, ranked
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner
@@ -65,8 +65,7 @@ async def _keys_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     """The list, and the create form (with the API's errors beside its fields)."""
     who = require(user, Can.KEYS_READ)
@@ -77,16 +76,10 @@ async def _keys_page(
     for key in rows:
         limits = await key_limits(svc, key) if key["status"] == "active" else []
         keys.append({"row": key, "activity": activity.get(key["id"]), "binding": binding(limits)})
-    ctx: dict[str, Any] = {
-        "keys": keys,
-        "names": shown,
-        "usd": format_usd,
-        "errors": errors or {},
-        "values": values or {},
-    }
+    ctx: dict[str, Any] = {"keys": keys, "names": shown, "usd": format_usd}
     if user.principal.may(Can.KEYS_WRITE):
         ctx["form"] = await _form_choices(svc, user)
-    return await page(request, "keys/list.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "keys/list.html", ctx, sent_back)
 
 
 @router.post("/keys")
@@ -129,7 +122,7 @@ async def create_key(
             "tags": tags,
             "expires_at": expires_at,
         }
-        return await _keys_page(request, svc, user, field_errors(exc), typed_in)
+        return await _keys_page(request, svc, user, refill(exc, typed_in))
     return await page(request, "keys/secret.html", {"key": key, "secret": key["key"]}, status=201)
 
 
@@ -148,8 +141,7 @@ async def _key_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     key = await _key(svc, user, key_id, Can.KEYS_READ)
     limits = await key_limits(svc, key) if key["status"] == "active" else []
@@ -162,10 +154,9 @@ async def _key_page(
         "names": await names(svc, key["org_id"]),
         "usd": format_usd,
         "may_write": user.principal.can(Can.KEYS_WRITE, Owner.of(key["org_id"], key["team_id"])),
-        "errors": errors or {},
-        "values": values or {"expires_at": _local(key["expires_at"])},
     }
-    return await page(request, "keys/detail.html", ctx, status=422 if errors else 200)
+    shown = {"expires_at": _local(key["expires_at"])}
+    return await form_page(request, "keys/detail.html", ctx, sent_back, shown)
 
 
 def _local(when: datetime | None) -> str:
@@ -195,9 +186,8 @@ async def set_expiry(
             patch = body_of(s.KeyPatch, {"expires_at": when})
         await api.update_key(key_id, patch, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        return await _key_page(
-            key_id, request, svc, user, field_errors(exc), {"expires_at": expires_at}
-        )
+        sent_back = refill(exc, {"expires_at": expires_at})
+        return await _key_page(key_id, request, svc, user, sent_back)
     return done(request, f"/keys/{key_id}")
 
 

@@ -13,13 +13,14 @@ from typing import Any
 from urllib.parse import urlencode
 
 from fastapi import APIRouter, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi.responses import Response
 from pydantic import ValidationError
 
 from spendgate.admin import webhooks as api
 from spendgate.admin.webhook_schemas import Preferences as PreferencesIn
+from spendgate.console.admin_forms import done
 from spendgate.console.forms import field_errors
-from spendgate.console.layout import Svc, User, harden, page, scope_for
+from spendgate.console.layout import Svc, User, page, scope_for
 from spendgate.core.access import Can
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
@@ -79,7 +80,7 @@ async def list_page(
 
 def _back(request: Request, target: str) -> Response:
     safe = target if target.startswith("/notifications") else "/notifications"
-    return harden(request, RedirectResponse(safe, status_code=303))
+    return done(request, safe)
 
 
 @router.post("/notifications/read-all")
@@ -179,6 +180,4 @@ async def save_prefs(request: Request, svc: Svc, user: User) -> Response:
     except (ValidationError, ValidationFailed) as exc:
         return await _prefs_page(request, svc, user, body, field_errors(exc), status=422)
     query = urlencode({"saved": "1"})
-    return harden(
-        request, RedirectResponse(f"/settings/notification-preferences?{query}", status_code=303)
-    )
+    return done(request, f"/settings/notification-preferences?{query}")

@@ -22,7 +22,7 @@ from spendgate.admin import schemas as s
 from spendgate.admin import tokens as token_api
 from spendgate.admin import users as api
 from spendgate.console.admin_forms import body_of, done, local_instant
-from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import (
     ORG_ROLES,
@@ -43,17 +43,11 @@ async def people_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
     return await _people_page(request, svc, user)
 
 
-def _in_form(form: str, errors: dict[str, str]) -> dict[str, str]:
-    """Errors of one of a page's forms, keyed ``<form>.<field>`` (several have a name)."""
-    return {f"{form}.{k}": v for k, v in errors.items()}
-
-
 async def _people_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.DIRECTORY_READ)
     p = user.principal
@@ -68,8 +62,6 @@ async def _people_page(
         "may_agents": p.may(Can.AGENTS_WRITE),
         "org_roles": ORG_ROLES,
         "team_roles": TEAM_ROLES,
-        "errors": errors or {},
-        "values": values or {},
     }
     if p.may(Can.USERS_WRITE):
         writer = require(user, Can.USERS_WRITE)
@@ -77,7 +69,7 @@ async def _people_page(
     if p.may(Can.AGENTS_WRITE):
         writer = require(user, Can.AGENTS_WRITE)
         ctx["agent_teams"] = [t for t in teams if writer.sees(Owner.of(t["org_id"], t["id"]))]
-    return await page(request, "people/list.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "people/list.html", ctx, sent_back)
 
 
 @router.post("/people")
@@ -98,11 +90,9 @@ async def create_user(
             body_of(s.UserIn, fields), svc, request, who, scope_for(svc, who)
         )
     except INVALID as exc:
-        errors = {
-            ("team_id" if k.startswith("team_ids") else k): v for k, v in field_errors(exc).items()
-        }
-        typed_in = {"user.email": email, "user.role": role, "user.team_id": team_id}
-        return await _people_page(request, svc, user, _in_form("user", errors), typed_in)
+        typed_in = {"email": email, "role": role, "team_id": team_id}
+        sent_back = refill(exc, typed_in, form="user", moved={"team_ids": "team_id"})
+        return await _people_page(request, svc, user, sent_back)
     return done(request, f"/people/{made['id']}")
 
 
@@ -115,8 +105,8 @@ async def create_team(
         body = body_of(s.TeamIn, {"name": name, "org_id": who.org_id})
         await directory.create_team(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = _in_form("team", field_errors(exc))
-        return await _people_page(request, svc, user, errors, {"team.name": name})
+        sent_back = refill(exc, {"name": name}, form="team")
+        return await _people_page(request, svc, user, sent_back)
     return done(request, "/people#teams-h")
 
 
@@ -133,9 +123,8 @@ async def create_agent(
         body = body_of(s.AgentIn, {"name": name, "team_id": team_id})
         await directory.create_agent(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = _in_form("agent", field_errors(exc))
-        typed_in = {"agent.name": name, "agent.team_id": team_id}
-        return await _people_page(request, svc, user, errors, typed_in)
+        sent_back = refill(exc, {"name": name, "team_id": team_id}, form="agent")
+        return await _people_page(request, svc, user, sent_back)
     return done(request, "/people#agents-h")
 
 
@@ -149,8 +138,7 @@ async def _person_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.DIRECTORY_READ)
     person = await api.get_user(user_id, scope_for(svc, who))
@@ -164,8 +152,6 @@ async def _person_page(
         "may_users": p.may(Can.USERS_WRITE),
         "may_link": p.may(Can.TOKENS) and issues_sign_in_links_for(p, user_id, person["org_id"]),
         "tokens": None,
-        "errors": errors or {},
-        "values": values or {},
     }
     if p.may(Can.USERS_WRITE):
         writer = require(user, Can.USERS_WRITE)
@@ -174,7 +160,7 @@ async def _person_page(
     if p.may(Can.TOKENS) and manages_tokens_of(p, user_id, person["org_id"]):
         tokens = await token_api.list_tokens(svc, require(user, Can.TOKENS), user_id, None)
         ctx["tokens"] = [t for t in tokens if t["user_id"] == user_id]
-    return await page(request, "people/detail.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "people/detail.html", ctx, sent_back)
 
 
 @router.post("/people/{user_id}/memberships")
@@ -244,9 +230,8 @@ async def create_token(
         )
         made = await token_api.create_token(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = _in_form("token", field_errors(exc))
-        typed_in = {"token.name": name, "token.expires_at": expires_at}
-        return await _person_page(user_id, request, svc, user, errors, typed_in)
+        sent_back = refill(exc, {"name": name, "expires_at": expires_at}, form="token")
+        return await _person_page(user_id, request, svc, user, sent_back)
     return await page(
         request, "people/token.html", {"token": made, "secret": made["token"]}, status=201
     )

@@ -20,8 +20,15 @@ from spendgate.admin import rate_limits as api
 from spendgate.admin import schemas as s
 from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done, names
-from spendgate.console.forms import INVALID, field_errors, one_scope_field
-from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.forms import (
+    INVALID,
+    ObjectForm,
+    Refill,
+    form_page,
+    scope_fields,
+    scope_refill,
+)
+from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.core.rate_rules import RateLimit
@@ -92,8 +99,7 @@ async def _limits_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.LIMITS_READ)
     scope = scope_for(svc, who)
@@ -108,12 +114,10 @@ async def _limits_page(
         "labels": await scope_labels(svc, who.org_id),
         "usd": format_usd,
         "may_write": may_write,
-        "errors": errors or {},
-        "values": values or {},
     }
     if user.principal.may(Can.LIMITS_WRITE):
         ctx["form"] = await scope_choices(svc, user)
-    return await page(request, "rate_limits/list.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "rate_limits/list.html", ctx, sent_back)
 
 
 @router.post("/rate-limits")
@@ -130,7 +134,6 @@ async def create_limit(
     spend_window_seconds: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     who = require(user, Can.LIMITS_WRITE)
-    scope_type, _, scope_id = scope.partition(":")
     fields = {
         "model": model.strip() or "*",
         "rpm": rpm.strip(),
@@ -140,11 +143,11 @@ async def create_limit(
         "spend_window_seconds": spend_window_seconds.strip(),
     }
     try:
-        body = body_of(s.RateLimitIn, {"scope_type": scope_type, "scope_id": scope_id, **fields})
+        body = body_of(s.RateLimitIn, scope_fields(scope, fields))
         await api.create_rate_limit(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = one_scope_field(field_errors(exc))
-        return await _limits_page(request, svc, user, errors, {"scope": scope, **fields})
+        sent_back = scope_refill(exc, scope, fields)
+        return await _limits_page(request, svc, user, sent_back)
     return done(request, "/rate-limits")
 
 
@@ -158,18 +161,27 @@ async def _edit_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.LIMITS_WRITE)
     row = await api.get_rate_limit(limit_id, scope_for(svc, who))
     labels = await scope_labels(svc, who.org_id)
-    shown = values or {
+    shown = {
         k: "" if row[k] is None else str(row[k])
         for k in ("rpm", "tpm", "max_concurrent", "max_spend_usd", "spend_window_seconds")
     }
-    ctx = {"limit": row, "labels": labels, "errors": errors or {}, "values": shown}
-    return await page(request, "rate_limits/edit.html", ctx, status=422 if errors else 200)
+    ctx = {"limit": row, "labels": labels}
+    return await form_page(request, "rate_limits/edit.html", ctx, sent_back, shown)
+
+
+EDIT = ObjectForm(
+    Can.LIMITS_WRITE,
+    s.RateLimitPatch,
+    api.update_rate_limit,
+    _edit_page,
+    "/rate-limits",
+    nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd"),
+)
 
 
 @router.post("/rate-limits/{limit_id}")
@@ -185,7 +197,6 @@ async def update_limit(
     spend_window_seconds: Annotated[str, Form(max_length=20)] = "",
 ) -> Response:
     """Every field is sent: a blank one removes that limit (``null`` in the API)."""
-    who = require(user, Can.LIMITS_WRITE)
     values: dict[str, Any] = {
         "rpm": rpm.strip() or None,
         "tpm": tpm.strip() or None,
@@ -194,16 +205,9 @@ async def update_limit(
     }
     if spend_window_seconds.strip():
         values["spend_window_seconds"] = spend_window_seconds.strip()
-    try:
-        body = body_of(
-            s.RateLimitPatch, values, nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd")
-        )
-        await api.update_rate_limit(limit_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        typed_in = {k: "" if v is None else str(v) for k, v in values.items()}
-        typed_in.setdefault("spend_window_seconds", spend_window_seconds)
-        return await _edit_page(limit_id, request, svc, user, field_errors(exc), typed_in)
-    return done(request, "/rate-limits")
+    typed_in = {k: "" if v is None else str(v) for k, v in values.items()}
+    typed_in.setdefault("spend_window_seconds", spend_window_seconds)
+    return await EDIT.submit(limit_id, request, svc, user, values, typed_in)
 
 
 @router.post("/rate-limits/{limit_id}/delete")

@@ -21,7 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import statements as api
 from spendgate.admin.statement_views import records
 from spendgate.console.admin_forms import done
-from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, harden, page, require, templates
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.money import format_usd
@@ -63,8 +63,7 @@ async def _statements_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
     refused: Conflict | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.STATEMENTS_READ)
@@ -84,12 +83,10 @@ async def _statements_page(
         "targets": await _statement_targets(svc, who),
         "may_close": user.principal.may(Can.STATEMENTS_CLOSE),
         "timezone": org["reporting_timezone"],
-        "errors": errors or {},
-        "values": values or {},
         "refused": refused.message if refused else None,
     }
-    status = 422 if errors else refused.status if refused else 200
-    return await page(request, "statements/list.html", ctx, status=status)
+    status = refused.status if refused else 200
+    return await form_page(request, "statements/list.html", ctx, sent_back, status=status)
 
 
 async def _statement(
@@ -180,7 +177,7 @@ async def _issue(
         store.month_window(month.strip(), "UTC")  # "YYYY-MM", beside the field
         await step(month.strip(), api.MonthIn(), svc, request, who)
     except INVALID as exc:
-        return await _statements_page(request, svc, user, field_errors(exc), {"month": month})
+        return await _statements_page(request, svc, user, refill(exc, {"month": month}))
     except Conflict as exc:  # already closed / not closed: a message on the page (409)
         return await _statements_page(request, svc, user, refused=exc)
     return done(request, f"/statements?closed={month.strip()}#month-{month.strip()}")

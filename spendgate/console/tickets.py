@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import tickets as api
 from spendgate.console.admin_forms import body_of, done, local_instant
-from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.forms import INVALID, ObjectForm, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
 from spendgate.errors import ValidationFailed
@@ -50,8 +50,7 @@ async def _ticket_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.TICKETS_READ)
     scope = scope_for(svc, who)
@@ -59,10 +58,8 @@ async def _ticket_page(
     ctx: dict[str, Any] = {
         "ticket": await api.ticket_out(svc, ticket, wallet),
         "may_decide": user.principal.can(Can.TICKETS_DECIDE, owner),
-        "errors": errors or {},
-        "values": values or {},
     }
-    return await page(request, "tickets/detail.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "tickets/detail.html", ctx, sent_back)
 
 
 @router.post("/tickets/{ticket_id}/approve")
@@ -79,11 +76,11 @@ async def approve(
 ) -> Response:
     who = require(user, Can.TICKETS_DECIDE)
     typed = {
-        "approve.amount_usd": amount_usd,
-        "approve.more_than_asked": more_than_asked,
-        "approve.reason": reason,
-        "approve.expires_at": expires_at,
-        "approve.expires_in_hours": expires_in_hours,
+        "amount_usd": amount_usd,
+        "more_than_asked": more_than_asked,
+        "reason": reason,
+        "expires_at": expires_at,
+        "expires_in_hours": expires_in_hours,
     }
     try:
         body = body_of(
@@ -98,9 +95,14 @@ async def approve(
         )
         await api.approve_ticket(ticket_id, body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = {f"approve.{k}": v for k, v in field_errors(exc).items()}
-        return await _ticket_page(ticket_id, request, svc, user, errors, typed)
+        sent_back = refill(exc, typed, form="approve")
+        return await _ticket_page(ticket_id, request, svc, user, sent_back)
     return done(request, f"/tickets/{ticket_id}")
+
+
+DENY = ObjectForm(
+    Can.TICKETS_DECIDE, api.DenyIn, api.deny_ticket, _ticket_page, "/tickets/{}", "deny"
+)
 
 
 @router.post("/tickets/{ticket_id}/deny")
@@ -111,11 +113,4 @@ async def deny(
     user: User,
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    who = require(user, Can.TICKETS_DECIDE)
-    try:
-        body = body_of(api.DenyIn, {"reason": reason})
-        await api.deny_ticket(ticket_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        errors = {f"deny.{k}": v for k, v in field_errors(exc).items()}
-        return await _ticket_page(ticket_id, request, svc, user, errors, {"deny.reason": reason})
-    return done(request, f"/tickets/{ticket_id}")
+    return await DENY.submit(ticket_id, request, svc, user, {"reason": reason})

@@ -19,8 +19,15 @@ from spendgate.admin import schemas as s
 from spendgate.admin import wallets as api
 from spendgate.admin.routes import list_keys
 from spendgate.console.admin_forms import body_of, done
-from spendgate.console.forms import INVALID, field_errors, one_scope_field
-from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.forms import (
+    INVALID,
+    ObjectForm,
+    Refill,
+    form_page,
+    scope_fields,
+    scope_refill,
+)
+from spendgate.console.layout import Svc, User, require, scope_for
 from spendgate.console.usage_source import UsageQuery, usage_series
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
@@ -85,22 +92,16 @@ async def _wallets_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.WALLETS_READ)
     rows = await api.list_wallets(svc, who, scope_for(svc, who), who.org_filter(None))
     wallets = [{"row": w, "runway": await _runway(svc, w)} for w in rows]
     labels = {w["id"]: await api.scope_label(svc, w["scope_type"], w["scope_id"]) for w in rows}
-    ctx: dict[str, Any] = {
-        "wallets": wallets,
-        "labels": labels,
-        "errors": errors or {},
-        "values": values or {},
-    }
+    ctx: dict[str, Any] = {"wallets": wallets, "labels": labels}
     if user.principal.may(Can.WALLETS_WRITE):
         ctx["form"] = await _scopes(svc, user)
-    return await page(request, "wallets/list.html", ctx, status=422 if errors else 200)
+    return await form_page(request, "wallets/list.html", ctx, sent_back)
 
 
 @router.post("/wallets")
@@ -114,18 +115,17 @@ async def create_wallet(
     initial_topup_usd: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
     who = require(user, Can.WALLETS_WRITE)
-    scope_type, _, scope_id = scope.partition(":")
     fields = {
         "name": name,
         "low_balance_usd": low_balance_usd,
         "initial_topup_usd": initial_topup_usd,
     }
     try:
-        body = body_of(s.WalletIn, {"scope_type": scope_type, "scope_id": scope_id, **fields})
+        body = body_of(s.WalletIn, scope_fields(scope, fields))
         wallet = await api.create_wallet(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        errors = one_scope_field(field_errors(exc))
-        return await _wallets_page(request, svc, user, errors, {"scope": scope, **fields})
+        sent_back = scope_refill(exc, scope, fields)
+        return await _wallets_page(request, svc, user, sent_back)
     return done(request, f"/wallets/{wallet['id']}")
 
 
@@ -139,8 +139,7 @@ async def _wallet_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, str] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.WALLETS_READ)
     scope = scope_for(svc, who)
@@ -166,11 +165,13 @@ async def _wallet_page(
         "history_days": HISTORY_DAYS,
         "rate_days": RATE_DAYS,
         "may_write": owner is not None and user.principal.can(Can.WALLETS_WRITE, owner),
-        "errors": errors or {},
-        "values": values
-        or {"name": wallet["name"] or "", "low_balance_usd": str(wallet["low_balance_usd"])},
     }
-    return await page(request, "wallets/detail.html", ctx, status=422 if errors else 200)
+    shown = {"name": wallet["name"] or "", "low_balance_usd": str(wallet["low_balance_usd"])}
+    return await form_page(request, "wallets/detail.html", ctx, sent_back, shown)
+
+
+TOP_UP = ObjectForm(Can.WALLETS_WRITE, s.TopupIn, api.top_up, _wallet_page, "/wallets/{}")
+EDIT = ObjectForm(Can.WALLETS_WRITE, s.WalletPatch, api.update_wallet, _wallet_page, "/wallets/{}")
 
 
 @router.post("/wallets/{wallet_id}/topups")
@@ -182,14 +183,8 @@ async def top_up(
     amount_usd: Annotated[str, Form(max_length=40)] = "",
     note: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    who = require(user, Can.WALLETS_WRITE)
-    typed_in = {"amount_usd": amount_usd, "note": note}
-    try:
-        body = body_of(s.TopupIn, typed_in)
-        await api.top_up(wallet_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        return await _wallet_page(wallet_id, request, svc, user, field_errors(exc), typed_in)
-    return done(request, f"/wallets/{wallet_id}")
+    fields = {"amount_usd": amount_usd, "note": note}
+    return await TOP_UP.submit(wallet_id, request, svc, user, fields)
 
 
 @router.post("/wallets/{wallet_id}")
@@ -201,14 +196,8 @@ async def update_wallet(
     name: Annotated[str, Form(max_length=200)] = "",
     low_balance_usd: Annotated[str, Form(max_length=40)] = "",
 ) -> Response:
-    who = require(user, Can.WALLETS_WRITE)
-    typed_in = {"name": name, "low_balance_usd": low_balance_usd}
-    try:
-        body = body_of(s.WalletPatch, typed_in)
-        await api.update_wallet(wallet_id, body, svc, request, who, scope_for(svc, who))
-    except INVALID as exc:
-        return await _wallet_page(wallet_id, request, svc, user, field_errors(exc), typed_in)
-    return done(request, f"/wallets/{wallet_id}")
+    fields = {"name": name, "low_balance_usd": low_balance_usd}
+    return await EDIT.submit(wallet_id, request, svc, user, fields)
 
 
 @router.post("/wallets/{wallet_id}/close")

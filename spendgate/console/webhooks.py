@@ -9,7 +9,7 @@ answering the POST that made it (create or rotate) and nowhere else.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -17,7 +17,7 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import webhook_schemas as w
 from spendgate.admin import webhooks as api
 from spendgate.console.admin_forms import body_of, done
-from spendgate.console.forms import INVALID, field_errors
+from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
 from spendgate.services import Services
@@ -42,20 +42,12 @@ async def _webhooks_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, Any] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.WEBHOOKS)
     endpoints = await api.list_webhooks(svc.webhooks, svc, scope_for(svc, who))
-    ctx = {
-        "endpoints": endpoints,
-        "kinds": KINDS,
-        "families": FAMILIES,
-        "types": EVENT_TYPES,
-        "errors": errors or {},
-        "values": values or {},
-    }
-    return await page(request, "webhooks/list.html", ctx, status=422 if errors else 200)
+    ctx = {"endpoints": endpoints, "kinds": KINDS, "families": FAMILIES, "types": EVENT_TYPES}
+    return await form_page(request, "webhooks/list.html", ctx, sent_back)
 
 
 @router.post("/webhooks")
@@ -84,17 +76,14 @@ async def create_webhook(
         made = await api.create_webhook(body, svc.webhooks, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
         # the routing key is a secret: never written back into the page
-        errors = {
-            ("routing_key" if k.startswith("config") else k): v
-            for k, v in field_errors(exc).items()
-        }
         typed_in = {
             "url": url,
             "kind": kind,
             "description": description,
             "event_types": _event_types(event_types),
         }
-        return await _webhooks_page(request, svc, user, errors, typed_in)
+        sent_back = refill(exc, typed_in, moved={"config": "routing_key"})
+        return await _webhooks_page(request, svc, user, sent_back)
     ctx = {"endpoint": made, "secret": made["secret"]}
     return await page(request, "webhooks/secret.html", ctx, status=201)
 
@@ -109,8 +98,7 @@ async def _webhook_page(
     request: Request,
     svc: Services,
     user: SignedIn,
-    errors: dict[str, str] | None = None,
-    values: dict[str, Any] | None = None,
+    sent_back: Refill | None = None,
 ) -> HTMLResponse:
     who = require(user, Can.WEBHOOKS)
     scope = scope_for(svc, who)
@@ -121,10 +109,9 @@ async def _webhook_page(
         "deliveries": deliveries,
         "families": FAMILIES,
         "types": EVENT_TYPES,
-        "errors": errors or {},
-        "values": values or {"description": endpoint["description"] or "", "overlap_hours": "24"},
     }
-    return await page(request, "webhooks/detail.html", ctx, status=422 if errors else 200)
+    shown = {"description": endpoint["description"] or "", "overlap_hours": "24"}
+    return await form_page(request, "webhooks/detail.html", ctx, sent_back, shown)
 
 
 @router.post("/webhooks/{endpoint_id}")
@@ -151,7 +138,7 @@ async def update_webhook(
         )
     except INVALID as exc:
         typed_in = {"description": description, "overlap_hours": "24"}
-        return await _webhook_page(endpoint_id, request, svc, user, field_errors(exc), typed_in)
+        return await _webhook_page(endpoint_id, request, svc, user, refill(exc, typed_in))
     return done(request, f"/webhooks/{endpoint_id}")
 
 
@@ -172,13 +159,9 @@ async def rotate_secret(
             endpoint_id, svc.webhooks, svc, request, who, scope_for(svc, who), body
         )
     except INVALID as exc:
-        errors = {
-            ("overlap_hours" if k == "overlap_seconds" else k): v
-            for k, v in field_errors(exc).items()
-        }
-        return await _webhook_page(
-            endpoint_id, request, svc, user, errors, {"overlap_hours": overlap_hours}
-        )
+        typed_in = {"overlap_hours": overlap_hours}
+        sent_back = refill(exc, typed_in, moved={"overlap_seconds": "overlap_hours"})
+        return await _webhook_page(endpoint_id, request, svc, user, sent_back)
     ctx = {"endpoint": made, "secret": made["secret"], "rotated": True}
     return await page(request, "webhooks/secret.html", ctx)
 

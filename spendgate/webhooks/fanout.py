@@ -35,6 +35,23 @@ class FanOut:
     notification_ids: tuple[str, ...] = ()
 
 
+def due_now(now: datetime) -> dict[str, Any]:
+    """The outbox state of a delivery not tried yet (a new one or a redelivery): pending,
+    due ``now``, never attempted, leased by no worker."""
+    return {
+        "status": "pending",
+        "attempts": 0,
+        "next_attempt_at": now,
+        "lease_until": None,
+        "leased_by": None,
+        "last_response_code": None,
+        "last_error": None,
+        "created_at": now,
+        "updated_at": now,
+        "finished_at": None,
+    }
+
+
 def delivery_values(endpoint_id: str, event: Event, action: str, now: datetime) -> dict[str, Any]:
     return {
         "id": new_id("whd"),
@@ -44,17 +61,8 @@ def delivery_values(endpoint_id: str, event: Event, action: str, now: datetime) 
         "event_type": event.type,
         "payload": event.envelope(),
         "action": action,
-        "status": "pending",
-        "attempts": 0,
-        "next_attempt_at": now,
-        "lease_until": None,
-        "leased_by": None,
-        "last_response_code": None,
-        "last_error": None,
         "redelivery_of": None,
-        "created_at": now,
-        "updated_at": now,
-        "finished_at": None,
+        **due_now(now),
     }
 
 

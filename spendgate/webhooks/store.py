@@ -24,6 +24,7 @@ from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.database import transaction
 from spendgate.webhooks.catalog import valid_pattern
+from spendgate.webhooks.fanout import due_now
 from spendgate.webhooks.matching import SCOPE_TYPES
 from spendgate.webhooks.secret_urls import SECRET_URL_KINDS, is_secret_url, mask_url
 from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
@@ -495,17 +496,8 @@ async def redeliver(
             "event_type": old["event_type"],
             "payload": old["payload"],
             "action": old["action"],
-            "status": "pending",
-            "attempts": 0,
-            "next_attempt_at": now,
-            "lease_until": None,
-            "leased_by": None,
-            "last_response_code": None,
-            "last_error": None,
             "redelivery_of": delivery_id,
-            "created_at": now,
-            "updated_at": now,
-            "finished_at": None,
+            **due_now(now),
         }
         await conn.execute(DL.insert().values(**values))
     return delivery_out(values, [])

@@ -106,6 +106,14 @@ def test_org_admin_sees_and_acknowledges_an_anomaly(console: Console, page: Page
     expect(page.locator("#anomaly-action")).to_contain_text("in force")
     expect(page.locator("#contributors-table")).to_contain_text("gpt-4o")
     expect(page.locator("#contributors-table")).to_contain_text("100.0%")
+    with session(console.url, "org_admin@acme.test") as client:  # a note past 1000 characters
+        path = f"/anomalies/{key_anomaly['id']}"
+        long_ack = form(client, f"{path}/acknowledge", {"note": "n" * 1001})
+        long_lift = form(client, f"{path}/lift-action", {"note": "n" * 1001})
+    assert (long_ack.status_code, long_lift.status_code) == (422, 422)
+    assert 'id="ack-note-error"' in long_ack.text and "lift-note-error" not in long_ack.text
+    assert 'id="lift-note-error"' in long_lift.text and "ack-note-error" not in long_lift.text
+    assert gw.get(f"/admin/anomalies/{key_anomaly['id']}")["acknowledged_by"] is None
     page.get_by_label("Note", exact=True).fill("loop fixed")
     expect(page.get_by_label("Also lift the pause it applied")).to_be_checked()
     _shot(page, "anomaly-detail")

@@ -116,3 +116,34 @@ def test_forms_with_errors_have_no_serious_axe_violations(
     finally:
         context.close()
     assert axe_violations(browser, console.url, "org_admin@acme.test", "/people") == []
+
+
+def test_errors_of_renamed_or_named_inputs_stand_beside_them(console: Console) -> None:
+    """Where the API's field is not the input's name, the error is by the input: a scope
+    picked in one select (``scope_type`` / ``scope_id``), a user's one team
+    (``team_ids.0``), a rotation overlap typed in hours (``overlap_seconds``); a budget
+    exception refused is the budget's page again (422); nothing is made or changed."""
+    budget = console.gw.post(
+        "/admin/budgets",
+        {"name": "ops", "scope_type": "team", "scope_id": console.team_id, "amount_usd": "10"},
+    )
+    with session(console.url, "org_admin@acme.test") as client:
+        assert form(client, "/webhooks", {"url": "https://hooks.example/in"}).status_code == 201
+    [webhook] = console.gw.get("/admin/webhooks")
+    sent: list[tuple[str, dict[str, str], str]] = [
+        ("/wallets", {"scope": "planet:earth", "name": "w"}, 'id="scope-error"'),
+        ("/wallets", {"scope": "team:not an id", "name": "w"}, 'id="scope-error"'),
+        ("/rate-limits", {"scope": "team:not an id", "rpm": "5"}, 'id="scope-error"'),
+        ("/people", {"email": "new@acme.test", "team_id": "not an id"}, "user-team_id-error"),
+        (f"/webhooks/{webhook['id']}/rotate", {"overlap_hours": "-1"}, "overlap_hours-error"),
+        (f"/usage/budgets/{budget['id']}/exceptions", {"amount_usd": "5"}, "x-expires_at-error"),
+    ]
+    with session(console.url, "org_admin@acme.test") as client:
+        for path, data, beside in sent:
+            answer = form(client, path, data)
+            assert (path, answer.status_code) == (path, 422)
+            assert beside in answer.text, (path, answer.text[:2000])
+    assert console.gw.get("/admin/wallets") == []
+    assert console.gw.get("/admin/rate-limits") == []
+    assert "new@acme.test" not in {u["email"] for u in console.gw.get("/admin/users")}
+    assert console.gw.get(f"/admin/budgets/{budget['id']}/exceptions") == []

@@ -11,7 +11,7 @@ from spendgate.admin import schemas as s
 from spendgate.console.auth import safe_next
 from spendgate.console.budget_view import landing_text
 from spendgate.console.charts import Band, Level, _spread, budget_chart, stacked_bars
-from spendgate.console.forms import budget_body, field_errors
+from spendgate.console.forms import ONE_SCOPE, budget_body, field_errors, refill, scope_fields
 from spendgate.console.usage import OTHER, parse_view, top_n
 from spendgate.console.usage_source import UsageSeries, bucket_of, buckets_between
 from spendgate.errors import ValidationFailed
@@ -97,6 +97,43 @@ def test_form_errors_name_the_field() -> None:
     assert field_errors(ValidationFailed("timezone: no such zone", param="timezone")) == {
         "timezone": "no such zone"
     }
+
+
+@pytest.mark.parametrize(
+    ("param", "moved", "form", "beside"),
+    [
+        ("scope_id", ONE_SCOPE, "", "scope"),
+        ("scope_type", ONE_SCOPE, "", "scope"),
+        ("team_ids.0", {"team_ids": "team_id"}, "user", "user.team_id"),
+        ("config.routing_key", {"config": "routing_key"}, "", "routing_key"),
+        ("configs", {"config": "routing_key"}, "", "configs"),  # another field, not inside
+        ("reason", {}, "deny", "deny.reason"),
+        ("name", None, "", "name"),
+    ],
+)
+def test_a_refused_form_puts_each_error_beside_its_input(
+    param: str, moved: dict[str, str] | None, form: str, beside: str
+) -> None:
+    """The API names its field; the page shows the error by the input that sets it, in
+    the form that was sent, with what was typed keyed the same way."""
+    sent_back = refill(
+        ValidationFailed(f"{param}: refused", param=param),
+        {"typed": "x"},
+        form=form,
+        moved=moved,
+    )
+    assert sent_back.errors == {beside: "refused"}
+    assert sent_back.values == {f"{form}.typed" if form else "typed": "x"}
+
+
+def test_a_scope_picked_in_one_select_is_the_apis_two_fields() -> None:
+    """``team:t1`` → ``scope_type`` ``team``, ``scope_id`` ``t1`` (the id keeps any colon)."""
+    assert scope_fields("key:k:1", {"rpm": "5"}) == {
+        "scope_type": "key",
+        "scope_id": "k:1",
+        "rpm": "5",
+    }
+    assert scope_fields("", {}) == {"scope_type": "", "scope_id": ""}
 
 
 @pytest.mark.parametrize(
