@@ -126,9 +126,18 @@ def _downgrade(connection: Connection, revision: str) -> None:
     command.downgrade(alembic_config(connection), revision)
 
 
+#: the PostgreSQL advisory lock migrations hold: replicas (or ``serve --workers N``)
+#: starting together on a fresh database migrate one after another, not side by side
+MIGRATION_LOCK = 0x5E9D_6A7E
+
+
 async def migrate(engine: AsyncEngine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` (Alembic), on SQLite and PostgreSQL alike."""
+    """Bring the schema to ``revision`` (Alembic), on SQLite and PostgreSQL alike. On
+    PostgreSQL the transaction first takes ``MIGRATION_LOCK``: a process that waited for
+    it finds the schema at head and has nothing left to do."""
     async with engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            await conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": MIGRATION_LOCK})
         await conn.run_sync(_upgrade, revision)
 
 

@@ -8,12 +8,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
+from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret
 from spendgate.store import schema
-from spendgate.store.database import create_engine, downgrade, migrate
+from spendgate.store.database import alembic_config, create_engine, downgrade, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
@@ -78,6 +79,27 @@ async def test_migrations_go_up_down_and_up(database_url: str) -> None:
         assert set(schema.metadata.tables) <= await tables()
     finally:
         await engine.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+async def test_processes_migrating_a_fresh_database_together_take_turns(database_url: str) -> None:
+    """Three processes (``serve --workers 3``, or three replicas) start on an empty
+    PostgreSQL database at once: each migration waits for the one before (an advisory
+    lock), so all succeed and the schema is at head once. Without the lock the second
+    failed creating ``alembic_version`` and uvicorn stopped the whole server."""
+    engines = [create_engine(database_url) for _ in range(3)]
+    try:
+        await asyncio.gather(*(migrate(e) for e in engines))
+        async with engines[0].connect() as conn:
+            versions = (
+                await conn.execute(sa.text("SELECT version_num FROM alembic_version"))
+            ).all()
+        assert [v[0] for v in versions] == [
+            ScriptDirectory.from_config(alembic_config()).get_current_head()
+        ]
+    finally:
+        for engine in engines:
+            await engine.dispose()
 
 
 async def test_directory_keys_lifecycle(engine: AsyncEngine) -> None:
