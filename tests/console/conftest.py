@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
-from tests.conftest import RunningGateway, start_gateway
+from tests.conftest import RunningGateway, migrated_sqlite, start_gateway
 
 CHROMIUM = os.environ.get("CONSOLE_BROWSER", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -79,10 +79,14 @@ def make_console(gw: RunningGateway) -> Console:
 
 @pytest.fixture
 def console(
-    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+    sqlite_template: Path,
 ) -> Iterator[Console]:
     """SQLite: the browser walks pages; the stores are tested on both backends elsewhere."""
-    gw = start_gateway(f"sqlite:///{tmp_path / 'console.db'}", upstream[1].url, tmp_path)
+    database = migrated_sqlite(sqlite_template, tmp_path / "console.db")
+    gw = start_gateway(database, upstream[1].url, tmp_path)
     yield make_console(gw)
     gw.admin.close()
     gw.handle.stop()
