@@ -5,9 +5,11 @@ with a frozen clock."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import queue
 import shutil
+import ssl
 import textwrap
 import threading
 import uuid
@@ -19,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import fastapi.routing
 import httpx
+import httpx._transports.default as httpx_transports
 import pytest
 from argon2 import PasswordHasher
 from redis.asyncio import Redis
@@ -182,6 +186,60 @@ def test_strength_password_hashing() -> Iterator[None]:
     console_auth._hasher, console_auth._DUMMY_HASH = cheap, cheap.hash(uuid.uuid4().hex)
     yield
     console_auth._hasher, console_auth._DUMMY_HASH = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def admin_routes_built_once() -> Iterator[None]:
+    """FastAPI builds every included route again (dependants, pydantic adapters) for
+    each app: a third of a second per gateway, and the tests start hundreds. Within
+    this process a route included the same way again reuses what was built for it.
+    The one thing that differs between the apps, the ``dependency_overrides_provider``
+    (the app), is never used: spendgate sets no dependency overrides."""
+    context_class: Any = getattr(fastapi.routing, "_EffectiveRouteContext", None)
+    if context_class is None or not hasattr(context_class, "from_api_route"):
+        yield  # another FastAPI: every app builds its routes, only slower
+        return
+    original = context_class.__dict__["from_api_route"]
+    built: dict[int, tuple[Any, Any, Any]] = {}
+
+    def from_api_route(cls: Any, *, original_route: Any, include_context: Any) -> Any:
+        key = dataclasses.replace(include_context, dependency_overrides_provider=None)
+        hit = built.get(id(original_route))  # the entry holds the route: ids stay unique
+        if hit is not None and hit[0] is original_route and hit[1] == key:
+            return hit[2]
+        context = original.__func__(
+            cls, original_route=original_route, include_context=include_context
+        )
+        built[id(original_route)] = (original_route, key, context)
+        return context
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(context_class, "from_api_route", classmethod(from_api_route))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_default_tls_context() -> Iterator[None]:
+    """Every httpx client (the SDKs' too) loads certifi's CA bundle into a new TLS
+    context: 20 ms of CPU each, thousands of times in a run, for clients that speak
+    plain HTTP to 127.0.0.1. Clients with the default verification share one context
+    here (an SSLContext is made to be shared); any other setting builds its own."""
+    create: Callable[..., ssl.SSLContext] = getattr(  # noqa: B009 - not exported
+        httpx_transports, "create_ssl_context"
+    )
+    made: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+    def shared(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return create(verify=verify, cert=cert, trust_env=trust_env)
+        key = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in made:
+            made[key] = create(verify=verify, cert=cert, trust_env=trust_env)
+        return made[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx_transports, "create_ssl_context", shared)
+        yield
 
 
 @pytest.fixture(scope="session")
