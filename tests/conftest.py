@@ -5,24 +5,34 @@ with a frozen clock."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
+import queue
+import shutil
+import ssl
 import textwrap
+import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import fastapi.routing
 import httpx
+import httpx._transports.default as httpx_transports
 import pytest
+from argon2 import PasswordHasher
 from redis.asyncio import Redis
 
 from spendgate.app import Gateway, create_app
 from spendgate.core.clock import FrozenClock
 from spendgate.settings import Settings, load_settings
+from spendgate.store import console_auth
+from spendgate.store.database import migrate_url
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle, serve_in_thread
 
 PG_ADMIN_DSN = os.environ.get("SPENDGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -36,35 +46,200 @@ UPSTREAM_SECRETS = {
 }
 
 
-async def _pg_create(name: str) -> None:
+async def _pg_execute(sql: str) -> None:
     conn = await asyncpg.connect(PG_ADMIN_DSN)
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
+        await conn.execute(sql)
     finally:
         await conn.close()
 
 
-async def _pg_drop(name: str) -> None:
-    conn = await asyncpg.connect(PG_ADMIN_DSN)
+def _pg_url(name: str) -> str:
+    return f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+
+
+class PgDropper:
+    """Drops the tests' PostgreSQL databases off the tests' path. Every DROP DATABASE
+    waits for a checkpoint (seconds on a busy machine), and one checkpoint serves all
+    the drops waiting for it: so a thread drops whatever has piled up, all at once."""
+
+    def __init__(self) -> None:
+        self.names: queue.SimpleQueue[str | None] = queue.SimpleQueue()
+        self.errors: list[BaseException] = []
+        self.thread = threading.Thread(target=self._run, name="pg-dropper", daemon=True)
+        self.thread.start()
+
+    def drop(self, name: str) -> None:
+        self.names.put(name)
+
+    def close(self) -> None:
+        """Drops what is left; raises what any drop raised."""
+        self.names.put(None)
+        self.thread.join()
+        if self.errors:
+            raise self.errors[0]
+
+    def _run(self) -> None:
+        done = False
+        while not done:
+            batch = [self.names.get()]
+            while not self.names.empty():
+                batch.append(self.names.get())
+            done = None in batch
+            names = [n for n in batch if n is not None]
+            for start in range(0, len(names), 16):
+                try:
+                    asyncio.run(self._drop_all(names[start : start + 16]))
+                except BaseException as exc:  # noqa: BLE001 - re-raised by close()
+                    self.errors.append(exc)
+
+    @staticmethod
+    async def _drop_all(names: list[str]) -> None:
+        await asyncio.gather(
+            *(_pg_execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)') for name in names)
+        )
+
+
+@pytest.fixture(scope="session")
+def pg_dropper() -> Iterator[PgDropper]:
+    dropper = PgDropper()
+    yield dropper
+    dropper.close()
+
+
+@pytest.fixture(scope="session")
+def pg_template(pg_dropper: PgDropper) -> Iterator[str]:
+    """A PostgreSQL database migrated to head once per run; tests get copies of it
+    (CREATE DATABASE ... TEMPLATE copies it in a fraction of Alembic's time)."""
+    name = f"sg_tmpl_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_execute(f'CREATE DATABASE "{name}"'))
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        migrate_url(_pg_url(name))
+        yield name
     finally:
-        await conn.close()
+        pg_dropper.drop(name)
+
+
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated to head once per run; tests get copies of it."""
+    path = tmp_path_factory.mktemp("template") / "spendgate.db"
+    migrate_url(f"sqlite:///{path}")
+    assert not path.with_name(path.name + "-wal").exists()  # all of it is in the file
+    return path
+
+
+def migrated_sqlite(template: Path, path: Path) -> str:
+    """A copy of the migrated template at ``path``, as a database URL."""
+    shutil.copyfile(template, path)
+    return f"sqlite:///{path}"
+
+
+@contextmanager
+def fresh_pg_database(dropper: PgDropper, template: str | None) -> Iterator[str]:
+    """A new PostgreSQL database (its URL): a copy of ``template``, or empty when None;
+    dropped afterwards (by ``dropper``, off the test's path)."""
+    name = f"sg_test_{uuid.uuid4().hex[:12]}"
+    create = f'CREATE DATABASE "{name}"'
+    if template is not None:
+        create += f' TEMPLATE "{template}" STRATEGY WAL_LOG'
+    asyncio.run(_pg_execute(create))
+    try:
+        yield _pg_url(name)
+    finally:
+        dropper.drop(name)
+
+
+@pytest.fixture
+def pg_database(request: pytest.FixtureRequest, pg_dropper: PgDropper) -> Iterator[str]:
+    """A fresh PostgreSQL database: a copy of the template migrated to head, or empty
+    for tests marked ``empty_database``."""
+    empty = request.node.get_closest_marker("empty_database") is not None
+    template = None if empty else request.getfixturevalue("pg_template")
+    with fresh_pg_database(pg_dropper, template) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """A fresh, empty database on each backend. PostgreSQL must be running: no skip."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'spendgate.db'}"
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A fresh database on each backend, migrated to head (a copy of a template migrated
+    once), or empty for tests marked ``empty_database`` (they run migrations themselves).
+    PostgreSQL must be running: no skip."""
+    if request.param == "postgresql":
+        url: str = request.getfixturevalue("pg_database")
+        return url
+    path = tmp_path / "spendgate.db"
+    if request.node.get_closest_marker("empty_database") is not None:
+        return f"sqlite:///{path}"
+    return migrated_sqlite(request.getfixturevalue("sqlite_template"), path)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_strength_password_hashing() -> Iterator[None]:
+    """Console passwords hashed with argon2id at its lowest cost in this process (the
+    production defaults take up to a second per hash on a busy 2-core machine, and a
+    console test sets six passwords). Hashing, verifying and rehash checks run the
+    same code; only the work factor differs. Servers started as processes keep the
+    defaults."""
+    saved = console_auth._hasher, console_auth._DUMMY_HASH
+    cheap = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1)
+    console_auth._hasher, console_auth._DUMMY_HASH = cheap, cheap.hash(uuid.uuid4().hex)
+    yield
+    console_auth._hasher, console_auth._DUMMY_HASH = saved
+
+
+@pytest.fixture(scope="session", autouse=True)
+def admin_routes_built_once() -> Iterator[None]:
+    """FastAPI builds every included route again (dependants, pydantic adapters) for
+    each app: a third of a second per gateway, and the tests start hundreds. Within
+    this process a route included the same way again reuses what was built for it.
+    The one thing that differs between the apps, the ``dependency_overrides_provider``
+    (the app), is never used: spendgate sets no dependency overrides."""
+    context_class: Any = getattr(fastapi.routing, "_EffectiveRouteContext", None)
+    if context_class is None or not hasattr(context_class, "from_api_route"):
+        yield  # another FastAPI: every app builds its routes, only slower
         return
-    name = f"sg_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_create(name))
-    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        asyncio.run(_pg_drop(name))
+    original = context_class.__dict__["from_api_route"]
+    built: dict[int, tuple[Any, Any, Any]] = {}
+
+    def from_api_route(cls: Any, *, original_route: Any, include_context: Any) -> Any:
+        key = dataclasses.replace(include_context, dependency_overrides_provider=None)
+        hit = built.get(id(original_route))  # the entry holds the route: ids stay unique
+        if hit is not None and hit[0] is original_route and hit[1] == key:
+            return hit[2]
+        context = original.__func__(
+            cls, original_route=original_route, include_context=include_context
+        )
+        built[id(original_route)] = (original_route, key, context)
+        return context
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(context_class, "from_api_route", classmethod(from_api_route))
+        yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_default_tls_context() -> Iterator[None]:
+    """Every httpx client (the SDKs' too) loads certifi's CA bundle into a new TLS
+    context: 20 ms of CPU each, thousands of times in a run, for clients that speak
+    plain HTTP to 127.0.0.1. Clients with the default verification share one context
+    here (an SSLContext is made to be shared); any other setting builds its own."""
+    create: Callable[..., ssl.SSLContext] = getattr(  # noqa: B009 - not exported
+        httpx_transports, "create_ssl_context"
+    )
+    made: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
+
+    def shared(verify: Any = True, cert: Any = None, trust_env: bool = True) -> ssl.SSLContext:
+        if verify is not True or cert is not None:
+            return create(verify=verify, cert=cert, trust_env=trust_env)
+        key = (trust_env, os.environ.get("SSL_CERT_FILE"), os.environ.get("SSL_CERT_DIR"))
+        if key not in made:
+            made[key] = create(verify=verify, cert=cert, trust_env=trust_env)
+        return made[key]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx_transports, "create_ssl_context", shared)
+        yield
 
 
 @pytest.fixture(scope="session")

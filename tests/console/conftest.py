@@ -14,13 +14,14 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
-from tests.conftest import RunningGateway, start_gateway
+from tests.conftest import RunningGateway, migrated_sqlite, start_gateway
 
 CHROMIUM = os.environ.get("CONSOLE_BROWSER", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
@@ -79,10 +80,14 @@ def make_console(gw: RunningGateway) -> Console:
 
 @pytest.fixture
 def console(
-    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+    sqlite_template: Path,
 ) -> Iterator[Console]:
     """SQLite: the browser walks pages; the stores are tested on both backends elsewhere."""
-    gw = start_gateway(f"sqlite:///{tmp_path / 'console.db'}", upstream[1].url, tmp_path)
+    database = migrated_sqlite(sqlite_template, tmp_path / "console.db")
+    gw = start_gateway(database, upstream[1].url, tmp_path)
     yield make_console(gw)
     gw.admin.close()
     gw.handle.stop()
@@ -104,19 +109,35 @@ def page(browser: Browser) -> Iterator[Page]:
     context.close()
 
 
+#: signed-in tabs of this test's axe checks, by (base URL, email): signing in again for
+#: every page checked cost more than the check
+_axe_tabs: dict[tuple[str, str], Page] = {}
+
+
+@pytest.fixture(autouse=True)
+def _close_axe_tabs() -> Iterator[None]:
+    yield
+    while _axe_tabs:
+        _axe_tabs.popitem()[1].context.close()
+
+
 def axe_violations(browser: Browser, base: str, email: str, path: str) -> list[dict[str, Any]]:
     """Serious and critical axe-core violations of a page (axe is injected inline, so this
-    context bypasses the CSP; the pages themselves never need that)."""
-    context = browser.new_context(bypass_csp=True)
-    tab = context.new_page()
-    try:
+    context bypasses the CSP; the pages themselves never need that). One signed-in tab
+    per user for the test's checks; axe details only the violations (``resultTypes``:
+    the passes it would otherwise describe node by node are never read)."""
+    tab = _axe_tabs.get((base, email))
+    if tab is None:
+        tab = browser.new_context(bypass_csp=True).new_page()
+        _axe_tabs[(base, email)] = tab
+        sign_in(tab, base, email)
+    tab.goto(base + path)
+    if urlsplit(tab.url).path == "/login" != path:  # the session ended (a clock moved on)
         sign_in(tab, base, email)
         tab.goto(base + path)
-        tab.add_script_tag(content=AXE.read_text())
-        result = tab.evaluate("async () => await axe.run(document)")
-        return [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
-    finally:
-        context.close()
+    tab.add_script_tag(content=AXE.read_text())
+    result = tab.evaluate("async () => await axe.run(document, {resultTypes: ['violations']})")
+    return [v for v in result["violations"] if v["impact"] in ("serious", "critical")]
 
 
 @contextmanager

@@ -13,7 +13,6 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
@@ -27,7 +26,7 @@ from redis.asyncio import Redis
 
 from spendgate.guard.failover import PROBE_SECONDS
 from spendgate.testing.processes import ManagedProcess, PrivateRedis, Replica, UpstreamProcess
-from tests.conftest import PG_ADMIN_DSN, REDIS_URL, _pg_create, _pg_drop
+from tests.conftest import REDIS_URL, PgDropper, fresh_pg_database
 
 MASTER = "sg-master-enforcement-0123456789"
 ADMIN = {"authorization": f"Bearer {MASTER}"}
@@ -118,21 +117,9 @@ def start_fleet(
     return replicas
 
 
-@contextmanager
-def fresh_database() -> Iterator[str]:
-    """A fresh database on the machine's PostgreSQL, dropped afterwards."""
-    name = f"sg_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_create(name))
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(_pg_drop(name))
-
-
 @pytest.fixture
-def database() -> Iterator[str]:
-    with fresh_database() as url:
-        yield url
+def database(pg_database: str) -> str:
+    return pg_database
 
 
 @pytest.fixture
@@ -142,11 +129,16 @@ def upstream(tmp_path: Path) -> Iterator[ManagedProcess]:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory, pg_dropper: PgDropper, pg_template: str
+) -> Iterator[Fleet]:
     """Three replicas on the machine's PostgreSQL and Redis, shared by the tests that
     only need keys of their own (starting three replicas is most of a test's time)."""
     tmp_path = tmp_path_factory.mktemp("fleet")
-    with fresh_database() as database, UpstreamProcess.start(tmp_path) as upstream:
+    with (
+        fresh_pg_database(pg_dropper, pg_template) as database,
+        UpstreamProcess.start(tmp_path) as upstream,
+    ):
         prefix = f"sgtest:{uuid.uuid4().hex}:"
         replicas = start_fleet(tmp_path, upstream, database, REDIS_URL, prefix)
         try:

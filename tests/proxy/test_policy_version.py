@@ -9,7 +9,6 @@ nothing here waits for a cache to expire."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,19 +18,20 @@ import httpx
 import pytest
 
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
-from tests.conftest import PG_ADMIN_DSN, RunningGateway, _pg_create, _pg_drop, start_gateway
+from tests.conftest import RunningGateway, start_gateway
 
 MSG = [{"role": "user", "content": "hello"}]
 
 
 @pytest.fixture
 def replicas(
-    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+    pg_database: str,
 ) -> Iterator[tuple[RunningGateway, RunningGateway]]:
     """Two gateways sharing a fresh PostgreSQL database and a Redis key prefix."""
-    name = f"sg_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_create(name))
-    url = f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+    url = pg_database
     shared = {"SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:"}
     for sub in ("a", "b"):
         (tmp_path / sub).mkdir()
@@ -43,7 +43,6 @@ def replicas(
         for gw in (first, second):
             gw.admin.close()
             gw.handle.stop()
-        asyncio.run(_pg_drop(name))
 
 
 def chat(gw: RunningGateway, secret: str) -> httpx.Response:

@@ -14,7 +14,6 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -29,10 +28,7 @@ from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from spendgate.testing.processes import PrivateRedis, Replica
 from tests.conftest import (
     MASTER_KEY,
-    PG_ADMIN_DSN,
     RunningGateway,
-    _pg_create,
-    _pg_drop,
     start_gateway,
 )
 
@@ -41,13 +37,8 @@ NANOS = Decimal(10**9)
 
 
 @pytest.fixture
-def database() -> Iterator[str]:
-    name = f"sg_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_create(name))
-    try:
-        yield f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
-    finally:
-        asyncio.run(_pg_drop(name))
+def database(pg_database: str) -> str:
+    return pg_database
 
 
 def gateways(

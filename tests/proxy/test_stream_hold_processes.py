@@ -29,7 +29,7 @@ from spendgate.app import HOUSEKEEPING_SECONDS
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle, serve_in_thread
 from spendgate.testing.processes import Replica
 from tests.conftest import REDIS_URL
-from tests.proxy.test_enforcement_faults import MASTER, Fleet, fresh_database, hard_budget
+from tests.proxy.test_enforcement_faults import MASTER, Fleet, hard_budget
 
 HOLD_SECONDS = 3
 #: the stream stays open this long: past the hold, plus a reap on each replica, plus slack
@@ -53,7 +53,9 @@ def gated_upstream() -> Iterator[tuple[ServerHandle, threading.Event]]:
 
 
 @pytest.fixture
-def pair(tmp_path: Path, gated_upstream: tuple[ServerHandle, threading.Event]) -> Iterator[Fleet]:
+def pair(
+    tmp_path: Path, gated_upstream: tuple[ServerHandle, threading.Event], pg_database: str
+) -> Iterator[Fleet]:
     """Two replicas sharing PostgreSQL and Redis, holding for 3 s, renewing every 0.5 s."""
     upstream, _ = gated_upstream
     config = tmp_path / "spendgate.toml"
@@ -70,22 +72,22 @@ api_key = "upstream-secret"
 [models."gpt-4o-mini"]
 provider = "openai"
 """)
-    with fresh_database() as database:
-        env = {
-            "SPENDGATE_MASTER_KEY": MASTER,
-            "SPENDGATE_DATABASE_URL": database,
-            "SPENDGATE_REDIS_URL": REDIS_URL,
-            "SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:",
-            "SPENDGATE_SPOOL_DIR": str(tmp_path / "spool"),
-        }
-        replicas = []
-        try:
-            for _ in range(2):  # one after the other: the first migrates the database
-                replicas.append(Replica.start(tmp_path, env, config=config, workdir=tmp_path))
-            yield Fleet(replicas, database)
-        finally:
-            for replica in replicas:
-                replica.close()
+    database = pg_database
+    env = {
+        "SPENDGATE_MASTER_KEY": MASTER,
+        "SPENDGATE_DATABASE_URL": database,
+        "SPENDGATE_REDIS_URL": REDIS_URL,
+        "SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:",
+        "SPENDGATE_SPOOL_DIR": str(tmp_path / "spool"),
+    }
+    replicas = []
+    try:
+        for _ in range(2):  # one after the other (each migrates: a no-op on this copy)
+            replicas.append(Replica.start(tmp_path, env, config=config, workdir=tmp_path))
+        yield Fleet(replicas, database)
+    finally:
+        for replica in replicas:
+            replica.close()
 
 
 def client(fleet: Fleet, n: int, secret: str) -> openai.AsyncOpenAI:

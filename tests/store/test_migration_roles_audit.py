@@ -16,6 +16,9 @@ from spendgate.store import audit as store
 from spendgate.store.database import create_engine, downgrade, migrate
 from spendgate.store.directory import Directory
 
+# they migrate step by step from an empty database
+pytestmark = pytest.mark.empty_database
+
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 KEY = b"migration-test-key"
 

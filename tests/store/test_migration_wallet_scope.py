@@ -5,9 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 import sqlalchemy as sa
 
 from spendgate.store.database import create_engine, migrate
+
+# they migrate step by step from an empty database
+pytestmark = pytest.mark.empty_database
 
 T0 = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)
 

@@ -62,6 +62,7 @@ async def test_a_statement_total_past_int64_is_exact(engine: AsyncEngine) -> Non
     assert tuple(raw) == (10**10, 3)
 
 
+@pytest.mark.empty_database
 async def test_migration_0018_fills_the_narrow_rollup_and_splits_totals(
     engine: AsyncEngine,
 ) -> None:

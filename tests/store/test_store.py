@@ -62,6 +62,7 @@ def entry(n: int, *, team: str | None, model: str, cost: int | None, at: datetim
     )
 
 
+@pytest.mark.empty_database
 async def test_migrations_go_up_down_and_up(database_url: str) -> None:
     """Alembic builds every table, removes them all, and builds them again."""
     engine = create_engine(database_url)
