@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -214,7 +215,7 @@ async def usage(
         extra = ["cumulative_cost_usd"] if cumulative else []
         columns = [*dims, *(m if m != "cost_nanos" else "cost_usd" for m in MEASURES), *extra]
         return Response(usage_csv(columns, rows), media_type="text/csv")
-    return {
+    body = {
         "group_by": dims,
         "start": start_at,
         "end": end_at,
@@ -223,6 +224,14 @@ async def usage(
         "total_cost_usd": format_usd(total_nanos),
         "unpriced_requests": unpriced,
     }
+    return Response(usage_json(body), media_type="application/json")
+
+
+def usage_json(body: dict[str, Any]) -> bytes:
+    """A report's JSON (the ``UsageReport`` schema) by orjson, straight from the rows the
+    route built: tens of thousands of rows through pydantic's validation and encoder
+    cost several times the query."""
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 
 async def audit_export(
