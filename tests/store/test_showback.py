@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -214,3 +215,23 @@ def test_report_rows_from_query_rows() -> None:
     ]
     assert rows[0]["requests"] == 3 and rows[0]["unpriced_requests"] == 1
     assert report_rows([[] for _ in range(13)], "day", "monday", names) == []
+
+
+async def test_rebuild_names_tag_sets_as_the_writer_does(engine: AsyncEngine) -> None:
+    """The rebuild names each call's tag set in the database (SQLite: with the writer's
+    own ``tag_set``, its string aggregates keep no order): tags given in any order and
+    repeated land in the writer's row, so a dry run finds no difference, and a changed
+    row is found."""
+    tags = [("search", "prod", "prod"), ("x:1", "Z", "a.b", "a-b"), ("a-b", "a.b", "Z", "x:1")]
+    async with engine.begin() as conn:
+        await store_batch(
+            conn, [Pending(row("o4", n, BASE, 10, tags=t)) for n, t in enumerate(tags)]
+        )
+    span = (BASE, BASE + timedelta(hours=1))
+    assert (await rebuild(engine, *span, dry_run=True)).difference_count == 0
+    async with engine.connect() as conn:
+        sets = (await conn.execute(sa.select(usage_rollup.c.tags).distinct())).scalars().all()
+    assert sorted(sets) == ['["Z","a-b","a.b","x:1"]', '["prod","search"]']
+    async with engine.begin() as conn:
+        await conn.execute(usage_rollup.update().values(calls=usage_rollup.c.calls + 1))
+    assert (await rebuild(engine, *span, dry_run=True)).difference_count == len(tags)  # a row each
