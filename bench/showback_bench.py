@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/showback_bench.py [--rows 10000000] [--backend sqlite|postgresql|both]
         [--pg-admin postgresql://postgres@127.0.0.1:5432/postgres] [--repeat 20]
-        [--sqlite-path PATH] [--pg-database NAME]
+        [--sqlite-path PATH] [--pg-database NAME] [--reports-only]
 
 ``--sqlite-path`` / ``--pg-database``: keep the seeded database there (created and
 migrated if new) and reuse it on the next run: a database whose ledger already holds
@@ -20,12 +20,19 @@ most keys tagged by environment, a few ``shared``, 10 % of keys without a team) 
 - the statements of one month (every team's and the org's; the largest team's is one
   of them);
 - a full rebuild of the rollups from the ledger (dry run: read, aggregate, compare).
+
+``--reports-only``: time the two usage reports and nothing else (no statements, no
+rebuild, no writer cost), adding the month report's client CPU (``time.process_time``,
+which also holds SQLite's own work: it runs in this process) and its time with the
+JSON body ``/admin/usage`` sends. With the load average: on a shared machine wall
+times move with it, CPU times much less.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -39,6 +46,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from spendgate.admin.usage import usage_json
 from spendgate.store import schema
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, Pending, insert_entries, store_batch
@@ -145,7 +153,19 @@ async def timed(repeat: int, make) -> tuple[float, float, int]:  # type: ignore[
     return statistics.median(times), times[max(0, int(len(times) * 0.95) - 1)], size
 
 
-async def run(backend: str, url: str, writer_url: str, rows: int, repeat: int) -> dict[str, str]:
+async def cpu_ms(repeat: int, make) -> float:  # type: ignore[no-untyped-def]
+    """Median CPU ms of this process per run (SQLite's work included: it runs here)."""
+    times = []
+    for _ in range(repeat):
+        t0 = time.process_time()
+        await make()
+        times.append((time.process_time() - t0) * 1000)
+    return statistics.median(times)
+
+
+async def run(
+    backend: str, url: str, writer_url: str, rows: int, repeat: int, reports_only: bool = False
+) -> dict[str, str]:
     """Seed ``url`` (unless it holds rows), time the reports there; the writer's cost is
     measured in the fresh, empty database ``writer_url``."""
     engine = create_engine(url)
@@ -162,16 +182,33 @@ async def run(backend: str, url: str, writer_url: str, rows: int, repeat: int) -
     month_end = datetime(2026, 3, 31, 18, 15, tzinfo=UTC)
     year_start = datetime(2025, 3, 31, 18, 15, tzinfo=UTC)
     tz = "Asia/Kathmandu"
+    dims = ["day", "team", "model"]
     month = await timed(
-        repeat,
-        lambda: usage_report(
-            engine, ["day", "team", "model"], month_start, month_end, ORG["id"], timezone=tz
-        ),
+        repeat, lambda: usage_report(engine, dims, month_start, month_end, ORG["id"], timezone=tz)
     )
     year = await timed(
         repeat,
         lambda: usage_report(engine, ["month"], year_start, month_end, ORG["id"], timezone=tz),
     )
+    if reports_only:
+
+        async def document() -> list[bytes]:
+            rows = await usage_report(engine, dims, month_start, month_end, ORG["id"], timezone=tz)
+            return [usage_json(dims, month_start, month_end, tz, rows, rows)]
+
+        cpu = await cpu_ms(repeat, document)
+        as_json = await timed(repeat, document)
+        await engine.dispose()
+        return {
+            "backend": backend,
+            "rows": f"{rows:,}",
+            "month team x model x day": f"p50 {month[0]:.0f} ms, p95 {month[1]:.0f} ms "
+            f"({month[2]:,} rows)",
+            "the same with its JSON": f"p50 {as_json[0]:.0f} ms, p95 {as_json[1]:.0f} ms, "
+            f"client CPU {cpu:.0f} ms",
+            "year by month": f"p50 {year[0]:.0f} ms, p95 {year[1]:.0f} ms",
+            "load average": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
+        }
     statement = await timed(max(3, repeat // 4), lambda: draw(engine, ORG, "2026-03", tz))
     t0 = time.perf_counter()
     report = await rebuild(engine, START, END, dry_run=True)
@@ -200,6 +237,7 @@ async def main() -> None:
     parser.add_argument("--repeat", type=int, default=20)
     parser.add_argument("--sqlite-path", type=Path, default=None)
     parser.add_argument("--pg-database", default=None)
+    parser.add_argument("--reports-only", action="store_true")
     args = parser.parse_args()
     results = []
     tag = uuid.uuid4().hex[:6]
@@ -209,7 +247,11 @@ async def main() -> None:
         writer = Path(f"/tmp/sg-showback-writer-{tag}.db")
         try:
             url = f"sqlite:///{path.resolve()}"
-            results.append(await run("SQLite", url, f"sqlite:///{writer}", args.rows, args.repeat))
+            results.append(
+                await run(
+                    "SQLite", url, f"sqlite:///{writer}", args.rows, args.repeat, args.reports_only
+                )
+            )
         finally:
             for made in (writer, *(() if args.sqlite_path else (path,))):
                 for p in made.parent.glob(f"{made.stem}*"):
@@ -225,7 +267,12 @@ async def main() -> None:
         try:
             results.append(
                 await run(
-                    "PostgreSQL", f"{base}/{name}", f"{base}/{writer_db}", args.rows, args.repeat
+                    "PostgreSQL",
+                    f"{base}/{name}",
+                    f"{base}/{writer_db}",
+                    args.rows,
+                    args.repeat,
+                    args.reports_only,
                 )
             )
         finally:

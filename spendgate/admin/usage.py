@@ -16,6 +16,7 @@ from datetime import date, datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
+import orjson
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import BaseModel, Field
@@ -204,25 +205,43 @@ async def usage(
             svc.engine, [], start_at, end_at, org_id, team_ids=teams, timezone=tz,
             filters=filters,
         )  # fmt: skip
-    total_nanos = sum(row["cost_nanos"] for row in totals)
-    unpriced = sum(row["unpriced_requests"] for row in totals)
-    _money(rows)
     if format == "csv":
+        _money(rows)
         after = {"group_by": dims, "start": start, "end": end, "org_id": org_id}
         owner = Owner(org_id, teams or frozenset())
         await audit_export(svc, request, who, owner, {**after, "rows": len(rows)})
         extra = ["cumulative_cost_usd"] if cumulative else []
         columns = [*dims, *(m if m != "cost_nanos" else "cost_usd" for m in MEASURES), *extra]
         return Response(usage_csv(columns, rows), media_type="text/csv")
-    return {
+    document = usage_json(dims, start_at, end_at, tz, rows, totals)
+    return Response(document, media_type="application/json")
+
+
+def usage_json(
+    dims: list[str],
+    start: datetime | None,
+    end: datetime | None,
+    tz: str,
+    rows: list[dict[str, Any]],
+    totals: list[dict[str, Any]],
+) -> bytes:
+    """The ``UsageReport`` document of a report's ``rows`` (their money turned into
+    decimal strings in place), its totals summed over ``totals`` (``rows`` itself but
+    grouped by tag). Written by orjson: pushing tens of thousands of rows through
+    pydantic's validation and encoder cost several times the query."""
+    total_nanos = sum(row["cost_nanos"] for row in totals)
+    unpriced = sum(row["unpriced_requests"] for row in totals)
+    _money(rows)
+    body = {
         "group_by": dims,
-        "start": start_at,
-        "end": end_at,
+        "start": start,
+        "end": end,
         "timezone": tz,
         "rows": rows,
         "total_cost_usd": format_usd(total_nanos),
         "unpriced_requests": unpriced,
     }
+    return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
 
 async def audit_export(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
+from spendgate.core.showback import tag_set
 from spendgate.settings import normalise_database_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -91,7 +93,19 @@ def database_fingerprint(engine: AsyncEngine) -> str:
     return hashlib.sha256(rendered.encode()).hexdigest()[:16]
 
 
+#: SQL name of ``core.showback.tag_set`` over a JSON array of tags, on SQLite: its string
+#: aggregates take no ORDER BY before 3.44 (``group_concat`` over an ordered subquery
+#: keeps that order only by chance), so a rebuild names a call's tag set with the
+#: writer's own function
+SQLITE_TAG_SET = "spendgate_tag_set"
+
+
+def _tag_set_of_json(tags: str | None) -> str:
+    return tag_set(json.loads(tags) if tags else ())
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    dbapi_conn.create_function(SQLITE_TAG_SET, 1, _tag_set_of_json, deterministic=True)
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA synchronous=NORMAL")

@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.core import showback as sb
 from spendgate.errors import ValidationFailed
 from spendgate.store import rollups, schema
+from spendgate.store.database import SQLITE_TAG_SET
 from spendgate.store.showback_schema import ledger_retention
 
 CHUNK = timedelta(days=7)
@@ -70,8 +71,9 @@ async def _lock(conn: AsyncConnection) -> None:
 
 
 #: per dialect: a ledger row's bucket, its tag set as ``core.showback.tag_set`` writes it
-#: (tags are ASCII of ``[A-Za-z0-9_.:/=+-]``: their JSON text sorts as they do), and the
-#: join giving one row per tag of the call (none: one row, tag NULL)
+#: (PostgreSQL: tags are ASCII of ``[A-Za-z0-9_.:/=+-]``, so their JSON text sorts as they
+#: do; SQLite: that very function, registered on each connection by ``create_engine``),
+#: and the join giving one row per tag of the call (none: one row, tag NULL)
 _DIALECT = {
     "postgresql": (
         "CAST(floor(extract(epoch FROM started_at)) AS BIGINT) / 900",
@@ -82,8 +84,7 @@ _DIALECT = {
     ),
     "sqlite": (
         "CAST(strftime('%s', started_at) AS INTEGER) / 900",
-        "(SELECT '[' || coalesce(group_concat(q, ','), '') || ']'"
-        " FROM (SELECT DISTINCT json_quote(value) AS q FROM json_each(ledger.tags) ORDER BY q))",
+        f"{SQLITE_TAG_SET}(ledger.tags)",
         "LEFT JOIN json_each(l.raw_tags) AS t ON true",
     ),
 }

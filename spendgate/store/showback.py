@@ -14,16 +14,18 @@ periods of a report always add up to its total.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import repeat
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core import showback as sb
-from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums
+from spendgate.store.cost_sums import COST_REST, COST_WHOLE
 from spendgate.store.rollups import (
+    NANOS,
     NARROW_DIMENSIONS,
     usage_rollup,
     usage_tag_rollup,
@@ -44,6 +46,8 @@ COLUMN_OF = {
 }
 #: PostgreSQL ``work_mem`` of a report's transaction
 WORK_MEM = "64MB"
+#: rows read from the driver at a time
+CHUNK_ROWS = 1000
 #: the figures of a report row, in CSV order
 MEASURES = (
     "requests",
@@ -152,7 +156,10 @@ async def usage_report(
     ``top``: keep the N costliest groups and fold the rest into an ``"other"`` row;
     ``cumulative``: each row also carries its group's running ``cumulative_cost_nanos``;
     ``user_id``: one user's calls only (a member's own view in the console).
-    A call with several tags counts once under each of them when grouped by tag."""
+    A call with several tags counts once under each of them when grouped by tag.
+
+    Rows come in the order of their groups' names (period, then each dimension, an
+    absent one named ``None``), sorted by the database for hours, days and no grain."""
     filters = dict(filters or {})
     if user_id is not None:
         filters["user"] = [user_id]
@@ -163,7 +170,10 @@ async def usage_report(
     grain = grains[0] if grains else None
     t = rollup_for(dims, filters)
     where = _where(t, start, end, org_id, team_ids, filters)
-    columns: list[sa.ColumnElement[Any]] = [t.c[COLUMN_OF[d]].label(d) for d in dims]
+    keys: list[sa.ColumnElement[Any]] = [t.c[COLUMN_OF[d]] for d in dims]
+    shown: list[sa.ColumnElement[Any]] = [
+        sa.func.nullif(k, "").label(d) for k, d in zip(keys, dims, strict=True)
+    ]
     if grain is not None:
         if start is not None and end is not None:
             span: tuple[int, int] | None = (sb.bucket_of(start), sb.bucket_of(end))
@@ -173,46 +183,121 @@ async def usage_report(
             return []
         segments = sb.offset_segments(*span, timezone)
         per = sb.BUCKETS_PER_HOUR if grain == "hour" else sb.BUCKETS_PER_DAY
-        columns.insert(0, (_local_bucket(t, segments) // per).label("_unit"))
-    query = sa.select(*columns, *_measures(t)).where(*where)
-    if columns:
-        query = query.group_by(*columns)
-    async with engine.connect() as conn:
-        if conn.dialect.name == "postgresql":
-            # a month by team x model x day is tens of thousands of groups: hash them in
-            # memory rather than sort them on disk (this transaction only)
-            await conn.exec_driver_sql(f"SET LOCAL work_mem = '{WORK_MEM}'")
-        result = (await conn.execute(query)).all()
-    width = len(columns)
-    labels: dict[int, str] = {}
-    merged: dict[tuple[Any, ...], list[int]] = {}
-    for row in result:
-        if not row[width]:  # no calls
-            continue
-        if grain is None:
-            key = tuple(v or None for v in row[:width])
-        else:
-            unit = int(row[0])
-            label = labels.get(unit)
-            if label is None:
-                label = labels[unit] = sb.period_label(grain, unit, week_start)
-            key = (label, *(v or None for v in row[1:width]))
-        figures = [int(v) for v in row[width:]]
-        into = merged.get(key)
-        if into is None:
-            merged[key] = figures
-        else:  # a week or month folded from its days
-            for i, value in enumerate(figures):
-                into[i] += value
-    names = [*grains, *dims]
-    rows: list[dict[str, Any]] = []
-    for key in sorted(merged, key=lambda k: tuple(map(str, k))):
-        f = merged[key]
-        rows.append(
-            {**dict(zip(names, key, strict=True)), **dict(zip(MEASURES[:7], f, strict=False)),
-             "cost_nanos": cost_from_sums(f[7], f[8]), "unpriced_requests": f[9]}
-        )  # fmt: skip
+        unit = (_local_bucket(t, segments) // per).label("_unit")
+        keys.insert(0, unit)
+        shown.insert(0, unit)
+    folded = grain in ("week", "month")  # days folded into weeks or months here
+    query = sa.select(*shown, *_measures(t)).where(*where)
+    if keys:
+        query = query.group_by(*keys)
+        if not folded:
+            query = query.order_by(*_name_order(keys, engine.dialect.name, grain is not None))
+    names = (*grains, *dims, *MEASURES)
+    columns = await _fetch(engine, query, len(names) + 1)  # the cost in two columns
+    if folded:
+        rows = _folded_rows(columns, grain, week_start, names)  # type: ignore[arg-type]
+    else:
+        rows = report_rows(columns, grain, week_start, names)
     rows = sb.fold_top(rows, dims, grain, top)
     if cumulative and grain is not None:
         rows = sb.add_cumulative(rows, dims, grain)
+    return rows
+
+
+async def _fetch(engine: AsyncEngine, query: sa.Select[Any], width: int) -> list[list[Any]]:
+    """The query's ``width`` columns, each a list of its values (empty lists: no rows).
+
+    Read from the driver a chunk at a time (asyncpg records, sqlite3 tuples) and kept
+    as columns: a report's tens of thousands of rows never live as row objects at once.
+    SQLAlchemy's rows cost more than decoding them, and so did the garbage collector's
+    full passes over the records a whole result kept alive (one every few reports). A
+    report's parameters are integers and strings: the driver takes them as they are."""
+    columns: list[list[Any]] = [[] for _ in range(width)]
+
+    def add(chunk: Sequence[Sequence[Any]]) -> None:
+        for column, values in zip(columns, zip(*chunk, strict=True), strict=True):
+            column.extend(values)
+
+    async with engine.connect() as conn:
+        compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+        params = [compiled.params[name] for name in compiled.positiontup or ()]
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        if conn.dialect.name == "postgresql":
+            async with driver.transaction(readonly=True):
+                # a month by team x model x day is tens of thousands of groups: hash
+                # them in memory rather than sort them on disk (this transaction only)
+                await driver.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+                cursor = await driver.cursor(str(compiled), *params)
+                while chunk := await cursor.fetch(CHUNK_ROWS):
+                    add(chunk)
+        else:
+            cursor = await driver.execute(str(compiled), params)
+            try:
+                while chunk := await cursor.fetchmany(CHUNK_ROWS):
+                    add(chunk)
+            finally:
+                await cursor.close()
+    return columns
+
+
+def _name_order(
+    keys: Sequence[sa.ColumnElement[Any]], dialect: str, has_unit: bool
+) -> list[sa.ColumnElement[Any]]:
+    """ORDER BY terms sorting groups as Python sorts their names: a local hour's or day's
+    number sorts as its label; a dimension as its text by code point (PostgreSQL's
+    ``"C"`` collation, SQLite's ``BINARY``), an absent one as ``"None"``."""
+    out: list[sa.ColumnElement[Any]] = [keys[0]] if has_unit else []
+    for key in keys[int(has_unit) :]:
+        name: sa.ColumnElement[Any] = sa.func.coalesce(sa.func.nullif(key, ""), "None")
+        out.append(sa.collate(name, "C") if dialect == "postgresql" else name)
+    return out
+
+
+def _labels(grain: sb.Grain | None, units: Iterable[int], week_start: str) -> dict[int, str]:
+    return {} if grain is None else {u: sb.period_label(grain, u, week_start) for u in set(units)}
+
+
+def report_rows(
+    columns: list[list[Any]], grain: sb.Grain | None, week_start: str, names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Report rows from the query's columns (``[unit], *dimensions, *sums``, a row per
+    group, in order), column at a time: the unit named, the cost put together from its
+    whole dollars and nanos, a group with no calls left out."""
+    width = len(names) - len(MEASURES)
+    calls = columns[width]
+    if not all(calls):
+        kept = [i for i, n in enumerate(calls) if n]
+        columns = [[column[i] for i in kept] for column in columns]
+    if not columns[width]:
+        return []
+    if grain is not None:
+        labels = _labels(grain, columns[0], week_start)
+        columns[0] = [labels[u] for u in columns[0]]
+    cost = [whole * NANOS + rest for whole, rest in zip(columns[-3], columns[-2], strict=True)]
+    figures = [*columns[: width + 7], cost, columns[-1]]
+    return list(map(dict, map(zip, repeat(names), zip(*figures, strict=True))))
+
+
+def _folded_rows(
+    columns: list[list[Any]], grain: sb.Grain, week_start: str, names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Weeks or months folded from the query's local days, sorted by their names."""
+    width = len(names) - len(MEASURES)
+    labels = _labels(grain, columns[0], week_start)
+    merged: dict[tuple[Any, ...], list[int]] = {}
+    for row in zip(*columns, strict=True):
+        if not row[width]:  # no calls
+            continue
+        key = (labels[row[0]], *row[1:width])
+        into = merged.get(key)
+        if into is None:
+            merged[key] = list(row[width:])
+        else:
+            for i, value in enumerate(row[width:]):
+                into[i] += value
+    rows: list[dict[str, Any]] = []
+    for key in sorted(merged, key=lambda k: tuple(map(str, k))):
+        f = merged[key]
+        rows.append(dict(zip(names, (*key, *f[:7], f[7] * NANOS + f[8], f[9]), strict=True)))
     return rows

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -19,7 +20,7 @@ from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, store_batch
 from spendgate.store.rebuild import rebuild
 from spendgate.store.rollups import usage_rollup, usage_tag_rollup, usage_team_rollup
-from spendgate.store.showback import rollup_for, usage_report
+from spendgate.store.showback import MEASURES, report_rows, rollup_for, usage_report
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
 ZONES = sorted(iana_zones())
@@ -77,7 +78,7 @@ calls = st.lists(
     st.tuples(
         st.integers(0, 75 * 24 * 3600 - 1),  # second of a 75-day span
         st.one_of(st.none(), st.integers(0, 10**13)),  # nanos: up to $10,000 a call
-        st.sampled_from(["t1", "t2", None]),
+        st.sampled_from(["t1", "T2", "Alpha", None]),  # absent sorts as "None": after "Alpha"
         st.sampled_from(["m1", "m2"]),
         st.sampled_from([(), ("prod",), ("search", "prod")]),
     ),
@@ -93,8 +94,8 @@ def test_days_add_up_to_the_period_and_the_ledger_in_every_zone(database_url: st
     """Property: for random ledgers and zones, the days (and hours, weeks, months) of a
     report add up to the period's total, which equals the ledger's sum, to the nanos —
     read from each rollup: the narrow one (by team and model), the wide one (by user)
-    and the tag one (by tag); and a dry-run rebuild finds all three equal to the ledger
-    row for row."""
+    and the tag one (by tag), its rows in the order of their names; and a dry-run
+    rebuild finds all three equal to the ledger row for row."""
     engine = create_engine(database_url)
     asyncio.run(migrate(engine))
     asyncio.run(engine.dispose())
@@ -134,6 +135,7 @@ async def _check(url: str, made: Made, zone: str) -> None:
             assert rollup_for(dims[1:], {}) is table
             rows = await usage_report(engine, dims, start, end, org, timezone=zone)
             assert sum(r["cost_nanos"] for r in rows) == nanos, (grain, zone, table.name)
+            assert rows == sorted(rows, key=lambda r: tuple(str(r[d]) for d in dims))
             assert sum(r["requests"] for r in rows) == calls
     checked = await rebuild(engine, start, end, dry_run=True)  # every org's rows so far
     assert checked.ledger_rows >= len(made)
@@ -193,3 +195,43 @@ async def test_tags_and_filters(engine: AsyncEngine) -> None:
     assert {r["team"]: r["cost_nanos"] for r in prod} == {None: 10, "t1": 100}
     unowned = await usage_report(engine, [], None, None, "o3", filters={"team": [None]})
     assert unowned[0]["cost_nanos"] == 10
+
+
+def test_report_rows_from_query_rows() -> None:
+    """The query's columns become report rows: the local day named, the cost put together
+    from whole dollars and nanos past 64 bits, a group with no calls left out."""
+    names = ("day", "team", *MEASURES)
+    whole = 2**40
+    result = [
+        (20513, None, 3, 1, 10, 4, 0, 0, 2, whole, 999_999_999, 1),
+        (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 7, 0),
+    ]
+    columns = [list(column) for column in zip(*result, strict=True)]
+    rows = report_rows(columns, "day", "monday", names)
+    assert [(r["day"], r["team"], r["cost_nanos"]) for r in rows] == [
+        ("2026-03-01", None, whole * 10**9 + 999_999_999),
+        ("2026-03-02", "t1", 7),
+    ]
+    assert rows[0]["requests"] == 3 and rows[0]["unpriced_requests"] == 1
+    assert report_rows([[] for _ in range(13)], "day", "monday", names) == []
+
+
+async def test_rebuild_names_tag_sets_as_the_writer_does(engine: AsyncEngine) -> None:
+    """The rebuild names each call's tag set in the database (SQLite: with the writer's
+    own ``tag_set``, its string aggregates keep no order): tags given in any order and
+    repeated land in the writer's row, so a dry run finds no difference, and a changed
+    row is found."""
+    tags = [("search", "prod", "prod"), ("x:1", "Z", "a.b", "a-b"), ("a-b", "a.b", "Z", "x:1")]
+    async with engine.begin() as conn:
+        await store_batch(
+            conn, [Pending(row("o4", n, BASE, 10, tags=t)) for n, t in enumerate(tags)]
+        )
+    span = (BASE, BASE + timedelta(hours=1))
+    assert (await rebuild(engine, *span, dry_run=True)).difference_count == 0
+    async with engine.connect() as conn:
+        sets = (await conn.execute(sa.select(usage_rollup.c.tags).distinct())).scalars().all()
+    assert sorted(sets) == ['["Z","a-b","a.b","x:1"]', '["prod","search"]']
+    async with engine.begin() as conn:
+        await conn.execute(usage_rollup.update().values(calls=usage_rollup.c.calls + 1))
+    assert (await rebuild(engine, *span, dry_run=True)).difference_count == len(tags)  # a row each
