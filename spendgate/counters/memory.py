@@ -3,6 +3,10 @@
 asyncio runs one coroutine at a time, and no method here awaits anything, so each
 check-and-increment is atomic with respect to every other caller on the loop. Not
 shared between processes or replicas: use ``redis://`` for that.
+
+The hot path's three steps also come as plain methods (``reserve_now``, ``settle_now``,
+``release_now``) that the enforcer calls directly when these are its counters: the
+``Counters`` coroutines only wrap them, and an await per step is work for nothing.
 """
 
 from __future__ import annotations
@@ -65,6 +69,11 @@ class MemoryCounters:
     async def reserve(
         self, reservation_id: str, holds: Sequence[Hold], expires_at: float
     ) -> Refusal | None:
+        return self.reserve_now(reservation_id, holds, expires_at)
+
+    def reserve_now(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> Refusal | None:
         pending: dict[str, int] = {}
         for hold in holds:
             current = self._buckets.get(hold.bucket, _Bucket())
@@ -83,13 +92,22 @@ class MemoryCounters:
     async def settle(
         self, reservation_id: str, settlements: Sequence[Settlement]
     ) -> list[tuple[int, int]]:
+        return [
+            (before, after) for before, after, _ in self.settle_now(reservation_id, settlements)
+        ]
+
+    def settle_now(
+        self, reservation_id: str, settlements: Sequence[Settlement]
+    ) -> list[tuple[int, int, int | None]]:
+        """``settle``, with each bucket's cap as well (a wallet's top-ups), as the joint
+        Redis settle returns them: the wallet warnings need it."""
         reservation = self._reservations.pop(reservation_id, None)
         held = reservation.held if reservation is not None else {}
-        out: list[tuple[int, int]] = []
+        out: list[tuple[int, int, int | None]] = []
         for settlement in settlements:
             bucket = self._buckets.get(settlement.bucket)
             if bucket is None:  # never seeded: the ledger brings the spend when it is
-                out.append((0, 0))
+                out.append((0, 0, None))
                 continue
             back = min(settlement.reserved, held.get(settlement.bucket, 0))
             if back > 0:
@@ -97,11 +115,14 @@ class MemoryCounters:
                 held[settlement.bucket] -= back
             before = bucket.spent
             bucket.spent += settlement.actual
-            out.append((before, bucket.spent))
+            out.append((before, bucket.spent, bucket.cap))
         self._give_back(held)
         return out
 
     async def release(self, reservation_id: str) -> None:
+        self.release_now(reservation_id)
+
+    def release_now(self, reservation_id: str) -> None:
         reservation = self._reservations.pop(reservation_id, None)
         if reservation is not None:
             self._give_back(reservation.held)

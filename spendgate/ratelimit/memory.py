@@ -15,6 +15,10 @@ steps back. Concurrency buckets map reservation id to ``expires_at``; slots past
 counting, dropped when they would make the difference (a check stays O(1), not
 O(calls in flight)). ``reap`` sweeps every bucket and drops the empty ones, so memory
 is bounded by the requests of the last window plus the calls in flight.
+
+The hot path's steps also come as plain methods (``acquire_now``, ``settle_now``,
+``release_now``) that ``RateGate`` calls directly when this is its limiter: the
+``RateLimiter`` coroutines only wrap them.
 """
 
 from __future__ import annotations
@@ -119,6 +123,11 @@ class MemoryRateLimiter:
     async def acquire(
         self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
     ) -> Denial | Granted:
+        return self.acquire_now(reservation_id, checks, now, expires_at)
+
+    def acquire_now(
+        self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
+    ) -> Denial | Granted:
         """One pass: each check is recorded as soon as it passes, and a refusal takes back
         what this call recorded so far (nothing else runs in between)."""
         validate(reservation_id, checks)
@@ -196,6 +205,9 @@ class MemoryRateLimiter:
             del self._slots[refused]
 
     async def settle(self, reservation_id: str, actual: Mapping[str, int], now: float) -> None:
+        self.settle_now(reservation_id, actual)
+
+    def settle_now(self, reservation_id: str, actual: Mapping[str, int]) -> None:
         held = self._held.pop(reservation_id, None)
         if held is None:
             return
@@ -217,6 +229,9 @@ class MemoryRateLimiter:
         return None if at is None else (made[0], at)
 
     async def release(self, reservation_id: str, now: float) -> None:
+        self.release_now(reservation_id)
+
+    def release_now(self, reservation_id: str) -> None:
         held = self._held.pop(reservation_id, None)
         if held is None:
             return
