@@ -32,11 +32,8 @@ def nanos_to_usd(nanos: int) -> Decimal:
 
 
 def format_usd(nanos: int) -> str:
-    """Decimal string with at least two places and no float noise: ``"12.50"``."""
-    value = Decimal(nanos).scaleb(-9)
-    text = format(value, "f")
-    whole, _, frac = text.partition(".")
-    frac = frac.rstrip("0")
-    if len(frac) < 2:
-        frac = frac.ljust(2, "0")
-    return f"{whole}.{frac}"
+    """Decimal string with at least two places and no float noise: ``"12.50"``. Integer
+    arithmetic (a response header on every call with a budget)."""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    places = f"{frac:09d}".rstrip("0")
+    return f"{'-' if nanos < 0 else ''}{whole}.{places:0<2}"

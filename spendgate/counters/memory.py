@@ -28,6 +28,10 @@ class _Bucket:
         self.reserved -= max(0, min(amount, self.reserved))
 
 
+#: what ``reserve`` reads for a bucket that does not exist yet (never written to)
+_NOTHING = _Bucket()
+
+
 @dataclass(slots=True)
 class _Reservation:
     expires_at: float
@@ -51,12 +55,6 @@ class MemoryCounters:
     async def bump(self) -> None:
         self._version += 1
 
-    def _bucket(self, name: str) -> _Bucket:
-        bucket = self._buckets.get(name)
-        if bucket is None:
-            bucket = self._buckets[name] = _Bucket()
-        return bucket
-
     async def seed(self, bucket: str, spent: int, cap: int | None = None) -> bool:
         if bucket in self._buckets:
             return False
@@ -75,8 +73,9 @@ class MemoryCounters:
         self, reservation_id: str, holds: Sequence[Hold], expires_at: float
     ) -> Refusal | None:
         pending: dict[str, int] = {}
+        buckets = self._buckets
         for hold in holds:
-            current = self._buckets.get(hold.bucket, _Bucket())
+            current = buckets.get(hold.bucket) or _NOTHING
             cap = (current.cap or 0) if hold.use_stored_cap else hold.cap
             already = pending.get(hold.bucket, 0)
             if cap is not None and current.spent + current.reserved + already + hold.amount > cap:
@@ -85,7 +84,10 @@ class MemoryCounters:
         reservation = self._reservations.setdefault(reservation_id, _Reservation(expires_at))
         reservation.expires_at = expires_at
         for name, amount in pending.items():
-            self._bucket(name).reserved += amount
+            bucket = buckets.get(name)
+            if bucket is None:
+                bucket = buckets[name] = _Bucket()
+            bucket.reserved += amount
             reservation.held[name] = reservation.held.get(name, 0) + amount
         return None
 
@@ -167,6 +169,6 @@ class MemoryCounters:
 
     def _give_back(self, held: dict[str, int]) -> None:
         for name, amount in held.items():
-            bucket = self._buckets.get(name)
+            bucket = self._buckets.get(name) if amount > 0 else None
             if bucket is not None:
                 bucket.give_back(amount)

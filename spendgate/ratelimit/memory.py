@@ -151,22 +151,25 @@ class MemoryRateLimiter:
                 index += 1
                 continue
             window = self._windows.get(bucket)
+            cutoff = now - window_seconds
             if window is None:
                 window = self._windows[bucket] = _Window(window_seconds)
             else:
                 window.window = window_seconds
-                if len(window) and window.oldest() <= now - window_seconds:
+                # ``len(window)`` and ``oldest()`` inlined, here and below: every call
+                if window.head < len(window.times) and window.times[window.head] <= cutoff:
                     window.prune(now)
             used = window.total
             if used + amount > limit:
                 retry = None
                 if amount <= limit:
-                    retry = window.fit_time(used + amount - limit, now - window_seconds)
+                    retry = window.fit_time(used + amount - limit, cutoff)
                 self._undo(reservation_id, held, bucket)
                 return Denial(index, checks[index], used, retry)
-            newest = window.times[-1] if len(window) else now
-            held.entries[bucket] = (window, window.add(newest if newest > now else now, amount))
-            reset = window.oldest() - (now - window_seconds)
+            times = window.times
+            stamp = times[-1] if window.head < len(times) and times[-1] > now else now
+            held.entries[bucket] = (window, window.add(stamp, amount))
+            reset = times[window.head] - cutoff
             results.append(CheckResult(limit, limit - used - amount, reset))
             index += 1
         self._held[reservation_id] = held
