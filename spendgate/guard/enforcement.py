@@ -152,6 +152,10 @@ def threshold_event(
     return EVENT_TYPES[threshold.kind], key, data
 
 
+#: for a call whose org has no budget and no wallet
+NOTHING_APPLIES = Applicable((), (), float("-inf"), float("inf"), (), ())
+
+
 @dataclass(slots=True)
 class Admission:
     reservation_id: str
@@ -318,6 +322,8 @@ class Enforcer:
     ) -> Applicable:
         """What ``subject``'s call at ``now`` (``at`` in epoch seconds) counts against,
         cached per snapshot and subject until its span ends."""
+        if subject.org_id not in snapshot.by_org:  # no budget or wallet in the org at all
+            return NOTHING_APPLIES
         if snapshot is not self._applicable_of:
             self._applicable_of, self._applicable_cache = snapshot, {}
         found = self._applicable_cache.get(subject)
@@ -422,7 +428,7 @@ class Enforcer:
             )
         if refusal is not None:
             self.refuse(plan, refusal)
-        self.holding(plan.admission)
+        self._live.add(plan.admission.reservation_id)  # ``holding``: a plan holds something
         return plan.admission
 
     def holding(self, admission: Admission) -> None:
