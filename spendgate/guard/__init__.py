@@ -176,9 +176,7 @@ class CallGuard:
         results = await self._finish(guarded, actual, actual is not None, parts, parts is not None)
         if parts is None:
             return None
-        return self._enforcer.booked_with_caps(
-            admission, [(b, a) for b, a, _ in results], [cap for _, _, cap in results]
-        )
+        return self._enforcer.booked_with_caps(admission, results)
 
     def abandon(self, guarded: Guarded) -> None:
         """Settling failed (Redis unreachable): forget both halves here, so nothing tries

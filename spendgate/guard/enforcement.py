@@ -530,9 +530,8 @@ class Enforcer:
         if parts is None:
             return None
         if self._local is not None:
-            settled = self._local.settle_now(admission.reservation_id, parts)
             return self.booked_with_caps(
-                admission, [(b, a) for b, a, _ in settled], [cap for _, _, cap in settled]
+                admission, self._local.settle_now(admission.reservation_id, parts)
             )
         results = await self._counters.settle(admission.reservation_id, parts)
         return await self.booked(admission, results)
@@ -558,41 +557,31 @@ class Enforcer:
         self._live.discard(admission.reservation_id)
         return True
 
-    async def booked(
-        self,
-        admission: Admission,
-        results: Sequence[tuple[int, int]],
-        caps: Sequence[int | None] | None = None,
-    ) -> int | None:
-        """After the counters settled: thresholds crossed, wallet levels, budget remaining.
-        ``caps`` (per settlement, as the settle read them) saves reading wallet caps again."""
-        if caps is None:
-            first = len(admission.budgets)
-            caps = [None] * first
-            for w, (before, after) in zip(admission.wallets, results[first:], strict=False):
-                caps.append(await self._wallet_cap(w) if after > before else None)
-        return self.booked_with_caps(admission, results, caps)
+    async def booked(self, admission: Admission, results: Sequence[tuple[int, int]]) -> int | None:
+        """``booked_with_caps`` for counters that return spend only (before, after): each
+        wallet's cap is read from them when a level could have been crossed."""
+        first = len(admission.budgets)
+        rows: list[tuple[int, int, int | None]] = [(b, a, None) for b, a in results[:first]]
+        for w, (before, after) in zip(admission.wallets, results[first:], strict=False):
+            rows.append((before, after, await self._wallet_cap(w) if after > before else None))
+        return self.booked_with_caps(admission, rows)
 
     def booked_with_caps(
-        self,
-        admission: Admission,
-        results: Sequence[tuple[int, int]],
-        caps: Sequence[int | None],
+        self, admission: Admission, results: Sequence[tuple[int, int, int | None]]
     ) -> int | None:
-        """``booked`` once every wallet's cap is known."""
+        """After the counters settled, given (spent before, spent after, cap as the settle
+        read it) per settlement: thresholds crossed, wallet levels, budget remaining."""
         remaining = None
-        for a, (before, after) in zip(admission.budgets, results, strict=False):
+        for a, (before, after, _) in zip(admission.budgets, results, strict=False):
             if after > before:
                 for threshold in rules.crossed_levels(a.levels, before, after):
                     self._fire(a, threshold, after, self._clock.now())
             left = (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - after
             remaining = left if remaining is None else min(remaining, left)
         first = len(admission.budgets)
-        for i, (w, (before, after)) in enumerate(
-            zip(admission.wallets, results[first:], strict=False)
-        ):
+        for w, (before, after, cap) in zip(admission.wallets, results[first:], strict=False):
             if after > before:
-                self._wallet_levels(w, before, after, caps[first + i] or 0)
+                self._wallet_levels(w, before, after, cap or 0)
         return remaining
 
     async def release(self, admission: Admission) -> None:

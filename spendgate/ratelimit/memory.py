@@ -123,14 +123,16 @@ class MemoryRateLimiter:
     async def acquire(
         self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
     ) -> Denial | Granted:
+        validate(reservation_id, checks)
         return self.acquire_now(reservation_id, checks, now, expires_at)
 
     def acquire_now(
         self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
     ) -> Denial | Granted:
         """One pass: each check is recorded as soon as it passes, and a refusal takes back
-        what this call recorded so far (nothing else runs in between)."""
-        validate(reservation_id, checks)
+        what this call recorded so far (nothing else runs in between). The checks must be
+        valid (``validate``): ``acquire`` checks them; ``RateGate`` makes them from a
+        ``CheckTemplate`` of stored limits and the call's non-negative amounts."""
         held = _Held(expires_at)
         results: list[CheckResult] = []
         index = 0
