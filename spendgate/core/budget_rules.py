@@ -179,7 +179,14 @@ def crossed(budget: Budget, amount_nanos: int, before: int, after: int) -> list[
     """Thresholds whose level lies in ``(before, after]`` — each fires once per crossing."""
     if after <= before:
         return []
-    return [t for t, level in levels(budget, amount_nanos) if before < level <= after]
+    return crossed_levels(levels(budget, amount_nanos), before, after)
+
+
+def crossed_levels(
+    levels: Sequence[tuple[Threshold, int]], before: int, after: int
+) -> list[Threshold]:
+    """``crossed`` for a budget's ``levels`` worked out already (once per period)."""
+    return [t for t, level in levels if before < level <= after]
 
 
 def reached(budget: Budget, amount_nanos: int, spent: int) -> list[Threshold]:

@@ -32,8 +32,9 @@ def nanos_to_usd(nanos: int) -> Decimal:
 
 
 def format_usd(nanos: int) -> str:
-    """Decimal string with at least two places and no float noise: ``"12.50"``.
-    Integer arithmetic (a usage report formats tens of thousands of these)."""
-    whole, frac = divmod(-nanos if nanos < 0 else nanos, NANOS_PER_USD)
-    digits = f"{frac:09d}".rstrip("0")
-    return f"{'-' if nanos < 0 else ''}{whole}.{digits:0<2}"
+    """Decimal string with at least two places and no float noise: ``"12.50"``. Integer
+    arithmetic: a response header on every call with a budget, and tens of thousands of
+    figures in a usage report."""
+    whole, frac = divmod(abs(nanos), NANOS_PER_USD)
+    places = f"{frac:09d}".rstrip("0")
+    return f"{'-' if nanos < 0 else ''}{whole}.{places:0<2}"

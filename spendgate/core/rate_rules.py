@@ -35,7 +35,7 @@ from functools import lru_cache
 from typing import Literal
 
 from spendgate.core.money import format_usd
-from spendgate.core.rate_checks import Check, CheckResult, Denial, Granted
+from spendgate.core.rate_checks import Check, CheckResult, Denial, Granted, validate
 
 Scope = Literal["key", "team"]
 Unlisted = Literal["allow", "deny"]
@@ -162,9 +162,9 @@ class CheckTemplate:
 
     def __init__(self, rows: Sequence[RateLimit]) -> None:
         #: (check, what its amount is: 0 its own, 1 the call's tokens, 2 its spend)
-        self._parts = tuple(
-            (check, _AMOUNT_SOURCE.get(check.kind, 0)) for check in checks_for(rows, 0, 0)
-        )
+        checks = checks_for(rows, 0, 0)
+        validate("template", checks)  # once here: the in-process limiter trusts ``checks``
+        self._parts = tuple((check, _AMOUNT_SOURCE.get(check.kind, 0)) for check in checks)
         self._actual = tuple((check.bucket, source) for check, source in self._parts if source)
         self.empty = not self._parts
 

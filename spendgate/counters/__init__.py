@@ -22,14 +22,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
-@dataclass(frozen=True, slots=True)
-class Hold:
+class Hold(NamedTuple):
     """Reserve ``amount`` in ``bucket``; refuse if it would pass ``cap`` (None: no cap).
 
     ``use_stored_cap``: take the cap from the bucket itself (wallets: their top-ups).
+    A named tuple, like ``Check``: every call makes one per budget and wallet, and a
+    frozen dataclass's ``__init__`` costs about twice as much.
     """
 
     bucket: str
@@ -48,9 +49,9 @@ class Refusal:
     cap: int
 
 
-@dataclass(frozen=True, slots=True)
-class Settlement:
-    """Turn a reservation of ``reserved`` into a cost of ``actual`` in ``bucket``."""
+class Settlement(NamedTuple):
+    """Turn a reservation of ``reserved`` into a cost of ``actual`` in ``bucket`` (a
+    named tuple, as ``Hold``)."""
 
     bucket: str
     reserved: int

@@ -3,6 +3,10 @@
 asyncio runs one coroutine at a time, and no method here awaits anything, so each
 check-and-increment is atomic with respect to every other caller on the loop. Not
 shared between processes or replicas: use ``redis://`` for that.
+
+The hot path's three steps also come as plain methods (``reserve_now``, ``settle_now``,
+``release_now``) that the enforcer calls directly when these are its counters: the
+``Counters`` coroutines only wrap them, and an await per step is work for nothing.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ class _Bucket:
     def give_back(self, amount: int) -> None:
         """Take up to ``amount`` out of ``reserved``, never below zero."""
         self.reserved -= max(0, min(amount, self.reserved))
+
+
+#: what ``reserve`` reads for a bucket that does not exist yet (never written to)
+_NOTHING = _Bucket()
 
 
 @dataclass(slots=True)
@@ -49,12 +57,6 @@ class MemoryCounters:
     async def bump(self) -> None:
         self._version += 1
 
-    def _bucket(self, name: str) -> _Bucket:
-        bucket = self._buckets.get(name)
-        if bucket is None:
-            bucket = self._buckets[name] = _Bucket()
-        return bucket
-
     async def seed(
         self, bucket: str, spent: int, cap: int | None = None, uncounted: int = 0
     ) -> bool:
@@ -69,9 +71,15 @@ class MemoryCounters:
     async def reserve(
         self, reservation_id: str, holds: Sequence[Hold], expires_at: float
     ) -> Refusal | None:
+        return self.reserve_now(reservation_id, holds, expires_at)
+
+    def reserve_now(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> Refusal | None:
         pending: dict[str, int] = {}
+        buckets = self._buckets
         for hold in holds:
-            current = self._buckets.get(hold.bucket, _Bucket())
+            current = buckets.get(hold.bucket) or _NOTHING
             cap = (current.cap or 0) if hold.use_stored_cap else hold.cap
             already = pending.get(hold.bucket, 0)
             if cap is not None and current.spent + current.reserved + already + hold.amount > cap:
@@ -80,20 +88,32 @@ class MemoryCounters:
         reservation = self._reservations.setdefault(reservation_id, _Reservation(expires_at))
         reservation.expires_at = expires_at
         for name, amount in pending.items():
-            self._bucket(name).reserved += amount
+            bucket = buckets.get(name)
+            if bucket is None:
+                bucket = buckets[name] = _Bucket()
+            bucket.reserved += amount
             reservation.held[name] = reservation.held.get(name, 0) + amount
         return None
 
     async def settle(
         self, reservation_id: str, settlements: Sequence[Settlement]
     ) -> list[tuple[int, int]]:
+        return [
+            (before, after) for before, after, _ in self.settle_now(reservation_id, settlements)
+        ]
+
+    def settle_now(
+        self, reservation_id: str, settlements: Sequence[Settlement]
+    ) -> list[tuple[int, int, int | None]]:
+        """``settle``, with each bucket's cap as well (a wallet's top-ups), as the joint
+        Redis settle returns them: the wallet warnings need it."""
         reservation = self._reservations.pop(reservation_id, None)
         held = reservation.held if reservation is not None else {}
-        out: list[tuple[int, int]] = []
+        out: list[tuple[int, int, int | None]] = []
         for settlement in settlements:
             bucket = self._buckets.get(settlement.bucket)
             if bucket is None:  # never seeded: the ledger brings the spend when it is
-                out.append((0, 0))
+                out.append((0, 0, None))
                 continue
             back = min(settlement.reserved, held.get(settlement.bucket, 0))
             if back > 0:
@@ -101,11 +121,14 @@ class MemoryCounters:
                 held[settlement.bucket] -= back
             before = bucket.spent
             bucket.spent += settlement.actual
-            out.append((before, bucket.spent))
+            out.append((before, bucket.spent, bucket.cap))
         self._give_back(held)
         return out
 
     async def release(self, reservation_id: str) -> None:
+        self.release_now(reservation_id)
+
+    def release_now(self, reservation_id: str) -> None:
         reservation = self._reservations.pop(reservation_id, None)
         if reservation is not None:
             self._give_back(reservation.held)
@@ -163,6 +186,6 @@ class MemoryCounters:
 
     def _give_back(self, held: dict[str, int]) -> None:
         for name, amount in held.items():
-            bucket = self._buckets.get(name)
+            bucket = self._buckets.get(name) if amount > 0 else None
             if bucket is not None:
                 bucket.give_back(amount)

@@ -181,9 +181,7 @@ class CallGuard:
         results = await self._finish(guarded, actual, actual is not None, parts, parts is not None)
         if parts is None:
             return None
-        return await self._enforcer.booked(
-            admission, [(b, a) for b, a, _ in results], [cap for _, _, cap in results]
-        )
+        return self._enforcer.booked_with_caps(admission, results)
 
     def abandon(self, guarded: Guarded) -> None:
         """Settling failed (Redis unreachable): forget both halves here, so nothing tries
@@ -207,8 +205,10 @@ class CallGuard:
         """The call never reached the provider (or ended in a way not settled above): give
         back whatever is still held. Idempotent."""
         if self._joint is None:
-            await self._rate.release(guarded.rated)
-            await self._enforcer.release(guarded.admission)
+            if not guarded.rated.done:  # after a settle (the usual end) nothing is left
+                await self._rate.release(guarded.rated)
+            if guarded.admission.outstanding:
+                await self._enforcer.release(guarded.admission)
             return
         await self._finish(
             guarded,

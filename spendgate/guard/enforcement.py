@@ -37,8 +37,9 @@ from spendgate.core.budget_windows import Period, Window, window_at
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
 from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
+from spendgate.counters.memory import MemoryCounters
 from spendgate.errors import BudgetExceeded, InsufficientFunds
-from spendgate.security.credentials import new_id
+from spendgate.security.credentials import CountedIds
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicySnapshot, PolicyStore, Wallet
 
@@ -49,6 +50,9 @@ EVENT_TYPES = {
     "soft": "budget.soft_limit_reached",
     "hard": "budget.hard_limit_reached",
 }
+
+#: subjects whose applicable budgets and wallets are kept (the cache starts over past it)
+MAX_CACHED_SUBJECTS = 10_000
 
 #: (type, dedup key, data, org id)
 EmitEvent = Callable[[str, str, dict[str, Any], datetime, str | None], None]
@@ -73,8 +77,53 @@ class Applied:
     #: its counter's name (``budget_bucket``), read three times a call: computed once
     bucket: str = field(init=False, repr=False, compare=False)
 
+    #: its thresholds with their levels in nanos (``budget_rules.levels``), read on every
+    #: settle: worked out once per period, not hashed into a cache each call
+    levels: tuple[tuple[rules.Threshold, int], ...] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "bucket", budget_bucket(self.budget, self.window))
+        object.__setattr__(self, "levels", rules.levels(self.budget, self.amount_nanos))
+
+
+@dataclass(frozen=True, slots=True)
+class Applicable:
+    """The budgets and wallets one subject's calls count against under one policy
+    snapshot, and the span ``[since, until)`` (epoch seconds) it holds for: inside every
+    budget's period, with no exception starting or ending and no ticket grant running
+    out. Worked out once per subject and span, not on every call."""
+
+    budgets: tuple[Applied, ...]
+    wallets: tuple[Wallet, ...]
+    since: float
+    until: float
+    #: each hold's (bucket, cap, cap stored in the bucket), budgets first, then wallets
+    holds: tuple[tuple[str, int | None, bool], ...]
+    #: the same buckets, in the same order (the settlements')
+    buckets: tuple[str, ...]
+
+    @classmethod
+    def of(
+        cls,
+        budgets: tuple[Applied, ...],
+        raises: tuple[rules.Raise, ...],
+        wallets: tuple[Wallet, ...],
+        grants: tuple[Wallet, ...],
+        now: datetime,
+    ) -> Applicable:
+        """``raises``: the exceptions of ``budgets``; ``grants``: every ticket grant the
+        subject's wallets could be funded by (in use or run out)."""
+        at = now.timestamp()
+        since = max((a.window.start.timestamp() for a in budgets), default=float("-inf"))
+        until = min((a.window.end.timestamp() for a in budgets), default=float("inf"))
+        edges = [t.timestamp() for r in raises for t in (r.starts_at, r.expires_at)]
+        edges += [g.expires_at.timestamp() for g in grants if g.expires_at is not None]
+        since = max([since, *(t for t in edges if t <= at)])
+        until = min([until, *(t for t in edges if t > at)])
+        holds = tuple((a.bucket, a.cap_nanos, False) for a in budgets) + tuple(
+            (wallet_bucket(w), None, True) for w in wallets
+        )
+        return cls(budgets, wallets, since, until, holds, tuple(h[0] for h in holds))
 
 
 def threshold_event(
@@ -103,6 +152,10 @@ def threshold_event(
     return EVENT_TYPES[threshold.kind], key, data
 
 
+#: for a call whose org has no budget and no wallet
+NOTHING_APPLIES = Applicable((), (), float("-inf"), float("inf"), (), ())
+
+
 @dataclass(slots=True)
 class Admission:
     reservation_id: str
@@ -110,10 +163,17 @@ class Admission:
     budgets: tuple[Applied, ...]
     wallets: tuple[Wallet, ...]
     settled: bool = False
+    #: the buckets held, budgets first, then wallets (empty: worked out from those)
+    buckets: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.budgets and not self.wallets
+
+    @property
+    def outstanding(self) -> bool:
+        """Whether something is still held: to settle, or to give back."""
+        return not self.settled and bool(self.budgets or self.wallets)
 
 
 @dataclass(slots=True)
@@ -140,6 +200,9 @@ class Enforcer:
     ) -> None:
         self._store = store
         self._counters = counters
+        #: the counters when they are this process's plain memory: each step is then a
+        #: call, not an await (the outage counters, a subclass, take the general path)
+        self._local = counters if type(counters) is MemoryCounters else None
         self._ledger = ledger
         self._clock = clock
         self._emit = emit
@@ -153,6 +216,10 @@ class Enforcer:
         self._seed_lock = asyncio.Lock()
         self._refresh_lock = asyncio.Lock()
         self._windows: dict[tuple[Period, str, str], Window] = {}
+        #: ``applicable`` per subject, for the snapshot ``_applicable_of``
+        self._applicable_of: PolicySnapshot | None = None
+        self._applicable_cache: dict[rules.Subject, Applicable] = {}
+        self._reservation_ids = CountedIds("rsv")
         #: reservation ids of calls running in this process: their holds are renewed
         self._live: set[str] = set()
         #: False while a circuit breaker knows the counters are unreachable
@@ -247,18 +314,46 @@ class Enforcer:
     def applicable(
         self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
     ) -> tuple[tuple[Applied, ...], tuple[Wallet, ...]]:
+        found = self._applicable(snapshot, subject, now, now.timestamp())
+        return found.budgets, found.wallets
+
+    def _applicable(
+        self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime, at: float
+    ) -> Applicable:
+        """What ``subject``'s call at ``now`` (``at`` in epoch seconds) counts against,
+        cached per snapshot and subject until its span ends."""
+        if subject.org_id not in snapshot.by_org:  # no budget or wallet in the org at all
+            return NOTHING_APPLIES
+        if snapshot is not self._applicable_of:
+            self._applicable_of, self._applicable_cache = snapshot, {}
+        found = self._applicable_cache.get(subject)
+        if found is None or not found.since <= at < found.until:
+            found = self._work_out(snapshot, subject, now)
+            if len(self._applicable_cache) >= MAX_CACHED_SUBJECTS:
+                self._applicable_cache.clear()
+            self._applicable_cache[subject] = found
+        return found
+
+    def _work_out(
+        self, snapshot: PolicySnapshot, subject: rules.Subject, now: datetime
+    ) -> Applicable:
         budgets, org_wallets = snapshot.by_org.get(subject.org_id, ((), ()))
         applied = []
+        raises: list[rules.Raise] = []
         for budget in budgets:
             if not rules.applies(budget, subject):
                 continue
             window = self._window(budget, now)
-            amount = rules.effective_amount(budget, snapshot.raises.get(budget.id, ()), now)
+            own = snapshot.raises.get(budget.id, ())
+            raises += own
+            amount = rules.effective_amount(budget, own, now)
             applied.append(Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount)))
-        wallets = tuple(
-            snapshot.funding(w, subject.key_id, now) for w in org_wallets if w.covers(subject)
+        covering = [w for w in org_wallets if w.covers(subject)]
+        wallets = tuple(snapshot.funding(w, subject.key_id, now) for w in covering)
+        grants = [snapshot.grants.get((w.id, subject.key_id)) for w in covering]
+        return Applicable.of(
+            tuple(applied), tuple(raises), wallets, tuple(g for g in grants if g), now
         )
-        return tuple(applied), wallets
 
     def _window(self, budget: rules.Budget, now: datetime) -> Window:
         """The budget's current period; computing it takes ~50 µs, so it is reused until
@@ -324,12 +419,17 @@ class Enforcer:
         plan = await self.plan(subject, worst_case, snapshot)
         if plan is None:
             return Admission("", 0, (), ())
-        refusal = await self._counters.reserve(
-            plan.admission.reservation_id, plan.holds, plan.expires_at
-        )
+        if self._local is not None:
+            refusal = self._local.reserve_now(
+                plan.admission.reservation_id, plan.holds, plan.expires_at
+            )
+        else:
+            refusal = await self._counters.reserve(
+                plan.admission.reservation_id, plan.holds, plan.expires_at
+            )
         if refusal is not None:
             self.refuse(plan, refusal)
-        self.holding(plan.admission)
+        self._live.add(plan.admission.reservation_id)  # ``holding``: a plan holds something
         return plan.admission
 
     def holding(self, admission: Admission) -> None:
@@ -351,15 +451,18 @@ class Enforcer:
         Split from ``admit`` so ``spendgate.guard`` can reserve together with the rate
         limits."""
         now = self._clock.now()
+        at = now.timestamp()
         snapshot = snapshot or await self._policies()
-        applied, wallets = self.applicable(snapshot, subject, now)
-        if not applied and not wallets:
+        found = self._applicable(snapshot, subject, now, at)
+        if not found.buckets:
             return None
-        await self._seed(applied, wallets)
-        holds = [Hold(a.bucket, worst_case, a.cap_nanos) for a in applied]
-        holds += [Hold(wallet_bucket(w), worst_case, use_stored_cap=True) for w in wallets]
-        admission = Admission(new_id("rsv"), worst_case, applied, wallets)
-        return HoldPlan(admission, holds, now.timestamp() + self._reservation_seconds, now)
+        if not self._seeded.issuperset(found.buckets):
+            await self._seed(found.budgets, found.wallets)
+        holds = [Hold(bucket, worst_case, cap, stored) for bucket, cap, stored in found.holds]
+        admission = Admission(
+            self._reservation_ids(), worst_case, found.budgets, found.wallets, False, found.buckets
+        )
+        return HoldPlan(admission, holds, at + self._reservation_seconds, now)
 
     def refuse(self, plan: HoldPlan, refusal: Refusal) -> NoReturn:
         """Fire the refusal's event and raise its error (429 budget, 402 wallet)."""
@@ -427,58 +530,67 @@ class Enforcer:
         parts = self.settlements(admission, actual)
         if parts is None:
             return None
+        if self._local is not None:
+            return self.booked_with_caps(
+                admission, self._local.settle_now(admission.reservation_id, parts)
+            )
         results = await self._counters.settle(admission.reservation_id, parts)
         return await self.booked(admission, results)
 
     def settlements(self, admission: Admission, actual: int) -> list[Settlement] | None:
         """What settling ``admission`` writes, or None if there is nothing (left) to settle;
         marks it settled."""
-        if admission.empty or admission.settled:
+        if not admission.outstanding:
             return None
         admission.settled = True
         self._live.discard(admission.reservation_id)
-        parts = [Settlement(a.bucket, admission.worst_case, actual) for a in admission.budgets]
-        parts += [
-            Settlement(wallet_bucket(w), admission.worst_case, actual) for w in admission.wallets
-        ]
-        return parts
+        buckets = admission.buckets or (
+            *(a.bucket for a in admission.budgets),
+            *(wallet_bucket(w) for w in admission.wallets),
+        )
+        return [Settlement(bucket, admission.worst_case, actual) for bucket in buckets]
 
     def releasing(self, admission: Admission) -> bool:
         """True (and marks it settled) if ``admission`` still holds something to give back."""
-        if admission.empty or admission.settled:
+        if not admission.outstanding:
             return False
         admission.settled = True
         self._live.discard(admission.reservation_id)
         return True
 
-    async def booked(
-        self,
-        admission: Admission,
-        results: Sequence[tuple[int, int]],
-        caps: Sequence[int | None] | None = None,
+    async def booked(self, admission: Admission, results: Sequence[tuple[int, int]]) -> int | None:
+        """``booked_with_caps`` for counters that return spend only (before, after): each
+        wallet's cap is read from them when a level could have been crossed."""
+        first = len(admission.budgets)
+        rows: list[tuple[int, int, int | None]] = [(b, a, None) for b, a in results[:first]]
+        for w, (before, after) in zip(admission.wallets, results[first:], strict=False):
+            rows.append((before, after, await self._wallet_cap(w) if after > before else None))
+        return self.booked_with_caps(admission, rows)
+
+    def booked_with_caps(
+        self, admission: Admission, results: Sequence[tuple[int, int, int | None]]
     ) -> int | None:
-        """After the counters settled: thresholds crossed, wallet levels, budget remaining.
-        ``caps`` (per settlement, as the settle read them) saves reading wallet caps again."""
-        now = self._clock.now()
+        """After the counters settled, given (spent before, spent after, cap as the settle
+        read it) per settlement: thresholds crossed, wallet levels, budget remaining."""
         remaining = None
-        for a, (before, after) in zip(admission.budgets, results, strict=False):
-            for threshold in rules.crossed(a.budget, a.amount_nanos, before, after):
-                self._fire(a, threshold, after, now)
+        for a, (before, after, _) in zip(admission.budgets, results, strict=False):
+            if after > before:
+                for threshold in rules.crossed_levels(a.levels, before, after):
+                    self._fire(a, threshold, after, self._clock.now())
             left = (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - after
             remaining = left if remaining is None else min(remaining, left)
         first = len(admission.budgets)
-        for i, (w, (before, after)) in enumerate(
-            zip(admission.wallets, results[first:], strict=False)
-        ):
-            if after <= before:
-                continue
-            cap = caps[first + i] if caps is not None else await self._wallet_cap(w)
-            self._wallet_levels(w, before, after, cap or 0, now)
+        for w, (before, after, cap) in zip(admission.wallets, results[first:], strict=False):
+            if after > before:
+                self._wallet_levels(w, before, after, cap or 0)
         return remaining
 
     async def release(self, admission: Admission) -> None:
         if self.releasing(admission):
-            await self._counters.release(admission.reservation_id)
+            if self._local is not None:
+                self._local.release_now(admission.reservation_id)
+            else:
+                await self._counters.release(admission.reservation_id)
 
     def _fire(
         self,
@@ -494,7 +606,7 @@ class Enforcer:
         state = await self._counters.state(wallet_bucket(w))
         return state.cap if state is not None else None
 
-    def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int, now: datetime) -> None:
+    def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int) -> None:
         """Balance = top-ups (``cap``) - spent: warn when it drops through the low mark,
         and at zero. Keys include the total topped up, so each top-up re-arms both
         warnings once. A ticket's grant warns nobody: it is meant to be used up."""
@@ -512,6 +624,7 @@ class Enforcer:
             "balance_usd": format_usd(now_left),
             "low_balance_usd": format_usd(w.low_balance_nanos),
         }
+        now = self._clock.now()
         if low:
             self._emit("wallet.low_balance", f"wallet:{w.id}:low:{cap}", data, now, w.org_id)
         if depleted:

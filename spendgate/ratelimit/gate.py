@@ -28,6 +28,7 @@ from spendgate.core.rate_rules import (
 )
 from spendgate.errors import PermissionDenied, SpendgateError
 from spendgate.ratelimit import Check, Denial, Granted, RateLimiter
+from spendgate.ratelimit.memory import MemoryRateLimiter
 
 EmitEvent = Callable[[str, str, dict[str, Any], datetime, str | None], None]
 
@@ -92,6 +93,8 @@ class RateGate:
         reservation_seconds: float,
     ) -> None:
         self._limiter = limiter
+        #: the limiter when it is this process's memory: each step a call, not an await
+        self._local = limiter if type(limiter) is MemoryRateLimiter else None
         self._clock = clock
         self._emit = emit
         self._unlisted = unlisted
@@ -151,9 +154,14 @@ class RateGate:
         checks = template.checks(tokens, worst_nanos)
         now = self._clock.now()
         stamp = now.timestamp()
-        outcome = await self._limiter.acquire(
-            reservation_id, checks, stamp, stamp + self._reservation_seconds
-        )
+        if self._local is not None:
+            outcome = self._local.acquire_now(
+                reservation_id, checks, stamp, stamp + self._reservation_seconds
+            )
+        else:
+            outcome = await self._limiter.acquire(
+                reservation_id, checks, stamp, stamp + self._reservation_seconds
+            )
         if isinstance(outcome, Denial):
             self._refuse(outcome, key_id, team_id, org_id, model, now, stamp)
         return RateAdmission(
@@ -258,14 +266,22 @@ class RateGate:
     async def settle(self, admission: RateAdmission, tokens: int, cost_nanos: int) -> None:
         """The call was forwarded: it counts as a request; tokens and spend become actual."""
         actual = self.actuals(admission, tokens, cost_nanos)
-        if actual is not None:
+        if actual is None:
+            return
+        if self._local is not None:
+            self._local.settle_now(admission.reservation_id, actual)
+        else:
             await self._limiter.settle(
                 admission.reservation_id, actual, self._clock.now().timestamp()
             )
 
     async def release(self, admission: RateAdmission) -> None:
         """The call never reached the provider: give everything back."""
-        if self.releasing(admission):
+        if not self.releasing(admission):
+            return
+        if self._local is not None:
+            self._local.release_now(admission.reservation_id)
+        else:
             await self._limiter.release(admission.reservation_id, self._clock.now().timestamp())
 
     async def usage(self, rows: Sequence[RateLimit]) -> list[tuple[RateLimit, Check, int]]:

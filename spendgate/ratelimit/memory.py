@@ -15,6 +15,10 @@ steps back. Concurrency buckets map reservation id to ``expires_at``; slots past
 counting, dropped when they would make the difference (a check stays O(1), not
 O(calls in flight)). ``reap`` sweeps every bucket and drops the empty ones, so memory
 is bounded by the requests of the last window plus the calls in flight.
+
+The hot path's steps also come as plain methods (``acquire_now``, ``settle_now``,
+``release_now``) that ``RateGate`` calls directly when this is its limiter: the
+``RateLimiter`` coroutines only wrap them.
 """
 
 from __future__ import annotations
@@ -119,9 +123,16 @@ class MemoryRateLimiter:
     async def acquire(
         self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
     ) -> Denial | Granted:
-        """One pass: each check is recorded as soon as it passes, and a refusal takes back
-        what this call recorded so far (nothing else runs in between)."""
         validate(reservation_id, checks)
+        return self.acquire_now(reservation_id, checks, now, expires_at)
+
+    def acquire_now(
+        self, reservation_id: str, checks: Sequence[Check], now: float, expires_at: float
+    ) -> Denial | Granted:
+        """One pass: each check is recorded as soon as it passes, and a refusal takes back
+        what this call recorded so far (nothing else runs in between). The checks must be
+        valid (``validate``): ``acquire`` checks them; ``RateGate`` makes them from a
+        ``CheckTemplate`` of stored limits and the call's non-negative amounts."""
         held = _Held(expires_at)
         results: list[CheckResult] = []
         index = 0
@@ -142,22 +153,25 @@ class MemoryRateLimiter:
                 index += 1
                 continue
             window = self._windows.get(bucket)
+            cutoff = now - window_seconds
             if window is None:
                 window = self._windows[bucket] = _Window(window_seconds)
             else:
                 window.window = window_seconds
-                if len(window) and window.oldest() <= now - window_seconds:
+                # ``len(window)`` and ``oldest()`` inlined, here and below: every call
+                if window.head < len(window.times) and window.times[window.head] <= cutoff:
                     window.prune(now)
             used = window.total
             if used + amount > limit:
                 retry = None
                 if amount <= limit:
-                    retry = window.fit_time(used + amount - limit, now - window_seconds)
+                    retry = window.fit_time(used + amount - limit, cutoff)
                 self._undo(reservation_id, held, bucket)
                 return Denial(index, checks[index], used, retry)
-            newest = window.times[-1] if len(window) else now
-            held.entries[bucket] = (window, window.add(newest if newest > now else now, amount))
-            reset = window.oldest() - (now - window_seconds)
+            times = window.times
+            stamp = times[-1] if window.head < len(times) and times[-1] > now else now
+            held.entries[bucket] = (window, window.add(stamp, amount))
+            reset = times[window.head] - cutoff
             results.append(CheckResult(limit, limit - used - amount, reset))
             index += 1
         self._held[reservation_id] = held
@@ -196,6 +210,9 @@ class MemoryRateLimiter:
             del self._slots[refused]
 
     async def settle(self, reservation_id: str, actual: Mapping[str, int], now: float) -> None:
+        self.settle_now(reservation_id, actual)
+
+    def settle_now(self, reservation_id: str, actual: Mapping[str, int]) -> None:
         held = self._held.pop(reservation_id, None)
         if held is None:
             return
@@ -217,6 +234,9 @@ class MemoryRateLimiter:
         return None if at is None else (made[0], at)
 
     async def release(self, reservation_id: str, now: float) -> None:
+        self.release_now(reservation_id)
+
+    def release_now(self, reservation_id: str) -> None:
         held = self._held.pop(reservation_id, None)
         if held is None:
             return

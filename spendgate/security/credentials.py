@@ -18,15 +18,23 @@ def new_id(prefix: str) -> str:
     return f"{prefix}_{os.urandom(12).hex()}"
 
 
-class RequestIds:
-    """``req_<random per process><counter>``: unique across replicas, no syscall per call."""
+class CountedIds:
+    """``<prefix>_<random per process><counter>``: unique across replicas, no syscall per
+    call (the hot path makes a request id and a reservation id for every call)."""
 
-    def __init__(self) -> None:
-        self._prefix = f"req_{os.urandom(6).hex()}"
+    def __init__(self, prefix: str) -> None:
+        self._prefix = f"{prefix}_{os.urandom(6).hex()}"
         self._counter = itertools.count(1)
 
     def __call__(self) -> str:
         return f"{self._prefix}{next(self._counter):012x}"
+
+
+class RequestIds(CountedIds):
+    """``req_…``: the ``x-request-id`` of each call."""
+
+    def __init__(self) -> None:
+        super().__init__("req")
 
 
 def _random_secret(prefix: str) -> str:
