@@ -107,7 +107,7 @@ def measure(
         name,
         conns,
         res,
-        (gw() - gw0) * 1e3 / n,
+        (gw() - gw0) * 1e3 / n if gateway_pgid is not None else float("nan"),
         (load() - load0) * 1e3 / n,
         100.0 * (busy1 - busy0) / max(total1 - total0, 1),
     )
