@@ -374,8 +374,15 @@ class Bench:
         return proc
 
     def start_spendgate(
-        self, name: str = "spendgate", limits: str = "none", backend: str = "embedded"
+        self,
+        name: str = "spendgate",
+        limits: str = "none",
+        backend: str = "embedded",
+        workers: int = 1,
+        cores: str | None = GATEWAY_CORE,
     ) -> tuple[subprocess.Popen[bytes], str, str]:
+        """``spendgate serve`` with ``workers`` processes, pinned to ``cores`` (None: not
+        pinned); an org, a key and ``limits`` on it; returns (process, base URL, key)."""
         port = free_port()
         work = self.tmp / name
         if work.exists():
@@ -406,18 +413,33 @@ class Bench:
             else:
                 self.shared.reset()
             env.update(self.shared.env())
+        if workers > 1:
+            # each worker migrates a fresh database at startup, without a lock between
+            # them: two racing on an empty PostgreSQL database fail to start, so migrate once
+            # before them (reported; drop this once spendgate serializes its migrations)
+            done = subprocess.run(
+                [str(PROJECT_VENV / "bin/spendgate"), "db", "migrate"],
+                env=env,
+                cwd=work,
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                raise RuntimeError(f"spendgate db migrate failed: {done.stdout}{done.stderr}")
+        pin = ["taskset", "-c", cores] if cores is not None else []
         proc = self.procs.start(
             name,
             [
-                "taskset",
-                "-c",
-                GATEWAY_CORE,
+                *pin,
                 str(PROJECT_VENV / "bin/spendgate"),
                 "serve",
                 "--config",
                 str(cfg),
                 "--port",
                 str(port),
+                "--workers",
+                str(workers),
             ],
             env=env,
             cwd=work,
