@@ -413,20 +413,6 @@ class Bench:
             else:
                 self.shared.reset()
             env.update(self.shared.env())
-        if workers > 1:
-            # each worker migrates a fresh database at startup, without a lock between
-            # them: two racing on an empty PostgreSQL database fail to start, so migrate once
-            # before them (reported; drop this once spendgate serializes its migrations)
-            done = subprocess.run(
-                [str(PROJECT_VENV / "bin/spendgate"), "db", "migrate"],
-                env=env,
-                cwd=work,
-                capture_output=True,
-                text=True,
-                check=False,
-            )
-            if done.returncode != 0:
-                raise RuntimeError(f"spendgate db migrate failed: {done.stdout}{done.stderr}")
         pin = ["taskset", "-c", cores] if cores is not None else []
         proc = self.procs.start(
             name,
