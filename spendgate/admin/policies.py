@@ -246,11 +246,13 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     forecasts = await forecasts_for_status(
         svc, {b.id: w.key for b, w in zip(budgets, windows, strict=True)}
     )
+    active = [[r for r in svc.enforcer.raises_for(b.id) if r.active_at(now)] for b in budgets]
+    amounts = [rules.effective_amount(b, r, now) for b, r in zip(budgets, active, strict=True)]
+    states = await svc.enforcer.bucket_states(list(zip(budgets, windows, amounts, strict=True)))
     out = []
-    for budget, window, prefix in zip(budgets, windows, prefixes, strict=True):
-        raises = [r for r in svc.enforcer.raises_for(budget.id) if r.active_at(now)]
-        amount = rules.effective_amount(budget, raises, now)
-        state = await svc.enforcer.bucket_state(budget, window, amount)
+    for budget, window, prefix, raises, amount, state in zip(
+        budgets, windows, prefixes, active, amounts, states, strict=True
+    ):
         cap = rules.hard_cap_nanos(budget, amount)
         soft = rules.percent_of(amount, budget.soft_limit_percent)
         used = state.spent + state.reserved

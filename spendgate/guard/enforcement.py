@@ -368,12 +368,25 @@ class Enforcer:
     def raises_for(self, budget_id: str) -> tuple[rules.Raise, ...]:
         return self._snapshot.raises.get(budget_id, ())
 
+    async def bucket_states(
+        self, budgets: Sequence[tuple[rules.Budget, Window, int]]
+    ) -> list[BucketState]:
+        """Spent and reserved of each (budget, its current period, its amount), seeding
+        the ones not seeded yet together (one ledger scan per org and period)."""
+        applied = tuple(
+            Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount))
+            for budget, window, amount in budgets
+        )
+        await self._seed(applied, ())
+        states = []
+        for a in applied:
+            state = await self._counters.state(a.bucket)
+            states.append(state if state is not None else BucketState(0, 0, None))
+        return states
+
     async def bucket_state(self, budget: rules.Budget, window: Window, amount: int) -> BucketState:
         """Spent and reserved in the budget's current period (seeding it if needed)."""
-        applied = Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount))
-        await self._seed((applied,), ())
-        state = await self._counters.state(applied.bucket)
-        return state if state is not None else BucketState(0, 0, None)
+        return (await self.bucket_states([(budget, window, amount)]))[0]
 
     # -- seeding live counters from the ledger ------------------------------------------------
     async def _seed(self, applied: tuple[Applied, ...], wallets: tuple[Wallet, ...]) -> None:
@@ -383,15 +396,21 @@ class Enforcer:
             return
         async with self._seed_lock:
             await self._ledger.flush()
+            # one ledger scan per org and period, however many budgets share them
+            scans: dict[tuple[str, datetime, datetime], dict[str, Applied]] = {}
             for a in missing:
                 if a.bucket in self._seeded or await self._counters.exists(a.bucket):
                     self._seeded.add(a.bucket)
                     continue
-                spent, uncounted = await self._store.spend_split(
-                    a.budget.org_id, a.window.start, a.window.end, partial(rules.applies, a.budget)
+                scan = scans.setdefault((a.budget.org_id, a.window.start, a.window.end), {})
+                scan[a.bucket] = a
+            for (org_id, start, end), todo in scans.items():
+                figures = await self._store.spend_split_many(
+                    org_id, start, end, [partial(rules.applies, a.budget) for a in todo.values()]
                 )
-                await self._counters.seed(a.bucket, spent, uncounted=uncounted)
-                self._seeded.add(a.bucket)
+                for a, (spent, uncounted) in zip(todo.values(), figures, strict=True):
+                    await self._counters.seed(a.bucket, spent, uncounted=uncounted)
+                    self._seeded.add(a.bucket)
             for w in missing_w:
                 await self.seed_wallet(w)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from decimal import Decimal
@@ -473,7 +473,14 @@ class PolicyStore:
         self, org_id: str, start: datetime, end: datetime | None, match: Any
     ) -> tuple[int, int]:
         """``spend_matching``, and the part of it the shared counters never counted
-        (``ledger.uncounted``): what a counter seeded from this figure already holds.
+        (``ledger.uncounted``): what a counter seeded from this figure already holds."""
+        return (await self.spend_split_many(org_id, start, end, [match]))[0]
+
+    async def spend_split_many(
+        self, org_id: str, start: datetime, end: datetime | None, matches: Sequence[Any]
+    ) -> list[tuple[int, int]]:
+        """``spend_split`` for each of ``matches`` (budgets or wallets of one org over one
+        window), from one query: a page of budgets seeds its counters with one scan.
 
         Aggregated in SQL by every attribute a budget or wallet can filter on, then
         matched here, so the result set stays small however many calls there were.
@@ -501,7 +508,7 @@ class PolicyStore:
         )
         if end is not None:
             query = query.where(t.c.started_at < end)
-        total = missed = 0
+        totals = [[0, 0] for _ in matches]
         async with self._engine.connect() as conn:
             for (
                 team,
@@ -520,7 +527,12 @@ class PolicyStore:
                 subject = Subject(
                     org_id, team, user, agent, key, tuple(tags or ()), provider, model, kind
                 )
-                if match(subject):
-                    total += cost_from_sums(whole, rest)
-                    missed += cost_from_sums(missed_whole, missed_rest)
-        return total, missed
+                cost = missed = None
+                for match, sums in zip(matches, totals, strict=True):
+                    if match(subject):
+                        if cost is None:
+                            cost = cost_from_sums(whole, rest)
+                            missed = cost_from_sums(missed_whole, missed_rest)
+                        sums[0] += cost
+                        sums[1] += missed or 0
+        return [(total, missed) for total, missed in totals]

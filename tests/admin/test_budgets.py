@@ -11,7 +11,9 @@ from typing import Any
 import httpx
 import openai
 import pytest
+from sqlalchemy import event
 
+from spendgate.admin.policies import budget_statuses
 from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "same prompt every time"}]
@@ -455,3 +457,40 @@ def test_a_lowered_amount_fires_the_levels_it_now_passes_once(gateway: RunningGa
         True,
     ]
     assert len(events(gateway, "budget.soft_limit_reached")) == 1
+
+
+def test_a_page_of_budgets_seeds_its_counters_with_one_ledger_scan(
+    gateway: RunningGateway,
+) -> None:
+    """Budgets made after the spend (their counters not seeded yet) over one org and
+    one period: their statuses read the ledger once, not once per budget (a console page
+    of budgets took seconds at 1M ledger rows), and each is seeded with its own spend."""
+    org = gateway.post("/admin/orgs", {"name": "page-of-budgets"})["id"]
+    team = gateway.post("/admin/teams", {"name": "search", "org_id": org})
+    in_team = gateway.create_key(org_id=org, team_id=team["id"])
+    alone = gateway.create_key(org_id=org)
+    team_cost = one_call_cost(gateway, in_team["key"]) + one_call_cost(gateway, in_team["key"])
+    alone_cost = one_call_cost(gateway, alone["key"])
+    made = [
+        budget(gateway, scope_type="org", scope_id=org, amount_usd="100"),
+        budget(gateway, scope_type="team", scope_id=team["id"], amount_usd="100"),
+        budget(gateway, scope_type="key", scope_id=in_team["id"], amount_usd="100"),
+        budget(gateway, scope_type="key", scope_id=alone["id"], amount_usd="100"),
+    ]
+    svc = gateway.app.services
+    rows = [gateway.run(svc.policies.get_budget(b["id"])) for b in made]
+    scans: list[str] = []
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        if "FROM ledger" in sql:
+            scans.append(sql)
+
+    engine = svc.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", statement)
+    try:
+        statuses = gateway.run(budget_statuses(svc, rows))
+    finally:
+        event.remove(engine, "before_cursor_execute", statement)
+    assert len(scans) == 1
+    spent = [Decimal(s["spent_usd"]) for s in statuses]
+    assert spent == [team_cost + alone_cost, team_cost, team_cost, alone_cost]
