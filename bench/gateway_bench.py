@@ -62,6 +62,19 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
+def machine_ready(tools: tuple[str, ...]) -> bool:
+    """The tools a run needs are installed and there are two cores (gateway on core 0,
+    upstream + wrk on core 1); else say what is missing."""
+    for tool in tools:
+        if not shutil.which(tool):
+            log(f"{tool} not found (wrk: run through bench/run.sh, which installs it)")
+            return False
+    if (os.cpu_count() or 1) < 2:
+        log("needs at least 2 cores (gateway on core 0, upstream + wrk on core 1)")
+        return False
+    return True
+
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -1100,12 +1113,7 @@ def main(argv: list[str] | None = None) -> int:
     args.flat_first = args.flat_first or (20_000 if args.quick else 100_000)
     args.flat_total = args.flat_total or (200_000 if args.quick else 1_000_000)
 
-    for tool in ("wrk", "taskset"):
-        if not shutil.which(tool):
-            log(f"{tool} not found: run through bench/run.sh, which installs it")
-            return 2
-    if (os.cpu_count() or 1) < 2:
-        log("needs at least 2 cores (gateway on core 0, upstream + wrk on core 1)")
+    if not machine_ready(("wrk", "taskset")):
         return 2
 
     RESULTS.mkdir(exist_ok=True)

@@ -58,6 +58,7 @@ from gateway_bench import (
     core_ticks,
     cpu_seconds,
     log,
+    machine_ready,
     run_wrk,
     spendgate_source,
     write_lua,
@@ -237,12 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-latency", action="store_true", help="only the --workers rows")
     args = p.parse_args(argv)
 
-    for tool in ("wrk", "taskset", "redis-server", "psql"):
-        if not shutil.which(tool):
-            log(f"{tool} not found (wrk: bash bench/run.sh installs it)")
-            return 2
-    if (os.cpu_count() or 1) < 2:
-        log("needs at least 2 cores")
+    if not machine_ready(("wrk", "taskset", "redis-server", "psql")):
         return 2
 
     RESULTS.mkdir(exist_ok=True)
