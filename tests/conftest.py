@@ -14,11 +14,12 @@ import textwrap
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import asyncpg
 import fastapi.routing
@@ -56,6 +57,9 @@ async def _pg_execute(sql: str) -> None:
 
 def _pg_url(name: str) -> str:
     return f"{PG_ADMIN_DSN.rsplit('/', 1)[0]}/{name}"
+
+
+T = TypeVar("T")
 
 
 class PgDropper:
@@ -100,6 +104,14 @@ class PgDropper:
         )
 
 
+def outside_any_loop(fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` in a thread of its own: a session fixture is built by the first test
+    that asks for it, which may be an async test whose event loop is running, and
+    ``asyncio.run`` (migrations, CREATE DATABASE) cannot run inside one."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(fn, *args).result()
+
+
 @pytest.fixture(scope="session")
 def pg_dropper() -> Iterator[PgDropper]:
     dropper = PgDropper()
@@ -112,9 +124,9 @@ def pg_template(pg_dropper: PgDropper) -> Iterator[str]:
     """A PostgreSQL database migrated to head once per run; tests get copies of it
     (CREATE DATABASE ... TEMPLATE copies it in a fraction of Alembic's time)."""
     name = f"sg_tmpl_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_execute(f'CREATE DATABASE "{name}"'))
+    outside_any_loop(asyncio.run, _pg_execute(f'CREATE DATABASE "{name}"'))
     try:
-        migrate_url(_pg_url(name))
+        outside_any_loop(migrate_url, _pg_url(name))
         yield name
     finally:
         pg_dropper.drop(name)
@@ -124,7 +136,7 @@ def pg_template(pg_dropper: PgDropper) -> Iterator[str]:
 def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A SQLite file migrated to head once per run; tests get copies of it."""
     path = tmp_path_factory.mktemp("template") / "spendgate.db"
-    migrate_url(f"sqlite:///{path}")
+    outside_any_loop(migrate_url, f"sqlite:///{path}")
     assert not path.with_name(path.name + "-wal").exists()  # all of it is in the file
     return path
 
@@ -143,7 +155,7 @@ def fresh_pg_database(dropper: PgDropper, template: str | None) -> Iterator[str]
     create = f'CREATE DATABASE "{name}"'
     if template is not None:
         create += f' TEMPLATE "{template}" STRATEGY WAL_LOG'
-    asyncio.run(_pg_execute(create))
+    outside_any_loop(asyncio.run, _pg_execute(create))
     try:
         yield _pg_url(name)
     finally:
