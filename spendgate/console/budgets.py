@@ -50,6 +50,27 @@ DEFAULTS = {
     "hard_limit_percent": "100",
 }
 
+#: the budget form's words for the API fields its messages name (``budgets/form.html``'s
+#: labels): "must not be above Hard limit (%)", not "… hard_limit_percent"
+LABELS = {
+    "org_id": "Org",
+    "scope_type": "Scope",
+    "scope_id": "Target",
+    "week_start": "Week starts on",
+    "amount_usd": "Amount (USD)",
+    "alert_percentages": "Alert at",
+    "soft_limit_percent": "Soft limit (%)",
+    "hard_limit": "Hard limit",
+    "hard_limit_percent": "Hard limit (%)",
+}
+#: the exception form's (``budgets/detail.html``)
+EXCEPTION_LABELS = {
+    "amount_usd": "Extra amount (USD)",
+    "percent": "extra percent",
+    "starts_at": "Starts",
+    "expires_at": "Expires",
+}
+
 
 async def _targets(svc: Services, who: Principal) -> list[tuple[str, str, str]]:
     """(scope type, id, label) of every object the caller may put a budget on."""
@@ -150,7 +171,7 @@ async def create(request: Request, svc: Svc, user: User) -> Response:
             s.BudgetIn.model_validate(body), svc, request, who, scope_for(svc, who)
         )
     except (ValidationError, ValidationFailed) as exc:
-        return await _form_page(request, svc, who, form, field_errors(exc), None, 422)
+        return await _form_page(request, svc, who, form, field_errors(exc, LABELS), None, 422)
     return done(request, f"/usage/budgets/{made['id']}")
 
 
@@ -203,7 +224,7 @@ async def edit(budget_id: str, request: Request, svc: Svc, user: User) -> Respon
         patch = s.BudgetPatch.model_validate(budget_body(form, EDITABLE))
         await policies.update_budget(budget_id, patch, svc, request, who, scope_for(svc, who))
     except (ValidationError, ValidationFailed) as exc:
-        return await _form_page(request, svc, who, form, field_errors(exc), row, 422)
+        return await _form_page(request, svc, who, form, field_errors(exc, LABELS), row, 422)
     return done(request, f"/usage/budgets/{budget_id}")
 
 
@@ -234,5 +255,7 @@ async def grant(budget_id: str, request: Request, svc: Svc, user: User) -> Respo
         exc_in = s.ExceptionIn.model_validate(body)
         await policies.grant_exception(budget_id, exc_in, svc, request, who, scope_for(svc, who))
     except (ValidationError, ValidationFailed) as exc:
-        return await _detail_page(budget_id, request, svc, user, refill(exc, form))
+        return await _detail_page(
+            budget_id, request, svc, user, refill(exc, form, labels=EXCEPTION_LABELS)
+        )
     return done(request, f"/usage/budgets/{budget_id}#exceptions")

@@ -11,6 +11,7 @@ one admin route's body and comes back to the page.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -84,18 +85,37 @@ def form_values(row: Mapping[str, Any]) -> dict[str, str]:
     return values
 
 
-def field_errors(exc: ValidationError | ValidationFailed) -> dict[str, str]:
-    """``{field: message}`` for the form; the first error per field."""
+#: a form's words for the API fields it sends (``{"rpm": "Requests per minute"}``): the
+#: labels its inputs show, so that a message naming a field names what the user sees. Only
+#: API names that are not plain words belong here (``name`` would reword "name an amount").
+Labels = Mapping[str, str]
+
+
+def worded(message: str, labels: Labels) -> str:
+    """``message`` with each API field it names (``rpm``, ``config.routing_key``) as the
+    form's label for it; the API's own message, only its field names changed."""
+    if not labels:
+        return message
+    names = "|".join(re.escape(n) for n in sorted(labels, key=len, reverse=True))
+    pattern = re.compile(rf"(?<![\w.])({names})(?!\w|\.\w)")
+    return pattern.sub(lambda m: labels[m.group(1)], message)
+
+
+def field_errors(
+    exc: ValidationError | ValidationFailed, labels: Labels | None = None
+) -> dict[str, str]:
+    """``{field: message}`` for the form; the first error per field, the fields a message
+    names in the form's ``labels``."""
     if isinstance(exc, ValidationFailed):
         field = exc.param or "form"
         message = exc.message.removeprefix(f"{field}: ")
-        return {field: message}
+        return {field: worded(message, labels or {})}
     out: dict[str, str] = {}
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
         field = ".".join(loc[:2]) if loc[:1] == ["categories"] else (loc[0] if loc else "form")
         message = str(err["msg"]).removeprefix("Value error, ")
-        out.setdefault(field, message)
+        out.setdefault(field, worded(message, labels or {}))
     return out
 
 
@@ -142,11 +162,13 @@ def refill(
     *,
     form: str = "",
     moved: Mapping[str, str] | None = None,
+    labels: Labels | None = None,
 ) -> Refill:
     """``exc`` and ``typed_in`` as the page shows them again. ``moved``: an API field (or
     one inside it, ``config.routing_key``) whose errors stand beside an input of another
-    name. ``form``: on a page with several forms, the one sent (keys ``<form>.<field>``)."""
-    errors = {_input(k, moved or {}): v for k, v in field_errors(exc).items()}
+    name. ``form``: on a page with several forms, the one sent (keys ``<form>.<field>``).
+    ``labels``: the form's words for the API fields its messages may name."""
+    errors = {_input(k, moved or {}): v for k, v in field_errors(exc, labels).items()}
     values = dict(typed_in)
     if form:
         errors = {f"{form}.{k}": v for k, v in errors.items()}
@@ -155,11 +177,14 @@ def refill(
 
 
 def scope_refill(
-    exc: ValidationError | ValidationFailed, scope: str, fields: Mapping[str, Any]
+    exc: ValidationError | ValidationFailed,
+    scope: str,
+    fields: Mapping[str, Any],
+    labels: Labels | None = None,
 ) -> Refill:
     """A refused form that picked its scope in one select (:func:`scope_fields`): the
     scope's errors beside the select, and the choice kept."""
-    return refill(exc, {"scope": scope, **fields}, moved=ONE_SCOPE)
+    return refill(exc, {"scope": scope, **fields}, moved=ONE_SCOPE, labels=labels)
 
 
 async def form_page(
@@ -199,6 +224,8 @@ class ObjectForm(Generic[M]):
     name: str = ""
     #: fields a blank sends as ``null`` ("remove"), as :func:`body_of` reads ``nulls``
     nulls: tuple[str, ...] = ()
+    #: the form's words for the API fields its messages may name (:func:`worded`)
+    labels: Labels | None = None
 
     async def submit(
         self,
@@ -216,6 +243,7 @@ class ObjectForm(Generic[M]):
             body = body_of(self.model, fields, nulls=self.nulls)
             await self.step(object_id, body, svc, request, who, scope_for(svc, who))
         except INVALID as exc:
-            sent_back = refill(exc, fields if typed_in is None else typed_in, form=self.name)
+            typed_back = fields if typed_in is None else typed_in
+            sent_back = refill(exc, typed_back, form=self.name, labels=self.labels)
             return await self.on_page(object_id, request, svc, user, sent_back)
         return done(request, self.url.format(object_id))

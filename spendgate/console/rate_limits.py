@@ -37,6 +37,17 @@ from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 
+#: the add and edit forms' labels (``rate_limits/fields.html`` shows these), so an API
+#: message naming ``rpm`` names *Requests per minute*
+LABELS = {
+    "model": "Model or pattern",
+    "rpm": "Requests per minute",
+    "tpm": "Tokens per minute",
+    "max_concurrent": "Concurrent calls",
+    "max_spend_usd": "Spend per window (USD)",
+    "spend_window_seconds": "Spend window (seconds)",
+}
+
 
 def _rule(row: dict[str, Any]) -> RateLimit:
     spend = row.get("max_spend_usd")
@@ -114,6 +125,7 @@ async def _limits_page(
         "labels": await scope_labels(svc, who.org_id),
         "usd": format_usd,
         "may_write": may_write,
+        "field_labels": LABELS,
     }
     if user.principal.may(Can.LIMITS_WRITE):
         ctx["form"] = await scope_choices(svc, user)
@@ -146,7 +158,7 @@ async def create_limit(
         body = body_of(s.RateLimitIn, scope_fields(scope, fields))
         await api.create_rate_limit(body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        sent_back = scope_refill(exc, scope, fields)
+        sent_back = scope_refill(exc, scope, fields, LABELS)
         return await _limits_page(request, svc, user, sent_back)
     return done(request, "/rate-limits")
 
@@ -170,7 +182,7 @@ async def _edit_page(
         k: "" if row[k] is None else str(row[k])
         for k in ("rpm", "tpm", "max_concurrent", "max_spend_usd", "spend_window_seconds")
     }
-    ctx = {"limit": row, "labels": labels}
+    ctx = {"limit": row, "labels": labels, "field_labels": LABELS}
     return await form_page(request, "rate_limits/edit.html", ctx, sent_back, shown)
 
 
@@ -181,6 +193,7 @@ EDIT = ObjectForm(
     _edit_page,
     "/rate-limits",
     nulls=("rpm", "tpm", "max_concurrent", "max_spend_usd"),
+    labels=LABELS,
 )
 
 

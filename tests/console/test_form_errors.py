@@ -5,6 +5,8 @@ PagerDuty routing key) is never written back into the page."""
 
 from __future__ import annotations
 
+import re
+
 from playwright.sync_api import Browser, Page, expect
 
 from tests.console.conftest import Console, axe_violations, form, session, sign_in
@@ -147,3 +149,41 @@ def test_errors_of_renamed_or_named_inputs_stand_beside_them(console: Console) -
     assert console.gw.get("/admin/rate-limits") == []
     assert "new@acme.test" not in {u["email"] for u in console.gw.get("/admin/users")}
     assert console.gw.get(f"/admin/budgets/{budget['id']}/exceptions") == []
+
+
+def test_budget_messages_name_the_fields_by_their_labels(console: Console) -> None:
+    """A message of the API's that names another field names it as the form labels it: an
+    alert level above the hard limit, an exception with both an amount and a percent."""
+    data = {
+        "name": "ops",
+        "scope_type": "team",
+        "scope_id": console.team_id,
+        "period": "monthly",
+        "timezone": "UTC",
+        "week_start": "monday",
+        "amount_usd": "10",
+        "alert_percentages": "50, 120",
+        "soft_limit_percent": "75",
+        "hard_limit": "on",
+        "hard_limit_percent": "100",
+    }
+    with session(console.url, "org_admin@acme.test") as client:
+        answer = form(client, "/usage/budgets/new", data)
+        assert answer.status_code == 422
+        [shown] = re.findall(r'id="alert_percentages-error">([^<]*)<', answer.text)
+        assert shown == "Error: must not be above Hard limit (%)"
+    budget = console.gw.post(
+        "/admin/budgets",
+        {"name": "ops", "scope_type": "team", "scope_id": console.team_id, "amount_usd": "10"},
+    )
+    extra = {
+        "amount_usd": "5",
+        "percent": "10",
+        "reason": "launch",
+        "expires_at": "2999-01-01T00:00",
+    }
+    with session(console.url, "org_admin@acme.test") as client:
+        answer = form(client, f"/usage/budgets/{budget['id']}/exceptions", extra)
+        assert answer.status_code == 422
+        [shown] = re.findall(r'id="x-amount_usd-error">([^<]*)<', answer.text)
+        assert shown == "Error: give exactly one of Extra amount (USD) or extra percent"

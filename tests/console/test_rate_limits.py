@@ -49,7 +49,8 @@ def test_create_use_edit_delete(console: Console, page: Page) -> None:
 
 def test_no_limit_at_all_is_a_422(console: Console, page: Page) -> None:
     """The API's rule: a row needs at least one limit; the form comes back (422) with the
-    message beside the field it names and what was typed still there."""
+    message beside the field it names, in the form's words (its labels, not the API's
+    ``rpm``, ``max_spend_usd``), and what was typed still there."""
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + "/rate-limits")
     page.get_by_label("Model or pattern").fill("gpt-4o*")
@@ -57,7 +58,10 @@ def test_no_limit_at_all_is_a_422(console: Console, page: Page) -> None:
         page.get_by_role("button", name="Add limit").click()
     assert answer.value.status == 422
     expect(page.get_by_role("alert")).to_contain_text("not saved")
-    expect(page.locator("#rpm-error")).to_contain_text("at least one")
+    expect(page.locator("#rpm-error")).to_have_text(
+        "Error: set at least one of Requests per minute, Tokens per minute, Concurrent calls,"
+        " Spend per window (USD)"
+    )
     expect(page.get_by_label("Requests per minute")).to_have_attribute("aria-invalid", "true")
     expect(page.get_by_label("Model or pattern")).to_have_value("gpt-4o*")
     assert console.gw.get("/admin/rate-limits") == []
