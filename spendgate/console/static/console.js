@@ -41,3 +41,30 @@
   // htmx swaps a page's content in place (hx-boost): set up the tables it brought
   document.body.addEventListener("htmx:afterSettle", setupAll);
 })();
+
+// A table wider than the page scrolls inside its .table-wrap: that wrap is then a region
+// named after the table, reachable with Tab so the keyboard can scroll it too.
+(function () {
+  "use strict";
+  function tableName(table) {
+    if (table.caption) return table.caption.textContent.trim();
+    var by = table.getAttribute("aria-labelledby");
+    var named = by && document.getElementById(by);
+    return named ? named.textContent.trim() : table.getAttribute("aria-label") || "table";
+  }
+  function mark() {
+    document.querySelectorAll(".table-wrap").forEach(function (wrap) {
+      var table = wrap.querySelector("table");
+      if (table && wrap.scrollWidth > wrap.clientWidth + 1) {
+        wrap.setAttribute("tabindex", "0");
+        wrap.setAttribute("role", "region");
+        wrap.setAttribute("aria-label", tableName(table) + " (scrolls sideways)");
+      } else {
+        ["tabindex", "role", "aria-label"].forEach(function (a) { wrap.removeAttribute(a); });
+      }
+    });
+  }
+  mark();
+  window.addEventListener("resize", mark);
+  document.body.addEventListener("htmx:afterSettle", mark);
+})();

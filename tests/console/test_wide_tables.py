@@ -1,0 +1,135 @@
+"""At 1280 × 800 (a laptop) no list page scrolls sideways: a table wider than the page
+scrolls inside its own container, with real names in it (long team, key, wallet, budget
+and user names, a long webhook URL). Screenshots of each page go to SHOTS for a person
+to look at."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from playwright.sync_api import Browser, Page
+
+from tests.console.conftest import Console, sign_in
+
+SHOTS = Path("/tmp/spendgate-console-wide-shots")
+PAGES = ["/usage/budgets", "/wallets", "/keys", "/rate-limits", "/webhooks", "/audit", "/people"]
+LONG = "platform-engineering-inference-evaluation-and-batch-scoring"
+
+
+def _seed(console: Console) -> None:
+    gw = console.gw
+    team = gw.post("/admin/teams", {"name": f"{LONG}-europe-west", "org_id": console.org_id})
+    key = gw.post(
+        "/admin/keys",
+        {"name": f"{LONG}-nightly-ci-runner", "org_id": console.org_id, "team_id": team["id"]},
+    )
+    for scope_type, scope_id in (("team", team["id"]), ("key", key["id"])):
+        gw.post(
+            "/admin/budgets",
+            {
+                "name": f"{LONG} monthly cap for {scope_type}",
+                "scope_type": scope_type,
+                "scope_id": scope_id,
+                "amount_usd": "1234567.89",
+                "hard_limit": True,
+            },
+        )
+        gw.post(
+            "/admin/rate-limits",
+            {
+                "scope_type": scope_type,
+                "scope_id": scope_id,
+                "model": "claude-3-5-sonnet-20241022-long-context-preview*",
+                "rpm": 1_000_000,
+                "tpm": 9_000_000_000,
+                "max_concurrent": 100_000,
+                "max_spend_usd": "9999999.99",
+                "spend_window_seconds": 86_400,
+            },
+        )
+    gw.post(
+        "/admin/wallets",
+        {
+            "name": f"{LONG} prepaid wallet",
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "initial_topup_usd": "1234567.89",
+            "low_balance_usd": "100000",
+        },
+    )
+    gw.post(
+        "/admin/webhooks",
+        {
+            "url": "http://127.0.0.1:9/hooks/"
+            + "a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1d2e3f4a5b6c7d8e9f0/ingest",
+            "description": f"{LONG} on-call alerts for the finance operations channel",
+        },
+    )
+    console.add_user(
+        f"{LONG}.administrator@subsidiary-holdings.example.com",
+        {"role": "team_admin", "team_ids": [team["id"], console.team_id, console.other_team_id]},
+    )
+
+
+def _measure(page: Page) -> dict[str, Any]:
+    return page.evaluate(
+        """() => ({
+            page: document.documentElement.scrollWidth,
+            viewport: window.innerWidth,
+            tables: [...document.querySelectorAll('main table')].map(t => {
+                const wrap = t.closest('.table-wrap');
+                return {
+                    id: t.id,
+                    named: !!(t.caption || t.getAttribute('aria-labelledby')
+                              || t.getAttribute('aria-label')),
+                    wrapped: !!wrap,
+                    table: t.scrollWidth,
+                    wrap: wrap ? wrap.clientWidth : 0,
+                    region: wrap ? wrap.getAttribute('role') : null,
+                    tabindex: wrap ? wrap.getAttribute('tabindex') : null,
+                };
+            }),
+        })"""
+    )
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_list_pages_fit_1280_pixels(console: Console, browser: Browser, path: str) -> None:
+    """At 1280 px the document is no wider than the viewport and every table fits its
+    ``.table-wrap`` whole (long names wrap: no column is cut off). At 700 px the page
+    still does not scroll sideways: the table scrolls in its wrap, which is then a named
+    region a keyboard can reach. Still real ``<table>``s with a caption or a label."""
+    _seed(console)
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    try:
+        sign_in(page, console.url, "org_admin@acme.test")
+        page.goto(console.url + path)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        name = path.strip("/").replace("/", "-")
+        page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+        seen = _measure(page)
+        assert seen["page"] <= seen["viewport"] == 1280, (path, seen)
+        assert seen["tables"], path
+        for table in seen["tables"]:
+            assert table["wrapped"] and table["named"], (path, table)
+            assert table["table"] <= table["wrap"], (path, table)
+            assert table["tabindex"] is None, (path, table)
+        page.set_viewport_size({"width": 700, "height": 800})
+        wide = page.evaluate(
+            """() => [...document.querySelectorAll('body *')]
+                .filter(e => e.getBoundingClientRect().right > 701 && !e.closest('.table-wrap'))
+                .map(e => e.tagName + '.' + e.className + '#' + e.id + ' '
+                          + Math.round(e.getBoundingClientRect().right))"""
+        )
+        assert not wide, wide[:8]
+        page.screenshot(path=str(SHOTS / f"{name}-700.png"))
+        narrow = _measure(page)
+        assert narrow["page"] <= narrow["viewport"] == 700, (path, narrow)
+        for table in narrow["tables"]:
+            if table["table"] > table["wrap"]:
+                assert (table["region"], table["tabindex"]) == ("region", "0"), (path, table)
+    finally:
+        context.close()
