@@ -42,7 +42,7 @@ from spendgate.core.money import format_usd
 from spendgate.store import schema
 from spendgate.store.database import upsert
 from spendgate.store.events import record_event
-from spendgate.store.leases import take_lease
+from spendgate.store.leases import take_lease, while_held
 from spendgate.store.policies import PolicySnapshot
 from spendgate.store.schema import JSONType, UTCDateTime
 
@@ -530,7 +530,8 @@ async def refresh_loop(
 ) -> None:
     """Refresh every budget's forecast every ``every_seconds`` (run as a background task);
     ``snapshot`` is ``PolicyStore.snapshot``. With several replicas, only the one holding
-    the lease (``holder`` names this one) refreshes each time."""
+    the lease (``holder`` names this one) refreshes each time; it renews the lease while
+    its refresh runs (``leases.while_held``), so a slow refresh is never run twice at once."""
     ttl = timedelta(seconds=every_seconds * LEASE_SHARE)
     while True:
         await asyncio.sleep(every_seconds)
@@ -538,7 +539,14 @@ async def refresh_loop(
             now = clock.now()
             if not await take_lease(engine, LEASE, holder, now, ttl):
                 continue
-            policy = await snapshot(now)
-            await refresh_all(engine, policy.budgets, now, raises=policy.raises, executor=executor)
+
+            async def refresh(now: datetime = now) -> None:
+                policy = await snapshot(now)
+                await refresh_all(
+                    engine, policy.budgets, now, raises=policy.raises, executor=executor
+                )
+
+            # a refresh slower than the lease keeps it: no second replica starts beside it
+            await while_held(engine, LEASE, holder, clock, ttl, refresh(), every_seconds / 4)
         except Exception:  # outermost layer of a background loop: log and keep going
             log.exception("forecast refresh failed")

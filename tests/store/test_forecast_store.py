@@ -36,7 +36,7 @@ from spendgate.store.forecasts import (
     refresh_loop,
     stored_forecast,
 )
-from spendgate.store.leases import take_lease
+from spendgate.store.leases import LeaseLost, renew_lease, take_lease, while_held
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore, budget_from_row
 
@@ -396,6 +396,86 @@ async def test_the_scheduled_refresh_runs_on_one_replica_per_interval(
         for loop in loops:
             loop.cancel()
         await asyncio.gather(*loops, return_exceptions=True)
+        await other.dispose()
+
+
+async def test_a_replica_whose_now_is_behind_the_holders_does_not_take_the_lease(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """The flake of the loop test above, step by step: replica b read ``now`` (the frozen
+    clock) just before the clock moved on an interval, and asked for the lease only after a
+    had taken it at the new time. A lease running out later than b's ``now + ttl`` looked
+    like a fast clock's and b took it too: two refreshes in one interval (then a third, as
+    b's shorter lease ran out early). Only a lease past ``now + ttl + skew`` is a fast
+    clock's."""
+    ttl = timedelta(seconds=0.04)
+    other = create_engine(database_url)
+    try:
+        assert await take_lease(engine, "forecasts", "a", NOW, ttl)
+        later = NOW + timedelta(seconds=0.05)  # one interval on: a's lease has run out
+        assert await take_lease(engine, "forecasts", "a", later, ttl)
+        assert not await take_lease(other, "forecasts", "b", NOW, ttl)  # b's stale now
+        assert not await take_lease(other, "forecasts", "b", later - timedelta(seconds=0.003), ttl)
+        assert not await take_lease(other, "forecasts", "b", later, ttl)
+        assert await take_lease(other, "forecasts", "b", later + ttl, ttl)
+    finally:
+        await other.dispose()
+
+
+async def test_a_holder_slower_than_its_lease_keeps_it_by_renewing(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """A refresh running longer than its lease renews it: the next replica to wake finds it
+    held and does not start a second refresh beside the first. A holder that stops renewing
+    (it died) loses it a ``ttl`` after its last renewal; its renewal then fails."""
+    ttl = timedelta(minutes=12)
+    other = create_engine(database_url)
+    try:
+        assert await take_lease(engine, "job", "a", NOW, ttl)
+        assert await renew_lease(engine, "job", "a", NOW + ttl * 0.9, ttl)
+        assert not await take_lease(other, "job", "b", NOW + ttl + timedelta(seconds=1), ttl)
+        assert not await renew_lease(other, "job", "b", NOW + ttl, ttl)  # b never held it
+        last = NOW + ttl * 0.9
+        assert await take_lease(other, "job", "b", last + ttl, ttl)
+        assert not await renew_lease(engine, "job", "a", last + ttl, ttl)
+        # a renewal never shortens the lease (a renewer whose now is behind)
+        assert await renew_lease(other, "job", "b", NOW, ttl)
+        assert not await take_lease(engine, "job", "a", last + ttl + ttl / 2, ttl)
+    finally:
+        await other.dispose()
+
+
+async def test_a_job_whose_lease_was_taken_is_stopped(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """``while_held``: the job runs while its holder renews; once another replica holds
+    the lease (a's renewals were refused: here a's clock never moves, b's is a lease
+    later), a's next renewal fails, a's job is cancelled and ``LeaseLost`` raised."""
+    ttl = timedelta(seconds=30)
+    stopped = asyncio.Event()
+    forever = asyncio.Event()
+
+    async def job() -> None:
+        try:
+            await forever.wait()
+        finally:
+            stopped.set()
+
+    assert await take_lease(engine, "job", "a", NOW, ttl)
+    held = asyncio.create_task(
+        while_held(engine, "job", "a", FrozenClock(NOW), ttl, job(), renew_every=0.01)
+    )
+    other = create_engine(database_url)
+    try:
+        assert await take_lease(other, "job", "b", NOW + ttl, ttl)
+        with pytest.raises(LeaseLost):
+            await held
+        assert stopped.is_set()
+        assert (
+            await while_held(engine, "job", "a", FrozenClock(NOW), ttl, asyncio.sleep(0, 7), 1) == 7
+        )
+    finally:
+        held.cancel()
         await other.dispose()
 
 
