@@ -99,6 +99,8 @@ DEMO_ADMIN_EMAIL = "admin@demo.local"
 #: paths the admin API serves; every other path outside /v1 and /metrics is the console's
 ADMIN_PREFIXES = ("/admin", "/docs", "/openapi.json", "/healthz", "/readyz")
 HOUSEKEEPING_SECONDS = 5.0
+#: how long shutdown waits for a cancelled background task to end before naming it
+TASK_END_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
 #: the first audit.anchor event goes out after this much uptime (then once per interval)
@@ -334,7 +336,8 @@ class Gateway:
         """Read when ``/metrics`` is scraped: this process's ledger backlog and the
         database's webhook outbox (left out while the database does not answer)."""
         try:
-            pending = await asyncio.wait_for(pending_deliveries(self.services.engine), 2.0)
+            async with asyncio.timeout(2.0):  # not wait_for: it can lose a cancel (3.11)
+                pending = await pending_deliveries(self.services.engine)
         except (SQLAlchemyError, OSError, TimeoutError) as exc:
             log.debug("outbox depth not scraped: %s", exc)
             pending = None
@@ -548,9 +551,13 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
-        for task in (self._housekeeping, self._heartbeat, self._forecasts):
-            if task is not None:
-                task.cancel()
+        tasks = [t for t in (self._housekeeping, self._heartbeat, self._forecasts) if t]
+        for task in tasks:
+            task.cancel()
+        if tasks:  # ended before the engine they use is disposed; one that is not, named
+            _, stuck = await asyncio.wait(tasks, timeout=TASK_END_SECONDS)
+            for task in stuck:
+                log.error("background task %s did not end when cancelled", task.get_name())
         if self._forecast_pool is not None:
             self._forecast_pool.shutdown(wait=False, cancel_futures=True)
         await self.services.events.drain()

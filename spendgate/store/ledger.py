@@ -316,8 +316,11 @@ class LedgerWriter:
         next_replay = loop.time() + self._replay_seconds
         pause = self._flush_seconds
         while True:
+            # asyncio.timeout, not wait_for: on Python 3.11 wait_for lost a cancel that
+            # came in the loop iteration its wait ended in, and this loop never ended
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=pause)
+                async with asyncio.timeout(pause):
+                    await self._wake.wait()
             self._wake.clear()
             try:
                 await self.flush()

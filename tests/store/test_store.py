@@ -269,3 +269,22 @@ async def test_an_event_stands_or_falls_with_its_transaction(engine: AsyncEngine
             is not None
         )
     assert len(await list_events(engine, type_="price.unknown")) == 1
+
+
+async def test_the_ledger_writer_ends_when_cancelled_as_it_wakes(engine: AsyncEngine) -> None:
+    """The slow teardown of ``test_role_table[sqlite]``: a cancel that reached the writer
+    in the loop iteration its wait ended in (a wake-up here, a timeout as well) was lost
+    by Python 3.11's ``asyncio.wait_for``, and the writer went on forever; shutdown then
+    waited on it until the server thread was given up (10 s). The race, step by step:
+    the wake-up completes the inner wait, the cancel lands before the writer resumes."""
+    writer = LedgerWriter(engine, flush_seconds=3600)
+    writer.start()
+    task = writer._task
+    assert task is not None
+    await asyncio.sleep(0)  # the writer is waiting for a wake-up
+    writer._wake.set()
+    await asyncio.sleep(0)  # the inner wait is done; the writer has not resumed yet
+    task.cancel()
+    async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+        await asyncio.wait({task})
+    assert task.cancelled()
