@@ -14,14 +14,18 @@ Tables (created by migration 0013)::
                       starts with ``org_id, bucket`` and, on PostgreSQL, INCLUDEs the sums
                       (an index-only scan); on SQLite the table is ``WITHOUT ROWID``, so
                       the primary key *is* the table, in that order
+    usage_team_daily  (migration 0020) the narrow one per *local day* of the org's daily
+                      zone (``usage_daily_zone``; ``spendgate.store.daily``) instead of
+                      per bucket: what a report by day, week or month over whole local
+                      days of that zone reads. Same key layout (``org_id, day`` first)
 
 **One writer.** ``add_rollups`` is called by ``ledger.store_batch`` with the rows that
 batch actually inserted, in the batch's transaction: a row is counted when it lands and
 never again (a replayed spool or a retried batch inserts nothing new, so adds nothing).
-The narrow rollup is folded from the wide one's rows (:func:`narrow`), so it holds the
-same calls by construction. The same :func:`aggregate` feeds
-:func:`spendgate.store.rebuild` and the backfill of migration 0013, so the three can
-never disagree on what a rollup row holds.
+The narrow rollup is folded from the wide one's rows (:func:`narrow`), and the daily one
+from the narrow one's (:func:`daily`), so they hold the same calls by construction. The
+same :func:`aggregate` feeds :func:`spendgate.store.rebuild` and the backfill of
+migration 0013, so the three can never disagree on what a rollup row holds.
 
 Absent dimensions are stored as ``""`` (a primary key column cannot be NULL) and read
 back as ``None``. Rows are upserted in key order, so two writers lock them in one order.
