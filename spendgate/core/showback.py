@@ -20,6 +20,7 @@ import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
 from typing import Literal, get_args
 from zoneinfo import ZoneInfo
 
@@ -98,6 +99,44 @@ def offset_segments(first: int, end: int, tz: str) -> list[Segment]:
         probe = step
     segments.append(Segment(start, end, offset))
     return segments
+
+
+@lru_cache(maxsize=1 << 16)
+def local_day_of(bucket: int, tz: str) -> int:
+    """The local day number (days since 1970-01-01) of a bucket in zone ``tz``: what the
+    daily rollup files it under, the same ``(bucket + offset) // 96`` a report groups by."""
+    return (bucket + _offset_buckets(ZoneInfo(tz), bucket)) // BUCKETS_PER_DAY
+
+
+#: buckets looked at either side of a bound to tell whether it starts a local day: more
+#: than any jump of a zone's offset (Samoa skipped a whole day in 2011: 96 buckets)
+_DAY_WINDOW = 2 * BUCKETS_PER_DAY
+
+
+def day_boundary(bucket: int, tz: str) -> int | None:
+    """The local day that starts at ``bucket`` in zone ``tz`` — every bucket before it
+    (nearby) falls on an earlier local day, every bucket from it on a later or the same
+    one — or None when ``bucket`` cuts a local day."""
+    before, after = None, None
+    for s in offset_segments(bucket - _DAY_WINDOW, bucket + _DAY_WINDOW, tz):
+        if s.first < bucket:  # the last bucket of this segment before ``bucket``
+            day = (min(s.end, bucket) - 1 + s.offset) // BUCKETS_PER_DAY
+            before = day if before is None else max(before, day)
+        if s.end > bucket:
+            day = (max(s.first, bucket) + s.offset) // BUCKETS_PER_DAY
+            after = day if after is None else min(after, day)
+    assert before is not None and after is not None
+    return after if before < after else None
+
+
+def first_bucket_of_day(day: int, tz: str) -> int:
+    """The first bucket whose local day in ``tz`` is ``day`` or later."""
+    low = day * BUCKETS_PER_DAY - _DAY_WINDOW
+    for s in offset_segments(low, low + 2 * _DAY_WINDOW, tz):
+        candidate = max(s.first, day * BUCKETS_PER_DAY - s.offset)
+        if candidate < s.end:
+            return candidate
+    raise ValueError(f"no bucket of local day {day} in {tz}")  # pragma: no cover
 
 
 def local_day(day_number: int) -> date:

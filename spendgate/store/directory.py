@@ -15,7 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.core.access import ORG_ROLES, ROLES, TEAM_ROLES, Standing, summary_role
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
-from spendgate.store import schema
+from spendgate.store import daily, schema
 from spendgate.store.database import insert_new, transaction
 
 
@@ -160,6 +160,8 @@ class Directory:
             if not done.rowcount:
                 raise NotFound(f"org {org_id} not found")
             row = (await tx.execute(sa.select(t).where(t.c.id == org_id))).one()
+            if "reporting_timezone" in values:  # the daily rollup follows, in this transaction
+                await daily.set_daily_zone(tx, org_id, str(row.reporting_timezone))
         return _row(row)
 
     async def list_orgs(self) -> list[dict[str, Any]]:

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.errors import DatabaseUnavailable
-from spendgate.store import rollups, schema
+from spendgate.store import daily, rollups, schema
 from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
 from spendgate.store.database import insert_new
 from spendgate.store.events import PendingEvent, record_event
@@ -149,11 +149,14 @@ async def insert_entries(conn: AsyncConnection, entries: list[LedgerEntry]) -> l
 
 
 async def add_rollups(conn: AsyncConnection, inserted: Sequence[LedgerEntry]) -> None:
-    """Count rows just inserted into the rollups, in the caller's transaction."""
+    """Count rows just inserted into the rollups, in the caller's transaction; first the
+    orgs' daily zones are read and locked (``spendgate.store.daily``: no zone change
+    can pass a batch that folds days in the old zone)."""
     if not inserted:
         return
+    zones = await daily.lock_zones(conn, [e.org_id for e in inserted])
     main, tags = rollups.aggregate((int(e.started_at.timestamp()), e) for e in inserted)
-    for sql, rows in rollups.driver_writes(conn.dialect.name, main, tags):
+    for sql, rows in rollups.driver_writes(conn.dialect.name, main, tags, zones):
         await conn.exec_driver_sql(sql, rows)
 
 

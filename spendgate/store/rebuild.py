@@ -28,7 +28,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.core import showback as sb
 from spendgate.errors import ValidationFailed
-from spendgate.store import rollups, schema
+from spendgate.store import daily, rollups, schema
 from spendgate.store.database import SQLITE_TAG_SET
 from spendgate.store.showback_schema import ledger_retention
 
@@ -63,7 +63,8 @@ async def _lock(conn: AsyncConnection) -> None:
     if conn.dialect.name == "postgresql":
         await conn.execute(
             sa.text(
-                "LOCK TABLE usage_rollup, usage_tag_rollup, usage_team_rollup IN EXCLUSIVE MODE"
+                "LOCK TABLE usage_rollup, usage_tag_rollup, usage_team_rollup, usage_team_daily "
+                "IN EXCLUSIVE MODE"
             )
         )
     else:  # any write takes SQLite's one write lock for the rest of the transaction
@@ -121,7 +122,8 @@ def _from_ledger(dialect: str, table: sa.Table) -> str:
         f"CAST(sum(l.unpriced) AS {big})",
     )
     names = ", ".join(f"l.{k}" for k in keys)
-    return f"SELECT {names}, {', '.join(sums)} FROM {source} GROUP BY {names}"
+    named = ", ".join(f"{s} AS {c}" for s, c in zip(sums, rollups.STORED_COLUMNS, strict=True))
+    return f"SELECT {names}, {named} FROM {source} GROUP BY {names}"
 
 
 def _stored(table: sa.Table) -> str:
@@ -220,7 +222,132 @@ async def rebuild(
             await _lock(conn)
             await _chunk(conn, lo, hi, dry_run, report)
         lo = hi
+    await _daily(engine, start, end, gone, dry_run, report)
     return report
+
+
+#: local days per transaction of the daily rollup's check
+DAY_CHUNK = 31
+
+
+async def _daily(
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    gone: datetime | None,
+    dry_run: bool,
+    report: RebuildReport,
+) -> None:
+    """Check (and repair) ``usage_team_daily`` over every local day that meets
+    ``[start, end)``, in each org's daily zone, against the ledger folded into those
+    days (the whole day, also the part outside the range; a day reaching into purged
+    time is left alone). Orgs with ledger rows in range and no daily zone yet get one."""
+    z = rollups.usage_daily_zone
+    ledger = schema.ledger
+    async with engine.begin() as conn:
+        await _lock(conn)
+        seen = (
+            sa.select(ledger.c.org_id)
+            .distinct()
+            .where(ledger.c.started_at >= start, ledger.c.started_at < end)
+        )
+        orgs = sorted(o for (o,) in await conn.execute(seen))
+        zones = dict((await conn.execute(sa.select(z.c.org_id, z.c.timezone))).all())
+        for org in orgs:
+            if org not in zones:
+                zones[org] = await daily.reporting_zone(conn, org)
+                if not dry_run:
+                    await daily.set_daily_zone(conn, org, zones[org])
+    by_zone: dict[str, list[str]] = {}
+    for org, zone in zones.items():
+        by_zone.setdefault(zone, []).append(org)
+    first_bucket, end_bucket = sb.bucket_of(start), sb.bucket_of(end)
+    for zone, members in sorted(by_zone.items()):
+        day = sb.local_day_of(first_bucket, zone)
+        last = sb.local_day_of(end_bucket - 1, zone)
+        if gone is not None:  # only days whose ledger rows are all still there
+            while sb.bucket_start(sb.first_bucket_of_day(day, zone)) < gone:
+                day += 1
+        while day <= last:
+            upto = min(day + DAY_CHUNK, last + 1)
+            async with engine.begin() as conn:
+                await _lock(conn)
+                await _daily_chunk(conn, zone, sorted(members), day, upto, dry_run, report)
+            day = upto
+
+
+async def _daily_chunk(
+    conn: AsyncConnection,
+    zone: str,
+    orgs: list[str],
+    day: int,
+    upto: int,
+    dry_run: bool,
+    report: RebuildReport,
+) -> None:
+    d = rollups.usage_team_daily
+    b_lo, b_hi = sb.first_bucket_of_day(day, zone), sb.first_bucket_of_day(upto, zone)
+    segments = sb.offset_segments(b_lo, b_hi, zone)
+    of_bucket = rollups.local_day(sa.literal_column("n.bucket", sa.BigInteger()), segments)
+    day_sql = str(of_bucket.compile(dialect=conn.dialect))
+    rest = "CAST(sum(n.cost_nanos) AS BIGINT)"
+    sums = ", ".join(
+        [
+            *(f"CAST(sum(n.{c}) AS BIGINT)" for c in rollups.STORED_COLUMNS[:6]),
+            f"CAST(sum(n.cost_usd) AS BIGINT) + {rest} / {_N}",
+            f"{rest} % {_N}",
+            "CAST(sum(n.unpriced_calls) AS BIGINT)",
+        ]
+    )
+    narrow = _from_ledger(conn.dialect.name, rollups.usage_team_rollup)
+    others = ", ".join(f"n.{c}" for c in rollups.DAILY_KEY[2:])
+    fresh = (
+        f"SELECT n.org_id, {day_sql} AS day, {others}, {sums} FROM ({narrow}) AS n "
+        f"WHERE n.org_id IN :orgs GROUP BY n.org_id, {day_sql}, {others}"
+    )
+    names = ", ".join(c.name for c in d.columns)
+    stored = (
+        f"SELECT {names} FROM usage_team_daily "
+        "WHERE org_id IN :orgs AND day >= :d_lo AND day < :d_hi"
+    )
+    params = [
+        sa.bindparam("lo", sb.bucket_start(b_lo), type_=schema.UTCDateTime()),
+        sa.bindparam("hi", sb.bucket_start(b_hi), type_=schema.UTCDateTime()),
+        sa.bindparam("orgs", orgs, expanding=True),
+        sa.bindparam("d_lo", day),
+        sa.bindparam("d_hi", upto),
+    ]
+    query = sa.text(
+        f"SELECT 'ledger', x.* FROM ({fresh} EXCEPT {stored}) AS x "
+        f"UNION ALL SELECT 'rollup', r.* FROM ({stored} EXCEPT {fresh}) AS r"
+    ).bindparams(*params)
+    found: dict[tuple[Any, ...], dict[str, list[int]]] = {}
+    for side, *values in await conn.execute(query):
+        sums_of = rollups.logical([int(v) for v in values[7:]])
+        found.setdefault(tuple(values[:7]), {})[side] = sums_of
+    for key in sorted(found):
+        report.difference_count += 1
+        if len(report.differences) < LISTED:
+            report.differences.append(
+                {
+                    "table": d.name,
+                    "bucket_start": sb.local_day(int(key[1])).isoformat(),
+                    "timezone": zone,
+                    "key": [key[0], *key[2:]],
+                    "ledger": dict(
+                        zip(rollups.SUM_COLUMNS, found[key].get("ledger", []), strict=False)
+                    ),
+                    "rollup": dict(
+                        zip(rollups.SUM_COLUMNS, found[key].get("rollup", []), strict=False)
+                    ),
+                }
+            )
+    if not found or dry_run:
+        return
+    await conn.execute(d.delete().where(d.c.org_id.in_(orgs), d.c.day >= day, d.c.day < upto))
+    insert = sa.text(f"INSERT INTO usage_team_daily ({names}) {fresh}").bindparams(*params[:3])
+    await conn.execute(insert)
+    report.fixed = True
 
 
 async def purge_ledger(engine: AsyncEngine, before: datetime) -> int:

@@ -14,14 +14,18 @@ Tables (created by migration 0013)::
                       starts with ``org_id, bucket`` and, on PostgreSQL, INCLUDEs the sums
                       (an index-only scan); on SQLite the table is ``WITHOUT ROWID``, so
                       the primary key *is* the table, in that order
+    usage_team_daily  (migration 0020) the narrow one per *local day* of the org's daily
+                      zone (``usage_daily_zone``; ``spendgate.store.daily``) instead of
+                      per bucket: what a report by day, week or month over whole local
+                      days of that zone reads. Same key layout (``org_id, day`` first)
 
 **One writer.** ``add_rollups`` is called by ``ledger.store_batch`` with the rows that
 batch actually inserted, in the batch's transaction: a row is counted when it lands and
 never again (a replayed spool or a retried batch inserts nothing new, so adds nothing).
-The narrow rollup is folded from the wide one's rows (:func:`narrow`), so it holds the
-same calls by construction. The same :func:`aggregate` feeds
-:func:`spendgate.store.rebuild` and the backfill of migration 0013, so the three can
-never disagree on what a rollup row holds.
+The narrow rollup is folded from the wide one's rows (:func:`narrow`), and the daily one
+from the narrow one's (:func:`daily`), so they hold the same calls by construction. The
+same :func:`aggregate` feeds :func:`spendgate.store.rebuild` and the backfill of
+migration 0013, so the three can never disagree on what a rollup row holds.
 
 Absent dimensions are stored as ``""`` (a primary key column cannot be NULL) and read
 back as ``None``. Rows are upserted in key order, so two writers lock them in one order.
@@ -29,14 +33,14 @@ back as ``None``. Rows are upserted in key order, so two writers lock them in on
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.schema import SchemaItem
 
-from spendgate.core.showback import BUCKET_SECONDS, tag_set
+from spendgate.core.showback import BUCKET_SECONDS, BUCKETS_PER_DAY, Segment, local_day_of, tag_set
 from spendgate.store.schema import metadata
 
 KEY_COLUMNS = (
@@ -118,6 +122,31 @@ usage_team_rollup = sa.Table(
 #: wide key position of each narrow key column
 _NARROW_FROM_WIDE = tuple(KEY_COLUMNS.index(c) for c in NARROW_KEY)
 
+#: the key of the daily narrow rollup: the narrow key with the bucket replaced by the local
+#: day number (days since 1970-01-01) in the org's daily zone
+DAILY_KEY = ("org_id", "day", "team_id", "provider", "model", "kind", "status")
+usage_team_daily = sa.Table(
+    "usage_team_daily",
+    metadata,
+    sa.Column("org_id", sa.String(200), nullable=False),
+    sa.Column("day", sa.BigInteger(), nullable=False, autoincrement=False),
+    *(sa.Column(c, sa.String(200), nullable=False) for c in DAILY_KEY[2:]),
+    *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS),
+    sa.PrimaryKeyConstraint(
+        *DAILY_KEY, name="pk_usage_team_daily", postgresql_include=list(STORED_COLUMNS)
+    ),
+    sqlite_with_rowid=False,
+)
+#: the zone each org's ``usage_team_daily`` rows are drawn in (one row per org that has
+#: any rollup row); its row is what a ledger batch locks (shared) and a zone change
+#: locks (exclusive)
+usage_daily_zone = sa.Table(
+    "usage_daily_zone",
+    metadata,
+    sa.Column("org_id", sa.String(200), primary_key=True),
+    sa.Column("timezone", sa.String(64), nullable=False),
+)
+
 
 Key = tuple[Any, ...]
 Sums = list[int]
@@ -169,6 +198,22 @@ def narrow(main: Rollup, into: Rollup | None = None) -> Rollup:
     into = {} if into is None else into
     for key, sums in main.items():
         short = tuple(key[i] for i in _NARROW_FROM_WIDE)
+        have = into.get(short)
+        if have is None:
+            into[short] = list(sums)
+        else:
+            for i, value in enumerate(sums):
+                have[i] += value
+    return into
+
+
+def daily(teams: Rollup, zones: Mapping[str, str], into: Rollup | None = None) -> Rollup:
+    """The daily rollup's rows, folded from the narrow rollup's (:func:`narrow`): each
+    bucket's row under its local day in its org's daily zone (``zones``)."""
+    into = {} if into is None else into
+    for key, sums in teams.items():
+        org = key[0]
+        short = (org, local_day_of(key[1], zones[org]), *key[2:])
         have = into.get(short)
         if have is None:
             into[short] = list(sums)
@@ -236,19 +281,23 @@ def _driver_upsert(table: sa.Table, dialect: str) -> str:
 
 _DRIVER_SQL = {
     (t.name, d): _driver_upsert(t, d)
-    for t in (usage_rollup, usage_tag_rollup, usage_team_rollup)
+    for t in (usage_rollup, usage_tag_rollup, usage_team_rollup, usage_team_daily)
     for d in ("sqlite", "postgresql")
 }
 
 
 def driver_writes(
-    dialect: str, main: Rollup, tags: Rollup
+    dialect: str, main: Rollup, tags: Rollup, zones: Mapping[str, str] | None = None
 ) -> list[tuple[str, list[tuple[Any, ...]]]]:
-    """The same writes (all three rollups, the narrow one folded from ``main``) as plain
-    driver SQL and tuples, in key order: the ledger writer's path (SQLAlchemy's per-row
-    parameter processing tripled its cost per row)."""
+    """The same writes (all three rollups, the narrow one folded from ``main``, and, given
+    each org's daily zone, the daily one folded from the narrow one) as plain driver SQL
+    and tuples, in key order: the ledger writer's path (SQLAlchemy's per-row parameter
+    processing tripled its cost per row)."""
     out = []
-    pairs = ((usage_rollup, main), (usage_tag_rollup, tags), (usage_team_rollup, narrow(main)))
+    teams = narrow(main)
+    pairs = [(usage_rollup, main), (usage_tag_rollup, tags), (usage_team_rollup, teams)]
+    if zones is not None:
+        pairs.append((usage_team_daily, daily(teams, zones)))
     for table, rollup in pairs:
         if rollup:
             rows = [(*key, *stored(rollup[key])) for key in sorted(rollup)]
@@ -271,3 +320,39 @@ def fold_narrow(where: sa.ColumnElement[bool] | None = None) -> sa.Insert:
     if where is not None:
         query = query.where(where)
     return n.insert().from_select([*NARROW_KEY, *sums], query.group_by(*keys))
+
+
+def local_bucket(bucket: sa.ColumnElement[Any], segments: Sequence[Segment]) -> Any:
+    """``bucket`` plus its zone's offset (``CASE`` over the offset changes), the offsets
+    and bounds rendered as literals: the same text wherever it appears (GROUP BY)."""
+    if len(segments) == 1:
+        return bucket + sa.literal_column(str(int(segments[0].offset)))
+    whens: list[tuple[Any, Any]] = [
+        (bucket < sa.literal_column(str(int(s.end))), sa.literal_column(str(int(s.offset))))
+        for s in segments[:-1]
+    ]
+    return bucket + sa.case(*whens, else_=sa.literal_column(str(int(segments[-1].offset))))
+
+
+def local_day(bucket: sa.ColumnElement[Any], segments: Sequence[Segment]) -> Any:
+    """The local day number of ``bucket`` (:func:`local_bucket` divided by the buckets of
+    a day; an integer division on both databases, the operands being integers)."""
+    local = sa.type_coerce(local_bucket(bucket, segments), sa.BigInteger())
+    return local // sa.literal_column(str(BUCKETS_PER_DAY), sa.BigInteger())
+
+
+def fold_daily(segments: Sequence[Segment], where: sa.ColumnElement[bool]) -> sa.Insert:
+    """``INSERT INTO usage_team_daily SELECT … FROM usage_team_rollup GROUP BY …``: the
+    daily rows of the narrow rows ``where`` selects, each bucket under its local day by
+    ``segments`` (which must cover those buckets) — set-based, the nanos carried."""
+    n, d = usage_team_rollup, usage_team_daily
+    nanos = sa.cast(sa.func.sum(n.c.cost_nanos), sa.BigInteger())
+    sums: dict[str, sa.ColumnElement[Any]] = {
+        c: sa.cast(sa.func.sum(n.c[c]), sa.BigInteger()) for c in STORED_COLUMNS
+    }
+    sums["cost_usd"] = sa.cast(sa.func.sum(n.c.cost_usd), sa.BigInteger()) + nanos // NANOS
+    sums["cost_nanos"] = nanos % NANOS
+    day = local_day(n.c.bucket, segments)
+    keys = [n.c.org_id, day, *(n.c[c] for c in DAILY_KEY[2:])]
+    query = sa.select(*keys, *sums.values()).where(where).group_by(*keys)
+    return d.insert().from_select([*DAILY_KEY, *sums], query)

@@ -2,7 +2,11 @@
 
 Which rollup: :func:`rollup_for` — the narrow ``usage_team_rollup`` whenever the report
 neither groups nor filters by user, agent, key or tag (the common case: by team, model,
-provider, day), otherwise the wide or the tag rollup.
+provider, day), otherwise the wide or the tag rollup. A narrow report by day, week or
+month reads the daily ``usage_team_daily`` instead when it answers exactly the same
+(:func:`_daily_days`): the report's zone is the daily zone of every org in scope, and
+``start`` and ``end`` fall on local midnights of that zone (a range cutting a day is
+answered from the 15-minute rows, as before).
 
 ``usage_report`` is the one entry point: ``/admin/usage``, ``spendgate usage``, the
 console and the statements all call it. Time grains are local to ``timezone``: the
@@ -27,8 +31,10 @@ from spendgate.store.cost_sums import COST_REST, COST_WHOLE
 from spendgate.store.rollups import (
     NANOS,
     NARROW_DIMENSIONS,
+    usage_daily_zone,
     usage_rollup,
     usage_tag_rollup,
+    usage_team_daily,
     usage_team_rollup,
 )
 
@@ -133,6 +139,50 @@ def rollup_for(dims: Collection[str], filters: Collection[str]) -> sa.Table:
     return usage_tag_rollup if "tag" in named else usage_rollup
 
 
+def _daily_days(
+    start: datetime | None, end: datetime | None, timezone: str
+) -> tuple[int | None, int | None] | None:
+    """The local days ``[first, end)`` that make up ``[start, end)`` in ``timezone``
+    (None: unbounded), or None when a bound cuts a local day or no whole day is left."""
+    first = last = None
+    if start is not None:
+        first = sb.day_boundary(sb.bucket_of(start), timezone)
+        if first is None:
+            return None
+    if end is not None:
+        last = sb.day_boundary(sb.bucket_of(end), timezone)
+        if last is None:
+            return None
+    if first is not None and last is not None and last <= first:
+        return None
+    return first, last
+
+
+def _daily_guard(
+    org_id: str | None, filters: Mapping[str, Collection[str | None]], timezone: str
+) -> sa.ColumnElement[bool]:
+    """True when every org the report can see has its daily rows in ``timezone``:
+    evaluated in the report's own query, so in the same snapshot as the rows it reads
+    (a zone change committing meanwhile cannot slip between)."""
+    z = usage_daily_zone
+    scope = {org_id} if org_id is not None else set()
+    if "org" in filters:
+        named = {v for v in filters["org"] if v}
+        scope = scope & named if org_id is not None else named
+    if org_id is None and "org" not in filters:  # every org
+        other = sa.select(z.c.org_id).where(z.c.timezone != timezone)
+        return ~sa.exists(other)
+    if not scope:
+        return sa.false()
+    same = (
+        sa.select(sa.func.count())
+        .select_from(z)
+        .where(z.c.org_id.in_(sorted(scope)), z.c.timezone == timezone)
+        .scalar_subquery()
+    )
+    return same == len(scope)
+
+
 async def usage_report(
     engine: AsyncEngine,
     group_by: Sequence[str],
@@ -147,6 +197,7 @@ async def usage_report(
     top: int = 0,
     cumulative: bool = False,
     user_id: str | None = None,
+    daily: bool = True,
 ) -> list[dict[str, Any]]:
     """Spend over ``[start, end)`` (None: unbounded; a bound off the quarter hour is
     taken down to its bucket — the admin API refuses such bounds) grouped by
@@ -156,6 +207,7 @@ async def usage_report(
     ``top``: keep the N costliest groups and fold the rest into an ``"other"`` row;
     ``cumulative``: each row also carries its group's running ``cumulative_cost_nanos``;
     ``user_id``: one user's calls only (a member's own view in the console).
+    ``daily=False``: never the daily rollup (the tests compare both paths).
     A call with several tags counts once under each of them when grouped by tag.
 
     Rows come in the order of their groups' names (period, then each dimension, an
@@ -169,6 +221,14 @@ async def usage_report(
         raise ValueError(f"group_by: at most one of {', '.join(sb.GRAINS)} and known dimensions")
     grain = grains[0] if grains else None
     t = rollup_for(dims, filters)
+    if daily and t is usage_team_rollup and grain in ("day", "week", "month"):
+        days = _daily_days(start, end, timezone)
+        if days is not None:
+            rows = await _daily_report(
+                engine, grain, dims, days, org_id, team_ids, filters, timezone, week_start
+            )
+            if rows is not None:
+                return _finish(rows, dims, grain, top, cumulative)
     where = _where(t, start, end, org_id, team_ids, filters)
     keys: list[sa.ColumnElement[Any]] = [t.c[COLUMN_OF[d]] for d in dims]
     shown: list[sa.ColumnElement[Any]] = [
@@ -198,10 +258,61 @@ async def usage_report(
         rows = _folded_rows(columns, grain, week_start, names)  # type: ignore[arg-type]
     else:
         rows = report_rows(columns, grain, week_start, names)
+    return _finish(rows, dims, grain, top, cumulative)
+
+
+def _finish(
+    rows: list[dict[str, Any]],
+    dims: Sequence[str],
+    grain: sb.Grain | None,
+    top: int,
+    cumulative: bool,
+) -> list[dict[str, Any]]:
     rows = sb.fold_top(rows, dims, grain, top)
     if cumulative and grain is not None:
         rows = sb.add_cumulative(rows, dims, grain)
     return rows
+
+
+async def _daily_report(
+    engine: AsyncEngine,
+    grain: sb.Grain,
+    dims: Sequence[str],
+    days: tuple[int | None, int | None],
+    org_id: str | None,
+    team_ids: Collection[str] | None,
+    filters: Mapping[str, Collection[str | None]],
+    timezone: str,
+    week_start: str,
+) -> list[dict[str, Any]] | None:
+    """The report from ``usage_team_daily``: its rows are local days already, so the
+    database sums a row per day x group. None (read the 15-minute rows instead) when an
+    org in scope has its daily rows in another zone — or when there is no row at all,
+    since a failed guard also reads as no row."""
+    d = usage_team_daily
+    where = _where(d, None, None, org_id, team_ids, filters)
+    if days[0] is not None:
+        where.append(d.c.day >= days[0])
+    if days[1] is not None:
+        where.append(d.c.day < days[1])
+    where.append(_daily_guard(org_id, filters, timezone))
+    unit = d.c.day.label("_unit")
+    keys: list[sa.ColumnElement[Any]] = [unit, *(d.c[COLUMN_OF[dim]] for dim in dims)]
+    shown: list[sa.ColumnElement[Any]] = [
+        unit,
+        *(sa.func.nullif(d.c[COLUMN_OF[dim]], "").label(dim) for dim in dims),
+    ]
+    query = sa.select(*shown, *_measures(d)).where(*where).group_by(*keys)
+    folded = grain != "day"
+    if not folded:
+        query = query.order_by(*_name_order(keys, engine.dialect.name, True))
+    names = (grain, *dims, *MEASURES)
+    columns = await _fetch(engine, query, len(names) + 1)
+    if not columns[0]:
+        return None
+    if folded:
+        return _folded_rows(columns, grain, week_start, names)
+    return report_rows(columns, grain, week_start, names)
 
 
 async def _fetch(engine: AsyncEngine, query: sa.Select[Any], width: int) -> list[list[Any]]:

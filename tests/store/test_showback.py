@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -16,13 +16,26 @@ from hypothesis import strategies as st
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core.budget_windows import iana_zones
+from spendgate.store.daily import set_daily_zone
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, store_batch
 from spendgate.store.rebuild import rebuild
-from spendgate.store.rollups import usage_rollup, usage_tag_rollup, usage_team_rollup
-from spendgate.store.showback import MEASURES, report_rows, rollup_for, usage_report
+from spendgate.store.rollups import (
+    usage_rollup,
+    usage_tag_rollup,
+    usage_team_daily,
+    usage_team_rollup,
+)
+from spendgate.store.showback import (
+    MEASURES,
+    _daily_days,
+    report_rows,
+    rollup_for,
+    usage_report,
+)
 
 BASE = datetime(2026, 1, 1, tzinfo=UTC)
+EPOCH = date(1970, 1, 1)
 ZONES = sorted(iana_zones())
 HARD_ZONES = ["Asia/Kolkata", "Asia/Kathmandu", "Australia/Lord_Howe", "America/St_Johns"]
 
@@ -112,10 +125,19 @@ async def _check(url: str, made: Made, zone: str) -> None:
     engine = create_engine(url)
     org = f"o{uuid.uuid4().hex[:10]}"
     writer = LedgerWriter(engine, flush_seconds=60, batch_size=17)
+    half = len(made) // 2
     for n, (second, cost, team, model, tags) in enumerate(made):
+        if n == half:  # the first half's daily rows are UTC days: refolded into ``zone``
+            await writer.flush()
+            async with engine.begin() as conn:
+                await set_daily_zone(conn, org, zone)
         at = BASE + timedelta(seconds=second)
         writer.add(row(org, n, at, cost, team=team, model=model, tags=tags))
     await writer.flush()
+    if half == 0:
+        async with engine.begin() as conn:
+            await set_daily_zone(conn, org, zone)
+    await _daily_path_agrees(engine, org, made, zone)
     ledger_nanos = sum(c or 0 for _, c, _, _, _ in made)
     # grouped by tag, a call counts once under each of its tags (untagged once)
     tagged_nanos = sum((c or 0) * max(1, len(t)) for _, c, _, _, t in made)
@@ -148,6 +170,40 @@ async def _check(url: str, made: Made, zone: str) -> None:
         expected[day] = expected.get(day, 0) + (cost or 0)
     assert {d["day"]: d["cost_nanos"] for d in days} == expected
     await engine.dispose()
+
+
+async def _daily_path_agrees(engine: AsyncEngine, org: str, made: Made, zone: str) -> None:
+    """The daily rollup holds the ledger's calls by local day of ``zone`` (its rows, to
+    the nano), and every day, week and month report over whole local days answered from
+    it equals the same report from the 15-minute rows."""
+    local = ZoneInfo(zone)
+    expected: dict[tuple[int, str, str], list[int]] = {}
+    for second, cost, team, model, _ in made:
+        day = ((BASE + timedelta(seconds=second)).astimezone(local).date() - EPOCH).days
+        sums = expected.setdefault((day, team or "", model), [0, 0, 0])
+        sums[0] += 1
+        sums[1] += cost or 0
+        sums[2] += cost is None
+    d = usage_team_daily
+    query = sa.select(
+        d.c.day, d.c.team_id, d.c.model, d.c.calls, d.c.cost_usd, d.c.cost_nanos, d.c.unpriced_calls
+    ).where(d.c.org_id == org)
+    async with engine.connect() as conn:
+        stored = {
+            (day, team, model): [calls, whole * 10**9 + rest, unpriced]
+            for day, team, model, calls, whole, rest, unpriced in await conn.execute(query)
+        }
+    assert stored == expected, zone
+    first = datetime.combine(BASE.date() - timedelta(days=1), time(), local)
+    last = datetime.combine(BASE.date() + timedelta(days=77), time(), local)
+    # whole local days: the daily path (a zone whose midnight can be skipped may not be)
+    assert _daily_days(first, last, zone) is not None or zone not in HARD_ZONES
+    for bounds in ((None, None), (first, last), (first + timedelta(days=40), last)):
+        for grain in ("day", "week", "month"):
+            for dims in ([grain], [grain, "team", "model"], ["model", grain]):
+                fast = await usage_report(engine, dims, *bounds, org, timezone=zone)
+                slow = await usage_report(engine, dims, *bounds, org, timezone=zone, daily=False)
+                assert fast == slow, (zone, grain, dims, bounds)
 
 
 async def test_a_replayed_batch_is_counted_once(engine: AsyncEngine) -> None:
