@@ -50,6 +50,7 @@ from spendgate.console.app import build_console
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
 from spendgate.core.showback import months_before
+from spendgate.core.stopping import Stop, end_tasks
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 from spendgate.counters import Counters
 from spendgate.counters.factory import counters_from_url
@@ -99,7 +100,7 @@ DEMO_ADMIN_EMAIL = "admin@demo.local"
 #: paths the admin API serves; every other path outside /v1 and /metrics is the console's
 ADMIN_PREFIXES = ("/admin", "/docs", "/openapi.json", "/healthz", "/readyz")
 HOUSEKEEPING_SECONDS = 5.0
-#: how long shutdown waits for a cancelled background task to end before naming it
+#: how long shutdown waits for a background task to stop (then to end once cancelled)
 TASK_END_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
@@ -271,6 +272,7 @@ class Gateway:
         )
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
+        self._stop = Stop()
         self._housekeeping: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._forecasts: asyncio.Task[None] | None = None
@@ -382,6 +384,7 @@ class Gateway:
                 services.settings.forecast_refresh_seconds,
                 executor=self._forecast_pool,
                 holder=f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80],
+                stop=self._stop,
             ),
             name="forecasts",
         )
@@ -469,7 +472,8 @@ class Gateway:
                 log.warning("housekeeping postponed, database unavailable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("housekeeping failed")
-            await asyncio.sleep(HOUSEKEEPING_SECONDS)
+            if not await self._stop.pause(HOUSEKEEPING_SECONDS):
+                return
 
     async def _reap(self) -> None:
         """Probe Redis when it was lost and hand back owed spend (``guard.failover``),
@@ -488,8 +492,7 @@ class Gateway:
     async def _beat(self) -> None:
         """Renew the holds of every call running here, every ``hold_heartbeat_seconds``."""
         guard = self.services.guard
-        while True:
-            await asyncio.sleep(self.services.settings.hold_heartbeat_seconds)
+        while await self._stop.pause(self.services.settings.hold_heartbeat_seconds):
             if guard is not None and not guard.breaker.up:
                 continue  # Redis unreachable: nothing to renew there
             try:
@@ -551,13 +554,11 @@ class Gateway:
 
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
+        # asked to stop, not cancelled: each ends after its round (a cancel inside a
+        # database call can leave an SQLite connection never closed: core.stopping)
+        self._stop.set()
         tasks = [t for t in (self._housekeeping, self._heartbeat, self._forecasts) if t]
-        for task in tasks:
-            task.cancel()
-        if tasks:  # ended before the engine they use is disposed; one that is not, named
-            _, stuck = await asyncio.wait(tasks, timeout=TASK_END_SECONDS)
-            for task in stuck:
-                log.error("background task %s did not end when cancelled", task.get_name())
+        await end_tasks(tasks, TASK_END_SECONDS)
         if self._forecast_pool is not None:
             self._forecast_pool.shutdown(wait=False, cancel_futures=True)
         await self.services.events.drain()

@@ -39,6 +39,7 @@ from spendgate.core import forecasting as fc
 from spendgate.core.budget_windows import Window, days_in_window, window_at
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
+from spendgate.core.stopping import Stop
 from spendgate.store import schema
 from spendgate.store.database import upsert
 from spendgate.store.events import record_event
@@ -527,14 +528,16 @@ async def refresh_loop(
     executor: Executor | None = None,
     *,
     holder: str,
+    stop: Stop | None = None,
 ) -> None:
     """Refresh every budget's forecast every ``every_seconds`` (run as a background task);
     ``snapshot`` is ``PolicyStore.snapshot``. With several replicas, only the one holding
     the lease (``holder`` names this one) refreshes each time; it renews the lease while
-    its refresh runs (``leases.while_held``), so a slow refresh is never run twice at once."""
+    its refresh runs (``leases.while_held``), so a slow refresh is never run twice at once.
+    Ends after the refresh in progress once ``stop`` is set."""
     ttl = timedelta(seconds=every_seconds * LEASE_SHARE)
-    while True:
-        await asyncio.sleep(every_seconds)
+    stop = stop or Stop()
+    while await stop.pause(every_seconds):
         try:
             now = clock.now()
             if not await take_lease(engine, LEASE, holder, now, ttl):

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from spendgate.core.stopping import end_tasks
 from spendgate.errors import DatabaseUnavailable
 from spendgate.store import daily, rollups, schema
 from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
@@ -253,6 +254,7 @@ class LedgerWriter:
         self._committed = 0
         self._stored = 0
         self._wake = asyncio.Event()
+        self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self.written = 0
@@ -312,19 +314,22 @@ class LedgerWriter:
         """Open the spool and start the background task (on the serving loop)."""
         if self._spool is not None:
             self._spool.open()
+        self._closing = False
         self._task = asyncio.create_task(self._run(), name="ledger-writer")
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_replay = loop.time() + self._replay_seconds
         pause = self._flush_seconds
-        while True:
+        while not self._closing:
             # asyncio.timeout, not wait_for: on Python 3.11 wait_for lost a cancel that
             # came in the loop iteration its wait ended in, and this loop never ended
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(pause):
                     await self._wake.wait()
             self._wake.clear()
+            if self._closing:  # close() writes what is left
+                return
             try:
                 await self.flush()
                 if loop.time() >= next_replay:
@@ -487,9 +492,11 @@ class LedgerWriter:
         """Stop the task and write what is left; rows the database cannot take now stay
         in the spool for the next start (rows held in memory only are reported lost)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # asked to end after the flush in progress, not cancelled inside it (a cancel
+            # inside a database call can leave an SQLite connection never closed)
+            self._closing = True
+            self._wake.set()
+            await end_tasks([self._task], wait_seconds)
             self._task = None
         try:
             await asyncio.wait_for(self.flush(), wait_seconds)

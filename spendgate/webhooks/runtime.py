@@ -22,6 +22,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core.clock import Clock
+from spendgate.core.stopping import Stop, end_tasks
 from spendgate.webhooks.notifications import build_daily_digests
 from spendgate.webhooks.outbox import resolve_reset_periods
 from spendgate.webhooks.secrets_box import SecretBox
@@ -87,6 +88,7 @@ class WebhookRuntime:
             poll_seconds=settings.poll_seconds,
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self._stop = Stop()
 
     @classmethod
     def from_env(
@@ -116,24 +118,27 @@ class WebhookRuntime:
         await resolve_reset_periods(self.engine, now)
         await build_daily_digests(self.engine, now)
 
-    async def _maintenance_loop(self) -> None:
-        while True:
+    async def _maintenance_loop(self, stop: Stop) -> None:
+        while not stop.is_set():
             try:
                 await self.maintain()
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("webhook maintenance failed")
-            await asyncio.sleep(self.settings.maintenance_seconds)
+            await stop.pause(self.settings.maintenance_seconds)
 
     async def start(self) -> None:
+        self._stop = Stop()
         self._tasks = [
-            asyncio.create_task(self.worker.run_forever(), name="webhook-worker"),
-            asyncio.create_task(self._maintenance_loop(), name="webhook-maintenance"),
+            asyncio.create_task(self.worker.run_forever(self._stop), name="webhook-worker"),
+            asyncio.create_task(self._maintenance_loop(self._stop), name="webhook-maintenance"),
         ]
 
-    async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Let each loop finish its round (a cancel inside a database call can leave an
+        SQLite connection never closed: ``core.stopping``); cancel one still running
+        after ``grace_seconds``."""
+        self._stop.set()
+        await end_tasks(self._tasks, grace_seconds)
         self._tasks = []
         if self._own_http:
             await self.http.aclose()

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate import __version__
 from spendgate.core.clock import Clock
+from spendgate.core.stopping import Stop
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import encode, render
 from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt
@@ -94,9 +95,11 @@ class DeliveryWorker:
             await asyncio.gather(*(self._attempt(c) for c in claims))
         return len(claims)
 
-    async def run_forever(self) -> None:
-        """Poll until cancelled; a failing round is logged and the loop goes on."""
-        while True:
+    async def run_forever(self, stop: Stop | None = None) -> None:
+        """Poll until ``stop`` is set (after the round in progress) or cancelled; a
+        failing round is logged and the loop goes on."""
+        stop = stop or Stop()
+        while not stop.is_set():
             try:
                 done = await self.run_once()
             except asyncio.CancelledError:
@@ -104,7 +107,7 @@ class DeliveryWorker:
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("webhook delivery round failed")
                 done = 0
-            await asyncio.sleep(0 if done >= self._batch_size else self._poll)
+            await stop.pause(0 if done >= self._batch_size else self._poll)
 
     async def _attempt(self, claim: Claim) -> str:
         started_at = self._clock.now()

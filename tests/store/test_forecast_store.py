@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.core.budget_rules import Budget
 from spendgate.core.clock import FrozenClock
+from spendgate.core.stopping import Stop
 from spendgate.errors import ConfigError, SpendgateError
 from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.services import Services
@@ -477,6 +478,34 @@ async def test_a_job_whose_lease_was_taken_is_stopped(
     finally:
         held.cancel()
         await other.dispose()
+
+
+async def test_the_refresh_loop_asked_to_stop_ends_after_the_round_in_progress(
+    engine: AsyncEngine,
+) -> None:
+    """Shutdown asks the loop to stop rather than cancelling it inside a database call
+    (on SQLite such a task never ends: ``core.stopping``): the refresh in progress
+    finishes and stores its forecast, then the loop returns by itself."""
+    await add_budget(engine, "b_1", 100)
+    policies = PolicyStore(engine)
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def snapshot(now: datetime) -> Any:
+        started.set()
+        await release.wait()
+        return await policies.snapshot(now)
+
+    stop = Stop()
+    loop = asyncio.create_task(
+        refresh_loop(engine, snapshot, FrozenClock(NOW), 0.01, holder="a", stop=stop)
+    )
+    await started.wait()
+    stop.set()
+    release.set()
+    async with asyncio.timeout(10):  # a guard against hanging, not a measurement
+        await loop
+    assert not loop.cancelled()
+    assert await stored_forecast(engine, "b_1") is not None
 
 
 async def test_a_budget_deleted_during_a_refresh_does_not_fail_the_others(
