@@ -18,8 +18,9 @@ Reply = Callable[[bytes], bytes | None]  # request bytes -> response bytes (None
 class Server:
     """Answers each request on a connection with ``reply``; counts connections."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, *, close_after: bool = False) -> None:
         self.reply = reply
+        self.close_after = close_after  # hang up after each answer
         self.connections = 0
         self.requests: list[bytes] = []
         self.port = 0
@@ -51,6 +52,8 @@ class Server:
                     break
                 writer.write(answer)
                 await writer.drain()
+                if self.close_after:
+                    break
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
@@ -166,6 +169,17 @@ async def test_a_body_cut_short_is_unavailable_and_the_connection_not_reused() -
             await transport.aclose()
 
 
+async def test_a_body_without_a_length_ends_with_the_connection() -> None:
+    answer = b'HTTP/1.1 200 OK\r\nconnection: close\r\n\r\n{"ok":1}'
+    async with Server(lambda _r: answer, close_after=True) as server:
+        transport = Http1Transport()
+        try:
+            response = await transport.send(request(server.url()))
+        finally:
+            await transport.aclose()
+    assert response.body == b'{"ok":1}'
+
+
 async def test_a_hang_up_before_the_answer_is_unavailable() -> None:
     async with Server(lambda _r: None) as server:
         transport = Http1Transport()
@@ -183,3 +197,28 @@ async def test_nobody_listening_is_unavailable() -> None:
     with pytest.raises(UpstreamUnavailable):
         await transport.send(request(url))
     await transport.aclose()
+
+
+async def test_a_connection_the_server_closed_while_idle_is_not_reused() -> None:
+    async with Server(lambda _r: whole(b"{}"), close_after=True) as server:
+        transport = Http1Transport()
+        try:
+            for _ in range(2):
+                assert (await transport.send(request(server.url()))).body == b"{}"
+                await asyncio.sleep(0.05)  # the hang-up reaches the idle connection
+        finally:
+            await transport.aclose()
+    assert server.connections == 2
+
+
+async def test_a_stalled_stream_times_out() -> None:
+    head_only = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    async with Server(lambda _r: head_only) as server:
+        transport = Http1Transport()
+        try:
+            response = await transport.send(request(server.url(), stream=True, timeout=0.3))
+            with pytest.raises(UpstreamTimeout):
+                await collect(response.chunks)
+            await response.close()
+        finally:
+            await transport.aclose()
