@@ -30,8 +30,9 @@ import httptools
 from spendgate.errors import UpstreamTimeout
 from spendgate.proxy.transport import UpstreamRequest, UpstreamResponse, unavailable
 
-#: an idle connection older than this is closed, not reused (servers time them out)
-IDLE_SECONDS = 15.0
+#: an idle connection older than this is closed, not reused: servers time idle ones out
+#: (uvicorn after 5 s, nginx 75 s), and a request written as the server hangs up fails
+IDLE_SECONDS = 4.0
 CONNECT_SECONDS = 10.0
 _Origin = tuple[str, str, int]
 
