@@ -17,6 +17,7 @@ they would be counted as if calls were that much rarer.
     .venv/bin/python bench/cpu_per_call.py                 # the table, all configurations
     .venv/bin/python bench/cpu_per_call.py --calls 2400 --conc 1 16
     .venv/bin/python bench/cpu_per_call.py --configs embedded:all shared:all
+    .venv/bin/python bench/cpu_per_call.py --stream --conc 1   # streamed calls
 
 Configurations are ``backend:policies``: ``embedded`` is SQLite + in-process counters,
 ``shared`` PostgreSQL (127.0.0.1:5432) + Redis (127.0.0.1:6379); ``none`` is a key and
@@ -54,10 +55,13 @@ def callgrind(*command: str) -> None:
 
 
 async def child(
-    config: str, calls: int, conc: int, warmup: int, stretch: float, work: Path
+    config: str, calls: int, conc: int, warmup: int, stretch: float, work: Path, stream: bool
 ) -> None:
     """Runs under callgrind: start the gateway, warm up, and dump around ``calls`` calls."""
+    import orjson
     from hot_path_bench import BODY, admin, call, gateway
+
+    body = orjson.dumps({**orjson.loads(BODY), "stream": True}) if stream else BODY
 
     backend, policies = config.split(":")
     async with gateway(backend == "shared", work, stretch) as app:
@@ -66,7 +70,7 @@ async def child(
         async def drive(n: int) -> None:
             async def worker() -> None:
                 for _ in range(n // conc):
-                    status = await call(app, secret, BODY)
+                    status = await call(app, secret, body)
                     assert status == 200, status
 
             await asyncio.gather(*(worker() for _ in range(conc)))
@@ -86,9 +90,11 @@ def instructions(dump: Path) -> int:
     return int(found.group(1))
 
 
-def measure(config: str, calls: int, conc: int, warmup: int, stretch: float, out: Path) -> float:
+def measure(
+    config: str, calls: int, conc: int, warmup: int, stretch: float, out: Path, stream: bool
+) -> float:
     """Instructions per call of one configuration, in a fresh process under callgrind."""
-    stem = out / f"callgrind.{config.replace(':', '-')}.c{conc}"
+    stem = out / f"callgrind.{config.replace(':', '-')}.c{conc}{'.stream' if stream else ''}"
     env = dict(os.environ, PYTHONHASHSEED="0", SPENDGATE_CONFIG="")
     env.pop("SPENDGATE_CONFIG")
     cmd = [
@@ -109,6 +115,7 @@ def measure(config: str, calls: int, conc: int, warmup: int, stretch: float, out
         str(warmup),
         "--stretch",
         str(stretch),
+        *(["--stream"] if stream else []),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if done.returncode != 0:
@@ -130,6 +137,7 @@ def main() -> None:
         default=10_000.0,
         help="periods of background work × this (valgrind's slowdown; see hot_path_bench)",
     )
+    p.add_argument("--stream", action="store_true", help="streamed calls (stream: true)")
     p.add_argument("--keep", type=Path, help="keep the callgrind files in this directory")
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -139,7 +147,15 @@ def main() -> None:
         sys.path.insert(0, str(HERE))
         with tempfile.TemporaryDirectory(prefix="sg-cpu-") as tmp:
             uvloop.run(
-                child(args.child, args.calls, args.conc[0], args.warmup, args.stretch, Path(tmp))
+                child(
+                    args.child,
+                    args.calls,
+                    args.conc[0],
+                    args.warmup,
+                    args.stretch,
+                    Path(tmp),
+                    args.stream,
+                )
             )
         return
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
@@ -150,7 +166,7 @@ def main() -> None:
     print("| backends:policies | in flight | instructions/call (M) |\n|---|--:|--:|", flush=True)
     for conc in args.conc:
         for config in args.configs:
-            per = measure(config, args.calls, conc, args.warmup, args.stretch, out)
+            per = measure(config, args.calls, conc, args.warmup, args.stretch, out, args.stream)
             results[config, conc] = per
             print(f"| {config} | {conc} | {per / 1e6:.3f} |", flush=True)
     print()

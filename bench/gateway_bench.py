@@ -393,9 +393,13 @@ class Bench:
         backend: str = "embedded",
         workers: int = 1,
         cores: str | None = GATEWAY_CORE,
+        wrap: list[str] | None = None,
+        gateway_toml: str = "",
     ) -> tuple[subprocess.Popen[bytes], str, str]:
         """``spendgate serve`` with ``workers`` processes, pinned to ``cores`` (None: not
-        pinned); an org, a key and ``limits`` on it; returns (process, base URL, key)."""
+        pinned), or run under ``wrap`` (e.g. valgrind) instead; ``gateway_toml`` goes in
+        the config's ``[gateway]`` table; an org, a key and ``limits`` on it; returns
+        (process, base URL, key)."""
         port = free_port()
         work = self.tmp / name
         if work.exists():
@@ -403,7 +407,7 @@ class Bench:
         work.mkdir()
         cfg = work / "spendgate.toml"
         cfg.write_text(
-            "[gateway]\n\n"
+            f"[gateway]\n{gateway_toml}\n"
             "[providers.up]\n"
             'kind = "openai"\n'
             f'base_url = "http://127.0.0.1:{self.upstream_port}/v1"\n'
@@ -430,7 +434,7 @@ class Bench:
         proc = self.procs.start(
             name,
             [
-                *pin,
+                *(pin if wrap is None else wrap),
                 str(PROJECT_VENV / "bin/spendgate"),
                 "serve",
                 "--config",
@@ -444,7 +448,7 @@ class Bench:
             cwd=work,
         )
         base = f"http://127.0.0.1:{port}"
-        wait_ready(f"{base}/healthz", proc, name, self.logdir)
+        wait_ready(f"{base}/healthz", proc, name, self.logdir, 120.0 if wrap is None else 900.0)
         status, raw = http("POST", f"{base}/admin/orgs", {"name": "bench"}, MASTER_KEY)
         if status >= 300:
             raise RuntimeError(f"POST /admin/orgs -> {status}: {raw[:500]!r}")

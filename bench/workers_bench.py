@@ -30,7 +30,7 @@ calls per second; the script prints that ceiling and the ratio it allows. So:
   cores, not the gateway, stopped it. On a busy shared machine none of the absolute
   figures mean anything: compare ratios from one quiet run.
 
-Run from the repo root: ``.venv/bin/python bench/workers_bench.py [--duration 10]``.
+Run from the repo root: ``.venv/bin/python bench/workers_bench.py [--duration 10] [--rev REV]``.
 Standard library only (plus gateway_bench.py's helpers); every child runs in its own
 process group and is killed in ``finally``; everything listens on 127.0.0.1.
 """
@@ -236,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts, in order")
     p.add_argument("--skip-scaling", action="store_true", help="only the c=1 latency rows")
     p.add_argument("--skip-latency", action="store_true", help="only the --workers rows")
+    p.add_argument("--rev", help="measure this git revision's spendgate/ (default: the tree)")
     args = p.parse_args(argv)
 
     if not machine_ready(("wrk", "taskset", "redis-server", "psql")):
@@ -255,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
     latency: list[Point] = []
     code = 0
     try:
-        b.source, b.src_env = spendgate_source(None, tmp)
+        b.source, b.src_env = spendgate_source(args.rev, tmp)
         log(f"spendgate source: {b.source}")
         up = b.start_upstream()
 

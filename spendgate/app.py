@@ -68,7 +68,8 @@ from spendgate.observability.metrics import GatewayMetrics
 from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gauges, redis_gauges
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
-from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
+from spendgate.proxy.http1 import Http1Transport
+from spendgate.proxy.transport import SimulatedTransport, Transport
 from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
@@ -693,7 +694,7 @@ def create_app(
             generation=lambda: enforcer.generation,
         ),
         prices=PriceTable(),
-        transports=transports or {"http": AiohttpTransport(), "simulated": SimulatedTransport()},
+        transports=transports or {"http": Http1Transport(), "simulated": SimulatedTransport()},
         events=events,
         policies=policies,
         counters=counters,

@@ -22,8 +22,11 @@ fields), then one record per line: ``<crc32, 8 hex digits> <payload>\\n``. A lin
 checksum does not match is skipped (and logged); a last line without its newline was
 torn by a crash before it was durable, so its call never completed, and it is ignored.
 
-Group commit. Appends made while a write is in flight wait for the next one; each
-write is one ``os.write`` and one ``os.fdatasync`` for all of them.
+Group commit. One thread of its own writes: appends made while a write is in flight
+wait for the next one; each write is one ``os.write`` and one ``os.fdatasync`` for all
+of them. The loop hands a record to the thread through a queue and hears back through
+``call_soon_threadsafe``: at one call at a time, that is the whole cost on top of the
+``fdatasync`` (a thread pool and a task in between cost as much again).
 """
 
 from __future__ import annotations
@@ -33,12 +36,13 @@ import contextlib
 import fcntl
 import logging
 import os
+import queue
 import secrets
 import socket
+import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -158,12 +162,17 @@ class Spool:
         self._segments: dict[int, Segment] = {}
         self._active: Segment | None = None
         self._next_seq = 1
-        self._queue: list[tuple[bytes, Any]] = []
-        self._wake = asyncio.Event()
-        self._writing = False
+        #: (line, (item, future)) for the writer thread; None stops it
+        self._inbox: queue.SimpleQueue[tuple[bytes, Any] | None] = queue.SimpleQueue()
+        #: records appended and not yet reported durable or failed (on the loop only)
+        self._pending = 0
+        #: a new segment for the next write (set by ``release`` only while nothing is pending)
         self._new_segment = True
-        self._executor: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
+        #: the writer thread's segment and the offset its writes have reached
+        self._tail: Segment | None = None
+        self._tail_end = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._dir_fd = -1
         #: called on the event loop for each record once it is durable, in file order
         self.on_durable: Callable[[Any, Position], None] = lambda _item, _pos: None
@@ -180,25 +189,21 @@ class Spool:
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(self.directory, os.O_RDONLY)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
-        self._task = asyncio.create_task(self._commit_loop(), name="spool-commit")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._writer, name="spool", daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
         """Write what was appended, then let go of every file (they stay on disk, for the
         next process to replay what the database does not have yet)."""
         for _ in range(5000):  # at most ~5 s: a disk that hangs must not hang shutdown
-            if not (self._queue or self._writing):
+            if not self._pending:
                 break
-            self._wake.set()
             await asyncio.sleep(0.001)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-            self._executor = None
+        if self._thread is not None:
+            self._inbox.put(None)
+            self._thread.join()
+            self._thread = None
         for segment in self._segments.values():
             os.close(segment.fd)
         self._segments.clear()
@@ -216,37 +221,44 @@ class Spool:
         """Write ``line`` (a ``frame``) durably; ``on_durable(item, position)`` runs before
         this returns. Raises ``OSError`` if the disk refused it."""
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._queue.append((line, (item, future)))
-        self._wake.set()
+        self._pending += 1
+        self._inbox.put((line, (item, future)))
         return await future
 
-    async def _commit_loop(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._queue:
-                batch, self._queue = self._queue, []
-                self._writing = True
-                new = self._new_segment or (
-                    self._active is not None and self._active.size >= self.rotate_bytes
-                )
+    def _writer(self) -> None:
+        """The writer thread: everything queued at once, one write and one fdatasync,
+        reported back to the loop."""
+        assert self._loop is not None
+        stop = False
+        while not stop:
+            first = self._inbox.get()
+            if first is None:
+                return
+            batch = [first]
+            while True:
                 try:
-                    segment, ends = await loop.run_in_executor(
-                        self._executor, self._write, [line for line, _ in batch], new
-                    )
-                except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
-                    self._writing = False
-                    failure = exc if isinstance(exc, OSError) else OSError(str(exc))
-                    self._failed(failure, [waiter for _, waiter in batch])
-                    continue
-                self._writing = False
-                self._wrote(segment, ends, [waiter for _, waiter in batch])
+                    more = self._inbox.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            waiters = [waiter for _, waiter in batch]
+            try:
+                segment, ends = self._write([line for line, _ in batch])
+                report: tuple[Any, ...] = (self._wrote, segment, ends, waiters)
+            except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
+                self._tail = None  # what the failed write left behind is never appended to
+                failure = exc if isinstance(exc, OSError) else OSError(str(exc))
+                report = (self._failed, failure, waiters)
+            with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits
+                self._loop.call_soon_threadsafe(*report)
 
     def _failed(self, exc: OSError, waiters: list[tuple[Any, asyncio.Future[Position]]]) -> None:
         log.error("ledger spool write failed (%s): %d records not durable", exc, len(waiters))
+        self._pending -= len(waiters)
         self.error = exc
-        self._new_segment = True  # what the failed write left behind is never appended to
         for _, future in waiters:
             if not future.done():
                 future.set_exception(exc)
@@ -257,12 +269,12 @@ class Spool:
         ends: list[int],
         waiters: list[tuple[Any, asyncio.Future[Position]]],
     ) -> None:
+        self._pending -= len(waiters)
         if segment is not self._active:
             if self._active is not None:
                 self._active.sealed = True
             self._segments[segment.seq] = segment
             self._active = segment
-            self._new_segment = False
             self.backlog_bytes += segment.data_start
         self.backlog_bytes += ends[-1] - segment.size
         self.unwritten_bytes += ends[-1] - segment.size
@@ -274,19 +286,24 @@ class Spool:
             if not future.done():
                 future.set_result((segment.seq, end))
 
-    def _write(self, lines: list[bytes], new: bool) -> tuple[Segment, list[int]]:
-        """In the spool thread: (a new segment if asked), one write, one fdatasync."""
-        segment = self._create() if new or self._active is None else self._active
+    def _write(self, lines: list[bytes]) -> tuple[Segment, list[int]]:
+        """In the spool thread: a new segment if asked or due, one write, one fdatasync."""
+        segment = self._tail
+        if segment is None or self._new_segment or self._tail_end >= self.rotate_bytes:
+            self._new_segment = False
+            segment = self._tail = self._create()
+            self._tail_end = segment.size
         data = b"".join(lines)
         view = memoryview(data)
         while view:
             written = os.write(segment.fd, view)
             view = view[written:]
         os.fdatasync(segment.fd)
-        ends, offset = [], segment.size
+        ends, offset = [], self._tail_end
         for line in lines:
             offset += len(line)
             ends.append(offset)
+        self._tail_end = offset
         return segment, ends
 
     def _create(self) -> Segment:
@@ -339,8 +356,7 @@ class Spool:
         active = self._active
         if (
             active is not None
-            and not self._writing
-            and not self._queue
+            and not self._pending
             and upto == self.durable == (active.seq, active.size)
             and active.size > active.data_start
             and (

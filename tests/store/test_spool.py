@@ -44,11 +44,13 @@ def make_spool(engine: AsyncEngine, directory: Path, **options: float) -> Spool:
 def crash(spool: Spool) -> None:
     """What ``kill -9`` leaves: the files, unlocked (the kernel drops a dead process's
     locks), and nothing written to the database."""
+    if spool._thread is not None:  # idle: every append was awaited
+        spool._inbox.put(None)
+        spool._thread.join()
+        spool._thread = None
     for segment in spool._segments.values():
         os.close(segment.fd)
     spool._segments.clear()
-    if spool._task is not None:
-        spool._task.cancel()
 
 
 async def ledger_ids(engine: AsyncEngine) -> list[str]:
