@@ -50,7 +50,6 @@ from spendgate.console.app import build_console
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
 from spendgate.core.showback import months_before
-from spendgate.core.stopping import Stop, end_tasks
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 from spendgate.counters import Counters
 from spendgate.counters.factory import counters_from_url
@@ -68,8 +67,7 @@ from spendgate.observability.metrics import GatewayMetrics
 from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gauges, redis_gauges
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
-from spendgate.proxy.http1 import Http1Transport
-from spendgate.proxy.transport import SimulatedTransport, Transport
+from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
 from spendgate.proxy.wire import Receive, Scope, Send, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
@@ -79,6 +77,7 @@ from spendgate.security.credentials import new_id
 from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
+from spendgate.stopping import Stop, end_tasks
 from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
 from spendgate.store.audit_anchor import emit_anchor
@@ -556,7 +555,7 @@ class Gateway:
     async def shutdown(self) -> None:
         """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
         # asked to stop, not cancelled: each ends after its round (a cancel inside a
-        # database call can leave an SQLite connection never closed: core.stopping)
+        # database call can leave an SQLite connection never closed: spendgate.stopping)
         self._stop.set()
         tasks = [t for t in (self._housekeeping, self._heartbeat, self._forecasts) if t]
         await end_tasks(tasks, TASK_END_SECONDS)
@@ -694,7 +693,7 @@ def create_app(
             generation=lambda: enforcer.generation,
         ),
         prices=PriceTable(),
-        transports=transports or {"http": Http1Transport(), "simulated": SimulatedTransport()},
+        transports=transports or {"http": AiohttpTransport(), "simulated": SimulatedTransport()},
         events=events,
         policies=policies,
         counters=counters,

@@ -1,24 +1,25 @@
-"""Upstream transports, passed in: real HTTP (``http1.Http1Transport``) or the
-in-process simulator.
+"""Upstream transports, passed in: real HTTP (aiohttp) or the in-process simulator.
 
 Transport.send(UpstreamRequest) -> UpstreamResponse
-  Http1Transport      real providers (``proxy/http1.py``); driver errors become
-                      UpstreamUnavailable / UpstreamTimeout at the boundary
+  AiohttpTransport    real providers; driver errors become UpstreamUnavailable /
+                      UpstreamTimeout here, at the boundary
   SimulatedTransport  ``--demo``: deterministic replies, no network
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 from urllib.parse import urlsplit
 
+import aiohttp
 import orjson
 
-from spendgate.errors import UpstreamUnavailable
+from spendgate.errors import UpstreamTimeout, UpstreamUnavailable
 from spendgate.proxy import simulated
 
 log = logging.getLogger("spendgate.proxy")
@@ -72,6 +73,77 @@ def _address(url: str) -> str:
     parts = urlsplit(url)
     port = f":{parts.port}" if parts.port else ""
     return f"{parts.scheme}://{parts.hostname}{port}{parts.path}"
+
+
+class AiohttpTransport:
+    """Pooled keep-alive connections to every provider."""
+
+    def __init__(self, *, limit: int = 1000) -> None:
+        self._limit = limit
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit, ttl_dns_cache=300, enable_cleanup_closed=True
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector, auto_decompress=True, skip_auto_headers=("User-Agent",)
+            )
+        return self._session
+
+    @staticmethod
+    @functools.lru_cache(maxsize=64)
+    def _timeout(seconds: float, stream: bool) -> aiohttp.ClientTimeout:
+        """Streams time out per read (a long answer is fine, a stalled one is not)."""
+        if stream:
+            return aiohttp.ClientTimeout(total=None, connect=10, sock_read=seconds)
+        return aiohttp.ClientTimeout(total=seconds, connect=10)
+
+    async def send(self, request: UpstreamRequest) -> UpstreamResponse:
+        timeout = self._timeout(request.timeout, request.stream)
+        try:
+            resp = await self._client().request(
+                request.method,
+                request.url,
+                data=request.body,
+                headers=request.headers,
+                timeout=timeout,
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+        except aiohttp.ClientError as exc:
+            raise unavailable("the upstream provider could not be reached", request, exc) from exc
+        headers = {k.lower(): v for k, v in resp.headers.items()}
+        if not request.stream or resp.status >= 300:
+            try:
+                body = await resp.read()
+            except TimeoutError as exc:
+                raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+            except aiohttp.ClientError as exc:
+                raise unavailable("the upstream connection failed", request, exc) from exc
+            finally:
+                resp.release()
+            return UpstreamResponse(resp.status, headers, body)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            try:
+                async for chunk in resp.content.iter_any():
+                    yield chunk
+            except TimeoutError as exc:
+                raise UpstreamTimeout("the upstream stream stalled") from exc
+            except aiohttp.ClientError as exc:
+                raise unavailable("the upstream stream broke", request, exc) from exc
+
+        async def close() -> None:
+            resp.release()
+
+        return UpstreamResponse(resp.status, headers, chunks=chunks(), close=close)
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
 
 SIMULATED_HEADER = {"x-spendgate-simulated": "true"}

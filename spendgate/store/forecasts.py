@@ -39,7 +39,7 @@ from spendgate.core import forecasting as fc
 from spendgate.core.budget_windows import Window, days_in_window, window_at
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
-from spendgate.core.stopping import Stop
+from spendgate.stopping import Stop
 from spendgate.store import schema
 from spendgate.store.database import upsert
 from spendgate.store.events import record_event

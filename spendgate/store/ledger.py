@@ -18,8 +18,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from spendgate.core.stopping import end_tasks
 from spendgate.errors import DatabaseUnavailable
+from spendgate.stopping import end_tasks
 from spendgate.store import daily, rollups, schema
 from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
 from spendgate.store.database import insert_new

@@ -22,7 +22,7 @@ import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core.clock import Clock
-from spendgate.core.stopping import Stop, end_tasks
+from spendgate.stopping import Stop, end_tasks
 from spendgate.webhooks.notifications import build_daily_digests
 from spendgate.webhooks.outbox import resolve_reset_periods
 from spendgate.webhooks.secrets_box import SecretBox
@@ -135,7 +135,7 @@ class WebhookRuntime:
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Let each loop finish its round (a cancel inside a database call can leave an
-        SQLite connection never closed: ``core.stopping``); cancel one still running
+        SQLite connection never closed: ``spendgate.stopping``); cancel one still running
         after ``grace_seconds``."""
         self._stop.set()
         await end_tasks(self._tasks, grace_seconds)

@@ -24,7 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate import __version__
 from spendgate.core.clock import Clock
-from spendgate.core.stopping import Stop
+from spendgate.stopping import Stop
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import encode, render
 from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt

@@ -20,11 +20,11 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.core.budget_rules import Budget
 from spendgate.core.clock import FrozenClock
-from spendgate.core.stopping import Stop
 from spendgate.errors import ConfigError, SpendgateError
 from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.services import Services
 from spendgate.settings import load_settings
+from spendgate.stopping import Stop
 from spendgate.store import schema
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.events import list_events
@@ -484,7 +484,7 @@ async def test_the_refresh_loop_asked_to_stop_ends_after_the_round_in_progress(
     engine: AsyncEngine,
 ) -> None:
     """Shutdown asks the loop to stop rather than cancelling it inside a database call
-    (on SQLite such a task never ends: ``core.stopping``): the refresh in progress
+    (on SQLite such a task never ends: ``spendgate.stopping``): the refresh in progress
     finishes and stores its forecast, then the loop returns by itself."""
     await add_budget(engine, "b_1", 100)
     policies = PolicyStore(engine)
