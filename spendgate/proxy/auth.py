@@ -6,10 +6,17 @@ seconds, and only while the policy generation they were looked up at is current:
 revocation or rotation on any replica bumps the policy version (``Enforcer.
 policy_changed``), the next admission anywhere finds it and reloads, and every entry
 read before is looked up again. On this replica ``forget`` makes it immediate.
+
+Calls that miss on the same key at the same time (every call in flight when its entry
+expires) share one lookup: N concurrent misses would otherwise be N queries at once,
+and on SQLite N pooled connections, the ones past the pool's size opened and closed
+each time, each with its own thread and page cache (issue #19: the memory that left
+behind grew the process's RSS over a long run).
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import Any
@@ -46,6 +53,8 @@ class KeyCache:
         #: the policy generation now in force; an entry read at another one is stale
         self._generation = generation
         self._entries: dict[str, tuple[KeyRecord | None, float, Any]] = {}
+        #: lookups under way, by (digest, generation): later misses wait for the same one
+        self._lookups: dict[tuple[str, Any], asyncio.Future[KeyRecord | None]] = {}
 
     async def authenticate(self, secret: str | None, now: datetime, mono: float) -> KeyRecord:
         if not secret or not secret.startswith(KEY_PREFIX):
@@ -59,7 +68,7 @@ class KeyCache:
             record = cached[0]
         else:
             try:
-                record = await self._lookup(digest)
+                record = await self._shared_lookup(digest, generation)
             except (SQLAlchemyError, OSError):
                 if cached is None:
                     raise
@@ -77,14 +86,39 @@ class KeyCache:
             raise AuthenticationFailed("this API key has expired")
         return record
 
+    async def _shared_lookup(self, digest: str, generation: Any) -> KeyRecord | None:
+        """``lookup(digest)``, run once for all the callers that ask while it runs. Keyed
+        by generation too: a caller that already sees a newer policy generation (a
+        revocation) never takes the answer of a lookup that started before it."""
+        key = (digest, generation)
+        lookup = self._lookups.get(key)
+        if lookup is None:
+            lookup = asyncio.ensure_future(self._lookup(digest))
+            self._lookups[key] = lookup
+            lookup.add_done_callback(lambda done: self._lookup_done(key, done))
+        # shielded: one caller cancelled (its client went away) leaves the others' lookup be
+        return await asyncio.shield(lookup)
+
+    def _lookup_done(self, key: tuple[str, Any], done: asyncio.Future[KeyRecord | None]) -> None:
+        if self._lookups.get(key) is done:
+            del self._lookups[key]
+        if not done.cancelled():
+            done.exception()  # retrieved here too, in case every caller was cancelled
+
     def forget(self, key_hash: str | None = None) -> None:
-        """Drop one cached key (or all), e.g. right after a revoke or rotate."""
+        """Drop one cached key (or all), e.g. right after a revoke or rotate. A lookup
+        under way for it may have read the key before that: later callers do not wait
+        for it, they look the key up again."""
         if key_hash is None:
             self._entries.clear()
+            self._lookups.clear()
         else:
             self._entries.pop(key_hash, None)
+            for key in [k for k in self._lookups if k[0] == key_hash]:
+                del self._lookups[key]
 
     def forget_key_id(self, key_id: str) -> None:
+        self._lookups.clear()  # which digest a lookup under way will find is not known yet
         for digest, (record, _, _) in list(self._entries.items()):
             if record is not None and record.id == key_id:
                 del self._entries[digest]

@@ -85,6 +85,11 @@ _SQLITE_INSERT = (
     "ON CONFLICT (request_id) DO NOTHING"
 )
 _TAGS = LedgerEntry._fields.index("tags")
+#: which of a batch's request ids the ledger has already: one statement whatever the
+#: batch's size (the ids go as one JSON array). An expanding ``IN (?, ?, …)`` is a new
+#: statement for each batch size, and SQLite keeps 128 prepared ones per connection, so
+#: each pooled connection's memory grew with every new batch size (issue #19)
+_SQLITE_KNOWN = "SELECT request_id FROM ledger WHERE request_id IN (SELECT value FROM json_each(?))"
 
 
 def _postgres_insert() -> str:
@@ -130,16 +135,13 @@ async def insert_entries(conn: AsyncConnection, entries: list[LedgerEntry]) -> l
     writers race). Both go to the driver directly: SQLite's executemany, PostgreSQL one
     ``unnest`` of column arrays; the per-row parameter processing of SQLAlchemy Core
     doubled the cost of a ledger row on SQLite, and tripled it on PostgreSQL."""
-    table = schema.ledger
     fresh = {e.request_id: e for e in entries}
     if conn.dialect.name == "postgresql":
         columns = [list(values) for values in zip(*fresh.values(), strict=True)]
         columns[_TAGS] = [orjson.dumps(tags).decode() for tags in columns[_TAGS]]
         stored = await conn.exec_driver_sql(_POSTGRES_INSERT, tuple(columns))
         return [fresh[request_id] for (request_id,) in stored]
-    known = await conn.execute(
-        sa.select(table.c.request_id).where(table.c.request_id.in_(list(fresh)))
-    )
+    known = await conn.exec_driver_sql(_SQLITE_KNOWN, (orjson.dumps(list(fresh)).decode(),))
     for (request_id,) in known:
         fresh.pop(request_id, None)
     new = list(fresh.values())

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic.script import ScriptDirectory
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.errors import Conflict, NotFound, ValidationFailed
@@ -17,7 +19,7 @@ from spendgate.store import schema
 from spendgate.store.database import alembic_config, create_engine, downgrade, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
-from spendgate.store.ledger import LedgerEntry, LedgerWriter
+from spendgate.store.ledger import LedgerEntry, LedgerWriter, insert_entries
 from spendgate.store.policies import PolicyStore
 from spendgate.store.showback import usage_report
 
@@ -177,6 +179,38 @@ async def test_ledger_batches_and_rolls_up_exactly(engine: AsyncEngine) -> None:
     assert [d["requests"] for d in days] == [21, 10]
     window = await usage_report(engine, [], day2, day2 + timedelta(hours=1))
     assert window[0]["requests"] == 10
+
+
+async def test_ledger_batches_of_any_size_use_the_same_statements(engine: AsyncEngine) -> None:
+    """Batches of 1 to 12 rows, some rows already stored: the same SQL texts for every
+    size, so the driver's per-connection cache of prepared statements stays a handful
+    (issue #19: on SQLite the check for stored rows was an ``IN (?, ?, …)`` of the
+    batch's size, one more prepared statement per new size on every pooled connection),
+    and a row already in the ledger is left out of the batch."""
+    statements: set[str] = set()
+
+    def statement(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        statements.add(sql)
+
+    event.listen(engine.sync_engine, "before_cursor_execute", statement)
+    n = 0
+    for size in range(1, 13):
+        batch = [entry(n + i, team=None, model="m", cost=1, at=NOW) for i in range(size)]
+        if size > 1:
+            async with engine.begin() as conn:
+                assert len(await insert_entries(conn, batch[: size // 2])) == size // 2
+        texts = len(statements)
+        async with engine.begin() as conn:
+            inserted = await insert_entries(conn, batch)
+        assert [e.request_id for e in inserted] == [e.request_id for e in batch[size // 2 :]]
+        if size > 2:
+            assert len(statements) == texts  # no statement text new to this size
+        n += size
+    async with engine.connect() as conn:
+        stored = (
+            await conn.execute(sa.select(sa.func.count()).select_from(schema.ledger))
+        ).scalar()
+    assert stored == n
 
 
 async def test_spend_sums_past_64_bits_stay_exact(engine: AsyncEngine) -> None:
