@@ -287,7 +287,7 @@ async def run(
         seconds, fill = await bulk_seed(engine, rows)
     elif not have:
         seconds = await seed(engine, rows)
-    elif not rolled:  # a bulk seed stopped before its rollups: fill them now
+    elif bulk or not rolled:  # a bulk seed stopped during its rollups: finish them
         t0 = time.perf_counter()
         await rebuild(engine, START, END)
         fill = time.perf_counter() - t0
