@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/showback_bench.py [--rows 10000000] [--backend sqlite|postgresql|both]
         [--pg-admin postgresql://postgres@127.0.0.1:5432/postgres] [--repeat 20]
-        [--sqlite-path PATH] [--pg-database NAME] [--reports-only]
+        [--sqlite-path PATH] [--pg-database NAME] [--reports-only] [--bulk]
 
 ``--sqlite-path`` / ``--pg-database``: keep the seeded database there (created and
 migrated if new) and reuse it on the next run: a database whose ledger already holds
@@ -20,6 +20,16 @@ most keys tagged by environment, a few ``shared``, 10 % of keys without a team) 
 - the statements of one month (every team's and the org's; the largest team's is one
   of them);
 - a full rebuild of the rollups from the ledger (dry run: read, aggregate, compare).
+
+``--bulk``: the database writes the ledger rows itself (``BULK_SQL``: PostgreSQL's
+``generate_series``, SQLite's recursive CTE; the same keys, teams, models, tags and
+prices, the calls spread evenly over the 13 months in time order, as a ledger grows),
+then the rollups come from ``rebuild`` (not a dry run: what ``spendgate usage rebuild``
+does), whose seconds the seed column adds. The writer seed manages 1,000-2,000 rows/s
+here: 10M rows would take hours. Given again for a kept database whose ledger is
+there, ``--bulk`` reruns that rebuild, which finishes the rollups of a seed stopped
+during them (chunks already right are only compared). The check that follows (the
+dry-run rebuild) must find the rollups equal to the ledger.
 
 ``--reports-only``: time the two usage reports and nothing else (no statements, no
 rebuild, no writer cost), adding the month report's client CPU (``time.process_time``,
