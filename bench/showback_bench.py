@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/showback_bench.py [--rows 10000000] [--backend sqlite|postgresql|both]
         [--pg-admin postgresql://postgres@127.0.0.1:5432/postgres] [--repeat 20]
-        [--sqlite-path PATH] [--pg-database NAME] [--reports-only]
+        [--sqlite-path PATH] [--pg-database NAME] [--reports-only] [--bulk]
 
 ``--sqlite-path`` / ``--pg-database``: keep the seeded database there (created and
 migrated if new) and reuse it on the next run: a database whose ledger already holds
@@ -21,6 +21,16 @@ most keys tagged by environment, a few ``shared``, 10 % of keys without a team) 
   of them);
 - a full rebuild of the rollups from the ledger (dry run: read, aggregate, compare).
 
+``--bulk``: the database writes the ledger rows itself (``BULK_SQL``: PostgreSQL's
+``generate_series``, SQLite's recursive CTE; the same keys, teams, models, tags and
+prices, the calls spread evenly over the 13 months in time order, as a ledger grows),
+then the rollups come from ``rebuild`` (not a dry run: what ``spendgate usage rebuild``
+does), whose seconds the seed column adds. The writer seed manages 1,000-2,000 rows/s
+here: 10M rows would take hours. Given again for a kept database whose ledger is
+there, ``--bulk`` reruns that rebuild, which finishes the rollups of a seed stopped
+during them (chunks already right are only compared). The check that follows (the
+dry-run rebuild) must find the rollups equal to the ledger.
+
 ``--reports-only``: time the two usage reports and nothing else (no statements, no
 rebuild, no writer cost), adding the month report's client CPU (``time.process_time``,
 which also holds SQLite's own work: it runs in this process) and its time with the
@@ -32,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import statistics
 import sys
@@ -51,6 +62,7 @@ from spendgate.store import schema
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, Pending, insert_entries, store_batch
 from spendgate.store.rebuild import rebuild
+from spendgate.store.rollups import usage_rollup
 from spendgate.store.showback import usage_report
 from spendgate.store.statements import draw
 
@@ -91,21 +103,22 @@ def batch(n0: int, size: int, rng: np.random.Generator, keys: list) -> list[Pend
     return rows
 
 
+async def seed_org(conn) -> None:  # type: ignore[no-untyped-def]
+    await conn.execute(
+        schema.orgs.insert().values(
+            id=ORG["id"], name=ORG["name"], created_at=START, reporting_timezone="Asia/Kathmandu"
+        )
+    )
+    await conn.execute(schema.teams.insert(), [
+        {"id": f"team_{t:02d}", "org_id": ORG["id"], "name": f"team {t}", "created_at": START}
+        for t in range(TEAMS)])  # fmt: skip
+
+
 async def seed(engine, rows: int) -> float:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(7)
     keys = keys_table(rng)
     async with engine.begin() as conn:
-        await conn.execute(
-            schema.orgs.insert().values(
-                id=ORG["id"],
-                name=ORG["name"],
-                created_at=START,
-                reporting_timezone="Asia/Kathmandu",
-            )
-        )
-        await conn.execute(schema.teams.insert(), [
-            {"id": f"team_{t:02d}", "org_id": ORG["id"], "name": f"team {t}", "created_at": START}
-            for t in range(TEAMS)])  # fmt: skip
+        await seed_org(conn)
     began = time.perf_counter()
     done = 0
     while done < rows:
@@ -117,6 +130,106 @@ async def seed(engine, rows: int) -> float:  # type: ignore[no-untyped-def]
         if done % 200_000 == 0:
             print(f"  seeded {done:,} rows ({time.perf_counter() - began:.0f} s)", file=sys.stderr)
     return time.perf_counter() - began
+
+
+#: the bulk seed's rows, made by the database: row ``g`` (0-based) starts at
+#: ``START + g * span / rows`` (evenly over the 13 months, in time order as a real ledger
+#: grows), its key and tokens from multiplicative hashes of ``g`` (uniform like ``batch``'s
+#: draws, and the same rows on both backends), the rest as ``batch`` makes them
+BULK = """
+INSERT INTO ledger (request_id, org_id, team_id, user_id, agent_id, key_id, tags, provider,
+    model, upstream_model, kind, stream, status, http_status, input_tokens, output_tokens,
+    cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_unknown,
+    usage_estimated, latency_ms, started_at, finished_at, usage_implausible, uncounted)
+SELECT {request_id}, :org, k.team, k.user_id, NULL, k.key_id, k.tags, m.provider, m.model,
+    m.model, 'chat', {false}, CASE WHEN r.g % 50 = 0 THEN 'upstream_error' ELSE 'ok' END, 200,
+    r.tok, r.tok / 4, 0, 0, 0, CASE WHEN r.g % 997 = 0 THEN NULL ELSE r.tok * 1700 + r.g % 13 END,
+    {unpriced}, {false}, 100, {at}, {at}, {false}, {false}
+FROM ({numbers}) AS r
+JOIN bench_keys AS k ON k.k = r.k
+JOIN bench_key_models AS m ON m.k = r.k AND m.i = r.g % k.n_models
+"""
+_NUMBERS = (
+    "SELECT g, g * 48271 % 2147483647 % {keys} AS k, 50 + g * 16807 % 2147483647 % 3950 AS tok"
+)
+BULK_SQL = {
+    "postgresql": BULK.format(
+        request_id="'r' || lpad(r.g::text, 9, '0')",
+        false="false",
+        unpriced="r.g % 997 = 0",
+        at="to_timestamp(:t0 + r.g * :span / :rows)",
+        numbers=_NUMBERS.format(keys=KEYS)
+        + " FROM generate_series(CAST(:lo AS BIGINT), CAST(:hi AS BIGINT) - 1) AS g",
+    ),
+    "sqlite": BULK.format(
+        request_id="printf('r%09d', r.g)",
+        false="0",
+        unpriced="r.g % 997 = 0",
+        at="strftime('%Y-%m-%d %H:%M:%S.000000', :t0 + r.g * :span / :rows, 'unixepoch')",
+        numbers="WITH RECURSIVE s(g) AS "
+        "(SELECT :lo UNION ALL SELECT g + 1 FROM s WHERE g + 1 < :hi) "
+        + _NUMBERS.format(keys=KEYS)
+        + " FROM s",
+    ),
+}
+
+
+async def bulk_seed(engine, rows: int) -> tuple[float, float]:  # type: ignore[no-untyped-def]
+    """The database writes the ledger rows itself (``BULK_SQL``, 1M rows a transaction),
+    then the rollups come from the set-based ``rebuild`` (what ``spendgate usage rebuild``
+    runs); returns the seconds of each."""
+    keys = keys_table(np.random.default_rng(7))
+    dialect = engine.dialect.name
+    json_type = "JSONB" if dialect == "postgresql" else "TEXT"
+    began = time.perf_counter()
+    async with engine.connect() as conn:
+        async with conn.begin():
+            await seed_org(conn)
+            await conn.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE bench_keys (k INTEGER PRIMARY KEY, team TEXT, "
+                f"user_id TEXT, key_id TEXT, tags {json_type}, n_models INTEGER)"
+            )
+            await conn.exec_driver_sql(
+                "CREATE TEMPORARY TABLE bench_key_models "
+                "(k INTEGER, i INTEGER, model TEXT, provider TEXT, PRIMARY KEY (k, i))"
+            )
+            cast = "CAST(:tags AS JSONB)" if dialect == "postgresql" else ":tags"
+            await conn.execute(
+                sa.text(f"INSERT INTO bench_keys VALUES (:k, :team, :user, :key, {cast}, :n)"),
+                [
+                    {"k": k, "team": team, "user": f"user_{k % 90}", "key": f"key_{k:03d}",
+                     "tags": json.dumps(tags), "n": len(models)}
+                    for k, (team, tags, models) in enumerate(keys)
+                ],
+            )  # fmt: skip
+            await conn.execute(
+                sa.text("INSERT INTO bench_key_models VALUES (:k, :i, :model, :provider)"),
+                [
+                    {"k": k, "i": i, "model": m,
+                     "provider": "openai" if int(m[-2:]) % 3 else "anthropic"}
+                    for k, (_team, _tags, models) in enumerate(keys)
+                    for i, m in enumerate(models)
+                ],
+            )  # fmt: skip
+        span = int((END - START).total_seconds())
+        done = 0
+        while done < rows:
+            size = min(1_000_000, rows - done)
+            params = {"org": ORG["id"], "t0": int(START.timestamp()), "span": span,
+                      "rows": rows, "lo": done, "hi": done + size}  # fmt: skip
+            async with conn.begin():
+                await conn.execute(sa.text(BULK_SQL[dialect]), params)
+            done += size
+            print(f"  bulk: {done:,} ledger rows ({time.perf_counter() - began:.0f} s)",
+                  file=sys.stderr)  # fmt: skip
+        if dialect == "postgresql":
+            await conn.commit()
+            await conn.execution_options(isolation_level="AUTOCOMMIT")
+            await conn.exec_driver_sql("ANALYZE ledger")
+    ledger_s = time.perf_counter() - began
+    began = time.perf_counter()
+    await rebuild(engine, START, END)
+    return ledger_s, time.perf_counter() - began
 
 
 async def writer_cost(url: str) -> tuple[float, float]:
@@ -164,7 +277,13 @@ async def cpu_ms(repeat: int, make) -> float:  # type: ignore[no-untyped-def]
 
 
 async def run(
-    backend: str, url: str, writer_url: str, rows: int, repeat: int, reports_only: bool = False
+    backend: str,
+    url: str,
+    writer_url: str,
+    rows: int,
+    repeat: int,
+    reports_only: bool = False,
+    bulk: bool = False,
 ) -> dict[str, str]:
     """Seed ``url`` (unless it holds rows), time the reports there; the writer's cost is
     measured in the fresh, empty database ``writer_url``."""
@@ -172,7 +291,16 @@ async def run(
     await migrate(engine)
     async with engine.connect() as conn:
         have = (await conn.execute(sa.select(sa.func.count()).select_from(schema.ledger))).scalar()
-    seconds = await seed(engine, rows) if not have else None
+        rolled = (await conn.execute(sa.select(sa.func.count()).select_from(usage_rollup))).scalar()
+    seconds = fill = None
+    if not have and bulk:
+        seconds, fill = await bulk_seed(engine, rows)
+    elif not have:
+        seconds = await seed(engine, rows)
+    elif bulk or not rolled:  # a bulk seed stopped during its rollups: finish them
+        t0 = time.perf_counter()
+        await rebuild(engine, START, END)
+        fill = time.perf_counter() - t0
     if backend == "PostgreSQL":  # what autovacuum does after a bulk load, done now
         async with engine.connect() as conn:
             await conn.execution_options(isolation_level="AUTOCOMMIT")
@@ -219,7 +347,8 @@ async def run(
     return {
         "backend": backend,
         "rows": f"{rows:,} (rollup rows {report.rollup_rows:,})",
-        "seed": f"{seconds:.0f} s ({rows / seconds:,.0f} rows/s)" if seconds else "reused",
+        "seed": (f"{seconds:.0f} s ({rows / seconds:,.0f} rows/s)" if seconds else "reused")
+        + (f", bulk; rollups by rebuild {fill:.0f} s" if fill else ""),
         "writer CPU/row": f"{before:.0f} µs -> {after:.0f} µs with rollups",
         "month team x model x day":
             f"p50 {month[0]:.0f} ms, p95 {month[1]:.0f} ms ({month[2]:,} rows)",
@@ -238,6 +367,7 @@ async def main() -> None:
     parser.add_argument("--sqlite-path", type=Path, default=None)
     parser.add_argument("--pg-database", default=None)
     parser.add_argument("--reports-only", action="store_true")
+    parser.add_argument("--bulk", action="store_true")
     args = parser.parse_args()
     results = []
     tag = uuid.uuid4().hex[:6]
@@ -249,7 +379,13 @@ async def main() -> None:
             url = f"sqlite:///{path.resolve()}"
             results.append(
                 await run(
-                    "SQLite", url, f"sqlite:///{writer}", args.rows, args.repeat, args.reports_only
+                    "SQLite",
+                    url,
+                    f"sqlite:///{writer}",
+                    args.rows,
+                    args.repeat,
+                    args.reports_only,
+                    args.bulk,
                 )
             )
         finally:
@@ -273,6 +409,7 @@ async def main() -> None:
                     args.rows,
                     args.repeat,
                     args.reports_only,
+                    args.bulk,
                 )
             )
         finally:

@@ -67,6 +67,9 @@ async def _lock(conn: AsyncConnection) -> None:
                 "IN EXCLUSIVE MODE"
             )
         )
+        # the planner prices each call's tag expansion at 100 rows, so every chunk's
+        # statements look costly enough to compile: JIT took most of a chunk's time
+        await conn.execute(sa.text("SET LOCAL jit = off"))
     else:  # any write takes SQLite's one write lock for the rest of the transaction
         await conn.execute(sa.text("DELETE FROM usage_rollup WHERE bucket < 0"))
 
@@ -74,19 +77,21 @@ async def _lock(conn: AsyncConnection) -> None:
 #: per dialect: a ledger row's bucket, its tag set as ``core.showback.tag_set`` writes it
 #: (PostgreSQL: tags are ASCII of ``[A-Za-z0-9_.:/=+-]``, so their JSON text sorts as they
 #: do; SQLite: that very function, registered on each connection by ``create_engine``),
-#: and the join giving one row per tag of the call (none: one row, tag NULL)
+#: and the join giving one row per distinct tag of the call (none: one row, tag NULL)
 _DIALECT = {
     "postgresql": (
         "CAST(floor(extract(epoch FROM started_at)) AS BIGINT) / 900",
         "(SELECT '[' || coalesce(string_agg(q, ',' ORDER BY q COLLATE \"C\"), '') || ']'"
         " FROM (SELECT DISTINCT to_json(v)::text AS q"
         " FROM jsonb_array_elements_text(ledger.tags) AS e(v)) AS d)",
-        "LEFT JOIN LATERAL jsonb_array_elements_text(l.raw_tags) AS t(value) ON true",
+        "LEFT JOIN LATERAL (SELECT DISTINCT value FROM jsonb_array_elements_text(l.raw_tags)"
+        " AS e(value)) AS t ON true",
     ),
     "sqlite": (
         "CAST(strftime('%s', started_at) AS INTEGER) / 900",
         f"{SQLITE_TAG_SET}(ledger.tags)",
-        "LEFT JOIN json_each(l.raw_tags) AS t ON true",
+        "LEFT JOIN json_each(l.raw_tags) AS t ON NOT EXISTS (SELECT 1 FROM"
+        " json_each(l.raw_tags) AS u WHERE u.key < t.key AND u.value = t.value)",
     ),
 }
 _N = rollups.NANOS
@@ -97,21 +102,20 @@ def _from_ledger(dialect: str, table: sa.Table) -> str:
     of ``[:lo, :hi)`` by the database: the same sums as ``rollups.aggregate``, the cost
     summed as whole dollars and nanos apart and carried (no sum leaves 64 bits)."""
     bucket, tag_set, per_tag = _DIALECT[dialect]
+    keys = [c.name for c in table.primary_key.columns]
     base = (
-        f"SELECT request_id, {bucket} AS bucket, org_id, coalesce(team_id, '') AS team_id, "
+        f"SELECT {bucket} AS bucket, org_id, coalesce(team_id, '') AS team_id, "
         "coalesce(user_id, '') AS user_id, coalesce(agent_id, '') AS agent_id, key_id, "
-        f"provider, model, kind, status, {tag_set} AS tags, tags AS raw_tags, input_tokens, "
+        f"provider, model, kind, status, {tag_set if 'tags' in keys else 'NULL'} AS tags, "
+        "tags AS raw_tags, input_tokens, "
         "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
         "coalesce(cost_nanos, 0) AS cost, "
         "CASE WHEN price_unknown OR cost_nanos IS NULL THEN 1 ELSE 0 END AS unpriced "
         "FROM ledger WHERE started_at >= :lo AND started_at < :hi"
     )
-    keys = [c.name for c in table.primary_key.columns]
     source = f"({base}) AS l"
     if "tag" in keys:  # one row per distinct tag of a call
-        source = (
-            f"(SELECT DISTINCT l.*, coalesce(t.value, '') AS tag FROM ({base}) AS l {per_tag}) AS l"
-        )
+        source = f"(SELECT l.*, coalesce(t.value, '') AS tag FROM ({base}) AS l {per_tag}) AS l"
     big = "BIGINT"
     rest = f"CAST(sum(l.cost % {_N}) AS {big})"
     sums = (
@@ -126,9 +130,27 @@ def _from_ledger(dialect: str, table: sa.Table) -> str:
     return f"SELECT {names}, {named} FROM {source} GROUP BY {names}"
 
 
-def _stored(table: sa.Table) -> str:
+def _in_range(dialect: str, table: sa.Table) -> str:
+    """``table``'s rows of buckets ``[:b_lo, :b_hi)``; when its key leads with another
+    column (the narrow rollup: ``org_id``), that column's values are listed first, one
+    index probe each, so the range is searched per value instead of the table scanned
+    (PostgreSQL: as an array, which its planner takes as an index condition)."""
+    where = "bucket >= :b_lo AND bucket < :b_hi"
+    first = table.primary_key.columns[0].name
+    if first == "bucket":
+        return where
+    values = (
+        f"WITH RECURSIVE v(x) AS (SELECT min({first}) FROM {table.name} UNION ALL "
+        f"SELECT (SELECT min({first}) FROM {table.name} WHERE {first} > v.x) FROM v "
+        "WHERE v.x IS NOT NULL) SELECT x FROM v WHERE x IS NOT NULL"
+    )
+    listed = f"= ANY(ARRAY({values}))" if dialect == "postgresql" else f"IN ({values})"
+    return f"{first} {listed} AND {where}"
+
+
+def _stored(dialect: str, table: sa.Table) -> str:
     names = ", ".join(c.name for c in table.columns)
-    return f"SELECT {names} FROM {table.name} WHERE bucket >= :b_lo AND bucket < :b_hi"
+    return f"SELECT {names} FROM {table.name} WHERE {_in_range(dialect, table)}"
 
 
 def _params(lo: datetime, hi: datetime) -> list[sa.BindParameter[Any]]:
@@ -144,10 +166,12 @@ async def _compare(
     conn: AsyncConnection, table: sa.Table, lo: datetime, hi: datetime, report: RebuildReport
 ) -> bool:
     """Count and list the rows where ``table`` and the ledger differ (an EXCEPT each way)."""
-    fresh, stored = _from_ledger(conn.dialect.name, table), _stored(table)
-    query = sa.text(
-        f"SELECT 'ledger', d.* FROM ({fresh} EXCEPT {stored}) AS d "
-        f"UNION ALL SELECT 'rollup', r.* FROM ({stored} EXCEPT {fresh}) AS r"
+    dialect = conn.dialect.name
+    fresh, stored = _from_ledger(dialect, table), _stored(dialect, table)
+    query = sa.text(  # each side computed once (MATERIALIZED), compared both ways
+        f"WITH fresh AS MATERIALIZED ({fresh}), stored AS MATERIALIZED ({stored}) "
+        "SELECT 'ledger', d.* FROM (SELECT * FROM fresh EXCEPT SELECT * FROM stored) AS d "
+        "UNION ALL SELECT 'rollup', r.* FROM (SELECT * FROM stored EXCEPT SELECT * FROM fresh) AS r"
     ).bindparams(*_params(lo, hi))
     width = len(table.primary_key.columns)
     found: dict[tuple[Any, ...], dict[str, list[int]]] = {}
@@ -192,7 +216,8 @@ async def _chunk(
     if same or dry_run:
         return
     for table in TABLES:
-        await conn.execute(table.delete().where(table.c.bucket >= b_lo, table.c.bucket < b_hi))
+        delete = sa.text(f"DELETE FROM {table.name} WHERE {_in_range(conn.dialect.name, table)}")
+        await conn.execute(delete.bindparams(*_params(lo, hi)[2:]))
     for table in TABLES[:2]:
         names = ", ".join(c.name for c in table.columns)
         fresh = _from_ledger(conn.dialect.name, table)

@@ -291,3 +291,28 @@ async def test_rebuild_names_tag_sets_as_the_writer_does(engine: AsyncEngine) ->
     async with engine.begin() as conn:
         await conn.execute(usage_rollup.update().values(calls=usage_rollup.c.calls + 1))
     assert (await rebuild(engine, *span, dry_run=True)).difference_count == len(tags)  # a row each
+
+
+async def test_rebuild_finds_and_removes_narrow_rows_of_an_org_without_calls(
+    engine: AsyncEngine,
+) -> None:
+    """The narrow rollup's key leads with the org, so the rebuild lists its orgs before
+    searching a bucket range: a row of an org that made no call in the range (planted
+    between two real orgs' ids) is still found, and a real rebuild removes it and
+    leaves the real orgs' rows."""
+    async with engine.begin() as conn:
+        await store_batch(conn, [Pending(row(org, 0, BASE, 10)) for org in ("o5a", "o5c")])
+        stray = {c.name: 1 for c in usage_team_rollup.columns}
+        stray.update(org_id="o5b", bucket=int(BASE.timestamp()) // 900, team_id="t1",
+                     provider="openai", model="m1", kind="chat", status="ok")  # fmt: skip
+        await conn.execute(usage_team_rollup.insert().values(stray))
+    span = (BASE, BASE + timedelta(hours=1))
+    found = await rebuild(engine, *span, dry_run=True)
+    assert found.difference_count == 1
+    assert found.differences[0]["table"] == "usage_team_rollup"
+    assert found.differences[0]["key"][0] == "o5b" and found.differences[0]["ledger"] == {}
+    assert (await rebuild(engine, *span)).fixed
+    assert (await rebuild(engine, *span, dry_run=True)).difference_count == 0
+    async with engine.connect() as conn:
+        orgs = (await conn.execute(sa.select(usage_team_rollup.c.org_id))).scalars().all()
+    assert sorted(orgs) == ["o5a", "o5c"]
