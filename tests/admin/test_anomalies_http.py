@@ -6,6 +6,7 @@ frozen clock."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,11 +15,13 @@ from typing import Any
 import httpx
 import openai
 import pytest
+import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from spendgate.cli import app as cli
 from spendgate.core.money import format_usd
 from spendgate.store import schema
+from spendgate.store.leases import leases
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import MASTER_KEY, RunningGateway, start_gateway
 
@@ -276,10 +279,26 @@ def test_anomaly_action_validation_and_conflicts(gw: RunningGateway) -> None:
     assert gw.admin.get("/admin/anomalies", params={"status": "maybe"}).status_code == 422
 
 
+def wait_for_lease(gw: RunningGateway, name: str, seconds: float = 30.0) -> None:
+    """Until some replica holds the lease ``name`` (the housekeeping loop's first round
+    takes it shortly after start; on a loaded machine that can be after the test begins)."""
+
+    async def held() -> bool:
+        async with gw.app.services.engine.connect() as conn:
+            query = sa.select(leases.c.holder).where(leases.c.name == name)
+            return (await conn.execute(query)).first() is not None
+
+    deadline = time.monotonic() + seconds
+    while not gw.run(held()):
+        assert time.monotonic() < deadline, f"no replica took the lease {name!r}"
+        time.sleep(0.05)
+
+
 def test_one_replica_checks_per_interval(gateway: RunningGateway) -> None:
     """The housekeeping loop checked on start and holds the lease: another replica skips
     until the interval has passed; then one of them checks and the other skips."""
     gw = gateway
+    wait_for_lease(gw, "anomaly-check")  # the first round runs beside the test, not before
     assert gw.run(gw.app.check_anomalies("replica-a")) is False
     gw.clock.advance(gw.settings.anomaly_check_seconds)
     assert gw.run(gw.app.check_anomalies("replica-a")) is True
