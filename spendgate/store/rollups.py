@@ -107,18 +107,25 @@ usage_tag_rollup = _rollup_table("usage_tag_rollup", "tag")
 NARROW_KEY = ("org_id", "bucket", "team_id", "provider", "model", "kind", "status")
 #: the report dimensions the narrow rollup can answer (group by or filter on)
 NARROW_DIMENSIONS = frozenset({"org", "team", "provider", "model", "kind", "status"})
-usage_team_rollup = sa.Table(
-    "usage_team_rollup",
-    metadata,
-    sa.Column("org_id", sa.String(200), nullable=False),
-    sa.Column("bucket", sa.BigInteger(), nullable=False, autoincrement=False),
-    *(sa.Column(c, sa.String(200), nullable=False) for c in NARROW_KEY[2:]),
-    *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS),
-    sa.PrimaryKeyConstraint(
-        *NARROW_KEY, name="pk_usage_team_rollup", postgresql_include=list(STORED_COLUMNS)
-    ),
-    sqlite_with_rowid=False,
-)
+
+
+def _narrow_table(name: str, key: tuple[str, ...]) -> sa.Table:
+    """A narrow rollup: ``key`` is org, the time unit (an integer), then text dimensions;
+    the primary key in ``key``'s order covers the sums (PostgreSQL: INCLUDE, for an
+    index-only scan; SQLite: ``WITHOUT ROWID``, the primary key is the table)."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(key[0], sa.String(200), nullable=False),
+        sa.Column(key[1], sa.BigInteger(), nullable=False, autoincrement=False),
+        *(sa.Column(c, sa.String(200), nullable=False) for c in key[2:]),
+        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS),
+        sa.PrimaryKeyConstraint(*key, name=f"pk_{name}", postgresql_include=list(STORED_COLUMNS)),
+        sqlite_with_rowid=False,
+    )
+
+
+usage_team_rollup = _narrow_table("usage_team_rollup", NARROW_KEY)
 #: wide key position of each narrow key column
 _NARROW_FROM_WIDE = tuple(KEY_COLUMNS.index(c) for c in NARROW_KEY)
 
@@ -130,18 +137,7 @@ _NARROW_FROM_WIDE = tuple(KEY_COLUMNS.index(c) for c in NARROW_KEY)
 DAILY_KEY = ("org_id", "day", "team_id", "model", "provider", "kind", "status")
 #: narrow key position of each daily key column after the day
 _DAILY_FROM_NARROW = tuple(NARROW_KEY.index(c) for c in DAILY_KEY[2:])
-usage_team_daily = sa.Table(
-    "usage_team_daily",
-    metadata,
-    sa.Column("org_id", sa.String(200), nullable=False),
-    sa.Column("day", sa.BigInteger(), nullable=False, autoincrement=False),
-    *(sa.Column(c, sa.String(200), nullable=False) for c in DAILY_KEY[2:]),
-    *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS),
-    sa.PrimaryKeyConstraint(
-        *DAILY_KEY, name="pk_usage_team_daily", postgresql_include=list(STORED_COLUMNS)
-    ),
-    sqlite_with_rowid=False,
-)
+usage_team_daily = _narrow_table("usage_team_daily", DAILY_KEY)
 #: the zone each org's ``usage_team_daily`` rows are drawn in (one row per org that has
 #: any rollup row); its row is what a ledger batch locks (shared) and a zone change
 #: locks (exclusive)
