@@ -29,6 +29,11 @@ import pytest
 from argon2 import PasswordHasher
 from redis.asyncio import Redis
 
+# pytest-xdist's workers export COLUMNS=80, and Rich fixes a console's width from COLUMNS
+# when the console is built (the CLI's are built at import): the CLI tests pass their own
+# COLUMNS per invocation, as a terminal would, so the worker's must not be there first
+os.environ.pop("COLUMNS", None)
+
 from spendgate.app import Gateway, create_app
 from spendgate.core.clock import FrozenClock
 from spendgate.settings import Settings, load_settings

@@ -1,7 +1,7 @@
 """At 1280 × 800 (a laptop) no list page scrolls sideways: a table wider than the page
 scrolls inside its own container, with real names in it (long team, key, wallet, budget
-and user names, a long webhook URL). Screenshots of each page go to SHOTS for a person
-to look at."""
+and user names, a long webhook URL), and no number wraps inside its cell. Screenshots
+of each page go to SHOTS for a person to look at."""
 
 from __future__ import annotations
 
@@ -91,6 +91,15 @@ def _measure(page: Page) -> dict[str, Any]:
                     tabindex: wrap ? wrap.getAttribute('tabindex') : null,
                 };
             }),
+            // cells of one value ("37.88 %", "$1234567.89") whose text runs over more
+            // than one line ("37.88" above "%"); phrases ("no recent spend") may wrap
+            wrapped_numbers: [...document.querySelectorAll('main td.num')].filter(td => {
+                if (!/^\\S+(\\s%)?$/.test(td.textContent.trim())) return false;
+                const range = document.createRange();
+                range.selectNodeContents(td);
+                const tops = new Set([...range.getClientRects()].map(r => Math.round(r.top)));
+                return tops.size > 1;
+            }).map(td => td.textContent.trim()),
         })"""
     )
 
@@ -117,6 +126,7 @@ def test_list_pages_fit_1280_pixels(console: Console, browser: Browser, path: st
             assert table["wrapped"] and table["named"], (path, table)
             assert table["table"] <= table["wrap"], (path, table)
             assert table["tabindex"] is None, (path, table)
+        assert not seen["wrapped_numbers"], (path, seen["wrapped_numbers"])
         page.set_viewport_size({"width": 700, "height": 800})
         wide = page.evaluate(
             """() => [...document.querySelectorAll('body *')]
