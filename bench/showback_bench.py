@@ -33,8 +33,10 @@ dry-run rebuild) must find the rollups equal to the ledger.
 
 ``--reports-only``: time the two usage reports and nothing else (no statements, no
 rebuild, no writer cost), adding the month report's client CPU (``time.process_time``,
-which also holds SQLite's own work: it runs in this process) and its time with the
-JSON body ``/admin/usage`` sends. With the load average: on a shared machine wall
+which also holds SQLite's own work: it runs in this process), on PostgreSQL the CPU
+of the backends serving it (``/proc/<pid>/stat`` of the database's connections: the
+server must run on this machine), and its time with the JSON body ``/admin/usage``
+sends. With the load average: on a shared machine wall
 times move with it, CPU times much less.
 """
 
@@ -276,6 +278,29 @@ async def cpu_ms(repeat: int, make) -> float:  # type: ignore[no-untyped-def]
     return statistics.median(times)
 
 
+def _backends_cpu(pids: list[int]) -> float:
+    """utime + stime of these PostgreSQL backends, in seconds (``/proc``: the server is
+    on this machine)."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+async def backend_cpu_ms(engine, repeat: int, make) -> float:  # type: ignore[no-untyped-def]
+    """Mean CPU ms per run of the PostgreSQL backends serving this database (the pool's
+    connections; a clock tick is 10 ms, so over ``repeat`` runs)."""
+    await make()  # the pool's connection opened
+    async with engine.connect() as conn:
+        query = "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+        pids = [int(p) for p in (await conn.exec_driver_sql(query)).scalars()]
+    before = _backends_cpu(pids)
+    for _ in range(repeat):
+        await make()
+    return (_backends_cpu(pids) - before) / repeat * 1000
+
+
 async def run(
     backend: str,
     url: str,
@@ -326,6 +351,9 @@ async def run(
 
         cpu = await cpu_ms(repeat, document)
         as_json = await timed(repeat, document)
+        server = ""
+        if backend == "PostgreSQL":
+            server = f", PostgreSQL CPU {await backend_cpu_ms(engine, repeat, document):.0f} ms"
         await engine.dispose()
         return {
             "backend": backend,
@@ -333,7 +361,7 @@ async def run(
             "month team x model x day": f"p50 {month[0]:.0f} ms, p95 {month[1]:.0f} ms "
             f"({month[2]:,} rows)",
             "the same with its JSON": f"p50 {as_json[0]:.0f} ms, p95 {as_json[1]:.0f} ms, "
-            f"client CPU {cpu:.0f} ms",
+            f"client CPU {cpu:.0f} ms{server}",
             "year by month": f"p50 {year[0]:.0f} ms, p95 {year[1]:.0f} ms",
             "load average": " / ".join(f"{x:.1f}" for x in os.getloadavg()),
         }
