@@ -157,9 +157,9 @@ async def gateway(shared: bool, work: Path, stretch: float = 1.0) -> AsyncIterat
     PostgreSQL database and a Redis key prefix of its own, both removed afterwards.
 
     ``stretch`` multiplies every period of background work (ledger flush, key cache,
-    policy reload, housekeeping, hold heartbeat, reconciliation): under a profiler that
-    slows calls down N times, a stretch of N keeps that work's share per call as it is
-    at full speed, instead of N times larger."""
+    policy reload, housekeeping, hold heartbeat, reconciliation, the webhook outbox poll
+    and its maintenance): under a profiler that slows calls down N times, a stretch of N
+    keeps that work's share per call as it is at full speed, instead of N times larger."""
     database = f"sg_hotpath_{uuid.uuid4().hex[:10]}"
     env = {"SPENDGATE_MASTER_KEY": MASTER, "SPENDGATE_SPOOL_DIR": str(work / "spool")}
     if shared:
@@ -179,6 +179,12 @@ async def gateway(shared: bool, work: Path, stretch: float = 1.0) -> AsyncIterat
         app = create_app(settings, clock=SystemClock(), env=env)
         if stretch != 1.0:
             app.services.enforcer._refresh_seconds *= stretch
+            webhooks = app.services.webhooks  # the outbox poll (1 s) and its maintenance
+            webhooks.worker._poll *= stretch
+            webhooks.settings = dataclasses.replace(
+                webhooks.settings,
+                maintenance_seconds=webhooks.settings.maintenance_seconds * stretch,
+            )
         await app.startup()
         try:
             yield app
