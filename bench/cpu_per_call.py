@@ -10,9 +10,9 @@ ledger is flushed, and the count is dumped. It covers exactly the measured calls
 thread of the process included (the ledger's writes too). PostgreSQL and Redis run in
 their own processes and are not counted, nor is kernel time: this is the gateway's own
 user-space work. Under valgrind a call is ~50-300x slower, so the periods of background
-work (ledger flush, policy reload, housekeeping, key cache) are stretched by
-``--stretch``: at full speed they amortise to nearly nothing per call, and unstretched
-they would be counted as if calls were that much rarer.
+work (ledger flush, policy reload, housekeeping, key cache, webhook outbox poll) are
+stretched by ``--stretch``: at full speed they amortise to nearly nothing per call, and
+unstretched they would be counted as if calls were that much rarer.
 
     .venv/bin/python bench/cpu_per_call.py                 # the table, all configurations
     .venv/bin/python bench/cpu_per_call.py --calls 2400 --conc 1 16

@@ -102,6 +102,25 @@ async def test_committed_rows_survive_a_crash_and_are_replayed_exactly_once(
     assert len(await list_events(engine, type_="budget.threshold_crossed")) == 40
 
 
+async def test_short_writes_are_completed(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that takes a few bytes per ``write`` still gets every record whole."""
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    writer.start()
+    await writer.commit(entry(0, team=None, model="m", cost=0, at=NOW))  # the file's header
+    real_write = os.write
+    monkeypatch.setattr(os, "write", lambda fd, data: real_write(fd, bytes(data[:7])))
+    await asyncio.gather(
+        *(writer.commit(entry(n, team=None, model="m", cost=n, at=NOW)) for n in range(1, 5))
+    )
+    crash(writer.spool)  # type: ignore[arg-type]
+    monkeypatch.undo()
+    replayer = LedgerWriter(engine, spool=make_spool(engine, tmp_path))
+    assert await replayer.replay_orphans() == 5
+    assert await ledger_ids(engine) == [f"req_{n:06d}" for n in range(5)]
+
+
 async def test_a_live_processes_spool_is_never_claimed(engine: AsyncEngine, tmp_path: Path) -> None:
     """Another writer in the same directory does not replay files a live writer holds."""
     live = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
