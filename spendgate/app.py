@@ -47,7 +47,6 @@ from spendgate.admin.users import router as users_router
 from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.console.app import build_console
-from spendgate.core import malloc
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.pricing import PriceTable
 from spendgate.core.showback import months_before
@@ -105,9 +104,6 @@ HOUSEKEEPING_SECONDS = 5.0
 TASK_END_SECONDS = 5.0
 #: how often one replica compares every budget's ledger spend with the thresholds fired
 SWEEP_SECONDS = 60.0
-#: how often each process hands malloc's free pages back to the system (glibc's
-#: ``malloc_trim``, ``spendgate.core.malloc``): its RSS otherwise creeps up (issue #19)
-TRIM_SECONDS = 60.0
 #: the first audit.anchor event goes out after this much uptime (then once per interval)
 ANCHOR_FIRST_SECONDS = 600.0
 
@@ -450,7 +446,6 @@ class Gateway:
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
         next_sweep = next_reconcile = next_anomaly_check = loop.time()
-        next_trim = loop.time() + TRIM_SECONDS
         first_anchor = loop.time() + ANCHOR_FIRST_SECONDS
         settings = self.services.settings
         while True:
@@ -473,9 +468,6 @@ class Gateway:
                 if every > 0 and loop.time() >= next_anomaly_check:
                     next_anomaly_check = loop.time() + every
                     await self.check_anomalies(holder)
-                if loop.time() >= next_trim:
-                    next_trim = loop.time() + TRIM_SECONDS
-                    malloc.trim()
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
                 log.warning("housekeeping postponed, database unavailable: %s", exc)
             except Exception:  # outermost layer of a background loop: log and keep going
