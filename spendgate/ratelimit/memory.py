@@ -65,6 +65,12 @@ class _Window:
     def __len__(self) -> int:
         return self.end - self.head
 
+    def oldest(self) -> float:
+        return self.times[self.head & self.mask]
+
+    def newest(self) -> float:
+        return self.times[(self.end - 1) & self.mask]
+
     def prune(self, now: float) -> None:
         """Drop the entries that have left the window at ``now``."""
         cutoff = now - self.window
@@ -85,12 +91,12 @@ class _Window:
 
     def add(self, time: float, amount: int) -> int:
         """Append an entry; its ``seq``."""
-        seq, mask = self.end, self.mask
-        if seq - self.head > mask:
-            self.resize(2 * (mask + 1))
-            mask = self.mask
-        self.times[seq & mask] = time
-        self.amounts[seq & mask] = amount
+        seq = self.end
+        if seq - self.head > self.mask:
+            self.resize(2 * (self.mask + 1))
+        at = seq & self.mask
+        self.times[at] = time
+        self.amounts[at] = amount
         self.total += amount
         self.end = seq + 1
         return seq
@@ -197,7 +203,7 @@ class MemoryRateLimiter:
                 window = self._windows[bucket] = _Window.new(window_seconds)
             else:
                 window.window = window_seconds
-                # the window's length, oldest and newest entries inlined: every call
+                # ``len(window)`` and ``oldest()`` inlined: every call
                 head = window.head
                 if head < window.end and window.times[head & window.mask] <= cutoff:
                     window.prune(now)
@@ -208,10 +214,9 @@ class MemoryRateLimiter:
                     retry = window.fit_time(used + amount - limit, cutoff)
                 self._undo(reservation_id, held, bucket)
                 return Denial(index, checks[index], used, retry)
-            newest = window.times[(window.end - 1) & window.mask]
-            stamp = newest if newest > now and window.head < window.end else now
-            held.entries[bucket] = (window, window.add(stamp, amount))
-            reset = window.times[window.head & window.mask] - cutoff  # add may have grown them
+            stamp = window.newest() if window.head < window.end else now
+            held.entries[bucket] = (window, window.add(stamp if stamp > now else now, amount))
+            reset = window.oldest() - cutoff
             results.append(CheckResult(limit, limit - used - amount, reset))
             index += 1
         self._held[reservation_id] = held
