@@ -6,20 +6,18 @@ between processes or replicas: use ``redis://`` for that.
 
 Each window bucket keeps its entries, oldest first, in two flat arrays used as a ring
 (times as C doubles, amounts as 64-bit ints) with a running total; entries leave from
-the front as ``now`` passes them (on every check of the bucket). Flat arrays because a
-busy key keeps one entry per call per window alive for a minute: as Python objects,
-hundreds of thousands of them made every full garbage collection walk them all (tens of
-ms of pause, +40 % CPU per call at 4,000 calls/s); as array items the collector never
-sees them. A ring because arrays appended at one end and cut at the other were
-reallocated every few thousand calls, at sizes that follow the calls per minute: large
-blocks that malloc kept once freed, so a long-running process's memory crept up (issue
-#19). The ring keeps its size while the rate holds. An entry is stamped ``max(now,
-newest entry)`` so the entries stay sorted even if the clock steps back. Concurrency
-buckets map reservation id to ``expires_at``; slots past it stop counting, dropped when
-they would make the difference (a check stays O(1), not O(calls in flight)). ``reap``
-sweeps every bucket, drops the empty ones and halves rings three quarters empty, so
-memory is bounded by (four times) the requests of the last window plus the calls in
-flight.
+the front as ``now`` passes them (on every check of the bucket). A ring because arrays
+that grow at one end and are cut at the other are reallocated over and over, at sizes
+that change with the calls per minute: large blocks that malloc keeps once freed, so a
+long-running process's memory crept up (issue #19); the ring keeps its size. Flat arrays because a busy key keeps
+one entry per call per window alive for a minute: as Python objects, hundreds of
+thousands of them made every full garbage collection walk them all (tens of ms of pause,
++40 % CPU per call at 4,000 calls/s); as array items the collector never sees them. An
+entry is stamped ``max(now, newest entry)`` so the arrays stay sorted even if the clock
+steps back. Concurrency buckets map reservation id to ``expires_at``; slots past it stop
+counting, dropped when they would make the difference (a check stays O(1), not
+O(calls in flight)). ``reap`` sweeps every bucket and drops the empty ones, so memory
+is bounded by the requests of the last window plus the calls in flight.
 
 The hot path's steps also come as plain methods (``acquire_now``, ``settle_now``,
 ``release_now``) that ``RateGate`` calls directly when this is its limiter: the

