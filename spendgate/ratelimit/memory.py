@@ -4,12 +4,9 @@ asyncio runs one coroutine at a time, and no method here awaits anything, so eac
 check-and-record is atomic with respect to every other caller on the loop. Not shared
 between processes or replicas: use ``redis://`` for that.
 
-Each window bucket keeps its entries, oldest first, in two flat arrays used as a ring
-(times as C doubles, amounts as 64-bit ints) with a running total; entries leave from
-the front as ``now`` passes them (on every check of the bucket). A ring because arrays
-that grow at one end and are cut at the other are reallocated over and over, at sizes
-that change with the calls per minute: large blocks that malloc keeps once freed, so a
-long-running process's memory crept up (issue #19); the ring keeps its size. Flat arrays because a busy key keeps
+Each window bucket keeps its entries, oldest first, in two flat arrays (times as C
+doubles, amounts as 64-bit ints) with a running total; entries leave from the front as
+``now`` passes them (on every check of the bucket). Flat arrays because a busy key keeps
 one entry per call per window alive for a minute: as Python objects, hundreds of
 thousands of them made every full garbage collection walk them all (tens of ms of pause,
 +40 % CPU per call at 4,000 calls/s); as array items the collector never sees them. An
@@ -27,116 +24,76 @@ The hot path's steps also come as plain methods (``acquire_now``, ``settle_now``
 from __future__ import annotations
 
 from array import array
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from spendgate.ratelimit import Check, CheckResult, Denial, Granted, validate
 
-#: a new window's room, in entries; it doubles when full (a power of two: ``seq & mask``)
-_FIRST_ROOM = 16
-
-
-def _room(size: int) -> tuple[array[float], array[int]]:
-    return array("d", bytes(8 * size)), array("q", bytes(8 * size))
+#: entries that have left are cut off the front of the arrays once this many have piled up
+_COMPACT_AT = 4096
 
 
 @dataclass(slots=True, eq=False)
 class _Window:
-    """A sliding-window log in a ring. Entry ``seq`` (counted from this window's
-    creation) sits at ``seq & mask`` in both arrays; the ones from ``head`` to ``end``
-    (excluded) are in the window. The arrays keep their size while calls come and go, so
-    a busy window allocates nothing; it doubles when full and halves in ``reap`` when
-    three quarters are unused."""
+    """A sliding-window log. Entry ``seq`` (counted from this window's creation) sits at
+    ``seq - first`` in the arrays; those before ``head`` have left the window."""
 
     window: float
-    times: array[float]
-    amounts: array[int]
-    mask: int
+    times: array[float] = field(default_factory=lambda: array("d"))
+    amounts: array[int] = field(default_factory=lambda: array("q"))
     head: int = 0
-    end: int = 0
+    first: int = 0
     total: int = 0
 
-    @classmethod
-    def new(cls, window: float) -> _Window:
-        return cls(window, *_room(_FIRST_ROOM), _FIRST_ROOM - 1)
-
     def __len__(self) -> int:
-        return self.end - self.head
+        return len(self.times) - self.head
 
     def oldest(self) -> float:
-        return self.times[self.head & self.mask]
-
-    def newest(self) -> float:
-        return self.times[(self.end - 1) & self.mask]
+        return self.times[self.head]
 
     def prune(self, now: float) -> None:
         """Drop the entries that have left the window at ``now``."""
         cutoff = now - self.window
-        times, amounts, mask, head, end = self.times, self.amounts, self.mask, self.head, self.end
+        times, amounts, head, end = self.times, self.amounts, self.head, len(self.times)
         total = self.total
-        while head < end and times[head & mask] <= cutoff:
-            total -= amounts[head & mask]
+        while head < end and times[head] <= cutoff:
+            total -= amounts[head]
             head += 1
         self.total, self.head = total, head
+        if head >= _COMPACT_AT and head * 2 >= end:
+            del times[:head]
+            del amounts[:head]
+            self.first += head
+            self.head = 0
 
     def skip_empty(self) -> None:
         """Let released (zeroed) entries at the front leave, so the oldest entry, which
         tells when capacity returns, is one that counts."""
-        amounts, mask, head, end = self.amounts, self.mask, self.head, self.end
-        while head < end and amounts[head & mask] == 0:
+        amounts, head, end = self.amounts, self.head, len(self.times)
+        while head < end and amounts[head] == 0:
             head += 1
         self.head = head
 
     def add(self, time: float, amount: int) -> int:
         """Append an entry; its ``seq``."""
-        seq = self.end
-        if seq - self.head > self.mask:
-            self.resize(2 * (self.mask + 1))
-        at = seq & self.mask
-        self.times[at] = time
-        self.amounts[at] = amount
+        self.times.append(time)
+        self.amounts.append(amount)
         self.total += amount
-        self.end = seq + 1
-        return seq
-
-    def pop(self) -> None:
-        """Take back the newest entry."""
-        self.end -= 1
-        self.total -= self.amounts[self.end & self.mask]
+        return self.first + len(self.times) - 1
 
     def position(self, seq: int) -> int | None:
         """Where entry ``seq`` is, or None once it has left the window."""
-        return seq & self.mask if self.head <= seq < self.end else None
-
-    def entries(self) -> Iterator[tuple[float, int]]:
-        """(time, amount) of each entry in the window, oldest first."""
-        times, amounts, mask = self.times, self.amounts, self.mask
-        for seq in range(self.head, self.end):
-            yield times[seq & mask], amounts[seq & mask]
-
-    def resize(self, size: int) -> None:
-        """Move the entries to arrays of ``size`` (a power of two, at least ``len``)."""
-        times, amounts = _room(size)
-        mask = size - 1
-        for seq, (time, amount) in enumerate(self.entries(), self.head):
-            times[seq & mask], amounts[seq & mask] = time, amount
-        self.times, self.amounts, self.mask = times, amounts, mask
-
-    def shrink(self) -> None:
-        """Halve the arrays while three quarters of them are unused."""
-        size = self.mask + 1
-        while size > _FIRST_ROOM and len(self) * 4 <= size:
-            size //= 2
-        if size <= self.mask:
-            self.resize(size)
+        at = seq - self.first
+        return at if self.head <= at < len(self.times) else None
 
     def fit_time(self, need: int, cutoff: float) -> float | None:
         """Seconds after ``cutoff``'s moment at which ``need`` has left the window."""
         freed = 0
-        for time, amount in self.entries():
-            freed += amount
+        times, amounts = self.times, self.amounts
+        for at in range(self.head, len(times)):
+            freed += amounts[at]
             if freed >= need:
-                return time - cutoff
+                return times[at] - cutoff
         return None
 
 
@@ -198,12 +155,11 @@ class MemoryRateLimiter:
             window = self._windows.get(bucket)
             cutoff = now - window_seconds
             if window is None:
-                window = self._windows[bucket] = _Window.new(window_seconds)
+                window = self._windows[bucket] = _Window(window_seconds)
             else:
                 window.window = window_seconds
-                # ``len(window)`` and ``oldest()`` inlined: every call
-                head = window.head
-                if head < window.end and window.times[head & window.mask] <= cutoff:
+                # ``len(window)`` and ``oldest()`` inlined, here and below: every call
+                if window.head < len(window.times) and window.times[window.head] <= cutoff:
                     window.prune(now)
             used = window.total
             if used + amount > limit:
@@ -212,9 +168,10 @@ class MemoryRateLimiter:
                     retry = window.fit_time(used + amount - limit, cutoff)
                 self._undo(reservation_id, held, bucket)
                 return Denial(index, checks[index], used, retry)
-            stamp = window.newest() if window.head < window.end else now
-            held.entries[bucket] = (window, window.add(stamp if stamp > now else now, amount))
-            reset = window.oldest() - cutoff
+            times = window.times
+            stamp = times[-1] if window.head < len(times) and times[-1] > now else now
+            held.entries[bucket] = (window, window.add(stamp, amount))
+            reset = times[window.head] - cutoff
             results.append(CheckResult(limit, limit - used - amount, reset))
             index += 1
         self._held[reservation_id] = held
@@ -232,14 +189,18 @@ class MemoryRateLimiter:
                 out.append(0)
                 continue
             cutoff = now - check.window_seconds
-            out.append(sum(amount for time, amount in window.entries() if time > cutoff))
+            times, amounts = window.times, window.amounts
+            out.append(
+                sum(amounts[at] for at in range(window.head, len(times)) if times[at] > cutoff)
+            )
         return out
 
     def _undo(self, reservation_id: str, held: _Held, refused: str) -> None:
         """Take back what a refused ``acquire`` recorded (each entry is the last of its
-        window) and drop the buckets it left empty, the ``refused`` one included."""
+        deque) and drop the buckets it left empty, the ``refused`` one included."""
         for window, _ in held.entries.values():
-            window.pop()
+            window.times.pop()
+            window.total -= window.amounts.pop()
         self._free_slots(reservation_id, held.slots)
         for bucket in (*held.entries, refused):
             emptied = self._windows.get(bucket)
@@ -279,13 +240,14 @@ class MemoryRateLimiter:
         held = self._held.pop(reservation_id, None)
         if held is None:
             return
-        for bucket, (_, seq) in held.entries.items():
+        for bucket in held.entries:
             found = self._live(bucket, held)
             if found is None:
                 continue
             window, at = found
-            if seq == window.end - 1:  # the usual case: a budget refused it just now
-                window.pop()
+            if at == len(window.times) - 1:  # the usual case: a budget refused it just now
+                window.times.pop()
+                window.total -= window.amounts.pop()
             else:  # an older one stays in place, counting for nothing
                 window.total -= window.amounts[at]
                 window.amounts[at] = 0
@@ -304,8 +266,6 @@ class MemoryRateLimiter:
             window.prune(now)
             if not len(window):
                 del self._windows[bucket]
-            else:
-                window.shrink()
         for bucket, slots in list(self._slots.items()):
             if not _drop_expired(slots, now):
                 del self._slots[bucket]
