@@ -1,12 +1,15 @@
 """Rollups recomputed from the ledger, and the raw ledger purged past its retention.
 
 **Rebuild.** ``rebuild`` goes over ``[start, end)`` a chunk of days at a time, set-based:
-the database sums the chunk's ledger rows into each rollup's rows (one ``GROUP BY``,
-the same sums as the writer's ``rollups.aggregate``), compares them with the stored
-rows of those buckets (an ``EXCEPT`` each way), reports every difference, and (unless
-``dry_run``) replaces the chunk's rollup rows in the same transaction (``INSERT …
-SELECT … GROUP BY``; the narrow rollup folded from the wide one). Python sees only the
-differences. Each chunk first
+the database sums the chunk's ledger rows into each rollup's rows (one ``GROUP BY`` into
+a temporary table, the same sums as the writer's ``rollups.aggregate``; the narrow
+rollup folded from the wide one's, as the writer folds it), compares them with the
+stored rows of those buckets (an ``EXCEPT`` each way, into a temporary table of the
+differences), reports the differences (all counted, the first ``LISTED`` in key order
+listed), and (unless ``dry_run``) deletes the stored rows that differ and inserts the
+ledger's in the same transaction (``DELETE … WHERE (key) IN (SELECT …)``, ``INSERT …
+SELECT``): rows already right are not touched, and Python never holds a rollup row.
+The daily rollup goes the same way per local day of each org's zone. Each chunk first
 takes the rollup tables' write lock (PostgreSQL: ``LOCK … IN EXCLUSIVE MODE``; SQLite:
 its one write lock), so a ledger batch committing meanwhile is either seen whole in the
 ledger or adds its rows to the rollups after the chunk is replaced — never lost, never
