@@ -1,12 +1,15 @@
 """Rollups recomputed from the ledger, and the raw ledger purged past its retention.
 
 **Rebuild.** ``rebuild`` goes over ``[start, end)`` a chunk of days at a time, set-based:
-the database sums the chunk's ledger rows into each rollup's rows (one ``GROUP BY``,
-the same sums as the writer's ``rollups.aggregate``), compares them with the stored
-rows of those buckets (an ``EXCEPT`` each way), reports every difference, and (unless
-``dry_run``) replaces the chunk's rollup rows in the same transaction (``INSERT …
-SELECT … GROUP BY``; the narrow rollup folded from the wide one). Python sees only the
-differences. Each chunk first
+the database sums the chunk's ledger rows into each rollup's rows (one ``GROUP BY`` into
+a temporary table, the same sums as the writer's ``rollups.aggregate``; the narrow
+rollup folded from the wide one's, as the writer folds it), compares them with the
+stored rows of those buckets (an ``EXCEPT`` each way, into a temporary table of the
+differences), reports the differences (all counted, the first ``LISTED`` in key order
+listed), and (unless ``dry_run``) deletes the stored rows that differ and inserts the
+ledger's in the same transaction (``DELETE … WHERE (key) IN (SELECT …)``, ``INSERT …
+SELECT``): rows already right are not touched, and Python never holds a rollup row.
+The daily rollup goes the same way per local day of each org's zone. Each chunk first
 takes the rollup tables' write lock (PostgreSQL: ``LOCK … IN EXCLUSIVE MODE``; SQLite:
 its one write lock), so a ledger batch committing meanwhile is either seen whole in the
 ledger or adds its rows to the rollups after the chunk is replaced — never lost, never
@@ -148,11 +151,6 @@ def _in_range(dialect: str, table: sa.Table) -> str:
     return f"{first} {listed} AND {where}"
 
 
-def _stored(dialect: str, table: sa.Table) -> str:
-    names = ", ".join(c.name for c in table.columns)
-    return f"SELECT {names} FROM {table.name} WHERE {_in_range(dialect, table)}"
-
-
 def _params(lo: datetime, hi: datetime) -> list[sa.BindParameter[Any]]:
     return [
         sa.bindparam("lo", lo, type_=schema.UTCDateTime()),
@@ -162,69 +160,140 @@ def _params(lo: datetime, hi: datetime) -> list[sa.BindParameter[Any]]:
     ]
 
 
-async def _compare(
-    conn: AsyncConnection, table: sa.Table, lo: datetime, hi: datetime, report: RebuildReport
-) -> bool:
-    """Count and list the rows where ``table`` and the ledger differ (an EXCEPT each way)."""
-    dialect = conn.dialect.name
-    fresh, stored = _from_ledger(dialect, table), _stored(dialect, table)
-    query = sa.text(  # each side computed once (MATERIALIZED), compared both ways
-        f"WITH fresh AS MATERIALIZED ({fresh}), stored AS MATERIALIZED ({stored}) "
-        "SELECT 'ledger', d.* FROM (SELECT * FROM fresh EXCEPT SELECT * FROM stored) AS d "
-        "UNION ALL SELECT 'rollup', r.* FROM (SELECT * FROM stored EXCEPT SELECT * FROM fresh) AS r"
-    ).bindparams(*_params(lo, hi))
-    width = len(table.primary_key.columns)
-    found: dict[tuple[Any, ...], dict[str, list[int]]] = {}
-    for side, *values in await conn.execute(query):
-        sums = rollups.logical([int(v) for v in values[width:]])
-        found.setdefault(tuple(values[:width]), {})[side] = sums
-    at = [c.name for c in table.primary_key.columns].index("bucket")
-    for key in sorted(found):
-        report.difference_count += 1
-        if len(report.differences) < LISTED:
-            report.differences.append(
-                {
-                    "table": table.name,
-                    "bucket_start": sb.bucket_start(key[at]).isoformat(),
-                    "key": [*key[:at], *key[at + 1 :]],
-                    "ledger": dict(
-                        zip(rollups.SUM_COLUMNS, found[key].get("ledger", []), strict=False)
-                    ),
-                    "rollup": dict(
-                        zip(rollups.SUM_COLUMNS, found[key].get("rollup", []), strict=False)
-                    ),
-                }
-            )
-    return not found
+def _scratch(table: sa.Table) -> sa.TableClause:
+    """The temporary table holding ``table``'s rows as the ledger gives them."""
+    return sa.table(f"sg_fresh_{table.name}", *(sa.column(c.name) for c in table.columns))
+
+
+async def _create(conn: AsyncConnection, name: str, like: sa.Table, side: bool = False) -> None:
+    """A temporary table of ``like``'s columns and types (led by a text ``side`` column),
+    dropped by the caller before its transaction ends (or with it, by a rollback)."""
+    names = ", ".join(c.name for c in like.columns)
+    lead = "CAST('' AS TEXT) AS side, " if side else ""
+    await conn.execute(
+        sa.text(
+            f"CREATE TEMPORARY TABLE {name} AS SELECT {lead}{names} FROM {like.name} WHERE 1 = 0"
+        )
+    )
+
+
+Listed = list[tuple[tuple[Any, ...], dict[str, list[int]]]]
+
+
+async def _reconcile(
+    conn: AsyncConnection,
+    table: sa.Table,
+    fresh: str,
+    where: str,
+    params: list[sa.BindParameter[Any]],
+    dry_run: bool,
+    room: int,
+) -> tuple[int, Listed]:
+    """Compare ``table``'s rows that ``where`` selects with the temporary table ``fresh``
+    (the same rows as the ledger gives them), set-based: the rows each side has and the
+    other lacks (an ``EXCEPT`` each way) go to the temporary ``sg_diff``. Returns the count
+    of keys that differ and the first ``room`` of them in key order (each with its sums
+    per side, ``ledger`` and/or ``rollup``); unless ``dry_run``, deletes the stored rows
+    of those keys and inserts the ledger's, in the caller's transaction — rows already
+    right are not touched."""
+    names = ", ".join(c.name for c in table.columns)
+    key = [c for c in table.primary_key.columns]
+    keys = ", ".join(c.name for c in key)
+    await _create(conn, "sg_diff", table, side=True)
+    fill = (
+        f"WITH stored AS MATERIALIZED (SELECT {names} FROM {table.name} WHERE {where}) "
+        f"INSERT INTO sg_diff SELECT 'ledger', d.* FROM "
+        f"(SELECT {names} FROM {fresh} EXCEPT SELECT * FROM stored) AS d "
+        f"UNION ALL SELECT 'rollup', r.* FROM "
+        f"(SELECT * FROM stored EXCEPT SELECT {names} FROM {fresh}) AS r"
+    )
+    await conn.execute(sa.text(fill).bindparams(*params))
+    distinct = f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM sg_diff) AS k"
+    count = int((await conn.execute(sa.text(distinct))).scalar() or 0)
+    listed: Listed = []
+    if count and room > 0:
+        # Python's order of the keys (code points): PostgreSQL's "C" collation
+        collate = ' COLLATE "C"' if conn.dialect.name == "postgresql" else ""
+        order = ", ".join(
+            c.name + (collate if isinstance(c.type, (sa.String, sa.Text)) else "") for c in key
+        )
+        first = f"SELECT side, {names} FROM sg_diff ORDER BY {order}, side LIMIT {2 * room}"
+        found: dict[tuple[Any, ...], dict[str, list[int]]] = {}
+        for side, *values in await conn.execute(sa.text(first)):
+            sums = rollups.logical([int(v) for v in values[len(key) :]])
+            found.setdefault(tuple(values[: len(key)]), {})[side] = sums
+        listed = [(k, found[k]) for k in sorted(found)[:room]]  # each of these has both rows
+    if count and not dry_run:
+        gone = f"SELECT {keys} FROM sg_diff WHERE side = 'rollup'"
+        delete = f"DELETE FROM {table.name} WHERE {where} AND ({keys}) IN ({gone})"
+        await conn.execute(sa.text(delete).bindparams(*params))
+        insert = (
+            f"INSERT INTO {table.name} ({names}) SELECT {names} FROM sg_diff WHERE side = 'ledger'"
+        )
+        await conn.execute(sa.text(insert))
+    await conn.execute(sa.text("DROP TABLE sg_diff"))
+    return count, listed
+
+
+def _described(table: str, sides: dict[str, list[int]], **where: Any) -> dict[str, Any]:
+    """A listed difference: its table, where it is (``where``), its sums on each side."""
+    return {
+        "table": table,
+        **where,
+        "ledger": dict(zip(rollups.SUM_COLUMNS, sides.get("ledger", []), strict=False)),
+        "rollup": dict(zip(rollups.SUM_COLUMNS, sides.get("rollup", []), strict=False)),
+    }
 
 
 async def _chunk(
     conn: AsyncConnection, lo: datetime, hi: datetime, dry_run: bool, report: RebuildReport
 ) -> None:
+    """One chunk: the wide and tag rollups' rows computed from the ledger into temporary
+    tables (one ``GROUP BY`` each), the narrow one's folded from the wide one's, as the
+    writer does; each compared with the stored rows and, unless ``dry_run``, repaired."""
     ledger = schema.ledger
     where = (ledger.c.started_at >= lo, ledger.c.started_at < hi)
     count = sa.select(sa.func.count()).select_from(ledger).where(*where)
     report.ledger_rows += int((await conn.execute(count)).scalar() or 0)
     b_lo, b_hi = sb.bucket_of(lo), sb.bucket_of(hi)
-    wide = rollups.usage_rollup
+    wide, _tags, narrow = TABLES
     in_range = (wide.c.bucket >= b_lo, wide.c.bucket < b_hi)
     count = sa.select(sa.func.count()).select_from(wide).where(*in_range)
     report.rollup_rows += int((await conn.execute(count)).scalar() or 0)
-    same = True
+    dialect = conn.dialect.name
+    fresh = {table: _scratch(table) for table in TABLES}
     for table in TABLES:
-        same = await _compare(conn, table, lo, hi, report) and same
-    if same or dry_run:
-        return
-    for table in TABLES:
-        delete = sa.text(f"DELETE FROM {table.name} WHERE {_in_range(conn.dialect.name, table)}")
-        await conn.execute(delete.bindparams(*_params(lo, hi)[2:]))
+        await _create(conn, fresh[table].name, table)
     for table in TABLES[:2]:
         names = ", ".join(c.name for c in table.columns)
-        fresh = _from_ledger(conn.dialect.name, table)
-        insert = f"INSERT INTO {table.name} ({names}) {fresh}"
+        insert = f"INSERT INTO {fresh[table].name} ({names}) {_from_ledger(dialect, table)}"
         await conn.execute(sa.text(insert).bindparams(*_params(lo, hi)[:2]))
-    await conn.execute(rollups.fold_narrow(sa.and_(*in_range)))
-    report.fixed = True
+    await conn.execute(rollups.fold_narrow(source=fresh[wide], into=fresh[narrow]))
+    for table in TABLES:
+        at = [c.name for c in table.primary_key.columns].index("bucket")
+        room = LISTED - len(report.differences)
+        n, listed = await _reconcile(
+            conn,
+            table,
+            fresh[table].name,
+            _in_range(dialect, table),
+            _params(lo, hi)[2:],
+            dry_run,
+            room,
+        )
+        report.difference_count += n
+        report.fixed = report.fixed or (n > 0 and not dry_run)
+        for key, sides in listed:
+            report.differences.append(
+                _described(
+                    table.name,
+                    sides,
+                    bucket_start=sb.bucket_start(key[at]).isoformat(),
+                    key=[*key[:at], *key[at + 1 :]],
+                )
+            )
+    for table in TABLES:
+        await conn.execute(sa.text(f"DROP TABLE {fresh[table].name}"))
 
 
 async def rebuild(
@@ -326,53 +395,39 @@ async def _daily_chunk(
     )
     narrow = _from_ledger(conn.dialect.name, rollups.usage_team_rollup)
     others = ", ".join(f"n.{c}" for c in rollups.DAILY_KEY[2:])
-    fresh = (
+    names = ", ".join(c.name for c in d.columns)
+    fresh = _scratch(d).name
+    await _create(conn, fresh, d)
+    insert = (
+        f"INSERT INTO {fresh} ({names}) "
         f"SELECT n.org_id, {day_sql} AS day, {others}, {sums} FROM ({narrow}) AS n "
         f"WHERE n.org_id IN :orgs GROUP BY n.org_id, {day_sql}, {others}"
     )
-    names = ", ".join(c.name for c in d.columns)
-    stored = (
-        f"SELECT {names} FROM usage_team_daily "
-        "WHERE org_id IN :orgs AND day >= :d_lo AND day < :d_hi"
+    orgs_param: sa.BindParameter[Any] = sa.bindparam("orgs", orgs, expanding=True)
+    await conn.execute(
+        sa.text(insert).bindparams(
+            sa.bindparam("lo", sb.bucket_start(b_lo), type_=schema.UTCDateTime()),
+            sa.bindparam("hi", sb.bucket_start(b_hi), type_=schema.UTCDateTime()),
+            orgs_param,
+        )
     )
-    params = [
-        sa.bindparam("lo", sb.bucket_start(b_lo), type_=schema.UTCDateTime()),
-        sa.bindparam("hi", sb.bucket_start(b_hi), type_=schema.UTCDateTime()),
-        sa.bindparam("orgs", orgs, expanding=True),
-        sa.bindparam("d_lo", day),
-        sa.bindparam("d_hi", upto),
-    ]
-    query = sa.text(
-        f"SELECT 'ledger', x.* FROM ({fresh} EXCEPT {stored}) AS x "
-        f"UNION ALL SELECT 'rollup', r.* FROM ({stored} EXCEPT {fresh}) AS r"
-    ).bindparams(*params)
-    found: dict[tuple[Any, ...], dict[str, list[int]]] = {}
-    for side, *values in await conn.execute(query):
-        sums_of = rollups.logical([int(v) for v in values[7:]])
-        found.setdefault(tuple(values[:7]), {})[side] = sums_of
-    for key in sorted(found):
-        report.difference_count += 1
-        if len(report.differences) < LISTED:
-            report.differences.append(
-                {
-                    "table": d.name,
-                    "bucket_start": sb.local_day(int(key[1])).isoformat(),
-                    "timezone": zone,
-                    "key": [key[0], *key[2:]],
-                    "ledger": dict(
-                        zip(rollups.SUM_COLUMNS, found[key].get("ledger", []), strict=False)
-                    ),
-                    "rollup": dict(
-                        zip(rollups.SUM_COLUMNS, found[key].get("rollup", []), strict=False)
-                    ),
-                }
+    where = "org_id IN :orgs AND day >= :d_lo AND day < :d_hi"
+    params = [orgs_param, sa.bindparam("d_lo", day), sa.bindparam("d_hi", upto)]
+    room = LISTED - len(report.differences)
+    count, listed = await _reconcile(conn, d, fresh, where, params, dry_run, room)
+    await conn.execute(sa.text(f"DROP TABLE {fresh}"))
+    report.difference_count += count
+    report.fixed = report.fixed or (count > 0 and not dry_run)
+    for key, sides in listed:
+        report.differences.append(
+            _described(
+                d.name,
+                sides,
+                bucket_start=sb.local_day(int(key[1])).isoformat(),
+                timezone=zone,
+                key=[key[0], *key[2:]],
             )
-    if not found or dry_run:
-        return
-    await conn.execute(d.delete().where(d.c.org_id.in_(orgs), d.c.day >= day, d.c.day < upto))
-    insert = sa.text(f"INSERT INTO usage_team_daily ({names}) {fresh}").bindparams(*params[:3])
-    await conn.execute(insert)
-    report.fixed = True
+        )
 
 
 async def purge_ledger(engine: AsyncEngine, before: datetime) -> int:

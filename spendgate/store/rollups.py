@@ -306,12 +306,17 @@ def driver_writes(
     return out
 
 
-def fold_narrow(where: sa.ColumnElement[bool] | None = None) -> sa.Insert:
+def fold_narrow(
+    where: sa.ColumnElement[bool] | None = None,
+    source: sa.TableClause = usage_rollup,
+    into: sa.TableClause = usage_team_rollup,
+) -> sa.Insert:
     """``INSERT INTO usage_team_rollup SELECT … FROM usage_rollup GROUP BY …``: the narrow
     rollup's rows (of the wide rows ``where`` selects) computed by the database, set-based
-    — migration 0018's backfill and the rebuild. The nanos are summed apart from the
-    dollars and carried, so no sum leaves 64 bits."""
-    w, n = usage_rollup, usage_team_rollup
+    — migration 0018's backfill, and the rebuild (from and into its scratch tables of the
+    same columns, ``source`` and ``into``). The nanos are summed apart from the dollars
+    and carried, so no sum leaves 64 bits."""
+    w = source
     nanos = sa.cast(sa.func.sum(w.c.cost_nanos), sa.BigInteger())
     sums: dict[str, sa.ColumnElement[Any]] = {c: sa.func.sum(w.c[c]) for c in STORED_COLUMNS}
     sums["cost_usd"] = sa.cast(sa.func.sum(w.c.cost_usd), sa.BigInteger()) + nanos // NANOS
@@ -320,7 +325,7 @@ def fold_narrow(where: sa.ColumnElement[bool] | None = None) -> sa.Insert:
     query = sa.select(*keys, *sums.values())
     if where is not None:
         query = query.where(where)
-    return n.insert().from_select([*NARROW_KEY, *sums], query.group_by(*keys))
+    return into.insert().from_select([*NARROW_KEY, *sums], query.group_by(*keys))
 
 
 def local_bucket(bucket: sa.ColumnElement[Any], segments: Sequence[Segment]) -> Any:

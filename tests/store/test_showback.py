@@ -316,3 +316,38 @@ async def test_rebuild_finds_and_removes_narrow_rows_of_an_org_without_calls(
     async with engine.connect() as conn:
         orgs = (await conn.execute(sa.select(usage_team_rollup.c.org_id))).scalars().all()
     assert sorted(orgs) == ["o5a", "o5c"]
+
+
+async def test_rebuild_fills_empty_rollups_as_the_writer_would(engine: AsyncEngine) -> None:
+    """Rollups emptied behind the writer's back (as after a bulk load of the ledger): every
+    row of the four rollup tables is a difference with nothing stored, and a real rebuild
+    writes back exactly the writer's rows; a second one finds nothing to fix."""
+    tables = (usage_rollup, usage_tag_rollup, usage_team_rollup, usage_team_daily)
+    tags = [(), ("prod",), ("search", "prod")]
+    async with engine.begin() as conn:
+        await set_daily_zone(conn, "o6", "Asia/Kathmandu")
+        await store_batch(
+            conn,
+            [
+                Pending(row("o6", n, BASE + timedelta(minutes=37 * n), 10**9 + n, tags=tags[n % 3]))
+                for n in range(60)
+            ],
+        )
+
+    async def contents() -> list[list[tuple[object, ...]]]:
+        async with engine.connect() as conn:
+            return [sorted((await conn.execute(sa.select(t))).all()) for t in tables]
+
+    written = await contents()
+    assert all(written)
+    async with engine.begin() as conn:
+        for t in tables:
+            await conn.execute(t.delete())
+    span = (BASE, BASE + timedelta(days=2))
+    fixed = await rebuild(engine, *span)
+    assert fixed.fixed and fixed.difference_count == sum(len(rows) for rows in written)
+    assert all(d["rollup"] == {} for d in fixed.differences)
+    assert len(fixed.differences) == min(100, fixed.difference_count)
+    assert await contents() == written
+    again = await rebuild(engine, *span)
+    assert again.difference_count == 0 and not again.fixed
