@@ -22,8 +22,10 @@ refused, since it would wipe rollups the ledger can no longer back.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import sqlalchemy as sa
@@ -41,6 +43,8 @@ CHUNK = timedelta(days=7)
 TABLES = (rollups.usage_rollup, rollups.usage_tag_rollup, rollups.usage_team_rollup)
 #: differences listed in a report (all are counted)
 LISTED = 100
+#: differences found by a reconciliation: each key with its sums per side
+Listed = list[tuple[tuple[Any, ...], dict[str, list[int]]]]
 
 
 @dataclass
@@ -52,6 +56,34 @@ class RebuildReport:
     difference_count: int = 0
     differences: list[dict[str, Any]] = field(default_factory=list)
     fixed: bool = False
+
+    @property
+    def room(self) -> int:
+        """How many more differences the report lists."""
+        return LISTED - len(self.differences)
+
+    def add(
+        self,
+        table: str,
+        count: int,
+        listed: Listed,
+        dry_run: bool,
+        where_of: Callable[[tuple[Any, ...]], dict[str, Any]],
+    ) -> None:
+        """One table's reconciliation: ``count`` keys differed (repaired unless ``dry_run``);
+        each listed one described by its table, where it is (``where_of`` its key) and its
+        sums on each side."""
+        self.difference_count += count
+        self.fixed = self.fixed or (count > 0 and not dry_run)
+        for key, sides in listed:
+            self.differences.append(
+                {
+                    "table": table,
+                    **where_of(key),
+                    "ledger": dict(zip(rollups.SUM_COLUMNS, sides.get("ledger", []), strict=False)),
+                    "rollup": dict(zip(rollups.SUM_COLUMNS, sides.get("rollup", []), strict=False)),
+                }
+            )
 
 
 async def purged_before(engine: AsyncEngine | AsyncConnection) -> datetime | None:
@@ -177,9 +209,6 @@ async def _create(conn: AsyncConnection, name: str, like: sa.Table, side: bool =
     )
 
 
-Listed = list[tuple[tuple[Any, ...], dict[str, list[int]]]]
-
-
 async def _reconcile(
     conn: AsyncConnection,
     table: sa.Table,
@@ -235,13 +264,11 @@ async def _reconcile(
     return count, listed
 
 
-def _described(table: str, sides: dict[str, list[int]], **where: Any) -> dict[str, Any]:
-    """A listed difference: its table, where it is (``where``), its sums on each side."""
+def _bucket_where(at: int, key: tuple[Any, ...]) -> dict[str, Any]:
+    """Where a 15-minute rollup's key is: its bucket (at ``at`` in the key) and the rest."""
     return {
-        "table": table,
-        **where,
-        "ledger": dict(zip(rollups.SUM_COLUMNS, sides.get("ledger", []), strict=False)),
-        "rollup": dict(zip(rollups.SUM_COLUMNS, sides.get("rollup", []), strict=False)),
+        "bucket_start": sb.bucket_start(key[at]).isoformat(),
+        "key": [*key[:at], *key[at + 1 :]],
     }
 
 
@@ -271,7 +298,6 @@ async def _chunk(
     await conn.execute(rollups.fold_narrow(source=fresh[wide], into=fresh[narrow]))
     for table in TABLES:
         at = [c.name for c in table.primary_key.columns].index("bucket")
-        room = LISTED - len(report.differences)
         n, listed = await _reconcile(
             conn,
             table,
@@ -279,19 +305,15 @@ async def _chunk(
             _in_range(dialect, table),
             _params(lo, hi)[2:],
             dry_run,
-            room,
+            report.room,
         )
-        report.difference_count += n
-        report.fixed = report.fixed or (n > 0 and not dry_run)
-        for key, sides in listed:
-            report.differences.append(
-                _described(
-                    table.name,
-                    sides,
-                    bucket_start=sb.bucket_start(key[at]).isoformat(),
-                    key=[*key[:at], *key[at + 1 :]],
-                )
-            )
+        report.add(
+            table.name,
+            n,
+            listed,
+            dry_run,
+            partial(_bucket_where, at),
+        )
     for table in TABLES:
         await conn.execute(sa.text(f"DROP TABLE {fresh[table].name}"))
 
@@ -413,21 +435,19 @@ async def _daily_chunk(
     )
     where = "org_id IN :orgs AND day >= :d_lo AND day < :d_hi"
     params = [orgs_param, sa.bindparam("d_lo", day), sa.bindparam("d_hi", upto)]
-    room = LISTED - len(report.differences)
-    count, listed = await _reconcile(conn, d, fresh, where, params, dry_run, room)
+    count, listed = await _reconcile(conn, d, fresh, where, params, dry_run, report.room)
     await conn.execute(sa.text(f"DROP TABLE {fresh}"))
-    report.difference_count += count
-    report.fixed = report.fixed or (count > 0 and not dry_run)
-    for key, sides in listed:
-        report.differences.append(
-            _described(
-                d.name,
-                sides,
-                bucket_start=sb.local_day(int(key[1])).isoformat(),
-                timezone=zone,
-                key=[key[0], *key[2:]],
-            )
-        )
+    report.add(
+        d.name,
+        count,
+        listed,
+        dry_run,
+        lambda key: {
+            "bucket_start": sb.local_day(int(key[1])).isoformat(),
+            "timezone": zone,
+            "key": [key[0], *key[2:]],
+        },
+    )
 
 
 async def purge_ledger(engine: AsyncEngine, before: datetime) -> int:
