@@ -350,10 +350,15 @@ class LedgerWriter:
 
     async def flush(self) -> int:
         """Write everything accepted so far; returns the number of rows handed over.
-        Raises ``DatabaseUnavailable`` (and keeps every row) if the database is down."""
+        Raises ``DatabaseUnavailable`` (and keeps every row) if the database is down.
+
+        Rows that arrive while it writes are taken only to fill a batch: the rest wait
+        for the next flush, so a writer kept busy writes whole batches rather than a
+        full one followed by a tail of a few rows each (500, 34, 2 at full speed)."""
         async with self._lock:
+            owed = len(self._head) + len(self._memory) + len(self._cache)
             handed = 0
-            while batch := self._next_batch():
+            while (handed < owed or not self._cache_whole) and (batch := self._next_batch()):
                 await self._store(batch)
                 self._head = []
                 handed += len(batch)

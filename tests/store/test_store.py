@@ -181,6 +181,29 @@ async def test_ledger_batches_and_rolls_up_exactly(engine: AsyncEngine) -> None:
     assert window[0]["requests"] == 10
 
 
+async def test_a_flush_writes_the_rows_it_found_in_whole_batches(engine: AsyncEngine) -> None:
+    """Rows that arrive while a flush writes fill its last batch and wait for the next
+    flush: a busy writer writes whole batches, not a tail of small ones (4 owed rows in
+    batches of 3; 5 arrive during the first batch: 3 + 3 written, 3 left)."""
+    writer = LedgerWriter(engine, flush_seconds=60, batch_size=3)
+    for n in range(4):
+        writer.add(entry(n, team=None, model="m", cost=1, at=NOW))
+    arrived: list[int] = []
+
+    def arrive(_conn: Any, _cursor: Any, sql: str, *_args: Any) -> None:
+        if not arrived and sql.lstrip().upper().startswith("INSERT INTO LEDGER"):
+            arrived.extend(range(10, 15))
+            for n in arrived:
+                writer.add(entry(n, team=None, model="m", cost=1, at=NOW))
+
+    event.listen(engine.sync_engine, "before_cursor_execute", arrive)
+    assert await writer.flush() == 6
+    assert arrived and writer.pending == 3
+    event.remove(engine.sync_engine, "before_cursor_execute", arrive)
+    assert await writer.flush() == 3 and writer.pending == 0
+    assert (await usage_report(engine, [], None, None))[0]["requests"] == 9
+
+
 async def test_ledger_batches_of_any_size_use_the_same_statements(engine: AsyncEngine) -> None:
     """Batches of 1 to 12 rows, some rows already stored: the same SQL texts for every
     size, so the driver's per-connection cache of prepared statements stays a handful
