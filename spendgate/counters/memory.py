@@ -110,9 +110,12 @@ class MemoryCounters:
         reservation = self._reservations.pop(reservation_id, None)
         held = reservation.held if reservation is not None else {}
         out: list[tuple[int, int, int | None]] = []
+        # as the Redis settle: a bucket never seeded takes nothing, and then none does (the
+        # ledger row, marked uncounted, brings the cost to each once)
+        whole = all(s.bucket in self._buckets for s in settlements)
         for settlement in settlements:
             bucket = self._buckets.get(settlement.bucket)
-            if bucket is None:  # never seeded: the ledger brings the spend when it is
+            if bucket is None or not whole:
                 out.append((0, 0, None))
                 continue
             back = min(settlement.reserved, held.get(settlement.bucket, 0))

@@ -31,7 +31,7 @@ from redis.exceptions import RedisError
 from spendgate.core.budget_rules import Subject
 from spendgate.counters import Counters, Generation, Refusal, Settlement
 from spendgate.counters.redis import RedisCounters
-from spendgate.guard.enforcement import Admission, Enforcer
+from spendgate.guard.enforcement import Admission, Enforcer, lost_buckets
 from spendgate.guard.redis import JointRedis, same_database
 from spendgate.guard.shared_read import SharedRead
 from spendgate.ratelimit import RateLimiter
@@ -62,6 +62,13 @@ class Guarded:
 
     rated: RateAdmission
     admission: Admission
+
+    @property
+    def uncounted(self) -> bool:
+        """Its spend is not in the shared counters (settled to an outage's local ones, or
+        into buckets Redis lost): its ledger row says so, and the counters take the spend
+        from there (``Counters.catch_up``)."""
+        return not self.counted or bool(self.admission.lost)
 
 
 def joint_backend(limiter: RateLimiter, counters: Counters) -> JointRedis | None:
@@ -181,6 +188,7 @@ class CallGuard:
         results = await self._finish(guarded, actual, actual is not None, parts, parts is not None)
         if parts is None:
             return None
+        admission.lost = lost_buckets(parts, results)
         return self._enforcer.booked_with_caps(admission, results)
 
     def abandon(self, guarded: Guarded) -> None:

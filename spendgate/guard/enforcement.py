@@ -152,6 +152,22 @@ def threshold_event(
     return EVENT_TYPES[threshold.kind], key, data
 
 
+def lost_buckets(
+    parts: Sequence[Settlement], results: Sequence[tuple[int, int] | tuple[int, int, int | None]]
+) -> tuple[str, ...]:
+    """The buckets a settle did not add its cost to: the counters' settle leaves a bucket
+    that no longer exists alone (creating it at one call's cost would make the seed skip
+    it), answering ``(0, 0)``, where an existing one moves by exactly ``actual``. Seeded
+    from the ledger by another replica before this call's row got there, such a bucket
+    would miss the spend for good: the row is marked ``uncounted`` instead, and the
+    bucket caught up with it once the row is written (``guard.failover``)."""
+    return tuple(
+        s.bucket
+        for s, (before, after, *_) in zip(parts, results, strict=False)
+        if after - before != s.actual
+    )
+
+
 #: for a call whose org has no budget and no wallet
 NOTHING_APPLIES = Applicable((), (), float("-inf"), float("inf"), (), ())
 
@@ -165,6 +181,10 @@ class Admission:
     settled: bool = False
     #: the buckets held, budgets first, then wallets (empty: worked out from those)
     buckets: tuple[str, ...] = ()
+    #: buckets its settle found gone (Redis restarted empty and nobody seeded them again
+    #: yet): its spend is not in them, so its ledger row is marked ``uncounted`` and they
+    #: are caught up from it (``lost_buckets``)
+    lost: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -554,6 +574,7 @@ class Enforcer:
                 admission, self._local.settle_now(admission.reservation_id, parts)
             )
         results = await self._counters.settle(admission.reservation_id, parts)
+        admission.lost = lost_buckets(parts, results)
         return await self.booked(admission, results)
 
     def settlements(self, admission: Admission, actual: int) -> list[Settlement] | None:

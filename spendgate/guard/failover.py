@@ -30,7 +30,11 @@ once; and as spend Redis did count is not part of the figure, calls settled in R
 whose rows are still on their way to the database are not lost to it (a raise to the
 ledger's whole total, the first design, lost them). After recovery the counters equal
 the ledger. (A Redis that came back empty has no such buckets: they are seeded from the
-ledger, which has the spend.) Thresholds the catch-up crosses fire then, with their
+ledger, which has the spend. A call still running when it came back settles into a
+bucket that is gone, or not seeded again yet: the settle adds nothing there, so its row
+is marked ``uncounted`` too and the bucket caught up from it once the row is written
+(``enforcement.lost_buckets``), whichever replica seeded it and whenever the row
+arrived.) Thresholds the catch-up crosses fire then, with their
 usual dedup keys; Redis reservations of calls whose settle failed are given back. A
 call counted without Redis is done at ``release``, once its ledger row is on disk: one
 still writing it when the probe read the ledger is caught up at the next tick. That
@@ -272,12 +276,15 @@ class FailoverGuard:
         if isinstance(guarded, LocalGuarded):
             return await guarded.outage.guard.settle(guarded, tokens, cost_nanos)
         try:
-            return await self._primary.settle(guarded, tokens, cost_nanos)
+            remaining = await self._primary.settle(guarded, tokens, cost_nanos)
         except UNREACHABLE as exc:
             # the provider answered: the ledger has the spend, Redis gets it from there
             self.trip(exc)
             self._behind_on(guarded)
             raise
+        if guarded.admission.lost:  # caught up once its (uncounted) row is written
+            self._unrecorded[guarded.admission.reservation_id] = list(guarded.admission.lost)
+        return remaining
 
     def _finished_locally(self, guarded: LocalGuarded) -> None:
         """At ``release``, so after the call's ledger row was written: a catch-up that

@@ -508,7 +508,7 @@ class ProxyApp:
         budget's remaining nanos). Called before the call's final bytes go out."""
         events: list[PendingEvent] = []
         remaining = None
-        uncounted = not guarded.counted
+        uncounted = False
         with capture_events(events):
             entry = self._record(call, http_status, status, usage, estimated)
             self._metrics.booked(entry)
@@ -528,7 +528,7 @@ class ProxyApp:
                 self._guard.abandon(guarded)
                 uncounted = True
             finally:
-                if uncounted:  # the counters take its spend from the ledger (catch_up)
+                if uncounted or guarded.uncounted:  # the counters take it from the ledger
                     entry = entry._replace(uncounted=True)
                 await self._ledger.commit(entry, events)
         return entry.cost_nanos, remaining

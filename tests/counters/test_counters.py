@@ -229,11 +229,15 @@ async def test_concurrent_reserves_never_pass_the_cap(counters: Counters) -> Non
 
 async def test_settle_never_recreates_a_lost_bucket(counters: Counters) -> None:
     """A bucket that vanished while its call ran (Redis restarted empty) is not created
-    again at that one call's cost by the settle: it reads (0, 0), and the next seed
-    still finds it missing and sets the ledger's figure."""
+    again at that one call's cost by the settle, and then no bucket of the call takes the
+    cost (its ledger row, marked uncounted, brings it to each once): every one reads
+    (0, 0), the holds are given back, and the next seed still finds the lost one missing
+    and sets the ledger's figure."""
     await counters.seed("kept", 10)
-    settled = await counters.settle("r1", [Settlement("gone", 100, 40), Settlement("kept", 0, 5)])
-    assert settled == [(0, 0), (10, 15)]
+    assert await counters.reserve("r1", [Hold("kept", 7)], 100.0) is None
+    settled = await counters.settle("r1", [Settlement("gone", 100, 40), Settlement("kept", 7, 5)])
+    assert settled == [(0, 0), (0, 0)]
+    assert await counters.state("kept") == BucketState(10, 0, None)
     assert not await counters.exists("gone")
     assert await counters.seed("gone", 1_234) is True
     assert await counters.state("gone") == BucketState(1_234, 0, None)

@@ -82,6 +82,16 @@ local function ct_settle(keys, argv)
   for i = 1, #flat, 2 do
     held[flat[i]] = tonumber(flat[i + 1])
   end
+  -- A bucket gone (Redis restarted empty, not seeded again yet) cannot take the cost:
+  -- created here at this one call's cost, the seed would skip it. Then none of them takes
+  -- it: the caller sees spent before = after everywhere and marks the ledger row
+  -- uncounted (lost_buckets), from which each bucket gets it exactly once (catch_up, or
+  -- the seed if the row is there first). Adding it to the others as well would count it
+  -- twice in those: an uncounted row is caught up in every bucket it applies to.
+  local whole = true
+  for i = 3, #keys do
+    if redis.call('EXISTS', keys[i]) == 0 then whole = false end
+  end
   local out = {}
   for i = 3, #keys do
     local key = keys[i]
@@ -92,13 +102,11 @@ local function ct_settle(keys, argv)
       give_back(key, back)
       held[key] = still - back
     end
-    if redis.call('EXISTS', key) == 1 then
+    if whole then
       out[#out + 1] = redis.call('HGET', key, 'spent') or '0'
       out[#out + 1] = redis.call('HINCRBY', key, 'spent', argv[a + 1])
       out[#out + 1] = redis.call('HGET', key, 'cap')  -- false (a nil reply) keeps its place
     else
-      -- lost (Redis restarted empty) and not seeded again: creating it here at this one
-      -- call's cost would make the seed skip it; the ledger row brings the spend instead
       out[#out + 1] = '0'
       out[#out + 1] = '0'
       out[#out + 1] = false

@@ -1,0 +1,174 @@
+"""A call still running when Redis comes back empty (issue 23.2, found by the chaos test):
+its settle finds its budget's bucket gone, so it adds nothing there; another replica
+then seeds the bucket from the ledger before this call's row has reached the database.
+Without more, the counter misses that call's spend until the next reconciliation, and a
+hard cap can be passed by it. The row is marked ``uncounted`` instead and the bucket
+caught up from it once written (``spendgate.guard.enforcement.lost_buckets``).
+
+Two gateways in this process share one SQLite file and one Redis key prefix on the
+machine's real Redis; "Redis restarted empty" is every key under that prefix deleted."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
+from tests.conftest import REDIS_URL, RunningGateway, start_gateway
+
+NANOS = Decimal(10**9)
+
+
+@pytest.fixture
+def replicas(
+    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+) -> Iterator[tuple[RunningGateway, RunningGateway, str]]:
+    prefix = f"sgtest:{uuid.uuid4().hex}:"
+    env = {"SPENDGATE_REDIS_URL": REDIS_URL, "SPENDGATE_REDIS_PREFIX": prefix}
+    database = f"sqlite:///{tmp_path / 'shared.db'}"
+    started = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        started.append(start_gateway(database, upstream[1].url, tmp_path / name, env_extra=env))
+    try:
+        yield started[0], started[1], prefix
+    finally:
+        for gw in started:
+            gw.admin.close()
+            gw.handle.stop()
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+
+
+def chat(gw: RunningGateway, key: str, content: str = "hi") -> httpx.Response:
+    return httpx.post(
+        gw.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key}"},
+        json={
+            "model": "gpt-4o-mini",
+            "messages": [{"role": "user", "content": content}],
+            "max_tokens": 20,
+        },
+        timeout=30,
+    )
+
+
+def restart_empty(prefix: str) -> None:
+    """What a Redis restarted empty looks like to the gateways: every key of theirs gone."""
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        client.delete(*client.scan_iter(match=f"{prefix}*", count=1000))
+    finally:
+        client.close()
+
+
+def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
+    replicas: tuple[RunningGateway, RunningGateway, str],
+) -> None:
+    """A call is with the provider when Redis restarts empty; it settles into nothing (its
+    bucket is gone), and replica B seeds the bucket from the ledger before A has written
+    the call's row. The row is marked uncounted and A's catch-up adds it: the live
+    counter equals the ledger."""
+    a, b, prefix = replicas
+    key = a.create_key()
+    budget_id = budget(a, "key", key["id"])
+    assert chat(a, key["key"]).status_code == 200
+    a.ledger()  # flushed: the bucket is seeded and has that call
+    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
+    time.sleep(0.2)
+
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: answers.append(chat(a, key["key"], "hi [[slow:1]]")))
+    slow.start()
+    time.sleep(0.4)  # with the provider, its hold taken
+    restart_empty(prefix)
+    slow.join()
+    assert [r.status_code for r in answers] == [200]
+    # B finds the counters lost and seeds the bucket from the ledger: A's row is not there
+    assert chat(b, key["key"]).status_code == 200
+    a.ledger()  # A's row written now
+    rows = [r for r in b.ledger() if r["key_id"] == key["id"]]
+    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
+    assert [r["uncounted"] for r in late] == [True]
+    a.clock.advance(1)  # the catch-up counts calls started before now (the clock is frozen)
+    a.run(a.app.services.guard.tick())  # what A's housekeeping runs every few seconds
+
+    spent = Decimal(b.get(f"/admin/budgets/{budget_id}/status")["spent_usd"])
+    ledger = Decimal(sum(r["cost_nanos"] for r in rows)) / NANOS
+    assert len(rows) == 3 and spent == ledger
+
+
+def budget(gw: RunningGateway, scope_type: str, scope_id: str) -> str:
+    body = {
+        "scope_type": scope_type,
+        "scope_id": scope_id,
+        "amount_usd": "1",
+        "hard_limit": True,
+        "period": "monthly",
+        "timezone": "UTC",
+    }
+    return str(gw.post("/admin/budgets", body)["id"])
+
+
+def test_a_call_settled_into_buckets_redis_lost_is_caught_up_once_whoever_seeds_them(
+    replicas: tuple[RunningGateway, RunningGateway, str],
+) -> None:
+    """A call under a key budget and an org budget is with the provider when Redis
+    restarts empty. Replica B seeds the org budget's bucket (a call of another key of
+    the org) while it runs; the key budget's bucket is seeded again by nobody. The
+    call's settle adds its cost to neither (one of its buckets is gone: added to the
+    org's, the catch-up of its uncounted row would count it there twice), and A's
+    catch-up brings it to each exactly once: both live counters equal the ledger, also
+    after a catch-up of every counter."""
+    a, b, prefix = replicas
+    slow_key = a.create_key()
+    org_id = slow_key["org_id"]
+    other_key = a.create_key(org_id=org_id)
+    by_key, by_org = budget(a, "key", slow_key["id"]), budget(a, "org", org_id)
+    assert chat(a, slow_key["key"]).status_code == 200
+    a.ledger()  # flushed: both buckets are seeded and have that call
+    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
+    time.sleep(0.2)
+
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(
+        target=lambda: answers.append(chat(a, slow_key["key"], "hi [[slow:1]]"))
+    )
+    slow.start()
+    time.sleep(0.4)  # with the provider, its holds taken
+    restart_empty(prefix)
+    # B finds the counters lost and seeds the org bucket from the ledger (without the
+    # slow call, still running); the key budget's bucket stays gone
+    assert chat(b, other_key["key"]).status_code == 200
+    slow.join()
+    assert [r.status_code for r in answers] == [200]
+    a.ledger()  # A's row written now
+    rows = b.ledger()
+    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
+    assert [r["uncounted"] for r in late] == [True]
+    a.clock.advance(1)  # the catch-up counts calls started before now (the clock is frozen)
+    a.run(a.app.services.guard.tick())  # what A's housekeeping runs every few seconds
+    guard = b.app.services.guard
+    guard.check_all()  # as after any outage: every live counter caught up with the ledger
+    b.clock.advance(1)
+    b.run(guard.tick())
+
+    for budget_id, rows_of_scope in (
+        (by_key, [r for r in rows if r["key_id"] == slow_key["id"]]),
+        (by_org, [r for r in rows if r["org_id"] == org_id]),
+    ):
+        spent = Decimal(b.get(f"/admin/budgets/{budget_id}/status")["spent_usd"])
+        ledger = Decimal(sum(r["cost_nanos"] for r in rows_of_scope)) / NANOS
+        assert spent == ledger, (budget_id, len(rows_of_scope))
+    assert len(rows) == 3
