@@ -370,6 +370,11 @@ class LedgerWriter:
             self.written += handed
             return handed
 
+    async def _drain(self) -> None:
+        """Flush until nothing is left, rows that arrive meanwhile included (at close)."""
+        while await self.flush():
+            pass
+
     def _next_batch(self) -> list[Pending]:
         if self._head:
             return self._head
@@ -506,7 +511,7 @@ class LedgerWriter:
             await end_tasks([self._task], wait_seconds)
             self._task = None
         try:
-            await asyncio.wait_for(self.flush(), wait_seconds)
+            await asyncio.wait_for(self._drain(), wait_seconds)
             if self._spool is not None and self.pending == 0:
                 self._spool.release(self._cursor, final=True)  # nothing left to replay
         except (DatabaseUnavailable, TimeoutError) as exc:
