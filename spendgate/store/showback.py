@@ -345,11 +345,11 @@ async def _fetch(
     """Run ``query``, handing its rows to ``consume`` a chunk at a time as the driver reads
     them (asyncpg records, sqlite3 tuples); returns how many there were.
 
-    Each chunk is shaped and let go before the next is read: a report's tens of thousands
-    of rows never live as row objects at once (the garbage collector's passes over the
-    records a whole result kept alive cost more than shaping them), and no SQLAlchemy row
-    objects (they cost more than decoding). A report's parameters are integers and
-    strings: the driver takes them as they are."""
+    Each chunk is shaped as it comes: a report's tens of thousands of rows never live as
+    row objects all at once (the garbage collector's passes over the records a whole
+    result kept alive cost more than shaping them), and no SQLAlchemy row objects (they
+    cost more than decoding). A report's parameters are integers and strings: the driver
+    takes them as they are."""
     read = 0
     async with engine.connect() as conn:
         compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
