@@ -18,9 +18,9 @@ periods of a report always add up to its total.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import datetime
-from itertools import repeat
+from functools import cache
 from typing import Any
 
 import sqlalchemy as sa
@@ -257,11 +257,7 @@ async def usage_report(
         if not folded:
             query = query.order_by(*_name_order(keys, engine.dialect.name, grain is not None))
     names = (*grains, *dims, *MEASURES)
-    columns = await _fetch(engine, query, len(names) + 1)  # the cost in two columns
-    if folded:
-        rows = _folded_rows(columns, grain, week_start, names)  # type: ignore[arg-type]
-    else:
-        rows = report_rows(columns, grain, week_start, names)
+    rows, _ = await _read(engine, query, grain, week_start, names, folded)
     return _finish(rows, dims, grain, top, cumulative)
 
 
@@ -311,28 +307,50 @@ async def _daily_report(
     if not folded:
         query = query.order_by(*_name_order(keys, engine.dialect.name, True))
     names = (grain, *dims, *MEASURES)
-    columns = await _fetch(engine, query, len(names) + 1)
-    if not columns[0]:
-        return None
+    rows, read = await _read(engine, query, grain, week_start, names, folded)
+    return rows if read else None
+
+
+async def _read(
+    engine: AsyncEngine,
+    query: sa.Select[Any],
+    grain: sb.Grain | None,
+    week_start: str,
+    names: Sequence[str],
+    folded: bool,
+) -> tuple[list[dict[str, Any]], int]:
+    """The report rows of ``query`` (``[unit], *dimensions, *sums`` with the cost in two
+    columns), shaped a chunk at a time as they are read — days folded into weeks or
+    months when ``folded`` — and how many rows the query returned."""
+    labels: dict[int, str] = {}
     if folded:
-        return _folded_rows(columns, grain, week_start, names)
-    return report_rows(columns, grain, week_start, names)
+        assert grain is not None
+        merged: dict[tuple[Any, ...], list[int]] = {}
+        read = await _fetch(
+            engine, query, lambda chunk: _fold_days(chunk, grain, week_start, names, labels, merged)
+        )
+        return _folded_rows(merged, names), read
+    rows: list[dict[str, Any]] = []
+    read = await _fetch(
+        engine,
+        query,
+        lambda chunk: rows.extend(report_rows(chunk, grain, week_start, names, labels)),
+    )
+    return rows, read
 
 
-async def _fetch(engine: AsyncEngine, query: sa.Select[Any], width: int) -> list[list[Any]]:
-    """The query's ``width`` columns, each a list of its values (empty lists: no rows).
+async def _fetch(
+    engine: AsyncEngine, query: sa.Select[Any], consume: Callable[[Sequence[Sequence[Any]]], None]
+) -> int:
+    """Run ``query``, handing its rows to ``consume`` a chunk at a time as the driver reads
+    them (asyncpg records, sqlite3 tuples); returns how many there were.
 
-    Read from the driver a chunk at a time (asyncpg records, sqlite3 tuples) and kept
-    as columns: a report's tens of thousands of rows never live as row objects at once.
-    SQLAlchemy's rows cost more than decoding them, and so did the garbage collector's
-    full passes over the records a whole result kept alive (one every few reports). A
-    report's parameters are integers and strings: the driver takes them as they are."""
-    columns: list[list[Any]] = [[] for _ in range(width)]
-
-    def add(chunk: Sequence[Sequence[Any]]) -> None:
-        for column, values in zip(columns, zip(*chunk, strict=True), strict=True):
-            column.extend(values)
-
+    Each chunk is shaped as it comes: a report's tens of thousands of rows never live as
+    row objects all at once (the garbage collector's passes over the records a whole
+    result kept alive cost more than shaping them), and no SQLAlchemy row objects (they
+    cost more than decoding). A report's parameters are integers and strings: the driver
+    takes them as they are."""
+    read = 0
     async with engine.connect() as conn:
         compiled = query.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
         params = [compiled.params[name] for name in compiled.positiontup or ()]
@@ -345,15 +363,17 @@ async def _fetch(engine: AsyncEngine, query: sa.Select[Any], width: int) -> list
                 await driver.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
                 cursor = await driver.cursor(str(compiled), *params)
                 while chunk := await cursor.fetch(CHUNK_ROWS):
-                    add(chunk)
+                    read += len(chunk)
+                    consume(chunk)
         else:
             cursor = await driver.execute(str(compiled), params)
             try:
                 while chunk := await cursor.fetchmany(CHUNK_ROWS):
-                    add(chunk)
+                    read += len(chunk)
+                    consume(chunk)
             finally:
                 await cursor.close()
-    return columns
+    return read
 
 
 def _name_order(
@@ -369,39 +389,71 @@ def _name_order(
     return out
 
 
-def _labels(grain: sb.Grain | None, units: Iterable[int], week_start: str) -> dict[int, str]:
-    return {} if grain is None else {u: sb.period_label(grain, u, week_start) for u in set(units)}
+def _label(
+    rows: Sequence[Sequence[Any]], grain: sb.Grain, week_start: str, labels: dict[int, str]
+) -> None:
+    """Put the name of each period unit of ``rows`` (their first value) in ``labels``."""
+    for unit in {row[0] for row in rows}.difference(labels):
+        labels[unit] = sb.period_label(grain, unit, week_start)
 
 
 def report_rows(
-    columns: list[list[Any]], grain: sb.Grain | None, week_start: str, names: Sequence[str]
+    rows: Sequence[Sequence[Any]],
+    grain: sb.Grain | None,
+    week_start: str,
+    names: Sequence[str],
+    labels: dict[int, str] | None = None,
 ) -> list[dict[str, Any]]:
-    """Report rows from the query's columns (``[unit], *dimensions, *sums``, a row per
-    group, in order), column at a time: the unit named, the cost put together from its
-    whole dollars and nanos, a group with no calls left out."""
-    width = len(names) - len(MEASURES)
-    calls = columns[width]
-    if not all(calls):
-        kept = [i for i, n in enumerate(calls) if n]
-        columns = [[column[i] for i in kept] for column in columns]
-    if not columns[width]:
-        return []
+    """Report rows from the query's rows (``[unit], *dimensions, *sums``, a row per
+    group, in order): the unit named (``labels``: names known already, added to), the cost
+    put together from its whole dollars and nanos, a group with no calls left out."""
     if grain is not None:
-        labels = _labels(grain, columns[0], week_start)
-        columns[0] = [labels[u] for u in columns[0]]
-    cost = [whole * NANOS + rest for whole, rest in zip(columns[-3], columns[-2], strict=True)]
-    figures = [*columns[: width + 7], cost, columns[-1]]
-    return list(map(dict, map(zip, repeat(names), zip(*figures, strict=True))))
+        labels = {} if labels is None else labels
+        _label(rows, grain, week_start, labels)
+    return _row_maker(tuple(names), grain is not None)(rows, labels)
 
 
-def _folded_rows(
-    columns: list[list[Any]], grain: sb.Grain, week_start: str, names: Sequence[str]
-) -> list[dict[str, Any]]:
-    """Weeks or months folded from the query's local days, sorted by their names."""
+@cache
+def _row_maker(
+    names: tuple[str, ...], labelled: bool
+) -> Callable[[Iterable[Sequence[Any]], Mapping[int, str] | None], list[dict[str, Any]]]:
+    """``report_rows``' one pass over the query's rows, generated once per set of names
+    (as ``collections.namedtuple`` generates its class): a comprehension unpacking each
+    row and writing its dict as a display::
+
+        [{"day": labels[v0], "team": v1, …, "cost_nanos": v10 * NANOS + v11, …}
+         for v0, …, v12 in rows if v3]
+
+    Half the CPU of shaping column by column and zipping names to values (a month by team
+    x model x day at 10M ledger rows: ~25 -> ~12 ms for 18,520 rows). ``names`` are a
+    grain's, dimensions' and ``MEASURES`` (checked: identifiers), written by ``repr``."""
+    if not all(name.isidentifier() for name in names) or tuple(names[-len(MEASURES) :]) != MEASURES:
+        raise ValueError(f"report columns: {names!r}")
     width = len(names) - len(MEASURES)
-    labels = _labels(grain, columns[0], week_start)
-    merged: dict[tuple[Any, ...], list[int]] = {}
-    for row in zip(*columns, strict=True):
+    values = [f"v{i}" for i in range(len(names) + 1)]  # the cost in two columns
+    cost = f"{values[width + 7]} * {NANOS} + {values[width + 8]}"
+    shown = [*values[: width + 7], cost, values[width + 9]]
+    if labelled:
+        shown[0] = f"labels[{values[0]}]"
+    display = ", ".join(f"{name!r}: {v}" for name, v in zip(names, shown, strict=True))
+    source = (
+        f"lambda rows, labels: [{{{display}}} for {', '.join(values)} in rows if {values[width]}]"
+    )
+    return eval(source, {})  # type: ignore[no-any-return]
+
+
+def _fold_days(
+    rows: Sequence[Sequence[Any]],
+    grain: sb.Grain,
+    week_start: str,
+    names: Sequence[str],
+    labels: dict[int, str],
+    merged: dict[tuple[Any, ...], list[int]],
+) -> None:
+    """Add the query's local days (``rows``) into ``merged``, by week or month and group."""
+    _label(rows, grain, week_start, labels)
+    width = len(names) - len(MEASURES)
+    for row in rows:
         if not row[width]:  # no calls
             continue
         key = (labels[row[0]], *row[1:width])
@@ -411,6 +463,13 @@ def _folded_rows(
         else:
             for i, value in enumerate(row[width:]):
                 into[i] += value
+
+
+def _folded_rows(
+    merged: dict[tuple[Any, ...], list[int]], names: Sequence[str]
+) -> list[dict[str, Any]]:
+    """Weeks or months folded from the query's local days (``_fold_days``), sorted by their
+    names."""
     rows: list[dict[str, Any]] = []
     for key in sorted(merged, key=lambda k: tuple(map(str, k))):
         f = merged[key]

@@ -254,7 +254,7 @@ async def test_tags_and_filters(engine: AsyncEngine) -> None:
 
 
 def test_report_rows_from_query_rows() -> None:
-    """The query's columns become report rows: the local day named, the cost put together
+    """The query's rows become report rows: the local day named, the cost put together
     from whole dollars and nanos past 64 bits, a group with no calls left out."""
     names = ("day", "team", *MEASURES)
     whole = 2**40
@@ -263,14 +263,24 @@ def test_report_rows_from_query_rows() -> None:
         (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
         (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 7, 0),
     ]
-    columns = [list(column) for column in zip(*result, strict=True)]
-    rows = report_rows(columns, "day", "monday", names)
+    rows = report_rows(result, "day", "monday", names)
     assert [(r["day"], r["team"], r["cost_nanos"]) for r in rows] == [
         ("2026-03-01", None, whole * 10**9 + 999_999_999),
         ("2026-03-02", "t1", 7),
     ]
     assert rows[0]["requests"] == 3 and rows[0]["unpriced_requests"] == 1
-    assert report_rows([[] for _ in range(13)], "day", "monday", names) == []
+    assert report_rows([], "day", "monday", names) == []
+
+
+def test_report_rows_without_grain_and_refusing_odd_names() -> None:
+    """With no grain or dimension a row is the sums alone; the generated row maker takes
+    only identifiers followed by ``MEASURES`` (it writes them into code)."""
+    row = report_rows([(2, 1, 3, 4, 0, 0, 0, 1, 5, 0)], None, "monday", MEASURES)
+    assert row == [dict(zip(MEASURES, (2, 1, 3, 4, 0, 0, 0, 10**9 + 5, 0), strict=True))]
+    with pytest.raises(ValueError, match="report columns"):
+        report_rows([], None, "monday", ("team']; import os #", *MEASURES))
+    with pytest.raises(ValueError, match="report columns"):
+        report_rows([], None, "monday", ("team", "requests"))
 
 
 async def test_rebuild_names_tag_sets_as_the_writer_does(engine: AsyncEngine) -> None:
