@@ -19,6 +19,7 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
 from functools import lru_cache
+from typing import NamedTuple
 
 from spendgate.core.budget_windows import Period
 
@@ -56,8 +57,7 @@ class Budget:
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
+class Subject(NamedTuple):
     """Who is calling and what: what budgets are matched against."""
 
     org_id: str

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from math import gcd, lcm
+from typing import NamedTuple
 
 from genai_prices import Usage
 from genai_prices.data_snapshot import DataSnapshot, get_snapshot
@@ -104,8 +105,7 @@ class PriceRef:
     override: PriceOverride | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Priced:
+class Priced(NamedTuple):
     """A call's cost in nanos; ``None`` means the price is unknown (never read it as $0)."""
 
     cost_nanos: int | None

@@ -18,8 +18,6 @@ class Check(NamedTuple):
 
     Window kinds count the entries of the last ``window_seconds``; ``concurrency``
     counts calls in flight (``amount`` must be 1, ``window_seconds`` is ignored).
-    A named tuple, not a frozen dataclass: every call makes several, and a frozen
-    dataclass's ``__init__`` costs about twice as much (``object.__setattr__`` per field).
     """
 
     bucket: str
@@ -39,8 +37,7 @@ class CheckResult(NamedTuple):
     reset_seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class Granted:
+class Granted(NamedTuple):
     """Every check passed and was recorded; one result per check, in order."""
 
     results: tuple[CheckResult, ...]

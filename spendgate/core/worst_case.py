@@ -31,8 +31,7 @@ token usage and are not in the price table; they are not part of the worst case.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 
@@ -58,8 +57,7 @@ class BadField(ValueError):
         self.param = param
 
 
-@dataclass(frozen=True, slots=True)
-class WorstCase:
+class WorstCase(NamedTuple):
     """A call's worst-case usage, and the output cap to add to the request (None: the
     request caps its output itself, or the API needs none)."""
 

@@ -11,9 +11,8 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 from redis.exceptions import RedisError
@@ -75,8 +74,7 @@ MAX_TAGS = 20
 REPLANS = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(NamedTuple):
     """One authenticated, routed call about to be forwarded."""
 
     request_id: str

@@ -13,7 +13,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -25,8 +25,7 @@ from spendgate.proxy import simulated
 log = logging.getLogger("spendgate.proxy")
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
+class UpstreamRequest(NamedTuple):
     method: str
     url: str
     headers: dict[str, str]

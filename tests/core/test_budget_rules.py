@@ -52,7 +52,7 @@ SUBJECT = Subject(
 
 def subject(**changes: Any) -> Subject:
     """The reference caller with some fields changed."""
-    return replace(SUBJECT, **changes)
+    return SUBJECT._replace(**changes)
 
 
 def budget(**changes: Any) -> Budget:
