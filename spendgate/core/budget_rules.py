@@ -19,9 +19,9 @@ from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from fnmatch import fnmatchcase
 from functools import lru_cache
-from typing import NamedTuple
 
 from spendgate.core.budget_windows import Period
+from spendgate.core.value import Value
 
 SCOPE_TYPES = ("org", "team", "user", "agent", "key", "tag")
 
@@ -57,7 +57,7 @@ class Budget:
     name: str = ""
 
 
-class Subject(NamedTuple):
+class Subject(Value, frozen=True):
     """Who is calling and what: what budgets are matched against."""
 
     org_id: str

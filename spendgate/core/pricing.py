@@ -41,7 +41,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from math import gcd, lcm
-from typing import NamedTuple
 
 from genai_prices import Usage
 from genai_prices.data_snapshot import DataSnapshot, get_snapshot
@@ -52,6 +51,7 @@ from genai_prices.validation import validate_priced_units
 
 from spendgate.core.money import NANOS_PER_USD, usd_to_nanos
 from spendgate.core.usage import TokenUsage
+from spendgate.core.value import Value
 
 __all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced"]
 
@@ -105,7 +105,7 @@ class PriceRef:
     override: PriceOverride | None = None
 
 
-class Priced(NamedTuple):
+class Priced(Value, frozen=True):
     """A call's cost in nanos; ``None`` means the price is unknown (never read it as $0)."""
 
     cost_nanos: int | None

@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from spendgate.core.value import Value
+
 Kind = Literal["requests", "tokens", "concurrency", "spend"]
 
 
@@ -37,7 +39,7 @@ class CheckResult(NamedTuple):
     reset_seconds: float
 
 
-class Granted(NamedTuple):
+class Granted(Value, frozen=True):
     """Every check passed and was recorded; one result per check, in order."""
 
     results: tuple[CheckResult, ...]

@@ -12,7 +12,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from datetime import datetime
-from typing import Any, NamedTuple
+from typing import Any
 
 import orjson
 from redis.exceptions import RedisError
@@ -23,6 +23,7 @@ from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
 from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
+from spendgate.core.value import Value
 from spendgate.core.worst_case import BadField, WorstCase, worst_case
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
@@ -74,7 +75,7 @@ MAX_TAGS = 20
 REPLANS = 3
 
 
-class Call(NamedTuple):
+class Call(Value, frozen=True):
     """One authenticated, routed call about to be forwarded."""
 
     request_id: str

@@ -13,19 +13,20 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import orjson
 
+from spendgate.core.value import Value
 from spendgate.errors import UpstreamTimeout, UpstreamUnavailable
 from spendgate.proxy import simulated
 
 log = logging.getLogger("spendgate.proxy")
 
 
-class UpstreamRequest(NamedTuple):
+class UpstreamRequest(Value, frozen=True):
     method: str
     url: str
     headers: dict[str, str]
