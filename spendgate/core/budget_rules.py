@@ -21,6 +21,7 @@ from fnmatch import fnmatchcase
 from functools import lru_cache
 
 from spendgate.core.budget_windows import Period
+from spendgate.core.value import Value
 
 SCOPE_TYPES = ("org", "team", "user", "agent", "key", "tag")
 
@@ -56,8 +57,7 @@ class Budget:
     name: str = ""
 
 
-@dataclass(frozen=True, slots=True)
-class Subject:
+class Subject(Value, frozen=True):
     """Who is calling and what: what budgets are matched against."""
 
     org_id: str

@@ -51,6 +51,7 @@ from genai_prices.validation import validate_priced_units
 
 from spendgate.core.money import NANOS_PER_USD, usd_to_nanos
 from spendgate.core.usage import TokenUsage
+from spendgate.core.value import Value
 
 __all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced"]
 
@@ -104,8 +105,7 @@ class PriceRef:
     override: PriceOverride | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Priced:
+class Priced(Value, frozen=True):
     """A call's cost in nanos; ``None`` means the price is unknown (never read it as $0)."""
 
     cost_nanos: int | None

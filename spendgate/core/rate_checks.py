@@ -10,6 +10,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
+from spendgate.core.value import Value
+
 Kind = Literal["requests", "tokens", "concurrency", "spend"]
 
 
@@ -18,8 +20,6 @@ class Check(NamedTuple):
 
     Window kinds count the entries of the last ``window_seconds``; ``concurrency``
     counts calls in flight (``amount`` must be 1, ``window_seconds`` is ignored).
-    A named tuple, not a frozen dataclass: every call makes several, and a frozen
-    dataclass's ``__init__`` costs about twice as much (``object.__setattr__`` per field).
     """
 
     bucket: str
@@ -39,8 +39,7 @@ class CheckResult(NamedTuple):
     reset_seconds: float
 
 
-@dataclass(frozen=True, slots=True)
-class Granted:
+class Granted(Value, frozen=True):
     """Every check passed and was recorded; one result per check, in order."""
 
     results: tuple[CheckResult, ...]

@@ -8,8 +8,11 @@ the part of ``output_tokens`` the model spent thinking (billed as output).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
 from typing import Any
+
+import msgspec
+
+from spendgate.core.value import Value
 
 #: More tokens than any model reads or writes in one call (the largest context windows
 #: are a few million). A provider figure above it is a provider bug, not usage: it is
@@ -17,8 +20,7 @@ from typing import Any
 MAX_TOKENS_PER_CALL = 1_000_000_000
 
 
-@dataclass(frozen=True, slots=True)
-class TokenUsage:
+class TokenUsage(Value, frozen=True):
     input_tokens: int = 0
     output_tokens: int = 0
     cache_read_tokens: int = 0
@@ -46,7 +48,7 @@ def plausible(usage: TokenUsage) -> TokenUsage:
     if max(figures) <= MAX_TOKENS_PER_CALL:
         return usage
     cap = MAX_TOKENS_PER_CALL
-    return replace(
+    return msgspec.structs.replace(
         usage,
         input_tokens=min(usage.input_tokens, cap),
         output_tokens=min(usage.output_tokens, cap),

@@ -31,10 +31,10 @@ token usage and are not in the price table; they are not part of the worst case.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
+from spendgate.core.value import Value
 
 #: the most answers one request may ask for (OpenAI's own limit for ``n``)
 MAX_CHOICES = 128
@@ -58,8 +58,7 @@ class BadField(ValueError):
         self.param = param
 
 
-@dataclass(frozen=True, slots=True)
-class WorstCase:
+class WorstCase(Value, frozen=True):
     """A call's worst-case usage, and the output cap to add to the request (None: the
     request caps its output itself, or the API needs none)."""
 

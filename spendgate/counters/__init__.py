@@ -29,8 +29,6 @@ class Hold(NamedTuple):
     """Reserve ``amount`` in ``bucket``; refuse if it would pass ``cap`` (None: no cap).
 
     ``use_stored_cap``: take the cap from the bucket itself (wallets: their top-ups).
-    A named tuple, like ``Check``: every call makes one per budget and wallet, and a
-    frozen dataclass's ``__init__`` costs about twice as much.
     """
 
     bucket: str
@@ -50,8 +48,7 @@ class Refusal:
 
 
 class Settlement(NamedTuple):
-    """Turn a reservation of ``reserved`` into a cost of ``actual`` in ``bucket`` (a
-    named tuple, as ``Hold``)."""
+    """Turn a reservation of ``reserved`` into a cost of ``actual`` in ``bucket``."""
 
     bucket: str
     reserved: int

@@ -11,7 +11,6 @@ import asyncio
 import logging
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -24,6 +23,7 @@ from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
 from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
+from spendgate.core.value import Value
 from spendgate.core.worst_case import BadField, WorstCase, worst_case
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
@@ -75,8 +75,7 @@ MAX_TAGS = 20
 REPLANS = 3
 
 
-@dataclass(frozen=True, slots=True)
-class Call:
+class Call(Value, frozen=True):
     """One authenticated, routed call about to be forwarded."""
 
     request_id: str

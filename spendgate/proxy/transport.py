@@ -19,14 +19,14 @@ from urllib.parse import urlsplit
 import aiohttp
 import orjson
 
+from spendgate.core.value import Value
 from spendgate.errors import UpstreamTimeout, UpstreamUnavailable
 from spendgate.proxy import simulated
 
 log = logging.getLogger("spendgate.proxy")
 
 
-@dataclass(frozen=True, slots=True)
-class UpstreamRequest:
+class UpstreamRequest(Value, frozen=True):
     method: str
     url: str
     headers: dict[str, str]

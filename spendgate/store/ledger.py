@@ -46,7 +46,7 @@ __all__ = [
 
 
 class LedgerEntry(NamedTuple):
-    """One proxied call. A named tuple: built on every call, so it must be cheap."""
+    """One proxied call."""
 
     request_id: str
     org_id: str

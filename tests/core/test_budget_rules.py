@@ -9,6 +9,7 @@ from decimal import Decimal
 from itertools import pairwise
 from typing import Any
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -52,7 +53,7 @@ SUBJECT = Subject(
 
 def subject(**changes: Any) -> Subject:
     """The reference caller with some fields changed."""
-    return replace(SUBJECT, **changes)
+    return msgspec.structs.replace(SUBJECT, **changes)
 
 
 def budget(**changes: Any) -> Budget:
