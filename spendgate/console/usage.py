@@ -98,7 +98,11 @@ def parse_view(params: dict[str, str], today: date) -> View:
         raise ValidationFailed(f"grain: use one of {', '.join(GRAINS)}", param="grain")
     group_by = params.get("group_by") or "model"
     if group_by not in DIMENSIONS:
-        raise ValidationFailed(f"group_by: use one of {', '.join(DIMENSIONS)}", param="group_by")
+        raise ValidationFailed(
+            f"group_by: use one of {', '.join(DIMENSIONS)} (one dimension; the time grain is "
+            "grain, the form's Per)",
+            param="group_by",
+        )
     top_raw = params.get("top") or "5"
     if not top_raw.isdigit() or not 1 <= int(top_raw) <= 20:
         raise ValidationFailed("top: a whole number from 1 to 20", param="top")

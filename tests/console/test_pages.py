@@ -63,6 +63,10 @@ def test_usage_totals_and_csv_equal_the_api(console: Console) -> None:
         assert team_view.strip().splitlines()[-1].endswith("," + by_team[console.team_id])
         bad = client.get("/usage?grain=hour")
         assert bad.status_code == 422 and "grain" in bad.text
+        # the API's group_by (dimensions and a time grain) given to the page: it says where
+        # the grain goes
+        bad = client.get("/usage?group_by=model,day")
+        assert bad.status_code == 422 and "the time grain is grain" in bad.text
 
 
 def test_budget_form_shows_the_api_errors_beside_the_field(console: Console, page: Page) -> None:
