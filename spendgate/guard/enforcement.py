@@ -155,12 +155,13 @@ def threshold_event(
 def lost_buckets(
     parts: Sequence[Settlement], results: Sequence[tuple[int, int] | tuple[int, int, int | None]]
 ) -> tuple[str, ...]:
-    """The buckets a settle did not add its cost to: the counters' settle leaves a bucket
-    that no longer exists alone (creating it at one call's cost would make the seed skip
-    it), answering ``(0, 0)``, where an existing one moves by exactly ``actual``. Seeded
-    from the ledger by another replica before this call's row got there, such a bucket
-    would miss the spend for good: the row is marked ``uncounted`` instead, and the
-    bucket caught up with it once the row is written (``guard.failover``)."""
+    """The buckets a settle did not add its cost to: when any of a call's buckets no
+    longer exists, the counters' settle adds the cost to none of them (creating the lost
+    one at one call's cost would make the seed skip it), answering ``(0, 0)`` for each,
+    where a bucket that took it moves by exactly ``actual``. Seeded from the ledger by
+    another replica before this call's row got there, a lost bucket would miss the spend
+    for good: the row is marked ``uncounted`` instead, and every one of these buckets
+    caught up with it once the row is written (``guard.failover``)."""
     return tuple(
         s.bucket
         for s, (before, after, *_) in zip(parts, results, strict=False)
@@ -181,9 +182,9 @@ class Admission:
     settled: bool = False
     #: the buckets held, budgets first, then wallets (empty: worked out from those)
     buckets: tuple[str, ...] = ()
-    #: buckets its settle found gone (Redis restarted empty and nobody seeded them again
-    #: yet): its spend is not in them, so its ledger row is marked ``uncounted`` and they
-    #: are caught up from it (``lost_buckets``)
+    #: buckets its settle did not add its cost to, as one of them was gone (Redis
+    #: restarted empty and nobody seeded it again yet): its ledger row is marked
+    #: ``uncounted`` and they are caught up from it (``lost_buckets``)
     lost: tuple[str, ...] = ()
 
     @property

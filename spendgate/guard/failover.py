@@ -418,7 +418,7 @@ class FailoverGuard:
                     caught = await self._reconcile(buckets)
                     log.warning(
                         "%d of %d live counters caught up with the ledger after Redis was "
-                        "unreachable",
+                        "unreachable or lost them",
                         caught,
                         len(buckets),
                     )

@@ -104,18 +104,24 @@ class Reconciler:
                 reached = Admission("", 0, (Applied(budget, window, amount, cap),), ())
                 await self._enforcer.booked(reached, [(0, ledger)])
             repaired += before is not None
-        for w in snapshot.wallets:
+        # after an outage, ticket grants too: a ticket-funded call's holds are its budgets
+        # and its grant, which an uncounted row of it must reach as well
+        grants = tuple(snapshot.grants.values()) if outage else ()
+        for w in (*snapshot.wallets, *grants):
             bucket = wallet_bucket(w)
             if until <= w.created_at or (only is not None and bucket not in only):
                 continue
             ledger, uncounted = await self._store.spend_split(
                 w.org_id, w.created_at, until, w.covers
             )
-            # calls its tickets' grants paid for are in the ledger but not in the wallet
-            ledger -= await self._store.ticket_funded(w, until)
+            if w.grant_of is None:
+                # calls its tickets' grants paid for are in the ledger but not in the wallet
+                ledger -= await self._store.ticket_funded(w, until)
             info = {"wallet_id": w.id}
             if outage:
-                funds = await self._store.topped_up(w.id) if only is not None else None
+                funds = None
+                if only is not None:  # a grant is seeded as when first used (seed_wallet)
+                    funds = w.grant_nanos if w.grant_of else await self._store.topped_up(w.id)
                 before = await self._catch_up(bucket, ledger, uncounted, only is not None, funds)
             else:
                 before = await self._repair(bucket, ledger, uncounted, w.org_id, now, info)
@@ -127,13 +133,7 @@ class Reconciler:
     async def _catch_up(
         self, bucket: str, ledger: int, uncounted: int, seed: bool, cap: int | None = None
     ) -> int | None:
-        """After an outage: add the ledger's ``uncounted`` spend the counter does not have
-        yet (``Counters.catch_up``); what it added, None if nothing. ``seed``: a bucket
-        Redis lost (it came back empty) is seeded from the ledger, which has the spend."""
-        added = await self._counters.catch_up(bucket, uncounted)
-        if added is None and seed:
-            await self._counters.seed(bucket, ledger, cap, uncounted)
-        return added or None
+        return await catch_up(self._counters, bucket, ledger, uncounted, seed, cap)
 
     async def _repair(
         self,
@@ -162,3 +162,22 @@ class Reconciler:
         }
         self._emit(f"{kind}.counter_drift", f"drift:{bucket}:{ledger}", data, now, org_id)
         return before
+
+
+async def catch_up(
+    counters: Counters,
+    bucket: str,
+    ledger: int,
+    uncounted: int,
+    seed: bool,
+    cap: int | None = None,
+) -> int | None:
+    """After an outage: add the ledger's ``uncounted`` spend the counter does not have
+    yet (``Counters.catch_up``); what it added, None if nothing. ``seed``: a bucket
+    Redis lost (it came back empty) is seeded from the ledger (``ledger``, of which
+    ``uncounted``), which has the spend. If another replica seeded it in between, from a
+    ledger read that may have missed rows this one saw, it is caught up to this read."""
+    added = await counters.catch_up(bucket, uncounted)
+    if added is None and seed and not await counters.seed(bucket, ledger, cap, uncounted):
+        added = await counters.catch_up(bucket, uncounted)
+    return added or None

@@ -16,6 +16,7 @@ from spendgate.counters import BucketState, Counters, Hold, Refusal, Settlement
 from spendgate.counters.factory import counters_from_url
 from spendgate.counters.memory import MemoryCounters
 from spendgate.counters.redis import RedisCounters
+from spendgate.guard.reconcile import catch_up
 from tests.conftest import REDIS_URL, redis_keyspace
 
 EXPIRES = 1_800_000_000.0
@@ -241,6 +242,30 @@ async def test_settle_never_recreates_a_lost_bucket(counters: Counters) -> None:
     assert not await counters.exists("gone")
     assert await counters.seed("gone", 1_234) is True
     assert await counters.state("gone") == BucketState(1_234, 0, None)
+
+
+async def test_a_catch_up_finding_its_bucket_seeded_meanwhile_adds_what_it_read(
+    counters: Counters, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After Redis came back empty, a replica's catch-up reads the ledger (500, of which
+    120 uncounted: its late row included) and finds the bucket missing; before its seed,
+    another replica seeds it from an earlier read (380, none uncounted). The second seed
+    is refused, so the catch-up adds the 120 the other read missed — once, however often
+    it runs again."""
+    first_seed = counters.seed
+
+    async def seeded_meanwhile(
+        bucket: str, spent: int, cap: int | None = None, uncounted: int = 0
+    ) -> bool:
+        assert await first_seed(bucket, 380, None, 0)  # the other replica, first
+        return await first_seed(bucket, spent, cap, uncounted)
+
+    monkeypatch.setattr(counters, "seed", seeded_meanwhile)
+    assert await catch_up(counters, "b", 500, 120, seed=True) == 120
+    monkeypatch.undo()
+    assert await counters.state("b") == BucketState(500, 0, None)
+    assert await catch_up(counters, "b", 500, 120, seed=True) is None
+    assert await counters.state("b") == BucketState(500, 0, None)
 
 
 async def test_renewed_holds_outlive_their_first_expiry(counters: Counters) -> None:

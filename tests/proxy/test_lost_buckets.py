@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -51,12 +52,14 @@ def replicas(
         client.close()
 
 
-def chat(gw: RunningGateway, key: str, content: str = "hi") -> httpx.Response:
+def chat(
+    gw: RunningGateway, key: str, content: str = "hi", model: str = "gpt-4o-mini"
+) -> httpx.Response:
     return httpx.post(
         gw.url + "/v1/chat/completions",
         headers={"authorization": f"Bearer {key}"},
         json={
-            "model": "gpt-4o-mini",
+            "model": model,
             "messages": [{"role": "user", "content": content}],
             "max_tokens": 20,
         },
@@ -109,8 +112,9 @@ def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
     assert len(rows) == 3 and spent == ledger
 
 
-def budget(gw: RunningGateway, scope_type: str, scope_id: str) -> str:
+def budget(gw: RunningGateway, scope_type: str, scope_id: str, **extra: Any) -> str:
     body = {
+        **extra,
         "scope_type": scope_type,
         "scope_id": scope_id,
         "amount_usd": "1",
@@ -172,3 +176,59 @@ def test_a_call_settled_into_buckets_redis_lost_is_caught_up_once_whoever_seeds_
         ledger = Decimal(sum(r["cost_nanos"] for r in rows_of_scope)) / NANOS
         assert spent == ledger, (budget_id, len(rows_of_scope))
     assert len(rows) == 3
+
+
+def test_a_ticket_grant_left_alone_by_a_lost_settle_is_caught_up_too(
+    replicas: tuple[RunningGateway, RunningGateway, str],
+) -> None:
+    """A call funded by a cost ticket holds its budget and the ticket's grant (not the
+    team wallet). Redis restarts empty while it runs; B seeds the grant (a ticket-funded
+    call of another model, outside the budget) but not the budget. The call's settle adds
+    its cost to neither, and A's catch-up brings it to the grant as well as the budget:
+    the grant's counter equals the key's ledger spend since the ticket was approved."""
+    a, b, prefix = replicas
+    org = a.post("/admin/orgs", {"name": f"tickets-{uuid.uuid4().hex[:8]}"})["id"]
+    team = a.post("/admin/teams", {"name": "research", "org_id": org})["id"]
+    key = a.create_key(org_id=org, team_id=team)
+    a.post("/admin/wallets", {"scope_type": "team", "scope_id": team, "tickets": "on"})
+    by_model = budget(a, "key", key["id"], categories={"models": ["gpt-4o-mini"]})
+    refusal = chat(a, key["key"])
+    assert refusal.status_code == 402, refusal.text
+    ticket = refusal.json()["error"]["ticket"]
+    grant = Decimal(ticket["missing_usd"]) * 100
+    a.post(
+        f"/admin/tickets/{ticket['id']}/approve",
+        {"reason": "lost buckets", "amount_usd": str(grant), "more_than_asked": True},
+        status=200,
+    )
+    time.sleep(0.3)  # B's next admission finds the new policy version and reloads
+    assert chat(a, key["key"]).status_code == 200  # funded by the grant
+    a.ledger()
+    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
+    time.sleep(0.2)
+
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: answers.append(chat(a, key["key"], "hi [[slow:1]]")))
+    slow.start()
+    time.sleep(0.4)  # with the provider, its holds taken
+    restart_empty(prefix)
+    # B seeds the grant's bucket (gpt-4o is outside the budget), not the budget's
+    assert chat(b, key["key"], model="gpt-4o").status_code == 200
+    slow.join()
+    assert [r.status_code for r in answers] == [200]
+    a.ledger()
+    rows = [r for r in b.ledger() if r["key_id"] == key["id"]]
+    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
+    assert [r["uncounted"] for r in late] == [True]
+    a.clock.advance(1)
+    a.run(a.app.services.guard.tick())
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        granted_spent = int(client.hget(f"{prefix}w:{ticket['id']}", "spent") or 0)
+    finally:
+        client.close()
+    assert len(rows) == 3 and granted_spent == sum(r["cost_nanos"] for r in rows)
+    spent = Decimal(b.get(f"/admin/budgets/{by_model}/status")["spent_usd"])
+    in_budget = [r for r in rows if r["model"] == "gpt-4o-mini"]
+    assert spent == Decimal(sum(r["cost_nanos"] for r in in_budget)) / NANOS
