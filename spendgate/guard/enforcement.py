@@ -612,7 +612,11 @@ class Enforcer:
         self, admission: Admission, results: Sequence[tuple[int, int, int | None]]
     ) -> int | None:
         """After the counters settled, given (spent before, spent after, cap as the settle
-        read it) per settlement: thresholds crossed, wallet levels, budget remaining."""
+        read it) per settlement: thresholds crossed, wallet levels, budget remaining.
+        A settle that added nothing (``Admission.lost``) read no spend: what remains is
+        not known here (None), and the catch-up fires the levels its cost crosses."""
+        if admission.lost:
+            return None
         remaining = None
         for a, (before, after, _) in zip(admission.budgets, results, strict=False):
             if after > before:

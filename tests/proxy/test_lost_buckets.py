@@ -98,6 +98,8 @@ def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
     restart_empty(prefix)
     slow.join()
     assert [r.status_code for r in answers] == [200]
+    # its settle read no spend: no budget figure rather than the whole cap as "remaining"
+    assert "x-spendgate-budget-remaining-usd" not in answers[0].headers
     # B finds the counters lost and seeds the bucket from the ledger: A's row is not there
     assert chat(b, key["key"]).status_code == 200
     a.ledger()  # A's row written now
