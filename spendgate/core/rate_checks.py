@@ -29,7 +29,7 @@ class Check(NamedTuple):
     amount: int
 
 
-class CheckResult(NamedTuple):
+class CheckResult(Value, frozen=True):
     """A granted check, for the ``x-ratelimit-*`` headers: ``remaining`` after this
     request (never below 0) and ``reset_seconds`` until the oldest entry in the window
     leaves it (when ``remaining`` next grows); 0 for concurrency."""

@@ -22,10 +22,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Protocol
+
+from spendgate.core.value import Value
 
 
-class Hold(NamedTuple):
+class Hold(Value, frozen=True):
     """Reserve ``amount`` in ``bucket``; refuse if it would pass ``cap`` (None: no cap).
 
     ``use_stored_cap``: take the cap from the bucket itself (wallets: their top-ups).
@@ -47,7 +49,7 @@ class Refusal:
     cap: int
 
 
-class Settlement(NamedTuple):
+class Settlement(Value, frozen=True):
     """Turn a reservation of ``reserved`` into a cost of ``actual`` in ``bucket``."""
 
     bucket: str

@@ -76,23 +76,28 @@ class MemoryCounters:
     def reserve_now(
         self, reservation_id: str, holds: Sequence[Hold], expires_at: float
     ) -> Refusal | None:
-        pending: dict[str, int] = {}
         buckets = self._buckets
+        pending: dict[str, int] = {}
         for hold in holds:
-            current = buckets.get(hold.bucket) or _NOTHING
+            name = hold.bucket
+            current = buckets.get(name) or _NOTHING
             cap = (current.cap or 0) if hold.use_stored_cap else hold.cap
-            already = pending.get(hold.bucket, 0)
+            already = pending.get(name, 0)
             if cap is not None and current.spent + current.reserved + already + hold.amount > cap:
-                return Refusal(hold.bucket, current.spent, current.reserved, cap)
-            pending[hold.bucket] = already + hold.amount
-        reservation = self._reservations.setdefault(reservation_id, _Reservation(expires_at))
-        reservation.expires_at = expires_at
+                return Refusal(name, current.spent, current.reserved, cap)
+            pending[name] = already + hold.amount
+        reservation = self._reservations.get(reservation_id)
+        if reservation is None:  # the usual case: ``pending`` becomes what it holds
+            self._reservations[reservation_id] = _Reservation(expires_at, pending)
+        else:
+            reservation.expires_at = expires_at
+            for name, amount in pending.items():
+                reservation.held[name] = reservation.held.get(name, 0) + amount
         for name, amount in pending.items():
             bucket = buckets.get(name)
             if bucket is None:
                 bucket = buckets[name] = _Bucket()
             bucket.reserved += amount
-            reservation.held[name] = reservation.held.get(name, 0) + amount
         return None
 
     async def settle(
@@ -112,15 +117,19 @@ class MemoryCounters:
         out: list[tuple[int, int, int | None]] = []
         # as the Redis settle: a bucket never seeded takes nothing, and then none does (the
         # ledger row, marked uncounted, brings the cost to each once)
-        whole = all(s.bucket in self._buckets for s in settlements)
+        whole = True
+        for settlement in settlements:  # not ``all(...)``: no generator on every settle
+            if settlement.bucket not in self._buckets:
+                whole = False
+                break
         for settlement in settlements:
             bucket = self._buckets.get(settlement.bucket)
             if bucket is None or not whole:
                 out.append((0, 0, None))
                 continue
             back = min(settlement.reserved, held.get(settlement.bucket, 0))
-            if back > 0:
-                bucket.give_back(back)
+            if back > 0:  # ``give_back``, inlined: every settle
+                bucket.reserved -= min(back, bucket.reserved)
                 held[settlement.bucket] -= back
             before = bucket.spent
             bucket.spent += settlement.actual

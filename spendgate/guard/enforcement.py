@@ -80,10 +80,14 @@ class Applied:
     #: its thresholds with their levels in nanos (``budget_rules.levels``), read on every
     #: settle: worked out once per period, not hashed into a cache each call
     levels: tuple[tuple[rules.Threshold, int], ...] = field(init=False, repr=False, compare=False)
+    #: the lowest of those levels: a settle that ends below it crossed none (most settles)
+    lowest: int = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "bucket", budget_bucket(self.budget, self.window))
-        object.__setattr__(self, "levels", rules.levels(self.budget, self.amount_nanos))
+        levels = rules.levels(self.budget, self.amount_nanos)
+        object.__setattr__(self, "levels", levels)
+        object.__setattr__(self, "lowest", min((level for _, level in levels), default=0))
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,7 +623,7 @@ class Enforcer:
             return None
         remaining = None
         for a, (before, after, _) in zip(admission.budgets, results, strict=False):
-            if after > before:
+            if after > before and after >= a.lowest:
                 for threshold in rules.crossed_levels(a.levels, before, after):
                     self._fire(a, threshold, after, self._clock.now())
             left = (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - after

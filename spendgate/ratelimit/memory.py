@@ -133,7 +133,7 @@ class MemoryRateLimiter:
         what this call recorded so far (nothing else runs in between). The checks must be
         valid (``validate``): ``acquire`` checks them; ``RateGate`` makes them from a
         ``CheckTemplate`` of stored limits and the call's non-negative amounts."""
-        held = _Held(expires_at)
+        held = _Held(expires_at, {}, [])  # not the default factories: every call
         results: list[CheckResult] = []
         index = 0
         for bucket, kind, limit, window_seconds, amount in checks:
@@ -170,7 +170,10 @@ class MemoryRateLimiter:
                 return Denial(index, checks[index], used, retry)
             times = window.times
             stamp = times[-1] if window.head < len(times) and times[-1] > now else now
-            held.entries[bucket] = (window, window.add(stamp, amount))
+            times.append(stamp)  # ``window.add``, inlined
+            window.amounts.append(amount)
+            window.total += amount
+            held.entries[bucket] = (window, window.first + len(times) - 1)
             reset = times[window.head] - cutoff
             results.append(CheckResult(limit, limit - used - amount, reset))
             index += 1
@@ -228,10 +231,13 @@ class MemoryRateLimiter:
         """The window and position of the held entry in ``bucket``, if it still counts
         (not left the window, and the window not dropped and made anew since)."""
         made = held.entries.get(bucket)
-        if made is None or self._windows.get(bucket) is not made[0]:
+        if made is None:
             return None
-        at = made[0].position(made[1])
-        return None if at is None else (made[0], at)
+        window, seq = made
+        if self._windows.get(bucket) is not window:
+            return None
+        at = seq - window.first  # ``window.position(seq)``, inlined: every settle
+        return (window, at) if window.head <= at < len(window.times) else None
 
     async def release(self, reservation_id: str, now: float) -> None:
         self.release_now(reservation_id)
