@@ -444,9 +444,7 @@ class Enforcer:
         if bucket in self._seeded:
             return
         if not await self._counters.exists(bucket):
-            spent, uncounted = await self._store.spend_split(
-                wallet.org_id, wallet.created_at, None, wallet.covers
-            )
+            spent, uncounted = await self._store.wallet_spend(wallet, None)
             funds = await self._store.funds(wallet)
             await self._counters.seed(bucket, spent, funds, uncounted)
         self._seeded.add(bucket)

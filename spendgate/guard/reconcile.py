@@ -111,17 +111,10 @@ class Reconciler:
             bucket = wallet_bucket(w)
             if until <= w.created_at or (only is not None and bucket not in only):
                 continue
-            ledger, uncounted = await self._store.spend_split(
-                w.org_id, w.created_at, until, w.covers
-            )
-            if w.grant_of is None:
-                # calls its tickets' grants paid for are in the ledger but not in the wallet
-                ledger -= await self._store.ticket_funded(w, until)
+            ledger, uncounted = await self._store.wallet_spend(w, until)
             info = {"wallet_id": w.id}
             if outage:
-                funds = None
-                if only is not None:  # a grant is seeded as when first used (seed_wallet)
-                    funds = w.grant_nanos if w.grant_of else await self._store.topped_up(w.id)
+                funds = await self._store.funds(w) if only is not None else None
                 before = await self._catch_up(bucket, ledger, uncounted, only is not None, funds)
             else:
                 before = await self._repair(bucket, ledger, uncounted, w.org_id, now, info)

@@ -390,15 +390,31 @@ class PolicyStore:
 
     async def funds(self, wallet: Wallet) -> int:
         """What ``wallet`` has been given to spend: a ticket grant its granted amount; a
-        wallet its top-ups plus what its tickets' grants paid for (those calls are in the
-        ledger's spend of the wallet's scope, but were not paid from its balance)."""
+        wallet its top-ups."""
         if wallet.grant_of is not None:
             return wallet.grant_nanos
-        return await self.topped_up(wallet.id) + await self.ticket_funded(wallet, None)
+        return await self.topped_up(wallet.id)
 
-    async def ticket_funded(self, wallet: Wallet, until: datetime | None) -> int:
+    async def wallet_spend(self, wallet: Wallet, until: datetime | None) -> tuple[int, int]:
+        """What ``wallet``'s counter counts of the ledger (calls started before ``until``),
+        and the part of it on ``uncounted`` rows (``spend_split``): a wallet the spend of
+        its scope since it was created less what its tickets' grants paid for (those calls
+        are in the ledger, not paid from its balance); a grant its requester key's spend
+        since the ticket was approved. Its seed, the reconciliation and the catch-up after
+        an outage all read this one figure."""
+        spent, uncounted = await self.spend_split(
+            wallet.org_id, wallet.created_at, until, wallet.covers
+        )
+        if wallet.grant_of is None:
+            funded, funded_uncounted = await self.ticket_funded(wallet, until)
+            spent, uncounted = spent - funded, uncounted - funded_uncounted
+        return spent, uncounted
+
+    async def ticket_funded(self, wallet: Wallet, until: datetime | None) -> tuple[int, int]:
         """The spend of calls (started before ``until``) that ``wallet``'s ticket grants
-        paid for: each requester key's spend while its grant lasted, at most the grant."""
+        paid for: each requester key's spend while its grant lasted, at most the grant;
+        and the part of it on ``uncounted`` ledger rows (the grants' counters take those
+        calls, not the wallet's)."""
         t = schema.wallet_tickets
         async with self._engine.connect() as conn:
             rows = _rows(
@@ -408,7 +424,7 @@ class PolicyStore:
                     .where(t.c.granted_nanos.is_not(None))
                 )
             )
-        total = 0
+        total = uncounted = 0
         for row in rows:
             start = row["decided_at"]
             end = row["closed_at"] or row["expires_at"]
@@ -416,11 +432,13 @@ class PolicyStore:
                 end = min(end, until)
             if end <= start:
                 continue
-            spent = await self.spend_matching(
+            spent, late = await self.spend_split(
                 wallet.org_id, start, end, lambda s, key=row["key_id"]: s.key_id == key
             )
-            total += min(spent, int(row["granted_nanos"]))
-        return total
+            funded = min(spent, int(row["granted_nanos"]))
+            total += funded
+            uncounted += min(late, funded)
+        return total, uncounted
 
     # -- rate limits -------------------------------------------------------------------
     async def create_rate_limit(

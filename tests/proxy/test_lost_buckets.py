@@ -192,7 +192,7 @@ def test_a_ticket_grant_left_alone_by_a_lost_settle_is_caught_up_too(
     org = a.post("/admin/orgs", {"name": f"tickets-{uuid.uuid4().hex[:8]}"})["id"]
     team = a.post("/admin/teams", {"name": "research", "org_id": org})["id"]
     key = a.create_key(org_id=org, team_id=team)
-    a.post("/admin/wallets", {"scope_type": "team", "scope_id": team, "tickets": "on"})
+    wallet = a.post("/admin/wallets", {"scope_type": "team", "scope_id": team, "tickets": "on"})
     by_model = budget(a, "key", key["id"], categories={"models": ["gpt-4o-mini"]})
     refusal = chat(a, key["key"])
     assert refusal.status_code == 402, refusal.text
@@ -234,3 +234,63 @@ def test_a_ticket_grant_left_alone_by_a_lost_settle_is_caught_up_too(
     spent = Decimal(b.get(f"/admin/budgets/{by_model}/status")["spent_usd"])
     in_budget = [r for r in rows if r["model"] == "gpt-4o-mini"]
     assert spent == Decimal(sum(r["cost_nanos"] for r in in_budget)) / NANOS
+    # a catch-up of every counter (as after any outage) charges the team wallet nothing:
+    # the grant paid for these calls, the uncounted one included
+    guard = b.app.services.guard
+    guard.check_all()
+    b.clock.advance(1)
+    b.run(guard.tick())
+    assert b.get(f"/admin/wallets/{wallet['id']}")["balance_usd"] == "0.00"
+
+
+def test_a_ticket_funded_call_caught_up_after_redis_lost_buckets_costs_the_wallet_nothing(
+    replicas: tuple[RunningGateway, RunningGateway, str],
+) -> None:
+    """A team wallet with a top-up and a ticket granted to one key of the team. Redis
+    restarts empty while a ticket-funded call runs; B seeds the wallet's bucket (a call
+    of another key of the team, paid by the wallet) before that call's row is written.
+    The row is uncounted; catching every counter up afterwards must bring it to the
+    grant, not to the wallet, whose balance is its top-up less the other key's call."""
+    a, b, prefix = replicas
+    org = a.post("/admin/orgs", {"name": f"tickets-{uuid.uuid4().hex[:8]}"})["id"]
+    team = a.post("/admin/teams", {"name": "research", "org_id": org})["id"]
+    funded, other = (a.create_key(org_id=org, team_id=team) for _ in range(2))
+    wallet = a.post("/admin/wallets", {"scope_type": "team", "scope_id": team, "tickets": "on"})
+    refusal = chat(a, funded["key"])
+    assert refusal.status_code == 402, refusal.text
+    ticket = refusal.json()["error"]["ticket"]
+    a.post(
+        f"/admin/tickets/{ticket['id']}/approve",
+        {
+            "reason": "lost buckets",
+            "amount_usd": str(Decimal(ticket["missing_usd"]) * 100),
+            "more_than_asked": True,
+        },
+        status=200,
+    )
+    a.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": "1"})
+    time.sleep(0.3)
+    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
+    time.sleep(0.2)
+
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: answers.append(chat(a, funded["key"], "hi [[slow:1]]")))
+    slow.start()
+    time.sleep(0.4)  # with the provider, its hold on the grant taken
+    restart_empty(prefix)
+    paid = chat(b, other["key"])  # B seeds the wallet's bucket: A's row is not there
+    assert paid.status_code == 200
+    slow.join()
+    assert [r.status_code for r in answers] == [200]
+    a.ledger()
+    rows = [r for r in b.ledger() if r["org_id"] == org]
+    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
+    assert [r["uncounted"] for r in late] == [True]
+    for gw in (a, b):  # A catches its buckets up, then every counter is (after any outage)
+        gw.app.services.guard.check_all()
+        gw.clock.advance(1)
+        gw.run(gw.app.services.guard.tick())
+
+    by_wallet = [r for r in rows if r["key_id"] == other["id"]]
+    left = Decimal(1) - Decimal(sum(r["cost_nanos"] for r in by_wallet)) / NANOS
+    assert Decimal(b.get(f"/admin/wallets/{wallet['id']}")["balance_usd"]) == left
