@@ -13,7 +13,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -76,6 +76,89 @@ def restart_empty(prefix: str) -> None:
         client.close()
 
 
+def budget(gw: RunningGateway, scope_type: str, scope_id: str, **extra: Any) -> str:
+    body = {
+        **extra,
+        "scope_type": scope_type,
+        "scope_id": scope_id,
+        "amount_usd": "1",
+        "hard_limit": True,
+        "period": "monthly",
+        "timezone": "UTC",
+    }
+    return str(gw.post("/admin/budgets", body)["id"])
+
+
+def across_a_restart(
+    a: RunningGateway, key: str, prefix: str, meanwhile: Callable[[], None] = lambda: None
+) -> httpx.Response:
+    """A call of ``key`` through A that is with the provider when Redis restarts empty;
+    ``meanwhile`` runs after the restart, before the call ends. From here on A's ledger
+    rows wait until asked for (``RunningGateway.ledger``). Returns its answer (a 200)."""
+    a.app.services.ledger._flush_seconds = 3600
+    time.sleep(0.2)  # the writer's current wait ends
+    answers: list[httpx.Response] = []
+    slow = threading.Thread(target=lambda: answers.append(chat(a, key, "hi [[slow:1]]")))
+    slow.start()
+    time.sleep(0.4)  # with the provider, its holds taken
+    restart_empty(prefix)
+    meanwhile()
+    slow.join()
+    assert [r.status_code for r in answers] == [200]
+    return answers[0]
+
+
+def written(a: RunningGateway, b: RunningGateway, late: httpx.Response) -> list[dict[str, Any]]:
+    """A's rows written now; every ledger row, the ``late`` call's checked uncounted."""
+    a.ledger()
+    rows = b.ledger()
+    mine = [r for r in rows if r["request_id"] == late.headers["x-request-id"]]
+    assert [r["uncounted"] for r in mine] == [True]
+    return rows
+
+
+def catch_up(gw: RunningGateway, every_counter: bool = False) -> None:
+    """What ``gw``'s housekeeping runs every few seconds (``every_counter``: as after any
+    outage); its frozen clock moved on, since a catch-up counts calls started before now."""
+    guard = gw.app.services.guard
+    if every_counter:
+        guard.check_all()
+    gw.clock.advance(1)
+    gw.run(guard.tick())
+
+
+def ticket_granted(a: RunningGateway) -> tuple[str, str, dict[str, Any], dict[str, Any], str]:
+    """An org, a team, a key of the team and the team's empty wallet with tickets on; the
+    key's first call opens a ticket, approved for 100 times what it asked. Returns the
+    org id, the team id, the key, the wallet and the ticket id."""
+    org = a.post("/admin/orgs", {"name": f"tickets-{uuid.uuid4().hex[:8]}"})["id"]
+    team = a.post("/admin/teams", {"name": "research", "org_id": org})["id"]
+    key = a.create_key(org_id=org, team_id=team)
+    wallet = a.post("/admin/wallets", {"scope_type": "team", "scope_id": team, "tickets": "on"})
+    refusal = chat(a, key["key"])
+    assert refusal.status_code == 402, refusal.text
+    ticket = refusal.json()["error"]["ticket"]
+    a.post(
+        f"/admin/tickets/{ticket['id']}/approve",
+        {
+            "reason": "lost buckets",
+            "amount_usd": str(Decimal(ticket["missing_usd"]) * 100),
+            "more_than_asked": True,
+        },
+        status=200,
+    )
+    time.sleep(0.3)  # B's next admission finds the new policy version and reloads
+    return org, team, key, wallet, ticket["id"]
+
+
+def spent(gw: RunningGateway, budget_id: str) -> Decimal:
+    return Decimal(gw.get(f"/admin/budgets/{budget_id}/status")["spent_usd"])
+
+
+def cost(rows: list[dict[str, Any]]) -> Decimal:
+    return Decimal(sum(r["cost_nanos"] for r in rows)) / NANOS
+
+
 def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
     replicas: tuple[RunningGateway, RunningGateway, str],
 ) -> None:
@@ -88,43 +171,14 @@ def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
     budget_id = budget(a, "key", key["id"])
     assert chat(a, key["key"]).status_code == 200
     a.ledger()  # flushed: the bucket is seeded and has that call
-    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
-    time.sleep(0.2)
-
-    answers: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: answers.append(chat(a, key["key"], "hi [[slow:1]]")))
-    slow.start()
-    time.sleep(0.4)  # with the provider, its hold taken
-    restart_empty(prefix)
-    slow.join()
-    assert [r.status_code for r in answers] == [200]
+    late = across_a_restart(a, key["key"], prefix)
     # its settle read no spend: no budget figure rather than the whole cap as "remaining"
-    assert "x-spendgate-budget-remaining-usd" not in answers[0].headers
+    assert "x-spendgate-budget-remaining-usd" not in late.headers
     # B finds the counters lost and seeds the bucket from the ledger: A's row is not there
     assert chat(b, key["key"]).status_code == 200
-    a.ledger()  # A's row written now
-    rows = [r for r in b.ledger() if r["key_id"] == key["id"]]
-    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
-    assert [r["uncounted"] for r in late] == [True]
-    a.clock.advance(1)  # the catch-up counts calls started before now (the clock is frozen)
-    a.run(a.app.services.guard.tick())  # what A's housekeeping runs every few seconds
-
-    spent = Decimal(b.get(f"/admin/budgets/{budget_id}/status")["spent_usd"])
-    ledger = Decimal(sum(r["cost_nanos"] for r in rows)) / NANOS
-    assert len(rows) == 3 and spent == ledger
-
-
-def budget(gw: RunningGateway, scope_type: str, scope_id: str, **extra: Any) -> str:
-    body = {
-        **extra,
-        "scope_type": scope_type,
-        "scope_id": scope_id,
-        "amount_usd": "1",
-        "hard_limit": True,
-        "period": "monthly",
-        "timezone": "UTC",
-    }
-    return str(gw.post("/admin/budgets", body)["id"])
+    rows = [r for r in written(a, b, late) if r["key_id"] == key["id"]]
+    catch_up(a)
+    assert len(rows) == 3 and spent(b, budget_id) == cost(rows)
 
 
 def test_a_call_settled_into_buckets_redis_lost_is_caught_up_once_whoever_seeds_them(
@@ -144,39 +198,17 @@ def test_a_call_settled_into_buckets_redis_lost_is_caught_up_once_whoever_seeds_
     by_key, by_org = budget(a, "key", slow_key["id"]), budget(a, "org", org_id)
     assert chat(a, slow_key["key"]).status_code == 200
     a.ledger()  # flushed: both buckets are seeded and have that call
-    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
-    time.sleep(0.2)
 
-    answers: list[httpx.Response] = []
-    slow = threading.Thread(
-        target=lambda: answers.append(chat(a, slow_key["key"], "hi [[slow:1]]"))
-    )
-    slow.start()
-    time.sleep(0.4)  # with the provider, its holds taken
-    restart_empty(prefix)
-    # B finds the counters lost and seeds the org bucket from the ledger (without the
-    # slow call, still running); the key budget's bucket stays gone
-    assert chat(b, other_key["key"]).status_code == 200
-    slow.join()
-    assert [r.status_code for r in answers] == [200]
-    a.ledger()  # A's row written now
-    rows = b.ledger()
-    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
-    assert [r["uncounted"] for r in late] == [True]
-    a.clock.advance(1)  # the catch-up counts calls started before now (the clock is frozen)
-    a.run(a.app.services.guard.tick())  # what A's housekeeping runs every few seconds
-    guard = b.app.services.guard
-    guard.check_all()  # as after any outage: every live counter caught up with the ledger
-    b.clock.advance(1)
-    b.run(guard.tick())
+    def b_seeds_the_org_bucket() -> None:  # from a ledger without the running call
+        assert chat(b, other_key["key"]).status_code == 200
 
-    for budget_id, rows_of_scope in (
-        (by_key, [r for r in rows if r["key_id"] == slow_key["id"]]),
-        (by_org, [r for r in rows if r["org_id"] == org_id]),
-    ):
-        spent = Decimal(b.get(f"/admin/budgets/{budget_id}/status")["spent_usd"])
-        ledger = Decimal(sum(r["cost_nanos"] for r in rows_of_scope)) / NANOS
-        assert spent == ledger, (budget_id, len(rows_of_scope))
+    late = across_a_restart(a, slow_key["key"], prefix, b_seeds_the_org_bucket)
+    rows = written(a, b, late)
+    catch_up(a)
+    catch_up(b, every_counter=True)
+
+    assert spent(b, by_key) == cost([r for r in rows if r["key_id"] == slow_key["id"]])
+    assert spent(b, by_org) == cost([r for r in rows if r["org_id"] == org_id])
     assert len(rows) == 3
 
 
@@ -189,57 +221,28 @@ def test_a_ticket_grant_left_alone_by_a_lost_settle_is_caught_up_too(
     its cost to neither, and A's catch-up brings it to the grant as well as the budget:
     the grant's counter equals the key's ledger spend since the ticket was approved."""
     a, b, prefix = replicas
-    org = a.post("/admin/orgs", {"name": f"tickets-{uuid.uuid4().hex[:8]}"})["id"]
-    team = a.post("/admin/teams", {"name": "research", "org_id": org})["id"]
-    key = a.create_key(org_id=org, team_id=team)
-    wallet = a.post("/admin/wallets", {"scope_type": "team", "scope_id": team, "tickets": "on"})
+    _, _, key, wallet, ticket_id = ticket_granted(a)
     by_model = budget(a, "key", key["id"], categories={"models": ["gpt-4o-mini"]})
-    refusal = chat(a, key["key"])
-    assert refusal.status_code == 402, refusal.text
-    ticket = refusal.json()["error"]["ticket"]
-    grant = Decimal(ticket["missing_usd"]) * 100
-    a.post(
-        f"/admin/tickets/{ticket['id']}/approve",
-        {"reason": "lost buckets", "amount_usd": str(grant), "more_than_asked": True},
-        status=200,
-    )
-    time.sleep(0.3)  # B's next admission finds the new policy version and reloads
     assert chat(a, key["key"]).status_code == 200  # funded by the grant
     a.ledger()
-    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
-    time.sleep(0.2)
 
-    answers: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: answers.append(chat(a, key["key"], "hi [[slow:1]]")))
-    slow.start()
-    time.sleep(0.4)  # with the provider, its holds taken
-    restart_empty(prefix)
-    # B seeds the grant's bucket (gpt-4o is outside the budget), not the budget's
-    assert chat(b, key["key"], model="gpt-4o").status_code == 200
-    slow.join()
-    assert [r.status_code for r in answers] == [200]
-    a.ledger()
-    rows = [r for r in b.ledger() if r["key_id"] == key["id"]]
-    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
-    assert [r["uncounted"] for r in late] == [True]
-    a.clock.advance(1)
-    a.run(a.app.services.guard.tick())
+    def b_seeds_the_grant() -> None:  # gpt-4o is outside the budget
+        assert chat(b, key["key"], model="gpt-4o").status_code == 200
+
+    late = across_a_restart(a, key["key"], prefix, b_seeds_the_grant)
+    rows = [r for r in written(a, b, late) if r["key_id"] == key["id"]]
+    catch_up(a)
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        granted_spent = int(client.hget(f"{prefix}w:{ticket['id']}", "spent") or 0)
+        granted_spent = int(client.hget(f"{prefix}w:{ticket_id}", "spent") or 0)
     finally:
         client.close()
-    assert len(rows) == 3 and granted_spent == sum(r["cost_nanos"] for r in rows)
-    spent = Decimal(b.get(f"/admin/budgets/{by_model}/status")["spent_usd"])
-    in_budget = [r for r in rows if r["model"] == "gpt-4o-mini"]
-    assert spent == Decimal(sum(r["cost_nanos"] for r in in_budget)) / NANOS
-    # a catch-up of every counter (as after any outage) charges the team wallet nothing:
-    # the grant paid for these calls, the uncounted one included
-    guard = b.app.services.guard
-    guard.check_all()
-    b.clock.advance(1)
-    b.run(guard.tick())
+    assert len(rows) == 3 and Decimal(granted_spent) / NANOS == cost(rows)
+    assert spent(b, by_model) == cost([r for r in rows if r["model"] == "gpt-4o-mini"])
+    # a catch-up of every counter charges the team wallet nothing: the grant paid for
+    # these calls, the uncounted one included
+    catch_up(b, every_counter=True)
     assert b.get(f"/admin/wallets/{wallet['id']}")["balance_usd"] == "0.00"
 
 
@@ -252,45 +255,18 @@ def test_a_ticket_funded_call_caught_up_after_redis_lost_buckets_costs_the_walle
     The row is uncounted; catching every counter up afterwards must bring it to the
     grant, not to the wallet, whose balance is its top-up less the other key's call."""
     a, b, prefix = replicas
-    org = a.post("/admin/orgs", {"name": f"tickets-{uuid.uuid4().hex[:8]}"})["id"]
-    team = a.post("/admin/teams", {"name": "research", "org_id": org})["id"]
-    funded, other = (a.create_key(org_id=org, team_id=team) for _ in range(2))
-    wallet = a.post("/admin/wallets", {"scope_type": "team", "scope_id": team, "tickets": "on"})
-    refusal = chat(a, funded["key"])
-    assert refusal.status_code == 402, refusal.text
-    ticket = refusal.json()["error"]["ticket"]
-    a.post(
-        f"/admin/tickets/{ticket['id']}/approve",
-        {
-            "reason": "lost buckets",
-            "amount_usd": str(Decimal(ticket["missing_usd"]) * 100),
-            "more_than_asked": True,
-        },
-        status=200,
-    )
+    org, team, funded, wallet, _ = ticket_granted(a)
+    other = a.create_key(org_id=org, team_id=team)
     a.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": "1"})
     time.sleep(0.3)
-    a.app.services.ledger._flush_seconds = 3600  # A's rows now wait until asked for
-    time.sleep(0.2)
 
-    answers: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: answers.append(chat(a, funded["key"], "hi [[slow:1]]")))
-    slow.start()
-    time.sleep(0.4)  # with the provider, its hold on the grant taken
-    restart_empty(prefix)
-    paid = chat(b, other["key"])  # B seeds the wallet's bucket: A's row is not there
-    assert paid.status_code == 200
-    slow.join()
-    assert [r.status_code for r in answers] == [200]
-    a.ledger()
-    rows = [r for r in b.ledger() if r["org_id"] == org]
-    late = [r for r in rows if r["request_id"] == answers[0].headers["x-request-id"]]
-    assert [r["uncounted"] for r in late] == [True]
-    for gw in (a, b):  # A catches its buckets up, then every counter is (after any outage)
-        gw.app.services.guard.check_all()
-        gw.clock.advance(1)
-        gw.run(gw.app.services.guard.tick())
+    def b_seeds_the_wallet() -> None:  # another key's call, paid by the wallet
+        assert chat(b, other["key"]).status_code == 200
 
-    by_wallet = [r for r in rows if r["key_id"] == other["id"]]
-    left = Decimal(1) - Decimal(sum(r["cost_nanos"] for r in by_wallet)) / NANOS
+    late = across_a_restart(a, funded["key"], prefix, b_seeds_the_wallet)
+    rows = [r for r in written(a, b, late) if r["org_id"] == org]
+    catch_up(a, every_counter=True)
+    catch_up(b, every_counter=True)
+
+    left = Decimal(1) - cost([r for r in rows if r["key_id"] == other["id"]])
     assert Decimal(b.get(f"/admin/wallets/{wallet['id']}")["balance_usd"]) == left
