@@ -95,7 +95,7 @@ class Reconciler:
             )
             info = {"budget_id": budget.id, "period": window.key}
             if outage:
-                before = await self._catch_up(bucket, ledger, uncounted, seed=only is not None)
+                before = await catch_up(self._counters, bucket, ledger, uncounted, only is not None)
             else:
                 before = await self._repair(bucket, ledger, uncounted, budget.org_id, now, info)
             if outage and (only is not None or before is not None):
@@ -115,18 +115,15 @@ class Reconciler:
             info = {"wallet_id": w.id}
             if outage:
                 funds = await self._store.funds(w) if only is not None else None
-                before = await self._catch_up(bucket, ledger, uncounted, only is not None, funds)
+                before = await catch_up(
+                    self._counters, bucket, ledger, uncounted, only is not None, funds
+                )
             else:
                 before = await self._repair(bucket, ledger, uncounted, w.org_id, now, info)
             if outage and (only is not None or before is not None):
                 await self._enforcer.booked(Admission("", 0, (), (w,)), [(0, ledger)])
             repaired += before is not None
         return repaired
-
-    async def _catch_up(
-        self, bucket: str, ledger: int, uncounted: int, seed: bool, cap: int | None = None
-    ) -> int | None:
-        return await catch_up(self._counters, bucket, ledger, uncounted, seed, cap)
 
     async def _repair(
         self,
