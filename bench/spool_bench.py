@@ -1,6 +1,7 @@
 """What the ledger spool costs a call: ``LedgerWriter.commit`` (encode the row, append it
-to the spool, wait for the group commit's fdatasync) at several concurrencies, on the
-disk that holds ``--dir``. Prints a table; no database is written.
+to the spool; in ``"call"`` sync mode, wait for the group commit's fdatasync) at several
+concurrencies, in both sync modes, on the disk that holds ``--dir``. Prints a table; no
+database is written.
 
     .venv/bin/python bench/spool_bench.py [--dir DIR] [--records N]
 """
@@ -53,21 +54,22 @@ async def main() -> None:
     parser.add_argument("--dir", default=".", help="where the spool goes (its disk is measured)")
     parser.add_argument("--records", type=int, default=4000)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir))
-    engine = create_engine("sqlite:///:memory:")
-    spool = Spool(work, header={"db": "bench"}, max_bytes=1 << 40)
-    writer = LedgerWriter(engine, flush_seconds=3600, batch_size=1 << 40, spool=spool)
-    spool.open()
-    try:
-        print("| concurrent calls | wall ms per commit | CPU ms per commit |")
-        print("|--:|--:|--:|")
-        for concurrency in (1, 16, 64):
-            wall, cpu = await measure(writer, concurrency, args.records)
-            print(f"| {concurrency} | {wall:.3f} | {cpu:.3f} |")
-    finally:
-        await spool.close()
-        await engine.dispose()
-        shutil.rmtree(work)
+    print("| spool_sync | concurrent calls | wall ms per commit | CPU ms per commit |")
+    print("|---|--:|--:|--:|")
+    for mode in ("interval", "call"):
+        work = Path(tempfile.mkdtemp(prefix="spool-bench-", dir=args.dir))
+        engine = create_engine("sqlite:///:memory:")
+        spool = Spool(work, header={"db": "bench"}, max_bytes=1 << 40, sync=mode)
+        writer = LedgerWriter(engine, flush_seconds=3600, batch_size=1 << 40, spool=spool)
+        spool.open()
+        try:
+            for concurrency in (1, 16, 64):
+                wall, cpu = await measure(writer, concurrency, args.records)
+                print(f"| {mode} | {concurrency} | {wall:.3f} | {cpu:.3f} |")
+        finally:
+            await spool.close()
+            await engine.dispose()
+            shutil.rmtree(work)
 
 
 if __name__ == "__main__":

@@ -617,6 +617,8 @@ def create_app(
             "host": socket.gethostname(),
         },
         max_bytes=settings.spool_max_bytes,
+        sync=settings.spool_sync,
+        sync_seconds=settings.spool_sync_seconds,
     )
     ledger = LedgerWriter(
         engine,

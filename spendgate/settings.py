@@ -109,6 +109,11 @@ class Settings:
     spool_dir: str | None = None
     #: past this much unwritten spool, new calls are refused with 503
     spool_max_bytes: int = 1024 * 1024 * 1024
+    #: when a call's row is on the disk itself (``spendgate.store.spool``): within
+    #: ``spool_sync_seconds`` of the call (``interval``: the process's crash loses
+    #: nothing, a power cut that last interval) or before its final bytes (``call``)
+    spool_sync: Literal["interval", "call"] = "interval"
+    spool_sync_seconds: float = 0.1
     #: start even when stored webhook secrets do not decrypt with the configured keys
     allow_unreadable_secrets: bool = False
     #: where people reach the console: the base of links in Slack, PagerDuty and e-mail
@@ -238,6 +243,19 @@ def _unlisted(value: Any) -> Literal["allow", "deny"]:
     if value == "deny":
         return "deny"
     raise ConfigError('gateway.unlisted_models must be "allow" or "deny"')
+
+
+def _spool_sync(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """``spool_sync`` (env ``SPENDGATE_SPOOL_SYNC`` first) and ``spool_sync_seconds``."""
+    mode = env.get("SPENDGATE_SPOOL_SYNC") or gateway.get("spool_sync", "interval")
+    if mode not in ("interval", "call"):
+        raise ConfigError(
+            f'spool_sync (SPENDGATE_SPOOL_SYNC) must be "interval" or "call", not {mode!r}'
+        )
+    seconds = gateway.get("spool_sync_seconds", 0.1)
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or not 0 < seconds <= 10:
+        raise ConfigError("gateway.spool_sync_seconds must be a number above 0, at most 10")
+    return {"spool_sync": mode, "spool_sync_seconds": float(seconds)}
 
 
 def _observability(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
@@ -390,6 +408,7 @@ def load_settings(
         spool_max_bytes=_non_negative_int(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
         ),
+        **_spool_sync(gateway, env),
         allow_unreadable_secrets=env.get("SPENDGATE_ALLOW_UNREADABLE_SECRETS", "") == "1",
         public_url=_public_url(
             env.get("SPENDGATE_PUBLIC_URL") or gateway.get("public_url"), f"http://{host}:{port}"

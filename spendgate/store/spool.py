@@ -6,9 +6,19 @@
                                   ▼
                               LedgerWriter ── batches ──▶ database ── release(position)
 
-A call's record is on disk before the call's final bytes go out, so a crash (``kill
--9``, a power cut) after a client saw its answer cannot lose the call's spend: the next
-process to start in the same directory replays the file.
+A call's record is in the spool file before the call's final bytes go out, so a crash
+of the process (``kill -9``, the OOM killer) after a client saw its answer cannot lose
+the call's spend: the next process to start in the same directory replays the file.
+How soon the file is on the disk itself (what a power cut or a kernel crash needs) is
+the ``sync`` mode:
+
+* ``"interval"`` (the default): the loop writes the record itself (``os.write``: the
+  kernel has it when the call goes on), and a background sync ``fdatasync``s what was
+  written every ``sync_seconds``. A call waits for no disk; a power cut can lose the
+  calls of the last ``sync_seconds``.
+* ``"call"``: one thread of the spool's own writes and ``fdatasync``s, and the call goes
+  on once its record is on the disk. A power cut loses nothing a client saw; every call
+  waits for the disk's sync (milliseconds on many virtual disks).
 
 Files. Each process appends to segment files of its own,
 ``ledger-<host>-<pid>-<token>-<seq>.spool``, and holds an exclusive ``flock`` on each
@@ -22,9 +32,9 @@ fields), then one record per line: ``<crc32, 8 hex digits> <payload>\\n``. A lin
 checksum does not match is skipped (and logged); a last line without its newline was
 torn by a crash before it was durable, so its call never completed, and it is ignored.
 
-Group commit. One thread of its own writes: appends made while a write is in flight
-wait for the next one; each write is one ``os.write`` and one ``os.fdatasync`` for all
-of them. The loop hands a record to the thread through a queue and hears back through
+Group commit (``"call"``). One thread of its own writes: appends made while a write is
+in flight wait for the next one; each write is one ``os.write`` and one ``os.fdatasync``
+for all of them. The loop hands a record to the thread through a queue and hears back through
 ``call_soon_threadsafe``: at one call at a time, that is the whole cost on top of the
 ``fdatasync`` (a thread pool and a task in between cost as much again).
 """
@@ -45,7 +55,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
@@ -53,6 +63,9 @@ log = logging.getLogger("spendgate.spool")
 
 FORMAT_VERSION = 1
 SUFFIX = ".spool"
+#: when a record is on the disk itself: within ``sync_seconds`` of its write, or before
+#: its call goes on (see the module's docstring)
+SyncMode = Literal["interval", "call"]
 #: (segment sequence number, byte offset just past a record)
 Position = tuple[int, int]
 START: Position = (0, 0)
@@ -151,9 +164,13 @@ class Spool:
         rotate_bytes: int = 64 * 1024 * 1024,
         idle_rotate_seconds: float = 5.0,
         monotonic: Callable[[], float] | None = None,
+        sync: SyncMode = "interval",
+        sync_seconds: float = 0.1,
     ) -> None:
         self.directory = directory
         self.max_bytes = max_bytes
+        self.sync_mode: SyncMode = sync
+        self.sync_seconds = sync_seconds
         self.rotate_bytes = rotate_bytes
         self.idle_rotate_seconds = idle_rotate_seconds
         self._header = {"spendgate_spool": FORMAT_VERSION, **header}
@@ -173,6 +190,12 @@ class Spool:
         self._tail_end = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        #: ``"interval"``: the segments written to since the last sync (by sequence
+        #: number), whether a segment was made since (its name wants a directory sync),
+        #: and the task that syncs them
+        self._unsynced: dict[int, Segment] = {}
+        self._created_unsynced = False
+        self._syncer: asyncio.Task[None] | None = None
         self._dir_fd = -1
         #: called on the event loop for each record once it is durable, in file order
         self.on_durable: Callable[[Any, Position], None] = lambda _item, _pos: None
@@ -190,12 +213,15 @@ class Spool:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(self.directory, os.O_RDONLY)
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._writer, name="spool", daemon=True)
-        self._thread.start()
+        if self.sync_mode == "call":
+            self._thread = threading.Thread(target=self._writer, name="spool", daemon=True)
+            self._thread.start()
+        else:
+            self._syncer = self._loop.create_task(self._sync_every_interval())
 
     async def close(self) -> None:
-        """Write what was appended, then let go of every file (they stay on disk, for the
-        next process to replay what the database does not have yet)."""
+        """Write what was appended and put it on the disk, then let go of every file
+        (they stay, for the next process to replay what the database does not have yet)."""
         for _ in range(5000):  # at most ~5 s: a disk that hangs must not hang shutdown
             if not self._pending:
                 break
@@ -204,6 +230,12 @@ class Spool:
             self._inbox.put(None)
             self._thread.join()
             self._thread = None
+        if self._syncer is not None:
+            self._syncer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._syncer
+            self._syncer = None
+            await self.sync()
         for segment in self._segments.values():
             os.close(segment.fd)
         self._segments.clear()
@@ -218,12 +250,48 @@ class Spool:
 
     # -- appending (the hot path) ----------------------------------------------------------
     async def append(self, line: bytes, item: Any) -> Position:
-        """Write ``line`` (a ``frame``) durably; ``on_durable(item, position)`` runs before
-        this returns. Raises ``OSError`` if the disk refused it."""
+        """Write ``line`` (a ``frame``) durably (as the ``sync`` mode has it);
+        ``on_durable(item, position)`` runs before this returns. Raises ``OSError`` if the
+        disk refused it."""
+        if self.sync_mode == "interval":
+            return self._append_now(line, item)
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._pending += 1
         self._inbox.put((line, (item, future)))
         return await future
+
+    def _append_now(self, line: bytes, item: Any) -> Position:
+        """``"interval"``: write on the loop (a few microseconds into the page cache);
+        the next sync puts it on the disk."""
+        try:
+            segment, ends = self._write([line], sync=False)
+        except OSError as exc:
+            self._tail = None  # what the failed write left behind is never appended to
+            log.error("ledger spool write failed (%s): a record not durable", exc)
+            self.error = exc
+            raise
+        self._unsynced[segment.seq] = segment
+        self._wrote(segment, ends, [item])
+        return (segment.seq, ends[0])
+
+    async def _sync_every_interval(self) -> None:
+        while True:
+            await asyncio.sleep(self.sync_seconds)
+            try:
+                await self.sync()
+            except OSError as exc:  # logged; the records are still in the kernel's hands
+                log.error("ledger spool sync failed: %s", exc)
+
+    async def sync(self) -> None:
+        """``"interval"``: ``fdatasync`` every segment written to since the last sync (and
+        the directory, for new segments' names), in a thread while the loop writes on.
+        A segment deleted meanwhile is in the database already: nothing to sync."""
+        if not self._unsynced and not self._created_unsynced:
+            return
+        files = [os.dup(s.fd) for seq, s in self._unsynced.items() if seq in self._segments]
+        folder = os.dup(self._dir_fd) if self._created_unsynced and self._dir_fd >= 0 else None
+        self._unsynced, self._created_unsynced = {}, False
+        await asyncio.to_thread(_sync_and_close, files, folder)
 
     def _writer(self) -> None:
         """The writer thread: everything queued at once, one write and one fdatasync,
@@ -245,8 +313,8 @@ class Spool:
                 batch.append(more)
             waiters = [waiter for _, waiter in batch]
             try:
-                segment, ends = self._write([line for line, _ in batch])
-                report: tuple[Any, ...] = (self._wrote, segment, ends, waiters)
+                segment, ends = self._write([line for line, _ in batch], sync=True)
+                report: tuple[Any, ...] = (self._synced, segment, ends, waiters)
             except Exception as exc:  # noqa: BLE001 - every waiter must hear of it
                 self._tail = None  # what the failed write left behind is never appended to
                 failure = exc if isinstance(exc, OSError) else OSError(str(exc))
@@ -262,13 +330,21 @@ class Spool:
             if not future.done():
                 future.set_exception(exc)
 
-    def _wrote(
+    def _synced(
         self,
         segment: Segment,
         ends: list[int],
         waiters: list[tuple[Any, asyncio.Future[Position]]],
     ) -> None:
+        """``"call"``: the thread wrote and synced ``waiters``' records; they go on."""
         self._pending -= len(waiters)
+        self._wrote(segment, ends, [item for item, _ in waiters])
+        for (_, future), end in zip(waiters, ends, strict=True):
+            if not future.done():
+                future.set_result((segment.seq, end))
+
+    def _wrote(self, segment: Segment, ends: list[int], items: list[Any]) -> None:
+        """On the loop, after records were written (and, by the mode, synced)."""
         if segment is not self._active:
             if self._active is not None:
                 self._active.sealed = True
@@ -280,17 +356,16 @@ class Spool:
         segment.size = ends[-1]
         self.error = None
         self.durable = (segment.seq, ends[-1])
-        for (item, future), end in zip(waiters, ends, strict=True):
+        for item, end in zip(items, ends, strict=True):
             self.on_durable(item, (segment.seq, end))
-            if not future.done():
-                future.set_result((segment.seq, end))
 
-    def _write(self, lines: list[bytes]) -> tuple[Segment, list[int]]:
-        """In the spool thread: a new segment if asked or due, one write, one fdatasync."""
+    def _write(self, lines: list[bytes], *, sync: bool) -> tuple[Segment, list[int]]:
+        """A new segment if asked or due, one write, and one fdatasync if ``sync`` (in
+        the spool's thread, ``"call"``; on the loop, ``"interval"``)."""
         segment = self._tail
         if segment is None or self._new_segment or self._tail_end >= self.rotate_bytes:
             self._new_segment = False
-            segment = self._tail = self._create()
+            segment = self._tail = self._create(sync=sync)
             self._tail_end = segment.size
         data = b"".join(lines)
         written = os.write(segment.fd, data)
@@ -298,7 +373,8 @@ class Spool:
             view = memoryview(data)[written:]
             while view:
                 view = view[os.write(segment.fd, view) :]
-        os.fdatasync(segment.fd)
+        if sync:
+            os.fdatasync(segment.fd)
         ends, offset = [], self._tail_end
         for line in lines:
             offset += len(line)
@@ -306,7 +382,9 @@ class Spool:
         self._tail_end = offset
         return segment, ends
 
-    def _create(self) -> Segment:
+    def _create(self, *, sync: bool) -> Segment:
+        """A new segment; with ``sync``, its header and name on the disk before it is used
+        (else the next interval's sync puts them there)."""
         seq = self._next_seq
         self._next_seq += 1
         path = self.directory / f"{self._prefix}-{seq:08d}{SUFFIX}"
@@ -318,9 +396,13 @@ class Spool:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             header = orjson.dumps(self._header) + b"\n"
             os.write(fd, header)
-            os.fdatasync(fd)
+            if sync:
+                os.fdatasync(fd)
             os.rename(building, path)
-            os.fsync(self._dir_fd)  # the file's name is durable too, not only its bytes
+            if sync:
+                os.fsync(self._dir_fd)  # the file's name is durable too, not only its bytes
+            else:
+                self._created_unsynced = True
         except OSError:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -417,6 +499,19 @@ class Spool:
                 with contextlib.suppress(FileNotFoundError):
                     total += path.stat().st_size
         return total
+
+
+def _sync_and_close(files: list[int], folder: int | None) -> None:
+    """In a thread: ``fdatasync`` each (duplicated) file descriptor and ``fsync`` the
+    directory's (for the names of new files), then close them."""
+    try:
+        for fd in files:
+            os.fdatasync(fd)
+        if folder is not None:
+            os.fsync(folder)
+    finally:
+        for fd in [*files, *([] if folder is None else [folder])]:
+            os.close(fd)
 
 
 def _claim(path: Path) -> Orphan | None:

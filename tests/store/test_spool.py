@@ -1,7 +1,8 @@
-"""The ledger spool and the writer that drains it, on every backend: rows committed to
-the spool survive a crash and are replayed exactly once; damaged lines, other databases'
-files and live processes' files are left alone; a row the database refuses is set aside
-and the rest lands; a database that is down keeps every row waiting."""
+"""The ledger spool and the writer that drains it, on every backend and in both sync
+modes: rows committed to the spool survive a crash and are replayed exactly once;
+damaged lines, other databases' files and live processes' files are left alone; a row
+the database refuses is set aside and the rest lands; a database that is down keeps
+every row waiting. And when each mode puts a record on the disk itself."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import asyncio
 import os
 import shutil
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,15 +18,28 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from spendgate.errors import DatabaseUnavailable
+from spendgate.app import create_app
+from spendgate.errors import ConfigError, DatabaseUnavailable
+from spendgate.settings import load_settings
 from spendgate.store import schema
 from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.events import PendingEvent, list_events
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
-from spendgate.store.spool import SUFFIX, Spool, frame, unframe
+from spendgate.store.spool import SUFFIX, Spool, SyncMode, frame, unframe
 from tests.store.test_store import entry
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True, params=["interval", "call"])
+def sync_mode(request: pytest.FixtureRequest) -> SyncMode:
+    """Every test here runs with each ``spool_sync`` mode (``make_spool`` uses it)."""
+    global SYNC
+    SYNC = request.param
+    return SYNC  # type: ignore[no-any-return]
+
+
+SYNC: SyncMode = "interval"
 
 
 @pytest.fixture
@@ -38,16 +53,19 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 def make_spool(engine: AsyncEngine, directory: Path, **options: float) -> Spool:
     header = {"db": database_fingerprint(engine), "fields": list(LedgerEntry._fields)}
     return Spool(directory, header=header, max_bytes=int(options.pop("max_bytes", 1 << 30)),
-                 **options)  # type: ignore[arg-type]  # fmt: skip
+                 sync=SYNC, **options)  # type: ignore[arg-type]  # fmt: skip
 
 
 def crash(spool: Spool) -> None:
     """What ``kill -9`` leaves: the files, unlocked (the kernel drops a dead process's
-    locks), and nothing written to the database."""
+    locks), and nothing written to the database; nor synced, in ``"interval"`` mode."""
     if spool._thread is not None:  # idle: every append was awaited
         spool._inbox.put(None)
         spool._thread.join()
         spool._thread = None
+    if spool._syncer is not None:
+        spool._syncer.cancel()
+        spool._syncer = None
     for segment in spool._segments.values():
         os.close(segment.fd)
     spool._segments.clear()
@@ -229,3 +247,109 @@ def test_frames_round_trip() -> None:
     assert unframe(line[:-1]) == b'{"a": 1}'
     assert unframe(line[:-2] + b"2") is None
     assert unframe(b"zz") is None
+
+
+class Syncs:
+    """Which files ``os.fdatasync`` was asked to sync (by inode), in order."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.inodes: list[int] = []
+        real = os.fdatasync
+
+        def fdatasync(fd: int) -> None:
+            self.inodes.append(os.fstat(fd).st_ino)
+            real(fd)
+
+        monkeypatch.setattr(os, "fdatasync", fdatasync)
+
+
+async def test_when_a_record_reaches_the_disk(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_mode: SyncMode
+) -> None:
+    """``"call"``: a record's segment is synced before its append returns.
+    ``"interval"``: the append only writes (the file has the record at once, so a crash of
+    the process loses nothing), and the segment is synced within ``sync_seconds``."""
+    syncs = Syncs(monkeypatch)
+    spool = make_spool(engine, tmp_path, sync_seconds=0.05)
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=spool)
+    writer.start()
+    await writer.commit(entry(0, team=None, model="m", cost=1, at=NOW))
+    [path] = spool_files(tmp_path)
+    inode = path.stat().st_ino
+    assert b"req_000000" in path.read_bytes()
+    if sync_mode == "call":
+        assert syncs.inodes == [inode, inode]  # the new segment's header, then the record
+    else:
+        assert syncs.inodes == []
+        await synced(syncs, [inode])
+    await writer.commit(entry(1, team=None, model="m", cost=1, at=NOW))
+    if sync_mode == "call":
+        assert syncs.inodes == [inode] * 3
+    else:
+        assert syncs.inodes == [inode]
+        await synced(syncs, [inode, inode])
+    await writer.close()
+    assert await ledger_ids(engine) == ["req_000000", "req_000001"]
+
+
+async def synced(syncs: Syncs, expected: list[int]) -> None:
+    """Wait (up to 2 s) for the interval's sync to have synced ``expected``."""
+    for _ in range(200):
+        if syncs.inodes == expected:
+            return
+        await asyncio.sleep(0.01)
+    assert syncs.inodes == expected
+
+
+async def test_a_failed_write_is_reported_and_the_next_goes_to_a_new_segment(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, sync_mode: SyncMode
+) -> None:
+    """A disk that refuses a write: ``commit`` keeps the row in memory and says False
+    (in either mode), the spool shows the error until a write succeeds, and
+    nothing is appended after the failed write's leftovers."""
+    spool = make_spool(engine, tmp_path)
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=spool)
+    writer.start()
+    assert await writer.commit(entry(0, team=None, model="m", cost=1, at=NOW))
+    real_write = os.write
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)
+    assert not await writer.commit(entry(1, team=None, model="m", cost=1, at=NOW))
+    assert spool.error is not None and spool.error.errno == 28
+    monkeypatch.setattr(os, "write", real_write)
+    assert await writer.commit(entry(2, team=None, model="m", cost=1, at=NOW))
+    assert spool.error is None
+    assert len(spool_files(tmp_path)) == 2
+    await writer.close()
+    assert await ledger_ids(engine) == ["req_000000", "req_000001", "req_000002"]
+
+
+def test_the_sync_mode_is_a_setting(tmp_path: Path) -> None:
+    """``interval`` every 0.1 s unless configured; ``SPENDGATE_SPOOL_SYNC`` wins over the
+    file; the gateway's spool runs as configured; anything else is refused at startup."""
+    defaults = load_settings(env={})
+    assert (defaults.spool_sync, defaults.spool_sync_seconds) == ("interval", 0.1)
+    config = tmp_path / "spendgate.toml"
+    config.write_text('[gateway]\nspool_sync = "call"\nspool_sync_seconds = 0.5\n')
+    settings = load_settings(config_path=str(config), env={})
+    assert (settings.spool_sync, settings.spool_sync_seconds) == ("call", 0.5)
+    env = {"SPENDGATE_SPOOL_SYNC": "interval"}
+    assert load_settings(config_path=str(config), env=env).spool_sync == "interval"
+    gateway = create_app(
+        replace(settings, database_url=f"sqlite:///{tmp_path / 'sg.db'}", master_key="m" * 32)
+    )
+    spool = gateway.services.ledger.spool
+    assert spool is not None and (spool.sync_mode, spool.sync_seconds) == ("call", 0.5)
+    for bad, match in (
+        ('spool_sync = "never"', 'must be "interval" or "call"'),
+        ("spool_sync_seconds = 0", "spool_sync_seconds must be"),
+        ("spool_sync_seconds = 60", "spool_sync_seconds must be"),
+    ):
+        config.write_text(f"[gateway]\n{bad}\n")
+        with pytest.raises(ConfigError, match=match):
+            load_settings(config_path=str(config), env={})
+    with pytest.raises(ConfigError, match="SPENDGATE_SPOOL_SYNC"):
+        load_settings(env={"SPENDGATE_SPOOL_SYNC": "always"})
