@@ -14,8 +14,9 @@ Shared counters also keep a *generation*, ``(epoch, version)``: ``version`` goes
 time a policy changes (``bump``), and ``epoch`` is a random token written the first time
 anyone asks for it, so its loss means Redis lost every counter (restarted empty, or
 flushed). Admission compares the generation a process built its policy snapshot and its
-counters from with the stored one in the same round trip as the holds
-(``spendgate.guard``).
+counters from with the stored one in the same round trip as the holds (``reserve``, or
+the joint script of ``spendgate.guard``): holds are never taken in buckets Redis lost,
+which would re-create them holding only those holds (the seed then skips them).
 """
 
 from __future__ import annotations
@@ -66,6 +67,14 @@ class Generation:
     version: int
 
 
+class PolicyStale(Exception):
+    """The shared counters' generation is not the one this process planned with."""
+
+    def __init__(self, seen: Generation) -> None:
+        super().__init__(f"policies or counters changed: now {seen}")
+        self.seen = seen
+
+
 @dataclass(frozen=True, slots=True)
 class BucketState:
     spent: int
@@ -93,10 +102,17 @@ class Counters(Protocol):
     async def exists(self, bucket: str) -> bool: ...
 
     async def reserve(
-        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+        self,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        expires_at: float,
+        generation: Generation | None = None,
     ) -> Refusal | None:
         """All holds or none, atomically; remembered under ``reservation_id`` until settled,
-        released, or reaped after ``expires_at`` (epoch seconds)."""
+        released, or reaped after ``expires_at`` (epoch seconds). ``generation``: the one
+        the caller planned with and seeded the buckets at; if the stored one differs,
+        nothing is written and ``PolicyStale`` is raised (None: not checked; a process's
+        memory is never lost or changed by another, so it checks nothing)."""
 
     async def settle(
         self, reservation_id: str, settlements: Sequence[Settlement]

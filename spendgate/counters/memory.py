@@ -69,7 +69,11 @@ class MemoryCounters:
         return bucket in self._buckets
 
     async def reserve(
-        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+        self,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        expires_at: float,
+        generation: Generation | None = None,
     ) -> Refusal | None:
         return self.reserve_now(reservation_id, holds, expires_at)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from spendgate.core.budget_rules import fail_open_cap
-from spendgate.counters import Hold, Refusal
+from spendgate.counters import Generation, Hold, Refusal
 from spendgate.counters.memory import MemoryCounters
 
 
@@ -47,7 +47,11 @@ class OutageCounters(MemoryCounters):
         return Hold(hold.bucket, hold.amount, share), cap
 
     async def reserve(
-        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+        self,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        expires_at: float,
+        generation: Generation | None = None,
     ) -> Refusal | None:
         shared = [self._share(h) for h in holds]
         refusal = await super().reserve(reservation_id, [h for h, _ in shared], expires_at)

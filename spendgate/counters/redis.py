@@ -16,7 +16,9 @@ Buckets get no TTL. Budget buckets are named per period (``b:<budget>:<period ke
 so a finished period's hash is simply left behind (a few dozen bytes each); delete or
 expire them out of band if that ever matters. A bucket that vanishes (a restart without
 persistence, a FLUSHDB) is noticed by its lost epoch and seeded again from the ledger;
-``settle`` and ``add_cap`` never re-create one. Eviction of single keys would not be
+``settle`` and ``add_cap`` never re-create one, and ``reserve`` given the caller's
+generation checks it in the same script (a restart just before would otherwise have it
+re-create the buckets holding only its holds). Eviction of single keys would not be
 noticed that way, so run Redis with ``maxmemory-policy noeviction``.
 
 Figures are integers in nano-dollars. Redis stores them exactly (64-bit), but the
@@ -38,7 +40,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from spendgate.counters import BucketState, Generation, Hold, Refusal, Settlement
+from spendgate.counters import BucketState, Generation, Hold, PolicyStale, Refusal, Settlement
 from spendgate.counters.redis_pool import lua_script, once_more, pooled_client
 from spendgate.counters.redis_wire import PipelinedRedis, Script
 
@@ -134,7 +136,8 @@ class RedisCounters:
     def reserve_call(
         self, reservation_id: str, holds: Sequence[Hold], expires_at: float
     ) -> tuple[list[str], list[str | int]]:
-        """KEYS and ARGV of ``reserve.lua`` (``ct_check`` + ``ct_record``)."""
+        """KEYS and ARGV of ``ct_check`` + ``ct_record`` (``reserve.lua`` and the joint
+        acquire put their generation check in front)."""
         keys = [self._zset, self._rkey(reservation_id), *(self._key(h.bucket) for h in holds)]
         args: list[str | int] = [reservation_id, repr(float(expires_at))]
         for hold in holds:
@@ -175,10 +178,18 @@ class RedisCounters:
 
     # -- the Counters protocol ---------------------------------------------------------------
     async def reserve(
-        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+        self,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        expires_at: float,
+        generation: Generation | None = None,
     ) -> Refusal | None:
         keys, args = self.reserve_call(reservation_id, holds, expires_at)
-        return self.reserve_reply(await self._reserve(keys=keys, args=args), holds)
+        planned = ["", ""] if generation is None else [generation.epoch, generation.version]
+        kind, *body = await self._reserve(keys=[self.generation_key, *keys], args=[*planned, *args])
+        if int(kind) == 3:
+            raise PolicyStale(generation_reply(*body[0]))
+        return self.reserve_reply(body[0] if body else None, holds)
 
     async def settle(
         self, reservation_id: str, settlements: Sequence[Settlement]

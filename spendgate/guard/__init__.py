@@ -8,15 +8,19 @@ the other.
 * **In turn** (memory backends, or Redis backends on different databases): the rate
   gate, then the enforcer, each with its own backend call; a budget refusal releases
   the rate-limit entries just taken. In Redis that is two round trips before the call
-  and two after.
+  (three with the generation read below) and two after.
 * **Joint** (both backends on one Redis database): ``JointRedis`` runs both halves of
   each phase in one Lua script, so the hot path pays one round trip before the call
   and one after, and a budget refusal never writes a rate-limit entry at all.
 
 Shared counters carry a generation (``spendgate.counters``): the joint acquire compares
 it with the one this process's policy snapshot was loaded at, and a call with nothing
-to hold reads it (one command). A difference raises ``PolicyStale`` before anything is
-written: the caller reloads (``Enforcer.resync``) and plans the call again.
+to hold reads it (one command). In turn it is read before the rate gate (the rate
+limits' policies), and the counters' reserve compares it again in its own script: Redis
+may have restarted empty in between, and holds taken then would re-create lost buckets.
+A difference raises ``PolicyStale`` before any hold is taken (in turn, the rate-limit
+entries just taken are released): the caller reloads (``Enforcer.resync``) and plans
+the call again.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ from typing import ClassVar
 from redis.exceptions import RedisError
 
 from spendgate.core.budget_rules import Subject
-from spendgate.counters import Counters, Generation, Refusal, Settlement
+from spendgate.counters import Counters, Generation, PolicyStale, Refusal, Settlement
 from spendgate.counters.redis import RedisCounters
-from spendgate.guard.enforcement import Admission, Enforcer, lost_buckets
+from spendgate.guard.enforcement import UNKNOWN, Admission, Enforcer, lost_buckets
 from spendgate.guard.redis import JointRedis, same_database
 from spendgate.guard.shared_read import SharedRead
 from spendgate.ratelimit import RateLimiter
@@ -40,16 +44,6 @@ from spendgate.ratelimit.redis import RedisRateLimiter
 from spendgate.store.policies import PolicySnapshot
 
 log = logging.getLogger("spendgate.guard")
-#: what a snapshot loaded without a generation (Redis was down) is compared as: never current
-UNKNOWN = Generation("", -1)
-
-
-class PolicyStale(Exception):
-    """The shared counters' generation is not the one this process planned with."""
-
-    def __init__(self, seen: Generation) -> None:
-        super().__init__(f"policies or counters changed: now {seen}")
-        self.seen = seen
 
 
 @dataclass(slots=True)

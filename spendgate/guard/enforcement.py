@@ -53,6 +53,8 @@ EVENT_TYPES = {
 
 #: subjects whose applicable budgets and wallets are kept (the cache starts over past it)
 MAX_CACHED_SUBJECTS = 10_000
+#: what a snapshot loaded without a generation (Redis was down) is compared as: never current
+UNKNOWN = Generation("", -1)
 
 #: (type, dedup key, data, org id)
 EmitEvent = Callable[[str, str, dict[str, Any], datetime, str | None], None]
@@ -457,7 +459,9 @@ class Enforcer:
     async def admit(
         self, subject: rules.Subject, worst_case: int, snapshot: PolicySnapshot | None = None
     ) -> Admission:
-        """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402)."""
+        """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402).
+        Shared counters whose generation is not the snapshot's raise ``PolicyStale``."""
+        snapshot = snapshot or await self._policies()
         plan = await self.plan(subject, worst_case, snapshot)
         if plan is None:
             return Admission("", 0, (), ())
@@ -467,7 +471,10 @@ class Enforcer:
             )
         else:
             refusal = await self._counters.reserve(
-                plan.admission.reservation_id, plan.holds, plan.expires_at
+                plan.admission.reservation_id,
+                plan.holds,
+                plan.expires_at,
+                snapshot.generation or UNKNOWN,
             )
         if refusal is not None:
             self.refuse(plan, refusal)

@@ -25,6 +25,7 @@ from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 from spendgate.core.worst_case import BadField, WorstCase, worst_case
+from spendgate.counters import PolicyStale
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
     AuthenticationFailed,
@@ -39,7 +40,7 @@ from spendgate.errors import (
     UnknownModel,
     UpstreamTimeout,
 )
-from spendgate.guard import CallGuard, Guarded, PolicyStale
+from spendgate.guard import CallGuard, Guarded
 from spendgate.guard.enforcement import Enforcer
 from spendgate.guard.failover import FailoverGuard
 from spendgate.guard.tickets import TicketDesk

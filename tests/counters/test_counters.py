@@ -12,7 +12,15 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from spendgate.counters import BucketState, Counters, Hold, Refusal, Settlement
+from spendgate.counters import (
+    BucketState,
+    Counters,
+    Generation,
+    Hold,
+    PolicyStale,
+    Refusal,
+    Settlement,
+)
 from spendgate.counters.factory import counters_from_url
 from spendgate.counters.memory import MemoryCounters
 from spendgate.counters.redis import RedisCounters
@@ -339,6 +347,32 @@ async def test_a_lost_epoch_is_replaced(redis_prefix: str) -> None:
         await store.client.delete(store.generation_key)
         after = await store.generation()
         assert after.epoch != before.epoch and after.version == 0
+    finally:
+        await store.aclose()
+
+
+async def test_a_reserve_planned_under_another_generation_takes_nothing(redis_prefix: str) -> None:
+    """The caller planned at a generation Redis no longer has: a policy changed, or Redis
+    restarted empty after the caller's last look (its epoch gone). The reserve takes no
+    hold and says what it found; above all it does not re-create a lost bucket holding
+    only this call (the seed would skip it, and the period's spend would be lost)."""
+    store = RedisCounters.from_url(REDIS_URL, prefix=redis_prefix)
+    try:
+        planned = await store.generation()
+        await store.seed("a", 500)
+        assert await store.reserve("r1", [Hold("a", 10, cap=1_000)], EXPIRES, planned) is None
+        await store.bump()
+        with pytest.raises(PolicyStale) as changed:
+            await store.reserve("r2", [Hold("a", 10, cap=1_000)], EXPIRES, planned)
+        assert changed.value.seen == Generation(planned.epoch, planned.version + 1)
+        assert await store.state("a") == BucketState(500, 10, None)
+
+        await store.client.delete(*[k async for k in store.client.scan_iter(f"{redis_prefix}*")])
+        with pytest.raises(PolicyStale) as lost:
+            await store.reserve("r3", [Hold("a", 10, cap=1_000)], EXPIRES, changed.value.seen)
+        assert lost.value.seen == Generation("", 0)
+        assert not await store.exists("a")
+        assert await store.reap(EXPIRES + 1) == 0  # no reservation recorded either
     finally:
         await store.aclose()
 

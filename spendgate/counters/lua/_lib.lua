@@ -3,6 +3,13 @@
 -- exact while sums stay within 2^53 (about $9.007M in nanos per bucket); HINCRBY itself stays exact
 -- in 64 bits, and figures returned to Python are the stored strings where possible.
 
+-- t[first..last] as a new table (a part of KEYS or ARGV laid out as another script's).
+local function slice(t, first, last)
+  local out = {}
+  for i = first, last do out[#out + 1] = t[i] end
+  return out
+end
+
 -- Take up to `amount` back out of `key`'s reserved, never below zero.
 local function give_back(key, amount)
   if amount <= 0 then return end

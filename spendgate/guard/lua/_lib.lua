@@ -3,11 +3,5 @@
 -- loader puts ratelimit/lua/_lib.lua, counters/lua/_lib.lua and this file in front.
 -- KEYS: the rate limiter's keys, then the counters'. ARGV starts with a header (modes and
 -- how many keys and arguments belong to the rate limiter), then the rate limiter's
--- arguments, then the counters'; each half is laid out as in its own standalone script.
-
--- t[first..last] as a new table (the halves of KEYS and ARGV).
-local function slice(t, first, last)
-  local out = {}
-  for i = first, last do out[#out + 1] = t[i] end
-  return out
-end
+-- arguments, then the counters'; each half is laid out as in its own standalone script,
+-- cut out with `slice` (counters/lua/_lib.lua: the standalone reserve.lua cuts too).
