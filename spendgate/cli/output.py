@@ -11,8 +11,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+#: soft wrap: a line longer than the terminal is left for the terminal to wrap, so a link or
+#: an error message piped into a file or a log stays one line (Rich would cut it at 80
+#: columns when there is no terminal); tables still fit the width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def cell(value: Any) -> str:
