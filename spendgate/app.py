@@ -120,6 +120,10 @@ def _error_response(err: SpendgateError) -> JSONResponse:
     )
 
 
+#: pydantic's error types for a body that is no JSON object (a form, a list, a string)
+NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "model_type"})
+
+
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
@@ -127,6 +131,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     message = first.get("msg", "invalid input")
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
+    if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:
+        return "the request body must be a JSON object (Content-Type: application/json)", None
     return (f"{field}: {message}" if field else message), field
 
 
