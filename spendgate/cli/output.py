@@ -27,12 +27,16 @@ def cell(value: Any) -> str:
 def show(data: Any, as_json: bool, columns: list[str], *, secret: str | None = None) -> None:
     """An answer as JSON, or as a table of ``columns``; when the table would not fit the
     terminal, as one ``column: value`` block per row instead (like psql's ``\\x auto``),
-    so no id is cut short. ``secret`` names the column of a secret shown once: printed
-    whole on a line of its own below, never in a cell a narrow terminal could cut short."""
+    so no id is cut short; an empty list as ``(none)``. ``secret`` names the column of a
+    secret shown once: printed whole on a line of its own below, never in a cell a narrow
+    terminal could cut short."""
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     rows = data if isinstance(data, list) else [data]
+    if not rows:  # else nothing at all would be printed when the columns are too wide
+        console.print("(none)")
+        return
     shown = [c for c in columns if c != secret]
     table = Table(*shown)
     for row in rows:  # values as plain Text: a name like "[red]x" is not markup

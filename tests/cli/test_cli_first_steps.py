@@ -179,3 +179,14 @@ def test_long_lines_stay_whole_when_not_a_terminal(served: Served) -> None:
     assert code == 1
     [line] = [ln for ln in err.splitlines() if ln.startswith("error 409:")]
     assert "already exists" in line and line.endswith(")")
+
+
+def test_an_empty_list_says_so(served: Served) -> None:
+    """`spendgate tickets list` on an empty queue printed nothing at all (a list too wide
+    for the terminal is shown as blocks, one per row: none); now it says `(none)`, and
+    `--json` stays `[]`."""
+    url, _, _ = served
+    for command in (["tickets", "list"], ["anomalies", "list"], ["webhooks", "list"]):
+        code, out, err = invoke(url, *command, columns="80")
+        assert (code, out.strip()) == (0, "(none)"), (command, out, err)
+    assert run_cli(url, "tickets", "list") == []
