@@ -66,11 +66,11 @@ Instant = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(in_range
 Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
 TeamRole = Literal["team_admin", "viewer", "member"]
 Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+-]{1,64}$")]
+#: what an email address must look like (``_validation_message`` says it in words)
+EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
 Email = Annotated[
     str,
-    StringConstraints(
-        strip_whitespace=True, min_length=3, max_length=320, pattern=r"^[^@\s]+@[^@\s]+$"
-    ),
+    StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=EMAIL_PATTERN),
 ]
 
 

@@ -67,11 +67,17 @@ def refusal_notice(wallet_id: str, balance_nanos: int, label: str) -> str:
 
 async def wallet_out(svc: Services, row: dict[str, Any]) -> dict[str, Any]:
     wallet = wallet_of(row)
-    await svc.enforcer.seed_wallet(wallet)
-    state = await svc.counters.state(wallet_bucket(wallet))
-    spent, reserved = (state.spent, state.reserved) if state else (0, 0)
-    cap = (state.cap or 0) if state else 0
     closed = row.get("closed_at") is not None
+    if closed:  # what it funded, from the ledger: a live counter (re-)seeded now would
+        # also count its scope's calls since the close
+        await svc.ledger.flush()
+        spent, _ = await svc.policies.wallet_spend(wallet, row["closed_at"])
+        reserved, cap = 0, await svc.policies.funds(wallet)
+    else:
+        await svc.enforcer.seed_wallet(wallet)
+        state = await svc.counters.state(wallet_bucket(wallet))
+        spent, reserved = (state.spent, state.reserved) if state else (0, 0)
+        cap = (state.cap or 0) if state else 0
     notice = None
     if not closed and cap - spent <= 0:
         label = await scope_label(svc, wallet.scope_type, wallet.scope_id)

@@ -216,8 +216,7 @@ def bootstrap(
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """With the master key: the org (created, or the existing org of that name), its
-    first org admin and that admin's token.
+    """With the master key: an org (made, or the one of that name), its admin, a token.
 
     The token is printed once; from then on the admin works with it
     (``SPENDGATE_ADMIN_TOKEN``) and the master key can go back in the safe."""

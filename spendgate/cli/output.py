@@ -11,8 +11,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+#: soft wrap: a line longer than the terminal is left for the terminal to wrap, so a link or
+#: an error message piped into a file or a log stays one line (Rich would cut it at 80
+#: columns when there is no terminal); tables still fit the width
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def cell(value: Any) -> str:
@@ -24,12 +27,16 @@ def cell(value: Any) -> str:
 def show(data: Any, as_json: bool, columns: list[str], *, secret: str | None = None) -> None:
     """An answer as JSON, or as a table of ``columns``; when the table would not fit the
     terminal, as one ``column: value`` block per row instead (like psql's ``\\x auto``),
-    so no id is cut short. ``secret`` names the column of a secret shown once: printed
-    whole on a line of its own below, never in a cell a narrow terminal could cut short."""
+    so no id is cut short; an empty list as ``(none)``. ``secret`` names the column of a
+    secret shown once: printed whole on a line of its own below, never in a cell a narrow
+    terminal could cut short."""
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     rows = data if isinstance(data, list) else [data]
+    if not rows:  # else nothing at all would be printed when the columns are too wide
+        console.print("(none)")
+        return
     shown = [c for c in columns if c != secret]
     table = Table(*shown)
     for row in rows:  # values as plain Text: a name like "[red]x" is not markup

@@ -43,8 +43,11 @@ async def home() -> RedirectResponse:
 
 
 @router.get("/login")
-async def login_form(request: Request, next: str | None = None) -> HTMLResponse:
-    return await page(request, "login.html", {"next": safe_next(next), "email": ""})
+async def login_form(
+    request: Request, next: str | None = None, password_set: bool = False
+) -> HTMLResponse:
+    ctx = {"next": safe_next(next), "email": "", "password_set": password_set}
+    return await page(request, "login.html", ctx)
 
 
 @router.post("/login")
@@ -121,4 +124,6 @@ async def accept_invite(
         return await page(request, "invite.html", ctx, status=422)
     if user_id is None:
         return await page(request, "invite.html", {"invalid": True}, status=404)
-    return harden(request, RedirectResponse("/login?next=/usage", status_code=303))
+    return harden(
+        request, RedirectResponse("/login?next=/usage&password_set=true", status_code=303)
+    )

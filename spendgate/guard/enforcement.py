@@ -529,12 +529,21 @@ class Enforcer:
                 )
                 retry = int((a.window.end - now).total_seconds()) + 1
                 scope = a.budget.scope_id or a.budget.tag
+                used = refusal.spent + refusal.reserved
+                figures = (
+                    f"spent ${format_usd(refusal.spent)}, ${format_usd(refusal.reserved)} in flight"
+                )
+                if used >= refusal.cap:
+                    why = f"has reached its hard limit of ${format_usd(refusal.cap)}: {figures}"
+                else:  # this call's worst case is what does not fit
+                    why = (
+                        f"has ${format_usd(refusal.cap - used)} left before its hard limit of "
+                        f"${format_usd(refusal.cap)} ({figures}) and this call may cost up to "
+                        f"${format_usd(admission.worst_case)}"
+                    )
                 raise BudgetExceeded(
                     f"budget {a.budget.id} ({a.budget.scope_type} {scope}"
-                    f", {a.budget.period}) has reached its hard limit of "
-                    f"${format_usd(refusal.cap)}: spent ${format_usd(refusal.spent)}, "
-                    f"${format_usd(refusal.reserved)} in flight; it resets at "
-                    f"{a.window.end.isoformat()}",
+                    f", {a.budget.period}) {why}; it resets at {a.window.end.isoformat()}",
                     budget_id=a.budget.id,
                     resets_at=a.window.end.isoformat(),
                     retry_after=retry,

@@ -74,7 +74,9 @@ class TicketDesk:
         self._public_url = public_url.rstrip("/")
 
     def url(self, ticket_id: str) -> str:
-        return f"{self._public_url}/admin/tickets/{ticket_id}"
+        """The link a refused caller passes on to an approver: the console's ticket page
+        (``/admin/tickets/<id>`` would answer their browser 401)."""
+        return f"{self._public_url}/tickets/{ticket_id}"
 
     def _describe(self, ticket: dict[str, Any], missing: int | None = None) -> dict[str, str]:
         """The ticket as a refused call sees it (body ``error.ticket`` and headers)."""

@@ -150,6 +150,10 @@ def _header(headers: RawHeaders, name: bytes) -> str | None:
     return None
 
 
+def _is_bearer(headers: RawHeaders) -> bool:
+    return (_header(headers, b"authorization") or "")[:7].lower() == "bearer "
+
+
 def _form_field(content_type: str, media: str, body: bytes, name: str) -> str | None:
     if media == "application/x-www-form-urlencoded":
         for key, value in parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True):
@@ -196,8 +200,7 @@ class CsrfGuard:
         form = content_type.split(";", 1)[0].strip().lower() in FORM_TYPES
         if form:
             return True
-        authorization = _header(headers, b"authorization") or ""
-        if authorization[:7].lower() == "bearer ":
+        if _is_bearer(headers):
             return False
         cookies = cookie_parser(_header(headers, b"cookie") or "")
         return any(name in cookies for name in self.session_cookies)
@@ -219,7 +222,7 @@ class CsrfGuard:
             or not presented
             or not hmac.compare_digest(expected.encode("utf-8"), presented.encode("utf-8"))
         ):
-            await self._refuse(send)
+            await self._refuse(send, api_client=_is_bearer(headers))
             return
         await self.app(scope, receive, send)
 
@@ -254,11 +257,14 @@ class CsrfGuard:
 
         return token, replay
 
-    async def _refuse(self, send: Send) -> None:
-        err = CsrfFailed(
+    async def _refuse(self, send: Send, *, api_client: bool) -> None:
+        message = (
             f"CSRF check failed: send the {self.cookie_name} cookie's value in the "
             f"{self.header_name.decode()} header or the {self.field_name} form field"
         )
+        if api_client:  # most likely `curl -d` without a content type: it sends a form
+            message += "; an API client sends its body as JSON with Content-Type: application/json"
+        err = CsrfFailed(message)
         body = csrf_error_body(err)
         await send(
             {

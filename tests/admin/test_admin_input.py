@@ -141,3 +141,26 @@ def test_huge_audit_cursor_is_422(gateway: RunningGateway) -> None:
     response = gateway.admin.get("/admin/audit", params={"before_seq": 2**63})
     assert response.status_code == 422
     assert response.json()["error"]["param"] == "before_seq"
+
+
+def test_words_for_a_time_and_a_malformed_email_are_said_plainly(gateway: RunningGateway) -> None:
+    """`--expires-at yesterday` reached the API as "yesterday" and the answer was pydantic's
+    "Input should be a valid datetime or date, input is too short"; a bad email answered
+    with the regular expression. Both now say what is expected."""
+    ids = _made(gateway)
+    response = gateway.admin.post(
+        f"/admin/budgets/{ids['budget']}/exceptions",
+        json={"percent": "50", "reason": "r", "expires_at": "yesterday"},
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == {
+        "message": "expires_at: not an ISO 8601 date-time such as 2026-05-01T00:00:00Z: "
+        "'yesterday'",
+        "code": "validation_error",
+        "param": "expires_at",
+    }
+    response = gateway.admin.get("/admin/usage", params={"start": "last week"})
+    assert response.status_code == 422, response.text
+    response = gateway.admin.post("/admin/users", json={"email": "ana", "role": "finance"})
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["message"] == "email: not an email address: 'ana'"

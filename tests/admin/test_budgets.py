@@ -155,6 +155,26 @@ def test_hard_cap_refuses_with_429_and_resets_next_period(gateway: RunningGatewa
     one_call_cost(gateway, key["key"])  # a new Kolkata day: allowed again
 
 
+def test_a_call_too_big_for_the_headroom_is_not_told_the_limit_was_reached(
+    gateway: RunningGateway,
+) -> None:
+    """Nothing spent yet, and a call without max_tokens (worst case: the model's 4096
+    output tokens) does not fit a $0.001 cap: the 429 says what the call may cost and
+    what is left, not that the budget "has reached its hard limit"."""
+    key = gateway.create_key()
+    made = budget(
+        gateway, scope_type="key", scope_id=key["id"], amount_usd="0.001", hard_limit=True
+    )
+    with pytest.raises(openai.RateLimitError) as info:
+        sdk(gateway, key["key"]).chat.completions.create(model="demo-small", messages=MSG)
+    error = info.value.body
+    assert isinstance(error, dict) and error["code"] == "budget_exceeded"
+    message = error["message"]
+    assert made["id"] in message and "reached" not in message
+    assert "$0.001 left before its hard limit of $0.001" in message
+    assert "this call may cost up to $0.00" in message
+
+
 def test_anthropic_route_refusal_format(gateway: RunningGateway) -> None:
     """The Anthropic route refuses in its own error format with Retry-After."""
     key = gateway.create_key()

@@ -119,3 +119,31 @@ def test_a_wallet_is_changed_and_closed_and_its_history_stays(gateway: RunningGa
     statuses: dict[str, Any] = {w["id"]: w["status"] for w in gateway.get("/admin/wallets")}
     assert statuses == {made["id"]: "closed", again["id"]: "open"}
     assert call(gateway, key["key"]) > 0
+
+
+def test_a_closed_wallets_spend_stops_at_its_close(gateway: RunningGateway, tmp_path: Any) -> None:
+    """A closed wallet keeps the spend it funded: calls its scope makes after the close are
+    not its spend, also for a process that reads it afresh (a restart re-seeds wallets
+    from the ledger) — its balance no longer drifts down after it was closed."""
+    from tests.conftest import start_gateway
+
+    key = gateway.create_key()
+    made = gateway.post(
+        "/admin/wallets", {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "1"}
+    )
+    path = f"/admin/wallets/{made['id']}"
+    funded = call(gateway, key["key"])
+    gateway.clock.advance(1)
+    gateway.post(f"{path}/close", {}, status=200)
+    gateway.clock.advance(1)
+    assert call(gateway, key["key"]) > 0  # after the close: not the wallet's
+    gateway.ledger()  # every row written
+    second = start_gateway(gateway.settings.database_url, gateway.url, tmp_path, demo=True)
+    try:
+        for gw in (gateway, second):
+            seen = gw.get(path)
+            assert Decimal(seen["spent_usd"]) == funded, gw.url
+            assert Decimal(seen["balance_usd"]) == 1 - funded
+    finally:
+        second.admin.close()
+        second.handle.stop()

@@ -163,3 +163,30 @@ def test_forecast_says_when_the_hard_cap_stops_calls(served: Served) -> None:
     code, out, _ = invoke(url, "forecast", made["id"], columns="300")
     assert code == 0
     assert f"will hit the hard cap (${forecast['hard_cap_usd']}) on {local_today}" in out
+
+
+def test_long_lines_stay_whole_when_not_a_terminal(served: Served) -> None:
+    """Piped or logged (no terminal, 80 columns), a message is one line: the invite link
+    `bootstrap` prints can be copied whole, and an error reads as one line."""
+    url, _, _ = served
+    code, _, err = invoke(
+        url, "bootstrap", "--org", "wrap", "--email", "a@wrap.example", columns="80"
+    )
+    assert code == 0, err
+    [line] = [ln for ln in err.splitlines() if ln.startswith("console: open ")]
+    assert "/invite/" in line and line.endswith("(one use, seven days)")
+    code, _, err = invoke(url, "orgs", "create", "wrap", columns="80")
+    assert code == 1
+    [line] = [ln for ln in err.splitlines() if ln.startswith("error 409:")]
+    assert "already exists" in line and line.endswith(")")
+
+
+def test_an_empty_list_says_so(served: Served) -> None:
+    """`spendgate tickets list` on an empty queue printed nothing at all (a list too wide
+    for the terminal is shown as blocks, one per row: none); now it says `(none)`, and
+    `--json` stays `[]`."""
+    url, _, _ = served
+    for command in (["tickets", "list"], ["anomalies", "list"], ["webhooks", "list"]):
+        code, out, err = invoke(url, *command, columns="80")
+        assert (code, out.strip()) == (0, "(none)"), (command, out, err)
+    assert run_cli(url, "tickets", "list") == []

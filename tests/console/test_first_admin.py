@@ -52,8 +52,9 @@ def test_demo_prints_the_first_admins_sign_in(
 
 
 def test_bootstrap_invite_link_sets_the_first_password(console: Console, page: Page) -> None:
-    """The invite link `bootstrap` prints lets the admin choose a password once; the
-    link is dead afterwards, and a short password is refused beside the field."""
+    """The invite link `bootstrap` prints lets the admin choose a password once (then
+    the sign-in page says the password is set); the link is dead afterwards, and a short
+    password is refused beside the field."""
     url = console.url
     made = _cli(
         url, "bootstrap", "--org", f"new-{uuid.uuid4().hex[:6]}", "--email", "boss@new.test"
@@ -69,6 +70,8 @@ def test_bootstrap_invite_link_sets_the_first_password(console: Console, page: P
     page.get_by_label("New password").fill("a long enough password")
     page.get_by_label("Repeat it").fill("a long enough password")
     page.get_by_role("button", name="Set password").click()
+    assert "/login" in page.url  # the sign-in page says why it is there
+    expect(page.get_by_role("status")).to_contain_text("Password set: sign in with it")
     sign_in(page, url, "boss@new.test", "a long enough password")
     assert page.url.endswith("/usage")
     assert httpx.get(url + path).status_code == 404

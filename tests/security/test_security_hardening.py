@@ -328,6 +328,30 @@ def test_csrf_form_posts_need_a_matching_token(gateway: RunningGateway) -> None:
     assert not any(org["name"] == "evil" for org in gateway.get("/admin/orgs"))
 
 
+def test_a_form_body_with_a_bearer_token_is_told_to_send_json(gateway: RunningGateway) -> None:
+    """`curl -d '{...}'` without a content type sends a form: the refusal tells an API
+    client to send JSON, and past the CSRF check a body that is not a JSON object is a
+    422 that says so (not pydantic's "valid dictionary or object to extract fields")."""
+    bearer = {"authorization": f"Bearer {MASTER_KEY}"}
+    with httpx.Client(base_url=gateway.url) as client:
+        curl_d = {**bearer, "content-type": "application/x-www-form-urlencoded"}
+        refused = client.post("/admin/orgs", content=b'{"name": "x"}', headers=curl_d)
+        assert_csrf_refused(refused)
+        assert "Content-Type: application/json" in refused.json()["error"]["message"]
+        token = new_csrf_token()
+        client.cookies.set(CSRF_COOKIE, token)
+        form = client.post(
+            "/admin/orgs", data={"name": "x"}, headers={**bearer, "x-csrf-token": token}
+        )
+        assert form.status_code == 422, form.text
+        assert form.json()["error"]["message"] == (
+            "the request body must be a JSON object (Content-Type: application/json)"
+        )
+        no_type = client.post("/admin/orgs", content=b"name=x", headers=bearer)
+        assert no_type.status_code == 422, no_type.text
+    assert not any(org["name"] == "x" for org in gateway.get("/admin/orgs"))
+
+
 def test_csrf_bearer_json_is_untouched(gateway: RunningGateway) -> None:
     """API clients (Bearer + JSON) never need a CSRF token, cookies or not."""
     made = gateway.post("/admin/orgs", {"name": "api-made"})
