@@ -520,13 +520,17 @@ class Enforcer:
     def _refuse(self, admission: Admission, refusal: Refusal, now: datetime) -> NoReturn:
         for a in admission.budgets:
             if a.bucket == refusal.bucket:
-                self._fire(
-                    a,
-                    rules.Threshold("hard", a.budget.hard_limit_percent),
-                    refusal.spent,
-                    now,
-                    refused=True,
-                )
+                # a call whose worst case alone is over the cap would not fit an empty
+                # period: the budget has not reached its limit, and the event (once per
+                # period) is kept for when it does
+                if admission.worst_case <= refusal.cap:
+                    self._fire(
+                        a,
+                        rules.Threshold("hard", a.budget.hard_limit_percent),
+                        refusal.spent,
+                        now,
+                        refused=True,
+                    )
                 retry = int((a.window.end - now).total_seconds()) + 1
                 scope = a.budget.scope_id or a.budget.tag
                 used = refusal.spent + refusal.reserved

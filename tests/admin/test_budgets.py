@@ -175,6 +175,26 @@ def test_a_call_too_big_for_the_headroom_is_not_told_the_limit_was_reached(
     assert "this call may cost up to $0.00" in message
 
 
+def test_a_call_bigger_than_the_whole_cap_does_not_use_up_the_hard_limit_alert(
+    gateway: RunningGateway,
+) -> None:
+    """``budget.hard_limit_reached`` fires once per period, so a call refused only because
+    its own worst case is over the whole cap (it would not fit an empty period) must not
+    fire it: the budget is at 0 %, and the alert would then be missing when the budget
+    really reaches its limit."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 3), hard_limit=True)
+    with pytest.raises(openai.RateLimitError):  # no max_tokens: 4096 output tokens' worth
+        sdk(gateway, key["key"]).chat.completions.create(model="demo-small", messages=MSG)
+    assert events(gateway, "budget.hard_limit_reached") == []
+    with pytest.raises(openai.RateLimitError):
+        for _ in range(10):
+            one_call_cost(gateway, key["key"])
+    [hard] = events(gateway, "budget.hard_limit_reached")
+    assert hard["data"]["refused"] is True and Decimal(hard["data"]["percent_used"]) >= 33
+
+
 def test_anthropic_route_refusal_format(gateway: RunningGateway) -> None:
     """The Anthropic route refuses in its own error format with Retry-After."""
     key = gateway.create_key()
