@@ -3,9 +3,10 @@ with the headroom left in each, and the one that runs out first (the *binding* l
 
 The figures are the proxy's own: budgets and wallets from the enforcer
 (``spendgate.guard.enforcement``: the same policy snapshot, period windows, exceptions
-and live counters the proxy admits calls with), rate limits from the rate gate
-(``spendgate.ratelimit.gate.RateGate.usage``: the same buckets ``acquire`` checks, for
-every row of the key and of its team, whatever its model pattern). So the page shows
+and live counters the proxy admits calls with; while a ticket's grant funds the key in
+place of a wallet, the grant: ``PolicySnapshot.funding``), rate limits from the rate
+gate (``spendgate.ratelimit.gate.RateGate.usage``: the same buckets ``acquire`` checks,
+for every row of the key and of its team, whatever its model pattern). So the page shows
 what the next call would meet. A budget limited to some models or providers, or a rate
 limit on a model pattern, is listed too (it binds the key's calls to those).
 
@@ -46,7 +47,7 @@ RATE_UNITS = {
 class Headroom:
     """One limit on a key's calls: what is left of it, now."""
 
-    kind: str  # "budget", "wallet" or "rate limit"
+    kind: str  # "budget", "wallet", "ticket grant" (in its wallet's place) or "rate limit"
     id: str
     name: str
     limit: int  # nano-dollars when ``unit`` is "usd", else a count
@@ -137,14 +138,16 @@ async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
     for wallet in wallets:
         if not wallet.covers(subject):
             continue
-        await svc.enforcer.seed_wallet(wallet)
-        found = await svc.counters.state(wallet_bucket(wallet))
+        funder = snapshot.funding(wallet, key["id"], now)  # the key's ticket grant, if any
+        await svc.enforcer.seed_wallet(funder)
+        found = await svc.counters.state(wallet_bucket(funder))
         spent, reserved, cap = (found.spent, found.reserved, found.cap or 0) if found else (0, 0, 0)
-        out.append(
-            Headroom(
-                "wallet", wallet.id, f"{wallet.scope_type} wallet", cap, spent + reserved, True
-            )
+        kind, name = (
+            ("wallet", f"{wallet.scope_type} wallet")
+            if funder is wallet
+            else ("ticket grant", f"{funder.id} on the {wallet.scope_type} wallet")
         )
+        out.append(Headroom(kind, funder.id, name, cap, spent + reserved, True))
     return out + await rate_headroom(svc, snapshot.rate_limits, key)
 
 

@@ -28,7 +28,6 @@ from spendgate.console.forms import (
     scope_refill,
 )
 from spendgate.console.layout import Svc, User, require, scope_for
-from spendgate.console.usage_source import UsageQuery, usage_series
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.core.runway import days_to_empty
@@ -42,20 +41,32 @@ RATE_DAYS = 7
 HISTORY_DAYS = 30
 
 
+def _midnight(day: date) -> datetime:
+    return datetime.combine(day, datetime.min.time(), UTC)
+
+
+async def _paid(svc: Services, row: dict[str, Any], since: date, until: date) -> int:
+    """What the wallet (its stored ``row``) paid for the calls of UTC days ``[since,
+    until)``: the figure its balance counts (``PolicyStore.wallet_spend``), so nothing
+    from before it opened or after it closed, and nothing a ticket's grant paid for."""
+    start, end = _midnight(since), _midnight(until)
+    if row["closed_at"] is not None:
+        end = min(end, row["closed_at"])
+    if end <= max(start, row["created_at"]):  # not open then
+        return 0
+    spent, _ = await svc.policies.wallet_spend(api.wallet_of(row), end, start)
+    return spent
+
+
 async def _daily_debits(svc: Services, wallet: dict[str, Any], days: int) -> dict[date, int]:
-    """Spend of the wallet's scope per UTC day over the last ``days`` (since it opened)."""
-    now = svc.clock.now()
-    end = datetime.combine(now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC)
-    start = max(end - timedelta(days=days), wallet["created_at"])
-    filters = {} if wallet["scope_type"] == "org" else {wallet["scope_type"]: wallet["scope_id"]}
+    """What the wallet paid per UTC day over the last ``days`` (today the last)."""
+    row = await svc.policies.get_wallet(wallet["id"])
+    today = svc.clock.now().astimezone(UTC).date()
     await svc.ledger.flush()
-    series = await usage_series(
-        svc.engine,
-        UsageQuery(start, end, "key", "day", wallet["org_id"], None, None, filters),
-    )
     per_day: dict[date, int] = {}
-    for (day, _), nanos in series.cells.items():
-        per_day[day] = per_day.get(day, 0) + nanos
+    for back in range(days):
+        day = today - timedelta(days=back)
+        per_day[day] = await _paid(svc, row, day, day + timedelta(days=1))
     return per_day
 
 
@@ -65,7 +76,10 @@ async def _runway(svc: Services, wallet: dict[str, Any]) -> Decimal | None:
     now = svc.clock.now()
     age_days = max(1, (now - wallet["created_at"]).days + 1)
     window = min(RATE_DAYS, age_days)
-    spent = sum((await _daily_debits(svc, wallet, window)).values())
+    tomorrow = now.astimezone(UTC).date() + timedelta(days=1)
+    await svc.ledger.flush()
+    row = await svc.policies.get_wallet(wallet["id"])
+    spent = await _paid(svc, row, tomorrow - timedelta(days=window), tomorrow)
     balance = usd_to_nanos(Decimal(wallet["balance_usd"]))
     return days_to_empty(balance, spent, window)
 

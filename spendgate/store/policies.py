@@ -395,26 +395,31 @@ class PolicyStore:
             return wallet.grant_nanos
         return await self.topped_up(wallet.id)
 
-    async def wallet_spend(self, wallet: Wallet, until: datetime | None) -> tuple[int, int]:
+    async def wallet_spend(
+        self, wallet: Wallet, until: datetime | None, since: datetime | None = None
+    ) -> tuple[int, int]:
         """What ``wallet``'s counter counts of the ledger (calls started before ``until``),
         and the part of it on ``uncounted`` rows (``spend_split``): a wallet the spend of
         its scope since it was created less what its tickets' grants paid for (those calls
         are in the ledger, not paid from its balance); a grant its requester key's spend
         since the ticket was approved. Its seed, the reconciliation and the catch-up after
-        an outage all read this one figure."""
-        spent, uncounted = await self.spend_split(
-            wallet.org_id, wallet.created_at, until, wallet.covers
-        )
+        an outage all read this one figure; with ``since``, only its calls started from
+        then on (a day of the wallet's history: its debits add up to its spend)."""
+        start = wallet.created_at if since is None else max(since, wallet.created_at)
+        spent, uncounted = await self.spend_split(wallet.org_id, start, until, wallet.covers)
         if wallet.grant_of is None:
-            funded, funded_uncounted = await self.ticket_funded(wallet, until)
+            funded, funded_uncounted = await self.ticket_funded(wallet, until, since)
             spent, uncounted = spent - funded, uncounted - funded_uncounted
         return spent, uncounted
 
-    async def ticket_funded(self, wallet: Wallet, until: datetime | None) -> tuple[int, int]:
-        """The spend of calls (started before ``until``) that ``wallet``'s ticket grants
-        paid for: each requester key's spend while its grant lasted, at most the grant;
-        and the part of it on ``uncounted`` ledger rows (the grants' counters take those
-        calls, not the wallet's)."""
+    async def ticket_funded(
+        self, wallet: Wallet, until: datetime | None, since: datetime | None = None
+    ) -> tuple[int, int]:
+        """The spend of calls (started before ``until``, and from ``since`` on if given)
+        that ``wallet``'s ticket grants paid for: each requester key's spend while its
+        grant lasted, at most the grant (at most what was left of it at ``since``: a
+        grant pays for its key's first calls); and the part of it on ``uncounted`` ledger
+        rows (the grants' counters take those calls, not the wallet's)."""
         t = schema.wallet_tickets
         async with self._engine.connect() as conn:
             rows = _rows(
@@ -430,12 +435,20 @@ class PolicyStore:
             end = row["closed_at"] or row["expires_at"]
             if until is not None:
                 end = min(end, until)
+            left = int(row["granted_nanos"])
+
+            def of_key(s: Subject, key: str = row["key_id"]) -> bool:
+                return s.key_id == key
+
+            if since is not None and since > start:
+                if since < end:
+                    before, _ = await self.spend_split(wallet.org_id, start, since, of_key)
+                    left = max(0, left - before)
+                start = since
             if end <= start:
                 continue
-            spent, late = await self.spend_split(
-                wallet.org_id, start, end, lambda s, key=row["key_id"]: s.key_id == key
-            )
-            funded = min(spent, int(row["granted_nanos"]))
+            spent, late = await self.spend_split(wallet.org_id, start, end, of_key)
+            funded = min(spent, left)
             total += funded
             uncounted += min(late, funded)
         return total, uncounted

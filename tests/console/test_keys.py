@@ -265,3 +265,33 @@ def test_a_secret_is_never_on_the_key_page_after_an_expiry_change(
     assert secret not in page.content()
     page.goto(console.url + "/keys")
     assert secret not in page.content()
+
+
+def test_a_ticket_grant_funding_the_key_is_its_binding_limit(console: Console, page: Page) -> None:
+    """An empty team wallet with tickets on and the key's ticket approved for $5: the
+    grant funds the key's calls, so the binding limit is the grant with its $5.00 (not
+    the wallet's $0.00); once the grant has expired, the wallet again."""
+    key = _key(console, console.team_id, "needy")
+    console.gw.post(
+        "/admin/wallets", {"scope_type": "team", "scope_id": console.team_id, "tickets": "on"}
+    )
+    refused = httpx.post(
+        console.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {key['key']}"},
+        json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 10},
+    )
+    assert refused.status_code == 402, refused.text
+    ticket = refused.json()["error"]["ticket"]["id"]
+    approval = {"reason": "demo", "amount_usd": "5", "more_than_asked": True}
+    console.gw.post(f"/admin/tickets/{ticket}/approve", approval, status=200)
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    binding = page.locator(f"#key-{key['id']} .binding")
+    expect(binding).to_contain_text(f"ticket grant “{ticket} on the team wallet”")
+    expect(binding).to_contain_text("$5.00 left of $5.00")
+    page.goto(console.url + f"/keys/{key['id']}")
+    expect(page.locator("tr.binding-row")).to_contain_text(ticket)
+    console.gw.clock.advance(25 * 3600)  # the grant's 24 h are over
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    expect(binding).to_contain_text("wallet “team wallet”: $0.00 left of $0.00")

@@ -3,6 +3,7 @@ a team admin kept to their own team's wallets."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, time, timedelta
 from decimal import Decimal
 
 import httpx
@@ -110,3 +111,67 @@ def test_wallet_pages_have_no_serious_axe_violations(
     url = path.replace("{id}", wallet["id"])
     violations = axe_violations(browser, console.url, "org_admin@acme.test", url)
     assert violations == [], [(v["id"], v["help"]) for v in violations]
+
+
+def _call(console: Console, secret: str) -> httpx.Response:
+    return httpx.post(
+        console.url + "/v1/chat/completions",
+        headers={"authorization": f"Bearer {secret}"},
+        json={"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 10},
+    )
+
+
+def _paid(answer: httpx.Response) -> Decimal:
+    assert answer.status_code == 200, answer.text
+    return Decimal(answer.headers["x-spendgate-cost-usd"])
+
+
+def test_history_debits_only_what_the_wallet_paid(console: Console, page: Page) -> None:
+    """A team wallet opened mid-day, with a ticket's grant funding one key, then closed:
+    each day's debit is what the wallet paid that day (not the team's calls before it
+    opened or after it closed, nor the ones the grant paid for), and the debits add up
+    to its *Spent in all*."""
+    gw = console.gw
+    asker, payer = (
+        gw.post("/admin/keys", {"name": n, "org_id": console.org_id, "team_id": console.team_id})
+        for n in ("asker", "payer")
+    )
+    opened = gw.clock.now() + timedelta(minutes=5)
+    _paid(_call(console, payer["key"]))  # the team's, before the wallet opened
+    gw.clock.set(opened)
+    wallet = gw.post(
+        "/admin/wallets", {"scope_type": "team", "scope_id": console.team_id, "tickets": "on"}
+    )
+    refused = _call(console, asker["key"])
+    assert refused.status_code == 402, refused.text
+    ticket = refused.json()["error"]["ticket"]["id"]
+    approval = {"reason": "demo", "amount_usd": "5", "more_than_asked": True}
+    gw.post(f"/admin/tickets/{ticket}/approve", approval, status=200)
+    granted = _paid(_call(console, asker["key"]))  # the grant's, not the wallet's
+    gw.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": "1"})
+    first_day = _paid(_call(console, payer["key"]))
+    gw.clock.set(datetime.combine(opened.date() + timedelta(days=1), time(10), UTC))
+    second_day = _paid(_call(console, payer["key"]))
+    gw.clock.advance(60)
+    gw.post(f"/admin/wallets/{wallet['id']}/close", {}, status=200)
+    gw.clock.advance(60)
+    _paid(_call(console, payer["key"]))  # the team's, after the wallet closed
+    gw.clock.set(datetime.combine(opened.date() + timedelta(days=2), time(9), UTC))
+    _paid(_call(console, payer["key"]))
+    assert granted > 0 and first_day > 0 and second_day > 0
+    spent = Decimal(gw.get(f"/admin/wallets/{wallet['id']}")["spent_usd"])
+    assert spent == first_day + second_day
+
+    sign_in(page, console.url, "finance@acme.test")
+    page.goto(console.url + f"/wallets/{wallet['id']}")
+    expect(page.locator("#wallet-status")).to_have_text("closed")
+    rows = page.locator("#history-table tr.debit")
+    debits = [
+        (r.locator("td").nth(0).inner_text(), r.locator("td").nth(2).inner_text())
+        for r in rows.all()
+    ]
+    day = opened.date()
+    assert [(d, Decimal(a.removeprefix("−$"))) for d, a in debits] == [
+        ((day + timedelta(days=1)).isoformat(), second_day),
+        (day.isoformat(), first_day),
+    ]

@@ -20,7 +20,7 @@ from spendgate.store.database import alembic_config, create_engine, downgrade, m
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, insert_entries
-from spendgate.store.policies import PolicyStore
+from spendgate.store.policies import PolicyStore, Wallet
 from spendgate.store.showback import usage_report
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -345,3 +345,65 @@ async def test_the_ledger_writer_ends_when_cancelled_as_it_wakes(engine: AsyncEn
     async with asyncio.timeout(10):  # a guard against hanging, not a measurement
         await asyncio.wait({task})
     assert task.cancelled()
+
+
+async def test_a_wallets_spend_day_by_day_adds_up_to_its_spend(engine: AsyncEngine) -> None:
+    """``wallet_spend`` from ``since`` (a day of the wallet's history): the team's calls
+    before the wallet opened and after it closed are not its, nor what a ticket's grant
+    paid; a grant used up on the second day pays only what was left of it then, so the
+    days add up to the wallet's whole spend."""
+    day0 = datetime(2026, 5, 4, tzinfo=UTC)
+    day1, day2 = day0 + timedelta(days=1), day0 + timedelta(days=2)
+    store = PolicyStore(engine)
+    async with engine.begin() as conn:
+        await conn.execute(schema.orgs.insert().values(id="org_1", name="acme", created_at=day0))
+        row = await store.create_wallet(
+            conn,
+            {
+                "org_id": "org_1",
+                "name": "w",
+                "scope_type": "team",
+                "scope_id": "team_a",
+                "low_balance_nanos": 0,
+                "created_at": day0 + timedelta(hours=10),
+            },
+        )
+        await conn.execute(
+            schema.wallet_tickets.insert().values(
+                id="tkt_1",
+                org_id="org_1",
+                wallet_id=row["id"],
+                key_id="key_1",
+                status="approved",
+                asked_nanos=300,
+                refusals=1,
+                created_at=day0 + timedelta(hours=12),
+                last_refused_at=day0 + timedelta(hours=12),
+                decided_at=day0 + timedelta(hours=12),
+                granted_nanos=300,
+                expires_at=day1 + timedelta(hours=12),
+            )
+        )
+    calls = [
+        (day0 + timedelta(hours=9), 100),  # before the wallet opened
+        (day0 + timedelta(hours=11), 50),
+        (day0 + timedelta(hours=13), 200),  # the grant's
+        (day1 + timedelta(hours=8), 250),  # the grant's last 100, the wallet's 150
+        (day1 + timedelta(hours=14), 70),  # the grant has expired
+        (day2 + timedelta(hours=9), 5),
+        (day2 + timedelta(hours=11), 1000),  # after the wallet closed
+    ]
+    async with engine.begin() as conn:
+        await insert_entries(
+            conn,
+            [entry(n, team="team_a", model="m", cost=c, at=at) for n, (at, c) in enumerate(calls)],
+        )
+    closed = day2 + timedelta(hours=10)
+    wallet = Wallet(row["id"], "org_1", "team", "team_a", 0, row["created_at"])
+    whole, _ = await store.wallet_spend(wallet, closed)
+    days = [
+        (await store.wallet_spend(wallet, min(day + timedelta(days=1), closed), day))[0]
+        for day in (day0, day1, day2)
+    ]
+    assert days == [50, 150 + 70, 5]
+    assert whole == sum(days) == 275
