@@ -168,6 +168,8 @@ async def gateway(shared: bool, work: Path, stretch: float = 1.0) -> AsyncIterat
     keeps that work's share per call as it is at full speed, instead of N times larger."""
     database = f"sg_hotpath_{uuid.uuid4().hex[:10]}"
     env = {"SPENDGATE_MASTER_KEY": MASTER, "SPENDGATE_SPOOL_DIR": str(work / "spool")}
+    if "SPENDGATE_SPOOL_SYNC" in os.environ:  # to compare the spool's sync modes
+        env["SPENDGATE_SPOOL_SYNC"] = os.environ["SPENDGATE_SPOOL_SYNC"]
     if shared:
         admin_db = await asyncpg.connect(f"{PG}/postgres")
         await admin_db.execute(f'CREATE DATABASE "{database}"')

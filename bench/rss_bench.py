@@ -91,7 +91,7 @@ async def run(args: argparse.Namespace, work: Path) -> None:
         done = 0
         first: float | None = None
         started = time.monotonic()
-        head = "| calls | RSS MiB | vs first row | peak RSS MiB | wall s |"
+        head = "| calls | RSS MiB | vs first row | peak RSS MiB | wall s | most rows unwritten |"
         if detail is not None:
             head += detail.header()
         print(head + "\n" + "|--:" * (head.count("|") - 1) + "|")
@@ -101,7 +101,17 @@ async def run(args: argparse.Namespace, work: Path) -> None:
                 status = await call(app, secret, BODY)
                 assert status == 200, status
 
+        lag = 0  # the most rows waiting for the database, sampled every 50 ms
+
+        async def sample_lag() -> None:
+            nonlocal lag
+            while True:
+                lag = max(lag, app.services.ledger.pending)
+                await asyncio.sleep(0.05)
+
+        sampler = asyncio.create_task(sample_lag())
         while done < args.calls:
+            lag = 0
             await asyncio.gather(*(worker(args.every // args.conc) for _ in range(args.conc)))
             await app.services.ledger.flush()
             done += args.every // args.conc * args.conc
@@ -110,9 +120,10 @@ async def run(args: argparse.Namespace, work: Path) -> None:
             peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             line = (
                 f"| {done:,} | {rss:.1f} | {100 * (rss / first - 1):+.1f} % | {peak:.1f} "
-                f"| {time.monotonic() - started:.0f} |"
+                f"| {time.monotonic() - started:.0f} | {lag:,} |"
             )
             print(line + (detail.row() if detail is not None else ""), flush=True)
+        sampler.cancel()
 
 
 def main() -> None:

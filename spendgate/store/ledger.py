@@ -222,12 +222,19 @@ class LedgerWriter:
     """Takes each call's row (and the events it caused) from the hot path and writes
     them to the database in batches, from a background task.
 
-    ``commit`` puts the row in the spool and returns once it is on disk: from then on a
-    crash cannot lose it. Rows are kept in memory for the writer (up to ``max_cached``;
-    past that, during a long database outage, they are read back from the spool). A
-    batch the database cannot take now is retried; a batch it refuses is split until
-    the refused row is found, which is set aside (``ledger_rejected``, an event) so the
-    rest lands. ``close`` writes what it can and leaves the rest in the spool.
+    ``commit`` puts the row in the spool and returns once it is in the file: from then
+    on a crash of the process cannot lose it. Rows are kept in memory for the writer (up
+    to ``max_cached``; past that, during a long database outage, they are read back from
+    the spool). A batch the database cannot take now is retried; a batch it refuses is
+    split until the refused row is found, which is set aside (``ledger_rejected``, an
+    event) so the rest lands. ``close`` writes what it can and leaves the rest in the
+    spool.
+
+    A writer that falls behind a database that answers (calls come in faster than their
+    rows are stored: the process is short of CPU) writes bigger batches, and past
+    ``high_water`` rows waiting, ``commit`` waits for it to catch up (at most
+    ``5 × flush_seconds`` a call): calls slow down rather than the backlog, and the
+    memory it takes, growing without end. During an outage nothing waits.
     """
 
     def __init__(
@@ -240,12 +247,17 @@ class LedgerWriter:
         max_cached: int = 100_000,
         replay_seconds: float = 30.0,
         now: Callable[[], datetime] | None = None,
+        high_water: int | None = None,
     ) -> None:
         self._engine = engine
         self._flush_seconds = flush_seconds
         self._batch_size = batch_size
         self._spool = spool
         self._max_cached = max_cached
+        self._high_water = 20 * batch_size if high_water is None else high_water
+        #: set while fewer than ``high_water`` rows wait (``commit`` goes on at once)
+        self._room = asyncio.Event()
+        self._room.set()
         self._replay_seconds = replay_seconds
         self._now = now or (lambda: datetime.now(UTC))
         self._memory: list[Pending] = []
@@ -290,13 +302,24 @@ class LedgerWriter:
         if self._spool is not None:
             try:
                 await self._spool.append(encode_record(entry, events), (entry, tuple(events)))
-                return True
             except (OSError, TypeError) as exc:
                 log.error("ledger row %s kept in memory only: %s", entry.request_id, exc)
+            else:
+                if len(self._cache) >= self._high_water and self.database_ok:
+                    await self._catch_up()
+                return True
         self._memory.append(Pending(entry, tuple(events)))
         if len(self._memory) >= self._batch_size:
             self._wake.set()
         return False
+
+    async def _catch_up(self) -> None:
+        """Wait (bounded) until the writer is back under ``high_water`` rows."""
+        self._room.clear()
+        self._wake.set()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5 * self._flush_seconds):
+                await self._room.wait()
 
     def _durable(self, item: tuple[LedgerEntry, tuple[PendingEvent, ...]], at: Position) -> None:
         self._committed += 1
@@ -341,6 +364,7 @@ class LedgerWriter:
                 if self.database_ok:
                     log.warning("database unavailable (%s): ledger rows wait in the spool", exc)
                 self.database_ok = False
+                self._room.set()  # nothing waits for a database that is down
                 pause = min(1.0, max(pause * 2, 0.05))
                 continue
             if not self.database_ok:
@@ -367,6 +391,8 @@ class LedgerWriter:
                     self._stored += len(batch)
                 if self._spool is not None:
                     self._spool.release(self._cursor)
+                if len(self._cache) < self._high_water // 2:
+                    self._room.set()
             self.written += handed
             return handed
 
@@ -379,6 +405,8 @@ class LedgerWriter:
         if self._head:
             return self._head
         size = self._batch_size
+        if len(self._cache) > 2 * size:  # behind: fewer, bigger transactions catch up
+            size = min(len(self._cache), 10 * size)
         if self._memory:
             self._head, self._memory = self._memory[:size], self._memory[size:]
         elif self._cache:
@@ -508,6 +536,7 @@ class LedgerWriter:
             # inside a database call can leave an SQLite connection never closed)
             self._closing = True
             self._wake.set()
+            self._room.set()
             await end_tasks([self._task], wait_seconds)
             self._task = None
         try:

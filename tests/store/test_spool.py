@@ -353,3 +353,39 @@ def test_the_sync_mode_is_a_setting(tmp_path: Path) -> None:
             load_settings(config_path=str(config), env={})
     with pytest.raises(ConfigError, match="SPENDGATE_SPOOL_SYNC"):
         load_settings(env={"SPENDGATE_SPOOL_SYNC": "always"})
+
+
+async def test_a_writer_behind_a_database_that_answers_holds_calls_back(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """Past ``high_water`` rows waiting, ``commit`` waits for the writer (so a process
+    short of CPU slows its calls rather than growing its backlog); a flush that brings it
+    back under half of that lets the call go on; a database that is down holds nothing
+    back (the rows wait in the spool)."""
+    spool = make_spool(engine, tmp_path)
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=spool, high_water=4)
+    spool.open()  # no writer task: only the flushes below write
+    for n in range(3):
+        await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW))
+    fourth = asyncio.create_task(writer.commit(entry(3, team=None, model="m", cost=1, at=NOW)))
+    for _ in range(200):  # in ``"call"`` mode the spool's thread writes it first
+        if writer.pending == 4:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert not fourth.done() and writer.pending == 4  # in the spool, and waiting
+    assert await writer.flush() == 4
+    assert await fourth is True
+    await writer.close()
+    assert len(await ledger_ids(engine)) == 4
+
+    down = create_engine("postgresql://postgres@127.0.0.1:1/nowhere")
+    elsewhere = tmp_path / "down"
+    writer = LedgerWriter(down, flush_seconds=3600, spool=make_spool(down, elsewhere), high_water=4)
+    writer.database_ok = False  # what the writer's task concludes from a failed flush
+    writer.spool.open()  # type: ignore[union-attr]
+    for n in range(10):
+        assert await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW))
+    assert writer.pending == 10
+    await writer.close(wait_seconds=1)
+    await down.dispose()
