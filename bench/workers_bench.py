@@ -63,7 +63,11 @@ from gateway_bench import (
     spendgate_source,
     write_lua,
 )
+from nginx_upstream import MISSING as NGINX_MISSING
+from nginx_upstream import nginx_binary
 
+#: the mock upstreams --upstream chooses from (gateway_bench.Bench.start_upstream)
+UPSTREAMS = ("nginx", "fake")
 BODY = {"model": MODEL, "messages": [{"role": "user", "content": "hello benchmark"}]}
 
 
@@ -73,7 +77,7 @@ class Point:
     conns: int
     wrk: WrkResult
     gateway_ms: float  # CPU ms per call of the gateway's process group
-    load_ms: float  # CPU ms per call of the fake upstream + wrk + Redis
+    load_ms: float  # CPU ms per call of the mock upstream + wrk + Redis
     busy_pct: float  # the whole machine, all cores, % busy (includes VM steal)
 
 
@@ -147,7 +151,8 @@ def report(scaling: list[Point], latency: list[Point], args: argparse.Namespace)
     cores = os.cpu_count() or 1
     lines = [
         f"spendgate --workers scaling, PostgreSQL + Redis, budget + rate limit + wallet, "
-        f"wrk c={args.conns}, {args.duration:g} s a row, {cores} cores",
+        f"wrk c={args.conns}, {args.duration:g} s a row, {cores} cores, "
+        f"{args.upstream} upstream",
         "",
     ]
     if scaling:
@@ -221,9 +226,10 @@ def report(scaling: list[Point], latency: list[Point], args: argparse.Namespace)
             "",
         ]
     lines.append(
-        "gateway CPU = the spendgate process group (supervisor + workers); load CPU = fake "
-        "upstream + wrk + Redis; machine busy = all cores from /proc/stat, other programs "
-        "included. See the docstring of bench/workers_bench.py for what the ratio can show."
+        "gateway CPU = the spendgate process group (supervisor + workers); load CPU = mock "
+        f"upstream ({args.upstream}) + wrk + Redis; machine busy = all cores from /proc/stat, "
+        "other programs included. See the docstring of bench/workers_bench.py for what the "
+        "ratio can show."
     )
     return "\n".join(lines) + "\n"
 
@@ -237,9 +243,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-scaling", action="store_true", help="only the c=1 latency rows")
     p.add_argument("--skip-latency", action="store_true", help="only the --workers rows")
     p.add_argument("--rev", help="measure this git revision's spendgate/ (default: the tree)")
+    p.add_argument(
+        "--upstream",
+        choices=UPSTREAMS,
+        default="nginx",
+        help="the mock upstream on the load core: nginx (a fixed chat completion, the least\n"
+        "CPU per call; the default) or fake (spendgate's Python fake upstream, as before)",
+    )
     args = p.parse_args(argv)
 
     if not machine_ready(("wrk", "taskset", "redis-server", "psql")):
+        return 2
+    if args.upstream == "nginx" and nginx_binary() is None:
+        log(NGINX_MISSING)
         return 2
 
     RESULTS.mkdir(exist_ok=True)
@@ -258,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         b.source, b.src_env = spendgate_source(args.rev, tmp)
         log(f"spendgate source: {b.source}")
-        up = b.start_upstream()
+        up = b.start_upstream(args.upstream)
 
         if not args.skip_latency:
             url = f"http://127.0.0.1:{b.upstream_port}/v1/chat/completions"
