@@ -85,6 +85,23 @@ class SharedBackends:
     def redis_cpu_pid(self) -> int | None:
         return self._redis.pid if self._redis is not None else None
 
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL server processes serving connections to this run's database
+        (their CPU is the database's share of a call; the server's shared processes,
+        checkpointer and WAL writer, are not in it)."""
+        out = subprocess.run(
+            [
+                "psql",
+                *PG_ADMIN,
+                "-At",
+                "-c",
+                f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.database}'",
+            ],
+            capture_output=True,
+            text=True,
+        )
+        return [int(line) for line in out.stdout.split()]
+
     def stop(self) -> None:
         if self._redis is not None and self._redis.poll() is None:
             self._redis.terminate()

@@ -44,10 +44,13 @@ import shutil
 import signal
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 from gateway_bench import (
+    CLK_TCK,
     GATEWAY_CORE,
     MODEL,
     RESULTS,
@@ -78,7 +81,9 @@ class Point:
     wrk: WrkResult
     gateway_ms: float  # CPU ms per call of the gateway's process group
     load_ms: float  # CPU ms per call of the mock upstream + wrk + Redis
+    load_parts: dict[str, float]  # load_ms split: "upstream", "wrk", "redis" → ms per call
     busy_pct: float  # the whole machine, all cores, % busy (includes VM steal)
+    db_ms: float = float("nan")  # CPU ms per call of the PostgreSQL connections to the run's db
 
 
 def _children_cpu() -> float:
@@ -87,47 +92,76 @@ def _children_cpu() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+def _pids_cpu(pids: list[int]) -> float:
+    """utime + stime of these processes, in seconds (gone ones count 0)."""
+    ticks = 0
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        ticks += sum(int(f) for f in stat[stat.rindex(")") + 2 :].split()[11:13])
+    return ticks / CLK_TCK
+
+
+def group_cpu(pgid: int) -> Callable[[], float]:
+    return lambda: cpu_seconds(pgid)
+
+
 def measure(
     name: str,
     gateway_pgid: int | None,
-    load_pgids: list[int],
+    load: dict[str, Callable[[], float]],
     url: str,
     lua: Path,
     conns: int,
     seconds: float,
     logdir: Path,
+    database: Callable[[], float] | None = None,
 ) -> Point:
     def gw() -> float:
         return cpu_seconds(gateway_pgid) if gateway_pgid is not None else 0.0
 
-    def load() -> float:
-        return sum(cpu_seconds(p) for p in load_pgids) + _children_cpu()
+    def load_cpu() -> dict[str, float]:
+        return {name: cpu() for name, cpu in load.items()} | {"wrk": _children_cpu()}
 
-    gw0, load0 = gw(), load()
+    def db() -> float:
+        return database() if database is not None else float("nan")
+
+    gw0, load0, db0 = gw(), load_cpu(), db()
     busy0, total0 = core_ticks("")  # "cpu " = all cores
     res = run_wrk(url, lua, conns, seconds, logdir, f"{name} c={conns}")
     busy1, total1 = core_ticks("")
     n = res.requests or 1
+    parts = {k: (v - load0[k]) * 1e3 / n for k, v in load_cpu().items()}
     point = Point(
         name,
         conns,
         res,
         (gw() - gw0) * 1e3 / n if gateway_pgid is not None else float("nan"),
-        (load() - load0) * 1e3 / n,
+        sum(parts.values()),
+        parts,
         100.0 * (busy1 - busy0) / max(total1 - total0, 1),
+        (db() - db0) * 1e3 / n,
     )
     bad = f", NON-2XX {res.non2xx}" if res.non2xx else ""
     bad += f", SOCKET ERRORS {res.socket_errors}" if res.socket_errors else ""
     log(
         f"  {name:22s} c={conns:<3d} {res.rps:8.0f} req/s  p50 {res.p50_ms:.3f} ms  "
         f"p99 {res.p99_ms:.3f} ms  gateway {point.gateway_ms:.3f} ms CPU/call  "
-        f"load {point.load_ms:.3f}  machine {point.busy_pct:.0f}% busy{bad}"
+        f"load {point.load_ms:.3f} ({split(parts)})  PostgreSQL {point.db_ms:.3f}  "
+        f"machine {point.busy_pct:.0f}% busy{bad}"
     )
     return point
 
 
 def fmt(x: float, digits: int = 2) -> str:
     return "–" if x != x else f"{x:,.{digits}f}"  # NaN → dash
+
+
+def split(parts: dict[str, float]) -> str:
+    """The load's CPU per call by process, e.g. ``upstream 0.020 + wrk 0.040 + redis 0.100``."""
+    return " + ".join(f"{k} {v:.3f}" for k, v in parts.items())
 
 
 def table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -164,6 +198,7 @@ def report(scaling: list[Point], latency: list[Point], args: argparse.Namespace)
                 "p99 ms",
                 "gateway CPU ms/call",
                 "load CPU ms/call",
+                "PostgreSQL CPU ms/call",
                 "machine busy %",
                 "errors",
             ],
@@ -175,25 +210,29 @@ def report(scaling: list[Point], latency: list[Point], args: argparse.Namespace)
                     fmt(p.wrk.p99_ms, 3),
                     fmt(p.gateway_ms, 3),
                     fmt(p.load_ms, 3),
+                    fmt(p.db_ms, 3),
                     fmt(p.busy_pct, 0),
                     str(p.wrk.non2xx + p.wrk.socket_errors),
                 ]
                 for p in scaling
             ],
         )
+        lines += ["load CPU ms/call by process:"]
+        lines += [f"  {p.name}: {split(p.load_parts)}" for p in scaling]
         lines.append("")
     if len(scaling) >= 2:
         one, many = scaling[0], scaling[-1]
         rps_ratio = many.wrk.rps / one.wrk.rps if one.wrk.rps else float("nan")
         cpu_ratio = many.gateway_ms / one.gateway_ms if one.gateway_ms else float("nan")
-        per_call_s = (many.gateway_ms + many.load_ms) / 1e3
+        db_ms = 0.0 if many.db_ms != many.db_ms else many.db_ms  # NaN: not measured
+        per_call_s = (many.gateway_ms + many.load_ms + db_ms) / 1e3
         ceiling = cores / per_call_s if per_call_s > 0 else float("nan")
         allowed = ceiling / one.wrk.rps if one.wrk.rps else float("nan")
         lines += [
             f"{many.name} / {one.name}: req/s x{fmt(rps_ratio)} (goal >= 1.70), "
             f"gateway CPU/call x{fmt(cpu_ratio)} (1.00 = flat: no scaling cost of its own)",
-            f"the cores' ceiling at {many.name}'s CPU per call (gateway + load, PostgreSQL "
-            f"not counted): {fmt(ceiling, 0)} req/s = x{fmt(allowed)} over {one.name}",
+            f"the cores' ceiling at {many.name}'s CPU per call (gateway + load + PostgreSQL's "
+            f"connections): {fmt(ceiling, 0)} req/s = x{fmt(allowed)} over {one.name}",
             "",
         ]
     if latency:
@@ -227,9 +266,10 @@ def report(scaling: list[Point], latency: list[Point], args: argparse.Namespace)
         ]
     lines.append(
         "gateway CPU = the spendgate process group (supervisor + workers); load CPU = mock "
-        f"upstream ({args.upstream}) + wrk + Redis; machine busy = all cores from /proc/stat, "
-        "other programs included. See the docstring of bench/workers_bench.py for what the "
-        "ratio can show."
+        f"upstream ({args.upstream}) + wrk + Redis; PostgreSQL CPU = the server processes of "
+        "the run database's connections (not its checkpointer or WAL writer); machine busy = "
+        "all cores from /proc/stat, other programs included. See the docstring of "
+        "bench/workers_bench.py for what the ratio can show."
     )
     return "\n".join(lines) + "\n"
 
@@ -280,7 +320,18 @@ def main(argv: list[str] | None = None) -> int:
             url = f"http://127.0.0.1:{b.upstream_port}/v1/chat/completions"
             lua = write_lua(tmp / "upstream.lua", BODY, None)
             run_wrk(url, lua, 16, args.warmup, logdir, "upstream warmup")
-            latency.append(measure("upstream", None, [up.pid], url, lua, 1, args.duration, logdir))
+            latency.append(
+                measure(
+                    "upstream",
+                    None,
+                    {"upstream": group_cpu(up.pid)},
+                    url,
+                    lua,
+                    1,
+                    args.duration,
+                    logdir,
+                )
+            )
             for mode, name in (("none", "key only"), ("all", "everything on")):
                 label = f"embedded-{mode}"
                 sg, base, key = b.start_spendgate(label, mode, "embedded")
@@ -288,7 +339,18 @@ def main(argv: list[str] | None = None) -> int:
                 b.check_one(url, BODY, key, label)
                 lua = write_lua(tmp / f"{label}.lua", BODY, key)
                 run_wrk(url, lua, 16, args.warmup, logdir, f"{label} warmup")
-                latency.append(measure(name, sg.pid, [up.pid], url, lua, 1, args.duration, logdir))
+                latency.append(
+                    measure(
+                        name,
+                        sg.pid,
+                        {"upstream": group_cpu(up.pid)},
+                        url,
+                        lua,
+                        1,
+                        args.duration,
+                        logdir,
+                    )
+                )
                 if sg.poll() is not None:
                     raise RuntimeError(f"{label} exited during its row (see its log)")
                 procs.stop(label)
@@ -301,12 +363,25 @@ def main(argv: list[str] | None = None) -> int:
                 b.check_one(url, BODY, key, label)
                 lua = write_lua(tmp / f"{label}.lua", BODY, key)
                 run_wrk(url, lua, args.conns, args.warmup, logdir, f"{label} warmup")
-                assert b.shared is not None
-                redis = b.shared.redis_cpu_pid()
-                load = [up.pid] + ([redis] if redis is not None else [])
+                shared = b.shared
+                assert shared is not None
+                redis = shared.redis_cpu_pid()
+                load = {"upstream": group_cpu(up.pid)}
+                if redis is not None:
+                    load["redis"] = group_cpu(redis)
+                # the connections to the run's database, as they are when the row starts
+                database = partial(_pids_cpu, shared.backend_pids())
                 scaling.append(
                     measure(
-                        f"--workers {n}", sg.pid, load, url, lua, args.conns, args.duration, logdir
+                        f"--workers {n}",
+                        sg.pid,
+                        load,
+                        url,
+                        lua,
+                        args.conns,
+                        args.duration,
+                        logdir,
+                        database,
                     )
                 )
                 if sg.poll() is not None:
