@@ -84,6 +84,11 @@ class Point:
     load_parts: dict[str, float]  # load_ms split: "upstream", "wrk", "redis" → ms per call
     busy_pct: float  # the whole machine, all cores, % busy (includes VM steal)
     db_ms: float = float("nan")  # CPU ms per call of the PostgreSQL connections to the run's db
+    redis_cmds: float = float("nan")  # Redis commands per call, in the row
+    redis_reads: float = float("nan")  # Redis read events per call (~ round trips), in the row
+    db_tx: float = float("nan")  # database transactions per ledger row, the server's whole life
+    leader_ms: float = float("nan")  # gateway_ms's share of the group's leader (the supervisor
+    # with --workers > 1; with one worker uvicorn serves in that process)
 
 
 def _children_cpu() -> float:
@@ -128,7 +133,10 @@ def measure(
     def db() -> float:
         return database() if database is not None else float("nan")
 
-    gw0, load0, db0 = gw(), load_cpu(), db()
+    def leader() -> float:
+        return _pids_cpu([gateway_pgid]) if gateway_pgid is not None else float("nan")
+
+    gw0, load0, db0, leader0 = gw(), load_cpu(), db(), leader()
     busy0, total0 = core_ticks("")  # "cpu " = all cores
     res = run_wrk(url, lua, conns, seconds, logdir, f"{name} c={conns}")
     busy1, total1 = core_ticks("")
@@ -143,6 +151,7 @@ def measure(
         parts,
         100.0 * (busy1 - busy0) / max(total1 - total0, 1),
         (db() - db0) * 1e3 / n,
+        leader_ms=(leader() - leader0) * 1e3 / n,
     )
     bad = f", NON-2XX {res.non2xx}" if res.non2xx else ""
     bad += f", SOCKET ERRORS {res.socket_errors}" if res.socket_errors else ""
@@ -217,8 +226,14 @@ def report(scaling: list[Point], latency: list[Point], args: argparse.Namespace)
                 for p in scaling
             ],
         )
-        lines += ["load CPU ms/call by process:"]
-        lines += [f"  {p.name}: {split(p.load_parts)}" for p in scaling]
+        lines += ["load CPU ms/call by process; Redis commands and read events (~ round trips)"]
+        lines += ["per call; PostgreSQL transactions per ledger row (warm-up included):"]
+        lines += [
+            f"  {p.name}: {split(p.load_parts)}; Redis {fmt(p.redis_cmds)} commands, "
+            f"{fmt(p.redis_reads)} reads; PostgreSQL {fmt(p.db_tx, 3)} transactions; "
+            f"gateway's first process {fmt(p.leader_ms, 3)} ms"
+            for p in scaling
+        ]
         lines.append("")
     if len(scaling) >= 2:
         one, many = scaling[0], scaling[-1]
@@ -371,22 +386,28 @@ def main(argv: list[str] | None = None) -> int:
                     load["redis"] = group_cpu(redis)
                 # the connections to the run's database, as they are when the row starts
                 database = partial(_pids_cpu, shared.backend_pids())
-                scaling.append(
-                    measure(
-                        f"--workers {n}",
-                        sg.pid,
-                        load,
-                        url,
-                        lua,
-                        args.conns,
-                        args.duration,
-                        logdir,
-                        database,
-                    )
+                cmds0, reads0 = shared.redis_counts()
+                point = measure(
+                    f"--workers {n}",
+                    sg.pid,
+                    load,
+                    url,
+                    lua,
+                    args.conns,
+                    args.duration,
+                    logdir,
+                    database,
                 )
+                cmds1, reads1 = shared.redis_counts()
+                calls = point.wrk.requests or 1
+                point.redis_cmds = (cmds1 - cmds0) / calls
+                point.redis_reads = (reads1 - reads0) / calls
+                scaling.append(point)
                 if sg.poll() is not None:
                     raise RuntimeError(f"{label} exited during its row (see its log)")
                 procs.stop(label)
+                tx, rows = shared.transactions()  # counted once the connections have closed
+                point.db_tx = tx / rows if rows else float("nan")
     except BaseException as exc:
         code = 1
         log(f"ABORTED: {exc!r}")
