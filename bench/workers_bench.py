@@ -8,18 +8,31 @@ over one" and "added p50 at c=1 under 0.5 ms in-process"):
    above the load, never binding), first with ``--workers 1``, then ``--workers 2``. Each
    gets a warm-up, then wrk at c=32 for ``--duration`` seconds. Reported: req/s, p50/p99,
    CPU seconds per call of the gateway's process group (the uvicorn supervisor and its
-   workers, from /proc), CPU per call of the rest of the load (fake upstream + wrk + Redis),
-   and how busy the whole machine was.
+   workers, from /proc), CPU per call of the rest of the load (mock upstream + wrk + Redis,
+   each also on its own) and of the PostgreSQL server processes of the run database's
+   connections, and how busy the whole machine was. Then, to tell the gateway's own
+   scaling cost from the cores': Redis commands (those inside scripts included) and read
+   events (about one per round trip; calls that overlap share one) per call, PostgreSQL
+   transactions per ledger row, and the CPU of the gateway's first process (with
+   ``--workers 2``, the supervisor alone).
 2. Added latency. The embedded mode (SQLite + in-process counters), key-only and with
    everything on, pinned to core 0 as in gateway_bench.py, at c=1: gateway p50 minus the
    bare upstream's p50 at c=1.
 
+The mock upstream (``--upstream``). ``nginx`` (the default) answers every chat call with
+one fixed completion for the bench's model, with usage, from its config
+(``nginx_upstream.py``: one process, no access log): about 0.02 ms of CPU per call, where
+spendgate's Python fake upstream (``--upstream fake``, the one the figures before
+2026-12-05 used) takes about 0.14 ms, a third of what the gateway itself takes. The
+gateway prices nginx's answer as any other (a ledger row with a cost). nginx must be
+installed (Debian: ``apt-get install -y nginx``); the script says so and stops if not.
+
 What the ratio can and cannot show on a 2-core machine. The gateway is not alone: the
-fake upstream, wrk and Redis are pinned to core 1 (PostgreSQL is off the hot path); the
-gateway is not pinned, so with one worker the scheduler gives it core 0 more or less to
+mock upstream, wrk and Redis are pinned to core 1 (PostgreSQL, not pinned, takes little);
+the gateway is not pinned, so with one worker the scheduler gives it core 0 more or less to
 itself, and with two workers the second one shares core 1 with the load. Two workers can
-then only reach about ``2 cores / (CPU per call of gateway + upstream + wrk + Redis)``
-calls per second; the script prints that ceiling and the ratio it allows. So:
+then only reach about ``2 cores / (CPU per call of gateway + upstream + wrk + Redis +
+PostgreSQL)`` calls per second; the script prints that ceiling and the ratio it allows. So:
 
 * a ratio near that ceiling, with gateway CPU per call flat from 1 to 2 workers, means the
   gateway scales and the limit is the cores (buy cores, or move the load elsewhere);
@@ -28,9 +41,12 @@ calls per second; the script prints that ceiling and the ratio it allows. So:
 * a ratio of 1.7x is only possible here if the load side costs under ~18 % of the
   gateway's CPU per call; the machine being near 100 % busy with two workers says the
   cores, not the gateway, stopped it. On a busy shared machine none of the absolute
-  figures mean anything: compare ratios from one quiet run.
+  figures mean anything: compare ratios from one quiet run. The upstream's CPU per call
+  is a control: it does the same work whatever the gateway does, so if it too rises
+  from one row to the next, something else on the machine made every process slower.
 
-Run from the repo root: ``.venv/bin/python bench/workers_bench.py [--duration 10] [--rev REV]``.
+Run from the repo root:
+``.venv/bin/python bench/workers_bench.py [--duration 10] [--upstream nginx|fake] [--rev REV]``.
 Standard library only (plus gateway_bench.py's helpers); every child runs in its own
 process group and is killed in ``finally``; everything listens on 127.0.0.1.
 """
