@@ -26,6 +26,7 @@ spendgate's Python fake upstream (``--upstream fake``, the one the figures befor
 2026-12-05 used) takes about 0.14 ms, a third of what the gateway itself takes. The
 gateway prices nginx's answer as any other (a ledger row with a cost). nginx must be
 installed (Debian: ``apt-get install -y nginx``); the script says so and stops if not.
+Both measurements use the chosen upstream (the latency rows subtract its own p50).
 
 What the ratio can and cannot show on a 2-core machine. The gateway is not alone: the
 mock upstream, wrk and Redis are pinned to core 1 (PostgreSQL, not pinned, takes little);
