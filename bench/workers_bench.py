@@ -256,13 +256,16 @@ def report(scaling: list[Point], latency: list[Point], args: argparse.Namespace)
         one, many = scaling[0], scaling[-1]
         rps_ratio = many.wrk.rps / one.wrk.rps if one.wrk.rps else float("nan")
         cpu_ratio = many.gateway_ms / one.gateway_ms if one.gateway_ms else float("nan")
+        up0, up1 = one.load_parts.get("upstream", 0.0), many.load_parts.get("upstream", 0.0)
+        control = up1 / up0 if up0 else float("nan")
         db_ms = 0.0 if many.db_ms != many.db_ms else many.db_ms  # NaN: not measured
         per_call_s = (many.gateway_ms + many.load_ms + db_ms) / 1e3
         ceiling = cores / per_call_s if per_call_s > 0 else float("nan")
         allowed = ceiling / one.wrk.rps if one.wrk.rps else float("nan")
         lines += [
             f"{many.name} / {one.name}: req/s x{fmt(rps_ratio)} (goal >= 1.70), "
-            f"gateway CPU/call x{fmt(cpu_ratio)} (1.00 = flat: no scaling cost of its own)",
+            f"gateway CPU/call x{fmt(cpu_ratio)} (1.00 = flat: no scaling cost of its own), "
+            f"upstream CPU/call x{fmt(control)} (the control: not 1.00 = the machine changed)",
             f"the cores' ceiling at {many.name}'s CPU per call (gateway + load + PostgreSQL's "
             f"connections): {fmt(ceiling, 0)} req/s = x{fmt(allowed)} over {one.name}",
             "",
