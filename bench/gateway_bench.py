@@ -41,6 +41,8 @@ from gateway_targets import (
     portkey_env,
     portkey_headers,
 )
+from nginx_upstream import MISSING as NGINX_MISSING
+from nginx_upstream import nginx_argv, nginx_binary
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -364,20 +366,29 @@ class Bench:
     notes: list[str] = field(default_factory=list)
 
     # ---- servers
-    def start_upstream(self) -> subprocess.Popen[bytes]:
+    def start_upstream(self, kind: str = "fake") -> subprocess.Popen[bytes]:
+        """The mock upstream on the load core: ``fake`` (spendgate's Python fake upstream,
+        every endpoint and streaming) or ``nginx`` (a fixed chat completion, far less CPU
+        per call; see nginx_upstream.py)."""
         self.upstream_port = free_port()
-        proc = self.procs.start(
-            "upstream",
-            [
-                "taskset",
-                "-c",
-                LOAD_CORE,
+        if kind == "nginx":
+            binary = nginx_binary()
+            if binary is None:
+                raise RuntimeError(NGINX_MISSING)
+            server = nginx_argv(
+                binary, self.tmp / "nginx", self.upstream_port, MODEL, self.logdir / "nginx.log"
+            )
+        else:
+            server = [
                 str(PROJECT_VENV / "bin/python"),
                 "-m",
                 "spendgate.testing.fake_upstream",
                 "--port",
                 str(self.upstream_port),
-            ],
+            ]
+        proc = self.procs.start(
+            "upstream",
+            ["taskset", "-c", LOAD_CORE, *server],
             env={**os.environ, **self.src_env},
             cwd=self.tmp,
         )

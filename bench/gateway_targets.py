@@ -85,6 +85,40 @@ class SharedBackends:
     def redis_cpu_pid(self) -> int | None:
         return self._redis.pid if self._redis is not None else None
 
+    def backend_pids(self) -> list[int]:
+        """The PostgreSQL server processes serving connections to this run's database
+        (their CPU is the database's share of a call; the server's shared processes,
+        checkpointer and WAL writer, are not in it)."""
+        out = self.query(f"SELECT pid FROM pg_stat_activity WHERE datname = '{self.database}'")
+        return [int(line) for line in out.split()]
+
+    def transactions(self) -> tuple[int, int]:
+        """(transactions, ledger rows) in this run's database since it was made. A server's
+        transaction counts reach ``pg_stat_database`` when its connection goes idle or
+        closes: read them after the gateway has stopped."""
+        tx = self.query(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database "
+            f"WHERE datname = '{self.database}'"
+        )
+        rows = self.query("SELECT count(*) FROM ledger", self.database)
+        return int(tx or 0), int(rows or 0)
+
+    def redis_counts(self) -> tuple[int, int]:
+        """(commands, read events) the bench's Redis has processed; a read event is one
+        batch of bytes from a client, so reads per call ~ round trips per call."""
+        out = subprocess.run(
+            ["redis-cli", "-p", str(self.port), "info", "stats"], capture_output=True, text=True
+        ).stdout
+        stats = dict(line.split(":", 1) for line in out.splitlines() if ":" in line)
+        return int(stats["total_commands_processed"]), int(stats["total_reads_processed"])
+
+    @staticmethod
+    def query(sql: str, database: str = "postgres") -> str:
+        out = subprocess.run(
+            ["psql", *PG_ADMIN[:-1], database, "-At", "-c", sql], capture_output=True, text=True
+        )
+        return out.stdout.strip()
+
     def stop(self) -> None:
         if self._redis is not None and self._redis.poll() is None:
             self._redis.terminate()
