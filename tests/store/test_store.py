@@ -22,6 +22,8 @@ from spendgate.store.events import list_events, record_event
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, insert_entries
 from spendgate.store.policies import PolicyStore
 from spendgate.store.showback import usage_report
+from spendgate.webhooks import notifications as notes
+from spendgate.webhooks.matching import Preferences
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
@@ -148,6 +150,24 @@ async def test_directory_refuses_inconsistent_scopes(engine: AsyncEngine) -> Non
     with pytest.raises(Conflict):
         await directory.create_user("a@x.io", "viewer", [], org_a["id"], NOW)
     assert await directory.list_keys() == []
+
+
+async def test_notification_preferences_put_at_once_all_succeed(engine: AsyncEngine) -> None:
+    """Concurrent PUTs of one user's preferences (a double-clicked form, two tabs): the
+    second insert of a delete-then-insert hit the primary key (answered as 503
+    database_unavailable). Each PUT replaces the whole: all succeed, one row stands."""
+    directory = Directory(engine)
+    org = await directory.create_org("acme", NOW)
+    user = (await directory.create_user("e@acme.test", "org_admin", [], org["id"], NOW))["id"]
+    choices = [
+        Preferences(digest=i % 2 == 0, event_types=(("wallet.*",), ("budget.*",))[i % 2])
+        for i in range(20)
+    ]
+    await asyncio.gather(*(notes.put_preferences(engine, user, p, NOW) for p in choices))
+    assert await notes.get_preferences(engine, user) in choices
+    async with engine.connect() as conn:
+        rows = (await conn.execute(notes.PREFS.select())).all()
+    assert [r.user_id for r in rows] == [user]
 
 
 async def test_ledger_batches_and_rolls_up_exactly(engine: AsyncEngine) -> None:
