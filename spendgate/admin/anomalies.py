@@ -81,10 +81,10 @@ class ActionIn(s.Strict):
     scope_type: Literal["key", "team"]
     scope_id: s.ObjectId
     action: Literal["pause", "rate_limit"]
-    rpm: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    tpm: Annotated[int, Field(ge=1, le=10_000_000_000)] | None = None
+    rpm: Annotated[s.Whole, Field(ge=1, le=10_000_000)] | None = None
+    tpm: Annotated[s.Whole, Field(ge=1, le=10_000_000_000)] | None = None
     max_spend_usd: s.Money | None = None
-    spend_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
+    spend_window_seconds: Annotated[s.Whole, Field(ge=1, le=86_400)] = 600
 
 
 class ActionOut(BaseModel):

@@ -69,15 +69,21 @@ async def principal(
         return found
 
 
+def nul_in_path_or_query(request: Request) -> str | None:
+    """Where a NUL character is in the request's path or query string, if it is."""
+    if "\x00" in request.url.path:
+        return "path"
+    if b"%00" in request.scope.get("query_string", b""):
+        return "query"
+    return None
+
+
 async def no_nul_characters(request: Request) -> None:
     """NUL can't be stored as text in PostgreSQL and means nothing in any admin field:
-    refuse it up front (422) in the path, the query string and the body alike."""
-    where = None
-    if "\x00" in request.url.path:
-        where = "path"
-    elif b"%00" in request.scope.get("query_string", b""):
-        where = "query"
-    elif request.method in ("POST", "PUT", "PATCH"):
+    refuse it up front (422) in the path, the query string and the body alike (the
+    console's pages: ``console.app.no_nul_characters``)."""
+    where = nul_in_path_or_query(request)
+    if where is None and request.method in ("POST", "PUT", "PATCH"):
         body = await request.body()  # cached: the route reads the same bytes
         if b"\\u0000" in body or b"\x00" in body:
             where = "body"

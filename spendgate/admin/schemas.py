@@ -61,6 +61,19 @@ def _is_number(text: str) -> bool:
 #: a yes/no given as input: JSON true or false only (not 0, 1 or "yes")
 Flag = Annotated[bool, PydanticStrict()]
 
+
+def not_a_flag(value: object) -> object:
+    """A count is a number: pydantic would otherwise read ``true`` as 1 and ``false`` as 0
+    (so ``"rpm": true`` made a limit of one request a minute)."""
+    if isinstance(value, bool):
+        raise ValueError("must be an integer, not true or false")
+    return value
+
+
+#: a whole number given as input: a JSON integer (or the digits a console form sends),
+#: never true or false
+Whole = Annotated[int, BeforeValidator(not_a_flag)]
+
 #: a time given as input (bodies and query strings)
 Instant = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(in_range)]
 Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
@@ -538,20 +551,20 @@ class RateLimitIn(Strict):
     scope_type: Literal["key", "team"]
     scope_id: ObjectId
     model: Annotated[str, StringConstraints(min_length=1, max_length=200)] = "*"
-    rpm: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    tpm: Annotated[int, Field(ge=1, le=10_000_000_000)] | None = None
-    max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    rpm: Annotated[Whole, Field(ge=1, le=10_000_000)] | None = None
+    tpm: Annotated[Whole, Field(ge=1, le=10_000_000_000)] | None = None
+    max_concurrent: Annotated[Whole, Field(ge=1, le=100_000)] | None = None
     max_spend_usd: Money | None = None
-    spend_window_seconds: Annotated[int, Field(ge=1, le=86_400)] = 600
+    spend_window_seconds: Annotated[Whole, Field(ge=1, le=86_400)] = 600
 
 
 class RateLimitPatch(Patch):
     nullable = frozenset({"rpm", "tpm", "max_concurrent", "max_spend_usd"})
-    rpm: Annotated[int, Field(ge=1, le=10_000_000)] | None = None
-    tpm: Annotated[int, Field(ge=1, le=10_000_000_000)] | None = None
-    max_concurrent: Annotated[int, Field(ge=1, le=100_000)] | None = None
+    rpm: Annotated[Whole, Field(ge=1, le=10_000_000)] | None = None
+    tpm: Annotated[Whole, Field(ge=1, le=10_000_000_000)] | None = None
+    max_concurrent: Annotated[Whole, Field(ge=1, le=100_000)] | None = None
     max_spend_usd: Money | None = None
-    spend_window_seconds: Annotated[int, Field(ge=1, le=86_400)] | None = None
+    spend_window_seconds: Annotated[Whole, Field(ge=1, le=86_400)] | None = None
 
 
 class RateLimitOut(BaseModel):

@@ -193,7 +193,7 @@ class RuleIn(s.Strict):
         description='fixed: {team_id: "percent"}; even/proportional: {team_id: ""}, or {} '
         "for every team",
     )
-    position: int = Field(0, ge=0, le=10_000, description="rules are tried in this order")
+    position: s.Whole = Field(0, ge=0, le=10_000, description="rules are tried in this order")
 
 
 class RuleOut(BaseModel):

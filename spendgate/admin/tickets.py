@@ -80,7 +80,7 @@ class ApproveIn(s.Strict):
     more_than_asked: s.Flag = False
     reason: Reason
     expires_at: s.Instant | None = None
-    expires_in_hours: Annotated[int, Field(ge=1, le=24 * 90)] | None = None
+    expires_in_hours: Annotated[s.Whole, Field(ge=1, le=24 * 90)] | None = None
 
 
 class DenyIn(s.Strict):

@@ -257,9 +257,9 @@ async def audit_export(
 
 
 class RebuildIn(s.Strict):
-    start: datetime = Field(description="inclusive; a quarter hour (UTC if no offset)")
-    end: datetime = Field(description="exclusive; a quarter hour")
-    dry_run: bool = Field(False, description="report the differences, change nothing")
+    start: s.Instant = Field(description="inclusive; a quarter hour (UTC if no offset)")
+    end: s.Instant = Field(description="exclusive; a quarter hour")
+    dry_run: s.Flag = Field(False, description="report the differences, change nothing")
 
 
 class RebuildOut(BaseModel):
@@ -308,7 +308,7 @@ async def rebuild_usage(body: RebuildIn, svc: Svc, request: Request, who: Who) -
 
 
 class PurgeIn(s.Strict):
-    before: datetime | None = Field(
+    before: s.Instant | None = Field(
         None, description="default: now minus the configured retention; never later"
     )
 

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, StringConstraints
 
-from spendgate.admin.schemas import Flag, ObjectId, Patch, Strict
+from spendgate.admin.schemas import Flag, ObjectId, Patch, Strict, Whole
 
 Url = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=2000)]
 Kind = Literal["webhook", "slack", "pagerduty"]
@@ -67,7 +67,7 @@ class WebhookWithSecret(Webhook):
 
 
 class RotateIn(Strict):
-    overlap_seconds: int = Field(
+    overlap_seconds: Whole = Field(
         default=86400, ge=0, le=30 * 86400, description="how long the previous secret keeps signing"
     )
 

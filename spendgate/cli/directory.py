@@ -4,7 +4,6 @@ who calls, through the admin API."""
 from __future__ import annotations
 
 import sys
-from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import typer
@@ -180,9 +179,7 @@ tokens = crud_group("tokens", "/admin/tokens", TOKEN_COLUMNS)
 
 
 def _expiry(days: int | None) -> str | None:
-    if days is None:
-        return None
-    return (datetime.now(UTC) + timedelta(days=days)).isoformat()
+    return None if days is None else when(f"+{days}d")
 
 
 @tokens.command("create")
@@ -220,6 +217,7 @@ def bootstrap(
 
     The token is printed once; from then on the admin works with it
     (``SPENDGATE_ADMIN_TOKEN``) and the master key can go back in the safe."""
+    expires_at = _expiry(expires_in_days)  # a bad one stops us before anything is made
     existing = call(url, "GET", "/admin/orgs", params={"name": org})
     if existing:
         made = existing[0]
@@ -237,7 +235,7 @@ def bootstrap(
         url,
         "POST",
         "/admin/tokens",
-        json={"user_id": user["id"], "name": "bootstrap", "expires_at": _expiry(expires_in_days)},
+        json={"user_id": user["id"], "name": "bootstrap", "expires_at": expires_at},
     )
     invite = call(url, "POST", f"/admin/users/{user['id']}/console-invite")
     if not as_json:

@@ -95,5 +95,9 @@ def when(value: str | None) -> str | None:
     found = _RELATIVE.match(value.strip())
     if found is None:
         return value
-    delta = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
-    return (datetime.now(UTC) + delta).isoformat(timespec="seconds")
+    try:
+        delta = timedelta(**{_UNITS[found.group(2)]: int(found.group(1))})
+        return (datetime.now(UTC) + delta).isoformat(timespec="seconds")
+    except OverflowError as exc:  # past the calendar (the API takes times up to 9000)
+        err_console.print(f"[red]{value.strip()} is too far from now[/]")
+        raise typer.Exit(2) from exc

@@ -12,12 +12,13 @@ import logging
 from datetime import timedelta
 from pathlib import Path
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from spendgate.admin.deps import nul_in_path_or_query
 from spendgate.console import (
     allocation_rules,
     anomalies,
@@ -38,7 +39,7 @@ from spendgate.console import (
 )
 from spendgate.console.layout import SignInRequired, harden, login_url, page
 from spendgate.console.usage_source import ClosedDays
-from spendgate.errors import NotFound, SpendgateError
+from spendgate.errors import NotFound, SpendgateError, ValidationFailed
 from spendgate.services import Services
 from spendgate.store.console_auth import SESSION_LIFETIME, ConsoleAuth
 
@@ -48,8 +49,30 @@ STATIC = Path(__file__).parent / "static"
 STATIC_TYPES = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
 
 
+#: the bodies of the console's forms
+FORM_TYPES = ("application/x-www-form-urlencoded", "multipart/form-data")
+
+
+async def no_nul_characters(request: Request) -> None:
+    """The admin API's rule for pages: a NUL character in the path, the query string or a
+    form field is refused (422). PostgreSQL cannot store or compare it as text, so it
+    reached the database as an error: a 503 "database unavailable" page."""
+    where = nul_in_path_or_query(request)
+    content_type = request.headers.get("content-type", "")
+    if where is None and request.method == "POST" and content_type.startswith(FORM_TYPES):
+        fields = await request.form()  # parsed once: the route is given the same form
+        if any(
+            "\x00" in k or (isinstance(v, str) and "\x00" in v) for k, v in fields.multi_items()
+        ):
+            where = "form"
+    if where is not None:
+        raise ValidationFailed(f"{where}: NUL characters are not accepted", param=where)
+
+
 def build_console(services: Services, *, session_lifetime: timedelta = SESSION_LIFETIME) -> FastAPI:
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(
+        docs_url=None, redoc_url=None, openapi_url=None, dependencies=[Depends(no_nul_characters)]
+    )
     app.state.services = services
     app.state.console_auth = ConsoleAuth(services.engine, session_lifetime)
     app.state.closed_days = ClosedDays()  # /usage's figures of days that are over

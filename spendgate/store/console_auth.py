@@ -24,7 +24,7 @@ from spendgate.core.access import Principal
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret
 from spendgate.store import schema
-from spendgate.store.database import transaction
+from spendgate.store.database import transaction, upsert
 
 MIN_PASSWORD_LENGTH = 12
 MAX_PASSWORD_LENGTH = 1024
@@ -76,11 +76,10 @@ class ConsoleAuth:
             found = await conn.execute(sa.select(_u.id).where(_u.id == user_id))
             if found.first() is None:
                 raise NotFound(f"user {user_id} not found")
-            await conn.execute(schema.console_passwords.delete().where(_p.user_id == user_id))
-            await conn.execute(
-                schema.console_passwords.insert().values(
-                    user_id=user_id, password_hash=hashed, updated_at=now
-                )
+            await upsert(
+                conn,
+                schema.console_passwords,
+                [{"user_id": user_id, "password_hash": hashed, "updated_at": now}],
             )
             # a new password ends every session opened with the old one
             await conn.execute(

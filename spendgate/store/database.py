@@ -38,6 +38,21 @@ async def transaction(
             yield own
 
 
+@asynccontextmanager
+async def reading(
+    engine: AsyncEngine, conn: AsyncConnection | None
+) -> AsyncIterator[AsyncConnection]:
+    """The caller's connection, or one of its own for reading. A write that holds a
+    pooled connection reads through it: taking a second one while holding the first
+    starves the pool once enough such requests run at once (each holds one and waits
+    for another), and every request then waits out the pool timeout (503)."""
+    if conn is not None:
+        yield conn
+    else:
+        async with engine.connect() as own:
+            yield own
+
+
 async def upsert(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:
     """Insert ``rows``, each replacing the row with its primary key if there is one, in one
     statement: unlike a delete then an insert, two writers at once cannot both insert."""

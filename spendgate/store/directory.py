@@ -16,7 +16,7 @@ from spendgate.core.access import ORG_ROLES, ROLES, TEAM_ROLES, Standing, summar
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret, new_id, new_virtual_key, shown_prefix
 from spendgate.store import daily, schema
-from spendgate.store.database import insert_new, transaction
+from spendgate.store.database import insert_new, reading, transaction
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,9 +97,11 @@ class Directory:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def _one(self, table: sa.Table, object_id: str, what: str) -> dict[str, Any]:
-        async with self._engine.connect() as conn:
-            row = (await conn.execute(sa.select(table).where(table.c.id == object_id))).first()
+    async def _one(
+        self, table: sa.Table, object_id: str, what: str, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
+        async with reading(self._engine, conn) as reader:
+            row = (await reader.execute(sa.select(table).where(table.c.id == object_id))).first()
         if row is None:
             raise NotFound(f"{what} {object_id} not found")
         return _row(row)
@@ -170,7 +172,7 @@ class Directory:
     async def create_team(
         self, org_id: str, name: str, now: datetime, conn: AsyncConnection | None = None
     ) -> dict[str, Any]:
-        await self._require(schema.orgs, org_id, "org_id")
+        await self._require(schema.orgs, org_id, "org_id", conn)
         values = {"id": new_id("team"), "org_id": org_id, "name": name, "created_at": now}
         return await self._insert(schema.teams, values, conn)
 
@@ -180,22 +182,26 @@ class Directory:
     async def list_teams(self, org_id: str | None = None) -> list[dict[str, Any]]:
         return await self._list(schema.teams, org_id=org_id)
 
-    async def _require(self, table: sa.Table, object_id: str, field: str) -> dict[str, Any]:
+    async def _require(
+        self, table: sa.Table, object_id: str, field: str, conn: AsyncConnection | None = None
+    ) -> dict[str, Any]:
         try:
-            return await self._one(table, object_id, field)
+            return await self._one(table, object_id, field, conn)
         except NotFound as exc:
             raise ValidationFailed(f"{field}: {object_id} does not exist", param=field) from exc
 
-    async def _org_of(self, org_id: str | None, team_id: str | None) -> str:
+    async def _org_of(
+        self, org_id: str | None, team_id: str | None, conn: AsyncConnection | None = None
+    ) -> str:
         """Check ``team_id`` belongs to ``org_id``; infer the org from the team if omitted."""
         if team_id is not None:
-            team = await self._require(schema.teams, team_id, "team_id")
+            team = await self._require(schema.teams, team_id, "team_id", conn)
             if org_id is not None and team["org_id"] != org_id:
                 raise ValidationFailed("team_id: team belongs to another org", param="team_id")
             return str(team["org_id"])
         if org_id is None:
             raise ValidationFailed("org_id: required when no team is given", param="org_id")
-        await self._require(schema.orgs, org_id, "org_id")
+        await self._require(schema.orgs, org_id, "org_id", conn)
         return org_id
 
     # -- users, agents -------------------------------------------------------------
@@ -213,8 +219,8 @@ class Directory:
         standing = role if isinstance(role, Standing) else Standing.single(role, team_ids)
         if standing.role not in ORG_ROLES or not set(standing.teams.values()) <= set(TEAM_ROLES):
             raise ValidationFailed(f"role: must be one of {', '.join(ROLES)}", param="role")
-        orgs = {await self._org_of(org_id, t) for t in standing.teams} or {
-            await self._org_of(org_id, None)
+        orgs = {await self._org_of(org_id, t, conn) for t in standing.teams} or {
+            await self._org_of(org_id, None, conn)
         }
         if len(orgs) != 1:
             raise ValidationFailed("team_ids: teams belong to different orgs", param="team_ids")
@@ -245,12 +251,14 @@ class Directory:
                 [{"user_id": user_id, "team_id": t, "role": r} for t, r in sorted(teams.items())],
             )
 
-    async def _with_teams(self, users: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _with_teams(
+        self, users: list[dict[str, Any]], conn: AsyncConnection | None = None
+    ) -> list[dict[str, Any]]:
         if not users:
             return users
         ids = [u["id"] for u in users]
-        async with self._engine.connect() as conn:
-            rows = await conn.execute(
+        async with reading(self._engine, conn) as reader:
+            rows = await reader.execute(
                 sa.select(schema.user_teams).where(schema.user_teams.c.user_id.in_(ids))
             )
             memberships = [(r.user_id, r.team_id, r.role) for r in rows]
@@ -259,8 +267,9 @@ class Directory:
             for user in users
         ]
 
-    async def get_user(self, user_id: str) -> dict[str, Any]:
-        return (await self._with_teams([await self._one(schema.users, user_id, "user")]))[0]
+    async def get_user(self, user_id: str, conn: AsyncConnection | None = None) -> dict[str, Any]:
+        user = await self._one(schema.users, user_id, "user", conn)
+        return (await self._with_teams([user], conn))[0]
 
     async def list_users(self, org_id: str | None = None) -> list[dict[str, Any]]:
         return await self._with_teams(await self._list(schema.users, org_id=org_id))
@@ -270,9 +279,9 @@ class Directory:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Give a user this org role and these memberships (teams of their org only).
         Returns (before, after)."""
-        before = await self.get_user(user_id)
+        before = await self.get_user(user_id, conn)
         for team_id in standing.teams:
-            if await self._org_of(before["org_id"], team_id) != before["org_id"]:
+            if await self._org_of(before["org_id"], team_id, conn) != before["org_id"]:
                 raise ValidationFailed("team_ids: team belongs to another org", param="team_ids")
         await conn.execute(
             schema.users.update().where(schema.users.c.id == user_id).values(role=standing.role)
@@ -288,7 +297,7 @@ class Directory:
         now: datetime,
         conn: AsyncConnection | None = None,
     ) -> dict[str, Any]:
-        resolved = await self._org_of(org_id, team_id)
+        resolved = await self._org_of(org_id, team_id, conn)
         values = {
             "id": new_id("agent"),
             "org_id": resolved,
@@ -309,10 +318,10 @@ class Directory:
         self, spec: dict[str, Any], now: datetime, conn: AsyncConnection | None = None
     ) -> dict[str, Any]:
         """Create a key; the returned dict carries the secret once, as ``key``."""
-        org_id = await self._org_of(spec["org_id"], spec.get("team_id"))
+        org_id = await self._org_of(spec["org_id"], spec.get("team_id"), conn)
         for field, table in (("user_id", schema.users), ("agent_id", schema.agents)):
             if spec.get(field) is not None:
-                owner = await self._require(table, spec[field], field)
+                owner = await self._require(table, spec[field], field, conn)
                 if owner["org_id"] != org_id:
                     raise ValidationFailed(f"{field}: belongs to another org", param=field)
         expires_at = spec.get("expires_at")
@@ -351,7 +360,7 @@ class Directory:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Revoke (idempotent: an already revoked key stays as it was). (before, after)."""
         table = schema.virtual_keys
-        before = _key_public(await self._one(table, key_id, "key"))
+        before = _key_public(await self._one(table, key_id, "key", conn))
         if before["revoked_at"] is not None:
             return before, before
         async with self._tx(conn) as tx:
@@ -362,7 +371,7 @@ class Directory:
         self, key_id: str, conn: AsyncConnection | None = None
     ) -> tuple[dict[str, Any], str]:
         """Give the key a new secret; the old one stops working. Returns (key, old hash)."""
-        current = await self._one(schema.virtual_keys, key_id, "key")
+        current = await self._one(schema.virtual_keys, key_id, "key", conn)
         if current["revoked_at"] is not None:
             raise Conflict(f"key {key_id} is revoked and cannot be rotated")
         secret = new_virtual_key()
@@ -385,7 +394,7 @@ class Directory:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Set (or, with None, clear) when the key stops working. (before, after)."""
         table = schema.virtual_keys
-        before = _key_public(await self._one(table, key_id, "key"))
+        before = _key_public(await self._one(table, key_id, "key", conn))
         if before["revoked_at"] is not None:
             raise Conflict(f"key {key_id} is revoked; its expiry cannot change")
         check_key_expiry(expires_at, now)

@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.core import chargeback as cb
@@ -281,16 +282,20 @@ async def close(
     tz = str(org["reporting_timezone"])
     if month_window(month, tz).end > now:
         raise ValidationFailed(f"month: {month} has not ended in {tz}", param="month")
+    already = Conflict(f"month {month} is already closed; reissue to take late spend")
     if await closed_month(conn, org["id"], month) is not None:
-        raise Conflict(f"month {month} is already closed; reissue to take late spend")
+        raise already
     drawn = await draw(engine, org, month, tz)
     rows = [_row(org["id"], team, month, 1, c, actor, now) for team, c in sorted(drawn.items())]
-    await _insert(conn, rows)
-    await conn.execute(
-        statement_months.insert().values(
-            org_id=org["id"], month=month, timezone=tz, closed_by=actor, closed_at=now
+    try:
+        await _insert(conn, rows)
+        await conn.execute(
+            statement_months.insert().values(
+                org_id=org["id"], month=month, timezone=tz, closed_by=actor, closed_at=now
+            )
         )
-    )
+    except IntegrityError as exc:  # a close of the same month committed since the check
+        raise already from exc
     return rows
 
 
@@ -315,7 +320,13 @@ async def reissue(
                  now, before["id"] if before else None, cb.diff(old, content))
         )  # fmt: skip
     if rows:
-        await _insert(conn, rows)
+        try:
+            await _insert(conn, rows)
+        except IntegrityError as exc:  # a reissue of the same month committed meanwhile
+            raise Conflict(
+                f"month {month} was reissued by another request at the same time; "
+                "reissue again to take what is left"
+            ) from exc
     return rows
 
 

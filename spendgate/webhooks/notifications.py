@@ -19,7 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
-from spendgate.store.database import transaction
+from spendgate.store.database import transaction, upsert
 from spendgate.webhooks.catalog import Event, is_low_severity, title, valid_pattern
 from spendgate.webhooks.formats import console_link, summary
 from spendgate.webhooks.matching import SCOPE_TYPES, Preferences, Recipient
@@ -142,9 +142,8 @@ async def put_preferences(
                     f"channels.webhook_endpoint_ids: {missing[0]} does not exist",
                     param="channels.webhook_endpoint_ids",
                 )
-        await tx.execute(PREFS.delete().where(PREFS.c.user_id == user_id))
-        await tx.execute(
-            PREFS.insert().values(user_id=user_id, preferences=prefs.to_json(), updated_at=now)
+        await upsert(
+            tx, PREFS, [{"user_id": user_id, "preferences": prefs.to_json(), "updated_at": now}]
         )
     return prefs
 

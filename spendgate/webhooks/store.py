@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
-from spendgate.store.database import transaction
+from spendgate.store.database import reading, transaction
 from spendgate.webhooks.catalog import valid_pattern
 from spendgate.webhooks.fanout import due_now
 from spendgate.webhooks.matching import SCOPE_TYPES
@@ -144,9 +144,9 @@ class WebhookStore:
             "updated_at": row["updated_at"],
         }
 
-    async def row(self, endpoint_id: str) -> dict[str, Any]:
-        async with self._engine.connect() as conn:
-            found = (await conn.execute(sa.select(EP).where(EP.c.id == endpoint_id))).first()
+    async def row(self, endpoint_id: str, conn: AsyncConnection | None = None) -> dict[str, Any]:
+        async with reading(self._engine, conn) as reader:
+            found = (await reader.execute(sa.select(EP).where(EP.c.id == endpoint_id))).first()
         if found is None:
             raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
         return dict(found._mapping)
@@ -160,7 +160,7 @@ class WebhookStore:
             return [self.public(dict(r._mapping), now) for r in rows]
 
     # -- validation ----------------------------------------------------------------------
-    async def _validate(self, spec: EndpointSpec) -> None:
+    async def _validate(self, spec: EndpointSpec, conn: AsyncConnection | None) -> None:
         if spec.kind not in KINDS:
             raise ValidationFailed(f"kind: must be one of {', '.join(KINDS)}", param="kind")
         if not spec.event_types:
@@ -176,10 +176,12 @@ class WebhookStore:
             raise ValidationFailed(
                 "config.routing_key: required for pagerduty endpoints", param="config.routing_key"
             )
-        await self._validate_scope(spec.scope_type, spec.scope_id)
+        await self._validate_scope(spec.scope_type, spec.scope_id, conn)
         await check_target(spec.url, allow_private=self._allow_private, resolve=self._resolve)
 
-    async def _validate_scope(self, scope_type: str | None, scope_id: str | None) -> None:
+    async def _validate_scope(
+        self, scope_type: str | None, scope_id: str | None, conn: AsyncConnection | None = None
+    ) -> None:
         if scope_type is None and scope_id is None:
             return
         if scope_type not in SCOPE_TYPES or not scope_id:
@@ -190,9 +192,9 @@ class WebhookStore:
         table = SCOPE_TABLES.get(scope_type)
         if table is None:
             return
-        async with self._engine.connect() as conn:
+        async with reading(self._engine, conn) as reader:
             query = sa.select(table.c.id).where(table.c.id == scope_id)
-            found = (await conn.execute(query)).first()
+            found = (await reader.execute(query)).first()
         if found is None:
             raise ValidationFailed(
                 f"scope_id: {scope_type} {scope_id} does not exist", param="scope_id"
@@ -203,7 +205,7 @@ class WebhookStore:
         self, spec: EndpointSpec, now: datetime, conn: AsyncConnection | None = None
     ) -> tuple[dict[str, Any], str]:
         """The new endpoint and its signing secret (``whsec_…``), shown this once."""
-        await self._validate(spec)
+        await self._validate(spec, conn)
         secret = new_secret()
         values = {
             "id": new_id("whe"),
@@ -241,7 +243,7 @@ class WebhookStore:
         A Slack URL given back in its masked form (as read) keeps the stored one; a Slack
         endpoint changed to another kind needs its ``url`` again, or the stored credential
         would be shown from then on."""
-        row = await self.row(endpoint_id)
+        row = await self.row(endpoint_id, conn)
         current = EndpointSpec(
             url=self.url_of(row),
             kind=row["kind"],
@@ -268,7 +270,7 @@ class WebhookStore:
         if "event_types" in given:
             given["event_types"] = tuple(given["event_types"])
         spec = dataclasses.replace(current, **given)
-        await self._validate(spec)
+        await self._validate(spec, conn)
         values: dict[str, Any] = {
             **self._url_values(spec.kind, spec.url),
             "kind": spec.kind,
@@ -310,7 +312,7 @@ class WebhookStore:
             raise ValidationFailed(
                 "overlap_seconds: between 0 and 30 days", param="overlap_seconds"
             )
-        row = await self.row(endpoint_id)
+        row = await self.row(endpoint_id, conn)
         secret = new_secret()
         values: dict[str, Any] = {"secret_encrypted": self._box.encrypt(secret), "updated_at": now}
         if overlap > timedelta(0):

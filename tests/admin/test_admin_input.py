@@ -80,6 +80,11 @@ def test_times_at_the_calendar_edges_or_not_text_are_422(
         gateway.admin.get("/admin/audit", params={"start": str(when)}),
         gateway.admin.get("/admin/usage", params={"end": str(when)}),
         gateway.admin.post("/admin/audit/purge", json={"before": when}),
+        # a number here purged raw ledger rows "before" it (0: 1970, 1.7e9: November 2023)
+        gateway.admin.post("/admin/ledger/purge", json={"before": when}),
+        gateway.admin.post(
+            "/admin/usage/rebuild", json={"start": when, "end": "1970-01-02T00:00:00Z"}
+        ),
         gateway.admin.post(
             f"/admin/budgets/{ids['budget']}/exceptions",
             json={"amount_usd": "1", "reason": "r", "expires_at": when},
@@ -113,6 +118,13 @@ def test_a_yes_or_no_is_true_or_false_only(gateway: RunningGateway) -> None:
         (gateway.admin.patch(f"/admin/webhooks/{ids['webhook']}", json={"enabled": 0}), "enabled"),
         (
             gateway.admin.post(
+                "/admin/usage/rebuild",
+                json={"start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z", "dry_run": 1},
+            ),
+            "dry_run",
+        ),
+        (
+            gateway.admin.post(
                 "/admin/keys", json={"name": "k", "org_id": ids["org"], "allow_request_tags": "yes"}
             ),
             "allow_request_tags",
@@ -135,6 +147,40 @@ def test_a_yes_or_no_is_true_or_false_only(gateway: RunningGateway) -> None:
         ).status_code
         == 200
     )
+
+
+def test_a_count_is_a_number_not_true_or_false(gateway: RunningGateway) -> None:
+    """pydantic reads true as 1 and false as 0: ``"rpm": true`` made a limit of one request
+    a minute and ``"overlap_seconds": false`` rotated a webhook secret with no overlap.
+    Every whole number of a body refuses them (422 naming the field), and nothing changes."""
+    ids = _made(gateway)
+    team = ids["team"]
+    secret = gateway.get(f"/admin/webhooks/{ids['webhook']}")
+    for method, path, body, field in (
+        ("POST", "/admin/rate-limits",
+         {"scope_type": "team", "scope_id": team, "model": "m", "rpm": True}, "rpm"),
+        ("POST", "/admin/rate-limits",
+         {"scope_type": "team", "scope_id": team, "model": "m", "max_concurrent": True},
+         "max_concurrent"),
+        ("PATCH", f"/admin/rate-limits/{ids['limit']}", {"tpm": True}, "tpm"),
+        ("PATCH", f"/admin/rate-limits/{ids['limit']}", {"spend_window_seconds": True},
+         "spend_window_seconds"),
+        ("POST", "/admin/anomaly-actions",
+         {"scope_type": "team", "scope_id": team, "action": "rate_limit", "rpm": True}, "rpm"),
+        ("POST", "/admin/allocation-rules",
+         {"org_id": ids["org"], "method": "even", "position": False}, "position"),
+        ("POST", f"/admin/webhooks/{ids['webhook']}/rotate-secret", {"overlap_seconds": False},
+         "overlap_seconds"),
+    ):  # fmt: skip
+        response = gateway.admin.request(method, path, json=body)
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["error"]["param"] == field, response.text
+        assert "not true or false" in response.json()["error"]["message"]
+    assert gateway.get("/admin/rate-limits") == [gateway.get(f"/admin/rate-limits/{ids['limit']}")]
+    assert gateway.get(f"/admin/rate-limits/{ids['limit']}")["rpm"] == 5
+    assert gateway.get("/admin/anomaly-actions") == []
+    assert gateway.get("/admin/allocation-rules") == []
+    assert gateway.get(f"/admin/webhooks/{ids['webhook']}") == secret
 
 
 def test_huge_audit_cursor_is_422(gateway: RunningGateway) -> None:

@@ -4,15 +4,17 @@ frozen once closed (the database refuses UPDATE and DELETE), reissued with a dif
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx
 import openai
 import pytest
 import sqlalchemy as sa
 
 from spendgate.core.showback import split_exact
-from tests.conftest import RunningGateway
+from tests.conftest import MASTER_KEY, RunningGateway
 
 
 def _call(gw: RunningGateway, key: str, at: datetime, words: int = 3) -> None:
@@ -122,6 +124,42 @@ def test_statements_sum_exactly_freeze_and_reissue_with_a_diff(gateway: RunningG
     listed = gw.get("/admin/statements", org_id=org_id, month="2026-02")
     assert sorted((s["team_id"] or "", s["version"]) for s in listed) == sorted(
         [("", 1), ("", 2), (a, 1), (a, 2), (b, 1)]
+    )
+
+
+def _at_once(gw: RunningGateway, path: str, body: dict[str, Any], times: int = 8) -> list[int]:
+    """``times`` POSTs of ``path`` sent together (each on a connection of its own)."""
+
+    def post(_: int) -> int:
+        with httpx.Client(
+            base_url=gw.url, headers={"authorization": f"Bearer {MASTER_KEY}"}, timeout=60
+        ) as http:
+            return http.post(path, json=body).status_code
+
+    with ThreadPoolExecutor(times) as pool:
+        return sorted(pool.map(post, range(times)))
+
+
+def test_closing_or_reissuing_a_month_twice_at_once(gateway: RunningGateway) -> None:
+    """Two closes of one month at the same moment: the loser's insert hit the unique
+    version and was answered 503 database_unavailable. It is the 409 a second close
+    gets; one close is stored and audited. Reissues at once: one takes the late spend,
+    the others find nothing left or a 409, never a 5xx."""
+    gw = gateway
+    w = _world(gw)
+    org_id = w["org"]["id"]
+    gw.clock.set(datetime(2026, 3, 5, tzinfo=UTC))
+    assert _at_once(gw, "/admin/statements/2026-02/close", {"org_id": org_id}) == [200] + [409] * 7
+    sealed = [e for e in gw.get("/admin/audit", limit=1000)["entries"]
+              if e["action"] == "statement.closed"]  # fmt: skip
+    assert len(sealed) == 1
+    _call(gw, w["keys"]["a"], datetime(2026, 2, 10, tzinfo=UTC), 3)
+    gw.ledger()  # flushed
+    reissues = _at_once(gw, "/admin/statements/2026-02/reissue", {"org_id": org_id})
+    assert set(reissues) <= {200, 409} and 200 in reissues, reissues
+    listed = gw.get("/admin/statements", org_id=org_id, month="2026-02")
+    assert sorted((s["team_id"] or "", s["version"]) for s in listed) == sorted(
+        [("", 1), ("", 2), (w["a"]["id"], 1), (w["a"]["id"], 2), (w["b"]["id"], 1)]
     )
 
 

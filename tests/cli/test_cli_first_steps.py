@@ -190,3 +190,27 @@ def test_an_empty_list_says_so(served: Served) -> None:
         code, out, err = invoke(url, *command, columns="80")
         assert (code, out.strip()) == (0, "(none)"), (command, out, err)
     assert run_cli(url, "tickets", "list") == []
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("keys", "create", "k", "--org", "org_x", "--expires-at", "+99999999999d"),
+        ("keys", "create", "k", "--org", "org_x", "--expires-at", "+3000000d"),
+        ("budgets", "except", "budget_x", "--reason", "r", "--percent", "5",
+         "--expires-at", "+99999999999w"),
+        ("tokens", "create", "--user", "user_x", "--expires-in-days", "999999999999999"),
+        ("bootstrap", "--org", "o", "--email", "a@o.example", "--expires-in-days", "9999999"),
+    ],
+)  # fmt: skip
+def test_an_expiry_past_the_calendar_is_a_clear_error(args: tuple[str, ...]) -> None:
+    """A relative expiry too far out overflowed the calendar in the CLI itself (a
+    traceback, exit 1): it is exit 2 naming the value, before anything is sent (nothing
+    listens at the URL)."""
+    result = CliRunner().invoke(
+        cli,
+        [*args, "--url", "http://127.0.0.1:9"],
+        env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    assert "too far from now" in result.stderr

@@ -187,3 +187,19 @@ def test_budget_messages_name_the_fields_by_their_labels(console: Console) -> No
         assert answer.status_code == 422
         [shown] = re.findall(r'id="x-amount_usd-error">([^<]*)<', answer.text)
         assert shown == "Error: give exactly one of Extra amount (USD) or extra percent"
+
+
+def test_nul_characters_are_refused_in_pages_and_forms(console: Console) -> None:
+    """A NUL character in a form field or a query string, as the admin API refuses it:
+    a 422 page, nothing stored. PostgreSQL cannot store it as text, so on that backend
+    the console answered 503 "database unavailable" (found by fuzzing the pages)."""
+    with session(console.url, "org_admin@acme.test") as client:
+        made = form(client, "/people/teams", {"name": "bad\x00team"})
+        assert made.status_code == 422 and "NUL" in made.text, made.text
+        assert form(client, "/login", {"email": "a\x00@x", "password": "p"}).status_code == 422
+        listed = client.get("/events", params={"type": "budget\x00"})
+        assert listed.status_code == 422 and "NUL" in listed.text
+        assert client.get("/events", params={"type": "budget.*"}).status_code == 200
+        assert form(client, "/people/teams", {"name": "good team"}).status_code == 303
+    names = [t["name"] for t in console.gw.get("/admin/teams", org_id=console.org_id)]
+    assert "good team" in names and not any("\x00" in n for n in names)

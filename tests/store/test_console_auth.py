@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -63,6 +64,22 @@ async def test_password_session_and_expiry(engine: AsyncEngine) -> None:
     third, _ = await auth.open_session(user["id"], NOW)
     await auth.set_password(user["id"], "another long password", NOW)
     assert await auth.session(third, NOW) is None
+
+
+async def test_passwords_set_at_once_all_succeed(engine: AsyncEngine) -> None:
+    """Two admins setting one user's password at the same moment: the second insert of
+    a delete-then-insert hit the primary key (an IntegrityError the admin API answers
+    as 503 database_unavailable). Each is a replacement: every one succeeds, the last
+    written stands, and one row is kept."""
+    directory = Directory(engine)
+    org = await directory.create_org("acme", NOW)
+    user = await directory.create_user("d@acme.test", FINANCE, [], org["id"], NOW)
+    auth = ConsoleAuth(engine)
+    passwords = [f"{PASSWORD} number {i}" for i in range(20)]
+    await asyncio.gather(*(auth.set_password(user["id"], p, NOW) for p in passwords))
+    async with engine.connect() as conn:
+        assert len((await conn.execute(sa.select(schema.console_passwords))).all()) == 1
+    assert [p for p in passwords if await auth.check_password("d@acme.test", p)] != []
 
 
 async def test_invite_is_used_once(engine: AsyncEngine) -> None:

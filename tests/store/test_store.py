@@ -13,6 +13,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from spendgate.core.access import Standing
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import hash_secret
 from spendgate.store import schema
@@ -22,6 +23,8 @@ from spendgate.store.events import list_events, record_event
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, insert_entries
 from spendgate.store.policies import PolicyStore, Wallet
 from spendgate.store.showback import usage_report
+from spendgate.webhooks import notifications as notes
+from spendgate.webhooks.matching import Preferences
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
@@ -148,6 +151,81 @@ async def test_directory_refuses_inconsistent_scopes(engine: AsyncEngine) -> Non
     with pytest.raises(Conflict):
         await directory.create_user("a@x.io", "viewer", [], org_a["id"], NOW)
     assert await directory.list_keys() == []
+
+
+async def test_directory_writes_in_a_transaction_hold_one_connection(
+    engine: AsyncEngine,
+) -> None:
+    """A directory write given the caller's transaction reads through it too. It used to
+    take a second pooled connection for its checks while holding the first: 45 key
+    creations or membership changes at once held the whole pool, each waiting for a
+    second connection, until the pool timeout answered 503 (30 s later, on PostgreSQL
+    too). Counted here: never two connections out at once."""
+    directory = Directory(engine)
+    org = await directory.create_org("acme", NOW)
+    team = await directory.create_team(org["id"], "search", NOW)
+    other = await directory.create_team(org["id"], "other", NOW)
+    user = await directory.create_user("a@acme.io", "viewer", [team["id"]], None, NOW)
+    agent = await directory.create_agent("crawler", team["id"], None, NOW)
+    key = await directory.create_key({"name": "k", "org_id": org["id"]}, NOW)
+    out, most = 0, 0
+
+    def checkout(*_: Any) -> None:
+        nonlocal out, most
+        out += 1
+        most = max(most, out)
+
+    def checkin(*_: Any) -> None:
+        nonlocal out
+        out -= 1
+
+    event.listen(engine.sync_engine, "checkout", checkout)
+    event.listen(engine.sync_engine, "checkin", checkin)
+    try:
+        async with engine.begin() as conn:
+            await directory.create_team(org["id"], "third", NOW, conn)
+            await directory.create_user("b@acme.io", "viewer", [team["id"]], None, NOW, conn)
+            await directory.set_standing(
+                user["id"], Standing("member", {team["id"]: "team_admin", other["id"]: "viewer"}),
+                conn,
+            )  # fmt: skip
+            await directory.create_agent("indexer", team["id"], None, NOW, conn)
+            await directory.create_key(
+                {"name": "k2", "org_id": org["id"], "team_id": team["id"],
+                 "user_id": user["id"], "agent_id": agent["id"]},
+                NOW, conn,
+            )  # fmt: skip
+            await directory.set_key_expiry(key["id"], NOW + timedelta(days=1), NOW, conn)
+            await directory.rotate_key(key["id"], conn)
+            await directory.revoke_key(key["id"], NOW, conn)
+    finally:
+        event.remove(engine.sync_engine, "checkout", checkout)
+        event.remove(engine.sync_engine, "checkin", checkin)
+    assert most == 1
+    changed = await directory.get_user(user["id"])
+    assert changed["memberships"] == sorted(
+        [{"team_id": team["id"], "role": "team_admin"}, {"team_id": other["id"], "role": "viewer"}],
+        key=lambda m: m["team_id"],
+    )
+    assert (await directory.get_key(key["id"]))["status"] == "revoked"
+
+
+async def test_notification_preferences_put_at_once_all_succeed(engine: AsyncEngine) -> None:
+    """Concurrent PUTs of one user's preferences (a double-clicked form, two tabs): the
+    second insert of a delete-then-insert hit the primary key (answered as 503
+    database_unavailable). Each PUT replaces the whole: all succeed, one row stands."""
+    directory = Directory(engine)
+    org = await directory.create_org("acme", NOW)
+    user = (await directory.create_user("e@acme.test", "org_admin", [], org["id"], NOW))["id"]
+    choices = [
+        Preferences(digest=i % 2 == 0, event_types=(("wallet.*",), ("budget.*",))[i % 2])
+        for i in range(20)
+    ]
+    await asyncio.gather(*(notes.put_preferences(engine, user, p, NOW) for p in choices))
+    assert await notes.get_preferences(engine, user) in choices
+    async with engine.connect() as conn:
+        rows = (await conn.execute(notes.PREFS.select())).all()
+    assert [r.user_id for r in rows] == [user]
 
 
 async def test_ledger_batches_and_rolls_up_exactly(engine: AsyncEngine) -> None:

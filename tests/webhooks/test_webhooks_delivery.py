@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core.clock import FrozenClock
@@ -116,6 +117,42 @@ def serve() -> Iterator[Any]:
 #: PostgreSQL databases are slow to make; the backend-specific paths (leasing, restarts)
 #: run on both, the rest on SQLite only
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+
+
+@sqlite_only
+async def test_endpoint_writes_in_a_transaction_hold_one_connection(world: World) -> None:
+    """Creating, changing and rotating an endpoint in the caller's transaction read the
+    endpoint and its scope through it. They took a second pooled connection while holding
+    the first: 40 endpoint creations at once on SQLite ran the pool dry, and the requests
+    waited out the pool timeout for a 503. Counted here: never two connections at once."""
+    out, most = 0, 0
+
+    def checkout(*_: Any) -> None:
+        nonlocal out, most
+        out += 1
+        most = max(most, out)
+
+    def checkin(*_: Any) -> None:
+        nonlocal out
+        out -= 1
+
+    existing, _ = await world.endpoint("http://127.0.0.1:9/a")
+    event.listen(world.engine.sync_engine, "checkout", checkout)
+    event.listen(world.engine.sync_engine, "checkin", checkin)
+    try:
+        async with world.engine.begin() as conn:
+            spec = EndpointSpec(url="http://127.0.0.1:9/b", scope_type="org", scope_id=world.org_id)
+            await world.store.create(spec, world.clock.now(), conn)
+            await world.store.update(
+                existing["id"], {"scope_type": "org", "scope_id": world.org_id},
+                world.clock.now(), conn,
+            )  # fmt: skip
+            await world.store.rotate_secret(existing["id"], world.clock.now(), conn=conn)
+    finally:
+        event.remove(world.engine.sync_engine, "checkout", checkout)
+        event.remove(world.engine.sync_engine, "checkin", checkin)
+    assert most == 1
+    assert (await world.store.get(existing["id"]))["scope_id"] == world.org_id
 
 
 def free_port() -> int:
