@@ -254,7 +254,7 @@ class LedgerWriter:
         self._batch_size = batch_size
         self._spool = spool
         self._max_cached = max_cached
-        self._high_water = 20 * batch_size if high_water is None else high_water
+        self._high_water = 10 * batch_size if high_water is None else high_water
         #: set while fewer than ``high_water`` rows wait (``commit`` goes on at once)
         self._room = asyncio.Event()
         self._room.set()
@@ -406,7 +406,7 @@ class LedgerWriter:
             return self._head
         size = self._batch_size
         if len(self._cache) > 2 * size:  # behind: fewer, bigger transactions catch up
-            size = min(len(self._cache), 10 * size)
+            size = min(len(self._cache), 4 * size)
         if self._memory:
             self._head, self._memory = self._memory[:size], self._memory[size:]
         elif self._cache:
