@@ -74,7 +74,7 @@ def test_scrape_counts_calls_refusals_spend_and_a_failed_webhook(
     try:
         gateway.post(
             "/admin/webhooks",
-            {"url": f"{receiver.url}/hook", "event_types": ["budget.hard_limit_reached"]},
+            {"url": f"{receiver.url}/hook", "event_types": ["wallet.depleted"]},
         )
         team = gateway.post("/admin/teams", {"name": "search", "org_id": _org(gateway)})
         ok = gateway.create_key(org_id=team["org_id"], team_id=team["id"])
