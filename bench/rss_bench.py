@@ -22,6 +22,7 @@ import ctypes
 import ctypes.util
 import os
 import resource
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,6 +32,7 @@ from hot_path_bench import BODY, admin, call, gateway
 from sqlalchemy import event
 
 from spendgate.app import Gateway
+from spendgate.ratelimit.memory import MemoryRateLimiter
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -60,6 +62,8 @@ class Detail:
         self.sqlite = ctypes.CDLL(ctypes.util.find_library("sqlite3") or "libsqlite3.so.0")
         self.sqlite.sqlite3_memory_used.restype = ctypes.c_int64
         self.connects = 0
+        limiter = app.services.rate_gate.limiter
+        self.limiter = limiter if isinstance(limiter, MemoryRateLimiter) else None
         self.statements: set[str] = set()
         engine = app.services.engine.sync_engine
         event.listen(engine.pool, "connect", self._connected)
@@ -72,7 +76,10 @@ class Detail:
         self.statements.add(sql)
 
     def header(self) -> str:
-        return " malloc used MiB | malloc free MiB | SQLite MiB | threads | connects | SQL texts |"
+        return (
+            " malloc used MiB | malloc free MiB | SQLite MiB | rate windows MiB "
+            "| threads | connects | SQL texts |"
+        )
 
     def row(self) -> str:
         info = self.libc.mallinfo2()
@@ -80,8 +87,17 @@ class Detail:
         threads = len(os.listdir("/proc/self/task"))
         return (
             f" {(info.uordblks + info.hblkhd) / 2**20:.1f} | {info.fordblks / 2**20:.1f} "
-            f"| {sqlite:.1f} | {threads} | {self.connects} | {len(self.statements)} |"
+            f"| {sqlite:.1f} | {self.windows() / 2**20:.1f} "
+            f"| {threads} | {self.connects} | {len(self.statements)} |"
         )
+
+    def windows(self) -> int:
+        """Bytes the in-process rate limiter's window arrays hold, allocated room included
+        (``sys.getsizeof`` of an array counts its capacity, not just its items)."""
+        if self.limiter is None:
+            return 0
+        windows = self.limiter._windows.values()
+        return sum(sys.getsizeof(w.times) + sys.getsizeof(w.amounts) for w in windows)
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:
