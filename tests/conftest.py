@@ -461,3 +461,35 @@ def gateway(
     yield running
     running.admin.close()
     running.handle.stop()
+
+
+@dataclass
+class PoolWatch:
+    """How many of an engine's pooled connections were checked out at once, at most."""
+
+    out: int = 0
+    most: int = 0
+
+
+@contextmanager
+def pool_watch(engine: Any) -> Iterator[PoolWatch]:
+    """Count ``engine``'s (an ``AsyncEngine``) connections out at once while the block
+    runs: a write that holds one and takes a second starves the pool under load."""
+    from sqlalchemy import event
+
+    watch = PoolWatch()
+
+    def checkout(*_: Any) -> None:
+        watch.out += 1
+        watch.most = max(watch.most, watch.out)
+
+    def checkin(*_: Any) -> None:
+        watch.out -= 1
+
+    event.listen(engine.sync_engine, "checkout", checkout)
+    event.listen(engine.sync_engine, "checkin", checkin)
+    try:
+        yield watch
+    finally:
+        event.remove(engine.sync_engine, "checkout", checkout)
+        event.remove(engine.sync_engine, "checkin", checkin)

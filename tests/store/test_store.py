@@ -25,6 +25,7 @@ from spendgate.store.policies import PolicyStore, Wallet
 from spendgate.store.showback import usage_report
 from spendgate.webhooks import notifications as notes
 from spendgate.webhooks.matching import Preferences
+from tests.conftest import pool_watch
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
 
@@ -168,20 +169,7 @@ async def test_directory_writes_in_a_transaction_hold_one_connection(
     user = await directory.create_user("a@acme.io", "viewer", [team["id"]], None, NOW)
     agent = await directory.create_agent("crawler", team["id"], None, NOW)
     key = await directory.create_key({"name": "k", "org_id": org["id"]}, NOW)
-    out, most = 0, 0
-
-    def checkout(*_: Any) -> None:
-        nonlocal out, most
-        out += 1
-        most = max(most, out)
-
-    def checkin(*_: Any) -> None:
-        nonlocal out
-        out -= 1
-
-    event.listen(engine.sync_engine, "checkout", checkout)
-    event.listen(engine.sync_engine, "checkin", checkin)
-    try:
+    with pool_watch(engine) as watch:
         async with engine.begin() as conn:
             await directory.create_team(org["id"], "third", NOW, conn)
             await directory.create_user("b@acme.io", "viewer", [team["id"]], None, NOW, conn)
@@ -198,10 +186,7 @@ async def test_directory_writes_in_a_transaction_hold_one_connection(
             await directory.set_key_expiry(key["id"], NOW + timedelta(days=1), NOW, conn)
             await directory.rotate_key(key["id"], conn)
             await directory.revoke_key(key["id"], NOW, conn)
-    finally:
-        event.remove(engine.sync_engine, "checkout", checkout)
-        event.remove(engine.sync_engine, "checkin", checkin)
-    assert most == 1
+    assert watch.most == 1
     changed = await directory.get_user(user["id"])
     assert changed["memberships"] == sorted(
         [{"team_id": team["id"], "role": "team_admin"}, {"team_id": other["id"], "role": "viewer"}],

@@ -14,7 +14,6 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core.clock import FrozenClock
@@ -29,6 +28,7 @@ from spendgate.webhooks.secrets_box import SecretBox
 from spendgate.webhooks.store import EndpointSpec, WebhookStore, list_deliveries, redeliver
 from spendgate.webhooks.tables import webhook_endpoints
 from spendgate.webhooks.worker import DeliveryWorker
+from tests.conftest import pool_watch
 
 BOX = SecretBox("test-secret-key")
 SOFT = {
@@ -125,21 +125,8 @@ async def test_endpoint_writes_in_a_transaction_hold_one_connection(world: World
     endpoint and its scope through it. They took a second pooled connection while holding
     the first: 40 endpoint creations at once on SQLite ran the pool dry, and the requests
     waited out the pool timeout for a 503. Counted here: never two connections at once."""
-    out, most = 0, 0
-
-    def checkout(*_: Any) -> None:
-        nonlocal out, most
-        out += 1
-        most = max(most, out)
-
-    def checkin(*_: Any) -> None:
-        nonlocal out
-        out -= 1
-
     existing, _ = await world.endpoint("http://127.0.0.1:9/a")
-    event.listen(world.engine.sync_engine, "checkout", checkout)
-    event.listen(world.engine.sync_engine, "checkin", checkin)
-    try:
+    with pool_watch(world.engine) as watch:
         async with world.engine.begin() as conn:
             spec = EndpointSpec(url="http://127.0.0.1:9/b", scope_type="org", scope_id=world.org_id)
             await world.store.create(spec, world.clock.now(), conn)
@@ -148,10 +135,7 @@ async def test_endpoint_writes_in_a_transaction_hold_one_connection(world: World
                 world.clock.now(), conn,
             )  # fmt: skip
             await world.store.rotate_secret(existing["id"], world.clock.now(), conn=conn)
-    finally:
-        event.remove(world.engine.sync_engine, "checkout", checkout)
-        event.remove(world.engine.sync_engine, "checkin", checkin)
-    assert most == 1
+    assert watch.most == 1
     assert (await world.store.get(existing["id"]))["scope_id"] == world.org_id
 
 
