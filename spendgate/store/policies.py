@@ -87,6 +87,9 @@ class Wallet:
     grant_of: str | None = None
     grant_nanos: int = 0
     expires_at: datetime | None = None
+    #: what people call it (the wallet row's ``name``; a grant's is ``""``): pages label
+    #: the wallet with it, read from the snapshot (no query on the proxy's path)
+    name: str = ""
 
     def covers(self, subject: Subject) -> bool:
         """Whether the wallet pays for ``subject``'s calls (asked on every call)."""
@@ -212,6 +215,7 @@ class PolicyStore:
                     w["scope_id"],
                     int(w["low_balance_nanos"]),
                     w["created_at"],
+                    name=w["name"],
                 )
                 for w in wallets
             ),
