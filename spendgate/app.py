@@ -78,7 +78,7 @@ from spendgate.security.credentials import new_id
 from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
 from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
-from spendgate.stopping import Stop, end_tasks
+from spendgate.stopping import Stop, end_pool, end_tasks, ignore_interrupts
 from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
 from spendgate.store.audit_anchor import emit_anchor
@@ -293,7 +293,9 @@ class Gateway:
         workers = services.settings.forecast_workers
         # spawned, not forked: a fork of a process with driver threads can deadlock
         self._forecast_pool = (
-            ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
+            ProcessPoolExecutor(
+                max_workers=workers, mp_context=get_context("spawn"), initializer=ignore_interrupts
+            )
             if workers > 0
             else None
         )
@@ -574,7 +576,7 @@ class Gateway:
         tasks = [t for t in (self._housekeeping, self._heartbeat, self._forecasts) if t]
         await end_tasks(tasks, TASK_END_SECONDS)
         if self._forecast_pool is not None:
-            self._forecast_pool.shutdown(wait=False, cancel_futures=True)
+            await end_pool(self._forecast_pool, TASK_END_SECONDS)
         await self.services.events.drain()
         await self.services.ledger.close()
         for transport in self.services.transports.values():

@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Collection
+from concurrent.futures import Executor
 from typing import Any
 
 log = logging.getLogger("spendgate")
@@ -56,3 +58,23 @@ async def end_tasks(tasks: Collection[asyncio.Task[Any]], grace_seconds: float) 
         _, stuck = await asyncio.wait(running, timeout=grace_seconds)
         for task in stuck:
             log.error("background task %s did not end when cancelled", task.get_name())
+
+
+def ignore_interrupts() -> None:
+    """A pool process's initializer: Ctrl-C (SIGINT to the whole process group) is for
+    its parent, which shuts the pool down (:func:`end_pool`); the pool's processes would
+    otherwise die of it mid-job, print its traceback and break the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+async def end_pool(pool: Executor, grace_seconds: float) -> None:
+    """Shut ``pool`` down and wait (``grace_seconds`` at most) for its processes and
+    threads to end, so its queues' semaphores are released now.
+
+    Not at exit: a uvicorn worker, once shut down gracefully, raises the signal that
+    stopped it again with its default action (``Server.capture_signals``), so a worker
+    stopped by SIGTERM dies of it and runs no exit handlers. Semaphores still held then
+    are never unlinked; the parent's resource tracker reports them as leaked."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(grace_seconds):
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)

@@ -40,6 +40,7 @@ def wallet_of(row: dict[str, Any]) -> Wallet:
         row["scope_id"],
         int(row["low_balance_nanos"]),
         row["created_at"],
+        name=row["name"],
     )
 
 

@@ -142,10 +142,11 @@ async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
         await svc.enforcer.seed_wallet(funder)
         found = await svc.counters.state(wallet_bucket(funder))
         spent, reserved, cap = (found.spent, found.reserved, found.cap or 0) if found else (0, 0, 0)
+        called = wallet.name or f"{wallet.scope_type} wallet"
         kind, name = (
-            ("wallet", f"{wallet.scope_type} wallet")
+            ("wallet", called)
             if funder is wallet
-            else ("ticket grant", f"{funder.id} on the {wallet.scope_type} wallet")
+            else ("ticket grant", f"{funder.id} on wallet ‘{called}’")
         )
         out.append(Headroom(kind, funder.id, name, cap, spent + reserved, True))
     return out + await rate_headroom(svc, snapshot.rate_limits, key)

@@ -45,29 +45,22 @@ def _midnight(day: date) -> datetime:
     return datetime.combine(day, datetime.min.time(), UTC)
 
 
-async def _paid(svc: Services, row: dict[str, Any], since: date, until: date) -> int:
-    """What the wallet (its stored ``row``) paid for the calls of UTC days ``[since,
-    until)``: the figure its balance counts (``PolicyStore.wallet_spend``), so nothing
-    from before it opened or after it closed, and nothing a ticket's grant paid for."""
-    start, end = _midnight(since), _midnight(until)
-    if row["closed_at"] is not None:
-        end = min(end, row["closed_at"])
-    if end <= max(start, row["created_at"]):  # not open then
-        return 0
-    spent, _ = await svc.policies.wallet_spend(api.wallet_of(row), end, start)
-    return spent
+async def _paid(svc: Services, wallet_id: str, days: list[date]) -> list[int]:
+    """What the wallet paid for the calls of each UTC day ``days[i]`` up to ``days[i +
+    1]``: the figure its balance counts, day by day (``PolicyStore.wallet_history``), so
+    nothing from before it opened or after it closed, and nothing a ticket's grant paid
+    for."""
+    await svc.ledger.flush()
+    row = await svc.policies.get_wallet(wallet_id)
+    bounds = [_midnight(day) for day in days]
+    return await svc.policies.wallet_history(api.wallet_of(row), row["closed_at"], bounds)
 
 
 async def _daily_debits(svc: Services, wallet: dict[str, Any], days: int) -> dict[date, int]:
     """What the wallet paid per UTC day over the last ``days`` (today the last)."""
-    row = await svc.policies.get_wallet(wallet["id"])
-    today = svc.clock.now().astimezone(UTC).date()
-    await svc.ledger.flush()
-    per_day: dict[date, int] = {}
-    for back in range(days):
-        day = today - timedelta(days=back)
-        per_day[day] = await _paid(svc, row, day, day + timedelta(days=1))
-    return per_day
+    tomorrow = svc.clock.now().astimezone(UTC).date() + timedelta(days=1)
+    edges = [tomorrow - timedelta(days=back) for back in range(days, -1, -1)]
+    return dict(zip(edges[:-1], await _paid(svc, wallet["id"], edges), strict=True))
 
 
 async def _runway(svc: Services, wallet: dict[str, Any]) -> Decimal | None:
@@ -77,9 +70,7 @@ async def _runway(svc: Services, wallet: dict[str, Any]) -> Decimal | None:
     age_days = max(1, (now - wallet["created_at"]).days + 1)
     window = min(RATE_DAYS, age_days)
     tomorrow = now.astimezone(UTC).date() + timedelta(days=1)
-    await svc.ledger.flush()
-    row = await svc.policies.get_wallet(wallet["id"])
-    spent = await _paid(svc, row, tomorrow - timedelta(days=window), tomorrow)
+    [spent] = await _paid(svc, wallet["id"], [tomorrow - timedelta(days=window), tomorrow])
     balance = usd_to_nanos(Decimal(wallet["balance_usd"]))
     return days_to_empty(balance, spent, window)
 

@@ -14,12 +14,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.core.budget_rules import Budget, Categories, Raise, Subject
 from spendgate.core.money import format_usd
 from spendgate.core.rate_rules import RateLimit
+from spendgate.core.wallet_paid import GrantSpend, grant_paid, wallet_paid
 from spendgate.counters import Generation
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.database import insert_new, transaction
 from spendgate.store.ledger import cost_from_sums, exact_cost_sum
+from spendgate.store.wallet_history import wallet_history
 
 #: what a wallet's top-ups may add up to, $1,000,000,000: its balance, reservations and
 #: spend then stay far inside the 64-bit integers Redis and the database count nanos in
@@ -87,6 +89,9 @@ class Wallet:
     grant_of: str | None = None
     grant_nanos: int = 0
     expires_at: datetime | None = None
+    #: what people call it (the wallet row's ``name``; a grant's is ``""``): pages label
+    #: the wallet with it, read from the snapshot (no query on the proxy's path)
+    name: str = ""
 
     def covers(self, subject: Subject) -> bool:
         """Whether the wallet pays for ``subject``'s calls (asked on every call)."""
@@ -212,6 +217,7 @@ class PolicyStore:
                     w["scope_id"],
                     int(w["low_balance_nanos"]),
                     w["created_at"],
+                    name=w["name"],
                 )
                 for w in wallets
             ),
@@ -404,38 +410,32 @@ class PolicyStore:
         are in the ledger, not paid from its balance); a grant its requester key's spend
         since the ticket was approved. Its seed, the reconciliation and the catch-up after
         an outage all read this one figure; with ``since``, only its calls started from
-        then on (a day of the wallet's history: its debits add up to its spend)."""
+        then on. The rule is ``core.wallet_paid``'s (one span here; ``wallet_history``
+        has one a day)."""
         start = wallet.created_at if since is None else max(since, wallet.created_at)
         spent, uncounted = await self.spend_split(wallet.org_id, start, until, wallet.covers)
         if wallet.grant_of is None:
             funded, funded_uncounted = await self.ticket_funded(wallet, until, since)
-            spent, uncounted = spent - funded, uncounted - funded_uncounted
+            [spent] = wallet_paid([spent], funded)
+            uncounted -= funded_uncounted
         return spent, uncounted
 
     async def ticket_funded(
         self, wallet: Wallet, until: datetime | None, since: datetime | None = None
-    ) -> tuple[int, int]:
-        """The spend of calls (started before ``until``, and from ``since`` on if given)
-        that ``wallet``'s ticket grants paid for: each requester key's spend while its
-        grant lasted, at most the grant (at most what was left of it at ``since``: a
-        grant pays for its key's first calls); and the part of it on ``uncounted`` ledger
-        rows (the grants' counters take those calls, not the wallet's)."""
-        t = schema.wallet_tickets
-        async with self._engine.connect() as conn:
-            rows = _rows(
-                await conn.execute(
-                    sa.select(t)
-                    .where(t.c.wallet_id == wallet.id, t.c.decided_at.is_not(None))
-                    .where(t.c.granted_nanos.is_not(None))
-                )
-            )
-        total = uncounted = 0
-        for row in rows:
+    ) -> tuple[list[GrantSpend], int]:
+        """Each of ``wallet``'s ticket grants' key's spend while the grant lasted, in the
+        span of calls started before ``until`` (and from ``since`` on if given), and
+        before that span (what it had used of the grant by then); and the part of what
+        the grants paid on ``uncounted`` ledger rows (the grants' counters take those
+        calls, not the wallet's)."""
+        grants: list[GrantSpend] = []
+        uncounted = 0
+        for row in await self.wallet_grants(wallet.id):
             start = row["decided_at"]
             end = row["closed_at"] or row["expires_at"]
             if until is not None:
                 end = min(end, until)
-            left = int(row["granted_nanos"])
+            before = 0
 
             def of_key(s: Subject, key: str = row["key_id"]) -> bool:
                 return s.key_id == key
@@ -443,15 +443,37 @@ class PolicyStore:
             if since is not None and since > start:
                 if since < end:
                     before, _ = await self.spend_split(wallet.org_id, start, since, of_key)
-                    left = max(0, left - before)
                 start = since
-            if end <= start:
-                continue
-            spent, late = await self.spend_split(wallet.org_id, start, end, of_key)
-            funded = min(spent, left)
-            total += funded
-            uncounted += min(late, funded)
-        return total, uncounted
+            spent = late = 0
+            if start < end:
+                spent, late = await self.spend_split(wallet.org_id, start, end, of_key)
+            grant = GrantSpend(int(row["granted_nanos"]), before, [spent])
+            grants.append(grant)
+            uncounted += min(late, grant_paid(grant)[0])
+        return grants, uncounted
+
+    async def wallet_grants(self, wallet_id: str) -> list[dict[str, Any]]:
+        """The approved ticket grants of the wallet, ever."""
+        t = schema.wallet_tickets
+        async with self._engine.connect() as conn:
+            return _rows(
+                await conn.execute(
+                    sa.select(t)
+                    .where(t.c.wallet_id == wallet_id, t.c.decided_at.is_not(None))
+                    .where(t.c.granted_nanos.is_not(None))
+                )
+            )
+
+    async def wallet_history(
+        self, wallet: Wallet, closed_at: datetime | None, bounds: Sequence[datetime]
+    ) -> list[int]:
+        """What ``wallet`` (closed at ``closed_at``, if it was) paid for the calls started
+        in each span ``[bounds[i], bounds[i + 1])``: the figure ``wallet_spend`` counts,
+        span by span, from one ledger or rollup read per source
+        (``spendgate.store.wallet_history``), not one read per span."""
+        return await wallet_history(
+            self._engine, wallet, closed_at, bounds, await self.wallet_grants(wallet.id)
+        )
 
     # -- rate limits -------------------------------------------------------------------
     async def create_rate_limit(

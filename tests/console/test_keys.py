@@ -287,11 +287,39 @@ def test_a_ticket_grant_funding_the_key_is_its_binding_limit(console: Console, p
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + "/keys")
     binding = page.locator(f"#key-{key['id']} .binding")
-    expect(binding).to_contain_text(f"ticket grant “{ticket} on the team wallet”")
+    expect(binding).to_contain_text(f"ticket grant “{ticket} on wallet ‘team {console.team_id}’”")
     expect(binding).to_contain_text("$5.00 left of $5.00")
     page.goto(console.url + f"/keys/{key['id']}")
     expect(page.locator("tr.binding-row")).to_contain_text(ticket)
     console.gw.clock.advance(25 * 3600)  # the grant's 24 h are over
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + "/keys")
-    expect(binding).to_contain_text("wallet “team wallet”: $0.00 left of $0.00")
+    expect(binding).to_contain_text(f"wallet “team {console.team_id}”: $0.00 left of $0.00")
+
+
+def test_a_wallet_is_labelled_by_its_name(console: Console) -> None:
+    """The keys list and a key's page call the wallet funding the key by its name
+    ("demo prepaid"), not its scope ("org wallet"); renamed, by its new name."""
+    key = _key(console, console.team_id, "named")
+    wallet = console.gw.post(
+        "/admin/wallets",
+        {
+            "name": "demo prepaid",
+            "scope_type": "org",
+            "scope_id": console.org_id,
+            "initial_topup_usd": "3",
+        },
+    )
+    with session(console.url, "org_admin@acme.test") as client:
+        for path in ("/keys", f"/keys/{key['id']}"):
+            page = client.get(path)
+            assert page.status_code == 200, page.text
+            assert "wallet “demo prepaid”" in page.text, path
+            assert "org wallet" not in page.text, path
+        renamed = console.gw.admin.patch(
+            f"/admin/wallets/{wallet['id']}", json={"name": "pilot fund"}
+        )
+        assert renamed.status_code == 200, renamed.text
+        page = client.get(f"/keys/{key['id']}")
+        assert "wallet “pilot fund”" in page.text
+        assert "demo prepaid" not in page.text

@@ -1,0 +1,104 @@
+"""``spendgate serve --workers 2`` as a real process group, stopped as people stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from spendgate.store.database import migrate_url
+from tests.cli.test_cli_serve import MASTER, free_port
+from tests.conftest import REDIS_URL
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _ignores_ctrl_c(pid: int) -> bool:
+    """Whether the process has SIGINT ignored (a forecast process past its start)."""
+    status = Path(f"/proc/{pid}/status").read_text()
+    ignored = next(line.split()[1] for line in status.splitlines() if line.startswith("SigIgn"))
+    return bool(int(ignored, 16) & (1 << (signal.SIGINT - 1)))
+
+
+def _seed(db: Path) -> None:
+    """A migrated database with one budget, so the workers' forecast pools start a
+    process (a forecast round each second)."""
+    migrate_url(f"sqlite:///{db}", "head")
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO orgs (id, name, created_at) VALUES "
+            "('org_1', 'acme', '2026-01-01 00:00:00.000000')"
+        )
+        conn.execute(
+            "INSERT INTO budgets VALUES ('budget_1', 'org_1', 'b', 'org', 'org_1', NULL, "
+            "'monthly', 'UTC', 'monday', 1000000000000, '[\"80\"]', '100', 0, '100', '{}', "
+            "'2026-01-01 00:00:00.000000', '2026-01-01 00:00:00.000000')"
+        )
+
+
+@pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
+def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> None:
+    """SIGTERM to the parent, or Ctrl-C (SIGINT to the whole process group, forecast
+    processes included), once a worker's forecast pool has a process (started: it
+    ignores Ctrl-C, left to its worker, which shuts the pool down): exit code 0,
+    no "leaked semaphore" from the resource tracker, no traceback. (A worker dies of
+    the SIGTERM uvicorn raises again after its graceful shutdown, running no exit
+    handlers: the pool's semaphores must have been released by then.)"""
+    db = tmp_path / "w.db"
+    _seed(db)
+    (tmp_path / "spendgate.toml").write_text("[gateway]\nforecast_refresh_seconds = 1\n")
+    port = free_port()
+    env = {
+        **os.environ,
+        "SPENDGATE_MASTER_KEY": MASTER,
+        "SPENDGATE_DATABASE_URL": f"sqlite:///{db}",
+        "SPENDGATE_REDIS_URL": REDIS_URL,
+        "SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:",
+        "SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml"),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
+        while True:
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "no worker started a forecast process"
+            try:
+                ready = httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+            except httpx.TransportError:
+                ready = False
+            pool = [p for w in _children(proc.pid) for p in _children(w)]
+            if ready and pool and all(_ignores_ctrl_c(p) for p in pool):
+                break
+            time.sleep(0.2)
+        if stop == "sigterm":
+            proc.send_signal(signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = err.decode()
+    assert proc.returncode == 0, text
+    assert "leaked" not in text, text
+    assert "Traceback" not in text, text
