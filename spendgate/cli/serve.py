@@ -135,6 +135,10 @@ def serve(
         f"spendgate listening on http://{settings.host}:{settings.port} "
         f"(database {_without_password(settings.database_url)})",
     )
+    if workers > 1:  # once, here: workers starting together on a fresh SQLite file race
+        from spendgate.store.database import migrate_url  # to create its tables
+
+        migrate_url(settings.database_url)
     with multiprocess_directory(workers):
         _run(uvicorn, settings, workers, log_config)
 

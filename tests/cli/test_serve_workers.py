@@ -81,10 +81,7 @@ def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> N
         while True:
             assert proc.poll() is None, proc.communicate()[1].decode()
             assert time.monotonic() < deadline, "no worker started a forecast process"
-            try:
-                ready = httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
-            except httpx.TransportError:
-                ready = False
+            ready = _ready(port)
             pool = [p for w in _children(proc.pid) for p in _children(w)]
             if ready and pool and all(_ignores_ctrl_c(p) for p in pool):
                 break
@@ -102,3 +99,64 @@ def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> N
     assert proc.returncode == 0, text
     assert "leaked" not in text, text
     assert "Traceback" not in text, text
+
+
+def test_workers_start_together_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
+    """Two workers on a SQLite file that does not exist yet: the schema is made once,
+    before they start (each creating it raced: "table ... already exists", and the
+    parent stopped), and both serve."""
+    db = tmp_path / "fresh.db"
+    port = free_port()
+    env = {
+        **os.environ,
+        "SPENDGATE_MASTER_KEY": MASTER,
+        "SPENDGATE_DATABASE_URL": f"sqlite:///{db}",
+        "SPENDGATE_REDIS_URL": REDIS_URL,
+        "SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "serve", "--workers", "2", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
+        while not _children(proc.pid):
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "no worker started"
+            time.sleep(0.01)
+        assert _migrated(db), "workers were started before the schema was made"
+        while len(_children(proc.pid)) < 2 or not _ready(port):
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the workers did not both start"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    text = err.decode()
+    assert proc.returncode == 0, text
+    assert text.count("Application startup complete") == 2, text
+    assert "already exists" not in text, text
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _migrated(db: Path) -> bool:
+    if not db.exists():
+        return False
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        return bool(
+            conn.execute(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'"
+            ).fetchone()[0]
+        ) and bool(conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0])
