@@ -214,3 +214,21 @@ def test_an_expiry_past_the_calendar_is_a_clear_error(args: tuple[str, ...]) -> 
     )
     assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
     assert "too far from now" in result.stderr
+
+
+def test_ids_are_one_path_segment_each(served: Served) -> None:
+    """An id holding `/`, `..` or `?` is sent escaped, as one segment: `budgets get
+    x/../../budgets` is a 404, not the list of budgets, and `budgets delete` of
+    `x/../<other id>` deletes nothing."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "escaping")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])
+    budget = run_cli(
+        url, "budgets", "create", "--scope", "key", "--scope-id", key["id"], "--amount", "3"
+    )
+    for odd in ("x/../../budgets", "..", "?limit=1", f"{budget['id']}?x=1"):
+        code, out, err = invoke(url, "budgets", "get", odd, "--json")
+        assert code == 1 and "404" in err and out == "", (odd, out, err)
+    code, _, err = invoke(url, "budgets", "delete", f"x/../{budget['id']}")
+    assert code == 1 and "404" in err
+    assert run_cli(url, "budgets", "get", budget["id"])["id"] == budget["id"]
