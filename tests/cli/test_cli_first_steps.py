@@ -6,7 +6,9 @@ calls; delete commands answer `--json`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -214,6 +216,33 @@ def test_an_expiry_past_the_calendar_is_a_clear_error(args: tuple[str, ...]) -> 
     )
     assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
     assert "too far from now" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"budgets", b"get", b"\xff"),
+        (b"orgs", b"create", b"caf\xe9"),
+        (b"keys", b"create", b"k", b"--org", b"org_\xc3"),
+        (b"orgs", b"\xff"),
+    ],
+)
+def test_arguments_that_are_not_utf8_are_a_usage_error(args: tuple[bytes, ...]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates and crashed the CLI with
+    a traceback when sent; they are exit 2 naming the argument, before anything is sent
+    (nothing listens at the URL)."""
+    done = subprocess.run(
+        [sys.executable.encode(), b"-m", b"spendgate", *args, b"--url", b"http://127.0.0.1:9"],
+        env={**os.environ, "SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2, err
+    assert "is not valid UTF-8" in err and "Traceback" not in err
+    bad = next(a for a in args if not a.isascii())
+    assert repr(bad) in err
 
 
 def test_ids_are_one_path_segment_each(served: Served) -> None:
