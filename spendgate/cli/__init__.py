@@ -5,6 +5,8 @@ One module per command group; each talks to the admin API through ``spendgate.cl
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
 from typer.core import TyperGroup
 
@@ -19,12 +21,12 @@ from spendgate.cli.usage import usage_app
 from spendgate.cli.webhooks import webhooks_app
 
 
-
 class _Commands(TyperGroup):
     """The top command: refuses arguments that are not valid UTF-8 (Python hands them
     over with lone surrogates) as a usage error, exit 2, before any command runs."""
 
-    def parse_args(self, ctx: typer.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # ``ctx`` is the click Context typer vendors (``typer._click``), not public API
         for arg in args:
             try:
                 arg.encode("utf-8")
