@@ -128,7 +128,10 @@ def agents_create(
 @keys.command("create")
 def keys_create(
     name: str,
-    org: Annotated[str, typer.Option("--org")],
+    org: Annotated[
+        str | None,
+        typer.Option("--org", help="default: the team's org, else the one org you can see"),
+    ] = None,
     team: Annotated[str | None, typer.Option("--team")] = None,
     user: Annotated[str | None, typer.Option("--user")] = None,
     agent: Annotated[str | None, typer.Option("--agent")] = None,
@@ -144,7 +147,7 @@ def keys_create(
     """Create a virtual key; its secret is printed once."""
     body = {
         "name": name,
-        "org_id": org,
+        "org_id": org or _key_org(url, team),
         "team_id": team,
         "user_id": user,
         "agent_id": agent,
@@ -207,6 +210,21 @@ def tokens_create(
         ["id", "name", "token"],
         secret="token",
     )
+
+
+def _key_org(url: str, team: str | None) -> str:
+    """The org a key goes to when ``--org`` is not given: its team's, else the only org
+    the caller sees (an org admin's token sees its own; the master key sees every org)."""
+    if team is not None:
+        return str(call(url, "GET", admin_path("teams", team))["org_id"])
+    orgs = call(url, "GET", "/admin/orgs")
+    if len(orgs) == 1:
+        return str(orgs[0]["id"])
+    err_console.print(
+        f"[red]--org is required: you can see {len(orgs)} orgs[/] "
+        "(an org admin's token sees its own org; the master key sees every org)"
+    )
+    raise typer.Exit(2)
 
 
 @tokens.command("revoke")

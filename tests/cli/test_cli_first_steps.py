@@ -261,3 +261,24 @@ def test_ids_are_one_path_segment_each(served: Served) -> None:
     code, _, err = invoke(url, "budgets", "delete", f"x/../{budget['id']}")
     assert code == 1 and "404" in err
     assert run_cli(url, "budgets", "get", budget["id"])["id"] == budget["id"]
+
+
+def test_keys_create_takes_the_org_of_the_token(served: Served) -> None:
+    """An org admin's token needs no `--org`: the key goes to the token's org. With the
+    master key (which sees every org) the org comes from `--team`, and without either
+    it is a clear exit 2, not a 422 about a missing org_id."""
+    url, _, _ = served
+    run_cli(url, "orgs", "create", "another")
+    made = run_cli(url, "bootstrap", "--org", "inferred", "--email", "a@inferred.example")
+    as_admin = CliRunner().invoke(
+        cli,
+        ["keys", "create", "k", "--url", url, "--json"],
+        env={"SPENDGATE_ADMIN_TOKEN": made["token"], "SPENDGATE_MASTER_KEY": ""},
+    )
+    assert as_admin.exit_code == 0, as_admin.output
+    assert json.loads(as_admin.stdout)["org_id"] == made["org_id"]
+    team = run_cli(url, "teams", "create", "search", "--org", made["org_id"])
+    by_team = run_cli(url, "keys", "create", "k2", "--team", team["id"])
+    assert (by_team["org_id"], by_team["team_id"]) == (made["org_id"], team["id"])
+    code, _, err = invoke(url, "keys", "create", "k3")
+    assert code == 2 and "--org is required" in err
