@@ -4,6 +4,7 @@ concurrency, exceptions, period resets — on SQLite+memory and PostgreSQL+Redis
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -603,3 +604,25 @@ def test_20_revokes_of_one_key_at_once_audit_it_once(gateway: RunningGateway) ->
     revoked = [e for e in entries if e["target_id"] == key["id"] and e["action"] == "key.revoked"]
     assert len(revoked) == 1
     assert gateway.get(f"/admin/keys/{key['id']}")["status"] == "revoked"
+
+
+def test_20_revokes_of_one_admin_token_at_once_audit_it_once(gateway: RunningGateway) -> None:
+    """Like keys: 20 revokes of one admin token at once all answer 200; one audit entry."""
+    org = gateway.post("/admin/orgs", {"name": f"tokens-{uuid.uuid4().hex[:8]}"})
+    user = gateway.post(
+        "/admin/users", {"email": "t@tokens.example", "role": "org_admin", "org_id": org["id"]}
+    )
+    token = gateway.post("/admin/tokens", {"user_id": user["id"], "name": "t"})
+    path = f"/admin/tokens/{token['id']}/revoke"
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
+        ) as client:
+            sent = [client.post(path, json={}) for _ in range(20)]
+            return [r.status_code for r in await asyncio.gather(*sent)]
+
+    assert asyncio.run(burst()) == [200] * 20
+    entries = gateway.get("/admin/audit", limit=1000)["entries"]
+    actions = [e["action"] for e in entries if e["target_id"] == token["id"]]
+    assert actions.count("admin_token.revoked") == 1
