@@ -6,6 +6,7 @@
     ├── PermissionDenied           403     permission_denied
     ├── NotFound                   404     not_found
     │   └── UnknownModel           404     model_not_found
+    ├── MethodNotAllowed           405     method_not_allowed
     ├── Conflict                   409     conflict
     ├── InsufficientFunds          402     insufficient_funds
     ├── PayloadTooLarge            413     request_too_large
@@ -82,6 +83,23 @@ class NotFound(SpendgateError):
 
 class UnknownModel(NotFound):
     code = "model_not_found"
+
+
+class MethodNotAllowed(SpendgateError):
+    """A known endpoint called with a method it does not serve; ``Allow`` lists those
+    it does."""
+
+    status = 405
+    code = "method_not_allowed"
+    kind = "invalid_request_error"
+    anthropic_kind = "invalid_request_error"
+
+    def __init__(self, message: str, *, allow: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    def headers(self) -> dict[str, str]:
+        return {"allow": ", ".join(self.allow)}
 
 
 class Conflict(SpendgateError):

@@ -49,6 +49,8 @@ PROVIDER_KINDS: tuple[str, ...] = ("openai", "anthropic", "azure", "openai_compa
 DEFAULT_BASE_URLS: dict[str, str] = {
     "openai": "https://api.openai.com/v1",
     "anthropic": "https://api.anthropic.com",
+    #: never dialled: the simulated provider answers in-process
+    "simulated": "simulated://local",
 }
 #: genai-prices provider id used when a model names no price provider
 DEFAULT_PRICE_PROVIDER: dict[str, str | None] = {

@@ -16,7 +16,7 @@ from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import validate_timezone, window_at
 from spendgate.core.money import format_usd, usd_to_nanos
-from spendgate.errors import ValidationFailed
+from spendgate.errors import NotFound, ValidationFailed
 from spendgate.services import Services
 from spendgate.store.events import fired_keys_many, record_event
 from spendgate.store.policies import budget_from_row
@@ -53,6 +53,25 @@ async def scope_owner(
         raise ValidationFailed("org_id: the scope belongs to another org", param="org_id")
     scope.require_team_objects(owner, "scope_id")
     return owner
+
+
+async def scope_name(svc: Services, scope_type: str, scope_id: str | None) -> str | None:
+    """What a person calls a budget's or wallet's scope: the org's, team's, agent's or
+    key's name, the user's email; ``None`` for a tag scope or one that is gone."""
+    if scope_id is None or scope_type == "tag":
+        return None
+    lookup = {
+        "org": svc.directory.get_org,
+        "team": svc.directory.get_team,
+        "user": svc.directory.get_user,
+        "agent": svc.directory.get_agent,
+        "key": svc.directory.get_key,
+    }[scope_type]
+    try:
+        row = await lookup(scope_id)
+    except NotFound:
+        return None
+    return str(row["email"] if scope_type == "user" else row["name"])
 
 
 def _check_levels(values: dict[str, Any]) -> None:
@@ -119,7 +138,8 @@ async def create_budget(
         scope_id=None if body.scope_type == "tag" else body.scope_id,
         tag=body.tag if body.scope_type == "tag" else None,
     )
-    values["name"] = body.name or f"{body.scope_type} {body.scope_id or body.tag} {body.period}"
+    named = await scope_name(svc, body.scope_type, body.scope_id) or body.scope_id or body.tag
+    values["name"] = body.name or f"{body.scope_type} {named} {body.period}"
     _check_levels(values)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:

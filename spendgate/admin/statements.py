@@ -25,6 +25,7 @@ from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.services import Services
 from spendgate.store import statements as store
+from spendgate.store.database import delete_one
 from spendgate.store.showback_schema import allocation_rules
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -269,6 +270,6 @@ async def delete_rule(rule_id: str, svc: Svc, request: Request, who: Who) -> Non
         row = (await conn.execute(sa.select(t).where(t.c.id == rule_id))).first()
         if row is None or not who.sees(Owner.of(row.org_id)):
             raise NotFound(f"allocation rule {rule_id} not found")
-        await conn.execute(t.delete().where(t.c.id == rule_id))
+        await delete_one(conn, t, rule_id, "allocation rule")
         await audit(conn, request, who, "allocation_rule.deleted", "allocation_rule", rule_id,
                     now, owner=Owner.of(row.org_id), before=dict(row._mapping))  # fmt: skip

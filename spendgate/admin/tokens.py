@@ -106,8 +106,8 @@ async def revoke_token(
     owner = await scope.owner("user", before["user_id"]) or Owner.of(before["org_id"])
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        after, also = await TokenStore(svc.engine).revoke(token_id, now, conn)
-        if before["revoked_at"] is None or also:
+        after, also, revoked = await TokenStore(svc.engine).revoke(token_id, now, conn)
+        if revoked or also:
             await audit(
                 conn,
                 request,

@@ -19,10 +19,10 @@ from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
-from spendgate.admin.policies import scope_owner
+from spendgate.admin.policies import scope_name, scope_owner
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
-from spendgate.errors import Conflict, NotFound, ValidationFailed
+from spendgate.errors import Conflict, ValidationFailed
 from spendgate.guard.enforcement import wallet_bucket
 from spendgate.services import Services
 from spendgate.store.policies import Wallet
@@ -46,14 +46,8 @@ def wallet_of(row: dict[str, Any]) -> Wallet:
 
 async def scope_label(svc: Services, scope_type: str, scope_id: str) -> str:
     """``team "search" (team_…)``: how a person recognises the wallet's scope."""
-    lookup = {
-        "org": svc.directory.get_org,
-        "team": svc.directory.get_team,
-        "key": svc.directory.get_key,
-    }[scope_type]
-    try:
-        name = (await lookup(scope_id))["name"]
-    except NotFound:
+    name = await scope_name(svc, scope_type, scope_id)
+    if name is None:
         return f"{scope_type} {scope_id}"
     return f'{scope_type} "{name}" ({scope_id})'
 
@@ -142,13 +136,14 @@ async def create_wallet(
     ``initial_topup_usd`` its balance is $0 and the scope's calls get 402 until a top-up:
     the answer's ``notice`` says so."""
     owner = await scope_owner(scope, body.scope_type, body.scope_id, None, None)
+    named = await scope_name(svc, body.scope_type, body.scope_id) or body.scope_id
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_wallet(
             conn,
             {
                 "org_id": owner.org_id,
-                "name": body.name or f"{body.scope_type} {body.scope_id}",
+                "name": body.name or f"{body.scope_type} {named}",
                 "scope_type": body.scope_type,
                 "scope_id": body.scope_id,
                 "low_balance_nanos": usd_to_nanos(body.low_balance_usd),

@@ -5,7 +5,10 @@ One module per command group; each talks to the admin API through ``spendgate.cl
 
 from __future__ import annotations
 
+from typing import Any
+
 import typer
+from typer.core import TyperGroup
 
 from spendgate.cli import directory, policies
 from spendgate.cli.anomalies import anomalies
@@ -17,8 +20,30 @@ from spendgate.cli.tickets import tickets
 from spendgate.cli.usage import usage_app
 from spendgate.cli.webhooks import webhooks_app
 
+
+class _Commands(TyperGroup):
+    """The top command: refuses arguments that are not valid UTF-8 (Python hands them
+    over with lone surrogates) as a usage error, exit 2, before any command runs."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        # ``ctx`` is the click Context typer vendors (``typer._click``), not public API
+        for arg in args:
+            try:
+                arg.encode("utf-8")
+            except UnicodeEncodeError:
+                shown = arg.encode("utf-8", "surrogateescape")
+                raise typer.BadParameter(
+                    f"argument {shown!r} is not valid UTF-8; ids, names and options must be "
+                    "UTF-8 text",
+                    ctx=ctx,
+                ) from None
+        return super().parse_args(ctx, args)
+
+
 app = typer.Typer(
-    help="spendgate: an LLM API gateway for AI cost governance.", no_args_is_help=True
+    cls=_Commands,
+    help="spendgate: an LLM API gateway for AI cost governance.",
+    no_args_is_help=True,
 )
 app.command()(serve)
 app.add_typer(db_app, name="db")

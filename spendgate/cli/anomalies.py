@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, given
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call, given
 from spendgate.cli.output import console, show
 
 anomalies = typer.Typer(help="Spend anomalies: out-of-band hourly spend.", no_args_is_help=True)
@@ -69,7 +69,7 @@ def list_(
 @anomalies.command("get")
 def get(anomaly_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """One anomaly, with its contributors and action."""
-    row = call(url, "GET", f"/admin/anomalies/{anomaly_id}")
+    row = call(url, "GET", admin_path("anomalies", anomaly_id))
     show(row if as_json else _readable(row), as_json, [*COLUMNS, "upper_usd", "ack_note"])
 
 
@@ -85,7 +85,7 @@ def ack(
 ) -> None:
     """Acknowledge an anomaly (and lift the pause or rate limit it applied)."""
     body = {"note": note, "lift_action": not keep_action}
-    row = call(url, "POST", f"/admin/anomalies/{anomaly_id}/acknowledge", json=body)
+    row = call(url, "POST", admin_path("anomalies", anomaly_id, "acknowledge"), json=body)
     show(row if as_json else _readable(row), as_json, COLUMNS)
 
 
@@ -97,7 +97,7 @@ def unpause(
     as_json: JsonOpt = False,
 ) -> None:
     """Lift the pause or rate limit an anomaly applied, without acknowledging it."""
-    row = call(url, "POST", f"/admin/anomalies/{anomaly_id}/lift-action", json={"note": note})
+    row = call(url, "POST", admin_path("anomalies", anomaly_id, "lift-action"), json={"note": note})
     show(row if as_json else _readable(row), as_json, COLUMNS)
 
 
@@ -135,5 +135,5 @@ def actions_create(
 @actions.command("delete")
 def actions_delete(action_id: str, url: UrlOpt = DEFAULT_URL) -> None:
     """Stop acting on the scope's future anomalies."""
-    call(url, "DELETE", f"/admin/anomaly-actions/{action_id}")
+    call(url, "DELETE", admin_path("anomaly-actions", action_id))
     console.print(f"deleted {action_id}")

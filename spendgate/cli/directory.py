@@ -9,15 +9,24 @@ from typing import Annotated, Any
 import typer
 from rich.markup import escape
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, crud_group, opt_list, when
+from spendgate.cli.http import (
+    DEFAULT_URL,
+    JsonOpt,
+    UrlOpt,
+    admin_path,
+    call,
+    crud_group,
+    opt_list,
+    when,
+)
 from spendgate.cli.output import err_console, show
 
-orgs = crud_group("orgs", "/admin/orgs", ["id", "name", "created_at"])
-teams = crud_group("teams", "/admin/teams", ["id", "org_id", "name"])
-users = crud_group("users", "/admin/users", ["id", "org_id", "email", "role", "team_ids"])
-agents = crud_group("agents", "/admin/agents", ["id", "org_id", "team_id", "name"])
+orgs = crud_group("orgs", "orgs", ["id", "name", "created_at"])
+teams = crud_group("teams", "teams", ["id", "org_id", "name"])
+users = crud_group("users", "users", ["id", "org_id", "email", "role", "team_ids"])
+agents = crud_group("agents", "agents", ["id", "org_id", "team_id", "name"])
 KEY_COLUMNS = ["id", "name", "key_prefix", "org_id", "team_id", "tags", "status", "expires_at"]
-keys = crud_group("keys", "/admin/keys", KEY_COLUMNS)
+keys = crud_group("keys", "keys", KEY_COLUMNS)
 
 
 @orgs.command("create")
@@ -38,7 +47,7 @@ def update_org(
     body = {
         k: v for k, v in {"reporting_timezone": timezone, "week_start": week_start}.items() if v
     }
-    made = call(url, "PATCH", f"/admin/orgs/{org_id}", json=body)
+    made = call(url, "PATCH", admin_path("orgs", org_id), json=body)
     show(made, as_json, ["id", "name", "reporting_timezone", "week_start"])
 
 
@@ -75,7 +84,7 @@ def users_create(
 def users_invite(user_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """A one-time link (seven days) where the user chooses a console password."""
     show(
-        call(url, "POST", f"/admin/users/{user_id}/console-invite"),
+        call(url, "POST", admin_path("users", user_id, "console-invite")),
         as_json,
         ["user_id", "expires_at", "url"],
         secret="url",
@@ -97,7 +106,7 @@ def users_set_password(
         password = sys.stdin.readline().rstrip("\n")
     else:
         password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
-    call(url, "PUT", f"/admin/users/{user_id}/console-password", json={"password": password})
+    call(url, "PUT", admin_path("users", user_id, "console-password"), json={"password": password})
     show({"user_id": user_id, "password_set": True}, as_json, ["user_id", "password_set"])
 
 
@@ -119,7 +128,10 @@ def agents_create(
 @keys.command("create")
 def keys_create(
     name: str,
-    org: Annotated[str, typer.Option("--org")],
+    org: Annotated[
+        str | None,
+        typer.Option("--org", help="default: the team's org, else the one org you can see"),
+    ] = None,
     team: Annotated[str | None, typer.Option("--team")] = None,
     user: Annotated[str | None, typer.Option("--user")] = None,
     agent: Annotated[str | None, typer.Option("--agent")] = None,
@@ -135,7 +147,7 @@ def keys_create(
     """Create a virtual key; its secret is printed once."""
     body = {
         "name": name,
-        "org_id": org,
+        "org_id": org or _key_org(url, team),
         "team_id": team,
         "user_id": user,
         "agent_id": agent,
@@ -168,14 +180,14 @@ def users_update(
     if teams_ is not None:
         body["team_ids"] = opt_list(teams_)
     show(
-        call(url, "PATCH", f"/admin/users/{user_id}", json=body),
+        call(url, "PATCH", admin_path("users", user_id), json=body),
         as_json,
         ["id", "email", "role", "team_ids"],
     )
 
 
 TOKEN_COLUMNS = ["id", "name", "user_id", "token_prefix", "status", "expires_at", "last_used_at"]
-tokens = crud_group("tokens", "/admin/tokens", TOKEN_COLUMNS)
+tokens = crud_group("tokens", "tokens", TOKEN_COLUMNS)
 
 
 def _expiry(days: int | None) -> str | None:
@@ -200,10 +212,25 @@ def tokens_create(
     )
 
 
+def _key_org(url: str, team: str | None) -> str:
+    """The org a key goes to when ``--org`` is not given: its team's, else the only org
+    the caller sees (an org admin's token sees its own; the master key sees every org)."""
+    if team is not None:
+        return str(call(url, "GET", admin_path("teams", team))["org_id"])
+    orgs = call(url, "GET", "/admin/orgs")
+    if len(orgs) == 1:
+        return str(orgs[0]["id"])
+    err_console.print(
+        f"[red]--org is required: you can see {len(orgs)} orgs[/] "
+        "(an org admin's token sees its own org; the master key sees every org)"
+    )
+    raise typer.Exit(2)
+
+
 @tokens.command("revoke")
 def tokens_revoke(token_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Revoke an admin token: its next call gets 401."""
-    show(call(url, "POST", f"/admin/tokens/{token_id}/revoke"), as_json, TOKEN_COLUMNS)
+    show(call(url, "POST", admin_path("tokens", token_id, "revoke")), as_json, TOKEN_COLUMNS)
 
 
 def bootstrap(
@@ -237,7 +264,7 @@ def bootstrap(
         "/admin/tokens",
         json={"user_id": user["id"], "name": "bootstrap", "expires_at": expires_at},
     )
-    invite = call(url, "POST", f"/admin/users/{user['id']}/console-invite")
+    invite = call(url, "POST", admin_path("users", user["id"], "console-invite"))
     if not as_json:
         err_console.print(
             f"console: open {escape(invite['url'])} to choose {escape(email)}'s password "
@@ -261,14 +288,14 @@ def bootstrap(
 @keys.command("revoke")
 def keys_revoke(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Revoke a key: its next call gets 401."""
-    show(call(url, "POST", f"/admin/keys/{key_id}/revoke"), as_json, KEY_COLUMNS)
+    show(call(url, "POST", admin_path("keys", key_id, "revoke")), as_json, KEY_COLUMNS)
 
 
 @keys.command("rotate")
 def keys_rotate(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Give a key a new secret (printed once); the old secret stops working."""
     show(
-        call(url, "POST", f"/admin/keys/{key_id}/rotate"),
+        call(url, "POST", admin_path("keys", key_id, "rotate")),
         as_json,
         ["id", "name", "key"],
         secret="key",

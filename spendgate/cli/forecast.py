@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call
 from spendgate.cli.output import console, show
 
 
@@ -19,7 +19,7 @@ def forecast(
 ) -> None:
     """Where a budget's current period is expected to land (P10/P50/P90)."""
     data = call(
-        url, "GET", f"/admin/forecasts/{budget_id}", params={"refresh": str(refresh).lower()}
+        url, "GET", admin_path("forecasts", budget_id), params={"refresh": str(refresh).lower()}
     )
     if not as_json:
         data = {

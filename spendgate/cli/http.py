@@ -8,6 +8,7 @@ import os
 import re
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
+from urllib.parse import quote
 
 import httpx
 import typer
@@ -17,6 +18,18 @@ from spendgate.cli.output import err_console, show
 DEFAULT_URL = "http://127.0.0.1:4100"
 UrlOpt = Annotated[str, typer.Option("--url", envvar="SPENDGATE_URL", help="Gateway base URL")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+
+
+def admin_path(*segments: str) -> str:
+    """An admin API path from its segments, each escaped whole: an id or name holding
+    ``/``, ``?``, ``#``, ``%`` or spaces stays one segment, and one that is ``.`` or
+    ``..`` is not folded away by the client, so it can never name another resource."""
+    return "/admin/" + "/".join(_segment(s) for s in segments)
+
+
+def _segment(value: str) -> str:
+    quoted = quote(value, safe="")
+    return quoted.replace(".", "%2E") if quoted in (".", "..") else quoted
 
 
 def client(url: str, timeout: float | None = 60) -> httpx.Client:
@@ -57,7 +70,9 @@ def call(url: str, method: str, path: str, **kwargs: Any) -> Any:
     return response.text
 
 
-def crud_group(name: str, path: str, columns: list[str]) -> typer.Typer:
+def crud_group(name: str, resource: str, columns: list[str]) -> typer.Typer:
+    """``list`` and ``get`` of the resource at ``/admin/<resource>``."""
+    path = admin_path(resource)
     group = typer.Typer(help=f"Manage {name}.", no_args_is_help=True)
 
     @group.command("list")
@@ -68,7 +83,7 @@ def crud_group(name: str, path: str, columns: list[str]) -> typer.Typer:
     @group.command("get")
     def get(object_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
         """Show one by id."""
-        show(call(url, "GET", f"{path}/{object_id}"), as_json, columns)
+        show(call(url, "GET", admin_path(resource, object_id)), as_json, columns)
 
     return group
 

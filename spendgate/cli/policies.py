@@ -12,6 +12,7 @@ from spendgate.cli.http import (
     DEFAULT_URL,
     JsonOpt,
     UrlOpt,
+    admin_path,
     call,
     crud_group,
     given,
@@ -34,7 +35,7 @@ BUDGET_COLUMNS = [
     "hard_limit",
     "hard_limit_percent",
 ]
-budgets = crud_group("budgets", "/admin/budgets", BUDGET_COLUMNS)
+budgets = crud_group("budgets", "budgets", BUDGET_COLUMNS)
 WALLET_COLUMNS = [
     "id",
     "name",
@@ -46,7 +47,7 @@ WALLET_COLUMNS = [
     "tickets",
     "status",
 ]
-wallets = crud_group("wallets", "/admin/wallets", WALLET_COLUMNS)
+wallets = crud_group("wallets", "wallets", WALLET_COLUMNS)
 
 
 def _percents(value: str | None) -> list[str] | None:
@@ -120,7 +121,7 @@ def budgets_update(
         call(
             url,
             "PATCH",
-            f"/admin/budgets/{budget_id}",
+            admin_path("budgets", budget_id),
             json=given(body),
         ),
         as_json,
@@ -131,14 +132,14 @@ def budgets_update(
 @budgets.command("delete")
 def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Delete a budget."""
-    call(url, "DELETE", f"/admin/budgets/{budget_id}")
+    call(url, "DELETE", admin_path("budgets", budget_id))
     deleted(budget_id, as_json)
 
 
 @budgets.command("status")
 def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Spent, reserved, thresholds fired and the next reset of a budget's current period."""
-    data = call(url, "GET", f"/admin/budgets/{budget_id}/status")
+    data = call(url, "GET", admin_path("budgets", budget_id, "status"))
     if not as_json and data.get("forecast"):
         data = {
             **data,
@@ -184,7 +185,7 @@ def budgets_except(
         call(
             url,
             "POST",
-            f"/admin/budgets/{budget_id}/exceptions",
+            admin_path("budgets", budget_id, "exceptions"),
             json=given(body),
         ),
         as_json,
@@ -262,7 +263,7 @@ def wallets_update(
         call(
             url,
             "PATCH",
-            f"/admin/wallets/{wallet_id}",
+            admin_path("wallets", wallet_id),
             json=given(body),
         ),
         as_json,
@@ -273,7 +274,7 @@ def wallets_update(
 def wallets_close(wallet_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Close a wallet: it stops funding and refusing calls and takes no more top-ups; its
     history stays readable, and its scope may get a new wallet."""
-    show(call(url, "POST", f"/admin/wallets/{wallet_id}/close"), as_json, WALLET_COLUMNS)
+    show(call(url, "POST", admin_path("wallets", wallet_id, "close")), as_json, WALLET_COLUMNS)
 
 
 @wallets.command("topup")
@@ -289,7 +290,7 @@ def wallets_topup(
         call(
             url,
             "POST",
-            f"/admin/wallets/{wallet_id}/topups",
+            admin_path("wallets", wallet_id, "topups"),
             json={"amount_usd": amount, "note": note},
         ),
         as_json,
@@ -308,7 +309,7 @@ LIMIT_COLUMNS = [
     "max_spend_usd",
     "spend_window_seconds",
 ]
-limits = crud_group("limits", "/admin/rate-limits", LIMIT_COLUMNS)
+limits = crud_group("limits", "rate-limits", LIMIT_COLUMNS)
 
 
 @limits.command("create")
@@ -365,7 +366,7 @@ def limits_update(
         call(
             url,
             "PATCH",
-            f"/admin/rate-limits/{limit_id}",
+            admin_path("rate-limits", limit_id),
             json=given(body),
         ),
         as_json,
@@ -376,5 +377,5 @@ def limits_update(
 @limits.command("delete")
 def limits_delete(limit_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Remove a rate limit."""
-    call(url, "DELETE", f"/admin/rate-limits/{limit_id}")
+    call(url, "DELETE", admin_path("rate-limits", limit_id))
     deleted(limit_id, as_json)

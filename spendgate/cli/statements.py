@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call
 from spendgate.cli.output import console, err_console, show
 from spendgate.core.money import format_usd
 
@@ -55,10 +55,10 @@ def show_(
         params["version"] = version
     if format_ in ("csv", "jsonl", "html"):
         sys.stdout.write(
-            call(url, "GET", f"/admin/statements/{month}", params={**params, "format": format_})
+            call(url, "GET", admin_path("statements", month), params={**params, "format": format_})
         )
         return
-    data = call(url, "GET", f"/admin/statements/{month}", params=params)
+    data = call(url, "GET", admin_path("statements", month), params=params)
     if as_json:
         show(data, True, [])
         return
@@ -76,7 +76,7 @@ def show_(
 
 
 def _issue(action: str, month: str, org: str | None, url: str, as_json: bool) -> None:
-    data = call(url, "POST", f"/admin/statements/{month}/{action}", json=_org(org))
+    data = call(url, "POST", admin_path("statements", month, action), json=_org(org))
     show(data["statements"], as_json, ISSUED)
     if not as_json and not data["statements"]:
         console.print("no statement changed")
@@ -124,7 +124,7 @@ def export(
         task = progress.add_task("export", total=len(targets))
         for team in targets:
             params = {**_org(org), "format": format_, **({"team_id": team} if team else {})}
-            body = call(url, "GET", f"/admin/statements/{month}", params=params)
+            body = call(url, "GET", admin_path("statements", month), params=params)
             (output / f"statement-{month}-{team or 'org'}.{format_}").write_text(body)
             progress.advance(task)
     err_console.print(f"{len(targets)} statements written to {output}")

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call
 from spendgate.cli.output import show
 
 tickets = typer.Typer(
@@ -67,7 +67,7 @@ def list_(
 @tickets.command("get")
 def get(ticket_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """One ticket: who asked, how much, the wallet's state, the grant."""
-    _show(call(url, "GET", f"/admin/tickets/{ticket_id}"), as_json)
+    _show(call(url, "GET", admin_path("tickets", ticket_id)), as_json)
 
 
 @tickets.command("approve")
@@ -90,7 +90,7 @@ def approve(
         body["amount_usd"] = amount
     if hours is not None:
         body["expires_in_hours"] = hours
-    _show(call(url, "POST", f"/admin/tickets/{ticket_id}/approve", json=body), as_json)
+    _show(call(url, "POST", admin_path("tickets", ticket_id, "approve"), json=body), as_json)
 
 
 @tickets.command("deny")
@@ -101,4 +101,7 @@ def deny(
     as_json: JsonOpt = False,
 ) -> None:
     """Refuse: the requester's next refused call says denied, and why."""
-    _show(call(url, "POST", f"/admin/tickets/{ticket_id}/deny", json={"reason": reason}), as_json)
+    _show(
+        call(url, "POST", admin_path("tickets", ticket_id, "deny"), json={"reason": reason}),
+        as_json,
+    )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, given
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, given
 from spendgate.cli.http import call as _call
 from spendgate.cli.output import console, deleted, err_console
 from spendgate.cli.output import show as _show
@@ -44,7 +44,7 @@ def list_(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 @webhooks_app.command("get")
 def get(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     _show(
-        _call(url, "GET", f"/admin/webhooks/{endpoint_id}"),
+        _call(url, "GET", admin_path("webhooks", endpoint_id)),
         as_json,
         [*COLUMNS, "disabled_reason", "failing_since"],
     )
@@ -98,13 +98,13 @@ def update(
             "description": description,
         }
     )
-    _show(_call(url, "PATCH", f"/admin/webhooks/{endpoint_id}", json=body), as_json, COLUMNS)
+    _show(_call(url, "PATCH", admin_path("webhooks", endpoint_id), json=body), as_json, COLUMNS)
 
 
 @webhooks_app.command("delete")
 def delete(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Delete an endpoint and its delivery log."""
-    _call(url, "DELETE", f"/admin/webhooks/{endpoint_id}")
+    _call(url, "DELETE", admin_path("webhooks", endpoint_id))
     deleted(endpoint_id, as_json)
 
 
@@ -121,7 +121,7 @@ def rotate_secret(
     rotated = _call(
         url,
         "POST",
-        f"/admin/webhooks/{endpoint_id}/rotate-secret",
+        admin_path("webhooks", endpoint_id, "rotate-secret"),
         json={"overlap_seconds": overlap_seconds},
     )
     _show(rotated, as_json, ["id", "secret", "previous_secret_valid_until"], secret="secret")
@@ -139,7 +139,7 @@ def deliveries(
     params: dict[str, Any] = {"limit": limit}
     if status:
         params["status"] = status
-    rows = _call(url, "GET", f"/admin/webhooks/{endpoint_id}/deliveries", params=params)
+    rows = _call(url, "GET", admin_path("webhooks", endpoint_id, "deliveries"), params=params)
     _show(
         rows,
         as_json,
@@ -161,7 +161,9 @@ def redeliver(
     endpoint_id: str, delivery_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False
 ) -> None:
     """Queue a delivery again (same webhook-id)."""
-    row = _call(url, "POST", f"/admin/webhooks/{endpoint_id}/deliveries/{delivery_id}/redeliver")
+    row = _call(
+        url, "POST", admin_path("webhooks", endpoint_id, "deliveries", delivery_id, "redeliver")
+    )
     _show(row, as_json, ["id", "redelivery_of", "status", "next_attempt_at"])
 
 

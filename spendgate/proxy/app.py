@@ -33,6 +33,7 @@ from spendgate.errors import (
     InsufficientFunds,
     InvalidRequest,
     LedgerBacklogFull,
+    MethodNotAllowed,
     NotFound,
     PermissionDenied,
     SpendgateError,
@@ -186,9 +187,9 @@ class ProxyApp:
         try:
             headers = header_dict(scope)
             now, mono = self._clock.now(), self._clock.monotonic()
-            if scope["method"] == "GET" and (
-                path == "/v1/models" or path.startswith("/v1/models/")
-            ):
+            if path == "/v1/models" or path.startswith("/v1/models/"):
+                if scope["method"] != "GET":
+                    raise MethodNotAllowed(f"{path} accepts GET only", allow=("GET",))
                 key = await self._authenticate(scope, headers, wire, now, mono)
                 await self._models(send, key, path, request_id)
                 return
@@ -196,7 +197,7 @@ class ProxyApp:
             if endpoint is None:
                 raise NotFound(f"unknown endpoint {scope['method']} {path}")
             if scope["method"] != "POST":
-                raise InvalidRequest(f"{path} accepts POST only")
+                raise MethodNotAllowed(f"{path} accepts POST only", allow=("POST",))
             key = await self._authenticate(scope, headers, wire, now, mono)
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)

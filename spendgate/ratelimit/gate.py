@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from spendgate.core.clock import Clock
@@ -238,7 +238,8 @@ class RateGate:
                 "limit_id": denial.check.bucket.split(":", 1)[0],
                 "kind": denial.check.kind,
                 "limit": denial.check.limit,
-                "window_start": window * 60,
+                # ISO 8601 UTC, as every other event's instants (not Unix seconds)
+                "window_start": datetime.fromtimestamp(window * 60, UTC).isoformat(),
             },
             now,
             org_id,

@@ -29,7 +29,7 @@ from spendgate.errors import Conflict, NotFound
 from spendgate.security.credentials import new_id
 from spendgate.store import audit as audit_store
 from spendgate.store import schema
-from spendgate.store.database import insert_new
+from spendgate.store.database import delete_one, insert_new
 from spendgate.store.schema import UTCDateTime
 
 ACTIONS = ("pause", "rate_limit")
@@ -92,7 +92,7 @@ async def get_config(engine: AsyncEngine, config_id: str) -> dict[str, Any]:
 
 
 async def delete_config(conn: AsyncConnection, config_id: str) -> None:
-    await conn.execute(anomaly_actions.delete().where(anomaly_actions.c.id == config_id))
+    await delete_one(conn, anomaly_actions, config_id, "anomaly action")
 
 
 # -- applying -----------------------------------------------------------------------------------

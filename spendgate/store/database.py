@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from sqlalchemy.pool import NullPool
 
 from spendgate.core.showback import tag_set
+from spendgate.errors import NotFound
 from spendgate.settings import normalise_database_url
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
@@ -87,6 +88,17 @@ async def insert_new(
         .on_conflict_do_nothing(index_elements=list(unique), index_where=where)
     )
     return bool(done.rowcount == 1)
+
+
+async def delete_one(conn: AsyncConnection, table: sa.Table, row_id: str, what: str) -> None:
+    """Delete the row with this id in the caller's transaction; 404 unless this statement
+    deleted it. Of several deletes of one row at once, the database lets exactly one
+    remove it (the others wait for its row lock or SQLite's write lock, then find
+    nothing), so exactly one answers 204 and writes the audit entry in the same
+    transaction: the others' 404 rolls theirs back."""
+    done = await conn.execute(table.delete().where(table.c.id == row_id))
+    if done.rowcount != 1:
+        raise NotFound(f"{what} {row_id} not found")
 
 
 def insert_for(conn: AsyncConnection, table: sa.Table) -> Any:

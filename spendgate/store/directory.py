@@ -358,14 +358,20 @@ class Directory:
     async def revoke_key(
         self, key_id: str, now: datetime, conn: AsyncConnection | None = None
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Revoke (idempotent: an already revoked key stays as it was). (before, after)."""
+        """Revoke (idempotent: an already revoked key stays as it was). (before, after);
+        ``after is before`` unless this call revoked it: of several revokes at once only
+        the one whose UPDATE changed the row is told so (and audits it)."""
         table = schema.virtual_keys
-        before = _key_public(await self._one(table, key_id, "key", conn))
-        if before["revoked_at"] is not None:
-            return before, before
         async with self._tx(conn) as tx:
-            await tx.execute(table.update().where(table.c.id == key_id).values(revoked_at=now))
-        return before, {**before, "revoked_at": now, "status": "revoked"}
+            done = await tx.execute(
+                table.update()
+                .where(table.c.id == key_id, table.c.revoked_at.is_(None))
+                .values(revoked_at=now)
+            )
+            current = _key_public(await self._one(table, key_id, "key", tx))
+        if done.rowcount != 1:
+            return current, current
+        return {**current, "revoked_at": None, "status": "active"}, current
 
     async def rotate_key(
         self, key_id: str, conn: AsyncConnection | None = None

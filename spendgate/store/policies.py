@@ -19,7 +19,7 @@ from spendgate.counters import Generation
 from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
-from spendgate.store.database import insert_new, transaction
+from spendgate.store.database import delete_one, insert_new, transaction
 from spendgate.store.ledger import cost_from_sums, exact_cost_sum
 from spendgate.store.wallet_history import wallet_history
 
@@ -264,7 +264,7 @@ class PolicyStore:
                 schema.budget_exceptions.c.budget_id == budget_id
             )
         )
-        await conn.execute(schema.budgets.delete().where(schema.budgets.c.id == budget_id))
+        await delete_one(conn, schema.budgets, budget_id, "budget")
 
     async def add_exception(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
         values = {"id": new_id("exc"), **values}
@@ -512,8 +512,7 @@ class PolicyStore:
         await conn.execute(table.update().where(table.c.id == limit_id).values(**values))
 
     async def delete_rate_limit(self, conn: AsyncConnection, limit_id: str) -> None:
-        table = schema.rate_limits
-        await conn.execute(table.delete().where(table.c.id == limit_id))
+        await delete_one(conn, schema.rate_limits, limit_id, "rate limit")
 
     # -- spend seeds from the ledger -------------------------------------------------------
     async def spend_matching(

@@ -94,10 +94,12 @@ class TokenStore:
 
     async def revoke(
         self, token_id: str, now: datetime, conn: AsyncConnection
-    ) -> tuple[dict[str, Any], builtins.list[str]]:
+    ) -> tuple[dict[str, Any], builtins.list[str], bool]:
         """Revoke the token and every live token created with it, and with those, and so
-        on (a token never outlives its creator). Returns (the token, the others' ids)."""
-        await conn.execute(
+        on (a token never outlives its creator). Returns (the token, the others' ids,
+        whether this call revoked the token): of several revokes at once only one sees
+        each row change, so only one reports it."""
+        done = await conn.execute(
             sa.update(schema.admin_tokens)
             .where(_t.id == token_id, _t.revoked_at.is_(None))
             .values(revoked_at=now)
@@ -119,12 +121,21 @@ class TokenStore:
                 .all()
             )
             if children:
-                await conn.execute(
-                    sa.update(schema.admin_tokens).where(_t.id.in_(children)).values(revoked_at=now)
+                children = (
+                    (
+                        await conn.execute(
+                            sa.update(schema.admin_tokens)
+                            .where(_t.id.in_(children), _t.revoked_at.is_(None))
+                            .values(revoked_at=now)
+                            .returning(_t.id)
+                        )
+                    )
+                    .scalars()
+                    .all()
                 )
             also += children
             frontier = list(children)
-        return dict(row._mapping), also
+        return dict(row._mapping), also, done.rowcount == 1
 
     async def principal(self, secret: str, now: datetime) -> Principal | None:
         """The caller a presented token stands for; ``None`` if unknown, revoked or expired.

@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
-from spendgate.store.database import reading, transaction
+from spendgate.store.database import delete_one, reading, transaction
 from spendgate.webhooks.catalog import valid_pattern
 from spendgate.webhooks.fanout import due_now
 from spendgate.webhooks.matching import SCOPE_TYPES
@@ -296,9 +296,7 @@ class WebhookStore:
                 webhook_attempts.delete().where(webhook_attempts.c.endpoint_id == endpoint_id)
             )
             await tx.execute(DL.delete().where(DL.c.endpoint_id == endpoint_id))
-            result = await tx.execute(EP.delete().where(EP.c.id == endpoint_id))
-        if result.rowcount == 0:
-            raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
+            await delete_one(tx, EP, endpoint_id, "webhook endpoint")
 
     async def rotate_secret(
         self,

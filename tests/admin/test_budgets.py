@@ -4,6 +4,7 @@ concurrency, exceptions, period resets — on SQLite+memory and PostgreSQL+Redis
 from __future__ import annotations
 
 import asyncio
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -534,3 +535,94 @@ def test_a_page_of_budgets_seeds_its_counters_with_one_ledger_scan(
     assert len(scans) == 1
     spent = [Decimal(s["spent_usd"]) for s in statuses]
     assert spent == [team_cost + alone_cost, team_cost, team_cost, alone_cost]
+
+
+def _made(gateway: RunningGateway, kind: str) -> str:
+    """A new object of this kind; its delete path."""
+    key = gateway.create_key()
+    scope = {"scope_type": "key", "scope_id": key["id"]}
+    if kind == "budgets":
+        made = gateway.post("/admin/budgets", {**scope, "amount_usd": "5"})
+    elif kind == "rate-limits":
+        made = gateway.post("/admin/rate-limits", {**scope, "rpm": 60})
+    elif kind == "anomaly-actions":
+        made = gateway.post("/admin/anomaly-actions", {**scope, "action": "pause"})
+    elif kind == "allocation-rules":
+        body = {"org_id": key["org_id"], "tag": "shared", "method": "even"}
+        made = gateway.post("/admin/allocation-rules", body)
+    else:
+        made = gateway.post("/admin/webhooks", {"url": "http://127.0.0.1:9/hook"})
+    return f"/admin/{kind}/{made['id']}"
+
+
+@pytest.mark.parametrize(
+    ("kind", "action"),
+    [
+        ("budgets", "budget.deleted"),
+        ("rate-limits", "rate_limit.deleted"),
+        ("anomaly-actions", "anomaly_action.deleted"),
+        ("allocation-rules", "allocation_rule.deleted"),
+        ("webhooks", "webhook.deleted"),
+    ],
+)
+def test_one_of_20_deletes_at_once_is_204(gateway: RunningGateway, kind: str, action: str) -> None:
+    """20 DELETEs of one object at once: exactly one deletes it (204, one audit entry), the
+    other 19 find it gone (404), never a second 204."""
+    path = _made(gateway, kind)
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
+        ) as client:
+            return [
+                r.status_code
+                for r in await asyncio.gather(*(client.delete(path) for _ in range(20)))
+            ]
+
+    statuses = asyncio.run(burst())
+    assert sorted(statuses) == [204] + [404] * 19, statuses
+    target = path.rsplit("/", 1)[1]
+    entries = gateway.get("/admin/audit", limit=1000)["entries"]
+    assert [e["action"] for e in entries if e["target_id"] == target].count(action) == 1
+
+
+def test_20_revokes_of_one_key_at_once_audit_it_once(gateway: RunningGateway) -> None:
+    """Revoking is idempotent (200 each time), but of 20 revokes at once only the one that
+    revoked the key writes `key.revoked` to the audit log and the event feed."""
+    key = gateway.create_key()
+    path = f"/admin/keys/{key['id']}/revoke"
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
+        ) as client:
+            sent = [client.post(path, json={}) for _ in range(20)]
+            return [r.status_code for r in await asyncio.gather(*sent)]
+
+    assert asyncio.run(burst()) == [200] * 20
+    entries = gateway.get("/admin/audit", limit=1000)["entries"]
+    revoked = [e for e in entries if e["target_id"] == key["id"] and e["action"] == "key.revoked"]
+    assert len(revoked) == 1
+    assert gateway.get(f"/admin/keys/{key['id']}")["status"] == "revoked"
+
+
+def test_20_revokes_of_one_admin_token_at_once_audit_it_once(gateway: RunningGateway) -> None:
+    """Like keys: 20 revokes of one admin token at once all answer 200; one audit entry."""
+    org = gateway.post("/admin/orgs", {"name": f"tokens-{uuid.uuid4().hex[:8]}"})
+    user = gateway.post(
+        "/admin/users", {"email": "t@tokens.example", "role": "org_admin", "org_id": org["id"]}
+    )
+    token = gateway.post("/admin/tokens", {"user_id": user["id"], "name": "t"})
+    path = f"/admin/tokens/{token['id']}/revoke"
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
+        ) as client:
+            sent = [client.post(path, json={}) for _ in range(20)]
+            return [r.status_code for r in await asyncio.gather(*sent)]
+
+    assert asyncio.run(burst()) == [200] * 20
+    entries = gateway.get("/admin/audit", limit=1000)["entries"]
+    actions = [e["action"] for e in entries if e["target_id"] == token["id"]]
+    assert actions.count("admin_token.revoked") == 1

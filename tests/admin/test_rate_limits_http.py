@@ -5,6 +5,7 @@ only when a test moves it."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Any
 
 import httpx
@@ -136,7 +137,8 @@ def test_spend_velocity_breaker_trips(gateway: RunningGateway) -> None:
 
 
 def test_refusal_storm_is_one_event(gateway: RunningGateway) -> None:
-    """Twenty refusals in one minute produce one ratelimit.exceeded event."""
+    """Twenty refusals in one minute produce one ratelimit.exceeded event, its
+    `window_start` an ISO 8601 UTC instant."""
     key = gateway.create_key()
     limit(gateway, scope_type="key", scope_id=key["id"], model="demo-small", rpm=1)
     client = sdk(gateway, key["key"])
@@ -147,6 +149,9 @@ def test_refusal_storm_is_one_event(gateway: RunningGateway) -> None:
     gateway.run(gateway.app.services.drain())
     [event] = gateway.get("/admin/events", type="ratelimit.exceeded")
     assert event["data"]["key_id"] == key["id"] and event["data"]["kind"] == "requests"
+    # an ISO 8601 UTC instant like every other event's, the start of the refusals' minute
+    now = gateway.clock.now().astimezone(UTC)
+    assert event["data"]["window_start"] == now.replace(second=0, microsecond=0).isoformat()
 
 
 def test_team_limit_is_shared_by_its_keys(gateway: RunningGateway) -> None:

@@ -4,6 +4,7 @@ PostgreSQL+Redis."""
 
 from __future__ import annotations
 
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -147,3 +148,28 @@ def test_a_closed_wallets_spend_stops_at_its_close(gateway: RunningGateway, tmp_
     finally:
         second.admin.close()
         second.handle.stop()
+
+
+def test_default_names_use_the_scopes_names(gateway: RunningGateway) -> None:
+    """A budget or wallet created without a name is named after its scope's name (the
+    team's, the org's), not its id: `team search monthly`, `org <name>`."""
+    org = gateway.post("/admin/orgs", {"name": f"named-{uuid.uuid4().hex[:8]}"})
+    team = gateway.post("/admin/teams", {"name": "search", "org_id": org["id"]})
+    budgets = [
+        gateway.post(
+            "/admin/budgets",
+            {"scope_type": kind, "scope_id": made["id"], "amount_usd": "5", "period": period},
+        )
+        for kind, made, period in (("team", team, "monthly"), ("org", org, "daily"))
+    ]
+    assert [b["name"] for b in budgets] == ["team search monthly", f"org {org['name']} daily"]
+    wallets = [
+        gateway.post("/admin/wallets", {"scope_type": kind, "scope_id": made["id"]})
+        for kind, made in (("team", team), ("org", org))
+    ]
+    assert [w["name"] for w in wallets] == ["team search", f"org {org['name']}"]
+    named = gateway.post(
+        "/admin/budgets",
+        {"scope_type": "team", "scope_id": team["id"], "amount_usd": "5", "name": "mine"},
+    )
+    assert named["name"] == "mine"

@@ -6,7 +6,9 @@ calls; delete commands answer `--json`."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -214,3 +216,69 @@ def test_an_expiry_past_the_calendar_is_a_clear_error(args: tuple[str, ...]) -> 
     )
     assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
     assert "too far from now" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (b"budgets", b"get", b"\xff"),
+        (b"orgs", b"create", b"caf\xe9"),
+        (b"keys", b"create", b"k", b"--org", b"org_\xc3"),
+        (b"orgs", b"\xff"),
+    ],
+)
+def test_arguments_that_are_not_utf8_are_a_usage_error(args: tuple[bytes, ...]) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates and crashed the CLI with
+    a traceback when sent; they are exit 2 naming the argument, before anything is sent
+    (nothing listens at the URL)."""
+    done = subprocess.run(
+        [sys.executable.encode(), b"-m", b"spendgate", *args, b"--url", b"http://127.0.0.1:9"],
+        env={**os.environ, "SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    err = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 2, err
+    assert "is not valid UTF-8" in err and "Traceback" not in err
+    bad = next(a for a in args if not a.isascii())
+    assert repr(bad) in err
+
+
+def test_ids_are_one_path_segment_each(served: Served) -> None:
+    """An id holding `/`, `..` or `?` is sent escaped, as one segment: `budgets get
+    x/../../budgets` is a 404, not the list of budgets, and `budgets delete` of
+    `x/../<other id>` deletes nothing."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "escaping")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])
+    budget = run_cli(
+        url, "budgets", "create", "--scope", "key", "--scope-id", key["id"], "--amount", "3"
+    )
+    for odd in ("x/../../budgets", "..", "?limit=1", f"{budget['id']}?x=1"):
+        code, out, err = invoke(url, "budgets", "get", odd, "--json")
+        assert code == 1 and "404" in err and out == "", (odd, out, err)
+    code, _, err = invoke(url, "budgets", "delete", f"x/../{budget['id']}")
+    assert code == 1 and "404" in err
+    assert run_cli(url, "budgets", "get", budget["id"])["id"] == budget["id"]
+
+
+def test_keys_create_takes_the_org_of_the_token(served: Served) -> None:
+    """An org admin's token needs no `--org`: the key goes to the token's org. With the
+    master key (which sees every org) the org comes from `--team`, and without either
+    it is a clear exit 2, not a 422 about a missing org_id."""
+    url, _, _ = served
+    run_cli(url, "orgs", "create", "another")
+    made = run_cli(url, "bootstrap", "--org", "inferred", "--email", "a@inferred.example")
+    as_admin = CliRunner().invoke(
+        cli,
+        ["keys", "create", "k", "--url", url, "--json"],
+        env={"SPENDGATE_ADMIN_TOKEN": made["token"], "SPENDGATE_MASTER_KEY": ""},
+    )
+    assert as_admin.exit_code == 0, as_admin.output
+    assert json.loads(as_admin.stdout)["org_id"] == made["org_id"]
+    team = run_cli(url, "teams", "create", "search", "--org", made["org_id"])
+    by_team = run_cli(url, "keys", "create", "k2", "--team", team["id"])
+    assert (by_team["org_id"], by_team["team_id"]) == (made["org_id"], team["id"])
+    code, _, err = invoke(url, "keys", "create", "k3")
+    assert code == 2 and "--org is required" in err

@@ -323,3 +323,36 @@ def test_a_failing_redis_script_fails_closed_and_says_so(
         redis.close()
         other.admin.close()
         other.handle.stop()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "allow"),
+    [
+        ("GET", "/v1/chat/completions", "POST"),
+        ("PUT", "/v1/embeddings", "POST"),
+        ("GET", "/v1/messages", "POST"),
+        ("DELETE", "/v1/messages", "POST"),
+        ("POST", "/v1/models", "GET"),
+    ],
+)
+def test_wrong_method_is_405_with_allow(
+    gateway: RunningGateway, method: str, path: str, allow: str
+) -> None:
+    """A known proxy route called with the wrong method is 405 with ``Allow``, in the
+    route's own error format; nothing is billed."""
+    key = gateway.create_key()
+    response = httpx.request(
+        method, gateway.url + path, headers={"authorization": f"Bearer {key['key']}"}, timeout=30
+    )
+    assert response.status_code == 405
+    assert response.headers["allow"] == allow
+    body = response.json()
+    if path == "/v1/messages":
+        assert body["type"] == "error"
+        assert body["error"]["type"] == "invalid_request_error"
+        assert allow in body["error"]["message"]
+    else:
+        assert body["error"]["code"] == "method_not_allowed"
+        assert body["error"]["type"] == "invalid_request_error"
+        assert body["error"]["param"] is None
+    assert gateway.ledger() == []

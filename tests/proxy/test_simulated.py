@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import struct
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from hypothesis import strategies as st
 from spendgate.core.usage import from_anthropic, from_openai
 from spendgate.errors import InvalidRequest
 from spendgate.proxy import simulated
+from spendgate.settings import load_settings
 
 
 def chat(text: str = "Hello there", **extra: Any) -> dict[str, Any]:
@@ -238,3 +240,20 @@ def test_completion_tokens_are_pieces_plus_reasoning(
     assert cap is None or reply.completion_tokens <= cap
     deltas = [c for c in events(simulated.openai_stream("/chat/completions", body)) if c["choices"]]
     assert len(deltas) == len(reply.pieces) + 2  # role chunk + pieces + finish chunk
+
+
+def test_a_configured_simulated_provider_needs_no_base_url(tmp_path: Path) -> None:
+    """`kind = "simulated"` in the config file (as the README shows) needs no `base_url`:
+    nothing is dialled. Its models are priced by the `price` they name, like any model."""
+    config = tmp_path / "spendgate.toml"
+    config.write_text(
+        '[providers.sim]\nkind = "simulated"\n\n'
+        '[models."sim-small"]\nprovider = "sim"\nprice = { model = "gpt-4o-mini" }\n\n'
+        '[models."sim-free"]\nprovider = "sim"\n'
+        'price = { input_per_mtok = "0", output_per_mtok = "0" }\n'
+    )
+    settings = load_settings(config_path=str(config), env={})
+    small, free = settings.models["sim-small"], settings.models["sim-free"]
+    assert small.provider.kind == "simulated"
+    assert (small.price.model, small.price.provider) == ("gpt-4o-mini", "openai")
+    assert free.price.override is not None and free.price.override.output_per_mtok == 0
