@@ -55,12 +55,15 @@ class Received:
 @dataclass
 class Receiver:
     """Answers 200 to requests signed with one of ``secrets`` (any request if none), 401
-    otherwise; ``status`` forces an answer (e.g. 503 to play a failing receiver)."""
+    otherwise; ``status`` forces an answer (e.g. 503 to play a failing receiver), and so
+    does ``refuse``: 503 to the next ``refuse`` requests, then the usual answers again (a
+    receiver down until deliveries found it so, however late they come)."""
 
     secrets: list[str] = field(default_factory=list)
     now: Callable[[], datetime] | None = None
     status: int | None = None
     received: list[Received] = field(default_factory=list)
+    refuse: int = 0
 
     def verifier(self, secret: str) -> Webhook:
         return Webhook(secret) if self.now is None else ClockedWebhook(secret, self.now)
@@ -97,7 +100,11 @@ class Receiver:
                 break
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         error = self.check(body, headers) if self.secrets else None
-        status = self.status or (200 if error is None else 401)
+        status = self.status
+        if status is None and self.refuse > 0:
+            self.refuse -= 1
+            status = 503
+        status = status or (200 if error is None else 401)
         self.received.append(Received(body, headers, error is None, error, scope["path"], status))
         await send(
             {
