@@ -49,6 +49,7 @@ from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.console.app import build_console
 from spendgate.core.clock import Clock, SystemClock
+from spendgate.core.event_data import key_event_data
 from spendgate.core.pricing import PriceTable
 from spendgate.core.showback import months_before
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
@@ -454,9 +455,10 @@ class Gateway:
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
-        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds,
-        every ``reconcile_seconds`` one replica raises live counters to the ledger, and
-        (after ``ANCHOR_FIRST_SECONDS`` of uptime) one sends the audit anchor when due."""
+        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds
+        and announces keys about to expire, every ``reconcile_seconds`` one replica
+        raises live counters to the ledger, and (after ``ANCHOR_FIRST_SECONDS`` of
+        uptime) one sends the audit anchor when due."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
         next_sweep = next_reconcile = next_anomaly_check = loop.time()
@@ -525,11 +527,35 @@ class Gateway:
             await reconciler.reconcile(timedelta(seconds=settings.reconcile_grace_seconds))
 
     async def _sweep(self, holder: str) -> None:
+        """One replica per ``SWEEP_SECONDS``: thresholds the ledger reached but nobody
+        fired, and ``key.expiring`` for keys whose expiry comes within the lead time."""
         sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)
-        if sweeper is not None and await take_lease(
-            self.services.engine, "threshold-sweep", holder, self._now(), ttl
-        ):
+        if not await take_lease(self.services.engine, "threshold-sweep", holder, self._now(), ttl):
+            return
+        if sweeper is not None:
             await sweeper.sweep()
+        await self.announce_expiring_keys()
+
+    async def announce_expiring_keys(self) -> int:
+        """``key.expiring`` for every live key that expires within ``key_expiring_days``:
+        once per key and expiry (the event's dedup key holds across restarts and
+        replicas; a new expiry announces again). Returns how many keys were due."""
+        days, now = self.services.settings.key_expiring_days, self._now()
+        if not days:
+            return 0
+        due = await self.services.directory.keys_expiring(now, now + timedelta(days=days))
+        for key in due:
+            self.services.events.emit_once(
+                "key.expiring",
+                f"key:{key['id']}:expiring:{key['expires_at'].isoformat()}",
+                {
+                    **key_event_data(key),
+                    "expires_in_seconds": int((key["expires_at"] - now).total_seconds()),
+                },
+                now,
+                key["org_id"],
+            )
+        return len(due)
 
     async def check_anomalies(self, holder: str) -> bool:
         """One replica per ``anomaly_check_seconds`` checks every scope's spend (a lease
