@@ -12,6 +12,23 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from spendgate.core.budget_rules import Budget
+from spendgate.core.budget_windows import Window
+
+
+def budget_event_data(budget: Budget, window: Window) -> dict[str, Any]:
+    """Which budget, its scope, and the period (``window``) the event happened in."""
+    return {
+        "budget_id": budget.id,
+        "budget_name": budget.name,
+        "scope_type": budget.scope_type,
+        "scope_id": budget.scope_id,
+        "tag": budget.tag,
+        "period": window.key,
+        "period_start": window.start.isoformat(),
+        "period_end": window.end.isoformat(),
+    }
+
 
 def key_event_data(key: Mapping[str, Any]) -> dict[str, Any]:
     """Which key (never its secret or hash), as the scope ``key`` it is, and who holds it."""

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from spendgate.core import budget_rules as rules
 from spendgate.core.budget_windows import Period, Window, window_at
 from spendgate.core.clock import Clock
+from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd
 from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
@@ -138,14 +139,7 @@ def threshold_event(
     """(type, dedup key, data) of ``threshold`` reached at ``spent`` in ``a``'s period:
     the dedup key makes it fire once per budget per period, whoever stores it first."""
     data = {
-        "budget_id": a.budget.id,
-        "budget_name": a.budget.name,
-        "scope_type": a.budget.scope_type,
-        "scope_id": a.budget.scope_id,
-        "tag": a.budget.tag,
-        "period": a.window.key,
-        "period_start": a.window.start.isoformat(),
-        "period_end": a.window.end.isoformat(),
+        **budget_event_data(a.budget, a.window),
         "threshold": threshold.kind,
         "percent": f"{threshold.percent.normalize():f}",
         "percent_used": f"{rules.percent_used(spent, a.amount_nanos)}",
@@ -700,18 +694,24 @@ class Enforcer:
     async def announce_expired_exceptions(self) -> None:
         """``budget.exception_expired`` once for each exception that has run out."""
         now = self._clock.now()
-        for row in await self._store.expired_exceptions(now, now - timedelta(days=7)):
+        for row, budget in await self._store.expired_exceptions(now, now - timedelta(days=7)):
+            # the period it ran out in (the last one it raised)
+            last = row["expires_at"] - timedelta(microseconds=1)
+            window = window_at(last, budget.period, budget.timezone, budget.week_start)
             self._emit(
                 "budget.exception_expired",
                 f"exception:{row['id']}:expired",
                 {
-                    "budget_id": row["budget_id"],
+                    **budget_event_data(budget, window),
                     "exception_id": row["id"],
+                    "amount_usd": format_usd(int(row["amount_nanos"])),
+                    "percent": row["percent"],
                     "reason": row["reason"],
+                    "starts_at": row["starts_at"].isoformat(),
                     "expires_at": row["expires_at"].isoformat(),
                 },
                 now,
-                row["org_id"],
+                budget.org_id,
             )
 
     async def reap(self) -> int:
