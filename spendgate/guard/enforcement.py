@@ -186,6 +186,22 @@ class Admission:
     #: restarted empty and nobody seeded it again yet): its ledger row is marked
     #: ``uncounted`` and they are caught up from it (``lost_buckets``)
     lost: tuple[str, ...] = ()
+    #: each hold's bucket's spent as the reserve read it, before this call (budgets
+    #: first, as ``buckets``); None: not read (nothing held, or a path that does not)
+    seen: tuple[int, ...] | None = None
+
+    @property
+    def remaining_seen(self) -> int | None:
+        """The tightest budget's remaining nanos before this call, from what the reserve
+        read (as a settle's remaining: its hard cap, else its amount, less spent); None
+        without a budget or a reading."""
+        seen = self.seen
+        if seen is None or not self.budgets:
+            return None
+        return min(
+            (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - spent
+            for a, spent in zip(self.budgets, seen, strict=False)
+        )
 
     @property
     def empty(self) -> bool:
@@ -460,18 +476,19 @@ class Enforcer:
         if plan is None:
             return Admission("", 0, (), ())
         if self._local is not None:
-            refusal = self._local.reserve_now(
+            reply = self._local.reserve_now_seen(
                 plan.admission.reservation_id, plan.holds, plan.expires_at
             )
         else:
-            refusal = await self._counters.reserve(
+            reply = await self._counters.reserve_seen(
                 plan.admission.reservation_id,
                 plan.holds,
                 plan.expires_at,
                 snapshot.generation or UNKNOWN,
             )
-        if refusal is not None:
-            self.refuse(plan, refusal)
+        if isinstance(reply, Refusal):
+            self.refuse(plan, reply)
+        plan.admission.seen = reply
         self._live.add(plan.admission.reservation_id)  # ``holding``: a plan holds something
         return plan.admission
 

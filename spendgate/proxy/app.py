@@ -445,6 +445,11 @@ class ProxyApp:
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         headers["cache-control"] = "no-cache"
+        # a stream's cost is known only at its end, after the headers went out: what was
+        # left when it was admitted (its own cost not yet taken off)
+        remaining = guarded.admission.remaining_seen
+        if remaining is not None:
+            headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
         disconnect = asyncio.ensure_future(receive())
         booked = False
         try:

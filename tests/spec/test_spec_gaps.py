@@ -4,6 +4,7 @@ not keep yet. They are expected to FAIL on main until the gap is closed."""
 from __future__ import annotations
 
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from tests.conftest import RunningGateway
@@ -68,3 +69,44 @@ def test_a_streamed_call_carries_the_remaining_budget_header(gateway: RunningGat
                 seen[stream] = response.headers.get("x-spendgate-budget-remaining-usd")
     assert seen[False] is not None
     assert seen[True] is not None, "streamed response has no x-spendgate-budget-remaining-usd"
+
+
+def test_a_streamed_call_says_what_was_left_when_it_was_admitted(
+    gateway: RunningGateway,
+) -> None:
+    """On both stream wires (OpenAI and Anthropic) the header is the tightest budget's
+    remaining before the stream: exactly what the call before it left (its own cost
+    comes only at the end, in the ledger); the next call's figure has it taken off."""
+    import anthropic
+    import openai
+
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/budgets",
+        {"scope_type": "key", "scope_id": key["id"], "period": "monthly",
+         "timezone": "UTC", "amount_usd": "5", "hard_limit": True},
+    )  # fmt: skip
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    msgs: Any = [{"role": "user", "content": "hi"}]
+
+    def whole() -> str:
+        raw = oai.chat.completions.with_raw_response.create(
+            model="demo-small", messages=msgs, max_tokens=10
+        )
+        return raw.headers["x-spendgate-budget-remaining-usd"]
+
+    streams = {
+        "openai": lambda: oai.chat.completions.with_streaming_response.create(
+            model="demo-small", messages=msgs, max_tokens=10, stream=True
+        ),
+        "anthropic": lambda: claude.messages.with_streaming_response.create(
+            model="demo-small", messages=msgs, max_tokens=10, stream=True
+        ),
+    }
+    for wire, stream in streams.items():
+        before = whole()
+        with stream() as response:
+            response.read()
+            assert response.headers.get("x-spendgate-budget-remaining-usd") == before, wire
+        assert Decimal(whole()) < Decimal(before), wire  # the stream's cost was taken off
