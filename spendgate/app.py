@@ -83,7 +83,13 @@ from spendgate.stopping import Stop, end_tasks
 from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
 from spendgate.store.audit_anchor import emit_anchor
-from spendgate.store.database import create_engine, database_fingerprint, migrate
+from spendgate.store.database import (
+    create_engine,
+    database_failure,
+    database_fingerprint,
+    database_unreachable,
+    migrate,
+)
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
 from spendgate.store.leases import take_lease
@@ -167,9 +173,9 @@ def build_admin(services: Services) -> FastAPI:
 
     @api.exception_handler(SQLAlchemyError)
     @api.exception_handler(OSError)
-    async def database_down(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("admin request failed, database unavailable: %s", exc)
-        return _error_response(DatabaseUnavailable("the database is unavailable; retry shortly"))
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        """503 for an outage only; a statement the database refused is no outage."""
+        return _error_response(database_failure(exc, f"admin {request.url.path}"))
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -485,7 +491,10 @@ class Gateway:
                     next_anomaly_check = loop.time() + every
                     await self.check_anomalies(holder)
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
-                log.warning("housekeeping postponed, database unavailable: %s", exc)
+                if isinstance(exc, DatabaseUnavailable) or database_unreachable(exc):
+                    log.warning("housekeeping postponed, database unavailable: %s", exc)
+                else:  # a statement the database refused: a bug, not an outage
+                    log.exception("housekeeping failed on a database error")
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("housekeeping failed")
             if not await self._stop.pause(HOUSEKEEPING_SECONDS):
