@@ -49,6 +49,7 @@ from spendgate.admin.wallets import router as wallets_router
 from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.console.app import build_console
 from spendgate.core.clock import Clock, SystemClock
+from spendgate.core.event_data import key_event_data
 from spendgate.core.pricing import PriceTable
 from spendgate.core.showback import months_before
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
@@ -82,7 +83,13 @@ from spendgate.stopping import Stop, end_pool, end_tasks, ignore_interrupts
 from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
 from spendgate.store.audit_anchor import emit_anchor
-from spendgate.store.database import create_engine, database_fingerprint, migrate
+from spendgate.store.database import (
+    create_engine,
+    database_failure,
+    database_fingerprint,
+    database_unreachable,
+    migrate,
+)
 from spendgate.store.directory import Directory
 from spendgate.store.forecasts import refresh_loop
 from spendgate.store.leases import take_lease
@@ -166,9 +173,9 @@ def build_admin(services: Services) -> FastAPI:
 
     @api.exception_handler(SQLAlchemyError)
     @api.exception_handler(OSError)
-    async def database_down(_: Request, exc: Exception) -> JSONResponse:
-        log.warning("admin request failed, database unavailable: %s", exc)
-        return _error_response(DatabaseUnavailable("the database is unavailable; retry shortly"))
+    async def database_error(request: Request, exc: Exception) -> JSONResponse:
+        """503 for an outage only; a statement the database refused is no outage."""
+        return _error_response(database_failure(exc, f"admin {request.url.path}"))
 
     @api.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -456,9 +463,10 @@ class Gateway:
 
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
-        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds,
-        every ``reconcile_seconds`` one replica raises live counters to the ledger, and
-        (after ``ANCHOR_FIRST_SECONDS`` of uptime) one sends the audit anchor when due."""
+        policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds
+        and announces keys about to expire, every ``reconcile_seconds`` one replica
+        raises live counters to the ledger, and (after ``ANCHOR_FIRST_SECONDS`` of
+        uptime) one sends the audit anchor when due."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
         next_sweep = next_reconcile = next_anomaly_check = loop.time()
@@ -485,7 +493,10 @@ class Gateway:
                     next_anomaly_check = loop.time() + every
                     await self.check_anomalies(holder)
             except (SQLAlchemyError, OSError, DatabaseUnavailable) as exc:
-                log.warning("housekeeping postponed, database unavailable: %s", exc)
+                if isinstance(exc, DatabaseUnavailable) or database_unreachable(exc):
+                    log.warning("housekeeping postponed, database unavailable: %s", exc)
+                else:  # a statement the database refused: a bug, not an outage
+                    log.exception("housekeeping failed on a database error")
             except Exception:  # outermost layer of a background loop: log and keep going
                 log.exception("housekeeping failed")
             if not await self._stop.pause(HOUSEKEEPING_SECONDS):
@@ -527,11 +538,35 @@ class Gateway:
             await reconciler.reconcile(timedelta(seconds=settings.reconcile_grace_seconds))
 
     async def _sweep(self, holder: str) -> None:
+        """One replica per ``SWEEP_SECONDS``: thresholds the ledger reached but nobody
+        fired, and ``key.expiring`` for keys whose expiry comes within the lead time."""
         sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)
-        if sweeper is not None and await take_lease(
-            self.services.engine, "threshold-sweep", holder, self._now(), ttl
-        ):
+        if not await take_lease(self.services.engine, "threshold-sweep", holder, self._now(), ttl):
+            return
+        if sweeper is not None:
             await sweeper.sweep()
+        await self.announce_expiring_keys()
+
+    async def announce_expiring_keys(self) -> int:
+        """``key.expiring`` for every live key that expires within ``key_expiring_days``:
+        once per key and expiry (the event's dedup key holds across restarts and
+        replicas; a new expiry announces again). Returns how many keys were due."""
+        days, now = self.services.settings.key_expiring_days, self._now()
+        if not days:
+            return 0
+        due = await self.services.directory.keys_expiring(now, now + timedelta(days=days))
+        for key in due:
+            self.services.events.emit_once(
+                "key.expiring",
+                f"key:{key['id']}:expiring:{key['expires_at'].isoformat()}",
+                {
+                    **key_event_data(key),
+                    "expires_in_seconds": int((key["expires_at"] - now).total_seconds()),
+                },
+                now,
+                key["org_id"],
+            )
+        return len(due)
 
     async def check_anomalies(self, holder: str) -> bool:
         """One replica per ``anomaly_check_seconds`` checks every scope's spend (a lease

@@ -147,6 +147,8 @@ class Settings:
     #: raw ledger rows older than this many months are purged (0: kept for ever);
     #: rollups and statements are kept regardless
     ledger_retention_months: int = 13
+    #: ``key.expiring`` goes out this many days before a key's expiry (0: never)
+    key_expiring_days: int = 7
 
 
 def _decimal(value: Any, where: str) -> Decimal:
@@ -431,6 +433,9 @@ def load_settings(
             if env.get("SPENDGATE_LEDGER_RETENTION_MONTHS")
             else gateway.get("ledger_retention_months", 13),
             "SPENDGATE_LEDGER_RETENTION_MONTHS / gateway.ledger_retention_months",
+        ),
+        key_expiring_days=_non_negative_int(
+            gateway.get("key_expiring_days", 7), "gateway.key_expiring_days"
         ),
     )
 

@@ -15,6 +15,7 @@ from spendgate.admin.forecasts import forecasts_for_status
 from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import validate_timezone, window_at
+from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.services import Services
@@ -344,12 +345,17 @@ async def grant_exception(
     }
     async with svc.engine.begin() as conn:
         budget = await svc.policies.get_budget(budget_id, conn)
+        rules_budget = budget_from_row(budget)
+        first_window = window_at(
+            max(starts, now), rules_budget.period, rules_budget.timezone, rules_budget.week_start
+        )
         row = await svc.policies.add_exception(conn, values)
         await record_event(
             conn,
             "budget.exception_granted",
             {
-                "budget_id": budget_id,
+                # the period it first raises (the one it starts in, or this one)
+                **budget_event_data(rules_budget, first_window),
                 "exception_id": row["id"],
                 "reason": body.reason,
                 "amount_usd": format_usd(values["amount_nanos"]),

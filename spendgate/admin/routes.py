@@ -15,6 +15,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
 from spendgate.core.access import Can, Owner, Principal
+from spendgate.core.event_data import key_event_data
 from spendgate.errors import ValidationFailed
 from spendgate.store.events import list_events, record_event
 
@@ -267,12 +268,7 @@ async def create_key(
         await record_event(
             conn,
             "key.created",
-            {
-                "key_id": key["id"],
-                "name": key["name"],
-                "team_id": key["team_id"],
-                "key_prefix": key["key_prefix"],
-            },
+            key_event_data(key),
             now,
             org_id=key["org_id"],
         )
@@ -355,7 +351,7 @@ async def revoke_key(
             await record_event(
                 conn,
                 "key.revoked",
-                {"key_id": key_id, "name": after["name"], "team_id": after["team_id"]},
+                key_event_data(after),
                 now,
                 org_id=after["org_id"],
             )

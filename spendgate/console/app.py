@@ -42,6 +42,7 @@ from spendgate.console.usage_source import ClosedDays
 from spendgate.errors import NotFound, SpendgateError, ValidationFailed
 from spendgate.services import Services
 from spendgate.store.console_auth import SESSION_LIFETIME, ConsoleAuth
+from spendgate.store.database import database_failure
 
 log = logging.getLogger("spendgate.console")
 
@@ -105,10 +106,10 @@ def build_console(services: Services, *, session_lifetime: timedelta = SESSION_L
         )
 
     @app.exception_handler(SQLAlchemyError)
-    async def database_down(request: Request, exc: SQLAlchemyError) -> Response:
-        log.warning("console page failed, database unavailable: %s", exc)
-        message = "the database is unavailable; retry shortly"
-        return HTMLResponse(message, status_code=503)
+    async def database_error(request: Request, exc: SQLAlchemyError) -> Response:
+        """503 for an outage only (``database_failure``): a refused statement is no outage."""
+        failure = database_failure(exc, f"console {request.url.path}")
+        return HTMLResponse(failure.message, status_code=failure.status)
 
     @app.get("/console/static/{name}", include_in_schema=False)
     async def static(name: str) -> FileResponse:

@@ -205,12 +205,7 @@ class ChainWalk:
         if head is None:
             return None
         if head != (state.seq, state.hash):
-            return ChainBreak(
-                None,
-                state.seq + 1,
-                f"chain head is at seq {head[0]} but the last entry is seq "
-                f"{state.seq} (entries missing at the end)",
-            )
+            return head_mismatch(head, state)
         if key is None or (head_seal is None and state.version < 2):
             return None  # no key to check with, or a chain of version-1 entries only
         if head_seal is None or not same_digest(head_mac(key, *head), head_seal):
@@ -249,6 +244,32 @@ class ChainWalk:
             "the chain is broken outside this org's entries; the operator (master key) "
             "can see where",
         )
+
+
+def head_mismatch(head: tuple[int, str], state: ChainState) -> ChainBreak:
+    """What is wrong when the head row does not name the last entry walked: entries
+    gone past it, a head left behind the entries, or a hash that is not the entry's."""
+    seq, digest = head
+    if seq > state.seq:
+        return ChainBreak(
+            None,
+            state.seq + 1,
+            f"chain head is at seq {seq} but the last entry is seq {state.seq}: "
+            f"entries {state.seq + 1}..{seq} are missing at the end",
+        )
+    if seq < state.seq:
+        return ChainBreak(
+            None,
+            seq + 1,
+            f"chain head is at seq {seq}, behind the last entry (seq {state.seq}): the head "
+            "row was rolled back, or entries were added without moving it",
+        )
+    return ChainBreak(
+        None,
+        seq,
+        f"chain head names seq {seq} with hash {digest[:16]}… but that entry's hash is "
+        f"{state.hash[:16]}…: the head row or the last entry was rewritten",
+    )
 
 
 def verify_chain(

@@ -114,6 +114,17 @@ class Counters(Protocol):
         nothing is written and ``PolicyStale`` is raised (None: not checked; a process's
         memory is never lost or changed by another, so it checks nothing)."""
 
+    async def reserve_seen(
+        self,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        expires_at: float,
+        generation: Generation | None = None,
+    ) -> Refusal | tuple[int, ...]:
+        """``reserve``, answering (when every hold fits) each hold's bucket's ``spent`` as
+        the reserve read it, before this reservation: what the proxy can say is left
+        before a call whose cost is not known yet (a stream), at no extra round trip."""
+
     async def settle(
         self, reservation_id: str, settlements: Sequence[Settlement]
     ) -> list[tuple[int, int]]:

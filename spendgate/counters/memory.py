@@ -75,13 +75,31 @@ class MemoryCounters:
         expires_at: float,
         generation: Generation | None = None,
     ) -> Refusal | None:
-        return self.reserve_now(reservation_id, holds, expires_at)
+        reply = await self.reserve_seen(reservation_id, holds, expires_at)
+        return reply if isinstance(reply, Refusal) else None
+
+    async def reserve_seen(
+        self,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        expires_at: float,
+        generation: Generation | None = None,
+    ) -> Refusal | tuple[int, ...]:
+        return self.reserve_now_seen(reservation_id, holds, expires_at)
 
     def reserve_now(
         self, reservation_id: str, holds: Sequence[Hold], expires_at: float
     ) -> Refusal | None:
+        reply = self.reserve_now_seen(reservation_id, holds, expires_at)
+        return reply if isinstance(reply, Refusal) else None
+
+    def reserve_now_seen(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
+    ) -> Refusal | tuple[int, ...]:
+        """``reserve_seen`` as a plain call (this process's memory: nothing to await)."""
         buckets = self._buckets
         pending: dict[str, int] = {}
+        seen = []
         for hold in holds:
             name = hold.bucket
             current = buckets.get(name) or _NOTHING
@@ -90,6 +108,7 @@ class MemoryCounters:
             if cap is not None and current.spent + current.reserved + already + hold.amount > cap:
                 return Refusal(name, current.spent, current.reserved, cap)
             pending[name] = already + hold.amount
+            seen.append(current.spent)
         reservation = self._reservations.get(reservation_id)
         if reservation is None:  # the usual case: ``pending`` becomes what it holds
             self._reservations[reservation_id] = _Reservation(expires_at, pending)
@@ -102,7 +121,7 @@ class MemoryCounters:
             if bucket is None:
                 bucket = buckets[name] = _Bucket()
             bucket.reserved += amount
-        return None
+        return tuple(seen)
 
     async def settle(
         self, reservation_id: str, settlements: Sequence[Settlement]

@@ -46,17 +46,17 @@ class OutageCounters(MemoryCounters):
         share = fail_open_cap(cap, self.started.get(hold.bucket, 0), self._replicas)
         return Hold(hold.bucket, hold.amount, share), cap
 
-    async def reserve(
+    async def reserve_seen(
         self,
         reservation_id: str,
         holds: Sequence[Hold],
         expires_at: float,
         generation: Generation | None = None,
-    ) -> Refusal | None:
+    ) -> Refusal | tuple[int, ...]:
         shared = [self._share(h) for h in holds]
-        refusal = await super().reserve(reservation_id, [h for h, _ in shared], expires_at)
-        if refusal is None:
-            return None
+        refusal = await super().reserve_seen(reservation_id, [h for h, _ in shared], expires_at)
+        if not isinstance(refusal, Refusal):
+            return refusal
         real = next(cap for h, cap in shared if h.bucket == refusal.bucket)
         # the refusal names the budget's (or wallet's) own cap, not the share
         return Refusal(refusal.bucket, refusal.spent, refusal.reserved, real or refusal.cap)

@@ -155,6 +155,11 @@ class RedisCounters:
         index, spent, reserved, cap = refused
         return Refusal(holds[int(index) - 1].bucket, _int(spent), _int(reserved), _int(cap))
 
+    @staticmethod
+    def seen_reply(flat: Any) -> tuple[int, ...]:
+        """Each hold's bucket's spent as the reserve read it."""
+        return tuple(_int(spent) for spent in flat or ())
+
     def settle_call(
         self, reservation_id: str, settlements: Sequence[Settlement]
     ) -> tuple[list[str], list[str | int]]:
@@ -184,12 +189,26 @@ class RedisCounters:
         expires_at: float,
         generation: Generation | None = None,
     ) -> Refusal | None:
+        reply = await self.reserve_seen(reservation_id, holds, expires_at, generation)
+        return reply if isinstance(reply, Refusal) else None
+
+    async def reserve_seen(
+        self,
+        reservation_id: str,
+        holds: Sequence[Hold],
+        expires_at: float,
+        generation: Generation | None = None,
+    ) -> Refusal | tuple[int, ...]:
         keys, args = self.reserve_call(reservation_id, holds, expires_at)
         planned = ["", ""] if generation is None else [generation.epoch, generation.version]
-        kind, *body = await self._reserve(keys=[self.generation_key, *keys], args=[*planned, *args])
+        kind, body = await self._reserve(keys=[self.generation_key, *keys], args=[*planned, *args])
         if int(kind) == 3:
-            raise PolicyStale(generation_reply(*body[0]))
-        return self.reserve_reply(body[0] if body else None, holds)
+            raise PolicyStale(generation_reply(*body))
+        if int(kind) == 2:
+            refusal = self.reserve_reply(body, holds)
+            assert refusal is not None
+            return refusal
+        return self.seen_reply(body)
 
     async def settle(
         self, reservation_id: str, settlements: Sequence[Settlement]

@@ -35,6 +35,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from spendgate.core import budget_rules as rules
 from spendgate.core.budget_windows import Period, Window, window_at
 from spendgate.core.clock import Clock
+from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd
 from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
@@ -138,14 +139,7 @@ def threshold_event(
     """(type, dedup key, data) of ``threshold`` reached at ``spent`` in ``a``'s period:
     the dedup key makes it fire once per budget per period, whoever stores it first."""
     data = {
-        "budget_id": a.budget.id,
-        "budget_name": a.budget.name,
-        "scope_type": a.budget.scope_type,
-        "scope_id": a.budget.scope_id,
-        "tag": a.budget.tag,
-        "period": a.window.key,
-        "period_start": a.window.start.isoformat(),
-        "period_end": a.window.end.isoformat(),
+        **budget_event_data(a.budget, a.window),
         "threshold": threshold.kind,
         "percent": f"{threshold.percent.normalize():f}",
         "percent_used": f"{rules.percent_used(spent, a.amount_nanos)}",
@@ -192,6 +186,22 @@ class Admission:
     #: restarted empty and nobody seeded it again yet): its ledger row is marked
     #: ``uncounted`` and they are caught up from it (``lost_buckets``)
     lost: tuple[str, ...] = ()
+    #: each hold's bucket's spent as the reserve read it, before this call (budgets
+    #: first, as ``buckets``); None: not read (nothing held, or a path that does not)
+    seen: tuple[int, ...] | None = None
+
+    @property
+    def remaining_seen(self) -> int | None:
+        """The tightest budget's remaining nanos before this call, from what the reserve
+        read (as a settle's remaining: its hard cap, else its amount, less spent); None
+        without a budget or a reading."""
+        seen = self.seen
+        if seen is None or not self.budgets:
+            return None
+        return min(
+            (a.cap_nanos if a.cap_nanos is not None else a.amount_nanos) - spent
+            for a, spent in zip(self.budgets, seen, strict=False)
+        )
 
     @property
     def empty(self) -> bool:
@@ -466,18 +476,19 @@ class Enforcer:
         if plan is None:
             return Admission("", 0, (), ())
         if self._local is not None:
-            refusal = self._local.reserve_now(
+            reply = self._local.reserve_now_seen(
                 plan.admission.reservation_id, plan.holds, plan.expires_at
             )
         else:
-            refusal = await self._counters.reserve(
+            reply = await self._counters.reserve_seen(
                 plan.admission.reservation_id,
                 plan.holds,
                 plan.expires_at,
                 snapshot.generation or UNKNOWN,
             )
-        if refusal is not None:
-            self.refuse(plan, refusal)
+        if isinstance(reply, Refusal):
+            self.refuse(plan, reply)
+        plan.admission.seen = reply
         self._live.add(plan.admission.reservation_id)  # ``holding``: a plan holds something
         return plan.admission
 
@@ -700,18 +711,24 @@ class Enforcer:
     async def announce_expired_exceptions(self) -> None:
         """``budget.exception_expired`` once for each exception that has run out."""
         now = self._clock.now()
-        for row in await self._store.expired_exceptions(now, now - timedelta(days=7)):
+        for row, budget in await self._store.expired_exceptions(now, now - timedelta(days=7)):
+            # the period it ran out in (the last one it raised)
+            last = row["expires_at"] - timedelta(microseconds=1)
+            window = window_at(last, budget.period, budget.timezone, budget.week_start)
             self._emit(
                 "budget.exception_expired",
                 f"exception:{row['id']}:expired",
                 {
-                    "budget_id": row["budget_id"],
+                    **budget_event_data(budget, window),
                     "exception_id": row["id"],
+                    "amount_usd": format_usd(int(row["amount_nanos"])),
+                    "percent": row["percent"],
                     "reason": row["reason"],
+                    "starts_at": row["starts_at"].isoformat(),
                     "expires_at": row["expires_at"].isoformat(),
                 },
                 now,
-                row["org_id"],
+                budget.org_id,
             )
 
     async def reap(self) -> int:

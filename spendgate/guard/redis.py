@@ -103,11 +103,13 @@ class JointRedis:
             generation.version,
         ]
         args = header + rate_args + money_args
-        kind, body = await once_more(
+        kind, body, *seen = await once_more(
             self._counters.client, lambda: self._acquire(keys=keys, args=args)
         )
         if int(kind) == 3:
             return generation_reply(*body)
+        if int(kind) == 0 and money is not None:
+            money.admission.seen = self._counters.seen_reply(seen[0])
         return self._acquired(int(kind), body, rate, money)
 
     def _acquired(

@@ -65,6 +65,7 @@ from spendgate.ratelimit.gate import RateGate
 from spendgate.security.auth_throttle import AuthThrottle, client_address
 from spendgate.security.credentials import RequestIds
 from spendgate.settings import ModelRoute, Settings
+from spendgate.store.database import database_failure
 from spendgate.store.directory import KeyRecord
 from spendgate.store.events import PendingEvent, capture_events
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
@@ -242,12 +243,13 @@ class ProxyApp:
         except (SQLAlchemyError, OSError) as exc:
             # only a lookup this process had not cached gets here: cached keys and
             # policies keep serving through an outage, and the ledger waits in the spool
-            log.warning("database unavailable for %s: %s", request_id, exc)
-            unavailable = DatabaseUnavailable(
-                "the gateway's database is unavailable and this call needs it; retry shortly"
-            )
-            self._metrics.refused(unavailable)
-            await send_error(send, unavailable, wire, request_id)
+            failure = database_failure(exc, f"call {request_id}")
+            if isinstance(failure, DatabaseUnavailable):
+                failure = DatabaseUnavailable(
+                    "the gateway's database is unavailable and this call needs it; retry shortly"
+                )
+            self._metrics.refused(failure)
+            await send_error(send, failure, wire, request_id)
 
     async def _authenticate(
         self, scope: Scope, headers: Mapping[str, str], wire: str, now: datetime, mono: float
@@ -446,6 +448,11 @@ class ProxyApp:
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "text/event-stream")
         headers["cache-control"] = "no-cache"
+        # a stream's cost is known only at its end, after the headers went out: what was
+        # left when it was admitted (its own cost not yet taken off)
+        remaining = guarded.admission.remaining_seen
+        if remaining is not None:
+            headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
         disconnect = asyncio.ensure_future(receive())
         booked = False
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -17,12 +18,22 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import (
+    DBAPIError,
+    DisconnectionError,
+    IntegrityError,
+    InterfaceError,
+    OperationalError,
+)
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
 from spendgate.core.showback import tag_set
-from spendgate.errors import NotFound
+from spendgate.errors import Conflict, DatabaseUnavailable, NotFound, SpendgateError
 from spendgate.settings import normalise_database_url
+
+log = logging.getLogger("spendgate")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
@@ -198,3 +209,42 @@ def migrate_url(url: str, revision: str = "head") -> None:
             await engine.dispose()
 
     asyncio.run(run())
+
+
+#: driver errors that mean the database cannot be reached or used now (retry later)
+UNREACHABLE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, PoolTimeout, OSError)
+#: SQLSTATE classes of the same: connection exception, insufficient resources, operator
+#: intervention (a server shutting down or starting: asyncpg reports those as plain errors)
+UNREACHABLE_SQLSTATES = frozenset({"08", "53", "57"})
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` means an outage (connection lost or refused, pool exhausted, server
+    shutting down), not that the database refused what was asked (a conflict, a bug):
+    only an outage may be answered 503 "database unavailable"."""
+    if isinstance(exc, UNREACHABLE_ERRORS):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        return isinstance(state, str) and state[:2] in UNREACHABLE_SQLSTATES
+    return False
+
+
+def database_failure(exc: Exception, where: str) -> SpendgateError:
+    """What a request that hit ``exc`` from the database answers: 503 while the database
+    cannot be reached; 409 for a write that conflicts with what is stored (a route's own
+    checks raced another request's write); otherwise 500, logged with its traceback:
+    a bug, not an outage."""
+    if database_unreachable(exc):
+        log.warning("%s failed, database unavailable: %s", where, exc)
+        return DatabaseUnavailable("the database is unavailable; retry shortly")
+    if isinstance(exc, IntegrityError):
+        log.warning("%s refused by the database: %s", where, exc)
+        return Conflict(
+            "this change conflicts with what is stored (a duplicate, or something it names "
+            "was changed or removed meanwhile); nothing was changed: reload and retry"
+        )
+    log.error("%s failed on a database error", where, exc_info=exc)
+    return SpendgateError("internal error; the gateway's log has the details")

@@ -410,6 +410,15 @@ class Directory:
             )
         return before, {**before, "expires_at": expires_at}
 
+    async def keys_expiring(self, now: datetime, until: datetime) -> list[dict[str, Any]]:
+        """Keys not revoked whose expiry is in ``(now, until]``."""
+        table = schema.virtual_keys
+        query = sa.select(table).where(
+            table.c.revoked_at.is_(None), table.c.expires_at > now, table.c.expires_at <= until
+        )
+        async with self._engine.connect() as conn:
+            return [_key_public(_row(r)) for r in await conn.execute(query)]
+
     async def key_by_hash(self, key_hash: str) -> KeyRecord | None:
         table = schema.virtual_keys
         async with self._engine.connect() as conn:

@@ -279,16 +279,28 @@ class PolicyStore:
         async with self._engine.connect() as conn:
             return _rows(await conn.execute(query))
 
-    async def expired_exceptions(self, now: datetime, since: datetime) -> list[dict[str, Any]]:
-        """Exceptions that ran out in ``[since, now]``, with their budget's org."""
+    async def expired_exceptions(
+        self, now: datetime, since: datetime
+    ) -> list[tuple[dict[str, Any], Budget]]:
+        """Exceptions that ran out in ``[since, now]``, each with its budget."""
         exc, bud = schema.budget_exceptions, schema.budgets
         query = (
-            sa.select(exc, bud.c.org_id)
+            sa.select(exc, *(c.label(f"budget.{c.name}") for c in bud.c))
             .join(bud, bud.c.id == exc.c.budget_id)
             .where(exc.c.expires_at <= now, exc.c.expires_at >= since)
         )
         async with self._engine.connect() as conn:
-            return _rows(await conn.execute(query))
+            rows = _rows(await conn.execute(query))
+        prefix = "budget."
+        return [
+            (
+                {k: v for k, v in r.items() if not k.startswith(prefix)},
+                budget_from_row(
+                    {k[len(prefix) :]: v for k, v in r.items() if k.startswith(prefix)}
+                ),
+            )
+            for r in rows
+        ]
 
     # -- wallets -----------------------------------------------------------------------
     async def create_wallet(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:

@@ -316,6 +316,55 @@ def test_exception_raises_the_cap_until_it_expires(gateway: RunningGateway) -> N
     assert expired["data"]["exception_id"] == granted["id"]
 
 
+def test_exception_events_name_the_budget_scope_and_period(gateway: RunningGateway) -> None:
+    """``budget.exception_granted`` and ``budget.exception_expired`` carry the fields every
+    budget event has (budget, scope, period), like a threshold event: the granted one the
+    period it starts raising (March), the expired one the period it ran out in (April)."""
+    key = gateway.create_key()
+    made = budget(
+        gateway, scope_type="key", scope_id=key["id"], amount_usd="5", name="launch budget"
+    )
+    expires = gateway.clock.now() + timedelta(days=30)  # 2026-04-09
+    granted = gateway.post(
+        f"/admin/budgets/{made['id']}/exceptions",
+        {"amount_usd": "2", "reason": "launch day", "expires_at": expires.isoformat()},
+    )
+    gateway.clock.advance(30 * 86400)
+    gateway.run(gateway.app.services.enforcer.refresh())
+    gateway.run(gateway.app.services.enforcer.announce_expired_exceptions())
+    [on] = events(gateway, "budget.exception_granted")
+    [off] = events(gateway, "budget.exception_expired")
+    common = {
+        "budget_id": made["id"],
+        "budget_name": "launch budget",
+        "scope_type": "key",
+        "scope_id": key["id"],
+        "tag": None,
+        "exception_id": granted["id"],
+        "reason": "launch day",
+        "amount_usd": "2.00",
+    }
+    assert on["data"] | common == on["data"] and off["data"] | common == off["data"]
+    assert (on["data"]["period"], off["data"]["period"]) == ("2026-03", "2026-04")
+    assert on["data"]["period_start"] == "2026-03-01T00:00:00+00:00"
+    assert off["data"]["period_end"] == "2026-05-01T00:00:00+00:00"
+    assert datetime.fromisoformat(off["data"]["expires_at"]) == expires
+
+
+def test_key_events_name_the_key_as_a_scope(gateway: RunningGateway) -> None:
+    """``key.created`` and ``key.revoked`` say ``scope_type: key`` with the key's id and
+    who holds it, so webhook scope filters and preferences match them like budget events;
+    never the secret."""
+    org = gateway.post("/admin/orgs", {"name": "key-events"})["id"]
+    key = gateway.create_key(org_id=org, tags=["batch"])
+    gateway.post(f"/admin/keys/{key['id']}/revoke", {}, status=200)
+    for type_ in ("key.created", "key.revoked"):
+        [e] = [e for e in events(gateway, type_) if e["data"]["key_id"] == key["id"]]
+        assert e["data"]["scope_type"] == "key" and e["data"]["scope_id"] == key["id"]
+        assert e["data"]["tags"] == ["batch"] and e["data"]["key_prefix"] == key["key_prefix"]
+        assert key["key"] not in str(e)
+
+
 def test_wallet_funds_calls_and_refuses_with_402(gateway: RunningGateway) -> None:
     """A wallet pays for calls; empty, it refuses with 402; a top-up lets calls through."""
     key = gateway.create_key()

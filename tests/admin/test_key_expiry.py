@@ -3,11 +3,13 @@ audited, enforced at the proxy at once."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import httpx
 import pytest
 
+from spendgate.services import EventSink
 from tests.conftest import RunningGateway
 
 MSG = [{"role": "user", "content": "hi"}]
@@ -77,3 +79,50 @@ def test_a_revoked_key_keeps_its_expiry(gateway: RunningGateway) -> None:
     soon = (gateway.clock.now() + timedelta(hours=1)).isoformat()
     answer = gateway.admin.patch(f"/admin/keys/{key['id']}", json={"expires_at": soon})
     assert answer.status_code == 409, answer.text
+
+
+def _expiring(gw: RunningGateway, key_id: str) -> list[dict[str, Any]]:
+    gw.run(gw.app.services.drain())
+    events = gw.get("/admin/events", type="key.expiring", limit=1000)
+    return [e for e in events if e["data"]["key_id"] == key_id]
+
+
+def test_key_expiring_fires_within_the_lead_time_once_per_expiry(
+    gateway: RunningGateway,
+) -> None:
+    """``key.expiring`` goes out when the expiry comes within ``key_expiring_days`` (7),
+    not before; once, even after a restart (a fresh event sink: no in-process memory,
+    as on another replica); a new expiry announces again. Its data names the key as a
+    scope, like the other key events."""
+    app, services = gateway.app, gateway.app.services
+    assert gateway.settings.key_expiring_days == 7
+    in_ten_days = gateway.clock.now() + timedelta(days=10)
+    key = gateway.create_key(expires_at=in_ten_days.isoformat())
+    gateway.run(app.announce_expiring_keys())
+    assert _expiring(gateway, key["id"]) == []
+    gateway.clock.advance(4 * 86400)  # six days left
+    for _ in range(2):
+        gateway.run(app.announce_expiring_keys())
+        gateway.run(services.drain())
+        services.events = EventSink(services.engine)  # "restarted": remembers nothing
+    [event] = _expiring(gateway, key["id"])
+    data = event["data"]
+    assert data["scope_type"] == "key" and data["scope_id"] == key["id"]
+    assert data["name"] == "test-key" and data["key_prefix"] == key["key_prefix"]
+    assert datetime.fromisoformat(data["expires_at"]) == in_ten_days
+    assert data["expires_in_seconds"] == 6 * 86400
+    later = (in_ten_days + timedelta(days=1)).isoformat()
+    assert gateway.admin.patch(f"/admin/keys/{key['id']}", json={"expires_at": later}).is_success
+    gateway.run(app.announce_expiring_keys())
+    assert len(_expiring(gateway, key["id"])) == 2
+
+
+def test_key_expiring_skips_revoked_and_expired_keys(gateway: RunningGateway) -> None:
+    """A revoked key, or one already past its expiry, is not announced as expiring."""
+    now = gateway.clock.now()
+    revoked = gateway.create_key(expires_at=(now + timedelta(days=1)).isoformat())
+    gateway.post(f"/admin/keys/{revoked['id']}/revoke", {}, status=200)
+    gone = gateway.create_key(expires_at=(now + timedelta(hours=1)).isoformat())
+    gateway.clock.advance(7200)
+    assert gateway.run(gateway.app.announce_expiring_keys()) == 0
+    assert _expiring(gateway, revoked["id"]) == _expiring(gateway, gone["id"]) == []

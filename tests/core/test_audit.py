@@ -223,6 +223,28 @@ def test_a_deleted_tail_is_caught_by_the_chain_head() -> None:
     assert "missing at the end" in result.first_bad.reason
 
 
+@pytest.mark.parametrize(
+    ("head", "seq", "says"),
+    [
+        ((5, "tail"), 4, "chain head is at seq 5 but the last entry is seq 3: entries 4..5"),
+        ((1, "first"), 2, "chain head is at seq 1, behind the last entry (seq 3): the head row"),
+        ((3, "other"), 3, "chain head names seq 3 with hash 0000000000000000… but that entry"),
+    ],
+)
+def test_a_head_that_does_not_name_the_last_entry_says_how(
+    head: tuple[int, str], seq: int, says: str
+) -> None:
+    """The head row past the entries (tail deleted), behind them (the head rolled back),
+    or on the last seq with another hash: each verdict says which, never "the head is at
+    seq 1 but the last entry is seq 1"."""
+    entries = chain(5)
+    digests = {"tail": entries[4].hash, "first": entries[0].hash, "other": "0" * 64}
+    result = verify_chain(entries[:3], head=(head[0], digests[head[1]]))
+    assert not result.ok and result.first_bad is not None
+    assert result.first_bad.entry_id is None and result.first_bad.seq == seq
+    assert result.first_bad.reason.startswith(says), result.first_bad.reason
+
+
 def test_verification_resumes_from_a_checkpoint_state() -> None:
     first = chain(3)
     rest = chain(2, ChainState(3, first[-1].hash))

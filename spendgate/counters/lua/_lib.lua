@@ -44,10 +44,11 @@ end
 -- The operations, as functions of (keys, argv) laid out as each script's KEYS/ARGV, so
 -- the joint scripts in spendgate/guard/lua/ can run them next to the rate limiter's.
 
--- Reserve, first half: every hold checked, nothing written. Returns nil when all fit,
--- else {1-based index of the first hold that did not fit, spent, reserved, cap}.
+-- Reserve, first half: every hold checked, nothing written. Returns nil and each hold's
+-- bucket's spent as read (before this call) when all fit, else {1-based index of the
+-- first hold that did not fit, spent, reserved, cap}.
 local function ct_check(keys, argv)
-  local pending = {}
+  local pending, seen = {}, {}
   for i = 3, #keys do
     local key = keys[i]
     local a = 3 + (i - 3) * 3
@@ -65,8 +66,9 @@ local function ct_check(keys, argv)
       return {i - 2, spent, reserved, cap}
     end
     pending[key] = already + amount
+    seen[#seen + 1] = spent
   end
-  return nil
+  return nil, seen
 end
 
 -- Reserve, second half: add every hold ct_check passed and remember the reservation.

@@ -8,14 +8,14 @@
 --       reservation id, expires_at, then per hold: amount, cap ('' = none),
 --       use_stored_cap ('1'/'0').
 -- Returns {3, {epoch, version}} when the stored generation differs (nothing written),
--- {2, {1-based index of the first hold that did not fit, spent, reserved, cap}}, or {0}
--- when every hold fits (and records them).
+-- {2, {1-based index of the first hold that did not fit, spent, reserved, cap}}, or
+-- {0, {each hold's bucket's spent as read}} when every hold fits (and records them).
 if ARGV[2] ~= '' then
   local stale = ct_stale(KEYS[1], ARGV[1], ARGV[2])
   if stale then return {3, stale} end
 end
 local keys, argv = slice(KEYS, 2, #KEYS), slice(ARGV, 3, #ARGV)
-local refused = ct_check(keys, argv)
+local refused, seen = ct_check(keys, argv)
 if refused then return {2, refused} end
 ct_record(keys, argv)
-return {0}
+return {0, seen}

@@ -8,7 +8,8 @@
 -- Returns {3, {epoch, version}} when the stored generation differs (nothing written:
 -- the caller reloads its policies, or re-seeds after lost counters, and plans again),
 -- {1, rate refusal} (as acquire.lua's), {2, counters refusal} (as reserve.lua's),
--- or {0, rate grant (as acquire.lua's; {} without a rate half)}.
+-- or {0, rate grant (as acquire.lua's; {} without a rate half), each hold's bucket's
+-- spent as read (as reserve.lua's; {} without a counters half)}.
 local nk, na, counters = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
 local stale = ct_stale(KEYS[1], ARGV[4], ARGV[5])
 if stale then return {3, stale} end
@@ -20,11 +21,13 @@ if nk > 0 then
   refused, used = rl_check(rk, ra)
   if refused then return {1, refused} end
 end
+local seen = {}
 if counters then
-  local refused = ct_check(ck, ca)
+  local refused
+  refused, seen = ct_check(ck, ca)
   if refused then return {2, refused} end
 end
 local granted = {}
 if nk > 0 then granted = rl_record(rk, ra, used) end
 if counters then ct_record(ck, ca) end
-return {0, granted}
+return {0, granted, seen}
