@@ -227,9 +227,14 @@ def database_unreachable(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
-        state = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        return isinstance(state, str) and state[:2] in UNREACHABLE_SQLSTATES
+        return _sqlstate(exc)[:2] in UNREACHABLE_SQLSTATES
     return False
+
+
+def _sqlstate(exc: BaseException) -> str:
+    orig = getattr(exc, "orig", None)
+    state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+    return state if isinstance(state, str) else ""
 
 
 def database_failure(exc: Exception, where: str) -> SpendgateError:
@@ -240,7 +245,8 @@ def database_failure(exc: Exception, where: str) -> SpendgateError:
     if database_unreachable(exc):
         log.warning("%s failed, database unavailable: %s", where, exc)
         return DatabaseUnavailable("the database is unavailable; retry shortly")
-    if isinstance(exc, IntegrityError):
+    # 40: a serialization failure or deadlock, lost to a concurrent write like a conflict
+    if isinstance(exc, IntegrityError) or _sqlstate(exc)[:2] == "40":
         log.warning("%s refused by the database: %s", where, exc)
         return Conflict(
             "this change conflicts with what is stored (a duplicate, or something it names "

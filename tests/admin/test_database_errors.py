@@ -29,6 +29,12 @@ class UniqueViolation(Exception):
     sqlstate = "23505"
 
 
+class SerializationFailure(Exception):
+    """What asyncpg raises when a concurrent transaction won (SQLSTATE 40001)."""
+
+    sqlstate = "40001"
+
+
 ERRORS: dict[str, Exception] = {
     "operational": OperationalError("SELECT 1", {}, ConnectionRefusedError("refused")),
     "interface": InterfaceError("SELECT 1", {}, Exception("connection is closed")),
@@ -36,6 +42,7 @@ ERRORS: dict[str, Exception] = {
     "shutdown": DBAPIError("SELECT 1", {}, ServerShuttingDown("terminating connection")),
     "socket": ConnectionResetError("connection reset by peer"),
     "integrity": IntegrityError("INSERT", {}, UniqueViolation("duplicate key value")),
+    "serialization": DBAPIError("UPDATE", {}, SerializationFailure("could not serialize")),
     "programming": ProgrammingError("SELECT nope", {}, Exception("column nope does not exist")),
 }
 
@@ -49,6 +56,7 @@ ERRORS: dict[str, Exception] = {
         ("shutdown", True),
         ("socket", True),
         ("integrity", False),
+        ("serialization", False),
         ("programming", False),
     ],
 )
@@ -64,6 +72,7 @@ def test_only_connection_failures_count_as_an_outage(kind: str, outage: bool) ->
         ("shutdown", 503, "database_unavailable"),
         ("socket", 503, "database_unavailable"),
         ("integrity", 409, "conflict"),
+        ("serialization", 409, "conflict"),
         ("programming", 500, "internal_error"),
     ],
 )
