@@ -28,9 +28,7 @@ ACTUAL = {"key:requests": 1, "key:tokens": 1_234}
 
 
 def window_bytes(limiter: MemoryRateLimiter) -> int:
-    return sum(
-        sys.getsizeof(w.gaps) + sys.getsizeof(w.amounts) for w in limiter._windows.values()
-    )
+    return sum(sys.getsizeof(w.gaps) + sys.getsizeof(w.amounts) for w in limiter._windows.values())
 
 
 def main() -> None:
