@@ -204,7 +204,7 @@ class MemoryRateLimiter:
         valid (``validate``): ``acquire`` checks them; ``RateGate`` makes them from a
         ``CheckTemplate`` of stored limits and the call's non-negative amounts."""
         held = _Held(expires_at, {}, [])  # not the default factories: every call
-        stamp = _us(now)
+        stamp = round(now * _US)  # ``_us(now)``, inlined here and below: every call
         results: list[CheckResult] = []
         index = 0
         for bucket, kind, limit, window_seconds, amount in checks:
@@ -224,7 +224,7 @@ class MemoryRateLimiter:
                 index += 1
                 continue
             window = self._windows.get(bucket)
-            span = _us(window_seconds)
+            span = round(window_seconds * _US)
             cutoff = stamp - span
             if window is None:
                 window = self._windows[bucket] = _Window(span)
