@@ -97,7 +97,7 @@ class Detail:
         if self.limiter is None:
             return 0
         windows = self.limiter._windows.values()
-        return sum(sys.getsizeof(w.times) + sys.getsizeof(w.amounts) for w in windows)
+        return sum(sys.getsizeof(w.gaps) + sys.getsizeof(w.amounts) for w in windows)
 
 
 async def run(args: argparse.Namespace, work: Path) -> None:

@@ -307,23 +307,59 @@ async def test_idle_buckets_do_not_accumulate() -> None:
 
 
 async def test_a_busy_window_stays_compact_and_exact() -> None:
-    """A bucket that sees a call every 1/128 s for eight minutes keeps about one window
-    of entries (the ones that left are cut off the front), and its count stays exact:
-    the limit is reached at exactly 7,680 calls in any 60 s. (Binary fractions of a
-    second, so the times are exact.)"""
+    """A bucket that sees a call every 8 ms for eight minutes keeps at most 4/3 of a
+    window of entries (the ones that left are cut off the front once they are a quarter
+    of the arrays), 8 bytes each, and its count stays exact: the limit is reached at
+    exactly 7,500 calls in any 60 s, and the call 60 s after the oldest one fits."""
     memory = MemoryRateLimiter()
-    check = Check("busy:requests", "requests", 7_680, 60.0, 1)
+    check = Check("busy:requests", "requests", 7_500, 60.0, 1)
     calls = 60_000
     for i in range(calls):
-        now = i / 128
+        now = i * 0.008
         await granted(memory, f"r{i}", [check], now)
         await memory.settle(f"r{i}", {"busy:requests": 1}, now)
     window = memory._windows["busy:requests"]
-    assert len(window) == 7_680
-    assert len(window.times) < 7_680 * 2 + 4096
-    over = await memory.acquire("over", [check], (calls - 1) / 128, EXPIRES)
-    assert isinstance(over, Denial) and over.used == 7_680
-    assert isinstance(await memory.acquire("next", [check], calls / 128, EXPIRES), Granted)
+    assert len(window) == 7_500
+    assert len(window.gaps) <= 7_500 * 4 // 3
+    assert window.gaps.itemsize == window.amounts.itemsize == 4
+    over = await memory.acquire("over", [check], (calls - 1) * 0.008, EXPIRES)
+    assert isinstance(over, Denial) and over.used == 7_500
+    assert over.retry_after == pytest.approx(0.008)
+    assert isinstance(await memory.acquire("next", [check], calls * 0.008, EXPIRES), Granted)
+
+
+async def test_long_windows_count_hours_apart_and_past_2_to_the_32(limiter: RateLimiter) -> None:
+    """A day-long spend window whose calls are over 71 minutes apart (2**32 µs) and cost
+    more than 2**32 nanos each still counts every call exactly, to the microsecond."""
+    spend = Check("k:spend", "spend", 20 * 10**9, 86_400.0, 6 * 10**9)
+    day = 200_000.0
+    for rid, now in (("a", 0.0), ("b", 5_000.0), ("c", 10_000.000_001)):
+        await granted(limiter, rid, [spend], now, expires_at=day)
+    more = spend._replace(amount=3 * 10**9)
+    assert await denied(limiter, "x", [more], 20_000.0) == Denial(0, more, 18 * 10**9, 66_400.0)
+    fill = spend._replace(amount=8 * 10**9)  # "a" has left at 86,400.0: exactly the limit
+    result = await limiter.acquire("d", [fill], 86_400.0, day)
+    assert result == Granted((CheckResult(20 * 10**9, 0, 5_000.0),))
+    assert await limiter.usage([spend], 96_400.0) == [14 * 10**9]  # "c" and "d"
+    late = await denied(limiter, "y", [spend._replace(amount=7 * 10**9)], 96_400.0)
+    assert late.used == 14 * 10**9 and late.retry_after == pytest.approx(1e-6, rel=1e-3)
+    await limiter.settle("d", {"k:spend": 5 * 10**9}, 96_400.0)
+    assert await limiter.usage([spend], 96_400.0) == [11 * 10**9]
+    await limiter.settle("c", {"k:spend": 2 * 10**10}, 96_400.0)  # in place, widened
+    assert await limiter.usage([spend], 96_400.0) == [25 * 10**9]
+    assert await limiter.usage([spend], 96_400.000_01) == [5 * 10**9]  # "c" has left
+
+
+async def test_a_clock_stepping_back_keeps_the_log_in_order() -> None:
+    """In memory, a call stamped before the newest entry is stamped at the newest one:
+    the log stays sorted, so it leaves with it and not before."""
+    memory = MemoryRateLimiter()
+    await granted(memory, "a", [RPM5], 10.0)
+    await granted(memory, "b", [RPM5], 5.0)
+    assert await memory.usage([RPM5], 69.999_999) == [2]
+    assert await memory.usage([RPM5], 70.0) == [0]
+    result = await granted(memory, "c", [RPM5], 69.5)
+    assert result.results == (CheckResult(5, 2, 0.5),)
 
 
 @pytest.mark.parametrize(
