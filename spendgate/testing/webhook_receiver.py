@@ -7,6 +7,7 @@ Serve it with :func:`spendgate.testing.fake_upstream.serve_in_thread`.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -47,6 +48,8 @@ class Received:
     path: str = ""
     #: the status this receiver answered with
     answered: int = 200
+    #: when it arrived (``time.monotonic()``, before the answer was sent)
+    at: float = field(default_factory=time.monotonic)
 
     def json(self) -> Any:
         return json.loads(self.body)

@@ -253,7 +253,9 @@ async def record_attempt(
     rand: float,
 ) -> str:
     """Log the attempt and move the delivery on: ``succeeded``, ``retrying`` or ``failed``
-    (or ``lost`` when the lease was taken over meanwhile)."""
+    (or ``lost`` when the lease was taken over meanwhile). Safe to call again with the
+    same arguments after a failure (the worker does while the database is unreachable):
+    an attempt already logged by this claim is not logged twice."""
     delivery, endpoint_id = claim.delivery, claim.delivery["endpoint_id"]
     attempt_no = int(delivery["attempts"]) + 1
     common: dict[str, Any] = {
@@ -279,6 +281,17 @@ async def record_attempt(
             {"status": "failed", "finished_at": now, "next_attempt_at": None},
         )
     async with engine.begin() as conn:
+        # tried again after a commit whose answer was lost (the worker retries a write
+        # the database dropped): the first try may have landed; log the attempt once
+        landed = await conn.scalar(
+            sa.select(sa.func.count()).where(
+                webhook_attempts.c.delivery_id == delivery["id"],
+                webhook_attempts.c.attempt == attempt_no,
+                webhook_attempts.c.worker == claim.token,
+            )
+        )
+        if landed:
+            return outcome
         await conn.execute(
             webhook_attempts.insert().values(
                 id=new_id("wha"),

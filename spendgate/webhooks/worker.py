@@ -17,7 +17,7 @@ import os
 import random
 import socket
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from spendgate import __version__
 from spendgate.core.clock import Clock
 from spendgate.stopping import Stop
+from spendgate.store.database import database_unreachable
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import encode, render
 from spendgate.webhooks.outbox import AttemptResult, Claim, claim_due, record_attempt
@@ -39,6 +40,8 @@ if REDACTOR not in logging.getLogger("httpx").filters:
     logging.getLogger("httpx").addFilter(REDACTOR)
 
 EXCERPT_BYTES = 500
+#: seconds between tries to record an attempt while the database is unreachable
+RECORD_RETRY_FIRST, RECORD_RETRY_MOST = 0.1, 2.0
 
 
 def default_worker_id() -> str:
@@ -121,9 +124,7 @@ class DeliveryWorker:
                     exc,
                 )
             result = AttemptResult(ok=False, response_code=None, latency_ms=0, error=str(exc)[:500])
-        outcome = await record_attempt(
-            self._engine, claim, result, started_at, self._clock.now(), self._rand()
-        )
+        outcome = await self._record(claim, result, started_at)
         if self.on_attempt is not None:
             self.on_attempt(claim.endpoint["kind"], outcome)
         log.info(
@@ -134,6 +135,30 @@ class DeliveryWorker:
             result.response_code or result.error,
         )
         return outcome
+
+    async def _record(self, claim: Claim, result: AttemptResult, started_at: datetime) -> str:
+        """``record_attempt``, again while the database is unreachable and the lease is
+        still ours: the receiver's answer is known only here, and a write given up on
+        leaves the delivery pending, to be sent again when the lease expires (a receiver
+        that accepted it gets it twice). Only a worker that dies loses an answer."""
+        rand, pause = self._rand(), RECORD_RETRY_FIRST
+        while True:
+            try:
+                return await record_attempt(
+                    self._engine, claim, result, started_at, self._clock.now(), rand
+                )
+            except Exception as exc:
+                lease_until = claim.delivery["lease_until"]
+                if not database_unreachable(exc) or self._clock.now() >= lease_until:
+                    raise
+                log.warning(
+                    "webhook delivery %s: recording its attempt failed, database "
+                    "unavailable (retrying while the lease lasts): %s",
+                    claim.delivery["id"],
+                    exc,
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, RECORD_RETRY_MOST)
 
     def _request(self, claim: Claim) -> tuple[bytes, dict[str, str]]:
         endpoint, delivery = claim.endpoint, claim.delivery

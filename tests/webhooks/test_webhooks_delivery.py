@@ -4,8 +4,10 @@ the ``standardwebhooks`` library; the worker runs on a frozen clock, never sleep
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -22,11 +24,18 @@ from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
 from spendgate.testing.fake_upstream import ServerHandle, serve_in_thread
+from spendgate.testing.processes import PrivatePostgres
 from spendgate.testing.webhook_receiver import Receiver
-from spendgate.webhooks.outbox import claim_due, emit_event, fan_out
+from spendgate.webhooks.outbox import (
+    AttemptResult,
+    claim_due,
+    emit_event,
+    fan_out,
+    record_attempt,
+)
 from spendgate.webhooks.secrets_box import SecretBox
 from spendgate.webhooks.store import EndpointSpec, WebhookStore, list_deliveries, redeliver
-from spendgate.webhooks.tables import webhook_endpoints
+from spendgate.webhooks.tables import webhook_attempts, webhook_endpoints
 from spendgate.webhooks.worker import DeliveryWorker
 from tests.conftest import pool_watch
 
@@ -442,3 +451,68 @@ async def test_slack_url_patch_and_legacy_rows(world: World, serve: Any) -> None
     assert await world.store.seal_urls() == 0
     row = await world.store.row(endpoint["id"])
     assert "XXXXslackSECRETpart" not in str(row) and world.store.url_of(row) == url
+
+
+@sqlite_only  # the world's clock and HTTP client; its database is a PostgreSQL of its own
+async def test_an_answer_is_recorded_once_the_database_is_back_not_sent_again(
+    world: World, serve: Any
+) -> None:
+    """The receiver accepts; the database is stopped before the worker can record it (the
+    chaos test's outage). The worker, alive and holding the lease, keeps the answer and
+    records it once the database is back: the message is not sent again when the lease
+    expires. It used to raise, leave the delivery leased and pending, and the next worker
+    past the lease sent the same message a second time (the chaos test's ``{2, 1}``)."""
+    with PrivatePostgres() as pg:
+        engine = create_engine(pg.url)
+        try:
+            await migrate(engine)
+            clock = world.clock
+            store = WebhookStore(engine, BOX, allow_private=True)
+            org = await Directory(engine).create_org("acme", clock.now())
+            stopped = threading.Event()
+
+            class StopsTheDatabase(Receiver):
+                async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+                    if scope["type"] == "http" and not stopped.is_set():
+                        pg.stop()  # before it answers 200: the worker's write finds it down
+                        stopped.set()
+                    await super().__call__(scope, receive, send)
+
+            receiver = StopsTheDatabase()
+            endpoint, _ = await store.create(EndpointSpec(url=serve(receiver)), clock.now())
+            async with engine.begin() as conn:
+                await emit_event(
+                    conn, "budget.soft_limit_reached", dict(SOFT), clock.now(), org_id=org["id"]
+                )
+            worker = world.worker(engine=engine)
+            first = asyncio.create_task(worker.run_once())
+            await asyncio.to_thread(stopped.wait, 30)
+            await asyncio.sleep(0.5)  # the write is failing now
+            await asyncio.to_thread(pg.start)
+            with contextlib.suppress(Exception):  # before the fix: the write's error
+                await first
+            clock.advance(3600)  # well past any lease
+            await world.worker("w2", engine=engine).run_once()
+            [done] = await list_deliveries(engine, endpoint["id"])
+        finally:
+            await engine.dispose()
+    assert [r.answered for r in receiver.received] == [200]
+    assert done["status"] == "succeeded" and done["attempts"] == 1
+
+
+@sqlite_only
+async def test_recording_an_attempt_again_logs_it_once(world: World, serve: Any) -> None:
+    """The worker records again after a write the database dropped; if the first commit
+    landed (only its answer was lost), the attempt is not logged a second time."""
+    await world.endpoint(serve(Receiver()))
+    await world.emit()
+    [claim] = await claim_due(
+        world.engine, world.clock.now(), worker_id="w", lease=timedelta(seconds=60), limit=1
+    )
+    result = AttemptResult(ok=True, response_code=200, latency_ms=3)
+    now = world.clock.now()
+    assert await record_attempt(world.engine, claim, result, now, now, 0.5) == "succeeded"
+    assert await record_attempt(world.engine, claim, result, now, now, 0.5) == "succeeded"
+    async with world.engine.connect() as conn:
+        attempts = await conn.scalar(sa.select(sa.func.count()).select_from(webhook_attempts))
+    assert attempts == 1
