@@ -118,11 +118,14 @@ def test_key_expiring_fires_within_the_lead_time_once_per_expiry(
 
 
 def test_key_expiring_skips_revoked_and_expired_keys(gateway: RunningGateway) -> None:
-    """A revoked key, or one already past its expiry, is not announced as expiring."""
+    """A revoked key, or one already past its expiry, is not announced as expiring.
+    (Both expire beyond the lead time when made, so the gateway's own sweep, which may
+    run at any moment, cannot announce them before the revoke; then the clock moves to
+    where one is within it and the other past its expiry.)"""
     now = gateway.clock.now()
-    revoked = gateway.create_key(expires_at=(now + timedelta(days=1)).isoformat())
+    revoked = gateway.create_key(expires_at=(now + timedelta(days=9)).isoformat())
     gateway.post(f"/admin/keys/{revoked['id']}/revoke", {}, status=200)
-    gone = gateway.create_key(expires_at=(now + timedelta(hours=1)).isoformat())
-    gateway.clock.advance(7200)
+    gone = gateway.create_key(expires_at=(now + timedelta(days=8)).isoformat())
+    gateway.clock.advance(8 * 86400 + 3600)
     assert gateway.run(gateway.app.announce_expiring_keys()) == 0
     assert _expiring(gateway, revoked["id"]) == _expiring(gateway, gone["id"]) == []

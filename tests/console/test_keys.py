@@ -273,7 +273,13 @@ def test_a_ticket_grant_funding_the_key_is_its_binding_limit(console: Console, p
     the wallet's $0.00); once the grant has expired, the wallet again."""
     key = _key(console, console.team_id, "needy")
     console.gw.post(
-        "/admin/wallets", {"scope_type": "team", "scope_id": console.team_id, "tickets": "on"}
+        "/admin/wallets",
+        {
+            "scope_type": "team",
+            "scope_id": console.team_id,
+            "name": "research prepaid",
+            "tickets": "on",
+        },
     )
     refused = httpx.post(
         console.url + "/v1/chat/completions",
@@ -287,14 +293,14 @@ def test_a_ticket_grant_funding_the_key_is_its_binding_limit(console: Console, p
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + "/keys")
     binding = page.locator(f"#key-{key['id']} .binding")
-    expect(binding).to_contain_text(f"ticket grant “{ticket} on wallet ‘team {console.team_id}’”")
+    expect(binding).to_contain_text(f"ticket grant “{ticket} on wallet ‘research prepaid’”")
     expect(binding).to_contain_text("$5.00 left of $5.00")
     page.goto(console.url + f"/keys/{key['id']}")
     expect(page.locator("tr.binding-row")).to_contain_text(ticket)
     console.gw.clock.advance(25 * 3600)  # the grant's 24 h are over
     sign_in(page, console.url, "org_admin@acme.test")
     page.goto(console.url + "/keys")
-    expect(binding).to_contain_text(f"wallet “team {console.team_id}”: $0.00 left of $0.00")
+    expect(binding).to_contain_text("wallet “research prepaid”: $0.00 left of $0.00")
 
 
 def test_a_wallet_is_labelled_by_its_name(console: Console) -> None:
