@@ -22,7 +22,10 @@ from tests.conftest import REDIS_URL
 def _children(pid: int) -> list[int]:
     found = []
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found += [int(c) for c in (task / "children").read_text().split()]
+        try:
+            found += [int(c) for c in (task / "children").read_text().split()]
+        except FileNotFoundError:  # a thread that ended since the listing
+            continue
     return found
 
 
@@ -49,6 +52,25 @@ def _seed(db: Path) -> None:
         )
 
 
+def _serve_two_workers(db: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """``spendgate serve --workers 2`` on the SQLite file ``db`` and the test Redis, in a
+    process group of its own, its stderr captured."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "serve", "--workers", "2", "--port", str(port)],
+        env={
+            **os.environ,
+            "SPENDGATE_MASTER_KEY": MASTER,
+            "SPENDGATE_DATABASE_URL": f"sqlite:///{db}",
+            "SPENDGATE_REDIS_URL": REDIS_URL,
+            "SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:",
+            **env,
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
 def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> None:
     """SIGTERM to the parent, or Ctrl-C (SIGINT to the whole process group, forecast
@@ -61,21 +83,7 @@ def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> N
     _seed(db)
     (tmp_path / "spendgate.toml").write_text("[gateway]\nforecast_refresh_seconds = 1\n")
     port = free_port()
-    env = {
-        **os.environ,
-        "SPENDGATE_MASTER_KEY": MASTER,
-        "SPENDGATE_DATABASE_URL": f"sqlite:///{db}",
-        "SPENDGATE_REDIS_URL": REDIS_URL,
-        "SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:",
-        "SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml"),
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spendgate", "serve", "--workers", "2", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = _serve_two_workers(db, port, {"SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml")})
     try:
         deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
         while True:
@@ -107,20 +115,7 @@ def test_workers_start_together_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     parent stopped), and both serve."""
     db = tmp_path / "fresh.db"
     port = free_port()
-    env = {
-        **os.environ,
-        "SPENDGATE_MASTER_KEY": MASTER,
-        "SPENDGATE_DATABASE_URL": f"sqlite:///{db}",
-        "SPENDGATE_REDIS_URL": REDIS_URL,
-        "SPENDGATE_REDIS_PREFIX": f"sgtest:{uuid.uuid4().hex}:",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spendgate", "serve", "--workers", "2", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = _serve_two_workers(db, port, {})
     try:
         deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
         while not _children(proc.pid):
