@@ -408,6 +408,7 @@ class Gateway:
                 executor=self._forecast_pool,
                 holder=f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80],
                 stop=self._stop,
+                escalation=services.settings.forecast_overrun_escalation,
             ),
             name="forecasts",
         )

@@ -28,6 +28,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -105,6 +106,11 @@ class Settings:
     #: (0: a thread of the gateway itself; 2 refresh 10,000 budgets in under a minute)
     forecast_refresh_seconds: float = 900.0
     forecast_workers: int = 1
+    #: ``budget.forecast_overrun`` goes out once a period, when P50 first lands above the
+    #: limit (SPEC §5); each band here (ascending % of the limit, above 100) is announced
+    #: once more, the first time P50 lands above it (never for hard-capped or day-one
+    #: forecasts); empty by default
+    forecast_overrun_escalation: tuple[int, ...] = ()
     #: failed authentications allowed per source address per minute (0: no limit)
     auth_failures_per_minute: int = 20
     #: where ledger rows wait, on disk, for the database (None: ``spool_directory``)
@@ -405,6 +411,7 @@ def load_settings(
         forecast_workers=_non_negative_int(
             gateway.get("forecast_workers", 1), "gateway.forecast_workers"
         ),
+        forecast_overrun_escalation=_escalation(gateway.get("forecast_overrun_escalation", [])),
         auth_failures_per_minute=_non_negative_int(
             gateway.get("auth_failures_per_minute", 20), "gateway.auth_failures_per_minute"
         ),
@@ -438,6 +445,31 @@ def load_settings(
             gateway.get("key_expiring_days", 7), "gateway.key_expiring_days"
         ),
     )
+
+
+#: the highest ``forecast_overrun_escalation`` band, % of the limit (100× the limit)
+MAX_OVERRUN_BAND = 10_000
+
+
+def _escalation(value: Any) -> tuple[int, ...]:
+    """``forecast_overrun_escalation``: a list of whole percentages above 100 and at most
+    ``MAX_OVERRUN_BAND``, ascending (empty: one ``budget.forecast_overrun`` a period)."""
+    where = "gateway.forecast_overrun_escalation"
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list of percentages, e.g. [110, 125, 150, 200]")
+    for band in value:
+        if (
+            isinstance(band, bool)
+            or not isinstance(band, int)
+            or not 100 < band <= MAX_OVERRUN_BAND
+        ):
+            raise ConfigError(
+                f"{where}: {band!r} is not a whole percentage above 100 "
+                f"(and at most {MAX_OVERRUN_BAND})"
+            )
+    if any(a >= b for a, b in pairwise(value)):
+        raise ConfigError(f"{where} must be in ascending order, each band once: {value!r}")
+    return tuple(value)
 
 
 def _holds(gateway: Mapping[str, Any]) -> dict[str, Any]:

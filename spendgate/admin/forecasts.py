@@ -73,7 +73,13 @@ async def current_forecast(
     if refresh or row is None or row["period_key"] != key or row["generated_at"] < now - MAX_AGE:
         await svc.ledger.flush()
         raises = {budget.id: svc.enforcer.raises_for(budget.id)}
-        await refresh_all(svc.engine, [budget], now, raises=raises)
+        await refresh_all(
+            svc.engine,
+            [budget],
+            now,
+            raises=raises,
+            escalation=svc.settings.forecast_overrun_escalation,
+        )
         row = await stored_forecast(svc.engine, budget_id)
         if row is None:  # deleted meanwhile
             raise NotFound(f"budget {budget_id} not found", param="budget_id")
@@ -123,7 +129,13 @@ async def refresh_forecasts(svc: Svc, who: Who, org_id: str | None = None) -> di
     policy = await svc.policies.snapshot(now)
     budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]
     await svc.ledger.flush()
-    done = await refresh_all(svc.engine, budgets, now, raises=policy.raises)
+    done = await refresh_all(
+        svc.engine,
+        budgets,
+        now,
+        raises=policy.raises,
+        escalation=svc.settings.forecast_overrun_escalation,
+    )
     return {
         "refreshed": len(done.forecasts),
         "overruns_announced": len(done.announced),

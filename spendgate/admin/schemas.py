@@ -434,7 +434,9 @@ class ForecastOut(BaseModel):
         description="threshold name → local date it is (or was) reached; null: not by P50"
     )
     overrun_band: int | None = Field(
-        description="highest budget.forecast_overrun band (% of limit) announced this period"
+        description="highest budget.forecast_overrun band (% of limit) announced this period: "
+        "100 (announced once a period), or a higher band of forecast_overrun_escalation; "
+        "null: none this period"
     )
 
 

@@ -2,9 +2,12 @@
 where a period is heading (pure).
 
 A band is a percentage of the *limit*: the hard cap, or the amount of a budget that only
-observes. An observing budget is announced at each band P50 lands strictly above (100,
-110, 125, 150, 200 %), once per period, higher bands later. Two exceptions stop at the
-first band:
+observes. The first band is 100: P50 strictly above the limit. By default it is the only
+one, so a budget's period is announced once, the first time P50 lands above its limit
+(SPEC §5). ``[gateway] forecast_overrun_escalation`` (``escalation`` here: ascending whole
+percentages above 100, e.g. 110, 125, 150, 200) adds higher bands, each announced once a
+period when P50 first lands above it. Two exceptions stop at the first band whatever is
+configured:
 
 - a hard-capped budget: recorded spend cannot pass the cap, so "P50 above the cap" means
   "will hit the hard cap" (on ``hits_cap_on``) and there is no further band to reach;
@@ -14,14 +17,15 @@ first band:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from spendgate.core import budget_rules as rules
 from spendgate.core.forecasting import Forecast
 from spendgate.core.money import format_usd
 
-#: ``budget.forecast_overrun`` bands: % of the hard cap (or of the amount, without one)
-OVERRUN_BANDS = (100, 110, 125, 150, 200)
+#: the first ``budget.forecast_overrun`` band, % of the limit (the hard cap, or the amount
+#: without one): the only one unless ``forecast_overrun_escalation`` adds higher ones
+FIRST_BAND = 100
 
 
 def overrun_limit(budget: rules.Budget, amount_nanos: int) -> int:
@@ -30,23 +34,19 @@ def overrun_limit(budget: rules.Budget, amount_nanos: int) -> int:
     return amount_nanos if cap is None else cap
 
 
-def overrun_band(p50_nanos: int, limit_nanos: int, *, first_only: bool = False) -> int | None:
-    """The highest band (% of ``limit_nanos``) that P50 lands strictly above, if any
-    (``first_only``: at most the first band)."""
-    above = [b for b in OVERRUN_BANDS if p50_nanos * 100 > limit_nanos * b]
-    if first_only:
-        above = above[:1]
+def overrun_band(p50_nanos: int, limit_nanos: int, escalation: Sequence[int] = ()) -> int | None:
+    """The highest band (% of ``limit_nanos``) that P50 lands strictly above, if any: the
+    first band, or a higher one of ``escalation`` (ascending, each above 100)."""
+    above = [b for b in (FIRST_BAND, *escalation) if p50_nanos * 100 > limit_nanos * b]
     return above[-1] if above else None
 
 
-def band_of(forecast: Forecast, limit_nanos: int) -> int | None:
-    """The band a forecast has reached: the uncapped P50 against the limit; hard-capped
-    and day-one (``today_rate``) forecasts reach the first band at most."""
-    return overrun_band(
-        forecast.uncapped_p50_nanos,
-        limit_nanos,
-        first_only=forecast.cap_nanos is not None or forecast.method == "today_rate",
-    )
+def band_of(forecast: Forecast, limit_nanos: int, escalation: Sequence[int] = ()) -> int | None:
+    """The band a forecast has reached: the uncapped P50 against the limit, with the
+    ``escalation`` bands; hard-capped and day-one (``today_rate``) forecasts reach the
+    first band at most."""
+    first_only = forecast.cap_nanos is not None or forecast.method == "today_rate"
+    return overrun_band(forecast.uncapped_p50_nanos, limit_nanos, () if first_only else escalation)
 
 
 def band_to_announce(band: int | None, fired: Iterable[int]) -> int | None:

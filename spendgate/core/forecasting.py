@@ -111,8 +111,6 @@ DRAWS = 2000
 MAX_JUMPS = 64
 #: P10 and P90 of a standard normal
 Z_90 = 1.2815515655446004
-#: ``budget.forecast_overrun`` bands: % of the hard cap (or of the amount, without one)
-OVERRUN_BANDS = (100, 110, 125, 150, 200)
 
 METHODS = ("none", "today_rate", "trailing_mean", "seasonal_naive", "ets_damped")
 #: methods of under a week of history: their interval is wide, their P50 a rough guess

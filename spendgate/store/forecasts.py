@@ -9,7 +9,9 @@ budget, and the ``budget.forecast_overrun`` events. The arithmetic is in
       2. per budget, in Python: the subjects it counts (``budget_rules.applies``), their
          buckets turned into the budget's local days
       3. the forecasts, computed off the event loop (a thread, or the executor given)
-      4. stored, one row per budget, and an overrun event for each band newly passed
+      4. stored, one row per budget, and an overrun event when a band is newly passed
+         (``core.forecast_overrun``: once a period by default; with ``escalation``, again
+         at each higher band)
 
 Forecasts are refreshed on a schedule (``refresh_loop``) and on demand, never on the
 proxy's request path.
@@ -312,8 +314,10 @@ async def refresh_all(
     *,
     raises: Mapping[str, Sequence[rules.Raise]] | None = None,
     executor: Executor | None = None,
+    escalation: Sequence[int] = (),
 ) -> Refreshed:
-    """Forecast every budget given from one pass over the ledger; store; announce overruns."""
+    """Forecast every budget given from one pass over the ledger; store; announce overruns
+    (``escalation``: the ``forecast_overrun_escalation`` setting; empty, once a period)."""
     if not budgets:
         return Refreshed({}, {})
     zones = {b.timezone for b in budgets}
@@ -339,14 +343,19 @@ async def refresh_all(
         await asyncio.sleep(0)
     forecasts = [f for done in await asyncio.gather(*pending) for f in done]
     async with engine.begin() as conn:
-        announced = await store(conn, jobs, forecasts, now)
+        announced = await store(conn, jobs, forecasts, now, escalation)
     return Refreshed({j.budget.id: f for j, f in zip(jobs, forecasts, strict=True)}, announced)
 
 
 async def store(
-    conn: AsyncConnection, jobs: Sequence[Job], forecasts: Sequence[fc.Forecast], now: datetime
+    conn: AsyncConnection,
+    jobs: Sequence[Job],
+    forecasts: Sequence[fc.Forecast],
+    now: datetime,
+    escalation: Sequence[int] = (),
 ) -> dict[str, int]:
-    """Replace each budget's row; record an event for each overrun band newly passed.
+    """Replace each budget's row; record an event when an overrun band is newly passed:
+    band 100 once a period, and each higher band of ``escalation`` once.
 
     A budget deleted while its forecast was computed is skipped (its row would break the
     foreign key and fail every other budget's); on PostgreSQL the budgets still there are
@@ -378,7 +387,7 @@ async def store(
     for job, forecast in zip(jobs, forecasts, strict=True):
         key, band = previous.get(job.budget.id, ("", None))
         fired = [band] if band is not None and key == forecast.period_key else []
-        new = fo.band_to_announce(fo.band_of(forecast, job.limit_nanos), fired)
+        new = fo.band_to_announce(fo.band_of(forecast, job.limit_nanos, escalation), fired)
         if new is not None and await announce_overrun(conn, job, forecast, new, now):
             announced[job.budget.id] = new
         rows.append(forecast_row(job, forecast, max([*fired, new or 0]) or None))
@@ -390,7 +399,7 @@ async def announce_overrun(
     conn: AsyncConnection, job: Job, forecast: fc.Forecast, band: int, now: datetime
 ) -> bool:
     """Record the event; False if this band was already announced this period (by another
-    replica's refresh, say)."""
+    replica's refresh, say: the dedup key makes it once across restarts and replicas)."""
     budget = job.budget
     return (
         await record_event(
@@ -529,12 +538,14 @@ async def refresh_loop(
     *,
     holder: str,
     stop: Stop | None = None,
+    escalation: Sequence[int] = (),
 ) -> None:
     """Refresh every budget's forecast every ``every_seconds`` (run as a background task);
     ``snapshot`` is ``PolicyStore.snapshot``. With several replicas, only the one holding
     the lease (``holder`` names this one) refreshes each time; it renews the lease while
     its refresh runs (``leases.while_held``), so a slow refresh is never run twice at once.
-    Ends after the refresh in progress once ``stop`` is set."""
+    Ends after the refresh in progress once ``stop`` is set. ``escalation``: as in
+    :func:`refresh_all`."""
     ttl = timedelta(seconds=every_seconds * LEASE_SHARE)
     stop = stop or Stop()
     while await stop.pause(every_seconds):
@@ -546,7 +557,12 @@ async def refresh_loop(
             async def refresh(now: datetime = now) -> None:
                 policy = await snapshot(now)
                 await refresh_all(
-                    engine, policy.budgets, now, raises=policy.raises, executor=executor
+                    engine,
+                    policy.budgets,
+                    now,
+                    raises=policy.raises,
+                    executor=executor,
+                    escalation=escalation,
                 )
 
             # a refresh slower than the lease keeps it: no second replica starts beside it

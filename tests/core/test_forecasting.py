@@ -178,24 +178,29 @@ def test_variance_of_the_sum_matches_simulated_ets_paths() -> None:
     assert predicted < float((weights * daily_sd).sum())
 
 
+ESCALATION = (110, 125, 150, 200)
+
+
 @pytest.mark.parametrize(
-    ("p50", "limit", "band"),
+    ("p50", "limit", "band", "escalated"),
     [
-        (100, 100, None),
-        (101, 100, 100),
-        (110, 100, 100),
-        (111, 100, 110),
-        (150, 100, 125),
-        (151, 100, 150),
-        (201, 100, 200),
-        (10_000, 100, 200),
-        (1, 0, 200),
-        (0, 0, None),
+        (100, 100, None, None),
+        (101, 100, 100, 100),
+        (110, 100, 100, 100),
+        (111, 100, 100, 110),
+        (150, 100, 100, 125),
+        (151, 100, 100, 150),
+        (201, 100, 100, 200),
+        (10_000, 100, 100, 200),
+        (1, 0, 100, 200),
+        (0, 0, None, None),
     ],
 )
-def test_overrun_band(p50: int, limit: int, band: int | None) -> None:
-    """Strictly above the limit: the highest of 100/110/125/150/200 % passed."""
+def test_overrun_band(p50: int, limit: int, band: int | None, escalated: int | None) -> None:
+    """Strictly above the limit: band 100 however far above (one warning a period); with
+    escalation bands, the highest of 100 and those passed."""
     assert fo.overrun_band(p50, limit) == band
+    assert fo.overrun_band(p50, limit, ESCALATION) == escalated
 
 
 @pytest.mark.parametrize(
@@ -292,14 +297,17 @@ def test_the_cap_day_is_the_day_p50_reaches_it() -> None:
 
 def test_overrun_of_a_capped_or_day_one_forecast_stops_at_the_first_band() -> None:
     """A capped budget's P50 cannot pass its cap: demand above it is band 100 ("will hit the
-    hard cap"), never 200; a day-one forecast says an overrun may come, not how far."""
+    hard cap"), never 200, even with escalation bands; a day-one forecast says an overrun
+    may come, not how far. An observing budget at 310 % is band 100 by default, 200 with
+    escalation."""
     capped = fc.forecast(*march([100 * USD] * 9, cap=150 * USD), NOW)
-    assert fo.band_of(capped, 150 * USD) == 100
+    assert fo.band_of(capped, 150 * USD) == fo.band_of(capped, 150 * USD, ESCALATION) == 100
     observing = fc.forecast(*march([100 * USD] * 9), NOW)
-    assert fo.band_of(observing, 1000 * USD) == 200
+    assert fo.band_of(observing, 1000 * USD) == 100
+    assert fo.band_of(observing, 1000 * USD, ESCALATION) == 200
     day_one = fc.forecast(*march([], today_spent=300 * USD, elapsed=0.5), NOW)
     assert day_one.method == "today_rate" and day_one.percent_of_budget > 1000
-    assert fo.band_of(day_one, 1000 * USD) == 100
+    assert fo.band_of(day_one, 1000 * USD, ESCALATION) == 100
 
 
 def test_a_day_one_forecast_says_it_is_a_rough_guess() -> None:

@@ -1,10 +1,12 @@
 """Forecast storage on every backend: daily spend by local day from one ledger pass, the
-latest forecast per budget, overrun events once per band, and the admin routes."""
+latest forecast per budget, overrun events once per period (or once per configured band),
+and the admin routes."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from types import SimpleNamespace
@@ -198,30 +200,66 @@ async def test_a_budget_counts_only_the_spend_it_applies_to(engine: AsyncEngine)
     assert (await history_of(engine, whole)).daily[-1] == 7 * USD
 
 
-async def test_overrun_fires_once_per_band_per_period(engine: AsyncEngine) -> None:
-    """$10 a day against $290: P50 $305 (105 %) → band 100, once; $60 more → band 125."""
+async def climbing_overrun(
+    engine: AsyncEngine, database_url: str, escalation: tuple[int, ...]
+) -> list[dict[str, int]]:
+    """$10 a day against $290, refreshed twice at each step (the second time by another
+    engine, as a restarted or second replica would), while P50 climbs: $305 (105 %), $60
+    more today → $365 (126 %), $160 more → $525 (181 %). What each refresh announced."""
     budget = await add_budget(engine, "b_1", 290)
     await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
-    first = await refresh_all(engine, [budget], NOW)
-    forecast = first.forecasts["b_1"]
+    other = create_engine(database_url)
+    announced: list[dict[str, int]] = []
+    try:
+        for more in (0, 60, 160):
+            if more:
+                await add_spend(engine, Spend(NOW - timedelta(hours=1), more))
+            for e in (engine, other):
+                done = await refresh_all(e, [budget], NOW, escalation=escalation)
+                announced.append(done.announced)
+    finally:
+        await other.dispose()
+    forecast = done.forecasts["b_1"]
     assert (forecast.method, forecast.history_days, forecast.p50_nanos) == (
         "seasonal_naive",
         9,
-        305 * USD,
+        525 * USD,
     )
-    assert first.announced == {"b_1": 100}
-    assert (await refresh_all(engine, [budget], NOW)).announced == {}
-    await add_spend(engine, Spend(NOW - timedelta(hours=1), 60))
-    assert (await refresh_all(engine, [budget], NOW)).announced == {"b_1": 125}
-    assert (await refresh_all(engine, [budget], NOW)).announced == {}
+    return announced
+
+
+async def test_overrun_fires_once_per_period_by_default(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """SPEC §5: P50 climbing from 105 % to 181 % of the limit over the period is one
+    budget.forecast_overrun, the first time P50 lands above the limit; no refresh after
+    (on this engine or another) announces again."""
+    announced = await climbing_overrun(engine, database_url, ())
+    assert announced == [{"b_1": 100}, {}, {}, {}, {}, {}]
     events = await list_events(engine, type_="budget.forecast_overrun")
-    assert sorted(e["dedup_key"] for e in events) == [
-        "forecast:b_1:2026-03:100",
-        "forecast:b_1:2026-03:125",
+    assert [(e["dedup_key"], e["data"]["p50_usd"]) for e in events] == [
+        ("forecast:b_1:2026-03:100", "305.00")
     ]
-    assert {e["data"]["p50_usd"] for e in events} == {"305.00", "365.00"}
     row = await stored_forecast(engine, "b_1")
-    assert row is not None and (row["overrun_band"], row["period_key"]) == (125, "2026-03")
+    assert row is not None and (row["overrun_band"], row["period_key"]) == (100, "2026-03")
+
+
+async def test_overrun_escalation_fires_once_per_configured_band(
+    engine: AsyncEngine, database_url: str
+) -> None:
+    """With ``forecast_overrun_escalation = [110, 125, 150, 200]`` the same climb is
+    announced at 100, then at the highest band passed since (125: 110 was passed in the
+    same step, 150), each once; 200 is never reached."""
+    announced = await climbing_overrun(engine, database_url, (110, 125, 150, 200))
+    assert announced == [{"b_1": 100}, {}, {"b_1": 125}, {}, {"b_1": 150}, {}]
+    events = await list_events(engine, type_="budget.forecast_overrun")
+    assert sorted((e["dedup_key"], e["data"]["p50_usd"]) for e in events) == [
+        ("forecast:b_1:2026-03:100", "305.00"),
+        ("forecast:b_1:2026-03:125", "365.00"),
+        ("forecast:b_1:2026-03:150", "525.00"),
+    ]
+    row = await stored_forecast(engine, "b_1")
+    assert row is not None and (row["overrun_band"], row["period_key"]) == (150, "2026-03")
 
 
 async def test_many_budgets_refresh_in_batches_and_rows_go_with_their_budget(
@@ -242,12 +280,13 @@ async def test_many_budgets_refresh_in_batches_and_rows_go_with_their_budget(
     assert await stored_forecast(engine, "b_0001") is not None
 
 
-async def test_forecast_routes(engine: AsyncEngine) -> None:
-    """The router on the admin app: stored or computed on demand, money as strings."""
-    budget = await add_budget(engine, "b_1", 200, hard_limit=True)
-    await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
+@asynccontextmanager
+async def forecast_api(
+    engine: AsyncEngine, escalation: tuple[int, ...] = ()
+) -> AsyncIterator[tuple[httpx.AsyncClient, SimpleNamespace]]:
+    """The forecast router on an admin app of its own (and its services), as the master key."""
     svc = SimpleNamespace(
-        settings=SimpleNamespace(master_key=MASTER),
+        settings=SimpleNamespace(master_key=MASTER, forecast_overrun_escalation=escalation),
         clock=FrozenClock(NOW),
         engine=engine,
         policies=PolicyStore(engine),
@@ -270,6 +309,14 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
         base_url="http://t",
         headers={"authorization": f"Bearer {MASTER}"},
     ) as client:
+        yield client, svc
+
+
+async def test_forecast_routes(engine: AsyncEngine) -> None:
+    """The router on the admin app: stored or computed on demand, money as strings."""
+    budget = await add_budget(engine, "b_1", 200, hard_limit=True)
+    await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
+    async with forecast_api(engine) as (client, svc):
         body = (await client.get(f"/admin/forecasts/{budget.id}")).json()
         # $10 a day toward $305 by P50, but the hard cap stops recorded spend at $200
         assert body["uncapped_p50_usd"] == "305.00" and body["spent_usd"] == "90.00"
@@ -290,6 +337,33 @@ async def test_forecast_routes(engine: AsyncEngine) -> None:
         assert (
             await client.get("/admin/forecasts/b_1", headers={"authorization": ""})
         ).status_code == 401
+
+
+@pytest.mark.parametrize(("escalation", "band"), [((), 100), ((110, 125, 150, 200), 125)])
+async def test_the_forecast_routes_announce_with_the_configured_escalation(
+    engine: AsyncEngine, escalation: tuple[int, ...], band: int
+) -> None:
+    """Both routes that refresh (a budget's forecast on demand, and every budget's) use
+    ``forecast_overrun_escalation``: P50 $365 against $290 (126 %) is band 100 by default,
+    125 with the bands; one event per budget, and the field says which band."""
+    first = await add_budget(engine, "b_1", 290)
+    await add_budget(engine, "b_2", 290)
+    await add_spend(
+        engine,
+        *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)),
+        Spend(NOW - timedelta(hours=1), 60),
+    )
+    async with forecast_api(engine, escalation) as (client, _):
+        body = (await client.get(f"/admin/forecasts/{first.id}")).json()
+        assert (body["p50_usd"], body["overrun_band"]) == ("365.00", band)
+        refreshed = (await client.post("/admin/forecasts/refresh")).json()
+        assert (refreshed["refreshed"], refreshed["overruns_announced"]) == (2, 1)
+        assert (await client.get("/admin/forecasts/b_2")).json()["overrun_band"] == band
+    events = await list_events(engine, type_="budget.forecast_overrun")
+    assert sorted((e["data"]["budget_id"], e["data"]["band_percent"]) for e in events) == [
+        ("b_1", band),
+        ("b_2", band),
+    ]
 
 
 async def test_replicas_refreshing_at_once_both_succeed(
@@ -517,7 +591,7 @@ async def test_a_budget_deleted_during_a_refresh_does_not_fail_the_others(
     gone = budget_from_row(budget_values("b_gone", 50))
     await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
     done = await refresh_all(engine, [gone, kept], NOW)
-    assert done.announced == {"b_kept": 200}
+    assert done.announced == {"b_kept": 100}
     assert await stored_forecast(engine, "b_kept") is not None
     assert await stored_forecast(engine, "b_gone") is None
     events = await list_events(engine, type_="budget.forecast_overrun")
@@ -533,11 +607,24 @@ async def test_a_budget_deleted_during_a_refresh_does_not_fail_the_others(
         ("forecast_refresh_seconds = -5", False),
         ('forecast_refresh_seconds = "often"', False),
         ("forecast_workers = -1", False),
+        ("forecast_overrun_escalation = []", True),
+        ("forecast_overrun_escalation = [101, 10000]", True),
+        ("forecast_overrun_escalation = [110, 125, 150, 200]", True),
+        ("forecast_overrun_escalation = [100, 110]", False),
+        ("forecast_overrun_escalation = [90]", False),
+        ("forecast_overrun_escalation = [125, 110]", False),
+        ("forecast_overrun_escalation = [110, 110]", False),
+        ("forecast_overrun_escalation = [110.5]", False),
+        ('forecast_overrun_escalation = ["110"]', False),
+        ("forecast_overrun_escalation = [true]", False),
+        ("forecast_overrun_escalation = [10001]", False),
+        ("forecast_overrun_escalation = 110", False),
     ],
 )
 def test_forecast_settings_are_checked(tmp_path: Any, line: str, accepted: bool) -> None:
-    """A refresh interval under a second (the loop would spin) or a negative worker count
-    is a config error naming the setting, at start."""
+    """A refresh interval under a second (the loop would spin), a negative worker count, or
+    overrun escalation bands that are not whole percentages above 100 (at most 10,000) in
+    ascending order are a config error naming the setting, at start."""
     config = tmp_path / "c.toml"
     config.write_text(f"[gateway]\n{line}\n")
     if accepted:
@@ -545,3 +632,12 @@ def test_forecast_settings_are_checked(tmp_path: Any, line: str, accepted: bool)
         return
     with pytest.raises(ConfigError, match=line.split()[0]):
         load_settings(config_path=str(config), env={})
+
+
+def test_overrun_escalation_is_off_unless_configured(tmp_path: Any) -> None:
+    """No setting: no escalation bands (one warning a period); else the bands as given."""
+    assert load_settings(env={}).forecast_overrun_escalation == ()
+    config = tmp_path / "c.toml"
+    config.write_text("[gateway]\nforecast_overrun_escalation = [110, 125, 150, 200]\n")
+    loaded = load_settings(config_path=str(config), env={})
+    assert loaded.forecast_overrun_escalation == (110, 125, 150, 200)
