@@ -5,8 +5,9 @@ check-and-increment is atomic with respect to every other caller on the loop. No
 shared between processes or replicas: use ``redis://`` for that.
 
 The hot path's three steps also come as plain methods (``reserve_now_seen``,
-``settle_now``, ``release_now``) that the enforcer calls directly when these are its counters: the
-``Counters`` coroutines only wrap them, and an await per step is work for nothing.
+``settle_now``, ``release_now``) that the enforcer calls directly when these are its
+counters: the ``Counters`` coroutines only wrap them, and an await per step is work for
+nothing.
 """
 
 from __future__ import annotations
