@@ -429,6 +429,15 @@ async def run(
     }  # fmt: skip
 
 
+def print_table(results: list[dict[str, str]]) -> None:
+    """One markdown row per result, the first result's keys as the header."""
+    keys = list(results[0])
+    print("| " + " | ".join(keys) + " |")
+    print("|" + "---|" * len(keys))
+    for r in results:
+        print("| " + " | ".join(r[k] for k in keys) + " |")
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rows", type=int, default=10_000_000)
@@ -491,11 +500,7 @@ async def main() -> None:
             for db in drop:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
             await admin.close()
-    keys = list(results[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in results:
-        print("| " + " | ".join(r[k] for k in keys) + " |")
+    print_table(results)
 
 
 if __name__ == "__main__":

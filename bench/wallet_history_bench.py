@@ -203,11 +203,7 @@ async def main() -> None:
             if not args.pg_database:
                 await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             await admin.close()
-    keys = list(results[0])
-    print("| " + " | ".join(keys) + " |")
-    print("|" + "---|" * len(keys))
-    for r in results:
-        print("| " + " | ".join(r[k] for k in keys) + " |")
+    seeding.print_table(results)
 
 
 if __name__ == "__main__":

@@ -83,6 +83,9 @@ class BucketState:
 
 
 class Counters(Protocol):
+    """What the enforcer needs from live counters. Backends subclass it explicitly, so
+    the rules written here once (``reserve`` over ``reserve_seen``) are theirs too."""
+
     #: True when other processes share these counters (Redis): admission then checks
     #: the generation; a process's own memory needs no check
     shared: bool
@@ -112,7 +115,11 @@ class Counters(Protocol):
         released, or reaped after ``expires_at`` (epoch seconds). ``generation``: the one
         the caller planned with and seeded the buckets at; if the stored one differs,
         nothing is written and ``PolicyStale`` is raised (None: not checked; a process's
-        memory is never lost or changed by another, so it checks nothing)."""
+        memory is never lost or changed by another, so it checks nothing).
+
+        Every backend inherits this one: ``reserve_seen`` without the figures."""
+        reply = await self.reserve_seen(reservation_id, holds, expires_at, generation)
+        return reply if isinstance(reply, Refusal) else None
 
     async def reserve_seen(
         self,

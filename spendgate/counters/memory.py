@@ -4,9 +4,10 @@ asyncio runs one coroutine at a time, and no method here awaits anything, so eac
 check-and-increment is atomic with respect to every other caller on the loop. Not
 shared between processes or replicas: use ``redis://`` for that.
 
-The hot path's three steps also come as plain methods (``reserve_now``, ``settle_now``,
-``release_now``) that the enforcer calls directly when these are its counters: the
-``Counters`` coroutines only wrap them, and an await per step is work for nothing.
+The hot path's three steps also come as plain methods (``reserve_now_seen``,
+``settle_now``, ``release_now``) that the enforcer calls directly when these are its
+counters: the ``Counters`` coroutines only wrap them, and an await per step is work for
+nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from spendgate.counters import BucketState, Generation, Hold, Refusal, Settlement
+from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 
 
 @dataclass(slots=True)
@@ -40,7 +41,7 @@ class _Reservation:
     held: dict[str, int] = field(default_factory=dict)
 
 
-class MemoryCounters:
+class MemoryCounters(Counters):
     """The ``Counters`` protocol over two dicts: buckets and live reservations."""
 
     #: one process: its own admin changes reload its own snapshot, nothing to check
@@ -68,16 +69,6 @@ class MemoryCounters:
     async def exists(self, bucket: str) -> bool:
         return bucket in self._buckets
 
-    async def reserve(
-        self,
-        reservation_id: str,
-        holds: Sequence[Hold],
-        expires_at: float,
-        generation: Generation | None = None,
-    ) -> Refusal | None:
-        reply = await self.reserve_seen(reservation_id, holds, expires_at)
-        return reply if isinstance(reply, Refusal) else None
-
     async def reserve_seen(
         self,
         reservation_id: str,
@@ -86,12 +77,6 @@ class MemoryCounters:
         generation: Generation | None = None,
     ) -> Refusal | tuple[int, ...]:
         return self.reserve_now_seen(reservation_id, holds, expires_at)
-
-    def reserve_now(
-        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
-    ) -> Refusal | None:
-        reply = self.reserve_now_seen(reservation_id, holds, expires_at)
-        return reply if isinstance(reply, Refusal) else None
 
     def reserve_now_seen(
         self, reservation_id: str, holds: Sequence[Hold], expires_at: float

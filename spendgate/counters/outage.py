@@ -8,7 +8,8 @@ becomes ``budget_rules.fail_open_cap(cap, seed, replicas)``, so N replicas count
 alone admit, between them, no more than the headroom the ledger showed. What was spent
 here past the seed (``outage_spend``) goes to Redis once it is back.
 
-Everything else (the check-and-reserve itself, settle, release) is ``MemoryCounters``.
+Every reserve, async or plain, goes through ``reserve_now_seen``, which cuts the caps;
+everything else (the check-and-reserve itself, settle, release) is ``MemoryCounters``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from spendgate.core.budget_rules import fail_open_cap
-from spendgate.counters import Generation, Hold, Refusal
+from spendgate.counters import Hold, Refusal
 from spendgate.counters.memory import MemoryCounters
 
 
@@ -46,15 +47,11 @@ class OutageCounters(MemoryCounters):
         share = fail_open_cap(cap, self.started.get(hold.bucket, 0), self._replicas)
         return Hold(hold.bucket, hold.amount, share), cap
 
-    async def reserve_seen(
-        self,
-        reservation_id: str,
-        holds: Sequence[Hold],
-        expires_at: float,
-        generation: Generation | None = None,
+    def reserve_now_seen(
+        self, reservation_id: str, holds: Sequence[Hold], expires_at: float
     ) -> Refusal | tuple[int, ...]:
         shared = [self._share(h) for h in holds]
-        refusal = await super().reserve_seen(reservation_id, [h for h, _ in shared], expires_at)
+        refusal = super().reserve_now_seen(reservation_id, [h for h, _ in shared], expires_at)
         if not isinstance(refusal, Refusal):
             return refusal
         real = next(cap for h, cap in shared if h.bucket == refusal.bucket)

@@ -40,6 +40,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from spendgate import counters
 from spendgate.counters import BucketState, Generation, Hold, PolicyStale, Refusal, Settlement
 from spendgate.counters.redis_pool import lua_script, once_more, pooled_client
 from spendgate.counters.redis_wire import PipelinedRedis, Script
@@ -60,7 +61,7 @@ def _int(value: Any) -> int:
     return 0 if value is None else int(value)
 
 
-class RedisCounters:
+class RedisCounters(counters.Counters):
     """The ``Counters`` protocol over ``redis.asyncio.Redis``; owns and closes its client."""
 
     shared = True
@@ -182,16 +183,6 @@ class RedisCounters:
         return [self._zset, self._rkey(reservation_id)], [reservation_id]
 
     # -- the Counters protocol ---------------------------------------------------------------
-    async def reserve(
-        self,
-        reservation_id: str,
-        holds: Sequence[Hold],
-        expires_at: float,
-        generation: Generation | None = None,
-    ) -> Refusal | None:
-        reply = await self.reserve_seen(reservation_id, holds, expires_at, generation)
-        return reply if isinstance(reply, Refusal) else None
-
     async def reserve_seen(
         self,
         reservation_id: str,

@@ -104,6 +104,13 @@ virtual_keys = sa.Table(
     sa.Column("expires_at", UTCDateTime(), nullable=True),
     sa.Column("revoked_at", UTCDateTime(), nullable=True),
     sa.Column("created_at", UTCDateTime(), nullable=False),
+    #: the sweep's ``keys_expiring``: live keys by expiry (most keys have none)
+    sa.Index(
+        "ix_virtual_keys_expiring",
+        "expires_at",
+        sqlite_where=sa.text("revoked_at IS NULL AND expires_at IS NOT NULL"),
+        postgresql_where=sa.text("revoked_at IS NULL AND expires_at IS NOT NULL"),
+    ),
 )
 
 ledger = sa.Table(

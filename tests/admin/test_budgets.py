@@ -40,6 +40,19 @@ def budget(gw: RunningGateway, **fields: Any) -> dict[str, Any]:
     return gw.post("/admin/budgets", {"period": "monthly", "timezone": "UTC", **fields})
 
 
+def at_once(gw: RunningGateway, times: int, method: str, path: str, **request: Any) -> list[int]:
+    """``times`` admin requests ``method path`` sent together; their statuses, in order."""
+
+    async def burst() -> list[int]:
+        async with httpx.AsyncClient(
+            base_url=gw.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
+        ) as client:
+            sent = [client.request(method, path, **request) for _ in range(times)]
+            return [r.status_code for r in await asyncio.gather(*sent)]
+
+    return asyncio.run(burst())
+
+
 def test_budget_validation_names_the_field(gateway: RunningGateway) -> None:
     """Unknown zone, negative amount, bad percentages, missing scope: 422, nothing created."""
     key = gateway.create_key()
@@ -482,20 +495,9 @@ def test_top_ups_at_once_cannot_pass_the_limit_together(gateway: RunningGateway)
     """Four $600M top-ups sent at the same moment: one is recorded, three are 422."""
     key = gateway.create_key()
     wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"]})
-
-    async def burst() -> list[int]:
-        async with httpx.AsyncClient(
-            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
-        ) as client:
-            sent = [
-                client.post(
-                    f"/admin/wallets/{wallet['id']}/topups", json={"amount_usd": "600000000"}
-                )
-                for _ in range(4)
-            ]
-            return sorted(r.status_code for r in await asyncio.gather(*sent))
-
-    assert asyncio.run(burst()) == [201, 422, 422, 422]
+    topup = {"amount_usd": "600000000"}
+    statuses = at_once(gateway, 4, "POST", f"/admin/wallets/{wallet['id']}/topups", json=topup)
+    assert sorted(statuses) == [201, 422, 422, 422]
     assert gateway.get(f"/admin/wallets/{wallet['id']}")["balance_usd"] == "600000000.00"
 
 
@@ -618,17 +620,7 @@ def test_one_of_20_deletes_at_once_is_204(gateway: RunningGateway, kind: str, ac
     """20 DELETEs of one object at once: exactly one deletes it (204, one audit entry), the
     other 19 find it gone (404), never a second 204."""
     path = _made(gateway, kind)
-
-    async def burst() -> list[int]:
-        async with httpx.AsyncClient(
-            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
-        ) as client:
-            return [
-                r.status_code
-                for r in await asyncio.gather(*(client.delete(path) for _ in range(20)))
-            ]
-
-    statuses = asyncio.run(burst())
+    statuses = at_once(gateway, 20, "DELETE", path)
     assert sorted(statuses) == [204] + [404] * 19, statuses
     target = path.rsplit("/", 1)[1]
     entries = gateway.get("/admin/audit", limit=1000)["entries"]
@@ -640,15 +632,7 @@ def test_20_revokes_of_one_key_at_once_audit_it_once(gateway: RunningGateway) ->
     revoked the key writes `key.revoked` to the audit log and the event feed."""
     key = gateway.create_key()
     path = f"/admin/keys/{key['id']}/revoke"
-
-    async def burst() -> list[int]:
-        async with httpx.AsyncClient(
-            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
-        ) as client:
-            sent = [client.post(path, json={}) for _ in range(20)]
-            return [r.status_code for r in await asyncio.gather(*sent)]
-
-    assert asyncio.run(burst()) == [200] * 20
+    assert at_once(gateway, 20, "POST", path, json={}) == [200] * 20
     entries = gateway.get("/admin/audit", limit=1000)["entries"]
     revoked = [e for e in entries if e["target_id"] == key["id"] and e["action"] == "key.revoked"]
     assert len(revoked) == 1
@@ -663,15 +647,7 @@ def test_20_revokes_of_one_admin_token_at_once_audit_it_once(gateway: RunningGat
     )
     token = gateway.post("/admin/tokens", {"user_id": user["id"], "name": "t"})
     path = f"/admin/tokens/{token['id']}/revoke"
-
-    async def burst() -> list[int]:
-        async with httpx.AsyncClient(
-            base_url=gateway.url, timeout=60, headers={"authorization": f"Bearer {MASTER_KEY}"}
-        ) as client:
-            sent = [client.post(path, json={}) for _ in range(20)]
-            return [r.status_code for r in await asyncio.gather(*sent)]
-
-    assert asyncio.run(burst()) == [200] * 20
+    assert at_once(gateway, 20, "POST", path, json={}) == [200] * 20
     entries = gateway.get("/admin/audit", limit=1000)["entries"]
     actions = [e["action"] for e in entries if e["target_id"] == token["id"]]
     assert actions.count("admin_token.revoked") == 1

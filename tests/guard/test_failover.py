@@ -45,7 +45,8 @@ def test_the_breaker_opens_on_a_failure_and_allows_one_probe_per_interval() -> N
 async def test_outage_counters_admit_only_this_replicas_share_of_the_headroom() -> None:
     """Seeded at 400 of a 1000 cap with 3 replicas, this one admits up to 600 (a third of
     the 600 left); the refusal names the budget's own cap. A wallet's stored cap is
-    shared the same way. What was settled past the seed is the outage's spend."""
+    shared the same way, by ``reserve`` and the plain ``reserve_now_seen`` alike. What was
+    settled past the seed is the outage's spend."""
     counters = OutageCounters(replicas=3)
     assert await counters.seed("b:1", 400)
     assert await counters.seed("w:1", 100, cap=700)
@@ -53,6 +54,8 @@ async def test_outage_counters_admit_only_this_replicas_share_of_the_headroom() 
     assert await counters.reserve("r2", [Hold("b:1", 50, 1000)], EXPIRES) is None
     refused = await counters.reserve("r3", [Hold("b:1", 1, 1000)], EXPIRES)
     assert refused == Refusal("b:1", 400, 200, 1000)
+    # the plain call every reserve goes through shares the cap as well
+    assert counters.reserve_now_seen("r3", [Hold("b:1", 1, 1000)], EXPIRES) == refused
     assert await counters.reserve("r4", [Hold("b:1", 1, None)], EXPIRES) is None  # no cap
     wallet = Hold("w:1", 200, use_stored_cap=True)  # share: 100 + 600 // 3 = 300
     assert await counters.reserve("r5", [wallet], EXPIRES) is None
