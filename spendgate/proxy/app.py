@@ -468,7 +468,7 @@ class ProxyApp:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
             if not booked:
-                status = "incomplete" if not meter.done and meter.usage is None else "ok"
+                status = "ok" if meter.done or meter.final else "incomplete"
                 booked = await self._book_stream(call, guarded, meter, disconnect, status)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except SpendgateError:
@@ -490,14 +490,11 @@ class ProxyApp:
         disconnect: asyncio.Future[Any],
         status: str,
     ) -> bool:
-        """Book the stream from the provider's usage (or, without it, an estimate); a
-        client that left is recorded as ``client_cancelled``."""
+        """Book the stream from the provider's usage (or, without its final figure, an
+        estimate); a client that left is recorded as ``client_cancelled``."""
         if disconnect.done():
             status = "client_cancelled"
-        usage = meter.usage
-        estimated = usage is None
-        if usage is None:
-            usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
+        usage, estimated = meter.billed(call.request_bytes)
         await self._book(call, guarded, 200, status, usage, estimated)
         return True
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -246,6 +247,31 @@ def test_stream_cut_by_upstream_is_estimated_and_flagged(
     [row] = gateway.ledger()
     assert row["status"] == "incomplete" and row["usage_estimated"] is True
     assert row["output_tokens"] >= 3 and row["cost_nanos"] > 0
+
+
+def test_anthropic_stream_cut_after_message_start_bills_the_output_it_streamed(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """message_start carries the input and a placeholder ``output_tokens: 1``; the real
+    output comes in message_delta. A stream cut before it is billed for the output the
+    client was sent (one token an event, at least), flagged as an estimate, not for 1."""
+    key = gateway.create_key()
+    fake.drop_stream_after = 30  # message_start, content_block_start, ping, 27 deltas
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    deltas = 0
+    with contextlib.suppress(anthropic.APIError):
+        for event in sdk.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=200,
+            stream=True,
+            messages=[{"role": "user", "content": "tell me a long story"}],
+        ):
+            deltas += event.type == "content_block_delta"
+    assert deltas == 27
+    [row] = gateway.ledger()
+    assert row["status"] == "incomplete" and row["usage_estimated"] is True
+    assert row["output_tokens"] >= deltas
+    assert row["input_tokens"] > 0 and row["cost_nanos"] > 0
 
 
 def test_unreachable_redis_fails_closed_with_503(gateway: RunningGateway, tmp_path: object) -> None:
