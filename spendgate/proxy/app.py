@@ -60,6 +60,7 @@ from spendgate.proxy.wire import (
     send_bytes,
     send_error,
     start_stream,
+    stream_error_event,
 )
 from spendgate.ratelimit.gate import RateGate
 from spendgate.security.auth_throttle import AuthThrottle, client_address
@@ -471,10 +472,13 @@ class ProxyApp:
                 status = "ok" if meter.done or meter.final else "incomplete"
                 booked = await self._book_stream(call, guarded, meter, disconnect, status)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-        except SpendgateError:
+        except SpendgateError as err:
             if not booked:
                 booked = await self._book_stream(call, guarded, meter, disconnect, "incomplete")
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # a stream that broke before its end says so: the client must not take the
+            # part it got for the whole answer
+            tail = b"" if meter.done else stream_error_event(err, call.endpoint.wire)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             await response.close()
             if not booked:

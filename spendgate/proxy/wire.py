@@ -62,6 +62,14 @@ def error_body(err: SpendgateError, wire: str) -> bytes:
     )
 
 
+def stream_error_event(err: SpendgateError, wire: str) -> bytes:
+    """``err`` as the last event of a stream that cannot go on, in the wire's own form
+    (what the providers send and the SDKs raise on): Anthropic ``event: error``, OpenAI
+    a ``data:`` line holding ``{"error": …}``."""
+    event = b"event: error\n" if wire == "anthropic" else b""
+    return event + b"data: " + error_body(err, wire) + b"\n\n"
+
+
 def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 

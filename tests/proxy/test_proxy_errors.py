@@ -274,6 +274,37 @@ def test_anthropic_stream_cut_after_message_start_bills_the_output_it_streamed(
     assert row["input_tokens"] > 0 and row["cost_nanos"] > 0
 
 
+def test_a_cut_stream_ends_with_an_error_the_sdks_raise(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """When the provider's stream breaks, the client is told in its wire's own stream
+    error (OpenAI ``data: {"error": …}``, Anthropic ``event: error``), so the SDKs raise
+    instead of handing over a truncated answer as if it were whole."""
+    key = gateway.create_key()
+    fake.drop_stream_after = 4
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.APIError, match="upstream stream broke"):
+        list(oai.chat.completions.create(**CHAT, stream=True))
+    with pytest.raises(openai.APIError, match="upstream stream broke"):
+        list(oai.responses.create(model="gpt-4o", input="hi", stream=True))
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(anthropic.APIStatusError, match="upstream stream broke") as info:
+        list(
+            claude.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=50,
+                stream=True,
+                messages=[{"role": "user", "content": "hi"}],
+            )
+        )
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": info.value.body["error"]["message"]},  # type: ignore[index]
+    }
+    rows = gateway.ledger()
+    assert [r["status"] for r in rows] == ["incomplete"] * 3
+
+
 def test_unreachable_redis_fails_closed_with_503(gateway: RunningGateway, tmp_path: object) -> None:
     """With budgets to enforce and Redis down, calls get a clear 503, not a 500 or free spend."""
     from tests.conftest import start_gateway
