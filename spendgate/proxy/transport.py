@@ -109,11 +109,26 @@ class AiohttpTransport:
                 data=request.body,
                 headers=request.headers,
                 timeout=timeout,
+                # a redirect would carry the provider key to another host (aiohttp drops
+                # only Authorization there, not x-api-key or api-key): never followed
+                allow_redirects=False,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("the upstream provider did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise unavailable("the upstream provider could not be reached", request, exc) from exc
+        if 300 <= resp.status < 400:
+            resp.release()
+            log.warning(
+                "the upstream provider redirected %s %s (HTTP %d); check its base_url",
+                request.method,
+                _address(request.url),
+                resp.status,
+            )
+            raise UpstreamUnavailable(
+                f"the upstream provider answered with a redirect (HTTP {resp.status}), "
+                "which spendgate does not follow"
+            )
         headers = {k.lower(): v for k, v in resp.headers.items()}
         if not request.stream or resp.status >= 300:
             try:

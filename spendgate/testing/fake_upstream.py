@@ -17,6 +17,8 @@ Knobs are plain attributes, set by the test that needs them:
   ``api-key`` carrying it, else 401.
 * ``[[slow:S]]`` in a prompt          wait S seconds before answering that request (a
   knob a test can use on an upstream running in another process).
+* ``redirect_to``                   answer every request with a 307 to this base URL
+  (the same path), as a moved or misconfigured endpoint would.
 * ``stream_gate``                   a ``threading.Event``: streams send their first event,
   then wait for it to be set before the rest (a call held open as long as a test likes).
 """
@@ -150,6 +152,7 @@ class FakeUpstream:
         self.drop_stream_after: int | None = None
         self.required_api_key: str | None = None
         self.stream_gate: threading.Event | None = None
+        self.redirect_to: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -190,6 +193,12 @@ class FakeUpstream:
         slow = _SLOW.search(raw)
         if slow:
             await asyncio.sleep(float(slow.group(1)))
+        if self.redirect_to is not None:
+            location = (self.redirect_to + seen.path).encode("latin-1")
+            headers = [(b"location", location), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 307, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if where is None:
             await _send_json(send, 404, error_body("openai", 404, f"Unknown URL {seen.path}"))
             return

@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from spendgate.testing.fake_upstream import FakeUpstream
-from tests.conftest import RunningGateway
+from spendgate.testing.fake_upstream import FakeUpstream, serve_in_thread
+from tests.conftest import UPSTREAM_SECRETS, RunningGateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -158,6 +158,37 @@ def test_upstream_error_passes_through_unbilled(
     [row] = gateway.ledger()
     assert row["status"] == "upstream_error" and row["cost_nanos"] == 0
     assert row["http_status"] == 500 and row["input_tokens"] == 0
+
+
+def test_a_provider_redirect_is_not_followed_with_the_provider_key(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A provider answering 307 elsewhere would have the call sent again, with its
+    ``x-api-key`` / ``api-key`` (which HTTP clients only drop for ``Authorization``), to a
+    host that is not the provider. spendgate does not follow: 502, not billed, and the
+    other host sees nothing."""
+    elsewhere = FakeUpstream()
+    handle = serve_in_thread(elsewhere)
+    try:
+        fake.redirect_to = handle.url
+        key = gateway.create_key()
+        claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as info:
+            claude.messages.create(
+                model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
+        assert info.value.status_code == 502
+        oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+        with pytest.raises(openai.APIStatusError) as oinfo:
+            oai.chat.completions.create(**{**CHAT, "model": "azure-gpt-4o"})
+        assert oinfo.value.status_code == 502 and oinfo.value.code == "upstream_unavailable"
+        assert "redirect" in oinfo.value.message
+        assert elsewhere.requests == []
+        assert not any(s in oinfo.value.response.text for s in UPSTREAM_SECRETS.values())
+        rows = gateway.ledger()
+        assert [(r["status"], r["cost_nanos"]) for r in rows] == [("upstream_error", 0)] * 2
+    finally:
+        handle.stop()
 
 
 def test_upstream_timeout_is_504(gateway: RunningGateway, fake: FakeUpstream) -> None:
