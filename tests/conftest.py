@@ -274,6 +274,7 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     yield fake_app
     fake_app.fail_status = None
     fake_app.fail_count = None
+    fake_app.fail_headers = {}
     fake_app.delay_seconds = 0.0
     fake_app.stream_delay_seconds = 0.0
     fake_app.drop_stream_after = None

@@ -77,6 +77,8 @@ _TAG = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 MAX_TAGS = 20
 #: how many times a call is planned again after finding its process's policies stale
 REPLANS = 3
+#: a provider error's headers that the SDKs pace (or skip) their retries by: passed on
+_RETRY_ADVICE = ("retry-after", "retry-after-ms", "x-should-retry")
 
 
 class Call(Value, frozen=True):
@@ -410,9 +412,13 @@ class ProxyApp:
     async def _relay_error(
         self, call: Call, guarded: Guarded, response: UpstreamResponse, send: Send
     ) -> None:
-        """Provider errors pass through unchanged and are not billed."""
+        """Provider errors pass through unchanged, with their retry advice, and are not
+        billed."""
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
+        for name in _RETRY_ADVICE:
+            if name in response.headers:
+                headers[name] = response.headers[name]
         headers["x-spendgate-cost-usd"] = "0.00"
         await self._book(call, guarded, response.status, "upstream_error", None)
         await send_bytes(send, response.status, response.body, headers)

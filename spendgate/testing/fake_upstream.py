@@ -9,6 +9,7 @@ Knobs are plain attributes, set by the test that needs them:
 
 * ``fail_status`` / ``fail_count``  answer the next ``fail_count`` requests (all of them
   when ``None``) with that status and a provider-shaped error body.
+* ``fail_headers``                  extra headers on those failures (e.g. ``retry-after``).
 * ``delay_seconds``                 wait before answering.
 * ``stream_delay_seconds``          wait between stream events.
 * ``drop_stream_after``             close the connection after N events, mid-stream,
@@ -122,9 +123,12 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _send_json(send: Send, status: int, body: Any) -> None:
+async def _send_json(
+    send: Send, status: int, body: Any, extra: dict[str, str] | None = None
+) -> None:
     raw = orjson.dumps(body)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(raw)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
 
@@ -147,6 +151,7 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self.fail_status: int | None = None
         self.fail_count: int | None = None
+        self.fail_headers: dict[str, str] = {}
         self.delay_seconds: float = 0.0
         self.stream_delay_seconds: float = 0.0
         self.drop_stream_after: int | None = None
@@ -204,7 +209,8 @@ class FakeUpstream:
             return
         refusal = self._refusal(where, seen)
         if refusal is not None:
-            await _send_json(send, refusal[0], error_body(where.provider, *refusal))
+            extra = self.fail_headers if refusal[0] == self.fail_status else None
+            await _send_json(send, refusal[0], error_body(where.provider, *refusal), extra)
         elif where.endpoint == "/models":
             await _send_json(send, 200, simulated.models_list(self.models))
         elif not isinstance(seen.json, dict):

@@ -160,6 +160,29 @@ def test_upstream_error_passes_through_unbilled(
     assert row["http_status"] == 500 and row["input_tokens"] == 0
 
 
+def test_a_provider_429_keeps_its_retry_advice(gateway: RunningGateway, fake: FakeUpstream) -> None:
+    """A provider's 429 or 529 is passed through with the headers the SDKs pace their
+    retries by (``retry-after``, ``retry-after-ms``, ``x-should-retry``), not without them."""
+    key = gateway.create_key()
+    advice = {"retry-after": "7", "retry-after-ms": "6500", "x-should-retry": "true"}
+    fake.fail_status, fake.fail_count, fake.fail_headers = 429, 1, advice
+    response = post(gateway, "/v1/chat/completions", key["key"], json=CHAT)
+    assert response.status_code == 429
+    assert {k: response.headers.get(k) for k in advice} == advice
+    fake.fail_status, fake.fail_count = 529, 1
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        claude.messages.create(
+            model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.status_code == 529
+    assert info.value.response.headers["retry-after"] == "7"
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Simulated upstream failure (529)."},
+    }
+
+
 def test_a_provider_redirect_is_not_followed_with_the_provider_key(
     gateway: RunningGateway, fake: FakeUpstream
 ) -> None:
