@@ -64,8 +64,17 @@ class Transport(Protocol):
 def unavailable(what: str, request: UpstreamRequest, exc: Exception) -> UpstreamUnavailable:
     """The client learns what failed and the kind of error; the provider's address (and
     the driver's text, which names it) goes to the log only."""
-    log.warning("%s: %s %s: %r", what, request.method, _address(request.url), exc)
+    log.warning("%s: %s %s: %s", what, request.method, _address(request.url), _described(exc))
     return UpstreamUnavailable(f"{what} ({type(exc).__name__})")
+
+
+def _described(exc: Exception) -> str:
+    """The driver's error for the log. Not its ``repr``: a ``ClientResponseError`` (an
+    answer that does not parse, a redirect) holds the request with its headers, the
+    provider key among them, and its ``str`` the full URL."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}(status={exc.status}, message={exc.message!r})"
+    return f"{type(exc).__name__}({exc})"
 
 
 def _address(url: str) -> str:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import anthropic
 import httpx
@@ -251,6 +253,51 @@ def test_upstream_down_is_502(gateway: RunningGateway, tmp_path: object) -> None
     finally:
         other.admin.close()
         other.handle.stop()
+
+
+def test_a_garbled_provider_answer_leaves_the_provider_key_out_of_the_log(
+    gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer the HTTP client cannot parse fails with an error that holds the whole
+    request (headers and the provider key among them): 502 for the client, and the log
+    says what broke without the key."""
+    from tests.conftest import start_gateway
+
+    caplog.set_level(logging.DEBUG)
+    garbled = b"HTTP/1.1 200 OK\r\nContent-Type application/json\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = server.accept()
+                    with conn:
+                        conn.recv(65536)
+                        conn.sendall(garbled)
+
+        threading.Thread(target=answer, daemon=True).start()
+        port = server.getsockname()[1]
+        other = start_gateway(
+            gateway.settings.database_url.replace("spendgate.db", "garbled.db"),
+            f"http://127.0.0.1:{port}",
+            tmp_path,
+        )
+        try:
+            key = other.create_key()
+            for path, body in [
+                ("/v1/chat/completions", CHAT),
+                ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}),
+            ]:
+                response = post(other, path, key["key"], json=body)
+                assert response.status_code == 502, response.text
+        finally:
+            other.admin.close()
+            other.handle.stop()
+    assert "ClientResponseError" in caplog.text and "Invalid header" in caplog.text
+    leaked = [s for s in UPSTREAM_SECRETS.values() if s in caplog.text]
+    assert leaked == []
 
 
 def test_abandoned_stream_is_billed_for_what_upstream_produced(
