@@ -3,7 +3,8 @@
 Convention (the same as ``genai-prices``): ``input_tokens`` is the *total* prompt,
 including the cached part; ``cache_read_tokens`` and ``cache_write_tokens`` say how much
 of it was read from / written to the provider's prompt cache. ``reasoning_tokens`` is
-the part of ``output_tokens`` the model spent thinking (billed as output).
+the part of ``output_tokens`` the model spent thinking (billed as output), also when a
+provider reported it apart from its completion tokens.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
         out_details = usage.get("output_tokens_details") or {}
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    if reasoning and (
+        reasoning > output or _int(usage.get("total_tokens")) == prompt + output + reasoning
+    ):
+        # some OpenAI-compatible servers (Gemini's thinking through such a layer) count
+        # the reasoning apart from the completion; the figures say so: it is output too
+        output += reasoning
     return plausible(
         TokenUsage(
             input_tokens=prompt,
