@@ -14,6 +14,7 @@
     ├── TooManyAuthFailures        429     too_many_auth_failures
     ├── ValidationFailed           422     validation_error
     ├── UpstreamUnavailable        502     upstream_unavailable
+    │   └── UpstreamAuthFailed     502     upstream_auth_failed
     ├── StateUnavailable           503     state_unavailable
     │   ├── DatabaseUnavailable    503     database_unavailable
     │   └── LedgerBacklogFull      503     ledger_backlog_full
@@ -203,6 +204,16 @@ class UpstreamUnavailable(SpendgateError):
     code = "upstream_unavailable"
     kind = "api_error"
     anthropic_kind = "api_error"
+
+
+class UpstreamAuthFailed(UpstreamUnavailable):
+    """The provider refused spendgate's own provider key (its 401): nothing the client
+    can fix, and its message may show part of that key, so it is not passed on."""
+
+    code = "upstream_auth_failed"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
 
 
 class StateUnavailable(SpendgateError):

@@ -39,6 +39,7 @@ from spendgate.errors import (
     SpendgateError,
     StateUnavailable,
     UnknownModel,
+    UpstreamAuthFailed,
     UpstreamTimeout,
 )
 from spendgate.guard import CallGuard, Guarded
@@ -392,6 +393,21 @@ class ProxyApp:
             status = "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
             await self._book(call, guarded, err.status, status, None)
             raise
+        if response.status == 401:
+            # the provider refused spendgate's key, not the client's: the client is not
+            # told its own key is wrong, nor shown the provider's (OpenAI echoes part of it)
+            log.warning(
+                "provider %s refused spendgate's API key (HTTP 401) for model %s; "
+                "check its api_key / api_key_env",
+                call.route.provider.name,
+                call.route.name,
+            )
+            refused = UpstreamAuthFailed(
+                f"the provider of model {call.route.name!r} refused the gateway's credentials; "
+                "the gateway's operator must fix its provider key"
+            )
+            await self._book(call, guarded, refused.status, "upstream_error", None)
+            raise refused
         if response.status >= 300:
             await self._relay_error(call, guarded, response, send)
         elif call.stream:

@@ -15,7 +15,8 @@ Knobs are plain attributes, set by the test that needs them:
 * ``drop_stream_after``             close the connection after N events, mid-stream,
   before any usage or ``[DONE]``.
 * ``required_api_key``              demand ``Authorization: Bearer``, ``x-api-key`` or
-  ``api-key`` carrying it, else 401.
+  ``api-key`` carrying it, else 401 (an OpenAI-style one shows the start and end of the
+  key it got, as OpenAI's does).
 * ``[[slow:S]]`` in a prompt          wait S seconds before answering that request (a
   knob a test can use on an upstream running in another process).
 * ``redirect_to``                   answer every request with a 307 to this base URL
@@ -182,7 +183,11 @@ class FakeUpstream:
         """An injected or authentication failure for this request, if any."""
         key = self.required_api_key
         if key is not None and key not in _presented_keys(seen.headers):
-            return 401, "Incorrect API key provided."
+            if where.provider == "anthropic":
+                return 401, "invalid x-api-key"
+            # as OpenAI says it: the start and the end of the key it was given
+            shown = [f"{k[:8]}{'*' * (len(k) - 12)}{k[-4:]}" for k in _presented_keys(seen.headers)]
+            return 401, f"Incorrect API key provided: {', '.join(shown) or 'none'}."
         if self.fail_status is None or self.fail_count == 0:
             return None
         if self.fail_count is not None:

@@ -162,6 +162,38 @@ def test_upstream_error_passes_through_unbilled(
     assert row["http_status"] == 500 and row["input_tokens"] == 0
 
 
+def test_a_provider_refusing_the_gateways_key_is_a_502_that_shows_none_of_it(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A provider 401 is about spendgate's provider key, not the client's virtual key:
+    passed through, it told the client its own key was wrong (the SDKs raise
+    AuthenticationError) and showed it the start and end of the provider key (OpenAI's
+    message does). It is a 502 ``upstream_auth_failed`` instead, not billed, on both
+    wires."""
+    key = gateway.create_key()
+    fake.required_api_key = "a-key-spendgate-does-not-have"
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        oai.chat.completions.create(**CHAT)
+    assert info.value.status_code == 502 and info.value.code == "upstream_auth_failed"
+    assert not isinstance(info.value, openai.AuthenticationError)
+    shown = info.value.response.text  # the fake, like OpenAI, masks all but both ends
+    assert "*" not in shown and UPSTREAM_SECRETS["OPENAI_KEY"][-4:] not in shown
+    assert info.value.response.headers["x-should-retry"] == "false"
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as ainfo:
+        claude.messages.create(
+            model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    body = ainfo.value.body
+    assert ainfo.value.status_code == 502 and isinstance(body, dict)
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    rows = gateway.ledger()
+    assert [(r["status"], r["http_status"], r["cost_nanos"]) for r in rows] == [
+        ("upstream_error", 502, 0)
+    ] * 2
+
+
 def test_a_provider_429_keeps_its_retry_advice(gateway: RunningGateway, fake: FakeUpstream) -> None:
     """A provider's 429 or 529 is passed through with the headers the SDKs pace their
     retries by (``retry-after``, ``retry-after-ms``, ``x-should-retry``), not without them."""
