@@ -155,18 +155,32 @@ class BudgetExceeded(SpendgateError):
     kind = "budget_exceeded"
     anthropic_kind = "rate_limit_error"
 
-    def __init__(self, message: str, *, budget_id: str, resets_at: str, retry_after: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget_id: str,
+        resets_at: str,
+        retry_after: int,
+        retryable: bool = True,
+    ) -> None:
         super().__init__(message)
         self.budget_id = budget_id
         self.resets_at = resets_at
         self.retry_after = retry_after
+        #: False when only the next period (or an admin) can make room: the SDKs, which
+        #: retry every 429, are told not to (``x-should-retry: false``)
+        self.retryable = retryable
 
     def headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "retry-after": str(max(1, self.retry_after)),
             "x-spendgate-budget-id": self.budget_id,
             "x-spendgate-budget-resets-at": self.resets_at,
         }
+        if not self.retryable:
+            headers["x-should-retry"] = "false"
+        return headers
 
 
 class TooManyAuthFailures(SpendgateError):
