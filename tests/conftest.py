@@ -391,6 +391,10 @@ class RunningGateway:
             ]
         return self.post("/admin/keys", {"name": "test-key", **fields})
 
+    def create_budget(self, **fields: Any) -> dict[str, Any]:
+        """A budget (monthly in UTC unless given) from the admin API."""
+        return self.post("/admin/budgets", {"period": "monthly", "timezone": "UTC", **fields})
+
     def post(self, path: str, body: dict[str, Any], status: int = 201) -> Any:
         response = self.admin.post(path, json=body)
         assert response.status_code == status, response.text
