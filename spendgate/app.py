@@ -70,7 +70,7 @@ from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gaug
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
-from spendgate.proxy.wire import Receive, Scope, Send, send_error
+from spendgate.proxy.wire import Receive, Scope, Send, buffered, send_error
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
 from spendgate.ratelimit.memory import MemoryRateLimiter
@@ -374,8 +374,15 @@ class Gateway:
 
     async def _admin_http(self, scope: Scope, receive: Receive, send: Send) -> None:
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > ADMIN_BODY_LIMIT:
-            err = PayloadTooLarge(f"request body exceeds the {ADMIN_BODY_LIMIT}-byte limit")
+        try:
+            if declared is None:  # chunked: read here, up to the limit, before anything else
+                replay = await buffered(receive, ADMIN_BODY_LIMIT)
+                if replay is None:
+                    return  # the client left
+                receive = replay
+            elif declared.isdigit() and int(declared) > ADMIN_BODY_LIMIT:
+                raise PayloadTooLarge(f"request body exceeds the {ADMIN_BODY_LIMIT}-byte limit")
+        except PayloadTooLarge as err:
             await send_error(send, err, "openai", "")
             return
         path: str = scope["path"]

@@ -14,6 +14,7 @@
     ├── TooManyAuthFailures        429     too_many_auth_failures
     ├── ValidationFailed           422     validation_error
     ├── UpstreamUnavailable        502     upstream_unavailable
+    │   └── UpstreamAuthFailed     502     upstream_auth_failed
     ├── StateUnavailable           503     state_unavailable
     │   ├── DatabaseUnavailable    503     database_unavailable
     │   └── LedgerBacklogFull      503     ledger_backlog_full
@@ -154,18 +155,32 @@ class BudgetExceeded(SpendgateError):
     kind = "budget_exceeded"
     anthropic_kind = "rate_limit_error"
 
-    def __init__(self, message: str, *, budget_id: str, resets_at: str, retry_after: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        budget_id: str,
+        resets_at: str,
+        retry_after: int,
+        retryable: bool = True,
+    ) -> None:
         super().__init__(message)
         self.budget_id = budget_id
         self.resets_at = resets_at
         self.retry_after = retry_after
+        #: False when only the next period (or an admin) can make room: the SDKs, which
+        #: retry every 429, are told not to (``x-should-retry: false``)
+        self.retryable = retryable
 
     def headers(self) -> dict[str, str]:
-        return {
+        headers = {
             "retry-after": str(max(1, self.retry_after)),
             "x-spendgate-budget-id": self.budget_id,
             "x-spendgate-budget-resets-at": self.resets_at,
         }
+        if not self.retryable:
+            headers["x-should-retry"] = "false"
+        return headers
 
 
 class TooManyAuthFailures(SpendgateError):
@@ -203,6 +218,16 @@ class UpstreamUnavailable(SpendgateError):
     code = "upstream_unavailable"
     kind = "api_error"
     anthropic_kind = "api_error"
+
+
+class UpstreamAuthFailed(UpstreamUnavailable):
+    """The provider refused spendgate's own provider key (its 401): nothing the client
+    can fix, and its message may show part of that key, so it is not passed on."""
+
+    code = "upstream_auth_failed"
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
 
 
 class StateUnavailable(SpendgateError):

@@ -274,10 +274,12 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     yield fake_app
     fake_app.fail_status = None
     fake_app.fail_count = None
+    fake_app.fail_headers = {}
     fake_app.delay_seconds = 0.0
     fake_app.stream_delay_seconds = 0.0
     fake_app.drop_stream_after = None
     fake_app.required_api_key = None
+    fake_app.redirect_to = None
     if fake_app.stream_gate is not None:
         fake_app.stream_gate.set()
         fake_app.stream_gate = None
@@ -388,6 +390,10 @@ class RunningGateway:
                 "id"
             ]
         return self.post("/admin/keys", {"name": "test-key", **fields})
+
+    def create_budget(self, **fields: Any) -> dict[str, Any]:
+        """A budget (monthly in UTC unless given) from the admin API."""
+        return self.post("/admin/budgets", {"period": "monthly", "timezone": "UTC", **fields})
 
     def post(self, path: str, body: dict[str, Any], status: int = 201) -> Any:
         response = self.admin.post(path, json=body)

@@ -3,7 +3,8 @@
 Convention (the same as ``genai-prices``): ``input_tokens`` is the *total* prompt,
 including the cached part; ``cache_read_tokens`` and ``cache_write_tokens`` say how much
 of it was read from / written to the provider's prompt cache. ``reasoning_tokens`` is
-the part of ``output_tokens`` the model spent thinking (billed as output).
+the part of ``output_tokens`` the model spent thinking (billed as output), also when a
+provider reported it apart from its completion tokens.
 """
 
 from __future__ import annotations
@@ -79,6 +80,12 @@ def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
         out_details = usage.get("output_tokens_details") or {}
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    if reasoning and (
+        reasoning > output or _int(usage.get("total_tokens")) == prompt + output + reasoning
+    ):
+        # some OpenAI-compatible servers (Gemini's thinking through such a layer) count
+        # the reasoning apart from the completion; the figures say so: it is output too
+        output += reasoning
     return plausible(
         TokenUsage(
             input_tokens=prompt,
@@ -95,28 +102,30 @@ def from_anthropic(
     """Anthropic ``usage``: input excludes cache reads/writes, so they are added back.
 
     ``base`` is what an earlier stream event (``message_start``) reported; a later
-    ``message_delta`` carries cumulative output and, sometimes, the input figures again.
+    ``message_delta`` carries cumulative output and, sometimes, input figures again. Each
+    figure stands alone, as the anthropic SDK accumulates them: one the delta leaves out
+    or sends as null keeps the earlier value (a delta with ``input_tokens`` alone must not
+    drop the cache reads message_start reported).
     """
     if not isinstance(usage, dict):
         return base
     prev = base or TokenUsage()
-    has_input = any(
-        k in usage
-        for k in ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    )
-    if has_input:
-        read = _int(usage.get("cache_read_input_tokens"))
-        write = _int(usage.get("cache_creation_input_tokens"))
-        total_in = _int(usage.get("input_tokens")) + read + write
-    else:
-        read, write, total_in = prev.cache_read_tokens, prev.cache_write_tokens, prev.input_tokens
-    output = _int(usage.get("output_tokens")) if "output_tokens" in usage else prev.output_tokens
+    read = _figure(usage, "cache_read_input_tokens", prev.cache_read_tokens)
+    write = _figure(usage, "cache_creation_input_tokens", prev.cache_write_tokens)
+    uncached = prev.input_tokens - prev.cache_read_tokens - prev.cache_write_tokens
+    uncached = _figure(usage, "input_tokens", uncached)
     return plausible(
         TokenUsage(
-            input_tokens=total_in,
-            output_tokens=output,
+            input_tokens=uncached + read + write,
+            output_tokens=_figure(usage, "output_tokens", prev.output_tokens),
             cache_read_tokens=read,
             cache_write_tokens=write,
             implausible=prev.implausible,
         )
     )
+
+
+def _figure(usage: dict[str, Any], name: str, earlier: int) -> int:
+    """``usage[name]`` as a count, or ``earlier`` when it is absent or null."""
+    value = usage.get(name)
+    return earlier if value is None else _int(value)

@@ -562,6 +562,10 @@ class Enforcer:
                     budget_id=a.budget.id,
                     resets_at=a.window.end.isoformat(),
                     retry_after=retry,
+                    # calls in flight may settle below their holds and make room; with
+                    # none, or a call too big even then, only the reset can
+                    retryable=refusal.reserved > 0
+                    and refusal.spent + admission.worst_case <= refusal.cap,
                 )
         for w in admission.wallets:
             if wallet_bucket(w) == refusal.bucket:

@@ -39,6 +39,7 @@ from spendgate.errors import (
     SpendgateError,
     StateUnavailable,
     UnknownModel,
+    UpstreamAuthFailed,
     UpstreamTimeout,
 )
 from spendgate.guard import CallGuard, Guarded
@@ -60,6 +61,7 @@ from spendgate.proxy.wire import (
     send_bytes,
     send_error,
     start_stream,
+    stream_error_event,
 )
 from spendgate.ratelimit.gate import RateGate
 from spendgate.security.auth_throttle import AuthThrottle, client_address
@@ -76,6 +78,8 @@ _TAG = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 MAX_TAGS = 20
 #: how many times a call is planned again after finding its process's policies stale
 REPLANS = 3
+#: a provider error's headers that the SDKs pace (or skip) their retries by: passed on
+_RETRY_ADVICE = ("retry-after", "retry-after-ms", "x-should-retry")
 
 
 class Call(Value, frozen=True):
@@ -389,6 +393,21 @@ class ProxyApp:
             status = "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
             await self._book(call, guarded, err.status, status, None)
             raise
+        if response.status == 401:
+            # the provider refused spendgate's key, not the client's: the client is not
+            # told its own key is wrong, nor shown the provider's (OpenAI echoes part of it)
+            log.warning(
+                "provider %s refused spendgate's API key (HTTP 401) for model %s; "
+                "check its api_key / api_key_env",
+                call.route.provider.name,
+                call.route.name,
+            )
+            refused = UpstreamAuthFailed(
+                f"the provider of model {call.route.name!r} refused the gateway's credentials; "
+                "the gateway's operator must fix its provider key"
+            )
+            await self._book(call, guarded, refused.status, "upstream_error", None)
+            raise refused
         if response.status >= 300:
             await self._relay_error(call, guarded, response, send)
         elif call.stream:
@@ -409,9 +428,13 @@ class ProxyApp:
     async def _relay_error(
         self, call: Call, guarded: Guarded, response: UpstreamResponse, send: Send
     ) -> None:
-        """Provider errors pass through unchanged and are not billed."""
+        """Provider errors pass through unchanged, with their retry advice, and are not
+        billed."""
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
+        for name in _RETRY_ADVICE:
+            if name in response.headers:
+                headers[name] = response.headers[name]
         headers["x-spendgate-cost-usd"] = "0.00"
         await self._book(call, guarded, response.status, "upstream_error", None)
         await send_bytes(send, response.status, response.body, headers)
@@ -468,13 +491,16 @@ class ProxyApp:
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
             if not booked:
-                status = "incomplete" if not meter.done and meter.usage is None else "ok"
+                status = "ok" if meter.done or meter.final else "incomplete"
                 booked = await self._book_stream(call, guarded, meter, disconnect, status)
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-        except SpendgateError:
+        except SpendgateError as err:
             if not booked:
                 booked = await self._book_stream(call, guarded, meter, disconnect, "incomplete")
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            # a stream that broke before its end says so: the client must not take the
+            # part it got for the whole answer
+            tail = b"" if meter.done else stream_error_event(err, call.endpoint.wire)
+            await send({"type": "http.response.body", "body": tail, "more_body": False})
         finally:
             await response.close()
             if not booked:
@@ -490,14 +516,11 @@ class ProxyApp:
         disconnect: asyncio.Future[Any],
         status: str,
     ) -> bool:
-        """Book the stream from the provider's usage (or, without it, an estimate); a
-        client that left is recorded as ``client_cancelled``."""
+        """Book the stream from the provider's usage (or, without its final figure, an
+        estimate); a client that left is recorded as ``client_cancelled``."""
         if disconnect.done():
             status = "client_cancelled"
-        usage = meter.usage
-        estimated = usage is None
-        if usage is None:
-            usage = TokenUsage(input_tokens=call.request_bytes // 4, output_tokens=meter.events)
+        usage, estimated = meter.billed(call.request_bytes)
         await self._book(call, guarded, 200, status, usage, estimated)
         return True
 

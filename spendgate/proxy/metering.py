@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgspec
 import orjson
 
 from spendgate.core.usage import TokenUsage, from_anthropic, from_openai
@@ -72,6 +73,9 @@ class StreamMeter:
         self.kind = kind
         self.strip_usage_chunk = strip_usage_chunk
         self.usage: TokenUsage | None = None
+        #: ``usage`` is the provider's figure for the whole call (the usage chunk,
+        #: ``response.completed``, ``message_delta``), not a partial one (``message_start``)
+        self.final = False
         self.events = 0
         self.done = False
         self._pending = b""
@@ -98,6 +102,19 @@ class StreamMeter:
                 out.append(event + b"\n\n")
         return b"".join(out)
 
+    def billed(self, request_bytes: int) -> tuple[TokenUsage, bool]:
+        """The usage to bill and whether it is an estimate: the provider's final figure;
+        else what it reported so far with the output counted from the events that went
+        by (one token an event, at least what it reported); else both estimated, the input
+        from the request's size."""
+        usage = self.usage
+        if usage is None:
+            return TokenUsage(input_tokens=request_bytes // 4, output_tokens=self.events), True
+        if self.final:
+            return usage, False
+        output = max(usage.output_tokens, self.events)
+        return msgspec.structs.replace(usage, output_tokens=output), True
+
     def finish(self) -> bytes:
         """Whatever trailing bytes the upstream left without a closing blank line."""
         rest, self._pending = self._pending, b""
@@ -118,12 +135,13 @@ class StreamMeter:
             response = payload.get("response")
             if isinstance(response, dict) and response.get("usage") is not None:
                 self.usage = from_openai(response["usage"])
-                self.done = True
+                self.final = self.done = True
             return True
         usage = payload.get("usage")
         if usage is None:
             return True
         self.usage = from_openai(usage)
+        self.final = True
         choices = payload.get("choices")
         return not (self.strip_usage_chunk and not choices)
 
@@ -134,6 +152,7 @@ class StreamMeter:
             self.usage = from_anthropic(message.get("usage"), self.usage)
         elif kind == "message_delta":
             self.usage = from_anthropic(payload.get("usage"), self.usage)
+            self.final = self.usage is not None
         elif kind == "message_stop":
             self.done = True
         return True

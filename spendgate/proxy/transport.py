@@ -64,8 +64,17 @@ class Transport(Protocol):
 def unavailable(what: str, request: UpstreamRequest, exc: Exception) -> UpstreamUnavailable:
     """The client learns what failed and the kind of error; the provider's address (and
     the driver's text, which names it) goes to the log only."""
-    log.warning("%s: %s %s: %r", what, request.method, _address(request.url), exc)
+    log.warning("%s: %s %s: %s", what, request.method, _address(request.url), _described(exc))
     return UpstreamUnavailable(f"{what} ({type(exc).__name__})")
+
+
+def _described(exc: Exception) -> str:
+    """The driver's error for the log. Not its ``repr``: a ``ClientResponseError`` (an
+    answer that does not parse, a redirect) holds the request with its headers, the
+    provider key among them, and its ``str`` the full URL."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{type(exc).__name__}(status={exc.status}, message={exc.message!r})"
+    return f"{type(exc).__name__}({exc})"
 
 
 def _address(url: str) -> str:
@@ -109,11 +118,26 @@ class AiohttpTransport:
                 data=request.body,
                 headers=request.headers,
                 timeout=timeout,
+                # a redirect would carry the provider key to another host (aiohttp drops
+                # only Authorization there, not x-api-key or api-key): never followed
+                allow_redirects=False,
             )
         except TimeoutError as exc:
             raise UpstreamTimeout("the upstream provider did not answer in time") from exc
         except aiohttp.ClientError as exc:
             raise unavailable("the upstream provider could not be reached", request, exc) from exc
+        if 300 <= resp.status < 400:
+            resp.release()
+            log.warning(
+                "the upstream provider redirected %s %s (HTTP %d); check its base_url",
+                request.method,
+                _address(request.url),
+                resp.status,
+            )
+            raise UpstreamUnavailable(
+                f"the upstream provider answered with a redirect (HTTP {resp.status}), "
+                "which spendgate does not follow"
+            )
         headers = {k.lower(): v for k, v in resp.headers.items()}
         if not request.stream or resp.status >= 300:
             try:

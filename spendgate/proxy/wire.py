@@ -40,6 +40,31 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+async def buffered(receive: Receive, limit: int) -> Receive | None:
+    """For a request that declared no length (chunked): its body read whole here, up to
+    ``limit`` bytes (413 past it), and a ``receive`` that replays it; ``None`` when the
+    client left before sending all of it."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":
+            return None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+        parts.append(chunk)
+        if not message.get("more_body", False):
+            break
+    pending: list[Message] = [{"type": "http.request", "body": b"".join(parts)}]
+
+    async def replay() -> Message:
+        return pending.pop() if pending else await receive()
+
+    return replay
+
+
 def error_body(err: SpendgateError, wire: str) -> bytes:
     extra = err.extra()
     if wire == "anthropic":
@@ -60,6 +85,14 @@ def error_body(err: SpendgateError, wire: str) -> bytes:
             }
         }
     )
+
+
+def stream_error_event(err: SpendgateError, wire: str) -> bytes:
+    """``err`` as the last event of a stream that cannot go on, in the wire's own form
+    (what the providers send and the SDKs raise on): Anthropic ``event: error``, OpenAI
+    a ``data:`` line holding ``{"error": …}``."""
+    event = b"event: error\n" if wire == "anthropic" else b""
+    return event + b"data: " + error_body(err, wire) + b"\n\n"
 
 
 def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

@@ -9,14 +9,18 @@ Knobs are plain attributes, set by the test that needs them:
 
 * ``fail_status`` / ``fail_count``  answer the next ``fail_count`` requests (all of them
   when ``None``) with that status and a provider-shaped error body.
+* ``fail_headers``                  extra headers on those failures (e.g. ``retry-after``).
 * ``delay_seconds``                 wait before answering.
 * ``stream_delay_seconds``          wait between stream events.
 * ``drop_stream_after``             close the connection after N events, mid-stream,
   before any usage or ``[DONE]``.
 * ``required_api_key``              demand ``Authorization: Bearer``, ``x-api-key`` or
-  ``api-key`` carrying it, else 401.
+  ``api-key`` carrying it, else 401 (an OpenAI-style one shows the start and end of the
+  key it got, as OpenAI's does).
 * ``[[slow:S]]`` in a prompt          wait S seconds before answering that request (a
   knob a test can use on an upstream running in another process).
+* ``redirect_to``                   answer every request with a 307 to this base URL
+  (the same path), as a moved or misconfigured endpoint would.
 * ``stream_gate``                   a ``threading.Event``: streams send their first event,
   then wait for it to be set before the rest (a call held open as long as a test likes).
 """
@@ -120,9 +124,12 @@ async def _read_body(receive: Receive) -> bytes:
             return b"".join(chunks)
 
 
-async def _send_json(send: Send, status: int, body: Any) -> None:
+async def _send_json(
+    send: Send, status: int, body: Any, extra: dict[str, str] | None = None
+) -> None:
     raw = orjson.dumps(body)
     headers = [*_JSON_HEADERS, (b"content-length", str(len(raw)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (extra or {}).items()]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": raw})
 
@@ -145,11 +152,13 @@ class FakeUpstream:
         self.requests: list[RecordedRequest] = []
         self.fail_status: int | None = None
         self.fail_count: int | None = None
+        self.fail_headers: dict[str, str] = {}
         self.delay_seconds: float = 0.0
         self.stream_delay_seconds: float = 0.0
         self.drop_stream_after: int | None = None
         self.required_api_key: str | None = None
         self.stream_gate: threading.Event | None = None
+        self.redirect_to: str | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -174,7 +183,11 @@ class FakeUpstream:
         """An injected or authentication failure for this request, if any."""
         key = self.required_api_key
         if key is not None and key not in _presented_keys(seen.headers):
-            return 401, "Incorrect API key provided."
+            if where.provider == "anthropic":
+                return 401, "invalid x-api-key"
+            # as OpenAI says it: the start and the end of the key it was given
+            shown = [f"{k[:8]}{'*' * (len(k) - 12)}{k[-4:]}" for k in _presented_keys(seen.headers)]
+            return 401, f"Incorrect API key provided: {', '.join(shown) or 'none'}."
         if self.fail_status is None or self.fail_count == 0:
             return None
         if self.fail_count is not None:
@@ -190,12 +203,19 @@ class FakeUpstream:
         slow = _SLOW.search(raw)
         if slow:
             await asyncio.sleep(float(slow.group(1)))
+        if self.redirect_to is not None:
+            location = (self.redirect_to + seen.path).encode("latin-1")
+            headers = [(b"location", location), (b"content-length", b"0")]
+            await send({"type": "http.response.start", "status": 307, "headers": headers})
+            await send({"type": "http.response.body", "body": b""})
+            return
         if where is None:
             await _send_json(send, 404, error_body("openai", 404, f"Unknown URL {seen.path}"))
             return
         refusal = self._refusal(where, seen)
         if refusal is not None:
-            await _send_json(send, refusal[0], error_body(where.provider, *refusal))
+            extra = self.fail_headers if refusal[0] == self.fail_status else None
+            await _send_json(send, refusal[0], error_body(where.provider, *refusal), extra)
         elif where.endpoint == "/models":
             await _send_json(send, 200, simulated.models_list(self.models))
         elif not isinstance(seen.json, dict):

@@ -4,6 +4,7 @@ concurrency, exceptions, period resets — on SQLite+memory and PostgreSQL+Redis
 from __future__ import annotations
 
 import asyncio
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -15,6 +16,7 @@ import pytest
 from sqlalchemy import event
 
 from spendgate.admin.policies import budget_statuses
+from spendgate.testing.fake_upstream import FakeUpstream
 from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "same prompt every time"}]
@@ -187,6 +189,45 @@ def test_a_call_too_big_for_the_headroom_is_not_told_the_limit_was_reached(
     assert made["id"] in message and "reached" not in message
     assert "$0.001 left before its hard limit of $0.001" in message
     assert "this call may cost up to $0.00" in message
+
+
+def test_the_sdks_do_not_retry_a_cap_only_the_next_period_lifts(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """With the default ``max_retries=2`` the openai SDK retries every 429, so a reached
+    cap was hit three times with backoff sleeps in between, for the same answer.
+    ``x-should-retry: false`` tells the SDKs not to when nothing in flight can free room
+    before the reset; a refusal that only a call in flight causes leaves them to retry."""
+    key = gateway.create_key()
+    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="0.0001", hard_limit=True)
+    seen: list[int] = []
+    http = httpx.Client(event_hooks={"response": [lambda r: seen.append(r.status_code)]})
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], http_client=http)
+    with pytest.raises(openai.RateLimitError) as info:  # 4096 output tokens' worth
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    assert info.value.response.headers["x-should-retry"] == "false"
+    assert seen == [429]
+    # one call of 100 output tokens at most fits the cap, two do not: the second waits
+    # for the first, held open mid-stream, and may be retried
+    fake.stream_gate = threading.Event()
+    small = {"model": "gpt-4o-mini", "messages": MSG, "max_tokens": 100}
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/chat/completions",
+        json={**small, "stream": True},
+        headers={"authorization": f"Bearer {key['key']}"},
+        timeout=30,
+    ) as held:
+        lines = held.iter_lines()
+        next(lines)
+        refused = httpx.post(
+            gateway.url + "/v1/chat/completions",
+            json=small,
+            headers={"authorization": f"Bearer {key['key']}"},
+        )
+        assert refused.status_code == 429 and "x-should-retry" not in refused.headers
+        fake.stream_gate.set()
+        assert "data: [DONE]" in list(lines)
 
 
 def test_a_call_bigger_than_the_whole_cap_does_not_use_up_the_hard_limit_alert(

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import socket
 import threading
 import time
+from pathlib import Path
 
 import anthropic
 import httpx
 import openai
 import pytest
 
-from spendgate.testing.fake_upstream import FakeUpstream
-from tests.conftest import RunningGateway
+from spendgate.testing.fake_upstream import FakeUpstream, serve_in_thread
+from tests.conftest import UPSTREAM_SECRETS, RunningGateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -159,6 +162,92 @@ def test_upstream_error_passes_through_unbilled(
     assert row["http_status"] == 500 and row["input_tokens"] == 0
 
 
+def test_a_provider_refusing_the_gateways_key_is_a_502_that_shows_none_of_it(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A provider 401 is about spendgate's provider key, not the client's virtual key:
+    passed through, it told the client its own key was wrong (the SDKs raise
+    AuthenticationError) and showed it the start and end of the provider key (OpenAI's
+    message does). It is a 502 ``upstream_auth_failed`` instead, not billed, on both
+    wires."""
+    key = gateway.create_key()
+    fake.required_api_key = "a-key-spendgate-does-not-have"
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        oai.chat.completions.create(**CHAT)
+    assert info.value.status_code == 502 and info.value.code == "upstream_auth_failed"
+    assert not isinstance(info.value, openai.AuthenticationError)
+    shown = info.value.response.text  # the fake, like OpenAI, masks all but both ends
+    assert "*" not in shown and UPSTREAM_SECRETS["OPENAI_KEY"][-4:] not in shown
+    assert info.value.response.headers["x-should-retry"] == "false"
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as ainfo:
+        claude.messages.create(
+            model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    body = ainfo.value.body
+    assert ainfo.value.status_code == 502 and isinstance(body, dict)
+    assert body["type"] == "error" and body["error"]["type"] == "api_error"
+    rows = gateway.ledger()
+    assert [(r["status"], r["http_status"], r["cost_nanos"]) for r in rows] == [
+        ("upstream_error", 502, 0)
+    ] * 2
+
+
+def test_a_provider_429_keeps_its_retry_advice(gateway: RunningGateway, fake: FakeUpstream) -> None:
+    """A provider's 429 or 529 is passed through with the headers the SDKs pace their
+    retries by (``retry-after``, ``retry-after-ms``, ``x-should-retry``), not without them."""
+    key = gateway.create_key()
+    advice = {"retry-after": "7", "retry-after-ms": "6500", "x-should-retry": "true"}
+    fake.fail_status, fake.fail_count, fake.fail_headers = 429, 1, advice
+    response = post(gateway, "/v1/chat/completions", key["key"], json=CHAT)
+    assert response.status_code == 429
+    assert {k: response.headers.get(k) for k in advice} == advice
+    fake.fail_status, fake.fail_count = 529, 1
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as info:
+        claude.messages.create(
+            model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+        )
+    assert info.value.status_code == 529
+    assert info.value.response.headers["retry-after"] == "7"
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "overloaded_error", "message": "Simulated upstream failure (529)."},
+    }
+
+
+def test_a_provider_redirect_is_not_followed_with_the_provider_key(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A provider answering 307 elsewhere would have the call sent again, with its
+    ``x-api-key`` / ``api-key`` (which HTTP clients only drop for ``Authorization``), to a
+    host that is not the provider. spendgate does not follow: 502, not billed, and the
+    other host sees nothing."""
+    elsewhere = FakeUpstream()
+    handle = serve_in_thread(elsewhere)
+    try:
+        fake.redirect_to = handle.url
+        key = gateway.create_key()
+        claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+        with pytest.raises(anthropic.APIStatusError) as info:
+            claude.messages.create(
+                model="claude-sonnet-4-5", max_tokens=5, messages=[{"role": "user", "content": "x"}]
+            )
+        assert info.value.status_code == 502
+        oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+        with pytest.raises(openai.APIStatusError) as oinfo:
+            oai.chat.completions.create(**{**CHAT, "model": "azure-gpt-4o"})
+        assert oinfo.value.status_code == 502 and oinfo.value.code == "upstream_unavailable"
+        assert "redirect" in oinfo.value.message
+        assert elsewhere.requests == []
+        assert not any(s in oinfo.value.response.text for s in UPSTREAM_SECRETS.values())
+        rows = gateway.ledger()
+        assert [(r["status"], r["cost_nanos"]) for r in rows] == [("upstream_error", 0)] * 2
+    finally:
+        handle.stop()
+
+
 def test_upstream_timeout_is_504(gateway: RunningGateway, fake: FakeUpstream) -> None:
     """An upstream slower than the provider timeout (5 s here) is a 504, not billed."""
     key = gateway.create_key()
@@ -196,6 +285,51 @@ def test_upstream_down_is_502(gateway: RunningGateway, tmp_path: object) -> None
     finally:
         other.admin.close()
         other.handle.stop()
+
+
+def test_a_garbled_provider_answer_leaves_the_provider_key_out_of_the_log(
+    gateway: RunningGateway, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An answer the HTTP client cannot parse fails with an error that holds the whole
+    request (headers and the provider key among them): 502 for the client, and the log
+    says what broke without the key."""
+    from tests.conftest import start_gateway
+
+    caplog.set_level(logging.DEBUG)
+    garbled = b"HTTP/1.1 200 OK\r\nContent-Type application/json\r\nContent-Length: 2\r\n\r\n{}"
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+
+        def answer() -> None:
+            with contextlib.suppress(OSError):
+                while True:
+                    conn, _ = server.accept()
+                    with conn:
+                        conn.recv(65536)
+                        conn.sendall(garbled)
+
+        threading.Thread(target=answer, daemon=True).start()
+        port = server.getsockname()[1]
+        other = start_gateway(
+            gateway.settings.database_url.replace("spendgate.db", "garbled.db"),
+            f"http://127.0.0.1:{port}",
+            tmp_path,
+        )
+        try:
+            key = other.create_key()
+            for path, body in [
+                ("/v1/chat/completions", CHAT),
+                ("/v1/messages", {"model": "claude-sonnet-4-5", "max_tokens": 5, "messages": []}),
+            ]:
+                response = post(other, path, key["key"], json=body)
+                assert response.status_code == 502, response.text
+        finally:
+            other.admin.close()
+            other.handle.stop()
+    assert "ClientResponseError" in caplog.text and "Invalid header" in caplog.text
+    leaked = [s for s in UPSTREAM_SECRETS.values() if s in caplog.text]
+    assert leaked == []
 
 
 def test_abandoned_stream_is_billed_for_what_upstream_produced(
@@ -246,6 +380,62 @@ def test_stream_cut_by_upstream_is_estimated_and_flagged(
     [row] = gateway.ledger()
     assert row["status"] == "incomplete" and row["usage_estimated"] is True
     assert row["output_tokens"] >= 3 and row["cost_nanos"] > 0
+
+
+def test_anthropic_stream_cut_after_message_start_bills_the_output_it_streamed(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """message_start carries the input and a placeholder ``output_tokens: 1``; the real
+    output comes in message_delta. A stream cut before it is billed for the output the
+    client was sent (one token an event, at least), flagged as an estimate, not for 1."""
+    key = gateway.create_key()
+    fake.drop_stream_after = 30  # message_start, content_block_start, ping, 27 deltas
+    sdk = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    deltas = 0
+    with contextlib.suppress(anthropic.APIError):
+        for event in sdk.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=200,
+            stream=True,
+            messages=[{"role": "user", "content": "tell me a long story"}],
+        ):
+            deltas += event.type == "content_block_delta"
+    assert deltas == 27
+    [row] = gateway.ledger()
+    assert row["status"] == "incomplete" and row["usage_estimated"] is True
+    assert row["output_tokens"] >= deltas
+    assert row["input_tokens"] > 0 and row["cost_nanos"] > 0
+
+
+def test_a_cut_stream_ends_with_an_error_the_sdks_raise(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """When the provider's stream breaks, the client is told in its wire's own stream
+    error (OpenAI ``data: {"error": …}``, Anthropic ``event: error``), so the SDKs raise
+    instead of handing over a truncated answer as if it were whole."""
+    key = gateway.create_key()
+    fake.drop_stream_after = 4
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.APIError, match="upstream stream broke"):
+        list(oai.chat.completions.create(**CHAT, stream=True))
+    with pytest.raises(openai.APIError, match="upstream stream broke"):
+        list(oai.responses.create(model="gpt-4o", input="hi", stream=True))
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(anthropic.APIStatusError, match="upstream stream broke") as info:
+        list(
+            claude.messages.create(
+                model="claude-sonnet-4-5",
+                max_tokens=50,
+                stream=True,
+                messages=[{"role": "user", "content": "hi"}],
+            )
+        )
+    assert info.value.body == {
+        "type": "error",
+        "error": {"type": "api_error", "message": info.value.body["error"]["message"]},  # type: ignore[index]
+    }
+    rows = gateway.ledger()
+    assert [r["status"] for r in rows] == ["incomplete"] * 3
 
 
 def test_unreachable_redis_fails_closed_with_503(gateway: RunningGateway, tmp_path: object) -> None:

@@ -207,6 +207,34 @@ def test_admin_api_locks_out_an_address_after_20_failed_tokens(gateway: RunningG
     assert gateway.admin.get("/admin/orgs").status_code == 200
 
 
+# -- body size limits ----------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/admin/orgs", "/login", "/v1/chat/completions"])
+def test_a_chunked_body_over_the_limit_is_refused(gateway: RunningGateway, path: str) -> None:
+    """A body sent in chunks, with no Content-Length to refuse it by up front, is
+    refused once it passes the limit (1 MiB outside /v1, authenticated or not; 10 MiB on
+    /v1, which refuses a bad key before reading any): never read whole into memory."""
+    proxy = path.startswith("/v1/")
+    size = 11 * 1024 * 1024 if proxy else 2 * 1024 * 1024
+    secret = gateway.create_key()["key"] if proxy else MASTER_KEY
+
+    def chunks() -> Any:
+        yield b'{"name": "big", "model": "gpt-4o-mini", "pad": "'
+        for _ in range(size // 65536):
+            yield b"x" * 65536
+        yield b'"}'
+
+    for headers in [{"authorization": f"Bearer {secret}"}, *([] if proxy else [{}])]:
+        response = httpx.post(
+            gateway.url + path,
+            content=chunks(),
+            headers={**headers, "content-type": "application/json"},
+            timeout=30,
+        )
+        assert "content-length" not in response.request.headers
+        assert response.status_code == 413, (headers, response.text[:200])
+        assert response.json()["error"]["code"] == "request_too_large"
+
+
 # -- security headers ----------------------------------------------------------------------
 def test_security_headers_on_admin_and_health_not_on_proxy(gateway: RunningGateway) -> None:
     key = gateway.create_key()

@@ -39,17 +39,7 @@ def test_a_streamed_call_carries_the_remaining_budget_header(gateway: RunningGat
     import httpx
 
     key = gateway.create_key()
-    gateway.post(
-        "/admin/budgets",
-        {
-            "scope_type": "key",
-            "scope_id": key["id"],
-            "period": "monthly",
-            "timezone": "UTC",
-            "amount_usd": "5",
-            "hard_limit": True,
-        },
-    )
+    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="5", hard_limit=True)
     body = {
         "model": "demo-small",
         "messages": [{"role": "user", "content": "hi"}],
