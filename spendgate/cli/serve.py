@@ -87,7 +87,7 @@ def serve(
     from spendgate.errors import ConfigError
     from spendgate.observability.logs import configure
     from spendgate.observability.workers import multiprocess_directory
-    from spendgate.settings import load_settings
+    from spendgate.settings import load_audit_settings, load_settings
 
     if config:
         os.environ["SPENDGATE_CONFIG"] = config
@@ -110,13 +110,15 @@ def serve(
     if busy is not None:  # before a key is made or printed, or "listening" said
         say("error", f"cannot listen on {settings.host}:{settings.port}: {busy}")
         raise typer.Exit(1)
-    if not settings.master_key:
-        try:
+    try:
+        if not settings.master_key:
             _master_key(settings.database_url, say)
             settings = load_settings(demo=demo, host=host, port=port)
-        except ConfigError as exc:
-            say("error", f"configuration error: {exc}")
-            raise typer.Exit(2) from exc
+        # read again by each worker's app: refused here, before "listening" is said
+        load_audit_settings(os.environ, settings.master_key)
+    except ConfigError as exc:
+        say("error", f"configuration error: {exc}")
+        raise typer.Exit(2) from exc
     if workers > 1 and not settings.redis_url:
         say(
             "error",
@@ -202,10 +204,29 @@ def db_migrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply the Alembic migrations to the database."""
-    from spendgate.store.database import migrate_url
+    from alembic.util import CommandError
 
-    migrate_url(database_url, revision)
+    from spendgate.errors import ConfigError
+    from spendgate.settings import checked_database_url
+    from spendgate.store.database import CannotConnect, migrate_url
+
+    try:
+        checked_database_url(database_url)
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
     shown = _without_password(database_url)
+    try:
+        migrate_url(database_url, revision)
+    except CannotConnect as exc:
+        err_console.print(
+            f"[red]cannot connect to the database[/] {escape(shown)}: {escape(str(exc))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from exc
+    except CommandError as exc:  # an unknown revision: Alembic's own message says which
+        err_console.print(f"[red]cannot migrate to {escape(revision)}:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     if as_json:
         sys.stdout.write(json.dumps({"revision": revision, "database_url": shown}) + "\n")
     else:

@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from spendgate.core.showback import tag_set
 from spendgate.errors import Conflict, DatabaseUnavailable, NotFound, SpendgateError
-from spendgate.settings import normalise_database_url
+from spendgate.settings import data_directory, normalise_database_url
 
 log = logging.getLogger("spendgate")
 
@@ -198,12 +198,28 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
         await conn.run_sync(_downgrade, revision)
 
 
+class CannotConnect(Exception):
+    """``migrate_url`` could not open a connection (down, refused, no such database, bad
+    credentials): the driver's own message, without a traceback."""
+
+
 def migrate_url(url: str, revision: str = "head") -> None:
-    """Synchronous entry point for ``spendgate db migrate``."""
+    """Synchronous entry point for ``spendgate db migrate``; raises ``CannotConnect``
+    when no connection opens (a migration that fails once connected raises as it is)."""
+
+    folder = data_directory(url)
+    if url.startswith("sqlite") and not folder.is_dir():  # before aiosqlite's thread fails
+        raise CannotConnect(f"the directory {folder} does not exist")
 
     async def run() -> None:
         engine = create_engine(url)
         try:
+            try:
+                async with engine.connect():
+                    pass
+            except (DBAPIError, OSError) as exc:
+                reason = getattr(exc, "orig", None) or exc
+                raise CannotConnect(str(reason).strip() or type(reason).__name__) from exc
             await migrate(engine, revision)
         finally:
             await engine.dispose()

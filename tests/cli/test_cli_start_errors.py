@@ -1,0 +1,67 @@
+"""What an operator sees when ``spendgate db migrate`` or ``serve`` cannot start: one line
+saying why and what it was given (no password), an exit code, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+from tests.cli.test_cli_serve import MASTER, free_port
+from tests.conftest import PG_ADMIN_DSN
+
+
+def spendgate(*args: str, **env: str) -> tuple[int, str]:
+    done = subprocess.run(
+        [sys.executable, "-m", "spendgate", *args],
+        env={**os.environ, "COLUMNS": "200", **env},
+        capture_output=True,
+        timeout=120,
+    )
+    return done.returncode, (done.stdout + done.stderr).decode()
+
+
+def test_migrate_names_a_database_it_cannot_reach() -> None:
+    base = PG_ADMIN_DSN.rsplit("/", 1)[0]
+    down = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/spendgate"
+    code, said = spendgate("db", "migrate", SPENDGATE_DATABASE_URL=down)
+    assert code == 1
+    assert said.startswith("cannot connect to the database postgresql://postgres:***@127.0.0.1")
+    assert "Traceback" not in said and "hunter2" not in said
+    missing = f"{base}/sg_missing_{uuid.uuid4().hex[:12]}"
+    code, said = spendgate("db", "migrate", SPENDGATE_DATABASE_URL=missing)
+    assert code == 1
+    assert "does not exist" in said and "Traceback" not in said
+
+
+def test_migrate_refuses_a_bad_url_or_revision(tmp_path: Path) -> None:
+    code, said = spendgate("db", "migrate", SPENDGATE_DATABASE_URL="mysql://root:hunter2@db/x")
+    assert code == 2
+    assert "SPENDGATE_DATABASE_URL" in said and "hunter2" not in said
+    code, said = spendgate(
+        "db", "migrate", SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/no/such/dir/s.db"
+    )
+    assert (code, "Traceback" in said) == (1, False)
+    assert f"the directory {tmp_path}/no/such/dir does not exist" in said
+    url = f"sqlite:///{tmp_path}/s.db"
+    code, said = spendgate("db", "migrate", "9999_nope", SPENDGATE_DATABASE_URL=url)
+    assert (code, "Traceback" in said) == (2, False)
+    assert "9999_nope" in said
+
+
+def test_serve_refuses_bad_audit_settings_before_listening(tmp_path: Path) -> None:
+    """The audit settings are read by each worker's app; ``serve`` checks them first, so a
+    bad one is a configuration error (exit 2), not a traceback after "listening"."""
+    code, said = spendgate(
+        "serve",
+        "--port",
+        str(free_port()),
+        SPENDGATE_MASTER_KEY=MASTER,
+        SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/a.db",
+        SPENDGATE_AUDIT_RETENTION_DAYS="10",
+    )
+    assert code == 2
+    assert "configuration error: SPENDGATE_AUDIT_RETENTION_DAYS must be at least 365" in said
+    assert "listening" not in said and "Traceback" not in said
