@@ -135,7 +135,7 @@ def serve(
     say(
         "info",
         f"spendgate listening on http://{settings.host}:{settings.port} "
-        f"(database {_without_password(settings.database_url)})",
+        f"(database {without_password(settings.database_url)})",
     )
     if workers > 1:  # once, here: workers starting together on a fresh SQLite file race
         from spendgate.store.database import migrate_url  # to create its tables
@@ -145,7 +145,7 @@ def serve(
         _run(uvicorn, settings, workers, log_config)
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -215,7 +215,7 @@ def db_migrate(
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    shown = _without_password(database_url)
+    shown = without_password(database_url)
     try:
         migrate_url(database_url, revision)
     except CannotConnect as exc:

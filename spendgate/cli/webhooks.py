@@ -179,15 +179,27 @@ def reencrypt(
     Rotation: put the new key first in SPENDGATE_SECRET_KEY (``new,old``) on every
     replica, run this, then drop the old key. Exits 1 if some secret decrypts with none
     of the keys."""
+    from spendgate.cli.serve import without_password
     from spendgate.errors import ConfigError
+    from spendgate.settings import checked_database_url
+    from spendgate.store.database import CannotConnect, check_sqlite_path
     from spendgate.webhooks.secrets_box import SecretBox
 
     try:
         box = SecretBox.from_env(os.environ)
+        checked_database_url(database_url)
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    report = asyncio.run(_reencrypt(database_url, box))
+    try:
+        check_sqlite_path(database_url, exists=True)
+        report = asyncio.run(_reencrypt(database_url, box))
+    except CannotConnect as exc:
+        err_console.print(
+            f"[red]cannot use the database[/] {without_password(database_url)}: {exc}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from exc
     if as_json:
         sys.stdout.write(json.dumps(dataclasses.asdict(report)) + "\n")
     else:
@@ -203,11 +215,12 @@ def reencrypt(
 
 
 async def _reencrypt(database_url: str, box: SecretBox) -> ReencryptReport:
-    from spendgate.store.database import create_engine
+    from spendgate.store.database import check_connection, create_engine
     from spendgate.webhooks.store import WebhookStore
 
     engine = create_engine(database_url)
     try:
+        await check_connection(engine, migrated=True)
         return await WebhookStore(engine, box).reencrypt()
     finally:
         await engine.dispose()

@@ -65,3 +65,27 @@ def test_serve_refuses_bad_audit_settings_before_listening(tmp_path: Path) -> No
     assert code == 2
     assert "configuration error: SPENDGATE_AUDIT_RETENTION_DAYS must be at least 365" in said
     assert "listening" not in said and "Traceback" not in said
+
+
+def test_reencrypt_needs_the_gateways_migrated_database(tmp_path: Path) -> None:
+    """``webhooks reencrypt`` run without SPENDGATE_DATABASE_URL made an empty
+    spendgate.db in the working directory and died on "no such table" (a traceback);
+    against a database that is down it printed the driver's traceback. Each is one line
+    and exit 1 now, and no file is made."""
+    env = {"SPENDGATE_MASTER_KEY": MASTER}
+    missing = tmp_path / "spendgate.db"
+    code, said = spendgate(
+        "webhooks", "reencrypt", SPENDGATE_DATABASE_URL=f"sqlite:///{missing}", **env
+    )
+    assert (code, "Traceback" in said, missing.exists()) == (1, False, False)
+    assert f"there is no database file {missing}" in said
+    missing.touch()
+    code, said = spendgate(
+        "webhooks", "reencrypt", SPENDGATE_DATABASE_URL=f"sqlite:///{missing}", **env
+    )
+    assert (code, "Traceback" in said) == (1, False)
+    assert "it has no spendgate schema: run spendgate db migrate" in said
+    down = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/spendgate"
+    code, said = spendgate("webhooks", "reencrypt", SPENDGATE_DATABASE_URL=down, **env)
+    assert (code, "Traceback" in said, "hunter2" in said) == (1, False, False)
+    assert said.startswith("cannot use the database postgresql://postgres:***@127.0.0.1")
