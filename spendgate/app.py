@@ -138,7 +138,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     field = ".".join(loc) or None
-    message = first.get("msg", "invalid input")
+    # a validator's own message, without pydantic's "Value error, " in front of it
+    message = str(first.get("msg", "invalid input")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:

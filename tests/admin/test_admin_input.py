@@ -210,3 +210,21 @@ def test_words_for_a_time_and_a_malformed_email_are_said_plainly(gateway: Runnin
     response = gateway.admin.post("/admin/users", json={"email": "ana", "role": "finance"})
     assert response.status_code == 422, response.text
     assert response.json()["error"]["message"] == "email: not an email address: 'ana'"
+
+
+def test_a_validators_message_is_not_prefixed_with_value_error(gateway: RunningGateway) -> None:
+    """A budget in an unknown time zone answered "timezone: Value error, unknown time
+    zone …": pydantic's prefix leaked into the API's message (the console strips it)."""
+    org = gateway.post("/admin/orgs", {"name": "zones"})
+    response = gateway.admin.post(
+        "/admin/budgets",
+        json={"scope_type": "org", "scope_id": org["id"], "period": "monthly",
+              "amount_usd": "10", "timezone": "Mars/Base"},
+    )  # fmt: skip
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == {
+        "message": "timezone: unknown time zone 'Mars/Base'; expected an IANA name such as "
+        "Europe/Berlin or UTC",
+        "code": "validation_error",
+        "param": "timezone",
+    }
