@@ -228,3 +228,25 @@ def test_a_validators_message_is_not_prefixed_with_value_error(gateway: RunningG
         "code": "validation_error",
         "param": "timezone",
     }
+
+
+def test_an_unknown_event_type_is_422_not_an_empty_list(gateway: RunningGateway) -> None:
+    """``GET /admin/events?type=budget.*`` (the webhooks' way of naming a family) or a
+    typo answered 200 with no events, as if none had happened. A family now lists its
+    events and ``*`` all; an unknown type is 422 naming ``type`` and the types there are."""
+    key = gateway.create_key()
+    gateway.admin.post(f"/admin/keys/{key['id']}/revoke")
+    mine = {"org_id": key["org_id"]}
+    assert {e["type"] for e in gateway.get("/admin/events", type="key.*", **mine)} == {
+        "key.created",
+        "key.revoked",
+    }
+    assert len(gateway.get("/admin/events", type="*", **mine)) == 2
+    assert gateway.get("/admin/events", type="budget.*", **mine) == []
+    for asked in ("budget.treshold_crossed", "bugdet.*"):
+        response = gateway.admin.get("/admin/events", params={"type": asked})
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["param"] == "type"
+        assert error["message"].startswith(f"type: unknown event type {asked!r}: a type (")
+        assert "budget.threshold_crossed" in error["message"]
