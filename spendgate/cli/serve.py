@@ -126,6 +126,16 @@ def serve(
             "live in each process otherwise, and caps would not hold across workers.",
         )
         raise typer.Exit(2)
+    if settings.public_url == f"http://{settings.host}:{settings.port}" and settings.host in (
+        "0.0.0.0",
+        "::",
+    ):
+        say(
+            "warning",
+            f"links in invites, alerts and notifications will point at {settings.public_url}, "
+            "which nobody can open: set SPENDGATE_PUBLIC_URL (or [gateway] public_url) to "
+            "the address people reach the gateway at",
+        )
     if demo:
         say(
             "info",

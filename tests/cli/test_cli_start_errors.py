@@ -89,3 +89,28 @@ def test_reencrypt_needs_the_gateways_migrated_database(tmp_path: Path) -> None:
     code, said = spendgate("webhooks", "reencrypt", SPENDGATE_DATABASE_URL=down, **env)
     assert (code, "Traceback" in said, "hunter2" in said) == (1, False, False)
     assert said.startswith("cannot use the database postgresql://postgres:***@127.0.0.1")
+
+
+def test_serve_on_every_address_without_a_public_url_warns(tmp_path: Path) -> None:
+    """``serve --host 0.0.0.0`` (the README's deployment line) made bootstrap's invite
+    link and every alert's link ``http://0.0.0.0:4100/…``; serve now says so at start."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "serve", "--host", "0.0.0.0",
+         "--port", str(free_port())],
+        env={**os.environ, "COLUMNS": "300", "SPENDGATE_MASTER_KEY": MASTER,
+             "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    said = "".join(lines)
+    assert "will point at http://0.0.0.0:" in said and "set SPENDGATE_PUBLIC_URL" in said
