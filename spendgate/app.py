@@ -84,6 +84,8 @@ from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
 from spendgate.store.audit_anchor import emit_anchor
 from spendgate.store.database import (
+    CannotConnect,
+    check_connection,
     create_engine,
     database_failure,
     database_fingerprint,
@@ -387,8 +389,14 @@ class Gateway:
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
+        engine = self.services.engine
+        try:  # one line saying why, not the driver's traceback (a pod starting before its db)
+            await check_connection(engine)
+        except CannotConnect as exc:
+            shown = engine.url.render_as_string(hide_password=True)
+            raise StartupRefused(f"cannot connect to the database {shown}: {exc}") from exc
         if self.auto_migrate:
-            await migrate(self.services.engine)
+            await migrate(engine)
         await self._check_secrets()
         try:  # what a previous run (or a dead replica) left: before counters seed from it
             await self.services.ledger.replay_orphans()

@@ -114,3 +114,23 @@ def test_serve_on_every_address_without_a_public_url_warns(tmp_path: Path) -> No
         proc.wait()
     said = "".join(lines)
     assert "will point at http://0.0.0.0:" in said and "set SPENDGATE_PUBLIC_URL" in said
+
+
+def test_serve_says_in_one_line_that_the_database_is_down(tmp_path: Path) -> None:
+    """A gateway started before its database (a pod, a Compose restart) logged the
+    driver's traceback, a hundred lines each restart; it logs why in one line."""
+    down = f"postgresql://postgres:hunter2@127.0.0.1:{free_port()}/spendgate"
+    code, said = spendgate(
+        "serve",
+        "--port",
+        str(free_port()),
+        SPENDGATE_MASTER_KEY=MASTER,
+        SPENDGATE_DATABASE_URL=down,
+        SPENDGATE_SPOOL_DIR=str(tmp_path / "spool"),
+    )
+    assert code != 0
+    assert (
+        "refusing to start: cannot connect to the database postgresql+asyncpg://postgres:***@"
+        in (said)
+    )
+    assert "Traceback" not in said and "hunter2" not in said
