@@ -521,6 +521,62 @@ def load_settings(
     )
 
 
+#: the keys each table of the config file may hold; anything else is ignored, so ``serve``
+#: names it (a typo such as ``spool_max_byte`` would otherwise silently be the default)
+CONFIG_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"gateway", "providers", "models", "anomalies"}),
+    "gateway": frozenset({
+        "auth_failures_per_minute", "database_url", "fail_open_replicas",
+        "forecast_overrun_escalation", "forecast_refresh_seconds", "forecast_workers",
+        "hold_heartbeat_seconds", "hold_seconds", "host", "key_cache_seconds",
+        "key_expiring_days", "ledger_batch_size", "ledger_flush_seconds",
+        "ledger_retention_months", "log_format", "log_level", "max_body_bytes",
+        "metrics_token", "port", "public_url", "reconcile_grace_seconds", "reconcile_seconds",
+        "redis_failure_mode", "redis_prefix", "redis_url", "spool_dir", "spool_max_bytes",
+        "spool_sync", "spool_sync_seconds", "unlisted_models", "upstream_timeout_seconds",
+    }),
+    "anomalies": frozenset({
+        "check_seconds", "min_excess_usd", "band_sds", "band_min_ratio", "history_weeks",
+        "min_history_hours",
+    }),
+    "providers.*": frozenset(
+        {"kind", "base_url", "api_key", "api_key_env", "api_version", "timeout_seconds"}
+    ),
+    "models.*": frozenset({"provider", "upstream_model", "price", "default_max_tokens"}),
+    "models.*.price": frozenset({
+        "model", "provider", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
+        "cache_write_per_mtok",
+    }),
+}  # fmt: skip
+
+
+def unknown_config_keys(path: str | None) -> list[str]:
+    """The dotted names in the config file at ``path`` that spendgate does not read."""
+    if not path:
+        return []
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return []  # load_settings says what is wrong with it
+    unknown = [k for k in raw if k not in CONFIG_KEYS[""]]
+    for table in ("gateway", "anomalies"):
+        section = raw.get(table)
+        if isinstance(section, dict):
+            unknown += [f"{table}.{k}" for k in section if k not in CONFIG_KEYS[table]]
+    for table in ("providers", "models"):
+        entries = raw.get(table)
+        for name, entry in entries.items() if isinstance(entries, dict) else ():
+            if not isinstance(entry, dict):
+                continue
+            where = f"{table}.{name}"
+            unknown += [f"{where}.{k}" for k in entry if k not in CONFIG_KEYS[f"{table}.*"]]
+            price = entry.get("price") if table == "models" else None
+            if isinstance(price, dict):
+                known = CONFIG_KEYS["models.*.price"]
+                unknown += [f"{where}.price.{k}" for k in price if k not in known]
+    return unknown
+
+
 #: the highest ``forecast_overrun_escalation`` band, % of the limit (100× the limit)
 MAX_OVERRUN_BAND = 10_000
 

@@ -87,7 +87,7 @@ def serve(
     from spendgate.errors import ConfigError
     from spendgate.observability.logs import configure
     from spendgate.observability.workers import multiprocess_directory
-    from spendgate.settings import load_audit_settings, load_settings
+    from spendgate.settings import load_audit_settings, load_settings, unknown_config_keys
 
     if config:
         os.environ["SPENDGATE_CONFIG"] = config
@@ -106,6 +106,9 @@ def serve(
         raise typer.Exit(2) from exc
     log_config = configure(settings.log_level, settings.log_format)
     say = _teller(settings.log_format)
+    config_path = os.environ.get("SPENDGATE_CONFIG")
+    for name in unknown_config_keys(config_path):
+        say("warning", f"{config_path}: {name} is not a setting spendgate reads; ignored")
     busy = port_in_use(settings.host, settings.port)
     if busy is not None:  # before a key is made or printed, or "listening" said
         say("error", f"cannot listen on {settings.host}:{settings.port}: {busy}")

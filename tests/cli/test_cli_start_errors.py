@@ -134,3 +134,31 @@ def test_serve_says_in_one_line_that_the_database_is_down(tmp_path: Path) -> Non
         in (said)
     )
     assert "Traceback" not in said and "hunter2" not in said
+
+
+def test_serve_names_config_keys_it_does_not_read(tmp_path: Path) -> None:
+    """``spool_max_byte = 5`` (a typo) was ignored without a word: the gateway ran with
+    the 1 GiB default. serve names each such key at start."""
+    config = tmp_path / "spendgate.toml"
+    config.write_text("[gateway]\nspool_max_byte = 5\nkey_cache_seconds = 5\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "serve", "--config", str(config),
+         "--port", str(free_port())],
+        env={**os.environ, "COLUMNS": "300", "SPENDGATE_MASTER_KEY": MASTER,
+             "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"},
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "listening on" in line:
+                break
+    finally:
+        proc.kill()
+        proc.wait()
+    said = "".join(lines)
+    assert f"{config}: gateway.spool_max_byte is not a setting spendgate reads; ignored" in said
+    assert "key_cache_seconds" not in said

@@ -60,7 +60,7 @@ def test_every_toml_block_of_the_readme_loads(tmp_path: Path) -> None:
     import re
     import tomllib
 
-    from spendgate.settings import load_settings
+    from spendgate.settings import load_settings, unknown_config_keys
 
     blocks = re.findall(r"^( *)```toml\n(.*?)^\1```", README.read_text(), re.S | re.M)
     assert len(blocks) >= 4
@@ -74,3 +74,4 @@ def test_every_toml_block_of_the_readme_loads(tmp_path: Path) -> None:
         path = tmp_path / f"block{n}.toml"
         path.write_text(text)
         load_settings(config_path=str(path), env=env)
+        assert unknown_config_keys(str(path)) == [], text  # serve would warn about them

@@ -66,3 +66,39 @@ def test_a_bad_database_url_from_the_environment_hides_its_password() -> None:
     with pytest.raises(ConfigError, match=r"not mysql://…") as refused:
         load_settings(env={"SPENDGATE_DATABASE_URL": "mysql://admin:hunter2@db/x"})
     assert "hunter2" not in str(refused.value)
+
+
+def test_unknown_keys_are_named(tmp_path: Path) -> None:
+    """A typo in the config file is silently the default otherwise: ``serve`` warns with
+    each name this returns."""
+    from spendgate.settings import unknown_config_keys
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[gatway]\n[gateway]\nspool_max_byte = 5\nspool_max_bytes = 5\n"
+        '[anomalies]\ncheck_every = 60\n[providers.o]\nkind = "openai"\napi_keyenv = "K"\n'
+        '[models.m]\nprovider = "o"\nprice = { input_per_mtok = "1", output = "2" }\n'
+    )
+    assert unknown_config_keys(str(config)) == [
+        "gatway",
+        "gateway.spool_max_byte",
+        "anomalies.check_every",
+        "providers.o.api_keyenv",
+        "models.m.price.output",
+    ]
+    assert unknown_config_keys(None) == []
+
+
+def test_every_key_the_settings_read_is_known() -> None:
+    """The list ``serve`` checks a config against holds every ``[gateway]`` and
+    ``[anomalies]`` key ``load_settings`` reads, so a new setting is never warned about."""
+    import re
+
+    import spendgate.settings as module
+    from spendgate.settings import CONFIG_KEYS
+
+    source = Path(module.__file__).read_text()
+    assert set(re.findall(r'gateway\.get\("(\w+)"', source)) == CONFIG_KEYS["gateway"]
+    anomalies = source[source.index("def _anomaly_settings") :]
+    anomalies = anomalies[: anomalies.index("\ndef ")]
+    assert set(re.findall(r'raw\.get\("(\w+)"', anomalies)) == CONFIG_KEYS["anomalies"]
