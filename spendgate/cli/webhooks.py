@@ -43,6 +43,7 @@ def list_(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 
 @webhooks_app.command("get")
 def get(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Show one endpoint (and why it was disabled, if it was)."""
     _show(
         _call(url, "GET", admin_path("webhooks", endpoint_id)),
         as_json,
@@ -89,7 +90,7 @@ def update(
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change an endpoint (``--enable`` re-arms one disabled for failing)."""
+    """Change an endpoint (--enable re-arms one disabled for failing)."""
     body = given(
         {
             "url": target,
