@@ -84,6 +84,8 @@ from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
 from spendgate.store.audit_anchor import emit_anchor
 from spendgate.store.database import (
+    CannotConnect,
+    check_connection,
     create_engine,
     database_failure,
     database_fingerprint,
@@ -138,7 +140,8 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     field = ".".join(loc) or None
-    message = first.get("msg", "invalid input")
+    # a validator's own message, without pydantic's "Value error, " in front of it
+    message = str(first.get("msg", "invalid input")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:
@@ -393,8 +396,14 @@ class Gateway:
 
     async def startup(self) -> None:
         self.loop = asyncio.get_running_loop()
+        engine = self.services.engine
+        try:  # one line saying why, not the driver's traceback (a pod starting before its db)
+            await check_connection(engine)
+        except CannotConnect as exc:
+            shown = engine.url.render_as_string(hide_password=True)
+            raise StartupRefused(f"cannot connect to the database {shown}: {exc}") from exc
         if self.auto_migrate:
-            await migrate(self.services.engine)
+            await migrate(engine)
         await self._check_secrets()
         try:  # what a previous run (or a dead replica) left: before counters seed from it
             await self.services.ledger.replay_orphans()

@@ -191,7 +191,9 @@ def _provider(
         base_url=str(base_url).rstrip("/"),
         api_key=api_key,
         api_version=raw.get("api_version"),
-        timeout_seconds=float(raw.get("timeout_seconds", timeout)),
+        timeout_seconds=_above_zero(
+            raw.get("timeout_seconds", timeout), f"providers.{name}.timeout_seconds"
+        ),
     )
 
 
@@ -242,7 +244,9 @@ def _routes(
             provider=provider,
             upstream_model=upstream_model,
             price=_price_ref(name, spec.get("price"), upstream_model, provider),
-            default_max_tokens=int(spec.get("default_max_tokens", 4096)),
+            default_max_tokens=_at_least_int(
+                spec.get("default_max_tokens", 4096), 1, f"models.{name}.default_max_tokens"
+            ),
         )
     return routes
 
@@ -273,10 +277,14 @@ def _observability(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[s
     first) and ``metrics_token`` (env ``SPENDGATE_METRICS_TOKEN`` first)."""
     level = str(env.get("SPENDGATE_LOG_LEVEL") or gateway.get("log_level", "info")).lower()
     if level not in LOG_LEVELS:
-        raise ConfigError(f"gateway.log_level must be one of {', '.join(LOG_LEVELS)}")
+        raise ConfigError(
+            f"log_level (SPENDGATE_LOG_LEVEL) must be one of {', '.join(LOG_LEVELS)}, not {level!r}"
+        )
     fmt = str(env.get("SPENDGATE_LOG_FORMAT") or gateway.get("log_format", "text")).lower()
     if fmt not in ("json", "text"):
-        raise ConfigError('gateway.log_format must be "json" or "text"')
+        raise ConfigError(
+            f'log_format (SPENDGATE_LOG_FORMAT) must be "json" or "text", not {fmt!r}'
+        )
     token = env.get("SPENDGATE_METRICS_TOKEN") or gateway.get("metrics_token") or None
     if token is not None and not isinstance(token, str):
         raise ConfigError("gateway.metrics_token must be a string")
@@ -291,7 +299,10 @@ def _redis_failure(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[s
         env.get("SPENDGATE_REDIS_FAILURE_MODE") or gateway.get("redis_failure_mode", "closed")
     ).lower()
     if mode not in ("closed", "open"):
-        raise ConfigError('gateway.redis_failure_mode must be "closed" or "open"')
+        raise ConfigError(
+            "redis_failure_mode (SPENDGATE_REDIS_FAILURE_MODE, serve --redis-failure-mode) "
+            f'must be "closed" or "open", not {mode!r}'
+        )
     raw: Any = env.get("SPENDGATE_FAIL_OPEN_REPLICAS") or gateway.get("fail_open_replicas", 1)
     if isinstance(raw, str):
         try:
@@ -316,6 +327,54 @@ def _public_url(value: Any, default: str) -> str:
     url = str(value or default).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"public_url (SPENDGATE_PUBLIC_URL) must be an http(s) URL: {url!r}")
+    return url
+
+
+def _above_zero(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        raise ConfigError(f"{where} must be a number above 0, not {value!r}")
+    return float(value)
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{where} must be a string, not {value!r}")
+    return value
+
+
+def checked_database_url(url: Any) -> str:
+    """``SPENDGATE_DATABASE_URL`` / ``[gateway] database_url``: SQLite or PostgreSQL, and
+    parsable, refused here rather than as a driver's traceback (the password not shown)."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    where = "SPENDGATE_DATABASE_URL (gateway.database_url)"
+    if not isinstance(url, str) or not url.startswith(("sqlite", "postgres")):
+        raise ConfigError(
+            f"{where} must be sqlite:///path.db or postgresql://user@host/db, not {_url_shown(url)}"
+        )
+    try:
+        make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"{where} cannot be parsed: {_url_shown(url)}") from exc
+    return url
+
+
+def _url_shown(url: Any) -> str:
+    """A URL in an error message, cut after its scheme (what follows may hold a password)."""
+    text = str(url)
+    scheme, sep, _ = text.partition("://")
+    return f"{scheme}://…" if sep else repr(text[:40])
+
+
+def _redis_url(url: Any) -> str | None:
+    if url is None or url == "memory://":
+        return None if url is None else "memory://"
+    if not isinstance(url, str) or not url.startswith(("redis://", "rediss://")):
+        raise ConfigError(
+            "SPENDGATE_REDIS_URL (gateway.redis_url) must be redis://host:6379/0 or "
+            f"rediss://…, not {_url_shown(url)}"
+        )
     return url
 
 
@@ -384,7 +443,9 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     gateway = raw.get("gateway", {})
-    timeout = float(gateway.get("upstream_timeout_seconds", 600.0))
+    timeout = _above_zero(
+        gateway.get("upstream_timeout_seconds", 600.0), "gateway.upstream_timeout_seconds"
+    )
     providers = {n: _provider(n, p, env, timeout) for n, p in raw.get("providers", {}).items()}
     models = demo_routes() if demo else {}
     models.update(_routes(raw.get("models", {}), providers))
@@ -393,17 +454,30 @@ def load_settings(
     return Settings(
         host=host,
         port=port,
-        database_url=env.get("SPENDGATE_DATABASE_URL")
-        or gateway.get("database_url", "sqlite:///spendgate.db"),
-        redis_url=env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url"),
-        redis_prefix=env.get("SPENDGATE_REDIS_PREFIX") or gateway.get("redis_prefix", "sg:"),
+        database_url=checked_database_url(
+            env.get("SPENDGATE_DATABASE_URL")
+            or gateway.get("database_url", "sqlite:///spendgate.db")
+        ),
+        redis_url=_redis_url(env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url")),
+        redis_prefix=_string(
+            env.get("SPENDGATE_REDIS_PREFIX") or gateway.get("redis_prefix", "sg:"),
+            "redis_prefix (SPENDGATE_REDIS_PREFIX)",
+        ),
         master_key=env.get("SPENDGATE_MASTER_KEY") or None,
         demo=demo,
-        max_body_bytes=int(gateway.get("max_body_bytes", 10 * 1024 * 1024)),
+        max_body_bytes=_at_least_int(
+            gateway.get("max_body_bytes", 10 * 1024 * 1024), 1, "gateway.max_body_bytes"
+        ),
         upstream_timeout_seconds=timeout,
-        ledger_flush_seconds=float(gateway.get("ledger_flush_seconds", 0.2)),
-        ledger_batch_size=int(gateway.get("ledger_batch_size", 500)),
-        key_cache_seconds=float(gateway.get("key_cache_seconds", 10.0)),
+        ledger_flush_seconds=_above_zero(
+            gateway.get("ledger_flush_seconds", 0.2), "gateway.ledger_flush_seconds"
+        ),
+        ledger_batch_size=_at_least_int(
+            gateway.get("ledger_batch_size", 500), 1, "gateway.ledger_batch_size"
+        ),
+        key_cache_seconds=_at_least(
+            gateway.get("key_cache_seconds", 10.0), 0, "gateway.key_cache_seconds"
+        ),
         unlisted_models=_unlisted(gateway.get("unlisted_models", "allow")),
         forecast_refresh_seconds=_at_least(
             gateway.get("forecast_refresh_seconds", 900.0), 1, "gateway.forecast_refresh_seconds"
@@ -445,6 +519,62 @@ def load_settings(
             gateway.get("key_expiring_days", 7), "gateway.key_expiring_days"
         ),
     )
+
+
+#: the keys each table of the config file may hold; anything else is ignored, so ``serve``
+#: names it (a typo such as ``spool_max_byte`` would otherwise silently be the default)
+CONFIG_KEYS: dict[str, frozenset[str]] = {
+    "": frozenset({"gateway", "providers", "models", "anomalies"}),
+    "gateway": frozenset({
+        "auth_failures_per_minute", "database_url", "fail_open_replicas",
+        "forecast_overrun_escalation", "forecast_refresh_seconds", "forecast_workers",
+        "hold_heartbeat_seconds", "hold_seconds", "host", "key_cache_seconds",
+        "key_expiring_days", "ledger_batch_size", "ledger_flush_seconds",
+        "ledger_retention_months", "log_format", "log_level", "max_body_bytes",
+        "metrics_token", "port", "public_url", "reconcile_grace_seconds", "reconcile_seconds",
+        "redis_failure_mode", "redis_prefix", "redis_url", "spool_dir", "spool_max_bytes",
+        "spool_sync", "spool_sync_seconds", "unlisted_models", "upstream_timeout_seconds",
+    }),
+    "anomalies": frozenset({
+        "check_seconds", "min_excess_usd", "band_sds", "band_min_ratio", "history_weeks",
+        "min_history_hours",
+    }),
+    "providers.*": frozenset(
+        {"kind", "base_url", "api_key", "api_key_env", "api_version", "timeout_seconds"}
+    ),
+    "models.*": frozenset({"provider", "upstream_model", "price", "default_max_tokens"}),
+    "models.*.price": frozenset({
+        "model", "provider", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
+        "cache_write_per_mtok",
+    }),
+}  # fmt: skip
+
+
+def unknown_config_keys(path: str | None) -> list[str]:
+    """The dotted names in the config file at ``path`` that spendgate does not read."""
+    if not path:
+        return []
+    try:
+        raw = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return []  # load_settings says what is wrong with it
+    unknown = [k for k in raw if k not in CONFIG_KEYS[""]]
+    for table in ("gateway", "anomalies"):
+        section = raw.get(table)
+        if isinstance(section, dict):
+            unknown += [f"{table}.{k}" for k in section if k not in CONFIG_KEYS[table]]
+    for table in ("providers", "models"):
+        entries = raw.get(table)
+        for name, entry in entries.items() if isinstance(entries, dict) else ():
+            if not isinstance(entry, dict):
+                continue
+            where = f"{table}.{name}"
+            unknown += [f"{where}.{k}" for k in entry if k not in CONFIG_KEYS[f"{table}.*"]]
+            price = entry.get("price") if table == "models" else None
+            if isinstance(price, dict):
+                known = CONFIG_KEYS["models.*.price"]
+                unknown += [f"{where}.price.{k}" for k in price if k not in known]
+    return unknown
 
 
 #: the highest ``forecast_overrun_escalation`` band, % of the limit (100× the limit)

@@ -18,6 +18,7 @@ from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.event_data import key_event_data
 from spendgate.errors import ValidationFailed
 from spendgate.store.events import list_events, record_event
+from spendgate.webhooks.catalog import EVENT_TYPES, valid_pattern
 
 
 def without_secret(obj: dict[str, Any]) -> dict[str, Any]:
@@ -400,6 +401,12 @@ async def events(
     org_id: str | None = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> list[dict[str, Any]]:
+    if type is not None and not valid_pattern(type):  # a typo is no empty list
+        raise ValidationFailed(
+            f"type: unknown event type {type!r}: a type ({', '.join(EVENT_TYPES)}), a family "
+            "such as budget.*, or * for all",
+            param="type",
+        )
     await svc.ledger.flush()  # events caused by calls travel with their ledger rows
     rows = await list_events(svc.engine, type_=type, org_id=who.org_filter(org_id), limit=limit)
     return [

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Literal, Self
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
@@ -13,7 +13,8 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
-    model_validator,
+    ValidationInfo,
+    field_validator,
 )
 from pydantic import (
     Strict as PydanticStrict,
@@ -97,12 +98,13 @@ class Patch(Strict):
 
     nullable: ClassVar[frozenset[str]] = frozenset()
 
-    @model_validator(mode="after")
-    def _no_stray_nulls(self) -> Self:
-        for name in sorted(self.model_fields_set - self.nullable):
-            if getattr(self, name) is None:
-                raise ValueError(f"{name} may be left out but not set to null")
-        return self
+    @field_validator("*")
+    @classmethod
+    def _no_stray_nulls(cls, value: Any, info: ValidationInfo) -> Any:
+        """Per field (only those sent), so the 422 names it in ``param``."""
+        if value is None and info.field_name not in cls.nullable:
+            raise ValueError("may be left out but not set to null")
+        return value
 
 
 class OrgIn(Strict):

@@ -46,6 +46,15 @@ async def _org(svc: Services, who: Principal, asked: str | None) -> dict[str, An
         raise ValidationFailed(f"org_id: org {org_id} not found", param="org_id") from exc
 
 
+async def _org_to_change(svc: Services, who: Principal, asked: str | None) -> dict[str, Any]:
+    """The org a write (close, reissue, a rule) is for. Another org's id is refused like a
+    missing one (422 naming ``org_id``), as in every other body, not swapped for the
+    caller's own org: a close meant for one org must not freeze another's month."""
+    if asked is not None and not who.is_master and asked != who.org_id:
+        raise ValidationFailed(f"org_id: org {asked} not found", param="org_id")
+    return await _org(svc, who, asked)
+
+
 def _may_read(who: Principal, org_id: str, team_id: str | None) -> None:
     if not who.sees(Owner.of(org_id, team_id)) or (team_id is None and not who.org_wide):
         raise NotFound(f"statement of {team_id or 'org ' + org_id} not found")
@@ -141,7 +150,7 @@ def _issued(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def _issue(
     svc: Services, request: Request, who: Principal, month: str, body: MonthIn, reissue: bool
 ) -> dict[str, Any]:
-    org = await _org(svc, who, body.org_id)
+    org = await _org_to_change(svc, who, body.org_id)
     await svc.ledger.flush()
     now = svc.clock.now()
     step = store.reissue if reissue else store.close
@@ -245,7 +254,7 @@ async def list_rules(svc: Svc, who: Who, org_id: str | None = None) -> list[dict
     dependencies=guard(Can.ALLOCATIONS_WRITE),
 )
 async def create_rule(body: RuleIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
-    org = await _org(svc, who, body.org_id)
+    org = await _org_to_change(svc, who, body.org_id)
     await _check_shares(svc, org["id"], body)
     now = svc.clock.now()
     rule = {"id": new_id("alr"), "org_id": org["id"], "tag": body.tag, "method": body.method,

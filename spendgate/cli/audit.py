@@ -118,9 +118,17 @@ def _anchor_params(expect_head: str | None, since_anchor: str | None) -> dict[st
         return {}
     try:
         kept = json.loads(Path(since_anchor).read_text())
-        params = {"expect_seq": str(int(kept["seq"])), "expect_hash": str(kept["hash"])}
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         err_console.print(f"[red]cannot read the anchor in {since_anchor}:[/] {exc}")
+        raise typer.Exit(2) from exc
+    try:
+        params = {"expect_seq": str(int(kept["seq"])), "expect_hash": str(kept["hash"])}
+    except (KeyError, TypeError, ValueError) as exc:
+        err_console.print(
+            f"[red]{since_anchor} is not an anchor:[/] expected a JSON object with a whole "
+            "number seq, hash, at and signature (what audit export -o and verify "
+            "--save-anchor write)"
+        )
         raise typer.Exit(2) from exc
     if kept.get("at"):
         params["expect_at"] = str(kept["at"])

@@ -54,13 +54,16 @@ def update_org(
 @teams.command("create")
 def teams_create(
     name: str,
-    org: Annotated[str, typer.Option("--org")],
+    org: Annotated[
+        str | None, typer.Option("--org", help="default: the one org you can see")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a team in an org."""
+    body = {"name": name, "org_id": org or _key_org(url, None)}
     show(
-        call(url, "POST", "/admin/teams", json={"name": name, "org_id": org}),
+        call(url, "POST", "/admin/teams", json=body),
         as_json,
         ["id", "org_id", "name"],
     )
@@ -213,8 +216,9 @@ def tokens_create(
 
 
 def _key_org(url: str, team: str | None) -> str:
-    """The org a key goes to when ``--org`` is not given: its team's, else the only org
-    the caller sees (an org admin's token sees its own; the master key sees every org)."""
+    """The org a key (or team) goes to when ``--org`` is not given: its team's, else the
+    only org the caller sees (an org admin's token sees its own; the master key sees every
+    org)."""
     if team is not None:
         return str(call(url, "GET", admin_path("teams", team))["org_id"])
     orgs = call(url, "GET", "/admin/orgs")

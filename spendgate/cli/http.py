@@ -108,6 +108,12 @@ def when(value: str | None) -> str | None:
     if value is None:
         return None
     found = _RELATIVE.match(value.strip())
+    if found is None and value.strip().startswith("+"):  # meant as a time from now
+        err_console.print(
+            f"[red]{value.strip()!r} is not a time from now:[/] write +N followed by m, h, d "
+            "or w (+30m, +12h, +7d, +2w), or an ISO 8601 time"
+        )
+        raise typer.Exit(2)
     if found is None:
         return value
     try:

@@ -87,7 +87,7 @@ def serve(
     from spendgate.errors import ConfigError
     from spendgate.observability.logs import configure
     from spendgate.observability.workers import multiprocess_directory
-    from spendgate.settings import load_settings
+    from spendgate.settings import load_audit_settings, load_settings, unknown_config_keys
 
     if config:
         os.environ["SPENDGATE_CONFIG"] = config
@@ -106,17 +106,22 @@ def serve(
         raise typer.Exit(2) from exc
     log_config = configure(settings.log_level, settings.log_format)
     say = _teller(settings.log_format)
+    config_path = os.environ.get("SPENDGATE_CONFIG")
+    for name in unknown_config_keys(config_path):
+        say("warning", f"{config_path}: {name} is not a setting spendgate reads; ignored")
     busy = port_in_use(settings.host, settings.port)
     if busy is not None:  # before a key is made or printed, or "listening" said
         say("error", f"cannot listen on {settings.host}:{settings.port}: {busy}")
         raise typer.Exit(1)
-    if not settings.master_key:
-        try:
+    try:
+        if not settings.master_key:
             _master_key(settings.database_url, say)
             settings = load_settings(demo=demo, host=host, port=port)
-        except ConfigError as exc:
-            say("error", f"configuration error: {exc}")
-            raise typer.Exit(2) from exc
+        # read again by each worker's app: refused here, before "listening" is said
+        load_audit_settings(os.environ, settings.master_key)
+    except ConfigError as exc:
+        say("error", f"configuration error: {exc}")
+        raise typer.Exit(2) from exc
     if workers > 1 and not settings.redis_url:
         say(
             "error",
@@ -124,6 +129,16 @@ def serve(
             "live in each process otherwise, and caps would not hold across workers.",
         )
         raise typer.Exit(2)
+    if settings.public_url == f"http://{settings.host}:{settings.port}" and settings.host in (
+        "0.0.0.0",
+        "::",
+    ):
+        say(
+            "warning",
+            f"links in invites, alerts and notifications will point at {settings.public_url}, "
+            "which nobody can open: set SPENDGATE_PUBLIC_URL (or [gateway] public_url) to "
+            "the address people reach the gateway at",
+        )
     if demo:
         say(
             "info",
@@ -133,7 +148,7 @@ def serve(
     say(
         "info",
         f"spendgate listening on http://{settings.host}:{settings.port} "
-        f"(database {_without_password(settings.database_url)})",
+        f"(database {without_password(settings.database_url)})",
     )
     if workers > 1:  # once, here: workers starting together on a fresh SQLite file race
         from spendgate.store.database import migrate_url  # to create its tables
@@ -143,7 +158,7 @@ def serve(
         _run(uvicorn, settings, workers, log_config)
 
 
-def _without_password(url: str) -> str:
+def without_password(url: str) -> str:
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import ArgumentError
 
@@ -202,10 +217,29 @@ def db_migrate(
     as_json: JsonOpt = False,
 ) -> None:
     """Apply the Alembic migrations to the database."""
-    from spendgate.store.database import migrate_url
+    from alembic.util import CommandError
 
-    migrate_url(database_url, revision)
-    shown = _without_password(database_url)
+    from spendgate.errors import ConfigError
+    from spendgate.settings import checked_database_url
+    from spendgate.store.database import CannotConnect, migrate_url
+
+    try:
+        checked_database_url(database_url)
+    except ConfigError as exc:
+        err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
+        raise typer.Exit(2) from exc
+    shown = without_password(database_url)
+    try:
+        migrate_url(database_url, revision)
+    except CannotConnect as exc:
+        err_console.print(
+            f"[red]cannot connect to the database[/] {escape(shown)}: {escape(str(exc))}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from exc
+    except CommandError as exc:  # an unknown revision: Alembic's own message says which
+        err_console.print(f"[red]cannot migrate to {escape(revision)}:[/] {escape(str(exc))}")
+        raise typer.Exit(2) from exc
     if as_json:
         sys.stdout.write(json.dumps({"revision": revision, "database_url": shown}) + "\n")
     else:

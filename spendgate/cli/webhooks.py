@@ -43,6 +43,7 @@ def list_(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
 
 @webhooks_app.command("get")
 def get(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Show one endpoint (and why it was disabled, if it was)."""
     _show(
         _call(url, "GET", admin_path("webhooks", endpoint_id)),
         as_json,
@@ -89,7 +90,7 @@ def update(
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """Change an endpoint (``--enable`` re-arms one disabled for failing)."""
+    """Change an endpoint (--enable re-arms one disabled for failing)."""
     body = given(
         {
             "url": target,
@@ -179,15 +180,27 @@ def reencrypt(
     Rotation: put the new key first in SPENDGATE_SECRET_KEY (``new,old``) on every
     replica, run this, then drop the old key. Exits 1 if some secret decrypts with none
     of the keys."""
+    from spendgate.cli.serve import without_password
     from spendgate.errors import ConfigError
+    from spendgate.settings import checked_database_url
+    from spendgate.store.database import CannotConnect, check_sqlite_path
     from spendgate.webhooks.secrets_box import SecretBox
 
     try:
         box = SecretBox.from_env(os.environ)
+        checked_database_url(database_url)
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc
-    report = asyncio.run(_reencrypt(database_url, box))
+    try:
+        check_sqlite_path(database_url, exists=True)
+        report = asyncio.run(_reencrypt(database_url, box))
+    except CannotConnect as exc:
+        err_console.print(
+            f"[red]cannot use the database[/] {without_password(database_url)}: {exc}",
+            soft_wrap=True,
+        )
+        raise typer.Exit(1) from exc
     if as_json:
         sys.stdout.write(json.dumps(dataclasses.asdict(report)) + "\n")
     else:
@@ -203,11 +216,12 @@ def reencrypt(
 
 
 async def _reencrypt(database_url: str, box: SecretBox) -> ReencryptReport:
-    from spendgate.store.database import create_engine
+    from spendgate.store.database import check_connection, create_engine
     from spendgate.webhooks.store import WebhookStore
 
     engine = create_engine(database_url)
     try:
+        await check_connection(engine, migrated=True)
         return await WebhookStore(engine, box).reencrypt()
     finally:
         await engine.dispose()

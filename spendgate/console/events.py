@@ -16,6 +16,7 @@ from fastapi.responses import HTMLResponse
 from spendgate.admin import routes as api
 from spendgate.console.layout import Svc, User, page, require
 from spendgate.core.access import Can
+from spendgate.errors import ValidationFailed
 
 router = APIRouter(include_in_schema=False)
 
@@ -33,8 +34,13 @@ async def events_page(
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> HTMLResponse:
     who = require(user, Can.EVENTS_READ)
-    rows = await api.events(svc, who, type.strip() or None, None, limit)
+    try:
+        rows = await api.events(svc, who, type.strip() or None, None, limit)
+    except ValidationFailed as exc:  # an unknown type: said beside the field, kept typed
+        message = exc.message.removeprefix("type: ")
+        ctx = {"events": [], "type": type.strip(), "limit": limit, "errors": {"type": message}}
+        return await page(request, "events.html", ctx, status=422)
     for row in rows:
         row["data_text"] = _data(row["data"])
-    ctx = {"events": rows, "type": type.strip(), "limit": limit}
+    ctx = {"events": rows, "type": type.strip(), "limit": limit, "errors": {}}
     return await page(request, "events.html", ctx)

@@ -31,7 +31,7 @@ from sqlalchemy.pool import NullPool
 
 from spendgate.core.showback import tag_set
 from spendgate.errors import Conflict, DatabaseUnavailable, NotFound, SpendgateError
-from spendgate.settings import normalise_database_url
+from spendgate.settings import data_directory, normalise_database_url
 
 log = logging.getLogger("spendgate")
 
@@ -198,12 +198,48 @@ async def downgrade(engine: AsyncEngine, revision: str) -> None:
         await conn.run_sync(_downgrade, revision)
 
 
+class CannotConnect(Exception):
+    """A command could not open the database (down, refused, no such database, bad
+    credentials, no spendgate schema): the reason, to print without a traceback."""
+
+
+def check_sqlite_path(url: str, *, exists: bool = False) -> None:
+    """Before a SQLite connection: its directory must exist (aiosqlite's thread fails
+    noisily otherwise), and with ``exists`` the file too (connecting would create it)."""
+    if not url.startswith("sqlite") or ":memory:" in url:
+        return
+    folder = data_directory(url)
+    if not folder.is_dir():
+        raise CannotConnect(f"the directory {folder} does not exist")
+    path = url.split("///", 1)[-1]
+    if exists and not Path(path).is_file():
+        raise CannotConnect(f"there is no database file {path}: check SPENDGATE_DATABASE_URL")
+
+
+async def check_connection(engine: AsyncEngine, *, migrated: bool = False) -> None:
+    """Open one connection, and with ``migrated`` find the migrated schema, else raise
+    ``CannotConnect`` with the driver's reason."""
+    try:
+        async with engine.connect() as conn:
+            found = await conn.run_sync(lambda c: sa.inspect(c).has_table("alembic_version"))
+    except (DBAPIError, OSError) as exc:
+        reason = getattr(exc, "orig", None) or exc
+        raise CannotConnect(str(reason).strip() or type(reason).__name__) from exc
+    if migrated and not found:
+        raise CannotConnect(
+            "it has no spendgate schema: run spendgate db migrate, or check SPENDGATE_DATABASE_URL"
+        )
+
+
 def migrate_url(url: str, revision: str = "head") -> None:
-    """Synchronous entry point for ``spendgate db migrate``."""
+    """Synchronous entry point for ``spendgate db migrate``; raises ``CannotConnect``
+    when no connection opens (a migration that fails once connected raises as it is)."""
+    check_sqlite_path(url)
 
     async def run() -> None:
         engine = create_engine(url)
         try:
+            await check_connection(engine)
             await migrate(engine, revision)
         finally:
             await engine.dispose()

@@ -98,7 +98,9 @@ async def list_events(
 ) -> list[dict[str, Any]]:
     table = schema.events
     query = sa.select(table).order_by(table.c.created_at.desc(), table.c.id).limit(limit)
-    if type_ is not None:
+    if type_ is not None and type_.endswith(".*"):  # a family: budget.* (the webhooks' kind)
+        query = query.where(table.c.type.startswith(type_[:-1], autoescape=True))
+    elif type_ is not None and type_ != "*":
         query = query.where(table.c.type == type_)
     if org_id is not None:
         query = query.where(table.c.org_id == org_id)

@@ -491,14 +491,13 @@ class Spool:
         return claimed
 
     def orphan_bytes(self) -> int:
-        """Bytes in spool files of other processes (live or dead) in the directory."""
+        """Bytes in spool files no live process holds: dead processes' rows waiting for a
+        replay. A live sibling's files (``serve --workers``, a directory shared by the
+        replicas of a host) are its own backlog, not orphans."""
         own = {segment.path.name for segment in self._segments.values()}
-        total = 0
-        for path in self.directory.glob(f"*{SUFFIX}"):
-            if path.name not in own:
-                with contextlib.suppress(FileNotFoundError):
-                    total += path.stat().st_size
-        return total
+        return sum(
+            _unheld_size(path) for path in self.directory.glob(f"*{SUFFIX}") if path.name not in own
+        )
 
 
 def _sync_and_close(files: list[int], folder: int | None) -> None:
@@ -512,6 +511,23 @@ def _sync_and_close(files: list[int], folder: int | None) -> None:
     finally:
         for fd in [*files, *([] if folder is None else [folder])]:
             os.close(fd)
+
+
+def _unheld_size(path: Path) -> int:
+    """The size of ``path`` if no process holds its lock, else 0. The shared lock taken to
+    tell is held for a moment only; a claim that meets it waits for the next sweep."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return 0
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return 0  # a live process writes it (or is replaying it)
+    else:
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)  # and with it the shared lock
 
 
 def _claim(path: Path) -> Orphan | None:

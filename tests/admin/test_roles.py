@@ -380,12 +380,12 @@ RULES: dict[tuple[str, str], Rule] = {
     ("POST", "/admin/statements/{month}/close"): Rule(
         frozenset({OA, FIN}),
         lambda c, x: Call("POST", f"/admin/statements/{_month(c)}/close", {"org_id": x.org_id}),
-        other=None,
+        other=422,  # another org's id is refused, not swapped for the own
     ),
     ("POST", "/admin/statements/{month}/reissue"): Rule(
         frozenset({OA, FIN}),
         lambda c, x: Call("POST", f"/admin/statements/{_month(c)}/reissue", {"org_id": x.org_id}),
-        other=None,
+        other=422,  # another org's id is refused, not swapped for the own
     ),
     ("GET", "/admin/allocation-rules"): Rule(ALL, get("/admin/allocation-rules"), other=None),
     ("POST", "/admin/allocation-rules"): Rule(
@@ -394,7 +394,7 @@ RULES: dict[tuple[str, str], Rule] = {
             "POST", "/admin/allocation-rules", {"org_id": x.org_id, "method": "even"}
         ),
         201,
-        other=None,
+        other=422,  # another org's id is refused, not swapped for the own
     ),
     ("DELETE", "/admin/allocation-rules/{rule_id}"): Rule(
         frozenset({OA, FIN}),

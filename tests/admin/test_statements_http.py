@@ -221,3 +221,36 @@ def test_bad_statement_input(gateway: RunningGateway) -> None:
         )
         assert response.status_code == 422, response.text
         assert "a percentage in (0, 100] is needed" in response.json()["error"]["message"]
+
+
+def test_an_org_admin_naming_another_org_closes_nothing(gateway: RunningGateway) -> None:
+    """An org admin's close, reissue or allocation rule naming another org (or one that
+    does not exist) is 422 naming org_id, as in every other body; it used to be taken
+    for the caller's own org, so a close meant for another org froze their own month."""
+    gw = gateway
+    own = gw.post("/admin/orgs", {"name": "own-statements"})
+    other = gw.post("/admin/orgs", {"name": "other-statements"})
+    admin = gw.post("/admin/users", {"email": "oa@own.example", "role": "org_admin",
+                                     "org_id": own["id"]})  # fmt: skip
+    token = gw.post("/admin/tokens", {"user_id": admin["id"], "name": "oa"})["token"]
+    gw.clock.set(datetime(2026, 3, 5, tzinfo=UTC))
+    as_admin = httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {token}"})
+    for org_id in (other["id"], "org_missing"):
+        for path, body in (
+            ("/admin/statements/2026-02/close", {"org_id": org_id}),
+            ("/admin/statements/2026-02/reissue", {"org_id": org_id}),
+            ("/admin/allocation-rules", {"org_id": org_id, "method": "even"}),
+        ):
+            refused = as_admin.post(path, json=body)
+            assert refused.status_code == 422, (path, refused.text)
+            assert refused.json()["error"] == {
+                "message": f"org_id: org {org_id} not found",
+                "code": "validation_error",
+                "param": "org_id",
+            }
+    for org in (own, other):
+        assert gw.get("/admin/statements", org_id=org["id"]) == []
+        assert gw.get("/admin/allocation-rules", org_id=org["id"]) == []
+    closed = as_admin.post("/admin/statements/2026-02/close", json={"org_id": own["id"]})
+    assert closed.status_code == 200 and closed.json()["org_id"] == own["id"]
+    as_admin.close()

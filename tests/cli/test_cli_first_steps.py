@@ -219,6 +219,44 @@ def test_an_expiry_past_the_calendar_is_a_clear_error(args: tuple[str, ...]) -> 
 
 
 @pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (("keys", "create", "k", "--org", "org_x", "--expires-at", "+90x"),
+         "'+90x' is not a time from now: write +N followed by m, h, d or w"),
+        (("budgets", "except", "budget_x", "--reason", "r", "--percent", "5",
+          "--expires-at", "+1.5d"), "'+1.5d' is not a time from now"),
+    ],
+)  # fmt: skip
+def test_a_mistyped_time_from_now_says_what_is_taken(args: tuple[str, ...], said: str) -> None:
+    """``+90x`` went to the API as it was and came back as "not an ISO 8601 date-time",
+    which does not say that ``+90d`` would do: exit 2 naming the forms, nothing sent."""
+    result = CliRunner().invoke(
+        cli,
+        [*args, "--url", "http://127.0.0.1:9"],
+        env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    assert said in result.stderr
+
+
+@pytest.mark.parametrize("anchor", ["{}", "[1]", '{"seq": "x", "hash": "y"}'])
+def test_a_file_that_is_not_an_anchor_is_named(tmp_path: Path, anchor: str) -> None:
+    """``verify --since-anchor`` with a file that is JSON but no anchor printed Python's
+    KeyError (``'seq'``) or TypeError text: it says what an anchor is, exit 2."""
+    kept = tmp_path / "kept.json"
+    kept.write_text(anchor)
+    result = CliRunner().invoke(
+        cli,
+        ["audit", "verify", "--since-anchor", str(kept), "--url", "http://127.0.0.1:9"],
+        env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 2, (result.stdout, result.stderr, result.exception)
+    assert f"{kept} is not an anchor: expected a JSON object with a whole number seq" in (
+        result.stderr.replace("\n", " ")
+    )
+
+
+@pytest.mark.parametrize(
     "args",
     [
         (b"budgets", b"get", b"\xff"),

@@ -292,6 +292,13 @@ def test_cli_bootstrap_first_admin(served: tuple[str, Path, subprocess.Popen[byt
     orgs = as_admin("orgs", "list")
     assert [o["name"] for o in orgs] == ["acme"]  # type: ignore[union-attr, index]
     team = as_admin("teams", "create", "search", "--org", made["org_id"])  # type: ignore[index]
+    # without --org: the one org the token sees (the README's form needed --org, the
+    # only create of a team's object that did); the master key sees several orgs and is asked
+    ops = as_admin("teams", "create", "ops")
+    assert ops["org_id"] == made["org_id"]  # type: ignore[index]
+    asked = CliRunner().invoke(cli, ["teams", "create", "x", "--url", url],
+                               env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"})  # fmt: skip
+    assert asked.exit_code == 2 and "--org is required: you can see" in asked.stderr
     # a team role is held in a team (issue 24): the viewer views one
     viewer = as_admin(
         "users",

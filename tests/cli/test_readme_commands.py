@@ -51,3 +51,27 @@ def test_a_failing_example_is_reported_with_its_line(tmp_path: Path) -> None:
     message = str(failed.value)
     assert message.startswith("README line 7: spendgate keys create k --org org_")
     assert "422" in message and "gpt-4o-mini" in message
+
+
+def test_every_toml_block_of_the_readme_loads(tmp_path: Path) -> None:
+    """Each config the README shows is one a reader can start with: it loads as it is
+    (provider keys named by ``api_key_env`` set), so no model names a provider the
+    block does not configure."""
+    import re
+    import tomllib
+
+    from spendgate.settings import load_settings, unknown_config_keys
+
+    blocks = re.findall(r"^( *)```toml\n(.*?)^\1```", README.read_text(), re.S | re.M)
+    assert len(blocks) >= 4
+    for n, (indent, body) in enumerate(blocks):
+        text = "\n".join(line[len(indent) :] for line in body.splitlines())
+        env = {
+            provider["api_key_env"]: "set"
+            for provider in tomllib.loads(text).get("providers", {}).values()
+            if "api_key_env" in provider
+        }
+        path = tmp_path / f"block{n}.toml"
+        path.write_text(text)
+        load_settings(config_path=str(path), env=env)
+        assert unknown_config_keys(str(path)) == [], text  # serve would warn about them

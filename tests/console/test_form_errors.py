@@ -200,6 +200,11 @@ def test_nul_characters_are_refused_in_pages_and_forms(console: Console) -> None
         listed = client.get("/events", params={"type": "budget\x00"})
         assert listed.status_code == 422 and "NUL" in listed.text
         assert client.get("/events", params={"type": "budget.*"}).status_code == 200
+        typo = client.get("/events", params={"type": "budget.treshold_crossed"})
+        assert typo.status_code == 422  # the page again, the error beside the field
+        assert 'value="budget.treshold_crossed"' in typo.text
+        [shown] = re.findall(r'id="events-type-error">([^<]*)<', typo.text)
+        assert shown.startswith("Error: unknown event type &#39;budget.treshold_crossed&#39;")
         assert form(client, "/people/teams", {"name": "good team"}).status_code == 303
     names = [t["name"] for t in console.gw.get("/admin/teams", org_id=console.org_id)]
     assert "good team" in names and not any("\x00" in n for n in names)

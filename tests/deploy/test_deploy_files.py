@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from spendgate.app import create_app
-from spendgate.settings import load_settings
+from spendgate.settings import load_settings, unknown_config_keys
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -114,7 +114,10 @@ def test_compose_environment_is_what_spendgate_reads(compose: dict[str, Any]) ->
     assert compose["configs"][config["source"]]["file"] == "./spendgate.toml"
     dummy = {k: "x" for k in provider_key_variables(config_text)}
     settings = load_settings(config_path=str(DEPLOY / "spendgate.toml"), env=dummy)
+    assert unknown_config_keys(str(DEPLOY / "spendgate.toml")) == []
     assert settings.spool_dir == SPOOL and settings.log_format == "json"
+    # behind HAProxy every client has its address: a per-address lock-out would be global
+    assert settings.auth_failures_per_minute == 0
     assert ".env" in (ROOT / ".gitignore").read_text()
     example = (DEPLOY / ".env.example").read_text()
     interpolated = set(re.findall(r"\$\{([A-Z_]+)", (DEPLOY / "compose.yaml").read_text()))
@@ -204,6 +207,7 @@ def test_the_configmap_toml_loads(manifests: dict[str, dict[str, Any]], tmp_path
     settings = load_settings(
         config_path=str(path), env={k: "x" for k in provider_key_variables(toml_text)}
     )
+    assert unknown_config_keys(str(path)) == []
     assert settings.spool_dir == SPOOL and set(settings.models) >= {"gpt-4o-mini"}
 
 

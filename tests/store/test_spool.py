@@ -389,3 +389,22 @@ async def test_a_writer_behind_a_database_that_answers_holds_calls_back(
     assert writer.pending == 10
     await writer.close(wait_seconds=1)
     await down.dispose()
+
+
+async def test_orphan_bytes_are_a_dead_processs_not_a_live_siblings(
+    engine: AsyncEngine, tmp_path: Path
+) -> None:
+    """``serve --workers 2`` shares one spool directory: each worker's /readyz and
+    ``spendgate_spool_orphan_bytes`` counted the other's live file as orphaned, so an
+    alert on orphans fired for ever. Only a file nobody holds (a dead process's) counts."""
+    live = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    live.start()
+    await live.commit(entry(1, team=None, model="m", cost=1, at=NOW))
+    sibling = make_spool(engine, tmp_path)
+    assert sibling.orphan_bytes() == 0
+    [held] = spool_files(tmp_path)
+    crash(live.spool)  # type: ignore[arg-type]
+    assert sibling.orphan_bytes() == held.stat().st_size > 0
+    replayer = LedgerWriter(engine, spool=sibling)
+    assert await replayer.replay_orphans() == 1  # the moment's shared lock is gone
+    assert sibling.orphan_bytes() == 0

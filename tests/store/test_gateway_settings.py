@@ -1,0 +1,104 @@
+"""``[gateway]`` and provider/model settings: a bad value is a ``ConfigError`` naming the
+setting (``serve`` prints it and exits 2), never a Python traceback or a gateway that
+starts with a value it cannot use."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from spendgate.errors import ConfigError
+from spendgate.settings import load_settings
+
+SIM = '[providers.sim]\nkind = "simulated"\n'
+
+
+@pytest.mark.parametrize(
+    ("toml", "named"),
+    [
+        ('[gateway]\nmax_body_bytes = "ten"', "gateway.max_body_bytes"),
+        ("[gateway]\nmax_body_bytes = -5", "gateway.max_body_bytes"),
+        ('[gateway]\nupstream_timeout_seconds = "x"', "gateway.upstream_timeout_seconds"),
+        ("[gateway]\nupstream_timeout_seconds = 0", "gateway.upstream_timeout_seconds"),
+        ('[gateway]\nledger_flush_seconds = "x"', "gateway.ledger_flush_seconds"),
+        ("[gateway]\nledger_batch_size = 0", "gateway.ledger_batch_size"),
+        ("[gateway]\nledger_batch_size = 2.5", "gateway.ledger_batch_size"),
+        ('[gateway]\nkey_cache_seconds = "x"', "gateway.key_cache_seconds"),
+        ("[gateway]\nredis_prefix = 5", "redis_prefix"),
+        ('[gateway]\nredis_url = "http://cache:6379"', "SPENDGATE_REDIS_URL"),
+        ('[gateway]\ndatabase_url = "mysql://u:pw@db/x"', "SPENDGATE_DATABASE_URL"),
+        ('[gateway]\nlog_level = "loud"', "SPENDGATE_LOG_LEVEL"),
+        ('[gateway]\nredis_failure_mode = "sideways"', "--redis-failure-mode"),
+        (SIM + '[models.m]\nprovider = "sim"\ndefault_max_tokens = "lots"',
+         "models.m.default_max_tokens"),
+        ('[providers.o]\nkind = "openai"\napi_key = "k"\ntimeout_seconds = "1m"',
+         "providers.o.timeout_seconds"),
+    ],
+)  # fmt: skip
+def test_bad_values_are_refused_naming_the_setting(tmp_path: Path, toml: str, named: str) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml + "\n")
+    with pytest.raises(ConfigError) as refused:
+        load_settings(config_path=str(config), env={})
+    assert named in str(refused.value)
+    assert "pw" not in str(refused.value)  # a URL's password is never echoed
+
+
+def test_good_values_are_taken(tmp_path: Path) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[gateway]\nmax_body_bytes = 2048\nupstream_timeout_seconds = 30\n"
+        "ledger_flush_seconds = 0.5\nledger_batch_size = 10\nkey_cache_seconds = 0\n"
+        'redis_prefix = "team-a:"\nredis_url = "redis://127.0.0.1:6379/3"\n'
+        + SIM
+        + '[models.m]\nprovider = "sim"\ndefault_max_tokens = 64\n'
+    )
+    settings = load_settings(config_path=str(config), env={})
+    assert (settings.max_body_bytes, settings.upstream_timeout_seconds) == (2048, 30.0)
+    assert (settings.ledger_flush_seconds, settings.ledger_batch_size) == (0.5, 10)
+    assert settings.key_cache_seconds == 0.0
+    assert (settings.redis_prefix, settings.redis_url) == ("team-a:", "redis://127.0.0.1:6379/3")
+    assert settings.models["m"].default_max_tokens == 64
+
+
+def test_a_bad_database_url_from_the_environment_hides_its_password() -> None:
+    with pytest.raises(ConfigError, match=r"not mysql://…") as refused:
+        load_settings(env={"SPENDGATE_DATABASE_URL": "mysql://admin:hunter2@db/x"})
+    assert "hunter2" not in str(refused.value)
+
+
+def test_unknown_keys_are_named(tmp_path: Path) -> None:
+    """A typo in the config file is silently the default otherwise: ``serve`` warns with
+    each name this returns."""
+    from spendgate.settings import unknown_config_keys
+
+    config = tmp_path / "c.toml"
+    config.write_text(
+        "[gatway]\n[gateway]\nspool_max_byte = 5\nspool_max_bytes = 5\n"
+        '[anomalies]\ncheck_every = 60\n[providers.o]\nkind = "openai"\napi_keyenv = "K"\n'
+        '[models.m]\nprovider = "o"\nprice = { input_per_mtok = "1", output = "2" }\n'
+    )
+    assert unknown_config_keys(str(config)) == [
+        "gatway",
+        "gateway.spool_max_byte",
+        "anomalies.check_every",
+        "providers.o.api_keyenv",
+        "models.m.price.output",
+    ]
+    assert unknown_config_keys(None) == []
+
+
+def test_every_key_the_settings_read_is_known() -> None:
+    """The list ``serve`` checks a config against holds every ``[gateway]`` and
+    ``[anomalies]`` key ``load_settings`` reads, so a new setting is never warned about."""
+    import re
+
+    import spendgate.settings as module
+    from spendgate.settings import CONFIG_KEYS
+
+    source = Path(module.__file__).read_text()
+    assert set(re.findall(r'gateway\.get\("(\w+)"', source)) == CONFIG_KEYS["gateway"]
+    anomalies = source[source.index("def _anomaly_settings") :]
+    anomalies = anomalies[: anomalies.index("\ndef ")]
+    assert set(re.findall(r'raw\.get\("(\w+)"', anomalies)) == CONFIG_KEYS["anomalies"]
