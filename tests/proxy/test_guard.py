@@ -441,6 +441,40 @@ async def test_a_lone_half_works(
     assert await joint.finish(None, None, "m1", [Settlement("b", 10, 4)]) == [(0, 4, None)]
 
 
+async def test_figures_above_2_to_the_53_are_exact_in_the_joint_scripts(
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
+    """A $20,000,000 hard cap, a wallet funded with as much and a $20,000,000 spend limit,
+    each filled to one nano below by one call: the next call's hold of two nanos is
+    refused by each, one nano fits all three at once."""
+    _, counters, joint = backends
+    cap = 20_000_000 * 10**9
+    await counters.seed("b", 0)
+    await counters.seed("w", 0, cap=cap)
+
+    def spend(amount: int) -> Check:
+        return Check("lim:spend", "spend", cap, 600.0, amount)
+
+    def holds(amount: int) -> list[Hold]:
+        return [Hold("b", amount, cap=cap), Hold("w", amount, use_stored_cap=True)]
+
+    first = await acquire(joint, rate("r1", spend(cap)), money("m1", *holds(cap)))
+    assert isinstance(first, Granted)
+    settled = [Settlement("b", cap, cap - 1), Settlement("w", cap, cap - 1)]
+    assert await joint.finish("r1", {"lim:spend": cap - 1}, "m1", settled) == [
+        (0, cap - 1, None),
+        (0, cap - 1, cap),
+    ]
+    assert await acquire(joint, None, money("m2", holds(2)[0])) == Refusal("b", cap - 1, 0, cap)
+    assert await acquire(joint, None, money("m3", holds(2)[1])) == Refusal("w", cap - 1, 0, cap)
+    denied = await acquire(joint, rate("r4", spend(2)), None)
+    assert isinstance(denied, Denial) and denied.used == cap - 1
+    granted = await acquire(joint, rate("r5", spend(1)), money("m5", *holds(1)))
+    assert isinstance(granted, Granted) and granted.results[0].remaining == 0
+    assert await counters.state("b") == BucketState(cap - 1, 1, None)
+    assert await counters.state("w") == BucketState(cap - 1, 1, cap)
+
+
 async def test_a_stale_generation_writes_nothing(
     backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
 ) -> None:
