@@ -107,6 +107,20 @@ async def test_repeated_bucket_counts_every_hold(counters: Counters) -> None:
     assert await counters.state("a") == BucketState(0, 0, None)
 
 
+async def test_two_settlements_in_one_bucket_each_see_the_other(counters: Counters) -> None:
+    """Two holds on one bucket settled in one call: the second settlement starts from
+    what the first left (its spent before is the first's spent after)."""
+    await counters.seed("a", 1_000)
+    holds = [Hold("a", 60, cap=2_000), Hold("a", 40, cap=2_000)]
+    assert await counters.reserve("r1", holds, EXPIRES) is None
+    assert await counters.reserve("r2", [Hold("a", 5)], EXPIRES) is None
+
+    result = await counters.settle("r1", [Settlement("a", 60, 30), Settlement("a", 40, 20)])
+
+    assert result == [(1_000, 1_030), (1_030, 1_050)]
+    assert await counters.state("a") == BucketState(1_050, 5, None)
+
+
 async def test_stored_cap_refuses_without_funds_then_allows_after_top_up(
     counters: Counters,
 ) -> None:

@@ -11,10 +11,11 @@ local function slice(t, first, last)
 end
 
 -- Take up to `amount` (a figure) back out of `key`'s reserved, never below zero.
-local function give_back(key, amount)
+-- `reserved`: that figure, if the caller has just read it (else it is read here).
+local function give_back(key, amount, reserved)
   local x = tonumber(amount)
   if x <= 0 then return end
-  local reserved = redis.call('HGET', key, 'reserved') or '0'
+  reserved = reserved or redis.call('HGET', key, 'reserved') or '0'
   local r = tonumber(reserved)
   if r <= 0 then return end
   local back = x < r and x or r
@@ -112,34 +113,42 @@ local function ct_settle(keys, argv)
   -- uncounted (lost_buckets), from which each bucket gets it exactly once (catch_up, or
   -- the seed if the row is there first). Adding it to the others as well would count it
   -- twice in those: an uncounted row is caught up in every bucket it applies to.
-  local whole = true
+  -- Each bucket's figures are read once, here: a bucket that exists has one of them.
+  local whole, figures = true, {}
   for i = 3, #keys do
-    if redis.call('EXISTS', keys[i]) == 0 then whole = false end
+    local f = redis.call('HMGET', keys[i], 'spent', 'reserved', 'cap', 'uncounted')
+    if not (f[1] or f[2] or f[3] or f[4]) then whole = false end
+    figures[i] = f
   end
-  local out = {}
+  local out, settled = {}, {}
   for i = 3, #keys do
     local key = keys[i]
     local a = 2 + (i - 3) * 2
+    local f = figures[i]
+    if settled[key] then  -- a second settlement in one bucket: read what the first moved
+      f = redis.call('HMGET', key, 'spent', 'reserved', 'cap')
+    end
+    settled[key] = true
     local still, gives = held[key] or 0, argv[a]
     local s, g = tonumber(still), tonumber(gives)
     if s < NANOS_TOP and g < NANOS_TOP then
       local back = g < s and g or s
       if back > 0 then
-        give_back(key, back)
+        give_back(key, back, f[2] or '0')
         held[key] = s - back
       end
     else
       local back = nanos_min(gives, still)
-      give_back(key, back)
+      give_back(key, back, f[2] or '0')
       held[key] = nanos_sub(still, back)
     end
     if whole then
-      local before, actual = redis.call('HGET', key, 'spent') or '0', argv[a + 1]
+      local before, actual = f[1] or '0', argv[a + 1]
       local after = redis.call('HINCRBY', key, 'spent', actual)
       if after >= NANOS_TOP then after = nanos_add(before, actual) end
       out[#out + 1] = before
       out[#out + 1] = after
-      out[#out + 1] = redis.call('HGET', key, 'cap')  -- false (a nil reply) keeps its place
+      out[#out + 1] = f[3]  -- false (a nil reply) keeps its place
     else
       out[#out + 1] = '0'
       out[#out + 1] = '0'
