@@ -150,11 +150,11 @@ local function rl_record(keys, argv, used)
   for i = 1, n do
     local z, a = keys[1 + 2 * i], keys[2 + 2 * i]
     local at = 4 + (i - 1) * 6
-    local bucket, kind, amount, ttl = argv[at + 1], argv[at + 2], argv[at + 5],
-      tonumber(argv[at + 6])
+    -- ttl stays text: a Lua number passed to redis.call is formatted with snprintf
+    local bucket, kind, amount, ttl = argv[at + 1], argv[at + 2], argv[at + 5], argv[at + 6]
     if kind == 'c' then
       redis.call('ZADD', z, expires_at, id)
-      if redis.call('TTL', z) < ttl then redis.call('EXPIRE', z, ttl) end
+      if redis.call('TTL', z) < tonumber(ttl) then redis.call('EXPIRE', z, ttl) end
       out[#out + 1] = used[i]
       out[#out + 1] = ''
     else
