@@ -21,10 +21,13 @@ generation checks it in the same script (a restart just before would otherwise h
 re-create the buckets holding only its holds). Eviction of single keys would not be
 noticed that way, so run Redis with ``maxmemory-policy noeviction``.
 
-Figures are integers in nano-dollars. Redis stores them exactly (64-bit), but the
-scripts compare them as Lua numbers (doubles), exact while ``spent + reserved + amount``
-stays within 2**53 nanos, about $9,007,199 per bucket: ample for one budget period or
-wallet, and a documented limit (beyond it a one-nano overshoot could go unnoticed).
+Figures are integers in nano-dollars, exact to the nano across the whole 64-bit range
+Redis stores (HINCRBY), far beyond the API's largest amount ($1e9, 10**18 nanos). Lua's
+numbers are doubles, exact only below 2**53 nanos (about $9,007,199), so the scripts
+use them only while every figure involved stays below that, and past it add and compare
+the figures' texts with ``lua/_nanos.lua`` (put in front of every script, the rate
+limiter's too), which splits each into two exact parts. Figures travel both ways as
+integers or their decimal strings, never as floats.
 
 Reservation keys are derived inside ``reap.lua``, so one Redis instance is assumed (on
 a cluster, put every key in one slot with a hash-tagged prefix such as ``{sg}:``).

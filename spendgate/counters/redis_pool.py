@@ -20,17 +20,19 @@ log = logging.getLogger("spendgate")
 T = TypeVar("T")
 
 
-def lua_library(package: str) -> str:
-    """``<package>/lua/_lib.lua``: a backend's helpers and operations, as functions."""
-    return (files(package) / "lua" / "_lib.lua").read_text(encoding="utf-8")
+def lua_library(package: str, name: str = "_lib") -> str:
+    """``<package>/lua/<name>.lua``: a backend's helpers and operations, as functions."""
+    return (files(package) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
 def lua_script(package: str, name: str, *libraries: str) -> str:
-    """The text Redis runs for ``<package>/lua/<name>.lua``: the given libraries (default:
-    the package's own), then the script. One script can't call another, so every script
-    carries the functions it uses."""
+    """The text Redis runs for ``<package>/lua/<name>.lua``: exact money arithmetic
+    (``spendgate/counters/lua/_nanos.lua``, which every script's figures go through), the
+    given libraries (default: the package's own), then the script. One script can't call
+    another, so every script carries the functions it uses."""
     body = (files(package) / "lua" / f"{name}.lua").read_text(encoding="utf-8")
-    return "\n".join((*(libraries or (lua_library(package),)), body))
+    nanos = lua_library("spendgate.counters", "_nanos")
+    return "\n".join((nanos, *(libraries or (lua_library(package),)), body))
 
 
 #: a Redis that does not answer a connect (a dead host drops packets) costs this much, once

@@ -107,6 +107,20 @@ async def test_repeated_bucket_counts_every_hold(counters: Counters) -> None:
     assert await counters.state("a") == BucketState(0, 0, None)
 
 
+async def test_two_settlements_in_one_bucket_each_see_the_other(counters: Counters) -> None:
+    """Two holds on one bucket settled in one call: the second settlement starts from
+    what the first left (its spent before is the first's spent after)."""
+    await counters.seed("a", 1_000)
+    holds = [Hold("a", 60, cap=2_000), Hold("a", 40, cap=2_000)]
+    assert await counters.reserve("r1", holds, EXPIRES) is None
+    assert await counters.reserve("r2", [Hold("a", 5)], EXPIRES) is None
+
+    result = await counters.settle("r1", [Settlement("a", 60, 30), Settlement("a", 40, 20)])
+
+    assert result == [(1_000, 1_030), (1_030, 1_050)]
+    assert await counters.state("a") == BucketState(1_050, 5, None)
+
+
 async def test_stored_cap_refuses_without_funds_then_allows_after_top_up(
     counters: Counters,
 ) -> None:
@@ -203,8 +217,8 @@ async def test_settle_after_reap_or_release_does_not_give_back_twice(counters: C
 
 
 async def test_large_figures_stay_exact(counters: Counters) -> None:
-    """Figures whose sums stay within 2**53 nanos (about $9M) are compared and moved
-    exactly: a single nano over the cap is refused at the very top of that range."""
+    """Figures just below 2**53 nanos (about $9M, where Lua's doubles run out of exact
+    integers) are compared and moved exactly: a single nano over the cap is refused."""
     top = 2**53 - 1
     await counters.seed("a", top - 10, cap=None)
     assert await counters.reserve("r1", [Hold("a", 10, cap=top)], EXPIRES) is None
@@ -217,6 +231,64 @@ async def test_large_figures_stay_exact(counters: Counters) -> None:
     assert await counters.state("b") == BucketState(0, top - 1, None)
     await counters.release("r3")
     assert await counters.state("b") == BucketState(0, 0, None)
+
+
+#: caps that a double cannot tell from their neighbours: a $20,000,000 annual budget,
+#: 2**53 and one above, $1e9 (the largest the API takes) and the largest 64-bit figure
+BIG_CAPS = [20_000_000 * 10**9, 2**53, 2**53 + 1, 10**18, 2**63 - 1]
+
+
+@pytest.mark.parametrize("cap", BIG_CAPS)
+@pytest.mark.parametrize("wallet", [False, True], ids=["budget", "wallet"])
+async def test_a_cap_above_2_to_the_53_is_exact_to_the_nano(
+    counters: Counters, cap: int, wallet: bool
+) -> None:
+    """A budget's hard cap or a wallet's balance spent to one nano below (a hold settled
+    at its reserved amount): a hold of one nano fits, one of two is refused, and
+    settling it lands exactly on the cap, on both backends."""
+    step = min((cap - 1) // 2, 10**18)  # a call can cost at most the API's $1e9
+
+    def hold(amount: int) -> Hold:
+        return Hold("a", amount, use_stored_cap=True) if wallet else Hold("a", amount, cap=cap)
+
+    stored = cap if wallet else None
+    await counters.seed("a", cap - 1 - step, cap=stored)
+    assert await counters.reserve("r1", [hold(step)], EXPIRES) is None
+    assert await counters.settle("r1", [Settlement("a", step, step)]) == [(cap - 1 - step, cap - 1)]
+    assert await counters.reserve("r2", [hold(2)], EXPIRES) == Refusal("a", cap - 1, 0, cap)
+    assert await counters.reserve("r3", [hold(1)], EXPIRES) is None
+    assert await counters.reserve("r4", [hold(1)], EXPIRES) == Refusal("a", cap - 1, 1, cap)
+    assert await counters.settle("r3", [Settlement("a", 1, 1)]) == [(cap - 1, cap)]
+    assert await counters.state("a") == BucketState(cap, 0, stored)
+
+
+async def test_holds_above_2_to_the_53_are_given_back_to_the_nano(counters: Counters) -> None:
+    """Holds of 2**53 + 1 and 1 nanos on one bucket: settling the first gives back exactly
+    its hold (the other's nano stays reserved), releasing the second frees the rest."""
+    big = 2**53 + 1
+    await counters.seed("a", 0)
+    assert await counters.reserve("r1", [Hold("a", big)], EXPIRES) is None
+    assert await counters.reserve("r2", [Hold("a", 1)], EXPIRES) is None
+    assert await counters.settle("r1", [Settlement("a", big, big)]) == [(0, big)]
+    assert await counters.state("a") == BucketState(big, 1, None)
+    await counters.release("r2")
+    assert await counters.state("a") == BucketState(big, 0, None)
+    assert await counters.reserve("r3", [Hold("a", big), Hold("a", 2)], EXPIRES) is None
+    await counters.release("r3")
+    assert await counters.state("a") == BucketState(big, 0, None)
+
+
+async def test_repairs_above_2_to_the_53_are_exact(counters: Counters) -> None:
+    """A repair from the ledger one nano above a figure of 2**53 raises it by that nano,
+    and a catch-up one nano beyond the uncounted spend held adds that nano."""
+    big = 2**53
+    await counters.seed("a", big, cap=big)
+    assert await counters.raise_to("a", "spent", big + 1, uncounted=big + 1) == big
+    assert await counters.raise_to("a", "cap", big + 1) == big
+    assert await counters.state("a") == BucketState(big + 1, 0, big + 1)
+    assert await counters.catch_up("a", big + 2) == 1
+    assert await counters.catch_up("a", big + 2) == 0
+    assert await counters.state("a") == BucketState(big + 2, 0, big + 1)
 
 
 async def test_concurrent_reserves_never_pass_the_cap(counters: Counters) -> None:

@@ -34,6 +34,7 @@ from spendgate.ratelimit.gate import RatePlan
 from spendgate.ratelimit.memory import MemoryRateLimiter
 from spendgate.ratelimit.redis import RedisRateLimiter
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
+from spendgate.testing.processes import PrivateRedis
 from tests.conftest import REDIS_URL, RunningGateway, redis_keyspace, start_gateway
 
 T0 = 1_773_000_000.0
@@ -439,6 +440,83 @@ async def test_a_lone_half_works(
     assert await acquire(joint, None, money("m1", Hold("b", 10, cap=100))) == Granted(())
     assert await joint.finish("r1", {}, None, None) == []
     assert await joint.finish(None, None, "m1", [Settlement("b", 10, 4)]) == [(0, 4, None)]
+
+
+#: Redis commands the joint scripts run for one call with a budget, a wallet and
+#: requests/tokens/concurrency limits, acquire and settle, once the windows hold entries
+COMMANDS_PER_CALL = 47
+
+
+async def test_the_commands_one_call_runs_inside_the_joint_scripts() -> None:
+    """Counted by the server itself (INFO commandstats, on a Redis of its own): what a
+    call costs Redis is mostly these commands, so a change that adds some shows here."""
+    with PrivateRedis() as server:
+        limiter = RedisRateLimiter.from_url(server.url)
+        counters = RedisCounters.from_url(server.url)
+        joint = JointRedis(limiter, counters)
+        await counters.seed("b", 0)
+        await counters.seed("w", 0, cap=10**12)
+        checks = [RPM_2, Check("lim:tokens", "tokens", 10**6, 60.0, 300), SLOT]
+        holds = [Hold("b", 500, cap=10**12), Hold("w", 500, use_stored_cap=True)]
+        admin = Redis.from_url(server.url)
+
+        planned = await counters.generation()
+
+        async def one_call(rid: str) -> None:
+            granted = await joint.acquire(planned, rate(rid, *checks), money(rid, *holds))
+            assert isinstance(granted, Granted)
+            settled = [Settlement("b", 500, 200), Settlement("w", 500, 200)]
+            assert await joint.finish(rid, {"lim:tokens": 100}, rid, settled)
+
+        try:
+            await one_call("r1")
+            await admin.config_resetstat()
+            await one_call("r2")
+            stats = await admin.info("commandstats")
+            inside = {
+                name.removeprefix("cmdstat_"): figures["calls"]
+                for name, figures in stats.items()
+                if not name.startswith(("cmdstat_evalsha", "cmdstat_config", "cmdstat_info"))
+            }
+            assert sum(inside.values()) == COMMANDS_PER_CALL, sorted(inside.items())
+        finally:
+            await admin.aclose()
+            await limiter.aclose()
+            await counters.aclose()
+
+
+async def test_figures_above_2_to_the_53_are_exact_in_the_joint_scripts(
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
+    """A $20,000,000 hard cap, a wallet funded with as much and a $20,000,000 spend limit,
+    each filled to one nano below by one call: the next call's hold of two nanos is
+    refused by each, one nano fits all three at once."""
+    _, counters, joint = backends
+    cap = 20_000_000 * 10**9
+    await counters.seed("b", 0)
+    await counters.seed("w", 0, cap=cap)
+
+    def spend(amount: int) -> Check:
+        return Check("lim:spend", "spend", cap, 600.0, amount)
+
+    def holds(amount: int) -> list[Hold]:
+        return [Hold("b", amount, cap=cap), Hold("w", amount, use_stored_cap=True)]
+
+    first = await acquire(joint, rate("r1", spend(cap)), money("m1", *holds(cap)))
+    assert isinstance(first, Granted)
+    settled = [Settlement("b", cap, cap - 1), Settlement("w", cap, cap - 1)]
+    assert await joint.finish("r1", {"lim:spend": cap - 1}, "m1", settled) == [
+        (0, cap - 1, None),
+        (0, cap - 1, cap),
+    ]
+    assert await acquire(joint, None, money("m2", holds(2)[0])) == Refusal("b", cap - 1, 0, cap)
+    assert await acquire(joint, None, money("m3", holds(2)[1])) == Refusal("w", cap - 1, 0, cap)
+    denied = await acquire(joint, rate("r4", spend(2)), None)
+    assert isinstance(denied, Denial) and denied.used == cap - 1
+    granted = await acquire(joint, rate("r5", spend(1)), money("m5", *holds(1)))
+    assert isinstance(granted, Granted) and granted.results[0].remaining == 0
+    assert await counters.state("b") == BucketState(cap - 1, 1, None)
+    assert await counters.state("w") == BucketState(cap - 1, 1, cap)
 
 
 async def test_a_stale_generation_writes_nothing(

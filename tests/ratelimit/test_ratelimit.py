@@ -233,6 +233,32 @@ async def test_spend_velocity_breaks_a_runaway_loop(limiter: RateLimiter) -> Non
     await granted(limiter, "loop5", [spend], 600.0)
 
 
+@pytest.mark.parametrize("limit", [20_000_000 * 10**9, 2**53, 2**53 + 1, 10**18])
+async def test_a_spend_limit_above_2_to_the_53_is_exact_to_the_nano(
+    limiter: RateLimiter, limit: int
+) -> None:
+    """A spend window of $20,000,000 (or 2**53 nanos and one above, or the API's largest,
+    $1e9) filled by a worst case of the whole limit settled one nano lower: one more nano
+    fits, two do not (and would fit once that call leaves the window); usage, remaining
+    and a later window are exact to the nano, on both backends."""
+
+    def spend(amount: int) -> Check:
+        return Check("k:spend", "spend", limit, 600.0, amount)
+
+    await granted(limiter, "r1", [spend(limit)], 0.0)
+    await limiter.settle("r1", {"k:spend": limit - 1}, 1.0)
+    assert await limiter.usage([spend(0)], 2.0) == [limit - 1]
+    assert await denied(limiter, "r2", [spend(2)], 2.0) == Denial(0, spend(2), limit - 1, 598.0)
+    last = await granted(limiter, "r3", [spend(1)], 3.0)
+    assert last.results == (CheckResult(limit, 0, 597.0),)
+    assert await limiter.usage([spend(0)], 4.0) == [limit]
+    await limiter.release("r3", 5.0)
+    assert await limiter.usage([spend(0)], 5.0) == [limit - 1]
+    # r1 has left at t=600: the whole limit fits again, and not a nano more
+    assert (await denied(limiter, "r4", [spend(limit + 1)], 600.0)).used == 0
+    await granted(limiter, "r5", [spend(limit)], 600.0)
+
+
 async def test_all_checks_or_none(limiter: RateLimiter) -> None:
     """When the tokens check passes but the rpm check fails, nothing is recorded."""
     rpm1 = Check("k:requests", "requests", 1, 60.0, 1)

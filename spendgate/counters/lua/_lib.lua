@@ -1,7 +1,7 @@
 -- Shared helpers, prepended by the Python loader to every script that needs them.
--- Figures are integers (nano-dollars). Comparisons happen in Lua numbers (doubles),
--- exact while sums stay within 2^53 (about $9.007M in nanos per bucket); HINCRBY itself stays exact
--- in 64 bits, and figures returned to Python are the stored strings where possible.
+-- Figures are integers (nano-dollars), exact to the nano in 64 bits: doubles only below
+-- NANOS_TOP, nanos_* beyond (the rule is in _nanos.lua, loaded first). Figures returned
+-- to Python are the stored strings where possible.
 
 -- t[first..last] as a new table (a part of KEYS or ARGV laid out as another script's).
 local function slice(t, first, last)
@@ -10,13 +10,19 @@ local function slice(t, first, last)
   return out
 end
 
--- Take up to `amount` back out of `key`'s reserved, never below zero.
-local function give_back(key, amount)
-  if amount <= 0 then return end
-  local reserved = tonumber(redis.call('HGET', key, 'reserved') or '0')
-  local back = math.min(amount, reserved)
-  if back > 0 then
+-- Take up to `amount` (a figure) back out of `key`'s reserved, never below zero.
+-- `reserved`: that figure, if the caller has just read it (else it is read here).
+local function give_back(key, amount, reserved)
+  local x = tonumber(amount)
+  if x <= 0 then return end
+  reserved = reserved or redis.call('HGET', key, 'reserved') or '0'
+  local r = tonumber(reserved)
+  if r <= 0 then return end
+  local back = x < r and x or r
+  if back < NANOS_TOP then
     redis.call('HINCRBY', key, 'reserved', -back)
+  else
+    redis.call('HINCRBY', key, 'reserved', nanos_sub(0, nanos_min(amount, reserved)))
   end
 end
 
@@ -25,7 +31,7 @@ end
 local function release(zset, rkey, id)
   local held = redis.call('HGETALL', rkey)
   for i = 1, #held, 2 do
-    give_back(held[i], tonumber(held[i + 1]))
+    give_back(held[i], held[i + 1])
   end
   redis.call('DEL', rkey)
   return redis.call('ZREM', zset, id)
@@ -52,7 +58,7 @@ local function ct_check(keys, argv)
   for i = 3, #keys do
     local key = keys[i]
     local a = 3 + (i - 3) * 3
-    local amount = tonumber(argv[a])
+    local amount = argv[a]
     local figures = redis.call('HMGET', key, 'spent', 'reserved', 'cap')
     local spent, reserved = figures[1] or '0', figures[2] or '0'
     local cap = nil
@@ -61,11 +67,21 @@ local function ct_check(keys, argv)
     elseif argv[a + 1] ~= '' then
       cap = argv[a + 1]
     end
-    local already = pending[key] or 0  -- earlier holds on the same bucket in this call
-    if cap ~= nil and tonumber(spent) + tonumber(reserved) + already + amount > tonumber(cap) then
-      return {i - 2, spent, reserved, cap}
+    local wanted = amount
+    if pending[key] then  -- earlier holds on the same bucket in this call
+      wanted = nanos_add(pending[key], amount)
     end
-    pending[key] = already + amount
+    if cap ~= nil then
+      local total = tonumber(spent) + tonumber(reserved) + tonumber(wanted)
+      local over
+      if total < NANOS_TOP then
+        over = total > tonumber(cap)
+      else
+        over = nanos_cmp(nanos_add(nanos_add(spent, reserved), wanted), cap) > 0
+      end
+      if over then return {i - 2, spent, reserved, cap} end
+    end
+    pending[key] = wanted
     seen[#seen + 1] = spent
   end
   return nil, seen
@@ -89,7 +105,7 @@ local function ct_settle(keys, argv)
   local held = {}
   local flat = redis.call('HGETALL', rkey)
   for i = 1, #flat, 2 do
-    held[flat[i]] = tonumber(flat[i + 1])
+    held[flat[i]] = flat[i + 1]
   end
   -- A bucket gone (Redis restarted empty, not seeded again yet) cannot take the cost:
   -- created here at this one call's cost, the seed would skip it. Then none of them takes
@@ -97,24 +113,42 @@ local function ct_settle(keys, argv)
   -- uncounted (lost_buckets), from which each bucket gets it exactly once (catch_up, or
   -- the seed if the row is there first). Adding it to the others as well would count it
   -- twice in those: an uncounted row is caught up in every bucket it applies to.
-  local whole = true
+  -- Each bucket's figures are read once, here: a bucket that exists has one of them.
+  local whole, figures = true, {}
   for i = 3, #keys do
-    if redis.call('EXISTS', keys[i]) == 0 then whole = false end
+    local f = redis.call('HMGET', keys[i], 'spent', 'reserved', 'cap', 'uncounted')
+    if not (f[1] or f[2] or f[3] or f[4]) then whole = false end
+    figures[i] = f
   end
-  local out = {}
+  local out, settled = {}, {}
   for i = 3, #keys do
     local key = keys[i]
     local a = 2 + (i - 3) * 2
-    local still = held[key] or 0
-    local back = math.min(tonumber(argv[a]), still)
-    if back > 0 then
-      give_back(key, back)
-      held[key] = still - back
+    local f = figures[i]
+    if settled[key] then  -- a second settlement in one bucket: read what the first moved
+      f = redis.call('HMGET', key, 'spent', 'reserved', 'cap')
+    end
+    settled[key] = true
+    local still, gives = held[key] or 0, argv[a]
+    local s, g = tonumber(still), tonumber(gives)
+    if s < NANOS_TOP and g < NANOS_TOP then
+      local back = g < s and g or s
+      if back > 0 then
+        give_back(key, back, f[2] or '0')
+        held[key] = s - back
+      end
+    else
+      local back = nanos_min(gives, still)
+      give_back(key, back, f[2] or '0')
+      held[key] = nanos_sub(still, back)
     end
     if whole then
-      out[#out + 1] = redis.call('HGET', key, 'spent') or '0'
-      out[#out + 1] = redis.call('HINCRBY', key, 'spent', argv[a + 1])
-      out[#out + 1] = redis.call('HGET', key, 'cap')  -- false (a nil reply) keeps its place
+      local before, actual = f[1] or '0', argv[a + 1]
+      local after = redis.call('HINCRBY', key, 'spent', actual)
+      if after >= NANOS_TOP then after = nanos_add(before, actual) end
+      out[#out + 1] = before
+      out[#out + 1] = after
+      out[#out + 1] = f[3]  -- false (a nil reply) keeps its place
     else
       out[#out + 1] = '0'
       out[#out + 1] = '0'

@@ -7,8 +7,8 @@
 -- here and not in the ledger yet cannot be lost to it (as a raise to the ledger's
 -- total can lose them). Returns what it added, or nil when the bucket does not exist.
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-local add = tonumber(ARGV[1]) - tonumber(redis.call('HGET', KEYS[1], 'uncounted') or '0')
-if add <= 0 then return 0 end
-redis.call('HINCRBY', KEYS[1], 'spent', string.format('%d', add))
+local add = nanos_sub(ARGV[1], redis.call('HGET', KEYS[1], 'uncounted') or '0')
+if tonumber(add) <= 0 then return 0 end
+redis.call('HINCRBY', KEYS[1], 'spent', add)
 redis.call('HSET', KEYS[1], 'uncounted', ARGV[1])
-return string.format('%d', add)
+return add

@@ -5,9 +5,9 @@
 -- does not exist.
 if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 local before = redis.call('HGET', KEYS[1], ARGV[1]) or '0'
-if tonumber(before) < tonumber(ARGV[2]) then
+if nanos_cmp(before, ARGV[2]) < 0 then
   redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
-  if ARGV[3] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'uncounted') or '0') < tonumber(ARGV[3]) then
+  if ARGV[3] ~= '' and nanos_cmp(redis.call('HGET', KEYS[1], 'uncounted') or '0', ARGV[3]) < 0 then
     redis.call('HSET', KEYS[1], 'uncounted', ARGV[3])
   end
 end

@@ -5,7 +5,9 @@
 --   P..'rl:'..B..':a'  hash for window buckets: reservation id -> amount, '#total' -> sum;
 --   P..'rl:r:'..ID     hash for a live reservation: bucket -> 'w' (window) or 'c' (slot);
 --   P..'rl:reservations'  sorted set of live reservation ids scored by expires_at.
--- Amounts are integers compared as Lua numbers (doubles): exact below 2^53.
+-- Amounts are integers (a spend window's are nano-dollars; never negative: validate),
+-- exact to the nano in 64 bits: doubles only below NANOS_TOP, nanos_* beyond (the rule is
+-- in counters/lua/_nanos.lua, loaded first).
 
 local CHUNK = 1000
 
@@ -28,13 +30,20 @@ end
 local function prune(z, a, cutoff)
   local gone = redis.call('ZRANGEBYSCORE', z, '-inf', cutoff)
   if #gone == 0 then return end
+  local amounts = in_chunks('HMGET', a, gone)
   local sum = 0
-  for _, amount in ipairs(in_chunks('HMGET', a, gone)) do
+  for _, amount in ipairs(amounts) do
     sum = sum + tonumber(amount or '0')
+  end
+  local minus = -sum
+  if sum >= NANOS_TOP then  -- past exact doubles: the sum again, exactly
+    sum = 0
+    for _, amount in ipairs(amounts) do sum = nanos_add(sum, amount or '0') end
+    minus = nanos_sub(0, sum)
   end
   redis.call('ZREMRANGEBYSCORE', z, '-inf', cutoff)
   in_chunks('HDEL', a, gone)
-  redis.call('HINCRBY', a, '#total', -sum)  -- an emptied bucket keeps '#total' 0 until its TTL
+  redis.call('HINCRBY', a, '#total', minus)  -- an emptied bucket keeps '#total' 0 until its TTL
 end
 
 -- Remove reservation `id`'s entry from a window bucket, if it is still there.
@@ -46,7 +55,7 @@ local function remove_entry(z, a, id)
     redis.call('DEL', a)
   else
     redis.call('HDEL', a, id)
-    redis.call('HINCRBY', a, '#total', -tonumber(amount))
+    redis.call('HINCRBY', a, '#total', nanos_sub(0, amount))
   end
 end
 
@@ -82,8 +91,8 @@ local function fit_stamp(z, a, need)
     for j = 1, #page, 2 do ids[#ids + 1] = page[j] end
     local amounts = redis.call('HMGET', a, unpack(ids))
     for j = 1, #ids do
-      freed = freed + tonumber(amounts[j] or '0')
-      if freed >= need then return page[2 * j] end
+      freed = nanos_add(freed, amounts[j] or '0')
+      if nanos_cmp(freed, need) >= 0 then return page[2 * j] end
     end
     start = start + 100
   end
@@ -91,32 +100,41 @@ end
 
 -- Acquire, first half: every check, nothing recorded (pruning entries that have left
 -- and expired slots changes no usage). Returns the refusal {i, used, fit} for the first
--- check i (1-based) that does not fit, or nil and the usage per check for rl_record.
+-- check i (1-based) that does not fit, or nil and the usage per check after this
+-- request, for rl_record.
 local function rl_check(keys, argv)
   local now = argv[2]
   local used = {}
   for i = 1, (#keys - 2) / 2 do
     local z, a = keys[1 + 2 * i], keys[2 + 2 * i]
     local at = 4 + (i - 1) * 6
-    local kind, limit, cutoff, amount = argv[at + 2], tonumber(argv[at + 3]), argv[at + 4],
-      tonumber(argv[at + 5])
+    local kind, limit, cutoff, amount = argv[at + 2], argv[at + 3], argv[at + 4], argv[at + 5]
     if kind == 'c' then
+      limit = tonumber(limit)
       local count = redis.call('ZCARD', z)
       if count >= limit then  -- expired slots matter only when they would make the difference
         redis.call('ZREMRANGEBYSCORE', z, '-inf', '(' .. now)
         count = redis.call('ZCARD', z)
         if count >= limit then return {i, count, ''} end
       end
-      used[i] = count
+      used[i] = count + 1
     else
       prune(z, a, cutoff)
-      local total = tonumber(redis.call('HGET', a, '#total') or '0')
-      if total + amount > limit then
+      local total = redis.call('HGET', a, '#total') or '0'
+      local after = tonumber(total) + tonumber(amount)
+      local over
+      if after < NANOS_TOP then
+        over = after > tonumber(limit)
+      else
+        after = nanos_add(total, amount)
+        over = nanos_cmp(after, limit) > 0
+      end
+      if over then
         local fit = ''
-        if amount <= limit then fit = fit_stamp(z, a, total + amount - limit) end
+        if nanos_cmp(amount, limit) <= 0 then fit = fit_stamp(z, a, nanos_sub(after, limit)) end
         return {i, total, fit}
       end
-      used[i] = total
+      used[i] = after
     end
   end
   return nil, used
@@ -132,12 +150,12 @@ local function rl_record(keys, argv, used)
   for i = 1, n do
     local z, a = keys[1 + 2 * i], keys[2 + 2 * i]
     local at = 4 + (i - 1) * 6
-    local bucket, kind, amount, ttl = argv[at + 1], argv[at + 2], argv[at + 5],
-      tonumber(argv[at + 6])
+    -- ttl stays text: a Lua number passed to redis.call is formatted with snprintf
+    local bucket, kind, amount, ttl = argv[at + 1], argv[at + 2], argv[at + 5], argv[at + 6]
     if kind == 'c' then
       redis.call('ZADD', z, expires_at, id)
-      if redis.call('TTL', z) < ttl then redis.call('EXPIRE', z, ttl) end
-      out[#out + 1] = used[i] + 1
+      if redis.call('TTL', z) < tonumber(ttl) then redis.call('EXPIRE', z, ttl) end
+      out[#out + 1] = used[i]
       out[#out + 1] = ''
     else
       redis.call('ZADD', z, now, id)
@@ -145,7 +163,7 @@ local function rl_record(keys, argv, used)
       redis.call('HINCRBY', a, '#total', amount)
       redis.call('EXPIRE', z, ttl)
       redis.call('EXPIRE', a, ttl)
-      out[#out + 1] = used[i] + tonumber(amount)
+      out[#out + 1] = used[i]
       out[#out + 1] = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')[2]
     end
     record[#record + 1] = bucket
@@ -165,13 +183,18 @@ local function rl_settle(keys, argv)
   local kinds = forget(keys[1], keys[2], prefix, id, false)
   if kinds == nil then return 0 end
   for at = 3, #argv, 2 do
-    local bucket, actual = argv[at], tonumber(argv[at + 1])
+    local bucket, actual = argv[at], argv[at + 1]
     if kinds[bucket] == 'w' then
       local a = akey(prefix, bucket)
       local reserved = redis.call('HGET', a, id)
       if reserved then
-        redis.call('HSET', a, id, argv[at + 1])
-        redis.call('HINCRBY', a, '#total', actual - tonumber(reserved))
+        redis.call('HSET', a, id, actual)
+        local x, r = tonumber(actual), tonumber(reserved)
+        if x < NANOS_TOP and r < NANOS_TOP then
+          redis.call('HINCRBY', a, '#total', x - r)
+        else
+          redis.call('HINCRBY', a, '#total', nanos_sub(actual, reserved))
+        end
       end
     end
   end

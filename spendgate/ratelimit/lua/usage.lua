@@ -13,7 +13,7 @@ for i = 1, #KEYS / 2 do
     local sum = 0
     if #live > 0 then
       for _, amount in ipairs(in_chunks('HMGET', a, live)) do
-        sum = sum + tonumber(amount or '0')
+        sum = nanos_add(sum, amount or '0')
       end
     end
     out[i] = sum
