@@ -20,6 +20,9 @@
     │   └── LedgerBacklogFull      503     ledger_backlog_full
     └── UpstreamTimeout            504     upstream_timeout
 
+``NotRetryable`` (under ``UpstreamAuthFailed`` and a spend limit's refusal of a model
+with no known price) adds ``x-should-retry: false`` to a refusal no retry can lift.
+
 Each carries its HTTP status and a stable machine code; the route that catches it
 renders it in its own wire format (OpenAI, Anthropic or admin JSON). Driver and
 upstream errors are translated into this tree at the boundary with ``raise ... from``.
@@ -127,6 +130,7 @@ class InsufficientFunds(SpendgateError):
         wallet_id: str | None = None,
         shortfall_nanos: int = 0,
         ticket_id: str | None = None,
+        retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.wallet_id = wallet_id
@@ -134,13 +138,15 @@ class InsufficientFunds(SpendgateError):
         self.shortfall_nanos = shortfall_nanos
         self.ticket_id = ticket_id
         self.ticket: dict[str, str] | None = None
+        #: False when no top-up can fund it (its price is unknown): ``x-should-retry: false``
+        self.retryable = retryable
 
     def extra(self) -> dict[str, Any]:
         return {} if self.ticket is None else {"ticket": self.ticket}
 
     def headers(self) -> dict[str, str]:
         if self.ticket is None:
-            return {}
+            return {} if self.retryable else {"x-should-retry": "false"}
         return {
             "x-spendgate-ticket-id": self.ticket["id"],
             "x-spendgate-ticket-status": self.ticket["status"],
@@ -160,24 +166,25 @@ class BudgetExceeded(SpendgateError):
         message: str,
         *,
         budget_id: str,
-        resets_at: str,
-        retry_after: int,
+        resets_at: str | None,
+        retry_after: int | None,
         retryable: bool = True,
     ) -> None:
         super().__init__(message)
         self.budget_id = budget_id
+        #: None (with ``retry_after``) when not even the next period lifts the refusal
         self.resets_at = resets_at
         self.retry_after = retry_after
         #: False when only the next period (or an admin) can make room: the SDKs, which
         #: retry every 429, are told not to (``x-should-retry: false``)
-        self.retryable = retryable
+        self.retryable = retryable and retry_after is not None
 
     def headers(self) -> dict[str, str]:
-        headers = {
-            "retry-after": str(max(1, self.retry_after)),
-            "x-spendgate-budget-id": self.budget_id,
-            "x-spendgate-budget-resets-at": self.resets_at,
-        }
+        headers = {"x-spendgate-budget-id": self.budget_id}
+        if self.retry_after is not None:
+            headers["retry-after"] = str(max(1, self.retry_after))
+        if self.resets_at is not None:
+            headers["x-spendgate-budget-resets-at"] = self.resets_at
         if not self.retryable:
             headers["x-should-retry"] = "false"
         return headers
@@ -220,14 +227,19 @@ class UpstreamUnavailable(SpendgateError):
     anthropic_kind = "api_error"
 
 
-class UpstreamAuthFailed(UpstreamUnavailable):
+class NotRetryable(SpendgateError):
+    """A refusal no retry can lift: the SDKs, which retry every 429 and 5xx, are told
+    not to (``x-should-retry: false``)."""
+
+    def headers(self) -> dict[str, str]:
+        return {"x-should-retry": "false"}
+
+
+class UpstreamAuthFailed(NotRetryable, UpstreamUnavailable):
     """The provider refused spendgate's own provider key (its 401): nothing the client
     can fix, and its message may show part of that key, so it is not passed on."""
 
     code = "upstream_auth_failed"
-
-    def headers(self) -> dict[str, str]:
-        return {"x-should-retry": "false"}
 
 
 class StateUnavailable(SpendgateError):

@@ -457,13 +457,21 @@ def start_gateway(
 
 
 @pytest.fixture
+def gateway_options() -> dict[str, Any]:
+    """``start_gateway``'s options for ``gateway``: a test module overrides this fixture
+    to serve more config (``extra_config``)."""
+    return {"demo": True}
+
+
+@pytest.fixture
 def gateway(
     database_url: str,
     upstream: tuple[FakeUpstream, ServerHandle],
     fake: FakeUpstream,
     tmp_path: Path,
+    gateway_options: dict[str, Any],
 ) -> Iterator[RunningGateway]:
-    running = start_gateway(database_url, upstream[1].url, tmp_path, demo=True)
+    running = start_gateway(database_url, upstream[1].url, tmp_path, **gateway_options)
     yield running
     running.admin.close()
     running.handle.stop()

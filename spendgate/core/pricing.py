@@ -53,7 +53,7 @@ from spendgate.core.money import NANOS_PER_USD, usd_to_nanos
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 
-__all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced"]
+__all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced", "unpriced_refusal"]
 
 #: genai-prices usage keys we can report, in the order of the ``_Counts`` tuple.
 _REPORTED = (
@@ -113,6 +113,18 @@ class Priced(Value, frozen=True):
 
 
 _UNKNOWN = Priced(None, "unknown")
+
+
+def unpriced_refusal(model: str, limit: str) -> str:
+    """Why a call of ``model``, whose price is unknown, is refused by ``limit`` (a hard
+    cap, a wallet or a spend limit, said in words), and the config key that fixes it."""
+    return (
+        f"the price of model {model!r} is unknown, so {limit} cannot hold its cost and the "
+        "call was not forwarded; set its price in the gateway's config file: "
+        f'[models."{model}"] price = {{ input_per_mtok = "...", output_per_mtok = "..." }} '
+        "(USD per million tokens), or price = { model = ..., provider = ... } naming a "
+        "genai-prices model (README: Configuration), then restart the gateway"
+    )
 
 
 @dataclass(frozen=True, slots=True)

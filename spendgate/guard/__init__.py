@@ -94,12 +94,13 @@ class CallGuard:
         request_id: str,
         subject: Subject,
         tokens: int,
-        worst_nanos: int,
+        worst_nanos: int | None,
         snapshot: PolicySnapshot,
     ) -> Guarded:
         """Take the rate limits and the holds for ``worst_nanos``, or refuse: 429
         ``rate_limit_exceeded``, 429 ``budget_exceeded``, 402 ``insufficient_funds``, 403
-        for a model the rate limits do not allow."""
+        for a model the rate limits do not allow. ``worst_nanos`` None: the price is
+        unknown, refused by any spend limit, hard cap or wallet that applies."""
         expected = snapshot.generation or UNKNOWN
         if self._joint is None:
             if self._enforcer.counters.shared:  # counters in Redis, rate limits elsewhere
@@ -149,7 +150,7 @@ class CallGuard:
         request_id: str,
         subject: Subject,
         tokens: int,
-        worst_nanos: int,
+        worst_nanos: int | None,
         snapshot: PolicySnapshot,
     ) -> Guarded:
         rated = await self._rate.admit(

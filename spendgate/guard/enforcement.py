@@ -37,6 +37,7 @@ from spendgate.core.budget_windows import Period, Window, window_at
 from spendgate.core.clock import Clock
 from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd
+from spendgate.core.pricing import unpriced_refusal
 from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
 from spendgate.errors import BudgetExceeded, InsufficientFunds
@@ -467,10 +468,14 @@ class Enforcer:
         return self._counters
 
     async def admit(
-        self, subject: rules.Subject, worst_case: int, snapshot: PolicySnapshot | None = None
+        self,
+        subject: rules.Subject,
+        worst_case: int | None,
+        snapshot: PolicySnapshot | None = None,
     ) -> Admission:
-        """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402).
-        Shared counters whose generation is not the snapshot's raise ``PolicyStale``."""
+        """Reserve ``worst_case`` nanos everywhere it applies, or refuse (429 / 402; None:
+        the price is unknown, see ``plan``). Shared counters whose generation is not the
+        snapshot's raise ``PolicyStale``."""
         snapshot = snapshot or await self._policies()
         plan = await self.plan(subject, worst_case, snapshot)
         if plan is None:
@@ -505,17 +510,25 @@ class Enforcer:
         return len(live)
 
     async def plan(
-        self, subject: rules.Subject, worst_case: int, snapshot: PolicySnapshot | None = None
+        self,
+        subject: rules.Subject,
+        worst_case: int | None,
+        snapshot: PolicySnapshot | None = None,
     ) -> HoldPlan | None:
         """The holds for this call (their buckets seeded), or None when nothing applies.
         Split from ``admit`` so ``spendgate.guard`` can reserve together with the rate
-        limits."""
+        limits. ``worst_case`` None: the model's price is unknown, and a cost nobody
+        knows cannot be held against a hard cap or a wallet (``refuse_unpriced``); under
+        observation-only budgets it holds 0 and is recorded as unknown."""
         now = self._clock.now()
         at = now.timestamp()
         snapshot = snapshot or await self._policies()
         found = self._applicable(snapshot, subject, now, at)
         if not found.buckets:
             return None
+        if worst_case is None:
+            self.refuse_unpriced(found, subject, now)
+            worst_case = 0
         if not self._seeded.issuperset(found.buckets):
             await self._seed(found.budgets, found.wallets)
         holds = [Hold(bucket, worst_case, cap, stored) for bucket, cap, stored in found.holds]
@@ -523,6 +536,51 @@ class Enforcer:
             self._reservation_ids(), worst_case, found.budgets, found.wallets, False, found.buckets
         )
         return HoldPlan(admission, holds, at + self._reservation_seconds, now)
+
+    def refuse_unpriced(self, found: Applicable, subject: rules.Subject, now: datetime) -> None:
+        """Fail closed on money: refuse a call whose price is unknown when a hard cap (429)
+        or a wallet (402) applies, before anything is held. Neither has been reached, so
+        neither ``budget.hard_limit_reached`` nor ``wallet.depleted`` fires; the refusal
+        is announced as ``price.unknown`` (``"refused": true``, once per model and day).
+        The next period or a top-up will not price the model: no ``Retry-After``, and
+        ``x-should-retry: false``."""
+        model = subject.model
+        capped = next((a for a in found.budgets if a.cap_nanos is not None), None)
+        wallet = found.wallets[0] if found.wallets else None
+        if capped is None and wallet is None:
+            return
+        data: dict[str, Any] = {
+            "model": model,
+            "provider": subject.provider,
+            "key_id": subject.key_id,
+            "refused": True,
+        }
+        if capped is not None:
+            data["budget_id"] = capped.budget.id
+        else:
+            assert wallet is not None
+            data["wallet_id"] = wallet.grant_of or wallet.id
+        day = now.date().isoformat()
+        self._emit(
+            "price.unknown", f"price.unknown:{model}:{day}:refused", data, now, subject.org_id
+        )
+        if capped is not None:
+            b = capped.budget
+            raise BudgetExceeded(
+                unpriced_refusal(
+                    model,
+                    f"budget {b.id} ({b.scope_type} {b.scope_id or b.tag}, {b.period}, "
+                    f"hard limit ${format_usd(capped.cap_nanos or 0)})",
+                ),
+                budget_id=b.id,
+                resets_at=None,
+                retry_after=None,
+            )
+        assert wallet is not None
+        # no cost ticket (``wallet_id`` None): no grant could fund an unknown cost either
+        raise InsufficientFunds(
+            unpriced_refusal(model, f"wallet {wallet.grant_of or wallet.id}"), retryable=False
+        )
 
     def refuse(self, plan: HoldPlan, refusal: Refusal) -> NoReturn:
         """Fire the refusal's event and raise its error (429 budget, 402 wallet)."""

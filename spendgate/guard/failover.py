@@ -199,7 +199,7 @@ class FailoverGuard:
         request_id: str,
         subject: Subject,
         tokens: int,
-        worst_nanos: int,
+        worst_nanos: int | None,
         snapshot: PolicySnapshot,
     ) -> Guarded:
         """Through Redis while it answers; else refused (fail-closed) or admitted against
@@ -228,7 +228,7 @@ class FailoverGuard:
         request_id: str,
         subject: Subject,
         tokens: int,
-        worst_nanos: int,
+        worst_nanos: int | None,
         snapshot: PolicySnapshot,
     ) -> bool:
         """No rate limit, budget or wallet applies (a model not allowed still raises 403)."""
@@ -250,7 +250,7 @@ class FailoverGuard:
         request_id: str,
         subject: Subject,
         tokens: int,
-        worst_nanos: int,
+        worst_nanos: int | None,
         snapshot: PolicySnapshot,
     ) -> Guarded:
         outage = self._outage

@@ -313,9 +313,11 @@ class ProxyApp:
 
     async def _hold(self, call: Call) -> Guarded:
         """Rate limits, then budgets and wallets, for the call's worst case: in Redis
-        mode one round trip (``CallGuard``), which also finds a stale policy snapshot."""
+        mode one round trip (``CallGuard``), which also finds a stale policy snapshot.
+        A price unknown (None) is never held as $0: a hard cap, a wallet or a spend limit
+        refuses the call; observation-only budgets and other limits let it through."""
         worst_usage = call.worst.usage
-        worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos or 0
+        worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos
         policies = await self._enforcer.policies()
         return await self._guard.admit(
             call.request_id, call.subject(), worst_usage.total_tokens, worst, policies

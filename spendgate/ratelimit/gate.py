@@ -13,6 +13,8 @@ from datetime import UTC, datetime
 from typing import Any, NoReturn
 
 from spendgate.core.clock import Clock
+from spendgate.core.money import format_usd
+from spendgate.core.pricing import unpriced_refusal
 from spendgate.core.rate_rules import (
     CheckTemplate,
     RateLimit,
@@ -21,12 +23,13 @@ from spendgate.core.rate_rules import (
     checks_for,
     denial_headers,
     describe,
+    format_reset,
     granted_headers,
     matching,
     model_allowed,
     scope_rows,
 )
-from spendgate.errors import PermissionDenied, SpendgateError
+from spendgate.errors import NotRetryable, PermissionDenied, SpendgateError
 from spendgate.ratelimit import Check, Denial, Granted, RateLimiter
 from spendgate.ratelimit.memory import MemoryRateLimiter
 
@@ -45,6 +48,14 @@ class RateLimited(SpendgateError):
 
     def headers(self) -> dict[str, str]:
         return denial_headers(self.denial)
+
+
+class UnpricedSpend(NotRetryable):
+    """A spend-velocity limit governs a call whose price is unknown: a cost nobody knows
+    cannot be counted against $ per window, and no wait will price it."""
+
+    status, code = RateLimited.status, RateLimited.code
+    kind, anthropic_kind = RateLimited.kind, RateLimited.anthropic_kind
 
 
 @dataclass(slots=True)
@@ -142,17 +153,20 @@ class RateGate:
         org_id: str,
         model: str,
         tokens: int,
-        worst_nanos: int,
+        worst_nanos: int | None,
     ) -> RateAdmission:
         """Acquire the call's checks, or raise ``RateLimited`` (403 for a model not
-        allowed). The in-process hot path: no plan object, the template's checks."""
+        allowed; ``UnpricedSpend`` for a price unknown, ``worst_nanos`` None, under a
+        spend limit). The in-process hot path: no plan object, the template's checks."""
         allowed, rows, template = self._governing(limits, key_id, team_id, model)
         if not allowed:
             raise _not_allowed(model)
         if template.empty:
             return RateAdmission(reservation_id, (), done=True)
-        checks = template.checks(tokens, worst_nanos)
         now = self._clock.now()
+        if worst_nanos is None:
+            worst_nanos = self._unpriced(rows, key_id, org_id, model, now)
+        checks = template.checks(tokens, worst_nanos)
         stamp = now.timestamp()
         if self._local is not None:
             outcome = self._local.acquire_now(
@@ -177,7 +191,7 @@ class RateGate:
         org_id: str,
         model: str,
         tokens: int,
-        worst_nanos: int,
+        worst_nanos: int | None,
     ) -> RatePlan | None:
         """What to acquire for this call, or None when no limit applies. ``admit`` split
         in two, so ``spendgate.guard`` can acquire together with the budget holds."""
@@ -187,6 +201,8 @@ class RateGate:
         if template.empty:
             return None
         now = self._clock.now()
+        if worst_nanos is None:
+            worst_nanos = self._unpriced(rows, key_id, org_id, model, now)
         stamp = now.timestamp()
         return RatePlan(
             reservation_id,
@@ -201,6 +217,26 @@ class RateGate:
             stamp,
             stamp + self._reservation_seconds,
         )
+
+    def _unpriced(
+        self, rows: Sequence[RateLimit], key_id: str, org_id: str, model: str, now: datetime
+    ) -> int:
+        """A call whose price is unknown: refused (``UnpricedSpend``) when a governing row
+        has a spend limit, announced as ``price.unknown`` (``"refused": true``, once per
+        model and day; not ``ratelimit.exceeded``: the limit was not reached); else its
+        spend counts as 0 (requests, tokens and concurrency are counted as usual)."""
+        row = next((r for r in rows if r.max_spend_nanos is not None), None)
+        if row is None:
+            return 0
+        data = {"model": model, "key_id": key_id, "limit_id": row.id, "refused": True}
+        day = now.date().isoformat()
+        self._emit("price.unknown", f"price.unknown:{model}:{day}:refused", data, now, org_id)
+        limit = (
+            f"rate limit {row.id} ({row.scope_type} {row.scope_id}, model {row.model!r}, "
+            f"${format_usd(row.max_spend_nanos or 0)} per "
+            f"{format_reset(row.spend_window_seconds)})"
+        )
+        raise UnpricedSpend(unpriced_refusal(model, limit))
 
     def outcome(self, plan: RatePlan, outcome: Denial | Granted) -> RateAdmission:
         """The admission for a granted plan; for a denial, the event and ``RateLimited``."""

@@ -99,7 +99,7 @@ class InTurn:
         self.guard = CallGuard(self.rate_gate, self.enforcer)
         assert not self.guard.joint
 
-    async def admit(self, subject: Subject, worst: int) -> Guarded:
+    async def admit(self, subject: Subject, worst: int | None) -> Guarded:
         for _ in range(3):
             try:
                 snapshot = await self.enforcer.policies()
@@ -201,3 +201,38 @@ def test_a_call_running_across_a_restart_settles_into_no_recreated_bucket(
     uncounted, recreated, spent = gw.run(scenario())
     assert uncounted and not recreated
     assert spent == before
+
+
+def test_an_unpriced_call_is_refused_in_turn_and_leaves_nothing_held(
+    gateway: tuple[RunningGateway, str],
+) -> None:
+    """In turn, a call whose price is unknown (worst case None) under a hard cap is
+    refused before any budget hold is taken, with no ``Retry-After`` and no retry, and
+    the rate-limit entry taken just before it is given back: the key's rpm window and its
+    budget's counter are as they were."""
+    gw, prefix = gateway
+    priced, before = budget_with_spend(gw)
+    gw.post("/admin/rate-limits", {"scope_type": "key", "scope_id": priced.key_id, "rpm": 5})
+    subject = Subject(
+        priced.org_id, None, None, None, priced.key_id, (), "local", "mystery-model", "chat"
+    )
+
+    async def scenario() -> tuple[BudgetExceeded, list[int], tuple[int, int]]:
+        in_turn = InTurn(gw, prefix)
+        try:
+            with pytest.raises(BudgetExceeded) as info:
+                await in_turn.admit(subject, None)
+            snapshot = await in_turn.enforcer.policies()
+            used = await in_turn.rate_gate.usage(snapshot.rate_limits[subject.key_id])
+            (budget,), _ = in_turn.enforcer.applicable(snapshot, subject, gw.clock.now())
+            state = await in_turn.counters.state(budget.bucket)
+            assert state is not None
+            return info.value, [n for _, _, n in used], (state.spent, state.reserved)
+        finally:
+            await in_turn.aclose()
+
+    refused, used, counted = gw.run(scenario())
+    assert "price of model 'mystery-model' is unknown" in refused.message
+    assert refused.retry_after is None and refused.headers()["x-should-retry"] == "false"
+    assert "retry-after" not in refused.headers()
+    assert used == [0] and counted == (before, 0)
