@@ -314,7 +314,7 @@ class Gateway:
         day = call.started_at.date().isoformat()
         self.services.events.emit_once(
             "price.unknown",
-            f"price.unknown:{call.route.name}:{day}",
+            f"price.unknown:{call.key.org_id}:{call.route.name}:{day}",
             {
                 "model": call.route.name,
                 "provider": call.route.provider.name,

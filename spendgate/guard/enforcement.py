@@ -541,7 +541,7 @@ class Enforcer:
         """Fail closed on money: refuse a call whose price is unknown when a hard cap (429)
         or a wallet (402) applies, before anything is held. Neither has been reached, so
         neither ``budget.hard_limit_reached`` nor ``wallet.depleted`` fires; the refusal
-        is announced as ``price.unknown`` (``"refused": true``, once per model and day).
+        is announced as ``price.unknown`` (``"refused": true``, once per org, model and day).
         The next period or a top-up will not price the model: no ``Retry-After``, and
         ``x-should-retry: false``."""
         model = subject.model
@@ -562,7 +562,11 @@ class Enforcer:
             data["wallet_id"] = wallet.grant_of or wallet.id
         day = now.date().isoformat()
         self._emit(
-            "price.unknown", f"price.unknown:{model}:{day}:refused", data, now, subject.org_id
+            "price.unknown",
+            f"price.unknown:{subject.org_id}:{model}:{day}:refused",
+            data,
+            now,
+            subject.org_id,
         )
         if capped is not None:
             b = capped.budget

@@ -230,7 +230,9 @@ class RateGate:
             return 0
         data = {"model": model, "key_id": key_id, "limit_id": row.id, "refused": True}
         day = now.date().isoformat()
-        self._emit("price.unknown", f"price.unknown:{model}:{day}:refused", data, now, org_id)
+        self._emit(
+            "price.unknown", f"price.unknown:{org_id}:{model}:{day}:refused", data, now, org_id
+        )
         limit = (
             f"rate limit {row.id} ({row.scope_type} {row.scope_id}, model {row.model!r}, "
             f"${format_usd(row.max_spend_nanos or 0)} per "

@@ -159,7 +159,8 @@ def test_override_price_and_upstream_model(gateway: RunningGateway, fake: FakeUp
 
 
 def test_unknown_price_is_flagged_not_zero(gateway: RunningGateway) -> None:
-    """No price known: tokens recorded, cost NULL, flagged, and a price.unknown event."""
+    """No price known: tokens recorded, cost NULL, flagged, and a price.unknown event:
+    once a day per org and model (another org's calls to it are announced to that org)."""
     key = gateway.create_key()
     raw = client(gateway, key["key"]).chat.completions.with_raw_response.create(
         model="mystery-model", messages=[{"role": "user", "content": "hi"}]
@@ -180,3 +181,8 @@ def test_unknown_price_is_flagged_not_zero(gateway: RunningGateway) -> None:
         model="mystery-model", messages=[{"role": "user", "content": "again"}]
     )
     assert len(events()) == 1
+    other = gateway.create_key()
+    client(gateway, other["key"]).chat.completions.create(
+        model="mystery-model", messages=[{"role": "user", "content": "another org"}]
+    )
+    assert sorted(e["org_id"] for e in events()) == sorted([key["org_id"], other["org_id"]])
