@@ -207,16 +207,14 @@ def _price_ref(name: str, raw: Any, upstream_model: str, provider: ProviderConfi
         override = PriceOverride(
             input_per_mtok=_decimal(raw.get("input_per_mtok", 0), where),
             output_per_mtok=_decimal(raw.get("output_per_mtok", 0), where),
-            cache_read_per_mtok=(
-                _decimal(raw["cache_read_per_mtok"], where)
-                if "cache_read_per_mtok" in raw
-                else None
-            ),
-            cache_write_per_mtok=(
-                _decimal(raw["cache_write_per_mtok"], where)
-                if "cache_write_per_mtok" in raw
-                else None
-            ),
+            **{
+                key: _decimal(raw[key], where) if key in raw else None
+                for key in (
+                    "cache_read_per_mtok",
+                    "cache_write_per_mtok",
+                    "cache_write_1h_per_mtok",
+                )
+            },
         )
     return PriceRef(
         model=str(raw.get("model", upstream_model)),
@@ -545,7 +543,7 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
     "models.*": frozenset({"provider", "upstream_model", "price", "default_max_tokens"}),
     "models.*.price": frozenset({
         "model", "provider", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
-        "cache_write_per_mtok",
+        "cache_write_per_mtok", "cache_write_1h_per_mtok",
     }),
 }  # fmt: skip
 

@@ -13,7 +13,10 @@ decomposes usage into priced units every time); here that is done once per price
   - leaf decomposition: a priced unit is billed for its tokens minus those billed by
     its more specific priced units. So uncached input = input − cache reads − cache
     writes *only when* ``cache_read_mtok`` / ``cache_write_mtok`` are priced; an unpriced
-    cache read or write is billed at the input price (part of ``input_tokens``);
+    cache read or write is billed at the input price (part of ``input_tokens``). The
+    same way, 1-hour cache writes (``cache_write_1h_tokens``, part of the writes) pay
+    ``cache_write_1h_mtok`` where the model has it (Anthropic: 2× input, against 1.25×
+    for 5-minute writes) and ``cache_write_mtok`` where it has not;
   - reasoning tokens are part of output and billed at the output price, unless the
     model prices ``output_reasoning_mtok`` (e.g. Perplexity's deep research);
   - tiers are cliffs: once the *total* prompt exceeds a tier's start, every token of
@@ -24,14 +27,15 @@ decomposes usage into priced units every time); here that is done once per price
 
   Versions a plan cannot express (unknown price key, invalid value) use genai's calc.
 
-Not modelled, because ``TokenUsage`` does not carry them: the 1-hour cache-write split
-(``cache_write_1h_mtok``; all cache writes pay ``cache_write_mtok``, as genai-prices
-does when no 1h count is reported), audio/image modalities, web searches, and request
-context price variants (service tiers such as flex/priority).
+Not modelled, because ``TokenUsage`` does not carry them: a separate 5-minute
+cache-write price (``cache_write_5m_mtok``; no model has one, so 5-minute writes pay
+``cache_write_mtok``), audio/image modalities, web searches, and request context price
+variants (service tiers such as flex/priority).
 
 Weird usage never raises; it is clamped first (and priced as clamped): negative counts
-become 0, ``cache_read <= input``, ``cache_write <= input - cache_read`` and
-``reasoning <= output``. An unknown model is priced ``None`` ("unknown"), never $0.
+become 0, ``cache_read <= input``, ``cache_write <= input - cache_read``,
+``cache_write_1h <= cache_write`` and ``reasoning <= output``. An unknown model is
+priced ``None`` ("unknown"), never $0.
 """
 
 from __future__ import annotations
@@ -62,13 +66,14 @@ _REPORTED = (
     "cache_read_tokens",
     "cache_write_tokens",
     "output_reasoning_tokens",
+    "cache_write_1h_tokens",
 )
 _REGISTRY = UnitRegistry(unit_data)
 _REQUESTS = "requests"
 #: Lookup caches are cleared past this size so arbitrary model names cannot grow them.
 _MAX_CACHED = 4096
 
-_Counts = tuple[int, int, int, int, int]
+_Counts = tuple[int, int, int, int, int, int]
 _Price = Decimal | TieredPrices
 
 
@@ -77,13 +82,16 @@ class PriceOverride:
     """Negotiated or self-hosted prices in USD per million tokens.
 
     A missing cache price bills those tokens at the input price (genai-prices' rule for
-    an unpriced cache unit). Reasoning tokens are billed as output.
+    an unpriced cache unit), and a missing 1-hour cache-write price bills the 1-hour
+    writes as any cache write (``cache_write_per_mtok``, else the input price). Reasoning
+    tokens are billed as output.
     """
 
     input_per_mtok: Decimal
     output_per_mtok: Decimal
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
+    cache_write_1h_per_mtok: Decimal | None = None
 
     def __post_init__(self) -> None:
         for price in (
@@ -91,6 +99,7 @@ class PriceOverride:
             self.output_per_mtok,
             self.cache_read_per_mtok,
             self.cache_write_per_mtok,
+            self.cache_write_1h_per_mtok,
         ):
             if price is not None and not (price.is_finite() and price >= 0):
                 raise ValueError(f"price must be a finite non-negative Decimal, got {price!r}")
@@ -152,6 +161,7 @@ class _Plan:
             + c[2] * counts[2]
             + c[3] * counts[3]
             + c[4] * counts[4]
+            + c[5] * counts[5]
         ) * self.mult
         if self.div == 1:
             return total
@@ -237,7 +247,7 @@ def _compile_plan(model_price: ModelPrice) -> _Plan | None:
                     for v, leaf in zip(vector, leaves[unit.usage_key], strict=True)
                 ]
         consts.append(const)
-        coefs.append((vector[0], vector[1], vector[2], vector[3], vector[4]))
+        coefs.append((vector[0], vector[1], vector[2], vector[3], vector[4], vector[5]))
     denominator = 10**scale * per_lcm
     common = gcd(NANOS_PER_USD, denominator)
     return _Plan(
@@ -260,6 +270,11 @@ def _override_model_price(override: PriceOverride) -> ModelPrice:
         prices["cache_read_mtok"] = override.cache_read_per_mtok
     if override.cache_write_per_mtok is not None:
         prices["cache_write_mtok"] = override.cache_write_per_mtok
+    if override.cache_write_1h_per_mtok is not None:
+        # genai-prices prices a 1-hour write only under a cache-write price; none given
+        # means the 5-minute writes pay the input price, which is what this says
+        prices.setdefault("cache_write_mtok", override.input_per_mtok)
+        prices["cache_write_1h_mtok"] = override.cache_write_1h_per_mtok
     return ModelPrice(**prices)
 
 
@@ -274,7 +289,9 @@ def clamp_usage(usage: TokenUsage) -> _Counts:
     write = 0 if write < 0 else inp - read if write > inp - read else write
     reasoning = usage.reasoning_tokens
     reasoning = 0 if reasoning < 0 else out if reasoning > out else reasoning
-    return inp, out, read, write, reasoning
+    one_hour = usage.cache_write_1h_tokens
+    one_hour = 0 if one_hour < 0 else write if one_hour > write else one_hour
+    return inp, out, read, write, reasoning, one_hour
 
 
 class PriceTable:

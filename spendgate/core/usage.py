@@ -2,7 +2,10 @@
 
 Convention (the same as ``genai-prices``): ``input_tokens`` is the *total* prompt,
 including the cached part; ``cache_read_tokens`` and ``cache_write_tokens`` say how much
-of it was read from / written to the provider's prompt cache. ``reasoning_tokens`` is
+of it was read from / written to the provider's prompt cache, and
+``cache_write_1h_tokens`` the part of those writes kept for an hour (Anthropic's
+1-hour cache, priced above the 5-minute one; 0 where a provider reports no split).
+``reasoning_tokens`` is
 the part of ``output_tokens`` the model spent thinking (billed as output), also when a
 provider reported it apart from its completion tokens.
 """
@@ -27,6 +30,8 @@ class TokenUsage(Value, frozen=True):
     cache_read_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    #: the part of ``cache_write_tokens`` written to the 1-hour cache
+    cache_write_1h_tokens: int = 0
     #: a reported figure was above ``MAX_TOKENS_PER_CALL`` and was clamped to it
     implausible: bool = False
 
@@ -45,6 +50,7 @@ def plausible(usage: TokenUsage) -> TokenUsage:
         usage.cache_read_tokens,
         usage.cache_write_tokens,
         usage.reasoning_tokens,
+        usage.cache_write_1h_tokens,
     )
     if max(figures) <= MAX_TOKENS_PER_CALL:
         return usage
@@ -56,6 +62,7 @@ def plausible(usage: TokenUsage) -> TokenUsage:
         cache_read_tokens=min(usage.cache_read_tokens, cap),
         cache_write_tokens=min(usage.cache_write_tokens, cap),
         reasoning_tokens=min(usage.reasoning_tokens, cap),
+        cache_write_1h_tokens=min(usage.cache_write_1h_tokens, cap),
         implausible=True,
     )
 
@@ -105,13 +112,19 @@ def from_anthropic(
     ``message_delta`` carries cumulative output and, sometimes, input figures again. Each
     figure stands alone, as the anthropic SDK accumulates them: one the delta leaves out
     or sends as null keeps the earlier value (a delta with ``input_tokens`` alone must not
-    drop the cache reads message_start reported).
+    drop the cache reads message_start reported). ``cache_creation``'s
+    ``ephemeral_1h_input_tokens`` is the 1-hour part of the writes, kept the same way and
+    held to the writes it is part of.
     """
     if not isinstance(usage, dict):
         return base
     prev = base or TokenUsage()
     read = _figure(usage, "cache_read_input_tokens", prev.cache_read_tokens)
     write = _figure(usage, "cache_creation_input_tokens", prev.cache_write_tokens)
+    split = usage.get("cache_creation")
+    one_hour = prev.cache_write_1h_tokens
+    if isinstance(split, dict):
+        one_hour = _figure(split, "ephemeral_1h_input_tokens", one_hour)
     uncached = prev.input_tokens - prev.cache_read_tokens - prev.cache_write_tokens
     uncached = _figure(usage, "input_tokens", uncached)
     return plausible(
@@ -120,6 +133,7 @@ def from_anthropic(
             output_tokens=_figure(usage, "output_tokens", prev.output_tokens),
             cache_read_tokens=read,
             cache_write_tokens=write,
+            cache_write_1h_tokens=min(one_hour, write),
             implausible=prev.implausible,
         )
     )

@@ -614,6 +614,7 @@ class ProxyApp:
             started_at=call.started_at,
             finished_at=finished,
             usage_implausible=usage.implausible,
+            cache_write_1h_tokens=usage.cache_write_1h_tokens,
         )
 
     async def _models(self, send: Send, key: KeyRecord, path: str, request_id: str) -> None:

@@ -18,6 +18,8 @@ Test knobs, read from the prompt text and ignored otherwise:
 * ``[[cached:N]]``       N prompt tokens were read from the cache (capped at the prompt).
 * ``[[reasoning:N]]``    N reasoning tokens, counted inside the completion tokens.
 * ``[[cache_write:N]]``  (Anthropic) N prompt tokens were written to the cache.
+* ``[[cache_write_1h:N]]`` (Anthropic) N of those writes were to the 1-hour cache (capped at
+  the writes; the rest went to the 5-minute one), reported in ``usage.cache_creation``.
 
 ``n`` (Chat Completions, Completions) and ``best_of`` (Completions) are honoured the
 way the provider bills them: every answer generated counts in the completion tokens.
@@ -49,7 +51,7 @@ _WORDS = (
     "budget", "token", "gateway", "ledger", "forecast", "cache", "model", "spend",
     "alert", "window", "quota", "price", "stream", "usage", "limit", "audit",
 )  # fmt: skip
-_KNOB = re.compile(r"\[\[(cached|reasoning|cache_write):(\d+)\]\]")
+_KNOB = re.compile(r"\[\[(cached|reasoning|cache_write_1h|cache_write):(\d+)\]\]")
 _CHAT_PATHS = ("/chat/completions", "/completions")
 
 
@@ -66,6 +68,8 @@ class Reply:
     cache_write_tokens: int
     reasoning_tokens: int
     truncated: bool
+    #: the part of ``cache_write_tokens`` written to the 1-hour cache
+    cache_write_1h_tokens: int = 0
     #: text, a JSON document, or a call of one of the request's tools (its arguments)
     shape: Shape = TEXT
     #: answers returned (``n``); completion tokens count every answer generated
@@ -193,10 +197,12 @@ def _reply(model: str, texts: list[str], cap: int | None, shape: Shape = TEXT) -
     if shape.kind == "text":
         whole = ("Simulated", " reply:", *(" " + w for w in _words(key, visible)))
     cached = min(_knob(texts, "cached"), prompt_tokens)
+    writes = min(_knob(texts, "cache_write"), prompt_tokens - cached)
     return Reply(
         key=key, model=model, pieces=whole[:visible], prompt_tokens=prompt_tokens,
         completion_tokens=visible + reasoning, cached_tokens=cached,
-        cache_write_tokens=min(_knob(texts, "cache_write"), prompt_tokens - cached),
+        cache_write_tokens=writes,
+        cache_write_1h_tokens=min(_knob(texts, "cache_write_1h"), writes),
         reasoning_tokens=reasoning,
         truncated=visible + reasoning < natural + _knob(texts, "reasoning"), shape=shape,
     )  # fmt: skip
@@ -468,6 +474,10 @@ def _anthropic_usage(r: Reply, output_tokens: int) -> dict[str, Any]:
         "input_tokens": r.prompt_tokens - r.cached_tokens - r.cache_write_tokens,
         "cache_creation_input_tokens": r.cache_write_tokens,
         "cache_read_input_tokens": r.cached_tokens,
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": r.cache_write_tokens - r.cache_write_1h_tokens,
+            "ephemeral_1h_input_tokens": r.cache_write_1h_tokens,
+        },
         "output_tokens": output_tokens,
     }
 

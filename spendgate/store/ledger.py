@@ -77,6 +77,9 @@ class LedgerEntry(NamedTuple):
     usage_implausible: bool = False
     #: the shared counters never saw its settle (``schema.ledger.c.uncounted``)
     uncounted: bool = False
+    #: the part of ``cache_write_tokens`` written to the 1-hour cache (last, with a
+    #: default: spool files written before it replay with 0)
+    cache_write_1h_tokens: int = 0
 
 
 _SQLITE_INSERT = (

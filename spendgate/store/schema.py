@@ -147,6 +147,9 @@ ledger = sa.Table(
     #: the shared counters (Redis) never saw this call's settle: admitted without Redis
     #: (fail-open) or a settle that could not reach it; ``Counters.catch_up`` adds it
     sa.Column("uncounted", sa.Boolean(), nullable=False, server_default=sa.false()),
+    #: the part of ``cache_write_tokens`` written to Anthropic's 1-hour cache (priced
+    #: above the 5-minute writes): with it a row's cost follows from its tokens
+    sa.Column("cache_write_1h_tokens", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Index("ix_ledger_started_at", "started_at"),
     sa.Index("ix_ledger_org_started", "org_id", "started_at"),
     sa.Index("ix_ledger_team_started", "team_id", "started_at"),

@@ -42,6 +42,7 @@ def genai_nanos(usage: TokenUsage, model: str, provider: str, at: datetime = AT)
                 "cache_read_tokens",
                 "cache_write_tokens",
                 "output_reasoning_tokens",
+                "cache_write_1h_tokens",
             ),
             clamp_usage(usage),
             strict=True,
@@ -76,12 +77,15 @@ def openai_responses(inp: int, cached: int, out: int, reasoning: int) -> dict[st
     }
 
 
-def anthropic(uncached: int, read: int, write: int, out: int) -> dict[str, Any]:
+def anthropic(uncached: int, read: int, write: int, out: int, one_hour: int = 0) -> dict[str, Any]:
     return {
         "input_tokens": uncached,
         "cache_creation_input_tokens": write,
         "cache_read_input_tokens": read,
-        "cache_creation": {"ephemeral_5m_input_tokens": write, "ephemeral_1h_input_tokens": 0},
+        "cache_creation": {
+            "ephemeral_5m_input_tokens": write - one_hour,
+            "ephemeral_1h_input_tokens": one_hour,
+        },
         "output_tokens": out,
         "service_tier": "standard",
     }
@@ -101,6 +105,11 @@ CROSS_CHECK = [
     ("claude-haiku-4-5", "anthropic", "default", anthropic(17, 12_000, 0, 90)),
     ("claude-3-5-haiku", "anthropic", "default", anthropic(5_003, 0, 2_048, 333)),
     ("claude-opus-4-1", "anthropic", "default", anthropic(999, 25_000, 1_111, 1_234)),
+    # 1-hour cache writes, part of the writes and priced above the 5-minute ones
+    ("claude-opus-4-5", "anthropic", "default", anthropic(1_000, 5_000, 3_000, 700, 2_000)),
+    ("claude-sonnet-4-5", "anthropic", "default", anthropic(9, 0, 4_096, 12, 4_096)),
+    ("claude-sonnet-4-5", "anthropic", "default", anthropic(3_000, 180_000, 30_000, 99, 7_777)),
+    ("claude-haiku-4-5", "anthropic", "default", anthropic(50, 1_000, 2_500, 60, 1_200)),
     ("gemini-2.5-flash", "google", "chat", openai_chat(8_123, 4_096, 1_500, 1_100)),
     ("gemini-2.5-pro", "google", "chat", openai_chat(54_321, 32_768, 6_000, 4_500)),
     ("gemini-2.5-pro", "google", "chat", openai_chat(250_001, 131_072, 8_001, 7_000)),
@@ -141,6 +150,7 @@ PROPERTY_MODELS = [
     ("claude-sonnet-4", "anthropic"),
     ("claude-haiku-4-5", "anthropic"),
     ("claude-opus-4-1", "anthropic"),
+    ("claude-opus-4-5", "anthropic"),
     ("gemini-2.5-pro", "google"),  # tiered above 200k
     ("gemini-1.5-pro", "google"),  # tiered above 128k
     ("gemini-2.5-flash", "google"),
@@ -159,16 +169,26 @@ def valid_usages(draw: st.DrawFn) -> TokenUsage:
     read = draw(st.integers(0, inp))
     write = draw(st.integers(0, inp - read))
     out = draw(st.integers(0, 2_000_000))
-    return TokenUsage(inp, out, read, write, draw(st.integers(0, out)))
+    return TokenUsage(inp, out, read, write, draw(st.integers(0, out)), draw(st.integers(0, write)))
 
 
 @settings(max_examples=300, deadline=None)
 @given(model=st.sampled_from(PROPERTY_MODELS), usage=valid_usages())
 def test_property_equals_genai_calc_price(model: tuple[str, str], usage: TokenUsage) -> None:
-    """For any consistent usage, the fast path equals genai's calc_price to the nano."""
+    """For any consistent usage, the fast path equals genai's calc_price to the nano (the
+    reference takes the usage as it is: consistent usage needs no clamping)."""
     name, provider = model
     priced = PriceTable().price(PriceRef(name, provider), usage, AT)
-    assert priced == Priced(genai_nanos(usage, name, provider), "genai-prices")
+    reported = Usage(
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cache_read_tokens=usage.cache_read_tokens,
+        cache_write_tokens=usage.cache_write_tokens,
+        output_reasoning_tokens=usage.reasoning_tokens,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens,
+    )
+    result = calc_price(reported, name, provider_id=provider, genai_request_timestamp=AT)
+    assert priced == Priced(usd_to_nanos(result.total_price), "genai-prices")
 
 
 @pytest.mark.parametrize(("model", "provider"), PROPERTY_MODELS)
@@ -197,13 +217,14 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
                 read = rng.randint(0, inp)
                 write = rng.randint(0, inp - read)
                 out = rng.randint(0, 200_000)
-                counts = (inp, out, read, write, rng.randint(0, out))
+                counts = (inp, out, read, write, rng.randint(0, out), rng.randint(0, write))
                 usage = Usage(
                     input_tokens=inp,
                     output_tokens=out,
                     cache_read_tokens=read,
                     cache_write_tokens=write,
                     output_reasoning_tokens=counts[4],
+                    cache_write_1h_tokens=counts[5],
                 )
                 assert plan.nanos(counts) == usd_to_nanos(version.calc_price(usage)["total_price"])
                 checked += 1
@@ -213,12 +234,13 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     model=st.sampled_from(PROPERTY_MODELS),
-    counts=st.tuples(*[st.integers(-1_000, 3_000_000)] * 5),
+    counts=st.tuples(*[st.integers(-1_000, 3_000_000)] * 6),
 )
 def test_weird_usage_never_raises_and_is_priced_clamped(
-    model: tuple[str, str], counts: tuple[int, int, int, int, int]
+    model: tuple[str, str], counts: tuple[int, int, int, int, int, int]
 ) -> None:
-    """Negative counts, cache > input, reasoning > output: clamped, priced, never raised."""
+    """Negative counts, cache > input, reasoning > output, 1-hour writes > writes:
+    clamped, priced, never raised."""
     usage = TokenUsage(*counts)
     priced = PriceTable().price(PriceRef(*model), usage, AT)
     assert priced.cost_nanos == genai_nanos(usage, *model)  # genai would raise unclamped
@@ -226,10 +248,11 @@ def test_weird_usage_never_raises_and_is_priced_clamped(
 
 
 def test_clamp_rules() -> None:
-    """Cache reads are capped by input, writes by what reads left, reasoning by output."""
-    assert clamp_usage(TokenUsage(100, 10, 80, 50, 20)) == (100, 10, 80, 20, 10)
-    assert clamp_usage(TokenUsage(-5, -1, 3, -2, -4)) == (0, 0, 0, 0, 0)
-    assert clamp_usage(TokenUsage(100, 10, 30, 20, 5)) == (100, 10, 30, 20, 5)
+    """Cache reads are capped by input, writes by what reads left, reasoning by output,
+    1-hour writes by the writes."""
+    assert clamp_usage(TokenUsage(100, 10, 80, 50, 20, 30)) == (100, 10, 80, 20, 10, 20)
+    assert clamp_usage(TokenUsage(-5, -1, 3, -2, -4, -6)) == (0, 0, 0, 0, 0, 0)
+    assert clamp_usage(TokenUsage(100, 10, 30, 20, 5, 15)) == (100, 10, 30, 20, 5, 15)
 
 
 def test_override_wins_and_bills_cache_at_its_own_rates(table: PriceTable) -> None:
@@ -259,6 +282,54 @@ def test_override_without_cache_prices_bills_cache_as_input(table: PriceTable) -
     priced = table.price(PriceRef("my-llama", None, override), usage, AT)
     assert priced == Priced(500_000_000 + 20_000_000, "override")
     assert table.is_known(PriceRef("my-llama", None, override), AT)
+
+
+def test_one_hour_writes_pay_their_own_rate(table: PriceTable) -> None:
+    """claude-opus-4-5: a 1-hour write costs $10/MTok, a 5-minute one $6.25, uncached
+    input $5 (the figures the Anthropic price page gives)."""
+    ref = PriceRef("claude-opus-4-5", "anthropic")
+    usage = TokenUsage(
+        input_tokens=4_000_000, cache_write_tokens=3_000_000, cache_write_1h_tokens=2_000_000
+    )
+    assert table.price(ref, usage, AT) == Priced(
+        1 * 5_000_000_000 + 1 * 6_250_000_000 + 2 * 10_000_000_000, "genai-prices"
+    )
+
+
+@pytest.mark.parametrize(
+    ("override", "expected"),
+    [
+        # its own rate: 700k x $0.50 + 100k x $0.625 + 200k x $1 + 10k x $2, per million
+        (
+            PriceOverride(Decimal("0.50"), Decimal(2), None, Decimal("0.625"), Decimal(1)),
+            632_500_000,
+        ),
+        # none given: the 1-hour writes pay the cache-write rate
+        (PriceOverride(Decimal("0.50"), Decimal(2), None, Decimal("0.625")), 557_500_000),
+        # neither cache-write rate: the input rate
+        (PriceOverride(Decimal("0.50"), Decimal(2)), 520_000_000),
+        # a 1-hour rate alone: the 5-minute writes pay the input rate
+        (
+            PriceOverride(Decimal("0.50"), Decimal(2), cache_write_1h_per_mtok=Decimal(1)),
+            420_000_000 + 200_000_000,
+        ),
+    ],
+)
+def test_override_prices_one_hour_writes(
+    table: PriceTable, override: PriceOverride, expected: int
+) -> None:
+    """``cache_write_1h_per_mtok`` prices the 1-hour writes; left out, they pay
+    ``cache_write_per_mtok`` (else the input rate), genai-prices' rule for a unit it has
+    no price for."""
+    usage = TokenUsage(
+        input_tokens=1_000_000,
+        output_tokens=10_000,
+        cache_write_tokens=300_000,
+        cache_write_1h_tokens=200_000,
+    )
+    assert table.price(PriceRef("my-llama", None, override), usage, AT) == Priced(
+        expected, "override"
+    )
 
 
 def test_one_half_even_rounding_at_the_end(table: PriceTable) -> None:

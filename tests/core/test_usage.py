@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from spendgate.core.usage import TokenUsage, from_anthropic, from_openai
+from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage, from_anthropic, from_openai
 
 #: message_start's usage: 100 uncached, 1,000 read from the cache, 200 written to it
 START = {
@@ -110,3 +110,115 @@ def test_reasoning_reported_apart_from_the_output_is_billed_as_output(
     normalised = from_openai(usage)
     assert normalised is not None
     assert (normalised.output_tokens, normalised.reasoning_tokens) == (output, reasoning)
+
+
+#: message_start's usage with its cache writes split: 150 of the 200 for an hour
+START_1H = {
+    **START,
+    "cache_creation": {"ephemeral_5m_input_tokens": 50, "ephemeral_1h_input_tokens": 150},
+}
+WHOLE_1H = TokenUsage(
+    input_tokens=1300,
+    output_tokens=50,
+    cache_read_tokens=1000,
+    cache_write_tokens=200,
+    cache_write_1h_tokens=150,
+)
+
+
+def test_the_one_hour_cache_writes_are_counted() -> None:
+    """``cache_creation.ephemeral_1h_input_tokens`` is the part of the cache writes kept
+    for an hour (priced higher than the 5-minute ones)."""
+    assert from_anthropic({**START_1H, "output_tokens": 50}) == WHOLE_1H
+
+
+@pytest.mark.parametrize(
+    "delta",
+    [
+        {"output_tokens": 50},
+        {**START_1H, "output_tokens": 50},
+        {"cache_creation_input_tokens": 200, "output_tokens": 50},
+        {"cache_creation": None, "output_tokens": 50},
+        {"cache_creation": {}, "output_tokens": 50},
+        {"cache_creation": {"ephemeral_1h_input_tokens": None}, "output_tokens": 50},
+        {"cache_creation": {"ephemeral_5m_input_tokens": 50}, "output_tokens": 50},
+    ],
+)
+def test_message_delta_keeps_the_one_hour_writes_it_does_not_carry(delta: dict[str, Any]) -> None:
+    """The 1-hour writes message_start reported stay billed at their own rate whatever a
+    message_delta repeats or leaves out, like the other cache figures."""
+    assert from_anthropic(delta, from_anthropic(START_1H)) == WHOLE_1H
+
+
+@pytest.mark.parametrize(
+    ("usage", "writes", "one_hour"),
+    [
+        # more 1-hour writes than writes: a provider bug, held to the writes
+        (
+            {
+                "input_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_1h_input_tokens": 30},
+            },
+            10,
+            10,
+        ),
+        ({"input_tokens": 1, "cache_creation": {"ephemeral_1h_input_tokens": 30}}, 0, 0),
+        (
+            {
+                "input_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_1h_input_tokens": -3},
+            },
+            10,
+            0,
+        ),
+        ({"input_tokens": 1, "cache_creation_input_tokens": 10, "cache_creation": "bad"}, 10, 0),
+        (
+            {
+                "input_tokens": 1,
+                "cache_creation_input_tokens": 10,
+                "cache_creation": {"ephemeral_1h_input_tokens": True},
+            },
+            10,
+            0,
+        ),
+    ],
+)
+def test_one_hour_writes_are_part_of_the_writes(
+    usage: dict[str, Any], writes: int, one_hour: int
+) -> None:
+    """The 1-hour figure never exceeds the cache writes it is part of, and odd values
+    count as 0, as every other figure does."""
+    normalised = from_anthropic(usage)
+    assert normalised is not None
+    assert (normalised.cache_write_tokens, normalised.cache_write_1h_tokens) == (writes, one_hour)
+
+
+def test_a_delta_lowering_the_writes_lowers_the_one_hour_part() -> None:
+    """A delta that corrects the writes below message_start's 1-hour figure holds it there."""
+    usage = from_anthropic({"cache_creation_input_tokens": 100}, from_anthropic(START_1H))
+    assert usage is not None
+    assert (usage.cache_write_tokens, usage.cache_write_1h_tokens) == (100, 100)
+
+
+def test_openai_shapes_have_no_one_hour_writes() -> None:
+    """OpenAI-style routes report no cache-write split."""
+    usage = from_openai({"prompt_tokens": 10, "completion_tokens": 2})
+    assert usage is not None
+    assert usage.cache_write_1h_tokens == 0
+
+
+def test_an_implausible_one_hour_figure_is_clamped() -> None:
+    """A 1-hour figure above the per-call maximum is clamped with the rest."""
+    huge = 10**12
+    usage = from_anthropic(
+        {
+            "input_tokens": 1,
+            "cache_creation_input_tokens": huge,
+            "cache_creation": {"ephemeral_1h_input_tokens": huge},
+        }
+    )
+    assert usage is not None
+    assert usage.implausible
+    assert usage.cache_write_1h_tokens == usage.cache_write_tokens == MAX_TOKENS_PER_CALL

@@ -176,6 +176,23 @@ def test_anthropic_input_excludes_cache() -> None:
     assert normalised is not None and normalised.input_tokens == total
 
 
+@pytest.mark.parametrize(
+    ("knob", "one_hour"), [("[[cache_write_1h:2]]", 2), ("[[cache_write_1h:9]]", 3), ("", 0)]
+)
+def test_anthropic_reports_the_cache_write_split(knob: str, one_hour: int) -> None:
+    """``[[cache_write_1h:N]]``: N of the writes (at most all of them) went to the 1-hour
+    cache; ``usage.cache_creation`` splits the writes as Anthropic's does."""
+    _, answer = simulated.anthropic_response(anthropic("y" * 80 + "[[cache_write:3]]" + knob))
+    usage = answer["usage"]
+    assert usage["cache_creation"] == {
+        "ephemeral_5m_input_tokens": 3 - one_hour,
+        "ephemeral_1h_input_tokens": one_hour,
+    }
+    normalised = from_anthropic(usage)
+    assert normalised is not None
+    assert (normalised.cache_write_tokens, normalised.cache_write_1h_tokens) == (3, one_hour)
+
+
 def test_anthropic_stream_totals_match_response() -> None:
     """message_start carries input usage, message_delta the final output tokens."""
     _, whole = simulated.anthropic_response(

@@ -4,6 +4,7 @@ starts with a value it cannot use."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -60,6 +61,30 @@ def test_good_values_are_taken(tmp_path: Path) -> None:
     assert settings.key_cache_seconds == 0.0
     assert (settings.redis_prefix, settings.redis_url) == ("team-a:", "redis://127.0.0.1:6379/3")
     assert settings.models["m"].default_max_tokens == 64
+
+
+def test_price_overrides_take_every_cache_rate(tmp_path: Path) -> None:
+    """A ``price`` table's cache rates, the 1-hour cache-write one too, are read (and
+    not warned about as unknown keys); a bad one is refused naming the table."""
+    from spendgate.core.pricing import PriceOverride
+    from spendgate.settings import unknown_config_keys
+
+    config = tmp_path / "c.toml"
+    rates = (
+        'input_per_mtok = "5", output_per_mtok = "25", cache_read_per_mtok = "0.5", '
+        'cache_write_per_mtok = "6.25", cache_write_1h_per_mtok = "10"'
+    )
+    config.write_text(SIM + f'[models.m]\nprovider = "sim"\nprice = {{ {rates} }}\n')
+    ref = load_settings(config_path=str(config), env={}).models["m"].price
+    D = Decimal
+    assert ref.override == PriceOverride(D(5), D(25), D("0.5"), D("6.25"), D(10))
+    assert unknown_config_keys(str(config)) == []
+    config.write_text(
+        SIM + '[models.m]\nprovider = "sim"\n'
+        'price = { input_per_mtok = "5", cache_write_1h_per_mtok = "-1" }\n'
+    )
+    with pytest.raises(ConfigError, match=r"models\.m\.price"):
+        load_settings(config_path=str(config), env={})
 
 
 def test_a_bad_database_url_from_the_environment_hides_its_password() -> None:
