@@ -21,6 +21,11 @@ against, so the worst case has to bound what the provider will bill:
   - answers: ``n`` (Chat Completions), ``max(n, best_of)`` (legacy Completions: the
     provider generates and bills ``best_of`` answers and returns ``n``); one for
     Responses and Anthropic, which have no such field.
+* **cache writes**: an Anthropic Messages request that marks ``cache_control`` may have
+  its whole prompt written to the cache, which bills each token above the input price
+  (1.25× for the 5-minute cache, 2× for the 1-hour one). Such a request's worst case
+  counts every prompt token as a 1-hour cache write, priced as the provider bills it
+  (at the input price where the model has no cache-write price).
 * **embeddings**: input only.
 * at most ``MAX_TOKENS_PER_CALL`` output tokens, the most any call is recorded with.
 
@@ -103,9 +108,12 @@ def worst_case(
     request_bytes: int,
     default_max_tokens: int,
     provider_kind: str,
+    *,
+    cache_writes: bool = False,
 ) -> WorstCase:
     """The worst case of one request (see the module docstring); 400 for a cap, ``n`` or
-    ``best_of`` that is not a whole number in range."""
+    ``best_of`` that is not a whole number in range. ``cache_writes``: the request marks
+    ``cache_control`` (only an Anthropic Messages request is billed for cache writes)."""
     prompt = request_bytes // 4
     if kind not in CAP_FIELDS:  # embeddings: no output
         return WorstCase(TokenUsage(input_tokens=prompt))
@@ -122,4 +130,11 @@ def worst_case(
     # no call is ever recorded above MAX_TOKENS_PER_CALL (``usage.plausible``), so no
     # worst case needs to be: it keeps every hold far inside the counters' exact range
     output = min(cap * answers(payload, kind), MAX_TOKENS_PER_CALL)
-    return WorstCase(TokenUsage(input_tokens=prompt, output_tokens=output), send)
+    written = prompt if cache_writes and kind == "message" else 0
+    usage = TokenUsage(
+        input_tokens=prompt,
+        output_tokens=output,
+        cache_write_tokens=written,
+        cache_write_1h_tokens=written,
+    )
+    return WorstCase(usage, send)

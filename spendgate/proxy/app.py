@@ -206,7 +206,7 @@ class ProxyApp:
             key = await self._authenticate(scope, headers, wire, now, mono)
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)
-            call = self._admit(request_id, key, endpoint, payload, headers, now, mono, len(body))
+            call = self._admit(request_id, key, endpoint, payload, headers, now, mono, body)
             named_ticket = headers.get("x-spendgate-ticket")
             if named_ticket and self._tickets is not None:
                 await self._tickets.check_header(named_ticket, key.id)
@@ -230,7 +230,7 @@ class ProxyApp:
                         await self._enforcer.resync(stale.seen)
                         key = await self._authenticate(scope, headers, wire, now, mono)
                         call = self._admit(
-                            request_id, key, endpoint, payload, headers, now, mono, len(body)
+                            request_id, key, endpoint, payload, headers, now, mono, body
                         )
                 else:
                     raise StateUnavailable(
@@ -276,9 +276,10 @@ class ProxyApp:
         headers: Mapping[str, str],
         now: datetime,
         mono: float,
-        size: int,
+        body: bytes,
     ) -> Call:
         model = payload["model"]
+        size = len(body)
         route = self._settings.models.get(model)
         if route is None:
             raise UnknownModel(
@@ -294,7 +295,13 @@ class ProxyApp:
         stream = bool(payload.get("stream")) and endpoint.streams
         try:
             worst = worst_case(
-                payload, endpoint.kind, size, route.default_max_tokens, route.provider.kind
+                payload,
+                endpoint.kind,
+                size,
+                route.default_max_tokens,
+                route.provider.kind,
+                # a mention anywhere (even in text) only makes the worst case dearer
+                cache_writes=b'"cache_control"' in body,
             )
         except BadField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc

@@ -84,3 +84,16 @@ def test_an_absurd_cap_is_bounded_by_the_most_a_call_is_recorded_with() -> None:
 
     worst = worst_case({"n": 128, "max_tokens": 2**62}, "chat", BYTES, DEFAULT, "openai")
     assert worst.usage.output_tokens == MAX_TOKENS_PER_CALL
+
+
+def test_a_prompt_marked_for_caching_counts_as_one_hour_cache_writes() -> None:
+    """Only the Anthropic Messages API bills cache writes; there the whole prompt may be
+    written to the 1-hour cache, so the worst case counts it so."""
+    fields = {"model": "m", "max_tokens": 10}
+    marked = worst_case(fields, "message", BYTES, DEFAULT, "anthropic", cache_writes=True)
+    assert marked.usage.cache_write_tokens == marked.usage.cache_write_1h_tokens == BYTES // 4
+    assert marked.usage.input_tokens == BYTES // 4 and marked.usage.output_tokens == 10
+    chat = worst_case(fields, "chat", BYTES, DEFAULT, "openai", cache_writes=True)
+    assert chat.usage.cache_write_tokens == chat.usage.cache_write_1h_tokens == 0
+    plain = worst_case(fields, "message", BYTES, DEFAULT, "anthropic")
+    assert plain.usage.cache_write_tokens == 0
