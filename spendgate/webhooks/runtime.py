@@ -18,7 +18,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import httpx
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.core.clock import Clock
@@ -64,22 +63,18 @@ class WebhookRuntime:
         box: SecretBox,
         settings: WebhookSettings,
         *,
-        http_client: httpx.AsyncClient | None = None,
         resolve: Resolver = system_resolver,
         worker_id: str | None = None,
     ) -> None:
         self.engine = engine
         self.clock = clock
         self.settings = settings
-        self._own_http = http_client is None
-        self.http = http_client or httpx.AsyncClient()
         self.store = WebhookStore(
             engine, box, allow_private=settings.allow_private, resolve=resolve
         )
         self.worker = DeliveryWorker(
             engine,
             clock,
-            self.http,
             box,
             console_url=settings.public_url,
             allow_private=settings.allow_private,
@@ -98,7 +93,6 @@ class WebhookRuntime:
         *,
         master_key: str | None,
         env: Mapping[str, str] | None = None,
-        http_client: httpx.AsyncClient | None = None,
         public_url: str | None = None,
     ) -> WebhookRuntime:
         env = os.environ if env is None else env
@@ -107,7 +101,6 @@ class WebhookRuntime:
             clock,
             SecretBox.from_env(env, master_key),
             WebhookSettings.from_env(env, public_url),
-            http_client=http_client,
         )
 
     async def maintain(self) -> None:
@@ -140,5 +133,4 @@ class WebhookRuntime:
         self._stop.set()
         await end_tasks(self._tasks, grace_seconds)
         self._tasks = []
-        if self._own_http:
-            await self.http.aclose()
+        await self.worker.aclose()

@@ -3,8 +3,11 @@
 ``http``/``https`` only. The host is resolved and *every* address it resolves to must be
 public (``ipaddress``'s ``is_global``, not multicast); loopback, private, link-local,
 carrier-grade NAT, reserved and unspecified addresses are refused unless private
-targets are allowed (``SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1``). The worker checks again
-before each attempt, so a name that later resolves inward is caught too.
+targets are allowed (``SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1``). A name whose answer mixes
+public and private addresses is refused, not filtered: that mix is what a rebinding name
+answers. Endpoints are checked when made or changed; deliveries are vetted again where
+they connect, against the very addresses connected to (``vetted_transport``), so a name
+that later resolves inward is caught too.
 
 IPv6 addresses that carry an IPv4 address inside are judged by that address as well,
 since a translator or tunnel on the way may deliver them to it:
@@ -105,10 +108,16 @@ def parse_target(url: str) -> tuple[str, int]:
 async def check_target(
     url: str, *, allow_private: bool, resolve: Resolver = system_resolver
 ) -> None:
-    """Raise :class:`TargetRefused` unless ``url`` may receive webhooks."""
+    """Raise :class:`TargetRefused` unless ``url`` may receive webhooks (when an endpoint
+    is made or changed; deliveries are vetted again as they connect: vetted_transport)."""
     host, port = parse_target(url)
-    if allow_private:
-        return
+    if not allow_private:
+        await vet(host, port, allow_private=False, resolve=resolve)
+
+
+async def vet(host: str, port: int, *, allow_private: bool, resolve: Resolver) -> list[str]:
+    """The addresses ``host`` resolves to, once (an IP address is itself); refused whole
+    if any of them is not public and private targets are not allowed."""
     try:
         addresses = [str(ipaddress.ip_address(host))]
     except ValueError:
@@ -116,9 +125,10 @@ async def check_target(
     if not addresses:
         raise TargetRefused(f"url: host {host!r} does not resolve", param="url")
     for address in addresses:
-        if not is_public(address):
+        if not allow_private and not is_public(address):
             raise TargetRefused(
                 f"url: {host} resolves to non-public address {address}; private and loopback "
                 "targets need SPENDGATE_WEBHOOK_ALLOW_PRIVATE=1",
                 param="url",
             )
+    return addresses

@@ -1,8 +1,10 @@
 """The delivery worker: lease due deliveries, sign, POST, log the attempt, back off.
 
 State lives in the database, so a restarted (or another) worker picks up where one left
-off; time comes from the clock and HTTP from the client handed in, so tests drive it
-with a ``FrozenClock`` and real local receivers.
+off; time comes from the clock, so tests drive it with a ``FrozenClock`` and real local
+receivers. The worker owns its HTTP client: every connection it opens goes to an address
+vetted as it connects (``vetted_transport``), so a delivery cannot be rebound into a
+private network between the check and the request. Close it with :meth:`aclose`.
 
 URLs that are credentials (Slack) are decrypted just before the request and kept out of
 logs and of the delivery log: ``httpx`` logs each request's URL, so the worker installs
@@ -33,7 +35,8 @@ from spendgate.webhooks.secret_urls import REDACTOR, is_secret_url, mask_url
 from spendgate.webhooks.secrets_box import SecretBox, SecretUnreadable
 from spendgate.webhooks.signing import signed_headers, signing_secrets
 from spendgate.webhooks.store import WebhookStore
-from spendgate.webhooks.targets import Resolver, TargetRefused, check_target, system_resolver
+from spendgate.webhooks.targets import Resolver, TargetRefused, parse_target, system_resolver
+from spendgate.webhooks.vetted_transport import VettedTransport
 
 log = logging.getLogger("spendgate.webhooks")
 if REDACTOR not in logging.getLogger("httpx").filters:
@@ -53,9 +56,9 @@ class DeliveryWorker:
         self,
         engine: AsyncEngine,
         clock: Clock,
-        http_client: httpx.AsyncClient,
         box: SecretBox,
         *,
+        transport: httpx.AsyncBaseTransport | None = None,
         console_url: str = "http://127.0.0.1:4100",
         allow_private: bool = False,
         resolve: Resolver = system_resolver,
@@ -68,11 +71,13 @@ class DeliveryWorker:
     ) -> None:
         self._engine = engine
         self._clock = clock
-        self._http = http_client
+        #: ``transport`` replaces the vetted connections (tests: ``httpx.MockTransport``)
+        self._http = httpx.AsyncClient(
+            transport=transport or VettedTransport(allow_private=allow_private, resolve=resolve),
+            trust_env=False,
+        )
         self._store = WebhookStore(engine, box)
         self._console_url = console_url
-        self._allow_private = allow_private
-        self._resolve = resolve
         self.worker_id = worker_id or default_worker_id()
         self._batch_size = batch_size
         self._timeout = timeout_seconds
@@ -84,6 +89,15 @@ class DeliveryWorker:
         self._rand = rand
         #: told each attempt's endpoint kind and outcome (the gateway's metrics)
         self.on_attempt: Callable[[str, str], None] | None = None
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> DeliveryWorker:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
 
     async def run_once(self) -> int:
         """Attempt every delivery due now (up to the batch size); how many were attempted."""
@@ -186,7 +200,7 @@ class DeliveryWorker:
         url = self._store.url_of(claim.endpoint)
         secret_url = is_secret_url(claim.endpoint["kind"], url)
         hidden = _spellings(url) if secret_url else ()
-        await check_target(url, allow_private=self._allow_private, resolve=self._resolve)
+        parse_target(url)  # http(s) with a host; its addresses are vetted as it connects
         content, headers = self._request(claim)
         start = self._clock.monotonic()
         try:

@@ -9,7 +9,7 @@ import logging
 import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -59,22 +59,21 @@ class World:
     engine: AsyncEngine
     clock: FrozenClock
     store: WebhookStore
-    http: httpx.AsyncClient
     org_id: str
+    #: every worker made here, closed when the test ends
+    workers: list[DeliveryWorker] = field(default_factory=list)
 
     def worker(
         self, name: str = "w1", engine: AsyncEngine | None = None, **kwargs: Any
     ) -> DeliveryWorker:
-        return DeliveryWorker(
+        worker = DeliveryWorker(
             engine or self.engine,
             self.clock,
-            self.http,
             BOX,
-            allow_private=True,
-            worker_id=name,
-            rand=lambda: 0.5,
-            **kwargs,
+            **{"allow_private": True, "worker_id": name, "rand": lambda: 0.5, **kwargs},
         )
+        self.workers.append(worker)
+        return worker
 
     async def endpoint(self, url: str, **spec: Any) -> tuple[dict[str, Any], str]:
         return await self.store.create(EndpointSpec(url=url, **spec), self.clock.now())
@@ -104,8 +103,10 @@ async def world(database_url: str) -> AsyncIterator[World]:
     await migrate(engine)
     clock = FrozenClock(datetime.now(UTC).replace(microsecond=0))
     org = await Directory(engine).create_org("acme", clock.now())
-    async with httpx.AsyncClient() as http:
-        yield World(engine, clock, WebhookStore(engine, BOX, allow_private=True), http, org["id"])
+    world = World(engine, clock, WebhookStore(engine, BOX, allow_private=True), org["id"])
+    yield world
+    for worker in world.workers:
+        await worker.aclose()
     await engine.dispose()
 
 
@@ -406,8 +407,9 @@ async def test_slack_url_kept_out_of_transport_errors(world: World) -> None:
     url = f"http://127.0.0.1:9/{SLACK_PATH}"
     endpoint, _ = await world.endpoint(url, kind="slack")
     await world.emit()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
-        worker = DeliveryWorker(world.engine, world.clock, http, BOX, allow_private=True)
+    async with DeliveryWorker(
+        world.engine, world.clock, BOX, allow_private=True, transport=httpx.MockTransport(refuse)
+    ) as worker:
         assert await worker.run_once() == 1
     [delivery] = await list_deliveries(world.engine, endpoint["id"])
     assert delivery["last_error"] == (

@@ -7,7 +7,6 @@ from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import httpx
 import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -210,10 +209,9 @@ async def test_slack_and_pagerduty_trigger_then_resolve_on_reset(
     assert pd["config"] == {"routing_key": "…GKEY"}
     data = {**budget_data(org, "hard", "100"), "scope_type": "org"}
     await emit(engine, "budget.hard_limit_reached", data, now, org)
-    async with httpx.AsyncClient() as http:
-        worker = DeliveryWorker(
-            engine, clock, http, BOX, allow_private=True, console_url="https://spend.example.com"
-        )
+    async with DeliveryWorker(
+        engine, clock, BOX, allow_private=True, console_url="https://spend.example.com"
+    ) as worker:
         assert await worker.run_once() == 2
         [message] = [r.json() for r in slack.received]
         assert "Budget hard limit reached" in message["text"]
