@@ -10,7 +10,7 @@ from fastapi import APIRouter, Depends
 from pydantic import BaseModel
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scoped, Svc, Who, guard, principal
+from spendgate.admin.deps import Scoped, Svc, Who, guard, org_asked, principal
 from spendgate.core.access import Can
 from spendgate.core.budget_windows import window_at
 from spendgate.core.forecast_overrun import outlook_text
@@ -124,7 +124,7 @@ async def get_forecast(
 async def refresh_forecasts(svc: Svc, who: Who, org_id: str | None = None) -> dict[str, Any]:
     """Recompute every budget's forecast now (otherwise done on a schedule); an org
     member's call refreshes their own org's budgets."""
-    org_id = who.org_filter(org_id)
+    org_id = org_asked(who, org_id)
     started, now = svc.clock.monotonic(), svc.clock.now()
     policy = await svc.policies.snapshot(now)
     budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, org_asked, principal
 from spendgate.core.access import (
     FINANCE,
     MEMBER,
@@ -228,7 +228,7 @@ async def remove_membership(
 
 @router.get("/users", response_model=list[s.User], dependencies=guard(Can.DIRECTORY_READ))
 async def list_users(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    users = await svc.directory.list_users(org_id)
+    users = await svc.directory.list_users(org_asked(who, org_id))
     return users if who.is_master else [u for u in users if who.sees(user_owner(u))]
 
 
