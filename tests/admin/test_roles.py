@@ -1083,4 +1083,6 @@ def test_another_orgs_id_is_refused_not_swapped(gateway: RunningGateway) -> None
                     "code": "validation_error",
                     "param": "org_id",
                 }, path
+        refresh = client.post("/admin/forecasts/refresh", json={"org_id": other})
+        assert refresh.status_code == 422 and refresh.json()["error"]["param"] == "org_id"
     assert gw.get("/admin/keys", org_id=other), "the master key still lists any org"
