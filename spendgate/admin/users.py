@@ -148,15 +148,17 @@ async def _change(
     scope: Scoped,
     user: dict[str, Any],
     after: Standing,
+    field: str = "team_ids",
 ) -> dict[str, Any]:
-    """Judge and make a change of ``user``'s standing; audited in the same transaction."""
+    """Judge and make a change of ``user``'s standing; audited in the same transaction.
+    ``field``: where the request named the teams (a refusal names it)."""
     before = standing_of(user)
     for team_id in after.teams.keys() - before.teams.keys():
-        await scope.referenced("team", team_id, "team_ids")
+        await scope.referenced("team", team_id, field)
     _judge(who, user["id"], before, after)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        old, new = await svc.directory.set_standing(user["id"], after, conn)
+        old, new = await svc.directory.set_standing(user["id"], after, conn, field)
         await audit(
             conn,
             request,
@@ -206,7 +208,7 @@ async def set_membership(
     user = await _visible_user(scope, user_id)
     current = standing_of(user)
     after = Standing(current.role, {**current.teams, team_id: body.role})
-    return await _change(svc, request, who, scope, user, after)
+    return await _change(svc, request, who, scope, user, after, "team_id")
 
 
 @router.delete(
