@@ -109,6 +109,16 @@ ADMIN_BODY_LIMIT = 1024 * 1024
 DEMO_ADMIN_EMAIL = "admin@demo.local"
 #: paths the admin API serves; every other path outside /v1 and /metrics is the console's
 ADMIN_PREFIXES = ("/admin", "/docs", "/openapi.json", "/healthz", "/readyz")
+
+
+def web_kind(path: str) -> str:
+    """Which app serves a path outside ``/v1``: ``admin`` (the API, its docs, health) or
+    ``console``; the ``kind`` of its ``request finished`` log line."""
+    return (
+        "admin" if any(path == p or path.startswith(p + "/") for p in ADMIN_PREFIXES) else "console"
+    )
+
+
 HOUSEKEEPING_SECONDS = 5.0
 #: how long shutdown waits for a background task to stop (then to end once cancelled)
 TASK_END_SECONDS = 5.0
@@ -292,7 +302,10 @@ class Gateway:
         #: what serves HTTP outside /v1: the admin API and the console behind CSRF checks and
         #: security headers
         self.web = AdminRequestIds(
-            SecurityHeaders(CsrfGuard(self._admin_http, max_body_bytes=ADMIN_BODY_LIMIT)), new_id
+            SecurityHeaders(CsrfGuard(self._admin_http, max_body_bytes=ADMIN_BODY_LIMIT)),
+            new_id,
+            web_kind,
+            services.clock.monotonic,
         )
         #: the event loop serving this app, set at startup (tests run coroutines on it)
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -388,8 +401,7 @@ class Gateway:
         except PayloadTooLarge as err:
             await send_error(send, err, "openai", "")
             return
-        path: str = scope["path"]
-        if any(path == p or path.startswith(p + "/") for p in ADMIN_PREFIXES):
+        if web_kind(scope["path"]) == "admin":
             await self.admin(scope, receive, send)
         else:
             await self.console(scope, receive, send)

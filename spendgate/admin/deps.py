@@ -155,6 +155,16 @@ def guard(permission: Can) -> list[Any]:
 Who = Annotated[Principal, Depends(acting)]
 
 
+def org_asked(who: Principal, asked: str | None) -> str | None:
+    """The org a list, a statement or an org-wide action is for: as asked with the master
+    key (``None``: every org); for anyone else their own org. Another org's id answers
+    like a missing org — 422 naming ``org_id`` — and is never swapped for the caller's
+    own: an answer about the wrong org would pass for the one asked about."""
+    if asked is not None and not who.is_master and asked != who.org_id:
+        raise ValidationFailed(f"org_id: org {asked} not found", param="org_id")
+    return who.org_filter(asked)
+
+
 async def audit(
     conn: AsyncConnection,
     request: Request,

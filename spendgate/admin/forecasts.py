@@ -4,18 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends
-from pydantic import BaseModel
+from fastapi import APIRouter, Body, Depends, Query
+from pydantic import BaseModel, Field
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scoped, Svc, Who, guard, principal
+from spendgate.admin.deps import Scoped, Svc, Who, guard, org_asked, principal
 from spendgate.core.access import Can
 from spendgate.core.budget_windows import window_at
 from spendgate.core.forecast_overrun import outlook_text
 from spendgate.core.money import format_usd
-from spendgate.errors import NotFound
+from spendgate.errors import NotFound, ValidationFailed
 from spendgate.services import Services
 from spendgate.store.forecasts import (
     crossing_dates,
@@ -30,6 +30,10 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses
 
 #: a stored forecast older than this is recomputed when read
 MAX_AGE = timedelta(hours=1)
+
+
+class RefreshIn(s.Strict):
+    org_id: s.ObjectId | None = Field(None, description="default: every org (master key)")
 
 
 class RefreshOut(BaseModel):
@@ -121,10 +125,18 @@ async def get_forecast(
     tags=["forecasts"],
     dependencies=guard(Can.FORECASTS_REFRESH),
 )
-async def refresh_forecasts(svc: Svc, who: Who, org_id: str | None = None) -> dict[str, Any]:
-    """Recompute every budget's forecast now (otherwise done on a schedule); an org
+async def refresh_forecasts(
+    svc: Svc,
+    who: Who,
+    body: Annotated[RefreshIn | None, Body()] = None,
+    query_org_id: Annotated[str | None, Query(alias="org_id", include_in_schema=False)] = None,
+) -> dict[str, Any]:
+    """Recompute every budget's forecast now (otherwise done on a schedule): of the org
+    in the body (``{"org_id": …}``; the master key without it: every org's); an org
     member's call refreshes their own org's budgets."""
-    org_id = who.org_filter(org_id)
+    if query_org_id is not None:  # read by no route: refused, not ignored (every org's)
+        raise ValidationFailed("org_id: give it in the JSON body", param="org_id")
+    org_id = org_asked(who, None if body is None else body.org_id)
     started, now = svc.clock.monotonic(), svc.clock.now()
     policy = await svc.policies.snapshot(now)
     budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]

@@ -10,7 +10,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
 from spendgate.admin.forecasts import forecasts_for_status
 from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
@@ -172,7 +172,7 @@ async def create_budget(
 async def list_budgets(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await svc.policies.list_budgets(who.org_filter(org_id))
+    rows = await svc.policies.list_budgets(org_asked(who, org_id))
     return [budget_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 

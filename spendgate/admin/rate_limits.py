@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
 from spendgate.admin.policies import scope_owner
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
@@ -82,7 +82,7 @@ async def create_rate_limit(
 async def list_rate_limits(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await svc.policies.list_rate_limits(who.org_filter(org_id))
+    rows = await svc.policies.list_rate_limits(org_asked(who, org_id))
     return [limit_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, org_asked, principal
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.event_data import key_event_data
 from spendgate.errors import ValidationFailed
@@ -156,7 +156,7 @@ async def create_team(
     dependencies=guard(Can.DIRECTORY_READ),
 )
 async def list_teams(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    return _visible(who, await svc.directory.list_teams(org_id), _team_owner)
+    return _visible(who, await svc.directory.list_teams(org_asked(who, org_id)), _team_owner)
 
 
 @router.get(
@@ -211,7 +211,7 @@ async def create_agent(
     dependencies=guard(Can.DIRECTORY_READ),
 )
 async def list_agents(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    return _visible(who, await svc.directory.list_agents(org_id), _owned_by_team)
+    return _visible(who, await svc.directory.list_agents(org_asked(who, org_id)), _owned_by_team)
 
 
 @router.get(
@@ -280,7 +280,8 @@ async def create_key(
 async def list_keys(
     svc: Svc, who: Who, org_id: str | None = None, team_id: str | None = None
 ) -> list[dict[str, Any]]:
-    return _visible(who, await svc.directory.list_keys(org_id, team_id), _owned_by_team)
+    rows = await svc.directory.list_keys(org_asked(who, org_id), team_id)
+    return _visible(who, rows, _owned_by_team)
 
 
 async def _key_in_scope(scope: Scoped, key_id: str) -> Owner:
@@ -408,7 +409,7 @@ async def events(
             param="type",
         )
     await svc.ledger.flush()  # events caused by calls travel with their ledger rows
-    rows = await list_events(svc.engine, type_=type, org_id=who.org_filter(org_id), limit=limit)
+    rows = await list_events(svc.engine, type_=type, org_id=org_asked(who, org_id), limit=limit)
     return [
         {
             "id": r["id"],

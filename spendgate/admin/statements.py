@@ -16,7 +16,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Svc, Who, audit, guard, org_asked, principal
 from spendgate.admin.statement_views import render
 from spendgate.core import chargeback as cb
 from spendgate.core.access import Can, Owner, Principal
@@ -32,7 +32,7 @@ router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses
 
 
 def _org_id(who: Principal, asked: str | None) -> str:
-    org_id = who.org_filter(asked)
+    org_id = org_asked(who, asked)
     if org_id is None:
         raise ValidationFailed("org_id: required with the master key", param="org_id")
     return org_id
@@ -44,15 +44,6 @@ async def _org(svc: Services, who: Principal, asked: str | None) -> dict[str, An
         return await svc.directory.get_org(org_id)
     except NotFound as exc:
         raise ValidationFailed(f"org_id: org {org_id} not found", param="org_id") from exc
-
-
-async def _org_to_change(svc: Services, who: Principal, asked: str | None) -> dict[str, Any]:
-    """The org a write (close, reissue, a rule) is for. Another org's id is refused like a
-    missing one (422 naming ``org_id``), as in every other body, not swapped for the
-    caller's own org: a close meant for one org must not freeze another's month."""
-    if asked is not None and not who.is_master and asked != who.org_id:
-        raise ValidationFailed(f"org_id: org {asked} not found", param="org_id")
-    return await _org(svc, who, asked)
 
 
 def _may_read(who: Principal, org_id: str, team_id: str | None) -> None:
@@ -87,7 +78,7 @@ async def list_statements(
     svc: Svc, who: Who, org_id: str | None = None, month: str | None = None
 ) -> list[dict[str, Any]]:
     """Stored (closed and reissued) statements, newest month first."""
-    rows = await store.list_statements(svc.engine, who.org_filter(org_id), month, who.team_filter())
+    rows = await store.list_statements(svc.engine, org_asked(who, org_id), month, who.team_filter())
     return [_ref(r) for r in rows]
 
 
@@ -150,7 +141,7 @@ def _issued(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 async def _issue(
     svc: Services, request: Request, who: Principal, month: str, body: MonthIn, reissue: bool
 ) -> dict[str, Any]:
-    org = await _org_to_change(svc, who, body.org_id)
+    org = await _org(svc, who, body.org_id)
     await svc.ledger.flush()
     now = svc.clock.now()
     step = store.reissue if reissue else store.close
@@ -240,7 +231,7 @@ async def _check_shares(svc: Services, org_id: str, body: RuleIn) -> None:
 async def list_rules(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
     t = allocation_rules
     query = sa.select(t).order_by(t.c.org_id, t.c.position, t.c.id)
-    if (org := who.org_filter(org_id)) is not None:
+    if (org := org_asked(who, org_id)) is not None:
         query = query.where(t.c.org_id == org)
     async with svc.engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(query)]
@@ -254,7 +245,7 @@ async def list_rules(svc: Svc, who: Who, org_id: str | None = None) -> list[dict
     dependencies=guard(Can.ALLOCATIONS_WRITE),
 )
 async def create_rule(body: RuleIn, svc: Svc, request: Request, who: Who) -> dict[str, Any]:
-    org = await _org_to_change(svc, who, body.org_id)
+    org = await _org(svc, who, body.org_id)
     await _check_shares(svc, org["id"], body)
     now = svc.clock.now()
     rule = {"id": new_id("alr"), "org_id": org["id"], "tag": body.tag, "method": body.method,

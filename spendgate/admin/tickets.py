@@ -20,7 +20,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field, StringConstraints
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
 from spendgate.admin.wallets import wallet_out
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
@@ -149,7 +149,7 @@ async def list_tickets(
     asked (key, team), how much, the wallet's state and the key's recent spend."""
     rows = await store.list_tickets(
         svc.engine,
-        org_id=who.org_filter(org_id),
+        org_id=org_asked(who, org_id),
         status=None if status == "all" else status,
         wallet_id=wallet_id,
         limit=limit,

@@ -22,7 +22,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel, Field
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Svc, Who, audit, guard, org_asked, principal
 from spendgate.core import showback as sb
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.budget_windows import validate_timezone, validate_week_start
@@ -170,7 +170,7 @@ async def usage(
 ) -> Any:
     """Spend grouped by any dimensions and one time grain, from the rollups."""
     dims = parse_group_by(group_by)
-    org_id = who.org_filter(org_id)
+    org_id = org_asked(who, org_id)
     zone_default, week_default = await org_reporting(svc, org_id)
     tz = parse_zone(timezone, "timezone", zone_default)
     try:

@@ -23,7 +23,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Scoped, Svc, Who, audit, guard, org_asked, principal
 from spendgate.core.access import (
     FINANCE,
     MEMBER,
@@ -148,15 +148,17 @@ async def _change(
     scope: Scoped,
     user: dict[str, Any],
     after: Standing,
+    field: str = "team_ids",
 ) -> dict[str, Any]:
-    """Judge and make a change of ``user``'s standing; audited in the same transaction."""
+    """Judge and make a change of ``user``'s standing; audited in the same transaction.
+    ``field``: where the request named the teams (a refusal names it)."""
     before = standing_of(user)
     for team_id in after.teams.keys() - before.teams.keys():
-        await scope.referenced("team", team_id, "team_ids")
+        await scope.referenced("team", team_id, field)
     _judge(who, user["id"], before, after)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        old, new = await svc.directory.set_standing(user["id"], after, conn)
+        old, new = await svc.directory.set_standing(user["id"], after, conn, field)
         await audit(
             conn,
             request,
@@ -206,7 +208,7 @@ async def set_membership(
     user = await _visible_user(scope, user_id)
     current = standing_of(user)
     after = Standing(current.role, {**current.teams, team_id: body.role})
-    return await _change(svc, request, who, scope, user, after)
+    return await _change(svc, request, who, scope, user, after, "team_id")
 
 
 @router.delete(
@@ -228,7 +230,7 @@ async def remove_membership(
 
 @router.get("/users", response_model=list[s.User], dependencies=guard(Can.DIRECTORY_READ))
 async def list_users(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    users = await svc.directory.list_users(org_id)
+    users = await svc.directory.list_users(org_asked(who, org_id))
     return users if who.is_master else [u for u in users if who.sees(user_owner(u))]
 
 

@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
-from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principal
+from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
 from spendgate.admin.policies import scope_name, scope_owner
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
@@ -186,7 +186,7 @@ async def list_wallets(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Open and closed wallets (``status``), oldest first."""
-    rows = await svc.policies.list_wallets(who.org_filter(org_id))
+    rows = await svc.policies.list_wallets(org_asked(who, org_id))
     return [await wallet_out(svc, r) for r in await scope.filter(rows, scope.of_policy)]
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -41,8 +42,10 @@ def client(url: str, timeout: float | None = 60) -> httpx.Client:
     return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=timeout)
 
 
-def fail(response: httpx.Response) -> None:
-    """Exit 1 with the API's own error message if the answer is an error."""
+def fail(response: httpx.Response, options: Mapping[str, str] | None = None) -> None:
+    """Exit 1 with the API's own error message if the answer is an error; ``options``
+    maps API fields to the command's options named for them (``start`` → ``--from``),
+    so the message names what the user typed."""
     if response.status_code < 400:
         return
     response.read()
@@ -50,19 +53,24 @@ def fail(response: httpx.Response) -> None:
         message = response.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = response.text
+    for field, option in (options or {}).items():
+        message = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", option, message)
     err_console.print(f"[red]error {response.status_code}:[/] {message}")
     raise typer.Exit(1)
 
 
-def call(url: str, method: str, path: str, **kwargs: Any) -> Any:
-    """One admin API call: its JSON (or text; None for an empty answer), or exit."""
+def call(
+    url: str, method: str, path: str, *, options: Mapping[str, str] | None = None, **kwargs: Any
+) -> Any:
+    """One admin API call: its JSON (or text; None for an empty answer), or exit (with
+    errors naming ``options`` instead of the API's fields, see :func:`fail`)."""
     try:
         with client(url) as http:
             response = http.request(method, path, **kwargs)
     except httpx.HTTPError as exc:
         err_console.print(f"[red]cannot reach spendgate at {url}:[/] {exc}")
         raise typer.Exit(1) from exc
-    fail(response)
+    fail(response, options)
     if response.status_code == 204 or not response.content:
         return None
     if "json" in response.headers.get("content-type", ""):

@@ -100,7 +100,11 @@ def rebuild(
 ) -> None:
     """Recompute rollups from the ledger and report any difference (exit 1 if any)."""
     report = call(
-        url, "POST", "/admin/usage/rebuild", json={"start": from_, "end": to, "dry_run": dry_run}
+        url,
+        "POST",
+        "/admin/usage/rebuild",
+        json={"start": from_, "end": to, "dry_run": dry_run},
+        options={"start": "--from", "end": "--to"},
     )
     if as_json:
         show(report, True, [])

@@ -446,7 +446,7 @@ class FailoverGuard:
         now = self._clock.monotonic()
         return {
             "redis": "ok" if self.breaker.up else "unreachable",
-            "redis_failure_mode": f"fail-{self.mode}",
+            "redis_failure_mode": self.mode,  # the config's own word: closed | open
             "redis_down_seconds": round(now - since, 3) if since is not None else 0.0,
             "redis_local_admissions": outage.admitted if outage is not None else 0,
             "redis_buckets_behind": len(

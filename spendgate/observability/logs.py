@@ -143,12 +143,21 @@ def console_line(message: str, fmt: LogFormat, *, logger: str = "spendgate") -> 
 class AdminRequestIds:
     """ASGI wrapper of the admin app: the request id is the caller's ``X-Request-Id`` (1-100
     of ``A-Z a-z 0-9 _ . : / + = -``) or a new one, for every log line and audit entry of
-    the request; at
-    DEBUG each request ends with a ``request finished`` line."""
+    the request; at DEBUG each request ends with a ``request finished`` line with the
+    proxy's fields: ``kind`` (``kind_of(path)``: ``admin`` or ``console``), ``status``,
+    ``outcome`` (``ok``, or the error's ``code``) and ``duration_ms``."""
 
-    def __init__(self, app: Any, new_id: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        app: Any,
+        new_id: Callable[[str], str],
+        kind_of: Callable[[str], str],
+        monotonic: Callable[[], float],
+    ) -> None:
         self._app = app
         self._new_id = new_id
+        self._kind_of = kind_of
+        self._monotonic = monotonic
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         given = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
@@ -160,23 +169,41 @@ class AdminRequestIds:
             finally:
                 REQUEST_ID.reset(token)
             return
-        status = [500]
+        status, outcome = [500], ["internal_error"]
 
         async def noting(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                outcome[0] = "ok" if status[0] < 400 else "error"
+            elif message["type"] == "http.response.body" and outcome[0] == "error":
+                outcome[0] = _error_code(message.get("body", b""))
             await send(message)
 
+        started = self._monotonic()
         try:
             await self._app(scope, receive, noting)
         finally:
+            path = str(scope.get("path"))
             _access.debug(
                 "request finished",
                 extra={
                     "request_id": request_id,
                     "method": scope.get("method"),
-                    "path": scope.get("path"),
+                    "path": path,
+                    "kind": self._kind_of(path),
                     "status": status[0],
+                    "outcome": outcome[0],
+                    "duration_ms": round((self._monotonic() - started) * 1000, 3),
                 },
             )
             REQUEST_ID.reset(token)
+
+
+def _error_code(body: bytes) -> str:
+    """The ``error.code`` of an error answer in the admin API's format; ``error`` for any
+    other (a console page, an unreadable body)."""
+    try:
+        code = orjson.loads(body)["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "error"
+    return code if isinstance(code, str) else "error"

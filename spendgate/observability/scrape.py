@@ -71,7 +71,7 @@ def redis_gauges(status: Mapping[str, Any]) -> Gauges:
         ("spendgate_redis_up", "1 while Redis is in use, 0 while it is unreachable",
          float(status["redis"] == "ok")),
         ("spendgate_redis_fail_open", "1 in fail-open mode, 0 in fail-closed mode",
-         float(status["redis_failure_mode"] == "fail-open")),
+         float(status["redis_failure_mode"] == "open")),
         ("spendgate_redis_down_seconds", "How long Redis has been unreachable (0: it is not)",
          float(status["redis_down_seconds"])),
         ("spendgate_redis_local_admissions", "Calls admitted on local counters in this outage",

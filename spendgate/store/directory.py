@@ -275,14 +275,18 @@ class Directory:
         return await self._with_teams(await self._list(schema.users, org_id=org_id))
 
     async def set_standing(
-        self, user_id: str, standing: Standing, conn: AsyncConnection
+        self, user_id: str, standing: Standing, conn: AsyncConnection, field: str = "team_ids"
     ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Give a user this org role and these memberships (teams of their org only).
-        Returns (before, after)."""
+        """Give a user this org role and these memberships (teams of their org only; a
+        refusal names ``field``, where the request named the teams). Returns (before,
+        after)."""
         before = await self.get_user(user_id, conn)
         for team_id in standing.teams:
-            if await self._org_of(before["org_id"], team_id, conn) != before["org_id"]:
-                raise ValidationFailed("team_ids: team belongs to another org", param="team_ids")
+            team = await self._require(schema.teams, team_id, field, conn)
+            if team["org_id"] != before["org_id"]:
+                raise ValidationFailed(
+                    f"{field}: team {team_id} belongs to another org", param=field
+                )
         await conn.execute(
             schema.users.update().where(schema.users.c.id == user_id).values(role=standing.role)
         )

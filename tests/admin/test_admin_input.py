@@ -254,3 +254,23 @@ def test_an_unknown_event_type_is_422_not_an_empty_list(gateway: RunningGateway)
         assert error["param"] == "type"
         assert error["message"].startswith(f"type: unknown event type {asked!r}: a type (")
         assert "budget.threshold_crossed" in error["message"]
+
+
+def test_a_bad_team_names_the_field_it_was_sent_in(gateway: RunningGateway) -> None:
+    """``PUT /admin/users/{id}/memberships/{team_id}`` with a team that does not exist,
+    or one of another org, is 422 naming ``team_id`` (the path's field), not
+    ``team_ids``, a field of another route; ``PATCH`` with ``team_ids`` still names
+    ``team_ids``."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "teams-field"})["id"]
+    elsewhere = gw.post("/admin/orgs", {"name": "teams-field-2"})["id"]
+    foreign = gw.post("/admin/teams", {"org_id": elsewhere, "name": "t"})["id"]
+    user = gw.post("/admin/users", {"email": "tf@example.com", "role": "finance", "org_id": org})
+    for team, said in (("team_missing", "does not exist"), (foreign, "another org")):
+        put = gw.admin.put(f"/admin/users/{user['id']}/memberships/{team}", json={"role": "viewer"})
+        assert put.status_code == 422, put.text
+        assert put.json()["error"]["param"] == "team_id", put.text
+        assert said in put.json()["error"]["message"]
+        patch = gw.admin.patch(f"/admin/users/{user['id']}", json={"team_ids": [team]})
+        assert patch.status_code == 422, patch.text
+        assert patch.json()["error"]["param"] == "team_ids", patch.text

@@ -114,3 +114,24 @@ def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningG
         assert data["outlook"] == forecast["outlook"] and data["confidence"] == "low"
     finally:
         handle.stop()
+
+
+def test_refresh_takes_the_org_from_the_body(gateway: RunningGateway) -> None:
+    """``{"org_id": …}`` in the body refreshes that org's budgets only; it used to be
+    ignored, so the master key refreshed every org. A field the route does not read, or
+    ``org_id`` in the query string, is 422, not ignored."""
+    orgs = [gateway.post("/admin/orgs", {"name": f"refresh-{n}"})["id"] for n in range(2)]
+    for org in orgs:
+        key = gateway.create_key(org_id=org)
+        gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="10")
+    assert gateway.post("/admin/forecasts/refresh", {}, status=200)["refreshed"] == 2
+    one = gateway.post("/admin/forecasts/refresh", {"org_id": orgs[0]}, status=200)
+    assert one["refreshed"] == 1
+    no_body = gateway.admin.post("/admin/forecasts/refresh")
+    assert no_body.status_code == 200 and no_body.json()["refreshed"] == 2
+    for response in (
+        gateway.admin.post("/admin/forecasts/refresh", json={"org": orgs[0]}),
+        gateway.admin.post("/admin/forecasts/refresh", params={"org_id": orgs[0]}),
+    ):
+        assert response.status_code == 422, response.text
+    assert response.json()["error"]["param"] == "org_id"

@@ -376,6 +376,8 @@ RULES: dict[tuple[str, str], Rule] = {
         lambda c, x: Call(
             "GET", "/admin/statements/2026-02", params={"org_id": x.org_id, "team_id": x.team_id}
         ),
+        other=422,  # another org's id is refused, not swapped for the own
+        same_org=404,  # a team of the own org the caller does not reach
     ),
     ("POST", "/admin/statements/{month}/close"): Rule(
         frozenset({OA, FIN}),
@@ -1044,3 +1046,43 @@ def test_tokens_never_outrank_or_outlive_their_creator(gateway: RunningGateway) 
     gw.post(f"/admin/tokens/{parent['id']}/revoke", {}, status=200)
     assert httpx.get(f"{gw.url}/admin/keys", headers=as_child).status_code == 401
     assert gw.get(f"/admin/tokens/{child['id']}")["status"] == "revoked"
+
+
+def test_another_orgs_id_is_refused_not_swapped(gateway: RunningGateway) -> None:
+    """Every admin GET that takes ``org_id`` answers an org admin who names another org
+    (or one that does not exist) as it answers for a missing org — 422 naming
+    ``org_id`` — instead of quietly answering about the caller's own org (or, for the
+    directory lists, with an empty list). Found from the OpenAPI document, so a new list
+    route is checked too."""
+    gw = gateway
+    own = gw.post("/admin/orgs", {"name": "own-lists"})["id"]
+    other = gw.post("/admin/orgs", {"name": "other-lists"})["id"]
+    gw.create_key(org_id=own)
+    gw.create_key(org_id=other)
+    admin = gw.post("/admin/users", {"email": "oa@lists.example", "role": OA, "org_id": own})
+    token = gw.post("/admin/tokens", {"user_id": admin["id"], "name": "oa"})["token"]
+    spec = gw.get("/openapi.json")
+    paths = sorted(
+        path.replace("{month}", "2026-02")
+        for path, ops in spec["paths"].items()
+        if path.startswith("/admin")
+        and any(
+            p["name"] == "org_id" and p["in"] == "query"
+            for p in ops.get("get", {}).get("parameters", [])
+        )
+    )
+    assert len(paths) >= 15, paths
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {token}"}) as client:
+        for path in paths:
+            assert client.get(path, params={"org_id": own}).status_code == 200, path
+            for asked in (other, "org_missing"):
+                refused = client.get(path, params={"org_id": asked})
+                assert refused.status_code == 422, (path, refused.text)
+                assert refused.json()["error"] == {
+                    "message": f"org_id: org {asked} not found",
+                    "code": "validation_error",
+                    "param": "org_id",
+                }, path
+        refresh = client.post("/admin/forecasts/refresh", json={"org_id": other})
+        assert refresh.status_code == 422 and refresh.json()["error"]["param"] == "org_id"
+    assert gw.get("/admin/keys", org_id=other), "the master key still lists any org"

@@ -54,3 +54,21 @@ def test_cli_usage_rebuild_and_statements(gateway: RunningGateway, tmp_path: Pat
     files = sorted(p.name for p in out.iterdir())
     assert files == sorted([f"statement-2026-02-{team['id']}.html", "statement-2026-02-org.html"])
     assert "2 statements written" in result.output
+
+
+def test_cli_usage_rebuild_errors_name_its_options(gateway: RunningGateway) -> None:
+    """A bad ``--from``/``--to`` is reported under those names, not as the API's
+    ``start``/``end``, which the user never typed."""
+    env = {"SPENDGATE_MASTER_KEY": MASTER_KEY}
+    for args, said in (
+        (["--from", "2026-02-01T00:05:00Z", "--to", "2026-03-01T00:00:00Z"],
+         "--from: must fall on a quarter hour"),
+        (["--from", "2026-02-01T00:00:00Z", "--to", "2026-02-01T00:00:00Z"],
+         "--to: must be after --from"),
+        (["--from", "yesterday", "--to", "2026-02-01T00:00:00Z"],
+         "--from: not an ISO 8601 date-time"),
+    ):  # fmt: skip
+        result = CliRunner().invoke(cli, ["usage", "rebuild", *args, "--url", gateway.url], env=env)
+        assert result.exit_code == 1, result.output
+        assert said in " ".join(result.output.split()), result.output
+        assert "start" not in result.output and "end:" not in result.output

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from spendgate.app import create_app
+from spendgate.errors import ConfigError
 from spendgate.settings import load_settings, unknown_config_keys
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -112,6 +113,13 @@ def test_compose_environment_is_what_spendgate_reads(compose: dict[str, Any]) ->
     [config] = compose["services"]["gateway-1"]["configs"]
     assert config["target"] == env["SPENDGATE_CONFIG"]
     assert compose["configs"][config["source"]]["file"] == "./spendgate.toml"
+    for variable in provider_key_variables(config_text):
+        # optional for Compose (no ":?"): a provider dropped from the config needs no key
+        assert env[variable] == f"${{{variable}:-}}", variable
+        # kept in the config but not set: spendgate itself refuses to start, naming it
+        others = {k: "x" for k in provider_key_variables(config_text) - {variable}}
+        with pytest.raises(ConfigError, match=variable):
+            load_settings(config_path=str(DEPLOY / "spendgate.toml"), env=others)
     dummy = {k: "x" for k in provider_key_variables(config_text)}
     settings = load_settings(config_path=str(DEPLOY / "spendgate.toml"), env=dummy)
     assert unknown_config_keys(str(DEPLOY / "spendgate.toml")) == []
@@ -209,6 +217,9 @@ def test_the_configmap_toml_loads(manifests: dict[str, dict[str, Any]], tmp_path
     )
     assert unknown_config_keys(str(path)) == []
     assert settings.spool_dir == SPOOL and set(settings.models) >= {"gpt-4o-mini"}
+    # behind an Ingress every client has its address: a per-address lock-out would be
+    # global (as behind HAProxy in Compose)
+    assert settings.auth_failures_per_minute == 0
 
 
 @pytest.fixture

@@ -124,11 +124,14 @@ def test_a_served_gateway_writes_only_json_lines_with_request_ids(
 ) -> None:
     """Every stderr line of a real ``spendgate serve`` parses as a JSON object with the fixed
     fields; a served call, a refused call and an admin call each have a line carrying their
-    request id; neither the master key nor the key made over the admin API is in any line."""
+    request id (an admin call's ``request finished`` with kind, outcome and duration_ms);
+    neither the master key nor the key made over the admin API is in any line."""
     url, proc = served_json
     admin = httpx.Client(base_url=url, headers={"authorization": f"Bearer {MASTER}"})
     org = admin.post("/admin/orgs", json={"name": "logs"}, headers={"x-request-id": "req-admin-1"})
     assert org.status_code == 201
+    bad = admin.post("/admin/orgs", json={}, headers={"x-request-id": "req-admin-2"})
+    assert bad.status_code == 422
     made = admin.post("/admin/keys", json={"name": "k", "org_id": org.json()["id"]}).json()
     client = openai.OpenAI(base_url=url + "/v1", api_key=made["key"], max_retries=0)
     raw = client.chat.completions.with_raw_response.create(model="demo-small", messages=MSG)
@@ -151,6 +154,11 @@ def test_a_served_gateway_writes_only_json_lines_with_request_ids(
     assert by_request[served_id]["status"] == 200 and by_request[served_id]["outcome"] == "ok"
     assert by_request[refused_id]["outcome"] == "invalid_api_key"
     assert by_request["req-admin-1"]["path"] == "/admin/orgs"
+    # the admin API's line has the fields the README lists, as the proxy's has
+    finished = {k: by_request["req-admin-1"][k] for k in ("kind", "status", "outcome")}
+    assert finished == {"kind": "admin", "status": 201, "outcome": "ok"}
+    assert by_request["req-admin-2"]["outcome"] == "validation_error"
+    assert all(by_request[r]["duration_ms"] >= 0 for r in ("req-admin-1", "req-admin-2"))
     assert any(line["message"] == "Application shutdown complete." for line in lines)
     text = err.decode()
     assert MASTER not in text and made["key"] not in text

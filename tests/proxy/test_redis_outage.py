@@ -165,7 +165,7 @@ def test_fail_closed_refuses_in_the_routes_format_and_resumes_without_a_restart(
 
             ready = httpx.get(gw.url + "/readyz").json()
             assert ready["status"] == "degraded" and ready["redis"] == "unreachable"
-            assert ready["redis_failure_mode"] == "fail-closed"
+            assert ready["redis_failure_mode"] == "closed"  # the config's word, not "fail-closed"
             metrics = httpx.get(gw.url + "/metrics").text
             assert "spendgate_redis_up 0.0" in metrics
             assert "spendgate_redis_fail_open 0.0" in metrics
@@ -221,7 +221,8 @@ def test_fail_open_stays_within_each_replicas_share_and_counters_equal_the_ledge
             assert set(statuses) == {200, 429}, statuses
             assert statuses[-4:] == [429] * 4  # both shares used up
             ready = a.get("/readyz")
-            assert ready["redis"] == "unreachable" and ready["redis_failure_mode"] == "fail-open"
+            assert ready["redis"] == "unreachable" and ready["redis_failure_mode"] == "open"
+            assert "spendgate_redis_fail_open 1.0" in httpx.get(a.url + "/metrics").text
             assert ready["redis_local_admissions"] == len(served[0])
 
             spend = ledger_spend(started, key["id"])
