@@ -22,10 +22,10 @@ against, so the worst case has to bound what the provider will bill:
     provider generates and bills ``best_of`` answers and returns ``n``); one for
     Responses and Anthropic, which have no such field.
 * **cache writes**: an Anthropic Messages request that marks ``cache_control`` may have
-  its whole prompt written to the cache, which bills each token above the input price
-  (1.25× for the 5-minute cache, 2× for the 1-hour one). Such a request's worst case
-  counts every prompt token as a 1-hour cache write, priced as the provider bills it
-  (at the input price where the model has no cache-write price).
+  its whole prompt written to the cache, which Anthropic bills above the input price
+  (1.25× for the 5-minute cache, 2× for the 1-hour one). Such a request also gets a
+  ``cached`` worst case, every prompt token a 1-hour cache write, and is held at the
+  dearer of the two prices (some models price cache writes below their input).
 * **embeddings**: input only.
 * at most ``MAX_TOKENS_PER_CALL`` output tokens, the most any call is recorded with.
 
@@ -69,6 +69,10 @@ class WorstCase(Value, frozen=True):
 
     usage: TokenUsage
     send_cap: tuple[str, int] | None = None
+    #: the same call with its whole prompt written to the 1-hour cache (a request that
+    #: asks for caching): the hold is the dearer of the two, since a model may price
+    #: cache writes above its input (Anthropic: 1.25x, 2x) or below it
+    cached: TokenUsage | None = None
 
 
 def _whole(payload: Mapping[str, Any], field: str, low: int, high: int | None) -> int | None:
@@ -130,11 +134,34 @@ def worst_case(
     # no call is ever recorded above MAX_TOKENS_PER_CALL (``usage.plausible``), so no
     # worst case needs to be: it keeps every hold far inside the counters' exact range
     output = min(cap * answers(payload, kind), MAX_TOKENS_PER_CALL)
-    written = prompt if cache_writes and kind == "message" else 0
-    usage = TokenUsage(
-        input_tokens=prompt,
-        output_tokens=output,
-        cache_write_tokens=written,
-        cache_write_1h_tokens=written,
-    )
-    return WorstCase(usage, send)
+    usage = TokenUsage(input_tokens=prompt, output_tokens=output)
+    cached = None
+    if cache_writes and kind == "message":
+        cached = TokenUsage(
+            input_tokens=prompt,
+            output_tokens=output,
+            cache_write_tokens=prompt,
+            cache_write_1h_tokens=prompt,
+        )
+    return WorstCase(usage, send, cached)
+
+
+def marks_cache(payload: Any, body: bytes) -> bool:
+    """Whether a request asks for prompt caching: ``cache_control`` anywhere in it
+    (top level, ``system``, a message's content block, a tool). The raw bytes answer
+    at once; only a body with ``\\u`` escapes, which can spell the key another way,
+    is walked. A mention inside text also counts: it can only make a worst case dearer."""
+    if b'"cache_control"' in body:
+        return True
+    if b"\\u" not in body:
+        return False
+    pending = [payload]
+    while pending:
+        node = pending.pop()
+        if isinstance(node, dict):
+            if "cache_control" in node:
+                return True
+            pending.extend(node.values())
+        elif isinstance(node, list):
+            pending.extend(node)
+    return False

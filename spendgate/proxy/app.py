@@ -24,7 +24,7 @@ from spendgate.core.money import format_usd
 from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
-from spendgate.core.worst_case import BadField, WorstCase, worst_case
+from spendgate.core.worst_case import BadField, WorstCase, marks_cache, worst_case
 from spendgate.counters import PolicyStale
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
@@ -300,8 +300,7 @@ class ProxyApp:
                 size,
                 route.default_max_tokens,
                 route.provider.kind,
-                # a mention anywhere (even in text) only makes the worst case dearer
-                cache_writes=b'"cache_control"' in body,
+                cache_writes=marks_cache(payload, body),
             )
         except BadField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc
@@ -325,6 +324,9 @@ class ProxyApp:
         refuses the call; observation-only budgets and other limits let it through."""
         worst_usage = call.worst.usage
         worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos
+        if call.worst.cached is not None and worst is not None:  # the dearer of the two
+            cached = self._prices.price(call.route.price, call.worst.cached, call.started_at)
+            worst = None if cached.cost_nanos is None else max(worst, cached.cost_nanos)
         policies = await self._enforcer.policies()
         return await self._guard.admit(
             call.request_id, call.subject(), worst_usage.total_tokens, worst, policies

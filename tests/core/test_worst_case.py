@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 
 from spendgate.core.usage import TokenUsage
-from spendgate.core.worst_case import BadField, worst_case
+from spendgate.core.worst_case import BadField, marks_cache, worst_case
 
 BYTES = 400  # a 400-byte body: at most 100 prompt tokens
 DEFAULT = 4096
@@ -88,12 +89,28 @@ def test_an_absurd_cap_is_bounded_by_the_most_a_call_is_recorded_with() -> None:
 
 def test_a_prompt_marked_for_caching_counts_as_one_hour_cache_writes() -> None:
     """Only the Anthropic Messages API bills cache writes; there the whole prompt may be
-    written to the 1-hour cache, so the worst case counts it so."""
+    written to the 1-hour cache: a second worst case counts it so, beside the plain one."""
     fields = {"model": "m", "max_tokens": 10}
     marked = worst_case(fields, "message", BYTES, DEFAULT, "anthropic", cache_writes=True)
-    assert marked.usage.cache_write_tokens == marked.usage.cache_write_1h_tokens == BYTES // 4
-    assert marked.usage.input_tokens == BYTES // 4 and marked.usage.output_tokens == 10
+    assert marked.usage == TokenUsage(input_tokens=BYTES // 4, output_tokens=10)
+    assert marked.cached is not None
+    assert marked.cached.cache_write_tokens == marked.cached.cache_write_1h_tokens == BYTES // 4
+    assert marked.cached.input_tokens == BYTES // 4 and marked.cached.output_tokens == 10
     chat = worst_case(fields, "chat", BYTES, DEFAULT, "openai", cache_writes=True)
-    assert chat.usage.cache_write_tokens == chat.usage.cache_write_1h_tokens == 0
-    plain = worst_case(fields, "message", BYTES, DEFAULT, "anthropic")
-    assert plain.usage.cache_write_tokens == 0
+    assert chat.cached is None
+    assert worst_case(fields, "message", BYTES, DEFAULT, "anthropic").cached is None
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (b'{"system": [{"cache_control": {}}]}', True),
+        (b'{"messages": [{"content": [{"cache\\u005fcontrol": {}}]}]}', True),
+        (b'{"messages": [{"content": "caf\\u00e9"}]}', False),
+        (b'{"messages": [{"content": "plain"}]}', False),
+    ],
+)
+def test_marks_cache_reads_the_parsed_request_when_the_bytes_may_hide_the_key(
+    body: bytes, expected: bool
+) -> None:
+    assert marks_cache(orjson.loads(body), body) is expected
