@@ -20,6 +20,7 @@ refused.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import typing
 
@@ -55,7 +56,14 @@ class VettingBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: typing.Iterable[SocketOption] | None = None,
     ) -> httpcore.AsyncNetworkStream:
-        addresses = await vet(host, port, allow_private=self._allow_private, resolve=self._resolve)
+        # the lookup counts against the connect timeout: a slow resolver cannot stall a worker
+        try:
+            addresses = await asyncio.wait_for(
+                vet(host, port, allow_private=self._allow_private, resolve=self._resolve),
+                timeout,
+            )
+        except TimeoutError as exc:
+            raise httpcore.ConnectTimeout(f"looking up {host} took over {timeout} s") from exc
         options = list(socket_options or ())
         failure: httpcore.ConnectError | None = None
         for address in addresses:

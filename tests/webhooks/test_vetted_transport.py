@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from spendgate.testing.webhook_receiver import Receiver
 from spendgate.webhooks.store import EndpointSpec, WebhookStore, list_deliveries
-from spendgate.webhooks.vetted_transport import VettedTransport
+from spendgate.webhooks.vetted_transport import VettedTransport, VettingBackend
 from tests.webhooks.test_webhooks_delivery import BOX, SLACK_PATH, SOFT, World, serve, world
 
 __all__ = ["serve", "world"]  # fixtures shared with the delivery tests
@@ -280,3 +280,17 @@ async def test_https_is_verified_against_the_name_not_the_address(
     assert tls.server_names == ["hooks.test"] and len(tls.bodies) == 1
     assert (await delivery(world, good))["status"] == "succeeded"
     assert "certificate" in (await delivery(world, bad))["last_error"].lower()
+
+
+async def test_a_resolver_that_hangs_is_cut_off_by_the_connect_timeout(database_url: str) -> None:
+    """The lookup is part of connecting: a resolver that never answers ends the attempt at
+    the connect timeout (a ConnectTimeout the worker logs and retries), not never."""
+
+    async def hang(host: str, port: int) -> list[str]:
+        await asyncio.sleep(3600)
+        return []
+
+    backend = VettingBackend(allow_private=True, resolve=hang)
+    with pytest.raises(httpcore.ConnectTimeout):
+        # the outer bound only keeps a regression from hanging the suite
+        await asyncio.wait_for(backend.connect_tcp("hooks.test", 443, timeout=0.05), 30)
