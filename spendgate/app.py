@@ -50,7 +50,7 @@ from spendgate.admin.webhooks import install as install_webhooks
 from spendgate.console.app import build_console
 from spendgate.core.clock import Clock, SystemClock
 from spendgate.core.event_data import key_event_data
-from spendgate.core.pricing import PriceTable
+from spendgate.core.pricing import PriceTable, unpriced_key
 from spendgate.core.showback import months_before
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 from spendgate.counters import Counters
@@ -324,10 +324,9 @@ class Gateway:
         )
 
     def _unpriced(self, call: Call, usage: TokenUsage) -> None:
-        day = call.started_at.date().isoformat()
         self.services.events.emit_once(
             "price.unknown",
-            f"price.unknown:{call.key.org_id}:{call.route.name}:{day}",
+            unpriced_key(call.key.org_id, call.route.name, call.started_at),
             {
                 "model": call.route.name,
                 "provider": call.route.provider.name,

@@ -57,7 +57,7 @@ from spendgate.core.money import NANOS_PER_USD, usd_to_nanos
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 
-__all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced", "unpriced_refusal"]
+__all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced", "unpriced_key", "unpriced_refusal"]
 
 #: genai-prices usage keys we can report, in the order of the ``_Counts`` tuple.
 _REPORTED = (
@@ -122,6 +122,13 @@ class Priced(Value, frozen=True):
 
 
 _UNKNOWN = Priced(None, "unknown")
+
+
+def unpriced_key(org_id: str, model: str, at: datetime, *, refused: bool = False) -> str:
+    """The dedup key of a ``price.unknown`` event: one a day per org and model, for calls
+    served at an unknown price and, apart, for calls refused for it."""
+    key = f"price.unknown:{org_id}:{model}:{at.date().isoformat()}"
+    return key + ":refused" if refused else key
 
 
 def unpriced_refusal(model: str, limit: str) -> str:

@@ -37,7 +37,7 @@ from spendgate.core.budget_windows import Period, Window, window_at
 from spendgate.core.clock import Clock
 from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd
-from spendgate.core.pricing import unpriced_refusal
+from spendgate.core.pricing import unpriced_key, unpriced_refusal
 from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
 from spendgate.errors import BudgetExceeded, InsufficientFunds
@@ -560,14 +560,8 @@ class Enforcer:
         else:
             assert wallet is not None
             data["wallet_id"] = wallet.grant_of or wallet.id
-        day = now.date().isoformat()
-        self._emit(
-            "price.unknown",
-            f"price.unknown:{subject.org_id}:{model}:{day}:refused",
-            data,
-            now,
-            subject.org_id,
-        )
+        key = unpriced_key(subject.org_id, model, now, refused=True)
+        self._emit("price.unknown", key, data, now, subject.org_id)
         if capped is not None:
             b = capped.budget
             raise BudgetExceeded(

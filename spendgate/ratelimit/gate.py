@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
-from spendgate.core.pricing import unpriced_refusal
+from spendgate.core.pricing import unpriced_key, unpriced_refusal
 from spendgate.core.rate_rules import (
     CheckTemplate,
     RateLimit,
@@ -229,10 +229,8 @@ class RateGate:
         if row is None:
             return 0
         data = {"model": model, "key_id": key_id, "limit_id": row.id, "refused": True}
-        day = now.date().isoformat()
-        self._emit(
-            "price.unknown", f"price.unknown:{org_id}:{model}:{day}:refused", data, now, org_id
-        )
+        key = unpriced_key(org_id, model, now, refused=True)
+        self._emit("price.unknown", key, data, now, org_id)
         limit = (
             f"rate limit {row.id} ({row.scope_type} {row.scope_id}, model {row.model!r}, "
             f"${format_usd(row.max_spend_nanos or 0)} per "
