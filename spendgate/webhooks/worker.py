@@ -79,6 +79,7 @@ class DeliveryWorker:
         self._store = WebhookStore(engine, box)
         self._console_url = console_url
         self.worker_id = worker_id or default_worker_id()
+        self._round = asyncio.Lock()
         self._batch_size = batch_size
         self._timeout = timeout_seconds
         #: a lease outlives the longest attempt, so no delivery is ever sent twice at once
@@ -100,17 +101,21 @@ class DeliveryWorker:
         await self.aclose()
 
     async def run_once(self) -> int:
-        """Attempt every delivery due now (up to the batch size); how many were attempted."""
-        claims = await claim_due(
-            self._engine,
-            self._clock.now(),
-            worker_id=self.worker_id,
-            lease=self._lease,
-            limit=self._batch_size,
-        )
-        if claims:
-            await asyncio.gather(*(self._attempt(c) for c in claims))
-        return len(claims)
+        """Attempt every delivery due now (up to the batch size); how many were attempted.
+        A worker's rounds never overlap: a round asked for while one is running (the
+        gateway's own loop, or an admin action) starts once that one has ended, so when
+        it returns, every attempt begun before it has been made and logged."""
+        async with self._round:
+            claims = await claim_due(
+                self._engine,
+                self._clock.now(),
+                worker_id=self.worker_id,
+                lease=self._lease,
+                limit=self._batch_size,
+            )
+            if claims:
+                await asyncio.gather(*(self._attempt(c) for c in claims))
+            return len(claims)
 
     async def run_forever(self, stop: Stop | None = None) -> None:
         """Poll until ``stop`` is set (after the round in progress) or cancelled; a

@@ -518,3 +518,37 @@ async def test_recording_an_attempt_again_logs_it_once(world: World, serve: Any)
     async with world.engine.connect() as conn:
         attempts = await conn.scalar(sa.select(sa.func.count()).select_from(webhook_attempts))
     assert attempts == 1
+
+
+@sqlite_only
+async def test_a_round_asked_for_during_another_waits_for_it(world: World, serve: Any) -> None:
+    """One worker's rounds never overlap: a round asked for while the worker's own loop
+    has a delivery in flight (here, held at the receiver) returns only once that attempt
+    is made and logged, so whoever asked sees it delivered. Overlapping, the second round
+    found nothing to claim and returned at once (tests that drove the gateway's worker
+    by hand failed now and then on a loaded machine)."""
+    answered = threading.Event()
+    release = threading.Event()
+
+    class Slow(Receiver):
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            if scope["type"] == "http":
+                answered.set()
+                await asyncio.to_thread(release.wait, 30)
+            await super().__call__(scope, receive, send)
+
+    receiver = Slow()
+    endpoint, _ = await world.endpoint(serve(receiver))
+    await world.emit()
+    worker = world.worker()
+    first = asyncio.create_task(worker.run_once())
+    await asyncio.to_thread(answered.wait, 30)  # the first round's request is at the receiver
+    second = asyncio.create_task(worker.run_once())
+    seen: list[int] = []  # what the receiver had logged when the second round ended
+    second.add_done_callback(lambda _: seen.append(len(receiver.received)))
+    await asyncio.sleep(0.2)  # time for an overlapping round to claim nothing and end
+    release.set()
+    assert (await first, await second) == (1, 0)
+    assert seen == [1]
+    [done] = await list_deliveries(world.engine, endpoint["id"])
+    assert done["status"] == "succeeded" and len(receiver.received) == 1
