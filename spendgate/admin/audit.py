@@ -31,6 +31,7 @@ from spendgate.core.audit_chain import (
     derive_key,
     sign_anchor,
 )
+from spendgate.core.csv_cells import text_cell
 from spendgate.errors import ConfigError, ValidationFailed
 from spendgate.store import audit as store
 
@@ -201,7 +202,7 @@ async def _jsonl(pages: AsyncIterator[list[AuditEntry]]) -> AsyncIterator[bytes]
 
 def _cell(value: Any) -> Any:
     if value is None or isinstance(value, str | int):
-        return "" if value is None else value
+        return "" if value is None else text_cell(value)
     return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
 
 

@@ -15,6 +15,7 @@ import orjson
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from spendgate.core.csv_cells import text_cell
 from spendgate.core.money import format_usd
 
 _templates = Environment(
@@ -48,7 +49,10 @@ def render(fmt: str, meta: dict[str, Any], content: dict[str, Any]) -> Response 
         out = io.StringIO()
         writer = csv.DictWriter(out, fieldnames=FIELDS)
         writer.writeheader()
-        writer.writerows(records(content))
+        writer.writerows(
+            {**r, "id": text_cell(r["id"]), "label": text_cell(r["label"])}
+            for r in records(content)
+        )
         return Response(
             out.getvalue(),
             media_type="text/csv",

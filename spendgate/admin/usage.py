@@ -26,6 +26,7 @@ from spendgate.admin.deps import Svc, Who, audit, guard, org_asked, principal
 from spendgate.core import showback as sb
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.budget_windows import validate_timezone, validate_week_start
+from spendgate.core.csv_cells import text_cell
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
@@ -114,11 +115,13 @@ def _filters(values: dict[str, str | None]) -> dict[str, Collection[str | None]]
     return out
 
 
-def usage_csv(columns: list[str], rows: list[dict[str, Any]]) -> str:
+def usage_csv(columns: list[str], dims: list[str], rows: list[dict[str, Any]]) -> str:
+    """The rows as CSV; the dimension columns (ids, tags, models) made inert for
+    spreadsheets, the figures as they are."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
-    writer.writerows(rows)
+    writer.writerows({**row, **{d: text_cell(row.get(d)) for d in dims}} for row in rows)
     return out.getvalue()
 
 
@@ -212,7 +215,7 @@ async def usage(
         await audit_export(svc, request, who, owner, {**after, "rows": len(rows)})
         extra = ["cumulative_cost_usd"] if cumulative else []
         columns = [*dims, *(m if m != "cost_nanos" else "cost_usd" for m in MEASURES), *extra]
-        return Response(usage_csv(columns, rows), media_type="text/csv")
+        return Response(usage_csv(columns, dims, rows), media_type="text/csv")
     document = usage_json(dims, start_at, end_at, tz, rows, totals)
     return Response(document, media_type="application/json")
 

@@ -337,6 +337,28 @@ def _prefs_out(prefs: Preferences) -> dict[str, Any]:
     return prefs.to_json()
 
 
+async def _check_routes(
+    scope: Scope, hooks: WebhookRuntime, who: Principal, user_id: str, wanted: tuple[str, ...]
+) -> None:
+    """Routing notifications to an endpoint is for a caller who may manage it (README:
+    "for those who may manage webhooks"): else a viewer could send the org's events to
+    another org's endpoint or the operator's unscoped one. Routes already saved stay."""
+    saved = (await notes.get_preferences(hooks.engine, user_id)).webhook_endpoint_ids
+    for endpoint_id in wanted:
+        if endpoint_id in saved:
+            continue
+        try:
+            endpoint = await hooks.store.get(endpoint_id, scope.svc.clock.now())
+            owner = await _endpoint_owner(scope, endpoint)
+        except NotFound:
+            owner = None
+        if owner is None or not who.can(Can.WEBHOOKS, owner):
+            raise ValidationFailed(
+                f"channels.webhook_endpoint_ids: {endpoint_id} is not an endpoint you may manage",
+                param="channels.webhook_endpoint_ids",
+            )
+
+
 @notifications_router.get("/users/{user_id}/notification-preferences", response_model=w.Preferences)
 async def get_preferences(user_id: str, hooks: Hooks, scope: Scoped) -> dict[str, Any]:
     return _prefs_out(
@@ -357,6 +379,7 @@ async def put_preferences(
     reader = await notification_reader(scope, user_id)
     owner = await scope.owner("user", reader)
     prefs = Preferences.from_json(body.model_dump())
+    await _check_routes(scope, hooks, who, reader, prefs.webhook_endpoint_ids)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         saved = await notes.put_preferences(hooks.engine, reader, prefs, now, conn)

@@ -34,6 +34,7 @@ from spendgate.console.usage_source import (
     usage_series,
 )
 from spendgate.core.access import Can, Owner
+from spendgate.core.csv_cells import text_cell
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 
@@ -171,8 +172,8 @@ def _csv(
     for label, cells, group_total in rows:
         writer.writerow(
             [
-                label,
-                names.get(label, ""),
+                text_cell(label),
+                text_cell(names.get(label, "")),
                 *(format_usd(cells.get(b, 0)) for b in buckets),
                 format_usd(group_total),
             ]

@@ -273,7 +273,12 @@ class RateGate:
                 "model": model,
                 "limit_id": denial.check.bucket.split(":", 1)[0],
                 "kind": denial.check.kind,
-                "limit": denial.check.limit,
+                # a spend limit is money: a USD decimal string, as all money in JSON
+                **(
+                    {"limit_usd": format_usd(denial.check.limit)}
+                    if denial.check.kind == "spend"
+                    else {"limit": denial.check.limit}
+                ),
                 # ISO 8601 UTC, as every other event's instants (not Unix seconds)
                 "window_start": datetime.fromtimestamp(window * 60, UTC).isoformat(),
             },

@@ -111,7 +111,8 @@ def test_concurrency_cap_with_slow_upstream(gateway: RunningGateway, fake: FakeU
 
 
 def test_spend_velocity_breaker_trips(gateway: RunningGateway) -> None:
-    """$ per window on an expensive model stops a runaway loop; it recovers as spend ages."""
+    """$ per window on an expensive model stops a runaway loop (its ``ratelimit.exceeded``
+    event says the limit in dollars); it recovers as spend ages."""
     key = gateway.create_key()
     limit(
         gateway,
@@ -131,6 +132,11 @@ def test_spend_velocity_breaker_trips(gateway: RunningGateway) -> None:
     # said in dollars, as the limit was set (not in nano-dollars)
     assert "Rate limit reached for spend: limit $0.002 per 10m0s, used $0.00" in info.value.message
     assert "nano" not in info.value.message
+    gateway.run(gateway.app.services.drain())
+    [event] = gateway.get("/admin/events", type="ratelimit.exceeded")
+    # the event's limit is money, so a decimal string in USD like all money in JSON
+    assert event["data"]["kind"] == "spend" and event["data"]["limit_usd"] == "0.002"
+    assert "limit" not in event["data"]
     client.chat.completions.create(model="gpt-4o-mini", messages=MSG)  # other models unaffected
     gateway.clock.advance(601)
     client.chat.completions.create(model="gpt-4o", messages=MSG, max_tokens=40)

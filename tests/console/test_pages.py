@@ -325,3 +325,28 @@ def test_closed_days_are_reused_for_a_minute_and_today_is_always_read(console: C
         assert page_total(web) == before_late != api_total()
         gw.clock.advance(CLOSED_DAY_SECONDS + 1)
         assert page_total(web) == api_total()
+
+
+def test_usage_csv_shows_formula_like_names_as_text(console: Console) -> None:
+    """A team named ``+cmd`` and a tag ``=1+2`` reach the console's usage CSV behind a
+    ``'`` (a spreadsheet shows them, runs nothing); the figures are the API's."""
+    gw = console.gw
+    team = gw.post("/admin/teams", {"org_id": console.org_id, "name": "+cmd"})
+    key = gw.post(
+        "/admin/keys",
+        {"name": "f", "org_id": console.org_id, "team_id": team["id"], "tags": ["=1+2"]},
+    )
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    api = gw.get("/admin/usage", group_by="tag", org_id=console.org_id, tag="=1+2")
+    with session(console.url, "org_admin@acme.test") as web:
+        by_tag = list(
+            csv.reader(io.StringIO(web.get("/usage?group_by=tag&preset=7d&format=csv").text))
+        )
+        by_team = list(
+            csv.reader(io.StringIO(web.get("/usage?group_by=team&preset=7d&format=csv").text))
+        )
+    [tag_row] = [r for r in by_tag if r[0] == "'=1+2"]
+    assert tag_row[-1] == api["total_cost_usd"]
+    assert [team["id"], "'+cmd"] in [r[:2] for r in by_team]
+    assert not any(c.startswith(("=", "+", "@")) for r in by_tag + by_team for c in r)
