@@ -90,6 +90,19 @@ def _check_levels(values: dict[str, Any]) -> None:
         raise ValidationFailed(f"{problem[0]}: {problem[1]}", param=problem[0])
 
 
+def _check_providers(svc: Services, categories: dict[str, list[str]]) -> None:
+    """``categories.providers`` are the config's provider names: one naming none would
+    count no spend at all (and a hard cap on it would never block)."""
+    configured = sorted({route.provider.name for route in svc.settings.models.values()})
+    for name in categories.get("providers", []):
+        if name not in configured:
+            raise ValidationFailed(
+                f"categories.providers: {name!r} is not a configured provider "
+                f"(configured: {', '.join(configured) or 'none'})",
+                param="categories.providers",
+            )
+
+
 def budget_out(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k != "amount_nanos"}
     out["amount_usd"] = format_usd(int(row["amount_nanos"]))
@@ -142,6 +155,7 @@ async def create_budget(
     named = await scope_name(svc, body.scope_type, body.scope_id) or body.scope_id or body.tag
     values["name"] = body.name or f"{body.scope_type} {named} {body.period}"
     _check_levels(values)
+    _check_providers(svc, values["categories"])
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_budget(
@@ -196,6 +210,8 @@ async def update_budget(
     budget_id: str, body: s.BudgetPatch, svc: Svc, request: Request, who: Who, scope: Scoped
 ) -> dict[str, Any]:
     _, owner = await scope.budget(budget_id)
+    if body.categories is not None:
+        _check_providers(svc, _stored(body)["categories"])
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         current = await svc.policies.get_budget(budget_id, conn)
