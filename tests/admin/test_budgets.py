@@ -115,6 +115,25 @@ def test_a_category_naming_no_configured_provider_is_refused(gateway: RunningGat
     assert Decimal(status["spent_usd"]) == Decimal(row["cost_nanos"]) / 10**9 > 0
 
 
+def test_a_category_naming_a_model_not_configured_is_refused(gateway: RunningGateway) -> None:
+    """``categories.models`` entries that are one model's name (not a pattern) must be
+    served by the config, as a key's ``models`` must: a typo would count nothing."""
+    key = gateway.create_key()
+    base = {"scope_type": "key", "scope_id": key["id"], "amount_usd": "10"}
+    typo = gateway.admin.post(
+        "/admin/budgets", json={**base, "categories": {"models": ["gpt-4o*", "gpt-4o-mni"]}}
+    )
+    assert typo.status_code == 422, typo.text
+    error = typo.json()["error"]
+    assert error["param"] == "categories.models"
+    assert "'gpt-4o-mni' is not a configured model" in error["message"]
+    made = budget(gateway, **base, categories={"models": ["gpt-4o-mini", "gpt-6*"]})
+    patched = gateway.admin.patch(
+        f"/admin/budgets/{made['id']}", json={"categories": {"models": ["gpt4o"]}}
+    )
+    assert patched.status_code == 422 and "'gpt4o'" in patched.json()["error"]["message"]
+
+
 def test_budget_crud_and_status(gateway: RunningGateway) -> None:
     """Create, read, update, delete; status reports the period in the budget's zone."""
     key = gateway.create_key()

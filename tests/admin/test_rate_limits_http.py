@@ -197,6 +197,28 @@ def test_team_limit_is_shared_by_its_keys(gateway: RunningGateway) -> None:
         sdk(gateway, one["key"]).chat.completions.create(model="demo-small", messages=MSG)
 
 
+def test_a_row_for_a_model_name_not_configured_is_refused(gateway: RunningGateway) -> None:
+    """A row naming one model (not a pattern) that the config does not serve governs no
+    call: a typo (``gpt-4o-mni``, ``gpt-4o ``) would leave the model unlimited. 422 naming
+    ``model``; patterns may match models configured later."""
+    key = gateway.create_key()
+    base = {"scope_type": "key", "scope_id": key["id"], "rpm": 1}
+    for typo in ("gpt-4o-mni", "gpt-4o ", " ", "GPT-4o"):
+        refused = gateway.admin.post("/admin/rate-limits", json={**base, "model": typo})
+        assert refused.status_code == 422, (typo, refused.text)
+        error = refused.json()["error"]
+        assert (
+            error["param"] == "model" and f"{typo!r} is not a configured model" in error["message"]
+        )
+    assert gateway.get("/admin/rate-limits") == []
+    limit(gateway, **base, model="gpt-4o-mini")
+    limit(gateway, **base, model="gpt-6*")  # nothing matches yet: allowed
+    client = sdk(gateway, key["key"])
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+
+
 def test_rate_limit_admin_validation(gateway: RunningGateway) -> None:
     """No limit at all, a missing scope, a duplicate row: clear 4xx, nothing stored."""
     key = gateway.create_key()
