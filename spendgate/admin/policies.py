@@ -17,6 +17,7 @@ from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import validate_timezone, window_at
 from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd, usd_to_nanos
+from spendgate.core.rate_rules import is_pattern
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.services import Services
 from spendgate.store.events import fired_keys_many, record_event
@@ -90,6 +91,27 @@ def _check_levels(values: dict[str, Any]) -> None:
         raise ValidationFailed(f"{problem[0]}: {problem[1]}", param=problem[0])
 
 
+def _check_categories(svc: Services, categories: dict[str, list[str]]) -> None:
+    """``categories.providers`` are the config's provider names, and a model that is a
+    name (not a pattern) is a configured model: one naming none would count no spend at
+    all (and a hard cap on it would never block)."""
+    models = svc.settings.models
+    configured = sorted({route.provider.name for route in models.values()})
+    for name in categories.get("providers", []):
+        if name not in configured:
+            raise ValidationFailed(
+                f"categories.providers: {name!r} is not a configured provider "
+                f"(configured: {', '.join(configured) or 'none'})",
+                param="categories.providers",
+            )
+    for model in categories.get("models", []):
+        if not is_pattern(model) and model not in models:
+            raise ValidationFailed(
+                f"categories.models: {model!r} is not a configured model",
+                param="categories.models",
+            )
+
+
 def budget_out(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k != "amount_nanos"}
     out["amount_usd"] = format_usd(int(row["amount_nanos"]))
@@ -142,6 +164,7 @@ async def create_budget(
     named = await scope_name(svc, body.scope_type, body.scope_id) or body.scope_id or body.tag
     values["name"] = body.name or f"{body.scope_type} {named} {body.period}"
     _check_levels(values)
+    _check_categories(svc, values["categories"])
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_budget(
@@ -196,6 +219,8 @@ async def update_budget(
     budget_id: str, body: s.BudgetPatch, svc: Svc, request: Request, who: Who, scope: Scoped
 ) -> dict[str, Any]:
     _, owner = await scope.budget(budget_id)
+    if body.categories is not None:
+        _check_categories(svc, _stored(body)["categories"])
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         current = await svc.policies.get_budget(budget_id, conn)

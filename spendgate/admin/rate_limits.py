@@ -11,6 +11,7 @@ from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_aske
 from spendgate.admin.policies import scope_owner
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
+from spendgate.core.rate_rules import is_pattern
 from spendgate.errors import ValidationFailed
 
 router = APIRouter(
@@ -54,6 +55,9 @@ async def create_rate_limit(
         raise ValidationFailed(
             "rpm: set at least one of rpm, tpm, max_concurrent, max_spend_usd", param="rpm"
         )
+    if not is_pattern(body.model) and body.model not in svc.settings.models:
+        # a name no route serves governs no call: a typo would leave the model unlimited
+        raise ValidationFailed(f"model: {body.model!r} is not a configured model", param="model")
     owner = await scope_owner(scope, body.scope_type, body.scope_id, None, None)
     org_id = owner.org_id
     now = svc.clock.now()

@@ -280,10 +280,14 @@ def granted_headers(checks: Sequence[Check], granted: Granted) -> dict[str, str]
 
 def denial_headers(denial: Denial) -> dict[str, str]:
     """``retry-after`` (whole seconds, at least 1) and ``retry-after-ms`` when a wait
-    helps, and the refused kind's ``x-ratelimit-*`` for requests and tokens."""
+    helps, ``x-should-retry: false`` when no wait can (the call alone is over the limit:
+    the SDKs retry every 429 otherwise), and the refused kind's ``x-ratelimit-*`` for
+    requests and tokens."""
     check = denial.check
     headers: dict[str, str] = {}
-    if denial.retry_after is not None:
+    if not denial.can_ever_fit:
+        headers["x-should-retry"] = "false"
+    elif denial.retry_after is not None:
         ms = _millis(denial.retry_after)
         headers["retry-after"] = str(max(1, math.ceil(ms / 1000)))
         headers["retry-after-ms"] = str(ms)

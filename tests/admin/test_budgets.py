@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import anthropic
 import httpx
 import openai
 import pytest
@@ -82,6 +83,55 @@ def test_budget_validation_names_the_field(gateway: RunningGateway) -> None:
         assert error["param"] is not None and field in error["param"], (change, error)
         assert field in error["message"]
     assert gateway.get("/admin/budgets") == []
+
+
+def test_a_category_naming_no_configured_provider_is_refused(gateway: RunningGateway) -> None:
+    """``categories.providers`` are the config's provider names: one that names none (a
+    typo, or the vendor instead of the config's name) would count no spend at all, so a
+    hard cap on it would never block. 422 naming the field, on create and on update;
+    a configured name counts that provider's calls only."""
+    key = gateway.create_key()
+    base = {"scope_type": "key", "scope_id": key["id"], "amount_usd": "10", "hard_limit": True}
+    typo = gateway.admin.post(
+        "/admin/budgets", json={**base, "categories": {"providers": ["anthropic", "opnai"]}}
+    )
+    assert typo.status_code == 422, typo.text
+    error = typo.json()["error"]
+    assert error["param"] == "categories.providers" and "'opnai'" in error["message"]
+    assert "anthropic, azure, google, local, openai" in error["message"]
+    assert gateway.get("/admin/budgets") == []
+    made = budget(gateway, **base, categories={"providers": ["anthropic"]})
+    patched = gateway.admin.patch(
+        f"/admin/budgets/{made['id']}", json={"categories": {"providers": ["OpenAI"]}}
+    )
+    assert patched.status_code == 422 and "'OpenAI'" in patched.json()["error"]["message"]
+    sdk(gateway, key["key"]).chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0).messages.create(
+        model="claude-sonnet-4-5", max_tokens=10, messages=MSG
+    )
+    gateway.run(gateway.app.services.drain())
+    [row] = [r for r in gateway.ledger() if r["model"] == "claude-sonnet-4-5"]
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert Decimal(status["spent_usd"]) == Decimal(row["cost_nanos"]) / 10**9 > 0
+
+
+def test_a_category_naming_a_model_not_configured_is_refused(gateway: RunningGateway) -> None:
+    """``categories.models`` entries that are one model's name (not a pattern) must be
+    served by the config, as a key's ``models`` must: a typo would count nothing."""
+    key = gateway.create_key()
+    base = {"scope_type": "key", "scope_id": key["id"], "amount_usd": "10"}
+    typo = gateway.admin.post(
+        "/admin/budgets", json={**base, "categories": {"models": ["gpt-4o*", "gpt-4o-mni"]}}
+    )
+    assert typo.status_code == 422, typo.text
+    error = typo.json()["error"]
+    assert error["param"] == "categories.models"
+    assert "'gpt-4o-mni' is not a configured model" in error["message"]
+    made = budget(gateway, **base, categories={"models": ["gpt-4o-mini", "gpt-6*"]})
+    patched = gateway.admin.patch(
+        f"/admin/budgets/{made['id']}", json={"categories": {"models": ["gpt4o"]}}
+    )
+    assert patched.status_code == 422 and "'gpt4o'" in patched.json()["error"]["message"]
 
 
 def test_budget_crud_and_status(gateway: RunningGateway) -> None:

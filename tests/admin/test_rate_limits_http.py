@@ -85,6 +85,36 @@ def test_tpm_refuses_a_large_prompt(gateway: RunningGateway) -> None:
     assert "tokens" in info.value.message
 
 
+def test_a_call_no_window_can_hold_tells_the_sdks_not_to_retry(gateway: RunningGateway) -> None:
+    """A call whose own estimate is over the tokens-per-minute limit (or whose worst case
+    is over a spend limit) is refused however long it waits: no Retry-After, and
+    ``x-should-retry: false``, or the openai SDK (``max_retries=2`` by default, retrying
+    every 429) sends it three times with backoff sleeps for the same answer."""
+    key = gateway.create_key()
+    limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4o-mini", tpm=3000)
+    limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4o", max_spend_usd="0.001")
+    seen: list[int] = []
+    http = httpx.Client(event_hooks={"response": [lambda r: seen.append(r.status_code)]})
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], http_client=http)
+    for model in ("gpt-4o-mini", "gpt-4o"):
+        seen.clear()
+        with pytest.raises(openai.RateLimitError) as info:
+            client.chat.completions.create(model=model, messages=MSG, max_tokens=5000)
+        assert "this request alone needs up to" in info.value.message
+        headers = info.value.response.headers
+        assert headers["x-should-retry"] == "false" and "retry-after" not in headers
+        assert seen == [429]
+    # a refusal that waiting lifts still leaves the SDKs to retry
+    limit(gateway, scope_type="key", scope_id=key["id"], model="gpt-4.1", rpm=1)
+    client.with_options(max_retries=0).chat.completions.create(model="gpt-4.1", messages=MSG)
+    refused = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        json={"model": "gpt-4.1", "messages": MSG},
+        headers={"authorization": f"Bearer {key['key']}"},
+    )
+    assert refused.status_code == 429 and "x-should-retry" not in refused.headers
+
+
 async def _concurrent(url: str, key: str, n: int) -> list[int]:
     async with httpx.AsyncClient(timeout=30) as client:
 
@@ -171,6 +201,28 @@ def test_team_limit_is_shared_by_its_keys(gateway: RunningGateway) -> None:
     sdk(gateway, two["key"]).chat.completions.create(model="demo-small", messages=MSG)
     with pytest.raises(openai.RateLimitError):
         sdk(gateway, one["key"]).chat.completions.create(model="demo-small", messages=MSG)
+
+
+def test_a_row_for_a_model_name_not_configured_is_refused(gateway: RunningGateway) -> None:
+    """A row naming one model (not a pattern) that the config does not serve governs no
+    call: a typo (``gpt-4o-mni``, ``gpt-4o ``) would leave the model unlimited. 422 naming
+    ``model``; patterns may match models configured later."""
+    key = gateway.create_key()
+    base = {"scope_type": "key", "scope_id": key["id"], "rpm": 1}
+    for typo in ("gpt-4o-mni", "gpt-4o ", " ", "GPT-4o"):
+        refused = gateway.admin.post("/admin/rate-limits", json={**base, "model": typo})
+        assert refused.status_code == 422, (typo, refused.text)
+        error = refused.json()["error"]
+        assert (
+            error["param"] == "model" and f"{typo!r} is not a configured model" in error["message"]
+        )
+    assert gateway.get("/admin/rate-limits") == []
+    limit(gateway, **base, model="gpt-4o-mini")
+    limit(gateway, **base, model="gpt-6*")  # nothing matches yet: allowed
+    client = sdk(gateway, key["key"])
+    client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="gpt-4o-mini", messages=MSG)
 
 
 def test_rate_limit_admin_validation(gateway: RunningGateway) -> None:

@@ -252,9 +252,10 @@ def test_granted_headers_show_the_tightest_limit_per_kind() -> None:
                 "x-ratelimit-reset-tokens": "100ms",
             },
         ),
-        (  # never fits: no retry-after at all
+        (  # never fits: no retry-after at all, and the SDKs are told not to retry
             Denial(0, Check("r:tokens", "tokens", 1000, 60.0, 5000), 0, None),
             {
+                "x-should-retry": "false",
                 "x-ratelimit-limit-tokens": "1000",
                 "x-ratelimit-remaining-tokens": "1000",
                 "x-ratelimit-reset-tokens": "0s",
