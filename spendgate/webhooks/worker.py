@@ -51,6 +51,16 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: how long one delivery attempt may take
+DEFAULT_TIMEOUT_SECONDS = 15.0
+
+
+def default_lease(timeout_seconds: float) -> timedelta:
+    """How long a claimed delivery stays with its worker: two attempts' timeouts and a
+    margin. A worker that dies holding one leaves it to be sent again after this."""
+    return timedelta(seconds=timeout_seconds * 2 + 30)
+
+
 class DeliveryWorker:
     def __init__(
         self,
@@ -64,7 +74,7 @@ class DeliveryWorker:
         resolve: Resolver = system_resolver,
         worker_id: str | None = None,
         batch_size: int = 20,
-        timeout_seconds: float = 15.0,
+        timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
         lease: timedelta | None = None,
         poll_seconds: float = 1.0,
         rand: Callable[[], float] = random.random,
@@ -83,7 +93,7 @@ class DeliveryWorker:
         self._batch_size = batch_size
         self._timeout = timeout_seconds
         #: a lease outlives the longest attempt, so no delivery is ever sent twice at once
-        self._lease = lease or timedelta(seconds=timeout_seconds * 2 + 30)
+        self._lease = lease or default_lease(timeout_seconds)
         if self._lease.total_seconds() <= timeout_seconds:
             raise ValueError("the lease must outlast the HTTP timeout")
         self._poll = poll_seconds
