@@ -24,39 +24,35 @@ async def read_body(receive: Receive, headers: dict[str, str], limit: int) -> by
     declared = headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
+    parts, _ = await _chunks(receive, limit)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+async def _chunks(receive: Receive, limit: int) -> tuple[list[bytes], bool]:
+    """The body's chunks as they arrive, up to ``limit`` bytes in all (413 past it), and
+    whether it came whole (False: the client left first)."""
     parts: list[bytes] = []
     size = 0
     while True:
         message = await receive()
-        if message["type"] == "http.disconnect":
-            break
+        if message["type"] != "http.request":
+            return parts, False
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
         parts.append(chunk)
         if not message.get("more_body", False):
-            break
-    return parts[0] if len(parts) == 1 else b"".join(parts)
+            return parts, True
 
 
 async def buffered(receive: Receive, limit: int) -> Receive | None:
     """For a request that declared no length (chunked): its body read whole here, up to
     ``limit`` bytes (413 past it), and a ``receive`` that replays it; ``None`` when the
     client left before sending all of it."""
-    parts: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":
-            return None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge(f"request body exceeds the {limit}-byte limit")
-        parts.append(chunk)
-        if not message.get("more_body", False):
-            break
+    parts, whole = await _chunks(receive, limit)
+    if not whole:
+        return None
     pending: list[Message] = [{"type": "http.request", "body": b"".join(parts)}]
 
     async def replay() -> Message:

@@ -94,25 +94,7 @@ def test_reencrypt_needs_the_gateways_migrated_database(tmp_path: Path) -> None:
 def test_serve_on_every_address_without_a_public_url_warns(tmp_path: Path) -> None:
     """``serve --host 0.0.0.0`` (the README's deployment line) made bootstrap's invite
     link and every alert's link ``http://0.0.0.0:4100/…``; serve now says so at start."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "spendgate", "serve", "--host", "0.0.0.0",
-         "--port", str(free_port())],
-        env={**os.environ, "COLUMNS": "300", "SPENDGATE_MASTER_KEY": MASTER,
-             "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"},
-        stderr=subprocess.PIPE,
-        text=True,
-    )  # fmt: skip
-    try:
-        assert proc.stderr is not None
-        lines = []
-        for line in proc.stderr:
-            lines.append(line)
-            if "listening on" in line:
-                break
-    finally:
-        proc.kill()
-        proc.wait()
-    said = "".join(lines)
+    said = said_until_listening(tmp_path, "--host", "0.0.0.0")
     assert "will point at http://0.0.0.0:" in said and "set SPENDGATE_PUBLIC_URL" in said
 
 
@@ -141,9 +123,16 @@ def test_serve_names_config_keys_it_does_not_read(tmp_path: Path) -> None:
     the 1 GiB default. serve names each such key at start."""
     config = tmp_path / "spendgate.toml"
     config.write_text("[gateway]\nspool_max_byte = 5\nkey_cache_seconds = 5\n")
+    said = said_until_listening(tmp_path, "--config", str(config))
+    assert f"{config}: gateway.spool_max_byte is not a setting spendgate reads; ignored" in said
+    assert "key_cache_seconds" not in said
+
+
+def said_until_listening(tmp_path: Path, *args: str) -> str:
+    """What ``spendgate serve *args`` (SQLite in ``tmp_path``) writes to stderr up to
+    its "listening on" line; the server is stopped then."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spendgate", "serve", "--config", str(config),
-         "--port", str(free_port())],
+        [sys.executable, "-m", "spendgate", "serve", *args, "--port", str(free_port())],
         env={**os.environ, "COLUMNS": "300", "SPENDGATE_MASTER_KEY": MASTER,
              "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"},
         stderr=subprocess.PIPE,
@@ -160,5 +149,4 @@ def test_serve_names_config_keys_it_does_not_read(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     said = "".join(lines)
-    assert f"{config}: gateway.spool_max_byte is not a setting spendgate reads; ignored" in said
-    assert "key_cache_seconds" not in said
+    return said
