@@ -3,7 +3,8 @@
 An endpoint receives an event when its ``event_types`` patterns match the type and its
 optional ``scope_type``/``scope_id`` filter matches the event. A user is notified when
 the event is one they may see (their org; org admins and finance see the whole org,
-everyone else only their own teams and themselves) and their preferences want it.
+everyone else only their own teams and themselves) and their preferences want it; their
+routes to endpoints count while they may manage the endpoint (:func:`may_route`).
 
 Teams. An event concerns a team when it is about the team itself (``scope_type: team``)
 or about something in it: a key or an agent of the team (``team_id``), a user who is a
@@ -20,6 +21,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from spendgate.core.access import Can, Owner, Principal
 from spendgate.webhooks.catalog import Event
 
 SCOPE_TYPES: tuple[str, ...] = ("org", "team", "user", "agent", "key", "tag")
@@ -133,10 +135,26 @@ class Preferences:
 
 @dataclass(frozen=True, slots=True)
 class Recipient:
+    """A user of the org: ``role`` their org role, ``team_roles`` their role per team."""
+
     user_id: str
     org_id: str
     role: str
     team_ids: frozenset[str] = field(default_factory=frozenset)
+    team_roles: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def principal(self) -> Principal:
+        """What the user may do in the admin API (as their admin tokens would)."""
+        return Principal.of(self.role, self.org_id, dict(self.team_roles), self.user_id)
+
+
+def may_route(user: Recipient, endpoint_owner: Owner) -> bool:
+    """Whether a user's notifications may go to an endpoint with this owner: while the user
+    may manage it (the admin API's rule for saving the route), asked again at every event,
+    so a route saved before a role change, a move between teams or a re-scoped endpoint
+    delivers nothing the user could no longer send there."""
+    return user.principal.can(Can.WEBHOOKS, endpoint_owner)
 
 
 def may_see(user: Recipient, event: Event) -> bool:

@@ -159,3 +159,55 @@ def test_team_endpoints_hear_about_their_keys_and_members_only(
         b["data"] for b in bodies if b["data"].get("scope_id") == ka["id"] and "period" in b["data"]
     ]
     assert key_a["team_id"] == team_a
+
+
+def test_routes_are_checked_when_events_happen(gateway: RunningGateway) -> None:
+    """An org admin routes their budget notifications to their org's endpoint (which
+    itself subscribes to nothing of the kind). Demoted to a team viewer, they still get
+    the in-app notification of their team's budget, but the endpoint no longer gets it;
+    promoted again, it does."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "routes-recheck"})["id"]
+    team = gw.post("/admin/teams", {"org_id": org, "name": "t"})["id"]
+    endpoint = gw.post(
+        "/admin/webhooks",
+        {
+            "url": "http://127.0.0.1:9/hook",
+            "scope_type": "org",
+            "scope_id": org,
+            "event_types": ["key.revoked"],
+        },
+    )["id"]
+    admin = gw.post(
+        "/admin/users", {"email": "boss@routes.example", "role": "org_admin", "org_id": org}
+    )["id"]
+    token = gw.post("/admin/tokens", {"user_id": admin, "name": "t"})["token"]
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {token}"}) as mine:
+        saved = mine.put(
+            f"/admin/users/{admin}/notification-preferences",
+            json={"event_types": ["budget.*"], "channels": {"webhook_endpoint_ids": [endpoint]}},
+        )
+        assert saved.status_code == 200, saved.text
+
+    def threshold(n: int) -> None:
+        data = {"budget_id": f"bud_{n}", "scope_type": "team", "scope_id": team}
+        emit(gw, "budget.threshold_crossed", {**data, "period": "2026-03"}, org)
+
+    def deliveries() -> int:
+        return len(gw.get(f"/admin/webhooks/{endpoint}/deliveries"))
+
+    def notified() -> list[str]:
+        found = gw.get("/admin/notifications", user_id=admin)
+        return sorted(n["data"]["budget_id"] for n in found)
+
+    threshold(1)
+    assert deliveries() == 1 and notified() == ["bud_1"]
+    demoted = gw.admin.patch(f"/admin/users/{admin}", json={"role": "viewer", "team_ids": [team]})
+    assert demoted.status_code == 200, demoted.text
+    threshold(2)
+    assert deliveries() == 1  # the route is no longer theirs to use
+    assert notified() == ["bud_1", "bud_2"]  # in-app: still their team's budget
+    promoted = gw.admin.patch(f"/admin/users/{admin}", json={"role": "org_admin"})
+    assert promoted.status_code == 200, promoted.text
+    threshold(3)
+    assert deliveries() == 2 and notified() == ["bud_1", "bud_2", "bud_3"]

@@ -9,12 +9,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from spendgate.core.access import NOBODY, Owner
 from spendgate.webhooks import formats
 from spendgate.webhooks.catalog import EVENT_TYPES, Event, severity, valid_pattern
 from spendgate.webhooks.matching import (
     Preferences,
     Recipient,
     event_team_ids,
+    may_route,
     may_see,
     scope_matches,
     team_subject,
@@ -253,6 +255,17 @@ def test_a_team_filter_matches_exactly_the_teams_an_event_concerns() -> None:
     assert may_see(member_b, member_ab) and not may_see(member_b, key_a)
     assert wants(Preferences(scopes=(("team", "team_b"),)), member_ab)
     assert not wants(Preferences(scopes=(("team", "team_b"),)), key_a)
+
+
+def test_routes_go_to_endpoints_the_user_may_manage_now() -> None:
+    """Org admins manage their org's endpoints (org- or team-scoped); no team role does,
+    nobody another org's, and only the master key unscoped or tag-filtered ones."""
+    admin = Recipient("u1", "org_1", "org_admin")
+    team_admin = Recipient("u2", "org_1", "member", frozenset({"t"}), (("t", "team_admin"),))
+    assert may_route(admin, Owner.of("org_1")) and may_route(admin, Owner.of("org_1", "t"))
+    assert not may_route(admin, Owner.of("org_2")) and not may_route(admin, NOBODY)
+    assert not may_route(team_admin, Owner.of("org_1", "t"))
+    assert not may_route(Recipient("u3", "org_1", "finance"), Owner.of("org_1"))
 
 
 def test_preferences_filter_types_and_scopes() -> None:
