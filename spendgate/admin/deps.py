@@ -20,7 +20,6 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import fastapi.routing
-import sqlalchemy as sa
 from fastapi import Depends, FastAPI, Request
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -33,7 +32,7 @@ from spendgate.security.auth_throttle import client_address
 from spendgate.security.credentials import secrets_equal
 from spendgate.services import Services
 from spendgate.store import audit as audit_store
-from spendgate.store import schema
+from spendgate.store.owners import owners_of
 from spendgate.store.tokens import TokenStore
 
 bearer = HTTPBearer(auto_error=False, description="The master key or an admin token")
@@ -191,15 +190,6 @@ async def audit(
 
 
 # -- owners ----------------------------------------------------------------------------------
-_TABLES = {
-    "team": schema.teams,
-    "user": schema.users,
-    "agent": schema.agents,
-    "key": schema.virtual_keys,
-    "org": schema.orgs,
-}
-
-
 class Scope:
     """Finds the owner of objects for one request (memoised) and checks them against the
     caller."""
@@ -224,29 +214,10 @@ class Scope:
         return (await self._lookup_many(scope_type, [scope_id])).get(scope_id)
 
     async def _lookup_many(self, scope_type: str, ids: Sequence[str]) -> dict[str, Owner]:
-        """The owners of objects of one type, by id, in one query (two for users); a
-        missing object is absent."""
-        table = _TABLES.get(scope_type)
-        if table is None or not ids:
-            return {}
-        wanted = sorted(set(ids))
+        """The owners of objects of one type, by id (``store.owners``); a missing object
+        is absent."""
         async with self.svc.engine.connect() as conn:
-            rows = (await conn.execute(sa.select(table).where(table.c.id.in_(wanted)))).all()
-            if scope_type == "org":
-                return {row.id: Owner.of(row.id) for row in rows}
-            if scope_type == "team":
-                return {row.id: Owner.of(row.org_id, row.id) for row in rows}
-            if scope_type == "user":
-                teams: dict[str, list[str]] = {row.id: [] for row in rows}
-                links = await conn.execute(
-                    sa.select(schema.user_teams.c.user_id, schema.user_teams.c.team_id).where(
-                        schema.user_teams.c.user_id.in_(wanted)
-                    )
-                )
-                for user_id, team_id in links:
-                    teams[user_id].append(team_id)
-                return {row.id: Owner.of(row.org_id, *teams[row.id]) for row in rows}
-            return {row.id: Owner.of(row.org_id, row.team_id) for row in rows}
+            return await owners_of(conn, scope_type, ids)
 
     async def preload_policies(self, rows: Iterable[dict[str, Any]]) -> None:
         """Look up the owners of these budgets', wallets' or rate limits' scopes at once (a

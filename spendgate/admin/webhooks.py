@@ -17,7 +17,7 @@ from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, principa
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.errors import NotFound, PermissionDenied, SpendgateError, ValidationFailed
 from spendgate.webhooks import notifications as notes
-from spendgate.webhooks.matching import Preferences
+from spendgate.webhooks.matching import Preferences, may_route
 from spendgate.webhooks.runtime import WebhookRuntime
 from spendgate.webhooks.store import EndpointSpec, list_deliveries, redeliver
 from spendgate.webhooks.test_send import queue_test
@@ -342,11 +342,19 @@ async def _check_routes(
 ) -> None:
     """Routing notifications to an endpoint is for a caller who may manage it (README:
     "for those who may manage webhooks"): else a viewer could send the org's events to
-    another org's endpoint or the operator's unscoped one. Routes already saved stay."""
+    another org's endpoint or the operator's unscoped one. The user whose preferences
+    they are must manage it too: a route delivers only while they do (checked again at
+    every event, ``matching.may_route``). Routes already saved stay."""
     saved = (await notes.get_preferences(hooks.engine, user_id)).webhook_endpoint_ids
-    for endpoint_id in wanted:
-        if endpoint_id in saved:
-            continue
+    new = [i for i in wanted if i not in saved]
+    if not new:
+        return
+    home = await scope.owner("user", user_id)
+    found = []
+    if home is not None and home.org_id is not None:
+        async with hooks.engine.connect() as conn:
+            found = await notes.recipients(conn, home.org_id, user_ids=[user_id])
+    for endpoint_id in new:
         try:
             endpoint = await hooks.store.get(endpoint_id, scope.svc.clock.now())
             owner = await _endpoint_owner(scope, endpoint)
@@ -355,6 +363,12 @@ async def _check_routes(
         if owner is None or not who.can(Can.WEBHOOKS, owner):
             raise ValidationFailed(
                 f"channels.webhook_endpoint_ids: {endpoint_id} is not an endpoint you may manage",
+                param="channels.webhook_endpoint_ids",
+            )
+        if not any(may_route(user, owner) for user, _ in found):
+            raise ValidationFailed(
+                f"channels.webhook_endpoint_ids: {endpoint_id} is not an endpoint user "
+                f"{user_id} may manage, and routes deliver only while they may",
                 param="channels.webhook_endpoint_ids",
             )
 

@@ -17,7 +17,9 @@ from spendgate.security.credentials import new_id
 from spendgate.store import audit as audit_store
 from spendgate.store import schema
 from spendgate.store.database import insert_new
+from spendgate.store.owners import owners_of
 from spendgate.webhooks.fanout import fan_out
+from spendgate.webhooks.matching import event_team_ids, team_subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,9 @@ async def record_event(
 
     The event's webhook deliveries and in-app notifications (the outbox) are written in
     the same transaction, so a fact, its event and its deliveries stand or fall together.
+    An event about a key, agent or user is stored naming its team(s) (:func:`with_teams`).
     """
+    data = await with_teams(conn, data)
     values = {
         "id": new_id("evt"),
         "type": type_,
@@ -81,16 +85,25 @@ async def record_event(
     await fan_out(conn, values, now=now)
     fact = enforcement_event(type_, data, now)
     if fact is not None:  # threshold, limit, wallet and exception facts are audited too
-        await audit_store.append(conn, fact, org_id=org_id, team_ids=teams_of(data))
+        await audit_store.append(conn, fact, org_id=org_id, team_ids=sorted(event_team_ids(data)))
     return values
 
 
-def teams_of(data: dict[str, Any]) -> tuple[str, ...]:
-    """The team an event concerns, when it names one (for who may read its audit entry)."""
-    if data.get("scope_type") == "team" and data.get("scope_id"):
-        return (str(data["scope_id"]),)
-    team = data.get("team_id")
-    return (str(team),) if team else ()
+async def with_teams(conn: AsyncConnection, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a copy) naming the team(s) of the key, agent or user it is about
+    (``webhooks.matching.team_subject``): ``team_id`` for a key or agent (``null``: an
+    org-wide one), ``team_ids`` for a user (their teams now). One query, two for a user;
+    none for an event about anything else or naming its team already."""
+    subject = team_subject(data)
+    if subject is None:
+        return data
+    kind, object_id = subject
+    owner = (await owners_of(conn, kind, [object_id])).get(object_id)
+    if owner is None:  # gone meanwhile: the event concerns no team
+        return data
+    if kind == "user":
+        return {**data, "team_ids": sorted(owner.team_ids)}
+    return {**data, "team_id": min(owner.team_ids, default=None)}
 
 
 async def list_events(

@@ -17,8 +17,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from spendgate.security.credentials import new_id
 from spendgate.webhooks.catalog import Event
 from spendgate.webhooks.formats import pagerduty_dedup_key
-from spendgate.webhooks.matching import endpoint_wants, recipients_for
-from spendgate.webhooks.notifications import notification_values, recipients
+from spendgate.webhooks.matching import endpoint_wants, may_route, recipients_for
+from spendgate.webhooks.notifications import endpoint_owners, notification_values, recipients
 from spendgate.webhooks.tables import (
     notifications,
     pagerduty_incidents,
@@ -79,7 +79,10 @@ async def fan_out(
     conn: AsyncConnection, event_row: Mapping[str, Any], *, now: datetime | None = None
 ) -> FanOut:
     """In the caller's transaction: one delivery per endpoint that wants the event and one
-    notification per user who wants it. Calling it twice for one event adds nothing."""
+    notification per user who wants it, plus a delivery per endpoint those users route
+    their notifications to, while they may manage it (``matching.may_route``, asked now:
+    the endpoints' owners are looked up once per event, a query per scope type). Calling
+    it twice for one event adds nothing."""
     event = Event.from_row(event_row)
     at = now or event.timestamp
     if await _already_fanned_out(conn, event.id):
@@ -91,10 +94,15 @@ async def fan_out(
     targets = [i for i, e in endpoints.items() if endpoint_wants(e, event)]
     notes: list[dict[str, Any]] = []
     if event.org_id is not None:
-        for user, prefs in recipients_for(await recipients(conn, event.org_id), event):
+        wanting = recipients_for(await recipients(conn, event.org_id), event)
+        routed = {i for _, p in wanting for i in p.webhook_endpoint_ids if i in endpoints}
+        owners = await endpoint_owners(conn, (endpoints[i] for i in routed))
+        for user, prefs in wanting:
             if prefs.in_app:
                 notes.append(notification_values(user.user_id, event, prefs, at))
-            targets += [i for i in prefs.webhook_endpoint_ids if i in endpoints]
+            targets += [
+                i for i in prefs.webhook_endpoint_ids if i in owners and may_route(user, owners[i])
+            ]
     rows = []
     for endpoint_id in dict.fromkeys(targets):
         kind = endpoints[endpoint_id]["kind"]

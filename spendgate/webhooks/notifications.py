@@ -9,17 +9,19 @@ the rows).
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Collection, Iterable, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from spendgate.core.access import NOBODY, Owner
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.database import transaction, upsert
+from spendgate.store.owners import owners_of
 from spendgate.webhooks.catalog import Event, is_low_severity, title, valid_pattern
 from spendgate.webhooks.formats import console_link, summary
 from spendgate.webhooks.matching import SCOPE_TYPES, Preferences, Recipient
@@ -71,31 +73,66 @@ def notification_out(row: Mapping[str, Any]) -> dict[str, Any]:
     } | {"read": row["read_at"] is not None}
 
 
-async def recipients(conn: AsyncConnection, org_id: str) -> list[tuple[Recipient, Preferences]]:
-    """Every user of the org with their teams and preferences (defaults when unset)."""
+async def recipients(
+    conn: AsyncConnection, org_id: str, *, user_ids: Collection[str] | None = None
+) -> list[tuple[Recipient, Preferences]]:
+    """Every user of the org (or those of ``user_ids`` in it) with their teams (and role
+    in each) and their preferences (defaults when unset)."""
     users = schema.users
-    rows = (
-        await conn.execute(
-            sa.select(users.c.id, users.c.role, PREFS.c.preferences)
-            .select_from(users.outerjoin(PREFS, PREFS.c.user_id == users.c.id))
-            .where(users.c.org_id == org_id)
-        )
-    ).all()
+    query = (
+        sa.select(users.c.id, users.c.role, PREFS.c.preferences)
+        .select_from(users.outerjoin(PREFS, PREFS.c.user_id == users.c.id))
+        .where(users.c.org_id == org_id)
+    )
+    if user_ids is not None:
+        query = query.where(users.c.id.in_(list(user_ids)))
+    rows = (await conn.execute(query)).all()
     if not rows:
         return []
-    teams: dict[str, set[str]] = defaultdict(set)
+    teams: dict[str, dict[str, str]] = defaultdict(dict)
     ut = schema.user_teams
-    for user_id, team_id in await conn.execute(
-        sa.select(ut.c.user_id, ut.c.team_id).where(ut.c.user_id.in_([r.id for r in rows]))
+    for user_id, team_id, role in await conn.execute(
+        sa.select(ut.c.user_id, ut.c.team_id, ut.c.role).where(
+            ut.c.user_id.in_([r.id for r in rows])
+        )
     ):
-        teams[user_id].add(team_id)
+        teams[user_id][team_id] = role
     return [
         (
-            Recipient(r.id, org_id, r.role, frozenset(teams[r.id])),
+            Recipient(
+                r.id,
+                org_id,
+                r.role,
+                frozenset(teams[r.id]),
+                tuple(sorted(teams[r.id].items())),
+            ),
             Preferences.from_json(r.preferences),
         )
         for r in rows
     ]
+
+
+async def endpoint_owners(
+    conn: AsyncConnection, endpoints: Iterable[Mapping[str, Any]]
+) -> dict[str, Owner]:
+    """Where each endpoint lives, for :func:`~spendgate.webhooks.matching.may_route`: an
+    unfiltered or tag-filtered endpoint spans orgs (nobody's but the master key's); a
+    filtered one lives where its scope does. A query per scope type among them; an
+    endpoint whose scope is gone is absent."""
+    endpoints = list(endpoints)
+    by_type: dict[str, list[str]] = defaultdict(list)
+    out: dict[str, Owner] = {}
+    for endpoint in endpoints:
+        scope_type = endpoint["scope_type"]
+        if scope_type in (None, "tag"):
+            out[endpoint["id"]] = NOBODY
+        else:
+            by_type[scope_type].append(endpoint["id"])
+    scope_ids: dict[str, str] = {e["id"]: e["scope_id"] for e in endpoints}
+    for scope_type, ids in by_type.items():
+        found = await owners_of(conn, scope_type, (scope_ids[i] for i in ids))
+        out.update({i: found[scope_ids[i]] for i in ids if scope_ids[i] in found})
+    return out
 
 
 async def _require_user(conn: AsyncConnection, user_id: str) -> None:

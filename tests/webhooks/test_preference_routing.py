@@ -16,9 +16,11 @@ def _prefs(endpoint_ids: list[str]) -> dict[str, Any]:
 
 
 def test_routing_needs_an_endpoint_the_caller_may_manage(gateway: RunningGateway) -> None:
-    """A viewer naming an endpoint (their org's, another org's, an unscoped one) and an
-    org admin naming another org's: 422 naming the field, nothing saved; the org admin
-    routes their own to their org's endpoint."""
+    """A viewer naming an endpoint (their org's, another org's, an unscoped one), an org
+    admin naming another org's, and an org admin or the master key routing the viewer's
+    notifications to an endpoint the viewer may not manage (such a route would deliver
+    nothing): 422 naming the field, nothing saved; the org admin routes their own to
+    their org's endpoint."""
     gw = gateway
     org_a = gw.post("/admin/orgs", {"name": "route-a"})["id"]
     org_b = gw.post("/admin/orgs", {"name": "route-b"})["id"]
@@ -45,6 +47,8 @@ def test_routing_needs_an_endpoint_the_caller_may_manage(gateway: RunningGateway
         (as_member, member, unscoped),
         (as_admin, admin, foreign),
         (as_admin, admin, unscoped),
+        (as_admin, member, own),
+        (gw.admin, member, own),
     ]
     for client, user, endpoint in refused:
         answer = client.put(path.format(user), json=_prefs([endpoint]))

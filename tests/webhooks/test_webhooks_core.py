@@ -9,13 +9,17 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
+from spendgate.core.access import NOBODY, Owner
 from spendgate.webhooks import formats
 from spendgate.webhooks.catalog import EVENT_TYPES, Event, severity, valid_pattern
 from spendgate.webhooks.matching import (
     Preferences,
     Recipient,
+    event_team_ids,
+    may_route,
     may_see,
     scope_matches,
+    team_subject,
     type_matches,
     wants,
 )
@@ -200,6 +204,68 @@ def test_visibility_by_role_and_team() -> None:
     assert may_see(Recipient("u2", "org_1", "member", frozenset({"team_a"})), event)
     assert not may_see(Recipient("u3", "org_1", "member", frozenset({"team_b"})), event)
     assert not may_see(Recipient("u4", "org_2", "org_admin"), event)
+
+
+@pytest.mark.parametrize(
+    ("data", "subject"),
+    [
+        # budget.*, forecast: the budget's scope
+        ({"budget_id": "b", "scope_type": "key", "scope_id": "k1"}, ("key", "k1")),
+        ({"budget_id": "b", "scope_type": "user", "scope_id": "u1"}, ("user", "u1")),
+        ({"budget_id": "b", "scope_type": "agent", "scope_id": "a1"}, ("agent", "a1")),
+        ({"budget_id": "b", "scope_type": "team", "scope_id": "t1"}, None),
+        ({"budget_id": "b", "scope_type": "org", "scope_id": "o1"}, None),
+        ({"budget_id": "b", "scope_type": "tag", "scope_id": None, "tag": "x"}, None),
+        # a user's teams already named (stored events fanned out again)
+        ({"scope_type": "user", "scope_id": "u1", "team_ids": []}, None),
+        # wallet.low_balance / depleted: the wallet's scope
+        ({"wallet_id": "w", "scope_type": "key", "scope_id": "k1"}, ("key", "k1")),
+        # wallet.ticket_*: the ticket names its key's team
+        ({"scope_type": "key", "scope_id": "k1", "key_id": "k1", "team_id": "t1"}, None),
+        # ratelimit.exceeded names the key's team; key.* name it (null: org-wide key)
+        ({"key_id": "k1", "team_id": "t1", "model": "m"}, None),
+        ({"key_id": "k1", "scope_type": "key", "scope_id": "k1", "team_id": None}, None),
+        # price.unknown, usage.implausible: the call's key, if any
+        ({"model": "m", "key_id": "k1", "refused": True}, ("key", "k1")),
+        ({"model": "m", "provider": "p"}, None),
+    ],
+)
+def test_what_an_event_needs_looked_up_to_name_its_teams(
+    data: dict[str, object], subject: tuple[str, str] | None
+) -> None:
+    assert team_subject(data) == subject
+
+
+def test_a_team_filter_matches_exactly_the_teams_an_event_concerns() -> None:
+    """The team a budget is scoped to, the team of a key (``team_id``), every team of a
+    user (``team_ids``): those teams match, no other (team B never hears of team A's)."""
+    key_a = Event("evt_1", "budget.hard_limit_reached", NOW, {"scope_type": "key",
+        "scope_id": "k1", "team_id": "team_a"}, org_id="org_1")  # fmt: skip
+    member_ab = Event("evt_2", "budget.threshold_crossed", NOW, {"scope_type": "user",
+        "scope_id": "u1", "team_ids": ["team_a", "team_b"]}, org_id="org_1")  # fmt: skip
+    org_key = Event("evt_3", "key.created", NOW, {"scope_type": "key", "scope_id": "k2",
+        "team_id": None, "user_id": "u1"}, org_id="org_1")  # fmt: skip
+    assert event_team_ids(key_a.data) == {"team_a"}
+    assert event_team_ids(member_ab.data) == {"team_a", "team_b"}
+    assert event_team_ids(org_key.data) == frozenset()
+    assert scope_matches("team", "team_a", key_a) and not scope_matches("team", "team_b", key_a)
+    assert scope_matches("team", "team_a", member_ab) and scope_matches("team", "team_b", member_ab)
+    assert not scope_matches("team", "team_a", org_key)
+    member_b = Recipient("u9", "org_1", "member", frozenset({"team_b"}))
+    assert may_see(member_b, member_ab) and not may_see(member_b, key_a)
+    assert wants(Preferences(scopes=(("team", "team_b"),)), member_ab)
+    assert not wants(Preferences(scopes=(("team", "team_b"),)), key_a)
+
+
+def test_routes_go_to_endpoints_the_user_may_manage_now() -> None:
+    """Org admins manage their org's endpoints (org- or team-scoped); no team role does,
+    nobody another org's, and only the master key unscoped or tag-filtered ones."""
+    admin = Recipient("u1", "org_1", "org_admin")
+    team_admin = Recipient("u2", "org_1", "member", frozenset({"t"}), (("t", "team_admin"),))
+    assert may_route(admin, Owner.of("org_1")) and may_route(admin, Owner.of("org_1", "t"))
+    assert not may_route(admin, Owner.of("org_2")) and not may_route(admin, NOBODY)
+    assert not may_route(team_admin, Owner.of("org_1", "t"))
+    assert not may_route(Recipient("u3", "org_1", "finance"), Owner.of("org_1"))
 
 
 def test_preferences_filter_types_and_scopes() -> None:

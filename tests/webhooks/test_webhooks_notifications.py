@@ -133,18 +133,19 @@ async def test_notifications_follow_roles_preferences_and_digest(engine: AsyncEn
 async def test_user_preference_routes_events_to_an_endpoint(
     engine: AsyncEngine, receivers: list[ServerHandle]
 ) -> None:
-    """A user's chosen webhook channel gets what they want, once, even beyond the
-    endpoint's own subscription."""
+    """A user's chosen webhook channel (an endpoint of their org, which they manage as its
+    org admin) gets what they want, once, even beyond the endpoint's own subscription."""
     now = datetime.now(UTC)
     d = Directory(engine)
     org = (await d.create_org("acme", now))["id"]
     team = (await d.create_team(org, "a", now))["id"]
-    user = (await d.create_user("u@x.io", "member", [team], org, now))["id"]
+    user = (await d.create_user("u@x.io", "org_admin", [], org, now))["id"]
     receiver = Receiver()
     receivers.append(serve_in_thread(receiver))
     store = WebhookStore(engine, BOX, allow_private=True)
     endpoint, _ = await store.create(
-        EndpointSpec(url=receivers[0].url, event_types=("key.*",)), now
+        EndpointSpec(url=receivers[0].url, event_types=("key.*",), scope_type="org", scope_id=org),
+        now,
     )
     await notes.put_preferences(
         engine,
