@@ -279,6 +279,8 @@ class UsageRow(BaseModel):
     output_tokens: int
     cache_read_tokens: int
     cache_write_tokens: int
+    #: the part of ``cache_write_tokens`` written to Anthropic's 1-hour cache
+    cache_write_1h_tokens: int
     reasoning_tokens: int
     cost_usd: str
     unpriced_requests: int

@@ -8,8 +8,6 @@ per 15 minutes, and every zone's days begin on one).
 
 from __future__ import annotations
 
-import csv
-import io
 from collections.abc import Collection
 from dataclasses import asdict
 from datetime import date, datetime, timedelta
@@ -26,7 +24,7 @@ from spendgate.admin.deps import Svc, Who, audit, guard, org_asked, principal
 from spendgate.core import showback as sb
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.budget_windows import validate_timezone, validate_week_start
-from spendgate.core.csv_cells import text_cell
+from spendgate.core.csv_cells import table_csv
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
@@ -115,14 +113,23 @@ def _filters(values: dict[str, str | None]) -> dict[str, Collection[str | None]]
     return out
 
 
-def usage_csv(columns: list[str], dims: list[str], rows: list[dict[str, Any]]) -> str:
-    """The rows as CSV; the dimension columns (ids, tags, models) made inert for
-    spreadsheets, the figures as they are."""
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=columns, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows({**row, **{d: text_cell(row.get(d)) for d in dims}} for row in rows)
-    return out.getvalue()
+def usage_csv(
+    dims: list[str], rows: list[dict[str, Any]], totals: list[dict[str, Any]], cumulative: bool
+) -> str:
+    """The report's ``rows`` as CSV (the dimension columns made inert for spreadsheets,
+    the figures as they are), then, grouped, a ``total`` row of every figure summed over
+    ``totals`` (the rows, or the report not grouped by tag: each call once), as the
+    console's CSV ends; not grouped, the one row is the total."""
+    summed: dict[str, Any] = {m: sum(row[m] for row in totals) for m in MEASURES}
+    summed["cost_usd"] = format_usd(summed.pop("cost_nanos"))
+    figures = [m if m != "cost_nanos" else "cost_usd" for m in MEASURES]
+    extra = ["cumulative_cost_usd"] if cumulative else []
+    _money(rows)
+    body = ([row.get(c) for c in (*dims, *figures, *extra)] for row in rows)
+    total = None
+    if dims:
+        total = [*[""] * (len(dims) - 1), *(summed[f] for f in figures), *[""] * len(extra)]
+    return table_csv([*dims, *figures, *extra], body, total, len(dims))
 
 
 def _money(rows: list[dict[str, Any]]) -> None:
@@ -209,13 +216,10 @@ async def usage(
             filters=filters,
         )  # fmt: skip
     if format == "csv":
-        _money(rows)
         after = {"group_by": dims, "start": start, "end": end, "org_id": org_id}
         owner = Owner(org_id, teams or frozenset())
         await audit_export(svc, request, who, owner, {**after, "rows": len(rows)})
-        extra = ["cumulative_cost_usd"] if cumulative else []
-        columns = [*dims, *(m if m != "cost_nanos" else "cost_usd" for m in MEASURES), *extra]
-        return Response(usage_csv(columns, dims, rows), media_type="text/csv")
+        return Response(usage_csv(dims, rows, totals, cumulative), media_type="text/csv")
     document = usage_json(dims, start_at, end_at, tz, rows, totals)
     return Response(document, media_type="application/json")
 

@@ -9,8 +9,6 @@ a member (no admin role) sees their own calls only.
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -34,7 +32,7 @@ from spendgate.console.usage_source import (
     usage_series,
 )
 from spendgate.core.access import Can, Owner
-from spendgate.core.csv_cells import text_cell
+from spendgate.core.csv_cells import table_csv
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
 
@@ -166,27 +164,16 @@ def _csv(
 ) -> str:
     """The table as shown; its total row counts each call once (grouped by tag, a call
     with several tags is in several columns)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd"])
-    for label, cells, group_total in rows:
-        writer.writerow(
-            [
-                text_cell(label),
-                text_cell(names.get(label, "")),
-                *(format_usd(cells.get(b, 0)) for b in buckets),
-                format_usd(group_total),
-            ]
-        )
-    writer.writerow(
-        [
-            "total",
-            "",
-            *(format_usd(per_bucket.get(b, 0)) for b in buckets),
-            format_usd(total),
-        ]
-    )
-    return out.getvalue()
+    return table_csv(
+        [view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd"],
+        (
+            [label, names.get(label, ""), *(format_usd(cells.get(b, 0)) for b in buckets),
+             format_usd(group_total)]
+            for label, cells, group_total in rows
+        ),
+        ["", *(format_usd(per_bucket.get(b, 0)) for b in buckets), format_usd(total)],
+        2,
+    )  # fmt: skip
 
 
 async def _audit_export(svc: Any, request: Request, user: Any, q: UsageQuery, rows: int) -> None:

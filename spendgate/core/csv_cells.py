@@ -10,6 +10,9 @@ strings and are left alone, so CSV and JSON figures stay equal.
 
 from __future__ import annotations
 
+import csv
+import io
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
@@ -20,3 +23,23 @@ def text_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
     return value
+
+
+def table_csv(
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    total: Sequence[Any] | None,
+    labels: int,
+) -> str:
+    """A table as a CSV export: ``header``, then ``rows`` with their first ``labels``
+    cells (the group's ids, names, tags) made inert by :func:`text_cell`, then the
+    ``total`` row (None: none), whose first cell says ``total``. The usage CSVs of the
+    admin API and of the console."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(header)
+    for row in rows:
+        writer.writerow([*(text_cell(v) for v in row[:labels]), *row[labels:]])
+    if total is not None:
+        writer.writerow(["total", *total])
+    return out.getvalue()

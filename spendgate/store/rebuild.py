@@ -142,8 +142,7 @@ def _from_ledger(dialect: str, table: sa.Table) -> str:
         f"SELECT {bucket} AS bucket, org_id, coalesce(team_id, '') AS team_id, "
         "coalesce(user_id, '') AS user_id, coalesce(agent_id, '') AS agent_id, key_id, "
         f"provider, model, kind, status, {tag_set if 'tags' in keys else 'NULL'} AS tags, "
-        "tags AS raw_tags, input_tokens, "
-        "output_tokens, cache_read_tokens, cache_write_tokens, reasoning_tokens, "
+        f"tags AS raw_tags, {', '.join(rollups.TOKEN_COLUMNS)}, "
         "coalesce(cost_nanos, 0) AS cost, "
         "CASE WHEN price_unknown OR cost_nanos IS NULL THEN 1 ELSE 0 END AS unpriced "
         "FROM ledger WHERE started_at >= :lo AND started_at < :hi"
@@ -155,7 +154,7 @@ def _from_ledger(dialect: str, table: sa.Table) -> str:
     rest = f"CAST(sum(l.cost % {_N}) AS {big})"
     sums = (
         "count(*)",
-        *(f"CAST(sum(l.{c}) AS {big})" for c in rollups.SUM_COLUMNS[1:6]),
+        *(f"CAST(sum(l.{c}) AS {big})" for c in rollups.TOKEN_COLUMNS),
         f"CAST(sum(l.cost / {_N}) AS {big}) + {rest} / {_N}",
         f"{rest} % {_N}",
         f"CAST(sum(l.unpriced) AS {big})",
@@ -409,7 +408,7 @@ async def _daily_chunk(
     rest = "CAST(sum(n.cost_nanos) AS BIGINT)"
     sums = ", ".join(
         [
-            *(f"CAST(sum(n.{c}) AS BIGINT)" for c in rollups.STORED_COLUMNS[:6]),
+            *(f"CAST(sum(n.{c}) AS BIGINT)" for c in ("calls", *rollups.TOKEN_COLUMNS)),
             f"CAST(sum(n.cost_usd) AS BIGINT) + {rest} / {_N}",
             f"{rest} % {_N}",
             "CAST(sum(n.unpriced_calls) AS BIGINT)",

@@ -24,8 +24,15 @@ batch actually inserted, in the batch's transaction: a row is counted when it la
 never again (a replayed spool or a retried batch inserts nothing new, so adds nothing).
 The narrow rollup is folded from the wide one's rows (:func:`narrow`), and the daily one
 from the narrow one's (:func:`daily`), so they hold the same calls by construction. The
-same :func:`aggregate` feeds :func:`spendgate.store.rebuild` and the backfill of
-migration 0013, so the three can never disagree on what a rollup row holds.
+same :func:`aggregate` feeds the backfills of migrations 0013 and 0024 (over
+:func:`ledger_pages`), and the same folds the backfills of 0018 and 0020, so they can
+never disagree with the writer on what a rollup row holds.
+
+**Migrations name their own columns.** A migration that builds or fills a rollup table
+lists that table's columns as literals of its revision and hands them (or ``sa.table``
+clauses of them) to these functions, which sum whatever columns they are given: adding
+a figure here (``TOKEN_COLUMNS``) takes a new migration, and leaves what the old ones
+build unchanged.
 
 Absent dimensions are stored as ``""`` (a primary key column cannot be NULL) and read
 back as ``None``. Rows are upserted in key order, so two writers lock them in one order.
@@ -33,7 +40,10 @@ back as ``None``. Rows are upserted in key order, so two writers lock them in on
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import json
+import operator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
@@ -55,32 +65,42 @@ KEY_COLUMNS = (
     "kind",
     "status",
 )
-SUM_COLUMNS = (
-    "calls",
+#: the token figures a rollup row sums, as the ledger names them (``cache_write_1h_tokens``:
+#: the part of ``cache_write_tokens`` written to Anthropic's 1-hour cache, migration 0024)
+TOKEN_COLUMNS = (
     "input_tokens",
     "output_tokens",
     "cache_read_tokens",
     "cache_write_tokens",
+    "cache_write_1h_tokens",
     "reasoning_tokens",
-    "cost_nanos",
-    "unpriced_calls",
 )
+SUM_COLUMNS = ("calls", *TOKEN_COLUMNS, "cost_nanos", "unpriced_calls")
 #: what a rollup row stores: the cost as whole dollars and the nanos below them, carried
 #: on every upsert, so a row's money never overflows 64 bits (``SUM_COLUMNS`` is the
 #: exact logical view, with ``cost_nanos`` a Python int of any size)
-STORED_COLUMNS = (*SUM_COLUMNS[:6], "cost_usd", "cost_nanos", "unpriced_calls")
+STORED_COLUMNS = ("calls", *TOKEN_COLUMNS, "cost_usd", "cost_nanos", "unpriced_calls")
+#: sums added to tables that already had rows, so declared with a default of 0 (a NOT
+#: NULL column added to a SQLite table needs one): the column, the migration that added it
+ADDED_COLUMNS = {"cache_write_1h_tokens": "0024_rollup_cache_1h"}
 NANOS = 1_000_000_000
 
 
-def stored(sums: list[int]) -> list[int]:
-    """Logical sums -> stored columns (the cost split into whole dollars and nanos)."""
-    whole, rest = divmod(sums[6], NANOS)
-    return [*sums[:6], whole, rest, sums[7]]
+def stored(sums: Sequence[int]) -> list[int]:
+    """Logical sums (``calls``, tokens…, ``cost_nanos``, ``unpriced_calls``) -> stored
+    columns (the cost split into whole dollars and nanos); any number of token figures."""
+    whole, rest = divmod(sums[-2], NANOS)
+    return [*sums[:-2], whole, rest, sums[-1]]
 
 
-def logical(values: list[int]) -> list[int]:
+def logical(values: Sequence[int]) -> list[int]:
     """Stored columns -> logical sums."""
-    return [*values[:6], values[6] * NANOS + values[7], values[8]]
+    return [*values[:-3], values[-3] * NANOS + values[-2], values[-1]]
+
+
+def _sum_column(name: str) -> sa.Column[int]:
+    default = "0" if name in ADDED_COLUMNS else None
+    return sa.Column(name, sa.BigInteger(), nullable=False, server_default=default)
 
 
 def _rollup_table(name: str, tag_column: str) -> sa.Table:
@@ -89,7 +109,7 @@ def _rollup_table(name: str, tag_column: str) -> sa.Table:
         *(sa.Column(c, sa.String(200), primary_key=True) for c in KEY_COLUMNS[1:]),
         sa.Column(tag_column, sa.Text(), primary_key=True),
     ]
-    sums: list[SchemaItem] = [sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS]
+    sums: list[SchemaItem] = [_sum_column(c) for c in STORED_COLUMNS]
     return sa.Table(
         name,
         metadata,
@@ -119,7 +139,7 @@ def _narrow_table(name: str, key: tuple[str, ...]) -> sa.Table:
         sa.Column(key[0], sa.String(200), nullable=False),
         sa.Column(key[1], sa.BigInteger(), nullable=False, autoincrement=False),
         *(sa.Column(c, sa.String(200), nullable=False) for c in key[2:]),
-        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED_COLUMNS),
+        *(_sum_column(c) for c in STORED_COLUMNS),
         sa.PrimaryKeyConstraint(*key, name=f"pk_{name}", postgresql_include=list(STORED_COLUMNS)),
         sqlite_with_rowid=False,
     )
@@ -154,28 +174,34 @@ Sums = list[int]
 Rollup = dict[Key, Sums]
 
 
-def _add(into: Rollup, key: Key, row: Any) -> None:
+def _add(into: Rollup, key: Key, figures: tuple[int, ...], cost: int, unpriced: int) -> None:
     sums = into.get(key)
     if sums is None:
-        sums = into[key] = [0] * len(SUM_COLUMNS)
+        into[key] = [1, *figures, cost, unpriced]
+        return
     sums[0] += 1
-    sums[1] += row.input_tokens
-    sums[2] += row.output_tokens
-    sums[3] += row.cache_read_tokens
-    sums[4] += row.cache_write_tokens
-    sums[5] += row.reasoning_tokens
-    sums[6] += row.cost_nanos or 0
-    sums[7] += 1 if row.price_unknown or row.cost_nanos is None else 0
+    for i, value in enumerate(figures, 1):
+        sums[i] += value
+    sums[-2] += cost
+    sums[-1] += unpriced
 
 
 def aggregate(
-    rows: Iterable[tuple[int, Any]], main: Rollup | None = None, tags: Rollup | None = None
+    rows: Iterable[tuple[int, Any]],
+    main: Rollup | None = None,
+    tags: Rollup | None = None,
+    tokens: Sequence[str] = TOKEN_COLUMNS,
 ) -> tuple[Rollup, Rollup]:
     """Sum ``(started_at_epoch_seconds, row)`` pairs into both rollups' rows; a row is a
-    ``LedgerEntry`` or anything with its fields (a selected ledger row)."""
+    ``LedgerEntry`` or anything with its fields (a selected ledger row). ``tokens``: the
+    token figures summed (a migration passes the list of its own revision)."""
     main = {} if main is None else main
     tags = {} if tags is None else tags
+    tokens_of = _figures(tokens)
     for seconds, row in rows:
+        figures = tokens_of(row)
+        cost = row.cost_nanos or 0
+        unpriced = 1 if row.price_unknown or row.cost_nanos is None else 0
         base = (
             seconds // BUCKET_SECONDS,
             row.org_id,
@@ -188,10 +214,62 @@ def aggregate(
             row.kind,
             row.status,
         )
-        _add(main, (*base, tag_set(row.tags)), row)
+        _add(main, (*base, tag_set(row.tags)), figures, cost, unpriced)
         for tag in set(row.tags) or {""}:
-            _add(tags, (*base, tag), row)
+            _add(tags, (*base, tag), figures, cost, unpriced)
     return main, tags
+
+
+def _figures(names: Sequence[str]) -> Callable[[Any], tuple[int, ...]]:
+    """A row's token figures ``names``, as a tuple."""
+    if len(names) == 1:
+        one = operator.attrgetter(names[0])
+        return lambda row: (one(row),)
+    return operator.attrgetter(*names)
+
+
+def _seconds(value: Any) -> int:
+    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
+
+
+class _LedgerRow:
+    """A selected ledger row with ``tags`` parsed (JSON text on SQLite)."""
+
+    __slots__ = ("_row", "tags")
+
+    def __init__(self, row: Any) -> None:
+        self._row = row
+        self.tags = json.loads(row.tags) if isinstance(row.tags, str) else list(row.tags)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._row, name)
+
+
+#: ledger rows read at a time by :func:`ledger_pages`
+PAGE_ROWS = 10_000
+
+
+def ledger_pages(
+    conn: sa.Connection, tokens: Sequence[str], where: str | None = None
+) -> Iterator[list[tuple[int, Any]]]:
+    """The ledger's rows (``where``: a SQL condition on them) a page at a time, as the
+    ``(started_at_epoch_seconds, row)`` pairs :func:`aggregate` sums, each row with the
+    key columns, the token figures ``tokens`` and the cost: a migration's backfill.
+
+    In pages by request id, not a server-side cursor: asyncpg keeps a cursor's portal
+    open to the end of the transaction, and a later ALTER TABLE of the ledger then fails."""
+    condition = f"({where}) AND " if where else ""
+    query = sa.text(
+        "SELECT request_id, org_id, team_id, user_id, agent_id, key_id, tags, provider, "
+        f"model, kind, status, {', '.join(tokens)}, cost_nanos, price_unknown, started_at "
+        f"FROM ledger WHERE {condition}request_id > :after ORDER BY request_id "
+        f"LIMIT {PAGE_ROWS}"
+    )
+    after = ""
+    while page := conn.execute(query, {"after": after}).all():
+        yield [(_seconds(row.started_at), _LedgerRow(row)) for row in page]
+        after = page[-1].request_id
 
 
 def narrow(main: Rollup, into: Rollup | None = None) -> Rollup:
@@ -314,11 +392,14 @@ def fold_narrow(
     """``INSERT INTO usage_team_rollup SELECT … FROM usage_rollup GROUP BY …``: the narrow
     rollup's rows (of the wide rows ``where`` selects) computed by the database, set-based
     — migration 0018's backfill, and the rebuild (from and into its scratch tables of the
-    same columns, ``source`` and ``into``). The nanos are summed apart from the dollars
-    and carried, so no sum leaves 64 bits."""
+    same columns, ``source`` and ``into``). Every column of ``into`` outside the key is
+    summed (a migration passes tables of its own revision's columns). The nanos are
+    summed apart from the dollars and carried, so no sum leaves 64 bits."""
     w = source
     nanos = sa.cast(sa.func.sum(w.c.cost_nanos), sa.BigInteger())
-    sums: dict[str, sa.ColumnElement[Any]] = {c: sa.func.sum(w.c[c]) for c in STORED_COLUMNS}
+    sums: dict[str, sa.ColumnElement[Any]] = {
+        c: sa.func.sum(w.c[c]) for c in _sum_names(into, NARROW_KEY)
+    }
     sums["cost_usd"] = sa.cast(sa.func.sum(w.c.cost_usd), sa.BigInteger()) + nanos // NANOS
     sums["cost_nanos"] = nanos % NANOS
     keys = [w.c[c] for c in NARROW_KEY]
@@ -326,6 +407,11 @@ def fold_narrow(
     if where is not None:
         query = query.where(where)
     return into.insert().from_select([*NARROW_KEY, *sums], query.group_by(*keys))
+
+
+def _sum_names(into: sa.TableClause, key: Sequence[str]) -> list[str]:
+    """The columns of a rollup table (or a clause naming its columns) outside ``key``."""
+    return [c.name for c in into.c if c.name not in key]
 
 
 def local_bucket(bucket: sa.ColumnElement[Any], segments: Sequence[Segment]) -> Any:
@@ -347,14 +433,20 @@ def local_day(bucket: sa.ColumnElement[Any], segments: Sequence[Segment]) -> Any
     return local // sa.literal_column(str(BUCKETS_PER_DAY), sa.BigInteger())
 
 
-def fold_daily(segments: Sequence[Segment], where: sa.ColumnElement[bool]) -> sa.Insert:
+def fold_daily(
+    segments: Sequence[Segment],
+    where: sa.ColumnElement[bool],
+    source: sa.TableClause = usage_team_rollup,
+    into: sa.TableClause = usage_team_daily,
+) -> sa.Insert:
     """``INSERT INTO usage_team_daily SELECT … FROM usage_team_rollup GROUP BY …``: the
     daily rows of the narrow rows ``where`` selects, each bucket under its local day by
-    ``segments`` (which must cover those buckets) — set-based, the nanos carried."""
-    n, d = usage_team_rollup, usage_team_daily
+    ``segments`` (which must cover those buckets) — set-based, the nanos carried. Every
+    column of ``into`` outside the key is summed, as in :func:`fold_narrow`."""
+    n, d = source, into
     nanos = sa.cast(sa.func.sum(n.c.cost_nanos), sa.BigInteger())
     sums: dict[str, sa.ColumnElement[Any]] = {
-        c: sa.cast(sa.func.sum(n.c[c]), sa.BigInteger()) for c in STORED_COLUMNS
+        c: sa.cast(sa.func.sum(n.c[c]), sa.BigInteger()) for c in _sum_names(into, DAILY_KEY)
     }
     sums["cost_usd"] = sa.cast(sa.func.sum(n.c.cost_usd), sa.BigInteger()) + nanos // NANOS
     sums["cost_nanos"] = nanos % NANOS

@@ -31,6 +31,7 @@ from spendgate.store.cost_sums import COST_REST, COST_WHOLE
 from spendgate.store.rollups import (
     NANOS,
     NARROW_DIMENSIONS,
+    TOKEN_COLUMNS,
     usage_daily_zone,
     usage_rollup,
     usage_tag_rollup,
@@ -54,18 +55,12 @@ COLUMN_OF = {
 WORK_MEM = "64MB"
 #: rows read from the driver at a time
 CHUNK_ROWS = 1000
-#: the figures of a report row, in CSV order
-MEASURES = (
-    "requests",
-    "errors",
-    "input_tokens",
-    "output_tokens",
-    "cache_read_tokens",
-    "cache_write_tokens",
-    "reasoning_tokens",
-    "cost_nanos",
-    "unpriced_requests",
-)
+#: the figures of a report row, in CSV order: the token figures are the rollups' own
+#: columns (``rollups.TOKEN_COLUMNS``, ``cache_write_1h_tokens`` the 1-hour part of
+#: ``cache_write_tokens``)
+MEASURES = ("requests", "errors", *TOKEN_COLUMNS, "cost_nanos", "unpriced_requests")
+#: where the cost is among them (read as two columns: whole dollars, then the nanos)
+_COST_AT = MEASURES.index("cost_nanos")
 
 
 def _measures(t: sa.Table, dialect: str) -> list[sa.ColumnElement[Any]]:
@@ -80,16 +75,7 @@ def _measures(t: sa.Table, dialect: str) -> list[sa.ColumnElement[Any]]:
     return [
         total(t.c.calls, "requests"),
         total(sa.case((t.c.status == "ok", 0), else_=t.c.calls), "errors"),
-        *(
-            total(t.c[c], c)
-            for c in (
-                "input_tokens",
-                "output_tokens",
-                "cache_read_tokens",
-                "cache_write_tokens",
-                "reasoning_tokens",
-            )
-        ),
+        *(total(t.c[c], c) for c in TOKEN_COLUMNS),
         total(t.c.cost_usd, COST_WHOLE),
         total(t.c.cost_nanos, COST_REST),
         total(t.c.unpriced_calls, "unpriced_requests"),
@@ -431,8 +417,9 @@ def _row_maker(
         raise ValueError(f"report columns: {names!r}")
     width = len(names) - len(MEASURES)
     values = [f"v{i}" for i in range(len(names) + 1)]  # the cost in two columns
-    cost = f"{values[width + 7]} * {NANOS} + {values[width + 8]}"
-    shown = [*values[: width + 7], cost, values[width + 9]]
+    at = width + _COST_AT
+    cost = f"{values[at]} * {NANOS} + {values[at + 1]}"
+    shown = [*values[:at], cost, *values[at + 2 :]]
     if labelled:
         shown[0] = f"labels[{values[0]}]"
     display = ", ".join(f"{name!r}: {v}" for name, v in zip(names, shown, strict=True))
@@ -473,5 +460,6 @@ def _folded_rows(
     rows: list[dict[str, Any]] = []
     for key in sorted(merged, key=lambda k: tuple(map(str, k))):
         f = merged[key]
-        rows.append(dict(zip(names, (*key, *f[:7], f[7] * NANOS + f[8], f[9]), strict=True)))
+        cost = f[_COST_AT] * NANOS + f[_COST_AT + 1]
+        rows.append(dict(zip(names, (*key, *f[:_COST_AT], cost, *f[_COST_AT + 2 :]), strict=True)))
     return rows

@@ -53,7 +53,9 @@ def test_usage_days_follow_the_org_reporting_zone(gateway: RunningGateway) -> No
         "/admin/usage", params={"group_by": "day,model", "org_id": org["id"], "format": "csv"}
     ).text
     assert csv_text.splitlines()[0].startswith("day,model,requests,errors")
-    assert len(csv_text.splitlines()) == 3
+    lines = csv_text.splitlines()
+    assert len(lines) == 4  # the header, a row per day, the total
+    assert lines[-1].startswith("total,,2,") and lines[-1].endswith(f",{total['total_cost_usd']},0")
 
 
 def test_bad_usage_input_is_a_422_naming_the_field(gateway: RunningGateway) -> None:

@@ -16,8 +16,9 @@ from spendgate.admin.usage import usage_json
 def _row(day: str, team: str | None, nanos: int, **extra: Any) -> dict[str, Any]:
     return {
         "day": day, "team": team, "requests": 3, "errors": 1, "input_tokens": 10,
-        "output_tokens": 4, "cache_read_tokens": 0, "cache_write_tokens": 0,
-        "reasoning_tokens": 2, "cost_nanos": nanos, "unpriced_requests": 1, **extra,
+        "output_tokens": 4, "cache_read_tokens": 0, "cache_write_tokens": 7,
+        "cache_write_1h_tokens": 5, "reasoning_tokens": 2, "cost_nanos": nanos,
+        "unpriced_requests": 1, **extra,
     }  # fmt: skip
 
 

@@ -259,9 +259,9 @@ def test_report_rows_from_query_rows() -> None:
     names = ("day", "team", *MEASURES)
     whole = 2**40
     result = [
-        (20513, None, 3, 1, 10, 4, 0, 0, 2, whole, 999_999_999, 1),
-        (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-        (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 7, 0),
+        (20513, None, 3, 1, 10, 4, 0, 6, 5, 2, whole, 999_999_999, 1),
+        (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 0, 7, 0),
     ]
     rows = report_rows(result, "day", "monday", names)
     assert [(r["day"], r["team"], r["cost_nanos"]) for r in rows] == [
@@ -269,14 +269,16 @@ def test_report_rows_from_query_rows() -> None:
         ("2026-03-02", "t1", 7),
     ]
     assert rows[0]["requests"] == 3 and rows[0]["unpriced_requests"] == 1
+    assert (rows[0]["cache_write_tokens"], rows[0]["cache_write_1h_tokens"]) == (6, 5)
+    assert rows[0]["reasoning_tokens"] == 2
     assert report_rows([], "day", "monday", names) == []
 
 
 def test_report_rows_without_grain_and_refusing_odd_names() -> None:
     """With no grain or dimension a row is the sums alone; the generated row maker takes
     only identifiers followed by ``MEASURES`` (it writes them into code)."""
-    row = report_rows([(2, 1, 3, 4, 0, 0, 0, 1, 5, 0)], None, "monday", MEASURES)
-    assert row == [dict(zip(MEASURES, (2, 1, 3, 4, 0, 0, 0, 10**9 + 5, 0), strict=True))]
+    row = report_rows([(2, 1, 3, 4, 0, 0, 0, 0, 1, 5, 0)], None, "monday", MEASURES)
+    assert row == [dict(zip(MEASURES, (2, 1, 3, 4, 0, 0, 0, 0, 10**9 + 5, 0), strict=True))]
     with pytest.raises(ValueError, match="report columns"):
         report_rows([], None, "monday", ("team']; import os #", *MEASURES))
     with pytest.raises(ValueError, match="report columns"):

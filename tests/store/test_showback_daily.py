@@ -21,6 +21,7 @@ from spendgate.store.ledger import Pending, store_batch
 from spendgate.store.rebuild import rebuild
 from spendgate.store.rollups import usage_daily_zone, usage_team_daily
 from spendgate.store.showback import usage_report
+from tests.store import old_rollups
 from tests.store.test_showback import row
 
 KTM = "Asia/Kathmandu"
@@ -171,13 +172,19 @@ async def test_migration_0020_fills_the_daily_rows_in_each_orgs_zone(database_ur
             {"t": now, "z": KTM},
         )
     for org in ("om1", "om2"):
-        main, tags = rollups.aggregate(
+        main, tags = old_rollups.aggregate(
             (int(at.timestamp()), row(org, i, at, 1_000_000_007 * (i + 1)))
             for i, at in enumerate(TIMES)
         )
         async with engine.begin() as conn:
-            for sql, rows in rollups.driver_writes(conn.dialect.name, main, tags):
-                await conn.exec_driver_sql(sql, rows)
+            await old_rollups.insert(
+                conn,
+                {
+                    "usage_rollup": main,
+                    "usage_tag_rollup": tags,
+                    "usage_team_rollup": rollups.narrow(main),
+                },
+            )
     await migrate(engine)
     assert await _daily_rows(engine, "om1") == _days(TIMES, KTM)
     assert await _daily_rows(engine, "om2") == _days(TIMES, "UTC")

@@ -15,6 +15,7 @@ from spendgate.store import rollups, schema
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, Pending, store_batch
 from spendgate.store.statements import close, list_statements, stored
+from tests.store import old_rollups
 
 INT64 = 2**63 - 1
 FEB = datetime(2026, 2, 10, tzinfo=UTC)
@@ -71,17 +72,16 @@ async def test_migration_0018_fills_the_narrow_rollup_and_splits_totals(
     await migrate(engine, "0017_tickets")
     rows = [call(n, 600_000_000 + n, "t1" if n % 2 else None,
                  FEB + timedelta(minutes=5 * n), f"k{n % 4}") for n in range(12)]  # fmt: skip
-    main, tags = rollups.aggregate((int(r.started_at.timestamp()), r) for r in rows)
+    main, tags = old_rollups.aggregate((int(r.started_at.timestamp()), r) for r in rows)
     async with engine.begin() as conn:
-        for statement, values in rollups.write_statements(conn.dialect.name, main, tags):
-            await conn.execute(statement, values)
+        await old_rollups.insert(conn, {"usage_rollup": main, "usage_tag_rollup": tags})
         await conn.execute(sa.text(
             "INSERT INTO statements (id, org_id, team_id, month, version, total_nanos, content, "
             "content_hash, created_by, created_at) VALUES ('s1', 'o1', '', '2026-02', 1, "
             f"{INT64}, '{{}}', 'h', 'tester', :at)"
         ), {"at": FEB})  # fmt: skip
     await migrate(engine)
-    want = rollups.narrow(main)
+    want = rollups.narrow(rollups.aggregate((int(r.started_at.timestamp()), r) for r in rows)[0])
     t = rollups.usage_team_rollup
     async with engine.connect() as conn:
         have = {

@@ -10,10 +10,6 @@ now on). ``orgs.reporting_timezone`` (``UTC``) and ``orgs.week_start`` (``monday
 ``allocation_rules``; ``ledger_retention`` (``spendgate.store.showback_schema``).
 """
 
-import json
-from datetime import UTC, datetime
-from typing import Any
-
 import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects.postgresql import JSONB
@@ -29,6 +25,19 @@ depends_on = None
 TS = sa.DateTime(timezone=True)
 JSON = sa.JSON().with_variant(JSONB(), "postgresql")
 DIMS = ("org_id", "team_id", "user_id", "agent_id", "key_id", "provider", "model", "kind")
+#: the rollups' sums at this revision (``spendgate.store.rollups`` has grown since: 0024)
+STORED = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_nanos",
+    "unpriced_calls",
+)
+TOKENS = STORED[1:6]
 
 
 def _rollup(name: str, tag_column: str) -> None:
@@ -37,50 +46,31 @@ def _rollup(name: str, tag_column: str) -> None:
         sa.Column("bucket", sa.BigInteger(), primary_key=True, autoincrement=False),
         *(sa.Column(c, sa.String(200), primary_key=True) for c in (*DIMS, "status")),
         sa.Column(tag_column, sa.Text(), primary_key=True),
-        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in rollups.STORED_COLUMNS),
+        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED),
     )
     op.create_index(f"ix_{name}_org_bucket", name, ["org_id", "bucket"])
     op.create_index(f"ix_{name}_team_bucket", name, ["team_id", "bucket"])
 
 
-class _Row:
-    """A selected ledger row with ``tags`` parsed (JSON text on SQLite)."""
-
-    __slots__ = ("_row", "tags")
-
-    def __init__(self, row: Any, tags: list[str]) -> None:
-        self._row = row
-        self.tags = tags
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._row, name)
-
-
-def _seconds(value: Any) -> int:
-    parsed = datetime.fromisoformat(value) if isinstance(value, str) else value
-    return int((parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)).timestamp())
-
-
 def _backfill(conn: sa.Connection) -> None:
+    """Both new rollups from the ledger, summed by the writer's ``aggregate`` over this
+    revision's token columns, inserted whole (the tables are new)."""
     main: rollups.Rollup = {}
     tags: rollups.Rollup = {}
-    # in pages by request id, not a server-side cursor: asyncpg keeps a cursor's portal
-    # open to the end of the transaction, and a later ALTER TABLE ledger then fails
-    query = sa.text(
-        "SELECT request_id, org_id, team_id, user_id, agent_id, key_id, tags, provider, "
-        "model, kind, status, input_tokens, output_tokens, cache_read_tokens, "
-        "cache_write_tokens, reasoning_tokens, cost_nanos, price_unknown, started_at "
-        "FROM ledger WHERE request_id > :after ORDER BY request_id LIMIT 10000"
-    )
-    after = ""
-    while page := conn.execute(query, {"after": after}).all():
-        for row in page:
-            parsed = json.loads(row.tags) if isinstance(row.tags, str) else list(row.tags)
-            rollups.aggregate([(_seconds(row.started_at), _Row(row, parsed))], main, tags)
-        after = page[-1].request_id
-    for statement, rows in rollups.write_statements(conn.dialect.name, main, tags):
+    for page in rollups.ledger_pages(conn, TOKENS):
+        rollups.aggregate(page, main, tags, TOKENS)
+    for name, tag_column, rollup in (
+        ("usage_rollup", "tags", main),
+        ("usage_tag_rollup", "tag", tags),
+    ):
+        names = ("bucket", *DIMS, "status", tag_column, *STORED)
+        table = sa.table(name, *(sa.column(c) for c in names))
+        rows = [
+            dict(zip(names, (*key, *rollups.stored(rollup[key])), strict=True))
+            for key in sorted(rollup)
+        ]
         for start in range(0, len(rows), 5000):
-            conn.execute(statement, rows[start : start + 5000])
+            conn.execute(table.insert(), rows[start : start + 5000])
 
 
 def upgrade() -> None:

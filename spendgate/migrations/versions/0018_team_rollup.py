@@ -29,6 +29,22 @@ branch_labels = None
 depends_on = None
 
 NANOS = 1_000_000_000
+#: the narrow rollup's key and the rollups' sums at this revision (``spendgate.store.rollups``
+#: has grown since: 0024)
+NARROW_KEY = ("org_id", "bucket", "team_id", "provider", "model", "kind", "status")
+STORED = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_nanos",
+    "unpriced_calls",
+)
+WIDE_KEY = ("bucket", "org_id", "team_id", "user_id", "agent_id", "key_id", "provider", "model",
+            "kind", "status", "tags")  # fmt: skip
 
 
 def upgrade() -> None:
@@ -36,16 +52,16 @@ def upgrade() -> None:
         "usage_team_rollup",
         sa.Column("org_id", sa.String(200), nullable=False),
         sa.Column("bucket", sa.BigInteger(), nullable=False, autoincrement=False),
-        *(sa.Column(c, sa.String(200), nullable=False) for c in rollups.NARROW_KEY[2:]),
-        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in rollups.STORED_COLUMNS),
+        *(sa.Column(c, sa.String(200), nullable=False) for c in NARROW_KEY[2:]),
+        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED),
         sa.PrimaryKeyConstraint(
-            *rollups.NARROW_KEY,
-            name="pk_usage_team_rollup",
-            postgresql_include=list(rollups.STORED_COLUMNS),
+            *NARROW_KEY, name="pk_usage_team_rollup", postgresql_include=list(STORED)
         ),
         sqlite_with_rowid=False,
     )
-    op.execute(rollups.fold_narrow())
+    wide = sa.table("usage_rollup", *(sa.column(c) for c in (*WIDE_KEY, *STORED)))
+    narrow = sa.table("usage_team_rollup", *(sa.column(c) for c in (*NARROW_KEY, *STORED)))
+    op.execute(rollups.fold_narrow(source=wide, into=narrow))
     with _unguarded():
         for column in ("total_whole_usd", "total_rest_nanos"):
             op.add_column(

@@ -24,18 +24,32 @@ down_revision = "0019_uncounted"
 branch_labels = None
 depends_on = None
 
+#: the narrow and daily rollups' keys and the rollups' sums at this revision
+#: (``spendgate.store.rollups`` has grown since: 0024)
+NARROW_KEY = ("org_id", "bucket", "team_id", "provider", "model", "kind", "status")
+DAILY_KEY = ("org_id", "day", "team_id", "model", "provider", "kind", "status")
+STORED = (
+    "calls",
+    "input_tokens",
+    "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "cost_usd",
+    "cost_nanos",
+    "unpriced_calls",
+)
+
 
 def upgrade() -> None:
     op.create_table(
         "usage_team_daily",
         sa.Column("org_id", sa.String(200), nullable=False),
         sa.Column("day", sa.BigInteger(), nullable=False, autoincrement=False),
-        *(sa.Column(c, sa.String(200), nullable=False) for c in rollups.DAILY_KEY[2:]),
-        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in rollups.STORED_COLUMNS),
+        *(sa.Column(c, sa.String(200), nullable=False) for c in DAILY_KEY[2:]),
+        *(sa.Column(c, sa.BigInteger(), nullable=False) for c in STORED),
         sa.PrimaryKeyConstraint(
-            *rollups.DAILY_KEY,
-            name="pk_usage_team_daily",
-            postgresql_include=list(rollups.STORED_COLUMNS),
+            *DAILY_KEY, name="pk_usage_team_daily", postgresql_include=list(STORED)
         ),
         sqlite_with_rowid=False,
     )
@@ -56,10 +70,11 @@ def upgrade() -> None:
             sa.text("INSERT INTO usage_daily_zone (org_id, timezone) VALUES (:o, :z)"),
             {"o": org, "z": zones.get(org) or "UTC"},
         )
-    n = rollups.usage_team_rollup
+    n = sa.table("usage_team_rollup", *(sa.column(c) for c in (*NARROW_KEY, *STORED)))
+    d = sa.table("usage_team_daily", *(sa.column(c) for c in (*DAILY_KEY, *STORED)))
     for org, low, high in spans:
         segments = sb.offset_segments(int(low), int(high) + 1, zones.get(org) or "UTC")
-        conn.execute(rollups.fold_daily(segments, n.c.org_id == org))
+        conn.execute(rollups.fold_daily(segments, n.c.org_id == org, source=n, into=d))
 
 
 def downgrade() -> None:

@@ -1,0 +1,46 @@
+"""Rollup rows as the ledger writer wrote them before migration 0024: the same sums
+(``rollups.aggregate`` and its folds over that revision's token columns), without
+``cache_write_1h_tokens`` — for tests that migrate from an older revision."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from spendgate.store import rollups
+
+#: the token figures and stored sums of the rollups from 0013 to 0023
+TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+          "reasoning_tokens")  # fmt: skip
+STORED = ("calls", *TOKENS, "cost_usd", "cost_nanos", "unpriced_calls")
+_WIDE = ("bucket", "org_id", "team_id", "user_id", "agent_id", "key_id", "provider", "model",
+         "kind", "status")  # fmt: skip
+KEYS = {
+    "usage_rollup": (*_WIDE, "tags"),
+    "usage_tag_rollup": (*_WIDE, "tag"),
+    "usage_team_rollup": rollups.NARROW_KEY,
+    "usage_team_daily": rollups.DAILY_KEY,
+}
+
+
+def aggregate(rows: Iterable[tuple[int, Any]]) -> tuple[rollups.Rollup, rollups.Rollup]:
+    """The wide and tag rollups' rows of ``(epoch seconds, ledger row)`` pairs."""
+    return rollups.aggregate(rows, tokens=TOKENS)
+
+
+async def insert(conn: AsyncConnection, tables: dict[str, rollups.Rollup]) -> None:
+    """Insert each table's rows (table name -> rollup rows) with the old columns."""
+    for table, rollup in tables.items():
+        names = (*KEYS[table], *STORED)
+        statement = sa.text(
+            f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(f':{n}' for n in names)})"
+        )
+        values = [
+            dict(zip(names, (*key, *rollups.stored(rollup[key])), strict=True))
+            for key in sorted(rollup)
+        ]
+        if values:
+            await conn.execute(statement, values)
