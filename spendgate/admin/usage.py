@@ -113,23 +113,16 @@ def _filters(values: dict[str, str | None]) -> dict[str, Collection[str | None]]
     return out
 
 
-def usage_csv(
-    dims: list[str], rows: list[dict[str, Any]], totals: list[dict[str, Any]], cumulative: bool
-) -> str:
-    """The report's ``rows`` as CSV (the dimension columns made inert for spreadsheets,
-    the figures as they are), then, grouped, a ``total`` row of every figure summed over
-    ``totals`` (the rows, or the report not grouped by tag: each call once), as the
-    console's CSV ends; not grouped, the one row is the total."""
-    summed: dict[str, Any] = {m: sum(row[m] for row in totals) for m in MEASURES}
-    summed["cost_usd"] = format_usd(summed.pop("cost_nanos"))
+def usage_csv(dims: list[str], rows: list[dict[str, Any]], cumulative: bool) -> str:
+    """The report's ``rows`` as CSV: the dimension columns made inert for spreadsheets,
+    the figures as they are. No total row: every line is one group, so a script can sum
+    a column (the JSON's ``total_cost_usd`` is the total; the console's CSV, for people,
+    ends with one)."""
     figures = [m if m != "cost_nanos" else "cost_usd" for m in MEASURES]
     extra = ["cumulative_cost_usd"] if cumulative else []
     _money(rows)
     body = ([row.get(c) for c in (*dims, *figures, *extra)] for row in rows)
-    total = None
-    if dims:
-        total = [*[""] * (len(dims) - 1), *(summed[f] for f in figures), *[""] * len(extra)]
-    return table_csv([*dims, *figures, *extra], body, total, len(dims))
+    return table_csv([*dims, *figures, *extra], body, None, len(dims))
 
 
 def _money(rows: list[dict[str, Any]]) -> None:
@@ -219,7 +212,7 @@ async def usage(
         after = {"group_by": dims, "start": start, "end": end, "org_id": org_id}
         owner = Owner(org_id, teams or frozenset())
         await audit_export(svc, request, who, owner, {**after, "rows": len(rows)})
-        return Response(usage_csv(dims, rows, totals, cumulative), media_type="text/csv")
+        return Response(usage_csv(dims, rows, cumulative), media_type="text/csv")
     document = usage_json(dims, start_at, end_at, tz, rows, totals)
     return Response(document, media_type="application/json")
 

@@ -61,6 +61,5 @@ def test_usage_rolls_up_by_tag(gateway: RunningGateway) -> None:
         "/admin/usage", params={"group_by": "tag", "org_id": org, "format": "csv"}
     )
     assert exported.status_code == 200, exported.text
-    *rows, total = csv.DictReader(io.StringIO(exported.text))
-    assert sorted(r["tag"] for r in rows) == ["", "batch", "prod", "search"]
-    assert (total["tag"], total["cost_usd"]) == ("total", report["total_cost_usd"])
+    rows = list(csv.DictReader(io.StringIO(exported.text)))
+    assert sorted(r["tag"] for r in rows) == ["", "batch", "prod", "search"]  # no total row
