@@ -195,7 +195,7 @@ async def create_budget(
 async def list_budgets(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await svc.policies.list_budgets(org_asked(who, org_id))
+    rows = await svc.policies.list_budgets(await org_asked(svc, who, org_id))
     return [budget_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 

@@ -86,7 +86,7 @@ async def create_rate_limit(
 async def list_rate_limits(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await svc.policies.list_rate_limits(org_asked(who, org_id))
+    rows = await svc.policies.list_rate_limits(await org_asked(svc, who, org_id))
     return [limit_out(r) for r in await scope.filter(rows, scope.of_policy)]
 
 
