@@ -78,7 +78,13 @@ from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.security.credentials import new_id
 from spendgate.security.web import CsrfGuard, SecurityHeaders
 from spendgate.services import EventSink, Services
-from spendgate.settings import Settings, load_audit_settings, load_settings, spool_directory
+from spendgate.settings import (
+    Settings,
+    load_audit_settings,
+    load_settings,
+    spool_directory,
+    unconfigured_names,
+)
 from spendgate.stopping import Stop, end_pool, end_tasks, ignore_interrupts
 from spendgate.store.anomalies import AnomalyWatch
 from spendgate.store.audit import bind_audit_key
@@ -416,6 +422,7 @@ class Gateway:
         if self.auto_migrate:
             await migrate(engine)
         await self._check_secrets()
+        await self._warn_unconfigured_names()
         try:  # what a previous run (or a dead replica) left: before counters seed from it
             await self.services.ledger.replay_orphans()
         except DatabaseUnavailable:
@@ -465,6 +472,28 @@ class Gateway:
         if not self.services.settings.allow_unreadable_secrets:
             raise StartupRefused(message)
         log.critical("%s; starting anyway: their deliveries fail until then", message)
+
+    async def _warn_unconfigured_names(self) -> None:
+        """A line per stored budget or rate limit naming a provider or model the config
+        no longer has (checked when written; the config may change since): it counts or
+        governs no call there, a hard cap on it never binds."""
+        policies, settings = self.services.policies, self.services.settings
+        for what, rows, counts in (
+            ("budget", await policies.list_budgets(), "counts no spend"),
+            ("rate limit", await policies.list_rate_limits(), "governs no call"),
+        ):
+            for row in rows:
+                problems = unconfigured_names(settings, row)
+                if problems:
+                    log.warning(
+                        "%s %s %s of a name the config no longer has (restore it in the "
+                        "config, or change the %s): %s",
+                        what,
+                        row["id"],
+                        counts,
+                        what,
+                        "; ".join(message for _, message in problems),
+                    )
 
     async def _demo_bootstrap(self) -> None:
         """First demo start: an org and a key to try right away (printed once)."""

@@ -41,6 +41,7 @@ from spendgate.core.audit_chain import (
     derive_key,
 )
 from spendgate.core.pricing import PriceOverride, PriceRef
+from spendgate.core.rate_rules import is_pattern
 from spendgate.errors import ConfigError
 from spendgate.observability.logs import LOG_LEVELS
 
@@ -573,6 +574,38 @@ def unknown_config_keys(path: str | None) -> list[str]:
                 known = CONFIG_KEYS["models.*.price"]
                 unknown += [f"{where}.price.{k}" for k in price if k not in known]
     return unknown
+
+
+def unconfigured_names(settings: Settings, policy: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``(field, message)`` for each provider or model ``policy`` names that this config
+    does not have: a budget's ``categories.providers`` (provider names) and
+    ``categories.models``, or a rate limit's ``model`` (a name, not a pattern, must be a
+    configured model). A budget naming one counts no spend of it, a rate limit governs no
+    call: refused when written (422), warned about when a stored row outlives a config
+    change (``spendgate serve``, and the row's ``warnings`` in the admin API)."""
+    if "model" in policy:  # a rate limit (a budget has no ``model``)
+        named = {"model": ("model", [policy["model"]])}
+    else:
+        categories = policy.get("categories") or {}
+        named = {
+            f"categories.{kind}s": (kind, categories.get(f"{kind}s", []))
+            for kind in ("provider", "model")
+        }
+    providers = sorted({route.provider.name for route in settings.models.values()})
+    problems = []
+    for where, (kind, names) in named.items():
+        for name in names:
+            if kind == "provider" and name not in providers:
+                problems.append(
+                    (
+                        where,
+                        f"{where}: {name!r} is not a configured provider "
+                        f"(configured: {', '.join(providers) or 'none'})",
+                    )
+                )
+            elif kind == "model" and not is_pattern(name) and name not in settings.models:
+                problems.append((where, f"{where}: {name!r} is not a configured model"))
+    return problems
 
 
 #: the highest ``forecast_overrun_escalation`` band, % of the limit (100× the limit)

@@ -152,7 +152,7 @@ async def list_anomalies_route(
     team_filter = who.team_filter()
     rows = await list_anomalies(
         svc.engine,
-        org_id=org_asked(who, org_id),
+        org_id=await org_asked(svc, who, org_id),
         team_ids=None if team_filter is None else sorted(team_filter),
         status=status,
         scope_type=scope_type,
@@ -305,7 +305,7 @@ async def action_owner(scope: Scope, row: dict[str, Any]) -> Owner | None:
 async def list_actions(
     svc: Svc, who: Who, scope: Scoped, org_id: s.ObjectId | None = None
 ) -> list[dict[str, Any]]:
-    rows = await actions.list_configs(svc.engine, org_asked(who, org_id))
+    rows = await actions.list_configs(svc.engine, await org_asked(svc, who, org_id))
     return [action_out(r) for r in await scope.filter(rows, lambda r: action_owner(scope, r))]
 
 

@@ -154,14 +154,25 @@ def guard(permission: Can) -> list[Any]:
 Who = Annotated[Principal, Depends(acting)]
 
 
-def org_asked(who: Principal, asked: str | None) -> str | None:
+async def org_asked(svc: Services, who: Principal, asked: str | None) -> str | None:
     """The org a list, a statement or an org-wide action is for: as asked with the master
-    key (``None``: every org); for anyone else their own org. Another org's id answers
-    like a missing org — 422 naming ``org_id`` — and is never swapped for the caller's
-    own: an answer about the wrong org would pass for the one asked about."""
-    if asked is not None and not who.is_master and asked != who.org_id:
-        raise ValidationFailed(f"org_id: org {asked} not found", param="org_id")
+    key (``None``: every org); for anyone else their own org. A missing org, and for
+    anyone but the master key another org, is 422 naming ``org_id`` — never an empty
+    answer (a typo would read as "nothing there") nor the caller's own org (an answer
+    about the wrong org would pass for the one asked about)."""
+    if asked is not None:
+        known = await _org_exists(svc, asked) if who.is_master else asked == who.org_id
+        if not known:
+            raise ValidationFailed(f"org_id: org {asked} not found", param="org_id")
     return who.org_filter(asked)
+
+
+async def _org_exists(svc: Services, org_id: str) -> bool:
+    try:
+        await svc.directory.get_org(org_id)
+    except NotFound:
+        return False
+    return True
 
 
 async def audit(

@@ -136,7 +136,7 @@ async def refresh_forecasts(
     member's call refreshes their own org's budgets."""
     if query_org_id is not None:  # read by no route: refused, not ignored (every org's)
         raise ValidationFailed("org_id: give it in the JSON body", param="org_id")
-    org_id = org_asked(who, None if body is None else body.org_id)
+    org_id = await org_asked(svc, who, None if body is None else body.org_id)
     started, now = svc.clock.monotonic(), svc.clock.now()
     policy = await svc.policies.snapshot(now)
     budgets = [b for b in policy.budgets if org_id is None or b.org_id == org_id]

@@ -17,9 +17,9 @@ from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import validate_timezone, window_at
 from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd, usd_to_nanos
-from spendgate.core.rate_rules import is_pattern
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.services import Services
+from spendgate.settings import unconfigured_names
 from spendgate.store.events import fired_keys_many, record_event
 from spendgate.store.policies import budget_from_row
 
@@ -91,25 +91,22 @@ def _check_levels(values: dict[str, Any]) -> None:
         raise ValidationFailed(f"{problem[0]}: {problem[1]}", param=problem[0])
 
 
-def _check_categories(svc: Services, categories: dict[str, list[str]]) -> None:
-    """``categories.providers`` are the config's provider names, and a model that is a
-    name (not a pattern) is a configured model: one naming none would count no spend at
-    all (and a hard cap on it would never block)."""
-    models = svc.settings.models
-    configured = sorted({route.provider.name for route in models.values()})
-    for name in categories.get("providers", []):
-        if name not in configured:
-            raise ValidationFailed(
-                f"categories.providers: {name!r} is not a configured provider "
-                f"(configured: {', '.join(configured) or 'none'})",
-                param="categories.providers",
-            )
-    for model in categories.get("models", []):
-        if not is_pattern(model) and model not in models:
-            raise ValidationFailed(
-                f"categories.models: {model!r} is not a configured model",
-                param="categories.models",
-            )
+def check_names(svc: Services, policy: dict[str, Any]) -> None:
+    """A budget's categories or a rate limit's model name only what the config has
+    (422 naming the field otherwise): a name it lacks would count or govern no call."""
+    problems = unconfigured_names(svc.settings, policy)
+    if problems:
+        field, message = problems[0]
+        raise ValidationFailed(message, param=field)
+
+
+def warned(svc: Services, policy: dict[str, Any]) -> dict[str, Any]:
+    """A stored budget or rate limit (as answered) with its ``warnings``: the names it
+    keeps that the config no longer has, so it counts or governs nothing there."""
+    return {
+        **policy,
+        "warnings": [message for _, message in unconfigured_names(svc.settings, policy)],
+    }
 
 
 def budget_out(row: dict[str, Any]) -> dict[str, Any]:
@@ -164,7 +161,7 @@ async def create_budget(
     named = await scope_name(svc, body.scope_type, body.scope_id) or body.scope_id or body.tag
     values["name"] = body.name or f"{body.scope_type} {named} {body.period}"
     _check_levels(values)
-    _check_categories(svc, values["categories"])
+    check_names(svc, values)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_budget(
@@ -195,8 +192,8 @@ async def create_budget(
 async def list_budgets(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await svc.policies.list_budgets(org_asked(who, org_id))
-    return [budget_out(r) for r in await scope.filter(rows, scope.of_policy)]
+    rows = await svc.policies.list_budgets(await org_asked(svc, who, org_id))
+    return [warned(svc, budget_out(r)) for r in await scope.filter(rows, scope.of_policy)]
 
 
 @router.get(
@@ -206,7 +203,7 @@ async def list_budgets(
     dependencies=guard(Can.BUDGETS_READ),
 )
 async def get_budget(budget_id: str, scope: Scoped) -> dict[str, Any]:
-    return budget_out((await scope.budget(budget_id))[0])
+    return warned(scope.svc, budget_out((await scope.budget(budget_id))[0]))
 
 
 @router.patch(
@@ -220,7 +217,7 @@ async def update_budget(
 ) -> dict[str, Any]:
     _, owner = await scope.budget(budget_id)
     if body.categories is not None:
-        _check_categories(svc, _stored(body)["categories"])
+        check_names(svc, _stored(body))
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         current = await svc.policies.get_budget(budget_id, conn)
@@ -242,7 +239,7 @@ async def update_budget(
         )
     await svc.enforcer.policy_changed()
     await _sweep_new_levels(svc, budget_id)
-    return budget_out(await svc.policies.get_budget(budget_id))
+    return warned(svc, budget_out(await svc.policies.get_budget(budget_id)))
 
 
 @router.delete(

@@ -8,10 +8,9 @@ from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
-from spendgate.admin.policies import scope_owner
+from spendgate.admin.policies import check_names, scope_owner, warned
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
-from spendgate.core.rate_rules import is_pattern
 from spendgate.errors import ValidationFailed
 
 router = APIRouter(
@@ -55,9 +54,7 @@ async def create_rate_limit(
         raise ValidationFailed(
             "rpm: set at least one of rpm, tpm, max_concurrent, max_spend_usd", param="rpm"
         )
-    if not is_pattern(body.model) and body.model not in svc.settings.models:
-        # a name no route serves governs no call: a typo would leave the model unlimited
-        raise ValidationFailed(f"model: {body.model!r} is not a configured model", param="model")
+    check_names(svc, {"model": body.model})  # a typo would leave the model unlimited
     owner = await scope_owner(scope, body.scope_type, body.scope_id, None, None)
     org_id = owner.org_id
     now = svc.clock.now()
@@ -86,15 +83,15 @@ async def create_rate_limit(
 async def list_rate_limits(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await svc.policies.list_rate_limits(org_asked(who, org_id))
-    return [limit_out(r) for r in await scope.filter(rows, scope.of_policy)]
+    rows = await svc.policies.list_rate_limits(await org_asked(svc, who, org_id))
+    return [warned(svc, limit_out(r)) for r in await scope.filter(rows, scope.of_policy)]
 
 
 @router.get(
     "/rate-limits/{limit_id}", response_model=s.RateLimitOut, dependencies=guard(Can.LIMITS_READ)
 )
 async def get_rate_limit(limit_id: str, scope: Scoped) -> dict[str, Any]:
-    return limit_out((await limit_in_scope(scope, limit_id))[0])
+    return warned(scope.svc, limit_out((await limit_in_scope(scope, limit_id))[0]))
 
 
 @router.patch(
@@ -125,7 +122,7 @@ async def update_rate_limit(
             after=limit_out(row),
         )
     await svc.enforcer.policy_changed()
-    return limit_out(row)
+    return warned(svc, limit_out(row))
 
 
 @router.delete("/rate-limits/{limit_id}", status_code=204, dependencies=guard(Can.LIMITS_WRITE))

@@ -156,7 +156,9 @@ async def create_team(
     dependencies=guard(Can.DIRECTORY_READ),
 )
 async def list_teams(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    return _visible(who, await svc.directory.list_teams(org_asked(who, org_id)), _team_owner)
+    return _visible(
+        who, await svc.directory.list_teams(await org_asked(svc, who, org_id)), _team_owner
+    )
 
 
 @router.get(
@@ -211,7 +213,9 @@ async def create_agent(
     dependencies=guard(Can.DIRECTORY_READ),
 )
 async def list_agents(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    return _visible(who, await svc.directory.list_agents(org_asked(who, org_id)), _owned_by_team)
+    return _visible(
+        who, await svc.directory.list_agents(await org_asked(svc, who, org_id)), _owned_by_team
+    )
 
 
 @router.get(
@@ -280,7 +284,7 @@ async def create_key(
 async def list_keys(
     svc: Svc, who: Who, org_id: str | None = None, team_id: str | None = None
 ) -> list[dict[str, Any]]:
-    rows = await svc.directory.list_keys(org_asked(who, org_id), team_id)
+    rows = await svc.directory.list_keys(await org_asked(svc, who, org_id), team_id)
     return _visible(who, rows, _owned_by_team)
 
 
@@ -409,7 +413,9 @@ async def events(
             param="type",
         )
     await svc.ledger.flush()  # events caused by calls travel with their ledger rows
-    rows = await list_events(svc.engine, type_=type, org_id=org_asked(who, org_id), limit=limit)
+    rows = await list_events(
+        svc.engine, type_=type, org_id=await org_asked(svc, who, org_id), limit=limit
+    )
     return [
         {
             "id": r["id"],

@@ -404,6 +404,11 @@ class BudgetOut(BaseModel):
     categories: dict[str, list[str]]
     created_at: datetime
     updated_at: datetime
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="providers or models it names that the config no longer has: it "
+        "counts or governs no call of them",
+    )
 
 
 class ForecastOut(BaseModel):
@@ -586,3 +591,8 @@ class RateLimitOut(BaseModel):
     spend_window_seconds: int
     created_at: datetime
     updated_at: datetime
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="providers or models it names that the config no longer has: it "
+        "counts or governs no call of them",
+    )

@@ -31,19 +31,11 @@ from spendgate.store.showback_schema import allocation_rules
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
 
 
-def _org_id(who: Principal, asked: str | None) -> str:
-    org_id = org_asked(who, asked)
+async def _org(svc: Services, who: Principal, asked: str | None) -> dict[str, Any]:
+    org_id = await org_asked(svc, who, asked)
     if org_id is None:
         raise ValidationFailed("org_id: required with the master key", param="org_id")
-    return org_id
-
-
-async def _org(svc: Services, who: Principal, asked: str | None) -> dict[str, Any]:
-    org_id = _org_id(who, asked)
-    try:
-        return await svc.directory.get_org(org_id)
-    except NotFound as exc:
-        raise ValidationFailed(f"org_id: org {org_id} not found", param="org_id") from exc
+    return await svc.directory.get_org(org_id)
 
 
 def _may_read(who: Principal, org_id: str, team_id: str | None) -> None:
@@ -78,7 +70,9 @@ async def list_statements(
     svc: Svc, who: Who, org_id: str | None = None, month: str | None = None
 ) -> list[dict[str, Any]]:
     """Stored (closed and reissued) statements, newest month first."""
-    rows = await store.list_statements(svc.engine, org_asked(who, org_id), month, who.team_filter())
+    rows = await store.list_statements(
+        svc.engine, await org_asked(svc, who, org_id), month, who.team_filter()
+    )
     return [_ref(r) for r in rows]
 
 
@@ -231,7 +225,7 @@ async def _check_shares(svc: Services, org_id: str, body: RuleIn) -> None:
 async def list_rules(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
     t = allocation_rules
     query = sa.select(t).order_by(t.c.org_id, t.c.position, t.c.id)
-    if (org := org_asked(who, org_id)) is not None:
+    if (org := await org_asked(svc, who, org_id)) is not None:
         query = query.where(t.c.org_id == org)
     async with svc.engine.connect() as conn:
         return [dict(r._mapping) for r in await conn.execute(query)]

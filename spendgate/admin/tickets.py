@@ -149,7 +149,7 @@ async def list_tickets(
     asked (key, team), how much, the wallet's state and the key's recent spend."""
     rows = await store.list_tickets(
         svc.engine,
-        org_id=org_asked(who, org_id),
+        org_id=await org_asked(svc, who, org_id),
         status=None if status == "all" else status,
         wallet_id=wallet_id,
         limit=limit,

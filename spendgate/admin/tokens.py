@@ -86,7 +86,7 @@ async def list_tokens(
     """The caller's own tokens; an org admin sees the org's, the master key everyone's."""
     if who.role != ORG_ADMIN and not who.is_master:
         user_id = who.user_id
-    rows = await TokenStore(svc.engine).list(org_asked(who, org_id), user_id)
+    rows = await TokenStore(svc.engine).list(await org_asked(svc, who, org_id), user_id)
     now = svc.clock.now()
     return [token_public(r, now) for r in rows if manages_tokens_of(who, r["user_id"], r["org_id"])]
 

@@ -173,7 +173,7 @@ async def usage(
 ) -> Any:
     """Spend grouped by any dimensions and one time grain, from the rollups."""
     dims = parse_group_by(group_by)
-    org_id = org_asked(who, org_id)
+    org_id = await org_asked(svc, who, org_id)
     zone_default, week_default = await org_reporting(svc, org_id)
     tz = parse_zone(timezone, "timezone", zone_default)
     try:

@@ -230,7 +230,7 @@ async def remove_membership(
 
 @router.get("/users", response_model=list[s.User], dependencies=guard(Can.DIRECTORY_READ))
 async def list_users(svc: Svc, who: Who, org_id: str | None = None) -> list[dict[str, Any]]:
-    users = await svc.directory.list_users(org_asked(who, org_id))
+    users = await svc.directory.list_users(await org_asked(svc, who, org_id))
     return users if who.is_master else [u for u in users if who.sees(user_owner(u))]
 
 

@@ -186,7 +186,7 @@ async def list_wallets(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
     """Open and closed wallets (``status``), oldest first."""
-    rows = await svc.policies.list_wallets(org_asked(who, org_id))
+    rows = await svc.policies.list_wallets(await org_asked(svc, who, org_id))
     return [await wallet_out(svc, r) for r in await scope.filter(rows, scope.of_policy)]
 
 

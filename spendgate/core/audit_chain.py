@@ -269,10 +269,18 @@ ENFORCEMENT_TARGETS: dict[str, tuple[str, str]] = {
 }
 
 
+#: what refused a call whose model's price is unknown (``price.unknown`` marked refused,
+#: once per org, model and day): a hard cap, a wallet or a rate limit's spend limit
+UNPRICED_REFUSERS = (("budget", "budget_id"), ("wallet", "wallet_id"), ("rate_limit", "limit_id"))
+
+
 def enforcement_event(type_: str, data: Mapping[str, Any], at: datetime) -> AuditEvent | None:
     """The audit event for an enforcement fact (``None`` for types not audited), by the
-    system actor ``enforcer``; the fact's data becomes ``after``."""
+    system actor ``enforcer``; the fact's data (for a refusal, the key and model)
+    becomes ``after``. A ``price.unknown`` is audited only when a limit refused the call."""
     target = ENFORCEMENT_TARGETS.get(type_)
+    if type_ == "price.unknown" and data.get("refused") is True:
+        target = next((t for t in UNPRICED_REFUSERS if data.get(t[1]) is not None), None)
     if target is None:
         return None
     target_id = data.get(target[1])

@@ -541,7 +541,8 @@ class Enforcer:
         """Fail closed on money: refuse a call whose price is unknown when a hard cap (429)
         or a wallet (402) applies, before anything is held. Neither has been reached, so
         neither ``budget.hard_limit_reached`` nor ``wallet.depleted`` fires; the refusal
-        is announced as ``price.unknown`` (``"refused": true``, once per org, model and day).
+        is announced as ``price.unknown`` (``"refused": true``, once per org, model and day),
+        which is audited like a cap hit (``audit_chain.enforcement_event``).
         The next period or a top-up will not price the model: no ``Retry-After``, and
         ``x-should-retry: false``."""
         model = subject.model

@@ -222,9 +222,10 @@ class RateGate:
         self, rows: Sequence[RateLimit], key_id: str, org_id: str, model: str, now: datetime
     ) -> int:
         """A call whose price is unknown: refused (``UnpricedSpend``) when a governing row
-        has a spend limit, announced as ``price.unknown`` (``"refused": true``, once per
-        model and day; not ``ratelimit.exceeded``: the limit was not reached); else its
-        spend counts as 0 (requests, tokens and concurrency are counted as usual)."""
+        has a spend limit, announced (and audited) as ``price.unknown`` (``"refused":
+        true``, once per org, model and day; not ``ratelimit.exceeded``: the limit was not
+        reached); else its spend counts as 0 (requests, tokens and concurrency are counted
+        as usual)."""
         row = next((r for r in rows if r.max_spend_nanos is not None), None)
         if row is None:
             return 0

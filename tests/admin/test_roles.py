@@ -1048,6 +1048,50 @@ def test_tokens_never_outrank_or_outlive_their_creator(gateway: RunningGateway) 
     assert gw.get(f"/admin/tokens/{child['id']}")["status"] == "revoked"
 
 
+def org_filtered_lists(gw: RunningGateway) -> list[str]:
+    """Every admin GET taking ``org_id`` in the query, from the OpenAPI document (so a
+    new list route is checked too)."""
+    spec = gw.get("/openapi.json")
+    paths = sorted(
+        path.replace("{month}", "2026-02")
+        for path, ops in spec["paths"].items()
+        if path.startswith("/admin")
+        and any(
+            p["name"] == "org_id" and p["in"] == "query"
+            for p in ops.get("get", {}).get("parameters", [])
+        )
+    )
+    assert len(paths) >= 15, paths
+    return paths
+
+
+def test_the_master_key_naming_a_missing_org_is_refused_not_answered_empty(
+    gateway: RunningGateway,
+) -> None:
+    """With the master key, a list (keys, budgets, wallets, usage…) or an org action
+    naming an org that does not exist is 422 naming ``org_id``, as for an org admin: it
+    used to answer ``[]`` (or refresh nothing), so a mistyped id read as "nothing
+    there"."""
+    gw = gateway
+    org = gw.create_key()["org_id"]
+    missing = {
+        "message": "org_id: org org_missing not found",
+        "code": "validation_error",
+        "param": "org_id",
+    }
+    for path in org_filtered_lists(gw):
+        assert gw.admin.get(path, params={"org_id": org}).status_code == 200, path
+        refused = gw.admin.get(path, params={"org_id": "org_missing"})
+        assert (refused.status_code, refused.json()["error"]) == (422, missing), path
+    for path, body in (
+        ("/admin/forecasts/refresh", {"org_id": "org_missing"}),
+        ("/admin/statements/2026-02/close", {"org_id": "org_missing"}),
+        ("/admin/allocation-rules", {"org_id": "org_missing", "method": "even"}),
+    ):
+        refused = gw.admin.post(path, json=body)
+        assert (refused.status_code, refused.json()["error"]) == (422, missing), path
+
+
 def test_another_orgs_id_is_refused_not_swapped(gateway: RunningGateway) -> None:
     """Every admin GET that takes ``org_id`` answers an org admin who names another org
     (or one that does not exist) as it answers for a missing org — 422 naming
@@ -1061,17 +1105,7 @@ def test_another_orgs_id_is_refused_not_swapped(gateway: RunningGateway) -> None
     gw.create_key(org_id=other)
     admin = gw.post("/admin/users", {"email": "oa@lists.example", "role": OA, "org_id": own})
     token = gw.post("/admin/tokens", {"user_id": admin["id"], "name": "oa"})["token"]
-    spec = gw.get("/openapi.json")
-    paths = sorted(
-        path.replace("{month}", "2026-02")
-        for path, ops in spec["paths"].items()
-        if path.startswith("/admin")
-        and any(
-            p["name"] == "org_id" and p["in"] == "query"
-            for p in ops.get("get", {}).get("parameters", [])
-        )
-    )
-    assert len(paths) >= 15, paths
+    paths = org_filtered_lists(gw)
     with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {token}"}) as client:
         for path in paths:
             assert client.get(path, params={"org_id": own}).status_code == 200, path

@@ -72,3 +72,16 @@ def test_cli_usage_rebuild_errors_name_its_options(gateway: RunningGateway) -> N
         assert result.exit_code == 1, result.output
         assert said in " ".join(result.output.split()), result.output
         assert "start" not in result.output and "end:" not in result.output
+
+
+def test_cli_naming_a_missing_org_says_so(gateway: RunningGateway) -> None:
+    """``--org`` with an id no org has is an error naming it (exit 1), not an empty
+    table that reads as "nothing there"."""
+    for args in (("statements", "list"), ("usage", "--by", "model")):
+        result = CliRunner().invoke(
+            cli,
+            [*args, "--org", "org_missing", "--url", gateway.url, "--json"],
+            env={"SPENDGATE_MASTER_KEY": MASTER_KEY},
+        )
+        assert result.exit_code == 1 and result.stdout == "", (args, result.output)
+        assert "422" in result.stderr and "org_id: org org_missing not found" in result.stderr

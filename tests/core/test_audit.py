@@ -318,6 +318,23 @@ def test_enforcement_facts_become_system_entries() -> None:
     assert enforcement_event("price.unknown", {"model": "x"}, T0) is None
 
 
+@pytest.mark.parametrize(
+    ("refuser", "field"),
+    [("budget", "budget_id"), ("wallet", "wallet_id"), ("rate_limit", "limit_id")],
+)
+def test_a_refusal_for_an_unknown_price_is_audited_against_what_refused(
+    refuser: str, field: str
+) -> None:
+    """``price.unknown`` marked refused names the budget, wallet or rate limit that
+    refused the call: the entry's target; the key and model stay in ``after``."""
+    data = {"model": "m", "key_id": "key_1", "refused": True, field: "x_1"}
+    made = enforcement_event("price.unknown", data, T0)
+    assert made is not None
+    assert (made.action, made.target_type, made.target_id) == ("price.unknown", refuser, "x_1")
+    assert made.after == data
+    assert enforcement_event("price.unknown", {**data, "refused": False}, T0) is None
+
+
 # -- version 2: scope in the hash, MACs under the audit key, anchors ----------------------------
 SEALING = entry_key(KEY)
 

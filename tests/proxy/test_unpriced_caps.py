@@ -185,3 +185,64 @@ def test_the_anthropic_route_refuses_in_its_own_format(
         assert_says_how_to_fix(body["error"]["message"], "claude-unpriced")
     assert seen == [429, 402] and forwarded(fake, "claude-unpriced") == 0
     assert gateway.ledger() == []
+
+
+def unpriced_audit(gw: RunningGateway) -> list[dict[str, Any]]:
+    gw.run(gw.app.services.drain())
+    entries: list[dict[str, Any]] = gw.get("/admin/audit", action="price.unknown", limit=100)[
+        "entries"
+    ]
+    return entries
+
+
+def test_each_refusal_is_audited_once_per_org_model_and_day_across_replicas(
+    gateway: RunningGateway, upstream: tuple[FakeUpstream, Any], tmp_path: Any
+) -> None:
+    """A refusal for an unknown price is a cap hit: it lands in the audit log (by the
+    enforcer, naming the key, the model and the budget, wallet or rate limit that
+    refused), once per org, model and day like its ``price.unknown`` event, whichever
+    replica refused; a call served at an unknown price is no audit entry."""
+    from tests.conftest import start_gateway
+
+    capped, funded, limited = (gateway.create_key() for _ in range(3))
+    budget = gateway.create_budget(
+        scope_type="key", scope_id=capped["id"], amount_usd="100", hard_limit=True
+    )
+    wallet = gateway.post(
+        "/admin/wallets", {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": "5"}
+    )
+    row = gateway.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": limited["id"], "model": "*", "max_spend_usd": "5"},
+    )
+    second = start_gateway(
+        gateway.settings.database_url, upstream[1].url, tmp_path, extra_config=EXTRA
+    )
+    try:
+        for gw in (gateway, gateway, second):
+            for key in (capped, funded, limited):
+                with pytest.raises(openai.APIStatusError):
+                    sdk(gw, key["key"], []).chat.completions.create(
+                        model="mystery-model", messages=MSG
+                    )
+    finally:
+        second.admin.close()
+        second.handle.stop()
+    served = gateway.create_key()
+    sdk(gateway, served["key"], []).chat.completions.create(model="mystery-model", messages=MSG)
+    entries = unpriced_audit(gateway)
+    assert sorted((e["target_type"], e["target_id"]) for e in entries) == sorted(
+        [("budget", budget["id"]), ("wallet", wallet["id"]), ("rate_limit", row["id"])]
+    )
+    for key, target in ((capped, budget["id"]), (funded, wallet["id"]), (limited, row["id"])):
+        [entry] = [e for e in entries if e["target_id"] == target]
+        assert (entry["actor_type"], entry["actor_id"]) == ("system", "enforcer")
+        assert entry["after"]["key_id"] == key["id"] and entry["org_id"] == key["org_id"]
+        assert entry["after"]["model"] == "mystery-model" and entry["after"]["refused"] is True
+        assert entry["at"].startswith("2026-03-10")
+
+    gateway.clock.advance(86_400)  # the next day: refused again, audited again
+    with pytest.raises(openai.RateLimitError):
+        sdk(gateway, capped["key"], []).chat.completions.create(model="mystery-model", messages=MSG)
+    assert len(unpriced_audit(gateway)) == 4
+    assert gateway.get("/admin/audit/verify")["ok"] is True
