@@ -27,11 +27,13 @@ class SharedBackends:
     database made for this run and dropped after it: spendgate's PostgreSQL + Redis mode,
     with nobody else's keys or rows in the way."""
 
-    def __init__(self, port: int, core: str, logdir: Path) -> None:
+    def __init__(self, port: int, core: str, logdir: Path, wrapper: tuple[str, ...] = ()) -> None:
         self.port = port
         self.database = f"spendgate_bench_{uuid.uuid4().hex[:10]}"
         self._core = core
         self._logdir = logdir
+        #: a command Redis runs under, e.g. ``valgrind --tool=callgrind …``
+        self._wrapper = wrapper
         self._redis: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -44,6 +46,7 @@ class SharedBackends:
                 "taskset",
                 "-c",
                 self._core,
+                *self._wrapper,
                 server,
                 "--port",
                 str(self.port),

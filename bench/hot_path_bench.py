@@ -158,9 +158,11 @@ def stretched(settings: Settings, factor: float) -> Settings:
 
 
 @contextlib.asynccontextmanager
-async def gateway(shared: bool, work: Path, stretch: float = 1.0) -> AsyncIterator[Gateway]:
+async def gateway(
+    shared: bool, work: Path, stretch: float = 1.0, redis_url: str = REDIS
+) -> AsyncIterator[Gateway]:
     """A started gateway with the demo models: SQLite in ``work``, or (``shared``) a fresh
-    PostgreSQL database and a Redis key prefix of its own, both removed afterwards.
+    PostgreSQL database and a key prefix of its own on ``redis_url``, both removed afterwards.
 
     ``stretch`` multiplies every period of background work (ledger flush, key cache,
     policy reload, housekeeping, hold heartbeat, reconciliation, the webhook outbox poll
@@ -175,7 +177,7 @@ async def gateway(shared: bool, work: Path, stretch: float = 1.0) -> AsyncIterat
         await admin_db.execute(f'CREATE DATABASE "{database}"')
         env |= {
             "SPENDGATE_DATABASE_URL": f"{PG}/{database}",
-            "SPENDGATE_REDIS_URL": REDIS,
+            "SPENDGATE_REDIS_URL": redis_url,
             "SPENDGATE_REDIS_PREFIX": f"sgbench:{uuid.uuid4().hex}:",
         }
     else:
@@ -202,7 +204,7 @@ async def gateway(shared: bool, work: Path, stretch: float = 1.0) -> AsyncIterat
         if shared:
             await admin_db.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             await admin_db.close()
-            redis = Redis.from_url(REDIS)
+            redis = Redis.from_url(redis_url)
             keys = [k async for k in redis.scan_iter(match=env["SPENDGATE_REDIS_PREFIX"] + "*")]
             if keys:
                 await redis.delete(*keys)
