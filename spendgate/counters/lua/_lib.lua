@@ -4,10 +4,11 @@
 -- to Python are the stored strings where possible.
 
 -- t[first..last] as a new table (a part of KEYS or ARGV laid out as another script's).
+-- Built by one unpack: filled one element at a time, a table is resized at every power
+-- of two, each time rehashing what it holds. (unpack's limit, ~8000 values, is far above
+-- what one call's policies give.)
 local function slice(t, first, last)
-  local out = {}
-  for i = first, last do out[#out + 1] = t[i] end
-  return out
+  return {unpack(t, first, last)}
 end
 
 -- Take up to `amount` (a figure) back out of `key`'s reserved, never below zero.
