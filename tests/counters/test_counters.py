@@ -80,6 +80,19 @@ async def test_reserve_is_all_or_nothing(counters: Counters) -> None:
     assert await counters.reap(EXPIRES + 1) == 1  # only r0 was ever recorded
 
 
+async def test_a_call_under_thousands_of_budgets_is_held_and_settled(counters: Counters) -> None:
+    """3,000 holds (9,002 ARGV values, past what one Lua ``unpack`` can return): every
+    bucket is held, and settled, as with a few."""
+    holds = [Hold(f"many:{i}", 3, cap=100) for i in range(3_000)]
+
+    assert await counters.reserve("r-many", holds, EXPIRES) is None
+    assert await counters.state("many:2999") == BucketState(0, 3, None)
+    await counters.settle("r-many", [Settlement(h.bucket, 3, 2) for h in holds])
+
+    assert await counters.state("many:0") == BucketState(2, 0, None)
+    assert await counters.state("many:2999") == BucketState(2, 0, None)
+
+
 async def test_reserve_exact_fit_and_no_cap(counters: Counters) -> None:
     """A hold that lands exactly on the cap fits; one more nano does not; no cap never refuses."""
     await counters.seed("a", 60)

@@ -5,10 +5,14 @@
 
 -- t[first..last] as a new table (a part of KEYS or ARGV laid out as another script's).
 -- Built by one unpack: filled one element at a time, a table is resized at every power
--- of two, each time rehashing what it holds. (unpack's limit, ~8000 values, is far above
--- what one call's policies give.)
+-- of two, each time rehashing what it holds. unpack stops at Lua's C stack (~8000
+-- values): a call under thousands of budgets gets the loop instead.
+local UNPACK_MAX = 4000
 local function slice(t, first, last)
-  return {unpack(t, first, last)}
+  if last - first < UNPACK_MAX then return {unpack(t, first, last)} end
+  local out = {}
+  for i = first, last do out[#out + 1] = t[i] end
+  return out
 end
 
 -- Take up to `amount` (a figure) back out of `key`'s reserved, never below zero.
