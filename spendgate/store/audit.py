@@ -82,7 +82,9 @@ audit_log = sa.Table(
     # who may read the entry (hashed from version 2; see migration 0007): the org, and the
     # teams as ",team_a,team_b," so one LIKE per team finds them on SQLite and PostgreSQL
     sa.Column("org_id", sa.String(40), nullable=True),
-    sa.Column("team_ids", sa.String(400), nullable=True),
+    # (PostgreSQL: any length since migration 0025, a user in many teams; SQLite never
+    # enforced one)
+    sa.Column("team_ids", sa.String(400).with_variant(sa.Text(), "postgresql"), nullable=True),
     # the entry's canonical version (1: before migration 0011) and its MAC (version 2)
     sa.Column("v", sa.SmallInteger(), nullable=False, server_default="1"),
     sa.Column("mac", sa.String(64), nullable=True),

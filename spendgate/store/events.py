@@ -69,7 +69,7 @@ async def record_event(
     the same transaction, so a fact, its event and its deliveries stand or fall together.
     An event about a key, agent or user is stored naming its team(s) (:func:`with_teams`).
     """
-    data = await with_teams(conn, data)
+    data = await with_teams(conn, type_, data)
     values = {
         "id": new_id("evt"),
         "type": type_,
@@ -89,12 +89,12 @@ async def record_event(
     return values
 
 
-async def with_teams(conn: AsyncConnection, data: dict[str, Any]) -> dict[str, Any]:
+async def with_teams(conn: AsyncConnection, type_: str, data: dict[str, Any]) -> dict[str, Any]:
     """``data`` (a copy) naming the team(s) of the key, agent or user it is about
     (``webhooks.matching.team_subject``): ``team_id`` for a key or agent (``null``: an
     org-wide one), ``team_ids`` for a user (their teams now). One query, two for a user;
     none for an event about anything else or naming its team already."""
-    subject = team_subject(data)
+    subject = team_subject(type_, data)
     if subject is None:
         return data
     kind, object_id = subject

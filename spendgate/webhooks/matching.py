@@ -26,6 +26,9 @@ from spendgate.webhooks.catalog import Event
 
 SCOPE_TYPES: tuple[str, ...] = ("org", "team", "user", "agent", "key", "tag")
 ORG_WIDE_ROLES: frozenset[str] = frozenset({"org_admin", "finance"})
+#: events that name a call's key but are the operator's, not the key's team's: a ledger
+#: row the database refused (``reason`` is the database's own error text)
+ORG_LEVEL_TYPES: frozenset[str] = frozenset({"ledger.row_rejected"})
 
 
 def type_matches(patterns: Iterable[str], type_: str) -> bool:
@@ -38,11 +41,14 @@ def type_matches(patterns: Iterable[str], type_: str) -> bool:
     return False
 
 
-def team_subject(data: Mapping[str, Any]) -> tuple[str, str] | None:
+def team_subject(type_: str, data: Mapping[str, Any]) -> tuple[str, str] | None:
     """The object whose team(s) an event must be given to reach team filters, as (kind,
     id): the user a budget is scoped to (unless the event has ``team_ids``); else the key
     or agent a budget, wallet or forecast is scoped to, or the key a call event names
-    (``key_id``), unless the event already says ``team_id`` (``null``: no team)."""
+    (``key_id``), unless the event already says ``team_id`` (``null``: no team). None
+    for an org-level type (:data:`ORG_LEVEL_TYPES`)."""
+    if type_ in ORG_LEVEL_TYPES:
+        return None
     scope_type, scope_id = data.get("scope_type"), data.get("scope_id")
     if scope_type == "user" and isinstance(scope_id, str) and scope_id:
         return None if "team_ids" in data else ("user", scope_id)

@@ -233,7 +233,7 @@ def test_visibility_by_role_and_team() -> None:
 def test_what_an_event_needs_looked_up_to_name_its_teams(
     data: dict[str, object], subject: tuple[str, str] | None
 ) -> None:
-    assert team_subject(data) == subject
+    assert team_subject("budget.threshold_crossed", data) == subject
 
 
 def test_a_team_filter_matches_exactly_the_teams_an_event_concerns() -> None:
