@@ -43,6 +43,11 @@ class BudgetView:
         return days
 
     @property
+    def counts_some_calls(self) -> bool:
+        """Whether the budget's categories narrow what of its scope it counts."""
+        return any((self.row.get("categories") or {}).values())
+
+    @property
     def state(self) -> str:
         """One word for the list (shown as text, never by colour alone)."""
         used = Decimal(self.status["percent_used"])

@@ -241,6 +241,31 @@ def test_selected_budget_shows_forecast_band_and_landing(console: Console) -> No
     assert f"P90 ${forecast['p90_usd']}" in page
 
 
+def test_selected_budget_chart_counts_only_the_budgets_categories(console: Console) -> None:
+    """A budget that counts one model of its team (categories): the chart's spend line ends
+    at the budget's own spent figure, not at everything the team spent (which drew a
+    budget at 20 % as far over all its levels)."""
+    gw = console.gw
+    _spend(console)
+    budget = gw.post(
+        "/admin/budgets",
+        {
+            "name": "4o only",
+            "scope_type": "team",
+            "scope_id": console.team_id,
+            "amount_usd": "1",
+            "timezone": "Asia/Kolkata",
+            "categories": {"models": ["gpt-4o"], "kinds": ["chat"]},
+        },
+    )
+    spent = gw.get(f"/admin/budgets/{budget['id']}/status")["spent_usd"]
+    team = gw.get("/admin/usage", team_id=console.team_id, start="2026-03-01")
+    assert Decimal(spent) > 0 and Decimal(spent) < Decimal(team["total_cost_usd"])
+    with session(console.url, "finance@acme.test") as client:
+        page = client.get(f"/usage?budget={budget['id']}").text
+    assert f"<title>spend so far: ${spent}</title>" in page
+
+
 def test_usage_in_the_orgs_reporting_zone_and_by_tag(console: Console) -> None:
     """The org's reporting zone names the axis and the days; grouping by tag works (the
     rollups' tag view) and its figures are the API's."""
