@@ -89,6 +89,25 @@ async def _targets(svc: Services, who: Principal) -> list[tuple[str, str, str]]:
     return out
 
 
+async def _other_kind_of_target(svc: Services, who: Principal, body: dict[str, Any]) -> str:
+    """Why the Target picked is not of the Scope picked ("" if it is, or none is picked):
+    the form once took an org (or tag) scope with a team picked for a whole-org budget."""
+    scope_type, target = body.get("scope_type"), body.get("scope_id")
+    if not target:
+        return ""
+    found = [(kind, label) for kind, id_, label in await _targets(svc, who) if id_ == target]
+    if not found or found[0][0] == scope_type:
+        return ""  # an id of no list is the API's to refuse
+    kind, label = found[0]
+    if scope_type == "tag":
+        return f"a tag budget has no Target: set it to (none), or choose Scope {kind}"
+    article = "an" if str(scope_type)[:1] in "aeiou" else "a"
+    return (
+        f"{label} is a {kind}, not {article} {scope_type}: choose Scope {kind}, "
+        "or another Target"
+    )
+
+
 async def _form_page(
     request: Request,
     svc: Services,
@@ -161,11 +180,13 @@ async def create(request: Request, svc: Svc, user: User) -> Response:
     who = require(user, Can.BUDGETS_WRITE)
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     body = budget_body(form, BUDGET_FIELDS)
+    mismatch = await _other_kind_of_target(svc, who, body)
+    if mismatch:
+        return await _form_page(request, svc, who, form, {"scope_id": mismatch}, None, 422)
     if body.get("scope_type") == "org":
         body["scope_id"] = who.org_id
     if body.get("scope_type") == "tag":
         body["org_id"] = who.org_id
-        body.pop("scope_id", None)
     try:
         made = await policies.create_budget(
             s.BudgetIn.model_validate(body), svc, request, who, scope_for(svc, who)

@@ -94,6 +94,36 @@ def test_budget_form_shows_the_api_errors_beside_the_field(console: Console, pag
     expect(page.get_by_label("Amount (USD)")).to_have_value("100")
 
 
+def test_budget_form_refuses_a_target_of_another_scope(console: Console, page: Page) -> None:
+    """A team picked as Target with Scope left at org, or at tag, and a tag typed for a
+    team budget: the form says so beside the field and creates nothing. (They were
+    dropped: an org-wide budget — a hard cap on every team — made for one team.)"""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(f"{console.url}/usage/budgets/new")
+    page.get_by_label("Target").select_option(console.team_id)
+    page.get_by_label("Amount (USD)").fill("7")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.locator("#scope_id-error")).to_contain_text("research is a team, not an org")
+    expect(page.get_by_label("Target")).to_have_value(console.team_id)
+    expect(page.get_by_label("Amount (USD)")).to_have_value("7")
+    page.get_by_label("Scope", exact=True).select_option("tag")
+    page.get_by_label("Tag (tag scope)").fill("search")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.locator("#scope_id-error")).to_contain_text("a tag budget has no Target")
+    page.get_by_label("Scope", exact=True).select_option("team")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.locator("#tag-error")).to_contain_text("only a tag budget has one")
+    assert console.gw.get("/admin/budgets") == []
+    # the API's own rule: neither is dropped without a word
+    body = {"scope_type": "team", "scope_id": console.team_id, "amount_usd": "7", "tag": "x"}
+    refused = console.gw.admin.post("/admin/budgets", json=body)
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "tag"
+    body = {"scope_type": "tag", "tag": "x", "org_id": console.org_id, "amount_usd": "7"}
+    refused = console.gw.admin.post("/admin/budgets", json={**body, "scope_id": console.team_id})
+    assert refused.status_code == 422 and refused.json()["error"]["param"] == "scope_id"
+    assert console.gw.admin.post("/admin/budgets", json=body).status_code == 201
+
+
 def test_delete_asks_first_and_exceptions_are_granted(console: Console, page: Page) -> None:
     budget = console.gw.post(
         "/admin/budgets",
