@@ -103,8 +103,7 @@ async def _other_kind_of_target(svc: Services, who: Principal, body: dict[str, A
         return f"a tag budget has no Target: set it to (none), or choose Scope {kind}"
     article = "an" if str(scope_type)[:1] in "aeiou" else "a"
     return (
-        f"{label} is a {kind}, not {article} {scope_type}: choose Scope {kind}, "
-        "or another Target"
+        f"{label} is a {kind}, not {article} {scope_type}: choose Scope {kind}, or another Target"
     )
 
 
