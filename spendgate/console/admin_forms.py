@@ -39,7 +39,8 @@ def body_of(model: type[M], data: Mapping[str, Any], *, nulls: Iterable[str] = (
     except ValidationError as exc:
         first = exc.errors()[0]
         field = ".".join(str(p) for p in first.get("loc", ())) or "form"
-        raise ValidationFailed(f"{field}: {first.get('msg', 'invalid')}", param=field) from exc
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        raise ValidationFailed(f"{field}: {message}", param=field) from exc
 
 
 def words(value: str) -> list[str]:
