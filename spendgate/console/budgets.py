@@ -39,6 +39,7 @@ from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 PERIODS = ("daily", "weekly", "monthly")
+SCOPES = ("org", "team", "user", "agent", "key", "tag")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 KINDS = ("chat", "completion", "embedding", "response", "message")
 DEFAULTS = {
@@ -116,11 +117,14 @@ async def _form_page(
     budget: dict[str, Any] | None,
     status: int = 200,
 ) -> Response:
+    # team roles put budgets on their teams' objects only: no org or tag budgets to offer
+    scopes = SCOPES if who.org_wide else SCOPES[1:-1]
     return await page(
         request,
         "budgets/form.html",
         {
-            "values": {**DEFAULTS, **values},
+            "values": {**DEFAULTS, "scope_type": scopes[0], **values},
+            "scopes": scopes,
             "errors": errors,
             "budget": budget,
             "targets": [] if budget else await _targets(svc, who),

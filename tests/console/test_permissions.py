@@ -139,3 +139,22 @@ def test_no_link_leads_a_role_to_a_page_it_may_not_open(console: Console) -> Non
             for link in links:
                 assert web.get(link).status_code == 200, (role, link)
             assert "/keys/" not in notes, role
+
+
+def test_a_team_admin_creates_a_team_budget_from_the_forms_defaults(
+    console: Console, page: Page
+) -> None:
+    """The form offers a team admin only the scopes they may use (no org or tag budgets)
+    and starts at team: picking their team and an amount is enough. It started at org, so
+    the same steps ended on a 403 page with what was typed gone."""
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(f"{console.url}/usage/budgets/new")
+    scopes = page.get_by_label("Scope", exact=True).locator("option").all_inner_texts()
+    assert scopes == ["team", "user", "agent", "key"]
+    expect(page.get_by_label("Tag (tag scope)")).to_have_count(0)
+    page.get_by_label("Target").select_option(console.team_id)
+    page.get_by_label("Amount (USD)").fill("25")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.get_by_role("heading", name="Budget team research monthly")).to_be_visible()
+    [made] = console.gw.get("/admin/budgets")
+    assert (made["scope_type"], made["scope_id"]) == ("team", console.team_id)
