@@ -110,6 +110,33 @@ def test_bad_filter_is_a_422(console: Console) -> None:
         assert answer.status_code == 422 and "start" in answer.text
 
 
+def test_a_refused_filter_comes_back_as_typed(
+    console: Console, page: Page, browser: Browser
+) -> None:
+    """An end before the start: the audit page again, the filters as typed and the
+    message beside the end (it was a bare error page, "Back to usage", the filters gone);
+    no serious axe violation on it."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(f"{console.url}/audit")
+    page.get_by_label("Actor").fill("console:")
+    page.get_by_label("Action").fill("key.*")
+    page.get_by_label("From (UTC)").fill("2026-03-09T10:00")
+    page.get_by_label("To (UTC)").fill("2026-03-01T10:00")
+    with page.expect_response(lambda r: r.url.startswith(f"{console.url}/audit?")) as sent:
+        page.get_by_role("button", name="Filter").click()
+    assert sent.value.status == 422
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    expect(page.locator("#end-error")).to_have_text("Error: must be after start")
+    expect(page.get_by_label("To (UTC)")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Actor")).to_have_value("console:")
+    expect(page.get_by_label("Action")).to_have_value("key.*")
+    expect(page.get_by_label("From (UTC)")).to_have_value("2026-03-09T10:00")
+    expect(page.get_by_label("To (UTC)")).to_have_value("2026-03-01T10:00")
+    path = "/audit?start=2026-03-09T10:00&end=2026-03-01T10:00"
+    violations = axe_violations(browser, console.url, "org_admin@acme.test", path)
+    assert violations == [], [(v["id"], v["help"]) for v in violations]
+
+
 def test_audit_pages_have_no_serious_axe_violations(console: Console, browser: Browser) -> None:
     """axe-core: nothing serious or critical on the list and an entry."""
     mine, _ = _keys(console)
