@@ -24,6 +24,7 @@ from spendgate.admin.usage import audit_export
 from spendgate.admin.users import list_users
 from spendgate.console.budget_view import BudgetView, budget_view
 from spendgate.console.charts import budget_chart, stacked_bars
+from spendgate.console.forms import field_errors
 from spendgate.console.layout import Svc, User, harden, page, scope_for
 from spendgate.console.usage_source import (
     DIMENSIONS,
@@ -42,6 +43,7 @@ from spendgate.store.policies import budget_from_row
 
 router = APIRouter(include_in_schema=False)
 PRESETS = {"7d": 7, "30d": 30, "90d": 90}
+PRESET_CHOICES = [*PRESETS, "mtd", "custom"]
 OTHER = "Other"
 
 
@@ -237,7 +239,25 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     params = dict(request.query_params)
     org = await svc.directory.get_org(str(user.principal.org_id))
     zone, week = org.get("reporting_timezone") or "UTC", org.get("week_start") or "monday"
-    view = parse_view(params, svc.clock.now().astimezone(ZoneInfo(zone)).date())
+    today = svc.clock.now().astimezone(ZoneInfo(zone)).date()
+    try:
+        view = parse_view(params, today)
+    except ValidationFailed as exc:  # the filters again, as typed, the message beside one
+        return await page(
+            request,
+            "usage.html",
+            {
+                "view": parse_view({}, today),
+                "typed": params,
+                "errors": field_errors(exc),
+                "budgets": await _visible_budgets(svc, user),
+                "dimensions": DIMENSIONS,
+                "grains": GRAINS,
+                "presets": PRESET_CHOICES,
+                "member_view": not user.principal.may(Can.USAGE_READ),
+            },
+            status=422,
+        )
     await svc.ledger.flush()  # the calls this process answered are in the rollups
     query = usage_query(user, view, zone, week)
     series = await _series(svc, request, query)
@@ -287,7 +307,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "budget_chart": budget_svg,
             "dimensions": DIMENSIONS,
             "grains": GRAINS,
-            "presets": [*PRESETS, "mtd", "custom"],
+            "presets": PRESET_CHOICES,
             "usd": format_usd,
             "member_view": not user.principal.may(Can.USAGE_READ),
         },

@@ -69,6 +69,31 @@ def test_usage_totals_and_csv_equal_the_api(console: Console) -> None:
         assert bad.status_code == 422 and "the time grain is grain" in bad.text
 
 
+def test_a_refused_usage_filter_comes_back_as_typed(console: Console, page: Page) -> None:
+    """Custom dates ending before they start: the usage page again, the filters as typed
+    (dates, grouping, a team filter) and the message beside the end date; it was a bare
+    error page ("Invalid input", "Back to usage") with all of it gone."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(f"{console.url}/usage")
+    page.get_by_label("Dates").select_option("custom")
+    page.get_by_label("From").fill("2026-03-05")
+    page.get_by_label("To (exclusive)").fill("2026-03-01")
+    page.get_by_label("Group by").select_option("team")
+    page.get_by_label("Team filter").fill(console.team_id)
+    with page.expect_response(lambda r: r.url.startswith(f"{console.url}/usage?")) as sent:
+        page.get_by_role("button", name="Show").click()
+    assert sent.value.status == 422
+    expect(page.get_by_role("heading", name="Usage", exact=True)).to_be_visible()
+    expect(page.locator("#end-error")).to_have_text("Error: must be after start")
+    expect(page.get_by_label("To (exclusive)")).to_have_attribute("aria-invalid", "true")
+    expect(page.get_by_label("Dates")).to_have_value("custom")
+    expect(page.get_by_label("From")).to_have_value("2026-03-05")
+    expect(page.get_by_label("To (exclusive)")).to_have_value("2026-03-01")
+    expect(page.get_by_label("Group by")).to_have_value("team")
+    expect(page.get_by_label("Team filter")).to_have_value(console.team_id)
+    expect(page.locator("#usage-total")).to_have_count(0)
+
+
 def test_budget_form_shows_the_api_errors_beside_the_field(console: Console, page: Page) -> None:
     """Alerts out of order and a bad time zone: the API's messages, next to their fields,
     the typed values kept; nothing is created."""
