@@ -36,7 +36,7 @@ from spendgate.console.usage_source import (
 from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.csv_cells import table_csv
-from spendgate.core.money import format_usd
+from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import ValidationFailed
 from spendgate.store.forecasts import bucket_seconds, ledger_buckets
 from spendgate.store.policies import budget_from_row
@@ -305,6 +305,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "budgets": budgets,
             "selected": selected,
             "budget_chart": budget_svg,
+            "spent_nanos": usd_to_nanos(selected.status["spent_usd"]) if selected else 0,
             "dimensions": DIMENSIONS,
             "grains": GRAINS,
             "presets": PRESET_CHOICES,

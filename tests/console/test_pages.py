@@ -325,6 +325,14 @@ def test_selected_budget_chart_counts_only_the_budgets_categories(console: Conso
     with session(console.url, "finance@acme.test") as client:
         page = client.get(f"/usage?budget={budget['id']}").text
     assert f"<title>spend so far: ${spent}</title>" in page
+    # the budget row of the levels table says whether the amount is reached, as the
+    # threshold rows do (it always said no, at 100 % and past it)
+    gw.admin.patch(f"/admin/budgets/{budget['id']}", json={"amount_usd": spent})
+    with session(console.url, "finance@acme.test") as client:
+        page = client.get(f"/usage?budget={budget['id']}").text
+    assert (
+        '<th scope="row">budget</th><td class="num">' + spent + "</td>\n      <td>yes</td>" in page
+    )
 
 
 def test_usage_in_the_orgs_reporting_zone_and_by_tag(console: Console) -> None:
