@@ -223,6 +223,7 @@ async def _detail_page(
         "exceptions": exceptions,
         "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
         "can_write": user.principal.can(Can.BUDGETS_WRITE, owner),
+        "scope_name": await policies.scope_name(svc, view.row["scope_type"], view.row["scope_id"]),
     }
     return await form_page(request, "budgets/detail.html", ctx, sent_back)
 

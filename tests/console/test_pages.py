@@ -325,6 +325,11 @@ def test_selected_budget_chart_counts_only_the_budgets_categories(console: Conso
     with session(console.url, "finance@acme.test") as client:
         page = client.get(f"/usage?budget={budget['id']}").text
     assert f"<title>spend so far: ${spent}</title>" in page
+    # its page names the team (not its id) and says what the budget counts
+    with session(console.url, "finance@acme.test") as client:
+        detail = client.get(f"/usage/budgets/{budget['id']}").text
+    assert f'team <span title="{console.team_id}">research</span>' in detail
+    assert '<p id="categories">Counts only: kinds chat; models gpt-4o</p>' in detail
     # the budget row of the levels table says whether the amount is reached, as the
     # threshold rows do (it always said no, at 100 % and past it)
     gw.admin.patch(f"/admin/budgets/{budget['id']}", json={"amount_usd": spent})
