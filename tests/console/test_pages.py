@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect
 
 from spendgate.console.usage_source import CLOSED_DAY_SECONDS
-from tests.console.conftest import Console, axe_violations, session, sign_in
+from tests.console.conftest import Console, axe_violations, refused_filters, session, sign_in
 
 MODELS = ("gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini")
 
@@ -74,23 +74,16 @@ def test_a_refused_usage_filter_comes_back_as_typed(console: Console, page: Page
     (dates, grouping, a team filter) and the message beside the end date; it was a bare
     error page ("Invalid input", "Back to usage") with all of it gone."""
     sign_in(page, console.url, "org_admin@acme.test")
-    page.goto(f"{console.url}/usage")
-    page.get_by_label("Dates").select_option("custom")
-    page.get_by_label("From").fill("2026-03-05")
-    page.get_by_label("To (exclusive)").fill("2026-03-01")
-    page.get_by_label("Group by").select_option("team")
-    page.get_by_label("Team filter").fill(console.team_id)
-    with page.expect_response(lambda r: r.url.startswith(f"{console.url}/usage?")) as sent:
-        page.get_by_role("button", name="Show").click()
-    assert sent.value.status == 422
+    fields = {
+        "Dates": "custom",
+        "From": "2026-03-05",
+        "To (exclusive)": "2026-03-01",
+        "Group by": "team",
+        "Team filter": console.team_id,
+    }
+    wrong = ("To (exclusive)", "end", "must be after start")
+    refused_filters(page, console.url, "/usage", fields, wrong)
     expect(page.get_by_role("heading", name="Usage", exact=True)).to_be_visible()
-    expect(page.locator("#end-error")).to_have_text("Error: must be after start")
-    expect(page.get_by_label("To (exclusive)")).to_have_attribute("aria-invalid", "true")
-    expect(page.get_by_label("Dates")).to_have_value("custom")
-    expect(page.get_by_label("From")).to_have_value("2026-03-05")
-    expect(page.get_by_label("To (exclusive)")).to_have_value("2026-03-01")
-    expect(page.get_by_label("Group by")).to_have_value("team")
-    expect(page.get_by_label("Team filter")).to_have_value(console.team_id)
     expect(page.locator("#usage-total")).to_have_count(0)
 
 
