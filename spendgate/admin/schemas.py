@@ -100,6 +100,10 @@ def error_message(error: Mapping[str, Any]) -> str:
     (email, tag) said in words rather than as a regular expression. The admin API's
     422s and the console's forms say the same."""
     kind, given = error.get("type"), repr(error.get("input"))[:100]
+    if kind in NOT_A_TIME and error.get("input") is None:
+        return "required: a date-time such as 2026-05-01T00:00:00Z"
+    if kind == "string_too_short" and error.get("input") == "":
+        return "required"
     if kind in NOT_A_TIME:
         return f"not an ISO 8601 date-time such as 2026-05-01T00:00:00Z: {given}"
     pattern = (error.get("ctx") or {}).get("pattern")
