@@ -103,5 +103,7 @@ def _view(row: dict[str, Any], status: dict[str, Any]) -> BudgetView:
     if forecast is not None:
         band = Band(*(usd_to_nanos(forecast[f"{p}_usd"]) for p in ("p10", "p50", "p90")))
         landing = landing_text(forecast)
-        risk = Decimal(forecast["percent_of_budget"])
+        # a forecast made before this period's latest spend may land below it: a budget
+        # already over is at least as much at risk as what it has used
+        risk = max(risk, Decimal(forecast["percent_of_budget"]))
     return BudgetView(row, status, levels, band, landing, risk)

@@ -337,6 +337,36 @@ def test_selected_budget_chart_counts_only_the_budgets_categories(console: Conso
     )
 
 
+def test_a_budget_spent_past_its_forecast_is_listed_first(console: Console) -> None:
+    """Most at risk first: a budget whose stored forecast was made before it was cut to
+    a sliver of its spend is over 100 % used, so it leads a budget at about 50 % with no
+    forecast (it was ranked by the stale forecast's few percent alone)."""
+    gw = console.gw
+    _spend(console)
+    stale = gw.post(
+        "/admin/budgets",
+        {"name": "stale", "scope_type": "team", "scope_id": console.team_id, "amount_usd": "1000"},
+    )
+    gw.get(f"/admin/forecasts/{stale['id']}", refresh="true")
+    gw.admin.patch(f"/admin/budgets/{stale['id']}", json={"amount_usd": "0.000001"})
+    other = gw.get("/admin/usage", team_id=console.other_team_id, start="2026-03-01")
+    half = str(Decimal(other["total_cost_usd"]) * 2)
+    gw.post(
+        "/admin/budgets",
+        {
+            "name": "half",
+            "scope_type": "team",
+            "scope_id": console.other_team_id,
+            "amount_usd": half,
+        },
+    )
+    status = gw.get(f"/admin/budgets/{stale['id']}/status")
+    assert Decimal(status["forecast"]["percent_of_budget"]) < 50 < Decimal(status["percent_used"])
+    with session(console.url, "finance@acme.test") as client:
+        listed = client.get("/usage/budgets").text
+    assert listed.index(">stale<") < listed.index(">half<")
+
+
 def test_usage_in_the_orgs_reporting_zone_and_by_tag(console: Console) -> None:
     """The org's reporting zone names the axis and the days; grouping by tag works (the
     rollups' tag view) and its figures are the API's."""
