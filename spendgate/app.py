@@ -39,7 +39,7 @@ from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.admin.policies import router as policies_router
 from spendgate.admin.rate_limits import router as rate_limits_router
 from spendgate.admin.routes import router as admin_router
-from spendgate.admin.schemas import EMAIL_PATTERN
+from spendgate.admin.schemas import error_message
 from spendgate.admin.statements import router as statements_router
 from spendgate.admin.tickets import router as tickets_router
 from spendgate.admin.tokens import router as tokens_router
@@ -148,25 +148,17 @@ def _error_response(err: SpendgateError) -> JSONResponse:
 
 #: pydantic's error types for a body that is no JSON object (a form, a list, a string)
 NOT_AN_OBJECT = frozenset({"model_attributes_type", "dict_type", "model_type"})
-#: ... and for text that is no date-time ("yesterday": "input is too short")
-NOT_A_TIME = frozenset({"datetime_parsing", "datetime_from_date_parsing", "datetime_type"})
 
 
 def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
     field = ".".join(loc) or None
-    # a validator's own message, without pydantic's "Value error, " in front of it
-    message = str(first.get("msg", "invalid input")).removeprefix("Value error, ")
     if first.get("type") == "json_invalid":
         return "request body is not valid JSON", None
     if tuple(first.get("loc", ())) == ("body",) and first.get("type") in NOT_AN_OBJECT:
         return "the request body must be a JSON object (Content-Type: application/json)", None
-    kind, given = first.get("type"), repr(first.get("input"))[:100]
-    if kind in NOT_A_TIME:
-        message = f"not an ISO 8601 date-time such as 2026-05-01T00:00:00Z: {given}"
-    elif kind == "string_pattern_mismatch" and first.get("ctx", {}).get("pattern") == EMAIL_PATTERN:
-        message = f"not an email address: {given}"
+    message = error_message(first)
     return (f"{field}: {message}" if field else message), field
 
 

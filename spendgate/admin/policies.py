@@ -39,6 +39,15 @@ async def scope_owner(
 ) -> Owner:
     """The owner of a budget's, wallet's or rate limit's scope; 422 naming the field when
     it does not exist or is not the caller's; team roles name one of their teams' objects."""
+    if scope_type == "tag" and scope_id:
+        raise ValidationFailed(
+            "scope_id: not used when scope_type is tag (the tag is the scope)", param="scope_id"
+        )
+    if scope_type != "tag" and tag:
+        raise ValidationFailed(
+            f"tag: only a tag budget has one (scope_type tag), not a {scope_type} budget",
+            param="tag",
+        )
     if scope_type == "tag":
         if not tag:
             raise ValidationFailed("tag: required when scope_type is tag", param="tag")

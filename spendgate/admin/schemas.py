@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Literal
@@ -79,9 +80,38 @@ Whole = Annotated[int, BeforeValidator(not_a_flag)]
 Instant = Annotated[datetime, BeforeValidator(iso_text), AfterValidator(in_range)]
 Role = Literal["org_admin", "finance", "team_admin", "viewer", "member"]
 TeamRole = Literal["team_admin", "viewer", "member"]
-Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:/=+-]{1,64}$")]
-#: what an email address must look like (``_validation_message`` says it in words)
+#: what a tag must look like (``error_message`` says it in words)
+TAG_PATTERN = r"^[A-Za-z0-9_.:/=+-]{1,64}$"
+Tag = Annotated[str, StringConstraints(pattern=TAG_PATTERN)]
+#: what an email address must look like (``error_message`` says it in words)
 EMAIL_PATTERN = r"^[^@\s]+@[^@\s]+$"
+#: a pattern's rule in words, for the message of a value that does not match it
+PATTERN_WORDS = {
+    EMAIL_PATTERN: "not an email address",
+    TAG_PATTERN: "not a tag (1 to 64 letters, digits or _ . : / = + -)",
+}
+#: pydantic's error types for text that is no date-time ("yesterday": "input is too short")
+NOT_A_TIME = frozenset({"datetime_parsing", "datetime_from_date_parsing", "datetime_type"})
+
+
+def error_message(error: Mapping[str, Any]) -> str:
+    """One pydantic error (``ValidationError.errors()[i]``) as a person reads it: a
+    validator's own message without pydantic's "Value error, ", a time or a pattern
+    (email, tag) said in words rather than as a regular expression. The admin API's
+    422s and the console's forms say the same."""
+    kind, given = error.get("type"), repr(error.get("input"))[:100]
+    if kind in NOT_A_TIME and error.get("input") is None:
+        return "required: a date-time such as 2026-05-01T00:00:00Z"
+    if kind == "string_too_short" and error.get("input") == "":
+        return "required"
+    if kind in NOT_A_TIME:
+        return f"not an ISO 8601 date-time such as 2026-05-01T00:00:00Z: {given}"
+    pattern = (error.get("ctx") or {}).get("pattern")
+    if kind == "string_pattern_mismatch" and pattern in PATTERN_WORDS:
+        return f"{PATTERN_WORDS[pattern]}: {given}"
+    return str(error.get("msg", "invalid input")).removeprefix("Value error, ")
+
+
 Email = Annotated[
     str,
     StringConstraints(strip_whitespace=True, min_length=3, max_length=320, pattern=EMAIL_PATTERN),

@@ -19,6 +19,7 @@ from fastapi import Request
 from fastapi.responses import RedirectResponse, Response
 from pydantic import BaseModel, ValidationError
 
+from spendgate.admin.schemas import error_message
 from spendgate.console.layout import harden
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
@@ -38,8 +39,10 @@ def body_of(model: type[M], data: Mapping[str, Any], *, nulls: Iterable[str] = (
         return model.model_validate(fields)
     except ValidationError as exc:
         first = exc.errors()[0]
-        field = ".".join(str(p) for p in first.get("loc", ())) or "form"
-        raise ValidationFailed(f"{field}: {first.get('msg', 'invalid')}", param=field) from exc
+        # the field, not an item of it ("tags", not "tags.0"): the input it stands beside
+        field = ".".join(str(p) for p in first.get("loc", ()) if not isinstance(p, int))
+        field = field or "form"
+        raise ValidationFailed(f"{field}: {error_message(first)}", param=field) from exc
 
 
 def words(value: str) -> list[str]:

@@ -22,6 +22,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import audit as api
 from spendgate.console.admin_forms import local_instant
+from spendgate.console.forms import field_errors
 from spendgate.console.layout import Svc, User, harden, page, require
 from spendgate.core.access import Can
 from spendgate.errors import NotFound, ValidationFailed
@@ -84,21 +85,31 @@ async def chain_badge(svc: Svc, user: User) -> dict[str, Any] | None:
 @router.get("/audit")
 async def audit_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
     who = require(user, Can.AUDIT_READ)
-    q = parse_query(dict(request.query_params))
-    before_raw = request.query_params.get("before_seq", "")
-    if before_raw and not before_raw.isdigit():
-        raise ValidationFailed("before_seq: a whole number", param="before_seq")
-    listing = await api.list_audit(
-        svc,
-        who,
-        q.start,
-        q.end,
-        q.actor,
-        q.action,
-        q.target,
-        int(before_raw) if before_raw else None,
-        PAGE_SIZE,
-    )
+    params = dict(request.query_params)
+    try:
+        q = parse_query(params)
+        before_raw = request.query_params.get("before_seq", "")
+        if before_raw and not before_raw.isdigit():
+            raise ValidationFailed("before_seq: a whole number", param="before_seq")
+        listing = await api.list_audit(
+            svc,
+            who,
+            q.start,
+            q.end,
+            q.actor,
+            q.action,
+            q.target,
+            int(before_raw) if before_raw else None,
+            PAGE_SIZE,
+        )
+    except ValidationFailed as exc:  # the filters again, as typed, the message beside one
+        raw = {k: params.get(k, "").strip()[:200] for k in FILTERS}
+        ctx = {
+            "q": AuditQuery(raw["actor"], raw["action"], raw["target"], None, None, raw),
+            "errors": field_errors(exc),
+            "badge": await chain_badge(svc, user),
+        }
+        return await page(request, "audit/list.html", ctx, status=422)
     ctx = {
         "q": q,
         "entries": listing["entries"],

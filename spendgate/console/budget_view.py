@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
-from decimal import Decimal
+from decimal import ROUND_DOWN, ROUND_UP, Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -43,6 +43,11 @@ class BudgetView:
         return days
 
     @property
+    def counts_some_calls(self) -> bool:
+        """Whether the budget's categories narrow what of its scope it counts."""
+        return any((self.row.get("categories") or {}).values())
+
+    @property
     def state(self) -> str:
         """One word for the list (shown as text, never by colour alone)."""
         used = Decimal(self.status["percent_used"])
@@ -61,10 +66,14 @@ def landing_text(forecast: dict[str, Any]) -> str:
     amount = usd_to_nanos(forecast["amount_usd"])
     if amount <= 0:
         return f"We'll land at ${format_usd(p50)}."
-    delta = (Decimal(p50 - amount) * 100 / amount).quantize(Decimal("1"))
+    # whole percents rounded towards the risk: a sliver over is "+1 % over", not "+0 %",
+    # and a landing of $0.0006 on $6.50 is "99 % under", not "100 %" (which reads as $0)
+    delta = Decimal(p50 - amount) * 100 / amount
     if delta > 0:
-        return f"We'll land at ${format_usd(p50)}, +{delta} % over budget."
-    return f"We'll land at ${format_usd(p50)}, {abs(delta)} % under budget."
+        over = delta.quantize(Decimal("1"), rounding=ROUND_UP)
+        return f"We'll land at ${format_usd(p50)}, +{over} % over budget."
+    under = abs(delta).quantize(Decimal("1"), rounding=ROUND_DOWN)
+    return f"We'll land at ${format_usd(p50)}, {under} % under budget."
 
 
 async def budget_view(scope: Scope, budget_id: str) -> BudgetView:
@@ -94,5 +103,7 @@ def _view(row: dict[str, Any], status: dict[str, Any]) -> BudgetView:
     if forecast is not None:
         band = Band(*(usd_to_nanos(forecast[f"{p}_usd"]) for p in ("p10", "p50", "p90")))
         landing = landing_text(forecast)
-        risk = Decimal(forecast["percent_of_budget"])
+        # a forecast made before this period's latest spend may land below it: a budget
+        # already over is at least as much at risk as what it has used
+        risk = max(risk, Decimal(forecast["percent_of_budget"]))
     return BudgetView(row, status, levels, band, landing, risk)

@@ -39,6 +39,7 @@ from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 PERIODS = ("daily", "weekly", "monthly")
+SCOPES = ("org", "team", "user", "agent", "key", "tag")
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
 KINDS = ("chat", "completion", "embedding", "response", "message")
 DEFAULTS = {
@@ -89,6 +90,24 @@ async def _targets(svc: Services, who: Principal) -> list[tuple[str, str, str]]:
     return out
 
 
+async def _other_kind_of_target(svc: Services, who: Principal, body: dict[str, Any]) -> str:
+    """Why the Target picked is not of the Scope picked ("" if it is, or none is picked):
+    the form once took an org (or tag) scope with a team picked for a whole-org budget."""
+    scope_type, target = body.get("scope_type"), body.get("scope_id")
+    if not target:
+        return ""
+    found = [(kind, label) for kind, id_, label in await _targets(svc, who) if id_ == target]
+    if not found or found[0][0] == scope_type:
+        return ""  # an id of no list is the API's to refuse
+    kind, label = found[0]
+    if scope_type == "tag":
+        return f"a tag budget has no Target: set it to (none), or choose Scope {kind}"
+    article = "an" if str(scope_type)[:1] in "aeiou" else "a"
+    return (
+        f"{label} is a {kind}, not {article} {scope_type}: choose Scope {kind}, or another Target"
+    )
+
+
 async def _form_page(
     request: Request,
     svc: Services,
@@ -98,11 +117,14 @@ async def _form_page(
     budget: dict[str, Any] | None,
     status: int = 200,
 ) -> Response:
+    # team roles put budgets on their teams' objects only: no org or tag budgets to offer
+    scopes = SCOPES if who.org_wide else SCOPES[1:-1]
     return await page(
         request,
         "budgets/form.html",
         {
-            "values": {**DEFAULTS, **values},
+            "values": {**DEFAULTS, "scope_type": scopes[0], **values},
+            "scopes": scopes,
             "errors": errors,
             "budget": budget,
             "targets": [] if budget else await _targets(svc, who),
@@ -161,11 +183,13 @@ async def create(request: Request, svc: Svc, user: User) -> Response:
     who = require(user, Can.BUDGETS_WRITE)
     form = {k: v for k, v in (await request.form()).items() if isinstance(v, str)}
     body = budget_body(form, BUDGET_FIELDS)
+    mismatch = await _other_kind_of_target(svc, who, body)
+    if mismatch:
+        return await _form_page(request, svc, who, form, {"scope_id": mismatch}, None, 422)
     if body.get("scope_type") == "org":
         body["scope_id"] = who.org_id
     if body.get("scope_type") == "tag":
         body["org_id"] = who.org_id
-        body.pop("scope_id", None)
     try:
         made = await policies.create_budget(
             s.BudgetIn.model_validate(body), svc, request, who, scope_for(svc, who)
@@ -199,6 +223,7 @@ async def _detail_page(
         "exceptions": exceptions,
         "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
         "can_write": user.principal.can(Can.BUDGETS_WRITE, owner),
+        "scope_name": await policies.scope_name(svc, view.row["scope_type"], view.row["scope_id"]),
     }
     return await form_page(request, "budgets/detail.html", ctx, sent_back)
 

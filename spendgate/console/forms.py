@@ -21,6 +21,7 @@ from fastapi.responses import HTMLResponse, Response
 from pydantic import BaseModel, ValidationError
 
 from spendgate.admin.deps import Scope
+from spendgate.admin.schemas import error_message
 from spendgate.console.admin_forms import body_of, done
 from spendgate.console.layout import page, require, scope_for
 from spendgate.core.access import Can, Principal
@@ -114,8 +115,7 @@ def field_errors(
     for err in exc.errors():
         loc = [str(p) for p in err["loc"] if not isinstance(p, int)]
         field = ".".join(loc[:2]) if loc[:1] == ["categories"] else (loc[0] if loc else "form")
-        message = str(err["msg"]).removeprefix("Value error, ")
-        out.setdefault(field, worded(message, labels or {}))
+        out.setdefault(field, worded(error_message(err), labels or {}))
     return out
 
 

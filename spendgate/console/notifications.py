@@ -37,6 +37,24 @@ async def _own(svc: Services, user: SignedIn) -> str:
     return await api.notification_reader(scope_for(svc, user.principal), None)
 
 
+#: the pages a notification links to, and what one must be allowed to read them
+LINKED_PAGES = (
+    ("/usage/budgets/", Can.BUDGETS_READ),
+    ("/wallets/", Can.WALLETS_READ),
+    ("/keys/", Can.KEYS_READ),
+)
+
+
+def _link(note: dict[str, Any], user: SignedIn) -> str | None:
+    """The page the note is about, if the user may open it: a member's budget alert or
+    finance's "key created" linked to a 403 page."""
+    link = str(note.get("link") or "")
+    for prefix, permission in LINKED_PAGES:
+        if link.startswith(prefix):
+            return link if user.principal.may(permission) else None
+    return link or None
+
+
 def _scope_of(note: dict[str, Any]) -> str:
     data = note["data"]
     return str(data.get("scope_type") or ("key" if data.get("key_id") else "org"))
@@ -74,6 +92,7 @@ async def list_page(
             "filters": {"type": type, "scope": scope, "show": show},
             "back": back,
             "scope_of": _scope_of,
+            "link_of": lambda note: _link(note, user),
         },
     )
 

@@ -18,15 +18,28 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import routes as api
 from spendgate.admin import schemas as s
 from spendgate.console.admin_forms import body_of, done
+from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
+from spendgate.services import Services
+from spendgate.store.console_auth import SignedIn
 
 router = APIRouter(include_in_schema=False)
 DEFAULT_ZONE, DEFAULT_WEEK_START = "UTC", "monday"
+#: the form's words for the API fields its messages name
+LABELS = {"reporting_timezone": "Reporting time zone", "week_start": "Week starts on"}
 
 
 @router.get("/org")
 async def org_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
+    return await _org_page(request, svc, user)
+
+
+async def _org_page(
+    request: Request, svc: Services, user: SignedIn, sent_back: Refill | None = None
+) -> HTMLResponse:
+    """The settings, and the form (sent back with the API's message beside the field and
+    what was typed, when refused)."""
     who = require(user, Can.DIRECTORY_READ)
     if who.org_id is None:
         return await page(request, "error.html", {"status": 404, "message": "no org"}, status=404)
@@ -41,7 +54,8 @@ async def org_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
         "retention_days": audit.retention_days,
         "min_retention_days": audit.min_retention_days,
     }
-    return await page(request, "org/settings.html", ctx)
+    shown = {"reporting_timezone": ctx["zone"], "week_start": ctx["week_start"]}
+    return await form_page(request, "org/settings.html", ctx, sent_back, shown)
 
 
 @router.post("/org")
@@ -55,6 +69,10 @@ async def update_org(
     who = require(user, Can.ORGS_WRITE)
     if who.org_id is None:
         return await page(request, "error.html", {"status": 404, "message": "no org"}, status=404)
-    body = body_of(s.OrgPatch, {"reporting_timezone": reporting_timezone, "week_start": week_start})
-    await api.update_org(who.org_id, body, svc, request, who, scope_for(svc, who))
+    typed = {"reporting_timezone": reporting_timezone, "week_start": week_start}
+    try:
+        body = body_of(s.OrgPatch, typed)
+        await api.update_org(who.org_id, body, svc, request, who, scope_for(svc, who))
+    except INVALID as exc:
+        return await _org_page(request, svc, user, refill(exc, typed, labels=LABELS))
     return done(request, "/org")

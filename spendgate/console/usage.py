@@ -9,8 +9,9 @@ a member (no admin role) sees their own calls only.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from dataclasses import dataclass, replace
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -23,6 +24,7 @@ from spendgate.admin.usage import audit_export
 from spendgate.admin.users import list_users
 from spendgate.console.budget_view import BudgetView, budget_view
 from spendgate.console.charts import budget_chart, stacked_bars
+from spendgate.console.forms import field_errors
 from spendgate.console.layout import Svc, User, harden, page, scope_for
 from spendgate.console.usage_source import (
     DIMENSIONS,
@@ -31,13 +33,17 @@ from spendgate.console.usage_source import (
     UsageSeries,
     usage_series,
 )
+from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.csv_cells import table_csv
-from spendgate.core.money import format_usd
+from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import ValidationFailed
+from spendgate.store.forecasts import bucket_seconds, ledger_buckets
+from spendgate.store.policies import budget_from_row
 
 router = APIRouter(include_in_schema=False)
 PRESETS = {"7d": 7, "30d": 30, "90d": 90}
+PRESET_CHOICES = [*PRESETS, "mtd", "custom"]
 OTHER = "Other"
 
 
@@ -233,7 +239,25 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     params = dict(request.query_params)
     org = await svc.directory.get_org(str(user.principal.org_id))
     zone, week = org.get("reporting_timezone") or "UTC", org.get("week_start") or "monday"
-    view = parse_view(params, svc.clock.now().astimezone(ZoneInfo(zone)).date())
+    today = svc.clock.now().astimezone(ZoneInfo(zone)).date()
+    try:
+        view = parse_view(params, today)
+    except ValidationFailed as exc:  # the filters again, as typed, the message beside one
+        return await page(
+            request,
+            "usage.html",
+            {
+                "view": parse_view({}, today),
+                "typed": params,
+                "errors": field_errors(exc),
+                "budgets": await _visible_budgets(svc, user),
+                "dimensions": DIMENSIONS,
+                "grains": GRAINS,
+                "presets": PRESET_CHOICES,
+                "member_view": not user.principal.may(Can.USAGE_READ),
+            },
+            status=422,
+        )
     await svc.ledger.flush()  # the calls this process answered are in the rollups
     query = usage_query(user, view, zone, week)
     series = await _series(svc, request, query)
@@ -281,13 +305,35 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "budgets": budgets,
             "selected": selected,
             "budget_chart": budget_svg,
+            "spent_nanos": usd_to_nanos(selected.status["spent_usd"]) if selected else 0,
             "dimensions": DIMENSIONS,
             "grains": GRAINS,
-            "presets": [*PRESETS, "mtd", "custom"],
+            "presets": PRESET_CHOICES,
             "usd": format_usd,
             "member_view": not user.principal.may(Can.USAGE_READ),
         },
     )
+
+
+async def _budget_days(
+    svc: Any, row: dict[str, Any], start: datetime, end: datetime
+) -> dict[date, int]:
+    """Spend per local day of a budget that counts only some of its scope's calls (its
+    categories: providers, model patterns, kinds, tags), from the ledger's calls the budget
+    counts (``budget_rules.applies``, as its status and forecast count them): the rollups
+    cannot tell a model pattern or a call's whole tag set."""
+    budget = budget_from_row(row)
+    zone = ZoneInfo(row["timezone"])
+    size = bucket_seconds([row["timezone"]], start, end)
+    ledger = await ledger_buckets(
+        svc.engine, start, end + timedelta(seconds=1), size, [row["org_id"]]
+    )
+    out: dict[date, int] = defaultdict(int)
+    for subject, buckets, costs in ledger.by_org.get(row["org_id"], []):
+        if rules.applies(budget, subject):
+            for bucket, cost in zip(buckets.tolist(), costs.tolist(), strict=True):
+                out[datetime.fromtimestamp(bucket * size, UTC).astimezone(zone).date()] += cost
+    return out
 
 
 async def _budget_chart(svc: Any, request: Request, selected: BudgetView) -> Any:
@@ -300,13 +346,18 @@ async def _budget_chart(svc: Any, request: Request, selected: BudgetView) -> Any
         filters[row["scope_type"]] = row["scope_id"]
     status = selected.status
     zone = row["timezone"]
-    q = UsageQuery(
-        status["period_start"], status["period_end"], "model", "day", row["org_id"], None, None,
-        filters, zone, row["week_start"],
-    )  # fmt: skip
-    series = await _series(svc, request, q)
     per_day = {b: 0 for b in days}
-    for (b, _), v in series.cells.items():
+    if selected.counts_some_calls:
+        spent = await _budget_days(svc, row, status["period_start"], min(now, status["period_end"]))
+    else:
+        q = UsageQuery(
+            status["period_start"], status["period_end"], "model", "day", row["org_id"], None,
+            None, filters, zone, row["week_start"],
+        )  # fmt: skip
+        spent = defaultdict(int)
+        for (b, _), v in (await _series(svc, request, q)).cells.items():
+            spent[b] += v
+    for b, v in spent.items():
         if b in per_day:
             per_day[b] += v
     cumulative, running = [], 0

@@ -52,8 +52,8 @@ LEVELS = {"alert": "alert", "soft": "soft limit", "hard": "hard limit"}
 def _threshold(data: Mapping[str, Any]) -> str | None:
     """``soft limit 75%``: the level a threshold event is about (``percent`` alone for
     other events that carry one)."""
-    if data.get("percent") is None:
-        return None
+    if data.get("percent") is None or data.get("exception_id"):
+        return None  # an exception's percent is its raise, not a level
     level = LEVELS.get(str(data.get("threshold")), "")
     return f"{level} {data['percent']}%".strip()
 
@@ -73,6 +73,9 @@ def facts(event: Event) -> list[tuple[str, str]]:
     threshold = _threshold(d)
     if threshold:
         out.append(("Threshold", threshold))
+    if d.get("exception_id"):
+        raised = d.get("percent") not in (None, 0, "0") and f"+{d['percent']}%"
+        out.append(("Raise", raised or f"+{_money(d.get('amount_usd'))}"))
     if d.get("actual_usd") is not None and d.get("expected_usd") is not None:
         spend = f"{_money(d['actual_usd'])}, expected {_money(d['expected_usd'])}"
         out.append(("Spend this hour", spend))

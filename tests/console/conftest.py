@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import RunningGateway, migrated_sqlite, start_gateway
@@ -156,3 +156,26 @@ def session(base: str, email: str, password: str = PASSWORD) -> Iterator[httpx.C
 def form(client: httpx.Client, path: str, data: dict[str, Any]) -> httpx.Response:
     """POST a console form with the CSRF token, as the page would."""
     return client.post(path, data={**data, "csrf_token": client.cookies["sg_csrf"]})
+
+
+def refused_filters(
+    page: Page, base: str, path: str, fields: dict[str, str], wrong: tuple[str, str, str]
+) -> None:
+    """Fill a GET filter form on ``path`` by its labels (a select is chosen, an input
+    typed), submit it, and see it refused (422) with every value still as typed and the
+    message beside the ``wrong`` field (its label, its input's name, the message)."""
+    page.goto(base + path)
+    for label, value in fields.items():
+        field = page.get_by_label(label, exact=True)
+        if field.evaluate("e => e.tagName") == "SELECT":
+            field.select_option(value)
+        else:
+            field.fill(value)
+    with page.expect_response(lambda r: r.url.startswith(f"{base}{path}?")) as sent:
+        page.locator("form.filters button[type=submit]").click()
+    assert sent.value.status == 422
+    for label, value in fields.items():
+        expect(page.get_by_label(label, exact=True)).to_have_value(value)
+    label, name, message = wrong
+    expect(page.locator(f"#{name}-error")).to_have_text(f"Error: {message}")
+    expect(page.get_by_label(label, exact=True)).to_have_attribute("aria-invalid", "true")

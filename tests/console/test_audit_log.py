@@ -10,7 +10,7 @@ import httpx
 from playwright.sync_api import Browser, Page, expect
 
 from tests.admin.test_audit_tampering import superuser
-from tests.console.conftest import Console, axe_violations, sign_in
+from tests.console.conftest import Console, axe_violations, refused_filters, sign_in
 
 
 def _keys(console: Console) -> tuple[dict, dict]:
@@ -108,6 +108,27 @@ def test_bad_filter_is_a_422(console: Console) -> None:
         )
         answer = client.get("/audit", params={"start": "yesterday"})
         assert answer.status_code == 422 and "start" in answer.text
+
+
+def test_a_refused_filter_comes_back_as_typed(
+    console: Console, page: Page, browser: Browser
+) -> None:
+    """An end before the start: the audit page again, the filters as typed and the
+    message beside the end (it was a bare error page, "Back to usage", the filters gone);
+    no serious axe violation on it."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    fields = {
+        "Actor": "console:",
+        "Action": "key.*",
+        "From (UTC)": "2026-03-09T10:00",
+        "To (UTC)": "2026-03-01T10:00",
+    }
+    wrong = ("To (UTC)", "end", "must be after start")
+    refused_filters(page, console.url, "/audit", fields, wrong)
+    expect(page.get_by_role("heading", name="Audit log")).to_be_visible()
+    path = "/audit?start=2026-03-09T10:00&end=2026-03-01T10:00"
+    violations = axe_violations(browser, console.url, "org_admin@acme.test", path)
+    assert violations == [], [(v["id"], v["help"]) for v in violations]
 
 
 def test_audit_pages_have_no_serious_axe_violations(console: Console, browser: Browser) -> None:

@@ -211,6 +211,27 @@ def test_create_error_is_beside_the_field_and_keeps_what_was_typed(
     assert [k for k in console.gw.get("/admin/keys") if k["name"] == "too-late"] == []
 
 
+def test_a_bad_tag_is_said_in_words_beside_the_tags(console: Console, page: Page) -> None:
+    """A tag with an @: the message stands beside *Tags* and says what a tag may be
+    (it was "tags.0: String should match pattern '^[A-Za-z0-9_.:/=+-]{1,64}$'" in the
+    form's summary, beside no field); the admin API says the same words."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    page.get_by_label("Name", exact=True).fill("tagged")
+    page.get_by_label("Tags", exact=True).fill("prod, eu@west")
+    page.get_by_role("button", name="Create key").click()
+    expect(page.locator("#tags-error")).to_have_text(
+        "Error: not a tag (1 to 64 letters, digits or _ . : / = + -): 'eu@west'"
+    )
+    expect(page.get_by_label("Tags", exact=True)).to_have_value("prod, eu@west")
+    body = {"name": "k", "org_id": console.org_id, "tags": ["eu@west"]}
+    refused = console.gw.admin.post("/admin/keys", json=body)
+    assert refused.status_code == 422
+    assert refused.json()["error"]["message"] == (
+        "tags.0: not a tag (1 to 64 letters, digits or _ . : / = + -): 'eu@west'"
+    )
+
+
 def test_a_nearly_used_rate_limit_binds_before_a_roomy_budget(console: Console, page: Page) -> None:
     """A $50 team budget and a key limit of 3 rpm: after two calls the rate limit has a
     third of its share left and binds (1 request left of 3 per minute), on the list and

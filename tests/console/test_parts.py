@@ -77,6 +77,12 @@ def test_landing_text() -> None:
         "We'll land at $130.00, +30 % over budget."
     )
     assert landing_text({"p50_usd": "80", "amount_usd": "100"}).endswith("20 % under budget.")
+    # rounded towards the risk: a landing near $0 is not "100 % under", a sliver over is
+    # not "+0 % over"
+    assert landing_text({"p50_usd": "0.0006257", "amount_usd": "6.5"}).endswith(
+        "$0.0006257, 99 % under budget."
+    )
+    assert landing_text({"p50_usd": "100.2", "amount_usd": "100"}).endswith("+1 % over budget.")
 
 
 def test_form_errors_name_the_field() -> None:

@@ -3,6 +3,8 @@ calls, objects outside one's teams are 404 — in the browser and over plain HTT
 
 from __future__ import annotations
 
+import re
+import time
 from typing import Any
 
 import openai
@@ -101,3 +103,58 @@ def test_member_sees_only_their_own_calls(console: Console) -> None:
         assert member["id"] in page.text and other["id"] not in page.text
         assert f"${by_user[member['id']]['cost_usd']}" in page.text
         assert client.get("/usage/budgets").status_code == 403
+
+
+def test_no_link_leads_a_role_to_a_page_it_may_not_open(console: Console) -> None:
+    """A member's nav has no Budgets (403 for them), and a notification links to its key
+    or budget only for who may open that page: a member's budget alert and key notice, and
+    finance's "key created", linked to 403 pages. Every link left opens (200)."""
+    gw = console.gw
+    key = gw.post(
+        "/admin/keys",
+        {
+            "name": "mine",
+            "org_id": console.org_id,
+            "team_id": console.team_id,
+            "user_id": console.users["member"]["id"],
+        },
+    )
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    _budget(console, console.team_id, "tiny")
+    gw.admin.patch(
+        f"/admin/budgets/{gw.get('/admin/budgets')[0]['id']}", json={"amount_usd": "0.000001"}
+    )
+    for role, least in (("member", 2), ("finance", 2)):
+        with session(console.url, f"{role}@acme.test") as web:
+            notes = ""
+            for _ in range(50):  # written off the call path: reloaded a bounded number of times
+                notes = web.get("/notifications").text
+                if notes.count('<tr class="unread"') >= least:
+                    break
+                time.sleep(0.2)
+            assert notes.count('<tr class="unread"') >= least, (role, notes)
+            assert ('href="/usage/budgets"' in notes) is (role == "finance")
+            links = re.findall(r'<td><a href="(/[^"]*)"', notes)
+            for link in links:
+                assert web.get(link).status_code == 200, (role, link)
+            assert "/keys/" not in notes, role
+
+
+def test_a_team_admin_creates_a_team_budget_from_the_forms_defaults(
+    console: Console, page: Page
+) -> None:
+    """The form offers a team admin only the scopes they may use (no org or tag budgets)
+    and starts at team: picking their team and an amount is enough. It started at org, so
+    the same steps ended on a 403 page with what was typed gone."""
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(f"{console.url}/usage/budgets/new")
+    scopes = page.get_by_label("Scope", exact=True).locator("option").all_inner_texts()
+    assert scopes == ["team", "user", "agent", "key"]
+    expect(page.get_by_label("Tag (tag scope)")).to_have_count(0)
+    page.get_by_label("Target").select_option(console.team_id)
+    page.get_by_label("Amount (USD)").fill("25")
+    page.get_by_role("button", name="Create budget").click()
+    expect(page.get_by_role("heading", name="Budget team research monthly")).to_be_visible()
+    [made] = console.gw.get("/admin/budgets")
+    assert (made["scope_type"], made["scope_id"]) == ("team", console.team_id)

@@ -14,7 +14,16 @@ from playwright.sync_api import Browser, Page
 from tests.console.conftest import Console, sign_in
 
 SHOTS = Path("/tmp/spendgate-console-wide-shots")
-PAGES = ["/usage/budgets", "/wallets", "/keys", "/rate-limits", "/webhooks", "/audit", "/people"]
+PAGES = [
+    "/usage",
+    "/usage/budgets",
+    "/wallets",
+    "/keys",
+    "/rate-limits",
+    "/webhooks",
+    "/audit",
+    "/people",
+]
 LONG = "platform-engineering-inference-evaluation-and-batch-scoring"
 
 
@@ -29,7 +38,8 @@ def _seed(console: Console) -> None:
         gw.post(
             "/admin/budgets",
             {
-                "name": f"{LONG} monthly cap for {scope_type}",
+                # as long as a name may be (200): /usage lists it in a <select>
+                "name": f"{LONG} monthly cap for {scope_type} {LONG} {LONG}"[:200],
                 "scope_type": scope_type,
                 "scope_id": scope_id,
                 "amount_usd": "1234567.89",

@@ -105,6 +105,24 @@ def test_slack_message_reads_well() -> None:
 
 
 @pytest.mark.parametrize(
+    ("amount", "percent", "raise_"), [("5.00", 0, "+$5.00"), ("0.00", "10", "+10%")]
+)
+def test_an_exception_reads_as_its_raise_not_a_threshold(
+    amount: str, percent: object, raise_: str
+) -> None:
+    """A granted exception's ``percent`` is the raise (0 when the raise is an amount): it
+    read "threshold 0%" and never said by how much the budget was raised."""
+    event = budget_event(
+        "budget.exception_granted", "", exception_id="bex_1", amount_usd=amount, percent=percent
+    )
+    event.data.pop("threshold")
+    event.data.pop("spent_usd")
+    text = formats.summary(event)
+    assert "threshold" not in text
+    assert f"raise {raise_}" in text
+
+
+@pytest.mark.parametrize(
     ("data", "link"),
     [
         ({"budget_id": "bud_1", "key_id": "key_1"}, "https://c.example/usage/budgets/bud_1"),
