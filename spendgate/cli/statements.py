@@ -48,6 +48,9 @@ def show_(
     as_json: JsonOpt = False,
 ) -> None:
     """One statement: its lines (which add up to its total) and status."""
+    if format_ not in ("table", "csv", "jsonl", "html"):
+        err_console.print("[red]--format must be table, csv, jsonl or html[/]")
+        raise typer.Exit(2)
     params: dict[str, str | int] = {**_org(org)}
     if team:
         params["team_id"] = team

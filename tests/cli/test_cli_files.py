@@ -1,0 +1,87 @@
+"""The CLI's files and interruptions, as an operator meets them: an ``-o`` or anchor path
+it cannot write is one line naming it (no traceback), Ctrl-C during an export says how far
+it got, and an unknown ``statements show --format`` is refused instead of ignored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+from typer.testing import CliRunner
+
+from spendgate.cli import app as cli
+from tests.cli.test_cli_first_steps import Served, run_cli
+from tests.cli.test_cli_serve import MASTER, served
+
+__all__ = ["served"]
+
+
+def invoke(*args: str) -> tuple[int, str, BaseException | None]:
+    result = CliRunner().invoke(
+        cli, list(args), env={"SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"}
+    )
+    return result.exit_code, result.stderr, result.exception
+
+
+def test_a_path_it_cannot_write_is_one_line(served: Served, tmp_path: Path) -> None:
+    """``audit export -o``, ``audit verify --save-anchor`` and ``statements export -o``
+    into a missing directory (or onto a directory, or a file where the directory should
+    be) died with Python's FileNotFoundError traceback; each is exit 1 and one line
+    naming the path."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "files")["id"]
+    missing = tmp_path / "no" / "such" / "audit.jsonl"
+    file_not_dir = tmp_path / "taken"
+    file_not_dir.write_text("x")
+    for args, path, why in [
+        (("audit", "export", "-o", str(missing)), missing, "No such file or directory"),
+        (("audit", "export", "-o", str(tmp_path)), tmp_path, "Is a directory"),
+        (("audit", "verify", "--save-anchor", str(missing)), missing, "No such file or directory"),
+        (("statements", "export", "2026-11", "--org", org, "-o", str(file_not_dir)),
+         file_not_dir, "File exists"),
+    ]:  # fmt: skip
+        code, err, exc = invoke(*args, "--url", url)
+        assert (code, type(exc)) == (1, SystemExit), (args, err, exc)
+        assert err.strip().splitlines() == [f"{path}: {why}"], (args, err)
+
+
+def test_ctrl_c_during_an_export_says_how_far_it_got(served: Served) -> None:
+    """Ctrl-C in the middle of ``audit export`` ended it with exit 130 and no word, the
+    output cut anywhere; it says on stderr how many of how many entries were written and
+    that the output is incomplete. The export's stdout is a pipe nobody reads past the
+    first line, so the interrupt lands while it is still writing."""
+    url, _, _ = served
+    headers = {"authorization": f"Bearer {MASTER}"}
+    with httpx.Client(base_url=url, headers=headers) as http:
+        org = http.post("/admin/orgs", json={"name": "many"}).json()["id"]
+        for n in range(400):  # ~250 KB of audit entries: more than a pipe holds
+            assert http.post("/admin/teams", json={"name": f"t{n}", "org_id": org}).is_success
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "audit", "export", "--url", url],
+        env={**os.environ, "SPENDGATE_MASTER_KEY": MASTER, "COLUMNS": "200"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().startswith(b"{")  # the export is under way
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    said = err.decode()
+    assert proc.returncode == 130, said
+    assert "Traceback" not in said
+    last = said.strip().splitlines()[-1]
+    assert last.startswith("export interrupted after "), said
+    assert last.endswith(" entries; the output is incomplete"), said
+
+
+def test_statements_show_refuses_an_unknown_format() -> None:
+    """``statements show --format pdf`` printed the table as if no format were given;
+    it is a usage error (exit 2) naming the formats, before anything is asked."""
+    code, err, _ = invoke("statements", "show", "2026-11", "--format", "pdf", "--url",
+                          "http://127.0.0.1:9")  # fmt: skip
+    assert code == 2
+    assert "--format must be table, csv, jsonl or html" in err
