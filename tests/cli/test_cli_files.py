@@ -85,3 +85,27 @@ def test_statements_show_refuses_an_unknown_format() -> None:
                           "http://127.0.0.1:9")  # fmt: skip
     assert code == 2
     assert "--format must be table, csv, jsonl or html" in err
+
+
+def test_the_last_commands_without_json_take_it(served: Served, tmp_path: Path) -> None:
+    """README: every command takes ``--json``. ``anomalies actions delete`` refused it
+    (exit 2, "No such option") and ``statements export`` too; the one prints
+    ``{"id", "deleted": true}`` like the other deletes, the other the files it wrote."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "jsonly")["id"]
+    team = run_cli(url, "teams", "create", "t", "--org", org)["id"]
+    action = run_cli(
+        url, "anomalies", "actions", "create", "--scope", "team", "--scope-id", team, "--pause"
+    )
+    gone = run_cli(url, "anomalies", "actions", "delete", action["id"])
+    assert gone == {"id": action["id"], "deleted": True}
+    out = tmp_path / "out"
+    summary = run_cli(url, "statements", "export", "2026-11", "--org", org, "-o", str(out))
+    names = [f"statement-2026-11-{n}.csv" for n in ("org", team)]
+    assert summary == {
+        "month": "2026-11",
+        "output": str(out),
+        "format": "csv",
+        "files": [str(out / n) for n in names],
+    }
+    assert sorted(p.name for p in out.iterdir()) == sorted(names)
