@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call, given
-from spendgate.cli.output import console, deleted, show
+from spendgate.cli.output import deleted, show
 
 anomalies = typer.Typer(help="Spend anomalies: out-of-band hourly spend.", no_args_is_help=True)
 actions = typer.Typer(help="Pause or rate-limit a key or team on an anomaly.", no_args_is_help=True)
