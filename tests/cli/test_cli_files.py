@@ -109,3 +109,18 @@ def test_the_last_commands_without_json_take_it(served: Served, tmp_path: Path) 
         "files": [str(out / n) for n in names],
     }
     assert sorted(p.name for p in out.iterdir()) == sorted(names)
+
+
+def test_a_url_that_is_not_the_admin_api_is_one_line(served: Served) -> None:
+    """The sign-in link ``serve`` prints (``…/login``) given as ``--url`` got the
+    console's 404 page, printed whole (dozens of lines of HTML) after ``error 404:``; it
+    is one line naming the URL asked and what ``--url`` takes."""
+    url, _, _ = served
+    for args in (("keys", "list"), ("audit", "export")):
+        code, err, _ = invoke(*args, "--url", f"{url}/login")
+        assert code == 1, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1, err
+        assert lines[0].startswith(f"error 404: {url}/login/admin/"), err
+        assert lines[0].endswith("--url takes the gateway's base URL, such as "
+                                 "http://127.0.0.1:4100"), err  # fmt: skip
