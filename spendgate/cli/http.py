@@ -53,8 +53,8 @@ def fail(response: httpx.Response, options: Mapping[str, str] | None = None) -> 
         message = response.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
         message = _foreign(response)
-    for field, option in (options or {}).items():
-        message = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", option, message)
+    for field, option in (options or {}).items():  # a list's item (``alerts.1``) too
+        message = re.sub(rf"(?<![\w-]){re.escape(field)}(\.\d+)?(?![\w-])", option, message)
     err_console.print(f"[red]error {response.status_code}:[/] {message}")
     raise typer.Exit(1)
 

@@ -124,3 +124,26 @@ def test_a_url_that_is_not_the_admin_api_is_one_line(served: Served) -> None:
         assert lines[0].startswith(f"error 404: {url}/login/admin/"), err
         assert lines[0].endswith("--url takes the gateway's base URL, such as "
                                  "http://127.0.0.1:4100"), err  # fmt: skip
+
+
+def test_a_422_names_the_option_that_was_typed(served: Served) -> None:
+    """A bad ``--amount`` was refused as ``amount_usd: …``, a bad ``--alerts`` item as
+    ``alert_percentages.1: …``, ``--hours 0`` as ``expires_in_hours: …``: names the user
+    never typed. The budget, wallet, limit and ticket commands name their options."""
+    url, _, _ = served
+    org = run_cli(url, "orgs", "create", "named")["id"]
+    team = run_cli(url, "teams", "create", "t", "--org", org)["id"]
+    wallet = run_cli(url, "wallets", "create", "--scope", "team", "--scope-id", team)["id"]
+    scope = ("--scope", "team", "--scope-id", team)
+    for args, said in [
+        (("wallets", "topup", wallet, "--amount", "1e3"), "--amount: must be an amount in USD"),
+        (("budgets", "create", *scope, "--amount", "5", "--alerts", "50,abc"),
+         "--alerts: must be a percentage"),
+        (("limits", "create", *scope),
+         "--rpm: set at least one of --rpm, --tpm, --concurrent, --spend"),
+        (("budgets", "create", "--scope", "team", "--scope-id", "team_nope", "--amount", "5"),
+         "--scope-id: team team_nope does not exist"),
+        (("tickets", "approve", "tkt_nope", "--reason", "r", "--hours", "0"), "--hours: "),
+    ]:  # fmt: skip
+        code, err, _ = invoke(*args, "--url", url)
+        assert (code, err.startswith(f"error 422: {said}")) == (1, True), (args, err)
