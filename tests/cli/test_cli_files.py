@@ -129,7 +129,8 @@ def test_a_url_that_is_not_the_admin_api_is_one_line(served: Served) -> None:
 def test_a_422_names_the_option_that_was_typed(served: Served) -> None:
     """A bad ``--amount`` was refused as ``amount_usd: …``, a bad ``--alerts`` item as
     ``alert_percentages.1: …``, ``--hours 0`` as ``expires_in_hours: …``: names the user
-    never typed. The budget, wallet, limit and ticket commands name their options."""
+    never typed, like ``reporting_timezone`` for ``orgs update --timezone``. Commands that
+    send a body name their options."""
     url, _, _ = served
     org = run_cli(url, "orgs", "create", "named")["id"]
     team = run_cli(url, "teams", "create", "t", "--org", org)["id"]
@@ -144,6 +145,11 @@ def test_a_422_names_the_option_that_was_typed(served: Served) -> None:
         (("budgets", "create", "--scope", "team", "--scope-id", "team_nope", "--amount", "5"),
          "--scope-id: team team_nope does not exist"),
         (("tickets", "approve", "tkt_nope", "--reason", "r", "--hours", "0"), "--hours: "),
+        (("keys", "create", "k", "--team", team, "--expires-at", "2020-01-01T00:00:00Z"),
+         "--expires-at: must be in the future"),
+        (("orgs", "update", org, "--timezone", "Nowhere"), "--timezone: unknown time zone"),
+        (("users", "create", "u@named.example", "--role", "viewer", "--teams", "team_nope"),
+         "--teams: team team_nope does not exist"),
     ]:  # fmt: skip
         code, err, _ = invoke(*args, "--url", url)
         assert (code, err.startswith(f"error 422: {said}")) == (1, True), (args, err)
