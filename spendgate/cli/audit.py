@@ -212,12 +212,20 @@ def list_(
     action: ActionOpt = None,
     target: TargetOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    before_seq: Annotated[
+        int | None, typer.Option(min=1, help="older than this seq: the next page")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """The newest entries."""
-    params = _params(start=start, end=end, actor=actor, action=action, target=target)
-    page = call(url, "GET", "/admin/audit", params={**params, "limit": limit})
+    """The newest entries (older ones: --before-seq, as the last line says)."""
+    params: dict[str, str | int] = {
+        **_params(start=start, end=end, actor=actor, action=action, target=target),
+        "limit": limit,
+    }
+    if before_seq is not None:
+        params["before_seq"] = before_seq
+    page = call(url, "GET", "/admin/audit", params=params)
     if as_json:
         sys.stdout.write(json.dumps(page["entries"], indent=2) + "\n")
         return
@@ -233,6 +241,8 @@ def list_(
         for e in page["entries"]
     ]
     show(rows, False, ["seq", "at", "actor", "action", "target", "request_id"])
+    if page["next_before_seq"] is not None:
+        err_console.print(f"older entries: --before-seq {page['next_before_seq']}")
 
 
 @audit_app.command("purge")

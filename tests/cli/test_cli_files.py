@@ -153,3 +153,18 @@ def test_a_422_names_the_option_that_was_typed(served: Served) -> None:
     ]:  # fmt: skip
         code, err, _ = invoke(*args, "--url", url)
         assert (code, err.startswith(f"error 422: {said}")) == (1, True), (args, err)
+
+
+def test_audit_list_pages_to_older_entries(served: Served) -> None:
+    """``audit list`` showed the newest entries and no way to the older ones (the API's
+    ``before_seq`` had no option; ``--json`` dropped ``next_before_seq``): the table ends
+    with the ``--before-seq`` of the next page, which lists only older entries."""
+    url, _, _ = served
+    for n in range(5):
+        run_cli(url, "orgs", "create", f"paged{n}")
+    code, err, _ = invoke("audit", "list", "--limit", "2", "--url", url)
+    assert code == 0, err
+    newest = run_cli(url, "audit", "list", "--limit", "2")
+    assert err.strip() == f"older entries: --before-seq {newest[-1]['seq']}"
+    older = run_cli(url, "audit", "list", "--limit", "2", "--before-seq", str(newest[-1]["seq"]))
+    assert [e["seq"] for e in older] == [newest[-1]["seq"] - 1, newest[-1]["seq"] - 2]
