@@ -1,6 +1,9 @@
-"""The CLI's files and interruptions, as an operator meets them: an ``-o`` or anchor path
-it cannot write is one line naming it (no traceback), Ctrl-C during an export says how far
-it got, and an unknown ``statements show --format`` is refused instead of ignored."""
+"""The CLI as a new operator meets it (found auditing it against a real gateway): an
+``-o`` or anchor path it cannot write is one line naming it (no traceback), Ctrl-C during
+an export says how far it got, an unknown ``statements show --format`` is refused instead
+of ignored, the last commands without ``--json`` take it, a ``--url`` that is not the
+admin API is one line (not a web page), a 422 names the option typed, and ``audit list``
+pages to older entries."""
 
 from __future__ import annotations
 
