@@ -5,15 +5,18 @@ One module per command group; each talks to the admin API through ``spendgate.cl
 
 from __future__ import annotations
 
+import errno
 from typing import Any
 
 import typer
+from rich.text import Text
 from typer.core import TyperGroup
 
 from spendgate.cli import directory, policies
 from spendgate.cli.anomalies import anomalies
 from spendgate.cli.audit import audit_app
 from spendgate.cli.forecast import forecast
+from spendgate.cli.output import err_console
 from spendgate.cli.serve import db_app, serve
 from spendgate.cli.statements import statements_app
 from spendgate.cli.tickets import tickets
@@ -23,7 +26,19 @@ from spendgate.cli.webhooks import webhooks_app
 
 class _Commands(TyperGroup):
     """The top command: refuses arguments that are not valid UTF-8 (Python hands them
-    over with lone surrogates) as a usage error, exit 2, before any command runs."""
+    over with lone surrogates) as a usage error, exit 2, before any command runs; and a
+    file a command cannot read or write (``-o`` in a missing directory, a directory given
+    as a file) is one line naming it, exit 1, never a traceback."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OSError as exc:
+            if exc.errno == errno.EPIPE:  # stdout closed early (``| head``): click's own exit
+                raise
+            where = f"{exc.filename}: " if exc.filename is not None else ""
+            err_console.print(Text(f"{where}{exc.strerror or exc}", style="red"))
+            raise typer.Exit(1) from None
 
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         # ``ctx`` is the click Context typer vendors (``typer._click``), not public API

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call, given
-from spendgate.cli.output import console, show
+from spendgate.cli.output import deleted, show
 
 anomalies = typer.Typer(help="Spend anomalies: out-of-band hourly spend.", no_args_is_help=True)
 actions = typer.Typer(help="Pause or rate-limit a key or team on an anomaly.", no_args_is_help=True)
@@ -133,7 +133,7 @@ def actions_create(
 
 
 @actions.command("delete")
-def actions_delete(action_id: str, url: UrlOpt = DEFAULT_URL) -> None:
+def actions_delete(action_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Stop acting on the scope's future anomalies."""
     call(url, "DELETE", admin_path("anomaly-actions", action_id))
-    console.print(f"deleted {action_id}")
+    deleted(action_id, as_json)

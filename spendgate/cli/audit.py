@@ -16,11 +16,12 @@ import json
 import sys
 from contextlib import ExitStack
 from pathlib import Path
-from typing import IO, Annotated
+from typing import IO, Annotated, NoReturn
 
 import httpx
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, client, fail
 from spendgate.cli.output import console, err_console, show
@@ -63,6 +64,7 @@ def export(
     params = _params(
         format=format_, start=start, end=end, actor=actor, action=action, target=target
     )
+    copied = _Copied()
     try:
         with ExitStack() as stack:
             http = stack.enter_context(client(url, timeout=None))
@@ -71,12 +73,14 @@ def export(
             sink: IO[bytes] = (
                 stack.enter_context(open(output, "wb")) if output else sys.stdout.buffer
             )
-            total = int(response.headers.get("x-audit-count", "0"))
+            copied.total = int(response.headers.get("x-audit-count", "0"))
             anchor = response.headers.get("x-audit-anchor")
-            written = _copy(response, sink, total, header=format_ == "csv")
+            written = _copy(response, sink, copied, header=format_ == "csv")
     except httpx.HTTPError as exc:
         err_console.print(f"[red]export failed ({url}):[/] {exc}")
         raise typer.Exit(1) from exc
+    except KeyboardInterrupt:
+        _interrupted(output, copied)
     anchor_path = f"{output}.anchor.json" if output and anchor else None
     if anchor_path is not None and anchor is not None:
         Path(anchor_path).write_text(anchor + "\n")
@@ -89,18 +93,40 @@ def export(
             err_console.print(f"anchor (keep it apart from the database): {anchor_path}")
 
 
-def _copy(response: httpx.Response, sink: IO[bytes], total: int, *, header: bool) -> int:
+class _Copied:
+    """How far an export got: entries written of the ``total`` the gateway announced."""
+
+    def __init__(self) -> None:
+        self.entries = 0
+        self.total = 0
+
+
+def _copy(response: httpx.Response, sink: IO[bytes], copied: _Copied, *, header: bool) -> int:
     """Copy the stream to ``sink``, advancing the bar by lines (one per entry)."""
     lines = 0
     columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*columns, console=err_console, transient=False) as progress:
-        task = progress.add_task("export", total=total)
+        task = progress.add_task("export", total=copied.total)
         for chunk in response.iter_bytes():
             sink.write(chunk)
             lines += chunk.count(b"\n")
-            progress.update(task, completed=max(0, lines - (1 if header else 0)))
+            copied.entries = max(0, lines - (1 if header else 0))
+            progress.update(task, completed=copied.entries)
     sink.flush()
-    return max(0, lines - (1 if header else 0))
+    return copied.entries
+
+
+def _interrupted(output: str | None, copied: _Copied) -> NoReturn:
+    """Ctrl-C during an export: say so on one line, exit 130; a partial ``-o`` file (it
+    has no anchor and would pass for an export of fewer entries) is removed."""
+    said = f"export interrupted after {copied.entries} of {copied.total} entries"
+    if output is not None and Path(output).is_file():
+        Path(output).unlink()
+        said += f"; removed the incomplete {output}"
+    elif copied.entries or copied.total:
+        said += "; the output is incomplete"
+    err_console.print(Text(said))
+    raise typer.Exit(130)
 
 
 def _anchor_params(expect_head: str | None, since_anchor: str | None) -> dict[str, str]:
@@ -186,12 +212,20 @@ def list_(
     action: ActionOpt = None,
     target: TargetOpt = None,
     limit: Annotated[int, typer.Option(min=1, max=1000)] = 50,
+    before_seq: Annotated[
+        int | None, typer.Option(min=1, help="older than this seq: the next page")
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
-    """The newest entries."""
-    params = _params(start=start, end=end, actor=actor, action=action, target=target)
-    page = call(url, "GET", "/admin/audit", params={**params, "limit": limit})
+    """The newest entries (older ones: --before-seq, as the last line says)."""
+    params: dict[str, str | int] = {
+        **_params(start=start, end=end, actor=actor, action=action, target=target),
+        "limit": limit,
+    }
+    if before_seq is not None:
+        params["before_seq"] = before_seq
+    page = call(url, "GET", "/admin/audit", params=params)
     if as_json:
         sys.stdout.write(json.dumps(page["entries"], indent=2) + "\n")
         return
@@ -207,6 +241,8 @@ def list_(
         for e in page["entries"]
     ]
     show(rows, False, ["seq", "at", "actor", "action", "target", "request_id"])
+    if page["next_before_seq"] is not None:
+        err_console.print(f"older entries: --before-seq {page['next_before_seq']}")
 
 
 @audit_app.command("purge")

@@ -21,6 +21,17 @@ from spendgate.cli.http import (
 )
 from spendgate.cli.output import err_console, show
 
+#: the API's fields as the options that set them, so a 422 names what the user typed
+OPTIONS = {
+    "org_id": "--org",
+    "team_id": "--team",
+    "team_ids": "--teams",
+    "user_id": "--user",
+    "agent_id": "--agent",
+    "expires_at": "--expires-at",
+    "reporting_timezone": "--timezone",
+    "week_start": "--week-start",
+}
 orgs = crud_group("orgs", "orgs", ["id", "name", "created_at"])
 teams = crud_group("teams", "teams", ["id", "org_id", "name"])
 users = crud_group("users", "users", ["id", "org_id", "email", "role", "team_ids"])
@@ -47,7 +58,7 @@ def update_org(
     body = {
         k: v for k, v in {"reporting_timezone": timezone, "week_start": week_start}.items() if v
     }
-    made = call(url, "PATCH", admin_path("orgs", org_id), json=body)
+    made = call(url, "PATCH", admin_path("orgs", org_id), json=body, options=OPTIONS)
     show(made, as_json, ["id", "name", "reporting_timezone", "week_start"])
 
 
@@ -63,7 +74,7 @@ def teams_create(
     """Create a team in an org."""
     body = {"name": name, "org_id": org or _key_org(url, None)}
     show(
-        call(url, "POST", "/admin/teams", json=body),
+        call(url, "POST", "/admin/teams", json=body, options=OPTIONS),
         as_json,
         ["id", "org_id", "name"],
     )
@@ -80,7 +91,8 @@ def users_create(
 ) -> None:
     """Create a user."""
     body = {"email": email, "role": role, "team_ids": opt_list(teams_), "org_id": org}
-    show(call(url, "POST", "/admin/users", json=body), as_json, ["id", "email", "role", "team_ids"])
+    made = call(url, "POST", "/admin/users", json=body, options=OPTIONS)
+    show(made, as_json, ["id", "email", "role", "team_ids"])
 
 
 @users.command("invite")
@@ -124,7 +136,9 @@ def agents_create(
     """Create an agent (a workflow or bot that calls models)."""
     body = {"name": name, "team_id": team, "org_id": org}
     show(
-        call(url, "POST", "/admin/agents", json=body), as_json, ["id", "org_id", "team_id", "name"]
+        call(url, "POST", "/admin/agents", json=body, options=OPTIONS),
+        as_json,
+        ["id", "org_id", "team_id", "name"],
     )
 
 
@@ -159,7 +173,7 @@ def keys_create(
         "allow_request_tags": allow_request_tags,
         "expires_at": when(expires_at),
     }
-    created = call(url, "POST", "/admin/keys", json=body)
+    created = call(url, "POST", "/admin/keys", json=body, options=OPTIONS)
     show(created, as_json, ["id", "name", "key"], secret="key")
     if not as_json:
         err_console.print("[yellow]The key is shown once; store it now.[/]")
@@ -183,7 +197,7 @@ def users_update(
     if teams_ is not None:
         body["team_ids"] = opt_list(teams_)
     show(
-        call(url, "PATCH", admin_path("users", user_id), json=body),
+        call(url, "PATCH", admin_path("users", user_id), json=body, options=OPTIONS),
         as_json,
         ["id", "email", "role", "team_ids"],
     )
@@ -208,7 +222,13 @@ def tokens_create(
     """Create an admin token (printed once; store it as SPENDGATE_ADMIN_TOKEN)."""
     body = {"user_id": user, "name": name, "expires_at": _expiry(expires_in_days)}
     show(
-        call(url, "POST", "/admin/tokens", json=body),
+        call(
+            url,
+            "POST",
+            "/admin/tokens",
+            json=body,
+            options={**OPTIONS, "expires_at": "--expires-in-days"},
+        ),
         as_json,
         ["id", "name", "token"],
         secret="token",

@@ -52,11 +52,26 @@ def fail(response: httpx.Response, options: Mapping[str, str] | None = None) -> 
     try:
         message = response.json()["error"]["message"]
     except (ValueError, KeyError, TypeError):
-        message = response.text
-    for field, option in (options or {}).items():
-        message = re.sub(rf"(?<![\w-]){re.escape(field)}(?![\w-])", option, message)
+        message = _foreign(response)
+    for field, option in (options or {}).items():  # a list's item (``alerts.1``) too
+        message = re.sub(rf"(?<![\w-]){re.escape(field)}(\.\d+)?(?![\w-])", option, message)
     err_console.print(f"[red]error {response.status_code}:[/] {message}")
     raise typer.Exit(1)
+
+
+def _foreign(response: httpx.Response) -> str:
+    """An error answer that is not the admin API's JSON: its text when that is one short
+    line; else (a web page: the console's URL given as ``--url``, a proxy's error page)
+    one line saying so, instead of the page."""
+    text = response.text.strip()
+    kind = response.headers.get("content-type", "").split(";")[0].strip()
+    if text and "\n" not in text and len(text) <= 300 and "html" not in kind:
+        return text
+    return (
+        f"{response.request.url} did not answer as spendgate's admin API "
+        f"({kind or 'no content type'}); --url takes the gateway's base URL, such as "
+        f"{DEFAULT_URL}"
+    )
 
 
 def call(

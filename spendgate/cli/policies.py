@@ -21,6 +21,28 @@ from spendgate.cli.http import (
 )
 from spendgate.cli.output import deleted, err_console, show
 
+#: the API's fields as the options that set them, so a 422 names what the user typed
+#: (``--amount: must be an amount in USD…``, not ``amount_usd: …``); plain words that
+#: also read as prose (period, model, timezone) are left as they are
+OPTIONS = {
+    "scope_type": "--scope",
+    "scope_id": "--scope-id",
+    "org_id": "--org",
+    "week_start": "--week-start",
+    "amount_usd": "--amount",
+    "alert_percentages": "--alerts",
+    "soft_limit_percent": "--soft",
+    "hard_limit_percent": "--hard-percent",
+    "expires_at": "--expires-at",
+    "initial_topup_usd": "--topup",
+    "low_balance_usd": "--low-balance",
+    "tickets_auto_approve_below_usd": "--auto-approve-below",
+    "rpm": "--rpm",
+    "tpm": "--tpm",
+    "max_concurrent": "--concurrent",
+    "max_spend_usd": "--spend",
+    "spend_window_seconds": "--window",
+}
 BUDGET_COLUMNS = [
     "id",
     "name",
@@ -92,7 +114,7 @@ def budgets_create(
         "categories": {"models": opt_list(models), "providers": opt_list(providers)},
     }
     show(
-        call(url, "POST", "/admin/budgets", json=given(body)),
+        call(url, "POST", "/admin/budgets", json=given(body), options=OPTIONS),
         as_json,
         BUDGET_COLUMNS,
     )
@@ -123,6 +145,7 @@ def budgets_update(
             "PATCH",
             admin_path("budgets", budget_id),
             json=given(body),
+            options=OPTIONS,
         ),
         as_json,
         BUDGET_COLUMNS,
@@ -187,6 +210,7 @@ def budgets_except(
             "POST",
             admin_path("budgets", budget_id, "exceptions"),
             json=given(body),
+            options=OPTIONS,
         ),
         as_json,
         ["id", "amount_usd", "percent", "reason", "expires_at"],
@@ -235,7 +259,7 @@ def wallets_create(
         "tickets_auto_approve_below_usd": auto_approve_below,
     }
     _show_wallet(
-        call(url, "POST", "/admin/wallets", json=given(body)),
+        call(url, "POST", "/admin/wallets", json=given(body), options=OPTIONS),
         as_json,
     )
 
@@ -265,6 +289,7 @@ def wallets_update(
             "PATCH",
             admin_path("wallets", wallet_id),
             json=given(body),
+            options=OPTIONS,
         ),
         as_json,
     )
@@ -292,6 +317,7 @@ def wallets_topup(
             "POST",
             admin_path("wallets", wallet_id, "topups"),
             json={"amount_usd": amount, "note": note},
+            options=OPTIONS,
         ),
         as_json,
         ["id", "wallet_id", "amount_usd", "note", "created_at"],
@@ -337,7 +363,7 @@ def limits_create(
         "spend_window_seconds": window,
     }
     show(
-        call(url, "POST", "/admin/rate-limits", json=given(body)),
+        call(url, "POST", "/admin/rate-limits", json=given(body), options=OPTIONS),
         as_json,
         LIMIT_COLUMNS,
     )
@@ -368,6 +394,7 @@ def limits_update(
             "PATCH",
             admin_path("rate-limits", limit_id),
             json=given(body),
+            options=OPTIONS,
         ),
         as_json,
         LIMIT_COLUMNS,

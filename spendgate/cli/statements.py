@@ -4,6 +4,7 @@ the org's) as CSV, JSONL or HTML files, with a progress bar on stderr."""
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -48,6 +49,9 @@ def show_(
     as_json: JsonOpt = False,
 ) -> None:
     """One statement: its lines (which add up to its total) and status."""
+    if format_ not in ("table", "csv", "jsonl", "html"):
+        err_console.print("[red]--format must be table, csv, jsonl or html[/]")
+        raise typer.Exit(2)
     params: dict[str, str | int] = {**_org(org)}
     if team:
         params["team_id"] = team
@@ -111,6 +115,9 @@ def export(
     format_: Annotated[str, typer.Option("--format", help="csv, jsonl or html")] = "csv",
     org: OrgOpt = None,
     url: UrlOpt = DEFAULT_URL,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print a JSON summary (the files written) on stdout")
+    ] = False,
 ) -> None:
     """Every statement of the month (the org's and each team's), one file each."""
     if format_ not in ("csv", "jsonl", "html"):
@@ -120,14 +127,21 @@ def export(
     targets: list[str | None] = [None, *(t["id"] for t in teams)]
     output.mkdir(parents=True, exist_ok=True)
     columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    files: list[str] = []
     with Progress(*columns, console=err_console) as progress:
         task = progress.add_task("export", total=len(targets))
         for team in targets:
             params = {**_org(org), "format": format_, **({"team_id": team} if team else {})}
             body = call(url, "GET", admin_path("statements", month), params=params)
-            (output / f"statement-{month}-{team or 'org'}.{format_}").write_text(body)
+            path = output / f"statement-{month}-{team or 'org'}.{format_}"
+            path.write_text(body)
+            files.append(str(path))
             progress.advance(task)
-    err_console.print(f"{len(targets)} statements written to {output}")
+    if as_json:
+        summary = {"month": month, "output": str(output), "format": format_, "files": files}
+        sys.stdout.write(json.dumps(summary) + "\n")
+    else:
+        err_console.print(f"{len(targets)} statements written to {output}")
 
 
 @statements_app.command("rule")

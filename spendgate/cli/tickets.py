@@ -90,7 +90,9 @@ def approve(
         body["amount_usd"] = amount
     if hours is not None:
         body["expires_in_hours"] = hours
-    _show(call(url, "POST", admin_path("tickets", ticket_id, "approve"), json=body), as_json)
+    path = admin_path("tickets", ticket_id, "approve")
+    options = {"amount_usd": "--amount", "expires_in_hours": "--hours"}
+    _show(call(url, "POST", path, json=body, options=options), as_json)
 
 
 @tickets.command("deny")
