@@ -6,7 +6,8 @@ One module per command group; each talks to the admin API through ``spendgate.cl
 from __future__ import annotations
 
 import errno
-from typing import Any
+from importlib.metadata import version
+from typing import Annotated, Any
 
 import typer
 from rich.text import Text
@@ -60,6 +61,26 @@ app = typer.Typer(
     help="spendgate: an LLM API gateway for AI cost governance.",
     no_args_is_help=True,
 )
+
+
+def _version(asked: bool) -> None:
+    if asked:
+        typer.echo(f"spendgate {version('spendgate')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_version, is_eager=True, help="Print the version and exit."
+        ),
+    ] = False,
+) -> None:
+    """spendgate: an LLM API gateway for AI cost governance."""
+
+
 app.command()(serve)
 app.add_typer(db_app, name="db")
 for name, group in (

@@ -171,3 +171,13 @@ def test_audit_list_pages_to_older_entries(served: Served) -> None:
     assert err.strip() == f"older entries: --before-seq {newest[-1]['seq']}"
     older = run_cli(url, "audit", "list", "--limit", "2", "--before-seq", str(newest[-1]["seq"]))
     assert [e["seq"] for e in older] == [newest[-1]["seq"] - 1, newest[-1]["seq"] - 2]
+
+
+def test_version_prints_the_installed_version() -> None:
+    """``spendgate --version`` names the installed package's version, and runs nothing
+    else (no command needed)."""
+    from importlib.metadata import version
+
+    printed = CliRunner().invoke(cli, ["--version"])
+    assert printed.exit_code == 0, printed.output
+    assert printed.stdout == f"spendgate {version('spendgate')}\n"
