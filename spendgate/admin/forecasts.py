@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from datetime import timedelta
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, Query
@@ -12,18 +13,14 @@ from pydantic import BaseModel, Field
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, guard, org_asked, principal
 from spendgate.core.access import Can
+from spendgate.core.budget_rules import Budget, effective_amount, hard_cap_nanos, levels
 from spendgate.core.budget_windows import window_at
 from spendgate.core.forecast_overrun import outlook_text
+from spendgate.core.forecasting import Forecast, as_of, local_today
 from spendgate.core.money import format_usd
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.services import Services
-from spendgate.store.forecasts import (
-    crossing_dates,
-    forecast_of,
-    refresh_all,
-    stored_forecast,
-    stored_forecasts,
-)
+from spendgate.store.forecasts import forecast_of, refresh_all, stored_forecasts
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -42,67 +39,123 @@ class RefreshOut(BaseModel):
     seconds: float
 
 
-def forecast_out(row: dict[str, Any]) -> dict[str, Any]:
-    forecast = forecast_of(row)
+def forecast_out(row: Mapping[str, Any], forecast: Forecast) -> dict[str, Any]:
+    """The API's answer for a stored row as ``forecast`` (:func:`forecast_now`)."""
     return {
         "budget_id": row["budget_id"],
-        "period_key": row["period_key"],
-        "generated_at": row["generated_at"],
-        "method": row["method"],
-        "history_days": row["history_days"],
+        "period_key": forecast.period_key,
+        "generated_at": forecast.generated_at,
+        "method": forecast.method,
+        "history_days": forecast.history_days,
         "confidence": forecast.confidence,
-        **{
-            f"{k}_usd": format_usd(int(row[f"{k}_nanos"]))
-            for k in ("spent", "p10", "p50", "p90", "amount", "limit")
-        },
-        "percent_of_budget": row["percent_of_budget"],
+        "spent_usd": format_usd(forecast.spent_nanos),
+        "p10_usd": format_usd(forecast.p10_nanos),
+        "p50_usd": format_usd(forecast.p50_nanos),
+        "p90_usd": format_usd(forecast.p90_nanos),
+        "amount_usd": format_usd(forecast.amount_nanos),
+        "limit_usd": format_usd(int(row["limit_nanos"])),
+        "percent_of_budget": str(forecast.percent_of_budget),
         "hard_cap_usd": None if forecast.cap_nanos is None else format_usd(forecast.cap_nanos),
         "hits_hard_cap_on": forecast.hits_cap_on,
         "uncapped_p50_usd": format_usd(forecast.uncapped_p50_nanos),
         "outlook": outlook_text(forecast),
-        "crossings": crossing_dates(row),
+        "crossings": dict(forecast.crossings),
         "overrun_band": row["overrun_band"],
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    """A budget as it stands now: its period, its amount with the exceptions active now,
+    and what its period has spent so far."""
+
+    budget: Budget
+    period_key: str
+    amount_nanos: int
+    spent_nanos: int
+
+
+def _levels(budget: Budget, amount_nanos: int) -> list[tuple[str, int]]:
+    return [(t.name, level) for t, level in levels(budget, amount_nanos)]
+
+
+def of_budget_now(row: Mapping[str, Any], now: Now) -> bool:
+    """Whether a stored forecast is of the budget's current period, amount (exceptions
+    included), hard cap and levels: else its %, landing and crossing days are of a budget
+    that no longer is, and it is recomputed."""
+    cap = row.get("hard_cap_nanos")
+    return (
+        row["period_key"] == now.period_key
+        and int(row["amount_nanos"]) == now.amount_nanos
+        and (None if cap is None else int(cap)) == hard_cap_nanos(now.budget, now.amount_nanos)
+        and set(row["crossings"]) == {name for name, _ in _levels(now.budget, now.amount_nanos)}
+    )
+
+
+def forecast_now(row: Mapping[str, Any], now: Now, at: datetime) -> dict[str, Any]:
+    """A stored forecast of the budget's current amount read at ``at``: never below what
+    the period has spent since it was computed (:func:`spendgate.core.forecasting.as_of`)."""
+    today, _ = local_today(at, now.budget.timezone)
+    forecast = as_of(
+        forecast_of(row), now.spent_nanos, _levels(now.budget, now.amount_nanos), today
+    )
+    return forecast_out(row, forecast)
+
+
+async def forecasts_now(
+    svc: Services, budgets: Sequence[Now], *, compute: bool = False, refresh: bool = False
+) -> dict[str, dict[str, Any] | None]:
+    """Every place that shows a forecast reads it here: each budget's stored forecast as of
+    now (:func:`forecast_now`), by budget id. A stored one of another amount, cap or levels
+    (the budget was edited, an exception granted or expired) is recomputed first; so is
+    every one when ``refresh``, and with ``compute`` one that is missing, of an earlier
+    period or older than :data:`MAX_AGE` (else None: no forecast of this period yet).
+    Recomputing flushes this process's ledger buffer first (every call it has answered)."""
+    at = svc.clock.now()
+    rows = await stored_forecasts(svc.engine, [b.budget.id for b in budgets])
+
+    def stale(b: Now) -> bool:
+        row = rows.get(b.budget.id)
+        if refresh:
+            return True
+        if row is None or row["period_key"] != b.period_key:
+            return compute
+        return not of_budget_now(row, b) or (compute and row["generated_at"] < at - MAX_AGE)
+
+    again = [b.budget for b in budgets if stale(b)]
+    if again:
+        await svc.ledger.flush()
+        await refresh_all(
+            svc.engine,
+            again,
+            at,
+            raises={b.id: svc.enforcer.raises_for(b.id) for b in again},
+            escalation=svc.settings.forecast_overrun_escalation,
+        )
+        rows.update(await stored_forecasts(svc.engine, [b.id for b in again]))
+    out: dict[str, dict[str, Any] | None] = {}
+    for b in budgets:
+        row = rows.get(b.budget.id)
+        current = row is not None and row["period_key"] == b.period_key
+        out[b.budget.id] = forecast_now(row, b, at) if row is not None and current else None
+    return out
 
 
 async def current_forecast(
     svc: Services, budget_id: str, *, refresh: bool = False
 ) -> dict[str, Any]:
-    """The stored forecast if it is of this period and fresh; else computed now (with every
-    call this process has answered: its ledger buffer is flushed first) and stored."""
+    """The budget's forecast as of now (:func:`forecasts_now`), computed if there is none
+    fresh of this period."""
     budget = budget_from_row(await svc.policies.get_budget(budget_id))
-    now = svc.clock.now()
-    row = await stored_forecast(svc.engine, budget_id)
-    key = window_at(now, budget.period, budget.timezone, budget.week_start).key
-    if refresh or row is None or row["period_key"] != key or row["generated_at"] < now - MAX_AGE:
-        await svc.ledger.flush()
-        raises = {budget.id: svc.enforcer.raises_for(budget.id)}
-        await refresh_all(
-            svc.engine,
-            [budget],
-            now,
-            raises=raises,
-            escalation=svc.settings.forecast_overrun_escalation,
-        )
-        row = await stored_forecast(svc.engine, budget_id)
-        if row is None:  # deleted meanwhile
-            raise NotFound(f"budget {budget_id} not found", param="budget_id")
-    return forecast_out(row)
-
-
-async def forecasts_for_status(
-    svc: Services, period_keys: Mapping[str, str]
-) -> dict[str, dict[str, Any] | None]:
-    """The stored forecast of this period of each budget (budget id: its period key) for
-    the budget status route, in one query (never computes; None: none of this period)."""
-    rows = await stored_forecasts(svc.engine, list(period_keys))
-    out: dict[str, dict[str, Any] | None] = {}
-    for budget_id, period_key in period_keys.items():
-        row = rows.get(budget_id)
-        out[budget_id] = (
-            forecast_out(row) if row is not None and row["period_key"] == period_key else None
-        )
-    return out
+    at = svc.clock.now()
+    window = window_at(at, budget.period, budget.timezone, budget.week_start)
+    amount = effective_amount(budget, svc.enforcer.raises_for(budget.id), at)
+    (state,) = await svc.enforcer.bucket_states([(budget, window, amount)])
+    now = Now(budget, window.key, amount, state.spent)
+    found = (await forecasts_now(svc, [now], compute=True, refresh=refresh))[budget_id]
+    if found is None:  # deleted meanwhile
+        raise NotFound(f"budget {budget_id} not found", param="budget_id")
+    return found
 
 
 @router.get(

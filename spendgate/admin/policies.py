@@ -11,7 +11,7 @@ from fastapi import APIRouter, Depends, Request
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
-from spendgate.admin.forecasts import forecasts_for_status
+from spendgate.admin.forecasts import Now, forecasts_now
 from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import validate_timezone, window_at
@@ -295,12 +295,16 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     windows = [window_at(now, b.period, b.timezone, b.week_start) for b in budgets]
     prefixes = [f"budget:{b.id}:{w.key}:" for b, w in zip(budgets, windows, strict=True)]
     fired_by = await fired_keys_many(svc.engine, prefixes)
-    forecasts = await forecasts_for_status(
-        svc, {b.id: w.key for b, w in zip(budgets, windows, strict=True)}
-    )
     active = [[r for r in svc.enforcer.raises_for(b.id) if r.active_at(now)] for b in budgets]
     amounts = [rules.effective_amount(b, r, now) for b, r in zip(budgets, active, strict=True)]
     states = await svc.enforcer.bucket_states(list(zip(budgets, windows, amounts, strict=True)))
+    forecasts = await forecasts_now(
+        svc,
+        [
+            Now(b, w.key, amount, state.spent)
+            for b, w, amount, state in zip(budgets, windows, amounts, states, strict=True)
+        ],
+    )
     out = []
     for budget, window, prefix, raises, amount, state in zip(
         budgets, windows, prefixes, active, amounts, states, strict=True
@@ -309,6 +313,7 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
         soft = rules.percent_of(amount, budget.soft_limit_percent)
         used = state.spent + state.reserved
         fired = fired_by[prefix]
+        forecast = forecasts[budget.id]
         out.append(
             {
                 "budget_id": budget.id,
@@ -331,10 +336,26 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
                     k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1] for k in fired
                 ],
                 "active_exceptions": len(raises),
-                "forecast": forecasts[budget.id],
+                "state": budget_state(state.spent, used, soft, cap, forecast),
+                "forecast": forecast,
             }
         )
     return out
+
+
+def budget_state(
+    spent: int, used: int, soft: int, cap: int | None, forecast: dict[str, Any] | None
+) -> str:
+    """The budget's state now, worst first: ``blocked`` (its hard cap is reached by what is
+    spent and reserved: calls are refused), ``over_soft_limit`` (spent), ``at_risk`` (the
+    forecast lands at or above the amount), else ``ok``."""
+    if cap is not None and used >= cap:
+        return "blocked"
+    if spent >= soft:
+        return "over_soft_limit"
+    if forecast is not None and Decimal(forecast["percent_of_budget"]) >= 100:
+        return "at_risk"
+    return "ok"
 
 
 def exception_out(row: dict[str, Any]) -> dict[str, Any]:

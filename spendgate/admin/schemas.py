@@ -452,13 +452,19 @@ class ForecastOut(BaseModel):
     confidence: Literal["low", "normal"] = Field(
         description="low with under a week of complete days: a rough guess, a wide interval"
     )
-    spent_usd: str = Field(description="spend so far in the period")
-    p10_usd: str
+    spent_usd: str = Field(
+        description="spend so far in the period: as of now if more than when computed"
+    )
+    p10_usd: str = Field(description="never below spent_usd (a floor for every quantile)")
     p50_usd: str = Field(
-        description="expected period-end spend (recorded: never above the hard cap)"
+        description="expected period-end spend (recorded: never above the hard cap, "
+        "never below spent_usd)"
     )
     p90_usd: str
-    amount_usd: str = Field(description="the budget amount, with active exceptions")
+    amount_usd: str = Field(
+        description="the budget amount with the exceptions active now (a forecast of "
+        "another amount is recomputed when read)"
+    )
     percent_of_budget: str = Field(description="P50 as a percentage of amount_usd")
     limit_usd: str = Field(description="the hard cap, or the amount for observing budgets")
     hard_cap_usd: str | None = Field(
@@ -498,8 +504,15 @@ class BudgetStatus(BaseModel):
     remaining_to_hard_usd: str | None
     thresholds_fired: list[str]
     active_exceptions: int
+    state: Literal["ok", "at_risk", "over_soft_limit", "blocked"] = Field(
+        description="worst first: blocked (spent + reserved reached the hard cap: calls are "
+        "refused), over_soft_limit (spent), at_risk (forecast P50 at or above the amount), ok"
+    )
     forecast: ForecastOut | None = Field(
-        None, description="the latest forecast of this period (refreshed on a schedule)"
+        None,
+        description="the latest forecast of this period (refreshed on a schedule; "
+        "recomputed when read after the amount, exceptions or levels changed) as of now: "
+        "never below spent_usd, its % of the current effective amount",
     )
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from spendgate.admin.deps import Scope
-from spendgate.admin.policies import budget_statuses
+from spendgate.admin.policies import budget_statuses, warned
 from spendgate.console.charts import Band, Level
 from spendgate.core import budget_rules as rules
 from spendgate.core.money import format_usd, usd_to_nanos
@@ -20,6 +20,13 @@ from spendgate.services import Services
 from spendgate.store.policies import budget_from_row
 
 LEVEL_NAMES = {"alert": "alert", "soft": "soft limit", "hard": "hard limit"}
+#: the status API's ``state`` in words (shown as text, never by colour alone)
+STATES = {
+    "blocked": "blocked: hard limit reached",
+    "over_soft_limit": "over soft limit",
+    "at_risk": "at risk",
+    "ok": "ok",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +37,8 @@ class BudgetView:
     band: Band | None
     landing: str | None
     risk: Decimal  # forecast (else spent) as % of the amount: the list's default order
+    #: the providers or models it names that the config no longer has (the API's warnings)
+    warnings: list[str]
 
     @property
     def period_days(self) -> list[date]:
@@ -49,15 +58,24 @@ class BudgetView:
 
     @property
     def state(self) -> str:
-        """One word for the list (shown as text, never by colour alone)."""
-        used = Decimal(self.status["percent_used"])
-        if self.row["hard_limit"] and self.status["remaining_to_hard_usd"] == "0":
-            return "blocked"
-        if used >= Decimal(self.row["soft_limit_percent"]):
-            return "over soft limit"
-        if self.band is not None and self.risk >= 100:
-            return "at risk"
-        return "ok"
+        """The status API's ``state`` in words."""
+        return STATES[self.status["state"]]
+
+    @property
+    def exception_note(self) -> str | None:
+        """How the amount shown (with the exceptions active now) is made up, if it is not
+        the budget's own: "$100.00 + $20.00 from 1 active exception"."""
+        own = usd_to_nanos(self.status["amount_usd"])
+        extra = usd_to_nanos(self.status["effective_amount_usd"]) - own
+        count = self.status["active_exceptions"]
+        if not count and not extra:
+            return None
+        sign = "+" if extra >= 0 else "−"
+        plural = "s" if count != 1 else ""
+        return (
+            f"${format_usd(own)} {sign} ${format_usd(abs(extra))} "
+            f"from {count} active exception{plural}"
+        )
 
 
 def landing_text(forecast: dict[str, Any]) -> str:
@@ -86,10 +104,13 @@ async def budget_views(svc: Services, rows: Sequence[dict[str, Any]]) -> list[Bu
     """:func:`budget_view` of stored budgets the caller may read (checked before: a list
     filtered by the admin API's rule), all statuses read together."""
     statuses = await budget_statuses(svc, rows)
-    return [_view(row, status) for row, status in zip(rows, statuses, strict=True)]
+    return [
+        _view(row, status, warned(svc, row)["warnings"])
+        for row, status in zip(rows, statuses, strict=True)
+    ]
 
 
-def _view(row: dict[str, Any], status: dict[str, Any]) -> BudgetView:
+def _view(row: dict[str, Any], status: dict[str, Any], warnings: list[str]) -> BudgetView:
     budget = budget_from_row(row)
     amount = usd_to_nanos(status["effective_amount_usd"])
     levels = [Level("budget", amount, "budget")]
@@ -103,7 +124,6 @@ def _view(row: dict[str, Any], status: dict[str, Any]) -> BudgetView:
     if forecast is not None:
         band = Band(*(usd_to_nanos(forecast[f"{p}_usd"]) for p in ("p10", "p50", "p90")))
         landing = landing_text(forecast)
-        # a forecast made before this period's latest spend may land below it: a budget
-        # already over is at least as much at risk as what it has used
-        risk = max(risk, Decimal(forecast["percent_of_budget"]))
-    return BudgetView(row, status, levels, band, landing, risk)
+        # as of now: never below what is spent (admin.forecasts.forecasts_now)
+        risk = Decimal(forecast["percent_of_budget"])
+    return BudgetView(row, status, levels, band, landing, risk, warnings)

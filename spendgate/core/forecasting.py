@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 from functools import cache
@@ -264,6 +264,42 @@ def forecast(history: SpendHistory, outlook: PeriodOutlook, generated_at: dateti
         hits_cap_on=None
         if outlook.cap_nanos is None
         else reached_on(history, outlook, expected, outlook.cap_nanos),
+    )
+
+
+def as_of(
+    f: Forecast, spent_nanos: int, levels: Sequence[tuple[str, int]], today: date
+) -> Forecast:
+    """A stored forecast read later in its period, with ``spent_nanos`` spent by now: spend
+    to date is a floor for every quantile (and for the hard cap's bound, as when computed),
+    and a level (``levels``: the outlook's thresholds) already reached was reached by
+    ``today`` at the latest. The caller recomputes a forecast whose amount or levels are no
+    longer the budget's: this rule cannot move a crossing day to a level it never saw."""
+    spent = max(f.spent_nanos, spent_nanos)
+    if spent == f.spent_nanos:
+        return f
+    level_of = dict(levels)
+
+    def by_today(name: str, day: date | None) -> date | None:
+        level = level_of.get(name)
+        if level is None or level > spent or (day is not None and day <= today):
+            return day
+        return today
+
+    p50 = max(f.p50_nanos, spent)
+    cap_reached = f.cap_nanos is not None and spent >= f.cap_nanos
+    return replace(
+        f,
+        spent_nanos=spent,
+        p10_nanos=max(f.p10_nanos, spent),
+        p50_nanos=p50,
+        p90_nanos=max(f.p90_nanos, spent),
+        percent_of_budget=rules.percent_used(p50, f.amount_nanos),
+        crossings=tuple((name, by_today(name, day)) for name, day in f.crossings),
+        uncapped_p50_nanos=max(f.uncapped_p50_nanos, spent),
+        hits_cap_on=today
+        if cap_reached and (f.hits_cap_on is None or f.hits_cap_on > today)
+        else f.hits_cap_on,
     )
 
 

@@ -135,3 +135,88 @@ def test_refresh_takes_the_org_from_the_body(gateway: RunningGateway) -> None:
     ):
         assert response.status_code == 422, response.text
     assert response.json()["error"]["param"] == "org_id"
+
+
+def test_a_stored_forecast_is_read_as_of_now(gateway: RunningGateway) -> None:
+    """A forecast stored before a burst of spend landed below what the budget had already
+    spent (P10–P90 and % of budget), and one stored before an exception or an amount edit
+    kept the old amount in its %, its landing and its threshold days: read now, spend to
+    date is a floor for every quantile, and the amount is the budget's current one (with
+    the exceptions active now), on the forecast route and in the budget status alike."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+
+    def call() -> Decimal:
+        return Decimal(
+            client.chat.completions.with_raw_response.create(
+                model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "s"}]
+            ).headers["x-spendgate-cost-usd"]
+        )
+
+    gateway.clock.set(gateway.clock.now().replace(month=3, day=1, hour=12))
+    cost = call()
+    made = gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd=str(cost * 100))
+    for _ in range(9):
+        gateway.clock.advance(86400)
+        call()
+    stored = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
+    assert Decimal(stored["p90_usd"]) < cost * 60  # ~31 calls: well under the burst below
+    for _ in range(60):  # a burst, after the forecast was stored (still fresh: not redone)
+        call()
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    spent = Decimal(status["spent_usd"])
+    assert spent == cost * 70
+    for read in (gateway.get(f"/admin/forecasts/{made['id']}"), status["forecast"]):
+        assert read["generated_at"] == stored["generated_at"]  # the stored one, read now
+        assert Decimal(read["spent_usd"]) == spent
+        assert all(Decimal(read[f"{q}_usd"]) >= spent for q in ("p10", "p50", "p90"))
+        assert Decimal(read["percent_of_budget"]) >= Decimal(status["percent_used"]) == 70
+        assert read["crossings"]["alert:50"] <= "2026-03-10"  # reached: today at the latest
+        assert f"lands at ${read['p50_usd']} (P50, " in read["outlook"]
+
+    # an exception: the forecast is of the amount with it, so recomputed (its days too)
+    gateway.post(
+        f"/admin/budgets/{made['id']}/exceptions",
+        {"amount_usd": str(cost * 100), "reason": "launch", "expires_at": "2026-03-20T00:00:00Z"},
+    )
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert Decimal(status["effective_amount_usd"]) == cost * 200
+    for read in (gateway.get(f"/admin/forecasts/{made['id']}"), status["forecast"]):
+        assert read["amount_usd"] == status["effective_amount_usd"]
+        p50 = Decimal(read["p50_usd"])
+        assert p50 >= spent
+        assert Decimal(read["percent_of_budget"]) == (p50 * 100 / (cost * 200)).quantize(
+            Decimal("0.01")
+        )
+        assert f"% of ${status['effective_amount_usd']})" in read["outlook"]
+    # an amount edit likewise
+    gateway.admin.patch(f"/admin/budgets/{made['id']}", json={"amount_usd": str(cost * 50)})
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert Decimal(status["effective_amount_usd"]) == cost * 150
+    assert status["forecast"]["amount_usd"] == status["effective_amount_usd"]
+    read = gateway.get(f"/admin/forecasts/{made['id']}")
+    assert read["amount_usd"] == status["effective_amount_usd"]
+
+
+def test_a_budget_refusing_calls_is_blocked_in_its_status(gateway: RunningGateway) -> None:
+    """Spent at its hard cap: the status's ``state`` says blocked (calls are refused), not
+    over the soft limit; an observing budget at the same spend is over its soft limit."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = Decimal(
+        client.chat.completions.with_raw_response.create(
+            model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "s"}]
+        ).headers["x-spendgate-cost-usd"]
+    )
+    capped = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd=str(cost), hard_limit=True
+    )
+    observing = gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd=str(cost))
+    refused = client.chat.completions.with_raw_response.create
+    try:
+        refused(model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "s"}])
+        raise AssertionError("the hard cap let a call through")
+    except openai.RateLimitError:
+        pass
+    assert gateway.get(f"/admin/budgets/{capped['id']}/status")["state"] == "blocked"
+    assert gateway.get(f"/admin/budgets/{observing['id']}/status")["state"] == "over_soft_limit"

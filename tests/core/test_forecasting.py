@@ -456,3 +456,27 @@ def test_interval_of_sum_with_outlier_days() -> None:
     low, high = fc.interval_of_sum(100.0, 10.0, -excess / 5, 20.0)
     assert low < plain[0] - 40.0 and high <= plain[1] + 0.5
     assert fc.interval_of_sum(100.0, 10.0, excess, 0.0) == pytest.approx(plain)
+
+
+def test_a_forecast_read_later_never_lands_below_what_is_spent() -> None:
+    """Stored at about $180 spent, read at $900: every quantile is at least $900, the % is of
+    P50 so floored, a level passed meanwhile is reached today at the latest (a later day
+    or none was stored), and a hard cap reached meanwhile is hit today; read with no new
+    spend, the forecast is the one stored."""
+    levels = (("alert:50", 500 * USD), ("alert:90", 900 * USD), ("hard:100", 1000 * USD))
+    history, outlook = march(weekly(9, level=20.0), thresholds=levels, cap=1000 * USD)
+    stored = fc.forecast(history, outlook, NOW)
+    assert stored.p90_nanos < 900 * USD and stored.crossings[1][1] != TODAY
+    now = fc.as_of(stored, 900 * USD, levels, TODAY)
+    assert now.spent_nanos == 900 * USD
+    assert min(now.p10_nanos, now.p50_nanos, now.p90_nanos) >= 900 * USD
+    assert now.uncapped_p50_nanos >= 900 * USD
+    assert now.percent_of_budget == Decimal(now.p50_nanos * 100 / (1000 * USD)).quantize(
+        Decimal("0.01")
+    )
+    crossed = dict(now.crossings)
+    assert crossed["alert:50"] is not None and crossed["alert:50"] <= TODAY
+    assert crossed["alert:90"] == TODAY
+    assert crossed["hard:100"] == dict(stored.crossings)["hard:100"]  # not reached yet
+    assert fc.as_of(stored, 1000 * USD, levels, TODAY).hits_cap_on == TODAY
+    assert fc.as_of(stored, 10 * USD, levels, TODAY) is stored
