@@ -22,7 +22,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from spendgate.admin.forecasts import router as forecasts_router
 from spendgate.core.budget_rules import Budget
 from spendgate.core.clock import FrozenClock
+from spendgate.counters.memory import MemoryCounters
 from spendgate.errors import ConfigError, SpendgateError
+from spendgate.guard.enforcement import Enforcer
 from spendgate.security.auth_throttle import AuthThrottle
 from spendgate.services import Services
 from spendgate.settings import load_settings
@@ -285,13 +287,17 @@ async def forecast_api(
     engine: AsyncEngine, escalation: tuple[int, ...] = ()
 ) -> AsyncIterator[tuple[httpx.AsyncClient, SimpleNamespace]]:
     """The forecast router on an admin app of its own (and its services), as the master key."""
+    clock, policies, ledger = FrozenClock(NOW), PolicyStore(engine), LedgerWriter(engine)
     svc = SimpleNamespace(
         settings=SimpleNamespace(master_key=MASTER, forecast_overrun_escalation=escalation),
-        clock=FrozenClock(NOW),
+        clock=clock,
         engine=engine,
-        policies=PolicyStore(engine),
-        ledger=LedgerWriter(engine),
-        enforcer=SimpleNamespace(raises_for=lambda _id: ()),
+        policies=policies,
+        ledger=ledger,
+        # the real enforcer on memory counters: the routes read budgets' spend from it
+        enforcer=Enforcer(
+            policies, MemoryCounters(), ledger, clock, lambda *event: None, reservation_seconds=60
+        ),
         auth_throttle=AuthThrottle(),
     )
     api = FastAPI()
