@@ -40,6 +40,7 @@ from spendgate.settings import Settings, load_settings
 from spendgate.store import console_auth
 from spendgate.store.database import migrate_url
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle, serve_in_thread
+from spendgate.testing.webhook_receiver import Receiver
 
 PG_ADMIN_DSN = os.environ.get("SPENDGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 MASTER_KEY = "sg-master-test-0123456789"
@@ -475,6 +476,15 @@ def gateway(
     yield running
     running.admin.close()
     running.handle.stop()
+
+
+@pytest.fixture
+def receiver(gateway: RunningGateway) -> Iterator[tuple[Receiver, ServerHandle]]:
+    """A webhook receiver on its own port, checking signatures at the gateway's time."""
+    app = Receiver(now=gateway.clock.now)
+    handle = serve_in_thread(app)
+    yield app, handle
+    handle.stop()
 
 
 @dataclass

@@ -3,22 +3,11 @@ link (a credential, under the admin-token rule)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import httpx
-import pytest
 
-from spendgate.testing.fake_upstream import ServerHandle, serve_in_thread
+from spendgate.testing.fake_upstream import ServerHandle
 from spendgate.testing.webhook_receiver import Receiver
 from tests.conftest import RunningGateway
-
-
-@pytest.fixture
-def receiver(gateway: RunningGateway) -> Iterator[tuple[Receiver, ServerHandle]]:
-    app = Receiver(now=gateway.clock.now)
-    handle = serve_in_thread(app)
-    yield app, handle
-    handle.stop()
 
 
 def _world(gw: RunningGateway) -> dict[str, str]:

@@ -5,26 +5,16 @@ signed, to a receiver that verifies with the standardwebhooks library."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
 import openai
-import pytest
 
-from spendgate.testing.fake_upstream import ServerHandle, serve_in_thread
+from spendgate.testing.fake_upstream import ServerHandle
 from spendgate.testing.webhook_receiver import Receiver
 from tests.conftest import RunningGateway
 
 MSG = [{"role": "user", "content": "same prompt every time"}]
-
-
-@pytest.fixture
-def receiver(gateway: RunningGateway) -> Iterator[tuple[Receiver, ServerHandle]]:
-    app = Receiver(now=gateway.clock.now)
-    handle = serve_in_thread(app)
-    yield app, handle
-    handle.stop()
 
 
 async def _burst(url: str, key: str, n: int) -> list[int]:

@@ -5,27 +5,17 @@ worker and a receiver verifying each delivery's signature."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
 import httpx
-import pytest
 
 from spendgate.store.events import record_event
-from spendgate.testing.fake_upstream import ServerHandle, serve_in_thread
+from spendgate.testing.fake_upstream import ServerHandle
 from spendgate.testing.webhook_receiver import Receiver
 from tests.conftest import RunningGateway
 
 MSG = [{"role": "user", "content": "same prompt every time"}]
-
-
-@pytest.fixture
-def receiver(gateway: RunningGateway) -> Iterator[tuple[Receiver, ServerHandle]]:
-    app = Receiver(now=gateway.clock.now)
-    handle = serve_in_thread(app)
-    yield app, handle
-    handle.stop()
 
 
 def call(gateway: RunningGateway, key: dict[str, Any]) -> httpx.Response:
