@@ -161,7 +161,8 @@ def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
 
 @budgets.command("status")
 def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """Spent, reserved, thresholds fired and the next reset of a budget's current period."""
+    """State, spent, reserved, thresholds fired and the next reset of a budget's current
+    period (state: blocked, refusing, over_soft_limit, at_risk or ok)."""
     data = call(url, "GET", admin_path("budgets", budget_id, "status"))
     if not as_json and data.get("forecast"):
         data = {
@@ -174,11 +175,14 @@ def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
         as_json,
         [
             "period_key",
+            "state",
             "spent_usd",
             "reserved_usd",
             "percent_used",
             "hard_limit_usd",
             "remaining_to_hard_usd",
+            "refusing_since",
+            "refused_worst_case_usd",
             "thresholds_fired",
             "next_reset",
             "forecast_p50_usd",
