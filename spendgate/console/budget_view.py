@@ -74,8 +74,8 @@ class BudgetView:
             f"A call that could cost up to ${st['refused_worst_case_usd']} (its prompt "
             f"estimate + max_tokens) was refused: ${st['remaining_to_hard_usd']} is left "
             f"of the ${st['hard_limit_usd']} hard limit, and every call whose worst case "
-            "exceeds that is refused until the period resets, the amount is raised or an "
-            "exception is granted."
+            "exceeds that is refused (smaller ones still pass) until the period resets, the "
+            "amount is raised or an exception is granted."
         )
 
     @property

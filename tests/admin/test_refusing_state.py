@@ -7,14 +7,17 @@ PostgreSQL with Redis."""
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
 import openai
+from typer.testing import CliRunner
 
-from tests.conftest import RunningGateway
+from spendgate.cli import app as cli
+from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "s"}]
 NANO = Decimal("0.000000001")
@@ -51,6 +54,22 @@ def _when(value: str) -> datetime:
     return datetime.fromisoformat(value.replace("Z", "+00:00"))
 
 
+def _cli_out(gateway: RunningGateway, *args: str) -> str:
+    result = CliRunner().invoke(
+        cli,
+        [*args, "--url", gateway.url],
+        env={"SPENDGATE_MASTER_KEY": MASTER_KEY, "COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _cli(gateway: RunningGateway, *args: str) -> dict[str, str]:
+    """A CLI answer shown as a table: in 80 columns, one ``column  value`` line each."""
+    fields = [line.split(None, 1) for line in _cli_out(gateway, *args).splitlines()]
+    return {f[0]: f[1] if len(f) > 1 else "" for f in fields if f}
+
+
 def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningGateway) -> None:
     key = gateway.create_key()
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
@@ -81,6 +100,16 @@ def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningG
     assert [e["data"]["budget_id"] for e in events] == [budget["id"]]
     assert Decimal(events[0]["data"]["worst_case_usd"]) == worst
     assert Decimal(events[0]["data"]["remaining_usd"]) == left
+    audited = gateway.get("/admin/audit", action="budget.calls_refused")["entries"]
+    assert [(e["actor_id"], e["target_id"]) for e in audited] == [("enforcer", budget["id"])]
+    # the CLI's table and JSON say the same
+    table = _cli(gateway, "budgets", "status", budget["id"])
+    assert table["state"] == "refusing"
+    assert table["refused_worst_case_usd"] == status["refused_worst_case_usd"]
+    assert table["refusing_since"].startswith("2026-03-10")
+    as_json = json.loads(_cli_out(gateway, "budgets", "status", budget["id"], "--json"))
+    assert as_json["state"] == "refusing"
+    assert as_json["refusing_since"] == status["refusing_since"]
     # every further refusal at this cap is the same fact: stored once
     gateway.clock.advance(60)
     _refused(client)
