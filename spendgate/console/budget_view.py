@@ -66,16 +66,23 @@ class BudgetView:
     @property
     def refusal_note(self) -> str | None:
         """What the hard cap refused this period (at the cap in force now), if anything."""
-        since = self.status.get("refusing_since")
-        if since is None:
-            return None
         st = self.status
-        return (
+        if st.get("refusing_since") is None:
+            return None
+        refused = (
             f"A call that could cost up to ${st['refused_worst_case_usd']} (its prompt "
-            f"estimate + max_tokens) was refused: ${st['remaining_to_hard_usd']} is left "
-            f"of the ${st['hard_limit_usd']} hard limit, and every call whose worst case "
-            "exceeds that is refused (smaller ones still pass) until the period resets, the "
-            "amount is raised or an exception is granted."
+            "estimate + max_tokens) was refused"
+        )
+        until = "until the period resets, the amount is raised or an exception is granted."
+        if st["state"] == "blocked":
+            return (
+                f"{refused}, and the ${st['hard_limit_usd']} hard limit is used up (spent "
+                f"and in flight): every call is refused {until}"
+            )
+        return (
+            f"{refused}: ${st['remaining_to_hard_usd']} is left of the "
+            f"${st['hard_limit_usd']} hard limit, and every call whose worst case exceeds "
+            f"that is refused (smaller ones still pass) {until}"
         )
 
     @property

@@ -96,6 +96,8 @@ def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningG
     assert status["state"] == "refusing"
     assert _when(status["refusing_since"]) == first
     assert Decimal(status["refused_worst_case_usd"]) == worst
+    assert "hard:100" in status["thresholds_fired"]  # the refusal reached the hard limit
+    assert all(t.split(":")[0] in ("alert", "soft", "hard") for t in status["thresholds_fired"])
     events = gateway.get("/admin/events", type="budget.calls_refused")
     assert [e["data"]["budget_id"] for e in events] == [budget["id"]]
     assert Decimal(events[0]["data"]["worst_case_usd"]) == worst

@@ -197,3 +197,19 @@ def test_a_cap_refusing_calls_with_room_left_says_so(console: Console, page: Pag
         f"${status['hard_limit_usd']} hard limit"
     )
     _shot(page, "budget-page-refusing")
+
+    # lowered to what is spent: used up, so every call is refused (none smaller passes)
+    gw.admin.patch(f"/admin/budgets/{budget['id']}", json={"amount_usd": f"{cost * 2:f}"})
+    page.reload()
+    expect(page.locator("main")).to_contain_text("status: blocked: hard limit reached")
+    expect(page.locator("#refusal-note")).to_have_count(0)  # nothing refused at this cap yet
+    try:
+        _call(client)
+        raise AssertionError("the hard cap let the call through")
+    except openai.RateLimitError:
+        pass
+    gw.run(gw.app.services.drain())
+    page.reload()
+    expect(page.locator("#refusal-note")).to_contain_text(
+        "hard limit is used up (spent and in flight): every call is refused until"
+    )
