@@ -618,7 +618,11 @@ class Enforcer:
                 # period: the budget has not reached its limit, and the event (once per
                 # period) is kept for when it does
                 used = refusal.spent + refusal.reserved
-                if admission.worst_case <= refusal.cap:
+                # the cap's own refusal: not a fail-open outage's share of it (which cuts
+                # the cap, while the refusal names the budget's; the figures are this
+                # replica's, so at most the real ones) refusing a call the cap has room for
+                own = used + admission.worst_case > refusal.cap
+                if own and admission.worst_case <= refusal.cap:
                     self._fire(
                         a,
                         rules.Threshold("hard", a.budget.hard_limit_percent),
@@ -626,7 +630,7 @@ class Enforcer:
                         now,
                         refused=True,
                     )
-                if admission.worst_case <= refusal.cap or used >= refusal.cap:
+                if own and (admission.worst_case <= refusal.cap or used >= refusal.cap):
                     # it refuses calls at this cap (once per cap: the budget status reads it)
                     event = refusal_event(a, refusal, admission.worst_case)
                     self._emit(*event, now, a.budget.org_id)
