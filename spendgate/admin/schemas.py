@@ -507,7 +507,8 @@ class BudgetStatus(BaseModel):
     refusing_since: datetime | None = Field(
         None,
         description="when the hard cap in force now first refused a call this period (a "
-        "call whose worst case, prompt estimate + max_tokens, was over what was left); "
+        "call whose worst case, prompt estimate + max_tokens, was over what spend left; "
+        "not one refused only for the holds of calls in flight); "
         "null: none since the period began or the cap last changed (amount, exception, "
         "hard limit %)",
     )

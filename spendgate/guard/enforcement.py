@@ -159,8 +159,8 @@ REFUSED_AT_CAP = "refused:"
 
 def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, str, dict[str, Any]]:
     """(type, dedup key, data) of a hard cap refusing a call that would fit an empty
-    period, or any call once the cap is used up: ``budget.calls_refused``, once per
-    budget, period and cap (in nanos, in the
+    period, but not what is spent (whatever is in flight), or any call once spend used
+    the cap up: ``budget.calls_refused``, once per budget, period and cap (in nanos, in the
     key: an amount raised, an exception or a new percentage re-arms it, as each is a
     change that could make room). The budget status reads it: a hard-capped budget with
     this period's event at its current cap is ``refusing`` (``admin.policies``)."""
@@ -630,8 +630,14 @@ class Enforcer:
                         now,
                         refused=True,
                     )
-                if own and (admission.worst_case <= refusal.cap or used >= refusal.cap):
-                    # it refuses calls at this cap (once per cap: the budget status reads it)
+                # and it refuses calls this big at this cap for the rest of the period (once
+                # per cap: the budget status reads it), unless only calls in flight hold the
+                # room (it is back when they settle: the 429 says retry) or the call is
+                # bigger than the whole cap (it says nothing about the budget)
+                lasting = refusal.spent + admission.worst_case > refusal.cap
+                if lasting and (
+                    admission.worst_case <= refusal.cap or refusal.spent >= refusal.cap
+                ):
                     event = refusal_event(a, refusal, admission.worst_case)
                     self._emit(*event, now, a.budget.org_id)
                 retry = int((a.window.end - now).total_seconds()) + 1

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -17,10 +19,12 @@ import openai
 from typer.testing import CliRunner
 
 from spendgate.cli import app as cli
+from spendgate.testing.fake_upstream import FakeUpstream
 from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "s"}]
 NANO = Decimal("0.000000001")
+MICRO = Decimal("0.000001")
 
 
 def _call(client: openai.OpenAI) -> Decimal:
@@ -187,3 +191,52 @@ def test_blocked_stays_blocked_and_a_call_too_big_for_the_whole_cap_sets_nothing
     status = _status(gateway, tiny["id"])
     assert status["state"] == "ok"
     assert status["refusing_since"] is None
+
+
+def test_room_held_only_by_a_call_in_flight_is_not_refusing(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A stream in flight holds its worst case; a call refused only because of that hold
+    (what is spent leaves room for it: the 429 says retry) sets nothing, since the room
+    comes back when the stream settles, and then the same call is served. Were it
+    ``refusing``, it would say so for the rest of the period."""
+    gate, started = threading.Event(), threading.Event()
+    fake.stream_gate = gate  # every stream sends its first chunk, then waits for this
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    budget = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True
+    )
+
+    def stream() -> None:
+        chunks = client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=4000, messages=MSG, stream=True
+        )
+        for _ in chunks:
+            started.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        streaming = pool.submit(stream)
+        try:
+            assert started.wait(30)
+            held = Decimal(_status(gateway, budget["id"])["reserved_usd"])
+            assert held > 0
+            # the cap: the stream's hold and a millionth of a dollar
+            gateway.admin.patch(
+                f"/admin/budgets/{budget['id']}", json={"amount_usd": f"{held + MICRO:f}"}
+            )
+            small = client.chat.completions.with_raw_response.create
+            try:
+                small(model="gpt-4o-mini", max_tokens=20, messages=MSG)
+                raise AssertionError("the stream's hold left room for the call")
+            except openai.RateLimitError as exc:
+                assert "in flight" in str(exc)
+                assert exc.response.headers.get("x-should-retry") != "false"
+            status = _status(gateway, budget["id"])
+            assert status["state"] == "ok" and status["refusing_since"] is None
+        finally:
+            gate.set()
+        streaming.result(30)
+    status = _status(gateway, budget["id"])
+    assert Decimal(status["reserved_usd"]) == 0 and status["refusing_since"] is None
+    small(model="gpt-4o-mini", max_tokens=20, messages=MSG)  # the room is back: served
