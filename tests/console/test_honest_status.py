@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from playwright.sync_api import Page, expect
 
 from spendgate.store import schema
+from tests.conftest import RunningGateway
 from tests.console.conftest import Console, sign_in
 
 SHOTS = Path("/tmp/spendgate-honest-shots")
@@ -150,6 +151,16 @@ def test_names_the_config_dropped_are_warned_on_the_pages(console: Console, page
     expect(page.locator(".limit-warning")).to_have_text(f"⚠ Warning: {limit_message}")
 
 
+def _refused(gw: RunningGateway, client: openai.OpenAI) -> None:
+    """A call the hard cap refuses, its event stored (off the call's path) before this ends."""
+    try:
+        _call(client)
+        raise AssertionError("the hard cap let the call through")
+    except openai.RateLimitError:
+        pass
+    gw.run(gw.app.services.drain())
+
+
 def test_a_cap_refusing_calls_with_room_left_says_so(console: Console, page: Page) -> None:
     """Some of the hard cap is left but less than a call's worst case, and the cap refused
     a call: the list and the page say it is refusing calls whose worst case exceeds what is
@@ -170,12 +181,7 @@ def test_a_cap_refusing_calls_with_room_left_says_so(console: Console, page: Pag
         },
     )
     _call(client)
-    try:
-        _call(client)
-        raise AssertionError("the hard cap let the call through")
-    except openai.RateLimitError:
-        pass
-    gw.run(gw.app.services.drain())
+    _refused(gw, client)
     status = gw.get(f"/admin/budgets/{budget['id']}/status")
     left = status["remaining_to_hard_usd"]
     assert Decimal(left) == slack
@@ -203,12 +209,7 @@ def test_a_cap_refusing_calls_with_room_left_says_so(console: Console, page: Pag
     page.reload()
     expect(page.locator("main")).to_contain_text("status: blocked: hard limit reached")
     expect(page.locator("#refusal-note")).to_have_count(0)  # nothing refused at this cap yet
-    try:
-        _call(client)
-        raise AssertionError("the hard cap let the call through")
-    except openai.RateLimitError:
-        pass
-    gw.run(gw.app.services.drain())
+    _refused(gw, client)
     page.reload()
     expect(page.locator("#refusal-note")).to_contain_text(
         "hard limit is used up (spent and in flight): every call is refused until"
