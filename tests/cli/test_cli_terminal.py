@@ -1,18 +1,28 @@
 """The CLI at a terminal and without one (found in the CLI audit): Ctrl-C while the CLI is
-still loading exits 130 without a traceback."""
+still loading exits 130 without a traceback, and ``audit export``'s progress bar is drawn
+only on a terminal's stderr and never among the entries."""
 
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
+import tty
+from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 
-from tests.cli.test_cli_serve import MASTER
+from tests.cli.test_cli_first_steps import Served
+from tests.cli.test_cli_serve import MASTER, served
+
+__all__ = ["served"]
 
 #: the console script pip made for ``spendgate`` (what an operator runs), and ``-m``
 COMMANDS = {
@@ -86,3 +96,87 @@ def test_ctrl_c_while_the_cli_loads_exits_130_without_a_traceback(how: str) -> N
         code, out, err = _interrupt_during_import(command, trigger)
         said = b"".join(line for line in err.splitlines(True) if b"import time:" not in line)
         assert (code, out, said) == (130, b"", b""), (trigger, said.decode())
+
+
+def _entries(url: str, end: str) -> bytes:
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {MASTER}"}) as http:
+        response = http.get("/admin/audit/export", params={"end": end})
+        response.raise_for_status()
+        return response.content
+
+
+def _export(
+    url: str, end: str, *, out: str, err: str, extra: tuple[str, ...] = ()
+) -> tuple[int, bytes, bytes]:
+    """``audit export`` with its stdout and stderr each a pipe or a terminal (``"tty"``;
+    ``err="same"``: stderr is stdout's terminal, an operator's screen). The terminal is
+    raw, so it passes bytes as written. Returns the exit code, stdout, stderr."""
+    leader, follower = pty.openpty()
+    tty.setraw(follower)
+    try:
+        proc = subprocess.Popen(
+            [*COMMANDS["script"], "audit", "export", "--end", end, "--url", url, *extra],
+            env=ENV,
+            stdin=subprocess.DEVNULL,
+            stdout=follower if out == "tty" else subprocess.PIPE,
+            stderr={"same": subprocess.STDOUT, "tty": follower}.get(err, subprocess.PIPE),
+        )
+        os.close(follower)
+        got = {"out": b"", "err": b""}
+        reading = {leader: "out" if out == "tty" else "err"}
+        for name, stream in (("out", proc.stdout), ("err", proc.stderr)):
+            if stream is not None:
+                reading[stream.fileno()] = name
+        while reading:
+            ready, _, _ = select.select(list(reading), [], [], 60)
+            assert ready, "audit export hung"
+            for fd in ready:
+                try:
+                    chunk = os.read(fd, 65536)
+                except OSError:  # a terminal whose last writer is gone
+                    chunk = b""
+                if chunk:
+                    got[reading[fd]] += chunk
+                else:
+                    del reading[fd]
+        return proc.wait(timeout=60), got["out"], got["err"]
+    finally:
+        os.close(leader)
+
+
+def test_export_progress_only_on_a_terminals_stderr(served: Served, tmp_path: Path) -> None:
+    """``audit export`` on a terminal drew its progress bar among the entries printed on
+    that terminal, and in a pipe or a log it still wrote the bar to stderr. The bar is
+    drawn only when stderr is a terminal and the export goes elsewhere; stdout carries
+    exactly the export in every case."""
+    url, _, _ = served
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {MASTER}"}) as http:
+        org = http.post("/admin/orgs", json={"name": "shown"}).json()["id"]
+        for n in range(30):
+            assert http.post("/admin/teams", json={"name": f"t{n}", "org_id": org}).is_success
+    end = datetime.now(UTC).isoformat()  # later exports (audited too) stay out of it
+    entries = _entries(url, end)
+    count = entries.count(b"\n")
+    assert count >= 31 and b"\x1b" not in entries
+
+    code, screen, _ = _export(url, end, out="tty", err="same")
+    assert (code, screen) == (0, entries)  # an operator's screen: the entries alone
+
+    code, out, err = _export(url, end, out="pipe", err="tty")  # `> file` at a terminal
+    assert (code, out) == (0, entries)
+    assert b"exporting" in err and f"{count}/{count}".encode() in err
+
+    code, out, err = _export(url, end, out="pipe", err="pipe")  # cron, CI
+    assert (code, out, err) == (0, entries, b"")
+
+    code, out, err = _export(url, end, out="tty", err="pipe")
+    assert (code, out, err) == (0, entries, b"")
+
+    target = tmp_path / "audit.jsonl"
+    code, out, err = _export(url, end, out="pipe", err="pipe", extra=("-o", str(target)))
+    assert (code, out, target.read_bytes()) == (0, b"", entries)
+    assert err.decode().splitlines() == [
+        f"{count} entries written to {target}",
+        f"anchor (keep it apart from the database): {target}.anchor.json",
+    ]
+    assert [json.loads(line)["seq"] for line in entries.splitlines()][:2] == [1, 2]
