@@ -1,6 +1,8 @@
 """The CLI at a terminal and without one (found in the CLI audit): Ctrl-C while the CLI is
-still loading exits 130 without a traceback, and ``audit export``'s progress bar is drawn
-only on a terminal's stderr and never among the entries."""
+still loading exits 130 without a traceback, ``audit export``'s progress bar is drawn only
+on a terminal's stderr and never among the entries, and ``users set-password`` without a
+terminal refuses in one line (or reads ``--password-stdin``) instead of Python's
+GetPassWarning, and asks on stderr at one."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import fcntl
 import json
 import os
 import pty
+import re
 import select
 import signal
 import subprocess
@@ -20,7 +23,7 @@ import httpx
 import pytest
 
 from tests.cli.test_cli_first_steps import Served
-from tests.cli.test_cli_serve import MASTER, served
+from tests.cli.test_cli_serve import MASTER, free_port, served
 
 __all__ = ["served"]
 
@@ -180,3 +183,72 @@ def test_export_progress_only_on_a_terminals_stderr(served: Served, tmp_path: Pa
         f"anchor (keep it apart from the database): {target}.anchor.json",
     ]
     assert [json.loads(line)["seq"] for line in entries.splitlines()][:2] == [1, 2]
+
+
+def test_set_password_without_a_terminal_says_to_pipe_it() -> None:
+    """Without a terminal, ``users set-password`` printed Python's GetPassWarning, echoed
+    and read whatever stdin held (nothing: "Aborted!"). It refuses in one line naming
+    --password-stdin, exit 2, before any request; with the flag it reads the first line
+    of stdin, asking nothing."""
+    url = f"http://127.0.0.1:{free_port()}"  # nothing listens: no request gets that far
+    base = [*COMMANDS["script"], "users", "set-password", "user_x", "--url", url]
+    refused = subprocess.run(
+        base, env=ENV, stdin=subprocess.DEVNULL, capture_output=True, start_new_session=True
+    )
+    said = refused.stderr.decode()
+    assert (refused.returncode, refused.stdout) == (2, b""), said
+    assert said.splitlines() == [
+        "no terminal to ask the password on: pipe it in with --password-stdin (one line), "
+        'as in: echo "$PW" | spendgate users set-password user_x --password-stdin'
+    ]
+    piped = subprocess.run(
+        [*base, "--password-stdin"],
+        env=ENV,
+        input=b"a long enough password\n",
+        capture_output=True,
+        start_new_session=True,
+    )
+    said = piped.stderr.decode()
+    assert piped.returncode == 1 and said.startswith(f"cannot reach spendgate at {url}"), said
+    assert "Warning" not in said and "password" not in said
+
+
+def test_set_password_at_a_terminal_asks_twice_on_stderr() -> None:
+    """At a terminal it asks twice without echo and no warning, as before; the prompts
+    went to stdout, so ``set-password ID --json > result.json`` put them in the file and
+    left the operator a blank line. They are on stderr; stdout carries the answer alone."""
+    url = f"http://127.0.0.1:{free_port()}"
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [*COMMANDS["script"], "users", "set-password", "user_x", "--json", "--url", url],
+        env=ENV,
+        stdin=follower,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        start_new_session=True,  # no /dev/tty: getpass uses the terminal on stdin
+    )
+    os.close(follower)
+    shown = b""
+    try:
+        for prompt in (b"password: ", b"Repeat for confirmation: "):
+            while not shown.endswith(prompt):
+                ready, _, _ = select.select([leader], [], [], 60)
+                assert ready, shown
+                shown += os.read(leader, 1024)
+            os.write(leader, b"a long enough password\n")
+        while True:
+            try:
+                chunk = os.read(leader, 1024)
+            except OSError:  # the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(leader)
+    out, _ = proc.communicate(timeout=60)
+    assert (proc.returncode, out) == (1, b"")
+    said = re.sub(r"\x1b\[[0-9;]*m", "", shown.decode())  # the terminal's colours
+    assert said.startswith("password: \r\nRepeat for confirmation: \r\n"), said
+    assert "Warning" not in said and "a long enough password" not in said, said
+    assert f"cannot reach spendgate at {url}" in said
