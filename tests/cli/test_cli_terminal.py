@@ -48,9 +48,10 @@ def _module(line: bytes) -> str:
 
 def _interrupt_during_import(command: list[str], trigger: str) -> tuple[int, bytes, bytes]:
     """Run ``command --version`` reporting each import on a 4 KiB stderr pipe, read that
-    report up to the line of ``trigger``, then send SIGINT. The process cannot have
-    finished loading: each import writes its line, and once the pipe is full it waits
-    for the test to read. Returns the exit code, stdout, and stderr after ``trigger``."""
+    report up to the line of ``trigger`` (after the entry point's), then send SIGINT. The
+    process cannot have finished loading: each import writes its line, and once the pipe
+    is full it waits for the test to read. Returns the exit code, stdout, and stderr
+    after ``trigger``."""
     read_end, write_end = os.pipe()
     fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
     proc = subprocess.Popen(
@@ -63,11 +64,12 @@ def _interrupt_during_import(command: list[str], trigger: str) -> tuple[int, byt
     )
     os.close(write_end)
     with os.fdopen(read_end, "rb", buffering=0) as err:  # unbuffered: reads no further
-        while True:
-            line = err.readline()
-            assert line, f"{trigger} was never imported"
-            if line.startswith(b"import time:") and _module(line) == trigger:
-                break
+        for awaited in ("spendgate.cli_start", trigger):  # the entry point, then trigger
+            while True:
+                line = err.readline()
+                assert line, f"{awaited} was never imported"
+                if line.startswith(b"import time:") and _module(line) == awaited:
+                    break
         proc.send_signal(signal.SIGINT)
         rest = err.read()
     out, _ = proc.communicate(timeout=60)
