@@ -110,17 +110,29 @@ def users_invite(user_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = Fal
 def users_set_password(
     user_id: str,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="read the password from standard input")
+        bool,
+        typer.Option(
+            "--password-stdin", help="read the password from standard input (its first line)"
+        ),
     ] = False,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a user's console password (asked for twice, not echoed; at least 12
-    characters). Their open console sessions end."""
+    characters). Their open console sessions end. In a script, without a terminal:
+    echo "$PW" | spendgate users set-password USER_ID --password-stdin"""
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():  # else getpass warns and reads the pipe, echoing it
+        err_console.print(
+            "[red]no terminal to ask the password on:[/] pipe it in with --password-stdin "
+            '(one line), as in: echo "$PW" | spendgate users set-password '
+            f"{escape(user_id)} --password-stdin"
+        )
+        raise typer.Exit(2)
     else:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        # asked on stderr: stdout carries the answer alone (``--json > result.json``)
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True, err=True)
     call(url, "PUT", admin_path("users", user_id, "console-password"), json={"password": password})
     show({"user_id": user_id, "password_set": True}, as_json, ["user_id", "password_set"])
 

@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import typer
+from rich.text import Text
 
 from spendgate.cli.output import err_console, show
 
@@ -34,12 +35,19 @@ def _segment(value: str) -> str:
 
 
 def client(url: str, timeout: float | None = 60) -> httpx.Client:
-    """An admin API client as ``SPENDGATE_ADMIN_TOKEN`` (else ``SPENDGATE_MASTER_KEY``)."""
+    """An admin API client as ``SPENDGATE_ADMIN_TOKEN`` (else ``SPENDGATE_MASTER_KEY``);
+    exit 2 if ``url`` is not a URL at all (``http://[::1``, a port that is not a number)."""
     token = os.environ.get("SPENDGATE_ADMIN_TOKEN") or os.environ.get("SPENDGATE_MASTER_KEY")
     if not token:
         err_console.print("[red]set SPENDGATE_ADMIN_TOKEN (or SPENDGATE_MASTER_KEY)[/]")
         raise typer.Exit(2)
-    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=timeout)
+    try:
+        return httpx.Client(
+            base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=timeout
+        )
+    except httpx.InvalidURL as exc:  # not an HTTPError: it was a traceback
+        err_console.print(Text(f"--url {url} is not a valid URL: {exc}", style="red"))
+        raise typer.Exit(2) from exc
 
 
 def fail(response: httpx.Response, options: Mapping[str, str] | None = None) -> None:

@@ -21,14 +21,15 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 Say = Callable[[str, str], None]
 
 
-def port_in_use(host: str, port: int) -> OSError | None:
-    """Why ``host:port`` cannot be listened on (bound the way uvicorn binds), or None."""
+def port_in_use(host: str, port: int) -> OSError | OverflowError | None:
+    """Why ``host:port`` cannot be listened on (bound the way uvicorn binds), or None;
+    a port past 65535 too (``--port 99999`` printed bind()'s traceback)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             return exc
     return None
 

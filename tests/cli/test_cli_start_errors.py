@@ -67,6 +67,20 @@ def test_serve_refuses_bad_audit_settings_before_listening(tmp_path: Path) -> No
     assert "listening" not in said and "Traceback" not in said
 
 
+def test_serve_names_a_port_out_of_range(tmp_path: Path) -> None:
+    """``serve --port 99999`` died with bind()'s OverflowError traceback; it is one line
+    naming the address, exit 1, as for a port already taken."""
+    code, said = spendgate(
+        "serve",
+        "--port",
+        "99999",
+        SPENDGATE_MASTER_KEY=MASTER,
+        SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/a.db",
+    )
+    assert code == 1 and "Traceback" not in said, said
+    assert said.strip().endswith("cannot listen on 127.0.0.1:99999: bind(): port must be 0-65535.")
+
+
 def test_reencrypt_needs_the_gateways_migrated_database(tmp_path: Path) -> None:
     """``webhooks reencrypt`` run without SPENDGATE_DATABASE_URL made an empty
     spendgate.db in the working directory and died on "no such table" (a traceback);
