@@ -183,6 +183,35 @@ def test_long_lines_stay_whole_when_not_a_terminal(served: Served) -> None:
     assert "already exists" in line and line.endswith(")")
 
 
+def test_users_agents_and_a_statements_export_go_to_the_one_org(
+    served: Served, tmp_path: Path
+) -> None:
+    """Like `keys create` and `teams create`, `users create`, `agents create` and
+    `statements export` without --org go to the one org the caller sees (the demo's here);
+    with several they exit 2 asking for --org, and the export writes nothing. Before,
+    `users create ops@acme.io --role org_admin` with the master key was `error 422:
+    --org: org None does not exist`, and the export started over every org's teams and
+    failed half way with a 422."""
+    url, _, _ = served
+    (demo,) = run_cli(url, "orgs", "list")
+    user = run_cli(url, "users", "create", "ops@demo.example", "--role", "org_admin")
+    agent = run_cli(url, "agents", "create", "crawler")
+    assert user["org_id"] == agent["org_id"] == demo["id"]
+    out = tmp_path / "out"
+    code, _, err = invoke(url, "statements", "export", "2026-11", "-o", str(out))
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["statement-2026-11-org.csv"]
+    run_cli(url, "orgs", "create", "second")
+    for args in (
+        ("users", "create", "two@demo.example", "--role", "finance"),
+        ("agents", "create", "crawler-2"),
+        ("statements", "export", "2026-11", "-o", str(tmp_path / "two")),
+    ):
+        code, _, err = invoke(url, *args)
+        assert code == 2 and "--org is required: you can see 2 orgs" in err, (args, err)
+    assert not (tmp_path / "two").exists()
+
+
 def test_an_empty_list_says_so(served: Served) -> None:
     """`spendgate tickets list` on an empty queue printed nothing at all (a list too wide
     for the terminal is shown as blocks, one per row: none); now it says `(none)`, and
