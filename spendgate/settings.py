@@ -322,6 +322,12 @@ def _non_negative_int(value: Any, where: str) -> int:
     return value
 
 
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"gateway.port must be a whole number from 1 to 65535, not {value!r}")
+    return value
+
+
 def _public_url(value: Any, default: str) -> str:
     url = str(value or default).rstrip("/")
     if not url.startswith(("http://", "https://")):
@@ -448,8 +454,8 @@ def load_settings(
     providers = {n: _provider(n, p, env, timeout) for n, p in raw.get("providers", {}).items()}
     models = demo_routes() if demo else {}
     models.update(_routes(raw.get("models", {}), providers))
-    host = host or gateway.get("host", "127.0.0.1")
-    port = port or int(gateway.get("port", 4100))
+    host = host or _string(gateway.get("host", "127.0.0.1"), "gateway.host")
+    port = port or _port(gateway.get("port", 4100))
     return Settings(
         host=host,
         port=port,

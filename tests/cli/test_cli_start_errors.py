@@ -128,11 +128,32 @@ def test_serve_names_config_keys_it_does_not_read(tmp_path: Path) -> None:
     assert "key_cache_seconds" not in said
 
 
-def said_until_listening(tmp_path: Path, *args: str) -> str:
+def test_serve_listens_where_the_config_says(tmp_path: Path) -> None:
+    """``[gateway] host`` and ``port`` were accepted as settings (no "not read" warning)
+    yet ignored: ``serve``'s own defaults, 127.0.0.1:4100, always won. Without --host and
+    --port the config's apply; a port or host of the wrong kind is one line, exit 2 (it
+    was a ValueError / TypeError traceback)."""
+    port = free_port()
+    config = tmp_path / "spendgate.toml"
+    config.write_text(f'[gateway]\nhost = "127.0.0.1"\nport = {port}\n')
+    said = said_until_listening(tmp_path, "--config", str(config), port=False)
+    assert f"listening on http://127.0.0.1:{port} " in said, said
+    for bad, named in (('port = "abc"', "gateway.port"), ("port = 0", "gateway.port"),
+                       ("host = 5", "gateway.host")):  # fmt: skip
+        config.write_text(f"[gateway]\n{bad}\n")
+        code, said = spendgate("serve", "--config", str(config), SPENDGATE_MASTER_KEY=MASTER,
+                               SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/p.db")  # fmt: skip
+        assert (code, "Traceback" in said) == (2, False), said
+        assert f"configuration error: {named} must be" in said
+
+
+def said_until_listening(tmp_path: Path, *args: str, port: bool = True) -> str:
     """What ``spendgate serve *args`` (SQLite in ``tmp_path``) writes to stderr up to
-    its "listening on" line; the server is stopped then."""
+    its "listening on" line (on a free ``--port`` unless ``port`` is false); the server
+    is stopped then."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spendgate", "serve", *args, "--port", str(free_port())],
+        [sys.executable, "-m", "spendgate", "serve", *args,
+         *(("--port", str(free_port())) if port else ())],
         env={**os.environ, "COLUMNS": "300", "SPENDGATE_MASTER_KEY": MASTER,
              "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"},
         stderr=subprocess.PIPE,
