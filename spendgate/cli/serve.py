@@ -51,7 +51,7 @@ def _master_key(database_url: str, say: Say) -> None:
     else:
         say(
             "warning",
-            f"SPENDGATE_MASTER_KEY is not set: using the master key kept in {path}  "
+            f"SPENDGATE_MASTER_KEY is not set: using the master key kept in {path} "
             f"(export SPENDGATE_MASTER_KEY=$(cat {path}))",
         )
 
