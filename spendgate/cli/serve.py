@@ -218,19 +218,25 @@ def _run(uvicorn: Any, settings: Any, workers: int, log_config: dict[str, Any]) 
 def db_migrate(
     revision: Annotated[str, typer.Argument()] = "head",
     database_url: Annotated[
-        str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")
-    ] = "sqlite:///spendgate.db",
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="SPENDGATE_DATABASE_URL",
+            help="default: [gateway] database_url of --config, else sqlite:///spendgate.db",
+        ),
+    ] = None,
+    config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Apply the Alembic migrations to the database."""
+    """Apply the Alembic migrations to the database (the one serve would use)."""
     from alembic.util import CommandError
 
     from spendgate.errors import ConfigError
-    from spendgate.settings import checked_database_url
+    from spendgate.settings import checked_database_url, database_url_of
     from spendgate.store.database import CannotConnect, migrate_url
 
     try:
-        checked_database_url(database_url)
+        database_url = checked_database_url(database_url or database_url_of(config))
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc

@@ -171,3 +171,43 @@ def said_until_listening(tmp_path: Path, *args: str, port: bool = True) -> str:
         proc.wait()
     said = "".join(lines)
     return said
+
+
+def test_migrate_and_reencrypt_use_the_database_of_the_config(tmp_path: Path) -> None:
+    """With the database in the config file (``[gateway] database_url``) and not in
+    ``SPENDGATE_DATABASE_URL``, ``serve --config`` used it but ``spendgate db migrate``
+    (the README's step before rolling out replicas) and ``webhooks reencrypt`` did not
+    read the config: they migrated a new ``spendgate.db`` in the working directory. They
+    take ``--config`` (or ``SPENDGATE_CONFIG``) now, as serve does."""
+    config = tmp_path / "spendgate.toml"
+    config.write_text(f'[gateway]\ndatabase_url = "sqlite:///{tmp_path}/configured.db"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDGATE_")}
+
+    def run(*args: str, **extra: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "spendgate", *args],
+            env={**env, "COLUMNS": "200", "SPENDGATE_MASTER_KEY": MASTER, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=120,
+            text=True,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    code, said = run("db", "migrate", "--config", str(config))
+    assert code == 0, said
+    assert f"database at head: sqlite:///{tmp_path}/configured.db" in said
+    assert (tmp_path / "configured.db").exists()
+    code, said = run("webhooks", "reencrypt", SPENDGATE_CONFIG=str(config))
+    assert (code, said.strip()) == (
+        0,
+        "0 endpoints: 0 re-encrypted under the newest key, 0 Slack URLs encrypted",
+    )
+    assert not (tmp_path / "spendgate.db").exists()
+    # SPENDGATE_DATABASE_URL still wins over the file, as in serve
+    code, said = run("db", "migrate", "--config", str(config),
+                     SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/env.db")  # fmt: skip
+    assert code == 0 and (tmp_path / "env.db").exists(), said
+    config.write_text("[gateway]\ndatabase_url = 5\n")
+    code, said = run("db", "migrate", "--config", str(config))
+    assert (code, "Traceback" in said) == (2, False), said
