@@ -168,6 +168,14 @@ def redeliver(
     _show(row, as_json, ["id", "redelivery_of", "status", "next_attempt_at"])
 
 
+@webhooks_app.command("test")
+def test(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Queue a webhook.test message to the endpoint (signed, retried and logged like any
+    delivery: see `deliveries`)."""
+    row = _call(url, "POST", admin_path("webhooks", endpoint_id, "test"))
+    _show(row, as_json, ["id", "event_type", "status", "next_attempt_at"])
+
+
 @webhooks_app.command("reencrypt")
 def reencrypt(
     database_url: Annotated[
