@@ -212,6 +212,24 @@ def test_users_agents_and_a_statements_export_go_to_the_one_org(
     assert not (tmp_path / "two").exists()
 
 
+def test_budgets_status_says_the_state_and_the_amount_it_counts_against(served: Served) -> None:
+    """After `budgets except … --percent 50` (the README's launch-day raise) the status
+    showed a percent used of an amount it did not show, and not whether calls are
+    refused: it shows `state` and `effective_amount_usd`, as the API answers them."""
+    url, _, _ = served
+    (demo,) = run_cli(url, "orgs", "list")
+    made = run_cli(url, "budgets", "create", "--scope", "org", "--scope-id", demo["id"],
+                   "--amount", "10", "--hard")  # fmt: skip
+    run_cli(url, "budgets", "except", made["id"], "--percent", "50", "--reason", "launch",
+            "--expires-at", "+1d")  # fmt: skip
+    code, out, err = invoke(url, "budgets", "status", made["id"], columns="80")
+    assert code == 0, err
+    shown = dict(line.split(None, 1) for line in out.splitlines() if len(line.split()) > 1)
+    api = run_cli(url, "budgets", "status", made["id"])
+    assert shown["effective_amount_usd"] == api["effective_amount_usd"] == "15.00"
+    assert shown["state"] == api["state"] == "ok"
+
+
 def test_an_empty_list_says_so(served: Served) -> None:
     """`spendgate tickets list` on an empty queue printed nothing at all (a list too wide
     for the terminal is shown as blocks, one per row: none); now it says `(none)`, and
