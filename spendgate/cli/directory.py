@@ -311,6 +311,28 @@ def bootstrap(
     )
 
 
+@keys.command("update")
+def keys_update(
+    key_id: str,
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601, or from now: +30m, +12h, +7d, +2w")
+    ] = None,
+    no_expiry: Annotated[bool, typer.Option("--no-expiry", help="clear the expiry")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a key's expiry (a new one announces key.expiring again) or clear it."""
+    if (expires_at is None) == (not no_expiry):
+        err_console.print("[red]give one of --expires-at or --no-expiry[/]")
+        raise typer.Exit(2)
+    body = {"expires_at": None if no_expiry else when(expires_at)}
+    show(
+        call(url, "PATCH", admin_path("keys", key_id), json=body, options=OPTIONS),
+        as_json,
+        KEY_COLUMNS,
+    )
+
+
 @keys.command("revoke")
 def keys_revoke(key_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Revoke a key: its next call gets 401."""

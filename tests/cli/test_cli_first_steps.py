@@ -230,6 +230,21 @@ def test_budgets_status_says_the_state_and_the_amount_it_counts_against(served: 
     assert shown["state"] == api["state"] == "ok"
 
 
+def test_keys_update_sets_and_clears_an_expiry(served: Served) -> None:
+    """`PATCH /admin/keys/{id}` (and the console) set or clear a key's expiry; the CLI,
+    which the README uses for every key task, could only set one at creation."""
+    url, _, _ = served
+    key = run_cli(url, "keys", "create", "expiring")
+    set_ = run_cli(url, "keys", "update", key["id"], "--expires-at", "+30d")
+    assert set_["expires_at"] is not None
+    assert run_cli(url, "keys", "get", key["id"])["expires_at"] == set_["expires_at"]
+    assert run_cli(url, "keys", "update", key["id"], "--no-expiry")["expires_at"] is None
+    code, _, err = invoke(url, "keys", "update", key["id"])
+    assert code == 2 and "--expires-at or --no-expiry" in err
+    code, _, err = invoke(url, "keys", "update", key["id"], "--expires-at", "2020-01-01")
+    assert code == 1 and "--expires-at: must be in the future" in err
+
+
 def test_an_empty_list_says_so(served: Served) -> None:
     """`spendgate tickets list` on an empty queue printed nothing at all (a list too wide
     for the terminal is shown as blocks, one per row: none); now it says `(none)`, and
