@@ -153,3 +153,19 @@ def when(value: str | None) -> str | None:
     except OverflowError as exc:  # past the calendar (the API takes times up to 9000)
         err_console.print(f"[red]{value.strip()} is too far from now[/]")
         raise typer.Exit(2) from exc
+
+
+def default_org(url: str, team: str | None) -> str:
+    """The org a key, team, user or agent (or a statements export) is for when ``--org`` is
+    not given: its team's, else the only org the caller sees (an org admin's token sees its
+    own; the master key sees every org); several: exit 2 asking for ``--org``."""
+    if team is not None:
+        return str(call(url, "GET", admin_path("teams", team))["org_id"])
+    orgs = call(url, "GET", "/admin/orgs")
+    if len(orgs) == 1:
+        return str(orgs[0]["id"])
+    err_console.print(
+        f"[red]--org is required: you can see {len(orgs)} orgs[/] "
+        "(an org admin's token sees its own org; the master key sees every org)"
+    )
+    raise typer.Exit(2)

@@ -161,7 +161,8 @@ def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
 
 @budgets.command("status")
 def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """Spent, reserved, thresholds fired and the next reset of a budget's current period."""
+    """State, amount (with active exceptions), spent, reserved, thresholds fired and the
+    next reset of a budget's current period."""
     data = call(url, "GET", admin_path("budgets", budget_id, "status"))
     if not as_json and data.get("forecast"):
         data = {
@@ -174,6 +175,8 @@ def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
         as_json,
         [
             "period_key",
+            "state",
+            "effective_amount_usd",
             "spent_usd",
             "reserved_usd",
             "percent_used",

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call, default_org
 from spendgate.cli.output import console, err_console, progress_bar, show
 from spendgate.core.money import format_usd
 
@@ -118,10 +118,14 @@ def export(
         bool, typer.Option("--json", help="print a JSON summary (the files written) on stdout")
     ] = False,
 ) -> None:
-    """Every statement of the month (the org's and each team's), one file each."""
+    """Every statement of the month (the org's and each team's), one file each; without
+    --org, the one org you can see."""
     if format_ not in ("csv", "jsonl", "html"):
         err_console.print("[red]--format must be csv, jsonl or html[/]")
         raise typer.Exit(2)
+    # the org first: the master key's teams list would be every org's, and a statement it
+    # asks for without --org a 422 half way through the progress bar
+    org = org or default_org(url, None)
     teams = call(url, "GET", "/admin/teams", params=_org(org))
     targets: list[str | None] = [None, *(t["id"] for t in teams)]
     output.mkdir(parents=True, exist_ok=True)
