@@ -1,3 +1,3 @@
-from spendgate.cli import app
+from spendgate.cli_start import main
 
-app()
+main()

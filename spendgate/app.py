@@ -579,12 +579,19 @@ class Gateway:
                 log.exception("renewing holds failed")
 
     async def _reconcile(self, holder: str) -> None:
+        """One replica per ``reconcile_seconds`` raises live counters to the ledger;
+        skipped while Redis is unreachable (the catch-up after the outage repairs them),
+        and one warning line, not a traceback, if Redis goes away during it."""
         settings, reconciler = self.services.settings, self.services.reconciler
+        guard = self.services.guard
+        if reconciler is None or (guard is not None and not guard.breaker.up):
+            return
         ttl = timedelta(seconds=settings.reconcile_seconds * 0.8)
-        if reconciler is not None and await take_lease(
-            self.services.engine, "counter-reconcile", holder, self._now(), ttl
-        ):
-            await reconciler.reconcile(timedelta(seconds=settings.reconcile_grace_seconds))
+        if await take_lease(self.services.engine, "counter-reconcile", holder, self._now(), ttl):
+            try:
+                await reconciler.reconcile(timedelta(seconds=settings.reconcile_grace_seconds))
+            except RedisError as exc:
+                log.warning("counters not reconciled, Redis unreachable: %s", exc)
 
     async def _sweep(self, holder: str) -> None:
         """One replica per ``SWEEP_SECONDS``: thresholds the ledger reached but nobody

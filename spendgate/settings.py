@@ -63,6 +63,7 @@ DEFAULT_PRICE_PROVIDER: dict[str, str | None] = {
     "simulated": "openai",
 }
 DEMO_MODELS: dict[str, str] = {"demo-small": "gpt-4o-mini", "demo-large": "gpt-4o"}
+DEFAULT_DATABASE_URL = "sqlite:///spendgate.db"
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +90,7 @@ class ModelRoute:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 4100
-    database_url: str = "sqlite:///spendgate.db"
+    database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
     #: every Redis key this gateway writes starts with it (replicas that share counters
     #: must share it; gateways sharing one Redis for separate fleets must not)
@@ -322,6 +323,12 @@ def _non_negative_int(value: Any, where: str) -> int:
     return value
 
 
+def _port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ConfigError(f"gateway.port must be a whole number from 1 to 65535, not {value!r}")
+    return value
+
+
 def _public_url(value: Any, default: str) -> str:
     url = str(value or default).rstrip("/")
     if not url.startswith(("http://", "https://")):
@@ -422,6 +429,29 @@ def normalise_database_url(url: str) -> str:
     return url
 
 
+def _config_file(path: str | None) -> dict[str, Any]:
+    """The TOML file at ``path`` (none: empty); a missing or malformed one is a
+    ``ConfigError`` saying so."""
+    if not path:
+        return {}
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def database_url_of(config_path: str | None) -> str:
+    """The database ``serve --config config_path`` uses when ``SPENDGATE_DATABASE_URL``
+    is not set: ``[gateway] database_url``, else ``sqlite:///spendgate.db``. For the
+    commands that open the database without serving (``db migrate``, ``webhooks
+    reencrypt``), which migrated a new ``spendgate.db`` when the URL was in the config."""
+    gateway = _config_file(config_path).get("gateway", {})
+    url = gateway.get("database_url", DEFAULT_DATABASE_URL) if isinstance(gateway, dict) else None
+    return checked_database_url(url)
+
+
 def load_settings(
     *,
     config_path: str | None = None,
@@ -433,14 +463,7 @@ def load_settings(
     """Read the TOML file and environment once; everything after uses the result."""
     env = os.environ if env is None else env
     path = config_path or env.get("SPENDGATE_CONFIG")
-    raw: dict[str, Any] = {}
-    if path:
-        try:
-            raw = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError(f"config file not found: {path}") from exc
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    raw = _config_file(path)
     gateway = raw.get("gateway", {})
     timeout = _above_zero(
         gateway.get("upstream_timeout_seconds", 600.0), "gateway.upstream_timeout_seconds"
@@ -448,14 +471,13 @@ def load_settings(
     providers = {n: _provider(n, p, env, timeout) for n, p in raw.get("providers", {}).items()}
     models = demo_routes() if demo else {}
     models.update(_routes(raw.get("models", {}), providers))
-    host = host or gateway.get("host", "127.0.0.1")
-    port = port or int(gateway.get("port", 4100))
+    host = host or _string(gateway.get("host", "127.0.0.1"), "gateway.host")
+    port = port or _port(gateway.get("port", 4100))
     return Settings(
         host=host,
         port=port,
         database_url=checked_database_url(
-            env.get("SPENDGATE_DATABASE_URL")
-            or gateway.get("database_url", "sqlite:///spendgate.db")
+            env.get("SPENDGATE_DATABASE_URL") or gateway.get("database_url", DEFAULT_DATABASE_URL)
         ),
         redis_url=_redis_url(env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url")),
         redis_prefix=_string(

@@ -281,6 +281,15 @@ class Scope:
         else:
             usable = owner is not None and owner.org_id is not None and self.who.sees(owner)
         if owner is None or not usable:
+            if scope_id is None and org_id is None:
+                # nothing named (only the master key, which has no org of its own, gets here
+                # for an org): say what is missing, not that an org "None" does not exist
+                raise ValidationFailed(
+                    "org_id: required with the master key"
+                    if field == "org_id"
+                    else f"{field}: required when scope_type is {scope_type}",
+                    param=field,
+                )
             if scope_type == "tag" or scope_id is None:
                 raise ValidationFailed(f"{field}: org {org_id} does not exist", param=field)
             raise ValidationFailed(f"{field}: {scope_type} {scope_id} does not exist", param=field)

@@ -23,6 +23,7 @@ from spendgate.cli.statements import statements_app
 from spendgate.cli.tickets import tickets
 from spendgate.cli.usage import usage_app
 from spendgate.cli.webhooks import webhooks_app
+from spendgate.cli_start import started
 
 
 class _Commands(TyperGroup):
@@ -30,6 +31,10 @@ class _Commands(TyperGroup):
     over with lone surrogates) as a usage error, exit 2, before any command runs; and a
     file a command cannot read or write (``-o`` in a missing directory, a directory given
     as a file) is one line naming it, exit 1, never a traceback."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        started()  # Ctrl-C is click's from here on (spendgate.cli_start)
+        return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
         try:

@@ -20,11 +20,10 @@ from typing import IO, Annotated, NoReturn
 
 import httpx
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, call, client, fail
-from spendgate.cli.output import console, err_console, show
+from spendgate.cli.output import console, err_console, progress_bar, show
 
 audit_app = typer.Typer(help="The audit log: export, verify, list, purge.", no_args_is_help=True)
 StartOpt = Annotated[str | None, typer.Option(help="from this time (ISO 8601, inclusive)")]
@@ -54,7 +53,8 @@ def export(
         bool, typer.Option("--json", help="with --output: print a JSON summary on stdout")
     ] = False,
 ) -> None:
-    """Stream the audit log to a file (or stdout), with a progress bar on stderr."""
+    """Stream the audit log to a file (or stdout), with a progress bar on a terminal's
+    stderr when the export is not printed on one."""
     if format_ not in ("jsonl", "csv"):
         err_console.print("[red]--format must be jsonl or csv[/]")
         raise typer.Exit(2)
@@ -104,8 +104,7 @@ class _Copied:
 def _copy(response: httpx.Response, sink: IO[bytes], copied: _Copied, *, header: bool) -> int:
     """Copy the stream to ``sink``, advancing the bar by lines (one per entry)."""
     lines = 0
-    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err_console, transient=False) as progress:
+    with progress_bar(beside=sink) as progress:
         task = progress.add_task("export", total=copied.total)
         for chunk in response.iter_bytes():
             sink.write(chunk)

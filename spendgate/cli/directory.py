@@ -16,6 +16,7 @@ from spendgate.cli.http import (
     admin_path,
     call,
     crud_group,
+    default_org,
     opt_list,
     when,
 )
@@ -72,7 +73,7 @@ def teams_create(
     as_json: JsonOpt = False,
 ) -> None:
     """Create a team in an org."""
-    body = {"name": name, "org_id": org or _key_org(url, None)}
+    body = {"name": name, "org_id": org or default_org(url, None)}
     show(
         call(url, "POST", "/admin/teams", json=body, options=OPTIONS),
         as_json,
@@ -85,12 +86,22 @@ def users_create(
     email: str,
     role: Annotated[str, typer.Option()] = "member",
     teams_: Annotated[str | None, typer.Option("--teams", help="comma separated team ids")] = None,
-    org: Annotated[str | None, typer.Option("--org")] = None,
+    org: Annotated[
+        str | None,
+        typer.Option("--org", help="default: the teams' org, else the one org you can see"),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a user."""
-    body = {"email": email, "role": role, "team_ids": opt_list(teams_), "org_id": org}
+    team_ids = opt_list(teams_)
+    # without --org: the org of the --teams (the API's), else the one org the caller sees
+    body = {
+        "email": email,
+        "role": role,
+        "team_ids": team_ids,
+        "org_id": org or (None if team_ids else default_org(url, None)),
+    }
     made = call(url, "POST", "/admin/users", json=body, options=OPTIONS)
     show(made, as_json, ["id", "email", "role", "team_ids"])
 
@@ -110,17 +121,29 @@ def users_invite(user_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = Fal
 def users_set_password(
     user_id: str,
     password_stdin: Annotated[
-        bool, typer.Option("--password-stdin", help="read the password from standard input")
+        bool,
+        typer.Option(
+            "--password-stdin", help="read the password from standard input (its first line)"
+        ),
     ] = False,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Set a user's console password (asked for twice, not echoed; at least 12
-    characters). Their open console sessions end."""
+    characters). Their open console sessions end. In a script, without a terminal:
+    echo "$PW" | spendgate users set-password USER_ID --password-stdin"""
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        password = sys.stdin.readline().rstrip("\r\n")
+    elif not sys.stdin.isatty():  # else getpass warns and reads the pipe, echoing it
+        err_console.print(
+            "[red]no terminal to ask the password on:[/] pipe it in with --password-stdin "
+            '(one line), as in: echo "$PW" | spendgate users set-password '
+            f"{escape(user_id)} --password-stdin"
+        )
+        raise typer.Exit(2)
     else:
-        password = typer.prompt("password", hide_input=True, confirmation_prompt=True)
+        # asked on stderr: stdout carries the answer alone (``--json > result.json``)
+        password = typer.prompt("password", hide_input=True, confirmation_prompt=True, err=True)
     call(url, "PUT", admin_path("users", user_id, "console-password"), json={"password": password})
     show({"user_id": user_id, "password_set": True}, as_json, ["user_id", "password_set"])
 
@@ -129,12 +152,19 @@ def users_set_password(
 def agents_create(
     name: str,
     team: Annotated[str | None, typer.Option("--team")] = None,
-    org: Annotated[str | None, typer.Option("--org")] = None,
+    org: Annotated[
+        str | None,
+        typer.Option("--org", help="default: the team's org, else the one org you can see"),
+    ] = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Create an agent (a workflow or bot that calls models)."""
-    body = {"name": name, "team_id": team, "org_id": org}
+    body = {
+        "name": name,
+        "team_id": team,
+        "org_id": org or (None if team else default_org(url, None)),
+    }
     show(
         call(url, "POST", "/admin/agents", json=body, options=OPTIONS),
         as_json,
@@ -164,7 +194,7 @@ def keys_create(
     """Create a virtual key; its secret is printed once."""
     body = {
         "name": name,
-        "org_id": org or _key_org(url, team),
+        "org_id": org or default_org(url, team),
         "team_id": team,
         "user_id": user,
         "agent_id": agent,
@@ -235,22 +265,6 @@ def tokens_create(
     )
 
 
-def _key_org(url: str, team: str | None) -> str:
-    """The org a key (or team) goes to when ``--org`` is not given: its team's, else the
-    only org the caller sees (an org admin's token sees its own; the master key sees every
-    org)."""
-    if team is not None:
-        return str(call(url, "GET", admin_path("teams", team))["org_id"])
-    orgs = call(url, "GET", "/admin/orgs")
-    if len(orgs) == 1:
-        return str(orgs[0]["id"])
-    err_console.print(
-        f"[red]--org is required: you can see {len(orgs)} orgs[/] "
-        "(an org admin's token sees its own org; the master key sees every org)"
-    )
-    raise typer.Exit(2)
-
-
 @tokens.command("revoke")
 def tokens_revoke(token_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
     """Revoke an admin token: its next call gets 401."""
@@ -306,6 +320,28 @@ def bootstrap(
         as_json,
         ["org_id", "user_id", "token_id", "token", "expires_at"],
         secret="token",
+    )
+
+
+@keys.command("update")
+def keys_update(
+    key_id: str,
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601, or from now: +30m, +12h, +7d, +2w")
+    ] = None,
+    no_expiry: Annotated[bool, typer.Option("--no-expiry", help="clear the expiry")] = False,
+    url: UrlOpt = DEFAULT_URL,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set a key's expiry (a new one announces key.expiring again) or clear it."""
+    if (expires_at is None) == (not no_expiry):
+        err_console.print("[red]give one of --expires-at or --no-expiry[/]")
+        raise typer.Exit(2)
+    body = {"expires_at": None if no_expiry else when(expires_at)}
+    show(
+        call(url, "PATCH", admin_path("keys", key_id), json=body, options=OPTIONS),
+        as_json,
+        KEY_COLUMNS,
     )
 
 

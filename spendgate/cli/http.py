@@ -13,6 +13,7 @@ from urllib.parse import quote
 
 import httpx
 import typer
+from rich.text import Text
 
 from spendgate.cli.output import err_console, show
 
@@ -34,12 +35,19 @@ def _segment(value: str) -> str:
 
 
 def client(url: str, timeout: float | None = 60) -> httpx.Client:
-    """An admin API client as ``SPENDGATE_ADMIN_TOKEN`` (else ``SPENDGATE_MASTER_KEY``)."""
+    """An admin API client as ``SPENDGATE_ADMIN_TOKEN`` (else ``SPENDGATE_MASTER_KEY``);
+    exit 2 if ``url`` is not a URL at all (``http://[::1``, a port that is not a number)."""
     token = os.environ.get("SPENDGATE_ADMIN_TOKEN") or os.environ.get("SPENDGATE_MASTER_KEY")
     if not token:
         err_console.print("[red]set SPENDGATE_ADMIN_TOKEN (or SPENDGATE_MASTER_KEY)[/]")
         raise typer.Exit(2)
-    return httpx.Client(base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=timeout)
+    try:
+        return httpx.Client(
+            base_url=url, headers={"authorization": f"Bearer {token}"}, timeout=timeout
+        )
+    except httpx.InvalidURL as exc:  # not an HTTPError: it was a traceback
+        err_console.print(Text(f"--url {url} is not a valid URL: {exc}", style="red"))
+        raise typer.Exit(2) from exc
 
 
 def fail(response: httpx.Response, options: Mapping[str, str] | None = None) -> None:
@@ -145,3 +153,19 @@ def when(value: str | None) -> str | None:
     except OverflowError as exc:  # past the calendar (the API takes times up to 9000)
         err_console.print(f"[red]{value.strip()} is too far from now[/]")
         raise typer.Exit(2) from exc
+
+
+def default_org(url: str, team: str | None) -> str:
+    """The org a key, team, user or agent (or a statements export) is for when ``--org`` is
+    not given: its team's, else the only org the caller sees (an org admin's token sees its
+    own; the master key sees every org); several: exit 2 asking for ``--org``."""
+    if team is not None:
+        return str(call(url, "GET", admin_path("teams", team))["org_id"])
+    orgs = call(url, "GET", "/admin/orgs")
+    if len(orgs) == 1:
+        return str(orgs[0]["id"])
+    err_console.print(
+        f"[red]--org is required: you can see {len(orgs)} orgs[/] "
+        "(an org admin's token sees its own org; the master key sees every org)"
+    )
+    raise typer.Exit(2)

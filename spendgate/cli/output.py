@@ -1,13 +1,15 @@
 """How the command line prints: Rich consoles, tables that turn into blocks when too wide
-for the terminal, ``--json``, and secrets shown once on a line of their own."""
+for the terminal, ``--json``, secrets shown once on a line of their own, and the
+progress bar of an export."""
 
 from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import IO, Any
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
@@ -16,6 +18,32 @@ from rich.text import Text
 #: columns when there is no terminal); tables still fit the width
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
+
+
+def progress_bar(*, beside: IO[bytes] | None = None) -> Progress:
+    """An export's progress bar on stderr, drawn only when stderr is a terminal and
+    ``beside`` (where the command writes its data, if not to files) is not one: in a pipe
+    or a log the bar is noise, and its redraws would land in the middle of data printed
+    on the same terminal. The data stream is never redirected through it."""
+    shown = _isatty(sys.stderr) and not (beside is not None and _isatty(beside))
+    return Progress(
+        TextColumn("exporting"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        disable=not shown,
+        redirect_stdout=False,
+        redirect_stderr=False,
+    )
+
+
+def _isatty(stream: IO[bytes] | IO[str]) -> bool:
+    """Whether ``stream`` is a terminal (a stand-in without a file, as tests use, is not)."""
+    try:
+        return stream.isatty()
+    except ValueError:  # closed
+        return False
 
 
 def cell(value: Any) -> str:

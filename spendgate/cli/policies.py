@@ -161,8 +161,9 @@ def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
 
 @budgets.command("status")
 def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """State, spent, reserved, thresholds fired and the next reset of a budget's current
-    period (state: blocked, refusing, over_soft_limit, at_risk or ok)."""
+    """State (blocked, refusing, over_soft_limit, at_risk or ok), amount (with active
+    exceptions), spent, reserved, thresholds fired and the next reset of a budget's
+    current period."""
     data = call(url, "GET", admin_path("budgets", budget_id, "status"))
     if not as_json and data.get("forecast"):
         data = {
@@ -176,6 +177,7 @@ def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
         [
             "period_key",
             "state",
+            "effective_amount_usd",
             "spent_usd",
             "reserved_usd",
             "percent_used",

@@ -21,14 +21,15 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 Say = Callable[[str, str], None]
 
 
-def port_in_use(host: str, port: int) -> OSError | None:
-    """Why ``host:port`` cannot be listened on (bound the way uvicorn binds), or None."""
+def port_in_use(host: str, port: int) -> OSError | OverflowError | None:
+    """Why ``host:port`` cannot be listened on (bound the way uvicorn binds), or None;
+    a port past 65535 too (``--port 99999`` printed bind()'s traceback)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
-        except OSError as exc:
+        except (OSError, OverflowError) as exc:
             return exc
     return None
 
@@ -51,7 +52,7 @@ def _master_key(database_url: str, say: Say) -> None:
     else:
         say(
             "warning",
-            f"SPENDGATE_MASTER_KEY is not set: using the master key kept in {path}  "
+            f"SPENDGATE_MASTER_KEY is not set: using the master key kept in {path} "
             f"(export SPENDGATE_MASTER_KEY=$(cat {path}))",
         )
 
@@ -61,8 +62,12 @@ def serve(
         bool, typer.Option(help="Add the simulated provider (demo-small, demo-large)")
     ] = False,
     config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
-    host: Annotated[str, typer.Option()] = "127.0.0.1",
-    port: Annotated[int, typer.Option()] = 4100,
+    host: Annotated[
+        str | None, typer.Option(help="default: [gateway] host of --config, else 127.0.0.1")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="default: [gateway] port of --config, else 4100")
+    ] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
     redis_failure_mode: Annotated[
         str | None,
@@ -96,14 +101,16 @@ def serve(
         os.environ["SPENDGATE_ALLOW_UNREADABLE_SECRETS"] = "1"
     if redis_failure_mode is not None:
         os.environ["SPENDGATE_REDIS_FAILURE_MODE"] = redis_failure_mode
-    # the app is built by uvicorn's factory (in each worker): it listens where we do and
-    # its default public URL (printed links, invite links) names this address
-    os.environ["SPENDGATE_SERVE_ADDRESS"] = f"{host}:{port}"
     try:
         settings = load_settings(demo=demo, host=host, port=port)
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
+    # the options, else the config's [gateway] host and port, else 127.0.0.1:4100; the app
+    # is built by uvicorn's factory (in each worker): it listens where we do and its
+    # default public URL (printed links, invite links) names this address
+    host, port = settings.host, settings.port
+    os.environ["SPENDGATE_SERVE_ADDRESS"] = f"{host}:{port}"
     log_config = configure(settings.log_level, settings.log_format)
     say = _teller(settings.log_format)
     config_path = os.environ.get("SPENDGATE_CONFIG")
@@ -212,19 +219,25 @@ def _run(uvicorn: Any, settings: Any, workers: int, log_config: dict[str, Any]) 
 def db_migrate(
     revision: Annotated[str, typer.Argument()] = "head",
     database_url: Annotated[
-        str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")
-    ] = "sqlite:///spendgate.db",
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="SPENDGATE_DATABASE_URL",
+            help="default: [gateway] database_url of --config, else sqlite:///spendgate.db",
+        ),
+    ] = None,
+    config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Apply the Alembic migrations to the database."""
+    """Apply the Alembic migrations to the database (the one serve would use)."""
     from alembic.util import CommandError
 
     from spendgate.errors import ConfigError
-    from spendgate.settings import checked_database_url
+    from spendgate.settings import checked_database_url, database_url_of
     from spendgate.store.database import CannotConnect, migrate_url
 
     try:
-        checked_database_url(database_url)
+        database_url = checked_database_url(database_url or database_url_of(config))
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc

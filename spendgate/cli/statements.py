@@ -1,6 +1,6 @@
 """``spendgate statements …``: monthly chargeback statements and allocation rules,
 through the admin API. ``export`` writes every statement of a month (each team's and
-the org's) as CSV, JSONL or HTML files, with a progress bar on stderr."""
+the org's) as CSV, JSONL or HTML files, with a progress bar on a terminal's stderr."""
 
 from __future__ import annotations
 
@@ -10,10 +10,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call
-from spendgate.cli.output import console, err_console, show
+from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call, default_org
+from spendgate.cli.output import console, err_console, progress_bar, show
 from spendgate.core.money import format_usd
 
 statements_app = typer.Typer(help="Monthly chargeback statements.", no_args_is_help=True)
@@ -119,16 +118,19 @@ def export(
         bool, typer.Option("--json", help="print a JSON summary (the files written) on stdout")
     ] = False,
 ) -> None:
-    """Every statement of the month (the org's and each team's), one file each."""
+    """Every statement of the month (the org's and each team's), one file each; without
+    --org, the one org you can see."""
     if format_ not in ("csv", "jsonl", "html"):
         err_console.print("[red]--format must be csv, jsonl or html[/]")
         raise typer.Exit(2)
+    # the org first: the master key's teams list would be every org's, and a statement it
+    # asks for without --org a 422 half way through the progress bar
+    org = org or default_org(url, None)
     teams = call(url, "GET", "/admin/teams", params=_org(org))
     targets: list[str | None] = [None, *(t["id"] for t in teams)]
     output.mkdir(parents=True, exist_ok=True)
-    columns = (TextColumn("exporting"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     files: list[str] = []
-    with Progress(*columns, console=err_console) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("export", total=len(targets))
         for team in targets:
             params = {**_org(org), "format": format_, **({"team_id": team} if team else {})}

@@ -168,11 +168,25 @@ def redeliver(
     _show(row, as_json, ["id", "redelivery_of", "status", "next_attempt_at"])
 
 
+@webhooks_app.command("test")
+def test(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
+    """Queue a webhook.test message to the endpoint (signed, retried and logged like any
+    delivery: see `deliveries`)."""
+    row = _call(url, "POST", admin_path("webhooks", endpoint_id, "test"))
+    _show(row, as_json, ["id", "event_type", "status", "next_attempt_at"])
+
+
 @webhooks_app.command("reencrypt")
 def reencrypt(
     database_url: Annotated[
-        str, typer.Option("--database-url", envvar="SPENDGATE_DATABASE_URL")
-    ] = "sqlite:///spendgate.db",
+        str | None,
+        typer.Option(
+            "--database-url",
+            envvar="SPENDGATE_DATABASE_URL",
+            help="default: [gateway] database_url of --config, else sqlite:///spendgate.db",
+        ),
+    ] = None,
+    config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rewrite stored webhook secrets, PagerDuty keys and Slack URLs under the newest key.
@@ -182,13 +196,13 @@ def reencrypt(
     of the keys."""
     from spendgate.cli.serve import without_password
     from spendgate.errors import ConfigError
-    from spendgate.settings import checked_database_url
+    from spendgate.settings import checked_database_url, database_url_of
     from spendgate.store.database import CannotConnect, check_sqlite_path
     from spendgate.webhooks.secrets_box import SecretBox
 
     try:
         box = SecretBox.from_env(os.environ)
-        checked_database_url(database_url)
+        database_url = checked_database_url(database_url or database_url_of(config))
     except ConfigError as exc:
         err_console.print(f"[red]{exc}[/]")
         raise typer.Exit(2) from exc

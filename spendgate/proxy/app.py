@@ -56,6 +56,8 @@ from spendgate.proxy.wire import (
     Receive,
     Scope,
     Send,
+    cost_comment,
+    cost_figure,
     header_dict,
     read_body,
     send_bytes,
@@ -446,7 +448,7 @@ class ProxyApp:
         for name in _RETRY_ADVICE:
             if name in response.headers:
                 headers[name] = response.headers[name]
-        headers["x-spendgate-cost-usd"] = "0.00"
+        headers["x-spendgate-cost-usd"] = cost_figure(0)
         await self._book(call, guarded, response.status, "upstream_error", None)
         await send_bytes(send, response.status, response.body, headers)
 
@@ -462,7 +464,7 @@ class ProxyApp:
         cost, remaining = await self._book(call, guarded, response.status, "ok", usage, estimated)
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
-        headers["x-spendgate-cost-usd"] = "unknown" if cost is None else format_usd(cost)
+        headers["x-spendgate-cost-usd"] = cost_figure(cost)
         if remaining is not None:
             headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
         await send_bytes(send, response.status, response.body, headers)
@@ -477,7 +479,9 @@ class ProxyApp:
         send: Send,
     ) -> None:
         """Forward events as they come; if the client leaves, keep reading so the bill is
-        the provider's own usage figure, not a guess."""
+        the provider's own usage figure, not a guess. The headers went out before the
+        cost was known: the stream tells it in an SSE comment once booked
+        (``wire.cost_comment``), before its terminal event."""
         meter = StreamMeter(call.endpoint.kind, strip_usage_chunk=not client_wants_usage)
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "text/event-stream")
@@ -497,21 +501,26 @@ class ProxyApp:
                     # settled and on disk before the terminal event ([DONE], message_stop,
                     # response.completed) goes out: a client that saw the end of its
                     # stream has its spend recorded, whatever happens to this process
-                    booked = await self._book_stream(call, guarded, meter, disconnect, "ok")
+                    told = await self._book_stream(call, guarded, meter, disconnect, "ok")
+                    booked = True
+                    out = out[: meter.cost_at] + told + out[meter.cost_at :]
                 if out and not disconnect.done():
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
             if not booked:
                 status = "ok" if meter.done or meter.final else "incomplete"
-                booked = await self._book_stream(call, guarded, meter, disconnect, status)
+                tail = await self._book_stream(call, guarded, meter, disconnect, status) + tail
+                booked = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except SpendgateError as err:
+            told = b""
             if not booked:
-                booked = await self._book_stream(call, guarded, meter, disconnect, "incomplete")
+                told = await self._book_stream(call, guarded, meter, disconnect, "incomplete")
+                booked = True
             # a stream that broke before its end says so: the client must not take the
             # part it got for the whole answer
             tail = b"" if meter.done else stream_error_event(err, call.endpoint.wire)
-            await send({"type": "http.response.body", "body": tail, "more_body": False})
+            await send({"type": "http.response.body", "body": told + tail, "more_body": False})
         finally:
             await response.close()
             if not booked:
@@ -526,14 +535,16 @@ class ProxyApp:
         meter: StreamMeter,
         disconnect: asyncio.Future[Any],
         status: str,
-    ) -> bool:
+    ) -> bytes:
         """Book the stream from the provider's usage (or, without its final figure, an
-        estimate); a client that left is recorded as ``client_cancelled``."""
-        if disconnect.done():
+        estimate); a client that left is recorded as ``client_cancelled``. Returns the
+        comment that tells the client what was booked (nothing if it left)."""
+        left = disconnect.done()
+        if left:
             status = "client_cancelled"
         usage, estimated = meter.billed(call.request_bytes)
-        await self._book(call, guarded, 200, status, usage, estimated)
-        return True
+        cost, _ = await self._book(call, guarded, 200, status, usage, estimated)
+        return b"" if left else cost_comment(cost, status, estimated)
 
     async def _book(
         self,

@@ -78,6 +78,10 @@ class StreamMeter:
         self.final = False
         self.events = 0
         self.done = False
+        #: where, in the bytes of the ``feed`` that saw the stream end, its cost is told:
+        #: before the terminal event (``[DONE]``, ``message_stop``), or after
+        #: ``response.completed`` (which carries the usage, and ends the stream)
+        self.cost_at = 0
         self._pending = b""
         self._markers = _MARKERS.get(kind, _CHAT_MARKERS)
 
@@ -96,10 +100,15 @@ class StreamMeter:
             self.events += complete.count(b"\n\n")
             return complete
         out = []
+        ended = self.done
         for event in complete.split(b"\n\n")[:-1]:
             self.events += 1
             if self._inspect(event):
                 out.append(event + b"\n\n")
+            if self.done and not ended:
+                ended = True
+                told = len(out) if self.kind == "response" else len(out) - 1
+                self.cost_at = sum(map(len, out[:told]))
         return b"".join(out)
 
     def billed(self, request_bytes: int) -> tuple[TokenUsage, bool]:

@@ -7,6 +7,7 @@ from typing import Any
 
 import orjson
 
+from spendgate.core.money import format_usd
 from spendgate.errors import PayloadTooLarge, SpendgateError
 
 Scope = MutableMapping[str, Any]
@@ -89,6 +90,25 @@ def stream_error_event(err: SpendgateError, wire: str) -> bytes:
     a ``data:`` line holding ``{"error": …}``."""
     event = b"event: error\n" if wire == "anthropic" else b""
     return event + b"data: " + error_body(err, wire) + b"\n\n"
+
+
+def cost_figure(nanos: int | None) -> str:
+    """A call's cost as the client is shown it, in ``x-spendgate-cost-usd`` and in a
+    stream's cost comment: the ledger's exact figure in USD (``"0.000123"``), or
+    ``"unknown"`` when its price is unknown."""
+    return "unknown" if nanos is None else format_usd(nanos)
+
+
+def cost_comment(nanos: int | None, status: str, estimated: bool) -> bytes:
+    """A streamed call's cost as an SSE comment, which conforming parsers (the SDKs
+    among them) skip: ``: x-spendgate-cost-usd <figure>``, then `` status=<ledger
+    status>`` unless ``ok`` and `` usage=estimated`` when the usage is an estimate."""
+    line = b": x-spendgate-cost-usd " + cost_figure(nanos).encode()
+    if status != "ok":
+        line += b" status=" + status.encode()
+    if estimated:
+        line += b" usage=estimated"
+    return line + b"\n\n"
 
 
 def _raw_headers(headers: dict[str, str]) -> list[tuple[bytes, bytes]]:

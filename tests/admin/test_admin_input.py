@@ -274,3 +274,35 @@ def test_a_bad_team_names_the_field_it_was_sent_in(gateway: RunningGateway) -> N
         patch = gw.admin.patch(f"/admin/users/{user['id']}", json={"team_ids": [team]})
         assert patch.status_code == 422, patch.text
         assert patch.json()["error"]["param"] == "team_ids", patch.text
+
+
+def test_the_master_key_naming_no_org_is_told_the_field_is_required(
+    gateway: RunningGateway,
+) -> None:
+    """The master key belongs to no org: a user or agent it creates with neither an org
+    nor a team, or a webhook filter of a scope type without its id, is a 422 saying the
+    field is required, not that an org called ``None`` does not exist (found following
+    the README: ``spendgate users create ops@acme.io --role org_admin`` answered
+    ``org_id: org None does not exist``)."""
+    gw = gateway
+    gw.post("/admin/orgs", {"name": "no-org-named"})
+    for path, body, param, said in (
+        (
+            "/admin/users",
+            {"email": "n@example.com", "role": "finance"},
+            "org_id",
+            "org_id: required with the master key",
+        ),
+        ("/admin/agents", {"name": "crawler"}, "org_id", "org_id: required with the master key"),
+        (
+            "/admin/webhooks",
+            {"url": "http://127.0.0.1:9/h", "scope_type": "team"},
+            "scope_id",
+            "scope_id: required when scope_type is team",
+        ),
+    ):
+        response = gw.admin.post(path, json=body)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["param"] == param
+        assert response.json()["error"]["message"] == said
+        assert "None" not in response.text

@@ -3,6 +3,8 @@ link (a credential, under the admin-token rule)."""
 
 from __future__ import annotations
 
+import json
+
 import httpx
 
 from spendgate.testing.fake_upstream import ServerHandle
@@ -62,3 +64,29 @@ def test_webhook_test_send_is_delivered_signed(
     assert log[0]["status"] == "succeeded" and log[0]["attempts"] == 1
     w = _world(gateway)
     assert _post(gateway, w["oa"], f"/admin/webhooks/{made['id']}/test").status_code == 404
+
+
+def test_the_cli_sends_a_test_message_too(
+    gateway: RunningGateway, receiver: tuple[Receiver, ServerHandle]
+) -> None:
+    """The README's webhook setup is all CLI (create, deliveries, redeliver, rotate) but
+    a test message could only be sent from the console or with curl: `spendgate webhooks
+    test whe_…` queues it, and the receiver gets it signed."""
+    from typer.testing import CliRunner
+
+    from spendgate.cli import app as cli
+    from tests.conftest import MASTER_KEY
+
+    app, handle = receiver
+    made = gateway.post("/admin/webhooks", {"url": handle.url + "/h", "event_types": ["key.*"]})
+    app.secrets.append(made["secret"])
+    result = CliRunner().invoke(
+        cli,
+        ["webhooks", "test", made["id"], "--url", gateway.url, "--json"],
+        env={"SPENDGATE_MASTER_KEY": MASTER_KEY},
+    )
+    assert result.exit_code == 0, result.output
+    queued = json.loads(result.stdout)
+    assert (queued["event_type"], queued["status"]) == ("webhook.test", "pending")
+    gateway.run(gateway.app.services.webhooks.worker.run_once())
+    assert [r.json()["type"] for r in app.verified] == ["webhook.test"]

@@ -129,6 +129,18 @@ def test_a_url_that_is_not_the_admin_api_is_one_line(served: Served) -> None:
                                  "http://127.0.0.1:4100"), err  # fmt: skip
 
 
+def test_a_url_that_is_not_a_url_is_a_usage_error() -> None:
+    """``--url http://[::1`` (or a port that is not a number) died with httpx's InvalidURL
+    traceback; it is one line naming the URL, exit 2, before anything is sent."""
+    for url, why in (("http://[::1", "Invalid port: ':1'"), ("http://gw:port", "Invalid port")):
+        for args in (("keys", "list"), ("audit", "export")):
+            code, err, exc = invoke(*args, "--url", url)
+            assert (code, type(exc)) == (2, SystemExit), (args, err, exc)
+            lines = err.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith(f"--url {url} is not a valid URL: ")
+            assert why in lines[0], lines
+
+
 def test_a_422_names_the_option_that_was_typed(served: Served) -> None:
     """A bad ``--amount`` was refused as ``amount_usd: …``, a bad ``--alerts`` item as
     ``alert_percentages.1: …``, ``--hours 0`` as ``expires_in_hours: …``: names the user

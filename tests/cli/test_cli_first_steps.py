@@ -183,6 +183,68 @@ def test_long_lines_stay_whole_when_not_a_terminal(served: Served) -> None:
     assert "already exists" in line and line.endswith(")")
 
 
+def test_users_agents_and_a_statements_export_go_to_the_one_org(
+    served: Served, tmp_path: Path
+) -> None:
+    """Like `keys create` and `teams create`, `users create`, `agents create` and
+    `statements export` without --org go to the one org the caller sees (the demo's here);
+    with several they exit 2 asking for --org, and the export writes nothing. Before,
+    `users create ops@acme.io --role org_admin` with the master key was `error 422:
+    --org: org None does not exist`, and the export started over every org's teams and
+    failed half way with a 422."""
+    url, _, _ = served
+    (demo,) = run_cli(url, "orgs", "list")
+    user = run_cli(url, "users", "create", "ops@demo.example", "--role", "org_admin")
+    agent = run_cli(url, "agents", "create", "crawler")
+    assert user["org_id"] == agent["org_id"] == demo["id"]
+    out = tmp_path / "out"
+    code, _, err = invoke(url, "statements", "export", "2026-11", "-o", str(out))
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == ["statement-2026-11-org.csv"]
+    run_cli(url, "orgs", "create", "second")
+    for args in (
+        ("users", "create", "two@demo.example", "--role", "finance"),
+        ("agents", "create", "crawler-2"),
+        ("statements", "export", "2026-11", "-o", str(tmp_path / "two")),
+    ):
+        code, _, err = invoke(url, *args)
+        assert code == 2 and "--org is required: you can see 2 orgs" in err, (args, err)
+    assert not (tmp_path / "two").exists()
+
+
+def test_budgets_status_says_the_state_and_the_amount_it_counts_against(served: Served) -> None:
+    """After `budgets except … --percent 50` (the README's launch-day raise) the status
+    showed a percent used of an amount it did not show, and not whether calls are
+    refused: it shows `state` and `effective_amount_usd`, as the API answers them."""
+    url, _, _ = served
+    (demo,) = run_cli(url, "orgs", "list")
+    made = run_cli(url, "budgets", "create", "--scope", "org", "--scope-id", demo["id"],
+                   "--amount", "10", "--hard")  # fmt: skip
+    run_cli(url, "budgets", "except", made["id"], "--percent", "50", "--reason", "launch",
+            "--expires-at", "+1d")  # fmt: skip
+    code, out, err = invoke(url, "budgets", "status", made["id"], columns="80")
+    assert code == 0, err
+    shown = dict(line.split(None, 1) for line in out.splitlines() if len(line.split()) > 1)
+    api = run_cli(url, "budgets", "status", made["id"])
+    assert shown["effective_amount_usd"] == api["effective_amount_usd"] == "15.00"
+    assert shown["state"] == api["state"] == "ok"
+
+
+def test_keys_update_sets_and_clears_an_expiry(served: Served) -> None:
+    """`PATCH /admin/keys/{id}` (and the console) set or clear a key's expiry; the CLI,
+    which the README uses for every key task, could only set one at creation."""
+    url, _, _ = served
+    key = run_cli(url, "keys", "create", "expiring")
+    set_ = run_cli(url, "keys", "update", key["id"], "--expires-at", "+30d")
+    assert set_["expires_at"] is not None
+    assert run_cli(url, "keys", "get", key["id"])["expires_at"] == set_["expires_at"]
+    assert run_cli(url, "keys", "update", key["id"], "--no-expiry")["expires_at"] is None
+    code, _, err = invoke(url, "keys", "update", key["id"])
+    assert code == 2 and "--expires-at or --no-expiry" in err
+    code, _, err = invoke(url, "keys", "update", key["id"], "--expires-at", "2020-01-01")
+    assert code == 1 and "--expires-at: must be in the future" in err
+
+
 def test_an_empty_list_says_so(served: Served) -> None:
     """`spendgate tickets list` on an empty queue printed nothing at all (a list too wide
     for the terminal is shown as blocks, one per row: none); now it says `(none)`, and

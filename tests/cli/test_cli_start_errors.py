@@ -67,6 +67,20 @@ def test_serve_refuses_bad_audit_settings_before_listening(tmp_path: Path) -> No
     assert "listening" not in said and "Traceback" not in said
 
 
+def test_serve_names_a_port_out_of_range(tmp_path: Path) -> None:
+    """``serve --port 99999`` died with bind()'s OverflowError traceback; it is one line
+    naming the address, exit 1, as for a port already taken."""
+    code, said = spendgate(
+        "serve",
+        "--port",
+        "99999",
+        SPENDGATE_MASTER_KEY=MASTER,
+        SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/a.db",
+    )
+    assert code == 1 and "Traceback" not in said, said
+    assert said.strip().endswith("cannot listen on 127.0.0.1:99999: bind(): port must be 0-65535.")
+
+
 def test_reencrypt_needs_the_gateways_migrated_database(tmp_path: Path) -> None:
     """``webhooks reencrypt`` run without SPENDGATE_DATABASE_URL made an empty
     spendgate.db in the working directory and died on "no such table" (a traceback);
@@ -128,11 +142,32 @@ def test_serve_names_config_keys_it_does_not_read(tmp_path: Path) -> None:
     assert "key_cache_seconds" not in said
 
 
-def said_until_listening(tmp_path: Path, *args: str) -> str:
+def test_serve_listens_where_the_config_says(tmp_path: Path) -> None:
+    """``[gateway] host`` and ``port`` were accepted as settings (no "not read" warning)
+    yet ignored: ``serve``'s own defaults, 127.0.0.1:4100, always won. Without --host and
+    --port the config's apply; a port or host of the wrong kind is one line, exit 2 (it
+    was a ValueError / TypeError traceback)."""
+    port = free_port()
+    config = tmp_path / "spendgate.toml"
+    config.write_text(f'[gateway]\nhost = "127.0.0.1"\nport = {port}\n')
+    said = said_until_listening(tmp_path, "--config", str(config), port=False)
+    assert f"listening on http://127.0.0.1:{port} " in said, said
+    for bad, named in (('port = "abc"', "gateway.port"), ("port = 0", "gateway.port"),
+                       ("host = 5", "gateway.host")):  # fmt: skip
+        config.write_text(f"[gateway]\n{bad}\n")
+        code, said = spendgate("serve", "--config", str(config), SPENDGATE_MASTER_KEY=MASTER,
+                               SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/p.db")  # fmt: skip
+        assert (code, "Traceback" in said) == (2, False), said
+        assert f"configuration error: {named} must be" in said
+
+
+def said_until_listening(tmp_path: Path, *args: str, port: bool = True) -> str:
     """What ``spendgate serve *args`` (SQLite in ``tmp_path``) writes to stderr up to
-    its "listening on" line; the server is stopped then."""
+    its "listening on" line (on a free ``--port`` unless ``port`` is false); the server
+    is stopped then."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "spendgate", "serve", *args, "--port", str(free_port())],
+        [sys.executable, "-m", "spendgate", "serve", *args,
+         *(("--port", str(free_port())) if port else ())],
         env={**os.environ, "COLUMNS": "300", "SPENDGATE_MASTER_KEY": MASTER,
              "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"},
         stderr=subprocess.PIPE,
@@ -150,3 +185,43 @@ def said_until_listening(tmp_path: Path, *args: str) -> str:
         proc.wait()
     said = "".join(lines)
     return said
+
+
+def test_migrate_and_reencrypt_use_the_database_of_the_config(tmp_path: Path) -> None:
+    """With the database in the config file (``[gateway] database_url``) and not in
+    ``SPENDGATE_DATABASE_URL``, ``serve --config`` used it but ``spendgate db migrate``
+    (the README's step before rolling out replicas) and ``webhooks reencrypt`` did not
+    read the config: they migrated a new ``spendgate.db`` in the working directory. They
+    take ``--config`` (or ``SPENDGATE_CONFIG``) now, as serve does."""
+    config = tmp_path / "spendgate.toml"
+    config.write_text(f'[gateway]\ndatabase_url = "sqlite:///{tmp_path}/configured.db"\n')
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SPENDGATE_")}
+
+    def run(*args: str, **extra: str) -> tuple[int, str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "spendgate", *args],
+            env={**env, "COLUMNS": "200", "SPENDGATE_MASTER_KEY": MASTER, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=120,
+            text=True,
+        )
+        return done.returncode, done.stdout + done.stderr
+
+    code, said = run("db", "migrate", "--config", str(config))
+    assert code == 0, said
+    assert f"database at head: sqlite:///{tmp_path}/configured.db" in said
+    assert (tmp_path / "configured.db").exists()
+    code, said = run("webhooks", "reencrypt", SPENDGATE_CONFIG=str(config))
+    assert (code, said.strip()) == (
+        0,
+        "0 endpoints: 0 re-encrypted under the newest key, 0 Slack URLs encrypted",
+    )
+    assert not (tmp_path / "spendgate.db").exists()
+    # SPENDGATE_DATABASE_URL still wins over the file, as in serve
+    code, said = run("db", "migrate", "--config", str(config),
+                     SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/env.db")  # fmt: skip
+    assert code == 0 and (tmp_path / "env.db").exists(), said
+    config.write_text("[gateway]\ndatabase_url = 5\n")
+    code, said = run("db", "migrate", "--config", str(config))
+    assert (code, "Traceback" in said) == (2, False), said

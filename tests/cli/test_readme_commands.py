@@ -13,12 +13,12 @@ README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_the_readme_examples_work_as_written() -> None:
-    """Every marked block runs and every command exits 0: the SDK snippets, the first
-    setup (orgs, teams, users, agents, keys with the demo's models and a future expiry),
-    bootstrap reusing the org made before it, budgets, exceptions, wallets, rate limits,
-    audit and forecasts."""
+    """Every marked block runs and every command exits 0: the SDK snippets, the raw
+    stream read for its cost comment, the first setup (orgs, teams, users, agents, keys
+    with the demo's models and a future expiry), bootstrap reusing the org made before
+    it, budgets, exceptions, wallets, rate limits, audit and forecasts."""
     blocks = marked_blocks(README.read_text())
-    assert [b.language for b in blocks].count("python") == 2
+    assert [b.language for b in blocks].count("python") == 3
     outcomes = check(README)
     assert all(o.ok for o in outcomes)
     ran = [o.command for o in outcomes]

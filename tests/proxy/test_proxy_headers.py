@@ -47,7 +47,8 @@ def test_every_route_carries_the_request_id_cost_budget_and_rate_headers(
     """Under a budget and a rate limit, each route answers with ``x-request-id``, the
     tightest budget's ``x-spendgate-budget-remaining-usd`` and the six ``x-ratelimit-*``
     figures; a non-streamed answer also with ``x-spendgate-cost-usd`` (a stream's cost
-    is known only after its headers went out: it is in the ledger)."""
+    is known only after its headers went out: it comes at the end of the stream, in a
+    comment, ``test_stream_cost``)."""
     key = gateway.create_key()
     gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="5", hard_limit=True)
     gateway.post(

@@ -493,3 +493,44 @@ async def _ledger_spend(database: str, key_id: str, rows: int) -> int:
         raise AssertionError(f"{rows} ledger rows not written within 10 s")
     finally:
         await conn.close()
+
+
+def test_the_reconciliation_skips_an_outage_in_one_line_not_a_traceback(
+    database: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A replica started (or running) while Redis is down logged ``housekeeping failed``
+    with a 40-line traceback every ``reconcile_seconds`` (found following the README's
+    deployment: the reconciliation called Redis past the open breaker), and the anomaly
+    check after it in the same round was skipped. Redis gone before the breaker knows:
+    one warning line; the breaker open: the reconciliation does not try Redis at all."""
+    with PrivateRedis() as redis:
+        started = gateways(database, upstream[1].url, tmp_path, redis, 1, "closed")
+        gw = started[0]
+        try:
+            key = gw.create_key()
+            gw.post("/admin/budgets", hard_budget(key["id"], Decimal("1")))
+            assert chat(gw, key["key"]).status_code == 200  # a bucket to reconcile
+            gw.ledger()  # its row written
+            redis.kill()
+            advance(started, 120)  # past the replica's own reconcile lease and grace
+            with caplog.at_level("WARNING", logger="spendgate"):
+                gw.run(gw.app._reconcile("walk"))  # the breaker does not know yet
+            said = [r for r in caplog.records if r.name.startswith("spendgate")]
+            assert any(
+                r.getMessage().startswith("counters not reconciled, Redis unreachable: ")
+                for r in said
+            ), [r.getMessage() for r in said]
+            assert all(r.exc_info is None for r in said), [r.getMessage() for r in said]
+            assert chat(gw, key["key"]).status_code == 503  # now the breaker is open
+            errors = redis_errors(gw)
+            caplog.clear()
+            advance(started, 120)
+            gw.run(gw.app._reconcile("walk"))
+            assert redis_errors(gw) == errors  # Redis not tried
+            assert not [r for r in caplog.records if "reconcil" in r.getMessage()]
+        finally:
+            stop(started)

@@ -1,0 +1,311 @@
+"""A streamed call tells its cost in-band: an SSE comment ``: x-spendgate-cost-usd …``
+after the provider's final usage and before the stream's terminal event, the figure the
+ledger holds for that request id (SPEC §1: every proxied response carries its cost)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import httpx
+import openai
+import pytest
+
+from spendgate.app import Gateway
+from spendgate.core.money import NANOS_PER_USD
+from spendgate.proxy import simulated
+from spendgate.proxy.metering import StreamMeter
+from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
+from tests.conftest import RunningGateway, start_gateway
+
+HI = [{"role": "user", "content": "hi there"}]
+#: the cost comment: its figure, then what it says when the row is not plainly ``ok``
+COST = re.compile(rb": x-spendgate-cost-usd ([^\n]*)\n\n")
+
+
+def told(raw: bytes) -> tuple[bytes, list[str]]:
+    """The stream as it would be without its cost comments, and what each said."""
+    return COST.sub(b"", raw), [m.group(1).decode() for m in COST.finditer(raw)]
+
+
+def nanos(figure: str) -> int:
+    """A comment's USD figure as exact nanos (never rounded: it must be whole nanos)."""
+    assert re.fullmatch(r"[0-9]+\.[0-9]{2,9}", figure), figure
+    value = Decimal(figure) * NANOS_PER_USD
+    assert value == value.to_integral_value(), figure
+    return int(value)
+
+
+def row_of(gateway: RunningGateway, request_id: str) -> dict[str, Any]:
+    [row] = [r for r in gateway.ledger() if r["request_id"] == request_id]
+    return row
+
+
+def stream_raw(
+    gateway: RunningGateway, key: str, path: str, body: dict[str, Any]
+) -> httpx.Response:
+    """A streamed call read whole by a plain HTTP client (no SSE parser in the way)."""
+    response = httpx.post(
+        gateway.url + path,
+        json={**body, "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    return response
+
+
+class Recorded:
+    """The gateway as uvicorn serves it, keeping the bytes of each proxied response by
+    its ``x-request-id``: what an SDK's client received before it parsed them (each
+    kept before it is sent: a client may stop reading at ``[DONE]``)."""
+
+    def __init__(self, app: Gateway) -> None:
+        self.app = app
+        self.sent: dict[str, list[bytes]] = {}
+
+    def body(self, request_id: str) -> bytes:
+        return b"".join(self.sent[request_id])
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        parts: list[bytes] = []
+
+        async def watch(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                found = dict(message["headers"]).get(b"x-request-id")
+                if found:
+                    self.sent[found.decode()] = parts
+            elif message["type"] == "http.response.body":
+                parts.append(message.get("body", b""))
+            await send(message)
+
+        await self.app(scope, receive, watch)
+
+
+@pytest.fixture
+def recorded(
+    database_url: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+) -> Iterator[tuple[RunningGateway, Recorded]]:
+    holder: list[Recorded] = []
+
+    def wrap(app: Gateway) -> Recorded:
+        holder.append(Recorded(app))
+        return holder[0]
+
+    running = start_gateway(database_url, upstream[1].url, tmp_path, wrap=wrap)
+    yield running, holder[0]
+    running.admin.close()
+    running.handle.stop()
+
+
+def assert_cost_told(
+    gateway: RunningGateway, raw: bytes, request_id: str, terminal: bytes | None
+) -> None:
+    """``raw`` carries one cost comment, the ledger's exact figure for ``request_id``,
+    right before ``terminal`` (``None``: as the stream's last bytes)."""
+    _, said = told(raw)
+    row = row_of(gateway, request_id)
+    assert row["status"] == "ok" and not row["usage_estimated"]
+    assert len(said) == 1 and nanos(said[0]) == row["cost_nanos"] > 0, (said, row)
+    comment = COST.search(raw)
+    assert comment is not None
+    if terminal is None:
+        assert comment.end() == len(raw)
+    else:
+        assert raw[comment.end() :].startswith(terminal), raw[comment.start() :]
+
+
+def test_the_sdks_stream_as_before_and_the_stream_tells_its_cost(
+    recorded: tuple[RunningGateway, Recorded], fake: FakeUpstream
+) -> None:
+    """Through the real ``openai`` and ``anthropic`` SDKs, every streaming route still
+    gives the same text and usage; the bytes they were sent carry the cost comment with
+    the ledger's exact figure, before ``[DONE]`` / ``message_stop`` (after
+    ``response.completed``, which carries the usage)."""
+    gateway, seen = recorded
+    key = gateway.create_key()["key"]
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+
+    chat = oai.chat.completions.create(
+        model="gpt-4o-mini", messages=HI, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = list(chat)
+    reply = simulated.openai_reply("/chat/completions", fake.requests[-1].json)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == reply.text
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == []
+    request_id = chat.response.headers["x-request-id"]
+    row = row_of(gateway, request_id)
+    assert (usage.prompt_tokens, usage.completion_tokens) == (
+        row["input_tokens"],
+        row["output_tokens"],
+    )
+    assert_cost_told(gateway, seen.body(request_id), request_id, b"data: [DONE]\n\n")
+
+    completion = oai.completions.create(model="gpt-4o-mini", prompt="say hi", stream=True)
+    pieces = list(completion)
+    reply = simulated.openai_reply("/completions", fake.requests[-1].json)
+    assert "".join(p.choices[0].text for p in pieces) == reply.text
+    assert all(p.choices and p.usage is None for p in pieces)  # the usage chunk stripped
+    request_id = completion.response.headers["x-request-id"]
+    assert_cost_told(gateway, seen.body(request_id), request_id, b"data: [DONE]\n\n")
+
+    events = oai.responses.create(model="gpt-4o", input="tell me", stream=True)
+    kinds = [e.type for e in events]
+    reply = simulated.openai_reply("/responses", fake.requests[-1].json)
+    assert kinds[-1] == "response.completed"
+    request_id = events.response.headers["x-request-id"]
+    row = row_of(gateway, request_id)
+    assert row["output_tokens"] == reply.completion_tokens
+    assert_cost_told(gateway, seen.body(request_id), request_id, None)
+
+    with claude.messages.stream(model="claude-sonnet-4-5", max_tokens=50, messages=HI) as s:
+        message = s.get_final_message()
+        request_id = s.response.headers["x-request-id"]
+    reply = simulated.anthropic_reply(fake.requests[-1].json)
+    assert message.content[0].text == reply.text  # type: ignore[union-attr]
+    row = row_of(gateway, request_id)
+    assert (message.usage.input_tokens, message.usage.output_tokens) == (
+        row["input_tokens"],
+        row["output_tokens"],
+    )
+    terminal = b"event: message_stop\n"
+    assert_cost_told(gateway, seen.body(request_id), request_id, terminal)
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_a_raw_client_reads_the_ledger_figure_and_nothing_else_changed(
+    gateway: RunningGateway, fake: FakeUpstream, include_usage: bool
+) -> None:
+    """Read with plain HTTP, the stream is the provider's events byte for byte (the usage
+    chunk spendgate asked for dropped unless the client asked for it too) plus one
+    comment, right before ``data: [DONE]``, whose figure is the ledger row's cost."""
+    key = gateway.create_key()["key"]
+    body: dict[str, Any] = {"model": "gpt-4o-mini", "messages": HI}
+    if include_usage:
+        body["stream_options"] = {"include_usage": True}
+    response = stream_raw(gateway, key, "/v1/chat/completions", body)
+    upstream = simulated.openai_stream("/chat/completions", fake.requests[-1].json)
+    assert fake.requests[-1].json["stream_options"] == {"include_usage": True}
+    usage_chunk = upstream[-2]
+    assert b'"choices":[]' in usage_chunk and b'"usage":{' in usage_chunk
+    expected = upstream if include_usage else [*upstream[:-2], upstream[-1]]
+    rest, _ = told(response.content)
+    assert rest == b"".join(expected)
+    request_id = response.headers["x-request-id"]
+    assert_cost_told(gateway, response.content, request_id, b"data: [DONE]\n\n")
+
+
+def test_an_anthropic_raw_stream_tells_its_cost_before_message_stop(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """The Messages stream: the provider's events unchanged, the comment after
+    ``message_delta`` (the final usage) and before ``message_stop``."""
+    key = gateway.create_key()["key"]
+    body = {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": HI}
+    response = stream_raw(gateway, key, "/v1/messages", body)
+    upstream = simulated.anthropic_stream(fake.requests[-1].json)
+    rest, _ = told(response.content)
+    assert rest == b"".join(upstream)
+    assert upstream[-2].startswith(b"event: message_delta\n")
+    request_id = response.headers["x-request-id"]
+    assert_cost_told(gateway, response.content, request_id, upstream[-1])
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "drop_after", "error"),
+    [
+        ("/v1/chat/completions", {"model": "gpt-4o-mini", "messages": HI}, 4, b'data: {"error"'),
+        (
+            "/v1/messages",
+            {"model": "claude-sonnet-4-5", "max_tokens": 50, "messages": HI},
+            4,
+            b"event: error\n",
+        ),
+    ],
+)
+def test_a_broken_stream_tells_what_was_billed_before_its_error(
+    gateway: RunningGateway,
+    fake: FakeUpstream,
+    path: str,
+    body: dict[str, Any],
+    drop_after: int,
+    error: bytes,
+) -> None:
+    """The provider's stream breaks before its usage: the call is booked ``incomplete``
+    on an estimate, and the client, still there, is told so (figure, status, estimate)
+    in the comment, just before the stream's error event."""
+    key = gateway.create_key()["key"]
+    fake.drop_stream_after = drop_after
+    response = stream_raw(gateway, key, path, body)
+    row = row_of(gateway, response.headers["x-request-id"])
+    assert row["status"] == "incomplete" and row["usage_estimated"] is True
+    _, said = told(response.content)
+    assert len(said) == 1, response.content
+    figure, status, estimated = said[0].split(" ")
+    assert (status, estimated) == ("status=incomplete", "usage=estimated")
+    assert nanos(figure) == row["cost_nanos"] > 0
+    comment = COST.search(response.content)
+    assert comment is not None
+    assert response.content[comment.end() :].startswith(error)
+
+
+def test_an_unknown_price_is_told_as_unknown(gateway: RunningGateway) -> None:
+    """A model without a known price: the comment says ``unknown``, as the header of a
+    non-streamed call does, never $0."""
+    key = gateway.create_key()["key"]
+    response = stream_raw(
+        gateway, key, "/v1/chat/completions", {"model": "mystery-model", "messages": HI}
+    )
+    _, said = told(response.content)
+    assert said == ["unknown"]
+    row = row_of(gateway, response.headers["x-request-id"])
+    assert row["cost_nanos"] is None and row["price_unknown"] is True
+
+
+@pytest.mark.parametrize("piece", [None, 1, 7, 100])
+@pytest.mark.parametrize(
+    ("kind", "path", "body"),
+    [
+        ("chat", "/chat/completions", {"model": "m", "messages": HI}),
+        ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
+        ("response", "/responses", {"model": "m", "input": "hi"}),
+    ],
+)
+def test_the_meter_places_the_cost_however_the_stream_is_split(
+    kind: str, path: str | None, body: dict[str, Any], piece: int | None
+) -> None:
+    """Whether the provider's bytes come whole or in pieces of any size, ``cost_at``
+    points where the comment belongs in what the meter forwards from the read that
+    ended the stream: before ``[DONE]`` (after the usage chunk, dropped here) or
+    ``message_stop``; after ``response.completed``, at the end."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    events = (
+        simulated.anthropic_stream(body) if path is None else simulated.openai_stream(path, body)
+    )
+    raw = b"".join(events)
+    size = piece or len(raw)
+    meter = StreamMeter(kind, strip_usage_chunk=True)
+    out, at = b"", None
+    for start in range(0, len(raw), size):
+        forwarded = meter.feed(raw[start : start + size])
+        if meter.done and at is None:
+            at = len(out) + meter.cost_at
+        out += forwarded
+    assert meter.done and meter.final and at is not None
+    if kind == "response":
+        assert at == len(out) and out == raw
+    else:
+        assert out[at:] == events[-1]
+        assert out[:at] == b"".join(events[:-2] if kind == "chat" else events[:-1])
