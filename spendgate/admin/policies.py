@@ -18,9 +18,10 @@ from spendgate.core.budget_windows import validate_timezone, window_at
 from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import NotFound, ValidationFailed
+from spendgate.guard.enforcement import REFUSED_AT_CAP
 from spendgate.services import Services
 from spendgate.settings import unconfigured_names
-from spendgate.store.events import fired_keys_many, record_event
+from spendgate.store.events import Fired, fired_many, record_event
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -294,7 +295,7 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     budgets = [budget_from_row(row) for row in rows]
     windows = [window_at(now, b.period, b.timezone, b.week_start) for b in budgets]
     prefixes = [f"budget:{b.id}:{w.key}:" for b, w in zip(budgets, windows, strict=True)]
-    fired_by = await fired_keys_many(svc.engine, prefixes)
+    fired_by = await fired_many(svc.engine, prefixes)
     active = [[r for r in svc.enforcer.raises_for(b.id) if r.active_at(now)] for b in budgets]
     amounts = [rules.effective_amount(b, r, now) for b, r in zip(budgets, active, strict=True)]
     states = await svc.enforcer.bucket_states(list(zip(budgets, windows, amounts, strict=True)))
@@ -312,7 +313,8 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
         cap = rules.hard_cap_nanos(budget, amount)
         soft = rules.percent_of(amount, budget.soft_limit_percent)
         used = state.spent + state.reserved
-        fired = fired_by[prefix]
+        fired = [f.key for f in fired_by[prefix] if not _is_refusal(prefix, f)]
+        refused = refusal_at(prefix, cap, fired_by[prefix])
         forecast = forecasts[budget.id]
         out.append(
             {
@@ -336,21 +338,51 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
                     k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1] for k in fired
                 ],
                 "active_exceptions": len(raises),
-                "state": budget_state(state.spent, used, soft, cap, forecast),
+                "refusing_since": None if refused is None else refused.at,
+                "refused_worst_case_usd": None
+                if refused is None
+                else refused.data.get("worst_case_usd"),
+                "state": budget_state(state.spent, used, soft, cap, forecast, refused is not None),
                 "forecast": forecast,
             }
         )
     return out
 
 
+def _is_refusal(prefix: str, fired: Fired) -> bool:
+    return fired.key.startswith(prefix + REFUSED_AT_CAP)
+
+
+def refusal_at(prefix: str, cap: int | None, fired: Sequence[Fired]) -> Fired | None:
+    """This period's ``budget.calls_refused`` (in ``fired``, the events under the period's
+    ``prefix``) at the hard cap in force now, if the cap refused a call: the first such
+    refusal. One at another cap does not count: raising the amount, an exception or a new
+    percentage made room, and a new refusal at the new cap fires its own. The same cap
+    again (raised, then put back) counts: spend never falls within a period, so a call that
+    big is refused again."""
+    if cap is None:
+        return None
+    key = f"{prefix}{REFUSED_AT_CAP}{cap}"
+    return next((f for f in fired if f.key == key), None)
+
+
 def budget_state(
-    spent: int, used: int, soft: int, cap: int | None, forecast: dict[str, Any] | None
+    spent: int,
+    used: int,
+    soft: int,
+    cap: int | None,
+    forecast: dict[str, Any] | None,
+    refusing: bool = False,
 ) -> str:
     """The budget's state now, worst first: ``blocked`` (its hard cap is reached by what is
-    spent and reserved: calls are refused), ``over_soft_limit`` (spent), ``at_risk`` (the
-    forecast lands at or above the amount), else ``ok``."""
+    spent and reserved: every call is refused), ``refusing`` (its hard cap refused a call
+    this period at the cap in force now: calls whose worst case is over what is left are
+    refused, smaller ones pass), ``over_soft_limit`` (spent), ``at_risk`` (the forecast
+    lands at or above the amount), else ``ok``."""
     if cap is not None and used >= cap:
         return "blocked"
+    if cap is not None and refusing:
+        return "refusing"
     if spent >= soft:
         return "over_soft_limit"
     if forecast is not None and Decimal(forecast["percent_of_budget"]) >= 100:

@@ -504,9 +504,23 @@ class BudgetStatus(BaseModel):
     remaining_to_hard_usd: str | None
     thresholds_fired: list[str]
     active_exceptions: int
-    state: Literal["ok", "at_risk", "over_soft_limit", "blocked"] = Field(
-        description="worst first: blocked (spent + reserved reached the hard cap: calls are "
-        "refused), over_soft_limit (spent), at_risk (forecast P50 at or above the amount), ok"
+    refusing_since: datetime | None = Field(
+        None,
+        description="when the hard cap in force now first refused a call this period (a "
+        "call whose worst case, prompt estimate + max_tokens, was over what spend left; "
+        "not one refused only for the holds of calls in flight); "
+        "null: none since the period began or the cap last changed (amount, exception, "
+        "hard limit %)",
+    )
+    refused_worst_case_usd: str | None = Field(
+        None, description="the worst case of that refused call; null with refusing_since"
+    )
+    state: Literal["ok", "at_risk", "over_soft_limit", "refusing", "blocked"] = Field(
+        description="worst first: blocked (spent + reserved reached the hard cap: every call "
+        "is refused), refusing (the hard cap in force now refused a call this period, see "
+        "refusing_since: calls whose worst case is over remaining_to_hard_usd are refused, "
+        "smaller ones pass), over_soft_limit (spent), at_risk (forecast P50 at or above the "
+        "amount), ok"
     )
     forecast: ForecastOut | None = Field(
         None,

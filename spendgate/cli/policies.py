@@ -161,8 +161,9 @@ def budgets_delete(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
 
 @budgets.command("status")
 def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
-    """State, amount (with active exceptions), spent, reserved, thresholds fired and the
-    next reset of a budget's current period."""
+    """State (blocked, refusing, over_soft_limit, at_risk or ok), amount (with active
+    exceptions), spent, reserved, thresholds fired and the next reset of a budget's
+    current period."""
     data = call(url, "GET", admin_path("budgets", budget_id, "status"))
     if not as_json and data.get("forecast"):
         data = {
@@ -182,6 +183,8 @@ def budgets_status(budget_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt =
             "percent_used",
             "hard_limit_usd",
             "remaining_to_hard_usd",
+            "refusing_since",
+            "refused_worst_case_usd",
             "thresholds_fired",
             "next_reset",
             "forecast_p50_usd",

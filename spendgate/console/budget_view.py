@@ -23,6 +23,8 @@ LEVEL_NAMES = {"alert": "alert", "soft": "soft limit", "hard": "hard limit"}
 #: the status API's ``state`` in words (shown as text, never by colour alone)
 STATES = {
     "blocked": "blocked: hard limit reached",
+    # with the figure: what is left (``BudgetView.state``)
+    "refusing": "refusing calls whose worst case exceeds ${remaining} remaining",
     "over_soft_limit": "over soft limit",
     "at_risk": "at risk",
     "ok": "ok",
@@ -59,7 +61,29 @@ class BudgetView:
     @property
     def state(self) -> str:
         """The status API's ``state`` in words."""
-        return STATES[self.status["state"]]
+        return STATES[self.status["state"]].format(remaining=self.status["remaining_to_hard_usd"])
+
+    @property
+    def refusal_note(self) -> str | None:
+        """What the hard cap refused this period (at the cap in force now), if anything."""
+        st = self.status
+        if st.get("refusing_since") is None:
+            return None
+        refused = (
+            f"A call that could cost up to ${st['refused_worst_case_usd']} (its prompt "
+            "estimate + max_tokens) was refused"
+        )
+        until = "until the period resets, the amount is raised or an exception is granted."
+        if st["state"] == "blocked":
+            return (
+                f"{refused}, and the ${st['hard_limit_usd']} hard limit is used up (spent "
+                f"and in flight): every call is refused {until}"
+            )
+        return (
+            f"{refused}: ${st['remaining_to_hard_usd']} is left of the "
+            f"${st['hard_limit_usd']} hard limit, and every call whose worst case exceeds "
+            f"that is refused (smaller ones still pass) {until}"
+        )
 
     @property
     def exception_note(self) -> str | None:

@@ -263,6 +263,7 @@ ENFORCEMENT_TARGETS: dict[str, tuple[str, str]] = {
     "budget.threshold_crossed": ("budget", "budget_id"),
     "budget.soft_limit_reached": ("budget", "budget_id"),
     "budget.hard_limit_reached": ("budget", "budget_id"),
+    "budget.calls_refused": ("budget", "budget_id"),
     "budget.exception_expired": ("budget_exception", "exception_id"),
     "wallet.low_balance": ("wallet", "wallet_id"),
     "wallet.depleted": ("wallet", "wallet_id"),

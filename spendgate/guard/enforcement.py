@@ -153,6 +153,32 @@ def threshold_event(
     return EVENT_TYPES[threshold.kind], key, data
 
 
+#: the dedup key of ``budget.calls_refused`` after ``budget:<id>:<period key>:``; then the cap
+REFUSED_AT_CAP = "refused:"
+
+
+def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, str, dict[str, Any]]:
+    """(type, dedup key, data) of a hard cap refusing a call that would fit an empty
+    period, but not what is spent (whatever is in flight), or any call once spend used
+    the cap up: ``budget.calls_refused``, once per budget, period and cap (in nanos, in the
+    key: an amount raised, an exception or a new percentage re-arms it, as each is a
+    change that could make room). The budget status reads it: a hard-capped budget with
+    this period's event at its current cap is ``refusing`` (``admin.policies``)."""
+    cap = a.cap_nanos if a.cap_nanos is not None else refusal.cap
+    used = refusal.spent + refusal.reserved
+    data = {
+        **budget_event_data(a.budget, a.window),
+        "hard_limit_usd": format_usd(cap),
+        "amount_usd": format_usd(a.amount_nanos),
+        "spent_usd": format_usd(refusal.spent),
+        "reserved_usd": format_usd(refusal.reserved),
+        "remaining_usd": format_usd(max(0, refusal.cap - used)),
+        "worst_case_usd": format_usd(worst_case),
+    }
+    key = f"budget:{a.budget.id}:{a.window.key}:{REFUSED_AT_CAP}{cap}"
+    return "budget.calls_refused", key, data
+
+
 def lost_buckets(
     parts: Sequence[Settlement], results: Sequence[tuple[int, int] | tuple[int, int, int | None]]
 ) -> tuple[str, ...]:
@@ -591,7 +617,12 @@ class Enforcer:
                 # a call whose worst case alone is over the cap would not fit an empty
                 # period: the budget has not reached its limit, and the event (once per
                 # period) is kept for when it does
-                if admission.worst_case <= refusal.cap:
+                used = refusal.spent + refusal.reserved
+                # the cap's own refusal: not a fail-open outage's share of it (which cuts
+                # the cap, while the refusal names the budget's; the figures are this
+                # replica's, so at most the real ones) refusing a call the cap has room for
+                own = used + admission.worst_case > refusal.cap
+                if own and admission.worst_case <= refusal.cap:
                     self._fire(
                         a,
                         rules.Threshold("hard", a.budget.hard_limit_percent),
@@ -599,9 +630,18 @@ class Enforcer:
                         now,
                         refused=True,
                     )
+                # and it refuses calls this big at this cap for the rest of the period (once
+                # per cap: the budget status reads it), unless only calls in flight hold the
+                # room (it is back when they settle: the 429 says retry) or the call is
+                # bigger than the whole cap (it says nothing about the budget)
+                lasting = refusal.spent + admission.worst_case > refusal.cap
+                if lasting and (
+                    admission.worst_case <= refusal.cap or refusal.spent >= refusal.cap
+                ):
+                    event = refusal_event(a, refusal, admission.worst_case)
+                    self._emit(*event, now, a.budget.org_id)
                 retry = int((a.window.end - now).total_seconds()) + 1
                 scope = a.budget.scope_id or a.budget.tag
-                used = refusal.spent + refusal.reserved
                 figures = (
                     f"spent ${format_usd(refusal.spent)}, ${format_usd(refusal.reserved)} in flight"
                 )

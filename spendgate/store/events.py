@@ -129,7 +129,23 @@ async def fired_keys(engine: AsyncEngine, prefix: str) -> list[str]:
 async def fired_keys_many(engine: AsyncEngine, prefixes: Collection[str]) -> dict[str, list[str]]:
     """:func:`fired_keys` of several prefixes in one query (a page of budgets): each
     prefix's keys, oldest first (a key under two of the prefixes is under both)."""
-    out: dict[str, list[str]] = {p: [] for p in prefixes}
+    fired = await fired_many(engine, prefixes)
+    return {prefix: [f.key for f in found] for prefix, found in fired.items()}
+
+
+@dataclass(frozen=True, slots=True)
+class Fired:
+    """An event stored under a dedup key: the key, when, and its data."""
+
+    key: str
+    at: datetime
+    data: dict[str, Any]
+
+
+async def fired_many(engine: AsyncEngine, prefixes: Collection[str]) -> dict[str, list[Fired]]:
+    """The events stored under dedup keys starting with each of ``prefixes``, in one query
+    (a page of budgets): each prefix's, oldest first (one under two prefixes is under both)."""
+    out: dict[str, list[Fired]] = {p: [] for p in prefixes}
     if not out:
         return out
     table = schema.events
@@ -139,11 +155,15 @@ async def fired_keys_many(engine: AsyncEngine, prefixes: Collection[str]) -> dic
         )
         for p in out
     ]
-    query = sa.select(table.c.dedup_key).where(sa.or_(*matches)).order_by(table.c.created_at)
+    query = (
+        sa.select(table.c.dedup_key, table.c.created_at, table.c.data)
+        .where(sa.or_(*matches))
+        .order_by(table.c.created_at)
+    )
     async with engine.connect() as conn:
-        keys = [r[0] for r in await conn.execute(query)]
-    for key in keys:
+        rows = [Fired(r[0], r[1], dict(r[2] or {})) for r in await conn.execute(query)]
+    for row in rows:
         for prefix, found in out.items():
-            if key.startswith(prefix):
-                found.append(key)
+            if row.key.startswith(prefix):
+                found.append(row)
     return out

@@ -13,6 +13,9 @@ EVENT_TYPES: tuple[str, ...] = (
     "budget.threshold_crossed",
     "budget.soft_limit_reached",
     "budget.hard_limit_reached",
+    #: a hard cap refused a call that would fit an empty period: once per budget, period
+    #: and cap, so again after a raise is used up (ours; the status's ``refusing``)
+    "budget.calls_refused",
     "budget.forecast_overrun",
     "budget.exception_granted",
     "budget.exception_expired",
@@ -51,6 +54,7 @@ TYPE_SEVERITY: dict[str, Severity] = {
     "budget.threshold_crossed": "info",
     "budget.soft_limit_reached": "warning",
     "budget.hard_limit_reached": "critical",
+    "budget.calls_refused": "warning",
     "budget.forecast_overrun": "warning",
     "budget.exception_granted": "info",
     "budget.exception_expired": "info",
@@ -79,6 +83,7 @@ TITLES: dict[str, str] = {
     "budget.threshold_crossed": "Budget alert threshold crossed",
     "budget.soft_limit_reached": "Budget soft limit reached",
     "budget.hard_limit_reached": "Budget hard limit reached",
+    "budget.calls_refused": "Budget hard limit refusing calls",
     "budget.forecast_overrun": "Budget forecast to overrun",
     "budget.exception_granted": "Budget exception granted",
     "budget.exception_expired": "Budget exception expired",

@@ -85,6 +85,14 @@ def facts(event: Event) -> list[tuple[str, str]]:
         out.append(("Outlook", str(d["outlook"])))
     if d.get("spent_usd") is not None and d.get("amount_usd") is not None:
         out.append(("Spent", f"{_money(d['spent_usd'])} of {_money(d['amount_usd'])}"))
+    if d.get("worst_case_usd") is not None and d.get("remaining_usd") is not None:
+        out.append(
+            (
+                "Refusing",
+                f"calls whose worst case exceeds {_money(d['remaining_usd'])} remaining "
+                f"(one of {_money(d['worst_case_usd'])} was refused)",
+            )
+        )
     if d.get("balance_usd") is not None:
         out.append(("Balance", _money(d["balance_usd"])))
     if d.get("period_end"):

@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from playwright.sync_api import Page, expect
 
 from spendgate.store import schema
+from tests.conftest import RunningGateway
 from tests.console.conftest import Console, sign_in
 
 SHOTS = Path("/tmp/spendgate-honest-shots")
@@ -148,3 +149,68 @@ def test_names_the_config_dropped_are_warned_on_the_pages(console: Console, page
     _shot(page, "rate-limits")
     page.goto(f"{console.url}/rate-limits/{limit['id']}")
     expect(page.locator(".limit-warning")).to_have_text(f"⚠ Warning: {limit_message}")
+
+
+def _refused(gw: RunningGateway, client: openai.OpenAI) -> None:
+    """A call the hard cap refuses, its event stored (off the call's path) before this ends."""
+    try:
+        _call(client)
+        raise AssertionError("the hard cap let the call through")
+    except openai.RateLimitError:
+        pass
+    gw.run(gw.app.services.drain())
+
+
+def test_a_cap_refusing_calls_with_room_left_says_so(console: Console, page: Page) -> None:
+    """Some of the hard cap is left but less than a call's worst case, and the cap refused
+    a call: the list and the page say it is refusing calls whose worst case exceeds what is
+    left (it read "over soft limit"), and the page says since when and what was refused."""
+    gw = console.gw
+    key = gw.post("/admin/keys", {"name": "k", "org_id": console.org_id})
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    slack = (cost / 4).quantize(Decimal("0.000000001"))
+    budget = gw.post(
+        "/admin/budgets",
+        {
+            "name": "tight",
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "amount_usd": f"{cost * 2 + slack:f}",
+            "hard_limit": True,
+        },
+    )
+    _call(client)
+    _refused(gw, client)
+    status = gw.get(f"/admin/budgets/{budget['id']}/status")
+    left = status["remaining_to_hard_usd"]
+    assert Decimal(left) == slack
+    words = f"refusing calls whose worst case exceeds ${left} remaining"
+
+    sign_in(page, console.url, "finance@acme.test")
+    page.goto(f"{console.url}/usage/budgets")
+    row = page.locator("#budgets-table tbody tr").filter(
+        has=page.get_by_role("link", name="tight", exact=True)
+    )
+    expect(row.locator(".state")).to_have_text(words)
+    page.goto(f"{console.url}/usage/budgets/{budget['id']}")
+    expect(page.locator("main")).to_contain_text(f"status: {words}")
+    note = page.locator("#refusal-note")
+    expect(note).to_contain_text("Refusing calls since 2026-03-10 15:30 UTC.")
+    expect(note).to_contain_text(
+        f"A call that could cost up to ${status['refused_worst_case_usd']} (its prompt "
+        f"estimate + max_tokens) was refused: ${left} is left of the "
+        f"${status['hard_limit_usd']} hard limit"
+    )
+    _shot(page, "budget-page-refusing")
+
+    # lowered to what is spent: used up, so every call is refused (none smaller passes)
+    gw.admin.patch(f"/admin/budgets/{budget['id']}", json={"amount_usd": f"{cost * 2:f}"})
+    page.reload()
+    expect(page.locator("main")).to_contain_text("status: blocked: hard limit reached")
+    expect(page.locator("#refusal-note")).to_have_count(0)  # nothing refused at this cap yet
+    _refused(gw, client)
+    page.reload()
+    expect(page.locator("#refusal-note")).to_contain_text(
+        "hard limit is used up (spent and in flight): every call is refused until"
+    )

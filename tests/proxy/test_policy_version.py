@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -95,6 +96,32 @@ def test_a_new_budget_and_a_lowered_one_bind_on_the_other_replica_at_once(
     # B's status figures count what B spent: the counters are shared
     status = b.get(f"/admin/budgets/{made['id']}/status")
     assert status["spent_usd"] != "0.00" and status["reserved_usd"] == "0.00"
+
+
+def test_a_refusal_on_one_replica_makes_the_status_refusing_on_both(
+    replicas: tuple[RunningGateway, RunningGateway],
+) -> None:
+    """B's hard cap refuses a call with some of the cap left: A's status says
+    ``refusing`` since then, as B's does (the refusal is stored in the shared database,
+    the spend in the shared counters); raised on A, neither says it any more."""
+    a, b = replicas
+    key = a.create_key()
+    cost = Decimal(chat(a, key["key"]).headers["x-spendgate-cost-usd"])
+    slack = (cost / 4).quantize(Decimal("0.000000001"))
+    made = a.post("/admin/budgets", hard_budget(key["id"], f"{cost * 2 + slack:f}"))
+    assert chat(b, key["key"]).status_code == 200
+    refused = chat(b, key["key"])
+    assert code(refused) == "budget_exceeded" and "may cost up to" in refused.text
+    b.run(b.app.services.drain())
+    path = f"/admin/budgets/{made['id']}/status"
+    seen = [gw.get(path) for gw in (a, b)]
+    assert [s["state"] for s in seen] == ["refusing", "refusing"]
+    assert seen[0] == seen[1]
+    assert Decimal(seen[0]["remaining_to_hard_usd"]) == slack
+    raised = a.admin.patch(f"/admin/budgets/{made['id']}", json={"amount_usd": "5"})
+    assert raised.status_code == 200
+    for gw in (a, b):
+        assert gw.get(path)["refusing_since"] is None
 
 
 def test_a_revoked_or_rotated_key_is_refused_by_the_other_replica_at_once(

@@ -258,6 +258,40 @@ def test_fail_open_stays_within_each_replicas_share_and_counters_equal_the_ledge
             stop(started)
 
 
+def test_fail_open_a_share_used_up_is_not_the_budget_refusing(
+    database: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+) -> None:
+    """Fail-open with two replicas: one replica alone uses up its half of the headroom and
+    refuses calls (429), though the cap has room for the other half. That is the outage's
+    share, not the budget: neither ``budget.hard_limit_reached`` nor
+    ``budget.calls_refused`` fires, and once Redis is back the status is not ``refusing``
+    (it would be until the period ended) and the next call is served."""
+    with PrivateRedis(persist=True) as redis:
+        started = gateways(database, upstream[1].url, tmp_path, redis, 2, "open")
+        a = started[0]
+        try:
+            key = a.create_key()
+            cost = Decimal(chat(a, key["key"]).headers["x-spendgate-cost-usd"])
+            made = a.post("/admin/budgets", hard_budget(key["id"], cost * 40))
+            redis.kill()
+            codes = [chat(a, key["key"]).status_code for _ in range(40)]
+            assert codes[0] == 200 and codes[-1] == 429, codes  # A's share, used up
+            redis.start()
+            advance(started, 1.5)
+            assert chat(a, key["key"]).status_code == 200  # the cap had room all along
+            a.run(a.app.services.drain())
+            status = a.get(f"/admin/budgets/{made['id']}/status")
+            assert status["state"] != "refusing" and status["refusing_since"] is None
+            assert not any(t.startswith("hard:") for t in status["thresholds_fired"])
+            for type_ in ("budget.hard_limit_reached", "budget.calls_refused"):
+                assert a.get("/admin/events", type=type_) == []
+        finally:
+            stop(started)
+
+
 def test_fail_open_a_call_still_writing_its_row_when_redis_returns_is_caught_up(
     database: str,
     upstream: tuple[FakeUpstream, ServerHandle],

@@ -449,3 +449,23 @@ def test_url_redactor_masks_urls_only_while_hiding() -> None:
     with redactor.hiding(url):
         assert rendered() == ('HTTP Request: POST https://hooks.slack.com/services/T…/B…/… "200"')
     assert "XXXXSECRET" in rendered()
+
+
+def test_a_cap_refusing_calls_reads_as_what_it_refuses() -> None:
+    """``budget.calls_refused`` says in words which calls the cap refuses and the worst
+    case it refused (it would read as a bare "spent … of …"), and it warns: the hard
+    limit's own event is the one that pages."""
+    event = budget_event(
+        "budget.calls_refused",
+        "",
+        remaining_usd="0.004",
+        worst_case_usd="0.0125",
+        hard_limit_usd="100.00",
+    )
+    for field in ("threshold", "percent", "percent_used", "hard_limit", "refused"):
+        event.data.pop(field)  # not in this event's data
+    text = formats.summary(event)
+    assert text.startswith("Budget hard limit refusing calls: ")
+    assert "refusing calls whose worst case exceeds $0.004 remaining" in text
+    assert "(one of $0.0125 was refused)" in text
+    assert event.severity == "warning"

@@ -1,0 +1,242 @@
+"""A hard-capped budget whose cap refuses calls says so in its status: ``refusing`` (with
+``refusing_since`` and the refused call's worst case) while less than a call's worst case
+is left, though not all of the cap is used; raising the amount, granting an exception and
+a new period each clear it, and a refusal at the new cap sets it again. Real calls through
+the proxy (the openai SDK, the simulated provider); SQLite with memory counters and
+PostgreSQL with Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+import openai
+from typer.testing import CliRunner
+
+from spendgate.cli import app as cli
+from spendgate.testing.fake_upstream import FakeUpstream
+from tests.conftest import MASTER_KEY, RunningGateway
+
+MSG = [{"role": "user", "content": "s"}]
+NANO = Decimal("0.000000001")
+MICRO = Decimal("0.000001")
+
+
+def _call(client: openai.OpenAI) -> Decimal:
+    return Decimal(
+        client.chat.completions.with_raw_response.create(
+            model="demo-small", max_tokens=20, messages=MSG
+        ).headers["x-spendgate-cost-usd"]
+    )
+
+
+def _refused(client: openai.OpenAI) -> Decimal:
+    """A call the hard cap refuses (429 budget_exceeded) for its worst case (some of the
+    cap is left): the worst case its message gives."""
+    try:
+        client.chat.completions.create(model="demo-small", max_tokens=20, messages=MSG)
+    except openai.RateLimitError as exc:
+        body: Any = exc.body
+        assert body["code"] == "budget_exceeded", body
+        found = re.search(r"this call may cost up to \$([0-9.]+)", body["message"])
+        assert found is not None, body["message"]  # refused for its worst case, room left
+        return Decimal(found.group(1))
+    raise AssertionError("the hard cap let the call through")
+
+
+def _status(gateway: RunningGateway, budget_id: str) -> dict[str, Any]:
+    gateway.run(gateway.app.services.drain())  # the refusal's event is stored off the call
+    return gateway.get(f"/admin/budgets/{budget_id}/status")
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def _cli_out(gateway: RunningGateway, *args: str) -> str:
+    result = CliRunner().invoke(
+        cli,
+        [*args, "--url", gateway.url],
+        env={"SPENDGATE_MASTER_KEY": MASTER_KEY, "COLUMNS": "80"},
+    )
+    assert result.exit_code == 0, result.output
+    return result.stdout
+
+
+def _cli(gateway: RunningGateway, *args: str) -> dict[str, str]:
+    """A CLI answer shown as a table: in 80 columns, one ``column  value`` line each."""
+    fields = [line.split(None, 1) for line in _cli_out(gateway, *args).splitlines()]
+    return {f[0]: f[1] if len(f) > 1 else "" for f in fields if f}
+
+
+def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningGateway) -> None:
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)  # each of these calls costs the same (the simulated provider)
+    slack = (cost / 4).quantize(NANO)  # less than a call's worst case
+    budget = gateway.create_budget(
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=f"{cost * 3 + slack:f}",
+        hard_limit=True,
+    )
+    path = f"/admin/budgets/{budget['id']}"
+    _call(client)
+    _call(client)
+    before = _status(gateway, budget["id"])
+    assert before["state"] == "over_soft_limit"  # nothing refused yet
+
+    worst = _refused(client)
+    first = gateway.clock.now()
+    status = _status(gateway, budget["id"])
+    left = Decimal(status["remaining_to_hard_usd"])
+    assert Decimal(status["spent_usd"]) == cost * 3
+    assert left == slack < worst  # not all of the cap is used: not blocked
+    assert status["state"] == "refusing"
+    assert _when(status["refusing_since"]) == first
+    assert Decimal(status["refused_worst_case_usd"]) == worst
+    assert "hard:100" in status["thresholds_fired"]  # the refusal reached the hard limit
+    assert all(t.split(":")[0] in ("alert", "soft", "hard") for t in status["thresholds_fired"])
+    events = gateway.get("/admin/events", type="budget.calls_refused")
+    assert [e["data"]["budget_id"] for e in events] == [budget["id"]]
+    assert Decimal(events[0]["data"]["worst_case_usd"]) == worst
+    assert Decimal(events[0]["data"]["remaining_usd"]) == left
+    audited = gateway.get("/admin/audit", action="budget.calls_refused")["entries"]
+    assert [(e["actor_id"], e["target_id"]) for e in audited] == [("enforcer", budget["id"])]
+    # the CLI's table and JSON say the same
+    table = _cli(gateway, "budgets", "status", budget["id"])
+    assert table["state"] == "refusing"
+    assert table["refused_worst_case_usd"] == status["refused_worst_case_usd"]
+    assert table["refusing_since"].startswith("2026-03-10")
+    as_json = json.loads(_cli_out(gateway, "budgets", "status", budget["id"], "--json"))
+    assert as_json["state"] == "refusing"
+    assert as_json["refusing_since"] == status["refusing_since"]
+    # every further refusal at this cap is the same fact: stored once
+    gateway.clock.advance(60)
+    _refused(client)
+    assert _when(_status(gateway, budget["id"])["refusing_since"]) == first
+    assert len(gateway.get("/admin/events", type="budget.calls_refused")) == 1
+
+    # raising the amount makes room: no longer refusing ...
+    gateway.admin.patch(path, json={"amount_usd": f"{cost * 4 + slack:f}"})
+    status = _status(gateway, budget["id"])
+    assert status["state"] not in ("refusing", "blocked")
+    assert status["refusing_since"] is None and status["refused_worst_case_usd"] is None
+    # ... until the raise is used up and the new cap refuses a call: refusing again
+    _call(client)
+    gateway.clock.advance(60)
+    _refused(client)
+    status = _status(gateway, budget["id"])
+    assert status["state"] == "refusing"
+    assert _when(status["refusing_since"]) == gateway.clock.now()
+    assert len(gateway.get("/admin/events", type="budget.calls_refused")) == 2
+
+    # an exception makes room too
+    gateway.post(
+        f"{path}/exceptions",
+        {"amount_usd": str(cost * 2), "reason": "launch", "expires_at": "2026-03-30T00:00:00Z"},
+    )
+    status = _status(gateway, budget["id"])
+    assert status["state"] not in ("refusing", "blocked")
+    assert status["refusing_since"] is None
+
+    # refused again at the cap with the exception, then a new period starts afresh
+    _call(client)
+    _call(client)
+    _refused(client)
+    assert _status(gateway, budget["id"])["state"] == "refusing"
+    gateway.clock.set(datetime.fromisoformat("2026-04-01T00:00:01+00:00"))
+    status = _status(gateway, budget["id"])
+    assert status["period_key"] != before["period_key"]
+    assert Decimal(status["spent_usd"]) == 0
+    assert status["state"] == "ok"
+    assert status["refusing_since"] is None
+
+
+def test_blocked_stays_blocked_and_a_call_too_big_for_the_whole_cap_sets_nothing(
+    gateway: RunningGateway,
+) -> None:
+    """Spent at the cap: ``blocked`` (worse than refusing), with the refusal's time. A call
+    whose worst case alone is over the whole cap would not fit an empty period: it says
+    nothing about the budget, which stays ``ok``."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    capped = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd=str(cost), hard_limit=True
+    )
+    try:
+        client.chat.completions.create(model="demo-small", max_tokens=20, messages=MSG)
+        raise AssertionError("the hard cap let the call through")
+    except openai.RateLimitError as exc:
+        assert "has reached its hard limit" in str(exc)
+    status = _status(gateway, capped["id"])
+    assert status["state"] == "blocked"
+    assert _when(status["refusing_since"]) == gateway.clock.now()
+
+    other = gateway.create_key()
+    big = openai.OpenAI(base_url=gateway.url + "/v1", api_key=other["key"], max_retries=0)
+    tiny = gateway.create_budget(
+        scope_type="key",
+        scope_id=other["id"],
+        amount_usd=f"{(cost / 100).quantize(NANO):f}",
+        hard_limit=True,
+    )
+    _refused(big)
+    status = _status(gateway, tiny["id"])
+    assert status["state"] == "ok"
+    assert status["refusing_since"] is None
+
+
+def test_room_held_only_by_a_call_in_flight_is_not_refusing(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A stream in flight holds its worst case; a call refused only because of that hold
+    (what is spent leaves room for it: the 429 says retry) sets nothing, since the room
+    comes back when the stream settles, and then the same call is served. Were it
+    ``refusing``, it would say so for the rest of the period."""
+    gate, started = threading.Event(), threading.Event()
+    fake.stream_gate = gate  # every stream sends its first chunk, then waits for this
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    budget = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True
+    )
+
+    def stream() -> None:
+        chunks = client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=4000, messages=MSG, stream=True
+        )
+        for _ in chunks:
+            started.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        streaming = pool.submit(stream)
+        try:
+            assert started.wait(30)
+            held = Decimal(_status(gateway, budget["id"])["reserved_usd"])
+            assert held > 0
+            # the cap: the stream's hold and a millionth of a dollar
+            gateway.admin.patch(
+                f"/admin/budgets/{budget['id']}", json={"amount_usd": f"{held + MICRO:f}"}
+            )
+            small = client.chat.completions.with_raw_response.create
+            try:
+                small(model="gpt-4o-mini", max_tokens=20, messages=MSG)
+                raise AssertionError("the stream's hold left room for the call")
+            except openai.RateLimitError as exc:
+                assert "in flight" in str(exc)
+                assert exc.response.headers.get("x-should-retry") != "false"
+            status = _status(gateway, budget["id"])
+            assert status["state"] == "ok" and status["refusing_since"] is None
+        finally:
+            gate.set()
+        streaming.result(30)
+    status = _status(gateway, budget["id"])
+    assert Decimal(status["reserved_usd"]) == 0 and status["refusing_since"] is None
+    small(model="gpt-4o-mini", max_tokens=20, messages=MSG)  # the room is back: served
