@@ -87,9 +87,10 @@ class StreamMeter:
 
     def feed(self, chunk: bytes) -> bytes:
         """Take upstream bytes; return the bytes to forward to the client now."""
-        if chunk.find(b"\r") >= 0:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buffer = self._pending + chunk
+        # a ``\r\n`` may be cut between two reads: the ``\r`` waits in ``_pending``
+        if chunk.find(b"\r") >= 0 or self._pending.endswith(b"\r"):
+            buffer = buffer.replace(b"\r\n", b"\n")
         end = buffer.rfind(b"\n\n")
         if end < 0:
             self._pending = buffer

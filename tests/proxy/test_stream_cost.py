@@ -309,3 +309,39 @@ def test_the_meter_places_the_cost_however_the_stream_is_split(
     else:
         assert out[at:] == events[-1]
         assert out[:at] == b"".join(events[:-2] if kind == "chat" else events[:-1])
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "body"),
+    [
+        ("chat", "/chat/completions", {"model": "m", "messages": HI}),
+        ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
+        ("response", "/responses", {"model": "m", "input": "hi"}),
+    ],
+)
+def test_a_crlf_stream_cut_anywhere_is_metered_as_the_same_stream_in_lf(
+    kind: str, path: str | None, body: dict[str, Any]
+) -> None:
+    """An upstream that ends its lines with ``\\r\\n`` (SSE allows it; sse-starlette's
+    default), read in two pieces cut at any byte, between a ``\\r`` and its ``\\n`` too:
+    the meter forwards what it forwards for the same stream with ``\\n``, finds the final
+    usage and the end, and places the cost there (a cut inside a ``\\r\\n`` used to merge
+    two events into one: the usage chunk went unseen, billed as an estimate and sent to a
+    client that had not asked for it, or ``[DONE]`` went unseen)."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    events = (
+        simulated.anthropic_stream(body) if path is None else simulated.openai_stream(path, body)
+    )
+    lf = StreamMeter(kind, strip_usage_chunk=True)
+    expected = lf.feed(b"".join(events))
+    assert lf.done and lf.final
+    raw = b"".join(events).replace(b"\n", b"\r\n")
+    for cut in range(1, len(raw)):
+        meter = StreamMeter(kind, strip_usage_chunk=True)
+        first = meter.feed(raw[:cut])
+        at = len(first) + meter.cost_at if meter.done else None
+        out = first + meter.feed(raw[cut:])
+        if at is None:
+            at = len(first) + meter.cost_at
+        assert (meter.done, meter.final, meter.usage) == (True, True, lf.usage), cut
+        assert (out, at) == (expected, lf.cost_at), cut
