@@ -19,6 +19,7 @@ from spendgate.app import Gateway
 from spendgate.core.money import NANOS_PER_USD
 from spendgate.proxy import simulated
 from spendgate.proxy.metering import StreamMeter
+from spendgate.proxy.wire import cost_figure
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import RunningGateway, start_gateway
 
@@ -345,3 +346,43 @@ def test_a_crlf_stream_cut_anywhere_is_metered_as_the_same_stream_in_lf(
             at = len(first) + meter.cost_at
         assert (meter.done, meter.final, meter.usage) == (True, True, lf.usage), cut
         assert (out, at) == (expected, lf.cost_at), cut
+
+
+@pytest.mark.parametrize("sdk", ["anthropic", "openai"])
+def test_a_providers_error_event_is_booked_and_told_before_it(
+    recorded: tuple[RunningGateway, Recorded], fake: FakeUpstream, sdk: str
+) -> None:
+    """The provider ends its stream with its own error event (Anthropic's ``event:
+    error``, OpenAI's ``data: {"error": …}``) before its usage: the SDKs raise on that
+    event and hang up. The call is booked ``incomplete`` on an estimate before the event
+    goes out, and the comment that says so comes right before it (it came after, at the
+    end of the upstream's stream: the SDK, gone, never had it, and the row said
+    ``client_cancelled``). Booked once; no error event of spendgate's own is added."""
+    gateway, seen = recorded
+    key = gateway.create_key()["key"]
+    fake.stream_error_after = 4
+    if sdk == "anthropic":
+        claude = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+        with (
+            pytest.raises(anthropic.APIStatusError, match="Overloaded"),
+            claude.messages.stream(model="claude-sonnet-4-5", max_tokens=50, messages=HI) as s,
+        ):
+            request_id = s.response.headers["x-request-id"]
+            s.get_final_message()
+        error = b"event: error\ndata: "
+    else:
+        oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+        request_id = chat.response.headers["x-request-id"]
+        with pytest.raises(openai.APIError, match="Overloaded"):
+            list(chat)
+        error = b'data: {"error":'
+    row = row_of(gateway, request_id)  # exactly one row
+    assert (row["status"], row["usage_estimated"]) == ("incomplete", True)
+    raw = seen.body(request_id)
+    _, said = told(raw)
+    assert said == [f"{cost_figure(row['cost_nanos'])} status=incomplete usage=estimated"]
+    comment = COST.search(raw)
+    assert comment is not None
+    rest = raw[comment.end() :]
+    assert rest.startswith(error) and rest.count(b"\n\n") == 1, rest
