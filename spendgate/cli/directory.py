@@ -132,9 +132,13 @@ def users_set_password(
     """Set a user's console password (asked for twice, not echoed; at least 12
     characters). Their open console sessions end. In a script, without a terminal:
     echo "$PW" | spendgate users set-password USER_ID --password-stdin"""
+    stdin = sys.stdin  # None when started with it closed (``<&-``): not a terminal either
+    if password_stdin and stdin is None:
+        err_console.print("[red]--password-stdin: standard input is closed[/]")
+        raise typer.Exit(2)
     if password_stdin:
-        password = sys.stdin.readline().rstrip("\r\n")
-    elif not sys.stdin.isatty():  # else getpass warns and reads the pipe, echoing it
+        password = stdin.readline().rstrip("\r\n")
+    elif stdin is None or not stdin.isatty():  # else getpass warns, reads the pipe, echoes
         err_console.print(
             "[red]no terminal to ask the password on:[/] pipe it in with --password-stdin "
             '(one line), as in: echo "$PW" | spendgate users set-password '

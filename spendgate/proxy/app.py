@@ -497,11 +497,13 @@ class ProxyApp:
             await start_stream(send, headers)
             async for chunk in response.chunks:
                 out = meter.feed(chunk)
-                if meter.done and not booked:
+                if (meter.done or meter.failed) and not booked:
                     # settled and on disk before the terminal event ([DONE], message_stop,
-                    # response.completed) goes out: a client that saw the end of its
-                    # stream has its spend recorded, whatever happens to this process
-                    told = await self._book_stream(call, guarded, meter, disconnect, "ok")
+                    # response.completed, the provider's error) goes out: a client that saw
+                    # the end of its stream has its spend recorded, whatever happens to this
+                    # process (and one that leaves on an error is not "client_cancelled")
+                    status = "ok" if meter.done or meter.final else "incomplete"
+                    told = await self._book_stream(call, guarded, meter, disconnect, status)
                     booked = True
                     out = out[: meter.cost_at] + told + out[meter.cost_at :]
                 if out and not disconnect.done():
@@ -519,7 +521,8 @@ class ProxyApp:
                 booked = True
             # a stream that broke before its end says so: the client must not take the
             # part it got for the whole answer
-            tail = b"" if meter.done else stream_error_event(err, call.endpoint.wire)
+            ended = meter.done or meter.failed
+            tail = b"" if ended else stream_error_event(err, call.endpoint.wire)
             await send({"type": "http.response.body", "body": told + tail, "more_body": False})
         finally:
             await response.close()

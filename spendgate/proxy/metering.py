@@ -50,10 +50,10 @@ def _loads(data: bytes | None) -> dict[str, Any] | None:
 #: what an event that carries usage or ends the stream contains, per kind; a match is
 #: only a candidate (the event is parsed), a miss is certain
 _MARKERS = {
-    "message": (b"message_",),  # message_start, message_delta, message_stop
-    "response": (b"response.completed", b"response.incomplete", b"response.failed"),
+    "message": (b"message_", b'"error"'),  # message_start, message_delta, message_stop
+    "response": (b"response.completed", b"response.incomplete", b"response.failed", b'"error"'),
 }
-_CHAT_MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]")
+_CHAT_MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]", b'"error"')
 
 
 def _carries(data: bytes, markers: tuple[bytes, ...]) -> bool:
@@ -78,18 +78,24 @@ class StreamMeter:
         self.final = False
         self.events = 0
         self.done = False
+        #: the provider ended the stream with an error event (Anthropic's ``event: error``,
+        #: ``data: {"error": …}``): nothing follows it, and the client (the SDKs raise on
+        #: it) may go at once
+        self.failed = False
         #: where, in the bytes of the ``feed`` that saw the stream end, its cost is told:
         #: before the terminal event (``[DONE]``, ``message_stop``), or after
-        #: ``response.completed`` (which carries the usage, and ends the stream)
+        #: ``response.completed`` (which carries the usage, and ends the stream); before
+        #: the provider's error event
         self.cost_at = 0
         self._pending = b""
         self._markers = _MARKERS.get(kind, _CHAT_MARKERS)
 
     def feed(self, chunk: bytes) -> bytes:
         """Take upstream bytes; return the bytes to forward to the client now."""
-        if chunk.find(b"\r") >= 0:
-            chunk = chunk.replace(b"\r\n", b"\n")
         buffer = self._pending + chunk
+        # a ``\r\n`` may be cut between two reads: the ``\r`` waits in ``_pending``
+        if chunk.find(b"\r") >= 0 or self._pending.endswith(b"\r"):
+            buffer = buffer.replace(b"\r\n", b"\n")
         end = buffer.rfind(b"\n\n")
         if end < 0:
             self._pending = buffer
@@ -100,14 +106,14 @@ class StreamMeter:
             self.events += complete.count(b"\n\n")
             return complete
         out = []
-        ended = self.done
+        ended = self.done or self.failed
         for event in complete.split(b"\n\n")[:-1]:
             self.events += 1
             if self._inspect(event):
                 out.append(event + b"\n\n")
-            if self.done and not ended:
+            if (self.done or self.failed) and not ended:
                 ended = True
-                told = len(out) if self.kind == "response" else len(out) - 1
+                told = len(out) if self.kind == "response" and self.done else len(out) - 1
                 self.cost_at = sum(map(len, out[:told]))
         return b"".join(out)
 
@@ -137,6 +143,11 @@ class StreamMeter:
             return True
         payload = _loads(data)
         if payload is None:
+            return True
+        if payload.get("type") == "error" or (
+            self.kind in ("chat", "completion") and payload.get("error") is not None
+        ):
+            self.failed = True
             return True
         if self.kind == "message":
             return self._anthropic(payload)

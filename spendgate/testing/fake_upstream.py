@@ -14,6 +14,8 @@ Knobs are plain attributes, set by the test that needs them:
 * ``stream_delay_seconds``          wait between stream events.
 * ``drop_stream_after``             close the connection after N events, mid-stream,
   before any usage or ``[DONE]``.
+* ``stream_error_after``            after N events, send the provider's own error event
+  (Anthropic's ``event: error``, OpenAI's ``data: {"error": …}``) and end the stream.
 * ``required_api_key``              demand ``Authorization: Bearer``, ``x-api-key`` or
   ``api-key`` carrying it, else 401 (an OpenAI-style one shows the start and end of the
   key it got, as OpenAI's does).
@@ -156,6 +158,7 @@ class FakeUpstream:
         self.delay_seconds: float = 0.0
         self.stream_delay_seconds: float = 0.0
         self.drop_stream_after: int | None = None
+        self.stream_error_after: int | None = None
         self.required_api_key: str | None = None
         self.stream_gate: threading.Event | None = None
         self.redirect_to: str | None = None
@@ -233,6 +236,12 @@ class FakeUpstream:
             except InvalidRequest as exc:
                 await _send_json(send, 400, error_body(where.provider, 400, exc.message))
                 return
+            if self.stream_error_after is not None:
+                overloaded = error_body(where.provider, 529, "Overloaded")
+                error = b"data: " + orjson.dumps(overloaded) + b"\n\n"
+                if where.provider == "anthropic":
+                    error = b"event: error\n" + error
+                events = [*events[: self.stream_error_after], error]
             await self._send_stream(send, events)
             return
         if where.provider == "anthropic":

@@ -254,3 +254,35 @@ def test_set_password_at_a_terminal_asks_twice_on_stderr() -> None:
     assert said.startswith("password: \r\nRepeat for confirmation: \r\n"), said
     assert "Warning" not in said and "a long enough password" not in said, said
     assert f"cannot reach spendgate at {url}" in said
+
+
+def _close_stdin() -> None:
+    os.close(0)
+
+
+def test_set_password_with_stdin_closed_is_one_line_too() -> None:
+    """Started with standard input closed (``<&-``, a daemon's child), Python has no
+    ``sys.stdin`` at all: the terminal check printed an AttributeError traceback. It is
+    no terminal: the same one line, exit 2; and ``--password-stdin`` says stdin is
+    closed. No request is made either way."""
+    url = f"http://127.0.0.1:{free_port()}"
+    base = [*COMMANDS["script"], "users", "set-password", "user_x", "--url", url]
+    refused = subprocess.run(
+        base, env=ENV, capture_output=True, preexec_fn=_close_stdin, start_new_session=True
+    )
+    said = refused.stderr.decode()
+    assert (refused.returncode, refused.stdout) == (2, b""), said
+    assert said.splitlines() == [
+        "no terminal to ask the password on: pipe it in with --password-stdin (one line), "
+        'as in: echo "$PW" | spendgate users set-password user_x --password-stdin'
+    ]
+    flag = subprocess.run(
+        [*base, "--password-stdin"],
+        env=ENV,
+        capture_output=True,
+        preexec_fn=_close_stdin,
+        start_new_session=True,
+    )
+    said = flag.stderr.decode()
+    assert (flag.returncode, flag.stdout) == (2, b""), said
+    assert said.splitlines() == ["--password-stdin: standard input is closed"]

@@ -19,6 +19,7 @@ from spendgate.app import Gateway
 from spendgate.core.money import NANOS_PER_USD
 from spendgate.proxy import simulated
 from spendgate.proxy.metering import StreamMeter
+from spendgate.proxy.wire import cost_figure
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import RunningGateway, start_gateway
 
@@ -309,3 +310,79 @@ def test_the_meter_places_the_cost_however_the_stream_is_split(
     else:
         assert out[at:] == events[-1]
         assert out[:at] == b"".join(events[:-2] if kind == "chat" else events[:-1])
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "body"),
+    [
+        ("chat", "/chat/completions", {"model": "m", "messages": HI}),
+        ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
+        ("response", "/responses", {"model": "m", "input": "hi"}),
+    ],
+)
+def test_a_crlf_stream_cut_anywhere_is_metered_as_the_same_stream_in_lf(
+    kind: str, path: str | None, body: dict[str, Any]
+) -> None:
+    """An upstream that ends its lines with ``\\r\\n`` (SSE allows it; sse-starlette's
+    default), read in two pieces cut at any byte, between a ``\\r`` and its ``\\n`` too:
+    the meter forwards what it forwards for the same stream with ``\\n``, finds the final
+    usage and the end, and places the cost there (a cut inside a ``\\r\\n`` used to merge
+    two events into one: the usage chunk went unseen, billed as an estimate and sent to a
+    client that had not asked for it, or ``[DONE]`` went unseen)."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    events = (
+        simulated.anthropic_stream(body) if path is None else simulated.openai_stream(path, body)
+    )
+    lf = StreamMeter(kind, strip_usage_chunk=True)
+    expected = lf.feed(b"".join(events))
+    assert lf.done and lf.final
+    raw = b"".join(events).replace(b"\n", b"\r\n")
+    for cut in range(1, len(raw)):
+        meter = StreamMeter(kind, strip_usage_chunk=True)
+        first = meter.feed(raw[:cut])
+        at = len(first) + meter.cost_at if meter.done else None
+        out = first + meter.feed(raw[cut:])
+        if at is None:
+            at = len(first) + meter.cost_at
+        assert (meter.done, meter.final, meter.usage) == (True, True, lf.usage), cut
+        assert (out, at) == (expected, lf.cost_at), cut
+
+
+@pytest.mark.parametrize("sdk", ["anthropic", "openai"])
+def test_a_providers_error_event_is_booked_and_told_before_it(
+    recorded: tuple[RunningGateway, Recorded], fake: FakeUpstream, sdk: str
+) -> None:
+    """The provider ends its stream with its own error event (Anthropic's ``event:
+    error``, OpenAI's ``data: {"error": …}``) before its usage: the SDKs raise on that
+    event and hang up. The call is booked ``incomplete`` on an estimate before the event
+    goes out, and the comment that says so comes right before it (it came after, at the
+    end of the upstream's stream: the SDK, gone, never had it, and the row said
+    ``client_cancelled``). Booked once; no error event of spendgate's own is added."""
+    gateway, seen = recorded
+    key = gateway.create_key()["key"]
+    fake.stream_error_after = 4
+    if sdk == "anthropic":
+        claude = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+        with (
+            pytest.raises(anthropic.APIStatusError, match="Overloaded"),
+            claude.messages.stream(model="claude-sonnet-4-5", max_tokens=50, messages=HI) as s,
+        ):
+            request_id = s.response.headers["x-request-id"]
+            s.get_final_message()
+        error = b"event: error\ndata: "
+    else:
+        oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+        request_id = chat.response.headers["x-request-id"]
+        with pytest.raises(openai.APIError, match="Overloaded"):
+            list(chat)
+        error = b'data: {"error":'
+    row = row_of(gateway, request_id)  # exactly one row
+    assert (row["status"], row["usage_estimated"]) == ("incomplete", True)
+    raw = seen.body(request_id)
+    _, said = told(raw)
+    assert said == [f"{cost_figure(row['cost_nanos'])} status=incomplete usage=estimated"]
+    comment = COST.search(raw)
+    assert comment is not None
+    rest = raw[comment.end() :]
+    assert rest.startswith(error) and rest.count(b"\n\n") == 1, rest
