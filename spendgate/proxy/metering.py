@@ -131,9 +131,16 @@ class StreamMeter:
         return msgspec.structs.replace(usage, output_tokens=output), True
 
     def finish(self) -> bytes:
-        """Whatever trailing bytes the upstream left without a closing blank line."""
+        """Whatever trailing bytes the upstream left without a closing blank line: the
+        stream's last event when the upstream closed right after it (its usage counts, a
+        usage chunk the client did not ask for is still dropped), else a broken piece,
+        forwarded as it came."""
         rest, self._pending = self._pending, b""
-        return rest
+        event = rest.rstrip(b"\n")
+        if not event:
+            return rest
+        self.events += 1
+        return rest if self._inspect(event) else b""
 
     def _inspect(self, event: bytes) -> bool:
         """Record usage from one event; ``False`` when the event must not be forwarded."""

@@ -386,3 +386,38 @@ def test_a_providers_error_event_is_booked_and_told_before_it(
     assert comment is not None
     rest = raw[comment.end() :]
     assert rest.startswith(error) and rest.count(b"\n\n") == 1, rest
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "body"),
+    [
+        ("chat", "/chat/completions", {"model": "m", "messages": HI}),
+        ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
+        ("response", "/responses", {"model": "m", "input": "hi"}),
+    ],
+)
+@pytest.mark.parametrize("ending", [b"", b"\n"])
+def test_a_last_event_without_its_blank_line_is_still_metered(
+    kind: str, path: str | None, body: dict[str, Any], ending: bytes
+) -> None:
+    """An upstream that closes right after its last event, without the blank line that
+    ends it: the event is still read (the final usage, the end), so the call is billed
+    from the provider's figure, not estimated; a usage chunk the client did not ask for
+    is still dropped (it used to be forwarded unread: billed as an estimate)."""
+    body = {**body, "stream": True, "stream_options": {"include_usage": True}}
+    events = (
+        simulated.anthropic_stream(body) if path is None else simulated.openai_stream(path, body)
+    )
+    whole = StreamMeter(kind, strip_usage_chunk=True)
+    whole.feed(b"".join(events))
+    if kind == "chat":  # the usage chunk last, no [DONE] after it: forwarded without it
+        events = events[:-1]
+        expected = b"".join(events[:-1])
+    cut = b"".join(events).removesuffix(b"\n\n") + ending
+    meter = StreamMeter(kind, strip_usage_chunk=True)
+    out = meter.feed(cut) + meter.finish()
+    assert meter.final and meter.usage == whole.usage
+    if kind == "chat":
+        assert out == expected
+    else:
+        assert meter.done and out == cut
