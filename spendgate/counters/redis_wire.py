@@ -29,8 +29,8 @@ from typing import Any, Protocol, cast
 import hiredis
 from redis.asyncio import Redis
 from redis.asyncio.connection import SSLConnection, UnixDomainSocketConnection
+from redis.exceptions import BusyLoadingError, ResponseError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 
@@ -145,7 +145,7 @@ class PipelinedRedis:
             finally:
                 timer.cancel()
         if isinstance(reply, ResponseError):
-            raise reply
+            raise _error(reply)
         return reply
 
     async def _connection(self) -> _Protocol:
@@ -191,6 +191,17 @@ class PipelinedRedis:
         if self._conn is not None and self._conn.transport is not None:
             self._conn.transport.close()
         self._conn = None
+
+
+def _error(reply: ResponseError) -> Exception:
+    """An error reply as redis-py raises it where the type matters: ``LOADING`` (a Redis
+    restarted with its data, still reading it) is a ``BusyLoadingError``, a
+    ``ConnectionError`` as in redis-py, so the breaker treats it as Redis being away
+    (fail-open or fail-closed) and not as a call that failed (a 503 in fail-open mode)."""
+    message = str(reply)
+    if message.startswith("LOADING"):
+        return BusyLoadingError(message)
+    return reply
 
 
 class _PipelinedScript:

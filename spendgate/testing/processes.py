@@ -163,7 +163,8 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> None:
+    def start(self, *options: str) -> None:
+        """Start (again); ``options``: more ``redis-server`` options, for this start only."""
         self.proc = subprocess.Popen(
             [
                 "redis-server",
@@ -182,6 +183,7 @@ class PrivateRedis:
                 "no",
                 "--loglevel",
                 "warning",
+                *options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

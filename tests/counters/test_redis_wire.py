@@ -86,6 +86,35 @@ async def test_a_lost_connection_fails_its_calls_then_connects_again() -> None:
             await client.aclose()
 
 
+async def test_a_redis_still_loading_its_data_is_away_not_a_failed_call() -> None:
+    """A Redis restarted with its data answers ``LOADING`` until it has read it back (for
+    seconds, with a large data set): that is redis-py's ``BusyLoadingError``, a
+    ConnectionError, so the breaker keeps the replica in its outage mode. As a plain
+    ResponseError it reached the proxy as a failed call: a 503 in fail-open mode (CI:
+    ``test_fail_open_stays_within_each_replicas_share...[redis-kept-its-data]``).
+    ``key-load-delay`` (microseconds a key) keeps this Redis loading for the test."""
+    with PrivateRedis(persist=True) as server:
+        client = pooled_client(server.url)
+        async with client.pipeline(transaction=False) as pipe:
+            for i in range(20_000):  # one command a key: its append-only file reads slowly
+                pipe.set(f"k{i}", "v")
+            await pipe.execute()
+        await client.aclose()
+        await asyncio.to_thread(server.kill)
+        await asyncio.to_thread(
+            server.start,
+            "--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024",
+        )  # fmt: skip
+        client = pooled_client(server.url)
+        wire = PipelinedRedis(client)
+        try:
+            with pytest.raises(RedisConnectionError, match="LOADING"):
+                await wire.script(ECHO)(keys=["a"], args=["b", 1])
+        finally:
+            await wire.aclose()
+            await client.aclose()
+
+
 async def test_the_urls_database_is_the_one_written() -> None:
     with PrivateRedis() as server:
         url = server.url.rsplit("/", 1)[0] + "/3"
