@@ -240,3 +240,61 @@ def test_room_held_only_by_a_call_in_flight_is_not_refusing(
     status = _status(gateway, budget["id"])
     assert Decimal(status["reserved_usd"]) == 0 and status["refusing_since"] is None
     small(model="gpt-4o-mini", max_tokens=20, messages=MSG)  # the room is back: served
+
+
+def test_a_cap_lowered_below_one_that_refused_a_call_is_refusing(gateway: RunningGateway) -> None:
+    """An exception raised the cap, the raised cap refused a call, and the exception ran
+    out by itself: the cap is back down, what is spent has not fallen, so a call that big
+    is refused at the lower cap too and the budget is ``refusing`` since that refusal (it
+    read "over soft limit" until the lower cap refused a call of its own). A call too big
+    for the whole lowered cap would not fit an empty period: it sets nothing there."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    slack = (cost / 4).quantize(NANO)
+    budget = gateway.create_budget(
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=f"{cost * 3 + slack:f}",
+        hard_limit=True,
+    )
+    path = f"/admin/budgets/{budget['id']}"
+    _call(client)
+    _call(client)
+    # nothing refused at the budget's own cap: an exception first, which leaves too little
+    gateway.post(
+        f"{path}/exceptions",
+        {"amount_usd": f"{slack:f}", "reason": "launch", "expires_at": "2026-03-10T16:30:00Z"},
+    )
+    worst = _refused(client)
+    refused_at = gateway.clock.now()
+    assert _status(gateway, budget["id"])["state"] == "refusing"
+
+    gateway.clock.set(datetime.fromisoformat("2026-03-10T16:30:01+00:00"))  # it ran out
+    status = _status(gateway, budget["id"])
+    assert status["active_exceptions"] == 0
+    assert Decimal(status["remaining_to_hard_usd"]) == slack < worst
+    assert status["state"] == "refusing"
+    assert _when(status["refusing_since"]) == refused_at
+    assert Decimal(status["refused_worst_case_usd"]) == worst
+    _refused(client)  # as the status says
+
+    # lowered by hand below what the refused call needs, though not below what is spent:
+    # that call would not fit an empty period at the lowered cap, so it says nothing there
+    other = gateway.create_key()
+    big = openai.OpenAI(base_url=gateway.url + "/v1", api_key=other["key"], max_retries=0)
+    tight = gateway.create_budget(
+        scope_type="key",
+        scope_id=other["id"],
+        amount_usd=f"{cost + slack:f}",
+        hard_limit=True,
+    )
+    _call(big)
+    worst = _refused(big)
+    assert _status(gateway, tight["id"])["state"] == "refusing"
+    lowered = ((cost * 2 + worst) / 3).quantize(NANO)
+    assert cost < lowered < worst
+    gateway.admin.patch(f"/admin/budgets/{tight['id']}", json={"amount_usd": f"{lowered:f}"})
+    status = _status(gateway, tight["id"])
+    assert status["state"] == "over_soft_limit"
+    assert status["refusing_since"] is None
