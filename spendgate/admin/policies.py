@@ -292,6 +292,7 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     """The status of each stored budget in ``rows`` (the caller may read them: checked
     before), in order: a page of budgets costs the same few queries as one."""
     now = svc.clock.now()
+    await svc.enforcer.current()  # the exceptions another replica granted (``raises_for``)
     budgets = [budget_from_row(row) for row in rows]
     windows = [window_at(now, b.period, b.timezone, b.week_start) for b in budgets]
     prefixes = [f"budget:{b.id}:{w.key}:" for b, w in zip(budgets, windows, strict=True)]
