@@ -387,9 +387,9 @@ def budget_state(
 ) -> str:
     """The budget's state now, worst first: ``blocked`` (its hard cap is reached by what is
     spent and reserved: every call is refused), ``refusing`` (its hard cap refused a call
-    this period at the cap in force now: calls whose worst case is over what is left are
-    refused, smaller ones pass), ``over_soft_limit`` (spent), ``at_risk`` (the forecast
-    lands at or above the amount), else ``ok``."""
+    this period that the cap in force now refuses too, :func:`refusal_at`: calls whose
+    worst case is over what is left are refused, smaller ones pass), ``over_soft_limit``
+    (spent), ``at_risk`` (the forecast lands at or above the amount), else ``ok``."""
     if cap is not None and used >= cap:
         return "blocked"
     if cap is not None and refusing:
