@@ -435,11 +435,18 @@ def _config_file(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
     try:
-        return tomllib.loads(Path(path).read_text())
+        raw = tomllib.loads(Path(path).read_text())
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for table in ("gateway", "providers", "models"):
+        if not isinstance(raw.get(table, {}), dict):
+            raise ConfigError(f"[{table}] must be a table, not {raw[table]!r}")
+    for name, entry in raw.get("providers", {}).items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"providers.{name} must be a table, not {entry!r}")
+    return raw
 
 
 def database_url_of(config_path: str | None) -> str:
@@ -448,8 +455,7 @@ def database_url_of(config_path: str | None) -> str:
     commands that open the database without serving (``db migrate``, ``webhooks
     reencrypt``), which migrated a new ``spendgate.db`` when the URL was in the config."""
     gateway = _config_file(config_path).get("gateway", {})
-    url = gateway.get("database_url", DEFAULT_DATABASE_URL) if isinstance(gateway, dict) else None
-    return checked_database_url(url)
+    return checked_database_url(gateway.get("database_url", DEFAULT_DATABASE_URL))
 
 
 def load_settings(

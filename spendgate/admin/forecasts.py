@@ -147,6 +147,7 @@ async def current_forecast(
     """The budget's forecast as of now (:func:`forecasts_now`), computed if there is none
     fresh of this period."""
     budget = budget_from_row(await svc.policies.get_budget(budget_id))
+    await svc.enforcer.current()  # the exceptions another replica granted (``raises_for``)
     at = svc.clock.now()
     window = window_at(at, budget.period, budget.timezone, budget.week_start)
     amount = effective_amount(budget, svc.enforcer.raises_for(budget.id), at)

@@ -292,6 +292,7 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     """The status of each stored budget in ``rows`` (the caller may read them: checked
     before), in order: a page of budgets costs the same few queries as one."""
     now = svc.clock.now()
+    await svc.enforcer.current()  # the exceptions another replica granted (``raises_for``)
     budgets = [budget_from_row(row) for row in rows]
     windows = [window_at(now, b.period, b.timezone, b.week_start) for b in budgets]
     prefixes = [f"budget:{b.id}:{w.key}:" for b, w in zip(budgets, windows, strict=True)]
@@ -355,15 +356,25 @@ def _is_refusal(prefix: str, fired: Fired) -> bool:
 
 def refusal_at(prefix: str, cap: int | None, fired: Sequence[Fired]) -> Fired | None:
     """This period's ``budget.calls_refused`` (in ``fired``, the events under the period's
-    ``prefix``) at the hard cap in force now, if the cap refused a call: the first such
-    refusal. One at another cap does not count: raising the amount, an exception or a new
-    percentage made room, and a new refusal at the new cap fires its own. The same cap
-    again (raised, then put back) counts: spend never falls within a period, so a call that
-    big is refused again."""
+    ``prefix``) that still holds at the hard cap in force now, if any: the first such
+    refusal. One at the same cap holds (raised, then put back: spend never falls within a
+    period, so a call that big is refused again), and so does one at a higher cap (an
+    exception that ran out, an amount lowered) for a call that fits the lower cap: there
+    is less room still. One at a lower cap does not: raising the amount, an exception or a
+    new percentage made room, and a new refusal at the new cap fires its own."""
     if cap is None:
         return None
-    key = f"{prefix}{REFUSED_AT_CAP}{cap}"
-    return next((f for f in fired if f.key == key), None)
+    at = prefix + REFUSED_AT_CAP
+    for f in fired:
+        refused_cap = f.key[len(at) :] if f.key.startswith(at) else ""
+        if not refused_cap.isdigit():
+            continue
+        if int(refused_cap) == cap:
+            return f
+        worst = f.data.get("worst_case_usd")
+        if int(refused_cap) > cap and worst is not None and usd_to_nanos(worst) <= cap:
+            return f
+    return None
 
 
 def budget_state(
@@ -376,9 +387,9 @@ def budget_state(
 ) -> str:
     """The budget's state now, worst first: ``blocked`` (its hard cap is reached by what is
     spent and reserved: every call is refused), ``refusing`` (its hard cap refused a call
-    this period at the cap in force now: calls whose worst case is over what is left are
-    refused, smaller ones pass), ``over_soft_limit`` (spent), ``at_risk`` (the forecast
-    lands at or above the amount), else ``ok``."""
+    this period that the cap in force now refuses too, :func:`refusal_at`: calls whose
+    worst case is over what is left are refused, smaller ones pass), ``over_soft_limit``
+    (spent), ``at_risk`` (the forecast lands at or above the amount), else ``ok``."""
     if cap is not None and used >= cap:
         return "blocked"
     if cap is not None and refusing:

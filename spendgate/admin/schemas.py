@@ -509,8 +509,9 @@ class BudgetStatus(BaseModel):
         description="when the hard cap in force now first refused a call this period (a "
         "call whose worst case, prompt estimate + max_tokens, was over what spend left; "
         "not one refused only for the holds of calls in flight); "
-        "null: none since the period began or the cap last changed (amount, exception, "
-        "hard limit %)",
+        "also a refusal at a higher cap this period (an exception ran out, the amount was "
+        "lowered) for a call that fits the cap now: spend never falls, so it is refused "
+        "again; null: none (raising the cap clears it)",
     )
     refused_worst_case_usd: str | None = Field(
         None, description="the worst case of that refused call; null with refusing_since"

@@ -113,7 +113,7 @@ def subject_of(key: dict[str, Any]) -> rules.Subject:
 async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
     """Every budget, open wallet and rate limit the key's calls count against, now."""
     now = svc.clock.now()
-    snapshot = await svc.enforcer.policies()
+    snapshot = await svc.enforcer.current()  # with what another replica changed
     subject = subject_of(key)
     budgets, wallets = snapshot.by_org.get(key["org_id"], ((), ()))
     out: list[Headroom] = []

@@ -357,6 +357,24 @@ class Enforcer:
         """The current snapshot, reloaded when older than the refresh interval."""
         return await self._policies()
 
+    async def current(self) -> PolicySnapshot:
+        """:meth:`policies`, reloaded first if another replica changed them since: the
+        shared counters' generation is read (one round trip), as an admission would find
+        it. For reads that answer with the policies (a budget's status: its exceptions),
+        which no admission on this replica may have reloaded yet. Redis unreachable: the
+        snapshot as it is."""
+        snapshot = await self._policies()
+        if not self._counters.shared or not self.counters_reachable():
+            return snapshot
+        try:
+            seen = await self._counters.generation()
+        except RedisError as exc:
+            log.warning("policy version not checked, Redis unreachable: %s", exc)
+            return snapshot
+        if seen != snapshot.generation:
+            await self.resync(seen)
+        return self._snapshot
+
     async def _policies(self) -> PolicySnapshot:
         if self._stale():
             try:

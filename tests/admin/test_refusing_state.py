@@ -74,20 +74,39 @@ def _cli(gateway: RunningGateway, *args: str) -> dict[str, str]:
     return {f[0]: f[1] if len(f) > 1 else "" for f in fields if f}
 
 
-def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningGateway) -> None:
+def _capped_key(gateway: RunningGateway, amount: Decimal) -> tuple[openai.OpenAI, dict[str, Any]]:
+    """A new key's client and a hard-capped budget of ``amount`` on it."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    budget = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd=f"{amount:f}", hard_limit=True
+    )
+    return client, budget
+
+
+def _nearly_used_up(
+    gateway: RunningGateway,
+) -> tuple[openai.OpenAI, Decimal, Decimal, dict[str, Any]]:
+    """A key's client, a call's cost, a quarter of it (less than a call's worst case) and
+    the key's hard-capped budget of three calls and that quarter, after three calls."""
     key = gateway.create_key()
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
     cost = _call(client)  # each of these calls costs the same (the simulated provider)
-    slack = (cost / 4).quantize(NANO)  # less than a call's worst case
+    slack = (cost / 4).quantize(NANO)
     budget = gateway.create_budget(
         scope_type="key",
         scope_id=key["id"],
         amount_usd=f"{cost * 3 + slack:f}",
         hard_limit=True,
     )
+    _call(client)
+    _call(client)
+    return client, cost, slack, budget
+
+
+def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningGateway) -> None:
+    client, cost, slack, budget = _nearly_used_up(gateway)
     path = f"/admin/budgets/{budget['id']}"
-    _call(client)
-    _call(client)
     before = _status(gateway, budget["id"])
     assert before["state"] == "over_soft_limit"  # nothing refused yet
 
@@ -179,14 +198,7 @@ def test_blocked_stays_blocked_and_a_call_too_big_for_the_whole_cap_sets_nothing
     assert status["state"] == "blocked"
     assert _when(status["refusing_since"]) == gateway.clock.now()
 
-    other = gateway.create_key()
-    big = openai.OpenAI(base_url=gateway.url + "/v1", api_key=other["key"], max_retries=0)
-    tiny = gateway.create_budget(
-        scope_type="key",
-        scope_id=other["id"],
-        amount_usd=f"{(cost / 100).quantize(NANO):f}",
-        hard_limit=True,
-    )
+    big, tiny = _capped_key(gateway, (cost / 100).quantize(NANO))
     _refused(big)
     status = _status(gateway, tiny["id"])
     assert status["state"] == "ok"
@@ -240,3 +252,43 @@ def test_room_held_only_by_a_call_in_flight_is_not_refusing(
     status = _status(gateway, budget["id"])
     assert Decimal(status["reserved_usd"]) == 0 and status["refusing_since"] is None
     small(model="gpt-4o-mini", max_tokens=20, messages=MSG)  # the room is back: served
+
+
+def test_a_cap_lowered_below_one_that_refused_a_call_is_refusing(gateway: RunningGateway) -> None:
+    """An exception raised the cap, the raised cap refused a call, and the exception ran
+    out by itself: the cap is back down, what is spent has not fallen, so a call that big
+    is refused at the lower cap too and the budget is ``refusing`` since that refusal (it
+    read "over soft limit" until the lower cap refused a call of its own). A call too big
+    for the whole lowered cap would not fit an empty period: it sets nothing there."""
+    client, cost, slack, budget = _nearly_used_up(gateway)
+    path = f"/admin/budgets/{budget['id']}"
+    # nothing refused at the budget's own cap: an exception first, which leaves too little
+    gateway.post(
+        f"{path}/exceptions",
+        {"amount_usd": f"{slack:f}", "reason": "launch", "expires_at": "2026-03-10T16:30:00Z"},
+    )
+    worst = _refused(client)
+    refused_at = gateway.clock.now()
+    assert _status(gateway, budget["id"])["state"] == "refusing"
+
+    gateway.clock.set(datetime.fromisoformat("2026-03-10T16:30:01+00:00"))  # it ran out
+    status = _status(gateway, budget["id"])
+    assert status["active_exceptions"] == 0
+    assert Decimal(status["remaining_to_hard_usd"]) == slack < worst
+    assert status["state"] == "refusing"
+    assert _when(status["refusing_since"]) == refused_at
+    assert Decimal(status["refused_worst_case_usd"]) == worst
+    _refused(client)  # as the status says
+
+    # lowered by hand below what the refused call needs, though not below what is spent:
+    # that call would not fit an empty period at the lowered cap, so it says nothing there
+    big, tight = _capped_key(gateway, cost + slack)
+    _call(big)
+    worst = _refused(big)
+    assert _status(gateway, tight["id"])["state"] == "refusing"
+    lowered = ((cost * 2 + worst) / 3).quantize(NANO)
+    assert cost < lowered < worst
+    gateway.admin.patch(f"/admin/budgets/{tight['id']}", json={"amount_usd": f"{lowered:f}"})
+    status = _status(gateway, tight["id"])
+    assert status["state"] == "over_soft_limit"
+    assert status["refusing_since"] is None

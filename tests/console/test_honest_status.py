@@ -208,9 +208,12 @@ def test_a_cap_refusing_calls_with_room_left_says_so(console: Console, page: Pag
     gw.admin.patch(f"/admin/budgets/{budget['id']}", json={"amount_usd": f"{cost * 2:f}"})
     page.reload()
     expect(page.locator("main")).to_contain_text("status: blocked: hard limit reached")
-    expect(page.locator("#refusal-note")).to_have_count(0)  # nothing refused at this cap yet
-    _refused(gw, client)
-    page.reload()
-    expect(page.locator("#refusal-note")).to_contain_text(
+    # the call refused at the higher cap is refused at the lower one too: since then
+    note = page.locator("#refusal-note")
+    expect(note).to_contain_text("Refusing calls since 2026-03-10 15:30 UTC.")
+    expect(note).to_contain_text(
         "hard limit is used up (spent and in flight): every call is refused until"
     )
+    _refused(gw, client)
+    page.reload()
+    expect(note).to_contain_text("Refusing calls since 2026-03-10 15:30 UTC.")

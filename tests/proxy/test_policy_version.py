@@ -18,6 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
+from spendgate.console.key_limits import key_limits
+from spendgate.core.money import format_usd
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import RunningGateway, start_gateway
 
@@ -103,7 +105,10 @@ def test_a_refusal_on_one_replica_makes_the_status_refusing_on_both(
 ) -> None:
     """B's hard cap refuses a call with some of the cap left: A's status says
     ``refusing`` since then, as B's does (the refusal is stored in the shared database,
-    the spend in the shared counters); raised on A, neither says it any more."""
+    the spend in the shared counters); an exception granted on A makes room on both at
+    once (B read the exceptions from the snapshot it last loaded, so until its next call
+    it said ``refusing`` without the exception; its forecast and the key's limits left it
+    out too); raised on A, neither says it."""
     a, b = replicas
     key = a.create_key()
     cost = Decimal(chat(a, key["key"]).headers["x-spendgate-cost-usd"])
@@ -118,6 +123,30 @@ def test_a_refusal_on_one_replica_makes_the_status_refusing_on_both(
     assert [s["state"] for s in seen] == ["refusing", "refusing"]
     assert seen[0] == seen[1]
     assert Decimal(seen[0]["remaining_to_hard_usd"]) == slack
+
+    def grant(amount: int) -> Decimal:
+        """An exception granted on A; the amount B must count now."""
+        a.post(
+            f"/admin/budgets/{made['id']}/exceptions",
+            {"amount_usd": str(amount), "reason": "launch", "expires_at": "2026-03-30T00:00:00Z"},
+        )
+        return cost * 2 + slack + sum(range(1, amount + 1))
+
+    # each read on B counts the exception granted on A just before: the key's limits (the
+    # console's key page) ...
+    raised_to = grant(1)
+    row = b.get(f"/admin/keys/{key['id']}")
+    (limit,) = [h for h in b.run(key_limits(b.app.services, row)) if h.id == made["id"]]
+    assert Decimal(format_usd(limit.limit)) == raised_to
+    # ... the forecast ...
+    raised_to = grant(2)
+    assert Decimal(b.get(f"/admin/forecasts/{made['id']}")["amount_usd"]) == raised_to
+    # ... and the status, as A's
+    raised_to = grant(3)
+    seen = [gw.get(path) for gw in (b, a)]
+    assert [s["active_exceptions"] for s in seen] == [3, 3]
+    assert seen[0] == seen[1] and seen[0]["refusing_since"] is None
+    assert Decimal(seen[0]["effective_amount_usd"]) == raised_to
     raised = a.admin.patch(f"/admin/budgets/{made['id']}", json={"amount_usd": "5"})
     assert raised.status_code == 200
     for gw in (a, b):

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from spendgate.errors import ConfigError
-from spendgate.settings import load_settings
+from spendgate.settings import database_url_of, load_settings
 
 SIM = '[providers.sim]\nkind = "simulated"\n'
 
@@ -35,6 +35,11 @@ SIM = '[providers.sim]\nkind = "simulated"\n'
          "models.m.default_max_tokens"),
         ('[providers.o]\nkind = "openai"\napi_key = "k"\ntimeout_seconds = "1m"',
          "providers.o.timeout_seconds"),
+        # not a table where one belongs: was an AttributeError traceback
+        ("gateway = 5", "[gateway] must be a table"),
+        ('providers = "openai"', "[providers] must be a table"),
+        ("models = [1]", "[models] must be a table"),
+        ("[providers]\nopenai = 5", "providers.openai must be a table"),
     ],
 )  # fmt: skip
 def test_bad_values_are_refused_naming_the_setting(tmp_path: Path, toml: str, named: str) -> None:
@@ -127,3 +132,12 @@ def test_every_key_the_settings_read_is_known() -> None:
     anomalies = source[source.index("def _anomaly_settings") :]
     anomalies = anomalies[: anomalies.index("\ndef ")]
     assert set(re.findall(r'raw\.get\("(\w+)"', anomalies)) == CONFIG_KEYS["anomalies"]
+
+
+def test_migrate_names_a_gateway_that_is_not_a_table(tmp_path: Path) -> None:
+    """``db migrate --config`` reads ``[gateway] database_url``: a ``gateway`` that is
+    not a table is named as such (it said the database URL was ``'None'``)."""
+    config = tmp_path / "c.toml"
+    config.write_text("gateway = 5\n")
+    with pytest.raises(ConfigError, match=r"\[gateway\] must be a table"):
+        database_url_of(str(config))
