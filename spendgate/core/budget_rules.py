@@ -117,6 +117,21 @@ def applies(budget: Budget, subject: Subject) -> bool:
     return scope_ok and counts(budget.categories, subject)
 
 
+#: the ``Subject`` field a budget of each scope compares with its ``scope_id`` (org and tag
+#: scopes: none a reader can select on by equality alone)
+SCOPE_FIELDS = {"team": "team_id", "user": "user_id", "agent": "agent_id", "key": "key_id"}
+
+
+def scope_field(budget: Budget) -> tuple[str, str] | None:
+    """``(Subject field, value)`` that every call :func:`applies` counts for ``budget``
+    has, or None: a reader of stored spend may select only those calls first (an index),
+    and still asks :func:`applies` of each (the scope is never the whole rule)."""
+    field_name = SCOPE_FIELDS.get(budget.scope_type)
+    if field_name is None or budget.scope_id is None:
+        return None
+    return field_name, budget.scope_id
+
+
 def counts(categories: Categories, subject: Subject) -> bool:
     if categories.providers and subject.provider not in categories.providers:
         return False
