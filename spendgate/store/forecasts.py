@@ -223,9 +223,13 @@ async def stored_buckets(
                 grouped[_subject_key(dims, dims[5] or ())][int(bucket)] += int(cost)
         if first < last:
             query = _rollup_query(first, last, seconds, org_id, narrow)
-            for *dims, bucket, whole, rest in await conn.execute(query):
-                key = _subject_key([v or None for v in dims], json.loads(dims[5]))
-                grouped[key][int(bucket)] += cost_from_sums(whole, rest)
+            keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # a subject's rows share one
+            for row in await conn.execute(query):
+                dims = tuple(row[:-3])
+                key = keys.get(dims)
+                if key is None:
+                    key = keys[dims] = _subject_key([v or None for v in dims], json.loads(dims[5]))
+                grouped[key][int(row[-3])] += cost_from_sums(row[-2], row[-1])
     return _as_buckets(seconds, {k: (list(v), list(v.values())) for k, v in grouped.items()})
 
 
