@@ -336,10 +336,15 @@ async def _budget_days(
         rules.scope_field(budget),
     )
     out: dict[date, int] = defaultdict(int)
+    days: dict[int, date] = {}  # the local day of each bucket, worked out once
     for subject, buckets, costs in stored.by_org.get(row["org_id"], []):
         if rules.applies(budget, subject):
             for bucket, cost in zip(buckets.tolist(), costs.tolist(), strict=True):
-                out[datetime.fromtimestamp(bucket * size, UTC).astimezone(zone).date()] += cost
+                day = days.get(bucket)
+                if day is None:
+                    at = datetime.fromtimestamp(bucket * size, UTC)
+                    day = days[bucket] = at.astimezone(zone).date()
+                out[day] += cost
     return out
 
 
