@@ -1,13 +1,17 @@
 """Server time per console page with a large ledger (default: 1,000,000 rows on PostgreSQL).
 
     .venv/bin/python bench/console_bench.py [--rows 1000000] [--budgets 20] [--repeat 30]
-        [--pg postgresql://postgres@127.0.0.1:5432/postgres] [--keep]
+        [--forecast-repeat 5] [--pg postgresql://postgres@127.0.0.1:5432/postgres] [--keep]
 
 Builds (untimed) a fresh database with one org, 8 teams with a key each, ``--budgets``
-team budgets and ``--rows`` ledger rows spread over the last 90 days (written by
-PostgreSQL itself with ``generate_series``, then rolled up with ``store.rebuild``),
-then serves the gateway in a thread on 127.0.0.1 and times ``--repeat`` requests of each
-page, signed in as the org admin.
+team budgets, one more monthly team budget with categories (``CATEGORIES``: a model
+family and a tag, so it counts only some of its team's calls) and ``--rows`` ledger rows
+spread over the last 90 days (a third tagged ``search``, a third ``batch`` and
+``search``, a third untagged; written by PostgreSQL itself with ``generate_series``, then
+rolled up with ``store.rebuild``), then serves the gateway in a thread on 127.0.0.1 and
+times ``--repeat`` requests of each page, signed in as the org admin, and
+``--forecast-repeat`` recomputations of each of the two kinds of budget's forecast
+(``GET /admin/forecasts/{id}?refresh=true``, the master key).
 Printed: the first view's milliseconds (nothing kept yet: /usage reads every day from the
 rollups), then p50, p95 and max of the views after it (a request on loopback: the server's
 time plus a few hundred microseconds; /usage then reuses the figures of closed days, see
@@ -42,6 +46,9 @@ from spendgate.testing.fake_upstream import serve_in_thread
 MASTER = "sg-master-console-bench-0123456789"
 NOW = datetime(2026, 3, 20, 15, 0, tzinfo=UTC)
 MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini", "claude-sonnet-4-5"]
+TAG_SETS = ['["search"]', '["batch", "search"]', "[]"]
+#: what the budget with categories counts of its team: the gpt-4o family, tagged search
+CATEGORIES = {"models": ["gpt-4o*"], "tags": ["search"]}
 
 FILL = """
 INSERT INTO ledger (request_id, org_id, team_id, user_id, agent_id, key_id, tags, provider,
@@ -49,7 +56,8 @@ INSERT INTO ledger (request_id, org_id, team_id, user_id, agent_id, key_id, tags
     cache_read_tokens, cache_write_tokens, reasoning_tokens, cost_nanos, price_unknown,
     usage_estimated, latency_ms, started_at, finished_at, usage_implausible)
 SELECT 'req_' || g, $1, ($2::text[])[1 + g % 8], NULL, NULL, ($3::text[])[1 + g % 8],
-    '[]'::jsonb, 'openai', ($4::text[])[1 + (g / 7) % 5], ($4::text[])[1 + (g / 7) % 5],
+    ($7::text[])[1 + (g / 3) % 3]::jsonb, 'openai', ($4::text[])[1 + (g / 7) % 5],
+    ($4::text[])[1 + (g / 7) % 5],
     'chat', false, CASE WHEN g % 50 = 0 THEN 'error' ELSE 'ok' END, 200,
     100 + g % 900, 50 + g % 400, 0, 0, 0, 1000 + (g * 7919) % 2000000, false, false, 300,
     $5::timestamptz - make_interval(secs => (g::float8 / $6) * 90 * 86400),
@@ -78,7 +86,7 @@ async def _drop_db(admin_dsn: str, name: str) -> None:
 async def _fill(dsn: str, org: str, teams: list[str], keys: list[str], rows: int) -> None:
     conn = await asyncpg.connect(dsn)
     try:
-        await conn.execute(FILL, org, teams, keys, MODELS, NOW, rows)
+        await conn.execute(FILL, org, teams, keys, MODELS, NOW, rows, TAG_SETS)
         await conn.execute("ANALYZE ledger")
     finally:
         await conn.close()
@@ -108,6 +116,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--budgets", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=30)
+    parser.add_argument("--forecast-repeat", type=int, default=5)
     parser.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--keep", action="store_true", help="keep the database afterwards")
     args = parser.parse_args()
@@ -175,11 +184,28 @@ def measure(args: argparse.Namespace, dsn: str, url: str) -> None:
                     "amount_usd": "50",
                 },
             ).json()["id"]
+        picky = admin.post(
+            "/admin/budgets",
+            json={
+                "name": "categories",
+                "scope_type": "team",
+                "scope_id": teams[0],
+                "amount_usd": "50",
+                "categories": CATEGORIES,
+            },
+        )
+        picky.raise_for_status()
+        some = picky.json()["id"]
+        status = admin.get(f"/admin/budgets/{some}/status").json()
+        print(f"the budget with categories {CATEGORIES}: ${status['spent_usd']} spent this period")
     pages = {
         "/usage (30 days by model)": "/usage",
         "/usage (90 days by team, weekly)": "/usage?preset=90d&group_by=team&grain=week",
         "/usage with a budget": f"/usage?preset=mtd&budget={budget}",
-        f"/usage/budgets ({args.budgets} budgets)": "/usage/budgets",
+        "/usage with a budget with categories": f"/usage?preset=mtd&budget={some}",
+        f"/usage/budgets ({args.budgets + 1} budgets)": "/usage/budgets",
+        "/usage/budgets/{id} (plain)": f"/usage/budgets/{budget}",
+        "/usage/budgets/{id} (categories)": f"/usage/budgets/{some}",
         "/notifications": "/notifications",
     }
     with httpx.Client(base_url=url, timeout=120) as browser:
@@ -205,6 +231,21 @@ def measure(args: argparse.Namespace, dsn: str, url: str) -> None:
             print(
                 f"{label:40} {first:9.1f} {statistics.median(times):8.1f} "
                 f"{_percentile(times, 0.95):8.1f} {max(times):8.1f}"
+            )
+    # after the pages: a stored forecast would change what their first views do
+    with httpx.Client(base_url=url, headers=headers, timeout=120) as admin:
+        forecasts = {"plain": budget, "with categories": some}
+        print(f"\n{'forecast recomputed':40} {'first ms':>9} {'p50 ms':>8} {'max ms':>8}")
+        for label, budget_id in forecasts.items():
+            times = []
+            for _ in range(1 + args.forecast_repeat):
+                t0 = time.perf_counter()
+                admin.get(f"/admin/forecasts/{budget_id}?refresh=true").raise_for_status()
+                times.append((time.perf_counter() - t0) * 1000)
+            rest = times[1:] or times
+            print(
+                f"{'budget ' + label:40} {times[0]:9.1f} {statistics.median(rest):8.1f} "
+                f"{max(rest):8.1f}"
             )
 
 

@@ -38,7 +38,7 @@ from spendgate.core.access import Can, Owner
 from spendgate.core.csv_cells import table_csv
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import ValidationFailed
-from spendgate.store.forecasts import bucket_seconds, ledger_buckets
+from spendgate.store.forecasts import bucket_seconds, stored_buckets
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(include_in_schema=False)
@@ -319,20 +319,32 @@ async def _budget_days(
     svc: Any, row: dict[str, Any], start: datetime, end: datetime
 ) -> dict[date, int]:
     """Spend per local day of a budget that counts only some of its scope's calls (its
-    categories: providers, model patterns, kinds, tags), from the ledger's calls the budget
-    counts (``budget_rules.applies``, as its status and forecast count them): the rollups
-    cannot tell a model pattern or a call's whole tag set."""
+    categories: providers, model patterns, kinds, tags): each subject (every attribute a
+    budget can filter on, the tag set whole) that the budget counts
+    (``budget_rules.applies``, as its status and forecast count them), summed per
+    bucket from the wide rollup and the ledger's part buckets at the ends
+    (``forecasts.stored_buckets``: the ledger's figures, to the nano)."""
     budget = budget_from_row(row)
     zone = ZoneInfo(row["timezone"])
     size = bucket_seconds([row["timezone"]], start, end)
-    ledger = await ledger_buckets(
-        svc.engine, start, end + timedelta(seconds=1), size, [row["org_id"]]
+    stored = await stored_buckets(
+        svc.engine,
+        start,
+        end + timedelta(seconds=1),
+        size,
+        row["org_id"],
+        rules.scope_field(budget),
     )
     out: dict[date, int] = defaultdict(int)
-    for subject, buckets, costs in ledger.by_org.get(row["org_id"], []):
+    days: dict[int, date] = {}  # the local day of each bucket, worked out once
+    for subject, buckets, costs in stored.by_org.get(row["org_id"], []):
         if rules.applies(budget, subject):
             for bucket, cost in zip(buckets.tolist(), costs.tolist(), strict=True):
-                out[datetime.fromtimestamp(bucket * size, UTC).astimezone(zone).date()] += cost
+                day = days.get(bucket)
+                if day is None:
+                    at = datetime.fromtimestamp(bucket * size, UTC)
+                    day = days[bucket] = at.astimezone(zone).date()
+                out[day] += cost
     return out
 
 

@@ -96,25 +96,36 @@ class Threshold:
         return f"{self.kind}:{self.percent.normalize():f}"
 
 
+#: the ``Subject`` field a budget of each scope compares with its ``scope_id`` (org and tag
+#: scopes: none a reader can select on by equality alone)
+SCOPE_FIELDS = {"team": "team_id", "user": "user_id", "agent": "agent_id", "key": "key_id"}
+
+
 def applies(budget: Budget, subject: Subject) -> bool:
     """Whether ``subject``'s call counts against ``budget`` (every budget of the org is
     asked on every call, so only the budget's own scope is compared)."""
     scope = budget.scope_type
-    if scope == "org":
+    field_name = SCOPE_FIELDS.get(scope)
+    if field_name is not None:  # team, user, agent, key
+        value = getattr(subject, field_name)
+        scope_ok = value is not None and value == budget.scope_id
+    elif scope == "org":
         scope_ok = subject.org_id == budget.scope_id
-    elif scope == "team":
-        scope_ok = subject.team_id is not None and subject.team_id == budget.scope_id
-    elif scope == "user":
-        scope_ok = subject.user_id is not None and subject.user_id == budget.scope_id
-    elif scope == "agent":
-        scope_ok = subject.agent_id is not None and subject.agent_id == budget.scope_id
-    elif scope == "key":
-        scope_ok = subject.key_id == budget.scope_id
     elif scope == "tag":
         scope_ok = budget.tag in subject.tags and subject.org_id == budget.org_id
     else:
         raise KeyError(scope)
     return scope_ok and counts(budget.categories, subject)
+
+
+def scope_field(budget: Budget) -> tuple[str, str] | None:
+    """``(Subject field, value)`` that every call :func:`applies` counts for ``budget``
+    has, or None: a reader of stored spend may select only those calls first (an index),
+    and still asks :func:`applies` of each (the scope is never the whole rule)."""
+    field_name = SCOPE_FIELDS.get(budget.scope_type)
+    if field_name is None or budget.scope_id is None:
+        return None
+    return field_name, budget.scope_id
 
 
 def counts(categories: Categories, subject: Subject) -> bool:

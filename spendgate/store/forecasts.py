@@ -20,6 +20,7 @@ proxy's request path.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -38,15 +39,18 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from spendgate.core import budget_rules as rules
 from spendgate.core import forecast_overrun as fo
 from spendgate.core import forecasting as fc
+from spendgate.core import showback as sb
 from spendgate.core.budget_windows import Window, days_in_window, window_at
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
 from spendgate.stopping import Stop
 from spendgate.store import schema
+from spendgate.store.cost_sums import cost_from_sums, split_cost_sum
 from spendgate.store.database import upsert
 from spendgate.store.events import record_event
 from spendgate.store.leases import take_lease, while_held
 from spendgate.store.policies import PolicySnapshot
+from spendgate.store.rollups import usage_rollup
 from spendgate.store.schema import JSONType, UTCDateTime
 
 log = logging.getLogger("spendgate")
@@ -58,6 +62,7 @@ CHUNK = 250
 #: rows per IN (...) list
 ID_BATCH = 500
 Ints = NDArray[np.int64]
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 budget_forecasts = sa.Table(
     "budget_forecasts",
@@ -126,6 +131,34 @@ def _bucket(dialect: str, column: Any, seconds: int) -> Any:
     return sa.cast(sa.func.floor(sa.extract("epoch", column) / size), sa.BigInteger)
 
 
+#: what a budget can filter on, as the ledger and the wide rollup name them
+DIMS = ("org_id", "team_id", "user_id", "agent_id", "key_id", "tags", "provider", "model", "kind")
+
+
+def _ledger_query(
+    dialect: str,
+    start: datetime,
+    end: datetime,
+    seconds: int,
+    org_ids: Sequence[str] | None,
+    narrow: tuple[str, str] | None = None,
+) -> sa.Select[Any]:
+    """The ledger rows started in ``[start, end)``, summed by ``DIMS`` and bucket."""
+    t = schema.ledger
+    dims = [t.c[d] for d in DIMS]
+    bucket = _bucket(dialect, t.c.started_at, seconds)
+    query = (
+        sa.select(*dims, bucket, sa.func.sum(t.c.cost_nanos))
+        .where(t.c.started_at >= start, t.c.started_at < end, t.c.cost_nanos.is_not(None))
+        .group_by(*dims, bucket)
+    )
+    if org_ids is not None:
+        query = query.where(t.c.org_id.in_(sorted(set(org_ids))))
+    if narrow is not None:
+        query = query.where(t.c[narrow[0]] == narrow[1])
+    return query
+
+
 async def ledger_buckets(
     engine: AsyncEngine,
     start: datetime,
@@ -134,33 +167,20 @@ async def ledger_buckets(
     org_ids: Sequence[str] | None = None,
 ) -> LedgerBuckets:
     """One grouped pass over the ledger rows started in ``[start, end)``."""
-    t = schema.ledger
-    dims = (
-        t.c.org_id,
-        t.c.team_id,
-        t.c.user_id,
-        t.c.agent_id,
-        t.c.key_id,
-        t.c.tags,
-        t.c.provider,
-        t.c.model,
-        t.c.kind,
-    )
-    bucket = _bucket(engine.dialect.name, t.c.started_at, seconds)
-    query = (
-        sa.select(*dims, bucket, sa.func.sum(t.c.cost_nanos))
-        .where(t.c.started_at >= start, t.c.started_at < end, t.c.cost_nanos.is_not(None))
-        .group_by(*dims, bucket)
-    )
-    if org_ids is not None:
-        query = query.where(t.c.org_id.in_(sorted(set(org_ids))))
     grouped: dict[tuple[Any, ...], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    query = _ledger_query(engine.dialect.name, start, end, seconds, org_ids)
     async with engine.connect() as conn:
         result = await conn.execute(query)
         for org, team, user, agent, key, tags, provider, model, kind, b, cost in result:
             entry = grouped[(org, team, user, agent, key, tuple(tags or ()), provider, model, kind)]
             entry[0].append(int(b))
             entry[1].append(int(cost))
+    return _as_buckets(seconds, grouped)
+
+
+def _as_buckets(
+    seconds: int, grouped: Mapping[tuple[Any, ...], tuple[list[int], list[int]]]
+) -> LedgerBuckets:
     out = LedgerBuckets(seconds)
     for dims_key, (buckets, costs) in grouped.items():
         subject = rules.Subject(*dims_key)
@@ -168,6 +188,72 @@ async def ledger_buckets(
             (subject, np.asarray(buckets, dtype=np.int64), np.asarray(costs, dtype=np.int64))
         )
     return out
+
+
+async def stored_buckets(
+    engine: AsyncEngine,
+    start: datetime,
+    end: datetime,
+    seconds: int,
+    org_id: str,
+    narrow: tuple[str, str] | None = None,
+) -> LedgerBuckets:
+    """What ``ledger_buckets`` sums of one org, to the nano, mostly from the wide rollup:
+    it holds every attribute a budget can filter on (the tag set whole) per 15-minute
+    bucket, and is written in the ledger batch's own transaction, so its whole buckets
+    inside ``[start, end)`` are read from it (a row per subject and bucket, not per call)
+    and only the part buckets at either end from the ledger. A subject's tags are its tag
+    set (sorted, once each). ``narrow``: ``(field, value)`` of ``budget_rules.scope_field``,
+    read only those calls; the caller still matches each subject (``budget_rules.applies``)."""
+    if seconds % sb.BUCKET_SECONDS:
+        raise ValueError(f"{seconds} s is not whole rollup buckets")
+    step = timedelta(seconds=sb.BUCKET_SECONDS)
+    first = -((EPOCH - start) // step)  # the first bucket starting at or after start
+    last = (end - EPOCH) // step  # the bucket holding end (its rows are past end)
+    ledger = [(start, end)]
+    if first < last:
+        ledger = [
+            (a, b) for a, b in ((start, first * step + EPOCH), (last * step + EPOCH, end)) if a < b
+        ]
+    grouped: dict[tuple[Any, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    async with engine.connect() as conn:
+        for a, b in ledger:
+            query = _ledger_query(engine.dialect.name, a, b, seconds, [org_id], narrow)
+            for *dims, bucket, cost in await conn.execute(query):
+                grouped[_subject_key(dims, dims[5] or ())][int(bucket)] += int(cost)
+        if first < last:
+            query = _rollup_query(first, last, seconds, org_id, narrow)
+            keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # a subject's rows share one
+            for row in await conn.execute(query):
+                dims = tuple(row[:-3])
+                key = keys.get(dims)
+                if key is None:
+                    key = keys[dims] = _subject_key([v or None for v in dims], json.loads(dims[5]))
+                grouped[key][int(row[-3])] += cost_from_sums(row[-2], row[-1])
+    return _as_buckets(seconds, {k: (list(v), list(v.values())) for k, v in grouped.items()})
+
+
+def _subject_key(dims: Sequence[Any], tags: Iterable[str]) -> tuple[Any, ...]:
+    """``DIMS`` as a subject's fields, the tags as a sorted set (the rollup's tag set)."""
+    return (dims[0], *dims[1:5], tuple(sorted(set(tags))), *dims[6:])
+
+
+def _rollup_query(
+    first: int, last: int, seconds: int, org_id: str, narrow: tuple[str, str] | None
+) -> sa.Select[Any]:
+    """The wide rollup's buckets ``[first, last)`` of the org, summed by ``DIMS`` and
+    ``seconds``-long bucket, the cost as whole dollars and nanos (exact)."""
+    t = usage_rollup
+    dims = [t.c[d] for d in DIMS]
+    bucket = t.c.bucket // sa.literal_column(str(seconds // sb.BUCKET_SECONDS), sa.Integer)
+    query = (
+        sa.select(*dims, bucket, *split_cost_sum(t.c.cost_usd, t.c.cost_nanos))
+        .where(t.c.org_id == org_id, t.c.bucket >= first, t.c.bucket < last)
+        .group_by(*dims, bucket)
+    )
+    if narrow is not None:
+        query = query.where(t.c[narrow[0]] == narrow[1])
+    return query
 
 
 # -- 2. each budget's local days ------------------------------------------------------------
