@@ -269,10 +269,25 @@ class LedgerBacklogFull(StateUnavailable):
 
 
 class UpstreamTimeout(SpendgateError):
+    """The provider did not answer in time. ``sent``: the whole request had reached it
+    (a read timeout), so it is generating and will bill the call; False: it timed out
+    before that (connecting, or still sending the body), and nothing is billed.
+    ``billed``: the headers that tell the client what the gateway booked for it."""
+
     status = 504
     code = "upstream_timeout"
     kind = "api_error"
     anthropic_kind = "api_error"
+
+    def __init__(
+        self, message: str, *, sent: bool = True, billed: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.sent = sent
+        self.billed = billed or {}
+
+    def headers(self) -> dict[str, str]:
+        return dict(self.billed)
 
 
 class ConfigError(Exception):
