@@ -269,10 +269,11 @@ class LedgerBacklogFull(StateUnavailable):
 
 
 class UpstreamTimeout(SpendgateError):
-    """The provider did not answer in time. ``sent``: the whole request had reached it
-    (a read timeout), so it is generating and will bill the call; False: it timed out
-    before that (connecting, or still sending the body), and nothing is billed.
-    ``billed``: the headers that tell the client what the gateway booked for it."""
+    """The provider did not answer in time. ``billable``: it had the whole request (a
+    read timeout on a 2xx or before any answer), so it is generating and will bill the
+    call; False: the timeout came before that (connecting, the body still going out) or
+    the provider was answering with an error. ``billed``: the headers that tell the
+    client what the gateway booked."""
 
     status = 504
     code = "upstream_timeout"
@@ -280,10 +281,10 @@ class UpstreamTimeout(SpendgateError):
     anthropic_kind = "api_error"
 
     def __init__(
-        self, message: str, *, sent: bool = True, billed: dict[str, str] | None = None
+        self, message: str, *, billable: bool = True, billed: dict[str, str] | None = None
     ) -> None:
         super().__init__(message)
-        self.sent = sent
+        self.billable = billable
         self.billed = billed or {}
 
     def headers(self) -> dict[str, str]:

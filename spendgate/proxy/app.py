@@ -446,7 +446,9 @@ class ProxyApp:
         (it generates and bills whether or not its answer arrives), and the operator
         bills such timeouts (``[gateway] bill_upstream_timeouts``)."""
         return (
-            isinstance(err, UpstreamTimeout) and err.sent and self._settings.bill_upstream_timeouts
+            isinstance(err, UpstreamTimeout)
+            and err.billable
+            and self._settings.bill_upstream_timeouts
         )
 
     async def _timed_out(
@@ -457,10 +459,10 @@ class ProxyApp:
         bills it), else $0."""
         if not self._bills(err):
             await self._book(call, guarded, err.status, "timeout", None)
-            unbilled = "nothing was billed" if err.sent else "nothing reached the provider"
+            why = "" if err.billable else "nothing the provider bills was sent, so it is "
             return UpstreamTimeout(
-                f"{err.message}; {unbilled}, not billed",
-                sent=err.sent,
+                f"{err.message}; {why}not billed",
+                billable=err.billable,
                 billed={"x-spendgate-cost-usd": cost_figure(0)},
             )
         usage, _ = self._worst(call)

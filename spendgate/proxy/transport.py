@@ -138,8 +138,8 @@ class AiohttpTransport:
             if _delivered(upload):
                 raise UpstreamTimeout("the upstream provider did not answer in time") from exc
             raise UpstreamTimeout(
-                "the upstream provider could not be reached in time (the request was not sent)",
-                sent=False,
+                "the upstream provider could not be reached in time (nothing reached it)",
+                billable=False,
             ) from exc
         except aiohttp.ClientError as exc:
             raise unavailable("the upstream provider could not be reached", request, exc) from exc
@@ -160,7 +160,10 @@ class AiohttpTransport:
             try:
                 body = await resp.read()
             except TimeoutError as exc:
-                raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+                # an error answer (its body stalled) is not a call the provider bills
+                raise UpstreamTimeout(
+                    "the upstream provider did not answer in time", billable=resp.status < 300
+                ) from exc
             except aiohttp.ClientError as exc:
                 raise unavailable("the upstream connection failed", request, exc) from exc
             finally:

@@ -164,6 +164,19 @@ def test_a_stalled_stream_is_billed_at_its_worst_case(
     assert (row["status"], row["usage_estimated"], row["cost_nanos"]) == ("timeout", True, worst)
 
 
+def test_a_stream_with_no_answer_in_time_is_a_billed_504(gateway: RunningGateway) -> None:
+    """A streamed call whose provider sends nothing (not even its headers) in time: no
+    stream started, so it is the 504 a non-streamed call gets, billed the same."""
+    key = gateway.create_key()
+    body = slow_body(30, stream=True)
+    response = post(gateway, key["key"], body)
+    assert response.status_code == 504, response.text
+    assert response.headers["x-spendgate-cost-usd"] == format_usd(worst_case(body, 30))
+    [row] = gateway.ledger()
+    assert (row["status"], row["stream"], row["usage_estimated"]) == ("timeout", True, True)
+    assert row["cost_nanos"] == worst_case(body, 30)
+
+
 @pytest.fixture
 def black_hole() -> Iterator[int]:
     """A port whose listen queue is full: a connect to it hangs (SYNs are dropped), so
@@ -200,7 +213,8 @@ def test_a_timeout_before_the_request_went_out_is_not_billed(
         assert response.status_code == 504, response.text
         error = response.json()["error"]
         assert error["code"] == "upstream_timeout"
-        assert "nothing reached the provider" in error["message"]
+        assert "nothing reached it" in error["message"]
+        assert "not billed" in error["message"]
         assert response.headers["x-spendgate-cost-usd"] == "0.00"
         [row] = gateway.ledger()
         assert (row["status"], row["cost_nanos"], row["usage_estimated"]) == ("timeout", 0, False)
