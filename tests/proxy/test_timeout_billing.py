@@ -88,6 +88,7 @@ def test_a_read_timeout_is_billed_at_the_held_worst_case_and_counts_in_the_budge
         scope_id=key["id"],
         amount_usd=format_usd(worst * 3 // 2),
         hard_limit=True,
+        alert_percentages=[50],
     )
     response = post(gateway, key["key"], body)
     assert response.status_code == 504, response.text
@@ -103,10 +104,35 @@ def test_a_read_timeout_is_billed_at_the_held_worst_case_and_counts_in_the_budge
     assert row["cost_nanos"] == worst
     status = gateway.get(f"/admin/budgets/{budget['id']}/status")
     assert Decimal(status["spent_usd"]) == Decimal(format_usd(worst))
+    assert "alert:50" in status["thresholds_fired"]  # two thirds spent
     sent = forwarded(fake)
     refused = post(gateway, key["key"], body)
     assert refused.status_code == 429, refused.text
     assert refused.json()["error"]["code"] == "budget_exceeded"
+    assert forwarded(fake) == sent
+
+
+def test_a_read_timeout_is_taken_from_a_wallet(gateway: RunningGateway, fake: FakeUpstream) -> None:
+    """A prepaid wallet pays for the timed-out call's worst case: with room for one
+    such call, the next is refused (402) before it reaches the provider."""
+    key = gateway.create_key()
+    body = slow_body()
+    worst = worst_case(body, 100)
+    wallet = gateway.post(
+        "/admin/wallets",
+        {
+            "scope_type": "key",
+            "scope_id": key["id"],
+            "initial_topup_usd": format_usd(worst * 3 // 2),
+        },
+    )
+    assert post(gateway, key["key"], body).status_code == 504
+    balance = gateway.get(f"/admin/wallets/{wallet['id']}")["balance_usd"]
+    assert Decimal(balance) == Decimal(format_usd(worst * 3 // 2 - worst))
+    sent = forwarded(fake)
+    refused = post(gateway, key["key"], body)
+    assert refused.status_code == 402, refused.text
+    assert refused.json()["error"]["code"] == "insufficient_funds"
     assert forwarded(fake) == sent
 
 
