@@ -269,10 +269,26 @@ class LedgerBacklogFull(StateUnavailable):
 
 
 class UpstreamTimeout(SpendgateError):
+    """The provider did not answer in time. ``billable``: it had the whole request (a
+    read timeout on a 2xx or before any answer), so it is generating and will bill the
+    call; False: the timeout came before that (connecting, the body still going out) or
+    the provider was answering with an error. ``billed``: the headers that tell the
+    client what the gateway booked."""
+
     status = 504
     code = "upstream_timeout"
     kind = "api_error"
     anthropic_kind = "api_error"
+
+    def __init__(
+        self, message: str, *, billable: bool = True, billed: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.billable = billable
+        self.billed = billed or {}
+
+    def headers(self) -> dict[str, str]:
+        return dict(self.billed)
 
 
 class ConfigError(Exception):

@@ -99,6 +99,9 @@ class Settings:
     demo: bool = False
     max_body_bytes: int = 10 * 1024 * 1024
     upstream_timeout_seconds: float = 600.0
+    #: a call that timed out after the provider had the whole request (it generates and
+    #: bills regardless) is billed at its worst case; False: at $0, as before
+    bill_upstream_timeouts: bool = True
     ledger_flush_seconds: float = 0.2
     ledger_batch_size: int = 500
     key_cache_seconds: float = 10.0
@@ -317,6 +320,12 @@ def _redis_failure(gateway: Mapping[str, Any], env: Mapping[str, str]) -> dict[s
     }
 
 
+def _boolean(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{where} must be true or false, not {value!r}")
+    return value
+
+
 def _non_negative_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ConfigError(f"{where} must be a whole number, 0 or more")
@@ -496,6 +505,9 @@ def load_settings(
             gateway.get("max_body_bytes", 10 * 1024 * 1024), 1, "gateway.max_body_bytes"
         ),
         upstream_timeout_seconds=timeout,
+        bill_upstream_timeouts=_boolean(
+            gateway.get("bill_upstream_timeouts", True), "gateway.bill_upstream_timeouts"
+        ),
         ledger_flush_seconds=_above_zero(
             gateway.get("ledger_flush_seconds", 0.2), "gateway.ledger_flush_seconds"
         ),
@@ -553,7 +565,8 @@ def load_settings(
 CONFIG_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"gateway", "providers", "models", "anomalies"}),
     "gateway": frozenset({
-        "auth_failures_per_minute", "database_url", "fail_open_replicas",
+        "auth_failures_per_minute", "bill_upstream_timeouts", "database_url",
+        "fail_open_replicas",
         "forecast_overrun_escalation", "forecast_refresh_seconds", "forecast_workers",
         "hold_heartbeat_seconds", "hold_seconds", "host", "key_cache_seconds",
         "key_expiring_days", "ledger_batch_size", "ledger_flush_seconds",

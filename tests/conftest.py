@@ -288,8 +288,11 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     fake_app.requests.clear()
 
 
-def gateway_config(upstream_url: str, tmp_path: Path, extra: str = "") -> Path:
-    """A TOML config routing real model names (and a few odd ones) to the fake upstream."""
+def gateway_config(
+    upstream_url: str, tmp_path: Path, extra: str = "", gateway_extra: str = ""
+) -> Path:
+    """A TOML config routing real model names (and a few odd ones) to the fake upstream;
+    ``gateway_extra``: more lines of its ``[gateway]`` table."""
     text = (
         textwrap.dedent(f"""
         [gateway]
@@ -356,6 +359,8 @@ def gateway_config(upstream_url: str, tmp_path: Path, extra: str = "") -> Path:
     """)
         + extra
     )
+    if gateway_extra:
+        text = text.replace("[gateway]\n", f"[gateway]\n{gateway_extra}\n", 1)
     path = tmp_path / "spendgate.toml"
     path.write_text(text)
     return path
@@ -429,13 +434,14 @@ def start_gateway(
     tmp_path: Path,
     *,
     extra_config: str = "",
+    gateway_config_lines: str = "",
     demo: bool = False,
     env_extra: dict[str, str] | None = None,
     wrap: Callable[[Gateway], Any] | None = None,
 ) -> RunningGateway:
     """A gateway served in a thread; ``wrap`` (given the app) returns the ASGI app that
     uvicorn serves instead, e.g. one that watches every request."""
-    config = gateway_config(upstream_url, tmp_path, extra_config)
+    config = gateway_config(upstream_url, tmp_path, extra_config, gateway_config_lines)
     env = {
         **UPSTREAM_SECRETS,
         "SPENDGATE_MASTER_KEY": MASTER_KEY,

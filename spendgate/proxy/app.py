@@ -324,15 +324,27 @@ class ProxyApp:
         mode one round trip (``CallGuard``), which also finds a stale policy snapshot.
         A price unknown (None) is never held as $0: a hard cap, a wallet or a spend limit
         refuses the call; observation-only budgets and other limits let it through."""
-        worst_usage = call.worst.usage
-        worst = self._prices.price(call.route.price, worst_usage, call.started_at).cost_nanos
-        if call.worst.cached is not None and worst is not None:  # the dearer of the two
-            cached = self._prices.price(call.route.price, call.worst.cached, call.started_at)
-            worst = None if cached.cost_nanos is None else max(worst, cached.cost_nanos)
+        _, worst = self._worst(call)
         policies = await self._enforcer.policies()
         return await self._guard.admit(
-            call.request_id, call.subject(), worst_usage.total_tokens, worst, policies
+            call.request_id, call.subject(), call.worst.usage.total_tokens, worst, policies
         )
+
+    def _worst(self, call: Call, *also: TokenUsage) -> tuple[TokenUsage, int | None]:
+        """The dearest of the call's worst case, its all-cache-writes variant and
+        ``also`` (usage seen so far), with its price: what admission holds, and what a
+        call that timed out after reaching the provider is billed. A price unknown
+        (None) is never the cheaper one."""
+        dearest, most = call.worst.usage, None
+        for n, usage in enumerate((call.worst.usage, call.worst.cached, *also)):
+            if usage is None:
+                continue
+            cost = self._prices.price(call.route.price, usage, call.started_at).cost_nanos
+            if cost is None:
+                return usage, None
+            if n == 0 or most is None or cost > most:
+                dearest, most = usage, cost
+        return dearest, most
 
     async def _guarded(
         self,
@@ -402,9 +414,10 @@ class ProxyApp:
         try:
             response = await transport.send(request)
             self._metrics.upstream(call.route.provider.name, self._clock.monotonic() - sent)
+        except UpstreamTimeout as err:
+            raise await self._timed_out(call, guarded, err) from err
         except SpendgateError as err:
-            status = "timeout" if isinstance(err, UpstreamTimeout) else "upstream_error"
-            await self._book(call, guarded, err.status, status, None)
+            await self._book(call, guarded, err.status, "upstream_error", None)
             raise
         if response.status == 401:
             # the provider refused spendgate's key, not the client's: the client is not
@@ -427,6 +440,42 @@ class ProxyApp:
             await self._relay_stream(call, guarded, response, client_wants_usage, receive, send)
         else:
             await self._relay_whole(call, guarded, response, send)
+
+    def _bills(self, err: SpendgateError) -> bool:
+        """Whether ``err`` is a timeout the provider bills: the whole request reached it
+        (it generates and bills whether or not its answer arrives), and the operator
+        bills such timeouts (``[gateway] bill_upstream_timeouts``)."""
+        return (
+            isinstance(err, UpstreamTimeout)
+            and err.billable
+            and self._settings.bill_upstream_timeouts
+        )
+
+    async def _timed_out(
+        self, call: Call, guarded: Guarded, err: UpstreamTimeout
+    ) -> UpstreamTimeout:
+        """Book a call that timed out before any answer, and the 504 that says what was
+        booked: its worst case (estimated usage) when the provider had the request (it
+        bills it), else $0."""
+        if not self._bills(err):
+            await self._book(call, guarded, err.status, "timeout", None)
+            why = "" if err.billable else "nothing the provider bills was sent, so it is "
+            return UpstreamTimeout(
+                f"{err.message}; {why}not billed",
+                billable=err.billable,
+                billed={"x-spendgate-cost-usd": cost_figure(0)},
+            )
+        usage, _ = self._worst(call)
+        cost, remaining = await self._book(call, guarded, err.status, "timeout", usage, True)
+        billed = {"x-spendgate-cost-usd": cost_figure(cost)}
+        if remaining is not None:
+            billed["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
+        return UpstreamTimeout(
+            f"{err.message}; the provider had the request and bills it whether or not its "
+            f"answer arrives, so this call was billed at its worst case, "
+            f"{cost_figure(cost)} USD (usage estimated: the prompt, and the output cap)",
+            billed=billed,
+        )
 
     def _base_headers(
         self, call: Call, guarded: Guarded, upstream: Mapping[str, str]
@@ -517,7 +566,14 @@ class ProxyApp:
         except SpendgateError as err:
             told = b""
             if not booked:
-                told = await self._book_stream(call, guarded, meter, disconnect, "incomplete")
+                # a stall (read timeout) before the provider's final usage is billed as a
+                # timeout before any answer is: the provider may still be generating (or
+                # reasoning, which streams nothing), and bills it
+                stalled = self._bills(err) and not meter.final
+                status = "timeout" if stalled else "incomplete"
+                told = await self._book_stream(
+                    call, guarded, meter, disconnect, status, worst=stalled
+                )
                 booked = True
             # a stream that broke before its end says so: the client must not take the
             # part it got for the whole answer
@@ -538,14 +594,19 @@ class ProxyApp:
         meter: StreamMeter,
         disconnect: asyncio.Future[Any],
         status: str,
+        *,
+        worst: bool = False,
     ) -> bytes:
         """Book the stream from the provider's usage (or, without its final figure, an
-        estimate); a client that left is recorded as ``client_cancelled``. Returns the
+        estimate; ``worst``: its worst case, or what the provider reported so far if
+        dearer); a client that left is recorded as ``client_cancelled``. Returns the
         comment that tells the client what was booked (nothing if it left)."""
         left = disconnect.done()
         if left:
             status = "client_cancelled"
         usage, estimated = meter.billed(call.request_bytes)
+        if worst:
+            usage, _ = self._worst(call, usage)
         cost, _ = await self._book(call, guarded, 200, status, usage, estimated)
         return b"" if left else cost_comment(cost, status, estimated)
 

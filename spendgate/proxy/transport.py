@@ -77,6 +77,14 @@ def _described(exc: Exception) -> str:
     return f"{type(exc).__name__}({exc})"
 
 
+def _delivered(upload: aiohttp.UploadTracker) -> bool:
+    """Whether the request's body was written in full (after its headers) before it
+    failed: not when it failed connecting (connect timeout, refused, DNS), nor while
+    the body was still going out (the write not finished, or cut short)."""
+    done = upload.upload_complete
+    return done.done() and not done.cancelled() and done.exception() is None
+
+
 def _address(url: str) -> str:
     """Scheme, host, port and path of ``url``, never user-info or query (which may hold a key)."""
     parts = urlsplit(url)
@@ -111,6 +119,9 @@ class AiohttpTransport:
 
     async def send(self, request: UpstreamRequest) -> UpstreamResponse:
         timeout = self._timeout(request.timeout, request.stream)
+        # whether the whole request reached the provider before a timeout: then it is
+        # generating (and bills the call) whether or not its answer ever arrives
+        upload = aiohttp.UploadTracker()
         try:
             resp = await self._client().request(
                 request.method,
@@ -121,9 +132,15 @@ class AiohttpTransport:
                 # a redirect would carry the provider key to another host (aiohttp drops
                 # only Authorization there, not x-api-key or api-key): never followed
                 allow_redirects=False,
+                upload_tracker=upload,
             )
         except TimeoutError as exc:
-            raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+            if _delivered(upload):
+                raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+            raise UpstreamTimeout(
+                "the upstream provider could not be reached in time (nothing reached it)",
+                billable=False,
+            ) from exc
         except aiohttp.ClientError as exc:
             raise unavailable("the upstream provider could not be reached", request, exc) from exc
         if 300 <= resp.status < 400:
@@ -143,7 +160,10 @@ class AiohttpTransport:
             try:
                 body = await resp.read()
             except TimeoutError as exc:
-                raise UpstreamTimeout("the upstream provider did not answer in time") from exc
+                # an error answer (its body stalled) is not a call the provider bills
+                raise UpstreamTimeout(
+                    "the upstream provider did not answer in time", billable=resp.status < 300
+                ) from exc
             except aiohttp.ClientError as exc:
                 raise unavailable("the upstream connection failed", request, exc) from exc
             finally:

@@ -1,4 +1,5 @@
-"""Bad input and failing upstreams: clear 4xx/5xx in the route's format, nothing billed."""
+"""Bad input and failing upstreams: clear 4xx/5xx in the route's format, nothing billed
+(but a timeout after the provider had the request: ``test_timeout_billing``)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import httpx
 import openai
 import pytest
 
+from spendgate.core.money import format_usd
 from spendgate.testing.fake_upstream import FakeUpstream, serve_in_thread
 from tests.conftest import UPSTREAM_SECRETS, RunningGateway
 
@@ -249,14 +251,18 @@ def test_a_provider_redirect_is_not_followed_with_the_provider_key(
 
 
 def test_upstream_timeout_is_504(gateway: RunningGateway, fake: FakeUpstream) -> None:
-    """An upstream slower than the provider timeout (5 s here) is a 504, not billed."""
+    """An upstream slower than the provider timeout (5 s here) is a 504; the provider had
+    the request (and bills it), so it is billed at its worst case, estimated
+    (``test_timeout_billing`` has the figures)."""
     key = gateway.create_key()
     fake.delay_seconds = 6.0
     response = post(gateway, "/v1/chat/completions", key["key"], json=CHAT)
     assert response.status_code == 504
     assert response.json()["error"]["code"] == "upstream_timeout"
     [row] = gateway.ledger()
-    assert row["status"] == "timeout" and row["cost_nanos"] == 0
+    assert row["status"] == "timeout" and row["usage_estimated"] is True
+    assert row["cost_nanos"] > 0
+    assert response.headers["x-spendgate-cost-usd"] == format_usd(row["cost_nanos"])
 
 
 def test_upstream_down_is_502(gateway: RunningGateway, tmp_path: object) -> None:

@@ -22,6 +22,8 @@ SIM = '[providers.sim]\nkind = "simulated"\n'
         ("[gateway]\nmax_body_bytes = -5", "gateway.max_body_bytes"),
         ('[gateway]\nupstream_timeout_seconds = "x"', "gateway.upstream_timeout_seconds"),
         ("[gateway]\nupstream_timeout_seconds = 0", "gateway.upstream_timeout_seconds"),
+        ('[gateway]\nbill_upstream_timeouts = "no"', "gateway.bill_upstream_timeouts"),
+        ("[gateway]\nbill_upstream_timeouts = 0", "gateway.bill_upstream_timeouts"),
         ('[gateway]\nledger_flush_seconds = "x"', "gateway.ledger_flush_seconds"),
         ("[gateway]\nledger_batch_size = 0", "gateway.ledger_batch_size"),
         ("[gateway]\nledger_batch_size = 2.5", "gateway.ledger_batch_size"),
@@ -55,6 +57,7 @@ def test_good_values_are_taken(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     config.write_text(
         "[gateway]\nmax_body_bytes = 2048\nupstream_timeout_seconds = 30\n"
+        "bill_upstream_timeouts = false\n"
         "ledger_flush_seconds = 0.5\nledger_batch_size = 10\nkey_cache_seconds = 0\n"
         'redis_prefix = "team-a:"\nredis_url = "redis://127.0.0.1:6379/3"\n'
         + SIM
@@ -62,6 +65,8 @@ def test_good_values_are_taken(tmp_path: Path) -> None:
     )
     settings = load_settings(config_path=str(config), env={})
     assert (settings.max_body_bytes, settings.upstream_timeout_seconds) == (2048, 30.0)
+    assert settings.bill_upstream_timeouts is False
+    assert load_settings(env={}).bill_upstream_timeouts is True  # the default
     assert (settings.ledger_flush_seconds, settings.ledger_batch_size) == (0.5, 10)
     assert settings.key_cache_seconds == 0.0
     assert (settings.redis_prefix, settings.redis_url) == ("team-a:", "redis://127.0.0.1:6379/3")
