@@ -459,7 +459,9 @@ class ProxyApp:
         bills it), else $0."""
         if not self._bills(err):
             await self._book(call, guarded, err.status, "timeout", None)
-            why = "" if err.billable else "nothing the provider bills was sent, so it is "
+            # not billable: nothing reached the provider, or it was answering with an
+            # error (the transport's message says which)
+            why = "" if err.billable else "the provider does not bill it, so it is "
             return UpstreamTimeout(
                 f"{err.message}; {why}not billed",
                 billable=err.billable,

@@ -161,8 +161,12 @@ class AiohttpTransport:
                 body = await resp.read()
             except TimeoutError as exc:
                 # an error answer (its body stalled) is not a call the provider bills
+                if resp.status < 300:
+                    raise UpstreamTimeout("the upstream provider did not answer in time") from exc
                 raise UpstreamTimeout(
-                    "the upstream provider did not answer in time", billable=resp.status < 300
+                    f"the upstream provider's error answer (HTTP {resp.status}) did not "
+                    "arrive in time",
+                    billable=False,
                 ) from exc
             except aiohttp.ClientError as exc:
                 raise unavailable("the upstream connection failed", request, exc) from exc

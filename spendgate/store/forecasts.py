@@ -127,7 +127,11 @@ def bucket_seconds(zones: Iterable[str], start: datetime, end: datetime) -> int:
 def _bucket(dialect: str, column: Any, seconds: int) -> Any:
     size: sa.ColumnElement[int] = sa.literal_column(str(int(seconds)), sa.Integer)
     if dialect == "sqlite":
-        return sa.cast(sa.func.strftime("%s", column), sa.Integer) / size
+        # the whole seconds only: SQLite rounds a time to the millisecond, so
+        # ``10:14:59.9996`` would be second 10:15:00 (and its bucket the next one), where
+        # the rollups' writer and PostgreSQL take the second it started in
+        whole = sa.func.substr(column, 1, 19)
+        return sa.cast(sa.func.strftime("%s", whole), sa.Integer) / size
     return sa.cast(sa.func.floor(sa.extract("epoch", column) / size), sa.BigInteger)
 
 

@@ -123,7 +123,8 @@ _DIALECT = {
         " AS e(value)) AS t ON true",
     ),
     "sqlite": (
-        "CAST(strftime('%s', started_at) AS INTEGER) / 900",
+        # whole seconds (SQLite rounds to the millisecond: 10:14:59.9996 is 10:15:00)
+        "CAST(strftime('%s', substr(started_at, 1, 19)) AS INTEGER) / 900",
         f"{SQLITE_TAG_SET}(ledger.tags)",
         "LEFT JOIN json_each(l.raw_tags) AS t ON NOT EXISTS (SELECT 1 FROM"
         " json_each(l.raw_tags) AS u WHERE u.key < t.key AND u.value = t.value)",

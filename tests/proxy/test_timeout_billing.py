@@ -8,6 +8,7 @@ PostgreSQL+Redis, the openai SDK where it fits."""
 from __future__ import annotations
 
 import socket
+import threading
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -271,6 +272,73 @@ def test_bill_upstream_timeouts_false_keeps_them_at_zero(
         assert response.status_code == 504, response.text
         assert response.headers["x-spendgate-cost-usd"] == "0.00"
         assert "not billed" in response.json()["error"]["message"]
+        [row] = gateway.ledger()
+        assert (row["status"], row["cost_nanos"], row["usage_estimated"]) == ("timeout", 0, False)
+    finally:
+        gateway.admin.close()
+        gateway.handle.stop()
+
+
+@pytest.fixture
+def error_then_silence() -> Iterator[int]:
+    """A provider that reads the whole request, sends a 500's headers and the start of
+    its body, then falls silent (until the test ends)."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(8)
+    done = threading.Event()
+    clients: list[socket.socket] = []
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                client, _ = server.accept()
+            except OSError:
+                return
+            clients.append(client)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += client.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = next(
+                int(line.split(b":")[1])
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"content-length:")
+            )
+            while len(body) < length:
+                body += client.recv(65536)
+            client.sendall(
+                b"HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n"
+                b'content-length: 100\r\n\r\n{"error": '
+            )
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    done.set()
+    server.close()
+    for client in clients:
+        client.close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_timeout_while_the_provider_sends_an_error_is_not_billed(
+    database_url: str, fake: FakeUpstream, tmp_path: Path, error_then_silence: int, stream: bool
+) -> None:
+    """The provider had the request but was answering with an error (its status came,
+    its body stalled): not a call it bills, so $0, and the 504 does not claim that
+    nothing reached it."""
+    url = f"http://127.0.0.1:{error_then_silence}"
+    gateway = start_gateway(database_url, url, tmp_path, extra_config=slow_provider(url))
+    try:
+        key = gateway.create_key()
+        response = post(gateway, key["key"], slow_body(stream=stream))
+        assert response.status_code == 504, response.text
+        message = response.json()["error"]["message"]
+        assert "error answer (HTTP 500)" in message and "not billed" in message
+        assert "nothing" not in message
+        assert response.headers["x-spendgate-cost-usd"] == "0.00"
         [row] = gateway.ledger()
         assert (row["status"], row["cost_nanos"], row["usage_estimated"]) == ("timeout", 0, False)
     finally:

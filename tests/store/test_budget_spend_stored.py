@@ -146,3 +146,25 @@ async def test_stored_buckets_equal_the_ledger_scan_for_every_category_kind(
         assert _sums(budget, stored) == expected, budget
         counted += bool(expected)
     assert counted == len(BUDGETS)  # every budget counts some calls: none compared empty
+
+
+@pytest.mark.parametrize("seconds", [900, 3600])
+@pytest.mark.parametrize("earlier", [timedelta(0), timedelta(minutes=30)])
+async def test_a_call_is_in_the_bucket_of_the_second_it_started(
+    engine: AsyncEngine, seconds: int, earlier: timedelta
+) -> None:
+    """Per bucket, not only in total: the ledger scan and the stored buckets put each call
+    in the bucket of the (whole) second it started, as the rollups' writer does, also
+    one started a microsecond before a bucket's end (SQLite rounds a time to the
+    millisecond). ``earlier``: that call falls in a part bucket at the start, or in the
+    whole buckets read from the rollup."""
+    start = START - earlier
+    truth: dict[int, int] = {}
+    for c in _calls():
+        if start <= c.started_at < END and c.cost_nanos is not None:
+            b = int(c.started_at.timestamp()) // seconds
+            truth[b] = truth.get(b, 0) + c.cost_nanos
+    truth = {b: v for b, v in truth.items() if v}
+    everything = _budget("org", ORG)
+    assert _sums(everything, await ledger_buckets(engine, start, END, seconds, [ORG])) == truth
+    assert _sums(everything, await stored_buckets(engine, start, END, seconds, ORG)) == truth

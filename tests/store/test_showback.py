@@ -305,6 +305,20 @@ async def test_rebuild_names_tag_sets_as_the_writer_does(engine: AsyncEngine) ->
     assert (await rebuild(engine, *span, dry_run=True)).difference_count == len(tags)  # a row each
 
 
+async def test_rebuild_puts_a_call_in_the_bucket_of_the_second_it_started(
+    engine: AsyncEngine,
+) -> None:
+    """A call started in the last half-millisecond before a bucket's end is in that
+    bucket, as the writer puts it (SQLite rounds a time to the millisecond: counted from
+    its rounded second, the rebuild would move it to the next bucket)."""
+    bound = BASE + timedelta(minutes=15)
+    times = [bound - timedelta(microseconds=us) for us in (1, 400, 499, 500, 501)]
+    async with engine.begin() as conn:
+        await store_batch(conn, [Pending(row("o5", n, at, 10)) for n, at in enumerate(times)])
+    span = (BASE, BASE + timedelta(hours=1))
+    assert (await rebuild(engine, *span, dry_run=True)).difference_count == 0
+
+
 async def test_rebuild_finds_and_removes_narrow_rows_of_an_org_without_calls(
     engine: AsyncEngine,
 ) -> None:
