@@ -20,6 +20,17 @@ from spendgate.cli.output import err_console, show
 DEFAULT_URL = "http://127.0.0.1:4100"
 UrlOpt = Annotated[str, typer.Option("--url", envvar="SPENDGATE_URL", help="Gateway base URL")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output")]
+ConfigOpt = Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")]
+#: the commands that open the database without serving: resolve it with
+#: ``settings.database_url_of`` when not given, as ``serve`` would
+DatabaseUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--database-url",
+        envvar="SPENDGATE_DATABASE_URL",
+        help="default: \\[gateway] database_url of --config, else sqlite:///spendgate.db",
+    ),
+]
 
 
 def admin_path(*segments: str) -> str:

@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from spendgate.cli.http import JsonOpt
+from spendgate.cli.http import ConfigOpt, DatabaseUrlOpt, JsonOpt
 from spendgate.cli.output import console, err_console
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -61,12 +61,12 @@ def serve(
     demo: Annotated[
         bool, typer.Option(help="Add the simulated provider (demo-small, demo-large)")
     ] = False,
-    config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
+    config: ConfigOpt = None,
     host: Annotated[
-        str | None, typer.Option(help="default: [gateway] host of --config, else 127.0.0.1")
+        str | None, typer.Option(help="default: \\[gateway] host of --config, else 127.0.0.1")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="default: [gateway] port of --config, else 4100")
+        int | None, typer.Option(help="default: \\[gateway] port of --config, else 4100")
     ] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
     redis_failure_mode: Annotated[
@@ -218,15 +218,8 @@ def _run(uvicorn: Any, settings: Any, workers: int, log_config: dict[str, Any]) 
 @db_app.command("migrate")
 def db_migrate(
     revision: Annotated[str, typer.Argument()] = "head",
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url",
-            envvar="SPENDGATE_DATABASE_URL",
-            help="default: [gateway] database_url of --config, else sqlite:///spendgate.db",
-        ),
-    ] = None,
-    config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
+    database_url: DatabaseUrlOpt = None,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Apply the Alembic migrations to the database (the one serve would use)."""

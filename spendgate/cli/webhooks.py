@@ -16,7 +16,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, given
+from spendgate.cli.http import (
+    DEFAULT_URL,
+    ConfigOpt,
+    DatabaseUrlOpt,
+    JsonOpt,
+    UrlOpt,
+    admin_path,
+    given,
+)
 from spendgate.cli.http import call as _call
 from spendgate.cli.output import console, deleted, err_console
 from spendgate.cli.output import show as _show
@@ -178,15 +186,8 @@ def test(endpoint_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) 
 
 @webhooks_app.command("reencrypt")
 def reencrypt(
-    database_url: Annotated[
-        str | None,
-        typer.Option(
-            "--database-url",
-            envvar="SPENDGATE_DATABASE_URL",
-            help="default: [gateway] database_url of --config, else sqlite:///spendgate.db",
-        ),
-    ] = None,
-    config: Annotated[str | None, typer.Option("--config", envvar="SPENDGATE_CONFIG")] = None,
+    database_url: DatabaseUrlOpt = None,
+    config: ConfigOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Rewrite stored webhook secrets, PagerDuty keys and Slack URLs under the newest key.

@@ -26,6 +26,12 @@ from tests.conftest import RunningGateway, start_gateway
 HI = [{"role": "user", "content": "hi there"}]
 #: the cost comment: its figure, then what it says when the row is not plainly ``ok``
 COST = re.compile(rb": x-spendgate-cost-usd ([^\n]*)\n\n")
+#: each streamed kind as the meter sees it: its simulated path (None: Anthropic's) and body
+STREAM_KINDS = [
+    ("chat", "/chat/completions", {"model": "m", "messages": HI}),
+    ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
+    ("response", "/responses", {"model": "m", "input": "hi"}),
+]
 
 
 def told(raw: bytes) -> tuple[bytes, list[str]]:
@@ -276,14 +282,7 @@ def test_an_unknown_price_is_told_as_unknown(gateway: RunningGateway) -> None:
 
 
 @pytest.mark.parametrize("piece", [None, 1, 7, 100])
-@pytest.mark.parametrize(
-    ("kind", "path", "body"),
-    [
-        ("chat", "/chat/completions", {"model": "m", "messages": HI}),
-        ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
-        ("response", "/responses", {"model": "m", "input": "hi"}),
-    ],
-)
+@pytest.mark.parametrize(("kind", "path", "body"), STREAM_KINDS)
 def test_the_meter_places_the_cost_however_the_stream_is_split(
     kind: str, path: str | None, body: dict[str, Any], piece: int | None
 ) -> None:
@@ -312,14 +311,7 @@ def test_the_meter_places_the_cost_however_the_stream_is_split(
         assert out[:at] == b"".join(events[:-2] if kind == "chat" else events[:-1])
 
 
-@pytest.mark.parametrize(
-    ("kind", "path", "body"),
-    [
-        ("chat", "/chat/completions", {"model": "m", "messages": HI}),
-        ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
-        ("response", "/responses", {"model": "m", "input": "hi"}),
-    ],
-)
+@pytest.mark.parametrize(("kind", "path", "body"), STREAM_KINDS)
 def test_a_crlf_stream_cut_anywhere_is_metered_as_the_same_stream_in_lf(
     kind: str, path: str | None, body: dict[str, Any]
 ) -> None:
@@ -388,14 +380,7 @@ def test_a_providers_error_event_is_booked_and_told_before_it(
     assert rest.startswith(error) and rest.count(b"\n\n") == 1, rest
 
 
-@pytest.mark.parametrize(
-    ("kind", "path", "body"),
-    [
-        ("chat", "/chat/completions", {"model": "m", "messages": HI}),
-        ("message", None, {"model": "m", "max_tokens": 20, "messages": HI}),
-        ("response", "/responses", {"model": "m", "input": "hi"}),
-    ],
-)
+@pytest.mark.parametrize(("kind", "path", "body"), STREAM_KINDS)
 @pytest.mark.parametrize("ending", [b"", b"\n"])
 def test_a_last_event_without_its_blank_line_is_still_metered(
     kind: str, path: str | None, body: dict[str, Any], ending: bytes
