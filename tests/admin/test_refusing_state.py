@@ -205,6 +205,44 @@ def test_blocked_stays_blocked_and_a_call_too_big_for_the_whole_cap_sets_nothing
     assert status["refusing_since"] is None
 
 
+def test_every_cap_that_refuses_a_call_says_refusing(gateway: RunningGateway) -> None:
+    """A call refused by two hard caps at once (its key's and its org's, each with less
+    left than its worst case) makes both ``refusing``, each with its own
+    ``budget.calls_refused`` and ``budget.hard_limit_reached`` (only the first one the
+    call was checked against was marked); a hard-capped budget with room is not."""
+    org = gateway.post("/admin/orgs", {"name": "two-caps"})["id"]
+    key = gateway.create_key(org_id=org)
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    slack = (cost / 4).quantize(NANO)
+    tight = [
+        gateway.create_budget(
+            scope_type=scope, scope_id=target, amount_usd=f"{amount:f}", hard_limit=True
+        )
+        for scope, target, amount in (
+            ("key", key["id"], cost * 3 + slack),
+            ("org", org, cost * 3 + slack * 2),
+        )
+    ]
+    roomy = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd="100", hard_limit=True, period="daily"
+    )
+    _call(client)
+    _call(client)
+
+    worst = _refused(client)
+
+    for budget in tight:
+        status = _status(gateway, budget["id"])
+        assert status["state"] == "refusing", budget
+        assert _when(status["refusing_since"]) == gateway.clock.now()
+        assert Decimal(status["refused_worst_case_usd"]) == worst
+    assert _status(gateway, roomy["id"])["state"] == "ok"
+    for type_ in ("budget.calls_refused", "budget.hard_limit_reached"):
+        events = gateway.get("/admin/events", type=type_)
+        assert sorted(e["data"]["budget_id"] for e in events) == sorted(b["id"] for b in tight)
+
+
 def test_room_held_only_by_a_call_in_flight_is_not_refusing(
     gateway: RunningGateway, fake: FakeUpstream
 ) -> None:
