@@ -138,8 +138,10 @@ def threshold_event(
     a: Applied, threshold: rules.Threshold, spent: int, refused: bool = False
 ) -> tuple[str, str, dict[str, Any]]:
     """(type, dedup key, data) of ``threshold`` reached at ``spent`` in ``a``'s period:
-    the dedup key makes it fire once per budget per period, whoever stores it first."""
-    data = {
+    the dedup key makes it fire once per budget per period, whoever stores it first. The
+    hard limit's names its cap in dollars too (``hard_limit_usd``): below 100 % of the
+    amount, "spent $79.99 of $100.00" would not say why calls are refused."""
+    data: dict[str, Any] = {
         **budget_event_data(a.budget, a.window),
         "threshold": threshold.kind,
         "percent": f"{threshold.percent.normalize():f}",
@@ -149,6 +151,8 @@ def threshold_event(
         "hard_limit": a.budget.hard_limit,
         "refused": refused,
     }
+    if threshold.kind == "hard" and a.cap_nanos is not None:
+        data["hard_limit_usd"] = format_usd(a.cap_nanos)
     key = f"budget:{a.budget.id}:{a.window.key}:{threshold.name}"
     return EVENT_TYPES[threshold.kind], key, data
 

@@ -12,7 +12,7 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import openai
@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 
 from spendgate.cli import app as cli
 from spendgate.testing.fake_upstream import FakeUpstream
+from spendgate.webhooks import formats
+from spendgate.webhooks.catalog import Event
 from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "s"}]
@@ -241,6 +243,40 @@ def test_every_cap_that_refuses_a_call_says_refusing(gateway: RunningGateway) ->
     for type_ in ("budget.calls_refused", "budget.hard_limit_reached"):
         events = gateway.get("/admin/events", type=type_)
         assert sorted(e["data"]["budget_id"] for e in events) == sorted(b["id"] for b in tight)
+
+
+def test_a_hard_limit_below_the_amount_names_its_cap_in_the_events(
+    gateway: RunningGateway,
+) -> None:
+    """A budget of four and a half calls with its hard limit at 80 % (3.6 calls) refuses
+    the fourth: the events of that refusal carry the cap (``hard_limit_usd``) and read
+    "spent … of <amount> (hard limit <cap>)", as Slack and PagerDuty show them (a bare
+    "spent $3 of $4.5" would not say why calls are refused)."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    amount = (cost * Decimal("4.5")).quantize(NANO)
+    cap = (amount * 4 / 5).quantize(NANO, rounding=ROUND_FLOOR)
+    budget = gateway.create_budget(
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=f"{amount:f}",
+        hard_limit=True,
+        hard_limit_percent="80",
+        alert_percentages=["50"],
+        soft_limit_percent="75",
+    )
+    _call(client)
+    _call(client)
+    _refused(client)
+    assert _status(gateway, budget["id"])["state"] == "refusing"
+
+    for type_ in ("budget.hard_limit_reached", "budget.calls_refused"):
+        [event] = gateway.get("/admin/events", type=type_)
+        d = event["data"]
+        assert Decimal(d["hard_limit_usd"]) == cap and Decimal(d["amount_usd"]) == amount
+        said = formats.summary(Event.from_envelope(event))
+        assert f"of ${d['amount_usd']} (hard limit ${d['hard_limit_usd']})" in said, said
 
 
 def test_room_held_only_by_a_call_in_flight_is_not_refusing(
