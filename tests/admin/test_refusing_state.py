@@ -19,9 +19,11 @@ import openai
 from typer.testing import CliRunner
 
 from spendgate.cli import app as cli
-from spendgate.testing.fake_upstream import FakeUpstream
+from spendgate.testing.fake_upstream import FakeUpstream, serve_in_thread
+from spendgate.testing.webhook_receiver import Receiver
 from spendgate.webhooks import formats
 from spendgate.webhooks.catalog import Event
+from spendgate.webhooks.outbox import resolve_reset_periods
 from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "s"}]
@@ -243,6 +245,65 @@ def test_every_cap_that_refuses_a_call_says_refusing(gateway: RunningGateway) ->
     for type_ in ("budget.calls_refused", "budget.hard_limit_reached"):
         events = gateway.get("/admin/events", type=type_)
         assert sorted(e["data"]["budget_id"] for e in events) == sorted(b["id"] for b in tight)
+
+
+def test_each_refusing_caps_pagerduty_incident_resolves_when_its_period_resets(
+    gateway: RunningGateway,
+) -> None:
+    """A PagerDuty endpoint gets a ``trigger`` for each budget a call was refused by (one
+    incident per budget, period and cap: the event's dedup key). Raising the amount does
+    not resolve it (a raise that runs out can make the same refusal hold again, and no
+    new event would re-open it); the period's reset does, for each, once."""
+    receiver = Receiver(now=gateway.clock.now)
+    handle = serve_in_thread(receiver)
+    try:
+        org = gateway.post("/admin/orgs", {"name": "paged"})["id"]
+        endpoint = gateway.post(
+            "/admin/webhooks",
+            {
+                "url": f"{handle.url}/pd",
+                "kind": "pagerduty",
+                "event_types": ["budget.calls_refused"],
+                "config": {"routing_key": "R0UT1NGKEY"},
+            },
+        )
+        key = gateway.create_key(org_id=org)
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+        cost = _call(client)
+        slack = (cost / 4).quantize(NANO)
+        tight = [
+            gateway.create_budget(
+                scope_type=scope,
+                scope_id=target,
+                amount_usd=f"{cost * 3 + slack:f}",
+                hard_limit=True,
+            )
+            for scope, target in (("key", key["id"]), ("org", org))
+        ]
+        _call(client)
+        _call(client)
+        _refused(client)
+        gateway.run(gateway.app.services.drain())
+        events = gateway.get("/admin/events", type="budget.calls_refused")
+        assert sorted(e["data"]["budget_id"] for e in events) == sorted(b["id"] for b in tight)
+
+        def sent() -> list[tuple[str, str]]:
+            deliveries = gateway.get(f"/admin/webhooks/{endpoint['id']}/deliveries")
+            return sorted((d["event_id"], d["action"]) for d in deliveries)
+
+        triggers = sorted((e["id"], "trigger") for e in events)
+        assert sent() == triggers
+        gateway.admin.patch(f"/admin/budgets/{tight[0]['id']}", json={"amount_usd": "100"})
+        engine = gateway.app.services.engine
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        assert sent() == triggers  # still March: open
+
+        gateway.clock.set(datetime.fromisoformat("2026-04-01T00:00:01+00:00"))
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        assert sent() == sorted(triggers + [(e["id"], "resolve") for e in events])
+    finally:
+        handle.stop()
 
 
 def test_a_hard_limit_below_the_amount_names_its_cap_in_the_events(
