@@ -108,6 +108,28 @@ def _nearly_used_up(
     return client, cost, slack, budget
 
 
+def _two_tight_caps(
+    gateway: RunningGateway,
+) -> tuple[openai.OpenAI, dict[str, Any], list[dict[str, Any]]]:
+    """A new org's key, its client, and two hard-capped budgets (the key's, then the
+    org's) that each leave less than a call's worst case after three calls (one made
+    here): a fourth call is refused by both."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    slack = (cost / 4).quantize(NANO)
+    tight = [
+        gateway.create_budget(
+            scope_type=scope, scope_id=target, amount_usd=f"{amount:f}", hard_limit=True
+        )
+        for scope, target, amount in (
+            ("key", key["id"], cost * 3 + slack),
+            ("org", key["org_id"], cost * 3 + slack * 2),
+        )
+    ]
+    return client, key, tight
+
+
 def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningGateway) -> None:
     client, cost, slack, budget = _nearly_used_up(gateway)
     path = f"/admin/budgets/{budget['id']}"
@@ -214,20 +236,7 @@ def test_every_cap_that_refuses_a_call_says_refusing(gateway: RunningGateway) ->
     left than its worst case) makes both ``refusing``, each with its own
     ``budget.calls_refused`` and ``budget.hard_limit_reached`` (only the first one the
     call was checked against was marked); a hard-capped budget with room is not."""
-    org = gateway.post("/admin/orgs", {"name": "two-caps"})["id"]
-    key = gateway.create_key(org_id=org)
-    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
-    cost = _call(client)
-    slack = (cost / 4).quantize(NANO)
-    tight = [
-        gateway.create_budget(
-            scope_type=scope, scope_id=target, amount_usd=f"{amount:f}", hard_limit=True
-        )
-        for scope, target, amount in (
-            ("key", key["id"], cost * 3 + slack),
-            ("org", org, cost * 3 + slack * 2),
-        )
-    ]
+    client, key, tight = _two_tight_caps(gateway)
     roomy = gateway.create_budget(
         scope_type="key", scope_id=key["id"], amount_usd="100", hard_limit=True, period="daily"
     )
@@ -257,7 +266,6 @@ def test_each_refusing_caps_pagerduty_incident_resolves_when_its_period_resets(
     receiver = Receiver(now=gateway.clock.now)
     handle = serve_in_thread(receiver)
     try:
-        org = gateway.post("/admin/orgs", {"name": "paged"})["id"]
         endpoint = gateway.post(
             "/admin/webhooks",
             {
@@ -267,19 +275,7 @@ def test_each_refusing_caps_pagerduty_incident_resolves_when_its_period_resets(
                 "config": {"routing_key": "R0UT1NGKEY"},
             },
         )
-        key = gateway.create_key(org_id=org)
-        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
-        cost = _call(client)
-        slack = (cost / 4).quantize(NANO)
-        tight = [
-            gateway.create_budget(
-                scope_type=scope,
-                scope_id=target,
-                amount_usd=f"{cost * 3 + slack:f}",
-                hard_limit=True,
-            )
-            for scope, target in (("key", key["id"]), ("org", org))
-        ]
+        client, _, tight = _two_tight_caps(gateway)
         _call(client)
         _call(client)
         _refused(client)
