@@ -7,8 +7,9 @@ wallet, ``cap`` (its total top-ups).
 
 ``reserve`` is the one atomic step that makes caps hold under concurrency: for every
 hold it checks ``spent + reserved + amount <= cap`` and, only if all pass, adds every
-amount to ``reserved``. Backends are chosen by URL: ``memory://`` (one process) or
-``redis://…`` (one Lua script per call, shared by every replica).
+amount to ``reserved``; else it names every hold that did not fit (``Refusal``).
+Backends are chosen by URL: ``memory://`` (one process) or ``redis://…`` (one Lua
+script per call, shared by every replica).
 
 Shared counters also keep a *generation*, ``(epoch, version)``: ``version`` goes up each
 time a policy changes (``bump``), and ``epoch`` is a random token written the first time
@@ -42,12 +43,26 @@ class Hold(Value, frozen=True):
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
-    """The first hold that did not fit, and the bucket's figures at that moment."""
+    """The first hold that did not fit, and the bucket's figures at that moment; ``also``:
+    the later holds that did not fit either, each with its figures, in hold order (a
+    refused call is checked to the end, so every cap it would pass is known: only a
+    refusal pays for that)."""
 
     bucket: str
     spent: int
     reserved: int
     cap: int
+    also: tuple[Refusal, ...] = ()
+
+    @classmethod
+    def of(cls, refused: Sequence[Refusal]) -> Refusal:
+        """The first of ``refused`` (one or more, in hold order), carrying the others."""
+        first, *rest = refused
+        return cls(first.bucket, first.spent, first.reserved, first.cap, tuple(rest))
+
+    def every(self) -> tuple[Refusal, ...]:
+        """This refusal and the ones it carries, in hold order."""
+        return (self, *self.also)
 
 
 class Settlement(Value, frozen=True):

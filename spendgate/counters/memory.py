@@ -85,15 +85,20 @@ class MemoryCounters(Counters):
         buckets = self._buckets
         pending: dict[str, int] = {}
         seen = []
+        refused: list[Refusal] | None = None  # every hold that does not fit, in order
         for hold in holds:
             name = hold.bucket
             current = buckets.get(name) or _NOTHING
             cap = (current.cap or 0) if hold.use_stored_cap else hold.cap
             already = pending.get(name, 0)
             if cap is not None and current.spent + current.reserved + already + hold.amount > cap:
-                return Refusal(name, current.spent, current.reserved, cap)
+                refused = refused or []
+                refused.append(Refusal(name, current.spent, current.reserved, cap))
+                continue
             pending[name] = already + hold.amount
             seen.append(current.spent)
+        if refused:
+            return Refusal.of(refused)
         reservation = self._reservations.get(reservation_id)
         if reservation is None:  # the usual case: ``pending`` becomes what it holds
             self._reservations[reservation_id] = _Reservation(expires_at, pending)

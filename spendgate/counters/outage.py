@@ -54,9 +54,14 @@ class OutageCounters(MemoryCounters):
         refusal = super().reserve_now_seen(reservation_id, [h for h, _ in shared], expires_at)
         if not isinstance(refusal, Refusal):
             return refusal
-        real = next(cap for h, cap in shared if h.bucket == refusal.bucket)
-        # the refusal names the budget's (or wallet's) own cap, not the share
-        return Refusal(refusal.bucket, refusal.spent, refusal.reserved, real or refusal.cap)
+        real = {h.bucket: cap for h, cap in shared}
+        # each refusal names the budget's (or wallet's) own cap, not the share
+        return Refusal.of(
+            [
+                Refusal(r.bucket, r.spent, r.reserved, real[r.bucket] or r.cap)
+                for r in refusal.every()
+            ]
+        )
 
     def outage_spend(self) -> dict[str, int]:
         """Per bucket, what was settled here past its seed: the spend Redis has not seen."""

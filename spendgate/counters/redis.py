@@ -154,10 +154,21 @@ class RedisCounters(counters.Counters):
 
     @staticmethod
     def reserve_reply(refused: Any, holds: Sequence[Hold]) -> Refusal | None:
+        """``ct_check``'s refusal: (index, spent, reserved, cap) of every hold that did
+        not fit, flat, the first first."""
         if refused is None:
             return None
-        index, spent, reserved, cap = refused
-        return Refusal(holds[int(index) - 1].bucket, _int(spent), _int(reserved), _int(cap))
+        return Refusal.of(
+            [
+                Refusal(
+                    holds[int(refused[i]) - 1].bucket,
+                    _int(refused[i + 1]),
+                    _int(refused[i + 2]),
+                    _int(refused[i + 3]),
+                )
+                for i in range(0, len(refused), 4)
+            ]
+        )
 
     @staticmethod
     def seen_reply(flat: Any) -> tuple[int, ...]:

@@ -138,8 +138,10 @@ def threshold_event(
     a: Applied, threshold: rules.Threshold, spent: int, refused: bool = False
 ) -> tuple[str, str, dict[str, Any]]:
     """(type, dedup key, data) of ``threshold`` reached at ``spent`` in ``a``'s period:
-    the dedup key makes it fire once per budget per period, whoever stores it first."""
-    data = {
+    the dedup key makes it fire once per budget per period, whoever stores it first. The
+    hard limit's names its cap in dollars too (``hard_limit_usd``): below 100 % of the
+    amount, "spent $79.99 of $100.00" would not say why calls are refused."""
+    data: dict[str, Any] = {
         **budget_event_data(a.budget, a.window),
         "threshold": threshold.kind,
         "percent": f"{threshold.percent.normalize():f}",
@@ -149,6 +151,8 @@ def threshold_event(
         "hard_limit": a.budget.hard_limit,
         "refused": refused,
     }
+    if threshold.kind == "hard" and a.cap_nanos is not None:
+        data["hard_limit_usd"] = format_usd(a.cap_nanos)
     key = f"budget:{a.budget.id}:{a.window.key}:{threshold.name}"
     return EVENT_TYPES[threshold.kind], key, data
 
@@ -630,34 +634,15 @@ class Enforcer:
         self._refuse(plan.admission, refusal, plan.now)
 
     def _refuse(self, admission: Admission, refusal: Refusal, now: datetime) -> NoReturn:
+        # every budget whose cap the call would pass: each may have reached its limit,
+        # not only the one the error names (the first)
+        for each in refusal.every():
+            for a in admission.budgets:
+                if a.bucket == each.bucket:
+                    self._refused_by(a, each, admission.worst_case, now)
         for a in admission.budgets:
             if a.bucket == refusal.bucket:
-                # a call whose worst case alone is over the cap would not fit an empty
-                # period: the budget has not reached its limit, and the event (once per
-                # period) is kept for when it does
                 used = refusal.spent + refusal.reserved
-                # the cap's own refusal: not a fail-open outage's share of it (which cuts
-                # the cap, while the refusal names the budget's; the figures are this
-                # replica's, so at most the real ones) refusing a call the cap has room for
-                own = used + admission.worst_case > refusal.cap
-                if own and admission.worst_case <= refusal.cap:
-                    self._fire(
-                        a,
-                        rules.Threshold("hard", a.budget.hard_limit_percent),
-                        refusal.spent,
-                        now,
-                        refused=True,
-                    )
-                # and it refuses calls this big at this cap for the rest of the period (once
-                # per cap: the budget status reads it), unless only calls in flight hold the
-                # room (it is back when they settle: the 429 says retry) or the call is
-                # bigger than the whole cap (it says nothing about the budget)
-                lasting = refusal.spent + admission.worst_case > refusal.cap
-                if lasting and (
-                    admission.worst_case <= refusal.cap or refusal.spent >= refusal.cap
-                ):
-                    event = refusal_event(a, refusal, admission.worst_case)
-                    self._emit(*event, now, a.budget.org_id)
                 retry = int((a.window.end - now).total_seconds()) + 1
                 scope = a.budget.scope_id or a.budget.tag
                 figures = (
@@ -788,6 +773,29 @@ class Enforcer:
                 self._local.release_now(admission.reservation_id)
             else:
                 await self._counters.release(admission.reservation_id)
+
+    def _refused_by(self, a: Applied, refusal: Refusal, worst_case: int, now: datetime) -> None:
+        """The events of ``a``'s hard cap refusing a call of ``worst_case`` (``refusal``:
+        its bucket's figures then), for each refusing budget of the call."""
+        used = refusal.spent + refusal.reserved
+        # a call whose worst case alone is over the cap would not fit an empty period:
+        # the budget has not reached its limit, and the event (once per period) is kept
+        # for when it does; and only the cap's own refusal counts, not a fail-open
+        # outage's share of it (which cuts the cap, while the refusal names the budget's;
+        # the figures are this replica's, so at most the real ones) refusing a call the
+        # cap has room for
+        own = used + worst_case > refusal.cap
+        if own and worst_case <= refusal.cap:
+            self._fire(
+                a, rules.Threshold("hard", a.budget.hard_limit_percent), refusal.spent, now, True
+            )
+        # and it refuses calls this big at this cap for the rest of the period (once per
+        # cap: the budget status reads it), unless only calls in flight hold the room (it
+        # is back when they settle: the 429 says retry) or the call is bigger than the
+        # whole cap (it says nothing about the budget)
+        lasting = refusal.spent + worst_case > refusal.cap
+        if lasting and (worst_case <= refusal.cap or refusal.spent >= refusal.cap):
+            self._emit(*refusal_event(a, refusal, worst_case), now, a.budget.org_id)
 
     def _fire(
         self,

@@ -58,6 +58,16 @@ def _threshold(data: Mapping[str, Any]) -> str | None:
     return f"{level} {data['percent']}%".strip()
 
 
+def _spent(d: Mapping[str, Any]) -> str:
+    """``$79.99 of $100.00``, and the hard cap when it is not the amount (a hard limit
+    below 100 %: ``(hard limit $80.00)``), which is what refuses calls."""
+    text = f"{_money(d['spent_usd'])} of {_money(d['amount_usd'])}"
+    cap = d.get("hard_limit_usd")
+    if cap is not None and cap != d["amount_usd"]:
+        text += f" (hard limit {_money(cap)})"
+    return text
+
+
 def facts(event: Event) -> list[tuple[str, str]]:
     """Labelled figures worth showing a person, in reading order."""
     d = event.data
@@ -84,7 +94,7 @@ def facts(event: Event) -> list[tuple[str, str]]:
     if d.get("outlook"):
         out.append(("Outlook", str(d["outlook"])))
     if d.get("spent_usd") is not None and d.get("amount_usd") is not None:
-        out.append(("Spent", f"{_money(d['spent_usd'])} of {_money(d['amount_usd'])}"))
+        out.append(("Spent", _spent(d)))
     if d.get("worst_case_usd") is not None and d.get("remaining_usd") is not None:
         out.append(
             (

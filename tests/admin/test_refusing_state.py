@@ -12,14 +12,18 @@ import re
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from decimal import Decimal
+from decimal import ROUND_FLOOR, Decimal
 from typing import Any
 
 import openai
 from typer.testing import CliRunner
 
 from spendgate.cli import app as cli
-from spendgate.testing.fake_upstream import FakeUpstream
+from spendgate.testing.fake_upstream import FakeUpstream, serve_in_thread
+from spendgate.testing.webhook_receiver import Receiver
+from spendgate.webhooks import formats
+from spendgate.webhooks.catalog import Event
+from spendgate.webhooks.outbox import resolve_reset_periods
 from tests.conftest import MASTER_KEY, RunningGateway
 
 MSG = [{"role": "user", "content": "s"}]
@@ -102,6 +106,28 @@ def _nearly_used_up(
     _call(client)
     _call(client)
     return client, cost, slack, budget
+
+
+def _two_tight_caps(
+    gateway: RunningGateway,
+) -> tuple[openai.OpenAI, dict[str, Any], list[dict[str, Any]]]:
+    """A new org's key, its client, and two hard-capped budgets (the key's, then the
+    org's) that each leave less than a call's worst case after three calls (one made
+    here): a fourth call is refused by both."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    slack = (cost / 4).quantize(NANO)
+    tight = [
+        gateway.create_budget(
+            scope_type=scope, scope_id=target, amount_usd=f"{amount:f}", hard_limit=True
+        )
+        for scope, target, amount in (
+            ("key", key["id"], cost * 3 + slack),
+            ("org", key["org_id"], cost * 3 + slack * 2),
+        )
+    ]
+    return client, key, tight
 
 
 def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningGateway) -> None:
@@ -203,6 +229,111 @@ def test_blocked_stays_blocked_and_a_call_too_big_for_the_whole_cap_sets_nothing
     status = _status(gateway, tiny["id"])
     assert status["state"] == "ok"
     assert status["refusing_since"] is None
+
+
+def test_every_cap_that_refuses_a_call_says_refusing(gateway: RunningGateway) -> None:
+    """A call refused by two hard caps at once (its key's and its org's, each with less
+    left than its worst case) makes both ``refusing``, each with its own
+    ``budget.calls_refused`` and ``budget.hard_limit_reached`` (only the first one the
+    call was checked against was marked); a hard-capped budget with room is not."""
+    client, key, tight = _two_tight_caps(gateway)
+    roomy = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd="100", hard_limit=True, period="daily"
+    )
+    _call(client)
+    _call(client)
+
+    worst = _refused(client)
+
+    for budget in tight:
+        status = _status(gateway, budget["id"])
+        assert status["state"] == "refusing", budget
+        assert _when(status["refusing_since"]) == gateway.clock.now()
+        assert Decimal(status["refused_worst_case_usd"]) == worst
+    assert _status(gateway, roomy["id"])["state"] == "ok"
+    for type_ in ("budget.calls_refused", "budget.hard_limit_reached"):
+        events = gateway.get("/admin/events", type=type_)
+        assert sorted(e["data"]["budget_id"] for e in events) == sorted(b["id"] for b in tight)
+
+
+def test_each_refusing_caps_pagerduty_incident_resolves_when_its_period_resets(
+    gateway: RunningGateway,
+) -> None:
+    """A PagerDuty endpoint gets a ``trigger`` for each budget a call was refused by (one
+    incident per budget, period and cap: the event's dedup key). Raising the amount does
+    not resolve it (a raise that runs out can make the same refusal hold again, and no
+    new event would re-open it); the period's reset does, for each, once."""
+    receiver = Receiver(now=gateway.clock.now)
+    handle = serve_in_thread(receiver)
+    try:
+        endpoint = gateway.post(
+            "/admin/webhooks",
+            {
+                "url": f"{handle.url}/pd",
+                "kind": "pagerduty",
+                "event_types": ["budget.calls_refused"],
+                "config": {"routing_key": "R0UT1NGKEY"},
+            },
+        )
+        client, _, tight = _two_tight_caps(gateway)
+        _call(client)
+        _call(client)
+        _refused(client)
+        gateway.run(gateway.app.services.drain())
+        events = gateway.get("/admin/events", type="budget.calls_refused")
+        assert sorted(e["data"]["budget_id"] for e in events) == sorted(b["id"] for b in tight)
+
+        def sent() -> list[tuple[str, str]]:
+            deliveries = gateway.get(f"/admin/webhooks/{endpoint['id']}/deliveries")
+            return sorted((d["event_id"], d["action"]) for d in deliveries)
+
+        triggers = sorted((e["id"], "trigger") for e in events)
+        assert sent() == triggers
+        gateway.admin.patch(f"/admin/budgets/{tight[0]['id']}", json={"amount_usd": "100"})
+        engine = gateway.app.services.engine
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        assert sent() == triggers  # still March: open
+
+        gateway.clock.set(datetime.fromisoformat("2026-04-01T00:00:01+00:00"))
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        assert sent() == sorted(triggers + [(e["id"], "resolve") for e in events])
+    finally:
+        handle.stop()
+
+
+def test_a_hard_limit_below_the_amount_names_its_cap_in_the_events(
+    gateway: RunningGateway,
+) -> None:
+    """A budget of four and a half calls with its hard limit at 80 % (3.6 calls) refuses
+    the fourth: the events of that refusal carry the cap (``hard_limit_usd``) and read
+    "spent … of <amount> (hard limit <cap>)", as Slack and PagerDuty show them (a bare
+    "spent $3 of $4.5" would not say why calls are refused)."""
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    amount = (cost * Decimal("4.5")).quantize(NANO)
+    cap = (amount * 4 / 5).quantize(NANO, rounding=ROUND_FLOOR)
+    budget = gateway.create_budget(
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=f"{amount:f}",
+        hard_limit=True,
+        hard_limit_percent="80",
+        alert_percentages=["50"],
+        soft_limit_percent="75",
+    )
+    _call(client)
+    _call(client)
+    _refused(client)
+    assert _status(gateway, budget["id"])["state"] == "refusing"
+
+    for type_ in ("budget.hard_limit_reached", "budget.calls_refused"):
+        [event] = gateway.get("/admin/events", type=type_)
+        d = event["data"]
+        assert Decimal(d["hard_limit_usd"]) == cap and Decimal(d["amount_usd"]) == amount
+        said = formats.summary(Event.from_envelope(event))
+        assert f"of ${d['amount_usd']} (hard limit ${d['hard_limit_usd']})" in said, said
 
 
 def test_room_held_only_by_a_call_in_flight_is_not_refusing(

@@ -80,6 +80,34 @@ async def test_reserve_is_all_or_nothing(counters: Counters) -> None:
     assert await counters.reap(EXPIRES + 1) == 1  # only r0 was ever recorded
 
 
+async def test_a_refusal_names_every_hold_that_does_not_fit(counters: Counters) -> None:
+    """A call over two caps and a wallet's funds is refused naming each of them in hold
+    order, each with its bucket's figures (the enforcer marks every cap that refused
+    it, not only the first); the holds that fit are not named, and nothing is taken."""
+    await counters.seed("fits", 0)
+    await counters.seed("first", 90)
+    await counters.seed("second", 70)
+    await counters.seed("w", 10, cap=50)
+    assert await counters.reserve("r0", [Hold("second", 5, cap=100)], EXPIRES) is None
+    holds = [
+        Hold("fits", 30, cap=1_000),
+        Hold("first", 30, cap=100),
+        Hold("fits", 30, cap=1_000),
+        Hold("second", 30, cap=100),
+        Hold("w", 45, use_stored_cap=True),
+    ]
+
+    refusal = await counters.reserve("r1", holds, EXPIRES)
+
+    assert refusal == Refusal(
+        "first", 90, 0, 100, also=(Refusal("second", 70, 5, 100), Refusal("w", 10, 0, 50))
+    )
+    assert refusal.every() == (refusal, *refusal.also)
+    assert await counters.state("fits") == BucketState(0, 0, None)
+    assert await counters.state("second") == BucketState(70, 5, None)
+    assert await counters.reap(EXPIRES + 1) == 1  # only r0 was ever recorded
+
+
 async def test_a_call_under_thousands_of_budgets_is_held_and_settled(counters: Counters) -> None:
     """3,000 holds (9,002 ARGV values, past what one Lua ``unpack`` can return): every
     bucket is held, and settled, as with a few."""

@@ -44,7 +44,8 @@ def test_the_breaker_opens_on_a_failure_and_allows_one_probe_per_interval() -> N
 
 async def test_outage_counters_admit_only_this_replicas_share_of_the_headroom() -> None:
     """Seeded at 400 of a 1000 cap with 3 replicas, this one admits up to 600 (a third of
-    the 600 left); the refusal names the budget's own cap. A wallet's stored cap is
+    the 600 left); the refusal names the budget's own cap (each one's, when a call is over
+    several shares). A wallet's stored cap is
     shared the same way, by ``reserve`` and the plain ``reserve_now_seen`` alike. What was
     settled past the seed is the outage's spend."""
     counters = OutageCounters(replicas=3)
@@ -60,6 +61,10 @@ async def test_outage_counters_admit_only_this_replicas_share_of_the_headroom() 
     wallet = Hold("w:1", 200, use_stored_cap=True)  # share: 100 + 600 // 3 = 300
     assert await counters.reserve("r5", [wallet], EXPIRES) is None
     assert await counters.reserve("r6", [wallet], EXPIRES) == Refusal("w:1", 100, 200, 700)
+    # a call over both shares names each, with its own cap
+    assert await counters.reserve("r7", [Hold("b:1", 1, 1000), wallet], EXPIRES) == Refusal(
+        "b:1", 400, 201, 1000, also=(Refusal("w:1", 100, 200, 700),)
+    )
     await counters.settle("r1", [Settlement("b:1", 150, 120)])
     await counters.settle("r5", [Settlement("w:1", 200, 30)])
     await counters.release("r2")

@@ -368,6 +368,23 @@ async def test_a_counters_refusal_writes_no_rate_limit_entry(
     assert isinstance(granted, Granted) and granted.results[0].remaining == 1
 
 
+async def test_a_joint_refusal_names_every_hold_that_does_not_fit(
+    backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
+) -> None:
+    """The joint acquire checks a refused call's holds to the end, as ``reserve.lua``:
+    each cap it would pass, with its figures, the first first; none is taken."""
+    _, counters, joint = backends
+    await counters.seed("a", 30)
+    await counters.seed("b", 0)
+    await counters.seed("c", 90)
+    holds = (Hold("a", 20, cap=40), Hold("b", 20, cap=40), Hold("c", 20, cap=100))
+
+    refused = await acquire(joint, rate("r1", RPM_2), money("m1", *holds))
+
+    assert refused == Refusal("a", 30, 0, 40, also=(Refusal("c", 90, 0, 100),))
+    assert await counters.state("b") == BucketState(0, 0, None)
+
+
 async def test_a_rate_limit_denial_reserves_nothing(
     backends: tuple[RedisRateLimiter, RedisCounters, JointRedis],
 ) -> None:

@@ -451,6 +451,37 @@ def test_url_redactor_masks_urls_only_while_hiding() -> None:
     assert "XXXXSECRET" in rendered()
 
 
+def test_a_hard_limit_below_the_amount_shows_its_cap() -> None:
+    """A hard limit at 80 % of $100 refuses calls at $80: its events (the limit reached,
+    and the cap refusing calls) say "spent $80.00 of $100.00 (hard limit $80.00)" in
+    Slack, PagerDuty and the summary, not a bare "of $100.00" that reads as room left.
+    A cap at the amount adds nothing."""
+    reached = budget_event(
+        "budget.hard_limit_reached", "hard", "80", spent_usd="80.00", hard_limit_usd="80.00"
+    )
+    refusing = budget_event(
+        "budget.calls_refused",
+        "",
+        spent_usd="79.99",
+        hard_limit_usd="80.00",
+        remaining_usd="0.01",
+        worst_case_usd="0.0125",
+    )
+    for field in ("threshold", "percent", "percent_used", "hard_limit", "refused"):
+        refusing.data.pop(field)  # not in this event's data
+    for event, spent in ((reached, "$80.00"), (refusing, "$79.99")):
+        said = f"spent {spent} of $100.00 (hard limit $80.00)"
+        assert said in formats.summary(event)
+        assert said in formats.slack_body(event, "https://spend.example.com")["text"]
+        page = formats.pagerduty_body(event, "R0UT1NG", "trigger", "https://spend.example.com")
+        assert said in page["payload"]["summary"]
+        fields = formats.slack_body(event, "")["blocks"][1]["fields"]
+        assert {"type": "mrkdwn", "text": f"*Spent*\n{said[6:]}"} in fields
+    at_amount = budget_event("budget.hard_limit_reached", "hard", "100", hard_limit_usd="100.00")
+    assert "spent $91.50 of $100.00," in formats.summary(at_amount)
+    assert "hard limit $" not in formats.summary(at_amount)
+
+
 def test_a_cap_refusing_calls_reads_as_what_it_refuses() -> None:
     """``budget.calls_refused`` says in words which calls the cap refuses and the worst
     case it refused (it would read as a bare "spent … of …"), and it warns: the hard

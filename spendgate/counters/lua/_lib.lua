@@ -56,10 +56,11 @@ end
 -- the joint scripts in spendgate/guard/lua/ can run them next to the rate limiter's.
 
 -- Reserve, first half: every hold checked, nothing written. Returns nil and each hold's
--- bucket's spent as read (before this call) when all fit, else {1-based index of the
--- first hold that did not fit, spent, reserved, cap}.
+-- bucket's spent as read (before this call) when all fit, else {1-based index of a hold
+-- that did not fit, spent, reserved, cap, ...}: every such hold, in order (the checks go
+-- on past the first refusal, so the caller learns each cap the call would pass).
 local function ct_check(keys, argv)
-  local pending, seen = {}, {}
+  local pending, seen, refused = {}, {}, nil
   for i = 3, #keys do
     local key = keys[i]
     local a = 3 + (i - 3) * 3
@@ -76,19 +77,25 @@ local function ct_check(keys, argv)
     if pending[key] then  -- earlier holds on the same bucket in this call
       wanted = nanos_add(pending[key], amount)
     end
+    local over = false
     if cap ~= nil then
       local total = tonumber(spent) + tonumber(reserved) + tonumber(wanted)
-      local over
       if total < NANOS_TOP then
         over = total > tonumber(cap)
       else
         over = nanos_cmp(nanos_add(nanos_add(spent, reserved), wanted), cap) > 0
       end
-      if over then return {i - 2, spent, reserved, cap} end
     end
-    pending[key] = wanted
-    seen[#seen + 1] = spent
+    if over then
+      refused = refused or {}
+      local n = #refused
+      refused[n + 1], refused[n + 2], refused[n + 3], refused[n + 4] = i - 2, spent, reserved, cap
+    else
+      pending[key] = wanted
+      seen[#seen + 1] = spent
+    end
   end
+  if refused then return refused end
   return nil, seen
 end
 

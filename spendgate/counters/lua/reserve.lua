@@ -8,7 +8,8 @@
 --       reservation id, expires_at, then per hold: amount, cap ('' = none),
 --       use_stored_cap ('1'/'0').
 -- Returns {3, {epoch, version}} when the stored generation differs (nothing written),
--- {2, {1-based index of the first hold that did not fit, spent, reserved, cap}}, or
+-- {2, {1-based index of a hold that did not fit, spent, reserved, cap, ...: each such
+-- hold, in order}}, or
 -- {0, {each hold's bucket's spent as read}} when every hold fits (and records them).
 if ARGV[2] ~= '' then
   local stale = ct_stale(KEYS[1], ARGV[1], ARGV[2])
