@@ -570,3 +570,19 @@ def test_a_last_event_without_its_blank_line_is_still_metered(
         assert out == expected
     else:
         assert meter.done and out == cut
+
+
+def test_a_chat_style_error_ends_a_responses_stream_too() -> None:
+    """An OpenAI-compatible gateway in front of the provider (LiteLLM did) may end a
+    ``/v1/responses`` stream with the chat-style ``data: {"error": …}``, which the
+    ``openai`` SDK raises on: it ends that stream as it ends a chat one, booked
+    ``incomplete`` with the cost told before it (it went unseen: the stream ran to its
+    close, the cost after the error the SDK had already raised on)."""
+    where = route("POST", "/v1/responses")
+    assert where is not None
+    body = {**RESPONSES_BODY, "stream": True}
+    error = b"data: " + orjson.dumps(simulated.openai_error("Overloaded")) + b"\n\n"
+    events = [*stream_events(where, body)[:4], error]
+    meter, out, at = metered("response", b"".join(events), None, strip_usage_chunk=False)
+    assert meter.failed and at is not None and out[at:] == error
+    assert (meter.status, meter.billed(100)[1]) == ("incomplete", True)
