@@ -280,6 +280,7 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     fake_app.stream_delay_seconds = 0.0
     fake_app.drop_stream_after = None
     fake_app.stream_error_after = None
+    fake_app.stream_error_form = "own"
     fake_app.required_api_key = None
     fake_app.redirect_to = None
     if fake_app.stream_gate is not None:

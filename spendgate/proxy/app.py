@@ -553,16 +553,15 @@ class ProxyApp:
                     # response.completed, the provider's error) goes out: a client that saw
                     # the end of its stream has its spend recorded, whatever happens to this
                     # process (and one that leaves on an error is not "client_cancelled")
-                    status = "ok" if meter.done or meter.final else "incomplete"
-                    told = await self._book_stream(call, guarded, meter, disconnect, status)
+                    told = await self._book_stream(call, guarded, meter, disconnect, meter.status)
                     booked = True
                     out = out[: meter.cost_at] + told + out[meter.cost_at :]
                 if out and not disconnect.done():
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
             if not booked:
-                status = "ok" if meter.done or meter.final else "incomplete"
-                tail = await self._book_stream(call, guarded, meter, disconnect, status) + tail
+                told = await self._book_stream(call, guarded, meter, disconnect, meter.status)
+                tail = told + tail
                 booked = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except SpendgateError as err:

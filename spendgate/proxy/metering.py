@@ -54,6 +54,11 @@ _MARKERS = {
     "response": (b"response.completed", b"response.incomplete", b"response.failed", b'"error"'),
 }
 _CHAT_MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]", b'"error"')
+#: the events that end a ``/v1/responses`` stream, each carrying the response (and the
+#: usage the provider bills, when it reports it): ``response.incomplete`` is a normal end
+#: (the output cap reached, as a chat's ``finish_reason: length``), ``response.failed``
+#: says the call failed
+_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
 
 
 def _carries(data: bytes, markers: tuple[bytes, ...]) -> bool:
@@ -64,6 +69,17 @@ def _carries(data: bytes, markers: tuple[bytes, ...]) -> bool:
         if data.find(marker) >= 0:
             return True
     return False
+
+
+def _is_error(payload: dict[str, Any]) -> bool:
+    """Whether an event is the provider's error, which ends its stream: Anthropic's and
+    the Responses API's ``{"type": "error", …}``, OpenAI's ``{"error": …}``, and the
+    ``{"object": "error", …}`` some OpenAI-compatible servers (older vLLM) send."""
+    return (
+        payload.get("type") == "error"
+        or payload.get("error") is not None
+        or payload.get("object") == "error"
+    )
 
 
 class StreamMeter:
@@ -78,14 +94,14 @@ class StreamMeter:
         self.final = False
         self.events = 0
         self.done = False
-        #: the provider ended the stream with an error event (Anthropic's ``event: error``,
-        #: ``data: {"error": …}``): nothing follows it, and the client (the SDKs raise on
-        #: it) may go at once
+        #: the provider said the call failed: with an error event (``_is_error``), which
+        #: ends the stream, and the client (the SDKs raise on it) may go at once; or with
+        #: ``response.failed`` (then ``done`` too), which may carry the usage it bills
         self.failed = False
         #: where, in the bytes of the ``feed`` that saw the stream end, its cost is told:
-        #: before the terminal event (``[DONE]``, ``message_stop``), or after
-        #: ``response.completed`` (which carries the usage, and ends the stream); before
-        #: the provider's error event
+        #: before the terminal event (``[DONE]``, ``message_stop``), or after the
+        #: Responses event that ends the stream (``response.completed``, ``…incomplete``,
+        #: ``…failed``: it carries the usage); before the provider's error event
         self.cost_at = 0
         self._pending = b""
         self._markers = _MARKERS.get(kind, _CHAT_MARKERS)
@@ -116,6 +132,14 @@ class StreamMeter:
                 told = len(out) if self.kind == "response" and self.done else len(out) - 1
                 self.cost_at = sum(map(len, out[:told]))
         return b"".join(out)
+
+    @property
+    def status(self) -> str:
+        """The ledger status of the stream as far as it went: ``incomplete`` when the
+        provider said the call failed (billed its final usage if it gave one, else an
+        estimate) or the stream stopped before both its end and its final usage; else
+        ``ok``."""
+        return "ok" if (self.done or self.final) and not self.failed else "incomplete"
 
     def billed(self, request_bytes: int) -> tuple[TokenUsage, bool]:
         """The usage to bill and whether it is an estimate: the provider's final figure;
@@ -151,19 +175,13 @@ class StreamMeter:
         payload = _loads(data)
         if payload is None:
             return True
-        if payload.get("type") == "error" or (
-            self.kind in ("chat", "completion") and payload.get("error") is not None
-        ):
+        if _is_error(payload):
             self.failed = True
             return True
         if self.kind == "message":
             return self._anthropic(payload)
         if self.kind == "response":
-            response = payload.get("response")
-            if isinstance(response, dict) and response.get("usage") is not None:
-                self.usage = from_openai(response["usage"])
-                self.final = self.done = True
-            return True
+            return self._responses(payload)
         usage = payload.get("usage")
         if usage is None:
             return True
@@ -171,6 +189,18 @@ class StreamMeter:
         self.final = True
         choices = payload.get("choices")
         return not (self.strip_usage_chunk and not choices)
+
+    def _responses(self, payload: dict[str, Any]) -> bool:
+        kind = payload.get("type")
+        if kind in _RESPONSE_ENDS:
+            response = payload.get("response")
+            usage = response.get("usage") if isinstance(response, dict) else None
+            if usage is not None:
+                self.usage = from_openai(usage)
+                self.final = self.usage is not None
+            self.done = True
+            self.failed = self.failed or kind == "response.failed"
+        return True
 
     def _anthropic(self, payload: dict[str, Any]) -> bool:
         kind = payload.get("type")

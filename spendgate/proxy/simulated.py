@@ -456,6 +456,17 @@ def _responses_events(r: Reply, body: dict[str, Any]) -> Iterator[dict[str, Any]
     yield {"type": final, "response": _response_object(r, body)}
 
 
+def responses_failed(body: dict[str, Any], sequence_number: int) -> bytes:
+    """The ``response.failed`` event that ends a Responses stream for ``body`` which the
+    provider failed (a server error), as its ``sequence_number``-th event: it carries the
+    usage the provider bills, here the whole reply's."""
+    r = openai_reply("/responses", body)
+    error = {"code": "server_error", "message": "Overloaded"}
+    failed = {**_response_object(r, body), "status": "failed", "error": error, "output": []}
+    event = {"type": "response.failed", "response": failed, "sequence_number": sequence_number}
+    return _sse(event, "response.failed")
+
+
 def openai_stream(path: str, body: dict[str, Any]) -> list[bytes]:
     """The SSE events of a streaming OpenAI request; raises ``InvalidRequest`` on bad input."""
     if path in _CHAT_PATHS:

@@ -14,8 +14,14 @@ Knobs are plain attributes, set by the test that needs them:
 * ``stream_delay_seconds``          wait between stream events.
 * ``drop_stream_after``             close the connection after N events, mid-stream,
   before any usage or ``[DONE]``.
-* ``stream_error_after``            after N events, send the provider's own error event
-  (Anthropic's ``event: error``, OpenAI's ``data: {"error": …}``) and end the stream.
+* ``stream_error_after``            after N events (negative: all but the last -N, e.g.
+  -1 after ``message_delta``), send the provider's own error event (Anthropic's
+  ``event: error``, OpenAI's ``data: {"error": …}``, the Responses API's ``event:
+  error``) and end the stream.
+* ``stream_error_form``             how that error looks: ``"own"`` (the provider's, above),
+  ``"vllm"`` (``data: {"object": "error", …}`` then ``data: [DONE]``, as older vLLM and
+  other OpenAI-compatible servers send) or ``"failed"`` (the Responses API's
+  ``response.failed``, carrying the usage it bills).
 * ``required_api_key``              demand ``Authorization: Bearer``, ``x-api-key`` or
   ``api-key`` carrying it, else 401 (an OpenAI-style one shows the start and end of the
   key it got, as OpenAI's does).
@@ -37,7 +43,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 import uvicorn
@@ -50,6 +56,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+StreamErrorForm = Literal["own", "vllm", "failed"]
 
 MAX_RECORDED = 1000
 _SLOW = re.compile(rb"\[\[slow:([0-9]+(?:\.[0-9]+)?)\]\]")
@@ -136,6 +143,39 @@ async def _send_json(
     await send({"type": "http.response.body", "body": raw})
 
 
+def _data(payload: Any) -> bytes:
+    """``payload`` as one SSE event's ``data:`` line (and the blank line that ends it)."""
+    return b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+def stream_events(where: Route, body: dict[str, Any]) -> list[bytes]:
+    """The SSE events of the simulated stream ``body`` asks ``where`` for; raises
+    ``InvalidRequest`` on bad input."""
+    if where.provider == "anthropic":
+        return simulated.anthropic_stream(body)
+    return simulated.openai_stream(where.endpoint, body)
+
+
+def failing_stream(
+    where: Route, body: dict[str, Any], after: int, form: StreamErrorForm = "own"
+) -> list[bytes]:
+    """That stream's first ``after`` events, then the provider's error in ``form`` (see
+    ``stream_error_form``), which ends it."""
+    kept = stream_events(where, body)[:after]
+    if form == "failed":
+        return [*kept, simulated.responses_failed(body, len(kept))]
+    if form == "vllm":
+        error = {"object": "error", "message": "Overloaded", "type": "ServiceUnavailableError",
+                 "param": None, "code": 503}  # fmt: skip
+        return [*kept, _data(error), b"data: [DONE]\n\n"]
+    if where.endpoint == "/responses":
+        error = {"type": "error", "code": "server_error", "message": "Overloaded",
+                 "param": None, "sequence_number": len(kept)}  # fmt: skip
+        return [*kept, b"event: error\n" + _data(error)]
+    event = b"event: error\n" if where.provider == "anthropic" else b""
+    return [*kept, event + _data(error_body(where.provider, 529, "Overloaded"))]
+
+
 async def _lifespan(receive: Receive, send: Send) -> None:
     while True:
         message = await receive()
@@ -159,6 +199,7 @@ class FakeUpstream:
         self.stream_delay_seconds: float = 0.0
         self.drop_stream_after: int | None = None
         self.stream_error_after: int | None = None
+        self.stream_error_form: StreamErrorForm = "own"
         self.required_api_key: str | None = None
         self.stream_gate: threading.Event | None = None
         self.redirect_to: str | None = None
@@ -231,17 +272,16 @@ class FakeUpstream:
         if where.deployment is not None:
             body = {**body, "model": where.deployment}
         if body.get("stream") is True:
+            cut = self.stream_error_after
             try:
-                events = self._stream_events(where, body)
+                events = (
+                    stream_events(where, body)
+                    if cut is None
+                    else failing_stream(where, body, cut, self.stream_error_form)
+                )
             except InvalidRequest as exc:
                 await _send_json(send, 400, error_body(where.provider, 400, exc.message))
                 return
-            if self.stream_error_after is not None:
-                overloaded = error_body(where.provider, 529, "Overloaded")
-                error = b"data: " + orjson.dumps(overloaded) + b"\n\n"
-                if where.provider == "anthropic":
-                    error = b"event: error\n" + error
-                events = [*events[: self.stream_error_after], error]
             await self._send_stream(send, events)
             return
         if where.provider == "anthropic":
@@ -249,12 +289,6 @@ class FakeUpstream:
         else:
             status, answer = simulated.openai_response(where.endpoint, body)
         await _send_json(send, status, answer)
-
-    @staticmethod
-    def _stream_events(where: Route, body: dict[str, Any]) -> list[bytes]:
-        if where.provider == "anthropic":
-            return simulated.anthropic_stream(body)
-        return simulated.openai_stream(where.endpoint, body)
 
     async def _send_stream(self, send: Send, events: list[bytes]) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})

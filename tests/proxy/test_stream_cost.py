@@ -8,11 +8,12 @@ import re
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anthropic
 import httpx
 import openai
+import orjson
 import pytest
 
 from spendgate.app import Gateway
@@ -20,7 +21,14 @@ from spendgate.core.money import NANOS_PER_USD
 from spendgate.proxy import simulated
 from spendgate.proxy.metering import StreamMeter
 from spendgate.proxy.wire import cost_figure
-from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
+from spendgate.testing.fake_upstream import (
+    FakeUpstream,
+    ServerHandle,
+    StreamErrorForm,
+    failing_stream,
+    route,
+    stream_events,
+)
 from tests.conftest import RunningGateway, start_gateway
 
 HI = [{"role": "user", "content": "hi there"}]
@@ -281,6 +289,21 @@ def test_an_unknown_price_is_told_as_unknown(gateway: RunningGateway) -> None:
     assert row["cost_nanos"] is None and row["price_unknown"] is True
 
 
+def metered(
+    kind: str, raw: bytes, piece: int | None, *, strip_usage_chunk: bool
+) -> tuple[StreamMeter, bytes, int | None]:
+    """``raw`` fed to a meter in pieces of ``piece`` bytes (None: whole): the meter, what
+    it forwarded, and where in that its cost is told (None: the stream never ended)."""
+    meter = StreamMeter(kind, strip_usage_chunk=strip_usage_chunk)
+    out, at, size = b"", None, piece or len(raw)
+    for start in range(0, len(raw), size):
+        forwarded = meter.feed(raw[start : start + size])
+        if (meter.done or meter.failed) and at is None:
+            at = len(out) + meter.cost_at
+        out += forwarded
+    return meter, out, at
+
+
 @pytest.mark.parametrize("piece", [None, 1, 7, 100])
 @pytest.mark.parametrize(("kind", "path", "body"), STREAM_KINDS)
 def test_the_meter_places_the_cost_however_the_stream_is_split(
@@ -295,14 +318,7 @@ def test_the_meter_places_the_cost_however_the_stream_is_split(
         simulated.anthropic_stream(body) if path is None else simulated.openai_stream(path, body)
     )
     raw = b"".join(events)
-    size = piece or len(raw)
-    meter = StreamMeter(kind, strip_usage_chunk=True)
-    out, at = b"", None
-    for start in range(0, len(raw), size):
-        forwarded = meter.feed(raw[start : start + size])
-        if meter.done and at is None:
-            at = len(out) + meter.cost_at
-        out += forwarded
+    meter, out, at = metered(kind, raw, piece, strip_usage_chunk=True)
     assert meter.done and meter.final and at is not None
     if kind == "response":
         assert at == len(out) and out == raw
@@ -340,35 +356,51 @@ def test_a_crlf_stream_cut_anywhere_is_metered_as_the_same_stream_in_lf(
         assert (out, at) == (expected, lf.cost_at), cut
 
 
-@pytest.mark.parametrize("sdk", ["anthropic", "openai"])
-def test_a_providers_error_event_is_booked_and_told_before_it(
-    recorded: tuple[RunningGateway, Recorded], fake: FakeUpstream, sdk: str
-) -> None:
-    """The provider ends its stream with its own error event (Anthropic's ``event:
-    error``, OpenAI's ``data: {"error": …}``) before its usage: the SDKs raise on that
-    event and hang up. The call is booked ``incomplete`` on an estimate before the event
-    goes out, and the comment that says so comes right before it (it came after, at the
-    end of the upstream's stream: the SDK, gone, never had it, and the row said
-    ``client_cancelled``). Booked once; no error event of spendgate's own is added."""
-    gateway, seen = recorded
-    key = gateway.create_key()["key"]
-    fake.stream_error_after = 4
-    if sdk == "anthropic":
-        claude = anthropic.Anthropic(base_url=gateway.url, api_key=key, max_retries=0)
+def call_ended_by_error(url: str, key: str, api: str) -> tuple[str, bytes]:
+    """A streamed call, through the SDK its client would use, whose provider ends it
+    with its error event: its request id, and how that event starts."""
+    claude = anthropic.Anthropic(base_url=url, api_key=key, max_retries=0)
+    oai = openai.OpenAI(base_url=url + "/v1", api_key=key, max_retries=0)
+    if api == "anthropic":
         with (
             pytest.raises(anthropic.APIStatusError, match="Overloaded"),
             claude.messages.stream(model="claude-sonnet-4-5", max_tokens=50, messages=HI) as s,
         ):
             request_id = s.response.headers["x-request-id"]
             s.get_final_message()
-        error = b"event: error\ndata: "
-    else:
-        oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
-        chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
-        request_id = chat.response.headers["x-request-id"]
-        with pytest.raises(openai.APIError, match="Overloaded"):
-            list(chat)
-        error = b'data: {"error":'
+        return request_id, b"event: error\ndata: "
+    if api == "responses":  # the SDK hands the Responses ``error`` event over, unraised
+        events = oai.responses.create(model="gpt-4o", input="hi", stream=True)
+        assert [e.type for e in events][-1] == "error"
+        return events.response.headers["x-request-id"], b"event: error\ndata: "
+    chat = oai.chat.completions.create(model="gpt-4o-mini", messages=HI, stream=True)
+    request_id = chat.response.headers["x-request-id"]
+    if api == "vllm":  # the SDK hands it over as a chunk, then stops at [DONE]
+        assert list(chat)[-1].object == "error"  # type: ignore[comparison-overlap]
+        return request_id, b'data: {"object":"error",'
+    with pytest.raises(openai.APIError, match="Overloaded"):
+        list(chat)
+    return request_id, b'data: {"error":'
+
+
+@pytest.mark.parametrize("api", ["anthropic", "chat", "responses", "vllm"])
+def test_a_providers_error_event_is_booked_and_told_before_it(
+    recorded: tuple[RunningGateway, Recorded], fake: FakeUpstream, api: str
+) -> None:
+    """The provider ends its stream with its own error event (Anthropic's ``event:
+    error``, OpenAI's ``data: {"error": …}``, the Responses API's ``event: error``, the
+    ``data: {"object": "error", …}`` of older vLLM, which still sends ``[DONE]`` after
+    it) before its usage: the SDKs raise on most and hang up. The call is booked
+    ``incomplete`` on an estimate before the event goes out, and the comment that says
+    so comes right before it (it came after, at the end of the upstream's stream: the
+    SDK, gone, never had it, and the row said ``client_cancelled``; vLLM's error was
+    not seen at all, the call booked ``ok``). Booked once; no error event of
+    spendgate's own is added."""
+    gateway, seen = recorded
+    key = gateway.create_key()["key"]
+    fake.stream_error_after = 4
+    fake.stream_error_form = "vllm" if api == "vllm" else "own"
+    request_id, error = call_ended_by_error(gateway.url, key, api)
     row = row_of(gateway, request_id)  # exactly one row
     assert (row["status"], row["usage_estimated"]) == ("incomplete", True)
     raw = seen.body(request_id)
@@ -377,7 +409,139 @@ def test_a_providers_error_event_is_booked_and_told_before_it(
     comment = COST.search(raw)
     assert comment is not None
     rest = raw[comment.end() :]
-    assert rest.startswith(error) and rest.count(b"\n\n") == 1, rest
+    assert rest.startswith(error) and rest.count(b"\n\n") == (2 if api == "vllm" else 1), rest
+    if api == "vllm":  # its [DONE] still follows
+        assert rest.endswith(b"\n\ndata: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("api", ["anthropic", "responses"])
+def test_a_stream_the_provider_failed_after_its_usage_is_billed_that_usage_as_incomplete(
+    recorded: tuple[RunningGateway, Recorded], fake: FakeUpstream, api: str
+) -> None:
+    """The provider gave its usage, then said the call failed: Anthropic's ``event:
+    error`` after ``message_delta`` (instead of ``message_stop``), or the Responses
+    API's ``response.failed``, which carries the usage it bills. The call is booked
+    ``incomplete`` (it was booked ``ok``, as if the client had its answer) at the
+    provider's usage, not an estimate, and the comment says so: before Anthropic's
+    error, which the SDK raises on; after ``response.failed``, as after
+    ``response.completed``."""
+    gateway, seen = recorded
+    key = gateway.create_key()["key"]
+    fake.stream_error_after = -1  # in place of message_stop, response.completed
+    if api == "anthropic":
+        request_id, _ = call_ended_by_error(gateway.url, key, "anthropic")
+        reply = simulated.anthropic_reply(fake.requests[-1].json)
+    else:
+        fake.stream_error_form = "failed"
+        oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+        events = oai.responses.create(model="gpt-4o", input="tell me", stream=True)
+        request_id = events.response.headers["x-request-id"]
+        *_, last = events
+        assert last.type == "response.failed" and last.response.usage is not None
+        reply = simulated.openai_reply("/responses", fake.requests[-1].json)
+    row = row_of(gateway, request_id)
+    assert (row["status"], row["usage_estimated"]) == ("incomplete", False)
+    assert (row["input_tokens"], row["output_tokens"]) == (
+        reply.prompt_tokens,
+        reply.completion_tokens,
+    )
+    raw = seen.body(request_id)
+    _, said = told(raw)
+    assert said == [f"{cost_figure(row['cost_nanos'])} status=incomplete"]
+    assert nanos(said[0].split(" ")[0]) == row["cost_nanos"] > 0
+    comment = COST.search(raw)
+    assert comment is not None
+    if api == "anthropic":
+        assert raw[: comment.start()].split(b"\n\n")[-2].startswith(b"event: message_delta")
+        assert raw[comment.end() :].startswith(b"event: error\n")
+    else:
+        assert comment.end() == len(raw)
+        assert raw[: comment.start()].split(b"\n\n")[-2].startswith(b"event: response.failed")
+
+
+def _without_usage(event: bytes) -> bytes:
+    """A ``response.failed`` event whose response reports no usage."""
+    head, data = event.split(b"data: ", 1)
+    payload = orjson.loads(data)
+    payload["response"]["usage"] = None
+    return head + b"data: " + orjson.dumps(payload) + b"\n\n"
+
+
+CHAT_BODY = {"model": "m", "messages": HI, "stream_options": {"include_usage": True}}
+MESSAGES_BODY = {"model": "m", "max_tokens": 20, "messages": HI}
+RESPONSES_BODY = {"model": "m", "input": "hi"}
+#: (kind, path, body, where the provider cut its stream (None: it did not), how it ended it,
+#: the ledger status, whether the usage billed is an estimate, how many events (the
+#: last ones) follow the cost comment)
+ENDINGS = [
+    pytest.param("chat", "/v1/chat/completions", CHAT_BODY, None, "own", "ok", False, 1,
+                 id="chat-done"),
+    pytest.param("chat", "/v1/chat/completions", CHAT_BODY, 4, "own", "incomplete", True, 1,
+                 id="chat-error"),
+    pytest.param("chat", "/v1/chat/completions", CHAT_BODY, 4, "vllm", "incomplete", True, 2,
+                 id="chat-vllm-error-then-done"),
+    pytest.param("message", "/v1/messages", MESSAGES_BODY, None, "own", "ok", False, 1,
+                 id="message-stop"),
+    pytest.param("message", "/v1/messages", MESSAGES_BODY, 4, "own", "incomplete", True, 1,
+                 id="message-error-before-its-usage"),
+    pytest.param("message", "/v1/messages", MESSAGES_BODY, -1, "own", "incomplete", False, 1,
+                 id="message-error-after-message-delta"),
+    pytest.param("response", "/v1/responses", RESPONSES_BODY, None, "own", "ok", False, 0,
+                 id="response-completed"),
+    pytest.param("response", "/v1/responses", {**RESPONSES_BODY, "max_output_tokens": 3},
+                 None, "own", "ok", False, 0, id="response-incomplete-at-its-cap"),
+    pytest.param("response", "/v1/responses", RESPONSES_BODY, -1, "failed", "incomplete",
+                 False, 0, id="response-failed"),
+    pytest.param("response", "/v1/responses", RESPONSES_BODY, -1, "failed-no-usage",
+                 "incomplete", True, 0, id="response-failed-without-usage"),
+    pytest.param("response", "/v1/responses", RESPONSES_BODY, 4, "own", "incomplete", True, 1,
+                 id="response-error-event"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("piece", [None, 7])
+@pytest.mark.parametrize(
+    ("kind", "path", "body", "after", "form", "status", "estimated", "following"), ENDINGS
+)
+def test_each_way_a_stream_ends_has_its_status_bill_and_cost_place(
+    kind: str,
+    path: str,
+    body: dict[str, Any],
+    after: int | None,
+    form: str,
+    status: str,
+    estimated: bool,
+    following: int,
+    piece: int | None,
+) -> None:
+    """How the provider ends a stream decides its ledger status: its normal end
+    (``[DONE]``, ``message_stop``, ``response.completed``, and ``response.incomplete``:
+    the output cap reached, a normal end as a chat's ``finish_reason: length`` is) is
+    ``ok``; its error, or ``response.failed``, is ``incomplete``, billed its usage when
+    it gave its final figure first, else an estimate. The end is found whatever the
+    provider's bytes are cut into, and the cost goes before the event that ends the
+    stream (after the Responses event that carries the response)."""
+    where = route("POST", path)
+    assert where is not None
+    body = {**body, "stream": True}
+    whole = StreamMeter(kind, strip_usage_chunk=False)
+    whole.feed(b"".join(stream_events(where, body)))
+    if after is None:
+        events = stream_events(where, body)
+    else:
+        events = failing_stream(
+            where, body, after, cast(StreamErrorForm, form.removesuffix("-no-usage"))
+        )
+        if form == "failed-no-usage":
+            events[-1] = _without_usage(events[-1])
+    raw = b"".join(events)
+    meter, out, at = metered(kind, raw, piece, strip_usage_chunk=False)
+    assert out == raw and at is not None
+    assert out[at:] == b"".join(events[len(events) - following :])
+    usage, guessed = meter.billed(len(orjson.dumps(body)))
+    assert (meter.status, guessed) == (status, estimated)
+    if not estimated:
+        assert usage == whole.usage
 
 
 @pytest.mark.parametrize(("kind", "path", "body"), STREAM_KINDS)
@@ -406,3 +570,19 @@ def test_a_last_event_without_its_blank_line_is_still_metered(
         assert out == expected
     else:
         assert meter.done and out == cut
+
+
+def test_a_chat_style_error_ends_a_responses_stream_too() -> None:
+    """An OpenAI-compatible gateway in front of the provider (LiteLLM did) may end a
+    ``/v1/responses`` stream with the chat-style ``data: {"error": …}``, which the
+    ``openai`` SDK raises on: it ends that stream as it ends a chat one, booked
+    ``incomplete`` with the cost told before it (it went unseen: the stream ran to its
+    close, the cost after the error the SDK had already raised on)."""
+    where = route("POST", "/v1/responses")
+    assert where is not None
+    body = {**RESPONSES_BODY, "stream": True}
+    error = b"data: " + orjson.dumps(simulated.openai_error("Overloaded")) + b"\n\n"
+    events = [*stream_events(where, body)[:4], error]
+    meter, out, at = metered("response", b"".join(events), None, strip_usage_chunk=False)
+    assert meter.failed and at is not None and out[at:] == error
+    assert (meter.status, meter.billed(100)[1]) == ("incomplete", True)
