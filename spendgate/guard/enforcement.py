@@ -636,10 +636,28 @@ class Enforcer:
     def _refuse(self, admission: Admission, refusal: Refusal, now: datetime) -> NoReturn:
         # every budget whose cap the call would pass: each may have reached its limit,
         # not only the one the error names (the first)
-        for each in refusal.every():
+        every = refusal.every()
+        for each in every:
             for a in admission.budgets:
                 if a.bucket == each.bucket:
                     self._refused_by(a, each, admission.worst_case, now)
+            for w in admission.wallets:
+                if wallet_bucket(w) == each.bucket and w.grant_of is None:
+                    self._emit(
+                        "wallet.depleted",
+                        f"wallet:{w.id}:depleted:{each.cap}",
+                        {
+                            "wallet_id": w.id,
+                            "scope_type": w.scope_type,
+                            "scope_id": w.scope_id,
+                            "balance_usd": format_usd(each.cap - each.spent),
+                        },
+                        now,
+                        w.org_id,
+                    )
+        # the error names a cap that stays shut until a reset or a top-up before one that
+        # calls in flight may open by settling: "retry" would be wrong advice for the call
+        refusal = next((r for r in every if r.spent + admission.worst_case > r.cap), refusal)
         for a in admission.budgets:
             if a.bucket == refusal.bucket:
                 used = refusal.spent + refusal.reserved
@@ -681,18 +699,6 @@ class Enforcer:
                         shortfall_nanos=shortfall,
                         ticket_id=w.id,
                     )
-                self._emit(
-                    "wallet.depleted",
-                    f"wallet:{w.id}:depleted:{refusal.cap}",
-                    {
-                        "wallet_id": w.id,
-                        "scope_type": w.scope_type,
-                        "scope_id": w.scope_id,
-                        "balance_usd": format_usd(balance),
-                    },
-                    now,
-                    w.org_id,
-                )
                 raise InsufficientFunds(
                     f"wallet {w.id} cannot fund this call: balance ${format_usd(balance)}, "
                     f"${format_usd(refusal.reserved)} in flight, call may cost up to "

@@ -385,6 +385,80 @@ def test_room_held_only_by_a_call_in_flight_is_not_refusing(
     small(model="gpt-4o-mini", max_tokens=20, messages=MSG)  # the room is back: served
 
 
+def test_the_429_names_a_cap_only_a_reset_opens_over_one_held_by_calls_in_flight(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A call refused by two caps at once: its key's, full only of a stream in flight
+    (room comes back when it settles: retry), and its org's, full of what is spent (only
+    the reset opens it: three calls spent, a quarter of one left). The 429 names the
+    org's and says not to retry; it named the first cap checked (the key's) and told the
+    client to retry a call that cannot pass."""
+    gate, started = threading.Event(), threading.Event()
+    fake.stream_gate = gate
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    cost = _call(client)
+    _call(client)
+    _call(client)
+    held_by_stream = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True
+    )
+
+    def stream() -> None:
+        chunks = client.chat.completions.create(
+            model="gpt-4o-mini", max_tokens=4000, messages=MSG, stream=True
+        )
+        for _ in chunks:
+            started.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        streaming = pool.submit(stream)
+        try:
+            assert started.wait(30)
+            status = _status(gateway, held_by_stream["id"])
+            room = Decimal(status["reserved_usd"]) + Decimal(status["spent_usd"]) + MICRO
+            gateway.admin.patch(
+                f"/admin/budgets/{held_by_stream['id']}", json={"amount_usd": f"{room:f}"}
+            )
+            spent_up = gateway.create_budget(
+                scope_type="org",
+                scope_id=key["org_id"],
+                amount_usd=f"{cost * 3 + (cost / 4).quantize(NANO):f}",
+                hard_limit=True,
+            )
+            try:
+                client.chat.completions.create(model="demo-small", max_tokens=20, messages=MSG)
+                raise AssertionError("both caps let the call through")
+            except openai.RateLimitError as exc:
+                body: Any = exc.body
+                assert body["code"] == "budget_exceeded", body
+                assert spent_up["id"] in body["message"], body["message"]
+                assert exc.response.headers.get("x-should-retry") == "false"
+        finally:
+            gate.set()
+        streaming.result(30)
+    assert _status(gateway, spent_up["id"])["state"] == "refusing"
+    assert _status(gateway, held_by_stream["id"])["refusing_since"] is None
+
+
+def test_a_wallet_short_beside_a_refusing_budget_says_depleted(gateway: RunningGateway) -> None:
+    """A call refused by its key's hard cap and by its org's wallet at once: the wallet's
+    ``wallet.depleted`` fires as well as the budget's events (only the first refusal the
+    call was checked against fired its event, so an empty wallet could go unannounced)."""
+    client, _, _, budget = _nearly_used_up(gateway)
+    org_id = gateway.get(f"/admin/budgets/{budget['id']}")["org_id"]
+    wallet = gateway.post(
+        "/admin/wallets",
+        {"scope_type": "org", "scope_id": org_id, "initial_topup_usd": f"{MICRO:f}"},
+    )
+
+    _refused(client)
+
+    assert _status(gateway, budget["id"])["state"] == "refusing"
+    [event] = gateway.get("/admin/events", type="wallet.depleted")
+    assert event["data"]["wallet_id"] == wallet["id"]
+
+
 def test_a_cap_lowered_below_one_that_refused_a_call_is_refusing(gateway: RunningGateway) -> None:
     """An exception raised the cap, the raised cap refused a call, and the exception ran
     out by itself: the cap is back down, what is spent has not fallen, so a call that big
