@@ -94,9 +94,10 @@ def show_(
 
 def _issue(action: str, month: str, org: str | None, url: str, as_json: bool) -> None:
     data = call(url, "POST", admin_path("statements", month, action), json=_one_org(url, org))
-    show(data["statements"], as_json, ISSUED)
-    if not as_json and not data["statements"]:
+    if not as_json and not data["statements"]:  # not also show()'s "(none)"
         console.print("no statement changed")
+        return
+    show(data["statements"], as_json, ISSUED)
 
 
 @statements_app.command("close")

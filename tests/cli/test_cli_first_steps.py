@@ -205,6 +205,8 @@ def test_users_agents_and_statements_go_to_the_one_org(served: Served, tmp_path:
     assert run_cli(url, "statements", "show", month)["statement"]["org_id"] == demo["id"]
     assert [s["team_id"] for s in run_cli(url, "statements", "close", month)] == [None]
     assert run_cli(url, "statements", "reissue", month) == []
+    code, out, _ = invoke(url, "statements", "reissue", month)  # said once, not also "(none)"
+    assert (code, out) == (0, "no statement changed\n")
     assert run_cli(url, "statements", "rule", "even")["method"] == "even"
     run_cli(url, "orgs", "create", "second")
     for args in (
