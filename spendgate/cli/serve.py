@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -121,7 +122,9 @@ def serve(
     try:  # before a key is made or printed, or "listening" said
         port = listenable_port(host, settings.port)
     except (OSError, OverflowError) as busy:
-        say("error", f"cannot listen on {host}:{settings.port}: {busy}")
+        taken = isinstance(busy, OSError) and busy.errno == errno.EADDRINUSE
+        hint = " (another port: --port N, or --port 0 for any free one)" if taken else ""
+        say("error", f"cannot listen on {host}:{settings.port}: {busy}{hint}")
         raise typer.Exit(1) from busy
     # the app is built by uvicorn's factory (in each worker): it listens where we do and
     # its default public URL (printed links, invite links) names this address
