@@ -333,8 +333,10 @@ def _non_negative_int(value: Any, where: str) -> int:
 
 
 def _port(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ConfigError(f"gateway.port must be a whole number from 1 to 65535, not {value!r}")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(
+            f"gateway.port must be a whole number from 0 (any free port) to 65535, not {value!r}"
+        )
     return value
 
 
@@ -487,7 +489,7 @@ def load_settings(
     models = demo_routes() if demo else {}
     models.update(_routes(raw.get("models", {}), providers))
     host = host or _string(gateway.get("host", "127.0.0.1"), "gateway.host")
-    port = port or _port(gateway.get("port", 4100))
+    port = _port(gateway.get("port", 4100)) if port is None else port  # 0: any free port
     return Settings(
         host=host,
         port=port,

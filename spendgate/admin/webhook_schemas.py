@@ -63,7 +63,11 @@ class Webhook(BaseModel):
 
 
 class WebhookWithSecret(Webhook):
-    secret: str = Field(description="whsec_…: shown once; verify deliveries with it")
+    secret: str = Field(
+        description="whsec_…: shown once; a `webhook` receiver verifies deliveries with it "
+        "(Slack and PagerDuty deliveries carry the signature too, but those services check "
+        "none: nothing to keep for them)"
+    )
 
 
 class RotateIn(Strict):

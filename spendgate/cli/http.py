@@ -167,7 +167,7 @@ def when(value: str | None) -> str | None:
 
 
 def default_org(url: str, team: str | None) -> str:
-    """The org a key, team, user or agent (or a statements export) is for when ``--org`` is
+    """The org a key, team, user or agent (or a month's statements) is for when ``--org`` is
     not given: its team's, else the only org the caller sees (an org admin's token sees its
     own; the master key sees every org); several: exit 2 asking for ``--org``."""
     if team is not None:

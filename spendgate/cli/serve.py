@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -21,17 +22,17 @@ db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 Say = Callable[[str, str], None]
 
 
-def port_in_use(host: str, port: int) -> OSError | OverflowError | None:
-    """Why ``host:port`` cannot be listened on (bound the way uvicorn binds), or None;
-    a port past 65535 too (``--port 99999`` printed bind()'s traceback)."""
+def listenable_port(host: str, port: int) -> int:
+    """The port ``serve`` listens on at ``host``: ``port``, or for 0 one the system has free
+    now ("any free port"; uvicorn then binds that number). Raises OSError, or OverflowError
+    for a port past 65535 (``--port 99999`` printed bind()'s traceback), when ``host:port``
+    cannot be listened on (bound the way uvicorn binds)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except (OSError, OverflowError) as exc:
-            return exc
-    return None
+        probe.bind((host, port))
+        bound: int = probe.getsockname()[1]
+    return bound
 
 
 def _master_key(database_url: str, say: Say) -> None:
@@ -66,7 +67,11 @@ def serve(
         str | None, typer.Option(help="default: \\[gateway] host of --config, else 127.0.0.1")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="default: \\[gateway] port of --config, else 4100")
+        int | None,
+        typer.Option(
+            help="default: \\[gateway] port of --config, else 4100; 0: any free port (the one "
+            "picked is printed)"
+        ),
     ] = None,
     workers: Annotated[int, typer.Option(min=1)] = 1,
     redis_failure_mode: Annotated[
@@ -106,24 +111,29 @@ def serve(
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    # the options, else the config's [gateway] host and port, else 127.0.0.1:4100; the app
-    # is built by uvicorn's factory (in each worker): it listens where we do and its
-    # default public URL (printed links, invite links) names this address
-    host, port = settings.host, settings.port
-    os.environ["SPENDGATE_SERVE_ADDRESS"] = f"{host}:{port}"
     log_config = configure(settings.log_level, settings.log_format)
     say = _teller(settings.log_format)
     config_path = os.environ.get("SPENDGATE_CONFIG")
     for name in unknown_config_keys(config_path):
         say("warning", f"{config_path}: {name} is not a setting spendgate reads; ignored")
-    busy = port_in_use(settings.host, settings.port)
-    if busy is not None:  # before a key is made or printed, or "listening" said
-        say("error", f"cannot listen on {settings.host}:{settings.port}: {busy}")
-        raise typer.Exit(1)
+    # the options, else the config's [gateway] host and port, else 127.0.0.1:4100; port 0
+    # is a free one picked now, so everything below names the port really listened on
+    host = settings.host
+    try:  # before a key is made or printed, or "listening" said
+        port = listenable_port(host, settings.port)
+    except (OSError, OverflowError) as busy:
+        taken = isinstance(busy, OSError) and busy.errno == errno.EADDRINUSE
+        hint = " (another port: --port N, or --port 0 for any free one)" if taken else ""
+        say("error", f"cannot listen on {host}:{settings.port}: {busy}{hint}")
+        raise typer.Exit(1) from busy
+    # the app is built by uvicorn's factory (in each worker): it listens where we do and
+    # its default public URL (printed links, invite links) names this address
+    os.environ["SPENDGATE_SERVE_ADDRESS"] = f"{host}:{port}"
     try:
         if not settings.master_key:
             _master_key(settings.database_url, say)
-            settings = load_settings(demo=demo, host=host, port=port)
+        # again: with the key kept in the data directory, and the port picked for 0
+        settings = load_settings(demo=demo, host=host, port=port)
         # read again by each worker's app: refused here, before "listening" is said
         load_audit_settings(os.environ, settings.master_key)
     except ConfigError as exc:

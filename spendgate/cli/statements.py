@@ -16,12 +16,23 @@ from spendgate.cli.output import console, err_console, progress_bar, show
 from spendgate.core.money import format_usd
 
 statements_app = typer.Typer(help="Monthly chargeback statements.", no_args_is_help=True)
-OrgOpt = Annotated[str | None, typer.Option("--org", help="org id (the master key needs it)")]
+OrgOpt = Annotated[str | None, typer.Option("--org", help="org id; default: every org you see")]
+#: the commands about one org's statements: without ``--org``, the one org the caller sees
+OneOrgOpt = Annotated[
+    str | None, typer.Option("--org", help="org id; default: the one org you can see")
+]
 ISSUED = ["team_id", "version", "total_usd", "content_hash"]
 
 
 def _org(org: str | None) -> dict[str, str]:
     return {"org_id": org} if org else {}
+
+
+def _one_org(url: str, org: str | None, team: str | None = None) -> dict[str, str]:
+    """The ``org_id`` of a call about one org's statements: ``--org``, else ``team``'s org,
+    else the only org the caller sees (the master key was refused without ``--org``
+    even when there was one org; see :func:`default_org`)."""
+    return {"org_id": org or default_org(url, team)}
 
 
 @statements_app.command("list")
@@ -40,7 +51,10 @@ def list_(
 @statements_app.command("show")
 def show_(
     month: Annotated[str, typer.Argument(help="YYYY-MM")],
-    org: OrgOpt = None,
+    org: Annotated[
+        str | None,
+        typer.Option("--org", help="org id; default: the team's org, else the one org you can see"),
+    ] = None,
     team: Annotated[str | None, typer.Option("--team", help="absent: the org statement")] = None,
     version: Annotated[int | None, typer.Option()] = None,
     format_: Annotated[str, typer.Option("--format", help="table, csv, jsonl or html")] = "table",
@@ -51,7 +65,7 @@ def show_(
     if format_ not in ("table", "csv", "jsonl", "html"):
         err_console.print("[red]--format must be table, csv, jsonl or html[/]")
         raise typer.Exit(2)
-    params: dict[str, str | int] = {**_org(org)}
+    params: dict[str, str | int] = {**_one_org(url, org, team)}
     if team:
         params["team_id"] = team
     if version:
@@ -79,16 +93,17 @@ def show_(
 
 
 def _issue(action: str, month: str, org: str | None, url: str, as_json: bool) -> None:
-    data = call(url, "POST", admin_path("statements", month, action), json=_org(org))
-    show(data["statements"], as_json, ISSUED)
-    if not as_json and not data["statements"]:
+    data = call(url, "POST", admin_path("statements", month, action), json=_one_org(url, org))
+    if not as_json and not data["statements"]:  # not also show()'s "(none)"
         console.print("no statement changed")
+        return
+    show(data["statements"], as_json, ISSUED)
 
 
 @statements_app.command("close")
 def close(
     month: Annotated[str, typer.Argument(help="YYYY-MM, ended in the org's zone")],
-    org: OrgOpt = None,
+    org: OneOrgOpt = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
@@ -99,7 +114,7 @@ def close(
 @statements_app.command("reissue")
 def reissue(
     month: Annotated[str, typer.Argument(help="YYYY-MM, closed")],
-    org: OrgOpt = None,
+    org: OneOrgOpt = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
@@ -112,28 +127,27 @@ def export(
     month: Annotated[str, typer.Argument(help="YYYY-MM")],
     output: Annotated[Path, typer.Option("--output", "-o", help="directory")] = Path("."),
     format_: Annotated[str, typer.Option("--format", help="csv, jsonl or html")] = "csv",
-    org: OrgOpt = None,
+    org: OneOrgOpt = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: Annotated[
         bool, typer.Option("--json", help="print a JSON summary (the files written) on stdout")
     ] = False,
 ) -> None:
-    """Every statement of the month (the org's and each team's), one file each; without
-    --org, the one org you can see."""
+    """Every statement of the month (the org's and each team's), one file each."""
     if format_ not in ("csv", "jsonl", "html"):
         err_console.print("[red]--format must be csv, jsonl or html[/]")
         raise typer.Exit(2)
     # the org first: the master key's teams list would be every org's, and a statement it
     # asks for without --org a 422 half way through the progress bar
-    org = org or default_org(url, None)
-    teams = call(url, "GET", "/admin/teams", params=_org(org))
+    of_org = _one_org(url, org)
+    teams = call(url, "GET", "/admin/teams", params=of_org)
     targets: list[str | None] = [None, *(t["id"] for t in teams)]
     output.mkdir(parents=True, exist_ok=True)
     files: list[str] = []
     with progress_bar() as progress:
         task = progress.add_task("export", total=len(targets))
         for team in targets:
-            params = {**_org(org), "format": format_, **({"team_id": team} if team else {})}
+            params = {**of_org, "format": format_, **({"team_id": team} if team else {})}
             body = call(url, "GET", admin_path("statements", month), params=params)
             path = output / f"statement-{month}-{team or 'org'}.{format_}"
             path.write_text(body)
@@ -154,12 +168,18 @@ def rule(
         list[str] | None, typer.Option("--share", help="TEAM_ID[=PERCENT]; repeat")
     ] = None,
     position: Annotated[int, typer.Option(help="rules are tried in this order")] = 0,
-    org: OrgOpt = None,
+    org: OneOrgOpt = None,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Add an allocation rule for spend no team owns."""
     shares = {team: percent for team, _, percent in (s.partition("=") for s in share or [])}
-    body = {**_org(org), "method": method, "tag": tag, "shares": shares, "position": position}
+    body = {
+        **_one_org(url, org),
+        "method": method,
+        "tag": tag,
+        "shares": shares,
+        "position": position,
+    }
     made = call(url, "POST", "/admin/allocation-rules", json=body)
     show(made, as_json, ["id", "method", "tag", "shares", "position"])

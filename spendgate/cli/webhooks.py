@@ -37,6 +37,9 @@ webhooks_app = typer.Typer(
     help="Webhook endpoints (signed), Slack and PagerDuty alerts.", no_args_is_help=True
 )
 COLUMNS = ["id", "kind", "url", "event_types", "scope_type", "scope_id", "enabled"]
+#: receivers that never check the Standard Webhooks signature (their deliveries carry it,
+#: as every delivery does): an endpoint of these kinds has no secret anyone needs to keep
+UNCHECKED_KINDS = {"slack": "Slack", "pagerduty": "PagerDuty"}
 
 
 def _types(value: str | None) -> list[str] | None:
@@ -83,9 +86,7 @@ def create(
     if routing_key:
         body["config"] = {"routing_key": routing_key}
     created = _call(url, "POST", "/admin/webhooks", json=body)
-    _show(created, as_json, [*COLUMNS, "secret"], secret="secret")
-    if not as_json:
-        err_console.print("[yellow]store the secret now: it is not shown again[/]")
+    _show_with_secret(created, as_json, COLUMNS)
 
 
 @webhooks_app.command("update")
@@ -133,7 +134,22 @@ def rotate_secret(
         admin_path("webhooks", endpoint_id, "rotate-secret"),
         json={"overlap_seconds": overlap_seconds},
     )
-    _show(rotated, as_json, ["id", "secret", "previous_secret_valid_until"], secret="secret")
+    _show_with_secret(rotated, as_json, ["id", "previous_secret_valid_until"])
+
+
+def _show_with_secret(answer: dict[str, Any], as_json: bool, columns: list[str]) -> None:
+    """An endpoint with its new signing secret (``--json``: the API's answer, as it is).
+    A ``webhook`` receiver verifies deliveries with the secret, printed once; Slack and
+    PagerDuty check no signature, so for them it is left out and said why (it was
+    printed with "store the secret now", for nothing to use it)."""
+    service = UNCHECKED_KINDS.get(answer["kind"])
+    if as_json or service is None:
+        _show(answer, as_json, [*columns, "secret"], secret="secret")
+        if not as_json:
+            err_console.print("[yellow]store the secret now: it is not shown again[/]")
+        return
+    _show(answer, False, columns)
+    err_console.print(f"no secret to keep: {service} does not check the deliveries' signatures")
 
 
 @webhooks_app.command("deliveries")

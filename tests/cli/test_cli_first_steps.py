@@ -183,15 +183,15 @@ def test_long_lines_stay_whole_when_not_a_terminal(served: Served) -> None:
     assert "already exists" in line and line.endswith(")")
 
 
-def test_users_agents_and_a_statements_export_go_to_the_one_org(
-    served: Served, tmp_path: Path
-) -> None:
-    """Like `keys create` and `teams create`, `users create`, `agents create` and
-    `statements export` without --org go to the one org the caller sees (the demo's here);
-    with several they exit 2 asking for --org, and the export writes nothing. Before,
-    `users create ops@acme.io --role org_admin` with the master key was `error 422:
-    --org: org None does not exist`, and the export started over every org's teams and
-    failed half way with a 422."""
+def test_users_agents_and_statements_go_to_the_one_org(served: Served, tmp_path: Path) -> None:
+    """Like `keys create` and `teams create`, `users create`, `agents create` and the
+    statements commands about one org (`export`, `show`, `close`, `reissue`, `rule`)
+    without --org go to the one org the caller sees (the demo's here); with several they
+    exit 2 asking for --org, and the export writes nothing. Before, `users create
+    ops@acme.io --role org_admin` with the master key was `error 422: --org: org None does
+    not exist`, the export started over every org's teams and failed half way with a 422,
+    and `statements show/close/reissue/rule` were `error 422: org_id: required with the
+    master key` even with one org."""
     url, _, _ = served
     (demo,) = run_cli(url, "orgs", "list")
     user = run_cli(url, "users", "create", "ops@demo.example", "--role", "org_admin")
@@ -201,11 +201,20 @@ def test_users_agents_and_a_statements_export_go_to_the_one_org(
     code, _, err = invoke(url, "statements", "export", "2026-11", "-o", str(out))
     assert code == 0, err
     assert sorted(p.name for p in out.iterdir()) == ["statement-2026-11-org.csv"]
+    month = "2025-11"  # ended whatever the day the test runs
+    assert run_cli(url, "statements", "show", month)["statement"]["org_id"] == demo["id"]
+    assert [s["team_id"] for s in run_cli(url, "statements", "close", month)] == [None]
+    assert run_cli(url, "statements", "reissue", month) == []
+    code, out, _ = invoke(url, "statements", "reissue", month)  # said once, not also "(none)"
+    assert (code, out) == (0, "no statement changed\n")
+    assert run_cli(url, "statements", "rule", "even")["method"] == "even"
     run_cli(url, "orgs", "create", "second")
     for args in (
         ("users", "create", "two@demo.example", "--role", "finance"),
         ("agents", "create", "crawler-2"),
         ("statements", "export", "2026-11", "-o", str(tmp_path / "two")),
+        *(("statements", command, month) for command in ("show", "close", "reissue")),
+        ("statements", "rule", "even"),
     ):
         code, _, err = invoke(url, *args)
         assert code == 2 and "--org is required: you can see 2 orgs" in err, (args, err)

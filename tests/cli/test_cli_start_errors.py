@@ -4,11 +4,15 @@ saying why and what it was given (no password), an exit code, never a traceback.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import uuid
 from pathlib import Path
 
+import httpx
+
+from spendgate.settings import load_settings
 from tests.cli.test_cli_serve import MASTER, free_port
 from tests.conftest import PG_ADMIN_DSN
 
@@ -152,13 +156,51 @@ def test_serve_listens_where_the_config_says(tmp_path: Path) -> None:
     config.write_text(f'[gateway]\nhost = "127.0.0.1"\nport = {port}\n')
     said = said_until_listening(tmp_path, "--config", str(config), port=False)
     assert f"listening on http://127.0.0.1:{port} " in said, said
-    for bad, named in (('port = "abc"', "gateway.port"), ("port = 0", "gateway.port"),
+    for bad, named in (('port = "abc"', "gateway.port"), ("port = 70000", "gateway.port"),
                        ("host = 5", "gateway.host")):  # fmt: skip
         config.write_text(f"[gateway]\n{bad}\n")
         code, said = spendgate("serve", "--config", str(config), SPENDGATE_MASTER_KEY=MASTER,
                                SPENDGATE_DATABASE_URL=f"sqlite:///{tmp_path}/p.db")  # fmt: skip
         assert (code, "Traceback" in said) == (2, False), said
         assert f"configuration error: {named} must be" in said
+
+
+def test_serve_port_0_is_any_free_port_and_says_which(tmp_path: Path) -> None:
+    """``--port 0`` fell back to the config's port (else 4100, where another gateway may
+    run); it is a free port picked by the system now, and every line printed (listening
+    on, the demo console link, uvicorn's) names that one. A config's ``port = 0`` (it was
+    refused) means the same."""
+    config = tmp_path / "spendgate.toml"
+    config.write_text("[gateway]\nport = 0\n")
+    assert load_settings(config_path=str(config), env={}).port == 0
+    taken = free_port()
+    config.write_text(f"[gateway]\nport = {taken}\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "spendgate", "serve", "--demo", "--config", str(config),
+         "--port", "0"],
+        env={**os.environ, "COLUMNS": "300", "SPENDGATE_MASTER_KEY": MASTER,
+             "SPENDGATE_DATABASE_URL": f"sqlite:///{tmp_path}/p.db"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        said = ""
+        for line in proc.stderr:
+            said += line
+            if "Uvicorn running on" in line:
+                break
+        listening = re.search(r"listening on http://127\.0\.0\.1:(\d+) ", said)
+        assert listening, said
+        port = int(listening[1])
+        assert port not in (0, 4100, taken), said
+        assert f"console: http://127.0.0.1:{port}/login " in said, said
+        assert f"Uvicorn running on http://127.0.0.1:{port} " in said, said
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def said_until_listening(tmp_path: Path, *args: str, port: bool = True) -> str:

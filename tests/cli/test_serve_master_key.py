@@ -168,8 +168,9 @@ def test_a_key_file_others_may_read_is_refused(tmp_path: Path) -> None:
 
 
 def test_a_busy_port_fails_before_a_demo_key_or_listening_is_printed(tmp_path: Path) -> None:
-    """Something already listens on the port: serve exits 1 naming the address, and has
-    printed no demo key, no generated master key and no "listening"."""
+    """Something already listens on the port: serve exits 1 naming the address and how
+    to pick another (a second quickstart on 4100 was left guessing), and has printed no
+    demo key, no generated master key and no "listening"."""
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -184,6 +185,7 @@ def test_a_busy_port_fails_before_a_demo_key_or_listening_is_printed(tmp_path: P
     said = done.stdout + done.stderr
     assert done.returncode == 1
     assert f"cannot listen on 127.0.0.1:{port}" in " ".join(said.split())
+    assert "(another port: --port N, or --port 0 for any free one)" in " ".join(said.split())
     for never in ("sk-sg-", "listening", "SPENDGATE_MASTER_KEY", "demo org"):
         assert never not in said
     assert not (tmp_path / "data" / "spendgate-master.key").exists()

@@ -230,6 +230,38 @@ def test_webhooks_cli(
     assert run("update", created["id"], "--disable")["enabled"] is False
 
 
+def test_webhooks_cli_prints_a_secret_only_for_a_receiver_that_checks_it(
+    gateway: RunningGateway, hooks: WebhookRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Slack or PagerDuty endpoint's signing secret was printed with "store the secret
+    now", though neither service checks a signature: the CLI leaves it out for them and
+    says why; a ``webhook`` endpoint's is printed once, as before. The API (and ``--json``,
+    its answer) still returns ``secret`` for every kind."""
+    monkeypatch.setenv("SPENDGATE_MASTER_KEY", MASTER_KEY)
+
+    def run(*args: str) -> tuple[str, str]:
+        result = CliRunner().invoke(webhooks_app, [*args, "--url", gateway.url])
+        assert result.exit_code == 0, result.output
+        return result.stdout, result.stderr
+
+    out, err = run("create", "http://127.0.0.1:9/hook")
+    assert "secret: whsec_" in out and "store the secret now" in err
+    for target, kind, extra in (
+        ("https://hooks.slack.com/services/T0/B0/XXXXcli", "slack", ()),
+        ("https://events.pagerduty.com/v2/enqueue", "pagerduty", ("--routing-key", "R0UT1NG")),
+    ):
+        out, err = run("create", target, "--kind", kind, *extra)
+        assert "whsec_" not in out + err and "store the secret" not in err, out + err
+        service = {"slack": "Slack", "pagerduty": "PagerDuty"}[kind]
+        assert f"no secret to keep: {service} does not check" in " ".join(err.split())
+        (made,) = [w for w in gateway.get("/admin/webhooks") if w["kind"] == kind]
+        out, err = run("rotate-secret", made["id"])
+        assert "whsec_" not in out + err and "no secret to keep" in err
+        answer = CliRunner().invoke(webhooks_app, ["rotate-secret", made["id"], "--url",
+                                                   gateway.url, "--json"])  # fmt: skip
+        assert json.loads(answer.stdout)["secret"].startswith("whsec_")
+
+
 def test_slack_url_never_returned(gateway: RunningGateway, hooks: WebhookRuntime) -> None:
     """A Slack endpoint's URL comes back masked from every route (create, get, list, patch,
     rotate, the audit log); a PATCH carrying the masked URL keeps the real one."""
