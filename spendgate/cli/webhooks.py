@@ -28,6 +28,7 @@ from spendgate.cli.http import (
 from spendgate.cli.http import call as _call
 from spendgate.cli.output import console, deleted, err_console
 from spendgate.cli.output import show as _show
+from spendgate.webhooks.catalog import UNCHECKED_KINDS
 
 if TYPE_CHECKING:
     from spendgate.webhooks.secrets_box import SecretBox
@@ -37,9 +38,6 @@ webhooks_app = typer.Typer(
     help="Webhook endpoints (signed), Slack and PagerDuty alerts.", no_args_is_help=True
 )
 COLUMNS = ["id", "kind", "url", "event_types", "scope_type", "scope_id", "enabled"]
-#: receivers that never check the Standard Webhooks signature (their deliveries carry it,
-#: as every delivery does): an endpoint of these kinds has no secret anyone needs to keep
-UNCHECKED_KINDS = {"slack": "Slack", "pagerduty": "PagerDuty"}
 
 
 def _types(value: str | None) -> list[str] | None:

@@ -9,7 +9,7 @@ answering the POST that made it (create or rotate) and nowhere else.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
@@ -22,7 +22,7 @@ from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can
 from spendgate.services import Services
 from spendgate.store.console_auth import SignedIn
-from spendgate.webhooks.catalog import EVENT_TYPES
+from spendgate.webhooks.catalog import EVENT_TYPES, UNCHECKED_KINDS
 
 router = APIRouter(include_in_schema=False)
 KINDS = ("webhook", "slack", "pagerduty")
@@ -84,8 +84,7 @@ async def create_webhook(
         }
         sent_back = refill(exc, typed_in, moved={"config": "routing_key"})
         return await _webhooks_page(request, svc, user, sent_back)
-    ctx = {"endpoint": made, "secret": made["secret"]}
-    return await page(request, "webhooks/secret.html", ctx, status=201)
+    return await _secret_page(request, made, status=201)
 
 
 @router.get("/webhooks/{endpoint_id}")
@@ -106,6 +105,7 @@ async def _webhook_page(
     deliveries = await api.deliveries(endpoint_id, svc.webhooks, scope, None, 50)
     ctx = {
         "endpoint": endpoint,
+        "unchecked": UNCHECKED_KINDS.get(endpoint["kind"]),
         "deliveries": deliveries,
         "families": FAMILIES,
         "types": EVENT_TYPES,
@@ -162,8 +162,22 @@ async def rotate_secret(
         typed_in = {"overlap_hours": overlap_hours}
         sent_back = refill(exc, typed_in, moved={"overlap_seconds": "overlap_hours"})
         return await _webhook_page(endpoint_id, request, svc, user, sent_back)
-    ctx = {"endpoint": made, "secret": made["secret"], "rotated": True}
-    return await page(request, "webhooks/secret.html", ctx)
+    return await _secret_page(request, made, rotated=True)
+
+
+async def _secret_page(
+    request: Request, made: dict[str, Any], status: int = 200, rotated: bool = False
+) -> HTMLResponse:
+    """An endpoint with its new signing secret, shown once; Slack and PagerDuty check no
+    signature, so for them the page says there is nothing to keep instead."""
+    unchecked = UNCHECKED_KINDS.get(made["kind"])
+    ctx = {
+        "endpoint": made,
+        "secret": None if unchecked else made["secret"],
+        "unchecked": unchecked,
+        "rotated": rotated,
+    }
+    return await page(request, "webhooks/secret.html", ctx, status=status)
 
 
 @router.post("/webhooks/{endpoint_id}/test")

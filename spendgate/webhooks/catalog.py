@@ -188,3 +188,8 @@ class Event:
 def iso_z(at: datetime) -> str:
     """``2026-03-10T15:30:00Z``: UTC, second precision unless there is more."""
     return at.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+#: receivers that never check the Standard Webhooks signature (their deliveries carry it,
+#: as every delivery does): an endpoint of these kinds has no secret anyone needs to keep
+UNCHECKED_KINDS = {"slack": "Slack", "pagerduty": "PagerDuty"}

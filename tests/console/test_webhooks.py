@@ -69,6 +69,21 @@ def test_create_test_send_rotate_redeliver(
     assert {"webhook.created", "webhook.test_sent", "webhook.secret_rotated"} <= actions
 
 
+def test_a_slack_endpoint_shows_no_secret_to_keep(console: Console, page: Page) -> None:
+    """Slack checks no signature: adding a Slack endpoint says there is no secret to keep
+    (it showed one "once", with nothing to use it), and its page offers no rotation."""
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/webhooks")
+    page.get_by_label("URL").fill("https://hooks.slack.com/services/T0/B0/x")
+    page.get_by_label("Kind").select_option("slack")
+    page.get_by_role("button", name="Add endpoint").click()
+    expect(page.locator("main")).to_contain_text("No secret to keep: Slack does not check")
+    expect(page.get_by_role("textbox", name="Secret")).to_have_count(0)
+    assert "whsec_" not in page.content()
+    page.get_by_role("link", name="Go to the endpoint").click()
+    expect(page.get_by_role("button", name="Rotate secret")).to_have_count(0)
+
+
 @pytest.mark.parametrize("role", ["finance", "team_admin", "viewer"])
 def test_only_org_admins_manage_webhooks(console: Console, page: Page, role: str) -> None:
     """Everyone else gets 403 on the list and on an endpoint's page and actions."""
