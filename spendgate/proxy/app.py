@@ -295,6 +295,16 @@ class ProxyApp:
                 "too long); this call could not be recorded, so it is not forwarded"
             )
         stream = bool(payload.get("stream")) and endpoint.streams
+        if endpoint.kind == "response" and payload.get("background") not in (None, False):
+            # the provider answers "queued" with no usage and bills the run later, read by
+            # GET /v1/responses/{id}, which no gateway route meters: the call's cost could
+            # not be known, held or booked, so it is refused before the provider sees it
+            raise InvalidRequest(
+                "background responses are not supported: their cost is known only after "
+                "the call returns, so no budget or wallet could hold it; send the request "
+                "without background (stream it to keep the connection busy)",
+                param="background",
+            )
         try:
             worst = worst_case(
                 payload,

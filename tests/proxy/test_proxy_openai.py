@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from typing import Any
 
 import openai
 import pytest
@@ -114,6 +115,23 @@ def test_completions_and_responses(gateway: RunningGateway, stream: bool) -> Non
     assert set(rows) == {"completion", "response"}
     assert rows["response"]["output_tokens"] == final.usage.output_tokens
     assert all(r["cost_nanos"] > 0 and not r["usage_estimated"] for r in rows.values())
+
+
+def test_a_background_response_is_refused_before_the_provider_sees_it(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """``background: true`` makes the provider answer "queued" with no usage and bill the
+    run later, which nothing here could read: it was forwarded and booked at an estimate
+    of the "queued" answer's bytes. It is a 400 naming the parameter, nothing is sent
+    upstream or booked, and the same call without it is served."""
+    sdk = client(gateway, gateway.create_key()["key"])
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt-4o", input="tell me", background=True)
+    body: Any = refused.value.body
+    assert body["param"] == "background" and "not supported" in body["message"]
+    assert fake.requests == [] and gateway.ledger() == []
+    assert sdk.responses.create(model="gpt-4o", input="tell me", background=False).output_text
+    assert [r["kind"] for r in gateway.ledger()] == ["response"]
 
 
 def test_embeddings_and_models(gateway: RunningGateway) -> None:
