@@ -122,6 +122,9 @@ async def build(url: str, budgets: int, days: int, calls: int) -> Any:
         rolled = (await conn.execute(sa.select(usage_rollup.c.bucket).limit(1))).first()
     if rolled is None:  # written behind the ledger writer's back: rolled up once
         await rebuild(engine, NOW - timedelta(days=days + 1), NOW + timedelta(hours=1))
+        if engine.dialect.name == "postgresql":  # the planner needs the rollup's statistics
+            async with engine.begin() as conn:
+                await conn.execute(sa.text("ANALYZE"))
     return engine, [budget_from_row(r) for r in rows], count
 
 
