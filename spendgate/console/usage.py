@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, replace
-from datetime import UTC, date, datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
@@ -37,8 +37,9 @@ from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.csv_cells import table_csv
 from spendgate.core.money import format_usd, usd_to_nanos
+from spendgate.core.showback import local_day
 from spendgate.errors import ValidationFailed
-from spendgate.store.forecasts import bucket_seconds, stored_buckets
+from spendgate.store.forecasts import spend_by_day
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(include_in_schema=False)
@@ -321,30 +322,23 @@ async def _budget_days(
     """Spend per local day of a budget that counts only some of its scope's calls (its
     categories: providers, model patterns, kinds, tags): each subject (every attribute a
     budget can filter on, the tag set whole) that the budget counts
-    (``budget_rules.applies``, as its status and forecast count them), summed per
-    bucket from the wide rollup and the ledger's part buckets at the ends
-    (``forecasts.stored_buckets``: the ledger's figures, to the nano)."""
+    (``budget_rules.applies``, as its status and forecast count them), summed per local
+    day by the database from the wide rollup and the ledger's part buckets at the ends
+    (``forecasts.spend_by_day``: the ledger's figures, to the nano)."""
     budget = budget_from_row(row)
-    zone = ZoneInfo(row["timezone"])
-    size = bucket_seconds([row["timezone"]], start, end)
-    stored = await stored_buckets(
+    stored = await spend_by_day(
         svc.engine,
         start,
         end + timedelta(seconds=1),
-        size,
-        row["org_id"],
+        [budget.timezone],
+        [budget.org_id],
         rules.scope_field(budget),
     )
     out: dict[date, int] = defaultdict(int)
-    days: dict[int, date] = {}  # the local day of each bucket, worked out once
-    for subject, buckets, costs in stored.by_org.get(row["org_id"], []):
+    for subject, days, costs in stored.by_org.get(budget.org_id, []):
         if rules.applies(budget, subject):
-            for bucket, cost in zip(buckets.tolist(), costs.tolist(), strict=True):
-                day = days.get(bucket)
-                if day is None:
-                    at = datetime.fromtimestamp(bucket * size, UTC)
-                    day = days[bucket] = at.astimezone(zone).date()
-                out[day] += cost
+            for day, cost in zip(days[0].tolist(), costs.tolist(), strict=True):
+                out[local_day(day)] += cost
     return out
 
 

@@ -3,11 +3,11 @@ budget, and the ``budget.forecast_overrun`` events. The arithmetic is in
 ``spendgate.core.forecasting``.
 
     refresh_all(engine, budgets, now)
-      1. one pass over the ledger of the lookback window, summed in SQL by every attribute
-         a budget can filter on and by UTC time bucket (an hour; 15 minutes when a budget's
-         zone is off the hour)
+      1. one read of the lookback window, summed in SQL by every attribute a budget can
+         filter on and by local day of each budget zone: the wide rollup's whole
+         15-minute buckets, the ledger's part buckets at either end (``spend_by_day``)
       2. per budget, in Python: the subjects it counts (``budget_rules.applies``), their
-         buckets turned into the budget's local days
+         days summed
       3. the forecasts, computed off the event loop (a thread, or the executor given)
       4. stored, one row per budget, and an overrun event when a band is newly passed
          (``core.forecast_overrun``: once a period by default; with ``escalation``, again
@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import numpy as np
 import sqlalchemy as sa
@@ -50,8 +49,9 @@ from spendgate.store.database import upsert
 from spendgate.store.events import record_event
 from spendgate.store.leases import take_lease, while_held
 from spendgate.store.policies import PolicySnapshot
-from spendgate.store.rollups import usage_rollup
+from spendgate.store.rollups import local_day, usage_rollup
 from spendgate.store.schema import JSONType, UTCDateTime
+from spendgate.store.showback import WORK_MEM
 
 log = logging.getLogger("spendgate")
 
@@ -98,10 +98,13 @@ budget_forecasts = sa.Table(
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerBuckets:
-    """Settled spend of the lookback window: per subject, (bucket numbers, nanos)."""
+class LedgerDays:
+    """Settled spend of a window per subject and local day: per subject, (its local days,
+    a row per zone of day numbers since 1970-01-01, a column per day it spent on; the
+    nanos of each column). ``row``: each zone's row (zones whose offsets are the same
+    over the window share one)."""
 
-    bucket_seconds: int
+    row: dict[str, int]
     by_org: dict[str, list[tuple[rules.Subject, Ints, Ints]]] = field(default_factory=dict)
 
 
@@ -111,19 +114,7 @@ class Refreshed:
     announced: dict[str, int]
 
 
-# -- 1. the ledger, once ----------------------------------------------------------------------
-def bucket_seconds(zones: Iterable[str], start: datetime, end: datetime) -> int:
-    """3600, or 900 when some zone's offset is not whole hours in ``[start, end]``."""
-    for tz in set(zones):
-        zone, at = ZoneInfo(tz), start
-        while at <= end + timedelta(days=1):
-            offset = at.astimezone(zone).utcoffset()
-            if offset is not None and offset.total_seconds() % 3600:
-                return 900
-            at += timedelta(days=1)
-    return 3600
-
-
+# -- 1. spend per local day, summed by the database ------------------------------------------
 def _bucket(dialect: str, column: Any, seconds: int) -> Any:
     size: sa.ColumnElement[int] = sa.literal_column(str(int(seconds)), sa.Integer)
     if dialect == "sqlite":
@@ -137,104 +128,92 @@ def _bucket(dialect: str, column: Any, seconds: int) -> Any:
 
 #: what a budget can filter on, as the ledger and the wide rollup name them
 DIMS = ("org_id", "team_id", "user_id", "agent_id", "key_id", "tags", "provider", "model", "kind")
+#: a 15-minute bucket number's local day in each zone of a read (``rollups.local_day``)
+DaysOf = Callable[[Any], list[Any]]
 
 
-def _ledger_query(
-    dialect: str,
-    start: datetime,
-    end: datetime,
-    seconds: int,
-    org_ids: Sequence[str] | None,
-    narrow: tuple[str, str] | None = None,
-) -> sa.Select[Any]:
-    """The ledger rows started in ``[start, end)``, summed by ``DIMS`` and bucket."""
-    t = schema.ledger
-    dims = [t.c[d] for d in DIMS]
-    bucket = _bucket(dialect, t.c.started_at, seconds)
-    query = (
-        sa.select(*dims, bucket, sa.func.sum(t.c.cost_nanos))
-        .where(t.c.started_at >= start, t.c.started_at < end, t.c.cost_nanos.is_not(None))
-        .group_by(*dims, bucket)
-    )
-    if org_ids is not None:
-        query = query.where(t.c.org_id.in_(sorted(set(org_ids))))
-    if narrow is not None:
-        query = query.where(t.c[narrow[0]] == narrow[1])
-    return query
-
-
-async def ledger_buckets(
+async def spend_by_day(
     engine: AsyncEngine,
     start: datetime,
     end: datetime,
-    seconds: int,
+    zones: Iterable[str],
     org_ids: Sequence[str] | None = None,
-) -> LedgerBuckets:
-    """One grouped pass over the ledger rows started in ``[start, end)``."""
-    grouped: dict[tuple[Any, ...], tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    query = _ledger_query(engine.dialect.name, start, end, seconds, org_ids)
-    async with engine.connect() as conn:
-        result = await conn.execute(query)
-        for org, team, user, agent, key, tags, provider, model, kind, b, cost in result:
-            entry = grouped[(org, team, user, agent, key, tuple(tags or ()), provider, model, kind)]
-            entry[0].append(int(b))
-            entry[1].append(int(cost))
-    return _as_buckets(seconds, grouped)
-
-
-def _as_buckets(
-    seconds: int, grouped: Mapping[tuple[Any, ...], tuple[list[int], list[int]]]
-) -> LedgerBuckets:
-    out = LedgerBuckets(seconds)
-    for dims_key, (buckets, costs) in grouped.items():
-        subject = rules.Subject(*dims_key)
-        out.by_org.setdefault(subject.org_id, []).append(
-            (subject, np.asarray(buckets, dtype=np.int64), np.asarray(costs, dtype=np.int64))
-        )
-    return out
-
-
-async def stored_buckets(
-    engine: AsyncEngine,
-    start: datetime,
-    end: datetime,
-    seconds: int,
-    org_id: str,
     narrow: tuple[str, str] | None = None,
-) -> LedgerBuckets:
-    """What ``ledger_buckets`` sums of one org, to the nano, mostly from the wide rollup:
-    it holds every attribute a budget can filter on (the tag set whole) per 15-minute
-    bucket, and is written in the ledger batch's own transaction, so its whole buckets
-    inside ``[start, end)`` are read from it (a row per subject and bucket, not per call)
-    and only the part buckets at either end from the ledger. A subject's tags are its tag
-    set (sorted, once each). ``narrow``: ``(field, value)`` of ``budget_rules.scope_field``,
-    read only those calls; the caller still matches each subject (``budget_rules.applies``)."""
-    if seconds % sb.BUCKET_SECONDS:
-        raise ValueError(f"{seconds} s is not whole rollup buckets")
+    *,
+    rollup: bool = True,
+) -> LedgerDays:
+    """The settled spend of the calls started in ``[start, end)``, per subject (every
+    attribute a budget can filter on; its tags as a set, sorted, once each) and local
+    day of each zone, to the nano, summed by the database: a row per subject and day.
+
+    The whole 15-minute buckets inside the window are read from the wide rollup (it
+    holds every attribute a budget can filter on per bucket, and is written in the
+    ledger batch's own transaction), only the part buckets at either end from the
+    ledger; every offset of a zone starts its days on a bucket bound (``core.showback``),
+    so the days are those of the calls. ``rollup=False``: all from the ledger (what the
+    tests compare). ``org_ids``: None, every org. ``narrow``: ``(field, value)`` of
+    ``budget_rules.scope_field``, read only those calls; the caller still matches each
+    subject (``budget_rules.applies``)."""
+    span = (sb.bucket_of(start), sb.bucket_of(end) + 1)
+    shapes: dict[tuple[sb.Segment, ...], int] = {}
+    row = {
+        tz: shapes.setdefault(tuple(sb.offset_segments(*span, tz)), len(shapes))
+        for tz in sorted(set(zones))
+    }
+
+    def days_of(bucket: Any) -> list[Any]:
+        return [local_day(bucket, list(segments)) for segments in shapes]
+
     step = timedelta(seconds=sb.BUCKET_SECONDS)
     first = -((EPOCH - start) // step)  # the first bucket starting at or after start
     last = (end - EPOCH) // step  # the bucket holding end (its rows are past end)
+    whole = rollup and first < last  # whole buckets to read from the rollup
     ledger = [(start, end)]
-    if first < last:
+    if whole:
         ledger = [
             (a, b) for a, b in ((start, first * step + EPOCH), (last * step + EPOCH, end)) if a < b
         ]
-    grouped: dict[tuple[Any, ...], dict[int, int]] = defaultdict(lambda: defaultdict(int))
+    grouped: dict[tuple[Any, ...], dict[tuple[int, ...], int]] = defaultdict(
+        lambda: defaultdict(int)
+    )
+    width = len(DIMS)
     async with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            # a subject's days are a few of the rows read: hash them in memory rather
+            # than sort the rows on disk (this read's transaction only)
+            await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
         for a, b in ledger:
-            query = _ledger_query(engine.dialect.name, a, b, seconds, [org_id], narrow)
-            for *dims, bucket, cost in await conn.execute(query):
-                grouped[_subject_key(dims, dims[5] or ())][int(bucket)] += int(cost)
-        if first < last:
-            query = _rollup_query(first, last, seconds, org_id, narrow)
+            query = _ledger_query(engine.dialect.name, a, b, days_of, org_ids, narrow)
+            for found in await conn.execute(query):
+                key = _subject_key(found[:width], found[5] or ())
+                grouped[key][tuple(found[width:-1])] += int(found[-1])
+        if whole:
+            query = _rollup_query(first, last, days_of, org_ids, narrow)
             keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # a subject's rows share one
-            for row in await conn.execute(query):
-                dims = tuple(row[:-3])
-                key = keys.get(dims)
-                if key is None:
-                    key = keys[dims] = _subject_key([v or None for v in dims], json.loads(dims[5]))
-                grouped[key][int(row[-3])] += cost_from_sums(row[-2], row[-1])
-    return _as_buckets(seconds, {k: (list(v), list(v.values())) for k, v in grouped.items()})
+            for found in await conn.execute(query):
+                dims = tuple(found[:width])
+                known = keys.get(dims)
+                if known is None:
+                    tags = json.loads(dims[5])
+                    known = keys[dims] = _subject_key([v or None for v in dims], tags)
+                grouped[known][tuple(found[width:-2])] += cost_from_sums(found[-2], found[-1])
+    return _as_days(row, len(shapes), grouped)
+
+
+def _as_days(
+    row: dict[str, int], rows: int, grouped: Mapping[tuple[Any, ...], dict[tuple[int, ...], int]]
+) -> LedgerDays:
+    out = LedgerDays(row)
+    for key, days in grouped.items():
+        subject = rules.Subject(*key)
+        out.by_org.setdefault(subject.org_id, []).append(
+            (
+                subject,
+                np.asarray(list(days), dtype=np.int64).reshape(len(days), rows).T,
+                np.asarray(list(days.values()), dtype=np.int64),
+            )
+        )
+    return out
 
 
 def _subject_key(dims: Sequence[Any], tags: Iterable[str]) -> tuple[Any, ...]:
@@ -242,19 +221,60 @@ def _subject_key(dims: Sequence[Any], tags: Iterable[str]) -> tuple[Any, ...]:
     return (dims[0], *dims[1:5], tuple(sorted(set(tags))), *dims[6:])
 
 
-def _rollup_query(
-    first: int, last: int, seconds: int, org_id: str, narrow: tuple[str, str] | None
+def _ledger_query(
+    dialect: str,
+    start: datetime,
+    end: datetime,
+    days_of: DaysOf,
+    org_ids: Sequence[str] | None,
+    narrow: tuple[str, str] | None,
 ) -> sa.Select[Any]:
-    """The wide rollup's buckets ``[first, last)`` of the org, summed by ``DIMS`` and
-    ``seconds``-long bucket, the cost as whole dollars and nanos (exact)."""
-    t = usage_rollup
-    dims = [t.c[d] for d in DIMS]
-    bucket = t.c.bucket // sa.literal_column(str(seconds // sb.BUCKET_SECONDS), sa.Integer)
-    query = (
-        sa.select(*dims, bucket, *split_cost_sum(t.c.cost_usd, t.c.cost_nanos))
-        .where(t.c.org_id == org_id, t.c.bucket >= first, t.c.bucket < last)
-        .group_by(*dims, bucket)
+    """The ledger rows started in ``[start, end)``, summed by ``DIMS`` and local days."""
+    t = schema.ledger
+    return _summed(
+        t,
+        days_of(_bucket(dialect, t.c.started_at, sb.BUCKET_SECONDS)),
+        [sa.func.sum(t.c.cost_nanos)],
+        [t.c.started_at >= start, t.c.started_at < end, t.c.cost_nanos.is_not(None)],
+        org_ids,
+        narrow,
     )
+
+
+def _rollup_query(
+    first: int,
+    last: int,
+    days_of: DaysOf,
+    org_ids: Sequence[str] | None,
+    narrow: tuple[str, str] | None,
+) -> sa.Select[Any]:
+    """The wide rollup's buckets ``[first, last)``, summed by ``DIMS`` and local days, the
+    cost as whole dollars and nanos (exact)."""
+    t = usage_rollup
+    return _summed(
+        t,
+        days_of(t.c.bucket),
+        split_cost_sum(t.c.cost_usd, t.c.cost_nanos),
+        [t.c.bucket >= first, t.c.bucket < last],
+        org_ids,
+        narrow,
+    )
+
+
+def _summed(
+    t: sa.Table,
+    days: Sequence[Any],
+    sums: Sequence[Any],
+    where: Sequence[sa.ColumnElement[bool]],
+    org_ids: Sequence[str] | None,
+    narrow: tuple[str, str] | None,
+) -> sa.Select[Any]:
+    """``t``'s rows ``where`` selects, of ``org_ids`` (None: every org), narrowed, summed
+    (``sums``) by ``DIMS`` and ``days``."""
+    dims = [t.c[d] for d in DIMS]
+    query = sa.select(*dims, *days, *sums).where(*where).group_by(*dims, *days)
+    if org_ids is not None:
+        query = query.where(t.c.org_id.in_(sorted(set(org_ids))))
     if narrow is not None:
         query = query.where(t.c[narrow[0]] == narrow[1])
     return query
@@ -262,13 +282,12 @@ def _rollup_query(
 
 # -- 2. each budget's local days ------------------------------------------------------------
 class DailySpend:
-    """Budgets' spend per local day, from one ``LedgerBuckets`` (caches per zone and subject)."""
+    """Budgets' spend per local day, from one ``LedgerDays`` (caches per zone and subject)."""
 
-    def __init__(self, ledger: LedgerBuckets, now: datetime) -> None:
+    def __init__(self, ledger: LedgerDays, now: datetime) -> None:
         self._ledger = ledger
         self._now = now
         self._index: dict[str, dict[tuple[str, str | None], list[int]]] = {}
-        self._zone_days: dict[str, tuple[Ints, Ints]] = {}
         self._subject_days: dict[tuple[str, str, int], Ints] = {}
         self._today: dict[str, tuple[date, float]] = {}
 
@@ -308,34 +327,14 @@ class DailySpend:
         key = (org_id, tz, i)
         cached = self._subject_days.get(key)
         if cached is None:
-            _, buckets, costs = self._ledger.by_org[org_id][i]
-            known, day_of = self._zone_table(tz)
-            offsets = day_of[np.searchsorted(known, buckets)]
+            _, days, costs = self._ledger.by_org[org_id][i]
+            first = self.today(tz)[0] - timedelta(days=HISTORY_DAYS)
+            offsets = days[self._ledger.row[tz]] - (first - sb.EPOCH_DAY).days
             keep = (offsets >= 0) & (offsets <= HISTORY_DAYS)
             cached = np.zeros(HISTORY_DAYS + 1, dtype=np.int64)
             np.add.at(cached, offsets[keep], costs[keep])
             self._subject_days[key] = cached
         return cached
-
-    def _zone_table(self, tz: str) -> tuple[Ints, Ints]:
-        """Every bucket in the ledger, and its local day counted from the first day."""
-        table = self._zone_days.get(tz)
-        if table is None:
-            every = [b for rows in self._ledger.by_org.values() for _, b, _ in rows]
-            known = np.unique(np.concatenate(every)) if every else np.zeros(0, dtype=np.int64)
-            zone, size = ZoneInfo(tz), self._ledger.bucket_seconds
-            first = self.today(tz)[0] - timedelta(days=HISTORY_DAYS)
-            day_of = np.array(
-                [
-                    (
-                        datetime.fromtimestamp(int(b) * size, UTC).astimezone(zone).date() - first
-                    ).days
-                    for b in known
-                ],
-                dtype=np.int64,
-            )
-            table = self._zone_days[tz] = (known, day_of)
-        return table
 
 
 def _scope_index(subjects: Iterable[rules.Subject]) -> dict[tuple[str, str | None], list[int]]:
@@ -410,14 +409,15 @@ async def refresh_all(
     (``escalation``: the ``forecast_overrun_escalation`` setting; empty, once a period)."""
     if not budgets:
         return Refreshed({}, {})
-    zones = {b.timezone for b in budgets}
-    start = now - timedelta(days=HISTORY_DAYS + 2)
-    ledger = await ledger_buckets(
+    orgs = {b.org_id for b in budgets}
+    scopes = {rules.scope_field(b) for b in budgets}
+    ledger = await spend_by_day(
         engine,
-        start,
+        now - timedelta(days=HISTORY_DAYS + 2),
         now + timedelta(seconds=1),
-        bucket_seconds(zones, start, now),
-        org_ids=None if len(budgets) > ID_BATCH else [b.org_id for b in budgets],
+        {b.timezone for b in budgets},
+        org_ids=None if len(orgs) > ID_BATCH else sorted(orgs),
+        narrow=scopes.pop() if len(scopes) == 1 else None,
     )
     daily, loop = DailySpend(ledger, now), asyncio.get_running_loop()
     jobs: list[Job] = []
