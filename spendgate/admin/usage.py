@@ -236,6 +236,8 @@ def usage_json(
     pydantic's validation and encoder cost several times the query."""
     total_nanos = sum(row["cost_nanos"] for row in totals)
     unpriced = sum(row["unpriced_requests"] for row in totals)
+    estimated_calls = sum(row["estimated_calls"] for row in totals)
+    estimated_nanos = sum(row["estimated_nanos"] for row in totals)
     _money(rows)
     body = {
         "group_by": dims,
@@ -245,6 +247,8 @@ def usage_json(
         "rows": rows,
         "total_cost_usd": format_usd(total_nanos),
         "unpriced_requests": unpriced,
+        "estimated_calls": estimated_calls,
+        "total_estimated_usd": format_usd(estimated_nanos),
     }
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 
