@@ -314,6 +314,10 @@ class UsageRow(BaseModel):
     reasoning_tokens: int
     cost_usd: str
     unpriced_requests: int
+    #: the calls billed on an estimate (the ledger's ``usage_estimated``) and their cost,
+    #: part of ``cost_usd``
+    estimated_calls: int
+    estimated_usd: str
 
 
 class UsageReport(BaseModel):
@@ -325,6 +329,9 @@ class UsageReport(BaseModel):
     rows: list[UsageRow]
     total_cost_usd: str
     unpriced_requests: int
+    #: the calls billed on an estimate and their cost, part of ``total_cost_usd``
+    estimated_calls: int
+    total_estimated_usd: str
 
 
 class Event(BaseModel):

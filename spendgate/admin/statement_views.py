@@ -1,8 +1,10 @@
 """A statement as JSON, CSV, JSONL or a printable HTML page (Jinja2, shipped in the
 package: ``admin/templates/statement.html``).
 
-CSV and JSONL carry one record per figure — ``section, id, label, requests, cost_usd`` —
-with the statement's lines first (they add up to its total), then each breakdown.
+CSV and JSONL carry one record per figure — ``section, id, label, requests, cost_usd``,
+then a team line's tokens and estimated calls and cost (``chargeback.LINE_COLUMNS``; empty on other
+records and on statements stored before lines carried them) — with the statement's
+lines first (they add up to its total), then each breakdown.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import orjson
 from fastapi.responses import HTMLResponse, Response
 from jinja2 import Environment, PackageLoader, select_autoescape
 
+from spendgate.core import chargeback as cb
 from spendgate.core.csv_cells import text_cell
 from spendgate.core.money import format_usd
 
@@ -22,13 +25,13 @@ _templates = Environment(
     loader=PackageLoader("spendgate.admin", "templates"),
     autoescape=select_autoescape(["html"]),
 )
-FIELDS = ("section", "id", "label", "requests", "cost_usd")
+FIELDS = ("section", "id", "label", "requests", "cost_usd", *cb.LINE_COLUMNS)
 
 
 def records(content: dict[str, Any]) -> list[dict[str, Any]]:
     out = [
-        {"section": "lines", "id": line["id"], "label": line["label"], "requests": None,
-         "cost_usd": format_usd(line["cost_nanos"])}
+        {"section": "lines", "id": line["id"], "label": line["label"],
+         "cost_usd": format_usd(line["cost_nanos"]), **cb.shown_figures(line)}
         for line in content["lines"]
     ]  # fmt: skip
     out.append({"section": "total", "id": "total", "label": "Total", "requests": None,
@@ -74,7 +77,7 @@ def render(fmt: str, meta: dict[str, Any], content: dict[str, Any]) -> Response 
             else f"Statement {content['month']}: {content['org_name']} (all teams)"
         )
         page = _templates.get_template("statement.html").render(
-            title=title, s=content, usd=format_usd, **meta
+            title=title, s=content, usd=format_usd, figures=cb.shown_figures, **meta
         )
         return HTMLResponse(page)
     return {**meta, "total_usd": format_usd(content["total_nanos"]), "statement": content}

@@ -118,16 +118,21 @@ def usage_csv(dims: list[str], rows: list[dict[str, Any]], cumulative: bool) -> 
     the figures as they are. No total row: every line is one group, so a script can sum
     a column (the JSON's ``total_cost_usd`` is the total; the console's CSV, for people,
     ends with one)."""
-    figures = [m if m != "cost_nanos" else "cost_usd" for m in MEASURES]
+    figures = [MONEY_SHOWN.get(m, m) for m in MEASURES]
     extra = ["cumulative_cost_usd"] if cumulative else []
     _money(rows)
     body = ([row.get(c) for c in (*dims, *figures, *extra)] for row in rows)
     return table_csv([*dims, *figures, *extra], body, None, len(dims))
 
 
+#: each cost of a report row (nanos) -> the decimal dollars shown in its place
+MONEY_SHOWN = {"cost_nanos": "cost_usd", "estimated_nanos": "estimated_usd"}
+
+
 def _money(rows: list[dict[str, Any]]) -> None:
     for row in rows:
-        row["cost_usd"] = format_usd(row.pop("cost_nanos"))
+        for nanos, usd in MONEY_SHOWN.items():
+            row[usd] = format_usd(row.pop(nanos))
         if "cumulative_cost_nanos" in row:
             row["cumulative_cost_usd"] = format_usd(row.pop("cumulative_cost_nanos"))
 
@@ -231,6 +236,8 @@ def usage_json(
     pydantic's validation and encoder cost several times the query."""
     total_nanos = sum(row["cost_nanos"] for row in totals)
     unpriced = sum(row["unpriced_requests"] for row in totals)
+    estimated_calls = sum(row["estimated_calls"] for row in totals)
+    estimated_nanos = sum(row["estimated_nanos"] for row in totals)
     _money(rows)
     body = {
         "group_by": dims,
@@ -240,6 +247,8 @@ def usage_json(
         "rows": rows,
         "total_cost_usd": format_usd(total_nanos),
         "unpriced_requests": unpriced,
+        "estimated_calls": estimated_calls,
+        "total_estimated_usd": format_usd(estimated_nanos),
     }
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 

@@ -13,6 +13,7 @@ import typer
 
 from spendgate.cli.http import DEFAULT_URL, JsonOpt, UrlOpt, admin_path, call, default_org
 from spendgate.cli.output import console, err_console, progress_bar, show
+from spendgate.core import chargeback as cb
 from spendgate.core.money import format_usd
 
 statements_app = typer.Typer(help="Monthly chargeback statements.", no_args_is_help=True)
@@ -85,10 +86,12 @@ def show_(
         f"[bold]{st.get('team_name') or st['org_name']}[/] {month} ({st['timezone']}) — {status}"
     )
     show(
-        [{**line, "cost_usd": format_usd(line["cost_nanos"])} for line in st["lines"]],
+        [{**line, "cost_usd": format_usd(line["cost_nanos"]), **cb.shown_figures(line)}
+         for line in st["lines"]],
         False,
-        ["label", "cost_usd"],
-    )
+        ["label", "cost_usd", "requests", "input_tokens", "output_tokens", "estimated_calls",
+         "estimated_usd"],
+    )  # fmt: skip
     console.print(f"total: ${data['total_usd']}")
 
 

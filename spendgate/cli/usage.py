@@ -78,16 +78,17 @@ def usage(
         data["rows"],
         False,
         [*dims, "requests", "errors", "input_tokens", "output_tokens", "cost_usd", *extra,
-         "unpriced_requests"],
+         "unpriced_requests", "estimated_calls", "estimated_usd"],
     )  # fmt: skip
-    console.print(
-        f"total: ${data['total_cost_usd']}"
-        + (
-            f"  ({data['unpriced_requests']} calls with unknown price)"
-            if data["unpriced_requests"]
-            else ""
+    notes = []
+    if data["estimated_calls"]:
+        notes.append(
+            f"${data['total_estimated_usd']} of it an estimate, {data['estimated_calls']} calls"
         )
-    )
+    if data["unpriced_requests"]:
+        notes.append(f"{data['unpriced_requests']} calls with unknown price")
+    said = f"  ({'; '.join(notes)})" if notes else ""
+    console.print(f"total: ${data['total_cost_usd']}{said}")
 
 
 @usage_app.command("rebuild")

@@ -23,6 +23,7 @@ from spendgate.admin.statement_views import records
 from spendgate.console.admin_forms import done
 from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, harden, page, require, templates
+from spendgate.core import chargeback as cb
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.money import format_usd
 from spendgate.errors import Conflict, ValidationFailed
@@ -123,6 +124,7 @@ def _view(found: dict[str, Any], month: str, team_id: str, version: int | None) 
         "meta": found,
         "s": content,
         "usd": format_usd,
+        "figures": cb.shown_figures,
         "month": month,
         "query": query,
         "title": (

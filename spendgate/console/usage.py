@@ -135,6 +135,22 @@ def top_n(series: UsageSeries, n: int) -> list[tuple[str, dict[date, int], int]]
     return out
 
 
+def estimated_of(
+    series: UsageSeries, rows: list[tuple[str, dict[date, int], int]]
+) -> dict[str, tuple[int, int]]:
+    """Per group shown (``top_n``'s rows): its calls billed on an estimate and their cost;
+    ``Other``'s the sums of the groups folded into it."""
+    shown = {label for label, _, _ in rows}
+    out = {g: (series.estimated_calls.get(g, 0), series.estimated.get(g, 0)) for g in shown}
+    if OTHER in shown and OTHER not in series.totals:
+        rest = [g for g in series.totals if g not in shown]
+        out[OTHER] = (
+            sum(series.estimated_calls.get(g, 0) for g in rest),
+            sum(series.estimated.get(g, 0) for g in rest),
+        )
+    return out
+
+
 def usage_query(user: Any, view: View, zone: str = "UTC", week: str = "monday") -> UsageQuery:
     """What the caller may see, as the admin API decides it, in local days of ``zone``."""
     who = user.principal
@@ -299,6 +315,8 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "rows": rows,
             "total": once.total,
             "unpriced": once.unpriced,
+            "estimated": estimated_of(series, rows),
+            "estimated_total": (sum(once.estimated_calls.values()), sum(once.estimated.values())),
             "per_bucket": per_bucket,
             "overlap": once is not series,
             "names": names,

@@ -42,7 +42,8 @@ class UsageQuery:
 
 @dataclass(frozen=True, slots=True)
 class UsageSeries:
-    """Spend per bucket (its first day) and group, and each group's total, in nanos."""
+    """Spend per bucket (its first day) and group, and each group's total, in nanos; of
+    each group's calls, those billed on an estimate and their cost (part of its total)."""
 
     zone: str
     buckets: list[date]
@@ -50,6 +51,8 @@ class UsageSeries:
     totals: dict[str, int]
     requests: dict[str, int]
     unpriced: int
+    estimated_calls: dict[str, int] = field(default_factory=dict)
+    estimated: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
@@ -194,6 +197,8 @@ async def usage_series(
     cells: dict[tuple[date, str], int] = defaultdict(int)
     totals: dict[str, int] = defaultdict(int)
     requests: dict[str, int] = defaultdict(int)
+    estimated_calls: dict[str, int] = defaultdict(int)
+    estimated: dict[str, int] = defaultdict(int)
     unpriced = 0
     for row in rows:
         value = row[q.group_by] if q.group_by else ""
@@ -203,7 +208,12 @@ async def usage_series(
         totals[group] += int(row["cost_nanos"])
         requests[group] += int(row["requests"])
         unpriced += int(row["unpriced_requests"])
+        estimated_calls[group] += int(row["estimated_calls"])
+        estimated[group] += int(row["estimated_nanos"])
     zone = ZoneInfo(q.timezone)
     first, last = q.start.astimezone(zone).date(), q.end.astimezone(zone).date()
     buckets = buckets_between(first, last, q.grain, q.week_start)
-    return UsageSeries(q.timezone, buckets, dict(cells), dict(totals), dict(requests), unpriced)
+    return UsageSeries(
+        q.timezone, buckets, dict(cells), dict(totals), dict(requests), unpriced,
+        dict(estimated_calls), dict(estimated),
+    )  # fmt: skip

@@ -18,11 +18,12 @@ total to the nano-dollar.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Any, Literal
 
+from spendgate.core.money import format_usd
 from spendgate.core.showback import split_exact
 
 Method = Literal["proportional", "fixed", "even"]
@@ -112,8 +113,27 @@ def validate_fixed(shares: Mapping[str, str]) -> None:
         raise ValueError(f"shares: the percentages add up to {total}, more than 100")
 
 
+#: what a team's line says of its own calls besides their cost: calls, tokens, and the
+#: calls billed on an estimate with their cost (``estimated_nanos``, part of the line's)
+LINE_FIGURES = ("requests", "input_tokens", "output_tokens", "cache_read_tokens",
+                "cache_write_tokens", "estimated_calls", "estimated_nanos")  # fmt: skip
+
+#: a line's figures as statements show them after its cost (CSV, JSONL, pages, CLI): the
+#: estimated cost in decimal dollars
+LINE_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
+                "estimated_calls", "estimated_usd")  # fmt: skip
+
+
+def shown_figures(line: Mapping[str, Any]) -> dict[str, Any]:
+    """A line's ``requests`` and ``LINE_COLUMNS``: None where it has none (an allocated
+    or Unallocated line, a statement stored before lines carried them)."""
+    shown = {name: line.get(name) for name in ("requests", *LINE_COLUMNS[:-1])}
+    nanos = line.get("estimated_nanos")
+    return {**shown, "estimated_usd": None if nanos is None else format_usd(nanos)}
+
+
 def flatten(content: Mapping[str, Any]) -> dict[str, int]:
-    """A statement's figures as ``section/key -> nanos`` (what a diff compares)."""
+    """A statement's money as ``section/key -> nanos`` (what a diff compares)."""
     out: dict[str, int] = {"total": int(content["total_nanos"])}
     for section, rows in content.get("breakdown", {}).items():
         for row in rows:
@@ -123,14 +143,42 @@ def flatten(content: Mapping[str, Any]) -> dict[str, int]:
     return out
 
 
-def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Every figure that differs between two issues: ``{item, before, after, delta}``."""
-    old, new = flatten(before), flatten(after)
-    changes = []
+def line_figures(content: Mapping[str, Any]) -> dict[str, int] | None:
+    """The ``LINE_FIGURES`` of a statement's lines as ``lines/key/figure -> value``; None
+    for a statement stored before lines carried them (no line has any)."""
+    lines = content.get("lines", [])
+    if not any("requests" in line for line in lines):
+        return None
+    return {
+        f"lines/{line['id']}/{name}": int(line[name])
+        for line in lines
+        for name in LINE_FIGURES
+        if name in line
+    }
+
+
+def _differing(old: Mapping[str, int], new: Mapping[str, int]) -> Iterator[tuple[str, int, int]]:
+    """``(item, before, after)`` of each item whose value differs (absent: 0), in order."""
     for item in sorted(old.keys() | new.keys()):
         a, b = old.get(item, 0), new.get(item, 0)
         if a != b:
-            changes.append(
-                {"item": item, "before_nanos": a, "after_nanos": b, "delta_nanos": b - a}
-            )
+            yield item, a, b
+
+
+def diff(before: Mapping[str, Any], after: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Every figure that differs between two issues, a figure absent from one being 0
+    there: money as ``{item, before_nanos, after_nanos, delta_nanos}``, then the lines'
+    figures (``lines/own/requests``; ``…/estimated_nanos`` is money, named so) with
+    ``before``, ``after``, ``delta`` for counts. The line figures are not compared with
+    an issue stored before lines carried them: unknown there, not 0."""
+    changes = [
+        {"item": item, "before_nanos": a, "after_nanos": b, "delta_nanos": b - a}
+        for item, a, b in _differing(flatten(before), flatten(after))
+    ]
+    old, new = line_figures(before), line_figures(after)
+    if old is None or new is None:
+        return changes
+    for item, a, b in _differing(old, new):
+        unit = "_nanos" if item.endswith("_nanos") else ""
+        changes.append({"item": item, f"before{unit}": a, f"after{unit}": b, f"delta{unit}": b - a})
     return changes

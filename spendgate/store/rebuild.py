@@ -133,6 +133,14 @@ _DIALECT = {
 _N = rollups.NANOS
 
 
+def _money_sum(whole: str, rest: str) -> tuple[str, str]:
+    """SQL of a cost's two stored sums, whole dollars and the nanos below them, from the
+    expressions of each row's (``{n}``: nanos in a dollar): the nanos summed apart and
+    carried, so no sum leaves 64 bits."""
+    nanos = f"CAST(sum({rest.format(n=_N)}) AS BIGINT)"
+    return f"CAST(sum({whole.format(n=_N)}) AS BIGINT) + {nanos} / {_N}", f"{nanos} % {_N}"
+
+
 def _from_ledger(dialect: str, table: sa.Table) -> str:
     """``SELECT`` of ``table``'s rows (its columns, in order) computed from the ledger rows
     of ``[:lo, :hi)`` by the database: the same sums as ``rollups.aggregate``, the cost
@@ -145,20 +153,21 @@ def _from_ledger(dialect: str, table: sa.Table) -> str:
         f"provider, model, kind, status, {tag_set if 'tags' in keys else 'NULL'} AS tags, "
         f"tags AS raw_tags, {', '.join(rollups.TOKEN_COLUMNS)}, "
         "coalesce(cost_nanos, 0) AS cost, "
-        "CASE WHEN price_unknown OR cost_nanos IS NULL THEN 1 ELSE 0 END AS unpriced "
+        "CASE WHEN price_unknown OR cost_nanos IS NULL THEN 1 ELSE 0 END AS unpriced, "
+        "CASE WHEN usage_estimated THEN 1 ELSE 0 END AS estimated, "
+        "CASE WHEN usage_estimated THEN coalesce(cost_nanos, 0) ELSE 0 END AS estimated_cost "
         "FROM ledger WHERE started_at >= :lo AND started_at < :hi"
     )
     source = f"({base}) AS l"
     if "tag" in keys:  # one row per distinct tag of a call
         source = f"(SELECT l.*, coalesce(t.value, '') AS tag FROM ({base}) AS l {per_tag}) AS l"
-    big = "BIGINT"
-    rest = f"CAST(sum(l.cost % {_N}) AS {big})"
     sums = (
         "count(*)",
-        *(f"CAST(sum(l.{c}) AS {big})" for c in rollups.TOKEN_COLUMNS),
-        f"CAST(sum(l.cost / {_N}) AS {big}) + {rest} / {_N}",
-        f"{rest} % {_N}",
-        f"CAST(sum(l.unpriced) AS {big})",
+        *(f"CAST(sum(l.{c}) AS BIGINT)" for c in rollups.TOKEN_COLUMNS),
+        *_money_sum("l.cost / {n}", "l.cost % {n}"),
+        "CAST(sum(l.unpriced) AS BIGINT)",
+        "CAST(sum(l.estimated) AS BIGINT)",
+        *_money_sum("l.estimated_cost / {n}", "l.estimated_cost % {n}"),
     )
     names = ", ".join(f"l.{k}" for k in keys)
     named = ", ".join(f"{s} AS {c}" for s, c in zip(sums, rollups.STORED_COLUMNS, strict=True))
@@ -406,13 +415,13 @@ async def _daily_chunk(
     segments = sb.offset_segments(b_lo, b_hi, zone)
     of_bucket = rollups.local_day(sa.literal_column("n.bucket", sa.BigInteger()), segments)
     day_sql = str(of_bucket.compile(dialect=conn.dialect))
-    rest = "CAST(sum(n.cost_nanos) AS BIGINT)"
     sums = ", ".join(
         [
             *(f"CAST(sum(n.{c}) AS BIGINT)" for c in ("calls", *rollups.TOKEN_COLUMNS)),
-            f"CAST(sum(n.cost_usd) AS BIGINT) + {rest} / {_N}",
-            f"{rest} % {_N}",
+            *_money_sum("n.cost_usd", "n.cost_nanos"),
             "CAST(sum(n.unpriced_calls) AS BIGINT)",
+            "CAST(sum(n.estimated_calls) AS BIGINT)",
+            *_money_sum("n.estimated_usd", "n.estimated_nanos"),
         ]
     )
     narrow = _from_ledger(conn.dialect.name, rollups.usage_team_rollup)

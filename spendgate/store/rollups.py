@@ -24,7 +24,7 @@ batch actually inserted, in the batch's transaction: a row is counted when it la
 never again (a replayed spool or a retried batch inserts nothing new, so adds nothing).
 The narrow rollup is folded from the wide one's rows (:func:`narrow`), and the daily one
 from the narrow one's (:func:`daily`), so they hold the same calls by construction. The
-same :func:`aggregate` feeds the backfills of migrations 0013 and 0024 (over
+same :func:`aggregate` feeds the backfills of migrations 0013, 0024 and 0026 (over
 :func:`ledger_pages`), and the same folds the backfills of 0018 and 0020, so they can
 never disagree with the writer on what a rollup row holds.
 
@@ -33,6 +33,13 @@ lists that table's columns as literals of its revision and hands them (or ``sa.t
 clauses of them) to these functions, which sum whatever columns they are given: adding
 a figure here (``TOKEN_COLUMNS``) takes a new migration, and leaves what the old ones
 build unchanged.
+
+**Estimates.** ``estimated_calls`` and ``estimated_nanos`` (migration 0026) count the
+calls billed on an estimate (the ledger's ``usage_estimated``: a call timed out after
+its request was written, billed at its admission worst case; a stream cut before the
+provider's usage) and their cost, which is also in ``cost_nanos``: how much of a spend
+is an estimate. Stored like the cost, as whole dollars (``estimated_usd``) and the nanos
+below them.
 
 Absent dimensions are stored as ``""`` (a primary key column cannot be NULL) and read
 back as ``None``. Rows are upserted in key order, so two writers lock them in one order.
@@ -75,27 +82,42 @@ TOKEN_COLUMNS = (
     "cache_write_1h_tokens",
     "reasoning_tokens",
 )
-SUM_COLUMNS = ("calls", *TOKEN_COLUMNS, "cost_nanos", "unpriced_calls")
-#: what a rollup row stores: the cost as whole dollars and the nanos below them, carried
+#: the calls billed on an estimate and their cost (part of ``cost_nanos``), migration 0026
+ESTIMATE_COLUMNS = ("estimated_calls", "estimated_nanos")
+SUM_COLUMNS = ("calls", *TOKEN_COLUMNS, "cost_nanos", "unpriced_calls", *ESTIMATE_COLUMNS)
+#: what a rollup row stores: each cost as whole dollars and the nanos below them, carried
 #: on every upsert, so a row's money never overflows 64 bits (``SUM_COLUMNS`` is the
 #: exact logical view, with ``cost_nanos`` a Python int of any size)
-STORED_COLUMNS = ("calls", *TOKEN_COLUMNS, "cost_usd", "cost_nanos", "unpriced_calls")
+STORED_COLUMNS = ("calls", *TOKEN_COLUMNS, "cost_usd", "cost_nanos", "unpriced_calls",
+                  "estimated_calls", "estimated_usd", "estimated_nanos")  # fmt: skip
+#: the stored money columns: whole dollars -> the nanos below them
+MONEY_COLUMNS = {"cost_usd": "cost_nanos", "estimated_usd": "estimated_nanos"}
 #: sums added to tables that already had rows, so declared with a default of 0 (a NOT
 #: NULL column added to a SQLite table needs one): the column, the migration that added it
-ADDED_COLUMNS = {"cache_write_1h_tokens": "0024_rollup_cache_1h"}
+ADDED_COLUMNS = {
+    "cache_write_1h_tokens": "0024_rollup_cache_1h",
+    **dict.fromkeys(STORED_COLUMNS[-3:], "0026_rollup_estimates"),  # the estimates
+}
 NANOS = 1_000_000_000
 
 
-def stored(sums: Sequence[int]) -> list[int]:
-    """Logical sums (``calls``, tokens…, ``cost_nanos``, ``unpriced_calls``) -> stored
-    columns (the cost split into whole dollars and nanos); any number of token figures."""
-    whole, rest = divmod(sums[-2], NANOS)
-    return [*sums[:-2], whole, rest, sums[-1]]
+def stored(sums: Sequence[int], estimates: bool = True) -> list[int]:
+    """Logical sums (``calls``, tokens…, ``cost_nanos``, ``unpriced_calls`` and, unless
+    ``estimates`` is false (a migration before 0026), ``estimated_calls``,
+    ``estimated_nanos``) -> stored columns (each cost split into whole dollars and nanos);
+    any number of token figures."""
+    if not estimates:
+        whole, rest = divmod(sums[-2], NANOS)
+        return [*sums[:-2], whole, rest, sums[-1]]
+    whole, rest = divmod(sums[-4], NANOS)
+    estimated_whole, estimated_rest = divmod(sums[-1], NANOS)
+    return [*sums[:-4], whole, rest, sums[-3], sums[-2], estimated_whole, estimated_rest]
 
 
 def logical(values: Sequence[int]) -> list[int]:
-    """Stored columns -> logical sums."""
-    return [*values[:-3], values[-3] * NANOS + values[-2], values[-1]]
+    """Stored columns (``STORED_COLUMNS``, any number of token figures) -> logical sums."""
+    cost = values[-6] * NANOS + values[-5]
+    return [*values[:-6], cost, values[-4], values[-3], values[-2] * NANOS + values[-1]]
 
 
 def _sum_column(name: str) -> sa.Column[int]:
@@ -174,16 +196,15 @@ Sums = list[int]
 Rollup = dict[Key, Sums]
 
 
-def _add(into: Rollup, key: Key, figures: tuple[int, ...], cost: int, unpriced: int) -> None:
+def _add(into: Rollup, key: Key, figures: tuple[int, ...]) -> None:
+    """One call into ``into[key]``: its count and its other ``figures``."""
     sums = into.get(key)
     if sums is None:
-        into[key] = [1, *figures, cost, unpriced]
+        into[key] = [1, *figures]
         return
     sums[0] += 1
     for i, value in enumerate(figures, 1):
         sums[i] += value
-    sums[-2] += cost
-    sums[-1] += unpriced
 
 
 def aggregate(
@@ -191,17 +212,21 @@ def aggregate(
     main: Rollup | None = None,
     tags: Rollup | None = None,
     tokens: Sequence[str] = TOKEN_COLUMNS,
+    estimates: bool = True,
 ) -> tuple[Rollup, Rollup]:
     """Sum ``(started_at_epoch_seconds, row)`` pairs into both rollups' rows; a row is a
     ``LedgerEntry`` or anything with its fields (a selected ledger row). ``tokens``: the
-    token figures summed (a migration passes the list of its own revision)."""
+    token figures summed, ``estimates``: whether the estimated calls and cost are (a
+    migration passes those of its own revision)."""
     main = {} if main is None else main
     tags = {} if tags is None else tags
     tokens_of = _figures(tokens)
     for seconds, row in rows:
-        figures = tokens_of(row)
         cost = row.cost_nanos or 0
         unpriced = 1 if row.price_unknown or row.cost_nanos is None else 0
+        figures = (*tokens_of(row), cost, unpriced)
+        if estimates:
+            figures += (1, cost) if row.usage_estimated else (0, 0)
         base = (
             seconds // BUCKET_SECONDS,
             row.org_id,
@@ -214,14 +239,16 @@ def aggregate(
             row.kind,
             row.status,
         )
-        _add(main, (*base, tag_set(row.tags)), figures, cost, unpriced)
+        _add(main, (*base, tag_set(row.tags)), figures)
         for tag in set(row.tags) or {""}:
-            _add(tags, (*base, tag), figures, cost, unpriced)
+            _add(tags, (*base, tag), figures)
     return main, tags
 
 
 def _figures(names: Sequence[str]) -> Callable[[Any], tuple[int, ...]]:
     """A row's token figures ``names``, as a tuple."""
+    if not names:
+        return lambda row: ()
     if len(names) == 1:
         one = operator.attrgetter(names[0])
         return lambda row: (one(row),)
@@ -255,14 +282,16 @@ def ledger_pages(
 ) -> Iterator[list[tuple[int, Any]]]:
     """The ledger's rows (``where``: a SQL condition on them) a page at a time, as the
     ``(started_at_epoch_seconds, row)`` pairs :func:`aggregate` sums, each row with the
-    key columns, the token figures ``tokens`` and the cost: a migration's backfill.
+    key columns, the token figures ``tokens``, the cost and whether it is an estimate: a
+    migration's backfill.
 
     In pages by request id, not a server-side cursor: asyncpg keeps a cursor's portal
     open to the end of the transaction, and a later ALTER TABLE of the ledger then fails."""
     condition = f"({where}) AND " if where else ""
     query = sa.text(
         "SELECT request_id, org_id, team_id, user_id, agent_id, key_id, tags, provider, "
-        f"model, kind, status, {', '.join(tokens)}, cost_nanos, price_unknown, started_at "
+        f"model, kind, status, {''.join(f'{t}, ' for t in tokens)}cost_nanos, price_unknown, "
+        "usage_estimated, started_at "
         f"FROM ledger WHERE {condition}request_id > :after ORDER BY request_id "
         f"LIMIT {PAGE_ROWS}"
     )
@@ -312,16 +341,11 @@ def upsert_statement(table: sa.Table, dialect: str) -> Any:
     """``INSERT … ON CONFLICT (key) DO UPDATE SET sum = sum + excluded.sum``."""
     insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(table)
     keys = [c.name for c in table.primary_key.columns]
-    return insert.on_conflict_do_update(
-        index_elements=keys,
-        set_={
-            **{c: table.c[c] + insert.excluded[c] for c in STORED_COLUMNS},
-            "cost_usd": table.c.cost_usd
-            + insert.excluded.cost_usd
-            + (table.c.cost_nanos + insert.excluded.cost_nanos) // NANOS,
-            "cost_nanos": (table.c.cost_nanos + insert.excluded.cost_nanos) % NANOS,
-        },
-    )
+    added: dict[str, Any] = {c: table.c[c] + insert.excluded[c] for c in STORED_COLUMNS}
+    for whole, rest in MONEY_COLUMNS.items():
+        added[whole] = added[whole] + added[rest] // NANOS
+        added[rest] = added[rest] % NANOS
+    return insert.on_conflict_do_update(index_elements=keys, set_=added)
 
 
 def write_statements(
@@ -349,8 +373,9 @@ def _driver_upsert(table: sa.Table, dialect: str) -> str:
     )
     t = table.name
     added = {c: f"{t}.{c} + excluded.{c}" for c in STORED_COLUMNS}
-    added["cost_usd"] += f" + ({added['cost_nanos']}) / {NANOS}"  # integer division
-    added["cost_nanos"] = f"({added['cost_nanos']}) % {NANOS}"
+    for whole, rest in MONEY_COLUMNS.items():
+        added[whole] += f" + ({added[rest]}) / {NANOS}"  # integer division
+        added[rest] = f"({added[rest]}) % {NANOS}"
     sums = ", ".join(f"{c} = {expr}" for c, expr in added.items())
     return (
         f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({marks}) "
@@ -396,17 +421,27 @@ def fold_narrow(
     summed (a migration passes tables of its own revision's columns). The nanos are
     summed apart from the dollars and carried, so no sum leaves 64 bits."""
     w = source
-    nanos = sa.cast(sa.func.sum(w.c.cost_nanos), sa.BigInteger())
     sums: dict[str, sa.ColumnElement[Any]] = {
         c: sa.func.sum(w.c[c]) for c in _sum_names(into, NARROW_KEY)
     }
-    sums["cost_usd"] = sa.cast(sa.func.sum(w.c.cost_usd), sa.BigInteger()) + nanos // NANOS
-    sums["cost_nanos"] = nanos % NANOS
+    _carry(sums, source)
     keys = [w.c[c] for c in NARROW_KEY]
     query = sa.select(*keys, *sums.values())
     if where is not None:
         query = query.where(where)
     return into.insert().from_select([*NARROW_KEY, *sums], query.group_by(*keys))
+
+
+def _carry(sums: dict[str, sa.ColumnElement[Any]], source: sa.TableClause) -> None:
+    """Each money column among ``sums`` (``SUM``s of ``source``'s columns) summed as
+    whole dollars and nanos apart, the nanos' whole dollars carried: no sum leaves 64
+    bits."""
+    for whole, rest in MONEY_COLUMNS.items():
+        if whole in sums:
+            nanos = sa.cast(sa.func.sum(source.c[rest]), sa.BigInteger())
+            total = sa.cast(sa.func.sum(source.c[whole]), sa.BigInteger())
+            sums[whole] = total + nanos // NANOS
+            sums[rest] = nanos % NANOS
 
 
 def _sum_names(into: sa.TableClause, key: Sequence[str]) -> list[str]:
@@ -444,12 +479,10 @@ def fold_daily(
     ``segments`` (which must cover those buckets) — set-based, the nanos carried. Every
     column of ``into`` outside the key is summed, as in :func:`fold_narrow`."""
     n, d = source, into
-    nanos = sa.cast(sa.func.sum(n.c.cost_nanos), sa.BigInteger())
     sums: dict[str, sa.ColumnElement[Any]] = {
         c: sa.cast(sa.func.sum(n.c[c]), sa.BigInteger()) for c in _sum_names(into, DAILY_KEY)
     }
-    sums["cost_usd"] = sa.cast(sa.func.sum(n.c.cost_usd), sa.BigInteger()) + nanos // NANOS
-    sums["cost_nanos"] = nanos % NANOS
+    _carry(sums, source)
     day = local_day(n.c.bucket, segments)
     keys = [n.c.org_id, day, *(n.c[c] for c in DAILY_KEY[2:])]
     query = sa.select(*keys, *sums.values()).where(where).group_by(*keys)

@@ -57,10 +57,13 @@ WORK_MEM = "64MB"
 CHUNK_ROWS = 1000
 #: the figures of a report row, in CSV order: the token figures are the rollups' own
 #: columns (``rollups.TOKEN_COLUMNS``, ``cache_write_1h_tokens`` the 1-hour part of
-#: ``cache_write_tokens``)
-MEASURES = ("requests", "errors", *TOKEN_COLUMNS, "cost_nanos", "unpriced_requests")
-#: where the cost is among them (read as two columns: whole dollars, then the nanos)
-_COST_AT = MEASURES.index("cost_nanos")
+#: ``cache_write_tokens``); ``estimated_calls`` of the calls billed on an estimate and
+#: ``estimated_nanos`` their cost, part of ``cost_nanos`` (``rollups.ESTIMATE_COLUMNS``)
+MEASURES = ("requests", "errors", *TOKEN_COLUMNS, "cost_nanos", "unpriced_requests",
+            "estimated_calls", "estimated_nanos")  # fmt: skip
+#: where the costs are among them (each read as two columns: whole dollars, then the
+#: nanos), in order
+_MONEY_AT = (MEASURES.index("cost_nanos"), MEASURES.index("estimated_nanos"))
 
 
 def _measures(t: sa.Table, dialect: str) -> list[sa.ColumnElement[Any]]:
@@ -79,6 +82,9 @@ def _measures(t: sa.Table, dialect: str) -> list[sa.ColumnElement[Any]]:
         total(t.c.cost_usd, COST_WHOLE),
         total(t.c.cost_nanos, COST_REST),
         total(t.c.unpriced_calls, "unpriced_requests"),
+        total(t.c.estimated_calls, "estimated_calls"),
+        total(t.c.estimated_usd, "estimated_whole_usd"),
+        total(t.c.estimated_nanos, "estimated_rest_nanos"),
     ]
 
 
@@ -416,10 +422,9 @@ def _row_maker(
     if not all(name.isidentifier() for name in names) or tuple(names[-len(MEASURES) :]) != MEASURES:
         raise ValueError(f"report columns: {names!r}")
     width = len(names) - len(MEASURES)
-    values = [f"v{i}" for i in range(len(names) + 1)]  # the cost in two columns
-    at = width + _COST_AT
-    cost = f"{values[at]} * {NANOS} + {values[at + 1]}"
-    shown = [*values[:at], cost, *values[at + 2 :]]
+    values = [f"v{i}" for i in range(len(names) + len(_MONEY_AT))]  # costs in two columns
+    shown = _joined(values[width:], lambda whole, rest: f"{whole} * {NANOS} + {rest}")
+    shown = [*values[:width], *shown]
     if labelled:
         shown[0] = f"labels[{values[0]}]"
     display = ", ".join(f"{name!r}: {v}" for name, v in zip(names, shown, strict=True))
@@ -459,7 +464,20 @@ def _folded_rows(
     names."""
     rows: list[dict[str, Any]] = []
     for key in sorted(merged, key=lambda k: tuple(map(str, k))):
-        f = merged[key]
-        cost = f[_COST_AT] * NANOS + f[_COST_AT + 1]
-        rows.append(dict(zip(names, (*key, *f[:_COST_AT], cost, *f[_COST_AT + 2 :]), strict=True)))
+        sums = _joined(merged[key], lambda whole, rest: whole * NANOS + rest)
+        rows.append(dict(zip(names, (*key, *sums), strict=True)))
     return rows
+
+
+def _joined(sums: Sequence[Any], join: Callable[[Any, Any], Any]) -> list[Any]:
+    """The query's sums (``MEASURES`` with each cost in two columns, whole dollars and
+    nanos) with each cost's two put together by ``join``."""
+    out: list[Any] = []
+    at = 0  # in ``sums``
+    for money in _MONEY_AT:  # in ``MEASURES``, so in ``out``
+        take = money - len(out)
+        out.extend(sums[at : at + take])
+        out.append(join(sums[at + take], sums[at + take + 1]))
+        at += take + 2
+    out.extend(sums[at:])
+    return out

@@ -16,7 +16,7 @@ rows, a rebuilt rollup, an allocation rule changed.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -133,6 +133,18 @@ def _breakdown(rows: list[dict[str, Any]], dim: str) -> dict[str | None, list[di
     return out
 
 
+def _team_figures(rows: list[dict[str, Any]], teams: Iterable[str]) -> dict[str, dict[str, int]]:
+    """Each team's ``chargeback.LINE_FIGURES`` (the usage report's names) summed over its
+    rows (0 without calls): what its line says of its own calls."""
+    out = {team: dict.fromkeys(cb.LINE_FIGURES, 0) for team in teams}
+    for row in rows:
+        if row["team"] is not None:
+            into = out.setdefault(row["team"], dict.fromkeys(cb.LINE_FIGURES, 0))
+            for name in cb.LINE_FIGURES:
+                into[name] += row[name]
+    return out
+
+
 def _org_breakdown(rows: list[dict[str, Any]], dim: str) -> list[dict[str, Any]]:
     sums: dict[str, list[int]] = {}
     for row in rows:
@@ -172,6 +184,7 @@ async def draw(
         if row["team"] is not None:
             own[row["team"]] = own.get(row["team"], 0) + row["cost_nanos"]
     allocation = cb.allocate(unowned, own, rules, sorted(teams))
+    figures = _team_figures(by["model"], own)
     head = {"org_id": org_id, "org_name": org["name"], "month": month, "timezone": tz,
             "period_start": w.start.isoformat(), "period_end": w.end.isoformat()}  # fmt: skip
     sections = {dim: _breakdown(by[dim], dim) for dim in SECTIONS}
@@ -180,7 +193,7 @@ async def draw(
     for team_id in sorted(own):
         allocated = allocation.lines.get(team_id, [])
         lines: list[dict[str, Any]] = [
-            {"id": "own", "label": "Own spend", "cost_nanos": own[team_id]}
+            {"id": "own", "label": "Own spend", "cost_nanos": own[team_id], **figures[team_id]}
         ]
         lines += [
             {"id": f"allocated:{rule_id}", "label": f"Allocated ({method}): "
@@ -195,7 +208,8 @@ async def draw(
             "budgets": [_outcome(b, own[team_id]) for b in budgets.get(team_id, [])],
         }  # fmt: skip
         org_lines.append({"id": team_id, "label": teams.get(team_id, team_id),
-                          "own_nanos": own[team_id], "cost_nanos": total})  # fmt: skip
+                          "own_nanos": own[team_id], "cost_nanos": total,
+                          **figures[team_id]})  # fmt: skip
     org_lines.append(
         {"id": "unallocated", "label": "Unallocated", "cost_nanos": allocation.unallocated_nanos}
     )

@@ -80,6 +80,14 @@ def test_statements_sum_exactly_freeze_and_reissue_with_a_diff(gateway: RunningG
     assert org_st["provisional"] is False and org_st["version"] == 1
     content = org_st["statement"]
     assert content["total_nanos"] == _sum(content["lines"]) == sum(r["cost_nanos"] for r in feb)
+    # each team line says what its own spend was made of (Feb: one call each)
+    for line in content["lines"][:2]:
+        mine = [r for r in feb if r["team_id"] == line["id"]]
+        assert (line["requests"], line["input_tokens"], line["estimated_calls"]) == (
+            len(mine),
+            sum(r["input_tokens"] for r in mine),
+            0,
+        )
     team = {t: gw.get("/admin/statements/2026-02", org_id=org_id, team_id=t) for t in (a, b)}
     for st in team.values():
         assert _sum(st["statement"]["lines"]) == st["statement"]["total_nanos"]
@@ -113,8 +121,12 @@ def test_statements_sum_exactly_freeze_and_reissue_with_a_diff(gateway: RunningG
     reissued = gw.post("/admin/statements/2026-02/reissue", {"org_id": org_id}, status=200)
     changed = {s["team_id"]: s for s in reissued["statements"]}
     assert set(changed) == {None, a}  # beta's own spend is unchanged (30% fixed goes to a)
-    diff = {d["item"]: d["delta_nanos"] for d in changed[a]["diff"]}
+    diff = {d["item"]: d.get("delta_nanos", d.get("delta")) for d in changed[a]["diff"]}
     assert diff["total"] == diff["lines/own"] == late[0]["cost_nanos"]
+    # the late call's figures on the line, not only its money
+    assert diff["lines/own/requests"] == 1
+    assert diff["lines/own/input_tokens"] == late[0]["input_tokens"]
+    assert "lines/own/estimated_calls" not in diff  # billed on the provider's usage
     v2 = gw.get("/admin/statements/2026-02", org_id=org_id, team_id=a)
     assert v2["version"] == 2 and v2["diff"] == changed[a]["diff"]
     v1 = gw.get("/admin/statements/2026-02", org_id=org_id, team_id=a, version=1)
@@ -173,7 +185,10 @@ def test_statement_downloads_and_the_frozen_rows(gateway: RunningGateway) -> Non
     gw.post("/admin/statements/2026-02/close", {"org_id": org_id}, status=200)
     base = "/admin/statements/2026-02"
     csv_text = gw.admin.get(base, params={"org_id": org_id, "format": "csv"}).text
-    assert csv_text.splitlines()[0] == "section,id,label,requests,cost_usd"
+    assert csv_text.splitlines()[0] == (
+        "section,id,label,requests,cost_usd,input_tokens,output_tokens,cache_read_tokens,"
+        "cache_write_tokens,estimated_calls,estimated_usd"
+    )
     assert "Unallocated" in csv_text
     jsonl = gw.admin.get(base, params={"org_id": org_id, "format": "jsonl"}).text.splitlines()
     head = json.loads(jsonl[0])

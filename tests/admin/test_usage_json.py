@@ -18,7 +18,7 @@ def _row(day: str, team: str | None, nanos: int, **extra: Any) -> dict[str, Any]
         "day": day, "team": team, "requests": 3, "errors": 1, "input_tokens": 10,
         "output_tokens": 4, "cache_read_tokens": 0, "cache_write_tokens": 7,
         "cache_write_1h_tokens": 5, "reasoning_tokens": 2, "cost_nanos": nanos,
-        "unpriced_requests": 1, **extra,
+        "unpriced_requests": 1, "estimated_calls": 1, "estimated_nanos": nanos // 5, **extra,
     }  # fmt: skip
 
 
@@ -36,16 +36,17 @@ def test_usage_json_is_what_the_schema_writes() -> None:
              cumulative_cost_nanos=12_500_000_005),
     ]  # fmt: skip
     ours = orjson.loads(usage_json(["day", "team"], start, end, "Asia/Kathmandu", rows, rows))
-    money = [("0.000000005", "0.000000005"), ("12.50", "12.500000005")]
+    money = [("0.000000005", "0.000000005", "0.000000001"), ("12.50", "12.500000005", "2.50")]
     expected = {
         "group_by": ["day", "team"], "start": start, "end": end, "timezone": "Asia/Kathmandu",
         "rows": [
-            {**{k: v for k, v in _row(r["day"], r["team"], 0).items() if k != "cost_nanos"},
+            {**{k: v for k, v in _row(r["day"], r["team"], 0).items() if not k.endswith("_nanos")},
              **({"other": True} if r.get("other") else {}),
-             "cost_usd": usd, "cumulative_cost_usd": cumulative}
-            for r, (usd, cumulative) in zip(ours["rows"], money, strict=True)
+             "cost_usd": usd, "estimated_usd": estimated, "cumulative_cost_usd": cumulative}
+            for r, (usd, cumulative, estimated) in zip(ours["rows"], money, strict=True)
         ],
-        "total_cost_usd": "12.500000005", "unpriced_requests": 2,
+        "total_cost_usd": "12.500000005", "unpriced_requests": 2, "estimated_calls": 2,
+        "total_estimated_usd": "2.500000001",
     }  # fmt: skip
     theirs = json.loads(UsageReport.model_validate(expected).model_dump_json())
     assert ours == theirs

@@ -1,6 +1,8 @@
-"""Rollup rows as the ledger writer wrote them before migration 0024: the same sums
-(``rollups.aggregate`` and its folds over that revision's token columns), without
-``cache_write_1h_tokens`` — for tests that migrate from an older revision."""
+"""Rollup rows as the ledger writer wrote them before migration 0024 (or, given 0024's
+token columns, before 0026): the same sums (``rollups.aggregate`` and its folds over
+that revision's token columns), without ``cache_write_1h_tokens`` (before 0024) and the
+estimated calls and cost (before 0026) — for tests that migrate from an older
+revision."""
 
 from __future__ import annotations
 
@@ -15,7 +17,8 @@ from spendgate.store import rollups
 #: the token figures and stored sums of the rollups from 0013 to 0023
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
           "reasoning_tokens")  # fmt: skip
-STORED = ("calls", *TOKENS, "cost_usd", "cost_nanos", "unpriced_calls")
+#: the token figures of the rollups from 0024 to 0025
+TOKENS_0024 = (*TOKENS[:4], "cache_write_1h_tokens", TOKENS[4])
 _WIDE = ("bucket", "org_id", "team_id", "user_id", "agent_id", "key_id", "provider", "model",
          "kind", "status")  # fmt: skip
 KEYS = {
@@ -26,20 +29,25 @@ KEYS = {
 }
 
 
-def aggregate(rows: Iterable[tuple[int, Any]]) -> tuple[rollups.Rollup, rollups.Rollup]:
+def aggregate(
+    rows: Iterable[tuple[int, Any]], tokens: tuple[str, ...] = TOKENS
+) -> tuple[rollups.Rollup, rollups.Rollup]:
     """The wide and tag rollups' rows of ``(epoch seconds, ledger row)`` pairs."""
-    return rollups.aggregate(rows, tokens=TOKENS)
+    return rollups.aggregate(rows, tokens=tokens, estimates=False)
 
 
-async def insert(conn: AsyncConnection, tables: dict[str, rollups.Rollup]) -> None:
+async def insert(
+    conn: AsyncConnection, tables: dict[str, rollups.Rollup], tokens: tuple[str, ...] = TOKENS
+) -> None:
     """Insert each table's rows (table name -> rollup rows) with the old columns."""
+    stored = ("calls", *tokens, "cost_usd", "cost_nanos", "unpriced_calls")
     for table, rollup in tables.items():
-        names = (*KEYS[table], *STORED)
+        names = (*KEYS[table], *stored)
         statement = sa.text(
             f"INSERT INTO {table} ({', '.join(names)}) VALUES ({', '.join(f':{n}' for n in names)})"
         )
         values = [
-            dict(zip(names, (*key, *rollups.stored(rollup[key])), strict=True))
+            dict(zip(names, (*key, *rollups.stored(rollup[key], estimates=False)), strict=True))
             for key in sorted(rollup)
         ]
         if values:

@@ -105,7 +105,8 @@ Made = list[tuple[int, int | None, str | None, str, tuple[str, ...]]]
 
 def test_days_add_up_to_the_period_and_the_ledger_in_every_zone(database_url: str) -> None:
     """Property: for random ledgers and zones, the days (and hours, weeks, months) of a
-    report add up to the period's total, which equals the ledger's sum, to the nanos —
+    report add up to the period's total, which equals the ledger's sum, to the nanos (so
+    do the calls billed on an estimate and their cost) —
     read from each rollup: the narrow one (by team and model), the wide one (by user)
     and the tag one (by tag), its rows in the order of their names; and a dry-run
     rebuild finds all three equal to the ledger row for row."""
@@ -121,6 +122,11 @@ def test_days_add_up_to_the_period_and_the_ledger_in_every_zone(database_url: st
     check()
 
 
+def _estimated(n: int) -> bool:
+    """Whether the ``n``th call of a property example is billed on an estimate."""
+    return n % 3 == 1
+
+
 async def _check(url: str, made: Made, zone: str) -> None:
     engine = create_engine(url)
     org = f"o{uuid.uuid4().hex[:10]}"
@@ -132,7 +138,8 @@ async def _check(url: str, made: Made, zone: str) -> None:
             async with engine.begin() as conn:
                 await set_daily_zone(conn, org, zone)
         at = BASE + timedelta(seconds=second)
-        writer.add(row(org, n, at, cost, team=team, model=model, tags=tags))
+        call = row(org, n, at, cost, team=team, model=model, tags=tags)
+        writer.add(call._replace(usage_estimated=_estimated(n)))
     await writer.flush()
     if half == 0:
         async with engine.begin() as conn:
@@ -146,6 +153,11 @@ async def _check(url: str, made: Made, zone: str) -> None:
     assert whole[0]["cost_nanos"] == ledger_nanos
     assert whole[0]["requests"] == len(made)
     assert whole[0]["unpriced_requests"] == sum(c is None for _, c, _, _, _ in made)
+    estimated = [c or 0 for n, (_, c, _, _, _) in enumerate(made) if _estimated(n)]
+    assert (whole[0]["estimated_calls"], whole[0]["estimated_nanos"]) == (
+        len(estimated),
+        sum(estimated),
+    )
     start, end = BASE - timedelta(days=1), BASE + timedelta(days=77)
     for grain in ("hour", "day", "week", "month"):
         for dims, table, nanos, calls in (
@@ -159,6 +171,9 @@ async def _check(url: str, made: Made, zone: str) -> None:
             assert sum(r["cost_nanos"] for r in rows) == nanos, (grain, zone, table.name)
             assert rows == sorted(rows, key=lambda r: tuple(str(r[d]) for d in dims))
             assert sum(r["requests"] for r in rows) == calls
+            if table is not usage_tag_rollup:
+                assert sum(r["estimated_nanos"] for r in rows) == sum(estimated)
+                assert sum(r["estimated_calls"] for r in rows) == len(estimated)
     checked = await rebuild(engine, start, end, dry_run=True)  # every org's rows so far
     assert checked.ledger_rows >= len(made)
     assert checked.difference_count == 0, checked.differences
@@ -178,20 +193,26 @@ async def _daily_path_agrees(engine: AsyncEngine, org: str, made: Made, zone: st
     it equals the same report from the 15-minute rows."""
     local = ZoneInfo(zone)
     expected: dict[tuple[int, str, str], list[int]] = {}
-    for second, cost, team, model, _ in made:
+    for n, (second, cost, team, model, _) in enumerate(made):
         day = ((BASE + timedelta(seconds=second)).astimezone(local).date() - EPOCH).days
-        sums = expected.setdefault((day, team or "", model), [0, 0, 0])
+        sums = expected.setdefault((day, team or "", model), [0, 0, 0, 0, 0])
         sums[0] += 1
         sums[1] += cost or 0
         sums[2] += cost is None
+        sums[3] += _estimated(n)
+        sums[4] += (cost or 0) if _estimated(n) else 0
     d = usage_team_daily
-    query = sa.select(
-        d.c.day, d.c.team_id, d.c.model, d.c.calls, d.c.cost_usd, d.c.cost_nanos, d.c.unpriced_calls
-    ).where(d.c.org_id == org)
+    query = sa.select(d).where(d.c.org_id == org)
     async with engine.connect() as conn:
         stored = {
-            (day, team, model): [calls, whole * 10**9 + rest, unpriced]
-            for day, team, model, calls, whole, rest, unpriced in await conn.execute(query)
+            (r.day, r.team_id, r.model): [
+                r.calls,
+                r.cost_usd * 10**9 + r.cost_nanos,
+                r.unpriced_calls,
+                r.estimated_calls,
+                r.estimated_usd * 10**9 + r.estimated_nanos,
+            ]
+            for r in await conn.execute(query)
         }
     assert stored == expected, zone
     first = datetime.combine(BASE.date() - timedelta(days=1), time(), local)
@@ -259,9 +280,9 @@ def test_report_rows_from_query_rows() -> None:
     names = ("day", "team", *MEASURES)
     whole = 2**40
     result = [
-        (20513, None, 3, 1, 10, 4, 0, 6, 5, 2, whole, 999_999_999, 1),
-        (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-        (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 0, 7, 0),
+        (20513, None, 3, 1, 10, 4, 0, 6, 5, 2, whole, 999_999_999, 1, 2, whole, 3),
+        (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0),
     ]
     rows = report_rows(result, "day", "monday", names)
     assert [(r["day"], r["team"], r["cost_nanos"]) for r in rows] == [
@@ -271,14 +292,17 @@ def test_report_rows_from_query_rows() -> None:
     assert rows[0]["requests"] == 3 and rows[0]["unpriced_requests"] == 1
     assert (rows[0]["cache_write_tokens"], rows[0]["cache_write_1h_tokens"]) == (6, 5)
     assert rows[0]["reasoning_tokens"] == 2
+    assert (rows[0]["estimated_calls"], rows[0]["estimated_nanos"]) == (2, whole * 10**9 + 3)
+    assert (rows[1]["estimated_calls"], rows[1]["estimated_nanos"]) == (0, 0)
     assert report_rows([], "day", "monday", names) == []
 
 
 def test_report_rows_without_grain_and_refusing_odd_names() -> None:
     """With no grain or dimension a row is the sums alone; the generated row maker takes
     only identifiers followed by ``MEASURES`` (it writes them into code)."""
-    row = report_rows([(2, 1, 3, 4, 0, 0, 0, 0, 1, 5, 0)], None, "monday", MEASURES)
-    assert row == [dict(zip(MEASURES, (2, 1, 3, 4, 0, 0, 0, 0, 10**9 + 5, 0), strict=True))]
+    row = report_rows([(2, 1, 3, 4, 0, 0, 0, 0, 1, 5, 0, 1, 0, 7)], None, "monday", MEASURES)
+    sums = (2, 1, 3, 4, 0, 0, 0, 0, 10**9 + 5, 0, 1, 7)
+    assert row == [dict(zip(MEASURES, sums, strict=True))]
     with pytest.raises(ValueError, match="report columns"):
         report_rows([], None, "monday", ("team']; import os #", *MEASURES))
     with pytest.raises(ValueError, match="report columns"):

@@ -58,7 +58,7 @@ def _backfill(conn: sa.Connection) -> None:
     main: rollups.Rollup = {}
     tags: rollups.Rollup = {}
     for page in rollups.ledger_pages(conn, TOKENS):
-        rollups.aggregate(page, main, tags, TOKENS)
+        rollups.aggregate(page, main, tags, TOKENS, estimates=False)
     for name, tag_column, rollup in (
         ("usage_rollup", "tags", main),
         ("usage_tag_rollup", "tag", tags),
@@ -66,7 +66,7 @@ def _backfill(conn: sa.Connection) -> None:
         names = ("bucket", *DIMS, "status", tag_column, *STORED)
         table = sa.table(name, *(sa.column(c) for c in names))
         rows = [
-            dict(zip(names, (*key, *rollups.stored(rollup[key])), strict=True))
+            dict(zip(names, (*key, *rollups.stored(rollup[key], estimates=False)), strict=True))
             for key in sorted(rollup)
         ]
         for start in range(0, len(rows), 5000):

@@ -59,7 +59,7 @@ def _backfill(conn: sa.Connection) -> None:
     main: rollups.Rollup = {}
     tags: rollups.Rollup = {}
     for page in rollups.ledger_pages(conn, tokens, f"{COLUMN} > 0"):
-        rollups.aggregate(page, main, tags, tokens)
+        rollups.aggregate(page, main, tags, tokens, estimates=False)
     teams = rollups.narrow(main)
     zones: dict[str, str] = dict(
         conn.execute(sa.text("SELECT org_id, timezone FROM usage_daily_zone")).all()

@@ -1,0 +1,59 @@
+"""The console's usage table says how much of each group's spend is an estimate: a row
+under its Total with the estimated cost and calls of each group shown (``Other`` the
+sum of the groups folded into it) and of the whole, the same figures as the API's."""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal
+
+import httpx
+import openai
+
+from spendgate.testing.fake_upstream import FakeUpstream
+from tests.console.conftest import Console, session
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def _cut_stream(url: str, key: str) -> None:
+    with (
+        httpx.Client(timeout=30) as http,
+        http.stream(
+            "POST",
+            f"{url}/v1/chat/completions",
+            json={**CHAT, "stream": True},
+            headers={"authorization": f"Bearer {key}"},
+        ) as response,
+    ):
+        list(response.iter_lines())
+
+
+def test_the_usage_table_shows_the_estimated_part(console: Console, fake: FakeUpstream) -> None:
+    """One team has a whole call and a cut stream (estimated), the other a cut stream:
+    by team with top 1 the kept team and Other each show one estimated call, the whole
+    table two; each figure is the API's."""
+    gw = console.gw
+    for team in (console.team_id, console.other_team_id):
+        key = gw.post("/admin/keys", {"name": "k", "org_id": console.org_id, "team_id": team})
+        openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)\
+            .chat.completions.create(**CHAT)  # fmt: skip
+        fake.drop_stream_after = 4
+        _cut_stream(gw.url, key["key"])
+        fake.drop_stream_after = None
+    api = gw.get("/admin/usage", group_by="team", org_id=console.org_id)
+    estimated = {r["team"]: r["estimated_usd"] for r in api["rows"]}
+    assert api["estimated_calls"] == 2 and len(estimated) == 2
+    with session(console.url, "org_admin@acme.test") as client:
+        page = client.get("/usage?preset=30d&grain=day&group_by=team&top=1")
+        assert page.status_code == 200
+    [row] = re.findall(r'<tr id="usage-estimated">(.*?)</tr>', page.text, re.S)
+    cells = re.findall(r'data-calls="(\d+)">\$?([0-9.]+) \((\d+) calls\)', row)
+    cost = {r["team"]: Decimal(r["cost_usd"]) for r in api["rows"]}
+    kept = min(cost, key=lambda t: (-cost[t], t))  # as ``top_n`` ranks them
+    other = next(t for t in estimated if t != kept)
+    assert cells == [
+        ("1", estimated[kept], "1"),
+        ("1", estimated[other], "1"),
+        ("2", api["total_estimated_usd"], "2"),
+    ]
