@@ -184,17 +184,26 @@ def _csv(
     names: dict[str, str],
     per_bucket: dict[date, int],
     total: int,
+    estimated: dict[str, tuple[int, int]],
+    estimated_total: tuple[int, int],
 ) -> str:
-    """The table as shown; its total row counts each call once (grouped by tag, a call
-    with several tags is in several columns)."""
+    """The table as shown, with each group's part billed on an estimate (its cost and
+    calls: :func:`estimated_of`); its total row counts each call once (grouped by tag, a
+    call with several tags is in several columns)."""
+
+    def tail(group_total: int, part: tuple[int, int]) -> list[str]:
+        return [format_usd(group_total), format_usd(part[1]), str(part[0])]
+
     return table_csv(
-        [view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd"],
+        [view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd",
+         "estimated_usd", "estimated_calls"],
         (
             [label, names.get(label, ""), *(format_usd(cells.get(b, 0)) for b in buckets),
-             format_usd(group_total)]
+             *tail(group_total, estimated.get(label, (0, 0)))]
             for label, cells, group_total in rows
         ),
-        ["", *(format_usd(per_bucket.get(b, 0)) for b in buckets), format_usd(total)],
+        ["", *(format_usd(per_bucket.get(b, 0)) for b in buckets),
+         *tail(total, estimated_total)],
         2,
     )  # fmt: skip
 
@@ -287,8 +296,12 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     )
     per_bucket = {b: sum(v for (c, _), v in once.cells.items() if c == b) for b in once.buckets}
     names = await group_names(svc, user, view.group_by)
+    estimated = estimated_of(series, rows)
+    estimated_total = (sum(once.estimated_calls.values()), sum(once.estimated.values()))
     if params.get("format") == "csv":
-        body = _csv(view, series.buckets, rows, names, per_bucket, once.total)
+        body = _csv(
+            view, series.buckets, rows, names, per_bucket, once.total, estimated, estimated_total
+        )
         await _audit_export(svc, request, user, query, len(rows))
         headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
         return harden(request, Response(body, media_type="text/csv", headers=headers))
@@ -315,8 +328,8 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "rows": rows,
             "total": once.total,
             "unpriced": once.unpriced,
-            "estimated": estimated_of(series, rows),
-            "estimated_total": (sum(once.estimated_calls.values()), sum(once.estimated.values())),
+            "estimated": estimated,
+            "estimated_total": estimated_total,
             "per_bucket": per_bucket,
             "overlap": once is not series,
             "names": names,

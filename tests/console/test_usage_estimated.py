@@ -4,6 +4,8 @@ sum of the groups folded into it) and of the whole, the same figures as the API'
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 from decimal import Decimal
 
@@ -47,6 +49,7 @@ def test_the_usage_table_shows_the_estimated_part(console: Console, fake: FakeUp
     with session(console.url, "org_admin@acme.test") as client:
         page = client.get("/usage?preset=30d&grain=day&group_by=team&top=1")
         assert page.status_code == 200
+        exported = client.get("/usage?preset=30d&grain=day&group_by=team&top=1&format=csv")
     [row] = re.findall(r'<tr id="usage-estimated">(.*?)</tr>', page.text, re.S)
     cells = re.findall(r'data-calls="(\d+)">\$?([0-9.]+) \((\d+) calls\)', row)
     cost = {r["team"]: Decimal(r["cost_usd"]) for r in api["rows"]}
@@ -56,4 +59,12 @@ def test_the_usage_table_shows_the_estimated_part(console: Console, fake: FakeUp
         ("1", estimated[kept], "1"),
         ("1", estimated[other], "1"),
         ("2", api["total_estimated_usd"], "2"),
+    ]
+    # the CSV download carries the same figures, a column pair after each total
+    table = list(csv.reader(io.StringIO(exported.text)))
+    assert table[0][-3:] == ["total_usd", "estimated_usd", "estimated_calls"]
+    assert [(r[0], r[-2], r[-1]) for r in table[1:]] == [
+        (kept, estimated[kept], "1"),
+        ("Other", estimated[other], "1"),
+        ("total", api["total_estimated_usd"], "2"),
     ]
