@@ -38,13 +38,12 @@ Bounds and determinism: ``SPENDGATE_FUZZ_EXAMPLES`` (default 10) examples per op
 in passes 1 and 3, ``SPENDGATE_FUZZ_NEGATIVE_EXAMPLES`` (default 5) in pass 2: about
 1,850 requests, 25-35 s per backend on a 2-core box at load 5 (most of it generating and
 checking requests, not serving them). The defaults were 20 and 10: twice the time for
-the same operations, checks and seeds; set them
-back for a deeper run. Past ``SPENDGATE_FUZZ_SECONDS``
-(default 120) of fuzzing, the remaining runs take 3 examples each (the summary line says
-so), so a slow machine still exercises every operation and ends in bounded time. Each run
-is seeded from its operation and pass, keeps no example database and does not shrink:
-the same requests on every run and machine. ``SPENDGATE_FUZZ_TRACE=<file>`` appends every
-request and its status to a file.
+the same operations, checks and seeds; set them back for a deeper run. Past
+``SPENDGATE_FUZZ_SECONDS`` (default 120) of fuzzing, the remaining runs take 3 examples
+each (the summary line says so), so a slow machine still exercises every operation and
+ends in bounded time. Each run is seeded from its operation and pass, keeps no example
+database and does not shrink: the same requests on every run and machine.
+``SPENDGATE_FUZZ_TRACE=<file>`` appends every request and its status to a file.
 
 Failures are collected, not raised one by one: one run reports every distinct problem
 (first example per operation, status and root cause), grouped by problem, with the
