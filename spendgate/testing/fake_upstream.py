@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import importlib.util
 import re
 import socket
@@ -324,8 +325,53 @@ class ServerHandle:
 
     def stop(self, timeout: float = 10.0) -> None:
         self.server.should_exit = True
+        if isinstance(self.server, _PromptServer):
+            self.server.wake()
         self.thread.join(timeout)
         self.sock.close()
+
+
+class _PromptServer(uvicorn.Server):
+    """uvicorn's server, stopping as soon as it is told: uvicorn looks at
+    ``should_exit`` every 0.1 s, then sleeps 0.1 s more before it waits for the
+    connections to close, and the tests stop thousands of servers (0.17 s each). The
+    same steps in the same order: stop accepting, shut the connections down, wait for
+    them and for the request tasks, then the app's lifespan shutdown."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _woken: asyncio.Event | None = None
+
+    def wake(self) -> None:
+        """Have the main loop look at ``should_exit`` now (from any thread)."""
+        loop, woken = self._loop, self._woken
+        if loop is not None and woken is not None:
+            with contextlib.suppress(RuntimeError):  # its loop has ended: it stopped already
+                loop.call_soon_threadsafe(woken.set)
+
+    async def main_loop(self) -> None:
+        self._woken = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        counter = 0
+        while not await self.on_tick(counter):
+            counter = (counter + 1) % 864000
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), 0.1)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()
+        for sock in sockets or []:
+            sock.close()
+        for connection in list(self.server_state.connections):
+            connection.shutdown()
+        # uvicorn sets no event when the last connection or request task is gone
+        state = self.server_state
+        while (state.connections or state.tasks) and not self.force_exit:  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        for server in self.servers:
+            await server.wait_closed()
+        if not self.force_exit:
+            await self.lifespan.shutdown()
 
 
 def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> ServerHandle:
@@ -336,7 +382,7 @@ def serve_in_thread(app: ASGIApp, host: str = "127.0.0.1", port: int = 0) -> Ser
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     config = uvicorn.Config(app, loop="asyncio", lifespan="on", log_level="warning")
-    server = uvicorn.Server(config)
+    server = _PromptServer(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     handle = ServerHandle(server=server, thread=thread, sock=sock, host=host)
     thread.start()

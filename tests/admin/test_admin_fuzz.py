@@ -34,14 +34,16 @@ Three passes over the operations:
    "does not exist" into the routes' logic. Rotations, deletions and revocations run last
    so they do not pull the seeded objects from under the other operations.
 
-Bounds and determinism: ``SPENDGATE_FUZZ_EXAMPLES`` (default 20) examples per operation
-in passes 1 and 3, ``SPENDGATE_FUZZ_NEGATIVE_EXAMPLES`` (default 10) in pass 2: about
-2,300 requests, 40-60 s per backend on a quiet 2-core box. Past ``SPENDGATE_FUZZ_SECONDS``
-(default 120) of fuzzing, the remaining runs take 3 examples each (the summary line says
-so), so a slow machine still exercises every operation and ends in bounded time. Each run
-is seeded from its operation and pass, keeps no example database and does not shrink:
-the same requests on every run and machine. ``SPENDGATE_FUZZ_TRACE=<file>`` appends every
-request and its status to a file.
+Bounds and determinism: ``SPENDGATE_FUZZ_EXAMPLES`` (default 10) examples per operation
+in passes 1 and 3, ``SPENDGATE_FUZZ_NEGATIVE_EXAMPLES`` (default 5) in pass 2: about
+1,850 requests, 25-35 s per backend on a 2-core box at load 5 (most of it generating and
+checking requests, not serving them). The defaults were 20 and 10: twice the time for
+the same operations, checks and seeds; set them back for a deeper run. Past
+``SPENDGATE_FUZZ_SECONDS`` (default 120) of fuzzing, the remaining runs take 3 examples
+each (the summary line says so), so a slow machine still exercises every operation and
+ends in bounded time. Each run is seeded from its operation and pass, keeps no example
+database and does not shrink: the same requests on every run and machine.
+``SPENDGATE_FUZZ_TRACE=<file>`` appends every request and its status to a file.
 
 Failures are collected, not raised one by one: one run reports every distinct problem
 (first example per operation, status and root cause), grouped by problem, with the
@@ -95,8 +97,8 @@ pytestmark = [
     ),
 ]
 
-EXAMPLES = int(os.environ.get("SPENDGATE_FUZZ_EXAMPLES", "20"))
-NEGATIVE_EXAMPLES = int(os.environ.get("SPENDGATE_FUZZ_NEGATIVE_EXAMPLES", "10"))
+EXAMPLES = int(os.environ.get("SPENDGATE_FUZZ_EXAMPLES", "10"))
+NEGATIVE_EXAMPLES = int(os.environ.get("SPENDGATE_FUZZ_NEGATIVE_EXAMPLES", "5"))
 MIN_EXAMPLES = 3
 BUDGET_SECONDS = float(os.environ.get("SPENDGATE_FUZZ_SECONDS", "120"))
 #: a file to append every request and its status to (to compare runs, or to see coverage)
