@@ -183,6 +183,14 @@ def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, s
     return "budget.calls_refused", key, data
 
 
+def _own(refusal: Refusal, worst_case: int) -> bool:
+    """Whether the bucket's own cap refused a call of ``worst_case`` (what is spent and in
+    flight leave it too little), not a fail-open outage's share of it, which cuts the cap
+    while the refusal names the bucket's own (its figures are this replica's, so at most
+    the real ones): only then has the budget reached its limit or the wallet run short."""
+    return refusal.spent + refusal.reserved + worst_case > refusal.cap
+
+
 def lost_buckets(
     parts: Sequence[Settlement], results: Sequence[tuple[int, int] | tuple[int, int, int | None]]
 ) -> tuple[str, ...]:
@@ -641,6 +649,11 @@ class Enforcer:
             for a in admission.budgets:
                 if a.bucket == each.bucket:
                     self._refused_by(a, each, admission.worst_case, now)
+            # as a budget's: only the wallet's own funds refusing, not a fail-open
+            # outage's share of them (the event is once per top-up: fired with money left,
+            # it would be missing when the wallet runs dry)
+            if not _own(each, admission.worst_case):
+                continue
             for w in admission.wallets:
                 if wallet_bucket(w) == each.bucket and w.grant_of is None:
                     self._emit(
@@ -783,15 +796,10 @@ class Enforcer:
     def _refused_by(self, a: Applied, refusal: Refusal, worst_case: int, now: datetime) -> None:
         """The events of ``a``'s hard cap refusing a call of ``worst_case`` (``refusal``:
         its bucket's figures then), for each refusing budget of the call."""
-        used = refusal.spent + refusal.reserved
         # a call whose worst case alone is over the cap would not fit an empty period:
         # the budget has not reached its limit, and the event (once per period) is kept
-        # for when it does; and only the cap's own refusal counts, not a fail-open
-        # outage's share of it (which cuts the cap, while the refusal names the budget's;
-        # the figures are this replica's, so at most the real ones) refusing a call the
-        # cap has room for
-        own = used + worst_case > refusal.cap
-        if own and worst_case <= refusal.cap:
+        # for when it does; and only the cap's own refusal counts (``_own``)
+        if _own(refusal, worst_case) and worst_case <= refusal.cap:
             self._fire(
                 a, rules.Threshold("hard", a.budget.hard_limit_percent), refusal.spent, now, True
             )
