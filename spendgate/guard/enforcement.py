@@ -645,29 +645,30 @@ class Enforcer:
         # every budget whose cap the call would pass: each may have reached its limit,
         # not only the one the error names (the first)
         every = refusal.every()
+        # looked up by bucket: a call under thousands of budgets may be refused by each
+        budgets = {a.bucket: a for a in admission.budgets}
+        wallets = {wallet_bucket(w): w for w in admission.wallets}
         for each in every:
-            for a in admission.budgets:
-                if a.bucket == each.bucket:
-                    self._refused_by(a, each, admission.worst_case, now)
+            a = budgets.get(each.bucket)
+            if a is not None:
+                self._refused_by(a, each, admission.worst_case, now)
             # as a budget's: only the wallet's own funds refusing, not a fail-open
             # outage's share of them (the event is once per top-up: fired with money left,
             # it would be missing when the wallet runs dry)
-            if not _own(each, admission.worst_case):
-                continue
-            for w in admission.wallets:
-                if wallet_bucket(w) == each.bucket and w.grant_of is None:
-                    self._emit(
-                        "wallet.depleted",
-                        f"wallet:{w.id}:depleted:{each.cap}",
-                        {
-                            "wallet_id": w.id,
-                            "scope_type": w.scope_type,
-                            "scope_id": w.scope_id,
-                            "balance_usd": format_usd(each.cap - each.spent),
-                        },
-                        now,
-                        w.org_id,
-                    )
+            w = wallets.get(each.bucket)
+            if w is not None and w.grant_of is None and _own(each, admission.worst_case):
+                self._emit(
+                    "wallet.depleted",
+                    f"wallet:{w.id}:depleted:{each.cap}",
+                    {
+                        "wallet_id": w.id,
+                        "scope_type": w.scope_type,
+                        "scope_id": w.scope_id,
+                        "balance_usd": format_usd(each.cap - each.spent),
+                    },
+                    now,
+                    w.org_id,
+                )
         # the error names a cap that stays shut until a reset or a top-up before one that
         # calls in flight may open by settling: "retry" would be wrong advice for the call
         refusal = next((r for r in every if r.spent + admission.worst_case > r.cap), refusal)
