@@ -183,6 +183,14 @@ def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, s
     return "budget.calls_refused", key, data
 
 
+def _own(refusal: Refusal, worst_case: int) -> bool:
+    """Whether the bucket's own cap refused a call of ``worst_case`` (what is spent and in
+    flight leave it too little), not a fail-open outage's share of it, which cuts the cap
+    while the refusal names the bucket's own (its figures are this replica's, so at most
+    the real ones): only then has the budget reached its limit or the wallet run short."""
+    return refusal.spent + refusal.reserved + worst_case > refusal.cap
+
+
 def lost_buckets(
     parts: Sequence[Settlement], results: Sequence[tuple[int, int] | tuple[int, int, int | None]]
 ) -> tuple[str, ...]:
@@ -637,24 +645,30 @@ class Enforcer:
         # every budget whose cap the call would pass: each may have reached its limit,
         # not only the one the error names (the first)
         every = refusal.every()
+        # looked up by bucket: a call under thousands of budgets may be refused by each
+        budgets = {a.bucket: a for a in admission.budgets}
+        wallets = {wallet_bucket(w): w for w in admission.wallets}
         for each in every:
-            for a in admission.budgets:
-                if a.bucket == each.bucket:
-                    self._refused_by(a, each, admission.worst_case, now)
-            for w in admission.wallets:
-                if wallet_bucket(w) == each.bucket and w.grant_of is None:
-                    self._emit(
-                        "wallet.depleted",
-                        f"wallet:{w.id}:depleted:{each.cap}",
-                        {
-                            "wallet_id": w.id,
-                            "scope_type": w.scope_type,
-                            "scope_id": w.scope_id,
-                            "balance_usd": format_usd(each.cap - each.spent),
-                        },
-                        now,
-                        w.org_id,
-                    )
+            a = budgets.get(each.bucket)
+            if a is not None:
+                self._refused_by(a, each, admission.worst_case, now)
+            # as a budget's: only the wallet's own funds refusing, not a fail-open
+            # outage's share of them (the event is once per top-up: fired with money left,
+            # it would be missing when the wallet runs dry)
+            w = wallets.get(each.bucket)
+            if w is not None and w.grant_of is None and _own(each, admission.worst_case):
+                self._emit(
+                    "wallet.depleted",
+                    f"wallet:{w.id}:depleted:{each.cap}",
+                    {
+                        "wallet_id": w.id,
+                        "scope_type": w.scope_type,
+                        "scope_id": w.scope_id,
+                        "balance_usd": format_usd(each.cap - each.spent),
+                    },
+                    now,
+                    w.org_id,
+                )
         # the error names a cap that stays shut until a reset or a top-up before one that
         # calls in flight may open by settling: "retry" would be wrong advice for the call
         refusal = next((r for r in every if r.spent + admission.worst_case > r.cap), refusal)
@@ -783,15 +797,10 @@ class Enforcer:
     def _refused_by(self, a: Applied, refusal: Refusal, worst_case: int, now: datetime) -> None:
         """The events of ``a``'s hard cap refusing a call of ``worst_case`` (``refusal``:
         its bucket's figures then), for each refusing budget of the call."""
-        used = refusal.spent + refusal.reserved
         # a call whose worst case alone is over the cap would not fit an empty period:
         # the budget has not reached its limit, and the event (once per period) is kept
-        # for when it does; and only the cap's own refusal counts, not a fail-open
-        # outage's share of it (which cuts the cap, while the refusal names the budget's;
-        # the figures are this replica's, so at most the real ones) refusing a call the
-        # cap has room for
-        own = used + worst_case > refusal.cap
-        if own and worst_case <= refusal.cap:
+        # for when it does; and only the cap's own refusal counts (``_own``)
+        if _own(refusal, worst_case) and worst_case <= refusal.cap:
             self._fire(
                 a, rules.Threshold("hard", a.budget.hard_limit_percent), refusal.spent, now, True
             )

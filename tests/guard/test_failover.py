@@ -3,16 +3,22 @@ the circuit breaker on a frozen clock, and the outage counters' shares of each c
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from spendgate.core.budget_rules import Budget, Subject
 from spendgate.core.clock import FrozenClock
 from spendgate.counters import Hold, Refusal, Settlement
 from spendgate.counters.outage import OutageCounters
-from spendgate.errors import ConfigError
+from spendgate.errors import BudgetExceeded, ConfigError
+from spendgate.guard.enforcement import Enforcer, wallet_bucket
 from spendgate.guard.failover import Breaker
 from spendgate.settings import load_settings
+from spendgate.store.database import create_engine
+from spendgate.store.ledger import LedgerWriter
+from spendgate.store.policies import PolicySnapshot, PolicyStore, Wallet
 
 EXPIRES = 1_800_000_000.0
 
@@ -93,3 +99,38 @@ def test_failure_mode_and_replicas_from_config_then_environment(tmp_path: Path) 
         load_settings(env={"SPENDGATE_FAIL_OPEN_REPLICAS": "0"})
     with pytest.raises(ConfigError, match="SPENDGATE_FAIL_OPEN_REPLICAS"):
         load_settings(env={"SPENDGATE_FAIL_OPEN_REPLICAS": "three"})
+
+
+async def test_a_wallet_refused_only_by_its_outage_share_is_not_depleted(tmp_path: Path) -> None:
+    """A fail-open outage cuts each cap to this replica's share: a call its key's spent-up
+    cap refuses is refused by the org wallet's share too, though the wallet has room.
+    The budget fires its events; the wallet fires no ``wallet.depleted`` (it is once per
+    top-up: fired now, with a balance left, it would be missing when the wallet does run
+    dry), as a budget refused only by its share fires none either."""
+    engine = create_engine(f"sqlite:///{tmp_path / 'unused.db'}")
+    now = datetime(2026, 3, 14, 22, 0, tzinfo=UTC)
+    subject = Subject("org", None, None, None, "key", (), "openai", "gpt-4o-mini", "chat")
+    budget = Budget(
+        "bud", "org", "key", "key", None, "daily", "UTC", "monday", 1000, hard_limit=True
+    )
+    wallet = Wallet("wal", "org", "org", "org", 0, now - timedelta(days=30))
+    counters, events = OutageCounters(replicas=2), []
+    enforcer = Enforcer(
+        PolicyStore(engine),
+        counters,
+        LedgerWriter(engine),
+        FrozenClock(now),
+        lambda kind, *_: events.append(kind),
+        reservation_seconds=60,
+    )
+    snapshot = PolicySnapshot.build((budget,), {}, (wallet,))
+    (applied,), _ = enforcer.applicable(snapshot, subject, now)
+    await counters.seed(applied.bucket, 1000)  # the cap spent
+    await counters.seed(wallet_bucket(wallet), 100, cap=700)  # $600 left, share 100 + 300
+
+    with pytest.raises(BudgetExceeded):
+        await enforcer.admit(subject, 350, snapshot)  # 450 of the wallet's 700, not 400
+
+    assert "budget.calls_refused" in events
+    assert "wallet.depleted" not in events
+    await engine.dispose()
