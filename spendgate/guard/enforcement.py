@@ -187,8 +187,15 @@ def _own(refusal: Refusal, worst_case: int) -> bool:
     """Whether the bucket's own cap refused a call of ``worst_case`` (what is spent and in
     flight leave it too little), not a fail-open outage's share of it, which cuts the cap
     while the refusal names the bucket's own (its figures are this replica's, so at most
-    the real ones): only then has the budget reached its limit or the wallet run short."""
+    the real ones): only then has the budget reached its limit."""
     return refusal.spent + refusal.reserved + worst_case > refusal.cap
+
+
+def _lasting(refusal: Refusal, worst_case: int) -> bool:
+    """Whether what is spent alone leaves the bucket's cap too little for a call of
+    ``worst_case``: only a reset or more room opens it, where a refusal caused by calls
+    in flight ends when they settle."""
+    return refusal.spent + worst_case > refusal.cap
 
 
 def lost_buckets(
@@ -652,11 +659,12 @@ class Enforcer:
             a = budgets.get(each.bucket)
             if a is not None:
                 self._refused_by(a, each, admission.worst_case, now)
-            # as a budget's: only the wallet's own funds refusing, not a fail-open
-            # outage's share of them (the event is once per top-up: fired with money left,
-            # it would be missing when the wallet runs dry)
+            # only the wallet's own balance refusing: not a fail-open outage's share of it,
+            # nor calls in flight holding it (they may settle below their holds); the
+            # event is once per top-up, so fired with money to come back it would be
+            # missing when the wallet runs dry
             w = wallets.get(each.bucket)
-            if w is not None and w.grant_of is None and _own(each, admission.worst_case):
+            if w is not None and w.grant_of is None and _lasting(each, admission.worst_case):
                 self._emit(
                     "wallet.depleted",
                     f"wallet:{w.id}:depleted:{each.cap}",
@@ -671,7 +679,7 @@ class Enforcer:
                 )
         # the error names a cap that stays shut until a reset or a top-up before one that
         # calls in flight may open by settling: "retry" would be wrong advice for the call
-        refusal = next((r for r in every if r.spent + admission.worst_case > r.cap), refusal)
+        refusal = next((r for r in every if _lasting(r, admission.worst_case)), refusal)
         for a in admission.budgets:
             if a.bucket == refusal.bucket:
                 used = refusal.spent + refusal.reserved
@@ -808,8 +816,9 @@ class Enforcer:
         # cap: the budget status reads it), unless only calls in flight hold the room (it
         # is back when they settle: the 429 says retry) or the call is bigger than the
         # whole cap (it says nothing about the budget)
-        lasting = refusal.spent + worst_case > refusal.cap
-        if lasting and (worst_case <= refusal.cap or refusal.spent >= refusal.cap):
+        if _lasting(refusal, worst_case) and (
+            worst_case <= refusal.cap or refusal.spent >= refusal.cap
+        ):
             self._emit(*refusal_event(a, refusal, worst_case), now, a.budget.org_id)
 
     def _fire(

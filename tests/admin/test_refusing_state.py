@@ -459,6 +459,56 @@ def test_a_wallet_short_beside_a_refusing_budget_says_depleted(gateway: RunningG
     assert event["data"]["wallet_id"] == wallet["id"]
 
 
+def test_a_wallet_held_only_by_a_call_in_flight_is_not_depleted(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A wallet with room for one call's worst case and a half: a stream in flight holds
+    one, so an identical call is refused (402) although the balance covers it. That is
+    no ``wallet.depleted``: the event is once per top-up, and fired with the money still
+    there it would be missing when the wallet really runs dry (as a budget, whose
+    refusal by calls in flight sets nothing)."""
+    gate, started = threading.Event(), threading.Event()
+    fake.stream_gate = gate
+    key = gateway.create_key()
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    big = {"model": "gpt-4o-mini", "max_tokens": 4000, "messages": MSG}
+    wallet = gateway.post(
+        "/admin/wallets",
+        {"scope_type": "org", "scope_id": key["org_id"], "initial_topup_usd": f"{MICRO:f}"},
+    )
+    try:  # the call's worst case, from the 402 of a wallet holding a millionth of a dollar
+        client.chat.completions.create(**big)
+        raise AssertionError("a millionth of a dollar funded the call")
+    except openai.APIStatusError as exc:
+        assert exc.status_code == 402, exc
+        found = re.search(r"call may cost up to \$([0-9.]+)", str(exc))
+        assert found is not None, str(exc)
+        worst = Decimal(found.group(1))
+    topup = (worst * Decimal("1.5")).quantize(NANO)
+    gateway.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": f"{topup:f}"})
+    before = len(gateway.get("/admin/events", type="wallet.depleted"))
+
+    def stream() -> None:
+        for _ in client.chat.completions.create(**big, stream=True):
+            started.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        streaming = pool.submit(stream)
+        try:
+            assert started.wait(30)
+            try:
+                client.chat.completions.create(**big)
+                raise AssertionError("the stream's hold left room for the call")
+            except openai.APIStatusError as exc:
+                assert exc.status_code == 402, exc
+            gateway.run(gateway.app.services.drain())
+            assert len(gateway.get("/admin/events", type="wallet.depleted")) == before
+        finally:
+            gate.set()
+        streaming.result(30)
+    client.chat.completions.create(**big)  # the stream settled below its hold: served
+
+
 def test_a_cap_lowered_below_one_that_refused_a_call_is_refusing(gateway: RunningGateway) -> None:
     """An exception raised the cap, the raised cap refused a call, and the exception ran
     out by itself: the cap is back down, what is spent has not fallen, so a call that big
