@@ -82,6 +82,7 @@ def test_a_slack_endpoint_shows_no_secret_to_keep(console: Console, page: Page) 
     assert "whsec_" not in page.content()
     page.get_by_role("link", name="Go to the endpoint").click()
     expect(page.get_by_role("button", name="Rotate secret")).to_have_count(0)
+    expect(page.locator("main")).not_to_contain_text("Previous secret")
 
 
 @pytest.mark.parametrize("role", ["finance", "team_admin", "viewer"])
