@@ -28,6 +28,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
+from sqlalchemy.util import await_
 
 from spendgate.core.showback import tag_set
 from spendgate.errors import Conflict, DatabaseUnavailable, NotFound, SpendgateError
@@ -159,7 +160,22 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(full, poolclass=NullPool if ":memory:" in full else None)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    return create_async_engine(full, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(full, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine.dialect.do_ping = _ping  # type: ignore[method-assign]
+    return engine
+
+
+def _ping(dbapi_connection: Any) -> bool:
+    """The pool's check of a connection before handing it out (``pool_pre_ping``): one
+    round trip, ``SELECT 1`` as a simple query. asyncpg's own wraps that query in a transaction
+    (BEGIN, query, ROLLBACK: three round trips on every checkout, some admin requests
+    take six) for pgbouncer's transaction mode, which spendgate's prepared statements
+    rule out anyway. A dead connection raises as it did, the pool replacing it."""
+    try:
+        await_(dbapi_connection.driver_connection.execute("SELECT 1"))
+    except Exception as error:  # noqa: BLE001 - re-raised as asyncpg's own ping does
+        dbapi_connection._handle_exception(error)  # as a DBAPI error: a disconnect is seen
+    return True
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
