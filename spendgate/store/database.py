@@ -28,7 +28,7 @@ from sqlalchemy.exc import (
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
-from sqlalchemy.util import await_
+from sqlalchemy.util import await_  # SQLAlchemy 2.1 (2.0 names it await_only)
 
 from spendgate.core.showback import tag_set
 from spendgate.errors import Conflict, DatabaseUnavailable, NotFound, SpendgateError
