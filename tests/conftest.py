@@ -480,6 +480,24 @@ class RunningGateway:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def cut_stream(self, key: str, body: dict[str, Any], fake: FakeUpstream) -> None:
+        """A streamed chat call of ``body`` that ``fake`` cuts after four events, before
+        its usage: the gateway bills it on an estimate (``incomplete``)."""
+        fake.drop_stream_after = 4
+        try:
+            with (
+                httpx.Client(timeout=30) as http,
+                http.stream(
+                    "POST",
+                    f"{self.url}/v1/chat/completions",
+                    json={**body, "stream": True},
+                    headers={"authorization": f"Bearer {key}"},
+                ) as response,
+            ):
+                list(response.iter_lines())
+        finally:
+            fake.drop_stream_after = None
+
     def ledger(self) -> list[dict[str, Any]]:
         """Every ledger row, flushed first (runs on the gateway's own loop)."""
         return self.run(self._ledger())

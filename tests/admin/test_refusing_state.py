@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import re
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import datetime
 from decimal import ROUND_FLOOR, Decimal
 from typing import Any
@@ -29,6 +31,8 @@ from tests.conftest import MASTER_KEY, RunningGateway
 MSG = [{"role": "user", "content": "s"}]
 NANO = Decimal("0.000000001")
 MICRO = Decimal("0.000001")
+#: a call whose worst case (4,000 output tokens) dwarfs a small call's
+BIG: dict[str, Any] = {"model": "gpt-4o-mini", "max_tokens": 4000, "messages": MSG}
 
 
 def _call(client: openai.OpenAI) -> Decimal:
@@ -128,6 +132,27 @@ def _two_tight_caps(
         )
     ]
     return client, key, tight
+
+
+@contextmanager
+def _stream_in_flight(client: openai.OpenAI, fake: FakeUpstream, **request: Any) -> Iterator[None]:
+    """Inside: a streamed call of ``request`` holds its worst case, its first chunk
+    received and the rest held back by ``fake``; on leaving, it ends and settles."""
+    gate, started = threading.Event(), threading.Event()
+    fake.stream_gate = gate  # every stream sends its first chunk, then waits for this
+
+    def stream() -> None:
+        for _ in client.chat.completions.create(**request, stream=True):
+            started.set()
+
+    with ThreadPoolExecutor(1) as pool:
+        streaming = pool.submit(stream)
+        try:
+            assert started.wait(30)
+            yield
+        finally:
+            gate.set()
+        streaming.result(30)
 
 
 def test_a_cap_refusing_calls_says_refusing_until_room_is_made(gateway: RunningGateway) -> None:
@@ -343,43 +368,28 @@ def test_room_held_only_by_a_call_in_flight_is_not_refusing(
     (what is spent leaves room for it: the 429 says retry) sets nothing, since the room
     comes back when the stream settles, and then the same call is served. Were it
     ``refusing``, it would say so for the rest of the period."""
-    gate, started = threading.Event(), threading.Event()
-    fake.stream_gate = gate  # every stream sends its first chunk, then waits for this
     key = gateway.create_key()
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
     budget = gateway.create_budget(
         scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True
     )
 
-    def stream() -> None:
-        chunks = client.chat.completions.create(
-            model="gpt-4o-mini", max_tokens=4000, messages=MSG, stream=True
+    with _stream_in_flight(client, fake, **BIG):
+        held = Decimal(_status(gateway, budget["id"])["reserved_usd"])
+        assert held > 0
+        # the cap: the stream's hold and a millionth of a dollar
+        gateway.admin.patch(
+            f"/admin/budgets/{budget['id']}", json={"amount_usd": f"{held + MICRO:f}"}
         )
-        for _ in chunks:
-            started.set()
-
-    with ThreadPoolExecutor(1) as pool:
-        streaming = pool.submit(stream)
+        small = client.chat.completions.with_raw_response.create
         try:
-            assert started.wait(30)
-            held = Decimal(_status(gateway, budget["id"])["reserved_usd"])
-            assert held > 0
-            # the cap: the stream's hold and a millionth of a dollar
-            gateway.admin.patch(
-                f"/admin/budgets/{budget['id']}", json={"amount_usd": f"{held + MICRO:f}"}
-            )
-            small = client.chat.completions.with_raw_response.create
-            try:
-                small(model="gpt-4o-mini", max_tokens=20, messages=MSG)
-                raise AssertionError("the stream's hold left room for the call")
-            except openai.RateLimitError as exc:
-                assert "in flight" in str(exc)
-                assert exc.response.headers.get("x-should-retry") != "false"
-            status = _status(gateway, budget["id"])
-            assert status["state"] == "ok" and status["refusing_since"] is None
-        finally:
-            gate.set()
-        streaming.result(30)
+            small(model="gpt-4o-mini", max_tokens=20, messages=MSG)
+            raise AssertionError("the stream's hold left room for the call")
+        except openai.RateLimitError as exc:
+            assert "in flight" in str(exc)
+            assert exc.response.headers.get("x-should-retry") != "false"
+        status = _status(gateway, budget["id"])
+        assert status["state"] == "ok" and status["refusing_since"] is None
     status = _status(gateway, budget["id"])
     assert Decimal(status["reserved_usd"]) == 0 and status["refusing_since"] is None
     small(model="gpt-4o-mini", max_tokens=20, messages=MSG)  # the room is back: served
@@ -393,8 +403,6 @@ def test_the_429_names_a_cap_only_a_reset_opens_over_one_held_by_calls_in_flight
     the reset opens it: three calls spent, a quarter of one left). The 429 names the
     org's and says not to retry; it named the first cap checked (the key's) and told the
     client to retry a call that cannot pass."""
-    gate, started = threading.Event(), threading.Event()
-    fake.stream_gate = gate
     key = gateway.create_key()
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
     cost = _call(client)
@@ -404,39 +412,26 @@ def test_the_429_names_a_cap_only_a_reset_opens_over_one_held_by_calls_in_flight
         scope_type="key", scope_id=key["id"], amount_usd="1", hard_limit=True
     )
 
-    def stream() -> None:
-        chunks = client.chat.completions.create(
-            model="gpt-4o-mini", max_tokens=4000, messages=MSG, stream=True
+    with _stream_in_flight(client, fake, **BIG):
+        status = _status(gateway, held_by_stream["id"])
+        room = Decimal(status["reserved_usd"]) + Decimal(status["spent_usd"]) + MICRO
+        gateway.admin.patch(
+            f"/admin/budgets/{held_by_stream['id']}", json={"amount_usd": f"{room:f}"}
         )
-        for _ in chunks:
-            started.set()
-
-    with ThreadPoolExecutor(1) as pool:
-        streaming = pool.submit(stream)
+        spent_up = gateway.create_budget(
+            scope_type="org",
+            scope_id=key["org_id"],
+            amount_usd=f"{cost * 3 + (cost / 4).quantize(NANO):f}",
+            hard_limit=True,
+        )
         try:
-            assert started.wait(30)
-            status = _status(gateway, held_by_stream["id"])
-            room = Decimal(status["reserved_usd"]) + Decimal(status["spent_usd"]) + MICRO
-            gateway.admin.patch(
-                f"/admin/budgets/{held_by_stream['id']}", json={"amount_usd": f"{room:f}"}
-            )
-            spent_up = gateway.create_budget(
-                scope_type="org",
-                scope_id=key["org_id"],
-                amount_usd=f"{cost * 3 + (cost / 4).quantize(NANO):f}",
-                hard_limit=True,
-            )
-            try:
-                client.chat.completions.create(model="demo-small", max_tokens=20, messages=MSG)
-                raise AssertionError("both caps let the call through")
-            except openai.RateLimitError as exc:
-                body: Any = exc.body
-                assert body["code"] == "budget_exceeded", body
-                assert spent_up["id"] in body["message"], body["message"]
-                assert exc.response.headers.get("x-should-retry") == "false"
-        finally:
-            gate.set()
-        streaming.result(30)
+            client.chat.completions.create(model="demo-small", max_tokens=20, messages=MSG)
+            raise AssertionError("both caps let the call through")
+        except openai.RateLimitError as exc:
+            body: Any = exc.body
+            assert body["code"] == "budget_exceeded", body
+            assert spent_up["id"] in body["message"], body["message"]
+            assert exc.response.headers.get("x-should-retry") == "false"
     assert _status(gateway, spent_up["id"])["state"] == "refusing"
     assert _status(gateway, held_by_stream["id"])["refusing_since"] is None
 
@@ -467,17 +462,14 @@ def test_a_wallet_held_only_by_a_call_in_flight_is_not_depleted(
     no ``wallet.depleted``: the event is once per top-up, and fired with the money still
     there it would be missing when the wallet really runs dry (as a budget, whose
     refusal by calls in flight sets nothing)."""
-    gate, started = threading.Event(), threading.Event()
-    fake.stream_gate = gate
     key = gateway.create_key()
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
-    big = {"model": "gpt-4o-mini", "max_tokens": 4000, "messages": MSG}
     wallet = gateway.post(
         "/admin/wallets",
         {"scope_type": "org", "scope_id": key["org_id"], "initial_topup_usd": f"{MICRO:f}"},
     )
     try:  # the call's worst case, from the 402 of a wallet holding a millionth of a dollar
-        client.chat.completions.create(**big)
+        client.chat.completions.create(**BIG)
         raise AssertionError("a millionth of a dollar funded the call")
     except openai.APIStatusError as exc:
         assert exc.status_code == 402, exc
@@ -488,25 +480,15 @@ def test_a_wallet_held_only_by_a_call_in_flight_is_not_depleted(
     gateway.post(f"/admin/wallets/{wallet['id']}/topups", {"amount_usd": f"{topup:f}"})
     before = len(gateway.get("/admin/events", type="wallet.depleted"))
 
-    def stream() -> None:
-        for _ in client.chat.completions.create(**big, stream=True):
-            started.set()
-
-    with ThreadPoolExecutor(1) as pool:
-        streaming = pool.submit(stream)
+    with _stream_in_flight(client, fake, **BIG):
         try:
-            assert started.wait(30)
-            try:
-                client.chat.completions.create(**big)
-                raise AssertionError("the stream's hold left room for the call")
-            except openai.APIStatusError as exc:
-                assert exc.status_code == 402, exc
-            gateway.run(gateway.app.services.drain())
-            assert len(gateway.get("/admin/events", type="wallet.depleted")) == before
-        finally:
-            gate.set()
-        streaming.result(30)
-    client.chat.completions.create(**big)  # the stream settled below its hold: served
+            client.chat.completions.create(**BIG)
+            raise AssertionError("the stream's hold left room for the call")
+        except openai.APIStatusError as exc:
+            assert exc.status_code == 402, exc
+        gateway.run(gateway.app.services.drain())
+        assert len(gateway.get("/admin/events", type="wallet.depleted")) == before
+    client.chat.completions.create(**BIG)  # the stream settled below its hold: served
 
 
 def test_a_cap_lowered_below_one_that_refused_a_call_is_refusing(gateway: RunningGateway) -> None:

@@ -12,7 +12,6 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import openai
 from typer.testing import CliRunner
 
@@ -33,17 +32,7 @@ def _setup(gw: RunningGateway, fake: FakeUpstream) -> tuple[dict[str, Any], dict
     openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0).chat.completions.create(
         **CHAT
     )
-    fake.drop_stream_after = 4
-    with (
-        httpx.Client(timeout=30) as http,
-        http.stream(
-            "POST",
-            f"{gw.url}/v1/chat/completions",
-            json={**CHAT, "stream": True},
-            headers={"authorization": f"Bearer {key}"},
-        ) as response,
-    ):
-        list(response.iter_lines())
+    gw.cut_stream(key, CHAT, fake)
     ledger = [r for r in gw.ledger() if r["org_id"] == org["id"]]
     [cut] = [r for r in ledger if r["usage_estimated"]]
     assert len(ledger) == 2 and cut["status"] == "incomplete" and cut["cost_nanos"] > 0

@@ -9,26 +9,12 @@ import io
 import re
 from decimal import Decimal
 
-import httpx
 import openai
 
 from spendgate.testing.fake_upstream import FakeUpstream
 from tests.console.conftest import Console, session
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def _cut_stream(url: str, key: str) -> None:
-    with (
-        httpx.Client(timeout=30) as http,
-        http.stream(
-            "POST",
-            f"{url}/v1/chat/completions",
-            json={**CHAT, "stream": True},
-            headers={"authorization": f"Bearer {key}"},
-        ) as response,
-    ):
-        list(response.iter_lines())
 
 
 def test_the_usage_table_shows_the_estimated_part(console: Console, fake: FakeUpstream) -> None:
@@ -40,9 +26,7 @@ def test_the_usage_table_shows_the_estimated_part(console: Console, fake: FakeUp
         key = gw.post("/admin/keys", {"name": "k", "org_id": console.org_id, "team_id": team})
         openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)\
             .chat.completions.create(**CHAT)  # fmt: skip
-        fake.drop_stream_after = 4
-        _cut_stream(gw.url, key["key"])
-        fake.drop_stream_after = None
+        gw.cut_stream(key["key"], CHAT, fake)
     api = gw.get("/admin/usage", group_by="team", org_id=console.org_id)
     estimated = {r["team"]: r["estimated_usd"] for r in api["rows"]}
     assert api["estimated_calls"] == 2 and len(estimated) == 2
