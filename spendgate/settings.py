@@ -42,6 +42,7 @@ from spendgate.core.audit_chain import (
 )
 from spendgate.core.pricing import PriceOverride, PriceRef
 from spendgate.core.rate_rules import is_pattern
+from spendgate.core.usage import MAX_TOKENS_PER_CALL
 from spendgate.errors import ConfigError
 from spendgate.observability.logs import LOG_LEVELS
 
@@ -84,6 +85,9 @@ class ModelRoute:
     price: PriceRef
     #: worst-case output tokens assumed when a request sets no max_tokens
     default_max_tokens: int = 4096
+    #: the most input tokens a call can be billed when the provider expands its prompt
+    #: (images, files, stored conversations); None: the price table's context window
+    max_input_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,8 +254,19 @@ def _routes(
             default_max_tokens=_at_least_int(
                 spec.get("default_max_tokens", 4096), 1, f"models.{name}.default_max_tokens"
             ),
+            max_input_tokens=_max_input_tokens(spec.get("max_input_tokens"), name),
         )
     return routes
+
+
+def _max_input_tokens(value: Any, model: str) -> int | None:
+    if value is None:
+        return None
+    where = f"models.{model}.max_input_tokens"
+    tokens = _at_least_int(value, 1, where)
+    if tokens > MAX_TOKENS_PER_CALL:
+        raise ConfigError(f"{where} must be at most {MAX_TOKENS_PER_CALL:,}")
+    return tokens
 
 
 def _unlisted(value: Any) -> Literal["allow", "deny"]:
@@ -584,7 +599,9 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
     "providers.*": frozenset(
         {"kind", "base_url", "api_key", "api_key_env", "api_version", "timeout_seconds"}
     ),
-    "models.*": frozenset({"provider", "upstream_model", "price", "default_max_tokens"}),
+    "models.*": frozenset(
+        {"provider", "upstream_model", "price", "default_max_tokens", "max_input_tokens"}
+    ),
     "models.*.price": frozenset({
         "model", "provider", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
         "cache_write_per_mtok", "cache_write_1h_per_mtok",

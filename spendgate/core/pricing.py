@@ -333,6 +333,12 @@ class PriceTable:
             return self._price_with_genai(found, counts, at)
         return Priced(cached[1].nanos(counts), "genai-prices")
 
+    def context_window(self, ref: PriceRef) -> int | None:
+        """The most tokens the priced model reads and writes in one call, from the price
+        data (None: not known, or an override price)."""
+        found = None if ref.override is not None else self._lookup(ref)
+        return None if found is None else found[1].context_window
+
     def is_known(self, ref: PriceRef, at: datetime) -> bool:
         """Whether ``price`` would return a cost (not ``None``) for ``ref`` at ``at``."""
         return self.price(ref, TokenUsage(), at).cost_nanos is not None

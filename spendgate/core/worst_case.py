@@ -3,9 +3,21 @@
 A call is admitted only if its worst case fits every budget and wallet it counts
 against, so the worst case has to bound what the provider will bill:
 
-* **input**: the request body's bytes / 4. Tokens are at least ~4 bytes of text each
-  and the JSON around the text adds bytes, so this over-estimates every prompt; the
-  prompt is billed once whatever ``n`` is.
+* **input** (``prompt_tokens``), billed once whatever ``n`` is:
+
+  - ASCII bytes / 4: English prose runs 4-5 bytes a token and the JSON around the
+    text only adds bytes. This is the rule's one estimate: code and dense numbers run
+    nearer 3.5 bytes a token, random strings fewer.
+  - every byte outside ASCII a token, and every ``\\uXXXX`` escape three: no token is
+    shorter than a byte, so this bounds CJK, Indic or Thai text, which can take a token
+    or more a character (bytes / 4 held it at under one).
+  - **a prompt the provider expands** (``expands``): an image, a file or audio (by
+    URL, id or inline data), a stored conversation (``previous_response_id``,
+    ``conversation``, a stored ``prompt``, an ``item_reference``) or a server-side tool
+    that reads into the prompt (web search and fetch, file search, remote MCP): the
+    request's bytes say nothing of its tokens, so the hold (``WorstCase.held``) counts
+    the model's whole context window (``input_bound``) as input. What is billed when no
+    usage comes back stays the estimate.
 * **output**: the output cap per generated answer × the number of answers.
 
   - the cap: ``max_completion_tokens``, else ``max_tokens`` (Chat Completions, legacy
@@ -37,6 +49,8 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
+
+import msgspec
 
 from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage
 from spendgate.core.value import Value
@@ -73,6 +87,23 @@ class WorstCase(Value, frozen=True):
     #: asks for caching): the hold is the dearer of the two, since a model may price
     #: cache writes above its input (Anthropic: 1.25x, 2x) or below it
     cached: TokenUsage | None = None
+    #: the most input tokens the provider can bill a prompt it expands (the model's
+    #: context window); None: the request's own prompt estimate bounds it
+    input_bound: int | None = None
+
+    def held(self) -> tuple[TokenUsage, TokenUsage | None]:
+        """What admission holds: ``usage`` and ``cached``, the prompt raised to
+        ``input_bound`` when the provider expands it."""
+        bound = self.input_bound
+        if bound is None or bound <= self.usage.input_tokens:
+            return self.usage, self.cached
+        usage = msgspec.structs.replace(self.usage, input_tokens=bound)
+        cached = self.cached
+        if cached is not None:
+            cached = msgspec.structs.replace(
+                cached, input_tokens=bound, cache_write_tokens=bound, cache_write_1h_tokens=bound
+            )
+        return usage, cached
 
 
 def _whole(payload: Mapping[str, Any], field: str, low: int, high: int | None) -> int | None:
@@ -106,21 +137,39 @@ def cap_field(kind: str, provider_kind: str) -> str:
     return CAP_FIELDS[kind][-1]
 
 
+_HIGH_BYTES = bytes(range(0x80, 0x100))
+
+
+def prompt_tokens(body: bytes) -> int:
+    """The input tokens a request body is held and estimated at (module docstring):
+    ASCII bytes / 4, every other byte a token, a ``\\uXXXX`` escape three."""
+    if body.isascii():
+        ascii_bytes, high = len(body), 0
+    else:
+        ascii_bytes = len(body.translate(None, _HIGH_BYTES))
+        high = len(body) - ascii_bytes
+    escapes = body.count(b"\\u")
+    # an escape's six bytes already count 1.5 tokens at bytes / 4: add the rest of three
+    return ascii_bytes // 4 + high + (escapes * 3 + 1) // 2
+
+
 def worst_case(
     payload: Mapping[str, Any],
     kind: str,
-    request_bytes: int,
+    prompt: int,
     default_max_tokens: int,
     provider_kind: str,
     *,
     cache_writes: bool = False,
+    input_bound: int | None = None,
 ) -> WorstCase:
-    """The worst case of one request (see the module docstring); 400 for a cap, ``n`` or
-    ``best_of`` that is not a whole number in range. ``cache_writes``: the request marks
-    ``cache_control`` (only an Anthropic Messages request is billed for cache writes)."""
-    prompt = request_bytes // 4
+    """The worst case of one request (see the module docstring) whose prompt is
+    ``prompt`` tokens (``prompt_tokens``); 400 for a cap, ``n`` or ``best_of`` that is
+    not a whole number in range. ``cache_writes``: the request marks ``cache_control``
+    (only an Anthropic Messages request is billed for cache writes); ``input_bound``:
+    the provider expands the prompt (``expands``) to at most this many tokens."""
     if kind not in CAP_FIELDS:  # embeddings: no output
-        return WorstCase(TokenUsage(input_tokens=prompt))
+        return WorstCase(TokenUsage(input_tokens=prompt), input_bound=input_bound)
     cap = None
     for field in CAP_FIELDS[kind]:
         cap = _whole(payload, field, 0, None)
@@ -143,7 +192,7 @@ def worst_case(
             cache_write_tokens=prompt,
             cache_write_1h_tokens=prompt,
         )
-    return WorstCase(usage, send, cached)
+    return WorstCase(usage, send, cached, input_bound)
 
 
 def marks_cache(payload: Any, body: bytes) -> bool:
@@ -165,3 +214,58 @@ def marks_cache(payload: Any, body: bytes) -> bool:
         elif isinstance(node, list):
             pending.extend(node)
     return False
+
+
+#: content part and block types whose tokens the provider makes from something other
+#: than the request's text: images, files and audio, and stored items by reference
+_EXPANDING_PARTS = frozenset({
+    "image_url", "input_audio", "file",  # Chat Completions (and Responses' audio)
+    "input_image", "input_file", "item_reference",  # Responses
+    "image", "document", "container_upload",  # Anthropic Messages
+})  # fmt: skip
+#: server-side tools whose results the provider reads into the prompt
+_EXPANDING_TOOLS = ("web_search", "web_fetch", "file_search", "mcp")
+#: a request field that points at a prompt stored with the provider (Responses)
+_STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
+
+
+def expands(payload: Mapping[str, Any], kind: str) -> bool:
+    """Whether the provider makes the prompt's tokens from more than the request's text
+    (the module docstring's list), so its bytes cannot bound them. Read from the parsed
+    request (the parser has undone any escapes), part by part: its cost grows with the
+    messages' parts, not with their text."""
+    if kind not in CAP_FIELDS:
+        return False
+    if kind == "response" and any(payload.get(field) for field in _STORED_CONTEXT):
+        return True
+    if kind == "message" and payload.get("mcp_servers"):
+        return True
+    tools = payload.get("tools")
+    if isinstance(tools, list) and any(_expanding_tool(tool) for tool in tools):
+        return True
+    if kind == "chat" and payload.get("web_search_options") is not None:
+        return True
+    turns = expanding_parts(payload.get("input" if kind == "response" else "messages"))
+    return turns + (expanding_parts(payload.get("system")) if kind == "message" else 0) > 0
+
+
+def _expanding_tool(tool: object) -> bool:
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    return isinstance(kind, str) and kind.startswith(_EXPANDING_TOOLS)
+
+
+def expanding_parts(items: object) -> int:
+    """How many dicts in the list ``items`` (messages, input items, system blocks), their
+    list ``content`` and a tool result's list ``output``, all the way down, have an
+    expanding ``type``: images, files, audio, stored items. A message of plain text costs
+    two lookups."""
+    count = 0
+    if items.__class__ is not list:
+        return count
+    for node in items:
+        if node.__class__ is dict:
+            kind = node.get("type")
+            if kind.__class__ is str and kind in _EXPANDING_PARTS:
+                count += 1
+            count += expanding_parts(node.get("content")) + expanding_parts(node.get("output"))
+    return count

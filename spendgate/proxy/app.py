@@ -24,11 +24,19 @@ from spendgate.core.money import format_usd
 from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
-from spendgate.core.worst_case import BadField, WorstCase, marks_cache, worst_case
+from spendgate.core.worst_case import (
+    BadField,
+    WorstCase,
+    expands,
+    marks_cache,
+    prompt_tokens,
+    worst_case,
+)
 from spendgate.counters import PolicyStale
 from spendgate.counters.redis_pool import counters_failed
 from spendgate.errors import (
     AuthenticationFailed,
+    BudgetExceeded,
     DatabaseUnavailable,
     InsufficientFunds,
     InvalidRequest,
@@ -65,7 +73,7 @@ from spendgate.proxy.wire import (
     start_stream,
     stream_error_event,
 )
-from spendgate.ratelimit.gate import RateGate
+from spendgate.ratelimit.gate import RateGate, RateLimited
 from spendgate.security.auth_throttle import AuthThrottle, client_address
 from spendgate.security.credentials import RequestIds
 from spendgate.settings import ModelRoute, Settings
@@ -80,6 +88,9 @@ _TAG = re.compile(r"^[A-Za-z0-9_.:/=+-]{1,64}$")
 MAX_TAGS = 20
 #: how many times a call is planned again after finding its process's policies stale
 REPLANS = 3
+#: the input a request with Anthropic's 1M-token context beta (``anthropic-beta:
+#: context-1m-…``) may be billed, whatever context window the price data gives its model
+LONG_CONTEXT_TOKENS = 1_000_000
 #: a provider error's headers that the SDKs pace (or skip) their retries by: passed on
 _RETRY_ADVICE = ("retry-after", "retry-after-ms", "x-should-retry")
 
@@ -95,7 +106,6 @@ class Call(Value, frozen=True):
     stream: bool
     started_at: datetime
     started_mono: float
-    request_bytes: int
     #: the most it can cost (``core.worst_case``), and the output cap to send upstream
     worst: WorstCase
 
@@ -182,6 +192,11 @@ class ProxyApp:
         self._clock = clock
         self._keys = keys
         self._prices = prices
+        #: per model, the most input tokens a prompt the provider expands can be billed
+        self._input_bounds = {
+            name: route.max_input_tokens or prices.context_window(route.price)
+            for name, route in settings.models.items()
+        }
         self._ledger = ledger
         self._transports = transports
         self._on_unpriced = on_unpriced
@@ -281,7 +296,6 @@ class ProxyApp:
         body: bytes,
     ) -> Call:
         model = payload["model"]
-        size = len(body)
         route = self._settings.models.get(model)
         if route is None:
             raise UnknownModel(
@@ -305,14 +319,18 @@ class ProxyApp:
                 "without background (stream it to keep the connection busy)",
                 param="background",
             )
+        bound = self._input_bounds.get(model)
+        if bound is not None and "context-1m" in headers.get("anthropic-beta", ""):
+            bound = max(bound, LONG_CONTEXT_TOKENS)  # Anthropic's 1M-token context beta
         try:
             worst = worst_case(
                 payload,
                 endpoint.kind,
-                size,
+                prompt_tokens(body),
                 route.default_max_tokens,
                 route.provider.kind,
                 cache_writes=marks_cache(payload, body),
+                input_bound=bound if bound and expands(payload, endpoint.kind) else None,
             )
         except BadField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc
@@ -325,7 +343,6 @@ class ProxyApp:
             stream,
             now,
             mono,
-            size,
             worst,
         )
 
@@ -334,19 +351,35 @@ class ProxyApp:
         mode one round trip (``CallGuard``), which also finds a stale policy snapshot.
         A price unknown (None) is never held as $0: a hard cap, a wallet or a spend limit
         refuses the call; observation-only budgets and other limits let it through."""
-        _, worst = self._worst(call)
+        _, worst = self._worst(call, hold=True)
         policies = await self._enforcer.policies()
-        return await self._guard.admit(
-            call.request_id, call.subject(), call.worst.usage.total_tokens, worst, policies
-        )
+        try:
+            return await self._guard.admit(
+                call.request_id, call.subject(), call.worst.usage.total_tokens, worst, policies
+            )
+        except (BudgetExceeded, InsufficientFunds, RateLimited) as refused:
+            bound = call.worst.input_bound
+            money = not isinstance(refused, RateLimited) or refused.denial.check.kind == "spend"
+            if money and bound is not None and bound > call.worst.usage.input_tokens:
+                refused.message += (
+                    "; the provider expands this prompt (an image, a file, audio, a stored "
+                    "conversation or a server-side tool), so the call is held at the whole "
+                    f"context window of {call.route.name}, {bound:,} input tokens (the "
+                    "model's max_input_tokens setting holds less)"
+                )
+            raise
 
-    def _worst(self, call: Call, *also: TokenUsage) -> tuple[TokenUsage, int | None]:
+    def _worst(
+        self, call: Call, *also: TokenUsage, hold: bool = False
+    ) -> tuple[TokenUsage, int | None]:
         """The dearest of the call's worst case, its all-cache-writes variant and
-        ``also`` (usage seen so far), with its price: what admission holds, and what a
-        call that timed out after reaching the provider is billed. A price unknown
-        (None) is never the cheaper one."""
-        dearest, most = call.worst.usage, None
-        for n, usage in enumerate((call.worst.usage, call.worst.cached, *also)):
+        ``also`` (usage seen so far), with its price: what a call that timed out after
+        reaching the provider is billed; ``hold``: with the prompt a provider expands
+        counted at the model's bound (``WorstCase.held``), what admission holds. A price
+        unknown (None) is never the cheaper one."""
+        first, cached = call.worst.held() if hold else (call.worst.usage, call.worst.cached)
+        dearest, most = first, None
+        for n, usage in enumerate((first, cached, *also)):
             if usage is None:
                 continue
             cost = self._prices.price(call.route.price, usage, call.started_at).cost_nanos
@@ -520,7 +553,7 @@ class ProxyApp:
         estimated = usage is None
         if usage is None:
             usage = TokenUsage(
-                input_tokens=call.request_bytes // 4, output_tokens=len(response.body) // 4
+                input_tokens=call.worst.usage.input_tokens, output_tokens=len(response.body) // 4
             )
         cost, remaining = await self._book(call, guarded, response.status, "ok", usage, estimated)
         headers = self._base_headers(call, guarded, response.headers)
@@ -615,7 +648,7 @@ class ProxyApp:
         left = disconnect.done()
         if left:
             status = "client_cancelled"
-        usage, estimated = meter.billed(call.request_bytes)
+        usage, estimated = meter.billed(call.worst.usage.input_tokens)
         if worst:
             usage, _ = self._worst(call, usage)
         cost, _ = await self._book(call, guarded, 200, status, usage, estimated)

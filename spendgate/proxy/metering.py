@@ -141,14 +141,14 @@ class StreamMeter:
         ``ok``."""
         return "ok" if (self.done or self.final) and not self.failed else "incomplete"
 
-    def billed(self, request_bytes: int) -> tuple[TokenUsage, bool]:
+    def billed(self, prompt: int) -> tuple[TokenUsage, bool]:
         """The usage to bill and whether it is an estimate: the provider's final figure;
         else what it reported so far with the output counted from the events that went
         by (one token an event, at least what it reported); else both estimated, the input
-        from the request's size."""
+        the request's prompt estimate (``prompt`` tokens)."""
         usage = self.usage
         if usage is None:
-            return TokenUsage(input_tokens=request_bytes // 4, output_tokens=self.events), True
+            return TokenUsage(input_tokens=prompt, output_tokens=self.events), True
         if self.final:
             return usage, False
         output = max(usage.output_tokens, self.events)

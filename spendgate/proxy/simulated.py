@@ -4,8 +4,10 @@ Used by ``spendgate serve --demo`` and by the fake upstream in ``spendgate.testi
 Every answer is a function of the request body alone: the reply text and its length
 come from a hash of the prompt, ``created`` is derived from that hash, never the clock.
 
-Token counts: each text piece of the prompt costs ``estimate_tokens(piece)``; the reply
-is a list of pieces (``"Simulated"``, ``" reply:"``, ``" word"``…), one token each.
+Token counts: each text piece of the prompt costs ``estimate_tokens(piece)`` and each
+image, file or audio part ``MEDIA_TOKENS`` (a provider makes tokens of them that their
+bytes do not show); the reply is a list of pieces (``"Simulated"``, ``" reply:"``,
+``" word"``…), one token each.
 
 Tools and structured output (``simulated_shapes``): a request that offers function tools
 gets a call of one (``tool_calls`` / ``function_call`` / ``tool_use``, finish reason
@@ -41,6 +43,7 @@ from typing import Any
 
 import orjson
 
+from spendgate.core.worst_case import expanding_parts
 from spendgate.errors import InvalidRequest
 from spendgate.proxy.simulated_shapes import TEXT, Shape, document, shape_of
 
@@ -53,6 +56,9 @@ _WORDS = (
 )  # fmt: skip
 _KNOB = re.compile(r"\[\[(cached|reasoning|cache_write_1h|cache_write):(\d+)\]\]")
 _CHAT_PATHS = ("/chat/completions", "/completions")
+#: the prompt tokens of an image, file or audio part (a 1024x1024 image at high detail
+#: on gpt-4o)
+MEDIA_TOKENS = 765
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,9 +188,11 @@ def _words(key: str, count: int) -> list[str]:
     return [_WORDS[int(key[i % 60 : i % 60 + 2], 16) % len(_WORDS)] for i in range(count)]
 
 
-def _reply(model: str, texts: list[str], cap: int | None, shape: Shape = TEXT) -> Reply:
+def _reply(
+    model: str, texts: list[str], cap: int | None, shape: Shape = TEXT, media: int = 0
+) -> Reply:
     key = hashlib.sha256("\x1f".join([model, *texts]).encode()).hexdigest()
-    prompt_tokens = sum(estimate_tokens(t) for t in texts)
+    prompt_tokens = sum(estimate_tokens(t) for t in texts) + media * MEDIA_TOKENS
     natural, reasoning = 16 + int(key[:2], 16) % 33, _knob(texts, "reasoning")
     whole: tuple[str, ...] = ()
     if shape.kind != "text":  # a JSON document in pieces of four characters, a token each
@@ -221,7 +229,8 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     shape = TEXT
     if path in ("/chat/completions", "/responses"):
         shape = shape_of("chat" if path == "/chat/completions" else "responses", body)
-    reply = _reply(body.get("model", ""), texts, _cap(body), shape)
+    media = expanding_parts(body.get("messages")) + expanding_parts(body.get("input"))
+    reply = _reply(body.get("model", ""), texts, _cap(body), shape, media)
     if path not in _CHAT_PATHS:
         return reply
     n = _count(body, "n")
@@ -237,7 +246,8 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
 def anthropic_reply(body: dict[str, Any]) -> Reply:
     """The simulated answer to an Anthropic Messages request."""
     texts = _anthropic_prompt(body)
-    return _reply(body["model"], texts, _cap(body), shape_of("anthropic", body))
+    media = expanding_parts(body.get("system")) + expanding_parts(body.get("messages"))
+    return _reply(body["model"], texts, _cap(body), shape_of("anthropic", body), media)
 
 
 # ----------------------------------------------------------------------------- OpenAI

@@ -396,3 +396,14 @@ def test_price_follows_time_of_day_windows(table: PriceTable) -> None:
     assert off_cost is not None and peak_cost is not None and off_cost < peak_cost
     assert peak_cost == genai_nanos(usage, "deepseek-chat", "deepseek", peak)
     assert off_cost == genai_nanos(usage, "deepseek-chat", "deepseek", off_peak)
+
+
+def test_the_context_window_comes_from_the_price_data_and_is_unknown_for_an_override() -> None:
+    """It bounds a prompt the provider expands (``core.worst_case``): the price data's
+    figure for a known model; nothing for an override or a model it does not know."""
+    table = PriceTable()
+    assert table.context_window(PriceRef("gpt-4o-mini", "openai")) == 128_000
+    assert table.context_window(PriceRef("claude-sonnet-4-5", "anthropic")) == 200_000
+    assert table.context_window(PriceRef("no-such-model-anywhere", "openai")) is None
+    override = PriceOverride(input_per_mtok=Decimal("1"), output_per_mtok=Decimal("2"))
+    assert table.context_window(PriceRef("gpt-4o-mini", None, override)) is None

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import orjson
 import pytest
 
 from spendgate.core.usage import TokenUsage
-from spendgate.core.worst_case import BadField, marks_cache, worst_case
+from spendgate.core.worst_case import (
+    BadField,
+    expands,
+    marks_cache,
+    prompt_tokens,
+    worst_case,
+)
 
-BYTES = 400  # a 400-byte body: at most 100 prompt tokens
+PROMPT = 100  # the prompt estimate (``prompt_tokens``) of the request
 DEFAULT = 4096
 
 CASES: list[tuple[str, str, str, dict[str, Any], int, tuple[str, int] | None]] = [
@@ -52,10 +59,10 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, tuple[str, int] | None]] =
 def test_worst_case_table(
     kind: str, provider: str, fields: dict[str, Any], output: int, sent: tuple[str, int] | None
 ) -> None:
-    """Output = the cap per answer × the answers generated; input = bytes / 4 (none
-    counted per answer); the cap assumed is the one sent upstream."""
-    worst = worst_case({"model": "m", **fields}, kind, BYTES, DEFAULT, provider)
-    assert worst.usage == TokenUsage(input_tokens=BYTES // 4, output_tokens=output)
+    """Output = the cap per answer × the answers generated; input = the prompt estimate
+    (none counted per answer); the cap assumed is the one sent upstream."""
+    worst = worst_case({"model": "m", **fields}, kind, PROMPT, DEFAULT, provider)
+    assert worst.usage == TokenUsage(input_tokens=PROMPT, output_tokens=output)
     assert worst.send_cap == sent
 
 
@@ -74,7 +81,7 @@ def test_worst_case_table(
 def test_fields_out_of_range_are_named(fields: dict[str, Any], param: str) -> None:
     """A count or cap that is not a whole number in range is refused, naming the field."""
     with pytest.raises(BadField) as caught:
-        worst_case({"model": "m", **fields}, "completion", BYTES, DEFAULT, "openai")
+        worst_case({"model": "m", **fields}, "completion", PROMPT, DEFAULT, "openai")
     assert caught.value.param == param
 
 
@@ -83,7 +90,7 @@ def test_an_absurd_cap_is_bounded_by_the_most_a_call_is_recorded_with() -> None:
     overflowing figure: no call is ever recorded with more."""
     from spendgate.core.usage import MAX_TOKENS_PER_CALL
 
-    worst = worst_case({"n": 128, "max_tokens": 2**62}, "chat", BYTES, DEFAULT, "openai")
+    worst = worst_case({"n": 128, "max_tokens": 2**62}, "chat", PROMPT, DEFAULT, "openai")
     assert worst.usage.output_tokens == MAX_TOKENS_PER_CALL
 
 
@@ -91,14 +98,14 @@ def test_a_prompt_marked_for_caching_counts_as_one_hour_cache_writes() -> None:
     """Only the Anthropic Messages API bills cache writes; there the whole prompt may be
     written to the 1-hour cache: a second worst case counts it so, beside the plain one."""
     fields = {"model": "m", "max_tokens": 10}
-    marked = worst_case(fields, "message", BYTES, DEFAULT, "anthropic", cache_writes=True)
-    assert marked.usage == TokenUsage(input_tokens=BYTES // 4, output_tokens=10)
+    marked = worst_case(fields, "message", PROMPT, DEFAULT, "anthropic", cache_writes=True)
+    assert marked.usage == TokenUsage(input_tokens=PROMPT, output_tokens=10)
     assert marked.cached is not None
-    assert marked.cached.cache_write_tokens == marked.cached.cache_write_1h_tokens == BYTES // 4
-    assert marked.cached.input_tokens == BYTES // 4 and marked.cached.output_tokens == 10
-    chat = worst_case(fields, "chat", BYTES, DEFAULT, "openai", cache_writes=True)
+    assert marked.cached.cache_write_tokens == marked.cached.cache_write_1h_tokens == PROMPT
+    assert marked.cached.input_tokens == PROMPT and marked.cached.output_tokens == 10
+    chat = worst_case(fields, "chat", PROMPT, DEFAULT, "openai", cache_writes=True)
     assert chat.cached is None
-    assert worst_case(fields, "message", BYTES, DEFAULT, "anthropic").cached is None
+    assert worst_case(fields, "message", PROMPT, DEFAULT, "anthropic").cached is None
 
 
 @pytest.mark.parametrize(
@@ -114,3 +121,118 @@ def test_marks_cache_reads_the_parsed_request_when_the_bytes_may_hide_the_key(
     body: bytes, expected: bool
 ) -> None:
     assert marks_cache(orjson.loads(body), body) is expected
+
+
+@pytest.mark.parametrize(
+    ("text", "tokens"),
+    [
+        ("plain ascii text.", 17 // 4),
+        ("中文", 6),  # two 3-byte characters: at most a token a byte
+        ("é", 2),
+        ("\\u4e2d", 6 // 4 + 2),  # one escape: three tokens in all
+        ("𝄞" + "a" * 8, 4 + 8 // 4),
+    ],
+)
+def test_a_prompt_is_held_at_a_token_per_byte_outside_ascii(text: str, tokens: int) -> None:
+    """ASCII runs 4 bytes a token; a byte outside ASCII is never less than a token, and an
+    escape spells a character of up to three bytes (its six bytes / 4 would be 1.5)."""
+    assert prompt_tokens(text.encode()) == tokens
+
+
+def test_cjk_text_is_held_above_one_token_a_character() -> None:
+    """Chinese takes about a token a character (more for rare ones): bytes / 4 held it
+    at 0.75, raw or escaped; both are now held at three."""
+    text = "预算必须在并发请求下保持" * 50
+    for body in (orjson.dumps({"content": text}), json.dumps({"content": text}).encode()):
+        assert prompt_tokens(body) >= 3 * len(text)
+
+
+IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
+EXPANDING: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat image by URL", "chat", {"messages": [{"role": "user", "content": [IMAGE]}]}),
+    ("chat audio", "chat", {"messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {"data": "AAAA", "format": "wav"}}]}]}),
+    ("chat file by id", "chat", {"messages": [{"role": "user", "content": [
+        {"type": "file", "file": {"file_id": "file-1"}}]}]}),
+    ("chat search model", "chat", {"web_search_options": {}, "messages": []}),
+    ("responses previous_response_id", "response",
+     {"previous_response_id": "resp_1", "input": "and then?"}),
+    ("responses conversation", "response", {"conversation": "conv_1", "input": "hi"}),
+    ("responses stored prompt", "response", {"prompt": {"id": "pmpt_1"}}),
+    ("responses image", "response", {"input": [{"role": "user", "content": [
+        {"type": "input_image", "image_url": "https://example.com/a.png"}]}]}),
+    ("responses file", "response", {"input": [{"role": "user", "content": [
+        {"type": "input_file", "file_id": "file-1"}]}]}),
+    ("responses item reference", "response",
+     {"input": [{"type": "item_reference", "id": "msg_1"}]}),
+    ("responses tool output with an image", "response", {"input": [
+        {"type": "function_call_output", "call_id": "c", "output": [
+            {"type": "input_image", "image_url": "data:image/png;base64,AAAA"}]}]}),
+    ("responses file search", "response", {"input": "q", "tools": [
+        {"type": "file_search", "vector_store_ids": ["vs_1"]}]}),
+    ("responses remote MCP", "response", {"input": "q", "tools": [
+        {"type": "mcp", "server_label": "x", "server_url": "https://example.com"}]}),
+    ("anthropic image", "message", {"messages": [{"role": "user", "content": [
+        {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}]}]}),
+    ("anthropic document in the system prompt", "message", {"system": [
+        {"type": "document", "source": {"type": "file", "file_id": "f"}}], "messages": []}),
+    ("anthropic image in a tool result", "message", {"messages": [{"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "t", "content": [
+            {"type": "image", "source": {"type": "base64", "data": "AAAA"}}]}]}]}),
+    ("anthropic web fetch", "message", {"messages": [], "tools": [
+        {"type": "web_fetch_20250910", "name": "web_fetch"}]}),
+    ("anthropic MCP connector", "message", {"messages": [], "mcp_servers": [{"url": "u"}]}),
+]  # fmt: skip
+PLAIN: list[tuple[str, str, dict[str, Any]]] = [
+    ("chat text parts", "chat", {"messages": [{"role": "user", "content": [
+        {"type": "text", "text": "an image of a file, a document, a prompt"}]}]}),
+    ("chat function tool", "chat", {"messages": [], "tools": [
+        {"type": "function", "function": {"name": "web_search"}}]}),
+    ("responses text", "response", {"input": "previous_response_id", "instructions": "x"}),
+    ("responses null previous_response_id", "response",
+     {"previous_response_id": None, "input": "hi"}),
+    ("metadata names a conversation", "chat",
+     {"messages": [], "metadata": {"conversation": "c", "source": "s"}}),
+    ("legacy completion prompt", "completion", {"prompt": "an image"}),
+    ("embeddings", "embedding", {"input": [{"type": "image_url"}]}),
+    ("a type that is not a string", "chat", {"messages": [{"content": [{"type": ["image"]}]}]}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "expected"),
+    [(kind, fields, True) for _, kind, fields in EXPANDING]
+    + [(kind, fields, False) for _, kind, fields in PLAIN],
+    ids=[what for what, *_ in EXPANDING] + [what for what, *_ in PLAIN],
+)
+def test_a_prompt_the_provider_expands_is_told_from_its_parts(
+    kind: str, fields: dict[str, Any], expected: bool
+) -> None:
+    assert expands({"model": "m", **fields}, kind) is expected
+
+
+def test_an_escaped_type_is_read_from_the_parsed_request() -> None:
+    """``\\u`` escapes can spell a part's type so the bytes do not show it."""
+    body = b'{"messages": [{"content": [{"type": "image\\u005furl"}]}]}'
+    assert b"image_url" not in body
+    assert expands(orjson.loads(body), "chat") is True
+
+
+def test_the_hold_counts_an_expanded_prompt_at_the_bound_and_the_estimate_stays() -> None:
+    """An expanded prompt is held at the model's bound (cache writes too, when the
+    request asks for caching), while the estimate that a timeout is billed at and a
+    tokens-per-minute limit counts stays the request's own."""
+    worst = worst_case(
+        {"max_tokens": 10}, "message", PROMPT, DEFAULT, "anthropic",
+        cache_writes=True, input_bound=200_000,
+    )  # fmt: skip
+    assert worst.usage == TokenUsage(input_tokens=PROMPT, output_tokens=10)
+    held, cached = worst.held()
+    assert held == TokenUsage(input_tokens=200_000, output_tokens=10)
+    assert cached is not None
+    assert cached.input_tokens == cached.cache_write_tokens == cached.cache_write_1h_tokens
+    assert cached.cache_write_tokens == 200_000
+    plain = worst_case({"max_tokens": 10}, "chat", PROMPT, DEFAULT, "openai")
+    assert plain.held() == (plain.usage, None)
+    bigger = worst_case({}, "embedding", 300_000, DEFAULT, "openai", input_bound=200_000)
+    assert bigger.held()[0].input_tokens == 300_000

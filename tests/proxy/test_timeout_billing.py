@@ -62,7 +62,9 @@ def slow_body(max_tokens: int = 100, *, stream: bool = False, model: str = "flat
 
 
 def worst_case(body: bytes, max_tokens: int) -> int:
-    """What admission holds for ``body``: its bytes / 4 as input, its cap as output."""
+    """What admission holds for ``body``: its bytes / 4 as input (ASCII), its cap as
+    output."""
+    assert body.isascii()
     return (len(body) // 4 + max_tokens) * NANOS_PER_TOKEN
 
 

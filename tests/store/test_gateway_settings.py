@@ -35,6 +35,11 @@ SIM = '[providers.sim]\nkind = "simulated"\n'
         ('[gateway]\nredis_failure_mode = "sideways"', "--redis-failure-mode"),
         (SIM + '[models.m]\nprovider = "sim"\ndefault_max_tokens = "lots"',
          "models.m.default_max_tokens"),
+        (SIM + '[models.m]\nprovider = "sim"\nmax_input_tokens = 0', "models.m.max_input_tokens"),
+        (SIM + '[models.m]\nprovider = "sim"\nmax_input_tokens = "128k"',
+         "models.m.max_input_tokens"),
+        (SIM + '[models.m]\nprovider = "sim"\nmax_input_tokens = 2000000000',
+         "models.m.max_input_tokens must be at most 1,000,000,000"),
         ('[providers.o]\nkind = "openai"\napi_key = "k"\ntimeout_seconds = "1m"',
          "providers.o.timeout_seconds"),
         # not a table where one belongs: was an AttributeError traceback
@@ -61,7 +66,7 @@ def test_good_values_are_taken(tmp_path: Path) -> None:
         "ledger_flush_seconds = 0.5\nledger_batch_size = 10\nkey_cache_seconds = 0\n"
         'redis_prefix = "team-a:"\nredis_url = "redis://127.0.0.1:6379/3"\n'
         + SIM
-        + '[models.m]\nprovider = "sim"\ndefault_max_tokens = 64\n'
+        + '[models.m]\nprovider = "sim"\ndefault_max_tokens = 64\nmax_input_tokens = 9000\n'
     )
     settings = load_settings(config_path=str(config), env={})
     assert (settings.max_body_bytes, settings.upstream_timeout_seconds) == (2048, 30.0)
@@ -71,6 +76,7 @@ def test_good_values_are_taken(tmp_path: Path) -> None:
     assert settings.key_cache_seconds == 0.0
     assert (settings.redis_prefix, settings.redis_url) == ("team-a:", "redis://127.0.0.1:6379/3")
     assert settings.models["m"].default_max_tokens == 64
+    assert settings.models["m"].max_input_tokens == 9000
 
 
 def test_price_overrides_take_every_cache_rate(tmp_path: Path) -> None:

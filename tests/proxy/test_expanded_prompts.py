@@ -1,0 +1,193 @@
+"""A prompt the provider expands (an image, a file, a stored conversation, a server-side
+tool) is held at the model's context window, since its bytes say nothing of its tokens:
+a hard cap, a wallet or a spend limit that the bytes/4 estimate fitted could be passed by
+one such call. Through the real openai and anthropic SDKs, on SQLite+memory and
+PostgreSQL+Redis; the fake upstream bills an image part ``MEDIA_TOKENS`` input tokens."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anthropic
+import openai
+import pytest
+
+from spendgate.proxy.simulated import MEDIA_TOKENS
+from spendgate.testing.fake_upstream import FakeUpstream
+from tests.conftest import RunningGateway
+
+#: gpt-4o-mini's price, held at a 2,000-token bound instead of its 128,000-token window
+EXTRA = """
+[models."vision-mini"]
+provider = "openai"
+upstream_model = "gpt-4o-mini"
+price = { model = "gpt-4o-mini", provider = "openai" }
+max_input_tokens = 2000
+"""
+
+IMAGE_URL = "https://example.com/cat.png"
+TEXT = "What is in this picture?"
+
+
+@pytest.fixture
+def gateway_options() -> dict[str, Any]:
+    return {"extra_config": EXTRA}
+
+
+def openai_sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def chat(gw: RunningGateway, key: str, expanded: bool, model: str = "gpt-4o-mini") -> Any:
+    content: list[dict[str, Any]] = [{"type": "text", "text": TEXT}]
+    if expanded:
+        content.append({"type": "image_url", "image_url": {"url": IMAGE_URL}})
+    return openai_sdk(gw, key).chat.completions.with_raw_response.create(
+        model=model, max_tokens=16, messages=[{"role": "user", "content": content}]
+    )
+
+
+def responses(gw: RunningGateway, key: str, expanded: bool, model: str = "gpt-4o-mini") -> Any:
+    more = {"previous_response_id": "resp_earlier"} if expanded else {}
+    return openai_sdk(gw, key).responses.with_raw_response.create(
+        model=model, max_output_tokens=16, input=TEXT, **more
+    )
+
+
+def messages(gw: RunningGateway, key: str, expanded: bool, model: str = "gpt-4o-mini") -> Any:
+    content: list[dict[str, Any]] = [{"type": "text", "text": TEXT}]
+    if expanded:
+        content.append({"type": "image", "source": {"type": "url", "url": IMAGE_URL}})
+    client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+    return client.messages.with_raw_response.create(
+        model=model, max_tokens=16, messages=[{"role": "user", "content": content}]
+    )
+
+
+Send = Callable[..., Any]
+#: (how the call is sent, the model, its context window, a hard cap between the text
+#: call's hold and the window's input price)
+SHAPES: dict[str, tuple[Send, str, int, str]] = {
+    "chat image": (chat, "gpt-4o-mini", 128_000, "0.01"),  # window: $0.0192
+    "responses previous_response_id": (responses, "gpt-4o-mini", 128_000, "0.01"),
+    "anthropic image": (messages, "claude-sonnet-4-5", 200_000, "0.30"),  # window: $0.60
+}
+
+
+def forwarded(fake: FakeUpstream) -> int:
+    return sum(1 for r in fake.requests if isinstance(r.json, dict) and "model" in r.json)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+def test_a_hard_cap_refuses_a_call_whose_provider_may_expand_the_prompt_past_it(
+    gateway: RunningGateway, fake: FakeUpstream, shape: str
+) -> None:
+    """The cap fits the text call's bytes/4 hold many times over, not the model's whole
+    window: the expanded call is refused before the provider sees it, saying why and
+    what lowers the hold; the same call without the image or stored conversation passes."""
+    send, model, window, cap = SHAPES[shape]
+    key = gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd=cap, hard_limit=True)
+    with pytest.raises((openai.RateLimitError, anthropic.RateLimitError)) as refused:
+        send(gateway, key["key"], True, model)
+    assert refused.value.status_code == 429
+    message = str(refused.value)
+    assert f"context window of {model}, {window:,} input tokens" in message
+    assert "max_input_tokens" in message
+    assert forwarded(fake) == 0 and gateway.ledger() == []
+    assert send(gateway, key["key"], False, model).http_response.status_code == 200
+    assert forwarded(fake) == 1
+
+
+def test_a_wallet_and_a_spend_limit_hold_the_window_too(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """402 from a wallet and 429 from a $-per-window limit, each with the reason."""
+    funded = gateway.create_key()
+    gateway.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": "0.01"},
+    )
+    with pytest.raises(openai.APIStatusError) as short:
+        chat(gateway, funded["key"], True)
+    assert short.value.status_code == 402 and short.value.code == "insufficient_funds"
+    assert "context window of gpt-4o-mini, 128,000 input tokens" in short.value.message
+    limited = gateway.create_key()
+    gateway.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": limited["id"], "model": "*", "max_spend_usd": "0.01"},
+    )
+    with pytest.raises(openai.RateLimitError) as slowed:
+        chat(gateway, limited["key"], True)
+    assert slowed.value.code == "rate_limit_exceeded"
+    assert "context window of gpt-4o-mini" in slowed.value.message
+    assert forwarded(fake) == 0
+    for key in (funded, limited):
+        assert chat(gateway, key["key"], False).http_response.status_code == 200
+
+
+def test_images_never_put_spend_past_the_cap_and_a_lower_bound_is_honoured(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """``max_input_tokens = 2000`` holds an image call at 2,000 input tokens (the
+    provider bills it ~790): calls go through until the next one could pass the cap,
+    and the ledger never does. Held at bytes/4 (~100 tokens), the last admitted call
+    went past it."""
+    key = gateway.create_key()
+    cap_nanos = 1_000_000  # $0.001: about eight image calls at gpt-4o-mini's price
+    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="0.001", hard_limit=True)
+    served, refusal = 0, ""
+    while not refusal:
+        try:
+            chat(gateway, key["key"], True, "vision-mini")
+            served += 1
+        except openai.RateLimitError as refused:
+            refusal = refused.message
+        assert served < 50
+    rows = gateway.ledger()
+    assert len(rows) == served >= 5
+    assert all(row["input_tokens"] >= MEDIA_TOKENS for row in rows)
+    assert sum(row["cost_nanos"] for row in rows) <= cap_nanos
+    assert "2,000 input tokens" in refusal
+
+
+def test_a_tokens_per_minute_limit_counts_the_estimate_not_the_window(
+    gateway: RunningGateway,
+) -> None:
+    """A tpm row of 1,000 tokens would refuse every image call if it counted the
+    128,000-token window; it counts the request's estimate, then the usage billed."""
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": key["id"], "model": "*", "tpm": 1000},
+    )
+    raw = chat(gateway, key["key"], True)
+    assert raw.http_response.status_code == 200
+    assert int(raw.headers["x-ratelimit-limit-tokens"]) == 1000
+
+
+def test_anthropics_million_token_context_beta_is_held_at_a_million(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """claude-sonnet-4-5's window is 200,000 tokens, or 1,000,000 with the
+    ``context-1m`` beta header, which is passed to the provider: a wallet that funds the
+    first is short for the second."""
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "1"},
+    )
+    assert messages(gateway, key["key"], True, "claude-sonnet-4-5").http_response.status_code == 200
+    client = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    with pytest.raises(anthropic.APIStatusError) as short:
+        client.messages.create(
+            model="claude-sonnet-4-5",
+            max_tokens=16,
+            messages=[{"role": "user", "content": [
+                {"type": "image", "source": {"type": "url", "url": IMAGE_URL}}]}],
+            extra_headers={"anthropic-beta": "context-1m-2025-08-07"},
+        )  # fmt: skip
+    assert short.value.status_code == 402
+    assert "1,000,000 input tokens" in str(short.value)
+    assert forwarded(fake) == 1
