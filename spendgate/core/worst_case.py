@@ -249,6 +249,16 @@ def expands(payload: Mapping[str, Any], kind: str) -> bool:
     return turns + (expanding_parts(payload.get("system")) if kind == "message" else 0) > 0
 
 
+def continues(payload: Mapping[str, Any], kind: str) -> str | None:
+    """The ``previous_response_id`` of a Responses request whose prompt expands by that
+    stored conversation alone (nothing else in it does): the previous answer's tokens
+    then bound it, where they are known (``proxy.contexts``)."""
+    previous = payload.get("previous_response_id") if kind == "response" else None
+    if not isinstance(previous, str) or not previous:
+        return None
+    return None if expands({**payload, "previous_response_id": None}, kind) else previous
+
+
 def _expanding_tool(tool: object) -> bool:
     kind = tool.get("type") if isinstance(tool, dict) else None
     return isinstance(kind, str) and kind.startswith(_EXPANDING_TOOLS)

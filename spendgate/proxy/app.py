@@ -27,6 +27,7 @@ from spendgate.core.value import Value
 from spendgate.core.worst_case import (
     BadField,
     WorstCase,
+    continues,
     expands,
     marks_cache,
     prompt_tokens,
@@ -57,6 +58,7 @@ from spendgate.guard.tickets import TicketDesk
 from spendgate.observability.metrics import GatewayMetrics
 from spendgate.proxy import simulated
 from spendgate.proxy.auth import KeyCache, presented_secret
+from spendgate.proxy.contexts import ResponseContexts
 from spendgate.proxy.metering import StreamMeter, usage_from_body
 from spendgate.proxy.routing import ENDPOINTS, Endpoint, upstream_headers, upstream_url
 from spendgate.proxy.transport import Transport, UpstreamRequest, UpstreamResponse
@@ -197,6 +199,8 @@ class ProxyApp:
             name: route.max_input_tokens or prices.context_window(route.price)
             for name, route in settings.models.items()
         }
+        #: what the Responses answers this process served leave for calls continuing them
+        self._contexts = ResponseContexts()
         self._ledger = ledger
         self._transports = transports
         self._on_unpriced = on_unpriced
@@ -319,18 +323,16 @@ class ProxyApp:
                 "without background (stream it to keep the connection busy)",
                 param="background",
             )
-        bound = self._input_bounds.get(model)
-        if bound is not None and "context-1m" in headers.get("anthropic-beta", ""):
-            bound = max(bound, LONG_CONTEXT_TOKENS)  # Anthropic's 1M-token context beta
+        prompt = prompt_tokens(body)
         try:
             worst = worst_case(
                 payload,
                 endpoint.kind,
-                prompt_tokens(body),
+                prompt,
                 route.default_max_tokens,
                 route.provider.kind,
                 cache_writes=marks_cache(payload, body),
-                input_bound=bound if bound and expands(payload, endpoint.kind) else None,
+                input_bound=self._input_bound(payload, endpoint.kind, headers, prompt),
             )
         except BadField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc
@@ -345,6 +347,21 @@ class ProxyApp:
             mono,
             worst,
         )
+
+    def _input_bound(
+        self, payload: dict[str, Any], kind: str, headers: Mapping[str, str], prompt: int
+    ) -> int | None:
+        """The most input tokens the provider can bill a prompt it expands: the model's
+        window, or the known tokens of the stored conversation it continues plus its own
+        ``prompt``; None when it does not expand the prompt (or no bound is known)."""
+        bound = self._input_bounds.get(payload["model"])
+        if not bound or not expands(payload, kind):
+            return None
+        if "context-1m" in headers.get("anthropic-beta", ""):
+            bound = max(bound, LONG_CONTEXT_TOKENS)  # Anthropic's 1M-token context beta
+        previous = continues(payload, kind)
+        stored = None if previous is None else self._contexts.tokens(previous)
+        return bound if stored is None else min(bound, stored + prompt)
 
     async def _hold(self, call: Call) -> Guarded:
         """Rate limits, then budgets and wallets, for the call's worst case: in Redis
@@ -361,13 +378,23 @@ class ProxyApp:
             bound = call.worst.input_bound
             money = not isinstance(refused, RateLimited) or refused.denial.check.kind == "spend"
             if money and bound is not None and bound > call.worst.usage.input_tokens:
-                refused.message += (
-                    "; the provider expands this prompt (an image, a file, audio, a stored "
-                    "conversation or a server-side tool), so the call is held at the whole "
-                    f"context window of {call.route.name}, {bound:,} input tokens (the "
-                    "model's max_input_tokens setting holds less)"
-                )
+                refused.message += self._why_held(call, bound)
             raise
+
+    def _why_held(self, call: Call, bound: int) -> str:
+        """The refusal's word on a hold raised to ``bound`` input tokens."""
+        if bound < (self._input_bounds.get(call.route.name) or 0):
+            return (
+                f"; the provider reads this prompt after the stored conversation it "
+                f"continues (previous_response_id), so the call is held at {bound:,} input "
+                f"tokens: that conversation's as this gateway saw them, and this request's"
+            )
+        return (
+            "; the provider expands this prompt (an image, a file, audio, a stored "
+            "conversation or a server-side tool), so the call is held at the whole "
+            f"context window of {call.route.name}, {bound:,} input tokens (the "
+            "model's max_input_tokens setting holds less)"
+        )
 
     def _worst(
         self, call: Call, *also: TokenUsage, hold: bool = False
@@ -549,8 +576,10 @@ class ProxyApp:
     async def _relay_whole(
         self, call: Call, guarded: Guarded, response: UpstreamResponse, send: Send
     ) -> None:
-        usage = usage_from_body(call.endpoint.kind, response.body)
+        usage, answer = usage_from_body(call.endpoint.kind, response.body)
         estimated = usage is None
+        if usage is not None and answer is not None:
+            self._contexts.remember(answer, usage)
         if usage is None:
             usage = TokenUsage(
                 input_tokens=call.worst.usage.input_tokens, output_tokens=len(response.body) // 4
@@ -649,6 +678,8 @@ class ProxyApp:
         if left:
             status = "client_cancelled"
         usage, estimated = meter.billed(call.worst.usage.input_tokens)
+        if meter.response_id is not None and not estimated:
+            self._contexts.remember(meter.response_id, usage)
         if worst:
             usage, _ = self._worst(call, usage)
         cost, _ = await self._book(call, guarded, 200, status, usage, estimated)

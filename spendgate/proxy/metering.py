@@ -17,17 +17,19 @@ import orjson
 from spendgate.core.usage import TokenUsage, from_anthropic, from_openai
 
 
-def usage_from_body(kind: str, body: bytes) -> TokenUsage | None:
-    """Usage of a non-streaming response, or ``None`` when the body carries none."""
+def usage_from_body(kind: str, body: bytes) -> tuple[TokenUsage | None, str | None]:
+    """Usage of a non-streaming response, ``None`` when the body carries none; and the
+    answer's id when it is a Responses answer (a later call may continue it)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        return None, None
     if not isinstance(payload, dict):
-        return None
+        return None, None
     if kind == "message":
-        return from_anthropic(payload.get("usage"))
-    return from_openai(payload.get("usage"))
+        return from_anthropic(payload.get("usage")), None
+    answer = payload.get("id") if kind == "response" else None
+    return from_openai(payload.get("usage")), answer if isinstance(answer, str) else None
 
 
 def _data(event: bytes) -> bytes | None:
@@ -103,6 +105,8 @@ class StreamMeter:
         #: Responses event that ends the stream (``response.completed``, ``…incomplete``,
         #: ``…failed``: it carries the usage); before the provider's error event
         self.cost_at = 0
+        #: a Responses stream's answer id, from the event that ended it
+        self.response_id: str | None = None
         self._pending = b""
         self._markers = _MARKERS.get(kind, _CHAT_MARKERS)
 
@@ -195,6 +199,8 @@ class StreamMeter:
         if kind in _RESPONSE_ENDS:
             response = payload.get("response")
             usage = response.get("usage") if isinstance(response, dict) else None
+            answer = response.get("id") if isinstance(response, dict) else None
+            self.response_id = answer if isinstance(answer, str) else None
             if usage is not None:
                 self.usage = from_openai(usage)
                 self.final = self.usage is not None

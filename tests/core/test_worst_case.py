@@ -11,6 +11,7 @@ import pytest
 from spendgate.core.usage import TokenUsage
 from spendgate.core.worst_case import (
     BadField,
+    continues,
     expands,
     marks_cache,
     prompt_tokens,
@@ -236,3 +237,23 @@ def test_the_hold_counts_an_expanded_prompt_at_the_bound_and_the_estimate_stays(
     assert plain.held() == (plain.usage, None)
     bigger = worst_case({}, "embedding", 300_000, DEFAULT, "openai", input_bound=200_000)
     assert bigger.held()[0].input_tokens == 300_000
+
+
+@pytest.mark.parametrize(
+    ("fields", "expected"),
+    [
+        ({"previous_response_id": "resp_1", "input": "and then?"}, "resp_1"),
+        ({"previous_response_id": "resp_1", "input": [{"role": "user", "content": [
+            {"type": "input_image", "image_url": "u"}]}]}, None),  # an image too
+        ({"previous_response_id": "resp_1", "conversation": "conv_1"}, None),
+        ({"previous_response_id": "resp_1", "tools": [{"type": "web_search"}]}, None),
+        ({"previous_response_id": "", "input": "hi"}, None),
+        ({"previous_response_id": 5, "input": "hi"}, None),
+        ({"input": "hi"}, None),
+    ],
+)  # fmt: skip
+def test_continues_names_a_stored_conversation_that_is_the_only_expansion(
+    fields: dict[str, Any], expected: str | None
+) -> None:
+    assert continues({"model": "m", **fields}, "response") == expected
+    assert continues({"model": "m", **fields}, "chat") is None

@@ -191,3 +191,38 @@ def test_anthropics_million_token_context_beta_is_held_at_a_million(
     assert short.value.status_code == 402
     assert "1,000,000 input tokens" in str(short.value)
     assert forwarded(fake) == 1
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "streamed"])
+def test_a_conversation_this_gateway_served_is_held_at_its_own_tokens(
+    gateway: RunningGateway, fake: FakeUpstream, stream: bool
+) -> None:
+    """A Responses call that continues an answer this process served is held at that
+    answer's input + output plus its own prompt, not the window, so a cap the window
+    does not fit still lets it through; an id it never saw is held at the window."""
+    key = gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="0.01", hard_limit=True)
+    client = openai_sdk(gateway, key["key"])
+    if stream:  # the answer is cut at 16 tokens: it ends with response.incomplete
+        events = client.responses.create(
+            model="gpt-4o-mini", max_output_tokens=16, input=TEXT, stream=True
+        )
+        first = [e for e in events if e.type.startswith("response.")][-1].response
+    else:
+        first = client.responses.create(model="gpt-4o-mini", max_output_tokens=16, input=TEXT)
+    assert first.usage is not None and first.id.startswith("resp_")
+    raw = client.responses.with_raw_response.create(
+        model="gpt-4o-mini", max_output_tokens=16, input="and then?", previous_response_id=first.id
+    )
+    assert raw.http_response.status_code == 200
+    assert raw.parse().id != first.id  # a new answer, itself continued below
+    again = client.responses.with_raw_response.create(
+        model="gpt-4o-mini", max_output_tokens=16, input="more", previous_response_id=raw.parse().id
+    )
+    assert again.http_response.status_code == 200
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(
+            model="gpt-4o-mini", max_output_tokens=16, input="x", previous_response_id="resp_other"
+        )
+    assert "context window of gpt-4o-mini, 128,000 input tokens" in refused.value.message
+    assert forwarded(fake) == 3
