@@ -3,21 +3,23 @@
 A call is admitted only if its worst case fits every budget and wallet it counts
 against, so the worst case has to bound what the provider will bill:
 
-* **input** (``prompt_tokens``), billed once whatever ``n`` is:
+* **input**, billed once whatever ``n`` is: the *estimate* is the body's bytes / 4
+  (what a tokens-per-minute limit counts, and what is billed when no usage comes back);
+  the hold (``WorstCase.held``) counts the *bound* (``input_bound``) where it is more:
 
-  - ASCII bytes / 4: English prose runs 4-5 bytes a token and the JSON around the
-    text only adds bytes. This is the rule's one estimate: code and dense numbers run
-    nearer 3.5 bytes a token, random strings fewer.
-  - every byte outside ASCII a token, and every ``\\uXXXX`` escape three: no token is
-    shorter than a byte, so this bounds CJK, Indic or Thai text, which can take a token
-    or more a character (bytes / 4 held it at under one).
+  - text (``prompt_bound``): ASCII bytes / 4, as the estimate (English prose runs 4-5
+    bytes a token and the JSON around the text only adds bytes; this part stays an
+    estimate: code and dense numbers run nearer 3.5 bytes a token, random strings
+    fewer), every byte outside ASCII a token and every ``\\uXXXX`` escape three: no
+    token is shorter than a byte, so this bounds CJK, Indic or Thai text, which can
+    take a token or more a character (bytes / 4 held it at under one).
   - **a prompt the provider expands** (``expands``): an image, a file or audio (by
-    URL, id or inline data), a stored conversation (``previous_response_id``,
-    ``conversation``, a stored ``prompt``, an ``item_reference``) or a server-side tool
-    that reads into the prompt (web search and fetch, file search, remote MCP): the
-    request's bytes say nothing of its tokens, so the hold (``WorstCase.held``) counts
-    the model's whole context window (``input_bound``) as input. What is billed when no
-    usage comes back stays the estimate.
+    URL, id or inline data), a stored conversation or item (``previous_response_id``,
+    ``conversation``, a stored ``prompt``, an item or reasoning by id) or a server-side
+    tool that reads into the prompt (web search and fetch, file search, remote MCP,
+    code execution, tool search): the request's bytes say nothing of its tokens, so the
+    bound is the model's context window (the proxy's, with what it knows of stored
+    conversations and of images billed past the window).
 * **output**: the output cap per generated answer × the number of answers.
 
   - the cap: ``max_completion_tokens``, else ``max_tokens`` (Chat Completions, legacy
@@ -87,13 +89,15 @@ class WorstCase(Value, frozen=True):
     #: asks for caching): the hold is the dearer of the two, since a model may price
     #: cache writes above its input (Anthropic: 1.25x, 2x) or below it
     cached: TokenUsage | None = None
-    #: the most input tokens the provider can bill a prompt it expands (the model's
-    #: context window); None: the request's own prompt estimate bounds it
+    #: the most input tokens the provider can bill the prompt (``prompt_bound``, or
+    #: the model's window when it expands it); None: the estimate in ``usage``
     input_bound: int | None = None
+    #: the provider expands the prompt: ``input_bound`` is not the request's own text
+    expanded: bool = False
 
     def held(self) -> tuple[TokenUsage, TokenUsage | None]:
         """What admission holds: ``usage`` and ``cached``, the prompt raised to
-        ``input_bound`` when the provider expands it."""
+        ``input_bound`` where that is more."""
         bound = self.input_bound
         if bound is None or bound <= self.usage.input_tokens:
             return self.usage, self.cached
@@ -140,9 +144,9 @@ def cap_field(kind: str, provider_kind: str) -> str:
 _HIGH_BYTES = bytes(range(0x80, 0x100))
 
 
-def prompt_tokens(body: bytes) -> int:
-    """The input tokens a request body is held and estimated at (module docstring):
-    ASCII bytes / 4, every other byte a token, a ``\\uXXXX`` escape three."""
+def prompt_bound(body: bytes) -> int:
+    """The input tokens a request body's text can be billed (module docstring): ASCII
+    bytes / 4, every other byte a token, a ``\\uXXXX`` escape three."""
     if body.isascii():
         ascii_bytes, high = len(body), 0
     else:
@@ -162,12 +166,14 @@ def worst_case(
     *,
     cache_writes: bool = False,
     input_bound: int | None = None,
+    expanded: bool = False,
 ) -> WorstCase:
     """The worst case of one request (see the module docstring) whose prompt is
-    ``prompt`` tokens (``prompt_tokens``); 400 for a cap, ``n`` or ``best_of`` that is
-    not a whole number in range. ``cache_writes``: the request marks ``cache_control``
-    (only an Anthropic Messages request is billed for cache writes); ``input_bound``:
-    the provider expands the prompt (``expands``) to at most this many tokens."""
+    estimated at ``prompt`` tokens (its bytes / 4); 400 for a cap, ``n`` or ``best_of``
+    that is not a whole number in range. ``cache_writes``: the request marks
+    ``cache_control`` (only an Anthropic Messages request is billed for cache writes);
+    ``input_bound``: the most input tokens it can be billed (``expanded``: because the
+    provider expands the prompt)."""
     if kind not in CAP_FIELDS:  # embeddings: no output
         return WorstCase(TokenUsage(input_tokens=prompt), input_bound=input_bound)
     cap = None
@@ -192,7 +198,7 @@ def worst_case(
             cache_write_tokens=prompt,
             cache_write_1h_tokens=prompt,
         )
-    return WorstCase(usage, send, cached, input_bound)
+    return WorstCase(usage, send, cached, input_bound, expanded)
 
 
 def marks_cache(payload: Any, body: bytes) -> bool:
@@ -220,13 +226,24 @@ def marks_cache(payload: Any, body: bytes) -> bool:
 #: than the request's text: images, files and audio, and stored items by reference
 _EXPANDING_PARTS = frozenset({
     "image_url", "input_audio", "file",  # Chat Completions (and Responses' audio)
-    "input_image", "input_file", "item_reference",  # Responses
+    "input_image", "input_file", "item_reference", "computer_screenshot",  # Responses
     "image", "document", "container_upload",  # Anthropic Messages
 })  # fmt: skip
+#: an Anthropic document of these sources is text in the request (its bytes bound it)
+_TEXT_SOURCES = ("text", "content")
 #: server-side tools whose results the provider reads into the prompt
-_EXPANDING_TOOLS = ("web_search", "web_fetch", "file_search", "mcp")
+_EXPANDING_TOOLS = (
+    "web_search", "web_fetch", "file_search", "mcp", "code_interpreter", "code_execution",
+    "tool_search",
+)  # fmt: skip
 #: a request field that points at a prompt stored with the provider (Responses)
 _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
+#: request fields that put server-side state in the prompt (Anthropic Messages: remote
+#: MCP servers, a code-execution container with its files or skills)
+_SERVER_STATE = ("mcp_servers", "container")
+#: images a model bills at more tokens than its context window holds, per image, by
+#: the priced model's name (gpt-4o-mini bills a 768x2048 image 2,833 + 8 x 5,667)
+_BILLED_PER_IMAGE = {"gpt-4o-mini": 48_169}
 
 
 def expands(payload: Mapping[str, Any], kind: str) -> bool:
@@ -238,15 +255,30 @@ def expands(payload: Mapping[str, Any], kind: str) -> bool:
         return False
     if kind == "response" and any(payload.get(field) for field in _STORED_CONTEXT):
         return True
-    if kind == "message" and payload.get("mcp_servers"):
+    if kind == "message" and any(payload.get(field) for field in _SERVER_STATE):
         return True
     tools = payload.get("tools")
     if isinstance(tools, list) and any(_expanding_tool(tool) for tool in tools):
         return True
     if kind == "chat" and payload.get("web_search_options") is not None:
         return True
-    turns = expanding_parts(payload.get("input" if kind == "response" else "messages"))
-    return turns + (expanding_parts(payload.get("system")) if kind == "message" else 0) > 0
+    return expanding_parts(payload, kind) > 0
+
+
+def expanding_parts(payload: Mapping[str, Any], kind: str) -> int:
+    """How many parts of the request's turns (and Anthropic system blocks) the provider
+    expands: images, files, audio, items stored by id."""
+    turns = _parts(payload.get("input" if kind == "response" else "messages"))
+    return turns + (_parts(payload.get("system")) if kind == "message" else 0)
+
+
+def image_bound(price_model: str, parts: int) -> int:
+    """The input tokens ``parts`` images can be billed on a model that bills images
+    past its context window (0 on any other)."""
+    for prefix, tokens in _BILLED_PER_IMAGE.items():
+        if price_model.startswith(prefix):
+            return parts * tokens
+    return 0
 
 
 def continues(payload: Mapping[str, Any], kind: str) -> str | None:
@@ -264,18 +296,32 @@ def _expanding_tool(tool: object) -> bool:
     return isinstance(kind, str) and kind.startswith(_EXPANDING_TOOLS)
 
 
-def expanding_parts(items: object) -> int:
-    """How many dicts in the list ``items`` (messages, input items, system blocks), their
-    list ``content`` and a tool result's list ``output``, all the way down, have an
-    expanding ``type``: images, files, audio, stored items. A message of plain text costs
-    two lookups."""
+def _parts(items: object) -> int:
+    """How many dicts in ``items`` (a list, or one dict), their ``content`` and a tool
+    result's ``output``, all the way down, the provider expands. A message of plain
+    text costs a few lookups."""
+    if items.__class__ is dict:
+        items = [items]
+    elif items.__class__ is not list:
+        return 0
     count = 0
-    if items.__class__ is not list:
-        return count
     for node in items:
         if node.__class__ is dict:
-            kind = node.get("type")
-            if kind.__class__ is str and kind in _EXPANDING_PARTS:
-                count += 1
-            count += expanding_parts(node.get("content")) + expanding_parts(node.get("output"))
+            count += _expanded(node) + _parts(node.get("content")) + _parts(node.get("output"))
     return count
+
+
+def _expanded(node: dict[str, Any]) -> bool:
+    kind = node.get("type")
+    if kind.__class__ is not str:
+        # a Responses item reference may leave out its type; a Chat assistant message
+        # may name an earlier audio answer by id
+        return (kind is None and "id" in node and "role" not in node and "content" not in node) or (
+            node.get("audio").__class__ is dict
+        )
+    if kind == "document":
+        source = node.get("source")
+        return not (source.__class__ is dict and source.get("type") in _TEXT_SOURCES)
+    if kind == "reasoning":  # sent by id, without its encrypted content: stored
+        return not node.get("encrypted_content")
+    return kind in _EXPANDING_PARTS

@@ -28,9 +28,11 @@ from spendgate.core.worst_case import (
     BadField,
     WorstCase,
     continues,
+    expanding_parts,
     expands,
+    image_bound,
     marks_cache,
-    prompt_tokens,
+    prompt_bound,
     worst_case,
 )
 from spendgate.counters import PolicyStale
@@ -164,6 +166,15 @@ def parse_request(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def input_bounds(settings: Settings, prices: PriceTable) -> dict[str, int | None]:
+    """Per model, the most input tokens a prompt the provider expands can be billed: its
+    ``max_input_tokens``, else the price data's context window (None: neither known)."""
+    return {
+        name: route.max_input_tokens or prices.context_window(route.price)
+        for name, route in settings.models.items()
+    }
+
+
 class ProxyApp:
     def __init__(
         self,
@@ -195,10 +206,15 @@ class ProxyApp:
         self._keys = keys
         self._prices = prices
         #: per model, the most input tokens a prompt the provider expands can be billed
-        self._input_bounds = {
-            name: route.max_input_tokens or prices.context_window(route.price)
-            for name, route in settings.models.items()
-        }
+        self._input_bounds = input_bounds(settings, prices)
+        unbounded = sorted(name for name, bound in self._input_bounds.items() if not bound)
+        if unbounded:
+            log.warning(
+                "no context window known for %s (an override price, or a model the price "
+                "data has no window for): a prompt the provider expands (images, files, "
+                "stored conversations) is held at its text alone; set max_input_tokens",
+                ", ".join(unbounded),
+            )
         #: what the Responses answers this process served leave for calls continuing them
         self._contexts = ResponseContexts()
         self._ledger = ledger
@@ -323,16 +339,17 @@ class ProxyApp:
                 "without background (stream it to keep the connection busy)",
                 param="background",
             )
-        prompt = prompt_tokens(body)
+        bound, expanded = self._input_bound(route, payload, endpoint.kind, headers, body)
         try:
             worst = worst_case(
                 payload,
                 endpoint.kind,
-                prompt,
+                len(body) // 4,
                 route.default_max_tokens,
                 route.provider.kind,
                 cache_writes=marks_cache(payload, body),
-                input_bound=self._input_bound(payload, endpoint.kind, headers, prompt),
+                input_bound=bound,
+                expanded=expanded,
             )
         except BadField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc
@@ -349,19 +366,32 @@ class ProxyApp:
         )
 
     def _input_bound(
-        self, payload: dict[str, Any], kind: str, headers: Mapping[str, str], prompt: int
-    ) -> int | None:
-        """The most input tokens the provider can bill a prompt it expands: the model's
-        window, or the known tokens of the stored conversation it continues plus its own
-        ``prompt``; None when it does not expand the prompt (or no bound is known)."""
-        bound = self._input_bounds.get(payload["model"])
-        if not bound or not expands(payload, kind):
-            return None
-        if "context-1m" in headers.get("anthropic-beta", ""):
-            bound = max(bound, LONG_CONTEXT_TOKENS)  # Anthropic's 1M-token context beta
+        self,
+        route: ModelRoute,
+        payload: dict[str, Any],
+        kind: str,
+        headers: Mapping[str, str],
+        body: bytes,
+    ) -> tuple[int, bool]:
+        """The most input tokens the provider can bill the prompt, and whether that is
+        because it expands it (``core.worst_case``): the text's bound; for an expanded
+        prompt the model's window (images some models bill past it included), or the
+        known tokens of the stored conversation it continues plus its own text."""
+        text = prompt_bound(body)
+        window = self._input_bounds[route.name]
+        if not window or not expands(payload, kind):
+            return text, False
+        if route.max_input_tokens is None and route.price.override is None:  # the data's
+            if route.provider.kind == "anthropic" and "context-1m" in headers.get(
+                "anthropic-beta", ""
+            ):
+                window = max(window, LONG_CONTEXT_TOKENS)  # Anthropic's 1M-token beta
+            per_image = image_bound(route.price.model, 1)
+            if per_image:
+                window = max(window, per_image * expanding_parts(payload, kind))
         previous = continues(payload, kind)
         stored = None if previous is None else self._contexts.tokens(previous)
-        return bound if stored is None else min(bound, stored + prompt)
+        return (window if stored is None else min(window, stored + text)), True
 
     async def _hold(self, call: Call) -> Guarded:
         """Rate limits, then budgets and wallets, for the call's worst case: in Redis
@@ -377,7 +407,7 @@ class ProxyApp:
         except (BudgetExceeded, InsufficientFunds, RateLimited) as refused:
             bound = call.worst.input_bound
             money = not isinstance(refused, RateLimited) or refused.denial.check.kind == "spend"
-            if money and bound is not None and bound > call.worst.usage.input_tokens:
+            if money and call.worst.expanded and bound is not None:
                 refused.message += self._why_held(call, bound)
             raise
 
@@ -391,9 +421,10 @@ class ProxyApp:
             )
         return (
             "; the provider expands this prompt (an image, a file, audio, a stored "
-            "conversation or a server-side tool), so the call is held at the whole "
-            f"context window of {call.route.name}, {bound:,} input tokens (the "
-            "model's max_input_tokens setting holds less)"
+            f"conversation or a server-side tool), so the call is held at {bound:,} input "
+            f"tokens, the most {call.route.name} can bill it (its context window, or what "
+            "its images can be billed past it; the model's max_input_tokens setting holds "
+            "less)"
         )
 
     def _worst(

@@ -229,7 +229,7 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     shape = TEXT
     if path in ("/chat/completions", "/responses"):
         shape = shape_of("chat" if path == "/chat/completions" else "responses", body)
-    media = expanding_parts(body.get("messages")) + expanding_parts(body.get("input"))
+    media = expanding_parts(body, "response" if path == "/responses" else "chat")
     reply = _reply(body.get("model", ""), texts, _cap(body), shape, media)
     if path not in _CHAT_PATHS:
         return reply
@@ -246,7 +246,7 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
 def anthropic_reply(body: dict[str, Any]) -> Reply:
     """The simulated answer to an Anthropic Messages request."""
     texts = _anthropic_prompt(body)
-    media = expanding_parts(body.get("system")) + expanding_parts(body.get("messages"))
+    media = expanding_parts(body, "message")
     return _reply(body["model"], texts, _cap(body), shape_of("anthropic", body), media)
 
 

@@ -12,13 +12,15 @@ from spendgate.core.usage import TokenUsage
 from spendgate.core.worst_case import (
     BadField,
     continues,
+    expanding_parts,
     expands,
+    image_bound,
     marks_cache,
-    prompt_tokens,
+    prompt_bound,
     worst_case,
 )
 
-PROMPT = 100  # the prompt estimate (``prompt_tokens``) of the request
+PROMPT = 100  # the prompt estimate (bytes / 4) of the request
 DEFAULT = 4096
 
 CASES: list[tuple[str, str, str, dict[str, Any], int, tuple[str, int] | None]] = [
@@ -137,7 +139,7 @@ def test_marks_cache_reads_the_parsed_request_when_the_bytes_may_hide_the_key(
 def test_a_prompt_is_held_at_a_token_per_byte_outside_ascii(text: str, tokens: int) -> None:
     """ASCII runs 4 bytes a token; a byte outside ASCII is never less than a token, and an
     escape spells a character of up to three bytes (its six bytes / 4 would be 1.5)."""
-    assert prompt_tokens(text.encode()) == tokens
+    assert prompt_bound(text.encode()) == tokens
 
 
 def test_cjk_text_is_held_above_one_token_a_character() -> None:
@@ -145,7 +147,7 @@ def test_cjk_text_is_held_above_one_token_a_character() -> None:
     at 0.75, raw or escaped; both are now held at three."""
     text = "预算必须在并发请求下保持" * 50
     for body in (orjson.dumps({"content": text}), json.dumps({"content": text}).encode()):
-        assert prompt_tokens(body) >= 3 * len(text)
+        assert prompt_bound(body) >= 3 * len(text) > len(body) // 4
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
@@ -183,6 +185,21 @@ EXPANDING: list[tuple[str, str, dict[str, Any]]] = [
     ("anthropic web fetch", "message", {"messages": [], "tools": [
         {"type": "web_fetch_20250910", "name": "web_fetch"}]}),
     ("anthropic MCP connector", "message", {"messages": [], "mcp_servers": [{"url": "u"}]}),
+    ("anthropic code execution container", "message", {"messages": [], "container": "c_1"}),
+    ("anthropic code execution tool", "message", {"messages": [], "tools": [
+        {"type": "code_execution_20250825", "name": "code_execution"}]}),
+    ("anthropic document by URL", "message", {"messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "url", "url": "https://e.com/a.pdf"}}]}]}),
+    ("responses code interpreter", "response", {"input": "q", "tools": [
+        {"type": "code_interpreter", "container": {"type": "auto", "file_ids": ["f"]}}]}),
+    ("responses item reference without its type", "response", {"input": [{"id": "msg_1"}]}),
+    ("responses reasoning by id", "response",
+     {"input": [{"type": "reasoning", "id": "rs_1", "summary": []}]}),
+    ("responses computer screenshot", "response", {"input": [
+        {"type": "computer_call_output", "call_id": "c", "output": {
+            "type": "computer_screenshot", "image_url": "data:image/png;base64,AA"}}]}),
+    ("chat an earlier audio answer by id", "chat", {"messages": [
+        {"role": "assistant", "audio": {"id": "audio_1"}}]}),
 ]  # fmt: skip
 PLAIN: list[tuple[str, str, dict[str, Any]]] = [
     ("chat text parts", "chat", {"messages": [{"role": "user", "content": [
@@ -197,6 +214,14 @@ PLAIN: list[tuple[str, str, dict[str, Any]]] = [
     ("legacy completion prompt", "completion", {"prompt": "an image"}),
     ("embeddings", "embedding", {"input": [{"type": "image_url"}]}),
     ("a type that is not a string", "chat", {"messages": [{"content": [{"type": ["image"]}]}]}),
+    ("anthropic document of plain text", "message", {"messages": [{"role": "user", "content": [
+        {"type": "document", "source": {"type": "text", "data": "x", "media_type": "text/plain"}},
+        {"type": "document", "source": {"type": "content", "content": [{"type": "text"}]}}]}]}),
+    ("responses reasoning with its encrypted content", "response", {"input": [
+        {"type": "reasoning", "id": "rs_1", "summary": [], "encrypted_content": "gAAA"}]}),
+    ("responses message items", "response", {"input": [
+        {"role": "user", "content": "hi"}, {"type": "message", "id": "m", "role": "user",
+                                            "content": [{"type": "input_text", "text": "x"}]}]}),
 ]  # fmt: skip
 
 
@@ -217,6 +242,15 @@ def test_an_escaped_type_is_read_from_the_parsed_request() -> None:
     body = b'{"messages": [{"content": [{"type": "image\\u005furl"}]}]}'
     assert b"image_url" not in body
     assert expands(orjson.loads(body), "chat") is True
+
+
+def test_images_a_model_bills_past_its_window_raise_the_bound() -> None:
+    """gpt-4o-mini bills an image up to 48,169 tokens that do not count in its window."""
+    assert image_bound("gpt-4o-mini", 6) == 6 * 48_169
+    assert image_bound("gpt-4o-mini-2024-07-18", 1) == 48_169
+    assert image_bound("gpt-4o", 6) == image_bound("claude-sonnet-4-5", 6) == 0
+    request = {"messages": [{"role": "user", "content": [IMAGE, IMAGE, {"type": "text"}]}]}
+    assert expanding_parts(request, "chat") == 2
 
 
 def test_the_hold_counts_an_expanded_prompt_at_the_bound_and_the_estimate_stays() -> None:

@@ -44,7 +44,7 @@ from redis.asyncio import Redis
 
 from spendgate.core import budget_rules as rules
 from spendgate.core.pricing import PriceRef, PriceTable
-from spendgate.core.worst_case import prompt_tokens, worst_case
+from spendgate.core.worst_case import worst_case
 from spendgate.store.database import migrate_url
 from spendgate.testing.fake_upstream import serve_in_thread
 from spendgate.testing.processes import (
@@ -109,8 +109,8 @@ class Fleet:
 def worst_nanos() -> int:
     """The worst case one non-streamed ``CHAT`` call is held for (an upper bound: the
     request's bytes counted as ``json.dumps`` spaces them, more than the SDK sends)."""
-    prompt = prompt_tokens(json.dumps(CHAT).encode())
-    usage = worst_case(CHAT, "chat", prompt, 4096, "openai").usage
+    size = len(json.dumps(CHAT).encode())
+    usage = worst_case(CHAT, "chat", size // 4, 4096, "openai").usage
     priced = PriceTable().price(PriceRef("gpt-4o-mini", "openai"), usage, datetime.now(UTC))
     assert priced.cost_nanos is not None
     return priced.cost_nanos

@@ -7,13 +7,17 @@ PostgreSQL+Redis; the fake upstream bills an image part ``MEDIA_TOKENS`` input t
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import anthropic
 import openai
 import pytest
 
+from spendgate.core.pricing import PriceTable
+from spendgate.proxy.app import input_bounds
 from spendgate.proxy.simulated import MEDIA_TOKENS
+from spendgate.settings import load_settings
 from spendgate.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningGateway
 
@@ -93,7 +97,7 @@ def test_a_hard_cap_refuses_a_call_whose_provider_may_expand_the_prompt_past_it(
         send(gateway, key["key"], True, model)
     assert refused.value.status_code == 429
     message = str(refused.value)
-    assert f"context window of {model}, {window:,} input tokens" in message
+    assert f"held at {window:,} input tokens, the most {model} can bill it" in message
     assert "max_input_tokens" in message
     assert forwarded(fake) == 0 and gateway.ledger() == []
     assert send(gateway, key["key"], False, model).http_response.status_code == 200
@@ -112,7 +116,7 @@ def test_a_wallet_and_a_spend_limit_hold_the_window_too(
     with pytest.raises(openai.APIStatusError) as short:
         chat(gateway, funded["key"], True)
     assert short.value.status_code == 402 and short.value.code == "insufficient_funds"
-    assert "context window of gpt-4o-mini, 128,000 input tokens" in short.value.message
+    assert "held at 128,000 input tokens, the most gpt-4o-mini" in short.value.message
     limited = gateway.create_key()
     gateway.post(
         "/admin/rate-limits",
@@ -121,7 +125,7 @@ def test_a_wallet_and_a_spend_limit_hold_the_window_too(
     with pytest.raises(openai.RateLimitError) as slowed:
         chat(gateway, limited["key"], True)
     assert slowed.value.code == "rate_limit_exceeded"
-    assert "context window of gpt-4o-mini" in slowed.value.message
+    assert "the most gpt-4o-mini can bill it" in slowed.value.message
     assert forwarded(fake) == 0
     for key in (funded, limited):
         assert chat(gateway, key["key"], False).http_response.status_code == 200
@@ -224,5 +228,44 @@ def test_a_conversation_this_gateway_served_is_held_at_its_own_tokens(
         client.responses.create(
             model="gpt-4o-mini", max_output_tokens=16, input="x", previous_response_id="resp_other"
         )
-    assert "context window of gpt-4o-mini, 128,000 input tokens" in refused.value.message
+    assert "held at 128,000 input tokens, the most gpt-4o-mini" in refused.value.message
     assert forwarded(fake) == 3
+
+
+def test_gpt_4o_minis_images_are_held_past_its_window(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """gpt-4o-mini bills an image up to 48,169 tokens that do not count in its 128,000
+    window: three images are held at 144,507 input tokens, one at the window."""
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "0.02"},
+    )
+    images = [{"type": "image_url", "image_url": {"url": IMAGE_URL}}] * 3
+    with pytest.raises(openai.APIStatusError) as short:
+        openai_sdk(gateway, key["key"]).chat.completions.create(
+            model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": images}]
+        )
+    assert short.value.status_code == 402
+    assert "held at 144,507 input tokens, the most gpt-4o-mini" in short.value.message
+    assert forwarded(fake) == 0
+    assert chat(gateway, key["key"], True).http_response.status_code == 200  # one image
+
+
+def test_each_models_bound_comes_from_its_setting_else_the_price_data(tmp_path: Path) -> None:
+    """``max_input_tokens`` first, then the price data's window; an override price or a
+    model the data has no window for has none (the gateway names them at start)."""
+    config = tmp_path / "c.toml"
+    config.write_text(
+        '[providers.o]\nkind = "openai"\napi_key = "k"\n'
+        '[models."gpt-4o-mini"]\nprovider = "o"\n'
+        '[models.small]\nprovider = "o"\nupstream_model = "gpt-4o-mini"\n'
+        "max_input_tokens = 900\n"
+        '[models.local]\nprovider = "o"\n'
+        'price = { input_per_mtok = "1", output_per_mtok = "1" }\n'
+        '[models.mystery]\nprovider = "o"\n'
+        'price = { model = "no-such-model", provider = "openai" }\n'
+    )
+    bounds = input_bounds(load_settings(config_path=str(config), env={}), PriceTable())
+    assert bounds == {"gpt-4o-mini": 128_000, "small": 900, "local": None, "mystery": None}
