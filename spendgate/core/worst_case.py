@@ -251,17 +251,20 @@ def expands(payload: Mapping[str, Any], kind: str) -> bool:
     (the module docstring's list), so its bytes cannot bound them. Read from the parsed
     request (the parser has undone any escapes), part by part: its cost grows with the
     messages' parts, not with their text."""
-    if kind not in CAP_FIELDS:
+    if kind == "chat":
+        if payload.get("web_search_options") is not None:  # {} asks for the search too
+            return True
+    elif kind in ("response", "message"):
+        for field in _STORED_CONTEXT if kind == "response" else _SERVER_STATE:
+            if payload.get(field):
+                return True
+    else:  # legacy completions and embeddings: text only
         return False
-    if kind == "response" and any(payload.get(field) for field in _STORED_CONTEXT):
-        return True
-    if kind == "message" and any(payload.get(field) for field in _SERVER_STATE):
-        return True
     tools = payload.get("tools")
-    if isinstance(tools, list) and any(_expanding_tool(tool) for tool in tools):
-        return True
-    if kind == "chat" and payload.get("web_search_options") is not None:
-        return True
+    if tools.__class__ is list:
+        for tool in tools:
+            if _expanding_tool(tool):
+                return True
     return expanding_parts(payload, kind) > 0
 
 
