@@ -318,8 +318,8 @@ def _subject_key(dims: Sequence[Any], tags: Iterable[str]) -> tuple[Any, ...]:
 
 
 def _team_key(dims: Sequence[Any]) -> tuple[Any, ...]:
-    """``TEAM_DIMS`` as a subject's fields (a rollup's absent team ``""`` as None), no
-    user, agent, key or tag: a budget those read does not compare them."""
+    """``TEAM_DIMS`` as a subject's fields (a rollup's absent team ``""`` as None), the
+    user, agent, key and tags blank: the budgets such a read is for never compare them."""
     return (dims[0], dims[1] or None, None, None, "", (), *dims[2:])
 
 
