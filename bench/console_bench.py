@@ -10,7 +10,8 @@ spread over the last 90 days (a third tagged ``search``, a third ``batch`` and
 ``search``, a third untagged; written by PostgreSQL itself with ``generate_series``, then
 rolled up with ``store.rebuild``), then serves the gateway in a thread on 127.0.0.1 and
 times ``--repeat`` requests of each page, signed in as the org admin, and
-``--forecast-repeat`` recomputations of each of the two kinds of budget's forecast
+``--forecast-repeat`` recomputations of the forecast of a team budget, of the budget with
+categories and of two org budgets (``ORG_BUDGETS``, made after the pages are timed)
 (``GET /admin/forecasts/{id}?refresh=true``, the master key).
 Printed: the first view's milliseconds (nothing kept yet: /usage reads every day from the
 rollups), then p50, p95 and max of the views after it (a request on loopback: the server's
@@ -49,6 +50,9 @@ MODELS = ["gpt-4o-mini", "gpt-4o", "gpt-4.1", "o3-mini", "claude-sonnet-4-5"]
 TAG_SETS = ['["search"]', '["batch", "search"]', "[]"]
 #: what the budget with categories counts of its team: the gpt-4o family, tagged search
 CATEGORIES = {"models": ["gpt-4o*"], "tags": ["search"]}
+#: org budgets whose forecasts are timed too (label: zone): one in the org's reporting
+#: zone (UTC, its daily rollup's), one in another
+ORG_BUDGETS = {"org (UTC)": "UTC", "org (Asia/Kolkata)": "Asia/Kolkata"}
 
 FILL = """
 INSERT INTO ledger (request_id, org_id, team_id, user_id, agent_id, key_id, tags, provider,
@@ -235,6 +239,19 @@ def measure(args: argparse.Namespace, dsn: str, url: str) -> None:
     # after the pages: a stored forecast would change what their first views do
     with httpx.Client(base_url=url, headers=headers, timeout=120) as admin:
         forecasts = {"plain": budget, "with categories": some}
+        for label, zone in ORG_BUDGETS.items():  # made now: the pages above never show them
+            made = admin.post(
+                "/admin/budgets",
+                json={
+                    "name": label,
+                    "scope_type": "org",
+                    "scope_id": org,
+                    "amount_usd": "5000",
+                    "timezone": zone,
+                },
+            )
+            made.raise_for_status()
+            forecasts[label] = made.json()["id"]
         print(f"\n{'forecast recomputed':40} {'first ms':>9} {'p50 ms':>8} {'max ms':>8}")
         for label, budget_id in forecasts.items():
             times = []

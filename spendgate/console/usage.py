@@ -351,10 +351,11 @@ async def _budget_days(
     svc: Any, row: dict[str, Any], start: datetime, end: datetime
 ) -> dict[date, int]:
     """Spend per local day of a budget that counts only some of its scope's calls (its
-    categories: providers, model patterns, kinds, tags): each subject (every attribute a
-    budget can filter on, the tag set whole) that the budget counts
+    categories: providers, model patterns, kinds, tags): each subject (the attributes the
+    budget compares, ``budget_rules.dimensions``; a tag set whole) that the budget counts
     (``budget_rules.applies``, as its status and forecast count them), summed per local
-    day by the database from the wide rollup and the ledger's part buckets at the ends
+    day by the database from the narrowest rollup that has them (the daily or narrow one
+    unless the budget names a tag) and the ledger's part buckets at the ends
     (``forecasts.spend_by_day``: the ledger's figures, to the nano)."""
     budget = budget_from_row(row)
     stored = await spend_by_day(
@@ -364,6 +365,7 @@ async def _budget_days(
         [budget.timezone],
         [budget.org_id],
         rules.scope_field(budget),
+        dimensions=rules.dimensions(budget),
     )
     out: dict[date, int] = defaultdict(int)
     for subject, days, costs in stored.by_org.get(budget.org_id, []):

@@ -128,6 +128,24 @@ def scope_field(budget: Budget) -> tuple[str, str] | None:
     return field_name, budget.scope_id
 
 
+#: the report dimension (``core.showback.DIMENSIONS``) each kind of category compares
+CATEGORY_DIMENSIONS = {"providers": "provider", "models": "model", "kinds": "kind", "tags": "tag"}
+
+
+def dimensions(budget: Budget) -> frozenset[str]:
+    """The report dimensions (``core.showback.DIMENSIONS``: org, team, user, agent, key,
+    tag, provider, model, kind) whose fields :func:`applies` compares for ``budget``: its
+    scope's, and that of each kind of category it lists. A reader of stored spend may
+    read a table summed by those alone (a budget naming no user, agent, key or tag: the
+    narrow rollups) and still ask ``applies`` of each row: a field the table lacks is
+    never compared."""
+    named = {budget.scope_type, "org"} if budget.scope_type == "tag" else {budget.scope_type}
+    for name, dimension in CATEGORY_DIMENSIONS.items():
+        if getattr(budget.categories, name):
+            named.add(dimension)
+    return frozenset(named)
+
+
 def counts(categories: Categories, subject: Subject) -> bool:
     if categories.providers and subject.provider not in categories.providers:
         return False

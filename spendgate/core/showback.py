@@ -73,17 +73,18 @@ class Segment:
 def offset_segments(first: int, end: int, tz: str) -> list[Segment]:
     """The runs of constant UTC offset that cover buckets ``[first, end)`` in zone ``tz``.
 
-    Steps a day at a time and binary-searches each change to its bucket: transitions
-    are hours apart, never two within a day."""
+    Steps a day at a time (the last step to the range's last bucket, ``end - 1``) and
+    binary-searches each change to its bucket: transitions are hours apart, never two
+    within a day."""
     zone = ZoneInfo(tz)
     if end <= first:
         return [Segment(first, first, _offset_buckets(zone, first))]
     segments: list[Segment] = []
     start, offset = first, _offset_buckets(zone, first)
     probe = first
-    while probe < end:
-        step = min(probe + BUCKETS_PER_DAY, end)
-        ahead = _offset_buckets(zone, step) if step < end else offset
+    while probe < end - 1:
+        step = min(probe + BUCKETS_PER_DAY, end - 1)
+        ahead = _offset_buckets(zone, step)
         if ahead != offset:
             low, high = probe, step  # offset(low) == offset, offset(high) != offset
             while high - low > 1:

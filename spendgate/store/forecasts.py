@@ -3,9 +3,14 @@ budget, and the ``budget.forecast_overrun`` events. The arithmetic is in
 ``spendgate.core.forecasting``.
 
     refresh_all(engine, budgets, now)
-      1. one read of the lookback window, summed in SQL by every attribute a budget can
-         filter on and by local day of each budget zone: the wide rollup's whole
-         15-minute buckets, the ledger's part buckets at either end (``spend_by_day``)
+      1. reads of the lookback window (``reads``, ``spend_by_day``), summed in SQL by
+         local day and by what the budgets read compare: the budgets naming a user,
+         agent, key or tag, one read of the wide rollup's whole 15-minute buckets by
+         every attribute a budget can filter on, each budget zone a day column; the
+         others (org and team budgets, their providers, models and kinds), a read per
+         zone of the daily rollup's whole local days where an org's daily rows are in
+         that zone, else of the narrow rollup's buckets, by org × team × provider ×
+         model × kind; the ledger's part buckets at either end
       2. per budget, in Python: the subjects it counts (``budget_rules.applies``), their
          days summed
       3. the forecasts, computed off the event loop (a thread, or the executor given)
@@ -23,7 +28,7 @@ import asyncio
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -49,7 +54,14 @@ from spendgate.store.database import upsert
 from spendgate.store.events import record_event
 from spendgate.store.leases import take_lease, while_held
 from spendgate.store.policies import PolicySnapshot
-from spendgate.store.rollups import local_day, usage_rollup
+from spendgate.store.rollups import (
+    NARROW_DIMENSIONS,
+    local_day,
+    usage_daily_zone,
+    usage_rollup,
+    usage_team_daily,
+    usage_team_rollup,
+)
 from spendgate.store.schema import JSONType, UTCDateTime
 from spendgate.store.showback import WORK_MEM
 
@@ -105,6 +117,10 @@ class LedgerDays:
     over the window share one)."""
 
     row: dict[str, int]
+    #: the report dimensions the subjects carry: every one, or ``rollups.NARROW_DIMENSIONS``
+    #: (org × team × provider × model × kind; the others blank), which only the budgets
+    #: whose ``budget_rules.dimensions`` they include can be matched against
+    dimensions: frozenset[str] = frozenset(sb.DIMENSIONS)
     by_org: dict[str, list[tuple[rules.Subject, Ints, Ints]]] = field(default_factory=dict)
 
 
@@ -128,8 +144,14 @@ def _bucket(dialect: str, column: Any, seconds: int) -> Any:
 
 #: what a budget can filter on, as the ledger and the wide rollup name them
 DIMS = ("org_id", "team_id", "user_id", "agent_id", "key_id", "tags", "provider", "model", "kind")
+#: those the narrow rollups have too (no user, agent, key or tags): the subjects of a read
+#: for budgets that name none of those (``budget_rules.dimensions`` within
+#: ``rollups.NARROW_DIMENSIONS``)
+TEAM_DIMS = ("org_id", "team_id", "provider", "model", "kind")
 #: a 15-minute bucket number's local day in each zone of a read (``rollups.local_day``)
 DaysOf = Callable[[Any], list[Any]]
+#: subject (its fields) -> its local days (one per zone shape) -> nanos
+Grouped = dict[tuple[Any, ...], dict[tuple[int, ...], int]]
 
 
 async def spend_by_day(
@@ -141,19 +163,29 @@ async def spend_by_day(
     narrow: tuple[str, str] | None = None,
     *,
     rollup: bool = True,
+    dimensions: Collection[str] = sb.DIMENSIONS,
 ) -> LedgerDays:
-    """The settled spend of the calls started in ``[start, end)``, per subject (every
-    attribute a budget can filter on; its tags as a set, sorted, once each) and local
+    """The settled spend of the calls started in ``[start, end)``, per subject and local
     day of each zone, to the nano, summed by the database: a row per subject and day.
 
-    The whole 15-minute buckets inside the window are read from the wide rollup (it
-    holds every attribute a budget can filter on per bucket, and is written in the
-    ledger batch's own transaction), only the part buckets at either end from the
-    ledger; every offset of a zone starts its days on a bucket bound (``core.showback``),
-    so the days are those of the calls. ``rollup=False``: all from the ledger (what the
-    tests compare). ``org_ids``: None, every org. ``narrow``: ``(field, value)`` of
-    ``budget_rules.scope_field``, read only those calls; the caller still matches each
-    subject (``budget_rules.applies``)."""
+    ``dimensions``: those the budgets the days are for compare (``budget_rules.dimensions``
+    of each); the subjects carry what they name and the narrowest table that has it all
+    is read. By default (or naming a user, agent, key or tag), every attribute a budget
+    can filter on (the tags as a set, sorted, once each): the whole 15-minute buckets
+    inside the window from the wide rollup (written in the ledger batch's own
+    transaction). Naming none of those (``rollups.NARROW_DIMENSIONS``: an org or team
+    budget, its providers, models and kinds), org × team × provider × model × kind only
+    (the others blank): the whole buckets from the narrow rollup, or, when the read's
+    zones share their offsets over the window (one zone, say), the whole local days
+    from the daily rollup for the orgs whose daily rows are in one of them. Either way
+    only the part buckets at either end from the ledger; every offset of a zone starts
+    its days on a bucket bound (``core.showback``), so the days are those of the calls.
+
+    ``rollup=False``: all from the ledger (what the tests compare). ``org_ids``: None,
+    every org. ``narrow``: ``(field, value)`` of ``budget_rules.scope_field``, read only
+    those calls; the caller still matches each subject (``budget_rules.applies``)."""
+    teams = set(dimensions) <= NARROW_DIMENSIONS
+    dims = TEAM_DIMS if teams else DIMS
     span = (sb.bucket_of(start), sb.bucket_of(end) + 1)
     shapes: dict[tuple[sb.Segment, ...], int] = {}
     row = {
@@ -167,43 +199,107 @@ async def spend_by_day(
     step = timedelta(seconds=sb.BUCKET_SECONDS)
     first = -((EPOCH - start) // step)  # the first bucket starting at or after start
     last = (end - EPOCH) // step  # the bucket holding end (its rows are past end)
-    whole = rollup and first < last  # whole buckets to read from the rollup
+    whole = rollup and first < last  # whole buckets to read from the rollups
     ledger = [(start, end)]
     if whole:
         ledger = [
             (a, b) for a, b in ((start, first * step + EPOCH), (last * step + EPOCH, end)) if a < b
         ]
-    grouped: dict[tuple[Any, ...], dict[tuple[int, ...], int]] = defaultdict(
-        lambda: defaultdict(int)
-    )
-    width = len(DIMS)
+    grouped: Grouped = defaultdict(lambda: defaultdict(int))
+    width = len(dims)
     async with engine.connect() as conn:
         if conn.dialect.name == "postgresql":
             # a subject's days are a few of the rows read: hash them in memory rather
             # than sort the rows on disk (this read's transaction only)
             await conn.execute(sa.text(f"SET LOCAL work_mem = '{WORK_MEM}'"))
         for a, b in ledger:
-            query = _ledger_query(engine.dialect.name, a, b, days_of, org_ids, narrow)
+            query = _ledger_query(engine.dialect.name, a, b, days_of, dims, org_ids, narrow)
             for found in await conn.execute(query):
-                key = _subject_key(found[:width], found[5] or ())
+                if teams:
+                    key = _team_key(found[:width])
+                else:
+                    key = _subject_key(found[:width], found[5] or ())
                 grouped[key][tuple(found[width:-1])] += int(found[-1])
-        if whole:
-            query = _rollup_query(first, last, days_of, org_ids, narrow)
+        if whole and teams:
+            days = _whole_days(first, last, next(iter(row))) if len(shapes) == 1 else None
+            await _read_teams(conn, first, last, days, list(row), days_of, org_ids, narrow, grouped)
+        elif whole:
+            query = _rollup_query(usage_rollup, dims, first, last, days_of, org_ids, narrow)
             keys: dict[tuple[Any, ...], tuple[Any, ...]] = {}  # a subject's rows share one
             for found in await conn.execute(query):
-                dims = tuple(found[:width])
-                known = keys.get(dims)
+                values = tuple(found[:width])
+                known = keys.get(values)
                 if known is None:
-                    tags = json.loads(dims[5])
-                    known = keys[dims] = _subject_key([v or None for v in dims], tags)
+                    tags = json.loads(values[5])
+                    known = keys[values] = _subject_key([v or None for v in values], tags)
                 grouped[known][tuple(found[width:-2])] += cost_from_sums(found[-2], found[-1])
-    return _as_days(row, len(shapes), grouped)
+    return _as_days(
+        row, len(shapes), grouped, NARROW_DIMENSIONS if teams else frozenset(sb.DIMENSIONS)
+    )
+
+
+def _whole_days(first: int, last: int, tz: str) -> tuple[int, int, int, int] | None:
+    """The local days ``[d0, d1)`` of ``tz`` whose buckets all lie in ``[first, last)``,
+    and their buckets ``[b0, b1)``; None when there is no such day."""
+    d0 = sb.local_day_of(first, tz)
+    if sb.first_bucket_of_day(d0, tz) < first:  # ``first`` cuts its day
+        d0 += 1
+    d1 = sb.local_day_of(last, tz)  # the day ``last`` is in is cut by it (or starts at it)
+    if d1 <= d0:
+        return None
+    return d0, d1, sb.first_bucket_of_day(d0, tz), sb.first_bucket_of_day(d1, tz)
+
+
+async def _read_teams(
+    conn: AsyncConnection,
+    first: int,
+    last: int,
+    days: tuple[int, int, int, int] | None,
+    zones: Sequence[str],
+    days_of: DaysOf,
+    org_ids: Sequence[str] | None,
+    narrow: tuple[str, str] | None,
+    grouped: Grouped,
+) -> None:
+    """The whole buckets ``[first, last)`` by ``TEAM_DIMS`` into ``grouped``. With ``days``
+    (the whole local days ``[d0, d1)``, buckets ``[b0, b1)``, of the read's one set of
+    offsets): those days from the daily rollup for the orgs whose daily rows are in a
+    zone of the read (asked in the same statement as the rows, so of the same snapshot: a
+    zone change refolds them in its own transaction), then the narrow rollup's buckets
+    before and after them, and in between for every other org (one in another zone, or
+    with no daily row those days — and then no narrow row either). Without ``days``, the
+    narrow rollup's buckets."""
+    n, width = usage_team_rollup, len(TEAM_DIMS)
+
+    async def add(query: sa.Select[Any]) -> set[str]:
+        orgs: set[str] = set()
+        for found in await conn.execute(query):
+            orgs.add(found[0])
+            days_at = grouped[_team_key(found[:width])]
+            days_at[tuple(found[width:-2])] += cost_from_sums(found[-2], found[-1])
+        return orgs
+
+    if days is None:
+        await add(_rollup_query(n, TEAM_DIMS, first, last, days_of, org_ids, narrow))
+        return
+    d0, d1, b0, b1 = days
+    served = await add(_daily_query(d0, d1, zones, org_ids, narrow))
+    for a, b in ((first, b0), (b1, last)):
+        if a < b:
+            await add(_rollup_query(n, TEAM_DIMS, a, b, days_of, org_ids, narrow))
+    others, where = org_ids, []
+    if org_ids is not None:
+        others = [o for o in org_ids if o not in served]
+    elif served:
+        where = [n.c.org_id.not_in(sorted(served))]
+    if others is None or others:
+        await add(_rollup_query(n, TEAM_DIMS, b0, b1, days_of, others, narrow, where))
 
 
 def _as_days(
-    row: dict[str, int], rows: int, grouped: Mapping[tuple[Any, ...], dict[tuple[int, ...], int]]
+    row: dict[str, int], rows: int, grouped: Grouped, dimensions: frozenset[str]
 ) -> LedgerDays:
-    out = LedgerDays(row)
+    out = LedgerDays(row, dimensions)
     for key, days in grouped.items():
         subject = rules.Subject(*key)
         out.by_org.setdefault(subject.org_id, []).append(
@@ -221,18 +317,26 @@ def _subject_key(dims: Sequence[Any], tags: Iterable[str]) -> tuple[Any, ...]:
     return (dims[0], *dims[1:5], tuple(sorted(set(tags))), *dims[6:])
 
 
+def _team_key(dims: Sequence[Any]) -> tuple[Any, ...]:
+    """``TEAM_DIMS`` as a subject's fields (a rollup's absent team ``""`` as None), the
+    user, agent, key and tags blank: the budgets such a read is for never compare them."""
+    return (dims[0], dims[1] or None, None, None, "", (), *dims[2:])
+
+
 def _ledger_query(
     dialect: str,
     start: datetime,
     end: datetime,
     days_of: DaysOf,
+    dims: Sequence[str],
     org_ids: Sequence[str] | None,
     narrow: tuple[str, str] | None,
 ) -> sa.Select[Any]:
-    """The ledger rows started in ``[start, end)``, summed by ``DIMS`` and local days."""
+    """The ledger rows started in ``[start, end)``, summed by ``dims`` and local days."""
     t = schema.ledger
     return _summed(
         t,
+        dims,
         days_of(_bucket(dialect, t.c.started_at, sb.BUCKET_SECONDS)),
         [sa.func.sum(t.c.cost_nanos)],
         [t.c.started_at >= start, t.c.started_at < end, t.c.cost_nanos.is_not(None)],
@@ -242,20 +346,46 @@ def _ledger_query(
 
 
 def _rollup_query(
+    t: sa.Table,
+    dims: Sequence[str],
     first: int,
     last: int,
     days_of: DaysOf,
     org_ids: Sequence[str] | None,
     narrow: tuple[str, str] | None,
+    where: Sequence[sa.ColumnElement[bool]] = (),
 ) -> sa.Select[Any]:
-    """The wide rollup's buckets ``[first, last)``, summed by ``DIMS`` and local days, the
-    cost as whole dollars and nanos (exact)."""
-    t = usage_rollup
+    """The buckets ``[first, last)`` of a 15-minute rollup (the wide or the narrow one),
+    summed by ``dims`` and local days, the cost as whole dollars and nanos (exact)."""
     return _summed(
         t,
+        dims,
         days_of(t.c.bucket),
         split_cost_sum(t.c.cost_usd, t.c.cost_nanos),
-        [t.c.bucket >= first, t.c.bucket < last],
+        [t.c.bucket >= first, t.c.bucket < last, *where],
+        org_ids,
+        narrow,
+    )
+
+
+def _daily_query(
+    d0: int,
+    d1: int,
+    zones: Sequence[str],
+    org_ids: Sequence[str] | None,
+    narrow: tuple[str, str] | None,
+) -> sa.Select[Any]:
+    """The daily rollup's local days ``[d0, d1)`` of the orgs whose daily rows are in one
+    of ``zones`` (zones of the same offsets over those days), summed by ``TEAM_DIMS`` and
+    day, the cost exact."""
+    d, z = usage_team_daily, usage_daily_zone
+    in_zone = sa.select(z.c.org_id).where(z.c.timezone.in_(sorted(zones)))
+    return _summed(
+        d,
+        TEAM_DIMS,
+        [d.c.day],
+        split_cost_sum(d.c.cost_usd, d.c.cost_nanos),
+        [d.c.day >= d0, d.c.day < d1, d.c.org_id.in_(in_zone)],
         org_ids,
         narrow,
     )
@@ -263,6 +393,7 @@ def _rollup_query(
 
 def _summed(
     t: sa.Table,
+    dims: Sequence[str],
     days: Sequence[Any],
     sums: Sequence[Any],
     where: Sequence[sa.ColumnElement[bool]],
@@ -270,9 +401,9 @@ def _summed(
     narrow: tuple[str, str] | None,
 ) -> sa.Select[Any]:
     """``t``'s rows ``where`` selects, of ``org_ids`` (None: every org), narrowed, summed
-    (``sums``) by ``DIMS`` and ``days``."""
-    dims = [t.c[d] for d in DIMS]
-    query = sa.select(*dims, *days, *sums).where(*where).group_by(*dims, *days)
+    (``sums``) by ``dims`` and ``days``."""
+    columns = [t.c[d] for d in dims]
+    query = sa.select(*columns, *days, *sums).where(*where).group_by(*columns, *days)
     if org_ids is not None:
         query = query.where(t.c.org_id.in_(sorted(set(org_ids))))
     if narrow is not None:
@@ -313,6 +444,8 @@ class DailySpend:
 
     def matching(self, budget: rules.Budget) -> list[int]:
         """The org's subjects the budget counts, by ``budget_rules.applies``."""
+        if not rules.dimensions(budget) <= self._ledger.dimensions:
+            raise ValueError(f"budget {budget.id}: these days have no user, agent, key or tag")
         subjects = self._ledger.by_org.get(budget.org_id, [])
         index = self._index.get(budget.org_id)
         if index is None:
@@ -396,6 +529,45 @@ async def compute(
 
 
 # -- 4. stored, with overrun events ----------------------------------------------------------
+def reads(budgets: Sequence[rules.Budget]) -> list[list[rules.Budget]]:
+    """The budgets whose days are read together (``spend_by_day``): all those that name a
+    user, agent, key or tag (the wide rollup) in one read, each zone a day column; the
+    others by zone (the narrow rollups: the daily one for the orgs whose daily rows are
+    in that zone), in reads of at most ``ID_BATCH`` orgs."""
+    wide: list[rules.Budget] = []
+    teams: dict[str, dict[str, list[rules.Budget]]] = defaultdict(lambda: defaultdict(list))
+    for b in budgets:
+        if rules.dimensions(b) <= NARROW_DIMENSIONS:
+            teams[b.timezone][b.org_id].append(b)
+        else:
+            wide.append(b)
+    out = [wide] if wide else []
+    for _, by_org in sorted(teams.items()):
+        orgs = sorted(by_org)
+        for i in range(0, len(orgs), ID_BATCH):
+            out.append([b for org in orgs[i : i + ID_BATCH] for b in by_org[org]])
+    return out
+
+
+async def read_days(
+    engine: AsyncEngine, group: Sequence[rules.Budget], now: datetime
+) -> LedgerDays:
+    """The days a group of :func:`reads` is forecast from: the lookback window up to now,
+    in the group's zones, of its orgs (None past ``ID_BATCH``), its one scope's calls
+    when it has one, by what its budgets compare."""
+    orgs = {b.org_id for b in group}
+    scopes = {rules.scope_field(b) for b in group}
+    return await spend_by_day(
+        engine,
+        now - timedelta(days=HISTORY_DAYS + 2),
+        now + timedelta(seconds=1),
+        {b.timezone for b in group},
+        org_ids=None if len(orgs) > ID_BATCH else sorted(orgs),
+        narrow=scopes.pop() if len(scopes) == 1 else None,
+        dimensions=frozenset().union(*(rules.dimensions(b) for b in group)),
+    )
+
+
 async def refresh_all(
     engine: AsyncEngine,
     budgets: Sequence[rules.Budget],
@@ -405,32 +577,25 @@ async def refresh_all(
     executor: Executor | None = None,
     escalation: Sequence[int] = (),
 ) -> Refreshed:
-    """Forecast every budget given from one pass over the ledger; store; announce overruns
-    (``escalation``: the ``forecast_overrun_escalation`` setting; empty, once a period)."""
+    """Forecast every budget given from the reads of their spend (``reads``); store;
+    announce overruns (``escalation``: the ``forecast_overrun_escalation`` setting; empty,
+    once a period)."""
     if not budgets:
         return Refreshed({}, {})
-    orgs = {b.org_id for b in budgets}
-    scopes = {rules.scope_field(b) for b in budgets}
-    ledger = await spend_by_day(
-        engine,
-        now - timedelta(days=HISTORY_DAYS + 2),
-        now + timedelta(seconds=1),
-        {b.timezone for b in budgets},
-        org_ids=None if len(orgs) > ID_BATCH else sorted(orgs),
-        narrow=scopes.pop() if len(scopes) == 1 else None,
-    )
-    daily, loop = DailySpend(ledger, now), asyncio.get_running_loop()
+    loop = asyncio.get_running_loop()
     jobs: list[Job] = []
     pending = []
-    for i in range(0, len(budgets), CHUNK):  # workers start on a chunk as soon as it is built
-        chunk = jobs_for(budgets[i : i + CHUNK], daily, now, raises or {})
-        jobs.extend(chunk)
-        pending.append(
-            loop.run_in_executor(
-                executor, fc.forecast_many, [(j.history, j.outlook) for j in chunk], now
+    for group in reads(budgets):
+        daily = DailySpend(await read_days(engine, group, now), now)
+        for i in range(0, len(group), CHUNK):  # workers start on a chunk once it is built
+            chunk = jobs_for(group[i : i + CHUNK], daily, now, raises or {})
+            jobs.extend(chunk)
+            pending.append(
+                loop.run_in_executor(
+                    executor, fc.forecast_many, [(j.history, j.outlook) for j in chunk], now
+                )
             )
-        )
-        await asyncio.sleep(0)
+            await asyncio.sleep(0)
     forecasts = [f for done in await asyncio.gather(*pending) for f in done]
     async with engine.begin() as conn:
         announced = await store(conn, jobs, forecasts, now, escalation)

@@ -23,6 +23,7 @@ from spendgate.core.budget_rules import (
     applies,
     counts,
     crossed,
+    dimensions,
     effective_amount,
     fail_open_cap,
     hard_cap_nanos,
@@ -211,6 +212,83 @@ def test_counts_by_category(categories: Categories, the_subject: Subject, expect
     assert counts(categories, the_subject) is expected
     # applies() is scope AND counts(): with a matching org scope the answer is the same.
     assert applies(budget(categories=categories), the_subject) is expected
+
+
+#: each report dimension's ``Subject`` field, and values a subject may hold in it
+FIELDS = {
+    "org": ("org_id", ["org_a", "org_b"]),
+    "team": ("team_id", ["team_1", "team_2", None]),
+    "user": ("user_id", ["user_1", None]),
+    "agent": ("agent_id", ["agent_1", None]),
+    "key": ("key_id", ["key_1", "key_2", ""]),
+    "tag": ("tags", [(), ("prod",), ("prod", "search"), ("batch",)]),
+    "provider": ("provider", ["openai", "azure"]),
+    "model": ("model", ["gpt-4o-mini", "gpt-4o", "claude-sonnet-4-5"]),
+    "kind": ("kind", ["chat", "embeddings"]),
+}
+SCOPES = {
+    "org": ["org_a", "org_b"],
+    "team": ["team_1", "team_2"],
+    "user": ["user_1"],
+    "agent": ["agent_1"],
+    "key": ["key_1", "key_2"],
+    "tag": ["prod", "batch"],
+}
+
+
+@st.composite
+def budgets_and_subjects(draw: st.DrawFn) -> tuple[Budget, Subject, Subject]:
+    """A budget of any scope and categories, a subject, and the same subject with every
+    field *outside* the budget's ``dimensions`` drawn again."""
+    scope = draw(st.sampled_from(sorted(SCOPES)))
+    target = draw(st.sampled_from(SCOPES[scope]))
+    categories = Categories(
+        providers=tuple(draw(st.lists(st.sampled_from(["openai", "azure"]), max_size=1))),
+        models=tuple(draw(st.lists(st.sampled_from(["gpt-4o*", "claude-*"]), max_size=2))),
+        kinds=tuple(draw(st.lists(st.sampled_from(["chat", "embeddings"]), max_size=1))),
+        tags=tuple(draw(st.lists(st.sampled_from(["prod", "search"]), max_size=2))),
+    )
+    if scope == "tag":
+        the_budget = scoped("tag", None, tag=target, categories=categories)
+    else:
+        the_budget = scoped(scope, target, categories=categories)
+    values = {dim: draw(st.sampled_from(options)) for dim, (_, options) in FIELDS.items()}
+    others = {dim: draw(st.sampled_from(options)) for dim, (_, options) in FIELDS.items()}
+    kept = dimensions(the_budget)
+    changed = {d: values[d] if d in kept else others[d] for d in FIELDS}
+    one, two = ({FIELDS[d][0]: v[d] for d in FIELDS} for v in (values, changed))
+    return the_budget, Subject(**one), Subject(**two)
+
+
+@PROPERTY
+@given(budgets_and_subjects())
+def test_applies_compares_only_the_budgets_dimensions(
+    drawn: tuple[Budget, Subject, Subject],
+) -> None:
+    """A reader may sum stored spend by a budget's ``dimensions`` alone (an org or team
+    budget naming no tag: the narrow rollups, without user, agent, key or tags) and ask
+    ``applies`` of each sum: no field outside them changes its answer."""
+    the_budget, one, two = drawn
+    assert applies(the_budget, one) is applies(the_budget, two)
+
+
+@pytest.mark.parametrize(
+    ("the_budget", "expected"),
+    [
+        (scoped("org", "org_a"), {"org"}),
+        (scoped("team", "team_1", categories=Categories(models=("gpt-4o*",))), {"team", "model"}),
+        (scoped("key", "key_1", categories=Categories(kinds=("chat",))), {"key", "kind"}),
+        (scoped("tag", None, tag="prod"), {"tag", "org"}),
+        (
+            scoped("org", "org_a", categories=Categories(("openai",), ("o*",), ("chat",), ("x",))),
+            {"org", "provider", "model", "kind", "tag"},
+        ),
+    ],
+)
+def test_dimensions_are_the_scope_and_each_kind_of_category(
+    the_budget: Budget, expected: set[str]
+) -> None:
+    assert dimensions(the_budget) == expected
 
 
 # --- effective_amount --------------------------------------------------------------------
