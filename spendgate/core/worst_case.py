@@ -228,6 +228,7 @@ _EXPANDING_PARTS = frozenset({
     "image_url", "input_audio", "file",  # Chat Completions (and Responses' audio)
     "input_image", "input_file", "item_reference", "computer_screenshot",  # Responses
     "image", "document", "container_upload",  # Anthropic Messages
+    "reasoning",  # Responses, when sent by id without its encrypted content
 })  # fmt: skip
 #: an Anthropic document of these sources is text in the request (its bytes bound it)
 _TEXT_SOURCES = ("text", "content")
@@ -302,29 +303,38 @@ def _expanding_tool(tool: object) -> bool:
 def _parts(items: object) -> int:
     """How many dicts in ``items`` (a list, or one dict), their ``content`` and a tool
     result's ``output``, all the way down, the provider expands. A message of plain
-    text costs a few lookups."""
+    text costs a few lookups and no call."""
     if items.__class__ is dict:
         items = [items]
     elif items.__class__ is not list:
         return 0
     count = 0
     for node in items:
-        if node.__class__ is dict:
-            count += _expanded(node) + _parts(node.get("content")) + _parts(node.get("output"))
+        if node.__class__ is not dict:
+            continue
+        kind = node.get("type")
+        if kind.__class__ is str:
+            if kind in _EXPANDING_PARTS:
+                count += _expanded(kind, node)
+        elif node.get("audio").__class__ is dict or (
+            # a Responses item reference may leave out its type; a Chat assistant
+            # message may name an earlier audio answer by id
+            kind is None and "id" in node and "role" not in node and "content" not in node
+        ):
+            count += 1
+        for field in ("content", "output"):
+            inner = node.get(field)
+            if inner.__class__ is list or inner.__class__ is dict:
+                count += _parts(inner)
     return count
 
 
-def _expanded(node: dict[str, Any]) -> bool:
-    kind = node.get("type")
-    if kind.__class__ is not str:
-        # a Responses item reference may leave out its type; a Chat assistant message
-        # may name an earlier audio answer by id
-        return (kind is None and "id" in node and "role" not in node and "content" not in node) or (
-            node.get("audio").__class__ is dict
-        )
+def _expanded(kind: str, node: dict[str, Any]) -> bool:
+    """Whether a part of an expanding ``kind`` really expands: not a document whose
+    source is text in the request, nor a reasoning item sent with its content."""
     if kind == "document":
         source = node.get("source")
         return not (source.__class__ is dict and source.get("type") in _TEXT_SOURCES)
-    if kind == "reasoning":  # sent by id, without its encrypted content: stored
+    if kind == "reasoning":
         return not node.get("encrypted_content")
-    return kind in _EXPANDING_PARTS
+    return True
