@@ -97,9 +97,10 @@ class WorstCase(Value, frozen=True):
 
     def held(self) -> tuple[TokenUsage, TokenUsage | None]:
         """What admission holds: ``usage`` and ``cached``, the prompt raised to
-        ``input_bound`` where that is more."""
+        ``input_bound`` where that is more; at ``input_bound`` where the provider expands
+        the prompt (the bound then covers all of it, its text too)."""
         bound = self.input_bound
-        if bound is None or bound <= self.usage.input_tokens:
+        if bound is None or (bound <= self.usage.input_tokens and not self.expanded):
             return self.usage, self.cached
         usage = msgspec.structs.replace(self.usage, input_tokens=bound)
         cached = self.cached
@@ -230,6 +231,11 @@ _EXPANDING_PARTS = frozenset({
     "image", "document", "container_upload",  # Anthropic Messages
     "reasoning",  # Responses, when sent by id without its encrypted content
 })  # fmt: skip
+#: the part types that are images
+_IMAGES = frozenset({"image_url", "input_image", "image", "computer_screenshot"})
+#: the input tokens an image is estimated at where no usage comes back: about what
+#: Anthropic bills a 1.15-megapixel image (gpt-4o bills a 1024-pixel square 765)
+IMAGE_ESTIMATE = 1_600
 #: an Anthropic document of these sources is text in the request (its bytes bound it)
 _TEXT_SOURCES = ("text", "content")
 #: server-side tools whose results the provider reads into the prompt
@@ -269,11 +275,22 @@ def expands(payload: Mapping[str, Any], kind: str) -> bool:
     return expanding_parts(payload, kind) > 0
 
 
-def expanding_parts(payload: Mapping[str, Any], kind: str) -> int:
+def expanding_parts(payload: Mapping[str, Any], kind: str, inline: list[int] | None = None) -> int:
     """How many parts of the request's turns (and Anthropic system blocks) the provider
-    expands: images, files, audio, items stored by id."""
-    turns = _parts(payload.get("input" if kind == "response" else "messages"))
-    return turns + (_parts(payload.get("system")) if kind == "message" else 0)
+    expands: images, files, audio, items stored by id. ``inline``: gets the bytes of
+    each image's inline data (a ``data:`` URL, a base64 source; 0 for one by URL or id)."""
+    turns = _parts(payload.get("input" if kind == "response" else "messages"), inline)
+    return turns + (_parts(payload.get("system"), inline) if kind == "message" else 0)
+
+
+def prompt_estimate(payload: Mapping[str, Any], kind: str, size: int) -> int:
+    """The input tokens a prompt the provider expands is estimated at, for a body of
+    ``size`` bytes: its bytes / 4 but for images' inline data, which the provider bills
+    as an image (``IMAGE_ESTIMATE`` each), not as text (a 500 kB photo is 125,000
+    tokens at bytes / 4, about a thousand as an image)."""
+    inline: list[int] = []
+    expanding_parts(payload, kind, inline)
+    return max(0, size - sum(inline)) // 4 + len(inline) * IMAGE_ESTIMATE
 
 
 def image_bound(price_model: str, parts: int) -> int:
@@ -300,7 +317,7 @@ def _expanding_tool(tool: object) -> bool:
     return isinstance(kind, str) and kind.startswith(_EXPANDING_TOOLS)
 
 
-def _parts(items: object) -> int:
+def _parts(items: object, inline: list[int] | None = None) -> int:
     """How many dicts in ``items`` (a list, or one dict), their ``content`` and a tool
     result's ``output``, all the way down, the provider expands. A message of plain
     text costs a few lookups and no call."""
@@ -314,8 +331,10 @@ def _parts(items: object) -> int:
             continue
         kind = node.get("type")
         if kind.__class__ is str:
-            if kind in _EXPANDING_PARTS:
-                count += _expanded(kind, node)
+            if kind in _EXPANDING_PARTS and _expanded(kind, node):
+                count += 1
+                if inline is not None and kind in _IMAGES:
+                    inline.append(_inline_bytes(node))
         elif node.get("audio").__class__ is dict or (
             # a Responses item reference may leave out its type; a Chat assistant
             # message may name an earlier audio answer by id
@@ -325,8 +344,23 @@ def _parts(items: object) -> int:
         for field in ("content", "output"):
             inner = node.get(field)
             if inner.__class__ is list or inner.__class__ is dict:
-                count += _parts(inner)
+                count += _parts(inner, inline)
     return count
+
+
+def _inline_bytes(image: dict[str, Any]) -> int:
+    """The bytes of an image part's inline data: a ``data:`` URL (Chat ``image_url.url``,
+    Responses ``image_url``), an Anthropic base64 ``source``; 0 for one by URL or id."""
+    url = image.get("image_url")
+    if url.__class__ is dict:
+        url = url.get("url")
+    if url.__class__ is str:
+        return len(url) if url.startswith("data:") else 0
+    source = image.get("source")
+    if source.__class__ is dict and source.get("type") == "base64":
+        data = source.get("data")
+        return len(data) if data.__class__ is str else 0
+    return 0
 
 
 def _expanded(kind: str, node: dict[str, Any]) -> bool:

@@ -33,6 +33,7 @@ from spendgate.core.worst_case import (
     image_bound,
     marks_cache,
     prompt_bound,
+    prompt_estimate,
     worst_case,
 )
 from spendgate.counters import PolicyStale
@@ -339,12 +340,12 @@ class ProxyApp:
                 "without background (stream it to keep the connection busy)",
                 param="background",
             )
-        bound, expanded = self._input_bound(route, payload, endpoint.kind, headers, body)
+        estimate, bound, expanded = self._prompt(route, payload, endpoint.kind, headers, body)
         try:
             worst = worst_case(
                 payload,
                 endpoint.kind,
-                len(body) // 4,
+                estimate,
                 route.default_max_tokens,
                 route.provider.kind,
                 cache_writes=marks_cache(payload, body),
@@ -365,22 +366,27 @@ class ProxyApp:
             worst,
         )
 
-    def _input_bound(
+    def _prompt(
         self,
         route: ModelRoute,
         payload: dict[str, Any],
         kind: str,
         headers: Mapping[str, str],
         body: bytes,
-    ) -> tuple[int, bool]:
-        """The most input tokens the provider can bill the prompt, and whether that is
-        because it expands it (``core.worst_case``): the text's bound; for an expanded
-        prompt the model's window (images some models bill past it included), or the
-        known tokens of the stored conversation it continues plus its own text."""
-        text = prompt_bound(body)
+    ) -> tuple[int, int, bool]:
+        """The prompt's input tokens: the estimate, the most the provider can bill, and
+        whether that is because it expands the prompt (``core.worst_case``). A text
+        prompt: bytes / 4, and its text's bound. One the provider expands: bytes / 4 but
+        for images' inline data, and the model's window (images some models bill past
+        it included); or, continuing a stored conversation whose tokens are known, those
+        plus its own estimate, and those plus its own text's bound."""
+        estimate, text = len(body) // 4, prompt_bound(body)
+        if not expands(payload, kind):
+            return estimate, text, False
+        estimate = prompt_estimate(payload, kind, len(body))
         window = self._input_bounds[route.name]
-        if not window or not expands(payload, kind):
-            return text, False
+        if not window:  # nothing bounds what the provider makes of it
+            return estimate, text, False
         if route.max_input_tokens is None and route.price.override is None:  # the data's
             if route.provider.kind == "anthropic" and "context-1m" in headers.get(
                 "anthropic-beta", ""
@@ -391,7 +397,10 @@ class ProxyApp:
                 window = max(window, per_image * expanding_parts(payload, kind))
         previous = continues(payload, kind)
         stored = None if previous is None else self._contexts.tokens(previous)
-        return (window if stored is None else min(window, stored + text)), True
+        if stored is None:
+            return min(estimate, window), window, True
+        bound = min(window, stored + text)
+        return min(stored + estimate, bound), bound, True
 
     async def _hold(self, call: Call) -> Guarded:
         """Rate limits, then budgets and wallets, for the call's worst case: in Redis

@@ -10,6 +10,7 @@ import pytest
 
 from spendgate.core.usage import TokenUsage
 from spendgate.core.worst_case import (
+    IMAGE_ESTIMATE,
     BadField,
     continues,
     expanding_parts,
@@ -17,6 +18,7 @@ from spendgate.core.worst_case import (
     image_bound,
     marks_cache,
     prompt_bound,
+    prompt_estimate,
     worst_case,
 )
 
@@ -291,3 +293,71 @@ def test_continues_names_a_stored_conversation_that_is_the_only_expansion(
 ) -> None:
     assert continues({"model": "m", **fields}, "response") == expected
     assert continues({"model": "m", **fields}, "chat") is None
+
+
+def test_an_images_inline_data_is_estimated_as_an_image_not_as_text() -> None:
+    """A base64 photo is ~500 kB of text in the body; the provider bills it as one
+    image. Its bytes leave the estimate (the text around it stays), each image counts
+    ``IMAGE_ESTIMATE``; a file's inline data stays text (its pages are its text)."""
+    photo = "data:image/png;base64," + "A" * 500_000
+    chat = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "what is this?"},
+                    {"type": "image_url", "image_url": {"url": photo}},
+                    {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                ],
+            }
+        ]
+    }
+    anthropic = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "image",
+                        "source": {
+                            "type": "base64",
+                            "media_type": "image/png",
+                            "data": "A" * 500_000,
+                        },
+                    }
+                ],
+            }
+        ]
+    }
+    responses = {
+        "input": [
+            {
+                "type": "computer_call_output",
+                "call_id": "c",
+                "output": {"type": "computer_screenshot", "image_url": photo},
+            }
+        ]
+    }
+    pdf = {
+        "messages": [
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "file",
+                        "file": {"file_data": "data:application/pdf;base64," + "A" * 40_000},
+                    }
+                ],
+            }
+        ]
+    }
+    for kind, payload, images, inline in (
+        ("chat", chat, 2, len(photo)),
+        ("message", anthropic, 1, 500_000),
+        ("response", responses, 1, len(photo)),
+        ("chat", pdf, 0, 0),
+    ):
+        size = len(orjson.dumps(payload))
+        expected = (size - inline) // 4 + images * IMAGE_ESTIMATE
+        assert prompt_estimate(payload, kind, size) == expected
+        assert expected < size // 4 or not images

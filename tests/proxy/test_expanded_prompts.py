@@ -15,6 +15,7 @@ import openai
 import pytest
 
 from spendgate.core.pricing import PriceTable
+from spendgate.core.worst_case import IMAGE_ESTIMATE
 from spendgate.proxy.app import input_bounds
 from spendgate.proxy.simulated import MEDIA_TOKENS
 from spendgate.settings import load_settings
@@ -159,16 +160,19 @@ def test_images_never_put_spend_past_the_cap_and_a_lower_bound_is_honoured(
 def test_a_tokens_per_minute_limit_counts_the_estimate_not_the_window(
     gateway: RunningGateway,
 ) -> None:
-    """A tpm row of 1,000 tokens would refuse every image call if it counted the
-    128,000-token window; it counts the request's estimate, then the usage billed."""
+    """A tpm row of 5,000 tokens would refuse every image call if it counted the
+    128,000-token window; it counts the request's estimate (its text, and an image as
+    ``IMAGE_ESTIMATE``), then the usage billed."""
     key = gateway.create_key()
     gateway.post(
         "/admin/rate-limits",
-        {"scope_type": "key", "scope_id": key["id"], "model": "*", "tpm": 1000},
+        {"scope_type": "key", "scope_id": key["id"], "model": "*", "tpm": 5000},
     )
     raw = chat(gateway, key["key"], True)
     assert raw.http_response.status_code == 200
-    assert int(raw.headers["x-ratelimit-limit-tokens"]) == 1000
+    assert int(raw.headers["x-ratelimit-limit-tokens"]) == 5000
+    remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
+    assert 5000 - IMAGE_ESTIMATE - 16 - 100 <= remaining <= 5000 - IMAGE_ESTIMATE - 16
 
 
 def test_anthropics_million_token_context_beta_is_held_at_a_million(
@@ -269,3 +273,31 @@ def test_each_models_bound_comes_from_its_setting_else_the_price_data(tmp_path: 
     )
     bounds = input_bounds(load_settings(config_path=str(config), env={}), PriceTable())
     assert bounds == {"gpt-4o-mini": 128_000, "small": 900, "local": None, "mystery": None}
+
+
+def test_an_inline_photo_is_counted_as_an_image_by_a_tokens_per_minute_limit(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A 600 kB base64 photo counted as text is 150,000 tokens, over a 100,000-token tpm
+    row by itself, so the call could never pass; counted as an image it passes, and is
+    held at the window under a budget, not at its bytes."""
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": key["id"], "model": "*", "tpm": 100_000},
+    )
+    photo = "data:image/jpeg;base64," + "A" * 600_000
+    content = [{"type": "text", "text": TEXT}, {"type": "image_url", "image_url": {"url": photo}}]
+    raw = openai_sdk(gateway, key["key"]).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": content}]
+    )
+    assert raw.http_response.status_code == 200
+    assert forwarded(fake) == 1
+    capped = gateway.create_key()
+    gateway.create_budget(
+        scope_type="key", scope_id=capped["id"], amount_usd="0.021", hard_limit=True
+    )  # the window: $0.0192 + the output cap; the photo's bytes / 4: $0.0225
+    raw = openai_sdk(gateway, capped["key"]).chat.completions.with_raw_response.create(
+        model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": content}]
+    )
+    assert raw.http_response.status_code == 200
