@@ -67,13 +67,15 @@ _REPORTED = (
     "cache_write_tokens",
     "output_reasoning_tokens",
     "cache_write_1h_tokens",
+    "input_audio_tokens",
+    "output_audio_tokens",
 )
 _REGISTRY = UnitRegistry(unit_data)
 _REQUESTS = "requests"
 #: Lookup caches are cleared past this size so arbitrary model names cannot grow them.
 _MAX_CACHED = 4096
 
-_Counts = tuple[int, int, int, int, int, int]
+_Counts = tuple[int, int, int, int, int, int, int, int]
 _Price = Decimal | TieredPrices
 
 
@@ -169,6 +171,8 @@ class _Plan:
             + c[3] * counts[3]
             + c[4] * counts[4]
             + c[5] * counts[5]
+            + c[6] * counts[6]
+            + c[7] * counts[7]
         ) * self.mult
         if self.div == 1:
             return total
@@ -254,7 +258,9 @@ def _compile_plan(model_price: ModelPrice) -> _Plan | None:
                     for v, leaf in zip(vector, leaves[unit.usage_key], strict=True)
                 ]
         consts.append(const)
-        coefs.append((vector[0], vector[1], vector[2], vector[3], vector[4], vector[5]))
+        coefs.append(
+            (vector[0], vector[1], vector[2], vector[3], vector[4], vector[5], vector[6], vector[7])
+        )
     denominator = 10**scale * per_lcm
     common = gcd(NANOS_PER_USD, denominator)
     return _Plan(
@@ -298,7 +304,14 @@ def clamp_usage(usage: TokenUsage) -> _Counts:
     reasoning = 0 if reasoning < 0 else out if reasoning > out else reasoning
     one_hour = usage.cache_write_1h_tokens
     one_hour = 0 if one_hour < 0 else write if one_hour > write else one_hour
-    return inp, out, read, write, reasoning, one_hour
+    # audio is billed apart from the text; what the cache holds is counted there
+    heard = usage.input_audio_tokens
+    rest = inp - read - write
+    heard = 0 if heard < 0 else rest if heard > rest else heard
+    spoken = usage.output_audio_tokens
+    rest = out - reasoning
+    spoken = 0 if spoken < 0 else rest if spoken > rest else spoken
+    return inp, out, read, write, reasoning, one_hour, heard, spoken
 
 
 class PriceTable:
@@ -371,7 +384,9 @@ class PriceTable:
     ) -> Priced:
         """The slow path: genai-prices' own calculation; its data errors mean unknown."""
         provider, model = found
-        usage = Usage(**dict(zip(_REPORTED, counts, strict=True)))
+        # no cached audio is reported apart (``clamp_usage`` keeps audio out of the
+        # cache's part), which genai needs said once both overlapping keys are
+        usage = Usage(**dict(zip(_REPORTED, counts, strict=True)), cache_audio_read_tokens=0)
         try:
             total = model.calc_price(usage, provider, genai_request_timestamp=at).total_price
             return Priced(usd_to_nanos(total), "genai-prices")

@@ -7,7 +7,9 @@ of it was read from / written to the provider's prompt cache, and
 1-hour cache, priced above the 5-minute one; 0 where a provider reports no split).
 ``reasoning_tokens`` is
 the part of ``output_tokens`` the model spent thinking (billed as output), also when a
-provider reported it apart from its completion tokens.
+provider reported it apart from its completion tokens. ``input_audio_tokens`` and
+``output_audio_tokens`` are the parts of the prompt and of the output that were audio
+(OpenAI's ``audio_tokens`` details), priced at a model's audio rates where it has them.
 """
 
 from __future__ import annotations
@@ -34,6 +36,9 @@ class TokenUsage(Value, frozen=True):
     cache_write_1h_tokens: int = 0
     #: a reported figure was above ``MAX_TOKENS_PER_CALL`` and was clamped to it
     implausible: bool = False
+    #: the audio part of ``input_tokens`` and of ``output_tokens``
+    input_audio_tokens: int = 0
+    output_audio_tokens: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -51,6 +56,8 @@ def plausible(usage: TokenUsage) -> TokenUsage:
         usage.cache_write_tokens,
         usage.reasoning_tokens,
         usage.cache_write_1h_tokens,
+        usage.input_audio_tokens,
+        usage.output_audio_tokens,
     )
     if max(figures) <= MAX_TOKENS_PER_CALL:
         return usage
@@ -64,6 +71,8 @@ def plausible(usage: TokenUsage) -> TokenUsage:
         reasoning_tokens=min(usage.reasoning_tokens, cap),
         cache_write_1h_tokens=min(usage.cache_write_1h_tokens, cap),
         implausible=True,
+        input_audio_tokens=min(usage.input_audio_tokens, cap),
+        output_audio_tokens=min(usage.output_audio_tokens, cap),
     )
 
 
@@ -86,7 +95,9 @@ def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
         in_details = usage.get("input_tokens_details") or {}
         out_details = usage.get("output_tokens_details") or {}
     cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
+    heard = _int(in_details.get("audio_tokens")) if isinstance(in_details, dict) else 0
     reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
+    spoken = _int(out_details.get("audio_tokens")) if isinstance(out_details, dict) else 0
     if reasoning and (
         reasoning > output or _int(usage.get("total_tokens")) == prompt + output + reasoning
     ):
@@ -99,6 +110,8 @@ def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
             output_tokens=output,
             cache_read_tokens=min(cached, prompt),
             reasoning_tokens=min(reasoning, output),
+            input_audio_tokens=min(heard, prompt),
+            output_audio_tokens=min(spoken, output),
         )
     )
 

@@ -102,7 +102,8 @@ class WorstCase(Value, frozen=True):
         bound = self.input_bound
         if bound is None or (bound <= self.usage.input_tokens and not self.expanded):
             return self.usage, self.cached
-        usage = msgspec.structs.replace(self.usage, input_tokens=bound)
+        heard = bound if self.expanded and self.usage.input_audio_tokens else 0
+        usage = msgspec.structs.replace(self.usage, input_tokens=bound, input_audio_tokens=heard)
         cached = self.cached
         if cached is not None:
             cached = msgspec.structs.replace(
@@ -168,13 +169,16 @@ def worst_case(
     cache_writes: bool = False,
     input_bound: int | None = None,
     expanded: bool = False,
+    audio: int = 0,
 ) -> WorstCase:
     """The worst case of one request (see the module docstring) whose prompt is
     estimated at ``prompt`` tokens (its bytes / 4); 400 for a cap, ``n`` or ``best_of``
     that is not a whole number in range. ``cache_writes``: the request marks
     ``cache_control`` (only an Anthropic Messages request is billed for cache writes);
     ``input_bound``: the most input tokens it can be billed (``expanded``: because the
-    provider expands the prompt)."""
+    provider expands the prompt); ``audio``: how many of the ``prompt`` tokens are audio.
+    A Chat request whose ``modalities`` ask for audio has its output held and estimated
+    as audio (OpenAI bills audio output at several times text)."""
     if kind not in CAP_FIELDS:  # embeddings: no output
         return WorstCase(TokenUsage(input_tokens=prompt), input_bound=input_bound)
     cap = None
@@ -190,7 +194,14 @@ def worst_case(
     # no call is ever recorded above MAX_TOKENS_PER_CALL (``usage.plausible``), so no
     # worst case needs to be: it keeps every hold far inside the counters' exact range
     output = min(cap * answers(payload, kind), MAX_TOKENS_PER_CALL)
-    usage = TokenUsage(input_tokens=prompt, output_tokens=output)
+    modalities = payload.get("modalities") if kind == "chat" else None
+    spoken = output if modalities.__class__ is list and "audio" in modalities else 0
+    usage = TokenUsage(
+        input_tokens=prompt,
+        output_tokens=output,
+        input_audio_tokens=min(audio, prompt),
+        output_audio_tokens=spoken,
+    )
     cached = None
     if cache_writes and kind == "message":
         cached = TokenUsage(
@@ -231,8 +242,11 @@ _EXPANDING_PARTS = frozenset({
     "image", "document", "container_upload",  # Anthropic Messages
     "reasoning",  # Responses, when sent by id without its encrypted content
 })  # fmt: skip
-#: the part types that are images
-_IMAGES = frozenset({"image_url", "input_image", "image", "computer_screenshot"})
+#: the part types whose inline data is not text: images, and audio
+_MEDIA = frozenset({"image_url", "input_image", "image", "computer_screenshot", "input_audio"})
+#: base64 bytes of audio a token is estimated at: OpenAI bills audio about ten tokens a
+#: second, which is ~21 kB of base64 a second of 128 kbit/s MP3 (~64 kB of 24 kHz WAV)
+AUDIO_BYTES_PER_TOKEN = 2048
 #: the input tokens an image is estimated at where no usage comes back: about what
 #: Anthropic bills a 1.15-megapixel image (gpt-4o bills a 1024-pixel square 765)
 IMAGE_ESTIMATE = 1_600
@@ -275,22 +289,29 @@ def expands(payload: Mapping[str, Any], kind: str) -> bool:
     return expanding_parts(payload, kind) > 0
 
 
-def expanding_parts(payload: Mapping[str, Any], kind: str, inline: list[int] | None = None) -> int:
+def expanding_parts(
+    payload: Mapping[str, Any], kind: str, inline: list[tuple[bool, int]] | None = None
+) -> int:
     """How many parts of the request's turns (and Anthropic system blocks) the provider
-    expands: images, files, audio, items stored by id. ``inline``: gets the bytes of
-    each image's inline data (a ``data:`` URL, a base64 source; 0 for one by URL or id)."""
+    expands: images, files, audio, items stored by id. ``inline``: gets, for each image
+    and audio part, whether it is audio and the bytes of its inline data (a ``data:``
+    URL, a base64 source or audio data; 0 for one by URL or id)."""
     turns = _parts(payload.get("input" if kind == "response" else "messages"), inline)
     return turns + (_parts(payload.get("system"), inline) if kind == "message" else 0)
 
 
-def prompt_estimate(payload: Mapping[str, Any], kind: str, size: int) -> int:
+def prompt_estimate(payload: Mapping[str, Any], kind: str, size: int) -> tuple[int, int]:
     """The input tokens a prompt the provider expands is estimated at, for a body of
-    ``size`` bytes: its bytes / 4 but for images' inline data, which the provider bills
-    as an image (``IMAGE_ESTIMATE`` each), not as text (a 500 kB photo is 125,000
-    tokens at bytes / 4, about a thousand as an image)."""
-    inline: list[int] = []
-    expanding_parts(payload, kind, inline)
-    return max(0, size - sum(inline)) // 4 + len(inline) * IMAGE_ESTIMATE
+    ``size`` bytes, and how many of them are audio: its bytes / 4 but for the inline
+    data of images, which the provider bills as an image (``IMAGE_ESTIMATE`` each), not
+    as text (a 500 kB photo is 125,000 tokens at bytes / 4, about a thousand as an
+    image), and of audio, a token per ``AUDIO_BYTES_PER_TOKEN`` of its base64."""
+    media: list[tuple[bool, int]] = []
+    expanding_parts(payload, kind, media)
+    images = sum(1 for audio, _ in media if not audio)
+    heard = sum(inline for audio, inline in media if audio) // AUDIO_BYTES_PER_TOKEN
+    inline = sum(inline for _, inline in media)
+    return max(0, size - inline) // 4 + images * IMAGE_ESTIMATE + heard, heard
 
 
 def image_bound(price_model: str, parts: int) -> int:
@@ -317,7 +338,7 @@ def _expanding_tool(tool: object) -> bool:
     return isinstance(kind, str) and kind.startswith(_EXPANDING_TOOLS)
 
 
-def _parts(items: object, inline: list[int] | None = None) -> int:
+def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:
     """How many dicts in ``items`` (a list, or one dict), their ``content`` and a tool
     result's ``output``, all the way down, the provider expands. A message of plain
     text costs a few lookups and no call."""
@@ -333,8 +354,8 @@ def _parts(items: object, inline: list[int] | None = None) -> int:
         if kind.__class__ is str:
             if kind in _EXPANDING_PARTS and _expanded(kind, node):
                 count += 1
-                if inline is not None and kind in _IMAGES:
-                    inline.append(_inline_bytes(node))
+                if inline is not None and kind in _MEDIA:
+                    inline.append((kind == "input_audio", _inline_bytes(node)))
         elif node.get("audio").__class__ is dict or (
             # a Responses item reference may leave out its type; a Chat assistant
             # message may name an earlier audio answer by id
@@ -349,8 +370,13 @@ def _parts(items: object, inline: list[int] | None = None) -> int:
 
 
 def _inline_bytes(image: dict[str, Any]) -> int:
-    """The bytes of an image part's inline data: a ``data:`` URL (Chat ``image_url.url``,
-    Responses ``image_url``), an Anthropic base64 ``source``; 0 for one by URL or id."""
+    """The bytes of an image or audio part's inline data: a ``data:`` URL (Chat
+    ``image_url.url``, Responses ``image_url``), an Anthropic base64 ``source``, an
+    ``input_audio``'s ``data``; 0 for one by URL or id."""
+    audio = image.get("input_audio")
+    if audio.__class__ is dict:
+        data = audio.get("data")
+        return len(data) if data.__class__ is str else 0
     url = image.get("image_url")
     if url.__class__ is dict:
         url = url.get("url")

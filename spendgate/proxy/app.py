@@ -340,7 +340,9 @@ class ProxyApp:
                 "without background (stream it to keep the connection busy)",
                 param="background",
             )
-        estimate, bound, expanded = self._prompt(route, payload, endpoint.kind, headers, body)
+        estimate, audio, bound, expanded = self._prompt(
+            route, payload, endpoint.kind, headers, body
+        )
         try:
             worst = worst_case(
                 payload,
@@ -351,6 +353,7 @@ class ProxyApp:
                 cache_writes=marks_cache(payload, body),
                 input_bound=bound,
                 expanded=expanded,
+                audio=audio,
             )
         except BadField as exc:
             raise InvalidRequest(str(exc), param=exc.param) from exc
@@ -373,20 +376,21 @@ class ProxyApp:
         kind: str,
         headers: Mapping[str, str],
         body: bytes,
-    ) -> tuple[int, int, bool]:
-        """The prompt's input tokens: the estimate, the most the provider can bill, and
-        whether that is because it expands the prompt (``core.worst_case``). A text
+    ) -> tuple[int, int, int, bool]:
+        """The prompt's input tokens: the estimate, how much of it is audio, the most
+        the provider can bill, and whether that is because it expands the prompt
+        (``core.worst_case``). A text
         prompt: bytes / 4, and its text's bound. One the provider expands: bytes / 4 but
         for images' inline data, and the model's window (images some models bill past
         it included); or, continuing a stored conversation whose tokens are known, those
         plus its own estimate, and those plus its own text's bound."""
         estimate, text = len(body) // 4, prompt_bound(body)
         if not expands(payload, kind):
-            return estimate, text, False
-        estimate = prompt_estimate(payload, kind, len(body))
+            return estimate, 0, text, False
+        estimate, audio = prompt_estimate(payload, kind, len(body))
         window = self._input_bounds[route.name]
         if not window:  # nothing bounds what the provider makes of it
-            return estimate, text, False
+            return estimate, audio, text, False
         if route.max_input_tokens is None and route.price.override is None:  # the data's
             if route.provider.kind == "anthropic" and "context-1m" in headers.get(
                 "anthropic-beta", ""
@@ -398,9 +402,9 @@ class ProxyApp:
         previous = continues(payload, kind)
         stored = None if previous is None else self._contexts.tokens(previous)
         if stored is None:
-            return min(estimate, window), window, True
+            return min(estimate, window), audio, window, True
         bound = min(window, stored + text)
-        return min(stored + estimate, bound), bound, True
+        return min(stored + estimate, bound), audio, bound, True
 
     async def _hold(self, call: Call) -> Guarded:
         """Rate limits, then budgets and wallets, for the call's worst case: in Redis

@@ -80,6 +80,9 @@ class Reply:
     shape: Shape = TEXT
     #: answers returned (``n``); completion tokens count every answer generated
     choices: int = 1
+    #: the audio parts of the prompt and of the completion (Chat Completions)
+    prompt_audio_tokens: int = 0
+    completion_audio_tokens: int = 0
 
     @property
     def text(self) -> str:
@@ -229,8 +232,17 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     shape = TEXT
     if path in ("/chat/completions", "/responses"):
         shape = shape_of("chat" if path == "/chat/completions" else "responses", body)
-    media = expanding_parts(body, "response" if path == "/responses" else "chat")
+    heard: list[tuple[bool, int]] = []
+    media = expanding_parts(body, "response" if path == "/responses" else "chat", heard)
     reply = _reply(body.get("model", ""), texts, _cap(body), shape, media)
+    modalities = body.get("modalities")
+    spoken = isinstance(modalities, list) and "audio" in modalities
+    if heard or spoken:  # an audio part is MEDIA_TOKENS of audio; a spoken answer all audio
+        reply = replace(
+            reply,
+            prompt_audio_tokens=sum(audio for audio, _ in heard) * MEDIA_TOKENS,
+            completion_audio_tokens=reply.completion_tokens if spoken else 0,
+        )
     if path not in _CHAT_PATHS:
         return reply
     n = _count(body, "n")
@@ -240,6 +252,7 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
         choices=n,
         completion_tokens=reply.completion_tokens * generated,
         reasoning_tokens=reply.reasoning_tokens * generated,
+        completion_audio_tokens=reply.completion_audio_tokens * generated,
     )
 
 
@@ -258,9 +271,11 @@ def _chat_usage(r: Reply) -> dict[str, Any]:
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
         "total_tokens": r.prompt_tokens + r.completion_tokens,
-        "prompt_tokens_details": {"cached_tokens": r.cached_tokens, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": r.cached_tokens, "audio_tokens": r.prompt_audio_tokens,
+        },
         "completion_tokens_details": {
-            "reasoning_tokens": r.reasoning_tokens, "audio_tokens": 0,
+            "reasoning_tokens": r.reasoning_tokens, "audio_tokens": r.completion_audio_tokens,
             "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0,
         },
     }  # fmt: skip

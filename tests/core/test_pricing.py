@@ -43,11 +43,14 @@ def genai_nanos(usage: TokenUsage, model: str, provider: str, at: datetime = AT)
                 "cache_write_tokens",
                 "output_reasoning_tokens",
                 "cache_write_1h_tokens",
+                "input_audio_tokens",
+                "output_audio_tokens",
             ),
             clamp_usage(usage),
             strict=True,
         )
     )
+    counts["cache_audio_read_tokens"] = 0  # audio is kept out of the cache's part
     result = calc_price(Usage(**counts), model, provider_id=provider, genai_request_timestamp=at)
     return usd_to_nanos(result.total_price)
 
@@ -143,6 +146,7 @@ def test_matches_genai_extract_and_calc(
 PROPERTY_MODELS = [
     ("gpt-4o", "openai"),
     ("gpt-4o-mini", "openai"),
+    ("gpt-audio", "openai"),  # audio input and output at their own rates
     ("gpt-4.1", "openai"),
     ("o4-mini", "openai"),
     ("gpt-5", "openai"),
@@ -217,7 +221,11 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
                 read = rng.randint(0, inp)
                 write = rng.randint(0, inp - read)
                 out = rng.randint(0, 200_000)
-                counts = (inp, out, read, write, rng.randint(0, out), rng.randint(0, write))
+                reasoning = rng.randint(0, out)
+                counts = (
+                    inp, out, read, write, reasoning, rng.randint(0, write),
+                    rng.randint(0, inp - read - write), rng.randint(0, out - reasoning),
+                )  # fmt: skip
                 usage = Usage(
                     input_tokens=inp,
                     output_tokens=out,
@@ -225,6 +233,9 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
                     cache_write_tokens=write,
                     output_reasoning_tokens=counts[4],
                     cache_write_1h_tokens=counts[5],
+                    input_audio_tokens=counts[6],
+                    output_audio_tokens=counts[7],
+                    cache_audio_read_tokens=0,
                 )
                 assert plan.nanos(counts) == usd_to_nanos(version.calc_price(usage)["total_price"])
                 checked += 1
@@ -234,14 +245,14 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     model=st.sampled_from(PROPERTY_MODELS),
-    counts=st.tuples(*[st.integers(-1_000, 3_000_000)] * 6),
+    counts=st.tuples(*[st.integers(-1_000, 3_000_000)] * 8),
 )
 def test_weird_usage_never_raises_and_is_priced_clamped(
-    model: tuple[str, str], counts: tuple[int, int, int, int, int, int]
+    model: tuple[str, str], counts: tuple[int, ...]
 ) -> None:
-    """Negative counts, cache > input, reasoning > output, 1-hour writes > writes:
-    clamped, priced, never raised."""
-    usage = TokenUsage(*counts)
+    """Negative counts, cache > input, reasoning > output, 1-hour writes > writes, audio
+    beyond what the cache and reasoning leave: clamped, priced, never raised."""
+    usage = TokenUsage(*counts[:6], input_audio_tokens=counts[6], output_audio_tokens=counts[7])
     priced = PriceTable().price(PriceRef(*model), usage, AT)
     assert priced.cost_nanos == genai_nanos(usage, *model)  # genai would raise unclamped
     assert priced.cost_nanos >= 0
@@ -250,9 +261,11 @@ def test_weird_usage_never_raises_and_is_priced_clamped(
 def test_clamp_rules() -> None:
     """Cache reads are capped by input, writes by what reads left, reasoning by output,
     1-hour writes by the writes."""
-    assert clamp_usage(TokenUsage(100, 10, 80, 50, 20, 30)) == (100, 10, 80, 20, 10, 20)
-    assert clamp_usage(TokenUsage(-5, -1, 3, -2, -4, -6)) == (0, 0, 0, 0, 0, 0)
-    assert clamp_usage(TokenUsage(100, 10, 30, 20, 5, 15)) == (100, 10, 30, 20, 5, 15)
+    assert clamp_usage(TokenUsage(100, 10, 80, 50, 20, 30)) == (100, 10, 80, 20, 10, 20, 0, 0)
+    assert clamp_usage(TokenUsage(-5, -1, 3, -2, -4, -6)) == (0, 0, 0, 0, 0, 0, 0, 0)
+    assert clamp_usage(TokenUsage(100, 10, 30, 20, 5, 15)) == (100, 10, 30, 20, 5, 15, 0, 0)
+    audio = TokenUsage(100, 10, 30, 20, 4, 0, input_audio_tokens=90, output_audio_tokens=9)
+    assert clamp_usage(audio)[6:] == (50, 6)  # what the cache and the reasoning leave
 
 
 def test_override_wins_and_bills_cache_at_its_own_rates(table: PriceTable) -> None:
@@ -407,3 +420,24 @@ def test_the_context_window_comes_from_the_price_data_and_is_unknown_for_an_over
     assert table.context_window(PriceRef("no-such-model-anywhere", "openai")) is None
     override = PriceOverride(input_per_mtok=Decimal("1"), output_per_mtok=Decimal("2"))
     assert table.context_window(PriceRef("gpt-4o-mini", None, override)) is None
+
+
+def test_audio_tokens_are_priced_at_the_models_audio_rates(table: PriceTable) -> None:
+    """gpt-audio: text $2.50/$10, audio $32/$64 per million. The audio parts of a call's
+    input and output (OpenAI's ``audio_tokens`` details) are billed at the audio rates;
+    before, they were billed as text, at a twelfth of the input's price."""
+    usage = from_openai(
+        {
+            "prompt_tokens": 1_000_000,
+            "completion_tokens": 1_000_000,
+            "prompt_tokens_details": {"cached_tokens": 0, "audio_tokens": 400_000},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 250_000},
+        }
+    )
+    assert usage is not None
+    assert (usage.input_audio_tokens, usage.output_audio_tokens) == (400_000, 250_000)
+    priced = table.price(PriceRef("gpt-audio", "openai"), usage, AT)
+    text = Decimal("0.6") * Decimal("2.5") + Decimal("0.75") * Decimal(10)
+    audio = Decimal("0.4") * Decimal(32) + Decimal("0.25") * Decimal(64)
+    assert priced.cost_nanos == usd_to_nanos(text + audio)
+    assert priced.cost_nanos == genai_nanos(usage, "gpt-audio", "openai")

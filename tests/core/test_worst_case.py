@@ -10,6 +10,7 @@ import pytest
 
 from spendgate.core.usage import TokenUsage
 from spendgate.core.worst_case import (
+    AUDIO_BYTES_PER_TOKEN,
     IMAGE_ESTIMATE,
     BadField,
     continues,
@@ -359,5 +360,30 @@ def test_an_images_inline_data_is_estimated_as_an_image_not_as_text() -> None:
     ):
         size = len(orjson.dumps(payload))
         expected = (size - inline) // 4 + images * IMAGE_ESTIMATE
-        assert prompt_estimate(payload, kind, size) == expected
+        assert prompt_estimate(payload, kind, size) == (expected, 0)
         assert expected < size // 4 or not images
+
+
+def test_audio_is_estimated_by_its_length_and_held_and_answered_as_audio() -> None:
+    """An ``input_audio`` part's base64 is a token per ``AUDIO_BYTES_PER_TOKEN``, counted
+    as audio; the hold of a prompt that hears audio prices the bound as audio (a model's
+    audio input costs several times its text); ``modalities`` with audio make the output
+    audio."""
+    clip = "U" * 204_800  # ~10 s of MP3: 100 tokens
+    payload = {"modalities": ["text", "audio"], "max_tokens": 50, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "answer this"},
+                                     {"type": "input_audio", "input_audio": {
+                                         "data": clip, "format": "mp3"}}]}]}  # fmt: skip
+    size = len(orjson.dumps(payload))
+    estimate, audio = prompt_estimate(payload, "chat", size)
+    assert audio == len(clip) // AUDIO_BYTES_PER_TOKEN == 100
+    assert estimate == (size - len(clip)) // 4 + 100
+    worst = worst_case(
+        payload, "chat", estimate, DEFAULT, "openai",
+        input_bound=128_000, expanded=True, audio=audio,
+    )  # fmt: skip
+    assert worst.usage.input_audio_tokens == 100 and worst.usage.output_audio_tokens == 50
+    held, _ = worst.held()
+    assert (held.input_tokens, held.input_audio_tokens) == (128_000, 128_000)
+    text_only = worst_case({"max_tokens": 50}, "chat", 10, DEFAULT, "openai")
+    assert text_only.usage.output_audio_tokens == text_only.usage.input_audio_tokens == 0

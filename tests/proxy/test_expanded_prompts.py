@@ -14,6 +14,7 @@ import anthropic
 import openai
 import pytest
 
+from spendgate.core.money import format_usd
 from spendgate.core.pricing import PriceTable
 from spendgate.core.worst_case import IMAGE_ESTIMATE
 from spendgate.proxy.app import input_bounds
@@ -29,6 +30,9 @@ provider = "openai"
 upstream_model = "gpt-4o-mini"
 price = { model = "gpt-4o-mini", provider = "openai" }
 max_input_tokens = 2000
+
+[models."gpt-audio"]
+provider = "openai"
 """
 
 IMAGE_URL = "https://example.com/cat.png"
@@ -301,3 +305,42 @@ def test_an_inline_photo_is_counted_as_an_image_by_a_tokens_per_minute_limit(
         model="gpt-4o-mini", max_tokens=16, messages=[{"role": "user", "content": content}]
     )
     assert raw.http_response.status_code == 200
+
+
+def test_audio_is_billed_and_held_at_the_models_audio_rates(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """gpt-audio bills audio at $32 in / $64 out per million against $2.50 / $10 for
+    text: a call that hears a clip and answers aloud is billed at the audio rates (the
+    fake upstream reports the clip as 765 audio tokens and the answer as audio), and a
+    hard cap that the window as text input would fit refuses it (held as audio)."""
+    key = gateway.create_key()
+    content = [
+        {"type": "text", "text": TEXT},
+        {"type": "input_audio", "input_audio": {"data": "U" * 4096, "format": "mp3"}},
+    ]
+    client = openai_sdk(gateway, key["key"])
+    raw = client.chat.completions.with_raw_response.create(
+        model="gpt-audio",
+        max_tokens=16,
+        modalities=["text", "audio"],
+        audio={"voice": "alloy", "format": "mp3"},
+        messages=[{"role": "user", "content": content}],
+    )
+    usage = raw.parse().usage
+    assert usage is not None and usage.prompt_tokens_details is not None
+    heard = usage.prompt_tokens_details.audio_tokens
+    assert heard == MEDIA_TOKENS
+    spoken = usage.completion_tokens
+    text = usage.prompt_tokens - heard
+    nanos = text * 2_500 + heard * 32_000 + spoken * 64_000  # nanos per token
+    assert raw.headers["x-spendgate-cost-usd"] == format_usd(nanos)
+    [row] = gateway.ledger()
+    assert row["cost_nanos"] == nanos
+    capped = gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=capped["id"], amount_usd="1", hard_limit=True)
+    with pytest.raises(openai.RateLimitError) as refused:  # window as audio: $4.10
+        openai_sdk(gateway, capped["key"]).chat.completions.create(
+            model="gpt-audio", max_tokens=16, messages=[{"role": "user", "content": content}]
+        )
+    assert "the most gpt-audio can bill it" in refused.value.message
