@@ -262,9 +262,10 @@ _STORED_CONTEXT = ("previous_response_id", "conversation", "prompt")
 #: request fields that put server-side state in the prompt (Anthropic Messages: remote
 #: MCP servers, a code-execution container with its files or skills)
 _SERVER_STATE = ("mcp_servers", "container")
-#: images a model bills at more tokens than its context window holds, per image, by
-#: the priced model's name (gpt-4o-mini bills a 768x2048 image 2,833 + 8 x 5,667)
-_BILLED_PER_IMAGE = {"gpt-4o-mini": 48_169}
+#: images a model bills at more tokens than its context window holds, by the priced
+#: model's name: (a 1024-pixel square at high detail, the most: a 768x2048 image);
+#: gpt-4o-mini bills 2,833 + 5,667 a 512-pixel tile
+_BILLED_PER_IMAGE = {"gpt-4o-mini": (25_501, 48_169)}
 
 
 def expands(payload: Mapping[str, Any], kind: str) -> bool:
@@ -300,27 +301,39 @@ def expanding_parts(
     return turns + (_parts(payload.get("system"), inline) if kind == "message" else 0)
 
 
-def prompt_estimate(payload: Mapping[str, Any], kind: str, size: int) -> tuple[int, int]:
+def prompt_estimate(
+    payload: Mapping[str, Any], kind: str, size: int, per_image: int = IMAGE_ESTIMATE
+) -> tuple[int, int, int]:
     """The input tokens a prompt the provider expands is estimated at, for a body of
-    ``size`` bytes, and how many of them are audio: its bytes / 4 but for the inline
-    data of images, which the provider bills as an image (``IMAGE_ESTIMATE`` each), not
-    as text (a 500 kB photo is 125,000 tokens at bytes / 4, about a thousand as an
-    image), and of audio, a token per ``AUDIO_BYTES_PER_TOKEN`` of its base64."""
+    ``size`` bytes; how many of them are audio; and the bytes of the media's inline
+    data. The estimate is the bytes / 4 but for the inline data of images, which the
+    provider bills as an image (``per_image`` each), not as text (a 500 kB photo is
+    125,000 tokens at bytes / 4, about a thousand as an image), and of audio, a token
+    per ``AUDIO_BYTES_PER_TOKEN`` of its base64."""
     media: list[tuple[bool, int]] = []
     expanding_parts(payload, kind, media)
     images = sum(1 for audio, _ in media if not audio)
     heard = sum(inline for audio, inline in media if audio) // AUDIO_BYTES_PER_TOKEN
     inline = sum(inline for _, inline in media)
-    return max(0, size - inline) // 4 + images * IMAGE_ESTIMATE + heard, heard
+    return max(0, size - inline) // 4 + images * per_image + heard, heard, inline
 
 
 def image_bound(price_model: str, parts: int) -> int:
     """The input tokens ``parts`` images can be billed on a model that bills images
     past its context window (0 on any other)."""
-    for prefix, tokens in _BILLED_PER_IMAGE.items():
+    for prefix, (_, most) in _BILLED_PER_IMAGE.items():
         if price_model.startswith(prefix):
-            return parts * tokens
+            return parts * most
     return 0
+
+
+def image_estimate(price_model: str | None) -> int:
+    """The input tokens an image is estimated at on the priced model: ``IMAGE_ESTIMATE``
+    but where the model bills images at far more (a 1024-pixel square on gpt-4o-mini)."""
+    for prefix, (typical, _) in _BILLED_PER_IMAGE.items():
+        if price_model is not None and price_model.startswith(prefix):
+            return typical
+    return IMAGE_ESTIMATE
 
 
 def continues(payload: Mapping[str, Any], kind: str) -> str | None:
@@ -341,31 +354,34 @@ def _expanding_tool(tool: object) -> bool:
 def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:
     """How many dicts in ``items`` (a list, or one dict), their ``content`` and a tool
     result's ``output``, all the way down, the provider expands. A message of plain
-    text costs a few lookups and no call."""
-    if items.__class__ is dict:
-        items = [items]
-    elif items.__class__ is not list:
-        return 0
+    text costs a few lookups; nesting of any depth a stack, not recursion."""
     count = 0
-    for node in items:
-        if node.__class__ is not dict:
+    pending = [items]
+    while pending:
+        items = pending.pop()
+        if items.__class__ is dict:
+            items = [items]
+        elif items.__class__ is not list:
             continue
-        kind = node.get("type")
-        if kind.__class__ is str:
-            if kind in _EXPANDING_PARTS and _expanded(kind, node):
+        for node in items:
+            if node.__class__ is not dict:
+                continue
+            kind = node.get("type")
+            if kind.__class__ is str:
+                if kind in _EXPANDING_PARTS and _expanded(kind, node):
+                    count += 1
+                    if inline is not None and kind in _MEDIA:
+                        inline.append((kind == "input_audio", _inline_bytes(node)))
+            elif node.get("audio").__class__ is dict or (
+                # a Responses item reference may leave out its type; a Chat assistant
+                # message may name an earlier audio answer by id
+                kind is None and "id" in node and "role" not in node and "content" not in node
+            ):
                 count += 1
-                if inline is not None and kind in _MEDIA:
-                    inline.append((kind == "input_audio", _inline_bytes(node)))
-        elif node.get("audio").__class__ is dict or (
-            # a Responses item reference may leave out its type; a Chat assistant
-            # message may name an earlier audio answer by id
-            kind is None and "id" in node and "role" not in node and "content" not in node
-        ):
-            count += 1
-        for field in ("content", "output"):
-            inner = node.get(field)
-            if inner.__class__ is list or inner.__class__ is dict:
-                count += _parts(inner, inline)
+            for field in ("content", "output"):
+                inner = node.get(field)
+                if inner.__class__ is list or inner.__class__ is dict:
+                    pending.append(inner)
     return count
 
 

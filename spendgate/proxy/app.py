@@ -31,6 +31,7 @@ from spendgate.core.worst_case import (
     expanding_parts,
     expands,
     image_bound,
+    image_estimate,
     marks_cache,
     prompt_bound,
     prompt_estimate,
@@ -113,6 +114,9 @@ class Call(Value, frozen=True):
     started_mono: float
     #: the most it can cost (``core.worst_case``), and the output cap to send upstream
     worst: WorstCase
+    #: a Responses call whose answer the provider stores (``store`` not false): a later
+    #: call may continue it (``proxy.contexts``)
+    stored: bool = False
 
     def subject(self) -> Subject:
         key = self.key
@@ -367,6 +371,7 @@ class ProxyApp:
             now,
             mono,
             worst,
+            endpoint.kind == "response" and payload.get("store") is not False,
         )
 
     def _prompt(
@@ -387,10 +392,16 @@ class ProxyApp:
         estimate, text = len(body) // 4, prompt_bound(body)
         if not expands(payload, kind):
             return estimate, 0, text, False
-        estimate, audio = prompt_estimate(payload, kind, len(body))
+        priced = None if route.price.override is not None else route.price.model
+        estimate, audio, inline = prompt_estimate(payload, kind, len(body), image_estimate(priced))
         window = self._input_bounds[route.name]
         if not window:  # nothing bounds what the provider makes of it
             return estimate, audio, text, False
+        if route.max_input_tokens is not None:
+            # the setting bounds what the provider adds, never the text it can be seen
+            # to carry (its media's inline data aside): else a picture would let any
+            # amount of text through at the setting's hold
+            window = max(window, text - inline // 4)
         if route.max_input_tokens is None and route.price.override is None:  # the data's
             if route.provider.kind == "anthropic" and "context-1m" in headers.get(
                 "anthropic-beta", ""
@@ -400,7 +411,7 @@ class ProxyApp:
             if per_image:
                 window = max(window, per_image * expanding_parts(payload, kind))
         previous = continues(payload, kind)
-        stored = None if previous is None else self._contexts.tokens(previous)
+        stored = None if previous is None else self._contexts.tokens(route.provider.name, previous)
         if stored is None:
             return min(estimate, window), audio, window, True
         bound = min(window, stored + text)
@@ -623,7 +634,7 @@ class ProxyApp:
         usage, answer = usage_from_body(call.endpoint.kind, response.body)
         estimated = usage is None
         if usage is not None and answer is not None:
-            self._contexts.remember(answer, usage)
+            self._remember(call, answer, usage)
         if usage is None:
             usage = TokenUsage(
                 input_tokens=call.worst.usage.input_tokens, output_tokens=len(response.body) // 4
@@ -704,6 +715,12 @@ class ProxyApp:
             if not disconnect.done():
                 disconnect.cancel()
 
+    def _remember(self, call: Call, answer: str, usage: TokenUsage) -> None:
+        """Keep what a stored Responses answer leaves for a call continuing it (its
+        provider's own figure, not one clamped as implausible)."""
+        if call.stored and not usage.implausible:
+            self._contexts.remember(call.route.provider.name, answer, usage)
+
     async def _book_stream(
         self,
         call: Call,
@@ -723,7 +740,7 @@ class ProxyApp:
             status = "client_cancelled"
         usage, estimated = meter.billed(call.worst.usage.input_tokens)
         if meter.response_id is not None and not estimated:
-            self._contexts.remember(meter.response_id, usage)
+            self._remember(call, meter.response_id, usage)
         if worst:
             usage, _ = self._worst(call, usage)
         cost, _ = await self._book(call, guarded, 200, status, usage, estimated)

@@ -17,6 +17,7 @@ from spendgate.core.worst_case import (
     expanding_parts,
     expands,
     image_bound,
+    image_estimate,
     marks_cache,
     prompt_bound,
     prompt_estimate,
@@ -360,7 +361,7 @@ def test_an_images_inline_data_is_estimated_as_an_image_not_as_text() -> None:
     ):
         size = len(orjson.dumps(payload))
         expected = (size - inline) // 4 + images * IMAGE_ESTIMATE
-        assert prompt_estimate(payload, kind, size) == (expected, 0)
+        assert prompt_estimate(payload, kind, size) == (expected, 0, inline)
         assert expected < size // 4 or not images
 
 
@@ -375,7 +376,8 @@ def test_audio_is_estimated_by_its_length_and_held_and_answered_as_audio() -> No
                                      {"type": "input_audio", "input_audio": {
                                          "data": clip, "format": "mp3"}}]}]}  # fmt: skip
     size = len(orjson.dumps(payload))
-    estimate, audio = prompt_estimate(payload, "chat", size)
+    estimate, audio, inline = prompt_estimate(payload, "chat", size)
+    assert inline == len(clip)
     assert audio == len(clip) // AUDIO_BYTES_PER_TOKEN == 100
     assert estimate == (size - len(clip)) // 4 + 100
     worst = worst_case(
@@ -387,3 +389,17 @@ def test_audio_is_estimated_by_its_length_and_held_and_answered_as_audio() -> No
     assert (held.input_tokens, held.input_audio_tokens) == (128_000, 128_000)
     text_only = worst_case({"max_tokens": 50}, "chat", 10, DEFAULT, "openai")
     assert text_only.usage.output_audio_tokens == text_only.usage.input_audio_tokens == 0
+
+
+def test_nesting_of_any_depth_is_read_without_recursion() -> None:
+    """orjson parses 1,024 levels; the walk keeps a stack, so no depth is a 500."""
+    body = b'{"messages":[' + b'{"content":' * 1000 + b'{"type":"image_url"}' + b"}" * 1000
+    payload = orjson.loads(body + b"]}")  # 1,003 levels: each a call when it recursed
+    assert expands(payload, "chat") is True
+
+
+def test_gpt_4o_mini_estimates_an_image_at_what_it_bills_one() -> None:
+    """It bills a 1024-pixel square 25,501 tokens (2,833 + 4 tiles x 5,667), where
+    other models bill about ``IMAGE_ESTIMATE``."""
+    assert image_estimate("gpt-4o-mini") == 25_501
+    assert image_estimate("gpt-4o") == image_estimate(None) == IMAGE_ESTIMATE

@@ -172,7 +172,7 @@ def test_a_tokens_per_minute_limit_counts_the_estimate_not_the_window(
         "/admin/rate-limits",
         {"scope_type": "key", "scope_id": key["id"], "model": "*", "tpm": 5000},
     )
-    raw = chat(gateway, key["key"], True)
+    raw = chat(gateway, key["key"], True, "gpt-4o")
     assert raw.http_response.status_code == 200
     assert int(raw.headers["x-ratelimit-limit-tokens"]) == 5000
     remaining = int(raw.headers["x-ratelimit-remaining-tokens"])
@@ -344,3 +344,42 @@ def test_audio_is_billed_and_held_at_the_models_audio_rates(
             model="gpt-audio", max_tokens=16, messages=[{"role": "user", "content": content}]
         )
     assert "the most gpt-audio can bill it" in refused.value.message
+
+
+def test_a_lower_bound_never_lets_the_requests_own_text_through_unheld(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """``max_input_tokens = 2000`` bounds what the provider adds to a prompt, not the
+    ~80,000 tokens of text the request itself carries: with an image beside that text
+    the call is held at the text, and a $0.003 cap refuses it as it refuses the text
+    alone (held at the setting, it went through and cost four times the cap)."""
+    key = gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="0.003", hard_limit=True)
+    text = "lorem ipsum " * 27_000
+    for content in (
+        [{"type": "text", "text": text}],
+        [{"type": "text", "text": text}, {"type": "image_url", "image_url": {"url": IMAGE_URL}}],
+    ):
+        with pytest.raises(openai.RateLimitError):
+            openai_sdk(gateway, key["key"]).chat.completions.create(
+                model="vision-mini", max_tokens=16, messages=[{"role": "user", "content": content}]
+            )
+    assert forwarded(fake) == 0
+
+
+def test_an_answer_not_stored_is_not_remembered(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """``store: false``: the provider keeps nothing to continue, so the gateway keeps
+    nothing either; a call naming that id is held at the window."""
+    key = gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="0.01", hard_limit=True)
+    client = openai_sdk(gateway, key["key"])
+    first = client.responses.create(
+        model="gpt-4o-mini", max_output_tokens=16, input=TEXT, store=False
+    )
+    with pytest.raises(openai.RateLimitError) as refused:
+        client.responses.create(
+            model="gpt-4o-mini", max_output_tokens=16, input="more", previous_response_id=first.id
+        )
+    assert "held at 128,000 input tokens" in refused.value.message
