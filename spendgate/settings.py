@@ -222,6 +222,8 @@ def _price_ref(name: str, raw: Any, upstream_model: str, provider: ProviderConfi
                     "cache_read_per_mtok",
                     "cache_write_per_mtok",
                     "cache_write_1h_per_mtok",
+                    "input_audio_per_mtok",
+                    "output_audio_per_mtok",
                 )
             },
         )
@@ -604,7 +606,8 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
     ),
     "models.*.price": frozenset({
         "model", "provider", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
-        "cache_write_per_mtok", "cache_write_1h_per_mtok",
+        "cache_write_per_mtok", "cache_write_1h_per_mtok", "input_audio_per_mtok",
+        "output_audio_per_mtok",
     }),
 }  # fmt: skip
 

@@ -27,9 +27,12 @@ decomposes usage into priced units every time); here that is done once per price
 
   Versions a plan cannot express (unknown price key, invalid value) use genai's calc.
 
-Not modelled, because ``TokenUsage`` does not carry them: a separate 5-minute
-cache-write price (``cache_write_5m_mtok``; no model has one, so 5-minute writes pay
-``cache_write_mtok``), audio/image modalities, web searches, and request context price
+Audio input and output (``input_audio_tokens``, ``output_audio_tokens``) are priced at a
+model's audio rates where it has them; cached audio is not told apart from the audio (it
+is billed as audio, a cache read of it as a text cache read). Not modelled, because
+``TokenUsage`` does not carry them: a separate 5-minute cache-write price
+(``cache_write_5m_mtok``; no model has one, so 5-minute writes pay
+``cache_write_mtok``), image modalities, web searches, and request context price
 variants (service tiers such as flex/priority).
 
 Weird usage never raises; it is clamped first (and priced as clamped): negative counts
@@ -86,7 +89,7 @@ class PriceOverride:
     A missing cache price bills those tokens at the input price (genai-prices' rule for
     an unpriced cache unit), and a missing 1-hour cache-write price bills the 1-hour
     writes as any cache write (``cache_write_per_mtok``, else the input price). Reasoning
-    tokens are billed as output.
+    tokens are billed as output; without audio prices, audio is billed as text.
     """
 
     input_per_mtok: Decimal
@@ -94,6 +97,8 @@ class PriceOverride:
     cache_read_per_mtok: Decimal | None = None
     cache_write_per_mtok: Decimal | None = None
     cache_write_1h_per_mtok: Decimal | None = None
+    input_audio_per_mtok: Decimal | None = None
+    output_audio_per_mtok: Decimal | None = None
 
     def __post_init__(self) -> None:
         for price in (
@@ -102,6 +107,8 @@ class PriceOverride:
             self.cache_read_per_mtok,
             self.cache_write_per_mtok,
             self.cache_write_1h_per_mtok,
+            self.input_audio_per_mtok,
+            self.output_audio_per_mtok,
         ):
             if price is not None and not (price.is_finite() and price >= 0):
                 raise ValueError(f"price must be a finite non-negative Decimal, got {price!r}")
@@ -288,6 +295,10 @@ def _override_model_price(override: PriceOverride) -> ModelPrice:
         # means the 5-minute writes pay the input price, which is what this says
         prices.setdefault("cache_write_mtok", override.input_per_mtok)
         prices["cache_write_1h_mtok"] = override.cache_write_1h_per_mtok
+    if override.input_audio_per_mtok is not None:
+        prices["input_audio_mtok"] = override.input_audio_per_mtok
+    if override.output_audio_per_mtok is not None:
+        prices["output_audio_mtok"] = override.output_audio_per_mtok
     return ModelPrice(**prices)
 
 

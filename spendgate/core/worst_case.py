@@ -102,8 +102,10 @@ class WorstCase(Value, frozen=True):
         bound = self.input_bound
         if bound is None or (bound <= self.usage.input_tokens and not self.expanded):
             return self.usage, self.cached
-        heard = bound if self.expanded and self.usage.input_audio_tokens else 0
-        usage = msgspec.structs.replace(self.usage, input_tokens=bound, input_audio_tokens=heard)
+        heard = self.usage.input_audio_tokens
+        usage = msgspec.structs.replace(
+            self.usage, input_tokens=bound, input_audio_tokens=bound if heard else 0
+        )
         cached = self.cached
         if cached is not None:
             cached = msgspec.structs.replace(
@@ -314,6 +316,8 @@ def prompt_estimate(
     expanding_parts(payload, kind, media)
     images = sum(1 for audio, _ in media if not audio)
     heard = sum(inline for audio, inline in media if audio) // AUDIO_BYTES_PER_TOKEN
+    if any(audio for audio, _ in media):  # audio by id has no length to read: one token
+        heard = max(heard, 1)  # at least, so that it is held as audio
     inline = sum(inline for _, inline in media)
     return max(0, size - inline) // 4 + images * per_image + heard, heard, inline
 
@@ -372,9 +376,11 @@ def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:
                     count += 1
                     if inline is not None and kind in _MEDIA:
                         inline.append((kind == "input_audio", _inline_bytes(node)))
-            elif node.get("audio").__class__ is dict or (
-                # a Responses item reference may leave out its type; a Chat assistant
-                # message may name an earlier audio answer by id
+            elif node.get("audio").__class__ is dict:  # an earlier audio answer, by id
+                count += 1
+                if inline is not None:
+                    inline.append((True, 0))
+            elif (  # a Responses item reference may leave out its type
                 kind is None and "id" in node and "role" not in node and "content" not in node
             ):
                 count += 1

@@ -398,10 +398,10 @@ class ProxyApp:
         if not window:  # nothing bounds what the provider makes of it
             return estimate, audio, text, False
         if route.max_input_tokens is not None:
-            # the setting bounds what the provider adds, never the text it can be seen
-            # to carry (its media's inline data aside): else a picture would let any
-            # amount of text through at the setting's hold
-            window = max(window, text - inline // 4)
+            # the setting bounds what the provider adds to the text the request can be
+            # seen to carry (its media's inline data aside): else a picture would let
+            # any amount of text through at the setting's hold
+            window += max(0, text - inline // 4)
         if route.max_input_tokens is None and route.price.override is None:  # the data's
             if route.provider.kind == "anthropic" and "context-1m" in headers.get(
                 "anthropic-beta", ""

@@ -441,3 +441,22 @@ def test_audio_tokens_are_priced_at_the_models_audio_rates(table: PriceTable) ->
     audio = Decimal("0.4") * Decimal(32) + Decimal("0.25") * Decimal(64)
     assert priced.cost_nanos == usd_to_nanos(text + audio)
     assert priced.cost_nanos == genai_nanos(usage, "gpt-audio", "openai")
+
+
+def test_an_override_can_price_audio(table: PriceTable) -> None:
+    """gpt-4o-audio-preview has no audio prices in the data (OpenAI bills its audio at
+    $40 / $80 per million): an override says them; without, audio is billed as text."""
+    usage = TokenUsage(
+        input_tokens=1_000_000, output_tokens=1_000_000,
+        input_audio_tokens=500_000, output_audio_tokens=1_000_000,
+    )  # fmt: skip
+    audio = PriceOverride(
+        Decimal("2.5"), Decimal(10),
+        input_audio_per_mtok=Decimal(40), output_audio_per_mtok=Decimal(80),
+    )  # fmt: skip
+    priced = table.price(PriceRef("gpt-4o-audio-preview", None, audio), usage, AT)
+    assert priced.cost_nanos == usd_to_nanos(Decimal("1.25") + Decimal(20) + Decimal(80))
+    text = PriceOverride(Decimal("2.5"), Decimal(10))
+    assert table.price(PriceRef("m", None, text), usage, AT).cost_nanos == usd_to_nanos(
+        Decimal("12.5")
+    )

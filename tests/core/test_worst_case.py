@@ -403,3 +403,17 @@ def test_gpt_4o_mini_estimates_an_image_at_what_it_bills_one() -> None:
     other models bill about ``IMAGE_ESTIMATE``."""
     assert image_estimate("gpt-4o-mini") == 25_501
     assert image_estimate("gpt-4o") == image_estimate(None) == IMAGE_ESTIMATE
+
+
+def test_an_earlier_audio_answer_by_id_is_held_as_audio() -> None:
+    """It has no bytes to estimate, but the provider bills it as audio input."""
+    payload = {"messages": [{"role": "assistant", "audio": {"id": "audio_1"}},
+                            {"role": "user", "content": "and?"}]}  # fmt: skip
+    estimate, audio, inline = prompt_estimate(payload, "chat", 100)
+    assert (audio, inline) == (1, 0)
+    worst = worst_case(
+        payload, "chat", estimate, DEFAULT, "openai",
+        input_bound=128_000, expanded=True, audio=audio,
+    )  # fmt: skip
+    held, _ = worst.held()
+    assert held.input_audio_tokens == held.input_tokens == 128_000

@@ -88,12 +88,13 @@ def test_price_overrides_take_every_cache_rate(tmp_path: Path) -> None:
     config = tmp_path / "c.toml"
     rates = (
         'input_per_mtok = "5", output_per_mtok = "25", cache_read_per_mtok = "0.5", '
-        'cache_write_per_mtok = "6.25", cache_write_1h_per_mtok = "10"'
+        'cache_write_per_mtok = "6.25", cache_write_1h_per_mtok = "10", '
+        'input_audio_per_mtok = "40", output_audio_per_mtok = "80"'
     )
     config.write_text(SIM + f'[models.m]\nprovider = "sim"\nprice = {{ {rates} }}\n')
     ref = load_settings(config_path=str(config), env={}).models["m"].price
     D = Decimal
-    assert ref.override == PriceOverride(D(5), D(25), D("0.5"), D("6.25"), D(10))
+    assert ref.override == PriceOverride(D(5), D(25), D("0.5"), D("6.25"), D(10), D(40), D(80))
     assert unknown_config_keys(str(config)) == []
     config.write_text(
         SIM + '[models.m]\nprovider = "sim"\n'
