@@ -334,7 +334,9 @@ def test_fail_open_a_call_still_writing_its_row_when_redis_returns_is_caught_up(
                 assert chat(gw, key["key"]).status_code == 200  # the probe: Redis back
                 release.set()
                 assert held.result(30).status_code == 200
-            assert gw.get("/readyz")["redis_buckets_behind"] == 1
+            # behind again once the row is written; the housekeeping loop (real time) may
+            # already have caught it up by now on a busy machine: the end state decides
+            assert gw.get("/readyz")["redis_buckets_behind"] in (0, 1)
             guard = gw.app.services.guard
             assert guard is not None
             advance(started, 0.5)  # the ledger side of a catch-up: calls started before now
