@@ -224,6 +224,7 @@ def _price_ref(name: str, raw: Any, upstream_model: str, provider: ProviderConfi
                     "cache_write_1h_per_mtok",
                     "input_audio_per_mtok",
                     "output_audio_per_mtok",
+                    "web_search_per_thousand",
                 )
             },
         )
@@ -607,7 +608,7 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
     "models.*.price": frozenset({
         "model", "provider", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
         "cache_write_per_mtok", "cache_write_1h_per_mtok", "input_audio_per_mtok",
-        "output_audio_per_mtok",
+        "output_audio_per_mtok", "web_search_per_thousand",
     }),
 }  # fmt: skip
 

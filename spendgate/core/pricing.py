@@ -32,8 +32,12 @@ model's audio rates where it has them; cached audio is not told apart from the a
 is billed as audio, a cache read of it as a text cache read). Not modelled, because
 ``TokenUsage`` does not carry them: a separate 5-minute cache-write price
 (``cache_write_5m_mtok``; no model has one, so 5-minute writes pay
-``cache_write_mtok``), image modalities, web searches, and request context price
-variants (service tiers such as flex/priority).
+``cache_write_mtok``), image modalities, other per-use tool fees (file search, code
+execution), and request context price variants (service tiers such as flex/priority).
+
+Web searches (``web_searches``) are priced per search at the model's
+``web_searches_kcount`` (USD per thousand searches; $10 on OpenAI's and Anthropic's
+models), a term of its own like the tokens'.
 
 Weird usage never raises; it is clamped first (and priced as clamped): negative counts
 become 0, ``cache_read <= input``, ``cache_write <= input - cache_read``,
@@ -72,13 +76,14 @@ _REPORTED = (
     "cache_write_1h_tokens",
     "input_audio_tokens",
     "output_audio_tokens",
+    "web_searches",
 )
 _REGISTRY = UnitRegistry(unit_data)
 _REQUESTS = "requests"
 #: Lookup caches are cleared past this size so arbitrary model names cannot grow them.
 _MAX_CACHED = 4096
 
-_Counts = tuple[int, int, int, int, int, int, int, int]
+_Counts = tuple[int, int, int, int, int, int, int, int, int]
 _Price = Decimal | TieredPrices
 
 
@@ -89,7 +94,8 @@ class PriceOverride:
     A missing cache price bills those tokens at the input price (genai-prices' rule for
     an unpriced cache unit), and a missing 1-hour cache-write price bills the 1-hour
     writes as any cache write (``cache_write_per_mtok``, else the input price). Reasoning
-    tokens are billed as output; without audio prices, audio is billed as text.
+    tokens are billed as output; without audio prices, audio is billed as text. Web
+    searches cost ``web_search_per_thousand`` USD per thousand (none given: nothing).
     """
 
     input_per_mtok: Decimal
@@ -99,6 +105,7 @@ class PriceOverride:
     cache_write_1h_per_mtok: Decimal | None = None
     input_audio_per_mtok: Decimal | None = None
     output_audio_per_mtok: Decimal | None = None
+    web_search_per_thousand: Decimal | None = None
 
     def __post_init__(self) -> None:
         for price in (
@@ -109,6 +116,7 @@ class PriceOverride:
             self.cache_write_1h_per_mtok,
             self.input_audio_per_mtok,
             self.output_audio_per_mtok,
+            self.web_search_per_thousand,
         ):
             if price is not None and not (price.is_finite() and price >= 0):
                 raise ValueError(f"price must be a finite non-negative Decimal, got {price!r}")
@@ -180,6 +188,7 @@ class _Plan:
             + c[5] * counts[5]
             + c[6] * counts[6]
             + c[7] * counts[7]
+            + c[8] * counts[8]
         ) * self.mult
         if self.div == 1:
             return total
@@ -265,9 +274,10 @@ def _compile_plan(model_price: ModelPrice) -> _Plan | None:
                     for v, leaf in zip(vector, leaves[unit.usage_key], strict=True)
                 ]
         consts.append(const)
-        coefs.append(
-            (vector[0], vector[1], vector[2], vector[3], vector[4], vector[5], vector[6], vector[7])
-        )
+        coefs.append((
+            vector[0], vector[1], vector[2], vector[3], vector[4], vector[5], vector[6],
+            vector[7], vector[8],
+        ))  # fmt: skip
     denominator = 10**scale * per_lcm
     common = gcd(NANOS_PER_USD, denominator)
     return _Plan(
@@ -299,6 +309,8 @@ def _override_model_price(override: PriceOverride) -> ModelPrice:
         prices["input_audio_mtok"] = override.input_audio_per_mtok
     if override.output_audio_per_mtok is not None:
         prices["output_audio_mtok"] = override.output_audio_per_mtok
+    if override.web_search_per_thousand is not None:
+        prices["web_searches_kcount"] = override.web_search_per_thousand
     return ModelPrice(**prices)
 
 
@@ -322,7 +334,8 @@ def clamp_usage(usage: TokenUsage) -> _Counts:
     spoken = usage.output_audio_tokens
     rest = out - reasoning
     spoken = 0 if spoken < 0 else rest if spoken > rest else spoken
-    return inp, out, read, write, reasoning, one_hour, heard, spoken
+    searches = usage.web_searches if usage.web_searches > 0 else 0
+    return inp, out, read, write, reasoning, one_hour, heard, spoken, searches
 
 
 class PriceTable:

@@ -10,6 +10,10 @@ the part of ``output_tokens`` the model spent thinking (billed as output), also 
 provider reported it apart from its completion tokens. ``input_audio_tokens`` and
 ``output_audio_tokens`` are the parts of the prompt and of the output that were audio
 (OpenAI's ``audio_tokens`` details), priced at a model's audio rates where it has them.
+``web_searches`` counts the web searches a server-side search tool ran for the call,
+which providers bill per search beside the tokens (Anthropic's
+``server_tool_use.web_search_requests``; each ``web_search_call`` item of a Responses
+answer's output, ``searches_in``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ class TokenUsage(Value, frozen=True):
     #: the audio part of ``input_tokens`` and of ``output_tokens``
     input_audio_tokens: int = 0
     output_audio_tokens: int = 0
+    #: web searches run by a server-side tool, billed per search
+    web_searches: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -58,6 +64,7 @@ def plausible(usage: TokenUsage) -> TokenUsage:
         usage.cache_write_1h_tokens,
         usage.input_audio_tokens,
         usage.output_audio_tokens,
+        usage.web_searches,
     )
     if max(figures) <= MAX_TOKENS_PER_CALL:
         return usage
@@ -73,6 +80,7 @@ def plausible(usage: TokenUsage) -> TokenUsage:
         implausible=True,
         input_audio_tokens=min(usage.input_audio_tokens, cap),
         output_audio_tokens=min(usage.output_audio_tokens, cap),
+        web_searches=min(usage.web_searches, cap),
     )
 
 
@@ -80,8 +88,19 @@ def _int(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
 
 
-def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
-    """Chat/completions (``prompt_tokens``…) and Responses (``input_tokens``…) shapes."""
+def searches_in(output: Any) -> int:
+    """The web searches a Responses answer ran: its ``web_search_call`` output items
+    (OpenAI bills each call; the usage object does not count them)."""
+    if output.__class__ is not list:
+        return 0
+    return sum(
+        1 for item in output if item.__class__ is dict and item.get("type") == "web_search_call"
+    )
+
+
+def from_openai(usage: dict[str, Any] | None, searches: int = 0) -> TokenUsage | None:
+    """Chat/completions (``prompt_tokens``…) and Responses (``input_tokens``…) shapes;
+    ``searches``: the web searches the answer ran (``searches_in`` its output)."""
     if not isinstance(usage, dict):
         return None
     if "prompt_tokens" in usage or "completion_tokens" in usage:
@@ -112,6 +131,7 @@ def from_openai(usage: dict[str, Any] | None) -> TokenUsage | None:
             reasoning_tokens=min(reasoning, output),
             input_audio_tokens=min(heard, prompt),
             output_audio_tokens=min(spoken, output),
+            web_searches=searches,
         )
     )
 
@@ -127,7 +147,8 @@ def from_anthropic(
     or sends as null keeps the earlier value (a delta with ``input_tokens`` alone must not
     drop the cache reads message_start reported). ``cache_creation``'s
     ``ephemeral_1h_input_tokens`` is the 1-hour part of the writes, kept the same way and
-    held to the writes it is part of.
+    held to the writes it is part of; ``server_tool_use.web_search_requests``, the web
+    searches, the same way.
     """
     if not isinstance(usage, dict):
         return base
@@ -140,6 +161,10 @@ def from_anthropic(
         one_hour = _figure(split, "ephemeral_1h_input_tokens", one_hour)
     uncached = prev.input_tokens - prev.cache_read_tokens - prev.cache_write_tokens
     uncached = _figure(usage, "input_tokens", uncached)
+    searches = prev.web_searches
+    tools = usage.get("server_tool_use")
+    if isinstance(tools, dict):
+        searches = _figure(tools, "web_search_requests", searches)
     return plausible(
         TokenUsage(
             input_tokens=uncached + read + write,
@@ -148,6 +173,7 @@ def from_anthropic(
             cache_write_tokens=write,
             cache_write_1h_tokens=min(one_hour, write),
             implausible=prev.implausible,
+            web_searches=searches,
         )
     )
 

@@ -43,8 +43,14 @@ against, so the worst case has to bound what the provider will bill:
 * **embeddings**: input only.
 * at most ``MAX_TOKENS_PER_CALL`` output tokens, the most any call is recorded with.
 
-Built-in tool fees billed per use (web search, code interpreter sessions) are not
-token usage and are not in the price table; they are not part of the worst case.
+* **web searches** (``searches_bound``), billed per search beside the tokens: a
+  Responses request with a web search tool may run ``max_tool_calls`` of them, an
+  Anthropic one ``max_uses`` per web search tool; where the request sets no limit,
+  ``SEARCHES_HELD`` are assumed (not sent upstream: the call is billed the searches
+  the provider reports, as any usage).
+
+Other built-in tool fees billed per use (file search, code interpreter sessions) are
+not in the price data; they are not part of the worst case.
 """
 
 from __future__ import annotations
@@ -61,6 +67,11 @@ from spendgate.core.value import Value
 MAX_CHOICES = 128
 #: the most ``best_of`` legacy Completions accepts
 MAX_BEST_OF = 20
+
+#: the web searches a request with a web search tool and no limit on them is held for:
+#: Anthropic's server-side loop pauses after 10 iterations (``pause_turn``); OpenAI
+#: states no limit. An assumption, as ``default_max_tokens`` is, but not sent upstream
+SEARCHES_HELD = 10
 
 #: the fields that cap output, in the order they are read, per request kind
 CAP_FIELDS: dict[str, tuple[str, ...]] = {
@@ -196,6 +207,7 @@ def worst_case(
     # no call is ever recorded above MAX_TOKENS_PER_CALL (``usage.plausible``), so no
     # worst case needs to be: it keeps every hold far inside the counters' exact range
     output = min(cap * answers(payload, kind), MAX_TOKENS_PER_CALL)
+    searches = searches_bound(payload, kind)
     modalities = payload.get("modalities") if kind == "chat" else None
     spoken = output if modalities.__class__ is list and "audio" in modalities else 0
     usage = TokenUsage(
@@ -203,6 +215,7 @@ def worst_case(
         output_tokens=output,
         input_audio_tokens=min(audio, prompt),
         output_audio_tokens=spoken,
+        web_searches=searches,
     )
     cached = None
     if cache_writes and kind == "message":
@@ -211,8 +224,29 @@ def worst_case(
             output_tokens=output,
             cache_write_tokens=prompt,
             cache_write_1h_tokens=prompt,
+            web_searches=searches,
         )
     return WorstCase(usage, send, cached, input_bound, expanded)
+
+
+def searches_bound(payload: Mapping[str, Any], kind: str) -> int:
+    """The web searches a request's web search tools may run (the module docstring): 0
+    without one; 400 for a ``max_tool_calls`` that is not a whole number."""
+    tools = payload.get("tools") if kind in ("response", "message") else None
+    if tools.__class__ is not list:
+        return 0
+    searching = [tool for tool in tools if _searches(tool)]
+    if not searching:
+        return 0
+    if kind == "response":
+        limit = _whole(payload, "max_tool_calls", 0, None)
+        return SEARCHES_HELD if limit is None else min(limit, MAX_TOKENS_PER_CALL)
+    held = 0
+    for tool in searching:  # the provider refuses a max_uses that is not a whole number
+        uses = tool.get("max_uses")
+        whole = uses.__class__ is int and uses > 0
+        held += uses if whole else SEARCHES_HELD
+    return min(held, MAX_TOKENS_PER_CALL)
 
 
 def marks_cache(payload: Any, body: bytes) -> bool:
@@ -348,6 +382,11 @@ def continues(payload: Mapping[str, Any], kind: str) -> str | None:
     if not isinstance(previous, str) or not previous:
         return None
     return None if expands({**payload, "previous_response_id": None}, kind) else previous
+
+
+def _searches(tool: object) -> bool:
+    kind = tool.get("type") if isinstance(tool, dict) else None
+    return isinstance(kind, str) and kind.startswith("web_search")
 
 
 def _expanding_tool(tool: object) -> bool:

@@ -25,6 +25,7 @@ from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 from spendgate.core.worst_case import (
+    SEARCHES_HELD,
     BadField,
     WorstCase,
     continues,
@@ -433,6 +434,13 @@ class ProxyApp:
             money = not isinstance(refused, RateLimited) or refused.denial.check.kind == "spend"
             if money and call.worst.expanded and bound is not None:
                 refused.message += self._why_held(call, bound)
+            searches = call.worst.usage.web_searches
+            if money and searches:
+                refused.message += (
+                    f"; it is held for {searches:,} web searches, billed per search (the "
+                    "request's max_uses / max_tool_calls, else "
+                    f"{SEARCHES_HELD}: set one to hold fewer)"
+                )
             raise
 
     def _why_held(self, call: Call, bound: int) -> str:

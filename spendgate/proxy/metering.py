@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 import orjson
 
-from spendgate.core.usage import TokenUsage, from_anthropic, from_openai
+from spendgate.core.usage import TokenUsage, from_anthropic, from_openai, searches_in
 
 
 def usage_from_body(kind: str, body: bytes) -> tuple[TokenUsage | None, str | None]:
@@ -28,8 +28,11 @@ def usage_from_body(kind: str, body: bytes) -> tuple[TokenUsage | None, str | No
         return None, None
     if kind == "message":
         return from_anthropic(payload.get("usage")), None
-    answer = payload.get("id") if kind == "response" else None
-    return from_openai(payload.get("usage")), answer if isinstance(answer, str) else None
+    if kind != "response":
+        return from_openai(payload.get("usage")), None
+    answer = payload.get("id")
+    usage = from_openai(payload.get("usage"), searches_in(payload.get("output")))
+    return usage, answer if isinstance(answer, str) else None
 
 
 def _data(event: bytes) -> bytes | None:
@@ -198,11 +201,13 @@ class StreamMeter:
         kind = payload.get("type")
         if kind in _RESPONSE_ENDS:
             response = payload.get("response")
-            usage = response.get("usage") if isinstance(response, dict) else None
-            answer = response.get("id") if isinstance(response, dict) else None
+            if not isinstance(response, dict):
+                response = {}
+            usage = response.get("usage")
+            answer = response.get("id")
             self.response_id = answer if isinstance(answer, str) else None
             if usage is not None:
-                self.usage = from_openai(usage)
+                self.usage = from_openai(usage, searches_in(response.get("output")))
                 self.final = self.usage is not None
             self.done = True
             self.failed = self.failed or kind == "response.failed"

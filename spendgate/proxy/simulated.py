@@ -22,6 +22,10 @@ Test knobs, read from the prompt text and ignored otherwise:
 * ``[[cache_write:N]]``  (Anthropic) N prompt tokens were written to the cache.
 * ``[[cache_write_1h:N]]`` (Anthropic) N of those writes were to the 1-hour cache (capped at
   the writes; the rest went to the 5-minute one), reported in ``usage.cache_creation``.
+* ``[[searches:N]]``     a request that offers a web search tool ran N web searches (at
+  most its ``max_uses`` / ``max_tool_calls``): Anthropic reports them in
+  ``usage.server_tool_use.web_search_requests``, the Responses API as ``web_search_call``
+  items before the answer in its output.
 
 ``n`` (Chat Completions, Completions) and ``best_of`` (Completions) are honoured the
 way the provider bills them: every answer generated counts in the completion tokens.
@@ -43,7 +47,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.core.worst_case import expanding_parts
+from spendgate.core.worst_case import expanding_parts, searches_bound
 from spendgate.errors import InvalidRequest
 from spendgate.proxy.simulated_shapes import TEXT, Shape, document, shape_of
 
@@ -54,7 +58,7 @@ _WORDS = (
     "budget", "token", "gateway", "ledger", "forecast", "cache", "model", "spend",
     "alert", "window", "quota", "price", "stream", "usage", "limit", "audit",
 )  # fmt: skip
-_KNOB = re.compile(r"\[\[(cached|reasoning|cache_write_1h|cache_write):(\d+)\]\]")
+_KNOB = re.compile(r"\[\[(cached|reasoning|cache_write_1h|cache_write|searches):(\d+)\]\]")
 _CHAT_PATHS = ("/chat/completions", "/completions")
 #: the prompt tokens of an image, file or audio part (a 1024x1024 image at high detail
 #: on gpt-4o)
@@ -83,6 +87,8 @@ class Reply:
     #: the audio parts of the prompt and of the completion (Chat Completions)
     prompt_audio_tokens: int = 0
     completion_audio_tokens: int = 0
+    #: web searches a server-side search tool ran
+    web_searches: int = 0
 
     @property
     def text(self) -> str:
@@ -244,7 +250,7 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
             completion_audio_tokens=reply.completion_tokens if spoken else 0,
         )
     if path not in _CHAT_PATHS:
-        return reply
+        return _searched(reply, texts, body, "response")
     n = _count(body, "n")
     generated = max(n, _count(body, "best_of")) if path == "/completions" else n
     return replace(
@@ -260,7 +266,19 @@ def anthropic_reply(body: dict[str, Any]) -> Reply:
     """The simulated answer to an Anthropic Messages request."""
     texts = _anthropic_prompt(body)
     media = expanding_parts(body, "message")
-    return _reply(body["model"], texts, _cap(body), shape_of("anthropic", body), media)
+    reply = _reply(body["model"], texts, _cap(body), shape_of("anthropic", body), media)
+    return _searched(reply, texts, body, "message")
+
+
+def _searched(reply: Reply, texts: list[str], body: dict[str, Any], kind: str) -> Reply:
+    """``reply`` with the searches the ``[[searches:N]]`` knob asks for, as many as the
+    request's web search tools allow."""
+    searches = _knob(texts, "searches")
+    return (
+        replace(reply, web_searches=min(searches, searches_bound(body, kind)))
+        if searches
+        else reply
+    )
 
 
 # ----------------------------------------------------------------------------- OpenAI
@@ -343,6 +361,15 @@ def _output_message(r: Reply, done: bool) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def _searches(r: Reply) -> list[dict[str, Any]]:
+    """The ``web_search_call`` items of a Responses answer that searched."""
+    return [
+        {"type": "web_search_call", "id": f"ws_{r.key[:20]}{n:04d}", "status": "completed",
+         "action": {"type": "search", "query": "simulated"}}
+        for n in range(r.web_searches)
+    ]  # fmt: skip
+
+
 def _response_object(r: Reply, body: dict[str, Any], done: bool = True) -> dict[str, Any]:
     status = ("incomplete" if r.truncated else "completed") if done else "in_progress"
     incomplete = {"reason": "max_output_tokens"} if done and r.truncated else None
@@ -351,7 +378,7 @@ def _response_object(r: Reply, body: dict[str, Any], done: bool = True) -> dict[
         "status": status, "error": None, "incomplete_details": incomplete,
         "instructions": body.get("instructions"),
         "max_output_tokens": body.get("max_output_tokens"),
-        "model": r.model, "output": [_output_message(r, True)] if done else [],
+        "model": r.model, "output": [*_searches(r), _output_message(r, True)] if done else [],
         "parallel_tool_calls": True, "previous_response_id": None, "reasoning": {"effort": None},
         "temperature": 1.0, "text": body.get("text") or {"format": {"type": "text"}},
         "tool_choice": body.get("tool_choice") or "auto", "tools": body.get("tools") or [],
@@ -506,7 +533,7 @@ def openai_stream(path: str, body: dict[str, Any]) -> list[bytes]:
 
 
 def _anthropic_usage(r: Reply, output_tokens: int) -> dict[str, Any]:
-    return {
+    usage = {
         "input_tokens": r.prompt_tokens - r.cached_tokens - r.cache_write_tokens,
         "cache_creation_input_tokens": r.cache_write_tokens,
         "cache_read_input_tokens": r.cached_tokens,
@@ -516,6 +543,12 @@ def _anthropic_usage(r: Reply, output_tokens: int) -> dict[str, Any]:
         },
         "output_tokens": output_tokens,
     }
+    return {**usage, **_server_tools(r)}
+
+
+def _server_tools(r: Reply) -> dict[str, Any]:
+    """The ``server_tool_use`` usage of a reply that searched (none without searches)."""
+    return {"server_tool_use": {"web_search_requests": r.web_searches}} if r.web_searches else {}
 
 
 def _stop_reason(r: Reply) -> str:
@@ -561,7 +594,7 @@ def anthropic_stream(body: dict[str, Any]) -> list[bytes]:
           for p in r.pieces),
         {"type": "content_block_stop", "index": 0},
         {"type": "message_delta", "delta": {"stop_reason": _stop_reason(r), "stop_sequence": None},
-         "usage": {"output_tokens": r.completion_tokens}},
+         "usage": {"output_tokens": r.completion_tokens, **_server_tools(r)}},
         {"type": "message_stop"},
     ]  # fmt: skip
     return [_sse(e, e["type"]) for e in events]

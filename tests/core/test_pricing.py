@@ -45,6 +45,7 @@ def genai_nanos(usage: TokenUsage, model: str, provider: str, at: datetime = AT)
                 "cache_write_1h_tokens",
                 "input_audio_tokens",
                 "output_audio_tokens",
+                "web_searches",
             ),
             clamp_usage(usage),
             strict=True,
@@ -203,7 +204,8 @@ def test_popular_models_take_the_fast_path(model: str, provider: str) -> None:
 
 
 def test_every_price_version_in_the_data_matches_genai() -> None:
-    """Every price version in the bundled data either falls back or prices like genai."""
+    """Every price version in the bundled data either falls back or prices like genai,
+    web searches (``web_searches_kcount``) included."""
     rng = random.Random(20251101)
     checked = 0
     for provider in data_snapshot.get_snapshot().providers:
@@ -225,6 +227,7 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
                 counts = (
                     inp, out, read, write, reasoning, rng.randint(0, write),
                     rng.randint(0, inp - read - write), rng.randint(0, out - reasoning),
+                    rng.choice([0, rng.randint(1, 50)]),
                 )  # fmt: skip
                 usage = Usage(
                     input_tokens=inp,
@@ -236,6 +239,7 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
                     input_audio_tokens=counts[6],
                     output_audio_tokens=counts[7],
                     cache_audio_read_tokens=0,
+                    web_searches=counts[8],
                 )
                 assert plan.nanos(counts) == usd_to_nanos(version.calc_price(usage)["total_price"])
                 checked += 1
@@ -245,14 +249,20 @@ def test_every_price_version_in_the_data_matches_genai() -> None:
 @settings(max_examples=200, deadline=None)
 @given(
     model=st.sampled_from(PROPERTY_MODELS),
-    counts=st.tuples(*[st.integers(-1_000, 3_000_000)] * 8),
+    counts=st.tuples(*[st.integers(-1_000, 3_000_000)] * 8, st.integers(-5, 500)),
 )
 def test_weird_usage_never_raises_and_is_priced_clamped(
     model: tuple[str, str], counts: tuple[int, ...]
 ) -> None:
     """Negative counts, cache > input, reasoning > output, 1-hour writes > writes, audio
-    beyond what the cache and reasoning leave: clamped, priced, never raised."""
-    usage = TokenUsage(*counts[:6], input_audio_tokens=counts[6], output_audio_tokens=counts[7])
+    beyond what the cache and reasoning leave, negative searches: clamped, priced, never
+    raised."""
+    usage = TokenUsage(
+        *counts[:6],
+        input_audio_tokens=counts[6],
+        output_audio_tokens=counts[7],
+        web_searches=counts[8],
+    )
     priced = PriceTable().price(PriceRef(*model), usage, AT)
     assert priced.cost_nanos == genai_nanos(usage, *model)  # genai would raise unclamped
     assert priced.cost_nanos >= 0
@@ -261,11 +271,12 @@ def test_weird_usage_never_raises_and_is_priced_clamped(
 def test_clamp_rules() -> None:
     """Cache reads are capped by input, writes by what reads left, reasoning by output,
     1-hour writes by the writes."""
-    assert clamp_usage(TokenUsage(100, 10, 80, 50, 20, 30)) == (100, 10, 80, 20, 10, 20, 0, 0)
-    assert clamp_usage(TokenUsage(-5, -1, 3, -2, -4, -6)) == (0, 0, 0, 0, 0, 0, 0, 0)
-    assert clamp_usage(TokenUsage(100, 10, 30, 20, 5, 15)) == (100, 10, 30, 20, 5, 15, 0, 0)
+    assert clamp_usage(TokenUsage(100, 10, 80, 50, 20, 30)) == (100, 10, 80, 20, 10, 20, 0, 0, 0)
+    assert clamp_usage(TokenUsage(-5, -1, 3, -2, -4, -6)) == (0, 0, 0, 0, 0, 0, 0, 0, 0)
+    assert clamp_usage(TokenUsage(100, 10, 30, 20, 5, 15)) == (100, 10, 30, 20, 5, 15, 0, 0, 0)
+    assert clamp_usage(TokenUsage(web_searches=-3))[8] == 0
     audio = TokenUsage(100, 10, 30, 20, 4, 0, input_audio_tokens=90, output_audio_tokens=9)
-    assert clamp_usage(audio)[6:] == (50, 6)  # what the cache and the reasoning leave
+    assert clamp_usage(audio)[6:8] == (50, 6)  # what the cache and the reasoning leave
 
 
 def test_override_wins_and_bills_cache_at_its_own_rates(table: PriceTable) -> None:

@@ -6,7 +6,13 @@ from typing import Any
 
 import pytest
 
-from spendgate.core.usage import MAX_TOKENS_PER_CALL, TokenUsage, from_anthropic, from_openai
+from spendgate.core.usage import (
+    MAX_TOKENS_PER_CALL,
+    TokenUsage,
+    from_anthropic,
+    from_openai,
+    searches_in,
+)
 
 #: message_start's usage: 100 uncached, 1,000 read from the cache, 200 written to it
 START = {
@@ -222,3 +228,34 @@ def test_an_implausible_one_hour_figure_is_clamped() -> None:
     assert usage is not None
     assert usage.implausible
     assert usage.cache_write_1h_tokens == usage.cache_write_tokens == MAX_TOKENS_PER_CALL
+
+
+def test_anthropic_web_searches_are_read_and_kept_by_a_later_delta() -> None:
+    """``server_tool_use.web_search_requests`` is the searches; a ``message_delta``
+    without it keeps what ``message_start`` said, one with it replaces it; a figure that
+    is not a count is none."""
+    start = from_anthropic({"input_tokens": 10, "server_tool_use": {"web_search_requests": 2}})
+    assert start is not None and start.web_searches == 2
+    kept = from_anthropic({"output_tokens": 5}, start)
+    assert kept is not None and kept.web_searches == 2
+    raised = from_anthropic({"server_tool_use": {"web_search_requests": 3}}, start)
+    assert raised is not None and raised.web_searches == 3
+    bad = from_anthropic({"input_tokens": 1, "server_tool_use": {"web_search_requests": "9"}})
+    assert bad is not None and bad.web_searches == 0
+    huge = from_anthropic({"server_tool_use": {"web_search_requests": MAX_TOKENS_PER_CALL + 1}})
+    assert huge is not None and huge.web_searches == MAX_TOKENS_PER_CALL and huge.implausible
+
+
+def test_responses_web_search_calls_are_counted_from_the_output() -> None:
+    """Each ``web_search_call`` item of a Responses answer's output is a search; other
+    items, and an output that is not a list, count none."""
+    output = [
+        {"type": "web_search_call", "status": "completed"},
+        {"type": "message", "content": []},
+        {"type": "web_search_call", "status": "completed"},
+        "junk",
+    ]
+    assert searches_in(output) == 2
+    assert searches_in({"type": "web_search_call"}) == 0
+    usage = from_openai({"input_tokens": 5, "output_tokens": 1}, searches_in(output))
+    assert usage is not None and usage.web_searches == 2

@@ -12,6 +12,7 @@ from spendgate.core.usage import TokenUsage
 from spendgate.core.worst_case import (
     AUDIO_BYTES_PER_TOKEN,
     IMAGE_ESTIMATE,
+    SEARCHES_HELD,
     BadField,
     continues,
     expanding_parts,
@@ -21,6 +22,7 @@ from spendgate.core.worst_case import (
     marks_cache,
     prompt_bound,
     prompt_estimate,
+    searches_bound,
     worst_case,
 )
 
@@ -417,3 +419,39 @@ def test_an_earlier_audio_answer_by_id_is_held_as_audio() -> None:
     )  # fmt: skip
     held, _ = worst.held()
     assert held.input_audio_tokens == held.input_tokens == 128_000
+
+
+SEARCH = {"type": "web_search_20250305", "name": "web_search"}
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "searches"),
+    [
+        ("message", {"tools": [{**SEARCH, "max_uses": 3}]}, 3),
+        ("message", {"tools": [SEARCH]}, SEARCHES_HELD),
+        ("message", {"tools": [{**SEARCH, "max_uses": 2}, {**SEARCH, "max_uses": 4}]}, 6),
+        ("message", {"tools": [{**SEARCH, "max_uses": "3"}]}, SEARCHES_HELD),
+        ("message", {"tools": [{"type": "custom", "name": "f"}]}, 0),
+        ("message", {"tools": [{**SEARCH, "max_uses": 10**12}]}, 10**9),
+        ("response", {"tools": [{"type": "web_search"}]}, SEARCHES_HELD),
+        ("response", {"tools": [{"type": "web_search_preview"}], "max_tool_calls": 2}, 2),
+        ("response", {"tools": [{"type": "file_search"}], "max_tool_calls": 2}, 0),
+        ("response", {"max_tool_calls": 2}, 0),
+        ("chat", {"tools": [{"type": "web_search"}]}, 0),  # no per-search price in the data
+    ],
+)
+def test_the_searches_a_call_is_held_for(kind: str, payload: dict[str, Any], searches: int) -> None:
+    """A web search tool's ``max_uses`` (Anthropic, per tool) or the request's
+    ``max_tool_calls`` (Responses) bounds the searches held, else ``SEARCHES_HELD``;
+    without a web search tool, none. The worst case carries them."""
+    assert searches_bound(payload, kind) == searches
+    worst = worst_case({**payload, "max_tokens": 5}, kind, PROMPT, DEFAULT, "openai")
+    assert worst.usage.web_searches == searches
+
+
+def test_a_max_tool_calls_that_is_not_a_whole_number_is_refused() -> None:
+    """A Responses request with a web search tool and ``max_tool_calls`` "many" is a 400
+    naming the field."""
+    with pytest.raises(BadField) as bad:
+        searches_bound({"tools": [{"type": "web_search"}], "max_tool_calls": "many"}, "response")
+    assert bad.value.param == "max_tool_calls"
