@@ -38,7 +38,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -54,6 +54,7 @@ from spendgate.core.audit_chain import (
     checkpoint_valid,
     entry_key,
     head_mac,
+    retention_start,
     seal,
     sign_checkpoint,
 )
@@ -614,11 +615,11 @@ async def purge(
     """Delete the oldest entries (the longest prefix of the chain all older than
     ``before``), after checking they are intact; leave a signed checkpoint and an
     ``audit.purged`` entry, all in one transaction."""
-    oldest_allowed = now - timedelta(days=min_retention_days)
+    oldest_allowed = retention_start(now, min_retention_days)
     if before > oldest_allowed:
         raise ValidationFailed(
-            f"before: entries younger than {min_retention_days} days are kept "
-            f"(latest allowed: {oldest_allowed.isoformat()})",
+            f"before: entries younger than {min_retention_days} days (and 12 months) are "
+            f"kept (latest allowed: {oldest_allowed.isoformat()})",
             param="before",
         )
     c = audit_log.c

@@ -401,3 +401,24 @@ def test_cli_export_and_verify(
 )
 def test_admin_principals_become_actors(principal: str, actor: tuple[str, str]) -> None:
     assert actor_of(principal) == actor
+
+
+def test_purge_never_reaches_entries_younger_than_twelve_months(audited: RunningGateway) -> None:
+    """SPEC §7 keeps the audit log at least 12 months. A year with a 29 February in it is
+    366 days long: the 365-day floor alone let a purge on 1 March 2028 delete an entry of
+    1 March 2027, noon — eleven months and thirty days old."""
+    young = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)  # 12 months before now: 2027-03-01
+    older = datetime(2027, 2, 28, 12, 0, tzinfo=UTC)
+    audited.run(store.record(audited.app.services.engine, event(1, at=older)))
+    audited.run(store.record(audited.app.services.engine, event(2, at=young)))
+    audited.clock.set(datetime(2028, 3, 1, 0, 0, tzinfo=UTC))
+
+    refused = audited.admin.post("/admin/audit/purge", json={"before": "2027-03-02T00:00:00Z"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["param"] == "before"
+
+    done = audited.post("/admin/audit/purge", {}, status=200)  # the default: the retention
+    assert done["purged"] == 1
+    kept = audited.get("/admin/audit", target="bud_2")["entries"]
+    assert [e["at"] for e in kept] == ["2027-03-01T12:00:00Z"]
+    assert audited.get("/admin/audit/verify")["ok"] is True
