@@ -410,6 +410,7 @@ async def put_preferences(
     await _check_routes(scope, hooks, who, reader, prefs.webhook_endpoint_ids)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
+        before = await notes.get_preferences(hooks.engine, reader, conn)
         saved = await notes.put_preferences(hooks.engine, reader, prefs, now, conn)
         await audit(
             conn,
@@ -420,6 +421,7 @@ async def put_preferences(
             reader,
             now,
             owner=owner or Owner(None),
+            before=_prefs_out(before),
             after=_prefs_out(saved),
         )
     return _prefs_out(saved)
