@@ -148,7 +148,7 @@ class WebhookStore:
         async with reading(self._engine, conn) as reader:
             found = (await reader.execute(sa.select(EP).where(EP.c.id == endpoint_id))).first()
         if found is None:
-            raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
+            raise NotFound(f"webhook {endpoint_id} not found")
         return dict(found._mapping)
 
     async def get(self, endpoint_id: str, now: datetime | None = None) -> dict[str, Any]:
