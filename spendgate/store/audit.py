@@ -37,7 +37,7 @@ the hash chain and the signed checkpoints are for (``verify`` names the entry).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -483,6 +483,18 @@ async def sealed_head(engine: AsyncEngine) -> tuple[int, str, str | None]:
     return int(row.seq), str(row.hash), row.mac
 
 
+async def _head_or_last(engine: AsyncEngine) -> tuple[tuple[int, str, str | None] | None, int]:
+    """The sealed head, and the seq a verify walks to: the head's; with the head row gone
+    (it has no trigger: appends move it) the last entry's, so the walk still runs."""
+    h = audit_chain_head.c
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).first()
+        if row is not None:
+            return (int(row.seq), str(row.hash), row.mac), int(row.seq)
+        last = (await conn.execute(sa.select(sa.func.max(audit_log.c.seq)))).scalar()
+    return None, int(last or 0)
+
+
 async def pages(
     source: AsyncEngine | AsyncConnection,
     after_seq: int,
@@ -571,7 +583,7 @@ async def verify(
     ``org_id`` the figures are that org's (see ``spendgate.core.audit_verify``)."""
     async with engine.connect() as conn:
         checkpoint = await latest_checkpoint(conn)
-    top_seq, top_hash, top_mac = await sealed_head(engine)
+    sealed, top_seq = await _head_or_last(engine)
     state = ChainState()
     if checkpoint is not None:
         if not checkpoint_valid(checkpoint, key):
@@ -590,6 +602,17 @@ async def verify(
     async for page in pages(engine, state.seq, top_seq, (), batch):
         if not walk.feed(page):
             break
+    if sealed is None:
+        result = walk.result(None, None, key, now)
+        if not result.ok:
+            return result
+        missing = ChainBreak(
+            None,
+            None if org_id else result.last_seq,
+            "the chain head row is missing: entries at the end may have been deleted",
+        )
+        return replace(result, ok=False, first_bad=missing, anchor=None)
+    top_seq, top_hash, top_mac = sealed
     return walk.result((top_seq, top_hash), top_mac, key, now)
 
 

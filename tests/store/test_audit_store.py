@@ -422,3 +422,17 @@ def test_purge_never_reaches_entries_younger_than_twelve_months(audited: Running
     kept = audited.get("/admin/audit", target="bud_2")["entries"]
     assert [e["at"] for e in kept] == ["2027-03-01T12:00:00Z"]
     assert audited.get("/admin/audit/verify")["ok"] is True
+
+
+def test_http_verify_reports_a_deleted_head_row(audited: RunningGateway) -> None:
+    """The head row has no trigger (every append moves it): deleting it, with the entries
+    at the end, was a 500 from verify (and from ``spendgate audit verify``), not a report
+    of tampering."""
+    record_on(audited, 4)
+    engine = audited.app.services.engine
+    audited.run(raw(engine, "DELETE FROM audit_chain_head"))
+    response = audited.admin.get("/admin/audit/verify")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["ok"] is False and result["checked"] == 4
+    assert "head row is missing" in result["reason"] and result["anchor"] is None
