@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import io
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -29,6 +29,7 @@ from spendgate.core.audit_chain import (
     AuditSettings,
     anchor_valid,
     derive_key,
+    retention_start,
     sign_anchor,
 )
 from spendgate.core.csv_cells import text_cell
@@ -339,7 +340,7 @@ async def purge_audit(
     """Delete entries older than ``before`` (never younger than the configured
     retention), leaving a signed checkpoint so the chain still verifies."""
     now = svc.clock.now()
-    before = _utc(body.before) or now - timedelta(days=audit.retention_days)
+    before = _utc(body.before) or retention_start(now, audit.retention_days)
     event = admin_event(request, principal.actor, "audit.purged", "audit_log", None, at=now)
     result = await store.purge(
         svc.engine,

@@ -378,7 +378,7 @@ async def rotate_key(
     owner = await _key_in_scope(scope, key_id)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        key, old_hash = await svc.directory.rotate_key(key_id, conn)
+        key, old_hash, before = await svc.directory.rotate_key(key_id, conn)
         await audit(
             conn,
             request,
@@ -388,6 +388,7 @@ async def rotate_key(
             key_id,
             now,
             owner=owner,
+            before=before,
             after=without_secret(key),
         )
     svc.keys.forget(old_hash)

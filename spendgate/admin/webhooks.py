@@ -244,11 +244,25 @@ async def deliveries(
     status_code=202,
 )
 async def redeliver_one(
-    endpoint_id: str, delivery_id: str, hooks: Hooks, svc: Svc, scope: Scoped
+    endpoint_id: str,
+    delivery_id: str,
+    hooks: Hooks,
+    svc: Svc,
+    request: Request,
+    who: Who,
+    scope: Scoped,
 ) -> dict[str, Any]:
-    """Queue the same message (same ``webhook-id``) again, due now."""
-    await _endpoint(scope, hooks, endpoint_id)
-    return await redeliver(hooks.engine, endpoint_id, delivery_id, svc.clock.now())
+    """Queue the same message (same ``webhook-id``) again, due now (audited
+    ``webhook.redelivered``, as a test send is)."""
+    _, owner = await _endpoint(scope, hooks, endpoint_id)
+    now = svc.clock.now()
+    async with svc.engine.begin() as conn:
+        delivery = await redeliver(conn, endpoint_id, delivery_id, now)
+        await audit(
+            conn, request, who, "webhook.redelivered", "webhook", endpoint_id, now, owner=owner,
+            after={"delivery_id": delivery["id"], "redelivery_of": delivery_id},
+        )  # fmt: skip
+    return delivery
 
 
 @router.post("/webhooks/{endpoint_id}/test", response_model=w.Delivery, status_code=202)
@@ -396,6 +410,7 @@ async def put_preferences(
     await _check_routes(scope, hooks, who, reader, prefs.webhook_endpoint_ids)
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
+        before = await notes.get_preferences(hooks.engine, reader, conn)
         saved = await notes.put_preferences(hooks.engine, reader, prefs, now, conn)
         await audit(
             conn,
@@ -406,6 +421,7 @@ async def put_preferences(
             reader,
             now,
             owner=owner or Owner(None),
+            before=_prefs_out(before),
             after=_prefs_out(saved),
         )
     return _prefs_out(saved)

@@ -192,7 +192,9 @@ async def redeliver(
     endpoint_id: str, delivery_id: str, request: Request, svc: Svc, user: User
 ) -> Response:
     who = require(user, Can.WEBHOOKS)
-    await api.redeliver_one(endpoint_id, delivery_id, svc.webhooks, svc, scope_for(svc, who))
+    await api.redeliver_one(
+        endpoint_id, delivery_id, svc.webhooks, svc, request, who, scope_for(svc, who)
+    )
     return done(request, f"/webhooks/{endpoint_id}#deliveries-h")
 
 

@@ -49,12 +49,14 @@ import hashlib
 import hmac
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from enum import Enum
 from typing import Any
 
 import orjson
+
+from spendgate.core.showback import months_before
 
 GENESIS = "0" * 64
 #: the version new entries are sealed with (1: no scope, no MAC; 2: scope and MAC)
@@ -64,6 +66,9 @@ DEFAULT_RETENTION_DAYS = 365
 DEFAULT_ANCHOR_HOURS = 24
 #: nobody may configure a retention shorter than this (SPEC §7: at least 12 months)
 MIN_RETENTION_DAYS = 365
+#: and whatever the days say, no entry younger than this many calendar months is purged
+#: (twelve months hold 366 days when they hold a 29 February)
+MIN_RETENTION_MONTHS = 12
 _KEY_DERIVATION_LABEL = b"spendgate/audit-checkpoint/v1"
 _ENTRY_LABEL = b"spendgate/audit-entry/v2"
 _HEAD_LABEL = b"spendgate/audit-head/v2"
@@ -385,6 +390,12 @@ def anchor_valid(anchor: Anchor, key: bytes) -> bool:
     if not anchor.signature:
         return True
     return same_digest(sign_anchor(anchor, key).signature, anchor.signature)
+
+
+def retention_start(now: datetime, days: int) -> datetime:
+    """The newest instant a purge may reach with a retention of ``days``: ``days`` back,
+    and never inside the last :data:`MIN_RETENTION_MONTHS` calendar months."""
+    return min(now - timedelta(days=days), months_before(now, MIN_RETENTION_MONTHS))
 
 
 def derive_key(master_key: str) -> bytes:

@@ -37,8 +37,8 @@ the hash chain and the signed checkpoints are for (``verify`` names the entry).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -54,6 +54,7 @@ from spendgate.core.audit_chain import (
     checkpoint_valid,
     entry_key,
     head_mac,
+    retention_start,
     seal,
     sign_checkpoint,
 )
@@ -482,6 +483,18 @@ async def sealed_head(engine: AsyncEngine) -> tuple[int, str, str | None]:
     return int(row.seq), str(row.hash), row.mac
 
 
+async def _head_or_last(engine: AsyncEngine) -> tuple[tuple[int, str, str | None] | None, int]:
+    """The sealed head, and the seq a verify walks to: the head's; with the head row gone
+    (it has no trigger: appends move it) the last entry's, so the walk still runs."""
+    h = audit_chain_head.c
+    async with engine.connect() as conn:
+        row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).first()
+        if row is not None:
+            return (int(row.seq), str(row.hash), row.mac), int(row.seq)
+        last = (await conn.execute(sa.select(sa.func.max(audit_log.c.seq)))).scalar()
+    return None, int(last or 0)
+
+
 async def pages(
     source: AsyncEngine | AsyncConnection,
     after_seq: int,
@@ -570,7 +583,7 @@ async def verify(
     ``org_id`` the figures are that org's (see ``spendgate.core.audit_verify``)."""
     async with engine.connect() as conn:
         checkpoint = await latest_checkpoint(conn)
-    top_seq, top_hash, top_mac = await sealed_head(engine)
+    sealed, top_seq = await _head_or_last(engine)
     state = ChainState()
     if checkpoint is not None:
         if not checkpoint_valid(checkpoint, key):
@@ -589,6 +602,17 @@ async def verify(
     async for page in pages(engine, state.seq, top_seq, (), batch):
         if not walk.feed(page):
             break
+    if sealed is None:
+        result = walk.result(None, None, key, now)
+        if not result.ok:
+            return result
+        missing = ChainBreak(
+            None,
+            None if org_id else result.last_seq,
+            "the chain head row is missing: entries at the end may have been deleted",
+        )
+        return replace(result, ok=False, first_bad=missing, anchor=None)
+    top_seq, top_hash, top_mac = sealed
     return walk.result((top_seq, top_hash), top_mac, key, now)
 
 
@@ -614,11 +638,11 @@ async def purge(
     """Delete the oldest entries (the longest prefix of the chain all older than
     ``before``), after checking they are intact; leave a signed checkpoint and an
     ``audit.purged`` entry, all in one transaction."""
-    oldest_allowed = now - timedelta(days=min_retention_days)
+    oldest_allowed = retention_start(now, min_retention_days)
     if before > oldest_allowed:
         raise ValidationFailed(
-            f"before: entries younger than {min_retention_days} days are kept "
-            f"(latest allowed: {oldest_allowed.isoformat()})",
+            f"before: entries younger than {min_retention_days} days (and 12 months) are "
+            f"kept (latest allowed: {oldest_allowed.isoformat()})",
             param="before",
         )
     c = audit_log.c

@@ -379,8 +379,9 @@ class Directory:
 
     async def rotate_key(
         self, key_id: str, conn: AsyncConnection | None = None
-    ) -> tuple[dict[str, Any], str]:
-        """Give the key a new secret; the old one stops working. Returns (key, old hash)."""
+    ) -> tuple[dict[str, Any], str, dict[str, Any]]:
+        """Give the key a new secret; the old one stops working. Returns (key, old hash,
+        the key as it was)."""
         current = await self._one(schema.virtual_keys, key_id, "key", conn)
         if current["revoked_at"] is not None:
             raise Conflict(f"key {key_id} is revoked and cannot be rotated")
@@ -393,7 +394,7 @@ class Directory:
                 .values(key_hash=hash_secret(secret), key_prefix=shown_prefix(secret))
             )
         rotated = {**current, "key_prefix": shown_prefix(secret)}
-        return {**_key_public(rotated), "key": secret}, current["key_hash"]
+        return {**_key_public(rotated), "key": secret}, current["key_hash"], _key_public(current)
 
     async def set_key_expiry(
         self,

@@ -141,11 +141,15 @@ async def _require_user(conn: AsyncConnection, user_id: str) -> None:
         raise NotFound(f"user {user_id} does not exist")
 
 
-async def get_preferences(engine: AsyncEngine, user_id: str) -> Preferences:
-    async with engine.connect() as conn:
-        await _require_user(conn, user_id)
+async def get_preferences(
+    engine: AsyncEngine, user_id: str, conn: AsyncConnection | None = None
+) -> Preferences:
+    """The user's preferences (the defaults when unset); in ``conn``'s transaction when
+    given."""
+    async with transaction(engine, conn) as tx:
+        await _require_user(tx, user_id)
         row = (
-            await conn.execute(sa.select(PREFS.c.preferences).where(PREFS.c.user_id == user_id))
+            await tx.execute(sa.select(PREFS.c.preferences).where(PREFS.c.user_id == user_id))
         ).first()
     return Preferences.from_json(None if row is None else row[0])
 

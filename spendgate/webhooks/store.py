@@ -148,7 +148,7 @@ class WebhookStore:
         async with reading(self._engine, conn) as reader:
             found = (await reader.execute(sa.select(EP).where(EP.c.id == endpoint_id))).first()
         if found is None:
-            raise NotFound(f"webhook endpoint {endpoint_id} does not exist")
+            raise NotFound(f"webhook {endpoint_id} not found")
         return dict(found._mapping)
 
     async def get(self, endpoint_id: str, now: datetime | None = None) -> dict[str, Any]:
@@ -476,28 +476,28 @@ async def list_deliveries(
 
 
 async def redeliver(
-    engine: AsyncEngine, endpoint_id: str, delivery_id: str, now: datetime
+    conn: AsyncConnection, endpoint_id: str, delivery_id: str, now: datetime
 ) -> dict[str, Any]:
-    """Send a delivery again as a new outbox row (same ``webhook-id``), due now."""
-    async with engine.begin() as conn:
-        found = (
-            await conn.execute(
-                sa.select(DL).where(DL.c.id == delivery_id, DL.c.endpoint_id == endpoint_id)
-            )
-        ).first()
-        if found is None:
-            raise NotFound(f"delivery {delivery_id} of endpoint {endpoint_id} does not exist")
-        old = found._mapping
-        values = {
-            "id": new_id("whd"),
-            "endpoint_id": endpoint_id,
-            "message_id": old["message_id"],
-            "event_id": old["event_id"],
-            "event_type": old["event_type"],
-            "payload": old["payload"],
-            "action": old["action"],
-            "redelivery_of": delivery_id,
-            **due_now(now),
-        }
-        await conn.execute(DL.insert().values(**values))
+    """Send a delivery again as a new outbox row (same ``webhook-id``), due now, in
+    ``conn``'s transaction."""
+    found = (
+        await conn.execute(
+            sa.select(DL).where(DL.c.id == delivery_id, DL.c.endpoint_id == endpoint_id)
+        )
+    ).first()
+    if found is None:
+        raise NotFound(f"delivery {delivery_id} of endpoint {endpoint_id} does not exist")
+    old = found._mapping
+    values = {
+        "id": new_id("whd"),
+        "endpoint_id": endpoint_id,
+        "message_id": old["message_id"],
+        "event_id": old["event_id"],
+        "event_type": old["event_type"],
+        "payload": old["payload"],
+        "action": old["action"],
+        "redelivery_of": delivery_id,
+        **due_now(now),
+    }
+    await conn.execute(DL.insert().values(**values))
     return delivery_out(values, [])

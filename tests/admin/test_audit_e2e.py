@@ -58,3 +58,29 @@ def test_admin_changes_and_enforcement_facts_are_audited(gateway: RunningGateway
     assert verdict["ok"] is True and verdict["checked"] == len(rows)
     response = httpx.get(gateway.url + "/admin/audit/verify")
     assert response.status_code == 401
+
+
+def test_a_rotation_and_a_preference_change_say_what_was_before(gateway: RunningGateway) -> None:
+    """Changes audited with their before as well as their after: the key prefix a rotation
+    replaced, and the notification preferences (where a user's alerts go) a change
+    replaced — an org admin may set another user's."""
+    key = gateway.create_key()
+    rotated = gateway.post(f"/admin/keys/{key['id']}/rotate", {}, status=200)
+    [entry] = gateway.get("/admin/audit", action="key.rotated")["entries"]
+    assert entry["before"]["key_prefix"] == key["key_prefix"] != rotated["key_prefix"]
+    assert entry["after"]["key_prefix"] == rotated["key_prefix"]
+    assert key["key"] not in str(entry) and rotated["key"] not in str(entry)
+
+    user = gateway.post(
+        "/admin/users", {"email": "ops@example.com", "role": "org_admin", "org_id": key["org_id"]}
+    )
+    path = f"/admin/users/{user['id']}/notification-preferences"
+    for types in (["budget.*"], ["wallet.*"]):
+        response = gateway.admin.put(path, json={"event_types": types})
+        assert response.status_code == 200, response.text
+    newest, first = gateway.get("/admin/audit", action="notification_preferences.updated")[
+        "entries"
+    ]
+    assert first["before"]["event_types"] == ["*"] and first["after"]["event_types"] == ["budget.*"]
+    assert newest["before"]["event_types"] == ["budget.*"]
+    assert newest["after"]["event_types"] == ["wallet.*"]

@@ -401,3 +401,38 @@ def test_cli_export_and_verify(
 )
 def test_admin_principals_become_actors(principal: str, actor: tuple[str, str]) -> None:
     assert actor_of(principal) == actor
+
+
+def test_purge_never_reaches_entries_younger_than_twelve_months(audited: RunningGateway) -> None:
+    """SPEC §7 keeps the audit log at least 12 months. A year with a 29 February in it is
+    366 days long: the 365-day floor alone let a purge on 1 March 2028 delete an entry of
+    1 March 2027, noon — eleven months and thirty days old."""
+    young = datetime(2027, 3, 1, 12, 0, tzinfo=UTC)  # 12 months before now: 2027-03-01
+    older = datetime(2027, 2, 28, 12, 0, tzinfo=UTC)
+    audited.run(store.record(audited.app.services.engine, event(1, at=older)))
+    audited.run(store.record(audited.app.services.engine, event(2, at=young)))
+    audited.clock.set(datetime(2028, 3, 1, 0, 0, tzinfo=UTC))
+
+    refused = audited.admin.post("/admin/audit/purge", json={"before": "2027-03-02T00:00:00Z"})
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["error"]["param"] == "before"
+
+    done = audited.post("/admin/audit/purge", {}, status=200)  # the default: the retention
+    assert done["purged"] == 1
+    kept = audited.get("/admin/audit", target="bud_2")["entries"]
+    assert [e["at"] for e in kept] == ["2027-03-01T12:00:00Z"]
+    assert audited.get("/admin/audit/verify")["ok"] is True
+
+
+def test_http_verify_reports_a_deleted_head_row(audited: RunningGateway) -> None:
+    """The head row has no trigger (every append moves it): deleting it, with the entries
+    at the end, was a 500 from verify (and from ``spendgate audit verify``), not a report
+    of tampering."""
+    record_on(audited, 4)
+    engine = audited.app.services.engine
+    audited.run(raw(engine, "DELETE FROM audit_chain_head"))
+    response = audited.admin.get("/admin/audit/verify")
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["ok"] is False and result["checked"] == 4
+    assert "head row is missing" in result["reason"] and result["anchor"] is None

@@ -109,6 +109,12 @@ def test_webhook_admin_api(gateway: RunningGateway, hooks: WebhookRuntime) -> No
             202,
         )
         assert again["redelivery_of"] == delivery["id"]
+        # sending an event again is an admin action like a test send: in the audit log,
+        # readable by the endpoint's org
+        [entry] = gateway.get("/admin/audit", action="webhook.redelivered")["entries"]
+        assert (entry["target_type"], entry["target_id"]) == ("webhook", created["id"])
+        assert entry["after"] == {"delivery_id": again["id"], "redelivery_of": delivery["id"]}
+        assert entry["org_id"] == org and entry["actor_id"] == "master"
         gateway.run(hooks.worker.run_once())
         assert [r.verified for r in receiver.received] == [True, True]
         assert (

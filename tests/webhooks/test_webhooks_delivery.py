@@ -302,7 +302,8 @@ async def test_redelivery_keeps_the_message_id(world: World, serve: Any) -> None
     await world.emit()
     await world.worker().run_once()
     [first] = await list_deliveries(world.engine, endpoint["id"])
-    again = await redeliver(world.engine, endpoint["id"], first["id"], world.clock.now())
+    async with world.engine.begin() as conn:
+        again = await redeliver(conn, endpoint["id"], first["id"], world.clock.now())
     assert again["redelivery_of"] == first["id"] and again["status"] == "pending"
     await world.worker().run_once()
     assert [r.headers["webhook-id"] for r in receiver.received] == [first["message_id"]] * 2
