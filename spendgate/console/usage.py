@@ -381,8 +381,8 @@ async def _budget_chart(svc: Any, request: Request, selected: BudgetView) -> Any
     row = selected.row
     now = svc.clock.now()
     filters = {}
-    if row["scope_type"] in DIMENSIONS:
-        filters[row["scope_type"]] = row["scope_id"]
+    if row["scope_type"] in DIMENSIONS:  # a tag budget's tag is its ``tag``, not scope_id
+        filters[row["scope_type"]] = row["tag"] if row["scope_type"] == "tag" else row["scope_id"]
     status = selected.status
     zone = row["timezone"]
     per_day = {b: 0 for b in days}
