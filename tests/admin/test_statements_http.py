@@ -13,6 +13,7 @@ import openai
 import pytest
 import sqlalchemy as sa
 
+from spendgate.core.money import usd_to_nanos
 from spendgate.core.showback import split_exact
 from tests.conftest import MASTER_KEY, RunningGateway
 
@@ -269,3 +270,38 @@ def test_an_org_admin_naming_another_org_closes_nothing(gateway: RunningGateway)
     closed = as_admin.post("/admin/statements/2026-02/close", json={"org_id": own["id"]})
     assert closed.status_code == 200 and closed.json()["org_id"] == own["id"]
     as_admin.close()
+
+
+def test_a_team_budget_outcome_counts_what_the_budget_counts(gateway: RunningGateway) -> None:
+    """A team's statement lists its team budgets with what they spent in the month: a
+    budget with categories (one model) spent what its status says, not the team's whole
+    spend (which made a budget at a few percent read as far over); a monthly budget in
+    another zone than the org's gets no percentage (its month is not the statement's)."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "outcomes"})
+    team = gw.post("/admin/teams", {"org_id": org["id"], "name": "alpha"})
+    key = gw.create_key(org_id=org["id"], team_id=team["id"])["key"]
+    budget = gw.post(
+        "/admin/budgets",
+        {"name": "small only", "scope_type": "team", "scope_id": team["id"],
+         "amount_usd": "1", "categories": {"models": ["demo-small"]}},
+    )  # fmt: skip
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+    for model in ("demo-small", "demo-large", "demo-large"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    elsewhere = gw.post(
+        "/admin/budgets",
+        {"name": "new york", "scope_type": "team", "scope_id": team["id"], "amount_usd": "1",
+         "timezone": "America/New_York"},
+    )  # fmt: skip
+    status = gw.get(f"/admin/budgets/{budget['id']}/status")
+    statement = gw.get("/admin/statements/2026-03", org_id=org["id"], team_id=team["id"])
+    outcomes = {b["id"]: b for b in statement["statement"]["budgets"]}
+    own = statement["statement"]["lines"][0]["cost_nanos"]
+    assert 0 < usd_to_nanos(status["spent_usd"]) < own
+    assert outcomes[budget["id"]]["spent_nanos"] == usd_to_nanos(status["spent_usd"])
+    assert outcomes[budget["id"]]["percent_used"] == status["percent_used"]
+    # a month of New York is not the statement's (UTC) month: spent in the statement's
+    # month, and no percentage of a budget month it does not cover
+    assert outcomes[elsewhere["id"]]["spent_nanos"] == own
+    assert outcomes[elsewhere["id"]]["percent_used"] is None
