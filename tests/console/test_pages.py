@@ -69,6 +69,13 @@ def test_usage_totals_and_csv_equal_the_api(console: Console) -> None:
         # the grain goes
         bad = client.get("/usage?group_by=model,day")
         assert bad.status_code == 422 and "the time grain is grain" in bad.text
+        # custom dates the calendar cannot shift into UTC (year 1) or past what the API
+        # takes: the page's own 422 beside the date (year 1 was a 500, connection reset)
+        for start, end, field in (("0001-01-01", "0001-01-02", "start"),
+                                  ("8999-12-30", "9999-01-01", "end")):  # fmt: skip
+            bad = client.get(f"/usage?preset=custom&start={start}&end={end}")
+            assert bad.status_code == 422, (start, bad.status_code)
+            assert f'id="{field}-error"' in bad.text and "between 1970 and 9000" in bad.text
 
 
 def test_a_refused_usage_filter_comes_back_as_typed(console: Console, page: Page) -> None:
