@@ -151,12 +151,13 @@ async def _counted(
 
 
 def _breakdown(rows: list[dict[str, Any]], dim: str) -> dict[str | None, list[dict[str, Any]]]:
-    """Rows grouped by (team, ``dim``) -> per team: ``[{id, cost_nanos, requests}]``."""
+    """Rows grouped by (team, ``dim``) -> per team: ``[{id, cost_nanos, requests,
+    unpriced_requests}]`` (the calls of unknown price, $0 in ``cost_nanos``)."""
     out: dict[str | None, list[dict[str, Any]]] = {}
     for row in rows:
         out.setdefault(row["team"], []).append(
             {"id": row[dim] or "(none)", "cost_nanos": row["cost_nanos"],
-             "requests": row["requests"]}
+             "requests": row["requests"], "unpriced_requests": row["unpriced_requests"]}
         )  # fmt: skip
     for items in out.values():
         items.sort(key=lambda i: (-i["cost_nanos"], str(i["id"])))
@@ -178,13 +179,15 @@ def _team_figures(rows: list[dict[str, Any]], teams: Iterable[str]) -> dict[str,
 def _org_breakdown(rows: list[dict[str, Any]], dim: str) -> list[dict[str, Any]]:
     sums: dict[str, list[int]] = {}
     for row in rows:
-        into = sums.setdefault(row[dim] or "(none)", [0, 0])
+        into = sums.setdefault(row[dim] or "(none)", [0, 0, 0])
         into[0] += row["cost_nanos"]
         into[1] += row["requests"]
+        into[2] += row["unpriced_requests"]
     return sorted(
-        ({"id": k, "cost_nanos": c, "requests": n} for k, (c, n) in sums.items()),
+        ({"id": k, "cost_nanos": c, "requests": n, "unpriced_requests": u}
+         for k, (c, n, u) in sums.items()),
         key=lambda i: (-i["cost_nanos"], i["id"]),
-    )
+    )  # fmt: skip
 
 
 async def draw(
@@ -211,7 +214,9 @@ async def draw(
         budgets, plans = await _budgets(conn, org_id, w)
     counted = await _counted(engine, org_id, w, tz, plans.values())
     own = {t: 0 for t in teams}
+    unpriced: dict[str | None, int] = {}  # calls of unknown price ($0) per team
     for row in by["model"]:
+        unpriced[row["team"]] = unpriced.get(row["team"], 0) + row["unpriced_requests"]
         if row["team"] is not None:
             own[row["team"]] = own.get(row["team"], 0) + row["cost_nanos"]
     allocation = cb.allocate(unowned, own, rules, sorted(teams))
@@ -235,6 +240,7 @@ async def draw(
         out[team_id] = {
             **head, "kind": "team", "team_id": team_id, "team_name": teams.get(team_id, team_id),
             "lines": lines, "total_nanos": total,
+            "unpriced_requests": unpriced.get(team_id, 0),
             "breakdown": {dim: sections[dim].get(team_id, []) for dim in SECTIONS},
             "budgets": [
                 _outcome(b, counted.get(b["id"], own[team_id]), plans[b["id"]].timezone == tz)
@@ -250,6 +256,7 @@ async def draw(
     out[ORG] = {
         **head, "kind": "org", "team_id": None, "lines": org_lines,
         "total_nanos": sum(line["cost_nanos"] for line in org_lines),
+        "unpriced_requests": sum(unpriced.values()),
         "breakdown": {dim: _org_breakdown(by[dim], dim) for dim in SECTIONS},
     }  # fmt: skip
     return out
