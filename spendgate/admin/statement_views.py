@@ -25,7 +25,9 @@ _templates = Environment(
     loader=PackageLoader("spendgate.admin", "templates"),
     autoescape=select_autoescape(["html"]),
 )
-FIELDS = ("section", "id", "label", "requests", "cost_usd", *cb.LINE_COLUMNS)
+#: ``unpriced_requests``: the calls of unknown price among ``requests`` (their cost, $0,
+#: is not a price): a breakdown row's, and the statement's on its total
+FIELDS = ("section", "id", "label", "requests", "cost_usd", *cb.LINE_COLUMNS, "unpriced_requests")
 
 
 def records(content: dict[str, Any]) -> list[dict[str, Any]]:
@@ -35,11 +37,13 @@ def records(content: dict[str, Any]) -> list[dict[str, Any]]:
         for line in content["lines"]
     ]  # fmt: skip
     out.append({"section": "total", "id": "total", "label": "Total", "requests": None,
-                "cost_usd": format_usd(content["total_nanos"])})  # fmt: skip
+                "cost_usd": format_usd(content["total_nanos"]),
+                "unpriced_requests": content.get("unpriced_requests")})  # fmt: skip
     for section, rows in content["breakdown"].items():
         out += [
             {"section": section, "id": r["id"], "label": r["id"], "requests": r["requests"],
-             "cost_usd": format_usd(r["cost_nanos"])}
+             "cost_usd": format_usd(r["cost_nanos"]),
+             "unpriced_requests": r.get("unpriced_requests")}
             for r in rows
         ]  # fmt: skip
     return out

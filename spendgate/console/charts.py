@@ -13,11 +13,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal
 
 from markupsafe import Markup, escape
 
-from spendgate.core.money import format_usd
+from spendgate.core.money import NANOS_PER_USD, format_usd
 
 WIDTH, HEIGHT = 720, 300
 LEFT, RIGHT, TOP, BOTTOM = 72, 150, 20, 40
@@ -26,6 +26,27 @@ PLOT_W, PLOT_H = WIDTH - LEFT - RIGHT, HEIGHT - TOP - BOTTOM
 
 def _usd(nanos: int) -> str:
     return "$" + format_usd(nanos)
+
+
+#: the suffixes of :func:`_short_usd`, largest first
+_UNITS = ((10**12, "T"), (10**9, "B"), (10**6, "M"), (10**3, "k"))
+
+
+def _short_usd(nanos: int) -> str:
+    """Dollars to three significant digits, thousands and up with k, M, B or T
+    (``$1.05M``, ``$617k``, ``$12.50``, ``$0.0075``): a figure drawn beside an axis or a
+    level line, whose room is fixed (``LEFT``, ``RIGHT``), where a budget of a million
+    dollars as ``$1049382.70735`` ran out of the chart. The exact figure is in the table
+    beside it and in the chart's ``<title>`` tooltips."""
+    if nanos <= 0:
+        return "$0" if nanos == 0 else "-" + _short_usd(-nanos)
+    value = Decimal(nanos) / NANOS_PER_USD
+    rounded = value.quantize(Decimal(1).scaleb(value.adjusted() - 2), rounding=ROUND_HALF_EVEN)
+    for size, suffix in _UNITS:
+        if rounded >= size:
+            return f"${format(rounded.scaleb(-len(str(size)) + 1).normalize(), 'f')}{suffix}"
+    whole, _, frac = format(rounded.normalize(), "f").partition(".")
+    return f"${whole}.{frac.ljust(2, '0')}" if frac else f"${whole}"
 
 
 def _nice_max(value: int) -> int:
@@ -49,7 +70,7 @@ def _axis(top: int, zone_note: str) -> list[str]:
         parts.append(f'<line class="grid" x1="{LEFT}" x2="{LEFT + PLOT_W}" y1="{y}" y2="{y}"/>')
         parts.append(
             f'<text class="tick" x="{LEFT - 6}" y="{y + 4}" text-anchor="end">'
-            f"{escape(_usd(value))}</text>"
+            f"{escape(_short_usd(value))}</text>"
         )
     parts.append(
         f'<text class="tick" x="{LEFT + PLOT_W}" y="{HEIGHT - 4}" text-anchor="end">'
@@ -218,7 +239,7 @@ def budget_chart(
         )
         body.append(
             f'<text class="legend" x="{LEFT + PLOT_W + 6}" y="{label_y + 4:.1f}">'
-            f"{escape(level.label)} {escape(_usd(level.nanos))}</text>"
+            f"{escape(level.label)} {escape(_short_usd(level.nanos))}</text>"
         )
     label_every = max(1, n // 8)
     for i, day in enumerate(days):

@@ -77,11 +77,19 @@ class View:
         return "/usage?" + urlencode({k: v for k, v in params.items() if v not in ("", None)})
 
 
+#: the custom dates the page takes: the admin API's instants (``schemas.in_range``, 1970
+#: to 9000) a day inside either end, so that a local midnight of any zone is one of them
+FIRST_DAY, LAST_DAY = date(1970, 1, 2), date(8999, 12, 31)
+
+
 def _day(value: str, name: str) -> date:
     try:
-        return date.fromisoformat(value)
+        day = date.fromisoformat(value)
     except ValueError as exc:
         raise ValidationFailed(f"{name}: not a date (YYYY-MM-DD): {value!r}", param=name) from exc
+    if not FIRST_DAY <= day <= LAST_DAY:
+        raise ValidationFailed(f"{name}: must be between 1970 and 9000", param=name)
+    return day
 
 
 def parse_view(params: dict[str, str], today: date) -> View:
@@ -381,8 +389,8 @@ async def _budget_chart(svc: Any, request: Request, selected: BudgetView) -> Any
     row = selected.row
     now = svc.clock.now()
     filters = {}
-    if row["scope_type"] in DIMENSIONS:
-        filters[row["scope_type"]] = row["scope_id"]
+    if row["scope_type"] in DIMENSIONS:  # a tag budget's tag is its ``tag``, not scope_id
+        filters[row["scope_type"]] = row["tag"] if row["scope_type"] == "tag" else row["scope_id"]
     status = selected.status
     zone = row["timezone"]
     per_day = {b: 0 for b in days}

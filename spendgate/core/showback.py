@@ -212,11 +212,12 @@ def add_cumulative(
     rows: list[dict[str, object]], group_dims: Sequence[str], time_dim: str
 ) -> list[dict[str, object]]:
     """Rows in period order with ``cumulative_cost_nanos``: the group's spend up to and
-    including the row's period."""
+    including the row's period. :func:`fold_top`'s ``"other"`` row is a group of its own,
+    apart from a group whose name is ``"other"`` (a tag, a model)."""
     rows.sort(key=lambda r: (str(r[time_dim]), tuple(str(r[d]) for d in group_dims)))
     running: dict[tuple[object, ...], int] = {}
     for row in rows:
-        key = tuple(row[d] for d in group_dims)
+        key = (bool(row.get("other")), *(row[d] for d in group_dims))
         running[key] = running.get(key, 0) + int(row["cost_nanos"])  # type: ignore[call-overload]
         row["cumulative_cost_nanos"] = running[key]
     return rows

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import astuple
 from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -26,6 +27,7 @@ import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from spendgate.core import budget_rules as rules
 from spendgate.core import chargeback as cb
 from spendgate.core.budget_rules import percent_used
 from spendgate.core.budget_windows import Window, window_at
@@ -35,6 +37,8 @@ from spendgate.errors import Conflict, NotFound, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store import schema
 from spendgate.store.cost_sums import cost_from_sums, split_cost_sum
+from spendgate.store.forecasts import spend_by_day
+from spendgate.store.policies import budget_from_row
 from spendgate.store.rollups import NANOS, usage_rollup
 from spendgate.store.showback import usage_report
 from spendgate.store.showback_schema import allocation_rules, statement_months, statements
@@ -80,8 +84,11 @@ async def _unowned_by_tags(conn: AsyncConnection, org_id: str, w: Window) -> dic
     return {tags: cost_from_sums(whole, rest) for tags, whole, rest in rows}
 
 
-async def _budgets(conn: AsyncConnection, org_id: str, w: Window) -> dict[str, list[Any]]:
-    """Each team's budgets with the thresholds they fired and exceptions granted in ``w``."""
+async def _budgets(
+    conn: AsyncConnection, org_id: str, w: Window
+) -> tuple[dict[str, list[Any]], dict[str, rules.Budget]]:
+    """Each team's budgets with the thresholds they fired and exceptions granted in ``w``;
+    and each budget's rule by id."""
     b, x, ev = schema.budgets, schema.budget_exceptions, schema.events
     budgets = (
         await conn.execute(
@@ -117,16 +124,40 @@ async def _budgets(conn: AsyncConnection, org_id: str, w: Window) -> dict[str, l
             {"id": r.id, "name": r.name, "period": r.period, "amount_nanos": r.amount_nanos,
              "thresholds_fired": by_budget.get(r.id, []), "exceptions": exceptions.get(r.id, [])}
         )  # fmt: skip
+    return out, {r.id: budget_from_row(dict(r._mapping)) for r in budgets}
+
+
+async def _counted(
+    engine: AsyncEngine, org_id: str, w: Window, tz: str, budgets: Iterable[rules.Budget]
+) -> dict[str, int]:
+    """What each team budget with categories counted of its team's calls in ``w``: the
+    calls its rule takes (``budget_rules.applies``, as its status counts them), summed
+    from the rollups by ``forecasts.spend_by_day`` (the ledger's figures, to the nano).
+    A budget without categories counts its team's own spend, the statement's figure."""
+    out: dict[str, int] = {}
+    for budget in budgets:
+        if not any(astuple(budget.categories)):
+            continue
+        days = await spend_by_day(
+            engine, w.start, w.end, [tz], [org_id], rules.scope_field(budget),
+            dimensions=rules.dimensions(budget),
+        )  # fmt: skip
+        out[budget.id] = sum(
+            int(costs.sum())
+            for subject, _, costs in days.by_org.get(org_id, [])
+            if rules.applies(budget, subject)
+        )
     return out
 
 
 def _breakdown(rows: list[dict[str, Any]], dim: str) -> dict[str | None, list[dict[str, Any]]]:
-    """Rows grouped by (team, ``dim``) -> per team: ``[{id, cost_nanos, requests}]``."""
+    """Rows grouped by (team, ``dim``) -> per team: ``[{id, cost_nanos, requests,
+    unpriced_requests}]`` (the calls of unknown price, $0 in ``cost_nanos``)."""
     out: dict[str | None, list[dict[str, Any]]] = {}
     for row in rows:
         out.setdefault(row["team"], []).append(
             {"id": row[dim] or "(none)", "cost_nanos": row["cost_nanos"],
-             "requests": row["requests"]}
+             "requests": row["requests"], "unpriced_requests": row["unpriced_requests"]}
         )  # fmt: skip
     for items in out.values():
         items.sort(key=lambda i: (-i["cost_nanos"], str(i["id"])))
@@ -148,13 +179,15 @@ def _team_figures(rows: list[dict[str, Any]], teams: Iterable[str]) -> dict[str,
 def _org_breakdown(rows: list[dict[str, Any]], dim: str) -> list[dict[str, Any]]:
     sums: dict[str, list[int]] = {}
     for row in rows:
-        into = sums.setdefault(row[dim] or "(none)", [0, 0])
+        into = sums.setdefault(row[dim] or "(none)", [0, 0, 0])
         into[0] += row["cost_nanos"]
         into[1] += row["requests"]
+        into[2] += row["unpriced_requests"]
     return sorted(
-        ({"id": k, "cost_nanos": c, "requests": n} for k, (c, n) in sums.items()),
+        ({"id": k, "cost_nanos": c, "requests": n, "unpriced_requests": u}
+         for k, (c, n, u) in sums.items()),
         key=lambda i: (-i["cost_nanos"], i["id"]),
-    )
+    )  # fmt: skip
 
 
 async def draw(
@@ -178,9 +211,12 @@ async def draw(
         }
         unowned = await _unowned_by_tags(conn, org_id, w)
         rules = await _rules(conn, org_id)
-        budgets = await _budgets(conn, org_id, w)
+        budgets, plans = await _budgets(conn, org_id, w)
+    counted = await _counted(engine, org_id, w, tz, plans.values())
     own = {t: 0 for t in teams}
+    unpriced: dict[str | None, int] = {}  # calls of unknown price ($0) per team
     for row in by["model"]:
+        unpriced[row["team"]] = unpriced.get(row["team"], 0) + row["unpriced_requests"]
         if row["team"] is not None:
             own[row["team"]] = own.get(row["team"], 0) + row["cost_nanos"]
     allocation = cb.allocate(unowned, own, rules, sorted(teams))
@@ -204,8 +240,12 @@ async def draw(
         out[team_id] = {
             **head, "kind": "team", "team_id": team_id, "team_name": teams.get(team_id, team_id),
             "lines": lines, "total_nanos": total,
+            "unpriced_requests": unpriced.get(team_id, 0),
             "breakdown": {dim: sections[dim].get(team_id, []) for dim in SECTIONS},
-            "budgets": [_outcome(b, own[team_id]) for b in budgets.get(team_id, [])],
+            "budgets": [
+                _outcome(b, counted.get(b["id"], own[team_id]), plans[b["id"]].timezone == tz)
+                for b in budgets.get(team_id, [])
+            ],
         }  # fmt: skip
         org_lines.append({"id": team_id, "label": teams.get(team_id, team_id),
                           "own_nanos": own[team_id], "cost_nanos": total,
@@ -216,19 +256,20 @@ async def draw(
     out[ORG] = {
         **head, "kind": "org", "team_id": None, "lines": org_lines,
         "total_nanos": sum(line["cost_nanos"] for line in org_lines),
+        "unpriced_requests": sum(unpriced.values()),
         "breakdown": {dim: _org_breakdown(by[dim], dim) for dim in SECTIONS},
     }  # fmt: skip
     return out
 
 
-def _outcome(budget: dict[str, Any], spent: int) -> dict[str, Any]:
-    monthly = budget["period"] == "monthly"
+def _outcome(budget: dict[str, Any], spent: int, same_zone: bool) -> dict[str, Any]:
+    # a monthly budget's month is the statement's only when both use one zone;
+    # other periods have several windows in a month, so no single percentage
+    whole = budget["period"] == "monthly" and same_zone
     return {
         **budget,
         "spent_nanos": spent,
-        # a monthly budget's month is the statement's only when both use one zone;
-        # other periods have several windows in a month, so no single percentage
-        "percent_used": f"{percent_used(spent, budget['amount_nanos'])}" if monthly else None,
+        "percent_used": f"{percent_used(spent, budget['amount_nanos'])}" if whole else None,
     }
 
 

@@ -86,4 +86,4 @@ def test_usage_audit_and_statement_csvs_neutralise_formulas(gateway: RunningGate
     _no_formula(lines)
     assert lines[1][:3] == ["lines", team["id"], "'+team"]
     as_json = gw.get("/admin/statements/2026-02", org_id=org["id"])
-    assert ["total", "total", "Total", "", as_json["total_usd"], *[""] * 6] in lines
+    assert ["total", "total", "Total", "", as_json["total_usd"], *[""] * 6, "0"] in lines

@@ -3,6 +3,8 @@ frozen once closed (the database refuses UPDATE and DELETE), reissued with a dif
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -13,6 +15,7 @@ import openai
 import pytest
 import sqlalchemy as sa
 
+from spendgate.core.money import usd_to_nanos
 from spendgate.core.showback import split_exact
 from tests.conftest import MASTER_KEY, RunningGateway
 
@@ -187,7 +190,7 @@ def test_statement_downloads_and_the_frozen_rows(gateway: RunningGateway) -> Non
     csv_text = gw.admin.get(base, params={"org_id": org_id, "format": "csv"}).text
     assert csv_text.splitlines()[0] == (
         "section,id,label,requests,cost_usd,input_tokens,output_tokens,cache_read_tokens,"
-        "cache_write_tokens,estimated_calls,estimated_usd"
+        "cache_write_tokens,estimated_calls,estimated_usd,unpriced_requests"
     )
     assert "Unallocated" in csv_text
     jsonl = gw.admin.get(base, params={"org_id": org_id, "format": "jsonl"}).text.splitlines()
@@ -269,3 +272,65 @@ def test_an_org_admin_naming_another_org_closes_nothing(gateway: RunningGateway)
     closed = as_admin.post("/admin/statements/2026-02/close", json={"org_id": own["id"]})
     assert closed.status_code == 200 and closed.json()["org_id"] == own["id"]
     as_admin.close()
+
+
+def test_a_team_budget_outcome_counts_what_the_budget_counts(gateway: RunningGateway) -> None:
+    """A team's statement lists its team budgets with what they spent in the month: a
+    budget with categories (one model) spent what its status says, not the team's whole
+    spend (which made a budget at a few percent read as far over); a monthly budget in
+    another zone than the org's gets no percentage (its month is not the statement's)."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "outcomes"})
+    team = gw.post("/admin/teams", {"org_id": org["id"], "name": "alpha"})
+    key = gw.create_key(org_id=org["id"], team_id=team["id"])["key"]
+    budget = gw.post(
+        "/admin/budgets",
+        {"name": "small only", "scope_type": "team", "scope_id": team["id"],
+         "amount_usd": "1", "categories": {"models": ["demo-small"]}},
+    )  # fmt: skip
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+    for model in ("demo-small", "demo-large", "demo-large"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    elsewhere = gw.post(
+        "/admin/budgets",
+        {"name": "new york", "scope_type": "team", "scope_id": team["id"], "amount_usd": "1",
+         "timezone": "America/New_York"},
+    )  # fmt: skip
+    status = gw.get(f"/admin/budgets/{budget['id']}/status")
+    statement = gw.get("/admin/statements/2026-03", org_id=org["id"], team_id=team["id"])
+    outcomes = {b["id"]: b for b in statement["statement"]["budgets"]}
+    own = statement["statement"]["lines"][0]["cost_nanos"]
+    assert 0 < usd_to_nanos(status["spent_usd"]) < own
+    assert outcomes[budget["id"]]["spent_nanos"] == usd_to_nanos(status["spent_usd"])
+    assert outcomes[budget["id"]]["percent_used"] == status["percent_used"]
+    # a month of New York is not the statement's (UTC) month: spent in the statement's
+    # month, and no percentage of a budget month it does not cover
+    assert outcomes[elsewhere["id"]]["spent_nanos"] == own
+    assert outcomes[elsewhere["id"]]["percent_used"] is None
+
+
+def test_calls_of_unknown_price_are_shown_as_unknown_not_free(gateway: RunningGateway) -> None:
+    """Calls on a model without a known price cost $0 in the ledger: the statement says
+    how many there are (the statement's ``unpriced_requests``, each breakdown row's), and
+    its CSV and printable page mark them unknown instead of showing $0 alone."""
+    gw = gateway
+    org = gw.post("/admin/orgs", {"name": "unpriced"})
+    team = gw.post("/admin/teams", {"org_id": org["id"], "name": "alpha"})
+    key = gw.create_key(org_id=org["id"], team_id=team["id"])["key"]
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0)
+    for model in ("mystery-model", "mystery-model", "demo-small"):
+        client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}])
+    for team_id in (team["id"], None):
+        asked = {"org_id": org["id"], **({"team_id": team_id} if team_id else {})}
+        content = gw.get("/admin/statements/2026-03", **asked)["statement"]
+        assert content["unpriced_requests"] == 2
+        models = {row["id"]: row for row in content["breakdown"]["model"]}
+        assert models["mystery-model"]["cost_nanos"] == 0
+        assert models["mystery-model"]["unpriced_requests"] == 2
+        assert models["demo-small"]["unpriced_requests"] == 0
+        exported = gw.admin.get("/admin/statements/2026-03", params={**asked, "format": "csv"})
+        rows = {(r["section"], r["id"]): r for r in csv.DictReader(io.StringIO(exported.text))}
+        assert rows["model", "mystery-model"]["unpriced_requests"] == "2"
+        assert rows["total", "total"]["unpriced_requests"] == "2"
+        page = gw.admin.get("/admin/statements/2026-03", params={**asked, "format": "html"})
+        assert "2 calls of unknown price" in page.text

@@ -63,3 +63,19 @@ def test_usage_rolls_up_by_tag(gateway: RunningGateway) -> None:
     assert exported.status_code == 200, exported.text
     rows = list(csv.DictReader(io.StringIO(exported.text)))
     assert sorted(r["tag"] for r in rows) == ["", "batch", "prod", "search"]  # no total row
+
+
+def test_a_tag_named_other_keeps_its_own_running_total(gateway: RunningGateway) -> None:
+    """``top=1`` keeps a tag that is called ``other`` and folds the rest into the
+    ``"other"`` row (``other: true``): each row's ``cumulative_cost_usd`` is its own
+    group's running total (the two rows shared one, so the folded row said it had run up
+    both)."""
+    org = gateway.post("/admin/orgs", {"name": "other-tag"})["id"]
+    named = gateway.create_key(org_id=org, tags=["other"])
+    spent = [call(gateway, named["key"]) for _ in range(3)]
+    folded = [call(gateway, gateway.create_key(org_id=org, tags=[t])["key"]) for t in "ab"]
+    report = gateway.get("/admin/usage", group_by="day,tag", org_id=org, top="1", cumulative="true")
+    rows = {bool(row.get("other")): row for row in report["rows"]}
+    assert [row["tag"] for row in report["rows"]] == ["other", "other"]
+    assert Decimal(rows[False]["cumulative_cost_usd"]) == sum(spent)
+    assert Decimal(rows[True]["cumulative_cost_usd"]) == sum(folded)

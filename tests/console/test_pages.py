@@ -69,6 +69,13 @@ def test_usage_totals_and_csv_equal_the_api(console: Console) -> None:
         # the grain goes
         bad = client.get("/usage?group_by=model,day")
         assert bad.status_code == 422 and "the time grain is grain" in bad.text
+        # custom dates the calendar cannot shift into UTC (year 1) or past what the API
+        # takes: the page's own 422 beside the date (year 1 was a 500, connection reset)
+        for start, end, field in (("0001-01-01", "0001-01-02", "start"),
+                                  ("8999-12-30", "9999-01-01", "end")):  # fmt: skip
+            bad = client.get(f"/usage?preset=custom&start={start}&end={end}")
+            assert bad.status_code == 422, (start, bad.status_code)
+            assert f'id="{field}-error"' in bad.text and "between 1970 and 9000" in bad.text
 
 
 def test_a_refused_usage_filter_comes_back_as_typed(console: Console, page: Page) -> None:
@@ -482,3 +489,25 @@ def test_usage_csv_shows_formula_like_names_as_text(console: Console) -> None:
     assert tag_row[by_tag[0].index("total_usd")] == api["total_cost_usd"]
     assert [team["id"], "'+cmd"] in [r[:2] for r in by_team]
     assert not any(c.startswith(("=", "+", "@")) for r in by_tag + by_team for c in r)
+
+
+def test_selected_tag_budget_chart_counts_the_tags_calls_only(console: Console) -> None:
+    """A tag budget (no categories) keeps its tag in ``tag``, not ``scope_id``: its chart's
+    spend line ends at the budget's own spent figure, the tagged calls, not at the whole
+    org's spend (the filter was the empty scope_id, so no filter at all)."""
+    gw = console.gw
+    _spend(console)  # untagged calls of both teams
+    key = gw.post("/admin/keys", {"name": "t", "org_id": console.org_id, "tags": ["batch"]})
+    client = openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key["key"], max_retries=0)
+    client.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "x"}])
+    budget = gw.post(
+        "/admin/budgets",
+        {"name": "batch", "scope_type": "tag", "tag": "batch", "org_id": console.org_id,
+         "amount_usd": "1"},
+    )  # fmt: skip
+    spent = gw.get(f"/admin/budgets/{budget['id']}/status")["spent_usd"]
+    org = gw.get("/admin/usage", start="2026-03-01")
+    assert 0 < Decimal(spent) < Decimal(org["total_cost_usd"])
+    with session(console.url, "finance@acme.test") as client:
+        page = client.get(f"/usage?budget={budget['id']}").text
+    assert f"<title>spend so far: ${spent}</title>" in page

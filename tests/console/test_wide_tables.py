@@ -153,3 +153,39 @@ def test_list_pages_fit_1280_pixels(console: Console, browser: Browser, path: st
                 assert (table["region"], table["tabindex"]) == ("region", "0"), (path, table)
     finally:
         context.close()
+
+
+#: a name as scripts make them: an identifier with no space or hyphen to break at
+SNAKE = ("research_inference_gpt_4o_batch_scoring_nightly_eu_west_1_" * 4)[:200]
+
+
+def test_pages_of_one_snake_case_name_fit_1280_pixels(console: Console, browser: Browser) -> None:
+    """A budget and a key named like identifiers (200 characters, no space or hyphen, as
+    the API allows): the budget's page, its edit form, its chart on /usage and the key's
+    page do not scroll sideways (the name in a heading ran 2,300–3,100 px wide). The
+    lists' tables may scroll inside their own wraps, as they do on a narrow screen."""
+    gw = console.gw
+    key = gw.post("/admin/keys", {"name": SNAKE, "org_id": console.org_id})
+    budget = gw.post(
+        "/admin/budgets",
+        {"name": SNAKE, "scope_type": "key", "scope_id": key["id"], "amount_usd": "10"},
+    )
+    context = browser.new_context(viewport={"width": 1280, "height": 800})
+    page = context.new_page()
+    seen: dict[str, Any] = {}
+    try:
+        sign_in(page, console.url, "org_admin@acme.test")
+        for path in (
+            f"/usage/budgets/{budget['id']}",
+            f"/usage/budgets/{budget['id']}/edit",
+            f"/usage?budget={budget['id']}",
+            f"/keys/{key['id']}",
+            "/usage/budgets",
+            "/keys",
+        ):
+            page.goto(console.url + path)
+            seen[path] = _measure(page)
+    finally:
+        context.close()
+    wide = {p: s["page"] for p, s in seen.items() if s["page"] > s["viewport"]}
+    assert wide == {}
