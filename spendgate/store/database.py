@@ -268,18 +268,22 @@ UNREACHABLE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, Pool
 #: SQLSTATE classes of the same: connection exception, insufficient resources, operator
 #: intervention (a server shutting down or starting: asyncpg reports those as plain errors)
 UNREACHABLE_SQLSTATES = frozenset({"08", "53", "57"})
+#: single SQLSTATEs of the same: a read-only transaction (a hot standby, or a primary
+#: demoted by a failover, answers every write so until the failover is done)
+UNREACHABLE_CODES = frozenset({"25006"})
 
 
 def database_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` means an outage (connection lost or refused, pool exhausted, server
-    shutting down), not that the database refused what was asked (a conflict, a bug):
-    only an outage may be answered 503 "database unavailable"."""
+    shutting down, out of disk, read-only), not that the database refused what was asked
+    (a conflict, a bug): only an outage may be answered 503 "database unavailable"."""
     if isinstance(exc, UNREACHABLE_ERRORS):
         return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
-        return _sqlstate(exc)[:2] in UNREACHABLE_SQLSTATES
+        state = _sqlstate(exc)
+        return state[:2] in UNREACHABLE_SQLSTATES or state in UNREACHABLE_CODES
     return False
 
 

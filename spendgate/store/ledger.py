@@ -22,7 +22,7 @@ from spendgate.errors import DatabaseUnavailable
 from spendgate.stopping import end_tasks
 from spendgate.store import daily, rollups, schema
 from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
-from spendgate.store.database import insert_new
+from spendgate.store.database import database_unreachable, insert_new
 from spendgate.store.events import PendingEvent, record_event
 from spendgate.store.showback import usage_report
 from spendgate.store.spool import START, Position, Spool, frame
@@ -428,7 +428,9 @@ class LedgerWriter:
             async with self._engine.begin() as conn:
                 await store_batch(conn, batch)
         except Exception as exc:
-            if not await self._database_answers():
+            # a database that answers but cannot take writes now (read-only after a
+            # failover, out of disk, locked) refuses every row: they wait, none is set aside
+            if database_unreachable(exc) or not await self._database_answers():
                 raise DatabaseUnavailable(f"the database cannot be reached: {exc}") from exc
             if len(batch) > 1:
                 mid = len(batch) // 2

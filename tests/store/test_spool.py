@@ -26,6 +26,7 @@ from spendgate.store.database import create_engine, database_fingerprint, migrat
 from spendgate.store.events import PendingEvent, list_events
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
 from spendgate.store.spool import SUFFIX, Spool, SyncMode, frame, unframe
+from tests.conftest import _pg_execute as pg_admin
 from tests.store.test_store import entry
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -239,6 +240,38 @@ async def test_while_the_database_is_down_every_row_waits(tmp_path: Path) -> Non
     [path] = spool_files(tmp_path)
     assert path.read_bytes().count(b"\n") == 6  # the header and five rows
     await down.dispose()
+
+
+async def test_a_database_that_cannot_take_writes_now_sets_no_row_aside(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """A PostgreSQL that answers but refuses every write (read-only: a hot standby, or a
+    primary demoted by a failover) is an outage for the ledger, not five refused rows:
+    they wait in the spool, and once writes are taken again all land, with their events,
+    and none is in ``ledger_rejected`` or the spool's ``rejected.jsonl``."""
+    engine = create_engine(pg_database)
+    name = pg_database.rsplit("/", 1)[1]
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    writer.start()
+    for n in range(5):
+        await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW), [crossing(n)])
+    await pg_admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    await engine.dispose()  # the failover: every connection is a new one, to a read-only server
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await writer.flush()
+        assert writer.pending == 5
+    finally:
+        await pg_admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await engine.dispose()
+    assert await writer.flush() == 5
+    await writer.close()
+    assert await ledger_ids(engine) == [f"req_{n:06d}" for n in range(5)]
+    assert len(await list_events(engine, type_="budget.threshold_crossed")) == 5
+    async with engine.connect() as conn:
+        assert (await conn.execute(sa.select(schema.ledger_rejected))).all() == []
+    assert not (tmp_path / "rejected.jsonl").exists()
+    await engine.dispose()
 
 
 def test_frames_round_trip() -> None:
