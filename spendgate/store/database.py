@@ -287,6 +287,15 @@ def database_unreachable(exc: BaseException) -> bool:
     return False
 
 
+def lost_to_the_moment(exc: BaseException) -> bool:
+    """A statement refused for when it ran, not for what it asked: cancelled by the
+    server's ``statement_timeout`` (57014), a lock not had within ``lock_timeout``
+    (55P03), a deadlock or a serialization failure (class 40). The ledger writer splits
+    a batch so refused, and a row so refused waits: no row is set aside for it."""
+    state = _sqlstate(exc)
+    return state in ("57014", "55P03") or state[:2] == "40"
+
+
 def _sqlstate(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     state = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
