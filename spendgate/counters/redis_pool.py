@@ -10,7 +10,7 @@ from typing import TypeVar
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from spendgate.errors import StateUnavailable
@@ -60,7 +60,8 @@ def counters_failed(exc: RedisError, checking: str) -> StateUnavailable:
     """The 503 for a call whose ``checking`` (e.g. "budgets and limits") needed Redis and
     did not get it: fail closed. Unreachable is logged as such; any other Redis error (a
     script refusing, say) is a bug, logged with its traceback."""
-    if isinstance(exc, RedisConnectionError | RedisTimeoutError):
+    # a Redis that takes no write (full, a replica) is as good as away: no traceback
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | OutOfMemoryError | ReadOnlyError):
         log.error("shared counters unreachable: %s", exc)
         return StateUnavailable(
             f"spendgate cannot reach its shared counters (Redis), so it "

@@ -193,14 +193,30 @@ class PipelinedRedis:
         self._conn = None
 
 
+class WritesRefused(RedisConnectionError):
+    """Redis answers but takes no write now: full (``OOM``, under ``maxmemory-policy
+    noeviction``), a replica (``READONLY``: a failover pointed us at the old primary), or
+    refusing writes since it cannot save (``MISCONF``), or a replica cut from its primary
+    (``MASTERDOWN``). No script of spendgate's can run there: for the breaker it is Redis
+    being away, fail-open or fail-closed as configured, not a call that failed."""
+
+
+#: error replies that mean ``WritesRefused`` (redis-py: ``OutOfMemoryError``,
+#: ``ReadOnlyError``, a plain ``ResponseError`` for the others)
+WRITES_REFUSED = ("OOM ", "READONLY ", "MISCONF ", "MASTERDOWN ")
+
+
 def _error(reply: ResponseError) -> Exception:
     """An error reply as redis-py raises it where the type matters: ``LOADING`` (a Redis
     restarted with its data, still reading it) is a ``BusyLoadingError``, a
     ``ConnectionError`` as in redis-py, so the breaker treats it as Redis being away
-    (fail-open or fail-closed) and not as a call that failed (a 503 in fail-open mode)."""
+    (fail-open or fail-closed) and not as a call that failed (a 503 in fail-open mode);
+    a Redis that takes no write is ``WritesRefused``, for the same reason."""
     message = str(reply)
     if message.startswith("LOADING"):
         return BusyLoadingError(message)
+    if message.startswith(WRITES_REFUSED):
+        return WritesRefused(message)
     return reply
 
 

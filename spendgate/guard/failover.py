@@ -52,6 +52,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -68,8 +69,10 @@ from spendgate.store.policies import PolicySnapshot
 
 log = logging.getLogger("spendgate.guard.failover")
 
-#: what counts as "Redis unreachable"; any other Redis error is a bug and propagates
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError)
+#: what counts as "Redis unreachable" (``WritesRefused``, a Redis that answers but takes
+#: no write, is a ``RedisConnectionError``; redis-py's own classes of it for the pooled
+#: connections); any other Redis error is a bug and propagates
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OutOfMemoryError, ReadOnlyError)
 Mode = Literal["closed", "open"]
 #: how often a replica that lost Redis tries it again
 PROBE_SECONDS = 1.0

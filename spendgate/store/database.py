@@ -268,19 +268,32 @@ UNREACHABLE_ERRORS = (OperationalError, InterfaceError, DisconnectionError, Pool
 #: SQLSTATE classes of the same: connection exception, insufficient resources, operator
 #: intervention (a server shutting down or starting: asyncpg reports those as plain errors)
 UNREACHABLE_SQLSTATES = frozenset({"08", "53", "57"})
+#: single SQLSTATEs of the same: a read-only transaction (a hot standby, or a primary
+#: demoted by a failover, answers every write so until the failover is done)
+UNREACHABLE_CODES = frozenset({"25006"})
 
 
 def database_unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` means an outage (connection lost or refused, pool exhausted, server
-    shutting down), not that the database refused what was asked (a conflict, a bug):
-    only an outage may be answered 503 "database unavailable"."""
+    shutting down, out of disk, read-only), not that the database refused what was asked
+    (a conflict, a bug): only an outage may be answered 503 "database unavailable"."""
     if isinstance(exc, UNREACHABLE_ERRORS):
         return True
     if isinstance(exc, DBAPIError):
         if exc.connection_invalidated:
             return True
-        return _sqlstate(exc)[:2] in UNREACHABLE_SQLSTATES
+        state = _sqlstate(exc)
+        return state[:2] in UNREACHABLE_SQLSTATES or state in UNREACHABLE_CODES
     return False
+
+
+def lost_to_the_moment(exc: BaseException) -> bool:
+    """A statement refused for when it ran, not for what it asked: cancelled by the
+    server's ``statement_timeout`` (57014), a lock not had within ``lock_timeout``
+    (55P03), a deadlock or a serialization failure (class 40). The ledger writer splits
+    a batch so refused, and a row so refused waits: no row is set aside for it."""
+    state = _sqlstate(exc)
+    return state in ("57014", "55P03") or state[:2] == "40"
 
 
 def _sqlstate(exc: BaseException) -> str:

@@ -22,7 +22,7 @@ from spendgate.errors import DatabaseUnavailable
 from spendgate.stopping import end_tasks
 from spendgate.store import daily, rollups, schema
 from spendgate.store.cost_sums import COST_REST, COST_WHOLE, cost_from_sums, exact_cost_sum
-from spendgate.store.database import insert_new
+from spendgate.store.database import database_unreachable, insert_new, lost_to_the_moment
 from spendgate.store.events import PendingEvent, record_event
 from spendgate.store.showback import usage_report
 from spendgate.store.spool import START, Position, Spool, frame
@@ -428,13 +428,20 @@ class LedgerWriter:
             async with self._engine.begin() as conn:
                 await store_batch(conn, batch)
         except Exception as exc:
-            if not await self._database_answers():
+            # a database that answers but cannot take writes now (read-only after a
+            # failover, out of disk, an SQLite file locked) refuses every row: they
+            # wait, none is set aside; so does a row refused for the moment it ran
+            # (a timeout, a deadlock), once a smaller batch was tried
+            moment = lost_to_the_moment(exc)
+            if (database_unreachable(exc) and not moment) or not await self._database_answers():
                 raise DatabaseUnavailable(f"the database cannot be reached: {exc}") from exc
             if len(batch) > 1:
                 mid = len(batch) // 2
                 await self._store(batch[:mid])
                 await self._store(batch[mid:])
-            elif not retried:  # a deadlock or a serialisation failure passes on retry
+            elif moment:
+                raise DatabaseUnavailable(f"the database cannot take this row now: {exc}") from exc
+            elif not retried:  # once more before it is set aside
                 await self._store(batch, retried=True)
             else:
                 await self._reject(batch[0], exc)

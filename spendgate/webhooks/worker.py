@@ -218,21 +218,34 @@ class DeliveryWorker:
         parse_target(url)  # http(s) with a host; its addresses are vetted as it connects
         content, headers = self._request(claim)
         start = self._clock.monotonic()
+        resp: httpx.Response | None = None
+        excerpt = b""
         try:
-            with REDACTOR.hiding(*hidden):
-                async with self._http.stream(
-                    "POST",
-                    url,
-                    content=content,
-                    headers=headers,
-                    timeout=self._timeout,
-                    follow_redirects=False,
-                ) as resp:
-                    excerpt = b""
-                    async for chunk in resp.aiter_bytes():
-                        excerpt += chunk
-                        if len(excerpt) >= EXCERPT_BYTES:
-                            break
+            # the timeout bounds the whole attempt, not only each read (httpx's): a
+            # receiver answering a byte at a time must not outlast the lease, after which
+            # another worker sends the delivery again
+            async with asyncio.timeout(self._timeout):
+                with REDACTOR.hiding(*hidden):
+                    async with self._http.stream(
+                        "POST",
+                        url,
+                        content=content,
+                        headers=headers,
+                        timeout=self._timeout,
+                        follow_redirects=False,
+                    ) as resp:
+                        async for chunk in resp.aiter_bytes():
+                            excerpt += chunk
+                            if len(excerpt) >= EXCERPT_BYTES:
+                                break
+        except TimeoutError:
+            if resp is None:  # no status in time; one that came stands, whatever its body
+                return AttemptResult(
+                    ok=False,
+                    response_code=None,
+                    latency_ms=self._elapsed_ms(start),
+                    error=f"no answer within the timeout ({self._timeout:g} s)",
+                )
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             error = f"{type(exc).__name__}: {exc}"
             for spelling in hidden:

@@ -25,6 +25,13 @@ class ServerShuttingDown(Exception):
     sqlstate = "57P01"
 
 
+class ReadOnlyTransaction(Exception):
+    """What asyncpg raises for a write to a hot standby, or to a primary a failover demoted
+    (SQLSTATE 25006): the database cannot take writes now, an outage."""
+
+    sqlstate = "25006"
+
+
 class UniqueViolation(Exception):
     sqlstate = "23505"
 
@@ -41,6 +48,7 @@ ERRORS: dict[str, Exception] = {
     "pool": PoolTimeout("QueuePool limit of size 5 overflow 10 reached"),
     "shutdown": DBAPIError("SELECT 1", {}, ServerShuttingDown("terminating connection")),
     "socket": ConnectionResetError("connection reset by peer"),
+    "read_only": DBAPIError("INSERT", {}, ReadOnlyTransaction("read-only transaction")),
     "integrity": IntegrityError("INSERT", {}, UniqueViolation("duplicate key value")),
     "serialization": DBAPIError("UPDATE", {}, SerializationFailure("could not serialize")),
     "programming": ProgrammingError("SELECT nope", {}, Exception("column nope does not exist")),
@@ -55,6 +63,7 @@ ERRORS: dict[str, Exception] = {
         ("pool", True),
         ("shutdown", True),
         ("socket", True),
+        ("read_only", True),
         ("integrity", False),
         ("serialization", False),
         ("programming", False),
@@ -71,6 +80,7 @@ def test_only_connection_failures_count_as_an_outage(kind: str, outage: bool) ->
         ("operational", 503, "database_unavailable"),
         ("shutdown", 503, "database_unavailable"),
         ("socket", 503, "database_unavailable"),
+        ("read_only", 503, "database_unavailable"),
         ("integrity", 409, "conflict"),
         ("serialization", 409, "conflict"),
         ("programming", 500, "internal_error"),

@@ -292,6 +292,62 @@ def test_fail_open_a_share_used_up_is_not_the_budget_refusing(
             stop(started)
 
 
+def redis_command(redis: PrivateRedis, *args: str) -> None:
+    async def run() -> None:
+        client = Redis.from_url(redis.url)
+        try:
+            await client.execute_command(*args)
+        finally:
+            await client.aclose()
+
+    asyncio.run(run())
+
+
+#: a Redis that answers but takes no write, and how it takes writes again
+NO_WRITES = {
+    "full": (("CONFIG", "SET", "maxmemory", "1"), ("CONFIG", "SET", "maxmemory", "0")),
+    "replica": (("REPLICAOF", "127.0.0.1", "1"), ("REPLICAOF", "NO", "ONE")),
+}
+
+
+@pytest.mark.parametrize("how", sorted(NO_WRITES))
+def test_fail_open_a_redis_that_takes_no_write_is_a_redis_away(
+    database: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+    how: str,
+) -> None:
+    """Redis full (``OOM``, under the ``noeviction`` policy the README asks for) or made a
+    replica by a failover (``READONLY``) still answers reads, but no admission script
+    runs. Fail-open, that is Redis away: calls are served on local counters (they were
+    each refused with 503, as if the mode were fail-closed, /readyz saying Redis was
+    fine), and once it takes writes again the outage's spend reaches the counter once."""
+    broken, mended = NO_WRITES[how]
+    with PrivateRedis() as redis:
+        started = gateways(database, upstream[1].url, tmp_path, redis, 1, "open")
+        [a] = started
+        try:
+            key = a.create_key()
+            cost = Decimal(chat(a, key["key"]).headers["x-spendgate-cost-usd"])
+            made = a.post("/admin/budgets", hard_budget(key["id"], cost * 40))
+            assert chat(a, key["key"]).status_code == 200
+            redis_command(redis, *broken)
+            assert [chat(a, key["key"]).status_code for _ in range(3)] == [200] * 3
+            ready = a.get("/readyz")
+            assert ready["redis"] == "unreachable" and ready["redis_local_admissions"] == 3
+            redis_command(redis, *mended)
+            advance(started, 1.5)
+            assert chat(a, key["key"]).status_code == 200
+            assert a.get("/readyz")["redis"] == "ok"
+            period = a.get(f"/admin/budgets/{made['id']}/status")["period_key"]
+            spend = ledger_spend(started, key["id"])
+            assert len(spend) == 6
+            assert counter(redis, f"b:{made['id']}:{period}") == sum(spend.values())
+        finally:
+            stop(started)
+
+
 def test_fail_open_a_call_still_writing_its_row_when_redis_returns_is_caught_up(
     database: str,
     upstream: tuple[FakeUpstream, ServerHandle],

@@ -14,6 +14,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -26,6 +27,7 @@ from spendgate.store.database import create_engine, database_fingerprint, migrat
 from spendgate.store.events import PendingEvent, list_events
 from spendgate.store.ledger import LedgerEntry, LedgerWriter
 from spendgate.store.spool import SUFFIX, Spool, SyncMode, frame, unframe
+from tests.conftest import _pg_execute as pg_admin
 from tests.store.test_store import entry
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -239,6 +241,71 @@ async def test_while_the_database_is_down_every_row_waits(tmp_path: Path) -> Non
     [path] = spool_files(tmp_path)
     assert path.read_bytes().count(b"\n") == 6  # the header and five rows
     await down.dispose()
+
+
+async def test_a_database_that_cannot_take_writes_now_sets_no_row_aside(
+    pg_database: str, tmp_path: Path
+) -> None:
+    """A PostgreSQL that answers but refuses every write (read-only: a hot standby, or a
+    primary demoted by a failover) is an outage for the ledger, not five refused rows:
+    they wait in the spool, and once writes are taken again all land, with their events,
+    and none is in ``ledger_rejected`` or the spool's ``rejected.jsonl``."""
+    engine = create_engine(pg_database)
+    name = pg_database.rsplit("/", 1)[1]
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    writer.start()
+    for n in range(5):
+        await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW), [crossing(n)])
+    await pg_admin(f'ALTER DATABASE "{name}" SET default_transaction_read_only = on')
+    await engine.dispose()  # the failover: every connection is a new one, to a read-only server
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await writer.flush()
+        assert writer.pending == 5
+    finally:
+        await pg_admin(f'ALTER DATABASE "{name}" RESET default_transaction_read_only')
+        await engine.dispose()
+    assert await writer.flush() == 5
+    await writer.close()
+    assert await ledger_ids(engine) == [f"req_{n:06d}" for n in range(5)]
+    assert len(await list_events(engine, type_="budget.threshold_crossed")) == 5
+    async with engine.connect() as conn:
+        assert (await conn.execute(sa.select(schema.ledger_rejected))).all() == []
+    assert not (tmp_path / "rejected.jsonl").exists()
+    await engine.dispose()
+
+
+@pytest.mark.parametrize("setting", ["statement_timeout", "lock_timeout"])
+async def test_rows_a_timeout_cuts_wait_and_none_is_set_aside(
+    pg_database: str, tmp_path: Path, setting: str
+) -> None:
+    """The ledger locked by someone else past the database's ``statement_timeout`` or
+    ``lock_timeout``: every statement is refused for the moment it ran, not for its
+    rows. The writer splits the batch, and a row still refused waits in the spool; none
+    is set aside, and all land once the lock is gone."""
+    name = pg_database.rsplit("/", 1)[1]
+    await pg_admin(f'ALTER DATABASE "{name}" SET {setting} = 200')
+    engine = create_engine(pg_database)
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    writer.start()
+    for n in range(4):
+        await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW))
+    locker = await asyncpg.connect(pg_database)
+    try:
+        async with locker.transaction():
+            await locker.execute("LOCK TABLE ledger IN EXCLUSIVE MODE")
+            with pytest.raises(DatabaseUnavailable):
+                await writer.flush()
+            assert writer.pending == 4
+    finally:
+        await locker.close()
+    assert await writer.flush() == 4
+    await writer.close()
+    assert await ledger_ids(engine) == [f"req_{n:06d}" for n in range(4)]
+    async with engine.connect() as conn:
+        assert (await conn.execute(sa.select(schema.ledger_rejected))).all() == []
+    assert not (tmp_path / "rejected.jsonl").exists()
+    await engine.dispose()
 
 
 def test_frames_round_trip() -> None:

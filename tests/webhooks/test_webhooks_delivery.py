@@ -553,3 +553,45 @@ async def test_a_round_asked_for_during_another_waits_for_it(world: World, serve
     assert seen == [1]
     [done] = await list_deliveries(world.engine, endpoint["id"])
     assert done["status"] == "succeeded" and len(receiver.received) == 1
+
+
+@sqlite_only
+async def test_a_receiver_answering_a_byte_at_a_time_is_cut_off_at_the_timeout(
+    world: World,
+) -> None:
+    """The attempt's timeout bounds the whole attempt, not each read: a receiver (or a
+    proxy in front of it) that sends its headers a line every 0.1 s for 4 s would
+    otherwise hold the attempt, and its worker's round, as long as it likes, past the
+    lease, after which another replica sends the delivery again. Cut off at 0.5 s, the
+    attempt is a failure, retried on the usual schedule."""
+    stop = asyncio.Event()
+
+    async def drip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for n in range(40):
+            if stop.is_set():
+                break
+            writer.write(b"x-drip-%d: 1\r\n" % n)
+            await writer.drain()
+            await asyncio.sleep(0.1)
+        writer.write(b"content-length: 2\r\n\r\nok")
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(drip, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        endpoint, _ = await world.endpoint(f"http://127.0.0.1:{port}/hook")
+        await world.emit()
+        assert await world.worker(timeout_seconds=0.5).run_once() == 1
+    finally:
+        stop.set()
+        server.close()
+        await server.wait_closed()
+    [pending] = await list_deliveries(world.engine, endpoint["id"])
+    assert pending["status"] == "pending" and pending["attempts"] == 1
+    [attempt] = pending["attempt_log"]
+    assert attempt["response_code"] is None and "0.5 s" in attempt["error"]
+    assert pending["next_attempt_at"] == world.clock.now() + timedelta(seconds=5)
