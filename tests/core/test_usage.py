@@ -222,3 +222,71 @@ def test_an_implausible_one_hour_figure_is_clamped() -> None:
     assert usage is not None
     assert usage.implausible
     assert usage.cache_write_1h_tokens == usage.cache_write_tokens == MAX_TOKENS_PER_CALL
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 1200.0, "completion_tokens": 30.0, "total_tokens": 1230.0},
+        {"prompt_tokens": "1200", "completion_tokens": "30"},
+        {"input_tokens": 1200.0, "output_tokens": "30"},
+    ],
+)
+def test_counts_written_as_floats_or_digit_strings_are_counts(usage: dict[str, Any]) -> None:
+    """``1200.0`` and ``"1200"`` are 1,200 tokens, billed as such (they read as 0 before:
+    the call cost $0)."""
+    normalised = from_openai(usage)
+    assert normalised is not None
+    assert (normalised.input_tokens, normalised.output_tokens) == (1200, 30)
+    assert from_anthropic({"input_tokens": "1200", "output_tokens": 30.0}) == TokenUsage(
+        input_tokens=1200, output_tokens=30
+    )
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {},
+        {"total_tokens": 50},
+        {"prompt_tokens": None, "completion_tokens": None},
+        {"prompt_tokens": "lots", "completion_tokens": 30},
+        {"prompt_tokens": -5, "completion_tokens": 30},
+        {"input_tokens": 12.5, "output_tokens": 30},
+        {"input_tokens": [], "output_tokens": 30},
+        {"input_tokens": 100, "output_tokens": float("nan")},
+    ],
+)
+def test_a_usage_without_readable_counts_is_not_the_providers_figure(
+    usage: dict[str, Any],
+) -> None:
+    """No count, or a count that is none (negative, fractional, text): not a figure to
+    bill (None: the call is billed on an estimate), where it used to read as 0 tokens."""
+    assert from_openai(usage) is None
+    anthropic = {"input_tokens", "output_tokens"}
+    shaped = {k.replace("prompt_", "input_").replace("completion_", "output_"): v
+              for k, v in usage.items()}  # fmt: skip
+    if set(shaped) & anthropic or not shaped:
+        assert from_anthropic(shaped) is None
+        assert from_anthropic(shaped, from_anthropic(START)) is None
+
+
+def test_openai_cache_writes_are_part_of_the_prompt() -> None:
+    """``cache_write_tokens`` in the input details (OpenAI models priced for cache writes,
+    OpenRouter) is read, held to what the cache reads leave of the prompt."""
+    chat = from_openai(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 300},
+        }
+    )
+    responses = from_openai(
+        {
+            "input_tokens": 1000,
+            "output_tokens": 5,
+            "input_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 900},
+        }
+    )
+    assert chat is not None and responses is not None
+    assert (chat.cache_read_tokens, chat.cache_write_tokens) == (600, 300)
+    assert (responses.cache_read_tokens, responses.cache_write_tokens) == (600, 400)
