@@ -169,9 +169,13 @@ class BudgetExceeded(SpendgateError):
         resets_at: str | None,
         retry_after: int | None,
         retryable: bool = True,
+        remaining_usd: str | None = None,
     ) -> None:
         super().__init__(message)
         self.budget_id = budget_id
+        #: what is left of the refusing budget's hard cap (its spend taken off; what calls
+        #: in flight hold is not spent), as ``x-spendgate-budget-remaining-usd``
+        self.remaining_usd = remaining_usd
         #: None (with ``retry_after``) when not even the next period lifts the refusal
         self.resets_at = resets_at
         self.retry_after = retry_after
@@ -181,6 +185,8 @@ class BudgetExceeded(SpendgateError):
 
     def headers(self) -> dict[str, str]:
         headers = {"x-spendgate-budget-id": self.budget_id}
+        if self.remaining_usd is not None:
+            headers["x-spendgate-budget-remaining-usd"] = self.remaining_usd
         if self.retry_after is not None:
             headers["retry-after"] = str(max(1, self.retry_after))
         if self.resets_at is not None:

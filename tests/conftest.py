@@ -39,7 +39,12 @@ from spendgate.core.clock import FrozenClock
 from spendgate.settings import Settings, load_settings
 from spendgate.store import console_auth
 from spendgate.store.database import migrate_url
-from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle, serve_in_thread
+from spendgate.testing.fake_upstream import (
+    AS_SIMULATED,
+    FakeUpstream,
+    ServerHandle,
+    serve_in_thread,
+)
 from spendgate.testing.webhook_receiver import Receiver
 
 PG_ADMIN_DSN = os.environ.get("SPENDGATE_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -350,6 +355,7 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     fake_app.stream_error_form = "own"
     fake_app.required_api_key = None
     fake_app.redirect_to = None
+    fake_app.reported_usage = AS_SIMULATED
     if fake_app.stream_gate is not None:
         fake_app.stream_gate.set()
         fake_app.stream_gate = None

@@ -84,8 +84,27 @@ def plausible(usage: TokenUsage) -> TokenUsage:
     )
 
 
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+#: a digit string longer than this is above ``MAX_TOKENS_PER_CALL`` (read as just above
+#: it, so clamped and marked; Python will not convert past 4,300 digits)
+_DIGITS = 18
+
+
+def _count(value: Any) -> int | None:
+    """A token figure as a provider sent it: a non-negative whole number, also written as
+    an integral float (``1200.0``) or a string of digits (``"1200"``), which bill the
+    same; None when it is none of these (absent, null, negative, fractional, text)."""
+    if value.__class__ is int:
+        return value if value >= 0 else None
+    if isinstance(value, float):
+        return int(value) if value >= 0 and value.is_integer() else None
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        return int(value) if len(value) <= _DIGITS else MAX_TOKENS_PER_CALL + 1
+    return None
+
+
+def _detail(details: Any, name: str) -> int:
+    """A breakdown figure (``cached_tokens``…) as a count, 0 when it is not one."""
+    return (_count(details.get(name)) or 0) if isinstance(details, dict) else 0
 
 
 def searches_in(output: Any) -> int:
@@ -100,40 +119,63 @@ def searches_in(output: Any) -> int:
 
 def from_openai(usage: dict[str, Any] | None, searches: int = 0) -> TokenUsage | None:
     """Chat/completions (``prompt_tokens``…) and Responses (``input_tokens``…) shapes;
-    ``searches``: the web searches the answer ran (``searches_in`` its output)."""
+    ``searches``: the web searches the answer ran (``searches_in`` its output).
+
+    None when the usage is not the provider's figure: not an object, neither its input
+    nor its output count there (``{}``), or one of them not a count (negative, text):
+    such a call is billed on an estimate (``usage_estimated``), never at $0. A breakdown
+    figure that is not a count is read as 0. ``cache_write_tokens`` in the input details
+    (the OpenAI models priced for cache writes, and OpenRouter's) is the part of the
+    prompt written to the cache, as ``genai-prices`` reads it."""
     if not isinstance(usage, dict):
         return None
     if "prompt_tokens" in usage or "completion_tokens" in usage:
-        prompt = _int(usage.get("prompt_tokens"))
-        output = _int(usage.get("completion_tokens"))
-        in_details = usage.get("prompt_tokens_details") or {}
-        out_details = usage.get("completion_tokens_details") or {}
+        raw_prompt, raw_output = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        in_details = usage.get("prompt_tokens_details")
+        out_details = usage.get("completion_tokens_details")
     else:
-        prompt = _int(usage.get("input_tokens"))
-        output = _int(usage.get("output_tokens"))
-        in_details = usage.get("input_tokens_details") or {}
-        out_details = usage.get("output_tokens_details") or {}
-    cached = _int(in_details.get("cached_tokens")) if isinstance(in_details, dict) else 0
-    heard = _int(in_details.get("audio_tokens")) if isinstance(in_details, dict) else 0
-    reasoning = _int(out_details.get("reasoning_tokens")) if isinstance(out_details, dict) else 0
-    spoken = _int(out_details.get("audio_tokens")) if isinstance(out_details, dict) else 0
+        raw_prompt, raw_output = usage.get("input_tokens"), usage.get("output_tokens")
+        in_details = usage.get("input_tokens_details")
+        out_details = usage.get("output_tokens_details")
+    if raw_prompt is None and raw_output is None:
+        return None
+    prompt = 0 if raw_prompt is None else _count(raw_prompt)
+    output = 0 if raw_output is None else _count(raw_output)
+    if prompt is None or output is None:
+        return None
+    cached = _detail(in_details, "cached_tokens")
+    written = _detail(in_details, "cache_write_tokens")
+    heard = _detail(in_details, "audio_tokens")
+    reasoning = _detail(out_details, "reasoning_tokens")
+    spoken = _detail(out_details, "audio_tokens")
     if reasoning and (
-        reasoning > output or _int(usage.get("total_tokens")) == prompt + output + reasoning
+        reasoning > output or _count(usage.get("total_tokens")) == prompt + output + reasoning
     ):
         # some OpenAI-compatible servers (Gemini's thinking through such a layer) count
         # the reasoning apart from the completion; the figures say so: it is output too
         output += reasoning
+    cached = min(cached, prompt)
     return plausible(
         TokenUsage(
             input_tokens=prompt,
             output_tokens=output,
-            cache_read_tokens=min(cached, prompt),
+            cache_read_tokens=cached,
+            cache_write_tokens=min(written, prompt - cached),
             reasoning_tokens=min(reasoning, output),
             input_audio_tokens=min(heard, prompt),
             output_audio_tokens=min(spoken, output),
             web_searches=searches,
         )
     )
+
+
+#: the counts an Anthropic ``usage`` carries (the rest is breakdown)
+_ANTHROPIC_COUNTS = (
+    "input_tokens",
+    "output_tokens",
+    "cache_read_input_tokens",
+    "cache_creation_input_tokens",
+)
 
 
 def from_anthropic(
@@ -149,9 +191,22 @@ def from_anthropic(
     ``ephemeral_1h_input_tokens`` is the 1-hour part of the writes, kept the same way and
     held to the writes it is part of; ``server_tool_use.web_search_requests``, the web
     searches, the same way.
+
+    None when ``usage`` tells no figure: not an object, none of its counts there, or one
+    of them not a count (negative, text); the caller keeps what it had (and, at the end
+    of a call, bills an estimate rather than $0).
     """
     if not isinstance(usage, dict):
-        return base
+        return None
+    told = False
+    for name in _ANTHROPIC_COUNTS:
+        value = usage.get(name)
+        if value is not None:
+            if _count(value) is None:
+                return None
+            told = True
+    if not told:
+        return None
     prev = base or TokenUsage()
     read = _figure(usage, "cache_read_input_tokens", prev.cache_read_tokens)
     write = _figure(usage, "cache_creation_input_tokens", prev.cache_write_tokens)
@@ -179,6 +234,6 @@ def from_anthropic(
 
 
 def _figure(usage: dict[str, Any], name: str, earlier: int) -> int:
-    """``usage[name]`` as a count, or ``earlier`` when it is absent or null."""
-    value = usage.get(name)
-    return earlier if value is None else _int(value)
+    """``usage[name]`` as a count, or ``earlier`` when it is absent, null or not a count."""
+    found = _count(usage.get(name))
+    return earlier if found is None else found

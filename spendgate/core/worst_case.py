@@ -39,7 +39,11 @@ against, so the worst case has to bound what the provider will bill:
   its whole prompt written to the cache, which Anthropic bills above the input price
   (1.25× for the 5-minute cache, 2× for the 1-hour one). Such a request also gets a
   ``cached`` worst case, every prompt token a 1-hour cache write, and is held at the
-  dearer of the two prices (some models price cache writes below their input).
+  dearer of the two prices (some models price cache writes below their input). An
+  OpenAI-style request (chat, completions, Responses) is cached without asking, and
+  the models priced for cache writes bill them (1.25× input): every such request gets
+  a ``cached`` worst case, every prompt token a cache write (no 1-hour split); for a
+  model with no cache-write price it costs what the plain one does.
 * **embeddings**: input only.
 * at most ``MAX_TOKENS_PER_CALL`` output tokens, the most any call is recorded with.
 
@@ -96,9 +100,10 @@ class WorstCase(Value, frozen=True):
 
     usage: TokenUsage
     send_cap: tuple[str, int] | None = None
-    #: the same call with its whole prompt written to the 1-hour cache (a request that
-    #: asks for caching): the hold is the dearer of the two, since a model may price
-    #: cache writes above its input (Anthropic: 1.25x, 2x) or below it
+    #: the same call with its whole prompt written to the cache (the 1-hour one for an
+    #: Anthropic request that asks for caching; an OpenAI-style one caches unasked): the
+    #: hold is the dearer of the two, since a model may price cache writes above its
+    #: input (Anthropic: 1.25x, 2x; OpenAI's models priced for them 1.25x) or below it
     cached: TokenUsage | None = None
     #: the most input tokens the provider can bill the prompt (``prompt_bound``, or
     #: the model's window when it expands it); None: the estimate in ``usage``
@@ -119,8 +124,9 @@ class WorstCase(Value, frozen=True):
         )
         cached = self.cached
         if cached is not None:
+            one_hour = bound if cached.cache_write_1h_tokens else 0
             cached = msgspec.structs.replace(
-                cached, input_tokens=bound, cache_write_tokens=bound, cache_write_1h_tokens=bound
+                cached, input_tokens=bound, cache_write_tokens=bound, cache_write_1h_tokens=one_hour
             )
         return usage, cached
 
@@ -218,7 +224,16 @@ def worst_case(
         web_searches=searches,
     )
     cached = None
-    if cache_writes and kind == "message":
+    if kind != "message":
+        # OpenAI caches prompts unasked, and the models priced for cache writes bill them
+        # (``prompt_tokens_details.cache_write_tokens``: 1.25x input); no 1-hour split
+        cached = TokenUsage(
+            input_tokens=prompt,
+            output_tokens=output,
+            cache_write_tokens=prompt,
+            web_searches=searches,
+        )
+    elif cache_writes:
         cached = TokenUsage(
             input_tokens=prompt,
             output_tokens=output,

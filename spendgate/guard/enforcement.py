@@ -706,6 +706,7 @@ class Enforcer:
                     # none, or a call too big even then, only the reset can
                     retryable=refusal.reserved > 0
                     and refusal.spent + admission.worst_case <= refusal.cap,
+                    remaining_usd=format_usd(max(0, refusal.cap - refusal.spent)),
                 )
         for w in admission.wallets:
             if wallet_bucket(w) == refusal.bucket:

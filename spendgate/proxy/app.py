@@ -172,6 +172,13 @@ def parse_request(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def tell_remaining(headers: dict[str, str], remaining: int | None) -> None:
+    """``x-spendgate-budget-remaining-usd``: the tightest budget's remaining nanos (None:
+    no budget applies, no header), never below zero."""
+    if remaining is not None:
+        headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
+
+
 def input_bounds(settings: Settings, prices: PriceTable) -> dict[str, int | None]:
     """Per model, the most input tokens a prompt the provider expands can be billed: its
     ``max_input_tokens``, else the price data's context window (None: neither known)."""
@@ -603,8 +610,7 @@ class ProxyApp:
         usage, _ = self._worst(call)
         cost, remaining = await self._book(call, guarded, err.status, "timeout", usage, True)
         billed = {"x-spendgate-cost-usd": cost_figure(cost)}
-        if remaining is not None:
-            billed["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
+        tell_remaining(billed, remaining)
         return UpstreamTimeout(
             f"{err.message}; the provider had the request and bills it whether or not its "
             f"answer arrives, so this call was billed at its worst case, "
@@ -634,6 +640,8 @@ class ProxyApp:
                 headers[name] = response.headers[name]
         headers["x-spendgate-cost-usd"] = cost_figure(0)
         await self._book(call, guarded, response.status, "upstream_error", None)
+        # nothing was spent: what was left when it was admitted is what is left
+        tell_remaining(headers, guarded.admission.remaining_seen)
         await send_bytes(send, response.status, response.body, headers)
 
     async def _relay_whole(
@@ -651,8 +659,7 @@ class ProxyApp:
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = cost_figure(cost)
-        if remaining is not None:
-            headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
+        tell_remaining(headers, remaining)
         await send_bytes(send, response.status, response.body, headers)
 
     async def _relay_stream(
@@ -674,9 +681,7 @@ class ProxyApp:
         headers["cache-control"] = "no-cache"
         # a stream's cost is known only at its end, after the headers went out: what was
         # left when it was admitted (its own cost not yet taken off)
-        remaining = guarded.admission.remaining_seen
-        if remaining is not None:
-            headers["x-spendgate-budget-remaining-usd"] = format_usd(max(0, remaining))
+        tell_remaining(headers, guarded.admission.remaining_seen)
         disconnect = asyncio.ensure_future(receive())
         booked = False
         try:

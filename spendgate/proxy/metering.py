@@ -192,8 +192,9 @@ class StreamMeter:
         usage = payload.get("usage")
         if usage is None:
             return True
-        self.usage = from_openai(usage)
-        self.final = True
+        told = from_openai(usage)
+        if told is not None:  # else not the provider's figure: the call is estimated
+            self.usage, self.final = told, True
         choices = payload.get("choices")
         return not (self.strip_usage_chunk and not choices)
 
@@ -206,9 +207,9 @@ class StreamMeter:
             usage = response.get("usage")
             answer = response.get("id")
             self.response_id = answer if isinstance(answer, str) else None
-            if usage is not None:
-                self.usage = from_openai(usage, searches_in(response.get("output")))
-                self.final = self.usage is not None
+            told = from_openai(usage, searches_in(response.get("output")))
+            if told is not None:
+                self.usage, self.final = told, True
             self.done = True
             self.failed = self.failed or kind == "response.failed"
         return True
@@ -216,11 +217,15 @@ class StreamMeter:
     def _anthropic(self, payload: dict[str, Any]) -> bool:
         kind = payload.get("type")
         if kind == "message_start":
-            message = payload.get("message") or {}
-            self.usage = from_anthropic(message.get("usage"), self.usage)
+            message = payload.get("message")
+            told = from_anthropic(message.get("usage")) if isinstance(message, dict) else None
+            if told is not None:
+                self.usage = told
         elif kind == "message_delta":
-            self.usage = from_anthropic(payload.get("usage"), self.usage)
-            self.final = self.usage is not None
+            # a delta that tells no figure keeps what message_start said, as a partial one
+            told = from_anthropic(payload.get("usage"), self.usage)
+            if told is not None:
+                self.usage, self.final = told, True
         elif kind == "message_stop":
             self.done = True
         return True

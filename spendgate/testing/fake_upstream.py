@@ -31,6 +31,10 @@ Knobs are plain attributes, set by the test that needs them:
   (the same path), as a moved or misconfigured endpoint would.
 * ``stream_gate``                   a ``threading.Event``: streams send their first event,
   then wait for it to be set before the rest (a call held open as long as a test likes).
+* ``reported_usage``                when not ``AS_SIMULATED``: the usage every answer
+  reports instead of its own (any JSON value, a malformed one included): a whole
+  answer's ``usage``, a chat or completions stream's usage chunk, a Responses stream's
+  final ``response.usage``, an Anthropic stream's ``message_delta`` usage.
 """
 
 from __future__ import annotations
@@ -144,6 +148,33 @@ async def _send_json(
     await send({"type": "http.response.body", "body": raw})
 
 
+#: ``FakeUpstream.reported_usage`` when answers report their own simulated usage
+AS_SIMULATED: Any = object()
+_RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
+
+
+def with_usage(event: bytes, usage: Any) -> bytes:
+    """``event`` (one SSE event) with ``usage`` as the final usage it reports, if it
+    reports one; else unchanged."""
+    lines = event.rstrip(b"\n").split(b"\n")
+    head = b"".join(line + b"\n" for line in lines if not line.startswith(b"data: "))
+    data = [line[6:] for line in lines if line.startswith(b"data: ")]
+    try:
+        payload = orjson.loads(data[0]) if data else None
+    except orjson.JSONDecodeError:
+        return event
+    if not isinstance(payload, dict):
+        return event
+    kind = payload.get("type")
+    if kind in _RESPONSE_ENDS and isinstance(payload.get("response"), dict):
+        payload["response"]["usage"] = usage
+    elif kind == "message_delta" or (kind is None and payload.get("usage") is not None):
+        payload["usage"] = usage
+    else:
+        return event
+    return head + _data(payload)
+
+
 def _data(payload: Any) -> bytes:
     """``payload`` as one SSE event's ``data:`` line (and the blank line that ends it)."""
     return b"data: " + orjson.dumps(payload) + b"\n\n"
@@ -204,6 +235,7 @@ class FakeUpstream:
         self.required_api_key: str | None = None
         self.stream_gate: threading.Event | None = None
         self.redirect_to: str | None = None
+        self.reported_usage: Any = AS_SIMULATED
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -283,12 +315,16 @@ class FakeUpstream:
             except InvalidRequest as exc:
                 await _send_json(send, 400, error_body(where.provider, 400, exc.message))
                 return
+            if self.reported_usage is not AS_SIMULATED:
+                events = [with_usage(event, self.reported_usage) for event in events]
             await self._send_stream(send, events)
             return
         if where.provider == "anthropic":
             status, answer = simulated.anthropic_response(body)
         else:
             status, answer = simulated.openai_response(where.endpoint, body)
+        if self.reported_usage is not AS_SIMULATED and "usage" in answer:
+            answer["usage"] = self.reported_usage
         await _send_json(send, status, answer)
 
     async def _send_stream(self, send: Send, events: list[bytes]) -> None:

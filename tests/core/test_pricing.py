@@ -56,12 +56,18 @@ def genai_nanos(usage: TokenUsage, model: str, provider: str, at: datetime = AT)
     return usd_to_nanos(result.total_price)
 
 
-def openai_chat(prompt: int, cached: int, completion: int, reasoning: int) -> dict[str, Any]:
+def openai_chat(
+    prompt: int, cached: int, completion: int, reasoning: int, written: int = 0
+) -> dict[str, Any]:
     return {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached, "audio_tokens": 0},
+        "prompt_tokens_details": {
+            "cached_tokens": cached,
+            "audio_tokens": 0,
+            "cache_write_tokens": written,
+        },
         "completion_tokens_details": {
             "reasoning_tokens": reasoning,
             "audio_tokens": 0,
@@ -71,10 +77,12 @@ def openai_chat(prompt: int, cached: int, completion: int, reasoning: int) -> di
     }
 
 
-def openai_responses(inp: int, cached: int, out: int, reasoning: int) -> dict[str, Any]:
+def openai_responses(
+    inp: int, cached: int, out: int, reasoning: int, written: int = 0
+) -> dict[str, Any]:
     return {
         "input_tokens": inp,
-        "input_tokens_details": {"cached_tokens": cached},
+        "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": written},
         "output_tokens": out,
         "output_tokens_details": {"reasoning_tokens": reasoning},
         "total_tokens": inp + out,
@@ -118,6 +126,17 @@ CROSS_CHECK = [
     ("gemini-2.5-pro", "google", "chat", openai_chat(54_321, 32_768, 6_000, 4_500)),
     ("gemini-2.5-pro", "google", "chat", openai_chat(250_001, 131_072, 8_001, 7_000)),
     ("gemini-2.0-flash", "google", "chat", openai_chat(1_234_567, 1_000_000, 8_192, 0)),
+    # OpenAI models priced for cache writes (1.25x input) report them in the details
+    ("gpt-6-luna", "openai", "chat", openai_chat(100_000, 20_000, 1_000, 0, written=50_000)),
+    ("gpt-6-luna", "openai", "responses", openai_responses(300_000, 0, 900, 0, written=1)),
+    ("gpt-5.6-cyber", "openai", "chat", openai_chat(4_444, 0, 1, 0, written=4_444)),
+    # and OpenRouter's Anthropic models through its OpenAI-compatible API
+    (
+        "anthropic/claude-sonnet-4.5",
+        "openrouter",
+        "chat",
+        openai_chat(90_000, 30_000, 2_000, 0, written=45_000),
+    ),
 ]
 
 

@@ -233,16 +233,22 @@ def test_an_implausible_one_hour_figure_is_clamped() -> None:
 def test_anthropic_web_searches_are_read_and_kept_by_a_later_delta() -> None:
     """``server_tool_use.web_search_requests`` is the searches; a ``message_delta``
     without it keeps what ``message_start`` said, one with it replaces it; a figure that
-    is not a count is none."""
+    is not a count keeps the earlier one, as the token figures do."""
     start = from_anthropic({"input_tokens": 10, "server_tool_use": {"web_search_requests": 2}})
     assert start is not None and start.web_searches == 2
     kept = from_anthropic({"output_tokens": 5}, start)
     assert kept is not None and kept.web_searches == 2
-    raised = from_anthropic({"server_tool_use": {"web_search_requests": 3}}, start)
+    raised = from_anthropic(
+        {"output_tokens": 6, "server_tool_use": {"web_search_requests": 3}}, start
+    )
     assert raised is not None and raised.web_searches == 3
-    bad = from_anthropic({"input_tokens": 1, "server_tool_use": {"web_search_requests": "9"}})
-    assert bad is not None and bad.web_searches == 0
-    huge = from_anthropic({"server_tool_use": {"web_search_requests": MAX_TOKENS_PER_CALL + 1}})
+    bad = from_anthropic(
+        {"output_tokens": 7, "server_tool_use": {"web_search_requests": -1}}, start
+    )
+    assert bad is not None and bad.web_searches == 2
+    huge = from_anthropic(
+        {"input_tokens": 1, "server_tool_use": {"web_search_requests": MAX_TOKENS_PER_CALL + 1}}
+    )
     assert huge is not None and huge.web_searches == MAX_TOKENS_PER_CALL and huge.implausible
 
 
@@ -259,3 +265,71 @@ def test_responses_web_search_calls_are_counted_from_the_output() -> None:
     assert searches_in({"type": "web_search_call"}) == 0
     usage = from_openai({"input_tokens": 5, "output_tokens": 1}, searches_in(output))
     assert usage is not None and usage.web_searches == 2
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {"prompt_tokens": 1200.0, "completion_tokens": 30.0, "total_tokens": 1230.0},
+        {"prompt_tokens": "1200", "completion_tokens": "30"},
+        {"input_tokens": 1200.0, "output_tokens": "30"},
+    ],
+)
+def test_counts_written_as_floats_or_digit_strings_are_counts(usage: dict[str, Any]) -> None:
+    """``1200.0`` and ``"1200"`` are 1,200 tokens, billed as such (they read as 0 before:
+    the call cost $0)."""
+    normalised = from_openai(usage)
+    assert normalised is not None
+    assert (normalised.input_tokens, normalised.output_tokens) == (1200, 30)
+    assert from_anthropic({"input_tokens": "1200", "output_tokens": 30.0}) == TokenUsage(
+        input_tokens=1200, output_tokens=30
+    )
+
+
+@pytest.mark.parametrize(
+    "usage",
+    [
+        {},
+        {"total_tokens": 50},
+        {"prompt_tokens": None, "completion_tokens": None},
+        {"prompt_tokens": "lots", "completion_tokens": 30},
+        {"prompt_tokens": -5, "completion_tokens": 30},
+        {"input_tokens": 12.5, "output_tokens": 30},
+        {"input_tokens": [], "output_tokens": 30},
+        {"input_tokens": 100, "output_tokens": float("nan")},
+    ],
+)
+def test_a_usage_without_readable_counts_is_not_the_providers_figure(
+    usage: dict[str, Any],
+) -> None:
+    """No count, or a count that is none (negative, fractional, text): not a figure to
+    bill (None: the call is billed on an estimate), where it used to read as 0 tokens."""
+    assert from_openai(usage) is None
+    anthropic = {"input_tokens", "output_tokens"}
+    shaped = {k.replace("prompt_", "input_").replace("completion_", "output_"): v
+              for k, v in usage.items()}  # fmt: skip
+    if set(shaped) & anthropic or not shaped:
+        assert from_anthropic(shaped) is None
+        assert from_anthropic(shaped, from_anthropic(START)) is None
+
+
+def test_openai_cache_writes_are_part_of_the_prompt() -> None:
+    """``cache_write_tokens`` in the input details (OpenAI models priced for cache writes,
+    OpenRouter) is read, held to what the cache reads leave of the prompt."""
+    chat = from_openai(
+        {
+            "prompt_tokens": 1000,
+            "completion_tokens": 5,
+            "prompt_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 300},
+        }
+    )
+    responses = from_openai(
+        {
+            "input_tokens": 1000,
+            "output_tokens": 5,
+            "input_tokens_details": {"cached_tokens": 600, "cache_write_tokens": 900},
+        }
+    )
+    assert chat is not None and responses is not None
+    assert (chat.cache_read_tokens, chat.cache_write_tokens) == (600, 300)
+    assert (responses.cache_read_tokens, responses.cache_write_tokens) == (600, 400)

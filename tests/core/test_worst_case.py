@@ -113,7 +113,9 @@ def test_a_prompt_marked_for_caching_counts_as_one_hour_cache_writes() -> None:
     assert marked.cached.cache_write_tokens == marked.cached.cache_write_1h_tokens == PROMPT
     assert marked.cached.input_tokens == PROMPT and marked.cached.output_tokens == 10
     chat = worst_case(fields, "chat", PROMPT, DEFAULT, "openai", cache_writes=True)
-    assert chat.cached is None
+    assert chat.cached == TokenUsage(
+        input_tokens=PROMPT, output_tokens=10, cache_write_tokens=PROMPT
+    )  # OpenAI caches unasked, and some of its models bill the writes; no 1-hour split
     assert worst_case(fields, "message", PROMPT, DEFAULT, "anthropic").cached is None
 
 
@@ -274,7 +276,11 @@ def test_the_hold_counts_an_expanded_prompt_at_the_bound_and_the_estimate_stays(
     assert cached.input_tokens == cached.cache_write_tokens == cached.cache_write_1h_tokens
     assert cached.cache_write_tokens == 200_000
     plain = worst_case({"max_tokens": 10}, "chat", PROMPT, DEFAULT, "openai")
-    assert plain.held() == (plain.usage, None)
+    assert plain.held() == (plain.usage, plain.cached)
+    window = worst_case({"max_tokens": 10}, "chat", PROMPT, DEFAULT, "openai", input_bound=9_000)
+    assert window.held()[1] == TokenUsage(
+        input_tokens=9_000, output_tokens=10, cache_write_tokens=9_000
+    )
     bigger = worst_case({}, "embedding", 300_000, DEFAULT, "openai", input_bound=200_000)
     assert bigger.held()[0].input_tokens == 300_000
 

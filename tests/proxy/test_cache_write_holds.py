@@ -6,10 +6,12 @@ SDK and raw HTTP, on SQLite+memory and PostgreSQL+Redis."""
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from typing import Any
 
 import anthropic
 import httpx
+import openai
 import pytest
 
 from spendgate.testing.fake_upstream import FakeUpstream
@@ -21,6 +23,9 @@ EXTRA = """
 provider = "anthropic"
 upstream_model = "claude-sonnet-4-5"
 price = { input_per_mtok = "10", output_per_mtok = "10", cache_write_per_mtok = "1", cache_write_1h_per_mtok = "1" }
+
+[models."gpt-6-luna"]
+provider = "openai"
 """  # noqa: E501
 
 #: ~10,000 prompt tokens by the worst case's bytes/4 estimate
@@ -89,3 +94,30 @@ def test_cache_writes_priced_below_input_do_not_lower_the_hold(
     refused = post(gateway, key["key"], marked_body("cheap-writes", escaped=False))
     assert refused.status_code == 429, refused.text
     assert forwarded(fake) == before
+
+
+def test_an_openai_model_priced_for_cache_writes_is_held_at_them_unasked(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """gpt-6-luna: input $0.10/M, cache writes $0.125/M, and OpenAI caches prompts
+    without being asked. The ~10,000-token prompt holds ~$0.00101 as input, ~$0.00126
+    written to the cache: a $0.00115 hard cap refuses it before it is forwarded (it was
+    let through, and the writes the provider reported took the spend past the cap)."""
+    key = gateway.create_key()
+    budget = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd="0.00115", hard_limit=True
+    )
+    fake.reported_usage = {
+        "prompt_tokens": 10_022,
+        "completion_tokens": 16,
+        "prompt_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 10_022},
+    }
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    before = len(fake.requests)
+    with pytest.raises(openai.RateLimitError, match="hard limit"):
+        client.chat.completions.create(
+            model="gpt-6-luna", max_tokens=16, messages=[{"role": "user", "content": TEXT}]
+        )
+    assert len(fake.requests) == before
+    status = gateway.get(f"/admin/budgets/{budget['id']}/status")
+    assert Decimal(status["spent_usd"]) <= Decimal("0.00115")
