@@ -86,6 +86,10 @@ async def scope_name(svc: Services, scope_type: str, scope_id: str | None) -> st
     return str(row["email"] if scope_type == "user" else row["name"])
 
 
+#: the fields that decide which spend a budget counts (its counter's, ``bucket_name``)
+COUNTING_RULE = frozenset({"categories", "timezone", "period", "week_start"})
+
+
 def _check_levels(values: dict[str, Any]) -> None:
     try:
         validate_timezone(values["timezone"])
@@ -248,6 +252,8 @@ async def update_budget(
             after=budget_out({**merged, "updated_at": now}),
         )
     await svc.enforcer.policy_changed()
+    if COUNTING_RULE & changes.keys():
+        await svc.enforcer.recount(budget_id)
     await _sweep_new_levels(svc, budget_id)
     return warned(svc, budget_out(await svc.policies.get_budget(budget_id)))
 
