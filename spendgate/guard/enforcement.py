@@ -541,19 +541,23 @@ class Enforcer:
         the rule it has now, left by an earlier edit this period (a rule put back), missed
         the calls counted meanwhile under the other rule, and is raised to the ledger's
         spend by this rule (raised only: it never held a call the ledger does not, so
-        this counts none twice). A counter never used is seeded when first needed."""
+        this counts none twice). A counter never used is seeded when first needed. Redis
+        unreachable: the edit stands, and the reconciliation raises it later."""
         budget = next((b for b in self._snapshot.budgets if b.id == budget_id), None)
-        if budget is None:
+        if budget is None or not self.counters_reachable():
             return
         window = window_at(self._clock.now(), budget.period, budget.timezone, budget.week_start)
         bucket = budget_bucket(budget, window)
-        if not await self._counters.exists(bucket):
-            return
-        await self._ledger.flush()
-        spent, uncounted = await self._store.spend_split(
-            budget.org_id, window.start, window.end, partial(rules.applies, budget)
-        )
-        await self._counters.raise_to(bucket, "spent", spent, uncounted)
+        try:
+            if not await self._counters.exists(bucket):
+                return
+            await self._ledger.flush()
+            spent, uncounted = await self._store.spend_split(
+                budget.org_id, window.start, window.end, partial(rules.applies, budget)
+            )
+            await self._counters.raise_to(bucket, "spent", spent, uncounted)
+        except RedisError as exc:
+            log.warning("budget %s not recounted, Redis unreachable: %s", budget_id, exc)
 
     async def seed_wallet(self, wallet: Wallet) -> None:
         bucket = wallet_bucket(wallet)
