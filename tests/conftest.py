@@ -35,7 +35,9 @@ from redis.asyncio import Redis
 os.environ.pop("COLUMNS", None)
 
 from spendgate.app import Gateway, create_app
+from spendgate.core.budget_rules import Categories
 from spendgate.core.clock import FrozenClock
+from spendgate.guard.enforcement import bucket_name
 from spendgate.settings import Settings, load_settings
 from spendgate.store import console_auth
 from spendgate.store.database import migrate_url
@@ -453,6 +455,18 @@ async def redis_keyspace() -> AsyncIterator[str]:
             await admin.delete(*keys)
     finally:
         await admin.aclose()
+
+
+def budget_counter(budget: dict[str, Any], status: dict[str, Any]) -> str:
+    """The live counter of ``budget`` (as the admin API answers it) in the period of its
+    ``status`` (``GET /admin/budgets/{id}/status``)."""
+    return bucket_name(
+        budget["id"],
+        status["period_key"],
+        datetime.fromisoformat(status["period_start"]),
+        datetime.fromisoformat(status["period_end"]),
+        Categories(**{k: tuple(v) for k, v in budget["categories"].items()}),
+    )
 
 
 @dataclass

@@ -22,7 +22,7 @@ from spendgate.guard.enforcement import REFUSED_AT_CAP
 from spendgate.services import Services
 from spendgate.settings import unconfigured_names
 from spendgate.store.events import Fired, fired_many, record_event
-from spendgate.store.policies import budget_from_row
+from spendgate.store.policies import budget_from_row, raise_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
 
@@ -86,6 +86,10 @@ async def scope_name(svc: Services, scope_type: str, scope_id: str | None) -> st
     return str(row["email"] if scope_type == "user" else row["name"])
 
 
+#: the fields that decide which spend a budget counts (its counter's, ``bucket_name``)
+COUNTING_RULE = frozenset({"categories", "timezone", "period", "week_start"})
+
+
 def _check_levels(values: dict[str, Any]) -> None:
     try:
         validate_timezone(values["timezone"])
@@ -99,6 +103,22 @@ def _check_levels(values: dict[str, Any]) -> None:
     )
     if problem is not None:
         raise ValidationFailed(f"{problem[0]}: {problem[1]}", param=problem[0])
+
+
+async def _check_most_allowed(
+    svc: Services, values: dict[str, Any], field: str, more: Sequence[rules.Raise] = ()
+) -> None:
+    """422 naming ``field`` when the budget ``values`` (stored form), with its exceptions
+    not run out and ``more``, would allow more than a budget may (``check_most_allowed``)."""
+    now = svc.clock.now()
+    raises = [
+        r
+        for r in map(raise_from_row, await svc.policies.list_exceptions(values["id"]))
+        if r.expires_at > now
+    ]
+    problem = rules.check_most_allowed(budget_from_row(values), [*raises, *more], field)
+    if problem is not None:
+        raise ValidationFailed(problem, param=field)
 
 
 def check_names(svc: Services, policy: dict[str, Any]) -> None:
@@ -172,6 +192,7 @@ async def create_budget(
     values["name"] = body.name or f"{body.scope_type} {named} {body.period}"
     _check_levels(values)
     check_names(svc, values)
+    await _check_most_allowed(svc, {**values, "id": ""}, "hard_limit_percent")
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
         row = await svc.policies.create_budget(
@@ -234,6 +255,10 @@ async def update_budget(
         merged = {**current, **_stored(body)}
         _check_levels(merged)
         changes = {k: merged[k] for k in _stored(body)}
+        raising = [k for k in ("amount_nanos", "hard_limit_percent", "hard_limit") if k in changes]
+        if raising:
+            field = "amount_usd" if raising[0] == "amount_nanos" else raising[0]
+            await _check_most_allowed(svc, merged, field)
         await svc.policies.update_budget(conn, budget_id, {**changes, "updated_at": now})
         await audit(
             conn,
@@ -248,6 +273,8 @@ async def update_budget(
             after=budget_out({**merged, "updated_at": now}),
         )
     await svc.enforcer.policy_changed()
+    if COUNTING_RULE & changes.keys():
+        await svc.enforcer.recount(budget_id)
     await _sweep_new_levels(svc, budget_id)
     return warned(svc, budget_out(await svc.policies.get_budget(budget_id)))
 
@@ -438,6 +465,12 @@ async def grant_exception(
         "expires_at": expires,
         "created_at": now,
     }
+    await _check_most_allowed(
+        svc,
+        await svc.policies.get_budget(budget_id),
+        "amount_usd" if body.amount_usd is not None else "percent",
+        [raise_from_row(values)],
+    )
     async with svc.engine.begin() as conn:
         budget = await svc.policies.get_budget(budget_id, conn)
         rules_budget = budget_from_row(budget)

@@ -223,6 +223,34 @@ def reached(budget: Budget, amount_nanos: int, spent: int) -> list[Threshold]:
     return [t for t in thresholds(budget) if spent >= percent_of(amount_nanos, t.percent) > 0]
 
 
+#: the most a budget may let be spent in a period, its hard-limit buffer and every
+#: exception included: $1,000,000,000, the largest amount the API takes. Its figures
+#: (the amount with exceptions, the hard cap) are stored as 64-bit integers of nanos.
+MAX_LIMIT_NANOS = 10**18
+
+
+def most_allowed(budget: Budget, raises: Iterable[Raise]) -> int:
+    """The largest of ``budget``'s amount and hard cap with every exception of ``raises``
+    at once (exceptions may overlap: the caller gives those not run out)."""
+    amount = budget.amount_nanos + sum(
+        r.amount_nanos + percent_of(budget.amount_nanos, r.percent) for r in raises
+    )
+    return max(amount, hard_cap_nanos(budget, amount) or 0)
+
+
+def check_most_allowed(budget: Budget, raises: Iterable[Raise], field: str) -> str | None:
+    """The message (naming ``field``, what was changed) when ``budget`` with ``raises``
+    would allow more than :data:`MAX_LIMIT_NANOS` a period; None when it fits."""
+    most = most_allowed(budget, raises)
+    if most <= MAX_LIMIT_NANOS:
+        return None
+    return (
+        f"{field}: the budget would allow ${most / Decimal(10**9):,.2f} a period (its hard "
+        "limit and exceptions not run out included), more than the most a budget may allow, "
+        f"${MAX_LIMIT_NANOS // 10**9:,}"
+    )
+
+
 def percent_used(spent: int, amount_nanos: int) -> Decimal:
     if amount_nanos <= 0:
         return Decimal(0)

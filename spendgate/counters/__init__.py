@@ -1,6 +1,6 @@
 """Live money counters shared by the enforcement path: spent and reserved per bucket.
 
-A *bucket* is one budget's current period (``b:<budget id>:<period key>``) or one
+A *bucket* is one budget's current period (``b:<budget id>:<period key>:<rule>``) or one
 wallet (``w:<wallet id>``). Each bucket holds two integers in nano-dollars: ``spent``
 (settled cost) and ``reserved`` (worst-case cost of calls in flight), plus, for a
 wallet, ``cap`` (its total top-ups).

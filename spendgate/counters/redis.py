@@ -12,7 +12,7 @@ settle on the proxy's hot path. Keys, under a prefix (default ``sg:``):
   which ``reap`` walks (a live call's holder moves its expiry forward: ``renew``);
 * ``<prefix>gen``: the generation hash, ``epoch`` and ``version`` (see ``spendgate.counters``).
 
-Buckets get no TTL. Budget buckets are named per period (``b:<budget>:<period key>``),
+Buckets get no TTL. Budget buckets are named per period (``b:<budget>:<period key>:<rule digest>``),
 so a finished period's hash is simply left behind (a few dozen bytes each); delete or
 expire them out of band if that ever matters. A bucket that vanishes (a restart without
 persistence, a FLUSHDB) is noticed by its lost epoch and seeded again from the ledger;

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
+from hashlib import blake2b
 from typing import Any, NoReturn
 
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -63,7 +64,27 @@ EmitEvent = Callable[[str, str, dict[str, Any], datetime, str | None], None]
 
 
 def budget_bucket(budget: rules.Budget, window: Window) -> str:
-    return f"b:{budget.id}:{window.key}"
+    return bucket_name(budget.id, window.key, window.start, window.end, budget.categories)
+
+
+def bucket_name(
+    budget_id: str, key: str, start: datetime, end: datetime, categories: rules.Categories
+) -> str:
+    """A budget's counter for one period: ``b:<budget id>:<period key>:<what it counts>``,
+    the last part a digest of the period's bounds and the budget's categories. A counter
+    holds what one rule counted, so an edit that changes what the budget counts (its
+    categories, or its zone: a daily ``2026-03-10`` in UTC and in Los Angeles are seven
+    hours apart) names a new counter, seeded from the ledger by the new rule; the old one
+    would keep spend the budget no longer counts and miss spend it now does for the rest
+    of the period (the reconciliation only ever raises a counter)."""
+    rule = repr(
+        (
+            int(start.timestamp()),
+            int(end.timestamp()),
+            *(tuple(sorted(getattr(categories, name))) for name in rules.CATEGORY_DIMENSIONS),
+        )
+    )
+    return f"b:{budget_id}:{key}:{blake2b(rule.encode(), digest_size=6).hexdigest()}"
 
 
 def wallet_bucket(wallet: Wallet) -> str:
@@ -514,6 +535,29 @@ class Enforcer:
                     self._seeded.add(a.bucket)
             for w in missing_w:
                 await self.seed_wallet(w)
+
+    async def recount(self, budget_id: str) -> None:
+        """After an edit changed what a budget counts (``bucket_name``): its counter for
+        the rule it has now, left by an earlier edit this period (a rule put back), missed
+        the calls counted meanwhile under the other rule, and is raised to the ledger's
+        spend by this rule (raised only: it never held a call the ledger does not, so
+        this counts none twice). A counter never used is seeded when first needed. Redis
+        unreachable: the edit stands, and the reconciliation raises it later."""
+        budget = next((b for b in self._snapshot.budgets if b.id == budget_id), None)
+        if budget is None or not self.counters_reachable():
+            return
+        window = window_at(self._clock.now(), budget.period, budget.timezone, budget.week_start)
+        bucket = budget_bucket(budget, window)
+        try:
+            if not await self._counters.exists(bucket):
+                return
+            await self._ledger.flush()
+            spent, uncounted = await self._store.spend_split(
+                budget.org_id, window.start, window.end, partial(rules.applies, budget)
+            )
+            await self._counters.raise_to(bucket, "spent", spent, uncounted)
+        except RedisError as exc:
+            log.warning("budget %s not recounted, Redis unreachable: %s", budget_id, exc)
 
     async def seed_wallet(self, wallet: Wallet) -> None:
         bucket = wallet_bucket(wallet)

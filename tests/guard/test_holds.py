@@ -23,7 +23,7 @@ from spendgate.errors import ConfigError
 from spendgate.guard.enforcement import wallet_bucket
 from spendgate.settings import load_settings
 from spendgate.testing.fake_upstream import FakeUpstream
-from tests.conftest import RunningGateway
+from tests.conftest import RunningGateway, budget_counter
 
 MSG = [{"role": "user", "content": "hello"}]
 
@@ -119,7 +119,7 @@ def test_reconciliation_raises_a_counter_to_the_ledger_and_says_so(
     )
     costs = [Decimal(chat(gw, key["key"]).headers["x-spendgate-cost-usd"]) for _ in range(3)]
     status = gw.get(f"/admin/budgets/{made['id']}/status")
-    bucket = f"b:{made['id']}:{status['period_key']}"
+    bucket = budget_counter(made, status)
     lower_spent(gw, bucket, int(costs[0] * 10**9))
     lower_spent(gw, f"w:{wallet['id']}", int(costs[0] * 10**9))
     gw.clock.advance(60)

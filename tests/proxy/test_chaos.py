@@ -56,6 +56,7 @@ from spendgate.testing.processes import (
 )
 from spendgate.testing.webhook_receiver import Receiver
 from spendgate.webhooks.worker import DEFAULT_TIMEOUT_SECONDS, default_lease
+from tests.conftest import budget_counter
 
 MASTER = "sg-master-chaos-0123456789"
 ADMIN = {"authorization": f"Bearer {MASTER}"}
@@ -496,7 +497,7 @@ async def _check_counters(
     seeded again from the ledger, so no spend is unseen."""
     for budget, unseen in budgets:
         status = fleet.admin("GET", f"/admin/budgets/{budget['id']}/status")
-        live = await counter(fleet.redis, f"b:{budget['id']}:{status['period_key']}")
+        live = await counter(fleet.redis, budget_counter(budget, status))
         recorded = await _spend(fleet, budget["scope_id"])
         assert live >= recorded - unseen, (
             f"fail-{mode}: counter {live} behind ledger {recorded} (by more than the "

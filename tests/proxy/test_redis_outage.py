@@ -29,6 +29,7 @@ from spendgate.testing.processes import PrivateRedis, Replica
 from tests.conftest import (
     MASTER_KEY,
     RunningGateway,
+    budget_counter,
     start_gateway,
 )
 
@@ -177,8 +178,8 @@ def test_fail_closed_refuses_in_the_routes_format_and_resumes_without_a_restart(
             assert httpx.get(gw.url + "/readyz").json()["redis"] == "ok"
             spend = ledger_spend(started, key["id"])
             assert len(spend) == 2  # one call before the outage, one after: none refused
-            period = gw.get(f"/admin/budgets/{made['id']}/status")["period_key"]
-            assert counter(redis, f"b:{made['id']}:{period}") == sum(spend.values())
+            status = gw.get(f"/admin/budgets/{made['id']}/status")
+            assert counter(redis, budget_counter(made, status)) == sum(spend.values())
         finally:
             stop(started)
 
@@ -244,9 +245,9 @@ def test_fail_open_stays_within_each_replicas_share_and_counters_equal_the_ledge
             advance(started, 1.5)
             after = [chat(gw, key["key"]).status_code for gw in started for _ in range(3)]
             assert set(after) <= {200, 429}
-            period = a.get(f"/admin/budgets/{made['id']}/status")["period_key"]
+            status = a.get(f"/admin/budgets/{made['id']}/status")
             spend = ledger_spend(started, key["id"])
-            assert counter(redis, f"b:{made['id']}:{period}") == sum(spend.values())
+            assert counter(redis, budget_counter(made, status)) == sum(spend.values())
             assert sum(spend.values()) <= cap_nanos
             assert a.get("/readyz")["redis"] == "ok" and b.get("/readyz")["redis"] == "ok"
             assert b.get("/readyz")["redis_buckets_behind"] == 0
@@ -398,9 +399,9 @@ def test_fail_open_a_call_still_writing_its_row_when_redis_returns_is_caught_up(
             advance(started, 0.5)  # the ledger side of a catch-up: calls started before now
             gw.run(guard.tick())  # the housekeeping tick, now
             assert gw.get("/readyz")["redis_buckets_behind"] == 0
-            period = gw.get(f"/admin/budgets/{made['id']}/status")["period_key"]
+            status = gw.get(f"/admin/budgets/{made['id']}/status")
             spend = ledger_spend(started, key["id"])
-            assert counter(redis, f"b:{made['id']}:{period}") == sum(spend.values())
+            assert counter(redis, budget_counter(made, status)) == sum(spend.values())
         finally:
             stop(started)
 
@@ -455,8 +456,7 @@ def test_catching_up_after_an_outage_keeps_spend_redis_counted_whose_row_is_not_
                 assert b.get("/readyz")["redis"] == "ok"
                 release.set()
                 assert held.result(30).status_code == 200
-            period = b.get(f"/admin/budgets/{made['id']}/status")["period_key"]
-            bucket = f"b:{made['id']}:{period}"
+            bucket = budget_counter(made, b.get(f"/admin/budgets/{made['id']}/status"))
             spend = ledger_spend(started, key["id"])
             assert len(spend) == 6
             assert counter(redis, bucket) == sum(spend.values())
@@ -509,9 +509,9 @@ provider = "openai"
             org = admin.post("/admin/orgs", json={"name": f"killed-{uuid.uuid4().hex[:6]}"})
             key = admin.post("/admin/keys", json={"name": "k", "org_id": org.json()["id"]}).json()
             made = admin.post("/admin/budgets", json=hard_budget(key["id"], Decimal("10"))).json()
-            period = admin.get(f"/admin/budgets/{made['id']}/status").json()["period_key"]
+            status = admin.get(f"/admin/budgets/{made['id']}/status").json()
             admin.close()
-            bucket = f"b:{made['id']}:{period}"
+            bucket = budget_counter(made, status)
 
             def call() -> int:
                 return httpx.post(
