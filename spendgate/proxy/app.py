@@ -611,10 +611,12 @@ class ProxyApp:
         cost, remaining = await self._book(call, guarded, err.status, "timeout", usage, True)
         billed = {"x-spendgate-cost-usd": cost_figure(cost)}
         tell_remaining(billed, remaining)
+        searches = usage.web_searches
+        also = f", and {searches:,} web searches" if searches else ""
         return UpstreamTimeout(
             f"{err.message}; the provider had the request and bills it whether or not its "
             f"answer arrives, so this call was billed at its worst case, "
-            f"{cost_figure(cost)} USD (usage estimated: the prompt, and the output cap)",
+            f"{cost_figure(cost)} USD (usage estimated: the prompt, and the output cap{also})",
             billed=billed,
         )
 

@@ -55,9 +55,13 @@ def _loads(data: bytes | None) -> dict[str, Any] | None:
 #: what an event that carries usage or ends the stream contains, per kind; a match is
 #: only a candidate (the event is parsed), a miss is certain
 _MARKERS = {
-    "message": (b"message_", b'"error"'),  # message_start, message_delta, message_stop
-    "response": (b"response.completed", b"response.incomplete", b"response.failed", b'"error"'),
-}
+    # message_start, message_delta, message_stop; a search's ``server_tool_use`` block
+    "message": (b"message_", b'"error"', b"server_tool_use"),
+    "response": (
+        b"response.completed", b"response.incomplete", b"response.failed", b'"error"',
+        b"web_search_call",
+    ),
+}  # fmt: skip
 _CHAT_MARKERS = (b'"usage":{', b'"usage": {', b"[DONE]", b'"error"')
 #: the events that end a ``/v1/responses`` stream, each carrying the response (and the
 #: usage the provider bills, when it reports it): ``response.incomplete`` is a normal end
@@ -110,6 +114,9 @@ class StreamMeter:
         self.cost_at = 0
         #: a Responses stream's answer id, from the event that ended it
         self.response_id: str | None = None
+        #: the web searches seen starting (a ``server_tool_use`` block, a
+        #: ``web_search_call`` item): billed by a stream cut before its final usage
+        self.searches = 0
         self._pending = b""
         self._markers = _MARKERS.get(kind, _CHAT_MARKERS)
 
@@ -152,14 +159,19 @@ class StreamMeter:
         """The usage to bill and whether it is an estimate: the provider's final figure;
         else what it reported so far with the output counted from the events that went
         by (one token an event, at least what it reported); else both estimated, the input
-        the request's prompt estimate (``prompt`` tokens)."""
+        the request's prompt estimate (``prompt`` tokens). An estimate has the web searches
+        seen starting, at least what the provider reported so far."""
         usage = self.usage
         if usage is None:
-            return TokenUsage(input_tokens=prompt, output_tokens=self.events), True
+            estimate = TokenUsage(
+                input_tokens=prompt, output_tokens=self.events, web_searches=self.searches
+            )
+            return estimate, True
         if self.final:
             return usage, False
         output = max(usage.output_tokens, self.events)
-        return msgspec.structs.replace(usage, output_tokens=output), True
+        searches = max(usage.web_searches, self.searches)
+        return msgspec.structs.replace(usage, output_tokens=output, web_searches=searches), True
 
     def finish(self) -> bytes:
         """Whatever trailing bytes the upstream left without a closing blank line: the
@@ -212,6 +224,10 @@ class StreamMeter:
                 self.usage, self.final = told, True
             self.done = True
             self.failed = self.failed or kind == "response.failed"
+        elif kind == "response.output_item.added":
+            item = payload.get("item")
+            if isinstance(item, dict) and item.get("type") == "web_search_call":
+                self.searches += 1
         return True
 
     def _anthropic(self, payload: dict[str, Any]) -> bool:
@@ -228,4 +244,8 @@ class StreamMeter:
                 self.usage, self.final = told, True
         elif kind == "message_stop":
             self.done = True
+        elif kind == "content_block_start":
+            block = payload.get("content_block")
+            if isinstance(block, dict) and block.get("type") == "server_tool_use":
+                self.searches += block.get("name") == "web_search"
         return True

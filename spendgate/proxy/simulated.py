@@ -485,15 +485,21 @@ def _chat_stream(path: str, body: dict[str, Any]) -> list[bytes]:
 
 
 def _responses_events(r: Reply, body: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    ids = {"item_id": f"msg_{r.key[:24]}", "output_index": 0, "content_index": 0}
-    item = {"output_index": 0}
+    searches = _searches(r)
+    at = len(searches)  # the answer's item follows the searches'
+    ids = {"item_id": f"msg_{r.key[:24]}", "output_index": at, "content_index": 0}
+    item = {"output_index": at}
     empty = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     full = {**empty, "text": r.text}
     yield {"type": "response.created", "response": _response_object(r, body, False)}
     yield {"type": "response.in_progress", "response": _response_object(r, body, False)}
+    for n, search in enumerate(searches):  # each search as it runs, then done
+        yield {"type": "response.output_item.added", "output_index": n,
+               "item": {**search, "status": "in_progress"}}  # fmt: skip
+        yield {"type": "response.output_item.done", "output_index": n, "item": search}
     yield {"type": "response.output_item.added", **item, "item": _output_message(r, False)}
     if r.calls_tool:
-        call = {"item_id": f"fc_{r.key[:24]}", "output_index": 0}
+        call = {"item_id": f"fc_{r.key[:24]}", "output_index": at}
         for piece in r.pieces:
             yield {"type": "response.function_call_arguments.delta", **call, "delta": piece}
         yield {"type": "response.function_call_arguments.done", **call, "arguments": r.text}
@@ -532,7 +538,7 @@ def openai_stream(path: str, body: dict[str, Any]) -> list[bytes]:
 # ----------------------------------------------------------------------------- Anthropic
 
 
-def _anthropic_usage(r: Reply, output_tokens: int) -> dict[str, Any]:
+def _anthropic_usage(r: Reply, output_tokens: int, done: bool = True) -> dict[str, Any]:
     usage = {
         "input_tokens": r.prompt_tokens - r.cached_tokens - r.cache_write_tokens,
         "cache_creation_input_tokens": r.cache_write_tokens,
@@ -543,12 +549,32 @@ def _anthropic_usage(r: Reply, output_tokens: int) -> dict[str, Any]:
         },
         "output_tokens": output_tokens,
     }
-    return {**usage, **_server_tools(r)}
+    return {**usage, **_server_tools(r, done)}
 
 
-def _server_tools(r: Reply) -> dict[str, Any]:
-    """The ``server_tool_use`` usage of a reply that searched (none without searches)."""
-    return {"server_tool_use": {"web_search_requests": r.web_searches}} if r.web_searches else {}
+def _server_tools(r: Reply, done: bool = True) -> dict[str, Any]:
+    """The ``server_tool_use`` usage of a reply that searched (none without searches);
+    not ``done``: as ``message_start`` reports it, before any search ran."""
+    searches = r.web_searches if done else 0
+    return {"server_tool_use": {"web_search_requests": searches}} if r.web_searches else {}
+
+
+def _search_blocks(r: Reply) -> list[dict[str, Any]]:
+    """The stream events of a reply's searches: each a ``server_tool_use`` block (the
+    query) and its ``web_search_tool_result`` block, before the answer's block."""
+    events: list[dict[str, Any]] = []
+    for n in range(r.web_searches):
+        use = f"srvtoolu_{r.key[:16]}{n:04d}"
+        blocks = (
+            {"type": "server_tool_use", "id": use, "name": "web_search", "input": {}},
+            {"type": "web_search_tool_result", "tool_use_id": use, "content": []},
+        )
+        for index, block in enumerate(blocks, 2 * n):
+            events += [
+                {"type": "content_block_start", "index": index, "content_block": block},
+                {"type": "content_block_stop", "index": index},
+            ]
+    return events
 
 
 def _stop_reason(r: Reply) -> str:
@@ -570,7 +596,7 @@ def _message(r: Reply, done: bool) -> dict[str, Any]:
         "id": f"msg_{r.key[:24]}", "type": "message", "role": "assistant", "model": r.model,
         "content": [_block(r, True)] if done else [],
         "stop_reason": _stop_reason(r) if done else None, "stop_sequence": None,
-        "usage": _anthropic_usage(r, r.completion_tokens if done else 1),
+        "usage": _anthropic_usage(r, r.completion_tokens if done else 1, done),
     }  # fmt: skip
 
 
@@ -585,14 +611,16 @@ def anthropic_response(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
 def anthropic_stream(body: dict[str, Any]) -> list[bytes]:
     """The SSE events of a streaming Messages request; raises ``InvalidRequest`` on bad input."""
     r = anthropic_reply(body)
-    block = {"type": "content_block_start", "index": 0, "content_block": _block(r, False)}
+    at = 2 * r.web_searches  # the answer's block follows the searches'
+    block = {"type": "content_block_start", "index": at, "content_block": _block(r, False)}
     delta = "input_json_delta" if r.calls_tool else "text_delta"
     field = "partial_json" if r.calls_tool else "text"
     events: list[dict[str, Any]] = [
-        {"type": "message_start", "message": _message(r, False)}, block, {"type": "ping"},
-        *({"type": "content_block_delta", "index": 0, "delta": {"type": delta, field: p}}
+        {"type": "message_start", "message": _message(r, False)}, *_search_blocks(r), block,
+        {"type": "ping"},
+        *({"type": "content_block_delta", "index": at, "delta": {"type": delta, field: p}}
           for p in r.pieces),
-        {"type": "content_block_stop", "index": 0},
+        {"type": "content_block_stop", "index": at},
         {"type": "message_delta", "delta": {"stop_reason": _stop_reason(r), "stop_sequence": None},
          "usage": {"output_tokens": r.completion_tokens, **_server_tools(r)}},
         {"type": "message_stop"},

@@ -19,7 +19,7 @@ import openai
 import orjson
 import pytest
 
-from spendgate.core.money import format_usd
+from spendgate.core.money import NANOS_PER_USD, format_usd
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import RunningGateway, start_gateway
 
@@ -40,6 +40,11 @@ timeout_seconds = 0.5
 provider = "slow"
 upstream_model = "gpt-4o-mini"
 price = {{ input_per_mtok = "10", output_per_mtok = "10" }}
+
+[models."flat-searcher"]
+provider = "slow"
+upstream_model = "gpt-4.1"
+price = {{ input_per_mtok = "10", output_per_mtok = "10", web_search_per_thousand = "1000" }}
 """
 
 
@@ -342,3 +347,28 @@ def test_a_timeout_while_the_provider_sends_an_error_is_not_billed(
     finally:
         gateway.admin.close()
         gateway.handle.stop()
+
+
+def test_a_timeout_billed_with_web_searches_says_so(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A Responses call offering a web search tool, timed out: its worst case holds the
+    searches it may run (``max_tool_calls``), so the bill has them, and the 504 says so
+    rather than naming only the prompt and the output cap."""
+    key = gateway.create_key()
+    payload = {
+        "model": "flat-searcher",
+        "input": "[[slow:3]] what happened today",
+        "max_output_tokens": 100,
+        "tools": [{"type": "web_search"}],
+        "max_tool_calls": 3,
+    }
+    body = orjson.dumps(payload)
+    headers = {"authorization": f"Bearer {key['key']}", "content-type": "application/json"}
+    response = httpx.post(gateway.url + "/v1/responses", content=body, headers=headers, timeout=30)
+    assert response.status_code == 504, response.text
+    [row] = gateway.ledger()
+    assert row["cost_nanos"] >= 3 * NANOS_PER_USD  # $1 a search
+    message = response.json()["error"]["message"]
+    assert format_usd(row["cost_nanos"]) in message
+    assert "3 web searches" in message

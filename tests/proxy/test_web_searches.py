@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 import anthropic
+import httpx
 import openai
 import pytest
 
@@ -20,6 +21,7 @@ from spendgate.core.money import NANOS_PER_USD
 from spendgate.core.pricing import PriceRef, PriceTable
 from spendgate.core.usage import TokenUsage
 from spendgate.core.worst_case import SEARCHES_HELD
+from spendgate.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningGateway
 
 #: a model billed $1 a search (and next to nothing a token), its prompt bounded at 1,000
@@ -175,3 +177,36 @@ def test_responses_max_tool_calls_bounds_the_hold(gateway: RunningGateway) -> No
     with pytest.raises(openai.BadRequestError) as bad:
         client.responses.create(**request, extra_body={"max_tool_calls": "many"})
     assert bad.value.body["param"] == "max_tool_calls"  # type: ignore[index]
+
+
+@pytest.mark.parametrize("api", ["anthropic", "responses"])
+def test_a_stream_cut_after_its_searches_bills_them(
+    gateway: RunningGateway, fake: FakeUpstream, api: str
+) -> None:
+    """The provider's stream breaks after two searches ran but before its usage (the
+    ``message_delta`` / ``response.completed`` that counts them): the estimate the call
+    is booked at still has the searches the stream showed going by (Anthropic's
+    ``server_tool_use`` blocks, the Responses API's ``web_search_call`` items); a
+    ``message_start`` counts none, since none has run yet."""
+    key = gateway.create_key()["key"]
+    prompt = "look it up [[searches:2]]"
+    if api == "anthropic":
+        path, model = "/v1/messages", "searcher"
+        body: dict[str, Any] = {"max_tokens": 16, "tools": [SEARCH]}
+        body["messages"] = [{"role": "user", "content": prompt}]
+        fake.drop_stream_after = 1 + 2 * 4 + 1  # message_start, searches, the answer's start
+    else:
+        path, model = "/v1/responses", "searcher-oai"
+        body = {"max_output_tokens": 16, "tools": [{"type": "web_search"}], "input": prompt}
+        fake.drop_stream_after = 2 + 2 * 2 + 1  # created, in_progress, searches, answer's
+    response = httpx.post(
+        gateway.url + path,
+        json={**body, "model": model, "stream": True},
+        headers={"authorization": f"Bearer {key}"},
+        timeout=30,
+    )
+    assert response.status_code == 200, response.text
+    [row] = [r for r in gateway.ledger() if r["request_id"] == response.headers["x-request-id"]]
+    assert (row["status"], row["usage_estimated"]) == ("incomplete", True)
+    # $1 a search: the tokens of a bounded prompt are a fraction of a cent
+    assert 2 * NANOS_PER_USD <= int(row["cost_nanos"]) < 2 * NANOS_PER_USD + NANOS_PER_USD // 100
