@@ -640,6 +640,16 @@ async def store(
     announced: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     for job, forecast in zip(jobs, forecasts, strict=True):
+        if not _fits(forecast_row(job, forecast, None)):
+            # a budget stored before the API bounded what a budget may allow
+            # (``budget_rules.MAX_LIMIT_NANOS``): its row cannot be stored, and must not
+            # fail every other budget's forecast and overrun in this transaction
+            log.warning(
+                "budget %s: forecast not stored, its figures are past what a row holds "
+                "(lower its amount, hard limit or exceptions)",
+                job.budget.id,
+            )
+            continue
         key, band = previous.get(job.budget.id, ("", None))
         fired = [band] if band is not None and key == forecast.period_key else []
         new = fo.band_to_announce(fo.band_of(forecast, job.limit_nanos, escalation), fired)
@@ -710,6 +720,15 @@ def forecast_row(job: Job, f: fc.Forecast, band: int | None) -> dict[str, Any]:
         "hard_cap_nanos": f.cap_nanos,
         "uncapped_p50_nanos": f.uncapped_p50_nanos,
     }
+
+
+#: the range of the forecast row's 64-bit nanos columns
+_INT64 = range(-(2**63), 2**63)
+
+
+def _fits(row: dict[str, Any]) -> bool:
+    """Whether every whole number of a forecast row fits its 64-bit column."""
+    return all(v in _INT64 for v in row.values() if v.__class__ is int)
 
 
 def _usd_or_none(nanos: int | None) -> str | None:

@@ -576,6 +576,25 @@ async def test_a_budget_deleted_during_a_refresh_does_not_fail_the_others(
     assert [e["data"]["budget_id"] for e in events] == ["b_kept"]
 
 
+async def test_a_budget_whose_figures_overflow_the_row_does_not_fail_the_others(
+    engine: AsyncEngine,
+) -> None:
+    """A budget stored before the API bounded amounts (here $9e9 with a 130 % hard limit:
+    its cap is past the 64-bit nanos column) cannot have its forecast stored; it is skipped
+    with a warning, and every other budget's forecast, and overrun, is stored."""
+    kept = await add_budget(engine, "b_kept", 50)
+    values = budget_values("b_huge", 9_000_000_000, hard_limit=True)
+    values["hard_limit_percent"] = "130"
+    async with engine.begin() as conn:
+        await conn.execute(schema.budgets.insert().values(**values))
+    huge = budget_from_row(values)
+    await add_spend(engine, *(Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)))
+    done = await refresh_all(engine, [huge, kept], NOW)
+    assert done.announced == {"b_kept": 100}
+    assert await stored_forecast(engine, "b_kept") is not None
+    assert await stored_forecast(engine, "b_huge") is None
+
+
 @pytest.mark.parametrize(
     ("line", "accepted"),
     [
