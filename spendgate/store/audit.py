@@ -10,6 +10,11 @@ Tables (created by migration 0003)::
 
 **Append-only.** Triggers refuse UPDATE and DELETE on ``audit_log`` and
 ``audit_checkpoints`` (and TRUNCATE on PostgreSQL), on SQLite and PostgreSQL alike.
+Migration 0027 adds its own (self-contained DDL, not ``GUARDS``): on SQLite an insert
+colliding with a stored row is refused, since ``INSERT OR REPLACE`` deletes that row
+without firing the DELETE trigger (PostgreSQL's ``ON CONFLICT DO UPDATE`` fires the
+UPDATE one); and on both the chain-head row only moves forward — no DELETE, TRUNCATE,
+second row, new id or lower seq.
 
 **Sealed with the audit key.** Entries are MAC'd (version 2, see
 ``spendgate.core.audit_chain``) with the audit key, which lives outside the database and
@@ -485,7 +490,7 @@ async def sealed_head(engine: AsyncEngine) -> tuple[int, str, str | None]:
 
 async def _head_or_last(engine: AsyncEngine) -> tuple[tuple[int, str, str | None] | None, int]:
     """The sealed head, and the seq a verify walks to: the head's; with the head row gone
-    (it has no trigger: appends move it) the last entry's, so the walk still runs."""
+    (deleted behind its triggers' back) the last entry's, so the walk still runs."""
     h = audit_chain_head.c
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).first()
