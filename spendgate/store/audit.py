@@ -64,7 +64,7 @@ from spendgate.core.audit_chain import (
     sign_checkpoint,
 )
 from spendgate.core.audit_verify import ChainBreak, ChainState, ChainWalk, VerifyResult
-from spendgate.errors import Conflict, ValidationFailed
+from spendgate.errors import AuditUnavailable, Conflict, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store.schema import JSONType, UTCDateTime, metadata
 
@@ -383,7 +383,13 @@ async def append(
             .values(seq=head.seq + 1)
             .returning(head.seq, head.hash)
         )
-    ).one()
+    ).first()
+    if taken is None:
+        raise AuditUnavailable(
+            "the audit chain head row is missing, so no change can be audited: restore it"
+            " from the last entry and run 'spendgate audit verify' (entries at the end may"
+            " have been deleted)"
+        )
     key = _bound_key(conn)
     entry = seal(
         int(taken.seq),

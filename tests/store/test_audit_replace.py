@@ -19,6 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from spendgate.core.audit_chain import AuditEvent
 from spendgate.store import audit as store
 from spendgate.store.database import create_engine, downgrade, migrate
+from tests.conftest import RunningGateway
+from tests.store.triggers import behind_the_triggers
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=400)
@@ -193,6 +195,19 @@ async def test_truncating_the_chain_head_is_refused_on_postgresql(engine: AsyncE
     with pytest.raises(sa.exc.DBAPIError, match="audit_chain_head only moves forward"):
         async with engine.begin() as conn:
             await conn.execute(sa.text("TRUNCATE audit_chain_head"))
+
+
+def test_an_audited_change_without_a_head_row_is_a_clear_503(gateway: RunningGateway) -> None:
+    """A head row deleted behind the triggers' back: admin changes are refused with a
+    503 naming the cause (they were a 500), and verify still reports it."""
+    engine = gateway.app.services.engine
+    gateway.run(behind_the_triggers(engine, ("DELETE FROM audit_chain_head", {})))
+    response = gateway.admin.post("/admin/orgs", json={"name": "after"})
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "audit_unavailable" and "chain head row is missing" in error["message"]
+    assert gateway.admin.get("/admin/orgs").status_code == 200
+    assert "head row is missing" in gateway.get("/admin/audit/verify")["reason"]
 
 
 # -- the migration ----------------------------------------------------------------------------
