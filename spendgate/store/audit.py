@@ -385,11 +385,7 @@ async def append(
         )
     ).first()
     if taken is None:
-        raise AuditUnavailable(
-            "the audit chain head row is missing, so no change can be audited: restore it"
-            " from the last entry and run 'spendgate audit verify' (entries at the end may"
-            " have been deleted)"
-        )
+        raise _head_missing()
     key = _bound_key(conn)
     entry = seal(
         int(taken.seq),
@@ -407,6 +403,14 @@ async def append(
         .values(hash=entry.hash, mac=None if key is None else head_mac(key, entry.seq, entry.hash))
     )
     return entry
+
+
+def _head_missing() -> AuditUnavailable:
+    return AuditUnavailable(
+        "the audit chain head row is missing, so the audit log cannot be written or read"
+        " to its end: restore it from the last entry and run 'spendgate audit verify'"
+        " (entries at the end may have been deleted)"
+    )
 
 
 async def record(
@@ -490,7 +494,9 @@ async def sealed_head(engine: AsyncEngine) -> tuple[int, str, str | None]:
     """The last ``seq`` handed out, its hash and the head row's MAC."""
     h = audit_chain_head.c
     async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).one()
+        row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).first()
+    if row is None:
+        raise _head_missing()
     return int(row.seq), str(row.hash), row.mac
 
 

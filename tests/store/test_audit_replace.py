@@ -198,8 +198,8 @@ async def test_truncating_the_chain_head_is_refused_on_postgresql(engine: AsyncE
 
 
 def test_an_audited_change_without_a_head_row_is_a_clear_503(gateway: RunningGateway) -> None:
-    """A head row deleted behind the triggers' back: admin changes are refused with a
-    503 naming the cause (they were a 500), and verify still reports it."""
+    """A head row deleted behind the triggers' back: admin changes and an
+    export are refused with a 503 naming the cause (they were a 500); verify reports it."""
     engine = gateway.app.services.engine
     gateway.run(behind_the_triggers(engine, ("DELETE FROM audit_chain_head", {})))
     response = gateway.admin.post("/admin/orgs", json={"name": "after"})
@@ -207,6 +207,9 @@ def test_an_audited_change_without_a_head_row_is_a_clear_503(gateway: RunningGat
     error = response.json()["error"]
     assert error["code"] == "audit_unavailable" and "chain head row is missing" in error["message"]
     assert gateway.admin.get("/admin/orgs").status_code == 200
+    assert gateway.admin.get("/admin/audit").status_code == 200  # the list needs no head
+    export = gateway.admin.get("/admin/audit/export")
+    assert export.status_code == 503 and export.json()["error"]["code"] == "audit_unavailable"
     assert "head row is missing" in gateway.get("/admin/audit/verify")["reason"]
 
 
