@@ -18,6 +18,7 @@
     ├── StateUnavailable           503     state_unavailable
     │   ├── DatabaseUnavailable    503     database_unavailable
     │   └── LedgerBacklogFull      503     ledger_backlog_full
+    ├── AuditUnavailable           503     audit_unavailable
     └── UpstreamTimeout            504     upstream_timeout
 
 ``NotRetryable`` (under ``UpstreamAuthFailed`` and a spend limit's refusal of a model
@@ -272,6 +273,15 @@ class LedgerBacklogFull(StateUnavailable):
     could not be recorded durably, so it is refused before it costs anything."""
 
     code = "ledger_backlog_full"
+
+
+class AuditUnavailable(SpendgateError):
+    """An audited change cannot get its entry: the audit chain's head row is gone (the
+    database refuses its deletion since migration 0027, so only somebody who dropped the
+    triggers can have removed it). No retry helps until an operator restores it."""
+
+    status = 503
+    code = "audit_unavailable"
 
 
 class UpstreamTimeout(SpendgateError):

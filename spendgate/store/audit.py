@@ -10,6 +10,11 @@ Tables (created by migration 0003)::
 
 **Append-only.** Triggers refuse UPDATE and DELETE on ``audit_log`` and
 ``audit_checkpoints`` (and TRUNCATE on PostgreSQL), on SQLite and PostgreSQL alike.
+Migration 0027 adds its own (self-contained DDL, not ``GUARDS``): on SQLite an insert
+colliding with a stored row is refused, since ``INSERT OR REPLACE`` deletes that row
+without firing the DELETE trigger (PostgreSQL's ``ON CONFLICT DO UPDATE`` fires the
+UPDATE one); and on both the chain-head row only moves forward — no DELETE, TRUNCATE,
+second row, new id or lower seq.
 
 **Sealed with the audit key.** Entries are MAC'd (version 2, see
 ``spendgate.core.audit_chain``) with the audit key, which lives outside the database and
@@ -59,7 +64,7 @@ from spendgate.core.audit_chain import (
     sign_checkpoint,
 )
 from spendgate.core.audit_verify import ChainBreak, ChainState, ChainWalk, VerifyResult
-from spendgate.errors import Conflict, ValidationFailed
+from spendgate.errors import AuditUnavailable, Conflict, ValidationFailed
 from spendgate.security.credentials import new_id
 from spendgate.store.schema import JSONType, UTCDateTime, metadata
 
@@ -378,7 +383,9 @@ async def append(
             .values(seq=head.seq + 1)
             .returning(head.seq, head.hash)
         )
-    ).one()
+    ).first()
+    if taken is None:
+        raise _head_missing()
     key = _bound_key(conn)
     entry = seal(
         int(taken.seq),
@@ -396,6 +403,14 @@ async def append(
         .values(hash=entry.hash, mac=None if key is None else head_mac(key, entry.seq, entry.hash))
     )
     return entry
+
+
+def _head_missing() -> AuditUnavailable:
+    return AuditUnavailable(
+        "the audit chain head row is missing, so the audit log cannot be written or read"
+        " to its end: restore it from the last entry and run 'spendgate audit verify'"
+        " (entries at the end may have been deleted)"
+    )
 
 
 async def record(
@@ -479,13 +494,15 @@ async def sealed_head(engine: AsyncEngine) -> tuple[int, str, str | None]:
     """The last ``seq`` handed out, its hash and the head row's MAC."""
     h = audit_chain_head.c
     async with engine.connect() as conn:
-        row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).one()
+        row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).first()
+    if row is None:
+        raise _head_missing()
     return int(row.seq), str(row.hash), row.mac
 
 
 async def _head_or_last(engine: AsyncEngine) -> tuple[tuple[int, str, str | None] | None, int]:
     """The sealed head, and the seq a verify walks to: the head's; with the head row gone
-    (it has no trigger: appends move it) the last entry's, so the walk still runs."""
+    (deleted behind its triggers' back) the last entry's, so the walk still runs."""
     h = audit_chain_head.c
     async with engine.connect() as conn:
         row = (await conn.execute(sa.select(h.seq, h.hash, h.mac).where(h.id == HEAD_ID))).first()

@@ -6,7 +6,8 @@ six rollup queries (team x model, provider, key, user, agent, tag) plus the spen
 team owns by tag set, shared out by the org's allocation rules (``core.chargeback``).
 
 **Frozen.** ``close`` stores version 1 of each statement with the SHA-256 of its
-canonical JSON; the tables refuse UPDATE and DELETE (triggers, migration 0013). The
+canonical JSON; the tables refuse UPDATE and DELETE (triggers, migration 0013) and, on
+SQLite, an ``INSERT OR REPLACE`` over a stored row (0027). The
 caller writes the hashes to the audit log in the same transaction. ``reissue`` draws the
 month again (in the zone it was closed in) and stores a new version, with a diff
 against the one it supersedes, for each statement whose figures changed — late ledger

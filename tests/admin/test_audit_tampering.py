@@ -28,6 +28,7 @@ from spendgate.cli.audit import audit_app
 from spendgate.core.audit_chain import chain_hash
 from spendgate.store import audit as store
 from tests.conftest import MASTER_KEY, RunningGateway
+from tests.store.triggers import behind_the_triggers
 
 
 @pytest.fixture
@@ -38,14 +39,7 @@ def cli(monkeypatch: pytest.MonkeyPatch) -> Iterator[CliRunner]:
 
 async def superuser(engine: AsyncEngine, *statements: tuple[str, dict[str, Any]]) -> None:
     """Run SQL with the append-only triggers dropped, then put them back."""
-    dialect = engine.dialect.name
-    async with engine.begin() as conn:
-        for ddl in store.unguard_statements(dialect):
-            await conn.execute(sa.text(ddl))
-        for sql, params in statements:
-            await conn.execute(sa.text(sql), params)
-        for ddl in store.guard_statements(dialect):
-            await conn.execute(sa.text(ddl))
+    await behind_the_triggers(engine, *statements)
 
 
 async def rehash_from(engine: AsyncEngine, seq: int) -> None:

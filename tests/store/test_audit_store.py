@@ -21,6 +21,7 @@ from spendgate.errors import Conflict, ValidationFailed
 from spendgate.store import audit as store
 from spendgate.store.database import create_engine, migrate
 from tests.conftest import MASTER_KEY, RunningGateway
+from tests.store.triggers import behind_the_triggers
 
 T0 = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 NOW = T0 + timedelta(days=900)
@@ -128,14 +129,8 @@ async def test_checkpoints_are_append_only_too(engine: AsyncEngine) -> None:
 
 
 async def tamper(engine: AsyncEngine, sql: str, **params: Any) -> None:
-    """Run ``sql`` with the UPDATE/DELETE guards dropped, then put them back."""
-    dialect = engine.dialect.name
-    async with engine.begin() as conn:
-        for statement in store.unguard_statements(dialect):
-            await conn.execute(sa.text(statement))
-        await conn.execute(sa.text(sql), params)
-        for statement in store.guard_statements(dialect):
-            await conn.execute(sa.text(statement))
+    """Run ``sql`` with the guards dropped, then put them back."""
+    await behind_the_triggers(engine, (sql, params))
 
 
 async def test_an_amount_changed_behind_the_triggers_back_is_named(engine: AsyncEngine) -> None:
@@ -425,12 +420,12 @@ def test_purge_never_reaches_entries_younger_than_twelve_months(audited: Running
 
 
 def test_http_verify_reports_a_deleted_head_row(audited: RunningGateway) -> None:
-    """The head row has no trigger (every append moves it): deleting it, with the entries
-    at the end, was a 500 from verify (and from ``spendgate audit verify``), not a report
-    of tampering."""
+    """The head row deleted behind the triggers' back (migration 0027 refuses a plain
+    DELETE), with the entries at the end, was a 500 from verify (and from ``spendgate
+    audit verify``), not a report of tampering."""
     record_on(audited, 4)
     engine = audited.app.services.engine
-    audited.run(raw(engine, "DELETE FROM audit_chain_head"))
+    audited.run(tamper(engine, "DELETE FROM audit_chain_head"))
     response = audited.admin.get("/admin/audit/verify")
     assert response.status_code == 200, response.text
     result = response.json()
