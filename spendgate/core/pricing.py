@@ -376,6 +376,23 @@ class PriceTable:
         found = None if ref.override is not None else self._lookup(ref)
         return None if found is None else found[1].context_window
 
+    def bills_cache_writes(self, ref: PriceRef) -> bool:
+        """Whether a price of ``ref`` (any of its versions) has a cache-write rate: without
+        one, genai-prices bills a prompt written to the cache at the input rate, so a
+        worst case with every prompt token a cache write costs what it does as input."""
+        override = ref.override
+        if override is not None:
+            return (
+                override.cache_write_per_mtok is not None
+                or override.cache_write_1h_per_mtok is not None
+            )
+        found = self._lookup(ref)
+        if found is None:
+            return False
+        prices = found[1].prices
+        versions = [prices] if isinstance(prices, ModelPrice) else [c.prices for c in prices]
+        return any(v.cache_write_mtok is not None for v in versions)
+
     def is_known(self, ref: PriceRef, at: datetime) -> bool:
         """Whether ``price`` would return a cost (not ``None``) for ``ref`` at ``at``."""
         return self.price(ref, TokenUsage(), at).cost_nanos is not None

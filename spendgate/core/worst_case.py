@@ -192,8 +192,11 @@ def worst_case(
 ) -> WorstCase:
     """The worst case of one request (see the module docstring) whose prompt is
     estimated at ``prompt`` tokens (its bytes / 4); 400 for a cap, ``n`` or ``best_of``
-    that is not a whole number in range. ``cache_writes``: the request marks
-    ``cache_control`` (only an Anthropic Messages request is billed for cache writes);
+    that is not a whole number in range. ``cache_writes``: the provider may write the
+    prompt to its cache and bill the writes: an Anthropic Messages request that marks
+    ``cache_control`` (at the 1-hour rate, the dearer), or any other request on a model
+    priced for cache writes (OpenAI caches prompts unasked and bills the writes where the
+    model prices them; the caller knows the price);
     ``input_bound``: the most input tokens it can be billed (``expanded``: because the
     provider expands the prompt); ``audio``: how many of the ``prompt`` tokens are audio.
     A Chat request whose ``modalities`` ask for audio has its output held and estimated
@@ -224,21 +227,13 @@ def worst_case(
         web_searches=searches,
     )
     cached = None
-    if kind != "message":
-        # OpenAI caches prompts unasked, and the models priced for cache writes bill them
-        # (``prompt_tokens_details.cache_write_tokens``: 1.25x input); no 1-hour split
+    if cache_writes:
+        # OpenAI's writes (``prompt_tokens_details.cache_write_tokens``) have no 1-hour split
         cached = TokenUsage(
             input_tokens=prompt,
             output_tokens=output,
             cache_write_tokens=prompt,
-            web_searches=searches,
-        )
-    elif cache_writes:
-        cached = TokenUsage(
-            input_tokens=prompt,
-            output_tokens=output,
-            cache_write_tokens=prompt,
-            cache_write_1h_tokens=prompt,
+            cache_write_1h_tokens=prompt if kind == "message" else 0,
             web_searches=searches,
         )
     return WorstCase(usage, send, cached, input_bound, expanded)

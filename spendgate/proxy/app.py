@@ -220,6 +220,11 @@ class ProxyApp:
         self._prices = prices
         #: per model, the most input tokens a prompt the provider expands can be billed
         self._input_bounds = input_bounds(settings, prices)
+        #: per model, whether an OpenAI-style call may be billed cache writes it did not
+        #: ask for (``PriceTable.bills_cache_writes``): only then is it held at them too
+        self._unasked_writes = {
+            name: prices.bills_cache_writes(route.price) for name, route in settings.models.items()
+        }
         unbounded = sorted(name for name, bound in self._input_bounds.items() if not bound)
         if unbounded:
             log.warning(
@@ -362,7 +367,9 @@ class ProxyApp:
                 estimate,
                 route.default_max_tokens,
                 route.provider.kind,
-                cache_writes=marks_cache(payload, body),
+                cache_writes=marks_cache(payload, body)
+                if endpoint.kind == "message"
+                else self._unasked_writes.get(route.name, True),
                 input_bound=bound,
                 expanded=expanded,
                 audio=audio,

@@ -490,3 +490,19 @@ def test_an_override_can_price_audio(table: PriceTable) -> None:
     assert table.price(PriceRef("m", None, text), usage, AT).cost_nanos == usd_to_nanos(
         Decimal("12.5")
     )
+
+
+@pytest.mark.parametrize(
+    ("ref", "billed"),
+    [
+        (PriceRef("gpt-4o-mini", "openai"), False),  # writes billed as input
+        (PriceRef("claude-sonnet-4-5", "anthropic"), True),
+        (PriceRef("no-such-model", "openai"), False),
+        (PriceRef("x", None, PriceOverride(Decimal(1), Decimal(1))), False),
+        (PriceRef("x", None, PriceOverride(Decimal(1), Decimal(1), None, Decimal(2))), True),
+    ],
+)
+def test_which_prices_bill_cache_writes(table: PriceTable, ref: PriceRef, billed: bool) -> None:
+    """Only a model (or override) with a cache-write rate bills a prompt written to the
+    cache other than as input: the proxy holds OpenAI-style calls at their writes there."""
+    assert table.bills_cache_writes(ref) is billed

@@ -277,10 +277,15 @@ def test_the_hold_counts_an_expanded_prompt_at_the_bound_and_the_estimate_stays(
     assert cached.cache_write_tokens == 200_000
     plain = worst_case({"max_tokens": 10}, "chat", PROMPT, DEFAULT, "openai")
     assert plain.held() == (plain.usage, plain.cached)
-    window = worst_case({"max_tokens": 10}, "chat", PROMPT, DEFAULT, "openai", input_bound=9_000)
+    window = worst_case(
+        {"max_tokens": 10}, "chat", PROMPT, DEFAULT, "openai", input_bound=9_000, cache_writes=True
+    )
     assert window.held()[1] == TokenUsage(
         input_tokens=9_000, output_tokens=10, cache_write_tokens=9_000
     )
+    # a model not priced for cache writes bills them as input: no second worst case
+    unpriced = worst_case({"max_tokens": 10}, "chat", PROMPT, DEFAULT, "openai", input_bound=9_000)
+    assert unpriced.cached is None
     bigger = worst_case({}, "embedding", 300_000, DEFAULT, "openai", input_bound=200_000)
     assert bigger.held()[0].input_tokens == 300_000
 
