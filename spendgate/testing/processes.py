@@ -189,6 +189,22 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, 10, self.proc)
+        self._wait_loaded(10)
+
+    def _wait_loaded(self, timeout: float) -> None:
+        """Until Redis answers ``PING`` with ``PONG``: one restarted with its append-only
+        file listens at once but answers ``-LOADING`` until it has read the file back."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 1) as sock,
+            ):
+                sock.sendall(b"PING\r\n")
+                if sock.recv(64).startswith(b"+PONG"):
+                    return
+            time.sleep(0.05)
+        raise TimeoutError(f"Redis on port {self.port} did not answer PING within {timeout} s")
 
     def kill(self) -> None:
         """SIGKILL: every key is gone."""

@@ -26,7 +26,7 @@ from redis.asyncio import Redis
 
 from spendgate.guard.failover import PROBE_SECONDS
 from spendgate.testing.processes import ManagedProcess, PrivateRedis, Replica, UpstreamProcess
-from tests.conftest import REDIS_URL, PgDropper, fresh_pg_database
+from tests.conftest import REDIS_URL, PgDropper, budget_counter, fresh_pg_database
 
 MASTER = "sg-master-enforcement-0123456789"
 ADMIN = {"authorization": f"Bearer {MASTER}"}
@@ -311,8 +311,8 @@ async def test_a_counter_that_lost_spend_is_repaired_from_the_ledger(
         while await fleet.spent(key["id"]) < cap * Decimal("0.7"):
             assert set(await storm(fleet, key["key"], 6, max_tokens=20)) == {200}
         spent = await fleet.spent(key["id"])
-        period = fleet.admin(0, "GET", f"/admin/budgets/{made['id']}/status")["period_key"]
-        await redis.hset(f"{prefix}b:{made['id']}:{period}", "spent", 0)
+        status = fleet.admin(0, "GET", f"/admin/budgets/{made['id']}/status")
+        await redis.hset(prefix + budget_counter(made, status), "spent", 0)
 
         async def repaired() -> bool:
             status = fleet.admin(1, "GET", f"/admin/budgets/{made['id']}/status")
