@@ -163,8 +163,9 @@ class PrivateRedis:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self, *options: str) -> None:
-        """Start (again); ``options``: more ``redis-server`` options, for this start only."""
+    def start(self, *options: str, loaded: bool = True) -> None:
+        """Start (again); ``options``: more ``redis-server`` options, for this start only;
+        ``loaded``: return once it answers commands (not while it reads its data back)."""
         self.proc = subprocess.Popen(
             [
                 "redis-server",
@@ -189,7 +190,8 @@ class PrivateRedis:
             stderr=subprocess.DEVNULL,
         )
         wait_for_port(self.port, 10, self.proc)
-        self._wait_loaded(10)
+        if loaded:
+            self._wait_loaded(10)
 
     def _wait_loaded(self, timeout: float) -> None:
         """Until Redis answers ``PING`` with ``PONG``: one restarted with its append-only

@@ -6,6 +6,7 @@ and the database number of the URL honoured."""
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 
 import pytest
 from redis.asyncio import Redis
@@ -102,7 +103,7 @@ async def test_a_redis_still_loading_its_data_is_away_not_a_failed_call() -> Non
         await client.aclose()
         await asyncio.to_thread(server.kill)
         await asyncio.to_thread(
-            server.start,
+            partial(server.start, loaded=False),
             "--key-load-delay", "1000", "--loading-process-events-interval-bytes", "1024",
         )  # fmt: skip
         client = pooled_client(server.url)
