@@ -245,7 +245,7 @@ def searches_bound(payload: Mapping[str, Any], kind: str) -> int:
     tools = payload.get("tools") if kind in ("response", "message") else None
     if tools.__class__ is not list:
         return 0
-    searching = [tool for tool in tools if _searches(tool)]
+    searching = [tool for tool in tools if _tool_of(tool, "web_search")]
     if not searching:
         return 0
     if kind == "response":
@@ -331,7 +331,7 @@ def expands(payload: Mapping[str, Any], kind: str) -> bool:
     tools = payload.get("tools")
     if tools.__class__ is list:
         for tool in tools:
-            if _expanding_tool(tool):
+            if _tool_of(tool, _EXPANDING_TOOLS):
                 return True
     return expanding_parts(payload, kind) > 0
 
@@ -394,14 +394,11 @@ def continues(payload: Mapping[str, Any], kind: str) -> str | None:
     return None if expands({**payload, "previous_response_id": None}, kind) else previous
 
 
-def _searches(tool: object) -> bool:
+def _tool_of(tool: object, types: str | tuple[str, ...]) -> bool:
+    """Whether ``tool`` is a tool whose ``type`` starts with one of ``types`` (a tool's
+    type carries its version: ``web_search_20250305``)."""
     kind = tool.get("type") if isinstance(tool, dict) else None
-    return isinstance(kind, str) and kind.startswith("web_search")
-
-
-def _expanding_tool(tool: object) -> bool:
-    kind = tool.get("type") if isinstance(tool, dict) else None
-    return isinstance(kind, str) and kind.startswith(_EXPANDING_TOOLS)
+    return isinstance(kind, str) and kind.startswith(types)
 
 
 def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:

@@ -42,6 +42,19 @@ def calls(oai: openai.OpenAI, claude: anthropic.Anthropic) -> dict[str, Callable
     }
 
 
+def governed_clients(gateway: RunningGateway) -> tuple[openai.OpenAI, anthropic.Anthropic]:
+    """Both SDKs on a new key under a $5 hard-capped budget and a rate limit."""
+    key = gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="5", hard_limit=True)
+    gateway.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": key["id"], "model": "*", "rpm": 100, "tpm": 10**6},
+    )
+    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    return oai, claude
+
+
 @pytest.mark.parametrize("stream", [False, True])
 def test_every_route_carries_the_request_id_cost_budget_and_rate_headers(
     gateway: RunningGateway, stream: bool
@@ -51,14 +64,7 @@ def test_every_route_carries_the_request_id_cost_budget_and_rate_headers(
     figures; a non-streamed answer also with ``x-spendgate-cost-usd`` (a stream's cost
     is known only after its headers went out: it comes at the end of the stream, in a
     comment, ``test_stream_cost``)."""
-    key = gateway.create_key()
-    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="5", hard_limit=True)
-    gateway.post(
-        "/admin/rate-limits",
-        {"scope_type": "key", "scope_id": key["id"], "model": "*", "rpm": 100, "tpm": 10**6},
-    )
-    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
-    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    oai, claude = governed_clients(gateway)
     for route, call in calls(oai, claude).items():
         if stream and route == "embeddings":
             continue  # embeddings do not stream
@@ -82,14 +88,7 @@ def test_a_provider_error_under_a_budget_says_what_is_left(
     under a budget it carries ``x-spendgate-budget-remaining-usd`` (the budget untouched
     by it) with its request id, cost and rate figures, streamed request or not; it had
     the cost and rate headers only."""
-    key = gateway.create_key()
-    gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="5", hard_limit=True)
-    gateway.post(
-        "/admin/rate-limits",
-        {"scope_type": "key", "scope_id": key["id"], "model": "*", "rpm": 100, "tpm": 10**6},
-    )
-    oai = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
-    claude = anthropic.Anthropic(base_url=gateway.url, api_key=key["key"], max_retries=0)
+    oai, claude = governed_clients(gateway)
     fake.fail_status = 400
     for route, call in calls(oai, claude).items():
         for stream in (False, True):
