@@ -1,24 +1,30 @@
 """Rollup rows as the ledger writer wrote them before migration 0024 (or, given 0024's
 token columns, before 0026): the same sums (``rollups.aggregate`` and its folds over
 that revision's token columns), without ``cache_write_1h_tokens`` (before 0024) and the
-estimated calls and cost (before 0026) — for tests that migrate from an older
-revision."""
+estimated calls and cost (before 0026) — and ledger rows with the columns of an older
+revision (:func:`insert_ledger`) — for tests that migrate from an older revision."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spendgate.store import rollups
+from spendgate.store.ledger import LedgerEntry, sqlite_row
 
 #: the token figures and stored sums of the rollups from 0013 to 0023
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
           "reasoning_tokens")  # fmt: skip
 #: the token figures of the rollups from 0024 to 0025
 TOKENS_0024 = (*TOKENS[:4], "cache_write_1h_tokens", TOKENS[4])
+#: the ledger's columns from 0023 to 0027 (before ``web_searches``), and before 0023
+#: (before ``cache_write_1h_tokens`` too)
+LEDGER_0023 = tuple(f for f in LedgerEntry._fields if f != "web_searches")
+LEDGER_0022 = tuple(f for f in LEDGER_0023 if f != "cache_write_1h_tokens")
 _WIDE = ("bucket", "org_id", "team_id", "user_id", "agent_id", "key_id", "provider", "model",
          "kind", "status")  # fmt: skip
 KEYS = {
@@ -52,3 +58,19 @@ async def insert(
         ]
         if values:
             await conn.execute(statement, values)
+
+
+async def insert_ledger(
+    conn: AsyncConnection, calls: Iterable[LedgerEntry], fields: tuple[str, ...] = LEDGER_0023
+) -> None:
+    """Ledger rows as a writer of an older revision stored them: only ``fields``."""
+    values = []
+    for call in calls:
+        if conn.dialect.name == "sqlite":
+            values.append(dict(zip(LedgerEntry._fields, sqlite_row(call), strict=True)))
+        else:
+            values.append({**call._asdict(), "tags": orjson.dumps(call.tags).decode()})
+    statement = sa.text(
+        f"INSERT INTO ledger ({', '.join(fields)}) VALUES ({', '.join(f':{f}' for f in fields)})"
+    )
+    await conn.execute(statement, [{f: row[f] for f in fields} for row in values])

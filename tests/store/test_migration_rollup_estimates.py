@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.store import rollups
 from spendgate.store.database import create_engine, downgrade, migrate
-from spendgate.store.ledger import LedgerEntry, Pending, insert_entries, store_batch
+from spendgate.store.ledger import LedgerEntry, Pending, store_batch
 from spendgate.store.rebuild import rebuild
 from spendgate.store.showback import usage_report
 from tests.store import old_rollups
@@ -64,7 +64,7 @@ async def _at_0025(engine: AsyncEngine) -> None:
             sa.text("INSERT INTO usage_daily_zone (org_id, timezone) VALUES ('om1', :z)"),
             {"z": KTM},
         )
-        await insert_entries(conn, calls)
+        await old_rollups.insert_ledger(conn, calls)
         tables = {
             "usage_rollup": main,
             "usage_tag_rollup": tags,
