@@ -6,7 +6,8 @@ revision (:func:`insert_ledger`) — for tests that migrate from an older revisi
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -74,3 +75,35 @@ async def insert_ledger(
         f"INSERT INTO ledger ({', '.join(fields)}) VALUES ({', '.join(f':{f}' for f in fields)})"
     )
     await conn.execute(statement, [{f: row[f] for f in fields} for row in values])
+
+
+async def seed(
+    conn: AsyncConnection,
+    calls: Sequence[LedgerEntry],
+    zone: str,
+    created: datetime,
+    tokens: tuple[str, ...] = TOKENS,
+) -> None:
+    """Org ``om1`` (reporting and daily zone ``zone``), ``calls`` in its ledger and their
+    rows in all four rollups, as a writer of the revision whose rollups sum ``tokens``
+    left them (the ledger with the columns of 0023 to 0027)."""
+    main, tags = aggregate(((int(c.started_at.timestamp()), c) for c in calls), tokens)
+    teams = rollups.narrow(main)
+    await conn.execute(
+        sa.text(
+            "INSERT INTO orgs (id, name, created_at, reporting_timezone, week_start) "
+            "VALUES ('om1', 'm1', :t, :z, 'monday')"
+        ),
+        {"t": created, "z": zone},
+    )
+    await conn.execute(
+        sa.text("INSERT INTO usage_daily_zone (org_id, timezone) VALUES ('om1', :z)"), {"z": zone}
+    )
+    await insert_ledger(conn, calls)
+    tables = {
+        "usage_rollup": main,
+        "usage_tag_rollup": tags,
+        "usage_team_rollup": teams,
+        "usage_team_daily": rollups.daily(teams, {"om1": zone}),
+    }
+    await insert(conn, tables, tokens)

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from spendgate.store import rollups, schema
+from spendgate.store import schema
 from spendgate.store.database import create_engine, database_fingerprint, downgrade, migrate
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, encode_record, store_batch
 from spendgate.store.rebuild import rebuild
@@ -57,30 +57,8 @@ async def _report(engine: AsyncEngine, group_by: list[str]) -> list[tuple[object
 async def _at_0027(engine: AsyncEngine) -> None:
     """The ledger rows and their rollups as the 0027 writer left them (no searches)."""
     await migrate(engine, "0027_audit_replace_guards")
-    calls = _calls()
-    tokens = old_rollups.TOKENS_0024
-    main, tags = old_rollups.aggregate(((int(c.started_at.timestamp()), c) for c in calls), tokens)
-    teams = rollups.narrow(main)
     async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO orgs (id, name, created_at, reporting_timezone, week_start) "
-                "VALUES ('om1', 'm1', :t, :z, 'monday')"
-            ),
-            {"t": MARCH, "z": KTM},
-        )
-        await conn.execute(
-            sa.text("INSERT INTO usage_daily_zone (org_id, timezone) VALUES ('om1', :z)"),
-            {"z": KTM},
-        )
-        await old_rollups.insert_ledger(conn, calls)
-        tables = {
-            "usage_rollup": main,
-            "usage_tag_rollup": tags,
-            "usage_team_rollup": teams,
-            "usage_team_daily": rollups.daily(teams, {"om1": KTM}),
-        }
-        await old_rollups.insert(conn, tables, tokens)
+        await old_rollups.seed(conn, _calls(), KTM, MARCH, old_rollups.TOKENS_0024)
 
 
 @pytest.mark.empty_database

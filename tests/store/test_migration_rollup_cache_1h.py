@@ -13,7 +13,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from spendgate.store import rollups
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, Pending, sqlite_row, store_batch
 from spendgate.store.rebuild import rebuild
@@ -48,31 +47,8 @@ def _calls() -> list[LedgerEntry]:
 async def _at_0023(engine: AsyncEngine) -> None:
     """The ledger rows and their rollups as the 0023 writer left them."""
     await migrate(engine, "0023_cache_1h")
-    calls = _calls()
-    main, tags = old_rollups.aggregate((int(c.started_at.timestamp()), c) for c in calls)
-    teams = rollups.narrow(main)
     async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO orgs (id, name, created_at, reporting_timezone, week_start) "
-                "VALUES ('om1', 'm1', :t, :z, 'monday')"
-            ),
-            {"t": MARCH, "z": KTM},
-        )
-        await conn.execute(
-            sa.text("INSERT INTO usage_daily_zone (org_id, timezone) VALUES ('om1', :z)"),
-            {"z": KTM},
-        )
-        await old_rollups.insert_ledger(conn, calls)
-        await old_rollups.insert(
-            conn,
-            {
-                "usage_rollup": main,
-                "usage_tag_rollup": tags,
-                "usage_team_rollup": teams,
-                "usage_team_daily": rollups.daily(teams, {"om1": KTM}),
-            },
-        )
+        await old_rollups.seed(conn, _calls(), KTM, MARCH)
 
 
 async def _one_hour(engine: AsyncEngine, group_by: list[str]) -> list[tuple[object, ...]]:

@@ -12,7 +12,6 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from spendgate.store import rollups
 from spendgate.store.database import create_engine, downgrade, migrate
 from spendgate.store.ledger import LedgerEntry, Pending, store_batch
 from spendgate.store.rebuild import rebuild
@@ -48,30 +47,8 @@ def _calls() -> list[LedgerEntry]:
 async def _at_0025(engine: AsyncEngine) -> None:
     """The ledger rows and their rollups as the 0025 writer left them."""
     await migrate(engine, "0025_audit_team_ids")
-    calls = _calls()
-    tokens = old_rollups.TOKENS_0024
-    main, tags = old_rollups.aggregate(((int(c.started_at.timestamp()), c) for c in calls), tokens)
-    teams = rollups.narrow(main)
     async with engine.begin() as conn:
-        await conn.execute(
-            sa.text(
-                "INSERT INTO orgs (id, name, created_at, reporting_timezone, week_start) "
-                "VALUES ('om1', 'm1', :t, :z, 'monday')"
-            ),
-            {"t": MARCH, "z": KTM},
-        )
-        await conn.execute(
-            sa.text("INSERT INTO usage_daily_zone (org_id, timezone) VALUES ('om1', :z)"),
-            {"z": KTM},
-        )
-        await old_rollups.insert_ledger(conn, calls)
-        tables = {
-            "usage_rollup": main,
-            "usage_tag_rollup": tags,
-            "usage_team_rollup": teams,
-            "usage_team_daily": rollups.daily(teams, {"om1": KTM}),
-        }
-        await old_rollups.insert(conn, tables, tokens)
+        await old_rollups.seed(conn, _calls(), KTM, MARCH, old_rollups.TOKENS_0024)
 
 
 async def _estimated(engine: AsyncEngine, group_by: list[str]) -> list[tuple[object, ...]]:
