@@ -12,10 +12,11 @@ from typing import Any
 
 import orjson
 import sqlalchemy as sa
-from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from spendgate.store import rollups
 from spendgate.store.ledger import LedgerEntry, sqlite_row
+from spendgate.store.rebuild import rebuild
 
 #: the token figures and stored sums of the rollups from 0013 to 0023
 TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
@@ -107,3 +108,40 @@ async def seed(
         "usage_team_daily": rollups.daily(teams, {"om1": zone}),
     }
     await insert(conn, tables, tokens)
+
+
+async def tamper_and_repair(
+    engine: AsyncEngine, column: str, start: datetime, end: datetime
+) -> dict[str, Any]:
+    """``column`` of ``om1``'s daily rows without a team raised by 1 behind the writer's
+    back: a dry-run rebuild of ``[start, end)`` finds that one difference (returned), a
+    rebuild puts it right, and the next dry run finds none."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            sa.text(
+                f"UPDATE usage_team_daily SET {column} = {column} + 1"
+                " WHERE org_id = 'om1' AND team_id = ''"
+            )
+        )
+    found = await rebuild(engine, start, end, dry_run=True)
+    assert found.difference_count == 1
+    [diff] = found.differences
+    assert diff["table"] == "usage_team_daily"
+    assert (await rebuild(engine, start, end)).fixed
+    assert (await rebuild(engine, start, end, dry_run=True)).difference_count == 0
+    return diff
+
+
+async def covered_sums(engine: AsyncEngine) -> list[str]:
+    """PostgreSQL: what the narrow and daily rollups' primary keys INCLUDE (SQLite: none,
+    their tables are the primary key)."""
+    if engine.dialect.name != "postgresql":
+        return []
+    out = []
+    async with engine.connect() as conn:
+        for table in ("usage_team_rollup", "usage_team_daily"):
+            index = await conn.execute(
+                sa.text("SELECT pg_get_indexdef(CAST(:pk AS regclass))"), {"pk": f"pk_{table}"}
+            )
+            out.append(str(index.scalar()).split("INCLUDE")[1])
+    return out
