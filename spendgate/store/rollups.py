@@ -3,8 +3,9 @@
 Tables (created by migration 0013)::
 
     usage_rollup      per 15-minute bucket x org x team x user x agent x key x provider
-                      x model x kind x status x tag set: calls, tokens by kind, priced
-                      cost (integer nanos) and the count of calls with no known price
+                      x model x kind x status x tag set: calls, tokens by kind, web
+                      searches (migration 0028), priced cost (integer nanos) and the count
+                      of calls with no known price
     usage_tag_rollup  the same, once per tag of the call instead of the tag set (a call
                       with no tag under the tag ``""``): what ``group_by=tag`` reads
     usage_team_rollup (migration 0018) the narrow one: per org x 15-minute bucket x team x
