@@ -206,28 +206,33 @@ def _provider(
     )
 
 
+#: a price override's rates: each per million tokens (per thousand searches), the first
+#: two required (an override bills every input and output token), the rest optional
+#: (left out, ``PriceOverride`` says what they bill at)
+REQUIRED_RATES = ("input_per_mtok", "output_per_mtok")
+OVERRIDE_RATES = (*REQUIRED_RATES, "cache_read_per_mtok", "cache_write_per_mtok",
+                  "cache_write_1h_per_mtok", "input_audio_per_mtok", "output_audio_per_mtok",
+                  "web_search_per_thousand")  # fmt: skip
+
+
 def _price_ref(name: str, raw: Any, upstream_model: str, provider: ProviderConfig) -> PriceRef:
     raw = raw or {}
     if not isinstance(raw, Mapping):
         raise ConfigError(f"models.{name}.price must be a table")
     override = None
-    if "input_per_mtok" in raw or "output_per_mtok" in raw:
-        where = f"models.{name}.price"
-        override = PriceOverride(
-            input_per_mtok=_decimal(raw.get("input_per_mtok", 0), where),
-            output_per_mtok=_decimal(raw.get("output_per_mtok", 0), where),
-            **{
-                key: _decimal(raw[key], where) if key in raw else None
-                for key in (
-                    "cache_read_per_mtok",
-                    "cache_write_per_mtok",
-                    "cache_write_1h_per_mtok",
-                    "input_audio_per_mtok",
-                    "output_audio_per_mtok",
-                    "web_search_per_thousand",
+    where = f"models.{name}.price"
+    rates = {key: _decimal(raw[key], f"{where}.{key}") for key in OVERRIDE_RATES if key in raw}
+    if rates:
+        # a rate left out has a documented meaning for the optional ones only; a missing
+        # input or output rate would bill those tokens at $0, silently
+        for key in REQUIRED_RATES:
+            if key not in rates:
+                given = ", ".join(sorted(rates))
+                raise ConfigError(
+                    f"{where}.{key} is required: the override gives {given}, and tokens "
+                    f'without a rate are not billed at $0 (write {key} = "0" for free ones)'
                 )
-            },
-        )
+        override = PriceOverride(**rates)
     return PriceRef(
         model=str(raw.get("model", upstream_model)),
         provider=raw.get("provider", DEFAULT_PRICE_PROVIDER[provider.kind]),
@@ -605,11 +610,7 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
     "models.*": frozenset(
         {"provider", "upstream_model", "price", "default_max_tokens", "max_input_tokens"}
     ),
-    "models.*.price": frozenset({
-        "model", "provider", "input_per_mtok", "output_per_mtok", "cache_read_per_mtok",
-        "cache_write_per_mtok", "cache_write_1h_per_mtok", "input_audio_per_mtok",
-        "output_audio_per_mtok", "web_search_per_thousand",
-    }),
+    "models.*.price": frozenset({"model", "provider", *OVERRIDE_RATES}),
 }  # fmt: skip
 
 

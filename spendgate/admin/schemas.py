@@ -312,6 +312,8 @@ class UsageRow(BaseModel):
     #: the part of ``cache_write_tokens`` written to Anthropic's 1-hour cache
     cache_write_1h_tokens: int
     reasoning_tokens: int
+    #: web searches a server-side search tool ran, billed per search beside the tokens
+    web_searches: int
     cost_usd: str
     unpriced_requests: int
     #: the calls billed on an estimate (the ledger's ``usage_estimated``) and their cost,
@@ -332,6 +334,8 @@ class UsageReport(BaseModel):
     #: the calls billed on an estimate and their cost, part of ``total_cost_usd``
     estimated_calls: int
     total_estimated_usd: str
+    #: the web searches of the report's calls (each call once, also grouped by tag)
+    web_searches: int
 
 
 class Event(BaseModel):

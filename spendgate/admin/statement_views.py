@@ -3,8 +3,9 @@ package: ``admin/templates/statement.html``).
 
 CSV and JSONL carry one record per figure — ``section, id, label, requests, cost_usd``,
 then a team line's tokens and estimated calls and cost (``chargeback.LINE_COLUMNS``; empty on other
-records and on statements stored before lines carried them) — with the statement's
-lines first (they add up to its total), then each breakdown.
+records and on statements stored before lines carried them), ``unpriced_requests`` and,
+last, a team line's ``web_searches`` — with the statement's lines first (they add up to
+its total), then each breakdown.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ _templates = Environment(
     autoescape=select_autoescape(["html"]),
 )
 #: ``unpriced_requests``: the calls of unknown price among ``requests`` (their cost, $0,
-#: is not a price): a breakdown row's, and the statement's on its total
-FIELDS = ("section", "id", "label", "requests", "cost_usd", *cb.LINE_COLUMNS, "unpriced_requests")
+#: is not a price): a breakdown row's, and the statement's on its total. Columns added
+#: since (``web_searches``) come last, so a script reading columns by position keeps
+#: reading the ones it knows
+LATER = ("web_searches",)
+FIELDS = ("section", "id", "label", "requests", "cost_usd",
+          *(c for c in cb.LINE_COLUMNS if c not in LATER), "unpriced_requests",
+          *LATER)  # fmt: skip
 
 
 def records(content: dict[str, Any]) -> list[dict[str, Any]]:

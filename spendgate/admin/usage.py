@@ -113,16 +113,23 @@ def _filters(values: dict[str, str | None]) -> dict[str, Collection[str | None]]
     return out
 
 
+#: report figures that came after the CSV's first columns: they go last, after every
+#: other column (``cumulative_cost_usd`` too), so a script reading columns by position
+#: keeps reading the ones it knows
+CSV_LAST = ("web_searches",)
+
+
 def usage_csv(dims: list[str], rows: list[dict[str, Any]], cumulative: bool) -> str:
     """The report's ``rows`` as CSV: the dimension columns made inert for spreadsheets,
-    the figures as they are. No total row: every line is one group, so a script can sum
-    a column (the JSON's ``total_cost_usd`` is the total; the console's CSV, for people,
-    ends with one)."""
-    figures = [MONEY_SHOWN.get(m, m) for m in MEASURES]
+    the figures as they are (``CSV_LAST`` last). No total row: every line is one group,
+    so a script can sum a column (the JSON's ``total_cost_usd`` is the total; the
+    console's CSV, for people, ends with one)."""
+    figures = [MONEY_SHOWN.get(m, m) for m in MEASURES if m not in CSV_LAST]
     extra = ["cumulative_cost_usd"] if cumulative else []
+    columns = [*dims, *figures, *extra, *CSV_LAST]
     _money(rows)
-    body = ([row.get(c) for c in (*dims, *figures, *extra)] for row in rows)
-    return table_csv([*dims, *figures, *extra], body, None, len(dims))
+    body = ([row.get(c) for c in columns] for row in rows)
+    return table_csv(columns, body, None, len(dims))
 
 
 #: each cost of a report row (nanos) -> the decimal dollars shown in its place
@@ -238,6 +245,7 @@ def usage_json(
     unpriced = sum(row["unpriced_requests"] for row in totals)
     estimated_calls = sum(row["estimated_calls"] for row in totals)
     estimated_nanos = sum(row["estimated_nanos"] for row in totals)
+    searches = sum(row["web_searches"] for row in totals)
     _money(rows)
     body = {
         "group_by": dims,
@@ -249,6 +257,7 @@ def usage_json(
         "unpriced_requests": unpriced,
         "estimated_calls": estimated_calls,
         "total_estimated_usd": format_usd(estimated_nanos),
+        "web_searches": searches,
     }
     return orjson.dumps(body, option=orjson.OPT_UTC_Z)
 

@@ -89,8 +89,8 @@ def show_(
         [{**line, "cost_usd": format_usd(line["cost_nanos"]), **cb.shown_figures(line)}
          for line in st["lines"]],
         False,
-        ["label", "cost_usd", "requests", "input_tokens", "output_tokens", "estimated_calls",
-         "estimated_usd"],
+        ["label", "cost_usd", "requests", "input_tokens", "output_tokens", "web_searches",
+         "estimated_calls", "estimated_usd"],
     )  # fmt: skip
     console.print(f"total: ${data['total_usd']}")
 

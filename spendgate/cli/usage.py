@@ -77,8 +77,8 @@ def usage(
     show(
         data["rows"],
         False,
-        [*dims, "requests", "errors", "input_tokens", "output_tokens", "cost_usd", *extra,
-         "unpriced_requests", "estimated_calls", "estimated_usd"],
+        [*dims, "requests", "errors", "input_tokens", "output_tokens", "web_searches",
+         "cost_usd", *extra, "unpriced_requests", "estimated_calls", "estimated_usd"],
     )  # fmt: skip
     notes = []
     if data["estimated_calls"]:

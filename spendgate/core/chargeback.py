@@ -113,21 +113,36 @@ def validate_fixed(shares: Mapping[str, str]) -> None:
         raise ValueError(f"shares: the percentages add up to {total}, more than 100")
 
 
-#: what a team's line says of its own calls besides their cost: calls, tokens, and the
-#: calls billed on an estimate with their cost (``estimated_nanos``, part of the line's)
+#: what a team's line says of its own calls besides their cost: calls, tokens, web
+#: searches, and the calls billed on an estimate with their cost (``estimated_nanos``,
+#: part of the line's)
 LINE_FIGURES = ("requests", "input_tokens", "output_tokens", "cache_read_tokens",
-                "cache_write_tokens", "estimated_calls", "estimated_nanos")  # fmt: skip
+                "cache_write_tokens", "web_searches", "estimated_calls",
+                "estimated_nanos")  # fmt: skip
+#: figures a line carries only when not 0: they came after statements were first
+#: issued, so a month without any draws the same content (and hash) as before — a
+#: reissue finds nothing changed. A line with figures that lacks one had 0
+SPARSE_FIGURES = ("web_searches",)
 
 #: a line's figures as statements show them after its cost (CSV, JSONL, pages, CLI): the
 #: estimated cost in decimal dollars
 LINE_COLUMNS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens",
-                "estimated_calls", "estimated_usd")  # fmt: skip
+                "web_searches", "estimated_calls", "estimated_usd")  # fmt: skip
+
+
+def line_of(figures: Mapping[str, int]) -> dict[str, int]:
+    """A team line's ``LINE_FIGURES`` as stored: the ``SPARSE_FIGURES`` at 0 left out."""
+    return {k: v for k, v in figures.items() if v or k not in SPARSE_FIGURES}
 
 
 def shown_figures(line: Mapping[str, Any]) -> dict[str, Any]:
     """A line's ``requests`` and ``LINE_COLUMNS``: None where it has none (an allocated
-    or Unallocated line, a statement stored before lines carried them)."""
+    or Unallocated line, a statement stored before lines carried them); a sparse figure
+    a line with figures leaves out is 0."""
     shown = {name: line.get(name) for name in ("requests", *LINE_COLUMNS[:-1])}
+    if shown["requests"] is not None:
+        for name in SPARSE_FIGURES:
+            shown[name] = line.get(name, 0)
     nanos = line.get("estimated_nanos")
     return {**shown, "estimated_usd": None if nanos is None else format_usd(nanos)}
 

@@ -857,6 +857,7 @@ class ProxyApp:
             finished_at=finished,
             usage_implausible=usage.implausible,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
+            web_searches=usage.web_searches,
         )
 
     async def _models(self, send: Send, key: KeyRecord, path: str, request_id: str) -> None:

@@ -80,6 +80,9 @@ class LedgerEntry(NamedTuple):
     #: the part of ``cache_write_tokens`` written to the 1-hour cache (last, with a
     #: default: spool files written before it replay with 0)
     cache_write_1h_tokens: int = 0
+    #: web searches run by a server-side tool, billed per search (after the defaulted
+    #: fields: spool files written before it replay with 0)
+    web_searches: int = 0
 
 
 _SQLITE_INSERT = (

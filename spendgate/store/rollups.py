@@ -3,8 +3,9 @@
 Tables (created by migration 0013)::
 
     usage_rollup      per 15-minute bucket x org x team x user x agent x key x provider
-                      x model x kind x status x tag set: calls, tokens by kind, priced
-                      cost (integer nanos) and the count of calls with no known price
+                      x model x kind x status x tag set: calls, tokens by kind, web
+                      searches (migration 0028), priced cost (integer nanos) and the count
+                      of calls with no known price
     usage_tag_rollup  the same, once per tag of the call instead of the tag set (a call
                       with no tag under the tag ``""``): what ``group_by=tag`` reads
     usage_team_rollup (migration 0018) the narrow one: per org x 15-minute bucket x team x
@@ -72,8 +73,10 @@ KEY_COLUMNS = (
     "kind",
     "status",
 )
-#: the token figures a rollup row sums, as the ledger names them (``cache_write_1h_tokens``:
-#: the part of ``cache_write_tokens`` written to Anthropic's 1-hour cache, migration 0024)
+#: the usage figures a rollup row sums, as the ledger names them: tokens by kind
+#: (``cache_write_1h_tokens``: the part of ``cache_write_tokens`` written to Anthropic's
+#: 1-hour cache, migration 0024) and ``web_searches``, the searches a server-side tool
+#: ran, billed per search (migration 0028)
 TOKEN_COLUMNS = (
     "input_tokens",
     "output_tokens",
@@ -81,6 +84,7 @@ TOKEN_COLUMNS = (
     "cache_write_tokens",
     "cache_write_1h_tokens",
     "reasoning_tokens",
+    "web_searches",
 )
 #: the calls billed on an estimate and their cost (part of ``cost_nanos``), migration 0026
 ESTIMATE_COLUMNS = ("estimated_calls", "estimated_nanos")
@@ -96,6 +100,7 @@ MONEY_COLUMNS = {"cost_usd": "cost_nanos", "estimated_usd": "estimated_nanos"}
 #: NULL column added to a SQLite table needs one): the column, the migration that added it
 ADDED_COLUMNS = {
     "cache_write_1h_tokens": "0024_rollup_cache_1h",
+    "web_searches": "0028_ledger_web_searches",
     **dict.fromkeys(STORED_COLUMNS[-3:], "0026_rollup_estimates"),  # the estimates
 }
 NANOS = 1_000_000_000

@@ -150,6 +150,9 @@ ledger = sa.Table(
     #: the part of ``cache_write_tokens`` written to Anthropic's 1-hour cache (priced
     #: above the 5-minute writes): with it a row's cost follows from its tokens
     sa.Column("cache_write_1h_tokens", sa.BigInteger(), nullable=False, server_default="0"),
+    #: web searches a server-side search tool ran for the call, billed per search beside
+    #: the tokens (migration 0028; 0 on rows from before it, when none was billed)
+    sa.Column("web_searches", sa.BigInteger(), nullable=False, server_default="0"),
     sa.Index("ix_ledger_started_at", "started_at"),
     sa.Index("ix_ledger_org_started", "org_id", "started_at"),
     sa.Index("ix_ledger_team_started", "team_id", "started_at"),

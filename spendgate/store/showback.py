@@ -55,10 +55,12 @@ COLUMN_OF = {
 WORK_MEM = "64MB"
 #: rows read from the driver at a time
 CHUNK_ROWS = 1000
-#: the figures of a report row, in CSV order: the token figures are the rollups' own
-#: columns (``rollups.TOKEN_COLUMNS``, ``cache_write_1h_tokens`` the 1-hour part of
-#: ``cache_write_tokens``); ``estimated_calls`` of the calls billed on an estimate and
-#: ``estimated_nanos`` their cost, part of ``cost_nanos`` (``rollups.ESTIMATE_COLUMNS``)
+#: the figures of a report row: the token figures are the rollups' own columns
+#: (``rollups.TOKEN_COLUMNS``, ``cache_write_1h_tokens`` the 1-hour part of
+#: ``cache_write_tokens``, ``web_searches`` the searches billed; the admin CSV puts the
+#: latter last, ``admin.usage.CSV_LAST``); ``estimated_calls`` of the calls billed on an
+#: estimate and ``estimated_nanos`` their cost, part of ``cost_nanos``
+#: (``rollups.ESTIMATE_COLUMNS``)
 MEASURES = ("requests", "errors", *TOKEN_COLUMNS, "cost_nanos", "unpriced_requests",
             "estimated_calls", "estimated_nanos")  # fmt: skip
 #: where the costs are among them (each read as two columns: whole dollars, then the

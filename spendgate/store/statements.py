@@ -167,14 +167,15 @@ def _breakdown(rows: list[dict[str, Any]], dim: str) -> dict[str | None, list[di
 
 def _team_figures(rows: list[dict[str, Any]], teams: Iterable[str]) -> dict[str, dict[str, int]]:
     """Each team's ``chargeback.LINE_FIGURES`` (the usage report's names) summed over its
-    rows (0 without calls): what its line says of its own calls."""
+    rows (0 without calls; a sparse figure at 0 left out): what its line says of its
+    own calls."""
     out = {team: dict.fromkeys(cb.LINE_FIGURES, 0) for team in teams}
     for row in rows:
         if row["team"] is not None:
             into = out.setdefault(row["team"], dict.fromkeys(cb.LINE_FIGURES, 0))
             for name in cb.LINE_FIGURES:
                 into[name] += row[name]
-    return out
+    return {team: cb.line_of(figures) for team, figures in out.items()}
 
 
 def _org_breakdown(rows: list[dict[str, Any]], dim: str) -> list[dict[str, Any]]:

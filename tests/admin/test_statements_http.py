@@ -190,7 +190,7 @@ def test_statement_downloads_and_the_frozen_rows(gateway: RunningGateway) -> Non
     csv_text = gw.admin.get(base, params={"org_id": org_id, "format": "csv"}).text
     assert csv_text.splitlines()[0] == (
         "section,id,label,requests,cost_usd,input_tokens,output_tokens,cache_read_tokens,"
-        "cache_write_tokens,estimated_calls,estimated_usd,unpriced_requests"
+        "cache_write_tokens,estimated_calls,estimated_usd,unpriced_requests,web_searches"
     )
     assert "Unallocated" in csv_text
     jsonl = gw.admin.get(base, params={"org_id": org_id, "format": "jsonl"}).text.splitlines()

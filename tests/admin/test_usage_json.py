@@ -17,7 +17,7 @@ def _row(day: str, team: str | None, nanos: int, **extra: Any) -> dict[str, Any]
     return {
         "day": day, "team": team, "requests": 3, "errors": 1, "input_tokens": 10,
         "output_tokens": 4, "cache_read_tokens": 0, "cache_write_tokens": 7,
-        "cache_write_1h_tokens": 5, "reasoning_tokens": 2, "cost_nanos": nanos,
+        "cache_write_1h_tokens": 5, "reasoning_tokens": 2, "web_searches": 3, "cost_nanos": nanos,
         "unpriced_requests": 1, "estimated_calls": 1, "estimated_nanos": nanos // 5, **extra,
     }  # fmt: skip
 
@@ -46,7 +46,7 @@ def test_usage_json_is_what_the_schema_writes() -> None:
             for r, (usd, cumulative, estimated) in zip(ours["rows"], money, strict=True)
         ],
         "total_cost_usd": "12.500000005", "unpriced_requests": 2, "estimated_calls": 2,
-        "total_estimated_usd": "2.500000001",
+        "total_estimated_usd": "2.500000001", "web_searches": 6,
     }  # fmt: skip
     theirs = json.loads(UsageReport.model_validate(expected).model_dump_json())
     assert ours == theirs

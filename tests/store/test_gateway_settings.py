@@ -104,6 +104,35 @@ def test_price_overrides_take_every_cache_rate(tmp_path: Path) -> None:
         load_settings(config_path=str(config), env={})
 
 
+@pytest.mark.parametrize(
+    ("rates", "missing"),
+    [
+        ('input_per_mtok = "3"', "output_per_mtok"),
+        ('output_per_mtok = "15"', "input_per_mtok"),
+        ('input_per_mtok = "3", web_search_per_thousand = "10"', "output_per_mtok"),
+        ('cache_read_per_mtok = "0.3"', "input_per_mtok"),
+    ],
+)
+def test_a_price_override_without_an_input_or_output_rate_is_refused(
+    tmp_path: Path, rates: str, missing: str
+) -> None:
+    """A ``price`` table overriding some rates but not both the input and the output one
+    would bill those tokens at $0 (before: silently, or its rates were dropped and
+    genai-prices' used): refused at start, naming the missing rate; ``"0"`` is how a
+    free one is written."""
+    config = tmp_path / "c.toml"
+    config.write_text(SIM + f'[models.m]\nprovider = "sim"\nprice = {{ {rates} }}\n')
+    with pytest.raises(ConfigError, match=rf"models\.m\.price\.{missing} is required"):
+        load_settings(config_path=str(config), env={})
+    config.write_text(
+        SIM + '[models.m]\nprovider = "sim"\n'
+        'price = { input_per_mtok = "3", output_per_mtok = "0" }\n'
+    )
+    override = load_settings(config_path=str(config), env={}).models["m"].price.override
+    assert override is not None
+    assert (override.input_per_mtok, override.output_per_mtok) == (Decimal(3), Decimal(0))
+
+
 def test_a_bad_database_url_from_the_environment_hides_its_password() -> None:
     with pytest.raises(ConfigError, match=r"not mysql://…") as refused:
         load_settings(env={"SPENDGATE_DATABASE_URL": "mysql://admin:hunter2@db/x"})

@@ -19,9 +19,9 @@ from spendgate.store.ledger import (
     LedgerWriter,
     encode_record,
     insert_entries,
-    sqlite_row,
 )
 from spendgate.store.spool import Spool, frame
+from tests.store import old_rollups
 from tests.store.test_spool import crash, make_spool
 from tests.store.test_store import entry
 
@@ -60,18 +60,8 @@ async def test_rows_from_before_the_migration_read_zero(database_url: str) -> No
     engine = create_engine(database_url)
     try:
         await migrate(engine, "0022_key_expiry")
-        old = [f for f in LedgerEntry._fields if f != "cache_write_1h_tokens"]
-        row = with_writes(1, 300, 0)
-        if engine.dialect.name == "sqlite":
-            values = dict(zip(LedgerEntry._fields, sqlite_row(row), strict=True))
-        else:
-            values = {**row._asdict(), "tags": "[]"}
-        columns, params = ", ".join(old), ", ".join(f":{f}" for f in old)
         async with engine.begin() as conn:
-            await conn.execute(
-                sa.text(f"INSERT INTO ledger ({columns}) VALUES ({params})"),
-                {f: values[f] for f in old},
-            )
+            await old_rollups.insert_ledger(conn, [with_writes(1, 300, 0)], old_rollups.LEDGER_0022)
         await migrate(engine)
         assert await cache_writes(engine) == {"req_000001": (300, 0)}
     finally:
@@ -87,7 +77,7 @@ async def test_a_spool_from_before_the_field_still_replays(
     engine = create_engine(database_url)
     try:
         await migrate(engine)
-        old_fields = [f for f in LedgerEntry._fields if f != "cache_write_1h_tokens"]
+        old_fields = old_rollups.LEDGER_0022
         header = {"db": database_fingerprint(engine), "fields": old_fields}
         old = Spool(tmp_path, header=header, max_bytes=1 << 30, sync="interval")
         old.open()

@@ -307,9 +307,9 @@ def test_report_rows_from_query_rows() -> None:
     names = ("day", "team", *MEASURES)
     whole = 2**40
     result = [
-        (20513, None, 3, 1, 10, 4, 0, 6, 5, 2, whole, 999_999_999, 1, 2, whole, 3),
-        (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
-        (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0),
+        (20513, None, 3, 1, 10, 4, 0, 6, 5, 2, 4, whole, 999_999_999, 1, 2, whole, 3),
+        (20513, "t1", 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+        (20514, "t1", 1, 0, 5, 5, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 0),
     ]
     rows = report_rows(result, "day", "monday", names)
     assert [(r["day"], r["team"], r["cost_nanos"]) for r in rows] == [
@@ -318,7 +318,7 @@ def test_report_rows_from_query_rows() -> None:
     ]
     assert rows[0]["requests"] == 3 and rows[0]["unpriced_requests"] == 1
     assert (rows[0]["cache_write_tokens"], rows[0]["cache_write_1h_tokens"]) == (6, 5)
-    assert rows[0]["reasoning_tokens"] == 2
+    assert (rows[0]["reasoning_tokens"], rows[0]["web_searches"]) == (2, 4)
     assert (rows[0]["estimated_calls"], rows[0]["estimated_nanos"]) == (2, whole * 10**9 + 3)
     assert (rows[1]["estimated_calls"], rows[1]["estimated_nanos"]) == (0, 0)
     assert report_rows([], "day", "monday", names) == []
@@ -327,8 +327,8 @@ def test_report_rows_from_query_rows() -> None:
 def test_report_rows_without_grain_and_refusing_odd_names() -> None:
     """With no grain or dimension a row is the sums alone; the generated row maker takes
     only identifiers followed by ``MEASURES`` (it writes them into code)."""
-    row = report_rows([(2, 1, 3, 4, 0, 0, 0, 0, 1, 5, 0, 1, 0, 7)], None, "monday", MEASURES)
-    sums = (2, 1, 3, 4, 0, 0, 0, 0, 10**9 + 5, 0, 1, 7)
+    row = report_rows([(2, 1, 3, 4, 0, 0, 0, 0, 0, 1, 5, 0, 1, 0, 7)], None, "monday", MEASURES)
+    sums = (2, 1, 3, 4, 0, 0, 0, 0, 0, 10**9 + 5, 0, 1, 7)
     assert row == [dict(zip(MEASURES, sums, strict=True))]
     with pytest.raises(ValueError, match="report columns"):
         report_rows([], None, "monday", ("team']; import os #", *MEASURES))

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.admin.statement_views import render
-from spendgate.core.chargeback import LINE_FIGURES
+from spendgate.core.chargeback import LINE_FIGURES, SPARSE_FIGURES
 from spendgate.store import schema
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import LedgerEntry, Pending, store_batch
@@ -39,6 +39,10 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
             )
     yield engine
     await engine.dispose()
+
+
+#: the figures every team line carries
+DENSE = [k for k in LINE_FIGURES if k not in SPARSE_FIGURES]
 
 
 def call(n: int, cost: int, team: str | None, at: datetime, estimated: bool = False) -> LedgerEntry:
@@ -73,20 +77,23 @@ async def test_team_lines_carry_calls_tokens_and_estimates(engine: AsyncEngine) 
         "requests": 2, "input_tokens": 23, "output_tokens": 4, "cache_read_tokens": 6,
         "cache_write_tokens": 8, "estimated_calls": 1, "estimated_nanos": 2_000_000_007,
     }  # fmt: skip
-    assert {k: lines["t1"][k] for k in LINE_FIGURES} == want_t1
-    assert {k: lines["t2"][k] for k in LINE_FIGURES} == {
-        **dict.fromkeys(LINE_FIGURES, 0), "requests": 1, "input_tokens": 13, "output_tokens": 2,
+    # no call searched: the sparse figures are left out (a month drawn as before 0028)
+    assert {k: lines["t1"][k] for k in DENSE} == want_t1
+    assert not set(SPARSE_FIGURES) & (set(lines["t1"]) | set(lines["t2"]))
+    assert {k: lines["t2"][k] for k in DENSE} == {
+        **dict.fromkeys(DENSE, 0), "requests": 1, "input_tokens": 13, "output_tokens": 2,
         "cache_read_tokens": 3, "cache_write_tokens": 4,
     }  # fmt: skip
     assert not set(LINE_FIGURES) & set(lines["unallocated"])
     team = _content(await stored(engine, "o1", "2026-02", "t1", None))
     [own] = [line for line in team["lines"] if line["id"] == "own"]
-    assert {k: own[k] for k in LINE_FIGURES} == want_t1
+    assert {k: own[k] for k in DENSE} == want_t1
     exported = render("csv", {"provisional": False}, _content(org))
     assert not isinstance(exported, dict)
     rows = {r["id"]: r for r in csv.DictReader(io.StringIO(bytes(exported.body).decode()))}
     assert (rows["t1"]["requests"], rows["t1"]["estimated_calls"]) == ("2", "1")
     assert rows["t1"]["estimated_usd"] == "2.000000007"
+    assert (rows["t1"]["web_searches"], rows["unallocated"]["web_searches"]) == ("0", "")
     assert rows["unallocated"]["requests"] == rows["unallocated"]["estimated_usd"] == ""
 
 
