@@ -711,7 +711,11 @@ def create_app(
 ) -> Gateway:
     """``env`` is read once, for what is not in ``settings`` yet (webhook options)."""
     clock = clock or SystemClock()
-    engine = engine or create_engine(settings.database_url)
+    engine = engine or create_engine(
+        settings.database_url,
+        pool_size=settings.database_pool_size,
+        max_overflow=settings.database_max_overflow,
+    )
     audit_settings = load_audit_settings(os.environ if env is None else env, settings.master_key)
     bind_audit_key(engine, audit_settings.key)  # every audit entry is MAC'd with it
     directory = Directory(engine)

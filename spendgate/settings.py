@@ -108,6 +108,11 @@ class Settings:
     bill_upstream_timeouts: bool = True
     ledger_flush_seconds: float = 0.2
     ledger_batch_size: int = 500
+    #: PostgreSQL connections each process keeps open, and how many more it may open for
+    #: a burst: every replica and worker holds up to their sum, which must fit the
+    #: server's ``max_connections`` (SQLite ignores both)
+    database_pool_size: int = 10
+    database_max_overflow: int = 20
     key_cache_seconds: float = 10.0
     #: a key or team with rate-limit rows: may it use models no row governs?
     unlisted_models: Literal["allow", "deny"] = "allow"
@@ -519,6 +524,17 @@ def load_settings(
         database_url=checked_database_url(
             env.get("SPENDGATE_DATABASE_URL") or gateway.get("database_url", DEFAULT_DATABASE_URL)
         ),
+        database_pool_size=_at_least_int(
+            _int_setting(env, "SPENDGATE_DATABASE_POOL_SIZE", gateway, "database_pool_size", 10),
+            1,
+            "SPENDGATE_DATABASE_POOL_SIZE / gateway.database_pool_size",
+        ),
+        database_max_overflow=_non_negative_int(
+            _int_setting(
+                env, "SPENDGATE_DATABASE_MAX_OVERFLOW", gateway, "database_max_overflow", 20
+            ),
+            "SPENDGATE_DATABASE_MAX_OVERFLOW / gateway.database_max_overflow",
+        ),
         redis_url=_redis_url(env.get("SPENDGATE_REDIS_URL") or gateway.get("redis_url")),
         redis_prefix=_string(
             env.get("SPENDGATE_REDIS_PREFIX") or gateway.get("redis_prefix", "sg:"),
@@ -574,9 +590,9 @@ def load_settings(
         models=models,
         **_anomaly_settings(raw.get("anomalies", {})),
         ledger_retention_months=_non_negative_int(
-            _int_env(env, "SPENDGATE_LEDGER_RETENTION_MONTHS")
-            if env.get("SPENDGATE_LEDGER_RETENTION_MONTHS")
-            else gateway.get("ledger_retention_months", 13),
+            _int_setting(
+                env, "SPENDGATE_LEDGER_RETENTION_MONTHS", gateway, "ledger_retention_months", 13
+            ),
             "SPENDGATE_LEDGER_RETENTION_MONTHS / gateway.ledger_retention_months",
         ),
         key_expiring_days=_non_negative_int(
@@ -590,7 +606,8 @@ def load_settings(
 CONFIG_KEYS: dict[str, frozenset[str]] = {
     "": frozenset({"gateway", "providers", "models", "anomalies"}),
     "gateway": frozenset({
-        "auth_failures_per_minute", "bill_upstream_timeouts", "database_url",
+        "auth_failures_per_minute", "bill_upstream_timeouts", "database_max_overflow",
+        "database_pool_size", "database_url",
         "fail_open_replicas",
         "forecast_overrun_escalation", "forecast_refresh_seconds", "forecast_workers",
         "hold_heartbeat_seconds", "hold_seconds", "host", "key_cache_seconds",
@@ -713,7 +730,13 @@ def _holds(gateway: Mapping[str, Any]) -> dict[str, Any]:
     return {"hold_seconds": hold, "hold_heartbeat_seconds": beat}
 
 
-def _int_env(env: Mapping[str, str], name: str) -> int:
+def _int_setting(
+    env: Mapping[str, str], name: str, gateway: Mapping[str, Any], key: str, default: int
+) -> Any:
+    """The environment variable ``name`` as a whole number if set, else ``[gateway] key``
+    as the file has it (checked by the caller), else ``default``."""
+    if not env.get(name):
+        return gateway.get(key, default)
     try:
         return int(env[name])
     except ValueError as exc:

@@ -143,20 +143,25 @@ def top_n(series: UsageSeries, n: int) -> list[tuple[str, dict[date, int], int]]
     return out
 
 
+def per_row(
+    part: dict[str, int], series: UsageSeries, rows: list[tuple[str, dict[date, int], int]]
+) -> dict[str, int]:
+    """A figure per group (``part``) for the groups shown (``top_n``'s rows);
+    ``Other``'s the sum of the groups folded into it."""
+    shown = {label for label, _, _ in rows}
+    out = {g: part.get(g, 0) for g in shown}
+    if OTHER in shown and OTHER not in series.totals:
+        out[OTHER] = sum(part.get(g, 0) for g in series.totals if g not in shown)
+    return out
+
+
 def estimated_of(
     series: UsageSeries, rows: list[tuple[str, dict[date, int], int]]
 ) -> dict[str, tuple[int, int]]:
-    """Per group shown (``top_n``'s rows): its calls billed on an estimate and their cost;
-    ``Other``'s the sums of the groups folded into it."""
-    shown = {label for label, _, _ in rows}
-    out = {g: (series.estimated_calls.get(g, 0), series.estimated.get(g, 0)) for g in shown}
-    if OTHER in shown and OTHER not in series.totals:
-        rest = [g for g in series.totals if g not in shown]
-        out[OTHER] = (
-            sum(series.estimated_calls.get(g, 0) for g in rest),
-            sum(series.estimated.get(g, 0) for g in rest),
-        )
-    return out
+    """Per group shown: its calls billed on an estimate and their cost."""
+    calls = per_row(series.estimated_calls, series, rows)
+    cost = per_row(series.estimated, series, rows)
+    return {g: (calls[g], cost[g]) for g in calls}
 
 
 def usage_query(user: Any, view: View, zone: str = "UTC", week: str = "monday") -> UsageQuery:
@@ -194,24 +199,27 @@ def _csv(
     total: int,
     estimated: dict[str, tuple[int, int]],
     estimated_total: tuple[int, int],
+    unpriced: dict[str, int],
+    unpriced_total: int,
 ) -> str:
     """The table as shown, with each group's part billed on an estimate (its cost and
-    calls: :func:`estimated_of`); its total row counts each call once (grouped by tag, a
-    call with several tags is in several columns)."""
+    calls: :func:`estimated_of`) and its calls of unknown price (in no figure); its
+    total row counts each call once (grouped by tag, a call with several tags is in
+    several columns)."""
 
-    def tail(group_total: int, part: tuple[int, int]) -> list[str]:
-        return [format_usd(group_total), format_usd(part[1]), str(part[0])]
+    def tail(group_total: int, part: tuple[int, int], unknown: int) -> list[str]:
+        return [format_usd(group_total), format_usd(part[1]), str(part[0]), str(unknown)]
 
     return table_csv(
         [view.group_by, "name", *(b.isoformat() for b in buckets), "total_usd",
-         "estimated_usd", "estimated_calls"],
+         "estimated_usd", "estimated_calls", "unpriced_requests"],
         (
             [label, names.get(label, ""), *(format_usd(cells.get(b, 0)) for b in buckets),
-             *tail(group_total, estimated.get(label, (0, 0)))]
+             *tail(group_total, estimated.get(label, (0, 0)), unpriced.get(label, 0))]
             for label, cells, group_total in rows
         ),
         ["", *(format_usd(per_bucket.get(b, 0)) for b in buckets),
-         *tail(total, estimated_total)],
+         *tail(total, estimated_total, unpriced_total)],
         2,
     )  # fmt: skip
 
@@ -306,10 +314,12 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
     names = await group_names(svc, user, view.group_by)
     estimated = estimated_of(series, rows)
     estimated_total = (sum(once.estimated_calls.values()), sum(once.estimated.values()))
+    unpriced = per_row(series.unpriced_calls, series, rows)
     if params.get("format") == "csv":
         body = _csv(
-            view, series.buckets, rows, names, per_bucket, once.total, estimated, estimated_total
-        )
+            view, series.buckets, rows, names, per_bucket, once.total,
+            estimated, estimated_total, unpriced, once.unpriced,
+        )  # fmt: skip
         await _audit_export(svc, request, user, query, len(rows))
         headers = {"content-disposition": 'attachment; filename="spendgate-usage.csv"'}
         return harden(request, Response(body, media_type="text/csv", headers=headers))
@@ -336,6 +346,7 @@ async def usage_page(request: Request, svc: Svc, user: User) -> Response:
             "rows": rows,
             "total": once.total,
             "unpriced": once.unpriced,
+            "unpriced_of": unpriced,
             "estimated": estimated,
             "estimated_total": estimated_total,
             "per_bucket": per_bucket,

@@ -43,20 +43,25 @@ class UsageQuery:
 @dataclass(frozen=True, slots=True)
 class UsageSeries:
     """Spend per bucket (its first day) and group, and each group's total, in nanos; of
-    each group's calls, those billed on an estimate and their cost (part of its total)."""
+    each group's calls, those billed on an estimate and their cost (part of its total),
+    and those of unknown price (``unpriced_calls``: not in any figure, $0 in the ledger)."""
 
     zone: str
     buckets: list[date]
     cells: dict[tuple[date, str], int]
     totals: dict[str, int]
     requests: dict[str, int]
-    unpriced: int
+    unpriced_calls: dict[str, int] = field(default_factory=dict)
     estimated_calls: dict[str, int] = field(default_factory=dict)
     estimated: dict[str, int] = field(default_factory=dict)
 
     @property
     def total(self) -> int:
         return sum(self.totals.values())
+
+    @property
+    def unpriced(self) -> int:
+        return sum(self.unpriced_calls.values())
 
 
 def bucket_of(day: date, grain: str, week_start: str = "monday") -> date:
@@ -199,7 +204,7 @@ async def usage_series(
     requests: dict[str, int] = defaultdict(int)
     estimated_calls: dict[str, int] = defaultdict(int)
     estimated: dict[str, int] = defaultdict(int)
-    unpriced = 0
+    unpriced: dict[str, int] = defaultdict(int)
     for row in rows:
         value = row[q.group_by] if q.group_by else ""
         group = "(none)" if value is None else str(value)
@@ -207,13 +212,13 @@ async def usage_series(
         cells[bucket, group] += int(row["cost_nanos"])
         totals[group] += int(row["cost_nanos"])
         requests[group] += int(row["requests"])
-        unpriced += int(row["unpriced_requests"])
+        unpriced[group] += int(row["unpriced_requests"])
         estimated_calls[group] += int(row["estimated_calls"])
         estimated[group] += int(row["estimated_nanos"])
     zone = ZoneInfo(q.timezone)
     first, last = q.start.astimezone(zone).date(), q.end.astimezone(zone).date()
     buckets = buckets_between(first, last, q.grain, q.week_start)
     return UsageSeries(
-        q.timezone, buckets, dict(cells), dict(totals), dict(requests), unpriced,
+        q.timezone, buckets, dict(cells), dict(totals), dict(requests), dict(unpriced),
         dict(estimated_calls), dict(estimated),
     )  # fmt: skip

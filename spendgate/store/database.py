@@ -153,14 +153,18 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
-def create_engine(url: str) -> AsyncEngine:
-    """``sqlite:///file.db`` or ``postgresql://user@host/db``; the async driver is implied."""
+def create_engine(url: str, *, pool_size: int = 10, max_overflow: int = 20) -> AsyncEngine:
+    """``sqlite:///file.db`` or ``postgresql://user@host/db``; the async driver is implied.
+    On PostgreSQL the pool keeps ``pool_size`` connections and opens up to
+    ``max_overflow`` more under load (a request past both waits for one)."""
     full = normalise_database_url(url)
     if full.startswith("sqlite"):
         engine = create_async_engine(full, poolclass=NullPool if ":memory:" in full else None)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    engine = create_async_engine(full, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    engine = create_async_engine(
+        full, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True
+    )
     engine.dialect.do_ping = _ping  # type: ignore[method-assign]
     return engine
 

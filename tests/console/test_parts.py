@@ -44,7 +44,7 @@ def test_top_n_folds_the_rest_into_other_exactly() -> None:
     d1, d2 = date(2026, 3, 1), date(2026, 3, 2)
     cells = {(d1, "a"): 5, (d2, "a"): 5, (d1, "b"): 7, (d1, "c"): 1, (d2, "d"): 3}
     totals = {"a": 10, "b": 7, "c": 1, "d": 3}
-    series = UsageSeries("UTC", [d1, d2], cells, totals, dict.fromkeys(totals, 1), 0)
+    series = UsageSeries("UTC", [d1, d2], cells, totals, dict.fromkeys(totals, 1))
     rows = top_n(series, 2)
     assert [r[0] for r in rows] == ["a", "b", OTHER]
     assert rows[2][1] == {d1: 1, d2: 3} and rows[2][2] == 4

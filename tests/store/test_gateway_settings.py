@@ -28,6 +28,9 @@ SIM = '[providers.sim]\nkind = "simulated"\n'
         ("[gateway]\nledger_batch_size = 0", "gateway.ledger_batch_size"),
         ("[gateway]\nledger_batch_size = 2.5", "gateway.ledger_batch_size"),
         ('[gateway]\nkey_cache_seconds = "x"', "gateway.key_cache_seconds"),
+        ("[gateway]\ndatabase_pool_size = 0", "gateway.database_pool_size"),
+        ('[gateway]\ndatabase_pool_size = "ten"', "gateway.database_pool_size"),
+        ("[gateway]\ndatabase_max_overflow = -1", "gateway.database_max_overflow"),
         ("[gateway]\nredis_prefix = 5", "redis_prefix"),
         ('[gateway]\nredis_url = "http://cache:6379"', "SPENDGATE_REDIS_URL"),
         ('[gateway]\ndatabase_url = "mysql://u:pw@db/x"', "SPENDGATE_DATABASE_URL"),
@@ -169,7 +172,10 @@ def test_every_key_the_settings_read_is_known() -> None:
     from spendgate.settings import CONFIG_KEYS
 
     source = Path(module.__file__).read_text()
-    assert set(re.findall(r'gateway\.get\("(\w+)"', source)) == CONFIG_KEYS["gateway"]
+    read = re.findall(
+        r'gateway(?:\.get\(|, )"(\w+)"', source
+    )  # and _int_setting(..., gateway, "key"
+    assert set(read) == CONFIG_KEYS["gateway"]
     anomalies = source[source.index("def _anomaly_settings") :]
     anomalies = anomalies[: anomalies.index("\ndef ")]
     assert set(re.findall(r'raw\.get\("(\w+)"', anomalies)) == CONFIG_KEYS["anomalies"]
