@@ -45,6 +45,19 @@ def listen(gateway: RunningGateway, receiver: tuple[Receiver, ServerHandle]) -> 
     return app
 
 
+def funded_key(
+    gateway: RunningGateway, low_calls: int
+) -> tuple[dict[str, Any], Decimal, dict[str, Any]]:
+    """A key, what one of its calls costs, and its wallet: ten such calls' worth, its low
+    mark ``low_calls`` calls' worth."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    gateway.clock.advance(1)  # the wallet pays for calls from its creation on
+    funds = {"initial_topup_usd": str(cost * 10), "low_balance_usd": str(cost * low_calls)}
+    wallet = gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": key["id"], **funds})
+    return key, cost, wallet
+
+
 def delivered(gateway: RunningGateway, app: Receiver) -> list[dict[str, Any]]:
     """The bodies of every delivery the receiver verified (every one must verify)."""
     gateway.run(gateway.app.services.drain())
@@ -66,18 +79,7 @@ def test_a_low_balance_whose_record_never_reached_the_disk_fires_once(
     through the mark and older than the grace period, the sweep fires it with the
     settle's dedup key, marked ``recovered``, delivered signed; later sweeps add nothing."""
     app = listen(gateway, receiver)
-    key = gateway.create_key()
-    cost = one_call_cost(gateway, key["key"])
-    gateway.clock.advance(1)  # the wallet pays for calls from its creation on
-    wallet = gateway.post(
-        "/admin/wallets",
-        {
-            "scope_type": "key",
-            "scope_id": key["id"],
-            "initial_topup_usd": str(cost * 10),
-            "low_balance_usd": str(cost * 9),
-        },
-    )
+    key, cost, wallet = funded_key(gateway, low_calls=9)
     ledger = gateway.app.services.ledger
     lost: list[Sequence[PendingEvent]] = []
 
@@ -124,18 +126,7 @@ def test_a_raised_low_mark_warns_once_per_top_up_as_the_settles_do(
     it); a top-up above it re-arms, and the next raise warns again. A low level fired by
     a settle is never fired again by a sweep."""
     app = listen(gateway, receiver)
-    key = gateway.create_key()
-    cost = one_call_cost(gateway, key["key"])
-    gateway.clock.advance(1)
-    wallet = gateway.post(
-        "/admin/wallets",
-        {
-            "scope_type": "key",
-            "scope_id": key["id"],
-            "initial_topup_usd": str(cost * 10),
-            "low_balance_usd": str(cost * 2),
-        },
-    )
+    key, cost, wallet = funded_key(gateway, low_calls=2)
     path = f"/admin/wallets/{wallet['id']}"
     for _ in range(2):
         one_call_cost(gateway, key["key"])  # balance 8 calls' worth
