@@ -238,7 +238,7 @@ async def update_wallet(
             after=_audited(after),
         )
     await svc.enforcer.policy_changed()
-    if "low_balance_nanos" in changes and svc.sweeper is not None:
+    if after["low_balance_nanos"] > before["low_balance_nanos"] and svc.sweeper is not None:
         # a low mark raised above the balance: the balance went through it since the
         # last top-up, as a settle would have, so it warns now (once per top-up)
         await svc.sweeper.sweep(wallet_ids={wallet_id}, already_past=True)
