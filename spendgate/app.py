@@ -513,9 +513,9 @@ class Gateway:
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
         policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds
-        and wallet levels and announces keys about to expire, every ``reconcile_seconds`` one replica
-        raises live counters to the ledger, and (after ``ANCHOR_FIRST_SECONDS`` of
-        uptime) one sends the audit anchor when due."""
+        and wallet levels and announces keys about to expire, every ``reconcile_seconds``
+        one replica raises live counters to the ledger, and (after
+        ``ANCHOR_FIRST_SECONDS`` of uptime) one sends the audit anchor when due."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
         next_sweep = next_reconcile = next_anomaly_check = loop.time()

@@ -127,9 +127,11 @@ class ThresholdSweeper:
         What the settles would fire (``wallet_level_events``): a balance the top-up left
         below a mark went through none; a low mark moved above the balance did."""
         cap, topped_at = await self._store.topped_up_last(wallet.id)
+        if topped_at is None:
+            return 0  # never funded: its balance went through nothing
         spent, _ = await self._store.wallet_spend(wallet, until)
         left = cap - spent
-        if left > max(wallet.low_balance_nanos, 0) or topped_at is None:
+        if left > max(wallet.low_balance_nanos, 0):
             return 0  # most wallets: above both marks
         done = set(await fired_keys(self._engine, f"wallet:{wallet.id}:"))
         if {f"wallet:{wallet.id}:low:{cap}", f"wallet:{wallet.id}:depleted:{cap}"} <= done:
