@@ -513,9 +513,9 @@ class Gateway:
     async def _housekeep(self) -> None:
         """Every few seconds: reap stale reservations, note expired exceptions, reload
         policy; every ``SWEEP_SECONDS`` (and first thing) one replica sweeps thresholds
-        and announces keys about to expire, every ``reconcile_seconds`` one replica
-        raises live counters to the ledger, and (after ``ANCHOR_FIRST_SECONDS`` of
-        uptime) one sends the audit anchor when due."""
+        and wallet levels and announces keys about to expire, every ``reconcile_seconds``
+        one replica raises live counters to the ledger, and (after
+        ``ANCHOR_FIRST_SECONDS`` of uptime) one sends the audit anchor when due."""
         holder = f"{secrets.token_hex(4)}:{os.getpid()}:{socket.gethostname()}"[:80]
         loop = asyncio.get_running_loop()
         next_sweep = next_reconcile = next_anomaly_check = loop.time()
@@ -594,8 +594,9 @@ class Gateway:
                 log.warning("counters not reconciled, Redis unreachable: %s", exc)
 
     async def _sweep(self, holder: str) -> None:
-        """One replica per ``SWEEP_SECONDS``: thresholds the ledger reached but nobody
-        fired, and ``key.expiring`` for keys whose expiry comes within the lead time."""
+        """One replica per ``SWEEP_SECONDS``: thresholds and wallet levels the ledger
+        reached but nobody fired, and ``key.expiring`` for keys whose expiry comes within
+        the lead time."""
         sweeper, ttl = self.services.sweeper, timedelta(seconds=SWEEP_SECONDS * 0.8)
         if not await take_lease(self.services.engine, "threshold-sweep", holder, self._now(), ttl):
             return

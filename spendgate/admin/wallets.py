@@ -203,7 +203,9 @@ async def get_wallet(wallet_id: str, svc: Svc, scope: Scoped) -> dict[str, Any]:
 async def update_wallet(
     wallet_id: str, body: s.WalletPatch, svc: Svc, request: Request, who: Who, scope: Scoped
 ) -> dict[str, Any]:
-    """Rename an open wallet or move its low-balance level (409 once closed)."""
+    """Rename an open wallet or move its low-balance level (409 once closed). A level
+    raised above the balance fires ``wallet.low_balance`` at once (``already_past``),
+    unless it fired since the last top-up."""
     _, owner = await wallet_in_scope(scope, wallet_id)
     now = svc.clock.now()
     changes: dict[str, Any] = {"updated_at": now}
@@ -236,6 +238,10 @@ async def update_wallet(
             after=_audited(after),
         )
     await svc.enforcer.policy_changed()
+    if after["low_balance_nanos"] > before["low_balance_nanos"] and svc.sweeper is not None:
+        # a low mark raised above the balance: the balance went through it since the
+        # last top-up, as a settle would have, so it warns now (once per top-up)
+        await svc.sweeper.sweep(wallet_ids={wallet_id}, already_past=True)
     return await wallet_out(svc, after)
 
 

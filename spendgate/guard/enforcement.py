@@ -178,6 +178,33 @@ def threshold_event(
     return EVENT_TYPES[threshold.kind], key, data
 
 
+def wallet_level_events(
+    w: Wallet, was: int, left: int, cap: int
+) -> tuple[tuple[str, str, dict[str, Any]], ...]:
+    """(type, dedup key, data) of each wallet level the balance went through from ``was``
+    to ``left``: ``wallet.low_balance`` through the low mark, ``wallet.depleted`` at zero.
+    Keys include ``cap``, the total topped up, so each top-up re-arms both warnings once
+    (a balance a top-up leaves below a mark has not gone through it). A ticket's grant
+    warns nobody: it is meant to be used up."""
+    low = was > w.low_balance_nanos >= left
+    depleted = was > 0 >= left
+    if w.grant_of is not None or not (low or depleted):  # every settle: build nothing
+        return ()
+    data = {
+        "wallet_id": w.id,
+        "scope_type": w.scope_type,
+        "scope_id": w.scope_id,
+        "balance_usd": format_usd(left),
+        "low_balance_usd": format_usd(w.low_balance_nanos),
+    }
+    events = []
+    if low:
+        events.append(("wallet.low_balance", f"wallet:{w.id}:low:{cap}", data))
+    if depleted:
+        events.append(("wallet.depleted", f"wallet:{w.id}:depleted:{cap}", data))
+    return tuple(events)
+
+
 #: the dedup key of ``budget.calls_refused`` after ``budget:<id>:<period key>:``; then the cap
 REFUSED_AT_CAP = "refused:"
 
@@ -881,28 +908,10 @@ class Enforcer:
         return state.cap if state is not None else None
 
     def _wallet_levels(self, w: Wallet, before: int, after: int, cap: int) -> None:
-        """Balance = top-ups (``cap``) - spent: warn when it drops through the low mark,
-        and at zero. Keys include the total topped up, so each top-up re-arms both
-        warnings once. A ticket's grant warns nobody: it is meant to be used up."""
-        if w.grant_of is not None:
-            return
-        was, now_left = cap - before, cap - after
-        low = was > w.low_balance_nanos >= now_left
-        depleted = was > 0 >= now_left
-        if not low and not depleted:  # every settle gets here: build nothing
-            return
-        data = {
-            "wallet_id": w.id,
-            "scope_type": w.scope_type,
-            "scope_id": w.scope_id,
-            "balance_usd": format_usd(now_left),
-            "low_balance_usd": format_usd(w.low_balance_nanos),
-        }
-        now = self._clock.now()
-        if low:
-            self._emit("wallet.low_balance", f"wallet:{w.id}:low:{cap}", data, now, w.org_id)
-        if depleted:
-            self._emit("wallet.depleted", f"wallet:{w.id}:depleted:{cap}", data, now, w.org_id)
+        """The wallet levels a settle from ``before`` to ``after`` spent went through
+        (``wallet_level_events``; ``cap``: the top-ups, as the settle read them)."""
+        for type_, key, data in wallet_level_events(w, cap - before, cap - after, cap):
+            self._emit(type_, key, data, self._clock.now(), w.org_id)
 
     async def announce_expired_exceptions(self) -> None:
         """``budget.exception_expired`` once for each exception that has run out."""

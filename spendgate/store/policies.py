@@ -395,16 +395,18 @@ class PolicyStore:
             )
 
     async def topped_up(self, wallet_id: str) -> int:
+        return (await self.topped_up_last(wallet_id))[0]
+
+    async def topped_up_last(self, wallet_id: str) -> tuple[int, datetime | None]:
+        """What the wallet's top-ups add up to, and when the last one was made (None:
+        never topped up)."""
         table = schema.wallet_topups
+        query = sa.select(
+            sa.func.coalesce(sa.func.sum(table.c.amount_nanos), 0), sa.func.max(table.c.created_at)
+        ).where(table.c.wallet_id == wallet_id)
         async with self._engine.connect() as conn:
-            total = (
-                await conn.execute(
-                    sa.select(sa.func.coalesce(sa.func.sum(table.c.amount_nanos), 0)).where(
-                        table.c.wallet_id == wallet_id
-                    )
-                )
-            ).scalar_one()
-        return int(total)
+            total, last = (await conn.execute(query)).one()
+        return int(total), last
 
     async def funds(self, wallet: Wallet) -> int:
         """What ``wallet`` has been given to spend: a ticket grant its granted amount; a
