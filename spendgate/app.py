@@ -660,7 +660,12 @@ class Gateway:
         return self.services.clock.now()
 
     async def shutdown(self) -> None:
-        """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
+        """Flush every buffered ledger entry before the process goes (SIGTERM path).
+
+        First the calls still running end (``ProxyApp.end_calls``): those the server cut
+        after its drain book what they produced while the counters, the spool and the
+        ledger are still open; only then does anything close."""
+        await self.proxy.end_calls(TASK_END_SECONDS)
         # asked to stop, not cancelled: each ends after its round (a cancel inside a
         # database call can leave an SQLite connection never closed: spendgate.stopping)
         self._stop.set()

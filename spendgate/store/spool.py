@@ -207,12 +207,15 @@ class Spool:
         self.unwritten_bytes = 0
         #: the last write's error, until a write succeeds again
         self.error: OSError | None = None
+        #: between ``open`` and ``close``: an append outside is refused, never lost unsaid
+        self._open = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(self.directory, os.O_RDONLY)
         self._loop = asyncio.get_running_loop()
+        self._open = True
         if self.sync_mode == "call":
             self._thread = threading.Thread(target=self._writer, name="spool", daemon=True)
             self._thread.start()
@@ -222,6 +225,7 @@ class Spool:
     async def close(self) -> None:
         """Write what was appended and put it on the disk, then let go of every file
         (they stay, for the next process to replay what the database does not have yet)."""
+        self._open = False
         for _ in range(5000):  # at most ~5 s: a disk that hangs must not hang shutdown
             if not self._pending:
                 break
@@ -252,7 +256,9 @@ class Spool:
     async def append(self, line: bytes, item: Any) -> Position:
         """Write ``line`` (a ``frame``) durably (as the ``sync`` mode has it);
         ``on_durable(item, position)`` runs before this returns. Raises ``OSError`` if the
-        disk refused it."""
+        disk refused it (or the spool is closed)."""
+        if not self._open:
+            raise OSError("the ledger spool is closed (the process is shutting down)")
         if self.sync_mode == "interval":
             return self._append_now(line, item)
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
