@@ -255,12 +255,14 @@ def ledger_backlog(ledger: LedgerWriter) -> dict[str, Any]:
     """What waits for the database: rows, and bytes of spool (this process's and files
     other processes left in the directory)."""
     spool = ledger.spool
+    orphan, foreign = spool.waiting_bytes() if spool is not None else (0, 0)
     return {
         "ledger_pending": ledger.pending,
         "spool_bytes": spool.backlog_bytes if spool is not None else 0,
         "spool_unwritten_bytes": spool.unwritten_bytes if spool is not None else 0,
         "spool_max_bytes": spool.max_bytes if spool is not None else 0,
-        "spool_orphan_bytes": spool.orphan_bytes() if spool is not None else 0,
+        "spool_orphan_bytes": orphan,
+        "spool_foreign_bytes": foreign,
         "spool_error": str(spool.error) if spool is not None and spool.error else None,
     }
 

@@ -451,6 +451,16 @@ def spool_directory(settings: Settings) -> Path:
     return data_directory(settings.database_url) / "spendgate-spool"
 
 
+def spool_directory_of(config_path: str | None, database_url: str, env: Mapping[str, str]) -> Path:
+    """The spool directory ``serve --config config_path`` uses on ``database_url``
+    (``SPENDGATE_SPOOL_DIR``, else ``[gateway] spool_dir``, else the default), for the
+    commands that read the spool without serving (``db adopt-spool``)."""
+    configured = env.get("SPENDGATE_SPOOL_DIR") or _config_file(config_path).get("gateway", {}).get(
+        "spool_dir"
+    )
+    return spool_directory(Settings(database_url=database_url, spool_dir=configured))
+
+
 def normalise_database_url(url: str) -> str:
     """Accept plain ``sqlite:///…`` / ``postgresql://…`` and pick the async driver."""
     if url.startswith("sqlite:"):
@@ -598,7 +608,8 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
         "key_expiring_days", "ledger_batch_size", "ledger_flush_seconds",
         "ledger_retention_months", "log_format", "log_level", "max_body_bytes",
         "metrics_token", "port", "public_url", "reconcile_grace_seconds", "reconcile_seconds",
-        "redis_failure_mode", "redis_prefix", "redis_url", "shutdown_drain_seconds", "spool_dir", "spool_max_bytes",
+        "redis_failure_mode", "redis_prefix", "redis_url", "shutdown_drain_seconds",
+        "spool_dir", "spool_max_bytes",
         "spool_sync", "spool_sync_seconds", "unlisted_models", "upstream_timeout_seconds",
     }),
     "anomalies": frozenset({

@@ -52,9 +52,7 @@ async def end_tasks(
         return
     _, running = await asyncio.wait(tasks, timeout=grace_seconds)
     for task in running:
-        log.warning(
-            "%s %s did not stop in %s s: cancelled", what, task.get_name(), grace_seconds
-        )
+        log.warning("%s %s did not stop in %s s: cancelled", what, task.get_name(), grace_seconds)
         task.cancel()
     if running:
         _, stuck = await asyncio.wait(running, timeout=grace_seconds)

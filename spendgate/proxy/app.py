@@ -50,8 +50,8 @@ from spendgate.errors import (
     MethodNotAllowed,
     NotFound,
     PermissionDenied,
-    SpendgateError,
     ShuttingDown,
+    SpendgateError,
     StateUnavailable,
     UnknownModel,
     UpstreamAuthFailed,
@@ -516,7 +516,7 @@ class ProxyApp:
             await self._forward(call, guarded, payload, body, headers, receive, send)
         finally:
             await self._guard.release(guarded)
-            self._calls.discard(task)  # type: ignore[arg-type]
+            self._calls.discard(task)
 
     async def end_calls(self, grace_seconds: float) -> None:
         """At shutdown, before the ledger closes: wait for the calls still running to end.
@@ -751,8 +751,10 @@ class ProxyApp:
         except (SpendgateError, asyncio.CancelledError) as caught:
             # cancelled: the server's drain ran out (SIGTERM); the stream ends as a broken
             # one does, billed for what the provider produced and the client told so
-            err = caught if isinstance(caught, SpendgateError) else ShuttingDown(
-                "the gateway is shutting down and cut this stream; retry"
+            err = (
+                caught
+                if isinstance(caught, SpendgateError)
+                else ShuttingDown("the gateway is shutting down and cut this stream; retry")
             )
             told = b""
             if not booked:
