@@ -255,12 +255,14 @@ def ledger_backlog(ledger: LedgerWriter) -> dict[str, Any]:
     """What waits for the database: rows, and bytes of spool (this process's and files
     other processes left in the directory)."""
     spool = ledger.spool
+    orphan, foreign = spool.waiting_bytes() if spool is not None else (0, 0)
     return {
         "ledger_pending": ledger.pending,
         "spool_bytes": spool.backlog_bytes if spool is not None else 0,
         "spool_unwritten_bytes": spool.unwritten_bytes if spool is not None else 0,
         "spool_max_bytes": spool.max_bytes if spool is not None else 0,
-        "spool_orphan_bytes": spool.orphan_bytes() if spool is not None else 0,
+        "spool_orphan_bytes": orphan,
+        "spool_foreign_bytes": foreign,
         "spool_error": str(spool.error) if spool is not None and spool.error else None,
     }
 
@@ -661,7 +663,12 @@ class Gateway:
         return self.services.clock.now()
 
     async def shutdown(self) -> None:
-        """Flush every buffered ledger entry before the process goes (SIGTERM path)."""
+        """Flush every buffered ledger entry before the process goes (SIGTERM path).
+
+        First the calls still running end (``ProxyApp.end_calls``): those the server cut
+        after its drain book what they produced while the counters, the spool and the
+        ledger are still open; only then does anything close."""
+        await self.proxy.end_calls(TASK_END_SECONDS)
         # asked to stop, not cancelled: each ends after its round (a cancel inside a
         # database call can leave an SQLite connection never closed: spendgate.stopping)
         self._stop.set()

@@ -17,7 +17,8 @@
     │   └── UpstreamAuthFailed     502     upstream_auth_failed
     ├── StateUnavailable           503     state_unavailable
     │   ├── DatabaseUnavailable    503     database_unavailable
-    │   └── LedgerBacklogFull      503     ledger_backlog_full
+    │   ├── LedgerBacklogFull      503     ledger_backlog_full
+    │   └── ShuttingDown           503     shutting_down
     ├── AuditUnavailable           503     audit_unavailable
     └── UpstreamTimeout            504     upstream_timeout
 
@@ -273,6 +274,21 @@ class LedgerBacklogFull(StateUnavailable):
     could not be recorded durably, so it is refused before it costs anything."""
 
     code = "ledger_backlog_full"
+
+
+class ShuttingDown(StateUnavailable):
+    """The gateway is shutting down and cut this call, still running after the drain
+    (``shutdown_drain_seconds``); a retry goes to another replica. ``billed``: the headers
+    that tell the client what the gateway booked (the provider bills what it produced)."""
+
+    code = "shutting_down"
+
+    def __init__(self, message: str, *, billed: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.billed = billed or {}
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self.billed}
 
 
 class AuditUnavailable(SpendgateError):

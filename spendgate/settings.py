@@ -136,6 +136,9 @@ class Settings:
     #: nothing, a power cut that last interval) or before its final bytes (``call``)
     spool_sync: Literal["interval", "call"] = "interval"
     spool_sync_seconds: float = 0.1
+    #: SIGTERM: how long calls in flight may run on before they are cut (and billed for
+    #: what the provider produced, ``incomplete``)
+    shutdown_drain_seconds: float = 30.0
     #: start even when stored webhook secrets do not decrypt with the configured keys
     allow_unreadable_secrets: bool = False
     #: where people reach the console: the base of links in Slack, PagerDuty and e-mail
@@ -458,6 +461,16 @@ def spool_directory(settings: Settings) -> Path:
     return data_directory(settings.database_url) / "spendgate-spool"
 
 
+def spool_directory_of(config_path: str | None, database_url: str, env: Mapping[str, str]) -> Path:
+    """The spool directory ``serve --config config_path`` uses on ``database_url``
+    (``SPENDGATE_SPOOL_DIR``, else ``[gateway] spool_dir``, else the default), for the
+    commands that read the spool without serving (``db adopt-spool``)."""
+    configured = env.get("SPENDGATE_SPOOL_DIR") or _config_file(config_path).get("gateway", {}).get(
+        "spool_dir"
+    )
+    return spool_directory(Settings(database_url=database_url, spool_dir=configured))
+
+
 def normalise_database_url(url: str) -> str:
     """Accept plain ``sqlite:///…`` / ``postgresql://…`` and pick the async driver."""
     if url.startswith("sqlite:"):
@@ -574,6 +587,9 @@ def load_settings(
             gateway.get("spool_max_bytes", 1024 * 1024 * 1024), "gateway.spool_max_bytes"
         ),
         **_spool_sync(gateway, env),
+        shutdown_drain_seconds=_at_least(
+            gateway.get("shutdown_drain_seconds", 30.0), 0, "gateway.shutdown_drain_seconds"
+        ),
         allow_unreadable_secrets=env.get("SPENDGATE_ALLOW_UNREADABLE_SECRETS", "") == "1",
         public_url=_public_url(
             env.get("SPENDGATE_PUBLIC_URL") or gateway.get("public_url"), f"http://{host}:{port}"
@@ -614,7 +630,8 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
         "key_expiring_days", "ledger_batch_size", "ledger_flush_seconds",
         "ledger_retention_months", "log_format", "log_level", "max_body_bytes",
         "metrics_token", "port", "public_url", "reconcile_grace_seconds", "reconcile_seconds",
-        "redis_failure_mode", "redis_prefix", "redis_url", "spool_dir", "spool_max_bytes",
+        "redis_failure_mode", "redis_prefix", "redis_url", "shutdown_drain_seconds",
+        "spool_dir", "spool_max_bytes",
         "spool_sync", "spool_sync_seconds", "unlisted_models", "upstream_timeout_seconds",
     }),
     "anomalies": frozenset({

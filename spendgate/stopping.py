@@ -43,21 +43,21 @@ class Stop:
         return not self._asked.is_set()
 
 
-async def end_tasks(tasks: Collection[asyncio.Task[Any]], grace_seconds: float) -> None:
+async def end_tasks(
+    tasks: Collection[asyncio.Task[Any]], grace_seconds: float, *, what: str = "background task"
+) -> None:
     """Wait for ``tasks`` (asked to stop) to end: ``grace_seconds`` each for ending by
     themselves, then, cancelled, for ending at all; each one late is logged by name."""
     if not tasks:
         return
     _, running = await asyncio.wait(tasks, timeout=grace_seconds)
     for task in running:
-        log.warning(
-            "background task %s did not stop in %s s: cancelled", task.get_name(), grace_seconds
-        )
+        log.warning("%s %s did not stop in %s s: cancelled", what, task.get_name(), grace_seconds)
         task.cancel()
     if running:
         _, stuck = await asyncio.wait(running, timeout=grace_seconds)
         for task in stuck:
-            log.error("background task %s did not end when cancelled", task.get_name())
+            log.error("%s %s did not end when cancelled", what, task.get_name())
 
 
 def ignore_interrupts() -> None:

@@ -19,6 +19,7 @@ from spendgate.cli.audit import audit_app
 from spendgate.cli.forecast import forecast
 from spendgate.cli.output import err_console
 from spendgate.cli.serve import db_app, serve
+from spendgate.cli.spool import adopt_spool
 from spendgate.cli.statements import statements_app
 from spendgate.cli.tickets import tickets
 from spendgate.cli.usage import usage_app
@@ -87,6 +88,7 @@ def main(
 
 
 app.command()(serve)
+db_app.command("adopt-spool")(adopt_spool)
 app.add_typer(db_app, name="db")
 for name, group in (
     ("orgs", directory.orgs),

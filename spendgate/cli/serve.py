@@ -219,7 +219,7 @@ def _run(uvicorn: Any, settings: Any, workers: int, log_config: dict[str, Any]) 
         access_log=False,
         log_config=log_config,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=settings.shutdown_drain_seconds,
         server_header=False,
         proxy_headers=False,
     )

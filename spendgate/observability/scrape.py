@@ -43,6 +43,11 @@ BACKLOG = {
         "Spool bytes not yet written to the database",
     ),
     "spool_orphan_bytes": ("spendgate_spool_orphan_bytes", "Spool bytes dead processes left"),
+    "spool_foreign_bytes": (
+        "spendgate_spool_foreign_bytes",
+        "Spool bytes naming another database: never replayed here until adopted "
+        "(spendgate db adopt-spool)",
+    ),
     "spool_max_bytes": ("spendgate_spool_max_bytes", "Unwritten spool past which calls get 503"),
 }
 

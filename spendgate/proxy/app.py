@@ -50,6 +50,7 @@ from spendgate.errors import (
     MethodNotAllowed,
     NotFound,
     PermissionDenied,
+    ShuttingDown,
     SpendgateError,
     StateUnavailable,
     UnknownModel,
@@ -84,6 +85,7 @@ from spendgate.ratelimit.gate import RateGate, RateLimited
 from spendgate.security.auth_throttle import AuthThrottle, client_address
 from spendgate.security.credentials import RequestIds
 from spendgate.settings import ModelRoute, Settings
+from spendgate.stopping import end_tasks
 from spendgate.store.database import database_failure
 from spendgate.store.directory import KeyRecord
 from spendgate.store.events import PendingEvent, capture_events
@@ -238,6 +240,8 @@ class ProxyApp:
         self._ledger = ledger
         self._transports = transports
         self._on_unpriced = on_unpriced
+        #: the tasks of calls forwarded and not yet ended (``end_calls``)
+        self._calls: set[asyncio.Task[Any]] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request_id = self._request_ids()
@@ -505,10 +509,36 @@ class ProxyApp:
     ) -> None:
         """The call, with its holds; given back if the call never settles (an error
         before forwarding, a crash, a cancellation). Settling is one more round trip."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._calls.add(task)
         try:
             await self._forward(call, guarded, payload, body, headers, receive, send)
         finally:
             await self._guard.release(guarded)
+            self._calls.discard(task)
+
+    async def end_calls(self, grace_seconds: float) -> None:
+        """At shutdown, before the ledger closes: wait for the calls still running to end.
+        The server cut those that outlived its drain (``shutdown_drain_seconds``), and a
+        cut call books what the provider produced as it ends (``_cut``); one still
+        running after ``grace_seconds`` is cut here."""
+        await end_tasks(list(self._calls), grace_seconds, what="call")
+
+    async def _cut(self, call: Call, guarded: Guarded) -> ShuttingDown:
+        """Book a call the server cut (shutdown) before the provider's answer came: the
+        provider had the request and bills it, so it is billed at its worst case, as a
+        timeout is (``incomplete``, estimated; $0 with ``bill_upstream_timeouts`` off)."""
+        usage = self._worst(call)[0] if self._settings.bill_upstream_timeouts else None
+        cost, remaining = await self._book(call, guarded, 503, "incomplete", usage, True)
+        billed = {"x-spendgate-cost-usd": cost_figure(cost)}
+        tell_remaining(billed, remaining)
+        return ShuttingDown(
+            "the gateway is shutting down and cut this call before the provider's answer "
+            f"came; the provider bills it, so it was billed {cost_figure(cost)} USD (usage "
+            "estimated); retry",
+            billed=billed,
+        )
 
     def _upstream_request(
         self, call: Call, payload: dict[str, Any], body: bytes, headers: Mapping[str, str]
@@ -561,6 +591,10 @@ class ProxyApp:
         try:
             response = await transport.send(request)
             self._metrics.upstream(call.route.provider.name, self._clock.monotonic() - sent)
+        except asyncio.CancelledError as cut:
+            # the server's drain ran out (SIGTERM): the call ends here, booked and told,
+            # not dropped unbilled while the provider goes on with it
+            raise await self._cut(call, guarded) from cut
         except UpstreamTimeout as err:
             raise await self._timed_out(call, guarded, err) from err
         except SpendgateError as err:
@@ -701,19 +735,27 @@ class ProxyApp:
                     # settled and on disk before the terminal event ([DONE], message_stop,
                     # response.completed, the provider's error) goes out: a client that saw
                     # the end of its stream has its spend recorded, whatever happens to this
-                    # process (and one that leaves on an error is not "client_cancelled")
-                    told = await self._book_stream(call, guarded, meter, disconnect, meter.status)
+                    # process (and one that leaves on an error is not "client_cancelled");
+                    # booked once, even if cut meanwhile (``_book`` commits all the same)
                     booked = True
+                    told = await self._book_stream(call, guarded, meter, disconnect, meter.status)
                     out = out[: meter.cost_at] + told + out[meter.cost_at :]
                 if out and not disconnect.done():
                     await send({"type": "http.response.body", "body": out, "more_body": True})
             tail = meter.finish()
             if not booked:
+                booked = True
                 told = await self._book_stream(call, guarded, meter, disconnect, meter.status)
                 tail = told + tail
-                booked = True
             await send({"type": "http.response.body", "body": tail, "more_body": False})
-        except SpendgateError as err:
+        except (SpendgateError, asyncio.CancelledError) as caught:
+            # cancelled: the server's drain ran out (SIGTERM); the stream ends as a broken
+            # one does, billed for what the provider produced and the client told so
+            err = (
+                caught
+                if isinstance(caught, SpendgateError)
+                else ShuttingDown("the gateway is shutting down and cut this stream; retry")
+            )
             told = b""
             if not booked:
                 # a stall (read timeout) before the provider's final usage is billed as a
@@ -721,10 +763,10 @@ class ProxyApp:
                 # reasoning, which streams nothing), and bills it
                 stalled = self._bills(err) and not meter.final
                 status = "timeout" if stalled else "incomplete"
+                booked = True
                 told = await self._book_stream(
                     call, guarded, meter, disconnect, status, worst=stalled
                 )
-                booked = True
             # a stream that broke before its end says so: the client must not take the
             # part it got for the whole answer
             ended = meter.done or meter.failed
@@ -733,6 +775,7 @@ class ProxyApp:
         finally:
             await response.close()
             if not booked:
+                booked = True
                 await self._book_stream(call, guarded, meter, disconnect, "incomplete")
             if not disconnect.done():
                 disconnect.cancel()

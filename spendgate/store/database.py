@@ -17,7 +17,7 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import (
     DBAPIError,
     DisconnectionError,
@@ -125,7 +125,14 @@ _insert = insert_for
 def database_fingerprint(engine: AsyncEngine) -> str:
     """Names the database (not its password) in spool files, so a spool directory shared
     by mistake never replays one database's rows into another."""
-    url = engine.url
+    return url_fingerprint(engine.url)
+
+
+def url_fingerprint(url: str | URL) -> str:
+    """``database_fingerprint`` of the engine ``url`` (as ``SPENDGATE_DATABASE_URL``
+    gives it, or parsed) would open, without opening one."""
+    if isinstance(url, str):
+        url = make_url(normalise_database_url(url))
     if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
         url = url.set(database=os.path.abspath(url.database))
     rendered = url.set(drivername=url.get_backend_name()).render_as_string(hide_password=True)

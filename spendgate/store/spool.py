@@ -25,7 +25,9 @@ Files. Each process appends to segment files of its own,
 while it lives. A segment is sealed when it grows past ``rotate_bytes`` (or when the
 writer has caught up with it) and deleted once every record in it is in the database.
 A file nobody holds a lock on belongs to a dead process: ``claim_orphans`` locks it, so
-two live processes never replay the same file.
+two live processes never replay the same file. A file whose header names another
+database (``db``, ``database_fingerprint``) is never replayed by itself: after a change
+of the database's URL, ``spendgate db adopt-spool`` (``adopt``) gives it this one's.
 
 Format. A header line (JSON: format version, the database it belongs to, the record
 fields), then one record per line: ``<crc32, 8 hex digits> <payload>\\n``. A line whose
@@ -52,7 +54,7 @@ import socket
 import threading
 import time
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -207,12 +209,15 @@ class Spool:
         self.unwritten_bytes = 0
         #: the last write's error, until a write succeeds again
         self.error: OSError | None = None
+        #: between ``open`` and ``close``: an append outside is refused, never lost unsaid
+        self._open = False
 
     # -- lifecycle ------------------------------------------------------------------------
     def open(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._dir_fd = os.open(self.directory, os.O_RDONLY)
         self._loop = asyncio.get_running_loop()
+        self._open = True
         if self.sync_mode == "call":
             self._thread = threading.Thread(target=self._writer, name="spool", daemon=True)
             self._thread.start()
@@ -222,6 +227,7 @@ class Spool:
     async def close(self) -> None:
         """Write what was appended and put it on the disk, then let go of every file
         (they stay, for the next process to replay what the database does not have yet)."""
+        self._open = False
         for _ in range(5000):  # at most ~5 s: a disk that hangs must not hang shutdown
             if not self._pending:
                 break
@@ -252,7 +258,9 @@ class Spool:
     async def append(self, line: bytes, item: Any) -> Position:
         """Write ``line`` (a ``frame``) durably (as the ``sync`` mode has it);
         ``on_durable(item, position)`` runs before this returns. Raises ``OSError`` if the
-        disk refused it."""
+        disk refused it (or the spool is closed)."""
+        if not self._open:
+            raise OSError("the ledger spool is closed (the process is shutting down)")
         if self.sync_mode == "interval":
             return self._append_now(line, item)
         future: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
@@ -484,20 +492,30 @@ class Spool:
             if orphan is None:
                 continue
             if orphan.header.get("db") != self._header.get("db"):
-                log.warning("spool file %s belongs to another database; left alone", path)
+                log.warning(
+                    "spool file %s belongs to another database (%s; this one is %s): left "
+                    "alone. If it is this database under another URL, its rows wait for "
+                    "`spendgate db adopt-spool --from %s`",
+                    path, orphan.header.get("db"), self._header.get("db"), orphan.header.get("db"),
+                )  # fmt: skip
                 orphan.release()
                 continue
             claimed.append(orphan)
         return claimed
 
-    def orphan_bytes(self) -> int:
-        """Bytes in spool files no live process holds: dead processes' rows waiting for a
-        replay. A live sibling's files (``serve --workers``, a directory shared by the
-        replicas of a host) are its own backlog, not orphans."""
+    def waiting_bytes(self) -> tuple[int, int]:
+        """Bytes in spool files no live process holds: (dead processes' rows waiting for a
+        replay here, rows of files naming another database, which wait for ``adopt``).
+        A live sibling's files (``serve --workers``, a directory shared by the replicas
+        of a host) are its own backlog, not orphans."""
         own = {segment.path.name for segment in self._segments.values()}
-        return sum(
-            _unheld_size(path) for path in self.directory.glob(f"*{SUFFIX}") if path.name not in own
-        )
+        orphan = foreign = 0
+        for _, header, size in unheld_files(self.directory, own):
+            if header is not None and header.get("db") != self._header.get("db"):
+                foreign += size
+            else:
+                orphan += size
+        return orphan, foreign
 
 
 def _sync_and_close(files: list[int], folder: int | None) -> None:
@@ -513,21 +531,76 @@ def _sync_and_close(files: list[int], folder: int | None) -> None:
             os.close(fd)
 
 
-def _unheld_size(path: Path) -> int:
-    """The size of ``path`` if no process holds its lock, else 0. The shared lock taken to
-    tell is held for a moment only; a claim that meets it waits for the next sweep."""
+def unheld_files(
+    directory: Path, own: Collection[str] = ()
+) -> Iterator[tuple[Path, dict[str, Any] | None, int]]:
+    """Each spool file in ``directory`` (but those named in ``own``) that no process
+    holds: its path, header (None: unreadable) and size. The shared lock taken to tell
+    is held for a moment only; a claim that meets it waits for the next sweep."""
+    for path in sorted(directory.glob(f"*{SUFFIX}")):
+        if path.name in own:
+            continue
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            continue  # a live process writes it (or is replaying it)
+        with os.fdopen(fd, "rb") as handle:  # closing it drops the shared lock
+            header, size = _header(handle.readline()), os.fstat(fd).st_size
+        yield path, header, size  # unlocked again: the caller may claim it
+
+
+def _header(first: bytes) -> dict[str, Any] | None:
+    """A spool file's header from its first line, None if it is not one."""
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        return 0
+        header = orjson.loads(first) if first.endswith(b"\n") else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(header, dict) or header.get("spendgate_spool") != FORMAT_VERSION:
+        return None
+    return header
+
+
+def adopt(path: Path, fingerprint: str) -> str | None:
+    """Have the spool file at ``path`` name the database ``fingerprint``: a copy with the
+    new header (the old one kept as ``adopted_from``) and the same records, made under a
+    name nobody replays and renamed over it, both locked meanwhile. Returns the database
+    it named before; None, and the file left as it was, if a live process holds it (or
+    it is gone, or has no header)."""
+    orphan = _claim(path)
+    if orphan is None:
+        return None
+    building = path.with_name(path.name + ".new")  # a crashed adopt's is stale: replaced
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return 0  # a live process writes it (or is replaying it)
-    else:
-        return os.fstat(fd).st_size
+        before = str(orphan.header.get("db"))
+        header = {**orphan.header, "db": fingerprint, "adopted_from": before}
+        building.unlink(missing_ok=True)
+        fd = os.open(building, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as out, os.fdopen(os.dup(orphan.fd), "rb") as source:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the rename is done
+            out.write(orjson.dumps(header) + b"\n")
+            source.seek(0)
+            source.readline()
+            while chunk := source.read(1 << 20):
+                out.write(chunk)
+            out.flush()
+            os.fsync(fd)
+            os.rename(building, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)  # the new name is durable too
+        finally:
+            os.close(folder)
+    except BaseException:
+        building.unlink(missing_ok=True)
+        raise
     finally:
-        os.close(fd)  # and with it the shared lock
+        orphan.release()
+    return before
 
 
 def _claim(path: Path) -> Orphan | None:
@@ -551,11 +624,8 @@ def _claim(path: Path) -> Orphan | None:
     with os.fdopen(os.dup(fd), "rb") as handle:
         first = handle.readline()
         size = os.fstat(fd).st_size
-    try:
-        header = orjson.loads(first) if first.endswith(b"\n") else None
-    except orjson.JSONDecodeError:
-        header = None
-    if not isinstance(header, dict) or header.get("spendgate_spool") != FORMAT_VERSION:
+    header = _header(first)
+    if header is None:
         if size <= len(first):  # created, then the process died before its header was durable
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()

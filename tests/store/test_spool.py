@@ -468,10 +468,10 @@ async def test_orphan_bytes_are_a_dead_processs_not_a_live_siblings(
     live.start()
     await live.commit(entry(1, team=None, model="m", cost=1, at=NOW))
     sibling = make_spool(engine, tmp_path)
-    assert sibling.orphan_bytes() == 0
+    assert sibling.waiting_bytes()[0] == 0
     [held] = spool_files(tmp_path)
     crash(live.spool)  # type: ignore[arg-type]
-    assert sibling.orphan_bytes() == held.stat().st_size > 0
+    assert sibling.waiting_bytes()[0] == held.stat().st_size > 0
     replayer = LedgerWriter(engine, spool=sibling)
     assert await replayer.replay_orphans() == 1  # the moment's shared lock is gone
-    assert sibling.orphan_bytes() == 0
+    assert sibling.waiting_bytes()[0] == 0
