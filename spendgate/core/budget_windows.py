@@ -58,6 +58,14 @@ class Window:
     local_end: datetime
     key: str
 
+    @property
+    def span(self) -> str:
+        """The window itself, named by its UTC bounds as an ISO 8601 interval
+        (``"20260310T070000Z/20260311T070000Z"``): where ``key`` names a local date, which
+        a budget moved to another zone keeps for other hours (March 10 in UTC and in Los
+        Angeles) or changes for the same ones (Honolulu's March 10 is Kiritimati's 11th)."""
+        return f"{self.start.astimezone(UTC):%Y%m%dT%H%M%SZ}/{self.end.astimezone(UTC):%Y%m%dT%H%M%SZ}"
+
     def contains(self, t: datetime) -> bool:
         """Whether the aware instant ``t`` lies in ``[start, end)``."""
         _require_aware(t)

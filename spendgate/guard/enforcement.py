@@ -42,6 +42,7 @@ from spendgate.core.pricing import unpriced_key, unpriced_refusal
 from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
 from spendgate.errors import BudgetExceeded, InsufficientFunds
+from spendgate.guard.period_events import period_prefix
 from spendgate.security.credentials import CountedIds
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicySnapshot, PolicyStore, Wallet
@@ -174,21 +175,30 @@ def threshold_event(
     }
     if threshold.kind == "hard" and a.cap_nanos is not None:
         data["hard_limit_usd"] = format_usd(a.cap_nanos)
-    key = f"budget:{a.budget.id}:{a.window.key}:{threshold.name}"
+    key = f"{period_prefix(a.budget.id, a.window)}{threshold.name}"
     return EVENT_TYPES[threshold.kind], key, data
 
 
-#: the dedup key of ``budget.calls_refused`` after ``budget:<id>:<period key>:``; then the cap
+#: the name of ``budget.calls_refused`` after its period's prefix (``period_events``);
+#: then the cap and the rule it refused under (``refusal_name``)
 REFUSED_AT_CAP = "refused:"
+
+
+def refusal_name(cap: int, bucket: str) -> str:
+    """``refused:<cap in nanos>:<rule>``, the rule the last part of the budget's counter
+    name (``bucket_name``): what the budget counted when the cap refused a call."""
+    return f"{REFUSED_AT_CAP}{cap}:{bucket.rsplit(':', 1)[-1]}"
 
 
 def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, str, dict[str, Any]]:
     """(type, dedup key, data) of a hard cap refusing a call that would fit an empty
     period, but not what is spent (whatever is in flight), or any call once spend used
-    the cap up: ``budget.calls_refused``, once per budget, period and cap (in nanos, in the
-    key: an amount raised, an exception or a new percentage re-arms it, as each is a
-    change that could make room). The budget status reads it: a hard-capped budget with
-    this period's event at its current cap is ``refusing`` (``admin.policies``)."""
+    the cap up: ``budget.calls_refused``, once per budget, period, cap and counting rule
+    (in the key, ``refusal_name``: an amount raised, an exception or a new percentage
+    re-arms it, as each is a change that could make room, and so does a categories edit,
+    which changes what is spent). The budget status reads it: a hard-capped budget with
+    this period's event at its current cap, whose spend still leaves too little for the
+    refused call, is ``refusing`` (``admin.policies``)."""
     cap = a.cap_nanos if a.cap_nanos is not None else refusal.cap
     used = refusal.spent + refusal.reserved
     data = {
@@ -200,7 +210,7 @@ def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, s
         "remaining_usd": format_usd(max(0, refusal.cap - used)),
         "worst_case_usd": format_usd(worst_case),
     }
-    key = f"budget:{a.budget.id}:{a.window.key}:{REFUSED_AT_CAP}{cap}"
+    key = f"{period_prefix(a.budget.id, a.window)}{refusal_name(cap, a.bucket)}"
     return "budget.calls_refused", key, data
 
 

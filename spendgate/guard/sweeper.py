@@ -28,7 +28,8 @@ from spendgate.core import budget_rules as rules
 from spendgate.core.budget_windows import window_at
 from spendgate.core.clock import Clock
 from spendgate.guard.enforcement import Applied, Enforcer, threshold_event
-from spendgate.store.events import fired_keys, record_event
+from spendgate.guard.period_events import fired_in_periods
+from spendgate.store.events import record_event
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicyStore
 
@@ -80,11 +81,12 @@ class ThresholdSweeper:
             if not reached:
                 continue
             applied = Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount))
-            done = set(await fired_keys(self._engine, f"budget:{budget.id}:{window.key}:"))
+            [fired_here] = await fired_in_periods(self._engine, [(budget.id, window)])
+            done = {f.key for f in fired_here}
             async with self._engine.begin() as conn:
                 for threshold in reached:
                     type_, key, data = threshold_event(applied, threshold, spent)
-                    if key in done:
+                    if threshold.name in done:
                         continue
                     data["already_past" if already_past else "recovered"] = True
                     stored = await record_event(
