@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
@@ -107,14 +108,20 @@ def _check_levels(values: dict[str, Any]) -> None:
 
 
 async def _check_most_allowed(
-    svc: Services, values: dict[str, Any], field: str, more: Sequence[rules.Raise] = ()
+    svc: Services,
+    values: dict[str, Any],
+    field: str,
+    more: Sequence[rules.Raise] = (),
+    conn: AsyncConnection | None = None,
 ) -> None:
     """422 naming ``field`` when the budget ``values`` (stored form), with its exceptions
-    not run out and ``more``, would allow more than a budget may (``check_most_allowed``)."""
+    not run out and ``more``, would allow more than a budget may (``check_most_allowed``).
+    ``conn``: the transaction that holds the budget's row (``PolicyStore.lock_budget``),
+    so no other change of its amount or exceptions can land between check and write."""
     now = svc.clock.now()
     raises = [
         r
-        for r in map(raise_from_row, await svc.policies.list_exceptions(values["id"]))
+        for r in map(raise_from_row, await svc.policies.list_exceptions(values["id"], conn))
         if r.expires_at > now
     ]
     problem = rules.check_most_allowed(budget_from_row(values), [*raises, *more], field)
@@ -252,14 +259,14 @@ async def update_budget(
         check_names(svc, _stored(body))
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        current = await svc.policies.get_budget(budget_id, conn)
+        current = await svc.policies.lock_budget(conn, budget_id)
         merged = {**current, **_stored(body)}
         _check_levels(merged)
         changes = {k: merged[k] for k in _stored(body)}
         raising = [k for k in ("amount_nanos", "hard_limit_percent", "hard_limit") if k in changes]
         if raising:
             field = "amount_usd" if raising[0] == "amount_nanos" else raising[0]
-            await _check_most_allowed(svc, merged, field)
+            await _check_most_allowed(svc, merged, field, conn=conn)
         await svc.policies.update_budget(conn, budget_id, {**changes, "updated_at": now})
         await audit(
             conn,
@@ -468,14 +475,17 @@ async def grant_exception(
         "expires_at": expires,
         "created_at": now,
     }
-    await _check_most_allowed(
-        svc,
-        await svc.policies.get_budget(budget_id),
-        "amount_usd" if body.amount_usd is not None else "percent",
-        [raise_from_row(values)],
-    )
     async with svc.engine.begin() as conn:
-        budget = await svc.policies.get_budget(budget_id, conn)
+        # checked and granted with the budget's row held: two grants at once (or a grant
+        # and a raised amount) each check with the other's figures, not without them
+        budget = await svc.policies.lock_budget(conn, budget_id)
+        await _check_most_allowed(
+            svc,
+            budget,
+            "amount_usd" if body.amount_usd is not None else "percent",
+            [raise_from_row(values)],
+            conn,
+        )
         rules_budget = budget_from_row(budget)
         first_window = window_at(
             max(starts, now), rules_budget.period, rules_budget.timezone, rules_budget.week_start
