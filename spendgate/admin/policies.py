@@ -20,9 +20,9 @@ from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.guard.enforcement import REFUSED_AT_CAP
+from spendgate.guard.period_events import fired_in_periods
 from spendgate.services import Services
 from spendgate.settings import unconfigured_names
-from spendgate.guard.period_events import fired_in_periods
 from spendgate.store.events import Fired, record_event
 from spendgate.store.policies import budget_from_row, raise_from_row
 

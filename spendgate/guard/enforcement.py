@@ -266,6 +266,11 @@ class Admission:
     #: each hold's bucket's spent as the reserve read it, before this call (budgets
     #: first, as ``buckets``); None: not read (nothing held, or a path that does not)
     seen: tuple[int, ...] | None = None
+    #: whose call, under which policies, when (None: not a call): a budget made since,
+    #: or changed to count the call, gets its cost at the settle (``Enforcer.late``)
+    subject: rules.Subject | None = None
+    snapshot: PolicySnapshot | None = None
+    at: datetime | None = None
 
     @property
     def remaining_seen(self) -> int | None:
@@ -596,7 +601,7 @@ class Enforcer:
         snapshot = snapshot or await self._policies()
         plan = await self.plan(subject, worst_case, snapshot)
         if plan is None:
-            return Admission("", 0, (), ())
+            return self.unheld(subject, snapshot)
         if self._local is not None:
             reply = self._local.reserve_now_seen(
                 plan.admission.reservation_id, plan.holds, plan.expires_at
@@ -613,6 +618,51 @@ class Enforcer:
         plan.admission.seen = reply
         self._live.add(plan.admission.reservation_id)  # ``holding``: a plan holds something
         return plan.admission
+
+    def unheld(self, subject: rules.Subject, snapshot: PolicySnapshot) -> Admission:
+        """The admission of a call that nothing applied to when it was admitted."""
+        return Admission("", 0, (), (), subject=subject, snapshot=snapshot, at=self._clock.now())
+
+    def changed_since(self, admission: Admission) -> bool:
+        """Whether the policies changed since ``admission`` (most settles: no): then
+        :meth:`late` has budgets to look for."""
+        return admission.snapshot is not self._snapshot and admission.subject is not None
+
+    async def late(self, admission: Admission) -> None:
+        """Before ``admission``'s settle: the budgets that count its call now but did not
+        when it was admitted (made meanwhile, or changed to count it) take its cost too,
+        in the period it started in, their counters seeded first from the ledger (which
+        does not have this call yet: its row is written after the settle). Without this
+        a budget made while calls were in flight never counted them (its counter was
+        seeded before they were in the ledger) and let more calls past its hard cap
+        until the reconciliation. Called when :meth:`changed_since` (most settles are
+        not: one comparison, no await). The database unreachable (the seed reads the
+        ledger): the call settles as admitted, and the reconciliation brings its cost."""
+        snapshot = self._snapshot
+        subject, at = admission.subject, admission.at
+        admission.snapshot = snapshot
+        if admission.settled or subject is None or at is None:
+            return
+        found = self._applicable(snapshot, subject, at, at.timestamp())
+        held = {a.budget.id for a in admission.budgets}
+        late = tuple(a for a in found.budgets if a.budget.id not in held)
+        if not late:
+            return
+        try:
+            await self._seed(late, ())
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("budgets made since a call was admitted not counted yet: %s", exc)
+            return
+        first = len(admission.budgets)
+        buckets = admission.buckets or (
+            *(a.bucket for a in admission.budgets),
+            *(wallet_bucket(w) for w in admission.wallets),
+        )
+        admission.buckets = (*buckets[:first], *(a.bucket for a in late), *buckets[first:])
+        admission.budgets = (*admission.budgets, *late)
+        admission.seen = None  # read before the call, of the budgets held then
+        if not admission.reservation_id:  # nothing was held: a reservation of its own
+            admission.reservation_id = self._reservation_ids()
 
     def holding(self, admission: Admission) -> None:
         """``admission``'s holds were taken: renew them while its call runs here."""
@@ -650,7 +700,15 @@ class Enforcer:
             await self._seed(found.budgets, found.wallets)
         holds = [Hold(bucket, worst_case, cap, stored) for bucket, cap, stored in found.holds]
         admission = Admission(
-            self._reservation_ids(), worst_case, found.budgets, found.wallets, False, found.buckets
+            self._reservation_ids(),
+            worst_case,
+            found.budgets,
+            found.wallets,
+            False,
+            found.buckets,
+            subject=subject,
+            snapshot=snapshot,
+            at=now,
         )
         return HoldPlan(admission, holds, at + self._reservation_seconds, now)
 
@@ -787,6 +845,8 @@ class Enforcer:
 
     async def settle(self, admission: Admission, actual: int) -> int | None:
         """Book the real cost; fire thresholds crossed; return the tightest budget remaining."""
+        if self.changed_since(admission):
+            await self.late(admission)
         parts = self.settlements(admission, actual)
         if parts is None:
             return None

@@ -32,9 +32,10 @@ def _dated_prefix(budget_id: str, window: Window) -> str:
 
 
 def _of_window(fired: Fired, window: Window) -> bool:
-    return fired.data.get("period_start") == window.start.isoformat() and fired.data.get(
-        "period_end"
-    ) == window.end.isoformat()
+    return (
+        fired.data.get("period_start") == window.start.isoformat()
+        and fired.data.get("period_end") == window.end.isoformat()
+    )
 
 
 async def fired_in_periods(

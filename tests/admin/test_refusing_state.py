@@ -432,8 +432,11 @@ def test_the_429_names_a_cap_only_a_reset_opens_over_one_held_by_calls_in_flight
             assert body["code"] == "budget_exceeded", body
             assert spent_up["id"] in body["message"], body["message"]
             assert exc.response.headers.get("x-should-retry") == "false"
-    assert _status(gateway, spent_up["id"])["state"] == "refusing"
+        assert _status(gateway, spent_up["id"])["state"] == "refusing"
     assert _status(gateway, held_by_stream["id"])["refusing_since"] is None
+    # the stream was in flight when the org's budget was made: it counts there too once
+    # it settles (``Enforcer.late``), and its cost used the rest of the cap up
+    assert _status(gateway, spent_up["id"])["state"] == "blocked"
 
 
 def test_a_wallet_short_beside_a_refusing_budget_says_depleted(gateway: RunningGateway) -> None:
@@ -568,4 +571,3 @@ def test_a_categories_edit_that_leaves_room_ends_refusing(gateway: RunningGatewa
     assert widened["state"] == "refusing"
     assert widened["refusing_since"] == first["refusing_since"]
     assert Decimal(widened["remaining_to_hard_usd"]) == slack
-
