@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from fastapi import APIRouter, Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_asked, principal
@@ -19,9 +20,10 @@ from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.guard.enforcement import REFUSED_AT_CAP
+from spendgate.guard.period_events import fired_in_periods
 from spendgate.services import Services
 from spendgate.settings import unconfigured_names
-from spendgate.store.events import Fired, fired_many, record_event
+from spendgate.store.events import Fired, record_event
 from spendgate.store.policies import budget_from_row, raise_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -106,14 +108,20 @@ def _check_levels(values: dict[str, Any]) -> None:
 
 
 async def _check_most_allowed(
-    svc: Services, values: dict[str, Any], field: str, more: Sequence[rules.Raise] = ()
+    svc: Services,
+    values: dict[str, Any],
+    field: str,
+    more: Sequence[rules.Raise] = (),
+    conn: AsyncConnection | None = None,
 ) -> None:
     """422 naming ``field`` when the budget ``values`` (stored form), with its exceptions
-    not run out and ``more``, would allow more than a budget may (``check_most_allowed``)."""
+    not run out and ``more``, would allow more than a budget may (``check_most_allowed``).
+    ``conn``: the transaction that holds the budget's row (``PolicyStore.lock_budget``),
+    so no other change of its amount or exceptions can land between check and write."""
     now = svc.clock.now()
     raises = [
         r
-        for r in map(raise_from_row, await svc.policies.list_exceptions(values["id"]))
+        for r in map(raise_from_row, await svc.policies.list_exceptions(values["id"], conn))
         if r.expires_at > now
     ]
     problem = rules.check_most_allowed(budget_from_row(values), [*raises, *more], field)
@@ -251,14 +259,14 @@ async def update_budget(
         check_names(svc, _stored(body))
     now = svc.clock.now()
     async with svc.engine.begin() as conn:
-        current = await svc.policies.get_budget(budget_id, conn)
+        current = await svc.policies.lock_budget(conn, budget_id)
         merged = {**current, **_stored(body)}
         _check_levels(merged)
         changes = {k: merged[k] for k in _stored(body)}
         raising = [k for k in ("amount_nanos", "hard_limit_percent", "hard_limit") if k in changes]
         if raising:
             field = "amount_usd" if raising[0] == "amount_nanos" else raising[0]
-            await _check_most_allowed(svc, merged, field)
+            await _check_most_allowed(svc, merged, field, conn=conn)
         await svc.policies.update_budget(conn, budget_id, {**changes, "updated_at": now})
         await audit(
             conn,
@@ -322,8 +330,9 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     await svc.enforcer.current()  # the exceptions another replica granted (``raises_for``)
     budgets = [budget_from_row(row) for row in rows]
     windows = [window_at(now, b.period, b.timezone, b.week_start) for b in budgets]
-    prefixes = [f"budget:{b.id}:{w.key}:" for b, w in zip(budgets, windows, strict=True)]
-    fired_by = await fired_many(svc.engine, prefixes)
+    fired_by = await fired_in_periods(
+        svc.engine, [(b.id, w) for b, w in zip(budgets, windows, strict=True)]
+    )
     active = [[r for r in svc.enforcer.raises_for(b.id) if r.active_at(now)] for b in budgets]
     amounts = [rules.effective_amount(b, r, now) for b, r in zip(budgets, active, strict=True)]
     states = await svc.enforcer.bucket_states(list(zip(budgets, windows, amounts, strict=True)))
@@ -335,14 +344,14 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
         ],
     )
     out = []
-    for budget, window, prefix, raises, amount, state in zip(
-        budgets, windows, prefixes, active, amounts, states, strict=True
+    for budget, window, fired_here, raises, amount, state in zip(
+        budgets, windows, fired_by, active, amounts, states, strict=True
     ):
         cap = rules.hard_cap_nanos(budget, amount)
         soft = rules.percent_of(amount, budget.soft_limit_percent)
         used = state.spent + state.reserved
-        fired = [f.key for f in fired_by[prefix] if not _is_refusal(prefix, f)]
-        refused = refusal_at(prefix, cap, fired_by[prefix])
+        fired = [f.key for f in fired_here if not f.key.startswith(REFUSED_AT_CAP)]
+        refused = refusal_at(cap, state.spent, fired_here)
         forecast = forecasts[budget.id]
         out.append(
             {
@@ -362,9 +371,7 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
                 "hard_limit_usd": None if cap is None else format_usd(cap),
                 "remaining_to_soft_usd": format_usd(max(0, soft - used)),
                 "remaining_to_hard_usd": None if cap is None else format_usd(max(0, cap - used)),
-                "thresholds_fired": [
-                    k.rsplit(":", 2)[-2] + ":" + k.rsplit(":", 1)[-1] for k in fired
-                ],
+                "thresholds_fired": fired,
                 "active_exceptions": len(raises),
                 "refusing_since": None if refused is None else refused.at,
                 "refused_worst_case_usd": None
@@ -377,29 +384,32 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     return out
 
 
-def _is_refusal(prefix: str, fired: Fired) -> bool:
-    return fired.key.startswith(prefix + REFUSED_AT_CAP)
-
-
-def refusal_at(prefix: str, cap: int | None, fired: Sequence[Fired]) -> Fired | None:
-    """This period's ``budget.calls_refused`` (in ``fired``, the events under the period's
-    ``prefix``) that still holds at the hard cap in force now, if any: the first such
-    refusal. One at the same cap holds (raised, then put back: spend never falls within a
-    period, so a call that big is refused again), and so does one at a higher cap (an
-    exception that ran out, an amount lowered) for a call that fits the lower cap: there
-    is less room still. One at a lower cap does not: raising the amount, an exception or a
-    new percentage made room, and a new refusal at the new cap fires its own."""
+def refusal_at(cap: int | None, spent: int, fired: Sequence[Fired]) -> Fired | None:
+    """This period's ``budget.calls_refused`` (in ``fired``, the period's events, each
+    named after the period's prefix: ``period_events``) that still holds at the hard cap
+    in force now, given what the budget has ``spent`` now, if any: the first such
+    refusal. One at the same cap holds (raised, then put back: a call that big is refused
+    again), and so does one at a higher cap (an exception that ran out, an amount
+    lowered) for a call that fits the lower cap: there is less room still. One at a lower
+    cap does not: raising the amount, an exception or a new percentage made room, and a
+    new refusal at the new cap fires its own. And none holds once what is spent leaves
+    room for the refused call: a categories edit changes what the budget counts, and
+    spend that no longer counts no longer fills the cap (a refusal under the new rule
+    fires its own, ``refusal_name``)."""
     if cap is None:
         return None
-    at = prefix + REFUSED_AT_CAP
     for f in fired:
-        refused_cap = f.key[len(at) :] if f.key.startswith(at) else ""
-        if not refused_cap.isdigit():
+        if not f.key.startswith(REFUSED_AT_CAP):
+            continue
+        refused_cap = f.key[len(REFUSED_AT_CAP) :].split(":", 1)[0]
+        worst = f.data.get("worst_case_usd")
+        if not refused_cap.isdigit() or worst is None:
+            continue
+        if spent + usd_to_nanos(worst) <= cap:  # that call would pass now
             continue
         if int(refused_cap) == cap:
             return f
-        worst = f.data.get("worst_case_usd")
-        if int(refused_cap) > cap and worst is not None and usd_to_nanos(worst) <= cap:
+        if int(refused_cap) > cap and usd_to_nanos(worst) <= cap:
             return f
     return None
 
@@ -465,14 +475,17 @@ async def grant_exception(
         "expires_at": expires,
         "created_at": now,
     }
-    await _check_most_allowed(
-        svc,
-        await svc.policies.get_budget(budget_id),
-        "amount_usd" if body.amount_usd is not None else "percent",
-        [raise_from_row(values)],
-    )
     async with svc.engine.begin() as conn:
-        budget = await svc.policies.get_budget(budget_id, conn)
+        # checked and granted with the budget's row held: two grants at once (or a grant
+        # and a raised amount) each check with the other's figures, not without them
+        budget = await svc.policies.lock_budget(conn, budget_id)
+        await _check_most_allowed(
+            svc,
+            budget,
+            "amount_usd" if body.amount_usd is not None else "percent",
+            [raise_from_row(values)],
+            conn,
+        )
         rules_budget = budget_from_row(budget)
         first_window = window_at(
             max(starts, now), rules_budget.period, rules_budget.timezone, rules_budget.week_start

@@ -41,6 +41,8 @@ WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", 
 
 _ONE_US = timedelta(microseconds=1)
 _ONE_S = timedelta(seconds=1)
+#: ISO 8601 basic format in UTC: a window's bounds in its ``span``
+_SPAN = "%Y%m%dT%H%M%SZ"
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +59,14 @@ class Window:
     local_start: datetime
     local_end: datetime
     key: str
+
+    @property
+    def span(self) -> str:
+        """The window itself, named by its UTC bounds as an ISO 8601 interval
+        (``"20260310T070000Z/20260311T070000Z"``): where ``key`` names a local date, which
+        a budget moved to another zone keeps for other hours (March 10 in UTC and in Los
+        Angeles) or changes for the same ones (Honolulu's March 10 is Kiritimati's 11th)."""
+        return f"{self.start.astimezone(UTC):{_SPAN}}/{self.end.astimezone(UTC):{_SPAN}}"
 
     def contains(self, t: datetime) -> bool:
         """Whether the aware instant ``t`` lies in ``[start, end)``."""

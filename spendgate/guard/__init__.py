@@ -117,7 +117,9 @@ class CallGuard:
             worst_nanos,
         )
         money = await self._enforcer.plan(subject, worst_nanos, snapshot)
-        admission = money.admission if money is not None else _no_holds()
+        admission = (
+            money.admission if money is not None else self._enforcer.unheld(subject, snapshot)
+        )
         if rate is None and money is None:
             await self._check(expected, fail_open=True)
             return Guarded(_no_rate_limit(request_id), admission)
@@ -178,6 +180,8 @@ class CallGuard:
             remaining = await self._enforcer.settle(admission, cost_nanos)
             await self._rate.settle(rated, tokens, cost_nanos)
             return remaining
+        if self._enforcer.changed_since(admission):
+            await self._enforcer.late(admission)
         parts = self._enforcer.settlements(admission, cost_nanos)
         actual = self._rate.actuals(rated, tokens, cost_nanos)
         results = await self._finish(guarded, actual, actual is not None, parts, parts is not None)
@@ -244,7 +248,3 @@ class CallGuard:
 
 def _no_rate_limit(request_id: str) -> RateAdmission:
     return RateAdmission(request_id, (), done=True)
-
-
-def _no_holds() -> Admission:
-    return Admission("", 0, (), ())

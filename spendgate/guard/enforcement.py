@@ -42,6 +42,7 @@ from spendgate.core.pricing import unpriced_key, unpriced_refusal
 from spendgate.counters import BucketState, Counters, Generation, Hold, Refusal, Settlement
 from spendgate.counters.memory import MemoryCounters
 from spendgate.errors import BudgetExceeded, InsufficientFunds
+from spendgate.guard.period_events import period_prefix
 from spendgate.security.credentials import CountedIds
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicySnapshot, PolicyStore, Wallet
@@ -174,7 +175,7 @@ def threshold_event(
     }
     if threshold.kind == "hard" and a.cap_nanos is not None:
         data["hard_limit_usd"] = format_usd(a.cap_nanos)
-    key = f"budget:{a.budget.id}:{a.window.key}:{threshold.name}"
+    key = f"{period_prefix(a.budget.id, a.window)}{threshold.name}"
     return EVENT_TYPES[threshold.kind], key, data
 
 
@@ -205,17 +206,26 @@ def wallet_level_events(
     return tuple(events)
 
 
-#: the dedup key of ``budget.calls_refused`` after ``budget:<id>:<period key>:``; then the cap
+#: the name of ``budget.calls_refused`` after its period's prefix (``period_events``);
+#: then the cap and the rule it refused under (``refusal_name``)
 REFUSED_AT_CAP = "refused:"
+
+
+def refusal_name(cap: int, bucket: str) -> str:
+    """``refused:<cap in nanos>:<rule>``, the rule the last part of the budget's counter
+    name (``bucket_name``): what the budget counted when the cap refused a call."""
+    return f"{REFUSED_AT_CAP}{cap}:{bucket.rsplit(':', 1)[-1]}"
 
 
 def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, str, dict[str, Any]]:
     """(type, dedup key, data) of a hard cap refusing a call that would fit an empty
     period, but not what is spent (whatever is in flight), or any call once spend used
-    the cap up: ``budget.calls_refused``, once per budget, period and cap (in nanos, in the
-    key: an amount raised, an exception or a new percentage re-arms it, as each is a
-    change that could make room). The budget status reads it: a hard-capped budget with
-    this period's event at its current cap is ``refusing`` (``admin.policies``)."""
+    the cap up: ``budget.calls_refused``, once per budget, period, cap and counting rule
+    (in the key, ``refusal_name``: an amount raised, an exception or a new percentage
+    re-arms it, as each is a change that could make room, and so does a categories edit,
+    which changes what is spent). The budget status reads it: a hard-capped budget with
+    this period's event at its current cap, whose spend still leaves too little for the
+    refused call, is ``refusing`` (``admin.policies``)."""
     cap = a.cap_nanos if a.cap_nanos is not None else refusal.cap
     used = refusal.spent + refusal.reserved
     data = {
@@ -227,7 +237,7 @@ def refusal_event(a: Applied, refusal: Refusal, worst_case: int) -> tuple[str, s
         "remaining_usd": format_usd(max(0, refusal.cap - used)),
         "worst_case_usd": format_usd(worst_case),
     }
-    key = f"budget:{a.budget.id}:{a.window.key}:{REFUSED_AT_CAP}{cap}"
+    key = f"{period_prefix(a.budget.id, a.window)}{refusal_name(cap, a.bucket)}"
     return "budget.calls_refused", key, data
 
 
@@ -283,6 +293,11 @@ class Admission:
     #: each hold's bucket's spent as the reserve read it, before this call (budgets
     #: first, as ``buckets``); None: not read (nothing held, or a path that does not)
     seen: tuple[int, ...] | None = None
+    #: whose call, under which policies, when (None: not a call): a budget made since,
+    #: or changed to count the call, gets its cost at the settle (``Enforcer.late``)
+    subject: rules.Subject | None = None
+    snapshot: PolicySnapshot | None = None
+    at: datetime | None = None
 
     @property
     def remaining_seen(self) -> int | None:
@@ -613,7 +628,7 @@ class Enforcer:
         snapshot = snapshot or await self._policies()
         plan = await self.plan(subject, worst_case, snapshot)
         if plan is None:
-            return Admission("", 0, (), ())
+            return self.unheld(subject, snapshot)
         if self._local is not None:
             reply = self._local.reserve_now_seen(
                 plan.admission.reservation_id, plan.holds, plan.expires_at
@@ -630,6 +645,51 @@ class Enforcer:
         plan.admission.seen = reply
         self._live.add(plan.admission.reservation_id)  # ``holding``: a plan holds something
         return plan.admission
+
+    def unheld(self, subject: rules.Subject, snapshot: PolicySnapshot) -> Admission:
+        """The admission of a call that nothing applied to when it was admitted."""
+        return Admission("", 0, (), (), subject=subject, snapshot=snapshot, at=self._clock.now())
+
+    def changed_since(self, admission: Admission) -> bool:
+        """Whether the policies changed since ``admission`` (most settles: no): then
+        :meth:`late` has budgets to look for."""
+        return admission.snapshot is not self._snapshot and admission.subject is not None
+
+    async def late(self, admission: Admission) -> None:
+        """Before ``admission``'s settle: the budgets that count its call now but did not
+        when it was admitted (made meanwhile, or changed to count it) take its cost too,
+        in the period it started in, their counters seeded first from the ledger (which
+        does not have this call yet: its row is written after the settle). Without this
+        a budget made while calls were in flight never counted them (its counter was
+        seeded before they were in the ledger) and let more calls past its hard cap
+        until the reconciliation. Called when :meth:`changed_since` (most settles are
+        not: one comparison, no await). The database unreachable (the seed reads the
+        ledger): the call settles as admitted, and the reconciliation brings its cost."""
+        snapshot = self._snapshot
+        subject, at = admission.subject, admission.at
+        admission.snapshot = snapshot
+        if admission.settled or subject is None or at is None:
+            return
+        found = self._applicable(snapshot, subject, at, at.timestamp())
+        held = {a.budget.id for a in admission.budgets}
+        late = tuple(a for a in found.budgets if a.budget.id not in held)
+        if not late:
+            return
+        try:
+            await self._seed(late, ())
+        except (SQLAlchemyError, OSError) as exc:
+            log.warning("budgets made since a call was admitted not counted yet: %s", exc)
+            return
+        first = len(admission.budgets)
+        buckets = admission.buckets or (
+            *(a.bucket for a in admission.budgets),
+            *(wallet_bucket(w) for w in admission.wallets),
+        )
+        admission.buckets = (*buckets[:first], *(a.bucket for a in late), *buckets[first:])
+        admission.budgets = (*admission.budgets, *late)
+        admission.seen = None  # read before the call, of the budgets held then
+        if not admission.reservation_id:  # nothing was held: a reservation of its own
+            admission.reservation_id = self._reservation_ids()
 
     def holding(self, admission: Admission) -> None:
         """``admission``'s holds were taken: renew them while its call runs here."""
@@ -667,7 +727,15 @@ class Enforcer:
             await self._seed(found.budgets, found.wallets)
         holds = [Hold(bucket, worst_case, cap, stored) for bucket, cap, stored in found.holds]
         admission = Admission(
-            self._reservation_ids(), worst_case, found.budgets, found.wallets, False, found.buckets
+            self._reservation_ids(),
+            worst_case,
+            found.budgets,
+            found.wallets,
+            False,
+            found.buckets,
+            subject=subject,
+            snapshot=snapshot,
+            at=now,
         )
         return HoldPlan(admission, holds, at + self._reservation_seconds, now)
 
@@ -804,6 +872,8 @@ class Enforcer:
 
     async def settle(self, admission: Admission, actual: int) -> int | None:
         """Book the real cost; fire thresholds crossed; return the tightest budget remaining."""
+        if self.changed_since(admission):
+            await self.late(admission)
         parts = self.settlements(admission, actual)
         if parts is None:
             return None

@@ -38,7 +38,8 @@ from spendgate.core import budget_rules as rules
 from spendgate.core.budget_windows import window_at
 from spendgate.core.clock import Clock
 from spendgate.guard.enforcement import Applied, Enforcer, threshold_event, wallet_level_events
-from spendgate.store.events import fired_keys, record_event
+from spendgate.guard.period_events import fired_in_periods
+from spendgate.store.events import fired_many, record_event
 from spendgate.store.ledger import LedgerWriter
 from spendgate.store.policies import PolicySnapshot, PolicyStore, Wallet
 
@@ -114,9 +115,10 @@ class ThresholdSweeper:
         if not reached:
             return 0
         applied = Applied(budget, window, amount, rules.hard_cap_nanos(budget, amount))
-        done = set(await fired_keys(self._engine, f"budget:{budget.id}:{window.key}:"))
-        missing = [threshold_event(applied, t, spent) for t in reached]
-        return await self._fire(missing, done, mark, now, budget.org_id)
+        [fired_here] = await fired_in_periods(self._engine, [(budget.id, window)])
+        done = {f.key for f in fired_here}  # names: ``alert:50``, also under an old key
+        missing = [threshold_event(applied, t, spent) for t in reached if t.name not in done]
+        return await self._fire(missing, (), mark, now, budget.org_id)
 
     async def _wallet(
         self, wallet: Wallet, now: datetime, until: datetime | None, mark: str
@@ -133,7 +135,8 @@ class ThresholdSweeper:
         left = cap - spent
         if left > max(wallet.low_balance_nanos, 0):
             return 0  # most wallets: above both marks
-        done = set(await fired_keys(self._engine, f"wallet:{wallet.id}:"))
+        prefix = f"wallet:{wallet.id}:"
+        done = {f.key for f in (await fired_many(self._engine, [prefix]))[prefix]}
         if {f"wallet:{wallet.id}:low:{cap}", f"wallet:{wallet.id}:depleted:{cap}"} <= done:
             return 0
         before, _ = await self._store.wallet_spend(wallet, topped_at)

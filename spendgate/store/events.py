@@ -121,18 +121,6 @@ async def list_events(
         return [dict(r._mapping) for r in await conn.execute(query)]
 
 
-async def fired_keys(engine: AsyncEngine, prefix: str) -> list[str]:
-    """Dedup keys already fired that start with ``prefix`` (e.g. one budget period's)."""
-    return (await fired_keys_many(engine, [prefix]))[prefix]
-
-
-async def fired_keys_many(engine: AsyncEngine, prefixes: Collection[str]) -> dict[str, list[str]]:
-    """:func:`fired_keys` of several prefixes in one query (a page of budgets): each
-    prefix's keys, oldest first (a key under two of the prefixes is under both)."""
-    fired = await fired_many(engine, prefixes)
-    return {prefix: [f.key for f in found] for prefix, found in fired.items()}
-
-
 @dataclass(frozen=True, slots=True)
 class Fired:
     """An event stored under a dedup key: the key, when, and its data."""

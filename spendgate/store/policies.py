@@ -266,18 +266,34 @@ class PolicyStore:
         )
         await delete_one(conn, schema.budgets, budget_id, "budget")
 
+    async def lock_budget(self, conn: AsyncConnection, budget_id: str) -> dict[str, Any]:
+        """The budget's row, locked in the caller's transaction until it ends (404 if it
+        is gone), so two changes that each check what the budget would allow with the
+        other's figures (its amount, its exceptions) run one after the other: by a no-op
+        UPDATE, which also takes SQLite's write lock (``SELECT … FOR UPDATE`` does
+        nothing there)."""
+        budgets = schema.budgets
+        await conn.execute(
+            budgets.update().where(budgets.c.id == budget_id).values(id=budgets.c.id)
+        )
+        return await self.get_budget(budget_id, conn)
+
     async def add_exception(self, conn: AsyncConnection, values: dict[str, Any]) -> dict[str, Any]:
         values = {"id": new_id("exc"), **values}
         await conn.execute(schema.budget_exceptions.insert().values(**values))
         return values
 
-    async def list_exceptions(self, budget_id: str | None = None) -> list[dict[str, Any]]:
+    async def list_exceptions(
+        self, budget_id: str | None = None, conn: AsyncConnection | None = None
+    ) -> list[dict[str, Any]]:
         table = schema.budget_exceptions
         query = sa.select(table).order_by(table.c.created_at)
         if budget_id is not None:
             query = query.where(table.c.budget_id == budget_id)
-        async with self._engine.connect() as conn:
+        if conn is not None:
             return _rows(await conn.execute(query))
+        async with self._engine.connect() as own:
+            return _rows(await own.execute(query))
 
     async def expired_exceptions(
         self, now: datetime, since: datetime

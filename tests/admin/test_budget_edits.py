@@ -76,3 +76,82 @@ def test_a_zone_moved_mid_period_counts_the_new_periods_spend_only(
     assert Decimal(moved["spent_usd"]) == 0
     late = call(gateway, key["key"])
     assert Decimal(status(gateway, made)["spent_usd"]) == late
+
+
+def crossed(gw: RunningGateway, made: dict[str, Any]) -> list[dict[str, Any]]:
+    """The budget's ``budget.threshold_crossed`` events, oldest first."""
+    gw.run(gw.app.services.drain())
+    found = gw.get("/admin/events", type="budget.threshold_crossed", limit=1000)
+    mine = (e for e in found if e["data"]["budget_id"] == made["id"])
+    return sorted(mine, key=lambda e: (e["timestamp"], Decimal(e["data"]["percent"])))
+
+
+def test_a_zone_moved_to_a_new_window_fires_its_thresholds_in_it(
+    gateway: RunningGateway,
+) -> None:
+    """A daily UTC budget of two calls crosses 50 % at 03:00Z on March 10. At 15:30Z its
+    zone becomes America/Los_Angeles: its day is now [07:00Z, 07:00Z next day), a window
+    of its own that holds nothing yet, under the same date (2026-03-10). A call there
+    crosses 50 % of that window: it fires (the thresholds were keyed by the date, so the
+    UTC day's 50 % kept the new window's from ever firing)."""
+    key = gateway.create_key()
+    gateway.clock.set(datetime(2026, 3, 10, 3, 0, tzinfo=UTC))
+    cost = call(gateway, key["key"])
+    made = gateway.create_budget(
+        scope_type="key", scope_id=key["id"], amount_usd=f"{cost * 4:f}", period="daily"
+    )
+    call(gateway, key["key"])  # 50 % of the UTC day
+    assert [e["data"]["period_start"] for e in crossed(gateway, made)] == [
+        "2026-03-10T00:00:00+00:00"
+    ]
+    gateway.clock.set(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
+    patch(gateway, made, timezone="America/Los_Angeles")
+    assert status(gateway, made)["thresholds_fired"] == []  # nothing spent in this window
+    call(gateway, key["key"])
+    call(gateway, key["key"])  # 50 % of the Los Angeles day
+    fired = crossed(gateway, made)
+    assert [(e["data"]["period_start"], e["data"]["percent"]) for e in fired] == [
+        ("2026-03-10T00:00:00+00:00", "50"),
+        ("2026-03-10T07:00:00+00:00", "50"),
+    ]
+    assert status(gateway, made)["thresholds_fired"] == ["alert:50"]
+    # back to UTC: its day holds 4 calls (100 %); its 50 % fired already, 75 and 90 fire
+    # now (``already_past``), and a call more fires nothing again
+    patch(gateway, made, timezone="UTC")
+    call(gateway, key["key"])
+    fired = crossed(gateway, made)
+    assert [(e["data"]["period_start"], e["data"]["percent"]) for e in fired[2:]] == [
+        ("2026-03-10T00:00:00+00:00", "75"),
+        ("2026-03-10T00:00:00+00:00", "90"),
+    ]
+    assert sorted(status(gateway, made)["thresholds_fired"]) == [
+        "alert:50",
+        "alert:75",
+        "alert:90",
+        "soft:75",
+    ]
+
+
+def test_a_zone_moved_to_the_same_window_under_another_date_fires_nothing_twice(
+    gateway: RunningGateway,
+) -> None:
+    """Honolulu (UTC-10) and Kiritimati (UTC+14) are a day apart: Honolulu's March 10
+    and Kiritimati's March 11 are the same 24 hours, [10:00Z, 10:00Z). A budget moved
+    from one to the other keeps its window, so its 50 % already fired does not fire
+    again (it did, under the new date, marked ``already_past``)."""
+    key = gateway.create_key()
+    cost = call(gateway, key["key"])  # 15:30Z: 05:30 in Honolulu
+    made = gateway.create_budget(
+        scope_type="key",
+        scope_id=key["id"],
+        amount_usd=f"{cost * 2:f}",
+        period="daily",
+        timezone="Pacific/Honolulu",
+    )
+    assert [e["data"]["percent"] for e in crossed(gateway, made)] == ["50"]
+    patch(gateway, made, timezone="Pacific/Kiritimati")
+    moved = status(gateway, made)
+    assert moved["period_key"] == "2026-03-11"
+    assert moved["period_start"] == "2026-03-10T10:00:00Z"
+    assert moved["thresholds_fired"] == ["alert:50"]
+    assert [e["data"]["percent"] for e in crossed(gateway, made)] == ["50"]

@@ -432,8 +432,11 @@ def test_the_429_names_a_cap_only_a_reset_opens_over_one_held_by_calls_in_flight
             assert body["code"] == "budget_exceeded", body
             assert spent_up["id"] in body["message"], body["message"]
             assert exc.response.headers.get("x-should-retry") == "false"
-    assert _status(gateway, spent_up["id"])["state"] == "refusing"
+        assert _status(gateway, spent_up["id"])["state"] == "refusing"
     assert _status(gateway, held_by_stream["id"])["refusing_since"] is None
+    # the stream was in flight when the org's budget was made: it counts there too once
+    # it settles (``Enforcer.late``), and its cost used the rest of the cap up
+    assert _status(gateway, spent_up["id"])["state"] == "blocked"
 
 
 def test_a_wallet_short_beside_a_refusing_budget_says_depleted(gateway: RunningGateway) -> None:
@@ -532,3 +535,39 @@ def test_a_cap_lowered_below_one_that_refused_a_call_is_refusing(gateway: Runnin
     status = _status(gateway, tight["id"])
     assert status["state"] == "over_soft_limit"
     assert status["refusing_since"] is None
+
+
+def test_a_categories_edit_that_leaves_room_ends_refusing(gateway: RunningGateway) -> None:
+    """A cap refusing demo-small calls (its three calls leave less than a call's worst
+    case) is narrowed to demo-large: none of its spend counts any more, and the same
+    call would pass, so it is no longer ``refusing`` (it stayed so for the rest of the
+    period). Narrowed to demo-small instead, the spend is the same: refusing again, and a
+    refusal under that rule is a fact of its own. Widened back: refusing, as before."""
+    client, cost, slack, budget = _nearly_used_up(gateway)
+    path = f"/admin/budgets/{budget['id']}"
+    worst = _refused(client)
+    first = _status(gateway, budget["id"])
+    assert first["state"] == "refusing"
+
+    assert gateway.admin.patch(path, json={"categories": {"models": ["demo-large"]}}).is_success
+    narrowed = _status(gateway, budget["id"])
+    assert Decimal(narrowed["spent_usd"]) == 0
+    assert Decimal(narrowed["remaining_to_hard_usd"]) > worst
+    assert narrowed["state"] == "ok"
+    assert narrowed["refusing_since"] is None and narrowed["refused_worst_case_usd"] is None
+
+    assert gateway.admin.patch(path, json={"categories": {"models": ["demo-small"]}}).is_success
+    same_spend = _status(gateway, budget["id"])
+    assert Decimal(same_spend["spent_usd"]) == cost * 3
+    assert same_spend["state"] == "refusing"
+    assert same_spend["refusing_since"] == first["refusing_since"]
+    gateway.clock.advance(60)
+    assert _refused(client) == worst
+    assert _status(gateway, budget["id"])["state"] == "refusing"
+    assert len(gateway.get("/admin/events", type="budget.calls_refused")) == 2
+
+    assert gateway.admin.patch(path, json={"categories": {}}).is_success
+    widened = _status(gateway, budget["id"])
+    assert widened["state"] == "refusing"
+    assert widened["refusing_since"] == first["refusing_since"]
+    assert Decimal(widened["remaining_to_hard_usd"]) == slack

@@ -417,3 +417,23 @@ def test_unknown_period_is_refused() -> None:
     """Only daily, weekly and monthly periods exist."""
     with pytest.raises(ValueError, match="unknown period"):
         window_at(utc(2026, 1, 1), "yearly", "UTC")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("zone", "key", "span"),
+    [
+        ("UTC", "2026-03-10", "20260310T000000Z/20260311T000000Z"),
+        # the same date, other hours
+        ("America/Los_Angeles", "2026-03-10", "20260310T070000Z/20260311T070000Z"),
+        # the same hours, another date: a day apart
+        ("Pacific/Honolulu", "2026-03-10", "20260310T100000Z/20260311T100000Z"),
+        ("Pacific/Kiritimati", "2026-03-11", "20260310T100000Z/20260311T100000Z"),
+    ],
+)
+def test_a_window_is_named_by_its_utc_bounds_where_its_key_is_a_local_date(
+    zone: str, key: str, span: str
+) -> None:
+    """``span`` names the window itself: it differs where the hours do and not where
+    only the local date does (a threshold fires once per span)."""
+    window = window_at(datetime(2026, 3, 10, 15, 30, tzinfo=UTC), "daily", zone)
+    assert (window.key, window.span) == (key, span)

@@ -68,3 +68,26 @@ def test_a_periodic_sweep_leaves_the_newest_calls_to_their_own_settle(
 async def _execute(gateway: RunningGateway, sql: str) -> None:
     async with gateway.app.services.engine.begin() as conn:
         await conn.execute(sa.text(sql))
+
+
+def test_thresholds_fired_under_the_period_date_before_an_upgrade_do_not_fire_again(
+    gateway: RunningGateway,
+) -> None:
+    """Thresholds were keyed by the period's date (``budget:<id>:2026-03:alert:50``)
+    before they were keyed by the window's bounds: one stored so this month, for this
+    month's window, still counts, so a sweep after the upgrade fires nothing again."""
+    key = gateway.create_key()
+    cost = one_call_cost(gateway, key["key"])
+    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 2))
+    assert [e["data"]["percent"] for e in events(gateway, "budget.threshold_crossed")] == ["50"]
+    dated = (
+        f"UPDATE events SET dedup_key = 'budget:{made['id']}:2026-03:alert:50' "
+        f"WHERE dedup_key LIKE 'budget:{made['id']}:%'"
+    )
+    gateway.run(_execute(gateway, dated))
+    gateway.clock.advance(11)
+    sweeper = gateway.app.services.sweeper
+    assert sweeper is not None
+    assert gateway.run(sweeper.sweep()) == 0
+    assert len(events(gateway, "budget.threshold_crossed")) == 1
+    assert gateway.get(f"/admin/budgets/{made['id']}/status")["thresholds_fired"] == ["alert:50"]

@@ -15,7 +15,7 @@ import pytest
 from spendgate.core.money import usd_to_nanos
 from spendgate.guard.enforcement import wallet_level_events
 from spendgate.guard.sweeper import ThresholdSweeper
-from spendgate.store.events import PendingEvent, fired_keys
+from spendgate.store.events import PendingEvent, fired_many
 from spendgate.store.ledger import LedgerEntry
 from spendgate.store.policies import Wallet
 from spendgate.testing.fake_upstream import ServerHandle
@@ -32,7 +32,9 @@ def sweeper_of(gateway: RunningGateway) -> ThresholdSweeper:
 
 def wallet_keys(gateway: RunningGateway, wallet_id: str) -> list[str]:
     """The dedup keys of the wallet's events stored so far."""
-    return sorted(gateway.run(fired_keys(gateway.app.services.engine, f"wallet:{wallet_id}:")))
+    prefix = f"wallet:{wallet_id}:"
+    found = gateway.run(fired_many(gateway.app.services.engine, [prefix]))
+    return sorted(f.key for f in found[prefix])
 
 
 def listen(gateway: RunningGateway, receiver: tuple[Receiver, ServerHandle]) -> Receiver:
