@@ -529,14 +529,20 @@ class ProxyApp:
         """Book a call the server cut (shutdown) before the provider's answer came: the
         provider had the request and bills it, so it is billed at its worst case, as a
         timeout is (``incomplete``, estimated; $0 with ``bill_upstream_timeouts`` off)."""
-        usage = self._worst(call)[0] if self._settings.bill_upstream_timeouts else None
-        cost, remaining = await self._book(call, guarded, 503, "incomplete", usage, True)
+        billing = self._settings.bill_upstream_timeouts
+        usage = self._worst(call)[0] if billing else None
+        # not billed: $0 and not on an estimate, as an unbilled timeout is
+        cost, remaining = await self._book(call, guarded, 503, "incomplete", usage, billing)
         billed = {"x-spendgate-cost-usd": cost_figure(cost)}
         tell_remaining(billed, remaining)
+        how = (
+            f"the provider bills it, so it was billed {cost_figure(cost)} USD (usage estimated)"
+            if billing
+            else "not billed (bill_upstream_timeouts is off)"
+        )
         return ShuttingDown(
             "the gateway is shutting down and cut this call before the provider's answer "
-            f"came; the provider bills it, so it was billed {cost_figure(cost)} USD (usage "
-            "estimated); retry",
+            f"came; {how}; retry",
             billed=billed,
         )
 

@@ -48,8 +48,17 @@ class Deadline:
 
 
 @pytest.fixture
+def gateway_lines() -> str:
+    """More lines of the ``[gateway]`` table of ``deadline_gateway``."""
+    return ""
+
+
+@pytest.fixture
 def deadline_gateway(
-    database_url: str, upstream: tuple[FakeUpstream, ServerHandle], tmp_path: Path
+    database_url: str,
+    upstream: tuple[FakeUpstream, ServerHandle],
+    tmp_path: Path,
+    gateway_lines: str,
 ) -> Iterator[tuple[RunningGateway, list[Deadline]]]:
     wrappers: list[Deadline] = []
 
@@ -57,7 +66,9 @@ def deadline_gateway(
         wrappers.append(Deadline(app))
         return wrappers[0]
 
-    running = start_gateway(database_url, upstream[1].url, tmp_path, wrap=wrap)
+    running = start_gateway(
+        database_url, upstream[1].url, tmp_path, wrap=wrap, gateway_config_lines=gateway_lines
+    )
     yield running, wrappers
     running.admin.close()
     running.handle.stop()
@@ -71,12 +82,8 @@ def _wait_for(condition: Any) -> None:
     raise AssertionError("never happened")
 
 
-def test_a_call_cancelled_by_a_deadline_is_billed_once_and_stays_cancelled(
-    deadline_gateway: tuple[RunningGateway, list[Deadline]], fake: FakeUpstream
-) -> None:
-    """The provider has the request (and bills it) when the deadline cancels the call:
-    one ledger row, billed at its worst case, and the deadline fires (TimeoutError)."""
-    gateway, [wrapper] = deadline_gateway
+def cut_call(gateway: RunningGateway, wrapper: Deadline, fake: FakeUpstream) -> httpx.Response:
+    """A call (not streamed) the deadline cancels once the provider has it."""
     key = gateway.create_key()["key"]
     body = {
         "model": "gpt-4o-mini",
@@ -101,11 +108,39 @@ def test_a_call_cancelled_by_a_deadline_is_billed_once_and_stays_cancelled(
     assert gateway.app.loop is not None
     wrapper.expire(gateway.app.loop)
     client.join()
+    return answers[0]
+
+
+def test_a_call_cancelled_by_a_deadline_is_billed_once_and_stays_cancelled(
+    deadline_gateway: tuple[RunningGateway, list[Deadline]], fake: FakeUpstream
+) -> None:
+    """The provider has the request (and bills it) when the deadline cancels the call:
+    one ledger row, billed at its worst case, and the deadline fires (TimeoutError)."""
+    gateway, [wrapper] = deadline_gateway
+    answer = cut_call(gateway, wrapper, fake)
 
     assert wrapper.outcomes == ["timed out"]
-    [row] = [r for r in gateway.ledger() if r["request_id"] == answers[0].headers["x-request-id"]]
+    [row] = [r for r in gateway.ledger() if r["request_id"] == answer.headers["x-request-id"]]
     assert row["status"] == "incomplete" and row["usage_estimated"]
     assert row["output_tokens"] == 100 and row["cost_nanos"] > 0
+
+
+@pytest.mark.parametrize("gateway_lines", ["bill_upstream_timeouts = false"])
+def test_a_cut_call_not_billed_is_not_counted_as_billed_on_an_estimate(
+    deadline_gateway: tuple[RunningGateway, list[Deadline]], fake: FakeUpstream
+) -> None:
+    """With ``bill_upstream_timeouts = false`` a cut call is booked at $0, as an
+    unbilled timeout is: not ``usage_estimated`` (the usage reports' "of which
+    estimated" counts calls billed on an estimate), and its client is not told it
+    was billed on one."""
+    gateway, [wrapper] = deadline_gateway
+    answer = cut_call(gateway, wrapper, fake)
+
+    [row] = [r for r in gateway.ledger() if r["request_id"] == answer.headers["x-request-id"]]
+    assert row["status"] == "incomplete" and row["cost_nanos"] == 0
+    assert not row["usage_estimated"]
+    assert answer.status_code == 503 and answer.headers["x-spendgate-cost-usd"] == "0.00"
+    assert "estimated" not in answer.json()["error"]["message"]
 
 
 def test_a_stream_cancelled_by_a_deadline_is_billed_once_and_stays_cancelled(
