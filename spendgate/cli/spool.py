@@ -64,10 +64,10 @@ def adopt_spool(
         raise typer.Exit(2)
     try:
         database_url = checked_database_url(database_url or database_url_of(config))
+        directory = spool_dir or spool_directory_of(config, database_url, os.environ)
     except ConfigError as exc:
         err_console.print(f"[red]configuration error:[/] {escape(str(exc))}", soft_wrap=True)
         raise typer.Exit(2) from exc
-    directory = spool_dir or spool_directory_of(config, database_url, os.environ)
     if not directory.is_dir():
         err_console.print(Text(f"no spool directory at {directory}", style="red"))
         raise typer.Exit(1)

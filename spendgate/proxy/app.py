@@ -529,14 +529,20 @@ class ProxyApp:
         """Book a call the server cut (shutdown) before the provider's answer came: the
         provider had the request and bills it, so it is billed at its worst case, as a
         timeout is (``incomplete``, estimated; $0 with ``bill_upstream_timeouts`` off)."""
-        usage = self._worst(call)[0] if self._settings.bill_upstream_timeouts else None
-        cost, remaining = await self._book(call, guarded, 503, "incomplete", usage, True)
+        billing = self._settings.bill_upstream_timeouts
+        usage = self._worst(call)[0] if billing else None
+        # not billed: $0 and not on an estimate, as an unbilled timeout is
+        cost, remaining = await self._book(call, guarded, 503, "incomplete", usage, billing)
         billed = {"x-spendgate-cost-usd": cost_figure(cost)}
         tell_remaining(billed, remaining)
+        how = (
+            f"the provider bills it, so it was billed {cost_figure(cost)} USD (usage estimated)"
+            if billing
+            else "not billed (bill_upstream_timeouts is off)"
+        )
         return ShuttingDown(
             "the gateway is shutting down and cut this call before the provider's answer "
-            f"came; the provider bills it, so it was billed {cost_figure(cost)} USD (usage "
-            "estimated); retry",
+            f"came; {how}; retry",
             billed=billed,
         )
 
@@ -591,10 +597,14 @@ class ProxyApp:
         try:
             response = await transport.send(request)
             self._metrics.upstream(call.route.provider.name, self._clock.monotonic() - sent)
-        except asyncio.CancelledError as cut:
-            # the server's drain ran out (SIGTERM): the call ends here, booked and told,
-            # not dropped unbilled while the provider goes on with it
-            raise await self._cut(call, guarded) from cut
+        except asyncio.CancelledError:
+            # the server's drain ran out (SIGTERM), or whoever runs the call cancelled it
+            # (a deadline): booked and told, not dropped unbilled while the provider goes
+            # on with it; the cancellation goes on (swallowed, a deadline never fires)
+            cut = await self._cut(call, guarded)
+            self._metrics.refused(cut)
+            await send_error(send, cut, call.endpoint.wire, call.request_id)
+            raise
         except UpstreamTimeout as err:
             raise await self._timed_out(call, guarded, err) from err
         except SpendgateError as err:
@@ -749,8 +759,9 @@ class ProxyApp:
                 tail = told + tail
             await send({"type": "http.response.body", "body": tail, "more_body": False})
         except (SpendgateError, asyncio.CancelledError) as caught:
-            # cancelled: the server's drain ran out (SIGTERM); the stream ends as a broken
-            # one does, billed for what the provider produced and the client told so
+            # cancelled (the server's drain ran out at SIGTERM, or a deadline): the stream
+            # ends as a broken one does, billed for what the provider produced and the
+            # client told so, then the cancellation goes on
             err = (
                 caught
                 if isinstance(caught, SpendgateError)
@@ -772,6 +783,8 @@ class ProxyApp:
             ended = meter.done or meter.failed
             tail = b"" if ended else stream_error_event(err, call.endpoint.wire)
             await send({"type": "http.response.body", "body": told + tail, "more_body": False})
+            if caught is not err:
+                raise  # booked and told; the cancellation goes on to whoever asked for it
         finally:
             await response.close()
             if not booked:

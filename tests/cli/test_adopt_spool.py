@@ -139,3 +139,17 @@ def test_adopt_spool_refuses_a_missing_directory(tmp_path: Path) -> None:
     )  # fmt: skip
     assert result.exit_code == 1
     assert "no spool directory at" in result.output
+
+
+def test_a_config_file_that_does_not_load_is_a_clear_error(tmp_path: Path) -> None:
+    """``--config`` names the spool directory even with ``--database-url`` given: a
+    missing file is the command's one-line configuration error (exit 2), as for every
+    other command, not a traceback."""
+    missing = tmp_path / "nope.toml"
+    result = CliRunner().invoke(
+        cli,
+        ["db", "adopt-spool", "--database-url", f"sqlite:///{tmp_path / 'g.db'}",
+         "--config", str(missing)],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert "config file not found" in result.output
