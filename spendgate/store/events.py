@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -80,6 +81,8 @@ async def record_event(
     }
     if dedup_key is None:
         await conn.execute(schema.events.insert().values(**values))
+    elif await _fired_under_date(conn, dedup_key, data):
+        return None
     elif not await insert_new(conn, schema.events, values, ["dedup_key"]):
         return None
     await fan_out(conn, values, now=now)
@@ -87,6 +90,41 @@ async def record_event(
     if fact is not None:  # threshold, limit, wallet and exception facts are audited too
         await audit_store.append(conn, fact, org_id=org_id, team_ids=sorted(event_team_ids(data)))
     return values
+
+
+#: a budget's once-per-period key, ``budget:<id>:<window span>:<name>`` (``period_events``)
+_SPAN_KEY = re.compile(r"(budget:[^:]+:)\d{8}T\d{6}Z/\d{8}T\d{6}Z:(.+)")
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+
+
+async def _fired_under_date(conn: AsyncConnection, dedup_key: str, data: dict[str, Any]) -> bool:
+    """Whether a budget's once-per-period event ``dedup_key`` fired before such keys named
+    the window's span: under ``budget:<id>:<period date>:<name>``, its data naming the
+    same window (``period_start``, ``period_end``). Without this a level fired before the
+    upgrade fired again on the settle path when crossed again (an exception, a raised
+    amount). One query, for budget period events only (a few per budget and period)."""
+    found = _SPAN_KEY.fullmatch(dedup_key)
+    if found is None:
+        return False
+    prefix, name = found.groups()
+    table = schema.events
+    query = sa.select(table.c.dedup_key, table.c.data).where(
+        table.c.dedup_key.like(f"{_like(prefix)}%:{_like(name)}", escape="\\")
+    )
+    for key, old in await conn.execute(query):
+        label = key[len(prefix) : -len(name) - 1]
+        if ":" in label or "/" in label:  # a span, or a longer name ending alike
+            continue
+        old = old or {}
+        if (old.get("period_start"), old.get("period_end")) == (
+            data.get("period_start"),
+            data.get("period_end"),
+        ):
+            return True
+    return False
 
 
 async def with_teams(conn: AsyncConnection, type_: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -138,9 +176,7 @@ async def fired_many(engine: AsyncEngine, prefixes: Collection[str]) -> dict[str
         return out
     table = schema.events
     matches = [
-        table.c.dedup_key.like(
-            p.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%", escape="\\"
-        )
+        table.c.dedup_key.like(_like(p) + "%", escape="\\")
         for p in out
     ]
     query = (
