@@ -81,9 +81,9 @@ async def record_event(
     }
     if dedup_key is None:
         await conn.execute(schema.events.insert().values(**values))
-    elif await _fired_under_date(conn, dedup_key, data):
-        return None
-    elif not await insert_new(conn, schema.events, values, ["dedup_key"]):
+    elif await _fired_under_date(conn, dedup_key, data) or not await insert_new(
+        conn, schema.events, values, ["dedup_key"]
+    ):
         return None
     await fan_out(conn, values, now=now)
     fact = enforcement_event(type_, data, now)
@@ -175,10 +175,7 @@ async def fired_many(engine: AsyncEngine, prefixes: Collection[str]) -> dict[str
     if not out:
         return out
     table = schema.events
-    matches = [
-        table.c.dedup_key.like(_like(p) + "%", escape="\\")
-        for p in out
-    ]
+    matches = [table.c.dedup_key.like(_like(p) + "%", escape="\\") for p in out]
     query = (
         sa.select(table.c.dedup_key, table.c.created_at, table.c.data)
         .where(sa.or_(*matches))

@@ -29,9 +29,9 @@ def test_a_call_in_flight_when_its_budget_moves_zone_counts_in_the_moved_day(
         scope_type="key", scope_id=key["id"], amount_usd="1", period="daily", hard_limit=True
     )
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
-    cost = Decimal(client.chat.completions.with_raw_response.create(**CALL).headers[
-        "x-spendgate-cost-usd"
-    ])
+    cost = Decimal(
+        client.chat.completions.with_raw_response.create(**CALL).headers["x-spendgate-cost-usd"]
+    )
     with _streams_in_flight(client, fake, 1):
         patch(gateway, made, timezone="America/Los_Angeles")
         moved = status(gateway, made)
