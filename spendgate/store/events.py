@@ -94,6 +94,8 @@ async def record_event(
 
 #: a budget's once-per-period key, ``budget:<id>:<window span>:<name>`` (``period_events``)
 _SPAN_KEY = re.compile(r"(budget:[^:]+:)\d{8}T\d{6}Z/\d{8}T\d{6}Z:(.+)")
+#: a refusal's name (``refusal_name``): before the rule was in it, the cap alone
+_REFUSAL = re.compile(r"(refused:\d+):[^:]+")
 
 
 def _like(text: str) -> str:
@@ -102,28 +104,32 @@ def _like(text: str) -> str:
 
 async def _fired_under_date(conn: AsyncConnection, dedup_key: str, data: dict[str, Any]) -> bool:
     """Whether a budget's once-per-period event ``dedup_key`` fired before such keys named
-    the window's span: under ``budget:<id>:<period date>:<name>``, its data naming the
-    same window (``period_start``, ``period_end``). Without this a level fired before the
-    upgrade fired again on the settle path when crossed again (an exception, a raised
-    amount). One query, for budget period events only (a few per budget and period)."""
+    the window's span: under ``budget:<id>:<period date>:<name>`` (a refusal's name then
+    its cap alone), its data naming the same window (``period_start``, ``period_end``).
+    Without this a level fired before the upgrade fired again on the settle path when
+    crossed again (an exception, a raised amount), and a refusal was told again. One
+    query, for budget period events only (a few per budget and period)."""
     found = _SPAN_KEY.fullmatch(dedup_key)
     if found is None:
         return False
     prefix, name = found.groups()
+    refusal = _REFUSAL.fullmatch(name)
+    names = (name, refusal.group(1)) if refusal is not None else (name,)
     table = schema.events
     query = sa.select(table.c.dedup_key, table.c.data).where(
-        table.c.dedup_key.like(f"{_like(prefix)}%:{_like(name)}", escape="\\")
+        sa.or_(
+            *(table.c.dedup_key.like(f"{_like(prefix)}%:{_like(n)}", escape="\\") for n in names)
+        )
     )
+    window = (data.get("period_start"), data.get("period_end"))
     for key, old in await conn.execute(query):
-        label = key[len(prefix) : -len(name) - 1]
-        if ":" in label or "/" in label:  # a span, or a longer name ending alike
+        stored = old or {}
+        if (stored.get("period_start"), stored.get("period_end")) != window:
             continue
-        old = old or {}
-        if (old.get("period_start"), old.get("period_end")) == (
-            data.get("period_start"),
-            data.get("period_end"),
-        ):
-            return True
+        for n in names:
+            label = key[len(prefix) : -len(n) - 1] if key.endswith(":" + n) else ":"
+            if ":" not in label and "/" not in label:  # a date: not a span, nor a longer name
+                return True
     return False
 
 
