@@ -658,6 +658,8 @@ class Enforcer:
     async def late(self, admission: Admission) -> None:
         """Before ``admission``'s settle: the budgets that count its call now but did not
         when it was admitted (made meanwhile, or changed to count it) take its cost too,
+        and so do the ones it held that count it in another counter now (a zone or
+        categories edit: the counter they read now; the old one's hold is given back),
         in the period it started in, their counters seeded first from the ledger (which
         does not have this call yet: its row is written after the settle). Without this
         a budget made while calls were in flight never counted them (its counter was
@@ -671,12 +673,23 @@ class Enforcer:
         if admission.settled or subject is None or at is None:
             return
         found = self._applicable(snapshot, subject, at, at.timestamp())
+        now_by_id = {a.budget.id: a for a in found.budgets}
+        # a budget held under a counter it no longer reads (its zone or categories
+        # changed: ``bucket_name``) takes the call in the one it reads now; the old
+        # counter's hold is given back with the rest at the settle
+        kept = tuple(
+            now_by_id[a.budget.id]
+            if a.budget.id in now_by_id and now_by_id[a.budget.id].bucket != a.bucket
+            else a
+            for a in admission.budgets
+        )
         held = {a.budget.id for a in admission.budgets}
         late = tuple(a for a in found.budgets if a.budget.id not in held)
-        if not late:
+        moved = tuple(a for a, was in zip(kept, admission.budgets, strict=True) if a is not was)
+        if not late and not moved:
             return
         try:
-            await self._seed(late, ())
+            await self._seed((*moved, *late), ())
         except (SQLAlchemyError, OSError) as exc:
             log.warning("budgets made since a call was admitted not counted yet: %s", exc)
             return
@@ -685,8 +698,12 @@ class Enforcer:
             *(a.bucket for a in admission.budgets),
             *(wallet_bucket(w) for w in admission.wallets),
         )
-        admission.buckets = (*buckets[:first], *(a.bucket for a in late), *buckets[first:])
-        admission.budgets = (*admission.budgets, *late)
+        admission.buckets = (
+            *(a.bucket for a in kept),
+            *(a.bucket for a in late),
+            *buckets[first:],
+        )
+        admission.budgets = (*kept, *late)
         admission.seen = None  # read before the call, of the budgets held then
         if not admission.reservation_id:  # nothing was held: a reservation of its own
             admission.reservation_id = self._reservation_ids()

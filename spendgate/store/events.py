@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -80,13 +81,56 @@ async def record_event(
     }
     if dedup_key is None:
         await conn.execute(schema.events.insert().values(**values))
-    elif not await insert_new(conn, schema.events, values, ["dedup_key"]):
+    elif await _fired_under_date(conn, dedup_key, data) or not await insert_new(
+        conn, schema.events, values, ["dedup_key"]
+    ):
         return None
     await fan_out(conn, values, now=now)
     fact = enforcement_event(type_, data, now)
     if fact is not None:  # threshold, limit, wallet and exception facts are audited too
         await audit_store.append(conn, fact, org_id=org_id, team_ids=sorted(event_team_ids(data)))
     return values
+
+
+#: a budget's once-per-period key, ``budget:<id>:<window span>:<name>`` (``period_events``)
+_SPAN_KEY = re.compile(r"(budget:[^:]+:)\d{8}T\d{6}Z/\d{8}T\d{6}Z:(.+)")
+#: a refusal's name (``refusal_name``): before the rule was in it, the cap alone
+_REFUSAL = re.compile(r"(refused:\d+):[^:]+")
+
+
+def _like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
+
+
+async def _fired_under_date(conn: AsyncConnection, dedup_key: str, data: dict[str, Any]) -> bool:
+    """Whether a budget's once-per-period event ``dedup_key`` fired before such keys named
+    the window's span: under ``budget:<id>:<period date>:<name>`` (a refusal's name then
+    its cap alone), its data naming the same window (``period_start``, ``period_end``).
+    Without this a level fired before the upgrade fired again on the settle path when
+    crossed again (an exception, a raised amount), and a refusal was told again. One
+    query, for budget period events only (a few per budget and period)."""
+    found = _SPAN_KEY.fullmatch(dedup_key)
+    if found is None:
+        return False
+    prefix, name = found.groups()
+    refusal = _REFUSAL.fullmatch(name)
+    names = (name, refusal.group(1)) if refusal is not None else (name,)
+    table = schema.events
+    query = sa.select(table.c.dedup_key, table.c.data).where(
+        sa.or_(
+            *(table.c.dedup_key.like(f"{_like(prefix)}%:{_like(n)}", escape="\\") for n in names)
+        )
+    )
+    window = (data.get("period_start"), data.get("period_end"))
+    for key, old in await conn.execute(query):
+        stored = old or {}
+        if (stored.get("period_start"), stored.get("period_end")) != window:
+            continue
+        for n in names:
+            label = key[len(prefix) : -len(n) - 1] if key.endswith(":" + n) else ":"
+            if ":" not in label and "/" not in label:  # a date: not a span, nor a longer name
+                return True
+    return False
 
 
 async def with_teams(conn: AsyncConnection, type_: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -137,12 +181,7 @@ async def fired_many(engine: AsyncEngine, prefixes: Collection[str]) -> dict[str
     if not out:
         return out
     table = schema.events
-    matches = [
-        table.c.dedup_key.like(
-            p.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_") + "%", escape="\\"
-        )
-        for p in out
-    ]
+    matches = [table.c.dedup_key.like(_like(p) + "%", escape="\\") for p in out]
     query = (
         sa.select(table.c.dedup_key, table.c.created_at, table.c.data)
         .where(sa.or_(*matches))
