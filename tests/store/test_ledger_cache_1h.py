@@ -7,22 +7,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from pathlib import Path
 
-import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.store import schema
-from spendgate.store.database import create_engine, database_fingerprint, migrate
+from spendgate.store.database import create_engine, migrate
 from spendgate.store.ledger import (
     LedgerEntry,
     LedgerWriter,
-    encode_record,
     insert_entries,
 )
-from spendgate.store.spool import Spool, frame
 from tests.store import old_rollups
-from tests.store.test_spool import crash, make_spool
+from tests.store.test_spool import dead_spools_of_two_releases, make_spool
 from tests.store.test_store import entry
 
 NOW = datetime(2026, 5, 4, 9, 0, tzinfo=UTC)
@@ -77,19 +74,13 @@ async def test_a_spool_from_before_the_field_still_replays(
     engine = create_engine(database_url)
     try:
         await migrate(engine)
-        old_fields = old_rollups.LEDGER_0022
-        header = {"db": database_fingerprint(engine), "fields": old_fields}
-        old = Spool(tmp_path, header=header, max_bytes=1 << 30, sync="interval")
-        old.open()
-        values = with_writes(1, 300, 0)._asdict()
-        old_record = [values[f] for f in old_fields]
-        await old.append(frame(orjson.dumps([old_record, []], default=str)), None)
-        crash(old)
-
-        current = make_spool(engine, tmp_path)
-        current.open()
-        await current.append(encode_record(with_writes(2, 300, 200), []), None)
-        crash(current)
+        await dead_spools_of_two_releases(
+            engine,
+            tmp_path,
+            old_rollups.LEDGER_0022,
+            with_writes(1, 300, 0),
+            with_writes(2, 300, 200),
+        )
 
         writer = LedgerWriter(engine, spool=make_spool(engine, tmp_path))
         assert await writer.replay_orphans() == 2

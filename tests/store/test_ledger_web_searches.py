@@ -9,20 +9,18 @@ from datetime import UTC, datetime
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.store import schema
-from spendgate.store.database import create_engine, database_fingerprint, downgrade, migrate
-from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, encode_record, store_batch
+from spendgate.store.database import create_engine, downgrade, migrate
+from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, store_batch
 from spendgate.store.rebuild import rebuild
 from spendgate.store.showback import usage_report
-from spendgate.store.spool import Spool, frame
 from tests.store import old_rollups
 from tests.store.test_showback import row
-from tests.store.test_spool import crash, make_spool
+from tests.store.test_spool import dead_spools_of_two_releases, make_spool
 
 KTM = "Asia/Kathmandu"
 MARCH = datetime(2026, 3, 1, tzinfo=ZoneInfo(KTM))
@@ -132,19 +130,14 @@ async def test_a_spool_from_before_the_field_still_replays(
     engine = create_engine(database_url)
     try:
         await migrate(engine)
-        old_fields = old_rollups.LEDGER_0023
-        header = {"db": database_fingerprint(engine), "fields": old_fields}
-        old = Spool(tmp_path, header=header, max_bytes=1 << 30, sync="interval")
-        old.open()
-        values = row("om1", 1, CALLS[0][0], 5, team="t1")._asdict()
-        await old.append(frame(orjson.dumps([[values[f] for f in old_fields], []])), None)
-        crash(old)
-
-        current = make_spool(engine, tmp_path)
-        current.open()
         searched = row("om1", 2, CALLS[0][0], 5, team="t1")._replace(web_searches=4)
-        await current.append(encode_record(searched, []), None)
-        crash(current)
+        await dead_spools_of_two_releases(
+            engine,
+            tmp_path,
+            old_rollups.LEDGER_0023,
+            row("om1", 1, CALLS[0][0], 5, team="t1"),
+            searched,
+        )
 
         writer = LedgerWriter(engine, spool=make_spool(engine, tmp_path))
         assert await writer.replay_orphans() == 2

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
+import orjson
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -25,7 +26,7 @@ from spendgate.settings import load_settings
 from spendgate.store import schema
 from spendgate.store.database import create_engine, database_fingerprint, migrate
 from spendgate.store.events import PendingEvent, list_events
-from spendgate.store.ledger import LedgerEntry, LedgerWriter
+from spendgate.store.ledger import LedgerEntry, LedgerWriter, encode_record
 from spendgate.store.spool import SUFFIX, Spool, SyncMode, frame, unframe
 from tests.conftest import _pg_execute as pg_admin
 from tests.store.test_store import entry
@@ -71,6 +72,28 @@ def crash(spool: Spool) -> None:
     for segment in spool._segments.values():
         os.close(segment.fd)
     spool._segments.clear()
+
+
+async def dead_spools_of_two_releases(
+    engine: AsyncEngine,
+    directory: Path,
+    old_fields: list[str],
+    old_row: LedgerEntry,
+    new_row: LedgerEntry,
+) -> None:
+    """What an upgrade finds in ``directory``: a file of the release before, whose header
+    and record have only ``old_fields`` (``old_row``'s), and one of this release
+    (``new_row``), both left by processes that died."""
+    header = {"db": database_fingerprint(engine), "fields": old_fields}
+    old = Spool(directory, header=header, max_bytes=1 << 30, sync="interval")
+    old.open()
+    values = old_row._asdict()
+    await old.append(frame(orjson.dumps([[values[f] for f in old_fields], []], default=str)), None)
+    crash(old)
+    current = make_spool(engine, directory)
+    current.open()
+    await current.append(encode_record(new_row, []), None)
+    crash(current)
 
 
 async def ledger_ids(engine: AsyncEngine) -> list[str]:
