@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -37,9 +38,9 @@ def requests_total(url: str) -> float:
 
 
 def test_every_worker_answers_for_all_of_them(tmp_path: Path) -> None:
-    """Calls over new connections, eight at a time, until both workers have served some:
-    then every scrape, whichever worker answers it, counts all of them. The metrics
-    directory is emptied of an earlier run's files at start."""
+    """Once both workers have started, calls over new connections, eight at a time, until
+    both have served some: then every scrape, whichever worker answers it, counts all of
+    them. The metrics directory is emptied of an earlier run's files at start."""
     metrics_dir = tmp_path / "metrics"
     metrics_dir.mkdir()
     (metrics_dir / "counter_1.db").write_bytes(b"an earlier run's file")
@@ -61,12 +62,16 @@ def test_every_worker_answers_for_all_of_them(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
+        log = _Stderr(proc)
         try:
-            key = _demo_key(proc)
-            _wait_ready(url, proc)
+            key = log.wait_for(r"sk-sg-[A-Za-z0-9_-]+", times=1)[0]
+            # Both workers accept only once each has started: until then the first takes
+            # every call, however many are sent (a loaded machine can start the second late).
+            log.wait_for(r"Application startup complete", times=2)
             calls = 0
+            deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
             while len(_pids(metrics_dir)) < 2:  # until both workers have served a call
-                assert calls < 400, f"one worker took every call: {_pids(metrics_dir)}"
+                assert time.monotonic() < deadline, f"one worker took every call: {calls}"
                 with ThreadPoolExecutor(8) as pool:
                     statuses = list(pool.map(lambda _: _call(url, key), range(8)))
                 assert statuses == [200] * 8
@@ -75,8 +80,35 @@ def test_every_worker_answers_for_all_of_them(tmp_path: Path) -> None:
             assert "1" not in _pids(metrics_dir)
         finally:
             proc.send_signal(signal.SIGTERM)
-            proc.communicate(timeout=60)
+            proc.wait(timeout=60)
+            log.thread.join(timeout=10)
     assert metrics_dir.exists()  # a directory the operator gave is left in place
+
+
+class _Stderr:
+    """The lines a process writes to stderr, read in a thread so that its pipe never fills."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace"))
+
+    def wait_for(self, pattern: str, times: int) -> list[str]:
+        """The first ``times`` matches of ``pattern``, waiting up to 60 s for them."""
+        deadline = time.monotonic() + 60
+        while True:
+            found = [m.group(0) for line in list(self.lines) if (m := re.search(pattern, line))]
+            if len(found) >= times:
+                return found[:times]
+            assert self.proc.poll() is None, "spendgate serve exited:\n" + "".join(self.lines)
+            assert time.monotonic() < deadline, f"no {pattern!r} ×{times}:\n" + "".join(self.lines)
+            time.sleep(0.05)
 
 
 def _call(url: str, key: str) -> int:
@@ -92,32 +124,6 @@ def _call(url: str, key: str) -> int:
 def _pids(directory: Path) -> set[str]:
     """The processes that have written metric files (``counter_<pid>.db``…)."""
     return {m.group(1) for p in directory.iterdir() if (m := re.search(r"_(\d+)\.db$", p.name))}
-
-
-def _demo_key(proc: subprocess.Popen[bytes]) -> str:
-    """The demo key one of the workers prints once (the other finds the org made)."""
-    assert proc.stderr is not None
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline().decode()
-        found = re.search(r"sk-sg-[A-Za-z0-9_-]+", line)
-        if found:
-            return found.group(0)
-        assert line or proc.poll() is None, "spendgate serve exited"
-    raise AssertionError("no demo key printed")
-
-
-def _wait_ready(url: str, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, "spendgate serve exited"
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("spendgate serve did not become ready")
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
