@@ -400,6 +400,10 @@ class Enforcer:
             self._seeded.clear()
         if generation is not None:
             self._epoch = generation.epoch
+        if snapshot.budgets == self._snapshot.budgets:
+            # most reloads (the timed one, a wallet or rate-limit change): the budgets
+            # are the ones calls in flight were admitted under, ``changed_since`` says so
+            snapshot = replace(snapshot, budgets=self._snapshot.budgets)
         self._snapshot = replace(snapshot, generation=generation)
         self._loaded_at = self._clock.monotonic()
 
@@ -651,9 +655,13 @@ class Enforcer:
         return Admission("", 0, (), (), subject=subject, snapshot=snapshot, at=self._clock.now())
 
     def changed_since(self, admission: Admission) -> bool:
-        """Whether the policies changed since ``admission`` (most settles: no): then
-        :meth:`late` has budgets to look for."""
-        return admission.snapshot is not self._snapshot and admission.subject is not None
+        """Whether the budgets changed since ``admission`` (most settles: no, a reload
+        that found the same budgets keeps their tuple): then :meth:`late` has budgets to
+        look for."""
+        seen = admission.snapshot
+        return admission.subject is not None and (
+            seen is None or seen.budgets is not self._snapshot.budgets
+        )
 
     async def late(self, admission: Admission) -> None:
         """Before ``admission``'s settle: the budgets that count its call now but did not

@@ -14,6 +14,8 @@ from typing import Any
 
 import openai
 
+from spendgate.core.budget_rules import Subject
+from spendgate.guard.enforcement import Admission
 from spendgate.testing.fake_upstream import FakeUpstream
 from tests.conftest import RunningGateway
 
@@ -125,3 +127,47 @@ def test_a_budget_made_under_calls_in_flight_is_passed_by_them_only(
             raise AssertionError("the cap let a call through")
         except openai.RateLimitError as exc:
             assert "has reached its hard limit" in str(exc)
+
+
+def test_only_a_reload_that_changed_the_budgets_sends_a_settle_looking_for_new_ones(
+    gateway: RunningGateway,
+) -> None:
+    """A call in flight across a reload looks again for the budgets that apply to it only
+    when the reload found other budgets: the timed reload (every few seconds) and a
+    wallet made keep the budgets it was admitted under (each reload made every such
+    settle redo the lookup); a budget made, changed or deleted does not."""
+    enforcer = gateway.app.services.enforcer
+    key = gateway.create_key()
+    budget = gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd="10")
+    subject = Subject(
+        org_id=key["org_id"],
+        team_id=None,
+        user_id=None,
+        agent_id=None,
+        key_id=key["id"],
+        tags=(),
+        provider="openai",
+        model="gpt-4o-mini",
+        kind="chat",
+    )
+
+    def admitted() -> Admission:
+        return enforcer.unheld(subject, gateway.run(enforcer.policies()))
+
+    call = admitted()
+    gateway.run(enforcer.refresh())
+    assert not enforcer.changed_since(call)
+    gateway.post("/admin/wallets", {"scope_type": "org", "scope_id": key["org_id"]})
+    assert not enforcer.changed_since(call)
+    gateway.create_budget(scope_type="org", scope_id=key["org_id"], amount_usd="50")
+    assert enforcer.changed_since(call)
+
+    call = admitted()
+    changed = gateway.admin.patch(f"/admin/budgets/{budget['id']}", json={"amount_usd": "20"})
+    assert changed.is_success
+    assert enforcer.changed_since(call)
+    call = admitted()
+    assert gateway.admin.delete(f"/admin/budgets/{budget['id']}").is_success
+    assert enforcer.changed_since(call)
+    # a call that is not one (``subject`` None) never looks
+    assert not enforcer.changed_since(Admission("", 0, (), (), snapshot=call.snapshot))
