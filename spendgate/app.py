@@ -749,6 +749,7 @@ def create_app(
     policies = PolicyStore(engine)
     counters = counters_from_url(settings.redis_url, prefix=settings.redis_prefix)
     events = EventSink(engine)
+    ledger.on_spooled = events.spooled  # a call's events are remembered once it is on disk
     enforcer = Enforcer(
         policies,
         counters,

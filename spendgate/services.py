@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,14 +60,28 @@ class EventSink:
     ) -> None:
         if dedup_key in self._announced:
             return
+        captured = capturing()
+        if captured is not None:
+            # a call's booking: stored with its ledger row, and remembered only once that
+            # row is in the spool (``spooled``). Until then each call that decides it
+            # carries it too: remembered at once, a call killed in its settle (its row
+            # never spooled) took the event of the calls served meanwhile with it
+            captured.append(PendingEvent(type_, dedup_key, data, now, org_id))
+            return
+        self._remember(dedup_key)
+        self.spawn(self._store(type_, dedup_key, data, now, org_id), f"event:{type_}")
+
+    def spooled(self, events: Sequence[PendingEvent]) -> None:
+        """``events`` travel with a ledger row now in the spool: whatever happens to this
+        process, they reach the database with it, so later calls need not carry them."""
+        for event in events:
+            if event.dedup_key is not None:
+                self._remember(event.dedup_key)
+
+    def _remember(self, dedup_key: str) -> None:
         if len(self._announced) >= MAX_REMEMBERED:
             self._announced.clear()  # only a shortcut: the database's unique key decides
         self._announced.add(dedup_key)
-        captured = capturing()
-        if captured is not None:  # a call's settle: stored with its ledger row
-            captured.append(PendingEvent(type_, dedup_key, data, now, org_id))
-            return
-        self.spawn(self._store(type_, dedup_key, data, now, org_id), f"event:{type_}")
 
     async def _store(
         self, type_: str, dedup_key: str, data: dict[str, Any], now: datetime, org_id: str | None

@@ -282,6 +282,9 @@ class LedgerWriter:
         self.database_ok = True
         #: called after rows a dead process left in the spool were written
         self.on_replayed: Callable[[], None] | None = None
+        #: called with a row's events once the row is in the spool (they reach the
+        #: database with it, even after a crash)
+        self.on_spooled: Callable[[Sequence[PendingEvent]], None] | None = None
         if spool is not None:
             spool.on_durable = self._durable
 
@@ -329,6 +332,8 @@ class LedgerWriter:
 
     def _durable(self, item: tuple[LedgerEntry, tuple[PendingEvent, ...]], at: Position) -> None:
         self._committed += 1
+        if item[1] and self.on_spooled is not None:
+            self.on_spooled(item[1])
         if self._cache_whole and len(self._cache) < self._max_cached:
             self._cache.append(Pending(item[0], item[1], at))
         else:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 
 import asyncpg
 import orjson
@@ -21,11 +22,12 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from spendgate.app import create_app
+from spendgate.core.usage import TokenUsage
 from spendgate.errors import ConfigError, DatabaseUnavailable
 from spendgate.settings import load_settings
 from spendgate.store import schema
 from spendgate.store.database import create_engine, database_fingerprint, migrate
-from spendgate.store.events import PendingEvent, list_events
+from spendgate.store.events import PendingEvent, capture_events, list_events
 from spendgate.store.ledger import LedgerEntry, LedgerWriter, encode_record
 from spendgate.store.spool import SUFFIX, Spool, SyncMode, frame, unframe
 from tests.conftest import _pg_execute as pg_admin
@@ -498,3 +500,65 @@ async def test_orphan_bytes_are_a_dead_processs_not_a_live_siblings(
     replayer = LedgerWriter(engine, spool=sibling)
     assert await replayer.replay_orphans() == 1  # the moment's shared lock is gone
     assert sibling.waiting_bytes()[0] == 0
+
+
+@pytest.mark.parametrize(
+    ("announce", "flag", "type_"),
+    [("_unpriced", "price_unknown", "price.unknown"),
+     ("_implausible", "usage_implausible", "usage.implausible")],
+)  # fmt: skip
+async def test_an_event_whose_deciding_call_dies_in_its_settle_comes_back_with_a_later_row(
+    engine: AsyncEngine, database_url: str, tmp_path: Path, announce: str, flag: str, type_: str
+) -> None:
+    """The first call of the day at an unknown price (or with implausible usage) decides
+    its event and is still settling (as the proxy books, the event is captured before the
+    settle, the row spooled after it) when a second such call is booked; then the process
+    dies. The second row carries the event too: the next process's replay stores it,
+    once, and a replay of the same file again stores nothing more. A third call, after a
+    row with the event is in the spool, carries nothing."""
+    settings = load_settings(
+        env={
+            "SPENDGATE_DATABASE_URL": database_url,
+            "SPENDGATE_MASTER_KEY": "m" * 32,
+            "SPENDGATE_SPOOL_DIR": str(tmp_path / "spool"),
+            "SPENDGATE_SPOOL_SYNC": SYNC,
+        }
+    )
+    gateway = create_app(replace(settings, forecast_workers=0), engine=engine)
+    ledger = gateway.services.ledger
+    ledger.start()
+    route = SimpleNamespace(name="m", provider=SimpleNamespace(name="openai"),
+                            price=SimpleNamespace(model="no-such-model"))  # fmt: skip
+    key = SimpleNamespace(id="key_1", org_id="org_1")
+    usage = TokenUsage(input_tokens=10, output_tokens=5, implausible=flag == "usage_implausible")
+
+    def booked(n: int) -> list[PendingEvent]:
+        """What ``ProxyApp._record`` captures for call ``n``: the gateway's announcement."""
+        call = SimpleNamespace(request_id=f"req_{n:06d}", key=key, route=route, started_at=NOW)
+        captured: list[PendingEvent] = []
+        with capture_events(captured):
+            getattr(gateway, announce)(call, usage)
+        return captured
+
+    def row(n: int) -> LedgerEntry:
+        return entry(n, team=None, model="m", cost=None, at=NOW)._replace(**{flag: True})
+
+    assert len(booked(0)) == 1  # decided; its settle never returns
+    served = booked(1)
+    assert await ledger.commit(row(1), served)
+    assert booked(2) == []  # the second row, with the event, is in the spool
+    assert await ledger.commit(row(2), [])
+    crash(ledger.spool)  # type: ignore[arg-type]
+    [leftover] = spool_files(tmp_path / "spool")
+    copy = tmp_path / "copy"
+    copy.mkdir()
+    shutil.copy(leftover, copy / leftover.name)
+
+    next_process = LedgerWriter(engine, spool=make_spool(engine, tmp_path / "spool"))
+    assert await next_process.replay_orphans() == 2
+    assert await ledger_ids(engine) == ["req_000001", "req_000002"]
+    [event] = await list_events(engine, type_=type_)
+    assert (event["dedup_key"], event["data"]["request_id"]) == (served[0].dedup_key, "req_000001")
+    assert await LedgerWriter(engine, spool=make_spool(engine, copy)).replay_orphans() == 2
+    assert len(await list_events(engine, type_=type_)) == 1
+    await ledger.close()  # the dead process's writer task, ended (its rows are in already)
