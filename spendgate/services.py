@@ -72,8 +72,9 @@ class EventSink:
         self.spawn(self._store(type_, dedup_key, data, now, org_id), f"event:{type_}")
 
     def spooled(self, events: Sequence[PendingEvent]) -> None:
-        """``events`` travel with a ledger row now in the spool: whatever happens to this
-        process, they reach the database with it, so later calls need not carry them."""
+        """``events`` travel with a ledger row now in the spool (or, one the spool
+        refused, in the database): whatever happens to this process, they reach the
+        database with it, so later calls need not carry them."""
         for event in events:
             if event.dedup_key is not None:
                 self._remember(event.dedup_key)

@@ -283,7 +283,8 @@ class LedgerWriter:
         #: called after rows a dead process left in the spool were written
         self.on_replayed: Callable[[], None] | None = None
         #: called with a row's events once the row is in the spool (they reach the
-        #: database with it, even after a crash)
+        #: database with it, even after a crash), or, a row the spool refused (kept in
+        #: memory), once it is in the database
         self.on_spooled: Callable[[Sequence[PendingEvent]], None] | None = None
         if spool is not None:
             spool.on_durable = self._durable
@@ -400,6 +401,10 @@ class LedgerWriter:
                 if batch[-1].position is not None:
                     self._cursor = batch[-1].position
                     self._stored += len(batch)
+                elif self.on_spooled is not None:  # rows the spool refused: now stored
+                    for pending in batch:
+                        if pending.events:
+                            self.on_spooled(pending.events)
                 if self._spool is not None:
                     self._spool.release(self._cursor)
                 if len(self._cache) < self._high_water // 2:

@@ -24,6 +24,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from spendgate.app import create_app
 from spendgate.core.usage import TokenUsage
 from spendgate.errors import ConfigError, DatabaseUnavailable
+from spendgate.services import EventSink
 from spendgate.settings import load_settings
 from spendgate.store import schema
 from spendgate.store.database import create_engine, database_fingerprint, migrate
@@ -562,3 +563,38 @@ async def test_an_event_whose_deciding_call_dies_in_its_settle_comes_back_with_a
     assert await LedgerWriter(engine, spool=make_spool(engine, copy)).replay_orphans() == 2
     assert len(await list_events(engine, type_=type_)) == 1
     await ledger.close()  # the dead process's writer task, ended (its rows are in already)
+
+
+async def test_an_event_whose_row_the_spool_refused_is_remembered_once_it_is_stored(
+    engine: AsyncEngine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that refuses writes: the row of the call that decided a ``price.unknown``
+    is kept in memory (a crash would lose both), so calls served meanwhile carry the
+    event too; once that row and its event are in the database, later calls carry it no
+    more (they did, every one of them, as long as the disk refused writes: an insert
+    the dedup key threw away per call)."""
+    sink = EventSink(engine)
+    writer = LedgerWriter(engine, flush_seconds=3600, spool=make_spool(engine, tmp_path))
+    writer.on_spooled = sink.spooled
+    writer.start()
+
+    def booked() -> list[PendingEvent]:
+        captured: list[PendingEvent] = []
+        with capture_events(captured):
+            sink.emit_once("price.unknown", "price.unknown:org_1:m:2026-05-04", {}, NOW, "org_1")
+        return captured
+
+    def full(fd: int, data: bytes) -> int:
+        raise OSError(28, "No space left on device")
+
+    real_write = os.write
+    monkeypatch.setattr(os, "write", full)
+    first = booked()
+    assert len(first) == 1
+    assert not await writer.commit(entry(1, team=None, model="m", cost=None, at=NOW), first)
+    assert len(booked()) == 1  # not in the database yet: a call served now carries it too
+    monkeypatch.setattr(os, "write", real_write)
+    assert await writer.flush() == 1
+    assert len(await list_events(engine, type_="price.unknown")) == 1
+    assert booked() == []
+    await writer.close()
