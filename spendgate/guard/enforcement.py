@@ -374,7 +374,16 @@ class Enforcer:
 
     # -- policy snapshot -----------------------------------------------------------------
     async def refresh(self) -> None:
-        """Reload budgets, exceptions and wallets (on a timer, and after admin changes).
+        """Reload budgets, exceptions and wallets (on a timer, and after admin changes),
+        one reload at a time: a timed reload that read the rows before an admin change
+        committed must not install its snapshot after the change's own reload did (with
+        in-process counters nothing else would notice: a new hard cap unbound until the
+        next timed reload)."""
+        async with self._refresh_lock:
+            await self._reload()
+
+    async def _reload(self) -> None:
+        """:meth:`refresh`, the lock held.
 
         The counters' generation is read first, so a change committed before it was
         bumped is always in the rows read after: a snapshot is never newer than it says.
@@ -422,7 +431,7 @@ class Enforcer:
         reload (once, however many calls found it at the same time)."""
         async with self._refresh_lock:
             if self._snapshot.generation != seen:
-                await self.refresh()
+                await self._reload()
 
     async def policy_changed(self) -> None:
         """THE call every admin change makes after its transaction commits (budgets,
@@ -436,8 +445,7 @@ class Enforcer:
             await self._counters.bump()
         except RedisError as exc:
             log.error("policy change not announced, Redis unreachable: %s", exc)
-        async with self._refresh_lock:
-            await self.refresh()
+        await self.refresh()
 
     async def policies(self) -> PolicySnapshot:
         """The current snapshot, reloaded when older than the refresh interval."""
@@ -466,7 +474,7 @@ class Enforcer:
             try:
                 async with self._refresh_lock:
                     if self._stale():  # the calls that waited for this lock: reloaded
-                        await self.refresh()
+                        await self._reload()
             except (SQLAlchemyError, OSError) as exc:
                 if self._loaded_at == float("-inf"):
                     raise
