@@ -339,7 +339,7 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     forecasts = await forecasts_now(
         svc,
         [
-            Now(b, w.key, amount, state.spent)
+            Now(b, w, amount, state.spent)
             for b, w, amount, state in zip(budgets, windows, amounts, states, strict=True)
         ],
     )
