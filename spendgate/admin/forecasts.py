@@ -67,12 +67,13 @@ def forecast_out(row: Mapping[str, Any], forecast: Forecast) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class Now:
     """A budget as it stands now: its period, its amount with the exceptions active now,
-    and what its period has spent so far."""
+    what its period has spent so far, and when it was last edited."""
 
     budget: Budget
     window: Window
     amount_nanos: int
     spent_nanos: int
+    edited_at: datetime
 
 
 def _levels(budget: Budget, amount_nanos: int) -> list[tuple[str, int]]:
@@ -81,11 +82,14 @@ def _levels(budget: Budget, amount_nanos: int) -> list[tuple[str, int]]:
 
 def of_budget_now(row: Mapping[str, Any], now: Now) -> bool:
     """Whether a stored forecast is of the budget's current period window, amount
-    (exceptions included), hard cap and levels: else its %, landing and crossing days are
-    of a budget that no longer is, and it is recomputed."""
+    (exceptions included), hard cap and levels, computed since the budget was last edited:
+    else its %, landing and crossing days are of a budget that no longer is, and it is
+    recomputed (a zone moved to the same window under another date keeps the window, but
+    its crossing days were of the other zone's dates)."""
     cap = row.get("hard_cap_nanos")
     return (
         of_window(row, now.window)
+        and row["generated_at"] >= now.edited_at
         and int(row["amount_nanos"]) == now.amount_nanos
         and (None if cap is None else int(cap)) == hard_cap_nanos(now.budget, now.amount_nanos)
         and set(row["crossings"]) == {name for name, _ in _levels(now.budget, now.amount_nanos)}
@@ -107,7 +111,8 @@ async def forecasts_now(
 ) -> dict[str, dict[str, Any] | None]:
     """Every place that shows a forecast reads it here: each budget's stored forecast as of
     now (:func:`forecast_now`), by budget id. A stored one of another amount, cap or levels
-    (the budget was edited, an exception granted or expired) is recomputed first; so is
+    (the budget was edited, an exception granted or expired), or computed before the
+    budget's last edit (:func:`of_budget_now`), is recomputed first; so is
     every one when ``refresh``, and with ``compute`` one that is missing, of an earlier
     period or older than :data:`MAX_AGE` (else None: no forecast of this period yet).
     Recomputing flushes this process's ledger buffer first (every call it has answered)."""
@@ -146,13 +151,14 @@ async def current_forecast(
 ) -> dict[str, Any]:
     """The budget's forecast as of now (:func:`forecasts_now`), computed if there is none
     fresh of this period."""
-    budget = budget_from_row(await svc.policies.get_budget(budget_id))
+    stored = await svc.policies.get_budget(budget_id)
+    budget = budget_from_row(stored)
     await svc.enforcer.current()  # the exceptions another replica granted (``raises_for``)
     at = svc.clock.now()
     window = window_at(at, budget.period, budget.timezone, budget.week_start)
     amount = effective_amount(budget, svc.enforcer.raises_for(budget.id), at)
     (state,) = await svc.enforcer.bucket_states([(budget, window, amount)])
-    now = Now(budget, window, amount, state.spent)
+    now = Now(budget, window, amount, state.spent, stored["updated_at"])
     found = (await forecasts_now(svc, [now], compute=True, refresh=refresh))[budget_id]
     if found is None:  # deleted meanwhile
         raise NotFound(f"budget {budget_id} not found", param="budget_id")

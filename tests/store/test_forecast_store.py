@@ -598,11 +598,13 @@ async def test_a_budget_whose_figures_overflow_the_row_does_not_fail_the_others(
     assert await stored_forecast(engine, "b_huge") is None
 
 
-async def move_zone(engine: AsyncEngine, budget_id: str, tz: str) -> Budget:
-    """The budget's zone changed (as ``PATCH /admin/budgets/{id}`` stores it)."""
+async def move_zone(engine: AsyncEngine, budget_id: str, tz: str, at: datetime = NOW) -> Budget:
+    """The budget's zone changed at ``at`` (as ``PATCH /admin/budgets/{id}`` stores it)."""
     async with engine.begin() as conn:
         await conn.execute(
-            schema.budgets.update().where(schema.budgets.c.id == budget_id).values(timezone=tz)
+            schema.budgets.update()
+            .where(schema.budgets.c.id == budget_id)
+            .values(timezone=tz, updated_at=at)
         )
         row = (
             await conn.execute(sa.select(schema.budgets).where(schema.budgets.c.id == budget_id))
@@ -719,6 +721,30 @@ async def test_a_stored_forecast_of_another_window_under_the_same_date_is_not_sh
         await move_zone(engine, "b_1", "America/Los_Angeles")
         moved = (await client.get(f"/admin/forecasts/{budget.id}")).json()
         assert (moved["period_key"], moved["spent_usd"]) == ("2026-03-10", "0.00")
+
+
+async def test_a_stored_forecast_of_the_same_window_in_another_zone_is_computed_again(
+    engine: AsyncEngine,
+) -> None:
+    """Moved from Pacific/Honolulu to Pacific/Kiritimati, a daily budget keeps its window
+    (its overrun is not announced again), but the forecast shown names the new zone's
+    dates: computed again after the move, its 50 % is crossed on March 11, not 10."""
+    budget = await add_budget(engine, "b_1", 12, period="daily", tz="Pacific/Honolulu")
+    await add_spend(engine, *TEN_A_DAY)
+    async with forecast_api(engine) as (client, svc):
+        before = (await client.get(f"/admin/forecasts/{budget.id}")).json()
+        assert (before["period_key"], before["crossings"]["alert:50"]) == (
+            "2026-03-10",
+            "2026-03-10",
+        )
+        svc.clock.advance(60)
+        await move_zone(engine, "b_1", "Pacific/Kiritimati", svc.clock.now())
+        after = (await client.get(f"/admin/forecasts/{budget.id}")).json()
+        assert (after["period_key"], after["crossings"]["alert:50"]) == (
+            "2026-03-11",
+            "2026-03-11",
+        )
+        assert after["generated_at"] != before["generated_at"]
 
 
 @pytest.mark.parametrize(
