@@ -14,13 +14,13 @@ from spendgate.admin import schemas as s
 from spendgate.admin.deps import Scoped, Svc, Who, guard, org_asked, principal
 from spendgate.core.access import Can
 from spendgate.core.budget_rules import Budget, effective_amount, hard_cap_nanos, levels
-from spendgate.core.budget_windows import window_at
+from spendgate.core.budget_windows import Window, window_at
 from spendgate.core.forecast_overrun import outlook_text
 from spendgate.core.forecasting import Forecast, as_of, local_today
 from spendgate.core.money import format_usd
 from spendgate.errors import NotFound, ValidationFailed
 from spendgate.services import Services
-from spendgate.store.forecasts import forecast_of, refresh_all, stored_forecasts
+from spendgate.store.forecasts import forecast_of, of_window, refresh_all, stored_forecasts
 from spendgate.store.policies import budget_from_row
 
 router = APIRouter(prefix="/admin", dependencies=[Depends(principal)], responses=s.ERRORS)
@@ -67,12 +67,13 @@ def forecast_out(row: Mapping[str, Any], forecast: Forecast) -> dict[str, Any]:
 @dataclass(frozen=True, slots=True)
 class Now:
     """A budget as it stands now: its period, its amount with the exceptions active now,
-    and what its period has spent so far."""
+    what its period has spent so far, and when it was last edited."""
 
     budget: Budget
-    period_key: str
+    window: Window
     amount_nanos: int
     spent_nanos: int
+    edited_at: datetime
 
 
 def _levels(budget: Budget, amount_nanos: int) -> list[tuple[str, int]]:
@@ -80,12 +81,15 @@ def _levels(budget: Budget, amount_nanos: int) -> list[tuple[str, int]]:
 
 
 def of_budget_now(row: Mapping[str, Any], now: Now) -> bool:
-    """Whether a stored forecast is of the budget's current period, amount (exceptions
-    included), hard cap and levels: else its %, landing and crossing days are of a budget
-    that no longer is, and it is recomputed."""
+    """Whether a stored forecast is of the budget's current period window, amount
+    (exceptions included), hard cap and levels, computed since the budget was last edited:
+    else its %, landing and crossing days are of a budget that no longer is, and it is
+    recomputed (a zone moved to the same window under another date keeps the window, but
+    its crossing days were of the other zone's dates)."""
     cap = row.get("hard_cap_nanos")
     return (
-        row["period_key"] == now.period_key
+        of_window(row, now.window)
+        and row["generated_at"] >= now.edited_at
         and int(row["amount_nanos"]) == now.amount_nanos
         and (None if cap is None else int(cap)) == hard_cap_nanos(now.budget, now.amount_nanos)
         and set(row["crossings"]) == {name for name, _ in _levels(now.budget, now.amount_nanos)}
@@ -97,7 +101,7 @@ def forecast_now(row: Mapping[str, Any], now: Now, at: datetime) -> dict[str, An
     the period has spent since it was computed (:func:`spendgate.core.forecasting.as_of`)."""
     today, _ = local_today(at, now.budget.timezone)
     forecast = as_of(
-        forecast_of(row), now.spent_nanos, _levels(now.budget, now.amount_nanos), today
+        forecast_of(row, now.window), now.spent_nanos, _levels(now.budget, now.amount_nanos), today
     )
     return forecast_out(row, forecast)
 
@@ -107,7 +111,8 @@ async def forecasts_now(
 ) -> dict[str, dict[str, Any] | None]:
     """Every place that shows a forecast reads it here: each budget's stored forecast as of
     now (:func:`forecast_now`), by budget id. A stored one of another amount, cap or levels
-    (the budget was edited, an exception granted or expired) is recomputed first; so is
+    (the budget was edited, an exception granted or expired), or computed before the
+    budget's last edit (:func:`of_budget_now`), is recomputed first; so is
     every one when ``refresh``, and with ``compute`` one that is missing, of an earlier
     period or older than :data:`MAX_AGE` (else None: no forecast of this period yet).
     Recomputing flushes this process's ledger buffer first (every call it has answered)."""
@@ -118,7 +123,7 @@ async def forecasts_now(
         row = rows.get(b.budget.id)
         if refresh:
             return True
-        if row is None or row["period_key"] != b.period_key:
+        if row is None or not of_window(row, b.window):
             return compute
         return not of_budget_now(row, b) or (compute and row["generated_at"] < at - MAX_AGE)
 
@@ -136,7 +141,7 @@ async def forecasts_now(
     out: dict[str, dict[str, Any] | None] = {}
     for b in budgets:
         row = rows.get(b.budget.id)
-        current = row is not None and row["period_key"] == b.period_key
+        current = row is not None and of_window(row, b.window)
         out[b.budget.id] = forecast_now(row, b, at) if row is not None and current else None
     return out
 
@@ -146,13 +151,14 @@ async def current_forecast(
 ) -> dict[str, Any]:
     """The budget's forecast as of now (:func:`forecasts_now`), computed if there is none
     fresh of this period."""
-    budget = budget_from_row(await svc.policies.get_budget(budget_id))
+    stored = await svc.policies.get_budget(budget_id)
+    budget = budget_from_row(stored)
     await svc.enforcer.current()  # the exceptions another replica granted (``raises_for``)
     at = svc.clock.now()
     window = window_at(at, budget.period, budget.timezone, budget.week_start)
     amount = effective_amount(budget, svc.enforcer.raises_for(budget.id), at)
     (state,) = await svc.enforcer.bucket_states([(budget, window, amount)])
-    now = Now(budget, window.key, amount, state.spent)
+    now = Now(budget, window, amount, state.spent, stored["updated_at"])
     found = (await forecasts_now(svc, [now], compute=True, refresh=refresh))[budget_id]
     if found is None:  # deleted meanwhile
         raise NotFound(f"budget {budget_id} not found", param="budget_id")

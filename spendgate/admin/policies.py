@@ -339,8 +339,10 @@ async def budget_statuses(svc: Services, rows: Sequence[dict[str, Any]]) -> list
     forecasts = await forecasts_now(
         svc,
         [
-            Now(b, w.key, amount, state.spent)
-            for b, w, amount, state in zip(budgets, windows, amounts, states, strict=True)
+            Now(b, w, amount, state.spent, row["updated_at"])
+            for b, w, amount, state, row in zip(
+                budgets, windows, amounts, states, rows, strict=True
+            )
         ],
     )
     out = []

@@ -27,6 +27,10 @@ def budget_event_data(budget: Budget, window: Window) -> dict[str, Any]:
         "period": window.key,
         "period_start": window.start.isoformat(),
         "period_end": window.end.isoformat(),
+        # the window by its UTC bounds (``Window.span``), as its once-per-period events'
+        # dedup keys name it: ``period`` (the local date) may name other hours after a
+        # zone move, or these hours another date
+        "period_span": window.span,
     }
 
 

@@ -93,7 +93,7 @@ class Reconciler:
             ledger, uncounted = await self._store.spend_split(
                 budget.org_id, window.start, until, partial(rules.applies, budget)
             )
-            info = {"budget_id": budget.id, "period": window.key}
+            info = {"budget_id": budget.id, "period": window.key, "period_span": window.span}
             if outage:
                 before = await catch_up(self._counters, bucket, ledger, uncounted, only is not None)
             else:

@@ -85,6 +85,8 @@ budget_forecasts = sa.Table(
         sa.ForeignKey("budgets.id", ondelete="CASCADE"),
         primary_key=True,
     ),
+    #: the window forecast, by its UTC bounds (``Window.span``); a row stored before, by its
+    #: local date (``Window.key``): see :func:`of_window`
     sa.Column("period_key", sa.String(40), nullable=False),
     sa.Column("generated_at", UTCDateTime(), nullable=False),
     sa.Column("method", sa.String(20), nullable=False),
@@ -491,6 +493,7 @@ class Job:
     history: fc.SpendHistory
     outlook: fc.PeriodOutlook
     limit_nanos: int
+    window: Window
 
 
 def jobs_for(
@@ -510,7 +513,7 @@ def jobs_for(
             periods[shape] = (window, days_in_window(window, budget.timezone))
         window, days = periods[shape]
         outlook = fc.outlook_for(budget, amount, window, history.today, days)
-        jobs.append(Job(budget, history, outlook, fo.overrun_limit(budget, amount)))
+        jobs.append(Job(budget, history, outlook, fo.overrun_limit(budget, amount), window))
     return jobs
 
 
@@ -610,7 +613,10 @@ async def store(
     escalation: Sequence[int] = (),
 ) -> dict[str, int]:
     """Replace each budget's row; record an event when an overrun band is newly passed:
-    band 100 once a period, and each higher band of ``escalation`` once.
+    band 100 once a period window, and each higher band of ``escalation`` once. The row
+    names its window by its UTC bounds (:func:`of_window`), so a budget moved to another
+    zone keeps the band announced for the same hours under another date, and announces
+    again in a window of other hours under the same date.
 
     A budget deleted while its forecast was computed is skipped (its row would break the
     foreign key and fail every other budget's); on PostgreSQL the budgets still there are
@@ -629,14 +635,14 @@ async def store(
     )
     jobs, forecasts = [j for j, _ in pairs], [f for _, f in pairs]
     ids = [j.budget.id for j in jobs]
-    previous: dict[str, tuple[str, int | None]] = {}
+    previous: dict[str, dict[str, Any]] = {}
     for batch in _batches(ids):
-        for row in await conn.execute(
-            sa.select(t.c.budget_id, t.c.period_key, t.c.overrun_band).where(
+        for stored in await conn.execute(
+            sa.select(t.c.budget_id, t.c.period_key, t.c.generated_at, t.c.overrun_band).where(
                 t.c.budget_id.in_(batch)
             )
         ):
-            previous[row.budget_id] = (row.period_key, row.overrun_band)
+            previous[stored.budget_id] = dict(stored._mapping)
     announced: dict[str, int] = {}
     rows: list[dict[str, Any]] = []
     for job, forecast in zip(jobs, forecasts, strict=True):
@@ -650,8 +656,9 @@ async def store(
                 job.budget.id,
             )
             continue
-        key, band = previous.get(job.budget.id, ("", None))
-        fired = [band] if band is not None and key == forecast.period_key else []
+        last = previous.get(job.budget.id)
+        band = None if last is None or not of_window(last, job.window) else last["overrun_band"]
+        fired = [] if band is None else [band]
         new = fo.band_to_announce(fo.band_of(forecast, job.limit_nanos, escalation), fired)
         if new is not None and await announce_overrun(conn, job, forecast, new, now):
             announced[job.budget.id] = new
@@ -663,8 +670,9 @@ async def store(
 async def announce_overrun(
     conn: AsyncConnection, job: Job, forecast: fc.Forecast, band: int, now: datetime
 ) -> bool:
-    """Record the event; False if this band was already announced this period (by another
-    replica's refresh, say: the dedup key makes it once across restarts and replicas)."""
+    """Record the event; False if this band was already announced in this window (by
+    another replica's refresh, say: the dedup key, which names the window by its UTC
+    bounds, makes it once across restarts and replicas)."""
     budget = job.budget
     return (
         await record_event(
@@ -695,7 +703,7 @@ async def announce_overrun(
             },
             now,
             org_id=budget.org_id,
-            dedup_key=f"forecast:{budget.id}:{forecast.period_key}:{band}",
+            dedup_key=f"forecast:{budget.id}:{job.window.span}:{band}",
         )
         is not None
     )
@@ -704,7 +712,7 @@ async def announce_overrun(
 def forecast_row(job: Job, f: fc.Forecast, band: int | None) -> dict[str, Any]:
     return {
         "budget_id": job.budget.id,
-        "period_key": f.period_key,
+        "period_key": job.window.span,
         "generated_at": f.generated_at,
         "method": f.method,
         "history_days": f.history_days,
@@ -766,14 +774,25 @@ def crossing_dates(row: Mapping[str, Any]) -> dict[str, date | None]:
     return {k: None if v is None else date.fromisoformat(v) for k, v in row["crossings"].items()}
 
 
-def forecast_of(row: Mapping[str, Any]) -> fc.Forecast:
-    """A stored row as the forecast it was (rows from before revision 0012 have no cap)."""
+def of_window(row: Mapping[str, Any], window: Window) -> bool:
+    """Whether a stored forecast row is of ``window``: a row names its window by its UTC
+    bounds; one stored before it did, by its local date (``Window.key``), generated in
+    ``window`` (as it was, unless the budget's zone moved before the next refresh
+    rewrote it: its announced band then holds for a window of that date with that
+    instant)."""
+    key = row["period_key"]
+    return key == window.span or (key == window.key and window.contains(row["generated_at"]))
+
+
+def forecast_of(row: Mapping[str, Any], window: Window) -> fc.Forecast:
+    """A stored row of ``window`` (:func:`of_window`) as the forecast it was, its period
+    named by the window's local date (rows from before revision 0012 have no cap)."""
     dates = crossing_dates(row)
     cap = row.get("hard_cap_nanos")
     p50 = int(row["p50_nanos"])
     uncapped = row.get("uncapped_p50_nanos")
     return fc.Forecast(
-        period_key=row["period_key"],
+        period_key=window.key,
         spent_nanos=int(row["spent_nanos"]),
         p10_nanos=int(row["p10_nanos"]),
         p50_nanos=p50,

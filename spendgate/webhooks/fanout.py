@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from spendgate.security.credentials import new_id
 from spendgate.webhooks.catalog import Event
-from spendgate.webhooks.formats import pagerduty_dedup_key
+from spendgate.webhooks.formats import incident_period, pagerduty_dedup_key
 from spendgate.webhooks.matching import endpoint_wants, may_route, recipients_for
 from spendgate.webhooks.notifications import endpoint_owners, notification_values, recipients
 from spendgate.webhooks.tables import (
@@ -121,7 +121,7 @@ async def fan_out(
 async def _track_incident(
     conn: AsyncConnection, endpoint_id: str, event: Event, now: datetime
 ) -> None:
-    budget_id, period = event.data.get("budget_id"), event.data.get("period")
+    budget_id, period = event.data.get("budget_id"), incident_period(event.data)
     if not budget_id or not period:
         return
     key = pagerduty_dedup_key(event)
@@ -136,7 +136,7 @@ async def _track_incident(
                 endpoint_id=endpoint_id,
                 dedup_key=key,
                 budget_id=str(budget_id),
-                period=str(period),
+                period=period,
                 event_id=event.id,
                 triggered_at=now,
                 resolved_at=None,

@@ -3,7 +3,8 @@
 - ``webhook``: the event itself, ``{"id", "type", "timestamp", "data"}``.
 - ``slack``: an incoming-webhook message, ``{"text", "blocks"}``.
 - ``pagerduty``: an Events API v2 event (``trigger`` or ``resolve``) with a
-  ``dedup_key`` per budget, period and threshold, so one incident tracks one breach.
+  ``dedup_key`` per budget, period window and threshold, so one incident tracks one
+  breach of one window.
 """
 
 from __future__ import annotations
@@ -166,11 +167,25 @@ def slack_body(event: Event, console_url: str) -> dict[str, Any]:
     return {"text": f"[{event.severity}] {_slack_escape(summary(event))} {link}", "blocks": blocks}
 
 
+def incident_period(data: Mapping[str, Any]) -> str | None:
+    """The period a budget event's incident is of: its window by its UTC bounds
+    (``period_span``), or for an event stored before it carried them its local date
+    (``period``), which its incident was opened under."""
+    period = data.get("period_span") or data.get("period")
+    return None if period is None else str(period)
+
+
 def pagerduty_dedup_key(event: Event) -> str:
-    """One incident per budget, period and threshold; otherwise per event dedup key or id."""
+    """One incident per budget, period window and threshold; otherwise per event dedup key
+    or id. The window is named by its UTC bounds (``period_span``), so a budget moved to
+    another zone keeps its incident for the same hours under another date, and opens a new
+    one for other hours under the same date. An event stored before it carried the span
+    keeps the key it was triggered under, named by its local date (``period``): its
+    resolve, built from the stored trigger, must name the same incident."""
     d = event.data
-    if d.get("budget_id") and d.get("period") and d.get("threshold"):
-        key = f"spendgate:budget:{d['budget_id']}:{d['period']}:{d['threshold']}:{d.get('percent')}"
+    period = incident_period(d)
+    if d.get("budget_id") and period and d.get("threshold"):
+        key = f"spendgate:budget:{d['budget_id']}:{period}:{d['threshold']}:{d.get('percent')}"
     else:
         key = f"spendgate:{event.dedup_key or event.id}"
     return key[:MAX_DEDUP_KEY]

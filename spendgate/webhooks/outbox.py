@@ -120,8 +120,9 @@ async def resolve_event_incidents(conn: AsyncConnection, event_id: str, now: dat
 async def resolve_incidents(
     conn: AsyncConnection, current_periods: Mapping[str, str], now: datetime
 ) -> int:
-    """For budgets whose period changed (budget id → current period key), enqueue a
-    PagerDuty ``resolve`` for every incident still open from an earlier period."""
+    """For budgets whose period changed (budget id → the current period as incidents
+    name it, ``formats.incident_period``), enqueue a PagerDuty ``resolve`` for every
+    incident still open from an earlier period."""
     if not current_periods:
         return 0
     open_ = (
@@ -140,7 +141,9 @@ async def resolve_incidents(
 
 
 async def resolve_reset_periods(engine: AsyncEngine, now: datetime) -> int:
-    """Housekeeping: resolve incidents whose budget has moved to a new period (or is gone)."""
+    """Housekeeping: resolve incidents whose budget has moved to a new period window (or
+    is gone): a zone move to other hours under the same date is a new window, one to the
+    same hours under another date is not (``formats.incident_period``)."""
     budgets = schema.budgets
     async with engine.begin() as conn:
         rows = (
@@ -157,12 +160,14 @@ async def resolve_reset_periods(engine: AsyncEngine, now: datetime) -> int:
         ).all()
         resolved = 0
         for row in rows:
-            current = (
+            window = (
                 None
                 if row.budget_period is None
-                else window_at(now, row.budget_period, row.timezone, row.week_start).key
+                else window_at(now, row.budget_period, row.timezone, row.week_start)
             )
-            if current != row.period and await _resolve(conn, dict(row._mapping), now):
+            # an incident names its window by its UTC bounds; one opened before, by its date
+            current = window is not None and row.period in (window.span, window.key)
+            if not current and await _resolve(conn, dict(row._mapping), now):
                 resolved += 1
     return resolved
 

@@ -45,6 +45,8 @@ from spendgate.store.ledger import LedgerEntry, LedgerWriter, Pending, store_bat
 from spendgate.store.policies import PolicyStore, budget_from_row
 
 NOW = datetime(2026, 3, 10, 12, 0, tzinfo=UTC)
+#: March 2026 in UTC, as overrun events and stored forecasts name it (``Window.span``)
+MARCH = "20260301T000000Z/20260401T000000Z"
 USD = 1_000_000_000
 MASTER = "sg-master-forecast-test"
 
@@ -67,6 +69,7 @@ def budget_values(
     tz: str = "UTC",
     hard_limit: bool = False,
     models: list[str] | None = None,
+    period: str = "monthly",
 ) -> dict[str, Any]:
     return {
         "id": budget_id,
@@ -75,7 +78,7 @@ def budget_values(
         "scope_type": scope[0],
         "scope_id": scope[1],
         "tag": None,
-        "period": "monthly",
+        "period": period,
         "timezone": tz,
         "week_start": "monday",
         "amount_nanos": amount_usd * USD,
@@ -212,10 +215,10 @@ async def test_overrun_fires_once_per_period_by_default(
     assert announced == [{"b_1": 100}, {}, {}, {}, {}, {}]
     events = await list_events(engine, type_="budget.forecast_overrun")
     assert [(e["dedup_key"], e["data"]["p50_usd"]) for e in events] == [
-        ("forecast:b_1:2026-03:100", "305.00")
+        (f"forecast:b_1:{MARCH}:100", "305.00")
     ]
     row = await stored_forecast(engine, "b_1")
-    assert row is not None and (row["overrun_band"], row["period_key"]) == (100, "2026-03")
+    assert row is not None and (row["overrun_band"], row["period_key"]) == (100, MARCH)
 
 
 async def test_overrun_escalation_fires_once_per_configured_band(
@@ -228,12 +231,12 @@ async def test_overrun_escalation_fires_once_per_configured_band(
     assert announced == [{"b_1": 100}, {}, {"b_1": 125}, {}, {"b_1": 150}, {}]
     events = await list_events(engine, type_="budget.forecast_overrun")
     assert sorted((e["dedup_key"], e["data"]["p50_usd"]) for e in events) == [
-        ("forecast:b_1:2026-03:100", "305.00"),
-        ("forecast:b_1:2026-03:125", "365.00"),
-        ("forecast:b_1:2026-03:150", "525.00"),
+        (f"forecast:b_1:{MARCH}:100", "305.00"),
+        (f"forecast:b_1:{MARCH}:125", "365.00"),
+        (f"forecast:b_1:{MARCH}:150", "525.00"),
     ]
     row = await stored_forecast(engine, "b_1")
-    assert row is not None and (row["overrun_band"], row["period_key"]) == (150, "2026-03")
+    assert row is not None and (row["overrun_band"], row["period_key"]) == (150, MARCH)
 
 
 async def test_many_budgets_refresh_in_batches_and_rows_go_with_their_budget(
@@ -593,6 +596,155 @@ async def test_a_budget_whose_figures_overflow_the_row_does_not_fail_the_others(
     assert done.announced == {"b_kept": 100}
     assert await stored_forecast(engine, "b_kept") is not None
     assert await stored_forecast(engine, "b_huge") is None
+
+
+async def move_zone(engine: AsyncEngine, budget_id: str, tz: str, at: datetime = NOW) -> Budget:
+    """The budget's zone changed at ``at`` (as ``PATCH /admin/budgets/{id}`` stores it)."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            schema.budgets.update()
+            .where(schema.budgets.c.id == budget_id)
+            .values(timezone=tz, updated_at=at)
+        )
+        row = (
+            await conn.execute(sa.select(schema.budgets).where(schema.budgets.c.id == budget_id))
+        ).one()
+    return budget_from_row(dict(row._mapping))
+
+
+async def overruns(engine: AsyncEngine) -> list[tuple[str, str]]:
+    """Each ``budget.forecast_overrun``'s (dedup key, period_key), in key order."""
+    events = await list_events(engine, type_="budget.forecast_overrun")
+    return sorted((e["dedup_key"], e["data"]["period_key"]) for e in events)
+
+
+#: $10 a day from March 1 to 9 (09:00Z) against a daily $3: P50 is above it in any zone
+TEN_A_DAY = [Spend(datetime(2026, 3, d, 9, tzinfo=UTC), 10) for d in range(1, 10)]
+
+
+async def test_a_zone_moved_to_other_hours_under_the_same_date_announces_there_again(
+    engine: AsyncEngine,
+) -> None:
+    """A daily UTC budget announces its overrun at 12:00Z on March 10; moved to
+    America/Los_Angeles, its March 10 is [07:00Z, 07:00Z next day), a window of other
+    hours under the same date: its overrun is announced there too (the stored forecast and
+    the dedup key named the date, so it never was). Moved back to UTC, the UTC day's
+    overrun was announced already: nothing again."""
+    budget = await add_budget(engine, "b_1", 3, period="daily")
+    await add_spend(engine, *TEN_A_DAY)
+    assert (await refresh_all(engine, [budget], NOW)).announced == {"b_1": 100}
+    moved = await move_zone(engine, "b_1", "America/Los_Angeles")
+    assert (await refresh_all(engine, [moved], NOW)).announced == {"b_1": 100}
+    assert (await refresh_all(engine, [moved], NOW)).announced == {}
+    back = await move_zone(engine, "b_1", "UTC")
+    assert (await refresh_all(engine, [back], NOW)).announced == {}
+    assert await overruns(engine) == [
+        ("forecast:b_1:20260310T000000Z/20260311T000000Z:100", "2026-03-10"),
+        ("forecast:b_1:20260310T070000Z/20260311T070000Z:100", "2026-03-10"),
+    ]
+
+
+async def test_a_zone_moved_to_the_same_hours_under_another_date_announces_nothing_twice(
+    engine: AsyncEngine,
+) -> None:
+    """Pacific/Honolulu's March 10 and Pacific/Kiritimati's March 11 are the same 24
+    hours, [10:00Z, 10:00Z): a daily budget moved from one to the other keeps its window,
+    and the overrun announced in it is not announced again (it was, under the new date)."""
+    budget = await add_budget(engine, "b_1", 3, period="daily", tz="Pacific/Honolulu")
+    await add_spend(engine, *TEN_A_DAY)
+    assert (await refresh_all(engine, [budget], NOW)).announced == {"b_1": 100}
+    moved = await move_zone(engine, "b_1", "Pacific/Kiritimati")
+    done = await refresh_all(engine, [moved], NOW)
+    assert done.announced == {} and done.forecasts["b_1"].period_key == "2026-03-11"
+    assert await overruns(engine) == [
+        ("forecast:b_1:20260310T100000Z/20260311T100000Z:100", "2026-03-10")
+    ]
+    row = await stored_forecast(engine, "b_1")
+    assert row is not None and row["overrun_band"] == 100
+    assert row["period_key"] == "20260310T100000Z/20260311T100000Z"
+
+
+async def stored_as_before_the_upgrade(engine: AsyncEngine, budget_id: str, date_key: str) -> None:
+    """The budget's stored forecast and overrun event as a release before this one left
+    them: the row's ``period_key`` and the event's dedup key named the local date."""
+    t = budget_forecasts
+    async with engine.begin() as conn:
+        await conn.execute(t.update().where(t.c.budget_id == budget_id).values(period_key=date_key))
+        await conn.execute(
+            schema.events.update()
+            .where(schema.events.c.dedup_key.startswith(f"forecast:{budget_id}:"))
+            .values(dedup_key=f"forecast:{budget_id}:{date_key}:100")
+        )
+
+
+async def test_an_overrun_announced_before_the_upgrade_holds_for_its_window_only(
+    engine: AsyncEngine,
+) -> None:
+    """Two daily UTC budgets announced at 02:00Z on March 10, stored under the date as
+    before the upgrade. At 12:00Z the one still in UTC is in the same window: nothing is
+    announced again. The one moved to America/Los_Angeles is in a window (from 07:00Z)
+    that began after its forecast was stored, so it is another: announced there."""
+    early = datetime(2026, 3, 10, 2, 0, tzinfo=UTC)
+    kept = await add_budget(engine, "b_kept", 3, period="daily")
+    await add_budget(engine, "b_moved", 3, period="daily")
+    await add_spend(engine, *TEN_A_DAY)
+    moved = budget_from_row(budget_values("b_moved", 3, period="daily"))
+    assert (await refresh_all(engine, [kept, moved], early)).announced == {
+        "b_kept": 100,
+        "b_moved": 100,
+    }
+    for budget_id in ("b_kept", "b_moved"):
+        await stored_as_before_the_upgrade(engine, budget_id, "2026-03-10")
+    moved = await move_zone(engine, "b_moved", "America/Los_Angeles")
+    assert (await refresh_all(engine, [kept, moved], NOW)).announced == {"b_moved": 100}
+    assert await overruns(engine) == [
+        ("forecast:b_kept:2026-03-10:100", "2026-03-10"),
+        ("forecast:b_moved:2026-03-10:100", "2026-03-10"),
+        ("forecast:b_moved:20260310T070000Z/20260311T070000Z:100", "2026-03-10"),
+    ]
+    row = await stored_forecast(engine, "b_kept")
+    assert row is not None and row["overrun_band"] == 100
+    assert row["period_key"] == "20260310T000000Z/20260311T000000Z"
+
+
+async def test_a_stored_forecast_of_another_window_under_the_same_date_is_not_shown(
+    engine: AsyncEngine,
+) -> None:
+    """$2 spent at 03:00Z on March 10 is in a daily UTC budget's day, not in Los Angeles'
+    (from 07:00Z). Moved there, the forecast shown is of its new window, computed again:
+    $0 spent (the UTC day's stored forecast was read as current, its date the same)."""
+    budget = await add_budget(engine, "b_1", 100, period="daily")
+    await add_spend(engine, *TEN_A_DAY, Spend(datetime(2026, 3, 10, 3, tzinfo=UTC), 2))
+    async with forecast_api(engine) as (client, _):
+        utc = (await client.get(f"/admin/forecasts/{budget.id}")).json()
+        assert (utc["period_key"], utc["spent_usd"]) == ("2026-03-10", "2.00")
+        await move_zone(engine, "b_1", "America/Los_Angeles")
+        moved = (await client.get(f"/admin/forecasts/{budget.id}")).json()
+        assert (moved["period_key"], moved["spent_usd"]) == ("2026-03-10", "0.00")
+
+
+async def test_a_stored_forecast_of_the_same_window_in_another_zone_is_computed_again(
+    engine: AsyncEngine,
+) -> None:
+    """Moved from Pacific/Honolulu to Pacific/Kiritimati, a daily budget keeps its window
+    (its overrun is not announced again), but the forecast shown names the new zone's
+    dates: computed again after the move, its 50 % is crossed on March 11, not 10."""
+    budget = await add_budget(engine, "b_1", 12, period="daily", tz="Pacific/Honolulu")
+    await add_spend(engine, *TEN_A_DAY)
+    async with forecast_api(engine) as (client, svc):
+        before = (await client.get(f"/admin/forecasts/{budget.id}")).json()
+        assert (before["period_key"], before["crossings"]["alert:50"]) == (
+            "2026-03-10",
+            "2026-03-10",
+        )
+        svc.clock.advance(60)
+        await move_zone(engine, "b_1", "Pacific/Kiritimati", svc.clock.now())
+        after = (await client.get(f"/admin/forecasts/{budget.id}")).json()
+        assert (after["period_key"], after["crossings"]["alert:50"]) == (
+            "2026-03-11",
+            "2026-03-11",
+        )
+        assert after["generated_at"] != before["generated_at"]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,7 @@ import pytest
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from spendgate.core.access import NOBODY, Owner
+from spendgate.core.budget_windows import window_at
 from spendgate.webhooks import formats
 from spendgate.webhooks.catalog import EVENT_TYPES, Event, severity, valid_pattern
 from spendgate.webhooks.matching import (
@@ -184,6 +185,40 @@ def test_dedup_key_differs_by_period_and_threshold() -> None:
     b = formats.pagerduty_dedup_key(budget_event(threshold="hard", percent="100"))
     c = formats.pagerduty_dedup_key(budget_event(period="2026-04"))
     assert len({a, b, c}) == 3
+
+
+def daily(tz: str) -> dict[str, str]:
+    """The period fields of a daily budget's event at ``NOW`` in zone ``tz``."""
+    window = window_at(NOW, "daily", tz)
+    return {"period": window.key, "period_span": window.span}
+
+
+def test_the_incident_is_of_the_window_not_its_date() -> None:
+    """A daily budget moved from UTC to America/Los_Angeles is in another window under
+    the same date (2026-03-10): a new incident. One moved from Pacific/Honolulu to
+    Pacific/Kiritimati keeps its window under another date: the same incident (the key
+    named the date: the same incident for both Los Angeles and UTC, two for one window)."""
+    utc, la = (
+        formats.pagerduty_dedup_key(budget_event(**daily(tz)))
+        for tz in ("UTC", "America/Los_Angeles")
+    )
+    assert utc != la
+    assert la == "spendgate:budget:bud_1:20260310T070000Z/20260311T070000Z:soft:90"
+    honolulu, kiritimati = (
+        formats.pagerduty_dedup_key(budget_event(**daily(tz)))
+        for tz in ("Pacific/Honolulu", "Pacific/Kiritimati")
+    )
+    assert honolulu == kiritimati
+
+
+def test_an_incident_opened_before_the_upgrade_keeps_its_key() -> None:
+    """An event stored before its data named the window's span (only ``period``, the
+    local date) is sent, and later resolved, under the key it was triggered with."""
+    event = budget_event(period="2026-03-10")
+    assert "period_span" not in event.data
+    for action in ("trigger", "resolve"):
+        body = formats.pagerduty_body(event, "R", action, "http://c")
+        assert body["dedup_key"] == "spendgate:budget:bud_1:2026-03-10:soft:90"
 
 
 def test_every_spec_event_type_has_a_severity() -> None:

@@ -5,15 +5,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from spendgate.core.budget_rules import Threshold
+from spendgate.core.budget_windows import window_at
 from spendgate.core.clock import FrozenClock
+from spendgate.guard.enforcement import Applied, threshold_event
 from spendgate.store import schema
 from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
+from spendgate.store.policies import budget_from_row
 from spendgate.testing.fake_upstream import ServerHandle, serve_in_thread
 from spendgate.testing.webhook_receiver import Receiver
 from spendgate.webhooks import notifications as notes
@@ -235,3 +241,99 @@ async def test_slack_and_pagerduty_trigger_then_resolve_on_reset(
         "event_action": "resolve",
         "dedup_key": trigger["dedup_key"],
     }
+
+
+async def daily_budget(engine: AsyncEngine, org: str, budget_id: str, tz: str) -> None:
+    now = datetime(2026, 3, 10, tzinfo=UTC)
+    async with engine.begin() as conn:
+        await conn.execute(
+            schema.budgets.insert().values(
+                id=budget_id,
+                org_id=org,
+                name=budget_id,
+                scope_type="org",
+                scope_id=org,
+                tag=None,
+                period="daily",
+                timezone=tz,
+                week_start="monday",
+                amount_nanos=100 * 10**9,
+                alert_percentages=["50"],
+                soft_limit_percent="80",
+                hard_limit=False,
+                hard_limit_percent="100",
+                categories={},
+                created_at=now,
+                updated_at=now,
+            )
+        )
+
+
+async def move_zone(engine: AsyncEngine, budget_id: str, tz: str) -> None:
+    budgets = schema.budgets
+    async with engine.begin() as conn:
+        await conn.execute(budgets.update().where(budgets.c.id == budget_id).values(timezone=tz))
+
+
+async def cross_half(engine: AsyncEngine, budget_id: str, now: datetime) -> None:
+    """The budget's 50 % alert in its window at ``now``, as the enforcer records it."""
+    budgets = schema.budgets
+    async with engine.begin() as conn:
+        row = (await conn.execute(sa.select(budgets).where(budgets.c.id == budget_id))).one()
+        budget = budget_from_row(dict(row._mapping))
+        window = window_at(now, budget.period, budget.timezone, budget.week_start)
+        applied = Applied(budget, window, budget.amount_nanos, None)
+        type_, key, data = threshold_event(applied, Threshold("alert", Decimal(50)), 50 * 10**9)
+        await emit_event(conn, type_, data, now, org_id=budget.org_id, dedup_key=key)
+
+
+async def test_a_pagerduty_incident_is_of_one_window_through_zone_moves(
+    engine: AsyncEngine, receivers: list[ServerHandle]
+) -> None:
+    """Two daily budgets reach 50 % at 15:30Z on March 10: one in UTC, moved to
+    America/Los_Angeles (same date, other hours: a new window), one in Pacific/Honolulu,
+    moved to Pacific/Kiritimati (same hours, another date). The housekeeping resolves the
+    first's incident and keeps the second's; the first's 50 % in its new window opens an
+    incident of its own. (Keyed by the date, the first's new 50 % went to the incident of
+    the UTC day, left open, and the second's was resolved while its window went on.)"""
+    clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
+    now = clock.now()
+    org = (await Directory(engine).create_org("acme", now))["id"]
+    await daily_budget(engine, org, "bud_moved", "UTC")
+    await daily_budget(engine, org, "bud_same", "Pacific/Honolulu")
+    pager = Receiver()
+    receivers.append(serve_in_thread(pager))
+    await WebhookStore(engine, BOX, allow_private=True).create(
+        EndpointSpec(
+            url=receivers[0].url,
+            kind="pagerduty",
+            event_types=("budget.*",),
+            config={"routing_key": "R0UT1NGKEY"},
+        ),
+        now,
+    )
+    for budget_id in ("bud_moved", "bud_same"):
+        await cross_half(engine, budget_id, now)
+    async with DeliveryWorker(
+        engine, clock, BOX, allow_private=True, console_url="https://spend.example.com"
+    ) as worker:
+        assert await worker.run_once() == 2
+        first = {
+            b["payload"]["custom_details"]["budget_id"]: b["dedup_key"]
+            for b in (r.json() for r in pager.received)
+        }
+        assert first == {
+            "bud_moved": "spendgate:budget:bud_moved:20260310T000000Z/20260311T000000Z:alert:50",
+            "bud_same": "spendgate:budget:bud_same:20260310T100000Z/20260311T100000Z:alert:50",
+        }
+        await move_zone(engine, "bud_moved", "America/Los_Angeles")
+        await move_zone(engine, "bud_same", "Pacific/Kiritimati")
+        assert await resolve_reset_periods(engine, now) == 1
+        await cross_half(engine, "bud_moved", now)
+        await cross_half(engine, "bud_same", now)  # fired in this window already: nothing
+        assert await worker.run_once() == 2
+    sent = [(b["event_action"], b["dedup_key"]) for b in (r.json() for r in pager.received[2:])]
+    assert sorted(sent) == [
+        ("resolve", first["bud_moved"]),
+        ("trigger", "spendgate:budget:bud_moved:20260310T070000Z/20260311T070000Z:alert:50"),
+    ]
