@@ -28,7 +28,7 @@ import sqlalchemy as sa
 
 from spendgate.admin.deps import Scope
 from spendgate.core import budget_rules as rules
-from spendgate.core.access import Can
+from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import window_at
 from spendgate.core.money import format_usd
 from spendgate.core.rate_rules import RateLimit, scope_rows
@@ -129,6 +129,8 @@ async def _readable(scope: Scope, permission: Can, policy: rules.Budget | Wallet
     """Whether the reader may read this budget or wallet (``permission`` on its owner, as
     ``GET /admin/budgets/{id}`` or ``/admin/wallets/{id}`` asks): an org or tag budget, an
     org wallet or another team's user budget is not a team role's to see."""
+    if scope.who.can(permission, Owner.of(policy.org_id)):
+        return True  # an org-wide reader reads all of the org's: no owner to look up
     row = {"scope_type": policy.scope_type, "scope_id": policy.scope_id, "org_id": policy.org_id}
     owner = await scope.of_policy(row)
     return owner is not None and scope.who.can(permission, owner)
