@@ -26,13 +26,16 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from spendgate.admin.deps import Scope
 from spendgate.core import budget_rules as rules
+from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import window_at
 from spendgate.core.money import format_usd
 from spendgate.core.rate_rules import RateLimit, scope_rows
 from spendgate.guard.enforcement import wallet_bucket
 from spendgate.services import Services
 from spendgate.store import schema
+from spendgate.store.policies import Wallet
 
 #: how each rate-limit kind is counted and named
 RATE_UNITS = {
@@ -110,15 +113,43 @@ def subject_of(key: dict[str, Any]) -> rules.Subject:
     )
 
 
-async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
-    """Every budget, open wallet and rate limit the key's calls count against, now."""
+@dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """The limits on a key's calls the reader may see, and how many others apply."""
+
+    shown: list[Headroom]
+    hidden: int = 0
+
+
+#: a revoked key's: nothing limits it any more
+NO_LIMITS = KeyLimits([])
+
+
+async def _readable(scope: Scope, permission: Can, policy: rules.Budget | Wallet) -> bool:
+    """Whether the reader may read this budget or wallet (``permission`` on its owner, as
+    ``GET /admin/budgets/{id}`` or ``/admin/wallets/{id}`` asks): an org or tag budget, an
+    org wallet or another team's user budget is not a team role's to see."""
+    if scope.who.can(permission, Owner.of(policy.org_id)):
+        return True  # an org-wide reader reads all of the org's: no owner to look up
+    row = {"scope_type": policy.scope_type, "scope_id": policy.scope_id, "org_id": policy.org_id}
+    owner = await scope.of_policy(row)
+    return owner is not None and scope.who.can(permission, owner)
+
+
+async def key_limits(svc: Services, key: dict[str, Any], scope: Scope) -> KeyLimits:
+    """Every budget, open wallet and rate limit the key's calls count against, now, that
+    the reader (``scope.who``) may read; the others are only counted (``hidden``)."""
     now = svc.clock.now()
     snapshot = await svc.enforcer.current()  # with what another replica changed
     subject = subject_of(key)
     budgets, wallets = snapshot.by_org.get(key["org_id"], ((), ()))
     out: list[Headroom] = []
+    hidden = 0
     for budget in budgets:
         if not rules.applies(replace(budget, categories=rules.Categories()), subject):
+            continue
+        if not await _readable(scope, Can.BUDGETS_READ, budget):
+            hidden += 1
             continue
         amount = rules.effective_amount(budget, svc.enforcer.raises_for(budget.id), now)
         window = window_at(now, budget.period, budget.timezone, budget.week_start)
@@ -138,6 +169,9 @@ async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
     for wallet in wallets:
         if not wallet.covers(subject):
             continue
+        if not await _readable(scope, Can.WALLETS_READ, wallet):
+            hidden += 1
+            continue
         funder = snapshot.funding(wallet, key["id"], now)  # the key's ticket grant, if any
         await svc.enforcer.seed_wallet(funder)
         found = await svc.counters.state(wallet_bucket(funder))
@@ -149,7 +183,8 @@ async def key_limits(svc: Services, key: dict[str, Any]) -> list[Headroom]:
             else ("ticket grant", f"{funder.id} on wallet ‘{called}’")
         )
         out.append(Headroom(kind, funder.id, name, cap, spent + reserved, True))
-    return out + await rate_headroom(svc, snapshot.rate_limits, key)
+    # a key's and its team's rate limits: read by whoever reads the key
+    return KeyLimits(out + await rate_headroom(svc, snapshot.rate_limits, key), hidden)
 
 
 async def rate_headroom(

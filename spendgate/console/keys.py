@@ -18,7 +18,13 @@ from spendgate.admin import routes as api
 from spendgate.admin import schemas as s
 from spendgate.console.admin_forms import body_of, done, local_instant, names, words
 from spendgate.console.forms import INVALID, Refill, form_page, refill
-from spendgate.console.key_limits import binding, key_activity, key_limits, ranked
+from spendgate.console.key_limits import (
+    NO_LIMITS,
+    binding,
+    key_activity,
+    key_limits,
+    ranked,
+)
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd
@@ -72,10 +78,18 @@ async def _keys_page(
     rows = await api.list_keys(svc, who, who.org_filter(None))
     shown = await names(svc, who.org_id)
     activity = await key_activity(svc, who.org_filter(None), [k["id"] for k in rows])
+    reader = scope_for(svc, user.principal)  # the limits each key's reader may see
     keys = []
     for key in rows:
-        limits = await key_limits(svc, key) if key["status"] == "active" else []
-        keys.append({"row": key, "activity": activity.get(key["id"]), "binding": binding(limits)})
+        limits = await key_limits(svc, key, reader) if key["status"] == "active" else NO_LIMITS
+        keys.append(
+            {
+                "row": key,
+                "activity": activity.get(key["id"]),
+                "binding": binding(limits.shown),
+                "hidden": limits.hidden,
+            }
+        )
     ctx: dict[str, Any] = {"keys": keys, "names": shown, "usd": format_usd}
     if user.principal.may(Can.KEYS_WRITE):
         ctx["form"] = await _form_choices(svc, user)
@@ -144,12 +158,14 @@ async def _key_page(
     sent_back: Refill | None = None,
 ) -> HTMLResponse:
     key = await _key(svc, user, key_id, Can.KEYS_READ)
-    limits = await key_limits(svc, key) if key["status"] == "active" else []
+    reader = scope_for(svc, user.principal)
+    limits = await key_limits(svc, key, reader) if key["status"] == "active" else NO_LIMITS
     activity = (await key_activity(svc, key["org_id"], [key_id])).get(key_id)
     ctx = {
         "key": key,
-        "limits": ranked(limits),
-        "binding": binding(limits),
+        "limits": ranked(limits.shown),
+        "hidden_limits": limits.hidden,
+        "binding": binding(limits.shown),
         "activity": activity,
         "names": await names(svc, key["org_id"]),
         "usd": format_usd,

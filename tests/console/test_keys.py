@@ -350,3 +350,70 @@ def test_a_wallet_is_labelled_by_its_name(console: Console) -> None:
         page = client.get(f"/keys/{key['id']}")
         assert "wallet “pilot fund”" in page.text
         assert "demo prepaid" not in page.text
+
+
+def test_a_team_role_sees_no_limit_it_may_not_read_on_the_keys_pages(console: Console) -> None:
+    """A research key counts against an org budget, a tag budget, an org wallet and a
+    budget on its owner, who is in sales only: to a team admin or viewer of research
+    those are 404 in the API (org-level, or another team's), so the keys list and the
+    key's page show neither their names nor their figures — only that more limits
+    apply — while the team's own budget is there; an org admin sees them all. The pages
+    showed every one of them, amounts and spend included."""
+    gw = console.gw
+    seller = console.add_user(
+        "seller@acme.test", {"role": "member", "team_ids": [console.other_team_id]}
+    )
+    key = gw.post(
+        "/admin/keys",
+        {
+            "name": "shared-owner",
+            "org_id": console.org_id,
+            "team_id": console.team_id,
+            "user_id": seller["id"],
+            "tags": ["nightly"],
+        },
+    )
+    hidden = [
+        ("org", {"scope_type": "org", "scope_id": console.org_id}, "1234"),
+        ("tag", {"scope_type": "tag", "tag": "nightly", "org_id": console.org_id}, "2345"),
+        ("seller", {"scope_type": "user", "scope_id": seller["id"]}, "3456"),
+    ]
+    budgets = {
+        name: gw.post(
+            "/admin/budgets",
+            {"name": f"{name.upper()} BUDGET", "amount_usd": amount, "hard_limit": True, **scope},
+        )["id"]
+        for name, scope, amount in hidden
+    }
+    wallet = gw.post(
+        "/admin/wallets",
+        {
+            "name": "ACME PREPAID",
+            "scope_type": "org",
+            "scope_id": console.org_id,
+            "initial_topup_usd": "77",
+        },
+    )["id"]
+    gw.post(
+        "/admin/budgets",
+        {"name": "research monthly", "scope_type": "team", "scope_id": console.team_id,
+         "amount_usd": "50"},
+    )  # fmt: skip
+    secret = ("ORG BUDGET", "TAG BUDGET", "SELLER BUDGET", "ACME PREPAID")
+    figures = ("1,234.00", "1234.00", "2,345.00", "2345.00", "3,456.00", "3456.00", "77.00")
+    for role in ("team_admin", "viewer"):
+        with session(console.url, f"{role}@acme.test") as client:
+            for budget in budgets.values():
+                assert client.get(f"/usage/budgets/{budget}").status_code == 404
+            assert client.get(f"/wallets/{wallet}").status_code == 404
+            for path in ("/keys", f"/keys/{key['id']}"):
+                shown = client.get(path)
+                assert shown.status_code == 200, shown.text
+                leaked = [w for w in (*secret, *figures) if w in shown.text]
+                assert not leaked, (role, path, leaked)
+            detail = client.get(f"/keys/{key['id']}").text
+            assert "research monthly" in detail
+            assert "4 more limits apply to this key" in detail, detail
+    with session(console.url, "org_admin@acme.test") as client:
+        detail = client.get(f"/keys/{key['id']}").text
+        assert all(name in detail for name in secret) and "more limits apply" not in detail

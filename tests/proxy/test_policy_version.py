@@ -18,7 +18,9 @@ from typing import Any
 import httpx
 import pytest
 
+from spendgate.admin.deps import Scope
 from spendgate.console.key_limits import key_limits
+from spendgate.core.access import MASTER_PRINCIPAL
 from spendgate.core.money import format_usd
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import RunningGateway, start_gateway
@@ -136,7 +138,9 @@ def test_a_refusal_on_one_replica_makes_the_status_refusing_on_both(
     # console's key page) ...
     raised_to = grant(1)
     row = b.get(f"/admin/keys/{key['id']}")
-    (limit,) = [h for h in b.run(key_limits(b.app.services, row)) if h.id == made["id"]]
+    reader = Scope(b.app.services, MASTER_PRINCIPAL)
+    shown = b.run(key_limits(b.app.services, row, reader)).shown
+    (limit,) = [h for h in shown if h.id == made["id"]]
     assert Decimal(format_usd(limit.limit)) == raised_to
     # ... the forecast ...
     raised_to = grant(2)
