@@ -32,9 +32,11 @@ against, so the worst case has to bound what the provider will bill:
     Responses), so the assumption binds: a model cannot think or write past it.
     Anthropic requires ``max_tokens`` itself; a request without it is refused by the
     provider and not billed, so nothing is added.
-  - answers: ``n`` (Chat Completions), ``max(n, best_of)`` (legacy Completions: the
-    provider generates and bills ``best_of`` answers and returns ``n``); one for
-    Responses and Anthropic, which have no such field.
+  - answers: ``n`` (Chat Completions), ``max(n, best_of)`` for each prompt (legacy
+    Completions: the provider generates and bills ``best_of`` answers and returns
+    ``n``, and a ``prompt`` that is a list of prompts, strings or token lists, is a batch,
+    each prompt answered on its own); one for Responses and Anthropic, which have no
+    such field.
 * **cache writes**: an Anthropic Messages request that marks ``cache_control`` may have
   its whole prompt written to the cache, which Anthropic bills above the input price
   (1.25× for the 5-minute cache, 2× for the 1-hour one). Such a request also gets a
@@ -151,8 +153,18 @@ def answers(payload: Mapping[str, Any], kind: str) -> int:
     if kind == "completion":
         n = _whole(payload, "n", 1, MAX_CHOICES) or 1
         best_of = _whole(payload, "best_of", 1, MAX_BEST_OF) or 1
-        return max(n, best_of)
+        return max(n, best_of) * prompts(payload)
     return 1
+
+
+def prompts(payload: Mapping[str, Any]) -> int:
+    """How many prompts a legacy Completions request batches: a ``prompt`` that is a list
+    of strings or of token lists is that many, each answered on its own; a string or one
+    list of token ids is one."""
+    prompt = payload.get("prompt")
+    if prompt.__class__ is not list or not prompt or prompt[0].__class__ is int:
+        return 1
+    return len(prompt)
 
 
 def cap_field(kind: str, provider_kind: str) -> str:

@@ -27,8 +27,9 @@ Test knobs, read from the prompt text and ignored otherwise:
   ``usage.server_tool_use.web_search_requests``, the Responses API as ``web_search_call``
   items before the answer in its output.
 
-``n`` (Chat Completions, Completions) and ``best_of`` (Completions) are honoured the
-way the provider bills them: every answer generated counts in the completion tokens.
+``n`` (Chat Completions, Completions), ``best_of`` and a batch of prompts (Completions)
+are honoured the way the provider bills them: every answer generated counts in the
+completion tokens (the batch's text is one reply's, its answers as many as its prompts).
 
 Bad input raises :class:`~spendgate.errors.InvalidRequest` inside the stream builders;
 the ``*_response`` functions render it as the provider's error body instead.
@@ -47,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.core.worst_case import expanding_parts, searches_bound
+from spendgate.core.worst_case import expanding_parts, prompts, searches_bound
 from spendgate.errors import InvalidRequest
 from spendgate.proxy.simulated_shapes import TEXT, Shape, document, shape_of
 
@@ -252,7 +253,8 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     if path not in _CHAT_PATHS:
         return _searched(reply, texts, body, "response")
     n = _count(body, "n")
-    generated = max(n, _count(body, "best_of")) if path == "/completions" else n
+    # a batch of prompts (Completions) is answered, and billed, prompt by prompt
+    generated = max(n, _count(body, "best_of")) * prompts(body) if path == "/completions" else n
     return replace(
         reply,
         choices=n,

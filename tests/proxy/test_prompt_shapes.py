@@ -1,0 +1,60 @@
+"""Request shapes of the legacy Completions and Embeddings APIs whose cost the request's
+bytes under-state: a batch of prompts (every prompt gets its own answers) and prompts
+given as token ids (a token in two bytes). A hard cap or a wallet with room for one
+ordinary call must not let such a call put the ledger past it. Through the real
+``openai`` SDK, on SQLite+memory and PostgreSQL+Redis."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+
+import openai
+
+from spendgate.testing.fake_upstream import FakeUpstream
+from tests.conftest import RunningGateway
+
+#: room for one gpt-4o-mini completion of 1,000 tokens ($0.0006), not for eight
+CAP = "0.001"
+#: eight prompts, each long enough to run to the cap: 8,000 output tokens billed
+BATCH = ["write on [[reasoning:1000]]"] * 8
+
+
+def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
+
+
+def spent(gw: RunningGateway) -> int:
+    return sum(row["cost_nanos"] or 0 for row in gw.ledger())
+
+
+def attempt(gw: RunningGateway, key: str, prompt: str | list[str]) -> int:
+    """A gpt-4o-mini completion of ``prompt`` capped at 1,000 tokens: its HTTP status."""
+    try:
+        sdk(gw, key).completions.create(model="gpt-4o-mini", prompt=prompt, max_tokens=1000)
+    except openai.APIStatusError as refused:
+        return refused.status_code
+    return 200
+
+
+def test_a_batch_of_prompts_is_held_for_every_prompt_s_answers(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """Completions with a list of prompts generates ``max(n, best_of)`` answers for each
+    of them, and the provider bills all of them: the hold counts every prompt, so the
+    batch is refused (429 by the hard cap, 402 by the wallet) and nothing is spent past
+    either; a single prompt of the same cap still fits."""
+    cap = int(Decimal(CAP) * 10**9)
+    capped, funded = gateway.create_key(), gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=capped["id"], amount_usd=CAP, hard_limit=True)
+    gateway.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": CAP},
+    )
+    for key, refusal in ((capped, 429), (funded, 402)):
+        status = attempt(gateway, key["key"], BATCH)
+        assert spent(gateway) <= cap, "a batch of prompts put the spend past the cap"
+        assert status == refusal
+    assert fake.requests == []
+    for key in (capped, funded):
+        assert attempt(gateway, key["key"], BATCH[0]) == 200
+    assert spent(gateway) <= 2 * cap
