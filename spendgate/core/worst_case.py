@@ -13,6 +13,9 @@ against, so the worst case has to bound what the provider will bill:
     fewer), every byte outside ASCII a token and every ``\\uXXXX`` escape three: no
     token is shorter than a byte, so this bounds CJK, Indic or Thai text, which can
     take a token or more a character (bytes / 4 held it at under one).
+  - a prompt of token ids (``text_bound``: a legacy Completions ``prompt`` or an
+    Embeddings ``input`` that is a list of ids, or of lists of ids): every id a token
+    (``0,`` is one in two bytes, which bytes / 4 held at half).
   - **a prompt the provider expands** (``expands``): an image, a file or audio (by
     URL, id or inline data), a stored conversation or item (``previous_response_id``,
     ``conversation``, a stored ``prompt``, an item or reasoning by id) or a server-side
@@ -188,6 +191,32 @@ def prompt_bound(body: bytes) -> int:
     escapes = body.count(b"\\u")
     # an escape's six bytes already count 1.5 tokens at bytes / 4: add the rest of three
     return ascii_bytes // 4 + high + (escapes * 3 + 1) // 2
+
+
+#: the field that may carry a request kind's prompt as token ids
+_TOKEN_ID_FIELDS = {"completion": "prompt", "embedding": "input"}
+
+
+def text_bound(payload: Mapping[str, Any], kind: str, body: bytes) -> int:
+    """``prompt_bound(body)``, with a prompt given as token ids counted a token an id (the
+    module docstring) in place of its digits' bytes / 4. A prompt of text costs a lookup."""
+    bound = prompt_bound(body)
+    ids = token_lists(payload, kind)
+    if not ids:
+        return bound
+    spelled = sum(len(msgspec.json.encode(each)) for each in ids)
+    return max(bound, bound - spelled // 4 + sum(len(each) for each in ids))
+
+
+def token_lists(payload: Mapping[str, Any], kind: str) -> list[list[Any]]:
+    """The prompts of a request given as token ids (a legacy Completions ``prompt``, an
+    Embeddings ``input``): one list of ids, or each list in a batch of them."""
+    field = _TOKEN_ID_FIELDS.get(kind)
+    given = payload.get(field) if field is not None else None
+    if given.__class__ is not list or not given:
+        return []
+    lists = [given] if given[0].__class__ is int else given
+    return [each for each in lists if each.__class__ is list]
 
 
 def worst_case(

@@ -34,8 +34,8 @@ from spendgate.core.worst_case import (
     image_bound,
     image_estimate,
     marks_cache,
-    prompt_bound,
     prompt_estimate,
+    text_bound,
     worst_case,
 )
 from spendgate.counters import PolicyStale
@@ -408,7 +408,7 @@ class ProxyApp:
         for images' inline data, and the model's window (images some models bill past
         it included); or, continuing a stored conversation whose tokens are known, those
         plus its own estimate, and those plus its own text's bound."""
-        estimate, text = len(body) // 4, prompt_bound(body)
+        estimate, text = len(body) // 4, text_bound(payload, kind, body)
         if not expands(payload, kind):
             return estimate, 0, text, False
         priced = None if route.price.override is not None else route.price.model

@@ -48,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.core.worst_case import expanding_parts, prompts, searches_bound
+from spendgate.core.worst_case import expanding_parts, prompts, searches_bound, token_lists
 from spendgate.errors import InvalidRequest
 from spendgate.proxy.simulated_shapes import TEXT, Shape, document, shape_of
 
@@ -255,9 +255,11 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     n = _count(body, "n")
     # a batch of prompts (Completions) is answered, and billed, prompt by prompt
     generated = max(n, _count(body, "best_of")) * prompts(body) if path == "/completions" else n
+    ids = sum(map(len, token_lists(body, "completion"))) if path == "/completions" else 0
     return replace(
         reply,
         choices=n,
+        prompt_tokens=reply.prompt_tokens + ids,  # a prompt of token ids: a token an id
         completion_tokens=reply.completion_tokens * generated,
         reasoning_tokens=reply.reasoning_tokens * generated,
         completion_audio_tokens=reply.completion_audio_tokens * generated,

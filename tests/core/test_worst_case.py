@@ -23,6 +23,7 @@ from spendgate.core.worst_case import (
     prompt_bound,
     prompt_estimate,
     searches_bound,
+    text_bound,
     worst_case,
 )
 
@@ -162,6 +163,37 @@ def test_cjk_text_is_held_above_one_token_a_character() -> None:
     text = "预算必须在并发请求下保持" * 50
     for body in (orjson.dumps({"content": text}), json.dumps({"content": text}).encode()):
         assert prompt_bound(body) >= 3 * len(text) > len(body) // 4
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "given", "ids"),
+    [
+        ("completion", "prompt", [0] * 1000, 1000),
+        ("completion", "prompt", [[0] * 600, [1] * 400], 1000),
+        ("embedding", "input", [[7] * 1000], 1000),
+    ],
+)
+def test_token_ids_are_held_a_token_an_id(
+    kind: str, field: str, given: list[Any], ids: int
+) -> None:
+    """A prompt of token ids is a token an id: "0," is two bytes, which bytes / 4 held at
+    half a token; the rest of the body still counts at its bytes."""
+    body = orjson.dumps({"model": "m", field: given})
+    assert len(body) // 4 < ids <= text_bound({field: given}, kind, body) <= ids + 10
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("completion", {"prompt": ["a", "b"]}),
+        ("embedding", {"input": "text"}),
+        ("chat", {"prompt": [0] * 100}),
+    ],
+)
+def test_text_prompts_keep_their_bytes_bound(kind: str, fields: dict[str, Any]) -> None:
+    """Strings, and a chat request's stray ``prompt``, are bounded by their bytes."""
+    body = orjson.dumps(fields)
+    assert text_bound(fields, kind, body) == prompt_bound(body)
 
 
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}

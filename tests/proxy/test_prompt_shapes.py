@@ -58,3 +58,49 @@ def test_a_batch_of_prompts_is_held_for_every_prompt_s_answers(
     for key in (capped, funded):
         assert attempt(gateway, key["key"], BATCH[0]) == 200
     assert spent(gateway) <= 2 * cap
+
+
+#: 4,000 tokens of input in about 8 kB: bytes / 4 held it at 2,000 ($0.0003 on
+#: gpt-4o-mini's $0.15 per million), the provider bills 4,000 ($0.0006)
+TOKEN_IDS = [0] * 4000
+#: room for the bytes / 4 hold, not for the tokens
+IDS_CAP = "0.0004"
+
+
+def ids_call(gw: RunningGateway, key: str, endpoint: str, ids: list[int]) -> int:
+    """An Embeddings or Completions call of ``ids`` on gpt-4o-mini: its HTTP status."""
+    client = sdk(gw, key)
+    try:
+        if endpoint == "embeddings":
+            client.embeddings.create(model="gpt-4o-mini", input=[ids])
+        else:
+            client.completions.create(model="gpt-4o-mini", prompt=ids, max_tokens=1)
+    except openai.APIStatusError as refused:
+        return refused.status_code
+    return 200
+
+
+def test_a_prompt_of_token_ids_is_held_at_a_token_an_id(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """Embeddings ``input`` and Completions ``prompt`` may be token ids, a token in two
+    bytes ("0,"): each id is held as a token, so a hard cap and a wallet with room for
+    the bytes / 4 but not for the ids refuse the call and nothing is spent past them."""
+    cap = int(Decimal(IDS_CAP) * 10**9)
+    capped, funded = gateway.create_key(), gateway.create_key()
+    gateway.create_budget(
+        scope_type="key", scope_id=capped["id"], amount_usd=IDS_CAP, hard_limit=True
+    )
+    gateway.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": IDS_CAP},
+    )
+    for key, refusal in ((capped, 429), (funded, 402)):
+        for endpoint in ("embeddings", "completions"):
+            status = ids_call(gateway, key["key"], endpoint, TOKEN_IDS)
+            assert spent(gateway) <= cap, "token ids put the spend past the cap"
+            assert status == refusal
+    assert fake.requests == []
+    for endpoint in ("embeddings", "completions"):
+        assert ids_call(gateway, capped["key"], endpoint, TOKEN_IDS[:500]) == 200
+    assert [row["input_tokens"] for row in gateway.ledger()] == [500, 500]
