@@ -25,10 +25,14 @@ against, so the worst case has to bound what the provider will bill:
     conversations and of images billed past the window).
 * **output**: the output cap per generated answer × the number of answers.
 
-  - the cap: ``max_completion_tokens``, else ``max_tokens`` (Chat Completions, legacy
+  - the cap: ``max_completion_tokens`` or ``max_tokens``, the larger where both are
+    given (Chat Completions: a provider reads one of them), ``max_tokens`` (legacy
     Completions), ``max_output_tokens`` (Responses), ``max_tokens`` (Anthropic
-    Messages). Reasoning ("thinking") tokens, tool-call arguments and structured output
-    are all output tokens inside that cap on every one of these APIs.
+    Messages). A Chat request to an OpenAI-compatible server capped by
+    ``max_completion_tokens`` alone has it sent as ``max_tokens`` instead, the field such
+    servers read (Ollama's ignores the other, and would write past the hold).
+    Reasoning ("thinking") tokens, tool-call arguments and structured output are all
+    output tokens inside that cap on every one of these APIs.
   - no cap in the request: the route's ``default_max_tokens`` is assumed **and sent
     upstream** as the cap (``max_completion_tokens`` to OpenAI and Azure, ``max_tokens``
     to OpenAI-compatible servers and legacy Completions, ``max_output_tokens`` to
@@ -100,8 +104,9 @@ class BadField(ValueError):
 
 
 class WorstCase(Value, frozen=True):
-    """A call's worst-case usage, and the output cap to add to the request (None: the
-    request caps its output itself, or the API needs none)."""
+    """A call's worst-case usage, and the output cap to send upstream in place of the
+    request's own cap fields (None: the request caps its output itself in a field its
+    provider reads, or the API needs none)."""
 
     usage: TokenUsage
     send_cap: tuple[str, int] | None = None
@@ -244,16 +249,18 @@ def worst_case(
     as audio (OpenAI bills audio output at several times text)."""
     if kind not in CAP_FIELDS:  # embeddings: no output
         return WorstCase(TokenUsage(input_tokens=prompt), input_bound=input_bound)
-    cap = None
-    for field in CAP_FIELDS[kind]:
-        cap = _whole(payload, field, 0, None)
-        if cap is not None:
-            break
-    send = None
-    if cap is None:
+    given = [c for c in (_whole(payload, f, 0, None) for f in CAP_FIELDS[kind]) if c is not None]
+    field, send = cap_field(kind, provider_kind), None
+    if not given:
         cap = default_max_tokens
         if kind != "message":
-            send = (cap_field(kind, provider_kind), cap)
+            send = (field, cap)
+    else:  # both chat caps: the provider reads one of them, so the larger binds
+        cap = max(given)
+        if field == "max_tokens" and kind == "chat" and payload.get(field) is None:
+            # an OpenAI-compatible server reads max_tokens, and some ignore
+            # max_completion_tokens (Ollama): the cap goes out in the field they read
+            send = (field, cap)
     # no call is ever recorded above MAX_TOKENS_PER_CALL (``usage.plausible``), so no
     # worst case needs to be: it keeps every hold far inside the counters' exact range
     output = min(cap * answers(payload, kind), MAX_TOKENS_PER_CALL)

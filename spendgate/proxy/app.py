@@ -25,6 +25,7 @@ from spendgate.core.pricing import PriceTable
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 from spendgate.core.worst_case import (
+    CAP_FIELDS,
     SEARCHES_HELD,
     BadField,
     WorstCase,
@@ -557,6 +558,8 @@ class ProxyApp:
             changed = True
         if call.worst.send_cap is not None:  # the output cap the worst case assumed
             field, cap = call.worst.send_cap
+            for other in CAP_FIELDS[endpoint.kind]:  # the one cap the provider is sent
+                payload.pop(other, None)
             payload[field] = cap
             changed = True
         client_wants_usage = True
