@@ -21,7 +21,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from spendgate.core.budget_rules import Subject
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
-from spendgate.core.pricing import PriceTable
+from spendgate.core.pricing import PriceContextKey, PriceTable, price_context
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 from spendgate.core.worst_case import (
@@ -121,6 +121,9 @@ class Call(Value, frozen=True):
     #: a Responses call whose answer the provider stores (``store`` not false): a later
     #: call may continue it (``proxy.contexts``)
     stored: bool = False
+    #: the request's price context (``core.pricing.price_context``): a service tier or
+    #: speed that the provider bills at other prices, held and billed at them
+    context: PriceContextKey = ()
 
     def subject(self) -> Subject:
         key = self.key
@@ -392,6 +395,7 @@ class ProxyApp:
             mono,
             worst,
             endpoint.kind == "response" and payload.get("store") is not False,
+            price_context(payload),
         )
 
     def _prompt(
@@ -491,7 +495,8 @@ class ProxyApp:
         for n, usage in enumerate((first, cached, *also)):
             if usage is None:
                 continue
-            cost = self._prices.price(call.route.price, usage, call.started_at).cost_nanos
+            priced = self._prices.price(call.route.price, usage, call.started_at, call.context)
+            cost = priced.cost_nanos
             if cost is None:
                 return usage, None
             if n == 0 or most is None or cost > most:
@@ -881,7 +886,7 @@ class ProxyApp:
         if usage is None:
             usage, cost, unknown = TokenUsage(), 0, False
         else:
-            priced = self._prices.price(call.route.price, usage, call.started_at)
+            priced = self._prices.price(call.route.price, usage, call.started_at, call.context)
             cost, unknown = priced.cost_nanos, priced.cost_nanos is None
             if unknown:
                 self._on_unpriced(call, usage)
