@@ -450,8 +450,9 @@ def _tool_of(tool: object, types: str | tuple[str, ...]) -> bool:
 
 
 def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:
-    """How many dicts in ``items`` (a list, or one dict), their ``content`` and a tool
-    result's ``output``, all the way down, the provider expands. A message of plain
+    """How many dicts in ``items`` (a list, or one dict), their ``content``, a tool
+    result's ``output`` and a document's ``source.content`` blocks, all the way down,
+    the provider expands. A message of plain
     text costs a few lookups; nesting of any depth a stack, not recursion."""
     count = 0
     pending = [items]
@@ -482,6 +483,9 @@ def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:
                 inner = node.get(field)
                 if inner.__class__ is list or inner.__class__ is dict:
                     pending.append(inner)
+            source = node.get("source")  # an Anthropic document of content blocks
+            if source.__class__ is dict and source.get("content").__class__ is list:
+                pending.append(source["content"])
     return count
 
 

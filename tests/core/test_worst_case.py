@@ -241,6 +241,9 @@ EXPANDING: list[tuple[str, str, dict[str, Any]]] = [
     ("anthropic code execution container", "message", {"messages": [], "container": "c_1"}),
     ("anthropic code execution tool", "message", {"messages": [], "tools": [
         {"type": "code_execution_20250825", "name": "code_execution"}]}),
+    ("anthropic image among a content document's blocks", "message", {"messages": [
+        {"role": "user", "content": [{"type": "document", "source": {"type": "content",
+            "content": [{"type": "image", "source": {"type": "url", "url": "u"}}]}}]}]}),
     ("anthropic document by URL", "message", {"messages": [{"role": "user", "content": [
         {"type": "document", "source": {"type": "url", "url": "https://e.com/a.pdf"}}]}]}),
     ("responses code interpreter", "response", {"input": "q", "tools": [
