@@ -157,6 +157,8 @@ class PriceRef:
 def price_context(payload: Mapping[str, Any]) -> PriceContextKey:
     """The request fields that select a price variant (the module docstring); () for
     most requests, which name none: two lookups."""
+    if payload.get("service_tier") is None and payload.get("speed") is None:
+        return ()
     return tuple(
         (field, value)
         for field in _CONTEXT_FIELDS
