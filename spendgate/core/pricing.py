@@ -33,7 +33,14 @@ is billed as audio, a cache read of it as a text cache read). Not modelled, beca
 ``TokenUsage`` does not carry them: a separate 5-minute cache-write price
 (``cache_write_5m_mtok``; no model has one, so 5-minute writes pay
 ``cache_write_mtok``), image modalities, other per-use tool fees (file search, code
-execution), and request context price variants (service tiers such as flex/priority).
+execution).
+
+A request's **price context** (``price_context``: OpenAI's ``service_tier``, Anthropic's
+``speed``) selects genai-prices' request-context variants where the model has them
+(priority at about twice the standard rates, flex at half, Anthropic's fast mode at two
+to six times): a call asking for one is held and billed at its prices. The tier the
+provider reports it used is not read: ``"auto"``, which a project may set to priority,
+is priced at the standard rates.
 
 Web searches (``web_searches``) are priced per search at the model's
 ``web_searches_kcount`` (USD per thousand searches; $10 on OpenAI's and Anthropic's
@@ -48,10 +55,12 @@ priced ``None`` ("unknown"), never $0.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from math import gcd, lcm
+from typing import Any
 
 from genai_prices import Usage
 from genai_prices.data_snapshot import DataSnapshot, get_snapshot
@@ -64,7 +73,16 @@ from spendgate.core.money import NANOS_PER_USD, usd_to_nanos
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 
-__all__ = ["PriceOverride", "PriceRef", "PriceTable", "Priced", "unpriced_key", "unpriced_refusal"]
+__all__ = [
+    "PriceContextKey",
+    "PriceOverride",
+    "PriceRef",
+    "PriceTable",
+    "Priced",
+    "price_context",
+    "unpriced_key",
+    "unpriced_refusal",
+]
 
 #: genai-prices usage keys we can report, in the order of the ``_Counts`` tuple.
 _REPORTED = (
@@ -82,6 +100,11 @@ _REGISTRY = UnitRegistry(unit_data)
 _REQUESTS = "requests"
 #: Lookup caches are cleared past this size so arbitrary model names cannot grow them.
 _MAX_CACHED = 4096
+#: the request fields that select a price variant, as genai-prices names their context
+_CONTEXT_FIELDS = ("service_tier", "speed")
+
+#: a request's price context: (field, value) pairs, in ``_CONTEXT_FIELDS`` order
+PriceContextKey = tuple[tuple[str, str], ...]
 
 _Counts = tuple[int, int, int, int, int, int, int, int, int]
 _Price = Decimal | TieredPrices
@@ -129,6 +152,18 @@ class PriceRef:
     model: str
     provider: str | None
     override: PriceOverride | None = None
+
+
+def price_context(payload: Mapping[str, Any]) -> PriceContextKey:
+    """The request fields that select a price variant (the module docstring); () for
+    most requests, which name none: two lookups."""
+    if payload.get("service_tier") is None and payload.get("speed") is None:
+        return ()
+    return tuple(
+        (field, value)
+        for field in _CONTEXT_FIELDS
+        if (value := payload.get(field)).__class__ is str
+    )
 
 
 class Priced(Value, frozen=True):
@@ -349,9 +384,15 @@ class PriceTable:
         self._models: dict[tuple[str, str | None], tuple[Provider, ModelInfo] | None] = {}
         self._plans: dict[int, tuple[ModelPrice, _Plan | None]] = {}
         self._overrides: dict[PriceOverride, _Plan] = {}
+        self._variants: dict[
+            tuple[int, PriceContextKey, tuple[int, ...]], tuple[ModelPrice, ModelPrice]
+        ] = {}
 
-    def price(self, ref: PriceRef, usage: TokenUsage, at: datetime) -> Priced:
-        """Cost of ``usage`` for ``ref`` at time ``at`` (naive means UTC)."""
+    def price(
+        self, ref: PriceRef, usage: TokenUsage, at: datetime, context: PriceContextKey = ()
+    ) -> Priced:
+        """Cost of ``usage`` for ``ref`` at time ``at`` (naive means UTC), at the prices
+        its request's ``context`` selects (``price_context``; an override has none)."""
         counts = clamp_usage(usage)
         if ref.override is not None:
             plan = self._overrides.get(ref.override)
@@ -362,13 +403,34 @@ class PriceTable:
         if found is None:
             return _UNKNOWN
         model_price = found[1].get_prices(at)
+        if context and found[1].price_variants:
+            model_price = self._variant(found[1], model_price, context, at)
         cached = self._plans.get(id(model_price))
         if cached is None or cached[0] is not model_price:
             cached = (model_price, _compile_plan(model_price))
             self._plans[id(model_price)] = cached
         if cached[1] is None:
-            return self._price_with_genai(found, counts, at)
+            return self._price_with_genai(found, counts, at, context)
         return Priced(cached[1].nanos(counts), "genai-prices")
+
+    def _variant(
+        self, model: ModelInfo, standard: ModelPrice, context: PriceContextKey, at: datetime
+    ) -> ModelPrice:
+        """The prices ``context`` selects over ``standard`` at ``at``, built once per
+        price version, context and set of variants in force (``get_prices`` builds a new
+        object each time, which the plans are cached by)."""
+        variants = model.price_variants or ()
+        active = tuple(
+            i for i, v in enumerate(variants) if v.constraint is None or v.constraint.active(at)
+        )
+        key = (id(standard), context, active)
+        found = self._variants.get(key)
+        if found is None or found[0] is not standard:
+            found = (standard, model.get_prices(at, dict(context)))
+            if len(self._variants) >= _MAX_CACHED:
+                self._variants.clear()
+            self._variants[key] = found
+        return found[1]
 
     def context_window(self, ref: PriceRef) -> int | None:
         """The most tokens the priced model reads and writes in one call, from the price
@@ -421,7 +483,11 @@ class PriceTable:
         return plan
 
     def _price_with_genai(
-        self, found: tuple[Provider, ModelInfo], counts: _Counts, at: datetime
+        self,
+        found: tuple[Provider, ModelInfo],
+        counts: _Counts,
+        at: datetime,
+        context: PriceContextKey = (),
     ) -> Priced:
         """The slow path: genai-prices' own calculation; its data errors mean unknown."""
         provider, model = found
@@ -429,7 +495,9 @@ class PriceTable:
         # cache's part), which genai needs said once both overlapping keys are
         usage = Usage(**dict(zip(_REPORTED, counts, strict=True)), cache_audio_read_tokens=0)
         try:
-            total = model.calc_price(usage, provider, genai_request_timestamp=at).total_price
+            total = model.calc_price(
+                usage, provider, genai_request_timestamp=at, price_context=dict(context) or None
+            ).total_price
             return Priced(usd_to_nanos(total), "genai-prices")
         except ValueError:
             return _UNKNOWN

@@ -13,6 +13,9 @@ against, so the worst case has to bound what the provider will bill:
     fewer), every byte outside ASCII a token and every ``\\uXXXX`` escape three: no
     token is shorter than a byte, so this bounds CJK, Indic or Thai text, which can
     take a token or more a character (bytes / 4 held it at under one).
+  - a prompt of token ids (``text_bound``: a legacy Completions ``prompt`` or an
+    Embeddings ``input`` that is a list of ids, or of lists of ids): every id a token
+    (``0,`` is one in two bytes, which bytes / 4 held at half).
   - **a prompt the provider expands** (``expands``): an image, a file or audio (by
     URL, id or inline data), a stored conversation or item (``previous_response_id``,
     ``conversation``, a stored ``prompt``, an item or reasoning by id) or a server-side
@@ -22,19 +25,25 @@ against, so the worst case has to bound what the provider will bill:
     conversations and of images billed past the window).
 * **output**: the output cap per generated answer × the number of answers.
 
-  - the cap: ``max_completion_tokens``, else ``max_tokens`` (Chat Completions, legacy
+  - the cap: ``max_completion_tokens`` or ``max_tokens``, the larger where both are
+    given (Chat Completions: a provider reads one of them), ``max_tokens`` (legacy
     Completions), ``max_output_tokens`` (Responses), ``max_tokens`` (Anthropic
-    Messages). Reasoning ("thinking") tokens, tool-call arguments and structured output
-    are all output tokens inside that cap on every one of these APIs.
+    Messages). A Chat request to an OpenAI-compatible server capped by
+    ``max_completion_tokens`` alone has it sent as ``max_tokens`` instead, the field such
+    servers read (Ollama's ignores the other, and would write past the hold).
+    Reasoning ("thinking") tokens, tool-call arguments and structured output are all
+    output tokens inside that cap on every one of these APIs.
   - no cap in the request: the route's ``default_max_tokens`` is assumed **and sent
     upstream** as the cap (``max_completion_tokens`` to OpenAI and Azure, ``max_tokens``
     to OpenAI-compatible servers and legacy Completions, ``max_output_tokens`` to
     Responses), so the assumption binds: a model cannot think or write past it.
     Anthropic requires ``max_tokens`` itself; a request without it is refused by the
     provider and not billed, so nothing is added.
-  - answers: ``n`` (Chat Completions), ``max(n, best_of)`` (legacy Completions: the
-    provider generates and bills ``best_of`` answers and returns ``n``); one for
-    Responses and Anthropic, which have no such field.
+  - answers: ``n`` (Chat Completions), ``max(n, best_of)`` for each prompt (legacy
+    Completions: the provider generates and bills ``best_of`` answers and returns
+    ``n``, and a ``prompt`` that is a list of prompts, strings or token lists, is a batch,
+    each prompt answered on its own); one for Responses and Anthropic, which have no
+    such field.
 * **cache writes**: an Anthropic Messages request that marks ``cache_control`` may have
   its whole prompt written to the cache, which Anthropic bills above the input price
   (1.25× for the 5-minute cache, 2× for the 1-hour one). Such a request also gets a
@@ -95,8 +104,9 @@ class BadField(ValueError):
 
 
 class WorstCase(Value, frozen=True):
-    """A call's worst-case usage, and the output cap to add to the request (None: the
-    request caps its output itself, or the API needs none)."""
+    """A call's worst-case usage, and the output cap to send upstream in place of the
+    request's own cap fields (None: the request caps its output itself in a field its
+    provider reads, or the API needs none)."""
 
     usage: TokenUsage
     send_cap: tuple[str, int] | None = None
@@ -151,8 +161,18 @@ def answers(payload: Mapping[str, Any], kind: str) -> int:
     if kind == "completion":
         n = _whole(payload, "n", 1, MAX_CHOICES) or 1
         best_of = _whole(payload, "best_of", 1, MAX_BEST_OF) or 1
-        return max(n, best_of)
+        return max(n, best_of) * prompts(payload)
     return 1
+
+
+def prompts(payload: Mapping[str, Any]) -> int:
+    """How many prompts a legacy Completions request batches: a ``prompt`` that is a list
+    of strings or of token lists is that many, each answered on its own; a string or one
+    list of token ids is one."""
+    prompt = payload.get("prompt")
+    if prompt.__class__ is not list or not prompt or prompt[0].__class__ is int:
+        return 1
+    return len(prompt)
 
 
 def cap_field(kind: str, provider_kind: str) -> str:
@@ -176,6 +196,32 @@ def prompt_bound(body: bytes) -> int:
     escapes = body.count(b"\\u")
     # an escape's six bytes already count 1.5 tokens at bytes / 4: add the rest of three
     return ascii_bytes // 4 + high + (escapes * 3 + 1) // 2
+
+
+#: the field that may carry a request kind's prompt as token ids
+_TOKEN_ID_FIELDS = {"completion": "prompt", "embedding": "input"}
+
+
+def text_bound(payload: Mapping[str, Any], kind: str, body: bytes) -> int:
+    """``prompt_bound(body)``, with a prompt given as token ids counted a token an id (the
+    module docstring) in place of its digits' bytes / 4. A prompt of text costs a lookup."""
+    bound = prompt_bound(body)
+    ids = token_lists(payload, kind)
+    if not ids:
+        return bound
+    spelled = sum(len(msgspec.json.encode(each)) for each in ids)
+    return max(bound, bound - spelled // 4 + sum(len(each) for each in ids))
+
+
+def token_lists(payload: Mapping[str, Any], kind: str) -> list[list[Any]]:
+    """The prompts of a request given as token ids (a legacy Completions ``prompt``, an
+    Embeddings ``input``): one list of ids, or each list in a batch of them."""
+    field = _TOKEN_ID_FIELDS.get(kind)
+    given = payload.get(field) if field is not None else None
+    if given.__class__ is not list or not given:
+        return []
+    lists = [given] if given[0].__class__ is int else given
+    return [each for each in lists if each.__class__ is list]
 
 
 def worst_case(
@@ -203,16 +249,18 @@ def worst_case(
     as audio (OpenAI bills audio output at several times text)."""
     if kind not in CAP_FIELDS:  # embeddings: no output
         return WorstCase(TokenUsage(input_tokens=prompt), input_bound=input_bound)
-    cap = None
-    for field in CAP_FIELDS[kind]:
-        cap = _whole(payload, field, 0, None)
-        if cap is not None:
-            break
-    send = None
-    if cap is None:
+    given = [c for c in (_whole(payload, f, 0, None) for f in CAP_FIELDS[kind]) if c is not None]
+    field, send = cap_field(kind, provider_kind), None
+    if not given:
         cap = default_max_tokens
         if kind != "message":
-            send = (cap_field(kind, provider_kind), cap)
+            send = (field, cap)
+    else:  # both chat caps: the provider reads one of them, so the larger binds
+        cap = max(given)
+        if field == "max_tokens" and kind == "chat" and payload.get(field) is None:
+            # an OpenAI-compatible server reads max_tokens, and some ignore
+            # max_completion_tokens (Ollama): the cap goes out in the field they read
+            send = (field, cap)
     # no call is ever recorded above MAX_TOKENS_PER_CALL (``usage.plausible``), so no
     # worst case needs to be: it keeps every hold far inside the counters' exact range
     output = min(cap * answers(payload, kind), MAX_TOKENS_PER_CALL)
@@ -402,8 +450,9 @@ def _tool_of(tool: object, types: str | tuple[str, ...]) -> bool:
 
 
 def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:
-    """How many dicts in ``items`` (a list, or one dict), their ``content`` and a tool
-    result's ``output``, all the way down, the provider expands. A message of plain
+    """How many dicts in ``items`` (a list, or one dict), their ``content``, a tool
+    result's ``output`` and a document's ``source.content`` blocks, all the way down,
+    the provider expands. A message of plain
     text costs a few lookups; nesting of any depth a stack, not recursion."""
     count = 0
     pending = [items]
@@ -434,6 +483,9 @@ def _parts(items: object, inline: list[tuple[bool, int]] | None = None) -> int:
                 inner = node.get(field)
                 if inner.__class__ is list or inner.__class__ is dict:
                     pending.append(inner)
+            source = node.get("source")  # an Anthropic document of content blocks
+            if source.__class__ is dict and source.get("content").__class__ is list:
+                pending.append(source["content"])
     return count
 
 

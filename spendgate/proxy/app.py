@@ -21,10 +21,11 @@ from sqlalchemy.exc import SQLAlchemyError
 from spendgate.core.budget_rules import Subject
 from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
-from spendgate.core.pricing import PriceTable
+from spendgate.core.pricing import PriceContextKey, PriceTable, price_context
 from spendgate.core.usage import TokenUsage
 from spendgate.core.value import Value
 from spendgate.core.worst_case import (
+    CAP_FIELDS,
     SEARCHES_HELD,
     BadField,
     WorstCase,
@@ -34,8 +35,8 @@ from spendgate.core.worst_case import (
     image_bound,
     image_estimate,
     marks_cache,
-    prompt_bound,
     prompt_estimate,
+    text_bound,
     worst_case,
 )
 from spendgate.counters import PolicyStale
@@ -120,6 +121,9 @@ class Call(Value, frozen=True):
     #: a Responses call whose answer the provider stores (``store`` not false): a later
     #: call may continue it (``proxy.contexts``)
     stored: bool = False
+    #: the request's price context (``core.pricing.price_context``): a service tier or
+    #: speed that the provider bills at other prices, held and billed at them
+    context: PriceContextKey = ()
 
     def subject(self) -> Subject:
         key = self.key
@@ -391,6 +395,7 @@ class ProxyApp:
             mono,
             worst,
             endpoint.kind == "response" and payload.get("store") is not False,
+            price_context(payload),
         )
 
     def _prompt(
@@ -408,7 +413,7 @@ class ProxyApp:
         for images' inline data, and the model's window (images some models bill past
         it included); or, continuing a stored conversation whose tokens are known, those
         plus its own estimate, and those plus its own text's bound."""
-        estimate, text = len(body) // 4, prompt_bound(body)
+        estimate, text = len(body) // 4, text_bound(payload, kind, body)
         if not expands(payload, kind):
             return estimate, 0, text, False
         priced = None if route.price.override is not None else route.price.model
@@ -490,7 +495,8 @@ class ProxyApp:
         for n, usage in enumerate((first, cached, *also)):
             if usage is None:
                 continue
-            cost = self._prices.price(call.route.price, usage, call.started_at).cost_nanos
+            priced = self._prices.price(call.route.price, usage, call.started_at, call.context)
+            cost = priced.cost_nanos
             if cost is None:
                 return usage, None
             if n == 0 or most is None or cost > most:
@@ -557,6 +563,8 @@ class ProxyApp:
             changed = True
         if call.worst.send_cap is not None:  # the output cap the worst case assumed
             field, cap = call.worst.send_cap
+            for other in CAP_FIELDS[endpoint.kind]:  # the one cap the provider is sent
+                payload.pop(other, None)
             payload[field] = cap
             changed = True
         client_wants_usage = True
@@ -878,7 +886,7 @@ class ProxyApp:
         if usage is None:
             usage, cost, unknown = TokenUsage(), 0, False
         else:
-            priced = self._prices.price(call.route.price, usage, call.started_at)
+            priced = self._prices.price(call.route.price, usage, call.started_at, call.context)
             cost, unknown = priced.cost_nanos, priced.cost_nanos is None
             if unknown:
                 self._on_unpriced(call, usage)

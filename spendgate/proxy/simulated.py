@@ -27,8 +27,9 @@ Test knobs, read from the prompt text and ignored otherwise:
   ``usage.server_tool_use.web_search_requests``, the Responses API as ``web_search_call``
   items before the answer in its output.
 
-``n`` (Chat Completions, Completions) and ``best_of`` (Completions) are honoured the
-way the provider bills them: every answer generated counts in the completion tokens.
+``n`` (Chat Completions, Completions), ``best_of`` and a batch of prompts (Completions)
+are honoured the way the provider bills them: every answer generated counts in the
+completion tokens (the batch's text is one reply's, its answers as many as its prompts).
 
 Bad input raises :class:`~spendgate.errors.InvalidRequest` inside the stream builders;
 the ``*_response`` functions render it as the provider's error body instead.
@@ -47,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from spendgate.core.worst_case import expanding_parts, searches_bound
+from spendgate.core.worst_case import expanding_parts, prompts, searches_bound, token_lists
 from spendgate.errors import InvalidRequest
 from spendgate.proxy.simulated_shapes import TEXT, Shape, document, shape_of
 
@@ -252,10 +253,13 @@ def openai_reply(path: str, body: dict[str, Any]) -> Reply:
     if path not in _CHAT_PATHS:
         return _searched(reply, texts, body, "response")
     n = _count(body, "n")
-    generated = max(n, _count(body, "best_of")) if path == "/completions" else n
+    # a batch of prompts (Completions) is answered, and billed, prompt by prompt
+    generated = max(n, _count(body, "best_of")) * prompts(body) if path == "/completions" else n
+    ids = sum(map(len, token_lists(body, "completion"))) if path == "/completions" else 0
     return replace(
         reply,
         choices=n,
+        prompt_tokens=reply.prompt_tokens + ids,  # a prompt of token ids: a token an id
         completion_tokens=reply.completion_tokens * generated,
         reasoning_tokens=reply.reasoning_tokens * generated,
         completion_audio_tokens=reply.completion_audio_tokens * generated,

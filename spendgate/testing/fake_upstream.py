@@ -31,6 +31,8 @@ Knobs are plain attributes, set by the test that needs them:
   (the same path), as a moved or misconfigured endpoint would.
 * ``stream_gate``                   a ``threading.Event``: streams send their first event,
   then wait for it to be set before the rest (a call held open as long as a test likes).
+* ``ignored_fields``                request fields answered as if absent, as a server that
+  does not know them would (Ollama's OpenAI layer ignores ``max_completion_tokens``).
 * ``reported_usage``                when not ``AS_SIMULATED``: the usage every answer
   reports instead of its own (any JSON value, a malformed one included): a whole
   answer's ``usage``, a chat or completions stream's usage chunk, a Responses stream's
@@ -236,6 +238,7 @@ class FakeUpstream:
         self.stream_gate: threading.Event | None = None
         self.redirect_to: str | None = None
         self.reported_usage: Any = AS_SIMULATED
+        self.ignored_fields: frozenset[str] = frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -304,6 +307,8 @@ class FakeUpstream:
     async def _answer(self, where: Route, body: dict[str, Any], send: Send) -> None:
         if where.deployment is not None:
             body = {**body, "model": where.deployment}
+        if self.ignored_fields:
+            body = {k: v for k, v in body.items() if k not in self.ignored_fields}
         if body.get("stream") is True:
             cut = self.stream_error_after
             try:

@@ -21,6 +21,7 @@ from spendgate.core.pricing import (
     PriceTable,
     _compile_plan,
     clamp_usage,
+    price_context,
 )
 from spendgate.core.usage import TokenUsage, from_anthropic, from_openai
 
@@ -506,3 +507,41 @@ def test_which_prices_bill_cache_writes(table: PriceTable, ref: PriceRef, billed
     """Only a model (or override) with a cache-write rate bills a prompt written to the
     cache other than as input: the proxy holds OpenAI-style calls at their writes there."""
     assert table.bills_cache_writes(ref) is billed
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "context"),
+    [
+        ("gpt-5", "openai", (("service_tier", "priority"),)),
+        ("gpt-5", "openai", (("service_tier", "flex"),)),
+        ("gpt-5", "openai", (("service_tier", "auto"),)),
+        ("claude-opus-4-8", "anthropic", (("speed", "fast"),)),
+    ],
+)
+def test_a_price_context_selects_its_variant_as_genai_does(
+    table: PriceTable, model: str, provider: str, context: tuple[tuple[str, str], ...]
+) -> None:
+    """A service tier or speed is priced as genai-prices prices it in that context (the
+    same figure from the cache the second time); no context is the standard price."""
+    at = datetime(2026, 11, 10, tzinfo=UTC)
+    usage = TokenUsage(input_tokens=1000, output_tokens=500, cache_read_tokens=200)
+    ref = PriceRef(model, provider)
+    genai = calc_price(
+        Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=200),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=at,
+        price_context=dict(context),
+    ).total_price
+    for _ in range(2):
+        assert table.price(ref, usage, at, context).cost_nanos == usd_to_nanos(genai)
+    assert table.price(ref, usage, at).cost_nanos == genai_nanos(usage, model, provider, at)
+
+
+def test_price_context_reads_the_tier_fields_only() -> None:
+    """``service_tier`` and ``speed`` when they are strings; nothing else."""
+    assert price_context({"model": "m", "messages": []}) == ()
+    assert price_context({"service_tier": "priority", "speed": 3}) == (
+        ("service_tier", "priority"),
+    )
+    assert price_context({"speed": "fast"}) == (("speed", "fast"),)

@@ -23,6 +23,7 @@ from spendgate.core.worst_case import (
     prompt_bound,
     prompt_estimate,
     searches_bound,
+    text_bound,
     worst_case,
 )
 
@@ -34,6 +35,13 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, tuple[str, int] | None]] =
     ("chat max_tokens", "chat", "openai", {"max_tokens": 100}, 100, None),
     ("chat max_completion_tokens wins", "chat", "openai",
      {"max_completion_tokens": 300, "max_tokens": 100}, 300, None),
+    ("chat both caps: the larger binds", "chat", "openai",
+     {"max_completion_tokens": 100, "max_tokens": 5000}, 5000, None),
+    ("chat max_completion_tokens to an OpenAI-compatible server: sent as max_tokens",
+     "chat", "openai_compatible", {"max_completion_tokens": 100}, 100, ("max_tokens", 100)),
+    ("chat max_tokens to an OpenAI-compatible server: untouched", "chat",
+     "openai_compatible", {"max_tokens": 100}, 100, None),
+    ("chat max_tokens to OpenAI: untouched", "chat", "azure", {"max_tokens": 100}, 100, None),
     ("chat n=8", "chat", "openai", {"n": 8, "max_tokens": 1000}, 8000, None),
     ("chat no cap, OpenAI: the reasoning-safe field is sent", "chat", "openai", {},
      DEFAULT, ("max_completion_tokens", DEFAULT)),
@@ -45,6 +53,12 @@ CASES: list[tuple[str, str, str, dict[str, Any], int, tuple[str, int] | None]] =
      {"n": 2, "best_of": 5, "max_tokens": 10}, 50, None),
     ("completion n beyond best_of", "completion", "openai", {"n": 3, "max_tokens": 10}, 30, None),
     ("completion no cap", "completion", "openai", {}, DEFAULT, ("max_tokens", DEFAULT)),
+    ("completion batch of prompts: each answered", "completion", "openai",
+     {"prompt": ["a", "b", "c"], "best_of": 2, "max_tokens": 10}, 60, None),
+    ("completion batch of token lists", "completion", "openai",
+     {"prompt": [[1, 2], [3]], "max_tokens": 10}, 20, None),
+    ("completion one list of token ids is one prompt", "completion", "openai",
+     {"prompt": [1, 2, 3], "max_tokens": 10}, 10, None),
     ("responses max_output_tokens", "response", "openai", {"max_output_tokens": 64}, 64, None),
     ("responses has no n: ignored", "response", "openai", {"n": 8, "max_output_tokens": 64},
      64, None),
@@ -158,6 +172,37 @@ def test_cjk_text_is_held_above_one_token_a_character() -> None:
         assert prompt_bound(body) >= 3 * len(text) > len(body) // 4
 
 
+@pytest.mark.parametrize(
+    ("kind", "field", "given", "ids"),
+    [
+        ("completion", "prompt", [0] * 1000, 1000),
+        ("completion", "prompt", [[0] * 600, [1] * 400], 1000),
+        ("embedding", "input", [[7] * 1000], 1000),
+    ],
+)
+def test_token_ids_are_held_a_token_an_id(
+    kind: str, field: str, given: list[Any], ids: int
+) -> None:
+    """A prompt of token ids is a token an id: "0," is two bytes, which bytes / 4 held at
+    half a token; the rest of the body still counts at its bytes."""
+    body = orjson.dumps({"model": "m", field: given})
+    assert len(body) // 4 < ids <= text_bound({field: given}, kind, body) <= ids + 10
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        ("completion", {"prompt": ["a", "b"]}),
+        ("embedding", {"input": "text"}),
+        ("chat", {"prompt": [0] * 100}),
+    ],
+)
+def test_text_prompts_keep_their_bytes_bound(kind: str, fields: dict[str, Any]) -> None:
+    """Strings, and a chat request's stray ``prompt``, are bounded by their bytes."""
+    body = orjson.dumps(fields)
+    assert text_bound(fields, kind, body) == prompt_bound(body)
+
+
 IMAGE = {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}
 EXPANDING: list[tuple[str, str, dict[str, Any]]] = [
     ("chat image by URL", "chat", {"messages": [{"role": "user", "content": [IMAGE]}]}),
@@ -196,6 +241,9 @@ EXPANDING: list[tuple[str, str, dict[str, Any]]] = [
     ("anthropic code execution container", "message", {"messages": [], "container": "c_1"}),
     ("anthropic code execution tool", "message", {"messages": [], "tools": [
         {"type": "code_execution_20250825", "name": "code_execution"}]}),
+    ("anthropic image among a content document's blocks", "message", {"messages": [
+        {"role": "user", "content": [{"type": "document", "source": {"type": "content",
+            "content": [{"type": "image", "source": {"type": "url", "url": "u"}}]}}]}]}),
     ("anthropic document by URL", "message", {"messages": [{"role": "user", "content": [
         {"type": "document", "source": {"type": "url", "url": "https://e.com/a.pdf"}}]}]}),
     ("responses code interpreter", "response", {"input": "q", "tools": [

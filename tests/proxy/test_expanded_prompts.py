@@ -74,6 +74,20 @@ def messages(gw: RunningGateway, key: str, expanded: bool, model: str = "gpt-4o-
     )
 
 
+def document(gw: RunningGateway, key: str, expanded: bool, model: str = "gpt-4o-mini") -> Any:
+    """An Anthropic document whose source is content blocks: text, and an image in it."""
+    blocks: list[dict[str, Any]] = [{"type": "text", "text": TEXT}]
+    if expanded:
+        blocks.append({"type": "image", "source": {"type": "url", "url": IMAGE_URL}})
+    source = {"type": "content", "content": blocks}
+    client = anthropic.Anthropic(base_url=gw.url, api_key=key, max_retries=0)
+    return client.messages.with_raw_response.create(
+        model=model,
+        max_tokens=16,
+        messages=[{"role": "user", "content": [{"type": "document", "source": source}]}],
+    )
+
+
 Send = Callable[..., Any]
 #: (how the call is sent, the model, its context window, a hard cap between the text
 #: call's hold and the window's input price)
@@ -81,6 +95,7 @@ SHAPES: dict[str, tuple[Send, str, int, str]] = {
     "chat image": (chat, "gpt-4o-mini", 128_000, "0.01"),  # window: $0.0192
     "responses previous_response_id": (responses, "gpt-4o-mini", 128_000, "0.01"),
     "anthropic image": (messages, "claude-sonnet-4-5", 200_000, "0.30"),  # window: $0.60
+    "anthropic image in a content document": (document, "claude-sonnet-4-5", 200_000, "0.30"),
 }
 
 

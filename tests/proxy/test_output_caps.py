@@ -4,6 +4,8 @@ through the ``openai`` SDK, on SQLite+memory and PostgreSQL+Redis."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import openai
 import pytest
 
@@ -73,3 +75,29 @@ def test_an_unusable_count_or_cap_is_a_400_naming_it(
             extra_body={field: value},
         )
     assert bad.value.param == field
+
+
+def test_a_server_that_ignores_max_completion_tokens_gets_the_cap_as_max_tokens(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A chat request capped by ``max_completion_tokens`` alone, to an OpenAI-compatible
+    server that ignores that field (Ollama's OpenAI layer does, as did llama-cpp-python
+    and TGI): the gateway held 100 output tokens and forwarded no cap the server reads, so
+    it thought 20,000 tokens past a hard cap and a wallet. The cap goes out as
+    ``max_tokens``, the field such servers read, and the spend stays under both."""
+    fake.ignored_fields = frozenset({"max_completion_tokens"})
+    cap = "0.001"  # llama-local: $0.20 per million output tokens; 20,000 are $0.004
+    capped, funded = gateway.create_key(), gateway.create_key()
+    gateway.create_budget(scope_type="key", scope_id=capped["id"], amount_usd=cap, hard_limit=True)
+    gateway.post(
+        "/admin/wallets", {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": cap}
+    )
+    for key in (capped, funded):
+        chat = sdk(gateway, key["key"]).chat.completions.create(
+            model="llama-local", messages=MSG, max_completion_tokens=100
+        )
+        spent = [row["cost_nanos"] for row in gateway.ledger() if row["key_id"] == key["id"]]
+        assert sum(spent) <= int(Decimal(cap) * 10**9), "the server thought past the cap"
+        assert chat.usage is not None and chat.usage.completion_tokens == 100
+        sent = fake.requests[-1].json
+        assert sent["max_tokens"] == 100 and "max_completion_tokens" not in sent
