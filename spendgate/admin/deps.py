@@ -10,7 +10,8 @@ admin of A who is a viewer of B writes in A and only reads B. FastAPI solves a r
 guard dependencies before its parameters; :func:`acting` refuses to answer (a 500, caught
 by every test) if that ever changed. Scope is then checked per object with
 :meth:`Scope.require`, which answers like a missing object would, so nothing leaks
-across teams or orgs.
+across teams or orgs — except a change binding the calls of a user in several teams, by
+an admin of some of them only: they read the object, so a 403 tells them why.
 """
 
 from __future__ import annotations

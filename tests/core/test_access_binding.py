@@ -65,3 +65,17 @@ def test_objects_out_of_reach_stay_out_of_sight() -> None:
     for owner in (Owner.of(ORG, "t2", "t3"), Owner.of("org_b", "t1", "t2"), Owner.of(ORG)):
         assert not narrowed.sees(owner)
         assert not narrowed.binds_part_of(owner)
+
+
+def test_whoever_may_make_a_binding_change_reads_its_object() -> None:
+    """``binds_part_of`` answers 403 (not 404) on the grounds that the caller reads the
+    object: every role holding a binding permission holds the matching read."""
+    reads = {
+        Can.BUDGETS_WRITE: Can.BUDGETS_READ,
+        Can.WALLETS_WRITE: Can.WALLETS_READ,
+        Can.LIMITS_WRITE: Can.LIMITS_READ,
+        Can.ANOMALY_ACTIONS_WRITE: Can.ANOMALIES_READ,
+    }
+    assert reads.keys() == BINDING
+    for write, read in reads.items():
+        assert GRANTS[write] <= GRANTS[read]
