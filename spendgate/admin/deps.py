@@ -10,7 +10,8 @@ admin of A who is a viewer of B writes in A and only reads B. FastAPI solves a r
 guard dependencies before its parameters; :func:`acting` refuses to answer (a 500, caught
 by every test) if that ever changed. Scope is then checked per object with
 :meth:`Scope.require`, which answers like a missing object would, so nothing leaks
-across teams or orgs.
+across teams or orgs — except a change binding the calls of a user in several teams, by
+an admin of some of them only: they read the object, so a 403 tells them why.
 """
 
 from __future__ import annotations
@@ -260,10 +261,23 @@ class Scope:
         return owner is not None and self.who.sees(owner)
 
     def require(self, owner: Owner | None, what: str, object_id: str) -> Owner:
-        """``owner`` if the caller may see it; else the 404 a missing object gives."""
+        """``owner`` if the caller may see it; else the 404 a missing object gives (the
+        403 of :meth:`_require_every_team` for one it reads but may not bind)."""
         if owner is None or not self.who.sees(owner):
+            self._require_every_team(owner, f"{what} {object_id}")
             raise NotFound(f"{what} {object_id} not found")
         return owner
+
+    def _require_every_team(self, owner: Owner | None, what: str, field: str | None = None) -> None:
+        """403 for a change binding the calls of a user in several teams when the caller
+        is an admin of some of them only (``Principal.binds_part_of``): they read it, so
+        they are told why, not that it is missing."""
+        if owner is not None and self.who.binds_part_of(owner):
+            raise PermissionDenied(
+                f"{what}: the user is also in a team you are not an admin of; only an admin "
+                "of each of the user's teams, or an org role, may change what binds their calls",
+                param=field,
+            )
 
     async def referenced(
         self, scope_type: str, scope_id: str | None, field: str, org_id: str | None = None
@@ -281,6 +295,7 @@ class Scope:
         else:
             usable = owner is not None and owner.org_id is not None and self.who.sees(owner)
         if owner is None or not usable:
+            self._require_every_team(owner, f"{field}: {scope_type} {scope_id}", field)
             if scope_id is None and org_id is None:
                 # nothing named (only the master key, which has no org of its own, gets here
                 # for an org): say what is missing, not that an org "None" does not exist

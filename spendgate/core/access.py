@@ -29,7 +29,11 @@ call, in this order:
    permission (:meth:`Principal.acting_for`): its :attr:`~Principal.team_ids` are the
    teams whose role holds it, and it is org-wide only if the org role holds it. Then
    :meth:`Principal.sees` answers — no: the same 404 (or 422 for a referenced id) a
-   missing object gives, so nobody learns what exists elsewhere.
+   missing object gives, so nobody learns what exists elsewhere. One of the object's
+   teams being the caller's is enough, except for changes that bind calls
+   (:data:`BINDING`): a budget on a user of teams A and B binds the user's calls in both,
+   so a team admin of A alone may read it but not change it — that needs the permission
+   in every one of the object's teams (a 403 saying so, :meth:`Principal.binds_part_of`).
 
 Objects that belong to the org but to no team (org budgets, tag budgets, org keys) are
 org-wide: team roles do not see them. Virtual keys never reach the admin API.
@@ -155,6 +159,14 @@ GRANTS: dict[Can, frozenset[str]] = {
 }
 
 
+#: changes that bind calls (budgets and their exceptions, wallets, rate limits, anomaly
+#: actions): on an object of several teams — a budget on a user who is in two teams binds
+#: the user's calls in both — a team role needs the permission in every one of them
+BINDING = frozenset(
+    {Can.BUDGETS_WRITE, Can.WALLETS_WRITE, Can.LIMITS_WRITE, Can.ANOMALY_ACTIONS_WRITE}
+)
+
+
 def _grants_all(role: str, permissions: Iterable[Can]) -> bool:
     return all(role in GRANTS[p] for p in permissions)
 
@@ -254,12 +266,29 @@ class Principal:
         return replace(self, acting=self.acting | frozenset(permissions))
 
     def sees(self, owner: Owner) -> bool:
-        """Whether an object with this owner is within the caller's scope."""
+        """Whether an object with this owner is within the caller's scope: one of its
+        teams is the caller's, or, acting for a :data:`BINDING` change, all of them are."""
         if self.is_master:
             return True
         if owner.org_id != self.org_id:
             return False
-        return self.org_wide or not self.team_ids.isdisjoint(owner.team_ids)
+        if self.org_wide:
+            return True
+        if self.acting & BINDING:
+            return bool(owner.team_ids) and self.team_ids >= owner.team_ids
+        return not self.team_ids.isdisjoint(owner.team_ids)
+
+    def binds_part_of(self, owner: Owner) -> bool:
+        """Whether the caller, acting for a :data:`BINDING` change it may not make to this
+        object, reaches some of its teams: it reads the object (every role that changes
+        these reads them) but not all the calls the change would bind — a 403 that says
+        so, not the 404 of an object out of sight."""
+        return (
+            bool(self.acting & BINDING)
+            and not self.sees(owner)
+            and owner.org_id == self.org_id
+            and not self.team_ids.isdisjoint(owner.team_ids)
+        )
 
     def can(self, permission: Can, owner: Owner) -> bool:
         """Whether the caller may do ``permission`` to an object with this owner."""
