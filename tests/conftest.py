@@ -316,12 +316,15 @@ def one_default_tls_context() -> Iterator[None]:
     """Every httpx client loads certifi's CA bundle into a new TLS context: 20 ms of CPU
     each, thousands of times in a run, for clients that speak plain HTTP to 127.0.0.1.
     The openai and anthropic SDKs build theirs with httpx2 (a fork of httpx with its own
-    transports), so both are covered. Clients with the default verification share one
-    context per library here (an SSLContext is made to be shared); any other setting
-    builds its own."""
+    transports), and every gateway's webhook transport (``VettedTransport``) calls
+    ``httpx.create_ssl_context()`` itself: all are covered. Clients with the default
+    verification share one context per library here (an SSLContext is made to be
+    shared); any other setting builds its own."""
+    shared = _one_context_each(httpx_transports)
     with pytest.MonkeyPatch.context() as patch:
-        for transports in (httpx_transports, httpx2_transports):
-            patch.setattr(transports, "create_ssl_context", _one_context_each(transports))
+        patch.setattr(httpx_transports, "create_ssl_context", shared)
+        patch.setattr(httpx, "create_ssl_context", shared)
+        patch.setattr(httpx2_transports, "create_ssl_context", _one_context_each(httpx2_transports))
         yield
 
 
