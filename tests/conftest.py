@@ -25,6 +25,7 @@ import asyncpg
 import fastapi.routing
 import httpx
 import httpx._transports.default as httpx_transports
+import httpx2._transports.default as httpx2_transports
 import pytest
 from argon2 import PasswordHasher
 from redis.asyncio import Redis
@@ -312,12 +313,26 @@ def admin_routes_built_once() -> Iterator[None]:
 
 @pytest.fixture(scope="session", autouse=True)
 def one_default_tls_context() -> Iterator[None]:
-    """Every httpx client (the SDKs' too) loads certifi's CA bundle into a new TLS
-    context: 20 ms of CPU each, thousands of times in a run, for clients that speak
-    plain HTTP to 127.0.0.1. Clients with the default verification share one context
-    here (an SSLContext is made to be shared); any other setting builds its own."""
+    """Every httpx client loads certifi's CA bundle into a new TLS context: 20 ms of CPU
+    each, thousands of times in a run, for clients that speak plain HTTP to 127.0.0.1.
+    The openai and anthropic SDKs build theirs with httpx2 (a fork of httpx with its own
+    transports), and every gateway's webhook transport (``VettedTransport``) calls
+    ``httpx.create_ssl_context()`` itself: all are covered. Clients with the default
+    verification share one context per library here (an SSLContext is made to be
+    shared); any other setting builds its own."""
+    shared = _one_context_each(httpx_transports)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(httpx_transports, "create_ssl_context", shared)
+        patch.setattr(httpx, "create_ssl_context", shared)
+        patch.setattr(httpx2_transports, "create_ssl_context", _one_context_each(httpx2_transports))
+        yield
+
+
+def _one_context_each(transports: Any) -> Callable[..., ssl.SSLContext]:
+    """``transports.create_ssl_context``, returning one context for every call with the
+    default verification (per trust setting and CA environment)."""
     create: Callable[..., ssl.SSLContext] = getattr(  # noqa: B009 - not exported
-        httpx_transports, "create_ssl_context"
+        transports, "create_ssl_context"
     )
     made: dict[tuple[bool, str | None, str | None], ssl.SSLContext] = {}
 
@@ -329,9 +344,7 @@ def one_default_tls_context() -> Iterator[None]:
             made[key] = create(verify=verify, cert=cert, trust_env=trust_env)
         return made[key]
 
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(httpx_transports, "create_ssl_context", shared)
-        yield
+    return shared
 
 
 @pytest.fixture(scope="session")

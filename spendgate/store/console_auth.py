@@ -33,8 +33,9 @@ INVITE_DAYS = 7
 SESSION_LIFETIME = timedelta(hours=12)
 
 _hasher = PasswordHasher()
-#: verified against when no user matches, so a wrong email costs as long as a wrong password
-_DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+#: verified against when no user matches, so a wrong email costs as long as a wrong
+#: password; made by the first sign-in (``_dummy_hash``), not at import
+_DUMMY_HASH: str | None = None
 _p = schema.console_passwords.c
 _s = schema.console_sessions.c
 _i = schema.console_invites.c
@@ -92,6 +93,7 @@ class ConsoleAuth:
         """The user id whose email and password these are, or ``None``.
 
         Emails are unique per org, not across orgs: the password picks the user."""
+        dummy = _dummy_hash()  # before the lookup: a first sign-in costs the same either way
         query = (
             sa.select(_u.id, _p.password_hash)
             .join(schema.console_passwords, _p.user_id == _u.id)
@@ -110,7 +112,7 @@ class ConsoleAuth:
                         )
                 return str(user_id)
         if not rows:
-            _verify(_DUMMY_HASH, password)
+            _verify(dummy, password)
         return None
 
     async def open_session(self, user_id: str, now: datetime) -> tuple[str, datetime]:
@@ -203,6 +205,17 @@ class ConsoleAuth:
             return None
         await self.set_password(found[0], password, now)
         return found[0]
+
+
+def _dummy_hash() -> str:
+    """The hash a sign-in naming no user is checked against, made once per process when
+    first needed: an argon2id hash at the defaults is 0.2 s of CPU (more on a busy
+    machine) that every process importing the app paid at import before — each ``serve``
+    worker and replica, whether or not anyone ever signs in to its console."""
+    global _DUMMY_HASH
+    if _DUMMY_HASH is None:
+        _DUMMY_HASH = _hasher.hash(secrets.token_urlsafe(16))
+    return _DUMMY_HASH
 
 
 def _verify(hashed: str, password: str) -> bool:
