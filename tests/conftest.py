@@ -361,6 +361,9 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     if fake_app.stream_gate is not None:
         fake_app.stream_gate.set()
         fake_app.stream_gate = None
+    if fake_app.answer_gate is not None:
+        fake_app.answer_gate.set()
+        fake_app.answer_gate = None
     fake_app.requests.clear()
 
 
