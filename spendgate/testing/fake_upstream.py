@@ -33,6 +33,9 @@ Knobs are plain attributes, set by the test that needs them:
   then wait for it to be set before the rest (a call held open as long as a test likes).
 * ``ignored_fields``                request fields answered as if absent, as a server that
   does not know them would (Ollama's OpenAI layer ignores ``max_completion_tokens``).
+* ``answer_gate``                   a ``threading.Event``: a request with ``[[gated]]`` in
+  its prompt waits for it to be set before it is answered (a call kept with the provider
+  until the test lets it go, however slowly a loaded machine gets there).
 * ``reported_usage``                when not ``AS_SIMULATED``: the usage every answer
   reports instead of its own (any JSON value, a malformed one included): a whole
   answer's ``usage``, a chat or completions stream's usage chunk, a Responses stream's
@@ -67,6 +70,7 @@ StreamErrorForm = Literal["own", "vllm", "failed"]
 
 MAX_RECORDED = 1000
 _SLOW = re.compile(rb"\[\[slow:([0-9]+(?:\.[0-9]+)?)\]\]")
+_GATED = b"[[gated]]"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
 _OPENAI_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
@@ -236,6 +240,7 @@ class FakeUpstream:
         self.stream_error_form: StreamErrorForm = "own"
         self.required_api_key: str | None = None
         self.stream_gate: threading.Event | None = None
+        self.answer_gate: threading.Event | None = None
         self.redirect_to: str | None = None
         self.reported_usage: Any = AS_SIMULATED
         self.ignored_fields: frozenset[str] = frozenset()
@@ -283,6 +288,8 @@ class FakeUpstream:
         slow = _SLOW.search(raw)
         if slow:
             await asyncio.sleep(float(slow.group(1)))
+        if self.answer_gate is not None and _GATED in raw:
+            await asyncio.to_thread(self.answer_gate.wait)
         if self.redirect_to is not None:
             location = (self.redirect_to + seen.path).encode("latin-1")
             headers = [(b"location", location), (b"content-length", b"0")]

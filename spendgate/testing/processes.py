@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -56,6 +58,45 @@ def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | Non
             return
         time.sleep(0.05)
     raise TimeoutError(f"nothing listened on 127.0.0.1:{port} within {timeout} s")
+
+
+class StderrLines:
+    """The lines a process writes to stderr, read in a thread so that its pipe never fills
+    (a process whose stderr nobody reads blocks once the pipe holds 64 KiB)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self.proc = proc
+        self.lines: list[str] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stderr is not None
+        for raw in self.proc.stderr:
+            self.lines.append(raw.decode(errors="replace"))
+
+    @property
+    def text(self) -> str:
+        return "".join(self.lines)
+
+    def wait_for(self, pattern: str, times: int = 1, timeout: float = 120) -> list[str]:
+        """The first ``times`` matches of ``pattern``; fails if the process exits first
+        (``timeout`` is a guard against hanging, not a measurement)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            reading = self.thread.is_alive()  # read first: then every line is in when not
+            found = [m.group(0) for line in list(self.lines) if (m := re.search(pattern, line))]
+            if len(found) >= times:
+                return found[:times]
+            assert reading, f"the process closed its stderr (exited):\n{self.text}"
+            assert time.monotonic() < deadline, f"no {pattern!r} ×{times}:\n{self.text}"
+            time.sleep(0.05)
+
+    def until_exit(self, timeout: float = 120) -> str:
+        """Everything the process wrote to stderr, once it has exited."""
+        self.proc.wait(timeout)
+        self.thread.join(timeout)
+        return self.text
 
 
 def _as_postgres(cmd: list[str]) -> list[str]:
@@ -189,9 +230,9 @@ class PrivateRedis:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_for_port(self.port, 10, self.proc)
+        wait_for_port(self.port, 60, self.proc)  # guards against hanging, not measurements
         if loaded:
-            self._wait_loaded(10)
+            self._wait_loaded(60)
 
     def _wait_loaded(self, timeout: float) -> None:
         """Until Redis answers ``PING`` with ``PONG``: one restarted with its append-only
@@ -319,7 +360,7 @@ class UpstreamProcess:
             log_dir,
             "upstream",
         )
-        wait_for_port(port, 30, managed.proc)
+        wait_for_port(port, 120, managed.proc)  # a guard against hanging
         return managed
 
 
@@ -334,7 +375,7 @@ class Replica:
         config: Path | None = None,
         port: int | None = None,
         workdir: Path | None = None,
-        timeout: float = 60,
+        timeout: float = 120,
     ) -> ManagedProcess:
         """Start and wait until ``/healthz`` answers. ``env`` holds ``SPENDGATE_*`` (the
         master key, database and Redis URLs); ``workdir`` is where relative paths (a

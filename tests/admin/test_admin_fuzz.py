@@ -221,7 +221,7 @@ def _seed(gateway: RunningGateway) -> Seeded:
     return Seeded(ids, receiver)
 
 
-def _wait_for(fetch: Any, timeout: float = 10.0) -> Any:
+def _wait_for(fetch: Any, timeout: float = 120.0) -> Any:  # a guard against hanging
     deadline = time.monotonic() + timeout
     while True:
         found = fetch()

@@ -279,7 +279,7 @@ def test_anomaly_action_validation_and_conflicts(gw: RunningGateway) -> None:
     assert gw.admin.get("/admin/anomalies", params={"status": "maybe"}).status_code == 422
 
 
-def wait_for_lease(gw: RunningGateway, name: str, seconds: float = 30.0) -> None:
+def wait_for_lease(gw: RunningGateway, name: str, seconds: float = 120.0) -> None:
     """Until some replica holds the lease ``name`` (the housekeeping loop's first round
     takes it shortly after start; on a loaded machine that can be after the test begins)."""
 

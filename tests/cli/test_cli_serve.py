@@ -60,20 +60,22 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path, subprocess.Popen[bytes]]
         stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if httpx.get(url + "/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-        assert time.monotonic() < deadline, "spendgate serve did not become ready"
-        time.sleep(0.1)
-    yield url, db, proc
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+    deadline = time.monotonic() + 120  # a guard against hanging: a loaded machine took 30 s
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
+            assert time.monotonic() < deadline, "spendgate serve did not become ready"
+            time.sleep(0.1)
+        yield url, db, proc
+    finally:  # a server that never became ready is stopped too
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def run_cli(url: str, *args: str) -> object:
@@ -131,7 +133,7 @@ def test_cli_creates_objects_and_sigterm_flushes_the_ledger(
         )
     proc.send_signal(signal.SIGTERM)
     # uvicorn shuts down gracefully, then re-raises the signal it caught
-    assert proc.wait(timeout=30) in (0, -signal.SIGTERM)
+    assert proc.wait(timeout=120) in (0, -signal.SIGTERM)  # a guard against hanging
     output = proc.stdout.read().decode() if proc.stdout else ""
     assert "Application shutdown complete" in output
     # the demo admin's sign-in names the console where this server listens (--port)

@@ -15,6 +15,7 @@ import httpx
 import pytest
 
 from spendgate.store.database import migrate_url
+from spendgate.testing.processes import StderrLines
 from tests.cli.test_cli_serve import MASTER, free_port
 from tests.conftest import REDIS_URL
 
@@ -84,10 +85,13 @@ def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> N
     (tmp_path / "spendgate.toml").write_text("[gateway]\nforecast_refresh_seconds = 1\n")
     port = free_port()
     proc = _serve_two_workers(db, port, {"SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml")})
+    log = StderrLines(proc)
     try:
+        # both workers past their start (a loaded machine can start the second late)
+        log.wait_for(r"Application startup complete", times=2)
         deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
         while True:
-            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert proc.poll() is None, log.text
             assert time.monotonic() < deadline, "no worker started a forecast process"
             ready = _ready(port)
             pool = [p for w in _children(proc.pid) for p in _children(w)]
@@ -98,12 +102,11 @@ def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> N
             proc.send_signal(signal.SIGTERM)
         else:
             os.killpg(proc.pid, signal.SIGINT)
-        _, err = proc.communicate(timeout=120)
+        text = log.until_exit()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    text = err.decode()
     assert proc.returncode == 0, text
     assert "leaked" not in text, text
     assert "Traceback" not in text, text
@@ -116,24 +119,27 @@ def test_workers_start_together_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     db = tmp_path / "fresh.db"
     port = free_port()
     proc = _serve_two_workers(db, port, {})
+    log = StderrLines(proc)
     try:
         deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
         while not _children(proc.pid):
-            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert proc.poll() is None, log.text
             assert time.monotonic() < deadline, "no worker started"
             time.sleep(0.01)
         assert _migrated(db), "workers were started before the schema was made"
+        # both serve: each said so (a child process is not yet a started worker, and a
+        # loaded machine can start the second well after the first answers /readyz)
+        log.wait_for(r"Application startup complete", times=2)
         while len(_children(proc.pid)) < 2 or not _ready(port):
-            assert proc.poll() is None, proc.communicate()[1].decode()
+            assert proc.poll() is None, log.text
             assert time.monotonic() < deadline, "the workers did not both start"
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
+        text = log.until_exit()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    text = err.decode()
     assert proc.returncode == 0, text
     assert text.count("Application startup complete") == 2, text
     assert "already exists" not in text, text

@@ -22,9 +22,10 @@ def _chat(base: str, key: str) -> None:
 
 def _threshold_rows(page: Page, base: str) -> list[str]:
     """The threshold notifications on /notifications, reloaded until three are there
-    (they are written off the call path) or a bounded number of tries has passed."""
+    (they are written off the call path); the time bound is a guard against hanging."""
     rows: list[str] = []
-    for _ in range(50):
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
         page.goto(f"{base}/notifications?type=budget.threshold_crossed")
         rows = page.locator("#notifications-table tbody tr").all_inner_texts()
         if len(rows) >= 3:

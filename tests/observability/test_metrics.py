@@ -56,7 +56,7 @@ def sdk(gw: RunningGateway, key: str) -> openai.OpenAI:
     return openai.OpenAI(base_url=gw.url + "/v1", api_key=key, max_retries=0)
 
 
-def wait_for(condition: Any, what: str, timeout: float = 20.0) -> None:
+def wait_for(condition: Any, what: str, timeout: float = 120.0) -> None:  # a hang guard
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"

@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
-from spendgate.testing.processes import PrivateRedis, free_port
+from spendgate.testing.processes import PrivateRedis, StderrLines, free_port
 from tests.conftest import start_gateway
 
 MASTER = "sg-master-workers-test-0b7e"
@@ -62,7 +61,7 @@ def test_every_worker_answers_for_all_of_them(tmp_path: Path) -> None:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )
-        log = _Stderr(proc)
+        log = StderrLines(proc)
         try:
             key = log.wait_for(r"sk-sg-[A-Za-z0-9_-]+", times=1)[0]
             # Both workers accept only once each has started: until then the first takes
@@ -83,32 +82,6 @@ def test_every_worker_answers_for_all_of_them(tmp_path: Path) -> None:
             proc.wait(timeout=60)
             log.thread.join(timeout=10)
     assert metrics_dir.exists()  # a directory the operator gave is left in place
-
-
-class _Stderr:
-    """The lines a process writes to stderr, read in a thread so that its pipe never fills."""
-
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        self.proc = proc
-        self.lines: list[str] = []
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for raw in self.proc.stderr:
-            self.lines.append(raw.decode(errors="replace"))
-
-    def wait_for(self, pattern: str, times: int) -> list[str]:
-        """The first ``times`` matches of ``pattern``, waiting up to 60 s for them."""
-        deadline = time.monotonic() + 60
-        while True:
-            found = [m.group(0) for line in list(self.lines) if (m := re.search(pattern, line))]
-            if len(found) >= times:
-                return found[:times]
-            assert self.proc.poll() is None, "spendgate serve exited:\n" + "".join(self.lines)
-            assert time.monotonic() < deadline, f"no {pattern!r} ×{times}:\n" + "".join(self.lines)
-            time.sleep(0.05)
 
 
 def _call(url: str, key: str) -> int:

@@ -10,6 +10,7 @@ key prefix of their own); the restart test on a Redis it starts and kills itself
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -65,7 +66,8 @@ class Fleet:
 
 
 async def until_drained(client: httpx.AsyncClient, url: str) -> None:
-    for _ in range(300):
+    deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
+    while time.monotonic() < deadline:
         if (await client.get(f"{url}/readyz")).json()["ledger_pending"] == 0:
             return
         await asyncio.sleep(0.05)
@@ -270,13 +272,19 @@ async def test_redis_restarted_empty_mid_period_is_seeded_again_from_the_ledger(
     fleet, redis = restartable
     key = fleet.new_key()
     cap = Decimal("0.0006")
-    fleet.admin(0, "POST", "/admin/budgets", hard_budget(key["id"], cap))
+    made = fleet.admin(0, "POST", "/admin/budgets", hard_budget(key["id"], cap))
     while await fleet.spent(key["id"]) < cap * Decimal("0.6"):
         assert set(await storm(fleet, key["key"], 6, max_tokens=20)) == {200}
 
     slow = [{"role": "user", "content": "hi [[slow:1.5]]"}]
     in_flight = asyncio.create_task(storm(fleet, key["key"], 1, messages=slow, max_tokens=20))
-    await asyncio.sleep(0.5)  # the call is with the provider, its hold taken
+    # the call is with the provider, its hold taken (a fixed 0.5 s was too short on a
+    # loaded machine: Redis was killed before the call was admitted, which then got a 503)
+    status = f"/admin/budgets/{made['id']}/status"
+    deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
+    while Decimal((await asyncio.to_thread(fleet.admin, 0, "GET", status))["reserved_usd"]) == 0:
+        assert not in_flight.done() and time.monotonic() < deadline, in_flight
+        await asyncio.sleep(0.02)
     await asyncio.to_thread(redis.kill)
     assert await in_flight == [200]
     await asyncio.to_thread(redis.start)
@@ -318,9 +326,9 @@ async def test_a_counter_that_lost_spend_is_repaired_from_the_ledger(
             status = fleet.admin(1, "GET", f"/admin/budgets/{made['id']}/status")
             return Decimal(status["spent_usd"]) == spent
 
-        for _ in range(300):
-            if await repaired():
-                break
+        deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
+        while not await repaired():
+            assert time.monotonic() < deadline, "the counter was not raised to the ledger's figure"
             await asyncio.sleep(0.05)
         assert await repaired(), "the counter was not raised to the ledger's figure"
         events = fleet.admin(2, "GET", "/admin/events?type=budget.counter_drift")

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import redis
 
+import spendgate.app
 from spendgate.testing.fake_upstream import FakeUpstream, ServerHandle
 from tests.conftest import REDIS_URL, RunningGateway, start_gateway
 
@@ -30,8 +31,15 @@ NANOS = Decimal(10**9)
 
 @pytest.fixture
 def replicas(
-    upstream: tuple[FakeUpstream, ServerHandle], fake: FakeUpstream, tmp_path: Path
+    upstream: tuple[FakeUpstream, ServerHandle],
+    fake: FakeUpstream,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[RunningGateway, RunningGateway, str]]:
+    # Housekeeping runs once at start, then only when a test asks (``catch_up``): a round
+    # 5 s later fell, on a loaded machine, between a lost settle and the test's catch-up,
+    # and seeded the lost bucket by the frozen clock (no call started before "now").
+    monkeypatch.setattr(spendgate.app, "HOUSEKEEPING_SECONDS", 3600.0)
     prefix = f"sgtest:{uuid.uuid4().hex}:"
     env = {"SPENDGATE_REDIS_URL": REDIS_URL, "SPENDGATE_REDIS_PREFIX": prefix}
     database = f"sqlite:///{tmp_path / 'shared.db'}"
@@ -90,7 +98,11 @@ def budget(gw: RunningGateway, scope_type: str, scope_id: str, **extra: Any) -> 
 
 
 def across_a_restart(
-    a: RunningGateway, key: str, prefix: str, meanwhile: Callable[[], None] = lambda: None
+    a: RunningGateway,
+    fake: FakeUpstream,
+    key: str,
+    prefix: str,
+    meanwhile: Callable[[], None] = lambda: None,
 ) -> httpx.Response:
     """A call of ``key`` through A that is with the provider when Redis restarts empty;
     ``meanwhile`` runs after the restart, before the call ends. From here on A's ledger
@@ -98,11 +110,18 @@ def across_a_restart(
     a.app.services.ledger._flush_seconds = 3600
     time.sleep(0.2)  # the writer's current wait ends
     answers: list[httpx.Response] = []
-    slow = threading.Thread(target=lambda: answers.append(chat(a, key, "hi [[slow:1]]")))
+    fake.answer_gate = threading.Event()  # held with the provider until let go below
+    slow = threading.Thread(target=lambda: answers.append(chat(a, key, "hi [[gated]]")))
     slow.start()
-    time.sleep(0.4)  # with the provider, its holds taken
+    # with the provider, its holds taken (a fixed pause was too short on a loaded machine:
+    # Redis restarted before the call was admitted, and nothing was left uncounted)
+    deadline = time.monotonic() + 60  # a guard against hanging, not a measurement
+    while not any("[[gated]]" in str(r.json) for r in list(fake.requests)):
+        assert slow.is_alive() and time.monotonic() < deadline, answers
+        time.sleep(0.01)
     restart_empty(prefix)
     meanwhile()
+    fake.answer_gate.set()
     slow.join()
     assert [r.status_code for r in answers] == [200]
     return answers[0]
@@ -160,7 +179,7 @@ def cost(rows: list[dict[str, Any]]) -> Decimal:
 
 
 def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
-    replicas: tuple[RunningGateway, RunningGateway, str],
+    replicas: tuple[RunningGateway, RunningGateway, str], fake: FakeUpstream
 ) -> None:
     """A call is with the provider when Redis restarts empty; it settles into nothing (its
     bucket is gone), and replica B seeds the bucket from the ledger before A has written
@@ -171,7 +190,7 @@ def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
     budget_id = budget(a, "key", key["id"])
     assert chat(a, key["key"]).status_code == 200
     a.ledger()  # flushed: the bucket is seeded and has that call
-    late = across_a_restart(a, key["key"], prefix)
+    late = across_a_restart(a, fake, key["key"], prefix)
     # its settle read no spend: no budget figure rather than the whole cap as "remaining"
     assert "x-spendgate-budget-remaining-usd" not in late.headers
     # B finds the counters lost and seeds the bucket from the ledger: A's row is not there
@@ -182,7 +201,7 @@ def test_a_call_settled_into_a_bucket_redis_lost_is_caught_up_whoever_seeds_it(
 
 
 def test_a_call_settled_into_buckets_redis_lost_is_caught_up_once_whoever_seeds_them(
-    replicas: tuple[RunningGateway, RunningGateway, str],
+    replicas: tuple[RunningGateway, RunningGateway, str], fake: FakeUpstream
 ) -> None:
     """A call under a key budget and an org budget is with the provider when Redis
     restarts empty. Replica B seeds the org budget's bucket (a call of another key of
@@ -202,7 +221,7 @@ def test_a_call_settled_into_buckets_redis_lost_is_caught_up_once_whoever_seeds_
     def b_seeds_the_org_bucket() -> None:  # from a ledger without the running call
         assert chat(b, other_key["key"]).status_code == 200
 
-    late = across_a_restart(a, slow_key["key"], prefix, b_seeds_the_org_bucket)
+    late = across_a_restart(a, fake, slow_key["key"], prefix, b_seeds_the_org_bucket)
     rows = written(a, b, late)
     catch_up(a)
     catch_up(b, every_counter=True)
@@ -213,7 +232,7 @@ def test_a_call_settled_into_buckets_redis_lost_is_caught_up_once_whoever_seeds_
 
 
 def test_a_ticket_grant_left_alone_by_a_lost_settle_is_caught_up_too(
-    replicas: tuple[RunningGateway, RunningGateway, str],
+    replicas: tuple[RunningGateway, RunningGateway, str], fake: FakeUpstream
 ) -> None:
     """A call funded by a cost ticket holds its budget and the ticket's grant (not the
     team wallet). Redis restarts empty while it runs; B seeds the grant (a ticket-funded
@@ -229,7 +248,7 @@ def test_a_ticket_grant_left_alone_by_a_lost_settle_is_caught_up_too(
     def b_seeds_the_grant() -> None:  # gpt-4o is outside the budget
         assert chat(b, key["key"], model="gpt-4o").status_code == 200
 
-    late = across_a_restart(a, key["key"], prefix, b_seeds_the_grant)
+    late = across_a_restart(a, fake, key["key"], prefix, b_seeds_the_grant)
     rows = [r for r in written(a, b, late) if r["key_id"] == key["id"]]
     catch_up(a)
 
@@ -247,7 +266,7 @@ def test_a_ticket_grant_left_alone_by_a_lost_settle_is_caught_up_too(
 
 
 def test_a_ticket_funded_call_caught_up_after_redis_lost_buckets_costs_the_wallet_nothing(
-    replicas: tuple[RunningGateway, RunningGateway, str],
+    replicas: tuple[RunningGateway, RunningGateway, str], fake: FakeUpstream
 ) -> None:
     """A team wallet with a top-up and a ticket granted to one key of the team. Redis
     restarts empty while a ticket-funded call runs; B seeds the wallet's bucket (a call
@@ -263,7 +282,7 @@ def test_a_ticket_funded_call_caught_up_after_redis_lost_buckets_costs_the_walle
     def b_seeds_the_wallet() -> None:  # another key's call, paid by the wallet
         assert chat(b, other["key"]).status_code == 200
 
-    late = across_a_restart(a, funded["key"], prefix, b_seeds_the_wallet)
+    late = across_a_restart(a, fake, funded["key"], prefix, b_seeds_the_wallet)
     rows = [r for r in written(a, b, late) if r["org_id"] == org]
     catch_up(a, every_counter=True)
     catch_up(b, every_counter=True)

@@ -357,7 +357,7 @@ def test_abandoned_stream_is_billed_for_what_upstream_produced(
         lines = response.iter_lines()
         got = [next(lines) for _ in range(3)]
     assert any(line.startswith("data: ") for line in got)
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
     rows = gateway.ledger()
     while not rows and time.monotonic() < deadline:
         threading.Event().wait(0.05)

@@ -531,7 +531,7 @@ provider = "openai"
             assert counter(redis, bucket) == before < spent  # the killed replica's spend
             replica.close()
             replica = Replica.start(tmp_path, env, config=config, workdir=tmp_path)
-            deadline = time.monotonic() + 10
+            deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
             while counter(redis, bucket) < spent and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert counter(redis, bucket) == spent
@@ -540,15 +540,16 @@ provider = "openai"
 
 
 async def _ledger_spend(database: str, key_id: str, rows: int) -> int:
-    """The key's spend in the ledger once it has ``rows`` rows (within 10 s)."""
+    """The key's spend in the ledger once it has ``rows`` rows."""
     conn = await asyncpg.connect(database)
     try:
-        for _ in range(100):
+        deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
+        while time.monotonic() < deadline:
             found = await conn.fetch("SELECT cost_nanos FROM ledger WHERE key_id = $1", key_id)
             if len(found) >= rows:
                 return sum(int(r[0]) for r in found)
             await asyncio.sleep(0.1)
-        raise AssertionError(f"{rows} ledger rows not written within 10 s")
+        raise AssertionError(f"{rows} ledger rows not written within 120 s")
     finally:
         await conn.close()
 

@@ -176,7 +176,7 @@ class Secrets:
 
 
 # -- the scenario ---------------------------------------------------------------------------
-def wait_for(condition: Any, seconds: float = 15.0) -> None:
+def wait_for(condition: Any, seconds: float = 120.0) -> None:  # a guard against hanging
     deadline = time.monotonic() + seconds
     while not condition():
         assert time.monotonic() < deadline, "timed out"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -386,10 +387,10 @@ async def test_when_a_record_reaches_the_disk(
 
 
 async def synced(syncs: Syncs, expected: list[int]) -> None:
-    """Wait (up to 2 s) for the interval's sync to have synced ``expected``."""
-    for _ in range(200):
-        if syncs.inodes == expected:
-            return
+    """Wait for the interval's sync to have synced ``expected``."""
+    deadline = time.monotonic() + 60  # a guard against hanging, not a measurement
+    while syncs.inodes != expected:
+        assert time.monotonic() < deadline, syncs.inodes
         await asyncio.sleep(0.01)
     assert syncs.inodes == expected
 
@@ -461,9 +462,9 @@ async def test_a_writer_behind_a_database_that_answers_holds_calls_back(
     for n in range(3):
         await writer.commit(entry(n, team=None, model="m", cost=1, at=NOW))
     fourth = asyncio.create_task(writer.commit(entry(3, team=None, model="m", cost=1, at=NOW)))
-    for _ in range(200):  # in ``"call"`` mode the spool's thread writes it first
-        if writer.pending == 4:
-            break
+    deadline = time.monotonic() + 60  # a guard against hanging, not a measurement
+    while writer.pending != 4:  # in ``"call"`` mode the spool's thread writes it first
+        assert time.monotonic() < deadline, writer.pending
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.05)
     assert not fourth.done() and writer.pending == 4  # in the spool, and waiting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -339,9 +340,9 @@ async def test_writer_task_flushes_in_background_and_on_close(engine: AsyncEngin
     writer = LedgerWriter(engine, flush_seconds=0.01, batch_size=1000)
     writer.start()
     writer.add(entry(1, team=None, model="m", cost=1, at=NOW))
-    for _ in range(200):
-        if writer.written:
-            break
+    deadline = time.monotonic() + 60  # a guard against hanging, not a measurement
+    while not writer.written:
+        assert time.monotonic() < deadline, "the background task wrote nothing"
         await asyncio.sleep(0.01)
     assert writer.written == 1
     writer._flush_seconds = 3600
