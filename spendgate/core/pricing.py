@@ -384,9 +384,7 @@ class PriceTable:
         self._models: dict[tuple[str, str | None], tuple[Provider, ModelInfo] | None] = {}
         self._plans: dict[int, tuple[ModelPrice, _Plan | None]] = {}
         self._overrides: dict[PriceOverride, _Plan] = {}
-        self._variants: dict[
-            tuple[int, PriceContextKey, tuple[int, ...]], tuple[ModelPrice, ModelPrice]
-        ] = {}
+        self._variants: dict[tuple[int, int, tuple[int, ...]], tuple[ModelPrice, ModelPrice]] = {}
 
     def price(
         self, ref: PriceRef, usage: TokenUsage, at: datetime, context: PriceContextKey = ()
@@ -408,6 +406,8 @@ class PriceTable:
         cached = self._plans.get(id(model_price))
         if cached is None or cached[0] is not model_price:
             cached = (model_price, _compile_plan(model_price))
+            if len(self._plans) >= _MAX_CACHED:
+                self._plans.clear()
             self._plans[id(model_price)] = cached
         if cached[1] is None:
             return self._price_with_genai(found, counts, at, context)
@@ -416,17 +416,24 @@ class PriceTable:
     def _variant(
         self, model: ModelInfo, standard: ModelPrice, context: PriceContextKey, at: datetime
     ) -> ModelPrice:
-        """The prices ``context`` selects over ``standard`` at ``at``, built once per
-        price version, context and set of variants in force (``get_prices`` builds a new
-        object each time, which the plans are cached by)."""
-        variants = model.price_variants or ()
-        active = tuple(
-            i for i, v in enumerate(variants) if v.constraint is None or v.constraint.active(at)
+        """The prices ``context`` selects over ``standard`` at ``at``: ``standard`` itself
+        where no variant in force names it (a tier is any string a client sends: one
+        naming none keeps nothing), else built once per price version and set of
+        variants it selects (``get_prices`` builds a new object each time, which the
+        plans are cached by). The snapshot the table pins keeps ``model`` alive."""
+        wanted = dict(context)
+        selected = tuple(
+            i
+            for i, v in enumerate(model.price_variants or ())
+            if (v.constraint is None or v.constraint.active(at))
+            and all(wanted.get(field) == value for field, value in v.when.items())
         )
-        key = (id(standard), context, active)
+        if not selected:
+            return standard
+        key = (id(model), id(standard), selected)
         found = self._variants.get(key)
         if found is None or found[0] is not standard:
-            found = (standard, model.get_prices(at, dict(context)))
+            found = (standard, model.get_prices(at, wanted))
             if len(self._variants) >= _MAX_CACHED:
                 self._variants.clear()
             self._variants[key] = found

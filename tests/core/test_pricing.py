@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import random
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -545,3 +546,24 @@ def test_price_context_reads_the_tier_fields_only() -> None:
         ("service_tier", "priority"),
     )
     assert price_context({"speed": "fast"}) == (("speed", "fast"),)
+
+
+def test_tiers_no_variant_names_keep_nothing() -> None:
+    """A request's ``service_tier`` is any string its client sends: one no variant of the
+    model names is priced at the standard rates and keeps nothing, so a client sending a
+    new one each call cannot grow the table's caches (each kept a copy of the model's
+    prices and its compiled plan, the plans without bound)."""
+    at = datetime(2026, 11, 10, tzinfo=UTC)
+    table = PriceTable()
+    ref = PriceRef("gpt-5", "openai")
+    usage = TokenUsage(input_tokens=1000, output_tokens=500)
+    standard = table.price(ref, usage, at).cost_nanos
+    priority = table.price(ref, usage, at, (("service_tier", "priority"),)).cost_nanos
+    gc.collect()
+    before = sum(1 for o in gc.get_objects() if isinstance(o, ModelPrice))
+    for n in range(2000):
+        junk = (("service_tier", f"tier-{n}"), ("speed", "x" * n))
+        assert table.price(ref, usage, at, junk).cost_nanos == standard
+    assert table.price(ref, usage, at, (("service_tier", "priority"),)).cost_nanos == priority
+    gc.collect()
+    assert sum(1 for o in gc.get_objects() if isinstance(o, ModelPrice)) <= before
