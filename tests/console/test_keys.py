@@ -3,11 +3,14 @@ and a team admin kept to their own team's keys."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import event
 
 from tests.console.conftest import Console, axe_violations, form, session, sign_in
 
@@ -417,3 +420,32 @@ def test_a_team_role_sees_no_limit_it_may_not_read_on_the_keys_pages(console: Co
     with session(console.url, "org_admin@acme.test") as client:
         detail = client.get(f"/keys/{key['id']}").text
         assert all(name in detail for name in secret) and "more limits apply" not in detail
+
+
+def test_the_keys_list_looks_up_the_owners_of_its_keys_limits_at_once(console: Console) -> None:
+    """A team admin's keys list asks, of every budget on each key, whether it is theirs
+    to read (its owner): the owners are looked up together, a query per kind of scope,
+    not once per key — with a budget on each of eight keys the page looked up keys
+    eight times, one round trip each."""
+    gw = console.gw
+    for n in range(8):
+        key = _key(console, console.team_id, f"job-{n}")
+        gw.create_budget(
+            name=f"job {n} cap", scope_type="key", scope_id=key["id"], amount_usd=f"{n + 1}"
+        )
+    owner_lookups: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if re.search(r"FROM virtual_keys\s+WHERE virtual_keys\.id IN", statement):
+            owner_lookups.append(statement)
+
+    engine = gw.app.services.engine.sync_engine
+    with session(console.url, "team_admin@acme.test") as client:
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            listed = client.get("/keys")
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert listed.status_code == 200, listed.text
+    assert all(f"budget “job {n} cap”" in listed.text for n in range(8)), listed.text
+    assert len(owner_lookups) == 1, owner_lookups
