@@ -136,6 +136,22 @@ async def _readable(scope: Scope, permission: Can, policy: rules.Budget | Wallet
     return owner is not None and scope.who.can(permission, owner)
 
 
+async def read_owners(svc: Services, scope: Scope, org_ids: Iterable[str]) -> None:
+    """Look up the owners of these orgs' budgets and wallets at once, a query per scope
+    type (``Scope.preload_policies``), so :func:`key_limits` for a list of keys asks
+    :func:`_readable` of memory, not a query per key budget; an org-wide reader needs
+    none."""
+    if scope.who.org_wide:
+        return
+    snapshot = await svc.enforcer.current()
+    await scope.preload_policies(
+        {"scope_type": policy.scope_type, "scope_id": policy.scope_id}
+        for org_id in set(org_ids)
+        for policies in snapshot.by_org.get(org_id, ((), ()))
+        for policy in policies
+    )
+
+
 async def key_limits(svc: Services, key: dict[str, Any], scope: Scope) -> KeyLimits:
     """Every budget, open wallet and rate limit the key's calls count against, now, that
     the reader (``scope.who``) may read; the others are only counted (``hidden``)."""

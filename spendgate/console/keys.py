@@ -24,6 +24,7 @@ from spendgate.console.key_limits import (
     key_activity,
     key_limits,
     ranked,
+    read_owners,
 )
 from spendgate.console.layout import Svc, User, page, require, scope_for
 from spendgate.core.access import Can, Owner
@@ -79,6 +80,7 @@ async def _keys_page(
     shown = await names(svc, who.org_id)
     activity = await key_activity(svc, who.org_filter(None), [k["id"] for k in rows])
     reader = scope_for(svc, user.principal)  # the limits each key's reader may see
+    await read_owners(svc, reader, {k["org_id"] for k in rows})
     keys = []
     for key in rows:
         limits = await key_limits(svc, key, reader) if key["status"] == "active" else NO_LIMITS

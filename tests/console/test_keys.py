@@ -3,11 +3,14 @@ and a team admin kept to their own team's keys."""
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
+from typing import Any
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
+from sqlalchemy import event
 
 from tests.console.conftest import Console, axe_violations, form, session, sign_in
 
@@ -417,3 +420,61 @@ def test_a_team_role_sees_no_limit_it_may_not_read_on_the_keys_pages(console: Co
     with session(console.url, "org_admin@acme.test") as client:
         detail = client.get(f"/keys/{key['id']}").text
         assert all(name in detail for name in secret) and "more limits apply" not in detail
+
+
+def test_the_keys_list_looks_up_the_owners_of_its_keys_limits_at_once(console: Console) -> None:
+    """A team admin's keys list asks, of every budget on each key, whether it is theirs
+    to read (its owner): the owners are looked up together, a query per kind of scope,
+    not once per key — with a budget on each of eight keys the page looked up keys
+    eight times, one round trip each."""
+    gw = console.gw
+    for n in range(8):
+        key = _key(console, console.team_id, f"job-{n}")
+        gw.create_budget(
+            name=f"job {n} cap", scope_type="key", scope_id=key["id"], amount_usd=f"{n + 1}"
+        )
+    owner_lookups: list[str] = []
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if re.search(r"FROM virtual_keys\s+WHERE virtual_keys\.id IN", statement):
+            owner_lookups.append(statement)
+
+    engine = gw.app.services.engine.sync_engine
+    with session(console.url, "team_admin@acme.test") as client:
+        event.listen(engine, "before_cursor_execute", seen)
+        try:
+            listed = client.get("/keys")
+        finally:
+            event.remove(engine, "before_cursor_execute", seen)
+    assert listed.status_code == 200, listed.text
+    assert all(f"budget “job {n} cap”" in listed.text for n in range(8)), listed.text
+    assert len(owner_lookups) == 1, owner_lookups
+
+
+def test_with_limits_hidden_the_binding_one_is_said_to_be_of_those_shown(
+    console: Console,
+) -> None:
+    """An org budget a team admin may not read can run out before the team's budget: the
+    keys pages then call the team's budget the binding limit *of those shown*, not the
+    one that runs out first; a key with no limit shown counts its hidden ones without a
+    "more". Both pages said "(binding)" and "1 more" as if nothing were hidden."""
+    gw = console.gw
+    team_key, bare_key = (_key(console, console.team_id, n) for n in ("team-job", "bare-job"))
+    gw.create_budget(
+        name="ORG CAP", scope_type="org", scope_id=console.org_id, amount_usd="1",
+        hard_limit=True,
+    )  # fmt: skip
+    gw.create_budget(
+        name="team job cap", scope_type="key", scope_id=team_key["id"], amount_usd="50"
+    )
+    with session(console.url, "team_admin@acme.test") as client:
+        listed = client.get("/keys").text
+        shown = client.get(f"/keys/{team_key['id']}").text
+        bare = client.get(f"/keys/{bare_key['id']}").text
+    team_row = listed.split(f'id="key-{team_key["id"]}"')[1].split("</tr>")[0]
+    bare_row = listed.split(f'id="key-{bare_key["id"]}"')[1].split("</tr>")[0]
+    assert "budget “team job cap”" in team_row and "of those shown" in team_row, team_row
+    assert "(1 limit not shown to your role)" in bare_row, bare_row
+    assert "(binding of those shown)" in shown and "1 more limit applies" in shown, shown
+    assert "1 limit applies to this key" in bare and "more" not in bare.split("hidden-limits")[1]
+    assert "ORG CAP" not in listed + shown + bare
