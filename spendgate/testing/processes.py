@@ -40,12 +40,38 @@ import httpx
 PG_BIN = next((str(p) for p in sorted(Path("/usr/lib/postgresql").glob("*/bin"))), "")
 
 
+#: where :func:`free_port` picks: below Linux's ephemeral range (32768-60999), so no
+#: outgoing connection takes a port picked here, split in one share per pytest-xdist
+#: worker (``PYTEST_XDIST_WORKER`` ``gw<n>``), so no two workers pick the same one
+PORTS_FROM, PORTS_TO, PORTS_PER_WORKER = 20000, 32000, 1500
+_next_port: int | None = None
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 nobody listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A TCP port on 127.0.0.1 nobody listens on right now, for a server started after.
+
+    A port the kernel lends (bind to 0, then close) can be lent again at once: to another
+    test worker for its own server, which then answered this one's requests (a CI run's
+    CLI test got another gateway's 401), or to an outgoing connection. Ports are taken in
+    turn from this process's share of :data:`PORTS_FROM`..:data:`PORTS_TO` instead, each
+    checked free, so a port comes back to a worker only after its whole share."""
+    global _next_port
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    index = int(worker[2:]) if worker[2:].isdigit() else os.getpid()
+    shares = (PORTS_TO - PORTS_FROM) // PORTS_PER_WORKER
+    start = PORTS_FROM + (index % shares) * PORTS_PER_WORKER
+    if _next_port is None:
+        _next_port = start + os.getpid() % PORTS_PER_WORKER
+    for _ in range(PORTS_PER_WORKER):
+        port = start + (_next_port - start) % PORTS_PER_WORKER
+        _next_port = port + 1
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue  # in use (a server of this worker, or a service of the machine)
+            return port
+    raise RuntimeError(f"no free port in {start}-{start + PORTS_PER_WORKER - 1}")
 
 
 def wait_for_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,15 +19,9 @@ import pytest
 from typer.testing import CliRunner
 
 from spendgate.cli import app as cli
+from spendgate.testing.processes import free_port
 
 MASTER = "sg-master-cli-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @pytest.fixture

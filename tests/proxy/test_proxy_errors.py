@@ -17,6 +17,7 @@ import pytest
 
 from spendgate.core.money import format_usd
 from spendgate.testing.fake_upstream import FakeUpstream, serve_in_thread
+from spendgate.testing.processes import free_port
 from tests.conftest import UPSTREAM_SECRETS, RunningGateway
 
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
@@ -269,9 +270,7 @@ def test_upstream_down_is_502(gateway: RunningGateway, tmp_path: object) -> None
     """A provider that refuses connections gives 502 with a clear message."""
     from tests.conftest import start_gateway
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        dead_port = probe.getsockname()[1]
+    dead_port = free_port()  # nobody listens there, nor will: no worker picks it again
     other = start_gateway(
         gateway.settings.database_url.replace("spendgate.db", "down.db"),
         f"http://127.0.0.1:{dead_port}",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import socket
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from spendgate.store.database import create_engine, migrate
 from spendgate.store.directory import Directory
 from spendgate.store.events import list_events, record_event
 from spendgate.testing.fake_upstream import ServerHandle, serve_in_thread
-from spendgate.testing.processes import PrivatePostgres
+from spendgate.testing.processes import PrivatePostgres, free_port
 from spendgate.testing.webhook_receiver import Receiver
 from spendgate.webhooks.outbox import (
     AttemptResult,
@@ -147,12 +146,6 @@ async def test_endpoint_writes_in_a_transaction_hold_one_connection(world: World
             await world.store.rotate_secret(existing["id"], world.clock.now(), conn=conn)
     assert watch.most == 1
     assert (await world.store.get(existing["id"]))["scope_id"] == world.org_id
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_signed_delivery_verifies_and_tampering_does_not(world: World, serve: Any) -> None:
