@@ -6,7 +6,9 @@ ordinary call must not let such a call put the ledger past it. Through the real
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
+from typing import Any
 
 import openai
 
@@ -27,13 +29,31 @@ def spent(gw: RunningGateway) -> int:
     return sum(row["cost_nanos"] or 0 for row in gw.ledger())
 
 
-def attempt(gw: RunningGateway, key: str, prompt: str | list[str]) -> int:
-    """A gpt-4o-mini completion of ``prompt`` capped at 1,000 tokens: its HTTP status."""
+def capped_and_funded(gw: RunningGateway, usd: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two keys: one under a hard-capped budget of ``usd``, one paid by a wallet of it."""
+    capped, funded = gw.create_key(), gw.create_key()
+    gw.create_budget(scope_type="key", scope_id=capped["id"], amount_usd=usd, hard_limit=True)
+    gw.post(
+        "/admin/wallets", {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": usd}
+    )
+    return capped, funded
+
+
+def status_of(call: Callable[[], object]) -> int:
+    """The HTTP status of an SDK call: 200, or the refusal's."""
     try:
-        sdk(gw, key).completions.create(model="gpt-4o-mini", prompt=prompt, max_tokens=1000)
+        call()
     except openai.APIStatusError as refused:
         return refused.status_code
     return 200
+
+
+def attempt(gw: RunningGateway, key: str, prompt: str | list[str]) -> int:
+    """A gpt-4o-mini completion of ``prompt`` capped at 1,000 tokens: its HTTP status."""
+    client = sdk(gw, key)
+    return status_of(
+        lambda: client.completions.create(model="gpt-4o-mini", prompt=prompt, max_tokens=1000)
+    )
 
 
 def test_a_batch_of_prompts_is_held_for_every_prompt_s_answers(
@@ -44,12 +64,7 @@ def test_a_batch_of_prompts_is_held_for_every_prompt_s_answers(
     batch is refused (429 by the hard cap, 402 by the wallet) and nothing is spent past
     either; a single prompt of the same cap still fits."""
     cap = int(Decimal(CAP) * 10**9)
-    capped, funded = gateway.create_key(), gateway.create_key()
-    gateway.create_budget(scope_type="key", scope_id=capped["id"], amount_usd=CAP, hard_limit=True)
-    gateway.post(
-        "/admin/wallets",
-        {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": CAP},
-    )
+    capped, funded = capped_and_funded(gateway, CAP)
     for key, refusal in ((capped, 429), (funded, 402)):
         status = attempt(gateway, key["key"], BATCH)
         assert spent(gateway) <= cap, "a batch of prompts put the spend past the cap"
@@ -70,14 +85,11 @@ IDS_CAP = "0.0004"
 def ids_call(gw: RunningGateway, key: str, endpoint: str, ids: list[int]) -> int:
     """An Embeddings or Completions call of ``ids`` on gpt-4o-mini: its HTTP status."""
     client = sdk(gw, key)
-    try:
-        if endpoint == "embeddings":
-            client.embeddings.create(model="gpt-4o-mini", input=[ids])
-        else:
-            client.completions.create(model="gpt-4o-mini", prompt=ids, max_tokens=1)
-    except openai.APIStatusError as refused:
-        return refused.status_code
-    return 200
+    if endpoint == "embeddings":
+        return status_of(lambda: client.embeddings.create(model="gpt-4o-mini", input=[ids]))
+    return status_of(
+        lambda: client.completions.create(model="gpt-4o-mini", prompt=ids, max_tokens=1)
+    )
 
 
 def test_a_prompt_of_token_ids_is_held_at_a_token_an_id(
@@ -87,14 +99,7 @@ def test_a_prompt_of_token_ids_is_held_at_a_token_an_id(
     bytes ("0,"): each id is held as a token, so a hard cap and a wallet with room for
     the bytes / 4 but not for the ids refuse the call and nothing is spent past them."""
     cap = int(Decimal(IDS_CAP) * 10**9)
-    capped, funded = gateway.create_key(), gateway.create_key()
-    gateway.create_budget(
-        scope_type="key", scope_id=capped["id"], amount_usd=IDS_CAP, hard_limit=True
-    )
-    gateway.post(
-        "/admin/wallets",
-        {"scope_type": "key", "scope_id": funded["id"], "initial_topup_usd": IDS_CAP},
-    )
+    capped, funded = capped_and_funded(gateway, IDS_CAP)
     for key, refusal in ((capped, 429), (funded, 402)):
         for endpoint in ("embeddings", "completions"):
             status = ids_call(gateway, key["key"], endpoint, TOKEN_IDS)

@@ -177,42 +177,15 @@ async def test_slack_and_pagerduty_trigger_then_resolve_on_reset(
     clock = FrozenClock(datetime(2026, 3, 20, 9, 0, tzinfo=UTC))
     now = clock.now()
     org = (await Directory(engine).create_org("acme", now))["id"]
-    async with engine.begin() as conn:
-        await conn.execute(
-            schema.budgets.insert().values(
-                id="bud_1",
-                org_id=org,
-                name="ml monthly",
-                scope_type="org",
-                scope_id=org,
-                tag=None,
-                period="monthly",
-                timezone="UTC",
-                week_start="monday",
-                amount_nanos=100 * 10**9,
-                alert_percentages=["50"],
-                soft_limit_percent="80",
-                hard_limit=True,
-                hard_limit_percent="100",
-                categories={},
-                created_at=now,
-                updated_at=now,
-            )
-        )
+    await org_budget(
+        engine, org, "bud_1", now, name="ml monthly", period="monthly", hard_limit=True
+    )
     slack, pager = Receiver(), Receiver()
     for app in (slack, pager):
         receivers.append(serve_in_thread(app))
     store = WebhookStore(engine, BOX, allow_private=True)
     await store.create(EndpointSpec(url=receivers[0].url, kind="slack"), now)
-    pd, _ = await store.create(
-        EndpointSpec(
-            url=receivers[1].url,
-            kind="pagerduty",
-            event_types=("budget.*",),
-            config={"routing_key": "R0UT1NGKEY"},
-        ),
-        now,
-    )
+    pd, _ = await store.create(pagerduty(receivers[1].url), now)
     assert pd["config"] == {"routing_key": "…GKEY"}
     data = {**budget_data(org, "hard", "100"), "scope_type": "org"}
     await emit(engine, "budget.hard_limit_reached", data, now, org)
@@ -243,24 +216,41 @@ async def test_slack_and_pagerduty_trigger_then_resolve_on_reset(
     }
 
 
-async def daily_budget(engine: AsyncEngine, org: str, budget_id: str, tz: str) -> None:
-    now = datetime(2026, 3, 10, tzinfo=UTC)
+def pagerduty(url: str) -> EndpointSpec:
+    """A PagerDuty endpoint of budget events at ``url``."""
+    return EndpointSpec(
+        url=url, kind="pagerduty", event_types=("budget.*",), config={"routing_key": "R0UT1NGKEY"}
+    )
+
+
+async def org_budget(
+    engine: AsyncEngine,
+    org: str,
+    budget_id: str,
+    now: datetime,
+    *,
+    name: str | None = None,
+    period: str = "daily",
+    tz: str = "UTC",
+    hard_limit: bool = False,
+) -> None:
+    """An org budget of $100 (alerts at 50 %, soft limit at 80 %) stored as of ``now``."""
     async with engine.begin() as conn:
         await conn.execute(
             schema.budgets.insert().values(
                 id=budget_id,
                 org_id=org,
-                name=budget_id,
+                name=name or budget_id,
                 scope_type="org",
                 scope_id=org,
                 tag=None,
-                period="daily",
+                period=period,
                 timezone=tz,
                 week_start="monday",
                 amount_nanos=100 * 10**9,
                 alert_percentages=["50"],
                 soft_limit_percent="80",
-                hard_limit=False,
+                hard_limit=hard_limit,
                 hard_limit_percent="100",
                 categories={},
                 created_at=now,
@@ -299,19 +289,12 @@ async def test_a_pagerduty_incident_is_of_one_window_through_zone_moves(
     clock = FrozenClock(datetime(2026, 3, 10, 15, 30, tzinfo=UTC))
     now = clock.now()
     org = (await Directory(engine).create_org("acme", now))["id"]
-    await daily_budget(engine, org, "bud_moved", "UTC")
-    await daily_budget(engine, org, "bud_same", "Pacific/Honolulu")
+    made = datetime(2026, 3, 10, tzinfo=UTC)
+    await org_budget(engine, org, "bud_moved", made)
+    await org_budget(engine, org, "bud_same", made, tz="Pacific/Honolulu")
     pager = Receiver()
     receivers.append(serve_in_thread(pager))
-    await WebhookStore(engine, BOX, allow_private=True).create(
-        EndpointSpec(
-            url=receivers[0].url,
-            kind="pagerduty",
-            event_types=("budget.*",),
-            config={"routing_key": "R0UT1NGKEY"},
-        ),
-        now,
-    )
+    await WebhookStore(engine, BOX, allow_private=True).create(pagerduty(receivers[0].url), now)
     for budget_id in ("bud_moved", "bud_same"):
         await cross_half(engine, budget_id, now)
     async with DeliveryWorker(
