@@ -139,6 +139,10 @@ class Settings:
     #: SIGTERM: how long calls in flight may run on before they are cut (and billed for
     #: what the provider produced, ``incomplete``)
     shutdown_drain_seconds: float = 30.0
+    #: ``serve --workers N``: how long a worker may leave the supervisor's ping unanswered
+    #: before it is killed and restarted, dropping its calls in flight (uvicorn's own
+    #: default, 5 s, was outlasted by a long GC or a busy machine)
+    worker_healthcheck_seconds: int = 30
     #: start even when stored webhook secrets do not decrypt with the configured keys
     allow_unreadable_secrets: bool = False
     #: where people reach the console: the base of links in Slack, PagerDuty and e-mail
@@ -590,6 +594,9 @@ def load_settings(
         shutdown_drain_seconds=_at_least(
             gateway.get("shutdown_drain_seconds", 30.0), 0, "gateway.shutdown_drain_seconds"
         ),
+        worker_healthcheck_seconds=_at_least_int(
+            gateway.get("worker_healthcheck_seconds", 30), 1, "gateway.worker_healthcheck_seconds"
+        ),
         allow_unreadable_secrets=env.get("SPENDGATE_ALLOW_UNREADABLE_SECRETS", "") == "1",
         public_url=_public_url(
             env.get("SPENDGATE_PUBLIC_URL") or gateway.get("public_url"), f"http://{host}:{port}"
@@ -633,6 +640,7 @@ CONFIG_KEYS: dict[str, frozenset[str]] = {
         "redis_failure_mode", "redis_prefix", "redis_url", "shutdown_drain_seconds",
         "spool_dir", "spool_max_bytes",
         "spool_sync", "spool_sync_seconds", "unlisted_models", "upstream_timeout_seconds",
+        "worker_healthcheck_seconds",
     }),
     "anomalies": frozenset({
         "check_seconds", "min_excess_usd", "band_sds", "band_min_ratio", "history_weeks",

@@ -220,6 +220,7 @@ def _run(uvicorn: Any, settings: Any, workers: int, log_config: dict[str, Any]) 
         log_config=log_config,
         log_level=settings.log_level,
         timeout_graceful_shutdown=settings.shutdown_drain_seconds,
+        timeout_worker_healthcheck=settings.worker_healthcheck_seconds,
         server_header=False,
         proxy_headers=False,
     )

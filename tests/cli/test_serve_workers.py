@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sqlite3
@@ -161,3 +162,39 @@ def _migrated(db: Path) -> bool:
                 "SELECT count(*) FROM sqlite_master WHERE name = 'alembic_version'"
             ).fetchone()[0]
         ) and bool(conn.execute("SELECT count(*) FROM alembic_version").fetchone()[0])
+
+
+def test_a_worker_stalled_past_uvicorns_health_check_is_not_restarted(tmp_path: Path) -> None:
+    """``[gateway] worker_healthcheck_seconds`` reaches uvicorn's supervisor: a worker that
+    cannot answer its ping for 8 s (stopped here; a long GC or a starved machine in life)
+    is still the same process afterwards, its calls in flight kept. With uvicorn's own
+    5 s it was killed and replaced ("Child process [...] died")."""
+    (tmp_path / "spendgate.toml").write_text("[gateway]\nworker_healthcheck_seconds = 600\n")
+    port = free_port()
+    proc = _serve_two_workers(
+        tmp_path / "w.db", port, {"SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml")}
+    )
+    log = StderrLines(proc)
+    try:
+        log.wait_for(r"Application startup complete", times=2)
+        workers = sorted(
+            int(line.split("[")[1][:-1])
+            for line in log.wait_for(r"Started server process \[\d+\]", times=2)
+        )
+        assert set(workers) <= set(_children(proc.pid)), log.text
+        os.kill(workers[0], signal.SIGSTOP)
+        try:
+            time.sleep(8)  # past uvicorn's default of 5 s (the supervisor pings every 0.5 s)
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # killed (and reaped) meanwhile
+                os.kill(workers[0], signal.SIGCONT)
+        assert set(workers) <= set(_children(proc.pid)), log.text
+        assert _ready(port), log.text
+        proc.send_signal(signal.SIGTERM)
+        text = log.until_exit()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, text
+    assert "died" not in text, text

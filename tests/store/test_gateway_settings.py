@@ -31,6 +31,8 @@ SIM = '[providers.sim]\nkind = "simulated"\n'
         ("[gateway]\ndatabase_pool_size = 0", "gateway.database_pool_size"),
         ('[gateway]\ndatabase_pool_size = "ten"', "gateway.database_pool_size"),
         ("[gateway]\ndatabase_max_overflow = -1", "gateway.database_max_overflow"),
+        ("[gateway]\nworker_healthcheck_seconds = 0", "gateway.worker_healthcheck_seconds"),
+        ("[gateway]\nworker_healthcheck_seconds = 2.5", "gateway.worker_healthcheck_seconds"),
         ("[gateway]\nredis_prefix = 5", "redis_prefix"),
         ('[gateway]\nredis_url = "http://cache:6379"', "SPENDGATE_REDIS_URL"),
         ('[gateway]\ndatabase_url = "mysql://u:pw@db/x"', "SPENDGATE_DATABASE_URL"),
@@ -67,6 +69,7 @@ def test_good_values_are_taken(tmp_path: Path) -> None:
         "[gateway]\nmax_body_bytes = 2048\nupstream_timeout_seconds = 30\n"
         "bill_upstream_timeouts = false\n"
         "ledger_flush_seconds = 0.5\nledger_batch_size = 10\nkey_cache_seconds = 0\n"
+        "worker_healthcheck_seconds = 120\n"
         'redis_prefix = "team-a:"\nredis_url = "redis://127.0.0.1:6379/3"\n'
         + SIM
         + '[models.m]\nprovider = "sim"\ndefault_max_tokens = 64\nmax_input_tokens = 9000\n'
@@ -77,6 +80,8 @@ def test_good_values_are_taken(tmp_path: Path) -> None:
     assert load_settings(env={}).bill_upstream_timeouts is True  # the default
     assert (settings.ledger_flush_seconds, settings.ledger_batch_size) == (0.5, 10)
     assert settings.key_cache_seconds == 0.0
+    assert settings.worker_healthcheck_seconds == 120
+    assert load_settings(env={}).worker_healthcheck_seconds == 30  # not uvicorn's 5
     assert (settings.redis_prefix, settings.redis_url) == ("team-a:", "redis://127.0.0.1:6379/3")
     assert settings.models["m"].default_max_tokens == 64
     assert settings.models["m"].max_input_tokens == 9000
