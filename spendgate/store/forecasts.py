@@ -46,6 +46,7 @@ from spendgate.core import forecasting as fc
 from spendgate.core import showback as sb
 from spendgate.core.budget_windows import Window, days_in_window, window_at
 from spendgate.core.clock import Clock
+from spendgate.core.event_data import budget_event_data
 from spendgate.core.money import format_usd
 from spendgate.stopping import Stop
 from spendgate.store import schema
@@ -679,12 +680,9 @@ async def announce_overrun(
             conn,
             "budget.forecast_overrun",
             {
-                "budget_id": budget.id,
-                "budget_name": budget.name,
-                "scope_type": budget.scope_type,
-                "scope_id": budget.scope_id,
-                "tag": budget.tag,
-                "period_key": forecast.period_key,
+                # the budget, its scope and its window, as every budget.* event names them
+                **budget_event_data(budget, job.window),
+                "period_key": forecast.period_key,  # ``period``, as first published
                 "band_percent": band,
                 "limit": "hard_limit" if budget.hard_limit else "amount",
                 "limit_usd": format_usd(job.limit_nanos),

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from decimal import Decimal
 
 import openai
 
 from spendgate.testing.fake_upstream import serve_in_thread
 from spendgate.testing.webhook_receiver import Receiver
+from spendgate.webhooks.outbox import resolve_reset_periods
 from tests.conftest import RunningGateway
 
 
@@ -112,6 +114,69 @@ def test_a_projected_overrun_reaches_a_verifying_receiver_once(gateway: RunningG
         assert data["hits_hard_cap_on"] == forecast["hits_hard_cap_on"]
         assert data["p50_usd"] == data["hard_cap_usd"] == forecast["hard_cap_usd"]
         assert data["outlook"] == forecast["outlook"] and data["confidence"] == "low"
+        # its period as every budget.* event names it (``core.event_data``): March in UTC
+        march = {
+            "period": "2026-03",
+            "period_start": "2026-03-01T00:00:00+00:00",
+            "period_end": "2026-04-01T00:00:00+00:00",
+            "period_span": "20260301T000000Z/20260401T000000Z",
+        }
+        assert {k: data.get(k) for k in march} == march
+        assert data["period_key"] == "2026-03"  # as first published
+        assert data["scope_type"] == "key" and data["scope_id"] == key["id"]
+    finally:
+        handle.stop()
+
+
+def test_a_forecast_overrun_incident_is_resolved_when_its_period_resets(
+    gateway: RunningGateway,
+) -> None:
+    """A PagerDuty endpoint's incident for ``budget.forecast_overrun`` is of the budget's
+    period window, as a threshold's is: triggered once, and resolved (once) when the
+    period resets, not left open for good (the event named no period to resolve it by)."""
+    receiver = Receiver(now=gateway.clock.now)
+    handle = serve_in_thread(receiver)
+    try:
+        endpoint = gateway.post(
+            "/admin/webhooks",
+            {
+                "url": f"{handle.url}/pd",
+                "kind": "pagerduty",
+                "event_types": ["budget.forecast_overrun"],
+                "config": {"routing_key": "R0UT1NGKEY"},
+            },
+        )
+        key = gateway.create_key()
+        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+        gateway.clock.set(gateway.clock.now().replace(month=3, day=2, hour=13))
+        cost = Decimal(
+            client.chat.completions.with_raw_response.create(
+                model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "busy"}]
+            ).headers["x-spendgate-cost-usd"]
+        )
+        made = gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd=str(cost * 2))
+        gateway.run(gateway.app.services.ledger.flush())
+        forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")
+        assert forecast["overrun_band"] == 100
+        gateway.run(gateway.app.services.drain())
+        [event] = gateway.get("/admin/events", type="budget.forecast_overrun")
+
+        def sent() -> list[tuple[str, str]]:
+            deliveries = gateway.get(f"/admin/webhooks/{endpoint['id']}/deliveries")
+            return sorted((d["event_id"], d["action"]) for d in deliveries)
+
+        engine = gateway.app.services.engine
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        assert sent() == [(event["id"], "trigger")]  # still March: open
+        gateway.clock.set(datetime.fromisoformat("2026-04-01T00:00:01+00:00"))
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        assert sent() == [(event["id"], "resolve"), (event["id"], "trigger")]
+        for _ in range(3):
+            gateway.run(gateway.app.services.webhooks.worker.run_once())
+        actions = [(r.json()["event_action"], r.json()["dedup_key"]) for r in receiver.received]
+        incident = f"spendgate:forecast:{made['id']}:20260301T000000Z/20260401T000000Z:100"
+        assert actions == [("trigger", incident), ("resolve", incident)]
     finally:
         handle.stop()
 
