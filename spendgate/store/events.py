@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -102,13 +102,36 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
+def dated_name(
+    key: str, prefix: str, data: Mapping[str, Any], window: tuple[str | None, str | None]
+) -> str | None:
+    """The name (``alert:50``, ``refused:<cap>``) of a budget's once-per-period event
+    stored under ``key`` before such keys named the window's span, when it counts for
+    ``window`` (its ``period_start`` and ``period_end``, ISO): ``key`` is ``prefix``
+    (``budget:<id>:``), the period's local date, then the name, and the event's ``data``
+    names that window. None for a key under the span, or of another window (a date
+    names other hours after a zone move, and these hours another date).
+
+    The one rule for events stored before the upgrade: what a budget's status and the
+    sweeper count as fired (``period_events.fired_in_periods``), and what recording the
+    same event again finds (:func:`record_event`)."""
+    if not key.startswith(prefix):
+        return None
+    label, colon, name = key[len(prefix) :].partition(":")
+    if not colon or "/" in label:  # a span's label has a slash; a date's neither
+        return None
+    if (data.get("period_start"), data.get("period_end")) != window:
+        return None
+    return name
+
+
 async def _fired_under_date(conn: AsyncConnection, dedup_key: str, data: dict[str, Any]) -> bool:
     """Whether a budget's once-per-period event ``dedup_key`` fired before such keys named
-    the window's span: under ``budget:<id>:<period date>:<name>`` (a refusal's name then
-    its cap alone), its data naming the same window (``period_start``, ``period_end``).
-    Without this a level fired before the upgrade fired again on the settle path when
-    crossed again (an exception, a raised amount), and a refusal was told again. One
-    query, for budget period events only (a few per budget and period)."""
+    the window's span (:func:`dated_name`: under ``budget:<id>:<any date>:<name>``, a
+    refusal's name then its cap alone, its data naming the window of ``data``). Without
+    this a level fired before the upgrade fired again on the settle path when crossed
+    again (an exception, a raised amount), and a refusal was told again. One query, for
+    budget period events only (a few per budget and period)."""
     found = _SPAN_KEY.fullmatch(dedup_key)
     if found is None:
         return False
@@ -122,15 +145,10 @@ async def _fired_under_date(conn: AsyncConnection, dedup_key: str, data: dict[st
         )
     )
     window = (data.get("period_start"), data.get("period_end"))
-    for key, old in await conn.execute(query):
-        stored = old or {}
-        if (stored.get("period_start"), stored.get("period_end")) != window:
-            continue
-        for n in names:
-            label = key[len(prefix) : -len(n) - 1] if key.endswith(":" + n) else ":"
-            if ":" not in label and "/" not in label:  # a date: not a span, nor a longer name
-                return True
-    return False
+    return any(
+        dated_name(key, prefix, old or {}, window) in names
+        for key, old in await conn.execute(query)
+    )
 
 
 async def with_teams(conn: AsyncConnection, type_: str, data: dict[str, Any]) -> dict[str, Any]:

@@ -5,13 +5,14 @@ PostgreSQL+Redis."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
 import sqlalchemy as sa
 
 from spendgate.core.budget_windows import window_at
+from spendgate.store.events import dated_name
 from tests.admin.test_budgets import budget, events, one_call_cost
 from tests.conftest import RunningGateway
 
@@ -86,3 +87,18 @@ def test_a_refusal_fired_under_the_date_before_the_upgrade_is_not_told_again(
         one_call_cost(gateway, key["key"])
     assert [e["id"] for e in events(gateway, "budget.calls_refused")] == [told["id"]]
     assert gateway.get(f"/admin/budgets/{made['id']}/status")["state"] == "refusing"
+
+
+def test_an_event_under_a_date_counts_for_the_window_its_data_names() -> None:
+    """The one rule the status, the sweeper and recording read old keys by
+    (``dated_name``): a date key of the window the data names gives its name (a
+    refusal's too); a span key, another budget's or another window's gives none."""
+    march = window_at(datetime(2026, 3, 10, tzinfo=UTC), "monthly", "UTC")
+    bounds = (march.start.isoformat(), march.end.isoformat())
+    data = {"period_start": bounds[0], "period_end": bounds[1]}
+    assert dated_name("budget:b_1:2026-03:alert:50", "budget:b_1:", data, bounds) == "alert:50"
+    assert dated_name("budget:b_1:2026-03:refused:9", "budget:b_1:", data, bounds) == "refused:9"
+    assert dated_name(f"budget:b_1:{march.span}:alert:50", "budget:b_1:", data, bounds) is None
+    assert dated_name("budget:b_2:2026-03:alert:50", "budget:b_1:", data, bounds) is None
+    moved = {**data, "period_start": "2026-03-01T08:00:00+00:00"}  # other hours, same date
+    assert dated_name("budget:b_1:2026-03:alert:50", "budget:b_1:", moved, bounds) is None
