@@ -165,18 +165,21 @@ def test_a_forecast_overrun_incident_is_resolved_when_its_period_resets(
             deliveries = gateway.get(f"/admin/webhooks/{endpoint['id']}/deliveries")
             return sorted((d["event_id"], d["action"]) for d in deliveries)
 
+        def received() -> list[tuple[str, str]]:
+            for _ in range(3):
+                gateway.run(gateway.app.services.webhooks.worker.run_once())
+            return [(r.json()["event_action"], r.json()["dedup_key"]) for r in receiver.received]
+
+        incident = f"spendgate:forecast:{made['id']}:20260301T000000Z/20260401T000000Z:100"
         engine = gateway.app.services.engine
         gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
         assert sent() == [(event["id"], "trigger")]  # still March: open
+        assert received() == [("trigger", incident)]
         gateway.clock.set(datetime.fromisoformat("2026-04-01T00:00:01+00:00"))
         gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
         gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
         assert sent() == [(event["id"], "resolve"), (event["id"], "trigger")]
-        for _ in range(3):
-            gateway.run(gateway.app.services.webhooks.worker.run_once())
-        actions = [(r.json()["event_action"], r.json()["dedup_key"]) for r in receiver.received]
-        incident = f"spendgate:forecast:{made['id']}:20260301T000000Z/20260401T000000Z:100"
-        assert actions == [("trigger", incident), ("resolve", incident)]
+        assert received() == [("trigger", incident), ("resolve", incident)]
     finally:
         handle.stop()
 
