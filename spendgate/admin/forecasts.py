@@ -18,7 +18,7 @@ from spendgate.core.budget_windows import Window, window_at
 from spendgate.core.forecast_overrun import outlook_text
 from spendgate.core.forecasting import Forecast, as_of, local_today
 from spendgate.core.money import format_usd
-from spendgate.errors import NotFound, ValidationFailed
+from spendgate.errors import NotFound, PermissionDenied, ValidationFailed
 from spendgate.services import Services
 from spendgate.store.forecasts import forecast_of, of_window, refresh_all, stored_forecasts
 from spendgate.store.policies import budget_from_row
@@ -172,10 +172,31 @@ async def current_forecast(
     dependencies=guard(Can.FORECASTS_READ),
 )
 async def get_forecast(
-    budget_id: str, svc: Svc, scope: Scoped, refresh: bool = False
+    budget_id: str,
+    svc: Svc,
+    who: Who,
+    scope: Scoped,
+    refresh: Annotated[
+        bool,
+        Query(
+            description="recompute now (CPU-heavy): needs the permission to change the "
+            "budget (budgets.write, in each of its teams); without it, the stored forecast, "
+            "recomputed when stale"
+        ),
+    ] = False,
 ) -> dict[str, Any]:
     """Where the budget's current period is expected to land (P10/P50/P90)."""
-    await scope.budget(budget_id)
+    _, owner = await scope.budget(budget_id)
+    if refresh and not who.can(Can.BUDGETS_WRITE, owner):
+        # a statistical fit per call: anyone who only reads the budget could keep the
+        # gateway's CPU busy with it, so forcing one takes what changing the budget takes
+        raise PermissionDenied(
+            f"refresh: recomputing the forecast of budget {budget_id} needs the permission "
+            f"to change the budget (budgets.write, in each of its teams), which the "
+            f"{who.roles} role does not have here; without refresh the stored forecast is "
+            "returned (recomputed when stale)",
+            param="refresh",
+        )
     return await current_forecast(svc, budget_id, refresh=refresh)
 
 

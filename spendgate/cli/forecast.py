@@ -13,13 +13,23 @@ from spendgate.cli.output import console, show
 
 def forecast(
     budget_id: str,
-    refresh: Annotated[bool, typer.Option(help="Recompute now")] = False,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            help="Recompute now (needs the permission to change the budget: an org admin, "
+            "finance, or a team admin of each of its teams)"
+        ),
+    ] = False,
     url: UrlOpt = DEFAULT_URL,
     as_json: JsonOpt = False,
 ) -> None:
     """Where a budget's current period is expected to land (P10/P50/P90)."""
     data = call(
-        url, "GET", admin_path("forecasts", budget_id), params={"refresh": str(refresh).lower()}
+        url,
+        "GET",
+        admin_path("forecasts", budget_id),
+        params={"refresh": str(refresh).lower()},
+        options={"refresh": "--refresh"},
     )
     if not as_json:
         data = {
