@@ -514,6 +514,18 @@ class RunningGateway:
         """A budget (monthly in UTC unless given) from the admin API."""
         return self.post("/admin/budgets", {"period": "monthly", "timezone": "UTC", **fields})
 
+    def create_pagerduty(self, url: str, *event_types: str) -> dict[str, Any]:
+        """A PagerDuty endpoint at ``url`` (routing key ``R0UT1NGKEY``) of ``event_types``."""
+        return self.post(
+            "/admin/webhooks",
+            {
+                "url": url,
+                "kind": "pagerduty",
+                "event_types": list(event_types),
+                "config": {"routing_key": "R0UT1NGKEY"},
+            },
+        )
+
     def post(self, path: str, body: dict[str, Any], status: int = 201) -> Any:
         response = self.admin.post(path, json=body)
         assert response.status_code == status, response.text

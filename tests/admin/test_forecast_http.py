@@ -10,6 +10,7 @@ import openai
 from spendgate.testing.fake_upstream import serve_in_thread
 from spendgate.testing.webhook_receiver import Receiver
 from spendgate.webhooks.outbox import resolve_reset_periods
+from tests.admin.test_budgets import one_call_cost
 from tests.conftest import RunningGateway
 
 
@@ -137,23 +138,10 @@ def test_a_forecast_overrun_incident_is_resolved_when_its_period_resets(
     receiver = Receiver(now=gateway.clock.now)
     handle = serve_in_thread(receiver)
     try:
-        endpoint = gateway.post(
-            "/admin/webhooks",
-            {
-                "url": f"{handle.url}/pd",
-                "kind": "pagerduty",
-                "event_types": ["budget.forecast_overrun"],
-                "config": {"routing_key": "R0UT1NGKEY"},
-            },
-        )
+        endpoint = gateway.create_pagerduty(f"{handle.url}/pd", "budget.forecast_overrun")
         key = gateway.create_key()
-        client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
         gateway.clock.set(gateway.clock.now().replace(month=3, day=2, hour=13))
-        cost = Decimal(
-            client.chat.completions.with_raw_response.create(
-                model="demo-small", max_tokens=20, messages=[{"role": "user", "content": "busy"}]
-            ).headers["x-spendgate-cost-usd"]
-        )
+        cost = one_call_cost(gateway, key["key"])
         made = gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd=str(cost * 2))
         gateway.run(gateway.app.services.ledger.flush())
         forecast = gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")

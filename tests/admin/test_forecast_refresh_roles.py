@@ -9,20 +9,24 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from spendgate.cli import app as cli
-from tests.admin.test_shared_users import _world
+from tests.admin.test_shared_users import World, _world
 from tests.conftest import RunningGateway
 
 
-def test_only_those_who_may_change_a_budget_force_its_forecast(gateway: RunningGateway) -> None:
-    world = _world(gateway)
-    viewer = gateway.post(
+def _viewer_of_t1(world: World) -> str:
+    """An admin token of a viewer of T1 (who reads T1's budgets and forecasts)."""
+    viewer = world.gw.post(
         "/admin/users",
         {"email": "viewer@a.example", "org_id": world.org_id, "role": "viewer",
          "team_ids": [world.t1]},
     )["id"]  # fmt: skip
-    world.tokens["viewer_of_t1"] = gateway.post(
-        "/admin/tokens", {"user_id": viewer, "name": "viewer"}
-    )["token"]
+    token: str = world.gw.post("/admin/tokens", {"user_id": viewer, "name": "viewer"})["token"]
+    return token
+
+
+def test_only_those_who_may_change_a_budget_force_its_forecast(gateway: RunningGateway) -> None:
+    world = _world(gateway)
+    world.tokens["viewer_of_t1"] = _viewer_of_t1(world)
     own = world.budget(world.user(world.t1))  # binds a user of T1 only
     shared = world.budget(world.user(world.t1, world.t2))  # binds a user of T1 and T2
     stored = {b: gateway.get(f"/admin/forecasts/{b}")["generated_at"] for b in (own, shared)}
@@ -70,12 +74,7 @@ def test_the_cli_says_why_a_refresh_is_refused(gateway: RunningGateway) -> None:
     """``spendgate forecast --refresh`` with a viewer's token: exit 1 and the API's reason,
     naming the option typed; ``spendgate forecast`` reads the forecast."""
     world = _world(gateway)
-    viewer = gateway.post(
-        "/admin/users",
-        {"email": "viewer@a.example", "org_id": world.org_id, "role": "viewer",
-         "team_ids": [world.t1]},
-    )["id"]  # fmt: skip
-    token = gateway.post("/admin/tokens", {"user_id": viewer, "name": "viewer"})["token"]
+    token = _viewer_of_t1(world)
     budget = world.budget(world.user(world.t1))
     env = {"SPENDGATE_ADMIN_TOKEN": token, "SPENDGATE_MASTER_KEY": "", "COLUMNS": "300"}
     refused = CliRunner().invoke(

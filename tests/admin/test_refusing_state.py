@@ -291,15 +291,7 @@ def test_each_refusing_caps_pagerduty_incident_resolves_when_its_period_resets(
     receiver = Receiver(now=gateway.clock.now)
     handle = serve_in_thread(receiver)
     try:
-        endpoint = gateway.post(
-            "/admin/webhooks",
-            {
-                "url": f"{handle.url}/pd",
-                "kind": "pagerduty",
-                "event_types": ["budget.calls_refused"],
-                "config": {"routing_key": "R0UT1NGKEY"},
-            },
-        )
+        endpoint = gateway.create_pagerduty(f"{handle.url}/pd", "budget.calls_refused")
         client, _, tight = _two_tight_caps(gateway)
         _call(client)
         _call(client)

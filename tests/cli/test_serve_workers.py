@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -54,10 +56,14 @@ def _seed(db: Path) -> None:
         )
 
 
-def _serve_two_workers(db: Path, port: int, env: dict[str, str]) -> subprocess.Popen[bytes]:
+@contextmanager
+def _serve_two_workers(
+    db: Path, port: int, env: dict[str, str]
+) -> Iterator[tuple[subprocess.Popen[bytes], StderrLines]]:
     """``spendgate serve --workers 2`` on the SQLite file ``db`` and the test Redis, in a
-    process group of its own, its stderr captured."""
-    return subprocess.Popen(
+    process group of its own, its stderr captured; the group is killed on the way out
+    if the test has not stopped it."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "spendgate", "serve", "--workers", "2", "--port", str(port)],
         env={
             **os.environ,
@@ -71,6 +77,12 @@ def _serve_two_workers(db: Path, port: int, env: dict[str, str]) -> subprocess.P
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+    try:
+        yield proc, StderrLines(proc)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
 
 @pytest.mark.parametrize("stop", ["sigterm", "ctrl-c"])
@@ -85,9 +97,8 @@ def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> N
     _seed(db)
     (tmp_path / "spendgate.toml").write_text("[gateway]\nforecast_refresh_seconds = 1\n")
     port = free_port()
-    proc = _serve_two_workers(db, port, {"SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml")})
-    log = StderrLines(proc)
-    try:
+    config = {"SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml")}
+    with _serve_two_workers(db, port, config) as (proc, log):
         # both workers past their start (a loaded machine can start the second late)
         log.wait_for(r"Application startup complete", times=2)
         deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
@@ -104,10 +115,6 @@ def test_workers_stop_without_leaking_semaphores(tmp_path: Path, stop: str) -> N
         else:
             os.killpg(proc.pid, signal.SIGINT)
         text = log.until_exit()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, text
     assert "leaked" not in text, text
     assert "Traceback" not in text, text
@@ -119,9 +126,7 @@ def test_workers_start_together_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
     parent stopped), and both serve."""
     db = tmp_path / "fresh.db"
     port = free_port()
-    proc = _serve_two_workers(db, port, {})
-    log = StderrLines(proc)
-    try:
+    with _serve_two_workers(db, port, {}) as (proc, log):
         deadline = time.monotonic() + 120  # a guard against hanging, not a measurement
         while not _children(proc.pid):
             assert proc.poll() is None, log.text
@@ -137,10 +142,6 @@ def test_workers_start_together_on_a_fresh_sqlite_file(tmp_path: Path) -> None:
             time.sleep(0.2)
         proc.send_signal(signal.SIGTERM)
         text = log.until_exit()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, text
     assert text.count("Application startup complete") == 2, text
     assert "already exists" not in text, text
@@ -171,11 +172,9 @@ def test_a_worker_stalled_past_uvicorns_health_check_is_not_restarted(tmp_path: 
     5 s it was killed and replaced ("Child process [...] died")."""
     (tmp_path / "spendgate.toml").write_text("[gateway]\nworker_healthcheck_seconds = 600\n")
     port = free_port()
-    proc = _serve_two_workers(
+    with _serve_two_workers(
         tmp_path / "w.db", port, {"SPENDGATE_CONFIG": str(tmp_path / "spendgate.toml")}
-    )
-    log = StderrLines(proc)
-    try:
+    ) as (proc, log):
         log.wait_for(r"Application startup complete", times=2)
         workers = sorted(
             int(line.split("[")[1][:-1])
@@ -192,9 +191,5 @@ def test_a_worker_stalled_past_uvicorns_health_check_is_not_restarted(tmp_path: 
         assert _ready(port), log.text
         proc.send_signal(signal.SIGTERM)
         text = log.until_exit()
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
     assert proc.returncode == 0, text
     assert "died" not in text, text
