@@ -83,6 +83,10 @@ class LedgerEntry(NamedTuple):
     #: web searches run by a server-side tool, billed per search (after the defaulted
     #: fields: spool files written before it replay with 0)
     web_searches: int = 0
+    #: the service tier or speed whose prices the call was billed at, as the price data
+    #: names it (``core.pricing.Priced.context``, e.g. ``service_tier=priority``); None:
+    #: the standard prices (spool files written before it replay with None)
+    price_context: str | None = None
 
 
 _SQLITE_INSERT = (
