@@ -378,6 +378,7 @@ def fake(upstream: tuple[FakeUpstream, ServerHandle]) -> Iterator[FakeUpstream]:
     fake_app.required_api_key = None
     fake_app.redirect_to = None
     fake_app.reported_usage = AS_SIMULATED
+    fake_app.reported_tier = {}
     fake_app.ignored_fields = frozenset()
     if fake_app.stream_gate is not None:
         fake_app.stream_gate.set()

@@ -38,9 +38,16 @@ execution).
 A request's **price context** (``price_context``: OpenAI's ``service_tier``, Anthropic's
 ``speed``) selects genai-prices' request-context variants where the model has them
 (priority at about twice the standard rates, flex at half, Anthropic's fast mode at two
-to six times): a call asking for one is held and billed at its prices. The tier the
-provider reports it used is not read: ``"auto"``, which a project may set to priority,
-is priced at the standard rates.
+to six times): a call asking for one is held at its prices. The call is billed at the
+tier the provider **reports** it ran at (``reported``, read by ``price_context`` from the
+answer: OpenAI's ``service_tier``, Anthropic's ``usage.service_tier`` and ``usage.speed``),
+field by field over the request's: a reported value that a variant of the model in force
+names selects it (``"auto"``, which an OpenAI project may set to priority, is reported as
+``"priority"``); one the providers say for their standard prices (``_STANDARD``:
+``"default"``, ``"standard"``) drops the request's value; any other (``"scale"``,
+Anthropic's ``"priority"`` and ``"batch"``, which the data prices under no
+``service_tier``, junk) leaves the request's. ``Priced.context`` says which variant priced
+the call (``"service_tier=priority"``; ``None``: the standard prices), from the data only.
 
 Web searches (``web_searches``) are priced per search at the model's
 ``web_searches_kcount`` (USD per thousand searches; $10 on OpenAI's and Anthropic's
@@ -103,6 +110,11 @@ _MAX_CACHED = 4096
 #: the request fields that select a price variant, as genai-prices names their context
 _CONTEXT_FIELDS = ("service_tier", "speed")
 
+#: what the providers report for a call they ran at their standard prices (OpenAI's
+#: ``service_tier: "default"``, Anthropic's ``usage.service_tier`` and ``usage.speed``
+#: ``"standard"``): the request's own value of that field then selects nothing
+_STANDARD = {"service_tier": ("default", "standard"), "speed": ("standard",)}
+
 #: a request's price context: (field, value) pairs, in ``_CONTEXT_FIELDS`` order
 PriceContextKey = tuple[tuple[str, str], ...]
 
@@ -155,8 +167,9 @@ class PriceRef:
 
 
 def price_context(payload: Mapping[str, Any]) -> PriceContextKey:
-    """The request fields that select a price variant (the module docstring); () for
-    most requests, which name none: two lookups."""
+    """The fields that select a price variant (the module docstring), of a request or of
+    what a provider reports (an OpenAI answer or chunk, a Responses object, an Anthropic
+    ``usage``); () for most requests, which name none: two lookups."""
     if payload.get("service_tier") is None and payload.get("speed") is None:
         return ()
     return tuple(
@@ -171,6 +184,9 @@ class Priced(Value, frozen=True):
 
     cost_nanos: int | None
     source: str  # "genai-prices" | "override" | "unknown"
+    #: the variant that priced it, as its data names it (``"service_tier=priority"``;
+    #: ``"speed=fast"``; pairs joined by ``,``): None for the standard prices
+    context: str | None = None
 
 
 _UNKNOWN = Priced(None, "unknown")
@@ -373,6 +389,42 @@ def clamp_usage(usage: TokenUsage) -> _Counts:
     return inp, out, read, write, reasoning, one_hour, heard, spoken, searches
 
 
+def _settled(
+    model: ModelInfo, context: PriceContextKey, reported: PriceContextKey, at: datetime
+) -> PriceContextKey:
+    """The context a call is billed in: the request's ``context`` with each field the
+    provider ``reported`` in its place where the report is understood, a value a variant
+    of ``model`` in force at ``at`` names (it selects it) or one of the field's standard
+    names (``_STANDARD``: the request's value goes); any other report leaves the request's
+    value (a string from the provider is not trusted to name a price)."""
+    wanted = dict(context)
+    for field, value in reported:
+        if value in _STANDARD[field]:
+            wanted.pop(field, None)
+        elif value != wanted.get(field):
+            for variant in model.price_variants or ():
+                if variant.when.get(field) == value and (
+                    variant.constraint is None or variant.constraint.active(at)
+                ):
+                    wanted[field] = value
+                    break
+    return tuple(wanted.items())
+
+
+def _label(model: ModelInfo, selected: tuple[int, ...]) -> str | None:
+    """``Priced.context`` of the variants ``selected``: their conditions, as the data
+    names them, of those that price something (an empty one, OpenAI's ``default``, is
+    the standard prices)."""
+    variants = model.price_variants or ()
+    pairs = {
+        f"{field}={value}"
+        for i in selected
+        if any(p is not None for p in vars(variants[i].prices).values())
+        for field, value in variants[i].when.items()
+    }
+    return ",".join(sorted(pairs)) or None
+
+
 class PriceTable:
     """Prices calls against one genai-prices data snapshot (the bundled one by default).
 
@@ -384,13 +436,21 @@ class PriceTable:
         self._models: dict[tuple[str, str | None], tuple[Provider, ModelInfo] | None] = {}
         self._plans: dict[int, tuple[ModelPrice, _Plan | None]] = {}
         self._overrides: dict[PriceOverride, _Plan] = {}
-        self._variants: dict[tuple[int, int, tuple[int, ...]], tuple[ModelPrice, ModelPrice]] = {}
+        self._variants: dict[
+            tuple[int, int, tuple[int, ...]], tuple[ModelPrice, ModelPrice, str | None]
+        ] = {}
 
     def price(
-        self, ref: PriceRef, usage: TokenUsage, at: datetime, context: PriceContextKey = ()
+        self,
+        ref: PriceRef,
+        usage: TokenUsage,
+        at: datetime,
+        context: PriceContextKey = (),
+        reported: PriceContextKey = (),
     ) -> Priced:
         """Cost of ``usage`` for ``ref`` at time ``at`` (naive means UTC), at the prices
-        its request's ``context`` selects (``price_context``; an override has none)."""
+        its request's ``context`` selects, or what its provider ``reported`` it ran at
+        in its place (``price_context``, ``_settled``; an override has none)."""
         counts = clamp_usage(usage)
         if ref.override is not None:
             plan = self._overrides.get(ref.override)
@@ -401,8 +461,12 @@ class PriceTable:
         if found is None:
             return _UNKNOWN
         model_price = found[1].get_prices(at)
-        if context and found[1].price_variants:
-            model_price = self._variant(found[1], model_price, context, at)
+        label = None
+        if (context or reported) and found[1].price_variants:
+            if reported:
+                context = _settled(found[1], context, reported, at)
+            if context:
+                model_price, label = self._variant(found[1], model_price, context, at)
         cached = self._plans.get(id(model_price))
         if cached is None or cached[0] is not model_price:
             cached = (model_price, _compile_plan(model_price))
@@ -410,17 +474,18 @@ class PriceTable:
                 self._plans.clear()
             self._plans[id(model_price)] = cached
         if cached[1] is None:
-            return self._price_with_genai(found, counts, at, context)
-        return Priced(cached[1].nanos(counts), "genai-prices")
+            return self._price_with_genai(found, counts, at, context, label)
+        return Priced(cached[1].nanos(counts), "genai-prices", label)
 
     def _variant(
         self, model: ModelInfo, standard: ModelPrice, context: PriceContextKey, at: datetime
-    ) -> ModelPrice:
-        """The prices ``context`` selects over ``standard`` at ``at``: ``standard`` itself
-        where no variant in force names it (a tier is any string a client sends: one
-        naming none keeps nothing), else built once per price version and set of
-        variants it selects (``get_prices`` builds a new object each time, which the
-        plans are cached by). The snapshot the table pins keeps ``model`` alive."""
+    ) -> tuple[ModelPrice, str | None]:
+        """The prices ``context`` selects over ``standard`` at ``at``, and the variants'
+        label (``Priced.context``): ``standard`` itself where no variant in force names
+        it (a tier is any string a client sends: one naming none keeps nothing), else
+        built once per price version and set of variants it selects (``get_prices``
+        builds a new object each time, which the plans are cached by). The snapshot the
+        table pins keeps ``model`` alive."""
         wanted = dict(context)
         selected = tuple(
             i
@@ -429,15 +494,15 @@ class PriceTable:
             and all(wanted.get(field) == value for field, value in v.when.items())
         )
         if not selected:
-            return standard
+            return standard, None
         key = (id(model), id(standard), selected)
         found = self._variants.get(key)
         if found is None or found[0] is not standard:
-            found = (standard, model.get_prices(at, wanted))
+            found = (standard, model.get_prices(at, wanted), _label(model, selected))
             if len(self._variants) >= _MAX_CACHED:
                 self._variants.clear()
             self._variants[key] = found
-        return found[1]
+        return found[1], found[2]
 
     def context_window(self, ref: PriceRef) -> int | None:
         """The most tokens the priced model reads and writes in one call, from the price
@@ -495,6 +560,7 @@ class PriceTable:
         counts: _Counts,
         at: datetime,
         context: PriceContextKey = (),
+        label: str | None = None,
     ) -> Priced:
         """The slow path: genai-prices' own calculation; its data errors mean unknown."""
         provider, model = found
@@ -505,6 +571,6 @@ class PriceTable:
             total = model.calc_price(
                 usage, provider, genai_request_timestamp=at, price_context=dict(context) or None
             ).total_price
-            return Priced(usd_to_nanos(total), "genai-prices")
+            return Priced(usd_to_nanos(total), "genai-prices", label)
         except ValueError:
             return _UNKNOWN

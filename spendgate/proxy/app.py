@@ -122,7 +122,8 @@ class Call(Value, frozen=True):
     #: call may continue it (``proxy.contexts``)
     stored: bool = False
     #: the request's price context (``core.pricing.price_context``): a service tier or
-    #: speed that the provider bills at other prices, held and billed at them
+    #: speed that the provider bills at other prices, held at them (and billed at them
+    #: unless the provider reports another: ``PriceTable.price``)
     context: PriceContextKey = ()
 
     def subject(self) -> Subject:
@@ -708,7 +709,7 @@ class ProxyApp:
     async def _relay_whole(
         self, call: Call, guarded: Guarded, response: UpstreamResponse, send: Send
     ) -> None:
-        usage, answer = usage_from_body(call.endpoint.kind, response.body)
+        usage, answer, reported = usage_from_body(call.endpoint.kind, response.body)
         estimated = usage is None
         if usage is not None and answer is not None:
             self._remember(call, answer, usage)
@@ -716,7 +717,9 @@ class ProxyApp:
             usage = TokenUsage(
                 input_tokens=call.worst.usage.input_tokens, output_tokens=len(response.body) // 4
             )
-        cost, remaining = await self._book(call, guarded, response.status, "ok", usage, estimated)
+        cost, remaining = await self._book(
+            call, guarded, response.status, "ok", usage, estimated, reported
+        )
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
         headers["x-spendgate-cost-usd"] = cost_figure(cost)
@@ -829,7 +832,7 @@ class ProxyApp:
             self._remember(call, meter.response_id, usage)
         if worst:
             usage, _ = self._worst(call, usage)
-        cost, _ = await self._book(call, guarded, 200, status, usage, estimated)
+        cost, _ = await self._book(call, guarded, 200, status, usage, estimated, meter.reported)
         return b"" if left else cost_comment(cost, status, estimated)
 
     async def _book(
@@ -840,8 +843,10 @@ class ProxyApp:
         status: str,
         usage: TokenUsage | None,
         estimated: bool = False,
+        reported: PriceContextKey = (),
     ) -> tuple[int | None, int | None]:
-        """Price the call, settle its holds (``usage`` None: not billed, holds given
+        """Price the call (at the tier the provider ``reported``, where it reported one
+        the prices know), settle its holds (``usage`` None: not billed, holds given
         back) and put its ledger row on disk together with the events this produced (a
         threshold the settle crossed, an unknown price): returns (cost, the tightest
         budget's remaining nanos). Called before the call's final bytes go out."""
@@ -849,7 +854,7 @@ class ProxyApp:
         remaining = None
         uncounted = False
         with capture_events(events):
-            entry = self._record(call, http_status, status, usage, estimated)
+            entry = self._record(call, http_status, status, usage, estimated, reported)
             self._metrics.booked(entry)
             try:
                 if usage is None:
@@ -879,15 +884,19 @@ class ProxyApp:
         status: str,
         usage: TokenUsage | None,
         estimated: bool = False,
+        reported: PriceContextKey = (),
     ) -> LedgerEntry:
         """Price the call and build its ledger row."""
         finished = self._clock.now()
         cost: int | None
+        tier = None
         if usage is None:
             usage, cost, unknown = TokenUsage(), 0, False
         else:
-            priced = self._prices.price(call.route.price, usage, call.started_at, call.context)
-            cost, unknown = priced.cost_nanos, priced.cost_nanos is None
+            priced = self._prices.price(
+                call.route.price, usage, call.started_at, call.context, reported
+            )
+            cost, unknown, tier = priced.cost_nanos, priced.cost_nanos is None, priced.context
             if unknown:
                 self._on_unpriced(call, usage)
             if usage.implausible and self._on_implausible is not None:
@@ -922,6 +931,7 @@ class ProxyApp:
             usage_implausible=usage.implausible,
             cache_write_1h_tokens=usage.cache_write_1h_tokens,
             web_searches=usage.web_searches,
+            price_context=tier,
         )
 
     async def _models(self, send: Send, key: KeyRecord, path: str, request_id: str) -> None:

@@ -4,7 +4,10 @@ A ``StreamMeter`` sees every upstream byte of an SSE stream once, splits it into
 events, remembers the usage the provider reports, and decides which events reach the
 client (the usage chunk spendgate asked for on the client's behalf is dropped).
 Only events that can carry usage are parsed, so a long stream costs a substring
-search per event, not a JSON parse.
+search per event, not a JSON parse. The service tier or speed the provider reports it
+ran the call at (``core.pricing.price_context``; the call is billed at it) is read from
+what is parsed for the usage anyway: the answer, a chat stream's usage chunk, the event
+that ends a Responses stream, an Anthropic ``usage``.
 """
 
 from __future__ import annotations
@@ -14,25 +17,32 @@ from typing import Any
 import msgspec
 import orjson
 
+from spendgate.core.pricing import PriceContextKey, price_context
 from spendgate.core.usage import TokenUsage, from_anthropic, from_openai, searches_in
 
 
-def usage_from_body(kind: str, body: bytes) -> tuple[TokenUsage | None, str | None]:
-    """Usage of a non-streaming response, ``None`` when the body carries none; and the
-    answer's id when it is a Responses answer (a later call may continue it)."""
+def usage_from_body(
+    kind: str, body: bytes
+) -> tuple[TokenUsage | None, str | None, PriceContextKey]:
+    """Usage of a non-streaming response, ``None`` when the body carries none; the
+    answer's id when it is a Responses answer (a later call may continue it); and the
+    tier the provider reports it ran at (OpenAI's ``service_tier``, Anthropic's
+    ``usage.service_tier`` and ``usage.speed``)."""
     try:
         payload = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, None
+        return None, None, ()
     if not isinstance(payload, dict):
-        return None, None
+        return None, None, ()
     if kind == "message":
-        return from_anthropic(payload.get("usage")), None
+        usage = payload.get("usage")
+        reported = price_context(usage) if isinstance(usage, dict) else ()
+        return from_anthropic(usage), None, reported
     if kind != "response":
-        return from_openai(payload.get("usage")), None
+        return from_openai(payload.get("usage")), None, price_context(payload)
     answer = payload.get("id")
     usage = from_openai(payload.get("usage"), searches_in(payload.get("output")))
-    return usage, answer if isinstance(answer, str) else None
+    return usage, answer if isinstance(answer, str) else None, price_context(payload)
 
 
 def _data(event: bytes) -> bytes | None:
@@ -117,6 +127,9 @@ class StreamMeter:
         #: the web searches seen starting (a ``server_tool_use`` block, a
         #: ``web_search_call`` item): billed by a stream cut before its final usage
         self.searches = 0
+        #: the tier the provider reports it ran the call at (``usage_from_body``), from
+        #: the events parsed for their usage
+        self.reported: PriceContextKey = ()
         self._pending = b""
         self._markers = _MARKERS.get(kind, _CHAT_MARKERS)
 
@@ -207,6 +220,8 @@ class StreamMeter:
         told = from_openai(usage)
         if told is not None:  # else not the provider's figure: the call is estimated
             self.usage, self.final = told, True
+        # every chunk says it: the usage chunk, parsed for its usage, is read
+        self.reported = price_context(payload) or self.reported
         choices = payload.get("choices")
         return not (self.strip_usage_chunk and not choices)
 
@@ -222,6 +237,7 @@ class StreamMeter:
             told = from_openai(usage, searches_in(response.get("output")))
             if told is not None:
                 self.usage, self.final = told, True
+            self.reported = price_context(response)
             self.done = True
             self.failed = self.failed or kind == "response.failed"
         elif kind == "response.output_item.added":
@@ -234,14 +250,18 @@ class StreamMeter:
         kind = payload.get("type")
         if kind == "message_start":
             message = payload.get("message")
-            told = from_anthropic(message.get("usage")) if isinstance(message, dict) else None
+            usage = message.get("usage") if isinstance(message, dict) else None
+            told = from_anthropic(usage)
             if told is not None:
                 self.usage = told
+            self._report(usage)
         elif kind == "message_delta":
             # a delta that tells no figure keeps what message_start said, as a partial one
-            told = from_anthropic(payload.get("usage"), self.usage)
+            usage = payload.get("usage")
+            told = from_anthropic(usage, self.usage)
             if told is not None:
                 self.usage, self.final = told, True
+            self._report(usage)
         elif kind == "message_stop":
             self.done = True
         elif kind == "content_block_start":
@@ -249,3 +269,9 @@ class StreamMeter:
             if isinstance(block, dict) and block.get("type") == "server_tool_use":
                 self.searches += block.get("name") == "web_search"
         return True
+
+    def _report(self, usage: Any) -> None:
+        """An Anthropic ``usage``'s tier and speed, each kept until a later one tells it
+        again (as its figures are)."""
+        if isinstance(usage, dict) and (told := price_context(usage)):
+            self.reported = tuple({**dict(self.reported), **dict(told)}.items())

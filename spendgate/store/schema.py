@@ -153,6 +153,11 @@ ledger = sa.Table(
     #: web searches a server-side search tool ran for the call, billed per search beside
     #: the tokens (migration 0028; 0 on rows from before it, when none was billed)
     sa.Column("web_searches", sa.BigInteger(), nullable=False, server_default="0"),
+    #: the service tier or speed whose prices the call was billed at, as the price data
+    #: names it (``service_tier=priority``, ``speed=fast``): the tier the provider
+    #: reported, else the request's; NULL for the standard prices, and on rows from
+    #: before migration 0029 (when none was recorded)
+    sa.Column("price_context", sa.Text(), nullable=True),
     sa.Index("ix_ledger_started_at", "started_at"),
     sa.Index("ix_ledger_org_started", "org_id", "started_at"),
     sa.Index("ix_ledger_team_started", "team_id", "started_at"),

@@ -40,6 +40,11 @@ Knobs are plain attributes, set by the test that needs them:
   reports instead of its own (any JSON value, a malformed one included): a whole
   answer's ``usage``, a chat or completions stream's usage chunk, a Responses stream's
   final ``response.usage``, an Anthropic stream's ``message_delta`` usage.
+* ``reported_tier``                 fields every answer reports its call ran at, as the
+  provider does (e.g. ``{"service_tier": "priority"}``; Anthropic also ``"speed"``):
+  OpenAI's on the answer and on every chat or completions chunk, the Responses object
+  in the answer and in every stream event that carries it; Anthropic's in the answer's
+  ``usage`` and in its stream's ``message_start`` and ``message_delta`` usage.
 """
 
 from __future__ import annotations
@@ -159,18 +164,25 @@ AS_SIMULATED: Any = object()
 _RESPONSE_ENDS = ("response.completed", "response.incomplete", "response.failed")
 
 
-def with_usage(event: bytes, usage: Any) -> bytes:
-    """``event`` (one SSE event) with ``usage`` as the final usage it reports, if it
-    reports one; else unchanged."""
+def _parsed(event: bytes) -> tuple[bytes, dict[str, Any]] | None:
+    """One SSE event's lines but its ``data:``, and its data's object (None: none)."""
     lines = event.rstrip(b"\n").split(b"\n")
     head = b"".join(line + b"\n" for line in lines if not line.startswith(b"data: "))
     data = [line[6:] for line in lines if line.startswith(b"data: ")]
     try:
         payload = orjson.loads(data[0]) if data else None
     except orjson.JSONDecodeError:
+        return None
+    return (head, payload) if isinstance(payload, dict) else None
+
+
+def with_usage(event: bytes, usage: Any) -> bytes:
+    """``event`` (one SSE event) with ``usage`` as the final usage it reports, if it
+    reports one; else unchanged."""
+    parsed = _parsed(event)
+    if parsed is None:
         return event
-    if not isinstance(payload, dict):
-        return event
+    head, payload = parsed
     kind = payload.get("type")
     if kind in _RESPONSE_ENDS and isinstance(payload.get("response"), dict):
         payload["response"]["usage"] = usage
@@ -178,6 +190,31 @@ def with_usage(event: bytes, usage: Any) -> bytes:
         payload["usage"] = usage
     else:
         return event
+    return head + _data(payload)
+
+
+def with_tier(event: bytes, tier: dict[str, str]) -> bytes:
+    """``event`` (one SSE event) with the ``tier`` fields where the provider reports the
+    tier it ran the call at (``FakeUpstream.reported_tier``), if the event carries it."""
+    parsed = _parsed(event)
+    if parsed is None:
+        return event
+    head, payload = parsed
+    kind = payload.get("type")
+    message = payload.get("message")
+    if kind == "message_start" and isinstance(message, dict):
+        target = message.get("usage")
+    elif kind == "message_delta":
+        target = payload.get("usage")
+    elif isinstance(payload.get("response"), dict):
+        target = payload["response"]
+    elif "choices" in payload:
+        target = payload
+    else:
+        return event
+    if not isinstance(target, dict):
+        return event
+    target.update(tier)
     return head + _data(payload)
 
 
@@ -243,6 +280,7 @@ class FakeUpstream:
         self.answer_gate: threading.Event | None = None
         self.redirect_to: str | None = None
         self.reported_usage: Any = AS_SIMULATED
+        self.reported_tier: dict[str, str] = {}
         self.ignored_fields: frozenset[str] = frozenset()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -329,6 +367,8 @@ class FakeUpstream:
                 return
             if self.reported_usage is not AS_SIMULATED:
                 events = [with_usage(event, self.reported_usage) for event in events]
+            if self.reported_tier:
+                events = [with_tier(event, self.reported_tier) for event in events]
             await self._send_stream(send, events)
             return
         if where.provider == "anthropic":
@@ -337,6 +377,10 @@ class FakeUpstream:
             status, answer = simulated.openai_response(where.endpoint, body)
         if self.reported_usage is not AS_SIMULATED and "usage" in answer:
             answer["usage"] = self.reported_usage
+        if self.reported_tier and status == 200:
+            where_told = answer.get("usage") if where.provider == "anthropic" else answer
+            if isinstance(where_told, dict):
+                where_told.update(self.reported_tier)
         await _send_json(send, status, answer)
 
     async def _send_stream(self, send: Send, events: list[bytes]) -> None:

@@ -567,3 +567,74 @@ def test_tiers_no_variant_names_keep_nothing() -> None:
     assert table.price(ref, usage, at, (("service_tier", "priority"),)).cost_nanos == priority
     gc.collect()
     assert sum(1 for o in gc.get_objects() if isinstance(o, ModelPrice)) <= before
+
+
+@pytest.mark.parametrize(
+    ("model", "provider", "context", "reported", "billed", "label"),
+    [
+        # OpenAI's "auto" (or none) ran at priority / flex: billed there
+        ("gpt-5", "openai", (), (("service_tier", "priority"),), {"service_tier": "priority"},
+         "service_tier=priority"),
+        ("gpt-5", "openai", (("service_tier", "auto"),), (("service_tier", "flex"),),
+         {"service_tier": "flex"}, "service_tier=flex"),
+        # asked for priority, ran at default: the standard prices
+        ("gpt-5", "openai", (("service_tier", "priority"),), (("service_tier", "default"),),
+         None, None),
+        # a tier no variant names leaves the request's
+        ("gpt-5", "openai", (("service_tier", "priority"),), (("service_tier", "scale"),),
+         {"service_tier": "priority"}, "service_tier=priority"),
+        ("gpt-5-nano", "openai", (), (("service_tier", "priority"),), None, None),
+        # Anthropic: fast reported is fast; standard speed drops the request's fast;
+        # its service_tier ("priority", "batch") selects nothing in the data
+        ("claude-opus-4-8", "anthropic", (), (("service_tier", "priority"), ("speed", "fast")),
+         {"speed": "fast"}, "speed=fast"),
+        ("claude-opus-4-8", "anthropic", (("speed", "fast"),),
+         (("service_tier", "standard"), ("speed", "standard")), None, None),
+        ("claude-opus-4-8", "anthropic", (), (("service_tier", "batch"),), None, None),
+    ],
+)  # fmt: skip
+def test_the_reported_tier_prices_the_call_in_place_of_the_requests(
+    table: PriceTable,
+    model: str,
+    provider: str,
+    context: tuple[tuple[str, str], ...],
+    reported: tuple[tuple[str, str], ...],
+    billed: dict[str, str] | None,
+    label: str | None,
+) -> None:
+    """What the provider reports it ran a call at is priced as genai-prices prices that
+    context, field by field over the request's, where the data names it (or it is a
+    provider's standard); the variant that priced it is told, as the data names it."""
+    at = datetime(2026, 11, 10, tzinfo=UTC)
+    usage = TokenUsage(input_tokens=1000, output_tokens=500, cache_read_tokens=200)
+    genai = calc_price(
+        Usage(input_tokens=1000, output_tokens=500, cache_read_tokens=200),
+        model,
+        provider_id=provider,
+        genai_request_timestamp=at,
+        price_context=billed,
+    ).total_price
+    for _ in range(2):
+        priced = table.price(PriceRef(model, provider), usage, at, context, reported)
+        assert priced == Priced(usd_to_nanos(genai), "genai-prices", label)
+
+
+def test_reported_tiers_no_variant_names_keep_nothing() -> None:
+    """A provider's report is any string its answer (or a server posing as it) sends: one
+    no variant names bills the request's tier and keeps nothing in the caches."""
+    at = datetime(2026, 11, 10, tzinfo=UTC)
+    table = PriceTable()
+    ref = PriceRef("gpt-5", "openai")
+    usage = TokenUsage(input_tokens=1000, output_tokens=500)
+    asked = (("service_tier", "priority"),)
+    priority = table.price(ref, usage, at, asked)
+    standard = table.price(ref, usage, at, (), (("service_tier", "default"),))
+    gc.collect()
+    before = sum(1 for o in gc.get_objects() if isinstance(o, ModelPrice))
+    for n in range(2000):
+        junk = (("service_tier", f"tier-{n}"), ("speed", "x" * n))
+        assert table.price(ref, usage, at, asked, junk) == priority
+        assert table.price(ref, usage, at, (), junk) == standard
+    gc.collect()
+    assert sum(1 for o in gc.get_objects() if isinstance(o, ModelPrice)) <= before
+    assert priority.context == "service_tier=priority" and standard.context is None

@@ -23,9 +23,10 @@ TOKENS = ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tok
           "reasoning_tokens")  # fmt: skip
 #: the token figures of the rollups from 0024 to 0025
 TOKENS_0024 = (*TOKENS[:4], "cache_write_1h_tokens", TOKENS[4])
-#: the ledger's columns from 0023 to 0027 (before ``web_searches``), and before 0023
-#: (before ``cache_write_1h_tokens`` too)
-LEDGER_0023 = tuple(f for f in LedgerEntry._fields if f != "web_searches")
+#: the ledger's columns at 0028 (before ``price_context``), from 0023 to 0027 (before
+#: ``web_searches`` too), and before 0023 (before ``cache_write_1h_tokens`` too)
+LEDGER_0028 = tuple(f for f in LedgerEntry._fields if f != "price_context")
+LEDGER_0023 = tuple(f for f in LEDGER_0028 if f != "web_searches")
 LEDGER_0022 = tuple(f for f in LEDGER_0023 if f != "cache_write_1h_tokens")
 _WIDE = ("bucket", "org_id", "team_id", "user_id", "agent_id", "key_id", "provider", "model",
          "kind", "status")  # fmt: skip
