@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from typer.testing import CliRunner
 
+from spendgate.cli import app as cli
 from spendgate.cli.output import show
 
 
@@ -18,3 +20,12 @@ def test_a_mapping_prints_as_the_pairs_its_option_takes(capsys: pytest.CaptureFi
     out = capsys.readouterr().out
     assert "team_a=30,team_b=70" in out
     assert "{" not in out and "'" not in out
+
+
+def test_a_group_help_gives_each_command_its_summary_on_one_line() -> None:
+    """`spendgate wallets --help` broke a summary wrapped in its docstring over two rows
+    of the commands table ("… refused with 402 when" / "it runs dry, …"): one line."""
+    result = CliRunner().invoke(cli, ["wallets", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0
+    (create,) = [line for line in result.output.splitlines() if "│ create" in line]
+    assert "refused with 402 when it runs dry, and from the start if it is created" in create
