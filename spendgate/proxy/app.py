@@ -67,7 +67,13 @@ from spendgate.proxy import simulated
 from spendgate.proxy.auth import KeyCache, presented_secret
 from spendgate.proxy.contexts import ResponseContexts
 from spendgate.proxy.metering import StreamMeter, usage_from_body
-from spendgate.proxy.routing import ENDPOINTS, Endpoint, upstream_headers, upstream_url
+from spendgate.proxy.routing import (
+    ENDPOINTS,
+    Endpoint,
+    misrouted,
+    upstream_headers,
+    upstream_url,
+)
 from spendgate.proxy.transport import Transport, UpstreamRequest, UpstreamResponse
 from spendgate.proxy.wire import (
     Receive,
@@ -263,7 +269,9 @@ class ProxyApp:
                 return
             endpoint = ENDPOINTS.get(path)
             if endpoint is None:
-                raise NotFound(f"unknown endpoint {scope['method']} {path}")
+                hint = misrouted(path)
+                said = f": {hint}" if hint else ""
+                raise NotFound(f"unknown endpoint {scope['method']} {path}{said}")
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{path} accepts POST only", allow=("POST",))
             key = await self._authenticate(scope, headers, wire, now, mono)
