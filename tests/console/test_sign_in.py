@@ -88,7 +88,10 @@ def test_pages_name_an_icon_the_console_serves(console: Console, page: Page) -> 
         assert served.status_code == 200
         assert served.headers["content-type"] == "image/svg+xml"
     errors: list[str] = []
-    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+    page.on(
+        "console",
+        lambda message: errors.append(message.text) if message.type == "error" else None,
+    )
     sign_in(page, console.url, "viewer@acme.test")
     page.wait_for_load_state("networkidle")
     assert errors == []
