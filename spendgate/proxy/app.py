@@ -70,6 +70,7 @@ from spendgate.proxy.metering import StreamMeter, usage_from_body
 from spendgate.proxy.routing import (
     ENDPOINTS,
     Endpoint,
+    SERVED,
     misrouted,
     upstream_headers,
     upstream_url,
@@ -269,9 +270,8 @@ class ProxyApp:
                 return
             endpoint = ENDPOINTS.get(path)
             if endpoint is None:
-                hint = misrouted(path)
-                said = f": {hint}" if hint else ""
-                raise NotFound(f"unknown endpoint {scope['method']} {path}{said}")
+                hint = misrouted(path) or SERVED
+                raise NotFound(f"unknown endpoint {scope['method']} {path}: {hint}")
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{path} accepts POST only", allow=("POST",))
             key = await self._authenticate(scope, headers, wire, now, mono)

@@ -35,6 +35,14 @@ ENDPOINTS: dict[str, Endpoint] = {
 _WITHOUT_V1 = {path.removeprefix("/v1"): path for path in (*ENDPOINTS, "/v1/models")}
 
 
+#: what a 404 under /v1 says the proxy does serve (the images, audio and files APIs, and
+#: reading a stored response back, are not proxied)
+SERVED = (
+    "spendgate proxies POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
+    "/v1/responses and /v1/messages, and GET /v1/models"
+)
+
+
 def misrouted(path: str) -> str | None:
     """For a path that is a proxy call with a ``base_url`` mistake, what to change, to add
     to its 404 (which was the console's HTML page, or a bare "unknown endpoint", so the

@@ -579,4 +579,10 @@ def test_an_sdk_base_url_without_or_with_twice_v1_gets_a_404_saying_what_to_chan
             model="demo-small", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
         )
     assert "the path has /v1 twice" in messages.value.message
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as images:  # a route that is not proxied
+        sdk.images.generate(model="demo-small", prompt="a cat")
+    said = images.value.body["message"]  # type: ignore[index]
+    assert said.startswith("unknown endpoint POST /v1/images/generations: spendgate proxies ")
+    assert "/v1/chat/completions" in said and "GET /v1/models" in said
     assert gateway.ledger() == []
