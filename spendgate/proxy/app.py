@@ -69,8 +69,8 @@ from spendgate.proxy.contexts import ResponseContexts
 from spendgate.proxy.metering import StreamMeter, usage_from_body
 from spendgate.proxy.routing import (
     ENDPOINTS,
-    Endpoint,
     SERVED,
+    Endpoint,
     misrouted,
     upstream_headers,
     upstream_url,
