@@ -897,10 +897,18 @@ class Enforcer:
                         shortfall_nanos=shortfall,
                         ticket_id=w.id,
                     )
+                # with money left, the call's output cap is what did not fit: say so
+                smaller = (
+                    "a call with a lower max_tokens may fit (the worst case counts the whole "
+                    "output cap: the model's default_max_tokens when the request sets none), "
+                    "or top it up"
+                    if free > 0
+                    else "top it up to continue"
+                )
                 raise InsufficientFunds(
                     f"wallet {w.id} cannot fund this call: balance ${format_usd(balance)}, "
                     f"${format_usd(refusal.reserved)} in flight, call may cost up to "
-                    f"${format_usd(admission.worst_case)}; top it up to continue",
+                    f"${format_usd(admission.worst_case)}; {smaller}",
                     wallet_id=w.id,
                     shortfall_nanos=shortfall,
                 )
