@@ -57,7 +57,7 @@ from spendgate.counters import Counters
 from spendgate.counters.factory import counters_from_url
 from spendgate.counters.redis import RedisCounters
 from spendgate.counters.redis_pool import counters_failed
-from spendgate.errors import DatabaseUnavailable, PayloadTooLarge, SpendgateError
+from spendgate.errors import DatabaseUnavailable, NotFound, PayloadTooLarge, SpendgateError
 from spendgate.guard import CallGuard
 from spendgate.guard.enforcement import Enforcer
 from spendgate.guard.failover import FailoverGuard
@@ -69,8 +69,17 @@ from spendgate.observability.metrics import GatewayMetrics
 from spendgate.observability.scrape import Gauges, MetricsEndpoint, backlog_gauges, redis_gauges
 from spendgate.proxy.app import Call, ProxyApp
 from spendgate.proxy.auth import KeyCache
+from spendgate.proxy.routing import misrouted
 from spendgate.proxy.transport import AiohttpTransport, SimulatedTransport, Transport
-from spendgate.proxy.wire import Receive, Scope, Send, buffered, send_error
+from spendgate.proxy.wire import (
+    Receive,
+    Scope,
+    Send,
+    buffered,
+    error_body,
+    send_bytes,
+    send_error,
+)
 from spendgate.ratelimit.factory import rate_limiter_from_url
 from spendgate.ratelimit.gate import RateGate
 from spendgate.ratelimit.memory import MemoryRateLimiter
@@ -365,12 +374,24 @@ class Gateway:
                 await self._metered_proxy(scope, receive, send)
             elif scope["path"] == "/metrics":
                 await self.metrics_endpoint(scope, receive, send)
+            elif (hint := misrouted(scope["path"])) is not None:
+                await self._misrouted(scope, send, hint)
             else:
                 await self.web(scope, receive, send)
         elif kind == "lifespan":
             await self._lifespan(receive, send)
         else:
             await self.admin(scope, receive, send)
+
+    async def _misrouted(self, scope: Scope, send: Send, hint: str) -> None:
+        """A proxy call without its /v1 (an SDK ``base_url`` missing it): a 404 in the
+        proxy's error format saying what to change, not the console's HTML page."""
+        path = scope["path"]
+        wire = "anthropic" if path == "/messages" else "openai"
+        refused = NotFound(f"unknown endpoint {scope['method']} {path}: {hint}")
+        await send_bytes(
+            send, refused.status, error_body(refused, wire), {"content-type": "application/json"}
+        )
 
     async def _gauges(self) -> Gauges:
         """Read when ``/metrics`` is scraped: this process's ledger backlog and the

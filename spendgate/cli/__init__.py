@@ -6,6 +6,7 @@ One module per command group; each talks to the admin API through ``spendgate.cl
 from __future__ import annotations
 
 import errno
+import inspect
 from importlib.metadata import version
 from typing import Annotated, Any
 
@@ -35,6 +36,7 @@ class _Commands(TyperGroup):
 
     def make_context(self, *args: Any, **kwargs: Any) -> Any:
         started()  # Ctrl-C is click's from here on (spendgate.cli_start)
+        _one_line_summaries(self)
         return super().make_context(*args, **kwargs)
 
     def invoke(self, ctx: Any) -> Any:
@@ -60,6 +62,18 @@ class _Commands(TyperGroup):
                     ctx=ctx,
                 ) from None
         return super().parse_args(ctx, args)
+
+
+def _one_line_summaries(group: Any) -> None:
+    """Each subcommand's summary in a group's ``--help`` is the first paragraph of its
+    docstring as one line. Typer's Rich help keeps the docstring's line breaks there, so
+    a summary wrapped in the source broke mid-sentence in the commands table ("refused
+    with 402 when" / "it runs dry, …" on two rows)."""
+    for command in getattr(group, "commands", {}).values():
+        if command.short_help is None and command.help:
+            first = inspect.cleandoc(command.help).partition("\f")[0].split("\n\n")[0]
+            command.short_help = " ".join(first.split())
+        _one_line_summaries(command)
 
 
 app = typer.Typer(

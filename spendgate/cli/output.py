@@ -47,8 +47,13 @@ def _isatty(stream: IO[bytes] | IO[str]) -> bool:
 
 
 def cell(value: Any) -> str:
+    """A value as a table cell: a list comma-separated, a mapping (an allocation rule's
+    ``shares``) as ``key=value`` pairs, the way the options take them (``--share
+    team_…=30``), not as Python's repr (``{'team_…': '30'}``; ``{}`` for none)."""
     if value is None:
         return ""
+    if isinstance(value, dict):
+        return ",".join(f"{key}={cell(item)}" for key, item in value.items())
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 

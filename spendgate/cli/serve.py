@@ -126,6 +126,15 @@ def serve(
         hint = " (another port: --port N, or --port 0 for any free one)" if taken else ""
         say("error", f"cannot listen on {host}:{settings.port}: {busy}{hint}")
         raise typer.Exit(1) from busy
+    # refused before a master key is generated and printed: a start that stops leaves
+    # nothing behind (it made and printed a key the gateway never used)
+    if workers > 1 and not settings.redis_url:
+        say(
+            "error",
+            "--workers > 1 needs SPENDGATE_REDIS_URL: budget, wallet and rate-limit counters "
+            "live in each process otherwise, and caps would not hold across workers.",
+        )
+        raise typer.Exit(2)
     # the app is built by uvicorn's factory (in each worker): it listens where we do and
     # its default public URL (printed links, invite links) names this address
     os.environ["SPENDGATE_SERVE_ADDRESS"] = f"{host}:{port}"
@@ -139,13 +148,6 @@ def serve(
     except ConfigError as exc:
         say("error", f"configuration error: {exc}")
         raise typer.Exit(2) from exc
-    if workers > 1 and not settings.redis_url:
-        say(
-            "error",
-            "--workers > 1 needs SPENDGATE_REDIS_URL: budget, wallet and rate-limit counters "
-            "live in each process otherwise, and caps would not hold across workers.",
-        )
-        raise typer.Exit(2)
     if settings.public_url == f"http://{settings.host}:{settings.port}" and settings.host in (
         "0.0.0.0",
         "::",

@@ -74,8 +74,11 @@ def usage(
         return
     dims = data["group_by"]
     extra = ["cumulative_cost_usd"] if cumulative else []
+    # a group without that dimension (spend no team owns, untagged calls) is `none`, the
+    # value that filters it (`--team none`), not a blank cell that reads as missing data
+    rows = [{**row, **{d: "none" for d in dims if row.get(d) is None}} for row in data["rows"]]
     show(
-        data["rows"],
+        rows,
         False,
         [*dims, "requests", "errors", "input_tokens", "output_tokens", "web_searches",
          "cost_usd", *extra, "unpriced_requests", "estimated_calls", "estimated_usd"],

@@ -860,13 +860,16 @@ class Enforcer:
                 figures = (
                     f"spent ${format_usd(refusal.spent)}, ${format_usd(refusal.reserved)} in flight"
                 )
+                # the budget's own cap, not a fail-open replica's share of its headroom
+                whole = refusal.cap if a.cap_nanos is None else a.cap_nanos
+                smaller = _smaller_call(admission.worst_case, whole)
                 if used >= refusal.cap:
                     why = f"has reached its hard limit of ${format_usd(refusal.cap)}: {figures}"
                 else:  # this call's worst case is what does not fit
                     why = (
                         f"has ${format_usd(refusal.cap - used)} left before its hard limit of "
                         f"${format_usd(refusal.cap)} ({figures}) and this call may cost up to "
-                        f"${format_usd(admission.worst_case)}"
+                        f"${format_usd(admission.worst_case)}{smaller}"
                     )
                 raise BudgetExceeded(
                     f"budget {a.budget.id} ({a.budget.scope_type} {scope}"
@@ -894,10 +897,18 @@ class Enforcer:
                         shortfall_nanos=shortfall,
                         ticket_id=w.id,
                     )
+                # with money left, the call's output cap is what did not fit: say so
+                smaller = (
+                    "a call with a lower max_tokens may fit (the worst case counts the whole "
+                    "output cap: the model's default_max_tokens when the request sets none), "
+                    "or top it up"
+                    if free > 0
+                    else "top it up to continue"
+                )
                 raise InsufficientFunds(
                     f"wallet {w.id} cannot fund this call: balance ${format_usd(balance)}, "
                     f"${format_usd(refusal.reserved)} in flight, call may cost up to "
-                    f"${format_usd(admission.worst_case)}; top it up to continue",
+                    f"${format_usd(admission.worst_case)}; {smaller}",
                     wallet_id=w.id,
                     shortfall_nanos=shortfall,
                 )
@@ -1041,3 +1052,19 @@ class Enforcer:
 
     async def reap(self) -> int:
         return await self._counters.reap(self._clock.now().timestamp())
+
+
+def _smaller_call(worst_case: int, cap: int) -> str:
+    """What a budget's refusal of a call whose worst case does not fit adds: that worst
+    case counts the whole output cap (the model's ``default_max_tokens`` when the request
+    sets none, which is what a first call against a small cap trips on), so a call with a
+    lower one may pass; one over the whole ``cap`` passes in no period."""
+    if worst_case > cap:
+        return (
+            " (its worst case, the whole output cap included: the model's default_max_tokens "
+            "when the request sets none), more than the whole hard limit, so it fits in no "
+            "period: send a lower max_tokens or raise the budget"
+        )
+    return (
+        " (its worst case, the whole output cap included): a call with a lower max_tokens may fit"
+    )

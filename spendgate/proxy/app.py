@@ -67,7 +67,14 @@ from spendgate.proxy import simulated
 from spendgate.proxy.auth import KeyCache, presented_secret
 from spendgate.proxy.contexts import ResponseContexts
 from spendgate.proxy.metering import StreamMeter, usage_from_body
-from spendgate.proxy.routing import ENDPOINTS, Endpoint, upstream_headers, upstream_url
+from spendgate.proxy.routing import (
+    ENDPOINTS,
+    SERVED,
+    Endpoint,
+    misrouted,
+    upstream_headers,
+    upstream_url,
+)
 from spendgate.proxy.transport import Transport, UpstreamRequest, UpstreamResponse
 from spendgate.proxy.wire import (
     Receive,
@@ -264,7 +271,8 @@ class ProxyApp:
                 return
             endpoint = ENDPOINTS.get(path)
             if endpoint is None:
-                raise NotFound(f"unknown endpoint {scope['method']} {path}")
+                hint = misrouted(path) or SERVED
+                raise NotFound(f"unknown endpoint {scope['method']} {path}: {hint}")
             if scope["method"] != "POST":
                 raise MethodNotAllowed(f"{path} accepts POST only", allow=("POST",))
             key = await self._authenticate(scope, headers, wire, now, mono)

@@ -30,6 +30,37 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/v1/messages": Endpoint("message", "anthropic", "/v1/messages", True),
 }
 
+#: the proxy's paths without their /v1: what an OpenAI SDK whose ``base_url`` lacks the /v1
+#: calls (``/chat/completions``), each with the path spendgate serves it at
+_WITHOUT_V1 = {path.removeprefix("/v1"): path for path in (*ENDPOINTS, "/v1/models")}
+
+
+#: what a 404 under /v1 says the proxy does serve (the images, audio and files APIs, and
+#: reading a stored response back, are not proxied)
+SERVED = (
+    "spendgate proxies POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
+    "/v1/responses and /v1/messages, and GET /v1/models"
+)
+
+
+def misrouted(path: str) -> str | None:
+    """For a path that is a proxy call with a ``base_url`` mistake, what to change, to add
+    to its 404 (which was the console's HTML page, or a bare "unknown endpoint", so the
+    SDKs said only "Error code: 404"); None for any other path."""
+    if path.startswith("/v1/v1/"):
+        return (
+            "the path has /v1 twice: an Anthropic SDK's base_url is the gateway's address "
+            "without /v1 (http://host:port), an OpenAI SDK's ends in /v1 once"
+        )
+    served = _WITHOUT_V1.get("/models" if path.startswith("/models/") else path)
+    if served is None:
+        return None
+    return (
+        f"spendgate serves it at {served}: an OpenAI SDK's base_url ends in /v1 "
+        "(http://host:port/v1), an Anthropic SDK's does not (http://host:port)"
+    )
+
+
 #: client headers worth passing on to Anthropic
 _ANTHROPIC_PASS = ("anthropic-version", "anthropic-beta")
 

@@ -241,6 +241,31 @@ def test_a_call_too_big_for_the_headroom_is_not_told_the_limit_was_reached(
     assert "this call may cost up to $0.00" in message
 
 
+def test_a_refused_call_is_told_its_output_cap_is_what_did_not_fit(
+    gateway: RunningGateway,
+) -> None:
+    """A first call against a small cap, without max_tokens, is held at the model's
+    4096 output tokens: the 429 said only what the call "may cost". It says the output
+    cap is in that figure and what to do: over the whole cap, no period fits it (send a
+    lower max_tokens or raise the budget); over what is left, a lower one may fit."""
+    key = gateway.create_key()
+    budget(gateway, scope_type="key", scope_id=key["id"], amount_usd="0.001", hard_limit=True)
+    with pytest.raises(openai.RateLimitError) as whole:
+        sdk(gateway, key["key"]).chat.completions.create(model="demo-small", messages=MSG)
+    said = whole.value.body["message"]  # type: ignore[index]
+    assert "the whole output cap included: the model's default_max_tokens" in said
+    assert "more than the whole hard limit, so it fits in no period" in said
+    assert "send a lower max_tokens or raise the budget" in said
+    other = gateway.create_key()
+    budget(gateway, scope_type="key", scope_id=other["id"], amount_usd="0.00247", hard_limit=True)
+    one_call_cost(gateway, other["key"])  # leaves less than an uncapped call's worst case
+    with pytest.raises(openai.RateLimitError) as left:
+        sdk(gateway, other["key"]).chat.completions.create(model="demo-small", messages=MSG)
+    said = left.value.body["message"]  # type: ignore[index]
+    assert "a call with a lower max_tokens may fit" in said and "no period" not in said
+    one_call_cost(gateway, other["key"])  # and one does
+
+
 def test_the_sdks_do_not_retry_a_cap_only_the_next_period_lifts(
     gateway: RunningGateway, fake: FakeUpstream
 ) -> None:

@@ -72,6 +72,32 @@ def test_a_wallet_without_a_top_up_says_it_refuses_the_scopes_calls(
     assert call(gateway, key["key"]) > 0
 
 
+def test_a_wallet_with_money_left_says_a_smaller_call_may_fit(gateway: RunningGateway) -> None:
+    """A call without max_tokens is held at the model's 4096 output tokens: against a
+    wallet with money left its 402 said only "top it up". It says a call with a lower
+    max_tokens may fit, and one does; an empty wallet still says to top it up."""
+    key = gateway.create_key()
+    made = gateway.post(
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "0.001"},
+    )
+    client = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key["key"], max_retries=0)
+    with pytest.raises(openai.APIStatusError) as info:
+        client.chat.completions.create(model="demo-small", messages=MSG)
+    said = info.value.body["message"]  # type: ignore[index]
+    assert info.value.status_code == 402 and made["id"] in said
+    assert said.endswith(
+        "a call with a lower max_tokens may fit (the worst case counts the whole output cap: "
+        "the model's default_max_tokens when the request sets none), or top it up"
+    )
+    assert call(gateway, key["key"]) > 0
+    empty = gateway.create_key()
+    gateway.post("/admin/wallets", {"scope_type": "key", "scope_id": empty["id"]})
+    with pytest.raises(openai.APIStatusError) as refused:
+        call(gateway, empty["key"])
+    assert refused.value.body["message"].endswith("; top it up to continue")  # type: ignore[index]
+
+
 def test_a_wallet_is_changed_and_closed_and_its_history_stays(gateway: RunningGateway) -> None:
     """PATCH renames and moves the low-balance level (audited with before and after). Close:
     the empty wallet stops refusing calls, takes no top-up and no change (409), stays

@@ -86,3 +86,24 @@ def test_cli_naming_a_missing_org_says_so(gateway: RunningGateway) -> None:
         )
         assert result.exit_code == 1 and result.stdout == "", (args, result.output)
         assert "422" in result.stderr and "org_id: org org_missing not found" in result.stderr
+
+
+def test_cli_usage_names_a_group_without_the_dimension_none(gateway: RunningGateway) -> None:
+    """Spend no team owns was a blank team cell (the quickstart's demo key has no team):
+    it reads `none`, the value `--team none` filters it by."""
+    gw = gateway
+    org = _cli(gw, "orgs", "create", "cli-no-team")
+    key = gw.create_key(org_id=org["id"])["key"]
+    openai.OpenAI(base_url=f"{gw.url}/v1", api_key=key, max_retries=0).chat.completions.create(
+        model="demo-small", messages=[{"role": "user", "content": "hi"}]
+    )
+    result = CliRunner().invoke(
+        cli,
+        ["usage", "--by", "team,model", "--org", org["id"], "--url", gw.url],
+        env={"SPENDGATE_MASTER_KEY": MASTER_KEY, "COLUMNS": "200"},
+    )
+    assert result.exit_code == 0, result.output
+    [row] = [line for line in result.stdout.splitlines() if "demo-small" in line]
+    assert row.split("│")[1].strip() == "none"
+    filtered = _cli(gw, "usage", "--by", "team", "--org", org["id"], "--team", "none")
+    assert [r["team"] for r in filtered["rows"]] == [None]

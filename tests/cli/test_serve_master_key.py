@@ -199,3 +199,15 @@ def test_the_key_file_is_written_whole_before_it_has_its_name(tmp_path: Path) ->
     assert first.created and not second.created and first.key == second.key
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["spendgate-master.key"]
+
+
+def test_workers_without_redis_fail_before_a_master_key_is_made(tmp_path: Path) -> None:
+    """``--workers 2`` without Redis stops at once (exit 2) and leaves nothing behind: it
+    generated, kept and printed a master key first, one the refused start never used."""
+    done = finished(clean_env(tmp_path), "--demo", "--workers", "2")
+    said = done.stdout + done.stderr
+    assert done.returncode == 2
+    assert "--workers > 1 needs SPENDGATE_REDIS_URL" in " ".join(said.split())
+    for never in ("sk-sg-", "sg-master-", "listening", "SPENDGATE_MASTER_KEY"):
+        assert never not in said
+    assert not (tmp_path / "data" / "spendgate-master.key").exists()

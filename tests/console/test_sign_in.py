@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect
@@ -73,3 +75,23 @@ def test_sign_in_page_and_usage_have_no_serious_axe_violations(
     """axe-core (shipped in tests/console/assets) finds nothing serious or critical."""
     violations = axe_violations(browser, console.url, "org_admin@acme.test", "/usage")
     assert violations == [], [(v["id"], v["help"]) for v in violations]
+
+
+def test_pages_name_an_icon_the_console_serves(console: Console, page: Page) -> None:
+    """Every page named no icon, so the browser asked for /favicon.ico and logged its 404
+    as an error on each page: the layout names the console's own icon, which is served."""
+    with httpx.Client(base_url=console.url) as client:
+        login = client.get("/login")
+        icon = re.search(r'<link rel="icon" href="([^"]+)"', login.text)
+        assert icon is not None
+        served = client.get(icon.group(1))
+        assert served.status_code == 200
+        assert served.headers["content-type"] == "image/svg+xml"
+    errors: list[str] = []
+    page.on(
+        "console",
+        lambda message: errors.append(message.text) if message.type == "error" else None,
+    )
+    sign_in(page, console.url, "viewer@acme.test")
+    page.wait_for_load_state("networkidle")
+    assert errors == []

@@ -551,3 +551,38 @@ def test_wrong_method_is_405_with_allow(
         assert body["error"]["type"] == "invalid_request_error"
         assert body["error"]["param"] is None
     assert gateway.ledger() == []
+
+
+def test_an_sdk_base_url_without_or_with_twice_v1_gets_a_404_saying_what_to_change(
+    gateway: RunningGateway,
+) -> None:
+    """The commonest set-up slip: an OpenAI SDK's base_url without /v1 got the console's
+    HTML 404 page (the SDK said only "Error code: 404"), an Anthropic SDK's with /v1 a
+    bare "unknown endpoint POST /v1/v1/messages". Both are 404s in the route's format
+    saying what to change; nothing is billed."""
+    key = gateway.create_key()["key"]
+    without = openai.OpenAI(base_url=gateway.url, api_key=key, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as chat:
+        without.chat.completions.create(
+            model="demo-small", messages=[{"role": "user", "content": "hi"}]
+        )
+    assert chat.value.response.headers["content-type"] == "application/json"
+    message = chat.value.body["message"]  # type: ignore[index]
+    assert "unknown endpoint POST /chat/completions: spendgate serves it at " in message
+    assert "/v1/chat/completions" in message and "base_url ends in /v1" in message
+    with pytest.raises(openai.NotFoundError) as models:
+        without.models.list()
+    assert "serves it at /v1/models" in models.value.body["message"]  # type: ignore[index]
+    twice = anthropic.Anthropic(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(anthropic.NotFoundError) as messages:
+        twice.messages.create(
+            model="demo-small", max_tokens=10, messages=[{"role": "user", "content": "hi"}]
+        )
+    assert "the path has /v1 twice" in messages.value.message
+    sdk = openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0)
+    with pytest.raises(openai.NotFoundError) as images:  # a route that is not proxied
+        sdk.images.generate(model="demo-small", prompt="a cat")
+    said = images.value.body["message"]  # type: ignore[index]
+    assert said.startswith("unknown endpoint POST /v1/images/generations: spendgate proxies ")
+    assert "/v1/chat/completions" in said and "GET /v1/models" in said
+    assert gateway.ledger() == []
