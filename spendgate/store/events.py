@@ -115,8 +115,9 @@ def dated_name(
     stored under ``key`` before such keys named the window's span, when it counts for
     ``window`` (its ``period_start`` and ``period_end``, ISO): ``key`` is ``prefix``
     (``budget:<id>:``), the period's key (its local date, month, or week:
-    ``_DATE_LABEL``), then the name, and the event's ``data`` names that window. None for a key under the span, or of another window (a date
-    names other hours after a zone move, and these hours another date).
+    ``_DATE_LABEL``), then the name, and the event's ``data`` names that window. None
+    for a key under the span, or of another window (a date names other hours after a
+    zone move, and these hours another date).
 
     The one rule for events stored before the upgrade: what a budget's status and the
     sweeper count as fired (``period_events.fired_in_periods``), and what recording the
