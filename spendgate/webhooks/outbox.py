@@ -181,7 +181,7 @@ class Claim:
 
 
 #: the trigger a PagerDuty ``resolve`` closes (same endpoint, same event)
-_TRIGGER = DL.alias("trigger")
+_TRIGGER = DL.alias("pending_trigger")
 
 
 def _due(now: datetime) -> list[sa.ColumnElement[bool]]:
