@@ -102,15 +102,22 @@ def _like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", r"\%").replace("_", r"\_")
 
 
+#: a period's key before once-per-period keys named the window's span
+#: (``budget_windows._key``): a day's date, a month (``2026-03``), or a week's first day
+#: then ``/P1W`` (its slash is not a span's)
+_DATE_LABEL = re.compile(r"\d{4}-\d{2}(?:-\d{2}(?:/P1W)?)?")
+
+
 def dated_name(
     key: str, prefix: str, data: Mapping[str, Any], window: tuple[str | None, str | None]
 ) -> str | None:
     """The name (``alert:50``, ``refused:<cap>``) of a budget's once-per-period event
     stored under ``key`` before such keys named the window's span, when it counts for
     ``window`` (its ``period_start`` and ``period_end``, ISO): ``key`` is ``prefix``
-    (``budget:<id>:``), the period's local date, then the name, and the event's ``data``
-    names that window. None for a key under the span, or of another window (a date
-    names other hours after a zone move, and these hours another date).
+    (``budget:<id>:``), the period's key (its local date, month, or week:
+    ``_DATE_LABEL``), then the name, and the event's ``data`` names that window. None
+    for a key under the span, or of another window (a date names other hours after a
+    zone move, and these hours another date).
 
     The one rule for events stored before the upgrade: what a budget's status and the
     sweeper count as fired (``period_events.fired_in_periods``), and what recording the
@@ -118,7 +125,7 @@ def dated_name(
     if not key.startswith(prefix):
         return None
     label, colon, name = key[len(prefix) :].partition(":")
-    if not colon or "/" in label:  # a span's label has a slash; a date's neither
+    if not colon or _DATE_LABEL.fullmatch(label) is None:  # e.g. a span's
         return None
     if (data.get("period_start"), data.get("period_end")) != window:
         return None

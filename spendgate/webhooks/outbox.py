@@ -180,12 +180,28 @@ class Claim:
     token: str
 
 
+#: the trigger a PagerDuty ``resolve`` closes (same endpoint, same event)
+_TRIGGER = DL.alias("pending_trigger")
+
+
 def _due(now: datetime) -> list[sa.ColumnElement[bool]]:
     return [
         DL.c.status == "pending",
         DL.c.next_attempt_at <= now,
         sa.or_(DL.c.lease_until.is_(None), DL.c.lease_until < now),
         DL.c.endpoint_id.in_(sa.select(EP.c.id).where(EP.c.enabled.is_(True))),
+        # a resolve waits while its trigger is still to be delivered (queued together,
+        # or the trigger retrying across the period's reset): PagerDuty drops a resolve
+        # of no open incident, and the trigger sent after it opened one nothing resolved
+        sa.or_(
+            DL.c.action != "resolve",
+            ~sa.exists().where(
+                _TRIGGER.c.endpoint_id == DL.c.endpoint_id,
+                _TRIGGER.c.event_id == DL.c.event_id,
+                _TRIGGER.c.action == "trigger",
+                _TRIGGER.c.status == "pending",
+            ),
+        ),
     ]
 
 

@@ -172,6 +172,42 @@ def test_a_forecast_overrun_incident_is_resolved_when_its_period_resets(
         handle.stop()
 
 
+def test_a_resolve_is_not_sent_before_its_trigger(gateway: RunningGateway) -> None:
+    """The trigger of a forecast-overrun incident failed once just before the period
+    reset (its retry a few seconds later), and the reset queued the resolve: the resolve
+    waits for the trigger to be delivered. Sent first, PagerDuty dropped it (no incident
+    yet) and the late trigger opened an incident nothing resolved."""
+    receiver = Receiver(now=gateway.clock.now)
+    handle = serve_in_thread(receiver)
+    try:
+        gateway.create_pagerduty(f"{handle.url}/pd", "budget.forecast_overrun")
+        key = gateway.create_key()
+        gateway.clock.set(gateway.clock.now().replace(month=3, day=2, hour=13))
+        cost = one_call_cost(gateway, key["key"])
+        made = gateway.create_budget(scope_type="key", scope_id=key["id"], amount_usd=str(cost * 2))
+        gateway.run(gateway.app.services.ledger.flush())
+        assert gateway.get(f"/admin/forecasts/{made['id']}", refresh="true")["overrun_band"] == 100
+        gateway.run(gateway.app.services.drain())
+        worker, engine = gateway.app.services.webhooks.worker, gateway.app.services.engine
+
+        def delivered() -> list[str]:
+            return [r.json()["event_action"] for r in receiver.received if r.answered == 200]
+
+        gateway.clock.set(datetime.fromisoformat("2026-03-31T23:59:58+00:00"))
+        receiver.refuse = 1
+        assert gateway.run(worker.run_once()) == 1  # the trigger: 503, again in ~5 s
+        gateway.clock.set(datetime.fromisoformat("2026-04-01T00:00:01+00:00"))
+        gateway.run(resolve_reset_periods(engine, gateway.clock.now()))
+        gateway.run(worker.run_once())
+        assert delivered() == []  # the resolve waits for its trigger
+        gateway.clock.set(datetime.fromisoformat("2026-04-01T00:01:00+00:00"))
+        for _ in range(3):
+            gateway.run(worker.run_once())
+        assert delivered() == ["trigger", "resolve"]
+    finally:
+        handle.stop()
+
+
 def test_refresh_takes_the_org_from_the_body(gateway: RunningGateway) -> None:
     """``{"org_id": …}`` in the body refreshes that org's budgets only; it used to be
     ignored, so the master key refreshed every org. A field the route does not read, or

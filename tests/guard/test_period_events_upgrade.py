@@ -17,10 +17,13 @@ from tests.admin.test_budgets import budget, events, one_call_cost
 from tests.conftest import RunningGateway
 
 
-async def _dated(gateway: RunningGateway, budget_id: str, without_rule: bool = False) -> None:
-    """The budget's events as the old code stored them: under the period's date (and a
-    refusal named by its cap alone, ``without_rule``)."""
-    window = window_at(gateway.clock.now(), "monthly", "UTC")
+async def _dated(
+    gateway: RunningGateway, budget_id: str, without_rule: bool = False, period: str = "monthly"
+) -> None:
+    """The budget's events as the old code stored them: under the period's key (a date;
+    a week's is its first day then ``/P1W``), and a refusal named by its cap alone
+    (``without_rule``)."""
+    window = window_at(gateway.clock.now(), period, "UTC")  # type: ignore[arg-type]
     async with gateway.app.services.engine.begin() as conn:
         await conn.execute(
             sa.text(
@@ -39,17 +42,24 @@ async def _dated(gateway: RunningGateway, budget_id: str, without_rule: bool = F
             )
 
 
+@pytest.mark.parametrize("period", ["monthly", "weekly"])
 def test_a_threshold_fired_under_the_date_before_the_upgrade_is_not_crossed_again(
-    gateway: RunningGateway,
+    gateway: RunningGateway, period: str
 ) -> None:
-    """50 % fired before the upgrade (a date key). An exception doubles the amount, and
-    the next call crosses 50 % of it: before, that was the same key, so nothing fired;
-    the settle must still find the dated one and fire nothing (the sweeper does)."""
+    """50 % fired before the upgrade (a date key; a weekly budget's ``2026-03-02/P1W``,
+    whose slash is not a span's). An exception doubles the amount, and the next call
+    crosses 50 % of it: before, that was the same key, so nothing fired; the settle must
+    still find the dated one and fire nothing (the sweeper does), and the status counts
+    it as fired."""
     key = gateway.create_key()
     cost = one_call_cost(gateway, key["key"])
-    made = budget(gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 2))
+    made = budget(
+        gateway, scope_type="key", scope_id=key["id"], amount_usd=str(cost * 2), period=period
+    )
     assert [e["data"]["percent"] for e in events(gateway, "budget.threshold_crossed")] == ["50"]
-    gateway.run(_dated(gateway, made["id"]))
+    gateway.run(_dated(gateway, made["id"], period=period))
+    status = gateway.get(f"/admin/budgets/{made['id']}/status")
+    assert status["thresholds_fired"] == ["alert:50"]
     expires = gateway.clock.now() + timedelta(hours=1)
     gateway.post(
         f"/admin/budgets/{made['id']}/exceptions",
@@ -99,6 +109,12 @@ def test_an_event_under_a_date_counts_for_the_window_its_data_names() -> None:
     assert dated_name("budget:b_1:2026-03:alert:50", "budget:b_1:", data, bounds) == "alert:50"
     assert dated_name("budget:b_1:2026-03:refused:9", "budget:b_1:", data, bounds) == "refused:9"
     assert dated_name(f"budget:b_1:{march.span}:alert:50", "budget:b_1:", data, bounds) is None
+    week = window_at(datetime(2026, 3, 10, tzinfo=UTC), "weekly", "UTC")
+    wbounds = (week.start.isoformat(), week.end.isoformat())
+    wdata = {"period_start": wbounds[0], "period_end": wbounds[1]}
+    assert dated_name(f"budget:b_1:{week.key}:alert:50", "budget:b_1:", wdata, wbounds) == (
+        "alert:50"
+    )
     assert dated_name("budget:b_2:2026-03:alert:50", "budget:b_1:", data, bounds) is None
     moved = {**data, "period_start": "2026-03-01T08:00:00+00:00"}  # other hours, same date
     assert dated_name("budget:b_1:2026-03:alert:50", "budget:b_1:", moved, bounds) is None
