@@ -28,6 +28,8 @@ from spendgate.store.tokens import TokenStore
 
 #: how the master key is called on the pages
 MASTER_KEY = "master key"
+#: the kinds of object named (by ``scope_name``); others show their id
+NAMED_KINDS = frozenset({"org", "team", "user", "agent", "key"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,8 +55,9 @@ class Namer:
         self._memo: dict[tuple[str, str], Named] = {}
 
     async def scope(self, scope_type: str | None, scope_id: str | None) -> Named | None:
-        """A scope's name (``None``: no scope, or a tag's, which is its own name)."""
-        if scope_type is None or scope_id is None or scope_type == "tag":
+        """A scope's (or an audit entry's object's) name; ``None``: no scope, a tag's
+        (its own name), or a kind of object that has none (a budget, a webhook…)."""
+        if scope_type not in NAMED_KINDS or scope_id is None:
             return None
         memo = (scope_type, scope_id)
         if memo not in self._memo:

@@ -74,8 +74,9 @@ def test_budget_exceptions_name_who_granted_them_as_far_as_the_reader_may_see(
 
 
 def test_audit_rows_and_entry_name_their_actor(console: Console, page: Page) -> None:
-    """The audit log named actors ``token:tok_…`` / ``admin:master``: now by the
-    token's user's email (the id in the title, and beside it on the entry's page)."""
+    """The audit log named actors ``token:tok_…`` / ``admin:master`` and objects
+    ``team team_…``: now by the token's user's email, the team's name (the id in the
+    title, and beside it on the entry's page)."""
     budget = console.gw.create_budget(
         name="research cap", scope_type="team", scope_id=console.team_id, amount_usd="100"
     )
@@ -93,6 +94,11 @@ def test_audit_rows_and_entry_name_their_actor(console: Console, page: Page) -> 
     expect(page.locator("#audit-table tbody tr").first.locator("td").nth(1)).to_have_text(
         "master key"
     )
+    page.goto(f"{console.url}/audit?target={console.team_id}")
+    row = page.locator("#audit-table tbody tr").first
+    expect(row.locator("td").nth(3)).to_have_text(f"team research {console.team_id}")
+    row.locator("a").first.click()
+    expect(page.locator("#entry-object")).to_have_text(f"team research {console.team_id}")
 
 
 def test_a_webhook_endpoint_names_its_scope(console: Console, page: Page) -> None:
