@@ -501,4 +501,5 @@ def test_a_rate_limit_on_a_pattern_no_model_matches_is_never_binding(
     idle = page.locator("#limits-table tbody tr").last
     expect(idle).to_contain_text("claude-*-opus*")
     expect(idle).to_contain_text("(matches no configured model: limits no call)")
+    expect(idle.locator("td").last).to_have_text("never reached")
     expect(idle).not_to_have_class("binding-row")
