@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -112,20 +112,31 @@ def call(
     return response.text
 
 
-def crud_group(name: str, resource: str, columns: list[str]) -> typer.Typer:
-    """``list`` and ``get`` of the resource at ``/admin/<resource>``."""
+def crud_group(
+    name: str,
+    resource: str,
+    columns: list[str],
+    readable: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> typer.Typer:
+    """``list`` and ``get`` of the resource at ``/admin/<resource>`` (``readable``: a
+    row as the table shows it, see ``output.show``)."""
     path = admin_path(resource)
     group = typer.Typer(help=f"Manage {name}.", no_args_is_help=True)
 
     @group.command("list")
     def list_(url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
         """List them."""
-        show(call(url, "GET", path), as_json, columns)
+        show(call(url, "GET", path), as_json, columns, readable=readable)
 
     @group.command("get")
     def get(object_id: str, url: UrlOpt = DEFAULT_URL, as_json: JsonOpt = False) -> None:
         """Show one by id."""
-        show(call(url, "GET", admin_path(resource, object_id)), as_json, columns)
+        show(
+            call(url, "GET", admin_path(resource, object_id)),
+            as_json,
+            columns,
+            readable=readable,
+        )
 
     return group
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from typing import IO, Any
 
 from rich.console import Console
@@ -57,16 +58,26 @@ def cell(value: Any) -> str:
     return ",".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
-def show(data: Any, as_json: bool, columns: list[str], *, secret: str | None = None) -> None:
+def show(
+    data: Any,
+    as_json: bool,
+    columns: list[str],
+    *,
+    secret: str | None = None,
+    readable: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> None:
     """An answer as JSON, or as a table of ``columns``; when the table would not fit the
     terminal, as one ``column: value`` block per row instead (like psql's ``\\x auto``),
     so no id is cut short; an empty list as ``(none)``. ``secret`` names the column of a
     secret shown once: printed whole on a line of its own below, never in a cell a narrow
-    terminal could cut short."""
+    terminal could cut short. ``readable``: each row as the table shows it (``--json``
+    prints the answer as it is)."""
     if as_json:
         sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
         return
     rows = data if isinstance(data, list) else [data]
+    if readable is not None:
+        rows = [readable(row) for row in rows]
     if not rows:  # else nothing at all would be printed when the columns are too wide
         console.print("(none)")
         return

@@ -3,6 +3,7 @@ API."""
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 import typer
@@ -220,7 +221,18 @@ def budgets_except(
         ),
         as_json,
         ["id", "amount_usd", "percent", "reason", "expires_at"],
+        readable=_exception_readable,
     )
+
+
+def _exception_readable(row: dict[str, Any]) -> dict[str, Any]:
+    """An exception as the table shows it: the raise it grants, by amount or by percent;
+    the other field, which the API answers as 0, left blank (not "0.00", as if the raise
+    were nothing)."""
+    unused = "amount_usd" if Decimal(row["amount_usd"]) == 0 else "percent"
+    if Decimal(row[unused]) != 0:  # neither is 0: both as they are
+        return row
+    return {**row, unused: None}
 
 
 def _show_wallet(wallet: dict[str, Any], as_json: bool) -> None:
@@ -341,7 +353,17 @@ LIMIT_COLUMNS = [
     "max_spend_usd",
     "spend_window_seconds",
 ]
-limits = crud_group("limits", "rate-limits", LIMIT_COLUMNS)
+
+
+def _limit_readable(row: dict[str, Any]) -> dict[str, Any]:
+    """A rate limit as the table shows it: no spend window without a spend cap (the API
+    answers its default window all the same; it means nothing there)."""
+    if row.get("max_spend_usd") is None:
+        return {**row, "spend_window_seconds": None}
+    return row
+
+
+limits = crud_group("limits", "rate-limits", LIMIT_COLUMNS, _limit_readable)
 
 
 @limits.command("create")
@@ -372,6 +394,7 @@ def limits_create(
         call(url, "POST", "/admin/rate-limits", json=given(body), options=OPTIONS),
         as_json,
         LIMIT_COLUMNS,
+        readable=_limit_readable,
     )
 
 
@@ -404,6 +427,7 @@ def limits_update(
         ),
         as_json,
         LIMIT_COLUMNS,
+        readable=_limit_readable,
     )
 
 

@@ -30,6 +30,7 @@ from spendgate.console.forms import (
     scope_refill,
 )
 from spendgate.console.layout import Svc, User, require, scope_for
+from spendgate.console.naming import Namer
 from spendgate.console.rate_limits import scope_choices, scope_labels
 from spendgate.core.access import Can
 from spendgate.errors import ValidationFailed
@@ -49,6 +50,11 @@ VIEWS: dict[str, tuple[Literal["open", "resolved", "all"], bool | None]] = {
 async def key_names(svc: Services, org_id: str | None) -> dict[str, str]:
     """Keys by name on these pages (an anomaly's scope, a contributor)."""
     return {k["id"]: k["name"] for k in await svc.directory.list_keys(org_id)}
+
+
+def actors_of(anomaly: dict[str, Any]) -> list[str | None]:
+    """Who acknowledged an anomaly and who lifted its action (to be named)."""
+    return [anomaly.get("acknowledged_by"), (anomaly.get("action") or {}).get("lifted_by")]
 
 
 @router.get("/anomalies")
@@ -87,6 +93,9 @@ async def _anomalies_page(
         "names": await names(svc, who.org_id),
         "keys": await key_names(svc, who.org_id),
         "configs": configs,
+        "actors": await Namer(svc, user.principal).actors(
+            [*(a for r in rows for a in actors_of(r)), *(c["created_by"] for c in configs)]
+        ),
         "labels": await scope_labels(svc, who.org_id),
         "may_delete": may_delete,
     }
@@ -151,6 +160,7 @@ async def _anomaly_page(
         "may_ack": user.principal.can(Can.ANOMALIES_ACK, owner),
         "names": await names(svc, row["org_id"]),
         "keys": await key_names(svc, row["org_id"]),
+        "actors": await Namer(svc, user.principal).actors(actors_of(row)),
     }
     return await form_page(request, "anomalies/detail.html", ctx, sent_back)
 

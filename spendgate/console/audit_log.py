@@ -24,6 +24,7 @@ from spendgate.admin import audit as api
 from spendgate.console.admin_forms import local_instant
 from spendgate.console.forms import field_errors
 from spendgate.console.layout import Svc, User, harden, page, require
+from spendgate.console.naming import Namer
 from spendgate.core.access import Can
 from spendgate.errors import NotFound, ValidationFailed
 
@@ -110,9 +111,18 @@ async def audit_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
             "badge": await chain_badge(svc, user),
         }
         return await page(request, "audit/list.html", ctx, status=422)
+    namer = Namer(svc, user.principal)
     ctx = {
         "q": q,
         "entries": listing["entries"],
+        "actors": {
+            e["seq"]: await namer.audit_actor(e["actor_type"], e["actor_id"])
+            for e in listing["entries"]
+        },
+        "targets": {
+            e["seq"]: await namer.scope(e["target_type"], e["target_id"])
+            for e in listing["entries"]
+        },
         "next_url": q.url(before_seq=listing["next_before_seq"])
         if listing["next_before_seq"]
         else None,
@@ -153,8 +163,11 @@ async def entry_page(seq: str, request: Request, svc: Svc, user: User) -> HTMLRe
     if not entries or entries[0]["seq"] != int(seq):
         raise NotFound(f"audit entry {seq} not found")
     entry = entries[0]
+    namer = Namer(svc, user.principal)
     ctx = {
         "entry": entry,
+        "actor": await namer.audit_actor(entry["actor_type"], entry["actor_id"]),
+        "target": await namer.scope(entry["target_type"], entry["target_id"]),
         "before": _pretty(entry["before"]),
         "after": _pretty(entry["after"]),
         "changes": changed_fields(entry["before"], entry["after"]),

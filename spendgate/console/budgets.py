@@ -32,6 +32,7 @@ from spendgate.console.forms import (
     refill,
 )
 from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.naming import Namer
 from spendgate.core.access import Can, Principal
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
@@ -221,6 +222,7 @@ async def _detail_page(
     ctx = {
         "view": view,
         "exceptions": exceptions,
+        "granted": await Namer(svc, user.principal).actors(e["granted_by"] for e in exceptions),
         "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
         "can_write": user.principal.can(Can.BUDGETS_WRITE, owner),
         "scope_name": await policies.scope_name(svc, view.row["scope_type"], view.row["scope_id"]),

@@ -8,7 +8,10 @@ place of a wallet, the grant: ``PolicySnapshot.funding``), rate limits from the 
 gate (``spendgate.ratelimit.gate.RateGate.usage``: the same buckets ``acquire`` checks,
 for every row of the key and of its team, whatever its model pattern). So the page shows
 what the next call would meet. A budget limited to some models or providers, or a rate
-limit on a model pattern, is listed too (it binds the key's calls to those).
+limit on a model pattern, is listed too (it binds the key's calls to those). A rate-limit
+row that governs no configured model (a pattern matching none of them, or one each of
+whose models a more specific row governs: ``rate_rules.idle_rows``, the proxy's own
+choice of row) limits no call: it is listed last, marked so, and never binding.
 
 Which runs out first: money limits (budgets, wallets) are drawn down by the same calls,
 so among them the least dollars left binds; rate limits are in other units (requests,
@@ -31,7 +34,7 @@ from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import window_at
 from spendgate.core.money import format_usd
-from spendgate.core.rate_rules import RateLimit, scope_rows
+from spendgate.core.rate_rules import RateLimit, idle_rows, scope_rows
 from spendgate.guard.enforcement import wallet_bucket
 from spendgate.services import Services
 from spendgate.store import schema
@@ -59,6 +62,9 @@ class Headroom:
     only_some_calls: bool = False  # a budget with categories, a rate limit on some models
     unit: str = "usd"  # "usd", "requests", "tokens" or "calls in flight"
     per: str = ""  # a rate limit's window: "per minute", "per 600 s", "at once"
+    #: why it limits no call (a rate-limit row governing no configured model:
+    #: ``rate_rules.idle_rows``), so it is never the binding one; "" if it does
+    idle: str = ""
 
     @property
     def left(self) -> int:
@@ -81,20 +87,23 @@ class Headroom:
 def ranked(limits: Iterable[Headroom]) -> list[Headroom]:
     """Least headroom first: money limits by dollars left, rate limits by share left,
     each kind's first by share left (see the module's docstring); a refusing limit
-    before an alerting one with as much left."""
+    before an alerting one with as much left; last, the rows that limit no call."""
     limits = list(limits)
     money = sorted((h for h in limits if h.money), key=lambda h: (h.left, not h.hard, h.name))
-    rates = sorted((h for h in limits if not h.money), key=lambda h: (h.share_left, h.name, h.per))
+    rates = sorted(
+        (h for h in limits if not h.money and not h.idle),
+        key=lambda h: (h.share_left, h.name, h.per),
+    )
     out: list[Headroom] = []
     while money or rates:
         take_money = bool(money) and (not rates or money[0].share_left <= rates[0].share_left)
         out.append((money if take_money else rates).pop(0))
-    return out
+    return out + sorted((h for h in limits if h.idle), key=lambda h: (h.name, h.per))
 
 
 def binding(limits: Iterable[Headroom]) -> Headroom | None:
-    """The limit that runs out first."""
-    order = ranked(limits)
+    """The limit that runs out first: never one that limits no call."""
+    order = [h for h in ranked(limits) if not h.idle]
     return order[0] if order else None
 
 
@@ -213,6 +222,7 @@ async def rate_headroom(
         key["id"],
         key["team_id"],
     )
+    idle = idle_rows(rows, key["id"], key["team_id"], svc.settings.models)
     out: list[Headroom] = []
     for row, check, used in await svc.rate_gate.usage(rows):
         unit, per = RATE_UNITS[check.kind]
@@ -227,6 +237,7 @@ async def rate_headroom(
                 row.model != "*",
                 unit,
                 per.format(window=row.spend_window_seconds),
+                idle.get(row.id, ""),
             )
         )
     return out

@@ -23,6 +23,7 @@ from spendgate.admin.statement_views import records
 from spendgate.console.admin_forms import done
 from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, harden, page, require, templates
+from spendgate.console.naming import Namer
 from spendgate.core import chargeback as cb
 from spendgate.core.access import Can, Owner, Principal
 from spendgate.core.money import format_usd
@@ -84,6 +85,9 @@ async def _statements_page(
         "targets": await _statement_targets(svc, who),
         "may_close": user.principal.may(Can.STATEMENTS_CLOSE),
         "timezone": org["reporting_timezone"],
+        "actors": await Namer(svc, user.principal).actors(
+            c.closed_by for c in closed.values() if c
+        ),
         "refused": refused.message if refused else None,
     }
     status = refused.status if refused else 200

@@ -19,6 +19,7 @@ from spendgate.admin import tickets as api
 from spendgate.console.admin_forms import body_of, done, local_instant
 from spendgate.console.forms import INVALID, ObjectForm, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.naming import Namer
 from spendgate.core.access import Can
 from spendgate.errors import ValidationFailed
 from spendgate.services import Services
@@ -36,7 +37,8 @@ async def tickets_page(
         raise ValidationFailed(f"status: must be one of {', '.join(STATUSES)}", param="status")
     who = require(user, Can.TICKETS_READ)
     rows = await api.list_tickets(svc, who, scope_for(svc, who), status, None, None, 200)  # type: ignore[arg-type]
-    ctx = {"tickets": rows, "status": status, "statuses": STATUSES}
+    actors = await Namer(svc, user.principal).actors(t["decided_by"] for t in rows)
+    ctx = {"tickets": rows, "status": status, "statuses": STATUSES, "actors": actors}
     return await page(request, "tickets/list.html", ctx)
 
 
@@ -55,8 +57,10 @@ async def _ticket_page(
     who = require(user, Can.TICKETS_READ)
     scope = scope_for(svc, who)
     ticket, wallet, owner = await api.ticket_in_scope(scope, ticket_id)
+    shown = await api.ticket_out(svc, ticket, wallet)
     ctx: dict[str, Any] = {
-        "ticket": await api.ticket_out(svc, ticket, wallet),
+        "ticket": shown,
+        "actors": await Namer(svc, user.principal).actors([shown["decided_by"]]),
         "may_decide": user.principal.can(Can.TICKETS_DECIDE, owner),
     }
     return await form_page(request, "tickets/detail.html", ctx, sent_back)

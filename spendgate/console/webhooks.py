@@ -19,6 +19,7 @@ from spendgate.admin import webhooks as api
 from spendgate.console.admin_forms import body_of, done
 from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.naming import Namer
 from spendgate.core.access import Can
 from spendgate.services import Services
 from spendgate.store.console_auth import SignedIn
@@ -107,6 +108,9 @@ async def _webhook_page(
         "endpoint": endpoint,
         "unchecked": UNCHECKED_KINDS.get(endpoint["kind"]),
         "deliveries": deliveries,
+        "scope_named": await Namer(svc, user.principal).scope(
+            endpoint["scope_type"], endpoint["scope_id"]
+        ),
         "families": FAMILIES,
         "types": EVENT_TYPES,
     }

@@ -119,6 +119,28 @@ def matching(
     return out
 
 
+#: why a row governs no call (:func:`idle_rows`)
+MATCHES_NO_MODEL = "matches no configured model"
+SHADOWED = "a more specific row governs each configured model it matches"
+
+
+def idle_rows(
+    limits: Iterable[RateLimit], key_id: str, team_id: str | None, models: Iterable[str]
+) -> dict[str, str]:
+    """The rows of this key and of its team that govern no call to any of ``models`` (the
+    configured ones), by id, with why: a pattern (or a name) that matches none of them,
+    or one each of whose models has a more specific row of its scope (:func:`matching`).
+    Such a row never limits a call, so it never runs out first."""
+    rows = scope_rows(limits, key_id, team_id)
+    models = list(models)
+    governing = {row.id for model in models for row in matching(rows, key_id, team_id, model)}
+    return {
+        row.id: SHADOWED if any(governs(row, model) for model in models) else MATCHES_NO_MODEL
+        for row in rows
+        if row.id not in governing
+    }
+
+
 def model_allowed(
     limits_for_key_and_team: Iterable[RateLimit], model: str, unlisted: Unlisted
 ) -> bool:

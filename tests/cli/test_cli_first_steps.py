@@ -391,3 +391,54 @@ def test_keys_create_takes_the_org_of_the_token(served: Served) -> None:
     assert (by_team["org_id"], by_team["team_id"]) == (made["org_id"], team["id"])
     code, _, err = invoke(url, "keys", "create", "k3")
     assert code == 2 and "--org is required" in err
+
+
+def _scope(url: str) -> tuple[str, ...]:
+    org = run_cli(url, "orgs", "create", "blanks")
+    key = run_cli(url, "keys", "create", "k", "--org", org["id"])
+    return ("--scope", "key", "--scope-id", key["id"])
+
+
+def test_a_limit_without_a_spend_cap_shows_no_spend_window(served: Served) -> None:
+    """A rate limit without a spend cap printed `spend_window_seconds 600` (the API's
+    default window, kept in its answer): the table leaves it blank; `--json` answers
+    as the API does."""
+    url, _, _ = served
+    scope = _scope(url)
+    code, out, _ = invoke(url, "limits", "create", *scope, "--rpm", "5", columns="1000")
+    assert code == 0
+    header, _, row = out.splitlines()[1:4]
+    cells = dict(zip(_cells(header), _cells(row), strict=True))
+    assert cells["rpm"] == "5" and cells["max_spend_usd"] == cells["spend_window_seconds"] == ""
+    limit_id = cells["id"]
+    assert run_cli(url, "limits", "get", limit_id)["spend_window_seconds"] == 600
+    for args in (("get", limit_id), ("list",), ("update", limit_id, "--tpm", "900")):
+        code, out, _ = invoke(url, "limits", *args, columns="1000")
+        assert code == 0 and " 600 " not in out, out
+    code, out, _ = invoke(url, "limits", "update", limit_id, "--spend", "2", columns="1000")
+    assert code == 0 and " 600 " in out
+
+
+def test_a_percent_exception_shows_no_zero_amount(served: Served) -> None:
+    """`budgets except --percent 50` printed `amount_usd 0.00`, as if the raise were
+    nothing: the table leaves the field not used blank; `--json` answers as the API
+    does (0 for it, as the README says)."""
+    url, _, _ = served
+    scope = _scope(url)
+    budget = run_cli(url, "budgets", "create", *scope, "--amount", "3")
+    grant = ("budgets", "except", budget["id"], "--reason", "launch", "--expires-at", "+1d")
+    code, out, _ = invoke(url, *grant, "--percent", "50", columns="1000")
+    header, _, row = out.splitlines()[1:4]
+    cells = dict(zip(_cells(header), _cells(row), strict=True))
+    assert code == 0 and cells["amount_usd"] == "" and cells["percent"].startswith("50"), out
+    code, out, _ = invoke(url, *grant, "--amount", "2", columns="1000")
+    header, _, row = out.splitlines()[1:4]
+    cells = dict(zip(_cells(header), _cells(row), strict=True))
+    assert code == 0 and cells["amount_usd"] == "2.00" and cells["percent"] == "", out
+    answer = run_cli(url, *grant, "--percent", "50")
+    assert answer["amount_usd"] == "0.00"
+
+
+def _cells(line: str) -> list[str]:
+    """The cells of a Rich table's line (``┃ id ┃ … ┃`` or ``│ lim_… │ … │``)."""
+    return [c.strip() for c in line.replace("┃", "│").strip().strip("│").split("│")]

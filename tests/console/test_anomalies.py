@@ -131,7 +131,9 @@ def test_org_admin_sees_and_acknowledges_an_anomaly(console: Console, page: Page
         (key_anomaly["id"], "loop fixed")
     ]
     page.goto(console.url + "/anomalies?view=acknowledged")
-    expect(page.locator(f"#anomaly-{key_anomaly['id']} .ack")).to_contain_text("console:")
+    expect(page.locator(f"#anomaly-{key_anomaly['id']} .ack")).to_contain_text(
+        "by org_admin@acme.test"
+    )
     with session(console.url, "org_admin@acme.test") as client:
         again = form(client, f"/anomalies/{key_anomaly['id']}/acknowledge", {"note": "x"})
         assert again.status_code == 409
@@ -148,7 +150,7 @@ def test_finance_lifts_the_pause_without_acknowledging(console: Console, page: P
     page.goto(console.url + f"/anomalies/{anomaly['id']}")
     page.get_by_label("Note (why)").fill("let it run")
     page.get_by_role("button", name="Lift the action").click()
-    expect(page.locator("#anomaly-action")).to_contain_text("lifted by console:")
+    expect(page.locator("#anomaly-action")).to_contain_text("lifted by finance@acme.test")
     expect(page.get_by_role("button", name="Lift the action")).to_have_count(0)
     expect(page.locator("#anomaly-ack")).to_have_text("not yet")
     api = gw.get(f"/admin/anomalies/{anomaly['id']}")

@@ -478,3 +478,28 @@ def test_with_limits_hidden_the_binding_one_is_said_to_be_of_those_shown(
     assert "(binding of those shown)" in shown and "1 more limit applies" in shown, shown
     assert "1 limit applies to this key" in bare and "more" not in bare.split("hidden-limits")[1]
     assert "ORG CAP" not in listed + shown + bare
+
+
+def test_a_rate_limit_on_a_pattern_no_model_matches_is_never_binding(
+    console: Console, page: Page
+) -> None:
+    """A row on ``claude-*-opus*`` when no configured model matches it governs no call:
+    it was called the binding limit (first on a tie of untouched limits); now it is listed
+    last, marked, and the binding limit is the row that can run out."""
+    key = _key(console, console.team_id, "pattern-job")
+    for model, rpm in (("claude-*-opus*", 5), ("gpt-4o-mini", 100)):
+        console.gw.post(
+            "/admin/rate-limits",
+            {"scope_type": "key", "scope_id": key["id"], "model": model, "rpm": rpm},
+        )
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    binding = page.locator(f"#key-{key['id']} .binding")
+    expect(binding).to_contain_text("rate limit “key requests on gpt-4o-mini”")
+    page.goto(console.url + f"/keys/{key['id']}")
+    expect(page.locator("tr.binding-row")).to_contain_text("gpt-4o-mini")
+    idle = page.locator("#limits-table tbody tr").last
+    expect(idle).to_contain_text("claude-*-opus*")
+    expect(idle).to_contain_text("(matches no configured model: limits no call)")
+    expect(idle.locator("td").last).to_have_text("never reached")
+    expect(idle).not_to_have_class("binding-row")

@@ -74,7 +74,7 @@ def test_team_admin_approves_with_the_api_checks(console: Console, page: Page) -
     actions = [e["action"] for e in console.gw.get("/admin/audit", target=ticket_id)["entries"]]
     assert actions == ["wallet.ticket_approved", "wallet.ticket_opened"]
     page.goto(console.url + "/tickets?status=approved")
-    expect(page.locator(f"#ticket-{ticket_id}")).to_contain_text("approved by console:")
+    expect(page.locator(f"#ticket-{ticket_id}")).to_contain_text("approved by team_admin@acme.test")
 
 
 def test_finance_denies_and_the_requester_hears_why(console: Console, page: Page) -> None:
@@ -148,6 +148,7 @@ def test_org_admin_closes_views_downloads_and_reissues(console: Console, page: P
     page.get_by_label("Month (YYYY-MM)").fill("2026-02")
     page.get_by_role("button", name="Close month").click()
     expect(page.locator("#month-2026-02 .state")).to_contain_text("closed")
+    expect(page.locator("#month-2026-02 .state")).to_contain_text("by org_admin@acme.test")
     _shot(page, "statements-list")
     page.locator("#month-2026-02").get_by_role("link", name="team research").click()
     expect(page.locator("#statement-state")).to_contain_text("Version 1")

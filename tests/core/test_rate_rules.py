@@ -296,3 +296,27 @@ def test_describe_denials() -> None:
     assert "nano" not in describe(spend)
     busy = Denial(0, Check("r:concurrency", "concurrency", 2, 0, 1), 2, None)
     assert describe(busy) == "Too many concurrent requests: limit 2, in flight 2."
+
+
+def test_idle_rows_govern_no_configured_model() -> None:
+    """A row that the proxy would never choose for a configured model limits no call: a
+    pattern matching none of them, or one whose every model has a more specific row of
+    its scope (a team row is not shadowed by a key row: each scope governs apart)."""
+    rows = [
+        row("claude-*-opus*"),
+        row("gpt-*"),
+        row("gpt-4o"),
+        row("gpt-4o-mini"),
+        row("*"),
+        row("gpt-4o", scope="team", scope_id="t1"),
+        row("gpt-4o-mini", scope="key", scope_id="other-key"),
+    ]
+    models = ["gpt-4o", "gpt-4o-mini", "claude-opus-4-1"]
+    assert rules.idle_rows(rows, "k1", "t1", models) == {
+        "key:claude-*-opus*": rules.MATCHES_NO_MODEL,
+        "key:gpt-*": rules.SHADOWED,
+    }
+    assert rules.idle_rows(rows, "k1", "t1", [*models, "gpt-4.1"]) == {
+        "key:claude-*-opus*": rules.MATCHES_NO_MODEL
+    }
+    assert rules.idle_rows([row("claude-*-opus*")], "k1", None, ["claude-3-opus"]) == {}
