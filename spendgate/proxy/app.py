@@ -480,6 +480,7 @@ class ProxyApp:
         if response.status >= 300:  # the provider's error, passed on as on other routes
             answer.update(retry_advice(response.headers))
         answer["x-spendgate-cost-usd"] = cost_figure(0)
+        self._metrics.relayed(response.status)
         await send_bytes(send, response.status, response.body, answer)
 
     def _provider_refused(self, route: ModelRoute) -> UpstreamAuthFailed:
