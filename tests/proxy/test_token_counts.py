@@ -159,14 +159,19 @@ def test_a_key_counts_only_the_models_it_may_use(
 def test_an_exhausted_hard_cap_does_not_block_counting(
     gateway: RunningGateway, fake: FakeUpstream
 ) -> None:
-    """A key whose hard-capped budget is spent is refused calls (429) but may still
-    count tokens: a count costs nothing, so it neither holds nor spends the budget."""
+    """A key whose hard-capped budget is spent (and whose wallet is all but empty) is
+    refused calls (429) but may still count tokens: a count costs nothing, so it
+    neither holds nor spends the budget."""
     key = gateway.create_key()
     claude(gateway, key["key"]).messages.create(
         model="claude-sonnet-4-5", max_tokens=32, messages=MESSAGES
     )
     budget = gateway.create_budget(
         scope_type="key", scope_id=key["id"], amount_usd="0.000001", hard_limit=True
+    )
+    gateway.post(  # and a wallet with next to nothing in it
+        "/admin/wallets",
+        {"scope_type": "key", "scope_id": key["id"], "initial_topup_usd": "0.000001"},
     )
     with pytest.raises(anthropic.RateLimitError, match="budget"):
         claude(gateway, key["key"]).messages.create(
