@@ -469,10 +469,7 @@ class ProxyApp:
             stream=False,
             timeout=route.provider.timeout_seconds,
         )
-        transport = self._transports["simulated" if route.provider.kind == "simulated" else "http"]
-        sent = self._clock.monotonic()
-        response = await transport.send(request)
-        self._metrics.upstream(route.provider.name, self._clock.monotonic() - sent)
+        response = await self._send(route, request)
         if response.status == 401:
             raise self._provider_refused(route)
         answer = {"x-request-id": request_id, **from_upstream(response.headers)}
@@ -482,6 +479,15 @@ class ProxyApp:
         answer["x-spendgate-cost-usd"] = cost_figure(0)
         self._metrics.relayed(response.status)
         await send_bytes(send, response.status, response.body, answer)
+
+    async def _send(self, route: ModelRoute, request: UpstreamRequest) -> UpstreamResponse:
+        """``request`` sent to the route's provider (in-process for the simulated one),
+        its answer's latency metered."""
+        transport = self._transports["simulated" if route.provider.kind == "simulated" else "http"]
+        sent = self._clock.monotonic()
+        response = await transport.send(request)
+        self._metrics.upstream(route.provider.name, self._clock.monotonic() - sent)
+        return response
 
     def _provider_refused(self, route: ModelRoute) -> UpstreamAuthFailed:
         """The provider refused spendgate's key, not the client's: the client is not told
@@ -697,13 +703,8 @@ class ProxyApp:
         send: Send,
     ) -> None:
         request, client_wants_usage = self._upstream_request(call, payload, body, headers)
-        transport = self._transports[
-            "simulated" if call.route.provider.kind == "simulated" else "http"
-        ]
-        sent = self._clock.monotonic()
         try:
-            response = await transport.send(request)
-            self._metrics.upstream(call.route.provider.name, self._clock.monotonic() - sent)
+            response = await self._send(call.route, request)
         except asyncio.CancelledError:
             # the server's drain ran out (SIGTERM), or whoever runs the call cancelled it
             # (a deadline): booked and told, not dropped unbilled while the provider goes
