@@ -186,6 +186,14 @@ class GatewayMetrics:
             if not record.booked:
                 record.outcome = err.code
 
+    def relayed(self, status: int) -> None:
+        """An answer passed on unbooked (a token count): the provider's status, and
+        ``upstream_error`` as its outcome when that is an error."""
+        record = CURRENT_CALL.get()
+        if record is not None:
+            record.status = status
+            record.outcome = "ok" if status < 300 else "upstream_error"
+
     def upstream(self, provider: str, seconds: float) -> None:
         self._child(self._upstream, provider).observe(seconds)
 

@@ -186,6 +186,22 @@ def parse_request(body: bytes) -> dict[str, Any]:
     return payload
 
 
+def from_upstream(upstream: Mapping[str, str]) -> dict[str, str]:
+    """The provider's response headers a proxied answer passes on: its request id (as
+    ``x-upstream-request-id``), and whether the simulated provider answered."""
+    headers = {}
+    if "x-request-id" in upstream:
+        headers["x-upstream-request-id"] = upstream["x-request-id"]
+    if "x-spendgate-simulated" in upstream:
+        headers["x-spendgate-simulated"] = "true"
+    return headers
+
+
+def retry_advice(upstream: Mapping[str, str]) -> dict[str, str]:
+    """A provider error's headers that the SDKs pace (or skip) their retries by."""
+    return {name: upstream[name] for name in _RETRY_ADVICE if name in upstream}
+
+
 def tell_remaining(headers: dict[str, str], remaining: int | None) -> None:
     """``x-spendgate-budget-remaining-usd``: the tightest budget's remaining nanos (None:
     no budget applies, no header), never below zero."""
@@ -278,6 +294,11 @@ class ProxyApp:
             key = await self._authenticate(scope, headers, wire, now, mono)
             body = await read_body(receive, headers, self._settings.max_body_bytes)
             payload = parse_request(body)
+            if endpoint.counts:
+                if await self._policies_moved():  # a key revoked on another replica
+                    key = await self._authenticate(scope, headers, wire, now, mono)
+                await self._count(request_id, key, endpoint, payload, body, headers, send)
+                return
             call = self._admit(request_id, key, endpoint, payload, headers, now, mono, body)
             named_ticket = headers.get("x-spendgate-ticket")
             if named_ticket and self._tickets is not None:
@@ -350,14 +371,7 @@ class ProxyApp:
         mono: float,
         body: bytes,
     ) -> Call:
-        model = payload["model"]
-        route = self._settings.models.get(model)
-        if route is None:
-            raise UnknownModel(
-                f"the model {model!r} does not exist or is not served here", param="model"
-            )
-        if key.models and model not in key.models:
-            raise PermissionDenied(f"this key may not use model {model!r}", param="model")
+        route = self._route(key, payload)
         if self._ledger.full:
             raise LedgerBacklogFull(
                 "the gateway's ledger backlog is full (the database has been unavailable "
@@ -405,6 +419,88 @@ class ProxyApp:
             worst,
             endpoint.kind == "response" and payload.get("store") is not False,
             price_context(payload),
+        )
+
+    def _route(self, key: KeyRecord, payload: dict[str, Any]) -> ModelRoute:
+        """The route of the request's model, which the key must be allowed to use."""
+        model = payload["model"]
+        route = self._settings.models.get(model)
+        if route is None:
+            raise UnknownModel(
+                f"the model {model!r} does not exist or is not served here", param="model"
+            )
+        if key.models and model not in key.models:
+            raise PermissionDenied(f"this key may not use model {model!r}", param="model")
+        return route
+
+    async def _policies_moved(self) -> bool:
+        """Whether the policies changed on another replica since this one loaded them (a
+        key revoked, rotated): then they are reloaded and the key looked up again. What
+        an admission finds; a token count holds nothing, so it asks (Redis mode: one
+        round trip; Redis down or in-process counters: no)."""
+        before = self._enforcer.generation
+        await self._enforcer.current()
+        return self._enforcer.generation != before
+
+    async def _count(
+        self,
+        request_id: str,
+        key: KeyRecord,
+        endpoint: Endpoint,
+        payload: dict[str, Any],
+        body: bytes,
+        headers: Mapping[str, str],
+        send: Send,
+    ) -> None:
+        """A token count, passed through to the model's provider: free there, so not
+        billed, with no ledger row, and held against no budget, wallet or rate limit
+        (an exhausted hard cap does not block it); the key's auth and model allowlist
+        apply as on every call, and the provider key replaces the virtual one."""
+        route = self._route(key, payload)
+        url = upstream_url(route, endpoint)  # a 400 where the provider cannot count
+        if route.upstream_model != payload["model"]:
+            payload["model"] = route.upstream_model
+            body = orjson.dumps(payload)
+        request = UpstreamRequest(
+            method="POST",
+            url=url,
+            headers=upstream_headers(route, endpoint, headers),
+            body=body,
+            stream=False,
+            timeout=route.provider.timeout_seconds,
+        )
+        response = await self._send(route, request)
+        if response.status == 401:
+            raise self._provider_refused(route)
+        answer = {"x-request-id": request_id, **from_upstream(response.headers)}
+        answer["content-type"] = response.headers.get("content-type", "application/json")
+        if response.status >= 300:  # the provider's error, passed on as on other routes
+            answer.update(retry_advice(response.headers))
+        answer["x-spendgate-cost-usd"] = cost_figure(0)
+        self._metrics.relayed(response.status)
+        await send_bytes(send, response.status, response.body, answer)
+
+    async def _send(self, route: ModelRoute, request: UpstreamRequest) -> UpstreamResponse:
+        """``request`` sent to the route's provider (in-process for the simulated one),
+        its answer's latency metered."""
+        transport = self._transports["simulated" if route.provider.kind == "simulated" else "http"]
+        sent = self._clock.monotonic()
+        response = await transport.send(request)
+        self._metrics.upstream(route.provider.name, self._clock.monotonic() - sent)
+        return response
+
+    def _provider_refused(self, route: ModelRoute) -> UpstreamAuthFailed:
+        """The provider refused spendgate's key, not the client's: the client is not told
+        its own key is wrong, nor shown the provider's (OpenAI echoes part of it)."""
+        log.warning(
+            "provider %s refused spendgate's API key (HTTP 401) for model %s; "
+            "check its api_key / api_key_env",
+            route.provider.name,
+            route.name,
+        )
+        return UpstreamAuthFailed(
+            f"the provider of model {route.name!r} refused the gateway's credentials; "
+            "the gateway's operator must fix its provider key"
         )
 
     def _prompt(
@@ -607,13 +703,8 @@ class ProxyApp:
         send: Send,
     ) -> None:
         request, client_wants_usage = self._upstream_request(call, payload, body, headers)
-        transport = self._transports[
-            "simulated" if call.route.provider.kind == "simulated" else "http"
-        ]
-        sent = self._clock.monotonic()
         try:
-            response = await transport.send(request)
-            self._metrics.upstream(call.route.provider.name, self._clock.monotonic() - sent)
+            response = await self._send(call.route, request)
         except asyncio.CancelledError:
             # the server's drain ran out (SIGTERM), or whoever runs the call cancelled it
             # (a deadline): booked and told, not dropped unbilled while the provider goes
@@ -628,18 +719,7 @@ class ProxyApp:
             await self._book(call, guarded, err.status, "upstream_error", None)
             raise
         if response.status == 401:
-            # the provider refused spendgate's key, not the client's: the client is not
-            # told its own key is wrong, nor shown the provider's (OpenAI echoes part of it)
-            log.warning(
-                "provider %s refused spendgate's API key (HTTP 401) for model %s; "
-                "check its api_key / api_key_env",
-                call.route.provider.name,
-                call.route.name,
-            )
-            refused = UpstreamAuthFailed(
-                f"the provider of model {call.route.name!r} refused the gateway's credentials; "
-                "the gateway's operator must fix its provider key"
-            )
+            refused = self._provider_refused(call.route)
             await self._book(call, guarded, refused.status, "upstream_error", None)
             raise refused
         if response.status >= 300:
@@ -691,12 +771,7 @@ class ProxyApp:
     def _base_headers(
         self, call: Call, guarded: Guarded, upstream: Mapping[str, str]
     ) -> dict[str, str]:
-        headers = {"x-request-id": call.request_id, **guarded.rated.headers}
-        if "x-request-id" in upstream:
-            headers["x-upstream-request-id"] = upstream["x-request-id"]
-        if "x-spendgate-simulated" in upstream:
-            headers["x-spendgate-simulated"] = "true"
-        return headers
+        return {"x-request-id": call.request_id, **guarded.rated.headers, **from_upstream(upstream)}
 
     async def _relay_error(
         self, call: Call, guarded: Guarded, response: UpstreamResponse, send: Send
@@ -705,9 +780,7 @@ class ProxyApp:
         billed."""
         headers = self._base_headers(call, guarded, response.headers)
         headers["content-type"] = response.headers.get("content-type", "application/json")
-        for name in _RETRY_ADVICE:
-            if name in response.headers:
-                headers[name] = response.headers[name]
+        headers.update(retry_advice(response.headers))
         headers["x-spendgate-cost-usd"] = cost_figure(0)
         await self._book(call, guarded, response.status, "upstream_error", None)
         # nothing was spent: what was left when it was admitted is what is left

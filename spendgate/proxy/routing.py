@@ -14,12 +14,15 @@ Wire = Literal["openai", "anthropic"]
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """A proxied endpoint: its path under the provider and the ledger's request kind."""
+    """A proxied endpoint: its path under the provider and the ledger's request kind;
+    ``counts``: a token count (free at the provider), passed through unbilled, with no
+    ledger row and no budget, wallet or rate limit held (``ProxyApp._count``)."""
 
     kind: str
     wire: Wire
     path: str
     streams: bool
+    counts: bool = False
 
 
 ENDPOINTS: dict[str, Endpoint] = {
@@ -28,6 +31,20 @@ ENDPOINTS: dict[str, Endpoint] = {
     "/v1/embeddings": Endpoint("embedding", "openai", "/embeddings", False),
     "/v1/responses": Endpoint("response", "openai", "/responses", True),
     "/v1/messages": Endpoint("message", "anthropic", "/v1/messages", True),
+    "/v1/messages/count_tokens": Endpoint(
+        "count_tokens", "anthropic", "/v1/messages/count_tokens", False, counts=True
+    ),
+    "/v1/responses/input_tokens": Endpoint(
+        "input_tokens", "openai", "/responses/input_tokens", False, counts=True
+    ),
+}
+
+#: the provider kinds with a token-count endpoint, by the proxy endpoint's kind: Azure
+#: OpenAI and the OpenAI-compatible servers (vLLM, Ollama, Gemini…) have no
+#: ``/responses/input_tokens``, and none of them a Messages ``count_tokens``
+_COUNTED_BY = {
+    "count_tokens": ("anthropic", "simulated"),
+    "input_tokens": ("openai", "simulated"),
 }
 
 #: the proxy's paths without their /v1: what an OpenAI SDK whose ``base_url`` lacks the /v1
@@ -39,7 +56,8 @@ _WITHOUT_V1 = {path.removeprefix("/v1"): path for path in (*ENDPOINTS, "/v1/mode
 #: reading a stored response back, are not proxied)
 SERVED = (
     "spendgate proxies POST /v1/chat/completions, /v1/completions, /v1/embeddings, "
-    "/v1/responses and /v1/messages, and GET /v1/models"
+    "/v1/responses, /v1/responses/input_tokens, /v1/messages and "
+    "/v1/messages/count_tokens, and GET /v1/models"
 )
 
 
@@ -65,9 +83,27 @@ def misrouted(path: str) -> str | None:
 _ANTHROPIC_PASS = ("anthropic-version", "anthropic-beta")
 
 
+def _uncounted(route: ModelRoute, endpoint: Endpoint) -> InvalidRequest:
+    """The 400 for a token count of a model whose provider has no such endpoint."""
+    kind = route.provider.kind
+    if endpoint.wire == "anthropic" and kind != "anthropic":
+        what = "an OpenAI-style provider, which has no Messages token count"
+    elif endpoint.wire == "openai" and kind == "anthropic":
+        what = "Anthropic; count its tokens on /v1/messages/count_tokens"
+    else:
+        what = f"a provider of kind {kind!r}, which has no /responses/input_tokens endpoint"
+    return InvalidRequest(
+        f"model {route.name!r} is served by {what}: spendgate cannot count its input tokens "
+        "(estimate them client-side, or read usage.input_tokens from a real call)",
+        param="model",
+    )
+
+
 def upstream_url(route: ModelRoute, endpoint: Endpoint) -> str:
     provider = route.provider
     kind = provider.kind
+    if endpoint.counts and kind not in _COUNTED_BY[endpoint.kind]:
+        raise _uncounted(route, endpoint)
     if endpoint.wire == "anthropic":
         if kind not in ("anthropic", "simulated"):
             raise InvalidRequest(
@@ -75,9 +111,8 @@ def upstream_url(route: ModelRoute, endpoint: Endpoint) -> str:
                 "call it on /v1/chat/completions",
                 param="model",
             )
-        return (
-            provider.base_url + endpoint.path if kind == "anthropic" else "simulated:///v1/messages"
-        )
+        base = provider.base_url if kind == "anthropic" else "simulated://"
+        return base + endpoint.path
     if kind == "anthropic":
         raise InvalidRequest(
             f"model {route.name!r} is an Anthropic model; call it on /v1/messages", param="model"

@@ -7,7 +7,8 @@ come from a hash of the prompt, ``created`` is derived from that hash, never the
 Token counts: each text piece of the prompt costs ``estimate_tokens(piece)`` and each
 image, file or audio part ``MEDIA_TOKENS`` (a provider makes tokens of them that their
 bytes do not show); the reply is a list of pieces (``"Simulated"``, ``" reply:"``,
-``" word"``…), one token each.
+``" word"``…), one token each. A token count (``/v1/messages/count_tokens``,
+``/v1/responses/input_tokens``) answers the prompt tokens the same request is billed.
 
 Tools and structured output (``simulated_shapes``): a request that offers function tools
 gets a call of one (``tool_calls`` / ``function_call`` / ``tool_use``, finish reason
@@ -198,11 +199,37 @@ def _words(key: str, count: int) -> list[str]:
     return [_WORDS[int(key[i % 60 : i % 60 + 2], 16) % len(_WORDS)] for i in range(count)]
 
 
+def _prompt_tokens(texts: list[str], media: int) -> int:
+    """A prompt's tokens: its text pieces' estimates, and ``MEDIA_TOKENS`` a media part."""
+    return sum(estimate_tokens(t) for t in texts) + media * MEDIA_TOKENS
+
+
+def input_tokens(path: str, body: dict[str, Any]) -> int:
+    """What a token count (``/v1/messages/count_tokens``, ``/responses/input_tokens``)
+    answers: the prompt tokens the same request would be billed, counted as a reply's
+    are (no ``max_tokens`` needed, and a Responses count may leave ``input`` out, as with
+    ``previous_response_id``); raises ``InvalidRequest`` on bad input."""
+    _require(body, "model", str)
+    if path.endswith("/count_tokens"):
+        texts = [*_texts(body.get("system")), *_messages_texts(body.get("messages"))]
+        return _prompt_tokens(texts, expanding_parts(body, "message"))
+    texts = [*_texts(body.get("instructions")), *_texts(body.get("input"))]
+    return _prompt_tokens(texts, expanding_parts(body, "response"))
+
+
+def anthropic_count(body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """(status, JSON) for ``POST /v1/messages/count_tokens``."""
+    try:
+        return 200, {"input_tokens": input_tokens("/messages/count_tokens", body)}
+    except InvalidRequest as exc:
+        return 400, anthropic_error(exc.message)
+
+
 def _reply(
     model: str, texts: list[str], cap: int | None, shape: Shape = TEXT, media: int = 0
 ) -> Reply:
     key = hashlib.sha256("\x1f".join([model, *texts]).encode()).hexdigest()
-    prompt_tokens = sum(estimate_tokens(t) for t in texts) + media * MEDIA_TOKENS
+    prompt_tokens = _prompt_tokens(texts, media)
     natural, reasoning = 16 + int(key[:2], 16) % 33, _knob(texts, "reasoning")
     whole: tuple[str, ...] = ()
     if shape.kind != "text":  # a JSON document in pieces of four characters, a token each
@@ -425,6 +452,8 @@ def _embeddings(body: dict[str, Any]) -> dict[str, Any]:
 def _openai_body(path: str, body: dict[str, Any]) -> dict[str, Any]:
     if path == "/embeddings":
         return _embeddings(body)
+    if path == "/responses/input_tokens":
+        return {"object": "response.input_tokens", "input_tokens": input_tokens(path, body)}
     reply = openai_reply(path, body)
     if path == "/chat/completions":
         return _chat_object(reply)
@@ -435,7 +464,7 @@ def _openai_body(path: str, body: dict[str, Any]) -> dict[str, Any]:
 
 def openai_response(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     """(status, JSON) for a non-streaming OpenAI request; ``path`` has no ``/v1``."""
-    if path not in (*_CHAT_PATHS, "/embeddings", "/responses"):
+    if path not in (*_CHAT_PATHS, "/embeddings", "/responses", "/responses/input_tokens"):
         return 404, openai_error(f"Invalid URL (POST /v1{path})", code="unknown_url")
     try:
         return 200, _openai_body(path, body)

@@ -204,7 +204,9 @@ class SimulatedTransport:
         path = urlsplit(request.url).path
         body = orjson.loads(request.body or b"{}")
         headers = {"content-type": "application/json", **SIMULATED_HEADER}
-        if path == "/v1/messages":
+        if path == "/v1/messages/count_tokens":
+            status, payload = simulated.anthropic_count(body)
+        elif path == "/v1/messages":
             if request.stream:
                 return self._stream(simulated.anthropic_stream(body))
             status, payload = simulated.anthropic_response(body)

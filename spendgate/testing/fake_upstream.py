@@ -1,5 +1,8 @@
 """A fake OpenAI + Anthropic upstream: a raw ASGI app answering from ``spendgate.proxy.simulated``.
 
+The token counts (``/v1/messages/count_tokens``, ``/v1/responses/input_tokens``) answer
+the prompt tokens the same request's answer reports (``simulated.input_tokens``).
+
 Tests serve it with :func:`serve_in_thread`, point a client (or the gateway) at it, then
 assert on ``requests``. The benchmark runs it on its own::
 
@@ -78,7 +81,9 @@ _SLOW = re.compile(rb"\[\[slow:([0-9]+(?:\.[0-9]+)?)\]\]")
 _GATED = b"[[gated]]"
 _JSON_HEADERS = [(b"content-type", b"application/json")]
 _SSE_HEADERS = [(b"content-type", b"text/event-stream"), (b"cache-control", b"no-cache")]
-_OPENAI_PATHS = ("/chat/completions", "/completions", "/embeddings", "/responses")
+_OPENAI_PATHS = (
+    "/chat/completions", "/completions", "/embeddings", "/responses", "/responses/input_tokens",
+)  # fmt: skip
 _ANTHROPIC_KINDS = {
     400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
     404: "not_found_error", 413: "request_too_large", 429: "rate_limit_error",
@@ -114,6 +119,8 @@ def route(method: str, path: str) -> Route | None:
         return None
     if path == "/v1/messages":
         return Route("anthropic", "/messages")
+    if path == "/v1/messages/count_tokens":
+        return Route("anthropic", "/messages/count_tokens")
     if path.startswith("/v1/") and path[3:] in _OPENAI_PATHS:
         return Route("openai", path[3:])
     parts = path.split("/", 4)  # "", "openai", "deployments", name, rest
@@ -354,6 +361,9 @@ class FakeUpstream:
             body = {**body, "model": where.deployment}
         if self.ignored_fields:
             body = {k: v for k, v in body.items() if k not in self.ignored_fields}
+        if where.endpoint == "/messages/count_tokens":  # never streams
+            await _send_json(send, *simulated.anthropic_count(body))
+            return
         if body.get("stream") is True:
             cut = self.stream_error_after
             try:

@@ -297,3 +297,26 @@ def _errors(metrics: GatewayMetrics) -> dict[str, float]:
         for s in family.samples
         if s.name == "spendgate_backend_errors_total"
     }
+
+
+@sqlite_only
+def test_token_counts_are_counted_by_their_own_kind_and_the_providers_status(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A token count passed through is a request of its own kind (``count_tokens``,
+    ``input_tokens``) at the provider's status: a provider error it relays is not "ok"."""
+    key = gateway.create_key()["key"]
+    count = {"model": "claude-sonnet-4-5", "messages": MSG}
+    headers = {"x-api-key": key}
+    assert httpx.post(f"{gateway.url}/v1/messages/count_tokens", json=count, headers=headers)
+    fake.fail_status, fake.fail_count = 529, 1
+    overloaded = httpx.post(f"{gateway.url}/v1/messages/count_tokens", json=count, headers=headers)
+    assert overloaded.status_code == 529
+    sdk(gateway, key).responses.input_tokens.count(model="gpt-4o", input="hi")
+    assert named(scrape(gateway.url), "spendgate_requests_total") == {
+        frozenset({("kind", "count_tokens"), ("status_class", "2xx"), ("outcome", "ok")}): 1,
+        frozenset(
+            {("kind", "count_tokens"), ("status_class", "5xx"), ("outcome", "upstream_error")}
+        ): 1,
+        frozenset({("kind", "input_tokens"), ("status_class", "2xx"), ("outcome", "ok")}): 1,
+    }

@@ -173,6 +173,29 @@ def test_a_revoked_or_rotated_key_is_refused_by_the_other_replica_at_once(
     assert chat(b, fresh["key"]).status_code == 200
 
 
+def count(gw: RunningGateway, secret: str) -> httpx.Response:
+    return httpx.post(
+        gw.url + "/v1/messages/count_tokens",
+        headers={"x-api-key": secret},
+        json={"model": "demo-large", "messages": MSG},
+    )
+
+
+def test_a_key_revoked_on_one_replica_may_not_count_tokens_on_the_other(
+    replicas: tuple[RunningGateway, RunningGateway],
+) -> None:
+    """A token count holds nothing, so no admission finds the policy version for it: it
+    reads the version itself. B counted with the key (cached); revoked on A, B's next
+    count is 401, not served from its cache."""
+    a, b = replicas
+    key = a.create_key()
+    assert count(b, key["key"]).status_code == 200
+    a.post(f"/admin/keys/{key['id']}/revoke", {}, status=200)
+    refused = count(b, key["key"])
+    assert refused.status_code == 401
+    assert refused.json()["error"]["message"] == "this API key has been revoked"
+
+
 def test_wallets_rate_limits_and_exceptions_bind_on_the_other_replica_at_once(
     replicas: tuple[RunningGateway, RunningGateway],
 ) -> None:

@@ -274,3 +274,30 @@ def test_a_configured_simulated_provider_needs_no_base_url(tmp_path: Path) -> No
     assert small.provider.kind == "simulated"
     assert (small.price.model, small.price.provider) == ("gpt-4o-mini", "openai")
     assert free.price.override is not None and free.price.override.output_per_mtok == 0
+
+
+def test_a_token_count_is_the_prompt_tokens_of_the_answer() -> None:
+    """A count answers what the same request's answer reports as its prompt, a media
+    part's ``MEDIA_TOKENS`` included; a Responses count may leave ``input`` out (as with
+    ``previous_response_id``), a Messages count needs no ``max_tokens``."""
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}}
+    message = anthropic(**{"messages": [{"role": "user", "content": [image, "Describe it"]}]})
+    status, counted = simulated.anthropic_count(
+        {k: v for k, v in message.items() if k != "max_tokens"}
+    )
+    _, answer = simulated.anthropic_response(message)
+    assert status == 200 and counted == {"input_tokens": answer["usage"]["input_tokens"]}
+    assert counted["input_tokens"] > simulated.MEDIA_TOKENS
+    picture = {"type": "input_image", "image_url": "https://example.com/a.png"}
+    body = {"model": "demo-small", "instructions": "Be brief.",
+            "input": [{"role": "user", "content": [picture]}]}  # fmt: skip
+    status, count = simulated.openai_response("/responses/input_tokens", body)
+    _, response = simulated.openai_response("/responses", body)
+    assert status == 200 and count["object"] == "response.input_tokens"
+    assert count["input_tokens"] == response["usage"]["input_tokens"]
+    assert count["input_tokens"] > simulated.MEDIA_TOKENS
+    alone = simulated.openai_response(
+        "/responses/input_tokens", {"model": "demo-small", "instructions": "Be brief."}
+    )
+    assert alone == (200, {"object": "response.input_tokens", "input_tokens": 3})
+    assert simulated.anthropic_count({"model": "demo-large"})[0] == 400
