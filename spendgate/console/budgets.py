@@ -8,6 +8,7 @@ budget outside one's teams), audit entries and enforcement refresh as ``/admin/b
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
@@ -224,6 +225,9 @@ async def _detail_page(
         "exceptions": exceptions,
         "granted": await Namer(svc, user.principal).actors(e["granted_by"] for e in exceptions),
         "active": [e for e in exceptions if e["starts_at"] <= now < e["expires_at"]],
+        # an exception raises by an amount or by a percent (``grant_exception``: exactly
+        # one; the other is stored as zero, which the table leaves blank)
+        "by_percent": {e["id"] for e in exceptions if Decimal(e["percent"])},
         "can_write": user.principal.can(Can.BUDGETS_WRITE, owner),
         "scope_name": await policies.scope_name(svc, view.row["scope_type"], view.row["scope_id"]),
     }
