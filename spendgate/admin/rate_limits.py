@@ -11,7 +11,10 @@ from spendgate.admin.deps import Scope, Scoped, Svc, Who, audit, guard, org_aske
 from spendgate.admin.policies import check_names, scope_owner, warned
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
+from spendgate.core.rate_rules import why_idle
 from spendgate.errors import ValidationFailed
+from spendgate.services import Services
+from spendgate.store.policies import rate_limit_from_row
 
 router = APIRouter(
     prefix="/admin", dependencies=[Depends(principal)], tags=["rate limits"], responses=s.ERRORS
@@ -24,6 +27,30 @@ def limit_out(row: dict[str, Any]) -> dict[str, Any]:
     out = {k: v for k, v in row.items() if k != "max_spend_nanos"}
     spend = row["max_spend_nanos"]
     out["max_spend_usd"] = None if spend is None else format_usd(int(spend))
+    return out
+
+
+async def limits_warned(
+    svc: Services, rows: list[dict[str, Any]], stored: list[dict[str, Any]] | None = None
+) -> list[dict[str, Any]]:
+    """Rate limits (as answered) with their ``warnings``: a model name the config no
+    longer has (:func:`~spendgate.admin.policies.warned`), or else a row that governs no
+    call (``rate_rules.why_idle``, the rule the key page and the proxy use): its pattern
+    matches no configured model, or a more specific row of its key or team governs each
+    one it matches. ``stored``: the rows of their orgs (read if not given)."""
+    if stored is None:
+        stored = []
+        for org_id in sorted({r["org_id"] for r in rows}):
+            stored += await svc.policies.list_rate_limits(org_id)
+    ranked = [rate_limit_from_row(r) for r in stored]
+    out = []
+    for row in rows:
+        answered = warned(svc, row)
+        if not answered["warnings"]:
+            why = why_idle(ranked, rate_limit_from_row(_stored(row)), svc.settings.models)
+            if why is not None:
+                answered["warnings"] = [f"model: {row['model']!r}: {why}; this row limits no call"]
+        out.append(answered)
     return out
 
 
@@ -74,7 +101,7 @@ async def create_rate_limit(
             after=limit_out(row),
         )
     await svc.enforcer.policy_changed()
-    return limit_out(row)
+    return (await limits_warned(svc, [limit_out(row)]))[0]
 
 
 @router.get(
@@ -84,14 +111,16 @@ async def list_rate_limits(
     svc: Svc, who: Who, scope: Scoped, org_id: str | None = None
 ) -> list[dict[str, Any]]:
     rows = await svc.policies.list_rate_limits(await org_asked(svc, who, org_id))
-    return [warned(svc, limit_out(r)) for r in await scope.filter(rows, scope.of_policy)]
+    shown = [limit_out(r) for r in await scope.filter(rows, scope.of_policy)]
+    return await limits_warned(svc, shown, rows)
 
 
 @router.get(
     "/rate-limits/{limit_id}", response_model=s.RateLimitOut, dependencies=guard(Can.LIMITS_READ)
 )
 async def get_rate_limit(limit_id: str, scope: Scoped) -> dict[str, Any]:
-    return warned(scope.svc, limit_out((await limit_in_scope(scope, limit_id))[0]))
+    row = limit_out((await limit_in_scope(scope, limit_id))[0])
+    return (await limits_warned(scope.svc, [row]))[0]
 
 
 @router.patch(
@@ -122,7 +151,7 @@ async def update_rate_limit(
             after=limit_out(row),
         )
     await svc.enforcer.policy_changed()
-    return warned(svc, limit_out(row))
+    return (await limits_warned(svc, [limit_out(row)]))[0]
 
 
 @router.delete("/rate-limits/{limit_id}", status_code=204, dependencies=guard(Can.LIMITS_WRITE))

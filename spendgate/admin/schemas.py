@@ -662,6 +662,7 @@ class RateLimitOut(BaseModel):
     updated_at: datetime
     warnings: list[str] = Field(
         default_factory=list,
-        description="providers or models it names that the config no longer has: it "
-        "counts or governs no call of them",
+        description="why the row limits no call: its model is no longer configured, its "
+        "pattern matches no configured model, or a more specific row of its key or team "
+        "governs each configured model it matches",
     )

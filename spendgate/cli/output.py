@@ -103,6 +103,13 @@ def show(
             sys.stdout.write(f"{secret}: {row[secret]}\n")
 
 
+def warnings(data: dict[str, Any]) -> None:
+    """An answer's ``warnings`` (a rate limit that governs no call…), one line each on
+    stderr, so ``--json`` output stays the answer alone."""
+    for message in data.get("warnings") or ():
+        err_console.print(Text(f"warning: {message}", style="yellow"))
+
+
 def deleted(object_id: str, as_json: bool) -> None:
     """What a delete command prints: ``{"id", "deleted": true}`` with ``--json``."""
     if as_json:

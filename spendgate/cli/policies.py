@@ -20,7 +20,7 @@ from spendgate.cli.http import (
     opt_list,
     when,
 )
-from spendgate.cli.output import deleted, err_console, show
+from spendgate.cli.output import deleted, err_console, show, warnings
 
 #: the API's fields as the options that set them, so a 422 names what the user typed
 #: (``--amount: must be an amount in USD…``, not ``amount_usd: …``); plain words that
@@ -390,12 +390,9 @@ def limits_create(
         "max_spend_usd": spend,
         "spend_window_seconds": window,
     }
-    show(
-        call(url, "POST", "/admin/rate-limits", json=given(body), options=OPTIONS),
-        as_json,
-        LIMIT_COLUMNS,
-        readable=_limit_readable,
-    )
+    made = call(url, "POST", "/admin/rate-limits", json=given(body), options=OPTIONS)
+    show(made, as_json, LIMIT_COLUMNS, readable=_limit_readable)
+    warnings(made)
 
 
 @limits.command("update")
@@ -417,18 +414,11 @@ def limits_update(
         "max_spend_usd": spend,
         "spend_window_seconds": window,
     }
-    show(
-        call(
-            url,
-            "PATCH",
-            admin_path("rate-limits", limit_id),
-            json=given(body),
-            options=OPTIONS,
-        ),
-        as_json,
-        LIMIT_COLUMNS,
-        readable=_limit_readable,
+    changed = call(
+        url, "PATCH", admin_path("rate-limits", limit_id), json=given(body), options=OPTIONS
     )
+    show(changed, as_json, LIMIT_COLUMNS, readable=_limit_readable)
+    warnings(changed)
 
 
 @limits.command("delete")

@@ -141,6 +141,14 @@ def idle_rows(
     }
 
 
+def why_idle(limits: Iterable[RateLimit], row: RateLimit, models: Iterable[str]) -> str | None:
+    """Why ``row`` governs no call to any of ``models`` (:func:`idle_rows`, ranked
+    against the rows of its own key or team in ``limits``); ``None`` if it governs some."""
+    key_id, team_id = (row.scope_id, None) if row.scope_type == "key" else ("", row.scope_id)
+    rows = [r for r in limits if r.id != row.id]
+    return idle_rows([*rows, row], key_id, team_id, models).get(row.id)
+
+
 def model_allowed(
     limits_for_key_and_team: Iterable[RateLimit], model: str, unlisted: Unlisted
 ) -> bool:

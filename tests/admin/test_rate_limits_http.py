@@ -247,3 +247,37 @@ def test_rate_limit_admin_validation(gateway: RunningGateway) -> None:
     assert len(gateway.get("/admin/rate-limits")) == 1
     assert gateway.admin.delete(f"/admin/rate-limits/{made['id']}").status_code == 204
     assert gateway.get("/admin/rate-limits") == []
+
+
+def test_a_row_that_limits_no_call_is_warned_about(gateway: RunningGateway) -> None:
+    """A pattern matching no configured model, and a row each of whose models has a more
+    specific row of its own key (or team), govern no call (``rate_rules.idle_rows``):
+    created, changed, read and listed, the row carries a warning saying so. Another
+    scope's rows shadow nothing; a row governing some model is no warning."""
+    key = gateway.create_key()
+    team = gateway.post("/admin/teams", {"name": "t", "org_id": key["org_id"]})
+    nowhere = "model: 'gpt-5*': matches no configured model; this row limits no call"
+    shadowed = (
+        "model: 'gemini-*': a more specific row governs each configured model it matches; "
+        "this row limits no call"
+    )
+    on_key = {"scope_type": "key", "scope_id": key["id"]}
+    typo = limit(gateway, **on_key, model="gpt-5*", rpm=5)
+    assert typo["warnings"] == [nowhere]
+    wide = limit(gateway, **on_key, model="gemini-*", rpm=5)
+    assert wide["warnings"] == []
+    assert limit(gateway, **on_key, model="gemini-2.5-flash", rpm=1)["warnings"] == []
+    assert limit(gateway, **on_key, model="gemini-2.5-pro", rpm=1)["warnings"] == []
+    team_wide = limit(gateway, scope_type="team", scope_id=team["id"], model="gemini-*", rpm=9)
+    assert team_wide["warnings"] == []  # the key's rows do not shadow the team's
+
+    assert gateway.get(f"/admin/rate-limits/{wide['id']}")["warnings"] == [shadowed]
+    changed = gateway.admin.patch(f"/admin/rate-limits/{wide['id']}", json={"rpm": 6})
+    assert changed.status_code == 200 and changed.json()["warnings"] == [shadowed]
+    changed = gateway.admin.patch(f"/admin/rate-limits/{typo['id']}", json={"tpm": 100})
+    assert changed.status_code == 200 and changed.json()["warnings"] == [nowhere]
+    listed = {r["id"]: r["warnings"] for r in gateway.get("/admin/rate-limits")}
+    assert listed[typo["id"]] == [nowhere] and listed[wide["id"]] == [shadowed]
+    assert listed[team_wide["id"]] == []
+    on_team = limit(gateway, scope_type="team", scope_id=team["id"], model="gpt-5*", rpm=1)
+    assert on_team["warnings"] == [nowhere]

@@ -442,3 +442,20 @@ def test_a_percent_exception_shows_no_zero_amount(served: Served) -> None:
 def _cells(line: str) -> list[str]:
     """The cells of a Rich table's line (``┃ id ┃ … ┃`` or ``│ lim_… │ … │``)."""
     return [c.strip() for c in line.replace("┃", "│").strip().strip("│").split("│")]
+
+
+def test_limits_create_and_update_print_the_rows_warnings(served: Served) -> None:
+    """A rate limit whose pattern matches no configured model governs no call: `limits
+    create` and `limits update` print the API's warning (on stderr, so `--json` stays
+    the answer alone); a row that governs calls prints none."""
+    url, _, _ = served
+    scope = _scope(url)
+    warning = "warning: model: 'gpt-9*': matches no configured model; this row limits no call"
+    code, out, err = invoke(
+        url, "limits", "create", *scope, "--model", "gpt-9*", "--rpm", "5", "--json"
+    )
+    assert code == 0 and warning in err and json.loads(out)["warnings"] == [warning[9:]]
+    code, out, err = invoke(url, "limits", "update", json.loads(out)["id"], "--rpm", "6")
+    assert code == 0 and warning in err and "warning" not in out
+    code, _, err = invoke(url, "limits", "create", *scope, "--model", "*", "--rpm", "5")
+    assert code == 0 and "warning" not in err
