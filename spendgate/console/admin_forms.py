@@ -1,5 +1,5 @@
-"""What the admin pages share: a form turned into the admin API's request body, the
-redirect after a change, and names to show instead of ids.
+"""What the admin pages share: a form turned into the admin API's request body and the
+redirect after a change (names to show instead of ids: ``console.naming``).
 
 A console action calls the admin API's route function itself (``spendgate.admin.*``)
 with the signed-in caller narrowed like the route's guard narrows a token
@@ -11,7 +11,6 @@ with the route's own request model; a field it refuses is the 422 page naming it
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -22,7 +21,6 @@ from pydantic import BaseModel, ValidationError
 from spendgate.admin.schemas import error_message
 from spendgate.console.layout import harden
 from spendgate.errors import ValidationFailed
-from spendgate.services import Services
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -64,35 +62,6 @@ def local_instant(value: str, field: str) -> datetime | None:
 def done(request: Request, url: str) -> Response:
     """After a change: back to a page (303, so a reload does not repeat the change)."""
     return harden(request, RedirectResponse(url, status_code=303))
-
-
-@dataclass(frozen=True, slots=True)
-class Names:
-    """How ids are shown: teams, agents and keys by name, users by email."""
-
-    teams: dict[str, str]
-    users: dict[str, str]
-    agents: dict[str, str]
-
-    def team(self, team_id: str | None) -> str:
-        return "" if team_id is None else self.teams.get(team_id, team_id)
-
-    def user(self, user_id: str | None) -> str:
-        return "" if user_id is None else self.users.get(user_id, user_id)
-
-    def agent(self, agent_id: str | None) -> str:
-        return "" if agent_id is None else self.agents.get(agent_id, agent_id)
-
-
-async def names(svc: Services, org_id: str | None) -> Names:
-    teams = await svc.directory.list_teams(org_id)
-    users = await svc.directory.list_users(org_id)
-    agents = await svc.directory.list_agents(org_id)
-    return Names(
-        {t["id"]: t["name"] for t in teams},
-        {u["id"]: u["email"] for u in users},
-        {a["id"]: a["name"] for a in agents},
-    )
 
 
 def by_id(rows: Iterable[dict[str, Any]]) -> dict[str, dict[str, Any]]:

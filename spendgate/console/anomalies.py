@@ -20,7 +20,7 @@ from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import anomalies as api
-from spendgate.console.admin_forms import body_of, done, names
+from spendgate.console.admin_forms import body_of, done
 from spendgate.console.forms import (
     INVALID,
     ObjectForm,
@@ -45,11 +45,6 @@ VIEWS: dict[str, tuple[Literal["open", "resolved", "all"], bool | None]] = {
     "acknowledged": ("all", True),
     "all": ("all", None),
 }
-
-
-async def key_names(svc: Services, org_id: str | None) -> dict[str, str]:
-    """Keys by name on these pages (an anomaly's scope, a contributor)."""
-    return {k["id"]: k["name"] for k in await svc.directory.list_keys(org_id)}
 
 
 def actors_of(anomaly: dict[str, Any]) -> list[str | None]:
@@ -80,6 +75,7 @@ async def _anomalies_page(
         svc, who, status, None, None, acknowledged, None, None, 200
     )
     configs = await api.list_actions(svc, who, scope, None)
+    namer = Namer(svc, user.principal)
     may_delete = {}
     for config in configs:
         owner = await api.action_owner(scope, config)
@@ -90,13 +86,12 @@ async def _anomalies_page(
         "anomalies": rows,
         "view": view,
         "views": list(VIEWS),
-        "names": await names(svc, who.org_id),
-        "keys": await key_names(svc, who.org_id),
+        "names": await namer.directory(),
         "configs": configs,
-        "actors": await Namer(svc, user.principal).actors(
+        "actors": await namer.actors(
             [*(a for r in rows for a in actors_of(r)), *(c["created_by"] for c in configs)]
         ),
-        "labels": await scope_labels(svc, who.org_id),
+        "labels": await scope_labels(namer),
         "may_delete": may_delete,
     }
     if user.principal.may(Can.ANOMALY_ACTIONS_WRITE):
@@ -155,12 +150,12 @@ async def _anomaly_page(
 ) -> HTMLResponse:
     who = require(user, Can.ANOMALIES_READ)
     row, owner = await api.anomaly_in_scope(scope_for(svc, who), anomaly_id)
+    namer = Namer(svc, user.principal)
     ctx: dict[str, Any] = {
         "a": api.anomaly_out(row),
         "may_ack": user.principal.can(Can.ANOMALIES_ACK, owner),
-        "names": await names(svc, row["org_id"]),
-        "keys": await key_names(svc, row["org_id"]),
-        "actors": await Namer(svc, user.principal).actors(actors_of(row)),
+        "names": await namer.directory(),
+        "actors": await namer.actors(actors_of(row)),
     }
     return await form_page(request, "anomalies/detail.html", ctx, sent_back)
 

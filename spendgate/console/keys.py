@@ -16,7 +16,7 @@ from fastapi.responses import HTMLResponse, Response
 
 from spendgate.admin import routes as api
 from spendgate.admin import schemas as s
-from spendgate.console.admin_forms import body_of, done, local_instant, names, words
+from spendgate.console.admin_forms import body_of, done, local_instant, words
 from spendgate.console.forms import INVALID, Refill, form_page, refill
 from spendgate.console.key_limits import (
     NO_LIMITS,
@@ -27,6 +27,7 @@ from spendgate.console.key_limits import (
     read_owners,
 )
 from spendgate.console.layout import Svc, User, page, require, scope_for
+from spendgate.console.naming import Namer
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd
 from spendgate.errors import ValidationFailed
@@ -77,7 +78,7 @@ async def _keys_page(
     """The list, and the create form (with the API's errors beside its fields)."""
     who = require(user, Can.KEYS_READ)
     rows = await api.list_keys(svc, who, who.org_filter(None))
-    shown = await names(svc, who.org_id)
+    shown = await Namer(svc, user.principal).directory()
     activity = await key_activity(svc, who.org_filter(None), [k["id"] for k in rows])
     reader = scope_for(svc, user.principal)  # the limits each key's reader may see
     await read_owners(svc, reader, {k["org_id"] for k in rows})
@@ -169,7 +170,7 @@ async def _key_page(
         "hidden_limits": limits.hidden,
         "binding": binding(limits.shown),
         "activity": activity,
-        "names": await names(svc, key["org_id"]),
+        "names": await Namer(svc, user.principal).directory(),
         "usd": format_usd,
         "may_write": user.principal.can(Can.KEYS_WRITE, Owner.of(key["org_id"], key["team_id"])),
     }

@@ -8,20 +8,24 @@ actor, a webhook endpoint's scope…) into names.
 * a scope (``org``, ``team``, ``user``, ``agent``, ``key``) is its name, the user's email
   (``spendgate.admin.policies.scope_name``).
 
-Roles are respected: a name is shown only when the reader may see its object in the
-directory (``Principal.sees``, as ``GET /admin/users`` filters); otherwise the page shows
-the id, as it did before. The id stays available either way (:attr:`Named.ident`, shown
-in a title or beside the name).
+Roles are respected, by one rule (:meth:`Namer.may_see`): a name is shown only when the
+reader may read its object in the admin API (``GET /admin/users``, ``/admin/keys``…
+filter by ``Principal.sees``, narrowed to ``directory.read``, and for a key to
+``keys.read`` too); otherwise the page shows the id. The id stays available either way
+(:attr:`Named.ident`, shown in a title or beside the name). A page naming many objects
+(a table of keys, usage grouped by team) takes :meth:`Namer.names` — the org's objects of
+a kind in one query, kept by the same rule.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from spendgate.admin.deps import Scope
 from spendgate.admin.policies import scope_name
-from spendgate.core.access import MASTER, Can, Principal
+from spendgate.core.access import MASTER, Can, Owner, Principal
 from spendgate.errors import NotFound
 from spendgate.services import Services
 from spendgate.store.tokens import TokenStore
@@ -30,6 +34,46 @@ from spendgate.store.tokens import TokenStore
 MASTER_KEY = "master key"
 #: the kinds of object named (by ``scope_name``); others show their id
 NAMED_KINDS = frozenset({"org", "team", "user", "agent", "key"})
+#: what the admin API's read routes of a kind of object ask of a reader
+READ = {"key": (Can.DIRECTORY_READ, Can.KEYS_READ)}
+DIRECTORY = (Can.DIRECTORY_READ,)
+
+
+def shown_name(kind: str, row: dict[str, Any]) -> str:
+    """What a page calls an object: a user's email, anything else's name."""
+    return str(row["email"] if kind == "user" else row["name"])
+
+
+def row_owner(kind: str, row: dict[str, Any]) -> Owner:
+    """Where a directory row lives (as ``store.owners.owners_of`` finds it)."""
+    if kind == "team":
+        return Owner.of(row["org_id"], row["id"])
+    if kind == "user":
+        return Owner.of(row["org_id"], *row["team_ids"])
+    return Owner.of(row["org_id"], row.get("team_id"))
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """The names a reader may see of their org's teams, agents and keys and the emails
+    of its users (:meth:`Namer.directory`), by id; any other id shows as it is."""
+
+    teams: dict[str, str]
+    users: dict[str, str]
+    agents: dict[str, str]
+    keys: dict[str, str]
+
+    def team(self, team_id: str | None) -> str:
+        return "" if team_id is None else self.teams.get(team_id, team_id)
+
+    def user(self, user_id: str | None) -> str:
+        return "" if user_id is None else self.users.get(user_id, user_id)
+
+    def agent(self, agent_id: str | None) -> str:
+        return "" if agent_id is None else self.agents.get(agent_id, agent_id)
+
+    def key(self, key_id: str | None) -> str:
+        return "" if key_id is None else self.keys.get(key_id, key_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,9 +94,52 @@ class Namer:
 
     def __init__(self, svc: Services, reader: Principal) -> None:
         self._svc = svc
-        self._reader = reader.acting_for(Can.DIRECTORY_READ)
-        self._scope = Scope(svc, self._reader)
+        self._reader = reader
+        self._scope = Scope(svc, reader.acting_for(*DIRECTORY))
         self._memo: dict[tuple[str, str], Named] = {}
+        self._listed: dict[str, list[dict[str, Any]]] = {}
+
+    def may_see(self, kind: str, object_id: str, owner: Owner | None) -> bool:
+        """Whether the reader may be shown the name of this object (``owner``: where it
+        lives, ``None`` if it does not exist): their own org and their own user always;
+        anything else if the admin API's read route of its kind would answer it."""
+        if kind == "org":
+            return self._reader.is_master or self._reader.org_id == object_id
+        if kind == "user" and object_id == self._reader.user_id:
+            return True
+        reading = self._reader.acting_for(*READ.get(kind, DIRECTORY))
+        return owner is not None and reading.sees(owner)
+
+    async def listed(self, kind: str) -> list[dict[str, Any]]:
+        """The rows of the reader's org (every org for the master key) of a kind
+        (``team``, ``user``, ``agent``, ``key``) it may see: one query, kept."""
+        if kind not in self._listed:
+            org_id = self._reader.org_filter(None)
+            lister = {
+                "team": self._svc.directory.list_teams,
+                "user": self._svc.directory.list_users,
+                "agent": self._svc.directory.list_agents,
+                "key": self._svc.directory.list_keys,
+            }.get(kind)
+            rows = [] if lister is None else await lister(org_id)
+            self._listed[kind] = [
+                r for r in rows if self.may_see(kind, r["id"], row_owner(kind, r))
+            ]
+        return self._listed[kind]
+
+    async def names(self, kind: str) -> dict[str, str]:
+        """What the reader may see called of the org's objects of a kind, by id (empty
+        for a kind without names: a model, a tag…)."""
+        return {r["id"]: shown_name(kind, r) for r in await self.listed(kind)}
+
+    async def directory(self) -> Names:
+        """The org's teams, users, agents and keys by name, as far as the reader may see."""
+        return Names(
+            await self.names("team"),
+            await self.names("user"),
+            await self.names("agent"),
+            await self.names("key"),
+        )
 
     async def scope(self, scope_type: str | None, scope_id: str | None) -> Named | None:
         """A scope's (or an audit entry's object's) name; ``None``: no scope, a tag's
@@ -65,13 +152,10 @@ class Namer:
         return self._memo[memo]
 
     async def _name(self, scope_type: str, scope_id: str) -> str | None:
-        if scope_type == "org":
-            mine = self._reader.is_master or self._reader.org_id == scope_id
-        elif scope_type == "user" and scope_id == self._reader.user_id:
-            mine = True
-        else:
-            mine = self._scope.visible(await self._scope.owner(scope_type, scope_id))
-        return await scope_name(self._svc, scope_type, scope_id) if mine else None
+        owner = None if scope_type == "org" else await self._scope.owner(scope_type, scope_id)
+        if not self.may_see(scope_type, scope_id, owner):
+            return None
+        return await scope_name(self._svc, scope_type, scope_id)
 
     async def actor(self, actor: str | None) -> Named | None:
         """``Principal.actor`` (as ``granted_by``, ``decided_by``… keep it) by name."""

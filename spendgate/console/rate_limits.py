@@ -19,7 +19,7 @@ from fastapi.responses import HTMLResponse, Response
 from spendgate.admin import rate_limits as api
 from spendgate.admin import schemas as s
 from spendgate.admin.routes import list_keys
-from spendgate.console.admin_forms import body_of, done, names
+from spendgate.console.admin_forms import body_of, done
 from spendgate.console.forms import (
     INVALID,
     ObjectForm,
@@ -29,6 +29,7 @@ from spendgate.console.forms import (
     scope_refill,
 )
 from spendgate.console.layout import Svc, User, require, scope_for
+from spendgate.console.naming import Namer
 from spendgate.core.access import Can, Owner
 from spendgate.core.money import format_usd, usd_to_nanos
 from spendgate.core.rate_rules import RateLimit
@@ -92,12 +93,11 @@ async def scope_choices(
     return {"teams": teams, "key_choices": [k for k in keys if k["status"] == "active"]}
 
 
-async def scope_labels(svc: Services, org_id: str | None) -> dict[str, str]:
-    shown = await names(svc, org_id)
-    keys = await svc.directory.list_keys(org_id)
+async def scope_labels(namer: Namer) -> dict[str, str]:
+    """The teams and keys a row may limit, as the reader may see them called."""
     return {
-        **{k: f"team {v}" for k, v in shown.teams.items()},
-        **{k["id"]: f"key {k['name']} ({k['key_prefix']}…)" for k in keys},
+        **{k: f"team {v}" for k, v in (await namer.names("team")).items()},
+        **{k["id"]: f"key {k['name']} ({k['key_prefix']}…)" for k in await namer.listed("key")},
     }
 
 
@@ -122,7 +122,7 @@ async def _limits_page(
     ctx: dict[str, Any] = {
         "limits": rows,
         "use": await current_use(svc, rows),
-        "labels": await scope_labels(svc, who.org_id),
+        "labels": await scope_labels(Namer(svc, user.principal)),
         "usd": format_usd,
         "may_write": may_write,
         "field_labels": LABELS,
@@ -177,7 +177,7 @@ async def _edit_page(
 ) -> HTMLResponse:
     who = require(user, Can.LIMITS_WRITE)
     row = await api.get_rate_limit(limit_id, scope_for(svc, who))
-    labels = await scope_labels(svc, who.org_id)
+    labels = await scope_labels(Namer(svc, user.principal))
     shown = {
         k: "" if row[k] is None else str(row[k])
         for k in ("rpm", "tpm", "max_concurrent", "max_spend_usd", "spend_window_seconds")

@@ -19,13 +19,12 @@ from zoneinfo import ZoneInfo
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from spendgate.admin import routes as directory_routes
 from spendgate.admin.usage import audit_export
-from spendgate.admin.users import list_users
 from spendgate.console.budget_view import BudgetView, budget_view
 from spendgate.console.charts import budget_chart, stacked_bars
 from spendgate.console.forms import field_errors
 from spendgate.console.layout import Svc, User, harden, page, scope_for
+from spendgate.console.naming import Namer
 from spendgate.console.usage_source import (
     DIMENSIONS,
     GRAINS,
@@ -242,23 +241,9 @@ async def _audit_export(svc: Any, request: Request, user: Any, q: UsageQuery, ro
 
 async def group_names(svc: Any, user: Any, dim: str) -> dict[str, str]:
     """Readable names of the groups (team and agent names, emails, key names) the caller
-    may look up, by id; ids stay as they are otherwise."""
-    who = user.principal
-    if dim == "user" and not who.may(Can.DIRECTORY_READ):
-        return {who.user_id: user.email} if who.user_id else {}
-    lookups = {
-        "team": (Can.DIRECTORY_READ, directory_routes.list_teams, "name"),
-        "user": (Can.DIRECTORY_READ, list_users, "email"),
-        "agent": (Can.DIRECTORY_READ, directory_routes.list_agents, "name"),
-    }
-    if dim == "key" and who.may(Can.KEYS_READ):
-        keys = await directory_routes.list_keys(svc, who.acting_for(Can.KEYS_READ), who.org_id)
-        return {k["id"]: k["name"] for k in keys}
-    if dim not in lookups or not who.may(lookups[dim][0]):
-        return {}
-    permission, lister, field = lookups[dim]
-    rows = await lister(svc, who.acting_for(permission), who.org_id)
-    return {r["id"]: r[field] for r in rows}
+    may see (``console.naming``: one query for the dimension), by id; ids stay as they
+    are otherwise."""
+    return await Namer(svc, user.principal).names(dim)
 
 
 async def _visible_budgets(svc: Any, user: Any) -> list[dict[str, Any]]:
