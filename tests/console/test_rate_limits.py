@@ -148,3 +148,21 @@ def test_rate_limit_pages_have_no_serious_axe_violations(
     for path in ("/rate-limits", f"/rate-limits/{row['id']}"):
         violations = axe_violations(browser, console.url, "org_admin@acme.test", path)
         assert violations == [], (path, [(v["id"], v["help"]) for v in violations])
+
+
+def test_a_limit_that_limits_no_call_is_warned_about_on_its_row(
+    console: Console, page: Page
+) -> None:
+    """Added through the form, a pattern that matches no configured model shows the
+    API's warning beside its model on the list, and on its edit page."""
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + "/rate-limits")
+    page.get_by_label("For").select_option(label="team research")
+    page.get_by_label("Model or pattern").fill("gpt-9*")
+    page.get_by_label("Requests per minute").fill("5")
+    page.get_by_role("button", name="Add limit").click()
+    limit = console.gw.get("/admin/rate-limits")[0]
+    warning = "⚠ Warning: model: 'gpt-9*': matches no configured model; this row limits no call"
+    expect(page.locator(f"#limit-{limit['id']} .limit-warning")).to_have_text(warning)
+    page.get_by_role("link", name="Edit the limit of team research on gpt-9*").click()
+    expect(page.locator(".limit-warning")).to_have_text(warning)
