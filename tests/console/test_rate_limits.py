@@ -12,18 +12,23 @@ from tests.console.conftest import Console, axe_violations, sign_in
 MSG = [{"role": "user", "content": "hello"}]
 
 
+def _add_team_limit(console: Console, page: Page, model: str) -> None:
+    """As the team admin, 5 rpm on ``model`` for team research, through the form."""
+    sign_in(page, console.url, "team_admin@acme.test")
+    page.goto(console.url + "/rate-limits")
+    page.get_by_label("For").select_option(label="team research")
+    page.get_by_label("Model or pattern").fill(model)
+    page.get_by_label("Requests per minute").fill("5")
+    page.get_by_role("button", name="Add limit").click()
+
+
 def test_create_use_edit_delete(console: Console, page: Page) -> None:
     """A team admin adds 5 rpm on gpt-4o* for their team; two calls show as 2 of 5;
     clearing rpm while setting tpm edits it; delete removes it. All audited."""
     key = console.gw.post(
         "/admin/keys", {"name": "k", "org_id": console.org_id, "team_id": console.team_id}
     )
-    sign_in(page, console.url, "team_admin@acme.test")
-    page.goto(console.url + "/rate-limits")
-    page.get_by_label("For").select_option(label="team research")
-    page.get_by_label("Model or pattern").fill("gpt-4o*")
-    page.get_by_label("Requests per minute").fill("5")
-    page.get_by_role("button", name="Add limit").click()
+    _add_team_limit(console, page, "gpt-4o*")
     limit = console.gw.get("/admin/rate-limits")[0]
     assert (limit["model"], limit["rpm"], limit["tpm"]) == ("gpt-4o*", 5, None)
     for _ in range(2):
@@ -155,12 +160,7 @@ def test_a_limit_that_limits_no_call_is_warned_about_on_its_row(
 ) -> None:
     """Added through the form, a pattern that matches no configured model shows the
     API's warning beside its model on the list, and on its edit page."""
-    sign_in(page, console.url, "team_admin@acme.test")
-    page.goto(console.url + "/rate-limits")
-    page.get_by_label("For").select_option(label="team research")
-    page.get_by_label("Model or pattern").fill("gpt-9*")
-    page.get_by_label("Requests per minute").fill("5")
-    page.get_by_role("button", name="Add limit").click()
+    _add_team_limit(console, page, "gpt-9*")
     limit = console.gw.get("/admin/rate-limits")[0]
     warning = "⚠ Warning: model: 'gpt-9*': matches no configured model; this row limits no call"
     expect(page.locator(f"#limit-{limit['id']} .limit-warning")).to_have_text(warning)
