@@ -14,7 +14,7 @@ the permission for the scope checks that follow.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -148,4 +148,14 @@ def local_time(value: datetime | None) -> str:
     return "" if value is None else value.strftime("%Y-%m-%d %H:%M UTC")
 
 
+def to_the_second(value: str | datetime | None) -> str:
+    """An audit entry's instant in a table (ISO text or a datetime): UTC to the second, as
+    a dispute reads it (the entry's own page has it whole, microseconds and offset)."""
+    if value is None:
+        return ""
+    at = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return (at if at.tzinfo is None else at.astimezone(UTC)).strftime("%Y-%m-%d %H:%M:%S")
+
+
 templates.env.filters["when"] = local_time
+templates.env.filters["to_the_second"] = to_the_second

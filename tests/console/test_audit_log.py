@@ -37,6 +37,10 @@ def test_filter_diff_and_export(console: Console, page: Page) -> None:
     rows = page.locator("#audit-table tbody tr")
     expect(rows).to_have_count(1)
     expect(rows.first).to_contain_text(mine["id"])
+    # the instant to the second, in UTC as the column says (not ISO text with microseconds)
+    at = console.gw.get("/admin/audit", action="key.revoked")["entries"][0]["at"]
+    assert at.endswith("Z"), at  # UTC
+    expect(rows.first.locator("td").first).to_have_text(at[:19].replace("T", " "))
     rows.first.get_by_role("link").click()
     expect(page.locator("#changes-table")).to_contain_text("revoked_at")
     expect(page.locator("#before")).to_contain_text('"status": "active"')
