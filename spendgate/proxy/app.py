@@ -276,7 +276,8 @@ class ProxyApp:
         request_id = self._request_ids()
         self._metrics.identified(request_id)
         path = scope["path"]
-        wire = "anthropic" if path.startswith("/v1/messages") else "openai"
+        # an Anthropic SDK whose base_url ends in /v1 calls /v1/v1/messages: told in its format
+        wire = "anthropic" if path.startswith(("/v1/messages", "/v1/v1/messages")) else "openai"
         try:
             headers = header_dict(scope)
             now, mono = self._clock.now(), self._clock.monotonic()

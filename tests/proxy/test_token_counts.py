@@ -314,3 +314,26 @@ def test_unlisted_models_deny_binds_counts_as_it_binds_calls(
         count_messages(gateway, key["key"])
     assert fake.requests == []
     assert count_input(gateway, key["key"], model="gpt-4o-mini").parse().input_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/messages", "spendgate serves it at /v1/messages"),
+        ("/messages/count_tokens", "spendgate serves it at /v1/messages/count_tokens"),
+        ("/v1/v1/messages", "the path has /v1 twice"),
+        ("/v1/v1/messages/count_tokens", "the path has /v1 twice"),
+    ],
+)
+def test_a_messages_path_with_a_base_url_mistake_is_told_in_anthropic_format(
+    gateway: RunningGateway, path: str, says: str
+) -> None:
+    """A Messages path without its /v1, or with it twice (an Anthropic SDK whose base_url
+    ends in /v1), is a 404 in Anthropic's error format (the README's "the route's
+    format"), saying what to change; the count's path and ``/v1/v1/…`` were OpenAI's."""
+    key = gateway.create_key()
+    told = httpx.post(gateway.url + path, json={}, headers={"x-api-key": key["key"]})
+    assert told.status_code == 404
+    assert told.json()["type"] == "error", told.text
+    error = told.json()["error"]
+    assert error["type"] == "not_found_error" and says in error["message"]
