@@ -387,7 +387,7 @@ class Gateway:
         """A proxy call without its /v1 (an SDK ``base_url`` missing it): a 404 in the
         proxy's error format saying what to change, not the console's HTML page."""
         path = scope["path"]
-        wire = "anthropic" if path == "/messages" else "openai"
+        wire = "anthropic" if path == "/messages" or path.startswith("/messages/") else "openai"
         refused = NotFound(f"unknown endpoint {scope['method']} {path}: {hint}")
         await send_bytes(
             send, refused.status, error_body(refused, wire), {"content-type": "application/json"}

@@ -234,13 +234,20 @@ class Scope:
     async def preload_policies(self, rows: Iterable[dict[str, Any]]) -> None:
         """Look up the owners of these budgets', wallets' or rate limits' scopes at once (a
         query per scope type), so :meth:`of_policy` answers them from memory."""
+        await self.preload(
+            (row["scope_type"], row["scope_id"])
+            for row in rows
+            if row["scope_type"] not in ("org", "tag")  # of_policy needs no look-up for these
+        )
+
+    async def preload(self, scopes: Iterable[tuple[str, str | None]]) -> None:
+        """Look up the owners of these objects at once (a query per type), so
+        :meth:`owner` answers them from memory."""
         missing: dict[str, set[str]] = {}
-        for row in rows:
-            scope_type, scope_id = row["scope_type"], row["scope_id"]
-            if scope_type in ("org", "tag") or scope_id is None:
-                continue  # of_policy needs no look-up for these
-            if (scope_type, scope_id) not in self._seen:
-                missing.setdefault(scope_type, set()).add(scope_id)
+        for scope_type, scope_id in scopes:
+            if scope_type == "tag" or scope_id is None or (scope_type, scope_id) in self._seen:
+                continue
+            missing.setdefault(scope_type, set()).add(scope_id)
         for scope_type, ids in missing.items():
             found = await self._lookup_many(scope_type, sorted(ids))
             for scope_id in ids:

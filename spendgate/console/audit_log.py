@@ -112,6 +112,10 @@ async def audit_page(request: Request, svc: Svc, user: User) -> HTMLResponse:
         }
         return await page(request, "audit/list.html", ctx, status=422)
     namer = Namer(svc, user.principal)
+    await namer.preload(
+        [(e["target_type"], e["target_id"]) for e in listing["entries"]],
+        [(e["actor_type"], e["actor_id"]) for e in listing["entries"]],
+    )
     ctx = {
         "q": q,
         "entries": listing["entries"],

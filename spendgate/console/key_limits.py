@@ -11,7 +11,9 @@ what the next call would meet. A budget limited to some models or providers, or 
 limit on a model pattern, is listed too (it binds the key's calls to those). A rate-limit
 row that governs no configured model (a pattern matching none of them, or one each of
 whose models a more specific row governs: ``rate_rules.idle_rows``, the proxy's own
-choice of row) limits no call: it is listed last, marked so, and never binding.
+choice of row), or only models the key may not use (its ``models``:
+``rate_rules.idle_for``), limits no call of the key: it is listed last, marked so, and
+never binding.
 
 Which runs out first: money limits (budgets, wallets) are drawn down by the same calls,
 so among them the least dollars left binds; rate limits are in other units (requests,
@@ -34,7 +36,7 @@ from spendgate.core import budget_rules as rules
 from spendgate.core.access import Can, Owner
 from spendgate.core.budget_windows import window_at
 from spendgate.core.money import format_usd
-from spendgate.core.rate_rules import RateLimit, idle_rows, scope_rows
+from spendgate.core.rate_rules import RateLimit, idle_for, scope_rows
 from spendgate.guard.enforcement import wallet_bucket
 from spendgate.services import Services
 from spendgate.store import schema
@@ -222,7 +224,7 @@ async def rate_headroom(
         key["id"],
         key["team_id"],
     )
-    idle = idle_rows(rows, key["id"], key["team_id"], svc.settings.models)
+    idle = idle_for(rows, key["id"], key["team_id"], svc.settings.models, key["models"])
     out: list[Headroom] = []
     for row, check, used in await svc.rate_gate.usage(rows):
         unit, per = RATE_UNITS[check.kind]

@@ -23,12 +23,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
+import sqlalchemy as sa
+
 from spendgate.admin.deps import Scope
 from spendgate.admin.policies import scope_name
 from spendgate.core.access import MASTER, Can, Owner, Principal
 from spendgate.errors import NotFound
 from spendgate.services import Services
+from spendgate.store import schema
+from spendgate.store.owners import names_of
 from spendgate.store.tokens import TokenStore
+
+_tokens = schema.admin_tokens
 
 #: how the master key is called on the pages
 MASTER_KEY = "master key"
@@ -90,7 +96,9 @@ class Named:
 
 
 class Namer:
-    """Resolves ids for one page and one reader (memoised)."""
+    """Resolves ids for one page and one reader (memoised). A page of many rows names
+    them all first (:meth:`preload`, which :meth:`actors` does): a few queries a kind of
+    object, not a few an id."""
 
     def __init__(self, svc: Services, reader: Principal) -> None:
         self._svc = svc
@@ -98,6 +106,8 @@ class Namer:
         self._scope = Scope(svc, reader.acting_for(*DIRECTORY))
         self._memo: dict[tuple[str, str], Named] = {}
         self._listed: dict[str, list[dict[str, Any]]] = {}
+        #: the user of each admin token looked up (None: no such token)
+        self._token_users: dict[str, str | None] = {}
 
     def may_see(self, kind: str, object_id: str, owner: Owner | None) -> bool:
         """Whether the reader may be shown the name of this object (``owner``: where it
@@ -141,6 +151,40 @@ class Namer:
             await self.names("key"),
         )
 
+    async def preload(
+        self,
+        scopes: Iterable[tuple[str | None, str | None]] = (),
+        actors: Iterable[tuple[str, str]] = (),
+    ) -> None:
+        """Name these objects and actors (as :meth:`audit_actor` takes them) at once, so
+        :meth:`scope` and :meth:`audit_actor` answer them from memory."""
+        actors = list(actors)
+        tokens = {ident for kind, ident in actors if kind == "token"} - self._token_users.keys()
+        if tokens:
+            async with self._svc.engine.connect() as conn:
+                rows = await conn.execute(
+                    sa.select(_tokens.c.id, _tokens.c.user_id).where(
+                        _tokens.c.id.in_(sorted(tokens))
+                    )
+                )
+                found = {row[0]: str(row[1]) for row in rows}
+            for token_id in tokens:
+                self._token_users[token_id] = found.get(token_id)
+        wanted = [*scopes, *[await self._actor_scope(kind, ident) for kind, ident in actors]]
+        missing: dict[str, set[str]] = {}
+        for kind, ident in wanted:
+            if kind in NAMED_KINDS and ident is not None and (kind, ident) not in self._memo:
+                missing.setdefault(kind, set()).add(ident)
+        if not missing:
+            return
+        await self._scope.preload((k, i) for k, ids in missing.items() if k != "org" for i in ids)
+        async with self._svc.engine.connect() as conn:
+            names = {kind: await names_of(conn, kind, ids) for kind, ids in missing.items()}
+        for kind, ids in missing.items():
+            for ident in ids:
+                shown = names[kind].get(ident) if await self._sees(kind, ident) else None
+                self._memo[kind, ident] = Named(shown or ident, ident)
+
     async def scope(self, scope_type: str | None, scope_id: str | None) -> Named | None:
         """A scope's (or an audit entry's object's) name; ``None``: no scope, a tag's
         (its own name), or a kind of object that has none (a budget, a webhook…)."""
@@ -151,9 +195,13 @@ class Namer:
             self._memo[memo] = Named(await self._name(scope_type, scope_id) or scope_id, scope_id)
         return self._memo[memo]
 
-    async def _name(self, scope_type: str, scope_id: str) -> str | None:
+    async def _sees(self, scope_type: str, scope_id: str) -> bool:
+        """Whether the reader may see the object in the directory (and so its name)."""
         owner = None if scope_type == "org" else await self._scope.owner(scope_type, scope_id)
-        if not self.may_see(scope_type, scope_id, owner):
+        return self.may_see(scope_type, scope_id, owner)
+
+    async def _name(self, scope_type: str, scope_id: str) -> str | None:
+        if not await self._sees(scope_type, scope_id):
             return None
         return await scope_name(self._svc, scope_type, scope_id)
 
@@ -161,43 +209,51 @@ class Namer:
         """``Principal.actor`` (as ``granted_by``, ``decided_by``… keep it) by name."""
         if actor is None:
             return None
-        kind, sep, ident = actor.partition(":")
-        return await self.audit_actor(kind, ident) if sep else await self.audit_actor(actor, "")
+        return await self.audit_actor(*_split(actor))
 
     async def audit_actor(self, actor_type: str, actor_id: str) -> Named:
         """An audit entry's actor by name; an actor type without one shows as it is."""
         if actor_type == MASTER or (actor_type == "admin" and actor_id == MASTER):
             return Named(MASTER_KEY, None)
         raw = f"{actor_type}:{actor_id}"
-        if actor_type == "token":
-            user_id = await self._token_user(actor_id)
-            found = None if user_id is None else await self.scope("user", user_id)
-        elif actor_type in ("console", "user"):
-            found = await self.scope("user", actor_id)
-        elif actor_type == "key":
-            found = await self.scope("key", actor_id)
-        else:
-            found = None
+        found = await self.scope(*await self._actor_scope(actor_type, actor_id))
         if found is None or not found.resolved:
             return Named(raw, raw)
         return Named(found.text, raw)
 
+    async def _actor_scope(self, actor_type: str, actor_id: str) -> tuple[str | None, str | None]:
+        """The object an actor is named by: a token's or session's user, a virtual key."""
+        if actor_type == "token":
+            return "user", await self._token_user(actor_id)
+        if actor_type in ("console", "user"):
+            return "user", actor_id
+        if actor_type == "key":
+            return "key", actor_id
+        return None, None
+
     async def _token_user(self, token_id: str) -> str | None:
-        memo = ("token", token_id)
-        if memo not in self._memo:
+        if token_id not in self._token_users:
             try:
                 row = await TokenStore(self._svc.engine).get(token_id)
             except NotFound:
-                return None
-            self._memo[memo] = Named(str(row["user_id"]), token_id)
-        return self._memo[memo].text
+                self._token_users[token_id] = None
+            else:
+                self._token_users[token_id] = str(row["user_id"])
+        return self._token_users[token_id]
 
     async def actors(self, actors: Iterable[str | None]) -> dict[str, Named]:
         """Each actor named, by the stored string (for a template to look up)."""
+        wanted = list(dict.fromkeys(actor for actor in actors if actor is not None))
+        await self.preload(actors=[_split(actor) for actor in wanted])
         named: dict[str, Named] = {}
-        for actor in actors:
-            if actor is not None and actor not in named:
-                found = await self.actor(actor)
-                assert found is not None
-                named[actor] = found
+        for actor in wanted:
+            found = await self.actor(actor)
+            assert found is not None
+            named[actor] = found
         return named
+
+
+def _split(actor: str) -> tuple[str, str]:
+    """``Principal.actor`` as an audit entry's ``(actor_type, actor_id)``."""
+    kind, sep, ident = actor.partition(":")
+    return (kind, ident) if sep else (actor, "")

@@ -122,6 +122,8 @@ def matching(
 #: why a row governs no call (:func:`idle_rows`)
 MATCHES_NO_MODEL = "matches no configured model"
 SHADOWED = "a more specific row governs each configured model it matches"
+#: why a row governs none of the calls one key may make (its ``models``: :func:`idle_for`)
+NOT_THE_KEYS = "governs no model this key may use"
 
 
 def idle_rows(
@@ -147,6 +149,26 @@ def why_idle(limits: Iterable[RateLimit], row: RateLimit, models: Iterable[str])
     key_id, team_id = (row.scope_id, None) if row.scope_type == "key" else ("", row.scope_id)
     rows = [r for r in limits if r.id != row.id]
     return idle_rows([*rows, row], key_id, team_id, models).get(row.id)
+
+
+def idle_for(
+    limits: Iterable[RateLimit],
+    key_id: str,
+    team_id: str | None,
+    models: Iterable[str],
+    allowed: Iterable[str],
+) -> dict[str, str]:
+    """:func:`idle_rows` for one key's calls: also, with ``NOT_THE_KEYS``, each row that
+    governs only configured models outside the key's ``allowed`` ones (empty: any)."""
+    rows = list(limits)
+    models = list(models)
+    idle = idle_rows(rows, key_id, team_id, models)
+    allowed = set(allowed)
+    if allowed:
+        usable = [model for model in models if model in allowed]
+        for row_id in idle_rows(rows, key_id, team_id, usable).keys() - idle.keys():
+            idle[row_id] = NOT_THE_KEYS
+    return idle
 
 
 def model_allowed(

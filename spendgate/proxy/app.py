@@ -241,6 +241,7 @@ class ProxyApp:
         self._on_implausible = on_implausible
         self._throttle = AuthThrottle(limit=0) if auth_throttle is None else auth_throttle
         self._enforcer = enforcer
+        self._rate_gate = rate_gate
         #: the holds: with Redis, behind its circuit breaker (``guard.failover``)
         self._guard = guard or CallGuard(rate_gate, enforcer)
         self._request_ids = RequestIds()
@@ -275,7 +276,8 @@ class ProxyApp:
         request_id = self._request_ids()
         self._metrics.identified(request_id)
         path = scope["path"]
-        wire = "anthropic" if path.startswith("/v1/messages") else "openai"
+        # an Anthropic SDK whose base_url ends in /v1 calls /v1/v1/messages: told in its format
+        wire = "anthropic" if path.startswith(("/v1/messages", "/v1/v1/messages")) else "openai"
         try:
             headers = header_dict(scope)
             now, mono = self._clock.now(), self._clock.monotonic()
@@ -455,8 +457,12 @@ class ProxyApp:
         """A token count, passed through to the model's provider: free there, so not
         billed, with no ledger row, and held against no budget, wallet or rate limit
         (an exhausted hard cap does not block it); the key's auth and model allowlist
-        apply as on every call, and the provider key replaces the virtual one."""
+        apply as on every call (with ``unlisted_models = "deny"``'s, and a pause, a
+        governing ``rpm = 0`` row, refuses it), and the provider key replaces the
+        virtual one."""
         route = self._route(key, payload)
+        limits = (await self._enforcer.policies()).rate_limits
+        self._rate_gate.screen(limits, key.id, key.team_id, route.name)
         url = upstream_url(route, endpoint)  # a 400 where the provider cannot count
         if route.upstream_model != payload["model"]:
             payload["model"] = route.upstream_model

@@ -16,6 +16,7 @@ from spendgate.core.clock import Clock
 from spendgate.core.money import format_usd
 from spendgate.core.pricing import unpriced_key, unpriced_refusal
 from spendgate.core.rate_rules import (
+    MINUTE,
     CheckTemplate,
     RateLimit,
     Unlisted,
@@ -181,6 +182,25 @@ class RateGate:
         return RateAdmission(
             reservation_id, rows, granted_headers(checks, outcome), False, template
         )
+
+    def screen(
+        self,
+        limits: Mapping[str, tuple[RateLimit, ...]],
+        key_id: str,
+        team_id: str | None,
+        model: str,
+    ) -> None:
+        """What binds a request that takes nothing from the limits (a token count): the
+        model must be allowed (``unlisted_models = "deny"``: 403, as ``admit``), and no
+        governing row may be a pause (``rpm = 0``, what an anomaly's pause writes: the
+        429 of a call, not retryable). Nothing is acquired, no event raised."""
+        allowed, rows, _ = self._governing(limits, key_id, team_id, model)
+        if not allowed:
+            raise _not_allowed(model)
+        for row in rows:
+            if row.rpm == 0:
+                paused = Check(f"{row.id}:requests", "requests", 0, MINUTE, 1)
+                raise RateLimited(Denial(0, paused, 0, None))
 
     def plan(
         self,

@@ -229,6 +229,36 @@ def test_pause_refuses_the_key_until_acknowledged(gw: RunningGateway) -> None:
     assert {"anomaly.action_applied", "anomaly.acknowledged"} <= actions
 
 
+def test_a_paused_key_may_not_count_tokens(gw: RunningGateway, fake: FakeUpstream) -> None:
+    """A pause stops the key reaching the providers, token counts included: they are free
+    and spend no ``rpm``, but a key paused because it ran away (a leak, a retry loop)
+    must not go on using the gateway's provider key. Its count is the call's 429, not
+    retryable, and nothing is sent; lifted, it counts again."""
+    key = setup_key(gw)
+    gw.post(
+        "/admin/anomaly-actions", {"scope_type": "key", "scope_id": key["id"], "action": "pause"}
+    )
+    add_history(gw, key)
+    spend(gw, key, 8)
+    check(gw)
+    [anomaly] = gw.get("/admin/anomalies", scope_type="key")
+    fake.requests.clear()
+    with pytest.raises(openai.RateLimitError) as refused:
+        client(gw, key).responses.input_tokens.count(model="gpt-4o", input="hi")
+    assert refused.value.code == "rate_limit_exceeded"
+    assert refused.value.response.headers["x-should-retry"] == "false"
+    counted = httpx.post(
+        f"{gw.url}/v1/messages/count_tokens",
+        json={"model": "claude-sonnet-4-5", "messages": [{"role": "user", "content": "hi"}]},
+        headers={"x-api-key": key["key"]},
+    )
+    assert counted.status_code == 429, counted.text
+    assert counted.json()["error"]["type"] == "rate_limit_error"
+    assert fake.requests == []
+    gw.post(f"/admin/anomalies/{anomaly['id']}/lift-action", {"note": "false alarm"}, 200)
+    assert client(gw, key).responses.input_tokens.count(model="gpt-4o", input="hi").input_tokens
+
+
 def test_rate_limit_action_and_lift_without_acknowledging(gw: RunningGateway) -> None:
     """A ``rate_limit`` action on the team adds a 1-rpm ``*`` row for the team: one call a
     minute passes, the next is refused; ``lift-action`` (un-pause) removes it, leaves the

@@ -8,6 +8,7 @@ from datetime import timedelta
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from playwright.sync_api import Browser, Page, expect
 from sqlalchemy import event
@@ -503,3 +504,42 @@ def test_a_rate_limit_on_a_pattern_no_model_matches_is_never_binding(
     expect(idle).to_contain_text("(matches no configured model: limits no call)")
     expect(idle.locator("td").last).to_have_text("never reached")
     expect(idle).not_to_have_class("binding-row")
+
+
+def test_a_rate_limit_on_models_the_key_may_not_use_is_never_binding(
+    console: Console, page: Page
+) -> None:
+    """A team row on gpt-4o limits no call of a key that may use only gpt-4o-mini (its
+    ``models``): it was that key's binding limit once another key of the team had used
+    some of it; now it is listed last, marked, and the key's own row binds."""
+    key = console.gw.post(
+        "/admin/keys",
+        {
+            "name": "mini-only",
+            "org_id": console.org_id,
+            "team_id": console.team_id,
+            "models": ["gpt-4o-mini"],
+        },
+    )
+    other = _key(console, console.team_id, "big-model")
+    for scope, scope_id, model, rpm in (
+        ("key", key["id"], "gpt-4o-mini", 100),
+        ("team", console.team_id, "gpt-4o", 5),
+    ):
+        console.gw.post(
+            "/admin/rate-limits",
+            {"scope_type": scope, "scope_id": scope_id, "model": model, "rpm": rpm},
+        )
+    sdk = openai.OpenAI(base_url=console.url + "/v1", api_key=other["key"], max_retries=0)
+    sdk.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "hi"}])
+    sign_in(page, console.url, "org_admin@acme.test")
+    page.goto(console.url + "/keys")
+    binding = page.locator(f"#key-{key['id']} .binding")
+    expect(binding).to_contain_text("rate limit “key requests on gpt-4o-mini”")
+    page.goto(console.url + f"/keys/{key['id']}")
+    idle = page.locator("#limits-table tbody tr").last
+    expect(idle).to_contain_text("team requests on gpt-4o")
+    expect(idle).to_contain_text("(governs no model this key may use: limits no call)")
+    expect(idle).not_to_have_class("binding-row")
+    page.goto(console.url + f"/keys/{other['id']}")  # the other key's calls it does limit
+    expect(page.locator("tr.binding-row")).to_contain_text("team requests on gpt-4o")

@@ -320,3 +320,15 @@ def test_idle_rows_govern_no_configured_model() -> None:
         "key:claude-*-opus*": rules.MATCHES_NO_MODEL
     }
     assert rules.idle_rows([row("claude-*-opus*")], "k1", None, ["claude-3-opus"]) == {}
+
+
+def test_idle_for_a_key_also_leaves_out_the_models_it_may_not_use() -> None:
+    """A key whose ``models`` leave out gpt-4o is never limited by a row governing only
+    gpt-4o (its team's, say); with no ``models`` every configured model counts."""
+    rows = [row("gpt-4o", scope="team", scope_id="t1"), row("gpt-*"), row("claude-*-opus*")]
+    models = ["gpt-4o", "gpt-4o-mini"]
+    assert rules.idle_for(rows, "k1", "t1", models, ["gpt-4o-mini"]) == {
+        "team:gpt-4o": rules.NOT_THE_KEYS,
+        "key:claude-*-opus*": rules.MATCHES_NO_MODEL,
+    }
+    assert rules.idle_for(rows, "k1", "t1", models, []) == rules.idle_rows(rows, "k1", "t1", models)

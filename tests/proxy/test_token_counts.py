@@ -289,3 +289,51 @@ def test_a_count_without_v1_is_told_where_it_is_served(gateway: RunningGateway) 
     assert "/v1/responses/input_tokens" in missing.json()["error"]["message"]
     bare = httpx.post(gateway.url + "/responses/input_tokens", json={}, headers=headers)
     assert "spendgate serves it at /v1/responses/input_tokens" in bare.text
+
+
+@pytest.mark.parametrize(
+    "gateway_options",
+    [{"demo": True, "extra_config": ALIAS, "gateway_config_lines": 'unlisted_models = "deny"'}],
+)
+def test_unlisted_models_deny_binds_counts_as_it_binds_calls(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """``unlisted_models = "deny"``: a key (or team) with rate-limit rows may use only the
+    models a row governs; that is part of its allowlist, so a count of any other model is
+    the call's 403 and never reaches the provider."""
+    key = gateway.create_key()
+    gateway.post(
+        "/admin/rate-limits",
+        {"scope_type": "key", "scope_id": key["id"], "model": "gpt-4o-mini", "rpm": 100},
+    )
+    with pytest.raises(openai.PermissionDeniedError, match="not approved"):
+        gpt(gateway, key["key"]).responses.create(model="gpt-4o", input=INPUT)
+    with pytest.raises(openai.PermissionDeniedError, match="not approved"):
+        count_input(gateway, key["key"])
+    with pytest.raises(anthropic.PermissionDeniedError, match="not approved"):
+        count_messages(gateway, key["key"])
+    assert fake.requests == []
+    assert count_input(gateway, key["key"], model="gpt-4o-mini").parse().input_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("path", "says"),
+    [
+        ("/messages", "spendgate serves it at /v1/messages"),
+        ("/messages/count_tokens", "spendgate serves it at /v1/messages/count_tokens"),
+        ("/v1/v1/messages", "the path has /v1 twice"),
+        ("/v1/v1/messages/count_tokens", "the path has /v1 twice"),
+    ],
+)
+def test_a_messages_path_with_a_base_url_mistake_is_told_in_anthropic_format(
+    gateway: RunningGateway, path: str, says: str
+) -> None:
+    """A Messages path without its /v1, or with it twice (an Anthropic SDK whose base_url
+    ends in /v1), is a 404 in Anthropic's error format (the README's "the route's
+    format"), saying what to change; the count's path and ``/v1/v1/…`` were OpenAI's."""
+    key = gateway.create_key()
+    told = httpx.post(gateway.url + path, json={}, headers={"x-api-key": key["key"]})
+    assert told.status_code == 404
+    assert told.json()["type"] == "error", told.text
+    error = told.json()["error"]
+    assert error["type"] == "not_found_error" and says in error["message"]
