@@ -332,7 +332,7 @@ class ProxyApp:
                         "policies are changing faster than this call could be admitted; "
                         "retry shortly"
                     )
-                await self._guarded(call, guarded, payload, body, headers, receive, send)
+                await self._guarded(call, guarded, payload, headers, receive, send)
             except RedisError as exc:
                 self._metrics.backend_error("redis")
                 raise counters_failed(exc, "budgets and limits") from exc
@@ -619,7 +619,6 @@ class ProxyApp:
         call: Call,
         guarded: Guarded,
         payload: dict[str, Any],
-        body: bytes,
         headers: Mapping[str, str],
         receive: Receive,
         send: Send,
@@ -630,7 +629,7 @@ class ProxyApp:
         if task is not None:
             self._calls.add(task)
         try:
-            await self._forward(call, guarded, payload, body, headers, receive, send)
+            await self._forward(call, guarded, payload, headers, receive, send)
         finally:
             await self._guard.release(guarded)
             self._calls.discard(task)
@@ -664,20 +663,23 @@ class ProxyApp:
         )
 
     def _upstream_request(
-        self, call: Call, payload: dict[str, Any], body: bytes, headers: Mapping[str, str]
+        self, call: Call, payload: dict[str, Any], headers: Mapping[str, str]
     ) -> tuple[UpstreamRequest, bool]:
-        """The request to send, and whether the client itself asked for stream usage."""
+        """The request to send, and whether the client itself asked for stream usage.
+
+        The provider gets ``payload`` serialised again, never the client's bytes: a key
+        given twice (``{"max_tokens": 100000, …, "max_tokens": 10}``) was held and priced
+        at its last value, as the gateway parsed it, and a provider reading the first
+        would have run another request than the one held (a cap passed by the
+        difference). Once serialised, what is sent is what was held."""
         route, endpoint = call.route, call.endpoint
-        changed = False
         if route.upstream_model != payload["model"]:
             payload["model"] = route.upstream_model
-            changed = True
         if call.worst.send_cap is not None:  # the output cap the worst case assumed
             field, cap = call.worst.send_cap
             for other in CAP_FIELDS[endpoint.kind]:  # the one cap the provider is sent
                 payload.pop(other, None)
             payload[field] = cap
-            changed = True
         client_wants_usage = True
         if call.stream and endpoint.kind in ("chat", "completion"):
             options = payload.get("stream_options")
@@ -687,12 +689,11 @@ class ProxyApp:
                     **(options if isinstance(options, dict) else {}),
                     "include_usage": True,
                 }
-                changed = True
         request = UpstreamRequest(
             method="POST",
             url=upstream_url(route, endpoint),
             headers=upstream_headers(route, endpoint, headers),
-            body=orjson.dumps(payload) if changed else body,
+            body=orjson.dumps(payload),
             stream=call.stream,
             timeout=route.provider.timeout_seconds,
         )
@@ -703,12 +704,11 @@ class ProxyApp:
         call: Call,
         guarded: Guarded,
         payload: dict[str, Any],
-        body: bytes,
         headers: Mapping[str, str],
         receive: Receive,
         send: Send,
     ) -> None:
-        request, client_wants_usage = self._upstream_request(call, payload, body, headers)
+        request, client_wants_usage = self._upstream_request(call, payload, headers)
         try:
             response = await self._send(call.route, request)
         except asyncio.CancelledError:

@@ -100,6 +100,8 @@ class RecordedRequest:
     query: str
     headers: dict[str, str]
     json: Any
+    #: the body's bytes as they came (``json`` is them parsed, a repeated key's last value)
+    raw: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,7 +305,7 @@ class FakeUpstream:
             body = None
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = scope.get("query_string", b"").decode("latin-1")
-        seen = RecordedRequest(scope["method"], scope["path"], query, headers, body)
+        seen = RecordedRequest(scope["method"], scope["path"], query, headers, body, raw)
         self.requests.append(seen)
         if len(self.requests) > MAX_RECORDED:
             del self.requests[: len(self.requests) - MAX_RECORDED]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import httpx
 import openai
 import pytest
 
@@ -101,3 +102,29 @@ def test_a_server_that_ignores_max_completion_tokens_gets_the_cap_as_max_tokens(
         assert chat.usage is not None and chat.usage.completion_tokens == 100
         sent = fake.requests[-1].json
         assert sent["max_tokens"] == 100 and "max_completion_tokens" not in sent
+
+
+def test_a_key_given_twice_reaches_the_provider_as_it_was_held(
+    gateway: RunningGateway, fake: FakeUpstream
+) -> None:
+    """A body that repeats a field (``max_tokens`` 100,000 first, 5 last) is held at the
+    value the gateway reads, the last; the provider gets that request serialised again,
+    each field once, never the client's bytes, which a provider reading the first value
+    would run at 100,000 tokens past a hold of 5."""
+    key = gateway.create_key()["key"]
+    body = (
+        b'{"model": "gpt-4o-mini", "max_tokens": 100000, '
+        b'"messages": [{"role": "user", "content": "hi", "content": "hello"}], '
+        b'"max_tokens": 5}'
+    )
+    answer = httpx.post(
+        gateway.url + "/v1/chat/completions",
+        content=body,
+        headers={"authorization": f"Bearer {key}", "content-type": "application/json"},
+        timeout=30,
+    )
+    assert answer.status_code == 200, answer.text
+    sent = fake.requests[-1]
+    assert sent.raw.count(b'"max_tokens"') == 1 and sent.json["max_tokens"] == 5
+    assert sent.raw.count(b'"content"') == 1 and b"hello" in sent.raw
+    assert answer.json()["usage"]["completion_tokens"] <= 5
