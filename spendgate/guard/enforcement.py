@@ -193,6 +193,7 @@ def wallet_level_events(
         return ()
     data = {
         "wallet_id": w.id,
+        "wallet_name": w.name,
         "scope_type": w.scope_type,
         "scope_id": w.scope_id,
         "balance_usd": format_usd(left),

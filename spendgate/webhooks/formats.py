@@ -77,7 +77,8 @@ def facts(event: Event) -> list[tuple[str, str]]:
         name = d.get("budget_name")
         out.append(("Budget", f"{name} ({d['budget_id']})" if name else str(d["budget_id"])))
     if d.get("wallet_id"):
-        out.append(("Wallet", str(d["wallet_id"])))
+        name = d.get("wallet_name")
+        out.append(("Wallet", f"{name} ({d['wallet_id']})" if name else str(d["wallet_id"])))
     scope = _scope(d)
     if scope:
         out.append(("Scope", scope))

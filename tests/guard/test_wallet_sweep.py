@@ -20,6 +20,8 @@ from spendgate.store.ledger import LedgerEntry
 from spendgate.store.policies import Wallet
 from spendgate.testing.fake_upstream import ServerHandle
 from spendgate.testing.webhook_receiver import Receiver
+from spendgate.webhooks import formats
+from spendgate.webhooks.catalog import Event
 from tests.admin.test_budgets import events, one_call_cost
 from tests.conftest import RunningGateway
 
@@ -196,3 +198,14 @@ def test_wallet_levels_are_gone_through_not_reached(
     """The settle's rule and the sweeper's: a level fires when the balance goes from
     above it to at or below it, keyed by the top-ups' total (100 here)."""
     assert [key for _, key, _ in wallet_level_events(wallet, was, left, 100)] == fired
+
+
+def test_a_wallet_level_reads_by_the_wallet_name() -> None:
+    """A console user found the bell's "Wallet depleted: wallet wallet_3a1a…, scope team
+    team_a52…": the wallet's event now carries its name, and the notification, the Slack
+    field and the PagerDuty summary read it first, the id after it (as a budget's do)."""
+    named = Wallet("wallet_w", "org_o", "team", "team_t", 20, OPENED, name="team research")
+    [(type_, _, data)] = wallet_level_events(named, 20, 0, 100)
+    event = Event("evt_1", type_, OPENED, data)
+    assert "wallet team research (wallet_w)" in formats.summary(event)
+    assert ("Wallet", "team research (wallet_w)") in formats.facts(event)
