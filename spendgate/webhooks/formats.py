@@ -39,6 +39,8 @@ def _scope(data: Mapping[str, Any]) -> str | None:
     kind = data.get("scope_type")
     if not kind:
         return None
+    if kind == "key" and data.get("name") and data.get("scope_id") == data.get("key_id"):
+        return f"key {data['name']} ({data['key_id']})"  # a key's own event: its name first
     return f"{kind} {data.get('scope_id') or data.get('tag') or ''}".strip()
 
 
@@ -110,6 +112,8 @@ def facts(event: Event) -> list[tuple[str, str]]:
     if d.get("period_end"):
         out.append(("Period ends", str(d["period_end"])))
     for key in ("model", "key_id", "endpoint_id", "host", "reason", "expires_at"):
+        if key == "key_id" and d.get("scope_type") == "key" and d.get("scope_id") == d[key]:
+            continue  # the scope named the key already
         if d.get(key) is not None:
             out.append((key.replace("_", " ").capitalize(), str(d[key])))
     return out

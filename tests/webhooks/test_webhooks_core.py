@@ -535,3 +535,11 @@ def test_a_cap_refusing_calls_reads_as_what_it_refuses() -> None:
     assert "refusing calls whose worst case exceeds $0.004 remaining" in text
     assert "(one of $0.0125 was refused)" in text
     assert event.severity == "warning"
+
+
+def test_a_key_event_reads_by_the_key_name_once() -> None:
+    """A viewer's bell read "Virtual key created: scope key key_0f40…, key id key_0f40…":
+    the id twice, the name never. A key's own event names it once, name first."""
+    data = {"key_id": "key_1", "name": "ta key", "scope_type": "key", "scope_id": "key_1"}
+    text = formats.summary(Event("evt_1", "key.created", datetime(2026, 3, 1, tzinfo=UTC), data))
+    assert text == "Virtual key created: scope key ta key (key_1)"
