@@ -115,8 +115,16 @@ async def statement_page(
     version: Annotated[int | None, Query(ge=1)] = None,
 ) -> HTMLResponse:
     found = await _statement(svc, user, month, team_id, version)
-    ctx = _view(found, month, team_id, version)
+    ctx = {**_view(found, month, team_id, version), "names": await _row_names(svc, user)}
     return await page(request, "statements/detail.html", ctx)
+
+
+async def _row_names(svc: Services, user: SignedIn) -> dict[str, dict[str, str]]:
+    """The names (a user's email) the reader may see of the keys, users and agents a
+    statement's breakdown lists by id (``Namer``'s rule: a key's name needs ``keys.read``,
+    so finance keeps its id). The statement itself (downloads, the record) keeps the ids."""
+    namer = Namer(svc, user.principal)
+    return {kind: await namer.names(kind) for kind in ("key", "user", "agent")}
 
 
 def _view(found: dict[str, Any], month: str, team_id: str, version: int | None) -> dict[str, Any]:
@@ -151,7 +159,7 @@ async def printable(
 ) -> Response:
     """The statement alone, for printing (no navigation; the console's stylesheet)."""
     found = await _statement(svc, user, month, team_id, version)
-    ctx = _view(found, month, team_id, version)
+    ctx = {**_view(found, month, team_id, version), "names": await _row_names(svc, user)}
     response = templates.TemplateResponse(request, "statements/print.html", ctx)
     return harden(request, response)
 

@@ -226,3 +226,35 @@ def test_new_pages_have_no_serious_axe_violations(
     ):
         violations = axe_violations(browser, console.url, f"{role}@acme.test", path)
         assert violations == [], (path, [(v["id"], v["help"]) for v in violations])
+
+
+def test_a_statement_names_its_keys_and_users(console: Console, page: Page) -> None:
+    """A statement's *By key* read "key_0730…": the breakdown rows name the key (and a
+    user by email) for a reader who may see the name (a key's needs ``keys.read``:
+    finance keeps the id, as on the usage page), the id in the cell's title; the
+    downloads keep the ids."""
+    key = console.gw.post(
+        "/admin/keys",
+        {
+            "name": "feb-bot",
+            "org_id": console.org_id,
+            "team_id": console.team_id,
+            "user_id": console.users["member"]["id"],
+        },
+    )
+    now = console.gw.clock.now()
+    console.gw.clock.set(datetime(2026, 2, 14, 12, tzinfo=UTC))
+    try:
+        assert _call(console, key["key"]).status_code == 200
+    finally:
+        console.gw.clock.set(now)
+    sign_in(page, console.url, "team_admin@acme.test")
+    for path in ("", "/print"):
+        page.goto(console.url + f"/statements/2026-02{path}?team_id={console.team_id}")
+        by_key = page.locator("#by-key tbody th")
+        expect(by_key).to_have_text(["feb-bot"])
+        expect(by_key).to_have_attribute("title", key["id"])
+        expect(page.locator("#by-user tbody th")).to_have_text(["member@acme.test"])
+    with session(console.url, "finance@acme.test") as client:
+        shown = client.get(f"/statements/2026-02?team_id={console.team_id}").text
+        assert key["id"] in shown and "feb-bot" not in shown
