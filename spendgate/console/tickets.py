@@ -66,6 +66,11 @@ async def _ticket_page(
     return await form_page(request, "tickets/detail.html", ctx, sent_back)
 
 
+#: the approve form's words for what the API's messages ask of a JSON body: an approver
+#: read "send more_than_asked: true to grant more" beside a checkbox
+APPROVE_LABELS = {"send more_than_asked: true": "tick “Grant more than asked”"}
+
+
 @router.post("/tickets/{ticket_id}/approve")
 async def approve(
     ticket_id: str,
@@ -99,7 +104,7 @@ async def approve(
         )
         await api.approve_ticket(ticket_id, body, svc, request, who, scope_for(svc, who))
     except INVALID as exc:
-        sent_back = refill(exc, typed, form="approve")
+        sent_back = refill(exc, typed, form="approve", labels=APPROVE_LABELS)
         return await _ticket_page(ticket_id, request, svc, user, sent_back)
     return done(request, f"/tickets/{ticket_id}")
 

@@ -63,6 +63,9 @@ def test_team_admin_approves_with_the_api_checks(console: Console, page: Page) -
         page.get_by_role("button", name="Approve").click()
     assert answer.value.status == 422
     expect(page.locator("#approve-amount_usd-error")).to_contain_text("more than the")
+    expect(page.locator("#approve-amount_usd-error")).to_contain_text(
+        "asked; tick “Grant more than asked” to grant more"
+    )
     expect(page.get_by_label("Reason", exact=True)).to_have_value("quarter end")
     _shot(page, "ticket-detail-error")
     assert console.gw.get(f"/admin/tickets/{ticket_id}")["status"] == "open"
