@@ -10,11 +10,14 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
 from spendgate.webhooks.catalog import Event, iso_z, title
+
+log = logging.getLogger("spendgate.webhooks")
 
 PAGERDUTY_SEVERITY = {"info": "info", "warning": "warning", "critical": "critical"}
 MAX_SUMMARY = 1024
@@ -39,8 +42,9 @@ def _scope(data: Mapping[str, Any]) -> str | None:
     kind = data.get("scope_type")
     if not kind:
         return None
-    if kind == "key" and data.get("name") and data.get("scope_id") == data.get("key_id"):
-        return f"key {data['name']} ({data['key_id']})"  # a key's own event: its name first
+    key_id = data.get("key_id")
+    if kind == "key" and key_id and data.get("name") and data.get("scope_id") == key_id:
+        return f"key {data['name']} ({key_id})"  # a key's own event: its name first
     return f"{kind} {data.get('scope_id') or data.get('tag') or ''}".strip()
 
 
@@ -112,18 +116,28 @@ def facts(event: Event) -> list[tuple[str, str]]:
     if d.get("period_end"):
         out.append(("Period ends", str(d["period_end"])))
     for key in ("model", "key_id", "endpoint_id", "host", "reason", "expires_at"):
-        if key == "key_id" and d.get("scope_type") == "key" and d.get("scope_id") == d[key]:
+        value = d.get(key)
+        if value is None:
+            continue
+        if key == "key_id" and d.get("scope_type") == "key" and d.get("scope_id") == value:
             continue  # the scope named the key already
-        if d.get(key) is not None:
-            out.append((key.replace("_", " ").capitalize(), str(d[key])))
+        out.append((key.replace("_", " ").capitalize(), str(value)))
     return out
 
 
 def summary(event: Event) -> str:
-    """One readable line: what happened and the figures that matter."""
-    parts = [title(event.type)]
-    detail = ", ".join(f"{label.lower()} {value}" for label, value in facts(event))
-    text = f"{parts[0]}: {detail}" if detail else parts[0]
+    """One readable line: what happened and the figures that matter. Figures that cannot
+    be told (data of a shape :func:`facts` does not expect) leave the title alone, and
+    are logged: the line is built while the event is stored, with the ledger row that
+    may carry it, and how a notification reads must never keep either from the
+    database (a KeyError here once set such rows aside)."""
+    head = title(event.type)
+    try:
+        detail = ", ".join(f"{label.lower()} {value}" for label, value in facts(event))
+    except Exception:  # a bug in the wording: the event is stored all the same
+        log.exception("could not tell the figures of %s event %s", event.type, event.id)
+        detail = ""
+    text = f"{head}: {detail}" if detail else head
     return text[:MAX_SUMMARY]
 
 

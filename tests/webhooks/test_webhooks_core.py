@@ -543,3 +543,34 @@ def test_a_key_event_reads_by_the_key_name_once() -> None:
     data = {"key_id": "key_1", "name": "ta key", "scope_type": "key", "scope_id": "key_1"}
     text = formats.summary(Event("evt_1", "key.created", datetime(2026, 3, 1, tzinfo=UTC), data))
     assert text == "Virtual key created: scope key ta key (key_1)"
+
+
+def test_an_event_of_a_key_scope_without_a_key_id_is_told() -> None:
+    """A budget's event on a key scope names the key as its ``scope_id`` and carries no
+    ``key_id``: telling it must not look one up (a KeyError there failed the event's
+    store, and with it the ledger row that carried it)."""
+    data = {"budget_id": "budget_1", "scope_type": "key", "scope_id": "key_1", "percent": 50}
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    text = formats.summary(Event("evt_1", "budget.threshold_crossed", at, data))
+    assert "key key_1" in text
+    named = {**data, "name": "ta key"}  # a name, but still no key_id: told by the scope
+    told = formats.facts(Event("evt_2", "budget.threshold_crossed", at, named))
+    assert ("Scope", "key key_1") in told
+
+
+def test_figures_that_cannot_be_told_leave_the_title(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fault in the wording of an event's figures (here a KeyError, as a key-scoped
+    budget event once raised) leaves its notification the title alone, logged: the
+    line is built while the event is stored, with the ledger row that may carry it."""
+
+    def broken(event: Event) -> list[tuple[str, str]]:
+        raise KeyError("key_id")
+
+    monkeypatch.setattr(formats, "facts", broken)
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    with caplog.at_level(logging.ERROR, logger="spendgate.webhooks"):
+        text = formats.summary(Event("evt_1", "budget.threshold_crossed", at, {}))
+    assert text == formats.title("budget.threshold_crossed")
+    assert "could not tell the figures of budget.threshold_crossed event evt_1" in caplog.text
