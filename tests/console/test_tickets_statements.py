@@ -123,9 +123,12 @@ def test_another_team_ticket_is_404_and_roles_without_tickets_403(
     assert console.gw.get(f"/admin/tickets/{theirs}")["status"] == "open"
 
 
-def _spend_in_february(console: Console) -> None:
+def _spend_in_february(console: Console, name: str = "feb", **fields: Any) -> dict[str, Any]:
+    """A call in February on a new key of the console's team (``fields``: more of the
+    key's, e.g. its ``user_id``); the key."""
     key = console.gw.post(
-        "/admin/keys", {"name": "feb", "org_id": console.org_id, "team_id": console.team_id}
+        "/admin/keys",
+        {"name": name, "org_id": console.org_id, "team_id": console.team_id, **fields},
     )
     now = console.gw.clock.now()
     console.gw.clock.set(datetime(2026, 2, 14, 12, tzinfo=UTC))
@@ -133,6 +136,7 @@ def _spend_in_february(console: Console) -> None:
         assert _call(console, key["key"]).status_code == 200
     finally:
         console.gw.clock.set(now)
+    return key
 
 
 def test_org_admin_closes_views_downloads_and_reissues(console: Console, page: Page) -> None:
@@ -236,21 +240,7 @@ def test_a_statement_names_its_keys_and_users(console: Console, page: Page) -> N
     user by email) for a reader who may see the name (a key's needs ``keys.read``:
     finance keeps the id, as on the usage page), the id in the cell's title; the
     downloads keep the ids."""
-    key = console.gw.post(
-        "/admin/keys",
-        {
-            "name": "feb-bot",
-            "org_id": console.org_id,
-            "team_id": console.team_id,
-            "user_id": console.users["member"]["id"],
-        },
-    )
-    now = console.gw.clock.now()
-    console.gw.clock.set(datetime(2026, 2, 14, 12, tzinfo=UTC))
-    try:
-        assert _call(console, key["key"]).status_code == 200
-    finally:
-        console.gw.clock.set(now)
+    key = _spend_in_february(console, "feb-bot", user_id=console.users["member"]["id"])
     sign_in(page, console.url, "team_admin@acme.test")
     for path in ("", "/print"):
         page.goto(console.url + f"/statements/2026-02{path}?team_id={console.team_id}")
